@@ -1,0 +1,5 @@
+//! The local wallet: identities, keys, contacts and settings stored in sled.
+//!
+//! (Skeleton: the issue that builds this crate replaces this page with what it owns, what it
+//! must not touch, a flow diagram and a runnable example.)
+#![forbid(unsafe_code)]

@@ -1,0 +1,5 @@
+//! Resolve did:key and did:web identifiers to typed DID documents.
+//!
+//! (Skeleton: the issue that builds this crate replaces this page with what it owns, what it
+//! must not touch, a flow diagram and a runnable example.)
+#![forbid(unsafe_code)]

@@ -1,0 +1,93 @@
+//! `mpc-did`: the command-line face of mpc-did.
+//!
+//! The binary only parses arguments, wires library crates together and reports; the work
+//! lives in the library crates (`mpc-did-wallet`, `mpc-did-resolver`, `mpc-did-didcomm`, ...).
+//! Each command group has its own module under `cmd/` that owns its clap arguments and its
+//! `run` function.
+//!
+//! Exit status: 0 on success, 1 on any error (one line naming the cause and, where there is
+//! one, what to do), 2 on a usage error (clap's own).
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod ctx;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run secure multiparty computations with people you know only by their DID.
+#[derive(Parser, Debug)]
+#[command(name = "mpc-did", version, about, long_about = None)]
+struct Cli {
+    /// Wallet directory [default: $MPC_DID_HOME, else the platform data dir + /mpc-did].
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<std::path::PathBuf>,
+
+    /// Machine-readable JSON output instead of human-readable text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create, list, show and export identities (did:key, did:web).
+    #[command(subcommand)]
+    Id(cmd::id::IdCommand),
+    /// Resolve a DID and print its DID document.
+    Resolve(cmd::resolve::ResolveArgs),
+    /// Pack and unpack DIDComm v2 messages (debugging and interop surface).
+    #[command(subcommand)]
+    Didcomm(cmd::didcomm::DidcommCommand),
+    /// Create or decode a DIDComm Out-of-Band 2.0 invitation (URL, JSON, QR code).
+    Invite(cmd::invite::InviteArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("mpc-did: error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("mpc-did: error: {}", chain(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = ctx::Ctx::new(cli.home, cli.json)?;
+    match cli.command {
+        Command::Id(c) => cmd::id::run(&ctx, c).await,
+        Command::Resolve(a) => cmd::resolve::run(&ctx, a).await,
+        Command::Didcomm(c) => cmd::didcomm::run(&ctx, c).await,
+        Command::Invite(a) => cmd::invite::run(&ctx, a).await,
+    }
+}
+
+/// The error and its causes on one line: `outer: inner: root`.
+fn chain(err: &anyhow::Error) -> String {
+    err.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
