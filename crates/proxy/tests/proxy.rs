@@ -1,0 +1,243 @@
+//! The proxy against raw sockets that behave like MPyC, and against real MPyC processes.
+//!
+//! The transport here is plain loopback TCP whose first two bytes name the opening party:
+//! a test stand-in for the Noise session streams that authenticate the peer in mpc-did.
+#![allow(clippy::unwrap_used)]
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use mpc_did_proxy::{PartyId, Proxy, ProxyConfig, ProxyError, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+struct TcpTransport {
+    me: PartyId,
+    listener: TcpListener,
+    peers: Vec<SocketAddr>,
+}
+
+impl Transport for TcpTransport {
+    type Stream = TcpStream;
+    async fn open(&self, peer: PartyId) -> io::Result<TcpStream> {
+        let mut s = TcpStream::connect(self.peers[usize::from(peer)]).await?;
+        s.write_all(&self.me.to_le_bytes()).await?;
+        Ok(s)
+    }
+    async fn accept(&self) -> io::Result<(PartyId, TcpStream)> {
+        let (mut s, _) = self.listener.accept().await?;
+        let mut id = [0; 2];
+        s.read_exact(&mut id).await?;
+        Ok((PartyId::from_le_bytes(id), s))
+    }
+}
+
+async fn transports(m: u16) -> Vec<TcpTransport> {
+    let mut listeners = Vec::new();
+    for _ in 0..m {
+        listeners.push(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap());
+    }
+    let peers: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, listener)| TcpTransport {
+            me: PartyId::try_from(i).unwrap(),
+            listener,
+            peers: peers.clone(),
+        })
+        .collect()
+}
+
+/// The `-P` entry for `party` in a proxy's MPyC arguments.
+fn p_entry(args: &[String], party: usize) -> String {
+    args.iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "-P")
+        .nth(party)
+        .map(|(i, _)| args[i + 1].clone())
+        .unwrap()
+}
+
+#[test]
+fn mpyc_args_follow_mpycs_layout() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let proxy = Proxy::bind(ProxyConfig::new(3, 1)).await.unwrap();
+        let args = proxy.mpyc_args();
+        assert_eq!(&args[..2], ["-M3", "-I1"]);
+        assert_eq!(args.iter().filter(|a| *a == "-P").count(), 3);
+        assert_eq!(p_entry(&args, 0), "127.0.0.1:1");
+        assert_eq!(p_entry(&args, 1), format!(":{}", proxy.mpyc_port()));
+        assert!(p_entry(&args, 2).starts_with("127.0.0.1:"));
+        assert!(matches!(
+            Proxy::bind(ProxyConfig::new(3, 3)).await,
+            Err(ProxyError::Config { .. })
+        ));
+    });
+}
+
+/// Two parties; their "MPyC"s are raw sockets speaking MPyC's opening and closing moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_arrive_in_order_and_close_propagates() {
+    let mut ts = transports(2).await.into_iter();
+    let (t0, t1) = (ts.next().unwrap(), ts.next().unwrap());
+    let p0 = Proxy::bind(ProxyConfig::new(2, 0)).await.unwrap();
+    let p1 = Proxy::bind(ProxyConfig::new(2, 1)).await.unwrap();
+    let dial = p_entry(&p0.mpyc_args(), 1);
+    let mpyc1_port = p1.mpyc_port();
+    let run0 = tokio::spawn(p0.run(t0));
+    let run1 = tokio::spawn(p1.run(t1));
+
+    // Party 1's MPyC listens; party 0's dials and announces id 0.
+    let mpyc1 = TcpListener::bind((Ipv4Addr::LOCALHOST, mpyc1_port))
+        .await
+        .unwrap();
+    let mut m0 = TcpStream::connect(&dial).await.unwrap();
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    m0.write_all(&0u16.to_le_bytes()).await.unwrap();
+    m0.write_all(&payload).await.unwrap();
+    let (mut m1, _) = mpyc1.accept().await.unwrap();
+
+    let mut got = vec![0; 2 + payload.len()];
+    m1.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got[..2], &[0, 0]);
+    assert_eq!(&got[2..], &payload[..]);
+    m1.write_all(b"reply").await.unwrap();
+    let mut reply = [0; 5];
+    m0.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"reply");
+
+    // MPyC's shutdown: the lower party closes, the higher sees EOF and closes too.
+    m0.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    m1.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    drop(m1);
+    let mut rest = Vec::new();
+    m0.read_to_end(&mut rest).await.unwrap();
+    drop(m0);
+
+    let r0 = run0.await.unwrap().unwrap();
+    let r1 = run1.await.unwrap().unwrap();
+    assert_eq!(r0.bytes_out(), 2 + payload.len() as u64);
+    assert_eq!(r1.bytes_in(), 2 + payload.len() as u64);
+    assert_eq!(r0.bytes_in(), 5);
+}
+
+/// lobby spec, "party id check": a peer whose stream announces another id is dropped.
+#[tokio::test]
+async fn spoofed_party_id_is_refused() {
+    let mut ts = transports(3).await;
+    let t2 = ts.pop().unwrap();
+    let peer_addr = t2.peers[2];
+    let p2 = Proxy::bind(ProxyConfig::new(3, 2)).await.unwrap();
+    let run = tokio::spawn(p2.run(t2));
+
+    // The transport authenticated party 0, but its MPyC stream claims to be party 1.
+    let mut s = TcpStream::connect(peer_addr).await.unwrap();
+    s.write_all(&0u16.to_le_bytes()).await.unwrap();
+    s.write_all(&1u16.to_le_bytes()).await.unwrap();
+    let err = run.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProxyError::PartyIdMismatch {
+                authenticated: 0,
+                announced: 1
+            }
+        ),
+        "{err}"
+    );
+}
+
+fn python() -> Option<PathBuf> {
+    match std::env::var_os("MPC_DID_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var("MPC_DID_REQUIRE_INTEROP").as_deref() == Ok("1") => {
+            panic!("MPC_DID_PYTHON is not set but MPC_DID_REQUIRE_INTEROP=1: run ./test.sh")
+        }
+        None => {
+            eprintln!("skipped: set MPC_DID_PYTHON to a Python with mpyc (./test.sh does)");
+            None
+        }
+    }
+}
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+/// Three real MPyC processes, each talking only to its own proxy on loopback.
+async fn run_three(program: &str, extra: &[&str]) -> Vec<String> {
+    let Some(python) = python() else {
+        return Vec::new();
+    };
+    let m = 3;
+    let mut children = Vec::new();
+    let mut proxies = Vec::new();
+    for (i, t) in transports(m).await.into_iter().enumerate() {
+        let proxy = Proxy::bind(ProxyConfig::new(m, PartyId::try_from(i).unwrap()))
+            .await
+            .unwrap();
+        let child = tokio::process::Command::new(&python)
+            .arg(example(program))
+            .args(proxy.mpyc_args())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        children.push(child);
+        proxies.push(tokio::spawn(proxy.run(t)));
+    }
+    let mut outputs = Vec::new();
+    for child in children {
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("MPyC party did not finish")
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push(text);
+    }
+    for p in proxies {
+        p.await.unwrap().unwrap();
+    }
+    outputs
+}
+
+fn digest(output: &str) -> &str {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix("result-digest: "))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_mpyc_secret_santa_through_proxies() {
+    let outs = run_three("secretsanta.py", &["--people", "3", "4", "5"]).await;
+    for o in &outs {
+        assert!(o.contains("valid: True"), "{o}");
+        assert_eq!(digest(o), digest(&outs[0]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_mpyc_large_messages_through_proxies() {
+    let outs = run_three("innerproduct.py", &["--length", "50000"]).await;
+    for o in &outs {
+        assert!(o.contains("valid: True"), "{o}");
+        assert_eq!(digest(o), digest(&outs[0]));
+    }
+}
