@@ -1,0 +1,564 @@
+//! The relay server as a state machine without I/O: client table,
+//! authentication state, per-client bounded outgoing queues, byte-rate
+//! limits (token buckets with explicit time), idle timeouts and metrics.
+//!
+//! The mediator's shell owns the sockets and does three things per
+//! connection: feed decoded frames to [`RelayServer::handle`], write what
+//! [`RelayServer::poll_transmit`] yields when a [`ServerEvent::Wake`]
+//! arrives, and drop the connection on [`ServerEvent::Close`] (after
+//! flushing). Time is always passed in, so tests need no clock.
+//!
+//! ```text
+//!  socket A ─frames─▶ handle(A, ..) ──▶ queue[B] ──Wake(B)──▶ poll_transmit(B) ─▶ socket B
+//!                         │ auth? ──▶ Handled::VerifyAuth ─▶ shell resolves DID key ─▶ finish_auth
+//!                         └ limits ─▶ Overloaded / PeerGone / Error frames + metrics
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::VerifyingKey;
+
+use crate::relay::{
+    verify_client_auth, ClientAuth, ClientToRelay, ErrorCode, OverloadReason, PeerAddr,
+    RelayToClient,
+};
+use crate::RelayError;
+
+/// Limits and identity of a relay.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// The relay's identity (its DID) bound into every challenge.
+    pub relay_id: String,
+    /// Most simultaneous connections (authenticated or not).
+    pub max_clients: usize,
+    /// Per-client outgoing queue limit in encoded bytes.
+    pub max_queue_bytes: usize,
+    /// Per-client outgoing queue limit in frames.
+    pub max_queue_frames: usize,
+    /// Sustained byte rate a client may send (bytes per second, wire size).
+    pub rate_bytes_per_sec: u64,
+    /// Burst a client may send above the rate.
+    pub burst_bytes: u64,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// A connection must authenticate within this time.
+    pub auth_timeout: Duration,
+    /// Accepted difference between a client's timestamp and the relay's clock.
+    pub max_clock_skew_secs: u64,
+}
+
+impl RelayConfig {
+    /// Defaults sized for MPyC traffic through one small mediator.
+    pub fn new(relay_id: impl Into<String>) -> Self {
+        RelayConfig {
+            relay_id: relay_id.into(),
+            max_clients: 1024,
+            max_queue_bytes: 1 << 20,
+            max_queue_frames: 1024,
+            rate_bytes_per_sec: 8 << 20,
+            burst_bytes: 1 << 20,
+            idle_timeout: Duration::from_secs(60),
+            auth_timeout: Duration::from_secs(10),
+            max_clock_skew_secs: 120,
+        }
+    }
+}
+
+/// A connection handle, allocated by [`RelayServer::open`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// What the shell must do for some connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// Frames are waiting in this connection's queue: drain [`RelayServer::poll_transmit`].
+    Wake(ConnId),
+    /// Flush the queue, then close this connection and call [`RelayServer::close`].
+    Close(ConnId),
+}
+
+/// Outcome of [`RelayServer::handle`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handled {
+    /// Nothing more to do.
+    Done,
+    /// A ClientAuth arrived: resolve the key `auth.key_id` in the DID
+    /// document of `auth.did` (async, in the shell) and call
+    /// [`RelayServer::finish_auth`].
+    VerifyAuth(ClientAuth),
+}
+
+/// Counters (monotonic) and gauges, for the mediator's metrics endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelayMetrics {
+    /// Connections open now.
+    pub clients: u64,
+    /// Connections authenticated now.
+    pub authenticated: u64,
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections refused because of `max_clients`.
+    pub rejected_full: u64,
+    /// Successful authentications.
+    pub auth_ok: u64,
+    /// Failed authentications.
+    pub auth_failed: u64,
+    /// Packets sent before authentication.
+    pub not_authenticated: u64,
+    /// Frames that did not parse or were too large.
+    pub malformed: u64,
+    /// Packets forwarded.
+    pub forwarded_packets: u64,
+    /// Payload bytes forwarded.
+    pub forwarded_bytes: u64,
+    /// Packets to peers not connected here.
+    pub unknown_peer: u64,
+    /// Packets dropped by the sender's rate limit.
+    pub dropped_rate_limited: u64,
+    /// Packets dropped because the destination's queue was full.
+    pub dropped_queue_full: u64,
+    /// Control frames (Pong, PeerGone, Overloaded) dropped on a full queue.
+    pub dropped_control: u64,
+    /// Connections closed for idleness or missing authentication.
+    pub timed_out: u64,
+    /// Connections replaced by a newer one with the same key.
+    pub replaced: u64,
+}
+
+/// A token bucket counting bytes, refilled from explicit timestamps.
+#[derive(Clone, Debug)]
+pub struct TokenBucket {
+    // Tokens in byte-nanoseconds so refills are exact integers.
+    tokens: u128,
+    capacity: u128,
+    rate: u128,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket of `burst` bytes refilling at `rate` bytes per second.
+    pub fn new(rate: u64, burst: u64, now: Instant) -> Self {
+        let capacity = u128::from(burst) * 1_000_000_000;
+        TokenBucket {
+            tokens: capacity,
+            capacity,
+            rate: u128::from(rate),
+            last: now,
+        }
+    }
+
+    /// Takes `n` bytes if available.
+    pub fn try_take(&mut self, n: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_nanos();
+        self.last = self.last.max(now);
+        self.tokens = self
+            .tokens
+            .saturating_add(elapsed.saturating_mul(self.rate))
+            .min(self.capacity);
+        let need = (n as u128).saturating_mul(1_000_000_000);
+        if self.tokens >= need {
+            self.tokens -= need;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+enum AuthState {
+    Awaiting { nonce: [u8; 32] },
+    Verifying { nonce: [u8; 32] },
+    Authenticated { key: [u8; 32], did: String },
+}
+
+#[derive(Debug)]
+struct Client {
+    auth: AuthState,
+    queue: VecDeque<RelayToClient>,
+    queue_bytes: usize,
+    bucket: TokenBucket,
+    opened: Instant,
+    last_seen: Instant,
+    last_overload_notice: Option<Instant>,
+    woken: bool,
+    closing: bool,
+}
+
+/// The relay's state. One per mediator; the shell wraps it in a mutex.
+#[derive(Debug)]
+pub struct RelayServer {
+    cfg: RelayConfig,
+    clients: HashMap<ConnId, Client>,
+    by_key: HashMap<[u8; 32], ConnId>,
+    by_did: HashMap<String, ConnId>,
+    events: VecDeque<ServerEvent>,
+    next_id: u64,
+    metrics: RelayMetrics,
+}
+
+/// Overload notices to one client are sent at most this often, so a flood
+/// does not turn into a flood of notices.
+const OVERLOAD_NOTICE_INTERVAL: Duration = Duration::from_secs(1);
+
+impl RelayServer {
+    /// An empty relay.
+    pub fn new(cfg: RelayConfig) -> Self {
+        RelayServer {
+            cfg,
+            clients: HashMap::new(),
+            by_key: HashMap::new(),
+            by_did: HashMap::new(),
+            events: VecDeque::new(),
+            next_id: 1,
+            metrics: RelayMetrics::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RelayConfig {
+        &self.cfg
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &RelayMetrics {
+        &self.metrics
+    }
+
+    /// The frame to write before closing a connection refused by [`Self::open`].
+    pub fn refusal_frame() -> RelayToClient {
+        RelayToClient::Overloaded(OverloadReason::TooManyClients)
+    }
+
+    /// Registers a new connection and queues its ServerChallenge with
+    /// `nonce` (fresh random bytes from the shell).
+    ///
+    /// # Errors
+    /// [`RelayError::TooManyClients`] at the client limit: the shell writes
+    /// [`Self::refusal_frame`] and closes.
+    pub fn open(&mut self, nonce: [u8; 32], now: Instant) -> Result<ConnId, RelayError> {
+        if self.clients.len() >= self.cfg.max_clients {
+            self.metrics.rejected_full += 1;
+            return Err(RelayError::TooManyClients);
+        }
+        let id = ConnId(self.next_id);
+        self.next_id += 1;
+        self.clients.insert(
+            id,
+            Client {
+                auth: AuthState::Awaiting { nonce },
+                queue: VecDeque::new(),
+                queue_bytes: 0,
+                bucket: TokenBucket::new(self.cfg.rate_bytes_per_sec, self.cfg.burst_bytes, now),
+                opened: now,
+                last_seen: now,
+                last_overload_notice: None,
+                woken: false,
+                closing: false,
+            },
+        );
+        self.metrics.accepted += 1;
+        self.metrics.clients = self.clients.len() as u64;
+        let challenge = RelayToClient::ServerChallenge {
+            relay_id: self.cfg.relay_id.clone(),
+            nonce,
+        };
+        self.enqueue(id, challenge);
+        Ok(id)
+    }
+
+    /// Feeds one decoded frame from `conn`; `wire_len` is its encoded size
+    /// (what the rate limit counts).
+    ///
+    /// # Errors
+    /// [`RelayError::UnknownConnection`]; [`RelayError::NotAuthenticated`]
+    /// for a packet before authentication (an Error frame and a Close event
+    /// are queued).
+    pub fn handle(
+        &mut self,
+        conn: ConnId,
+        msg: ClientToRelay,
+        wire_len: usize,
+        now: Instant,
+    ) -> Result<Handled, RelayError> {
+        let client = self
+            .clients
+            .get_mut(&conn)
+            .ok_or(RelayError::UnknownConnection)?;
+        if client.closing {
+            return Ok(Handled::Done);
+        }
+        client.last_seen = now;
+        match msg {
+            ClientToRelay::ClientAuth(auth) => match client.auth {
+                AuthState::Awaiting { nonce } => {
+                    client.auth = AuthState::Verifying { nonce };
+                    Ok(Handled::VerifyAuth(auth))
+                }
+                // A second ClientAuth is a protocol violation.
+                _ => {
+                    self.metrics.malformed += 1;
+                    self.fail(conn, RelayToClient::Error(ErrorCode::Malformed));
+                    Ok(Handled::Done)
+                }
+            },
+            ClientToRelay::Ping(data) => {
+                self.enqueue_control(conn, RelayToClient::Pong(data));
+                Ok(Handled::Done)
+            }
+            ClientToRelay::Pong(_) => Ok(Handled::Done),
+            ClientToRelay::SendPacket { dst, payload } => {
+                self.forward(conn, dst, payload, wire_len, now)?;
+                Ok(Handled::Done)
+            }
+        }
+    }
+
+    /// Completes authentication once the shell resolved the signing key
+    /// (`None` if the DID or key id did not resolve to an Ed25519 key).
+    /// Queues AuthOk or AuthFailed (then Close).
+    ///
+    /// # Errors
+    /// [`RelayError::AuthenticationFailed`] (opaque) or `UnknownConnection`.
+    pub fn finish_auth(
+        &mut self,
+        conn: ConnId,
+        auth: &ClientAuth,
+        key: Option<&VerifyingKey>,
+        now_unix: u64,
+    ) -> Result<(), RelayError> {
+        let client = self
+            .clients
+            .get_mut(&conn)
+            .ok_or(RelayError::UnknownConnection)?;
+        let AuthState::Verifying { nonce } = client.auth else {
+            return Err(RelayError::AuthenticationFailed);
+        };
+        let verified = key.ok_or(RelayError::AuthenticationFailed).and_then(|k| {
+            verify_client_auth(
+                auth,
+                &self.cfg.relay_id,
+                &nonce,
+                k,
+                now_unix,
+                self.cfg.max_clock_skew_secs,
+            )
+            .map(|()| k.to_bytes())
+        });
+        let key_bytes = match verified {
+            Ok(k) => k,
+            Err(e) => {
+                self.metrics.auth_failed += 1;
+                self.fail(conn, RelayToClient::AuthFailed);
+                return Err(e);
+            }
+        };
+        client.auth = AuthState::Authenticated {
+            key: key_bytes,
+            did: auth.did.clone(),
+        };
+        // One relay connection per key: a reconnecting client replaces its
+        // stale connection rather than being refused.
+        let old_k = self.by_key.insert(key_bytes, conn);
+        let old_d = self.by_did.insert(auth.did.clone(), conn);
+        for old in [old_k, old_d].into_iter().flatten() {
+            if old != conn && self.clients.get(&old).is_some_and(|c| !c.closing) {
+                self.metrics.replaced += 1;
+                self.fail(old, RelayToClient::Error(ErrorCode::Replaced));
+            }
+        }
+        self.metrics.auth_ok += 1;
+        self.metrics.authenticated += 1;
+        self.enqueue(conn, RelayToClient::AuthOk);
+        Ok(())
+    }
+
+    /// Reports a frame from `conn` that failed to decode: counts it, queues
+    /// an Error frame and a Close event (a byte stream cannot resync).
+    pub fn on_malformed(&mut self, conn: ConnId, err: &RelayError) {
+        self.metrics.malformed += 1;
+        let code = match err {
+            RelayError::FrameTooLarge => ErrorCode::FrameTooLarge,
+            _ => ErrorCode::Malformed,
+        };
+        self.fail(conn, RelayToClient::Error(code));
+    }
+
+    /// Next frame to write to `conn`, if any.
+    pub fn poll_transmit(&mut self, conn: ConnId) -> Option<RelayToClient> {
+        let c = self.clients.get_mut(&conn)?;
+        let f = c.queue.pop_front();
+        match &f {
+            Some(f) => c.queue_bytes = c.queue_bytes.saturating_sub(f.encoded_len()),
+            None => c.woken = false,
+        }
+        f
+    }
+
+    /// Next event for the shell.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// Closes idle and unauthenticated-too-long connections (an Error frame
+    /// and a Close event each).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<ConnId> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.closing && self.expiry(c) <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.metrics.timed_out += 1;
+            self.fail(id, RelayToClient::Error(ErrorCode::IdleTimeout));
+        }
+    }
+
+    /// When [`Self::handle_timeout`] next has work.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        self.clients
+            .values()
+            .filter(|c| !c.closing)
+            .map(|c| self.expiry(c))
+            .min()
+    }
+
+    /// Removes a connection (the shell calls this once the socket is gone).
+    pub fn close(&mut self, conn: ConnId) {
+        let Some(c) = self.clients.remove(&conn) else {
+            return;
+        };
+        if let AuthState::Authenticated { key, did } = c.auth {
+            self.metrics.authenticated = self.metrics.authenticated.saturating_sub(1);
+            if self.by_key.get(&key) == Some(&conn) {
+                self.by_key.remove(&key);
+            }
+            if self.by_did.get(&did) == Some(&conn) {
+                self.by_did.remove(&did);
+            }
+        }
+        self.metrics.clients = self.clients.len() as u64;
+    }
+
+    /// Bytes queued for `conn` (for tests and metrics).
+    pub fn queued_bytes(&self, conn: ConnId) -> Option<usize> {
+        self.clients.get(&conn).map(|c| c.queue_bytes)
+    }
+
+    fn expiry(&self, c: &Client) -> Instant {
+        match c.auth {
+            AuthState::Authenticated { .. } => c.last_seen + self.cfg.idle_timeout,
+            _ => (c.opened + self.cfg.auth_timeout).min(c.last_seen + self.cfg.idle_timeout),
+        }
+    }
+
+    fn forward(
+        &mut self,
+        from: ConnId,
+        dst: PeerAddr,
+        payload: Vec<u8>,
+        wire_len: usize,
+        now: Instant,
+    ) -> Result<(), RelayError> {
+        let Some(sender) = self.clients.get_mut(&from) else {
+            return Err(RelayError::UnknownConnection);
+        };
+        let (src_key, src_did) = match &sender.auth {
+            AuthState::Authenticated { key, did } => (*key, did.clone()),
+            _ => {
+                self.metrics.not_authenticated += 1;
+                self.fail(from, RelayToClient::Error(ErrorCode::NotAuthenticated));
+                return Err(RelayError::NotAuthenticated);
+            }
+        };
+        if !sender.bucket.try_take(wire_len, now) {
+            self.metrics.dropped_rate_limited += 1;
+            self.notice_overload(from, OverloadReason::RateLimited, now);
+            return Ok(());
+        }
+        let to = match &dst {
+            PeerAddr::Key(k) => self.by_key.get(k),
+            PeerAddr::Did(d) => self.by_did.get(d),
+        }
+        .copied()
+        .filter(|id| self.clients.get(id).is_some_and(|c| !c.closing));
+        let Some(to) = to else {
+            self.metrics.unknown_peer += 1;
+            self.enqueue_control(from, RelayToClient::PeerGone(dst));
+            return Ok(());
+        };
+        let len = payload.len();
+        let frame = RelayToClient::RecvPacket {
+            src_key,
+            src_did,
+            payload,
+        };
+        if !self.has_room(to, frame.encoded_len()) {
+            self.metrics.dropped_queue_full += 1;
+            self.notice_overload(from, OverloadReason::PeerQueueFull, now);
+            return Ok(());
+        }
+        self.enqueue(to, frame);
+        self.metrics.forwarded_packets += 1;
+        self.metrics.forwarded_bytes += len as u64;
+        Ok(())
+    }
+
+    fn has_room(&self, conn: ConnId, len: usize) -> bool {
+        self.clients.get(&conn).is_some_and(|c| {
+            c.queue.len() < self.cfg.max_queue_frames
+                && c.queue_bytes + len <= self.cfg.max_queue_bytes
+        })
+    }
+
+    fn notice_overload(&mut self, conn: ConnId, reason: OverloadReason, now: Instant) {
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        let due = c
+            .last_overload_notice
+            .is_none_or(|t| now.saturating_duration_since(t) >= OVERLOAD_NOTICE_INTERVAL);
+        if due {
+            c.last_overload_notice = Some(now);
+            self.enqueue_control(conn, RelayToClient::Overloaded(reason));
+        }
+    }
+
+    /// Queues a control frame if the queue has room; counted when dropped.
+    fn enqueue_control(&mut self, conn: ConnId, frame: RelayToClient) {
+        if self.has_room(conn, frame.encoded_len()) {
+            self.enqueue(conn, frame);
+        } else {
+            self.metrics.dropped_control += 1;
+        }
+    }
+
+    /// Queues a final frame (bypassing the limits: one small frame) and a Close.
+    fn fail(&mut self, conn: ConnId, frame: RelayToClient) {
+        if let Some(c) = self.clients.get_mut(&conn) {
+            if c.closing {
+                return;
+            }
+            c.closing = true;
+            // Drop what was queued for it: the connection is going away.
+            c.queue.clear();
+            c.queue_bytes = 0;
+        }
+        self.enqueue(conn, frame);
+        self.events.push_back(ServerEvent::Close(conn));
+    }
+
+    fn enqueue(&mut self, conn: ConnId, frame: RelayToClient) {
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
+        c.queue_bytes += frame.encoded_len();
+        c.queue.push_back(frame);
+        if !c.woken {
+            c.woken = true;
+            self.events.push_back(ServerEvent::Wake(conn));
+        }
+    }
+}
