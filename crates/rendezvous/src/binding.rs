@@ -308,7 +308,10 @@ mod tests {
         let ms: Vec<u128> = s.send_offsets().iter().map(|d| d.as_millis()).collect();
         assert_eq!(ms, vec![0, 500, 1500, 3500, 7500, 15500, 31500]);
         assert_eq!(s.give_up_after(), Duration::from_millis(39_500));
-        assert_eq!(RetransmitSchedule::reliable().give_up_after(), Duration::from_millis(39_500));
+        assert_eq!(
+            RetransmitSchedule::reliable().give_up_after(),
+            Duration::from_millis(39_500)
+        );
     }
 
     #[test]
@@ -342,7 +345,9 @@ mod tests {
         let src: SocketAddr = "203.0.113.7:40000".parse().unwrap();
         let local: SocketAddr = "198.51.100.1:3478".parse().unwrap();
         let other: SocketAddr = "198.51.100.2:3479".parse().unwrap();
-        let resp = answer(t.request(), src, local, Some(other)).unwrap().unwrap();
+        let resp = answer(t.request(), src, local, Some(other))
+            .unwrap()
+            .unwrap();
         // A response to another transaction is ignored (re-encoded so its
         // FINGERPRINT stays valid).
         let mut m = stun::decode(&resp).unwrap().message;
@@ -382,8 +387,9 @@ mod tests {
         assert!(resp
             .attributes
             .contains(&Attribute::UnknownAttributes(vec![0x7F00])));
-        let mut t = BindingTransaction::with_message(m, RetransmitSchedule::default(), Instant::now())
-            .unwrap();
+        let mut t =
+            BindingTransaction::with_message(m, RetransmitSchedule::default(), Instant::now())
+                .unwrap();
         let resp = answer(t.request(), a, a, None).unwrap().unwrap();
         assert_eq!(
             t.on_response(&resp, Instant::now()),
@@ -399,24 +405,36 @@ mod tests {
             change_ip: true,
             change_port: false,
         });
-        let r = stun::decode(&answer(&m.encode(None, false).unwrap(), a, a, None).unwrap().unwrap())
-            .unwrap()
-            .message;
+        let r = stun::decode(
+            &answer(&m.encode(None, false).unwrap(), a, a, None)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap()
+        .message;
         assert_eq!(r.error_code().map(|e| e.0), Some(420));
         // A CHANGE-REQUEST with no flag set is an ordinary request.
         m.attributes = vec![Attribute::ChangeRequest {
             change_ip: false,
             change_port: false,
         }];
-        let r = stun::decode(&answer(&m.encode(None, false).unwrap(), a, a, None).unwrap().unwrap())
-            .unwrap()
-            .message;
+        let r = stun::decode(
+            &answer(&m.encode(None, false).unwrap(), a, a, None)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap()
+        .message;
         assert_eq!(r.class, Class::SuccessResponse);
         m.attributes.clear();
         m.method = Method::new(0x003).unwrap(); // Allocate (TURN): not served
-        let r = stun::decode(&answer(&m.encode(None, false).unwrap(), a, a, None).unwrap().unwrap())
-            .unwrap()
-            .message;
+        let r = stun::decode(
+            &answer(&m.encode(None, false).unwrap(), a, a, None)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap()
+        .message;
         assert_eq!(r.error_code().map(|e| e.0), Some(400));
     }
 

@@ -142,7 +142,9 @@ impl Candidate {
         let f = &self.foundation;
         if f.is_empty()
             || f.len() > MAX_FOUNDATION_LEN
-            || !f.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+            || !f
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
         {
             return Err(CandidateError::Invalid("foundation"));
         }
@@ -154,7 +156,9 @@ impl Candidate {
             (CandidateKind::Relay, Some(u)) if !u.is_empty() && u.len() <= MAX_URL_LEN => Ok(()),
             (CandidateKind::Relay, _) => Err(CandidateError::Invalid("relay_url")),
             (_, None) => Ok(()),
-            (_, Some(_)) => Err(CandidateError::Invalid("relay_url on a non-relay candidate")),
+            (_, Some(_)) => Err(CandidateError::Invalid(
+                "relay_url on a non-relay candidate",
+            )),
         }
     }
 }
@@ -395,7 +399,7 @@ impl CheckPlanner {
             }
         }
         let order = |v: &mut Vec<CandidatePair>| {
-            v.sort_by(|a, b| b.priority.cmp(&a.priority));
+            v.sort_by_key(|p| std::cmp::Reverse(p.priority));
             // Same addresses and transport: one check is enough.
             v.dedup_by(|a, b| {
                 a.local.addr == b.local.addr
@@ -411,7 +415,7 @@ impl CheckPlanner {
         relayed.truncate(cfg.max_pairs.min(4));
         direct.truncate(cfg.max_pairs.saturating_sub(relayed.len()));
         direct.extend(relayed);
-        direct.sort_by(|a, b| b.priority.cmp(&a.priority));
+        direct.sort_by_key(|p| std::cmp::Reverse(p.priority));
         CheckPlanner {
             cfg,
             pairs: direct,
@@ -466,9 +470,11 @@ impl CheckPlanner {
             .iter()
             .position(|p| matches!(p.state, PairState::Succeeded(_)));
         if let Some(b) = best {
-            let better_pending = self.pairs.iter().take(b).any(|p| {
-                matches!(p.state, PairState::Waiting | PairState::InProgress(_))
-            });
+            let better_pending = self
+                .pairs
+                .iter()
+                .take(b)
+                .any(|p| matches!(p.state, PairState::Waiting | PairState::InProgress(_)));
             let settled = self
                 .first_success
                 .is_some_and(|t| now.saturating_duration_since(t) >= self.cfg.settle);
@@ -499,7 +505,10 @@ impl CheckPlanner {
             .filter(|p| matches!(p.state, PairState::InProgress(_)))
             .count();
         let next_start = self.last_start.map_or(now, |t| t + self.cfg.pacing);
-        let waiting = self.pairs.iter().position(|p| p.state == PairState::Waiting);
+        let waiting = self
+            .pairs
+            .iter()
+            .position(|p| p.state == PairState::Waiting);
         // Once something succeeded, only pairs that could beat it are worth starting.
         let worth = waiting.filter(|w| best.is_none_or(|b| *w < b));
         if let Some(w) = worth {

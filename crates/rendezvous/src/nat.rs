@@ -104,7 +104,10 @@ mod tests {
             test2: y.map(a),
             test3: z.map(a),
         };
-        assert_eq!(classify_mapping(&o(None, None, None), &local), NatMapping::Unknown);
+        assert_eq!(
+            classify_mapping(&o(None, None, None), &local),
+            NatMapping::Unknown
+        );
         assert_eq!(
             classify_mapping(&o(Some("192.0.2.2:5000"), None, None), &local),
             NatMapping::NoNat

@@ -194,7 +194,8 @@ pub fn auth_transcript(
     key_id: &str,
     timestamp: u64,
 ) -> Vec<u8> {
-    let mut t = Vec::with_capacity(AUTH_DOMAIN.len() + 48 + relay_id.len() + did.len() + key_id.len());
+    let mut t =
+        Vec::with_capacity(AUTH_DOMAIN.len() + 48 + relay_id.len() + did.len() + key_id.len());
     t.extend_from_slice(AUTH_DOMAIN);
     // Strings are u16-length prefixed so field boundaries are unambiguous.
     // The codec caps them far below 65,535 bytes; a longer string is clamped
@@ -470,7 +471,10 @@ impl RelayToClient {
     }
 }
 
-fn split_frame(buf: &[u8]) -> Result<Option<(u8, &[u8], usize)>, RelayError> {
+/// A frame cut from a buffer: type, body, bytes used.
+type RawFrame<'a> = (u8, &'a [u8], usize);
+
+fn split_frame(buf: &[u8]) -> Result<Option<RawFrame<'_>>, RelayError> {
     let Some(header) = buf.get(..FRAME_HEADER_LEN) else {
         return Ok(None);
     };

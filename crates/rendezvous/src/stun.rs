@@ -359,7 +359,7 @@ fn check_header(h: &[u8]) -> Result<usize, StunError> {
         return Err(StunError::BadMagicCookie);
     }
     let len = usize::from(be16(h, 2)?);
-    if len % 4 != 0 {
+    if !len.is_multiple_of(4) {
         return Err(StunError::BadLength);
     }
     if HEADER_LEN + len > MAX_MESSAGE_LEN {
@@ -542,7 +542,7 @@ fn decode_attribute(t: u16, v: &[u8], tid: &TransactionId) -> Result<Attribute, 
             }
         }
         attr::UNKNOWN_ATTRIBUTES => {
-            if v.len() % 2 != 0 {
+            if !v.len().is_multiple_of(2) {
                 return Err(bad);
             }
             Attribute::UnknownAttributes(
@@ -667,7 +667,11 @@ fn encode_addr(buf: &mut Vec<u8>, addr: &SocketAddr, xor: Option<&TransactionId>
     }
 }
 
-fn encode_attribute(buf: &mut Vec<u8>, a: &Attribute, tid: &TransactionId) -> Result<(), StunError> {
+fn encode_attribute(
+    buf: &mut Vec<u8>,
+    a: &Attribute,
+    tid: &TransactionId,
+) -> Result<(), StunError> {
     let start = buf.len();
     buf.extend_from_slice(&a.typ().to_be_bytes());
     buf.extend_from_slice(&[0, 0]);
@@ -740,7 +744,7 @@ fn encode_attribute(buf: &mut Vec<u8>, a: &Attribute, tid: &TransactionId) -> Re
         l.copy_from_slice(&vlen16.to_be_bytes());
     }
     // §14: pad to a 4-byte boundary with zeros (receivers ignore the values).
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
     Ok(())
@@ -788,7 +792,11 @@ pub fn crc32(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             t[i] = c;
@@ -819,7 +827,10 @@ mod tests {
         // RFC 8489 §5: Binding request 0x0001, success 0x0101, error 0x0111,
         // indication 0x0011.
         assert_eq!(message_type(Class::Request, Method::BINDING), 0x0001);
-        assert_eq!(message_type(Class::SuccessResponse, Method::BINDING), 0x0101);
+        assert_eq!(
+            message_type(Class::SuccessResponse, Method::BINDING),
+            0x0101
+        );
         assert_eq!(message_type(Class::ErrorResponse, Method::BINDING), 0x0111);
         assert_eq!(message_type(Class::Indication, Method::BINDING), 0x0011);
         for m in [0u16, 1, 0x0FFF, 0x0ABC] {

@@ -9,7 +9,11 @@ use mpc_did_rendezvous::StunError;
 use serde_json::Value;
 
 fn vectors() -> (String, Vec<Value>) {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/rfc5769.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/vectors/rfc5769.json"
+    ))
+    .unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     (
         v["password"].as_str().unwrap().to_owned(),
@@ -39,12 +43,19 @@ fn rfc5769_vectors_decode_and_verify() {
         };
         assert_eq!(m.class, class, "{name}");
         assert_eq!(m.method, stun::Method::BINDING);
-        assert_eq!(hex::encode(m.transaction_id.0), v["transaction_id"].as_str().unwrap());
+        assert_eq!(
+            hex::encode(m.transaction_id.0),
+            v["transaction_id"].as_str().unwrap()
+        );
         assert!(m
             .attributes
             .contains(&Attribute::Software(v["software"].as_str().unwrap().into())));
         match v["mapped"].as_str() {
-            Some(a) => assert_eq!(m.mapped_address(), Some(a.parse::<SocketAddr>().unwrap()), "{name}"),
+            Some(a) => assert_eq!(
+                m.mapped_address(),
+                Some(a.parse::<SocketAddr>().unwrap()),
+                "{name}"
+            ),
             None => assert_eq!(m.mapped_address(), None),
         }
         if let Some(u) = v["username"].as_str() {
@@ -78,7 +89,10 @@ fn rfc5769_xor_mapped_address_reencodes_identically() {
             .filter(|a| matches!(a, Attribute::XorMappedAddress(_)))
             .cloned()
             .collect();
-        let only = stun::Message { attributes: xma, ..m.clone() };
+        let only = stun::Message {
+            attributes: xma,
+            ..m.clone()
+        };
         let enc = only.encode(None, false).unwrap();
         let start = 20 + 4 + 12; // header + SOFTWARE (11 bytes padded to 12)
         let attr_in_rfc = &raw[start..start + enc.len() - 20];
@@ -110,8 +124,10 @@ fn rfc5769_any_bit_flip_is_caught() {
                     // type into an unknown optional one survives: attributes
                     // after MESSAGE-INTEGRITY are ignored (§14.5), and the
                     // message then simply has no fingerprint.
-                    assert!(!d.has_fingerprint && i >= raw.len() - 8 && i < raw.len() - 6,
-                        "flip at byte {i} bit {bit:#x} went unnoticed");
+                    assert!(
+                        !d.has_fingerprint && i >= raw.len() - 8 && i < raw.len() - 6,
+                        "flip at byte {i} bit {bit:#x} went unnoticed"
+                    );
                 }
             }
         }

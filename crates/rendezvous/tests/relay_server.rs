@@ -1,0 +1,482 @@
+//! Relay server core (spec/rendezvous.md §4.4-4.5): authentication, opaque
+//! forwarding, and every bad-input case of issue 5 (unauthenticated and
+//! spoofed clients, unknown peers, oversize frames, floods), each rejected
+//! with a typed error and counted, with other clients unaffected.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use mpc_did_rendezvous::relay::{
+    sign_client_auth, ClientToRelay, ErrorCode, OverloadReason, PeerAddr, RelayToClient,
+};
+use mpc_did_rendezvous::relay_server::{ConnId, Handled, RelayConfig, RelayServer, ServerEvent};
+use mpc_did_rendezvous::RelayError;
+
+const RELAY: &str = "did:web:mediator.example";
+const UNIX: u64 = 1_800_000_000;
+
+struct Party {
+    sk: SigningKey,
+    did: String,
+}
+
+fn party(n: u8) -> Party {
+    Party {
+        sk: SigningKey::from_bytes(&[n; 32]),
+        did: format!("did:key:party{n}"),
+    }
+}
+
+impl Party {
+    fn key(&self) -> [u8; 32] {
+        self.sk.verifying_key().to_bytes()
+    }
+}
+
+fn drain(s: &mut RelayServer, c: ConnId) -> Vec<RelayToClient> {
+    std::iter::from_fn(|| s.poll_transmit(c)).collect()
+}
+
+fn events(s: &mut RelayServer) -> Vec<ServerEvent> {
+    std::iter::from_fn(|| s.poll_event()).collect()
+}
+
+fn feed(
+    s: &mut RelayServer,
+    c: ConnId,
+    m: ClientToRelay,
+    now: Instant,
+) -> Result<Handled, RelayError> {
+    let len = m.encoded_len();
+    s.handle(c, m, len, now)
+}
+
+/// Opens a connection and authenticates `p` on it, as the mediator shell would.
+fn login(s: &mut RelayServer, p: &Party, now: Instant) -> ConnId {
+    let c = s.open([p.key()[0]; 32], now).unwrap();
+    let Some(RelayToClient::ServerChallenge { relay_id, nonce }) = s.poll_transmit(c) else {
+        panic!("no challenge")
+    };
+    assert_eq!(relay_id, RELAY);
+    let auth = sign_client_auth(
+        &p.sk,
+        &p.did,
+        &format!("{}#k", p.did),
+        &relay_id,
+        &nonce,
+        UNIX,
+    );
+    let Handled::VerifyAuth(a) = feed(s, c, ClientToRelay::ClientAuth(auth), now).unwrap() else {
+        panic!()
+    };
+    s.finish_auth(c, &a, Some(&p.sk.verifying_key()), UNIX + 5)
+        .unwrap();
+    assert_eq!(drain(s, c), vec![RelayToClient::AuthOk]);
+    c
+}
+
+fn server() -> RelayServer {
+    RelayServer::new(RelayConfig::new(RELAY))
+}
+
+#[test]
+fn forwards_opaque_packets_by_key_and_did() {
+    let t = Instant::now();
+    let mut s = server();
+    let (a, b) = (party(1), party(2));
+    let ca = login(&mut s, &a, t);
+    let cb = login(&mut s, &b, t);
+    events(&mut s);
+    feed(
+        &mut s,
+        ca,
+        ClientToRelay::SendPacket {
+            dst: PeerAddr::Key(b.key()),
+            payload: b"noise-1".to_vec(),
+        },
+        t,
+    )
+    .unwrap();
+    feed(
+        &mut s,
+        ca,
+        ClientToRelay::SendPacket {
+            dst: PeerAddr::Did(b.did.clone()),
+            payload: b"noise-2".to_vec(),
+        },
+        t,
+    )
+    .unwrap();
+    assert_eq!(events(&mut s), vec![ServerEvent::Wake(cb)]);
+    let got = drain(&mut s, cb);
+    let want = |p: &[u8]| RelayToClient::RecvPacket {
+        src_key: a.key(),
+        src_did: a.did.clone(),
+        payload: p.to_vec(),
+    };
+    assert_eq!(got, vec![want(b"noise-1"), want(b"noise-2")]);
+    assert_eq!(s.metrics().forwarded_packets, 2);
+    assert_eq!(s.metrics().forwarded_bytes, 14);
+    assert_eq!(s.metrics().authenticated, 2);
+    // Ping gets a Pong.
+    feed(&mut s, ca, ClientToRelay::Ping([5; 8]), t).unwrap();
+    assert_eq!(drain(&mut s, ca), vec![RelayToClient::Pong([5; 8])]);
+}
+
+#[test]
+fn spoofed_signature_is_refused() {
+    let t = Instant::now();
+    let mut s = server();
+    let (alice, mallory) = (party(1), party(66));
+    let c = s.open([7; 32], t).unwrap();
+    let Some(RelayToClient::ServerChallenge { nonce, .. }) = s.poll_transmit(c) else {
+        panic!()
+    };
+    // Mallory claims Alice's DID but signs with her own key.
+    let auth = sign_client_auth(&mallory.sk, &alice.did, "k", RELAY, &nonce, UNIX);
+    let Handled::VerifyAuth(a) = feed(&mut s, c, ClientToRelay::ClientAuth(auth), t).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        s.finish_auth(c, &a, Some(&alice.sk.verifying_key()), UNIX),
+        Err(RelayError::AuthenticationFailed)
+    );
+    assert_eq!(drain(&mut s, c), vec![RelayToClient::AuthFailed]);
+    assert!(events(&mut s).contains(&ServerEvent::Close(c)));
+    assert_eq!(s.metrics().auth_failed, 1);
+    // Unresolvable DID: also AuthFailed.
+    let c2 = s.open([8; 32], t).unwrap();
+    drain(&mut s, c2);
+    let auth = sign_client_auth(&alice.sk, &alice.did, "k", RELAY, &[8; 32], UNIX);
+    let Handled::VerifyAuth(a) = feed(&mut s, c2, ClientToRelay::ClientAuth(auth), t).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        s.finish_auth(c2, &a, None, UNIX),
+        Err(RelayError::AuthenticationFailed)
+    );
+    // A signature over another connection's nonce (replay) fails.
+    let c3 = s.open([9; 32], t).unwrap();
+    drain(&mut s, c3);
+    let replay = sign_client_auth(&alice.sk, &alice.did, "k", RELAY, &[8; 32], UNIX);
+    let Handled::VerifyAuth(a) = feed(&mut s, c3, ClientToRelay::ClientAuth(replay), t).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        s.finish_auth(c3, &a, Some(&alice.sk.verifying_key()), UNIX),
+        Err(RelayError::AuthenticationFailed)
+    );
+    assert_eq!(s.metrics().auth_failed, 3);
+    assert_eq!(s.metrics().authenticated, 0);
+}
+
+#[test]
+fn packets_before_auth_are_rejected() {
+    let t = Instant::now();
+    let mut s = server();
+    let b = party(2);
+    let cb = login(&mut s, &b, t);
+    let c = s.open([1; 32], t).unwrap();
+    drain(&mut s, c);
+    let r = feed(
+        &mut s,
+        c,
+        ClientToRelay::SendPacket {
+            dst: PeerAddr::Key(b.key()),
+            payload: vec![1],
+        },
+        t,
+    );
+    assert_eq!(r, Err(RelayError::NotAuthenticated));
+    assert_eq!(
+        drain(&mut s, c),
+        vec![RelayToClient::Error(ErrorCode::NotAuthenticated)]
+    );
+    assert!(events(&mut s).contains(&ServerEvent::Close(c)));
+    assert!(drain(&mut s, cb).is_empty(), "nothing reached B");
+    assert_eq!(s.metrics().not_authenticated, 1);
+    // Frames after the close decision are ignored.
+    assert_eq!(
+        feed(&mut s, c, ClientToRelay::Ping([0; 8]), t),
+        Ok(Handled::Done)
+    );
+    assert!(drain(&mut s, c).is_empty());
+    s.close(c);
+    assert_eq!(
+        feed(&mut s, c, ClientToRelay::Ping([0; 8]), t),
+        Err(RelayError::UnknownConnection)
+    );
+}
+
+#[test]
+fn unknown_peer_gets_peer_gone() {
+    let t = Instant::now();
+    let mut s = server();
+    let a = party(1);
+    let ca = login(&mut s, &a, t);
+    let dst = PeerAddr::Did("did:key:nobody".into());
+    feed(
+        &mut s,
+        ca,
+        ClientToRelay::SendPacket {
+            dst: dst.clone(),
+            payload: vec![1],
+        },
+        t,
+    )
+    .unwrap();
+    assert_eq!(drain(&mut s, ca), vec![RelayToClient::PeerGone(dst)]);
+    assert_eq!(s.metrics().unknown_peer, 1);
+    // A peer that disconnected is gone too.
+    let b = party(2);
+    let cb = login(&mut s, &b, t);
+    s.close(cb);
+    feed(
+        &mut s,
+        ca,
+        ClientToRelay::SendPacket {
+            dst: PeerAddr::Key(b.key()),
+            payload: vec![1],
+        },
+        t,
+    )
+    .unwrap();
+    assert_eq!(
+        drain(&mut s, ca),
+        vec![RelayToClient::PeerGone(PeerAddr::Key(b.key()))]
+    );
+}
+
+#[test]
+fn malformed_and_oversize_frames_close_only_that_client() {
+    let t = Instant::now();
+    let mut s = server();
+    let (a, b) = (party(1), party(2));
+    let ca = login(&mut s, &a, t);
+    let cb = login(&mut s, &b, t);
+    events(&mut s);
+    // The shell's decoder reported an oversize header.
+    let mut big = vec![0x02];
+    big.extend_from_slice(&u32::MAX.to_be_bytes());
+    let err = ClientToRelay::decode(&big).unwrap_err();
+    s.on_malformed(ca, &err);
+    assert_eq!(
+        drain(&mut s, ca),
+        vec![RelayToClient::Error(ErrorCode::FrameTooLarge)]
+    );
+    assert!(events(&mut s).contains(&ServerEvent::Close(ca)));
+    assert_eq!(s.metrics().malformed, 1);
+    // B is unaffected: still reachable by another client.
+    let c = party(3);
+    let cc = login(&mut s, &c, t);
+    feed(
+        &mut s,
+        cc,
+        ClientToRelay::SendPacket {
+            dst: PeerAddr::Key(b.key()),
+            payload: vec![9],
+        },
+        t,
+    )
+    .unwrap();
+    assert_eq!(drain(&mut s, cb).len(), 1);
+    // A second ClientAuth is a protocol error.
+    let again = sign_client_auth(&c.sk, &c.did, "k", RELAY, &[0; 32], UNIX);
+    assert_eq!(
+        feed(&mut s, cc, ClientToRelay::ClientAuth(again), t),
+        Ok(Handled::Done)
+    );
+    assert_eq!(
+        drain(&mut s, cc),
+        vec![RelayToClient::Error(ErrorCode::Malformed)]
+    );
+}
+
+#[test]
+fn flood_is_rate_limited_and_others_unaffected() {
+    let t = Instant::now();
+    let mut cfg = RelayConfig::new(RELAY);
+    cfg.rate_bytes_per_sec = 10_000;
+    cfg.burst_bytes = 10_000;
+    let mut s = RelayServer::new(cfg);
+    let (flooder, victim, other, friend) = (party(1), party(2), party(3), party(4));
+    let cf = login(&mut s, &flooder, t);
+    let cv = login(&mut s, &victim, t);
+    let co = login(&mut s, &other, t);
+    let cfr = login(&mut s, &friend, t);
+    let pkt = |dst: &Party| ClientToRelay::SendPacket {
+        dst: PeerAddr::Key(dst.key()),
+        payload: vec![0; 962],
+    };
+    // 1000 bytes on the wire each (5 header + 33 peer + 962): 10 fit in the burst, the rest is dropped.
+    for _ in 0..100 {
+        feed(&mut s, cf, pkt(&victim), t).unwrap();
+    }
+    assert_eq!(s.metrics().forwarded_packets, 10);
+    assert_eq!(s.metrics().dropped_rate_limited, 90);
+    // The flooder is told once (not 90 times) ...
+    assert_eq!(
+        drain(&mut s, cf),
+        vec![RelayToClient::Overloaded(OverloadReason::RateLimited)]
+    );
+    assert_eq!(drain(&mut s, cv).len(), 10);
+    // ... while another client's traffic flows.
+    feed(&mut s, co, pkt(&friend), t).unwrap();
+    assert_eq!(drain(&mut s, cfr).len(), 1);
+    // Tokens refill with time: 0.5 s later, 5 more packets.
+    let later = t + Duration::from_millis(500);
+    for _ in 0..10 {
+        feed(&mut s, cf, pkt(&victim), later).unwrap();
+    }
+    assert_eq!(drain(&mut s, cv).len(), 5);
+    assert_eq!(s.metrics().dropped_rate_limited, 95);
+}
+
+#[test]
+fn full_destination_queue_drops_and_tells_sender() {
+    let t = Instant::now();
+    let mut cfg = RelayConfig::new(RELAY);
+    cfg.max_queue_frames = 4;
+    cfg.max_queue_bytes = 100_000;
+    let mut s = RelayServer::new(cfg);
+    let (a, b) = (party(1), party(2));
+    let ca = login(&mut s, &a, t);
+    let cb = login(&mut s, &b, t);
+    for _ in 0..10 {
+        feed(
+            &mut s,
+            ca,
+            ClientToRelay::SendPacket {
+                dst: PeerAddr::Key(b.key()),
+                payload: vec![1; 100],
+            },
+            t,
+        )
+        .unwrap();
+    }
+    assert_eq!(s.metrics().dropped_queue_full, 6);
+    assert_eq!(s.metrics().forwarded_packets, 4);
+    assert_eq!(
+        drain(&mut s, ca),
+        vec![RelayToClient::Overloaded(OverloadReason::PeerQueueFull)]
+    );
+    // Bounded memory: the queue holds exactly 4 frames' bytes.
+    let one = RelayToClient::RecvPacket {
+        src_key: a.key(),
+        src_did: a.did.clone(),
+        payload: vec![1; 100],
+    }
+    .encoded_len();
+    assert_eq!(s.queued_bytes(cb), Some(4 * one));
+    assert_eq!(drain(&mut s, cb).len(), 4);
+    assert_eq!(s.queued_bytes(cb), Some(0));
+    // Byte limit too.
+    let mut cfg = RelayConfig::new(RELAY);
+    cfg.max_queue_bytes = 1000;
+    let mut s = RelayServer::new(cfg);
+    let ca = login(&mut s, &a, t);
+    let cb = login(&mut s, &b, t);
+    for _ in 0..5 {
+        feed(
+            &mut s,
+            ca,
+            ClientToRelay::SendPacket {
+                dst: PeerAddr::Key(b.key()),
+                payload: vec![1; 300],
+            },
+            t,
+        )
+        .unwrap();
+    }
+    assert!(s.queued_bytes(cb).unwrap() <= 1000);
+    assert_eq!(s.metrics().forwarded_packets, 2);
+}
+
+#[test]
+fn client_limit_refuses_with_overloaded() {
+    let t = Instant::now();
+    let mut cfg = RelayConfig::new(RELAY);
+    cfg.max_clients = 2;
+    let mut s = RelayServer::new(cfg);
+    let c1 = s.open([1; 32], t).unwrap();
+    s.open([2; 32], t).unwrap();
+    assert_eq!(s.open([3; 32], t), Err(RelayError::TooManyClients));
+    assert_eq!(
+        RelayServer::refusal_frame(),
+        RelayToClient::Overloaded(OverloadReason::TooManyClients)
+    );
+    assert_eq!(s.metrics().rejected_full, 1);
+    s.close(c1);
+    assert!(s.open([4; 32], t).is_ok());
+    assert_eq!(s.metrics().clients, 2);
+}
+
+#[test]
+fn idle_and_unauthenticated_connections_time_out() {
+    let t = Instant::now();
+    let mut s = server();
+    let a = party(1);
+    let ca = login(&mut s, &a, t);
+    let lurker = s.open([5; 32], t).unwrap();
+    drain(&mut s, lurker);
+    events(&mut s);
+    let auth_deadline = s.next_timeout().unwrap();
+    assert_eq!(auth_deadline, t + Duration::from_secs(10));
+    s.handle_timeout(auth_deadline);
+    assert_eq!(
+        events(&mut s),
+        vec![ServerEvent::Wake(lurker), ServerEvent::Close(lurker)]
+    );
+    assert_eq!(
+        drain(&mut s, lurker),
+        vec![RelayToClient::Error(ErrorCode::IdleTimeout)]
+    );
+    s.close(lurker);
+    // A's keepalive at 50 s moves its deadline.
+    feed(
+        &mut s,
+        ca,
+        ClientToRelay::Pong([0; 8]),
+        t + Duration::from_secs(50),
+    )
+    .unwrap();
+    s.handle_timeout(t + Duration::from_secs(61));
+    assert!(events(&mut s).is_empty());
+    assert_eq!(s.next_timeout(), Some(t + Duration::from_secs(110)));
+    s.handle_timeout(t + Duration::from_secs(110));
+    assert!(events(&mut s).contains(&ServerEvent::Close(ca)));
+    assert_eq!(s.metrics().timed_out, 2);
+}
+
+#[test]
+fn reconnect_replaces_old_connection() {
+    let t = Instant::now();
+    let mut s = server();
+    let (a, b) = (party(1), party(2));
+    let old = login(&mut s, &a, t);
+    let cb = login(&mut s, &b, t);
+    let new = login(&mut s, &a, t);
+    assert!(events(&mut s).contains(&ServerEvent::Close(old)));
+    assert_eq!(
+        drain(&mut s, old),
+        vec![RelayToClient::Error(ErrorCode::Replaced)]
+    );
+    s.close(old); // must not unregister the new connection
+    feed(
+        &mut s,
+        cb,
+        ClientToRelay::SendPacket {
+            dst: PeerAddr::Key(a.key()),
+            payload: vec![3],
+        },
+        t,
+    )
+    .unwrap();
+    assert_eq!(drain(&mut s, new).len(), 1);
+    assert_eq!(s.metrics().replaced, 1);
+    assert_eq!(s.metrics().authenticated, 2);
+}
