@@ -1,0 +1,856 @@
+//! The transport state machine (spec/session.md §5–8). No I/O: records in, records and events
+//! out; time is a caller-supplied millisecond clock.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::cipher::{epoch_of, RecvCipher, SendCipher, EPOCH_BITS};
+use crate::error::{Result, SessionError};
+use crate::frame::{
+    Frame, RecordHeader, StreamState, HEADER_LEN, MAX_DATA_PER_FRAME, MAX_FRAME_LEN,
+    MAX_REASON_LEN, STREAM_STATE_LEN,
+};
+use crate::handshake::{Role, Split};
+
+/// Most streams a session tracks in each direction; bounded so that one RESUME frame always
+/// holds every stream's state (spec §7).
+pub const MAX_STREAMS_LIMIT: usize = (MAX_FRAME_LEN - 3) / STREAM_STATE_LEN;
+
+/// Tunables of a session. The defaults are those of spec/session.md §8.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Stream bytes written but not yet acknowledged, over all streams; `send` accepts no
+    /// more (backpressure) until ACKs free space.
+    pub max_unacked_bytes: usize,
+    /// Streams tracked per direction (at most [`MAX_STREAMS_LIMIT`]).
+    pub max_streams: usize,
+    /// Send a PING after this long without sending anything.
+    pub keepalive_ms: u64,
+    /// Report [`Event::PathIdle`] after this long without receiving anything.
+    pub idle_timeout_ms: u64,
+    /// Longest delay before acknowledging received bytes.
+    pub ack_delay_ms: u64,
+    /// Acknowledge at once when this many received bytes are unacknowledged.
+    pub ack_threshold_bytes: u64,
+    /// Start a new key epoch after sealing this many record bytes in the current one.
+    pub rekey_bytes: u64,
+    /// Start a new key epoch after this long in the current one.
+    pub rekey_interval_ms: u64,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            max_unacked_bytes: 8 << 20,
+            max_streams: 1024,
+            keepalive_ms: 10_000,
+            idle_timeout_ms: 30_000,
+            ack_delay_ms: 20,
+            ack_threshold_bytes: 64 << 10,
+            rekey_bytes: 1 << 30,
+            rekey_interval_ms: 600_000,
+        }
+    }
+}
+
+/// What the session tells its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// New in-order bytes of a stream (never a byte twice, never a gap).
+    Data {
+        /// Stream id.
+        stream: u32,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The peer finished its sending direction of `stream`; every byte has been delivered.
+    StreamFinished {
+        /// Stream id.
+        stream: u32,
+    },
+    /// Acknowledgements freed send capacity after `send` accepted less than it was given.
+    Writable,
+    /// The peer moved to a new key epoch.
+    Rekeyed {
+        /// The new receive epoch.
+        epoch: u64,
+    },
+    /// The peer's RESUME arrived: unacknowledged bytes have been queued again on this path.
+    Resumed,
+    /// Nothing was received for `idle_timeout_ms`: the driver should open another path and
+    /// call [`Session::resume`].
+    PathIdle,
+    /// The peer closed the session.
+    Closed {
+        /// The peer's close code.
+        code: u16,
+        /// The peer's reason text.
+        reason: String,
+    },
+}
+
+/// Counters for tests, logs and benchmarks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Records sealed.
+    pub records_sent: u64,
+    /// Records opened.
+    pub records_received: u64,
+    /// Current sending key epoch.
+    pub send_epoch: u64,
+    /// Current receiving key epoch.
+    pub recv_epoch: u64,
+    /// Stream bytes held for retransmission.
+    pub unacked_bytes: usize,
+    /// Stream bytes sent again after a path switch.
+    pub retransmitted_bytes: u64,
+    /// Duplicate stream bytes received and discarded.
+    pub duplicate_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PathState {
+    /// Sending and receiving normally on the current path.
+    Active,
+    /// [`Session::resume`] was called: our RESUME is queued; the peer's has not arrived.
+    AwaitingResume,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Open,
+    Closed,
+    Failed,
+}
+
+#[derive(Debug, Default)]
+struct SendStream {
+    /// Offset acknowledged by the peer; `buf` holds bytes from here.
+    acked: u64,
+    /// Unacknowledged bytes `[acked, acked + buf.len())`.
+    buf: VecDeque<u8>,
+    /// Next offset to transmit on the current path.
+    sent: u64,
+    /// Highest offset ever transmitted (on any path); ACKs may not exceed it.
+    max_sent: u64,
+    /// The application finished the stream.
+    fin: bool,
+    fin_sent: bool,
+    fin_ever_sent: bool,
+    fin_acked: bool,
+}
+
+impl SendStream {
+    fn write_end(&self) -> u64 {
+        self.acked + self.buf.len() as u64
+    }
+}
+
+#[derive(Debug, Default)]
+struct RecvStream {
+    /// Bytes delivered in order.
+    offset: u64,
+    /// Offset last acknowledged to the peer.
+    acked: u64,
+    fin: bool,
+    fin_acked: bool,
+}
+
+/// An established secure session (spec/session.md §5): see the crate docs for the call
+/// order. Created by [`crate::InitiatorHandshake::finish`] or [`crate::respond`].
+pub struct Session {
+    role: Role,
+    config: SessionConfig,
+    send_cipher: SendCipher,
+    recv_cipher: RecvCipher,
+    handshake_hash: [u8; 32],
+    lifecycle: Lifecycle,
+    path: PathState,
+    next_counter: u64,
+    last_recv_counter: Option<u64>,
+    send_streams: BTreeMap<u32, SendStream>,
+    recv_streams: BTreeMap<u32, RecvStream>,
+    next_local_stream: u64,
+    unacked_total: usize,
+    blocked: bool,
+    outbox: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    scratch: Vec<u8>,
+    open_buf: Vec<u8>,
+    epoch_started_ms: u64,
+    epoch_bytes: u64,
+    rekey_pending: bool,
+    last_send_ms: u64,
+    last_recv_ms: u64,
+    idle_reported: bool,
+    ack_deadline: Option<u64>,
+    ack_pending_bytes: u64,
+    stats: SessionStats,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &self.role)
+            .field("lifecycle", &self.lifecycle)
+            .field("path", &self.path)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        role: Role,
+        split: Split,
+        mut config: SessionConfig,
+        now_ms: u64,
+    ) -> Result<Self> {
+        let (send_key, recv_key) = match role {
+            Role::Initiator => (split.initiator_to_responder, split.responder_to_initiator),
+            Role::Responder => (split.responder_to_initiator, split.initiator_to_responder),
+        };
+        config.max_streams = config.max_streams.clamp(1, MAX_STREAMS_LIMIT);
+        Ok(Self {
+            role,
+            config,
+            send_cipher: SendCipher::new(send_key)?,
+            recv_cipher: RecvCipher::new(recv_key)?,
+            handshake_hash: split.handshake_hash,
+            lifecycle: Lifecycle::Open,
+            path: PathState::Active,
+            next_counter: 0,
+            last_recv_counter: None,
+            send_streams: BTreeMap::new(),
+            recv_streams: BTreeMap::new(),
+            next_local_stream: match role {
+                Role::Initiator => 0,
+                Role::Responder => 1,
+            },
+            unacked_total: 0,
+            blocked: false,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            scratch: Vec::with_capacity(MAX_FRAME_LEN),
+            open_buf: Vec::with_capacity(MAX_FRAME_LEN),
+            epoch_started_ms: now_ms,
+            epoch_bytes: 0,
+            rekey_pending: false,
+            last_send_ms: now_ms,
+            last_recv_ms: now_ms,
+            idle_reported: false,
+            ack_deadline: None,
+            ack_pending_bytes: 0,
+            stats: SessionStats::default(),
+        })
+    }
+
+    /// Our Noise role.
+    #[must_use]
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The Noise handshake hash `h`: identical on both sides, unique per handshake; usable as
+    /// a channel binding.
+    #[must_use]
+    pub fn handshake_hash(&self) -> &[u8; 32] {
+        &self.handshake_hash
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> SessionStats {
+        SessionStats {
+            send_epoch: self.send_cipher.epoch(),
+            recv_epoch: self.recv_cipher.epoch(),
+            unacked_bytes: self.unacked_total,
+            ..self.stats.clone()
+        }
+    }
+
+    /// Whether the session is closed (by either side) or failed.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.lifecycle != Lifecycle::Open
+    }
+
+    /// Free send capacity in bytes.
+    #[must_use]
+    pub fn send_capacity(&self) -> usize {
+        self.config
+            .max_unacked_bytes
+            .saturating_sub(self.unacked_total)
+    }
+
+    /// Opens a new stream (initiator: even ids, responder: odd ids; spec §6.1).
+    ///
+    /// # Errors
+    /// [`SessionError::Limit`] when `max_streams` streams are open or ids are exhausted;
+    /// [`SessionError::State`] after close.
+    pub fn open_stream(&mut self) -> Result<u32> {
+        self.check_open()?;
+        if self.send_streams.len() >= self.config.max_streams {
+            return Err(SessionError::Limit("streams"));
+        }
+        let id =
+            u32::try_from(self.next_local_stream).map_err(|_| SessionError::Limit("stream ids"))?;
+        self.next_local_stream += 2;
+        self.send_streams.insert(id, SendStream::default());
+        Ok(id)
+    }
+
+    /// Writes bytes on a stream; returns how many were accepted (fewer than given, possibly
+    /// 0, when the unacknowledged-bytes bound is reached: wait for [`Event::Writable`]).
+    /// Records go to the outbox ([`Session::poll_transmit`]); while a resume is pending the
+    /// bytes are only buffered.
+    ///
+    /// # Errors
+    /// [`SessionError::State`] for a stream that is neither opened locally nor by the peer,
+    /// a finished stream, or a closed session; [`SessionError::Exhausted`] at the end of the
+    /// counter space.
+    pub fn send(&mut self, now_ms: u64, stream: u32, data: &[u8]) -> Result<usize> {
+        self.check_open()?;
+        let s = self
+            .send_streams
+            .get_mut(&stream)
+            .ok_or(SessionError::State("unknown stream"))?;
+        if s.fin {
+            return Err(SessionError::State("stream finished"));
+        }
+        let cap = self
+            .config
+            .max_unacked_bytes
+            .saturating_sub(self.unacked_total);
+        let n = data.len().min(cap);
+        if n < data.len() {
+            self.blocked = true;
+        }
+        let accepted = data.get(..n).unwrap_or_default();
+        if accepted.is_empty() {
+            return Ok(0);
+        }
+        s.buf.extend(accepted);
+        self.unacked_total += n;
+        if self.path == PathState::Active {
+            self.transmit_stream(now_ms, stream)?;
+        }
+        Ok(n)
+    }
+
+    /// Finishes our sending direction of `stream` (a FIN follows the buffered bytes).
+    ///
+    /// # Errors
+    /// As [`Session::send`].
+    pub fn finish(&mut self, now_ms: u64, stream: u32) -> Result<()> {
+        self.check_open()?;
+        let s = self
+            .send_streams
+            .get_mut(&stream)
+            .ok_or(SessionError::State("unknown stream"))?;
+        if s.fin {
+            return Err(SessionError::State("stream finished"));
+        }
+        s.fin = true;
+        if self.path == PathState::Active {
+            self.transmit_stream(now_ms, stream)?;
+        }
+        Ok(())
+    }
+
+    /// Closes the session: a CLOSE record is queued, nothing more is sent or accepted.
+    ///
+    /// # Errors
+    /// [`SessionError::State`] if already closed; [`SessionError::Limit`] for a reason over
+    /// 256 bytes.
+    pub fn close(&mut self, now_ms: u64, code: u16, reason: &str) -> Result<()> {
+        self.check_open()?;
+        if reason.len() > MAX_REASON_LEN {
+            return Err(SessionError::Limit("close reason"));
+        }
+        self.seal(now_ms, &Frame::Close { code, reason })?;
+        self.lifecycle = Lifecycle::Closed;
+        Ok(())
+    }
+
+    /// The path broke or was replaced: drop unsent records, queue a RESUME carrying our
+    /// received offsets as the first record of the new path, and hold stream data until the
+    /// peer's RESUME says where to restart (spec §7). Call it once the new path is up and
+    /// before feeding any record read from it; never feed records from the old path again.
+    ///
+    /// # Errors
+    /// [`SessionError::State`] after close.
+    pub fn resume(&mut self, now_ms: u64) -> Result<()> {
+        self.check_open()?;
+        self.outbox.clear();
+        self.path = PathState::AwaitingResume;
+        for s in self.send_streams.values_mut() {
+            s.sent = s.acked;
+            s.fin_sent = s.fin_acked;
+        }
+        let states = self.recv_states(true);
+        self.ack_deadline = None;
+        self.ack_pending_bytes = 0;
+        self.last_recv_ms = now_ms;
+        self.idle_reported = false;
+        self.seal(now_ms, &Frame::Resume(states))
+    }
+
+    /// Processes one complete record (length field included), e.g. from
+    /// [`crate::RecordDecoder::next_record`]. Events are queued for [`Session::poll_event`],
+    /// answers for [`Session::poll_transmit`].
+    ///
+    /// # Errors
+    /// - [`SessionError::Decrypt`]: the record did not authenticate, or was replayed,
+    ///   reordered or truncated. The session is unchanged; the path is untrustworthy — drop
+    ///   it and [`Session::resume`] on another.
+    /// - [`SessionError::Malformed`] / [`SessionError::Protocol`] / [`SessionError::Limit`]
+    ///   after decryption: the authenticated peer broke the protocol; the session has failed.
+    /// - [`SessionError::State`]: the session is closed or failed.
+    pub fn handle_record(&mut self, now_ms: u64, record: &[u8]) -> Result<()> {
+        self.check_open()?;
+        // A short, long or truncated record is reported like any other forgery (spec §5.3).
+        let header = RecordHeader::parse(record).map_err(|_| SessionError::Decrypt)?;
+        let counter = header.counter;
+        let is_path_start = self.path == PathState::AwaitingResume;
+        let acceptable = match self.last_recv_counter {
+            // After a path switch frames may have been lost: anything later is acceptable, and
+            // it must turn out to be a RESUME.
+            Some(last) if is_path_start => counter > last,
+            None if is_path_start => true,
+            // On one path records arrive in order: the next counter, or the first counter of
+            // the next epoch when the peer rekeyed early (spec §5.5).
+            Some(last) => {
+                counter == last.wrapping_add(1)
+                    || (counter > last && counter == next_epoch_start(last))
+            }
+            None => counter == 0,
+        };
+        if !acceptable || counter == u64::MAX {
+            return Err(SessionError::Decrypt);
+        }
+        let (ad, ct) = record.split_at(HEADER_LEN);
+        let before = self.recv_cipher.epoch();
+        let mut pt = std::mem::take(&mut self.open_buf);
+        let opened = self.recv_cipher.open(counter, ad, ct, &mut pt);
+        let result = opened.and_then(|()| {
+            self.last_recv_counter = Some(counter);
+            self.last_recv_ms = now_ms;
+            self.idle_reported = false;
+            self.stats.records_received += 1;
+            if self.recv_cipher.epoch() != before {
+                self.events.push_back(Event::Rekeyed {
+                    epoch: self.recv_cipher.epoch(),
+                });
+            }
+            let r = Frame::decode(&pt).and_then(|f| self.dispatch(now_ms, f, is_path_start));
+            if r.is_err() {
+                self.lifecycle = Lifecycle::Failed;
+            }
+            r
+        });
+        self.open_buf = pt;
+        result
+    }
+
+    /// The next record to write to the current path, in order.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// The earliest time [`Session::handle_timeout`] has work to do, if any.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<u64> {
+        if self.lifecycle != Lifecycle::Open {
+            return None;
+        }
+        let mut t = self.last_send_ms.saturating_add(self.config.keepalive_ms);
+        if !self.idle_reported {
+            t = t.min(
+                self.last_recv_ms
+                    .saturating_add(self.config.idle_timeout_ms),
+            );
+        }
+        if let Some(a) = self.ack_deadline {
+            t = t.min(a);
+        }
+        if !self.rekey_pending {
+            t = t.min(
+                self.epoch_started_ms
+                    .saturating_add(self.config.rekey_interval_ms),
+            );
+        }
+        Some(t)
+    }
+
+    /// Runs timers: delayed ACKs, keepalive PINGs, idle detection, rekey by time.
+    ///
+    /// # Errors
+    /// [`SessionError::Exhausted`] at the end of the counter space.
+    pub fn handle_timeout(&mut self, now_ms: u64) -> Result<()> {
+        if self.lifecycle != Lifecycle::Open {
+            return Ok(());
+        }
+        if self.ack_deadline.is_some_and(|d| now_ms >= d) {
+            self.send_acks(now_ms)?;
+        }
+        if !self.rekey_pending
+            && now_ms
+                >= self
+                    .epoch_started_ms
+                    .saturating_add(self.config.rekey_interval_ms)
+        {
+            // A PING makes the new epoch take effect now rather than at the next write, so
+            // the old key does not linger in memory on an idle session.
+            self.rekey_pending = true;
+            self.seal(now_ms, &Frame::Ping(self.next_counter))?;
+        }
+        if now_ms >= self.last_send_ms.saturating_add(self.config.keepalive_ms) {
+            self.seal(now_ms, &Frame::Ping(self.next_counter))?;
+        }
+        if !self.idle_reported
+            && now_ms
+                >= self
+                    .last_recv_ms
+                    .saturating_add(self.config.idle_timeout_ms)
+        {
+            self.idle_reported = true;
+            self.events.push_back(Event::PathIdle);
+        }
+        Ok(())
+    }
+
+    /// Starts a new key epoch with the next record (spec §5.5). Normally driven by the
+    /// schedule; public for drivers and tests.
+    pub fn request_rekey(&mut self) {
+        self.rekey_pending = true;
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match self.lifecycle {
+            Lifecycle::Open => Ok(()),
+            Lifecycle::Closed => Err(SessionError::State("session closed")),
+            Lifecycle::Failed => Err(SessionError::State("session failed")),
+        }
+    }
+
+    fn recv_states(&mut self, mark_acked: bool) -> Vec<StreamState> {
+        let mut v = Vec::new();
+        for (&stream, r) in &mut self.recv_streams {
+            v.push(StreamState {
+                stream,
+                offset: r.offset,
+                fin: r.fin,
+            });
+            if mark_acked {
+                r.acked = r.offset;
+                r.fin_acked = r.fin;
+            }
+        }
+        v
+    }
+
+    fn send_acks(&mut self, now_ms: u64) -> Result<()> {
+        self.ack_deadline = None;
+        self.ack_pending_bytes = 0;
+        let mut v = Vec::new();
+        for (&stream, r) in &mut self.recv_streams {
+            if r.offset > r.acked || r.fin != r.fin_acked {
+                v.push(StreamState {
+                    stream,
+                    offset: r.offset,
+                    fin: r.fin,
+                });
+                r.acked = r.offset;
+                r.fin_acked = r.fin;
+            }
+        }
+        if v.is_empty() {
+            return Ok(());
+        }
+        self.seal(now_ms, &Frame::Ack(v))
+    }
+
+    fn schedule_ack(&mut self, now_ms: u64, bytes: u64, urgent: bool) -> Result<()> {
+        self.ack_pending_bytes += bytes;
+        if urgent || self.ack_pending_bytes >= self.config.ack_threshold_bytes {
+            return self.send_acks(now_ms);
+        }
+        if self.ack_deadline.is_none() {
+            self.ack_deadline = Some(now_ms.saturating_add(self.config.ack_delay_ms));
+        }
+        Ok(())
+    }
+
+    /// Seals one frame into a record and queues it.
+    fn seal(&mut self, now_ms: u64, frame: &Frame<'_>) -> Result<()> {
+        if (self.rekey_pending || self.epoch_bytes >= self.config.rekey_bytes)
+            && self.next_counter & epoch_mask() != 0
+        {
+            self.next_counter = next_epoch_start(self.next_counter);
+        }
+        self.rekey_pending = false;
+        let counter = self.next_counter;
+        if counter == u64::MAX {
+            return Err(SessionError::Exhausted);
+        }
+        if epoch_of(counter) != self.send_cipher.epoch() {
+            self.epoch_started_ms = now_ms;
+            self.epoch_bytes = 0;
+        }
+        self.scratch.clear();
+        frame.encode(&mut self.scratch)?;
+        let body_len = 8 + self.scratch.len() + crate::cipher::TAG_LEN;
+        let length = u16::try_from(body_len).map_err(|_| SessionError::Limit("record"))?;
+        let mut header = [0u8; HEADER_LEN];
+        header[..2].copy_from_slice(&length.to_be_bytes());
+        header[2..].copy_from_slice(&counter.to_be_bytes());
+        let mut record = Vec::with_capacity(2 + body_len);
+        record.extend_from_slice(&header);
+        self.send_cipher
+            .seal(counter, &header, &self.scratch, &mut record)?;
+        self.next_counter = counter + 1;
+        self.epoch_bytes += record.len() as u64;
+        self.last_send_ms = now_ms;
+        self.stats.records_sent += 1;
+        self.outbox.push_back(record);
+        Ok(())
+    }
+
+    /// Sends every untransmitted byte (and a due FIN) of one stream.
+    fn transmit_stream(&mut self, now_ms: u64, stream: u32) -> Result<()> {
+        let mut chunk = Vec::new();
+        loop {
+            let Some(s) = self.send_streams.get(&stream) else {
+                return Ok(());
+            };
+            let end = s.write_end();
+            if s.sent < end {
+                let start = s.sent;
+                let n = (end - start).min(MAX_DATA_PER_FRAME as u64);
+                chunk.clear();
+                copy_range(&s.buf, start - s.acked, n, &mut chunk);
+                self.seal(
+                    now_ms,
+                    &Frame::Data {
+                        stream,
+                        offset: start,
+                        data: &chunk,
+                    },
+                )?;
+                if let Some(s) = self.send_streams.get_mut(&stream) {
+                    s.sent = start + n;
+                    s.max_sent = s.max_sent.max(s.sent);
+                }
+            } else if s.fin && !s.fin_sent {
+                self.seal(
+                    now_ms,
+                    &Frame::Fin {
+                        stream,
+                        final_size: end,
+                    },
+                )?;
+                if let Some(s) = self.send_streams.get_mut(&stream) {
+                    s.fin_sent = true;
+                    s.fin_ever_sent = true;
+                }
+            } else {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies the peer's received offset for one of our send streams (ACK or RESUME).
+    fn apply_ack(&mut self, st: StreamState) -> Result<()> {
+        let Some(s) = self.send_streams.get_mut(&st.stream) else {
+            if st.offset == 0 && !st.fin {
+                return Ok(());
+            }
+            return Err(SessionError::Protocol("ack for unknown stream"));
+        };
+        if st.offset > s.max_sent || (st.fin && !(s.fin_ever_sent && st.offset == s.write_end())) {
+            return Err(SessionError::Protocol("ack beyond what was sent"));
+        }
+        if st.offset > s.acked {
+            let n = st.offset - s.acked;
+            let n_usize = usize::try_from(n).map_err(|_| SessionError::Protocol("ack size"))?;
+            s.buf.drain(..n_usize.min(s.buf.len()));
+            s.acked = st.offset;
+            self.unacked_total = self.unacked_total.saturating_sub(n_usize);
+        }
+        // After a path switch `sent` was rewound to the old acknowledged offset.
+        s.sent = s.sent.max(s.acked);
+        if st.fin {
+            s.fin_acked = true;
+            s.fin_sent = true;
+        }
+        Ok(())
+    }
+
+    fn maybe_writable(&mut self) {
+        if self.blocked && self.unacked_total < self.config.max_unacked_bytes {
+            self.blocked = false;
+            self.events.push_back(Event::Writable);
+        }
+    }
+
+    fn recv_stream(&mut self, stream: u32) -> Result<&mut RecvStream> {
+        if !self.recv_streams.contains_key(&stream) {
+            let ours = stream.is_multiple_of(2) == (self.role == Role::Initiator);
+            if ours && !self.send_streams.contains_key(&stream) {
+                return Err(SessionError::Protocol(
+                    "peer used a stream id of our parity",
+                ));
+            }
+            if self.recv_streams.len() >= self.config.max_streams {
+                return Err(SessionError::Limit("streams"));
+            }
+            if !ours {
+                // A peer-opened stream is bidirectional: we may answer on it.
+                if self.send_streams.len() >= self.config.max_streams {
+                    return Err(SessionError::Limit("streams"));
+                }
+                self.send_streams.entry(stream).or_default();
+            }
+        }
+        Ok(self.recv_streams.entry(stream).or_default())
+    }
+
+    fn dispatch(&mut self, now_ms: u64, frame: Frame<'_>, is_path_start: bool) -> Result<()> {
+        if is_path_start && !matches!(frame, Frame::Resume(_)) {
+            return Err(SessionError::Protocol(
+                "first record on a new path is not RESUME",
+            ));
+        }
+        match frame {
+            Frame::Data {
+                stream,
+                offset,
+                data,
+            } => {
+                let r = self.recv_stream(stream)?;
+                let end = offset + data.len() as u64;
+                if r.fin && end > r.offset {
+                    return Err(SessionError::Protocol("data after FIN"));
+                }
+                if offset > r.offset {
+                    return Err(SessionError::Protocol("gap in stream"));
+                }
+                // Bytes below the delivered offset were delivered already: never twice.
+                let skip = usize::try_from(r.offset - offset).unwrap_or(usize::MAX);
+                if end > r.offset {
+                    r.offset = end;
+                }
+                self.stats.duplicate_bytes += skip.min(data.len()) as u64;
+                let fresh = data.get(skip..).unwrap_or_default();
+                if fresh.is_empty() {
+                    return Ok(());
+                }
+                let n = fresh.len() as u64;
+                self.events.push_back(Event::Data {
+                    stream,
+                    data: fresh.to_vec(),
+                });
+                self.schedule_ack(now_ms, n, false)
+            }
+            Frame::Fin { stream, final_size } => {
+                let r = self.recv_stream(stream)?;
+                if r.fin {
+                    if final_size != r.offset {
+                        return Err(SessionError::Protocol("FIN size changed"));
+                    }
+                    return Ok(());
+                }
+                if final_size != r.offset {
+                    return Err(SessionError::Protocol("FIN size does not match data"));
+                }
+                r.fin = true;
+                self.events.push_back(Event::StreamFinished { stream });
+                self.schedule_ack(now_ms, 0, false)
+            }
+            Frame::Ack(states) => {
+                for st in states {
+                    self.apply_ack(st)?;
+                }
+                self.maybe_writable();
+                Ok(())
+            }
+            Frame::Ping(token) => self.seal(now_ms, &Frame::Pong(token)),
+            Frame::Pong(_) => Ok(()),
+            Frame::Resume(states) => {
+                if !is_path_start {
+                    return Err(SessionError::Protocol("RESUME without a path switch"));
+                }
+                let mut listed = std::collections::BTreeSet::new();
+                for st in states {
+                    if !listed.insert(st.stream) {
+                        return Err(SessionError::Protocol("stream listed twice in RESUME"));
+                    }
+                    if let Some(s) = self.send_streams.get(&st.stream) {
+                        if st.offset < s.acked {
+                            return Err(SessionError::Protocol("RESUME below acknowledged offset"));
+                        }
+                    }
+                    self.apply_ack(st)?;
+                }
+                for (id, s) in &self.send_streams {
+                    if !listed.contains(id) && (s.acked > 0 || s.fin_acked) {
+                        return Err(SessionError::Protocol("RESUME forgot a stream"));
+                    }
+                }
+                self.path = PathState::Active;
+                let ids: Vec<u32> = self.send_streams.keys().copied().collect();
+                for id in ids {
+                    let before = self.stats.records_sent;
+                    let pending = self
+                        .send_streams
+                        .get(&id)
+                        .map_or(0, |s| s.write_end() - s.sent);
+                    self.transmit_stream(now_ms, id)?;
+                    if self.stats.records_sent > before {
+                        self.stats.retransmitted_bytes += pending;
+                    }
+                }
+                self.events.push_back(Event::Resumed);
+                self.maybe_writable();
+                Ok(())
+            }
+            Frame::Close { code, reason } => {
+                self.lifecycle = Lifecycle::Closed;
+                self.events.push_back(Event::Closed {
+                    code,
+                    reason: reason.to_owned(),
+                });
+                Ok(())
+            }
+        }
+    }
+}
+
+fn epoch_mask() -> u64 {
+    (1u64 << EPOCH_BITS) - 1
+}
+
+/// First counter of the epoch after the one `counter` is in.
+fn next_epoch_start(counter: u64) -> u64 {
+    (counter | epoch_mask()).saturating_add(1)
+}
+
+/// Appends `n` bytes of `buf` starting at `start` to `out`, slice-wise.
+fn copy_range(buf: &VecDeque<u8>, start: u64, n: u64, out: &mut Vec<u8>) {
+    let (a, b) = buf.as_slices();
+    let start = usize::try_from(start).unwrap_or(usize::MAX);
+    let end = start.saturating_add(usize::try_from(n).unwrap_or(usize::MAX));
+    let a_len = a.len();
+    if start < a_len {
+        out.extend_from_slice(a.get(start..end.min(a_len)).unwrap_or_default());
+    }
+    if end > a_len {
+        let bs = start.saturating_sub(a_len);
+        out.extend_from_slice(b.get(bs..end - a_len).unwrap_or_default());
+    }
+}

@@ -1,0 +1,373 @@
+//! Session behaviour on the deterministic in-memory pair (spec/session.md §5–8).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{pattern, stream_bytes, Pair, ALICE, BOB, MPC, ROSTER};
+use mpc_did_session::{Acceptor, Event, Proposer, Role, SessionConfig, SessionError, EPOCH_BITS};
+
+#[test]
+fn handshake_agrees_and_data_flows_both_ways() {
+    // spec/session.md §2, §3
+    let mut p = Pair::new(SessionConfig::default());
+    assert_eq!(p.a.role(), Role::Initiator);
+    assert_eq!(p.b.role(), Role::Responder);
+    assert_eq!(p.a.handshake_hash(), p.b.handshake_hash());
+
+    let s = p.a.open_stream().unwrap();
+    assert_eq!(s % 2, 0, "initiator opens even ids (§6.1)");
+    assert_eq!(p.a.send(0, s, b"ping from A").unwrap(), 11);
+    p.flush();
+    assert_eq!(stream_bytes(&p.b_events)[&s], b"ping from A");
+    // B answers on the stream A opened: streams are bidirectional.
+    p.b.send(0, s, b"pong from B").unwrap();
+    p.flush();
+    assert_eq!(stream_bytes(&p.a_events)[&s], b"pong from B");
+}
+
+#[test]
+fn many_streams_interleaved_and_large_writes_are_split() {
+    // spec/session.md §5.1 (records ≤ 65,535 bytes), §6
+    let mut p = Pair::new(SessionConfig::default());
+    let a1 = p.a.open_stream().unwrap();
+    let a2 = p.a.open_stream().unwrap();
+    let b1 = p.b.open_stream().unwrap();
+    assert_eq!(b1 % 2, 1);
+    let big = pattern(1, 200_000);
+    let mut expect_b = std::collections::BTreeMap::new();
+    for (i, chunk) in big.chunks(7_777).enumerate() {
+        let s = if i % 2 == 0 { a1 } else { a2 };
+        assert_eq!(p.a.send(p.now, s, chunk).unwrap(), chunk.len());
+        expect_b
+            .entry(s)
+            .or_insert_with(Vec::new)
+            .extend_from_slice(chunk);
+    }
+    p.b.send(0, b1, &big).unwrap();
+    let records = p.take_b();
+    assert!(records.len() >= 4, "200 kB needs at least 4 records");
+    assert!(records.iter().all(|r| r.len() <= 65_537));
+    p.deliver_to_a(&records);
+    p.flush();
+    assert_eq!(stream_bytes(&p.b_events), expect_b);
+    assert_eq!(stream_bytes(&p.a_events)[&b1], big);
+
+    p.a.finish(0, a1).unwrap();
+    p.flush();
+    assert!(p.b_events.contains(&Event::StreamFinished { stream: a1 }));
+    assert!(matches!(p.a.send(0, a1, b"x"), Err(SessionError::State(_))));
+    // The finished stream is acknowledged; the other one still works.
+    p.advance(100);
+    assert_eq!(p.a.stats().unacked_bytes, 0);
+    p.a.send(p.now, a2, b"still open").unwrap();
+    p.flush();
+    assert!(stream_bytes(&p.b_events)[&a2].ends_with(b"still open"));
+}
+
+#[test]
+fn rekey_by_bytes_by_time_and_on_request() {
+    // spec/session.md §5.5: new epoch at the next epoch's first counter
+    let config = SessionConfig {
+        rekey_bytes: 10_000,
+        ..SessionConfig::default()
+    };
+    let mut p = Pair::new(config);
+    let s = p.a.open_stream().unwrap();
+    let data = pattern(2, 30_000);
+    for chunk in data.chunks(1000) {
+        p.a.send(p.now, s, chunk).unwrap();
+    }
+    p.flush();
+    assert_eq!(stream_bytes(&p.b_events)[&s], data);
+    let epochs = p.a.stats().send_epoch;
+    assert!(
+        epochs >= 2,
+        "30 kB at 10 kB per epoch rekeys at least twice, got {epochs}"
+    );
+    assert_eq!(p.b.stats().recv_epoch, epochs);
+    assert!(p
+        .b_events
+        .iter()
+        .any(|e| matches!(e, Event::Rekeyed { .. })));
+
+    // On request (a key that has sealed nothing yet counts as fresh: B sends once first).
+    p.b.send(p.now, s, b"first").unwrap();
+    let before = p.b.stats().send_epoch;
+    p.b.request_rekey();
+    p.b.send(p.now, s, b"after rekey").unwrap();
+    p.flush();
+    assert_eq!(p.b.stats().send_epoch, before + 1);
+    assert_eq!(p.a.stats().recv_epoch, before + 1);
+    assert!(stream_bytes(&p.a_events)[&s].ends_with(b"after rekey"));
+
+    // By time: 10 minutes without traffic rekeys through a PING.
+    let e = p.b.stats().send_epoch;
+    p.advance(600_001);
+    assert_eq!(p.b.stats().send_epoch, e + 1);
+    assert_eq!(p.a.stats().recv_epoch, e + 1);
+}
+
+#[test]
+fn epoch_counter_arithmetic() {
+    // spec/session.md §5.5: 2^20 records per epoch
+    assert_eq!(mpc_did_session::epoch_of((1 << EPOCH_BITS) - 1), 0);
+    assert_eq!(mpc_did_session::epoch_of(1 << EPOCH_BITS), 1);
+}
+
+fn established_with_records() -> (Pair, Vec<Vec<u8>>) {
+    let mut p = Pair::new(SessionConfig::default());
+    let s = p.a.open_stream().unwrap();
+    for i in 0..5u8 {
+        p.a.send(0, s, &[i; 40]).unwrap();
+    }
+    let recs = p.take_a();
+    assert_eq!(recs.len(), 5);
+    (p, recs)
+}
+
+#[test]
+fn replayed_record_is_rejected_opaquely_and_changes_nothing() {
+    // spec/session.md §5.3
+    let (mut p, recs) = established_with_records();
+    p.deliver_to_b(&recs[..2]);
+    assert_eq!(p.b.handle_record(0, &recs[1]), Err(SessionError::Decrypt));
+    assert_eq!(p.b.handle_record(0, &recs[0]), Err(SessionError::Decrypt));
+    p.deliver_to_b(&recs[2..]);
+    assert_eq!(stream_bytes(&p.b_events)[&0].len(), 200);
+}
+
+#[test]
+fn reordered_record_is_rejected_opaquely() {
+    // spec/session.md §5.3: one path delivers in order; a skipped counter is an attack
+    let (mut p, recs) = established_with_records();
+    p.deliver_to_b(&recs[..1]);
+    assert_eq!(p.b.handle_record(0, &recs[2]), Err(SessionError::Decrypt));
+    p.deliver_to_b(&recs[1..]);
+    assert_eq!(stream_bytes(&p.b_events)[&0].len(), 200);
+}
+
+#[test]
+fn every_single_bit_flip_and_every_truncation_is_rejected_opaquely() {
+    // spec/session.md §5.3: header (length, counter), ciphertext and tag are all authenticated
+    let (mut p, recs) = established_with_records();
+    let r = &recs[0];
+    for i in 0..r.len() {
+        for bit in 0..8 {
+            let mut t = r.clone();
+            t[i] ^= 1 << bit;
+            assert_eq!(
+                p.b.handle_record(0, &t),
+                Err(SessionError::Decrypt),
+                "byte {i} bit {bit}"
+            );
+        }
+    }
+    for n in 0..r.len() {
+        assert_eq!(
+            p.b.handle_record(0, &r[..n]),
+            Err(SessionError::Decrypt),
+            "truncated to {n}"
+        );
+    }
+    let mut longer = r.clone();
+    longer.push(0);
+    assert_eq!(p.b.handle_record(0, &longer), Err(SessionError::Decrypt));
+    // After all that the genuine records are still accepted.
+    p.deliver_to_b(&recs);
+    assert_eq!(stream_bytes(&p.b_events)[&0].len(), 200);
+}
+
+#[test]
+fn records_of_another_session_or_direction_are_rejected() {
+    // spec/session.md §4: keys are unique per handshake and direction
+    let (mut p, recs) = established_with_records();
+    let mut other = Pair::new(SessionConfig::default());
+    assert_eq!(
+        other.b.handle_record(0, &recs[0]),
+        Err(SessionError::Decrypt)
+    );
+    // A's own record reflected back to A.
+    assert_eq!(p.a.handle_record(0, &recs[0]), Err(SessionError::Decrypt));
+    p.deliver_to_b(&recs);
+}
+
+#[test]
+fn handshake_fails_for_another_binding() {
+    // spec/session.md §4: the prologue binds session id, MPC session, DIDs, roster, statics
+    let (bob, propose) = Proposer::new([3; 16], MPC, ROSTER, BOB, ALICE);
+    // Alice believes she is talking to someone else: the prologue differs.
+    let (alice, accept) =
+        Acceptor::on_propose(&propose, MPC, ROSTER, ALICE, "did:key:z6MkMallory").unwrap();
+    assert_eq!(
+        bob.on_accept(&accept, SessionConfig::default(), 0)
+            .unwrap_err(),
+        SessionError::Decrypt
+    );
+    drop(alice);
+    // A proposal for another roster is refused before any Noise message.
+    let err = Acceptor::on_propose(&propose, MPC, [0; 32], ALICE, BOB).unwrap_err();
+    assert!(matches!(err, SessionError::Setup(_)));
+    // A tampered message 2 fails at the acceptor.
+    let (bob, propose) = Proposer::new([4; 16], MPC, ROSTER, BOB, ALICE);
+    let (alice, accept) = Acceptor::on_propose(&propose, MPC, ROSTER, ALICE, BOB).unwrap();
+    let (_b, mut hs) = bob.on_accept(&accept, SessionConfig::default(), 0).unwrap();
+    let mut raw = base64_decode(&hs.handshake);
+    raw[40] ^= 1;
+    hs.handshake = mpc_did_session::messages::b64(&raw);
+    assert_eq!(
+        alice
+            .on_handshake(&hs, SessionConfig::default(), 0)
+            .unwrap_err(),
+        SessionError::Decrypt
+    );
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let a: [u8; 48] = mpc_did_session::messages::decode_fixed(s, "test").unwrap();
+    a.to_vec()
+}
+
+#[test]
+fn path_switch_resumes_without_loss_or_duplication() {
+    // spec/session.md §7
+    let config = SessionConfig {
+        ack_threshold_bytes: 1 << 40,
+        ..SessionConfig::default()
+    };
+    let mut p = Pair::new(config);
+    let s = p.a.open_stream().unwrap();
+    let t = p.b.open_stream().unwrap();
+    let data_a = pattern(5, 300_000);
+    let data_b = pattern(6, 100_000);
+    p.a.send(0, s, &data_a[..150_000]).unwrap();
+    p.b.send(0, t, &data_b[..50_000]).unwrap();
+    // Half of A's records arrive, then the path dies; B's records are all lost.
+    let ab = p.take_a();
+    let _lost_ba = p.take_b();
+    p.deliver_to_b(&ab[..ab.len() / 2]);
+    // Written while no path works: buffered.
+    p.a.send(0, s, &data_a[150_000..]).unwrap();
+    p.b.send(0, t, &data_b[50_000..]).unwrap();
+    p.b.finish(0, t).unwrap();
+    // A new path (e.g. the relay) comes up; both sides resume.
+    p.now = 5_000;
+    p.a.resume(p.now).unwrap();
+    p.b.resume(p.now).unwrap();
+    p.flush();
+    assert!(p.a_events.contains(&Event::Resumed) && p.b_events.contains(&Event::Resumed));
+    assert_eq!(stream_bytes(&p.b_events)[&s], data_a);
+    assert_eq!(stream_bytes(&p.a_events)[&t], data_b);
+    assert!(p.a_events.contains(&Event::StreamFinished { stream: t }));
+    assert!(p.a.stats().retransmitted_bytes > 0);
+    // RESUME acknowledged everything the peer had; the rest is acknowledged after a delay.
+    p.advance(50);
+    assert_eq!(p.a.stats().unacked_bytes, 0);
+    assert_eq!(p.b.stats().unacked_bytes, 0);
+}
+
+#[test]
+fn after_resume_the_first_record_must_be_resume() {
+    // spec/session.md §7.2
+    let (mut p, recs) = established_with_records();
+    p.b.resume(0).unwrap();
+    assert!(matches!(
+        p.b.handle_record(0, &recs[0]),
+        Err(SessionError::Protocol(_))
+    ));
+    assert!(
+        p.b.is_closed(),
+        "an authenticated protocol violation fails the session"
+    );
+}
+
+#[test]
+fn stale_records_from_the_old_path_after_resume_are_rejected() {
+    // spec/session.md §7.2: counters continue across paths; only later ones are accepted
+    let (mut p, recs) = established_with_records();
+    p.deliver_to_b(&recs[..3]);
+    p.a.resume(0).unwrap();
+    p.b.resume(0).unwrap();
+    let resume_a = p.take_a();
+    assert_eq!(p.b.handle_record(0, &recs[2]), Err(SessionError::Decrypt));
+    p.deliver_to_b(&resume_a);
+    p.flush();
+    assert_eq!(stream_bytes(&p.b_events)[&0], {
+        let mut v = Vec::new();
+        for i in 0..5u8 {
+            v.extend_from_slice(&[i; 40]);
+        }
+        v
+    });
+}
+
+#[test]
+fn backpressure_then_writable() {
+    // spec/session.md §6.3
+    let config = SessionConfig {
+        max_unacked_bytes: 10_000,
+        ..SessionConfig::default()
+    };
+    let mut p = Pair::new(config);
+    let s = p.a.open_stream().unwrap();
+    assert_eq!(p.a.send(0, s, &[1; 6_000]).unwrap(), 6_000);
+    assert_eq!(p.a.send(0, s, &[2; 6_000]).unwrap(), 4_000);
+    assert_eq!(p.a.send(0, s, &[3; 10]).unwrap(), 0);
+    assert_eq!(p.a.send_capacity(), 0);
+    p.flush();
+    assert!(!p.a_events.contains(&Event::Writable));
+    p.advance(20); // delayed ACK
+    assert!(p.a_events.contains(&Event::Writable));
+    assert_eq!(p.a.send_capacity(), 10_000);
+}
+
+#[test]
+fn keepalive_and_idle_detection() {
+    // spec/session.md §8
+    let mut p = Pair::new(SessionConfig::default());
+    let sent = p.a.stats().records_sent;
+    p.advance(10_000);
+    assert!(
+        p.a.stats().records_sent > sent,
+        "a PING after 10 s of silence"
+    );
+    assert!(!p.a_events.contains(&Event::PathIdle));
+    // The path goes silent: nothing delivered any more.
+    for _ in 0..4 {
+        p.now += 10_000;
+        p.a.handle_timeout(p.now).unwrap();
+        let _ = p.take_a();
+        p.a_events.extend(std::iter::from_fn(|| p.a.poll_event()));
+    }
+    assert_eq!(
+        p.a_events.iter().filter(|e| **e == Event::PathIdle).count(),
+        1
+    );
+    assert!(p.a.poll_timeout().is_some());
+}
+
+#[test]
+fn close_ends_the_session_on_both_sides() {
+    // spec/session.md §5.4 CLOSE
+    let mut p = Pair::new(SessionConfig::default());
+    p.b.close(0, 0, "done").unwrap();
+    p.flush();
+    assert!(p.a_events.contains(&Event::Closed {
+        code: 0,
+        reason: "done".into()
+    }));
+    assert!(p.a.is_closed() && p.b.is_closed());
+    assert!(matches!(p.a.open_stream(), Err(SessionError::State(_))));
+    assert_eq!(p.a.poll_timeout(), None);
+}
+
+#[test]
+fn peer_may_not_use_our_stream_parity() {
+    // spec/session.md §6.1
+    let mut p = Pair::new(SessionConfig::default());
+    let s = p.b.open_stream().unwrap(); // odd
+    p.b.send(0, s, b"ok").unwrap();
+    p.flush();
+    assert_eq!(stream_bytes(&p.a_events)[&s], b"ok");
+    // Sending on an id nobody opened is refused locally.
+    assert!(matches!(p.b.send(0, 2, b"x"), Err(SessionError::State(_))));
+}
