@@ -35,7 +35,7 @@ if ((${#missing[@]})); then
 fi
 redis-server --version
 
-step "python venv (interop peers: $(grep -v '^#' python-requirements.txt | xargs))"
+step "python venv (interop peers: $(sed 's/#.*//' python-requirements.txt | xargs))"
 VENV=${MPC_DID_VENV:-$ROOT/.venv}
 stamp="$VENV/.requirements-$(sha256sum python-requirements.txt | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
@@ -47,6 +47,8 @@ fi
 export MPC_DID_PYTHON="$VENV/bin/python"
 # Interop and MPyC tests must fail, not skip, when their peer is missing.
 export MPC_DID_REQUIRE_INTEROP=1
+# Network-namespace tests (NAT traversal, e3) need root; as root they must run, not skip.
+if [ "$(id -u)" = 0 ]; then export MPC_DID_REQUIRE_NETNS=1; fi
 
 step "cargo fmt --check"
 cargo fmt --all --check || fail "formatting: run cargo fmt --all"
