@@ -10,8 +10,6 @@
 //!   candidates {...} ◀──▶ (any time after propose)     close {...} ◀──▶ (any time)
 //! ```
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SessionError};
@@ -35,21 +33,19 @@ pub const CANDIDATES_TYPE: &str = "https://mpc-did.org/session/1.0/candidates";
 pub const CLOSE_TYPE: &str = "https://mpc-did.org/session/1.0/close";
 /// Most candidates accepted in one `candidates` body.
 pub const MAX_CANDIDATES: usize = 64;
-/// Longest string field accepted in a body.
-pub const MAX_FIELD_LEN: usize = 2048;
 
 /// `propose`: the proposer announces a secure session and its fresh Noise static key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProposeBody {
-    /// 16 random bytes, base64url without padding; also the DIDComm `thid` of the thread.
+    /// 16 random bytes, lowercase hex; also the DIDComm `thid` of the thread.
     pub session_id: String,
     /// The MPC session (lobby) id.
     pub mpc_session_id: String,
-    /// SHA-256 of the canonical roster, base64url without padding.
+    /// The roster hash of spec/lobby.md §3, lowercase hex.
     pub roster_hash: String,
     /// Noise protocol name; must be [`NOISE_PARAMS`].
     pub suite: String,
-    /// The proposer's fresh X25519 Noise static public key, base64url without padding.
+    /// The proposer's fresh X25519 Noise static public key, lowercase hex.
     pub noise_static: String,
 }
 
@@ -60,9 +56,9 @@ pub struct AcceptBody {
     pub session_id: String,
     /// Echoes the proposal's `suite`.
     pub suite: String,
-    /// The acceptor's fresh X25519 Noise static public key, base64url without padding.
+    /// The acceptor's fresh X25519 Noise static public key, lowercase hex.
     pub noise_static: String,
-    /// Noise message 1 (48 bytes), base64url without padding.
+    /// Noise message 1 (48 bytes), lowercase hex.
     pub handshake: String,
 }
 
@@ -71,7 +67,7 @@ pub struct AcceptBody {
 pub struct HandshakeBody {
     /// The session's id.
     pub session_id: String,
-    /// Noise message 2 (48 bytes), base64url without padding.
+    /// Noise message 2 (48 bytes), lowercase hex.
     pub handshake: String,
 }
 
@@ -112,24 +108,24 @@ impl CandidatesBody {
     }
 }
 
-/// Encodes bytes as base64url without padding (the encoding of every binary body field).
+/// Encodes bytes as lowercase hex (the encoding of every binary body field, as in
+/// spec/lobby.md).
 #[must_use]
-pub fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
+pub fn to_hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
 }
 
-/// Decodes a base64url field of exactly `N` bytes.
+/// Decodes a lowercase-hex field of exactly `N` bytes.
 ///
 /// # Errors
-/// [`SessionError::Setup`] naming `what` if the field is not base64url or has the wrong size.
+/// [`SessionError::Setup`] naming `what` if the field is not lowercase hex of `2N` digits.
 pub fn decode_fixed<const N: usize>(field: &str, what: &'static str) -> Result<[u8; N]> {
-    if field.len() > MAX_FIELD_LEN {
+    if field.len() != 2 * N || field.bytes().any(|c| c.is_ascii_uppercase()) {
         return Err(SessionError::Setup(what));
     }
-    let v = URL_SAFE_NO_PAD
-        .decode(field)
-        .map_err(|_| SessionError::Setup(what))?;
-    v.try_into().map_err(|_| SessionError::Setup(what))
+    let mut out = [0u8; N];
+    hex::decode_to_slice(field, &mut out).map_err(|_| SessionError::Setup(what))?;
+    Ok(out)
 }
 
 fn check_suite(suite: &str) -> Result<()> {
@@ -182,11 +178,11 @@ impl Proposer {
         peer_did: &str,
     ) -> (Self, ProposeBody) {
         let body = ProposeBody {
-            session_id: b64(&session_id),
+            session_id: to_hex(&session_id),
             mpc_session_id: mpc_session_id.to_owned(),
-            roster_hash: b64(&roster_hash),
+            roster_hash: to_hex(&roster_hash),
             suite: NOISE_PARAMS.to_owned(),
-            noise_static: b64(&keypair.public()),
+            noise_static: to_hex(&keypair.public()),
         };
         let p = Self {
             keypair,
@@ -262,7 +258,7 @@ impl Proposer {
             session,
             HandshakeBody {
                 session_id: accept.session_id.clone(),
-                handshake: b64(&msg2),
+                handshake: to_hex(&msg2),
             },
         ))
     }
@@ -343,8 +339,8 @@ impl Acceptor {
         let body = AcceptBody {
             session_id: propose.session_id.clone(),
             suite: NOISE_PARAMS.to_owned(),
-            noise_static: b64(&keypair.public()),
-            handshake: b64(&msg1),
+            noise_static: to_hex(&keypair.public()),
+            handshake: to_hex(&msg1),
         };
         Ok((Self { hs, session_id }, body))
     }

@@ -211,9 +211,9 @@ fn handshake_fails_for_another_binding() {
     let (bob, propose) = Proposer::new([4; 16], MPC, ROSTER, BOB, ALICE);
     let (alice, accept) = Acceptor::on_propose(&propose, MPC, ROSTER, ALICE, BOB).unwrap();
     let (_b, mut hs) = bob.on_accept(&accept, SessionConfig::default(), 0).unwrap();
-    let mut raw = base64_decode(&hs.handshake);
+    let mut raw = hex_decode(&hs.handshake);
     raw[40] ^= 1;
-    hs.handshake = mpc_did_session::messages::b64(&raw);
+    hs.handshake = mpc_did_session::messages::to_hex(&raw);
     assert_eq!(
         alice
             .on_handshake(&hs, SessionConfig::default(), 0)
@@ -222,7 +222,7 @@ fn handshake_fails_for_another_binding() {
     );
 }
 
-fn base64_decode(s: &str) -> Vec<u8> {
+fn hex_decode(s: &str) -> Vec<u8> {
     let a: [u8; 48] = mpc_did_session::messages::decode_fixed(s, "test").unwrap();
     a.to_vec()
 }
