@@ -31,12 +31,13 @@
 //! use mpc_did_proxy::{Proxy, ProxyConfig};
 //! let proxy = Proxy::bind(ProxyConfig::new(3, 1)).await?;
 //! println!("run: python prog.py {}", proxy.mpyc_args().join(" "));
-//! let report = proxy.run(transport).await?;
+//! let report = proxy.run(std::sync::Arc::new(transport)).await?;
 //! println!("{} bytes out", report.bytes_out());
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod launch;
 mod link;
 
 use std::future::Future;
@@ -67,6 +68,26 @@ pub trait Transport: Send + Sync + 'static {
     fn open(&self, peer: PartyId) -> impl Future<Output = io::Result<Self::Stream>> + Send;
     /// The next stream a lower-id peer opened to us, with its authenticated id.
     fn accept(&self) -> impl Future<Output = io::Result<(PartyId, Self::Stream)>> + Send;
+
+    /// Resolves when a peer reports that its program failed, or its session is lost for
+    /// good. MPyC cannot tell a crashed peer from one that closed its link cleanly (both are
+    /// an EOF) and would wait forever; the supervisor stops the local program instead.
+    fn peer_failure(&self) -> impl Future<Output = PeerFailure> + Send {
+        std::future::pending()
+    }
+
+    /// Tell every peer that our program failed (best effort).
+    fn report_failure(&self, reason: &str) -> impl Future<Output = ()> + Send {
+        let _ = reason;
+        std::future::ready(())
+    }
+}
+
+/// A peer's program failed or its session was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerFailure {
+    pub peer: PartyId,
+    pub reason: String,
 }
 
 /// What the proxy needs to know about the MPC session.
@@ -238,8 +259,7 @@ impl Proxy {
     /// # Errors
     /// The first link error ([`ProxyError::Link`], [`ProxyError::PartyIdMismatch`], ...);
     /// the other links are then dropped, which MPyC sees as lost connections.
-    pub async fn run<T: Transport>(self, transport: T) -> Result<ProxyReport, ProxyError> {
-        let transport = Arc::new(transport);
+    pub async fn run<T: Transport>(self, transport: Arc<T>) -> Result<ProxyReport, ProxyError> {
         let cfg = Arc::new(self.config);
         let mut tasks: JoinSet<Result<Vec<(PartyId, LinkStats)>, ProxyError>> = JoinSet::new();
 

@@ -53,14 +53,9 @@ pub(crate) async fn outgoing<T: Transport>(
         .write_all(&announced.to_le_bytes())
         .await
         .map_err(err)?;
-    let (to_peer, to_mpyc) = tokio::io::copy_bidirectional_with_sizes(
-        &mut tcp,
-        &mut stream,
-        cfg.buffer_size,
-        cfg.buffer_size,
-    )
-    .await
-    .map_err(err)?;
+    let (to_peer, to_mpyc) = pipe(&mut tcp, &mut stream, cfg.buffer_size)
+        .await
+        .map_err(err)?;
     Ok(vec![(
         peer,
         LinkStats {
@@ -134,14 +129,9 @@ async fn incoming<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let mut tcp = connect_mpyc(mpyc_port, cfg.mpyc_connect_timeout).await?;
     tcp.write_all(&announced.to_le_bytes()).await.map_err(err)?;
-    let (to_mpyc, to_peer) = tokio::io::copy_bidirectional_with_sizes(
-        &mut stream,
-        &mut tcp,
-        cfg.buffer_size,
-        cfg.buffer_size,
-    )
-    .await
-    .map_err(err)?;
+    let (to_peer, to_mpyc) = pipe(&mut tcp, &mut stream, cfg.buffer_size)
+        .await
+        .map_err(err)?;
     Ok((
         peer,
         LinkStats {
@@ -149,6 +139,24 @@ async fn incoming<S: AsyncRead + AsyncWrite + Unpin>(
             to_mpyc: to_mpyc + 2,
         },
     ))
+}
+
+/// Bytes both ways until both sides have closed; returns `(mpyc→peer, peer→mpyc)`.
+///
+/// A failure resets MPyC's socket (RST, not FIN): MPyC treats an orderly close as the end
+/// of a link and would then wait forever for the peer's next message, while a reset makes
+/// it raise and exit.
+async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
+    tcp: &mut TcpStream,
+    stream: &mut S,
+    buffer: usize,
+) -> io::Result<(u64, u64)> {
+    let result = tokio::io::copy_bidirectional_with_sizes(tcp, stream, buffer, buffer).await;
+    if result.is_err() {
+        // Zero linger: close() sends RST and does not block.
+        let _ = tcp.set_zero_linger();
+    }
+    result
 }
 
 /// MPyC may not listen yet when the first peer stream arrives: retry like MPyC itself does.

@@ -7,10 +7,10 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use mpc_did_proxy::{PartyId, Proxy, ProxyConfig, ProxyError, Transport};
+use mpc_did_proxy::launch::{run_program, LaunchError, Output, Program};
+use mpc_did_proxy::{PartyId, PeerFailure, Proxy, ProxyConfig, ProxyError, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -18,6 +18,8 @@ struct TcpTransport {
     me: PartyId,
     listener: TcpListener,
     peers: Vec<SocketAddr>,
+    /// Stands in for the session layer's "party failed" signal between the test parties.
+    failures: tokio::sync::broadcast::Sender<PeerFailure>,
 }
 
 impl Transport for TcpTransport {
@@ -33,6 +35,22 @@ impl Transport for TcpTransport {
         s.read_exact(&mut id).await?;
         Ok((PartyId::from_le_bytes(id), s))
     }
+    async fn peer_failure(&self) -> PeerFailure {
+        let mut rx = self.failures.subscribe();
+        loop {
+            match rx.recv().await {
+                Ok(f) if f.peer != self.me => return f,
+                Ok(_) => {}
+                Err(_) => std::future::pending::<()>().await,
+            }
+        }
+    }
+    async fn report_failure(&self, reason: &str) {
+        let _ = self.failures.send(PeerFailure {
+            peer: self.me,
+            reason: reason.to_owned(),
+        });
+    }
 }
 
 async fn transports(m: u16) -> Vec<TcpTransport> {
@@ -41,6 +59,7 @@ async fn transports(m: u16) -> Vec<TcpTransport> {
         listeners.push(TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap());
     }
     let peers: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let (failures, _) = tokio::sync::broadcast::channel(16);
     listeners
         .into_iter()
         .enumerate()
@@ -48,6 +67,7 @@ async fn transports(m: u16) -> Vec<TcpTransport> {
             me: PartyId::try_from(i).unwrap(),
             listener,
             peers: peers.clone(),
+            failures: failures.clone(),
         })
         .collect()
 }
@@ -89,8 +109,8 @@ async fn bytes_arrive_in_order_and_close_propagates() {
     let p1 = Proxy::bind(ProxyConfig::new(2, 1)).await.unwrap();
     let dial = p_entry(&p0.mpyc_args(), 1);
     let mpyc1_port = p1.mpyc_port();
-    let run0 = tokio::spawn(p0.run(t0));
-    let run1 = tokio::spawn(p1.run(t1));
+    let run0 = tokio::spawn(p0.run(std::sync::Arc::new(t0)));
+    let run1 = tokio::spawn(p1.run(std::sync::Arc::new(t1)));
 
     // Party 1's MPyC listens; party 0's dials and announces id 0.
     let mpyc1 = TcpListener::bind((Ipv4Addr::LOCALHOST, mpyc1_port))
@@ -135,7 +155,7 @@ async fn spoofed_party_id_is_refused() {
     let t2 = ts.pop().unwrap();
     let peer_addr = t2.peers[2];
     let p2 = Proxy::bind(ProxyConfig::new(3, 2)).await.unwrap();
-    let run = tokio::spawn(p2.run(t2));
+    let run = tokio::spawn(p2.run(std::sync::Arc::new(t2)));
 
     // The transport authenticated party 0, but its MPyC stream claims to be party 1.
     let mut s = TcpStream::connect(peer_addr).await.unwrap();
@@ -173,48 +193,66 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Three real MPyC processes, each talking only to its own proxy on loopback.
-async fn run_three(program: &str, extra: &[&str]) -> Vec<String> {
+/// Three real MPyC processes, each launched by `run_program` against its own proxy;
+/// party `stop_party` is interrupted (like Ctrl-C) after `stop_after`.
+async fn run_three(
+    program: &str,
+    extra: &[&str],
+    stop: Option<(usize, Duration)>,
+) -> Vec<Result<mpc_did_proxy::launch::RunOutcome, LaunchError>> {
     let Some(python) = python() else {
         return Vec::new();
     };
     let m = 3;
-    let mut children = Vec::new();
-    let mut proxies = Vec::new();
+    let mut runs = Vec::new();
     for (i, t) in transports(m).await.into_iter().enumerate() {
         let proxy = Proxy::bind(ProxyConfig::new(m, PartyId::try_from(i).unwrap()))
             .await
             .unwrap();
-        let child = tokio::process::Command::new(&python)
-            .arg(example(program))
-            .args(proxy.mpyc_args())
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        children.push(child);
-        proxies.push(tokio::spawn(proxy.run(t)));
+        let mut argv = vec![
+            python.clone().into_os_string(),
+            example(program).into_os_string(),
+        ];
+        argv.extend(extra.iter().map(Into::into));
+        let program = Program {
+            argv,
+            output: Output::Capture,
+            grace: Duration::from_secs(3),
+        };
+        let stop_after = stop.filter(|(p, _)| *p == i).map(|(_, d)| d);
+        runs.push(tokio::spawn(async move {
+            let stop = async move {
+                match stop_after {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            run_program(proxy, std::sync::Arc::new(t), program, stop).await
+        }));
     }
-    let mut outputs = Vec::new();
-    for child in children {
-        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+    let mut outcomes = Vec::new();
+    for r in runs {
+        let outcome = tokio::time::timeout(Duration::from_secs(120), r)
             .await
-            .expect("MPyC party did not finish")
+            .expect("a party hung")
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        outputs.push(text);
+        outcomes.push(outcome);
     }
-    for p in proxies {
-        p.await.unwrap().unwrap();
-    }
-    outputs
+    outcomes
+}
+
+fn successful(
+    outcomes: Vec<Result<mpc_did_proxy::launch::RunOutcome, LaunchError>>,
+) -> Vec<String> {
+    outcomes
+        .into_iter()
+        .map(|o| {
+            let o = o.unwrap();
+            assert!(o.status.success(), "{}", o.stdout);
+            o.proxy.unwrap();
+            o.stdout
+        })
+        .collect()
 }
 
 fn digest(output: &str) -> &str {
@@ -226,7 +264,7 @@ fn digest(output: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_mpyc_secret_santa_through_proxies() {
-    let outs = run_three("secretsanta.py", &["--people", "3", "4", "5"]).await;
+    let outs = successful(run_three("secretsanta.py", &["--people", "3", "4", "5"], None).await);
     for o in &outs {
         assert!(o.contains("valid: True"), "{o}");
         assert_eq!(digest(o), digest(&outs[0]));
@@ -235,9 +273,34 @@ async fn real_mpyc_secret_santa_through_proxies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_mpyc_large_messages_through_proxies() {
-    let outs = run_three("innerproduct.py", &["--length", "50000"]).await;
+    let outs = successful(run_three("innerproduct.py", &["--length", "50000"], None).await);
     for o in &outs {
         assert!(o.contains("valid: True"), "{o}");
         assert_eq!(digest(o), digest(&outs[0]));
     }
+}
+
+/// Issue 7: killing one party makes the others exit with an error instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_party_stops_the_others_with_an_error() {
+    let people: Vec<String> = (3..60).map(|n| n.to_string()).collect();
+    let mut extra = vec!["--people"];
+    extra.extend(people.iter().map(String::as_str));
+    let outcomes = run_three(
+        "secretsanta.py",
+        &extra,
+        Some((2, Duration::from_millis(2500))),
+    )
+    .await;
+    if outcomes.is_empty() {
+        return;
+    }
+    let mut it = outcomes.into_iter();
+    for party in 0..2 {
+        let o = it.next().unwrap().unwrap();
+        assert!(!o.status.success(), "party {party} should have failed");
+        let failure = o.peer_failure.expect("stopped because of a peer");
+        assert_eq!(failure.peer, 2);
+    }
+    assert!(matches!(it.next().unwrap(), Err(LaunchError::Interrupted)));
 }
