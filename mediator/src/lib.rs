@@ -1,5 +1,5 @@
 //! DIDComm v2 mediator with STUN and relay services.
-//!
-//! (Skeleton: the issue that builds this crate replaces this page with what it owns, what it
-//! must not touch, a flow diagram and a runnable example.)
 #![forbid(unsafe_code)]
+
+pub mod store;
+pub mod testkit;
