@@ -366,6 +366,16 @@ mod tests {
     }
 
     #[test]
+    fn success_response_size_is_bounded() {
+        // spec/rendezvous.md §7: at most 120 bytes (amplification <= 6).
+        let req = Message::binding_request().encode(None, false).unwrap();
+        assert_eq!(req.len(), 20);
+        let v6: SocketAddr = "[2001:db8::1]:65535".parse().unwrap();
+        let resp = answer(&req, v6, v6, Some(v6)).unwrap().unwrap();
+        assert!(resp.len() <= 120, "{}", resp.len());
+    }
+
+    #[test]
     fn unknown_required_attribute_gets_420() {
         // RFC 8489 §6.3.1.1.
         let mut m = Message::binding_request();

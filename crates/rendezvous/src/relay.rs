@@ -14,7 +14,9 @@
 //!   │ ◀── PeerGone | Overloaded | Error ─────│
 //! ```
 
-use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signature, Signer};
+/// Re-exported so callers use the same ed25519-dalek version as this crate.
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::RelayError;
 

@@ -166,6 +166,7 @@ fn frame_vectors_encode_and_decode() {
 
 #[test]
 fn incomplete_is_none_and_oversize_is_rejected_early() {
+    assert_eq!(MAX_FRAME_LEN, 66_595, "spec/rendezvous.md §4.2");
     let f = ClientToRelay::Ping([0; 8]).to_bytes().unwrap();
     for n in 0..f.len() {
         assert_eq!(ClientToRelay::decode(&f[..n]), Ok(None));
