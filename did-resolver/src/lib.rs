@@ -1,5 +1,58 @@
-//! Resolve did:key and did:web identifiers to typed DID documents.
+//! Resolve `did:key` and `did:web` identifiers to typed DID documents.
 //!
-//! (Skeleton: the issue that builds this crate replaces this page with what it owns, what it
-//! must not touch, a flow diagram and a runnable example.)
+//! **Owns:** DID syntax ([`Did`], [`DidUrl`]), public-key encodings ([`PublicKey`]:
+//! multibase/multicodec, OKP JWK), the typed [`DidDocument`] (verification methods,
+//! relationships, `DIDCommMessaging` services), `did:key` ([`key`]), `did:web` ([`web`]) and
+//! the method-independent [`DidResolver`] trait with [`StaticResolver`] and
+//! [`UniversalResolver`].
+//!
+//! **Does not:** hold private keys (the wallet does), sign or encrypt (DIDComm does), or
+//! implement DID registration/update. did:key resolution does no I/O; only [`web`] touches
+//! the network.
+//!
+//! ```text
+//!   "did:…" ──Did::parse──▶ Did ──method?──┬─ key ──▶ key::resolve (pure) ─────────┐
+//!                                          ├─ web ──▶ web::did_web_url ─▶ HTTPS GET │
+//!                                          │          (timeout, 64 KiB, same-host   │
+//!                                          │           redirects, TTL cache)        │
+//!                                          │            └▶ DidDocument::from_json_slice
+//!                                          │               + id check ──────────────┤
+//!                                          └─ (StaticResolver overlay first) ───────┤
+//!                                                                                   ▼
+//!                                   DidDocument { verification_method, keyAgreement, service… }
+//! ```
+//!
+//! Spec write-up: `spec/identity.md`.
+//!
+//! ```
+//! use mpc_did_resolver::{key, PublicKey};
+//!
+//! // A did:key from the did:key spec's test vectors (seed 00…00).
+//! let did = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp";
+//! let doc = key::resolve(did)?;
+//! let ka = doc.key_agreement_methods();
+//! // The X25519 keyAgreement key derived as the did:key spec describes.
+//! assert_eq!(ka[0].id, format!("{did}#z6LShs9GGnqk85isEBzzshkuVWrVKsRp24GnDuHk8QWkARMW"));
+//! assert!(matches!(ka[0].key, PublicKey::X25519(_)));
+//! # Ok::<(), mpc_did_resolver::ResolveError>(())
+//! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod did;
+mod document;
+mod error;
+pub mod key;
+mod public_key;
+mod resolver;
+pub mod web;
+
+pub use did::{Did, DidUrl, MAX_DID_LEN};
+pub use document::{
+    DidCommService, DidDocument, KeyFormat, Service, VerificationMethod, DIDCOMM_SERVICE_TYPE,
+    DID_CONTEXT_V1, JWS2020_CONTEXT_V1, MAX_DOCUMENT_BYTES, MULTIKEY_CONTEXT_V1,
+};
+pub use error::{DidError, DocumentError, KeyError, ResolveError};
+pub use public_key::{PublicKey, MULTICODEC_ED25519_PUB, MULTICODEC_X25519_PUB};
+pub use resolver::{DidResolver, StaticResolver, UniversalResolver};
+pub use web::{WebResolver, WebResolverConfig};

@@ -1,0 +1,220 @@
+//! Error types, one per operation, grouped by cause.
+
+/// A string is not a syntactically valid DID or DID URL (DID Core §3.1, §3.2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DidError {
+    /// Longer than [`crate::MAX_DID_LEN`].
+    #[error("DID is {len} bytes long, more than the {max} accepted")]
+    TooLong {
+        /// Input length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Does not start with `did:`.
+    #[error("not a DID: it must start with \"did:\"")]
+    MissingScheme,
+    /// Method name empty or not lowercase letters and digits.
+    #[error("invalid DID method name {0:?}: only lowercase letters and digits are allowed")]
+    InvalidMethodName(String),
+    /// Nothing after `did:<method>:`.
+    #[error("DID has no method-specific id after \"did:<method>:\"")]
+    MissingMethodSpecificId,
+    /// A character outside the DID syntax, or bad percent-encoding.
+    #[error("invalid DID method-specific id: {0}")]
+    InvalidMethodSpecificId(String),
+    /// A DID was expected but the input has a path, query or fragment.
+    #[error("expected a bare DID but found a DID URL part starting with {part:?}")]
+    UnexpectedDidUrlPart {
+        /// The character that starts the path, query or fragment.
+        part: char,
+    },
+    /// The DID URL's path, query or fragment is invalid.
+    #[error("invalid DID URL: {0}")]
+    InvalidDidUrl(String),
+}
+
+/// A public key encoding (multibase/multicodec, JWK, base58) could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// Multibase string does not start with `z` (base58btc), the only base we accept.
+    #[error("unsupported multibase prefix {0:?}: only base58btc ('z') is supported")]
+    UnsupportedMultibase(char),
+    /// Empty input.
+    #[error("empty key encoding")]
+    Empty,
+    /// Input longer than any key we support could be.
+    #[error("key encoding too long ({0} bytes)")]
+    TooLong(usize),
+    /// Not valid base58btc / base64url.
+    #[error("invalid {encoding} encoding")]
+    InvalidEncoding {
+        /// `base58btc` or `base64url`.
+        encoding: &'static str,
+    },
+    /// The multicodec prefix names a key type we do not support.
+    #[error("unsupported key type: multicodec 0x{0:x} (supported: Ed25519 0xed, X25519 0xec)")]
+    UnsupportedCodec(u64),
+    /// The multicodec varint is truncated or overlong.
+    #[error("invalid multicodec varint prefix")]
+    InvalidCodec,
+    /// Key bytes have the wrong length for the key type.
+    #[error("{kind} public key must be 32 bytes, found {len}")]
+    InvalidLength {
+        /// `Ed25519` or `X25519`.
+        kind: &'static str,
+        /// Length found.
+        len: usize,
+    },
+    /// The key is not a usable point on the curve (e.g. does not decompress, small order).
+    #[error("{0} public key is not a valid curve point")]
+    InvalidPoint(&'static str),
+    /// JWK is not an OKP key on a curve we support.
+    #[error("unsupported JWK: {0}")]
+    UnsupportedJwk(String),
+    /// JWK is malformed.
+    #[error("invalid JWK: {0}")]
+    InvalidJwk(String),
+    /// A public JWK in a DID document contains private key material (`d`).
+    #[error("JWK contains private key material (\"d\"), refusing it")]
+    PrivateKeyInJwk,
+}
+
+/// A DID document could not be parsed into our typed model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocumentError {
+    /// Larger than [`crate::document::MAX_DOCUMENT_BYTES`].
+    #[error("DID document is {len} bytes, more than the {max} accepted")]
+    TooLarge {
+        /// Size in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Not JSON at all.
+    #[error("DID document is not valid JSON: {0}")]
+    NotJson(String),
+    /// JSON, but the wrong shape (e.g. not an object, `id` missing, a list is a string).
+    #[error("invalid DID document: {0}")]
+    Invalid(String),
+    /// The document `id` is not a DID.
+    #[error("DID document id is not a valid DID: {0}")]
+    InvalidId(#[source] DidError),
+    /// A verification method's key could not be decoded.
+    #[error("verification method {id:?}: {source}")]
+    InvalidKey {
+        /// The method id.
+        id: String,
+        /// Why.
+        #[source]
+        source: KeyError,
+    },
+    /// Two verification methods share an id.
+    #[error("duplicate verification method id {0:?}")]
+    DuplicateId(String),
+    /// A relationship references a method of this document that does not exist.
+    #[error(
+        "{relationship} references {id:?}, which is not a verification method of the document"
+    )]
+    DanglingReference {
+        /// e.g. `keyAgreement`.
+        relationship: &'static str,
+        /// The reference.
+        id: String,
+    },
+}
+
+/// Resolution of a DID to its document failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResolveError {
+    // --- the DID itself
+    /// Not a valid DID.
+    #[error("invalid DID: {0}")]
+    InvalidDid(#[from] DidError),
+    /// The DID method is not one we resolve.
+    #[error("unsupported DID method {0:?} (supported: key, web)")]
+    UnsupportedMethod(String),
+    /// The did:key/did:web method-specific id is invalid for that method.
+    #[error("invalid {method} DID: {reason}")]
+    InvalidMethodSpecificId {
+        /// `key` or `web`.
+        method: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// did:key: the key could not be decoded or is of an unsupported type.
+    #[error("did:key: {0}")]
+    Key(#[from] KeyError),
+    /// No document for this DID in a [`crate::StaticResolver`].
+    #[error("DID not found: {0}")]
+    NotFound(String),
+
+    // --- did:web transport
+    /// Refused to fetch over plain HTTP (only allowed with `allow_http`).
+    #[error("refusing plain-HTTP URL {0} (plain HTTP is only allowed in local test mode)")]
+    InsecureUrl(String),
+    /// The request timed out.
+    #[error("timed out fetching {url} after {secs:.1} s")]
+    Timeout {
+        /// URL fetched.
+        url: String,
+        /// Timeout in seconds.
+        secs: f64,
+    },
+    /// A redirect to another host or scheme was refused.
+    #[error("refused redirect from {url}: redirects must stay on the same https host")]
+    RedirectRefused {
+        /// URL fetched.
+        url: String,
+    },
+    /// Non-success HTTP status.
+    #[error("{url} answered HTTP {status}")]
+    HttpStatus {
+        /// URL fetched.
+        url: String,
+        /// Status code.
+        status: u16,
+    },
+    /// Response body larger than the configured limit.
+    #[error("response from {url} exceeds {max} bytes")]
+    TooLarge {
+        /// URL fetched.
+        url: String,
+        /// The limit.
+        max: usize,
+    },
+    /// Connection, TLS or protocol failure.
+    #[error("fetching {url} failed: {reason}")]
+    Http {
+        /// URL fetched.
+        url: String,
+        /// Cause, flattened to text (the reqwest error chain).
+        reason: String,
+    },
+    /// The client could not be built (e.g. a bad extra root certificate).
+    #[error("cannot configure HTTPS client: {0}")]
+    Config(String),
+
+    // --- the document
+    /// The fetched document is not a valid DID document.
+    #[error("invalid DID document for {did}: {source}")]
+    Document {
+        /// DID being resolved.
+        did: String,
+        /// Why.
+        #[source]
+        source: DocumentError,
+    },
+    /// The document's `id` is not the DID that was resolved.
+    #[error("DID document id {found:?} does not match the resolved DID {expected:?}")]
+    IdMismatch {
+        /// The DID resolved.
+        expected: String,
+        /// The document's id.
+        found: String,
+    },
+}

@@ -1,0 +1,203 @@
+//! Method-independent resolution: the [`DidResolver`] trait and its implementations.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+
+use crate::did::Did;
+use crate::document::DidDocument;
+use crate::error::ResolveError;
+use crate::web::{WebResolver, WebResolverConfig};
+
+/// Resolves a DID to its document. Later crates take `impl DidResolver` so that they work
+/// with any method (and with [`StaticResolver`] in tests).
+pub trait DidResolver: Send + Sync {
+    /// Resolves `did` (a bare DID, not a DID URL).
+    ///
+    /// # Errors
+    /// [`ResolveError`] naming why: invalid DID, unsupported method, transport failure,
+    /// invalid document, id mismatch.
+    fn resolve(&self, did: &str) -> impl Future<Output = Result<DidDocument, ResolveError>> + Send;
+}
+
+impl<T: DidResolver + ?Sized> DidResolver for &T {
+    fn resolve(&self, did: &str) -> impl Future<Output = Result<DidDocument, ResolveError>> + Send {
+        (**self).resolve(did)
+    }
+}
+
+impl<T: DidResolver + ?Sized> DidResolver for Arc<T> {
+    fn resolve(&self, did: &str) -> impl Future<Output = Result<DidDocument, ResolveError>> + Send {
+        (**self).resolve(did)
+    }
+}
+
+/// An in-memory map DID → document: pre-supplied documents (a mediator's, test fixtures,
+/// the DIDComm spec appendix documents). Cloning shares the map.
+#[derive(Clone, Debug, Default)]
+pub struct StaticResolver {
+    docs: Arc<RwLock<HashMap<String, DidDocument>>>,
+}
+
+impl StaticResolver {
+    /// An empty resolver.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces the document for `doc.id`.
+    pub fn insert(&self, doc: DidDocument) {
+        let mut map = self
+            .docs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.insert(doc.id.clone(), doc);
+    }
+
+    /// The stored document for `did`, if any.
+    pub fn get(&self, did: &str) -> Option<DidDocument> {
+        let map = self
+            .docs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(did).cloned()
+    }
+
+    /// Number of stored documents.
+    pub fn len(&self) -> usize {
+        self.docs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether no document is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl DidResolver for StaticResolver {
+    #[allow(clippy::manual_async_fn)] // spelled out so the returned future is `Send`
+    fn resolve(&self, did: &str) -> impl Future<Output = Result<DidDocument, ResolveError>> + Send {
+        let found = self
+            .get(did)
+            .ok_or_else(|| ResolveError::NotFound(did.to_owned()));
+        async move { found }
+    }
+}
+
+/// Resolves any supported method: first the [`StaticResolver`] overlay, then `did:key`
+/// locally, then `did:web` over HTTPS.
+#[derive(Clone, Debug)]
+pub struct UniversalResolver {
+    overlay: StaticResolver,
+    web: WebResolver,
+}
+
+impl UniversalResolver {
+    /// A resolver with the default did:web configuration (HTTPS, 10 s timeout, 64 KiB,
+    /// 5 min cache).
+    ///
+    /// # Errors
+    /// [`ResolveError::Config`] if the HTTPS client cannot be built.
+    pub fn new() -> Result<Self, ResolveError> {
+        Self::with_config(WebResolverConfig::default())
+    }
+
+    /// A resolver with this did:web configuration.
+    ///
+    /// # Errors
+    /// [`ResolveError::Config`] if the HTTPS client cannot be built (e.g. a bad extra root).
+    pub fn with_config(config: WebResolverConfig) -> Result<Self, ResolveError> {
+        Ok(Self {
+            overlay: StaticResolver::new(),
+            web: WebResolver::new(config)?,
+        })
+    }
+
+    /// The overlay consulted before any method (shared: inserting into a clone works).
+    pub fn overlay(&self) -> &StaticResolver {
+        &self.overlay
+    }
+
+    /// Replaces the overlay with `overlay` (e.g. one shared with other components).
+    pub fn with_overlay(mut self, overlay: StaticResolver) -> Self {
+        self.overlay = overlay;
+        self
+    }
+
+    /// Adds a pre-supplied document to the overlay.
+    pub fn insert(&self, doc: DidDocument) {
+        self.overlay.insert(doc);
+    }
+
+    /// The did:web resolver used.
+    pub fn web(&self) -> &WebResolver {
+        &self.web
+    }
+}
+
+impl DidResolver for UniversalResolver {
+    #[allow(clippy::manual_async_fn)]
+    fn resolve(&self, did: &str) -> impl Future<Output = Result<DidDocument, ResolveError>> + Send {
+        let did = did.to_owned();
+        async move {
+            if let Some(doc) = self.overlay.get(&did) {
+                return Ok(doc);
+            }
+            let parsed = Did::parse(&did)?;
+            match parsed.method() {
+                "key" => crate::key::resolve(&did),
+                "web" => self.web.resolve_did(&parsed).await,
+                other => Err(ResolveError::UnsupportedMethod(other.to_owned())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn static_and_universal() {
+        let s = StaticResolver::new();
+        assert!(matches!(
+            block_on(s.resolve("did:example:a")),
+            Err(ResolveError::NotFound(_))
+        ));
+        s.insert(DidDocument::new("did:example:a"));
+        assert_eq!(
+            block_on(s.resolve("did:example:a")).unwrap().id,
+            "did:example:a"
+        );
+        // Through &T and Arc<T>.
+        let arc = Arc::new(s.clone());
+        let by_ref: &StaticResolver = &s;
+        assert!(block_on(DidResolver::resolve(&by_ref, "did:example:a")).is_ok());
+        assert!(block_on(arc.resolve("did:example:a")).is_ok());
+
+        let u = UniversalResolver::new().unwrap().with_overlay(s);
+        assert!(block_on(u.resolve("did:example:a")).is_ok());
+        assert!(matches!(
+            block_on(u.resolve("did:example:b")),
+            Err(ResolveError::UnsupportedMethod(m)) if m == "example"
+        ));
+        let did = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp";
+        assert_eq!(block_on(u.resolve(did)).unwrap().id, did);
+        assert!(matches!(
+            block_on(u.resolve("did:bad")),
+            Err(ResolveError::InvalidDid(_))
+        ));
+    }
+}

@@ -1,0 +1,452 @@
+//! `did:web` (W3C CCG "did:web Method Specification", §3.2 "Read (Resolve)").
+//!
+//! DID → URL: `did:web:example.com` → `https://example.com/.well-known/did.json`;
+//! `did:web:example.com:user:alice` → `https://example.com/user/alice/did.json`;
+//! a port is percent-encoded: `did:web:localhost%3A8443` → `https://localhost:8443/.well-known/did.json`.
+//!
+//! The fetch is HTTPS only (rustls, webpki roots plus optional extra roots), with a total
+//! timeout, a response size limit, no redirects to another host or scheme, and a TTL cache.
+//! Plain HTTP exists only with [`WebResolverConfig::allow_http`], for local tests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use url::Url;
+
+use crate::did::Did;
+use crate::document::{DidDocument, MAX_DOCUMENT_BYTES};
+use crate::error::ResolveError;
+
+/// Most cached documents; beyond this expired entries are dropped, then the oldest.
+const MAX_CACHE_ENTRIES: usize = 1024;
+/// Most redirects followed (all on the same host).
+const MAX_REDIRECTS: usize = 3;
+
+/// did:web resolver settings.
+#[derive(Clone, Debug)]
+pub struct WebResolverConfig {
+    /// Total time for one fetch (connect, TLS, request, body). Default 10 s.
+    pub timeout: Duration,
+    /// Largest response body accepted. Default 64 KiB.
+    pub max_bytes: usize,
+    /// How long a resolved document is reused. Default 5 minutes; zero disables the cache.
+    pub cache_ttl: Duration,
+    /// Fetch `http://` instead of `https://`. For local testing only.
+    pub allow_http: bool,
+    /// Extra trusted root certificates (DER, or PEM text), added to the webpki roots.
+    pub extra_roots: Vec<Vec<u8>>,
+}
+
+impl Default for WebResolverConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            max_bytes: MAX_DOCUMENT_BYTES,
+            cache_ttl: Duration::from_secs(300),
+            allow_http: false,
+            extra_roots: Vec::new(),
+        }
+    }
+}
+
+/// Resolves `did:web` DIDs over HTTPS. Cloning shares the client and the cache.
+#[derive(Clone, Debug)]
+pub struct WebResolver {
+    client: reqwest::Client,
+    config: Arc<WebResolverConfig>,
+    cache: Arc<Mutex<HashMap<String, (Instant, DidDocument)>>>,
+}
+
+#[derive(Debug)]
+struct RedirectRefused;
+
+impl std::fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("redirect to another host or scheme refused")
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+impl WebResolver {
+    /// Builds the HTTPS client.
+    ///
+    /// # Errors
+    /// [`ResolveError::Config`] if an extra root certificate does not parse or the client
+    /// cannot be built.
+    pub fn new(config: WebResolverConfig) -> Result<Self, ResolveError> {
+        let policy = reqwest::redirect::Policy::custom(|attempt| {
+            let same_origin = attempt.previous().first().is_some_and(|first| {
+                first.scheme() == attempt.url().scheme()
+                    && first.host_str() == attempt.url().host_str()
+                    && first.port_or_known_default() == attempt.url().port_or_known_default()
+            });
+            if !same_origin || attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error(RedirectRefused)
+            } else {
+                attempt.follow()
+            }
+        });
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .redirect(policy)
+            .user_agent(concat!("mpc-did/", env!("CARGO_PKG_VERSION")))
+            .https_only(!config.allow_http);
+        for root in &config.extra_roots {
+            let cert = if root.starts_with(b"-----BEGIN") {
+                reqwest::Certificate::from_pem(root)
+            } else {
+                reqwest::Certificate::from_der(root)
+            }
+            .map_err(|e| ResolveError::Config(format!("extra root certificate: {e}")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| ResolveError::Config(error_chain(&e)))?;
+        Ok(Self {
+            client,
+            config: Arc::new(config),
+            cache: Arc::default(),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &WebResolverConfig {
+        &self.config
+    }
+
+    /// Resolves a `did:web`.
+    ///
+    /// # Errors
+    /// See [`ResolveError`]: invalid DID, transport errors (timeout, refused redirect,
+    /// HTTP status, too large), invalid document, id mismatch.
+    pub async fn resolve(&self, did: &str) -> Result<DidDocument, ResolveError> {
+        let parsed = Did::parse(did)?;
+        self.resolve_did(&parsed).await
+    }
+
+    pub(crate) async fn resolve_did(&self, did: &Did) -> Result<DidDocument, ResolveError> {
+        if did.method() != "web" {
+            return Err(ResolveError::UnsupportedMethod(did.method().to_owned()));
+        }
+        if let Some(doc) = self.cached(did.as_str()) {
+            return Ok(doc);
+        }
+        let mut url = did_web_url(did)?;
+        if self.config.allow_http {
+            url.set_scheme("http").map_err(|()| {
+                ResolveError::Config("cannot switch URL scheme to http".to_owned())
+            })?;
+        }
+        let body = self.fetch(&url).await?;
+        let doc = DidDocument::from_json_slice(&body).map_err(|source| ResolveError::Document {
+            did: did.to_string(),
+            source,
+        })?;
+        if doc.id != did.as_str() {
+            return Err(ResolveError::IdMismatch {
+                expected: did.to_string(),
+                found: doc.id,
+            });
+        }
+        self.store(did.as_str(), &doc);
+        Ok(doc)
+    }
+
+    async fn fetch(&self, url: &Url) -> Result<Vec<u8>, ResolveError> {
+        let max = self.config.max_bytes;
+        let map_err = |e: reqwest::Error| self.map_reqwest_error(url, &e);
+        let mut resp = self
+            .client
+            .get(url.clone())
+            .header(
+                reqwest::header::ACCEPT,
+                "application/did+json, application/json",
+            )
+            .send()
+            .await
+            .map_err(map_err)?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(ResolveError::HttpStatus {
+                url: url.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        let too_large = || ResolveError::TooLarge {
+            url: url.to_string(),
+            max,
+        };
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        // Read chunk by chunk so a server that lies about (or omits) Content-Length cannot
+        // make us buffer more than `max`.
+        while let Some(chunk) = resp.chunk().await.map_err(map_err)? {
+            if body.len() + chunk.len() > max {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    fn map_reqwest_error(&self, url: &Url, e: &reqwest::Error) -> ResolveError {
+        if e.is_timeout() {
+            ResolveError::Timeout {
+                url: url.to_string(),
+                secs: self.config.timeout.as_secs_f64(),
+            }
+        } else if e.is_redirect() {
+            ResolveError::RedirectRefused {
+                url: url.to_string(),
+            }
+        } else if e.is_builder() && url.scheme() == "http" {
+            ResolveError::InsecureUrl(url.to_string())
+        } else {
+            ResolveError::Http {
+                url: url.to_string(),
+                reason: error_chain(e),
+            }
+        }
+    }
+
+    fn cached(&self, did: &str) -> Option<DidDocument> {
+        if self.config.cache_ttl.is_zero() {
+            return None;
+        }
+        let cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache
+            .get(did)
+            .filter(|(at, _)| at.elapsed() < self.config.cache_ttl)
+            .map(|(_, d)| d.clone())
+    }
+
+    fn store(&self, did: &str, doc: &DidDocument) {
+        if self.config.cache_ttl.is_zero() {
+            return;
+        }
+        let ttl = self.config.cache_ttl;
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= MAX_CACHE_ENTRIES {
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        if cache.len() >= MAX_CACHE_ENTRIES {
+            if let Some(oldest) = cache
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+            {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(did.to_owned(), (Instant::now(), doc.clone()));
+    }
+
+    /// Drops every cached document.
+    pub fn clear_cache(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
+
+impl crate::DidResolver for WebResolver {
+    fn resolve(
+        &self,
+        did: &str,
+    ) -> impl std::future::Future<Output = Result<DidDocument, ResolveError>> + Send {
+        let did = did.to_owned();
+        async move { WebResolver::resolve(self, &did).await }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+fn invalid(reason: impl Into<String>) -> ResolveError {
+    ResolveError::InvalidMethodSpecificId {
+        method: "web",
+        reason: reason.into(),
+    }
+}
+
+/// The HTTPS URL of a did:web's document (did:web spec §3.2 steps 1–6).
+///
+/// # Errors
+/// [`ResolveError::UnsupportedMethod`] if not did:web; [`ResolveError::InvalidMethodSpecificId`]
+/// for an invalid host, port or path segment (empty, `.`/`..`).
+pub fn did_web_url(did: &Did) -> Result<Url, ResolveError> {
+    if did.method() != "web" {
+        return Err(ResolveError::UnsupportedMethod(did.method().to_owned()));
+    }
+    let mut segments = did.method_specific_id().split(':');
+    let domain = segments.next().unwrap_or_default();
+    // Only the port separator may be percent-encoded in the domain segment.
+    let (host, port) = match domain
+        .split_once("%3A")
+        .or_else(|| domain.split_once("%3a"))
+    {
+        Some((h, p)) => (h, Some(p)),
+        None => (domain, None),
+    };
+    if host.is_empty()
+        || host.len() > 253
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        || host.starts_with(['.', '-'])
+        || host.ends_with('-')
+        || host.contains("..")
+    {
+        return Err(invalid(format!("invalid host {host:?}")));
+    }
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0 && !p.to_string().is_empty())
+                .ok_or_else(|| invalid(format!("invalid port {p:?}")))?,
+        ),
+    };
+    let path: Vec<&str> = segments.collect();
+    for seg in &path {
+        if seg.is_empty() || *seg == "." || *seg == ".." {
+            return Err(invalid(format!("invalid path segment {seg:?}")));
+        }
+        // Percent-encoded '/', '.', '?' or '#' would change the URL's meaning: refuse.
+        let lower = seg.to_ascii_lowercase();
+        if ["%2f", "%2e", "%3f", "%23", "%5c"]
+            .iter()
+            .any(|p| lower.contains(p))
+        {
+            return Err(invalid(format!(
+                "path segment {seg:?} encodes a reserved character"
+            )));
+        }
+    }
+    let authority = match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    let path = if path.is_empty() {
+        "/.well-known/did.json".to_owned()
+    } else {
+        format!("/{}/did.json", path.join("/"))
+    };
+    let url = Url::parse(&format!("https://{authority}{path}"))
+        .map_err(|e| invalid(format!("cannot form URL: {e}")))?;
+    Ok(url)
+}
+
+/// The did:web for a `domain[:port][/path…]` string, e.g. `example.com:8443/user/alice` →
+/// `did:web:example.com%3A8443:user:alice`.
+///
+/// # Errors
+/// [`ResolveError::InvalidMethodSpecificId`] if the result is not a valid did:web.
+pub fn did_from_domain(domain: &str) -> Result<Did, ResolveError> {
+    let trimmed = domain.trim_end_matches('/');
+    let (authority, path) = match trimmed.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (trimmed, None),
+    };
+    let mut msi = authority.to_ascii_lowercase().replacen(':', "%3A", 1);
+    if let Some(p) = path {
+        for seg in p.split('/') {
+            msi.push(':');
+            msi.push_str(seg);
+        }
+    }
+    let did = Did::parse(&format!("did:web:{msi}"))
+        .map_err(|e| invalid(format!("{domain:?} does not make a valid DID: {e}")))?;
+    did_web_url(&did)?;
+    Ok(did)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn url(did: &str) -> Result<String, ResolveError> {
+        did_web_url(&Did::parse(did).unwrap()).map(|u| u.to_string())
+    }
+
+    #[test]
+    fn url_mapping_follows_the_spec_examples() {
+        // did:web spec §3.2 examples.
+        assert_eq!(
+            url("did:web:w3c-ccg.github.io").unwrap(),
+            "https://w3c-ccg.github.io/.well-known/did.json"
+        );
+        assert_eq!(
+            url("did:web:w3c-ccg.github.io:user:alice").unwrap(),
+            "https://w3c-ccg.github.io/user/alice/did.json"
+        );
+        assert_eq!(
+            url("did:web:example.com%3A3000:user:alice").unwrap(),
+            "https://example.com:3000/user/alice/did.json"
+        );
+        assert_eq!(
+            url("did:web:localhost%3A8443").unwrap(),
+            "https://localhost:8443/.well-known/did.json"
+        );
+    }
+
+    #[test]
+    fn url_mapping_rejects_bad_forms() {
+        for bad in [
+            "did:web:exa%41mple.com",
+            "did:web:example.com%3A",
+            "did:web:example.com%3A99999",
+            "did:web:example.com%3Aabc",
+            "did:web:example.com::x",
+            "did:web:example.com:..",
+            "did:web:example.com:a%2Fb",
+            "did:web:-example.com",
+            "did:web:example..com",
+        ] {
+            assert!(url(bad).is_err(), "{bad} should be rejected");
+        }
+        assert!(matches!(
+            url("did:key:z6Mk"),
+            Err(ResolveError::UnsupportedMethod(_))
+        ));
+    }
+
+    #[test]
+    fn did_from_domain_forms() {
+        assert_eq!(
+            did_from_domain("example.com").unwrap().as_str(),
+            "did:web:example.com"
+        );
+        assert_eq!(
+            did_from_domain("Example.com:8443/user/alice")
+                .unwrap()
+                .as_str(),
+            "did:web:example.com%3A8443:user:alice"
+        );
+        assert!(did_from_domain("exa mple.com").is_err());
+        assert!(did_from_domain("example.com//x").is_err());
+    }
+}
