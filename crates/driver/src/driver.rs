@@ -1,0 +1,696 @@
+//! The session task: one task owns one [`Session`] and its current path.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use mpc_did_session::{Event, RecordDecoder, Session, SessionError, SessionStats};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use tokio::time::Instant;
+use tokio_util::sync::PollSender;
+
+use crate::path::{path_id, BoxPath, PathId};
+
+/// Tunables of the driver (the session's own are in `SessionConfig`).
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// How long the session may be without a path before it fails.
+    pub resume_timeout: Duration,
+    /// Chunks buffered per stream for a reader that is not reading (backpressure beyond it:
+    /// the driver stops reading the path).
+    pub stream_buffer_chunks: usize,
+    /// Writes queued from all streams before writers wait.
+    pub write_queue_chunks: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            resume_timeout: Duration::from_secs(60),
+            stream_buffer_chunks: 64,
+            write_queue_chunks: 64,
+        }
+    }
+}
+
+/// Where a session stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionState {
+    /// Carrying records on a path.
+    Connected,
+    /// The path broke or went idle; waiting for [`SessionHandle::attach_path`].
+    NoPath,
+    /// Closed by us or the peer; `code` 0 is a normal end.
+    Closed {
+        code: u16,
+        reason: String,
+        by_peer: bool,
+    },
+    /// The session failed (protocol violation, no path for too long).
+    Failed(String),
+}
+
+impl SessionState {
+    /// Whether the session is over.
+    #[must_use]
+    pub fn is_over(&self) -> bool {
+        matches!(self, Self::Closed { .. } | Self::Failed(_))
+    }
+    /// Whether it ended in a way the application should treat as an error.
+    #[must_use]
+    pub fn is_error(&self) -> bool {
+        matches!(self, Self::Failed(_) | Self::Closed { code: 1.., .. })
+    }
+}
+
+enum Command {
+    Open(oneshot::Sender<io::Result<SessionStream>>),
+    Path(BoxPath),
+    Close {
+        code: u16,
+        reason: String,
+        done: oneshot::Sender<()>,
+    },
+    Stats(oneshot::Sender<SessionStats>),
+}
+
+enum WriteOp {
+    Data(u32, Vec<u8>),
+    Finish(u32),
+}
+
+enum Chunk {
+    Data(Vec<u8>),
+    Fin,
+}
+
+struct Inner {
+    cmd: mpsc::Sender<Command>,
+    accept: Mutex<mpsc::UnboundedReceiver<SessionStream>>,
+    state: watch::Receiver<SessionState>,
+    path_id: PathId,
+}
+
+/// A handle to a running session; cheap to clone.
+#[derive(Clone)]
+pub struct SessionHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle")
+            .field("state", &*self.inner.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "the secure session has ended",
+    )
+}
+
+impl SessionHandle {
+    /// Start driving an established session. It has no path yet: attach one with
+    /// [`SessionHandle::attach_path`] (both sides do, on the two ends of one path).
+    #[must_use]
+    pub fn spawn(session: Session, config: DriverConfig) -> Self {
+        let (cmd_tx, cmd_rx) = mpsc::channel(16);
+        let (accept_tx, accept_rx) = mpsc::unbounded_channel();
+        let (state_tx, state_rx) = watch::channel(SessionState::NoPath);
+        let (write_tx, write_rx) = mpsc::channel(config.write_queue_chunks.max(1));
+        let path_id = path_id(session.handshake_hash());
+        let driver = Driver {
+            session,
+            start: Instant::now(),
+            reader: None,
+            writer: None,
+            decoder: RecordDecoder::new(),
+            out: VecDeque::new(),
+            out_off: 0,
+            streams: HashMap::new(),
+            stalled: None,
+            accept_tx,
+            write_tx,
+            write_rx,
+            pending_write: None,
+            cmd_rx,
+            state_tx,
+            no_path_since: Some(Instant::now()),
+            config,
+        };
+        tokio::spawn(driver.run());
+        Self {
+            inner: Arc::new(Inner {
+                cmd: cmd_tx,
+                accept: Mutex::new(accept_rx),
+                state: state_rx,
+                path_id,
+            }),
+        }
+    }
+
+    /// The id this session's paths carry in their hello.
+    #[must_use]
+    pub fn path_id(&self) -> PathId {
+        self.inner.path_id
+    }
+
+    /// Carry the session on `path` from now on (the first path, a reconnection, or an
+    /// upgrade from relay to direct); the old path, if any, is dropped and unacknowledged
+    /// bytes are resent on the new one.
+    ///
+    /// # Errors
+    /// `ConnectionAborted` if the session has ended.
+    pub async fn attach_path(&self, path: BoxPath) -> io::Result<()> {
+        self.inner
+            .cmd
+            .send(Command::Path(path))
+            .await
+            .map_err(|_| gone())
+    }
+
+    /// Open a new stream to the peer.
+    ///
+    /// # Errors
+    /// `ConnectionAborted` if the session has ended; `Other` at the stream limit.
+    pub async fn open_stream(&self) -> io::Result<SessionStream> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .cmd
+            .send(Command::Open(tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// The next stream the peer opened; `None` once the session has ended.
+    pub async fn accept_stream(&self) -> Option<SessionStream> {
+        self.inner.accept.lock().await.recv().await
+    }
+
+    /// Close the session with `code` (0: normal end) and wait until the CLOSE record has
+    /// been handed to the path (or there is none).
+    pub async fn close(&self, code: u16, reason: &str) {
+        let (done, wait) = oneshot::channel();
+        let cmd = Command::Close {
+            code,
+            reason: reason.to_owned(),
+            done,
+        };
+        if self.inner.cmd.send(cmd).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// The session's state now.
+    #[must_use]
+    pub fn state(&self) -> SessionState {
+        self.inner.state.borrow().clone()
+    }
+
+    /// A receiver of state changes.
+    #[must_use]
+    pub fn watch_state(&self) -> watch::Receiver<SessionState> {
+        self.inner.state.clone()
+    }
+
+    /// Resolves with the final state once the session is over.
+    pub async fn ended(&self) -> SessionState {
+        let mut rx = self.inner.state.clone();
+        let result = rx.wait_for(SessionState::is_over).await.map(|s| s.clone());
+        result.unwrap_or_else(|_| SessionState::Failed("driver stopped".into()))
+    }
+
+    /// The session's counters.
+    pub async fn stats(&self) -> Option<SessionStats> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.cmd.send(Command::Stats(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// One stream of a session: ordered bytes each way, EOF when the peer finishes its side,
+/// an error (never an EOF) if the session fails first.
+pub struct SessionStream {
+    id: u32,
+    rx: mpsc::Receiver<Chunk>,
+    readable: Option<(Vec<u8>, usize)>,
+    eof: bool,
+    tx: PollSender<WriteOp>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for SessionStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStream")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionStream {
+    /// The stream id (spec/session.md §6.1).
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl AsyncRead for SessionStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let Some((data, off)) = &mut self.readable {
+                let rest = data.get(*off..).unwrap_or_default();
+                let n = rest.len().min(buf.remaining());
+                buf.put_slice(rest.get(..n).unwrap_or_default());
+                *off += n;
+                if *off >= data.len() {
+                    self.readable = None;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(Chunk::Data(d)) => self.readable = Some((d, 0)),
+                Some(Chunk::Fin) => self.eof = true,
+                // The driver dropped the stream without a FIN: the session failed or was
+                // closed before the peer finished. Never report that as a clean EOF.
+                None => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionReset,
+                        "secure session ended before the stream was finished",
+                    )))
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SessionStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.finished {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stream finished",
+            )));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        ready!(self.tx.poll_reserve(cx)).map_err(|_| gone())?;
+        let id = self.id;
+        // One write, one chunk: what the proxy read in one go becomes one DATA frame.
+        self.tx
+            .send_item(WriteOp::Data(id, buf.to_vec()))
+            .map_err(|_| gone())?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.finished {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.tx.poll_reserve(cx)).map_err(|_| gone())?;
+        let id = self.id;
+        self.tx.send_item(WriteOp::Finish(id)).map_err(|_| gone())?;
+        self.finished = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+struct Driver {
+    session: Session,
+    start: Instant,
+    reader: Option<ReadHalf<BoxPath>>,
+    writer: Option<WriteHalf<BoxPath>>,
+    decoder: RecordDecoder,
+    /// Records waiting for the path; `out_off` bytes of the front one are written.
+    out: VecDeque<Vec<u8>>,
+    out_off: usize,
+    streams: HashMap<u32, mpsc::Sender<Chunk>>,
+    /// A chunk for a stream whose reader is behind; no more events are processed (and the
+    /// path is not read) until it is delivered.
+    stalled: Option<(mpsc::Sender<Chunk>, Chunk)>,
+    accept_tx: mpsc::UnboundedSender<SessionStream>,
+    write_tx: mpsc::Sender<WriteOp>,
+    write_rx: mpsc::Receiver<WriteOp>,
+    /// Bytes the session did not accept yet (its unacknowledged-bytes bound).
+    pending_write: Option<(u32, Vec<u8>, usize)>,
+    cmd_rx: mpsc::Receiver<Command>,
+    state_tx: watch::Sender<SessionState>,
+    no_path_since: Option<Instant>,
+    config: DriverConfig,
+}
+
+/// What ended the driver loop.
+enum Stop {
+    Closed {
+        code: u16,
+        reason: String,
+        by_peer: bool,
+    },
+    Failed(String),
+}
+
+impl Driver {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn run(mut self) {
+        let stop = self.run_loop().await;
+        let state = match stop {
+            Stop::Closed {
+                code,
+                reason,
+                by_peer,
+            } => SessionState::Closed {
+                code,
+                reason,
+                by_peer,
+            },
+            Stop::Failed(why) => {
+                tracing::warn!("secure session failed: {why}");
+                SessionState::Failed(why)
+            }
+        };
+        // Dropping the stream senders without a FIN makes readers see an error, unless
+        // they had already been finished.
+        self.streams.clear();
+        self.stalled = None;
+        let _ = self.state_tx.send(state);
+    }
+
+    async fn run_loop(&mut self) -> Stop {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(stop) = self.pump_events() {
+                return stop;
+            }
+            if let Err(e) = self.pump_writes() {
+                return Stop::Failed(e.to_string());
+            }
+            self.collect_records();
+            let timeout = self
+                .session
+                .poll_timeout()
+                .map(|ms| self.start + Duration::from_millis(ms));
+            let no_path_deadline = self.no_path_since.map(|t| t + self.config.resume_timeout);
+            let can_read = self.reader.is_some() && self.stalled.is_none();
+            let can_write = self.writer.is_some() && !self.out.is_empty();
+            let can_take_writes = self.pending_write.is_none() && self.session.send_capacity() > 0;
+
+            tokio::select! {
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(cmd) => if let Some(stop) = self.handle_command(cmd).await { return stop },
+                    // Every handle is gone: nobody can use the session any more.
+                    None => {
+                        let _ = self.session.close(self.now_ms(), 0, "closed");
+                        self.collect_records();
+                        self.flush_out().await;
+                        return Stop::Closed { code: 0, reason: "all handles dropped".into(), by_peer: false };
+                    }
+                },
+                n = read_some(&mut self.reader, &mut buf), if can_read => match n {
+                    Ok(0) | Err(_) => self.lose_path("path closed"),
+                    Ok(n) => {
+                        self.decoder.push(buf.get(..n).unwrap_or_default());
+                        if let Some(stop) = self.feed_records() { return stop; }
+                    }
+                },
+                w = write_some(&mut self.writer, &self.out, self.out_off), if can_write => match w {
+                    Ok(n) => self.advance_out(n),
+                    Err(_) => self.lose_path("path write failed"),
+                },
+                op = self.write_rx.recv(), if can_take_writes => {
+                    // `write_tx` lives in self, so the channel never closes here.
+                    if let Some(op) = op {
+                        if let Err(e) = self.apply_write(op) { return Stop::Failed(e.to_string()); }
+                    }
+                },
+                permit = reserve(&self.stalled), if self.stalled.is_some() => {
+                    // If the reader dropped its stream, what was meant for it is discarded.
+                    if let (Ok(()), Some((tx, chunk))) = (permit, self.stalled.take()) {
+                        let _ = tx.try_send(chunk);
+                    }
+                },
+                () = sleep_until(timeout) => {
+                    if let Err(e) = self.session.handle_timeout(self.now_ms()) {
+                        return Stop::Failed(e.to_string());
+                    }
+                },
+                () = sleep_until(no_path_deadline), if no_path_deadline.is_some() => {
+                    return Stop::Failed(format!("no path for {:?}", self.config.resume_timeout));
+                },
+            }
+        }
+    }
+
+    async fn handle_command(&mut self, cmd: Command) -> Option<Stop> {
+        match cmd {
+            Command::Open(reply) => {
+                let r = self
+                    .session
+                    .open_stream()
+                    .map(|id| self.new_stream(id))
+                    .map_err(|e| io::Error::other(e.to_string()));
+                let _ = reply.send(r);
+            }
+            Command::Path(path) => {
+                let (r, w) = tokio::io::split(path);
+                self.reader = Some(r);
+                self.writer = Some(w);
+                self.decoder = RecordDecoder::new();
+                self.out.clear();
+                self.out_off = 0;
+                self.no_path_since = None;
+                if let Err(e) = self.session.resume(self.now_ms()) {
+                    return Some(Stop::Failed(e.to_string()));
+                }
+                let _ = self.state_tx.send(SessionState::Connected);
+            }
+            Command::Close { code, reason, done } => {
+                let now = self.now_ms();
+                let _ = self.session.close(now, code, &reason);
+                self.collect_records();
+                self.flush_out().await;
+                let _ = done.send(());
+                return Some(Stop::Closed {
+                    code,
+                    reason,
+                    by_peer: false,
+                });
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(self.session.stats());
+            }
+        }
+        None
+    }
+
+    fn new_stream(&mut self, id: u32) -> SessionStream {
+        let (tx, rx) = mpsc::channel(self.config.stream_buffer_chunks.max(1));
+        self.streams.insert(id, tx);
+        SessionStream {
+            id,
+            rx,
+            readable: None,
+            eof: false,
+            tx: PollSender::new(self.write_tx.clone()),
+            finished: false,
+        }
+    }
+
+    fn lose_path(&mut self, why: &str) {
+        tracing::debug!("secure session lost its path: {why}");
+        self.reader = None;
+        self.writer = None;
+        self.out.clear();
+        self.out_off = 0;
+        if self.no_path_since.is_none() {
+            self.no_path_since = Some(Instant::now());
+        }
+        let _ = self.state_tx.send(SessionState::NoPath);
+    }
+
+    /// Decode and handle every complete record read so far.
+    fn feed_records(&mut self) -> Option<Stop> {
+        loop {
+            match self.decoder.next_record() {
+                Ok(Some(record)) => match self.session.handle_record(self.now_ms(), &record) {
+                    Ok(()) => {}
+                    // A record that does not authenticate means the path carries forged
+                    // or stale data: drop the path, keep the session (spec §5.3).
+                    Err(SessionError::Decrypt) => {
+                        self.lose_path("a record failed to authenticate");
+                        return None;
+                    }
+                    Err(e) => return Some(Stop::Failed(e.to_string())),
+                },
+                Ok(None) => return None,
+                Err(_) => {
+                    self.lose_path("malformed record framing");
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Hand session events to streams until one stalls.
+    fn pump_events(&mut self) -> Option<Stop> {
+        while self.stalled.is_none() {
+            let event = self.session.poll_event()?;
+            match event {
+                Event::Data { stream, data } => self.deliver(stream, Chunk::Data(data)),
+                Event::StreamFinished { stream } => {
+                    self.deliver(stream, Chunk::Fin);
+                    self.streams.remove(&stream);
+                }
+                Event::Writable | Event::Rekeyed { .. } | Event::Resumed => {}
+                Event::PathIdle => self.lose_path("nothing received within the idle timeout"),
+                Event::Closed { code, reason } => {
+                    return Some(Stop::Closed {
+                        code,
+                        reason,
+                        by_peer: true,
+                    });
+                }
+            }
+        }
+        None
+    }
+
+    fn deliver(&mut self, stream: u32, chunk: Chunk) {
+        if !self.streams.contains_key(&stream) {
+            // First bytes of a stream the peer opened.
+            let s = self.new_stream(stream);
+            let _ = self.accept_tx.send(s);
+        }
+        let Some(tx) = self.streams.get(&stream) else {
+            return;
+        };
+        match tx.try_send(chunk) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(chunk)) => self.stalled = Some((tx.clone(), chunk)),
+        }
+    }
+
+    fn apply_write(&mut self, op: WriteOp) -> Result<(), SessionError> {
+        match op {
+            WriteOp::Data(id, data) => {
+                self.pending_write = Some((id, data, 0));
+                self.pump_writes()
+            }
+            WriteOp::Finish(id) => self.session.finish(self.now_ms(), id),
+        }
+    }
+
+    /// Offer pending bytes to the session as far as its send window allows.
+    fn pump_writes(&mut self) -> Result<(), SessionError> {
+        if let Some((id, data, off)) = self.pending_write.take() {
+            let rest = data.get(off..).unwrap_or_default();
+            let n = self.session.send(self.now_ms(), id, rest)?;
+            if off + n < data.len() {
+                self.pending_write = Some((id, data, off + n));
+            }
+        }
+        Ok(())
+    }
+
+    fn collect_records(&mut self) {
+        while let Some(r) = self.session.poll_transmit() {
+            // Without a path, records are dropped: `resume` resends what was not
+            // acknowledged on the next path.
+            if self.writer.is_some() {
+                self.out.push_back(r);
+            }
+        }
+    }
+
+    fn advance_out(&mut self, n: usize) {
+        self.out_off += n;
+        while let Some(front) = self.out.front() {
+            if self.out_off < front.len() {
+                break;
+            }
+            self.out_off -= front.len();
+            self.out.pop_front();
+        }
+    }
+
+    /// Best effort: write what is queued (at close), for at most a second.
+    async fn flush_out(&mut self) {
+        let Some(w) = self.writer.as_mut() else {
+            return;
+        };
+        let mut all = Vec::new();
+        for (i, r) in self.out.iter().enumerate() {
+            let skip = if i == 0 { self.out_off } else { 0 };
+            all.extend_from_slice(r.get(skip..).unwrap_or_default());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            w.write_all(&all).await?;
+            w.flush().await
+        })
+        .await;
+        self.out.clear();
+        self.out_off = 0;
+    }
+}
+
+async fn read_some(reader: &mut Option<ReadHalf<BoxPath>>, buf: &mut [u8]) -> io::Result<usize> {
+    match reader {
+        Some(r) => r.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_some(
+    writer: &mut Option<WriteHalf<BoxPath>>,
+    out: &VecDeque<Vec<u8>>,
+    off: usize,
+) -> io::Result<usize> {
+    let (Some(w), Some(front)) = (writer.as_mut(), out.front()) else {
+        return std::future::pending().await;
+    };
+    let n = w.write(front.get(off..).unwrap_or_default()).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::WriteZero.into());
+    }
+    Ok(n)
+}
+
+async fn reserve(stalled: &Option<(mpsc::Sender<Chunk>, Chunk)>) -> Result<(), ()> {
+    match stalled {
+        Some((tx, _)) => tx.reserve().await.map(drop).map_err(drop),
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,201 @@
+//! Paths: any reliable ordered byte stream (TCP, a QUIC stream, a relay stream) that starts
+//! with a 24-byte path hello naming the session, then carries the session's records.
+//!
+//! ```text
+//! path hello = "MDP1" || 4 zero bytes (reserved) || path id (16 bytes)
+//! path id    = first 16 bytes of SHA-256("mpc-did/path/1" || Noise handshake hash)
+//! ```
+//! The hello lets a listener that serves many sessions hand an incoming connection to the
+//! right one; it reveals nothing but a per-session random-looking tag. Whoever opens the
+//! path writes the hello; both sides then call `Session::resume`, so the first record each
+//! way on every path — the first one included — is a RESUME (spec/session.md §7).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::SessionHandle;
+
+/// Length of the path hello.
+pub const HELLO_LEN: usize = 24;
+const MAGIC: &[u8; 4] = b"MDP1";
+const PATH_ID_LABEL: &[u8] = b"mpc-did/path/1";
+
+/// Names a session on a path.
+pub type PathId = [u8; 16];
+
+/// A path: a reliable, ordered byte stream.
+pub trait PathStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> PathStream for T {}
+
+/// A boxed path.
+pub type BoxPath = Box<dyn PathStream>;
+
+/// Why a path hello was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    #[error("not an mpc-did path (bad magic or reserved bytes)")]
+    BadHello,
+    #[error("no session with this path id")]
+    UnknownSession,
+    #[error("no path hello within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// The path id of the session with this Noise handshake hash.
+#[must_use]
+pub fn path_id(handshake_hash: &[u8; 32]) -> PathId {
+    let digest = Sha256::new()
+        .chain_update(PATH_ID_LABEL)
+        .chain_update(handshake_hash)
+        .finalize();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
+}
+
+/// Encode the hello for `id`.
+#[must_use]
+pub fn encode_hello(id: &PathId) -> [u8; HELLO_LEN] {
+    let mut h = [0u8; HELLO_LEN];
+    h[..4].copy_from_slice(MAGIC);
+    h[8..].copy_from_slice(id);
+    h
+}
+
+/// Decode a hello.
+///
+/// # Errors
+/// [`PathError::BadHello`] for a wrong magic or non-zero reserved bytes.
+pub fn decode_hello(h: &[u8; HELLO_LEN]) -> Result<PathId, PathError> {
+    if &h[..4] != MAGIC || h[4..8] != [0; 4] {
+        return Err(PathError::BadHello);
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h[8..]);
+    Ok(id)
+}
+
+/// Write the hello on a path we opened.
+///
+/// # Errors
+/// The stream's write error.
+pub async fn send_hello<S: AsyncWrite + Unpin>(stream: &mut S, id: &PathId) -> io::Result<()> {
+    stream.write_all(&encode_hello(id)).await?;
+    stream.flush().await
+}
+
+/// Read the hello of a path a peer opened.
+///
+/// # Errors
+/// [`PathError::Timeout`] if it does not arrive in time, [`PathError::BadHello`], or the
+/// stream's read error.
+pub async fn read_hello<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Result<PathId, PathError> {
+    let mut h = [0u8; HELLO_LEN];
+    tokio::time::timeout(limit, stream.read_exact(&mut h))
+        .await
+        .map_err(|_| PathError::Timeout(limit))??;
+    decode_hello(&h)
+}
+
+/// Hands incoming paths to the sessions they name. One listener serves every session of a
+/// party.
+#[derive(Clone, Default)]
+pub struct PathRouter {
+    routes: Arc<Mutex<HashMap<PathId, SessionHandle>>>,
+}
+
+impl std::fmt::Debug for PathRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.routes.lock().map(|r| r.len()).unwrap_or(0);
+        f.debug_struct("PathRouter").field("sessions", &n).finish()
+    }
+}
+
+impl PathRouter {
+    /// A router with no sessions.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Route paths with `handle`'s path id to it.
+    pub fn register(&self, handle: &SessionHandle) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.insert(handle.path_id(), handle.clone());
+        }
+    }
+
+    /// Stop routing to a session.
+    pub fn unregister(&self, id: &PathId) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.remove(id);
+        }
+    }
+
+    /// Read the hello of an incoming path and attach it to its session.
+    ///
+    /// # Errors
+    /// [`PathError`] when the hello is bad, late, or names no registered session.
+    pub async fn route(&self, mut path: BoxPath) -> Result<(), PathError> {
+        let id = read_hello(&mut path, Duration::from_secs(10)).await?;
+        let handle = self
+            .routes
+            .lock()
+            .ok()
+            .and_then(|r| r.get(&id).cloned())
+            .ok_or(PathError::UnknownSession)?;
+        handle.attach_path(path).await.map_err(PathError::Io)
+    }
+
+    /// Accept TCP connections forever and route each (in its own task).
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, from)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let router = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = router.route(Box::new(tcp)).await {
+                            tracing::debug!(%from, "incoming path refused: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_round_trip_and_rejects() {
+        let id = path_id(&[9; 32]);
+        assert_eq!(decode_hello(&encode_hello(&id)).ok(), Some(id));
+        let mut bad = encode_hello(&id);
+        bad[0] = b'X';
+        assert!(matches!(decode_hello(&bad), Err(PathError::BadHello)));
+        let mut reserved = encode_hello(&id);
+        reserved[5] = 1;
+        assert!(matches!(decode_hello(&reserved), Err(PathError::BadHello)));
+        assert_ne!(path_id(&[9; 32]), path_id(&[8; 32]));
+    }
+}

@@ -1,0 +1,226 @@
+//! The session driver over real loopback TCP paths.
+#![allow(clippy::unwrap_used)]
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+mod common;
+
+use common::{connect, handles, tcp_pair};
+use mpc_did_driver::{path, DriverConfig, PathRouter, SessionState};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[tokio::test]
+async fn streams_both_ways_with_eof() {
+    let (a, b) = handles(DriverConfig::default());
+    connect(&a, &b).await;
+    let mut s1 = a.open_stream().await.unwrap();
+    let mut s2 = b.open_stream().await.unwrap();
+    s1.write_all(b"from a").await.unwrap();
+    s2.write_all(b"from b").await.unwrap();
+    let mut r1 = b.accept_stream().await.unwrap();
+    let mut r2 = a.accept_stream().await.unwrap();
+    assert_eq!(r1.id(), s1.id());
+    let mut buf = [0u8; 6];
+    r1.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"from a");
+    r2.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"from b");
+    // A reply on the accepted stream reaches the opener's stream.
+    r1.write_all(b"reply").await.unwrap();
+    let mut reply = [0u8; 5];
+    s1.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"reply");
+    s1.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    r1.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(a.state(), SessionState::Connected);
+}
+
+/// issue 6, done-when: a transfer survives a forced path switch in the middle, with
+/// matching SHA-256 on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_transfer_survives_path_switches() {
+    let (a, b) = handles(DriverConfig::default());
+    connect(&a, &b).await;
+    let total: usize = 32 << 20;
+    let mut tx = a.open_stream().await.unwrap();
+    let writer = tokio::spawn(async move {
+        let mut h = Sha256::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut sent = 0;
+        let mut chunk = vec![0u8; 48 * 1024];
+        while sent < total {
+            for c in chunk.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *c = x as u8;
+            }
+            let n = chunk.len().min(total - sent);
+            tx.write_all(&chunk[..n]).await.unwrap();
+            h.update(&chunk[..n]);
+            sent += n;
+        }
+        tx.shutdown().await.unwrap();
+        h.finalize()
+    });
+    let mut rx = b.accept_stream().await.unwrap();
+    let (a2, b2) = (a.clone(), b.clone());
+    let reader = tokio::spawn(async move {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0usize;
+        let mut switches = 0;
+        loop {
+            let n = rx.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            got += n;
+            // Switch paths twice mid-transfer, as a relay→direct upgrade would.
+            if (got > total / 3 && switches == 0) || (got > 2 * total / 3 && switches == 1) {
+                switches += 1;
+                connect(&a2, &b2).await;
+            }
+        }
+        (got, h.finalize(), switches)
+    });
+    let sent_hash = writer.await.unwrap();
+    let (got, got_hash, switches) = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(switches, 2);
+    assert_eq!(got, total);
+    assert_eq!(got_hash, sent_hash);
+    let stats = a.stats().await.unwrap();
+    eprintln!(
+        "retransmitted after switches: {} bytes",
+        stats.retransmitted_bytes
+    );
+}
+
+/// A path that dies (not replaced yet) leaves the session waiting; a new path resumes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_path_then_resume() {
+    let (a, b) = handles(DriverConfig::default());
+    let (mut x, mut y) = tcp_pair().await;
+    path::send_hello(&mut x, &a.path_id()).await.unwrap();
+    path::read_hello(&mut y, Duration::from_secs(5))
+        .await
+        .unwrap();
+    // Keep a clone of the sockets' fds alive via std to be able to kill the path.
+    let xs = x.into_std().unwrap();
+    let kill = xs.try_clone().unwrap();
+    a.attach_path(Box::new(TcpStream::from_std(xs).unwrap()))
+        .await
+        .unwrap();
+    b.attach_path(Box::new(y)).await.unwrap();
+
+    let mut s = a.open_stream().await.unwrap();
+    s.write_all(b"before").await.unwrap();
+    let mut r = b.accept_stream().await.unwrap();
+    let mut buf = [0u8; 6];
+    r.read_exact(&mut buf).await.unwrap();
+
+    kill.shutdown(std::net::Shutdown::Both).unwrap();
+    let mut st = b.watch_state();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        st.wait_for(|s| *s == SessionState::NoPath),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    s.write_all(b"during").await.unwrap(); // buffered: no path
+    connect(&a, &b).await;
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"during");
+}
+
+#[tokio::test]
+async fn error_close_is_an_error_for_the_peer_normal_close_is_not() {
+    let (a, b) = handles(DriverConfig::default());
+    connect(&a, &b).await;
+    let mut s = a.open_stream().await.unwrap();
+    s.write_all(b"x").await.unwrap();
+    let mut r = b.accept_stream().await.unwrap();
+    let mut one = [0u8; 1];
+    r.read_exact(&mut one).await.unwrap();
+    a.close(1, "party 0 failed").await;
+    let state = tokio::time::timeout(Duration::from_secs(5), b.ended())
+        .await
+        .unwrap();
+    assert!(state.is_error(), "{state:?}");
+    assert_eq!(
+        state,
+        SessionState::Closed {
+            code: 1,
+            reason: "party 0 failed".into(),
+            by_peer: true
+        }
+    );
+    // The stream was not finished: reading reports an error, not EOF.
+    assert!(r.read(&mut one).await.is_err());
+
+    let (c, d) = handles(DriverConfig::default());
+    connect(&c, &d).await;
+    c.close(0, "done").await;
+    let state = tokio::time::timeout(Duration::from_secs(5), d.ended())
+        .await
+        .unwrap();
+    assert!(state.is_over() && !state.is_error(), "{state:?}");
+}
+
+#[tokio::test]
+async fn no_path_for_too_long_fails_the_session() {
+    let cfg = DriverConfig {
+        resume_timeout: Duration::from_millis(300),
+        ..DriverConfig::default()
+    };
+    let (a, _b) = handles(cfg);
+    let state = tokio::time::timeout(Duration::from_secs(5), a.ended())
+        .await
+        .unwrap();
+    assert!(matches!(state, SessionState::Failed(_)), "{state:?}");
+}
+
+#[tokio::test]
+async fn router_hands_paths_to_their_session_and_refuses_others() {
+    let (a, b) = handles(DriverConfig::default());
+    let router = PathRouter::new();
+    router.register(&b);
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(router.clone().serve(l));
+
+    // A stranger's hello names no session: the connection is dropped.
+    let mut stranger = TcpStream::connect(addr).await.unwrap();
+    stranger
+        .write_all(&path::encode_hello(&[7; 16]))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), stranger.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0),
+        0
+    );
+
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    path::send_hello(&mut tcp, &a.path_id()).await.unwrap();
+    a.attach_path(Box::new(tcp)).await.unwrap();
+    let mut s = a.open_stream().await.unwrap();
+    s.write_all(b"routed").await.unwrap();
+    let mut r = b.accept_stream().await.unwrap();
+    let mut got = [0u8; 6];
+    r.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"routed");
+}

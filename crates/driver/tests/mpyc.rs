@@ -1,0 +1,94 @@
+//! Real MPyC through the proxy over Noise sessions (the data plane of issue 7, without the
+//! DIDComm lobby): three processes, each talking only to its own proxy on loopback.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mpc_did_driver::{PartyTransport, CLOSE_DONE};
+use mpc_did_proxy::launch::{run_program, Output, Program};
+use mpc_did_proxy::{Proxy, ProxyConfig};
+
+fn python() -> Option<PathBuf> {
+    match std::env::var_os("MPC_DID_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var("MPC_DID_REQUIRE_INTEROP").as_deref() == Ok("1") => {
+            panic!("MPC_DID_PYTHON is not set but MPC_DID_REQUIRE_INTEROP=1: run ./test.sh")
+        }
+        None => {
+            eprintln!("skipped: set MPC_DID_PYTHON to a Python with mpyc (./test.sh does)");
+            None
+        }
+    }
+}
+
+async fn run(program: &str, args: &[&str]) -> Vec<String> {
+    let Some(python) = python() else {
+        return Vec::new();
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(program);
+    let maps = common::three_party_sessions().await;
+    let mut runs = Vec::new();
+    for (i, sessions) in maps.into_iter().enumerate() {
+        let me = u16::try_from(i).unwrap();
+        let transport = Arc::new(PartyTransport::new(me, sessions));
+        let proxy = Proxy::bind(ProxyConfig::new(3, me)).await.unwrap();
+        let mut argv = vec![
+            python.clone().into_os_string(),
+            script.clone().into_os_string(),
+        ];
+        argv.extend(args.iter().map(Into::into));
+        let prog = Program {
+            argv,
+            output: Output::Capture,
+            grace: Duration::from_secs(3),
+        };
+        runs.push(tokio::spawn(async move {
+            let out = run_program(proxy, Arc::clone(&transport), prog, std::future::pending())
+                .await
+                .unwrap();
+            transport.close_all(CLOSE_DONE, "done").await;
+            out
+        }));
+    }
+    let mut outs = Vec::new();
+    for r in runs {
+        let o = tokio::time::timeout(Duration::from_secs(120), r)
+            .await
+            .expect("hung")
+            .unwrap();
+        assert!(o.status.success(), "{}", o.stdout);
+        o.proxy.unwrap();
+        outs.push(o.stdout);
+    }
+    outs
+}
+
+fn digest(out: &str) -> &str {
+    out.lines()
+        .find_map(|l| l.strip_prefix("result-digest: "))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_santa_over_sessions() {
+    let outs = run("secretsanta.py", &["--people", "3", "4", "5", "6"]).await;
+    for o in &outs {
+        assert!(o.contains("valid: True"), "{o}");
+        assert_eq!(digest(o), digest(&outs[0]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_messages_over_sessions() {
+    let outs = run("innerproduct.py", &["--length", "100000"]).await;
+    for o in &outs {
+        assert!(o.contains("valid: True"), "{o}");
+        assert_eq!(digest(o), digest(&outs[0]));
+    }
+}
