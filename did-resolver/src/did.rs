@@ -290,4 +290,35 @@ mod tests {
         assert_eq!(k.did.as_str(), "did:key:z6Mk");
         assert_eq!(k.fragment.as_deref(), Some("z6LS"));
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        // DID Core §3.1 grammar, generated: parse → Display → parse is the identity and
+        // the method / method-specific-id split is where the grammar puts it.
+        #[test]
+        fn did_round_trip(
+            method in "[a-z0-9]{1,10}",
+            segs in proptest::collection::vec("([A-Za-z0-9._-]|%[0-9A-Fa-f]{2}){0,12}", 0..4),
+            last in "([A-Za-z0-9._-]|%[0-9A-Fa-f]{2}){1,20}",
+        ) {
+            let mut msi = segs.iter().map(|s| format!("{s}:")).collect::<String>();
+            msi.push_str(&last);
+            let text = format!("did:{method}:{msi}");
+            let did = Did::parse(&text).unwrap();
+            prop_assert_eq!(did.method(), method.as_str());
+            prop_assert_eq!(did.method_specific_id(), msi.as_str());
+            let again: Did = did.to_string().parse().unwrap();
+            prop_assert_eq!(&again, &did);
+            let url = DidUrl::parse(&format!("{text}#frag")).unwrap();
+            prop_assert_eq!(url.did, did);
+        }
+
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,64}") {
+            let _ = Did::parse(&s);
+            let _ = DidUrl::parse(&s);
+            let _ = Did::parse(&format!("did:{s}"));
+        }
+    }
 }
