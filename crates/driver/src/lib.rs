@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 mod driver;
+pub mod local;
 pub mod path;
 mod transport;
 

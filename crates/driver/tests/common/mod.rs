@@ -50,15 +50,7 @@ pub async fn connect(a: &SessionHandle, b: &SessionHandle) {
 
 /// Three parties, three pairwise sessions over loopback TCP: the map the proxy needs.
 pub async fn three_party_sessions() -> Vec<BTreeMap<u16, SessionHandle>> {
-    let mut maps: Vec<BTreeMap<u16, SessionHandle>> =
-        vec![BTreeMap::new(), BTreeMap::new(), BTreeMap::new()];
-    for i in 0..3u16 {
-        for j in i + 1..3u16 {
-            let (hi, hj) = handles(DriverConfig::default());
-            connect(&hi, &hj).await;
-            maps[usize::from(i)].insert(j, hi);
-            maps[usize::from(j)].insert(i, hj);
-        }
-    }
-    maps
+    mpc_did_driver::local::local_mesh(3, |t| Box::new(t))
+        .await
+        .unwrap()
 }
