@@ -524,6 +524,21 @@ impl Session {
         Ok(())
     }
 
+    /// Seals arbitrary bytes as a frame plaintext into the outbox, bypassing the frame
+    /// encoder: lets fuzzers and tests reach the peer's post-decryption parser and state
+    /// machine with frames this implementation would never produce.
+    ///
+    /// # Errors
+    /// [`SessionError::Limit`] for more than a record's worth of bytes; as [`Session::send`].
+    #[doc(hidden)]
+    pub fn seal_raw_frame_for_testing(&mut self, now_ms: u64, plaintext: &[u8]) -> Result<()> {
+        self.check_open()?;
+        if plaintext.len() > MAX_FRAME_LEN {
+            return Err(SessionError::Limit("frame larger than a record"));
+        }
+        self.seal_bytes(now_ms, Plaintext::Raw(plaintext))
+    }
+
     /// Starts a new key epoch with the next record (spec §5.5). Normally driven by the
     /// schedule; public for drivers and tests.
     pub fn request_rekey(&mut self) {
@@ -588,6 +603,10 @@ impl Session {
 
     /// Seals one frame into a record and queues it.
     fn seal(&mut self, now_ms: u64, frame: &Frame<'_>) -> Result<()> {
+        self.seal_bytes(now_ms, Plaintext::Frame(frame))
+    }
+
+    fn seal_bytes(&mut self, now_ms: u64, plaintext: Plaintext<'_, '_>) -> Result<()> {
         if (self.rekey_pending || self.epoch_bytes >= self.config.rekey_bytes)
             && self.next_counter & epoch_mask() != 0
         {
@@ -603,7 +622,10 @@ impl Session {
             self.epoch_bytes = 0;
         }
         self.scratch.clear();
-        frame.encode(&mut self.scratch)?;
+        match plaintext {
+            Plaintext::Frame(frame) => frame.encode(&mut self.scratch)?,
+            Plaintext::Raw(bytes) => self.scratch.extend_from_slice(bytes),
+        }
         let body_len = 8 + self.scratch.len() + crate::cipher::TAG_LEN;
         let length = u16::try_from(body_len).map_err(|_| SessionError::Limit("record"))?;
         let mut header = [0u8; HEADER_LEN];
@@ -829,6 +851,11 @@ impl Session {
             }
         }
     }
+}
+
+enum Plaintext<'f, 'a> {
+    Frame(&'f Frame<'a>),
+    Raw(&'f [u8]),
 }
 
 fn epoch_mask() -> u64 {

@@ -371,3 +371,67 @@ fn peer_may_not_use_our_stream_parity() {
     // Sending on an id nobody opened is refused locally.
     assert!(matches!(p.b.send(0, 2, b"x"), Err(SessionError::State(_))));
 }
+
+fn inject(p: &mut Pair, frame: &[u8]) -> Result<(), SessionError> {
+    p.a.seal_raw_frame_for_testing(0, frame).unwrap();
+    let recs = p.take_a();
+    assert_eq!(recs.len(), 1);
+    p.b.handle_record(0, &recs[0])
+}
+
+#[test]
+fn authenticated_but_malformed_frames_fail_the_session() {
+    // spec/session.md §5.3 (after authentication), §5.4, §6.2, §6.3
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (vec![0xff], "unknown type"),
+        (vec![0x04, 0, 0], "short PING"),
+        (
+            vec![0x03, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            "bad fin flag",
+        ),
+        (
+            [&[0x01, 0, 0, 0, 0][..], &10u64.to_be_bytes(), b"x"].concat(),
+            "gap",
+        ),
+        (
+            [&[0x01, 0, 0, 0, 1][..], &0u64.to_be_bytes(), b"x"].concat(),
+            "receiver's own parity",
+        ),
+        (
+            [&[0x03, 0, 1, 0, 0, 0, 1][..], &5u64.to_be_bytes(), &[0]].concat(),
+            "ack beyond sent",
+        ),
+        (
+            [&[0x02, 0, 0, 0, 0][..], &3u64.to_be_bytes()].concat(),
+            "FIN size mismatch",
+        ),
+        ([&[0x06, 0, 0][..]].concat(), "RESUME without path switch"),
+    ];
+    for (frame, what) in cases {
+        let mut p = Pair::new(SessionConfig::default());
+        let err = inject(&mut p, &frame).unwrap_err();
+        assert!(
+            matches!(err, SessionError::Malformed(_) | SessionError::Protocol(_)),
+            "{what}: {err:?}"
+        );
+        assert!(p.b.is_closed(), "{what}: the session failed");
+        assert!(matches!(
+            p.b.handle_record(0, &[0; 40]),
+            Err(SessionError::State(_))
+        ));
+    }
+}
+
+#[test]
+fn duplicate_data_is_discarded_not_delivered_twice() {
+    // spec/session.md §6.2
+    let mut p = Pair::new(SessionConfig::default());
+    let d = [&[0x01, 0, 0, 0, 0][..], &0u64.to_be_bytes(), b"abc"].concat();
+    inject(&mut p, &d).unwrap();
+    inject(&mut p, &d).unwrap();
+    let overlap = [&[0x01, 0, 0, 0, 0][..], &1u64.to_be_bytes(), b"bcde"].concat();
+    inject(&mut p, &overlap).unwrap();
+    p.b_events.extend(std::iter::from_fn(|| p.b.poll_event()));
+    assert_eq!(stream_bytes(&p.b_events)[&0], b"abcde");
+    assert_eq!(p.b.stats().duplicate_bytes, 3 + 2);
+}
