@@ -163,14 +163,14 @@ impl Candidate {
     }
 }
 
-/// Most candidates in one set.
-pub const MAX_CANDIDATES: usize = 32;
+/// Most candidates in one set (spec/session.md's `candidates` message allows 64).
+pub const MAX_CANDIDATES: usize = 64;
 /// Longest foundation (RFC 8445 §5.1.1.3 allows 32 ice-chars).
 pub const MAX_FOUNDATION_LEN: usize = 32;
 /// Longest relay URL.
 pub const MAX_URL_LEN: usize = 512;
 /// Longest JSON accepted by [`CandidateSet::from_json`].
-pub const MAX_JSON_LEN: usize = 16 * 1024;
+pub const MAX_JSON_LEN: usize = 32 * 1024;
 
 /// The candidate exchange message body (carried inside the session
 /// protocol's DIDComm message; spec/rendezvous.md §5.1).
@@ -225,11 +225,21 @@ impl CandidateSet {
         if self.version != 1 {
             return Err(CandidateError::Invalid("version"));
         }
-        if self.candidates.len() > MAX_CANDIDATES {
-            return Err(CandidateError::Invalid("too many candidates"));
-        }
-        self.candidates.iter().try_for_each(Candidate::validate)
+        validate_candidates(&self.candidates)
     }
+}
+
+/// Checks a candidate list received in the session protocol's `candidates`
+/// message (a JSON array of [`Candidate`]): count, foundations, addresses,
+/// `relay_url` placement.
+///
+/// # Errors
+/// [`CandidateError::Invalid`] naming the first rule broken.
+pub fn validate_candidates(candidates: &[Candidate]) -> Result<(), CandidateError> {
+    if candidates.len() > MAX_CANDIDATES {
+        return Err(CandidateError::Invalid("too many candidates"));
+    }
+    candidates.iter().try_for_each(Candidate::validate)
 }
 
 /// How the chosen path reaches the peer.

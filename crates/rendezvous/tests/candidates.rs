@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use mpc_did_rendezvous::candidate::{
-    pair_priority, priority, Candidate, CandidateKind, CandidateSet, CheckPlanner, PairId,
-    PathKind, PlannerAction, PlannerConfig, Transport,
+    pair_priority, priority, validate_candidates, Candidate, CandidateKind, CandidateSet,
+    CheckPlanner, PairId, PathKind, PlannerAction, PlannerConfig, Transport,
 };
 use mpc_did_rendezvous::nat::NatMapping;
 use mpc_did_rendezvous::CandidateError;
@@ -115,7 +115,7 @@ fn invalid_sets_are_rejected() {
     }));
     assert!(inv(CandidateSet {
         version: 1,
-        candidates: vec![ok.clone(); 33],
+        candidates: vec![ok.clone(); 65],
         nat_mapping: None
     }));
     assert!(inv(check(Candidate {
@@ -150,9 +150,18 @@ fn invalid_sets_are_rejected() {
         kind: CandidateKind::Relay,
         ..ok.clone()
     })));
-    assert!(CandidateSet::new(vec![ok.clone(); 33], None)
+    assert!(CandidateSet::new(vec![ok.clone(); 65], None)
         .to_json()
         .is_err());
+    assert!(CandidateSet::new(vec![ok.clone(); 64], None)
+        .to_json()
+        .is_ok());
+    let bad = Candidate {
+        foundation: String::new(),
+        ..ok.clone()
+    };
+    assert!(validate_candidates(&[ok.clone(), bad]).is_err());
+    assert!(validate_candidates(&[ok.clone()]).is_ok());
     assert!(matches!(
         CandidateSet::from_json("{"),
         Err(CandidateError::Json(_))
@@ -162,7 +171,7 @@ fn invalid_sets_are_rejected() {
         Err(CandidateError::Json(_))
     ));
     assert!(matches!(
-        CandidateSet::from_json(&" ".repeat(20_000)),
+        CandidateSet::from_json(&" ".repeat(40_000)),
         Err(CandidateError::Invalid(_))
     ));
 }
