@@ -161,7 +161,7 @@ fn invalid_sets_are_rejected() {
         ..ok.clone()
     };
     assert!(validate_candidates(&[ok.clone(), bad]).is_err());
-    assert!(validate_candidates(&[ok.clone()]).is_ok());
+    assert!(validate_candidates(std::slice::from_ref(&ok)).is_ok());
     assert!(matches!(
         CandidateSet::from_json("{"),
         Err(CandidateError::Json(_))
