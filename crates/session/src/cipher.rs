@@ -19,8 +19,11 @@ pub const KEY_LEN: usize = 32;
 pub const TAG_LEN: usize = 16;
 /// Records per key epoch: the epoch of counter `c` is `c >> EPOCH_BITS` (spec §5.5).
 pub const EPOCH_BITS: u32 = 20;
-/// How many epochs a receiver derives forward at most for one record (spec §5.5).
-pub const MAX_EPOCH_SKIP: u64 = 4;
+/// How many epochs a receiver derives forward at most for one record (spec §5.5). Records
+/// lost with a dead path may span many epochs (a sender rekeys every 1 GiB / 10 min / 2^20
+/// records, also into a dead path); 4,096 epochs is beyond any real outage, and the bound
+/// caps the work a forged record can cause (one AES key setup and block per epoch, a few ms).
+pub const MAX_EPOCH_SKIP: u64 = 4096;
 
 /// The epoch that counter `counter` belongs to.
 #[must_use]
@@ -96,6 +99,12 @@ impl SendCipher {
     }
 }
 
+/// A later epoch's key that authenticated a record, not yet installed.
+pub(crate) struct PendingEpoch {
+    keyed: Keyed,
+    epoch: u64,
+}
+
 /// The receiving half: opens records, deriving later epoch keys on trial.
 pub(crate) struct RecvCipher {
     current: Keyed,
@@ -114,18 +123,20 @@ impl RecvCipher {
         self.epoch
     }
 
-    /// Opens `ciphertext` into `out` (cleared first). On any failure the state is unchanged.
+    /// Opens `ciphertext` into `out` (cleared first) without changing any state. Returns the
+    /// later epoch's key if the record belongs to one; the caller installs it with
+    /// [`RecvCipher::commit`] once it has decided to accept the record.
     ///
     /// # Errors
     /// [`SessionError::Decrypt`] if the record does not authenticate under the key of its
     /// counter's epoch, or claims an epoch that is older or too far ahead.
     pub(crate) fn open(
-        &mut self,
+        &self,
         counter: u64,
         ad: &[u8],
         ciphertext: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<()> {
+    ) -> Result<Option<PendingEpoch>> {
         let epoch = epoch_of(counter);
         if epoch < self.epoch || epoch - self.epoch > MAX_EPOCH_SKIP {
             return Err(SessionError::Decrypt);
@@ -143,9 +154,9 @@ impl RecvCipher {
                 .decrypt(counter, ad, ciphertext, out)
                 .map_err(|_| SessionError::Decrypt)?;
             out.truncate(n.min(pt_len));
-            return Ok(());
+            return Ok(None);
         }
-        // Derive forward without touching `self.current`; commit only if it authenticates.
+        // Derive forward without touching `self.current`.
         let mut candidate = self.current.next()?;
         for _ in self.epoch + 1..epoch {
             candidate = candidate.next()?;
@@ -155,8 +166,15 @@ impl RecvCipher {
             .decrypt(counter, ad, ciphertext, out)
             .map_err(|_| SessionError::Decrypt)?;
         out.truncate(n.min(pt_len));
-        self.current = candidate;
-        self.epoch = epoch;
-        Ok(())
+        Ok(Some(PendingEpoch {
+            keyed: candidate,
+            epoch,
+        }))
+    }
+
+    /// Moves to a later epoch proven by an authenticated record; the old key is dropped.
+    pub(crate) fn commit(&mut self, pending: PendingEpoch) {
+        self.current = pending.keyed;
+        self.epoch = pending.epoch;
     }
 }

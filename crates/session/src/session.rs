@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::cipher::{epoch_of, RecvCipher, SendCipher, EPOCH_BITS};
 use crate::error::{Result, SessionError};
 use crate::frame::{
-    Frame, RecordHeader, StreamState, HEADER_LEN, MAX_DATA_PER_FRAME, MAX_FRAME_LEN,
+    Frame, FrameType, RecordHeader, StreamState, HEADER_LEN, MAX_DATA_PER_FRAME, MAX_FRAME_LEN,
     MAX_REASON_LEN, STREAM_STATE_LEN,
 };
 use crate::handshake::{Role, Split};
@@ -101,6 +101,8 @@ pub struct SessionStats {
     pub recv_epoch: u64,
     /// Stream bytes held for retransmission.
     pub unacked_bytes: usize,
+    /// Authenticated records ignored while waiting for the peer's RESUME.
+    pub ignored_records: u64,
     /// Stream bytes sent again after a path switch.
     pub retransmitted_bytes: u64,
     /// Duplicate stream bytes received and discarded.
@@ -411,45 +413,67 @@ impl Session {
         // A short, long or truncated record is reported like any other forgery (spec §5.3).
         let header = RecordHeader::parse(record).map_err(|_| SessionError::Decrypt)?;
         let counter = header.counter;
-        let is_path_start = self.path == PathState::AwaitingResume;
-        let acceptable = match self.last_recv_counter {
-            // After a path switch frames may have been lost: anything later is acceptable, and
-            // it must turn out to be a RESUME.
-            Some(last) if is_path_start => counter > last,
-            None if is_path_start => true,
-            // On one path records arrive in order: the next counter, or the first counter of
-            // the next epoch when the peer rekeyed early (spec §5.5).
-            Some(last) => {
-                counter == last.wrapping_add(1)
-                    || (counter > last && counter == next_epoch_start(last))
-            }
-            None => counter == 0,
-        };
-        if !acceptable || counter == u64::MAX {
+        // Counters only increase: a replayed or older record is rejected before decryption.
+        if self.last_recv_counter.is_some_and(|last| counter <= last) || counter == u64::MAX {
             return Err(SessionError::Decrypt);
         }
+        // On one path records arrive in order: the next counter, or the first counter of the
+        // next epoch when the peer rekeyed early (spec §5.5). Only a RESUME may skip ahead.
+        let in_order = match self.last_recv_counter {
+            Some(last) => counter == last + 1 || counter == next_epoch_start(last),
+            None => counter == 0,
+        };
         let (ad, ct) = record.split_at(HEADER_LEN);
-        let before = self.recv_cipher.epoch();
         let mut pt = std::mem::take(&mut self.open_buf);
-        let opened = self.recv_cipher.open(counter, ad, ct, &mut pt);
-        let result = opened.and_then(|()| {
-            self.last_recv_counter = Some(counter);
-            self.last_recv_ms = now_ms;
-            self.idle_reported = false;
-            self.stats.records_received += 1;
-            if self.recv_cipher.epoch() != before {
-                self.events.push_back(Event::Rekeyed {
-                    epoch: self.recv_cipher.epoch(),
-                });
-            }
-            let r = Frame::decode(&pt).and_then(|f| self.dispatch(now_ms, f, is_path_start));
-            if r.is_err() {
-                self.lifecycle = Lifecycle::Failed;
-            }
-            r
-        });
+        let result = self.open_and_dispatch(now_ms, counter, in_order, ad, ct, &mut pt);
         self.open_buf = pt;
         result
+    }
+
+    fn open_and_dispatch(
+        &mut self,
+        now_ms: u64,
+        counter: u64,
+        in_order: bool,
+        ad: &[u8],
+        ct: &[u8],
+        pt: &mut Vec<u8>,
+    ) -> Result<()> {
+        let pending = self.recv_cipher.open(counter, ad, ct, pt)?;
+        let is_resume = pt.first() == Some(&(FrameType::Resume as u8));
+        if self.path == PathState::AwaitingResume && !is_resume {
+            // The peer's records from before it learnt of the switch (e.g. we reconnected to
+            // the relay, it did not): their DATA is retransmitted after the RESUMEs, so they
+            // are ignored without changing any state (spec §7.1).
+            self.stats.ignored_records += 1;
+            return Ok(());
+        }
+        if !in_order && !is_resume {
+            // A skipped counter within a path: a dropped or reordered record.
+            return Err(SessionError::Decrypt);
+        }
+        // Accepted: commit.
+        if let Some(p) = pending {
+            self.recv_cipher.commit(p);
+            self.events.push_back(Event::Rekeyed {
+                epoch: self.recv_cipher.epoch(),
+            });
+        }
+        self.last_recv_counter = Some(counter);
+        self.last_recv_ms = now_ms;
+        self.idle_reported = false;
+        self.stats.records_received += 1;
+        let r = Frame::decode(pt).and_then(|f| {
+            if is_resume && self.path == PathState::Active {
+                // The peer switched paths and we did not notice (spec §7.1 step 5).
+                self.resume(now_ms)?;
+            }
+            self.dispatch(now_ms, f)
+        });
+        if r.is_err() {
+            self.lifecycle = Lifecycle::Failed;
+        }
+        r
     }
 
     /// The next record to write to the current path, in order.
@@ -742,12 +766,7 @@ impl Session {
         Ok(self.recv_streams.entry(stream).or_default())
     }
 
-    fn dispatch(&mut self, now_ms: u64, frame: Frame<'_>, is_path_start: bool) -> Result<()> {
-        if is_path_start && !matches!(frame, Frame::Resume(_)) {
-            return Err(SessionError::Protocol(
-                "first record on a new path is not RESUME",
-            ));
-        }
+    fn dispatch(&mut self, now_ms: u64, frame: Frame<'_>) -> Result<()> {
         match frame {
             Frame::Data {
                 stream,
@@ -804,7 +823,7 @@ impl Session {
             Frame::Ping(token) => self.seal(now_ms, &Frame::Pong(token)),
             Frame::Pong(_) => Ok(()),
             Frame::Resume(states) => {
-                if !is_path_start {
+                if self.path != PathState::AwaitingResume {
                     return Err(SessionError::Protocol("RESUME without a path switch"));
                 }
                 let mut listed = std::collections::BTreeSet::new();

@@ -127,8 +127,9 @@ enum Step {
     Write(bool, usize),
     /// Deliver up to n records each way.
     Deliver(usize),
-    /// The path dies: undelivered records are lost; both sides resume on a new path.
-    SwitchPath,
+    /// The path dies: undelivered records are lost; both sides (0), only A (1) or only B (2)
+    /// notice and resume — the other learns of it from the RESUME.
+    SwitchPath(u8),
     /// Time passes (delayed ACKs, keepalives).
     Tick(u64),
 }
@@ -137,7 +138,7 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (any::<bool>(), 1usize..(MAX_DATA_PER_FRAME * 2)).prop_map(|(a, n)| Step::Write(a, n)),
         3 => (0usize..6).prop_map(Step::Deliver),
-        1 => Just(Step::SwitchPath),
+        1 => (0u8..3).prop_map(Step::SwitchPath),
         1 => (1u64..50).prop_map(Step::Tick),
     ]
 }
@@ -173,11 +174,17 @@ proptest! {
                     p.deliver_to_b(&ab);
                     p.deliver_to_a(&ba);
                 }
-                Step::SwitchPath => {
+                Step::SwitchPath(who) => {
                     q_ab.clear();
                     q_ba.clear();
-                    p.a.resume(p.now).unwrap();
-                    p.b.resume(p.now).unwrap();
+                    let _ = p.take_a();
+                    let _ = p.take_b();
+                    if who != 2 {
+                        p.a.resume(p.now).unwrap();
+                    }
+                    if who != 1 {
+                        p.b.resume(p.now).unwrap();
+                    }
                 }
                 Step::Tick(ms) => {
                     p.now += ms;
