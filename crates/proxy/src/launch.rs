@@ -47,6 +47,8 @@ pub struct RunOutcome {
     pub proxy: Result<ProxyReport, ProxyError>,
     /// The program's stdout, with [`Output::Capture`].
     pub stdout: String,
+    /// The program's stderr (MPyC's log), with [`Output::Capture`].
+    pub stderr: String,
     /// Set when the program was stopped because a peer failed.
     pub peer_failure: Option<PeerFailure>,
 }
@@ -146,11 +148,12 @@ pub async fn run_program<T: Transport>(
                 })
             }),
     };
-    let stdout = printers.await;
+    let (stdout, stderr) = printers.await;
     Ok(RunOutcome {
         status,
         proxy,
         stdout,
+        stderr,
         peer_failure,
     })
 }
@@ -171,8 +174,11 @@ async fn stop_group(child: &mut Child, grace: Duration) {
     let _ = child.kill().await;
 }
 
-/// Forward the child's output as configured; resolves to the captured stdout.
-fn spawn_printers(child: &mut Child, output: &Output) -> impl std::future::Future<Output = String> {
+/// Forward the child's output as configured; resolves to the captured (stdout, stderr).
+fn spawn_printers(
+    child: &mut Child,
+    output: &Output,
+) -> impl std::future::Future<Output = (String, String)> {
     let out = child.stdout.take();
     let err = child.stderr.take();
     let (prefix, capture) = match output {
@@ -183,14 +189,15 @@ fn spawn_printers(child: &mut Child, output: &Output) -> impl std::future::Futur
     let out_task = out.map(|o| tokio::spawn(pump(o, prefix.clone(), capture, false)));
     let err_task = err.map(|e| tokio::spawn(pump(e, prefix, capture, true)));
     async move {
-        let mut captured = String::new();
+        let mut out = String::new();
+        let mut err = String::new();
         if let Some(t) = out_task {
-            captured = t.await.unwrap_or_default();
+            out = t.await.unwrap_or_default();
         }
         if let Some(t) = err_task {
-            let _ = t.await;
+            err = t.await.unwrap_or_default();
         }
-        captured
+        (out, err)
     }
 }
 
@@ -206,11 +213,11 @@ async fn pump<R: AsyncRead + Unpin>(
         match (&prefix, capture, is_err) {
             (Some(p), _, false) => println!("{p}{line}"),
             (Some(p), _, true) => eprintln!("{p}{line}"),
-            (None, true, false) => {
+            (None, true, _) => {
                 captured.push_str(&line);
                 captured.push('\n');
             }
-            (None, _, true) => eprintln!("{line}"),
+            (None, false, true) => eprintln!("{line}"),
             (None, false, false) => println!("{line}"),
         }
     }
