@@ -177,10 +177,7 @@ async fn run_session(python: &std::path::Path, prog: &str, args: &[String]) -> R
         let me = u16::try_from(i).unwrap();
         let transport = Arc::new(PartyTransport::new(me, sessions));
         let proxy = Proxy::bind(ProxyConfig::new(PARTIES, me)).await.unwrap();
-        let mut argv = vec![
-            python.clone().into_os_string(),
-            script(prog).into_os_string(),
-        ];
+        let mut argv = vec![python.as_os_str().to_owned(), script(prog).into_os_string()];
         argv.extend(args.iter().map(Into::into));
         let program = Program {
             argv,
