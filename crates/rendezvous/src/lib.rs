@@ -14,8 +14,11 @@
 //!   timeouts and metrics as a state machine.
 //! - [`candidate`]: candidates, the JSON candidate exchange format and the
 //!   connectivity-check planner.
+//! - `net` (feature `tokio`, off by default): a UDP+TCP STUN server task and
+//!   a STUN client (server-reflexive discovery, NAT classification) as thin
+//!   shells over the cores above.
 //!
-//! **Does not**: open sockets, spawn tasks, read clocks (time is a
+//! **Does not** (outside `net`): open sockets, spawn tasks, read clocks (time is a
 //! parameter), resolve DIDs (the caller passes the key), or see session
 //! plaintext (relay payloads are opaque Noise frames). The mediator and the
 //! transport crate wrap these cores in tokio.
@@ -52,6 +55,8 @@ pub mod binding;
 pub mod candidate;
 mod error;
 pub mod nat;
+#[cfg(feature = "tokio")]
+pub mod net;
 pub mod relay;
 pub mod relay_server;
 pub mod stun;

@@ -1,0 +1,288 @@
+//! STUN Binding server on UDP and TCP (RFC 8489 §6.2.1, §6.2.2), with an
+//! optional alternate address for RFC 5780 mapping tests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::binding::answer;
+use crate::stun::{self, MAX_MESSAGE_LEN};
+
+/// Where to listen.
+#[derive(Clone, Debug)]
+pub struct StunServerConfig {
+    /// Primary address A1:P1 (UDP, and TCP if `tcp`). Port 0 picks one.
+    pub primary: SocketAddr,
+    /// Alternate address A2:P2 (different IP and port). When set, the server
+    /// also listens on A2:P1 and A2:P2 (UDP) and announces A2:P2 as
+    /// OTHER-ADDRESS from the primary, so clients can classify their NAT
+    /// mapping (RFC 5780 §4.3). Port 0 picks one.
+    pub alternate: Option<SocketAddr>,
+    /// Also answer over TCP on the primary address.
+    pub tcp: bool,
+    /// Most simultaneous TCP connections.
+    pub max_tcp_connections: usize,
+    /// A TCP connection idle this long is closed.
+    pub tcp_idle_timeout: Duration,
+}
+
+impl StunServerConfig {
+    /// UDP + TCP on `primary`, no alternate address.
+    pub fn new(primary: SocketAddr) -> Self {
+        StunServerConfig {
+            primary,
+            alternate: None,
+            tcp: true,
+            max_tcp_connections: 256,
+            tcp_idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters of a running server.
+#[derive(Debug, Default)]
+pub struct StunMetrics {
+    /// Responses sent (success and error).
+    pub answered: AtomicU64,
+    /// Messages dropped as malformed (RFC 8489 §6.3: silently).
+    pub malformed: AtomicU64,
+    /// Well-formed messages that need no answer (indications, responses).
+    pub ignored: AtomicU64,
+    /// TCP connections accepted.
+    pub tcp_accepted: AtomicU64,
+    /// TCP connections refused at the limit.
+    pub tcp_refused: AtomicU64,
+}
+
+/// A running STUN server; stops when dropped.
+#[derive(Debug)]
+pub struct StunServer {
+    udp: Vec<SocketAddr>,
+    tcp: Option<SocketAddr>,
+    other: Option<SocketAddr>,
+    metrics: Arc<StunMetrics>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl StunServer {
+    /// Binds every socket and starts the tasks.
+    ///
+    /// # Errors
+    /// Binding errors (address in use, address not local, ...).
+    pub async fn bind(cfg: StunServerConfig) -> std::io::Result<Self> {
+        let metrics = Arc::new(StunMetrics::default());
+        let (stop, _) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+
+        let primary = UdpSocket::bind(cfg.primary).await?;
+        let primary_addr = primary.local_addr()?;
+        let mut sockets = vec![];
+        let mut other = None;
+        if let Some(alt) = cfg.alternate {
+            let a2p2 = UdpSocket::bind(alt).await?;
+            let a2p2_addr = a2p2.local_addr()?;
+            let a2p1 = UdpSocket::bind(SocketAddr::new(alt.ip(), primary_addr.port())).await?;
+            other = Some(a2p2_addr);
+            // Only the primary announces OTHER-ADDRESS: RFC 5780 §4.3 needs it
+            // from test I alone, and A1:P2 (the alternate's "other") is not bound.
+            sockets.push((a2p1, None));
+            sockets.push((a2p2, None));
+        }
+        sockets.insert(0, (primary, other));
+        let mut udp = Vec::new();
+        for (sock, announce) in sockets {
+            udp.push(sock.local_addr()?);
+            tasks.spawn(udp_loop(sock, announce, metrics.clone(), stop.subscribe()));
+        }
+        let mut tcp = None;
+        if cfg.tcp {
+            // TCP on the same address and port as the primary UDP socket.
+            let listener = TcpListener::bind(primary_addr).await?;
+            tcp = Some(listener.local_addr()?);
+            tasks.spawn(tcp_accept_loop(
+                listener,
+                cfg.clone(),
+                metrics.clone(),
+                stop.subscribe(),
+            ));
+        }
+        Ok(StunServer {
+            udp,
+            tcp,
+            other,
+            metrics,
+            stop,
+            tasks,
+        })
+    }
+
+    /// The primary UDP address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.udp.first().copied()
+    }
+
+    /// All UDP addresses (primary, then A2:P1 and A2:P2 if configured).
+    pub fn udp_addrs(&self) -> &[SocketAddr] {
+        &self.udp
+    }
+
+    /// The TCP address, if TCP is on.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// The announced OTHER-ADDRESS (A2:P2), if configured.
+    pub fn other_addr(&self) -> Option<SocketAddr> {
+        self.other
+    }
+
+    /// Counters.
+    pub fn metrics(&self) -> &StunMetrics {
+        &self.metrics
+    }
+
+    /// Stops every task and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+impl Drop for StunServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        self.tasks.abort_all();
+    }
+}
+
+async fn udp_loop(
+    sock: UdpSocket,
+    other: Option<SocketAddr>,
+    metrics: Arc<StunMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Ok(local) = sock.local_addr() else {
+        return;
+    };
+    // One byte more than the largest message, so an oversize datagram is
+    // seen as oversize rather than silently truncated into a valid one.
+    let mut buf = vec![0u8; MAX_MESSAGE_LEN + 1];
+    loop {
+        let (n, src) = tokio::select! {
+            _ = stop.changed() => return,
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                // ICMP errors surface here on some platforms: keep serving.
+                Err(_) => continue,
+            },
+        };
+        let Some(datagram) = buf.get(..n) else {
+            continue;
+        };
+        match answer(datagram, src, local, other) {
+            Ok(Some(reply)) => {
+                if sock.send_to(&reply, src).await.is_ok() {
+                    metrics.answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(None) => {
+                metrics.ignored.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                metrics.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+async fn tcp_accept_loop(
+    listener: TcpListener,
+    cfg: StunServerConfig,
+    metrics: Arc<StunMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limit = Arc::new(Semaphore::new(cfg.max_tcp_connections));
+    let mut conns = JoinSet::new();
+    loop {
+        let (stream, src) = tokio::select! {
+            _ = stop.changed() => return,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    // Out of descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            metrics.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        metrics.tcp_accepted.fetch_add(1, Ordering::Relaxed);
+        let metrics = metrics.clone();
+        let idle = cfg.tcp_idle_timeout;
+        conns.spawn(async move {
+            let _permit = permit;
+            let _ = tcp_conn(stream, src, idle, metrics).await;
+        });
+    }
+}
+
+/// Serves one TCP connection: STUN messages framed by their own length
+/// field (RFC 8489 §6.2.2). A malformed message ends the connection: a
+/// stream cannot be resynchronised.
+async fn tcp_conn(
+    mut stream: TcpStream,
+    src: SocketAddr,
+    idle: Duration,
+    metrics: Arc<StunMetrics>,
+) -> std::io::Result<()> {
+    let local = stream.local_addr()?;
+    let mut buf = Vec::with_capacity(MAX_MESSAGE_LEN);
+    let mut chunk = [0u8; 1024];
+    loop {
+        // Answer every complete message already buffered.
+        loop {
+            let len = match stun::message_len(&buf) {
+                Ok(Some(len)) if buf.len() >= len => len,
+                Ok(_) => break,
+                Err(_) => {
+                    metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            };
+            let msg: Vec<u8> = buf.drain(..len).collect();
+            match answer(&msg, src, local, None) {
+                Ok(Some(reply)) => {
+                    stream.write_all(&reply).await?;
+                    metrics.answered.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(None) => {
+                    metrics.ignored.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
+        }
+        let n = match tokio::time::timeout(idle, stream.read(&mut chunk)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+}
