@@ -332,9 +332,15 @@ impl RelayServer {
             .clients
             .get_mut(&conn)
             .ok_or(RelayError::UnknownConnection)?;
+        // A connection that timed out (or was failed) while its key was being
+        // resolved must not authenticate: it would replace a live connection
+        // with the same key.
         let AuthState::Verifying { nonce } = client.auth else {
             return Err(RelayError::AuthenticationFailed);
         };
+        if client.closing {
+            return Err(RelayError::AuthenticationFailed);
+        }
         let verified = key.ok_or(RelayError::AuthenticationFailed).and_then(|k| {
             verify_client_auth(
                 auth,

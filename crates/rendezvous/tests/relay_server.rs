@@ -480,3 +480,41 @@ fn reconnect_replaces_old_connection() {
     assert_eq!(s.metrics().replaced, 1);
     assert_eq!(s.metrics().authenticated, 2);
 }
+
+#[test]
+fn auth_finishing_after_timeout_does_not_replace_live_connection() {
+    let t = Instant::now();
+    let mut s = server();
+    let a = party(1);
+    let live = login(&mut s, &a, t);
+    // A second connection for the same key starts authenticating; the DID
+    // resolution takes longer than the auth timeout.
+    let slow = s.open([2; 32], t).unwrap();
+    let Some(RelayToClient::ServerChallenge { nonce, .. }) = s.poll_transmit(slow) else {
+        panic!()
+    };
+    let auth = sign_client_auth(&a.sk, &a.did, "k", RELAY, &nonce, UNIX);
+    let Handled::VerifyAuth(auth) = feed(&mut s, slow, ClientToRelay::ClientAuth(auth), t).unwrap()
+    else {
+        panic!()
+    };
+    s.handle_timeout(t + Duration::from_secs(11));
+    assert_eq!(
+        s.finish_auth(slow, &auth, Some(&a.sk.verifying_key()), UNIX),
+        Err(RelayError::AuthenticationFailed)
+    );
+    assert_eq!(s.metrics().replaced, 0);
+    let b = party(2);
+    let cb = login(&mut s, &b, t + Duration::from_secs(11));
+    feed(
+        &mut s,
+        cb,
+        ClientToRelay::SendPacket {
+            dst: PeerAddr::Key(a.key()),
+            payload: vec![1],
+        },
+        t + Duration::from_secs(11),
+    )
+    .unwrap();
+    assert_eq!(drain(&mut s, live).len(), 1);
+}

@@ -133,3 +133,19 @@ fn rfc5769_any_bit_flip_is_caught() {
         }
     }
 }
+
+#[test]
+fn server_answers_the_rfc5769_request() {
+    // The §2.1 request (ICE attributes, MESSAGE-INTEGRITY) gets a success
+    // response: every attribute in it is understood (RFC 8489 §6.3.1).
+    let (_, vs) = vectors();
+    let src: SocketAddr = "192.0.2.1:32853".parse().unwrap();
+    let local: SocketAddr = "198.51.100.1:3478".parse().unwrap();
+    let reply = mpc_did_rendezvous::binding::answer(&bytes(&vs[0]), src, local, None)
+        .unwrap()
+        .unwrap();
+    let m = stun::decode(&reply).unwrap().message;
+    assert_eq!(m.class, Class::SuccessResponse);
+    assert_eq!(hex::encode(m.transaction_id.0), "b7e7a701bc34d686fa87dfae");
+    assert_eq!(m.mapped_address(), Some(src));
+}
