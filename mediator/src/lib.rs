@@ -1,5 +1,296 @@
-//! DIDComm v2 mediator with STUN and relay services.
+//! `mpc-did-mediator`: a DIDComm v2 mediator that receives, queues and delivers messages
+//! for parties that are offline or behind NAT.
+//!
+//! **Owns:** the mediator's HTTP/WebSocket server, its protocol handling (Coordinate
+//! Mediation 2.0, Routing 2.0 `forward`, Message Pickup 3.0 with live delivery, Trust Ping
+//! 2.0, Discover Features 2.0, Report Problem 2.0), the durable queue [`store`] (sled or
+//! Redis), limits and metrics, and a [`client`] for the other side of those protocols.
+//!
+//! **Does not:** implement DIDComm envelopes (crate `mpc-did-didcomm`), resolve DIDs
+//! (crate `mpc-did-resolver`), or hold user wallets. STUN and relay services plug in beside
+//! the mediator through [`Service`] (issue 5).
+//!
+//! ```text
+//!  sender ── POST /didcomm (anoncrypt forward) ──▶ core::handle ──▶ Store::enqueue (durable)
+//!                                                    │                 │ arrival notice
+//!                                                    ▼                 ▼ (local / Redis pub/sub)
+//!  recipient ◀── HTTP 200 / WS frame (authcrypt) ── replies      LiveHub ─▶ WS session push
+//!  recipient ── messages-received ──▶ Store::remove (only now is a message deleted)
+//! ```
+//!
+//! Embedding (what `mpc-did demo` does):
+//! ```no_run
+//! # async fn demo() -> Result<(), mpc_did_mediator::MediatorError> {
+//! use mpc_did_mediator::{Config, Mediator};
+//! let mut config = Config::default();
+//! config.listen = "127.0.0.1:0".parse().expect("address");
+//! config.data = std::env::temp_dir().join("mediator-demo");
+//! let handle = Mediator::builder(config).start().await?;
+//! println!("{} at {} ({})", handle.did, handle.addr, handle.invitation_url);
+//! handle.shutdown().await;
+//! # Ok(()) }
+//! ```
+//! Protocol and deployment details: `spec/mediator.md`.
 #![forbid(unsafe_code)]
 
+pub mod client;
+pub mod config;
+mod core;
+pub mod identity;
+pub mod live;
+pub mod messages;
+pub mod metrics;
+mod server;
 pub mod store;
 pub mod testkit;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mpc_did_didcomm::protocols::oob::Invitation;
+use mpc_did_resolver::UniversalResolver;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::config::{Config, Limits, MediationPolicy, StoreConfig};
+pub use crate::core::Transport;
+pub use crate::identity::MediatorIdentity;
+pub use crate::metrics::{Metrics, Rejection};
+pub use crate::server::{ENCRYPTED_MEDIA_TYPE, PLAIN_MEDIA_TYPE, SIGNED_MEDIA_TYPE};
+use crate::store::{AnyStore, RedisStore, SledStore, Store as _, StoreError};
+
+/// Why a mediator could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MediatorError {
+    /// The configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What an added service (STUN, relay, ...) is given when the mediator starts.
+#[derive(Clone)]
+pub struct ServiceContext {
+    /// Cancelled when the mediator shuts down; the service must then stop.
+    pub shutdown: CancellationToken,
+    /// The mediator's identity (e.g. to authenticate relay clients by DID).
+    pub identity: MediatorIdentity,
+    /// The HTTP listener's address.
+    pub http_addr: SocketAddr,
+}
+
+/// A service that runs beside the mediator in the same process: its HTTP routes are
+/// merged into the mediator's router (e.g. a relay WebSocket path) and [`Service::run`]
+/// runs its own listeners (e.g. STUN on UDP 3478) until shutdown.
+pub trait Service: Send + 'static {
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+    /// Extra HTTP routes (default: none).
+    fn routes(&self) -> Option<axum::Router> {
+        None
+    }
+    /// Runs until `ctx.shutdown` is cancelled.
+    fn run(self: Box<Self>, ctx: ServiceContext) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// Entry point: [`Mediator::builder`].
+pub struct Mediator;
+
+impl Mediator {
+    /// A builder for a mediator with `config`.
+    #[must_use]
+    pub fn builder(config: Config) -> MediatorBuilder {
+        MediatorBuilder {
+            config,
+            services: Vec::new(),
+            resolver: None,
+        }
+    }
+}
+
+/// Configures and starts a mediator.
+pub struct MediatorBuilder {
+    config: Config,
+    services: Vec<Box<dyn Service>>,
+    resolver: Option<UniversalResolver>,
+}
+
+impl MediatorBuilder {
+    /// Adds a service (STUN, relay, ...).
+    #[must_use]
+    pub fn service(mut self, s: impl Service) -> Self {
+        self.services.push(Box::new(s));
+        self
+    }
+
+    /// Uses `resolver` to resolve senders' DIDs (default: did:key locally, did:web over
+    /// HTTPS).
+    #[must_use]
+    pub fn resolver(mut self, resolver: UniversalResolver) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Opens the store, loads or creates the mediator's DID, binds the listener and starts
+    /// serving. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// Invalid configuration, store failure, or the address cannot be bound.
+    pub async fn start(self) -> Result<MediatorHandle, MediatorError> {
+        let config = self.config;
+        let store = match config.store_config().map_err(MediatorError::Config)? {
+            StoreConfig::Sled => AnyStore::Sled(SledStore::open(&config.data)?),
+            StoreConfig::Redis(url) => {
+                AnyStore::Redis(RedisStore::connect(&url, &config.redis_prefix).await?)
+            }
+        };
+        let identity = MediatorIdentity::load_or_create(&store).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| MediatorError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| MediatorError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let public_url = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let endpoint = format!("{public_url}/didcomm");
+        let ws_endpoint = format!(
+            "{}/ws",
+            public_url
+                .replacen("https://", "wss://", 1)
+                .replacen("http://", "ws://", 1)
+        );
+        let mut invitation = Invitation::new(identity.did.clone());
+        invitation.goal_code = Some("request-mediate".into());
+        invitation.goal = Some("Request mediation (Coordinate Mediation 2.0)".into());
+        let invitation_url = invitation
+            .to_url(&format!("{public_url}/oob"))
+            .map_err(|e| MediatorError::Config(e.to_string()))?;
+        let did_doc = identity.document_with_service(&endpoint);
+        let oob = serde_json::json!({
+            "invitation": invitation.to_message(),
+            "invitation_url": invitation_url,
+            "did": identity.did,
+            "routing_key": identity.agreement_kid,
+            "endpoints": { "http": endpoint, "ws": ws_endpoint },
+        });
+        let resolver = match self.resolver {
+            Some(r) => r,
+            None => UniversalResolver::new().map_err(|e| MediatorError::Config(e.to_string()))?,
+        };
+        let arrivals = store.arrivals();
+        let core = Arc::new(core::Core::new(identity.clone(), config, store, resolver));
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let hub = Arc::new(live::LiveHub::default());
+        tokio::spawn(hub.clone().dispatch(arrivals, cancel.clone()));
+        let state = server::AppState {
+            core: core.clone(),
+            hub,
+            cancel: cancel.clone(),
+            tracker: tracker.clone(),
+            oob: Arc::new(oob),
+            did_doc: Arc::new(did_doc.to_json()),
+        };
+        let ctx = ServiceContext {
+            shutdown: cancel.clone(),
+            identity: identity.clone(),
+            http_addr: addr,
+        };
+        let mut extra = Vec::new();
+        for s in self.services {
+            if let Some(r) = s.routes() {
+                extra.push(r);
+            }
+            tracing::info!(service = s.name(), "starting service");
+            tracker.spawn(s.run(ctx.clone()));
+        }
+        let app = server::router(state.clone(), extra);
+        tracker.spawn(server::serve(listener, state, app));
+        tracing::info!(did = %identity.did, %addr, backend = core.store.backend(), "mediator listening");
+        Ok(MediatorHandle {
+            addr,
+            did: identity.did.clone(),
+            routing_key: identity.agreement_kid.clone(),
+            public_url,
+            invitation_url,
+            core,
+            cancel,
+            tracker,
+        })
+    }
+}
+
+/// A running mediator. Dropping it stops the server without draining; call
+/// [`MediatorHandle::shutdown`] to drain.
+pub struct MediatorHandle {
+    /// The bound HTTP address.
+    pub addr: SocketAddr,
+    /// The mediator's DID.
+    pub did: String,
+    /// The key id senders wrap forwards for.
+    pub routing_key: String,
+    /// Base URL (config `public_url`, else `http://addr`).
+    pub public_url: String,
+    /// The Out-of-Band 2.0 invitation URL (`{public_url}/oob?_oob=…`).
+    pub invitation_url: String,
+    core: Arc<core::Core>,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl MediatorHandle {
+    /// The instance's counters.
+    #[must_use]
+    pub fn metrics(&self) -> &Metrics {
+        &self.core.metrics
+    }
+
+    /// Stops accepting, lets open requests finish and WebSocket sessions close (at most
+    /// `limits.drain_timeout_secs`), then flushes the store.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        let drain = Duration::from_secs(self.core.config.limits.drain_timeout_secs);
+        if tokio::time::timeout(drain, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout: closing remaining connections");
+        }
+        if let Err(e) = self.core.store.flush().await {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+        tracing::info!("mediator stopped");
+    }
+}
+
+impl Drop for MediatorHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

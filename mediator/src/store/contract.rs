@@ -15,24 +15,66 @@ async fn contract<S: Store>(s: &S) {
     s.grant("did:ex:a").await.unwrap();
     s.grant("did:ex:a").await.unwrap();
     assert!(s.has_grant("did:ex:a").await.unwrap());
-    assert_eq!(s.add_key("did:ex:a", "did:ex:a#k1").await.unwrap(), KeyUpdate::Success);
-    assert_eq!(s.add_key("did:ex:a", "did:ex:a#k1").await.unwrap(), KeyUpdate::NoChange);
-    assert_eq!(s.add_key("did:ex:b", "did:ex:a#k1").await.unwrap(), KeyUpdate::Conflict);
-    assert_eq!(s.add_key("did:ex:a", "did:ex:a").await.unwrap(), KeyUpdate::Success);
-    assert_eq!(s.keys("did:ex:a").await.unwrap(), vec!["did:ex:a", "did:ex:a#k1"]);
-    assert_eq!(s.key_owner("did:ex:a#k1").await.unwrap().as_deref(), Some("did:ex:a"));
-    assert_eq!(s.remove_key("did:ex:b", "did:ex:a#k1").await.unwrap(), KeyUpdate::Conflict);
-    assert_eq!(s.remove_key("did:ex:a", "did:ex:a#k1").await.unwrap(), KeyUpdate::Success);
-    assert_eq!(s.remove_key("did:ex:a", "did:ex:a#k1").await.unwrap(), KeyUpdate::NoChange);
+    assert_eq!(
+        s.add_key("did:ex:a", "did:ex:a#k1").await.unwrap(),
+        KeyUpdate::Success
+    );
+    assert_eq!(
+        s.add_key("did:ex:a", "did:ex:a#k1").await.unwrap(),
+        KeyUpdate::NoChange
+    );
+    assert_eq!(
+        s.add_key("did:ex:b", "did:ex:a#k1").await.unwrap(),
+        KeyUpdate::Conflict
+    );
+    assert_eq!(
+        s.add_key("did:ex:a", "did:ex:a").await.unwrap(),
+        KeyUpdate::Success
+    );
+    assert_eq!(
+        s.keys("did:ex:a").await.unwrap(),
+        vec!["did:ex:a", "did:ex:a#k1"]
+    );
+    assert_eq!(
+        s.key_owner("did:ex:a#k1").await.unwrap().as_deref(),
+        Some("did:ex:a")
+    );
+    assert_eq!(
+        s.remove_key("did:ex:b", "did:ex:a#k1").await.unwrap(),
+        KeyUpdate::Conflict
+    );
+    assert_eq!(
+        s.remove_key("did:ex:a", "did:ex:a#k1").await.unwrap(),
+        KeyUpdate::Success
+    );
+    assert_eq!(
+        s.remove_key("did:ex:a", "did:ex:a#k1").await.unwrap(),
+        KeyUpdate::NoChange
+    );
     assert_eq!(s.key_owner("did:ex:a#k1").await.unwrap(), None);
 
     // Queues (Pickup 3.0): order, duplicates, limits, status, removal.
     let mut arrivals = s.arrivals();
-    let a = s.enqueue("did:ex:a", "did:ex:a", b"one", LIMITS).await.unwrap();
+    let a = s
+        .enqueue("did:ex:a", "did:ex:a", b"one", LIMITS)
+        .await
+        .unwrap();
     assert!(!a.duplicate);
-    let again = s.enqueue("did:ex:a", "did:ex:a", b"one", LIMITS).await.unwrap();
-    assert_eq!(again, Enqueued { id: a.id.clone(), duplicate: true });
-    let b = s.enqueue("did:ex:a", "did:ex:a#k2", b"two!", LIMITS).await.unwrap();
+    let again = s
+        .enqueue("did:ex:a", "did:ex:a", b"one", LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Enqueued {
+            id: a.id.clone(),
+            duplicate: true
+        }
+    );
+    let b = s
+        .enqueue("did:ex:a", "did:ex:a#k2", b"two!", LIMITS)
+        .await
+        .unwrap();
     let got = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         loop {
             let v = arrivals.recv().await.unwrap();
@@ -49,10 +91,16 @@ async fn contract<S: Store>(s: &S) {
     assert!(st.oldest_ms.unwrap() <= st.newest_ms.unwrap());
     let st = s.status("did:ex:a", Some("did:ex:a#k2")).await.unwrap();
     assert_eq!((st.message_count, st.total_bytes), (1, 4));
-    assert_eq!(s.status("did:ex:nobody", None).await.unwrap(), QueueStatus::default());
+    assert_eq!(
+        s.status("did:ex:nobody", None).await.unwrap(),
+        QueueStatus::default()
+    );
 
     let all = s.fetch("did:ex:a", None, 10).await.unwrap();
-    assert_eq!(all.iter().map(|m| m.data.as_slice()).collect::<Vec<_>>(), [&b"one"[..], b"two!"]);
+    assert_eq!(
+        all.iter().map(|m| m.data.as_slice()).collect::<Vec<_>>(),
+        [&b"one"[..], b"two!"]
+    );
     assert_eq!(all[1].recipient_key, "did:ex:a#k2");
     assert_eq!(s.fetch("did:ex:a", None, 1).await.unwrap().len(), 1);
     let only = s.fetch("did:ex:a", Some("did:ex:a#k2"), 10).await.unwrap();
@@ -60,35 +108,76 @@ async fn contract<S: Store>(s: &S) {
     assert_eq!(only[0].id, b.id);
 
     // Limits refuse explicitly and leave the queue as it was.
-    s.enqueue("did:ex:a", "did:ex:a", b"three", LIMITS).await.unwrap();
+    s.enqueue("did:ex:a", "did:ex:a", b"three", LIMITS)
+        .await
+        .unwrap();
     assert!(matches!(
         s.enqueue("did:ex:a", "did:ex:a", b"four", LIMITS).await,
         Err(StoreError::QueueFull("max_messages"))
     ));
     assert!(matches!(
-        s.enqueue("did:ex:c", "did:ex:c", &[7u8; 1001], LIMITS).await,
+        s.enqueue("did:ex:c", "did:ex:c", &[7u8; 1001], LIMITS)
+            .await,
         Err(StoreError::QueueFull("max_bytes"))
     ));
-    assert_eq!(s.totals().await.unwrap(), StoreTotals { messages: 3, bytes: 12 });
+    assert_eq!(
+        s.totals().await.unwrap(),
+        StoreTotals {
+            messages: 3,
+            bytes: 12
+        }
+    );
 
     // Removal: only listed ids, replays are harmless, other owners untouched.
-    assert_eq!(s.remove("did:ex:other", &[a.id.clone()]).await.unwrap(), 0);
-    assert_eq!(s.remove("did:ex:a", &[a.id.clone(), "nope".into()]).await.unwrap(), 1);
-    assert_eq!(s.remove("did:ex:a", &[a.id.clone()]).await.unwrap(), 0);
+    assert_eq!(
+        s.remove("did:ex:other", std::slice::from_ref(&a.id))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.remove("did:ex:a", &[a.id.clone(), "nope".into()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.remove("did:ex:a", std::slice::from_ref(&a.id))
+            .await
+            .unwrap(),
+        0
+    );
     let left = s.fetch("did:ex:a", None, 10).await.unwrap();
     assert_eq!(left.len(), 2);
     assert_eq!(left[0].id, b.id);
-    assert_eq!(s.totals().await.unwrap(), StoreTotals { messages: 2, bytes: 9 });
+    assert_eq!(
+        s.totals().await.unwrap(),
+        StoreTotals {
+            messages: 2,
+            bytes: 9
+        }
+    );
     let ids: Vec<String> = left.iter().map(|m| m.id.clone()).collect();
     assert_eq!(s.remove("did:ex:a", &ids).await.unwrap(), 2);
-    assert_eq!(s.status("did:ex:a", None).await.unwrap(), QueueStatus::default());
+    assert_eq!(
+        s.status("did:ex:a", None).await.unwrap(),
+        QueueStatus::default()
+    );
     assert_eq!(s.totals().await.unwrap(), StoreTotals::default());
 
     // Binary data survives unchanged.
     let bin: Vec<u8> = (0..=255u8).collect();
-    s.enqueue("did:ex:a", "k", &bin, QueueLimits { max_messages: 9, max_bytes: 9999 })
-        .await
-        .unwrap();
+    s.enqueue(
+        "did:ex:a",
+        "k",
+        &bin,
+        QueueLimits {
+            max_messages: 9,
+            max_bytes: 9999,
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(s.fetch("did:ex:a", None, 9).await.unwrap()[0].data, bin);
 
     // Metadata: first writer wins.
@@ -108,10 +197,15 @@ async fn sled_contract() {
 #[tokio::test]
 async fn sled_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
-    let limits = QueueLimits { max_messages: 10, max_bytes: 100 };
+    let limits = QueueLimits {
+        max_messages: 10,
+        max_bytes: 100,
+    };
     {
         let s = SledStore::open(dir.path()).unwrap();
-        s.enqueue("did:ex:a", "did:ex:a", b"kept", limits).await.unwrap();
+        s.enqueue("did:ex:a", "did:ex:a", b"kept", limits)
+            .await
+            .unwrap();
     }
     // The group-commit task releases the database lock when it sees the store dropped.
     let mut reopened = SledStore::open(dir.path());
@@ -123,7 +217,10 @@ async fn sled_survives_reopen() {
         reopened = SledStore::open(dir.path());
     }
     let s = reopened.unwrap();
-    assert_eq!(s.fetch("did:ex:a", None, 10).await.unwrap()[0].data, b"kept");
+    assert_eq!(
+        s.fetch("did:ex:a", None, 10).await.unwrap()[0].data,
+        b"kept"
+    );
     assert_eq!(s.totals().await.unwrap().messages, 1);
 }
 
@@ -141,8 +238,13 @@ async fn redis_contract() {
         .unwrap()
         .unwrap();
     assert_eq!(first, ARRIVAL_ALL);
-    let limits = QueueLimits { max_messages: 10, max_bytes: 100 };
-    s.enqueue("did:ex:z", "did:ex:z", b"hi", limits).await.unwrap();
+    let limits = QueueLimits {
+        max_messages: 10,
+        max_bytes: 100,
+    };
+    s.enqueue("did:ex:z", "did:ex:z", b"hi", limits)
+        .await
+        .unwrap();
     let got = tokio::time::timeout(std::time::Duration::from_secs(5), arrivals.recv())
         .await
         .unwrap()

@@ -182,8 +182,10 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// Backend failure.
-    fn key_owner(&self, key: &str)
-        -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    fn key_owner(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
     /// Queues `data` for `owner` (addressed to `recipient_key`) and returns once it is
     /// durable. Publishes an arrival notice.

@@ -18,8 +18,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
-    decode_record, encode_record, message_id, now_ms, Arrival, Enqueued, KeyUpdate,
-    QueueLimits, QueueStatus, Store, StoreError, StoreTotals, StoredMessage, ARRIVAL_ALL,
+    decode_record, encode_record, message_id, now_ms, Arrival, Enqueued, KeyUpdate, QueueLimits,
+    QueueStatus, Store, StoreError, StoreTotals, StoredMessage, ARRIVAL_ALL,
 };
 
 const ENQUEUE: &str = r"
@@ -278,7 +278,10 @@ impl Store for RedisStore {
         match code {
             -1 => Err(StoreError::QueueFull("max_messages")),
             -2 => Err(StoreError::QueueFull("max_bytes")),
-            c => Ok(Enqueued { id, duplicate: c == 0 }),
+            c => Ok(Enqueued {
+                id,
+                duplicate: c == 0,
+            }),
         }
     }
 
@@ -330,7 +333,9 @@ impl Store for RedisStore {
         let stop = if recipient_key.is_some() {
             -1
         } else {
-            isize::try_from(limit).unwrap_or(isize::MAX).saturating_sub(1)
+            isize::try_from(limit)
+                .unwrap_or(isize::MAX)
+                .saturating_sub(1)
         };
         let ids: Vec<String> = con.zrange(self.k("q", owner), 0, stop).await?;
         let mut recs = self.records(owner, ids).await?;

@@ -12,9 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree,
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::Transactional as _;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -160,8 +158,14 @@ fn join(owner: &str, tail: &[u8]) -> Vec<u8> {
 }
 
 fn decode_counts(v: &[u8]) -> (u64, u64) {
-    let n = v.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
-    let b = v.get(8..16).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+    let n = v
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes);
+    let b = v
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes);
     (n, b)
 }
 
@@ -185,7 +189,9 @@ fn update_counts(
     dn: i64,
     db: i64,
 ) -> Result<(u64, u64), ConflictableTransactionError<StoreError>> {
-    let (n, b) = c.get(owner.as_bytes())?.map_or((0, 0), |v| decode_counts(&v));
+    let (n, b) = c
+        .get(owner.as_bytes())?
+        .map_or((0, 0), |v| decode_counts(&v));
     let n = n.saturating_add_signed(dn);
     let b = b.saturating_add_signed(db);
     if n == 0 {
@@ -299,7 +305,9 @@ impl Store for SledStore {
                 if m.get(&mkey)?.is_some() {
                     return Ok(false);
                 }
-                let (n, b) = c.get(owner.as_bytes())?.map_or((0, 0), |v| decode_counts(&v));
+                let (n, b) = c
+                    .get(owner.as_bytes())?
+                    .map_or((0, 0), |v| decode_counts(&v));
                 if n >= limits.max_messages {
                     return Err(ConflictableTransactionError::Abort(StoreError::QueueFull(
                         "max_messages",
@@ -351,7 +359,9 @@ impl Store for SledStore {
             .get(owner.as_bytes())?
             .map_or((0, 0), |v| decode_counts(&v));
         let ts = |entry: Option<(sled::IVec, sled::IVec)>| -> Result<Option<u64>, StoreError> {
-            let Some((_, id)) = entry else { return Ok(None) };
+            let Some((_, id)) = entry else {
+                return Ok(None);
+            };
             let Some(raw) = self.msgs.get(join(owner, &id))? else {
                 return Ok(None);
             };

@@ -1,0 +1,600 @@
+//! The other side of the mediator protocols: register with a mediator, send through one,
+//! pick up (batch over HTTP, live over WebSocket) and acknowledge.
+//!
+//! Used by the `mpc-did` CLI (`mediator register`, `send`, `inbox`), by the tests and by
+//! the benchmark. Every request to the mediator is authcrypt from the client's DID, as the
+//! mediator requires (spec/mediator.md §3).
+
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use mpc_did_didcomm::{
+    pack_encrypted, unpack, Message, PackOptions, SecretStore, UnpackMetadata, UnpackOptions,
+};
+use mpc_did_resolver::{DidCommService, DidDocument, UniversalResolver};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::messages::{attachment_bytes, message, types};
+
+/// What can go wrong talking to a mediator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Network or HTTP failure.
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// WebSocket failure.
+    #[error("websocket: {0}")]
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+    /// Packing or unpacking failed.
+    #[error("didcomm: {0}")]
+    DidComm(#[from] mpc_did_didcomm::Error),
+    /// The mediator refused with a problem report.
+    #[error("mediator refused ({code}): {comment}")]
+    Problem {
+        /// Report Problem 2.0 code.
+        code: String,
+        /// Its comment.
+        comment: String,
+    },
+    /// The mediator denied mediation.
+    #[error("mediation denied")]
+    Denied,
+    /// An answer of the wrong shape or status.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+    /// The URL is not a mediator invitation or endpoint.
+    #[error("bad mediator URL: {0}")]
+    Url(String),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        Self::WebSocket(Box::new(e))
+    }
+}
+
+/// A mediator as published at `GET /oob`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MediatorInfo {
+    /// The mediator's DID.
+    pub did: String,
+    /// Key id that forwards are encrypted to.
+    pub routing_key: String,
+    /// `POST` endpoint.
+    pub http: String,
+    /// WebSocket endpoint.
+    pub ws: String,
+    /// Its Out-of-Band invitation URL.
+    pub invitation_url: String,
+}
+
+impl MediatorInfo {
+    /// Learns a mediator from its invitation URL (`…/oob?_oob=…`) or its base URL: fetches
+    /// `{origin}/oob` and, for an invitation, checks that the DIDs agree.
+    ///
+    /// # Errors
+    /// Bad URL, network failure, or an invitation naming another DID.
+    pub async fn discover(url: &str) -> Result<Self, ClientError> {
+        let parsed = url::Url::parse(url).map_err(|e| ClientError::Url(e.to_string()))?;
+        let invited = if url.contains("_oob=") {
+            let inv = mpc_did_didcomm::protocols::oob::Invitation::decode(url)?;
+            Some(inv.from)
+        } else {
+            None
+        };
+        let mut base = parsed.clone();
+        base.set_query(None);
+        base.set_fragment(None);
+        let path = base.path().trim_end_matches('/').to_owned();
+        let path = path
+            .strip_suffix("/oob")
+            .or_else(|| path.strip_suffix("/didcomm"))
+            .unwrap_or(&path)
+            .to_owned();
+        base.set_path(&format!("{path}/oob"));
+        let v: Value = http_client()?
+            .get(base.as_str())
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let s = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| ClientError::Unexpected(format!("/oob without {p}")))
+        };
+        let info = Self {
+            did: s("/did")?,
+            routing_key: s("/routing_key")?,
+            http: s("/endpoints/http")?,
+            ws: s("/endpoints/ws")?,
+            invitation_url: s("/invitation_url")?,
+        };
+        if invited.is_some_and(|d| d != info.did) {
+            return Err(ClientError::Url(
+                "the invitation names another DID than the mediator at this address".into(),
+            ));
+        }
+        Ok(info)
+    }
+
+    /// The mediator's DID document as a client needs it (did:key document plus the
+    /// endpoint), for a resolver overlay.
+    ///
+    /// # Errors
+    /// The DID is not a did:key.
+    pub fn document(&self) -> Result<DidDocument, ClientError> {
+        let mut doc = mpc_did_resolver::key::resolve(&self.did)
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        doc.service.push(
+            DidCommService {
+                id: format!("{}#didcomm-1", self.did),
+                uri: self.http.clone(),
+                accept: vec!["didcomm/v2".into()],
+                routing_keys: Vec::new(),
+            }
+            .to_service(),
+        );
+        Ok(doc)
+    }
+
+    /// The `DIDCommMessaging` service a DID mediated here publishes: send to this
+    /// mediator's endpoint, wrapped in a forward for its routing key.
+    #[must_use]
+    pub fn service_for(&self, did: &str) -> DidCommService {
+        DidCommService {
+            id: format!("{did}#didcomm-1"),
+            uri: self.http.clone(),
+            accept: vec!["didcomm/v2".into()],
+            routing_keys: vec![self.routing_key.clone()],
+        }
+    }
+}
+
+fn http_client() -> Result<reqwest::Client, ClientError> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build()?)
+}
+
+/// A message taken from the queue: its queue id (for `messages-received`) and the
+/// packed DIDComm message as the sender sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Queue id.
+    pub id: String,
+    /// The packed message.
+    pub bytes: Vec<u8>,
+}
+
+/// A DID's connection to its mediator.
+#[derive(Clone)]
+pub struct MediatorClient {
+    /// The mediator.
+    pub info: MediatorInfo,
+    /// Our DID.
+    pub did: String,
+    secrets: SecretStore,
+    resolver: UniversalResolver,
+    http: reqwest::Client,
+}
+
+impl MediatorClient {
+    /// A client for `did` (whose private keys are in `secrets`). The mediator's document
+    /// is added to `resolver`'s overlay.
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built or the mediator DID is not a did:key.
+    pub fn new(
+        info: MediatorInfo,
+        did: &str,
+        secrets: SecretStore,
+        resolver: UniversalResolver,
+    ) -> Result<Self, ClientError> {
+        resolver.insert(info.document()?);
+        Ok(Self {
+            info,
+            did: did.to_owned(),
+            secrets,
+            resolver,
+            http: http_client()?,
+        })
+    }
+
+    /// Our secrets.
+    #[must_use]
+    pub fn secrets(&self) -> &SecretStore {
+        &self.secrets
+    }
+
+    /// The same identity talking to another mediator.
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn with_mediator(&self, info: MediatorInfo) -> Result<Self, ClientError> {
+        Self::new(info, &self.did, self.secrets.clone(), self.resolver.clone())
+    }
+
+    /// The resolver (with the mediator's document in its overlay).
+    #[must_use]
+    pub fn resolver(&self) -> &UniversalResolver {
+        &self.resolver
+    }
+
+    /// Authcrypt `msg` from us to the mediator.
+    async fn pack_request(&self, mut msg: Message) -> Result<String, ClientError> {
+        msg.from = Some(self.did.clone());
+        msg.to = Some(vec![self.info.did.clone()]);
+        let opts = PackOptions {
+            forward: false,
+            ..PackOptions::default()
+        };
+        let p = pack_encrypted(
+            &msg,
+            &self.info.did,
+            Some(&self.did),
+            None,
+            &self.resolver,
+            &self.secrets,
+            &opts,
+        )
+        .await?;
+        Ok(p.message)
+    }
+
+    /// Unpacks a message addressed to us.
+    ///
+    /// # Errors
+    /// Any unpack failure.
+    pub async fn unpack(&self, bytes: &[u8]) -> Result<(Message, UnpackMetadata), ClientError> {
+        Ok(unpack(
+            bytes,
+            &self.resolver,
+            &self.secrets,
+            &UnpackOptions::default(),
+        )
+        .await?)
+    }
+
+    /// Sends one request over HTTP and returns the mediator's reply (if any), turning a
+    /// problem report into [`ClientError::Problem`].
+    ///
+    /// # Errors
+    /// Network failure, a problem report, or an undecryptable answer.
+    pub async fn request(&self, msg: Message) -> Result<Option<Message>, ClientError> {
+        let packed = self.pack_request(msg).await?;
+        let resp = self
+            .http
+            .post(&self.info.http)
+            .header("content-type", crate::ENCRYPTED_MEDIA_TYPE)
+            .body(packed)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        if body.is_empty() {
+            if status.is_success() {
+                return Ok(None);
+            }
+            return Err(ClientError::Unexpected(format!("HTTP {status}")));
+        }
+        let reply = self.read_reply(&body).await?;
+        Ok(Some(reply))
+    }
+
+    /// Unpacks a mediator reply; problem reports become errors.
+    async fn read_reply(&self, body: &[u8]) -> Result<Message, ClientError> {
+        // Refusals to unauthenticated senders come back as plaintext.
+        let msg = match self.unpack(body).await {
+            Ok((m, _)) => m,
+            Err(e) => return Err(e),
+        };
+        if msg.type_ == types::PROBLEM_REPORT {
+            return Err(problem(&msg));
+        }
+        Ok(msg)
+    }
+
+    /// Coordinate Mediation 2.0: `mediate-request`, then `recipient-update` adding our DID
+    /// (so forwards to it, or to any of its key ids, are queued for us).
+    ///
+    /// # Errors
+    /// [`ClientError::Denied`], a problem report, or network failure.
+    pub async fn register(&self) -> Result<(), ClientError> {
+        let reply = self
+            .request(message(types::MEDIATE_REQUEST, json!({})))
+            .await?
+            .ok_or_else(|| ClientError::Unexpected("no answer to mediate-request".into()))?;
+        match reply.type_.as_str() {
+            types::MEDIATE_GRANT => {}
+            types::MEDIATE_DENY => return Err(ClientError::Denied),
+            other => return Err(ClientError::Unexpected(other.to_owned())),
+        }
+        self.update_keys(&[(self.did.as_str(), "add")]).await?;
+        Ok(())
+    }
+
+    /// Coordinate Mediation 2.0 `recipient-update`; returns the `updated` list.
+    ///
+    /// # Errors
+    /// A problem report or network failure.
+    pub async fn update_keys(&self, updates: &[(&str, &str)]) -> Result<Vec<Value>, ClientError> {
+        let ups: Vec<Value> = updates
+            .iter()
+            .map(|(k, a)| json!({ "recipient_did": k, "action": a }))
+            .collect();
+        let reply = self
+            .request(message(types::RECIPIENT_UPDATE, json!({ "updates": ups })))
+            .await?
+            .ok_or_else(|| ClientError::Unexpected("no answer to recipient-update".into()))?;
+        Ok(reply
+            .body
+            .get("updated")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Coordinate Mediation 2.0 `recipient-query`: our registered keys.
+    ///
+    /// # Errors
+    /// A problem report or network failure.
+    pub async fn keys(&self) -> Result<Vec<String>, ClientError> {
+        let reply = self
+            .request(message(types::RECIPIENT_QUERY, json!({})))
+            .await?
+            .ok_or_else(|| ClientError::Unexpected("no answer to recipient-query".into()))?;
+        Ok(reply
+            .body
+            .get("dids")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.get("recipient_did").and_then(Value::as_str))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Pickup 3.0 `status-request`: the status body.
+    ///
+    /// # Errors
+    /// A problem report or network failure.
+    pub async fn status(&self) -> Result<Value, ClientError> {
+        let reply = self
+            .request(message(types::STATUS_REQUEST, json!({})))
+            .await?
+            .ok_or_else(|| ClientError::Unexpected("no answer to status-request".into()))?;
+        Ok(reply.body)
+    }
+
+    /// Pickup 3.0 `delivery-request` for up to `limit` messages (empty if none).
+    ///
+    /// # Errors
+    /// A problem report or network failure.
+    pub async fn fetch(&self, limit: u64) -> Result<Vec<Delivered>, ClientError> {
+        let reply = self
+            .request(message(types::DELIVERY_REQUEST, json!({ "limit": limit })))
+            .await?
+            .ok_or_else(|| ClientError::Unexpected("no answer to delivery-request".into()))?;
+        Ok(delivered(&reply))
+    }
+
+    /// Pickup 3.0 `messages-received`: the mediator may now delete these.
+    ///
+    /// # Errors
+    /// A problem report or network failure.
+    pub async fn ack(&self, ids: &[String]) -> Result<(), ClientError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.request(message(
+            types::MESSAGES_RECEIVED,
+            json!({ "message_id_list": ids }),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Packs `msg` for `to` (authcrypt from us) and sends it along `to`'s DIDComm service
+    /// (from `resolver`: add `to`'s document with its service to the overlay first),
+    /// wrapped in forwards for its routing keys. Returns the recipient's service URI.
+    ///
+    /// # Errors
+    /// `to` has no usable service or key, packing fails, or the mediator refuses.
+    pub async fn send(&self, to: &str, mut msg: Message) -> Result<String, ClientError> {
+        msg.from = Some(self.did.clone());
+        msg.to = Some(vec![to.to_owned()]);
+        let p = pack_encrypted(
+            &msg,
+            to,
+            Some(&self.did),
+            None,
+            &self.resolver,
+            &self.secrets,
+            &PackOptions::default(),
+        )
+        .await?;
+        let svc = p
+            .service
+            .ok_or_else(|| ClientError::Url(format!("{to} has no DIDCommMessaging service")))?;
+        post_packed(&self.http, &svc.uri, p.message.into_bytes()).await?;
+        Ok(svc.uri)
+    }
+
+    /// Opens a WebSocket and switches live delivery on.
+    ///
+    /// # Errors
+    /// Connection failure or a refusal.
+    pub async fn live(&self) -> Result<LiveConnection, ClientError> {
+        let (ws, _) = tokio_tungstenite::connect_async(self.info.ws.as_str()).await?;
+        let mut conn = LiveConnection {
+            client: self.clone(),
+            ws,
+            pending: Vec::new(),
+        };
+        conn.send(message(
+            types::LIVE_DELIVERY_CHANGE,
+            json!({ "live_delivery": true }),
+        ))
+        .await?;
+        Ok(conn)
+    }
+}
+
+/// POSTs a packed message to a DIDComm HTTP endpoint; `Ok` on 2xx.
+///
+/// # Errors
+/// Network failure, or a non-2xx status ([`ClientError::Problem`] when the body is a
+/// plaintext problem report).
+pub async fn post_packed(
+    http: &reqwest::Client,
+    uri: &str,
+    body: Vec<u8>,
+) -> Result<(), ClientError> {
+    let resp = http
+        .post(uri)
+        .header("content-type", crate::ENCRYPTED_MEDIA_TYPE)
+        .body(body)
+        .send()
+        .await?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.bytes().await.unwrap_or_default();
+    match Message::from_json(&body) {
+        Ok(m) if m.type_ == types::PROBLEM_REPORT => Err(problem(&m)),
+        _ => Err(ClientError::Unexpected(format!("HTTP {status}"))),
+    }
+}
+
+fn problem(m: &Message) -> ClientError {
+    let s = |k: &str| {
+        m.body
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    ClientError::Problem {
+        code: s("code"),
+        comment: s("comment"),
+    }
+}
+
+/// The messages a Pickup 3.0 `delivery` carries (none for a `status`).
+#[must_use]
+pub fn delivered(m: &Message) -> Vec<Delivered> {
+    if m.type_ != types::DELIVERY {
+        return Vec::new();
+    }
+    m.attachments
+        .iter()
+        .flatten()
+        .filter_map(|a| {
+            Some(Delivered {
+                id: a.id.clone()?,
+                bytes: attachment_bytes(a)?,
+            })
+        })
+        .collect()
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A live-mode WebSocket: the mediator pushes `delivery` messages as they arrive.
+pub struct LiveConnection {
+    client: MediatorClient,
+    ws: Ws,
+    pending: Vec<Delivered>,
+}
+
+impl LiveConnection {
+    /// Sends one request on the socket (authcrypt to the mediator).
+    ///
+    /// # Errors
+    /// Packing or socket failure.
+    pub async fn send(&mut self, msg: Message) -> Result<(), ClientError> {
+        let packed = self.client.pack_request(msg).await?;
+        self.ws.send(WsMessage::text(packed)).await?;
+        Ok(())
+    }
+
+    /// The next mediator message on the socket (unpacked), waiting at most `timeout`.
+    /// Pings are answered by the library.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`], a closed socket, or an unpack failure.
+    pub async fn next_message(&mut self, timeout: Duration) -> Result<Message, ClientError> {
+        loop {
+            let frame = tokio::time::timeout(timeout, self.ws.next())
+                .await
+                .map_err(|_| ClientError::Timeout)?
+                .ok_or_else(|| ClientError::Unexpected("socket closed".into()))??;
+            let bytes = match frame {
+                WsMessage::Text(t) => t.as_bytes().to_vec(),
+                WsMessage::Binary(b) => b.to_vec(),
+                WsMessage::Close(_) => return Err(ClientError::Unexpected("socket closed".into())),
+                _ => continue,
+            };
+            return self.client.read_reply(&bytes).await;
+        }
+    }
+
+    /// The next batch of pushed messages (skipping `status` messages), waiting at most
+    /// `timeout` for it.
+    ///
+    /// # Errors
+    /// As [`Self::next_message`].
+    pub async fn next_batch(&mut self, timeout: Duration) -> Result<Vec<Delivered>, ClientError> {
+        if !self.pending.is_empty() {
+            return Ok(std::mem::take(&mut self.pending));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = self.next_message(left).await?;
+            let d = delivered(&m);
+            if !d.is_empty() {
+                return Ok(d);
+            }
+        }
+    }
+
+    /// Acknowledges messages (`messages-received`).
+    ///
+    /// # Errors
+    /// Packing or socket failure.
+    pub async fn ack(&mut self, ids: &[String]) -> Result<(), ClientError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.send(message(
+            types::MESSAGES_RECEIVED,
+            json!({ "message_id_list": ids }),
+        ))
+        .await
+    }
+
+    /// The client this connection belongs to.
+    #[must_use]
+    pub fn client(&self) -> &MediatorClient {
+        &self.client
+    }
+
+    /// Closes the socket.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -1,0 +1,183 @@
+//! Mediator configuration: a TOML file, then command-line flags (flags win).
+//! Defaults and meaning of every limit: spec/mediator.md §6.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Where queues live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// Embedded sled database under the data directory.
+    Sled,
+    /// A Redis server (`redis://...`), shared by every instance with the same prefix.
+    Redis(String),
+}
+
+impl std::str::FromStr for StoreConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "sled" {
+            Ok(Self::Sled)
+        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+            Ok(Self::Redis(s.to_owned()))
+        } else {
+            Err(format!(
+                "unknown store {s:?}: use sled or redis://host:port"
+            ))
+        }
+    }
+}
+
+/// Everything a mediator instance needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Socket address to listen on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Base URL clients reach this mediator at (behind a TLS proxy: the https URL).
+    /// Default: `http://` + the bound address.
+    pub public_url: Option<String>,
+    /// Data directory (sled database).
+    pub data: PathBuf,
+    /// `sled` or `redis://host:port[/db]`.
+    pub store: String,
+    /// Key prefix in Redis; instances sharing queues use the same prefix.
+    pub redis_prefix: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Who may obtain a mediation grant.
+    pub mediation: MediationPolicy,
+}
+
+/// Resource limits, all enforced and exported as `mpcdid_mediator_limit{name=...}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest DIDComm message accepted (HTTP body or WebSocket frame).
+    pub max_message_bytes: u64,
+    /// Messages waiting per mediated DID.
+    pub max_queue_messages: u64,
+    /// Bytes waiting per mediated DID.
+    pub max_queue_bytes: u64,
+    /// Sustained messages per second per connection.
+    pub rate_per_connection: u64,
+    /// Burst allowance per connection.
+    pub rate_burst: u64,
+    /// Concurrent connections (HTTP and WebSocket).
+    pub max_connections: u64,
+    /// Seconds without a request or frame before a connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Most messages in one `delivery`.
+    pub max_delivery_batch: u64,
+    /// Live pushes not yet acknowledged per WebSocket before pushing pauses.
+    pub max_inflight: u64,
+    /// Recipient keys per mediated DID.
+    pub max_keys_per_did: u64,
+    /// Seconds graceful shutdown waits for open connections.
+    pub drain_timeout_secs: u64,
+}
+
+/// Mediation grant policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediationPolicy {
+    /// If non-empty, only these DIDs are granted mediation; everyone else gets
+    /// `mediate-deny`.
+    pub allow: Vec<String>,
+    /// DIDs always denied.
+    pub deny: Vec<String>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            max_queue_messages: 10_000,
+            max_queue_bytes: 100 * 1024 * 1024,
+            rate_per_connection: 1_000,
+            rate_burst: 2_000,
+            max_connections: 20_000,
+            idle_timeout_secs: 300,
+            max_delivery_batch: 100,
+            max_inflight: 1_000,
+            max_keys_per_did: 100,
+            drain_timeout_secs: 10,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            data: PathBuf::from("mediator-data"),
+            store: "sled".into(),
+            redis_prefix: "mpcdid:".into(),
+            limits: Limits::default(),
+            mediation: MediationPolicy::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML configuration file's text.
+    ///
+    /// # Errors
+    /// Invalid TOML, an unknown key, or a value of the wrong type.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The parsed `store` setting.
+    ///
+    /// # Errors
+    /// Neither `sled` nor a `redis://` URL.
+    pub fn store_config(&self) -> Result<StoreConfig, String> {
+        self.store.parse()
+    }
+
+    /// Limits as `(name, value)` pairs for `/metrics`.
+    #[must_use]
+    pub fn limit_gauges(&self) -> Vec<(&'static str, u64)> {
+        let l = &self.limits;
+        vec![
+            ("max_message_bytes", l.max_message_bytes),
+            ("max_queue_messages", l.max_queue_messages),
+            ("max_queue_bytes", l.max_queue_bytes),
+            ("rate_per_connection", l.rate_per_connection),
+            ("rate_burst", l.rate_burst),
+            ("max_connections", l.max_connections),
+            ("idle_timeout_secs", l.idle_timeout_secs),
+            ("max_delivery_batch", l.max_delivery_batch),
+            ("max_inflight", l.max_inflight),
+            ("max_keys_per_did", l.max_keys_per_did),
+        ]
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_example_config() {
+        let text = include_str!("../deploy/mediator.toml");
+        let c = Config::from_toml(text).unwrap();
+        assert_eq!(c.limits.max_message_bytes, 1024 * 1024);
+        assert_eq!(c.store_config().unwrap(), StoreConfig::Sled);
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_stores() {
+        assert!(Config::from_toml("lisen = \"1.2.3.4:5\"").is_err());
+        assert!("mysql://x".parse::<StoreConfig>().is_err());
+        assert_eq!(
+            "redis://127.0.0.1:6379".parse::<StoreConfig>().unwrap(),
+            StoreConfig::Redis("redis://127.0.0.1:6379".into())
+        );
+    }
+}

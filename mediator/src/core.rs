@@ -1,0 +1,772 @@
+//! What the mediator does with one DIDComm message: unpack, authorize, act on the store,
+//! and build the replies. Transport-independent: the HTTP and WebSocket shells call
+//! [`Core::handle`] and carry out the returned [`Handled`].
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mpc_did_didcomm::protocols::discover_features::{self, Disclosure};
+use mpc_did_didcomm::protocols::routing::ForwardMessage;
+use mpc_did_didcomm::{did_of, pack_encrypted, unpack, Message, PackOptions, UnpackOptions};
+use mpc_did_resolver::UniversalResolver;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::identity::MediatorIdentity;
+use crate::messages::{codes, message_attachment, problem_report, reply, types, PROTOCOLS};
+use crate::metrics::{Metrics, Rejection};
+use crate::store::{AnyStore, KeyUpdate, QueueLimits, Store, StoreError, StoredMessage};
+
+/// How long request ids are remembered against replay, and how far `created_time` may be
+/// from now (spec/mediator.md §3).
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
+const REPLAY_CACHE_MAX: usize = 200_000;
+
+/// The transport a message arrived on (live delivery needs a socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP POST; replies go in the response body.
+    Http,
+    /// WebSocket; replies and live pushes go on the socket.
+    WebSocket,
+}
+
+/// The result of handling one inbound message.
+#[derive(Debug, Default)]
+pub struct Handled {
+    /// Packed replies, in order.
+    pub replies: Vec<Vec<u8>>,
+    /// Set when the message was refused; the reply (if any) is the problem report.
+    pub rejection: Option<Rejection>,
+    /// Live mode switched for this authenticated DID (WebSocket only).
+    pub live: Option<(String, bool)>,
+    /// Message ids acknowledged with `messages-received`, and the DID they belong to.
+    pub received: Option<(String, Vec<String>)>,
+}
+
+/// Sliding window of (sender, message id) pairs already processed.
+#[derive(Default)]
+struct ReplayCache {
+    seen: HashMap<(String, String), Instant>,
+}
+
+impl ReplayCache {
+    /// Records the pair; `false` if it was already there.
+    fn check_and_insert(&mut self, sender: &str, id: &str) -> bool {
+        let now = Instant::now();
+        if self.seen.len() >= REPLAY_CACHE_MAX {
+            self.seen
+                .retain(|_, t| now.duration_since(*t) < REPLAY_WINDOW);
+        }
+        let key = (sender.to_owned(), id.to_owned());
+        match self.seen.get(&key) {
+            Some(t) if now.duration_since(*t) < REPLAY_WINDOW => false,
+            _ => {
+                self.seen.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
+/// Shared state of one mediator instance.
+pub struct Core {
+    /// The mediator's identity.
+    pub identity: MediatorIdentity,
+    /// Configuration in force.
+    pub config: Config,
+    /// Queues, grants, keys.
+    pub store: AnyStore,
+    /// Counters.
+    pub metrics: Metrics,
+    resolver: UniversalResolver,
+    replay: Mutex<ReplayCache>,
+    disclosures: Vec<Disclosure>,
+}
+
+/// Who sent an unpacked message, as far as the envelope proves; replies are packed for it.
+pub(crate) struct Sender {
+    /// The DID authenticated by authcrypt (and equal to `from`, which unpack checks).
+    did: Option<String>,
+    encrypted: bool,
+}
+
+fn now_secs() -> u64 {
+    crate::store::now_ms() / 1000
+}
+
+impl Core {
+    /// Builds the core.
+    pub fn new(
+        identity: MediatorIdentity,
+        config: Config,
+        store: AnyStore,
+        resolver: UniversalResolver,
+    ) -> Self {
+        let disclosures = PROTOCOLS
+            .iter()
+            .map(|(id, role)| Disclosure {
+                feature_type: "protocol".into(),
+                id: (*id).to_owned(),
+                roles: vec![(*role).to_owned()],
+            })
+            .collect();
+        Self {
+            identity,
+            config,
+            store,
+            metrics: Metrics::default(),
+            resolver,
+            replay: Mutex::new(ReplayCache::default()),
+            disclosures,
+        }
+    }
+
+    fn limits(&self) -> QueueLimits {
+        QueueLimits {
+            max_messages: self.config.limits.max_queue_messages,
+            max_bytes: self.config.limits.max_queue_bytes,
+        }
+    }
+
+    /// A refusal before the message could be unpacked (size, rate): a plaintext problem
+    /// report.
+    pub fn refuse_raw(&self, why: Rejection, code: &str, comment: &str) -> Handled {
+        self.metrics.reject(why);
+        Handled {
+            replies: vec![plain(&problem_report(code, comment, None))],
+            rejection: Some(why),
+            ..Handled::default()
+        }
+    }
+
+    /// Handles one packed DIDComm message.
+    pub async fn handle(&self, raw: &[u8], transport: Transport) -> Handled {
+        self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+        let max = usize::try_from(self.config.limits.max_message_bytes).unwrap_or(usize::MAX);
+        if raw.len() > max {
+            return self.refuse_raw(
+                Rejection::TooLarge,
+                codes::TOO_BIG,
+                &format!("message larger than {max} bytes"),
+            );
+        }
+        let opts = UnpackOptions { max_size: max };
+        let (msg, meta) = match unpack(raw, &self.resolver, &self.identity.secrets, &opts).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "unpack failed");
+                return self.refuse_raw(
+                    Rejection::Malformed,
+                    codes::MALFORMED,
+                    "cannot unpack this message (not DIDComm v2, not for this mediator, or failed authentication)",
+                );
+            }
+        };
+        let sender = Sender {
+            did: meta
+                .encrypted_from_kid
+                .as_deref()
+                .map(|k| did_of(k).to_owned()),
+            encrypted: meta.encrypted,
+        };
+        let out = self.dispatch(&msg, &sender, transport).await;
+        if out.rejection.is_some() {
+            tracing::debug!(typ = %msg.type_, rejection = ?out.rejection, "refused");
+        }
+        out
+    }
+
+    async fn dispatch(&self, msg: &Message, sender: &Sender, transport: Transport) -> Handled {
+        // Replay and freshness checks apply to authenticated requests; forwards are
+        // idempotent by content (spec/mediator.md §3).
+        if let Some(did) = &sender.did {
+            let now = now_secs();
+            let window = REPLAY_WINDOW.as_secs();
+            if msg.expires_time.is_some_and(|e| e < now) {
+                return self
+                    .refuse(
+                        msg,
+                        sender,
+                        Rejection::Replay,
+                        codes::REPLAY,
+                        "message expired",
+                    )
+                    .await;
+            }
+            if msg
+                .created_time
+                .is_some_and(|c| c + window < now || c > now + window)
+            {
+                return self
+                    .refuse(
+                        msg,
+                        sender,
+                        Rejection::Replay,
+                        codes::REPLAY,
+                        "created_time outside the replay window",
+                    )
+                    .await;
+            }
+            let fresh = self
+                .replay
+                .lock()
+                .map(|mut c| c.check_and_insert(did, &msg.id))
+                .unwrap_or(false);
+            if !fresh {
+                return self
+                    .refuse(
+                        msg,
+                        sender,
+                        Rejection::Replay,
+                        codes::REPLAY,
+                        "message id already processed",
+                    )
+                    .await;
+            }
+        }
+        match msg.type_.as_str() {
+            types::FORWARD => self.forward(msg, sender).await,
+            types::PING => {
+                let wanted = msg
+                    .body
+                    .get("response_requested")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(true);
+                let mut h = Handled::default();
+                if wanted {
+                    h.replies.push(
+                        self.pack(reply(types::PING_RESPONSE, json!({}), msg), sender)
+                            .await,
+                    );
+                }
+                h
+            }
+            types::QUERIES => match discover_features::disclose(msg, &self.disclosures) {
+                Ok(d) => Handled {
+                    replies: vec![self.pack(d, sender).await],
+                    ..Handled::default()
+                },
+                Err(_) => {
+                    self.refuse(
+                        msg,
+                        sender,
+                        Rejection::Malformed,
+                        codes::BAD_REQUEST,
+                        "bad queries body",
+                    )
+                    .await
+                }
+            },
+            types::PROBLEM_REPORT => {
+                tracing::info!(from = ?sender.did, body = %msg.body, "problem report received");
+                Handled::default()
+            }
+            t if t.starts_with("https://didcomm.org/coordinate-mediation/2.0/")
+                || t.starts_with("https://didcomm.org/messagepickup/3.0/") =>
+            {
+                let Some(did) = sender.did.clone() else {
+                    return self
+                        .refuse(
+                            msg,
+                            sender,
+                            Rejection::Unauthorized,
+                            codes::UNAUTHORIZED,
+                            "this request must be authcrypt-encrypted by its sender",
+                        )
+                        .await;
+                };
+                if t == types::MEDIATE_REQUEST {
+                    return self.mediate_request(msg, sender, &did).await;
+                }
+                match self.store.has_grant(&did).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return self
+                            .refuse(
+                                msg,
+                                sender,
+                                Rejection::Unauthorized,
+                                codes::UNAUTHORIZED,
+                                "no mediation grant for this DID: send mediate-request first",
+                            )
+                            .await
+                    }
+                    Err(e) => return self.storage_failed(msg, sender, &e).await,
+                }
+                let res = match t {
+                    types::RECIPIENT_UPDATE => self.recipient_update(msg, sender, &did).await,
+                    types::RECIPIENT_QUERY => self.recipient_query(msg, sender, &did).await,
+                    types::STATUS_REQUEST => self.status(msg, sender, &did, false).await,
+                    types::DELIVERY_REQUEST => self.delivery_request(msg, sender, &did).await,
+                    types::MESSAGES_RECEIVED => self.messages_received(msg, sender, &did).await,
+                    types::LIVE_DELIVERY_CHANGE => {
+                        self.live_change(msg, sender, &did, transport).await
+                    }
+                    _ => Ok(self
+                        .refuse(
+                            msg,
+                            sender,
+                            Rejection::Unsupported,
+                            codes::UNSUPPORTED,
+                            "unsupported message type",
+                        )
+                        .await),
+                };
+                match res {
+                    Ok(h) => h,
+                    Err(e) => self.storage_failed(msg, sender, &e).await,
+                }
+            }
+            _ => {
+                self.refuse(
+                    msg,
+                    sender,
+                    Rejection::Unsupported,
+                    codes::UNSUPPORTED,
+                    "unsupported message type",
+                )
+                .await
+            }
+        }
+    }
+
+    async fn forward(&self, msg: &Message, sender: &Sender) -> Handled {
+        if !sender.encrypted {
+            return self
+                .refuse(
+                    msg,
+                    sender,
+                    Rejection::Unauthorized,
+                    codes::UNAUTHORIZED,
+                    "forward messages must be encrypted to the mediator",
+                )
+                .await;
+        }
+        let fwd = match ForwardMessage::from_message(msg) {
+            Ok(f) => f,
+            Err(e) => {
+                return self
+                    .refuse(
+                        msg,
+                        sender,
+                        Rejection::Malformed,
+                        codes::BAD_REQUEST,
+                        &e.to_string(),
+                    )
+                    .await
+            }
+        };
+        if fwd.expires_time.is_some_and(|e| e < now_secs()) {
+            return self
+                .refuse(
+                    msg,
+                    sender,
+                    Rejection::Replay,
+                    codes::REPLAY,
+                    "forward expired",
+                )
+                .await;
+        }
+        let owner = match self.owner_of(&fwd.next).await {
+            Ok(Some(o)) => o,
+            Ok(None) => {
+                return self
+                    .refuse(
+                        msg,
+                        sender,
+                        Rejection::UnknownRecipient,
+                        codes::UNKNOWN_RECIPIENT,
+                        "no mediated recipient has this key",
+                    )
+                    .await
+            }
+            Err(e) => return self.storage_failed(msg, sender, &e).await,
+        };
+        let bytes = fwd.forwarded_bytes();
+        match self
+            .store
+            .enqueue(&owner, &fwd.next, &bytes, self.limits())
+            .await
+        {
+            Ok(e) => {
+                if !e.duplicate {
+                    self.metrics.messages_stored.fetch_add(1, Ordering::Relaxed);
+                }
+                Handled::default()
+            }
+            Err(StoreError::QueueFull(which)) => {
+                self.refuse(
+                    msg,
+                    sender,
+                    Rejection::QueueFull,
+                    codes::QUEUE_FULL,
+                    &format!("the recipient's queue is full ({which})"),
+                )
+                .await
+            }
+            Err(e) => self.storage_failed(msg, sender, &e).await,
+        }
+    }
+
+    /// The mediated DID that registered `next` (a DID, or a DID URL whose DID registered).
+    async fn owner_of(&self, next: &str) -> Result<Option<String>, StoreError> {
+        if let Some(o) = self.store.key_owner(next).await? {
+            return Ok(Some(o));
+        }
+        let did = did_of(next);
+        if did != next {
+            return self.store.key_owner(did).await;
+        }
+        Ok(None)
+    }
+
+    async fn mediate_request(&self, msg: &Message, sender: &Sender, did: &str) -> Handled {
+        let policy = &self.config.mediation;
+        let allowed = !policy.deny.iter().any(|d| d == did)
+            && (policy.allow.is_empty() || policy.allow.iter().any(|d| d == did));
+        if !allowed {
+            self.metrics.reject(Rejection::Unauthorized);
+            return Handled {
+                replies: vec![
+                    self.pack(reply(types::MEDIATE_DENY, json!({}), msg), sender)
+                        .await,
+                ],
+                rejection: Some(Rejection::Unauthorized),
+                ..Handled::default()
+            };
+        }
+        if let Err(e) = self.store.grant(did).await {
+            return self.storage_failed(msg, sender, &e).await;
+        }
+        self.metrics.grants.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%did, "mediation granted");
+        let grant = reply(
+            types::MEDIATE_GRANT,
+            json!({ "routing_did": [self.identity.did] }),
+            msg,
+        );
+        Handled {
+            replies: vec![self.pack(grant, sender).await],
+            ..Handled::default()
+        }
+    }
+
+    async fn recipient_update(
+        &self,
+        msg: &Message,
+        sender: &Sender,
+        did: &str,
+    ) -> Result<Handled, StoreError> {
+        let Some(updates) = msg.body.get("updates").and_then(Value::as_array) else {
+            return Ok(self
+                .refuse(
+                    msg,
+                    sender,
+                    Rejection::Malformed,
+                    codes::BAD_REQUEST,
+                    "body.updates must be an array",
+                )
+                .await);
+        };
+        let mut count = self.store.keys(did).await?.len() as u64;
+        let mut updated = Vec::with_capacity(updates.len());
+        for u in updates {
+            let key = u.get("recipient_did").and_then(Value::as_str).unwrap_or("");
+            let action = u.get("action").and_then(Value::as_str).unwrap_or("");
+            let result = if !key.starts_with("did:") || key.len() > 2048 {
+                "client_error"
+            } else {
+                match action {
+                    "add" if count >= self.config.limits.max_keys_per_did => "client_error",
+                    "add" => match self.store.add_key(did, key).await? {
+                        KeyUpdate::Success => {
+                            count += 1;
+                            "success"
+                        }
+                        KeyUpdate::NoChange => "no_change",
+                        KeyUpdate::Conflict => "client_error",
+                    },
+                    "remove" => match self.store.remove_key(did, key).await? {
+                        KeyUpdate::Success => {
+                            count = count.saturating_sub(1);
+                            "success"
+                        }
+                        KeyUpdate::NoChange => "no_change",
+                        KeyUpdate::Conflict => "client_error",
+                    },
+                    _ => "client_error",
+                }
+            };
+            updated.push(json!({ "recipient_did": key, "action": action, "result": result }));
+        }
+        let r = reply(
+            types::RECIPIENT_UPDATE_RESPONSE,
+            json!({ "updated": updated }),
+            msg,
+        );
+        Ok(Handled {
+            replies: vec![self.pack(r, sender).await],
+            ..Handled::default()
+        })
+    }
+
+    async fn recipient_query(
+        &self,
+        msg: &Message,
+        sender: &Sender,
+        did: &str,
+    ) -> Result<Handled, StoreError> {
+        let dids: Vec<Value> = self
+            .store
+            .keys(did)
+            .await?
+            .into_iter()
+            .map(|k| json!({ "recipient_did": k }))
+            .collect();
+        let r = reply(types::RECIPIENT, json!({ "dids": dids }), msg);
+        Ok(Handled {
+            replies: vec![self.pack(r, sender).await],
+            ..Handled::default()
+        })
+    }
+
+    /// Pickup 3.0 `status` for `did` (optionally filtered by `body.recipient_did`).
+    async fn status(
+        &self,
+        msg: &Message,
+        sender: &Sender,
+        did: &str,
+        live: bool,
+    ) -> Result<Handled, StoreError> {
+        let filter = msg.body.get("recipient_did").and_then(Value::as_str);
+        let st = self.store.status(did, filter).await?;
+        let now = crate::store::now_ms();
+        let mut body = json!({
+            "message_count": st.message_count,
+            "total_bytes": st.total_bytes,
+            "live_delivery": live,
+        });
+        if let Some(f) = filter {
+            body["recipient_did"] = json!(f);
+        }
+        if let Some(o) = st.oldest_ms {
+            body["oldest_received_time"] = json!(o / 1000);
+            body["longest_waited_seconds"] = json!(now.saturating_sub(o) / 1000);
+        }
+        if let Some(n) = st.newest_ms {
+            body["newest_received_time"] = json!(n / 1000);
+        }
+        let r = reply(types::STATUS, body, msg);
+        Ok(Handled {
+            replies: vec![self.pack(r, sender).await],
+            ..Handled::default()
+        })
+    }
+
+    async fn delivery_request(
+        &self,
+        msg: &Message,
+        sender: &Sender,
+        did: &str,
+    ) -> Result<Handled, StoreError> {
+        let Some(limit) = msg.body.get("limit").and_then(Value::as_u64) else {
+            return Ok(self
+                .refuse(
+                    msg,
+                    sender,
+                    Rejection::Malformed,
+                    codes::BAD_REQUEST,
+                    "body.limit must be a number",
+                )
+                .await);
+        };
+        let limit = limit.min(self.config.limits.max_delivery_batch);
+        let filter = msg.body.get("recipient_did").and_then(Value::as_str);
+        let batch = self
+            .store
+            .fetch(did, filter, usize::try_from(limit).unwrap_or(usize::MAX))
+            .await?;
+        if batch.is_empty() {
+            // Pickup 3.0: with nothing queued, answer with a status message.
+            return self.status(msg, sender, did, false).await;
+        }
+        let d = self.delivery(&batch, Some(msg), filter);
+        Ok(Handled {
+            replies: vec![self.pack(d, sender).await],
+            ..Handled::default()
+        })
+    }
+
+    /// A Pickup 3.0 `delivery` carrying `batch` (counted as delivered).
+    pub fn delivery(
+        &self,
+        batch: &[StoredMessage],
+        request: Option<&Message>,
+        filter: Option<&str>,
+    ) -> Message {
+        let mut body = json!({});
+        if let Some(f) = filter {
+            body["recipient_did"] = json!(f);
+        }
+        let mut m = match request {
+            Some(r) => reply(types::DELIVERY, body, r),
+            None => crate::messages::message(types::DELIVERY, body),
+        };
+        m.attachments = Some(
+            batch
+                .iter()
+                .map(|s| message_attachment(&s.id, &s.data))
+                .collect(),
+        );
+        self.metrics
+            .messages_delivered
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        m
+    }
+
+    async fn messages_received(
+        &self,
+        msg: &Message,
+        sender: &Sender,
+        did: &str,
+    ) -> Result<Handled, StoreError> {
+        let Some(list) = msg.body.get("message_id_list").and_then(Value::as_array) else {
+            return Ok(self
+                .refuse(
+                    msg,
+                    sender,
+                    Rejection::Malformed,
+                    codes::BAD_REQUEST,
+                    "body.message_id_list must be an array",
+                )
+                .await);
+        };
+        let ids: Vec<String> = list
+            .iter()
+            .filter_map(Value::as_str)
+            .take(10_000)
+            .map(str::to_owned)
+            .collect();
+        let n = self.store.remove(did, &ids).await?;
+        self.metrics.messages_acked.fetch_add(n, Ordering::Relaxed);
+        Ok(Handled {
+            received: Some((did.to_owned(), ids)),
+            ..Handled::default()
+        })
+    }
+
+    async fn live_change(
+        &self,
+        msg: &Message,
+        sender: &Sender,
+        did: &str,
+        transport: Transport,
+    ) -> Result<Handled, StoreError> {
+        let Some(on) = msg.body.get("live_delivery").and_then(Value::as_bool) else {
+            return Ok(self
+                .refuse(
+                    msg,
+                    sender,
+                    Rejection::Malformed,
+                    codes::BAD_REQUEST,
+                    "body.live_delivery must be a boolean",
+                )
+                .await);
+        };
+        if transport != Transport::WebSocket {
+            return Ok(self
+                .refuse(
+                    msg,
+                    sender,
+                    Rejection::Unsupported,
+                    codes::LIVE_MODE_NOT_SUPPORTED,
+                    "live delivery needs a WebSocket connection",
+                )
+                .await);
+        }
+        let mut h = self.status(msg, sender, did, on).await?;
+        h.live = Some((did.to_owned(), on));
+        Ok(h)
+    }
+
+    async fn storage_failed(&self, msg: &Message, sender: &Sender, e: &StoreError) -> Handled {
+        tracing::error!(error = %e, "storage failure");
+        self.refuse(
+            msg,
+            sender,
+            Rejection::Storage,
+            codes::STORAGE,
+            "storage failure; retry later",
+        )
+        .await
+    }
+
+    async fn refuse(
+        &self,
+        msg: &Message,
+        sender: &Sender,
+        why: Rejection,
+        code: &str,
+        comment: &str,
+    ) -> Handled {
+        self.metrics.reject(why);
+        Handled {
+            replies: vec![
+                self.pack(problem_report(code, comment, Some(msg)), sender)
+                    .await,
+            ],
+            rejection: Some(why),
+            ..Handled::default()
+        }
+    }
+
+    /// Packs a reply: authcrypt to an authenticated sender, plaintext otherwise
+    /// (unauthenticated senders only ever get problem reports, pings and disclosures).
+    pub(crate) async fn pack(&self, mut m: Message, sender: &Sender) -> Vec<u8> {
+        self.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+        let Some(to) = &sender.did else {
+            return plain(&m);
+        };
+        self.pack_for(&mut m, to).await
+    }
+
+    /// Authcrypt `m` from the mediator to `to` (a DID). Falls back to plaintext only if
+    /// `to` cannot be resolved (then the reply carries nothing but a problem code).
+    pub async fn pack_for(&self, m: &mut Message, to: &str) -> Vec<u8> {
+        m.from = Some(self.identity.did.clone());
+        m.to = Some(vec![to.to_owned()]);
+        let opts = PackOptions {
+            forward: false,
+            ..PackOptions::default()
+        };
+        match pack_encrypted(
+            m,
+            to,
+            Some(&self.identity.did),
+            None,
+            &self.resolver,
+            &self.identity.secrets,
+            &opts,
+        )
+        .await
+        {
+            Ok(p) => p.message.into_bytes(),
+            Err(e) => {
+                tracing::warn!(error = %e, %to, "cannot pack reply");
+                plain(&problem_report(
+                    codes::STORAGE,
+                    "cannot encrypt a reply to the sender",
+                    None,
+                ))
+            }
+        }
+    }
+}
+
+/// Plaintext JSON of a message.
+fn plain(m: &Message) -> Vec<u8> {
+    m.to_json().map(String::into_bytes).unwrap_or_default()
+}

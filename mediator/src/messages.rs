@@ -1,0 +1,181 @@
+//! The plaintext DIDComm v2 messages the mediator speaks, with no I/O.
+//!
+//! The mediator builds [`Message`]s (the crate `mpc-did-didcomm` plaintext type); the
+//! constructors below build the protocol messages of
+//! Coordinate Mediation 2.0, Routing 2.0, Message Pickup 3.0, Trust Ping 2.0, Discover
+//! Features 2.0 and Report Problem 2.0 with the field names of those specs.
+
+use serde_json::{json, Value};
+
+/// Protocol message type URIs (PIURI + message name).
+pub mod types {
+    /// Coordinate Mediation 2.0.
+    pub const MEDIATE_REQUEST: &str =
+        "https://didcomm.org/coordinate-mediation/2.0/mediate-request";
+    /// Coordinate Mediation 2.0.
+    pub const MEDIATE_GRANT: &str = "https://didcomm.org/coordinate-mediation/2.0/mediate-grant";
+    /// Coordinate Mediation 2.0.
+    pub const MEDIATE_DENY: &str = "https://didcomm.org/coordinate-mediation/2.0/mediate-deny";
+    /// Coordinate Mediation 2.0.
+    pub const RECIPIENT_UPDATE: &str =
+        "https://didcomm.org/coordinate-mediation/2.0/recipient-update";
+    /// Coordinate Mediation 2.0.
+    pub const RECIPIENT_UPDATE_RESPONSE: &str =
+        "https://didcomm.org/coordinate-mediation/2.0/recipient-update-response";
+    /// Coordinate Mediation 2.0.
+    pub const RECIPIENT_QUERY: &str =
+        "https://didcomm.org/coordinate-mediation/2.0/recipient-query";
+    /// Coordinate Mediation 2.0.
+    pub const RECIPIENT: &str = "https://didcomm.org/coordinate-mediation/2.0/recipient";
+    /// Routing 2.0.
+    pub const FORWARD: &str = "https://didcomm.org/routing/2.0/forward";
+    /// Message Pickup 3.0.
+    pub const STATUS_REQUEST: &str = "https://didcomm.org/messagepickup/3.0/status-request";
+    /// Message Pickup 3.0.
+    pub const STATUS: &str = "https://didcomm.org/messagepickup/3.0/status";
+    /// Message Pickup 3.0.
+    pub const DELIVERY_REQUEST: &str = "https://didcomm.org/messagepickup/3.0/delivery-request";
+    /// Message Pickup 3.0.
+    pub const DELIVERY: &str = "https://didcomm.org/messagepickup/3.0/delivery";
+    /// Message Pickup 3.0.
+    pub const MESSAGES_RECEIVED: &str = "https://didcomm.org/messagepickup/3.0/messages-received";
+    /// Message Pickup 3.0.
+    pub const LIVE_DELIVERY_CHANGE: &str =
+        "https://didcomm.org/messagepickup/3.0/live-delivery-change";
+    /// Trust Ping 2.0.
+    pub const PING: &str = "https://didcomm.org/trust-ping/2.0/ping";
+    /// Trust Ping 2.0.
+    pub const PING_RESPONSE: &str = "https://didcomm.org/trust-ping/2.0/ping-response";
+    /// Discover Features 2.0.
+    pub const QUERIES: &str = "https://didcomm.org/discover-features/2.0/queries";
+    /// Discover Features 2.0.
+    pub const DISCLOSE: &str = "https://didcomm.org/discover-features/2.0/disclose";
+    /// Report Problem 2.0.
+    pub const PROBLEM_REPORT: &str = "https://didcomm.org/report-problem/2.0/problem-report";
+    /// Out-of-Band 2.0.
+    pub const OOB_INVITATION: &str = "https://didcomm.org/out-of-band/2.0/invitation";
+}
+
+/// Protocols disclosed by Discover Features 2.0, with the role the mediator plays.
+pub const PROTOCOLS: &[(&str, &str)] = &[
+    ("https://didcomm.org/coordinate-mediation/2.0", "mediator"),
+    ("https://didcomm.org/routing/2.0", "mediator"),
+    ("https://didcomm.org/messagepickup/3.0", "mediator"),
+    ("https://didcomm.org/trust-ping/2.0", "receiver"),
+    ("https://didcomm.org/discover-features/2.0", "responder"),
+    ("https://didcomm.org/report-problem/2.0", "notifier"),
+];
+
+pub use mpc_did_didcomm::{Attachment, AttachmentData, Message};
+
+/// A new message of type `typ` with `body`, a fresh id and `created_time` now.
+#[must_use]
+pub fn message(typ: &str, body: Value) -> Message {
+    Message::new(mpc_did_didcomm::message::new_id(), typ, body)
+        .created_time(mpc_did_didcomm::message::now())
+}
+
+/// A reply in the thread of `to_msg`.
+#[must_use]
+pub fn reply(typ: &str, body: Value, to_msg: &Message) -> Message {
+    message(typ, body).thid(to_msg.thread_id())
+}
+
+/// Report Problem 2.0 `problem-report`; `pthid` is the thread of the offending message.
+#[must_use]
+pub fn problem_report(code: &str, comment: &str, offending: Option<&Message>) -> Message {
+    let mut m = message(
+        types::PROBLEM_REPORT,
+        json!({ "code": code, "comment": comment }),
+    );
+    m.pthid = offending.map(|o| o.thread_id().to_owned());
+    m
+}
+
+/// An attachment carrying a queued DIDComm message (Pickup 3.0 `delivery`): inline JSON
+/// when the bytes are a JSON object (every encrypted DIDComm message is), else base64url.
+#[must_use]
+pub fn message_attachment(id: &str, bytes: &[u8]) -> Attachment {
+    use base64::Engine as _;
+    let mut a = match serde_json::from_slice::<Value>(bytes) {
+        Ok(v) if v.is_object() => Attachment::json(v),
+        _ => {
+            let mut a = Attachment::json(Value::Null);
+            a.data = AttachmentData {
+                base64: Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)),
+                ..AttachmentData::default()
+            };
+            a
+        }
+    };
+    a.id = Some(id.to_owned());
+    a
+}
+
+/// The bytes an attachment carries (inline JSON serialized, or base64/base64url decoded).
+#[must_use]
+pub fn attachment_bytes(a: &Attachment) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    if let Some(v) = &a.data.json {
+        return serde_json::to_vec(v).ok();
+    }
+    let b = a.data.base64.as_deref()?.trim_end_matches('=');
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(b)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(b))
+        .ok()
+}
+
+/// Problem codes (Report Problem 2.0 `code`), spec/mediator.md §4.
+pub mod codes {
+    /// Not a DIDComm message the mediator can unpack or parse.
+    pub const MALFORMED: &str = "e.p.msg.malformed";
+    /// Larger than `max_message_bytes`.
+    pub const TOO_BIG: &str = "e.p.msg.too-big";
+    /// A message type the mediator does not speak.
+    pub const UNSUPPORTED: &str = "e.p.msg.unsupported";
+    /// Needs authcrypt from the DID named in `from`, and (for pickup and key changes) a grant.
+    pub const UNAUTHORIZED: &str = "e.p.req.not-authorized";
+    /// The request id was seen before, or the message expired / is too old.
+    pub const REPLAY: &str = "e.p.msg.replay";
+    /// `forward.next` names no registered key.
+    pub const UNKNOWN_RECIPIENT: &str = "e.p.xfer.unknown-recipient";
+    /// The recipient's queue is full.
+    pub const QUEUE_FULL: &str = "e.p.me.res.storage.queue-full";
+    /// Storage failed.
+    pub const STORAGE: &str = "e.p.me.res.storage";
+    /// Message rate per connection exceeded.
+    pub const RATE_LIMITED: &str = "e.p.req.rate-limited";
+    /// Live mode requested over a transport that cannot push (Pickup 3.0).
+    pub const LIVE_MODE_NOT_SUPPORTED: &str = "e.m.live-mode-not-supported";
+    /// A request body field is missing or of the wrong type.
+    pub const BAD_REQUEST: &str = "e.p.msg.bad-request";
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachments_carry_json_and_binary() {
+        let jwe = br#"{"protected":"x","ciphertext":"y"}"#;
+        let a = message_attachment("m1", jwe);
+        assert_eq!(a.id.as_deref(), Some("m1"));
+        assert!(a.data.json.is_some());
+        let back: Value = serde_json::from_slice(&attachment_bytes(&a).unwrap()).unwrap();
+        assert_eq!(back, serde_json::from_slice::<Value>(jwe).unwrap());
+        let a = message_attachment("m2", b"eyJhbGciOi.x.y");
+        assert_eq!(attachment_bytes(&a).unwrap(), b"eyJhbGciOi.x.y");
+    }
+
+    #[test]
+    fn replies_thread() {
+        let req = message(types::PING, json!({}));
+        let resp = reply(types::PING_RESPONSE, json!({}), &req);
+        assert_eq!(resp.thid.as_deref(), Some(req.id.as_str()));
+        let pr = problem_report(codes::REPLAY, "seen", Some(&req));
+        assert_eq!(pr.pthid.as_deref(), Some(req.id.as_str()));
+        assert_eq!(pr.body["code"], codes::REPLAY);
+    }
+}

@@ -1,0 +1,478 @@
+//! The network shell: accept loop (connection limit, per-connection rate, idle timeout,
+//! graceful drain), the HTTP routes and the WebSocket session loop.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::core::{Core, Transport};
+use crate::live::{LiveHub, LiveSub};
+use crate::messages::codes;
+use crate::metrics::Rejection;
+use crate::store::Store as _;
+
+/// Media types of DIDComm v2 envelopes.
+pub const ENCRYPTED_MEDIA_TYPE: &str = "application/didcomm-encrypted+json";
+/// Signed envelope media type.
+pub const SIGNED_MEDIA_TYPE: &str = "application/didcomm-signed+json";
+/// Plaintext media type.
+pub const PLAIN_MEDIA_TYPE: &str = "application/didcomm-plain+json";
+
+/// State shared by every route.
+#[derive(Clone)]
+pub struct AppState {
+    /// Protocol core.
+    pub core: Arc<Core>,
+    /// Live sessions.
+    pub hub: Arc<LiveHub>,
+    /// Cancelled when the server drains.
+    pub cancel: CancellationToken,
+    /// Tracks connection and session tasks for the drain.
+    pub tracker: TaskTracker,
+    /// `GET /oob` document.
+    pub oob: Arc<serde_json::Value>,
+    /// `GET /did.json` document.
+    pub did_doc: Arc<serde_json::Value>,
+}
+
+/// Token bucket for the per-connection message rate.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Per-connection facts, inserted into each request's extensions.
+pub struct ConnInfo {
+    /// Remote address.
+    pub peer: SocketAddr,
+    bucket: Mutex<Bucket>,
+    rate: f64,
+    burst: f64,
+    core: Arc<Core>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConnInfo {
+    /// Takes one token; `false` if the connection is over its rate.
+    fn allow(&self) -> bool {
+        let Ok(mut b) = self.bucket.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        let elapsed = now.duration_since(b.last).as_secs_f64();
+        b.last = now;
+        b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for ConnInfo {
+    fn drop(&mut self) {
+        self.core
+            .metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The HTTP routes of the DIDComm mediator; `extra` (services such as the relay) is merged.
+pub fn router(state: AppState, extra: Vec<Router>) -> Router {
+    let mut r = Router::new()
+        .route("/didcomm", post(post_didcomm))
+        .route("/", post(post_didcomm))
+        .route("/ws", get(ws_upgrade))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/oob", get(oob))
+        .route("/did.json", get(did_json))
+        .route("/.well-known/did.json", get(did_json))
+        .with_state(state);
+    for e in extra {
+        r = r.merge(e);
+    }
+    r
+}
+
+/// Accepts connections until `state.cancel`, each served on its own tracked task.
+pub async fn serve(listener: TcpListener, state: AppState, app: Router) {
+    let limits = &state.core.config.limits;
+    let sem = Arc::new(Semaphore::new(
+        usize::try_from(limits.max_connections)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS),
+    ));
+    let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
+    loop {
+        let accepted = tokio::select! {
+            () = state.cancel.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let metrics = &state.core.metrics;
+        let Ok(permit) = sem.clone().try_acquire_owned() else {
+            metrics.reject(Rejection::Connections);
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(ConnInfo {
+            peer,
+            bucket: Mutex::new(Bucket {
+                tokens: limits.rate_burst as f64,
+                last: Instant::now(),
+            }),
+            rate: limits.rate_per_connection as f64,
+            burst: limits.rate_burst as f64,
+            core: state.core.clone(),
+            _permit: permit,
+        });
+        let app = app.clone();
+        let cancel = state.cancel.clone();
+        state
+            .tracker
+            .spawn(serve_connection(stream, conn, app, cancel, idle));
+    }
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    conn: Arc<ConnInfo>,
+    app: Router,
+    cancel: CancellationToken,
+    idle: Duration,
+) {
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(conn.clone());
+        let mut app = app.clone();
+        async move { tower_service::Service::call(&mut app, req).await }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .keep_alive(true);
+    let c = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(c);
+    tokio::select! {
+        _ = c.as_mut() => {}
+        () = cancel.cancelled() => {
+            c.as_mut().graceful_shutdown();
+            let _ = c.await;
+        }
+    }
+}
+
+async fn healthz(State(st): State<AppState>) -> Response {
+    match st.core.store.totals().await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let totals = st.core.store.totals().await.ok();
+    let text = st
+        .core
+        .metrics
+        .render(totals, &st.core.config.limit_gauges());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn oob(State(st): State<AppState>) -> Response {
+    axum::Json(st.oob.as_ref().clone()).into_response()
+}
+
+async fn did_json(State(st): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/did+json")],
+        st.did_doc.to_string(),
+    )
+        .into_response()
+}
+
+fn status_for(r: Rejection) -> StatusCode {
+    match r {
+        Rejection::Malformed => StatusCode::BAD_REQUEST,
+        Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Rejection::Unauthorized => StatusCode::FORBIDDEN,
+        Rejection::Replay => StatusCode::CONFLICT,
+        Rejection::UnknownRecipient => StatusCode::NOT_FOUND,
+        Rejection::QueueFull => StatusCode::INSUFFICIENT_STORAGE,
+        Rejection::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Rejection::Connections => StatusCode::SERVICE_UNAVAILABLE,
+        Rejection::Unsupported => StatusCode::UNPROCESSABLE_ENTITY,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Media type of a packed reply (encrypted ones carry `ciphertext`).
+fn media_type(reply: &[u8]) -> &'static str {
+    let head = reply.get(..reply.len().min(4096)).unwrap_or_default();
+    if head.windows(12).any(|w| w == b"\"ciphertext\"")
+        || reply.windows(12).any(|w| w == b"\"ciphertext\"")
+    {
+        ENCRYPTED_MEDIA_TYPE
+    } else {
+        PLAIN_MEDIA_TYPE
+    }
+}
+
+fn didcomm_response(status: StatusCode, reply: Option<Vec<u8>>) -> Response {
+    match reply {
+        None => status.into_response(),
+        Some(r) => {
+            let mt = media_type(&r);
+            let mut resp = (status, Body::from(r)).into_response();
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(mt));
+            resp
+        }
+    }
+}
+
+async fn post_didcomm(
+    State(st): State<AppState>,
+    Extension(conn): Extension<Arc<ConnInfo>>,
+    body: Body,
+) -> Response {
+    let core = &st.core;
+    if !conn.allow() {
+        let h = core.refuse_raw(
+            Rejection::RateLimited,
+            codes::RATE_LIMITED,
+            "too many messages on this connection",
+        );
+        return didcomm_response(StatusCode::TOO_MANY_REQUESTS, h.replies.into_iter().next());
+    }
+    let max = usize::try_from(core.config.limits.max_message_bytes).unwrap_or(usize::MAX);
+    let bytes = match axum::body::to_bytes(body, max).await {
+        Ok(b) => b,
+        Err(_) => {
+            core.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
+            let h = core.refuse_raw(
+                Rejection::TooLarge,
+                codes::TOO_BIG,
+                &format!("message larger than {max} bytes"),
+            );
+            return didcomm_response(StatusCode::PAYLOAD_TOO_LARGE, h.replies.into_iter().next());
+        }
+    };
+    let h = core.handle(&bytes, Transport::Http).await;
+    let status = match h.rejection {
+        Some(r) => status_for(r),
+        None if h.replies.is_empty() => StatusCode::ACCEPTED,
+        None => StatusCode::OK,
+    };
+    didcomm_response(status, h.replies.into_iter().next())
+}
+
+async fn ws_upgrade(
+    State(st): State<AppState>,
+    Extension(conn): Extension<Arc<ConnInfo>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let max = usize::try_from(st.core.config.limits.max_message_bytes).unwrap_or(usize::MAX);
+    let tracker = st.tracker.clone();
+    // Small buffers: an idle session should cost a few KiB, not the 128 KiB default.
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| tracker.track_future(ws_session(st, socket, conn)))
+}
+
+/// What a WebSocket session remembers between frames.
+struct Session {
+    live: Option<(String, LiveSub)>,
+    /// Ids pushed on this socket and not yet acknowledged.
+    inflight: HashSet<String>,
+}
+
+async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
+    let core = st.core.clone();
+    let m = &core.metrics;
+    m.websockets_open.fetch_add(1, Ordering::Relaxed);
+    let idle = Duration::from_secs(core.config.limits.idle_timeout_secs.max(1));
+    let mut s = Session {
+        live: None,
+        inflight: HashSet::new(),
+    };
+    tracing::debug!(peer = %conn.peer, "websocket open");
+    loop {
+        let wake = s.live.as_ref().map(|(_, sub)| sub.notify.clone());
+        let woken = async move {
+            match wake {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let frame = tokio::select! {
+            () = st.cancel.cancelled() => {
+                let _ = socket.send(WsMessage::Close(None)).await;
+                break;
+            }
+            () = woken => {
+                if push_pending(&core, &mut s, &mut socket).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            f = tokio::time::timeout(idle, socket.recv()) => f,
+        };
+        let bytes = match frame {
+            Err(_) => {
+                tracing::debug!(peer = %conn.peer, "websocket idle timeout");
+                let _ = socket.send(WsMessage::Close(None)).await;
+                break;
+            }
+            Ok(None | Some(Err(_))) => break,
+            Ok(Some(Ok(msg))) => match msg {
+                WsMessage::Text(t) => bytes::Bytes::from(t),
+                WsMessage::Binary(b) => b,
+                WsMessage::Close(_) => break,
+                _ => continue,
+            },
+        };
+        let h = if conn.allow() {
+            core.handle(&bytes, Transport::WebSocket).await
+        } else {
+            core.refuse_raw(
+                Rejection::RateLimited,
+                codes::RATE_LIMITED,
+                "too many messages on this connection",
+            )
+        };
+        let mut failed = false;
+        for r in h.replies {
+            if send(&mut socket, r).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed {
+            break;
+        }
+        if let Some((did, ids)) = h.received {
+            if s.live.as_ref().is_some_and(|(d, _)| *d == did) {
+                for id in &ids {
+                    s.inflight.remove(id);
+                }
+                // Room in the window: push what is still waiting.
+                if push_pending(&core, &mut s, &mut socket).await.is_err() {
+                    break;
+                }
+            }
+        }
+        if let Some((did, on)) = h.live {
+            if s.live.is_some() {
+                m.live_sessions.fetch_sub(1, Ordering::Relaxed);
+            }
+            s.live = None;
+            s.inflight.clear();
+            if on {
+                // Registering leaves a permit: the next loop turn pushes everything queued
+                // before live mode was switched on.
+                s.live = Some((did.clone(), st.hub.register(&did)));
+                m.live_sessions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    if s.live.is_some() {
+        m.live_sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+    m.websockets_open.fetch_sub(1, Ordering::Relaxed);
+    tracing::debug!(peer = %conn.peer, "websocket closed");
+}
+
+async fn send(socket: &mut WebSocket, bytes: Vec<u8>) -> Result<(), axum::Error> {
+    let text = String::from_utf8(bytes).unwrap_or_default();
+    socket.send(WsMessage::text(text)).await
+}
+
+/// Pushes queued messages not yet pushed on this socket, in `delivery` batches, until the
+/// queue is exhausted or `max_inflight` unacknowledged messages are out.
+async fn push_pending(
+    core: &Core,
+    s: &mut Session,
+    socket: &mut WebSocket,
+) -> Result<(), axum::Error> {
+    let Some((did, _)) = &s.live else {
+        return Ok(());
+    };
+    let did = did.clone();
+    let batch_max = usize::try_from(core.config.limits.max_delivery_batch.max(1)).unwrap_or(100);
+    let window = usize::try_from(core.config.limits.max_inflight.max(1)).unwrap_or(1000);
+    loop {
+        if s.inflight.len() >= window {
+            return Ok(());
+        }
+        let want = s.inflight.len() + batch_max;
+        let queued = match core.store.fetch(&did, None, want).await {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::error!(error = %e, "live delivery: store fetch failed");
+                return Ok(());
+            }
+        };
+        if queued.len() < want {
+            // We saw the whole queue: forget ids acknowledged elsewhere (another socket of
+            // the same DID), so they do not hold the window.
+            let present: HashSet<&str> = queued.iter().map(|m| m.id.as_str()).collect();
+            s.inflight.retain(|id| present.contains(id.as_str()));
+        }
+        let fresh: Vec<_> = queued
+            .into_iter()
+            .filter(|m| !s.inflight.contains(&m.id))
+            .take(batch_max.min(window - s.inflight.len()))
+            .collect();
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let mut msg = core.delivery(&fresh, None, None);
+        let packed = core.pack_for(&mut msg, &did).await;
+        core.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+        send(socket, packed).await?;
+        let full = fresh.len() == batch_max;
+        s.inflight.extend(fresh.into_iter().map(|m| m.id));
+        if !full {
+            return Ok(());
+        }
+    }
+}
