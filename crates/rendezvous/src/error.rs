@@ -97,6 +97,12 @@ pub enum RelayError {
     /// The server is at its client limit.
     #[error("relay server full")]
     TooManyClients,
+    /// A frame the client did not expect in its state (client side).
+    #[error("unexpected relay frame")]
+    UnexpectedFrame,
+    /// The challenge names another relay than the one we meant to reach.
+    #[error("relay identity mismatch")]
+    WrongRelay,
 }
 
 /// Errors of the candidate exchange format and the check planner.

@@ -11,7 +11,8 @@
 //! - [`relay`]: the relay frame codec (DERP / iroh-relay style) and the
 //!   DID-key challenge/response transcript.
 //! - [`relay_server`]: the relay's client table, bounded queues, rate limits,
-//!   timeouts and metrics as a state machine.
+//!   timeouts and metrics as a state machine; [`relay_client`]: the client's
+//!   side (challenge answer, events).
 //! - [`candidate`]: candidates, the JSON candidate exchange format and the
 //!   connectivity-check planner.
 //! - `net` (feature `tokio`, off by default): a UDP+TCP STUN server task and
@@ -58,6 +59,7 @@ pub mod nat;
 #[cfg(feature = "tokio")]
 pub mod net;
 pub mod relay;
+pub mod relay_client;
 pub mod relay_server;
 pub mod stun;
 
