@@ -229,7 +229,14 @@ impl MediatorClient {
         &self.resolver
     }
 
-    /// Authcrypt `msg` from us to the mediator.
+    /// Authcrypt `msg` from us to the mediator (what [`Self::request`] sends).
+    ///
+    /// # Errors
+    /// Packing failure.
+    pub async fn pack_for_mediator(&self, msg: Message) -> Result<String, ClientError> {
+        self.pack_request(msg).await
+    }
+
     async fn pack_request(&self, mut msg: Message) -> Result<String, ClientError> {
         msg.from = Some(self.did.clone());
         msg.to = Some(vec![self.info.did.clone()]);
