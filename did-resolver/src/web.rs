@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use url::Url;
+pub use url::Url;
 
 use crate::did::Did;
 use crate::document::{DidDocument, MAX_DOCUMENT_BYTES};
