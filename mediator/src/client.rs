@@ -418,24 +418,8 @@ impl MediatorClient {
     ///
     /// # Errors
     /// `to` has no usable service or key, packing fails, or the mediator refuses.
-    pub async fn send(&self, to: &str, mut msg: Message) -> Result<String, ClientError> {
-        msg.from = Some(self.did.clone());
-        msg.to = Some(vec![to.to_owned()]);
-        let p = pack_encrypted(
-            &msg,
-            to,
-            Some(&self.did),
-            None,
-            &self.resolver,
-            &self.secrets,
-            &PackOptions::default(),
-        )
-        .await?;
-        let svc = p
-            .service
-            .ok_or_else(|| ClientError::Url(format!("{to} has no DIDCommMessaging service")))?;
-        post_packed(&self.http, &svc.uri, p.message.into_bytes()).await?;
-        Ok(svc.uri)
+    pub async fn send(&self, to: &str, msg: Message) -> Result<String, ClientError> {
+        send_message(&self.http, &self.did, &self.secrets, &self.resolver, to, msg).await
     }
 
     /// Opens a WebSocket and switches live delivery on.
@@ -456,6 +440,53 @@ impl MediatorClient {
         .await?;
         Ok(conn)
     }
+}
+
+/// Packs `msg` from `from` to `to` (authcrypt), wraps it in forwards for the routing keys
+/// of `to`'s first DIDComm service (found through `resolver`) and POSTs it to that
+/// service's URI. Returns the URI. Needs no mediator of the sender's own.
+///
+/// # Errors
+/// `to` has no usable service or key, packing fails, or the endpoint refuses.
+pub async fn send_message(
+    http: &reqwest::Client,
+    from: &str,
+    secrets: &SecretStore,
+    resolver: &UniversalResolver,
+    to: &str,
+    mut msg: Message,
+) -> Result<String, ClientError> {
+    msg.from = Some(from.to_owned());
+    msg.to = Some(vec![to.to_owned()]);
+    let p = pack_encrypted(
+        &msg,
+        to,
+        Some(from),
+        None,
+        resolver,
+        secrets,
+        &PackOptions::default(),
+    )
+    .await?;
+    let svc = p
+        .service
+        .ok_or_else(|| ClientError::Url(format!("{to} has no DIDCommMessaging service")))?;
+    if !(svc.uri.starts_with("http://") || svc.uri.starts_with("https://")) {
+        return Err(ClientError::Url(format!(
+            "{to}'s service endpoint {} is not an http(s) URL",
+            svc.uri
+        )));
+    }
+    post_packed(http, &svc.uri, p.message.into_bytes()).await?;
+    Ok(svc.uri)
+}
+
+/// An HTTP client with the timeouts the mediator client uses.
+///
+/// # Errors
+/// The TLS backend cannot be initialised.
+pub fn new_http_client() -> Result<reqwest::Client, ClientError> {
+    http_client()
 }
 
 /// POSTs a packed message to a DIDComm HTTP endpoint; `Ok` on 2xx.

@@ -44,6 +44,13 @@ enum Command {
     Didcomm(cmd::didcomm::DidcommCommand),
     /// Create or decode a DIDComm Out-of-Band 2.0 invitation (URL, JSON, QR code).
     Invite(cmd::invite::InviteArgs),
+    /// Register with a DIDComm mediator and check its queue.
+    #[command(subcommand)]
+    Mediator(cmd::mediator::MediatorCommand),
+    /// Send a DIDComm message to a DID through its mediator.
+    Send(cmd::send::SendArgs),
+    /// Read (and acknowledge) messages waiting at your mediator; --watch for live mode.
+    Inbox(cmd::inbox::InboxArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +81,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resolve(a) => cmd::resolve::run(&ctx, a).await,
         Command::Didcomm(c) => cmd::didcomm::run(&ctx, c).await,
         Command::Invite(a) => cmd::invite::run(&ctx, a).await,
+        Command::Mediator(c) => cmd::mediator::run(&ctx, c).await,
+        Command::Send(a) => cmd::send::run(&ctx, a).await,
+        Command::Inbox(a) => cmd::inbox::run(&ctx, a).await,
     }
 }
 

@@ -2,5 +2,8 @@
 
 pub mod didcomm;
 pub mod id;
+pub mod inbox;
 pub mod invite;
+pub mod mediator;
 pub mod resolve;
+pub mod send;
