@@ -649,6 +649,17 @@ impl Session {
         match plaintext {
             Plaintext::Frame(frame) => frame.encode(&mut self.scratch)?,
             Plaintext::Raw(bytes) => self.scratch.extend_from_slice(bytes),
+            Plaintext::StreamData { stream, offset, n } => {
+                // The same encoding as `Frame::Data` (spec §5.4).
+                let s = self
+                    .send_streams
+                    .get(&stream)
+                    .ok_or(SessionError::State("unknown stream"))?;
+                self.scratch.push(FrameType::Data as u8);
+                self.scratch.extend_from_slice(&stream.to_be_bytes());
+                self.scratch.extend_from_slice(&offset.to_be_bytes());
+                copy_range(&s.buf, offset - s.acked, n, &mut self.scratch);
+            }
         }
         let body_len = 8 + self.scratch.len() + crate::cipher::TAG_LEN;
         let length = u16::try_from(body_len).map_err(|_| SessionError::Limit("record"))?;
@@ -669,27 +680,18 @@ impl Session {
 
     /// Sends every untransmitted byte (and a due FIN) of one stream.
     fn transmit_stream(&mut self, now_ms: u64, stream: u32) -> Result<()> {
-        let mut chunk = Vec::new();
         loop {
             let Some(s) = self.send_streams.get(&stream) else {
                 return Ok(());
             };
             let end = s.write_end();
             if s.sent < end {
-                let start = s.sent;
-                let n = (end - start).min(MAX_DATA_PER_FRAME as u64);
-                chunk.clear();
-                copy_range(&s.buf, start - s.acked, n, &mut chunk);
-                self.seal(
-                    now_ms,
-                    &Frame::Data {
-                        stream,
-                        offset: start,
-                        data: &chunk,
-                    },
-                )?;
+                let offset = s.sent;
+                let n = (end - offset).min(MAX_DATA_PER_FRAME as u64);
+                // Encoded straight from the send buffer: no intermediate copy.
+                self.seal_bytes(now_ms, Plaintext::StreamData { stream, offset, n })?;
                 if let Some(s) = self.send_streams.get_mut(&stream) {
-                    s.sent = start + n;
+                    s.sent = offset + n;
                     s.max_sent = s.max_sent.max(s.sent);
                 }
             } else if s.fin && !s.fin_sent {
@@ -875,6 +877,12 @@ impl Session {
 enum Plaintext<'f, 'a> {
     Frame(&'f Frame<'a>),
     Raw(&'f [u8]),
+    /// `n` bytes of a send stream's buffer from `offset`, as a DATA frame.
+    StreamData {
+        stream: u32,
+        offset: u64,
+        n: u64,
+    },
 }
 
 fn epoch_mask() -> u64 {
