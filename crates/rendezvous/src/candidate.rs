@@ -163,6 +163,57 @@ impl Candidate {
     }
 }
 
+/// Builds a candidate list from what the shell gathered (RFC 8445 §5.1.1):
+/// host sockets, the server-reflexive addresses STUN reported for them
+/// (`(base, mapped, server)`), and the home relay (`(relay address, url)`).
+/// A server-reflexive address equal to a host address is redundant and
+/// dropped (§5.1.3: no NAT on that path); duplicates are removed; the
+/// result is sorted by priority and capped at [`MAX_CANDIDATES`].
+pub fn gather(
+    transport: Transport,
+    hosts: &[SocketAddr],
+    reflexive: &[(SocketAddr, SocketAddr, &str)],
+    relay: Option<(SocketAddr, &str)>,
+) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = Vec::new();
+    let push = |c: Candidate, out: &mut Vec<Candidate>| {
+        if c.validate().is_ok()
+            && !out
+                .iter()
+                .any(|o| o.addr == c.addr && o.kind == c.kind && o.transport == c.transport)
+        {
+            out.push(c);
+        }
+    };
+    for (i, h) in hosts.iter().enumerate() {
+        let index = u16::try_from(i).unwrap_or(u16::MAX);
+        push(
+            Candidate::new(CandidateKind::Host, transport, *h, index, None),
+            &mut out,
+        );
+    }
+    for (i, (_base, mapped, server)) in reflexive.iter().enumerate() {
+        if hosts.contains(mapped) {
+            continue;
+        }
+        let index = u16::try_from(i).unwrap_or(u16::MAX);
+        let c = Candidate::new(
+            CandidateKind::ServerReflexive,
+            transport,
+            *mapped,
+            index,
+            Some(server),
+        );
+        push(c, &mut out);
+    }
+    if let Some((addr, url)) = relay {
+        push(Candidate::relay(Transport::Tcp, addr, url), &mut out);
+    }
+    out.sort_by_key(|c| std::cmp::Reverse(c.priority));
+    out.truncate(MAX_CANDIDATES);
+    out
+}
+
 /// Most candidates in one set (spec/session.md's `candidates` message allows 64).
 pub const MAX_CANDIDATES: usize = 64;
 /// Longest foundation (RFC 8445 §5.1.1.3 allows 32 ice-chars).
@@ -410,13 +461,17 @@ impl CheckPlanner {
         }
         let order = |v: &mut Vec<CandidatePair>| {
             v.sort_by_key(|p| std::cmp::Reverse(p.priority));
-            // Same addresses and transport: one check is enough.
-            v.dedup_by(|a, b| {
-                a.local.addr == b.local.addr
-                    && a.remote.addr == b.remote.addr
-                    && a.local.transport == b.local.transport
-                    && a.remote.transport == b.remote.transport
-                    && a.kind == b.kind
+            // Same addresses, transports and kind: one check is enough (the
+            // first, highest-priority copy stays; copies need not be adjacent).
+            let mut seen = std::collections::HashSet::new();
+            v.retain(|p| {
+                seen.insert((
+                    p.local.addr,
+                    p.remote.addr,
+                    p.local.transport,
+                    p.remote.transport,
+                    p.kind,
+                ))
             });
         };
         order(&mut direct);

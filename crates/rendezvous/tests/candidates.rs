@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use mpc_did_rendezvous::candidate::{
     pair_priority, priority, validate_candidates, Candidate, CandidateKind, CandidateSet,
-    CheckPlanner, PairId, PathKind, PlannerAction, PlannerConfig, Transport,
+    CheckPlanner, PairId, PairState, PathKind, PlannerAction, PlannerConfig, Transport,
 };
 use mpc_did_rendezvous::nat::NatMapping;
 use mpc_did_rendezvous::CandidateError;
@@ -379,5 +379,116 @@ proptest! {
     #[test]
     fn arbitrary_json_never_panics(s in "\\PC{0,200}") {
         let _ = CandidateSet::from_json(&s);
+    }
+}
+
+#[test]
+fn gather_drops_redundant_and_invalid_candidates() {
+    // RFC 8445 §5.1.3: a srflx equal to a host candidate is redundant.
+    let h1: std::net::SocketAddr = "192.0.2.2:40000".parse().unwrap();
+    let public: std::net::SocketAddr = "198.51.100.10:62000".parse().unwrap();
+    let unspecified: std::net::SocketAddr = "0.0.0.0:40001".parse().unwrap();
+    let c = mpc_did_rendezvous::candidate::gather(
+        Transport::Quic,
+        &[h1, h1, unspecified],
+        &[
+            (h1, public, "stun:m"),
+            (h1, public, "stun:m"),
+            (h1, h1, "stun:m"),
+        ],
+        Some(("198.51.100.1:443".parse().unwrap(), "wss://m.example/relay")),
+    );
+    let kinds: Vec<CandidateKind> = c.iter().map(|x| x.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            CandidateKind::Host,
+            CandidateKind::ServerReflexive,
+            CandidateKind::Relay
+        ]
+    );
+    assert!(validate_candidates(&c).is_ok());
+    assert_eq!(c[1].addr, public);
+}
+
+fn arb_cands(kind_bias: u8) -> impl Strategy<Value = Vec<Candidate>> {
+    // Mostly QUIC host / server-reflexive candidates so that most cases have
+    // several pairs checked concurrently; some TCP and relay ones too.
+    proptest::collection::vec((0u8..8, 1u16..4, 0u8..10, 0u8..4), 1..6).prop_map(move |v| {
+        v.into_iter()
+            .map(|(host, port, k, tr)| {
+                let addr = std::net::SocketAddr::from(([192, 0, 2 + kind_bias, host + 1], port));
+                let t = if tr == 0 {
+                    Transport::Tcp
+                } else {
+                    Transport::Quic
+                };
+                match k {
+                    0..=4 => Candidate::new(CandidateKind::Host, t, addr, 0, None),
+                    5..=7 => Candidate::new(CandidateKind::ServerReflexive, t, addr, 0, Some("s")),
+                    _ => Candidate::relay(t, addr, "wss://r/relay"),
+                }
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    // The planner always ends (Decided or NoPath) with deadlines that move
+    // forward, and the decision is a pair that succeeded, never beaten by a
+    // higher-priority pair that succeeded before the decision (§5.4).
+    #[test]
+    fn planner_terminates_and_picks_a_success(
+        local in arb_cands(0),
+        remote in arb_cands(1),
+        outcomes in proptest::collection::vec((any::<bool>(), 1u64..4000), 64),
+        controlling in any::<bool>(),
+    ) {
+        let t0 = Instant::now();
+        let mut p = CheckPlanner::new(&local, &remote, controlling, fast());
+        let mut now = t0;
+        let mut pending: Vec<(Instant, PairId, bool, u64)> = vec![];
+        let mut k = 0;
+        let mut decided = None;
+        let mut first_success: Option<Instant> = None;
+        for _ in 0..10_000 {
+            // Deliver results that are due.
+            pending.sort_by_key(|x| x.0);
+            while let Some(&(due, id, ok, rtt)) = pending.first() {
+                if due > now { break; }
+                pending.remove(0);
+                if ok && first_success.is_none() {
+                    first_success = Some(now);
+                }
+                p.on_result(id, ok.then(|| Duration::from_millis(rtt)), now);
+            }
+            match p.poll(now) {
+                PlannerAction::StartCheck(id) => {
+                    let (ok, ms) = outcomes[k % outcomes.len()];
+                    k += 1;
+                    pending.push((now + Duration::from_millis(ms), id, ok, ms));
+                }
+                PlannerAction::WaitUntil(d) => {
+                    prop_assert!(d > now);
+                    let next_result = pending.iter().map(|x| x.0).min();
+                    now = next_result.map_or(d, |r| r.min(d)).max(now + Duration::from_micros(1));
+                }
+                PlannerAction::Decided(c) => { decided = Some(Some(c)); break; }
+                PlannerAction::NoPath => { decided = Some(None); break; }
+            }
+        }
+        let decided = decided.expect("planner ended");
+        prop_assert!(now <= t0 + Duration::from_secs(60));
+        if let Some(c) = decided {
+            let pair = p.pairs().iter().find(|x| x.local == c.local && x.remote == c.remote && x.kind == c.kind).unwrap();
+            prop_assert!(matches!(pair.state, PairState::Succeeded(_)));
+            prop_assert!(p.pairs().iter().all(|x| !matches!(x.state, PairState::Succeeded(_)) || x.priority <= pair.priority));
+            // Either nothing better could still succeed, or the settle time passed.
+            let better_open = p.pairs().iter().any(|x| x.priority > pair.priority && x.state != PairState::Failed);
+            prop_assert!(!better_open || now >= first_success.unwrap() + fast().settle);
+        } else {
+            prop_assert!(p.pairs().iter().all(|x| x.state == PairState::Failed));
+        }
     }
 }
