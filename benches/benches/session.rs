@@ -18,7 +18,10 @@ const BOB: &str = "did:key:z6MkBob";
 
 fn config() -> SessionConfig {
     // An ACK every 1 MiB: the receiver acknowledges in bulk as it would under load.
-    SessionConfig { ack_threshold_bytes: 1 << 20, ..SessionConfig::default() }
+    SessionConfig {
+        ack_threshold_bytes: 1 << 20,
+        ..SessionConfig::default()
+    }
 }
 
 /// The complete handshake of spec/session.md §2: fresh static keys for both sides,
@@ -53,7 +56,8 @@ fn one_message(a: &mut Session, b: &mut Session, stream: u32, msg: &[u8]) -> usi
 
 fn bench_messages(c: &mut Criterion) {
     let mut g = c.benchmark_group("session_seal_open");
-    g.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
     for size in [64usize, 1024, 64 * 1024] {
         let (mut a, mut b) = handshake();
         let stream = a.open_stream().unwrap();
@@ -69,7 +73,9 @@ fn bench_messages(c: &mut Criterion) {
 fn bench_handshake(c: &mut Criterion) {
     let mut g = c.benchmark_group("session_handshake");
     g.measurement_time(Duration::from_secs(3)).sample_size(30);
-    g.bench_function("full_kk_both_sides", |bench| bench.iter(|| black_box(handshake())));
+    g.bench_function("full_kk_both_sides", |bench| {
+        bench.iter(|| black_box(handshake()))
+    });
     g.finish();
 }
 
