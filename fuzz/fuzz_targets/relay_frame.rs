@@ -1,5 +1,5 @@
-//! Relay frame decoders on an arbitrary byte stream, and the relay server
-//! core fed with whatever decodes: never panics, decoded frames re-encode
+//! Relay frame decoders on an arbitrary byte stream, and the relay client
+//! and server cores fed with whatever decodes: never panics, decoded frames re-encode
 //! to the exact bytes consumed. Seeds: fuzz/seeds/relay_frame
 //! (crates/rendezvous/tests/vectors/relay_frames.json).
 #![no_main]
@@ -11,13 +11,24 @@ use libfuzzer_sys::fuzz_target;
 use mpc_did_rendezvous::relay::{
     sign_client_auth, ClientAuth, ClientToRelay, RelayToClient, SigningKey, VerifyingKey,
 };
+use mpc_did_rendezvous::relay_client::{ClientEvent, RelayClient};
 use mpc_did_rendezvous::relay_server::{Handled, RelayConfig, RelayServer};
 
 fuzz_target!(|data: &[u8]| {
+    // Relay -> client direction, driving the client core.
+    let mut client = RelayClient::new(
+        SigningKey::from_bytes(&[9; 32]),
+        "did:key:me",
+        "did:key:me#k",
+        Some("did:web:relay.example".into()),
+    );
     let mut rest = data;
     while let Ok(Some((m, used))) = RelayToClient::decode(rest) {
         assert_eq!(m.to_bytes().expect("re-encodes"), rest[..used]);
         rest = &rest[used..];
+        if let Ok(ClientEvent::Send(out)) = client.on_frame(m, 1_800_000_000) {
+            out.to_bytes().expect("client frames encode");
+        }
     }
 
     let t0 = Instant::now();
