@@ -1,5 +1,5 @@
 //! The relay client as a state machine without I/O: answers the challenge
-//! with a signed [`ClientAuth`], then turns relay frames into events.
+//! with a signed [`ClientAuth`](crate::relay::ClientAuth), then turns relay frames into events.
 //!
 //! ```text
 //!  AwaitChallenge ─ServerChallenge─▶ (send ClientAuth) AwaitAuth ─AuthOk─▶ Ready ─▶ packets
