@@ -419,7 +419,15 @@ impl MediatorClient {
     /// # Errors
     /// `to` has no usable service or key, packing fails, or the mediator refuses.
     pub async fn send(&self, to: &str, msg: Message) -> Result<String, ClientError> {
-        send_message(&self.http, &self.did, &self.secrets, &self.resolver, to, msg).await
+        send_message(
+            &self.http,
+            &self.did,
+            &self.secrets,
+            &self.resolver,
+            to,
+            msg,
+        )
+        .await
     }
 
     /// Opens a WebSocket and switches live delivery on.

@@ -80,3 +80,33 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// A fresh did:key identity (Ed25519, X25519 derived) and its secrets, for tests and
+/// benchmarks that need parties without a wallet.
+///
+/// # Panics
+/// Never in practice: a did:key made here always resolves.
+#[must_use]
+#[allow(clippy::expect_used)]
+pub fn ephemeral_identity() -> (String, mpc_did_didcomm::SecretStore) {
+    use mpc_did_didcomm::{Secret, SecretStore};
+    use mpc_did_resolver::key;
+    let mut seed = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let did = key::did_from_ed25519(&signing.verifying_key().to_bytes());
+    let doc = key::resolve(&did).expect("a fresh did:key resolves");
+    let mut secrets = SecretStore::new();
+    if let Some(ka) = doc.key_agreement_methods().first() {
+        secrets.insert(
+            ka.id.clone(),
+            Secret::X25519(x25519_dalek::StaticSecret::from(
+                key::x25519_secret_from_ed25519_seed(&seed),
+            )),
+        );
+    }
+    if let Some(auth) = doc.authentication_methods().first() {
+        secrets.insert(auth.id.clone(), Secret::Ed25519(signing));
+    }
+    (did, secrets)
+}

@@ -1,0 +1,359 @@
+//! Mediator benchmark: forward + live pickup throughput and latency at 1, 10, 100 and
+//! 1,000 concurrent sending clients, and memory per idle WebSocket client.
+//!
+//! Run: `cargo bench -p mpc-did-benches --bench mediator` (prints a markdown table).
+//! Without `--bench` (as `cargo test --benches` runs it) it does a small smoke run.
+//!
+//! What is measured (spec/mediator.md §9): the mediator runs in a child process (this
+//! executable re-run with `--child-mediator`, release build, sled store with group
+//! commit). Senders POST real DIDComm messages (authcrypt to the recipient, wrapped in an
+//! anoncrypt Routing 2.0 forward to the mediator) over HTTP/1.1 keep-alive, one connection
+//! per client, each waiting for the 202 before the next. Recipients (up to 100) hold
+//! WebSockets in Pickup 3.0 live mode, take each pushed `delivery` and acknowledge with
+//! `messages-received`. Messages are packed before the clock starts (sender-side crypto is
+//! the sender's cost, not the mediator's); recipients do not decrypt the inner message
+//! inside the timed window. Latency = 202-to-push: from just before the POST to the
+//! arrival of the delivery carrying the message. Both processes share the machine's cores.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mpc_did_didcomm::{pack_encrypted, wrap_in_forward, PackOptions};
+use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
+use mpc_did_mediator::messages::message;
+use mpc_did_mediator::store::message_id;
+use mpc_did_mediator::testkit::ephemeral_identity;
+use mpc_did_mediator::{Config, Limits, Mediator};
+use mpc_did_resolver::UniversalResolver;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    if let Some(i) = args.iter().position(|a| a == "--child-mediator") {
+        rt.block_on(child(&args[i + 1]));
+        return ExitCode::SUCCESS;
+    }
+    let full = args.iter().any(|a| a == "--bench");
+    rt.block_on(parent(full));
+    ExitCode::SUCCESS
+}
+
+/// The mediator under test, in its own process so that its RSS can be read.
+async fn child(dir: &str) {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: dir.into(),
+        limits: Limits {
+            rate_per_connection: 1_000_000,
+            rate_burst: 1_000_000,
+            max_connections: 30_000,
+            max_queue_messages: 10_000_000,
+            max_queue_bytes: 10_000_000_000,
+            idle_timeout_secs: 600,
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    let h = Mediator::builder(config).start().await.unwrap();
+    println!("{}", h.public_url);
+    std::io::stdout().flush().unwrap();
+    // Until the parent closes our stdin.
+    tokio::task::spawn_blocking(|| {
+        let mut s = String::new();
+        while std::io::stdin()
+            .read_line(&mut s)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {}
+    })
+    .await
+    .unwrap();
+    h.shutdown().await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Row {
+    clients: usize,
+    messages: usize,
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+async fn parent(full: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .arg("--child-mediator")
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let url = url.trim().to_owned();
+    let pid = child.id();
+    let info = MediatorInfo::discover(&url).await.unwrap();
+    eprintln!("mediator {} at {url} (pid {pid})", info.did);
+
+    let levels: &[(usize, usize)] = if full {
+        &[(1, 2000), (10, 4000), (100, 5000), (1000, 5000)]
+    } else {
+        &[(1, 20), (10, 50)]
+    };
+    let mut rows = Vec::new();
+    for &(clients, messages) in levels {
+        rows.push(level(&info, clients, messages).await);
+    }
+    let idle_clients = if full { 10_000 } else { 100 };
+    let (idle_rss_before, idle_rss_after) = idle_websockets(&url, pid, idle_clients).await;
+
+    println!("\n| concurrent clients | messages | messages/s | p50 latency | p99 latency |");
+    println!("|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.1} ms | {:.1} ms |",
+            r.clients, r.messages, r.per_sec, r.p50_ms, r.p99_ms
+        );
+    }
+    let per = (idle_rss_after.saturating_sub(idle_rss_before)) as f64 / idle_clients as f64;
+    println!(
+        "\nidle WebSocket clients: {idle_clients}; mediator RSS {:.1} MiB before, {:.1} MiB with them open: {:.1} KiB per client",
+        idle_rss_before as f64 / 1024.0,
+        idle_rss_after as f64 / 1024.0,
+        per
+    );
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+/// One prepared message: who sends, to which recipient, the packed forward, its queue id.
+struct Prepared {
+    sender: usize,
+    body: String,
+    queue_id: String,
+}
+
+async fn level(info: &MediatorInfo, clients: usize, messages: usize) -> Row {
+    let recipients_n = clients.min(100);
+    let resolver = UniversalResolver::new().unwrap();
+    resolver.insert(info.document().unwrap());
+    let mut recipients = Vec::new();
+    for _ in 0..recipients_n {
+        let (did, secrets) = ephemeral_identity();
+        let c = MediatorClient::new(info.clone(), &did, secrets, resolver.clone()).unwrap();
+        c.register().await.unwrap();
+        recipients.push(c);
+    }
+    let senders: Vec<_> = (0..clients).map(|_| ephemeral_identity()).collect();
+    let senders = Arc::new(senders);
+
+    // Pack everything before the clock starts, on both cores.
+    let t = Instant::now();
+    let mut jobs = Vec::new();
+    let per_job = messages.div_ceil(8);
+    for j in 0..8 {
+        let (senders, resolver, info) = (senders.clone(), resolver.clone(), info.clone());
+        let rdids: Vec<String> = recipients.iter().map(|r| r.did.clone()).collect();
+        jobs.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in (j * per_job)..((j + 1) * per_job).min(messages) {
+                let s = i % senders.len();
+                let to = &rdids[s % rdids.len()];
+                let (from, secrets) = &senders[s];
+                let msg = message(
+                    "https://example.org/bench/1.0/m",
+                    serde_json::json!({ "i": i }),
+                )
+                .from(from.clone())
+                .to(to.clone());
+                let opts = PackOptions {
+                    forward: false,
+                    ..PackOptions::default()
+                };
+                let inner = pack_encrypted(&msg, to, Some(from), None, &resolver, secrets, &opts)
+                    .await
+                    .unwrap()
+                    .message;
+                let canonical = serde_json::from_str::<serde_json::Value>(&inner)
+                    .unwrap()
+                    .to_string();
+                let body = wrap_in_forward(
+                    &inner,
+                    to,
+                    &[info.routing_key.clone()],
+                    &resolver,
+                    opts.anon_enc,
+                )
+                .await
+                .unwrap();
+                out.push(Prepared {
+                    sender: s,
+                    body,
+                    queue_id: message_id(canonical.as_bytes()),
+                });
+            }
+            out
+        }));
+    }
+    let mut prepared = Vec::with_capacity(messages);
+    for j in jobs {
+        prepared.extend(j.await.unwrap());
+    }
+    eprintln!(
+        "{clients} clients: packed {messages} messages in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let remaining = Arc::new(tokio::sync::Semaphore::new(0));
+
+    // Recipients go live first.
+    let mut lives = Vec::new();
+    for r in &recipients {
+        let mut live = r.live().await.unwrap();
+        let (received, remaining) = (received.clone(), remaining.clone());
+        lives.push(tokio::spawn(async move {
+            loop {
+                let batch = match live.next_batch(Duration::from_secs(60)).await {
+                    Ok(b) => b,
+                    Err(_) => break,
+                };
+                let now = Instant::now();
+                let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
+                let mut fresh = 0;
+                {
+                    let mut rec = received.lock().unwrap();
+                    for id in &ids {
+                        if rec.insert(id.clone(), now).is_none() {
+                            fresh += 1;
+                        }
+                    }
+                }
+                live.ack(&ids).await.unwrap();
+                remaining.add_permits(fresh);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Group by sender; each sender is one HTTP/1.1 connection sending sequentially.
+    let mut by_sender: Vec<Vec<Prepared>> = (0..clients).map(|_| Vec::new()).collect();
+    for p in prepared {
+        by_sender[p.sender].push(p);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for batch in by_sender {
+        let sent = sent.clone();
+        let endpoint = info.http.clone();
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            for p in batch {
+                sent.lock()
+                    .unwrap()
+                    .insert(p.queue_id.clone(), Instant::now());
+                let resp = http
+                    .post(&endpoint)
+                    .header("content-type", "application/didcomm-encrypted+json")
+                    .body(p.body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status().as_u16(), 202);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = u32::try_from(messages).unwrap();
+    tokio::time::timeout(Duration::from_secs(300), remaining.acquire_many(all))
+        .await
+        .expect("every message delivered")
+        .unwrap()
+        .forget();
+    let elapsed = start.elapsed();
+    for l in lives {
+        l.abort();
+    }
+    let sent = sent.lock().unwrap();
+    let received = received.lock().unwrap();
+    let mut lat: Vec<f64> = sent
+        .iter()
+        .filter_map(|(id, s)| {
+            received
+                .get(id)
+                .map(|r| r.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    assert_eq!(
+        lat.len(),
+        messages,
+        "every message delivered exactly once after de-duplication"
+    );
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let row = Row {
+        clients,
+        messages,
+        per_sec: messages as f64 / elapsed.as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    };
+    eprintln!(
+        "{clients} clients: {:.0} msg/s, p50 {:.1} ms, p99 {:.1} ms",
+        row.per_sec, row.p50_ms, row.p99_ms
+    );
+    row
+}
+
+/// Opens `n` WebSockets that stay idle; returns the mediator's RSS (KiB) before and after.
+async fn idle_websockets(url: &str, pid: u32, n: usize) -> (u64, u64) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid);
+    let ws_url = format!("{}/ws", url.replacen("http://", "ws://", 1));
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut tasks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (ws_url, sem) = (ws_url.clone(), sem.clone());
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            tokio_tungstenite::connect_async(ws_url.as_str())
+                .await
+                .map(|(ws, _)| ws)
+        }));
+    }
+    let mut sockets = Vec::with_capacity(n);
+    for t in tasks {
+        sockets.push(t.await.unwrap().expect("websocket connect"));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid);
+    let health = reqwest::get(format!("{url}/healthz")).await.unwrap();
+    assert!(health.status().is_success());
+    drop(sockets);
+    (before, after)
+}
