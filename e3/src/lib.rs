@@ -116,6 +116,29 @@ impl Netns {
         })
     }
 
+    /// Run `f` on a new thread inside this namespace and return at once; the thread (for
+    /// example one running a tokio runtime with a server) lives until `f` returns.
+    ///
+    /// # Errors
+    /// [`E3Error::Io`] if the namespace file cannot be opened or the thread not spawned.
+    pub fn spawn<F, R>(&self, f: F) -> Result<std::thread::JoinHandle<Result<R, E3Error>>, E3Error>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let file = File::open(format!("/var/run/netns/{}", self.name))?;
+        Ok(std::thread::Builder::new()
+            .name(format!("netns-{}", self.name))
+            .spawn(move || {
+                rustix::thread::move_into_link_name_space(
+                    file.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .map_err(std::io::Error::from)?;
+                Ok(f())
+            })?)
+    }
+
     /// Run a setup command inside the namespace, failing with its stderr.
     ///
     /// # Errors

@@ -99,6 +99,21 @@ fn nat_mappings_match_their_kind() {
 }
 
 #[test]
+fn spawned_threads_live_in_the_namespace() {
+    let Some(topo) = topology() else { return };
+    let host = topo.host("open").unwrap().clone();
+    let h = host
+        .ns
+        .spawn(move || {
+            // Binding the host's own address only works inside its namespace.
+            UdpSocket::bind((host.addr, 0)).map(|s| s.local_addr().unwrap().ip())
+        })
+        .unwrap();
+    let ip = h.join().unwrap().unwrap().unwrap();
+    assert_eq!(ip, topo.host("open").unwrap().addr);
+}
+
+#[test]
 fn namespaces_are_deleted_on_drop_even_after_a_panic() {
     let Some(topo) = topology() else { return };
     let names: Vec<String> = [
