@@ -17,7 +17,7 @@
 //! use mpc_did_lobby::{Coordinator, Join, Offer, Program};
 //! let program = Program::from_bytes("santa.py", b"print('hi')");
 //! let offer = Offer::new("did:key:z6MkA".into(), 2, program.clone(), vec![], 2_000_000_000)?;
-//! let mut lobby = Coordinator::new(offer.clone(), vec![]);
+//! let mut lobby = Coordinator::new(offer.clone());
 //! let join = Join { session_id: offer.session_id.clone(), program_sha256: program.sha256.clone(), services: vec![] };
 //! lobby.handle_join("did:key:z6MkB", &join, 1_900_000_000)?;
 //! let roster = lobby.roster().expect("two of two parties");
@@ -131,6 +131,9 @@ pub struct Offer {
     pub expires_time: u64,
     /// The coordinator's DID (party 0).
     pub coordinator: String,
+    /// The coordinator's DIDComm v2 service endpoints, for joiners to reach it.
+    #[serde(default)]
+    pub coordinator_services: Vec<serde_json::Value>,
 }
 
 impl Offer {
@@ -155,6 +158,7 @@ impl Offer {
             mpyc_args,
             expires_time,
             coordinator,
+            coordinator_services: Vec::new(),
         };
         offer.validate()?;
         Ok(offer)
@@ -215,9 +219,10 @@ pub struct Join {
     pub session_id: String,
     /// SHA-256 (hex) of the program the joiner will run.
     pub program_sha256: String,
-    /// The joiner's mediator URIs (optional).
+    /// The joiner's DIDComm v2 service endpoints (`{"uri":…,"routingKeys":[…]}`), so that
+    /// parties whose DID document names none (did:key) can be reached.
     #[serde(default)]
-    pub services: Vec<String>,
+    pub services: Vec<serde_json::Value>,
 }
 
 /// One party in the roster.
@@ -225,8 +230,9 @@ pub struct Join {
 pub struct RosterEntry {
     pub id: PartyId,
     pub did: String,
+    /// DIDComm v2 service endpoints (`{"uri":…,"routingKeys":[…]}`); not hashed.
     #[serde(default)]
-    pub services: Vec<String>,
+    pub services: Vec<serde_json::Value>,
 }
 
 /// Who is party what (spec/lobby.md §2, "Roster").
@@ -415,11 +421,11 @@ pub struct Coordinator {
 impl Coordinator {
     /// Open the lobby; the coordinator is party 0.
     #[must_use]
-    pub fn new(offer: Offer, coordinator_services: Vec<String>) -> Self {
+    pub fn new(offer: Offer) -> Self {
         let me = RosterEntry {
             id: 0,
             did: offer.coordinator.clone(),
-            services: coordinator_services,
+            services: offer.coordinator_services.clone(),
         };
         Self {
             offer,

@@ -28,13 +28,13 @@ fn join(o: &Offer) -> Join {
     Join {
         session_id: o.session_id.clone(),
         program_sha256: o.program.sha256.clone(),
-        services: vec!["http://127.0.0.1:1/didcomm".into()],
+        services: vec![serde_json::json!({"uri": "http://127.0.0.1:1/didcomm", "routingKeys": []})],
     }
 }
 
 fn full_lobby() -> (Offer, Roster) {
     let o = offer(3);
-    let mut lobby = Coordinator::new(o.clone(), vec![]);
+    let mut lobby = Coordinator::new(o.clone());
     assert_eq!(
         lobby.handle_join(B, &join(&o), NOW),
         Ok(JoinOutcome::Accepted(1))
@@ -65,7 +65,7 @@ fn ids_in_join_order_and_everyone_agrees() {
 #[test]
 fn coordinator_refusals_in_spec_order() {
     let o = offer(2);
-    let mut lobby = Coordinator::new(o.clone(), vec![]);
+    let mut lobby = Coordinator::new(o.clone());
     let mut j = join(&o);
     j.session_id = "00".repeat(16);
     assert_eq!(
@@ -187,7 +187,7 @@ fn roster_hash_vector() {
             mpc_did_lobby::RosterEntry {
                 id: 1,
                 did: "did:key:b".into(),
-                services: vec!["ignored".into()],
+                services: vec![serde_json::json!({"uri": "ignored"})],
             },
         ],
         expires_time: 1,
