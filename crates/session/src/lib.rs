@@ -59,7 +59,7 @@ pub use error::{Result, SessionError};
 pub use frame::{Frame, RecordDecoder, StreamState};
 pub use handshake::{
     respond, respond_with_fixed_ephemeral_for_testing_only, InitiatorHandshake, Role,
-    SessionBinding, StaticKeypair, HANDSHAKE_MSG_LEN, NOISE_PARAMS, PROLOGUE_LABEL,
+    SessionBinding, StaticKeypair, HANDSHAKE_MSG_LEN, MAX_ID_LEN, NOISE_PARAMS, PROLOGUE_LABEL,
 };
 pub use messages::{
     AcceptBody, Acceptor, CandidatesBody, CloseBody, HandshakeBody, ProposeBody, Proposer,
