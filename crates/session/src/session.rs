@@ -631,17 +631,18 @@ impl Session {
     }
 
     fn seal_bytes(&mut self, now_ms: u64, plaintext: Plaintext<'_, '_>) -> Result<()> {
-        if (self.rekey_pending || self.epoch_bytes >= self.config.rekey_bytes)
-            && self.next_counter & epoch_mask() != 0
-        {
+        let rekey = self.rekey_pending || self.epoch_bytes >= self.config.rekey_bytes;
+        self.rekey_pending = false;
+        if rekey && self.next_counter & epoch_mask() != 0 {
             self.next_counter = next_epoch_start(self.next_counter);
         }
-        self.rekey_pending = false;
         let counter = self.next_counter;
         if counter == u64::MAX {
             return Err(SessionError::Exhausted);
         }
-        if epoch_of(counter) != self.send_cipher.epoch() {
+        // A due rekey at an unused epoch start needs no skip, but restarts the schedule (else
+        // the time trigger would fire again at once).
+        if rekey || epoch_of(counter) != self.send_cipher.epoch() {
             self.epoch_started_ms = now_ms;
             self.epoch_bytes = 0;
         }

@@ -487,3 +487,20 @@ fn resume_derives_keys_across_at_most_max_epoch_skip_epochs() {
         }
     }
 }
+
+#[test]
+fn time_rekey_on_a_session_that_never_sent_does_not_spin() {
+    // spec/session.md §5.5: an unused epoch start is already a fresh key
+    let config = SessionConfig {
+        keepalive_ms: 3_600_000,
+        ..SessionConfig::default()
+    };
+    let mut p = Pair::new(config);
+    p.a.handle_timeout(600_000).unwrap();
+    let sent = p.a.stats().records_sent;
+    assert_eq!(sent, 1, "one PING");
+    let next = p.a.poll_timeout().unwrap();
+    assert!(next > 600_000, "next deadline {next} is in the future");
+    p.a.handle_timeout(600_001).unwrap();
+    assert_eq!(p.a.stats().records_sent, sent);
+}
