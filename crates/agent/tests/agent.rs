@@ -40,7 +40,7 @@ async fn messages_reach_the_subscriber_with_an_authenticated_sender() {
         .unwrap();
     let mut inbox = bob.subscribe(LOBBY);
 
-    let msg = Message::new("m-1", &format!("{LOBBY}join"), serde_json::json!({"n": 1}));
+    let msg = Message::new("m-1", format!("{LOBBY}join"), serde_json::json!({"n": 1}));
     alice.send(bob.did(), msg).await.unwrap();
     let got = expect(&mut inbox, Duration::from_secs(10), "join", |m| {
         Some(m.clone())
@@ -66,8 +66,8 @@ async fn early_messages_wait_for_their_subscriber() {
         .unwrap();
     for i in 0..3 {
         let msg = Message::new(
-            &format!("early-{i}"),
-            &format!("{LOBBY}join"),
+            format!("early-{i}"),
+            format!("{LOBBY}join"),
             serde_json::json!({}),
         );
         alice.send(bob.did(), msg).await.unwrap();
