@@ -142,7 +142,11 @@ async fn ours_unpack_in_python() {
     let (jws, _) = pack_signed(&m, &a.did, &r, &a.keys).await.unwrap();
     cases.push(("signed", m.clone(), jws, true, true));
     let anon = message(&a, &b, true);
-    for enc in [ContentAlg::A256CbcHs512, ContentAlg::Xc20p, ContentAlg::A256Gcm] {
+    for enc in [
+        ContentAlg::A256CbcHs512,
+        ContentAlg::Xc20p,
+        ContentAlg::A256Gcm,
+    ] {
         let opts = PackOptions {
             anon_enc: enc,
             ..no_fwd.clone()
@@ -164,7 +168,11 @@ async fn ours_unpack_in_python() {
             got.as_object_mut().unwrap().remove("thid");
         }
         assert_eq!(got, serde_json::to_value(&m).unwrap(), "{mode}");
-        assert_eq!(out["metadata"]["authenticated"], json!(authenticated), "{mode}");
+        assert_eq!(
+            out["metadata"]["authenticated"],
+            json!(authenticated),
+            "{mode}"
+        );
         assert_eq!(out["metadata"]["non_repudiation"], json!(signed), "{mode}");
         eprintln!("ours -> python: {mode}: ok");
     }
@@ -202,10 +210,7 @@ async fn theirs_unpack_here() {
             "signed" => assert!(meta.non_repudiation && !meta.encrypted),
             _ => {
                 assert!(meta.encrypted && !meta.authenticated);
-                assert_eq!(
-                    meta.enc_alg_anon,
-                    Some(format!("ECDH-ES+A256KW/{enc}"))
-                );
+                assert_eq!(meta.enc_alg_anon, Some(format!("ECDH-ES+A256KW/{enc}")));
             }
         }
         eprintln!("python -> ours: {mode}/{enc}: ok");

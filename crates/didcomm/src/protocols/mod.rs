@@ -4,6 +4,8 @@
 
 pub mod discover_features;
 pub mod oob;
+#[cfg(feature = "qr")]
+pub mod qr;
 pub mod report_problem;
 pub mod routing;
 pub mod trust_ping;

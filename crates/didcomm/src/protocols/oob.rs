@@ -78,7 +78,7 @@ impl Invitation {
         let mut m = Message::new(
             self.id.clone(),
             INVITATION_TYPE,
-            serde_json::to_value(body).unwrap_or(Value::Null),
+            serde_json::to_value(body).unwrap_or_else(|_| Value::Object(serde_json::Map::new())),
         )
         .from(self.from.clone());
         m.typ = None;
