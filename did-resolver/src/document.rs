@@ -469,9 +469,9 @@ impl DidDocument {
                 )))
             }
         };
-        let bad_key = |source: KeyError| DocumentError::InvalidKey {
+        let bad_key = |error: KeyError| DocumentError::InvalidKey {
             id: id.clone(),
-            source,
+            error,
         };
         let parsed: Option<(PublicKey, KeyFormat)> = if let Some(mb) = obj.get("publicKeyMultibase")
         {

@@ -1,4 +1,7 @@
 //! Error types, one per operation, grouped by cause.
+//!
+//! Each `Display` is one complete line including the inner cause, so the inner errors are
+//! fields, not `source()`s: a chain printer (the CLI's) would otherwise repeat them.
 
 /// A string is not a syntactically valid DID or DID URL (DID Core §3.1, §3.2).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,15 +105,14 @@ pub enum DocumentError {
     Invalid(String),
     /// The document `id` is not a DID.
     #[error("DID document id is not a valid DID: {0}")]
-    InvalidId(#[source] DidError),
+    InvalidId(DidError),
     /// A verification method's key could not be decoded.
-    #[error("verification method {id:?}: {source}")]
+    #[error("verification method {id:?}: {error}")]
     InvalidKey {
         /// The method id.
         id: String,
         /// Why.
-        #[source]
-        source: KeyError,
+        error: KeyError,
     },
     /// Two verification methods share an id.
     #[error("duplicate verification method id {0:?}")]
@@ -134,7 +136,7 @@ pub enum ResolveError {
     // --- the DID itself
     /// Not a valid DID.
     #[error("invalid DID: {0}")]
-    InvalidDid(#[from] DidError),
+    InvalidDid(DidError),
     /// The DID method is not one we resolve.
     #[error("unsupported DID method {0:?} (supported: key, web)")]
     UnsupportedMethod(String),
@@ -148,7 +150,7 @@ pub enum ResolveError {
     },
     /// did:key: the key could not be decoded or is of an unsupported type.
     #[error("did:key: {0}")]
-    Key(#[from] KeyError),
+    Key(KeyError),
     /// No document for this DID in a [`crate::StaticResolver`].
     #[error("DID not found: {0}")]
     NotFound(String),
@@ -201,13 +203,12 @@ pub enum ResolveError {
 
     // --- the document
     /// The fetched document is not a valid DID document.
-    #[error("invalid DID document for {did}: {source}")]
+    #[error("invalid DID document for {did}: {error}")]
     Document {
         /// DID being resolved.
         did: String,
         /// Why.
-        #[source]
-        source: DocumentError,
+        error: DocumentError,
     },
     /// The document's `id` is not the DID that was resolved.
     #[error("DID document id {found:?} does not match the resolved DID {expected:?}")]
@@ -217,4 +218,16 @@ pub enum ResolveError {
         /// The document's id.
         found: String,
     },
+}
+
+impl From<DidError> for ResolveError {
+    fn from(e: DidError) -> Self {
+        Self::InvalidDid(e)
+    }
+}
+
+impl From<KeyError> for ResolveError {
+    fn from(e: KeyError) -> Self {
+        Self::Key(e)
+    }
 }

@@ -142,9 +142,9 @@ impl WebResolver {
             })?;
         }
         let body = self.fetch(&url).await?;
-        let doc = DidDocument::from_json_slice(&body).map_err(|source| ResolveError::Document {
+        let doc = DidDocument::from_json_slice(&body).map_err(|error| ResolveError::Document {
             did: did.to_string(),
-            source,
+            error,
         })?;
         if doc.id != did.as_str() {
             return Err(ResolveError::IdMismatch {

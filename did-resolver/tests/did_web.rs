@@ -350,7 +350,7 @@ async fn non_json_id_mismatch_and_status_are_typed() {
         matches!(
             err,
             ResolveError::Document {
-                source: DocumentError::NotJson(_),
+                error: DocumentError::NotJson(_),
                 ..
             }
         ),

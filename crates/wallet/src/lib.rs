@@ -78,15 +78,14 @@ pub enum WalletError {
         path: PathBuf,
     },
     /// A file-system operation failed.
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {error}")]
     Io {
         /// What we were doing.
         action: &'static str,
         /// On which path.
         path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (a field, not a `source()`: the message already includes it).
+        error: std::io::Error,
     },
     /// The sled store failed.
     #[error("wallet storage error: {0}")]
@@ -110,7 +109,7 @@ pub enum WalletError {
     InvalidName(String),
     /// The did:web domain is invalid.
     #[error("invalid did:web domain: {0}")]
-    InvalidDomain(#[source] ResolveError),
+    InvalidDomain(ResolveError),
     /// The operation needs a did:web identity.
     #[error("identity {0:?} is not a did:web identity")]
     NotWeb(String),
@@ -277,11 +276,11 @@ impl Wallet {
                     }
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                Err(std::fs::TryLockError::Error(source)) => {
+                Err(std::fs::TryLockError::Error(error)) => {
                     return Err(WalletError::Io {
                         action: "cannot lock",
                         path: lock_path,
-                        source,
+                        error,
                     })
                 }
             }
@@ -686,10 +685,10 @@ fn io_err<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> WalletError + 'a {
-    move |source| WalletError::Io {
+    move |error| WalletError::Io {
         action,
         path: path.to_owned(),
-        source,
+        error,
     }
 }
 
