@@ -561,9 +561,13 @@ impl Wallet {
         self.secure_files()
     }
 
-    /// Directories 0700, files 0600, under `home` (sled creates files with the umask).
+    /// The home directory 0700, the lock file 0600, and below `db/` directories 0700 and
+    /// files 0600 (sled creates files with the umask). Other files other components keep
+    /// under the home directory are theirs to manage.
     fn secure_files(&self) -> Result<(), WalletError> {
-        secure_tree(&self.home)
+        set_mode(&self.home, 0o700)?;
+        set_mode(&self.home.join(LOCK_FILE), 0o600)?;
+        secure_tree(&self.home.join(DB_DIR))
     }
 }
 
