@@ -70,6 +70,57 @@ fn bench_messages(c: &mut Criterion) {
     g.finish();
 }
 
+/// Baseline in the same run: bare snow transport (stateless, explicit nonce) seal + open of
+/// one payload, no framing, no streams — what the session layer adds is the difference.
+fn bench_bare_snow(c: &mut Criterion) {
+    let params: snow::params::NoiseParams = "Noise_KK_25519_AESGCM_SHA256".parse().unwrap();
+    let ki = snow::Builder::new(params.clone())
+        .generate_keypair()
+        .unwrap();
+    let kr = snow::Builder::new(params.clone())
+        .generate_keypair()
+        .unwrap();
+    let mut i = snow::Builder::new(params.clone())
+        .local_private_key(&ki.private)
+        .unwrap()
+        .remote_public_key(&kr.public)
+        .unwrap()
+        .build_initiator()
+        .unwrap();
+    let mut r = snow::Builder::new(params)
+        .local_private_key(&kr.private)
+        .unwrap()
+        .remote_public_key(&ki.public)
+        .unwrap()
+        .build_responder()
+        .unwrap();
+    let mut buf = vec![0u8; 65_535];
+    let mut out = vec![0u8; 65_535];
+    let n = i.write_message(&[], &mut buf).unwrap();
+    r.read_message(&buf[..n], &mut out).unwrap();
+    let n = r.write_message(&[], &mut buf).unwrap();
+    i.read_message(&buf[..n], &mut out).unwrap();
+    let i = i.into_stateless_transport_mode().unwrap();
+    let r = r.into_stateless_transport_mode().unwrap();
+    let mut g = c.benchmark_group("bare_snow_seal_open");
+    g.measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+    let mut nonce = 0u64;
+    for size in [64usize, 1024, 65_519] {
+        let msg = vec![0x5a; size];
+        g.throughput(Throughput::Elements(1));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &msg, |bench, msg| {
+            bench.iter(|| {
+                let n = i.write_message(nonce, black_box(msg), &mut buf).unwrap();
+                let m = r.read_message(nonce, &buf[..n], &mut out).unwrap();
+                nonce += 1;
+                black_box(m)
+            });
+        });
+    }
+    g.finish();
+}
+
 fn bench_handshake(c: &mut Criterion) {
     let mut g = c.benchmark_group("session_handshake");
     g.measurement_time(Duration::from_secs(3)).sample_size(30);
@@ -79,5 +130,5 @@ fn bench_handshake(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_messages, bench_handshake);
+criterion_group!(benches, bench_messages, bench_bare_snow, bench_handshake);
 criterion_main!(benches);
