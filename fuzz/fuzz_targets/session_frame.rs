@@ -34,8 +34,13 @@ fn pair() -> Option<(Session, Session)> {
         RESP_DID,
     )
     .ok()?;
-    let config = SessionConfig { max_unacked_bytes: 1 << 20, ..SessionConfig::default() };
-    let (r, hs) = proposer.on_accept_with(Some(&[0x44; 32]), &accept, config.clone(), 0).ok()?;
+    let config = SessionConfig {
+        max_unacked_bytes: 1 << 20,
+        ..SessionConfig::default()
+    };
+    let (r, hs) = proposer
+        .on_accept_with(Some(&[0x44; 32]), &accept, config.clone(), 0)
+        .ok()?;
     let i = acceptor.on_handshake(&hs, config, 0).ok()?;
     Some((i, r))
 }
@@ -43,7 +48,9 @@ fn pair() -> Option<(Session, Session)> {
 fn deliver(from: &mut Session, to: &mut Session, now: u64) {
     // Bounded: a session answers a record with at most a few records.
     for _ in 0..64 {
-        let Some(rec) = from.poll_transmit() else { break };
+        let Some(rec) = from.poll_transmit() else {
+            break;
+        };
         let _ = to.handle_record(now, &rec);
     }
     while to.poll_event().is_some() {}
