@@ -41,25 +41,18 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `mpc_did_mediator=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
-    /// Log as JSON lines instead of text.
-    #[arg(long)]
-    log_json: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
+    // key=value fields on stderr; colours only on a terminal (journald gets plain text).
+    tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if args.log_json {
-        // The fmt layer's JSON needs an extra feature; key=value text is structured enough
-        // for journald and log shippers, so --log-json only drops colours.
-        builder.with_ansi(false).init();
-    } else {
-        builder.init();
-    }
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
