@@ -37,6 +37,11 @@ use mpc_did_resolver::{DidCommService, DidResolver as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// The HTTP client type the mediator client uses (re-exported through its constructor).
+mod reqwest_client {
+    pub type Client = reqwest::Client;
+}
+
 /// Messages held for subscribers that have not subscribed yet.
 const MAX_UNCLAIMED: usize = 256;
 /// Message ids remembered for de-duplication.
@@ -86,6 +91,7 @@ struct Dispatch {
 
 struct Inner {
     client: MediatorClient,
+    http: reqwest_client::Client,
     dispatch: Mutex<Dispatch>,
     /// Queue ids claimed by a subscriber, to acknowledge to the mediator.
     acks: mpsc::UnboundedSender<String>,
@@ -116,8 +122,10 @@ impl Agent {
         let live = client.live().await?;
         let (acks, ack_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
+        let http = mpc_did_mediator::client::new_http_client()?;
         let inner = Arc::new(Inner {
             client,
+            http,
             dispatch: Mutex::new(Dispatch::default()),
             acks,
             stop: stop.clone(),
@@ -177,6 +185,41 @@ impl Agent {
     /// `to` has no known endpoint, or its mediator refused.
     pub async fn send(&self, to: &str, msg: Message) -> Result<(), AgentError> {
         self.inner.client.send(to, msg).await?;
+        Ok(())
+    }
+
+    /// Send `msg` to `to` signed by us (JWS EdDSA with our authentication key) inside
+    /// authcrypt: for messages whose binding to our DID must be provable beyond the
+    /// recipient (spec/session.md §2: `propose`, `accept`; spec/lobby.md: the roster).
+    ///
+    /// # Errors
+    /// `to` has no known endpoint, packing fails, or its mediator refused.
+    pub async fn send_signed(&self, to: &str, mut msg: Message) -> Result<(), AgentError> {
+        let client = &self.inner.client;
+        msg.from = Some(client.did.clone());
+        msg.to = Some(vec![to.to_owned()]);
+        let packed = mpc_did_didcomm::pack_encrypted(
+            &msg,
+            to,
+            Some(&client.did),
+            Some(&client.did),
+            client.resolver(),
+            client.secrets(),
+            &mpc_did_didcomm::PackOptions::default(),
+        )
+        .await
+        .map_err(ClientError::from)?;
+        let svc = packed.service.ok_or_else(|| {
+            AgentError::Client(ClientError::Url(format!(
+                "{to} has no DIDCommMessaging service"
+            )))
+        })?;
+        mpc_did_mediator::client::post_packed(
+            &self.inner.http,
+            &svc.uri,
+            packed.message.into_bytes(),
+        )
+        .await?;
         Ok(())
     }
 

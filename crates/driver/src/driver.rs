@@ -40,7 +40,9 @@ impl Default for DriverConfig {
 /// Where a session stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionState {
-    /// Carrying records on a path.
+    /// A path is attached but nothing from the peer has authenticated on it yet.
+    Connecting,
+    /// Carrying records on a path: the peer's records authenticate on it.
     Connected,
     /// The path broke or went idle; waiting for [`SessionHandle::attach_path`].
     NoPath,
@@ -488,7 +490,7 @@ impl Driver {
                 if let Err(e) = self.session.resume(self.now_ms()) {
                     return Some(Stop::Failed(e.to_string()));
                 }
-                let _ = self.state_tx.send(SessionState::Connected);
+                let _ = self.state_tx.send(SessionState::Connecting);
             }
             Command::Close { code, reason, done } => {
                 let now = self.now_ms();
@@ -539,7 +541,16 @@ impl Driver {
         loop {
             match self.decoder.next_record() {
                 Ok(Some(record)) => match self.session.handle_record(self.now_ms(), &record) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        // The first authenticated record proves the path reaches the peer.
+                        self.state_tx.send_if_modified(|s| {
+                            let connecting = *s == SessionState::Connecting;
+                            if connecting {
+                                *s = SessionState::Connected;
+                            }
+                            connecting
+                        });
+                    }
                     // A record that does not authenticate means the path carries forged
                     // or stale data: drop the path, keep the session (spec §5.3).
                     Err(SessionError::Decrypt) => {

@@ -1,0 +1,779 @@
+//! Secure sessions with peers: negotiated over DIDComm (spec/session.md §2), then carried
+//! on a data path.
+//!
+//! **Owns**: the session negotiation as a party runs it — `propose`/`accept`/`handshake`
+//! (propose and accept signed inside authcrypt), `candidates`, `close` — through the
+//! party's [`Agent`]; the direct-path listener (its [`PathRouter`] hands incoming paths to
+//! their session); dialing the peer's candidates and keeping the path up (the proposer
+//! re-dials when it breaks; the session resumes, spec §7).
+//!
+//! **Does not**: decide who talks to whom (the lobby's roster, or the CLI for ad-hoc
+//! sessions), carry MPyC (the proxy), or do cryptography itself (session + didcomm crates).
+//!
+//! ```text
+//!  proposer                     DIDComm via mediators                  acceptor
+//!  Proposer::new ── propose (signed) + candidates ─────────────▶ Acceptor::on_propose
+//!  on_accept    ◀── accept (signed, Noise msg 1) + candidates ── listener registered
+//!  handshake (Noise msg 2) ─────────────────────────────────────▶ on_handshake
+//!  dial candidates ══ TCP: path hello + records ════════════════▶ PathRouter ─▶ session
+//! ```
+//!
+//! ```no_run
+//! # async fn demo(agent: mpc_did_agent::Agent, peer: &str) -> Result<(), mpc_did_connect::ConnectError> {
+//! use mpc_did_connect::{Binding, Connector, ConnectorConfig};
+//! let connector = Connector::start(agent.clone(), ConnectorConfig::default()).await?;
+//! let binding = Binding::adhoc(agent.did(), peer);
+//! let est = connector.establish(peer, &binding, agent.did() < peer).await?;
+//! let stream = est.handle.open_stream().await?;
+//! # drop(stream); Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mpc_did_agent::{Agent, AgentError, Inbound};
+use mpc_did_didcomm::Message;
+use mpc_did_driver::{path, DriverConfig, PathRouter, SessionHandle, SessionState};
+use mpc_did_rendezvous::candidate::{Candidate, CandidateKind, Transport};
+use mpc_did_session::messages::{
+    AcceptBody, CandidatesBody, CloseBody, HandshakeBody, ProposeBody, ACCEPT_TYPE,
+    CANDIDATES_TYPE, CLOSE_TYPE, HANDSHAKE_TYPE, PROPOSE_TYPE, PROTOCOL_URI,
+};
+use mpc_did_session::{Acceptor, Proposer, SessionConfig};
+use sha2::{Digest, Sha256};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+
+/// What a secure session is bound to (spec/session.md §4): the MPC session and its roster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The lobby's MPC session id.
+    pub mpc_session_id: String,
+    /// The roster hash (spec/lobby.md §3).
+    pub roster_hash: [u8; 32],
+}
+
+impl Binding {
+    /// For sessions outside any MPC session (`mpc-did session connect`, `pipe`): id
+    /// `adhoc`, roster hash = SHA-256 of `"mpc-did/adhoc/1" || lp(smaller DID) || lp(larger
+    /// DID)`, the same on both sides.
+    #[must_use]
+    pub fn adhoc(a: &str, b: &str) -> Self {
+        let (x, y) = if a <= b { (a, b) } else { (b, a) };
+        let mut h = Sha256::new();
+        h.update(b"mpc-did/adhoc/1");
+        for d in [x, y] {
+            h.update(u32::try_from(d.len()).unwrap_or(u32::MAX).to_be_bytes());
+            h.update(d.as_bytes());
+        }
+        Self {
+            mpc_session_id: "adhoc".into(),
+            roster_hash: h.finalize().into(),
+        }
+    }
+}
+
+/// Tunables.
+#[derive(Debug, Clone)]
+pub struct ConnectorConfig {
+    /// Direct-path TCP listener.
+    pub listen: SocketAddr,
+    /// Host candidates to announce; empty: the listener's address (with an unspecified
+    /// listener: loopback and the address of the interface that routes to our mediator).
+    pub advertise: Vec<SocketAddr>,
+    /// How long each negotiation step may wait for the peer.
+    pub handshake_timeout: Duration,
+    /// The session driver's tunables.
+    pub driver: DriverConfig,
+}
+
+impl Default for ConnectorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            advertise: Vec::new(),
+            handshake_timeout: Duration::from_secs(60),
+            driver: DriverConfig::default(),
+        }
+    }
+}
+
+/// Why a secure session could not be established.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The control plane failed.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The peer did not answer in time.
+    #[error(
+        "{peer} did not {what} within {secs} s (is it running and registered at its mediator?)"
+    )]
+    Timeout {
+        peer: String,
+        what: String,
+        secs: u64,
+    },
+    /// The peer declined or aborted (DIDComm `close`).
+    #[error("{peer} closed the negotiation (code {code}): {reason}")]
+    Closed {
+        peer: String,
+        code: u16,
+        reason: String,
+    },
+    /// The handshake failed (bad key, wrong binding, forged message).
+    #[error("handshake with {peer} failed: {reason}")]
+    Handshake { peer: String, reason: String },
+    /// No candidate of the peer could be reached.
+    #[error("no path to {peer}: {reason}")]
+    NoPath { peer: String, reason: String },
+    /// A local socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The path a session runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathInfo {
+    /// A direct TCP connection; `remote` is known to the side that dialed.
+    Direct { remote: Option<SocketAddr> },
+    /// Through a mediator relay.
+    Relayed { relay: String },
+}
+
+impl std::fmt::Display for PathInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct { remote: Some(a) } => write!(f, "direct TCP to {a}"),
+            Self::Direct { remote: None } => write!(f, "direct TCP (accepted)"),
+            Self::Relayed { relay } => write!(f, "relayed via {relay}"),
+        }
+    }
+}
+
+/// A secure session that is up.
+#[derive(Debug, Clone)]
+pub struct Established {
+    pub handle: SessionHandle,
+    pub peer: String,
+    /// The secure session id (hex).
+    pub session_id: String,
+    pub path: PathInfo,
+    /// From the first negotiation message to a connected path.
+    pub setup: Duration,
+}
+
+/// One established session, for listings.
+#[derive(Debug, Clone)]
+pub struct SessionSummary {
+    pub peer: String,
+    pub session_id: String,
+    pub path: PathInfo,
+    pub state: SessionState,
+    pub setup: Duration,
+}
+
+struct Inner {
+    agent: Agent,
+    router: PathRouter,
+    candidates: Vec<SocketAddr>,
+    config: ConnectorConfig,
+    /// Negotiation messages by secure-session id.
+    threads: Mutex<HashMap<String, mpsc::Sender<Inbound>>>,
+    /// Proposals not yet taken by [`Connector::accept`].
+    proposals: Mutex<Vec<Inbound>>,
+    new_proposal: Notify,
+    sessions: Mutex<Vec<Established>>,
+}
+
+/// A party's secure-session endpoint; cheap to clone.
+#[derive(Clone)]
+pub struct Connector {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("did", &self.inner.agent.did())
+            .field("candidates", &self.inner.candidates)
+            .finish()
+    }
+}
+
+impl Connector {
+    /// Bind the direct-path listener and start taking negotiation messages.
+    ///
+    /// # Errors
+    /// The listener cannot be bound.
+    pub async fn start(agent: Agent, config: ConnectorConfig) -> Result<Self, ConnectError> {
+        let listener = TcpListener::bind(config.listen).await?;
+        let local = listener.local_addr()?;
+        let candidates = if config.advertise.is_empty() {
+            host_candidates(local, &agent)
+        } else {
+            config.advertise.clone()
+        };
+        let router = PathRouter::new();
+        tokio::spawn(router.clone().serve(listener));
+        let rx = agent.subscribe(&format!("{PROTOCOL_URI}/"));
+        let inner = Arc::new(Inner {
+            agent,
+            router,
+            candidates,
+            config,
+            threads: Mutex::new(HashMap::new()),
+            proposals: Mutex::new(Vec::new()),
+            new_proposal: Notify::new(),
+            sessions: Mutex::new(Vec::new()),
+        });
+        tokio::spawn(dispatch(Arc::downgrade(&inner), rx));
+        Ok(Self { inner })
+    }
+
+    /// The control plane.
+    #[must_use]
+    pub fn agent(&self) -> &Agent {
+        &self.inner.agent
+    }
+
+    /// The host candidates this connector announces.
+    #[must_use]
+    pub fn candidates(&self) -> &[SocketAddr] {
+        &self.inner.candidates
+    }
+
+    /// Every session established so far, with its current state.
+    #[must_use]
+    pub fn sessions(&self) -> Vec<SessionSummary> {
+        let list = self
+            .inner
+            .sessions
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        list.into_iter()
+            .map(|e| SessionSummary {
+                state: e.handle.state(),
+                peer: e.peer,
+                session_id: e.session_id,
+                path: e.path,
+                setup: e.setup,
+            })
+            .collect()
+    }
+
+    /// Propose if `proposer`, else wait for the peer's proposal and accept it.
+    ///
+    /// # Errors
+    /// As [`Connector::propose`] / [`Connector::accept`].
+    pub async fn establish(
+        &self,
+        peer: &str,
+        binding: &Binding,
+        proposer: bool,
+    ) -> Result<Established, ConnectError> {
+        if proposer {
+            self.propose(peer, binding).await
+        } else {
+            self.accept(peer, binding).await
+        }
+    }
+
+    /// Propose a secure session to `peer` and connect its path (we dial).
+    ///
+    /// # Errors
+    /// The peer declines, does not answer in time, the handshake fails, or none of its
+    /// candidates can be reached.
+    pub async fn propose(
+        &self,
+        peer: &str,
+        binding: &Binding,
+    ) -> Result<Established, ConnectError> {
+        let start = Instant::now();
+        let me = self.inner.agent.did().to_owned();
+        let mut sid = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut sid);
+        let sid_hex = hex::encode(sid);
+        let (proposer, body) =
+            Proposer::new(sid, &binding.mpc_session_id, binding.roster_hash, &me, peer);
+        let mut rx = self.open_thread(&sid_hex);
+        let result = async {
+            let propose = message(&sid_hex, PROPOSE_TYPE, &body, None)?;
+            self.inner.agent.send_signed(peer, propose).await?;
+            self.send_candidates(peer, &sid_hex).await?;
+
+            let mut remote = Vec::new();
+            let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;
+            let accept: AcceptBody = loop {
+                let m = self
+                    .next(&mut rx, deadline, peer, "accept the proposal")
+                    .await?;
+                match kind(&m) {
+                    Some("accept") if signed_by(&m, peer) => break body_of(&m, peer)?,
+                    Some("candidates") => remote.extend(candidates_of(&m)),
+                    Some("close") => return Err(closed(&m, peer)),
+                    _ => tracing::debug!("ignored {} from {:?}", m.message.type_, m.sender),
+                }
+            };
+            let (session, hs) = proposer
+                .on_accept(&accept, SessionConfig::default(), 0)
+                .map_err(|e| self.handshake_failed(peer, &sid_hex, &e.to_string()))?;
+            let handshake = message(&new_id(), HANDSHAKE_TYPE, &hs, Some(&sid_hex))?;
+            self.inner.agent.send(peer, handshake).await?;
+            let handle = SessionHandle::spawn(session, self.inner.config.driver.clone());
+            // The acceptor's candidates may still be on their way.
+            while remote.is_empty() {
+                let m = self
+                    .next(&mut rx, deadline, peer, "send its candidates")
+                    .await?;
+                if kind(&m) == Some("candidates") {
+                    remote.extend(candidates_of(&m));
+                }
+            }
+            remote.sort_by_key(|c: &Candidate| std::cmp::Reverse(c.priority));
+            let addrs: Vec<SocketAddr> = remote
+                .iter()
+                .filter(|c| matches!(c.transport, Transport::Tcp))
+                .map(|c| c.addr)
+                .collect();
+            let dialed =
+                dial(&handle, &addrs, deadline)
+                    .await
+                    .map_err(|reason| ConnectError::NoPath {
+                        peer: peer.to_owned(),
+                        reason,
+                    })?;
+            tokio::spawn(keep_path(handle.clone(), addrs));
+            Ok(Established {
+                handle,
+                peer: peer.to_owned(),
+                session_id: sid_hex.clone(),
+                path: PathInfo::Direct {
+                    remote: Some(dialed),
+                },
+                setup: start.elapsed(),
+            })
+        }
+        .await;
+        self.close_thread(&sid_hex);
+        self.record(result)
+    }
+
+    /// Wait for `peer`'s proposal for `binding`, accept it, and wait until the peer has
+    /// connected the path.
+    ///
+    /// # Errors
+    /// No proposal in time, a proposal for another binding (declined with `close` code 1),
+    /// or a failed handshake.
+    pub async fn accept(&self, peer: &str, binding: &Binding) -> Result<Established, ConnectError> {
+        let me = self.inner.agent.did().to_owned();
+        let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;
+        let proposal = self.wait_proposal(peer, binding, deadline).await?;
+        let start = Instant::now();
+        let body: ProposeBody = body_of(&proposal, peer)?;
+        let sid_hex = body.session_id.clone();
+        let mut rx = self.open_thread(&sid_hex);
+        let result = async {
+            let (acceptor, accept) = match Acceptor::on_propose(
+                &body,
+                &binding.mpc_session_id,
+                binding.roster_hash,
+                &me,
+                peer,
+            ) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.send_close(peer, &sid_hex, 1, &e.to_string()).await;
+                    return Err(ConnectError::Handshake {
+                        peer: peer.to_owned(),
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            let accept = message(&new_id(), ACCEPT_TYPE, &accept, Some(&proposal.message.id))?;
+            self.inner.agent.send_signed(peer, accept).await?;
+            self.send_candidates(peer, &sid_hex).await?;
+            let hs: HandshakeBody = loop {
+                let m = self
+                    .next(&mut rx, deadline, peer, "complete the handshake")
+                    .await?;
+                match kind(&m) {
+                    Some("handshake") => break body_of(&m, peer)?,
+                    Some("close") => return Err(closed(&m, peer)),
+                    _ => {}
+                }
+            };
+            let session = acceptor
+                .on_handshake(&hs, SessionConfig::default(), 0)
+                .map_err(|e| ConnectError::Handshake {
+                    peer: peer.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            let handle = SessionHandle::spawn(session, self.inner.config.driver.clone());
+            self.inner.router.register(&handle);
+            let mut state = handle.watch_state();
+            let connected = tokio::time::timeout_at(
+                deadline,
+                state.wait_for(|s| *s == SessionState::Connected),
+            )
+            .await;
+            if !matches!(connected, Ok(Ok(_))) {
+                return Err(ConnectError::Timeout {
+                    peer: peer.to_owned(),
+                    what: "connect the data path".into(),
+                    secs: self.inner.config.handshake_timeout.as_secs(),
+                });
+            }
+            Ok(Established {
+                handle,
+                peer: peer.to_owned(),
+                session_id: sid_hex.clone(),
+                path: PathInfo::Direct { remote: None },
+                setup: start.elapsed(),
+            })
+        }
+        .await;
+        self.close_thread(&sid_hex);
+        self.record(result)
+    }
+
+    fn record(&self, r: Result<Established, ConnectError>) -> Result<Established, ConnectError> {
+        if let (Ok(e), Ok(mut list)) = (&r, self.inner.sessions.lock()) {
+            list.push(e.clone());
+        }
+        r
+    }
+
+    fn open_thread(&self, sid: &str) -> mpsc::Receiver<Inbound> {
+        let (tx, rx) = mpsc::channel(32);
+        if let Ok(mut t) = self.inner.threads.lock() {
+            t.insert(sid.to_owned(), tx);
+        }
+        rx
+    }
+
+    fn close_thread(&self, sid: &str) {
+        if let Ok(mut t) = self.inner.threads.lock() {
+            t.remove(sid);
+        }
+    }
+
+    /// The next negotiation message from `peer` (others are dropped: spec §2, the
+    /// authenticated sender must be the expected peer).
+    async fn next(
+        &self,
+        rx: &mut mpsc::Receiver<Inbound>,
+        deadline: tokio::time::Instant,
+        peer: &str,
+        what: &str,
+    ) -> Result<Inbound, ConnectError> {
+        loop {
+            let m = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .map_err(|_| ConnectError::Timeout {
+                    peer: peer.to_owned(),
+                    what: what.to_owned(),
+                    secs: self.inner.config.handshake_timeout.as_secs(),
+                })?
+                .ok_or(ConnectError::Agent(AgentError::Stopped))?;
+            if m.sender.as_deref() == Some(peer) && m.meta.authenticated {
+                return Ok(m);
+            }
+            tracing::warn!(sender = ?m.sender, "dropped a negotiation message not from {peer}");
+        }
+    }
+
+    async fn wait_proposal(
+        &self,
+        peer: &str,
+        binding: &Binding,
+        deadline: tokio::time::Instant,
+    ) -> Result<Inbound, ConnectError> {
+        loop {
+            let notified = self.inner.new_proposal.notified();
+            if let Some(p) = self.take_proposal(peer, binding) {
+                return Ok(p);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ConnectError::Timeout {
+                    peer: peer.to_owned(),
+                    what: "propose a session".into(),
+                    secs: self.inner.config.handshake_timeout.as_secs(),
+                });
+            }
+        }
+    }
+
+    fn take_proposal(&self, peer: &str, binding: &Binding) -> Option<Inbound> {
+        let mut list = self.inner.proposals.lock().ok()?;
+        let i = list.iter().position(|m| {
+            m.sender.as_deref() == Some(peer)
+                && signed_by(m, peer)
+                && m.message
+                    .body
+                    .get("mpc_session_id")
+                    .and_then(|v| v.as_str())
+                    == Some(binding.mpc_session_id.as_str())
+        })?;
+        Some(list.remove(i))
+    }
+
+    async fn send_candidates(&self, peer: &str, sid: &str) -> Result<(), ConnectError> {
+        let cands: Vec<serde_json::Value> = self
+            .inner
+            .candidates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                let c = Candidate::new(
+                    CandidateKind::Host,
+                    Transport::Tcp,
+                    *a,
+                    u16::try_from(i).unwrap_or(u16::MAX),
+                    None,
+                );
+                serde_json::to_value(c).ok()
+            })
+            .collect();
+        let body = CandidatesBody {
+            session_id: sid.to_owned(),
+            candidates: cands,
+            end_of_candidates: true,
+        };
+        let m = message(&new_id(), CANDIDATES_TYPE, &body, Some(sid))?;
+        self.inner.agent.send(peer, m).await?;
+        Ok(())
+    }
+
+    async fn send_close(&self, peer: &str, sid: &str, code: u16, reason: &str) {
+        let body = CloseBody {
+            session_id: sid.to_owned(),
+            code,
+            reason: reason.chars().take(200).collect(),
+        };
+        if let Ok(m) = message(&new_id(), CLOSE_TYPE, &body, Some(sid)) {
+            if let Err(e) = self.inner.agent.send(peer, m).await {
+                tracing::debug!("could not send close to {peer}: {e}");
+            }
+        }
+    }
+
+    fn handshake_failed(&self, peer: &str, sid: &str, reason: &str) -> ConnectError {
+        let (this, peer_s, sid_s, reason_s) = (
+            self.clone(),
+            peer.to_owned(),
+            sid.to_owned(),
+            reason.to_owned(),
+        );
+        tokio::spawn(async move { this.send_close(&peer_s, &sid_s, 2, &reason_s).await });
+        ConnectError::Handshake {
+            peer: peer.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// Route negotiation messages: proposals wait for `accept`, the rest go to their thread.
+async fn dispatch(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Inbound>) {
+    while let Some(m) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else { break };
+        if kind(&m) == Some("propose") {
+            if let Ok(mut p) = inner.proposals.lock() {
+                p.push(m);
+                // Unclaimed proposals from peers nobody waits for are bounded.
+                if p.len() > 256 {
+                    p.remove(0);
+                }
+            }
+            inner.new_proposal.notify_waiters();
+            continue;
+        }
+        let sid = m
+            .message
+            .body
+            .get("session_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
+        let tx = sid.and_then(|s| inner.threads.lock().ok().and_then(|t| t.get(&s).cloned()));
+        match tx {
+            Some(tx) => {
+                let _ = tx.try_send(m);
+            }
+            None => tracing::debug!("negotiation message for an unknown session dropped"),
+        }
+    }
+}
+
+/// Dial `addrs` in order (retrying until `deadline`: the acceptor registers the session
+/// with its listener only after the handshake), send the path hello and attach.
+async fn dial(
+    handle: &SessionHandle,
+    addrs: &[SocketAddr],
+    deadline: tokio::time::Instant,
+) -> Result<SocketAddr, String> {
+    if addrs.is_empty() {
+        return Err("the peer announced no TCP candidate".into());
+    }
+    let mut last = String::new();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        for &a in addrs {
+            match try_path(handle, a).await {
+                Ok(()) => {
+                    // Connected only once the peer's first record authenticates on this
+                    // path; a listener that does not know the session yet drops it.
+                    let mut st = handle.watch_state();
+                    let up = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        st.wait_for(|s| *s != SessionState::Connecting),
+                    )
+                    .await;
+                    if handle.state() == SessionState::Connected {
+                        return Ok(a);
+                    }
+                    last = match up {
+                        Ok(_) => format!("{a}: path dropped by the peer"),
+                        Err(_) => format!("{a}: no answer on the path"),
+                    };
+                }
+                Err(e) => last = format!("{a}: {e}"),
+            }
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn try_path(handle: &SessionHandle, addr: SocketAddr) -> std::io::Result<()> {
+    let mut tcp = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    tcp.set_nodelay(true)?;
+    path::send_hello(&mut tcp, &handle.path_id()).await?;
+    handle.attach_path(Box::new(tcp)).await
+}
+
+/// The proposer owns the path: when it breaks, dial again until the session is over.
+async fn keep_path(handle: SessionHandle, addrs: Vec<SocketAddr>) {
+    let mut state = handle.watch_state();
+    loop {
+        if state
+            .wait_for(|s| *s == SessionState::NoPath || s.is_over())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if handle.state().is_over() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        match dial(&handle, &addrs, deadline).await {
+            Ok(a) => tracing::info!("secure session path restored to {a}"),
+            Err(e) => tracing::warn!("cannot restore the path ({e}); retrying"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn host_candidates(local: SocketAddr, agent: &Agent) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let mut out = vec![SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        local.port(),
+    )];
+    // The interface that routes towards our mediator is the one peers elsewhere can
+    // reach (a UDP "connect" sends nothing; it only picks the route).
+    let mediator_host = url::Url::parse(&agent.client().info.http)
+        .ok()
+        .and_then(|u| u.socket_addrs(|| Some(443)).ok())
+        .and_then(|a| a.into_iter().next());
+    if let Some(target) = mediator_host {
+        if let Ok(sock) = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)) {
+            if sock.connect(target).is_ok() {
+                if let Ok(l) = sock.local_addr() {
+                    let a = SocketAddr::new(l.ip(), local.port());
+                    if !l.ip().is_loopback() && !out.contains(&a) {
+                        out.insert(0, a);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    hex::encode(b)
+}
+
+fn message<T: serde::Serialize>(
+    id: &str,
+    type_: &str,
+    body: &T,
+    thid: Option<&str>,
+) -> Result<Message, ConnectError> {
+    let body = serde_json::to_value(body)
+        .map_err(|e| ConnectError::Io(std::io::Error::other(e.to_string())))?;
+    let mut m = Message::new(id, type_, body);
+    m.thid = thid.map(str::to_owned);
+    Ok(m)
+}
+
+fn kind(m: &Inbound) -> Option<&str> {
+    m.message
+        .type_
+        .strip_prefix(PROTOCOL_URI)
+        .and_then(|s| s.strip_prefix('/'))
+}
+
+fn signed_by(m: &Inbound, did: &str) -> bool {
+    m.meta
+        .sign_from
+        .as_deref()
+        .is_some_and(|kid| kid.split('#').next() == Some(did))
+}
+
+fn body_of<T: serde::de::DeserializeOwned>(m: &Inbound, peer: &str) -> Result<T, ConnectError> {
+    serde_json::from_value(m.message.body.clone()).map_err(|e| ConnectError::Handshake {
+        peer: peer.to_owned(),
+        reason: format!("malformed {}: {e}", m.message.type_),
+    })
+}
+
+fn candidates_of(m: &Inbound) -> Vec<Candidate> {
+    let Ok(body) = serde_json::from_value::<CandidatesBody>(m.message.body.clone()) else {
+        return Vec::new();
+    };
+    if body.check().is_err() {
+        return Vec::new();
+    }
+    body.candidates
+        .into_iter()
+        .filter_map(|c| serde_json::from_value(c).ok())
+        .collect()
+}
+
+fn closed(m: &Inbound, peer: &str) -> ConnectError {
+    let body: CloseBody = serde_json::from_value(m.message.body.clone()).unwrap_or(CloseBody {
+        session_id: String::new(),
+        code: 4,
+        reason: "malformed close".into(),
+    });
+    ConnectError::Closed {
+        peer: peer.to_owned(),
+        code: body.code,
+        reason: body.reason,
+    }
+}
