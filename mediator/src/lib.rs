@@ -41,6 +41,7 @@ pub mod live;
 pub mod messages;
 pub mod metrics;
 mod server;
+pub mod services;
 pub mod store;
 pub mod testkit;
 

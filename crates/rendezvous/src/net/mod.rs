@@ -1,4 +1,4 @@
-//! Thin tokio shells around the STUN cores (feature `tokio`, off by default).
+//! Thin tokio shells around the STUN and relay cores (feature `tokio`, off by default).
 //!
 //! ```text
 //!  StunServer: UdpSocket(s) ─recv─▶ binding::answer ─send─▶ same socket
@@ -10,9 +10,15 @@
 //! handle is dropped or [`StunServer::shutdown`] is awaited.
 
 mod client;
+#[cfg(feature = "quic")]
+pub mod connect;
+#[cfg(feature = "quic")]
+pub mod quic;
+pub mod relay;
 mod server;
 
 pub use client::{binding_tcp, binding_udp, classify_nat_udp};
+pub use relay::{RelayConnection, RelayIdentity, RelayStream};
 pub use server::{StunMetrics, StunServer, StunServerConfig};
 
 use crate::StunError;
@@ -27,7 +33,17 @@ pub enum NetError {
     /// The server answered with an error or an unusable response.
     #[error(transparent)]
     Stun(#[from] StunError),
-    /// No answer within the retransmission schedule.
-    #[error("STUN transaction timed out")]
+    /// No answer within the retransmission schedule (or the relay's
+    /// authentication time).
+    #[error("timed out")]
     TimedOut,
+    /// Relay protocol error (authentication refused, malformed frame, ...).
+    #[error(transparent)]
+    Relay(#[from] crate::RelayError),
+    /// WebSocket handshake or transport error.
+    #[error("WebSocket: {0}")]
+    WebSocket(String),
+    /// QUIC connection or endpoint error.
+    #[error("QUIC: {0}")]
+    Quic(String),
 }

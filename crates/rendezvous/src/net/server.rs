@@ -148,6 +148,11 @@ impl StunServer {
         &self.metrics
     }
 
+    /// The counters, shared (they outlive the server, e.g. for a metrics endpoint).
+    pub fn shared_metrics(&self) -> Arc<StunMetrics> {
+        self.metrics.clone()
+    }
+
     /// Stops every task and waits for them.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);

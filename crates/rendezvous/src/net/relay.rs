@@ -1,0 +1,699 @@
+//! Async relay client over plain TCP or WebSocket (spec/rendezvous.md §4),
+//! a thin shell over [`RelayClient`]: it authenticates with the party's
+//! Ed25519 key, then offers one [`RelayStream`] per peer — an
+//! `AsyncRead + AsyncWrite` byte stream that the session driver can use as
+//! a path.
+//!
+//! ```text
+//!  RelayStream::poll_write ─SendPacket─▶ writer task ─▶ socket ─▶ relay ─▶ peer
+//!  RelayStream::poll_read ◀─ per-peer channel ◀─ reader task ◀─ socket ◀─ relay
+//!  PeerGone(peer) / Overloaded / connection lost ─▶ stream error (ConnectionReset)
+//! ```
+//!
+//! Delivery contract (§4.5): a stream is ordered and lossless until it
+//! fails; it fails (reads and writes return `ConnectionReset`) when the
+//! relay reports `PeerGone` for its peer, reports `Overloaded` (something
+//! was dropped — we cannot tell which stream it belonged to, so every
+//! stream of the connection fails), or the connection closes. The session
+//! driver then resumes on another path (spec/session.md §7).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::PollSender;
+
+use super::NetError;
+use crate::relay::{ClientToRelay, PeerAddr, RelayToClient, SigningKey, MAX_PAYLOAD};
+use crate::relay_client::{ClientEvent, RelayClient};
+use crate::RelayError;
+
+/// WebSocket subprotocol of the relay (spec/rendezvous.md §4.1).
+pub const RELAY_SUBPROTOCOL: &str = "mpc-did-relay.1";
+
+/// Frames buffered per stream before the reader task waits for the stream's reader.
+const STREAM_QUEUE: usize = 256;
+/// Frames and bytes kept per not-yet-opened peer (a peer may send before we open
+/// our stream to it), and how many such peers.
+const PENDING_FRAMES: usize = 256;
+const PENDING_BYTES: usize = 4 << 20;
+const PENDING_PEERS: usize = 16;
+/// Keepalive: a Ping when nothing was written for this long (relay idle timeout is 60 s).
+const KEEPALIVE: Duration = Duration::from_secs(20);
+/// Authentication must finish within this time.
+const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Who we authenticate as.
+#[derive(Clone, Debug)]
+pub struct RelayIdentity {
+    /// The Ed25519 key that signs the challenge.
+    pub key: SigningKey,
+    /// Our DID.
+    pub did: String,
+    /// The verification method id of `key` in our DID document
+    /// (`did:key:z…#z…` for a did:key).
+    pub key_id: String,
+}
+
+impl RelayIdentity {
+    /// The identity of a did:key derived from `key`.
+    pub fn did_key(key: SigningKey) -> Self {
+        let did = did_key_of(&key.verifying_key().to_bytes());
+        let frag = did.trim_start_matches("did:key:").to_owned();
+        RelayIdentity {
+            key_id: format!("{did}#{frag}"),
+            did,
+            key,
+        }
+    }
+}
+
+/// `did:key:z6Mk…` for an Ed25519 public key (multicodec 0xed01, base58btc).
+fn did_key_of(pk: &[u8; 32]) -> String {
+    let mut bytes = Vec::with_capacity(34);
+    bytes.extend_from_slice(&[0xed, 0x01]);
+    bytes.extend_from_slice(pk);
+    format!("did:key:z{}", bs58::encode(bytes).into_string())
+}
+
+/// Counters of one relay connection.
+#[derive(Debug, Default)]
+pub struct RelayClientMetrics {
+    /// Packets received and handed to a stream.
+    pub packets_in: AtomicU64,
+    /// Packets sent.
+    pub packets_out: AtomicU64,
+    /// Packets from peers with no stream, dropped because the pending buffer was full.
+    pub dropped_unrouted: AtomicU64,
+    /// `Overloaded` notices from the relay.
+    pub overloaded: AtomicU64,
+    /// `PeerGone` notices from the relay.
+    pub peer_gone: AtomicU64,
+}
+
+struct Route {
+    id: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+    failed: Arc<Mutex<Option<&'static str>>>,
+}
+
+#[derive(Default)]
+struct Routes {
+    streams: HashMap<PeerAddr, Route>,
+    pending: HashMap<[u8; 32], (String, VecDeque<Vec<u8>>, usize)>,
+    closed: Option<&'static str>,
+    next_id: u64,
+}
+
+impl Routes {
+    fn fail(&mut self, addr: &PeerAddr, why: &'static str) {
+        if let Some(r) = self.streams.remove(addr) {
+            set_failed(&r.failed, why);
+        }
+    }
+    fn fail_all(&mut self, why: &'static str) {
+        for (_, r) in self.streams.drain() {
+            set_failed(&r.failed, why);
+        }
+    }
+}
+
+fn set_failed(f: &Mutex<Option<&'static str>>, why: &'static str) {
+    if let Ok(mut g) = f.lock() {
+        g.get_or_insert(why);
+    }
+}
+
+struct Shared {
+    routes: Mutex<Routes>,
+    metrics: RelayClientMetrics,
+}
+
+/// An authenticated relay connection. Dropping it closes the connection
+/// (and fails its streams).
+pub struct RelayConnection {
+    shared: Arc<Shared>,
+    out: mpsc::Sender<ClientToRelay>,
+    relay_id: String,
+    did: String,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RelayConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayConnection")
+            .field("relay_id", &self.relay_id)
+            .field("did", &self.did)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RelayConnection {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Ok(mut r) = self.shared.routes.lock() {
+            r.closed = Some("relay connection dropped");
+            r.fail_all("relay connection dropped");
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+enum FrameReader {
+    Tcp(tokio::net::tcp::OwnedReadHalf, Vec<u8>),
+    Ws(futures_util::stream::SplitStream<Ws>),
+}
+
+enum FrameWriter {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Ws(futures_util::stream::SplitSink<Ws, Message>),
+}
+
+impl FrameReader {
+    /// The next frame; `Ok(None)` at a clean end of the connection.
+    async fn next(&mut self) -> Result<Option<RelayToClient>, NetError> {
+        match self {
+            FrameReader::Tcp(rd, buf) => loop {
+                if let Some((frame, used)) = RelayToClient::decode(buf)? {
+                    buf.drain(..used);
+                    return Ok(Some(frame));
+                }
+                if rd.read_buf(buf).await? == 0 {
+                    return Ok(None);
+                }
+            },
+            FrameReader::Ws(s) => loop {
+                let Some(msg) = s.next().await else {
+                    return Ok(None);
+                };
+                match msg.map_err(|e| NetError::WebSocket(e.to_string()))? {
+                    Message::Binary(b) => {
+                        // One message = exactly one frame (spec §4.1).
+                        return match RelayToClient::decode(&b)? {
+                            Some((f, used)) if used == b.len() => Ok(Some(f)),
+                            _ => Err(RelayError::Malformed.into()),
+                        };
+                    }
+                    Message::Close(_) => return Ok(None),
+                    _ => {}
+                }
+            },
+        }
+    }
+}
+
+impl FrameWriter {
+    async fn send(&mut self, frames: &[ClientToRelay]) -> Result<(), NetError> {
+        match self {
+            FrameWriter::Tcp(w) => {
+                let mut buf = Vec::new();
+                for f in frames {
+                    f.write_to(&mut buf)?;
+                }
+                w.write_all(&buf).await?;
+                w.flush().await?;
+            }
+            FrameWriter::Ws(s) => {
+                for f in frames {
+                    s.feed(Message::binary(f.to_bytes()?))
+                        .await
+                        .map_err(|e| NetError::WebSocket(e.to_string()))?;
+                }
+                s.flush()
+                    .await
+                    .map_err(|e| NetError::WebSocket(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl RelayConnection {
+    /// Connects to a relay's plain-TCP port and authenticates. With
+    /// `expected_relay` (the mediator's DID), a relay with another identity is refused.
+    ///
+    /// # Errors
+    /// Socket errors, [`NetError::TimedOut`], [`NetError::Relay`] with
+    /// `AuthenticationFailed`, `WrongRelay` or a protocol error.
+    pub async fn connect_tcp(
+        addr: SocketAddr,
+        me: RelayIdentity,
+        expected_relay: Option<String>,
+    ) -> Result<Self, NetError> {
+        let tcp = tokio::time::timeout(AUTH_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| NetError::TimedOut)??;
+        tcp.set_nodelay(true)?;
+        let (rd, wr) = tcp.into_split();
+        Self::start(
+            FrameReader::Tcp(rd, Vec::with_capacity(1 << 16)),
+            FrameWriter::Tcp(wr),
+            me,
+            expected_relay,
+        )
+        .await
+    }
+
+    /// Connects to a relay's WebSocket endpoint (`ws://host:port/relay`)
+    /// and authenticates.
+    ///
+    /// # Errors
+    /// As [`Self::connect_tcp`], plus [`NetError::WebSocket`].
+    pub async fn connect_ws(
+        url: &str,
+        me: RelayIdentity,
+        expected_relay: Option<String>,
+    ) -> Result<Self, NetError> {
+        let mut req = url
+            .into_client_request()
+            .map_err(|e| NetError::WebSocket(e.to_string()))?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(RELAY_SUBPROTOCOL),
+        );
+        let (ws, _) = tokio::time::timeout(AUTH_TIMEOUT, tokio_tungstenite::connect_async(req))
+            .await
+            .map_err(|_| NetError::TimedOut)?
+            .map_err(|e| NetError::WebSocket(e.to_string()))?;
+        if let tokio_tungstenite::MaybeTlsStream::Plain(s) = ws.get_ref() {
+            s.set_nodelay(true)?;
+        }
+        let (wr, rd) = ws.split();
+        Self::start(FrameReader::Ws(rd), FrameWriter::Ws(wr), me, expected_relay).await
+    }
+
+    async fn start(
+        mut rd: FrameReader,
+        mut wr: FrameWriter,
+        me: RelayIdentity,
+        expected_relay: Option<String>,
+    ) -> Result<Self, NetError> {
+        let mut core = RelayClient::new(me.key, me.did.clone(), me.key_id, expected_relay);
+        let relay_id = tokio::time::timeout(AUTH_TIMEOUT, async {
+            let mut relay_id = None;
+            loop {
+                let frame = rd
+                    .next()
+                    .await?
+                    .ok_or(NetError::Io(io::ErrorKind::UnexpectedEof.into()))?;
+                if let RelayToClient::ServerChallenge { relay_id: r, .. } = &frame {
+                    relay_id = Some(r.clone());
+                }
+                match core.on_frame(frame, now_unix())? {
+                    ClientEvent::Send(f) => wr.send(&[f]).await?,
+                    ClientEvent::Ready => return Ok::<_, NetError>(relay_id.unwrap_or_default()),
+                    ClientEvent::Closed(None) => {
+                        return Err(RelayError::AuthenticationFailed.into())
+                    }
+                    ClientEvent::Closed(Some(_)) | ClientEvent::Overloaded(_) => {
+                        return Err(RelayError::UnexpectedFrame.into())
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .map_err(|_| NetError::TimedOut)??;
+
+        let shared = Arc::new(Shared {
+            routes: Mutex::new(Routes::default()),
+            metrics: RelayClientMetrics::default(),
+        });
+        let (out, out_rx) = mpsc::channel::<ClientToRelay>(STREAM_QUEUE);
+        let writer = tokio::spawn(writer_task(wr, out_rx, shared.clone()));
+        let reader = tokio::spawn(reader_task(rd, core, out.clone(), shared.clone()));
+        Ok(RelayConnection {
+            shared,
+            out,
+            relay_id,
+            did: me.did,
+            tasks: vec![reader, writer],
+        })
+    }
+
+    /// The relay's identity (its DID) from the challenge.
+    pub fn relay_id(&self) -> &str {
+        &self.relay_id
+    }
+
+    /// Our DID.
+    pub fn did(&self) -> &str {
+        &self.did
+    }
+
+    /// This connection's counters.
+    pub fn metrics(&self) -> &RelayClientMetrics {
+        &self.shared.metrics
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_open(&self) -> bool {
+        self.shared
+            .routes
+            .lock()
+            .map(|r| r.closed.is_none())
+            .unwrap_or(false)
+    }
+
+    /// A byte stream to `peer` (its Ed25519 key, or its DID). Packets the
+    /// peer sent before this call are delivered first. Opening a second
+    /// stream to the same peer fails the first.
+    ///
+    /// # Errors
+    /// `ConnectionReset` if the connection is closed.
+    pub fn open_stream(&self, peer: PeerAddr) -> io::Result<RelayStream> {
+        let mut routes = self
+            .shared
+            .routes
+            .lock()
+            .map_err(|_| io::Error::other("relay client state poisoned"))?;
+        if let Some(why) = routes.closed {
+            return Err(io::Error::new(io::ErrorKind::ConnectionReset, why));
+        }
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE.max(PENDING_FRAMES));
+        let pending_key = match &peer {
+            PeerAddr::Key(k) => Some(*k),
+            PeerAddr::Did(d) => routes
+                .pending
+                .iter()
+                .find(|(_, (did, _, _))| did == d)
+                .map(|(k, _)| *k),
+        };
+        if let Some((_, frames, _)) = pending_key.and_then(|k| routes.pending.remove(&k)) {
+            for f in frames {
+                // Cannot fail: the channel holds PENDING_FRAMES and is new.
+                let _ = tx.try_send(f);
+            }
+        }
+        routes.next_id += 1;
+        let id = routes.next_id;
+        let failed = Arc::new(Mutex::new(None));
+        routes.fail(&peer, "replaced by a newer stream");
+        routes.streams.insert(
+            peer.clone(),
+            Route {
+                id,
+                tx,
+                failed: failed.clone(),
+            },
+        );
+        Ok(RelayStream {
+            peer,
+            id,
+            rx,
+            buf: Vec::new(),
+            pos: 0,
+            tx: PollSender::new(self.out.clone()),
+            failed,
+            shared: Arc::downgrade(&self.shared),
+        })
+    }
+}
+
+async fn writer_task(
+    mut wr: FrameWriter,
+    mut rx: mpsc::Receiver<ClientToRelay>,
+    shared: Arc<Shared>,
+) {
+    let mut batch = Vec::with_capacity(64);
+    let why = loop {
+        let first = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break "relay connection dropped",
+            Err(_) => ClientToRelay::Ping(now_unix().to_be_bytes()),
+        };
+        batch.push(first);
+        let mut bytes = 0usize;
+        while batch.len() < 64 && bytes < 256 << 10 {
+            match rx.try_recv() {
+                Ok(f) => {
+                    bytes += f.encoded_len();
+                    batch.push(f);
+                }
+                Err(_) => break,
+            }
+        }
+        let packets = batch
+            .iter()
+            .filter(|f| matches!(f, ClientToRelay::SendPacket { .. }))
+            .count() as u64;
+        if wr.send(&batch).await.is_err() {
+            break "relay connection lost";
+        }
+        shared
+            .metrics
+            .packets_out
+            .fetch_add(packets, Ordering::Relaxed);
+        batch.clear();
+    };
+    if let Ok(mut r) = shared.routes.lock() {
+        r.closed.get_or_insert(why);
+        r.fail_all(why);
+    }
+}
+
+async fn reader_task(
+    mut rd: FrameReader,
+    mut core: RelayClient,
+    out: mpsc::Sender<ClientToRelay>,
+    shared: Arc<Shared>,
+) {
+    let why = loop {
+        let frame = match rd.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break "relay closed the connection",
+            Err(_) => break "relay connection lost",
+        };
+        let event = match core.on_frame(frame, now_unix()) {
+            Ok(e) => e,
+            Err(_) => break "unexpected frame from the relay",
+        };
+        match event {
+            ClientEvent::Send(f) => {
+                if out.send(f).await.is_err() {
+                    break "relay connection dropped";
+                }
+            }
+            ClientEvent::Packet {
+                src_key,
+                src_did,
+                payload,
+            } => deliver(&shared, src_key, src_did, payload).await,
+            ClientEvent::PeerGone(p) => {
+                shared.metrics.peer_gone.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut r) = shared.routes.lock() {
+                    r.fail(&p, "peer not connected to the relay");
+                }
+            }
+            ClientEvent::Overloaded(_) => {
+                shared.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut r) = shared.routes.lock() {
+                    r.fail_all("relay overloaded: a packet was dropped");
+                }
+            }
+            ClientEvent::Closed(_) => break "relay closed the connection",
+            ClientEvent::Ready | ClientEvent::Nothing => {}
+        }
+    };
+    if let Ok(mut r) = shared.routes.lock() {
+        r.closed.get_or_insert(why);
+        r.fail_all(why);
+    }
+}
+
+async fn deliver(shared: &Shared, src_key: [u8; 32], src_did: String, payload: Vec<u8>) {
+    let target = {
+        let Ok(mut routes) = shared.routes.lock() else {
+            return;
+        };
+        let found = routes
+            .streams
+            .get(&PeerAddr::Key(src_key))
+            .map(|r| (PeerAddr::Key(src_key), r.id, r.tx.clone()))
+            .or_else(|| {
+                let d = PeerAddr::Did(src_did.clone());
+                routes.streams.get(&d).map(|r| (d, r.id, r.tx.clone()))
+            });
+        if found.is_none() {
+            // Not opened yet: keep a bounded backlog (the peer may be faster
+            // than our session setup).
+            let room =
+                routes.pending.len() < PENDING_PEERS || routes.pending.contains_key(&src_key);
+            let entry = routes
+                .pending
+                .entry(src_key)
+                .or_insert_with(|| (src_did, VecDeque::new(), 0));
+            if room && entry.1.len() < PENDING_FRAMES && entry.2 + payload.len() <= PENDING_BYTES {
+                entry.2 += payload.len();
+                entry.1.push_back(payload);
+            } else {
+                if entry.1.is_empty() {
+                    routes.pending.remove(&src_key);
+                }
+                shared
+                    .metrics
+                    .dropped_unrouted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        found
+    };
+    let Some((addr, id, tx)) = target else {
+        return;
+    };
+    // Waiting here applies backpressure to the whole connection: a slow
+    // stream reader slows the relay's queue to us, which the relay bounds.
+    if tx.send(payload).await.is_ok() {
+        shared.metrics.packets_in.fetch_add(1, Ordering::Relaxed);
+    } else if let Ok(mut r) = shared.routes.lock() {
+        if r.streams.get(&addr).is_some_and(|x| x.id == id) {
+            r.streams.remove(&addr);
+        }
+    }
+}
+
+/// A byte stream to one peer through the relay (a session path). Writes
+/// are cut into packets of at most [`MAX_PAYLOAD`] bytes.
+pub struct RelayStream {
+    peer: PeerAddr,
+    id: u64,
+    rx: mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+    tx: PollSender<ClientToRelay>,
+    failed: Arc<Mutex<Option<&'static str>>>,
+    shared: std::sync::Weak<Shared>,
+}
+
+impl std::fmt::Debug for RelayStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayStream")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayStream {
+    /// The peer this stream talks to.
+    pub fn peer(&self) -> &PeerAddr {
+        &self.peer
+    }
+
+    fn failure(&self) -> Option<io::Error> {
+        let why = self.failed.lock().ok().and_then(|g| *g)?;
+        Some(io::Error::new(io::ErrorKind::ConnectionReset, why))
+    }
+}
+
+impl Drop for RelayStream {
+    fn drop(&mut self) {
+        if let Some(s) = self.shared.upgrade() {
+            if let Ok(mut r) = s.routes.lock() {
+                if r.streams.get(&self.peer).is_some_and(|x| x.id == self.id) {
+                    r.streams.remove(&self.peer);
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for RelayStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(rest) = self.buf.get(self.pos..) {
+                if !rest.is_empty() {
+                    let n = rest.len().min(out.remaining());
+                    out.put_slice(rest.get(..n).unwrap_or_default());
+                    self.pos += n;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(p) => {
+                    self.buf = p;
+                    self.pos = 0;
+                }
+                // The route is gone: the stream failed (never a clean EOF:
+                // the relay has no end-of-stream, and a session must not
+                // mistake a failure for a close).
+                None => {
+                    return Poll::Ready(Err(self.failure().unwrap_or_else(|| {
+                        io::Error::new(io::ErrorKind::ConnectionReset, "relay stream closed")
+                    })))
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for RelayStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.failure() {
+            return Poll::Ready(Err(e));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if ready!(self.tx.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "relay connection closed",
+            )));
+        }
+        let n = buf.len().min(MAX_PAYLOAD);
+        let frame = ClientToRelay::SendPacket {
+            dst: self.peer.clone(),
+            payload: buf.get(..n).unwrap_or_default().to_vec(),
+        };
+        if self.tx.send_item(frame).is_err() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "relay connection closed",
+            )));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Frames go to the writer task at once; it writes and flushes each batch.
+        match self.failure() {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,681 @@
+//! The relay service (spec/rendezvous.md §4): WebSocket `GET /relay` on the
+//! mediator's HTTP port and a plain-TCP listener, both driving one
+//! [`RelayServer`] state machine.
+//!
+//! ```text
+//!  WS /relay ─┐                      ┌──────── Mutex<Hub> ────────┐
+//!  TCP port ──┴─▶ conn task: reader ─▶ RelayServer::handle ─▶ queue[B] ─Wake(B)─▶ Notify B
+//!                          writer ◀── poll_transmit(A) ◀─ Notify A │ timer: handle_timeout
+//!                 ClientAuth ─▶ resolve DID (did:key local, else UniversalResolver) ─▶ finish_auth
+//! ```
+//!
+//! The state machine (bounded per-client queues, rate limits, timeouts,
+//! metrics) sits behind one `std::sync::Mutex`, never held across an await:
+//! each connection task locks it briefly to feed a frame or drain its queue,
+//! and wakes the destination's writer through a [`Notify`]. A frame from A
+//! to B is therefore copied once into B's bounded queue and written by B's
+//! task; nothing else buffers it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use mpc_did_rendezvous::net::relay::RELAY_SUBPROTOCOL;
+use mpc_did_rendezvous::relay::{ClientAuth, ClientToRelay, RelayToClient, VerifyingKey};
+use mpc_did_rendezvous::relay_server::{
+    ConnId, Handled, RelayConfig, RelayMetrics, RelayServer, ServerEvent,
+};
+use mpc_did_rendezvous::RelayError;
+use mpc_did_resolver::{DidResolver, PublicKey, UniversalResolver};
+use rand_core::{OsRng, RngCore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::{Service, ServiceContext};
+
+/// Limits and listeners of the relay service.
+#[derive(Clone, Debug)]
+pub struct RelayServiceConfig {
+    /// Plain-TCP relay listener (`None`: WebSocket only). Port 0 picks one.
+    pub tcp_listen: Option<SocketAddr>,
+    /// Most simultaneous relay connections.
+    pub max_clients: usize,
+    /// Per-client outgoing queue limit in bytes.
+    pub max_queue_bytes: usize,
+    /// Per-client outgoing queue limit in frames.
+    pub max_queue_frames: usize,
+    /// Per-client sustained send rate (wire bytes per second).
+    pub rate_bytes_per_sec: u64,
+    /// Per-client burst above the rate.
+    pub burst_bytes: u64,
+    /// Idle connections are closed after this long.
+    pub idle_timeout: Duration,
+    /// Time allowed to resolve a client's DID document.
+    pub resolve_timeout: Duration,
+}
+
+impl Default for RelayServiceConfig {
+    fn default() -> Self {
+        let core = RelayConfig::new("");
+        RelayServiceConfig {
+            tcp_listen: None,
+            max_clients: core.max_clients,
+            max_queue_bytes: core.max_queue_bytes,
+            max_queue_frames: core.max_queue_frames,
+            rate_bytes_per_sec: core.rate_bytes_per_sec,
+            burst_bytes: core.burst_bytes,
+            idle_timeout: core.idle_timeout,
+            resolve_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+struct Conn {
+    notify: Arc<Notify>,
+    closing: Arc<AtomicBool>,
+}
+
+struct Hub {
+    server: RelayServer,
+    conns: HashMap<ConnId, Conn>,
+}
+
+impl Hub {
+    /// Delivers the state machine's events to the connection tasks.
+    fn pump(&mut self) {
+        while let Some(ev) = self.server.poll_event() {
+            let (ServerEvent::Wake(c) | ServerEvent::Close(c)) = ev;
+            if let Some(conn) = self.conns.get(&c) {
+                if matches!(ev, ServerEvent::Close(_)) {
+                    conn.closing.store(true, Ordering::Release);
+                }
+                conn.notify.notify_one();
+            }
+        }
+    }
+}
+
+struct Inner {
+    hub: Mutex<Hub>,
+    resolver: UniversalResolver,
+    resolve_timeout: Duration,
+    /// Wakes the timer when a connection opens (its deadline may be the earliest).
+    timer: Notify,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hub> {
+        // A panic while holding the lock cannot leave the relay's invariants
+        // half-updated in a way that matters more than stopping service.
+        self.hub
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Shared view of a running relay service (metrics, TCP address).
+#[derive(Clone)]
+pub struct RelayServiceHandle {
+    inner: watch::Receiver<Option<Arc<Inner>>>,
+    tcp_addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for RelayServiceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayServiceHandle")
+            .field("tcp_addr", &self.tcp_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayServiceHandle {
+    /// The bound plain-TCP relay address, if any.
+    #[must_use]
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// A snapshot of the relay's counters (`None` before the service started).
+    #[must_use]
+    pub fn metrics(&self) -> Option<RelayMetrics> {
+        let inner = self.inner.borrow().clone()?;
+        let m = inner.lock().server.metrics().clone();
+        Some(m)
+    }
+
+    /// The counters in the Prometheus text format (empty before start).
+    #[must_use]
+    pub fn prometheus(&self) -> String {
+        self.metrics()
+            .map(|m| prometheus_text(&m))
+            .unwrap_or_default()
+    }
+}
+
+/// The relay's counters as Prometheus text (series `mpcdid_relay_*`).
+#[must_use]
+pub fn prometheus_text(m: &RelayMetrics) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(2048);
+    let gauges = [
+        ("clients", "Relay connections open now.", m.clients),
+        (
+            "authenticated",
+            "Relay connections authenticated now.",
+            m.authenticated,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP mpcdid_relay_{name} {help}\n# TYPE mpcdid_relay_{name} gauge\nmpcdid_relay_{name} {v}"
+        );
+    }
+    let counters = [
+        ("accepted_total", "Relay connections accepted.", m.accepted),
+        (
+            "rejected_full_total",
+            "Relay connections refused at max clients.",
+            m.rejected_full,
+        ),
+        (
+            "auth_ok_total",
+            "Successful relay authentications.",
+            m.auth_ok,
+        ),
+        (
+            "auth_failed_total",
+            "Failed relay authentications.",
+            m.auth_failed,
+        ),
+        (
+            "not_authenticated_total",
+            "Packets sent before authentication.",
+            m.not_authenticated,
+        ),
+        (
+            "malformed_total",
+            "Malformed or oversize relay frames.",
+            m.malformed,
+        ),
+        (
+            "forwarded_packets_total",
+            "Packets forwarded.",
+            m.forwarded_packets,
+        ),
+        (
+            "forwarded_bytes_total",
+            "Payload bytes forwarded.",
+            m.forwarded_bytes,
+        ),
+        (
+            "unknown_peer_total",
+            "Packets to peers not connected here.",
+            m.unknown_peer,
+        ),
+        (
+            "dropped_rate_limited_total",
+            "Packets dropped by the sender's rate limit.",
+            m.dropped_rate_limited,
+        ),
+        (
+            "dropped_queue_full_total",
+            "Packets dropped on a full destination queue.",
+            m.dropped_queue_full,
+        ),
+        (
+            "dropped_control_total",
+            "Control frames dropped on a full queue.",
+            m.dropped_control,
+        ),
+        (
+            "timed_out_total",
+            "Connections closed idle or unauthenticated.",
+            m.timed_out,
+        ),
+        (
+            "replaced_total",
+            "Connections replaced by a newer one with the same key.",
+            m.replaced,
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP mpcdid_relay_{name} {help}\n# TYPE mpcdid_relay_{name} counter\nmpcdid_relay_{name} {v}"
+        );
+    }
+    out
+}
+
+/// The relay as a mediator [`Service`]: `GET /relay` (WebSocket, subprotocol
+/// `mpc-did-relay.1`), `GET /metrics/relay` (Prometheus text) and an optional
+/// plain-TCP listener.
+pub struct RelayService {
+    cfg: RelayServiceConfig,
+    listener: Option<TcpListener>,
+    resolver: Option<UniversalResolver>,
+    tx: watch::Sender<Option<Arc<Inner>>>,
+    handle: RelayServiceHandle,
+}
+
+impl RelayService {
+    /// Binds the TCP listener (if configured); the relay starts with the mediator.
+    ///
+    /// # Errors
+    /// The TCP address cannot be bound.
+    pub async fn bind(cfg: RelayServiceConfig) -> std::io::Result<Self> {
+        let listener = match cfg.tcp_listen {
+            Some(a) => Some(TcpListener::bind(a).await?),
+            None => None,
+        };
+        let tcp_addr = listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let (tx, rx) = watch::channel(None);
+        Ok(RelayService {
+            cfg,
+            listener,
+            resolver: None,
+            tx,
+            handle: RelayServiceHandle {
+                inner: rx,
+                tcp_addr,
+            },
+        })
+    }
+
+    /// Resolves clients' DIDs with `resolver` (default: a new
+    /// [`UniversalResolver`]: did:key locally, did:web over HTTPS).
+    #[must_use]
+    pub fn with_resolver(mut self, resolver: UniversalResolver) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Metrics and addresses, usable after the service moved into the mediator.
+    #[must_use]
+    pub fn handle(&self) -> RelayServiceHandle {
+        self.handle.clone()
+    }
+}
+
+impl Service for RelayService {
+    fn name(&self) -> &'static str {
+        "relay"
+    }
+
+    fn routes(&self) -> Option<Router> {
+        let rx = self.handle.inner.clone();
+        let metrics = self.handle.clone();
+        Some(
+            Router::new()
+                .route("/relay", get(ws_upgrade))
+                .with_state(rx)
+                .route(
+                    "/metrics/relay",
+                    get(move || {
+                        let m = metrics.clone();
+                        async move { m.prometheus() }
+                    }),
+                ),
+        )
+    }
+
+    fn run(
+        self: Box<Self>,
+        ctx: ServiceContext,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let resolver = match self.resolver {
+                Some(r) => r,
+                None => match UniversalResolver::new() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "relay: no DID resolver; not starting");
+                        return;
+                    }
+                },
+            };
+            let mut core = RelayConfig::new(ctx.identity.did.clone());
+            core.max_clients = self.cfg.max_clients;
+            core.max_queue_bytes = self.cfg.max_queue_bytes;
+            core.max_queue_frames = self.cfg.max_queue_frames;
+            core.rate_bytes_per_sec = self.cfg.rate_bytes_per_sec;
+            core.burst_bytes = self.cfg.burst_bytes;
+            core.idle_timeout = self.cfg.idle_timeout;
+            let inner = Arc::new(Inner {
+                hub: Mutex::new(Hub {
+                    server: RelayServer::new(core),
+                    conns: HashMap::new(),
+                }),
+                resolver,
+                resolve_timeout: self.cfg.resolve_timeout,
+                timer: Notify::new(),
+            });
+            self.tx.send_replace(Some(inner.clone()));
+            let stop = ctx.shutdown.clone();
+            let timer = tokio::spawn(timer_task(inner.clone(), stop.clone()));
+            if let Some(listener) = self.listener {
+                tracing::info!(addr = ?listener.local_addr().ok(), "relay listening on TCP");
+                accept_loop(listener, inner, stop.clone()).await;
+            }
+            stop.cancelled().await;
+            timer.abort();
+        })
+    }
+}
+
+async fn timer_task(inner: Arc<Inner>, stop: CancellationToken) {
+    loop {
+        let next = inner.lock().server.next_timeout();
+        let sleep = match next {
+            Some(t) => tokio::time::sleep_until(t.into()),
+            None => tokio::time::sleep(Duration::from_secs(3600)),
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = inner.timer.notified() => continue,
+            () = sleep => {}
+        }
+        let mut hub = inner.lock();
+        hub.server.handle_timeout(Instant::now());
+        hub.pump();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, _)) => {
+                let _ = tcp.set_nodelay(true);
+                let (rd, wr) = tcp.into_split();
+                tokio::spawn(serve_conn(
+                    inner.clone(),
+                    Reader::Tcp(rd, Vec::with_capacity(8192)),
+                    Writer::Tcp(wr),
+                    stop.clone(),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "relay accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn ws_upgrade(
+    State(rx): State<watch::Receiver<Option<Arc<Inner>>>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let mut rx = rx;
+    // The service task publishes the hub when the mediator starts; a request
+    // that races it waits briefly.
+    let inner =
+        match tokio::time::timeout(Duration::from_secs(5), rx.wait_for(Option::is_some)).await {
+            Ok(Ok(g)) => g.clone(),
+            _ => None,
+        };
+    let Some(inner) = inner else {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let max = mpc_did_rendezvous::relay::MAX_FRAME_LEN + 5;
+    ws.protocols([RELAY_SUBPROTOCOL])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let (wr, rd) = socket.split();
+            // Relay connections end with the mediator's shutdown through the
+            // idle timeout and socket close; they hold no durable state.
+            serve_conn(
+                inner,
+                Reader::Ws(rd),
+                Writer::Ws(wr),
+                CancellationToken::new(),
+            )
+        })
+}
+
+enum Reader {
+    Tcp(tokio::net::tcp::OwnedReadHalf, Vec<u8>),
+    Ws(futures_util::stream::SplitStream<WebSocket>),
+}
+
+enum Writer {
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Ws(futures_util::stream::SplitSink<WebSocket, WsMessage>),
+}
+
+enum Read {
+    Frame(ClientToRelay, usize),
+    Bad(RelayError),
+    End,
+}
+
+impl Reader {
+    async fn next(&mut self) -> Read {
+        match self {
+            Reader::Tcp(rd, buf) => loop {
+                match ClientToRelay::decode(buf) {
+                    Ok(Some((f, used))) => {
+                        buf.drain(..used);
+                        return Read::Frame(f, used);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Read::Bad(e),
+                }
+                match rd.read_buf(buf).await {
+                    Ok(0) | Err(_) => return Read::End,
+                    Ok(_) => {}
+                }
+            },
+            Reader::Ws(s) => loop {
+                match s.next().await {
+                    None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return Read::End,
+                    Some(Ok(WsMessage::Binary(b))) => {
+                        return match ClientToRelay::decode(&b) {
+                            Ok(Some((f, used))) if used == b.len() => Read::Frame(f, used),
+                            Ok(_) => Read::Bad(RelayError::Malformed),
+                            Err(e) => Read::Bad(e),
+                        }
+                    }
+                    // Text is not part of the protocol.
+                    Some(Ok(WsMessage::Text(_))) => return Read::Bad(RelayError::Malformed),
+                    Some(Ok(_)) => {}
+                }
+            },
+        }
+    }
+}
+
+impl Writer {
+    async fn send(&mut self, frames: &[RelayToClient]) -> bool {
+        match self {
+            Writer::Tcp(w) => {
+                let mut buf = Vec::new();
+                for f in frames {
+                    if f.write_to(&mut buf).is_err() {
+                        return false;
+                    }
+                }
+                w.write_all(&buf).await.is_ok() && w.flush().await.is_ok()
+            }
+            Writer::Ws(s) => {
+                for f in frames {
+                    let Ok(bytes) = f.to_bytes() else {
+                        return false;
+                    };
+                    if s.feed(WsMessage::Binary(bytes.into())).await.is_err() {
+                        return false;
+                    }
+                }
+                s.flush().await.is_ok()
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        match self {
+            Writer::Tcp(w) => {
+                let _ = w.shutdown().await;
+            }
+            Writer::Ws(s) => {
+                let _ = s.close().await;
+            }
+        }
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Resolves the Ed25519 key `auth.key_id` of `auth.did`; it must be one of
+/// the document's authentication methods. `None` for every failure (the
+/// relay answers one opaque AuthFailed).
+async fn resolve_key(inner: &Inner, auth: &ClientAuth) -> Option<VerifyingKey> {
+    let doc = if auth.did.starts_with("did:key:") {
+        mpc_did_resolver::key::resolve(&auth.did).ok()?
+    } else {
+        tokio::time::timeout(inner.resolve_timeout, inner.resolver.resolve(&auth.did))
+            .await
+            .ok()?
+            .ok()?
+    };
+    let vm = doc.authentication_methods().into_iter().find(|vm| {
+        doc.verification_method(&auth.key_id)
+            .is_some_and(|x| x.id == vm.id)
+    })?;
+    match vm.key {
+        PublicKey::Ed25519(k) => VerifyingKey::from_bytes(&k).ok(),
+        PublicKey::X25519(_) => None,
+    }
+}
+
+async fn serve_conn(inner: Arc<Inner>, mut rd: Reader, mut wr: Writer, stop: CancellationToken) {
+    let mut nonce = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce);
+    let notify = Arc::new(Notify::new());
+    let closing = Arc::new(AtomicBool::new(false));
+    let opened = {
+        let mut hub = inner.lock();
+        let r = hub.server.open(nonce, Instant::now());
+        if let Ok(id) = r {
+            hub.conns.insert(
+                id,
+                Conn {
+                    notify: notify.clone(),
+                    closing: closing.clone(),
+                },
+            );
+            hub.pump();
+        }
+        r
+    };
+    let id = match opened {
+        Ok(id) => id,
+        Err(_) => {
+            let _ = wr.send(&[RelayServer::refusal_frame()]).await;
+            wr.close().await;
+            return;
+        }
+    };
+    inner.timer.notify_one();
+
+    let writer = async {
+        let mut batch = Vec::with_capacity(64);
+        loop {
+            notify.notified().await;
+            loop {
+                let done = closing.load(Ordering::Acquire);
+                {
+                    let mut hub = inner.lock();
+                    while batch.len() < 256 {
+                        match hub.server.poll_transmit(id) {
+                            Some(f) => batch.push(f),
+                            None => break,
+                        }
+                    }
+                }
+                if batch.is_empty() {
+                    if done {
+                        wr.close().await;
+                        return;
+                    }
+                    break;
+                }
+                if !wr.send(&batch).await {
+                    return;
+                }
+                batch.clear();
+            }
+        }
+    };
+
+    let reader = async {
+        loop {
+            match rd.next().await {
+                Read::Frame(frame, len) => {
+                    let handled = {
+                        let mut hub = inner.lock();
+                        let r = hub.server.handle(id, frame, len, Instant::now());
+                        hub.pump();
+                        r
+                    };
+                    match handled {
+                        Ok(Handled::VerifyAuth(auth)) => {
+                            let key = resolve_key(&inner, &auth).await;
+                            let mut hub = inner.lock();
+                            let _ = hub.server.finish_auth(id, &auth, key.as_ref(), now_unix());
+                            hub.pump();
+                        }
+                        Ok(Handled::Done) => {}
+                        Err(_) => return true,
+                    }
+                    if closing.load(Ordering::Acquire) {
+                        return true;
+                    }
+                }
+                Read::Bad(e) => {
+                    let mut hub = inner.lock();
+                    hub.server.on_malformed(id, &e);
+                    hub.pump();
+                    return true;
+                }
+                Read::End => return false,
+            }
+        }
+    };
+
+    tokio::pin!(writer, reader);
+    tokio::select! {
+        () = &mut writer => {}
+        flush = &mut reader => {
+            if flush {
+                // The relay queued a final frame (Error / AuthFailed): let the
+                // writer send it and close, but not forever.
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+            }
+        }
+        () = stop.cancelled() => {}
+    }
+    let mut hub = inner.lock();
+    hub.conns.remove(&id);
+    hub.server.close(id);
+}
