@@ -651,6 +651,11 @@ async fn serve_conn(inner: Arc<Inner>, mut rd: Reader, mut wr: Writer, stop: Can
                     if closing.load(Ordering::Acquire) {
                         return true;
                     }
+                    // Let destination writers run between frames: a reader
+                    // draining a full socket buffer must not fill a peer's
+                    // queue faster than its writer can empty it (on a busy or
+                    // single-threaded runtime that would turn into drops).
+                    tokio::task::yield_now().await;
                 }
                 Read::Bad(e) => {
                     let mut hub = inner.lock();

@@ -139,7 +139,16 @@ fn set_failed(f: &Mutex<Option<&'static str>>, why: &'static str) {
 struct Shared {
     routes: Mutex<Routes>,
     metrics: RelayClientMetrics,
+    /// Send pacing (bytes per second, burst bytes); 0 = unpaced.
+    rate: AtomicU64,
+    burst: AtomicU64,
 }
+
+/// Default send pacing: below the relay's default per-client limit (8 MiB/s,
+/// burst 1 MiB; spec §4.5) so that a well-behaved sender is never dropped.
+pub const DEFAULT_SEND_RATE: u64 = 6 << 20;
+/// Default pacing burst.
+pub const DEFAULT_SEND_BURST: u64 = 512 << 10;
 
 /// An authenticated relay connection. Dropping it closes the connection
 /// (and fails its streams).
@@ -340,6 +349,8 @@ impl RelayConnection {
         let shared = Arc::new(Shared {
             routes: Mutex::new(Routes::default()),
             metrics: RelayClientMetrics::default(),
+            rate: AtomicU64::new(DEFAULT_SEND_RATE),
+            burst: AtomicU64::new(DEFAULT_SEND_BURST),
         });
         let (out, out_rx) = mpsc::channel::<ClientToRelay>(STREAM_QUEUE);
         let writer = tokio::spawn(writer_task(wr, out_rx, shared.clone()));
@@ -366,6 +377,15 @@ impl RelayConnection {
     /// This connection's counters.
     pub fn metrics(&self) -> &RelayClientMetrics {
         &self.shared.metrics
+    }
+
+    /// Paces what this connection sends to `rate` bytes per second with
+    /// bursts of `burst` bytes (`rate` 0: unpaced). Keep it below the relay's
+    /// per-client limit: the relay drops (and reports) what exceeds it
+    /// rather than buffering (spec §4.5).
+    pub fn set_send_rate(&self, rate: u64, burst: u64) {
+        self.shared.rate.store(rate, Ordering::Relaxed);
+        self.shared.burst.store(burst, Ordering::Relaxed);
     }
 
     /// Whether the connection is still up.
@@ -438,6 +458,8 @@ async fn writer_task(
     shared: Arc<Shared>,
 ) {
     let mut batch = Vec::with_capacity(64);
+    // Pacing: `credit_at` is when the bytes sent so far are "paid for".
+    let mut credit_at = tokio::time::Instant::now();
     let why = loop {
         let first = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
             Ok(Some(f)) => f,
@@ -459,6 +481,20 @@ async fn writer_task(
             .iter()
             .filter(|f| matches!(f, ClientToRelay::SendPacket { .. }))
             .count() as u64;
+        let rate = shared.rate.load(Ordering::Relaxed);
+        if rate > 0 {
+            let wire: usize = batch.iter().map(ClientToRelay::encoded_len).sum();
+            let burst =
+                Duration::from_secs_f64(shared.burst.load(Ordering::Relaxed) as f64 / rate as f64);
+            let now = tokio::time::Instant::now();
+            // A token bucket as a virtual clock: idle time banks at most
+            // `burst` worth of credit; each batch costs wire/rate.
+            let floor = now.checked_sub(burst).unwrap_or(now);
+            credit_at = credit_at.max(floor) + Duration::from_secs_f64(wire as f64 / rate as f64);
+            if credit_at > now {
+                tokio::time::sleep_until(credit_at).await;
+            }
+        }
         if wr.send(&batch).await.is_err() {
             break "relay connection lost";
         }
