@@ -73,6 +73,9 @@ pub struct Limits {
     pub max_delivery_batch: u64,
     /// Live pushes not yet acknowledged per WebSocket before pushing pauses.
     pub max_inflight: u64,
+    /// Milliseconds a live session waits after an arrival before pushing, so that messages
+    /// arriving together share one `delivery` (0: push at once).
+    pub live_coalesce_ms: u64,
     /// Recipient keys per mediated DID.
     pub max_keys_per_did: u64,
     /// Seconds graceful shutdown waits for open connections.
@@ -102,6 +105,7 @@ impl Default for Limits {
             idle_timeout_secs: 300,
             max_delivery_batch: 100,
             max_inflight: 1_000,
+            live_coalesce_ms: 2,
             max_keys_per_did: 100,
             drain_timeout_secs: 10,
         }
@@ -153,6 +157,7 @@ impl Config {
             ("idle_timeout_secs", l.idle_timeout_secs),
             ("max_delivery_batch", l.max_delivery_batch),
             ("max_inflight", l.max_inflight),
+            ("live_coalesce_ms", l.live_coalesce_ms),
             ("max_keys_per_did", l.max_keys_per_did),
         ]
     }

@@ -141,9 +141,18 @@ pub async fn serve(listener: TcpListener, state: AppState, app: Router) {
         let Ok(permit) = sem.clone().try_acquire_owned() else {
             metrics.reject(Rejection::Connections);
             tokio::spawn(async move {
+                // Read the request head first: closing with unread input would reset the
+                // connection and the client would never see the 503.
+                let mut buf = [0u8; 4096];
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+                )
+                .await;
                 let _ = stream
                     .write_all(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                     .await;
+                let _ = stream.shutdown().await;
             });
             continue;
         };
@@ -349,6 +358,12 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
                 break;
             }
             () = woken => {
+                // Let arrivals that come together share one delivery (one authcrypt for
+                // the batch instead of one per message): a short coalescing window.
+                let window = core.config.limits.live_coalesce_ms;
+                if window > 0 {
+                    tokio::time::sleep(Duration::from_millis(window)).await;
+                }
                 if push_pending(&core, &mut s, &mut socket).await.is_err() {
                     break;
                 }

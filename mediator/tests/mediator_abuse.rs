@@ -220,3 +220,105 @@ async fn bad_requests_are_refused_and_the_mediator_stays_up() {
     // Graceful shutdown exits 0.
     assert!(m.terminate().success());
 }
+
+/// Per-connection rate and idle timeout (spec/mediator.md §6).
+#[tokio::test]
+async fn connection_limits_are_enforced() {
+    use futures_util::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nrate_per_connection = 1\nrate_burst = 3\nidle_timeout_secs = 1\n",
+    )
+    .unwrap();
+    let m = MediatorProc::start_with_config(&dir.path().join("data"), &[], Some(&cfg));
+    let url = m.url();
+    // One keep-alive connection: the burst passes, then 429 with a problem report.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let ping = message(types::PING, json!({})).to_json().unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = http
+            .post(format!("{url}/didcomm"))
+            .body(ping.clone())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status().as_u16() == 429 {
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(code(&v), codes::RATE_LIMITED);
+        }
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200]);
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+
+    // Idle timeout: silent WebSockets are closed by the mediator within ~1 s.
+    let ws_url = format!("ws://{}/ws", m.addr);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(
+            tokio_tungstenite::connect_async(ws_url.as_str())
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    for ws in &mut open {
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) => return,
+                    Some(Ok(m)) if m.is_close() => return,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "idle socket not closed");
+    }
+    let metrics = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("mpcdid_mediator_rejections_total{reason=\"rate_limited\"}"));
+    assert!(!metrics.contains("rate_limited\"} 0\n"));
+}
+
+/// Over the connection limit a client gets 503 and the mediator keeps serving others.
+#[tokio::test]
+async fn connection_limit_refuses_with_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, "[limits]\nmax_connections = 2\n").unwrap();
+    let m = MediatorProc::start_with_config(&dir.path().join("data"), &[], Some(&cfg));
+    let ws_url = format!("ws://{}/ws", m.addr);
+    let a = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap()
+        .0;
+    let b = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap()
+        .0;
+    let third = reqwest::get(format!("{}/healthz", m.url())).await.unwrap();
+    assert_eq!(third.status().as_u16(), 503);
+    drop((a, b));
+    let mut ok = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if let Ok(r) = reqwest::get(format!("{}/healthz", m.url())).await {
+            if r.status().is_success() {
+                ok = true;
+                break;
+            }
+        }
+    }
+    assert!(ok, "slots are released when connections close");
+}
