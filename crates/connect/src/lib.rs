@@ -38,6 +38,9 @@ use mpc_did_agent::{Agent, AgentError, Inbound};
 use mpc_did_didcomm::Message;
 use mpc_did_driver::{path, DriverConfig, PathRouter, SessionHandle, SessionState};
 use mpc_did_rendezvous::candidate::{Candidate, CandidateKind, Transport};
+pub use mpc_did_rendezvous::net::RelayIdentity;
+use mpc_did_rendezvous::net::{RelayConnection, RelayStream};
+use mpc_did_rendezvous::relay::PeerAddr;
 use mpc_did_session::messages::{
     AcceptBody, CandidatesBody, CloseBody, HandshakeBody, ProposeBody, ACCEPT_TYPE,
     CANDIDATES_TYPE, CLOSE_TYPE, HANDSHAKE_TYPE, PROPOSE_TYPE, PROTOCOL_URI,
@@ -88,6 +91,22 @@ pub struct ConnectorConfig {
     pub handshake_timeout: Duration,
     /// The session driver's tunables.
     pub driver: DriverConfig,
+    /// Our home relay (the relay service of our mediator), announced as a relay candidate
+    /// and used when no direct path works.
+    pub relay: Option<RelaySetup>,
+    /// Use the relay even when a direct path would work (tests, restrictive networks).
+    pub force_relay: bool,
+}
+
+/// How to reach and authenticate to a relay.
+#[derive(Debug, Clone)]
+pub struct RelaySetup {
+    /// `ws://host:port/relay` (or `wss://`).
+    pub url: String,
+    /// Our DID and the Ed25519 key that answers the relay's challenge.
+    pub identity: RelayIdentity,
+    /// The relay's (mediator's) DID; a relay with another identity is refused.
+    pub expected_relay: Option<String>,
 }
 
 impl Default for ConnectorConfig {
@@ -97,6 +116,8 @@ impl Default for ConnectorConfig {
             advertise: Vec::new(),
             handshake_timeout: Duration::from_secs(60),
             driver: DriverConfig::default(),
+            relay: None,
+            force_relay: false,
         }
     }
 }
@@ -164,6 +185,10 @@ pub struct Established {
     pub path: PathInfo,
     /// From the first negotiation message to a connected path.
     pub setup: Duration,
+    /// The peer's candidates (the proposer uses them to reconnect).
+    pub remote: Vec<Candidate>,
+    /// Whether we proposed (and so own the path).
+    pub proposer: bool,
 }
 
 /// One established session, for listings.
@@ -187,6 +212,10 @@ struct Inner {
     proposals: Mutex<Vec<Inbound>>,
     new_proposal: Notify,
     sessions: Mutex<Vec<Established>>,
+    /// Our home relay connection, if configured.
+    relay: Option<(RelaySetup, SocketAddr, Arc<RelayConnection>)>,
+    /// Connections to other parties' relays, by URL.
+    foreign_relays: tokio::sync::Mutex<HashMap<String, Arc<RelayConnection>>>,
 }
 
 /// A party's secure-session endpoint; cheap to clone.
@@ -219,6 +248,23 @@ impl Connector {
         };
         let router = PathRouter::new();
         tokio::spawn(router.clone().serve(listener));
+        let relay = match &config.relay {
+            Some(setup) => {
+                let conn = RelayConnection::connect_ws(
+                    &setup.url,
+                    setup.identity.clone(),
+                    setup.expected_relay.clone(),
+                )
+                .await
+                .map_err(|e| ConnectError::NoPath {
+                    peer: setup.url.clone(),
+                    reason: format!("cannot connect to our relay: {e}"),
+                })?;
+                let addr = relay_addr(&setup.url).unwrap_or_else(|| local);
+                Some((setup.clone(), addr, Arc::new(conn)))
+            }
+            None => None,
+        };
         let rx = agent.subscribe(&format!("{PROTOCOL_URI}/"));
         let inner = Arc::new(Inner {
             agent,
@@ -229,6 +275,8 @@ impl Connector {
             proposals: Mutex::new(Vec::new()),
             new_proposal: Notify::new(),
             sessions: Mutex::new(Vec::new()),
+            relay,
+            foreign_relays: tokio::sync::Mutex::new(HashMap::new()),
         });
         tokio::spawn(dispatch(Arc::downgrade(&inner), rx));
         Ok(Self { inner })
@@ -335,27 +383,29 @@ impl Connector {
                 }
             }
             remote.sort_by_key(|c: &Candidate| std::cmp::Reverse(c.priority));
-            let addrs: Vec<SocketAddr> = remote
-                .iter()
-                .filter(|c| matches!(c.transport, Transport::Tcp))
-                .map(|c| c.addr)
-                .collect();
-            let dialed =
-                dial(&handle, &addrs, deadline)
-                    .await
-                    .map_err(|reason| ConnectError::NoPath {
-                        peer: peer.to_owned(),
-                        reason,
-                    })?;
-            tokio::spawn(keep_path(handle.clone(), addrs));
+            let path = self
+                .connect_path(
+                    &handle,
+                    peer,
+                    &remote,
+                    self.inner.config.force_relay,
+                    deadline,
+                )
+                .await?;
+            tokio::spawn(keep_path(
+                self.clone(),
+                handle.clone(),
+                peer.to_owned(),
+                remote.clone(),
+            ));
             Ok(Established {
                 handle,
                 peer: peer.to_owned(),
                 session_id: sid_hex.clone(),
-                path: PathInfo::Direct {
-                    remote: Some(dialed),
-                },
+                path,
                 setup: start.elapsed(),
+                remote,
+                proposer: true,
             })
         }
         .await;
@@ -415,6 +465,14 @@ impl Connector {
                 })?;
             let handle = SessionHandle::spawn(session, self.inner.config.driver.clone());
             self.inner.router.register(&handle);
+            if let Some((_, _, conn)) = &self.inner.relay {
+                match self.relay_peer(peer).await {
+                    Ok(addr) => {
+                        tokio::spawn(serve_relay_paths(Arc::clone(conn), handle.clone(), addr));
+                    }
+                    Err(e) => tracing::warn!("no relay path possible with {peer}: {e}"),
+                }
+            }
             let mut state = handle.watch_state();
             let connected = tokio::time::timeout_at(
                 deadline,
@@ -434,11 +492,155 @@ impl Connector {
                 session_id: sid_hex.clone(),
                 path: PathInfo::Direct { remote: None },
                 setup: start.elapsed(),
+                remote: Vec::new(),
+                proposer: false,
             })
         }
         .await;
         self.close_thread(&sid_hex);
         self.record(result)
+    }
+
+    /// Switch an established session to a new path now (the proposer's side; the
+    /// session resumes without losing a byte). `relay` picks the relay even when a direct
+    /// candidate works.
+    ///
+    /// # Errors
+    /// [`ConnectError::NoPath`] when nothing can be reached, or when we are not the side
+    /// that owns the path.
+    pub async fn reconnect(
+        &self,
+        est: &Established,
+        relay: bool,
+    ) -> Result<PathInfo, ConnectError> {
+        if !est.proposer {
+            return Err(ConnectError::NoPath {
+                peer: est.peer.clone(),
+                reason: "only the proposer opens paths".into(),
+            });
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;
+        self.connect_path(&est.handle, &est.peer, &est.remote, relay, deadline)
+            .await
+    }
+
+    /// Connect `handle` to the peer: direct TCP candidates first, then the peer's relay
+    /// candidates; with `relay_only`, the relay or nothing.
+    async fn connect_path(
+        &self,
+        handle: &SessionHandle,
+        peer: &str,
+        remote: &[Candidate],
+        relay_only: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<PathInfo, ConnectError> {
+        let direct: Vec<SocketAddr> = remote
+            .iter()
+            .filter(|c| c.kind != CandidateKind::Relay && c.transport == Transport::Tcp)
+            .map(|c| c.addr)
+            .collect();
+        let relays: Vec<String> = remote.iter().filter_map(|c| c.relay_url.clone()).collect();
+        let mut why = Vec::new();
+        if !relay_only && !direct.is_empty() {
+            // Leave time for the relay when direct candidates do not answer.
+            let direct_deadline = if relays.is_empty() {
+                deadline
+            } else {
+                deadline.min(tokio::time::Instant::now() + Duration::from_secs(5))
+            };
+            match dial(handle, &direct, direct_deadline).await {
+                Ok(a) => return Ok(PathInfo::Direct { remote: Some(a) }),
+                Err(e) => why.push(e),
+            }
+        }
+        for url in &relays {
+            match self.relay_path(handle, peer, url).await {
+                Ok(()) => return Ok(PathInfo::Relayed { relay: url.clone() }),
+                Err(e) => why.push(format!("relay {url}: {e}")),
+            }
+        }
+        if why.is_empty() {
+            why.push("the peer announced no candidate we can use".into());
+        }
+        Err(ConnectError::NoPath {
+            peer: peer.to_owned(),
+            reason: why.join("; "),
+        })
+    }
+
+    /// Open a path to `peer` through the relay at `url` (ours, or the peer's).
+    async fn relay_path(
+        &self,
+        handle: &SessionHandle,
+        peer: &str,
+        url: &str,
+    ) -> Result<(), String> {
+        let conn = self.relay_connection(url).await?;
+        let mut stream = conn
+            .open_stream(self.relay_peer(peer).await?)
+            .map_err(|e| e.to_string())?;
+        path::send_hello(&mut stream, &handle.path_id())
+            .await
+            .map_err(|e| e.to_string())?;
+        handle
+            .attach_path(Box::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut st = handle.watch_state();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            st.wait_for(|s| *s != SessionState::Connecting),
+        )
+        .await;
+        if handle.state() == SessionState::Connected {
+            Ok(())
+        } else {
+            Err(format!(
+                "no answer through the relay (state {:?})",
+                handle.state()
+            ))
+        }
+    }
+
+    /// How the relay names `peer`: the Ed25519 key it authenticates with (the first
+    /// authentication key of its DID document), which is also how the relay labels the
+    /// packets it sends.
+    async fn relay_peer(&self, peer: &str) -> Result<PeerAddr, String> {
+        use mpc_did_resolver::DidResolver as _;
+        let doc = self
+            .inner
+            .agent
+            .client()
+            .resolver()
+            .resolve(peer)
+            .await
+            .map_err(|e| e.to_string())?;
+        doc.authentication_methods()
+            .iter()
+            .find_map(|m| match m.key {
+                mpc_did_resolver::PublicKey::Ed25519(k) => Some(PeerAddr::Key(k)),
+                _ => None,
+            })
+            .ok_or_else(|| format!("{peer} has no Ed25519 authentication key"))
+    }
+
+    async fn relay_connection(&self, url: &str) -> Result<Arc<RelayConnection>, String> {
+        let Some((setup, _, home)) = &self.inner.relay else {
+            return Err("no relay identity configured (ConnectorConfig::relay)".into());
+        };
+        if setup.url == url && home.is_open() {
+            return Ok(Arc::clone(home));
+        }
+        let mut foreign = self.inner.foreign_relays.lock().await;
+        if let Some(c) = foreign.get(url).filter(|c| c.is_open()) {
+            return Ok(Arc::clone(c));
+        }
+        let conn = RelayConnection::connect_ws(url, setup.identity.clone(), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let conn = Arc::new(conn);
+        foreign.insert(url.to_owned(), Arc::clone(&conn));
+        Ok(conn)
     }
 
     fn record(&self, r: Result<Established, ConnectError>) -> Result<Established, ConnectError> {
@@ -539,6 +741,13 @@ impl Connector {
                 serde_json::to_value(c).ok()
             })
             .collect();
+        let mut cands = cands;
+        if let Some((setup, addr, _)) = &self.inner.relay {
+            if let Ok(v) = serde_json::to_value(Candidate::relay(Transport::Tcp, *addr, &setup.url))
+            {
+                cands.push(v);
+            }
+        }
         let body = CandidatesBody {
             session_id: sid.to_owned(),
             candidates: cands,
@@ -660,27 +869,123 @@ async fn try_path(handle: &SessionHandle, addr: SocketAddr) -> std::io::Result<(
     handle.attach_path(Box::new(tcp)).await
 }
 
-/// The proposer owns the path: when it breaks, dial again until the session is over.
-async fn keep_path(handle: SessionHandle, addrs: Vec<SocketAddr>) {
+/// The proposer owns the path: when it breaks, connect again (direct first, then relay)
+/// until the session is over.
+async fn keep_path(
+    connector: Connector,
+    handle: SessionHandle,
+    peer: String,
+    remote: Vec<Candidate>,
+) {
     let mut state = handle.watch_state();
     loop {
         if state
             .wait_for(|s| *s == SessionState::NoPath || s.is_over())
             .await
             .is_err()
+            || handle.state().is_over()
         {
             return;
         }
-        if handle.state().is_over() {
-            return;
-        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        match dial(&handle, &addrs, deadline).await {
-            Ok(a) => tracing::info!("secure session path restored to {a}"),
+        match connector
+            .connect_path(&handle, &peer, &remote, false, deadline)
+            .await
+        {
+            Ok(p) => tracing::info!("secure session path restored: {p}"),
             Err(e) => tracing::warn!("cannot restore the path ({e}); retrying"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The acceptor's side of relay paths: keep a relay stream to the peer open and hand it to
+/// the session when the proposer's hello arrives on it; again after each path change.
+async fn serve_relay_paths(conn: Arc<RelayConnection>, handle: SessionHandle, peer: PeerAddr) {
+    loop {
+        if handle.state().is_over() || !conn.is_open() {
+            return;
+        }
+        let mut stream = match conn.open_stream(peer.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("relay stream to {peer:?}: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let ended = handle.ended();
+        let hello = tokio::select! {
+            h = path::read_hello(&mut stream, Duration::from_secs(24 * 3600)) => h,
+            _ = ended => return,
+        };
+        match hello {
+            Ok(id) if id == handle.path_id() => {
+                let (notify, dropped) = tokio::sync::oneshot::channel();
+                let wrapped = DropNotify {
+                    inner: stream,
+                    _notify: notify,
+                };
+                if handle.attach_path(Box::new(wrapped)).await.is_err() {
+                    return;
+                }
+                // Wait until the session lets go of this stream, then offer a fresh one.
+                let _ = dropped.await;
+            }
+            Ok(_) => tracing::warn!("relay path from {peer:?} names another session"),
+            Err(e) => {
+                tracing::debug!("relay stream from {peer:?} ended before a hello: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// A stream that tells, by dropping a oneshot sender, when it is dropped.
+struct DropNotify {
+    inner: RelayStream,
+    _notify: tokio::sync::oneshot::Sender<()>,
+}
+
+impl tokio::io::AsyncRead for DropNotify {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for DropNotify {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn relay_addr(url: &str) -> Option<SocketAddr> {
+    url::Url::parse(url)
+        .ok()?
+        .socket_addrs(|| Some(443))
+        .ok()?
+        .into_iter()
+        .next()
 }
 
 fn host_candidates(local: SocketAddr, agent: &Agent) -> Vec<SocketAddr> {

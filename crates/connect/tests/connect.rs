@@ -5,10 +5,13 @@
 use std::time::Duration;
 
 use mpc_did_agent::Agent;
-use mpc_did_connect::{Binding, ConnectError, Connector, ConnectorConfig};
+use mpc_did_connect::{
+    Binding, ConnectError, Connector, ConnectorConfig, PathInfo, RelayIdentity, RelaySetup,
+};
 use mpc_did_driver::SessionState;
 use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
-use mpc_did_mediator::{testkit, Config, Mediator, MediatorHandle};
+use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
+use mpc_did_mediator::{Config, Mediator, MediatorHandle};
 use mpc_did_resolver::UniversalResolver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -18,19 +21,42 @@ async fn mediator(dir: &std::path::Path) -> MediatorHandle {
         data: dir.to_path_buf(),
         ..Config::default()
     };
-    Mediator::builder(config).start().await.unwrap()
+    let relay = RelayService::bind(RelayServiceConfig::default())
+        .await
+        .unwrap();
+    Mediator::builder(config)
+        .service(relay)
+        .start()
+        .await
+        .unwrap()
 }
 
 async fn party(m: &MediatorHandle) -> Connector {
-    let (did, secrets) = testkit::ephemeral_identity();
+    party_with(m, false).await
+}
+
+/// A party with a did:key whose Ed25519 key also answers its mediator relay's challenge.
+async fn party_with(m: &MediatorHandle, force_relay: bool) -> Connector {
+    let mut seed = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let mut secrets = mpc_did_didcomm::SecretStore::new();
+    let did = secrets.insert_did_key(&signing);
     let info = MediatorInfo::discover(&m.public_url).await.unwrap();
     let client =
         MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
     client.register().await.unwrap();
     let agent = Agent::start(client).await.unwrap();
+    let relay = RelaySetup {
+        url: format!("{}/relay", m.public_url.replacen("http://", "ws://", 1)),
+        identity: RelayIdentity::did_key(signing),
+        expected_relay: Some(m.did.clone()),
+    };
     let config = ConnectorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         handshake_timeout: Duration::from_secs(20),
+        relay: Some(relay),
+        force_relay,
         ..ConnectorConfig::default()
     };
     Connector::start(agent, config).await.unwrap()
@@ -112,5 +138,70 @@ async fn a_proposal_for_another_mpc_session_is_declined() {
     assert!(matches!(eb, Err(ConnectError::Handshake { .. })), "{eb:?}");
     assert!(alice.sessions().is_empty());
     let _ = SessionState::NoPath;
+    m.shutdown().await;
+}
+
+/// issue 6: a forced-relay session carries data, and survives forced switches
+/// relay → direct → relay in the middle of a transfer without losing a byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_path_and_switches_between_relay_and_direct() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let (alice, bob) = (party_with(&m, true).await, party(&m).await);
+    introduce(&alice, &bob).await;
+    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
+    let binding = Binding::adhoc(&a_did, &b_did);
+    let (ea, eb) = tokio::join!(
+        alice.establish(&b_did, &binding, true),
+        bob.establish(&a_did, &binding, false)
+    );
+    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    assert!(matches!(ea.path, PathInfo::Relayed { .. }), "{:?}", ea.path);
+
+    let total = 4 << 20;
+    let mut s = ea.handle.open_stream().await.unwrap();
+    let writer = tokio::spawn(async move {
+        let data: Vec<u8> = (0..total).map(|i| (i * 7 % 251) as u8).collect();
+        for chunk in data.chunks(32 * 1024) {
+            s.write_all(chunk).await.unwrap();
+        }
+        s.shutdown().await.unwrap();
+        data
+    });
+    let mut r = eb.handle.accept_stream().await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut switched = 0;
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), r.read(&mut buf))
+            .await
+            .expect("stalled")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.len() > total / 3 && switched == 0 {
+            switched = 1;
+            assert!(matches!(
+                alice.reconnect(&ea, false).await.unwrap(),
+                PathInfo::Direct { .. }
+            ));
+        }
+        if got.len() > 2 * total / 3 && switched == 1 {
+            switched = 2;
+            assert!(matches!(
+                alice.reconnect(&ea, true).await.unwrap(),
+                PathInfo::Relayed { .. }
+            ));
+        }
+    }
+    let sent = writer.await.unwrap();
+    assert_eq!(switched, 2);
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "bytes differ after path switches");
     m.shutdown().await;
 }

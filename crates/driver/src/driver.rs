@@ -71,7 +71,7 @@ impl SessionState {
 
 enum Command {
     Open(oneshot::Sender<io::Result<SessionStream>>),
-    Path(BoxPath),
+    Path(BoxPath, oneshot::Sender<()>),
     Close {
         code: u16,
         reason: String,
@@ -171,11 +171,15 @@ impl SessionHandle {
     /// # Errors
     /// `ConnectionAborted` if the session has ended.
     pub async fn attach_path(&self, path: BoxPath) -> io::Result<()> {
+        let (tx, taken) = oneshot::channel();
         self.inner
             .cmd
-            .send(Command::Path(path))
+            .send(Command::Path(path, tx))
             .await
-            .map_err(|_| gone())
+            .map_err(|_| gone())?;
+        // Return once the driver has switched (state: Connecting), so that a caller
+        // watching the state sees this path's outcome, not the previous state.
+        taken.await.map_err(|_| gone())
     }
 
     /// Open a new stream to the peer.
@@ -479,7 +483,7 @@ impl Driver {
                     .map_err(|e| io::Error::other(e.to_string()));
                 let _ = reply.send(r);
             }
-            Command::Path(path) => {
+            Command::Path(path, taken) => {
                 let (r, w) = tokio::io::split(path);
                 self.reader = Some(r);
                 self.writer = Some(w);
@@ -491,6 +495,7 @@ impl Driver {
                     return Some(Stop::Failed(e.to_string()));
                 }
                 let _ = self.state_tx.send(SessionState::Connecting);
+                let _ = taken.send(());
             }
             Command::Close { code, reason, done } => {
                 let now = self.now_ms();
