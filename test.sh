@@ -43,10 +43,11 @@ if [ ! -f "$stamp" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -r python-requirements.txt
   touch "$stamp"
 fi
-"$VENV/bin/python" -c 'import mpyc, didcomm; print("mpyc", mpyc.__version__)'
+"$VENV/bin/python" -c 'import mpyc, didcomm, zxingcpp; print("mpyc", mpyc.__version__)'
 export MPC_DID_PYTHON="$VENV/bin/python"
 # Interop and MPyC tests must fail, not skip, when their peer is missing.
 export MPC_DID_REQUIRE_INTEROP=1
+export MPC_DID_REQUIRE_QR_DECODE=1
 # Network-namespace tests (NAT traversal, e3) need root; as root they must run, not skip.
 if [ "$(id -u)" = 0 ]; then export MPC_DID_REQUIRE_NETNS=1; fi
 
