@@ -185,9 +185,11 @@ fn run(kind: NatKind) -> Option<(PartyResult, PartyResult)> {
                     .await
                     .unwrap();
                 let relay_h = relay.handle();
-                let mut config = Config::default();
-                config.listen = SocketAddr::V4(SocketAddrV4::new(Topology::PUBLIC_ADDR, 8080));
-                config.data = data;
+                let config = Config {
+                    listen: SocketAddr::V4(SocketAddrV4::new(Topology::PUBLIC_ADDR, 8080)),
+                    data,
+                    ..Config::default()
+                };
                 let m = Mediator::builder(config)
                     .service(stun)
                     .service(relay)

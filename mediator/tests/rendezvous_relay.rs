@@ -46,9 +46,11 @@ impl Relay {
 
 async fn start(cfg: RelayServiceConfig) -> Relay {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.data = dir.path().join("data");
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: dir.path().join("data"),
+        ..Config::default()
+    };
     let relay = RelayService::bind(RelayServiceConfig {
         tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..cfg

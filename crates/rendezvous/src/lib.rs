@@ -15,8 +15,11 @@
 //!   side (challenge answer, events).
 //! - [`candidate`]: candidates, the JSON candidate exchange format and the
 //!   connectivity-check planner.
-//! - `net` (feature `tokio`, off by default): a UDP+TCP STUN server task and
-//!   a STUN client (server-reflexive discovery, NAT classification) as thin
+//! - `net` (feature `tokio`, off by default): a UDP+TCP STUN server task, a
+//!   STUN client (server-reflexive discovery, NAT classification) and the
+//!   relay client with per-peer byte streams (`net::relay`); with feature
+//!   `quic` also QUIC hole punching on quinn (`net::quic`) and the
+//!   connectivity checks returning the chosen path (`net::connect`) — thin
 //!   shells over the cores above.
 //!
 //! **Does not** (outside `net`): open sockets, spawn tasks, read clocks (time is a

@@ -109,10 +109,13 @@ struct Route {
     failed: Arc<Mutex<Option<&'static str>>>,
 }
 
+/// Packets from a peer without a stream yet: its DID, the payloads, their bytes.
+type Pending = (String, VecDeque<Vec<u8>>, usize);
+
 #[derive(Default)]
 struct Routes {
     streams: HashMap<PeerAddr, Route>,
-    pending: HashMap<[u8; 32], (String, VecDeque<Vec<u8>>, usize)>,
+    pending: HashMap<[u8; 32], Pending>,
     closed: Option<&'static str>,
     next_id: u64,
 }
