@@ -7,3 +7,5 @@ pub mod invite;
 pub mod mediator;
 pub mod resolve;
 pub mod send;
+pub mod demo;
+pub mod mpc;
