@@ -11,7 +11,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
+use mpc_did_mediator::services::stun::StunService;
 use mpc_did_mediator::{Config, Mediator};
+use mpc_did_rendezvous::net::StunServerConfig;
 
 /// DIDComm v2 mediator: Coordinate Mediation 2.0, Routing 2.0, Pickup 3.0 (live over
 /// WebSocket), Trust Ping, Discover Features, Report Problem.
@@ -41,6 +44,21 @@ struct Args {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `mpc_did_mediator=debug`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+    /// Do not serve the relay (by default it is served over WebSocket at `/relay` on the
+    /// HTTP port, so it works wherever the mediator works).
+    #[arg(long)]
+    no_relay: bool,
+    /// Also serve the relay over plain TCP on this address (e.g. 0.0.0.0:3479).
+    #[arg(long, value_name = "ADDR")]
+    relay_tcp: Option<SocketAddr>,
+    /// Serve STUN Binding over UDP and TCP on this address [default when given without a
+    /// value: 0.0.0.0:3478].
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "0.0.0.0:3478")]
+    stun: Option<SocketAddr>,
+    /// A second STUN address (another IP) announced as OTHER-ADDRESS, so clients can
+    /// classify their NAT mapping (RFC 5780).
+    #[arg(long, value_name = "ADDR", requires = "stun")]
+    stun_alternate: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -94,7 +112,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(u) = args.public_url {
         config.public_url = Some(u);
     }
-    let handle = Mediator::builder(config).start().await?;
+    let mut builder = Mediator::builder(config);
+    let mut stun_addr = None;
+    if let Some(primary) = args.stun {
+        let mut cfg = StunServerConfig::new(primary);
+        cfg.alternate = args.stun_alternate;
+        let stun = StunService::bind(cfg)
+            .await
+            .with_context(|| format!("cannot serve STUN on {primary}"))?;
+        stun_addr = stun.handle().primary;
+        builder = builder.service(stun);
+    }
+    let mut relay_tcp = None;
+    if !args.no_relay {
+        let relay = RelayService::bind(RelayServiceConfig {
+            tcp_listen: args.relay_tcp,
+            ..RelayServiceConfig::default()
+        })
+        .await
+        .context("cannot bind the relay's TCP listener")?;
+        relay_tcp = relay.handle().tcp_addr();
+        builder = builder.service(relay);
+    }
+    let handle = builder.start().await?;
+    let relay_url = (!args.no_relay).then(|| {
+        format!(
+            "{}/relay",
+            handle
+                .public_url
+                .replacen("https://", "wss://", 1)
+                .replacen("http://", "ws://", 1)
+        )
+    });
     // One line on stdout for scripts and tests: where and who we are.
     println!(
         "{}",
@@ -102,6 +151,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "addr": handle.addr.to_string(),
             "did": handle.did,
             "invitation_url": handle.invitation_url,
+            "relay_url": relay_url,
+            "relay_tcp": relay_tcp.map(|a| a.to_string()),
+            "stun": stun_addr.map(|a| a.to_string()),
         })
     );
     shutdown_signal().await;
