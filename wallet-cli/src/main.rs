@@ -51,13 +51,11 @@ enum Command {
     Send(cmd::send::SendArgs),
     /// Read (and acknowledge) messages waiting at your mediator; --watch for live mode.
     Inbox(cmd::inbox::InboxArgs),
-    /// MPC sessions: create, invite, join, host (the lobby), run the MPyC program.
+    /// Open secure sessions with peers (connect: path, setup time, RTT) and list them.
     #[command(subcommand)]
-    Mpc(cmd::mpc::MpcCommand),
-    /// Run the MPyC program of an MPC session (same as `mpc-did mpc run`).
-    Run(cmd::mpc::run::RunArgs),
-    /// Everything on one machine: mediator, N wallets, lobby, sessions, a real MPyC run.
-    Demo(cmd::demo::DemoArgs),
+    Session(cmd::session::SessionCommand),
+    /// Copy stdin to a peer and the peer's data to stdout over a secure session (netcat).
+    Pipe(cmd::pipe::PipeArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,9 +89,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mediator(c) => cmd::mediator::run(&ctx, c).await,
         Command::Send(a) => cmd::send::run(&ctx, a).await,
         Command::Inbox(a) => cmd::inbox::run(&ctx, a).await,
-        Command::Mpc(c) => cmd::mpc::run(&ctx, c).await,
-        Command::Run(a) => cmd::mpc::run::run_cli(&ctx, a).await,
-        Command::Demo(a) => cmd::demo::run(&ctx, a).await,
+        Command::Session(c) => cmd::session::run(&ctx, c).await,
+        Command::Pipe(a) => cmd::pipe::run(&ctx, a).await,
     }
 }
 
