@@ -6,8 +6,8 @@
 //! - endpoint-independent × endpoint-independent → a punched QUIC path;
 //! - symmetric × symmetric → the relay (punching cannot work, FACTS.md);
 //!
-//! and either path carries 8 MiB intact (SHA-256 checked by the receiver and
-//! sent back). Each party gathers candidates on its UDP socket (STUN tests
+//! and either path carries a real Noise session (mpc-did-driver) with 8 MiB
+//! intact (SHA-256 checked by the receiver and sent back). Each party gathers candidates on its UDP socket (STUN tests
 //! I-III against the mediator), authenticates to the relay over WebSocket,
 //! exchanges candidates (here over an in-process channel, in the product
 //! inside DIDComm) and runs the connectivity checks. The namespaces are
@@ -22,6 +22,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use mpc_did_driver::{path, DriverConfig, SessionHandle};
 use mpc_did_e3::{check_available, required, NatKind, Topology};
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
 use mpc_did_mediator::services::stun::StunService;
@@ -33,6 +34,7 @@ use mpc_did_rendezvous::net::connect::{default_planner, establish, gather_quic, 
 use mpc_did_rendezvous::net::quic::QuicEndpoint;
 use mpc_did_rendezvous::net::{RelayConnection, RelayIdentity, StunServerConfig};
 use mpc_did_rendezvous::relay::{PeerAddr, SigningKey};
+use mpc_did_session::{Acceptor, Proposer, Session, SessionConfig};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -66,9 +68,11 @@ async fn party(
     peer_key: [u8; 32],
     mediator_did: String,
     controlling: bool,
+    session: Session,
     to_peer: mpsc::Sender<Vec<Candidate>>,
     from_peer: mpsc::Receiver<Vec<Candidate>>,
 ) -> PartyResult {
+    let handle = SessionHandle::spawn(session, DriverConfig::default());
     // Made before any connection exists: a receiver that stalls its runtime
     // for long lets the relay's bounded queue for it fill, and the relay then
     // drops and reports Overloaded (spec §4.5) instead of buffering.
@@ -116,20 +120,36 @@ async fn party(
         choice.remote.addr,
         choice.rtt
     );
+    // The chosen path carries a real Noise session (spec/session.md): the
+    // opener writes the path hello, both attach, then one stream each way.
     let ok = tokio::time::timeout(Duration::from_secs(60), async {
         if controlling {
-            path.write_all(&data).await?;
-            path.flush().await?;
+            path::send_hello(&mut path, &handle.path_id()).await?;
+        } else {
+            let id = path::read_hello(&mut path, Duration::from_secs(10))
+                .await
+                .map_err(std::io::Error::other)?;
+            assert_eq!(id, handle.path_id(), "path hello names our session");
+        }
+        handle.attach_path(Box::new(path)).await?;
+        if controlling {
+            let mut s = handle.open_stream().await?;
+            s.write_all(&data).await?;
+            s.flush().await?;
             let mut back = [0u8; 32];
-            path.read_exact(&mut back).await?;
+            s.read_exact(&mut back).await?;
             Ok::<_, std::io::Error>(back[..] == want[..])
         } else {
+            let mut s = handle
+                .accept_stream()
+                .await
+                .ok_or_else(|| std::io::Error::other("no stream"))?;
             let mut got = vec![0u8; PAYLOAD];
-            path.read_exact(&mut got).await?;
+            s.read_exact(&mut got).await?;
             let h = Sha256::digest(&got);
-            path.write_all(&h).await?;
-            path.flush().await?;
-            // Let the digest leave before the connection is dropped.
+            s.write_all(&h).await?;
+            s.flush().await?;
+            // Let the digest leave before the session is dropped.
             tokio::time::sleep(Duration::from_millis(500)).await;
             Ok(h[..] == want[..])
         }
@@ -143,6 +163,19 @@ async fn party(
         nat: g.nat_mapping,
         ok,
     }
+}
+
+/// A Noise KK session pair (the handshake messages travel over DIDComm in the
+/// product; here they are handed over in memory, as `mpc_did_driver::local` does).
+fn noise_pair() -> (Session, Session) {
+    let (a_did, b_did) = ("did:example:a", "did:example:b");
+    let roster = [0u8; 32];
+    let sid = [7u8; 16];
+    let (p, propose) = Proposer::new(sid, "nat-test", roster, a_did, b_did);
+    let (acc, accept) = Acceptor::on_propose(&propose, "nat-test", roster, b_did, a_did).unwrap();
+    let (a, hs) = p.on_accept(&accept, SessionConfig::default(), 0).unwrap();
+    let b = acc.on_handshake(&hs, SessionConfig::default(), 0).unwrap();
+    (a, b)
 }
 
 fn run(kind: NatKind) -> Option<(PartyResult, PartyResult)> {
@@ -216,13 +249,14 @@ fn run(kind: NatKind) -> Option<(PartyResult, PartyResult)> {
     let a_addr = SocketAddr::V4(SocketAddrV4::new(ha.addr, 0));
     let b_addr = SocketAddr::V4(SocketAddrV4::new(hb.addr, 0));
     let did_b = did.clone();
+    let (sa, sb) = noise_pair();
     let ta = ha
         .ns
-        .spawn(move || rt().block_on(party(a_addr, seed_a, kb, did, true, a_tx, a_rx)))
+        .spawn(move || rt().block_on(party(a_addr, seed_a, kb, did, true, sa, a_tx, a_rx)))
         .unwrap();
     let tb = hb
         .ns
-        .spawn(move || rt().block_on(party(b_addr, seed_b, ka, did_b, false, b_tx, b_rx)))
+        .spawn(move || rt().block_on(party(b_addr, seed_b, ka, did_b, false, sb, b_tx, b_rx)))
         .unwrap();
     let ra = ta.join().unwrap().unwrap();
     let rb = tb.join().unwrap().unwrap();
