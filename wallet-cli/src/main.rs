@@ -56,6 +56,13 @@ enum Command {
     Session(cmd::session::SessionCommand),
     /// Copy stdin to a peer and the peer's data to stdout over a secure session (netcat).
     Pipe(cmd::pipe::PipeArgs),
+    /// MPC sessions: create, invite, join, host (the lobby), run the MPyC program.
+    #[command(subcommand)]
+    Mpc(cmd::mpc::MpcCommand),
+    /// Run the MPyC program of an MPC session (same as `mpc-did mpc run`).
+    Run(cmd::mpc::run::RunArgs),
+    /// Everything on one machine: mediator, N wallets, lobby, sessions, a real MPyC run.
+    Demo(cmd::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +98,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inbox(a) => cmd::inbox::run(&ctx, a).await,
         Command::Session(c) => cmd::session::run(&ctx, c).await,
         Command::Pipe(a) => cmd::pipe::run(&ctx, a).await,
+        Command::Mpc(c) => cmd::mpc::run(&ctx, c).await,
+        Command::Run(a) => cmd::mpc::run::run_cli(&ctx, a).await,
+        Command::Demo(a) => cmd::demo::run(&ctx, a).await,
     }
 }
 

@@ -10,3 +10,5 @@ pub mod pipe;
 pub mod resolve;
 pub mod send;
 pub mod session;
+pub mod demo;
+pub mod mpc;
