@@ -111,6 +111,8 @@ struct Inner {
     resolve_timeout: Duration,
     /// Wakes the timer when a connection opens (its deadline may be the earliest).
     timer: Notify,
+    /// The mediator's shutdown: every relay connection ends with it.
+    stop: CancellationToken,
 }
 
 impl Inner {
@@ -360,6 +362,7 @@ impl Service for RelayService {
                 resolver,
                 resolve_timeout: self.cfg.resolve_timeout,
                 timer: Notify::new(),
+                stop: ctx.shutdown.clone(),
             });
             self.tx.send_replace(Some(inner.clone()));
             let stop = ctx.shutdown.clone();
@@ -438,14 +441,8 @@ async fn ws_upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let (wr, rd) = socket.split();
-            // Relay connections end with the mediator's shutdown through the
-            // idle timeout and socket close; they hold no durable state.
-            serve_conn(
-                inner,
-                Reader::Ws(rd),
-                Writer::Ws(wr),
-                CancellationToken::new(),
-            )
+            let stop = inner.stop.clone();
+            serve_conn(inner, Reader::Ws(rd), Writer::Ws(wr), stop)
         })
 }
 

@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use mpc_did_rendezvous::net::{StunMetrics, StunServer, StunServerConfig};
+use mpc_did_rendezvous::net::StunServer;
+/// Re-exported so the mediator binary can configure the service without
+/// naming the rendezvous crate.
+pub use mpc_did_rendezvous::net::{StunMetrics, StunServerConfig};
 
 use crate::{Service, ServiceContext};
 
