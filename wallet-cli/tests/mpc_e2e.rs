@@ -238,6 +238,8 @@ fn spawn_run(l: &Lobby, i: usize, python: &Path, program: &Path) -> Child {
             "127.0.0.1:0",
             "--connect-timeout",
             "60",
+            "--resume-timeout",
+            "10",
             "--",
             python.to_str().unwrap(),
             program.to_str().unwrap(),
@@ -514,5 +516,103 @@ fn interrupting_one_party_stops_the_others() {
         );
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains("party 2"), "names the failed party: {err}");
+    }
+}
+
+/// Collects a child's stderr in the background; `wait_for` blocks until a text appears.
+struct StderrWatch {
+    seen: Arc<Mutex<String>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl StderrWatch {
+    fn new(child: &mut Child) -> Self {
+        let mut err = child.stderr.take().unwrap();
+        let seen = Arc::new(Mutex::new(String::new()));
+        let s = Arc::clone(&seen);
+        let reader = std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self { seen, reader }
+    }
+
+    fn wait_for(&self, text: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.seen.lock().unwrap().contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "{text:?} never appeared: {}",
+                self.seen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The processes `pid` started (Linux /proc), to clean up after a SIGKILL.
+fn children_of(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(c.split_whitespace().map(str::to_owned));
+        }
+    }
+    out
+}
+
+/// SIGKILL of one party's `mpc-did run` (no chance to tell anyone): the others notice the
+/// lost secure session (after `--resume-timeout`, 10 s here) and exit with an error
+/// naming that party instead of hanging.
+#[test]
+fn killing_one_party_makes_the_others_fail() {
+    let Some(python) = python() else { return };
+    let prog = example("secretsanta.py");
+    let people: Vec<String> = (3..40).map(|n| n.to_string()).collect();
+    let mut args = vec!["--people"];
+    args.extend(people.iter().map(String::as_str));
+    let l = lobby(&prog, &args);
+    let mut runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, &python, &prog)).collect();
+    let watch = StderrWatch::new(&mut runs[2]);
+    watch.wait_for("starting secretsanta.py", Duration::from_secs(90));
+    std::thread::sleep(Duration::from_millis(1500));
+    let mut victim = runs.pop().unwrap();
+    let orphans = children_of(victim.id());
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    // The killed party's own MPyC process could not be stopped by it (SIGKILL); it is
+    // not ours to leave behind (and it holds the stderr pipe open).
+    for pid in &orphans {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+    watch.reader.join().unwrap();
+    let victim_id = {
+        let rec = std::fs::read_to_string(l.home(2).join(format!("mpc/{}.json", l.sid))).unwrap();
+        serde_json::from_str::<serde_json::Value>(&rec).unwrap()["party"]
+            .as_u64()
+            .unwrap()
+    };
+    for c in runs {
+        let o = wait_bounded(c, Duration::from_secs(60));
+        assert!(
+            !o.status.success(),
+            "a party finished although party {victim_id} was killed: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("party {victim_id} failed")),
+            "names the failed party: {err}"
+        );
     }
 }

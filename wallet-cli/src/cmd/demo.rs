@@ -196,6 +196,7 @@ async fn demo(
                     program: Some(program),
                     listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                     connect_timeout: Duration::from_secs(60),
+                    resume_timeout: Duration::from_secs(30),
                     command: argv,
                     output: Output::Capture,
                 },

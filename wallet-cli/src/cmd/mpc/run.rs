@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// How long to wait for each peer's secure session (seconds).
     #[arg(long, default_value_t = 120)]
     pub connect_timeout: u64,
+    /// How long a secure session may be without a working path before the run fails (a
+    /// killed or unplugged peer is noticed after this; shorter path breaks are survived).
+    #[arg(long, default_value_t = 30)]
+    pub resume_timeout: u64,
     /// The command to run: `python prog.py [args]` (after `--`).
     #[arg(last = true, required = true)]
     pub command: Vec<OsString>,
@@ -72,6 +76,8 @@ pub struct RunSpec {
     pub listen: SocketAddr,
     /// Limit for each secure session to come up.
     pub connect_timeout: Duration,
+    /// How long a session may be without a path before it (and the run) fails.
+    pub resume_timeout: Duration,
     /// `python prog.py [args]`; the roster's arguments and MPyC's are appended.
     pub command: Vec<OsString>,
     /// Where the program's output goes.
@@ -112,6 +118,7 @@ pub async fn run_party(
         program,
         listen,
         connect_timeout,
+        resume_timeout,
         command,
         output,
     } = spec;
@@ -164,6 +171,10 @@ pub async fn run_party(
     let config = ConnectorConfig {
         listen,
         handshake_timeout: connect_timeout,
+        driver: mpc_did_driver::DriverConfig {
+            resume_timeout,
+            ..mpc_did_driver::DriverConfig::default()
+        },
         ..ConnectorConfig::default()
     };
     let connector = Connector::start(agent.clone(), config)
@@ -291,6 +302,7 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
             program: a.program,
             listen: a.listen,
             connect_timeout: Duration::from_secs(a.connect_timeout),
+            resume_timeout: Duration::from_secs(a.resume_timeout),
             command: a.command,
             output: Output::Inherit,
         },
