@@ -626,6 +626,7 @@ async fn serve_conn(inner: Arc<Inner>, mut rd: Reader, mut wr: Writer, stop: Can
     };
 
     let reader = async {
+        let mut since_yield = 0u32;
         loop {
             match rd.next().await {
                 Read::Frame(frame, len) => {
@@ -648,11 +649,15 @@ async fn serve_conn(inner: Arc<Inner>, mut rd: Reader, mut wr: Writer, stop: Can
                     if closing.load(Ordering::Acquire) {
                         return true;
                     }
-                    // Let destination writers run between frames: a reader
+                    // Let destination writers run every few frames: a reader
                     // draining a full socket buffer must not fill a peer's
                     // queue faster than its writer can empty it (on a busy or
                     // single-threaded runtime that would turn into drops).
-                    tokio::task::yield_now().await;
+                    since_yield += 1;
+                    if since_yield >= 8 {
+                        since_yield = 0;
+                        tokio::task::yield_now().await;
+                    }
                 }
                 Read::Bad(e) => {
                     let mut hub = inner.lock();

@@ -1,0 +1,213 @@
+//! Relay benchmark (issue 5 "Speed"): throughput and added latency of the
+//! mediator's relay (plain TCP and WebSocket transports) against a direct
+//! loopback TCP stream, measured in the same run. Target: relayed
+//! throughput ≥ 0.3× direct.
+//!
+//! Run: `cargo bench -p mpc-did-benches --bench relay` (prints a markdown
+//! table). Without `--bench` (as `cargo test --benches` runs it) it does a
+//! small smoke run.
+//!
+//! Setup: one process, a 2-worker tokio runtime; the mediator runs
+//! in-process with the relay service (rate limit raised to 64 GiB/s and
+//! queues to 8 MiB so the limits do not cap the measurement; client pacing
+//! off). Throughput: 1 MiB windows, at most 4 unacknowledged (the receiver
+//! acks each window with one byte) — the same flow control over the direct
+//! TCP stream and the relay streams, so the relay's bounded queues never
+//! overflow. Latency: 64-byte ping-pong round trips, median and p99.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
+use mpc_did_mediator::{Config, Mediator};
+use mpc_did_rendezvous::net::{RelayConnection, RelayIdentity};
+use mpc_did_rendezvous::relay::{PeerAddr, SigningKey};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WINDOW: usize = 1 << 20;
+const IN_FLIGHT: usize = 4;
+
+async fn throughput<A, B>(mut tx: A, mut rx: B, total: usize) -> (f64, A, B)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let windows = total / WINDOW;
+    let t0 = Instant::now();
+    let recv = tokio::spawn(async move {
+        let mut buf = vec![0u8; WINDOW];
+        for _ in 0..windows {
+            rx.read_exact(&mut buf).await.unwrap();
+            rx.write_all(&[1]).await.unwrap();
+            rx.flush().await.unwrap();
+        }
+        rx
+    });
+    let chunk = vec![0x5au8; 64 << 10];
+    let mut acked = 0usize;
+    let mut ack = [0u8; 1];
+    for w in 0..windows {
+        while w - acked >= IN_FLIGHT {
+            tx.read_exact(&mut ack).await.unwrap();
+            acked += 1;
+        }
+        for _ in 0..WINDOW / chunk.len() {
+            tx.write_all(&chunk).await.unwrap();
+        }
+        tx.flush().await.unwrap();
+    }
+    while acked < windows {
+        tx.read_exact(&mut ack).await.unwrap();
+        acked += 1;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let rx = recv.await.unwrap();
+    ((windows * WINDOW) as f64 / secs / (1 << 20) as f64, tx, rx)
+}
+
+async fn latency<A, B>(mut a: A, mut b: B, rounds: usize) -> (Duration, Duration)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let echo = tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        for _ in 0..rounds {
+            b.read_exact(&mut buf).await.unwrap();
+            b.write_all(&buf).await.unwrap();
+            b.flush().await.unwrap();
+        }
+    });
+    let mut rtts = Vec::with_capacity(rounds);
+    let mut buf = [7u8; 64];
+    for _ in 0..rounds {
+        let t = Instant::now();
+        a.write_all(&buf).await.unwrap();
+        a.flush().await.unwrap();
+        a.read_exact(&mut buf).await.unwrap();
+        rtts.push(t.elapsed());
+    }
+    echo.await.unwrap();
+    rtts.sort();
+    let p = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize];
+    (p(0.5), p(0.99))
+}
+
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (b, _) = l.accept().await.unwrap();
+    a.set_nodelay(true).unwrap();
+    b.set_nodelay(true).unwrap();
+    (a, b)
+}
+
+fn identity(n: u8) -> RelayIdentity {
+    RelayIdentity::did_key(SigningKey::from_bytes(&[n; 32]))
+}
+
+async fn relay_pair(
+    tcp: Option<SocketAddr>,
+    ws: &str,
+    n: u8,
+) -> (RelayConnection, RelayConnection) {
+    let (ia, ib) = (identity(n), identity(n + 1));
+    let (a, b) = match tcp {
+        Some(addr) => (
+            RelayConnection::connect_tcp(addr, ia, None).await.unwrap(),
+            RelayConnection::connect_tcp(addr, ib, None).await.unwrap(),
+        ),
+        None => (
+            RelayConnection::connect_ws(ws, ia, None).await.unwrap(),
+            RelayConnection::connect_ws(ws, ib, None).await.unwrap(),
+        ),
+    };
+    a.set_send_rate(0, 0);
+    b.set_send_rate(0, 0);
+    (a, b)
+}
+
+fn key(c: &RelayConnection, n: u8) -> PeerAddr {
+    let _ = c;
+    PeerAddr::Key(SigningKey::from_bytes(&[n; 32]).verifying_key().to_bytes())
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (total, rounds) = if full {
+        (256 << 20, 2000)
+    } else {
+        (8 << 20, 50)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data: dir.path().join("m"),
+            ..Config::default()
+        };
+        let relay = RelayService::bind(RelayServiceConfig {
+            tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
+            rate_bytes_per_sec: 64 << 30,
+            burst_bytes: 16 << 20,
+            max_queue_bytes: 8 << 20,
+            max_queue_frames: 4096,
+            ..RelayServiceConfig::default()
+        })
+        .await
+        .unwrap();
+        let h = relay.handle();
+        let m = Mediator::builder(config)
+            .service(relay)
+            .start()
+            .await
+            .unwrap();
+        let ws = format!("ws://{}/relay", m.addr);
+        let tcp = h.tcp_addr();
+
+        let mut rows = Vec::new();
+        let (a, b) = tcp_pair().await;
+        let (direct_tp, a, b) = throughput(a, b, total).await;
+        let (direct_p50, direct_p99) = latency(a, b, rounds).await;
+        rows.push(("direct TCP (loopback)", direct_tp, direct_p50, direct_p99));
+
+        for (name, via, n) in [
+            ("relay, plain TCP", tcp, 10u8),
+            ("relay, WebSocket", None, 20u8),
+        ] {
+            let (ca, cb) = relay_pair(via, &ws, n).await;
+            let sa = ca.open_stream(key(&ca, n + 1)).unwrap();
+            let sb = cb.open_stream(key(&cb, n)).unwrap();
+            let (tp, sa, sb) = throughput(sa, sb, total).await;
+            let (p50, p99) = latency(sa, sb, rounds).await;
+            rows.push((name, tp, p50, p99));
+        }
+        let metrics = h.metrics().unwrap();
+        assert_eq!(
+            metrics.dropped_queue_full + metrics.dropped_rate_limited,
+            0,
+            "the window flow control keeps the relay lossless"
+        );
+
+        println!("\n{} MiB per run, {} round trips\n", total >> 20, rounds);
+        println!("| path | throughput MiB/s | × direct | RTT p50 µs | RTT p99 µs | added p50 µs |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (name, tp, p50, p99) in &rows {
+            println!(
+                "| {name} | {tp:.0} | {:.2} | {} | {} | {} |",
+                tp / direct_tp,
+                p50.as_micros(),
+                p99.as_micros(),
+                p50.as_micros() as i128 - direct_p50.as_micros() as i128
+            );
+        }
+        m.shutdown().await;
+    });
+}
