@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread::JoinHandle;
 
+use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
 use mpc_did_mediator::{Config, Mediator, MediatorHandle};
 use mpc_did_wallet::{Contact, Method, Wallet};
 use serde_json::Value;
@@ -54,7 +55,8 @@ struct Setup {
     b: Party,
 }
 
-/// A mediator on loopback and two wallets registered there with `mpc-did mediator register`.
+/// A mediator on loopback (with its relay) and two wallets registered there with
+/// `mpc-did mediator register`.
 async fn setup() -> Setup {
     let data = tempfile::tempdir().unwrap();
     let config = Config {
@@ -62,7 +64,22 @@ async fn setup() -> Setup {
         data: data.path().to_path_buf(),
         ..Config::default()
     };
-    let m = Mediator::builder(config).start().await.unwrap();
+    // The relay's per-client rate limit (8 MiB/s by default) would only slow the 100 MiB
+    // test down; its enforcement is tested in mediator/tests/rendezvous_relay.rs.
+    let relay = RelayService::bind(RelayServiceConfig {
+        rate_bytes_per_sec: 1 << 30,
+        burst_bytes: 64 << 20,
+        max_queue_bytes: 16 << 20,
+        max_queue_frames: 4096,
+        ..RelayServiceConfig::default()
+    })
+    .await
+    .unwrap();
+    let m = Mediator::builder(config)
+        .service(relay)
+        .start()
+        .await
+        .unwrap();
     let mut parties = Vec::new();
     for name in ["alice", "bob"] {
         let home = tempfile::tempdir().unwrap();
@@ -303,6 +320,38 @@ async fn pipe_moves_100_mib_with_matching_sha256_over_a_direct_path() {
     s.m.shutdown().await;
 }
 
+/// issue 6 (b): 100 MiB through the mediator's relay, SHA-256 checked on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_moves_100_mib_with_matching_sha256_over_a_forced_relay_path() {
+    let s = setup().await;
+    let url = s.m.public_url.clone();
+    let extra = ["--progress", "--relay-only"];
+    let mut ca = spawn(&s.a, &s.b, &url, &["pipe"], &extra);
+    let mut cb = spawn(&s.b, &s.a, &url, &["pipe"], &extra);
+    let (fa, fb) = (feed(&mut ca, 7, 100 * MIB), feed(&mut cb, 11, 8 * MIB));
+    let (oa, ob) = (drain(&mut ca), drain(&mut cb));
+    let (ea, eb) = (stderr_of(&mut ca), stderr_of(&mut cb));
+    let (ea, eb) =
+        tokio::task::spawn_blocking(move || (wait_ok(ca, ea, "pipe a"), wait_ok(cb, eb, "pipe b")))
+            .await
+            .unwrap();
+    assert_eq!(
+        ob.join().unwrap(),
+        (fa.join().unwrap(), 100 * MIB),
+        "b's output is not a's input"
+    );
+    assert_eq!(
+        oa.join().unwrap(),
+        (fb.join().unwrap(), 8 * MIB),
+        "a's output is not b's input"
+    );
+    // The proposer chose the path and reports it.
+    let proposer = if s.a.did < s.b.did { &ea } else { &eb };
+    assert!(proposer.contains("relayed via"), "{proposer}");
+    eprintln!("{}", ea.lines().last().unwrap_or_default());
+    s.m.shutdown().await;
+}
+
 // spec/session.md §7: a new path mid-transfer; no byte lost or duplicated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipe_survives_a_forced_path_switch_in_the_middle() {
@@ -365,9 +414,26 @@ async fn clear_errors_for_unknown_peer_endpoint_and_mismatched_commands() {
         "{eb}"
     );
 
-    // --relay-only needs relay support in mpc-did-connect, which is not there yet.
+    // --relay-only against a mediator without a relay: a clear error, no silent fallback.
+    let plain = Mediator::builder(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: s._data.path().join("plain"),
+        ..Config::default()
+    })
+    .start()
+    .await
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    Wallet::open(home.path())
+        .unwrap()
+        .create_identity("carol", Method::Key)
+        .unwrap();
+    let (h, inv) = (home.path().to_path_buf(), plain.invitation_url.clone());
+    tokio::task::spawn_blocking(move || ok(&h, &["mediator", "register", &inv]))
+        .await
+        .unwrap();
     let out = run(
-        &s.a.home(),
+        home.path(),
         &[
             "session",
             "connect",
@@ -378,7 +444,12 @@ async fn clear_errors_for_unknown_peer_endpoint_and_mismatched_commands() {
         ],
     );
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--relay-only"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--relay-only") && err.contains("relay"),
+        "{err}"
+    );
+    plain.shutdown().await;
     s.m.shutdown().await;
 }
 

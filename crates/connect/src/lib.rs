@@ -260,7 +260,7 @@ impl Connector {
                     peer: setup.url.clone(),
                     reason: format!("cannot connect to our relay: {e}"),
                 })?;
-                let addr = relay_addr(&setup.url).unwrap_or_else(|| local);
+                let addr = relay_addr(&setup.url).unwrap_or(local);
                 Some((setup.clone(), addr, Arc::new(conn)))
             }
             None => None,

@@ -125,3 +125,27 @@ pub async fn learn_peer(
 fn is_url(s: &str) -> bool {
     s.starts_with("https://") || s.starts_with("http://")
 }
+
+/// The relay of our mediator (`…/relay` beside its WebSocket endpoint), answered with the
+/// identity's own Ed25519 key, and pinned to the mediator's DID.
+///
+/// # Errors
+/// No such identity.
+pub fn relay_setup(
+    ctx: &Ctx,
+    identity: Option<&str>,
+    agent: &Agent,
+) -> anyhow::Result<mpc_did_connect::RelaySetup> {
+    let (id, _) = registered_client(ctx, identity)?;
+    let info = &agent.client().info;
+    let base = info.ws.strip_suffix("/ws").unwrap_or(&info.ws);
+    Ok(mpc_did_connect::RelaySetup {
+        url: format!("{base}/relay"),
+        identity: mpc_did_connect::RelayIdentity {
+            key: id.signing_key.clone(),
+            did: id.did.clone(),
+            key_id: id.auth_kid.clone(),
+        },
+        expected_relay: Some(info.did.clone()),
+    })
+}

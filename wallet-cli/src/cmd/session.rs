@@ -21,7 +21,7 @@ use mpc_did_wallet::Wallet;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
-use crate::cmd::agent_ctx::{learn_peer, open_agent, AgentIdentity, PeerSource};
+use crate::cmd::agent_ctx::{learn_peer, open_agent, relay_setup, AgentIdentity, PeerSource};
 use crate::cmd::pipe::{describe, ping_exchange};
 use crate::ctx::Ctx;
 
@@ -92,11 +92,6 @@ pub struct Opened {
 /// # Errors
 /// Wallet, mediator or peer problems; the peer did not answer in time; no path.
 pub async fn open(ctx: &Ctx, args: &PeerArgs) -> anyhow::Result<Opened> {
-    anyhow::ensure!(
-        !args.relay_only,
-        "--relay-only is not available yet: mpc-did-connect has no relay path to force \
-         (needs ConnectorConfig relay support)"
-    );
     let (agent, me) = open_agent(ctx, args.identity.as_deref()).await?;
     anyhow::ensure!(
         me.did != args.did,
@@ -104,15 +99,32 @@ pub async fn open(ctx: &Ctx, args: &PeerArgs) -> anyhow::Result<Opened> {
         me.did
     );
     let source = learn_peer(ctx, &agent, &args.did, args.peer_mediator.as_deref()).await?;
+    let relay = relay_setup(ctx, args.identity.as_deref(), &agent)?;
     let config = ConnectorConfig {
         listen: args.listen,
         advertise: args.advertise.clone(),
         handshake_timeout: Duration::from_secs(args.timeout.max(1)),
+        relay: Some(relay),
+        force_relay: args.relay_only,
         ..ConnectorConfig::default()
     };
-    let connector = Connector::start(agent, config)
-        .await
-        .context("cannot start the session endpoint")?;
+    let connector = match Connector::start(agent.clone(), config.clone()).await {
+        Ok(c) => c,
+        // A mediator without a relay: direct paths only, unless the relay was demanded.
+        Err(e) if !args.relay_only => {
+            eprintln!("mpc-did: note: no relay at our mediator ({e}); direct paths only");
+            Connector::start(
+                agent,
+                ConnectorConfig {
+                    relay: None,
+                    ..config
+                },
+            )
+            .await
+            .context("cannot start the session endpoint")?
+        }
+        Err(e) => return Err(e).context("--relay-only: cannot use our mediator's relay"),
+    };
     // spec/session.md §2: the bytewise smaller DID proposes.
     let proposer = me.did.as_bytes() < args.did.as_bytes();
     let binding = Binding::adhoc(&me.did, &args.did);
