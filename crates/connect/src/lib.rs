@@ -915,15 +915,17 @@ async fn serve_relay_paths(conn: Arc<RelayConnection>, handle: SessionHandle, pe
             }
         };
         let ended = handle.ended();
-        let hello = tokio::select! {
-            h = path::read_hello(&mut stream, Duration::from_secs(24 * 3600)) => h,
+        let expected = path::encode_hello(&handle.path_id());
+        let found = tokio::select! {
+            f = find_hello(&mut stream, &expected) => f,
             _ = ended => return,
         };
-        match hello {
-            Ok(id) if id == handle.path_id() => {
+        match found {
+            Ok(rest) => {
                 let (notify, dropped) = tokio::sync::oneshot::channel();
                 let wrapped = DropNotify {
                     inner: stream,
+                    prefix: rest,
                     _notify: notify,
                 };
                 if handle.attach_path(Box::new(wrapped)).await.is_err() {
@@ -932,7 +934,6 @@ async fn serve_relay_paths(conn: Arc<RelayConnection>, handle: SessionHandle, pe
                 // Wait until the session lets go of this stream, then offer a fresh one.
                 let _ = dropped.await;
             }
-            Ok(_) => tracing::warn!("relay path from {peer:?} names another session"),
             Err(e) => {
                 tracing::debug!("relay stream from {peer:?} ended before a hello: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -941,9 +942,37 @@ async fn serve_relay_paths(conn: Arc<RelayConnection>, handle: SessionHandle, pe
     }
 }
 
+/// Read until the exact hello of our session, skipping what comes before it: records the
+/// peer sent on its previous relay stream (before it switched away and back) can still be
+/// in flight ahead of the new hello on the same relay connection. Returns the bytes read
+/// after the hello.
+async fn find_hello(
+    stream: &mut RelayStream,
+    expected: &[u8; path::HELLO_LEN],
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut seen: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        seen.extend_from_slice(buf.get(..n).unwrap_or_default());
+        if let Some(at) = seen.windows(path::HELLO_LEN).position(|w| w == expected) {
+            return Ok(seen.split_off(at + path::HELLO_LEN));
+        }
+        // Keep only a possible partial hello at the end.
+        let keep = seen.len().saturating_sub(path::HELLO_LEN - 1);
+        seen.drain(..keep);
+    }
+}
+
 /// A stream that tells, by dropping a oneshot sender, when it is dropped.
 struct DropNotify {
     inner: RelayStream,
+    /// Bytes read past the hello, returned first.
+    prefix: Vec<u8>,
     _notify: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -953,6 +982,13 @@ impl tokio::io::AsyncRead for DropNotify {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let rest = self.prefix.split_off(n);
+            buf.put_slice(&self.prefix);
+            self.prefix = rest;
+            return std::task::Poll::Ready(Ok(()));
+        }
         std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
