@@ -8,6 +8,8 @@
 //! Exit status: 0 on success, 1 on any error (one line naming the cause and, where there is
 //! one, what to do), 2 on a usage error (clap's own).
 #![forbid(unsafe_code)]
+// Doc comments in this binary are its --help text, where URLs must read as plain text.
+#![allow(rustdoc::bare_urls)]
 
 mod cmd;
 mod ctx;
