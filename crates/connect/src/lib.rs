@@ -554,9 +554,19 @@ impl Connector {
             }
         }
         for url in &relays {
-            match self.relay_path(handle, peer, url).await {
-                Ok(()) => return Ok(PathInfo::Relayed { relay: url.clone() }),
-                Err(e) => why.push(format!("relay {url}: {e}")),
+            // A relay stream fails as a whole when the relay reports an overload on its
+            // connection; a fresh stream a moment later usually works.
+            for attempt in 0..3u64 {
+                match self.relay_path(handle, peer, url).await {
+                    Ok(()) => return Ok(PathInfo::Relayed { relay: url.clone() }),
+                    Err(e) => {
+                        why.push(format!("relay {url}: {e}"));
+                        if tokio::time::Instant::now() >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                    }
+                }
             }
         }
         if why.is_empty() {

@@ -21,9 +21,17 @@ async fn mediator(dir: &std::path::Path) -> MediatorHandle {
         data: dir.to_path_buf(),
         ..Config::default()
     };
-    let relay = RelayService::bind(RelayServiceConfig::default())
-        .await
-        .unwrap();
+    // This test is about path switches, not the relay's rate limits (tested in
+    // mediator/tests/rendezvous_relay.rs): keep them out of the way.
+    let relay = RelayService::bind(RelayServiceConfig {
+        rate_bytes_per_sec: 1 << 30,
+        burst_bytes: 64 << 20,
+        max_queue_bytes: 16 << 20,
+        max_queue_frames: 4096,
+        ..RelayServiceConfig::default()
+    })
+    .await
+    .unwrap();
     Mediator::builder(config)
         .service(relay)
         .start()
