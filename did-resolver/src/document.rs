@@ -428,7 +428,13 @@ impl DidDocument {
                     "{what}: empty fragment \"#\""
                 )));
             }
-            return Ok(format!("{}{reference}", self.id));
+            // Validate the absolute form too, so that a parsed document's own JSON (which
+            // carries absolute ids) always parses back (found by fuzz/did_document).
+            let absolute = format!("{}{reference}", self.id);
+            DidUrl::parse(&absolute).map_err(|e| {
+                DocumentError::Invalid(format!("{what}: {reference:?} is not a DID URL: {e}"))
+            })?;
+            return Ok(absolute);
         }
         DidUrl::parse(reference).map_err(|e| {
             DocumentError::Invalid(format!("{what}: {reference:?} is not a DID URL: {e}"))
