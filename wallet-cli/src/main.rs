@@ -44,7 +44,8 @@ enum Command {
     /// Pack and unpack DIDComm v2 messages (debugging and interop surface).
     #[command(subcommand)]
     Didcomm(cmd::didcomm::DidcommCommand),
-    /// Create or decode a DIDComm Out-of-Band 2.0 invitation (URL, JSON, QR code).
+    /// Create or decode a DIDComm Out-of-Band 2.0 invitation (URL, JSON, QR code);
+    /// with --session ID, the invitation to an MPC session (= `mpc-did mpc invite`).
     Invite(cmd::invite::InviteArgs),
     /// Register with a DIDComm mediator and check its queue.
     #[command(subcommand)]
@@ -61,6 +62,8 @@ enum Command {
     /// MPC sessions: create, invite, join, host (the lobby), run the MPyC program.
     #[command(subcommand)]
     Mpc(cmd::mpc::MpcCommand),
+    /// Join an MPC session from its invitation URL (same as `mpc-did mpc join`).
+    Join(cmd::mpc::JoinArgs),
     /// Run the MPyC program of an MPC session (same as `mpc-did mpc run`).
     Run(cmd::mpc::run::RunArgs),
     /// Everything on one machine: mediator, N wallets, lobby, sessions, a real MPyC run.
@@ -104,6 +107,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Session(c) => cmd::session::run(&ctx, c).await,
         Command::Pipe(a) => cmd::pipe::run(&ctx, a).await,
         Command::Mpc(c) => cmd::mpc::run(&ctx, c).await,
+        Command::Join(a) => cmd::mpc::run(&ctx, cmd::mpc::MpcCommand::Join(a)).await,
         Command::Run(a) => cmd::mpc::run::run_cli(&ctx, a).await,
         Command::Demo(a) => cmd::demo::run(&ctx, a).await,
     }

@@ -5,9 +5,21 @@
 //! the group is killed. When the program exits, its proxy links are dropped; when the proxy
 //! fails (a peer's link broke, a party id was spoofed), the program is stopped the same
 //! way. Nothing outlives [`run_program`] but its exit status.
+//!
+//! Even a SIGKILL of mpc-did (which no handler sees) does not orphan the program: where
+//! util-linux `setpriv` supports `--pdeathsig`, the program is started as
+//! `setpriv --pdeathsig KILL -- <argv>`, so the kernel kills it when the thread that
+//! spawned it dies (see [`run_program`] for which thread that is). `unsafe` is forbidden in
+//! this workspace, so `prctl(PR_SET_PDEATHSIG)` in a `pre_exec` hook is not an option;
+//! `setpriv` sets the same flag and then `exec`s the program, which keeps its pid.
+//!
+//! [`find_python`] is the one place that decides which Python runs MPyC (the CLI, tests and
+//! benches all use it).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -37,6 +49,9 @@ pub struct Program {
     /// How long the program may take to stop after SIGINT/SIGTERM before SIGKILL.
     pub grace: Duration,
 }
+
+/// How long a broken link waits for the peer failure report that may explain it.
+const PEER_REPORT_GRACE: Duration = Duration::from_secs(2);
 
 /// How a run ended.
 #[derive(Debug)]
@@ -74,6 +89,11 @@ pub enum LaunchError {
 /// Run `program` with `proxy`'s MPyC arguments, carrying its links over `transport`,
 /// until the program exits (or `stop` resolves, e.g. on Ctrl-C).
 ///
+/// The program is spawned from the thread that first polls this future, and (through
+/// `setpriv --pdeathsig KILL`, see the module docs) dies with that thread. Poll it from a
+/// thread that lives as long as the run: a tokio worker or the `block_on` thread, never a
+/// `spawn_blocking` thread, which the runtime retires after it idles.
+///
 /// # Errors
 /// [`LaunchError::Spawn`] if the program cannot be started, [`LaunchError::Wait`] if its
 /// status cannot be read, [`LaunchError::Interrupted`] if `stop` fired (the program has
@@ -85,7 +105,22 @@ pub async fn run_program<T: Transport>(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<RunOutcome, LaunchError> {
     let (first, rest) = program.argv.split_first().ok_or(LaunchError::NoProgram)?;
-    let mut cmd = Command::new(first);
+    // With setpriv in front, a missing program would only show as setpriv's exit status:
+    // look it up first so the error names it.
+    if resolve_program(first).is_none() {
+        return Err(LaunchError::Spawn {
+            program: first.clone(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "program not found"),
+        });
+    }
+    let mut cmd = match pdeathsig_wrapper() {
+        Some(setpriv) => {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(first);
+            c
+        }
+        None => Command::new(first),
+    };
     cmd.args(rest)
         .args(proxy.mpyc_args())
         .stdin(Stdio::null())
@@ -130,6 +165,15 @@ pub async fn run_program<T: Transport>(
             }
         }
     };
+    if peer_failure.is_none() && matches!(proxy_result, Some(Err(_))) {
+        // A lost peer breaks its links and is reported as failed at about the same time;
+        // when the broken link won the race, wait briefly for the report, which names
+        // the cause (the party) rather than the symptom.
+        if let Ok(failure) = tokio::time::timeout(PEER_REPORT_GRACE, &mut peer_failed).await {
+            tracing::error!("party {} failed ({})", failure.peer, failure.reason);
+            peer_failure = Some(failure);
+        }
+    }
     if !status.success() && peer_failure.is_none() {
         // Our peers cannot tell this from a clean close: tell them.
         transport
@@ -156,6 +200,118 @@ pub async fn run_program<T: Transport>(
         stderr,
         peer_failure,
     })
+}
+
+/// `setpriv`, when it exists and supports `--pdeathsig` (util-linux 2.33+); checked once.
+/// Without it a SIGKILLed mpc-did leaves its program running: say so once.
+fn pdeathsig_wrapper() -> Option<&'static Path> {
+    static SETPRIV: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SETPRIV
+        .get_or_init(|| {
+            let found = resolve_program(OsStr::new("setpriv")).filter(|setpriv| {
+                std::process::Command::new(setpriv)
+                    .args(["--pdeathsig", "KILL", "--", "true"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            });
+            if found.is_none() {
+                tracing::warn!(
+                    "util-linux `setpriv --pdeathsig` is not available: if mpc-did is killed \
+                     with SIGKILL, its MPyC program keeps running (install util-linux)"
+                );
+            }
+            found
+        })
+        .as_deref()
+}
+
+/// `program` as `execvp` would find it: a path if it contains a `/`, else the first
+/// executable file of that name in `$PATH`.
+fn resolve_program(program: &OsStr) -> Option<PathBuf> {
+    let is_exe = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let path = Path::new(program);
+    if program.as_encoded_bytes().contains(&b'/') {
+        return is_exe(path).then(|| path.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| is_exe(p))
+}
+
+/// The environment variable naming the Python that runs MPyC.
+pub const PYTHON_ENV: &str = "MPC_DID_PYTHON";
+/// Set to `1` (CI does) to make a missing Python an error instead of a skipped test.
+pub const REQUIRE_ENV: &str = "MPC_DID_REQUIRE_INTEROP";
+
+/// No usable Python although one was required.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PythonError {
+    /// `$MPC_DID_PYTHON` is set but cannot import the modules.
+    #[error("{PYTHON_ENV}={path:?} cannot `import {modules}`")]
+    Unusable { path: PathBuf, modules: String },
+    /// Nothing found and `MPC_DID_REQUIRE_INTEROP=1`.
+    #[error("no Python with `import {modules}` ({PYTHON_ENV} unset, tried {tried:?}) but {REQUIRE_ENV}=1: run ./test.sh or set {PYTHON_ENV}")]
+    Required {
+        modules: String,
+        tried: Vec<PathBuf>,
+    },
+}
+
+/// The Python that runs MPyC programs: `$MPC_DID_PYTHON` if set (it must import
+/// `modules`), else the first of `candidates` that can `import mpyc` and `modules`
+/// (for example the repository's `.venv/bin/python`, then `python3`).
+///
+/// Returns `Ok(None)` when nothing fits and nothing was required: the caller skips (tests,
+/// benches) or sets one up (`mpc-did demo`).
+///
+/// # Errors
+/// [`PythonError::Unusable`] if `$MPC_DID_PYTHON` is set but cannot import the modules;
+/// [`PythonError::Required`] if nothing fits and `$MPC_DID_REQUIRE_INTEROP` is `1`.
+pub fn find_python(
+    candidates: &[PathBuf],
+    modules: &[&str],
+) -> Result<Option<PathBuf>, PythonError> {
+    let mut wanted = vec!["mpyc"];
+    wanted.extend(modules.iter().copied().filter(|m| *m != "mpyc"));
+    let wanted = wanted.join(", ");
+    let imports = |python: &Path| {
+        std::process::Command::new(python)
+            .args(["-c", &format!("import {wanted}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if let Some(p) = std::env::var_os(PYTHON_ENV).filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        return if imports(&p) {
+            Ok(Some(p))
+        } else {
+            Err(PythonError::Unusable {
+                path: p,
+                modules: wanted,
+            })
+        };
+    }
+    if let Some(p) = candidates.iter().find(|p| imports(p)) {
+        return Ok(Some(p.clone()));
+    }
+    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
+        return Err(PythonError::Required {
+            modules: wanted,
+            tried: candidates.to_vec(),
+        });
+    }
+    Ok(None)
 }
 
 /// SIGINT to the program's group (MPyC exits on KeyboardInterrupt), then SIGKILL.

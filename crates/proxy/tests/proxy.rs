@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mpc_did_proxy::launch::{run_program, LaunchError, Output, Program};
+use mpc_did_proxy::launch::{find_python, run_program, LaunchError, Output, Program};
 use mpc_did_proxy::{PartyId, PeerFailure, Proxy, ProxyConfig, ProxyError, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -174,17 +174,14 @@ async fn spoofed_party_id_is_refused() {
     );
 }
 
+/// `$MPC_DID_PYTHON`, else the repository's `.venv` (test.sh makes it); `None`: skip.
 fn python() -> Option<PathBuf> {
-    match std::env::var_os("MPC_DID_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var("MPC_DID_REQUIRE_INTEROP").as_deref() == Ok("1") => {
-            panic!("MPC_DID_PYTHON is not set but MPC_DID_REQUIRE_INTEROP=1: run ./test.sh")
-        }
-        None => {
-            eprintln!("skipped: set MPC_DID_PYTHON to a Python with mpyc (./test.sh does)");
-            None
-        }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let found = find_python(&[venv], &["numpy"]).unwrap();
+    if found.is_none() {
+        eprintln!("skipped: set MPC_DID_PYTHON to a Python with mpyc (./test.sh does)");
     }
+    found
 }
 
 fn example(name: &str) -> PathBuf {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::{Config, Mediator};
-use mpc_did_proxy::launch::Output;
+use mpc_did_proxy::launch::{self, Output};
 use mpc_did_resolver::UniversalResolver;
 use mpc_did_wallet::{Method, Wallet};
 
@@ -381,40 +381,27 @@ async fn run_plain(
     Ok((start.elapsed(), mpyc, bytes))
 }
 
-/// Whether `python` can import MPyC (and numpy, which innerproduct needs).
-async fn has_mpyc(python: &Path) -> bool {
-    tokio::process::Command::new(python)
-        .args(["-c", "import mpyc, numpy"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success())
-}
-
 /// A Python with MPyC: `$MPC_DID_PYTHON`, `./.venv/bin/python`, `python3`, the cached
-/// venv; else create that venv (once) with `pip install mpyc==0.11 numpy`, saying so.
+/// venv (through [`launch::find_python`], with numpy, which innerproduct needs); else create
+/// that venv (once) with `pip install mpyc==0.11 numpy`, saying so.
 ///
 /// # Errors
-/// No python3 to create the venv with, or pip failed.
+/// `$MPC_DID_PYTHON` names an unusable Python, no python3 to create the venv with, or pip
+/// failed.
 pub async fn find_python() -> anyhow::Result<PathBuf> {
     let cache = dirs::cache_dir()
         .unwrap_or_else(std::env::temp_dir)
         .join("mpc-did")
         .join("venv");
     let venv_python = cache.join("bin").join("python");
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(p) = std::env::var_os("MPC_DID_PYTHON").filter(|p| !p.is_empty()) {
-        candidates.push(p.into());
-    }
-    candidates.push(PathBuf::from(".venv/bin/python"));
-    candidates.push(PathBuf::from("python3"));
-    candidates.push(venv_python.clone());
-    for c in &candidates {
-        if has_mpyc(c).await {
-            return Ok(c.clone());
-        }
+    let candidates = vec![
+        PathBuf::from(".venv/bin/python"),
+        PathBuf::from("python3"),
+        venv_python.clone(),
+    ];
+    // A few `python -c import` runs at start-up: blocking is fine here.
+    if let Some(p) = launch::find_python(&candidates, &["numpy"])? {
+        return Ok(p);
     }
     println!(
         "-- `import mpyc` failed with every Python found; creating a venv at {} with \
@@ -440,7 +427,7 @@ pub async fn find_python() -> anyhow::Result<PathBuf> {
         .context("running pip")?;
     anyhow::ensure!(status.success(), "pip install mpyc==0.11 numpy failed");
     anyhow::ensure!(
-        has_mpyc(&venv_python).await,
+        launch::find_python(std::slice::from_ref(&venv_python), &["numpy"])?.is_some(),
         "the new venv at {} still cannot import mpyc",
         cache.display()
     );

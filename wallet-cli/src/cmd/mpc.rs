@@ -47,9 +47,10 @@ pub enum MpcCommand {
     ///
     /// Example: mpc-did mpc new --parties 3 --program secretsanta.py -- --people 3 4
     New(NewArgs),
-    /// Make the Out-of-Band invitation to an MPC session (URL, JSON, QR code).
+    /// Make the Out-of-Band invitation to an MPC session (URL, JSON, QR code); also
+    /// `mpc-did invite --session ID`.
     Invite(InviteArgs),
-    /// Join an MPC session from its invitation; waits for the roster.
+    /// Join an MPC session from its invitation; waits for the roster. Also `mpc-did join`.
     Join(JoinArgs),
     /// As coordinator: admit joins until all parties are in, then send everyone the roster.
     Host(HostArgs),
@@ -154,8 +155,9 @@ pub async fn run(ctx: &Ctx, cmd: MpcCommand) -> anyhow::Result<()> {
             } else {
                 println!("{}", rec.offer.session_id);
                 eprintln!(
-                    "MPC session for {} parties running {} (sha256 {}); next: `mpc-did mpc invite`",
-                    rec.offer.parties, rec.offer.program.name, rec.offer.program.sha256
+                    "MPC session for {} parties running {} (sha256 {}); next: `mpc-did invite --session {}`",
+                    rec.offer.parties, rec.offer.program.name, rec.offer.program.sha256,
+                    rec.offer.session_id
                 );
             }
             Ok(())
@@ -490,7 +492,11 @@ pub fn invitation_url(
     Ok((inv, url))
 }
 
-fn invite(ctx: &Ctx, a: &InviteArgs) -> anyhow::Result<()> {
+/// `mpc-did mpc invite` (and `mpc-did invite --session`).
+///
+/// # Errors
+/// No such MPC session, the QR PNG cannot be written.
+pub fn invite(ctx: &Ctx, a: &InviteArgs) -> anyhow::Result<()> {
     use mpc_did_didcomm::protocols::qr::QrMatrix;
     let (inv, url) = invitation_url(ctx, a.session.as_deref(), a.base_url.as_deref())?;
     let qr = QrMatrix::encode(url.as_bytes()).ok();
@@ -512,9 +518,7 @@ fn invite(ctx: &Ctx, a: &InviteArgs) -> anyhow::Result<()> {
             eprint!("{}", qr.to_terminal(false));
         }
     }
-    eprintln!(
-        "\nGive this link to the other parties; they run `mpc-did mpc join URL --program FILE`."
-    );
+    eprintln!("\nGive this link to the other parties; they run `mpc-did join URL --program FILE`.");
     Ok(())
 }
 

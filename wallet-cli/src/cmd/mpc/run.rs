@@ -4,8 +4,10 @@
 //! unmodified program with the proxy's `-M/-I/-P` arguments.
 //!
 //! Nothing outlives the command: the program runs in its own process group and is stopped
-//! with it (Ctrl-C is forwarded, then SIGKILL after a grace period); the proxy and the
-//! session listener are in-process sockets; nothing is written to disk.
+//! with it (Ctrl-C is forwarded, then SIGKILL after a grace period), and even a SIGKILL of
+//! mpc-did takes the program with it (`setpriv --pdeathsig KILL`, see
+//! `mpc_did_proxy::launch`); the proxy and the session listener are in-process sockets;
+//! nothing is written to disk.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
