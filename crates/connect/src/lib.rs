@@ -36,8 +36,12 @@ use std::time::{Duration, Instant};
 
 use mpc_did_agent::{Agent, AgentError, Inbound};
 use mpc_did_didcomm::Message;
+pub use mpc_did_driver::PathInfo;
 use mpc_did_driver::{path, DriverConfig, PathRouter, SessionHandle, SessionState};
+pub use mpc_did_rendezvous::binding::RetransmitSchedule;
 use mpc_did_rendezvous::candidate::{Candidate, CandidateKind, Transport};
+use mpc_did_rendezvous::nat::NatMapping;
+use mpc_did_rendezvous::net::quic::{QuicEndpoint, QuicPath};
 pub use mpc_did_rendezvous::net::RelayIdentity;
 use mpc_did_rendezvous::net::{RelayConnection, RelayStream};
 use mpc_did_rendezvous::relay::PeerAddr;
@@ -49,6 +53,12 @@ use mpc_did_session::{Acceptor, Proposer, SessionConfig};
 use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
+
+mod quic;
+mod select;
+
+pub use quic::QuicSetup;
+use select::{Decision, Selection};
 
 /// What a secure session is bound to (spec/session.md §4): the MPC session and its roster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +106,48 @@ pub struct ConnectorConfig {
     pub relay: Option<RelaySetup>,
     /// Use the relay even when a direct path would work (tests, restrictive networks).
     pub force_relay: bool,
+    /// The NAT-traversed path: QUIC over a UDP socket whose public address STUN tells
+    /// (spec/rendezvous.md §6.1). `None`: direct TCP and relay only.
+    pub quic: Option<QuicSetup>,
+    /// Moving a session from the relay to a direct path when one appears (spec/session.md
+    /// §7.5).
+    pub upgrade: UpgradeConfig,
+}
+
+/// When the proposer retries direct paths while its session is on the relay
+/// (spec/session.md §7.5).
+#[derive(Debug, Clone)]
+pub struct UpgradeConfig {
+    /// Try at all.
+    pub enabled: bool,
+    /// First retry this long after the session went on the relay; then doubling ...
+    pub first: Duration,
+    /// ... up to this interval. New candidates from the peer restart at `first`.
+    pub max: Duration,
+    /// After the first direct check succeeds, how long to wait for a better one still
+    /// running (also used for the first path; spec/rendezvous.md §5.4).
+    pub settle: Duration,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(30),
+            settle: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// The STUN service of our mediator by convention: the mediator's host at the STUN port
+/// 3478 (RFC 8489 §18.6; `mpc-did-mediator --stun`). `None` if the mediator URL does not
+/// resolve.
+#[must_use]
+pub fn mediator_stun(agent: &Agent) -> Option<SocketAddr> {
+    let url = url::Url::parse(&agent.client().info.http).ok()?;
+    let host = url.socket_addrs(|| Some(443)).ok()?.into_iter().next()?;
+    Some(SocketAddr::new(host.ip(), 3478))
 }
 
 /// How to reach and authenticate to a relay.
@@ -118,6 +170,8 @@ impl Default for ConnectorConfig {
             driver: DriverConfig::default(),
             relay: None,
             force_relay: false,
+            quic: None,
+            upgrade: UpgradeConfig::default(),
         }
     }
 }
@@ -156,25 +210,6 @@ pub enum ConnectError {
     Io(#[from] std::io::Error),
 }
 
-/// The path a session runs on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathInfo {
-    /// A direct TCP connection; `remote` is known to the side that dialed.
-    Direct { remote: Option<SocketAddr> },
-    /// Through a mediator relay.
-    Relayed { relay: String },
-}
-
-impl std::fmt::Display for PathInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Direct { remote: Some(a) } => write!(f, "direct TCP to {a}"),
-            Self::Direct { remote: None } => write!(f, "direct TCP (accepted)"),
-            Self::Relayed { relay } => write!(f, "relayed via {relay}"),
-        }
-    }
-}
-
 /// A secure session that is up.
 #[derive(Debug, Clone)]
 pub struct Established {
@@ -182,6 +217,7 @@ pub struct Established {
     pub peer: String,
     /// The secure session id (hex).
     pub session_id: String,
+    /// The path when the session came up (it may change: [`SessionHandle::path`]).
     pub path: PathInfo,
     /// From the first negotiation message to a connected path.
     pub setup: Duration,
@@ -196,7 +232,10 @@ pub struct Established {
 pub struct SessionSummary {
     pub peer: String,
     pub session_id: String,
+    /// The current path (or the last one, when it is broken).
     pub path: PathInfo,
+    /// Paths attached so far (more than 1: reconnections or a relay → direct upgrade).
+    pub paths_attached: u64,
     pub state: SessionState,
     pub setup: Duration,
 }
@@ -216,6 +255,67 @@ struct Inner {
     relay: Option<(RelaySetup, SocketAddr, Arc<RelayConnection>)>,
     /// Connections to other parties' relays, by URL.
     foreign_relays: tokio::sync::Mutex<HashMap<String, Arc<RelayConnection>>>,
+    /// The NAT-traversed path's endpoint, if configured.
+    quic: Option<quic::QuicState>,
+    /// The direct-path TCP listener's address.
+    listen: SocketAddr,
+    /// Each session's peer candidates, growing as `candidates` messages arrive.
+    remotes: Mutex<HashMap<String, Arc<RemoteCandidates>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Ends the QUIC accept loop and every QUIC path of this connector.
+        if let Some(q) = &self.quic {
+            q.endpoint.close();
+        }
+    }
+}
+
+/// A session's view of the peer's candidates (spec/session.md §2: each `candidates`
+/// message adds to the previous ones).
+#[derive(Debug, Default)]
+pub(crate) struct RemoteCandidates {
+    list: Mutex<Vec<Candidate>>,
+    /// Signalled (one stored permit) when candidates were added.
+    added: Notify,
+}
+
+impl RemoteCandidates {
+    fn new(list: Vec<Candidate>) -> Arc<Self> {
+        let r = Arc::new(Self::default());
+        r.add(list);
+        r
+    }
+
+    /// Add candidates not known yet (at most 64 in all, spec/session.md §2); returns
+    /// whether any was new.
+    fn add(&self, more: Vec<Candidate>) -> bool {
+        let Ok(mut list) = self.list.lock() else {
+            return false;
+        };
+        let mut added = false;
+        for c in more {
+            if list.len() < 64
+                && !list
+                    .iter()
+                    .any(|o| o.addr == c.addr && o.kind == c.kind && o.transport == c.transport)
+            {
+                list.push(c);
+                added = true;
+            }
+        }
+        list.sort_by_key(|c| std::cmp::Reverse(c.priority));
+        drop(list);
+        if added {
+            self.added.notify_one();
+        }
+        added
+    }
+
+    pub(crate) fn snapshot(&self) -> Vec<Candidate> {
+        self.list.lock().map(|l| l.clone()).unwrap_or_default()
+    }
 }
 
 /// A party's secure-session endpoint; cheap to clone.
@@ -248,6 +348,20 @@ impl Connector {
         };
         let router = PathRouter::new();
         tokio::spawn(router.clone().serve(listener));
+        let quic = match &config.quic {
+            Some(setup) => {
+                let q = quic::start(setup, |udp| host_candidates(udp, &agent)).await?;
+                tracing::info!(
+                    "QUIC path endpoint on {} (NAT mapping {:?}); candidates {:?}",
+                    q.endpoint.local_addr(),
+                    q.nat_mapping,
+                    q.candidates.iter().map(|c| c.addr).collect::<Vec<_>>()
+                );
+                tokio::spawn(quic::serve(q.endpoint.clone(), router.clone()));
+                Some(q)
+            }
+            None => None,
+        };
         let relay = match &config.relay {
             Some(setup) => {
                 let conn = RelayConnection::connect_ws(
@@ -277,7 +391,20 @@ impl Connector {
             sessions: Mutex::new(Vec::new()),
             relay,
             foreign_relays: tokio::sync::Mutex::new(HashMap::new()),
+            quic,
+            listen: local,
+            remotes: Mutex::new(HashMap::new()),
         });
+        if let Some(q) = &inner.quic {
+            if let Some(stun) = q.setup.stun {
+                tokio::spawn(quic::keep_mapping(
+                    Arc::downgrade(&inner),
+                    q.endpoint.clone(),
+                    stun,
+                    q.setup.mapping_keepalive,
+                ));
+            }
+        }
         tokio::spawn(dispatch(Arc::downgrade(&inner), rx));
         Ok(Self { inner })
     }
@@ -294,6 +421,50 @@ impl Connector {
         &self.inner.candidates
     }
 
+    /// The direct-path TCP listener's address (what `candidates` announce unless
+    /// `advertise` says otherwise).
+    #[must_use]
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.listen
+    }
+
+    /// The QUIC candidates this connector announces (host and server-reflexive) and the
+    /// NAT mapping STUN found; empty without [`ConnectorConfig::quic`].
+    #[must_use]
+    pub fn quic_candidates(&self) -> (Vec<Candidate>, NatMapping) {
+        self.inner
+            .quic
+            .as_ref()
+            .map_or((Vec::new(), NatMapping::Unknown), |q| {
+                (q.candidates.clone(), q.nat_mapping)
+            })
+    }
+
+    /// Tell the peer of `est` about more candidates of ours (a trickled `candidates`
+    /// message, spec/session.md §2), e.g. after a network change. A proposer whose session
+    /// is on the relay tries them at once (§7.5).
+    ///
+    /// # Errors
+    /// The control plane failed.
+    pub async fn announce_candidates(
+        &self,
+        est: &Established,
+        candidates: Vec<Candidate>,
+    ) -> Result<(), ConnectError> {
+        let cands = candidates
+            .iter()
+            .filter_map(|c| serde_json::to_value(c).ok())
+            .collect();
+        let body = CandidatesBody {
+            session_id: est.session_id.clone(),
+            candidates: cands,
+            end_of_candidates: true,
+        };
+        let m = message(&new_id(), CANDIDATES_TYPE, &body, Some(&est.session_id))?;
+        self.inner.agent.send(&est.peer, m).await?;
+        Ok(())
+    }
+
     /// Every session established so far, with its current state.
     #[must_use]
     pub fn sessions(&self) -> Vec<SessionSummary> {
@@ -304,12 +475,16 @@ impl Connector {
             .map(|s| s.clone())
             .unwrap_or_default();
         list.into_iter()
-            .map(|e| SessionSummary {
-                state: e.handle.state(),
-                peer: e.peer,
-                session_id: e.session_id,
-                path: e.path,
-                setup: e.setup,
+            .map(|e| {
+                let p = e.handle.path();
+                SessionSummary {
+                    state: e.handle.state(),
+                    peer: e.peer,
+                    session_id: e.session_id,
+                    path: p.current.or(p.last).unwrap_or(e.path),
+                    paths_attached: p.attached,
+                    setup: e.setup,
+                }
             })
             .collect()
     }
@@ -383,6 +558,10 @@ impl Connector {
                 }
             }
             remote.sort_by_key(|c: &Candidate| std::cmp::Reverse(c.priority));
+            let shared = RemoteCandidates::new(remote.clone());
+            let (_, closed_rx) = mpsc::channel(1);
+            let thread = std::mem::replace(&mut rx, closed_rx);
+            self.follow(&sid_hex, peer, &handle, &shared, thread);
             let path = self
                 .connect_path(
                     &handle,
@@ -396,7 +575,7 @@ impl Connector {
                 self.clone(),
                 handle.clone(),
                 peer.to_owned(),
-                remote.clone(),
+                shared,
             ));
             Ok(Established {
                 handle,
@@ -409,7 +588,9 @@ impl Connector {
             })
         }
         .await;
-        self.close_thread(&sid_hex);
+        if result.is_err() {
+            self.forget(&sid_hex);
+        }
         self.record(result)
     }
 
@@ -447,12 +628,14 @@ impl Connector {
             let accept = message(&new_id(), ACCEPT_TYPE, &accept, Some(&proposal.message.id))?;
             self.inner.agent.send_signed(peer, accept).await?;
             self.send_candidates(peer, &sid_hex).await?;
+            let mut remote = Vec::new();
             let hs: HandshakeBody = loop {
                 let m = self
                     .next(&mut rx, deadline, peer, "complete the handshake")
                     .await?;
                 match kind(&m) {
                     Some("handshake") => break body_of(&m, peer)?,
+                    Some("candidates") => remote.extend(candidates_of(&m)),
                     Some("close") => return Err(closed(&m, peer)),
                     _ => {}
                 }
@@ -465,10 +648,27 @@ impl Connector {
                 })?;
             let handle = SessionHandle::spawn(session, self.inner.config.driver.clone());
             self.inner.router.register(&handle);
-            if let Some((_, _, conn)) = &self.inner.relay {
+            let shared = RemoteCandidates::new(remote.clone());
+            let (_, closed_rx) = mpsc::channel(1);
+            let thread = std::mem::replace(&mut rx, closed_rx);
+            self.follow(&sid_hex, peer, &handle, &shared, thread);
+            if let Some(q) = &self.inner.quic {
+                tokio::spawn(quic::punch_while_relayed(
+                    q.endpoint.clone(),
+                    handle.clone(),
+                    Arc::clone(&shared),
+                    q.setup.punch_interval,
+                ));
+            }
+            if let Some((setup, _, conn)) = &self.inner.relay {
                 match self.relay_peer(peer).await {
                     Ok(addr) => {
-                        tokio::spawn(serve_relay_paths(Arc::clone(conn), handle.clone(), addr));
+                        tokio::spawn(serve_relay_paths(
+                            Arc::clone(conn),
+                            handle.clone(),
+                            addr,
+                            setup.url.clone(),
+                        ));
                     }
                     Err(e) => tracing::warn!("no relay path possible with {peer}: {e}"),
                 }
@@ -486,18 +686,24 @@ impl Connector {
                     secs: self.inner.config.handshake_timeout.as_secs(),
                 });
             }
+            let path = handle
+                .path()
+                .current
+                .unwrap_or(PathInfo::Direct { remote: None });
             Ok(Established {
                 handle,
                 peer: peer.to_owned(),
                 session_id: sid_hex.clone(),
-                path: PathInfo::Direct { remote: None },
+                path,
                 setup: start.elapsed(),
-                remote: Vec::new(),
+                remote,
                 proposer: false,
             })
         }
         .await;
-        self.close_thread(&sid_hex);
+        if result.is_err() {
+            self.forget(&sid_hex);
+        }
         self.record(result)
     }
 
@@ -520,8 +726,73 @@ impl Connector {
             });
         }
         let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;
-        self.connect_path(&est.handle, &est.peer, &est.remote, relay, deadline)
+        let remote = self
+            .remote_of(&est.session_id)
+            .map_or_else(|| est.remote.clone(), |r| r.snapshot());
+        self.connect_path(&est.handle, &est.peer, &remote, relay, deadline)
             .await
+    }
+
+    fn remote_of(&self, sid: &str) -> Option<Arc<RemoteCandidates>> {
+        self.inner.remotes.lock().ok()?.get(sid).cloned()
+    }
+
+    /// After establishment, keep the negotiation thread open for the session's life:
+    /// trickled `candidates` from `peer` add to `shared` (and wake the upgrade, §7.5).
+    fn follow(
+        &self,
+        sid: &str,
+        peer: &str,
+        handle: &SessionHandle,
+        shared: &Arc<RemoteCandidates>,
+        mut rx: mpsc::Receiver<Inbound>,
+    ) {
+        if let Ok(mut r) = self.inner.remotes.lock() {
+            r.insert(sid.to_owned(), Arc::clone(shared));
+        }
+        let (this, sid, peer, handle, shared) = (
+            Arc::downgrade(&self.inner),
+            sid.to_owned(),
+            peer.to_owned(),
+            handle.clone(),
+            Arc::clone(shared),
+        );
+        tokio::spawn(async move {
+            let ended = handle.ended();
+            tokio::pin!(ended);
+            loop {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) if m.sender.as_deref() == Some(peer.as_str())
+                            && m.meta.authenticated
+                            && kind(&m) == Some("candidates") =>
+                        {
+                            if shared.add(candidates_of(&m)) {
+                                tracing::info!("secure session {sid}: {peer} announced new candidates");
+                            }
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = &mut ended => break,
+                }
+            }
+            if let Some(inner) = this.upgrade() {
+                if let Ok(mut t) = inner.threads.lock() {
+                    t.remove(&sid);
+                }
+                if let Ok(mut r) = inner.remotes.lock() {
+                    r.remove(&sid);
+                }
+            }
+        });
+    }
+
+    fn forget(&self, sid: &str) {
+        self.close_thread(sid);
+        if let Ok(mut r) = self.inner.remotes.lock() {
+            r.remove(sid);
+        }
     }
 
     /// Connect `handle` to the peer: direct TCP candidates first, then the peer's relay
@@ -534,23 +805,23 @@ impl Connector {
         relay_only: bool,
         deadline: tokio::time::Instant,
     ) -> Result<PathInfo, ConnectError> {
-        let direct: Vec<SocketAddr> = remote
-            .iter()
-            .filter(|c| c.kind != CandidateKind::Relay && c.transport == Transport::Tcp)
-            .map(|c| c.addr)
-            .collect();
+        let has_direct = remote.iter().any(|c| select::rank(c).is_some());
         let relays: Vec<String> = remote.iter().filter_map(|c| c.relay_url.clone()).collect();
         let mut why = Vec::new();
-        if !relay_only && !direct.is_empty() {
-            // Leave time for the relay when direct candidates do not answer.
+        if !relay_only && has_direct {
+            // Leave time for the relay when direct candidates do not answer: one full round
+            // of checks (3 s) and an attach.
             let direct_deadline = if relays.is_empty() {
                 deadline
             } else {
-                deadline.min(tokio::time::Instant::now() + Duration::from_secs(5))
+                deadline.min(tokio::time::Instant::now() + DIRECT_BUDGET)
             };
-            match dial(handle, &direct, direct_deadline).await {
-                Ok(a) => return Ok(PathInfo::Direct { remote: Some(a) }),
-                Err(e) => why.push(e),
+            match self.direct_path(handle, remote, direct_deadline).await {
+                Ok(p) => return Ok(p),
+                Err(e) => {
+                    tracing::info!("no direct path to {peer} ({e}); trying the relay");
+                    why.push(e);
+                }
             }
         }
         for url in &relays {
@@ -578,6 +849,54 @@ impl Connector {
         })
     }
 
+    /// A direct path (spec/session.md §7.5): TCP to the peer's host candidates and QUIC to
+    /// its host and server-reflexive QUIC candidates, checked all at once and in rounds until
+    /// `deadline`; the best that works (TCP host, QUIC host, QUIC punched) carries the
+    /// session.
+    async fn direct_path(
+        &self,
+        handle: &SessionHandle,
+        remote: &[Candidate],
+        deadline: tokio::time::Instant,
+    ) -> Result<PathInfo, String> {
+        let quic = self.inner.quic.as_ref().map(|q| q.endpoint.clone());
+        let own = quic.as_ref().map(QuicEndpoint::local_addr);
+        let targets: Vec<(u8, Candidate)> = remote
+            .iter()
+            .filter_map(|c| {
+                let r = select::rank(c)?;
+                if c.transport == Transport::Quic
+                    && !own.is_some_and(|o| quic::is_quic_target(c, o))
+                {
+                    return None;
+                }
+                Some((r, c.clone()))
+            })
+            .take(MAX_DIRECT_CHECKS)
+            .collect();
+        if targets.is_empty() {
+            return Err("the peer announced no direct candidate we can use".into());
+        }
+        let settle = self.inner.config.upgrade.settle;
+        let rounds = async {
+            let mut pause = Duration::from_millis(20);
+            loop {
+                let last = match one_round(handle, &targets, quic.as_ref(), settle).await {
+                    Ok(p) => return Ok(p),
+                    Err(e) => e,
+                };
+                if tokio::time::Instant::now() + pause > deadline {
+                    return Err(last);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+        };
+        tokio::time::timeout_at(deadline, rounds)
+            .await
+            .unwrap_or_else(|_| Err("direct paths: no answer in time".into()))
+    }
+
     /// Open a path to `peer` through the relay at `url` (ours, or the peer's).
     async fn relay_path(
         &self,
@@ -592,8 +911,11 @@ impl Connector {
         path::send_hello(&mut stream, &handle.path_id())
             .await
             .map_err(|e| e.to_string())?;
+        let info = PathInfo::Relayed {
+            relay: url.to_owned(),
+        };
         handle
-            .attach_path(Box::new(stream))
+            .attach_path_as(Box::new(stream), Some(info))
             .await
             .map_err(|e| e.to_string())?;
         let mut st = handle.watch_state();
@@ -752,6 +1074,13 @@ impl Connector {
             })
             .collect();
         let mut cands = cands;
+        if let Some(q) = &self.inner.quic {
+            cands.extend(
+                q.candidates
+                    .iter()
+                    .filter_map(|c| serde_json::to_value(c).ok()),
+            );
+        }
         if let Some((setup, addr, _)) = &self.inner.relay {
             if let Ok(v) = serde_json::to_value(Candidate::relay(Transport::Tcp, *addr, &setup.url))
             {
@@ -827,91 +1156,204 @@ async fn dispatch(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Inbound>
     }
 }
 
-/// Dial `addrs` in order (retrying until `deadline`: the acceptor registers the session
-/// with its listener only after the handshake), send the path hello and attach.
-async fn dial(
+/// Most direct-path checks in one round.
+const MAX_DIRECT_CHECKS: usize = 16;
+/// How long the first connection tries direct paths before the relay when the peer has a
+/// relay candidate: one round of checks (3 s each, in parallel) plus an attach.
+const DIRECT_BUDGET: Duration = Duration::from_secs(6);
+/// A direct check (TCP connect, QUIC handshake) without an answer after this has failed
+/// (spec/rendezvous.md §5.3).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a freshly attached path may take to carry the peer's first record.
+const CONNECT_WAIT: Duration = Duration::from_secs(2);
+
+/// One round of direct checks: all at once, selection by rank (spec/session.md §7.5), then
+/// the path hello on the winner; if the session does not connect on it, the next success.
+async fn one_round(
     handle: &SessionHandle,
-    addrs: &[SocketAddr],
-    deadline: tokio::time::Instant,
-) -> Result<SocketAddr, String> {
-    if addrs.is_empty() {
-        return Err("the peer announced no TCP candidate".into());
+    targets: &[(u8, Candidate)],
+    quic: Option<&QuicEndpoint>,
+    settle: Duration,
+) -> Result<PathInfo, String> {
+    let mut checks = tokio::task::JoinSet::new();
+    for (i, (_, c)) in targets.iter().enumerate() {
+        let (c, q) = (c.clone(), quic.cloned());
+        checks.spawn(async move { (i, open_direct(&c, q.as_ref()).await) });
     }
-    let mut last = String::new();
-    let mut pause = Duration::from_millis(20);
-    loop {
-        for &a in addrs {
-            match try_path(handle, a).await {
-                Ok(()) => {
-                    // Connected only once the peer's first record authenticates on this
-                    // path; a listener that does not know the session yet drops it.
-                    let mut st = handle.watch_state();
-                    let up = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        st.wait_for(|s| *s != SessionState::Connecting),
-                    )
-                    .await;
-                    if handle.state() == SessionState::Connected {
-                        return Ok(a);
+    let mut sel = Selection::new(targets.iter().map(|t| t.0).collect(), settle);
+    let mut opened: HashMap<usize, (path::BoxPath, PathInfo)> = HashMap::new();
+    let mut why = Vec::new();
+    let order = loop {
+        let done = match sel.decide(Instant::now()) {
+            Decision::Take(order) => break order,
+            Decision::NothingWorked => return Err(why.join("; ")),
+            Decision::Wait(Some(t)) => tokio::select! {
+                d = checks.join_next() => d,
+                () = tokio::time::sleep_until(t.into()) => continue,
+            },
+            Decision::Wait(None) => checks.join_next().await,
+        };
+        match done {
+            Some(Ok((i, r))) => {
+                sel.on_result(i, r.is_ok(), Instant::now());
+                match r {
+                    Ok(p) => {
+                        opened.insert(i, p);
                     }
-                    last = match up {
-                        Ok(_) => format!("{a}: path dropped by the peer"),
-                        Err(_) => format!("{a}: no answer on the path"),
-                    };
+                    Err(e) => why.push(e),
                 }
-                Err(e) => last = format!("{a}: {e}"),
             }
+            // Checks do not panic; a set that ran dry without a decision has nothing.
+            Some(Err(_)) | None => return Err(why.join("; ")),
         }
-        if tokio::time::Instant::now() + pause > deadline {
-            return Err(last);
+    };
+    // Checks still running cannot win any more.
+    checks.abort_all();
+    for i in order {
+        let Some((mut p, info)) = opened.remove(&i) else {
+            continue;
+        };
+        // The hello is the nomination: the acceptor attaches whatever path names its session.
+        match path::send_hello(&mut p, &handle.path_id()).await {
+            Ok(()) => {
+                handle
+                    .attach_path_as(p, Some(info.clone()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if connected_soon(handle).await {
+                    return Ok(info);
+                }
+                why.push(format!("{info}: no answer on the path"));
+            }
+            Err(e) => why.push(format!("{info}: {e}")),
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+    Err(why.join("; "))
+}
+
+/// Connected only once the peer's first record authenticates on the new path (spec §7.3);
+/// a listener that does not know the session drops it.
+async fn connected_soon(handle: &SessionHandle) -> bool {
+    let mut st = handle.watch_state();
+    let _ = tokio::time::timeout(
+        CONNECT_WAIT,
+        st.wait_for(|s| *s != SessionState::Connecting),
+    )
+    .await;
+    handle.state() == SessionState::Connected
+}
+
+/// One direct check: a TCP connection to a host candidate, or a QUIC connection (after a
+/// punch datagram that opens our NAT towards it) with one stream opened on it.
+async fn open_direct(
+    c: &Candidate,
+    quic: Option<&QuicEndpoint>,
+) -> Result<(path::BoxPath, PathInfo), String> {
+    let addr = c.addr;
+    match (c.transport, quic) {
+        (Transport::Tcp, _) => {
+            let tcp = tokio::time::timeout(CHECK_TIMEOUT, TcpStream::connect(addr))
+                .await
+                .map_err(|_| format!("TCP {addr}: connect timed out"))?
+                .map_err(|e| format!("TCP {addr}: {e}"))?;
+            tcp.set_nodelay(true)
+                .map_err(|e| format!("TCP {addr}: {e}"))?;
+            Ok((Box::new(tcp), PathInfo::Direct { remote: Some(addr) }))
+        }
+        (Transport::Quic, Some(q)) => {
+            let _ = q.punch(addr).await;
+            let conn = tokio::time::timeout(CHECK_TIMEOUT, q.connect(addr))
+                .await
+                .map_err(|_| format!("QUIC {addr}: no handshake within {CHECK_TIMEOUT:?}"))?
+                .map_err(|e| format!("QUIC {addr}: {e}"))?;
+            let (send, recv) = conn
+                .open_bi()
+                .await
+                .map_err(|e| format!("QUIC {addr}: {e}"))?;
+            let p = QuicPath::new(conn, send, recv);
+            Ok((Box::new(p), PathInfo::Quic { remote: addr }))
+        }
+        _ => Err(format!(
+            "{addr}: no way to check a {:?} candidate",
+            c.transport
+        )),
     }
 }
 
-async fn try_path(handle: &SessionHandle, addr: SocketAddr) -> std::io::Result<()> {
-    let mut tcp = tokio::time::timeout(Duration::from_secs(3), TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    tcp.set_nodelay(true)?;
-    path::send_hello(&mut tcp, &handle.path_id()).await?;
-    handle.attach_path(Box::new(tcp)).await
-}
-
-/// The proposer owns the path: when it breaks, connect again (direct first, then relay)
-/// until the session is over.
+/// The proposer owns the path (spec/session.md §7.4, §7.5): when it breaks, connect again
+/// (direct first, then relay) until the session is over; while it is on the relay, retry
+/// direct paths with backoff (`UpgradeConfig`), at once when the peer announces new
+/// candidates, and switch when one works (the session resumes without loss, §7).
 async fn keep_path(
     connector: Connector,
     handle: SessionHandle,
     peer: String,
-    remote: Vec<Candidate>,
+    remote: Arc<RemoteCandidates>,
 ) {
+    let cfg = connector.inner.config.upgrade.clone();
     let mut state = handle.watch_state();
+    let mut backoff = cfg.first;
+    let mut next_try = tokio::time::Instant::now() + backoff;
     loop {
-        if state
-            .wait_for(|s| *s == SessionState::NoPath || s.is_over())
-            .await
-            .is_err()
-            || handle.state().is_over()
-        {
+        if handle.state().is_over() {
             return;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        match connector
-            .connect_path(&handle, &peer, &remote, false, deadline)
-            .await
-        {
-            Ok(p) => tracing::info!("secure session path restored: {p}"),
-            Err(e) => tracing::warn!("cannot restore the path ({e}); retrying"),
+        let on_relay = matches!(handle.path().current, Some(PathInfo::Relayed { .. }));
+        let upgrade = cfg.enabled
+            && on_relay
+            && !connector.inner.config.force_relay
+            && remote.snapshot().iter().any(|c| select::rank(c).is_some());
+        tokio::select! {
+            r = async { state.wait_for(|s| *s == SessionState::NoPath || s.is_over()).await.map(|_| ()) } => {
+                if r.is_err() || handle.state().is_over() {
+                    return;
+                }
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                let cands = remote.snapshot();
+                // Direct first even with `force_relay` (as before upgrades existed): a
+                // broken relay path is best replaced by any working one.
+                match connector
+                    .connect_path(&handle, &peer, &cands, false, deadline)
+                    .await
+                {
+                    Ok(p) => tracing::info!("secure session path restored: {p}"),
+                    Err(e) => tracing::warn!("cannot restore the path ({e}); retrying"),
+                }
+                backoff = cfg.first;
+                next_try = tokio::time::Instant::now() + backoff;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            () = tokio::time::sleep_until(next_try), if upgrade => {
+                let deadline = tokio::time::Instant::now() + DIRECT_BUDGET;
+                match connector.direct_path(&handle, &remote.snapshot(), deadline).await {
+                    Ok(p) => {
+                        tracing::info!("secure session with {peer} upgraded from the relay to {p}");
+                        backoff = cfg.first;
+                    }
+                    Err(e) => {
+                        tracing::debug!("no direct path to {peer} yet ({e}); next try in {:?}", backoff * 2);
+                        backoff = (backoff * 2).min(cfg.max);
+                    }
+                }
+                next_try = tokio::time::Instant::now() + backoff;
+            }
+            () = remote.added.notified() => {
+                // New candidates: try them now.
+                backoff = cfg.first;
+                next_try = tokio::time::Instant::now();
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// The acceptor's side of relay paths: keep a relay stream to the peer open and hand it to
 /// the session when the proposer's hello arrives on it; again after each path change.
-async fn serve_relay_paths(conn: Arc<RelayConnection>, handle: SessionHandle, peer: PeerAddr) {
+async fn serve_relay_paths(
+    conn: Arc<RelayConnection>,
+    handle: SessionHandle,
+    peer: PeerAddr,
+    url: String,
+) {
     loop {
         if handle.state().is_over() || !conn.is_open() {
             return;
@@ -938,7 +1380,12 @@ async fn serve_relay_paths(conn: Arc<RelayConnection>, handle: SessionHandle, pe
                     prefix: rest,
                     _notify: notify,
                 };
-                if handle.attach_path(Box::new(wrapped)).await.is_err() {
+                let info = PathInfo::Relayed { relay: url.clone() };
+                if handle
+                    .attach_path_as(Box::new(wrapped), Some(info))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 // Wait until the session lets go of this stream, then offer a fresh one.

@@ -6,13 +6,16 @@ use std::time::Duration;
 
 use mpc_did_agent::Agent;
 use mpc_did_connect::{
-    Binding, ConnectError, Connector, ConnectorConfig, PathInfo, RelayIdentity, RelaySetup,
+    Binding, ConnectError, Connector, ConnectorConfig, Established, PathInfo, QuicSetup,
+    RelayIdentity, RelaySetup, UpgradeConfig,
 };
 use mpc_did_driver::SessionState;
 use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
 use mpc_did_mediator::{Config, Mediator, MediatorHandle};
+use mpc_did_rendezvous::candidate::{Candidate, CandidateKind, Transport};
 use mpc_did_resolver::UniversalResolver;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn mediator(dir: &std::path::Path) -> MediatorHandle {
@@ -43,8 +46,12 @@ async fn party(m: &MediatorHandle) -> Connector {
     party_with(m, false).await
 }
 
-/// A party with a did:key whose Ed25519 key also answers its mediator relay's challenge.
 async fn party_with(m: &MediatorHandle, force_relay: bool) -> Connector {
+    party_cfg(m, |c| c.force_relay = force_relay).await
+}
+
+/// A party with a did:key whose Ed25519 key also answers its mediator relay's challenge.
+async fn party_cfg(m: &MediatorHandle, tweak: impl FnOnce(&mut ConnectorConfig)) -> Connector {
     let mut seed = [0u8; 32];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
     let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
@@ -60,13 +67,13 @@ async fn party_with(m: &MediatorHandle, force_relay: bool) -> Connector {
         identity: RelayIdentity::did_key(signing),
         expected_relay: Some(m.did.clone()),
     };
-    let config = ConnectorConfig {
+    let mut config = ConnectorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         handshake_timeout: Duration::from_secs(20),
         relay: Some(relay),
-        force_relay,
         ..ConnectorConfig::default()
     };
+    tweak(&mut config);
     Connector::start(agent, config).await.unwrap()
 }
 
@@ -211,5 +218,232 @@ async fn relay_path_and_switches_between_relay_and_direct() {
     assert_eq!(switched, 2);
     assert_eq!(got.len(), sent.len());
     assert!(got == sent, "bytes differ after path switches");
+    m.shutdown().await;
+}
+
+/// A loopback TCP port nobody listens on (bound, then released).
+fn dead_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Forward every connection to `listen` to `to` (a NAT port that opens late).
+async fn forwarder(listen: std::net::SocketAddr, to: std::net::SocketAddr) {
+    let l = tokio::net::TcpListener::bind(listen).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut b) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                }
+            });
+        }
+    });
+}
+
+/// Stream from `ea` to `eb` until `ea`'s session has left the relay (`direct_when` says
+/// what counts), then 1 MiB more; returns (path changes seen, sent digest, received digest,
+/// bytes).
+async fn stream_across_upgrade(
+    ea: &Established,
+    eb: &Established,
+    direct_when: fn(&PathInfo) -> bool,
+    on_relay: impl std::future::Future<Output = ()> + Send + 'static,
+) -> ([u8; 32], [u8; 32], u64) {
+    let mut s = ea.handle.open_stream().await.unwrap();
+    let handle = ea.handle.clone();
+    let writer = tokio::spawn(async move {
+        let mut h = Sha256::new();
+        let mut sent = 0u64;
+        let mut after = None;
+        let mut trigger = Some(on_relay);
+        let mut i = 0u64;
+        loop {
+            let chunk: Vec<u8> = (0..16 * 1024u64)
+                .map(|k| ((i * 31 + k * 7) % 251) as u8)
+                .collect();
+            i += 1;
+            s.write_all(&chunk).await.unwrap();
+            h.update(&chunk);
+            sent += chunk.len() as u64;
+            if sent >= 1 << 20 {
+                if let Some(t) = trigger.take() {
+                    // Some data went over the relay: now let the direct path appear.
+                    tokio::spawn(t);
+                }
+            }
+            let on_direct = handle.path().current.as_ref().is_some_and(direct_when);
+            if on_direct && after.is_none() {
+                after = Some(sent + (1 << 20));
+            }
+            if after.is_some_and(|a| sent >= a) {
+                break;
+            }
+            assert!(sent < 256 << 20, "never left the relay");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        s.shutdown().await.unwrap();
+        (<[u8; 32]>::from(h.finalize()), sent)
+    });
+    let mut r = eb.handle.accept_stream().await.unwrap();
+    let mut h = Sha256::new();
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), r.read(&mut buf))
+            .await
+            .expect("stalled")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        got += n as u64;
+    }
+    let (sent_digest, sent) = writer.await.unwrap();
+    assert_eq!(got, sent);
+    (sent_digest, h.finalize().into(), got)
+}
+
+fn quick_upgrade(first: Duration) -> UpgradeConfig {
+    UpgradeConfig {
+        first,
+        max: Duration::from_secs(1),
+        ..UpgradeConfig::default()
+    }
+}
+
+/// spec/session.md §7.5: a session that had to start on the relay (the acceptor's direct
+/// candidate refused connections) moves to direct TCP on its own once that candidate
+/// answers, while a stream keeps flowing; not a byte lost or doubled (SHA-256).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_session_upgrades_to_direct_when_the_peer_becomes_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let port = dead_port();
+    let alice = party_cfg(&m, |c| {
+        c.upgrade = quick_upgrade(Duration::from_millis(200))
+    })
+    .await;
+    let bob = party_cfg(&m, |c| c.advertise = vec![port]).await;
+    introduce(&alice, &bob).await;
+    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
+    let binding = Binding::adhoc(&a_did, &b_did);
+    let (ea, eb) = tokio::join!(
+        alice.establish(&b_did, &binding, true),
+        bob.establish(&a_did, &binding, false)
+    );
+    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    assert!(matches!(ea.path, PathInfo::Relayed { .. }), "{:?}", ea.path);
+    assert!(matches!(eb.path, PathInfo::Relayed { .. }), "{:?}", eb.path);
+    let real = bob.listen_addr();
+    let t0 = std::time::Instant::now();
+    let (sent, got, n) = stream_across_upgrade(
+        &ea,
+        &eb,
+        |p| matches!(p, PathInfo::Direct { .. }),
+        forwarder(port, real),
+    )
+    .await;
+    eprintln!("{n} bytes across the upgrade in {:?}", t0.elapsed());
+    assert_eq!(sent, got, "bytes differ across the relay -> direct upgrade");
+    let pa = ea.handle.path();
+    assert_eq!(pa.current, Some(PathInfo::Direct { remote: Some(port) }));
+    assert!(pa.attached >= 2, "{pa:?}");
+    assert_eq!(eb.handle.path().current.map(|p| p.kind()), Some("direct"));
+    let listed = alice.sessions();
+    assert_eq!(listed[0].path.kind(), "direct");
+    m.shutdown().await;
+}
+
+/// spec/session.md §2, §7.5: candidates the acceptor announces after the session is up
+/// (trickle) make the proposer try them at once, long before its backoff would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_candidates_from_the_peer_trigger_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    // With a 60 s first retry, only the announcement can move the session within the test.
+    let alice = party_cfg(&m, |c| c.upgrade = quick_upgrade(Duration::from_secs(60))).await;
+    let bob = party_cfg(&m, |c| c.advertise = vec![dead_port()]).await;
+    introduce(&alice, &bob).await;
+    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
+    let binding = Binding::adhoc(&a_did, &b_did);
+    let (ea, eb) = tokio::join!(
+        alice.establish(&b_did, &binding, true),
+        bob.establish(&a_did, &binding, false)
+    );
+    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    assert!(matches!(ea.path, PathInfo::Relayed { .. }), "{:?}", ea.path);
+    let real = bob.listen_addr();
+    let announce = {
+        let (bob, eb) = (bob.clone(), eb.clone());
+        async move {
+            let c = Candidate::new(CandidateKind::Host, Transport::Tcp, real, 1, None);
+            bob.announce_candidates(&eb, vec![c]).await.unwrap();
+        }
+    };
+    let t0 = std::time::Instant::now();
+    let (sent, got, _) =
+        stream_across_upgrade(&ea, &eb, |p| matches!(p, PathInfo::Direct { .. }), announce).await;
+    assert!(t0.elapsed() < Duration::from_secs(50), "{:?}", t0.elapsed());
+    assert_eq!(sent, got);
+    assert_eq!(
+        ea.handle.path().current,
+        Some(PathInfo::Direct { remote: Some(real) })
+    );
+    m.shutdown().await;
+}
+
+/// The QUIC path (spec/rendezvous.md §6.1) through `Connector`: with no TCP candidate that
+/// answers, the session runs on QUIC to the acceptor's host QUIC candidate, not the relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_path_is_preferred_to_the_relay() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let quic = QuicSetup {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..QuicSetup::default()
+    };
+    let q = quic.clone();
+    let alice = party_cfg(&m, |c| c.quic = Some(q)).await;
+    let bob = party_cfg(&m, |c| {
+        c.advertise = vec![dead_port()];
+        c.quic = Some(quic);
+    })
+    .await;
+    let (cands, _) = bob.quic_candidates();
+    assert_eq!(cands.len(), 1, "{cands:?}");
+    introduce(&alice, &bob).await;
+    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
+    let binding = Binding::adhoc(&a_did, &b_did);
+    let (ea, eb) = tokio::join!(
+        alice.establish(&b_did, &binding, true),
+        bob.establish(&a_did, &binding, false)
+    );
+    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    assert_eq!(
+        ea.path,
+        PathInfo::Quic {
+            remote: cands[0].addr
+        }
+    );
+    assert_eq!(eb.path.kind(), "quic");
+    let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 253) as u8).collect();
+    let mut s = ea.handle.open_stream().await.unwrap();
+    let w = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            s.write_all(&data).await.unwrap();
+            s.shutdown().await.unwrap();
+        })
+    };
+    let mut r = eb.handle.accept_stream().await.unwrap();
+    let mut got = Vec::new();
+    r.read_to_end(&mut got).await.unwrap();
+    w.await.unwrap();
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
     m.shutdown().await;
 }

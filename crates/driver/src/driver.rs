@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::PollSender;
 
-use crate::path::{path_id, BoxPath, PathId};
+use crate::path::{path_id, BoxPath, PathId, PathInfo};
 
 /// Tunables of the driver (the session's own are in `SessionConfig`).
 #[derive(Debug, Clone)]
@@ -69,9 +69,21 @@ impl SessionState {
     }
 }
 
+/// Which path a session runs on (spec/session.md §7.5): visible to listings and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathStatus {
+    /// The path attached now; `None` without a path or when it was attached unlabelled
+    /// ([`SessionHandle::attach_path`]).
+    pub current: Option<PathInfo>,
+    /// The last labelled path, also after it broke.
+    pub last: Option<PathInfo>,
+    /// Paths attached so far (1 after the first; each switch or reconnection adds one).
+    pub attached: u64,
+}
+
 enum Command {
     Open(oneshot::Sender<io::Result<SessionStream>>),
-    Path(BoxPath, oneshot::Sender<()>),
+    Path(BoxPath, Option<PathInfo>, oneshot::Sender<()>),
     Close {
         code: u16,
         reason: String,
@@ -94,6 +106,7 @@ struct Inner {
     cmd: mpsc::Sender<Command>,
     accept: Mutex<mpsc::UnboundedReceiver<SessionStream>>,
     state: watch::Receiver<SessionState>,
+    path: watch::Receiver<PathStatus>,
     path_id: PathId,
 }
 
@@ -126,6 +139,7 @@ impl SessionHandle {
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let (accept_tx, accept_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(SessionState::NoPath);
+        let (path_tx, path_rx) = watch::channel(PathStatus::default());
         let (write_tx, write_rx) = mpsc::channel(config.write_queue_chunks.max(1));
         let path_id = path_id(session.handshake_hash());
         let driver = Driver {
@@ -144,6 +158,7 @@ impl SessionHandle {
             pending_write: None,
             cmd_rx,
             state_tx,
+            path_tx,
             no_path_since: Some(Instant::now()),
             config,
         };
@@ -153,6 +168,7 @@ impl SessionHandle {
                 cmd: cmd_tx,
                 accept: Mutex::new(accept_rx),
                 state: state_rx,
+                path: path_rx,
                 path_id,
             }),
         }
@@ -171,10 +187,19 @@ impl SessionHandle {
     /// # Errors
     /// `ConnectionAborted` if the session has ended.
     pub async fn attach_path(&self, path: BoxPath) -> io::Result<()> {
+        self.attach_path_as(path, None).await
+    }
+
+    /// As [`SessionHandle::attach_path`], recording what the path is (shown by
+    /// [`SessionHandle::path`]; a change of kind, e.g. relay → quic, is logged at info).
+    ///
+    /// # Errors
+    /// `ConnectionAborted` if the session has ended.
+    pub async fn attach_path_as(&self, path: BoxPath, info: Option<PathInfo>) -> io::Result<()> {
         let (tx, taken) = oneshot::channel();
         self.inner
             .cmd
-            .send(Command::Path(path, tx))
+            .send(Command::Path(path, info, tx))
             .await
             .map_err(|_| gone())?;
         // Return once the driver has switched (state: Connecting), so that a caller
@@ -225,6 +250,18 @@ impl SessionHandle {
     #[must_use]
     pub fn watch_state(&self) -> watch::Receiver<SessionState> {
         self.inner.state.clone()
+    }
+
+    /// The path the session runs on now, the last one, and how many were attached.
+    #[must_use]
+    pub fn path(&self) -> PathStatus {
+        self.inner.path.borrow().clone()
+    }
+
+    /// A receiver of path changes.
+    #[must_use]
+    pub fn watch_path(&self) -> watch::Receiver<PathStatus> {
+        self.inner.path.clone()
     }
 
     /// Resolves with the final state once the session is over.
@@ -365,6 +402,7 @@ struct Driver {
     pending_write: Option<(u32, Vec<u8>, usize)>,
     cmd_rx: mpsc::Receiver<Command>,
     state_tx: watch::Sender<SessionState>,
+    path_tx: watch::Sender<PathStatus>,
     no_path_since: Option<Instant>,
     config: DriverConfig,
 }
@@ -483,7 +521,23 @@ impl Driver {
                     .map_err(|e| io::Error::other(e.to_string()));
                 let _ = reply.send(r);
             }
-            Command::Path(path, taken) => {
+            Command::Path(path, info, taken) => {
+                self.path_tx.send_modify(|p| {
+                    if let (Some(old), Some(new)) = (&p.last, &info) {
+                        if old.kind() != new.kind() {
+                            tracing::info!(
+                                "secure session path: {} -> {} ({new})",
+                                old.kind(),
+                                new.kind()
+                            );
+                        }
+                    }
+                    p.attached += 1;
+                    p.current.clone_from(&info);
+                    if info.is_some() {
+                        p.last = info;
+                    }
+                });
                 let (r, w) = tokio::io::split(path);
                 self.reader = Some(r);
                 self.writer = Some(w);
@@ -538,6 +592,8 @@ impl Driver {
         if self.no_path_since.is_none() {
             self.no_path_since = Some(Instant::now());
         }
+        self.path_tx
+            .send_if_modified(|p| p.current.take().is_some());
         let _ = self.state_tx.send(SessionState::NoPath);
     }
 

@@ -44,6 +44,6 @@ pub mod local;
 pub mod path;
 mod transport;
 
-pub use driver::{DriverConfig, SessionHandle, SessionState, SessionStream};
-pub use path::{PathError, PathRouter};
+pub use driver::{DriverConfig, PathStatus, SessionHandle, SessionState, SessionStream};
+pub use path::{PathError, PathInfo, PathRouter};
 pub use transport::{PartyTransport, CLOSE_DONE, CLOSE_PARTY_FAILED};

@@ -12,14 +12,62 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::SessionHandle;
+
+/// What a path is, for logs, `SessionHandle::path` and listings (spec/session.md §7.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathInfo {
+    /// A direct TCP connection; `remote` is known to the side that dialed.
+    Direct { remote: Option<SocketAddr> },
+    /// A QUIC stream over UDP, straight to a host candidate or through NATs opened by hole
+    /// punching (spec/rendezvous.md §6.1); `remote` is the peer's address on it.
+    Quic { remote: SocketAddr },
+    /// Through a mediator relay.
+    Relayed { relay: String },
+}
+
+impl PathInfo {
+    /// `"direct"`, `"quic"` or `"relay"`: the kind shown by the CLI and the logs.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Direct { .. } => "direct",
+            Self::Quic { .. } => "quic",
+            Self::Relayed { .. } => "relay",
+        }
+    }
+
+    /// Whether the path avoids any relay (direct TCP or QUIC).
+    #[must_use]
+    pub fn is_direct(&self) -> bool {
+        !matches!(self, Self::Relayed { .. })
+    }
+}
+
+impl std::fmt::Display for PathInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Direct { remote: Some(a) } => write!(f, "direct TCP to {a}"),
+            Self::Direct { remote: None } => write!(f, "direct TCP (accepted)"),
+            Self::Quic { remote } => write!(f, "QUIC with {remote}"),
+            Self::Relayed { relay } => write!(f, "relayed via {relay}"),
+        }
+    }
+}
+
+/// How long a router keeps an incoming path whose session is not registered yet: the
+/// opener may dial as soon as it has sent the last handshake message, before the other
+/// side has processed it (spec/session.md §7.3).
+pub const REGISTER_WAIT: Duration = Duration::from_secs(5);
 
 /// Length of the path hello.
 pub const HELLO_LEN: usize = 24;
@@ -114,6 +162,7 @@ pub async fn read_hello<S: AsyncRead + Unpin>(
 #[derive(Clone, Default)]
 pub struct PathRouter {
     routes: Arc<Mutex<HashMap<PathId, SessionHandle>>>,
+    registered: Arc<Notify>,
 }
 
 impl std::fmt::Debug for PathRouter {
@@ -135,6 +184,7 @@ impl PathRouter {
         if let Ok(mut r) = self.routes.lock() {
             r.insert(handle.path_id(), handle.clone());
         }
+        self.registered.notify_waiters();
     }
 
     /// Stop routing to a session.
@@ -148,15 +198,35 @@ impl PathRouter {
     ///
     /// # Errors
     /// [`PathError`] when the hello is bad, late, or names no registered session.
-    pub async fn route(&self, mut path: BoxPath) -> Result<(), PathError> {
+    pub async fn route(&self, path: BoxPath) -> Result<(), PathError> {
+        self.route_as(path, None).await
+    }
+
+    /// As [`PathRouter::route`], labelling the path with `info`. A hello naming a session
+    /// that is not registered yet waits up to [`REGISTER_WAIT`] for it.
+    ///
+    /// # Errors
+    /// [`PathError`] when the hello is bad, late, or names no session registered in time.
+    pub async fn route_as(
+        &self,
+        mut path: BoxPath,
+        info: Option<PathInfo>,
+    ) -> Result<(), PathError> {
         let id = read_hello(&mut path, Duration::from_secs(10)).await?;
-        let handle = self
-            .routes
-            .lock()
-            .ok()
-            .and_then(|r| r.get(&id).cloned())
-            .ok_or(PathError::UnknownSession)?;
-        handle.attach_path(path).await.map_err(PathError::Io)
+        let deadline = tokio::time::Instant::now() + REGISTER_WAIT;
+        let handle = loop {
+            let notified = self.registered.notified();
+            if let Some(h) = self.routes.lock().ok().and_then(|r| r.get(&id).cloned()) {
+                break h;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(PathError::UnknownSession);
+            }
+        };
+        handle
+            .attach_path_as(path, info)
+            .await
+            .map_err(PathError::Io)
     }
 
     /// Accept TCP connections forever and route each (in its own task).
@@ -167,7 +237,8 @@ impl PathRouter {
                     let _ = tcp.set_nodelay(true);
                     let router = self.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = router.route(Box::new(tcp)).await {
+                        let info = PathInfo::Direct { remote: None };
+                        if let Err(e) = router.route_as(Box::new(tcp), Some(info)).await {
                             tracing::debug!(%from, "incoming path refused: {e}");
                         }
                     });

@@ -199,7 +199,8 @@ async fn router_hands_paths_to_their_session_and_refuses_others() {
     let addr = l.local_addr().unwrap();
     tokio::spawn(router.clone().serve(l));
 
-    // A stranger's hello names no session: the connection is dropped.
+    // A stranger's hello names no session: the connection is dropped (after the wait for a
+    // session that registers late, path::REGISTER_WAIT).
     let mut stranger = TcpStream::connect(addr).await.unwrap();
     stranger
         .write_all(&path::encode_hello(&[7; 16]))
@@ -207,7 +208,7 @@ async fn router_hands_paths_to_their_session_and_refuses_others() {
         .unwrap();
     let mut buf = [0u8; 1];
     assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), stranger.read(&mut buf))
+        tokio::time::timeout(path::REGISTER_WAIT * 3, stranger.read(&mut buf))
             .await
             .unwrap()
             .unwrap_or(0),
@@ -223,4 +224,37 @@ async fn router_hands_paths_to_their_session_and_refuses_others() {
     let mut got = [0u8; 6];
     r.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"routed");
+}
+
+/// spec/session.md §7.3: a path that arrives before its session is registered (the opener
+/// dialed right after the last handshake message) waits for the registration, and the
+/// session records what kind of path it runs on.
+#[tokio::test]
+async fn router_waits_for_a_late_registration_and_labels_the_path() {
+    use mpc_did_driver::PathInfo;
+    let (a, b) = handles(DriverConfig::default());
+    let router = PathRouter::new();
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(router.clone().serve(l));
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    path::send_hello(&mut tcp, &a.path_id()).await.unwrap();
+    let info = PathInfo::Direct { remote: Some(addr) };
+    a.attach_path_as(Box::new(tcp), Some(info.clone()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(b.path().attached, 0, "routed before registration");
+    router.register(&b);
+    let mut s = a.open_stream().await.unwrap();
+    s.write_all(b"late").await.unwrap();
+    let mut r = b.accept_stream().await.unwrap();
+    let mut got = [0u8; 4];
+    r.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"late");
+    assert_eq!(a.path().current, Some(info));
+    assert_eq!(a.path().attached, 1);
+    let pb = b.path();
+    assert_eq!(pb.current, Some(PathInfo::Direct { remote: None }));
+    assert_eq!(pb.current.as_ref().map(PathInfo::kind), Some("direct"));
 }
