@@ -249,6 +249,8 @@ struct Inner {
     threads: Mutex<HashMap<String, mpsc::Sender<Inbound>>>,
     /// Proposals not yet taken by [`Connector::accept`].
     proposals: Mutex<Vec<Inbound>>,
+    /// Other negotiation messages for sessions without a thread yet (lock after `threads`).
+    orphans: Mutex<Vec<Inbound>>,
     new_proposal: Notify,
     sessions: Mutex<Vec<Established>>,
     /// Our home relay connection, if configured.
@@ -387,6 +389,7 @@ impl Connector {
             config,
             threads: Mutex::new(HashMap::new()),
             proposals: Mutex::new(Vec::new()),
+            orphans: Mutex::new(Vec::new()),
             new_proposal: Notify::new(),
             sessions: Mutex::new(Vec::new()),
             relay,
@@ -985,6 +988,17 @@ impl Connector {
     fn open_thread(&self, sid: &str) -> mpsc::Receiver<Inbound> {
         let (tx, rx) = mpsc::channel(32);
         if let Ok(mut t) = self.inner.threads.lock() {
+            // Messages that came before the thread existed (the proposer's `candidates`
+            // overtake our acceptance of its `propose`) are delivered first.
+            if let Ok(mut o) = self.inner.orphans.lock() {
+                let (mine, rest): (Vec<Inbound>, Vec<Inbound>) = o
+                    .drain(..)
+                    .partition(|m| session_of(m).as_deref() == Some(sid));
+                *o = rest;
+                for m in mine {
+                    let _ = tx.try_send(m);
+                }
+            }
             t.insert(sid.to_owned(), tx);
         }
         rx
@@ -1140,18 +1154,26 @@ async fn dispatch(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Inbound>
             inner.new_proposal.notify_waiters();
             continue;
         }
-        let sid = m
-            .message
-            .body
-            .get("session_id")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
-        let tx = sid.and_then(|s| inner.threads.lock().ok().and_then(|t| t.get(&s).cloned()));
-        match tx {
+        let Some(sid) = session_of(&m) else {
+            continue;
+        };
+        let Ok(threads) = inner.threads.lock() else {
+            break;
+        };
+        match threads.get(&sid) {
             Some(tx) => {
                 let _ = tx.try_send(m);
             }
-            None => tracing::debug!("negotiation message for an unknown session dropped"),
+            // Perhaps for a session we are about to accept: kept for a while (bounded).
+            None => {
+                if let Ok(mut o) = inner.orphans.lock() {
+                    o.push(m);
+                    if o.len() > MAX_ORPHANS {
+                        o.remove(0);
+                        tracing::debug!("negotiation message for an unknown session dropped");
+                    }
+                }
+            }
         }
     }
 }
@@ -1527,6 +1549,17 @@ fn message<T: serde::Serialize>(
     let mut m = Message::new(id, type_, body);
     m.thid = thid.map(str::to_owned);
     Ok(m)
+}
+
+/// Negotiation messages for sessions not (yet) known, kept at most.
+const MAX_ORPHANS: usize = 64;
+
+fn session_of(m: &Inbound) -> Option<String> {
+    m.message
+        .body
+        .get("session_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
 }
 
 fn kind(m: &Inbound) -> Option<&str> {
