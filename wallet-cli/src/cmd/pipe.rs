@@ -75,7 +75,7 @@ pub struct PipeArgs {
 /// # Errors
 /// Setup failed, or the session failed before both directions were complete.
 pub async fn run(ctx: &crate::ctx::Ctx, a: PipeArgs) -> anyhow::Result<()> {
-    use crate::cmd::session::{log_session, open, switch_path, LogEntry};
+    use crate::cmd::session::{log_session, open, switch_path, track_path, LogEntry};
     let o = open(ctx, &a.peer).await?;
     if a.switch_path_after.is_some() && !o.proposer {
         o.est
@@ -89,6 +89,7 @@ pub async fn run(ctx: &crate::ctx::Ctx, a: PipeArgs) -> anyhow::Result<()> {
     }
     let mut entry = LogEntry::new(&o, "pipe");
     log_session(ctx, &entry);
+    let tracker = track_path(ctx, &entry);
     if a.progress {
         eprintln!(
             "session {} with {}: {} (setup {:.1} ms)",
@@ -124,6 +125,7 @@ pub async fn run(ctx: &crate::ctx::Ctx, a: PipeArgs) -> anyhow::Result<()> {
     if let Some(p) = progress {
         p.abort();
     }
+    drop(tracker);
     entry.ended = Some(crate::cmd::session::now());
     match &result {
         Ok(r) => {

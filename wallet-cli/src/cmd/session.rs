@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use mpc_did_connect::{Binding, Connector, ConnectorConfig, Established, PathInfo};
+use mpc_did_connect::{
+    mediator_stun, Binding, Connector, ConnectorConfig, Established, PathInfo, QuicSetup,
+};
 use mpc_did_driver::{path, CLOSE_PARTY_FAILED};
 use mpc_did_wallet::Wallet;
 use serde::{Deserialize, Serialize};
@@ -76,6 +78,13 @@ pub struct PeerArgs {
     /// Carry the session only through a mediator relay (testing relays).
     #[arg(long)]
     pub relay_only: bool,
+    /// STUN server that tells our public address for the NAT-traversed (QUIC) path
+    /// [default: our mediator's host, port 3478, as `mpc-did-mediator --stun` serves it].
+    #[arg(long, value_name = "ADDR")]
+    pub stun: Option<SocketAddr>,
+    /// No NAT-traversed QUIC path: direct TCP and the relay only.
+    #[arg(long, conflicts_with = "stun")]
+    pub no_quic: bool,
 }
 
 /// A session that is up, and what the CLI knows about it.
@@ -100,12 +109,19 @@ pub async fn open(ctx: &Ctx, args: &PeerArgs) -> anyhow::Result<Opened> {
     );
     let source = learn_peer(ctx, &agent, &args.did, args.peer_mediator.as_deref()).await?;
     let relay = relay_setup(ctx, args.identity.as_deref(), &agent)?;
+    // spec/session.md §7.5: QUIC on a UDP socket whose public address the mediator's STUN
+    // service tells; peers behind NATs that map endpoint-independently meet on it.
+    let quic = (!args.no_quic && !args.relay_only).then(|| QuicSetup {
+        stun: args.stun.or_else(|| mediator_stun(&agent)),
+        ..QuicSetup::default()
+    });
     let config = ConnectorConfig {
         listen: args.listen,
         advertise: args.advertise.clone(),
         handshake_timeout: Duration::from_secs(args.timeout.max(1)),
         relay: Some(relay),
         force_relay: args.relay_only,
+        quic,
         ..ConnectorConfig::default()
     };
     let connector = match Connector::start(agent.clone(), config.clone()).await {
@@ -161,7 +177,12 @@ pub async fn switch_path(est: &Established) -> anyhow::Result<()> {
     tcp.set_nodelay(true)?;
     path::send_hello(&mut tcp, &est.handle.path_id()).await?;
     est.handle
-        .attach_path(Box::new(tcp))
+        .attach_path_as(
+            Box::new(tcp),
+            Some(PathInfo::Direct {
+                remote: Some(remote),
+            }),
+        )
         .await
         .context("attaching the new path failed")?;
     Ok(())
@@ -200,6 +221,10 @@ pub struct LogEntry {
     pub sent: Option<u64>,
     #[serde(default)]
     pub received: Option<u64>,
+    /// The session, while this process runs it: each write of the entry records the path
+    /// the session is on now (it changes on a relay -> direct upgrade, spec/session.md §7.5).
+    #[serde(skip)]
+    pub handle: Option<mpc_did_driver::SessionHandle>,
 }
 
 impl LogEntry {
@@ -211,7 +236,7 @@ impl LogEntry {
             peer: o.est.peer.clone(),
             command: command.to_owned(),
             role: if o.proposer { "proposer" } else { "acceptor" }.to_owned(),
-            path: o.est.path.to_string(),
+            path: path_text(&o.est.path),
             setup_ms: ms(o.est.setup),
             state: "open".into(),
             pid: std::process::id(),
@@ -220,8 +245,52 @@ impl LogEntry {
             rtt_ms: None,
             sent: None,
             received: None,
+            handle: Some(o.est.handle.clone()),
         }
     }
+}
+
+/// How a path is shown in the log and by `session connect`: its kind first.
+#[must_use]
+pub fn path_text(p: &PathInfo) -> String {
+    format!("{}: {p}", p.kind())
+}
+
+/// Keeps the wallet's session log up to date with the session's path while the command
+/// runs; stops on drop (before the command writes the entry's final state).
+pub struct PathTracker(tokio::task::JoinHandle<()>);
+
+impl Drop for PathTracker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Rewrite `entry` in the log each time its session changes path.
+#[must_use]
+pub fn track_path(ctx: &Ctx, entry: &LogEntry) -> Option<PathTracker> {
+    let handle = entry.handle.clone()?;
+    let (ctx, entry) = (ctx.clone(), entry.clone());
+    Some(PathTracker(tokio::spawn(async move {
+        let mut w = handle.watch_path();
+        let mut shown = entry.path.clone();
+        while w.changed().await.is_ok() {
+            let now = {
+                let p = w.borrow_and_update();
+                p.current.clone()
+            };
+            // Only a new working path is news; a break is followed by a reconnection.
+            if let Some(p) = now {
+                let text = path_text(&p);
+                if text != shown {
+                    shown.clone_from(&text);
+                    let (ctx, entry) = (ctx.clone(), entry.clone());
+                    // The wallet is a blocking store.
+                    let _ = tokio::task::spawn_blocking(move || log_session(&ctx, &entry)).await;
+                }
+            }
+        }
+    })))
 }
 
 /// Add or replace (same session id and pid) an entry in the wallet's session log. A log
@@ -236,7 +305,14 @@ fn try_log(ctx: &Ctx, entry: &LogEntry) -> anyhow::Result<()> {
     let wallet = Wallet::open_with_wait(&ctx.home, Duration::from_secs(10))?;
     let mut log = read_log(&wallet)?;
     log.retain(|e| !(e.session_id == entry.session_id && e.pid == entry.pid));
-    log.push(entry.clone());
+    let mut entry = entry.clone();
+    if let Some(h) = &entry.handle {
+        let p = h.path();
+        if let Some(p) = p.current.or(p.last) {
+            entry.path = path_text(&p);
+        }
+    }
+    log.push(entry);
     let skip = log.len().saturating_sub(LOG_MAX);
     let log: Vec<_> = log.into_iter().skip(skip).collect();
     wallet.set_setting(LOG_KEY, &serde_json::to_string(&log)?)?;
@@ -261,7 +337,9 @@ async fn connect(ctx: &Ctx, args: &PeerArgs, rounds: u32) -> anyhow::Result<()> 
     let o = open(ctx, args).await?;
     let mut entry = LogEntry::new(&o, "connect");
     log_session(ctx, &entry);
+    let tracker = track_path(ctx, &entry);
     let result = ping_exchange(&o.est.handle, rounds).await;
+    drop(tracker);
     entry.state = describe(&final_state(&o.est.handle).await);
     entry.ended = Some(now());
     let mut rtts = match result {
@@ -307,7 +385,7 @@ async fn connect(ctx: &Ctx, args: &PeerArgs, rounds: u32) -> anyhow::Result<()> 
             "session {} with {} (we are the {role})",
             o.est.session_id, o.est.peer
         );
-        println!("  path:  {}", o.est.path);
+        println!("  path:  {}", path_text(&o.est.path));
         println!("  setup: {:.1} ms", ms(o.est.setup));
         println!(
             "  rtt:   median {:.2} ms (min {:.2}, max {:.2}; {} round trips)",
@@ -378,16 +456,21 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
-/// The path for `--json`.
+/// The path for `--json`: `kind` is `direct` (TCP), `quic` (QUIC, possibly through NATs)
+/// or `relay`.
 #[must_use]
 pub fn path_json(p: &PathInfo) -> serde_json::Value {
     let text = p.to_string();
-    if let PathInfo::Direct { remote } = p {
-        serde_json::json!({ "kind": "direct", "remote": remote.map(|a| a.to_string()), "text": text })
-    } else if let PathInfo::Relayed { relay } = p {
-        serde_json::json!({ "kind": "relayed", "relay": relay, "text": text })
-    } else {
-        serde_json::json!({ "kind": "other", "text": text })
+    match p {
+        PathInfo::Direct { remote } => {
+            serde_json::json!({ "kind": p.kind(), "remote": remote.map(|a| a.to_string()), "text": text })
+        }
+        PathInfo::Quic { remote } => {
+            serde_json::json!({ "kind": p.kind(), "remote": remote.to_string(), "text": text })
+        }
+        PathInfo::Relayed { relay } => {
+            serde_json::json!({ "kind": p.kind(), "relay": relay, "text": text })
+        }
     }
 }
 
