@@ -2,20 +2,27 @@
 //! on a data path.
 //!
 //! **Owns**: the session negotiation as a party runs it — `propose`/`accept`/`handshake`
-//! (propose and accept signed inside authcrypt), `candidates`, `close` — through the
-//! party's [`Agent`]; the direct-path listener (its [`PathRouter`] hands incoming paths to
-//! their session); dialing the peer's candidates and keeping the path up (the proposer
-//! re-dials when it breaks; the session resumes, spec §7).
+//! (propose and accept signed inside authcrypt), `candidates` (also trickled after the
+//! session is up), `close` — through the party's [`Agent`]; the direct-path TCP listener
+//! and the QUIC endpoint on a STUN-gathered UDP socket (the NAT-traversed path), whose
+//! incoming paths a [`PathRouter`] hands to their session; choosing and keeping the path
+//! (spec/session.md §7.4, §7.5): the proposer checks direct TCP, QUIC (host, then punched)
+//! and finally the relay, re-connects when the path breaks (the session resumes, §7), and
+//! while on the relay keeps retrying direct paths with backoff and moves the session when
+//! one works.
 //!
 //! **Does not**: decide who talks to whom (the lobby's roster, or the CLI for ad-hoc
-//! sessions), carry MPyC (the proxy), or do cryptography itself (session + didcomm crates).
+//! sessions), carry MPyC (the proxy), or do cryptography itself (session + didcomm crates);
+//! STUN, relay and QUIC mechanics are `mpc-did-rendezvous`'s.
 //!
 //! ```text
 //!  proposer                     DIDComm via mediators                  acceptor
 //!  Proposer::new ── propose (signed) + candidates ─────────────▶ Acceptor::on_propose
 //!  on_accept    ◀── accept (signed, Noise msg 1) + candidates ── listener registered
-//!  handshake (Noise msg 2) ─────────────────────────────────────▶ on_handshake
-//!  dial candidates ══ TCP: path hello + records ════════════════▶ PathRouter ─▶ session
+//!  handshake (Noise msg 2) ─────────────────────────────────────▶ on_handshake, punching
+//!  checks: TCP host │ QUIC host │ QUIC srflx (punched) ══ path hello + records ══▶ PathRouter
+//!          └─ none works: relay stream ═══ hello + records ═══▶ relay stream ─▶ session
+//!  on the relay: retry the checks (1 s, 2 s, … ≤ 30 s; at once on new candidates) ─▶ switch
 //! ```
 //!
 //! ```no_run

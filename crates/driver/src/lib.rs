@@ -4,8 +4,9 @@
 //!
 //! **Owns**: the session task ([`SessionHandle::spawn`]), [`SessionStream`]s
 //! (`AsyncRead + AsyncWrite`), the path hello and the [`PathRouter`] that hands incoming
-//! connections to their session ([`path`]), and [`PartyTransport`], the proxy's
-//! [`mpc_did_proxy::Transport`] over a party's sessions.
+//! connections to their session ([`path`]), which kind of path each session is on
+//! ([`PathInfo`], [`PathStatus`]: direct / quic / relay, for listings and logs), and
+//! [`PartyTransport`], the proxy's [`mpc_did_proxy::Transport`] over a party's sessions.
 //!
 //! **Does not**: handshake (the session crate, over DIDComm), find paths (rendezvous:
 //! direct TCP, NAT-traversed QUIC, mediator relay — any reliable byte stream is a path), or
