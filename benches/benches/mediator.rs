@@ -131,11 +131,24 @@ async fn parent(full: bool) {
     } else {
         &[(1, 20), (10, 50)]
     };
+    // MEDIATOR_BENCH_CLIENTS=100 (comma-separated) runs only those levels, e.g. to profile one.
+    let only: Option<Vec<usize>> = std::env::var("MEDIATOR_BENCH_CLIENTS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect());
     let mut rows = Vec::new();
     for &(clients, messages) in levels {
+        if only.as_ref().is_some_and(|o| !o.contains(&clients)) {
+            continue;
+        }
         rows.push(level(&info, pid, clients, messages).await);
     }
-    let idle_clients = if full { 10_000 } else { 100 };
+    let idle_clients = if only.is_some() {
+        0
+    } else if full {
+        10_000
+    } else {
+        100
+    };
     let (idle_rss_before, idle_rss_after) = idle_websockets(&url, pid, idle_clients).await;
 
     println!("\n| concurrent clients | messages | messages/s | p50 latency | p99 latency | mediator CPU per message |");
@@ -146,7 +159,7 @@ async fn parent(full: bool) {
             r.clients, r.messages, r.per_sec, r.p50_ms, r.p99_ms, r.cpu_us_per_msg
         );
     }
-    let per = (idle_rss_after.saturating_sub(idle_rss_before)) as f64 / idle_clients as f64;
+    let per = (idle_rss_after.saturating_sub(idle_rss_before)) as f64 / idle_clients.max(1) as f64;
     println!(
         "\nidle WebSocket clients: {idle_clients}; mediator RSS {:.1} MiB before, {:.1} MiB with them open: {:.1} KiB per client",
         idle_rss_before as f64 / 1024.0,

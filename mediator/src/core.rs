@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use mpc_did_didcomm::protocols::discover_features::{self, Disclosure};
 use mpc_did_didcomm::protocols::routing::ForwardMessage;
-use mpc_did_didcomm::{did_of, pack_encrypted, unpack, Message, PackOptions, UnpackOptions};
+use mpc_did_didcomm::{
+    did_of, pack_encrypted_with, unpack_with, Message, PackOptions, StaticEcdhCache, UnpackOptions,
+};
 use mpc_did_resolver::UniversalResolver;
 use serde_json::{json, Value};
 
@@ -23,6 +25,9 @@ use crate::store::{AnyStore, KeyUpdate, QueueLimits, Store, StoreError, StoredMe
 /// from now (spec/mediator.md §3).
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 const REPLAY_CACHE_MAX: usize = 200_000;
+/// Peers whose static-static ECDH-1PU share is remembered (spec/mediator.md §12): about
+/// 150 bytes each, so at most a few MiB.
+const ECDH_CACHE_MAX: usize = 16_384;
 
 /// The transport a message arrived on (live delivery needs a socket).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +89,9 @@ pub struct Core {
     resolver: UniversalResolver,
     replay: Mutex<ReplayCache>,
     disclosures: Vec<Disclosure>,
+    /// `X25519(mediator key, client key)` per client: every delivery to a DID and every
+    /// authcrypt request from it share this half of ECDH-1PU.
+    ecdh: StaticEcdhCache,
 }
 
 /// Who sent an unpacked message, as far as the envelope proves; replies are packed for it.
@@ -121,6 +129,7 @@ impl Core {
             resolver,
             replay: Mutex::new(ReplayCache::default()),
             disclosures,
+            ecdh: StaticEcdhCache::new(ECDH_CACHE_MAX),
         }
     }
 
@@ -154,7 +163,15 @@ impl Core {
             );
         }
         let opts = UnpackOptions { max_size: max };
-        let (msg, meta) = match unpack(raw, &self.resolver, &self.identity.secrets, &opts).await {
+        let unpacked = unpack_with(
+            raw,
+            &self.resolver,
+            &self.identity.secrets,
+            &opts,
+            Some(&self.ecdh),
+        )
+        .await;
+        let (msg, meta) = match unpacked {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(error = %e, "unpack failed");
@@ -742,7 +759,7 @@ impl Core {
             forward: false,
             ..PackOptions::default()
         };
-        match pack_encrypted(
+        match pack_encrypted_with(
             m,
             to,
             Some(&self.identity.did),
@@ -750,6 +767,7 @@ impl Core {
             &self.resolver,
             &self.identity.secrets,
             &opts,
+            Some(&self.ecdh),
         )
         .await
         {

@@ -363,6 +363,10 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
                 let window = core.config.limits.live_coalesce_ms;
                 if window > 0 {
                     tokio::time::sleep(Duration::from_millis(window)).await;
+                } else {
+                    // No added delay, but let the writers of the same group commit (woken
+                    // together) record their arrivals first: they then share this push.
+                    tokio::task::yield_now().await;
                 }
                 if push_pending(&core, &mut s, &mut socket).await.is_err() {
                     break;

@@ -21,6 +21,8 @@ use sha2::{Digest, Sha256, Sha512};
 use x25519_dalek::{PublicKey as XPublic, StaticSecret};
 use zeroize::Zeroizing;
 
+use crate::ecdh_cache::x25519_checked;
+pub use crate::ecdh_cache::StaticEcdhCache;
 use crate::error::{Error, Result};
 use crate::message::{ENCRYPTED_TYP, SIGNED_TYP};
 
@@ -249,12 +251,8 @@ fn concat_kdf(z: &[u8], alg: &str, apu: &[u8], apv: &[u8], tag: Option<&[u8]>) -
 }
 
 fn x25519(secret: &StaticSecret, public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
-    let shared = secret.diffie_hellman(&XPublic::from(*public));
-    // A low-order public key yields an all-zero secret: reject it (RFC 7748 §6.1).
-    if !shared.was_contributory() {
-        return Err(Error::Crypto);
-    }
-    Ok(Zeroizing::new(shared.to_bytes()))
+    // A low-order public key yields an all-zero secret: rejected (RFC 7748 §6.1).
+    x25519_checked(secret, public)
 }
 
 /// `apv` as DIDComm defines it: SHA-256 of the recipient kids, sorted, joined with `.`.
@@ -293,6 +291,21 @@ pub fn encrypt(
     recipients: &[RecipientKey<'_>],
     sender: Option<&SenderKey<'_>>,
     enc: ContentAlg,
+) -> Result<String> {
+    encrypt_with(plaintext, recipients, sender, enc, None)
+}
+
+/// [`encrypt`], taking the static-static ECDH-1PU share `Zs` from `cache` when given
+/// (same output format; see [`StaticEcdhCache`]). Anoncrypt ignores the cache.
+///
+/// # Errors
+/// As [`encrypt`].
+pub fn encrypt_with(
+    plaintext: &[u8],
+    recipients: &[RecipientKey<'_>],
+    sender: Option<&SenderKey<'_>>,
+    enc: ContentAlg,
+    cache: Option<&StaticEcdhCache>,
 ) -> Result<String> {
     if recipients.is_empty() {
         return Err(Error::NoKey("no recipient keys".into()));
@@ -343,7 +356,10 @@ pub fn encrypt(
         let kek = match sender {
             None => concat_kdf(ze.as_ref(), alg.name(), &apu_bytes, &apv, None),
             Some(s) => {
-                let zs = x25519(s.secret, &r.public)?;
+                let zs = match cache {
+                    Some(c) => c.shared(s.secret, &r.public)?,
+                    None => x25519(s.secret, &r.public)?,
+                };
                 let z = Zeroizing::new([ze.as_slice(), zs.as_slice()].concat());
                 concat_kdf(&z, alg.name(), &apu_bytes, &apv, Some(&tag))
             }
@@ -534,6 +550,21 @@ impl Jwe {
         secret: &StaticSecret,
         sender_public: Option<&[u8; 32]>,
     ) -> Result<Vec<u8>> {
+        self.decrypt_with(kid, secret, sender_public, None)
+    }
+
+    /// [`Self::decrypt`], taking the static-static ECDH-1PU share `Zs` from `cache` when
+    /// given (see [`StaticEcdhCache`]). Anoncrypt ignores the cache.
+    ///
+    /// # Errors
+    /// As [`Self::decrypt`].
+    pub fn decrypt_with(
+        &self,
+        kid: &str,
+        secret: &StaticSecret,
+        sender_public: Option<&[u8; 32]>,
+        cache: Option<&StaticEcdhCache>,
+    ) -> Result<Vec<u8>> {
         let wrapped = self
             .recipients
             .iter()
@@ -546,7 +577,10 @@ impl Jwe {
                 concat_kdf(ze.as_ref(), self.alg.name(), &self.apu, &self.apv, None)
             }
             (KeyAlg::Ecdh1puA256kw, Some(sp)) => {
-                let zs = x25519(secret, sp)?;
+                let zs = match cache {
+                    Some(c) => c.shared(secret, sp)?,
+                    None => x25519(secret, sp)?,
+                };
                 let z = Zeroizing::new([ze.as_slice(), zs.as_slice()].concat());
                 concat_kdf(&z, self.alg.name(), &self.apu, &self.apv, Some(&self.tag))
             }

@@ -65,6 +65,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod ecdh_cache;
 pub mod envelope;
 pub mod error;
 pub mod jose;
@@ -72,9 +73,11 @@ pub mod message;
 pub mod protocols;
 pub mod secrets;
 
+pub use ecdh_cache::StaticEcdhCache;
 pub use envelope::{
-    did_of, pack_encrypted, pack_plaintext, pack_signed, unpack, wrap_in_forward, Envelope,
-    PackOptions, PackedMessage, UnpackMetadata, UnpackOptions, DEFAULT_MAX_MESSAGE_SIZE,
+    did_of, pack_encrypted, pack_encrypted_with, pack_plaintext, pack_signed, unpack, unpack_with,
+    wrap_in_forward, Envelope, PackOptions, PackedMessage, UnpackMetadata, UnpackOptions,
+    DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use error::{Error, Result};
 pub use jose::ContentAlg;
