@@ -293,13 +293,23 @@ pub(crate) struct RemoteCandidates {
 impl RemoteCandidates {
     fn new(list: Vec<Candidate>) -> Arc<Self> {
         let r = Arc::new(Self::default());
-        r.add(list);
+        // The first list is not news: only later additions wake the upgrade.
+        r.insert(list);
         r
+    }
+
+    /// Add candidates not known yet and wake the upgrade if any was new.
+    fn add(&self, more: Vec<Candidate>) -> bool {
+        let added = self.insert(more);
+        if added {
+            self.added.notify_one();
+        }
+        added
     }
 
     /// Add candidates not known yet (at most 64 in all, spec/session.md §2); returns
     /// whether any was new.
-    fn add(&self, more: Vec<Candidate>) -> bool {
+    fn insert(&self, more: Vec<Candidate>) -> bool {
         let Ok(mut list) = self.list.lock() else {
             return false;
         };
@@ -315,10 +325,6 @@ impl RemoteCandidates {
             }
         }
         list.sort_by_key(|c| std::cmp::Reverse(c.priority));
-        drop(list);
-        if added {
-            self.added.notify_one();
-        }
         added
     }
 
