@@ -899,7 +899,12 @@ impl Connector {
             loop {
                 let last = match one_round(handle, &targets, quic.as_ref(), settle).await {
                     Ok(p) => return Ok(p),
-                    Err(e) => e,
+                    // No candidate answered at all: another round now would fail the same
+                    // way (the relay, or the upgrade's backoff, takes over).
+                    Err((e, false)) => return Err(e),
+                    // A path opened but the session did not connect on it (e.g. the peer
+                    // had not processed the handshake yet): try again shortly.
+                    Err((e, true)) => e,
                 };
                 if tokio::time::Instant::now() + pause > deadline {
                     return Err(last);
@@ -1204,12 +1209,13 @@ const CONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// One round of direct checks: all at once, selection by rank (spec/session.md §7.5), then
 /// the path hello on the winner; if the session does not connect on it, the next success.
+/// The error says why and whether any path opened at all (worth another round).
 async fn one_round(
     handle: &SessionHandle,
     targets: &[(u8, Candidate)],
     quic: Option<&QuicEndpoint>,
     settle: Duration,
-) -> Result<PathInfo, String> {
+) -> Result<PathInfo, (String, bool)> {
     let mut checks = tokio::task::JoinSet::new();
     for (i, (_, c)) in targets.iter().enumerate() {
         let (c, q) = (c.clone(), quic.cloned());
@@ -1221,7 +1227,7 @@ async fn one_round(
     let order = loop {
         let done = match sel.decide(Instant::now()) {
             Decision::Take(order) => break order,
-            Decision::NothingWorked => return Err(why.join("; ")),
+            Decision::NothingWorked => return Err((why.join("; "), false)),
             Decision::Wait(Some(t)) => tokio::select! {
                 d = checks.join_next() => d,
                 () = tokio::time::sleep_until(t.into()) => continue,
@@ -1239,7 +1245,7 @@ async fn one_round(
                 }
             }
             // Checks do not panic; a set that ran dry without a decision has nothing.
-            Some(Err(_)) | None => return Err(why.join("; ")),
+            Some(Err(_)) | None => return Err((why.join("; "), false)),
         }
     };
     // Checks still running cannot win any more.
@@ -1254,7 +1260,7 @@ async fn one_round(
                 handle
                     .attach_path_as(p, Some(info.clone()))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| (e.to_string(), false))?;
                 if connected_soon(handle).await {
                     return Ok(info);
                 }
@@ -1263,7 +1269,7 @@ async fn one_round(
             Err(e) => why.push(format!("{info}: {e}")),
         }
     }
-    Err(why.join("; "))
+    Err((why.join("; "), true))
 }
 
 /// Connected only once the peer's first record authenticates on the new path (spec §7.3);
