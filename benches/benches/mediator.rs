@@ -58,6 +58,11 @@ async fn child(dir: &str) {
             max_queue_messages: 10_000_000,
             max_queue_bytes: 10_000_000_000,
             idle_timeout_secs: 600,
+            // MEDIATOR_BENCH_COALESCE_MS overrides the live push coalescing window.
+            live_coalesce_ms: std::env::var("MEDIATOR_BENCH_COALESCE_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(Limits::default().live_coalesce_ms),
             ..Limits::default()
         },
         ..Config::default()
@@ -106,6 +111,7 @@ struct Row {
     p50_ms: f64,
     p99_ms: f64,
     cpu_us_per_msg: f64,
+    gen_cpu_us_per_msg: f64,
 }
 
 async fn parent(full: bool) {
@@ -151,12 +157,18 @@ async fn parent(full: bool) {
     };
     let (idle_rss_before, idle_rss_after) = idle_websockets(&url, pid, idle_clients).await;
 
-    println!("\n| concurrent clients | messages | messages/s | p50 latency | p99 latency | mediator CPU per message |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("\n| concurrent clients | messages | messages/s | p50 latency | p99 latency | mediator CPU per message | load generator CPU per message |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.0} µs |",
-            r.clients, r.messages, r.per_sec, r.p50_ms, r.p99_ms, r.cpu_us_per_msg
+            "| {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.0} µs | {:.0} µs |",
+            r.clients,
+            r.messages,
+            r.per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.cpu_us_per_msg,
+            r.gen_cpu_us_per_msg
         );
     }
     let per = (idle_rss_after.saturating_sub(idle_rss_before)) as f64 / idle_clients.max(1) as f64;
@@ -302,6 +314,7 @@ async fn level(info: &MediatorInfo, pid: u32, clients: usize, messages: usize) -
     }
     let start = Instant::now();
     let cpu_start = cpu_secs(pid);
+    let gen_start = cpu_secs(std::process::id());
     let mut tasks = Vec::new();
     for batch in by_sender {
         let sent = sent.clone();
@@ -337,6 +350,7 @@ async fn level(info: &MediatorInfo, pid: u32, clients: usize, messages: usize) -
         .forget();
     let elapsed = start.elapsed();
     let cpu = cpu_secs(pid) - cpu_start;
+    let gen_cpu = cpu_secs(std::process::id()) - gen_start;
     for l in lives {
         l.abort();
     }
@@ -364,6 +378,7 @@ async fn level(info: &MediatorInfo, pid: u32, clients: usize, messages: usize) -
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         cpu_us_per_msg: cpu * 1e6 / messages as f64,
+        gen_cpu_us_per_msg: gen_cpu * 1e6 / messages as f64,
     };
     eprintln!(
         "{clients} clients: {:.0} msg/s, p50 {:.1} ms, p99 {:.1} ms",

@@ -5,11 +5,13 @@
 //! the benchmark. Every request to the mediator is authcrypt from the client's DID, as the
 //! mediator requires (spec/mediator.md §3).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use mpc_did_didcomm::{
-    pack_encrypted, unpack, Message, PackOptions, SecretStore, UnpackMetadata, UnpackOptions,
+    pack_encrypted, pack_encrypted_with, unpack_with, Message, PackOptions, SecretStore,
+    StaticEcdhCache, UnpackMetadata, UnpackOptions,
 };
 use mpc_did_resolver::{DidCommService, DidDocument, UniversalResolver};
 use serde_json::{json, Value};
@@ -185,7 +187,13 @@ pub struct MediatorClient {
     secrets: SecretStore,
     resolver: UniversalResolver,
     http: reqwest::Client,
+    /// Static-static ECDH-1PU shares with the mediator (and other senders of what we
+    /// unpack): every request and every delivery reuses the same one.
+    ecdh: Arc<StaticEcdhCache>,
 }
+
+/// Peers whose ECDH-1PU static share a client remembers.
+const CLIENT_ECDH_CACHE_MAX: usize = 256;
 
 impl MediatorClient {
     /// A client for `did` (whose private keys are in `secrets`). The mediator's document
@@ -206,6 +214,7 @@ impl MediatorClient {
             secrets,
             resolver,
             http: http_client()?,
+            ecdh: Arc::new(StaticEcdhCache::new(CLIENT_ECDH_CACHE_MAX)),
         })
     }
 
@@ -244,7 +253,7 @@ impl MediatorClient {
             forward: false,
             ..PackOptions::default()
         };
-        let p = pack_encrypted(
+        let p = pack_encrypted_with(
             &msg,
             &self.info.did,
             Some(&self.did),
@@ -252,6 +261,7 @@ impl MediatorClient {
             &self.resolver,
             &self.secrets,
             &opts,
+            Some(&self.ecdh),
         )
         .await?;
         Ok(p.message)
@@ -262,11 +272,12 @@ impl MediatorClient {
     /// # Errors
     /// Any unpack failure.
     pub async fn unpack(&self, bytes: &[u8]) -> Result<(Message, UnpackMetadata), ClientError> {
-        Ok(unpack(
+        Ok(unpack_with(
             bytes,
             &self.resolver,
             &self.secrets,
             &UnpackOptions::default(),
+            Some(&self.ecdh),
         )
         .await?)
     }
