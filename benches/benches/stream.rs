@@ -1,0 +1,199 @@
+//! Stream benchmark (issue 6 "Speed"): bulk throughput and small-message round trips of one
+//! session stream on the direct loopback TCP path, against plain loopback TCP measured in the
+//! same run. Target: session direct ≥ 0.5× plain TCP throughput.
+//!
+//! Run: `cargo bench -p mpc-did-benches --bench stream` (prints a markdown table). Without
+//! `--bench` (as `cargo test --benches` runs it) it does a small smoke run.
+//!
+//! Setup: one process, a 2-worker tokio runtime (the machine's two cores), both ends in it.
+//! Session mode is the real driver (crates/driver) over a real Noise session with its own
+//! loopback TCP path (`local::session_pair_with`: the handshake without the DIDComm round
+//! trips, which `session_setup` measures). Throughput: the sender writes `total` bytes in
+//! 64 KiB writes and shuts down; the clock stops when the receiver reads EOF. The modes
+//! alternate for several rounds; the table gives medians. Latency: 64-byte ping-pong round
+//! trips, median and p99. The received bytes are checked (SHA-256 of a counter pattern), so
+//! a fast but wrong stream cannot score.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use mpc_did_driver::{local, DriverConfig, SessionHandle, SessionStream};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const CHUNK: usize = 64 << 10;
+
+/// Deterministic payload: chunk `k` is filled with bytes of `k`; returns its digest too.
+fn pattern(total: usize) -> (Vec<Vec<u8>>, [u8; 32]) {
+    let mut h = Sha256::new();
+    let chunks: Vec<Vec<u8>> = (0..total / CHUNK)
+        .map(|k| {
+            let c: Vec<u8> = (0..CHUNK).map(|i| (k * 31 + i) as u8).collect();
+            h.update(&c);
+            c
+        })
+        .collect();
+    (chunks, h.finalize().into())
+}
+
+/// MiB/s from the first write to the receiver's EOF; panics if the bytes differ.
+/// `rx` is a future because a session stream is announced to the peer by its first frame.
+async fn throughput<A, B, F>(mut tx: A, rx: F, chunks: &[Vec<u8>], digest: [u8; 32]) -> f64
+where
+    A: AsyncWrite + Unpin + Send + 'static,
+    B: AsyncRead + Unpin + Send + 'static,
+    F: Future<Output = B> + Send + 'static,
+{
+    let total: usize = chunks.iter().map(Vec::len).sum();
+    let t0 = Instant::now();
+    let recv = tokio::spawn(async move {
+        let mut rx = rx.await;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut n = 0usize;
+        loop {
+            let k = rx.read(&mut buf).await.unwrap();
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            n += k;
+        }
+        (n, <[u8; 32]>::from(h.finalize()), t0.elapsed())
+    });
+    for c in chunks {
+        tx.write_all(c).await.unwrap();
+    }
+    tx.shutdown().await.unwrap();
+    let (n, got, elapsed) = recv.await.unwrap();
+    assert_eq!(n, total, "every byte arrives");
+    assert_eq!(got, digest, "the bytes arrive intact and in order");
+    total as f64 / elapsed.as_secs_f64() / (1 << 20) as f64
+}
+
+async fn latency<A, B, F>(mut a: A, b: F, rounds: usize) -> (Duration, Duration)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = B> + Send + 'static,
+{
+    let echo = tokio::spawn(async move {
+        let mut b = b.await;
+        let mut buf = [0u8; 64];
+        for _ in 0..rounds {
+            b.read_exact(&mut buf).await.unwrap();
+            b.write_all(&buf).await.unwrap();
+            b.flush().await.unwrap();
+        }
+    });
+    let mut rtts = Vec::with_capacity(rounds);
+    let mut buf = [7u8; 64];
+    for _ in 0..rounds {
+        let t = Instant::now();
+        a.write_all(&buf).await.unwrap();
+        a.flush().await.unwrap();
+        a.read_exact(&mut buf).await.unwrap();
+        rtts.push(t.elapsed());
+    }
+    echo.await.unwrap();
+    rtts.sort();
+    let p = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize];
+    (p(0.5), p(0.99))
+}
+
+async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+    let (b, _) = l.accept().await.unwrap();
+    a.set_nodelay(true).unwrap();
+    b.set_nodelay(true).unwrap();
+    (a, b)
+}
+
+/// One session pair on a fresh loopback path, a stream opened on one side and the future
+/// of its acceptance on the other.
+async fn session_streams() -> (
+    SessionStream,
+    impl Future<Output = SessionStream>,
+    SessionHandle,
+    SessionHandle,
+) {
+    let (a, b) = local::session_pair_with(
+        "did:example:bench-a",
+        "did:example:bench-b",
+        DriverConfig::default(),
+        |s| Box::new(s),
+    )
+    .await
+    .unwrap();
+    let sa = a.open_stream().await.unwrap();
+    let b2 = b.clone();
+    let sb = async move { b2.accept_stream().await.unwrap() };
+    (sa, sb, a, b)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let (total, rounds, pings) = if full {
+        (256 << 20, 5, 5_000)
+    } else {
+        (4 << 20, 1, 200)
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (chunks, digest) = pattern(total);
+        let (mut plain, mut session) = (Vec::new(), Vec::new());
+        for r in 0..rounds {
+            let (a, b) = tcp_pair().await;
+            let p = throughput(a, async move { b }, &chunks, digest).await;
+            let (sa, sb, ha, hb) = session_streams().await;
+            let s = throughput(sa, sb, &chunks, digest).await;
+            ha.close(0, "bench done").await;
+            hb.close(0, "bench done").await;
+            eprintln!(
+                "round {r}: plain {p:.0} MiB/s, session {s:.0} MiB/s ({:.2}×)",
+                s / p
+            );
+            plain.push(p);
+            session.push(s);
+        }
+        let (p, s) = (median(plain), median(session));
+
+        let (a, b) = tcp_pair().await;
+        let (p50, p99) = latency(a, async move { b }, pings).await;
+        let (sa, sb, ha, hb) = session_streams().await;
+        let (s50, s99) = latency(sa, sb, pings).await;
+        ha.close(0, "bench done").await;
+        hb.close(0, "bench done").await;
+
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "\n### Stream over loopback ({} MiB × {rounds} rounds, median; {pings} pings)\n",
+            total >> 20
+        );
+        println!("| mode | throughput | ratio | RTT p50 | RTT p99 |");
+        println!("|---|---:|---:|---:|---:|");
+        println!(
+            "| plain TCP | {p:.0} MiB/s | 1.00× | {:.0} µs | {:.0} µs |",
+            us(p50),
+            us(p99)
+        );
+        println!(
+            "| session, direct TCP path | {s:.0} MiB/s | {:.2}× | {:.0} µs | {:.0} µs |",
+            s / p,
+            us(s50),
+            us(s99)
+        );
+    });
+}
