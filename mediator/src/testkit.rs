@@ -14,7 +14,8 @@ pub struct RedisServer {
     child: Child,
     /// `redis://127.0.0.1:PORT`
     pub url: String,
-    _dir: TempDir,
+    port: u16,
+    dir: TempDir,
 }
 
 /// A directory removed on drop (kept dependency-free on purpose).
@@ -40,38 +41,60 @@ impl RedisServer {
         ));
         std::fs::create_dir_all(&dir)?;
         let dir = TempDir(dir);
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&dir.0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
+        let child = spawn_redis(port, &dir.0)?;
         let mut server = Self {
             child,
             url: format!("redis://127.0.0.1:{port}"),
-            _dir: dir,
+            port,
+            dir,
         };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    /// Kills the server (SIGKILL, as a crash) and starts it again on the same port and
+    /// data directory; with `appendfsync always` everything acknowledged survives.
+    ///
+    /// # Errors
+    /// The new server does not come up within 10 s.
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_redis(self.port, &self.dir.0)?;
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> std::io::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(server);
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
             }
             if Instant::now() > deadline {
-                let _ = server.child.kill();
+                let _ = self.child.kill();
                 return Err(std::io::Error::other("redis-server did not start"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+fn spawn_redis(port: u16, dir: &std::path::Path) -> std::io::Result<Child> {
+    Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
 }
 
 impl Drop for RedisServer {

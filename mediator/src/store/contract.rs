@@ -252,3 +252,79 @@ async fn redis_contract() {
     assert_eq!(got, "did:ex:z");
     assert_eq!(s2.fetch("did:ex:z", None, 10).await.unwrap()[0].data, b"hi");
 }
+
+// Issue #4: after a Redis restart the mediator reconnects instead of failing forever.
+// The server is killed and started again mid-test on the same port and data; what was
+// acknowledged before survives (appendfsync always), and the same store works again.
+#[tokio::test]
+async fn redis_reconnects_after_restart() {
+    let mut server = RedisServer::start().unwrap();
+    let s = RedisStore::connect(&server.url, "r:").await.unwrap();
+    let mut arrivals = s.arrivals();
+    // The subscriber announces "*" once it is subscribed.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), arrivals.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, ARRIVAL_ALL);
+    let limits = QueueLimits {
+        max_messages: 10,
+        max_bytes: 1000,
+    };
+    s.enqueue("did:ex:r", "did:ex:r", b"before", limits)
+        .await
+        .unwrap();
+    server.restart().unwrap();
+    // The first command may meet the dead connection and fail (storage error, retry
+    // later); within a few seconds commands succeed again on a new connection.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut failures = 0;
+    loop {
+        match s.enqueue("did:ex:r", "did:ex:r", b"after", limits).await {
+            Ok(_) => break,
+            Err(e) => {
+                failures += 1;
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no reconnection after {failures} failures: {e}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let got: Vec<Vec<u8>> = s
+        .fetch("did:ex:r", None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.data)
+        .collect();
+    assert_eq!(got, vec![b"before".to_vec(), b"after".to_vec()]);
+    // The arrivals subscription came back too: it announces "*" after resubscribing,
+    // then forwards new arrivals.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut saw_all = false;
+    while std::time::Instant::now() < deadline && !saw_all {
+        if let Ok(Ok(a)) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), arrivals.recv()).await
+        {
+            saw_all = a == ARRIVAL_ALL;
+        }
+    }
+    assert!(saw_all, "the arrivals subscriber resubscribed");
+    s.enqueue("did:ex:r", "did:ex:r", b"later", limits)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match arrivals.recv().await {
+                Ok(a) if a == "did:ex:r" => return a,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "did:ex:r");
+}

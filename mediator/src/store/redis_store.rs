@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands as _, Script};
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -75,7 +75,10 @@ return 1
 
 /// Redis-backed [`Store`].
 pub struct RedisStore {
-    con: MultiplexedConnection,
+    /// Reconnects by itself after the server goes away (a restart, a failover): the
+    /// command that meets the broken connection fails (`e.p.me.res.storage`, retry
+    /// later) and the next ones use a new connection.
+    con: ConnectionManager,
     prefix: String,
     enqueue: Script,
     remove: Script,
@@ -93,7 +96,16 @@ impl RedisStore {
     /// The URL is invalid or the server is unreachable.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let client = redis::Client::open(url)?;
-        let con = client.get_multiplexed_async_connection().await?;
+        // Reconnection: exponential backoff from 100 ms, capped at 2 s per wait, and
+        // tried again on every later command if one round of retries is not enough.
+        let config = ConnectionManagerConfig::new()
+            .set_factor(100)
+            .set_exponent_base(2)
+            .set_max_delay(2000)
+            .set_number_of_retries(5)
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(10));
+        let con = ConnectionManager::new_with_config(client.clone(), config).await?;
         let arrivals = broadcast::channel(4096).0;
         let stop = CancellationToken::new();
         let channel = format!("{prefix}arrivals");
