@@ -929,6 +929,10 @@ impl Connector {
         let mut stream = conn
             .open_stream(self.relay_peer(peer).await?)
             .map_err(|e| e.to_string())?;
+        // The peer answers only after our hello, so whatever this stream already holds are
+        // records of an earlier relay path (kept by the relay client while no stream was
+        // open); they would fail to authenticate here and cost the new path.
+        drain_stale(&mut stream).await;
         path::send_hello(&mut stream, &handle.path_id())
             .await
             .map_err(|e| e.to_string())?;
@@ -1351,10 +1355,9 @@ async fn keep_path(
                 }
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
                 let cands = remote.snapshot();
-                // Direct first even with `force_relay` (as before upgrades existed): a
-                // broken relay path is best replaced by any working one.
+                // Direct first, then the relay; only the relay with `force_relay`.
                 match connector
-                    .connect_path(&handle, &peer, &cands, false, deadline)
+                    .connect_path(&handle, &peer, &cands, connector.inner.config.force_relay, deadline)
                     .await
                 {
                     Ok(p) => tracing::info!("secure session path restored: {p}"),
@@ -1463,6 +1466,24 @@ async fn find_hello(
         // Keep only a possible partial hello at the end.
         let keep = seen.len().saturating_sub(path::HELLO_LEN - 1);
         seen.drain(..keep);
+    }
+}
+
+/// Discard what a fresh relay stream delivers before we have spoken (bounded: 50 ms of
+/// quiet ends it, 1 s at most).
+async fn drain_stale(stream: &mut RelayStream) {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut dropped = 0usize;
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < until {
+        match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => dropped += n,
+            _ => break,
+        }
+    }
+    if dropped > 0 {
+        tracing::debug!("dropped {dropped} stale bytes from an earlier relay path");
     }
 }
 
