@@ -177,6 +177,40 @@ mod tests {
         assert_eq!(s.decide(t0 + settle), Decision::Take(vec![3, 0]));
     }
 
+    proptest::proptest! {
+        /// Whatever the order results come in: a decision never prefers a worse success
+        /// while a better check is pending (unless settled), and once every result is in,
+        /// the successes come best rank first (ties in candidate order) or nothing worked.
+        #[test]
+        fn decisions_respect_rank_order(
+            ranks in proptest::collection::vec(0u8..3, 0..12),
+            outcomes in proptest::collection::vec(proptest::bool::ANY, 12),
+            order in proptest::collection::vec(0usize..12, 0..24),
+        ) {
+            let t0 = Instant::now();
+            let settle = Duration::from_secs(10);
+            let n = ranks.len();
+            let mut s = Selection::new(ranks.clone(), settle);
+            let mut done = vec![false; n];
+            let mut feed: Vec<usize> = order.into_iter().filter(|i| *i < n).collect();
+            feed.extend(0..n);
+            for i in feed {
+                s.on_result(i, outcomes[i], t0);
+                done[i] = true;
+                if let Decision::Take(list) = s.decide(t0) {
+                    let best = ranks[list[0]];
+                    let better_pending = (0..n).any(|j| !done[j] && ranks[j] < best);
+                    proptest::prop_assert!(!better_pending);
+                    proptest::prop_assert!(list.iter().all(|&j| done[j] && outcomes[j]));
+                }
+            }
+            let mut want: Vec<usize> = (0..n).filter(|&i| outcomes[i]).collect();
+            want.sort_by_key(|&i| (ranks[i], i));
+            let expected = if want.is_empty() { Decision::NothingWorked } else { Decision::Take(want) };
+            proptest::prop_assert_eq!(s.decide(t0), expected);
+        }
+    }
+
     #[test]
     fn all_failed_is_reported_and_empty_is_nothing() {
         let t0 = Instant::now();
