@@ -25,7 +25,7 @@ use crate::store::{AnyStore, KeyUpdate, QueueLimits, Store, StoreError, StoredMe
 /// from now (spec/mediator.md §3).
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 const REPLAY_CACHE_MAX: usize = 200_000;
-/// Peers whose static-static ECDH-1PU share is remembered (spec/mediator.md §12): about
+/// Peers whose static-static ECDH-1PU share is remembered (spec/didcomm.md §4): about
 /// 150 bytes each, so at most a few MiB.
 const ECDH_CACHE_MAX: usize = 16_384;
 
