@@ -1,18 +1,31 @@
-//! End to end: our MPyC programs over plain TCP (MPyC's own networking) and in session mode
-//! (each party's MPyC → its proxy → Noise sessions over loopback TCP), in the same run.
+//! End to end: our MPyC programs over plain TCP (MPyC's own networking), in session mode
+//! (each party's MPyC → its proxy → Noise sessions over loopback TCP), and over MPyC's own
+//! TLS (`--ssl`), in the same run.
 //!
 //! Reports per workload and mode the median wall time from launch to the last party's exit,
 //! the median of MPyC's own "elapsed time" (connected → shutdown, the part the data plane
-//! can slow down), and the bytes on the wire (plain: MPyC's "bytes sent"; session: bytes
-//! written to the session paths, i.e. the same payload plus Noise records). Session setup
-//! (the DIDComm handshake) is not included: see the session benches for that.
+//! can slow down; it leaves out connection set-up, so also the TLS handshakes of `--ssl`),
+//! and the bytes on the wire. Session setup (the DIDComm handshake) is not included: see the
+//! session benches for that.
+//!
+//! Bytes on the wire are counted the same way in every mode: the TCP payload written into
+//! the sockets that connect two parties, both directions, all links. Session mode counts the
+//! writes on its session paths (Noise records); plain and `--ssl` runs put a counting TCP
+//! relay in front of every listening party. The relay adds a hop, so those byte counts come
+//! from one extra run per mode, and the timed runs go direct. MPyC's own "bytes sent"
+//! (payload only) is printed beside as a cross-check.
+//!
+//! `--ssl` needs `.config/party_{i}.crt`, `.config/party_{i}.key` and `.config/mpyc_ca.crt`
+//! relative to MPyC's working directory (mpyc/runtime.py, `start`), and a dialer checks its
+//! peer's certificate against the host name `MPyC party {j}`: the bench makes a CA and one
+//! certificate per party (ECDSA P-256, rcgen) in a temporary directory and runs MPyC there.
 //!
 //! `cargo bench -p mpc-did-benches --bench mpyc`; `MPC_DID_PYTHON` names a Python with
 //! mpyc (test.sh makes `.venv`), `MPC_DID_BENCH_REPS` the repetitions (default 5).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,29 +34,25 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use mpc_did_driver::{local, PartyTransport, CLOSE_DONE};
-use mpc_did_proxy::launch::{run_program, Output, Program};
+use mpc_did_proxy::launch::{find_python, run_program, Output, Program};
 use mpc_did_proxy::{Proxy, ProxyConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 const PARTIES: u16 = 3;
 
 struct Run {
     wall: Duration,
     mpyc: Duration,
+    /// TCP payload between the parties (session mode; plain and TLS: see `Relays`).
     bytes: u64,
+    /// MPyC's own "bytes sent", summed over the parties.
+    mpyc_bytes: u64,
 }
 
 fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("MPC_DID_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")))
-        .filter(|p| p.exists())?;
-    let ok = std::process::Command::new(&p)
-        .args(["-c", "import mpyc"])
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then_some(p)
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    find_python(&[venv], &["numpy"]).unwrap()
 }
 
 fn script(name: &str) -> PathBuf {
@@ -76,16 +85,117 @@ fn parse_stop(log: &str) -> (Duration, u64) {
 }
 
 async fn free_port() -> u16 {
-    let l = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .unwrap();
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     l.local_addr().unwrap().port()
 }
 
-async fn run_plain(python: &std::path::Path, prog: &str, args: &[String]) -> Run {
+/// The key and certificate files MPyC's `--ssl` reads from `.config/` (mpyc/runtime.py):
+/// one CA, and per party a certificate for the host name `MPyC party {i}`, which is what
+/// a dialer passes as `server_hostname`.
+fn write_tls_config(dir: &Path) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let config = dir.join(".config");
+    std::fs::create_dir_all(&config).unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.distinguished_name
+        .push(DnType::CommonName, "mpc-did bench MPyC CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(config.join("mpyc_ca.crt"), ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    for i in 0..PARTIES {
+        let name = format!("MPyC party {i}");
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.clone()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(config.join(format!("party_{i}.crt")), cert.pem()).unwrap();
+        std::fs::write(config.join(format!("party_{i}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+/// A counting TCP relay in front of each listening party: every byte it forwards, both
+/// directions, is added to `bytes`.
+struct Relays {
+    ports: Vec<u16>,
+    bytes: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Relays {
+    async fn start(targets: &[u16]) -> Self {
+        let bytes = Arc::new(AtomicU64::new(0));
+        let mut ports = Vec::new();
+        let mut tasks = Vec::new();
+        for &target in targets {
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            ports.push(l.local_addr().unwrap().port());
+            let bytes = Arc::clone(&bytes);
+            tasks.push(tokio::spawn(async move {
+                while let Ok((inbound, _)) = l.accept().await {
+                    let bytes = Arc::clone(&bytes);
+                    tokio::spawn(async move {
+                        // The target may not listen yet. MPyC's dialer already counts this
+                        // connection as made (a TCP accept), so keep trying rather than drop it.
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        let outbound = loop {
+                            match TcpStream::connect((Ipv4Addr::LOCALHOST, target)).await {
+                                Ok(s) => break s,
+                                Err(_) if Instant::now() < deadline => {
+                                    tokio::time::sleep(Duration::from_millis(10)).await;
+                                }
+                                Err(_) => return,
+                            }
+                        };
+                        let _ = inbound.set_nodelay(true);
+                        let _ = outbound.set_nodelay(true);
+                        let mut a = Counting {
+                            inner: inbound,
+                            written: Arc::clone(&bytes),
+                        };
+                        let mut b = Counting {
+                            inner: outbound,
+                            written: bytes,
+                        };
+                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    });
+                }
+            }));
+        }
+        Self {
+            ports,
+            bytes,
+            tasks,
+        }
+    }
+}
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// MPyC's own networking, `--ssl` or not; through counting relays when `count` is set.
+async fn run_mpyc(python: &Path, prog: &str, args: &[String], ssl: bool, count: bool) -> Run {
     let mut ports = Vec::new();
     for _ in 0..PARTIES {
         ports.push(free_port().await);
+    }
+    let relays = if count {
+        Some(Relays::start(&ports).await)
+    } else {
+        None
+    };
+    let dir = tempfile::tempdir().unwrap();
+    if ssl {
+        write_tls_config(dir.path());
     }
     let start = Instant::now();
     let mut children = Vec::new();
@@ -95,31 +205,43 @@ async fn run_plain(python: &std::path::Path, prog: &str, args: &[String]) -> Run
             .args(args)
             .arg(format!("-M{PARTIES}"))
             .arg(format!("-I{i}"));
-        for p in &ports {
-            cmd.arg("-P").arg(format!("127.0.0.1:{p}"));
+        if ssl {
+            cmd.arg("--ssl");
         }
-        cmd.stdout(Stdio::piped())
+        for (j, p) in ports.iter().enumerate() {
+            // A party listens on its own entry's port: that one stays direct; the others
+            // (which it dials) go through the relay when counting.
+            let port = match &relays {
+                Some(r) if j != usize::from(i) => r.ports[j],
+                _ => *p,
+            };
+            cmd.arg("-P").arg(format!("127.0.0.1:{port}"));
+        }
+        cmd.current_dir(dir.path())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         children.push(cmd.spawn().unwrap());
     }
-    let (mut mpyc, mut bytes) = (Duration::ZERO, 0);
+    let (mut mpyc, mut mpyc_bytes) = (Duration::ZERO, 0);
     for c in children {
         let out = c.wait_with_output().await.unwrap();
         assert!(
             out.status.success(),
-            "{}",
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         // MPyC logs to stdout.
         let (e, b) = parse_stop(&String::from_utf8_lossy(&out.stdout));
         mpyc = mpyc.max(e);
-        bytes += b;
+        mpyc_bytes += b;
     }
     Run {
         wall: start.elapsed(),
         mpyc,
-        bytes,
+        bytes: relays.map_or(0, |r| r.bytes.load(Ordering::Relaxed)),
+        mpyc_bytes,
     }
 }
 
@@ -197,22 +319,43 @@ async fn run_session(python: &std::path::Path, prog: &str, args: &[String]) -> R
             out
         }));
     }
-    let mut mpyc = Duration::ZERO;
+    let (mut mpyc, mut mpyc_bytes) = (Duration::ZERO, 0);
     for r in runs {
         let out = r.await.unwrap();
         assert!(out.status.success(), "{}", out.stderr);
-        mpyc = mpyc.max(parse_stop(&out.stdout).0);
+        let (e, b) = parse_stop(&out.stdout);
+        mpyc = mpyc.max(e);
+        mpyc_bytes += b;
     }
     Run {
         wall: start.elapsed(),
         mpyc,
         bytes: written.load(Ordering::Relaxed) - after_setup,
+        mpyc_bytes,
     }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Plain,
+    Session,
+    Ssl,
+}
+
+impl Mode {
+    const ALL: [Mode; 3] = [Mode::Plain, Mode::Session, Mode::Ssl];
+    fn label(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain TCP",
+            Mode::Session => "session (Noise)",
+            Mode::Ssl => "MPyC --ssl (TLS)",
+        }
+    }
 }
 
 fn main() {
@@ -230,7 +373,8 @@ fn main() {
     let reps: usize = std::env::var("MPC_DID_BENCH_REPS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(5)
+        .max(1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let people: Vec<String> = (3..=12).map(|n| n.to_string()).collect();
     let mut santa = vec!["--people".to_owned()];
@@ -247,39 +391,84 @@ fn main() {
             vec!["--length".into(), "200000".into()],
         ),
     ];
-    println!("| workload | mode | wall (median of {reps}) | MPyC elapsed | vs plain | bytes on the wire | vs plain |");
-    println!("|---|---|---|---|---|---|---|");
+    let run = |mode: Mode, prog: &str, args: &[String]| match mode {
+        Mode::Plain => rt.block_on(run_mpyc(&python, prog, args, false, false)),
+        Mode::Session => rt.block_on(run_session(&python, prog, args)),
+        Mode::Ssl => rt.block_on(run_mpyc(&python, prog, args, true, false)),
+    };
+    println!(
+        "| workload | mode | wall (median of {reps}) | vs plain | MPyC elapsed | elapsed per \
+         100 kB of MPyC payload | vs plain | bytes on the wire | ÷ MPyC payload | vs plain |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (label, prog, args) in workloads {
-        let (mut pw, mut pm, mut sw, mut sm) = (vec![], vec![], vec![], vec![]);
-        let (mut pb, mut sb) = (0, 0);
+        let mut runs: Vec<Vec<Run>> = vec![Vec::new(), Vec::new(), Vec::new()];
         for rep in 0..reps {
-            // Alternate the order so drift on a shared machine hits both modes alike.
-            let (p, s) = if rep % 2 == 0 {
-                let p = rt.block_on(run_plain(&python, prog, &args));
-                (p, rt.block_on(run_session(&python, prog, &args)))
-            } else {
-                let s = rt.block_on(run_session(&python, prog, &args));
-                (rt.block_on(run_plain(&python, prog, &args)), s)
-            };
-            pw.push(p.wall);
-            pm.push(p.mpyc);
-            sw.push(s.wall);
-            sm.push(s.mpyc);
-            pb = p.bytes;
-            sb = s.bytes;
+            // Rotate the order so drift on a shared machine hits every mode alike.
+            for k in 0..3 {
+                let m = (rep + k) % 3;
+                runs[m].push(run(Mode::ALL[m], prog, &args));
+            }
         }
-        let (pw, pm, sw, sm) = (median(pw), median(pm), median(sw), median(sm));
+        // Byte counts of the two modes without a session layer come from one counted run
+        // each (see the module docs); session mode counts in its timed runs.
+        let counted = [
+            vec![rt.block_on(run_mpyc(&python, prog, &args, false, true))],
+            std::mem::take(&mut runs[1]),
+            vec![rt.block_on(run_mpyc(&python, prog, &args, true, true))],
+        ];
+        // Session runs were moved into `counted`; their times are still needed.
+        let times: Vec<&[Run]> = vec![&runs[0], &counted[1], &runs[2]];
+        // secretsanta draws until it finds a derangement, so a run's work (rounds, bytes)
+        // varies: compare time per payload byte and wire bytes per payload byte, both
+        // taken within the same run.
+        let per_byte = |r: &Run| {
+            Duration::from_secs_f64(r.mpyc.as_secs_f64() * 1e5 / (r.mpyc_bytes as f64).max(1.0))
+        };
+        let overhead = |r: &Run| r.bytes as f64 / (r.mpyc_bytes as f64).max(1.0);
+        let wall: Vec<Duration> = times
+            .iter()
+            .map(|rs| median(rs.iter().map(|r| r.wall).collect()))
+            .collect();
+        let elapsed: Vec<Duration> = times
+            .iter()
+            .map(|rs| median(rs.iter().map(|r| r.mpyc).collect()))
+            .collect();
+        let norm: Vec<Duration> = times
+            .iter()
+            .map(|rs| median(rs.iter().map(per_byte).collect()))
+            .collect();
+        let over: Vec<f64> = counted
+            .iter()
+            .map(|rs| {
+                let mut v: Vec<f64> = rs.iter().map(overhead).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            })
+            .collect();
+        let wire: Vec<u64> = counted
+            .iter()
+            .map(|rs| rs.last().map_or(0, |r| r.bytes))
+            .collect();
+        for (m, mode) in Mode::ALL.iter().enumerate() {
+            println!(
+                "| {label} | {} | {:.3} s | {:.3}× | {:.3} s | {:.2} ms | {:.3}× | {} | {:.3} | {:.3}× |",
+                mode.label(),
+                wall[m].as_secs_f64(),
+                wall[m].as_secs_f64() / wall[0].as_secs_f64().max(1e-9),
+                elapsed[m].as_secs_f64(),
+                norm[m].as_secs_f64() * 1e3,
+                norm[m].as_secs_f64() / norm[0].as_secs_f64().max(1e-12),
+                wire[m],
+                over[m],
+                over[m] / over[0].max(1e-9),
+            );
+        }
         println!(
-            "| {label} | plain TCP | {:.3} s | {:.3} s | 1.00× | {pb} | 1.00× |",
-            pw.as_secs_f64(),
-            pm.as_secs_f64()
-        );
-        println!(
-            "| {label} | session | {:.3} s | {:.3} s | {:.2}× (MPyC elapsed) | {sb} | {:.2}× |",
-            sw.as_secs_f64(),
-            sm.as_secs_f64(),
-            sm.as_secs_f64() / pm.as_secs_f64().max(1e-9),
-            sb as f64 / (pb as f64).max(1.0)
+            "| {label} | session ÷ --ssl | | {:.3}× | | | {:.3}× | | | {:.3}× |",
+            wall[1].as_secs_f64() / wall[2].as_secs_f64().max(1e-9),
+            norm[1].as_secs_f64() / norm[2].as_secs_f64().max(1e-12),
+            over[1] / over[2].max(1e-9),
         );
     }
 }
