@@ -16,15 +16,18 @@
 //! overflow. Latency: 64-byte ping-pong round trips, median and p99.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
 use mpc_did_mediator::{Config, Mediator};
 use mpc_did_rendezvous::net::{RelayConnection, RelayIdentity};
 use mpc_did_rendezvous::relay::{PeerAddr, SigningKey};
+use common::{latency, tcp_pair};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const WINDOW: usize = 1 << 20;
 const IN_FLIGHT: usize = 4;
@@ -67,42 +70,7 @@ where
     ((windows * WINDOW) as f64 / secs / (1 << 20) as f64, tx, rx)
 }
 
-async fn latency<A, B>(mut a: A, mut b: B, rounds: usize) -> (Duration, Duration)
-where
-    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let echo = tokio::spawn(async move {
-        let mut buf = [0u8; 64];
-        for _ in 0..rounds {
-            b.read_exact(&mut buf).await.unwrap();
-            b.write_all(&buf).await.unwrap();
-            b.flush().await.unwrap();
-        }
-    });
-    let mut rtts = Vec::with_capacity(rounds);
-    let mut buf = [7u8; 64];
-    for _ in 0..rounds {
-        let t = Instant::now();
-        a.write_all(&buf).await.unwrap();
-        a.flush().await.unwrap();
-        a.read_exact(&mut buf).await.unwrap();
-        rtts.push(t.elapsed());
-    }
-    echo.await.unwrap();
-    rtts.sort();
-    let p = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize];
-    (p(0.5), p(0.99))
-}
 
-async fn tcp_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-    let (b, _) = l.accept().await.unwrap();
-    a.set_nodelay(true).unwrap();
-    b.set_nodelay(true).unwrap();
-    (a, b)
-}
 
 fn identity(n: u8) -> RelayIdentity {
     RelayIdentity::did_key(SigningKey::from_bytes(&[n; 32]))
@@ -175,7 +143,7 @@ fn main() {
         let mut rows = Vec::new();
         let (a, b) = tcp_pair().await;
         let (direct_tp, a, b) = throughput(a, b, total).await;
-        let (direct_p50, direct_p99) = latency(a, b, rounds).await;
+        let (direct_p50, direct_p99) = latency(a, std::future::ready(b), rounds).await;
         rows.push(("direct TCP (loopback)", direct_tp, direct_p50, direct_p99));
 
         for (name, via, n) in [
@@ -186,7 +154,7 @@ fn main() {
             let sa = ca.open_stream(key(&ca, n + 1)).unwrap();
             let sb = cb.open_stream(key(&cb, n)).unwrap();
             let (tp, sa, sb) = throughput(sa, sb, total).await;
-            let (p50, p99) = latency(sa, sb, rounds).await;
+            let (p50, p99) = latency(sa, std::future::ready(sb), rounds).await;
             rows.push((name, tp, p50, p99));
         }
         let metrics = h.metrics().unwrap();

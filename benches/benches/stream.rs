@@ -15,13 +15,17 @@
 //! a fast but wrong stream cannot score.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/mod.rs"]
+mod common;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
+
+use common::{latency, tcp_pair};
 
 use mpc_did_driver::{local, DriverConfig, SessionHandle, SessionStream};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 const CHUNK: usize = 64 << 10;
 
@@ -71,45 +75,6 @@ where
     assert_eq!(n, total, "every byte arrives");
     assert_eq!(got, digest, "the bytes arrive intact and in order");
     total as f64 / elapsed.as_secs_f64() / (1 << 20) as f64
-}
-
-async fn latency<A, B, F>(mut a: A, b: F, rounds: usize) -> (Duration, Duration)
-where
-    A: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Future<Output = B> + Send + 'static,
-{
-    let echo = tokio::spawn(async move {
-        let mut b = b.await;
-        let mut buf = [0u8; 64];
-        for _ in 0..rounds {
-            b.read_exact(&mut buf).await.unwrap();
-            b.write_all(&buf).await.unwrap();
-            b.flush().await.unwrap();
-        }
-    });
-    let mut rtts = Vec::with_capacity(rounds);
-    let mut buf = [7u8; 64];
-    for _ in 0..rounds {
-        let t = Instant::now();
-        a.write_all(&buf).await.unwrap();
-        a.flush().await.unwrap();
-        a.read_exact(&mut buf).await.unwrap();
-        rtts.push(t.elapsed());
-    }
-    echo.await.unwrap();
-    rtts.sort();
-    let p = |q: f64| rtts[((rtts.len() - 1) as f64 * q) as usize];
-    (p(0.5), p(0.99))
-}
-
-async fn tcp_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-    let (b, _) = l.accept().await.unwrap();
-    a.set_nodelay(true).unwrap();
-    b.set_nodelay(true).unwrap();
-    (a, b)
 }
 
 /// One session pair on a fresh loopback path, a stream opened on one side and the future
