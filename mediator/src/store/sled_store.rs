@@ -413,22 +413,37 @@ impl Store for SledStore {
             false
         } else {
             self.reserve_count(owner, size, limits)?;
-            let seq = self.msgs_db_id()?.to_be_bytes();
-            let mut value = Vec::with_capacity(8 + record.len());
-            value.extend_from_slice(&seq);
-            value.extend_from_slice(&record);
-            match self
-                .msgs
-                .compare_and_swap(&mkey, None as Option<&[u8]>, Some(value))?
-            {
-                Ok(()) => {
-                    self.queue.insert(join(owner, &seq), id.as_bytes())?;
+            let give_back = || self.add_counts(owner, -1, -i64::try_from(size).unwrap_or(i64::MAX));
+            let claimed = self.msgs_db_id().and_then(|seq| {
+                let seq = seq.to_be_bytes();
+                let mut value = Vec::with_capacity(8 + record.len());
+                value.extend_from_slice(&seq);
+                value.extend_from_slice(&record);
+                let won = self
+                    .msgs
+                    .compare_and_swap(&mkey, None as Option<&[u8]>, Some(value))?
+                    .is_ok();
+                Ok((won, seq))
+            });
+            match claimed {
+                Ok((true, seq)) => {
+                    if let Err(e) = self.queue.insert(join(owner, &seq), id.as_bytes()) {
+                        // Undo, so that the sender's retry is stored again rather than
+                        // taken for a duplicate of a message no queue entry points to.
+                        let _ = self.msgs.remove(&mkey);
+                        let _ = give_back();
+                        return Err(e.into());
+                    }
                     true
                 }
-                Err(_) => {
+                Ok((false, _)) => {
                     // The same envelope won a race with us: give the count back.
-                    self.add_counts(owner, -1, -i64::try_from(size).unwrap_or(i64::MAX))?;
+                    give_back()?;
                     false
+                }
+                Err(e) => {
+                    let _ = give_back();
+                    return Err(e);
                 }
             }
         };
