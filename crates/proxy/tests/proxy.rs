@@ -301,3 +301,48 @@ async fn an_interrupted_party_stops_the_others_with_an_error() {
     }
     assert!(matches!(it.next().unwrap(), Err(LaunchError::Interrupted)));
 }
+
+/// A program that does not exist is named in the error (it is looked up before `setpriv`
+/// would hide the failure in its own exit status), and a program that exists runs through
+/// the launcher with its exit status passed on.
+#[tokio::test]
+async fn launch_errors_name_the_program_and_statuses_pass_through() {
+    let mut ts = transports(2).await.into_iter();
+    let (t0, t1) = (ts.next().unwrap(), ts.next().unwrap());
+    let proxy = Proxy::bind(ProxyConfig::new(2, 0)).await.unwrap();
+    let missing = Program {
+        argv: vec!["/nonexistent/python".into(), "prog.py".into()],
+        output: Output::Capture,
+        grace: Duration::from_secs(1),
+    };
+    let err = run_program(
+        proxy,
+        std::sync::Arc::new(t0),
+        missing,
+        std::future::pending(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, LaunchError::Spawn { program, .. } if program == "/nonexistent/python"),
+        "{err}"
+    );
+
+    // `sh` from $PATH; its own arguments end before the proxy's `-M/-I/-P`, which become
+    // $0.. of the script and are ignored.
+    let proxy = Proxy::bind(ProxyConfig::new(2, 1)).await.unwrap();
+    let sh = Program {
+        argv: vec!["sh".into(), "-c".into(), "echo ran; exit 3".into()],
+        output: Output::Capture,
+        grace: Duration::from_secs(1),
+    };
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        run_program(proxy, std::sync::Arc::new(t1), sh, std::future::pending()),
+    )
+    .await
+    .expect("the launcher hung")
+    .unwrap();
+    assert_eq!(out.stdout, "ran\n");
+    assert_eq!(out.status.code(), Some(3));
+}
