@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use ed25519_dalek::SigningKey;
 use mpc_did_didcomm::jose::b64;
 use mpc_did_didcomm::{
-    pack_encrypted, pack_signed, unpack, ContentAlg, Message, PackOptions, SecretStore,
-    UnpackOptions,
+    pack_encrypted, pack_encrypted_with, pack_signed, unpack, unpack_with, ContentAlg, Message,
+    PackOptions, SecretStore, StaticEcdhCache, UnpackOptions,
 };
 use mpc_did_resolver::{key, PublicKey, StaticResolver};
 use serde_json::{json, Value};
@@ -135,6 +135,25 @@ async fn ours_unpack_in_python() {
         .await
         .unwrap();
     cases.push(("authcrypt", m.clone(), p.message, true, false));
+    // With the static ECDH cache (spec/didcomm.md §4): the second pack takes Zs from the
+    // cache; SICPA must not be able to tell.
+    let cache = StaticEcdhCache::new(8);
+    for _ in 0..2 {
+        let p = pack_encrypted_with(
+            &m,
+            &b.did,
+            Some(&a.did),
+            None,
+            &r,
+            &a.keys,
+            &no_fwd,
+            Some(&cache),
+        )
+        .await
+        .unwrap();
+        cases.push(("authcrypt (cached Zs)", m.clone(), p.message, true, false));
+    }
+    assert_eq!(cache.len(), 1);
     let p = pack_encrypted(&m, &b.did, Some(&a.did), Some(&a.did), &r, &a.keys, &no_fwd)
         .await
         .unwrap();
@@ -191,6 +210,7 @@ async fn theirs_unpack_here() {
         ("anoncrypt", "XC20P", true),
         ("anoncrypt", "A256GCM", true),
     ];
+    let cache = StaticEcdhCache::new(8);
     for (mode, enc, anonymous) in cases {
         let m = message(&a, &b, anonymous);
         let out = peer(
@@ -205,6 +225,19 @@ async fn theirs_unpack_here() {
             .await
             .unwrap_or_else(|e| panic!("{mode}/{enc}: {e}\n{packed}"));
         assert_eq!(got, m, "{mode}/{enc}");
+        // The same through the static ECDH cache, twice (miss, then hit): same result.
+        for _ in 0..2 {
+            let (again, _) = unpack_with(
+                packed.as_bytes(),
+                &r,
+                &b.keys,
+                &UnpackOptions::default(),
+                Some(&cache),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cached {mode}/{enc}: {e}"));
+            assert_eq!(again, m, "cached {mode}/{enc}");
+        }
         match mode {
             "authcrypt" => assert!(meta.encrypted && meta.authenticated),
             "signed" => assert!(meta.non_repudiation && !meta.encrypted),
@@ -215,4 +248,6 @@ async fn theirs_unpack_here() {
         }
         eprintln!("python -> ours: {mode}/{enc}: ok");
     }
+    // Only the authcrypt case used the cache (one sender, one recipient key).
+    assert_eq!(cache.len(), 1);
 }
