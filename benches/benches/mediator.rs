@@ -14,6 +14,14 @@
 //! the sender's cost, not the mediator's); recipients do not decrypt the inner message
 //! inside the timed window. Latency = 202-to-push: from just before the POST to the
 //! arrival of the delivery carrying the message. Both processes share the machine's cores.
+//!
+//! Printed per level: throughput, latency, and the CPU time per message of the mediator
+//! process and of this (load generator) process, both from `/proc/PID/stat`. Changes since
+//! the first version (the measured work is unchanged): the load generator's CPU column;
+//! `MEDIATOR_BENCH_CLIENTS=1,100` runs only those levels and skips the idle-socket part
+//! (for profiling one level); `MEDIATOR_BENCH_COALESCE_MS` sets the mediator's
+//! `live_coalesce_ms` (default: the mediator's default). The recipients' client caches the
+//! ECDH-1PU static share with the mediator, as every `MediatorClient` now does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
