@@ -640,8 +640,9 @@ victim = me + 1
 claimed = (me + 2) % m  # neither the attacker nor the party it dials
 host, port = ps[victim].rsplit(':', 1)
 s = socket.create_connection((host, int(port)))
+# Said first: the proxy drops the link (and stops this script) as soon as the id arrives.
+print(f'spoof: telling party {victim} I am party {claimed}', flush=True)
 s.sendall(claimed.to_bytes(2, 'little') + bytes(16 * m))
-print(f'spoof: told party {victim} I am party {claimed}', flush=True)
 while s.recv(4096):
     pass
 time.sleep(600)
@@ -696,7 +697,7 @@ fn a_spoofed_party_id_is_refused_end_to_end() {
     let a_err = String::from_utf8_lossy(&a.stderr);
     assert!(!a.status.success(), "the spoofing run must fail: {a_err}");
     assert!(
-        String::from_utf8_lossy(&a.stdout).contains("spoof: told party 1 I am party 2"),
+        String::from_utf8_lossy(&a.stdout).contains("spoof: telling party 1 I am party 2"),
         "the spoof was sent: {a_err}"
     );
     assert!(
