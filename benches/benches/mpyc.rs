@@ -233,7 +233,12 @@ async fn run_mpyc(python: &Path, prog: &str, args: &[String], ssl: bool, count: 
             String::from_utf8_lossy(&out.stderr)
         );
         // MPyC logs to stdout.
-        let (e, b) = parse_stop(&String::from_utf8_lossy(&out.stdout));
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !ssl || log.contains("connected via SSL"),
+            "--ssl run without TLS: {log}"
+        );
+        let (e, b) = parse_stop(&log);
         mpyc = mpyc.max(e);
         mpyc_bytes += b;
     }
