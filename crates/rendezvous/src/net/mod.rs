@@ -16,6 +16,7 @@ pub mod connect;
 pub mod quic;
 pub mod relay;
 mod server;
+pub mod ws;
 
 pub use client::{binding_tcp, binding_udp, classify_nat_udp};
 pub use relay::{RelayConnection, RelayIdentity, RelayStream};

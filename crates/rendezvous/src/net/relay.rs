@@ -184,7 +184,7 @@ impl Drop for RelayConnection {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+type Ws = super::ws::WsStream;
 
 enum FrameReader {
     Tcp(tokio::net::tcp::OwnedReadHalf, Vec<u8>),
@@ -288,8 +288,8 @@ impl RelayConnection {
         .await
     }
 
-    /// Connects to a relay's WebSocket endpoint (`ws://host:port/relay`)
-    /// and authenticates.
+    /// Connects to a relay's WebSocket endpoint (`ws://host:port/relay`, or `wss://` behind
+    /// a TLS reverse proxy, checked against the Mozilla roots) and authenticates.
     ///
     /// # Errors
     /// As [`Self::connect_tcp`], plus [`NetError::WebSocket`].
@@ -298,6 +298,20 @@ impl RelayConnection {
         me: RelayIdentity,
         expected_relay: Option<String>,
     ) -> Result<Self, NetError> {
+        Self::connect_ws_with_roots(url, me, expected_relay, &[]).await
+    }
+
+    /// As [`Self::connect_ws`], also trusting the DER certificates `extra_roots` for a
+    /// `wss://` relay (a private CA).
+    ///
+    /// # Errors
+    /// As [`Self::connect_ws`].
+    pub async fn connect_ws_with_roots(
+        url: &str,
+        me: RelayIdentity,
+        expected_relay: Option<String>,
+        extra_roots: &[Vec<u8>],
+    ) -> Result<Self, NetError> {
         let mut req = url
             .into_client_request()
             .map_err(|e| NetError::WebSocket(e.to_string()))?;
@@ -305,13 +319,9 @@ impl RelayConnection {
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(RELAY_SUBPROTOCOL),
         );
-        let (ws, _) = tokio::time::timeout(AUTH_TIMEOUT, tokio_tungstenite::connect_async(req))
+        let ws = tokio::time::timeout(AUTH_TIMEOUT, super::ws::connect(req, extra_roots))
             .await
-            .map_err(|_| NetError::TimedOut)?
-            .map_err(|e| NetError::WebSocket(e.to_string()))?;
-        if let tokio_tungstenite::MaybeTlsStream::Plain(s) = ws.get_ref() {
-            s.set_nodelay(true)?;
-        }
+            .map_err(|_| NetError::TimedOut)??;
         let (wr, rd) = ws.split();
         Self::start(FrameReader::Ws(rd), FrameWriter::Ws(wr), me, expected_relay).await
     }

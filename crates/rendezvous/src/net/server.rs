@@ -81,30 +81,14 @@ impl StunServer {
         let (stop, _) = watch::channel(false);
         let mut tasks = JoinSet::new();
 
-        let primary = UdpSocket::bind(cfg.primary).await?;
-        let primary_addr = primary.local_addr()?;
-        let mut sockets = vec![];
-        let mut other = None;
-        if let Some(alt) = cfg.alternate {
-            let a2p2 = UdpSocket::bind(alt).await?;
-            let a2p2_addr = a2p2.local_addr()?;
-            let a2p1 = UdpSocket::bind(SocketAddr::new(alt.ip(), primary_addr.port())).await?;
-            other = Some(a2p2_addr);
-            // Only the primary announces OTHER-ADDRESS: RFC 5780 §4.3 needs it
-            // from test I alone, and A1:P2 (the alternate's "other") is not bound.
-            sockets.push((a2p1, None));
-            sockets.push((a2p2, None));
-        }
-        sockets.insert(0, (primary, other));
+        let (sockets, listener, other) = bind_all(&cfg).await?;
         let mut udp = Vec::new();
         for (sock, announce) in sockets {
             udp.push(sock.local_addr()?);
             tasks.spawn(udp_loop(sock, announce, metrics.clone(), stop.subscribe()));
         }
         let mut tcp = None;
-        if cfg.tcp {
-            // TCP on the same address and port as the primary UDP socket.
-            let listener = TcpListener::bind(primary_addr).await?;
+        if let Some(listener) = listener {
             tcp = Some(listener.local_addr()?);
             tasks.spawn(tcp_accept_loop(
                 listener,
@@ -165,6 +149,56 @@ impl Drop for StunServer {
         let _ = self.stop.send(true);
         self.tasks.abort_all();
     }
+}
+
+/// The sockets of one server: UDP sockets with the OTHER-ADDRESS they announce, the TCP
+/// listener, and the alternate address.
+type Bound = (
+    Vec<(UdpSocket, Option<SocketAddr>)>,
+    Option<TcpListener>,
+    Option<SocketAddr>,
+);
+
+/// Binds every socket of `cfg`. With an ephemeral port (port 0) the sockets that must share
+/// the chosen port (TCP beside the primary UDP socket, the alternate IP's socket on the
+/// primary port) can find it taken by an unrelated socket; then the whole set is bound
+/// again on fresh ports, a few times, instead of failing.
+async fn bind_all(cfg: &StunServerConfig) -> std::io::Result<Bound> {
+    let ephemeral = cfg.primary.port() == 0 || cfg.alternate.is_some_and(|a| a.port() == 0);
+    let mut attempt = 0;
+    loop {
+        match bind_once(cfg).await {
+            Err(e) if ephemeral && e.kind() == std::io::ErrorKind::AddrInUse && attempt < 16 => {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn bind_once(cfg: &StunServerConfig) -> std::io::Result<Bound> {
+    let primary = UdpSocket::bind(cfg.primary).await?;
+    let primary_addr = primary.local_addr()?;
+    let mut sockets = vec![];
+    let mut other = None;
+    if let Some(alt) = cfg.alternate {
+        let a2p2 = UdpSocket::bind(alt).await?;
+        let a2p2_addr = a2p2.local_addr()?;
+        let a2p1 = UdpSocket::bind(SocketAddr::new(alt.ip(), primary_addr.port())).await?;
+        other = Some(a2p2_addr);
+        // Only the primary announces OTHER-ADDRESS: RFC 5780 §4.3 needs it
+        // from test I alone, and A1:P2 (the alternate's "other") is not bound.
+        sockets.push((a2p1, None));
+        sockets.push((a2p2, None));
+    }
+    sockets.insert(0, (primary, other));
+    // TCP on the same address and port as the primary UDP socket.
+    let listener = if cfg.tcp {
+        Some(TcpListener::bind(primary_addr).await?)
+    } else {
+        None
+    };
+    Ok((sockets, listener, other))
 }
 
 async fn udp_loop(

@@ -1,0 +1,88 @@
+//! WebSocket client connections over plain TCP (`ws://`) or TLS (`wss://`), for the relay
+//! client and any other WebSocket user in the workspace (spec/rendezvous.md §4.4).
+//!
+//! TLS is rustls with its ring provider (the provider the rest of the tree already uses);
+//! server certificates are checked against the Mozilla roots (webpki-roots) plus any extra
+//! roots the caller passes (a private CA, a test certificate). Relay payloads are Noise
+//! records either way; TLS hides the relay's own framing and lets the relay sit behind the
+//! same TLS reverse proxy as the mediator.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::WebSocketStream;
+
+use super::NetError;
+
+/// A byte stream a WebSocket runs over: plain TCP or TLS over TCP.
+pub trait WsIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> WsIo for T {}
+
+/// A client WebSocket over [`WsIo`].
+pub type WsStream = WebSocketStream<Box<dyn WsIo>>;
+
+/// Opens the WebSocket `request` names (`ws://` or `wss://`, host, port, path; extra headers
+/// such as `Sec-WebSocket-Protocol` are sent as given), with `TCP_NODELAY` set.
+///
+/// # Errors
+/// [`NetError::WebSocket`] for a URL that is not `ws://`/`wss://` or has no host, an extra
+/// root that is not a certificate, a TLS failure (unknown issuer, wrong name) or a refused
+/// upgrade; [`NetError::Io`] when the TCP connection fails.
+pub async fn connect(request: Request, extra_roots: &[Vec<u8>]) -> Result<WsStream, NetError> {
+    let uri = request.uri().clone();
+    let tls = match uri.scheme_str() {
+        Some("ws") => false,
+        Some("wss") => true,
+        other => {
+            return Err(NetError::WebSocket(format!(
+                "{uri}: not a WebSocket URL (scheme {other:?}; use ws:// or wss://)"
+            )))
+        }
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| NetError::WebSocket(format!("{uri}: no host")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.as_str(), port)).await?;
+    tcp.set_nodelay(true)?;
+    let io: Box<dyn WsIo> = if tls {
+        Box::new(tls_connect(tcp, &host, extra_roots).await?)
+    } else {
+        Box::new(tcp)
+    };
+    let (ws, _) = tokio_tungstenite::client_async(request, io)
+        .await
+        .map_err(|e| NetError::WebSocket(e.to_string()))?;
+    Ok(ws)
+}
+
+async fn tls_connect(
+    tcp: TcpStream,
+    host: &str,
+    extra_roots: &[Vec<u8>],
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, NetError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for der in extra_roots {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| NetError::WebSocket(format!("extra TLS root: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NetError::WebSocket(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| NetError::WebSocket(format!("TLS server name {host}: {e}")))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| NetError::WebSocket(format!("TLS with {host}: {e}")))
+}
