@@ -18,7 +18,8 @@ use crate::path::{path_id, BoxPath, PathId, PathInfo};
 /// Tunables of the driver (the session's own are in `SessionConfig`).
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
-    /// How long the session may be without a path before it fails.
+    /// How long the session may be without a working path (one that delivered an
+    /// authenticated record from the peer) before it fails.
     pub resume_timeout: Duration,
     /// Chunks buffered per stream for a reader that is not reading (backpressure beyond it:
     /// the driver stops reading the path).
@@ -544,7 +545,10 @@ impl Driver {
                 self.decoder = RecordDecoder::new();
                 self.out.clear();
                 self.out_off = 0;
-                self.no_path_since = None;
+                // A path counts once it carries an authenticated record (below, in
+                // `feed_records`): a relay stream to a vanished peer attaches fine, and
+                // re-attaching such paths must not keep a dead session alive (spec §7.4).
+                self.no_path_since.get_or_insert_with(Instant::now);
                 if let Err(e) = self.session.resume(self.now_ms()) {
                     return Some(Stop::Failed(e.to_string()));
                 }
@@ -604,6 +608,7 @@ impl Driver {
                 Ok(Some(record)) => match self.session.handle_record(self.now_ms(), &record) {
                     Ok(()) => {
                         // The first authenticated record proves the path reaches the peer.
+                        self.no_path_since = None;
                         self.state_tx.send_if_modified(|s| {
                             let connecting = *s == SessionState::Connecting;
                             if connecting {

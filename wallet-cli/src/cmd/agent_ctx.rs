@@ -5,8 +5,11 @@
 //! The wallet is opened only briefly: long-running commands must not hold its lock (two
 //! commands of the same wallet may run at once).
 
+use std::net::SocketAddr;
+
 use anyhow::Context as _;
 use mpc_did_agent::Agent;
+use mpc_did_connect::{mediator_stun, Connector, ConnectorConfig, QuicSetup};
 use mpc_did_mediator::client::MediatorInfo;
 use mpc_did_resolver::DidResolver as _;
 use mpc_did_wallet::Wallet;
@@ -148,4 +151,63 @@ pub fn relay_setup(
         },
         expected_relay: Some(info.did.clone()),
     })
+}
+
+/// Which paths a secure session may use (spec/session.md §7.5); shared by `session connect`,
+/// `pipe` and `run`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PathArgs {
+    /// Carry sessions only through a mediator relay (testing relays).
+    #[arg(long)]
+    pub relay_only: bool,
+    /// STUN server that tells our public address for the NAT-traversed (QUIC) path
+    /// [default: our mediator's host, port 3478, as `mpc-did-mediator --stun` serves it].
+    #[arg(long, value_name = "ADDR")]
+    pub stun: Option<SocketAddr>,
+    /// No NAT-traversed QUIC path: direct TCP and the relay only.
+    #[arg(long, conflicts_with = "stun")]
+    pub no_quic: bool,
+}
+
+/// Starts the secure-session endpoint with the paths `paths` allows: direct TCP, QUIC on a
+/// UDP socket whose public address the STUN server tells (peers behind endpoint-independent
+/// NATs meet on it), and our mediator's relay. A mediator without a relay leaves direct paths
+/// only (said on stderr), unless `--relay-only` demanded it.
+///
+/// # Errors
+/// The listener cannot be bound; `--relay-only` and no relay at our mediator.
+pub async fn start_connector(
+    ctx: &Ctx,
+    identity: Option<&str>,
+    agent: &Agent,
+    paths: &PathArgs,
+    base: ConnectorConfig,
+) -> anyhow::Result<Connector> {
+    let relay = relay_setup(ctx, identity, agent)?;
+    let quic = (!paths.no_quic && !paths.relay_only).then(|| QuicSetup {
+        stun: paths.stun.or_else(|| mediator_stun(agent)),
+        ..QuicSetup::default()
+    });
+    let config = ConnectorConfig {
+        relay: Some(relay),
+        force_relay: paths.relay_only,
+        quic,
+        ..base
+    };
+    match Connector::start(agent.clone(), config.clone()).await {
+        Ok(c) => Ok(c),
+        Err(e) if !paths.relay_only => {
+            eprintln!("mpc-did: note: no relay at our mediator ({e}); direct paths only");
+            Connector::start(
+                agent.clone(),
+                ConnectorConfig {
+                    relay: None,
+                    ..config
+                },
+            )
+            .await
+            .context("cannot start the secure-session endpoint")
+        }
+        Err(e) => Err(e).context("--relay-only: cannot use our mediator's relay"),
+    }
 }

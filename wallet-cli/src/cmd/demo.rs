@@ -22,6 +22,9 @@ use mpc_did_proxy::launch::{self, Output};
 use mpc_did_resolver::UniversalResolver;
 use mpc_did_wallet::{Method, Wallet};
 
+use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
+
+use crate::cmd::agent_ctx::PathArgs;
 use crate::cmd::mediator::{secrets, setting_key};
 use crate::cmd::mpc::{self, run::run_party, run::RunSpec};
 use crate::ctx::Ctx;
@@ -115,11 +118,17 @@ async fn demo(
     println!("== mpc-did demo: {n} parties run {name} {}", args.join(" "));
     println!("   workspace: {} (removed at the end)", dir.display());
 
+    // The relay too, as a public mediator serves it: sessions fall back to it when no
+    // direct path works (on loopback the direct path always does).
+    let relay = RelayService::bind(RelayServiceConfig::default())
+        .await
+        .context("cannot start the in-process relay")?;
     let mediator = Mediator::builder(Config {
         listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         data: dir.join("mediator"),
         ..Config::default()
     })
+    .service(relay)
     .start()
     .await
     .context("cannot start the in-process mediator")?;
@@ -197,6 +206,12 @@ async fn demo(
                     listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                     connect_timeout: Duration::from_secs(60),
                     resume_timeout: Duration::from_secs(30),
+                    // All on loopback: the direct path always works, and the in-process
+                    // mediator serves no STUN to learn a public address from.
+                    paths: PathArgs {
+                        no_quic: true,
+                        ..PathArgs::default()
+                    },
                     command: argv,
                     output: Output::Capture,
                 },

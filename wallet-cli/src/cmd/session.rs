@@ -16,14 +16,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use mpc_did_connect::{
-    mediator_stun, Binding, Connector, ConnectorConfig, Established, PathInfo, QuicSetup,
+    Binding, Connector, ConnectorConfig, Established, PathInfo,
 };
 use mpc_did_driver::{path, CLOSE_PARTY_FAILED};
 use mpc_did_wallet::Wallet;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 
-use crate::cmd::agent_ctx::{learn_peer, open_agent, relay_setup, AgentIdentity, PeerSource};
+use crate::cmd::agent_ctx::{
+    learn_peer, open_agent, start_connector, AgentIdentity, PathArgs, PeerSource,
+};
 use crate::cmd::pipe::{describe, ping_exchange};
 use crate::ctx::Ctx;
 
@@ -75,16 +77,8 @@ pub struct PeerArgs {
     /// Seconds to wait for the peer at each negotiation step.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
-    /// Carry the session only through a mediator relay (testing relays).
-    #[arg(long)]
-    pub relay_only: bool,
-    /// STUN server that tells our public address for the NAT-traversed (QUIC) path
-    /// [default: our mediator's host, port 3478, as `mpc-did-mediator --stun` serves it].
-    #[arg(long, value_name = "ADDR")]
-    pub stun: Option<SocketAddr>,
-    /// No NAT-traversed QUIC path: direct TCP and the relay only.
-    #[arg(long, conflicts_with = "stun")]
-    pub no_quic: bool,
+    #[command(flatten)]
+    pub paths: PathArgs,
 }
 
 /// A session that is up, and what the CLI knows about it.
@@ -108,39 +102,14 @@ pub async fn open(ctx: &Ctx, args: &PeerArgs) -> anyhow::Result<Opened> {
         me.did
     );
     let source = learn_peer(ctx, &agent, &args.did, args.peer_mediator.as_deref()).await?;
-    let relay = relay_setup(ctx, args.identity.as_deref(), &agent)?;
-    // spec/session.md §7.5: QUIC on a UDP socket whose public address the mediator's STUN
-    // service tells; peers behind NATs that map endpoint-independently meet on it.
-    let quic = (!args.no_quic && !args.relay_only).then(|| QuicSetup {
-        stun: args.stun.or_else(|| mediator_stun(&agent)),
-        ..QuicSetup::default()
-    });
-    let config = ConnectorConfig {
+    let base = ConnectorConfig {
         listen: args.listen,
         advertise: args.advertise.clone(),
         handshake_timeout: Duration::from_secs(args.timeout.max(1)),
-        relay: Some(relay),
-        force_relay: args.relay_only,
-        quic,
         ..ConnectorConfig::default()
     };
-    let connector = match Connector::start(agent.clone(), config.clone()).await {
-        Ok(c) => c,
-        // A mediator without a relay: direct paths only, unless the relay was demanded.
-        Err(e) if !args.relay_only => {
-            eprintln!("mpc-did: note: no relay at our mediator ({e}); direct paths only");
-            Connector::start(
-                agent,
-                ConnectorConfig {
-                    relay: None,
-                    ..config
-                },
-            )
-            .await
-            .context("cannot start the session endpoint")?
-        }
-        Err(e) => return Err(e).context("--relay-only: cannot use our mediator's relay"),
-    };
+    let connector =
+        start_connector(ctx, args.identity.as_deref(), &agent, &args.paths, base).await?;
     // spec/session.md §2: the bytewise smaller DID proposes.
     let proposer = me.did.as_bytes() < args.did.as_bytes();
     let binding = Binding::adhoc(&me.did, &args.did);

@@ -25,6 +25,7 @@ use mpc_did_proxy::launch::{run_program, Output, Program, RunOutcome};
 use mpc_did_proxy::{Proxy, ProxyConfig};
 
 use super::{learn, load, read_program};
+use crate::cmd::agent_ctx::{start_connector, PathArgs};
 use crate::cmd::mediator::registered_client;
 use crate::ctx::Ctx;
 
@@ -53,6 +54,8 @@ pub struct RunArgs {
     /// killed or unplugged peer is noticed after this; shorter path breaks are survived).
     #[arg(long, default_value_t = 30)]
     pub resume_timeout: u64,
+    #[command(flatten)]
+    pub paths: PathArgs,
     /// The command to run: `python prog.py [args]` (after `--`).
     #[arg(last = true, required = true)]
     pub command: Vec<OsString>,
@@ -80,6 +83,8 @@ pub struct RunSpec {
     pub connect_timeout: Duration,
     /// How long a session may be without a path before it (and the run) fails.
     pub resume_timeout: Duration,
+    /// Which paths the secure sessions may use.
+    pub paths: PathArgs,
     /// `python prog.py [args]`; the roster's arguments and MPyC's are appended.
     pub command: Vec<OsString>,
     /// Where the program's output goes.
@@ -121,6 +126,7 @@ pub async fn run_party(
         listen,
         connect_timeout,
         resume_timeout,
+        paths,
         command,
         output,
     } = spec;
@@ -170,7 +176,7 @@ pub async fn run_party(
     for p in roster.parties.iter().filter(|p| p.id != me) {
         learn(&agent, &p.did, &p.services).await?;
     }
-    let config = ConnectorConfig {
+    let base = ConnectorConfig {
         listen,
         handshake_timeout: connect_timeout,
         driver: mpc_did_driver::DriverConfig {
@@ -179,9 +185,7 @@ pub async fn run_party(
         },
         ..ConnectorConfig::default()
     };
-    let connector = Connector::start(agent.clone(), config)
-        .await
-        .context("cannot start the secure-session listener")?;
+    let connector = start_connector(ctx, Some(&rec.identity), &agent, &paths, base).await?;
     let handles = tokio::select! {
         h = establish_all(&connector, &roster, me, progress) => h?,
         _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted before the program started"),
@@ -305,6 +309,7 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
             listen: a.listen,
             connect_timeout: Duration::from_secs(a.connect_timeout),
             resume_timeout: Duration::from_secs(a.resume_timeout),
+            paths: a.paths,
             command: a.command,
             output: Output::Inherit,
         },
