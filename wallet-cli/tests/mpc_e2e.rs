@@ -219,27 +219,29 @@ fn lobby(program: &Path, args: &[&str]) -> Lobby {
 }
 
 fn spawn_run(l: &Lobby, i: usize, python: &Path, program: &Path) -> Child {
-    cmd(
-        l.home(i),
-        &[
-            "run",
-            "--session",
-            &l.sid,
-            "--listen",
-            "127.0.0.1:0",
-            "--connect-timeout",
-            "60",
-            "--resume-timeout",
-            "10",
-            "--",
-            python.to_str().unwrap(),
-            program.to_str().unwrap(),
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap()
+    spawn_run_with(l, i, python, program, &[])
+}
+
+/// As [`spawn_run`], with `extra` options for `run` (e.g. `--relay-only`).
+fn spawn_run_with(l: &Lobby, i: usize, python: &Path, program: &Path, extra: &[&str]) -> Child {
+    let mut args = vec![
+        "run",
+        "--session",
+        &l.sid,
+        "--listen",
+        "127.0.0.1:0",
+        "--connect-timeout",
+        "60",
+        "--resume-timeout",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    args.extend(["--", python.to_str().unwrap(), program.to_str().unwrap()]);
+    cmd(l.home(i), &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn digest(out: &str) -> &str {
@@ -248,11 +250,18 @@ fn digest(out: &str) -> &str {
         .unwrap_or_else(|| panic!("no result digest in {out}"))
 }
 
-fn three_runs(program: &str, args: &[&str]) {
-    let Some(python) = python() else { return };
+fn three_runs(program: &str, args: &[&str]) -> Option<Vec<String>> {
+    three_runs_with(program, args, &[])
+}
+
+/// Three `run` processes with `extra` options; returns their stderr.
+fn three_runs_with(program: &str, args: &[&str], extra: &[&str]) -> Option<Vec<String>> {
+    let python = python()?;
     let prog = example(program);
     let l = lobby(&prog, args);
-    let runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, &python, &prog)).collect();
+    let runs: Vec<Child> = (0..3)
+        .map(|i| spawn_run_with(&l, i, &python, &prog, extra))
+        .collect();
     let outs: Vec<Output> = runs
         .into_iter()
         .map(|c| wait_bounded(c, Duration::from_secs(180)))
@@ -273,14 +282,40 @@ fn three_runs(program: &str, args: &[&str]) {
         assert!(s.lines().any(|l| l == "valid: True"), "{s}");
         assert_eq!(digest(s), digest(&stdouts[0]), "parties disagree");
     }
-    let err = String::from_utf8_lossy(&outs[0].stderr);
-    assert!(err.contains("secure session with party 1 up"), "{err}");
+    let errs: Vec<String> = outs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    assert!(
+        errs[0].contains("secure session with party 1 up"),
+        "{}",
+        errs[0]
+    );
+    Some(errs)
 }
 
 /// Many rounds of tiny messages: a valid derangement all three parties agree on.
 #[test]
 fn secret_santa_three_wallets_three_processes() {
     three_runs("secretsanta.py", &["--people", "3", "4", "5"]);
+}
+
+/// The same with every secure session forced onto the mediator's relay (spec/session.md
+/// §7.5): MPyC's byte streams survive the relay's framing and pacing.
+#[test]
+fn secret_santa_through_the_relay() {
+    let Some(errs) = three_runs_with("secretsanta.py", &["--people", "3", "4"], &["--relay-only"])
+    else {
+        return;
+    };
+    for e in &errs {
+        assert!(
+            e.lines()
+                .filter(|l| l.contains("secure session with party"))
+                .all(|l| l.contains("relay")),
+            "every session on the relay: {e}"
+        );
+    }
 }
 
 /// Large messages (secure arrays of 100,000 elements).
