@@ -579,69 +579,21 @@ pub fn delivered(m: &Message) -> Vec<Delivered> {
         .collect()
 }
 
-/// A byte stream a WebSocket can run on: plain TCP or TLS over TCP.
-pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-/// A client WebSocket over [`Io`].
-pub type Ws = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+pub use mpc_did_rendezvous::net::ws::{WsIo as Io, WsStream as Ws};
 
 /// Opens a WebSocket to `url` (`ws://` or `wss://`). For `wss://` the server certificate is
 /// checked against the Mozilla roots (webpki-roots) plus `extra_roots` (DER), with rustls
-/// and its ring provider.
+/// and its ring provider — the dialer the relay client uses too
+/// ([`mpc_did_rendezvous::net::ws::connect`]).
 ///
 /// # Errors
 /// Bad URL, TCP/TLS failure, or a refused upgrade.
 pub async fn connect_ws(url: &str, extra_roots: &[Vec<u8>]) -> Result<Ws, ClientError> {
-    let u = url::Url::parse(url).map_err(|e| ClientError::Url(e.to_string()))?;
-    let host = u
-        .host_str()
-        .ok_or_else(|| ClientError::Url(format!("{url} has no host")))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let tls = match u.scheme() {
-        "ws" => false,
-        "wss" => true,
-        other => {
-            return Err(ClientError::Url(format!(
-                "not a WebSocket URL scheme: {other}"
-            )))
-        }
-    };
-    let port = u
-        .port_or_known_default()
-        .unwrap_or(if tls { 443 } else { 80 });
-    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let request = url.into_client_request()?;
+    mpc_did_rendezvous::net::ws::connect(request, extra_roots)
         .await
-        .map_err(|e| ClientError::Unexpected(format!("connect {host}:{port}: {e}")))?;
-    let _ = tcp.set_nodelay(true);
-    let io: Box<dyn Io> = if tls {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for der in extra_roots {
-            roots
-                .add(rustls::pki_types::CertificateDer::from(der.clone()))
-                .map_err(|e| ClientError::Url(format!("extra root: {e}")))?;
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::Unexpected(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| ClientError::Url(e.to_string()))?;
-        let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| ClientError::Unexpected(format!("TLS with {host}: {e}")))?;
-        Box::new(stream)
-    } else {
-        Box::new(tcp)
-    };
-    let (ws, _) = tokio_tungstenite::client_async(url, io).await?;
-    Ok(ws)
+        .map_err(|e| ClientError::Unexpected(format!("WebSocket to {url}: {e}")))
 }
 
 /// A live-mode WebSocket: the mediator pushes `delivery` messages as they arrive.

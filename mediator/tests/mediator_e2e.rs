@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{client, introduce, MediatorProc};
+use common::{client, introduce, tls_front, MediatorProc};
 use mpc_did_mediator::messages::message;
 use serde_json::json;
 
@@ -133,36 +133,10 @@ fn a_secrets(c: &mpc_did_mediator::client::MediatorClient) -> mpc_did_didcomm::S
 /// spec/mediator.md §10 deploys it): the client checks the certificate with rustls.
 #[tokio::test]
 async fn live_delivery_over_tls() {
-    use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     let m = MediatorProc::start(dir.path(), &[]);
     // A TLS proxy on loopback in front of the mediator, with a certificate for localhost.
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert_der = ck.cert.der().to_vec();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert_der.clone().into()], key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let tls_port = listener.local_addr().unwrap().port();
-    let backend = m.addr.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let (acceptor, backend) = (acceptor.clone(), backend.clone());
-            tokio::spawn(async move {
-                let mut tls = acceptor.accept(tcp).await.unwrap();
-                let mut up = tokio::net::TcpStream::connect(backend).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
+    let (tls_port, cert_der) = tls_front(&m.addr).await;
 
     let a = client(&m.url()).await;
     a.register().await.unwrap();

@@ -5,8 +5,9 @@
 //! refused.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+mod common;
 
+use common::tls_front;
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
 use mpc_did_mediator::{Config, Mediator};
 use mpc_did_rendezvous::net::{NetError, RelayConnection, RelayIdentity};
@@ -19,39 +20,6 @@ fn identity() -> RelayIdentity {
     let mut seed = [0u8; 32];
     OsRng.fill_bytes(&mut seed);
     RelayIdentity::did_key(SigningKey::from_bytes(&seed))
-}
-
-/// A TLS proxy on loopback in front of `backend` with a fresh self-signed certificate for
-/// `localhost`; returns its port and the certificate (DER) to trust.
-async fn tls_front(backend: std::net::SocketAddr) -> (u16, Vec<u8>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let cert_der = ck.cert.der().to_vec();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert_der.clone().into()], key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                // A client that refuses the certificate ends the handshake: nothing to relay.
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut up = tokio::net::TcpStream::connect(backend).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
-            });
-        }
-    });
-    (port, cert_der)
 }
 
 #[tokio::test]
@@ -69,7 +37,7 @@ async fn relay_over_wss_behind_a_tls_proxy() {
     .start()
     .await
     .unwrap();
-    let (port, root) = tls_front(m.addr).await;
+    let (port, root) = tls_front(&m.addr.to_string()).await;
     let url = format!("wss://localhost:{port}/relay");
 
     // The proxy's certificate is not in the Mozilla roots: refused without the extra root.

@@ -1,4 +1,5 @@
-//! Shared helpers: run the real `mpc-did-mediator` binary, make did:key identities.
+//! Shared helpers: run the real `mpc-did-mediator` binary, make did:key identities, put a
+//! TLS proxy in front of a mediator.
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::io::{BufRead as _, BufReader};
@@ -107,4 +108,39 @@ pub fn introduce(sender: &MediatorClient, recipient: &MediatorClient) {
     doc.service
         .push(recipient.info.service_for(&recipient.did).to_service());
     sender.resolver().insert(doc);
+}
+
+/// A TLS proxy on loopback in front of `backend` with a fresh self-signed certificate for
+/// `localhost`; returns its port and the certificate (DER) to trust.
+pub async fn tls_front(backend: &str) -> (u16, Vec<u8>) {
+    use std::sync::Arc;
+    let backend = backend.to_owned();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_der = ck.cert.der().to_vec();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert_der.clone().into()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, backend) = (acceptor.clone(), backend.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to relay.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut up = tokio::net::TcpStream::connect(backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    (port, cert_der)
 }
