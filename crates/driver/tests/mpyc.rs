@@ -9,20 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mpc_did_driver::{PartyTransport, CLOSE_DONE};
-use mpc_did_proxy::launch::{run_program, Output, Program};
+use mpc_did_proxy::launch::{find_python, run_program, Output, Program};
 use mpc_did_proxy::{Proxy, ProxyConfig};
 
+/// MPyC's Python (with numpy for the inner product), or `None` to skip; a failure when
+/// `MPC_DID_REQUIRE_INTEROP=1` (./test.sh) and there is none.
 fn python() -> Option<PathBuf> {
-    match std::env::var_os("MPC_DID_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var("MPC_DID_REQUIRE_INTEROP").as_deref() == Ok("1") => {
-            panic!("MPC_DID_PYTHON is not set but MPC_DID_REQUIRE_INTEROP=1: run ./test.sh")
-        }
-        None => {
-            eprintln!("skipped: set MPC_DID_PYTHON to a Python with mpyc (./test.sh does)");
-            None
-        }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    let found = find_python(&[venv], &["numpy"]).unwrap();
+    if found.is_none() {
+        eprintln!("skipped: no Python with mpyc and numpy (set MPC_DID_PYTHON; ./test.sh does)");
     }
+    found
 }
 
 async fn run(program: &str, args: &[&str]) -> Vec<String> {
