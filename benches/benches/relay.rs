@@ -22,11 +22,11 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use common::{latency, tcp_pair};
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
 use mpc_did_mediator::{Config, Mediator};
 use mpc_did_rendezvous::net::{RelayConnection, RelayIdentity};
 use mpc_did_rendezvous::relay::{PeerAddr, SigningKey};
-use common::{latency, tcp_pair};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const WINDOW: usize = 1 << 20;
@@ -69,8 +69,6 @@ where
     let rx = recv.await.unwrap();
     ((windows * WINDOW) as f64 / secs / (1 << 20) as f64, tx, rx)
 }
-
-
 
 fn identity(n: u8) -> RelayIdentity {
     RelayIdentity::did_key(SigningKey::from_bytes(&[n; 32]))

@@ -73,6 +73,10 @@ pub struct MediatorInfo {
     pub ws: String,
     /// Its Out-of-Band invitation URL.
     pub invitation_url: String,
+    /// The port of its STUN service on the mediator's host, if it runs one (`/oob`
+    /// `services.stun.port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stun_port: Option<u16>,
 }
 
 impl MediatorInfo {
@@ -118,6 +122,11 @@ impl MediatorInfo {
             http: s("/endpoints/http")?,
             ws: s("/endpoints/ws")?,
             invitation_url: s("/invitation_url")?,
+            stun_port: v
+                .pointer("/services/stun/port")
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|&p| p != 0),
         };
         if invited.is_some_and(|d| d != info.did) {
             return Err(ClientError::Url(

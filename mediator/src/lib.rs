@@ -104,6 +104,11 @@ pub trait Service: Send + 'static {
     fn routes(&self) -> Option<axum::Router> {
         None
     }
+    /// What clients should know of the service, published at `GET /oob` under
+    /// `services.<name>` (e.g. the STUN port; spec/mediator.md §2). Default: nothing.
+    fn advertise(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// Runs until `ctx.shutdown` is cancelled.
     fn run(self: Box<Self>, ctx: ServiceContext) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
@@ -192,12 +197,18 @@ impl MediatorBuilder {
             .to_url(&format!("{public_url}/oob"))
             .map_err(|e| MediatorError::Config(e.to_string()))?;
         let did_doc = identity.document_with_service(&endpoint);
+        let advertised: serde_json::Map<String, serde_json::Value> = self
+            .services
+            .iter()
+            .filter_map(|s| Some((s.name().to_owned(), s.advertise()?)))
+            .collect();
         let oob = serde_json::json!({
             "invitation": invitation.to_message(),
             "invitation_url": invitation_url,
             "did": identity.did,
             "routing_key": identity.agreement_kid,
             "endpoints": { "http": endpoint, "ws": ws_endpoint },
+            "services": advertised,
         });
         let resolver = match self.resolver {
             Some(r) => r,

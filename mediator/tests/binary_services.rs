@@ -36,6 +36,17 @@ async fn binary_serves_stun_and_relay() {
     let relay_url = v["relay_url"].as_str().unwrap().to_owned();
     let mediator_did = v["did"].as_str().unwrap().to_owned();
 
+    // Clients learn the STUN port from /oob (spec/mediator.md §2, §9).
+    let info = mpc_did_mediator::client::MediatorInfo::discover(
+        v["addr"]
+            .as_str()
+            .map_or_else(|| panic!("no addr in {line}"), |a| format!("http://{a}"))
+            .as_str(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(info.stun_port, Some(stun.port()));
+
     // STUN over UDP and TCP: our mapped address on loopback is our own socket address.
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let got = binding_udp(&sock, stun, RetransmitSchedule::default())

@@ -39,7 +39,6 @@ where
     (p(0.5), p(0.99))
 }
 
-
 /// A connected loopback TCP pair with `TCP_NODELAY`.
 pub async fn tcp_pair() -> (TcpStream, TcpStream) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

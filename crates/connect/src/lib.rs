@@ -147,14 +147,16 @@ impl Default for UpgradeConfig {
     }
 }
 
-/// The STUN service of our mediator by convention: the mediator's host at the STUN port
-/// 3478 (RFC 8489 §18.6; `mpc-did-mediator --stun`). `None` if the mediator URL does not
-/// resolve.
+/// The STUN service of our mediator: the port it publishes at `/oob` (`services.stun.port`,
+/// `mpc-did-mediator --stun`) on the mediator's host. `None` if it runs no STUN service or
+/// its URL does not resolve (the session then has direct and relay paths only).
 #[must_use]
 pub fn mediator_stun(agent: &Agent) -> Option<SocketAddr> {
-    let url = url::Url::parse(&agent.client().info.http).ok()?;
+    let info = &agent.client().info;
+    let port = info.stun_port?;
+    let url = url::Url::parse(&info.http).ok()?;
     let host = url.socket_addrs(|| Some(443)).ok()?.into_iter().next()?;
-    Some(SocketAddr::new(host.ip(), 3478))
+    Some(SocketAddr::new(host.ip(), port))
 }
 
 /// How to reach and authenticate to a relay.

@@ -106,6 +106,15 @@ impl Service for StunService {
         "stun"
     }
 
+    /// The STUN port (UDP, and TCP when on), on the mediator's public host: clients learn
+    /// their public address there for the NAT-traversed path (spec/rendezvous.md §5.1).
+    fn advertise(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({
+            "port": self.server.local_addr()?.port(),
+            "tcp": self.server.tcp_addr().is_some(),
+        }))
+    }
+
     fn routes(&self) -> Option<axum::Router> {
         let h = self.handle();
         Some(axum::Router::new().route(

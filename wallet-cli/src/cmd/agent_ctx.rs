@@ -161,7 +161,8 @@ pub struct PathArgs {
     #[arg(long)]
     pub relay_only: bool,
     /// STUN server that tells our public address for the NAT-traversed (QUIC) path
-    /// [default: our mediator's host, port 3478, as `mpc-did-mediator --stun` serves it].
+    /// [default: the STUN port our mediator publishes at /oob (`mpc-did-mediator --stun`), on
+    /// its host; none if it runs no STUN].
     #[arg(long, value_name = "ADDR")]
     pub stun: Option<SocketAddr>,
     /// No NAT-traversed QUIC path: direct TCP and the relay only.

@@ -15,9 +15,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use mpc_did_connect::{
-    Binding, Connector, ConnectorConfig, Established, PathInfo,
-};
+use mpc_did_connect::{Binding, Connector, ConnectorConfig, Established, PathInfo};
 use mpc_did_driver::{path, CLOSE_PARTY_FAILED};
 use mpc_did_wallet::Wallet;
 use serde::{Deserialize, Serialize};
