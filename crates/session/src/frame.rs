@@ -1,41 +1,104 @@
 //! Wire codec: records on a byte stream and the frames inside them (spec/session.md §5).
 //!
 //! ```text
-//! record    = length:u16be  counter:u64be  ciphertext          (length = 8 + |ciphertext|)
-//! ciphertext = AES-256-GCM(k_epoch(counter), nonce = counter, ad = length||counter, frame)
+//! record     = length:u16be  [counter:u64be]  ciphertext
+//!              length bit 15 (E): the counter follows explicitly; bits 0-14: len(ciphertext)
+//!              without E the counter is implicit: the previous record's counter + 1
+//! ciphertext = AES-256-GCM(k_epoch(counter), nonce = counter, ad = header as sent, frame)
 //! frame      = type:u8  fields...                                (types in `FrameType`)
+//! DATA       = 0x01  stream:varint  data:rest                    (QUIC varint, minimal)
 //! ```
-//! The record header is the only cleartext; stream ids, offsets and frame types are
-//! encrypted. Records fit one Noise transport message (at most 65,535 bytes after the
-//! length field), so the same records travel over TCP, a QUIC stream or a relay frame.
+//! The record header is the only cleartext; stream ids and frame types are encrypted. A
+//! small DATA record costs 20 bytes (2 length + 16 tag + type + 1-byte stream id), TLS 1.3's
+//! 22 or less. The same records travel over TCP, a QUIC stream or a relay frame.
 
 use crate::cipher::TAG_LEN;
 use crate::error::{Result, SessionError};
 
-/// Bytes of the cleartext record header: length (2) + counter (8).
-pub const HEADER_LEN: usize = 10;
-/// Largest value of the length field: a Noise transport message is at most 65,535 bytes.
-pub const MAX_RECORD_BODY: usize = 65_535;
-/// Largest record on the wire, including the length field.
-pub const MAX_RECORD_LEN: usize = 2 + MAX_RECORD_BODY;
-/// Largest frame (plaintext) inside one record.
-pub const MAX_FRAME_LEN: usize = MAX_RECORD_BODY - 8 - TAG_LEN;
-/// Smallest record: header, a one-byte frame and the tag.
-pub const MIN_RECORD_LEN: usize = HEADER_LEN + 1 + TAG_LEN;
-/// Bytes of a DATA frame before its payload: type, stream id, offset.
-pub const DATA_OVERHEAD: usize = 1 + 4 + 8;
-/// Largest payload in one DATA frame.
+/// Bytes of the length field.
+pub const LENGTH_LEN: usize = 2;
+/// Bytes of an explicit counter.
+pub const COUNTER_LEN: usize = 8;
+/// Bit 15 of the length field: an explicit counter follows (spec §5.1).
+pub const EXPLICIT_COUNTER: u16 = 0x8000;
+/// Largest record header: length and explicit counter.
+pub const HEADER_LEN: usize = LENGTH_LEN + COUNTER_LEN;
+/// Largest ciphertext (frame + tag): the 15 low bits of the length field.
+pub const MAX_CIPHERTEXT_LEN: usize = 0x7fff;
+/// Smallest ciphertext: a one-byte frame and the tag.
+pub const MIN_CIPHERTEXT_LEN: usize = 1 + TAG_LEN;
+/// Largest record on the wire, including the length field and an explicit counter.
+pub const MAX_RECORD_LEN: usize = HEADER_LEN + MAX_CIPHERTEXT_LEN;
+/// Smallest record: a length field without counter, a one-byte frame and the tag.
+pub const MIN_RECORD_LEN: usize = LENGTH_LEN + MIN_CIPHERTEXT_LEN;
+/// Largest frame (plaintext) inside one record: 32,751 bytes.
+pub const MAX_FRAME_LEN: usize = MAX_CIPHERTEXT_LEN - TAG_LEN;
+/// Largest stream id varint: ids up to 2^32 - 1 need the 8-byte form (RFC 9000 §16).
+pub const MAX_VARINT_LEN: usize = 8;
+/// Largest encoded DATA frame overhead: the type byte and the longest stream id.
+pub const DATA_OVERHEAD: usize = 1 + MAX_VARINT_LEN;
+/// Largest payload in one DATA frame on any stream (streams below 64 fit 7 bytes more,
+/// see [`data_capacity`]).
 pub const MAX_DATA_PER_FRAME: usize = MAX_FRAME_LEN - DATA_OVERHEAD;
 /// Bytes of one entry in an ACK or RESUME frame.
 pub const STREAM_STATE_LEN: usize = 4 + 8 + 1;
 /// Longest reason text in a CLOSE frame.
 pub const MAX_REASON_LEN: usize = 256;
 
+/// Largest value a QUIC variable-length integer holds (2^62 - 1).
+pub const MAX_VARINT: u64 = (1 << 62) - 1;
+
+/// The encoded length of `v` as a minimal QUIC variable-length integer (RFC 9000 §16), or
+/// `None` above [`MAX_VARINT`].
+#[must_use]
+pub fn varint_len(v: u64) -> Option<usize> {
+    match v {
+        0..=0x3f => Some(1),
+        0x40..=0x3fff => Some(2),
+        0x4000..=0x3fff_ffff => Some(4),
+        0x4000_0000..=MAX_VARINT => Some(8),
+        _ => None,
+    }
+}
+
+/// Appends `v` as a minimal QUIC variable-length integer (RFC 9000 §16).
+///
+/// # Errors
+/// [`SessionError::Limit`] above [`MAX_VARINT`].
+pub fn encode_varint(v: u64, out: &mut Vec<u8>) -> Result<()> {
+    match varint_len(v) {
+        Some(1) => out.push(v as u8),
+        Some(2) => out.extend_from_slice(&((v as u16) | 0x4000).to_be_bytes()),
+        Some(4) => out.extend_from_slice(&((v as u32) | 0x8000_0000).to_be_bytes()),
+        Some(_) => out.extend_from_slice(&(v | 0xc000_0000_0000_0000).to_be_bytes()),
+        None => return Err(SessionError::Limit("varint")),
+    }
+    Ok(())
+}
+
+/// Decodes one QUIC variable-length integer from the front of `buf`, returning it and the
+/// bytes after it.
+///
+/// # Errors
+/// [`SessionError::Malformed`] if `buf` is too short or the encoding is not minimal (spec
+/// §5.4 requires the shortest form, so that every value has exactly one encoding).
+pub fn decode_varint(buf: &[u8]) -> Result<(u64, &[u8])> {
+    let mut r = Reader(buf);
+    let v = r.varint()?;
+    Ok((v, r.0))
+}
+
+/// The most stream bytes one DATA frame on `stream` carries.
+#[must_use]
+pub fn data_capacity(stream: u32) -> usize {
+    MAX_FRAME_LEN - 1 - varint_len(u64::from(stream)).unwrap_or(MAX_VARINT_LEN)
+}
+
 /// Frame type codes (spec §5.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameType {
-    /// Stream bytes at an offset.
+    /// The next bytes of a stream.
     Data = 0x01,
     /// End of a stream's sending direction, with its final size.
     Fin = 0x02,
@@ -65,12 +128,10 @@ pub struct StreamState {
 /// One decoded frame; payloads borrow from the decrypted record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame<'a> {
-    /// `DATA`: stream bytes starting at `offset`.
+    /// `DATA`: the next bytes of `stream` at the receiver (no offset on the wire: spec §6.2).
     Data {
         /// Stream id.
         stream: u32,
-        /// Offset of the first byte.
-        offset: u64,
         /// The bytes (may be empty).
         data: &'a [u8],
     },
@@ -103,7 +164,9 @@ impl Frame<'_> {
     #[must_use]
     pub fn encoded_len(&self) -> usize {
         match self {
-            Frame::Data { data, .. } => DATA_OVERHEAD + data.len(),
+            Frame::Data { stream, data } => {
+                1 + varint_len(u64::from(*stream)).unwrap_or(MAX_VARINT_LEN) + data.len()
+            }
             Frame::Fin { .. } => 1 + 4 + 8,
             Frame::Ack(v) | Frame::Resume(v) => 1 + 2 + v.len() * STREAM_STATE_LEN,
             Frame::Ping(_) | Frame::Pong(_) => 1 + 8,
@@ -121,14 +184,9 @@ impl Frame<'_> {
             return Err(SessionError::Limit("frame larger than a record"));
         }
         match self {
-            Frame::Data {
-                stream,
-                offset,
-                data,
-            } => {
+            Frame::Data { stream, data } => {
                 out.push(FrameType::Data as u8);
-                out.extend_from_slice(&stream.to_be_bytes());
-                out.extend_from_slice(&offset.to_be_bytes());
+                encode_varint(u64::from(*stream), out)?;
                 out.extend_from_slice(data);
             }
             Frame::Fin { stream, final_size } => {
@@ -177,7 +235,8 @@ impl Frame<'_> {
     ///
     /// # Errors
     /// [`SessionError::Malformed`] for an unknown type, a short or overlong frame, a bad flag
-    /// byte or a reason that is not UTF-8.
+    /// byte, a non-minimal varint or a stream id of 2^32 or more, or a reason that is not
+    /// UTF-8.
     pub fn decode(buf: &[u8]) -> Result<Frame<'_>> {
         let (&ty, rest) = buf
             .split_first()
@@ -185,16 +244,11 @@ impl Frame<'_> {
         let mut r = Reader(rest);
         let frame = match ty {
             0x01 => {
-                let stream = r.u32()?;
-                let offset = r.u64()?;
-                let data = r.rest();
-                offset
-                    .checked_add(data.len() as u64)
-                    .ok_or(SessionError::Malformed("offset overflow"))?;
+                let stream = u32::try_from(r.varint()?)
+                    .map_err(|_| SessionError::Malformed("stream id of 2^32 or more"))?;
                 Frame::Data {
                     stream,
-                    offset,
-                    data,
+                    data: r.rest(),
                 }
             }
             0x02 => Frame::Fin {
@@ -272,38 +326,111 @@ impl<'a> Reader<'a> {
     fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_be_bytes(self.take()?))
     }
+    /// A QUIC variable-length integer (RFC 9000 §16), minimal encoding required.
+    fn varint(&mut self) -> Result<u64> {
+        let first = *self
+            .0
+            .first()
+            .ok_or(SessionError::Malformed("truncated frame"))?;
+        let v = match first >> 6 {
+            0 => u64::from(self.u8()?),
+            1 => u64::from(self.u16()? & 0x3fff),
+            2 => u64::from(self.u32()? & 0x3fff_ffff),
+            _ => self.u64()? & MAX_VARINT,
+        };
+        // The 2-bit prefix must be the shortest that holds the value.
+        if varint_len(v) != Some(1usize << (first >> 6)) {
+            return Err(SessionError::Malformed("non-minimal varint"));
+        }
+        Ok(v)
+    }
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.0)
     }
 }
 
-/// The cleartext header of a record.
+/// The cleartext header of a record (spec §5.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordHeader {
-    /// Value of the length field: bytes after it (8 + ciphertext).
-    pub length: u16,
-    /// The frame counter, also the AEAD nonce.
-    pub counter: u64,
+    /// Bytes of ciphertext (frame and tag) after the header: 17 to 32,767.
+    pub ciphertext_len: usize,
+    /// The explicit counter (E bit set), or `None`: the counter is the receiver's last + 1.
+    pub counter: Option<u64>,
 }
 
 impl RecordHeader {
+    /// Bytes of this header on the wire: 2, or 10 with an explicit counter.
+    #[must_use]
+    pub fn encoded_len(&self) -> usize {
+        if self.counter.is_some() {
+            HEADER_LEN
+        } else {
+            LENGTH_LEN
+        }
+    }
+
+    /// The header bytes (the first [`RecordHeader::encoded_len`] of the array); they are
+    /// also the record's associated data (spec §5.2).
+    ///
+    /// # Errors
+    /// [`SessionError::Limit`] for a ciphertext length outside 17..=32,767.
+    pub fn to_bytes(&self) -> Result<([u8; HEADER_LEN], usize)> {
+        if !(MIN_CIPHERTEXT_LEN..=MAX_CIPHERTEXT_LEN).contains(&self.ciphertext_len) {
+            return Err(SessionError::Limit("record"));
+        }
+        let mut length =
+            u16::try_from(self.ciphertext_len).map_err(|_| SessionError::Limit("record"))?;
+        let mut out = [0u8; HEADER_LEN];
+        if let Some(c) = self.counter {
+            length |= EXPLICIT_COUNTER;
+            out[LENGTH_LEN..].copy_from_slice(&c.to_be_bytes());
+        }
+        out[..LENGTH_LEN].copy_from_slice(&length.to_be_bytes());
+        Ok((out, self.encoded_len()))
+    }
+
+    /// Parses the header at the front of `buf`, which may hold more than one record.
+    /// Returns `Ok(None)` while the header itself is incomplete.
+    ///
+    /// # Errors
+    /// [`SessionError::Malformed`] if the ciphertext length is below 17: the byte stream
+    /// cannot be resynchronised.
+    pub fn peek(buf: &[u8]) -> Result<Option<Self>> {
+        let Some(len) = buf.first_chunk::<2>() else {
+            return Ok(None);
+        };
+        let length = u16::from_be_bytes(*len);
+        let ciphertext_len = usize::from(length & !EXPLICIT_COUNTER);
+        if ciphertext_len < MIN_CIPHERTEXT_LEN {
+            return Err(SessionError::Malformed("record length field"));
+        }
+        let counter = if length & EXPLICIT_COUNTER != 0 {
+            let Some(c) = buf.get(LENGTH_LEN..).and_then(<[u8]>::first_chunk::<8>) else {
+                return Ok(None);
+            };
+            Some(u64::from_be_bytes(*c))
+        } else {
+            None
+        };
+        Ok(Some(Self {
+            ciphertext_len,
+            counter,
+        }))
+    }
+
     /// Parses and checks the header of a complete record (`record` includes the length
     /// field and nothing after the record).
     ///
     /// # Errors
-    /// [`SessionError::Malformed`] if the record is shorter than [`MIN_RECORD_LEN`], longer
-    /// than [`MAX_RECORD_LEN`], or its length field does not match its size.
+    /// [`SessionError::Malformed`] if the record is incomplete, or its length field does not
+    /// match its size.
     pub fn parse(record: &[u8]) -> Result<Self> {
-        if record.len() < MIN_RECORD_LEN || record.len() > MAX_RECORD_LEN {
-            return Err(SessionError::Malformed("record size"));
-        }
-        let mut r = Reader(record);
-        let length = r.u16()?;
-        let counter = r.u64()?;
-        if usize::from(length) + 2 != record.len() {
+        let header =
+            Self::peek(record)?.ok_or(SessionError::Malformed("record shorter than header"))?;
+        if header.encoded_len() + header.ciphertext_len != record.len() {
             return Err(SessionError::Malformed("record length field"));
         }
-        Ok(Self { length, counter })
+        Ok(header)
     }
 }
 
@@ -344,17 +471,16 @@ impl RecordDecoder {
     /// The next complete record (length field included), or `None` if more bytes are needed.
     ///
     /// # Errors
-    /// [`SessionError::Malformed`] if the length field is below the minimum record size; the
+    /// [`SessionError::Malformed`] if the ciphertext length is below the minimum (17); the
     /// path is then unusable (the stream cannot be resynchronised) and must be dropped.
     pub fn next_record(&mut self) -> Result<Option<Vec<u8>>> {
         let avail = self.buf.get(self.pos..).unwrap_or_default();
-        let Some(len) = avail.first_chunk::<2>() else {
+        // The E bit (spec §5.1) decides whether 8 counter bytes sit between length and
+        // ciphertext.
+        let Some(header) = RecordHeader::peek(avail)? else {
             return Ok(None);
         };
-        let total = usize::from(u16::from_be_bytes(*len)) + 2;
-        if total < MIN_RECORD_LEN {
-            return Err(SessionError::Malformed("record length field"));
-        }
+        let total = header.encoded_len() + header.ciphertext_len;
         let Some(record) = avail.get(..total) else {
             return Ok(None);
         };

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::cipher::{epoch_of, RecvCipher, SendCipher, EPOCH_BITS};
 use crate::error::{Result, SessionError};
 use crate::frame::{
-    Frame, FrameType, RecordHeader, StreamState, HEADER_LEN, MAX_DATA_PER_FRAME, MAX_FRAME_LEN,
+    data_capacity, encode_varint, Frame, FrameType, RecordHeader, StreamState, MAX_FRAME_LEN,
     MAX_REASON_LEN, STREAM_STATE_LEN,
 };
 use crate::handshake::{Role, Split};
@@ -105,8 +105,8 @@ pub struct SessionStats {
     pub ignored_records: u64,
     /// Stream bytes sent again after a path switch.
     pub retransmitted_bytes: u64,
-    /// Duplicate stream bytes received and discarded.
-    pub duplicate_bytes: u64,
+    /// Records sent with an explicit counter (the first on a path, or after an epoch skip).
+    pub explicit_counters_sent: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,6 +168,9 @@ pub struct Session {
     lifecycle: Lifecycle,
     path: PathState,
     next_counter: u64,
+    /// Counter of the previous record sealed for the current path; `None` at the start and
+    /// after [`Session::resume`], so the next record carries its counter explicitly.
+    prev_sent_counter: Option<u64>,
     last_recv_counter: Option<u64>,
     send_streams: BTreeMap<u32, SendStream>,
     recv_streams: BTreeMap<u32, RecvStream>,
@@ -221,6 +224,7 @@ impl Session {
             lifecycle: Lifecycle::Open,
             path: PathState::Active,
             next_counter: 0,
+            prev_sent_counter: None,
             last_recv_counter: None,
             send_streams: BTreeMap::new(),
             recv_streams: BTreeMap::new(),
@@ -384,6 +388,8 @@ impl Session {
     pub fn resume(&mut self, now_ms: u64) -> Result<()> {
         self.check_open()?;
         self.outbox.clear();
+        // The RESUME is the first record on the new path: its counter goes explicitly.
+        self.prev_sent_counter = None;
         self.path = PathState::AwaitingResume;
         for s in self.send_streams.values_mut() {
             s.sent = s.acked;
@@ -412,7 +418,24 @@ impl Session {
         self.check_open()?;
         // A short, long or truncated record is reported like any other forgery (spec §5.3).
         let header = RecordHeader::parse(record).map_err(|_| SessionError::Decrypt)?;
-        let counter = header.counter;
+        let counter = match header.counter {
+            Some(c) => c,
+            None => {
+                if self.path == PathState::AwaitingResume {
+                    // Every RESUME carries its counter explicitly, so this is one of the
+                    // peer's records from before it learnt of the switch, ignored anyway
+                    // (spec §7.1 step 4); its counter is unknowable (records may have been
+                    // lost with the old path), so it is dropped unopened.
+                    self.stats.ignored_records += 1;
+                    return Ok(());
+                }
+                // An implicit counter is the next one after `last` (spec §5.3).
+                let Some(last) = self.last_recv_counter else {
+                    return Err(SessionError::Decrypt);
+                };
+                last.checked_add(1).ok_or(SessionError::Decrypt)?
+            }
+        };
         // Counters only increase: a replayed or older record is rejected before decryption.
         if self.last_recv_counter.is_some_and(|last| counter <= last) || counter == u64::MAX {
             return Err(SessionError::Decrypt);
@@ -423,7 +446,7 @@ impl Session {
             Some(last) => counter == last + 1 || counter == next_epoch_start(last),
             None => counter == 0,
         };
-        let (ad, ct) = record.split_at(HEADER_LEN);
+        let (ad, ct) = record.split_at(header.encoded_len());
         let mut pt = std::mem::take(&mut self.open_buf);
         let result = self.open_and_dispatch(now_ms, counter, in_order, ad, ct, &mut pt);
         self.open_buf = pt;
@@ -651,26 +674,33 @@ impl Session {
             Plaintext::Frame(frame) => frame.encode(&mut self.scratch)?,
             Plaintext::Raw(bytes) => self.scratch.extend_from_slice(bytes),
             Plaintext::StreamData { stream, offset, n } => {
-                // The same encoding as `Frame::Data` (spec §5.4).
+                // The same encoding as `Frame::Data` (spec §5.4); the offset is implicit.
                 let s = self
                     .send_streams
                     .get(&stream)
                     .ok_or(SessionError::State("unknown stream"))?;
                 self.scratch.push(FrameType::Data as u8);
-                self.scratch.extend_from_slice(&stream.to_be_bytes());
-                self.scratch.extend_from_slice(&offset.to_be_bytes());
+                encode_varint(u64::from(stream), &mut self.scratch)?;
                 copy_range(&s.buf, offset - s.acked, n, &mut self.scratch);
             }
         }
-        let body_len = 8 + self.scratch.len() + crate::cipher::TAG_LEN;
-        let length = u16::try_from(body_len).map_err(|_| SessionError::Limit("record"))?;
-        let mut header = [0u8; HEADER_LEN];
-        header[..2].copy_from_slice(&length.to_be_bytes());
-        header[2..].copy_from_slice(&counter.to_be_bytes());
-        let mut record = Vec::with_capacity(2 + body_len);
-        record.extend_from_slice(&header);
+        // The counter goes explicitly on the first record of a path and after a skip
+        // (spec §5.1); otherwise the receiver knows it is the previous one + 1.
+        let explicit = self.prev_sent_counter.and_then(|p| p.checked_add(1)) != Some(counter);
+        let header = RecordHeader {
+            ciphertext_len: self.scratch.len() + crate::cipher::TAG_LEN,
+            counter: explicit.then_some(counter),
+        };
+        let (hdr, hdr_len) = header.to_bytes()?;
+        let ad = hdr.get(..hdr_len).unwrap_or_default();
+        let mut record = Vec::with_capacity(hdr_len + header.ciphertext_len);
+        record.extend_from_slice(ad);
         self.send_cipher
-            .seal(counter, &header, &self.scratch, &mut record)?;
+            .seal(counter, ad, &self.scratch, &mut record)?;
+        if explicit {
+            self.stats.explicit_counters_sent += 1;
+        }
+        self.prev_sent_counter = Some(counter);
         self.next_counter = counter + 1;
         self.epoch_bytes += record.len() as u64;
         self.last_send_ms = now_ms;
@@ -688,7 +718,7 @@ impl Session {
             let end = s.write_end();
             if s.sent < end {
                 let offset = s.sent;
-                let n = (end - offset).min(MAX_DATA_PER_FRAME as u64);
+                let n = (end - offset).min(data_capacity(stream) as u64);
                 // Encoded straight from the send buffer: no intermediate copy.
                 self.seal_bytes(now_ms, Plaintext::StreamData { stream, offset, n })?;
                 if let Some(s) = self.send_streams.get_mut(&stream) {
@@ -771,33 +801,25 @@ impl Session {
 
     fn dispatch(&mut self, now_ms: u64, frame: Frame<'_>) -> Result<()> {
         match frame {
-            Frame::Data {
-                stream,
-                offset,
-                data,
-            } => {
+            Frame::Data { stream, data } => {
+                // The bytes are the next ones of the stream: §7 makes that exact (no DATA
+                // between a RESUME and the peer's, retransmission from exactly the offset
+                // the peer listed), so every byte is delivered once, in order (spec §6.2).
                 let r = self.recv_stream(stream)?;
-                let end = offset + data.len() as u64;
-                if r.fin && end > r.offset {
-                    return Err(SessionError::Protocol("data after FIN"));
-                }
-                if offset > r.offset {
-                    return Err(SessionError::Protocol("gap in stream"));
-                }
-                // Bytes below the delivered offset were delivered already: never twice.
-                let skip = usize::try_from(r.offset - offset).unwrap_or(usize::MAX);
-                if end > r.offset {
-                    r.offset = end;
-                }
-                self.stats.duplicate_bytes += skip.min(data.len()) as u64;
-                let fresh = data.get(skip..).unwrap_or_default();
-                if fresh.is_empty() {
+                if data.is_empty() {
                     return Ok(());
                 }
-                let n = fresh.len() as u64;
+                if r.fin {
+                    return Err(SessionError::Protocol("data after FIN"));
+                }
+                let n = data.len() as u64;
+                r.offset = r
+                    .offset
+                    .checked_add(n)
+                    .ok_or(SessionError::Protocol("stream offset overflow"))?;
                 self.events.push_back(Event::Data {
                     stream,
-                    data: fresh.to_vec(),
+                    data: data.to_vec(),
                 });
                 self.schedule_ack(now_ms, n, false)
             }

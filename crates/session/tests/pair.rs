@@ -27,7 +27,7 @@ fn handshake_agrees_and_data_flows_both_ways() {
 
 #[test]
 fn many_streams_interleaved_and_large_writes_are_split() {
-    // spec/session.md §5.1 (records ≤ 65,535 bytes), §6
+    // spec/session.md §5.1 (records ≤ 32,777 bytes), §6
     let mut p = Pair::new(SessionConfig::default());
     let a1 = p.a.open_stream().unwrap();
     let a2 = p.a.open_stream().unwrap();
@@ -45,8 +45,10 @@ fn many_streams_interleaved_and_large_writes_are_split() {
     }
     p.b.send(0, b1, &big).unwrap();
     let records = p.take_b();
-    assert!(records.len() >= 4, "200 kB needs at least 4 records");
-    assert!(records.iter().all(|r| r.len() <= 65_537));
+    assert!(records.len() >= 7, "200 kB needs at least 7 records");
+    assert!(records
+        .iter()
+        .all(|r| r.len() <= mpc_did_session::frame::MAX_RECORD_LEN));
     p.deliver_to_a(&records);
     p.flush();
     assert_eq!(stream_bytes(&p.b_events), expect_b);
@@ -148,12 +150,24 @@ fn reordered_record_is_rejected_opaquely() {
 
 #[test]
 fn every_single_bit_flip_and_every_truncation_is_rejected_opaquely() {
-    // spec/session.md §5.3: header (length, counter), ciphertext and tag are all authenticated
+    // spec/session.md §5.3: header (length, E bit, counter), ciphertext and tag are all
+    // authenticated — for a record with an explicit counter (recs[0], the first of the
+    // session) and for one whose counter is implicit (recs[1])
     let (mut p, recs) = established_with_records();
-    let r = &recs[0];
+    assert_eq!(recs[0][0] & 0x80, 0x80, "first record: explicit counter");
+    assert_eq!(recs[1][0] & 0x80, 0, "then implicit");
+    check_every_flip_and_truncation(&mut p, &recs[0]);
+    p.deliver_to_b(&recs[..1]);
+    check_every_flip_and_truncation(&mut p, &recs[1]);
+    // After all that the genuine records are still accepted.
+    p.deliver_to_b(&recs[1..]);
+    assert_eq!(stream_bytes(&p.b_events)[&0].len(), 200);
+}
+
+fn check_every_flip_and_truncation(p: &mut Pair, r: &[u8]) {
     for i in 0..r.len() {
         for bit in 0..8 {
-            let mut t = r.clone();
+            let mut t = r.to_vec();
             t[i] ^= 1 << bit;
             assert_eq!(
                 p.b.handle_record(0, &t),
@@ -169,12 +183,9 @@ fn every_single_bit_flip_and_every_truncation_is_rejected_opaquely() {
             "truncated to {n}"
         );
     }
-    let mut longer = r.clone();
+    let mut longer = r.to_vec();
     longer.push(0);
     assert_eq!(p.b.handle_record(0, &longer), Err(SessionError::Decrypt));
-    // After all that the genuine records are still accepted.
-    p.deliver_to_b(&recs);
-    assert_eq!(stream_bytes(&p.b_events)[&0].len(), 200);
 }
 
 #[test]
@@ -269,14 +280,23 @@ fn path_switch_resumes_without_loss_or_duplication() {
 fn records_before_the_peers_resume_are_ignored() {
     // spec/session.md §7.1 step 4: after resume() only a RESUME is acted upon
     let (mut p, recs) = established_with_records();
+    p.deliver_to_b(&recs[..1]);
     p.b.resume(0).unwrap();
-    p.b.handle_record(0, &recs[0]).unwrap();
+    // recs[1] has an implicit counter: no RESUME ever does, so it is dropped unopened
+    // (spec §5.3); a record after an early rekey carries its counter: it is authenticated,
+    // then ignored.
+    p.b.handle_record(0, &recs[1]).unwrap();
+    p.a.request_rekey();
+    p.a.send(0, 0, &[9; 40]).unwrap();
+    let more = p.take_a();
+    assert_eq!(more[0][0] & 0x80, 0x80);
+    p.b.handle_record(0, &more[0]).unwrap();
     p.b_events.extend(std::iter::from_fn(|| p.b.poll_event()));
-    assert!(stream_bytes(&p.b_events).is_empty());
-    assert_eq!(p.b.stats().ignored_records, 1);
+    assert_eq!(stream_bytes(&p.b_events)[&0].len(), 40);
+    assert_eq!(p.b.stats().ignored_records, 2);
     p.a.resume(0).unwrap();
     p.flush();
-    assert_eq!(stream_bytes(&p.b_events)[&0].len(), 200);
+    assert_eq!(stream_bytes(&p.b_events)[&0].len(), 240);
 }
 
 #[test]
@@ -310,9 +330,15 @@ fn stale_records_from_the_old_path_after_resume_are_rejected() {
     p.a.resume(0).unwrap();
     p.b.resume(0).unwrap();
     let resume_a = p.take_a();
-    assert_eq!(p.b.handle_record(0, &recs[2]), Err(SessionError::Decrypt));
+    // An old record with an explicit counter: not above `last`.
+    assert_eq!(p.b.handle_record(0, &recs[0]), Err(SessionError::Decrypt));
     p.deliver_to_b(&resume_a);
     p.flush();
+    // An old record with an implicit counter, once the new path is active: it would be
+    // `last + 1`, under which it does not authenticate (spec §5.3).
+    for r in &recs {
+        assert_eq!(p.b.handle_record(0, r), Err(SessionError::Decrypt));
+    }
     assert_eq!(stream_bytes(&p.b_events)[&0], {
         let mut v = Vec::new();
         for i in 0..5u8 {
@@ -411,14 +437,20 @@ fn authenticated_but_malformed_frames_fail_the_session() {
             vec![0x03, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
             "bad fin flag",
         ),
+        (vec![0x01], "DATA without stream id"),
         (
-            [&[0x01, 0, 0, 0, 0][..], &10u64.to_be_bytes(), b"x"].concat(),
-            "gap",
+            vec![0x01, 0x40, 0x00, b'x'],
+            "non-minimal varint (2 bytes for 0)",
         ),
         (
-            [&[0x01, 0, 0, 0, 1][..], &0u64.to_be_bytes(), b"x"].concat(),
-            "receiver's own parity",
+            vec![0x01, 0x80, 0x00, 0x00, 0x3f, b'x'],
+            "non-minimal varint (4 bytes for 63)",
         ),
+        (
+            vec![0x01, 0xc0, 0, 0, 1, 0, 0, 0, 0, b'x'],
+            "stream id 2^32",
+        ),
+        (vec![0x01, 0x01, b'x'], "receiver's own parity"),
         (
             [&[0x03, 0, 1, 0, 0, 0, 1][..], &5u64.to_be_bytes(), &[0]].concat(),
             "ack beyond sent",
@@ -444,17 +476,98 @@ fn authenticated_but_malformed_frames_fail_the_session() {
 }
 
 #[test]
-fn duplicate_data_is_discarded_not_delivered_twice() {
-    // spec/session.md §6.2
+fn data_frames_carry_no_offset_and_append_in_order() {
+    // spec/session.md §5.4, §6.2: DATA = 0x01 stream:varint data — the next bytes of the stream
     let mut p = Pair::new(SessionConfig::default());
-    let d = [&[0x01, 0, 0, 0, 0][..], &0u64.to_be_bytes(), b"abc"].concat();
-    inject(&mut p, &d).unwrap();
-    inject(&mut p, &d).unwrap();
-    let overlap = [&[0x01, 0, 0, 0, 0][..], &1u64.to_be_bytes(), b"bcde"].concat();
-    inject(&mut p, &overlap).unwrap();
+    inject(&mut p, &[0x01, 0x00, b'a', b'b', b'c']).unwrap();
+    inject(&mut p, &[0x01, 0x00]).unwrap(); // empty: nothing delivered
+    inject(&mut p, &[0x01, 0x00, b'd', b'e']).unwrap();
+    // Stream 64 needs the 2-byte varint form.
+    inject(&mut p, &[0x01, 0x40, 0x40, b'z']).unwrap();
     p.b_events.extend(std::iter::from_fn(|| p.b.poll_event()));
     assert_eq!(stream_bytes(&p.b_events)[&0], b"abcde");
-    assert_eq!(p.b.stats().duplicate_bytes, 3 + 2);
+    assert_eq!(stream_bytes(&p.b_events)[&64], b"z");
+}
+
+#[test]
+fn data_after_fin_fails_the_session() {
+    // spec/session.md §6.2
+    let mut p = Pair::new(SessionConfig::default());
+    inject(&mut p, &[0x01, 0x00, b'a']).unwrap();
+    inject(
+        &mut p,
+        &[&[0x02, 0, 0, 0, 0][..], &1u64.to_be_bytes()].concat(),
+    )
+    .unwrap();
+    let err = inject(&mut p, &[0x01, 0x00, b'b']).unwrap_err();
+    assert!(matches!(err, SessionError::Protocol(_)), "{err:?}");
+    assert!(p.b.is_closed());
+}
+
+#[test]
+fn small_data_record_costs_20_bytes_and_counters_go_explicit_only_when_needed() {
+    // spec/session.md §5.1: E on the first record of the session and of every path, and after
+    // an epoch skip; otherwise the counter is implicit (2-byte header)
+    let mut p = Pair::new(SessionConfig::default());
+    let s = p.a.open_stream().unwrap();
+    p.a.send(0, s, b"x").unwrap();
+    p.a.send(0, s, b"y").unwrap();
+    let recs = p.take_a();
+    // 2 (length) + 8 (counter) + 1 (type) + 1 (stream) + 1 + 16 (tag)
+    assert_eq!(recs[0].len(), 29);
+    assert_eq!(recs[0][..2], [0x80, 19]);
+    assert_eq!(recs[0][2..10], 0u64.to_be_bytes());
+    // 2 + 1 + 1 + 1 + 16: 20 bytes of overhead around one byte of data
+    assert_eq!(recs[1].len(), 21);
+    assert_eq!(recs[1][..2], [0x00, 19]);
+    p.deliver_to_b(&recs);
+    // An early rekey skips counters: explicit.
+    p.a.request_rekey();
+    p.a.send(0, s, b"z").unwrap();
+    p.a.send(0, s, b"w").unwrap();
+    let recs = p.take_a();
+    assert_eq!(recs[0][0] & 0x80, 0x80);
+    assert_eq!(recs[0][2..10], (1u64 << 20).to_be_bytes());
+    assert_eq!(recs[1][0] & 0x80, 0);
+    p.deliver_to_b(&recs);
+    // The RESUME opening a new path: explicit, even though its counter is the next one.
+    p.a.resume(0).unwrap();
+    let recs = p.take_a();
+    assert_eq!(recs[0][0] & 0x80, 0x80);
+    assert_eq!(recs[0][2..10], ((1u64 << 20) + 2).to_be_bytes());
+    assert_eq!(p.a.stats().explicit_counters_sent, 3);
+    p.b.resume(0).unwrap();
+    p.deliver_to_b(&recs);
+    p.flush();
+    assert_eq!(stream_bytes(&p.b_events)[&s], b"xyzw");
+}
+
+#[test]
+fn implicit_counter_without_a_previous_record_is_rejected() {
+    // spec/session.md §5.3: no `last` yet, so the counter cannot be implied
+    let (mut p, recs) = established_with_records();
+    assert_eq!(p.b.handle_record(0, &recs[1]), Err(SessionError::Decrypt));
+    // The same bytes with E set and counter 1 spliced in: still a forgery (the AD differs).
+    let mut explicit = vec![recs[1][0] | 0x80, recs[1][1]];
+    explicit.extend_from_slice(&1u64.to_be_bytes());
+    explicit.extend_from_slice(&recs[1][2..]);
+    p.deliver_to_b(&recs[..1]);
+    assert_eq!(p.b.handle_record(0, &explicit), Err(SessionError::Decrypt));
+    p.deliver_to_b(&recs[1..]);
+    assert_eq!(stream_bytes(&p.b_events)[&0].len(), 200);
+}
+
+#[test]
+fn explicit_counter_where_implicit_was_sent_is_rejected() {
+    // spec/session.md §5.2: the AD is the header as sent, so E cannot be toggled
+    let (mut p, recs) = established_with_records();
+    p.deliver_to_b(&recs[..1]);
+    // recs[0] re-sent with its counter made implicit: counter would be 1, nonce mismatch.
+    let mut implicit = vec![recs[0][0] & 0x7f, recs[0][1]];
+    implicit.extend_from_slice(&recs[0][10..]);
+    assert_eq!(p.b.handle_record(0, &implicit), Err(SessionError::Decrypt));
+    p.deliver_to_b(&recs[1..]);
+    assert_eq!(stream_bytes(&p.b_events)[&0].len(), 200);
 }
 
 #[test]

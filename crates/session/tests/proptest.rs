@@ -4,7 +4,10 @@
 mod common;
 
 use common::{pattern, stream_bytes, Pair};
-use mpc_did_session::frame::{Frame, StreamState, MAX_DATA_PER_FRAME};
+use mpc_did_session::frame::{
+    decode_varint, encode_varint, varint_len, Frame, RecordHeader, StreamState, MAX_CIPHERTEXT_LEN,
+    MAX_DATA_PER_FRAME, MAX_VARINT, MIN_CIPHERTEXT_LEN,
+};
 use mpc_did_session::{RecordDecoder, SessionConfig};
 use proptest::prelude::*;
 
@@ -18,7 +21,7 @@ fn stream_state() -> impl Strategy<Value = StreamState> {
 
 #[derive(Debug, Clone)]
 enum OwnedFrame {
-    Data(u32, u64, Vec<u8>),
+    Data(u32, Vec<u8>),
     Fin(u32, u64),
     Ack(Vec<StreamState>),
     Ping(u64),
@@ -30,9 +33,8 @@ enum OwnedFrame {
 impl OwnedFrame {
     fn borrow(&self) -> Frame<'_> {
         match self {
-            OwnedFrame::Data(s, o, d) => Frame::Data {
+            OwnedFrame::Data(s, d) => Frame::Data {
                 stream: *s,
-                offset: *o,
                 data: d,
             },
             OwnedFrame::Fin(s, f) => Frame::Fin {
@@ -54,11 +56,10 @@ impl OwnedFrame {
 fn frame() -> impl Strategy<Value = OwnedFrame> {
     prop_oneof![
         (
-            any::<u32>(),
-            0u64..u64::MAX / 2,
+            prop_oneof![0u32..64, 64u32..16_384, 16_384u32..(1 << 30), any::<u32>()],
             proptest::collection::vec(any::<u8>(), 0..300)
         )
-            .prop_map(|(s, o, d)| OwnedFrame::Data(s, o, d)),
+            .prop_map(|(s, d)| OwnedFrame::Data(s, d)),
         (any::<u32>(), any::<u64>()).prop_map(|(s, f)| OwnedFrame::Fin(s, f)),
         proptest::collection::vec(stream_state(), 0..20).prop_map(OwnedFrame::Ack),
         any::<u64>().prop_map(OwnedFrame::Ping),
@@ -81,6 +82,51 @@ proptest! {
         prop_assert_eq!(Frame::decode(&buf).unwrap(), frame);
     }
 
+    /// RFC 9000 §16 as required by spec/session.md §5.4: every value has exactly one
+    /// encoding, the shortest; the longer ones are rejected.
+    #[test]
+    fn varint_round_trip_and_minimality(
+        v in prop_oneof![0u64..64, 0u64..16_384, 0u64..(1 << 30), 0u64..=MAX_VARINT],
+        tail in proptest::collection::vec(any::<u8>(), 0..4),
+    ) {
+        let mut buf = Vec::new();
+        encode_varint(v, &mut buf).unwrap();
+        let n = varint_len(v).unwrap();
+        prop_assert_eq!(buf.len(), n);
+        buf.extend_from_slice(&tail);
+        let (got, rest) = decode_varint(&buf).unwrap();
+        prop_assert_eq!(got, v);
+        prop_assert_eq!(rest, &tail[..]);
+        // Every longer form of the same value is malformed.
+        for (len, prefix) in [(2usize, 0x40u8), (4, 0x80), (8, 0xc0)] {
+            if len <= n {
+                continue;
+            }
+            let mut long = v.to_be_bytes()[8 - len..].to_vec();
+            long[0] |= prefix;
+            prop_assert!(decode_varint(&long).is_err(), "{} in {} bytes", v, len);
+        }
+        prop_assert!(encode_varint(MAX_VARINT + 1 + (v >> 2), &mut Vec::new()).is_err());
+    }
+
+    /// spec/session.md §5.1: the record header round-trips with and without a counter.
+    #[test]
+    fn record_header_round_trip(
+        ct_len in MIN_CIPHERTEXT_LEN..=MAX_CIPHERTEXT_LEN,
+        counter in proptest::option::of(any::<u64>()),
+    ) {
+        let h = RecordHeader { ciphertext_len: ct_len, counter };
+        let (bytes, n) = h.to_bytes().unwrap();
+        prop_assert_eq!(n, if counter.is_some() { 10 } else { 2 });
+        prop_assert_eq!(RecordHeader::peek(&bytes[..n]).unwrap(), Some(h));
+        prop_assert_eq!(RecordHeader::peek(&bytes[..n - 1]).unwrap(), None);
+        let mut record = bytes[..n].to_vec();
+        record.resize(n + ct_len, 0);
+        prop_assert_eq!(RecordHeader::parse(&record).unwrap(), h);
+        record.push(0);
+        prop_assert!(RecordHeader::parse(&record).is_err());
+    }
+
     /// The frame decoder never panics on arbitrary bytes.
     #[test]
     fn frame_decode_arbitrary(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
@@ -96,6 +142,10 @@ proptest! {
         let mut p = Pair::new(SessionConfig::default());
         let s = p.a.open_stream().unwrap();
         for (i, n) in sizes.iter().enumerate() {
+            // Early rekeys mix explicit counters into the implicit ones (spec §5.1).
+            if i % 3 == 2 {
+                p.a.request_rekey();
+            }
             p.a.send(0, s, &pattern(i as u8, *n)).unwrap();
         }
         let records = p.take_a();

@@ -80,7 +80,6 @@ fn conversation() -> (Value, Vec<(String, Vec<u8>, Vec<u8>)>) {
         &mut r,
         vec![enc(Frame::Data {
             stream: 0,
-            offset: 0,
             data: b"hello, responder",
         })],
     );
@@ -91,7 +90,6 @@ fn conversation() -> (Value, Vec<(String, Vec<u8>, Vec<u8>)>) {
         &mut i,
         vec![enc(Frame::Data {
             stream: 0,
-            offset: 0,
             data: b"hello, initiator",
         })],
     );
@@ -131,6 +129,28 @@ fn conversation() -> (Value, Vec<(String, Vec<u8>, Vec<u8>)>) {
     i.handle_timeout(10_020).unwrap();
     take("initiator", &mut i, &mut r, vec![enc(Frame::Ping(3))]);
     take("responder", &mut r, &mut i, vec![enc(Frame::Pong(3))]);
+    // A path switch (spec §7): each RESUME carries its counter explicitly (spec §5.1), even
+    // the responder's, whose counter is the next one.
+    let resume = |offset, fin| {
+        enc(Frame::Resume(vec![StreamState {
+            stream: 0,
+            offset,
+            fin,
+        }]))
+    };
+    i.resume(10_020).unwrap();
+    take("initiator", &mut i, &mut r, vec![resume(16, false)]);
+    take("responder", &mut r, &mut i, vec![resume(16, true)]);
+    r.send(10_020, st, b"again").unwrap();
+    take(
+        "responder",
+        &mut r,
+        &mut i,
+        vec![enc(Frame::Data {
+            stream: 0,
+            data: b"again",
+        })],
+    );
     r.close(10_020, 0, "done").unwrap();
     take(
         "responder",
@@ -242,13 +262,22 @@ fn rekey(k: [u8; 32]) -> [u8; 32] {
     out[..32].try_into().unwrap()
 }
 
+/// The counter and header length of a record (spec §5.1), parsed independently of the
+/// crate: with E (bit 15 of the length) the counter follows, else it is `prev + 1`.
+fn counter_of(record: &[u8], prev: Option<u64>) -> (u64, usize) {
+    let length = u16::from_be_bytes([record[0], record[1]]);
+    if length & 0x8000 != 0 {
+        assert_eq!(usize::from(length & 0x7fff) + 10, record.len());
+        (u64::from_be_bytes(record[2..10].try_into().unwrap()), 10)
+    } else {
+        assert_eq!(usize::from(length) + 2, record.len());
+        (prev.unwrap() + 1, 2)
+    }
+}
+
 /// Opens a record (spec §5.2) with an independent AES-256-GCM.
-fn open_independently(record: &[u8], k0: [u8; 32]) -> Vec<u8> {
-    let counter = u64::from_be_bytes(record[2..10].try_into().unwrap());
-    assert_eq!(
-        usize::from(u16::from_be_bytes([record[0], record[1]])) + 2,
-        record.len()
-    );
+fn open_independently(record: &[u8], prev: Option<u64>, k0: [u8; 32]) -> Vec<u8> {
+    let (counter, header_len) = counter_of(record, prev);
     let mut k = k0;
     for _ in 0..counter >> EPOCH_BITS {
         k = rekey(k);
@@ -260,8 +289,8 @@ fn open_independently(record: &[u8], k0: [u8; 32]) -> Vec<u8> {
         .decrypt(
             Nonce::from_slice(&n),
             Payload {
-                msg: &record[10..],
-                aad: &record[..10],
+                msg: &record[header_len..],
+                aad: &record[..header_len],
             },
         )
         .unwrap()
@@ -275,13 +304,18 @@ fn session_vectors() {
     let (m1, m2, hh, k1, k2) = snow_reference(&head);
     generated["key_initiator_to_responder"] = json!(hex::encode(k1));
     generated["key_responder_to_initiator"] = json!(hex::encode(k2));
+    let mut prev = [None, None];
     generated["records"] = Value::Array(
         records
             .iter()
             .map(|(who, rec, frame)| {
+                let dir = usize::from(who == "responder");
+                let (counter, header_len) = counter_of(rec, prev[dir]);
+                prev[dir] = Some(counter);
                 json!({
                     "from": who,
-                    "counter": u64::from_be_bytes(rec[2..10].try_into().unwrap()),
+                    "counter": counter,
+                    "explicit_counter": header_len == 10,
                     "frame": hex::encode(frame),
                     "record": hex::encode(rec),
                 })
@@ -311,13 +345,27 @@ fn session_vectors() {
 
     // Every record opens with an independent AES-GCM to the stored frame, which decodes.
     let mut saw_rekeyed = false;
+    let (mut explicit, mut implicit) = (0, 0);
+    let mut prev = [None, None];
     for r in stored["records"].as_array().unwrap() {
         let rec = hex::decode(r["record"].as_str().unwrap()).unwrap();
         let frame = hex::decode(r["frame"].as_str().unwrap()).unwrap();
-        let key = if r["from"] == "initiator" { k1 } else { k2 };
-        assert_eq!(open_independently(&rec, key), frame);
+        let dir = usize::from(r["from"] == "responder");
+        let key = if dir == 0 { k1 } else { k2 };
+        assert_eq!(open_independently(&rec, prev[dir], key), frame);
+        let counter = r["counter"].as_u64().unwrap();
+        prev[dir] = Some(counter);
         Frame::decode(&frame).unwrap();
-        saw_rekeyed |= r["counter"].as_u64().unwrap() >> EPOCH_BITS > 0;
+        saw_rekeyed |= counter >> EPOCH_BITS > 0;
+        if r["explicit_counter"].as_bool().unwrap() {
+            explicit += 1;
+        } else {
+            implicit += 1;
+        }
     }
     assert!(saw_rekeyed, "the vectors include a record of epoch 1");
+    assert!(
+        explicit >= 4 && implicit >= 4,
+        "{explicit} explicit, {implicit} implicit"
+    );
 }
