@@ -369,3 +369,58 @@ fn session_vectors() {
         "{explicit} explicit, {implicit} implicit"
     );
 }
+
+/// One fuzz input op of `fuzz/fuzz_targets/session_frame.rs`: `op:u8 len:u16le bytes`.
+fn fuzz_op(out: &mut Vec<u8>, op: u8, bytes: &[u8]) {
+    out.push(op);
+    out.extend_from_slice(&u16::try_from(bytes.len()).unwrap().to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+#[test]
+fn fuzz_seeds_embed_the_vectors() {
+    // The seeds of fuzz/seeds/session_frame/ are built from session.json (the fuzz pair uses
+    // the same fixed keys), so they stay valid when the wire format changes:
+    // `MPC_DID_REGENERATE_VECTORS=1` rewrites them with the vectors.
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let records = stored["records"].as_array().unwrap();
+    let field = |r: &Value, k: &str| hex::decode(r[k].as_str().unwrap()).unwrap();
+    // op 1: every frame, sealed by the initiator as an arbitrary authenticated plaintext.
+    let mut raw_frames = Vec::new();
+    for r in records {
+        fuzz_op(&mut raw_frames, 1, &field(r, "frame"));
+    }
+    // op 0: the initiator's records as path bytes for the responder.
+    let mut vector_records = Vec::new();
+    for r in records.iter().filter(|r| r["from"] == "initiator") {
+        fuzz_op(&mut vector_records, 0, &field(r, "record"));
+    }
+    // Writes, a path switch, a timer, a truncated RESUME frame, then a stale record.
+    let mut write_resume = Vec::new();
+    fuzz_op(&mut write_resume, 2, &b"hello".repeat(20));
+    fuzz_op(&mut write_resume, 4, &[]);
+    fuzz_op(&mut write_resume, 2, b"again");
+    fuzz_op(&mut write_resume, 3, &[11]);
+    fuzz_op(
+        &mut write_resume,
+        1,
+        &[6, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0],
+    );
+    fuzz_op(&mut write_resume, 0, &field(&records[0], "record"));
+
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fuzz/seeds/session_frame"
+    );
+    for (name, bytes) in [
+        ("raw_frames", raw_frames),
+        ("vector_records", vector_records),
+        ("write_resume", write_resume),
+    ] {
+        let path = format!("{dir}/{name}");
+        if std::env::var_os("MPC_DID_REGENERATE_VECTORS").is_some() {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{path} is stale");
+    }
+}
