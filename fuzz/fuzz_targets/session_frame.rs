@@ -5,7 +5,9 @@
 //!
 //! Input: a sequence of `op:u8 len:u16le bytes[len]`. The pair uses the fixed keys of
 //! `crates/session/tests/vectors/session.json`, so the initiator's records there are valid
-//! seeds for op 0.
+//! seeds for op 0 (records with an explicit counter first, then implicit ones: spec §5.1).
+//! `fuzz/seeds/session_frame/` is built from those vectors and checked by
+//! `crates/session/tests/vectors.rs` (`fuzz_seeds_embed_the_vectors`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
