@@ -17,7 +17,7 @@ use mpc_did_resolver::{DidCommService, DidDocument, UniversalResolver};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::messages::{attachment_bytes, message, types};
+use crate::messages::{attachment_bytes, decode_raw_push, message, types, RAW_LIVE_FIELD};
 
 /// What can go wrong talking to a mediator.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,13 @@ pub enum ClientError {
     /// No answer in time.
     #[error("timed out")]
     Timeout,
+    /// A raw live push frame that cannot be read (spec/mediator.md §3.1).
+    #[error("bad raw push frame: {0}")]
+    RawPush(#[from] crate::messages::RawPushError),
+    /// The mediator did not acknowledge raw live mode (it is not an mpc-did mediator, or
+    /// an older one): use [`MediatorClient::live`].
+    #[error("the mediator does not offer raw live delivery")]
+    RawUnsupported,
 }
 
 impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
@@ -472,6 +479,8 @@ impl MediatorClient {
             client: self.clone(),
             ws,
             pending: Vec::new(),
+            raw: false,
+            deferred: None,
         };
         conn.send(message(
             types::LIVE_DELIVERY_CHANGE,
@@ -479,6 +488,64 @@ impl MediatorClient {
         ))
         .await?;
         Ok(conn)
+    }
+
+    /// Opens a WebSocket in raw live mode (an mpc-did extension of Pickup 3.0,
+    /// spec/mediator.md §3.1): the mediator pushes each queued message as one binary
+    /// frame instead of an authcrypt `delivery`, which saves an authcrypt on each side per
+    /// push. Waits (at most `timeout`) for the mediator's `status` acknowledging raw mode.
+    /// [`LiveConnection::next_batch`] returns the same [`Delivered`] items as in
+    /// [`Self::live`]; acknowledgements stay authcrypt `messages-received`.
+    ///
+    /// # Errors
+    /// Connection failure, a refusal, [`ClientError::Timeout`], or
+    /// [`ClientError::RawUnsupported`] when the mediator answers without acknowledging raw
+    /// mode (the socket is then closed).
+    pub async fn live_raw(&self, timeout: Duration) -> Result<LiveConnection, ClientError> {
+        self.live_raw_with_roots(&[], timeout).await
+    }
+
+    /// As [`Self::live_raw`], trusting `extra_roots` as [`Self::live_with_roots`] does.
+    ///
+    /// # Errors
+    /// As [`Self::live_raw`].
+    pub async fn live_raw_with_roots(
+        &self,
+        extra_roots: &[Vec<u8>],
+        timeout: Duration,
+    ) -> Result<LiveConnection, ClientError> {
+        let ws = connect_ws(&self.info.ws, extra_roots).await?;
+        let mut conn = LiveConnection {
+            client: self.clone(),
+            ws,
+            pending: Vec::new(),
+            raw: false,
+            deferred: None,
+        };
+        let change = message(
+            types::LIVE_DELIVERY_CHANGE,
+            json!({ "live_delivery": true, RAW_LIVE_FIELD: true }),
+        );
+        let thid = change.id.clone();
+        conn.send(change).await?;
+        // The mediator answers live-delivery-change with a status before it pushes
+        // anything; only that status (in our thread, authcrypt) switches raw mode on here.
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = conn.next_message(left).await?;
+            if m.type_ != types::STATUS || m.thid.as_deref() != Some(thid.as_str()) {
+                // A wrapped push (a mediator without raw mode): keep its messages.
+                conn.pending.extend(delivered(&m));
+                continue;
+            }
+            if m.body.get(RAW_LIVE_FIELD).and_then(Value::as_bool) == Some(true) {
+                conn.raw = true;
+                return Ok(conn);
+            }
+            conn.close().await;
+            return Err(ClientError::RawUnsupported);
+        }
     }
 }
 
@@ -610,7 +677,14 @@ pub struct LiveConnection {
     client: MediatorClient,
     ws: Ws,
     pending: Vec<Delivered>,
+    /// Raw mode acknowledged: binary frames are raw pushes (spec/mediator.md §3.1).
+    raw: bool,
+    /// An error met while draining ready frames into a batch, returned by the next call.
+    deferred: Option<ClientError>,
 }
+
+/// Most raw pushes [`LiveConnection::next_batch`] gathers into one batch.
+const RAW_BATCH_MAX: usize = 1000;
 
 impl LiveConnection {
     /// Sends one request on the socket (authcrypt to the mediator).
@@ -628,20 +702,48 @@ impl LiveConnection {
     ///
     /// # Errors
     /// [`ClientError::Timeout`], a closed socket, or an unpack failure.
+    /// In raw mode, raw pushes met meanwhile are kept for [`Self::next_batch`].
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`], a closed socket, an unpack failure, or (raw mode) a
+    /// malformed raw push ([`ClientError::RawPush`]).
     pub async fn next_message(&mut self, timeout: Duration) -> Result<Message, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let frame = tokio::time::timeout(timeout, self.ws.next())
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = tokio::time::timeout(left, self.ws.next())
                 .await
-                .map_err(|_| ClientError::Timeout)?
-                .ok_or_else(|| ClientError::Unexpected("socket closed".into()))??;
-            let bytes = match frame {
-                WsMessage::Text(t) => t.as_bytes().to_vec(),
-                WsMessage::Binary(b) => b.to_vec(),
-                WsMessage::Close(_) => return Err(ClientError::Unexpected("socket closed".into())),
-                _ => continue,
-            };
-            return self.client.read_reply(&bytes).await;
+                .map_err(|_| ClientError::Timeout)?;
+            match self.read_frame(frame).await? {
+                Frame::Message(m) => return Ok(*m),
+                Frame::Raw(d) => self.pending.push(d),
+                Frame::Other => {}
+            }
         }
+    }
+
+    /// Classifies one frame from the socket (`None`: the stream ended).
+    async fn read_frame(
+        &mut self,
+        frame: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<Frame, ClientError> {
+        let frame = frame.ok_or_else(|| ClientError::Unexpected("socket closed".into()))??;
+        let bytes = match frame {
+            WsMessage::Text(t) => t.as_bytes().to_vec(),
+            WsMessage::Binary(b) if self.raw => {
+                let (id, bytes) = decode_raw_push(&b)?;
+                return Ok(Frame::Raw(Delivered {
+                    id,
+                    bytes: bytes.to_vec(),
+                }));
+            }
+            WsMessage::Binary(b) => b.to_vec(),
+            WsMessage::Close(_) => return Err(ClientError::Unexpected("socket closed".into())),
+            _ => return Ok(Frame::Other),
+        };
+        Ok(Frame::Message(Box::new(
+            self.client.read_reply(&bytes).await?,
+        )))
     }
 
     /// The next batch of pushed messages (skipping `status` messages), waiting at most
@@ -650,16 +752,53 @@ impl LiveConnection {
     /// # Errors
     /// As [`Self::next_message`].
     pub async fn next_batch(&mut self, timeout: Duration) -> Result<Vec<Delivered>, ClientError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
         if !self.pending.is_empty() {
             return Ok(std::mem::take(&mut self.pending));
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let m = self.next_message(left).await?;
-            let d = delivered(&m);
-            if !d.is_empty() {
-                return Ok(d);
+            let frame = tokio::time::timeout(left, self.ws.next())
+                .await
+                .map_err(|_| ClientError::Timeout)?;
+            match self.read_frame(frame).await? {
+                Frame::Message(m) => {
+                    let d = delivered(&m);
+                    if !d.is_empty() {
+                        return Ok(d);
+                    }
+                }
+                Frame::Raw(d) => {
+                    // Raw pushes come one per frame: gather those already received so
+                    // that the caller acknowledges them together.
+                    let mut batch = vec![d];
+                    self.drain_ready(&mut batch).await;
+                    return Ok(batch);
+                }
+                Frame::Other => {}
+            }
+        }
+    }
+
+    /// Appends the messages of frames that are already readable (without waiting) to
+    /// `batch`; an error is kept for the next call so the gathered messages are not lost.
+    async fn drain_ready(&mut self, batch: &mut Vec<Delivered>) {
+        use futures_util::FutureExt as _;
+        while batch.len() < RAW_BATCH_MAX {
+            let Some(frame) = self.ws.next().now_or_never() else {
+                return;
+            };
+            match self.read_frame(frame).await {
+                Ok(Frame::Raw(d)) => batch.push(d),
+                Ok(Frame::Message(m)) => batch.extend(delivered(&m)),
+                Ok(Frame::Other) => {}
+                Err(e) => {
+                    self.deferred = Some(e);
+                    return;
+                }
             }
         }
     }
@@ -688,5 +827,136 @@ impl LiveConnection {
     /// Closes the socket.
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
+    }
+}
+
+/// One frame of a live socket, as [`LiveConnection`] reads it.
+enum Frame {
+    /// A DIDComm message from the mediator (unpacked; boxed, it is large).
+    Message(Box<Message>),
+    /// A raw live push.
+    Raw(Delivered),
+    /// Ping, pong or another control frame.
+    Other,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::messages::{encode_raw_push, reply, RawPushError};
+    use tokio::net::TcpListener;
+
+    /// A mediator stand-in on loopback that acknowledges raw mode (authcrypt status, as
+    /// the real one does) and then sends `frames` as binary frames.
+    async fn fake_mediator(
+        frames: Vec<Vec<u8>>,
+        acknowledge: bool,
+    ) -> (MediatorClient, tokio::task::JoinHandle<()>) {
+        let (mdid, msecrets) = crate::testkit::ephemeral_identity();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let info = MediatorInfo {
+            did: mdid.clone(),
+            routing_key: format!("{mdid}#key"),
+            http: format!("http://127.0.0.1:{port}/didcomm"),
+            ws: format!("ws://127.0.0.1:{port}/ws"),
+            invitation_url: String::new(),
+            stun_port: None,
+        };
+        let (did, secrets) = crate::testkit::ephemeral_identity();
+        let client =
+            MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let resolver = UniversalResolver::new().unwrap();
+            let Some(Ok(WsMessage::Text(req))) = ws.next().await else {
+                panic!("expected the live-delivery-change");
+            };
+            let (req, meta) = mpc_did_didcomm::unpack(
+                req.as_bytes(),
+                &resolver,
+                &msecrets,
+                &UnpackOptions::default(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(req.type_, types::LIVE_DELIVERY_CHANGE);
+            assert_eq!(req.body[RAW_LIVE_FIELD], true);
+            let from = did_of(meta.encrypted_from_kid.as_deref().unwrap());
+            let mut body = json!({ "live_delivery": true, "message_count": 0 });
+            if acknowledge {
+                body[RAW_LIVE_FIELD] = json!(true);
+            }
+            let mut status = reply(types::STATUS, body, &req);
+            status.from = Some(mdid.clone());
+            status.to = Some(vec![from.to_owned()]);
+            let opts = PackOptions {
+                forward: false,
+                ..PackOptions::default()
+            };
+            let packed = pack_encrypted(
+                &status,
+                from,
+                Some(&mdid),
+                None,
+                &resolver,
+                &msecrets,
+                &opts,
+            )
+            .await
+            .unwrap();
+            ws.send(WsMessage::text(packed.message)).await.unwrap();
+            for f in frames {
+                ws.send(WsMessage::binary(f)).await.unwrap();
+            }
+            // Hold the socket open until the client is done.
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+        (client, task)
+    }
+
+    fn did_of(kid: &str) -> &str {
+        mpc_did_didcomm::did_of(kid)
+    }
+
+    // spec/mediator.md §3.1: a malformed raw push is a typed error, after the good pushes
+    // that came with it.
+    #[tokio::test]
+    async fn bad_raw_frame_is_a_typed_error() {
+        let good = encode_raw_push("aa11", b"{\"ciphertext\":\"x\"}").unwrap();
+        let (client, task) = fake_mediator(vec![good, b"\x09abc".to_vec()], true).await;
+        let mut live = client.live_raw(Duration::from_secs(10)).await.unwrap();
+        let mut got = Vec::new();
+        let err = loop {
+            match live.next_batch(Duration::from_secs(10)).await {
+                Ok(b) => got.extend(b),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, "aa11");
+        assert_eq!(got[0].bytes, b"{\"ciphertext\":\"x\"}");
+        assert!(
+            matches!(err, ClientError::RawPush(RawPushError::Truncated)),
+            "{err:?}"
+        );
+        live.close().await;
+        task.await.unwrap();
+    }
+
+    // spec/mediator.md §3.1: without the acknowledgement the client does not assume raw
+    // mode.
+    #[tokio::test]
+    async fn unacknowledged_raw_mode_is_refused() {
+        let (client, task) = fake_mediator(Vec::new(), false).await;
+        let err = client
+            .live_raw(Duration::from_secs(10))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ClientError::RawUnsupported), "{err:?}");
+        task.await.unwrap();
     }
 }

@@ -47,6 +47,9 @@ pub struct Handled {
     pub rejection: Option<Rejection>,
     /// Live mode switched for this authenticated DID (WebSocket only).
     pub live: Option<(String, bool)>,
+    /// With `live` on: the client asked for raw pushes (spec/mediator.md §3.1) and the
+    /// status reply acknowledged them.
+    pub live_raw: bool,
     /// Message ids acknowledged with `messages-received`, and the DID they belong to.
     pub received: Option<(String, Vec<String>)>,
 }
@@ -316,7 +319,7 @@ impl Core {
                 let res = match t {
                     types::RECIPIENT_UPDATE => self.recipient_update(msg, sender, &did).await,
                     types::RECIPIENT_QUERY => self.recipient_query(msg, sender, &did).await,
-                    types::STATUS_REQUEST => self.status(msg, sender, &did, false).await,
+                    types::STATUS_REQUEST => self.status(msg, sender, &did, false, false).await,
                     types::DELIVERY_REQUEST => self.delivery_request(msg, sender, &did).await,
                     types::MESSAGES_RECEIVED => self.messages_received(msg, sender, &did).await,
                     types::LIVE_DELIVERY_CHANGE => {
@@ -557,6 +560,7 @@ impl Core {
         sender: &Sender,
         did: &str,
         live: bool,
+        raw: bool,
     ) -> Result<Handled, StoreError> {
         let filter = msg.body.get("recipient_did").and_then(Value::as_str);
         let st = self.store.status(did, filter).await?;
@@ -568,6 +572,10 @@ impl Core {
         });
         if let Some(f) = filter {
             body["recipient_did"] = json!(f);
+        }
+        if raw {
+            // The acknowledgement a raw-mode client waits for (spec/mediator.md §3.1).
+            body[crate::messages::RAW_LIVE_FIELD] = json!(true);
         }
         if let Some(o) = st.oldest_ms {
             body["oldest_received_time"] = json!(o / 1000);
@@ -608,7 +616,7 @@ impl Core {
             .await?;
         if batch.is_empty() {
             // Pickup 3.0: with nothing queued, answer with a status message.
-            return self.status(msg, sender, did, false).await;
+            return self.status(msg, sender, did, false, false).await;
         }
         let d = self.delivery(&batch, Some(msg), filter);
         Ok(Handled {
@@ -704,8 +712,16 @@ impl Core {
                 )
                 .await);
         }
-        let mut h = self.status(msg, sender, did, on).await?;
+        // Raw pushes (an mpc-did extension, spec/mediator.md §3.1) only with live mode on.
+        let raw = on
+            && msg
+                .body
+                .get(crate::messages::RAW_LIVE_FIELD)
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+        let mut h = self.status(msg, sender, did, on, raw).await?;
         h.live = Some((did.to_owned(), on));
+        h.live_raw = raw;
         Ok(h)
     }
 

@@ -126,6 +126,73 @@ pub fn attachment_bytes(a: &Attachment) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// Body field of `live-delivery-change` (request) and of the `status` answering it
+/// (acknowledgement) for raw live mode, an mpc-did extension of Pickup 3.0
+/// (spec/mediator.md §3.1). Other mediators ignore the unknown field and answer without
+/// it, so a client only trusts raw mode when the status says `true`.
+pub const RAW_LIVE_FIELD: &str = "mpc_did_raw";
+
+/// Largest queue id a raw push frame can carry (its length is one byte).
+pub const RAW_PUSH_MAX_ID: usize = u8::MAX as usize;
+
+/// Why a raw live push frame (spec/mediator.md §3.1) cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RawPushError {
+    /// The frame is empty or ends inside the id.
+    #[error("raw push frame truncated")]
+    Truncated,
+    /// The id is empty or not printable ASCII.
+    #[error("raw push frame has a bad message id")]
+    BadId,
+    /// No message bytes after the id.
+    #[error("raw push frame carries no message")]
+    Empty,
+}
+
+/// Encodes one raw live push: `id_len:u8 || id (ASCII) || message bytes`
+/// (spec/mediator.md §3.1). `None` if `id` is empty, longer than [`RAW_PUSH_MAX_ID`] or
+/// not printable ASCII (the mediator then pushes that message wrapped).
+#[must_use]
+pub fn encode_raw_push(id: &str, bytes: &[u8]) -> Option<Vec<u8>> {
+    let len = u8::try_from(id.len()).ok()?;
+    if !valid_id(id.as_bytes()) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(1 + id.len() + bytes.len());
+    out.push(len);
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(bytes);
+    Some(out)
+}
+
+/// Decodes a raw live push into (queue id, message bytes).
+///
+/// # Errors
+/// [`RawPushError`] for a frame that is truncated, has an empty or non-ASCII id, or
+/// carries no message.
+pub fn decode_raw_push(frame: &[u8]) -> Result<(String, &[u8]), RawPushError> {
+    let (&len, rest) = frame.split_first().ok_or(RawPushError::Truncated)?;
+    let len = usize::from(len);
+    if rest.len() < len {
+        return Err(RawPushError::Truncated);
+    }
+    let (id, bytes) = rest.split_at(len);
+    if !valid_id(id) {
+        return Err(RawPushError::BadId);
+    }
+    if bytes.is_empty() {
+        return Err(RawPushError::Empty);
+    }
+    let id = std::str::from_utf8(id).map_err(|_| RawPushError::BadId)?;
+    Ok((id.to_owned(), bytes))
+}
+
+/// Queue ids in raw frames: non-empty printable ASCII (store ids are hex).
+fn valid_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.iter().all(|b| b.is_ascii_graphic())
+}
+
 /// Problem codes (Report Problem 2.0 `code`), spec/mediator.md §4.
 pub mod codes {
     /// Not a DIDComm message the mediator can unpack or parse.
@@ -167,6 +234,43 @@ mod tests {
         assert_eq!(back, serde_json::from_slice::<Value>(jwe).unwrap());
         let a = message_attachment("m2", b"eyJhbGciOi.x.y");
         assert_eq!(attachment_bytes(&a).unwrap(), b"eyJhbGciOi.x.y");
+    }
+
+    // spec/mediator.md §3.1: the raw push frame layout.
+    #[test]
+    fn raw_push_frames() {
+        let f = encode_raw_push("ab12", b"{\"ciphertext\":1}").unwrap();
+        assert_eq!(f[0], 4);
+        assert_eq!(&f[1..5], b"ab12");
+        let (id, bytes) = decode_raw_push(&f).unwrap();
+        assert_eq!(id, "ab12");
+        assert_eq!(bytes, b"{\"ciphertext\":1}");
+        assert_eq!(decode_raw_push(b""), Err(RawPushError::Truncated));
+        assert_eq!(decode_raw_push(b"\x05abc"), Err(RawPushError::Truncated));
+        assert_eq!(decode_raw_push(b"\x00xyz"), Err(RawPushError::BadId));
+        assert_eq!(decode_raw_push(b"\x02a\xffxyz"), Err(RawPushError::BadId));
+        assert_eq!(decode_raw_push(b"\x02a b"), Err(RawPushError::BadId));
+        assert_eq!(decode_raw_push(b"\x03abc"), Err(RawPushError::Empty));
+        assert!(encode_raw_push("", b"x").is_none());
+        assert!(encode_raw_push(&"a".repeat(256), b"x").is_none());
+        assert!(encode_raw_push("é", b"x").is_none());
+        assert!(encode_raw_push(&"a".repeat(255), b"x").is_some());
+    }
+
+    proptest::proptest! {
+        // spec/mediator.md §3.1: encode/decode round trip; decode never panics.
+        #[test]
+        fn raw_push_round_trip(id in "[!-~]{1,255}", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..512)) {
+            let f = encode_raw_push(&id, &bytes).unwrap();
+            let (i, b) = decode_raw_push(&f).unwrap();
+            proptest::prop_assert_eq!(i, id);
+            proptest::prop_assert_eq!(b, &bytes[..]);
+        }
+
+        #[test]
+        fn raw_push_decode_total(frame in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = decode_raw_push(&frame);
+        }
     }
 
     #[test]

@@ -330,6 +330,9 @@ async fn ws_upgrade(
 /// What a WebSocket session remembers between frames.
 struct Session {
     live: Option<(String, LiveSub)>,
+    /// Live pushes are raw binary frames, not authcrypt `delivery` messages
+    /// (spec/mediator.md §3.1).
+    raw: bool,
     /// Ids pushed on this socket and not yet acknowledged.
     inflight: HashSet<String>,
 }
@@ -341,6 +344,7 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
     let idle = Duration::from_secs(core.config.limits.idle_timeout_secs.max(1));
     let mut s = Session {
         live: None,
+        raw: false,
         inflight: HashSet::new(),
     };
     tracing::debug!(peer = %conn.peer, "websocket open");
@@ -424,6 +428,7 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
                 m.live_sessions.fetch_sub(1, Ordering::Relaxed);
             }
             s.live = None;
+            s.raw = h.live_raw;
             s.inflight.clear();
             if on {
                 // Registering leaves a permit: the next loop turn pushes everything queued
@@ -484,14 +489,53 @@ async fn push_pending(
         if fresh.is_empty() {
             return Ok(());
         }
-        let mut msg = core.delivery(&fresh, None, None);
-        let packed = core.pack_for(&mut msg, &did).await;
-        core.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
-        send(socket, packed).await?;
+        if s.raw {
+            push_raw(core, socket, &did, &fresh).await?;
+        } else {
+            let mut msg = core.delivery(&fresh, None, None);
+            let packed = core.pack_for(&mut msg, &did).await;
+            core.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+            send(socket, packed).await?;
+        }
         let full = fresh.len() == batch_max;
         s.inflight.extend(fresh.into_iter().map(|m| m.id));
         if !full {
             return Ok(());
         }
     }
+}
+
+/// Raw live mode (spec/mediator.md §3.1): each message as one binary frame
+/// `id_len || id || stored bytes`, no authcrypt (the stored forwarded message is already
+/// encrypted for the recipient; the socket is bound to `did` by its authenticated
+/// `live-delivery-change`). Frames are queued and flushed once per batch.
+async fn push_raw(
+    core: &Core,
+    socket: &mut WebSocket,
+    did: &str,
+    batch: &[crate::store::StoredMessage],
+) -> Result<(), axum::Error> {
+    use futures_util::SinkExt as _;
+    let mut wrapped = Vec::new();
+    for m in batch {
+        match crate::messages::encode_raw_push(&m.id, &m.data) {
+            Some(frame) => {
+                socket.feed(WsMessage::Binary(frame.into())).await?;
+                core.metrics
+                    .messages_delivered
+                    .fetch_add(1, Ordering::Relaxed);
+                core.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+            }
+            // Store ids are hex, so this does not happen; never drop a message though.
+            None => wrapped.push(m.clone()),
+        }
+    }
+    if !wrapped.is_empty() {
+        let mut msg = core.delivery(&wrapped, None, None);
+        let packed = core.pack_for(&mut msg, did).await;
+        core.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+        let text = String::from_utf8(packed).unwrap_or_default();
+        socket.feed(WsMessage::text(text)).await?;
+    }
+    socket.flush().await
 }
