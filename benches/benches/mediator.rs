@@ -25,7 +25,8 @@
 //! (for profiling one level); `MEDIATOR_BENCH_COALESCE_MS` sets the mediator's
 //! `live_coalesce_ms` (default: the mediator's default). The recipients' client caches the
 //! ECDH-1PU static share with the mediator, as every `MediatorClient` now does. Since
-//! issue #4 the default live mode is raw (see above).
+//! issue #4 the default live mode is raw (see above), and `MEDIATOR_BENCH_ACK_MS` sets how
+//! long a recipient waits for more pushes before acknowledging (default 5 ms).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -292,6 +293,12 @@ async fn level(info: &MediatorInfo, pid: u32, clients: usize, messages: usize, r
 
     // Recipients go live first.
     let mut lives = Vec::new();
+    let ack_idle = Duration::from_millis(
+        std::env::var("MEDIATOR_BENCH_ACK_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(5),
+    );
     for r in &recipients {
         let mut live = if raw {
             r.live_raw(Duration::from_secs(30)).await.unwrap()
@@ -301,13 +308,14 @@ async fn level(info: &MediatorInfo, pid: u32, clients: usize, messages: usize, r
         let (received, remaining) = (received.clone(), remaining.clone());
         lives.push(tokio::spawn(async move {
             // Acknowledge in batches: after 200 ids, or when nothing more arrives for 5 ms
+            // (MEDIATOR_BENCH_ACK_MS overrides the 5 ms)
             // (one authcrypt messages-received for many pushes).
             let mut unacked: Vec<String> = Vec::new();
             loop {
                 let wait = if unacked.is_empty() {
                     Duration::from_secs(60)
                 } else {
-                    Duration::from_millis(5)
+                    ack_idle
                 };
                 let batch = match live.next_batch(wait).await {
                     Ok(b) => b,
