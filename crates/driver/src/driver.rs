@@ -556,6 +556,17 @@ impl Driver {
                 let _ = taken.send(());
             }
             Command::Close { code, reason, done } => {
+                // Writes and FINs the application issued before closing travel on another
+                // channel than this command: seal them first, so the peer never sees CLOSE
+                // before a FIN that was sent earlier (it would report the stream as cut).
+                while self.pending_write.is_none() {
+                    let Ok(op) = self.write_rx.try_recv() else {
+                        break;
+                    };
+                    if self.apply_write(op).is_err() {
+                        break;
+                    }
+                }
                 let now = self.now_ms();
                 let _ = self.session.close(now, code, &reason);
                 self.collect_records();
