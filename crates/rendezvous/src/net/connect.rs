@@ -1,5 +1,5 @@
 //! Candidate gathering and connectivity checks (spec/rendezvous.md §5, §6):
-//! the tokio shell around [`candidate::gather`] and [`CheckPlanner`].
+//! the tokio shell around [`gather`] and [`CheckPlanner`].
 //!
 //! ```text
 //!  gather_quic: UdpSocket ─STUN test I-III─▶ host + srflx (+ relay) candidates, NatMapping
