@@ -31,3 +31,16 @@ fn relative_ids_are_checked_as_absolute_did_urls() {
     let err = DidDocument::from_json_slice(doc).unwrap_err();
     assert!(err.to_string().contains("not a DID URL"), "{err}");
 }
+
+/// The second: an unknown member holding a float that serde_json's default (fast, not
+/// always correctly rounded) parser read one ULP off, so our JSON of it parsed back to a
+/// different number. The workspace enables serde_json's `float_roundtrip`.
+#[test]
+fn unknown_float_members_survive_a_round_trip() {
+    let doc = br##"{"id": "did:web:example.com", "verificationMethod": [{"id": "#key-1",
+        "type": "JsonWebKey2020", "controller": "did:web:example.com",
+        "routingKeys": [999999999000000000.99]}]}"##;
+    let parsed = DidDocument::from_json_slice(doc).unwrap();
+    let again = DidDocument::from_json_slice(parsed.to_json().to_string().as_bytes()).unwrap();
+    assert_eq!(again, parsed);
+}
