@@ -8,7 +8,9 @@
 //! executable re-run with `--child-mediator`, release build, sled store with group
 //! commit). Senders POST real DIDComm messages (authcrypt to the recipient, wrapped in an
 //! anoncrypt Routing 2.0 forward to the mediator) over HTTP/1.1 keep-alive, one connection
-//! per client, each waiting for the 202 before the next. Recipients (up to 100) hold
+//! per client, each waiting for the 202 before the next — or, in the rows marked HTTP/2,
+//! over one HTTP/2 connection per client with up to 64 requests in flight (h2c prior
+//! knowledge; the mediator serves HTTP/1.1 and HTTP/2 on one port). Recipients (up to 100) hold
 //! WebSockets in **raw** live mode (spec/mediator.md §3.1: the mpc-did extension of
 //! Pickup 3.0 where each queued message is pushed as one binary frame instead of an
 //! authcrypt `delivery`; `MEDIATOR_BENCH_LIVE=wrapped` measures the standard wrapped
@@ -35,6 +37,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt as _;
 use mpc_did_didcomm::{pack_encrypted, wrap_in_forward, PackOptions};
 use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::messages::message;
@@ -119,6 +122,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 struct Row {
     clients: usize,
+    window: usize,
     messages: usize,
     per_sec: f64,
     p50_ms: f64,
@@ -154,21 +158,29 @@ async fn parent(full: bool) {
         }
     );
 
-    let levels: &[(usize, usize)] = if full {
-        &[(1, 2000), (10, 4000), (100, 5000), (1000, 5000)]
+    // (clients, messages, requests in flight per client: 1 = HTTP/1.1 one at a time,
+    // more = HTTP/2 with that many streams on the client's one connection).
+    let levels: &[(usize, usize, usize)] = if full {
+        &[
+            (1, 2000, 1),
+            (1, 5000, H2_WINDOW),
+            (10, 4000, 1),
+            (100, 5000, 1),
+            (1000, 5000, 1),
+        ]
     } else {
-        &[(1, 20), (10, 50)]
+        &[(1, 20, 1), (1, 50, H2_WINDOW), (10, 50, 1)]
     };
     // MEDIATOR_BENCH_CLIENTS=100 (comma-separated) runs only those levels, e.g. to profile one.
     let only: Option<Vec<usize>> = std::env::var("MEDIATOR_BENCH_CLIENTS")
         .ok()
         .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect());
     let mut rows = Vec::new();
-    for &(clients, messages) in levels {
+    for &(clients, messages, window) in levels {
         if only.as_ref().is_some_and(|o| !o.contains(&clients)) {
             continue;
         }
-        rows.push(level(&info, pid, clients, messages, raw).await);
+        rows.push(level(&info, pid, clients, messages, window, raw).await);
     }
     let idle_clients = if only.is_some() {
         0
@@ -179,11 +191,16 @@ async fn parent(full: bool) {
     };
     let (idle_rss_before, idle_rss_after) = idle_websockets(&url, pid, idle_clients).await;
 
-    println!("\n| concurrent clients | messages | messages/s | p50 latency | p99 latency | mediator CPU per message | load generator CPU per message |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("\n| concurrent clients | sender | messages | messages/s | p50 latency | p99 latency | mediator CPU per message | load generator CPU per message |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
+        let sender = if r.window == 1 {
+            "HTTP/1.1, one at a time".to_owned()
+        } else {
+            format!("HTTP/2, ≤ {} in flight", r.window)
+        };
         println!(
-            "| {} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.0} µs | {:.0} µs |",
+            "| {} | {sender} | {} | {:.0} | {:.1} ms | {:.1} ms | {:.0} µs | {:.0} µs |",
             r.clients,
             r.messages,
             r.per_sec,
@@ -216,7 +233,17 @@ fn raw_mode() -> bool {
     std::env::var("MEDIATOR_BENCH_LIVE").map_or(true, |v| v != "wrapped")
 }
 
-async fn level(info: &MediatorInfo, pid: u32, clients: usize, messages: usize, raw: bool) -> Row {
+/// Requests one HTTP/2 sender keeps in flight.
+const H2_WINDOW: usize = 64;
+
+async fn level(
+    info: &MediatorInfo,
+    pid: u32,
+    clients: usize,
+    messages: usize,
+    window: usize,
+    raw: bool,
+) -> Row {
     let recipients_n = clients.min(100);
     let resolver = UniversalResolver::new().unwrap();
     resolver.insert(info.document().unwrap());
@@ -345,7 +372,9 @@ async fn level(info: &MediatorInfo, pid: u32, clients: usize, messages: usize, r
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    // Group by sender; each sender is one HTTP/1.1 connection sending sequentially.
+    // Group by sender; each sender is one connection: HTTP/1.1 sending sequentially, or
+    // HTTP/2 (prior knowledge, as the mediator serves h2c beside HTTP/1.1) keeping
+    // `window` requests in flight.
     let mut by_sender: Vec<Vec<Prepared>> = (0..clients).map(|_| Vec::new()).collect();
     for p in prepared {
         by_sender[p.sender].push(p);
@@ -358,23 +387,37 @@ async fn level(info: &MediatorInfo, pid: u32, clients: usize, messages: usize, r
         let sent = sent.clone();
         let endpoint = info.http.clone();
         tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .build()
-                .unwrap();
-            for p in batch {
+            let mut http = reqwest::Client::builder().pool_max_idle_per_host(1);
+            if window > 1 {
+                http = http.http2_prior_knowledge();
+            }
+            let http = http.build().unwrap();
+            let post = |p: Prepared| {
                 sent.lock()
                     .unwrap()
                     .insert(p.queue_id.clone(), Instant::now());
-                let resp = http
+                let req = http
                     .post(&endpoint)
                     .header("content-type", "application/didcomm-encrypted+json")
                     .body(p.body)
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(resp.status().as_u16(), 202);
-            }
+                    .send();
+                async move {
+                    let resp = req.await.unwrap();
+                    assert_eq!(resp.status().as_u16(), 202);
+                    assert_eq!(
+                        resp.version(),
+                        if window > 1 {
+                            reqwest::Version::HTTP_2
+                        } else {
+                            reqwest::Version::HTTP_11
+                        }
+                    );
+                }
+            };
+            futures_util::stream::iter(batch.into_iter().map(post))
+                .buffer_unordered(window)
+                .collect::<Vec<()>>()
+                .await;
         }));
     }
     for t in tasks {
@@ -411,6 +454,7 @@ async fn level(info: &MediatorInfo, pid: u32, clients: usize, messages: usize, r
     let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
     let row = Row {
         clients,
+        window,
         messages,
         per_sec: messages as f64 / elapsed.as_secs_f64(),
         p50_ms: pct(0.50),
@@ -419,7 +463,7 @@ async fn level(info: &MediatorInfo, pid: u32, clients: usize, messages: usize, r
         gen_cpu_us_per_msg: gen_cpu * 1e6 / messages as f64,
     };
     eprintln!(
-        "{clients} clients: {:.0} msg/s, p50 {:.1} ms, p99 {:.1} ms",
+        "{clients} clients ({window} in flight each): {:.0} msg/s, p50 {:.1} ms, p99 {:.1} ms",
         row.per_sec, row.p50_ms, row.p99_ms
     );
     row

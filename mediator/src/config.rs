@@ -67,6 +67,12 @@ pub struct Limits {
     pub rate_burst: u64,
     /// Concurrent connections (HTTP and WebSocket).
     pub max_connections: u64,
+    /// Length of the kernel's queue of connections waiting for `accept` (the kernel caps
+    /// it at `net.core.somaxconn`). When many clients connect at once a short queue drops
+    /// their SYNs and each waits a 1 s retransmission (spec/mediator.md §6).
+    pub listen_backlog: u64,
+    /// Concurrent requests on one HTTP/2 connection (HTTP/1.1 serves one at a time).
+    pub max_streams_per_connection: u64,
     /// Seconds without a request or frame before a connection is closed.
     pub idle_timeout_secs: u64,
     /// Most messages in one `delivery`.
@@ -102,6 +108,8 @@ impl Default for Limits {
             rate_per_connection: 1_000,
             rate_burst: 2_000,
             max_connections: 20_000,
+            listen_backlog: 4_096,
+            max_streams_per_connection: 256,
             idle_timeout_secs: 300,
             max_delivery_batch: 100,
             max_inflight: 1_000,
@@ -154,6 +162,8 @@ impl Config {
             ("rate_per_connection", l.rate_per_connection),
             ("rate_burst", l.rate_burst),
             ("max_connections", l.max_connections),
+            ("listen_backlog", l.listen_backlog),
+            ("max_streams_per_connection", l.max_streams_per_connection),
             ("idle_timeout_secs", l.idle_timeout_secs),
             ("max_delivery_batch", l.max_delivery_batch),
             ("max_inflight", l.max_inflight),

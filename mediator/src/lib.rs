@@ -165,11 +165,12 @@ impl MediatorBuilder {
             }
         };
         let identity = MediatorIdentity::load_or_create(&store).await?;
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| MediatorError::Bind {
-                addr: config.listen,
-                source,
+        let listener =
+            bind_listener(config.listen, config.limits.listen_backlog).map_err(|source| {
+                MediatorError::Bind {
+                    addr: config.listen,
+                    source,
+                }
             })?;
         let addr = listener
             .local_addr()
@@ -305,4 +306,17 @@ impl Drop for MediatorHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// Binds the HTTP/WebSocket listener with `backlog` (tokio's `TcpListener::bind` always asks
+/// for 1,024). `SO_REUSEADDR` as tokio sets it, so a restarted mediator rebinds at once.
+fn bind_listener(addr: SocketAddr, backlog: u64) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(u32::try_from(backlog.max(1)).unwrap_or(u32::MAX))
 }

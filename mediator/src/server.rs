@@ -14,7 +14,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -185,26 +186,100 @@ async fn serve_connection(
     cancel: CancellationToken,
     idle: Duration,
 ) {
+    let streams = u32::try_from(conn.core.config.limits.max_streams_per_connection)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let activity = Arc::new(Activity::default());
+    let seen = activity.clone();
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(conn.clone());
         let mut app = app.clone();
-        async move { tower_service::Service::call(&mut app, req).await }
+        let busy = seen.begin();
+        async move {
+            let r = tower_service::Service::call(&mut app, req).await;
+            drop(busy);
+            r
+        }
     });
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    // HTTP/1.1, or HTTP/2 with prior knowledge (h2c) on the same port: a sender with many
+    // messages multiplexes them on one connection and they share group commits (§6, §11).
+    let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
         .keep_alive(true);
-    let c = builder
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(streams)
+        .keep_alive_interval(Some(idle))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(c);
-    tokio::select! {
-        _ = c.as_mut() => {}
-        () = cancel.cancelled() => {
-            c.as_mut().graceful_shutdown();
-            let _ = c.await;
+    loop {
+        // HTTP/1.1 closes idle keep-alive connections by its header read timeout; HTTP/2 has
+        // none, so a connection with no request for `idle` is shut down gracefully here.
+        let check = tokio::time::sleep(activity.idle_deadline(idle));
+        tokio::select! {
+            _ = c.as_mut() => return,
+            () = cancel.cancelled() => break,
+            () = check => {
+                if activity.is_idle(idle) {
+                    break;
+                }
+            }
         }
+    }
+    c.as_mut().graceful_shutdown();
+    let _ = c.await;
+}
+
+/// When a connection last finished a request, and how many it is serving now.
+struct Activity {
+    active: std::sync::atomic::AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            active: std::sync::atomic::AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+}
+
+/// Held while a request is served.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.0.last.lock() {
+            *l = Instant::now();
+        }
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    fn last(&self) -> Instant {
+        self.last.lock().map_or_else(|_| Instant::now(), |l| *l)
+    }
+
+    /// How long until the connection would have been idle for `idle`.
+    fn idle_deadline(&self, idle: Duration) -> Duration {
+        idle.saturating_sub(self.last().elapsed())
+            .max(Duration::from_millis(100))
+    }
+
+    fn is_idle(&self, idle: Duration) -> bool {
+        self.active.load(Ordering::Relaxed) == 0 && self.last().elapsed() >= idle
     }
 }
 
