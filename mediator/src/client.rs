@@ -672,6 +672,121 @@ pub async fn connect_ws(url: &str, extra_roots: &[Vec<u8>]) -> Result<Ws, Client
         .map_err(|e| ClientError::Unexpected(format!("WebSocket to {url}: {e}")))
 }
 
+/// A WebSocket for sending through a mediator with durable acknowledgements: each forward
+/// carries DIDComm v2 `please_ack`, and [`Self::send`] returns once the mediator answered
+/// with the `ack` naming it — sent only after the message is stored, so it survives a
+/// crash as an HTTP `202` does (spec/mediator.md §2). One message at a time; the socket
+/// stays open for the next.
+pub struct WsSender {
+    ws: Ws,
+    timeout: Duration,
+}
+
+impl WsSender {
+    /// Opens the mediator's WebSocket endpoint (`MediatorInfo::ws`); `extra_roots` as
+    /// [`connect_ws`]. `send` waits at most `timeout` for each acknowledgement.
+    ///
+    /// # Errors
+    /// As [`connect_ws`].
+    pub async fn connect(
+        ws_url: &str,
+        extra_roots: &[Vec<u8>],
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            ws: connect_ws(ws_url, extra_roots).await?,
+            timeout,
+        })
+    }
+
+    /// Packs `msg` from `from` to `to` (authcrypt), wraps it in forwards for the routing
+    /// keys of `to`'s DIDComm service — the first of which must be this socket's
+    /// mediator — asking that mediator for an `ack`, sends it and waits for the `ack`.
+    ///
+    /// # Errors
+    /// `to` has no service behind a mediator, packing fails, the mediator refuses (its
+    /// problem report), the socket fails, or no `ack` within the timeout
+    /// ([`ClientError::Timeout`]; the message may or may not be stored: send it again, the
+    /// mediator stores a forward once, spec/mediator.md §3).
+    pub async fn send(
+        &mut self,
+        from: &str,
+        secrets: &SecretStore,
+        resolver: &UniversalResolver,
+        to: &str,
+        mut msg: Message,
+    ) -> Result<(), ClientError> {
+        msg.from = Some(from.to_owned());
+        msg.to = Some(vec![to.to_owned()]);
+        let opts = PackOptions {
+            forward: false,
+            ..PackOptions::default()
+        };
+        let p = pack_encrypted(&msg, to, Some(from), None, resolver, secrets, &opts).await?;
+        let routing = p
+            .service
+            .map(|s| s.routing_keys)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                ClientError::Url(format!("{to} has no DIDComm service behind a mediator"))
+            })?;
+        let fwd = mpc_did_didcomm::wrap_in_forward_with(
+            &p.message,
+            to,
+            &routing,
+            resolver,
+            opts.anon_enc,
+            true,
+        )
+        .await?;
+        self.send_forward(&fwd.message, &fwd.id).await
+    }
+
+    /// Sends an already wrapped forward whose plaintext asks for an `ack` (as
+    /// [`mpc_did_didcomm::wrap_in_forward_with`] makes it) and waits for the `ack` naming
+    /// `forward_id`.
+    ///
+    /// # Errors
+    /// As [`Self::send`].
+    pub async fn send_forward(
+        &mut self,
+        forward: &str,
+        forward_id: &str,
+    ) -> Result<(), ClientError> {
+        self.ws.send(WsMessage::text(forward)).await?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = tokio::time::timeout(left, self.ws.next())
+                .await
+                .map_err(|_| ClientError::Timeout)?
+                .ok_or_else(|| ClientError::Unexpected("socket closed".into()))??;
+            let bytes = match frame {
+                WsMessage::Text(t) => t.as_bytes().to_vec(),
+                WsMessage::Binary(b) => b.to_vec(),
+                WsMessage::Close(_) => return Err(ClientError::Unexpected("socket closed".into())),
+                _ => continue,
+            };
+            // The sender is anonymous to the mediator: acks and refusals come as plaintext.
+            let m = Message::from_json(&bytes)?;
+            if m.type_ == types::PROBLEM_REPORT {
+                return Err(problem(&m));
+            }
+            if crate::messages::acked_ids(&m)
+                .iter()
+                .any(|id| id == forward_id)
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Closes the socket.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
 /// A live-mode WebSocket: the mediator pushes `delivery` messages as they arrive.
 pub struct LiveConnection {
     client: MediatorClient,

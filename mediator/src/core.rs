@@ -17,7 +17,9 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::identity::MediatorIdentity;
-use crate::messages::{codes, message_attachment, problem_report, reply, types, PROTOCOLS};
+use crate::messages::{
+    ack_of, codes, message_attachment, problem_report, reply, types, wants_ack, PROTOCOLS,
+};
 use crate::metrics::{Metrics, Rejection};
 use crate::store::{AnyStore, KeyUpdate, QueueLimits, Store, StoreError, StoredMessage};
 
@@ -415,7 +417,13 @@ impl Core {
                 if !e.duplicate {
                     self.metrics.messages_stored.fetch_add(1, Ordering::Relaxed);
                 }
-                Handled::default()
+                let mut h = Handled::default();
+                // A sender that asked (`please_ack`) is told the message is stored: the
+                // WebSocket's durability acknowledgement, as 202 is HTTP's (§2).
+                if wants_ack(msg) {
+                    h.replies.push(self.pack(ack_of(msg), sender).await);
+                }
+                h
             }
             Err(StoreError::QueueFull(which)) => {
                 self.refuse(

@@ -54,6 +54,50 @@ pub mod types {
     pub const PROBLEM_REPORT: &str = "https://didcomm.org/report-problem/2.0/problem-report";
     /// Out-of-Band 2.0.
     pub const OOB_INVITATION: &str = "https://didcomm.org/out-of-band/2.0/invitation";
+    /// DIDComm Messaging v2 empty message: a message with nothing but headers, here the
+    /// `ack` of a stored forward (spec/mediator.md §2).
+    pub const EMPTY: &str = "https://didcomm.org/empty/1.0/empty";
+}
+
+/// Whether `msg` asks for an acknowledgement of itself: DIDComm Messaging v2 §ACKs,
+/// `please_ack` is an array of message ids where `""` (or the message's own id) means
+/// this message.
+#[must_use]
+pub fn wants_ack(msg: &Message) -> bool {
+    msg.extra
+        .get("please_ack")
+        .and_then(Value::as_array)
+        .is_some_and(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .any(|id| id.is_empty() || id == msg.id)
+        })
+}
+
+/// The `ack` of `msg`: an empty message whose `ack` header names `msg.id`, in its thread.
+#[must_use]
+pub fn ack_of(msg: &Message) -> Message {
+    let mut m = reply(types::EMPTY, Value::Object(serde_json::Map::new()), msg);
+    m.extra.insert(
+        "ack".into(),
+        Value::Array(vec![Value::String(msg.id.clone())]),
+    );
+    m
+}
+
+/// The message ids an `ack` header names.
+#[must_use]
+pub fn acked_ids(msg: &Message) -> Vec<String> {
+    msg.extra
+        .get("ack")
+        .and_then(Value::as_array)
+        .map(|ids| {
+            ids.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Protocols disclosed by Discover Features 2.0, with the role the mediator plays.
@@ -223,6 +267,28 @@ pub mod codes {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// DIDComm Messaging v2 §ACKs: `""` or the message's own id requests an ack of it;
+    /// other ids, a non-array or no header do not.
+    #[test]
+    fn please_ack_of_this_message() {
+        let mut m = message(types::FORWARD, serde_json::json!({}));
+        assert!(!wants_ack(&m));
+        for (v, want) in [
+            (serde_json::json!([""]), true),
+            (serde_json::json!([m.id.clone()]), true),
+            (serde_json::json!(["some-other-id"]), false),
+            (serde_json::json!([]), false),
+            (serde_json::json!(""), false),
+        ] {
+            m.extra.insert("please_ack".into(), v.clone());
+            assert_eq!(wants_ack(&m), want, "{v}");
+        }
+        let ack = ack_of(&m);
+        assert_eq!(ack.type_, types::EMPTY);
+        assert_eq!(acked_ids(&ack), vec![m.id.clone()]);
+        assert_eq!(ack.thid.as_deref(), Some(m.id.as_str()));
+    }
 
     #[test]
     fn attachments_carry_json_and_binary() {

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{client, introduce, tls_front, MediatorProc};
+use mpc_did_mediator::client::WsSender;
 use mpc_did_mediator::messages::message;
 use serde_json::json;
 
@@ -87,7 +88,8 @@ async fn offline_then_live() {
     assert_eq!(a.status().await.unwrap()["message_count"], 0);
 }
 
-/// spec/mediator.md §5: a message acknowledged with HTTP 202 survives `kill -9`.
+/// spec/mediator.md §2, §5: a message acknowledged with HTTP 202, or over WebSocket with
+/// the `ack` its `please_ack` asked for, survives `kill -9`.
 #[tokio::test]
 async fn kill9_between_ack_and_pickup_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -96,8 +98,16 @@ async fn kill9_between_ack_and_pickup_loses_nothing() {
     a.register().await.unwrap();
     let b = client(&m.url()).await;
     introduce(&b, &a);
-    for i in 0..20 {
+    for i in 0..10 {
         b.send(&a.did, text_message(i)).await.unwrap();
+    }
+    let mut ws = WsSender::connect(&b.info.ws, &[], Duration::from_secs(20))
+        .await
+        .unwrap();
+    for i in 10..20 {
+        ws.send(&b.did, b.secrets(), b.resolver(), &a.did, text_message(i))
+            .await
+            .unwrap();
     }
     let did = m.did.clone();
     m.kill9();
@@ -153,4 +163,86 @@ async fn live_delivery_over_tls() {
     assert_eq!(a.unpack(&batch[0].bytes).await.unwrap().0.body["n"], 42);
     live.ack(&[batch[0].id.clone()]).await.unwrap();
     live.close().await;
+}
+
+/// spec/mediator.md §2: `please_ack` on a forward is answered with an empty message whose
+/// `ack` names the forward — over HTTP in the response (200 instead of 202) — and a refused
+/// forward sent over WebSocket gets its problem report instead of an `ack`.
+#[tokio::test]
+async fn forward_acks_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &[]);
+    let a = client(&m.url()).await;
+    a.register().await.unwrap();
+    let b = client(&m.url()).await;
+    introduce(&b, &a);
+
+    let mut msg = text_message(1);
+    msg.from = Some(b.did.clone());
+    msg.to = Some(vec![a.did.clone()]);
+    let opts = mpc_did_didcomm::PackOptions {
+        forward: false,
+        ..Default::default()
+    };
+    let inner = mpc_did_didcomm::pack_encrypted(
+        &msg,
+        &a.did,
+        Some(&b.did),
+        None,
+        b.resolver(),
+        b.secrets(),
+        &opts,
+    )
+    .await
+    .unwrap();
+    let fwd = mpc_did_didcomm::wrap_in_forward_with(
+        &inner.message,
+        &a.did,
+        std::slice::from_ref(&a.info.routing_key),
+        b.resolver(),
+        opts.anon_enc,
+        true,
+    )
+    .await
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .post(&a.info.http)
+        .header("content-type", "application/didcomm-encrypted+json")
+        .body(fwd.message.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ack = mpc_did_didcomm::Message::from_json(&resp.bytes().await.unwrap()).unwrap();
+    assert_eq!(ack.type_, mpc_did_mediator::messages::types::EMPTY);
+    assert_eq!(
+        mpc_did_mediator::messages::acked_ids(&ack),
+        vec![fwd.id.clone()]
+    );
+    assert_eq!(ack.thid.as_deref(), Some(fwd.id.as_str()));
+    // Stored once, acknowledged again when sent again (forwards are idempotent).
+    let mut ws = WsSender::connect(&b.info.ws, &[], Duration::from_secs(20))
+        .await
+        .unwrap();
+    ws.send_forward(&fwd.message, &fwd.id).await.unwrap();
+    assert_eq!(a.status().await.unwrap()["message_count"], 1);
+
+    // A recipient nobody registered: the problem report, not an ack, ends the wait.
+    let c = client(&m.url()).await;
+    introduce(&b, &c);
+    let err = ws
+        .send(&b.did, b.secrets(), b.resolver(), &c.did, text_message(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, mpc_did_mediator::client::ClientError::Problem { code, .. }
+            if code == "e.p.xfer.unknown-recipient"),
+        "{err}"
+    );
+    // The socket is still usable after a refusal.
+    ws.send(&b.did, b.secrets(), b.resolver(), &a.did, text_message(3))
+        .await
+        .unwrap();
+    assert_eq!(a.status().await.unwrap()["message_count"], 2);
+    ws.close().await;
 }

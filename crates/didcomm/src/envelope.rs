@@ -581,11 +581,50 @@ pub async fn wrap_in_forward(
     resolver: &impl DidResolver,
     enc: ContentAlg,
 ) -> Result<String> {
+    Ok(
+        wrap_in_forward_with(packed, next, routing_keys, resolver, enc, false)
+            .await?
+            .message,
+    )
+}
+
+/// The outermost forward of [`wrap_in_forward_with`] and the id of its plaintext.
+#[derive(Debug, Clone)]
+pub struct WrappedForward {
+    /// The anoncrypted forward for `routing_keys[0]`.
+    pub message: String,
+    /// The outermost forward's message id (what an `ack` from that mediator names).
+    pub id: String,
+}
+
+/// As [`wrap_in_forward`]; with `please_ack` the outermost forward (the one the first
+/// mediator unpacks) carries the DIDComm v2 header `please_ack: [""]` ("acknowledge this
+/// message", DIDComm Messaging v2 §ACKs), so that mediator answers with an `ack` naming
+/// [`WrappedForward::id`] once it has stored the message (spec/mediator.md §2).
+///
+/// # Errors
+/// As [`wrap_in_forward`].
+pub async fn wrap_in_forward_with(
+    packed: &str,
+    next: &str,
+    routing_keys: &[String],
+    resolver: &impl DidResolver,
+    enc: ContentAlg,
+    please_ack: bool,
+) -> Result<WrappedForward> {
     let mut current = packed.to_owned();
     let mut next = next.to_owned();
-    for key in routing_keys.iter().rev() {
+    let mut id = String::new();
+    for (i, key) in routing_keys.iter().enumerate().rev() {
         let inner: Value = serde_json::from_str(&current).map_err(Error::malformed)?;
-        let fwd = ForwardMessage::new(next.clone(), inner).to_message();
+        let mut fwd = ForwardMessage::new(next.clone(), inner).to_message();
+        if please_ack && i == 0 {
+            fwd.extra.insert(
+                "please_ack".into(),
+                Value::Array(vec![Value::String(String::new())]),
+            );
+        }
+        id.clone_from(&fwd.id);
         let (keys, _) = recipient_keys(resolver, key).await?;
         let rks: Vec<RecipientKey<'_>> = keys
             .iter()
@@ -597,5 +636,8 @@ pub async fn wrap_in_forward(
         current = jose::encrypt(fwd.to_json()?.as_bytes(), &rks, None, enc)?;
         next.clone_from(key);
     }
-    Ok(current)
+    Ok(WrappedForward {
+        message: current,
+        id,
+    })
 }

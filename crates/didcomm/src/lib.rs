@@ -76,8 +76,8 @@ pub mod secrets;
 pub use ecdh_cache::StaticEcdhCache;
 pub use envelope::{
     did_of, pack_encrypted, pack_encrypted_with, pack_plaintext, pack_signed, unpack, unpack_with,
-    wrap_in_forward, Envelope, PackOptions, PackedMessage, UnpackMetadata, UnpackOptions,
-    DEFAULT_MAX_MESSAGE_SIZE,
+    wrap_in_forward, wrap_in_forward_with, Envelope, PackOptions, PackedMessage, UnpackMetadata,
+    UnpackOptions, WrappedForward, DEFAULT_MAX_MESSAGE_SIZE,
 };
 pub use error::{Error, Result};
 pub use jose::ContentAlg;
