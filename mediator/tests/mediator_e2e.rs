@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{client, introduce, tls_front, MediatorProc};
+use common::{client, introduce, registered_pair, tls_front, MediatorProc};
 use mpc_did_mediator::client::WsSender;
 use mpc_did_mediator::messages::message;
 use serde_json::json;
@@ -49,10 +49,7 @@ async fn register_forward_pickup_ack() {
 async fn offline_then_live() {
     let dir = tempfile::tempdir().unwrap();
     let m = MediatorProc::start(dir.path(), &[]);
-    let a = client(&m.url()).await;
-    a.register().await.unwrap();
-    let b = client(&m.url()).await;
-    introduce(&b, &a);
+    let (a, b) = registered_pair(&m.url()).await;
     for i in 0..3 {
         b.send(&a.did, text_message(i)).await.unwrap();
     }
@@ -94,10 +91,7 @@ async fn offline_then_live() {
 async fn kill9_between_ack_and_pickup_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let m = MediatorProc::start(dir.path(), &[]);
-    let a = client(&m.url()).await;
-    a.register().await.unwrap();
-    let b = client(&m.url()).await;
-    introduce(&b, &a);
+    let (a, b) = registered_pair(&m.url()).await;
     for i in 0..10 {
         b.send(&a.did, text_message(i)).await.unwrap();
     }
@@ -172,10 +166,7 @@ async fn live_delivery_over_tls() {
 async fn forward_acks_and_refusals() {
     let dir = tempfile::tempdir().unwrap();
     let m = MediatorProc::start(dir.path(), &[]);
-    let a = client(&m.url()).await;
-    a.register().await.unwrap();
-    let b = client(&m.url()).await;
-    introduce(&b, &a);
+    let (a, b) = registered_pair(&m.url()).await;
 
     let mut msg = text_message(1);
     msg.from = Some(b.did.clone());

@@ -7,23 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, introduce, MediatorProc};
+use common::{metric, registered_pair, MediatorProc};
 use mpc_did_mediator::client::send_message;
 use mpc_did_mediator::messages::message;
 use serde_json::json;
-
-/// A counter from the mediator's `/metrics`.
-async fn metric(url: &str, name: &str) -> u64 {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
-}
 
 /// spec/mediator.md §2: many forwards in flight on one HTTP/2 connection are all stored
 /// (202 each) and all picked up; they used one TCP connection.
@@ -31,10 +18,7 @@ async fn metric(url: &str, name: &str) -> u64 {
 async fn forwards_multiplexed_on_one_http2_connection() {
     let dir = tempfile::tempdir().unwrap();
     let m = MediatorProc::start(dir.path(), &[]);
-    let a = client(&m.url()).await;
-    a.register().await.unwrap();
-    let b = client(&m.url()).await;
-    introduce(&b, &a);
+    let (a, b) = registered_pair(&m.url()).await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()

@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::{client, introduce, MediatorProc};
+use common::{client, introduce, registered_pair, MediatorProc};
 use mpc_did_mediator::client::{Delivered, LiveConnection, MediatorClient, MediatorInfo};
 use mpc_did_mediator::messages::message;
 use mpc_did_mediator::testkit::RedisServer;
@@ -52,10 +52,7 @@ fn ids(got: &HashMap<u64, Delivered>, ns: impl IntoIterator<Item = u64>) -> Vec<
 async fn raw_live_delivers_acks_and_redelivers() {
     let dir = tempfile::tempdir().unwrap();
     let m = MediatorProc::start(dir.path(), &[]);
-    let a = client(&m.url()).await;
-    a.register().await.unwrap();
-    let b = client(&m.url()).await;
-    introduce(&b, &a);
+    let (a, b) = registered_pair(&m.url()).await;
     for i in 0..3 {
         b.send(&a.did, note(i)).await.unwrap();
     }

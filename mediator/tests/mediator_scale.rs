@@ -7,7 +7,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{client, introduce, MediatorProc};
+use common::{client, introduce, registered_pair, MediatorProc};
 use mpc_did_mediator::client::MediatorInfo;
 use mpc_did_mediator::messages::message;
 use mpc_did_mediator::testkit::RedisServer;
@@ -66,10 +66,7 @@ async fn two_instances_share_one_redis() {
 async fn duplicate_websockets_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let m = MediatorProc::start(dir.path(), &[]);
-    let a = client(&m.url()).await;
-    a.register().await.unwrap();
-    let b = client(&m.url()).await;
-    introduce(&b, &a);
+    let (a, b) = registered_pair(&m.url()).await;
     let mut w1 = a.live().await.unwrap();
     let mut w2 = a.live().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

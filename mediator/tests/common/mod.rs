@@ -101,6 +101,29 @@ pub async fn client(url: &str) -> MediatorClient {
     MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap()
 }
 
+/// A registered recipient A and a sender B who knows A's DID document and mediator, both
+/// fresh identities at the mediator `url` (the opening of most tests).
+pub async fn registered_pair(url: &str) -> (MediatorClient, MediatorClient) {
+    let a = client(url).await;
+    a.register().await.unwrap();
+    let b = client(url).await;
+    introduce(&b, &a);
+    (a, b)
+}
+
+/// A sample (`name value`, no labels) from the mediator's `/metrics`.
+pub async fn metric(url: &str, name: &str) -> u64 {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
 /// Makes `sender` know `recipient`'s DID document with its mediator service (what an
 /// invitation or a roster tells a sender in the real flow).
 pub fn introduce(sender: &MediatorClient, recipient: &MediatorClient) {
