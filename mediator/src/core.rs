@@ -267,10 +267,7 @@ impl Core {
                 h
             }
             types::QUERIES => match discover_features::disclose(msg, &self.disclosures) {
-                Ok(d) => Handled {
-                    replies: vec![self.pack(d, sender).await],
-                    ..Handled::default()
-                },
+                Ok(d) => self.answer(d, sender).await,
                 Err(_) => {
                     self.refuse(
                         msg,
@@ -369,17 +366,7 @@ impl Core {
         }
         let fwd = match ForwardMessage::from_message(msg) {
             Ok(f) => f,
-            Err(e) => {
-                return self
-                    .refuse(
-                        msg,
-                        sender,
-                        Rejection::Malformed,
-                        codes::BAD_REQUEST,
-                        &e.to_string(),
-                    )
-                    .await
-            }
+            Err(e) => return self.bad_request(msg, sender, &e.to_string()).await,
         };
         if fwd.expires_time.is_some_and(|e| e < now_secs()) {
             return self
@@ -476,10 +463,7 @@ impl Core {
             json!({ "routing_did": [self.identity.did] }),
             msg,
         );
-        Handled {
-            replies: vec![self.pack(grant, sender).await],
-            ..Handled::default()
-        }
+        self.answer(grant, sender).await
     }
 
     async fn recipient_update(
@@ -490,13 +474,7 @@ impl Core {
     ) -> Result<Handled, StoreError> {
         let Some(updates) = msg.body.get("updates").and_then(Value::as_array) else {
             return Ok(self
-                .refuse(
-                    msg,
-                    sender,
-                    Rejection::Malformed,
-                    codes::BAD_REQUEST,
-                    "body.updates must be an array",
-                )
+                .bad_request(msg, sender, "body.updates must be an array")
                 .await);
         };
         let mut count = self.store.keys(did).await?.len() as u64;
@@ -535,10 +513,7 @@ impl Core {
             json!({ "updated": updated }),
             msg,
         );
-        Ok(Handled {
-            replies: vec![self.pack(r, sender).await],
-            ..Handled::default()
-        })
+        Ok(self.answer(r, sender).await)
     }
 
     async fn recipient_query(
@@ -555,10 +530,7 @@ impl Core {
             .map(|k| json!({ "recipient_did": k }))
             .collect();
         let r = reply(types::RECIPIENT, json!({ "dids": dids }), msg);
-        Ok(Handled {
-            replies: vec![self.pack(r, sender).await],
-            ..Handled::default()
-        })
+        Ok(self.answer(r, sender).await)
     }
 
     /// Pickup 3.0 `status` for `did` (optionally filtered by `body.recipient_did`).
@@ -593,10 +565,7 @@ impl Core {
             body["newest_received_time"] = json!(n / 1000);
         }
         let r = reply(types::STATUS, body, msg);
-        Ok(Handled {
-            replies: vec![self.pack(r, sender).await],
-            ..Handled::default()
-        })
+        Ok(self.answer(r, sender).await)
     }
 
     async fn delivery_request(
@@ -607,13 +576,7 @@ impl Core {
     ) -> Result<Handled, StoreError> {
         let Some(limit) = msg.body.get("limit").and_then(Value::as_u64) else {
             return Ok(self
-                .refuse(
-                    msg,
-                    sender,
-                    Rejection::Malformed,
-                    codes::BAD_REQUEST,
-                    "body.limit must be a number",
-                )
+                .bad_request(msg, sender, "body.limit must be a number")
                 .await);
         };
         let limit = limit.min(self.config.limits.max_delivery_batch);
@@ -627,10 +590,7 @@ impl Core {
             return self.status(msg, sender, did, false, false).await;
         }
         let d = self.delivery(&batch, Some(msg), filter);
-        Ok(Handled {
-            replies: vec![self.pack(d, sender).await],
-            ..Handled::default()
-        })
+        Ok(self.answer(d, sender).await)
     }
 
     /// A Pickup 3.0 `delivery` carrying `batch` (counted as delivered).
@@ -668,13 +628,7 @@ impl Core {
     ) -> Result<Handled, StoreError> {
         let Some(list) = msg.body.get("message_id_list").and_then(Value::as_array) else {
             return Ok(self
-                .refuse(
-                    msg,
-                    sender,
-                    Rejection::Malformed,
-                    codes::BAD_REQUEST,
-                    "body.message_id_list must be an array",
-                )
+                .bad_request(msg, sender, "body.message_id_list must be an array")
                 .await);
         };
         let ids: Vec<String> = list
@@ -700,13 +654,7 @@ impl Core {
     ) -> Result<Handled, StoreError> {
         let Some(on) = msg.body.get("live_delivery").and_then(Value::as_bool) else {
             return Ok(self
-                .refuse(
-                    msg,
-                    sender,
-                    Rejection::Malformed,
-                    codes::BAD_REQUEST,
-                    "body.live_delivery must be a boolean",
-                )
+                .bad_request(msg, sender, "body.live_delivery must be a boolean")
                 .await);
         };
         if transport != Transport::WebSocket {
@@ -741,6 +689,26 @@ impl Core {
             Rejection::Storage,
             codes::STORAGE,
             "storage failure; retry later",
+        )
+        .await
+    }
+
+    /// A reply to `sender` as the whole answer.
+    async fn answer(&self, m: Message, sender: &Sender) -> Handled {
+        Handled {
+            replies: vec![self.pack(m, sender).await],
+            ..Handled::default()
+        }
+    }
+
+    /// Refuses a request of the wrong shape (`e.p.msg.bad-request`).
+    async fn bad_request(&self, msg: &Message, sender: &Sender, comment: &str) -> Handled {
+        self.refuse(
+            msg,
+            sender,
+            Rejection::Malformed,
+            codes::BAD_REQUEST,
+            comment,
         )
         .await
     }
