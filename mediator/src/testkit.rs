@@ -133,3 +133,45 @@ pub fn ephemeral_identity() -> (String, mpc_did_didcomm::SecretStore) {
     }
     (did, secrets)
 }
+
+/// A mediator as the NAT tests run it in an emulated public network (`e3`'s public
+/// namespace): HTTP/WebSocket on `addr:8080` (sled in `data`), the STUN service on
+/// `addr:3478` with the alternate `alt:3479` (RFC 5780 behaviour discovery), and the relay
+/// on `/relay`. Returns the running mediator and its relay's handle (for metrics).
+///
+/// # Panics
+/// A port cannot be bound or the mediator does not start (test setup failures).
+#[allow(clippy::expect_used)]
+pub async fn start_public_mediator(
+    addr: std::net::Ipv4Addr,
+    alt: std::net::Ipv4Addr,
+    data: PathBuf,
+) -> (
+    crate::MediatorHandle,
+    crate::services::relay::RelayServiceHandle,
+) {
+    use std::net::{SocketAddr, SocketAddrV4};
+
+    use crate::services::relay::{RelayService, RelayServiceConfig};
+    use crate::services::stun::{StunServerConfig, StunService};
+
+    let mut cfg = StunServerConfig::new(SocketAddr::V4(SocketAddrV4::new(addr, 3478)));
+    cfg.alternate = Some(SocketAddr::V4(SocketAddrV4::new(alt, 3479)));
+    let stun = StunService::bind(cfg).await.expect("STUN ports");
+    let relay = RelayService::bind(RelayServiceConfig::default())
+        .await
+        .expect("relay");
+    let relay_h = relay.handle();
+    let config = crate::Config {
+        listen: SocketAddr::V4(SocketAddrV4::new(addr, 8080)),
+        data,
+        ..crate::Config::default()
+    };
+    let m = crate::Mediator::builder(config)
+        .service(stun)
+        .service(relay)
+        .start()
+        .await
+        .expect("mediator start");
+    (m, relay_h)
+}

@@ -24,15 +24,13 @@ use std::time::Duration;
 
 use mpc_did_driver::{path, DriverConfig, SessionHandle};
 use mpc_did_e3::{check_available, required, NatKind, Topology};
-use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
-use mpc_did_mediator::services::stun::StunService;
-use mpc_did_mediator::{Config, Mediator};
+use mpc_did_mediator::testkit::start_public_mediator;
 use mpc_did_rendezvous::binding::RetransmitSchedule;
 use mpc_did_rendezvous::candidate::{Candidate, PathKind};
 use mpc_did_rendezvous::nat::NatMapping;
 use mpc_did_rendezvous::net::connect::{default_planner, establish, gather_quic, Establish};
 use mpc_did_rendezvous::net::quic::QuicEndpoint;
-use mpc_did_rendezvous::net::{RelayConnection, RelayIdentity, StunServerConfig};
+use mpc_did_rendezvous::net::{RelayConnection, RelayIdentity};
 use mpc_did_rendezvous::relay::{PeerAddr, SigningKey};
 use mpc_did_session::{Acceptor, Proposer, Session, SessionConfig};
 use sha2::{Digest, Sha256};
@@ -205,30 +203,9 @@ fn run(kind: NatKind) -> Option<(PartyResult, PartyResult)> {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let mut cfg = StunServerConfig::new(SocketAddr::V4(SocketAddrV4::new(
-                    Topology::PUBLIC_ADDR,
-                    3478,
-                )));
-                cfg.alternate = Some(SocketAddr::V4(SocketAddrV4::new(
-                    Topology::PUBLIC_ADDR2,
-                    3479,
-                )));
-                let stun = StunService::bind(cfg).await.unwrap();
-                let relay = RelayService::bind(RelayServiceConfig::default())
-                    .await
-                    .unwrap();
-                let relay_h = relay.handle();
-                let config = Config {
-                    listen: SocketAddr::V4(SocketAddrV4::new(Topology::PUBLIC_ADDR, 8080)),
-                    data,
-                    ..Config::default()
-                };
-                let m = Mediator::builder(config)
-                    .service(stun)
-                    .service(relay)
-                    .start()
-                    .await
-                    .unwrap();
+                let (m, relay_h) =
+                    start_public_mediator(Topology::PUBLIC_ADDR, Topology::PUBLIC_ADDR2, data)
+                        .await;
                 info_tx.send(m.did.clone()).unwrap();
                 let _ = stop_rx.await;
                 let metrics = relay_h.metrics();

@@ -27,9 +27,7 @@ use mpc_did_connect::{
 };
 use mpc_did_e3::{check_available, required, NatKind, Topology};
 use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
-use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
-use mpc_did_mediator::services::stun::{StunServerConfig, StunService};
-use mpc_did_mediator::{Config, Mediator};
+use mpc_did_mediator::testkit::start_public_mediator;
 use mpc_did_rendezvous::candidate::CandidateKind;
 use mpc_did_rendezvous::nat::NatMapping;
 use mpc_did_resolver::{DidCommService, UniversalResolver};
@@ -255,29 +253,9 @@ fn run(kind: NatKind, block_udp: bool) -> Option<(Outcome, Outcome)> {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let mut cfg = StunServerConfig::new(SocketAddr::V4(SocketAddrV4::new(
-                    Topology::PUBLIC_ADDR,
-                    3478,
-                )));
-                cfg.alternate = Some(SocketAddr::V4(SocketAddrV4::new(
-                    Topology::PUBLIC_ADDR2,
-                    3479,
-                )));
-                let stun = StunService::bind(cfg).await.unwrap();
-                let relay = RelayService::bind(RelayServiceConfig::default())
-                    .await
-                    .unwrap();
-                let config = Config {
-                    listen: SocketAddr::V4(SocketAddrV4::new(Topology::PUBLIC_ADDR, 8080)),
-                    data,
-                    ..Config::default()
-                };
-                let m = Mediator::builder(config)
-                    .service(stun)
-                    .service(relay)
-                    .start()
-                    .await
-                    .unwrap();
+                let (m, _) =
+                    start_public_mediator(Topology::PUBLIC_ADDR, Topology::PUBLIC_ADDR2, data)
+                        .await;
                 info_tx.send(()).unwrap();
                 let _ = stop_rx.await;
                 m.shutdown().await;
