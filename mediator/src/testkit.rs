@@ -1,4 +1,5 @@
-//! Helpers for tests and benchmarks: a real `redis-server` on a free loopback port.
+//! Helpers for tests and benchmarks: a real `redis-server` on a free loopback port, and the
+//! mediator with STUN and relay as the network-namespace NAT tests run it.
 //!
 //! Used by this crate's tests, by `wallet-cli/tests/mediator_*.rs` and by the benchmark;
 //! not meant for production code.
