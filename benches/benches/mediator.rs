@@ -28,7 +28,8 @@
 //! `live_coalesce_ms` (default: the mediator's default). The recipients' client caches the
 //! ECDH-1PU static share with the mediator, as every `MediatorClient` now does. Since
 //! issue #4 the default live mode is raw (see above), and `MEDIATOR_BENCH_ACK_MS` sets how
-//! long a recipient waits for more pushes before acknowledging (default 5 ms).
+//! long a recipient waits for more pushes before acknowledging (default 50 ms since the
+//! README reports that setting; it was 5 ms).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -324,7 +325,7 @@ async fn level(
         std::env::var("MEDIATOR_BENCH_ACK_MS")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(5),
+            .unwrap_or(50),
     );
     for r in &recipients {
         let mut live = if raw {
@@ -334,8 +335,8 @@ async fn level(
         };
         let (received, remaining) = (received.clone(), remaining.clone());
         lives.push(tokio::spawn(async move {
-            // Acknowledge in batches: after 200 ids, or when nothing more arrives for 5 ms
-            // (MEDIATOR_BENCH_ACK_MS overrides the 5 ms)
+            // Acknowledge in batches: after 200 ids, or when nothing more arrives for 50 ms
+            // (MEDIATOR_BENCH_ACK_MS overrides the 50 ms)
             // (one authcrypt messages-received for many pushes).
             let mut unacked: Vec<String> = Vec::new();
             loop {
