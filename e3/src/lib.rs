@@ -22,7 +22,8 @@
 //! namespace, so a test can bind them inside and use them from its async runtime.
 //!
 //! Needs root, `ip` (iproute2) and `iptables`; [`check_available`] says what is missing.
-//! This kernel has no `netem`, so latency is not added here (see README "e3").
+//! This kernel has no `netem`: [`Netns::delay`] adds latency in user space instead (a
+//! [`DelayLine`] holding each packet in an NFQUEUE).
 //!
 //! ```no_run
 //! use mpc_did_e3::{NatKind, Topology};
@@ -38,6 +39,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+
+mod delay;
+pub use delay::{DelayLine, Stats as DelayStats};
 
 /// What can go wrong building or using a topology.
 #[derive(Debug, thiserror::Error)]
