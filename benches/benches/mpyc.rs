@@ -24,8 +24,10 @@
 //! mpyc (test.sh makes `.venv`), `MPC_DID_BENCH_REPS` the repetitions (default 5).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod mpyc_common;
+
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,9 +35,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use mpc_did_driver::{local, PartyTransport, CLOSE_DONE};
-use mpc_did_proxy::launch::{find_python, run_program, Output, Program};
-use mpc_did_proxy::{Proxy, ProxyConfig};
+use mpc_did_driver::local;
+use mpyc_common::{median, parse_stop, python, run_parties, script};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -48,40 +49,6 @@ struct Run {
     bytes: u64,
     /// MPyC's own "bytes sent", summed over the parties.
     mpyc_bytes: u64,
-}
-
-fn python() -> Option<PathBuf> {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    find_python(&[venv], &["numpy"]).unwrap()
-}
-
-fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(name)
-}
-
-/// MPyC's "Stop MPyC -- elapsed time: 0:00:01.234|bytes sent: 5678".
-fn parse_stop(log: &str) -> (Duration, u64) {
-    let line = log
-        .lines()
-        .find(|l| l.contains("Stop MPyC"))
-        .unwrap_or_default();
-    let elapsed = line
-        .split("elapsed time: ")
-        .nth(1)
-        .and_then(|r| r.split('|').next())
-        .map(|t| {
-            let parts: Vec<f64> = t.split(':').filter_map(|x| x.trim().parse().ok()).collect();
-            parts.iter().fold(0.0, |acc, x| acc * 60.0 + x)
-        })
-        .unwrap_or_default();
-    let bytes = line
-        .split("bytes sent: ")
-        .nth(1)
-        .and_then(|b| b.trim().parse().ok())
-        .unwrap_or_default();
-    (Duration::from_secs_f64(elapsed), bytes)
 }
 
 async fn free_port() -> u16 {
@@ -298,51 +265,13 @@ async fn run_session(python: &std::path::Path, prog: &str, args: &[String]) -> R
     .await
     .unwrap();
     let after_setup = written.load(Ordering::Relaxed);
-    let start = Instant::now();
-    let mut runs = Vec::new();
-    for (i, sessions) in maps.into_iter().enumerate() {
-        let me = u16::try_from(i).unwrap();
-        let transport = Arc::new(PartyTransport::new(me, sessions));
-        let proxy = Proxy::bind(ProxyConfig::new(PARTIES, me)).await.unwrap();
-        let mut argv = vec![python.as_os_str().to_owned(), script(prog).into_os_string()];
-        argv.extend(args.iter().map(Into::into));
-        let program = Program {
-            argv,
-            output: Output::Capture,
-            grace: Duration::from_secs(3),
-        };
-        runs.push(tokio::spawn(async move {
-            let out = run_program(
-                proxy,
-                Arc::clone(&transport),
-                program,
-                std::future::pending(),
-            )
-            .await
-            .unwrap();
-            transport.close_all(CLOSE_DONE, "done").await;
-            out
-        }));
-    }
-    let (mut mpyc, mut mpyc_bytes) = (Duration::ZERO, 0);
-    for r in runs {
-        let out = r.await.unwrap();
-        assert!(out.status.success(), "{}", out.stderr);
-        let (e, b) = parse_stop(&out.stdout);
-        mpyc = mpyc.max(e);
-        mpyc_bytes += b;
-    }
+    let t = run_parties(maps, python, prog, args).await;
     Run {
-        wall: start.elapsed(),
-        mpyc,
+        wall: t.wall,
+        mpyc: t.mpyc,
         bytes: written.load(Ordering::Relaxed) - after_setup,
-        mpyc_bytes,
+        mpyc_bytes: t.mpyc_bytes,
     }
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

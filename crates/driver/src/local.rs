@@ -31,6 +31,29 @@ pub async fn session_pair_with<W>(
 where
     W: Fn(TcpStream) -> path::BoxPath,
 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let x = TcpStream::connect(listener.local_addr()?).await?;
+    let (y, _) = listener.accept().await?;
+    session_pair_on(a_did, b_did, config, x, y, wrap).await
+}
+
+/// As [`session_pair_with`], over a TCP connection the caller made: `x` is `a_did`'s end,
+/// `y` is `b_did`'s (for example the two ends of a connection between two network
+/// namespaces, to run the data plane over an emulated Internet path). Sets `TCP_NODELAY`.
+///
+/// # Errors
+/// Handshake or socket errors.
+pub async fn session_pair_on<W>(
+    a_did: &str,
+    b_did: &str,
+    config: DriverConfig,
+    mut x: TcpStream,
+    mut y: TcpStream,
+    wrap: W,
+) -> io::Result<(SessionHandle, SessionHandle)>
+where
+    W: Fn(TcpStream) -> path::BoxPath,
+{
     let roster = [0u8; 32];
     let mut sid = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut sid);
@@ -47,9 +70,6 @@ where
         SessionHandle::spawn(a, config.clone()),
         SessionHandle::spawn(b, config),
     );
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    let mut x = TcpStream::connect(listener.local_addr()?).await?;
-    let (mut y, _) = listener.accept().await?;
     x.set_nodelay(true)?;
     y.set_nodelay(true)?;
     path::send_hello(&mut x, &ha.path_id()).await?;
