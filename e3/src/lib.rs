@@ -197,6 +197,25 @@ impl TopologyBuilder {
         self
     }
 
+    /// For tests: [`build`](Self::build), or `None` (after saying why on stderr) when this
+    /// environment cannot make namespaces and [`required`] is not set; panics when they are
+    /// required but unavailable, or when building fails.
+    ///
+    /// # Panics
+    /// As said: a test that must run does not silently pass.
+    #[must_use]
+    pub fn build_or_skip(self) -> Option<Topology> {
+        if let Err(e) = check_available() {
+            assert!(!required(), "MPC_DID_REQUIRE_NETNS=1 but {e}");
+            eprintln!("skipped: {e}");
+            return None;
+        }
+        match self.build() {
+            Ok(t) => Some(t),
+            Err(e) => panic!("building the e3 topology failed: {e}"),
+        }
+    }
+
     /// Create the namespaces, links, addresses, routes and NAT rules.
     ///
     /// # Errors

@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use mpc_did_driver::{path, DriverConfig, SessionHandle};
-use mpc_did_e3::{check_available, required, NatKind, Topology};
+use mpc_did_e3::{NatKind, Topology};
 use mpc_did_mediator::testkit::start_public_mediator;
 use mpc_did_rendezvous::binding::RetransmitSchedule;
 use mpc_did_rendezvous::candidate::{Candidate, PathKind};
@@ -177,16 +177,10 @@ fn noise_pair() -> (Session, Session) {
 }
 
 fn run(kind: NatKind) -> Option<(PartyResult, PartyResult)> {
-    if let Err(e) = check_available() {
-        assert!(!required(), "MPC_DID_REQUIRE_NETNS=1 but {e}");
-        eprintln!("skipped: {e}");
-        return None;
-    }
     let topo = Topology::builder()
         .host("a", kind)
         .host("b", kind)
-        .build()
-        .unwrap();
+        .build_or_skip()?;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("m");
 
