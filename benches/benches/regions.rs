@@ -20,6 +20,16 @@
 //! finds a derangement, so the work of a run varies; time per payload byte compares runs of
 //! different length), with session ÷ plain of the last.
 //!
+//! **Part 2, behind NATs**: the same three hosts, each now in a home namespace behind its own
+//! NAT — endpoint-independent, then symmetric — with the same access delays, and a mediator
+//! (DIDComm, STUN, relay) in the public namespace with its own delay
+//! (`MPC_DID_REGIONS_MEDIATOR_MS`, default 10). Plain MPyC cannot connect here at all. Each
+//! party runs the whole stack in its namespace: a fresh did:key registered at the mediator, a
+//! connector that negotiates each pairwise session over DIDComm and picks its path (punched
+//! QUIC behind EIM NATs, the relay behind symmetric ones), and MPyC behind its proxy. Reports
+//! the paths, the time until the slowest party has all its sessions up, and MPyC's time per
+//! 100 kB against part 1's plain MPyC between public hosts with the delay lines on.
+//!
 //! Needs root (network namespaces, iptables NFQUEUE). `cargo bench -p mpc-did-benches --bench
 //! regions [-- FILTER]`; `MPC_DID_PYTHON` names a Python with mpyc, `MPC_DID_BENCH_REPS` the
 //! repetitions (default 3).
@@ -35,10 +45,17 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::latency;
+use mpc_did_agent::Agent;
+use mpc_did_connect::{
+    mediator_stun, Binding, Connector, ConnectorConfig, QuicSetup, RelayIdentity, RelaySetup,
+};
 use mpc_did_driver::{local, DriverConfig, SessionHandle};
 use mpc_did_e3::{check_available, NatKind, Topology};
+use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
+use mpc_did_mediator::testkit::start_public_mediator;
 use mpc_did_proxy::PartyId;
-use mpyc_common::{draws, median, parse_stop, python, run_parties, script, Timing};
+use mpc_did_resolver::{DidCommService, UniversalResolver};
+use mpyc_common::{median, python, run_parties, run_party, script, timing, Timing};
 
 const PARTIES: usize = 3;
 
@@ -83,22 +100,18 @@ fn run_plain(topo: &Topology, python: &Path, prog: &str, args: &[String], port: 
             .stderr(Stdio::piped());
         children.push(cmd.spawn().unwrap());
     }
-    let mut t = Timing::default();
-    for (i, c) in children.into_iter().enumerate() {
+    let mut logs = Vec::new();
+    for c in children {
         let out = c.wait_with_output().unwrap();
-        let log = String::from_utf8_lossy(&out.stdout);
-        if i == 0 {
-            t.draws = draws(&log);
-        }
+        let log = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
             "{log}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let (e, b) = parse_stop(&log);
-        t.mpyc = t.mpyc.max(e);
-        t.mpyc_bytes += b;
+        logs.push(log);
     }
+    let mut t = timing(&logs);
     t.wall = start.elapsed();
     t
 }
@@ -183,6 +196,246 @@ async fn run_session(topo: &Topology, python: &Path, prog: &str, args: &[String]
     run_parties(maps, python, prog, args).await
 }
 
+/// Behind NATs the whole stack runs: a mediator (DIDComm, STUN, relay) in the public
+/// namespace, and per party an agent registered there, a connector that negotiates each
+/// session over DIDComm and picks its path (punched QUIC or the relay), and MPyC behind its
+/// proxy — all inside the party's home namespace.
+struct NatRun {
+    timing: Timing,
+    /// Slowest party: first negotiation message to all its sessions up.
+    setup: Duration,
+    /// The path kinds the sessions came up on (party 0's view of its peers, then 1–2).
+    paths: Vec<String>,
+}
+
+/// What a party tells the others before connecting: its DID and DIDComm service.
+type Contact = (String, DidCommService);
+
+async fn nat_party(
+    me: usize,
+    to_main: std::sync::mpsc::Sender<(usize, Contact)>,
+    from_main: std::sync::mpsc::Receiver<Vec<Contact>>,
+    python: &Path,
+    prog: &str,
+    args: &[String],
+) -> (Duration, Vec<String>, String) {
+    let mut seed = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let mut secrets = mpc_did_didcomm::SecretStore::new();
+    let did = secrets.insert_did_key(&signing);
+    let http = format!("http://{}:8080", Topology::PUBLIC_ADDR);
+    let info = MediatorInfo::discover(&http).await.unwrap();
+    let relay = RelaySetup {
+        url: format!("ws://{}:8080/relay", Topology::PUBLIC_ADDR),
+        identity: RelayIdentity::did_key(signing),
+        expected_relay: Some(info.did.clone()),
+    };
+    let client =
+        MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
+    client.register().await.unwrap();
+    let agent = Agent::start(client).await.unwrap();
+    let config = ConnectorConfig {
+        handshake_timeout: Duration::from_secs(30),
+        relay: Some(relay),
+        quic: Some(QuicSetup {
+            stun: mediator_stun(&agent),
+            ..QuicSetup::default()
+        }),
+        ..ConnectorConfig::default()
+    };
+    let connector = Connector::start(agent.clone(), config).await.unwrap();
+    to_main
+        .send((me, (agent.did().to_owned(), agent.own_service())))
+        .unwrap();
+    let all = tokio::task::spawn_blocking(move || from_main.recv().unwrap())
+        .await
+        .unwrap();
+    for (j, (peer, service)) in all.iter().enumerate() {
+        if j != me {
+            agent.learn_service(peer, service.clone()).await.unwrap();
+        }
+    }
+    let start = Instant::now();
+    let pending = all
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != me)
+        .map(|(j, (peer, _))| {
+            let (connector, agent) = (&connector, &agent);
+            async move {
+                let binding = Binding::adhoc(agent.did(), peer);
+                let est = connector.establish(peer, &binding, me < j).await.unwrap();
+                (j, est)
+            }
+        });
+    let established = futures_util::future::join_all(pending).await;
+    let setup = start.elapsed();
+    let mut sessions = BTreeMap::new();
+    let mut paths = Vec::new();
+    for (j, est) in established {
+        paths.push(format!("{me}–{j} {}", est.path.kind()));
+        sessions.insert(PartyId::try_from(j).unwrap(), est.handle);
+    }
+    let parties = u16::try_from(PARTIES).unwrap();
+    let me = PartyId::try_from(me).unwrap();
+    let log = run_party(me, parties, sessions, python, prog, args).await;
+    (setup, paths, log)
+}
+
+fn run_nat(topo: &Topology, python: &Path, prog: &str, args: &[String]) -> NatRun {
+    let (to_main, from_parties) = std::sync::mpsc::channel();
+    let mut to_parties = Vec::new();
+    let mut threads = Vec::new();
+    let start = Instant::now();
+    for (i, name) in names().iter().enumerate() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        to_parties.push(tx);
+        let to_main = to_main.clone();
+        let (python, prog, args) = (python.to_owned(), prog.to_owned(), args.to_vec());
+        threads.push(
+            topo.host(name)
+                .unwrap()
+                .ns
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(2)
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    rt.block_on(nat_party(i, to_main, rx, &python, &prog, &args))
+                })
+                .unwrap(),
+        );
+    }
+    let mut contacts: Vec<Option<Contact>> = vec![None; PARTIES];
+    for _ in 0..PARTIES {
+        let (i, c) = from_parties
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a party did not register at the mediator");
+        contacts[i] = Some(c);
+    }
+    let all: Vec<Contact> = contacts.into_iter().map(Option::unwrap).collect();
+    for tx in &to_parties {
+        tx.send(all.clone()).unwrap();
+    }
+    let (mut logs, mut setup, mut paths) = (Vec::new(), Duration::ZERO, Vec::new());
+    for t in threads {
+        let (s, p, log) = t.join().unwrap().unwrap();
+        setup = setup.max(s);
+        paths.extend(p);
+        logs.push(log);
+    }
+    let mut timing = timing(&logs);
+    timing.wall = start.elapsed();
+    NatRun {
+        timing,
+        setup,
+        paths,
+    }
+}
+
+/// Part 2: every party behind its own NAT of `kind`, the mediator in the public namespace
+/// with its own access delay; `plain` is part 1's plain-TCP time per 100 kB per workload
+/// (public hosts, delay lines on) to compare with.
+fn nat_part(
+    kind: NatKind,
+    python: &Path,
+    workloads: &[(&str, &str, Vec<String>)],
+    reps: usize,
+    plain: &BTreeMap<String, f64>,
+) {
+    let mut builder = Topology::builder();
+    for n in names() {
+        builder = builder.host(&n, kind);
+    }
+    let topo = builder.build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mediator");
+    let (up_tx, up_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mediator = topo
+        .public()
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (m, _relay) =
+                    start_public_mediator(Topology::PUBLIC_ADDR, Topology::PUBLIC_ADDR2, data)
+                        .await;
+                up_tx.send(()).unwrap();
+                let _ = stop_rx.await;
+                m.shutdown().await;
+            });
+        })
+        .unwrap();
+    up_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let mut lines: Vec<_> = names()
+        .iter()
+        .zip(delays())
+        .map(|(n, d)| topo.host(n).unwrap().ns.delay(d).unwrap())
+        .collect();
+    lines.push(topo.public().delay(mediator_delay()).unwrap());
+    for (label, prog, args) in workloads {
+        let mut runs = Vec::new();
+        for rep in 0..reps {
+            let r = run_nat(&topo, python, prog, args);
+            eprintln!(
+                "  {kind:?} NATs, {label} rep {}: sessions up in {:.2} s on {}; MPyC {:.2} s \
+                 ({} kB, {} draws), wall {:.2} s",
+                rep + 1,
+                r.setup.as_secs_f64(),
+                r.paths.join(", "),
+                r.timing.mpyc.as_secs_f64(),
+                r.timing.mpyc_bytes / 1000,
+                r.timing.draws,
+                r.timing.wall.as_secs_f64(),
+            );
+            runs.push(r);
+        }
+        let setup = median(runs.iter().map(|r| r.setup).collect()).as_secs_f64();
+        let per = median(runs.iter().map(|r| per_100k(&r.timing)).collect()).as_secs_f64();
+        let mut kinds: Vec<String> = runs
+            .iter()
+            .flat_map(|r| {
+                r.paths
+                    .iter()
+                    .map(|p| p.split(' ').nth(1).unwrap_or("?").to_owned())
+            })
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        let base = plain.get(*label).copied().unwrap_or(f64::NAN);
+        println!(
+            "| {label} | {kind:?} NATs | {} | {setup:.2} s | {:.1} ms | {:.2}× |",
+            kinds.join(" + "),
+            per * 1e3,
+            per / base,
+        );
+    }
+    drop(lines);
+    let _ = stop_tx.send(());
+    let _ = mediator.join();
+}
+
+fn mediator_delay() -> Duration {
+    Duration::from_millis(
+        std::env::var("MPC_DID_REGIONS_MEDIATOR_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10),
+    )
+}
+
+/// MPyC's elapsed time per 100 kB of its payload: secretsanta draws until it finds a
+/// derangement, so the work of a run varies; this compares runs of different length.
+fn per_100k(t: &Timing) -> Duration {
+    Duration::from_secs_f64(t.mpyc.as_secs_f64() * 1e5 / (t.mpyc_bytes as f64).max(1.0))
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
@@ -209,7 +462,7 @@ fn main() {
     }
     let topo = builder.build().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let workloads: Vec<(&str, &str, Vec<String>)> = vec![
+    let mut workloads: Vec<(&str, &str, Vec<String>)> = vec![
         (
             "secretsanta 3 4 5 6 (many rounds, small messages)",
             "secretsanta.py",
@@ -221,6 +474,14 @@ fn main() {
             vec!["--length".into(), "100000".into()],
         ),
     ];
+    // `cargo bench --bench regions -- santa`: only workloads whose label contains "santa".
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    workloads.retain(|(label, _, _)| {
+        filter.is_empty() || filter.iter().any(|f| label.contains(f.as_str()))
+    });
     let rtt = |i: usize, j: usize| (delays[i] + delays[j]) * 2;
     println!(
         "regions: one-way access delays {:?}; RTT r0–r1 {:?}, r0–r2 {:?}, r1–r2 {:?}",
@@ -235,15 +496,9 @@ fn main() {
     );
     println!("|---|---|---:|---:|---:|---:|");
     let mut port = 41_000;
-    // `cargo bench --bench regions -- santa`: only workloads whose label contains "santa".
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
+    // Plain MPyC between public hosts with delay lines: the baseline of part 2.
+    let mut plain_delayed: BTreeMap<String, f64> = BTreeMap::new();
     for (label, prog, args) in &workloads {
-        if !filter.is_empty() && !filter.iter().any(|f| label.contains(f.as_str())) {
-            continue;
-        }
         for delayed in [false, true] {
             let lines: Vec<_> = if delayed {
                 names()
@@ -283,13 +538,11 @@ fn main() {
             let med = |v: &[Timing], f: fn(&Timing) -> Duration| {
                 median(v.iter().map(f).collect()).as_secs_f64()
             };
-            // secretsanta draws until it finds a derangement, so the work of a run varies:
-            // compare MPyC's elapsed time per byte of its payload, both from the same run.
-            let per_100k = |t: &Timing| {
-                Duration::from_secs_f64(t.mpyc.as_secs_f64() * 1e5 / (t.mpyc_bytes as f64).max(1.0))
-            };
             let (pw, sw) = (med(&plain, |t| t.wall), med(&session, |t| t.wall));
             let (pn, sn) = (med(&plain, per_100k), med(&session, per_100k));
+            if delayed {
+                plain_delayed.insert((*label).to_owned(), pn);
+            }
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
             println!(
                 "| {label} | {} | {:.2} / {:.2} ms | {pw:.2} / {sw:.2} s | {:.1} / {:.1} ms | {:.2}× |",
@@ -301,5 +554,22 @@ fn main() {
                 sn / pn.max(1e-12),
             );
         }
+    }
+    drop(topo);
+
+    // Part 2: behind NATs, the whole stack (see `nat_part`).
+    println!(
+        "\nBehind NATs: one-way delays {:?} at the parties, {:?} at the mediator (DIDComm, \
+         STUN, relay); each party behind its own NAT\n",
+        delays,
+        mediator_delay()
+    );
+    println!(
+        "| workload | NATs | session paths | sessions up (slowest party) | MPyC elapsed per 100 kB \
+         | ÷ plain MPyC between public hosts |"
+    );
+    println!("|---|---|---|---:|---:|---:|");
+    for kind in [NatKind::EndpointIndependent, NatKind::Symmetric] {
+        nat_part(kind, &python, &workloads, reps, &plain_delayed);
     }
 }

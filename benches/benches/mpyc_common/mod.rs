@@ -75,8 +75,55 @@ pub fn draws(log: &str) -> u64 {
         .sum()
 }
 
-/// Run `prog` once in session mode: party `i` is an MPyC process behind its own loopback
-/// proxy, whose streams go into the sessions of `maps[i]` (peer id → session).
+/// Party `me` of `parties` in session mode: its MPyC process behind its own loopback proxy,
+/// whose streams go into `sessions` (peer id → session); closes them when MPyC is done and
+/// returns MPyC's stdout (panics, with its stderr, if it failed).
+pub async fn run_party(
+    me: PartyId,
+    parties: u16,
+    sessions: BTreeMap<PartyId, SessionHandle>,
+    python: &Path,
+    prog: &str,
+    args: &[String],
+) -> String {
+    let transport = Arc::new(PartyTransport::new(me, sessions));
+    let proxy = Proxy::bind(ProxyConfig::new(parties, me)).await.unwrap();
+    let mut argv = vec![python.as_os_str().to_owned(), script(prog).into_os_string()];
+    argv.extend(args.iter().map(Into::into));
+    let program = Program {
+        argv,
+        output: Output::Capture,
+        grace: Duration::from_secs(3),
+    };
+    let out = run_program(
+        proxy,
+        Arc::clone(&transport),
+        program,
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    transport.close_all(CLOSE_DONE, "done").await;
+    assert!(out.status.success(), "party {me}: {}", out.stderr);
+    out.stdout
+}
+
+/// Fold the parties' logs (party 0 first) into one [`Timing`] (`wall` left for the caller).
+pub fn timing(logs: &[String]) -> Timing {
+    let mut t = Timing::default();
+    for (i, log) in logs.iter().enumerate() {
+        if i == 0 {
+            t.draws = draws(log);
+        }
+        let (e, b) = parse_stop(log);
+        t.mpyc = t.mpyc.max(e);
+        t.mpyc_bytes += b;
+    }
+    t
+}
+
+/// Run `prog` once in session mode with every party in this runtime: party `i`'s sessions
+/// are `maps[i]` (see [`run_party`]).
 pub async fn run_parties(
     maps: Vec<BTreeMap<PartyId, SessionHandle>>,
     python: &Path,
@@ -88,39 +135,16 @@ pub async fn run_parties(
     let mut runs = Vec::new();
     for (i, sessions) in maps.into_iter().enumerate() {
         let me = u16::try_from(i).unwrap();
-        let transport = Arc::new(PartyTransport::new(me, sessions));
-        let proxy = Proxy::bind(ProxyConfig::new(parties, me)).await.unwrap();
-        let mut argv = vec![python.as_os_str().to_owned(), script(prog).into_os_string()];
-        argv.extend(args.iter().map(Into::into));
-        let program = Program {
-            argv,
-            output: Output::Capture,
-            grace: Duration::from_secs(3),
-        };
+        let (python, prog, args) = (python.to_owned(), prog.to_owned(), args.to_vec());
         runs.push(tokio::spawn(async move {
-            let out = run_program(
-                proxy,
-                Arc::clone(&transport),
-                program,
-                std::future::pending(),
-            )
-            .await
-            .unwrap();
-            transport.close_all(CLOSE_DONE, "done").await;
-            out
+            run_party(me, parties, sessions, &python, &prog, &args).await
         }));
     }
-    let mut t = Timing::default();
-    for (i, r) in runs.into_iter().enumerate() {
-        let out = r.await.unwrap();
-        if i == 0 {
-            t.draws = draws(&out.stdout);
-        }
-        assert!(out.status.success(), "{}", out.stderr);
-        let (e, b) = parse_stop(&out.stdout);
-        t.mpyc = t.mpyc.max(e);
-        t.mpyc_bytes += b;
+    let mut logs = Vec::new();
+    for r in runs {
+        logs.push(r.await.unwrap());
     }
+    let mut t = timing(&logs);
     t.wall = start.elapsed();
     t
 }
