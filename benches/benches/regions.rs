@@ -273,13 +273,29 @@ async fn nat_party(
     let setup = start.elapsed();
     let mut sessions = BTreeMap::new();
     let mut paths = Vec::new();
+    let mut handles = Vec::new();
     for (j, est) in established {
         paths.push(format!("{me}–{j} {}", est.path.kind()));
+        handles.push((j, est.handle.clone()));
         sessions.insert(PartyId::try_from(j).unwrap(), est.handle);
     }
     let parties = u16::try_from(PARTIES).unwrap();
-    let me = PartyId::try_from(me).unwrap();
-    let log = run_party(me, parties, sessions, python, prog, args).await;
+    let log = run_party(
+        PartyId::try_from(me).unwrap(),
+        parties,
+        sessions,
+        python,
+        prog,
+        args,
+    )
+    .await;
+    // A path attached more than once means the session lost its path and resumed.
+    for (j, h) in handles {
+        let attached = h.path().attached;
+        if attached > 1 {
+            eprintln!("  party {me}: session with {j} attached {attached} paths");
+        }
+    }
     (setup, paths, log)
 }
 
@@ -363,11 +379,14 @@ fn nat_part(
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let (m, _relay) =
+                let (m, relay) =
                     start_public_mediator(Topology::PUBLIC_ADDR, Topology::PUBLIC_ADDR2, data)
                         .await;
                 up_tx.send(()).unwrap();
                 let _ = stop_rx.await;
+                if let Some(r) = relay.metrics() {
+                    eprintln!("  {kind:?} NATs: relay {r:?}");
+                }
                 m.shutdown().await;
             });
         })

@@ -1341,6 +1341,8 @@ async fn keep_path(
     let mut state = handle.watch_state();
     let mut backoff = cfg.first;
     let mut next_try = tokio::time::Instant::now() + backoff;
+    // Set when restoring through the relay alone failed: the next attempt tries everything.
+    let mut relay_restore_failed = false;
     loop {
         if handle.state().is_over() {
             return;
@@ -1357,13 +1359,26 @@ async fn keep_path(
                 }
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
                 let cands = remote.snapshot();
-                // Direct first, then the relay; only the relay with `force_relay`.
+                // Direct first, then the relay; only the relay with `force_relay`, and
+                // first when the path lost was the relay (spec/session.md §7.4): the direct
+                // candidates did not work a moment ago, and checking them again would leave
+                // the session without a path for a whole round of checks (up to 6 s). The
+                // upgrade below keeps trying them.
+                let lost_relay = matches!(handle.path().last, Some(PathInfo::Relayed { .. }));
+                let relay_only = connector.inner.config.force_relay
+                    || (lost_relay && !relay_restore_failed);
                 match connector
-                    .connect_path(&handle, &peer, &cands, connector.inner.config.force_relay, deadline)
+                    .connect_path(&handle, &peer, &cands, relay_only, deadline)
                     .await
                 {
-                    Ok(p) => tracing::info!("secure session path restored: {p}"),
-                    Err(e) => tracing::warn!("cannot restore the path ({e}); retrying"),
+                    Ok(p) => {
+                        relay_restore_failed = false;
+                        tracing::info!("secure session path restored: {p}");
+                    }
+                    Err(e) => {
+                        relay_restore_failed = relay_only;
+                        tracing::warn!("cannot restore the path ({e}); retrying");
+                    }
                 }
                 backoff = cfg.first;
                 next_try = tokio::time::Instant::now() + backoff;
