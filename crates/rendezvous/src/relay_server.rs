@@ -53,9 +53,12 @@ impl RelayConfig {
     pub fn new(relay_id: impl Into<String>) -> Self {
         RelayConfig {
             relay_id: relay_id.into(),
-            max_clients: 1024,
-            max_queue_bytes: 1 << 20,
-            max_queue_frames: 1024,
+            // 256 × 4 MiB: the queues can hold at most 1 GiB in all. A 1 MiB queue overflowed
+            // when MPyC sent MB-sized messages to a receiver 70–110 ms away (each drop costs
+            // the session a resume; spec/rendezvous.md §4.5).
+            max_clients: 256,
+            max_queue_bytes: 4 << 20,
+            max_queue_frames: 4096,
             rate_bytes_per_sec: 8 << 20,
             burst_bytes: 1 << 20,
             idle_timeout: Duration::from_secs(60),
