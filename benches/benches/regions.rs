@@ -52,7 +52,7 @@ use mpc_did_connect::{
 use mpc_did_driver::{local, DriverConfig, SessionHandle};
 use mpc_did_e3::{check_available, NatKind, Topology};
 use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
-use mpc_did_mediator::testkit::start_public_mediator;
+use mpc_did_mediator::testkit::serve_public_mediator;
 use mpc_did_proxy::PartyId;
 use mpc_did_resolver::{DidCommService, UniversalResolver};
 use mpyc_common::{median, python, run_parties, run_party, script, timing, Timing};
@@ -373,22 +373,13 @@ fn nat_part(
     let mediator = topo
         .public()
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (m, relay) =
-                    start_public_mediator(Topology::PUBLIC_ADDR, Topology::PUBLIC_ADDR2, data)
-                        .await;
-                up_tx.send(()).unwrap();
-                let _ = stop_rx.await;
-                if let Some(r) = relay.metrics() {
-                    eprintln!("  {kind:?} NATs: relay {r:?}");
-                }
-                m.shutdown().await;
-            });
+            serve_public_mediator(
+                Topology::PUBLIC_ADDR,
+                Topology::PUBLIC_ADDR2,
+                data,
+                up_tx,
+                stop_rx,
+            )
         })
         .unwrap();
     up_rx.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -437,7 +428,9 @@ fn nat_part(
     }
     drop(lines);
     let _ = stop_tx.send(());
-    let _ = mediator.join();
+    if let Ok(Ok(Some(r))) = mediator.join() {
+        eprintln!("  {kind:?} NATs: relay {r:?}");
+    }
 }
 
 fn mediator_delay() -> Duration {

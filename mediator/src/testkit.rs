@@ -176,3 +176,33 @@ pub async fn start_public_mediator(
         .expect("mediator start");
     (m, relay_h)
 }
+
+/// [`start_public_mediator`] on the calling thread — one that entered the public namespace —
+/// with its own two-worker runtime: sends the mediator's DID on `up` once it serves, runs
+/// until `stop` fires (or its sender is dropped), shuts down, and returns the relay's final
+/// metrics.
+///
+/// # Panics
+/// As [`start_public_mediator`], or when the runtime cannot be built.
+#[allow(clippy::expect_used)]
+pub fn serve_public_mediator(
+    addr: std::net::Ipv4Addr,
+    alt: std::net::Ipv4Addr,
+    data: PathBuf,
+    up: std::sync::mpsc::Sender<String>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> Option<mpc_did_rendezvous::relay_server::RelayMetrics> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        let (m, relay) = start_public_mediator(addr, alt, data).await;
+        let _ = up.send(m.did.clone());
+        let _ = stop.await;
+        let metrics = relay.metrics();
+        m.shutdown().await;
+        metrics
+    })
+}

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use mpc_did_driver::{path, DriverConfig, SessionHandle};
 use mpc_did_e3::{NatKind, Topology};
-use mpc_did_mediator::testkit::start_public_mediator;
+use mpc_did_mediator::testkit::serve_public_mediator;
 use mpc_did_rendezvous::binding::RetransmitSchedule;
 use mpc_did_rendezvous::candidate::{Candidate, PathKind};
 use mpc_did_rendezvous::nat::NatMapping;
@@ -191,21 +191,13 @@ fn run(kind: NatKind) -> Option<(PartyResult, PartyResult)> {
     let mediator = topo
         .public()
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (m, relay_h) =
-                    start_public_mediator(Topology::PUBLIC_ADDR, Topology::PUBLIC_ADDR2, data)
-                        .await;
-                info_tx.send(m.did.clone()).unwrap();
-                let _ = stop_rx.await;
-                let metrics = relay_h.metrics();
-                m.shutdown().await;
-                metrics
-            })
+            serve_public_mediator(
+                Topology::PUBLIC_ADDR,
+                Topology::PUBLIC_ADDR2,
+                data,
+                info_tx,
+                stop_rx,
+            )
         })
         .unwrap();
     let did = info_rx.recv_timeout(Duration::from_secs(20)).unwrap();

@@ -27,7 +27,7 @@ use mpc_did_connect::{
 };
 use mpc_did_e3::{NatKind, Topology};
 use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
-use mpc_did_mediator::testkit::start_public_mediator;
+use mpc_did_mediator::testkit::serve_public_mediator;
 use mpc_did_rendezvous::candidate::CandidateKind;
 use mpc_did_rendezvous::nat::NatMapping;
 use mpc_did_resolver::{DidCommService, UniversalResolver};
@@ -241,19 +241,13 @@ fn run(kind: NatKind, block_udp: bool) -> Option<(Outcome, Outcome)> {
     let mediator = topo
         .public()
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let (m, _) =
-                    start_public_mediator(Topology::PUBLIC_ADDR, Topology::PUBLIC_ADDR2, data)
-                        .await;
-                info_tx.send(()).unwrap();
-                let _ = stop_rx.await;
-                m.shutdown().await;
-            })
+            serve_public_mediator(
+                Topology::PUBLIC_ADDR,
+                Topology::PUBLIC_ADDR2,
+                data,
+                info_tx,
+                stop_rx,
+            )
         })
         .unwrap();
     info_rx.recv_timeout(Duration::from_secs(20)).unwrap();
