@@ -447,3 +447,87 @@ async fn quic_path_is_preferred_to_the_relay() {
     assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
     m.shutdown().await;
 }
+
+/// A loopback listener that accepts every connection and hangs up at once, counting them:
+/// a direct candidate whose checks always fail.
+async fn refusing_listener() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = std::sync::Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (addr, count)
+}
+
+/// spec/session.md §7.4: when its relay path is lost, the proposer restores the session
+/// through the relay at once, without first checking direct candidates that failed moments
+/// ago (a round of checks would leave it without a path for up to 6 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_relay_path_is_restored_through_the_relay_first() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let (port, checks) = refusing_listener().await;
+    // No upgrade attempts: every direct check counted below comes from a path restore.
+    let alice = party_cfg(&m, |c| c.upgrade.enabled = false).await;
+    let bob = party_cfg(&m, |c| c.advertise = vec![port]).await;
+    introduce(&alice, &bob).await;
+    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
+    let binding = Binding::adhoc(&a_did, &b_did);
+    let (ea, eb) = tokio::join!(
+        alice.establish(&b_did, &binding, true),
+        bob.establish(&a_did, &binding, false)
+    );
+    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    assert!(matches!(ea.path, PathInfo::Relayed { .. }), "{:?}", ea.path);
+    let before = checks.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(before >= 1, "the direct candidate was never checked");
+
+    let mut s = ea.handle.open_stream().await.unwrap();
+    s.write_all(b"one").await.unwrap();
+    let mut r = eb.handle.accept_stream().await.unwrap();
+    let mut buf = [0u8; 3];
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"one");
+
+    // The proposer's relay path breaks (a dead stream replaces it): the proposer restores
+    // the session through the relay without checking the direct candidate again.
+    let attached = ea.handle.path().attached;
+    let (dead, other_end) = tokio::io::duplex(64);
+    drop(other_end);
+    ea.handle.attach_path(Box::new(dead)).await.unwrap();
+    let mut paths = ea.handle.watch_path();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        paths.wait_for(|p| {
+            p.attached > attached + 1 && matches!(p.current, Some(PathInfo::Relayed { .. }))
+        }),
+    )
+    .await
+    .expect("no relay path was attached again")
+    .unwrap();
+    let mut state = ea.handle.watch_state();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        state.wait_for(|s| *s == SessionState::Connected),
+    )
+    .await
+    .expect("the session did not connect on the restored relay path")
+    .unwrap();
+    assert_eq!(
+        checks.load(std::sync::atomic::Ordering::SeqCst),
+        before,
+        "direct candidates were checked before the relay"
+    );
+    m.shutdown().await;
+}
