@@ -88,21 +88,26 @@ async fn introduce(a: &Connector, b: &Connector) {
         .unwrap();
 }
 
+/// Introduce `alice` and `bob` and open an ad-hoc session between them, `alice` proposing.
+async fn connect_pair(alice: &Connector, bob: &Connector) -> (Established, Established) {
+    introduce(alice, bob).await;
+    let (a_did, b_did) = (alice.agent().did(), bob.agent().did());
+    let binding = Binding::adhoc(a_did, b_did);
+    let (ea, eb) = tokio::join!(
+        alice.establish(b_did, &binding, true),
+        bob.establish(a_did, &binding, false)
+    );
+    (ea.unwrap(), eb.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn negotiated_session_carries_data_and_survives_a_broken_path() {
     let dir = tempfile::tempdir().unwrap();
     let m = mediator(dir.path()).await;
     let (alice, bob) = (party(&m).await, party(&m).await);
-    introduce(&alice, &bob).await;
-    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
-    let binding = Binding::adhoc(&a_did, &b_did);
-    assert_eq!(binding, Binding::adhoc(&b_did, &a_did));
-
-    let (ea, eb) = tokio::join!(
-        alice.establish(&b_did, &binding, true),
-        bob.establish(&a_did, &binding, false)
-    );
-    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    let (a_did, b_did) = (alice.agent().did(), bob.agent().did());
+    assert_eq!(Binding::adhoc(a_did, b_did), Binding::adhoc(b_did, a_did));
+    let (ea, eb) = connect_pair(&alice, &bob).await;
     assert_eq!(ea.session_id, eb.session_id);
     assert!(matches!(
         ea.path,
@@ -166,14 +171,7 @@ async fn relay_path_and_switches_between_relay_and_direct() {
     let dir = tempfile::tempdir().unwrap();
     let m = mediator(dir.path()).await;
     let (alice, bob) = (party_with(&m, true).await, party(&m).await);
-    introduce(&alice, &bob).await;
-    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
-    let binding = Binding::adhoc(&a_did, &b_did);
-    let (ea, eb) = tokio::join!(
-        alice.establish(&b_did, &binding, true),
-        bob.establish(&a_did, &binding, false)
-    );
-    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    let (ea, eb) = connect_pair(&alice, &bob).await;
     assert!(matches!(ea.path, PathInfo::Relayed { .. }), "{:?}", ea.path);
 
     let total = 4 << 20;
@@ -326,14 +324,7 @@ async fn relayed_session_upgrades_to_direct_when_the_peer_becomes_reachable() {
     })
     .await;
     let bob = party_cfg(&m, |c| c.advertise = vec![port]).await;
-    introduce(&alice, &bob).await;
-    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
-    let binding = Binding::adhoc(&a_did, &b_did);
-    let (ea, eb) = tokio::join!(
-        alice.establish(&b_did, &binding, true),
-        bob.establish(&a_did, &binding, false)
-    );
-    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    let (ea, eb) = connect_pair(&alice, &bob).await;
     assert!(matches!(ea.path, PathInfo::Relayed { .. }), "{:?}", ea.path);
     assert!(matches!(eb.path, PathInfo::Relayed { .. }), "{:?}", eb.path);
     let real = bob.listen_addr();
@@ -365,14 +356,7 @@ async fn new_candidates_from_the_peer_trigger_an_upgrade() {
     // With a 60 s first retry, only the announcement can move the session within the test.
     let alice = party_cfg(&m, |c| c.upgrade = quick_upgrade(Duration::from_secs(60))).await;
     let bob = party_cfg(&m, |c| c.advertise = vec![dead_port()]).await;
-    introduce(&alice, &bob).await;
-    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
-    let binding = Binding::adhoc(&a_did, &b_did);
-    let (ea, eb) = tokio::join!(
-        alice.establish(&b_did, &binding, true),
-        bob.establish(&a_did, &binding, false)
-    );
-    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    let (ea, eb) = connect_pair(&alice, &bob).await;
     assert!(matches!(ea.path, PathInfo::Relayed { .. }), "{:?}", ea.path);
     let real = bob.listen_addr();
     let announce = {
@@ -416,14 +400,7 @@ async fn quic_path_is_preferred_to_the_relay() {
     .await;
     let (cands, _) = bob.quic_candidates();
     assert_eq!(cands.len(), 1, "{cands:?}");
-    introduce(&alice, &bob).await;
-    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
-    let binding = Binding::adhoc(&a_did, &b_did);
-    let (ea, eb) = tokio::join!(
-        alice.establish(&b_did, &binding, true),
-        bob.establish(&a_did, &binding, false)
-    );
-    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    let (ea, eb) = connect_pair(&alice, &bob).await;
     assert_eq!(
         ea.path,
         PathInfo::Quic {
@@ -481,14 +458,7 @@ async fn a_lost_relay_path_is_restored_through_the_relay_first() {
     // No upgrade attempts: every direct check counted below comes from a path restore.
     let alice = party_cfg(&m, |c| c.upgrade.enabled = false).await;
     let bob = party_cfg(&m, |c| c.advertise = vec![port]).await;
-    introduce(&alice, &bob).await;
-    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
-    let binding = Binding::adhoc(&a_did, &b_did);
-    let (ea, eb) = tokio::join!(
-        alice.establish(&b_did, &binding, true),
-        bob.establish(&a_did, &binding, false)
-    );
-    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    let (ea, eb) = connect_pair(&alice, &bob).await;
     assert!(matches!(ea.path, PathInfo::Relayed { .. }), "{:?}", ea.path);
     let before = checks.load(std::sync::atomic::Ordering::SeqCst);
     assert!(before >= 1, "the direct candidate was never checked");
