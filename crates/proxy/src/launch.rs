@@ -84,7 +84,22 @@ pub enum LaunchError {
     Wait(#[source] std::io::Error),
     #[error("interrupted")]
     Interrupted,
+    /// The program's private links could not be set up.
+    #[error("cannot prepare the program's links: {0}")]
+    Links(#[source] ProxyError),
+    /// The program ran but never loaded the start-up hook that routes MPyC's links through
+    /// the proxy (Python started with `-I`, `-E` or `-S`, or not a Python program); it
+    /// has been stopped.
+    #[error(
+        "the program did not load mpc-did's MPyC link hook within {secs} s and was stopped: \
+         run MPyC programs with a plain `python prog.py` (not `python -I`, `-E` or `-S`)"
+    )]
+    HookNotLoaded { secs: u64 },
 }
+
+/// How long a started program may take to load the link hook (Python runs it before the
+/// program's first line, so this is start-up time on a loaded machine).
+const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Run `program` with `proxy`'s MPyC arguments, carrying its links over `transport`,
 /// until the program exits (or `stop` resolves, e.g. on Ctrl-C).
@@ -123,6 +138,7 @@ pub async fn run_program<T: Transport>(
     };
     cmd.args(rest)
         .args(proxy.mpyc_args())
+        .envs(proxy.program_env().map_err(LaunchError::Links)?)
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
@@ -136,9 +152,10 @@ pub async fn run_program<T: Transport>(
     })?;
     let printers = spawn_printers(&mut child, &program.output);
 
+    let hook_missing = hook_watch(proxy.link_dir().to_owned(), HOOK_TIMEOUT);
     let proxy_run = proxy.run(Arc::clone(&transport));
     let peer_failed = transport.peer_failure();
-    tokio::pin!(proxy_run, stop, peer_failed);
+    tokio::pin!(proxy_run, stop, peer_failed, hook_missing);
     let mut proxy_result = None;
     let mut peer_failure = None;
     let status = loop {
@@ -157,6 +174,12 @@ pub async fn run_program<T: Transport>(
                     stop_group(&mut child, program.grace).await;
                 }
                 proxy_result = Some(result);
+            }
+            () = &mut hook_missing => {
+                tracing::error!("the program did not load the MPyC link hook; stopping it");
+                stop_group(&mut child, program.grace).await;
+                transport.report_failure("program could not start its links").await;
+                return Err(LaunchError::HookNotLoaded { secs: HOOK_TIMEOUT.as_secs() });
             }
             () = &mut stop => {
                 stop_group(&mut child, program.grace).await;
@@ -200,6 +223,21 @@ pub async fn run_program<T: Transport>(
         stderr,
         peer_failure,
     })
+}
+
+/// Resolves if no process has loaded the link hook into `dir` within `limit`; stays
+/// pending once one has.
+async fn hook_watch(dir: PathBuf, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if crate::hook_loaded_in(&dir) {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if crate::hook_loaded_in(&dir) {
+        std::future::pending().await
+    }
 }
 
 /// `setpriv`, when it exists and supports `--pdeathsig` (util-linux 2.33+); checked once.

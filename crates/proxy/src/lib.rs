@@ -4,35 +4,45 @@
 //! dials every party `j > i`; a dialer's first bytes are its party id (2 bytes,
 //! little-endian) followed by its PRSS keys; then `<qI`-framed messages; at the end every
 //! party closes its links and waits for the others to close theirs. This crate owns the
-//! loopback side of that picture for one party:
+//! local side of that picture for one party:
 //!
 //! ```text
-//!  MPyC party i ──TCP 127.0.0.1:Lj──> [listener for peer j > i] ──Transport::open(j)──> peer j
-//!  MPyC party i <──TCP 127.0.0.1:Pm── [dialer to MPyC's port]  <──Transport::accept()── peer k < i
+//!  MPyC party i ──unix <dir>/party-j.sock──> [listener for peer j > i] ──Transport::open(j)──> peer j
+//!  MPyC party i <──unix <dir>/mpyc.sock───── [dialer to MPyC]          <──Transport::accept()── peer k < i
 //! ```
 //!
-//! - [`Proxy::bind`] binds one loopback listener per higher-id peer and picks the port MPyC
-//!   will listen on; [`Proxy::mpyc_args`] gives the `-M/-I/-P` arguments that make an
-//!   unmodified MPyC program use them.
+//! - **The ends are private** (spec/security.md §10). Every link is a Unix-domain socket
+//!   in a fresh directory of mode 0700 (`<dir>`), so no other user — and no other host —
+//!   can connect to MPyC or to the proxy; a connection whose peer credentials are not our
+//!   user's is refused as well. MPyC itself is unmodified: [`Proxy::program_env`] puts a
+//!   start-up hook (`sitecustomize`) first on `PYTHONPATH` that maps MPyC's
+//!   `create_server`/`create_connection` for the `-P` entries of [`Proxy::mpyc_args`] onto
+//!   those sockets. Those entries name no usable TCP port, so MPyC without the hook fails
+//!   instead of listening, and [`launch::run_program`] stops a program that never loads it.
+//! - [`Proxy::bind`] makes the directory and binds one socket per higher-id peer;
+//!   [`Proxy::mpyc_args`] gives the `-M/-I/-P` arguments.
 //! - [`Proxy::run`] carries bytes between MPyC's sockets and the streams a [`Transport`]
 //!   provides (in mpc-did: Noise session streams; any reliable, ordered byte stream works).
 //! - The 2-byte party id a dialer announces is checked against the peer id the transport
 //!   authenticated (spec/lobby.md, "party id check"); a mismatch drops the link.
 //! - Bytes stay in order; EOF is propagated in both directions (MPyC's shutdown needs it);
-//!   an error on either side closes both, so MPyC sees a lost link and exits instead of
-//!   hanging. Buffers are bounded (one fixed buffer per direction); what one read returns is
-//!   written to the stream in one write, so the session layer can put it in one frame.
+//!   an error on either side closes both, and the launcher stops MPyC, so it exits instead
+//!   of hanging. Buffers are bounded (one fixed buffer per direction); what one read
+//!   returns is written to the stream in one write, so the session layer can put it in one
+//!   frame.
 //!
-//! It does not do: authentication or encryption (the transport's job), choosing paths,
-//! launching MPyC (the CLI's job). It binds loopback only and accepts only loopback peers.
+//! It does not do: authentication or encryption (the transport's job), choosing paths.
+//! It opens no TCP or UDP socket.
 //!
 //! ```no_run
 //! # async fn demo<T: mpc_did_proxy::Transport>(transport: T) -> Result<(), mpc_did_proxy::ProxyError> {
 //! use mpc_did_proxy::{Proxy, ProxyConfig};
 //! let proxy = Proxy::bind(ProxyConfig::new(3, 1)).await?;
+//! // `launch::run_program` starts the program with these arguments and environment.
 //! println!("run: python prog.py {}", proxy.mpyc_args().join(" "));
+//! let env = proxy.program_env()?;
 //! let report = proxy.run(std::sync::Arc::new(transport)).await?;
-//! println!("{} bytes out", report.bytes_out());
+//! println!("{} bytes out, {} variables set", report.bytes_out(), env.len());
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
@@ -40,14 +50,15 @@
 pub mod launch;
 mod link;
 
+use std::ffi::OsString;
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::UnixListener;
 use tokio::task::JoinSet;
 
 pub use link::LinkStats;
@@ -104,6 +115,9 @@ pub struct ProxyConfig {
     pub peer_timeout: Duration,
     /// Bytes buffered per direction and link.
     pub buffer_size: usize,
+    /// Where the run's private link directory is created (`None`: `$XDG_RUNTIME_DIR` if
+    /// set, else the system temporary directory).
+    pub link_dir_parent: Option<PathBuf>,
 }
 
 impl ProxyConfig {
@@ -118,6 +132,7 @@ impl ProxyConfig {
             // One maximal Noise payload (65,535 minus the session header); a read never
             // returns more than fits in one session frame.
             buffer_size: 64 * 1024,
+            link_dir_parent: None,
         }
     }
 }
@@ -129,8 +144,15 @@ pub enum ProxyError {
     /// `me` is not below `parties`, or there are more parties than MPyC supports here.
     #[error("bad party layout: party id {me} with {parties} parties")]
     Config { me: PartyId, parties: u16 },
-    /// A loopback socket could not be bound.
-    #[error("cannot bind a loopback port: {0}")]
+    /// The run's private link directory could not be made (or its hook written).
+    #[error("cannot create a private link directory in {}: {source}", parent.display())]
+    LinkDir {
+        parent: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A link socket could not be bound.
+    #[error("cannot bind a link socket: {0}")]
     Bind(#[source] io::Error),
     /// A peer stream announced another party id than the one its session is bound to.
     #[error("party id spoofed: the session with party {authenticated} announced party id {announced}; link dropped")]
@@ -145,8 +167,8 @@ pub enum ProxyError {
     #[error("unexpected stream from party {0}")]
     UnexpectedPeer(PartyId),
     /// MPyC did not start listening in time.
-    #[error("MPyC did not accept on 127.0.0.1:{port} within {secs} s: is the program running?")]
-    MpycUnreachable { port: u16, secs: u64 },
+    #[error("MPyC did not accept on {} within {secs} s: is the program running?", socket.display())]
+    MpycUnreachable { socket: PathBuf, secs: u64 },
     /// A peer did not show up in time.
     #[error("timed out after {secs} s waiting for {what}")]
     Timeout { what: String, secs: u64 },
@@ -183,18 +205,18 @@ impl ProxyReport {
 #[derive(Debug)]
 pub struct Proxy {
     config: ProxyConfig,
+    /// The private directory holding every socket of this run.
+    dir: Arc<LinkDir>,
     /// `(peer j, listener)` for every `j > me`, in id order.
-    listeners: Vec<(PartyId, TcpListener)>,
-    /// The port MPyC itself will listen on (for peers with lower ids).
-    mpyc_port: u16,
+    listeners: Vec<(PartyId, UnixListener)>,
 }
 
 impl Proxy {
-    /// Bind the loopback listeners and choose MPyC's own port.
+    /// Create the run's private link directory and bind one Unix socket per higher-id peer.
     ///
     /// # Errors
-    /// [`ProxyError::Config`] for an impossible layout, [`ProxyError::Bind`] if loopback
-    /// ports cannot be bound.
+    /// [`ProxyError::Config`] for an impossible layout, [`ProxyError::LinkDir`] if the
+    /// directory cannot be made private, [`ProxyError::Bind`] if a socket cannot be bound.
     pub async fn bind(config: ProxyConfig) -> Result<Self, ProxyError> {
         if config.me >= config.parties {
             return Err(ProxyError::Config {
@@ -202,33 +224,51 @@ impl Proxy {
                 parties: config.parties,
             });
         }
+        let parent = config
+            .link_dir_parent
+            .clone()
+            .unwrap_or_else(default_link_parent);
+        let dir = LinkDir::create(&parent).map_err(|source| ProxyError::LinkDir {
+            parent: parent.clone(),
+            source,
+        })?;
         let mut listeners = Vec::new();
         for peer in config.me + 1..config.parties {
-            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .await
-                .map_err(ProxyError::Bind)?;
+            let l = UnixListener::bind(dir.link_path(peer)).map_err(ProxyError::Bind)?;
             listeners.push((peer, l));
         }
-        // MPyC binds its own port itself; reserve a free one by binding and releasing it.
-        // Party 0 never listens, but MPyC still wants an entry.
-        let mpyc_port = free_loopback_port().await.map_err(ProxyError::Bind)?;
         Ok(Self {
             config,
+            dir: Arc::new(dir),
             listeners,
-            mpyc_port,
         })
     }
 
-    /// The port MPyC will listen on.
+    /// The run's private link directory (mode 0700; removed when the proxy is dropped).
     #[must_use]
-    pub fn mpyc_port(&self) -> u16 {
-        self.mpyc_port
+    pub fn link_dir(&self) -> &Path {
+        &self.dir.path
+    }
+
+    /// The Unix socket our MPyC dials to reach peer `peer` (> us).
+    #[must_use]
+    pub fn link_path(&self, peer: PartyId) -> PathBuf {
+        self.dir.link_path(peer)
+    }
+
+    /// The Unix socket our MPyC listens on (for peers with lower ids).
+    #[must_use]
+    pub fn mpyc_socket(&self) -> PathBuf {
+        self.dir.mpyc_socket()
     }
 
     /// The `-M m -I i -P ...` arguments for the MPyC program, in MPyC's order.
     ///
-    /// Entries of lower-id parties are never dialed by MPyC (they dial us), so they name a
-    /// placeholder; our own entry has the empty host MPyC uses for "myself".
+    /// They name no TCP port: our own entry is `:-1` and a higher peer `j` is
+    /// `mpc-did-link.invalid:j`, which the start-up hook of [`Proxy::program_env`] maps to
+    /// this run's Unix sockets. Without the hook MPyC fails instead of listening on a TCP
+    /// port (port -1 is refused at once). Entries of lower-id parties are never dialed
+    /// (they dial us) and name a placeholder.
     #[must_use]
     pub fn mpyc_args(&self) -> Vec<String> {
         let mut args = vec![
@@ -238,20 +278,46 @@ impl Proxy {
         for party in 0..self.config.parties {
             args.push("-P".into());
             if party < self.config.me {
-                args.push("127.0.0.1:1".into());
+                args.push(format!("{LINK_HOST}:1"));
             } else if party == self.config.me {
-                args.push(format!(":{}", self.mpyc_port));
+                args.push(":-1".into());
             } else {
-                let port = self
-                    .listeners
-                    .iter()
-                    .find(|(p, _)| *p == party)
-                    .and_then(|(_, l)| l.local_addr().ok())
-                    .map_or(1, |a| a.port());
-                args.push(format!("127.0.0.1:{port}"));
+                args.push(format!("{LINK_HOST}:{party}"));
             }
         }
         args
+    }
+
+    /// Environment for the MPyC program: `PYTHONPATH` led by the link directory's start-up
+    /// hook (a `sitecustomize` that maps MPyC's links onto the Unix sockets), the directory
+    /// itself, and `MPYC_NOUVLOOP=1` (the hook patches asyncio's own event loop).
+    ///
+    /// # Errors
+    /// [`ProxyError::LinkDir`] if the hook cannot be written.
+    pub fn program_env(&self) -> Result<Vec<(OsString, OsString)>, ProxyError> {
+        let hook_dir = self
+            .dir
+            .write_hook()
+            .map_err(|source| ProxyError::LinkDir {
+                parent: self.dir.path.clone(),
+                source,
+            })?;
+        let mut pythonpath = hook_dir.into_os_string();
+        if let Some(old) = std::env::var_os("PYTHONPATH").filter(|p| !p.is_empty()) {
+            pythonpath.push(":");
+            pythonpath.push(old);
+        }
+        Ok(vec![
+            ("PYTHONPATH".into(), pythonpath),
+            (LINK_DIR_ENV.into(), self.dir.path.clone().into_os_string()),
+            ("MPYC_NOUVLOOP".into(), "1".into()),
+        ])
+    }
+
+    /// Whether a process started with [`Proxy::program_env`] has installed the hook.
+    #[must_use]
+    pub fn hook_loaded(&self) -> bool {
+        hook_loaded_in(&self.dir.path)
     }
 
     /// Carry MPyC's links until every one of them has closed in both directions.
@@ -264,13 +330,17 @@ impl Proxy {
         let mut tasks: JoinSet<Result<Vec<(PartyId, LinkStats)>, ProxyError>> = JoinSet::new();
 
         for (peer, listener) in self.listeners {
-            let (t, cfg) = (Arc::clone(&transport), Arc::clone(&cfg));
-            tasks.spawn(async move { link::outgoing(&*t, &cfg, peer, listener).await });
+            let (t, cfg, dir) = (
+                Arc::clone(&transport),
+                Arc::clone(&cfg),
+                Arc::clone(&self.dir),
+            );
+            tasks.spawn(async move { link::outgoing(&*t, &cfg, peer, listener, &dir).await });
         }
         if cfg.me > 0 {
             let (t, cfg) = (Arc::clone(&transport), Arc::clone(&cfg));
-            let port = self.mpyc_port;
-            tasks.spawn(async move { link::incoming_all(t, cfg, port).await });
+            let socket = self.dir.mpyc_socket();
+            tasks.spawn(async move { link::incoming_all(t, cfg, socket).await });
         }
 
         let mut report = ProxyReport::default();
@@ -289,21 +359,123 @@ impl Proxy {
                 }
             }
         }
+        // `self.dir` is dropped here, after every link task: the directory goes last.
         Ok(report)
     }
 }
 
-async fn free_loopback_port() -> io::Result<u16> {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
-    Ok(l.local_addr()?.port())
+/// The host name in MPyC's `-P` entries that the start-up hook maps to a Unix socket
+/// (`.invalid` never resolves, RFC 6761, so without the hook nothing is dialed).
+pub const LINK_HOST: &str = "mpc-did-link.invalid";
+/// The environment variable naming the link directory for the start-up hook.
+pub const LINK_DIR_ENV: &str = "MPC_DID_LINK_DIR";
+/// The start-up hook (written as `sitecustomize.py` into the link directory).
+const HOOK: &str = include_str!("sitecustomize.py");
+/// `sun_path` holds 108 bytes with the NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Whether the start-up hook has marked `dir` (it writes `loaded-<pid>` once installed).
+pub(crate) fn hook_loaded_in(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().as_encoded_bytes().starts_with(b"loaded-"))
+    })
 }
 
-fn is_loopback(addr: &SocketAddr) -> bool {
-    addr.ip().is_loopback()
+/// `$XDG_RUNTIME_DIR` (per-user, 0700 by the login manager) when it exists, else the
+/// system temporary directory; either way the link directory itself is 0700.
+fn default_link_parent() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute() && p.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
 }
 
-fn nodelay(s: &TcpStream) {
-    // Latency matters more than packet count for MPyC's small messages; failure to set it
-    // only costs speed.
-    let _ = s.set_nodelay(true);
+/// A directory only our user can enter, holding one run's sockets; removed on drop.
+#[derive(Debug)]
+struct LinkDir {
+    path: PathBuf,
+}
+
+impl LinkDir {
+    /// `mkdir(parent/mpc-did-<random>, 0700)`: fails rather than reuse anything that exists
+    /// (a stranger's directory or symlink), and checks the result is ours and private.
+    fn create(parent: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        for _ in 0..16 {
+            let mut name = [0u8; 8];
+            getrandom_name(&mut name)?;
+            let path = parent.join(format!("mpc-did-{}", hex8(&name)));
+            if path.as_os_str().len() + "/party-65535.sock".len() > MAX_SOCKET_PATH {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is too long for Unix socket paths (at most {MAX_SOCKET_PATH} bytes): \
+                         set TMPDIR to a shorter directory",
+                        parent.display()
+                    ),
+                ));
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+            let dir = Self { path };
+            let meta = std::fs::symlink_metadata(&dir.path)?;
+            if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "the new link directory is not ours",
+                ));
+            }
+            if meta.permissions().mode() & 0o077 != 0 {
+                std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700))?;
+            }
+            return Ok(dir);
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "no free link directory name after 16 tries",
+        ))
+    }
+
+    fn link_path(&self, peer: PartyId) -> PathBuf {
+        self.path.join(format!("party-{peer}.sock"))
+    }
+
+    fn mpyc_socket(&self) -> PathBuf {
+        self.path.join("mpyc.sock")
+    }
+
+    /// Write the start-up hook into `<dir>/py/sitecustomize.py`; returns `<dir>/py`.
+    fn write_hook(&self) -> io::Result<PathBuf> {
+        use std::os::unix::fs::DirBuilderExt;
+        let py = self.path.join("py");
+        match std::fs::DirBuilder::new().mode(0o700).create(&py) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        std::fs::write(py.join("sitecustomize.py"), HOOK)?;
+        Ok(py)
+    }
+}
+
+impl Drop for LinkDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(dir = %self.path.display(), "cannot remove the link directory: {e}");
+        }
+    }
+}
+
+fn getrandom_name(buf: &mut [u8]) -> io::Result<()> {
+    use std::io::Read as _;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+fn hex8(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

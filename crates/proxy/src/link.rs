@@ -2,16 +2,16 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::{is_loopback, nodelay, PartyId, ProxyConfig, ProxyError, Transport};
+use crate::{LinkDir, PartyId, ProxyConfig, ProxyError, Transport};
 
 /// Bytes carried by one link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,21 +27,22 @@ pub(crate) async fn outgoing<T: Transport>(
     transport: &T,
     cfg: &ProxyConfig,
     peer: PartyId,
-    listener: TcpListener,
+    listener: UnixListener,
+    dir: &LinkDir,
 ) -> Result<Vec<(PartyId, LinkStats)>, ProxyError> {
     let err = |source| ProxyError::Link { peer, source };
-    // MPyC connects once per higher peer; anything not from loopback is not our MPyC.
-    let mut tcp = loop {
-        let (tcp, from) = listener.accept().await.map_err(err)?;
-        if is_loopback(&from) {
-            break tcp;
+    // The socket lives in a 0700 directory, so only our user can connect; the credential
+    // check is a second lock (spec/security.md §10). MPyC connects once per higher peer.
+    let mut sock = loop {
+        let (sock, _) = listener.accept().await.map_err(err)?;
+        if same_user(&sock) {
+            break sock;
         }
-        tracing::warn!(%from, "refused a non-loopback connection to the proxy");
     };
     drop(listener);
-    nodelay(&tcp);
+    let _ = std::fs::remove_file(dir.link_path(peer));
 
-    let announced = read_party_id(&mut tcp).await.map_err(err)?;
+    let announced = read_party_id(&mut sock).await.map_err(err)?;
     if announced != cfg.me {
         return Err(ProxyError::LocalIdMismatch {
             me: cfg.me,
@@ -53,7 +54,7 @@ pub(crate) async fn outgoing<T: Transport>(
         .write_all(&announced.to_le_bytes())
         .await
         .map_err(err)?;
-    let (to_peer, to_mpyc) = pipe(&mut tcp, &mut stream, cfg.buffer_size)
+    let (to_peer, to_mpyc) = pipe(&mut sock, &mut stream, cfg.buffer_size)
         .await
         .map_err(err)?;
     Ok(vec![(
@@ -69,7 +70,7 @@ pub(crate) async fn outgoing<T: Transport>(
 pub(crate) async fn incoming_all<T: Transport>(
     transport: Arc<T>,
     cfg: Arc<ProxyConfig>,
-    mpyc_port: u16,
+    mpyc_socket: PathBuf,
 ) -> Result<Vec<(PartyId, LinkStats)>, ProxyError> {
     let mut expected: BTreeSet<PartyId> = (0..cfg.me).collect();
     let mut links: JoinSet<Result<(PartyId, LinkStats), ProxyError>> = JoinSet::new();
@@ -90,8 +91,8 @@ pub(crate) async fn incoming_all<T: Transport>(
                 if !expected.remove(&peer) {
                     return Err(ProxyError::UnexpectedPeer(peer));
                 }
-                let cfg = Arc::clone(&cfg);
-                links.spawn(async move { incoming(stream, peer, &cfg, mpyc_port).await });
+                let (cfg, socket) = (Arc::clone(&cfg), mpyc_socket.clone());
+                links.spawn(async move { incoming(stream, peer, &cfg, &socket).await });
             }
             Some(joined) = links.join_next() => done.push(flatten(joined)?),
         }
@@ -115,7 +116,7 @@ async fn incoming<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: PartyId,
     cfg: &ProxyConfig,
-    mpyc_port: u16,
+    mpyc_socket: &Path,
 ) -> Result<(PartyId, LinkStats), ProxyError> {
     let err = |source| ProxyError::Link { peer, source };
     // The spoofing check: the id MPyC's dialer announces must be the id the transport
@@ -127,9 +128,11 @@ async fn incoming<S: AsyncRead + AsyncWrite + Unpin>(
             announced,
         });
     }
-    let mut tcp = connect_mpyc(mpyc_port, cfg.mpyc_connect_timeout).await?;
-    tcp.write_all(&announced.to_le_bytes()).await.map_err(err)?;
-    let (to_peer, to_mpyc) = pipe(&mut tcp, &mut stream, cfg.buffer_size)
+    let mut sock = connect_mpyc(mpyc_socket, cfg.mpyc_connect_timeout).await?;
+    sock.write_all(&announced.to_le_bytes())
+        .await
+        .map_err(err)?;
+    let (to_peer, to_mpyc) = pipe(&mut sock, &mut stream, cfg.buffer_size)
         .await
         .map_err(err)?;
     Ok((
@@ -142,36 +145,47 @@ async fn incoming<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Bytes both ways until both sides have closed; returns `(mpyc→peer, peer→mpyc)`.
-///
-/// A failure resets MPyC's socket (RST, not FIN): MPyC treats an orderly close as the end
-/// of a link and would then wait forever for the peer's next message, while a reset makes
-/// it raise and exit.
 async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
-    tcp: &mut TcpStream,
+    mpyc: &mut UnixStream,
     stream: &mut S,
     buffer: usize,
 ) -> io::Result<(u64, u64)> {
-    let result = tokio::io::copy_bidirectional_with_sizes(tcp, stream, buffer, buffer).await;
-    if result.is_err() {
-        // Zero linger: close() sends RST and does not block.
-        let _ = tcp.set_zero_linger();
+    // A Unix stream has no RST: after an error MPyC may see an orderly EOF and wait for
+    // its peer forever, so the launcher stops the program whenever the proxy fails
+    // (`launch::run_program`).
+    tokio::io::copy_bidirectional_with_sizes(mpyc, stream, buffer, buffer).await
+}
+
+/// Whether the process at the other end of `sock` runs as our user; refusals are logged.
+fn same_user(sock: &UnixStream) -> bool {
+    let me = rustix::process::geteuid().as_raw();
+    match sock.peer_cred() {
+        Ok(cred) if cred.uid() == me => true,
+        Ok(cred) => {
+            tracing::warn!(
+                uid = cred.uid(),
+                pid = ?cred.pid(),
+                "refused a link connection from another user"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!("refused a link connection whose peer is unknown: {e}");
+            false
+        }
     }
-    result
 }
 
 /// MPyC may not listen yet when the first peer stream arrives: retry like MPyC itself does.
-async fn connect_mpyc(port: u16, limit: Duration) -> Result<TcpStream, ProxyError> {
+async fn connect_mpyc(socket: &Path, limit: Duration) -> Result<UnixStream, ProxyError> {
     let deadline = Instant::now() + limit;
     loop {
-        match TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await {
-            Ok(tcp) => {
-                nodelay(&tcp);
-                return Ok(tcp);
-            }
-            Err(_) if Instant::now() < deadline => sleep(Duration::from_millis(50)).await,
-            Err(_) => {
+        match UnixStream::connect(socket).await {
+            Ok(s) if same_user(&s) => return Ok(s),
+            Ok(_) | Err(_) if Instant::now() < deadline => sleep(Duration::from_millis(50)).await,
+            Ok(_) | Err(_) => {
                 return Err(ProxyError::MpycUnreachable {
-                    port,
+                    socket: socket.to_owned(),
                     secs: limit.as_secs(),
                 })
             }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use mpc_did_proxy::launch::{find_python, run_program, LaunchError, Output, Program};
 use mpc_did_proxy::{PartyId, PeerFailure, Proxy, ProxyConfig, ProxyError, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 struct TcpTransport {
     me: PartyId,
@@ -90,9 +90,11 @@ fn mpyc_args_follow_mpycs_layout() {
         let args = proxy.mpyc_args();
         assert_eq!(&args[..2], ["-M3", "-I1"]);
         assert_eq!(args.iter().filter(|a| *a == "-P").count(), 3);
-        assert_eq!(p_entry(&args, 0), "127.0.0.1:1");
-        assert_eq!(p_entry(&args, 1), format!(":{}", proxy.mpyc_port()));
-        assert!(p_entry(&args, 2).starts_with("127.0.0.1:"));
+        // spec/security.md §10: no entry names a TCP port MPyC could listen on or dial.
+        assert_eq!(p_entry(&args, 0), "mpc-did-link.invalid:1");
+        assert_eq!(p_entry(&args, 1), ":-1");
+        assert_eq!(p_entry(&args, 2), "mpc-did-link.invalid:2");
+        assert!(proxy.link_path(2).starts_with(proxy.link_dir()));
         assert!(matches!(
             Proxy::bind(ProxyConfig::new(3, 3)).await,
             Err(ProxyError::Config { .. })
@@ -107,16 +109,14 @@ async fn bytes_arrive_in_order_and_close_propagates() {
     let (t0, t1) = (ts.next().unwrap(), ts.next().unwrap());
     let p0 = Proxy::bind(ProxyConfig::new(2, 0)).await.unwrap();
     let p1 = Proxy::bind(ProxyConfig::new(2, 1)).await.unwrap();
-    let dial = p_entry(&p0.mpyc_args(), 1);
-    let mpyc1_port = p1.mpyc_port();
+    let dial = p0.link_path(1);
+    let mpyc1_socket = p1.mpyc_socket();
     let run0 = tokio::spawn(p0.run(std::sync::Arc::new(t0)));
     let run1 = tokio::spawn(p1.run(std::sync::Arc::new(t1)));
 
     // Party 1's MPyC listens; party 0's dials and announces id 0.
-    let mpyc1 = TcpListener::bind((Ipv4Addr::LOCALHOST, mpyc1_port))
-        .await
-        .unwrap();
-    let mut m0 = TcpStream::connect(&dial).await.unwrap();
+    let mpyc1 = UnixListener::bind(&mpyc1_socket).unwrap();
+    let mut m0 = UnixStream::connect(&dial).await.unwrap();
     let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
     m0.write_all(&0u16.to_le_bytes()).await.unwrap();
     m0.write_all(&payload).await.unwrap();
@@ -345,4 +345,61 @@ async fn launch_errors_name_the_program_and_statuses_pass_through() {
     .unwrap();
     assert_eq!(out.stdout, "ran\n");
     assert_eq!(out.status.code(), Some(3));
+}
+
+/// spec/security.md §10: the link directory is private to our user, holds only the
+/// sockets of this run, and is gone when the proxy is.
+#[tokio::test]
+async fn links_live_in_a_private_directory_removed_after_the_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let proxy = Proxy::bind(ProxyConfig::new(3, 0)).await.unwrap();
+    let dir = proxy.link_dir().to_owned();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    assert!(proxy.link_path(1).exists() && proxy.link_path(2).exists());
+    let env = proxy.program_env().unwrap();
+    let pythonpath = &env.iter().find(|(k, _)| k == "PYTHONPATH").unwrap().1;
+    assert!(
+        PathBuf::from(pythonpath.to_str().unwrap().split(':').next().unwrap())
+            .join("sitecustomize.py")
+            .is_file()
+    );
+    drop(proxy);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// A program that never loads the link hook (here Python in isolated mode, which ignores
+/// PYTHONPATH) is stopped with an error that says why, instead of MPyC listening on a
+/// TCP port or retrying its dials forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_without_the_link_hook_is_stopped_not_exposed() {
+    let Some(python) = python() else { return };
+    let mut ts = transports(2).await.into_iter();
+    let t1 = ts.nth(1).unwrap();
+    let proxy = Proxy::bind(ProxyConfig::new(2, 1)).await.unwrap();
+    let program = Program {
+        argv: vec![
+            python.into_os_string(),
+            "-I".into(),
+            example("secretsanta.py").into_os_string(),
+        ],
+        output: Output::Capture,
+        grace: Duration::from_secs(1),
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(90),
+        run_program(
+            proxy,
+            std::sync::Arc::new(t1),
+            program,
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("the launcher hung");
+    match outcome {
+        // MPyC as party 1 tries to listen on port -1 and fails at once.
+        Ok(o) => assert!(!o.status.success(), "{}", o.stderr),
+        Err(e) => assert!(matches!(e, LaunchError::HookNotLoaded { .. }), "{e}"),
+    }
 }
