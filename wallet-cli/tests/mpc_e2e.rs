@@ -61,7 +61,7 @@ struct MediatorProc {
 
 impl MediatorProc {
     fn start(data: &Path) -> Self {
-        let mut child = Command::new(mediator_bin())
+        let mut child = command(mediator_bin())
             .args(["--listen", "127.0.0.1:0", "--log", "warn", "--data"])
             .arg(data)
             .stdout(Stdio::piped())
@@ -87,8 +87,25 @@ impl Drop for MediatorProc {
     }
 }
 
+thread_local! {
+    /// The network namespace this test thread runs its processes in (`None`: ours).
+    static NETNS: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `program` as a command, inside this thread's [`NETNS`] if one is set.
+fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match NETNS.with(|n| n.borrow().clone()) {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
 fn cmd(home: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mpc-did"));
+    let mut c = command(env!("CARGO_BIN_EXE_mpc-did"));
     c.arg("--home")
         .arg(home)
         .args(args)
@@ -663,18 +680,19 @@ fn killing_one_party_makes_the_others_fail() {
     }
 }
 
-/// Stands in for MPyC on the attacker's side: dials the first higher party's proxy port
+/// Stands in for MPyC on the attacker's side: dials the first higher party's proxy link
 /// like MPyC would, but announces another party's id (MPyC's first 2 bytes), then waits.
 const SPOOF_PY: &str = r#"
-import socket, sys, time
+import os, socket, sys, time
 args = sys.argv[1:]
 m = int(next(a[2:] for a in args if a.startswith('-M')))
 me = int(next(a[2:] for a in args if a.startswith('-I')))
 ps = [args[i + 1] for i, a in enumerate(args) if a == '-P']
 victim = me + 1
 claimed = (me + 2) % m  # neither the attacker nor the party it dials
-host, port = ps[victim].rsplit(':', 1)
-s = socket.create_connection((host, int(port)))
+# MPyC's links are Unix sockets in the run's private directory (spec/security.md §10).
+s = socket.socket(socket.AF_UNIX)
+s.connect(os.path.join(os.environ['MPC_DID_LINK_DIR'], f'party-{victim}.sock'))
 # Said first: the proxy drops the link (and stops this script) as soon as the id arrives.
 print(f'spoof: telling party {victim} I am party {claimed}', flush=True)
 s.sendall(claimed.to_bytes(2, 'little') + bytes(16 * m))
@@ -750,4 +768,206 @@ fn a_spoofed_party_id_is_refused_end_to_end() {
         assert!(!out.contains("valid: True"), "{out}");
         assert!(err.contains("party 0 failed"), "names the party: {err}");
     }
+}
+
+/// The stranger of spec/security.md §10: reads every process's argv (as any local user
+/// can) and the Unix socket table, and connects to whatever MPyC or the proxy might be
+/// listening on, sending MPyC's opening bytes (party id 0 and zero PRSS keys) when a
+/// connection is accepted. `local`: from inside the parties' network namespace;
+/// `remote`: to their address from another namespace. Runs until `<dir>/stop` exists.
+const STRANGER_PY: &str = r#"
+import os, socket, sys, time
+mode, host, stop = sys.argv[1], sys.argv[2], sys.argv[3]
+tried, found = set(), set()
+def out(*a):
+    print(*a, flush=True)
+def tcp_targets():
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            args = open(f'/proc/{pid}/cmdline', 'rb').read().decode(errors='replace').split('\0')
+        except OSError:
+            continue
+        for i, a in enumerate(args[:-1]):
+            if a == '-P':
+                port = args[i + 1].rsplit(':', 1)[-1]
+                if port.isdigit() and 1 < int(port) < 65536:
+                    yield ('tcp', int(port))
+def unix_targets():
+    try:
+        lines = open('/proc/net/unix').read().splitlines()[1:]
+    except OSError:
+        return
+    for l in lines:
+        f = l.split()
+        if len(f) >= 8 and 'mpc-did-' in f[7]:
+            yield ('unix', f[7])
+def attack(t):
+    kind, where = t
+    s = socket.socket(socket.AF_INET if kind == 'tcp' else socket.AF_UNIX)
+    s.settimeout(0.3)
+    try:
+        s.connect((host, where) if kind == 'tcp' else where)
+    except OSError as e:
+        return f'REFUSED {kind} {where} ({type(e).__name__})'
+    try:
+        s.sendall((0).to_bytes(2, 'little') + bytes(16 * 8))
+        got = s.recv(65536)
+    except OSError:
+        got = b''
+    s.close()
+    return f'CONNECTED {kind} {where} got {len(got)} bytes'
+end = time.time() + 300
+while not os.path.exists(stop) and time.time() < end:
+    for t in list(tcp_targets()) + list(unix_targets()):
+        if t not in found:
+            found.add(t)
+            out('TARGET', *t)
+        # Listeners come and go during start-up: keep trying until one answers.
+        if t not in tried:
+            r = attack(t)
+            if r.startswith('CONNECTED') or t[0] == 'unix':
+                tried.add(t)
+                out(r)
+    time.sleep(0.005)
+out('DONE', len(found))
+"#;
+
+/// Network namespaces for [`strangers_cannot_reach_mpyc_or_the_proxy`], deleted on drop.
+struct StrangerNets {
+    victim: String,
+    stranger: String,
+}
+
+impl StrangerNets {
+    /// `victim` (198.51.100.1, the parties and their mediator) and `stranger`
+    /// (198.51.100.2) joined by a veth pair; `None` when namespaces are unavailable.
+    fn create() -> Option<Self> {
+        let root = rustix::process::geteuid().is_root();
+        let tools = ["ip", "setpriv", "/usr/bin/python3"].iter().all(|t| {
+            Command::new(t)
+                .arg("-V")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok()
+        });
+        let required = std::env::var("MPC_DID_REQUIRE_NETNS").as_deref() == Ok("1");
+        if !root || !tools {
+            assert!(
+                !required,
+                "MPC_DID_REQUIRE_NETNS=1 but root={root}, ip/setpriv/python3 found={tools}"
+            );
+            eprintln!("SKIPPED: needs root, iproute2, setpriv and /usr/bin/python3");
+            return None;
+        }
+        let id = std::process::id();
+        let nets = Self {
+            victim: format!("mdv{id}"),
+            stranger: format!("mds{id}"),
+        };
+        let (v, s) = (nets.victim.as_str(), nets.stranger.as_str());
+        let (va, sa) = (format!("mdv{id}a"), format!("mds{id}b"));
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["netns", "add", v]);
+        ip(&["netns", "add", s]);
+        ip(&[
+            "link", "add", &va, "netns", v, "type", "veth", "peer", "name", &sa, "netns", s,
+        ]);
+        for (ns, dev, addr) in [(v, &va, "198.51.100.1/24"), (s, &sa, "198.51.100.2/24")] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        Some(nets)
+    }
+
+    /// The stranger script as uid/gid 65534 (nobody) inside namespace `ns`.
+    fn stranger(&self, ns: &str, script: &Path, mode: &str, host: &str, stop: &Path) -> Child {
+        Command::new("ip")
+            .args([
+                "netns", "exec", ns, "setpriv", "--reuid", "65534", "--regid", "65534",
+            ])
+            .args(["--clear-groups", "--", "/usr/bin/python3"])
+            .arg(script)
+            .args([mode, host])
+            .arg(stop)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for StrangerNets {
+    fn drop(&mut self) {
+        for ns in [&self.victim, &self.stranger] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// spec/security.md §10, the ends of the secure channel: during a real three-party run,
+/// another user on the parties' machine and a host in another network namespace try to
+/// connect to MPyC's listener and to the proxy's links, which they find through the
+/// processes' argv and the socket table. No connection is accepted (before the fix: the
+/// proxy's loopback ports were in MPyC's argv and took the first dialer, and MPyC listened
+/// on every interface), and the run computes the right result.
+#[test]
+fn strangers_cannot_reach_mpyc_or_the_proxy() {
+    let Some(python) = python() else { return };
+    let Some(nets) = StrangerNets::create() else {
+        return;
+    };
+    NETNS.with(|n| *n.borrow_mut() = Some(nets.victim.clone()));
+    let work = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = work.path().join("stranger.py");
+    std::fs::write(&script, STRANGER_PY).unwrap();
+    let stop = work.path().join("stop");
+    let prog = example("secretsanta.py");
+    let people = ["--people", "3", "4", "5"];
+    let l = lobby(&prog, &people);
+    let local = nets.stranger(&nets.victim, &script, "local", "127.0.0.1", &stop);
+    let remote = nets.stranger(&nets.stranger, &script, "remote", "198.51.100.1", &stop);
+    let runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, &python, &prog)).collect();
+    let outs: Vec<Output> = runs
+        .into_iter()
+        .map(|c| wait_bounded(c, Duration::from_secs(180)))
+        .collect();
+    std::fs::write(&stop, b"").unwrap();
+    let local = wait_bounded(local, Duration::from_secs(30));
+    let remote = wait_bounded(remote, Duration::from_secs(30));
+    NETNS.with(|n| *n.borrow_mut() = None);
+    let (local, remote) = (
+        String::from_utf8_lossy(&local.stdout).into_owned(),
+        String::from_utf8_lossy(&remote.stdout).into_owned(),
+    );
+    for o in &outs {
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && out.contains("valid: True"),
+            "the run failed: {out}\n{}\nlocal stranger:\n{local}\nremote stranger:\n{remote}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    for (who, log) in [("local", &local), ("remote", &remote)] {
+        assert!(log.contains("DONE"), "{who} stranger did not finish: {log}");
+        assert!(
+            !log.contains("CONNECTED"),
+            "the {who} stranger reached a party's MPyC or proxy:\n{log}"
+        );
+    }
+    // Not vacuous: the local stranger found the links it was refused.
+    assert!(
+        local.lines().any(|l| l.starts_with("REFUSED")),
+        "the local stranger found nothing to try:\n{local}"
+    );
 }
