@@ -59,7 +59,10 @@ fn the_1025th_stream_opened_locally_is_refused() {
             assert_eq!(side.open_stream().unwrap(), first + 2 * i);
         }
         assert_eq!(side.open_stream(), Err(SessionError::Limit("streams")));
-        assert!(!side.is_closed(), "a local refusal does not end the session");
+        assert!(
+            !side.is_closed(),
+            "a local refusal does not end the session"
+        );
     }
     // Both sides at their limit, and every stream of both works both ways: each side's
     // limit counts its own opens only, so the peer's 1,024 do not exceed it.
@@ -183,11 +186,18 @@ fn a_forged_record_more_than_4096_epochs_ahead_costs_no_key_derivation() {
     for r in [forged(far), forged(far + 17), forged(u64::MAX - 1)] {
         assert_eq!(p.b.handle_record(0, &r), Err(SessionError::Decrypt));
     }
-    assert_eq!(p.b.stats(), before, "rejected unopened: no derivation, no change");
+    assert_eq!(
+        p.b.stats(),
+        before,
+        "rejected unopened: no derivation, no change"
+    );
 
     let start = std::time::Instant::now();
     let edge = MAX_EPOCH_SKIP << EPOCH_BITS;
-    assert_eq!(p.b.handle_record(0, &forged(edge)), Err(SessionError::Decrypt));
+    assert_eq!(
+        p.b.handle_record(0, &forged(edge)),
+        Err(SessionError::Decrypt)
+    );
     let took = start.elapsed();
     let after = p.b.stats();
     assert_eq!(after.trial_keys_derived, MAX_EPOCH_SKIP);

@@ -35,6 +35,9 @@ enum Switch {
     Only(usize),
 }
 
+/// A record and its (counter, header length).
+type Sample = (Vec<u8>, (u64, usize));
+
 /// The pair plus what each side wrote, what the other received, and one record of each
 /// epoch per direction (index 0: A → B, 1: B → A).
 struct Load {
@@ -43,7 +46,7 @@ struct Load {
     received: [BTreeMap<u32, Vec<u8>>; 2],
     finished: [usize; 2],
     prev: [Option<u64>; 2],
-    samples: [BTreeMap<u64, (Vec<u8>, (u64, usize))>; 2],
+    samples: [BTreeMap<u64, Sample>; 2],
     switches: usize,
 }
 
@@ -72,7 +75,9 @@ impl Load {
     fn write(&mut self, side: usize, stream: u32, n: usize) {
         let w = self.written[side].entry(stream).or_default();
         let start = w.len();
-        let data: Vec<u8> = (start..start + n).map(|o| byte_at(side, stream, o)).collect();
+        let data: Vec<u8> = (start..start + n)
+            .map(|o| byte_at(side, stream, o))
+            .collect();
         let now = self.p.now;
         let accepted = self.side(side).send(now, stream, &data).unwrap();
         self.written[side]
@@ -160,7 +165,12 @@ impl Load {
             );
             for (s, w) in &self.written[dir] {
                 let r = &self.received[dir][s];
-                assert!(r == w, "direction {dir} stream {s}: {} of {} bytes", r.len(), w.len());
+                assert!(
+                    r == w,
+                    "direction {dir} stream {s}: {} of {} bytes",
+                    r.len(),
+                    w.len()
+                );
             }
         }
     }
@@ -182,7 +192,10 @@ impl Load {
                 }
                 assert!(open_with_key(record, *c, key).is_some(), "epoch {epoch}");
                 if epoch > 0 {
-                    assert!(open_with_key(record, *c, previous).is_none(), "epoch {epoch}");
+                    assert!(
+                        open_with_key(record, *c, previous).is_none(),
+                        "epoch {epoch}"
+                    );
                 }
                 checked[dir] += 1;
             }
@@ -243,7 +256,10 @@ fn rekeying_by_volume_under_load_with_path_switches_delivers_every_byte_once() {
     assert!(l.p.a.stats().ignored_records > 0);
     assert!(l.p.a.stats().retransmitted_bytes > 0 && l.p.b.stats().retransmitted_bytes > 0);
     let (sa, sb) = (l.p.a.stats(), l.p.b.stats());
-    assert_eq!((sa.send_epoch, sb.send_epoch), (sb.recv_epoch, sa.recv_epoch));
+    assert_eq!(
+        (sa.send_epoch, sb.send_epoch),
+        (sb.recv_epoch, sa.recv_epoch)
+    );
     assert!(
         sa.send_epoch >= 20 && sb.send_epoch >= 10,
         "epochs: A {} B {}",

@@ -257,14 +257,20 @@ fn positive_control_the_ephemeral_secret_is_what_opens_a_recorded_session() {
         decode_fixed::<48>(&rec.handshake.handshake, "m2").unwrap(),
         decode_fixed::<48>(&rec.accept.handshake, "m1").unwrap(),
     ];
-    for (as_responder, eph, msg) in [(true, RESP_EPH, recorded[0]), (false, INIT_EPH, recorded[1])]
-    {
+    for (as_responder, eph, msg) in [
+        (true, RESP_EPH, recorded[0]),
+        (false, INIT_EPH, recorded[1]),
+    ] {
         let r = replay(&rec, as_responder, Some(&eph)).expect("the replay completes");
         assert_eq!(r.written, msg, "the replay rewrites the recorded message");
         let keys = r.keys;
         let a_to_b = open_direction(&rec.records[0], keys[0]).expect("A→B records open");
         let b_to_a = open_direction(&rec.records[1], keys[1]).expect("B→A records open");
-        assert_eq!(contains(&a_to_b, SECRET_A), 3, "incl. epoch 1 and after the resume");
+        assert_eq!(
+            contains(&a_to_b, SECRET_A),
+            3,
+            "incl. epoch 1 and after the resume"
+        );
         assert_eq!(contains(&b_to_a, SECRET_B), 2);
     }
     assert!(rec.records[0].len() >= 4 && rec.records[1].len() >= 3);
@@ -276,7 +282,10 @@ fn a_recorded_session_does_not_open_with_the_did_keys_and_both_statics() {
     // control, minus the ephemeral secrets (erased by the endpoints). Once with the fixed
     // ephemerals of the control (so the only difference is the attacker's knowledge), once
     // with production's random ones.
-    for rec in [record_session(Some((INIT_EPH, RESP_EPH))), record_session(None)] {
+    for rec in [
+        record_session(Some((INIT_EPH, RESP_EPH))),
+        record_session(None),
+    ] {
         let msg2: [u8; 48] = decode_fixed(&rec.handshake.handshake, "m2").unwrap();
         for guess in guesses() {
             // As the initiator he cannot even read the recorded message 2 ...
@@ -299,9 +308,7 @@ fn every_secure_session_has_fresh_static_keys_and_fresh_transport_keys() {
     let run = || {
         let (bob, propose) = Proposer::new(SESSION_ID, MPC, ROSTER, BOB, ALICE);
         let (alice, accept) = Acceptor::on_propose(&propose, MPC, ROSTER, ALICE, BOB).unwrap();
-        let (b, hs) = bob
-            .on_accept(&accept, SessionConfig::default(), 0)
-            .unwrap();
+        let (b, hs) = bob.on_accept(&accept, SessionConfig::default(), 0).unwrap();
         let a = alice
             .on_handshake(&hs, SessionConfig::default(), 0)
             .unwrap();

@@ -221,7 +221,11 @@ pub fn counter_of(record: &[u8], prev: Option<u64>) -> (u64, usize) {
 
 /// Opens one record (spec §5.2: header as AD, counter as nonce) under `key` with an
 /// independent AES-256-GCM; `None` if it does not authenticate.
-pub fn open_with_key(record: &[u8], (counter, header_len): (u64, usize), key: [u8; 32]) -> Option<Vec<u8>> {
+pub fn open_with_key(
+    record: &[u8],
+    (counter, header_len): (u64, usize),
+    key: [u8; 32],
+) -> Option<Vec<u8>> {
     use aes_gcm::aead::{Aead, KeyInit, Payload};
     let mut n = [0u8; 12];
     n[4..].copy_from_slice(&counter.to_be_bytes());
