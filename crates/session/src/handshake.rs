@@ -5,6 +5,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::cipher::KEY_LEN;
 use crate::error::{Result, SessionError};
+use crate::resolver::ZeroizingResolver;
 use crate::session::{Session, SessionConfig};
 
 /// The Noise protocol name (spec §3).
@@ -136,7 +137,8 @@ fn builder_for<'a>(
     remote: &'a [u8; 32],
     ephemeral: Option<&'a [u8; 32]>,
 ) -> Result<snow::Builder<'a>> {
-    let mut b = snow::Builder::new(params)
+    // snow's own X25519 does not zeroize the secrets it holds (src/resolver.rs).
+    let mut b = snow::Builder::with_resolver(params, Box::new(ZeroizingResolver))
         .prologue(prologue)
         .and_then(|b| b.local_private_key(&local.secret[..]))
         .and_then(|b| b.remote_public_key(remote))

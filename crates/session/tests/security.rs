@@ -351,3 +351,35 @@ fn key_holding_types_zeroize_on_drop() {
     zeroized_on_drop::<StaticKeypair>();
     zeroized_on_drop::<zeroize::Zeroizing<[u8; 32]>>();
 }
+
+#[test]
+fn current_keys_expose_later_epochs_but_no_earlier_one() {
+    // spec/session.md §5.5: an attacker who dumps a side's memory in epoch 2 gets k_2. REKEY
+    // is a public function, so k_2 opens epoch 2 and every later epoch of the session (what
+    // "at most the current epoch" overstated); it opens no earlier one, because REKEY is
+    // one-way (AES-256 of zeros under the key) and k_0, k_1 were erased.
+    let mut p = common::fixed_pair(SessionConfig::default());
+    let s = p.a.open_stream().unwrap();
+    let mut by_epoch = Vec::new();
+    let mut prev = None;
+    for e in 0..4u64 {
+        p.a.send(0, s, format!("epoch {e}").as_bytes()).unwrap();
+        let recs = p.take_a();
+        let c = counter_of(&recs[0], prev);
+        prev = Some(c.0);
+        assert_eq!(c.0 >> EPOCH_BITS, e);
+        by_epoch.push((recs[0].clone(), c));
+        p.deliver_to_b(&recs);
+        p.a.request_rekey();
+    }
+    let k0 = common::split_keys()[0];
+    let k2 = rekey(rekey(k0));
+    let opens = |e: usize, k| open_with_key(&by_epoch[e].0, by_epoch[e].1, k).is_some();
+    assert!(opens(2, k2));
+    assert!(opens(3, rekey(k2)), "later epochs follow from k_2");
+    assert!(!opens(1, k2) && !opens(0, k2), "earlier ones do not");
+    assert!(
+        opens(1, rekey(k0)) && opens(0, k0),
+        "(those records are genuine)"
+    );
+}
