@@ -38,11 +38,15 @@ struct Keyed {
 
 impl Keyed {
     fn new(key: Zeroizing<[u8; KEY_LEN]>) -> Result<Self> {
-        let mut cipher = RingResolver
+        let cipher = RingResolver
             .resolve_cipher(&CipherChoice::AESGCM)
             .ok_or(SessionError::Setup("AES-GCM cipher unavailable"))?;
-        cipher.set(&key);
-        Ok(Self { cipher })
+        Ok(Self::with_cipher(cipher, &key))
+    }
+
+    fn with_cipher(mut cipher: Box<dyn Cipher>, key: &[u8; KEY_LEN]) -> Self {
+        cipher.set(key);
+        Self { cipher }
     }
 
     /// Noise REKEY (Noise spec §4.2): the first 32 bytes of
@@ -54,6 +58,17 @@ impl Keyed {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         key.copy_from_slice(&out[..KEY_LEN]);
         Self::new(key)
+    }
+}
+
+/// Neither snow nor ring zeroizes a cipher object on drop, and the key schedule inside is
+/// out of our reach (no `unsafe`). Setting an all-zero key overwrites that schedule in place
+/// (snow's `set` assigns a new ring key to the same field), so a dropped epoch key does not
+/// linger in freed memory. Best effort: the compiler could in principle elide the store
+/// before the free, but it cannot see through the `dyn Cipher` call to do so.
+impl Drop for Keyed {
+    fn drop(&mut self) {
+        self.cipher.set(&[0u8; KEY_LEN]);
     }
 }
 
@@ -109,6 +124,9 @@ pub(crate) struct PendingEpoch {
 pub(crate) struct RecvCipher {
     current: Keyed,
     epoch: u64,
+    /// Keys derived to try records of later epochs, authenticated or not: the work that
+    /// forged records can cause (spec/security.md §8).
+    trial_keys_derived: u64,
 }
 
 impl RecvCipher {
@@ -116,6 +134,7 @@ impl RecvCipher {
         Ok(Self {
             current: Keyed::new(key)?,
             epoch: 0,
+            trial_keys_derived: 0,
         })
     }
 
@@ -123,7 +142,12 @@ impl RecvCipher {
         self.epoch
     }
 
-    /// Opens `ciphertext` into `out` (cleared first) without changing any state. Returns the
+    pub(crate) fn trial_keys_derived(&self) -> u64 {
+        self.trial_keys_derived
+    }
+
+    /// Opens `ciphertext` into `out` (cleared first) without changing any key state (only
+    /// the count of trial derivations). Returns the
     /// later epoch's key if the record belongs to one; the caller installs it with
     /// [`RecvCipher::commit`] once it has decided to accept the record.
     ///
@@ -131,7 +155,7 @@ impl RecvCipher {
     /// [`SessionError::Decrypt`] if the record does not authenticate under the key of its
     /// counter's epoch, or claims an epoch that is older or too far ahead.
     pub(crate) fn open(
-        &self,
+        &mut self,
         counter: u64,
         ad: &[u8],
         ciphertext: &[u8],
@@ -158,8 +182,10 @@ impl RecvCipher {
         }
         // Derive forward without touching `self.current`.
         let mut candidate = self.current.next()?;
+        self.trial_keys_derived += 1;
         for _ in self.epoch + 1..epoch {
             candidate = candidate.next()?;
+            self.trial_keys_derived += 1;
         }
         let n = candidate
             .cipher
@@ -176,5 +202,43 @@ impl RecvCipher {
     pub(crate) fn commit(&mut self, pending: PendingEpoch) {
         self.current = pending.keyed;
         self.epoch = pending.epoch;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use super::{Cipher, Keyed, KEY_LEN};
+
+    /// A cipher object that only records the keys installed in it.
+    struct Spy(Arc<Mutex<Vec<[u8; KEY_LEN]>>>);
+
+    impl Cipher for Spy {
+        fn name(&self) -> &'static str {
+            "spy"
+        }
+        fn set(&mut self, key: &[u8; KEY_LEN]) {
+            self.0.lock().unwrap().push(*key);
+        }
+        fn encrypt(&self, _: u64, _: &[u8], _: &[u8], _: &mut [u8]) -> usize {
+            0
+        }
+        fn decrypt(&self, _: u64, _: &[u8], _: &[u8], _: &mut [u8]) -> Result<usize, snow::Error> {
+            Err(snow::Error::Decrypt)
+        }
+    }
+
+    #[test]
+    fn a_dropped_epoch_key_is_overwritten_inside_its_cipher_object() {
+        // spec/session.md §5.5 ("each side erases a key as soon as it has moved past its
+        // epoch"): neither snow nor ring zeroizes on drop, so `Keyed` overwrites the key.
+        let keys = Arc::new(Mutex::new(Vec::new()));
+        let keyed = Keyed::with_cipher(Box::new(Spy(Arc::clone(&keys))), &[7; KEY_LEN]);
+        assert_eq!(*keys.lock().unwrap(), [[7; KEY_LEN]]);
+        drop(keyed);
+        assert_eq!(*keys.lock().unwrap(), [[7; KEY_LEN], [0; KEY_LEN]]);
     }
 }

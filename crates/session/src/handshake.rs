@@ -1,10 +1,11 @@
 //! The Noise KK handshake bound to an MPC session and a pair of DIDs (spec/session.md §3–4).
 
 use snow::params::NoiseParams;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::cipher::KEY_LEN;
 use crate::error::{Result, SessionError};
+use crate::resolver::ZeroizingResolver;
 use crate::session::{Session, SessionConfig};
 
 /// The Noise protocol name (spec §3).
@@ -27,8 +28,11 @@ pub enum Role {
 }
 
 /// A fresh per-session X25519 Noise static key pair (spec/security.md §2: never the DID key).
+/// Zeroized on drop (derived, so a new field must be zeroizable too). The copy snow keeps in
+/// a handshake state is not: see spec/security.md "Claims and their evidence".
+#[derive(ZeroizeOnDrop)]
 pub struct StaticKeypair {
-    secret: Zeroizing<[u8; 32]>,
+    secret: [u8; 32],
     public: [u8; 32],
 }
 
@@ -50,11 +54,12 @@ impl StaticKeypair {
 
     /// A key pair from a fixed secret (test vectors; a driver restoring a stored session).
     #[must_use]
-    pub fn from_secret(secret: [u8; 32]) -> Self {
+    pub fn from_secret(mut secret: [u8; 32]) -> Self {
         let s = x25519_dalek::StaticSecret::from(secret);
+        secret.zeroize();
         let public = x25519_dalek::PublicKey::from(&s).to_bytes();
         Self {
-            secret: Zeroizing::new(s.to_bytes()),
+            secret: s.to_bytes(),
             public,
         }
     }
@@ -132,7 +137,8 @@ fn builder_for<'a>(
     remote: &'a [u8; 32],
     ephemeral: Option<&'a [u8; 32]>,
 ) -> Result<snow::Builder<'a>> {
-    let mut b = snow::Builder::new(params)
+    // snow's own X25519 does not zeroize the secrets it holds (src/resolver.rs).
+    let mut b = snow::Builder::with_resolver(params, Box::new(ZeroizingResolver))
         .prologue(prologue)
         .and_then(|b| b.local_private_key(&local.secret[..]))
         .and_then(|b| b.remote_public_key(remote))

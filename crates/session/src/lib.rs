@@ -52,6 +52,7 @@ mod error;
 pub mod frame;
 mod handshake;
 pub mod messages;
+mod resolver;
 mod session;
 
 pub use cipher::{epoch_of, EPOCH_BITS, MAX_EPOCH_SKIP};

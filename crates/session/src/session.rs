@@ -11,9 +11,9 @@ use crate::frame::{
 };
 use crate::handshake::{Role, Split};
 
-/// Most streams a session tracks in each direction; bounded so that one RESUME frame always
-/// holds every stream's state (spec §7).
-pub const MAX_STREAMS_LIMIT: usize = (MAX_FRAME_LEN - 3) / STREAM_STATE_LEN;
+/// Most streams each side may open (`max_streams` is clamped to it): the streams both sides
+/// opened fit in one RESUME frame (spec §6.1, §7).
+pub const MAX_STREAMS_LIMIT: usize = (MAX_FRAME_LEN - 3) / STREAM_STATE_LEN / 2;
 
 /// Tunables of a session. The defaults are those of spec/session.md §8.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +21,10 @@ pub struct SessionConfig {
     /// Stream bytes written but not yet acknowledged, over all streams; `send` accepts no
     /// more (backpressure) until ACKs free space.
     pub max_unacked_bytes: usize,
-    /// Streams tracked per direction (at most [`MAX_STREAMS_LIMIT`]).
+    /// Streams each side may open in the session's life: we open at most this many, and a
+    /// peer frame naming one more of the peer's streams fails the session (at most
+    /// [`MAX_STREAMS_LIMIT`]). Counted per opener, so peers with the same setting never
+    /// exceed each other's limit, however their opens interleave.
     pub max_streams: usize,
     /// Send a PING after this long without sending anything.
     pub keepalive_ms: u64,
@@ -107,6 +110,10 @@ pub struct SessionStats {
     pub retransmitted_bytes: u64,
     /// Records sent with an explicit counter (the first on a path, or after an epoch skip).
     pub explicit_counters_sent: u64,
+    /// Receive keys derived to try records of later epochs (spec §5.5), whether or not the
+    /// record then authenticated: the work forged records caused, at most
+    /// [`crate::MAX_EPOCH_SKIP`] per record.
+    pub trial_keys_derived: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +182,8 @@ pub struct Session {
     send_streams: BTreeMap<u32, SendStream>,
     recv_streams: BTreeMap<u32, RecvStream>,
     next_local_stream: u64,
+    /// Streams the peer opened (named first in one of its frames).
+    peer_streams: usize,
     unacked_total: usize,
     blocked: bool,
     outbox: VecDeque<Vec<u8>>,
@@ -232,6 +241,7 @@ impl Session {
                 Role::Initiator => 0,
                 Role::Responder => 1,
             },
+            peer_streams: 0,
             unacked_total: 0,
             blocked: false,
             outbox: VecDeque::new(),
@@ -270,6 +280,7 @@ impl Session {
             send_epoch: self.send_cipher.epoch(),
             recv_epoch: self.recv_cipher.epoch(),
             unacked_bytes: self.unacked_total,
+            trial_keys_derived: self.recv_cipher.trial_keys_derived(),
             ..self.stats.clone()
         }
     }
@@ -291,11 +302,14 @@ impl Session {
     /// Opens a new stream (initiator: even ids, responder: odd ids; spec §6.1).
     ///
     /// # Errors
-    /// [`SessionError::Limit`] when `max_streams` streams are open or ids are exhausted;
-    /// [`SessionError::State`] after close.
+    /// [`SessionError::Limit`] when this side has opened `max_streams` streams (finished ones
+    /// included: ids are never reused) or ids are exhausted; [`SessionError::State`] after
+    /// close.
     pub fn open_stream(&mut self) -> Result<u32> {
         self.check_open()?;
-        if self.send_streams.len() >= self.config.max_streams {
+        // Ids go up by 2 from 0 (initiator) or 1 (responder): this many were opened.
+        let opened = self.next_local_stream / 2;
+        if opened >= self.config.max_streams as u64 {
             return Err(SessionError::Limit("streams"));
         }
         let id =
@@ -785,14 +799,14 @@ impl Session {
                     "peer used a stream id of our parity",
                 ));
             }
-            if self.recv_streams.len() >= self.config.max_streams {
-                return Err(SessionError::Limit("streams"));
-            }
             if !ours {
-                // A peer-opened stream is bidirectional: we may answer on it.
-                if self.send_streams.len() >= self.config.max_streams {
+                // A new peer-opened stream, counted against the peer's limit; ours are
+                // bounded by `open_stream`.
+                if self.peer_streams >= self.config.max_streams {
                     return Err(SessionError::Limit("streams"));
                 }
+                self.peer_streams += 1;
+                // A peer-opened stream is bidirectional: we may answer on it.
                 self.send_streams.entry(stream).or_default();
             }
         }
