@@ -36,6 +36,7 @@
 pub mod client;
 pub mod config;
 mod core;
+pub mod guard;
 pub mod identity;
 pub mod live;
 pub mod messages;
