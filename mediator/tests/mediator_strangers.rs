@@ -79,6 +79,47 @@ async fn slow_body_is_cut_off() {
     assert!(started.elapsed() < Duration::from_secs(12));
 }
 
+/// Finding 8: one source address cannot take every connection slot: past
+/// `max_connections_per_ip` it gets `503`, while another address is still served and a
+/// closed connection gives its slot back.
+#[tokio::test]
+async fn connections_are_limited_per_source_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "max_connections_per_ip = 3\n");
+    let ws_url = format!("ws://{}/ws", m.addr);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            tokio_tungstenite::connect_async(ws_url.as_str())
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let fourth = reqwest::get(format!("{}/healthz", m.url())).await.unwrap();
+    assert_eq!(fourth.status().as_u16(), 503);
+    let other = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let r = other
+        .get(format!("{}/healthz", m.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "another address is served");
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = reqwest::get(format!("{}/healthz", m.url())).await.unwrap();
+        if r.status().is_success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot not given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Finding 8: a WebSocket that never authenticates is closed after `ws_auth_timeout_secs`
 /// although it keeps pinging; one that sent an authenticated request stays open.
 #[tokio::test]
@@ -250,6 +291,45 @@ async fn keylist_squatting_is_refused() {
         .unwrap();
     assert_eq!(alice.fetch(10).await.unwrap().len(), 1);
     assert!(mallory.fetch(10).await.unwrap().is_empty());
+}
+
+/// Finding 11, after the fact: a key squatted before the ownership rule (seeded here
+/// straight into a Redis store, as an old mediator left it) is taken back when its owner
+/// registers it, and the owner's mail then reaches the owner. Redis backend.
+#[tokio::test]
+async fn squatted_key_is_taken_back_by_its_owner() {
+    use mpc_did_mediator::store::{KeyUpdate, RedisStore, Store as _};
+    let redis = mpc_did_mediator::testkit::RedisServer::start().unwrap();
+    let (alice_did, alice_secrets) = common::identity();
+    let mallory = "did:key:z6MkfakeMallory";
+    let store = RedisStore::connect(&redis.url, "mpcdid:").await.unwrap();
+    store.grant(mallory).await.unwrap();
+    assert_eq!(
+        store.add_key(mallory, &alice_did).await.unwrap(),
+        KeyUpdate::Success
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &["--store", &redis.url]);
+    let info = mpc_did_mediator::client::MediatorInfo::discover(&m.url())
+        .await
+        .unwrap();
+    let alice = mpc_did_mediator::client::MediatorClient::new(
+        info,
+        &alice_did,
+        alice_secrets,
+        mpc_did_resolver::UniversalResolver::new().unwrap(),
+    )
+    .unwrap();
+    alice.register().await.unwrap();
+    assert_eq!(alice.keys().await.unwrap(), vec![alice_did.clone()]);
+    assert_eq!(store.key_owner(&alice_did).await.unwrap(), Some(alice_did.clone()));
+    assert!(store.keys(mallory).await.unwrap().is_empty());
+    let bob = client(&m.url()).await;
+    introduce(&bob, &alice);
+    bob.send(&alice_did, message("https://example.org/x/1.0/y", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(alice.fetch(10).await.unwrap().len(), 1);
 }
 
 /// Finding 12: a state-changing request without `created_time` is refused, so a captured
