@@ -262,12 +262,9 @@ impl Core {
                     )
                     .await;
             }
-            let seen = self
-                .replay
-                .lock()
-                .map_or(Seen::Full, |mut c| {
-                    c.check_and_insert(did, &msg.id, Instant::now())
-                });
+            let seen = self.replay.lock().map_or(Seen::Full, |mut c| {
+                c.check_and_insert(did, &msg.id, Instant::now())
+            });
             if seen == Seen::Full {
                 return self
                     .refuse(

@@ -345,7 +345,10 @@ mod tests {
         // A duplicate (already stored) does not take a second place.
         q.settle("did:r", s2, Some(&id(0)), t0);
         assert_eq!(q.waiting("did:r", s2), 0);
-        assert!(q.reserve("did:other", s1, t0), "another recipient is not affected");
+        assert!(
+            q.reserve("did:other", s1, t0),
+            "another recipient is not affected"
+        );
         q.settle("did:other", s1, None, t0);
         // Acknowledged: the place is free again.
         q.acked("did:r", &[id(0), "not-hex".into()]);

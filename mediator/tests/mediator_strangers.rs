@@ -47,11 +47,9 @@ async fn slow_body_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let m = start(&dir, "body_timeout_secs = 2\n");
     let mut tcp = tokio::net::TcpStream::connect(&m.addr).await.unwrap();
-    tcp.write_all(
-        b"POST /didcomm HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{\"a\":",
-    )
-    .await
-    .unwrap();
+    tcp.write_all(b"POST /didcomm HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
     let (mut rd, mut wr) = tcp.into_split();
     let trickle = tokio::spawn(async move {
         // One byte every 200 ms: never idle, never done.
@@ -159,7 +157,10 @@ async fn unauthenticated_websocket_closed_despite_pings() {
         {}
     }
     let closed = anon_closed.expect("unauthenticated socket still open after 10 s of pings");
-    assert!(closed >= Duration::from_millis(1500), "closed too early: {closed:?}");
+    assert!(
+        closed >= Duration::from_millis(1500),
+        "closed too early: {closed:?}"
+    );
     // The authenticated one is still served.
     let ping = a
         .pack_for_mediator(message(types::PING, json!({})))
@@ -206,9 +207,9 @@ async fn unfinished_http2_bodies_are_bounded_per_connection() {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     for _ in 0..streams {
         // 100 kB of body, then nothing more: never finished.
-        let first = futures_util::stream::once(std::future::ready(Ok::<_, std::convert::Infallible>(
-            Frame::data(chunk.clone()),
-        )));
+        let first = futures_util::stream::once(std::future::ready(
+            Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())),
+        ));
         let body = StreamBody::new(first.chain(futures_util::stream::pending()));
         let req = hyper::Request::post(format!("{}/didcomm", m.url()))
             .body(body)
@@ -286,9 +287,12 @@ async fn keylist_squatting_is_refused() {
     // Mail for Alice reaches Alice.
     let bob = client(&url).await;
     introduce(&bob, &alice);
-    bob.send(&alice.did, message("https://example.org/x/1.0/y", json!({})))
-        .await
-        .unwrap();
+    bob.send(
+        &alice.did,
+        message("https://example.org/x/1.0/y", json!({})),
+    )
+    .await
+    .unwrap();
     assert_eq!(alice.fetch(10).await.unwrap().len(), 1);
     assert!(mallory.fetch(10).await.unwrap().is_empty());
 }
@@ -322,13 +326,19 @@ async fn squatted_key_is_taken_back_by_its_owner() {
     .unwrap();
     alice.register().await.unwrap();
     assert_eq!(alice.keys().await.unwrap(), vec![alice_did.clone()]);
-    assert_eq!(store.key_owner(&alice_did).await.unwrap(), Some(alice_did.clone()));
+    assert_eq!(
+        store.key_owner(&alice_did).await.unwrap(),
+        Some(alice_did.clone())
+    );
     assert!(store.keys(mallory).await.unwrap().is_empty());
     let bob = client(&m.url()).await;
     introduce(&bob, &alice);
-    bob.send(&alice_did, message("https://example.org/x/1.0/y", json!({})))
-        .await
-        .unwrap();
+    bob.send(
+        &alice_did,
+        message("https://example.org/x/1.0/y", json!({})),
+    )
+    .await
+    .unwrap();
     assert_eq!(alice.fetch(10).await.unwrap().len(), 1);
 }
 
