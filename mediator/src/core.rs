@@ -15,7 +15,7 @@ use mpc_did_resolver::UniversalResolver;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::guard::{ReplayCache, Seen, SourceAddr, SourceQuotas};
+use crate::guard::{ReplayCache, Seen, SourceAddr, SourceQuotas, REPLAY_CACHE_MAX};
 use crate::identity::MediatorIdentity;
 use crate::messages::{
     ack_of, codes, message_attachment, problem_report, reply, types, wants_ack, PROTOCOLS,
@@ -31,6 +31,9 @@ pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 pub const MAX_ID_LEN: usize = 256;
 /// Requests that change state (a grant, keys, a queue, a socket's live mode) must carry
 /// `created_time`: a captured one cannot be replayed after the replay window.
+/// Requests anyone may send (no grant) whose replay changes nothing and answers nothing
+/// secret: not remembered against replay, so they cannot fill the cache (finding 9).
+const REPLAY_HARMLESS: &[&str] = &[types::PING, types::QUERIES, types::PROBLEM_REPORT];
 const STATE_CHANGING: &[&str] = &[
     types::MEDIATE_REQUEST,
     types::RECIPIENT_UPDATE,
@@ -130,7 +133,7 @@ impl Core {
             metrics: Metrics::default(),
             quotas: Mutex::new(quotas),
             resolver,
-            replay: Mutex::new(ReplayCache::new(REPLAY_WINDOW)),
+            replay: Mutex::new(ReplayCache::new(REPLAY_WINDOW, REPLAY_CACHE_MAX)),
             disclosures,
             ecdh: StaticEcdhCache::new(ECDH_CACHE_MAX),
         }
@@ -262,9 +265,13 @@ impl Core {
                     )
                     .await;
             }
-            let seen = self.replay.lock().map_or(Seen::Full, |mut c| {
-                c.check_and_insert(did, &msg.id, Instant::now())
-            });
+            let seen = if REPLAY_HARMLESS.contains(&msg.type_.as_str()) {
+                Seen::Fresh
+            } else {
+                self.replay.lock().map_or(Seen::Full, |mut c| {
+                    c.check_and_insert(did, &msg.id, Instant::now())
+                })
+            };
             if seen == Seen::Full {
                 return self
                     .refuse(
