@@ -1,5 +1,8 @@
-//! The network shell: accept loop (connection limit, per-connection rate, idle timeout,
-//! graceful drain), the HTTP routes and the WebSocket session loop.
+//! The network shell: accept loop (connection limits in total and per source address,
+//! per-connection rate, idle timeout, graceful drain), the HTTP routes (request bodies read
+//! under a deadline and a per-connection byte budget) and the WebSocket session loop (an
+//! unauthenticated socket has a deadline that pings do not extend). Limits:
+//! spec/mediator.md §6, §6.1.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
