@@ -75,6 +75,10 @@ async fn child(dir: &str) {
             max_queue_messages: 10_000_000,
             max_queue_bytes: 10_000_000_000,
             idle_timeout_secs: 600,
+            // Every client of the benchmark is 127.0.0.1 (and 10,000 idle sockets): no
+            // per-source limits here (spec/mediator.md §6.1).
+            max_connections_per_ip: 0,
+            max_queued_per_source: 0,
             // MEDIATOR_BENCH_COALESCE_MS overrides the live push coalescing window.
             live_coalesce_ms: std::env::var("MEDIATOR_BENCH_COALESCE_MS")
                 .ok()

@@ -86,6 +86,26 @@ pub struct Limits {
     pub max_keys_per_did: u64,
     /// Seconds graceful shutdown waits for open connections.
     pub drain_timeout_secs: u64,
+    /// Concurrent connections from one source address (an IPv4 address or an IPv6 /64);
+    /// 0: no per-source limit (spec/mediator.md §6.1).
+    pub max_connections_per_ip: u64,
+    /// Seconds a request body may take to arrive once its headers are in; a slower client
+    /// gets `408` and the connection is closed (spec/mediator.md §6.1).
+    pub body_timeout_secs: u64,
+    /// Bytes of unfinished request bodies one connection may hold in the mediator's memory
+    /// at once (HTTP/2 streams); at least `max_message_bytes` is always allowed.
+    pub max_body_bytes_per_connection: u64,
+    /// Seconds a WebSocket may stay open without an authenticated request (or, for an
+    /// anonymous sender, without a stored forward); pings do not count.
+    pub ws_auth_timeout_secs: u64,
+    /// Entries in one `recipient-update` (Coordinate Mediation 2.0).
+    pub max_updates_per_request: u64,
+    /// Messages one source address may have waiting, unacknowledged, in one recipient's
+    /// queue; 0: no per-source quota (spec/mediator.md §6.1).
+    pub max_queued_per_source: u64,
+    /// Seconds after which this instance forgets what a source queued (acknowledgements
+    /// made through another instance are not seen here).
+    pub source_quota_secs: u64,
 }
 
 /// Mediation grant policy.
@@ -116,6 +136,13 @@ impl Default for Limits {
             live_coalesce_ms: 2,
             max_keys_per_did: 100,
             drain_timeout_secs: 10,
+            max_connections_per_ip: 1_000,
+            body_timeout_secs: 10,
+            max_body_bytes_per_connection: 4 * 1024 * 1024,
+            ws_auth_timeout_secs: 30,
+            max_updates_per_request: 100,
+            max_queued_per_source: 500,
+            source_quota_secs: 600,
         }
     }
 }
@@ -169,6 +196,16 @@ impl Config {
             ("max_inflight", l.max_inflight),
             ("live_coalesce_ms", l.live_coalesce_ms),
             ("max_keys_per_did", l.max_keys_per_did),
+            ("max_connections_per_ip", l.max_connections_per_ip),
+            ("body_timeout_secs", l.body_timeout_secs),
+            (
+                "max_body_bytes_per_connection",
+                l.max_body_bytes_per_connection,
+            ),
+            ("ws_auth_timeout_secs", l.ws_auth_timeout_secs),
+            ("max_updates_per_request", l.max_updates_per_request),
+            ("max_queued_per_source", l.max_queued_per_source),
+            ("source_quota_secs", l.source_quota_secs),
         ]
     }
 }

@@ -2,7 +2,6 @@
 //! and build the replies. Transport-independent: the HTTP and WebSocket shells call
 //! [`Core::handle`] and carry out the returned [`Handled`].
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use mpc_did_resolver::UniversalResolver;
 use serde_json::{json, Value};
 
 use crate::config::Config;
+use crate::guard::{ReplayCache, Seen, SourceAddr, SourceQuotas, REPLAY_CACHE_MAX};
 use crate::identity::MediatorIdentity;
 use crate::messages::{
     ack_of, codes, message_attachment, problem_report, reply, types, wants_ack, PROTOCOLS,
@@ -26,7 +26,20 @@ use crate::store::{AnyStore, KeyUpdate, QueueLimits, Store, StoreError, StoredMe
 /// How long request ids are remembered against replay, and how far `created_time` may be
 /// from now (spec/mediator.md §3).
 pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
-const REPLAY_CACHE_MAX: usize = 200_000;
+/// Longest message `id`, `thid` or `pthid` accepted (UUIDs are 36 characters). Ids are
+/// echoed in replies and remembered against replay, so they must not be megabytes.
+pub const MAX_ID_LEN: usize = 256;
+/// Requests that change state (a grant, keys, a queue, a socket's live mode) must carry
+/// `created_time`: a captured one cannot be replayed after the replay window.
+/// Requests anyone may send (no grant) whose replay changes nothing and answers nothing
+/// secret: not remembered against replay, so they cannot fill the cache (finding 9).
+const REPLAY_HARMLESS: &[&str] = &[types::PING, types::QUERIES, types::PROBLEM_REPORT];
+const STATE_CHANGING: &[&str] = &[
+    types::MEDIATE_REQUEST,
+    types::RECIPIENT_UPDATE,
+    types::MESSAGES_RECEIVED,
+    types::LIVE_DELIVERY_CHANGE,
+];
 /// Peers whose static-static ECDH-1PU share is remembered (spec/didcomm.md §4): about
 /// 150 bytes each, so at most a few MiB.
 const ECDH_CACHE_MAX: usize = 16_384;
@@ -54,31 +67,11 @@ pub struct Handled {
     pub live_raw: bool,
     /// Message ids acknowledged with `messages-received`, and the DID they belong to.
     pub received: Option<(String, Vec<String>)>,
-}
-
-/// Sliding window of (sender, message id) pairs already processed.
-#[derive(Default)]
-struct ReplayCache {
-    seen: HashMap<(String, String), Instant>,
-}
-
-impl ReplayCache {
-    /// Records the pair; `false` if it was already there.
-    fn check_and_insert(&mut self, sender: &str, id: &str) -> bool {
-        let now = Instant::now();
-        if self.seen.len() >= REPLAY_CACHE_MAX {
-            self.seen
-                .retain(|_, t| now.duration_since(*t) < REPLAY_WINDOW);
-        }
-        let key = (sender.to_owned(), id.to_owned());
-        match self.seen.get(&key) {
-            Some(t) if now.duration_since(*t) < REPLAY_WINDOW => false,
-            _ => {
-                self.seen.insert(key, now);
-                true
-            }
-        }
-    }
+    /// The message was accepted from an authenticated DID: a WebSocket that carried one is
+    /// no longer anonymous (spec/mediator.md §6.1 `ws_auth_timeout_secs`).
+    pub authenticated: bool,
+    /// A forward was accepted and stored (what keeps an anonymous sender's WebSocket open).
+    pub stored: bool,
 }
 
 /// Shared state of one mediator instance.
@@ -93,6 +86,7 @@ pub struct Core {
     pub metrics: Metrics,
     resolver: UniversalResolver,
     replay: Mutex<ReplayCache>,
+    quotas: Mutex<SourceQuotas>,
     disclosures: Vec<Disclosure>,
     /// `X25519(mediator key, client key)` per client: every delivery to a DID and every
     /// authcrypt request from it share this half of ECDH-1PU.
@@ -104,6 +98,8 @@ pub(crate) struct Sender {
     /// The DID authenticated by authcrypt (and equal to `from`, which unpack checks).
     did: Option<String>,
     encrypted: bool,
+    /// The address the message came from (per-source quotas).
+    source: SourceAddr,
 }
 
 fn now_secs() -> u64 {
@@ -126,13 +122,18 @@ impl Core {
                 roles: vec![(*role).to_owned()],
             })
             .collect();
+        let quotas = SourceQuotas::new(
+            config.limits.max_queued_per_source,
+            Duration::from_secs(config.limits.source_quota_secs),
+        );
         Self {
             identity,
             config,
             store,
             metrics: Metrics::default(),
+            quotas: Mutex::new(quotas),
             resolver,
-            replay: Mutex::new(ReplayCache::default()),
+            replay: Mutex::new(ReplayCache::new(REPLAY_WINDOW, REPLAY_CACHE_MAX)),
             disclosures,
             ecdh: StaticEcdhCache::new(ECDH_CACHE_MAX),
         }
@@ -156,8 +157,8 @@ impl Core {
         }
     }
 
-    /// Handles one packed DIDComm message.
-    pub async fn handle(&self, raw: &[u8], transport: Transport) -> Handled {
+    /// Handles one packed DIDComm message that arrived from `source`.
+    pub async fn handle(&self, raw: &[u8], transport: Transport, source: SourceAddr) -> Handled {
         self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
         let max = usize::try_from(self.config.limits.max_message_bytes).unwrap_or(usize::MAX);
         if raw.len() > max {
@@ -193,10 +194,31 @@ impl Core {
                 .as_deref()
                 .map(|k| did_of(k).to_owned()),
             encrypted: meta.encrypted,
+            source,
         };
-        let out = self.dispatch(&msg, &sender, transport).await;
+        let long = [Some(&msg.id), msg.thid.as_ref(), msg.pthid.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|i| i.len() > MAX_ID_LEN);
+        if long {
+            // Answer without echoing the id (the problem report's pthid would carry it).
+            self.metrics.reject(Rejection::Malformed);
+            let pr = problem_report(
+                codes::BAD_REQUEST,
+                &format!("id, thid and pthid must be at most {MAX_ID_LEN} bytes"),
+                None,
+            );
+            return Handled {
+                replies: vec![self.pack(pr, &sender).await],
+                rejection: Some(Rejection::Malformed),
+                ..Handled::default()
+            };
+        }
+        let mut out = self.dispatch(&msg, &sender, transport).await;
         if out.rejection.is_some() {
             tracing::debug!(typ = %msg.type_, rejection = ?out.rejection, "refused");
+        } else {
+            out.authenticated = sender.did.is_some();
         }
         out
     }
@@ -218,9 +240,20 @@ impl Core {
                     )
                     .await;
             }
+            if msg.created_time.is_none() && STATE_CHANGING.contains(&msg.type_.as_str()) {
+                return self
+                    .refuse(
+                        msg,
+                        sender,
+                        Rejection::Replay,
+                        codes::REPLAY,
+                        "created_time is required on this request",
+                    )
+                    .await;
+            }
             if msg
                 .created_time
-                .is_some_and(|c| c + window < now || c > now + window)
+                .is_some_and(|c| c.saturating_add(window) < now || c > now + window)
             {
                 return self
                     .refuse(
@@ -232,12 +265,25 @@ impl Core {
                     )
                     .await;
             }
-            let fresh = self
-                .replay
-                .lock()
-                .map(|mut c| c.check_and_insert(did, &msg.id))
-                .unwrap_or(false);
-            if !fresh {
+            let seen = if REPLAY_HARMLESS.contains(&msg.type_.as_str()) {
+                Seen::Fresh
+            } else {
+                self.replay.lock().map_or(Seen::Full, |mut c| {
+                    c.check_and_insert(did, &msg.id, Instant::now())
+                })
+            };
+            if seen == Seen::Full {
+                return self
+                    .refuse(
+                        msg,
+                        sender,
+                        Rejection::RateLimited,
+                        codes::RATE_LIMITED,
+                        "too many recent requests to check for replay; retry later",
+                    )
+                    .await;
+            }
+            if seen == Seen::Replay {
                 return self
                     .refuse(
                         msg,
@@ -395,16 +441,45 @@ impl Core {
             Err(e) => return self.storage_failed(msg, sender, &e).await,
         };
         let bytes = fwd.forwarded_bytes();
-        match self
+        let src = sender.source;
+        let admitted = self
+            .quotas
+            .lock()
+            .is_ok_and(|mut q| q.reserve(&owner, src, Instant::now()));
+        if !admitted {
+            return self
+                .refuse(
+                    msg,
+                    sender,
+                    Rejection::SourceQuota,
+                    codes::SOURCE_QUOTA,
+                    &format!(
+                        "this address already has {} messages waiting for this recipient",
+                        self.config.limits.max_queued_per_source
+                    ),
+                )
+                .await;
+        }
+        let res = self
             .store
             .enqueue(&owner, &fwd.next, &bytes, self.limits())
-            .await
-        {
+            .await;
+        let stored = match &res {
+            Ok(e) if !e.duplicate => Some(e.id.as_str()),
+            _ => None,
+        };
+        if let Ok(mut q) = self.quotas.lock() {
+            q.settle(&owner, src, stored, Instant::now());
+        }
+        match res {
             Ok(e) => {
                 if !e.duplicate {
                     self.metrics.messages_stored.fetch_add(1, Ordering::Relaxed);
                 }
-                let mut h = Handled::default();
+                let mut h = Handled {
+                    stored: true,
+                    ..Handled::default()
+                };
                 // A sender that asked (`please_ack`) is told the message is stored: the
                 // WebSocket's durability acknowledgement, as 202 is HTTP's (§2).
                 if wants_ack(msg) {
@@ -477,6 +552,19 @@ impl Core {
                 .bad_request(msg, sender, "body.updates must be an array")
                 .await);
         };
+        // Refused before any store work: a 12,000-entry update cost 0.5 s and a 1 MiB reply.
+        let max_updates = self.config.limits.max_updates_per_request;
+        if updates.len() as u64 > max_updates {
+            return Ok(self
+                .refuse(
+                    msg,
+                    sender,
+                    Rejection::TooLarge,
+                    codes::TOO_BIG,
+                    &format!("at most {max_updates} updates per recipient-update"),
+                )
+                .await);
+        }
         let mut count = self.store.keys(did).await?.len() as u64;
         let mut updated = Vec::with_capacity(updates.len());
         for u in updates {
@@ -486,8 +574,12 @@ impl Core {
                 "client_error"
             } else {
                 match action {
+                    // Only the DID itself or a DID URL under it: forwards to a key are
+                    // queued for whoever registered it, so registering another DID's key
+                    // would divert its mail (spec/mediator.md §3 rule 3).
+                    "add" if !owns_key(did, key) => "client_error",
                     "add" if count >= self.config.limits.max_keys_per_did => "client_error",
-                    "add" => match self.store.add_key(did, key).await? {
+                    "add" => match self.claim_key(did, key).await? {
                         KeyUpdate::Success => {
                             count += 1;
                             "success"
@@ -514,6 +606,22 @@ impl Core {
             msg,
         );
         Ok(self.answer(r, sender).await)
+    }
+
+    /// Adds `key` (which `did` owns, see [`owns_key`]) to `did`'s keys. A registration of
+    /// it by another DID (a squatter, from before ownership was checked) is removed first.
+    async fn claim_key(&self, did: &str, key: &str) -> Result<KeyUpdate, StoreError> {
+        match self.store.add_key(did, key).await? {
+            KeyUpdate::Conflict => {}
+            other => return Ok(other),
+        }
+        if let Some(squatter) = self.store.key_owner(key).await? {
+            if squatter != did {
+                tracing::warn!(%did, %squatter, %key, "key registered by another DID: reclaimed");
+                self.store.remove_key(&squatter, key).await?;
+            }
+        }
+        self.store.add_key(did, key).await
     }
 
     async fn recipient_query(
@@ -639,6 +747,9 @@ impl Core {
             .collect();
         let n = self.store.remove(did, &ids).await?;
         self.metrics.messages_acked.fetch_add(n, Ordering::Relaxed);
+        if let Ok(mut q) = self.quotas.lock() {
+            q.acked(did, &ids);
+        }
         Ok(Handled {
             received: Some((did.to_owned(), ids)),
             ..Handled::default()
@@ -774,6 +885,13 @@ impl Core {
             }
         }
     }
+}
+
+/// Whether `key` (a `recipient_did`) is `did` itself or a DID URL under it (`did#frag`,
+/// `did?query`): only then may `did` register it. Whether the fragment names a real key
+/// matters to `did` alone: nothing under its DID can route anyone else's mail.
+fn owns_key(did: &str, key: &str) -> bool {
+    did_of(key) == did
 }
 
 /// Plaintext JSON of a message.

@@ -4,7 +4,9 @@
 //! **Owns:** the mediator's HTTP/WebSocket server, its protocol handling (Coordinate
 //! Mediation 2.0, Routing 2.0 `forward`, Message Pickup 3.0 with live delivery, Trust Ping
 //! 2.0, Discover Features 2.0, Report Problem 2.0), the durable queue [`store`] (sled or
-//! Redis), limits and metrics, and a [`client`] for the other side of those protocols.
+//! Redis), limits and metrics — including what bounds strangers who know a DID
+//! ([`guard`]: per-source quotas, the replay cache) — and a [`client`] for the other side
+//! of those protocols.
 //!
 //! **Does not:** implement DIDComm envelopes (crate `mpc-did-didcomm`), resolve DIDs
 //! (crate `mpc-did-resolver`), or hold user wallets. STUN and relay services plug in beside
@@ -36,6 +38,7 @@
 pub mod client;
 pub mod config;
 mod core;
+pub mod guard;
 pub mod identity;
 pub mod live;
 pub mod messages;

@@ -261,6 +261,11 @@ pub mod codes {
     pub const LIVE_MODE_NOT_SUPPORTED: &str = "e.m.live-mode-not-supported";
     /// A request body field is missing or of the wrong type.
     pub const BAD_REQUEST: &str = "e.p.msg.bad-request";
+    /// The sending address already has `max_queued_per_source` messages waiting for this
+    /// recipient (spec/mediator.md §6.1).
+    pub const SOURCE_QUOTA: &str = "e.p.req.source-quota";
+    /// The request body did not arrive in time (`body_timeout_secs`).
+    pub const TIMEOUT: &str = "e.p.req.timeout";
 }
 
 #[cfg(test)]

@@ -33,10 +33,16 @@ pub enum Rejection {
     Unsupported,
     /// Storage failed.
     Storage,
+    /// One source address has `limits.max_queued_per_source` messages waiting for the
+    /// recipient.
+    SourceQuota,
+    /// A request body did not arrive within `limits.body_timeout_secs`, or a WebSocket did
+    /// not authenticate within `limits.ws_auth_timeout_secs`.
+    Timeout,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 10] = [
+    const ALL: [Rejection; 12] = [
         Rejection::Malformed,
         Rejection::TooLarge,
         Rejection::Unauthorized,
@@ -47,6 +53,8 @@ impl Rejection {
         Rejection::Connections,
         Rejection::Unsupported,
         Rejection::Storage,
+        Rejection::SourceQuota,
+        Rejection::Timeout,
     ];
 
     /// The label value.
@@ -63,6 +71,8 @@ impl Rejection {
             Rejection::Connections => "connections",
             Rejection::Unsupported => "unsupported",
             Rejection::Storage => "storage",
+            Rejection::SourceQuota => "source_quota",
+            Rejection::Timeout => "timeout",
         }
     }
 }
@@ -90,7 +100,7 @@ pub struct Metrics {
     pub live_sessions: AtomicU64,
     /// Mediation grants issued.
     pub grants: AtomicU64,
-    rejections: [AtomicU64; 10],
+    rejections: [AtomicU64; 12],
 }
 
 impl Metrics {

@@ -1,9 +1,12 @@
-//! The network shell: accept loop (connection limit, per-connection rate, idle timeout,
-//! graceful drain), the HTTP routes and the WebSocket session loop.
+//! The network shell: accept loop (connection limits in total and per source address,
+//! per-connection rate, idle timeout, graceful drain), the HTTP routes (request bodies read
+//! under a deadline and a per-connection byte budget) and the WebSocket session loop (an
+//! unauthenticated socket has a deadline that pings do not extend). Limits:
+//! spec/mediator.md §6, §6.1.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::core::{Core, Transport};
+use crate::guard::SourceAddr;
 use crate::live::{LiveHub, LiveSub};
 use crate::messages::codes;
 use crate::metrics::Rejection;
@@ -62,11 +66,54 @@ struct Bucket {
 pub struct ConnInfo {
     /// Remote address.
     pub peer: SocketAddr,
+    /// The source it counts against (per-source limits, spec/mediator.md §6.1).
+    source: SourceAddr,
     bucket: Mutex<Bucket>,
     rate: f64,
     burst: f64,
+    /// Bytes of request bodies being read on this connection now (HTTP/2 streams).
+    body_bytes: Arc<AtomicU64>,
     core: Arc<Core>,
     _permit: OwnedSemaphorePermit,
+    _slot: Option<SourceSlot>,
+}
+
+/// Open connections per source address.
+type SourceCounts = Arc<Mutex<HashMap<SourceAddr, u64>>>;
+
+/// One connection's place in its source's count; given back on drop.
+struct SourceSlot {
+    counts: SourceCounts,
+    source: SourceAddr,
+}
+
+impl SourceSlot {
+    /// Takes a place for `source`, unless it has `max` connections open already.
+    fn take(counts: &SourceCounts, source: SourceAddr, max: u64) -> Option<Self> {
+        let mut c = counts.lock().ok()?;
+        let n = c.entry(source).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.counts.lock() {
+            if let Some(n) = c.get_mut(&self.source) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    c.remove(&self.source);
+                }
+            }
+        }
+    }
 }
 
 impl ConnInfo {
@@ -124,6 +171,7 @@ pub async fn serve(listener: TcpListener, state: AppState, app: Router) {
             .min(Semaphore::MAX_PERMITS),
     ));
     let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
+    let per_source: SourceCounts = Arc::default();
     loop {
         let accepted = tokio::select! {
             () = state.cancel.cancelled() => break,
@@ -139,7 +187,12 @@ pub async fn serve(listener: TcpListener, state: AppState, app: Router) {
             }
         };
         let metrics = &state.core.metrics;
-        let Ok(permit) = sem.clone().try_acquire_owned() else {
+        let source = SourceAddr::of(peer.ip());
+        let slot = match limits.max_connections_per_ip {
+            0 => Some(None),
+            max => SourceSlot::take(&per_source, source, max).map(Some),
+        };
+        let (Ok(permit), Some(slot)) = (sem.clone().try_acquire_owned(), slot) else {
             metrics.reject(Rejection::Connections);
             tokio::spawn(async move {
                 // Read the request head first: closing with unread input would reset the
@@ -162,6 +215,9 @@ pub async fn serve(listener: TcpListener, state: AppState, app: Router) {
         metrics.connections_open.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(ConnInfo {
             peer,
+            source,
+            body_bytes: Arc::default(),
+            _slot: slot,
             bucket: Mutex::new(Bucket {
                 tokens: limits.rate_burst as f64,
                 last: Instant::now(),
@@ -351,9 +407,79 @@ fn didcomm_response(status: StatusCode, reply: Option<Vec<u8>>) -> Response {
     }
 }
 
+/// Why a request body was not read.
+enum BodyError {
+    /// Larger than `max_message_bytes`.
+    TooLarge,
+    /// Not complete within `body_timeout_secs`.
+    Timeout,
+    /// The connection's unfinished bodies would exceed `max_body_bytes_per_connection`.
+    OverBudget,
+    /// The client broke the body off (reset stream, bad chunking).
+    Failed,
+}
+
+/// Bytes of one request body counted against its connection's budget until the request
+/// is answered; given back on drop.
+struct BodyCharge {
+    total: Arc<AtomicU64>,
+    n: u64,
+}
+
+impl Drop for BodyCharge {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.n, Ordering::Relaxed);
+    }
+}
+
+/// Reads a request body within `limits.body_timeout_secs`, charging each chunk to the
+/// connection as it arrives: one HTTP/2 connection's unfinished bodies cannot hold more
+/// than its budget (spec/mediator.md §6.1), a slow body is cut off, and an oversize one
+/// is refused as soon as it is known to be.
+async fn read_body(
+    body: Body,
+    core: &Core,
+    conn: &ConnInfo,
+) -> Result<(bytes::Bytes, BodyCharge), BodyError> {
+    use futures_util::StreamExt as _;
+    let limits = &core.config.limits;
+    let max = usize::try_from(limits.max_message_bytes).unwrap_or(usize::MAX);
+    let budget = limits
+        .max_body_bytes_per_connection
+        .max(limits.max_message_bytes);
+    let timeout = Duration::from_secs(limits.body_timeout_secs.max(1));
+    let mut charge = BodyCharge {
+        total: conn.body_bytes.clone(),
+        n: 0,
+    };
+    let read = async {
+        let mut stream = body.into_data_stream();
+        let mut buf = bytes::BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| BodyError::Failed)?;
+            if buf.len().saturating_add(chunk.len()) > max {
+                return Err(BodyError::TooLarge);
+            }
+            let len = chunk.len() as u64;
+            let before = charge.total.fetch_add(len, Ordering::Relaxed);
+            charge.n += len;
+            if before.saturating_add(len) > budget {
+                return Err(BodyError::OverBudget);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf.freeze())
+    };
+    let bytes = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| BodyError::Timeout)??;
+    Ok((bytes, charge))
+}
+
 async fn post_didcomm(
     State(st): State<AppState>,
     Extension(conn): Extension<Arc<ConnInfo>>,
+    version: axum::http::Version,
     body: Body,
 ) -> Response {
     let core = &st.core;
@@ -365,20 +491,52 @@ async fn post_didcomm(
         );
         return didcomm_response(StatusCode::TOO_MANY_REQUESTS, h.replies.into_iter().next());
     }
-    let max = usize::try_from(core.config.limits.max_message_bytes).unwrap_or(usize::MAX);
-    let bytes = match axum::body::to_bytes(body, max).await {
+    let (bytes, _charge) = match read_body(body, core, &conn).await {
         Ok(b) => b,
-        Err(_) => {
+        Err(e) => {
             core.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
-            let h = core.refuse_raw(
-                Rejection::TooLarge,
-                codes::TOO_BIG,
-                &format!("message larger than {max} bytes"),
-            );
-            return didcomm_response(StatusCode::PAYLOAD_TOO_LARGE, h.replies.into_iter().next());
+            let limits = &core.config.limits;
+            let (why, status, code, comment) = match e {
+                BodyError::TooLarge => (
+                    Rejection::TooLarge,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    codes::TOO_BIG,
+                    format!("message larger than {} bytes", limits.max_message_bytes),
+                ),
+                BodyError::Timeout => (
+                    Rejection::Timeout,
+                    StatusCode::REQUEST_TIMEOUT,
+                    codes::TIMEOUT,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        limits.body_timeout_secs
+                    ),
+                ),
+                BodyError::OverBudget => (
+                    Rejection::RateLimited,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    codes::RATE_LIMITED,
+                    "too many unfinished request bodies on this connection".to_owned(),
+                ),
+                BodyError::Failed => (
+                    Rejection::Malformed,
+                    StatusCode::BAD_REQUEST,
+                    codes::MALFORMED,
+                    "the request body was broken off".to_owned(),
+                ),
+            };
+            let h = core.refuse_raw(why, code, &comment);
+            let mut resp = didcomm_response(status, h.replies.into_iter().next());
+            if version <= axum::http::Version::HTTP_11 {
+                // The rest of the body is unread: this connection cannot carry another
+                // request (HTTP/2 just resets the stream).
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return resp;
         }
     };
-    let h = core.handle(&bytes, Transport::Http).await;
+    let h = core.handle(&bytes, Transport::Http, conn.source).await;
     let status = match h.rejection {
         Some(r) => status_for(r),
         None if h.replies.is_empty() => StatusCode::ACCEPTED,
@@ -417,6 +575,10 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
     let m = &core.metrics;
     m.websockets_open.fetch_add(1, Ordering::Relaxed);
     let idle = Duration::from_secs(core.config.limits.idle_timeout_secs.max(1));
+    // Until a request authenticates the socket, only stored forwards (an anonymous
+    // sender's work) keep it open — not pings, not refused frames (spec/mediator.md §6.1).
+    let auth_wait = Duration::from_secs(core.config.limits.ws_auth_timeout_secs.max(1));
+    let mut anonymous_until = Some(tokio::time::Instant::now() + auth_wait);
     let mut s = Session {
         live: None,
         raw: false,
@@ -431,8 +593,21 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
                 None => std::future::pending().await,
             }
         };
+        let auth_deadline = anonymous_until;
+        let unauthenticated = async move {
+            match auth_deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         let frame = tokio::select! {
             () = st.cancel.cancelled() => {
+                let _ = socket.send(WsMessage::Close(None)).await;
+                break;
+            }
+            () = unauthenticated => {
+                tracing::debug!(peer = %conn.peer, "websocket not authenticated in time");
+                m.reject(Rejection::Timeout);
                 let _ = socket.send(WsMessage::Close(None)).await;
                 break;
             }
@@ -469,7 +644,7 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
             },
         };
         let h = if conn.allow() {
-            core.handle(&bytes, Transport::WebSocket).await
+            core.handle(&bytes, Transport::WebSocket, conn.source).await
         } else {
             core.refuse_raw(
                 Rejection::RateLimited,
@@ -477,6 +652,11 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
                 "too many messages on this connection",
             )
         };
+        if h.authenticated {
+            anonymous_until = None;
+        } else if h.stored && anonymous_until.is_some() {
+            anonymous_until = Some(tokio::time::Instant::now() + auth_wait);
+        }
         let mut failed = false;
         for r in h.replies {
             if send(&mut socket, r).await.is_err() {

@@ -1,0 +1,461 @@
+//! Strangers who know a DID (spec/mediator.md §6.1): what one of them can hold — connection
+//! slots, mediator memory, a recipient's queue, another DID's keys — is bounded, and each
+//! refusal is typed. Real binary on loopback; each test fails on the mediator before the
+//! fix it names.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, introduce, registered_pair, MediatorProc};
+use futures_util::{SinkExt as _, StreamExt as _};
+use mpc_did_mediator::client::{send_message, ClientError};
+use mpc_did_mediator::messages::{codes, message, types};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+fn start(dir: &tempfile::TempDir, limits: &str) -> MediatorProc {
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(&cfg, format!("[limits]\n{limits}")).unwrap();
+    MediatorProc::start_with_config(&dir.path().join("data"), &[], Some(&cfg))
+}
+
+async fn post(url: &str, body: Vec<u8>) -> (u16, Vec<u8>) {
+    let resp = reqwest::Client::new()
+        .post(format!("{url}/didcomm"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.bytes().await.unwrap().to_vec())
+}
+
+fn problem_code(e: ClientError) -> String {
+    match e {
+        ClientError::Problem { code, .. } => code,
+        other => panic!("expected a problem report, got {other:?}"),
+    }
+}
+
+/// Finding 8: a client that sends the headers and then trickles the body is cut off
+/// (`408`, connection closed) after `body_timeout_secs`, not after the 300 s idle timeout.
+#[tokio::test]
+async fn slow_body_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "body_timeout_secs = 2\n");
+    let mut tcp = tokio::net::TcpStream::connect(&m.addr).await.unwrap();
+    tcp.write_all(b"POST /didcomm HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let trickle = tokio::spawn(async move {
+        // One byte every 200 ms: never idle, never done.
+        while wr.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(read.is_ok(), "slow body still open after 15 s");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains(codes::TIMEOUT), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(12));
+}
+
+/// Finding 8: one source address cannot take every connection slot: past
+/// `max_connections_per_ip` it gets `503`, while another address is still served and a
+/// closed connection gives its slot back.
+#[tokio::test]
+async fn connections_are_limited_per_source_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "max_connections_per_ip = 3\n");
+    let ws_url = format!("ws://{}/ws", m.addr);
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            tokio_tungstenite::connect_async(ws_url.as_str())
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let fourth = reqwest::get(format!("{}/healthz", m.url())).await.unwrap();
+    assert_eq!(fourth.status().as_u16(), 503);
+    let other = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let r = other
+        .get(format!("{}/healthz", m.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "another address is served");
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = reqwest::get(format!("{}/healthz", m.url())).await.unwrap();
+        if r.status().is_success() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot not given back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Finding 8: a WebSocket that never authenticates is closed after `ws_auth_timeout_secs`
+/// although it keeps pinging; one that sent an authenticated request stays open.
+#[tokio::test]
+async fn unauthenticated_websocket_closed_despite_pings() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "ws_auth_timeout_secs = 2\n");
+    let ws_url = format!("ws://{}/ws", m.addr);
+    let (mut anon, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap();
+    let (mut authed, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+        .await
+        .unwrap();
+    let a = client(&m.url()).await;
+    let ping = a
+        .pack_for_mediator(message(types::PING, json!({})))
+        .await
+        .unwrap();
+    authed.send(WsMessage::text(ping)).await.unwrap();
+    let pong = authed.next().await.unwrap().unwrap();
+    let (pong, _) = a.unpack(&pong.into_data()).await.unwrap();
+    assert_eq!(pong.type_, types::PING_RESPONSE);
+
+    let started = Instant::now();
+    let mut anon_closed = None;
+    while started.elapsed() < Duration::from_secs(10) && anon_closed.is_none() {
+        for ws in [&mut anon, &mut authed] {
+            let _ = ws.send(WsMessage::Ping(b"keep me".to_vec().into())).await;
+        }
+        let step = tokio::time::timeout(Duration::from_millis(300), anon.next()).await;
+        if let Ok(None | Some(Err(_)) | Some(Ok(WsMessage::Close(_)))) = step {
+            anon_closed = Some(started.elapsed());
+        }
+        // Keep the authenticated socket's pongs read.
+        while let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_millis(1), authed.next()).await
+        {}
+    }
+    let closed = anon_closed.expect("unauthenticated socket still open after 10 s of pings");
+    assert!(
+        closed >= Duration::from_millis(1500),
+        "closed too early: {closed:?}"
+    );
+    // The authenticated one is still served.
+    let ping = a
+        .pack_for_mediator(message(types::PING, json!({})))
+        .await
+        .unwrap();
+    authed.send(WsMessage::text(ping)).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match authed.next().await {
+                Some(Ok(WsMessage::Text(t))) => return t.as_bytes().to_vec(),
+                Some(Ok(_)) => {}
+                other => panic!("authenticated socket closed: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let (pong, _) = a.unpack(&reply).await.unwrap();
+    assert_eq!(pong.type_, types::PING_RESPONSE);
+}
+
+/// Finding 9: unfinished HTTP/2 bodies on one connection cannot pin more than
+/// `max_body_bytes_per_connection`: streams past the budget are refused (`429`) at once,
+/// while their bodies are still unfinished.
+#[tokio::test]
+async fn unfinished_http2_bodies_are_bounded_per_connection() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(
+        &dir,
+        "max_message_bytes = 1048576\nmax_body_bytes_per_connection = 1048576\nbody_timeout_secs = 30\n",
+    );
+    let tcp = tokio::net::TcpStream::connect(&m.addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let chunk = bytes::Bytes::from(vec![b' '; 100_000]);
+    let streams: u32 = 40;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..streams {
+        // 100 kB of body, then nothing more: never finished.
+        let first = futures_util::stream::once(std::future::ready(
+            Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())),
+        ));
+        let body = StreamBody::new(first.chain(futures_util::stream::pending()));
+        let req = hyper::Request::post(format!("{}/didcomm", m.url()))
+            .body(body)
+            .unwrap();
+        let mut sender = sender.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Ok(resp) = sender.send_request(req).await {
+                let _ = tx.send(resp.status().as_u16());
+            }
+        });
+    }
+    // 4 MB sent, 1 MiB allowed: most streams must be refused long before the body timeout.
+    let mut refused = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while refused < 25 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(429)) => refused += 1,
+            Ok(Some(s)) => panic!("unexpected status {s}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert!(
+        refused >= 25,
+        "only {refused} of {streams} unfinished streams refused within 10 s"
+    );
+    conn.abort();
+    let health = reqwest::get(format!("{}/healthz", m.url())).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// Finding 9: a 600 kB message id (kept for 300 s by the replay cache and echoed in the
+/// reply) is refused; ids up to 256 bytes still work.
+#[tokio::test]
+async fn huge_message_ids_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "max_message_bytes = 4194304\n");
+    let a = client(&m.url()).await;
+    let mut ping = message(types::PING, json!({}));
+    ping.id = "x".repeat(600_000);
+    let code = problem_code(a.request(ping).await.unwrap_err());
+    assert_eq!(code, codes::BAD_REQUEST);
+    let mut ping = message(types::PING, json!({}));
+    ping.id = "y".repeat(256);
+    let pong = a.request(ping).await.unwrap().unwrap();
+    assert_eq!(pong.type_, types::PING_RESPONSE);
+}
+
+/// Finding 11: a DID cannot register another DID (or a key under it) to divert its mail,
+/// and the owner's own registration still succeeds.
+#[tokio::test]
+async fn keylist_squatting_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "");
+    let url = m.url();
+    let alice = client(&url).await;
+    let mallory = client(&url).await;
+    mallory.register().await.unwrap();
+    let alice_key = format!("{}#{}", alice.did, &alice.did["did:key:".len()..]);
+    let updated = mallory
+        .update_keys(&[(alice.did.as_str(), "add"), (alice_key.as_str(), "add")])
+        .await
+        .unwrap();
+    assert_eq!(updated[0]["result"], "client_error", "{updated:?}");
+    assert_eq!(updated[1]["result"], "client_error", "{updated:?}");
+    assert!(!mallory.keys().await.unwrap().contains(&alice.did));
+    // Alice registers her DID and a key under it.
+    alice.register().await.unwrap();
+    let updated = alice
+        .update_keys(&[(alice_key.as_str(), "add")])
+        .await
+        .unwrap();
+    assert_eq!(updated[0]["result"], "success", "{updated:?}");
+    assert_eq!(alice.keys().await.unwrap().len(), 2);
+    // Mail for Alice reaches Alice.
+    let bob = client(&url).await;
+    introduce(&bob, &alice);
+    bob.send(
+        &alice.did,
+        message("https://example.org/x/1.0/y", json!({})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(alice.fetch(10).await.unwrap().len(), 1);
+    assert!(mallory.fetch(10).await.unwrap().is_empty());
+}
+
+/// Finding 11, after the fact: a key squatted before the ownership rule (seeded here
+/// straight into a Redis store, as an old mediator left it) is taken back when its owner
+/// registers it, and the owner's mail then reaches the owner. Redis backend.
+#[tokio::test]
+async fn squatted_key_is_taken_back_by_its_owner() {
+    use mpc_did_mediator::store::{KeyUpdate, RedisStore, Store as _};
+    let redis = mpc_did_mediator::testkit::RedisServer::start().unwrap();
+    let (alice_did, alice_secrets) = common::identity();
+    let mallory = "did:key:z6MkfakeMallory";
+    let store = RedisStore::connect(&redis.url, "mpcdid:").await.unwrap();
+    store.grant(mallory).await.unwrap();
+    assert_eq!(
+        store.add_key(mallory, &alice_did).await.unwrap(),
+        KeyUpdate::Success
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &["--store", &redis.url]);
+    let info = mpc_did_mediator::client::MediatorInfo::discover(&m.url())
+        .await
+        .unwrap();
+    let alice = mpc_did_mediator::client::MediatorClient::new(
+        info,
+        &alice_did,
+        alice_secrets,
+        mpc_did_resolver::UniversalResolver::new().unwrap(),
+    )
+    .unwrap();
+    alice.register().await.unwrap();
+    assert_eq!(alice.keys().await.unwrap(), vec![alice_did.clone()]);
+    assert_eq!(
+        store.key_owner(&alice_did).await.unwrap(),
+        Some(alice_did.clone())
+    );
+    assert!(store.keys(mallory).await.unwrap().is_empty());
+    let bob = client(&m.url()).await;
+    introduce(&bob, &alice);
+    bob.send(
+        &alice_did,
+        message("https://example.org/x/1.0/y", json!({})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(alice.fetch(10).await.unwrap().len(), 1);
+}
+
+/// Finding 12: a state-changing request without `created_time` is refused, so a captured
+/// one cannot be replayed once the 300 s replay window is over.
+#[tokio::test]
+async fn state_changing_request_needs_created_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "");
+    let a = client(&m.url()).await;
+    a.register().await.unwrap();
+    let mut remove = message(
+        types::RECIPIENT_UPDATE,
+        json!({ "updates": [{ "recipient_did": a.did, "action": "remove" }] }),
+    );
+    remove.created_time = None;
+    let packed = a.pack_for_mediator(remove).await.unwrap();
+    let (status, body) = post(&m.url(), packed.into_bytes()).await;
+    assert_eq!(status, 409);
+    let (pr, _) = a.unpack(&body).await.unwrap();
+    assert_eq!(pr.body["code"], codes::REPLAY);
+    assert_eq!(a.keys().await.unwrap(), vec![a.did.clone()]);
+    // Read-only requests keep working without it.
+    let mut status_req = message(types::STATUS_REQUEST, json!({}));
+    status_req.created_time = None;
+    let st = a.request(status_req).await.unwrap().unwrap();
+    assert_eq!(st.type_, types::STATUS);
+}
+
+/// Finding 14: a 12,000-entry `recipient-update` is refused before any store work, with a
+/// short problem report; the keylist is unchanged.
+#[tokio::test]
+async fn large_keylist_update_is_refused_cheaply() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "max_message_bytes = 8388608\n");
+    let a = client(&m.url()).await;
+    a.register().await.unwrap();
+    let keys: Vec<String> = (0..12_000).map(|i| format!("{}#k{i}", a.did)).collect();
+    let ups: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "add")).collect();
+    let packed = a
+        .pack_for_mediator(message(
+            types::RECIPIENT_UPDATE,
+            json!({ "updates": ups.iter().map(|(k, act)| json!({"recipient_did": k, "action": act})).collect::<Vec<Value>>() }),
+        ))
+        .await
+        .unwrap();
+    let (status, body) = post(&m.url(), packed.into_bytes()).await;
+    assert_eq!(status, 413);
+    assert!(body.len() < 4096, "reply of {} bytes", body.len());
+    let (pr, _) = a.unpack(&body).await.unwrap();
+    assert_eq!(pr.body["code"], codes::TOO_BIG);
+    assert_eq!(a.keys().await.unwrap(), vec![a.did.clone()]);
+    // 100 entries are still one request.
+    let updated = a.update_keys(&ups[..100]).await.unwrap();
+    assert_eq!(updated.len(), 100);
+    assert_eq!(updated[0]["result"], "success");
+}
+
+/// Finding 3 (mediator half): 1,000 messages from one stranger do not fill the recipient's
+/// queue nor its live window: past `max_queued_per_source` (default 500) they are refused
+/// (`429`, `e.p.req.source-quota`), and a message from another address is still pushed to
+/// a recipient that never acknowledged the stranger's.
+#[tokio::test]
+async fn one_stranger_cannot_block_a_recipients_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "");
+    let (alice, stranger) = registered_pair(&m.url()).await;
+    let mut stored = 0;
+    let mut refused = 0;
+    for n in 0..1_000 {
+        let junk = message("https://example.org/unknown/1.0/junk", json!({ "n": n }));
+        match stranger.send(&alice.did, junk).await {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                assert_eq!(problem_code(e), codes::SOURCE_QUOTA);
+                refused += 1;
+            }
+        }
+    }
+    // A friend on another address (127.0.0.2 is loopback too).
+    let friend = client(&m.url()).await;
+    introduce(&friend, &alice);
+    let http = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let hello = message("https://example.org/chat/1.0/hello", json!({ "hi": true }));
+    send_message(
+        &http,
+        &friend.did,
+        friend.secrets(),
+        friend.resolver(),
+        &alice.did,
+        hello,
+    )
+    .await
+    .unwrap();
+    // Alice goes live and never acknowledges anything.
+    let mut live = alice.live().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let batch = match live.next_batch(left).await {
+            Ok(b) => b,
+            Err(e) => panic!("friend's message not pushed after {seen} pushes: {e:?}"),
+        };
+        seen += batch.len();
+        let mut found = false;
+        for d in &batch {
+            let (msg, _) = alice.unpack(&d.bytes).await.unwrap();
+            found |= msg.type_ == "https://example.org/chat/1.0/hello";
+        }
+        if found {
+            break;
+        }
+    }
+    live.close().await;
+    assert_eq!((stored, refused), (500, 500));
+}
