@@ -471,7 +471,14 @@ impl Dispatch {
     /// Route one unpacked message.
     fn route(&mut self, inbound: Inbound, qid: &str, claimed: &mut Vec<String>) -> Route {
         if !inbound.message.id.is_empty() && self.seen.contains(&inbound.message.id) {
-            return Route::Delivered; // a redelivery of something already handled
+            // A redelivery (after a reconnect) of something handled or held: a held one
+            // stays unacknowledged until its subscriber takes the copy we have.
+            let id = &inbound.message.id;
+            let held = self
+                .held
+                .values()
+                .any(|b| b.iter().any(|(m, _)| &m.message.id == id));
+            return if held { Route::Held } else { Route::Delivered };
         }
         // Earlier held messages go first, so one sender's messages keep their order.
         self.flush(claimed);
