@@ -913,3 +913,100 @@ fn bogus_joins_make_the_host_contact_nobody_and_do_not_hold_it() {
         "a redirect was followed"
     );
 }
+
+/// Security finding 3 end to end: a stranger who knows only the coordinator's DID sends it
+/// 1,000 anoncrypt messages of a type nobody speaks before `mpc host` starts. They used to
+/// stay unacknowledged, the mediator stopped live pushes at 1,000, and the host timed out
+/// with "only 0 of 2 parties joined" (also after a restart). Now the MPC session forms.
+#[test]
+fn a_thousand_junk_messages_before_mpc_host_do_not_stop_the_lobby() {
+    let med_data = tempfile::tempdir().unwrap();
+    let med = MediatorProc::start(med_data.path());
+    let (h0, h1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (h, n) in [(&h0, "coord"), (&h1, "alice")] {
+        Wallet::open(h.path())
+            .unwrap()
+            .create_identity(n, Method::Key)
+            .unwrap();
+        ok(h.path(), &["mediator", "register", &med.invitation_url]);
+    }
+    let prog = example("secretsanta.py");
+    let prog = prog.to_str().unwrap();
+    let sid = ok(
+        h0.path(),
+        &["mpc", "new", "--parties", "2", "--program", prog],
+    )
+    .trim()
+    .to_owned();
+    let inv = ok(
+        h0.path(),
+        &["--json", "invite", "--session", &sid, "--no-qr"],
+    );
+    let url = serde_json::from_str::<serde_json::Value>(&inv).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let coord = Wallet::open(h0.path()).unwrap().default_identity().unwrap();
+    // The stranger: no identity of its own, only the coordinator's DID and mediator.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let resolver = mpc_did_resolver::UniversalResolver::new().unwrap();
+        let mut doc = mpc_did_resolver::key::resolve(&coord.did).unwrap();
+        doc.service.push(coord.services[0].to_service());
+        resolver.insert(doc);
+        let resolver = Arc::new(resolver);
+        let http = mpc_did_mediator::client::new_http_client().unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..1000 {
+            if tasks.len() >= 16 {
+                tasks.join_next().await.unwrap().unwrap();
+            }
+            let (resolver, http, to) = (resolver.clone(), http.clone(), coord.did.clone());
+            tasks.spawn(async move {
+                let mut msg = mpc_did_didcomm::Message::new(
+                    format!("junk-{i}"),
+                    "https://junk.example/spam/1.0/x",
+                    serde_json::json!({"i": i}),
+                );
+                msg.to = Some(vec![to.clone()]);
+                let packed = mpc_did_didcomm::pack_encrypted(
+                    &msg,
+                    &to,
+                    None,
+                    None,
+                    &*resolver,
+                    &mpc_did_didcomm::SecretStore::new(),
+                    &mpc_did_didcomm::PackOptions::default(),
+                )
+                .await
+                .unwrap();
+                let uri = packed.service.unwrap().uri;
+                mpc_did_mediator::client::post_packed(&http, &uri, packed.message.into_bytes())
+                    .await
+                    .unwrap();
+            });
+        }
+        while let Some(t) = tasks.join_next().await {
+            t.unwrap();
+        }
+    });
+    let host = cmd(
+        h0.path(),
+        &["mpc", "host", "--session", &sid, "--timeout", "20"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let joined = ok(
+        h1.path(),
+        &["--json", "join", &url, "--program", prog, "--timeout", "30"],
+    );
+    let out = wait_bounded(host, Duration::from_secs(40));
+    assert!(
+        out.status.success(),
+        "host failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let joined: serde_json::Value = serde_json::from_str(&joined).unwrap();
+    assert_eq!(joined["party"], 1);
+}
