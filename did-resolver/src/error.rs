@@ -197,6 +197,30 @@ pub enum ResolveError {
         /// Cause, flattened to text (the reqwest error chain).
         reason: String,
     },
+    /// The host is (or resolves only to) a loopback, private, link-local or other
+    /// non-public address, and `allow_private_hosts` is off: nothing was sent.
+    #[error("refusing to fetch {url}: {reason}")]
+    ForbiddenAddress {
+        /// URL that would have been fetched.
+        url: String,
+        /// Which address, and why it is refused.
+        reason: String,
+    },
+    /// Too many did:web fetches are in flight; this one was not started.
+    #[error("too many did:web resolutions in flight (limit {limit}); try again later")]
+    Busy {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Resolving this DID failed moments ago; it is not fetched again until the failure
+    /// expires (`failure_ttl`).
+    #[error("{did} failed to resolve recently: {reason}")]
+    RecentlyFailed {
+        /// DID being resolved.
+        did: String,
+        /// The earlier failure.
+        reason: String,
+    },
     /// The client could not be built (e.g. a bad extra root certificate).
     #[error("cannot configure HTTPS client: {0}")]
     Config(String),

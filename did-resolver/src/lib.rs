@@ -8,13 +8,16 @@
 //!
 //! **Does not:** hold private keys (the wallet does), sign or encrypt (DIDComm does), or
 //! implement DID registration/update. did:key resolution does no I/O; only [`web`] touches
-//! the network.
+//! the network, and only public addresses unless told otherwise: a did:web is often named
+//! by a stranger (spec/identity.md §3.3).
 //!
 //! ```text
 //!   "did:…" ──Did::parse──▶ Did ──method?──┬─ key ──▶ key::resolve (pure) ─────────┐
 //!                                          ├─ web ──▶ web::did_web_url ─▶ HTTPS GET │
-//!                                          │          (timeout, 64 KiB, same-host   │
-//!                                          │           redirects, TTL cache)        │
+//!                                          │          (public addresses only, 5 s,  │
+//!                                          │           64 KiB, same-host redirects, │
+//!                                          │           TTL cache, failure cache,    │
+//!                                          │           16 in flight)                │
 //!                                          │            └▶ DidDocument::from_json_slice
 //!                                          │               + id check ──────────────┤
 //!                                          └─ (StaticResolver overlay first) ───────┤

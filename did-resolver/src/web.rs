@@ -7,8 +7,20 @@
 //! The fetch is HTTPS only (rustls, webpki roots plus optional extra roots), with a total
 //! timeout, a response size limit, no redirects to another host or scheme, and a TTL cache.
 //! Plain HTTP exists only with [`WebResolverConfig::allow_http`], for local tests.
+//!
+//! A did:web is named by whoever sends us a message, so resolving one is a request made on
+//! a stranger's behalf (spec/identity.md §3.3). The resolver therefore connects only to
+//! public addresses: an IP-literal host and every address a host name resolves to are
+//! checked ([`is_public_ip`]) and only checked addresses are connected to (our own DNS
+//! step inside the HTTP client, so a name that rebinds to 127.0.0.1 is refused too),
+//! unless [`WebResolverConfig::allow_private_hosts`] is set for tests. Failures are
+//! remembered for [`WebResolverConfig::failure_ttl`] (a second attempt fails at once), and
+//! at most [`WebResolverConfig::max_concurrent`] fetches run at a time (more fail at once
+//! with [`ResolveError::Busy`]). No proxy from the environment is used: a proxy would
+//! resolve the host itself, past these checks.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +30,8 @@ use crate::did::Did;
 use crate::document::{DidDocument, MAX_DOCUMENT_BYTES};
 use crate::error::ResolveError;
 
-/// Most cached documents; beyond this expired entries are dropped, then the oldest.
+/// Most cached documents (and, separately, most remembered failures); beyond this expired
+/// entries are dropped, then the oldest.
 const MAX_CACHE_ENTRIES: usize = 1024;
 /// Most redirects followed (all on the same host).
 const MAX_REDIRECTS: usize = 3;
@@ -26,14 +39,25 @@ const MAX_REDIRECTS: usize = 3;
 /// did:web resolver settings.
 #[derive(Clone, Debug)]
 pub struct WebResolverConfig {
-    /// Total time for one fetch (connect, TLS, request, body). Default 10 s.
+    /// Total time for one fetch (connect, TLS, request, body). Default 5 s.
     pub timeout: Duration,
     /// Largest response body accepted. Default 64 KiB.
     pub max_bytes: usize,
     /// How long a resolved document is reused. Default 5 minutes; zero disables the cache.
     pub cache_ttl: Duration,
+    /// How long a failed resolution is remembered: within it the same DID fails at once
+    /// with [`ResolveError::RecentlyFailed`] and nothing is fetched. Default 30 s; zero
+    /// disables.
+    pub failure_ttl: Duration,
+    /// Most fetches in flight at once; a resolution beyond it fails at once with
+    /// [`ResolveError::Busy`]. Default 16.
+    pub max_concurrent: usize,
     /// Fetch `http://` instead of `https://`. For local testing only.
     pub allow_http: bool,
+    /// Connect to loopback, private, link-local and other non-public addresses
+    /// ([`is_public_ip`]). For local testing only: off, a stranger's did:web cannot make
+    /// us reach services on our host or network.
+    pub allow_private_hosts: bool,
     /// Extra trusted root certificates (DER, or PEM text), added to the webpki roots.
     pub extra_roots: Vec<Vec<u8>>,
 }
@@ -41,21 +65,36 @@ pub struct WebResolverConfig {
 impl Default for WebResolverConfig {
     fn default() -> Self {
         Self {
-            timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
             max_bytes: MAX_DOCUMENT_BYTES,
             cache_ttl: Duration::from_secs(300),
+            failure_ttl: Duration::from_secs(30),
+            max_concurrent: 16,
             allow_http: false,
+            allow_private_hosts: false,
             extra_roots: Vec::new(),
         }
     }
 }
 
-/// Resolves `did:web` DIDs over HTTPS. Cloning shares the client and the cache.
+impl WebResolverConfig {
+    /// This configuration with loopback/private hosts allowed (local tests; see
+    /// [`Self::allow_private_hosts`]).
+    #[must_use]
+    pub fn allowing_private_hosts(mut self) -> Self {
+        self.allow_private_hosts = true;
+        self
+    }
+}
+
+/// Resolves `did:web` DIDs over HTTPS. Cloning shares the client and the caches.
 #[derive(Clone, Debug)]
 pub struct WebResolver {
     client: reqwest::Client,
     config: Arc<WebResolverConfig>,
     cache: Arc<Mutex<HashMap<String, (Instant, DidDocument)>>>,
+    failures: Arc<Mutex<HashMap<String, (Instant, String)>>>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 #[derive(Debug)]
@@ -68,6 +107,111 @@ impl std::fmt::Display for RedirectRefused {
 }
 
 impl std::error::Error for RedirectRefused {}
+
+/// Our DNS step refused every address of a host.
+#[derive(Debug)]
+struct ForbiddenHost {
+    host: String,
+    addrs: Vec<IpAddr>,
+}
+
+impl std::fmt::Display for ForbiddenHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} resolves only to non-public addresses {:?}",
+            self.host, self.addrs
+        )
+    }
+}
+
+impl std::error::Error for ForbiddenHost {}
+
+/// The HTTP client's DNS step: resolve, then hand over only public addresses, so the
+/// address connected to is the address checked (no second lookup to rebind).
+struct PublicOnlyDns;
+
+impl reqwest::dns::Resolve for PublicOnlyDns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = all
+                .iter()
+                .copied()
+                .filter(|a| is_public_ip(a.ip()))
+                .collect();
+            if public.is_empty() {
+                let addrs = all.iter().map(SocketAddr::ip).collect();
+                return Err(Box::new(ForbiddenHost { host, addrs })
+                    as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether `ip` is a globally routable unicast address: not unspecified, loopback, private
+/// (RFC 1918, ULA `fc00::/7`), shared (CGNAT `100.64.0.0/10`), link-local, multicast,
+/// broadcast, documentation, benchmarking or reserved, nor an IPv6 form embedding such an
+/// IPv4 address (mapped, compatible, NAT64 `64:ff9b::/96`, 6to4).
+#[must_use]
+pub fn is_public_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(a == 0 // "this network", includes 0.0.0.0
+        || a == 10
+        || a == 127
+        || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
+        || (a == 169 && b == 254)
+        || (a == 172 && (16..32).contains(&b))
+        || (a == 192 && b == 168)
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 0 && c == 2) // TEST-NET-1
+        || (a == 198 && (18..20).contains(&b)) // benchmarking 198.18/15
+        || (a == 198 && b == 51 && c == 100) // TEST-NET-2
+        || (a == 203 && b == 0 && c == 113) // TEST-NET-3
+        || a >= 224) // multicast 224/4, reserved 240/4, broadcast
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let seg = ip.segments();
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    // IPv4-compatible ::a.b.c.d (deprecated), including :: and ::1.
+    if seg[..6].iter().all(|s| *s == 0) {
+        return seg[6] != 0 && is_public_v4(embedded_v4(seg[6], seg[7]));
+    }
+    // NAT64 well-known prefix 64:ff9b::/96 carries an IPv4 address.
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_public_v4(embedded_v4(seg[6], seg[7]));
+    }
+    // 6to4 2002::/16 carries an IPv4 address in bits 16..48.
+    if seg[0] == 0x2002 {
+        return is_public_v4(embedded_v4(seg[1], seg[2]));
+    }
+    !((seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+        || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (seg[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
+        || (seg[0] & 0xff00) == 0xff00 // multicast
+        || (seg[0] == 0x64 && seg[1] == 0xff9b) // local-use NAT64 64:ff9b:1::/48
+        || (seg[0] == 0x100 && seg[1..4] == [0, 0, 0]) // discard-only 100::/64
+        || (seg[0] == 0x2001 && seg[1] < 0x200) // IETF protocol assignments incl. Teredo
+        || (seg[0] == 0x2001 && seg[1] == 0xdb8)) // documentation
+}
+
+fn embedded_v4(hi: u16, lo: u16) -> Ipv4Addr {
+    let [a, b] = hi.to_be_bytes();
+    let [c, d] = lo.to_be_bytes();
+    Ipv4Addr::new(a, b, c, d)
+}
 
 impl WebResolver {
     /// Builds the HTTPS client.
@@ -92,8 +236,12 @@ impl WebResolver {
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .redirect(policy)
+            .no_proxy()
             .user_agent(concat!("mpc-did/", env!("CARGO_PKG_VERSION")))
             .https_only(!config.allow_http);
+        if !config.allow_private_hosts {
+            builder = builder.dns_resolver(Arc::new(PublicOnlyDns));
+        }
         for root in &config.extra_roots {
             let cert = if root.starts_with(b"-----BEGIN") {
                 reqwest::Certificate::from_pem(root)
@@ -108,8 +256,10 @@ impl WebResolver {
             .map_err(|e| ResolveError::Config(error_chain(&e)))?;
         Ok(Self {
             client,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
             config: Arc::new(config),
             cache: Arc::default(),
+            failures: Arc::default(),
         })
     }
 
@@ -121,7 +271,10 @@ impl WebResolver {
     /// Resolves a `did:web`.
     ///
     /// # Errors
-    /// See [`ResolveError`]: invalid DID, transport errors (timeout, refused redirect,
+    /// See [`ResolveError`]: invalid DID, a non-public host
+    /// ([`ResolveError::ForbiddenAddress`]), too many fetches in flight
+    /// ([`ResolveError::Busy`]), a failure remembered from a recent attempt
+    /// ([`ResolveError::RecentlyFailed`]), transport errors (timeout, refused redirect,
     /// HTTP status, too large), invalid document, id mismatch.
     pub async fn resolve(&self, did: &str) -> Result<DidDocument, ResolveError> {
         let parsed = Did::parse(did)?;
@@ -135,11 +288,47 @@ impl WebResolver {
         if let Some(doc) = self.cached(did.as_str()) {
             return Ok(doc);
         }
+        if let Some(reason) = self.recent_failure(did.as_str()) {
+            return Err(ResolveError::RecentlyFailed {
+                did: did.to_string(),
+                reason,
+            });
+        }
+        // Fail fast when saturated: waiting would let a flood of stranger-named DIDs queue
+        // up behind each other (and behind our own resolutions).
+        let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+            return Err(ResolveError::Busy {
+                limit: self.config.max_concurrent,
+            });
+        };
+        let result = self.fetch_document(did).await;
+        match &result {
+            Ok(doc) => self.store(did.as_str(), doc),
+            Err(e) => self.remember_failure(did.as_str(), e),
+        }
+        result
+    }
+
+    async fn fetch_document(&self, did: &Did) -> Result<DidDocument, ResolveError> {
         let mut url = did_web_url(did)?;
         if self.config.allow_http {
             url.set_scheme("http").map_err(|()| {
                 ResolveError::Config("cannot switch URL scheme to http".to_owned())
             })?;
+        }
+        // An IP-literal host never reaches the DNS step, so it is checked here.
+        if !self.config.allow_private_hosts {
+            let literal = match url.host() {
+                Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+                Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+                _ => None,
+            };
+            if let Some(ip) = literal.filter(|ip| !is_public_ip(*ip)) {
+                return Err(ResolveError::ForbiddenAddress {
+                    url: url.to_string(),
+                    reason: format!("{ip} is not a public address"),
+                });
+            }
         }
         let body = self.fetch(&url).await?;
         let doc = DidDocument::from_json_slice(&body).map_err(|error| ResolveError::Document {
@@ -152,7 +341,6 @@ impl WebResolver {
                 found: doc.id,
             });
         }
-        self.store(did.as_str(), &doc);
         Ok(doc)
     }
 
@@ -196,6 +384,16 @@ impl WebResolver {
     }
 
     fn map_reqwest_error(&self, url: &Url, e: &reqwest::Error) -> ResolveError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cause {
+            if let Some(f) = c.downcast_ref::<ForbiddenHost>() {
+                return ResolveError::ForbiddenAddress {
+                    url: url.to_string(),
+                    reason: f.to_string(),
+                };
+            }
+            cause = c.source();
+        }
         if e.is_timeout() {
             ResolveError::Timeout {
                 url: url.to_string(),
@@ -253,9 +451,51 @@ impl WebResolver {
         cache.insert(did.to_owned(), (Instant::now(), doc.clone()));
     }
 
-    /// Drops every cached document.
+    fn recent_failure(&self, did: &str) -> Option<String> {
+        if self.config.failure_ttl.is_zero() {
+            return None;
+        }
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        failures
+            .get(did)
+            .filter(|(at, _)| at.elapsed() < self.config.failure_ttl)
+            .map(|(_, reason)| reason.clone())
+    }
+
+    fn remember_failure(&self, did: &str, e: &ResolveError) {
+        if self.config.failure_ttl.is_zero() {
+            return;
+        }
+        let ttl = self.config.failure_ttl;
+        let mut failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failures.len() >= MAX_CACHE_ENTRIES {
+            failures.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        if failures.len() >= MAX_CACHE_ENTRIES {
+            if let Some(oldest) = failures
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+            {
+                failures.remove(&oldest);
+            }
+        }
+        failures.insert(did.to_owned(), (Instant::now(), e.to_string()));
+    }
+
+    /// Drops every cached document and every remembered failure.
     pub fn clear_cache(&self) {
         self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+        self.failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();

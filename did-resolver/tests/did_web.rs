@@ -149,11 +149,17 @@ async fn serve_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     out.clear();
 }
 
+/// The test servers listen on loopback, so every resolver here opts in to private hosts
+/// (the default refuses them: see `ssrf_*` below).
+fn local() -> WebResolverConfig {
+    WebResolverConfig::default().allowing_private_hosts()
+}
+
 fn config(server: &TestServer) -> WebResolverConfig {
     WebResolverConfig {
         timeout: Duration::from_secs(5),
         extra_roots: vec![server.ca_pem.clone()],
-        ..WebResolverConfig::default()
+        ..local()
     }
 }
 
@@ -260,7 +266,7 @@ async fn resolves_path_form_through_the_trait() {
 #[tokio::test]
 async fn untrusted_certificate_is_a_transport_error() {
     let (_server, did) = serve_documents("").await;
-    let resolver = WebResolver::new(WebResolverConfig::default()).unwrap();
+    let resolver = WebResolver::new(local()).unwrap();
     let err = resolver.resolve(&did).await.unwrap_err();
     assert!(matches!(err, ResolveError::Http { .. }), "{err}");
 }
@@ -387,7 +393,7 @@ async fn a_server_that_never_answers_times_out() {
     });
     let resolver = WebResolver::new(WebResolverConfig {
         timeout: Duration::from_millis(500),
-        ..WebResolverConfig::default()
+        ..local()
     })
     .unwrap();
     let err = resolver.resolve(&did_for(addr, "")).await.unwrap_err();
@@ -409,16 +415,16 @@ async fn plain_http_only_with_the_explicit_flag() {
     // a request line that never comes, so the 1 s timeout fires).
     let strict = WebResolver::new(WebResolverConfig {
         timeout: Duration::from_secs(1),
-        ..WebResolverConfig::default()
+        ..local()
     })
     .unwrap();
     assert!(strict.resolve(&did).await.is_err());
-    let local = WebResolver::new(WebResolverConfig {
+    let plain = WebResolver::new(WebResolverConfig {
         allow_http: true,
-        ..WebResolverConfig::default()
+        ..local()
     })
     .unwrap();
-    assert_eq!(local.resolve(&did).await.unwrap().id, did);
+    assert_eq!(plain.resolve(&did).await.unwrap().id, did);
 }
 
 #[tokio::test]
@@ -431,4 +437,182 @@ async fn bad_extra_root_is_a_config_error() {
     })
     .unwrap_err();
     assert!(matches!(err, ResolveError::Config(_)), "{err}");
+}
+
+/// A TCP listener that records the peers it accepts and never answers.
+struct Canary {
+    addr: SocketAddr,
+    accepted: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+}
+
+async fn canary() -> Canary {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, peer)) = listener.accept().await {
+            log.lock().unwrap().push(peer);
+            held.push(s);
+        }
+    });
+    Canary { addr, accepted }
+}
+
+impl Canary {
+    fn count(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    /// Connects once ourselves and waits until that connection is accepted: accepts are
+    /// in order, so any earlier connection (one the resolver made) was recorded before it.
+    async fn connections_before_ours(&self) -> usize {
+        let ours = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let me = ours.local_addr().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(i) = self.accepted.lock().unwrap().iter().position(|p| *p == me) {
+                return i;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "canary never accepted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// SSRF (security finding 5): a did:web naming a loopback host, by IP literal (also in
+/// the integer and hex forms URL parsing normalises to 127.0.0.1) or by a name that
+/// resolves to loopback, is refused before any connection.
+#[tokio::test]
+async fn ssrf_loopback_hosts_are_refused_without_a_connection() {
+    let c = canary().await;
+    let port = c.addr.port();
+    let resolver = UniversalResolver::with_config(WebResolverConfig {
+        allow_http: true, // even plain HTTP, the cheapest probe, is refused
+        ..WebResolverConfig::default()
+    })
+    .unwrap();
+    for did in [
+        format!("did:web:127.0.0.1%3A{port}"),
+        format!("did:web:2130706433%3A{port}"),
+        format!("did:web:0x7f000001%3A{port}"),
+        format!("did:web:localhost%3A{port}:user:alice"),
+    ] {
+        let err = resolver.resolve(&did).await.unwrap_err();
+        assert!(
+            matches!(err, ResolveError::ForbiddenAddress { .. }),
+            "{did}: {err}"
+        );
+    }
+    assert_eq!(c.connections_before_ours().await, 0);
+}
+
+#[test]
+fn public_address_classification() {
+    use mpc_did_resolver::web::is_public_ip;
+    for private in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "10.1.2.3",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "100.127.255.255",
+        "224.0.0.1",
+        "255.255.255.255",
+        "192.0.2.1",
+        "198.18.0.1",
+        "::",
+        "::1",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::127.0.0.1",
+        "64:ff9b::a00:1",
+        "2002:7f00:1::",
+        "fc00::1",
+        "fd12:3456::1",
+        "fe80::1",
+        "ff02::1",
+        "2001:db8::1",
+    ] {
+        assert!(!is_public_ip(private.parse().unwrap()), "{private}");
+    }
+    for public in [
+        "1.1.1.1",
+        "8.8.8.8",
+        "100.63.255.255",
+        "100.128.0.1",
+        "172.32.0.1",
+        "192.169.0.1",
+        "2606:4700:4700::1111",
+        "::ffff:1.1.1.1",
+        "64:ff9b::808:808",
+    ] {
+        assert!(is_public_ip(public.parse().unwrap()), "{public}");
+    }
+}
+
+/// A failed resolution is remembered: the second attempt fails at once, without a
+/// connection (security finding 5: a silent port must not cost 10 s per probe).
+#[tokio::test]
+async fn failures_are_cached_so_a_second_attempt_is_instant() {
+    let c = canary().await;
+    let resolver = WebResolver::new(WebResolverConfig {
+        timeout: Duration::from_millis(500),
+        ..local()
+    })
+    .unwrap();
+    let did = did_for(c.addr, "");
+    let err = resolver.resolve(&did).await.unwrap_err();
+    assert!(matches!(err, ResolveError::Timeout { .. }), "{err}");
+    let started = std::time::Instant::now();
+    let err = resolver.resolve(&did).await.unwrap_err();
+    assert!(matches!(err, ResolveError::RecentlyFailed { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(c.connections_before_ours().await, 1);
+}
+
+/// At most `max_concurrent` fetches run; one more fails at once with `Busy` rather than
+/// holding another outbound socket.
+#[tokio::test]
+async fn concurrent_fetches_are_bounded() {
+    let c = canary().await;
+    let resolver = WebResolver::new(WebResolverConfig {
+        timeout: Duration::from_secs(5),
+        max_concurrent: 2,
+        ..local()
+    })
+    .unwrap();
+    let mut pending = Vec::new();
+    for path in [":a", ":b"] {
+        let r = resolver.clone();
+        let did = did_for(c.addr, path);
+        pending.push(tokio::spawn(async move { r.resolve(&did).await }));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while c.count() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fetches never connected"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    let err = resolver.resolve(&did_for(c.addr, ":c")).await.unwrap_err();
+    assert!(matches!(err, ResolveError::Busy { limit: 2 }), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(200));
+    assert_eq!(c.connections_before_ours().await, 2);
+    for p in pending {
+        p.abort();
+    }
 }

@@ -49,6 +49,10 @@ pub struct Config {
     pub limits: Limits,
     /// Who may obtain a mediation grant.
     pub mediation: MediationPolicy,
+    /// Let did:web resolution of senders reach loopback/private/link-local addresses.
+    /// Off by default: a sender names its did:web, so resolving it must not probe our
+    /// network (spec/identity.md §3.3). For local tests only.
+    pub allow_private_did_web: bool,
 }
 
 /// Resource limits, all enforced and exported as `mpcdid_mediator_limit{name=...}`.
@@ -157,6 +161,7 @@ impl Default for Config {
             redis_prefix: "mpcdid:".into(),
             limits: Limits::default(),
             mediation: MediationPolicy::default(),
+            allow_private_did_web: false,
         }
     }
 }

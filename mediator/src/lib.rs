@@ -216,7 +216,11 @@ impl MediatorBuilder {
         });
         let resolver = match self.resolver {
             Some(r) => r,
-            None => UniversalResolver::new().map_err(|e| MediatorError::Config(e.to_string()))?,
+            None => UniversalResolver::with_config(mpc_did_resolver::WebResolverConfig {
+                allow_private_hosts: config.allow_private_did_web,
+                ..mpc_did_resolver::WebResolverConfig::default()
+            })
+            .map_err(|e| MediatorError::Config(e.to_string()))?,
         };
         let arrivals = store.arrivals();
         let core = Arc::new(core::Core::new(identity.clone(), config, store, resolver));

@@ -256,7 +256,15 @@ fn exported_did_web_document_resolves_from_a_local_server() {
     });
     let doc = ok_json(
         home.path(),
-        &["resolve", &did, "--allow-http", "--timeout", "5", "--json"],
+        &[
+            "resolve",
+            &did,
+            "--allow-http",
+            "--allow-private-hosts",
+            "--timeout",
+            "5",
+            "--json",
+        ],
     );
     let request = server.join().unwrap();
     assert!(

@@ -971,3 +971,262 @@ fn strangers_cannot_reach_mpyc_or_the_proxy() {
         "the local stranger found nothing to try:\n{local}"
     );
 }
+
+/// A loopback TCP listener that records the peers it accepts; `reply` (if any) is written
+/// after a request's headers, else it never answers.
+struct Listener {
+    addr: std::net::SocketAddr,
+    accepted: Arc<Mutex<Vec<std::net::SocketAddr>>>,
+}
+
+impl Listener {
+    fn start(reply: Option<String>) -> Self {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let log = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                log.lock().unwrap().push(s.peer_addr().unwrap());
+                if let Some(reply) = &reply {
+                    use std::io::Write as _;
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s.write_all(reply.as_bytes());
+                }
+                held.push(s);
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    fn count(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    /// Connects once ourselves and waits until that connection is accepted: accepts are
+    /// in order, so any earlier connection was recorded before it.
+    fn connections_before_ours(&self) -> usize {
+        let ours = std::net::TcpStream::connect(self.addr).unwrap();
+        let me = ours.local_addr().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(i) = self.accepted.lock().unwrap().iter().position(|p| *p == me) {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "listener never accepted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Security finding 4: the lobby host used to POST a refusal to whatever endpoint a join
+/// named, before any lobby check, waiting up to 30 s and following redirects, so a stranger
+/// could make it probe our network and two bogus joins held it past its own timeout. Now
+/// a join that does not name this MPC session is ignored (nothing is sent), a refusal to an
+/// invitation holder goes out in the background without following redirects, and the MPC
+/// session forms in time.
+#[test]
+fn bogus_joins_make_the_host_contact_nobody_and_do_not_hold_it() {
+    let med_data = tempfile::tempdir().unwrap();
+    let med = MediatorProc::start(med_data.path());
+    let homes: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (h, n) in homes.iter().zip(["coord", "mallory", "alice"]) {
+        Wallet::open(h.path())
+            .unwrap()
+            .create_identity(n, Method::Key)
+            .unwrap();
+        ok(h.path(), &["mediator", "register", &med.invitation_url]);
+    }
+    let (h0, h1, h2) = (homes[0].path(), homes[1].path(), homes[2].path());
+    let prog = example("secretsanta.py");
+    let prog = prog.to_str().unwrap();
+    let sid = ok(h0, &["mpc", "new", "--parties", "2", "--program", prog])
+        .trim()
+        .to_owned();
+    let inv = ok(h0, &["--json", "invite", "--session", &sid, "--no-qr"]);
+    let url = serde_json::from_str::<serde_json::Value>(&inv).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let coord_did = Wallet::open(h0).unwrap().default_identity().unwrap().did;
+    // A silent service (a probe target) and one that redirects to a second silent one.
+    let canary = Listener::start(None);
+    let beyond = Listener::start(None);
+    let redirector = Listener::start(Some(format!(
+        "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://{}/didcomm\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        beyond.addr
+    )));
+    let started = Instant::now();
+    let host = cmd(h0, &["mpc", "host", "--session", &sid, "--timeout", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let med_url = med.invitation_url.split("/oob").next().unwrap().to_owned();
+    let join = |session: &str, sha: &str, endpoint: std::net::SocketAddr| {
+        let body = serde_json::json!({
+            "session_id": session,
+            "program_sha256": sha,
+            "services": [{"uri": format!("http://{endpoint}/didcomm"), "accept": ["didcomm/v2"], "routingKeys": []}],
+        });
+        ok(
+            h1,
+            &[
+                "send",
+                &coord_did,
+                "--type",
+                "https://mpc-did.org/lobby/1.0/join",
+                "--body",
+                &body.to_string(),
+                "--via",
+                &med_url,
+            ],
+        );
+    };
+    // Strangers: they know the coordinator's DID, not the MPC session.
+    join(&"00".repeat(16), &"00".repeat(32), canary.addr);
+    join(&"11".repeat(16), &"00".repeat(32), canary.addr);
+    // An invitation holder with another program: refused, through an endpoint that
+    // redirects; the redirect is not followed.
+    join(&sid, &"00".repeat(32), redirector.addr);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while redirector.count() == 0 {
+        assert!(Instant::now() < deadline, "the refusal never went out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The real party joins, and the MPC session forms within the host's timeout.
+    let joined = ok(
+        h2,
+        &["--json", "join", &url, "--program", prog, "--timeout", "30"],
+    );
+    let out = wait_bounded(host, Duration::from_secs(40));
+    assert!(
+        out.status.success(),
+        "host failed after {:?}: {}",
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let joined: serde_json::Value = serde_json::from_str(&joined).unwrap();
+    assert_eq!(joined["party"], 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        canary.connections_before_ours(),
+        0,
+        "a stranger's endpoint was contacted"
+    );
+    assert_eq!(
+        beyond.connections_before_ours(),
+        0,
+        "a redirect was followed"
+    );
+}
+
+/// Security finding 3 end to end: a stranger who knows only the coordinator's DID sends it
+/// 1,000 anoncrypt messages of a type nobody speaks before `mpc host` starts. They used to
+/// stay unacknowledged, the mediator stopped live pushes at 1,000, and the host timed out
+/// with "only 0 of 2 parties joined" (also after a restart). Now the MPC session forms.
+#[test]
+fn a_thousand_junk_messages_before_mpc_host_do_not_stop_the_lobby() {
+    let med_data = tempfile::tempdir().unwrap();
+    let med = MediatorProc::start(med_data.path());
+    let (h0, h1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for (h, n) in [(&h0, "coord"), (&h1, "alice")] {
+        Wallet::open(h.path())
+            .unwrap()
+            .create_identity(n, Method::Key)
+            .unwrap();
+        ok(h.path(), &["mediator", "register", &med.invitation_url]);
+    }
+    let prog = example("secretsanta.py");
+    let prog = prog.to_str().unwrap();
+    let sid = ok(
+        h0.path(),
+        &["mpc", "new", "--parties", "2", "--program", prog],
+    )
+    .trim()
+    .to_owned();
+    let inv = ok(
+        h0.path(),
+        &["--json", "invite", "--session", &sid, "--no-qr"],
+    );
+    let url = serde_json::from_str::<serde_json::Value>(&inv).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let coord = Wallet::open(h0.path()).unwrap().default_identity().unwrap();
+    // The stranger: no identity of its own, only the coordinator's DID and mediator.
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let resolver = mpc_did_resolver::UniversalResolver::new().unwrap();
+        let mut doc = mpc_did_resolver::key::resolve(&coord.did).unwrap();
+        doc.service.push(coord.services[0].to_service());
+        resolver.insert(doc);
+        let resolver = Arc::new(resolver);
+        let http = mpc_did_mediator::client::new_http_client().unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..1000 {
+            if tasks.len() >= 16 {
+                tasks.join_next().await.unwrap().unwrap();
+            }
+            let (resolver, http, to) = (resolver.clone(), http.clone(), coord.did.clone());
+            tasks.spawn(async move {
+                let mut msg = mpc_did_didcomm::Message::new(
+                    format!("junk-{i}"),
+                    "https://junk.example/spam/1.0/x",
+                    serde_json::json!({"i": i}),
+                );
+                msg.to = Some(vec![to.clone()]);
+                let packed = mpc_did_didcomm::pack_encrypted(
+                    &msg,
+                    &to,
+                    None,
+                    None,
+                    &*resolver,
+                    &mpc_did_didcomm::SecretStore::new(),
+                    &mpc_did_didcomm::PackOptions::default(),
+                )
+                .await
+                .unwrap();
+                let uri = packed.service.unwrap().uri;
+                mpc_did_mediator::client::post_packed(&http, &uri, packed.message.into_bytes())
+                    .await
+                    .unwrap();
+            });
+        }
+        while let Some(t) = tasks.join_next().await {
+            t.unwrap();
+        }
+    });
+    let host = cmd(
+        h0.path(),
+        &["mpc", "host", "--session", &sid, "--timeout", "20"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let joined = ok(
+        h1.path(),
+        &["--json", "join", &url, "--program", prog, "--timeout", "30"],
+    );
+    let out = wait_bounded(host, Duration::from_secs(40));
+    assert!(
+        out.status.success(),
+        "host failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let joined: serde_json::Value = serde_json::from_str(&joined).unwrap();
+    assert_eq!(joined["party"], 1);
+}

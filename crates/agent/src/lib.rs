@@ -4,21 +4,45 @@
 //! **Owns**: the inbox task (Message Pickup 3.0 live mode, reconnecting with backoff),
 //! de-duplication by message id (delivery is at-least-once), dispatch of unpacked messages
 //! to subscribers by message-type prefix (`https://mpc-did.org/session/1.0/`,
-//! `…/lobby/1.0/`), and endpoints learnt for DIDs whose documents name none (did:key).
+//! `…/lobby/1.0/`), holding the early messages of protocols we speak until their
+//! subscriber comes, and endpoints learnt for DIDs whose documents name none (did:key).
 //!
 //! **Does not**: interpret protocols (the session and lobby code subscribe), or store
-//! anything: a message is acknowledged to the mediator only once a subscriber took it, so
-//! what nobody claimed is delivered again after a restart.
+//! anything: a message is acknowledged to the mediator only once a subscriber took it, or
+//! once we decided to drop it, so what we hold is delivered again after a restart.
+//!
+//! ## What is kept, what is dropped (spec/lobby.md §7)
+//! Anyone who knows our DID can send us messages, so nothing a stranger sends may pile up
+//! unacknowledged (the mediator pauses live delivery after `max_inflight` unacknowledged
+//! pushes) or push out what our own protocols are waiting for. Each unpacked message is:
+//! - **delivered** to the subscriber of its type prefix, and acknowledged;
+//! - **held**, not acknowledged, when no subscriber can take it yet but a [`Hold`] rule
+//!   says it may legitimately arrive early (a session proposal before the session code
+//!   subscribes): its type has the rule's prefix, its sender is authenticated (authcrypt
+//!   or signed) and, when the rule names senders (an MPC session's roster), one of them.
+//!   Held messages sit in one bucket per (prefix, sender), at most [`MAX_HELD_PER_SENDER`]
+//!   each and [`MAX_HELD`] in all (below the mediator's 1,000 unacknowledged pushes), so a
+//!   sender can only ever crowd out itself; a message over a bound is dropped, never an
+//!   older one;
+//! - **dropped and acknowledged** with a log line otherwise: unknown types, anoncrypt or
+//!   plaintext messages nobody subscribed to, senders outside a rule's roster, overflow.
 //!
 //! ```text
 //!  mediator ══ WS live delivery ══▶ inbox task ─unpack─▶ dedup ─▶ subscriber(type prefix) ─▶ ack
-//!                                                          └────▶ unclaimed (bounded; not acked)
+//!                                                          ├────▶ held[(prefix, sender)] (bounded; not acked)
+//!                                                          └────▶ dropped (logged) ─▶ ack
 //!  Agent::send(to, msg) ─authcrypt─▶ forward for to's routing keys ─HTTP POST─▶ to's mediator
+//!                                    (no redirects, 10 s timeout)
 //! ```
 //!
 //! ```no_run
 //! # async fn demo(client: mpc_did_mediator::client::MediatorClient) -> Result<(), mpc_did_agent::AgentError> {
-//! let agent = mpc_did_agent::Agent::start(client).await?;
+//! use mpc_did_agent::{Agent, AgentConfig, Hold};
+//! // Hold early session messages, but only from the two parties of our roster.
+//! let config = AgentConfig {
+//!     hold: vec![Hold::from_senders(mpc_did_agent::SESSION_PREFIX, ["did:key:z6MkA…", "did:key:z6MkB…"])],
+//! };
+//! let agent = Agent::start_with(client, config).await?;
 //! let mut pings = agent.subscribe("https://didcomm.org/trust-ping/2.0/");
 //! if let Some(inbound) = pings.recv().await {
 //!     println!("ping from {:?}", inbound.sender);
@@ -27,7 +51,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,10 +66,80 @@ mod reqwest_client {
     pub type Client = reqwest::Client;
 }
 
-/// Messages held for subscribers that have not subscribed yet.
-const MAX_UNCLAIMED: usize = 256;
+/// Type prefix of the secure-session protocol (spec/session.md).
+pub const SESSION_PREFIX: &str = "https://mpc-did.org/session/1.0/";
+/// Type prefix of the lobby protocol (spec/lobby.md).
+pub const LOBBY_PREFIX: &str = "https://mpc-did.org/lobby/1.0/";
+/// Held messages per (type prefix, sender).
+pub const MAX_HELD_PER_SENDER: usize = 64;
+/// Held messages in all; well below the mediator's default of 1,000 unacknowledged live
+/// pushes, so holding never stalls live delivery.
+pub const MAX_HELD: usize = 512;
 /// Message ids remembered for de-duplication.
 const MAX_SEEN: usize = 4096;
+/// Sending to a peer's endpoint (a URL the peer chose): total and connect timeouts.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+const SEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which messages may arrive before their subscriber and are then held for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// Message-type prefix.
+    pub prefix: String,
+    /// Only from these (authenticated) senders; `None`: from any authenticated sender.
+    pub senders: Option<HashSet<String>>,
+}
+
+impl Hold {
+    /// Hold `prefix` messages from any authenticated sender.
+    #[must_use]
+    pub fn any_sender(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            senders: None,
+        }
+    }
+
+    /// Hold `prefix` messages from these senders only (e.g. an MPC session's roster).
+    #[must_use]
+    pub fn from_senders<S: Into<String>>(
+        prefix: &str,
+        senders: impl IntoIterator<Item = S>,
+    ) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            senders: Some(senders.into_iter().map(Into::into).collect()),
+        }
+    }
+
+    fn admits(&self, inbound: &Inbound) -> bool {
+        inbound.message.type_.starts_with(&self.prefix)
+            && match (&inbound.sender, &self.senders) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some(s), Some(set)) => set.contains(s),
+            }
+    }
+}
+
+/// How an [`Agent`] treats messages nobody has subscribed to yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// What to hold; everything else without a subscriber is acknowledged and dropped.
+    pub hold: Vec<Hold>,
+}
+
+impl Default for AgentConfig {
+    /// Hold our own protocols' messages (session and lobby) from any authenticated sender.
+    fn default() -> Self {
+        Self {
+            hold: vec![
+                Hold::any_sender(SESSION_PREFIX),
+                Hold::any_sender(LOBBY_PREFIX),
+            ],
+        }
+    }
+}
 
 /// What can go wrong in the control plane.
 #[derive(Debug, thiserror::Error)]
@@ -81,12 +175,28 @@ struct Sub {
     tx: mpsc::Sender<Inbound>,
 }
 
+/// A held message and its queue id (acknowledged once it is handed over).
+type Held = (Inbound, String);
+
 #[derive(Default)]
 struct Dispatch {
     subs: Vec<Sub>,
-    unclaimed: VecDeque<(Inbound, String)>,
+    rules: Vec<Hold>,
+    /// Held messages per (prefix, sender), each in arrival order.
+    held: HashMap<(String, String), VecDeque<Held>>,
+    held_total: usize,
     seen: HashSet<String>,
     seen_order: VecDeque<String>,
+}
+
+/// What happens to one unpacked message.
+enum Route {
+    /// Handed to its subscriber: acknowledge.
+    Delivered,
+    /// Kept for a subscriber: do not acknowledge yet.
+    Held,
+    /// Nobody wants it: acknowledge and forget.
+    Dropped(&'static str),
 }
 
 struct Inner {
@@ -114,19 +224,42 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
-    /// Connect to our mediator in live mode and start receiving.
+    /// Connect to our mediator in live mode and start receiving, holding early messages
+    /// as [`AgentConfig::default`] says.
     ///
     /// # Errors
     /// The first live connection fails (later failures are retried in the background).
     pub async fn start(client: MediatorClient) -> Result<Self, AgentError> {
+        Self::start_with(client, AgentConfig::default()).await
+    }
+
+    /// As [`Self::start`], holding early messages as `config` says.
+    ///
+    /// # Errors
+    /// The first live connection fails (later failures are retried in the background).
+    pub async fn start_with(
+        client: MediatorClient,
+        config: AgentConfig,
+    ) -> Result<Self, AgentError> {
         let live = client.live().await?;
         let (acks, ack_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
-        let http = mpc_did_mediator::client::new_http_client()?;
+        // Peers' endpoints are URLs the peers chose: no redirects (a 307 would carry our
+        // POST elsewhere) and a short timeout.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(SEND_TIMEOUT)
+            .connect_timeout(SEND_CONNECT_TIMEOUT)
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(ClientError::from)?;
         let inner = Arc::new(Inner {
             client,
             http,
-            dispatch: Mutex::new(Dispatch::default()),
+            dispatch: Mutex::new(Dispatch {
+                rules: config.hold,
+                ..Dispatch::default()
+            }),
             acks,
             stop: stop.clone(),
         });
@@ -179,13 +312,31 @@ impl Agent {
         Ok(())
     }
 
-    /// Send `msg` to `to` (authcrypt from us, forwarded through `to`'s mediator).
+    /// Send `msg` to `to` (authcrypt from us, forwarded through `to`'s mediator); the POST
+    /// follows no redirect and gives up after 10 s.
     ///
     /// # Errors
     /// `to` has no known endpoint, or its mediator refused.
     pub async fn send(&self, to: &str, msg: Message) -> Result<(), AgentError> {
-        self.inner.client.send(to, msg).await?;
+        let c = &self.inner.client;
+        mpc_did_mediator::client::send_message(
+            &self.inner.http,
+            &c.did,
+            c.secrets(),
+            c.resolver(),
+            to,
+            msg,
+        )
+        .await?;
         Ok(())
+    }
+
+    /// Also hold messages matching `rule` until their subscriber comes (see the crate
+    /// docs); e.g. an MPC session's roster once it is known.
+    pub fn hold(&self, rule: Hold) {
+        if let Ok(mut d) = self.inner.dispatch.lock() {
+            d.rules.push(rule);
+        }
     }
 
     /// Send `msg` to `to` signed by us (JWS EdDSA with our authentication key) inside
@@ -223,9 +374,11 @@ impl Agent {
         Ok(())
     }
 
-    /// Receive every message whose type starts with `type_prefix` (including ones that
-    /// arrived before this call and nobody claimed yet). One subscriber per prefix: a new
-    /// subscription replaces an older one.
+    /// Receive every message whose type starts with `type_prefix` (including held ones
+    /// that arrived before this call). One subscriber per prefix: a new subscription
+    /// replaces an older one. While the subscriber is behind (256 waiting), further
+    /// messages of its prefix are held as for a [`Hold`] rule from any authenticated
+    /// sender, and handed over as it catches up.
     #[must_use]
     pub fn subscribe(&self, type_prefix: &str) -> mpsc::Receiver<Inbound> {
         let (tx, rx) = mpsc::channel(256);
@@ -233,27 +386,22 @@ impl Agent {
         if let Ok(mut d) = self.inner.dispatch.lock() {
             d.subs
                 .retain(|s| s.prefix != type_prefix && !s.tx.is_closed());
-            let mut keep = VecDeque::new();
-            while let Some((m, qid)) = d.unclaimed.pop_front() {
-                if m.message.type_.starts_with(type_prefix) {
-                    match tx.try_send(m) {
-                        Ok(()) => claimed.push(qid),
-                        Err(e) => keep.push_back((e.into_inner(), qid)),
-                    }
-                } else {
-                    keep.push_back((m, qid));
-                }
-            }
-            d.unclaimed = keep;
             d.subs.push(Sub {
                 prefix: type_prefix.to_owned(),
                 tx,
             });
+            d.flush(&mut claimed);
         }
         for qid in claimed {
             let _ = self.inner.acks.send(qid);
         }
         rx
+    }
+
+    /// How many messages are held for subscribers that have not come yet (tests, metrics).
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.inner.dispatch.lock().map_or(0, |d| d.held_total)
     }
 
     /// Stop the inbox task now (also happens when the last clone is dropped).
@@ -286,44 +434,137 @@ pub async fn expect<T>(
     }
 }
 
+impl Dispatch {
+    /// Hand held messages to subscribers that can take them now; their queue ids go to
+    /// `claimed` (to acknowledge).
+    fn flush(&mut self, claimed: &mut Vec<String>) {
+        self.subs.retain(|s| !s.tx.is_closed());
+        if self.held_total == 0 {
+            return;
+        }
+        let Self {
+            subs,
+            held,
+            held_total,
+            ..
+        } = self;
+        for bucket in held.values_mut() {
+            let mut keep = VecDeque::new();
+            while let Some((m, qid)) = bucket.pop_front() {
+                let Some(sub) = subs.iter().find(|s| m.message.type_.starts_with(&s.prefix)) else {
+                    keep.push_back((m, qid));
+                    continue;
+                };
+                match sub.tx.try_send(m) {
+                    Ok(()) => {
+                        claimed.push(qid);
+                        *held_total -= 1;
+                    }
+                    Err(e) => keep.push_back((e.into_inner(), qid)),
+                }
+            }
+            *bucket = keep;
+        }
+        held.retain(|_, b| !b.is_empty());
+    }
+
+    /// Route one unpacked message.
+    fn route(&mut self, inbound: Inbound, qid: &str, claimed: &mut Vec<String>) -> Route {
+        if !inbound.message.id.is_empty() && self.seen.contains(&inbound.message.id) {
+            // A redelivery (after a reconnect) of something handled or held: a held one
+            // stays unacknowledged until its subscriber takes the copy we have.
+            let id = &inbound.message.id;
+            let held = self
+                .held
+                .values()
+                .any(|b| b.iter().any(|(m, _)| &m.message.id == id));
+            return if held { Route::Held } else { Route::Delivered };
+        }
+        // Earlier held messages go first, so one sender's messages keep their order.
+        self.flush(claimed);
+        let type_ = &inbound.message.type_;
+        let sub = self.subs.iter().find(|s| type_.starts_with(&s.prefix));
+        let held_prefix = self
+            .rules
+            .iter()
+            .find(|r| r.admits(&inbound))
+            .map(|r| r.prefix.clone());
+        let (inbound, prefix) = match sub {
+            Some(s) => {
+                let behind_prefix = s.prefix.clone();
+                match s.tx.try_send(inbound) {
+                    Ok(()) => return Route::Delivered,
+                    // The subscriber is behind: hold under its prefix, if authenticated.
+                    Err(e) => (e.into_inner(), Some(held_prefix.unwrap_or(behind_prefix))),
+                }
+            }
+            None => (inbound, held_prefix),
+        };
+        let Some(prefix) = prefix else {
+            return Route::Dropped(if inbound.sender.is_none() {
+                "unauthenticated, and nobody subscribed to its type"
+            } else {
+                "nobody subscribed to its type, and it is not one we hold"
+            });
+        };
+        let Some(sender) = inbound.sender.clone() else {
+            return Route::Dropped("unauthenticated, and its subscriber is behind");
+        };
+        if self.held_total >= MAX_HELD {
+            return Route::Dropped("too many messages held already");
+        }
+        let id = inbound.message.id.clone();
+        let bucket = self.held.entry((prefix, sender)).or_default();
+        if bucket.len() >= MAX_HELD_PER_SENDER {
+            return Route::Dropped("too many messages held from this sender already");
+        }
+        bucket.push_back((inbound, qid.to_owned()));
+        self.held_total += 1;
+        self.remember_id(id);
+        Route::Held
+    }
+
+    /// Remember the id of a message we delivered or hold (not of one we dropped: junk
+    /// must not push the ids of real messages out of the de-duplication window).
+    fn remember_id(&mut self, id: String) {
+        if id.is_empty() || !self.seen.insert(id.clone()) {
+            return;
+        }
+        self.seen_order.push_back(id);
+        if self.seen_order.len() > MAX_SEEN {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+    }
+}
+
 impl Inner {
     /// Route one unpacked message; returns whether it may be acknowledged now.
     fn dispatch(&self, inbound: Inbound, qid: &str) -> bool {
         let Ok(mut d) = self.dispatch.lock() else {
             return false;
         };
-        if !inbound.message.id.is_empty() {
-            if d.seen.contains(&inbound.message.id) {
-                return true; // a redelivery of something already handled
-            }
-            d.seen.insert(inbound.message.id.clone());
-            d.seen_order.push_back(inbound.message.id.clone());
-            if d.seen_order.len() > MAX_SEEN {
-                if let Some(old) = d.seen_order.pop_front() {
-                    d.seen.remove(&old);
-                }
+        let id = inbound.message.id.clone();
+        let type_ = inbound.message.type_.clone();
+        let sender = inbound.sender.clone();
+        let mut claimed = Vec::new();
+        let route = d.route(inbound, qid, &mut claimed);
+        if matches!(route, Route::Delivered) {
+            d.remember_id(id);
+        }
+        drop(d);
+        for q in claimed {
+            let _ = self.acks.send(q);
+        }
+        match route {
+            Route::Delivered => true,
+            Route::Held => false,
+            Route::Dropped(why) => {
+                tracing::debug!(r#type = %type_, sender = ?sender, "dropped a message: {why}");
+                true
             }
         }
-        d.subs.retain(|s| !s.tx.is_closed());
-        let target = d
-            .subs
-            .iter()
-            .find(|s| inbound.message.type_.starts_with(&s.prefix))
-            .map(|s| s.tx.clone());
-        let unclaimed = match target {
-            Some(tx) => match tx.try_send(inbound) {
-                Ok(()) => return true,
-                Err(e) => e.into_inner(),
-            },
-            None => inbound,
-        };
-        // Nobody wants it (yet), or its subscriber is behind: keep it, unacknowledged, so
-        // it is not lost; the mediator still has it if we stop first.
-        d.unclaimed.push_back((unclaimed, qid.to_owned()));
-        if d.unclaimed.len() > MAX_UNCLAIMED {
-            d.unclaimed.pop_front();
-        }
-        false
     }
 }
 

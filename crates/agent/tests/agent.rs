@@ -1,9 +1,10 @@
 //! Two parties exchange DIDComm messages through a real (in-process) mediator on loopback.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use mpc_did_agent::{expect, Agent};
+use mpc_did_agent::{expect, Agent, AgentConfig, Hold};
 use mpc_did_didcomm::Message;
 use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::{testkit, Config, Mediator, MediatorHandle};
@@ -86,5 +87,182 @@ async fn early_messages_wait_for_their_subscriber() {
     }
     ids.sort();
     assert_eq!(ids, ["early-0", "early-1", "early-2"]);
+    m.shutdown().await;
+}
+
+const SESSION: &str = mpc_did_agent::SESSION_PREFIX;
+
+/// Wait until `cond` holds, polling, at most `limit`.
+async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `n` messages of type `type_` from `stranger` to `to`, anoncrypt (no sender) unless
+/// `authcrypt`, posted to `to`'s mediator 16 at a time.
+async fn flood(stranger: &Agent, to: &Agent, n: usize, type_: &str, authcrypt: bool) {
+    stranger
+        .learn_service(to.did(), to.own_service())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        if tasks.len() >= 16 {
+            tasks.join_next().await.unwrap().unwrap();
+        }
+        let (stranger, to, http) = (stranger.clone(), to.did().to_owned(), http.clone());
+        let mut msg = Message::new(format!("junk-{i}"), type_, serde_json::json!({"i": i}));
+        msg.from = authcrypt.then(|| stranger.did().to_owned());
+        msg.to = Some(vec![to.to_owned()]);
+        tasks.spawn(async move {
+            let c = stranger.client();
+            let from = authcrypt.then_some(stranger.did());
+            let packed = mpc_did_didcomm::pack_encrypted(
+                &msg,
+                &to,
+                from,
+                None,
+                c.resolver(),
+                c.secrets(),
+                &mpc_did_didcomm::PackOptions::default(),
+            )
+            .await
+            .unwrap();
+            let uri = packed.service.unwrap().uri;
+            mpc_did_mediator::client::post_packed(&http, &uri, packed.message.into_bytes())
+                .await
+                .unwrap();
+        });
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.unwrap();
+    }
+}
+
+/// Security finding 3: 1,000 anoncrypt messages of a type nobody speaks, sent by a
+/// stranger who only knows Bob's DID, used to stay unacknowledged, so the mediator (which
+/// pauses live delivery at 1,000 unacknowledged pushes) never pushed Bob anything again.
+/// Now they are acknowledged and dropped, and a lobby message that follows is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_junk_messages_do_not_block_the_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let (alice, bob, stranger) = (party(&m).await, party(&m).await, party(&m).await);
+    let acked_before = m.metrics().messages_acked.load(Ordering::Relaxed);
+    flood(
+        &stranger,
+        &bob,
+        1000,
+        "https://junk.example/spam/1.0/x",
+        false,
+    )
+    .await;
+    alice
+        .learn_service(bob.did(), bob.own_service())
+        .await
+        .unwrap();
+    let msg = Message::new("real-join", format!("{LOBBY}join"), serde_json::json!({}));
+    alice.send(bob.did(), msg).await.unwrap();
+    let mut inbox = bob.subscribe(LOBBY);
+    let got = expect(
+        &mut inbox,
+        Duration::from_secs(15),
+        "the lobby message",
+        |m| Some(m.message.id.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, "real-join");
+    // The junk was acknowledged: the mediator does not keep 1,000 unacknowledged pushes.
+    wait_until(
+        Duration::from_secs(10),
+        "the junk to be acknowledged",
+        || m.metrics().messages_acked.load(Ordering::Relaxed) >= acked_before + 1000,
+    )
+    .await;
+    assert_eq!(bob.held(), 0);
+    m.shutdown().await;
+}
+
+/// Security finding 3 (related): junk used to push a late subscriber's early session
+/// messages out of the agent's 256-entry buffer. Now early session messages are held per
+/// sender, only from the roster, and junk (a stranger's session-typed authcrypt messages,
+/// anoncrypt ones, unknown types) is dropped instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_does_not_evict_a_late_subscribers_session_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let (alice, stranger) = (party(&m).await, party(&m).await);
+    let (did, secrets) = testkit::ephemeral_identity();
+    let info = MediatorInfo::discover(&m.public_url).await.unwrap();
+    let client =
+        MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
+    client.register().await.unwrap();
+    let config = AgentConfig {
+        hold: vec![Hold::from_senders(SESSION, [alice.did()])],
+    };
+    let bob = Agent::start_with(client, config).await.unwrap();
+    alice
+        .learn_service(bob.did(), bob.own_service())
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let msg = Message::new(
+            format!("propose-{i}"),
+            format!("{SESSION}propose"),
+            serde_json::json!({}),
+        );
+        alice.send(bob.did(), msg).await.unwrap();
+    }
+    wait_until(Duration::from_secs(10), "3 held proposals", || {
+        bob.held() == 3
+    })
+    .await;
+    flood(&stranger, &bob, 150, &format!("{SESSION}propose"), true).await;
+    flood(
+        &stranger,
+        &bob,
+        150,
+        "https://junk.example/spam/1.0/x",
+        false,
+    )
+    .await;
+    // A last proposal from Alice, after the junk: once it is held, the junk was handled.
+    let msg = Message::new(
+        "propose-3",
+        format!("{SESSION}propose"),
+        serde_json::json!({}),
+    );
+    alice.send(bob.did(), msg).await.unwrap();
+    wait_until(Duration::from_secs(15), "the 4th held proposal", || {
+        bob.held() == 4
+    })
+    .await;
+    let mut inbox = bob.subscribe(SESSION);
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(
+            expect(&mut inbox, Duration::from_secs(10), "a proposal", |m| {
+                Some((m.message.id.clone(), m.sender.clone()))
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let alice_did = Some(alice.did().to_owned());
+    assert_eq!(
+        ids,
+        (0..4)
+            .map(|i| (format!("propose-{i}"), alice_did.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(bob.held(), 0);
     m.shutdown().await;
 }

@@ -292,6 +292,14 @@ async fn decrypt_jwe(
     secrets: &impl SecretsResolver,
     cache: Option<&StaticEcdhCache>,
 ) -> Result<(Vec<u8>, String)> {
+    // Cheap check first: a JWE for none of our keys is refused before the sender's DID is
+    // resolved, so a stranger cannot make us fetch a did:web by sending us junk.
+    if !jwe
+        .recipient_kids()
+        .any(|kid| matches!(secrets.secret(kid), Some(Secret::X25519(_))))
+    {
+        return Err(Error::NoRecipientSecret);
+    }
     let sender_public = match jwe.sender_kid() {
         None => None,
         Some(skid) => Some(key_agreement_key(resolver, skid).await?),

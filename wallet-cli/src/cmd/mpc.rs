@@ -38,6 +38,8 @@ use crate::ctx::Ctx;
 /// Message types of the lobby protocol share this prefix.
 const LOBBY_PREFIX: &str = "https://mpc-did.org/lobby/1.0/";
 const PROBLEM_PREFIX: &str = "https://didcomm.org/report-problem/2.0/";
+/// Refusals being sent at once by `mpc host`; beyond, refused joiners get no report.
+const MAX_PENDING_REFUSALS: usize = 8;
 /// The largest program file we hash (MPyC programs are small scripts).
 const MAX_PROGRAM_BYTES: u64 = 16 << 20;
 
@@ -405,8 +407,16 @@ fn service_from_json(did: &str, v: &serde_json::Value) -> Option<DidCommService>
     })
 }
 
-/// Tell the agent where `did` receives DIDComm (the first usable lobby service).
+/// Tell the agent where `did` receives DIDComm: the DIDComm service of its own DID
+/// document if it names one (did:web), else the first usable lobby service (did:key
+/// documents name none; the lobby message carrying it was authcrypt from `did`).
 async fn learn(agent: &Agent, did: &str, services: &[serde_json::Value]) -> anyhow::Result<()> {
+    let doc = mpc_did_resolver::DidResolver::resolve(agent.client().resolver(), did)
+        .await
+        .with_context(|| format!("cannot resolve {did}"))?;
+    if !doc.didcomm_services().is_empty() {
+        return Ok(());
+    }
     if let Some(s) = services.iter().find_map(|v| service_from_json(did, v)) {
         agent
             .learn_service(did, s)
@@ -745,7 +755,11 @@ pub async fn host(
         if rec.offer.parties == 2 { "y" } else { "ies" }
     ));
     let deadline = tokio::time::Instant::now() + timeout;
+    // Refusals go out in the background, a few at a time: a joiner's endpoint is a URL it
+    // chose, and a slow one must not hold the lobby (spec/lobby.md §7).
+    let mut refusals = tokio::task::JoinSet::new();
     while !lobby.is_full() {
+        while refusals.try_join_next().is_some() {}
         let got = tokio::select! {
             m = inbox.recv() => m.context("the control plane stopped")?,
             () = tokio::time::sleep_until(deadline) => anyhow::bail!(
@@ -765,20 +779,18 @@ pub async fn host(
         {
             continue;
         }
-        let join: Join = match serde_json::from_value(got.message.body.clone()) {
-            Ok(j) => j,
-            Err(e) => {
-                refuse(
-                    &agent,
-                    &sender,
-                    &got.message.id,
-                    "malformed",
-                    &e.to_string(),
-                )
-                .await;
+        // Whoever does not name this MPC session does not hold its invitation: a stranger
+        // who knows our DID. Nothing is sent on its behalf (spec/lobby.md §7).
+        let join: Join = match serde_json::from_value::<Join>(got.message.body.clone()) {
+            Ok(j) if j.session_id == rec.offer.session_id => j,
+            Ok(_) | Err(_) => {
+                progress(format!(
+                    "ignored a join from {sender} that does not name this MPC session"
+                ));
                 continue;
             }
         };
+        // Where the joiner receives DIDComm: recorded, not contacted.
         if let Err(e) = learn(&agent, &sender, &join.services).await {
             progress(format!("cannot reach {sender}: {e:#}"));
             continue;
@@ -788,12 +800,22 @@ pub async fn host(
             Ok(JoinOutcome::Repeated(_)) => {}
             Err(e) => {
                 progress(format!("refused {sender}: {e}"));
-                refuse(&agent, &sender, &got.message.id, e.reason(), &e.to_string()).await;
+                if refusals.len() >= MAX_PENDING_REFUSALS {
+                    progress(format!("no refusal sent to {sender}: too many in flight"));
+                    continue;
+                }
+                let agent = agent.clone();
+                let join_id = got.message.id.clone();
+                refusals.spawn(async move {
+                    refuse(&agent, &sender, &join_id, e.reason(), &e.to_string()).await;
+                });
             }
         }
     }
     let roster = lobby.roster().context("lobby full but no roster")?;
     let signed = sign_roster(&agent, &id.did, &roster).await?;
+    // To every party at once: each send is bounded by the agent's send timeout.
+    let mut sends = tokio::task::JoinSet::new();
     for p in roster.parties.iter().filter(|p| p.did != id.did) {
         let msg = Message::new(
             mpc_did_didcomm::message::new_id(),
@@ -802,16 +824,27 @@ pub async fn host(
         )
         .from(id.did.clone())
         .to(p.did.clone());
-        agent
-            .send(&p.did, msg)
-            .await
-            .with_context(|| format!("sending the roster to party {} ({})", p.id, p.did))?;
+        let (agent, pid, did) = (agent.clone(), p.id, p.did.clone());
+        sends.spawn(async move {
+            agent
+                .send(&did, msg)
+                .await
+                .with_context(|| format!("sending the roster to party {pid} ({did})"))
+        });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent.context("roster send task failed")??;
     }
     progress(format!(
         "all {} parties in; roster sent (hash {})",
         roster.parties.len(),
         roster.roster_hash
     ));
+    // Refusals still in flight get a moment (bounded by the send timeout) to go out.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while refusals.join_next().await.is_some() {}
+    })
+    .await;
     agent.stop();
     rec.roster = Some(roster);
     rec.party = Some(0);

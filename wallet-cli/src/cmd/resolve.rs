@@ -16,10 +16,11 @@ use crate::ctx::Ctx;
 Examples:
   mpc-did resolve did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp
   mpc-did resolve did:web:example.com --json
-  mpc-did resolve did:web:localhost%3A8443 --ca-cert test-ca.pem
+  mpc-did resolve did:web:localhost%3A8443 --ca-cert test-ca.pem --allow-private-hosts
 
 did:key resolves locally. did:web is fetched over HTTPS with a timeout, a 64 KiB
-limit and no redirects to other hosts.")]
+limit and no redirects to other hosts, from public addresses only (not loopback,
+private or link-local ones unless --allow-private-hosts).")]
 pub struct ResolveArgs {
     /// The DID to resolve (did:key:… or did:web:…).
     did: String,
@@ -29,8 +30,12 @@ pub struct ResolveArgs {
     /// Fetch did:web over plain HTTP instead of HTTPS. Local testing only.
     #[arg(long)]
     allow_http: bool,
+    /// Let did:web reach loopback, private and link-local addresses (refused by default:
+    /// spec/identity.md §3.3). Local testing only.
+    #[arg(long)]
+    allow_private_hosts: bool,
     /// did:web fetch timeout in seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     timeout: f64,
 }
 
@@ -48,6 +53,7 @@ pub async fn run(ctx: &Ctx, a: ResolveArgs) -> anyhow::Result<()> {
     let config = WebResolverConfig {
         timeout: Duration::from_secs_f64(a.timeout),
         allow_http: a.allow_http,
+        allow_private_hosts: a.allow_private_hosts,
         extra_roots,
         ..WebResolverConfig::default()
     };

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use mpc_did_agent::Agent;
+use mpc_did_agent::{Agent, AgentConfig, Hold, SESSION_PREFIX};
 use mpc_did_connect::{Binding, Connector, ConnectorConfig, PathInfo};
 use mpc_did_driver::{PartyTransport, SessionHandle, CLOSE_DONE};
 use mpc_did_lobby::Roster;
@@ -170,7 +170,19 @@ pub async fn run_party(
 
     let started = Instant::now();
     let (_, client) = registered_client(ctx, Some(&rec.identity))?;
-    let agent = Agent::start(client)
+    // Session messages may arrive before the connector subscribes; hold only those from
+    // the roster (spec/lobby.md §7): a stranger's cannot crowd them out.
+    let config = AgentConfig {
+        hold: vec![Hold::from_senders(
+            SESSION_PREFIX,
+            roster
+                .parties
+                .iter()
+                .filter(|p| p.id != me)
+                .map(|p| p.did.clone()),
+        )],
+    };
+    let agent = Agent::start_with(client, config)
         .await
         .context("cannot connect to your mediator")?;
     for p in roster.parties.iter().filter(|p| p.id != me) {

@@ -1,0 +1,141 @@
+//! Security finding 5: a sender names its did:web in the JWE `skid`, and the mediator
+//! resolves it to find the sender's key, before anything else is known about the sender.
+//! A did:web on loopback must not make the mediator connect to our own host.
+//! spec/identity.md §3.3.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mpc_did_didcomm::{pack_encrypted, Message, PackOptions, Secret, SecretStore};
+use mpc_did_mediator::{Config, Mediator};
+use mpc_did_resolver::{DidDocument, PublicKey, UniversalResolver, VerificationMethod};
+use tokio::net::TcpListener;
+
+/// A TCP listener that records the peers it accepts and never answers.
+struct Canary {
+    addr: SocketAddr,
+    accepted: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Canary {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let log = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, peer)) = listener.accept().await {
+                log.lock().unwrap().push(peer);
+                held.push(s);
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    /// Connects once ourselves and waits until that connection is accepted: accepts are
+    /// in order, so any earlier connection (the mediator's) was recorded before it.
+    async fn connections_before_ours(&self) -> usize {
+        let ours = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let me = ours.local_addr().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(i) = self.accepted.lock().unwrap().iter().position(|p| *p == me) {
+                return i;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "canary never accepted"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A did:web identity whose document exists only in our own resolver (nobody serves it).
+fn web_identity(did: &str) -> (DidDocument, SecretStore) {
+    let secret = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+    let public = x25519_dalek::PublicKey::from(&secret);
+    let kid = format!("{did}#key-x25519");
+    let mut doc = DidDocument::new(did);
+    doc.verification_method
+        .push(VerificationMethod::json_web_key(
+            &kid,
+            did,
+            PublicKey::X25519(public.to_bytes()),
+        ));
+    doc.key_agreement.push(kid.clone());
+    let mut secrets = SecretStore::new();
+    secrets.insert(kid, Secret::X25519(secret));
+    (doc, secrets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_did_web_skid_on_loopback_is_not_fetched() {
+    let canary = Canary::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = Mediator::builder(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: dir.path().to_path_buf(),
+        ..Config::default()
+    })
+    .start()
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let port = canary.addr.port();
+    for did in [
+        format!("did:web:127.0.0.1%3A{port}"),
+        format!("did:web:localhost%3A{port}:mallory"),
+    ] {
+        let (doc, secrets) = web_identity(&did);
+        let resolver = UniversalResolver::new().unwrap();
+        resolver.insert(doc);
+        let mut ping = Message::new(
+            mpc_did_didcomm::message::new_id(),
+            "https://didcomm.org/trust-ping/2.0/ping",
+            serde_json::json!({"response_requested": true}),
+        );
+        ping.from = Some(did.clone());
+        ping.to = Some(vec![m.did.clone()]);
+        let packed = pack_encrypted(
+            &ping,
+            &m.did,
+            Some(&did),
+            None,
+            &resolver,
+            &secrets,
+            &PackOptions {
+                forward: false,
+                ..PackOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        let started = std::time::Instant::now();
+        let resp = http
+            .post(format!("{}/didcomm", m.public_url))
+            .header("content-type", "application/didcomm-encrypted+json")
+            .body(packed.message)
+            .send()
+            .await
+            .unwrap();
+        // Refused (the sender cannot be authenticated) and at once, not after a fetch.
+        let status = resp.status();
+        let body = resp.text().await.unwrap();
+        assert_eq!(status.as_u16(), 400, "{did}: {body}");
+        assert!(body.contains("e.p.msg.malformed"), "{did}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{did}: {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(canary.connections_before_ours().await, 0);
+    m.shutdown().await;
+}
