@@ -1174,11 +1174,17 @@ fn a_thousand_junk_messages_before_mpc_host_do_not_stop_the_lobby() {
         doc.service.push(coord.services[0].to_service());
         resolver.insert(doc);
         let resolver = Arc::new(resolver);
-        let http = mpc_did_mediator::client::new_http_client().unwrap();
+        // From its own address (127.0.0.2): the mediator's quotas are per source, and the
+        // honest joiner below is 127.0.0.1.
+        let http = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+            .build()
+            .unwrap();
         let mut tasks = tokio::task::JoinSet::new();
+        let mut accepted = 0;
         for i in 0..1000 {
             if tasks.len() >= 16 {
-                tasks.join_next().await.unwrap().unwrap();
+                accepted += usize::from(tasks.join_next().await.unwrap().unwrap());
             }
             let (resolver, http, to) = (resolver.clone(), http.clone(), coord.did.clone());
             tasks.spawn(async move {
@@ -1200,14 +1206,29 @@ fn a_thousand_junk_messages_before_mpc_host_do_not_stop_the_lobby() {
                 .await
                 .unwrap();
                 let uri = packed.service.unwrap().uri;
-                mpc_did_mediator::client::post_packed(&http, &uri, packed.message.into_bytes())
-                    .await
-                    .unwrap();
+                // The mediator takes at most 500 unacknowledged messages per source and
+                // recipient (spec/mediator.md §6.1); the rest are refused, typed.
+                match mpc_did_mediator::client::post_packed(
+                    &http,
+                    &uri,
+                    packed.message.into_bytes(),
+                )
+                .await
+                {
+                    Ok(_) => true,
+                    Err(mpc_did_mediator::client::ClientError::Problem { code, .. })
+                        if code == "e.p.req.source-quota" =>
+                    {
+                        false
+                    }
+                    Err(e) => panic!("junk forward failed: {e}"),
+                }
             });
         }
         while let Some(t) = tasks.join_next().await {
-            t.unwrap();
+            accepted += usize::from(t.unwrap());
         }
+        assert!(accepted >= 500, "only {accepted} junk messages were queued");
     });
     let host = cmd(
         h0.path(),
