@@ -17,13 +17,14 @@
 //! task; nothing else buffers it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
+use axum::Extension;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -50,6 +51,9 @@ pub struct RelayServiceConfig {
     pub tcp_listen: Option<SocketAddr>,
     /// Most simultaneous relay connections.
     pub max_clients: usize,
+    /// Most simultaneous relay connections from one IPv4 address or IPv6 /64 (behind a
+    /// reverse proxy every WebSocket client shares the proxy's address: raise it there).
+    pub max_clients_per_source: usize,
     /// Per-client outgoing queue limit in bytes.
     pub max_queue_bytes: usize,
     /// Per-client outgoing queue limit in frames.
@@ -70,6 +74,7 @@ impl Default for RelayServiceConfig {
         RelayServiceConfig {
             tcp_listen: None,
             max_clients: core.max_clients,
+            max_clients_per_source: core.max_clients_per_source,
             max_queue_bytes: core.max_queue_bytes,
             max_queue_frames: core.max_queue_frames,
             rate_bytes_per_sec: core.rate_bytes_per_sec,
@@ -191,6 +196,11 @@ pub fn prometheus_text(m: &RelayMetrics) -> String {
             m.rejected_full,
         ),
         (
+            "rejected_per_source_total",
+            "Relay connections refused at the per-address limit.",
+            m.rejected_per_source,
+        ),
+        (
             "auth_ok_total",
             "Successful relay authentications.",
             m.auth_ok,
@@ -234,6 +244,11 @@ pub fn prometheus_text(m: &RelayMetrics) -> String {
             "dropped_queue_full_total",
             "Packets dropped on a full destination queue.",
             m.dropped_queue_full,
+        ),
+        (
+            "dropped_not_allowed_total",
+            "Packets to a client whose allow-list does not name the sender.",
+            m.dropped_not_allowed,
         ),
         (
             "dropped_control_total",
@@ -349,6 +364,7 @@ impl Service for RelayService {
             };
             let mut core = RelayConfig::new(ctx.identity.did.clone());
             core.max_clients = self.cfg.max_clients;
+            core.max_clients_per_source = self.cfg.max_clients_per_source;
             core.max_queue_bytes = self.cfg.max_queue_bytes;
             core.max_queue_frames = self.cfg.max_queue_frames;
             core.rate_bytes_per_sec = self.cfg.rate_bytes_per_sec;
@@ -402,13 +418,14 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: Cancellatio
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((tcp, _)) => {
+            Ok((tcp, from)) => {
                 let _ = tcp.set_nodelay(true);
                 let (rd, wr) = tcp.into_split();
                 tokio::spawn(serve_conn(
                     inner.clone(),
                     Reader::Tcp(rd, Vec::with_capacity(8192)),
                     Writer::Tcp(wr),
+                    Some(from.ip()),
                     stop.clone(),
                 ));
             }
@@ -422,8 +439,11 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: Cancellatio
 
 async fn ws_upgrade(
     State(rx): State<watch::Receiver<Option<Arc<Inner>>>>,
+    conn: Option<Extension<Arc<crate::server::ConnInfo>>>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // The HTTP server records each connection's peer; the per-source limit counts it.
+    let source = conn.map(|Extension(c)| c.peer.ip());
     let mut rx = rx;
     // The service task publishes the hub when the mediator starts; a request
     // that races it waits briefly.
@@ -442,7 +462,7 @@ async fn ws_upgrade(
         .on_upgrade(move |socket| {
             let (wr, rd) = socket.split();
             let stop = inner.stop.clone();
-            serve_conn(inner, Reader::Ws(rd), Writer::Ws(wr), stop)
+            serve_conn(inner, Reader::Ws(rd), Writer::Ws(wr), source, stop)
         })
 }
 
@@ -565,14 +585,23 @@ async fn resolve_key(inner: &Inner, auth: &ClientAuth) -> Option<VerifyingKey> {
     }
 }
 
-async fn serve_conn(inner: Arc<Inner>, mut rd: Reader, mut wr: Writer, stop: CancellationToken) {
+async fn serve_conn(
+    inner: Arc<Inner>,
+    mut rd: Reader,
+    mut wr: Writer,
+    source: Option<IpAddr>,
+    stop: CancellationToken,
+) {
     let mut nonce = [0u8; 32];
     OsRng.fill_bytes(&mut nonce);
     let notify = Arc::new(Notify::new());
     let closing = Arc::new(AtomicBool::new(false));
     let opened = {
         let mut hub = inner.lock();
-        let r = hub.server.open(nonce, Instant::now());
+        let r = match source {
+            Some(ip) => hub.server.open_from(nonce, ip, Instant::now()),
+            None => hub.server.open(nonce, Instant::now()),
+        };
         if let Ok(id) = r {
             hub.conns.insert(
                 id,
@@ -587,8 +616,9 @@ async fn serve_conn(inner: Arc<Inner>, mut rd: Reader, mut wr: Writer, stop: Can
     };
     let id = match opened {
         Ok(id) => id,
-        Err(_) => {
-            let _ = wr.send(&[RelayServer::refusal_frame()]).await;
+        Err(e) => {
+            tracing::debug!(?source, "relay connection refused: {e}");
+            let _ = wr.send(&[RelayServer::refusal_frame_for(&e)]).await;
             wr.close().await;
             return;
         }
