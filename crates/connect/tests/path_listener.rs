@@ -97,15 +97,9 @@ async fn idle_connections_do_not_exhaust_the_path_listener() {
             held.push(s);
         }
     }
-    let seen = |s: &mpc_did_connect::ListenerStats| s.accepted + s.refused_per_source + s.refused_full;
-    let end = Instant::now() + Duration::from_secs(10);
-    while seen(&bob.listener_stats()) < held.len() as u64 {
-        assert!(Instant::now() < end, "listener saw {:?}", bob.listener_stats());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     // The party holds at most `max_pending` of them: our own `held` ends plus that.
     let bound = baseline + held.len() + limits.max_pending + 64;
-    let end = Instant::now() + Duration::from_secs(2);
+    let end = Instant::now() + Duration::from_secs(3);
     while open_fds() > bound {
         assert!(
             Instant::now() < end,
@@ -114,6 +108,12 @@ async fn idle_connections_do_not_exhaust_the_path_listener() {
             held.len(),
             bob.listener_stats()
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = |s: &mpc_did_connect::ListenerStats| s.accepted + s.refused_per_source + s.refused_full;
+    let end = Instant::now() + Duration::from_secs(10);
+    while seen(&bob.listener_stats()) < held.len() as u64 {
+        assert!(Instant::now() < end, "listener saw {:?}", bob.listener_stats());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let st = bob.listener_stats();
