@@ -275,9 +275,11 @@ async fn flood_at_a_partys_did_does_not_fail_an_honest_senders_stream() {
     };
     // The flood has filled B's queue at the relay once drops start.
     let h = r.h.clone();
-    wait_until("the flood to fill the receiver's queue", Duration::from_secs(10), || {
-        h.metrics().unwrap().dropped_queue_full > 0
-    })
+    wait_until(
+        "the flood to fill the receiver's queue",
+        Duration::from_secs(10),
+        || h.metrics().unwrap().dropped_queue_full > 0,
+    )
     .await;
 
     let mut sb = b.open_stream(key_of(&ia)).unwrap();

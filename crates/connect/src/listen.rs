@@ -102,7 +102,11 @@ impl Table {
 
     /// A slot for a connection from `ip`, evicting the oldest silent connection when all
     /// are taken.
-    fn admit(&mut self, ip: IpAddr, limits: &ListenerLimits) -> Option<(u64, oneshot::Receiver<()>)> {
+    fn admit(
+        &mut self,
+        ip: IpAddr,
+        limits: &ListenerLimits,
+    ) -> Option<(u64, oneshot::Receiver<()>)> {
         let source = source_key(ip);
         if self.per_source.get(&source).copied().unwrap_or(0) >= limits.max_per_source {
             self.stats.refused_per_source += 1;
@@ -188,7 +192,12 @@ impl PathListener {
 
     /// Accept connections forever; each gets a slot, must say hello in time, and is then
     /// routed to its session.
-    pub(crate) async fn serve(self, listener: TcpListener, router: PathRouter, limits: ListenerLimits) {
+    pub(crate) async fn serve(
+        self,
+        listener: TcpListener,
+        router: PathRouter,
+        limits: ListenerLimits,
+    ) {
         loop {
             let (tcp, from) = match listener.accept().await {
                 Ok(x) => x,

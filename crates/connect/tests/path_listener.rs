@@ -110,15 +110,23 @@ async fn idle_connections_do_not_exhaust_the_path_listener() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let seen = |s: &mpc_did_connect::ListenerStats| s.accepted + s.refused_per_source + s.refused_full;
+    let seen =
+        |s: &mpc_did_connect::ListenerStats| s.accepted + s.refused_per_source + s.refused_full;
     let end = Instant::now() + Duration::from_secs(10);
     while seen(&bob.listener_stats()) < held.len() as u64 {
-        assert!(Instant::now() < end, "listener saw {:?}", bob.listener_stats());
+        assert!(
+            Instant::now() < end,
+            "listener saw {:?}",
+            bob.listener_stats()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let st = bob.listener_stats();
     assert!(st.pending <= limits.max_pending as u64, "{st:?}");
-    assert!(st.refused_per_source as usize >= n / 5 - limits.max_per_source, "{st:?}");
+    assert!(
+        st.refused_per_source as usize >= n / 5 - limits.max_per_source,
+        "{st:?}"
+    );
 
     // A session with bob still establishes on the direct path, while the silent
     // connections are still open.
@@ -143,7 +151,11 @@ async fn idle_connections_do_not_exhaust_the_path_listener() {
     .await
     .expect("no session within 20 s under the attack");
     let (ea, eb) = (ea.unwrap(), eb.unwrap());
-    assert!(matches!(ea.path, PathInfo::Direct { remote: Some(_) }), "{:?}", ea.path);
+    assert!(
+        matches!(ea.path, PathInfo::Direct { remote: Some(_) }),
+        "{:?}",
+        ea.path
+    );
     let mut s = ea.handle.open_stream().await.unwrap();
     s.write_all(b"through the crowd").await.unwrap();
     let mut r = eb.handle.accept_stream().await.unwrap();

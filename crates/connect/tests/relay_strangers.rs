@@ -204,7 +204,11 @@ async fn stranger_flooding_a_partys_did_does_not_stall_its_relayed_session() {
     assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
     // The relay path never broke: no frame of Alice's was dropped, so no resume.
     let paths = alice.sessions().first().map(|s| s.paths_attached);
-    assert_eq!(paths, Some(1), "the relayed session lost its path under the flood (took {took:?})");
+    assert_eq!(
+        paths,
+        Some(1),
+        "the relayed session lost its path under the flood (took {took:?})"
+    );
     let stranger = tokio::time::timeout(Duration::from_secs(10), flood)
         .await
         .unwrap()

@@ -599,7 +599,11 @@ fn flooder_fills_a_receivers_queue_but_honest_sender_is_not_dropped() {
     for i in 0..20 {
         feed(&mut s, ch, pkt(i, 1000), t).unwrap();
     }
-    assert_eq!(drain(&mut s, ch), vec![], "the honest sender is never told to back off");
+    assert_eq!(
+        drain(&mut s, ch),
+        vec![],
+        "the honest sender is never told to back off"
+    );
     assert!(s.queued_bytes(cv).unwrap() <= 64 * 1024);
     // The flooder's further frames are the ones dropped (it is told at most once a second).
     let before = s.metrics().dropped_queue_full;
@@ -622,9 +626,14 @@ fn flooder_fills_a_receivers_queue_but_honest_sender_is_not_dropped() {
     assert_eq!(honest_seq, (0..20).collect::<Vec<u8>>());
     let first_honest = out
         .iter()
-        .position(|f| matches!(f, RelayToClient::RecvPacket { src_key, .. } if *src_key == honest.key()))
+        .position(
+            |f| matches!(f, RelayToClient::RecvPacket { src_key, .. } if *src_key == honest.key()),
+        )
         .unwrap();
-    assert!(first_honest < 130, "honest frames wait behind at most one quantum, at {first_honest}");
+    assert!(
+        first_honest < 130,
+        "honest frames wait behind at most one quantum, at {first_honest}"
+    );
 }
 
 // spec/rendezvous.md §4.4: a receiver that sent AllowPeers hears only from the listed

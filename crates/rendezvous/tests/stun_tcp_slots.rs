@@ -35,7 +35,10 @@ async fn one_client_cannot_hold_every_tcp_slot() {
     while m.tcp_accepted.load(Ordering::Relaxed) + m.tcp_refused.load(Ordering::Relaxed)
         < held.len() as u64
     {
-        assert!(Instant::now() < end, "the server did not see every connection");
+        assert!(
+            Instant::now() < end,
+            "the server did not see every connection"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Another client is answered at once.
@@ -49,7 +52,10 @@ async fn one_client_cannot_hold_every_tcp_slot() {
         .expect("another client got no STUN/TCP answer");
     assert_eq!(r.mapped, me);
     assert!(m.tcp_accepted.load(Ordering::Relaxed) <= 9, "{m:?}");
-    assert!(m.tcp_refused_per_source.load(Ordering::Relaxed) >= 292, "{m:?}");
+    assert!(
+        m.tcp_refused_per_source.load(Ordering::Relaxed) >= 292,
+        "{m:?}"
+    );
     drop(held);
     server.shutdown().await;
 }

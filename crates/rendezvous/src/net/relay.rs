@@ -590,7 +590,9 @@ async fn writer_task(
                 return None;
             }
             r.allow_dirty = false;
-            r.allow.as_ref().map(|l| l.iter().cloned().collect::<Vec<_>>())
+            r.allow
+                .as_ref()
+                .map(|l| l.iter().cloned().collect::<Vec<_>>())
         });
         if let Some(list) = allow {
             batch.push(ClientToRelay::AllowPeers(Some(list)));
