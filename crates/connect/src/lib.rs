@@ -4,12 +4,14 @@
 //! **Owns**: the session negotiation as a party runs it — `propose`/`accept`/`handshake`
 //! (propose and accept signed inside authcrypt), `candidates` (also trickled after the
 //! session is up), `close` — through the party's [`Agent`]; the direct-path TCP listener
-//! and the QUIC endpoint on a STUN-gathered UDP socket (the NAT-traversed path), whose
+//! (connections that have not named a session are capped in all and per source and must
+//! send their hello within seconds: [`ListenerLimits`]) and the QUIC endpoint on a STUN-gathered UDP socket (the NAT-traversed path), whose
 //! incoming paths a [`PathRouter`] hands to their session; choosing and keeping the path
 //! (spec/session.md §7.4, §7.5): the proposer checks direct TCP, QUIC (host, then punched)
 //! and finally the relay, re-connects when the path breaks (the session resumes, §7), and
 //! while on the relay keeps retrying direct paths with backoff and moves the session when
-//! one works.
+//! one works. Its relay connections run in allow-list mode: only peers it negotiates with
+//! can send to it through the relay (spec/rendezvous.md §4.4).
 //!
 //! **Does not**: decide who talks to whom (the lobby's roster, or the CLI for ad-hoc
 //! sessions), carry MPyC (the proxy), or do cryptography itself (session + didcomm crates);

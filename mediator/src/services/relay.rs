@@ -9,6 +9,10 @@
 //!                 ClientAuth ─▶ resolve DID (did:key local, else UniversalResolver) ─▶ finish_auth
 //! ```
 //!
+//! Each connection is opened with its source address (the TCP peer, or the
+//! HTTP connection's peer for WebSocket) so the core can cap connections per
+//! address (`max_clients_per_source`).
+//!
 //! The state machine (bounded per-client queues, rate limits, timeouts,
 //! metrics) sits behind one `std::sync::Mutex`, never held across an await:
 //! each connection task locks it briefly to feed a frame or drain its queue,
