@@ -43,10 +43,11 @@ pub struct ListenerLimits {
 impl Default for ListenerLimits {
     fn default() -> Self {
         Self {
-            // Far below the usual 1,024 descriptors of a process; a party has one path per
-            // peer, each dialled once per (re)connection.
-            max_pending: 128,
-            max_per_source: 16,
+            // A quarter of the usual 1,024 descriptors of a process; a party has one path
+            // per peer, dialled once per candidate and (re)connection.
+            max_pending: 256,
+            // Room for many parties (or one MPC run in one process) behind one address.
+            max_per_source: 32,
             // An opener writes the hello right after connecting; seconds are generous.
             hello_timeout: Duration::from_secs(3),
         }
