@@ -177,6 +177,14 @@ async fn a_full_relay_is_reported_as_full() {
         matches!(err, NetError::Relay(RelayError::TooManyFromSource)),
         "{err:?}"
     );
+    // WebSocket connections are counted by the HTTP connection's peer address too.
+    let err = RelayConnection::connect_ws(&r.ws(), identity(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, NetError::Relay(RelayError::TooManyFromSource)),
+        "{err:?}"
+    );
     let _second = throwaway_from("127.0.0.3".parse().unwrap(), r.tcp())
         .await
         .unwrap();
@@ -191,7 +199,7 @@ async fn a_full_relay_is_reported_as_full() {
         ))
     );
     let m = r.h.metrics().unwrap();
-    assert_eq!((m.rejected_per_source, m.rejected_full), (1, 1), "{m:?}");
+    assert_eq!((m.rejected_per_source, m.rejected_full), (2, 1), "{m:?}");
     r.m.shutdown().await;
 }
 
@@ -324,6 +332,7 @@ async fn party_in_allow_list_mode_never_hears_from_strangers() {
     let b = RelayConnection::connect_ws(&r.ws(), ib.clone(), None)
         .await
         .unwrap();
+    assert!(b.relay_filters(), "the relay negotiated mpc-did-relay.2");
     b.restrict_senders();
     b.allow_peer(&PeerAddr::Did(ia.did.clone()));
     assert_eq!(b.allowed_peers(), Some(vec![PeerAddr::Did(ia.did.clone())]));

@@ -33,7 +33,7 @@ use axum::routing::get;
 use axum::Extension;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
-use mpc_did_rendezvous::net::relay::RELAY_SUBPROTOCOL;
+use mpc_did_rendezvous::net::relay::{RELAY_SUBPROTOCOL, RELAY_SUBPROTOCOL_V2};
 use mpc_did_rendezvous::relay::{ClientAuth, ClientToRelay, RelayToClient, VerifyingKey};
 use mpc_did_rendezvous::relay_server::{
     ConnId, Handled, RelayConfig, RelayMetrics, RelayServer, ServerEvent,
@@ -460,7 +460,8 @@ async fn ws_upgrade(
         return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     let max = mpc_did_rendezvous::relay::MAX_FRAME_LEN + 5;
-    ws.protocols([RELAY_SUBPROTOCOL])
+    // `.2` adds AllowPeers; a client offering only `.1` never sends it.
+    ws.protocols([RELAY_SUBPROTOCOL_V2, RELAY_SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {

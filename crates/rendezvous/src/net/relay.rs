@@ -51,6 +51,11 @@ use crate::RelayError;
 
 /// WebSocket subprotocol of the relay (spec/rendezvous.md §4.1).
 pub const RELAY_SUBPROTOCOL: &str = "mpc-did-relay.1";
+/// The same protocol plus `AllowPeers` (0x05): a relay that answers with it filters
+/// senders for clients in allow-list mode. Clients offer both; a relay that only knows
+/// `.1` picks `.1`, and the client then filters on its own side only (a `.1` relay closes
+/// the connection on an unknown frame type).
+pub const RELAY_SUBPROTOCOL_V2: &str = "mpc-did-relay.2";
 
 /// Frames buffered per stream before the reader task waits for the stream's reader.
 const STREAM_QUEUE: usize = 256;
@@ -195,6 +200,8 @@ struct Shared {
     burst: AtomicU64,
     /// Wakes the writer to send a changed allow-list.
     allow_changed: tokio::sync::Notify,
+    /// The relay understands `AllowPeers` (negotiated `mpc-did-relay.2`).
+    relay_filters: bool,
 }
 
 /// Default send pacing: below the relay's default per-client limit (8 MiB/s,
@@ -329,11 +336,13 @@ impl RelayConnection {
             .map_err(|_| NetError::TimedOut)??;
         tcp.set_nodelay(true)?;
         let (rd, wr) = tcp.into_split();
+        // Plain TCP has no version negotiation: allow-lists are enforced on our side only.
         Self::start(
             FrameReader::Tcp(rd, Vec::with_capacity(1 << 16)),
             FrameWriter::Tcp(wr),
             me,
             expected_relay,
+            false,
         )
         .await
     }
@@ -365,15 +374,27 @@ impl RelayConnection {
         let mut req = url
             .into_client_request()
             .map_err(|e| NetError::WebSocket(e.to_string()))?;
+        // Offer both versions; the relay picks the newest it speaks.
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(RELAY_SUBPROTOCOL),
+            HeaderValue::from_static("mpc-did-relay.2, mpc-did-relay.1"),
         );
-        let ws = tokio::time::timeout(AUTH_TIMEOUT, super::ws::connect(req, extra_roots))
-            .await
-            .map_err(|_| NetError::TimedOut)??;
+        let (ws, protocol) = tokio::time::timeout(
+            AUTH_TIMEOUT,
+            super::ws::connect_negotiated(req, extra_roots),
+        )
+        .await
+        .map_err(|_| NetError::TimedOut)??;
+        let filters = protocol.as_deref() == Some(RELAY_SUBPROTOCOL_V2);
         let (wr, rd) = ws.split();
-        Self::start(FrameReader::Ws(rd), FrameWriter::Ws(wr), me, expected_relay).await
+        Self::start(
+            FrameReader::Ws(rd),
+            FrameWriter::Ws(wr),
+            me,
+            expected_relay,
+            filters,
+        )
+        .await
     }
 
     async fn start(
@@ -381,6 +402,7 @@ impl RelayConnection {
         mut wr: FrameWriter,
         me: RelayIdentity,
         expected_relay: Option<String>,
+        relay_filters: bool,
     ) -> Result<Self, NetError> {
         let mut core = RelayClient::new(me.key, me.did.clone(), me.key_id, expected_relay);
         let relay_id = tokio::time::timeout(AUTH_TIMEOUT, async {
@@ -418,6 +440,7 @@ impl RelayConnection {
             rate: AtomicU64::new(DEFAULT_SEND_RATE),
             burst: AtomicU64::new(DEFAULT_SEND_BURST),
             allow_changed: tokio::sync::Notify::new(),
+            relay_filters,
         });
         let (out, out_rx) = mpsc::channel::<ClientToRelay>(STREAM_QUEUE);
         let writer = tokio::spawn(writer_task(wr, out_rx, shared.clone()));
@@ -491,6 +514,13 @@ impl RelayConnection {
         if changed {
             self.shared.allow_changed.notify_one();
         }
+    }
+
+    /// Whether the relay itself drops packets from senders outside our allow-list
+    /// (negotiated over WebSocket); otherwise only this client drops them, after they used
+    /// the relay's queue and our link.
+    pub fn relay_filters(&self) -> bool {
+        self.shared.relay_filters
     }
 
     /// The allow-list (`None`: everyone may send).
@@ -586,7 +616,7 @@ async fn writer_task(
         // A changed allow-list goes first: it must reach the relay before packets that
         // invite answers from a newly allowed peer.
         let allow = shared.routes.lock().ok().and_then(|mut r| {
-            if !r.allow_dirty {
+            if !r.allow_dirty || !shared.relay_filters {
                 return None;
             }
             r.allow_dirty = false;
