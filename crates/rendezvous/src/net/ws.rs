@@ -31,7 +31,9 @@ pub type WsStream = WebSocketStream<Box<dyn WsIo>>;
 /// root that is not a certificate, a TLS failure (unknown issuer, wrong name) or a refused
 /// upgrade; [`NetError::Io`] when the TCP connection fails.
 pub async fn connect(request: Request, extra_roots: &[Vec<u8>]) -> Result<WsStream, NetError> {
-    connect_negotiated(request, extra_roots).await.map(|(ws, _)| ws)
+    connect_negotiated(request, extra_roots)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 /// As [`connect`], also returning the subprotocol the server chose
