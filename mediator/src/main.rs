@@ -59,6 +59,13 @@ struct Args {
     /// classify their NAT mapping (RFC 5780).
     #[arg(long, value_name = "ADDR", requires = "stun")]
     stun_alternate: Option<SocketAddr>,
+    /// Most relay connections from one IPv4 address or IPv6 /64 (behind a reverse proxy
+    /// every WebSocket client has the proxy's address: raise it there) [default: 32].
+    #[arg(long, value_name = "N")]
+    relay_max_per_ip: Option<usize>,
+    /// Most STUN/TCP connections from one IPv4 address or IPv6 /64 [default: 8].
+    #[arg(long, value_name = "N", requires = "stun")]
+    stun_tcp_max_per_ip: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +124,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(primary) = args.stun {
         let mut cfg = StunServerConfig::new(primary);
         cfg.alternate = args.stun_alternate;
+        if let Some(n) = args.stun_tcp_max_per_ip {
+            cfg.max_tcp_per_source = n;
+        }
         let stun = StunService::bind(cfg)
             .await
             .with_context(|| format!("cannot serve STUN on {primary}"))?;
@@ -125,9 +135,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let mut relay_tcp = None;
     if !args.no_relay {
+        let defaults = RelayServiceConfig::default();
         let relay = RelayService::bind(RelayServiceConfig {
             tcp_listen: args.relay_tcp,
-            ..RelayServiceConfig::default()
+            max_clients_per_source: args
+                .relay_max_per_ip
+                .unwrap_or(defaults.max_clients_per_source),
+            ..defaults
         })
         .await
         .context("cannot bind the relay's TCP listener")?;

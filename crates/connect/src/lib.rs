@@ -4,12 +4,14 @@
 //! **Owns**: the session negotiation as a party runs it — `propose`/`accept`/`handshake`
 //! (propose and accept signed inside authcrypt), `candidates` (also trickled after the
 //! session is up), `close` — through the party's [`Agent`]; the direct-path TCP listener
-//! and the QUIC endpoint on a STUN-gathered UDP socket (the NAT-traversed path), whose
+//! (connections that have not named a session are capped in all and per source and must
+//! send their hello within seconds: [`ListenerLimits`]) and the QUIC endpoint on a STUN-gathered UDP socket (the NAT-traversed path), whose
 //! incoming paths a [`PathRouter`] hands to their session; choosing and keeping the path
 //! (spec/session.md §7.4, §7.5): the proposer checks direct TCP, QUIC (host, then punched)
 //! and finally the relay, re-connects when the path breaks (the session resumes, §7), and
 //! while on the relay keeps retrying direct paths with backoff and moves the session when
-//! one works.
+//! one works. Its relay connections run in allow-list mode: only peers it negotiates with
+//! can send to it through the relay (spec/rendezvous.md §4.4).
 //!
 //! **Does not**: decide who talks to whom (the lobby's roster, or the CLI for ad-hoc
 //! sessions), carry MPyC (the proxy), or do cryptography itself (session + didcomm crates);
@@ -61,9 +63,11 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 
+mod listen;
 mod quic;
 mod select;
 
+pub use listen::{ListenerLimits, ListenerStats};
 pub use quic::QuicSetup;
 use select::{Decision, Selection};
 
@@ -101,6 +105,8 @@ impl Binding {
 pub struct ConnectorConfig {
     /// Direct-path TCP listener.
     pub listen: SocketAddr,
+    /// What incoming connections on it may hold before they name a session.
+    pub path_listener: ListenerLimits,
     /// Host candidates to announce; empty: the listener's address (with an unspecified
     /// listener: loopback and the address of the interface that routes to our mediator).
     pub advertise: Vec<SocketAddr>,
@@ -174,6 +180,7 @@ impl Default for ConnectorConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            path_listener: ListenerLimits::default(),
             advertise: Vec::new(),
             handshake_timeout: Duration::from_secs(60),
             driver: DriverConfig::default(),
@@ -270,6 +277,8 @@ struct Inner {
     quic: Option<quic::QuicState>,
     /// The direct-path TCP listener's address.
     listen: SocketAddr,
+    /// Its limits' state.
+    path_listener: listen::PathListener,
     /// Each session's peer candidates, growing as `candidates` messages arrive.
     remotes: Mutex<HashMap<String, Arc<RemoteCandidates>>>,
 }
@@ -364,7 +373,12 @@ impl Connector {
             config.advertise.clone()
         };
         let router = PathRouter::new();
-        tokio::spawn(router.clone().serve(listener));
+        let path_listener = listen::PathListener::default();
+        tokio::spawn(path_listener.clone().serve(
+            listener,
+            router.clone(),
+            config.path_listener.clone(),
+        ));
         let quic = match &config.quic {
             Some(setup) => {
                 let q = quic::start(setup, |udp| host_candidates(udp, &agent)).await?;
@@ -391,6 +405,9 @@ impl Connector {
                     peer: setup.url.clone(),
                     reason: format!("cannot connect to our relay: {e}"),
                 })?;
+                // Only peers we negotiate with may send to us through it (spec/rendezvous.md
+                // §4.4): a stranger who knows our DID cannot flood our relay link.
+                conn.restrict_senders();
                 let addr = relay_addr(&setup.url).unwrap_or(local);
                 Some((setup.clone(), addr, Arc::new(conn)))
             }
@@ -411,6 +428,7 @@ impl Connector {
             foreign_relays: tokio::sync::Mutex::new(HashMap::new()),
             quic,
             listen: local,
+            path_listener,
             remotes: Mutex::new(HashMap::new()),
         });
         if let Some(q) = &inner.quic {
@@ -425,6 +443,12 @@ impl Connector {
         }
         tokio::spawn(dispatch(Arc::downgrade(&inner), rx));
         Ok(Self { inner })
+    }
+
+    /// Counters of the direct-path listener (refused, evicted and timed-out connections).
+    #[must_use]
+    pub fn listener_stats(&self) -> ListenerStats {
+        self.inner.path_listener.stats()
     }
 
     /// The control plane.
@@ -643,6 +667,14 @@ impl Connector {
                     });
                 }
             };
+            // The proposer may reach us through our relay as soon as it has our accept: let
+            // it through (our relay connection accepts only peers we named).
+            if let Some((_, _, conn)) = &self.inner.relay {
+                match self.relay_peer(peer).await {
+                    Ok(addr) => conn.allow_peer(&addr),
+                    Err(e) => tracing::debug!("cannot name {peer} to our relay: {e}"),
+                }
+            }
             let accept = message(&new_id(), ACCEPT_TYPE, &accept, Some(&proposal.message.id))?;
             self.inner.agent.send_signed(peer, accept).await?;
             self.send_candidates(peer, &sid_hex).await?;
@@ -997,6 +1029,8 @@ impl Connector {
         let conn = RelayConnection::connect_ws(url, setup.identity.clone(), None)
             .await
             .map_err(|e| e.to_string())?;
+        // Streams we open name the peers allowed to answer.
+        conn.restrict_senders();
         let conn = Arc::new(conn);
         foreign.insert(url.to_owned(), Arc::clone(&conn));
         Ok(conn)

@@ -97,6 +97,12 @@ pub enum RelayError {
     /// The server is at its client limit.
     #[error("relay server full")]
     TooManyClients,
+    /// The connection's source (IP address, IPv6 /64) is at its connection limit.
+    #[error("too many relay connections from this address")]
+    TooManyFromSource,
+    /// The relay closed the connection with this error code.
+    #[error("relay closed the connection ({0:?})")]
+    Closed(crate::relay::ErrorCode),
     /// A frame the client did not expect in its state (client side).
     #[error("unexpected relay frame")]
     UnexpectedFrame,

@@ -10,12 +10,14 @@
 //! - [`nat`]: NAT mapping classification (RFC 5780 §4.3).
 //! - [`relay`]: the relay frame codec (DERP / iroh-relay style) and the
 //!   DID-key challenge/response transcript.
-//! - [`relay_server`]: the relay's client table, bounded queues, rate limits,
-//!   timeouts and metrics as a state machine; [`relay_client`]: the client's
-//!   side (challenge answer, events).
+//! - [`relay_server`]: the relay's client table, per-source connection limits,
+//!   bounded queues shared fairly between senders, receivers' allow-lists, rate
+//!   limits, timeouts and metrics as a state machine; [`relay_client`]: the
+//!   client's side (challenge answer, events).
 //! - [`candidate`]: candidates, the JSON candidate exchange format and the
 //!   connectivity-check planner.
-//! - `net` (feature `tokio`, off by default): a UDP+TCP STUN server task, a
+//! - `net` (feature `tokio`, off by default): a UDP+TCP STUN server task (TCP
+//!   slots capped in all and per source), a
 //!   STUN client (server-reflexive discovery, NAT classification) and the
 //!   relay client with per-peer byte streams (`net::relay`); with feature
 //!   `quic` also QUIC hole punching on quinn (`net::quic`) and the

@@ -10,6 +10,7 @@
 //!   │ ◀── ServerChallenge{relay_id, nonce} ──│
 //!   │ ─── ClientAuth{did, key_id, ts, sig} ─▶│ verify sig with the DID document's key
 //!   │ ◀── AuthOk | AuthFailed ───────────────│
+//!   │ ─── AllowPeers{peers} (optional) ─────▶│ only these senders reach us
 //!   │ ─── SendPacket{dst, payload} ─────────▶│ ── RecvPacket{src, payload} ─▶ peer
 //!   │ ◀── PeerGone | Overloaded | Error ─────│
 //! ```
@@ -33,6 +34,9 @@ pub const MAX_DID_LEN: usize = 1024;
 pub const MAX_KEY_ID_LEN: usize = 1024 + 128;
 /// Longest relay identity string in a challenge.
 pub const MAX_RELAY_ID_LEN: usize = 1024;
+/// Most peers one [`ClientToRelay::AllowPeers`] frame may list (64 DIDs of the longest
+/// length still fit one frame body).
+pub const MAX_ALLOW_PEERS: usize = 64;
 /// Domain separator of the authentication transcript.
 pub const AUTH_DOMAIN: &[u8] = b"mpc-did/relay-auth/v1\0";
 
@@ -55,6 +59,8 @@ pub enum OverloadReason {
     PeerQueueFull,
     /// The server is at its client limit (then it closes the connection).
     TooManyClients,
+    /// The client's source address is at its connection limit (then it closes).
+    TooManyFromSource,
     /// Reason code from a newer peer.
     Other(u8),
 }
@@ -65,6 +71,7 @@ impl OverloadReason {
             OverloadReason::RateLimited => 1,
             OverloadReason::PeerQueueFull => 2,
             OverloadReason::TooManyClients => 3,
+            OverloadReason::TooManyFromSource => 4,
             OverloadReason::Other(c) => c,
         }
     }
@@ -73,6 +80,7 @@ impl OverloadReason {
             1 => OverloadReason::RateLimited,
             2 => OverloadReason::PeerQueueFull,
             3 => OverloadReason::TooManyClients,
+            4 => OverloadReason::TooManyFromSource,
             c => OverloadReason::Other(c),
         }
     }
@@ -148,6 +156,11 @@ pub enum ClientToRelay {
     Ping([u8; 8]),
     /// 0x04: answer to the relay's Ping.
     Pong([u8; 8]),
+    /// 0x05: from now on accept packets only from these senders (matched by key or DID);
+    /// `None` accepts everyone again (the default). Replaces any earlier list. Packets
+    /// from others are dropped at the relay and their sender gets `PeerGone`, as if we were
+    /// not connected (spec/rendezvous.md §4.4).
+    AllowPeers(Option<Vec<PeerAddr>>),
 }
 
 /// Frames the relay sends to a client.
@@ -267,6 +280,7 @@ impl ClientToRelay {
             ClientToRelay::SendPacket { .. } => 0x02,
             ClientToRelay::Ping(_) => 0x03,
             ClientToRelay::Pong(_) => 0x04,
+            ClientToRelay::AllowPeers(_) => 0x05,
         }
     }
 
@@ -275,6 +289,8 @@ impl ClientToRelay {
             ClientToRelay::ClientAuth(a) => 2 + a.did.len() + 2 + a.key_id.len() + 8 + 64,
             ClientToRelay::SendPacket { dst, payload } => peer_len(dst) + payload.len(),
             ClientToRelay::Ping(_) | ClientToRelay::Pong(_) => 8,
+            ClientToRelay::AllowPeers(None) => 1,
+            ClientToRelay::AllowPeers(Some(peers)) => 3 + peers.iter().map(peer_len).sum::<usize>(),
         }
     }
 
@@ -287,7 +303,7 @@ impl ClientToRelay {
     ///
     /// # Errors
     /// [`RelayError::Encode`] if a field exceeds its limit (DID, key id,
-    /// payload); `buf` is left unchanged then.
+    /// payload, more than [`MAX_ALLOW_PEERS`] peers); `buf` is left unchanged then.
     pub fn write_to(&self, buf: &mut Vec<u8>) -> Result<(), RelayError> {
         let start = buf.len();
         let r = self.write_inner(buf);
@@ -311,6 +327,17 @@ impl ClientToRelay {
                 put_payload(buf, payload)?;
             }
             ClientToRelay::Ping(d) | ClientToRelay::Pong(d) => buf.extend_from_slice(d),
+            ClientToRelay::AllowPeers(None) => buf.push(0),
+            ClientToRelay::AllowPeers(Some(peers)) => {
+                if peers.len() > MAX_ALLOW_PEERS {
+                    return Err(RelayError::Encode("too many allowed peers"));
+                }
+                buf.push(1);
+                buf.extend_from_slice(&(peers.len() as u16).to_be_bytes());
+                for p in peers {
+                    put_peer(buf, p)?;
+                }
+            }
         }
         Ok(())
     }
@@ -350,6 +377,21 @@ impl ClientToRelay {
             },
             0x03 => ClientToRelay::Ping(r.array()?),
             0x04 => ClientToRelay::Pong(r.array()?),
+            0x05 => ClientToRelay::AllowPeers(match r.array::<1>()?[0] {
+                0 => None,
+                1 => {
+                    let n = usize::from(u16::from_be_bytes(r.array()?));
+                    if n > MAX_ALLOW_PEERS {
+                        return Err(RelayError::Malformed);
+                    }
+                    let mut peers = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        peers.push(r.peer()?);
+                    }
+                    Some(peers)
+                }
+                _ => return Err(RelayError::Malformed),
+            }),
             t => return Err(RelayError::UnknownFrameType(t)),
         };
         r.finish()?;

@@ -47,6 +47,10 @@ pub enum ClientEvent {
     Closed(Option<ErrorCode>),
     /// Nothing to do (a Pong).
     Nothing,
+    /// A frame that makes no sense once authenticated (a second challenge or AuthOk):
+    /// ignored, not fatal, so nothing a relay passes along can end the connection; worth
+    /// a log line.
+    Stray(&'static str),
 }
 
 /// One relay connection's client state.
@@ -86,8 +90,9 @@ impl RelayClient {
     /// Handles one frame from the relay; `now_unix` stamps the auth answer.
     ///
     /// # Errors
-    /// [`RelayError::UnexpectedFrame`] for a frame that does not fit the
-    /// state (the connection should be dropped), [`RelayError::WrongRelay`]
+    /// [`RelayError::UnexpectedFrame`] for a frame that does not fit the state before
+    /// authentication or after close (the connection should be dropped; once `Ready`, an
+    /// out-of-place frame is [`ClientEvent::Stray`] instead), [`RelayError::WrongRelay`]
     /// if the challenge names another relay than expected.
     pub fn on_frame(
         &mut self,
@@ -141,7 +146,12 @@ impl RelayClient {
             },
             (State::Ready, RelayToClient::PeerGone(p)) => ClientEvent::PeerGone(p),
             (State::Ready, RelayToClient::Overloaded(r)) => ClientEvent::Overloaded(r),
-            (_, RelayToClient::Overloaded(r @ OverloadReason::TooManyClients)) => {
+            (
+                _,
+                RelayToClient::Overloaded(
+                    r @ (OverloadReason::TooManyClients | OverloadReason::TooManyFromSource),
+                ),
+            ) => {
                 self.state = State::Closed;
                 ClientEvent::Overloaded(r)
             }
@@ -149,6 +159,10 @@ impl RelayClient {
                 ClientEvent::Send(ClientToRelay::Pong(d))
             }
             (State::Ready | State::AwaitAuth, RelayToClient::Pong(_)) => ClientEvent::Nothing,
+            (State::Ready, RelayToClient::ServerChallenge { .. }) => {
+                ClientEvent::Stray("a second ServerChallenge")
+            }
+            (State::Ready, RelayToClient::AuthOk) => ClientEvent::Stray("a second AuthOk"),
             _ => {
                 self.state = State::Closed;
                 return Err(RelayError::UnexpectedFrame);

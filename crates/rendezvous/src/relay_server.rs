@@ -1,6 +1,8 @@
 //! The relay server as a state machine without I/O: client table,
-//! authentication state, per-client bounded outgoing queues, byte-rate
-//! limits (token buckets with explicit time), idle timeouts and metrics.
+//! authentication state, per-client bounded outgoing queues shared fairly
+//! between senders, per-source and global connection limits, receivers'
+//! allow-lists, byte-rate limits (token buckets with explicit time), idle
+//! timeouts and metrics.
 //!
 //! The mediator's shell owns the sockets and does three things per
 //! connection: feed decoded frames to [`RelayServer::handle`], write what
@@ -9,12 +11,19 @@
 //! flushing). Time is always passed in, so tests need no clock.
 //!
 //! ```text
-//!  socket A ─frames─▶ handle(A, ..) ──▶ queue[B] ──Wake(B)──▶ poll_transmit(B) ─▶ socket B
+//!  socket A ─frames─▶ handle(A, ..) ──▶ queue[B].flow[A] ──Wake(B)──▶ poll_transmit(B) ─▶ socket B
 //!                         │ auth? ──▶ Handled::VerifyAuth ─▶ shell resolves DID key ─▶ finish_auth
 //!                         └ limits ─▶ Overloaded / PeerGone / Error frames + metrics
 //! ```
+//!
+//! Each receiver's queue holds one FIFO per sender (so order per sender→receiver pair is
+//! kept) served by deficit round robin; when the queue is full, frames are dropped from the
+//! sender with the longest backlog there (longest-queue drop), and only that sender is told.
+//! A stranger flooding a party's DID therefore loses its own frames, not the honest
+//! sender's (spec/rendezvous.md §4.5).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
@@ -32,9 +41,13 @@ pub struct RelayConfig {
     pub relay_id: String,
     /// Most simultaneous connections (authenticated or not).
     pub max_clients: usize,
-    /// Per-client outgoing queue limit in encoded bytes.
+    /// Most simultaneous connections from one source (an IPv4 address or an IPv6 /64),
+    /// authenticated or not, counted for connections opened with [`RelayServer::open_from`].
+    /// DIDs cost nothing to make, so without it one host could take every slot.
+    pub max_clients_per_source: usize,
+    /// Per-client outgoing queue limit in encoded bytes (all senders together).
     pub max_queue_bytes: usize,
-    /// Per-client outgoing queue limit in frames.
+    /// Per-client outgoing queue limit in frames (all senders together).
     pub max_queue_frames: usize,
     /// Sustained byte rate a client may send (bytes per second, wire size).
     pub rate_bytes_per_sec: u64,
@@ -57,6 +70,9 @@ impl RelayConfig {
             // when MPyC sent MB-sized messages to a receiver 70–110 ms away (each drop costs
             // the session a resume; spec/rendezvous.md §4.5).
             max_clients: 256,
+            // Honest use is one connection per party and relay; 32 leaves room for many
+            // parties behind one NAT, and a single host can take at most 1/8 of the slots.
+            max_clients_per_source: 32,
             max_queue_bytes: 4 << 20,
             max_queue_frames: 4096,
             rate_bytes_per_sec: 8 << 20,
@@ -103,6 +119,8 @@ pub struct RelayMetrics {
     pub accepted: u64,
     /// Connections refused because of `max_clients`.
     pub rejected_full: u64,
+    /// Connections refused because of `max_clients_per_source`.
+    pub rejected_per_source: u64,
     /// Successful authentications.
     pub auth_ok: u64,
     /// Failed authentications.
@@ -119,8 +137,12 @@ pub struct RelayMetrics {
     pub unknown_peer: u64,
     /// Packets dropped by the sender's rate limit.
     pub dropped_rate_limited: u64,
-    /// Packets dropped because the destination's queue was full.
+    /// Packets dropped because the destination's queue was full (the new packet, or
+    /// queued packets of the sender with the longest backlog there).
     pub dropped_queue_full: u64,
+    /// Packets to a client whose allow-list does not name the sender (dropped; the sender
+    /// got PeerGone).
+    pub dropped_not_allowed: u64,
     /// Control frames (Pong, PeerGone, Overloaded) dropped on a full queue.
     pub dropped_control: u64,
     /// Connections closed for idleness or missing authentication.
@@ -176,11 +198,145 @@ enum AuthState {
     Authenticated { key: [u8; 32], did: String },
 }
 
+/// What deficit round robin adds per turn: one largest frame, so every turn sends at least
+/// one frame.
+const QUANTUM: usize = crate::relay::MAX_FRAME_LEN + crate::relay::FRAME_HEADER_LEN;
+
+/// One sender's frames waiting for a receiver.
+#[derive(Debug, Default)]
+struct Flow {
+    frames: VecDeque<RelayToClient>,
+    bytes: usize,
+    deficit: usize,
+}
+
+/// A receiver's outgoing queue: control frames first, then one FIFO per sender served by
+/// deficit round robin. Limits apply to the total.
+#[derive(Debug, Default)]
+struct FairQueue {
+    control: VecDeque<RelayToClient>,
+    flows: HashMap<ConnId, Flow>,
+    /// Senders with frames, in service order.
+    active: VecDeque<ConnId>,
+    bytes: usize,
+    frames: usize,
+}
+
+impl FairQueue {
+    fn push_control(&mut self, f: RelayToClient) {
+        self.bytes += f.encoded_len();
+        self.frames += 1;
+        self.control.push_back(f);
+    }
+
+    fn push_flow(&mut self, from: ConnId, f: RelayToClient) {
+        let len = f.encoded_len();
+        let flow = self.flows.entry(from).or_default();
+        if flow.frames.is_empty() {
+            self.active.push_back(from);
+        }
+        flow.bytes += len;
+        flow.frames.push_back(f);
+        self.bytes += len;
+        self.frames += 1;
+    }
+
+    /// The sender other than `except` with the most bytes queued here.
+    fn longest(&self, except: ConnId) -> Option<(ConnId, usize)> {
+        self.flows
+            .iter()
+            .filter(|(id, f)| **id != except && !f.frames.is_empty())
+            .map(|(id, f)| (*id, f.bytes))
+            .max_by_key(|(id, b)| (*b, *id))
+    }
+
+    fn flow_bytes(&self, of: ConnId) -> usize {
+        self.flows.get(&of).map_or(0, |f| f.bytes)
+    }
+
+    /// Drops the newest frame of `of`'s flow; its size.
+    fn drop_tail(&mut self, of: ConnId) -> Option<usize> {
+        let flow = self.flows.get_mut(&of)?;
+        let f = flow.frames.pop_back()?;
+        let len = f.encoded_len();
+        flow.bytes -= len;
+        self.bytes -= len;
+        self.frames -= 1;
+        if flow.frames.is_empty() {
+            self.flows.remove(&of);
+            self.active.retain(|c| *c != of);
+        }
+        Some(len)
+    }
+
+    fn pop(&mut self) -> Option<RelayToClient> {
+        let f = match self.control.pop_front() {
+            Some(f) => f,
+            None => self.pop_flow()?,
+        };
+        self.bytes -= f.encoded_len();
+        self.frames -= 1;
+        Some(f)
+    }
+
+    fn pop_flow(&mut self) -> Option<RelayToClient> {
+        // Each pass either sends or gives the front flow a quantum (≥ any frame), so this
+        // ends within two passes over the active flows.
+        loop {
+            let id = *self.active.front()?;
+            let Some(flow) = self.flows.get_mut(&id) else {
+                self.active.pop_front();
+                continue;
+            };
+            let Some(head) = flow.frames.front().map(RelayToClient::encoded_len) else {
+                self.flows.remove(&id);
+                self.active.pop_front();
+                continue;
+            };
+            if flow.deficit < head {
+                flow.deficit += QUANTUM;
+                self.active.rotate_left(1);
+                continue;
+            }
+            flow.deficit -= head;
+            flow.bytes -= head;
+            let f = flow.frames.pop_front();
+            if flow.frames.is_empty() {
+                self.flows.remove(&id);
+                self.active.pop_front();
+            }
+            return f;
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = FairQueue::default();
+    }
+}
+
+/// Connections are counted per source: an IPv4 address, or an IPv6 /64 (one host or
+/// site usually holds a whole /64).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(o.into())
+            }
+        },
+    }
+}
+
 #[derive(Debug)]
 struct Client {
     auth: AuthState,
-    queue: VecDeque<RelayToClient>,
-    queue_bytes: usize,
+    queue: FairQueue,
+    source: Option<IpAddr>,
+    /// `Some`: only these senders may reach this client (ClientToRelay::AllowPeers).
+    allow: Option<Vec<PeerAddr>>,
     bucket: TokenBucket,
     opened: Instant,
     last_seen: Instant,
@@ -196,6 +352,7 @@ pub struct RelayServer {
     clients: HashMap<ConnId, Client>,
     by_key: HashMap<[u8; 32], ConnId>,
     by_did: HashMap<String, ConnId>,
+    per_source: HashMap<IpAddr, usize>,
     events: VecDeque<ServerEvent>,
     next_id: u64,
     metrics: RelayMetrics,
@@ -213,6 +370,7 @@ impl RelayServer {
             clients: HashMap::new(),
             by_key: HashMap::new(),
             by_did: HashMap::new(),
+            per_source: HashMap::new(),
             events: VecDeque::new(),
             next_id: 1,
             metrics: RelayMetrics::default(),
@@ -234,16 +392,61 @@ impl RelayServer {
         RelayToClient::Overloaded(OverloadReason::TooManyClients)
     }
 
-    /// Registers a new connection and queues its ServerChallenge with
-    /// `nonce` (fresh random bytes from the shell).
+    /// The frame to write before closing a connection that [`Self::open_from`] refused with
+    /// `err`.
+    pub fn refusal_frame_for(err: &RelayError) -> RelayToClient {
+        match err {
+            RelayError::TooManyFromSource => {
+                RelayToClient::Overloaded(OverloadReason::TooManyFromSource)
+            }
+            _ => Self::refusal_frame(),
+        }
+    }
+
+    /// Registers a new connection whose source is unknown (not counted against
+    /// `max_clients_per_source`) and queues its ServerChallenge with `nonce` (fresh random
+    /// bytes from the shell). Shells that know the peer's address use [`Self::open_from`].
     ///
     /// # Errors
     /// [`RelayError::TooManyClients`] at the client limit: the shell writes
     /// [`Self::refusal_frame`] and closes.
     pub fn open(&mut self, nonce: [u8; 32], now: Instant) -> Result<ConnId, RelayError> {
+        self.open_inner(nonce, None, now)
+    }
+
+    /// As [`Self::open`] for a connection from `source`, which may hold at most
+    /// `max_clients_per_source` connections at once.
+    ///
+    /// # Errors
+    /// [`RelayError::TooManyClients`] at the client limit,
+    /// [`RelayError::TooManyFromSource`] at the per-source limit: the shell writes
+    /// [`Self::refusal_frame`] and closes.
+    pub fn open_from(
+        &mut self,
+        nonce: [u8; 32],
+        source: IpAddr,
+        now: Instant,
+    ) -> Result<ConnId, RelayError> {
+        self.open_inner(nonce, Some(source_key(source)), now)
+    }
+
+    fn open_inner(
+        &mut self,
+        nonce: [u8; 32],
+        source: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<ConnId, RelayError> {
         if self.clients.len() >= self.cfg.max_clients {
             self.metrics.rejected_full += 1;
             return Err(RelayError::TooManyClients);
+        }
+        if let Some(src) = source {
+            let n = self.per_source.entry(src).or_insert(0);
+            if *n >= self.cfg.max_clients_per_source {
+                self.metrics.rejected_per_source += 1;
+                return Err(RelayError::TooManyFromSource);
+            }
+            *n += 1;
         }
         let id = ConnId(self.next_id);
         self.next_id += 1;
@@ -251,8 +454,9 @@ impl RelayServer {
             id,
             Client {
                 auth: AuthState::Awaiting { nonce },
-                queue: VecDeque::new(),
-                queue_bytes: 0,
+                queue: FairQueue::default(),
+                source,
+                allow: None,
                 bucket: TokenBucket::new(self.cfg.rate_bytes_per_sec, self.cfg.burst_bytes, now),
                 opened: now,
                 last_seen: now,
@@ -311,6 +515,12 @@ impl RelayServer {
                 Ok(Handled::Done)
             }
             ClientToRelay::Pong(_) => Ok(Handled::Done),
+            ClientToRelay::AllowPeers(list) => {
+                // Before authentication there is nothing to protect yet; the list is kept
+                // either way (the codec bounds its length).
+                client.allow = list;
+                Ok(Handled::Done)
+            }
             ClientToRelay::SendPacket { dst, payload } => {
                 self.forward(conn, dst, payload, wire_len, now)?;
                 Ok(Handled::Done)
@@ -397,10 +607,9 @@ impl RelayServer {
     /// Next frame to write to `conn`, if any.
     pub fn poll_transmit(&mut self, conn: ConnId) -> Option<RelayToClient> {
         let c = self.clients.get_mut(&conn)?;
-        let f = c.queue.pop_front();
-        match &f {
-            Some(f) => c.queue_bytes = c.queue_bytes.saturating_sub(f.encoded_len()),
-            None => c.woken = false,
+        let f = c.queue.pop();
+        if f.is_none() {
+            c.woken = false;
         }
         f
     }
@@ -439,6 +648,14 @@ impl RelayServer {
         let Some(c) = self.clients.remove(&conn) else {
             return;
         };
+        if let Some(src) = c.source {
+            if let Some(n) = self.per_source.get_mut(&src) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_source.remove(&src);
+                }
+            }
+        }
         if let AuthState::Authenticated { key, did } = c.auth {
             self.metrics.authenticated = self.metrics.authenticated.saturating_sub(1);
             if self.by_key.get(&key) == Some(&conn) {
@@ -453,7 +670,7 @@ impl RelayServer {
 
     /// Bytes queued for `conn` (for tests and metrics).
     pub fn queued_bytes(&self, conn: ConnId) -> Option<usize> {
-        self.clients.get(&conn).map(|c| c.queue_bytes)
+        self.clients.get(&conn).map(|c| c.queue.bytes)
     }
 
     fn expiry(&self, c: &Client) -> Instant {
@@ -498,28 +715,87 @@ impl RelayServer {
             self.enqueue_control(from, RelayToClient::PeerGone(dst));
             return Ok(());
         };
+        // A receiver that named its peers hears from no one else; the sender is told the
+        // peer is not here, which is all a stranger may learn.
+        let allowed = self.clients.get(&to).is_some_and(|c| {
+            c.allow.as_ref().is_none_or(|list| {
+                list.iter().any(|p| match p {
+                    PeerAddr::Key(k) => *k == src_key,
+                    PeerAddr::Did(d) => *d == src_did,
+                })
+            })
+        });
+        if !allowed {
+            self.metrics.dropped_not_allowed += 1;
+            self.enqueue_control(from, RelayToClient::PeerGone(dst));
+            return Ok(());
+        }
         let len = payload.len();
         let frame = RelayToClient::RecvPacket {
             src_key,
             src_did,
             payload,
         };
-        if !self.has_room(to, frame.encoded_len()) {
+        if !self.make_room(to, from, frame.encoded_len(), now) {
             self.metrics.dropped_queue_full += 1;
             self.notice_overload(from, OverloadReason::PeerQueueFull, now);
             return Ok(());
         }
-        self.enqueue(to, frame);
+        let Some(c) = self.clients.get_mut(&to) else {
+            return Ok(());
+        };
+        c.queue.push_flow(from, frame);
+        self.wake(to);
         self.metrics.forwarded_packets += 1;
         self.metrics.forwarded_bytes += len as u64;
         Ok(())
     }
 
     fn has_room(&self, conn: ConnId, len: usize) -> bool {
-        self.clients.get(&conn).is_some_and(|c| {
-            c.queue.len() < self.cfg.max_queue_frames
-                && c.queue_bytes + len <= self.cfg.max_queue_bytes
-        })
+        self.clients
+            .get(&conn)
+            .is_some_and(|c| self.fits(&c.queue, len))
+    }
+
+    fn fits(&self, q: &FairQueue, len: usize) -> bool {
+        q.frames < self.cfg.max_queue_frames && q.bytes + len <= self.cfg.max_queue_bytes
+    }
+
+    /// Makes room for `len` bytes from `from` in `to`'s queue: longest-queue drop. If
+    /// `from` would then hold the longest backlog there, its new frame is the one dropped
+    /// (`false`); otherwise frames are dropped from the tail of the longest other sender's
+    /// backlog, and that sender is told (`Overloaded`).
+    fn make_room(&mut self, to: ConnId, from: ConnId, len: usize, now: Instant) -> bool {
+        let mut evicted: Vec<ConnId> = Vec::new();
+        let ok = loop {
+            let Some(c) = self.clients.get(&to) else {
+                break false;
+            };
+            if self.fits(&c.queue, len) {
+                break true;
+            }
+            let mine = c.queue.flow_bytes(from) + len;
+            let Some((victim, theirs)) = c.queue.longest(from) else {
+                break false;
+            };
+            if mine >= theirs {
+                break false;
+            }
+            let Some(c) = self.clients.get_mut(&to) else {
+                break false;
+            };
+            if c.queue.drop_tail(victim).is_none() {
+                break false;
+            }
+            self.metrics.dropped_queue_full += 1;
+            if !evicted.contains(&victim) {
+                evicted.push(victim);
+            }
+        };
+        for v in evicted {
+            self.notice_overload(v, OverloadReason::PeerQueueFull, now);
+        }
+        ok
     }
 
     fn notice_overload(&mut self, conn: ConnId, reason: OverloadReason, now: Instant) {
@@ -553,18 +829,25 @@ impl RelayServer {
             c.closing = true;
             // Drop what was queued for it: the connection is going away.
             c.queue.clear();
-            c.queue_bytes = 0;
         }
         self.enqueue(conn, frame);
         self.events.push_back(ServerEvent::Close(conn));
     }
 
+    /// Queues a control frame (challenge, AuthOk, notices, final frames): served before
+    /// packets.
     fn enqueue(&mut self, conn: ConnId, frame: RelayToClient) {
         let Some(c) = self.clients.get_mut(&conn) else {
             return;
         };
-        c.queue_bytes += frame.encoded_len();
-        c.queue.push_back(frame);
+        c.queue.push_control(frame);
+        self.wake(conn);
+    }
+
+    fn wake(&mut self, conn: ConnId) {
+        let Some(c) = self.clients.get_mut(&conn) else {
+            return;
+        };
         if !c.woken {
             c.woken = true;
             self.events.push_back(ServerEvent::Wake(conn));

@@ -276,6 +276,46 @@ fn malformed_bodies_are_typed_errors() {
     );
 }
 
+// spec/rendezvous.md §4.2: AllowPeers = enabled u8 | count u16 BE | peers; at most
+// MAX_ALLOW_PEERS peers (64 DIDs of the longest length still fit a frame).
+#[test]
+fn allow_peers_layout_and_limits() {
+    use mpc_did_rendezvous::relay::{MAX_ALLOW_PEERS, MAX_DID_LEN, MAX_FRAME_LEN};
+    let f = ClientToRelay::AllowPeers(Some(vec![
+        PeerAddr::Key([7; 32]),
+        PeerAddr::Did("did:x".into()),
+    ]))
+    .to_bytes()
+    .unwrap();
+    let mut want = vec![0x05, 0, 0, 0, 44, 1, 0, 2, 0];
+    want.extend_from_slice(&[7; 32]);
+    want.extend_from_slice(&[1, 0, 5]);
+    want.extend_from_slice(b"did:x");
+    assert_eq!(f, want);
+    assert_eq!(
+        ClientToRelay::AllowPeers(None).to_bytes().unwrap(),
+        vec![0x05, 0, 0, 0, 1, 0]
+    );
+    let longest = PeerAddr::Did("d".repeat(MAX_DID_LEN));
+    let full = ClientToRelay::AllowPeers(Some(vec![longest.clone(); MAX_ALLOW_PEERS]));
+    assert!(full.encoded_len() - 5 <= MAX_FRAME_LEN);
+    let b = full.to_bytes().unwrap();
+    assert_eq!(ClientToRelay::decode(&b).unwrap(), Some((full, b.len())));
+    let over = ClientToRelay::AllowPeers(Some(vec![PeerAddr::Key([0; 32]); MAX_ALLOW_PEERS + 1]));
+    assert!(matches!(over.to_bytes(), Err(RelayError::Encode(_))));
+    // A count over the limit, or a bad mode byte, is Malformed.
+    let mut body = vec![1u8];
+    body.extend_from_slice(&((MAX_ALLOW_PEERS + 1) as u16).to_be_bytes());
+    let mut raw = vec![0x05];
+    raw.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    raw.extend_from_slice(&body);
+    assert_eq!(ClientToRelay::decode(&raw), Err(RelayError::Malformed));
+    assert_eq!(
+        ClientToRelay::decode(&[0x05, 0, 0, 0, 1, 2]),
+        Err(RelayError::Malformed)
+    );
+}
+
 // ---------------------------------------------------------------- properties
 
 fn arb_peer() -> impl Strategy<Value = PeerAddr> {
@@ -313,6 +353,8 @@ fn arb_c2r() -> impl Strategy<Value = ClientToRelay> {
             .prop_map(|(dst, payload)| ClientToRelay::SendPacket { dst, payload }),
         any::<[u8; 8]>().prop_map(ClientToRelay::Ping),
         any::<[u8; 8]>().prop_map(ClientToRelay::Pong),
+        proptest::option::of(proptest::collection::vec(arb_peer(), 0..6))
+            .prop_map(ClientToRelay::AllowPeers),
     ]
 }
 

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use ed25519_dalek::SigningKey;
-use mpc_did_rendezvous::relay::{ClientToRelay, PeerAddr, RelayToClient};
+use mpc_did_rendezvous::relay::{ClientToRelay, OverloadReason, PeerAddr, RelayToClient};
 use mpc_did_rendezvous::relay_client::{ClientEvent, RelayClient};
 use mpc_did_rendezvous::relay_server::{ConnId, Handled, RelayConfig, RelayServer, ServerEvent};
 use mpc_did_rendezvous::RelayError;
@@ -214,4 +214,55 @@ fn client_refuses_wrong_relay_and_unexpected_frames() {
         Err(RelayError::UnexpectedFrame)
     );
     assert!(!c.is_ready());
+}
+
+// A frame out of place once authenticated (a second challenge or AuthOk) is ignored as
+// Stray, never fatal: nothing that reaches an authenticated client ends its connection.
+#[test]
+fn out_of_place_frames_after_auth_are_stray_not_fatal() {
+    let key = SigningKey::from_bytes(&[2; 32]);
+    let mut c = RelayClient::new(key, "did:key:b", "did:key:b#k", None);
+    assert!(matches!(
+        c.on_frame(
+            RelayToClient::ServerChallenge {
+                relay_id: RELAY.into(),
+                nonce: [1; 32]
+            },
+            UNIX
+        ),
+        Ok(ClientEvent::Send(_))
+    ));
+    assert_eq!(
+        c.on_frame(RelayToClient::AuthOk, UNIX),
+        Ok(ClientEvent::Ready)
+    );
+    assert!(matches!(
+        c.on_frame(RelayToClient::AuthOk, UNIX),
+        Ok(ClientEvent::Stray(_))
+    ));
+    assert!(matches!(
+        c.on_frame(
+            RelayToClient::ServerChallenge {
+                relay_id: RELAY.into(),
+                nonce: [2; 32]
+            },
+            UNIX
+        ),
+        Ok(ClientEvent::Stray(_))
+    ));
+    assert!(c.is_ready());
+    // A refusal before authentication says why.
+    let mut c = RelayClient::new(
+        SigningKey::from_bytes(&[3; 32]),
+        "did:key:c",
+        "did:key:c#k",
+        None,
+    );
+    assert_eq!(
+        c.on_frame(
+            RelayToClient::Overloaded(OverloadReason::TooManyFromSource),
+            UNIX
+        ),
+        Ok(ClientEvent::Overloaded(OverloadReason::TooManyFromSource))
+    );
 }

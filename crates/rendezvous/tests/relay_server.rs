@@ -518,3 +518,157 @@ fn auth_finishing_after_timeout_does_not_replace_live_connection() {
     .unwrap();
     assert_eq!(drain(&mut s, live).len(), 1);
 }
+
+// Finding 6 (spec/rendezvous.md §4.5): DIDs are free, so one source may hold only
+// `max_clients_per_source` connections; others still get in, and a closed connection
+// frees its source's slot.
+#[test]
+fn one_source_cannot_take_every_slot() {
+    let t = Instant::now();
+    let mut cfg = RelayConfig::new(RELAY);
+    cfg.max_clients = 8;
+    cfg.max_clients_per_source = 3;
+    let mut s = RelayServer::new(cfg);
+    let attacker: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+    let mut held = Vec::new();
+    for i in 0..8u8 {
+        match s.open_from([i; 32], attacker, t) {
+            Ok(c) => held.push(c),
+            Err(e) => assert_eq!(e, RelayError::TooManyFromSource),
+        }
+    }
+    assert_eq!(held.len(), 3);
+    assert_eq!(s.metrics().rejected_per_source, 5);
+    assert_eq!(
+        RelayServer::refusal_frame_for(&RelayError::TooManyFromSource),
+        RelayToClient::Overloaded(OverloadReason::TooManyFromSource)
+    );
+    // An IPv6 /64 is one source; another /64 is not.
+    let v6a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+    let v6b: std::net::IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+    let v6c: std::net::IpAddr = "2001:db8:1:3::1".parse().unwrap();
+    for ip in [v6a, v6b, v6a] {
+        s.open_from([9; 32], ip, t).unwrap();
+    }
+    assert_eq!(
+        s.open_from([9; 32], v6b, t),
+        Err(RelayError::TooManyFromSource)
+    );
+    s.open_from([9; 32], v6c, t).unwrap();
+    // Honest parties elsewhere get the remaining global slot ...
+    s.open_from([10; 32], "198.51.100.1".parse().unwrap(), t)
+        .unwrap();
+    assert_eq!(
+        s.open_from([11; 32], "198.51.100.2".parse().unwrap(), t),
+        Err(RelayError::TooManyClients)
+    );
+    // ... and a closed connection frees its source's slot.
+    s.close(held[0]);
+    s.open_from([12; 32], attacker, t).unwrap();
+}
+
+// Finding 7 (spec/rendezvous.md §4.5): a receiver's queue is shared fairly between
+// senders. When a flooder has filled it, the flooder's frames are dropped (and only the
+// flooder is told); the honest sender's frames get in and are served in turn.
+#[test]
+fn flooder_fills_a_receivers_queue_but_honest_sender_is_not_dropped() {
+    let t = Instant::now();
+    let mut cfg = RelayConfig::new(RELAY);
+    cfg.max_queue_bytes = 64 * 1024;
+    cfg.max_queue_frames = 1000;
+    let mut s = RelayServer::new(cfg);
+    let (flooder, victim, honest) = (party(1), party(2), party(3));
+    let cf = login(&mut s, &flooder, t);
+    let cv = login(&mut s, &victim, t);
+    let ch = login(&mut s, &honest, t);
+    let pkt = |seq: u8, n: usize| ClientToRelay::SendPacket {
+        dst: PeerAddr::Did(victim.did.clone()),
+        payload: vec![seq; n],
+    };
+    // The flood fills the whole queue and overflows it.
+    for _ in 0..100 {
+        feed(&mut s, cf, pkt(0xff, 1000), t).unwrap();
+    }
+    let dropped_flood = s.metrics().dropped_queue_full;
+    assert!(dropped_flood > 0);
+    assert_eq!(
+        drain(&mut s, cf),
+        vec![RelayToClient::Overloaded(OverloadReason::PeerQueueFull)]
+    );
+    // The honest sender's 20 frames all get in: the flooder's tail makes room.
+    for i in 0..20 {
+        feed(&mut s, ch, pkt(i, 1000), t).unwrap();
+    }
+    assert_eq!(
+        drain(&mut s, ch),
+        vec![],
+        "the honest sender is never told to back off"
+    );
+    assert!(s.queued_bytes(cv).unwrap() <= 64 * 1024);
+    // The flooder's further frames are the ones dropped (it is told at most once a second).
+    let before = s.metrics().dropped_queue_full;
+    for _ in 0..10 {
+        feed(&mut s, cf, pkt(0xff, 1000), t).unwrap();
+    }
+    assert_eq!(s.metrics().dropped_queue_full, before + 10);
+    // Delivery alternates between the two senders (deficit round robin), and the honest
+    // frames arrive complete and in order.
+    let out = drain(&mut s, cv);
+    let honest_seq: Vec<u8> = out
+        .iter()
+        .filter_map(|f| match f {
+            RelayToClient::RecvPacket {
+                src_key, payload, ..
+            } if *src_key == honest.key() => Some(payload[0]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(honest_seq, (0..20).collect::<Vec<u8>>());
+    let first_honest = out
+        .iter()
+        .position(
+            |f| matches!(f, RelayToClient::RecvPacket { src_key, .. } if *src_key == honest.key()),
+        )
+        .unwrap();
+    assert!(
+        first_honest < 130,
+        "honest frames wait behind at most one quantum, at {first_honest}"
+    );
+}
+
+// spec/rendezvous.md §4.4: a receiver that sent AllowPeers hears only from the listed
+// senders; a stranger's packet is dropped at the relay and the stranger sees PeerGone,
+// exactly as if the receiver were offline. `AllowPeers(None)` opens up again.
+#[test]
+fn allow_list_drops_strangers_packets() {
+    let t = Instant::now();
+    let mut s = server();
+    let (stranger, party_b, friend) = (party(1), party(2), party(3));
+    let cs = login(&mut s, &stranger, t);
+    let cb = login(&mut s, &party_b, t);
+    let cf = login(&mut s, &friend, t);
+    feed(
+        &mut s,
+        cb,
+        ClientToRelay::AllowPeers(Some(vec![PeerAddr::Did(friend.did.clone())])),
+        t,
+    )
+    .unwrap();
+    let to_b = |b: &[u8]| ClientToRelay::SendPacket {
+        dst: PeerAddr::Key(party_b.key()),
+        payload: b.to_vec(),
+    };
+    feed(&mut s, cs, to_b(b"junk"), t).unwrap();
+    assert_eq!(
+        drain(&mut s, cs),
+        vec![RelayToClient::PeerGone(PeerAddr::Key(party_b.key()))]
+    );
+    feed(&mut s, cf, to_b(b"hello"), t).unwrap();
+    let got = drain(&mut s, cb);
+    assert_eq!(got.len(), 1);
+    assert!(matches!(&got[0], RelayToClient::RecvPacket { payload, .. } if payload == b"hello"));
+    assert_eq!(s.metrics().dropped_not_allowed, 1);
+    feed(&mut s, cb, ClientToRelay::AllowPeers(None), t).unwrap();
+    feed(&mut s, cs, to_b(b"now ok"), t).unwrap();
+    assert_eq!(drain(&mut s, cb).len(), 1);
+}

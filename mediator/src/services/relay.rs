@@ -9,6 +9,10 @@
 //!                 ClientAuth ─▶ resolve DID (did:key local, else UniversalResolver) ─▶ finish_auth
 //! ```
 //!
+//! Each connection is opened with its source address (the TCP peer, or the
+//! HTTP connection's peer for WebSocket) so the core can cap connections per
+//! address (`max_clients_per_source`).
+//!
 //! The state machine (bounded per-client queues, rate limits, timeouts,
 //! metrics) sits behind one `std::sync::Mutex`, never held across an await:
 //! each connection task locks it briefly to feed a frame or drain its queue,
@@ -17,7 +21,7 @@
 //! task; nothing else buffers it.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,9 +30,10 @@ use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
-use mpc_did_rendezvous::net::relay::RELAY_SUBPROTOCOL;
+use mpc_did_rendezvous::net::relay::{RELAY_SUBPROTOCOL, RELAY_SUBPROTOCOL_V2};
 use mpc_did_rendezvous::relay::{ClientAuth, ClientToRelay, RelayToClient, VerifyingKey};
 use mpc_did_rendezvous::relay_server::{
     ConnId, Handled, RelayConfig, RelayMetrics, RelayServer, ServerEvent,
@@ -50,6 +55,9 @@ pub struct RelayServiceConfig {
     pub tcp_listen: Option<SocketAddr>,
     /// Most simultaneous relay connections.
     pub max_clients: usize,
+    /// Most simultaneous relay connections from one IPv4 address or IPv6 /64 (behind a
+    /// reverse proxy every WebSocket client shares the proxy's address: raise it there).
+    pub max_clients_per_source: usize,
     /// Per-client outgoing queue limit in bytes.
     pub max_queue_bytes: usize,
     /// Per-client outgoing queue limit in frames.
@@ -70,6 +78,7 @@ impl Default for RelayServiceConfig {
         RelayServiceConfig {
             tcp_listen: None,
             max_clients: core.max_clients,
+            max_clients_per_source: core.max_clients_per_source,
             max_queue_bytes: core.max_queue_bytes,
             max_queue_frames: core.max_queue_frames,
             rate_bytes_per_sec: core.rate_bytes_per_sec,
@@ -191,6 +200,11 @@ pub fn prometheus_text(m: &RelayMetrics) -> String {
             m.rejected_full,
         ),
         (
+            "rejected_per_source_total",
+            "Relay connections refused at the per-address limit.",
+            m.rejected_per_source,
+        ),
+        (
             "auth_ok_total",
             "Successful relay authentications.",
             m.auth_ok,
@@ -234,6 +248,11 @@ pub fn prometheus_text(m: &RelayMetrics) -> String {
             "dropped_queue_full_total",
             "Packets dropped on a full destination queue.",
             m.dropped_queue_full,
+        ),
+        (
+            "dropped_not_allowed_total",
+            "Packets to a client whose allow-list does not name the sender.",
+            m.dropped_not_allowed,
         ),
         (
             "dropped_control_total",
@@ -349,6 +368,7 @@ impl Service for RelayService {
             };
             let mut core = RelayConfig::new(ctx.identity.did.clone());
             core.max_clients = self.cfg.max_clients;
+            core.max_clients_per_source = self.cfg.max_clients_per_source;
             core.max_queue_bytes = self.cfg.max_queue_bytes;
             core.max_queue_frames = self.cfg.max_queue_frames;
             core.rate_bytes_per_sec = self.cfg.rate_bytes_per_sec;
@@ -402,13 +422,14 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: Cancellatio
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((tcp, _)) => {
+            Ok((tcp, from)) => {
                 let _ = tcp.set_nodelay(true);
                 let (rd, wr) = tcp.into_split();
                 tokio::spawn(serve_conn(
                     inner.clone(),
                     Reader::Tcp(rd, Vec::with_capacity(8192)),
                     Writer::Tcp(wr),
+                    Some(from.ip()),
                     stop.clone(),
                 ));
             }
@@ -422,8 +443,11 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: Cancellatio
 
 async fn ws_upgrade(
     State(rx): State<watch::Receiver<Option<Arc<Inner>>>>,
+    conn: Option<Extension<Arc<crate::server::ConnInfo>>>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // The HTTP server records each connection's peer; the per-source limit counts it.
+    let source = conn.map(|Extension(c)| c.peer.ip());
     let mut rx = rx;
     // The service task publishes the hub when the mediator starts; a request
     // that races it waits briefly.
@@ -436,13 +460,14 @@ async fn ws_upgrade(
         return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     let max = mpc_did_rendezvous::relay::MAX_FRAME_LEN + 5;
-    ws.protocols([RELAY_SUBPROTOCOL])
+    // `.2` adds AllowPeers; a client offering only `.1` never sends it.
+    ws.protocols([RELAY_SUBPROTOCOL_V2, RELAY_SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let (wr, rd) = socket.split();
             let stop = inner.stop.clone();
-            serve_conn(inner, Reader::Ws(rd), Writer::Ws(wr), stop)
+            serve_conn(inner, Reader::Ws(rd), Writer::Ws(wr), source, stop)
         })
 }
 
@@ -565,14 +590,23 @@ async fn resolve_key(inner: &Inner, auth: &ClientAuth) -> Option<VerifyingKey> {
     }
 }
 
-async fn serve_conn(inner: Arc<Inner>, mut rd: Reader, mut wr: Writer, stop: CancellationToken) {
+async fn serve_conn(
+    inner: Arc<Inner>,
+    mut rd: Reader,
+    mut wr: Writer,
+    source: Option<IpAddr>,
+    stop: CancellationToken,
+) {
     let mut nonce = [0u8; 32];
     OsRng.fill_bytes(&mut nonce);
     let notify = Arc::new(Notify::new());
     let closing = Arc::new(AtomicBool::new(false));
     let opened = {
         let mut hub = inner.lock();
-        let r = hub.server.open(nonce, Instant::now());
+        let r = match source {
+            Some(ip) => hub.server.open_from(nonce, ip, Instant::now()),
+            None => hub.server.open(nonce, Instant::now()),
+        };
         if let Ok(id) = r {
             hub.conns.insert(
                 id,
@@ -587,8 +621,9 @@ async fn serve_conn(inner: Arc<Inner>, mut rd: Reader, mut wr: Writer, stop: Can
     };
     let id = match opened {
         Ok(id) => id,
-        Err(_) => {
-            let _ = wr.send(&[RelayServer::refusal_frame()]).await;
+        Err(e) => {
+            tracing::debug!(?source, "relay connection refused: {e}");
+            let _ = wr.send(&[RelayServer::refusal_frame_for(&e)]).await;
             wr.close().await;
             return;
         }

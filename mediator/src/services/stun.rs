@@ -68,6 +68,11 @@ impl StunServiceHandle {
                 "STUN TCP connections refused.",
                 &m.tcp_refused,
             ),
+            (
+                "tcp_refused_per_source_total",
+                "STUN TCP connections refused at the per-address limit.",
+                &m.tcp_refused_per_source,
+            ),
         ] {
             let _ = writeln!(
                 out,

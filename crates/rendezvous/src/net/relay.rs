@@ -13,9 +13,15 @@
 //! Delivery contract (§4.5): a stream is ordered and lossless until it
 //! fails; it fails (reads and writes return `ConnectionReset`) when the
 //! relay reports `PeerGone` for its peer, reports `Overloaded` (something
-//! was dropped — we cannot tell which stream it belonged to, so every
+//! of ours was dropped — we cannot tell which stream it belonged to, so every
 //! stream of the connection fails), or the connection closes. The session
 //! driver then resumes on another path (spec/session.md §7).
+//!
+//! Allow-list mode ([`RelayConnection::restrict_senders`]): the connection tells the relay
+//! which senders may reach it (the peers it opened streams to or allowed with
+//! [`RelayConnection::allow_peer`]); the relay drops everyone else's packets before they
+//! use our queue or link, and the client drops any that still arrive (with a log line).
+//! Strangers who know our DID then cannot fill our pending buffers or our bandwidth.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -36,12 +42,20 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::PollSender;
 
 use super::NetError;
-use crate::relay::{ClientToRelay, PeerAddr, RelayToClient, SigningKey, MAX_PAYLOAD};
+use crate::relay::{
+    ClientToRelay, OverloadReason, PeerAddr, RelayToClient, SigningKey, MAX_ALLOW_PEERS,
+    MAX_PAYLOAD,
+};
 use crate::relay_client::{ClientEvent, RelayClient};
 use crate::RelayError;
 
 /// WebSocket subprotocol of the relay (spec/rendezvous.md §4.1).
 pub const RELAY_SUBPROTOCOL: &str = "mpc-did-relay.1";
+/// The same protocol plus `AllowPeers` (0x05): a relay that answers with it filters
+/// senders for clients in allow-list mode. Clients offer both; a relay that only knows
+/// `.1` picks `.1`, and the client then filters on its own side only (a `.1` relay closes
+/// the connection on an unknown frame type).
+pub const RELAY_SUBPROTOCOL_V2: &str = "mpc-did-relay.2";
 
 /// Frames buffered per stream before the reader task waits for the stream's reader.
 const STREAM_QUEUE: usize = 256;
@@ -101,6 +115,10 @@ pub struct RelayClientMetrics {
     pub overloaded: AtomicU64,
     /// `PeerGone` notices from the relay.
     pub peer_gone: AtomicU64,
+    /// Packets from senders outside the allow-list, dropped here.
+    pub dropped_not_allowed: AtomicU64,
+    /// Frames that made no sense in the connection's state, ignored.
+    pub stray_frames: AtomicU64,
 }
 
 struct Route {
@@ -118,9 +136,44 @@ struct Routes {
     pending: HashMap<[u8; 32], Pending>,
     closed: Option<&'static str>,
     next_id: u64,
+    /// `Some`: allow-list mode, oldest first (at most [`MAX_ALLOW_PEERS`]).
+    allow: Option<VecDeque<PeerAddr>>,
+    /// The allow-list changed since the writer last sent it.
+    allow_dirty: bool,
 }
 
 impl Routes {
+    /// Adds `peer` to the allow-list (in allow-list mode); the oldest entry without a
+    /// stream makes room when it is full. Whether the list changed.
+    fn allow(&mut self, peer: &PeerAddr) -> bool {
+        let Some(list) = self.allow.as_mut() else {
+            return false;
+        };
+        if list.contains(peer) {
+            return false;
+        }
+        if list.len() >= MAX_ALLOW_PEERS {
+            let streams = &self.streams;
+            let old = list
+                .iter()
+                .position(|p| !streams.contains_key(p))
+                .unwrap_or(0);
+            list.remove(old);
+        }
+        list.push_back(peer.clone());
+        self.allow_dirty = true;
+        true
+    }
+
+    fn allows(&self, src_key: &[u8; 32], src_did: &str) -> bool {
+        self.allow.as_ref().is_none_or(|list| {
+            list.iter().any(|p| match p {
+                PeerAddr::Key(k) => k == src_key,
+                PeerAddr::Did(d) => d == src_did,
+            })
+        })
+    }
+
     fn fail(&mut self, addr: &PeerAddr, why: &'static str) {
         if let Some(r) = self.streams.remove(addr) {
             set_failed(&r.failed, why);
@@ -145,6 +198,10 @@ struct Shared {
     /// Send pacing (bytes per second, burst bytes); 0 = unpaced.
     rate: AtomicU64,
     burst: AtomicU64,
+    /// Wakes the writer to send a changed allow-list.
+    allow_changed: tokio::sync::Notify,
+    /// The relay understands `AllowPeers` (negotiated `mpc-did-relay.2`).
+    relay_filters: bool,
 }
 
 /// Default send pacing: below the relay's default per-client limit (8 MiB/s,
@@ -279,11 +336,13 @@ impl RelayConnection {
             .map_err(|_| NetError::TimedOut)??;
         tcp.set_nodelay(true)?;
         let (rd, wr) = tcp.into_split();
+        // Plain TCP has no version negotiation: allow-lists are enforced on our side only.
         Self::start(
             FrameReader::Tcp(rd, Vec::with_capacity(1 << 16)),
             FrameWriter::Tcp(wr),
             me,
             expected_relay,
+            false,
         )
         .await
     }
@@ -315,15 +374,27 @@ impl RelayConnection {
         let mut req = url
             .into_client_request()
             .map_err(|e| NetError::WebSocket(e.to_string()))?;
+        // Offer both versions; the relay picks the newest it speaks.
         req.headers_mut().insert(
             "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(RELAY_SUBPROTOCOL),
+            HeaderValue::from_static("mpc-did-relay.2, mpc-did-relay.1"),
         );
-        let ws = tokio::time::timeout(AUTH_TIMEOUT, super::ws::connect(req, extra_roots))
-            .await
-            .map_err(|_| NetError::TimedOut)??;
+        let (ws, protocol) = tokio::time::timeout(
+            AUTH_TIMEOUT,
+            super::ws::connect_negotiated(req, extra_roots),
+        )
+        .await
+        .map_err(|_| NetError::TimedOut)??;
+        let filters = protocol.as_deref() == Some(RELAY_SUBPROTOCOL_V2);
         let (wr, rd) = ws.split();
-        Self::start(FrameReader::Ws(rd), FrameWriter::Ws(wr), me, expected_relay).await
+        Self::start(
+            FrameReader::Ws(rd),
+            FrameWriter::Ws(wr),
+            me,
+            expected_relay,
+            filters,
+        )
+        .await
     }
 
     async fn start(
@@ -331,6 +402,7 @@ impl RelayConnection {
         mut wr: FrameWriter,
         me: RelayIdentity,
         expected_relay: Option<String>,
+        relay_filters: bool,
     ) -> Result<Self, NetError> {
         let mut core = RelayClient::new(me.key, me.did.clone(), me.key_id, expected_relay);
         let relay_id = tokio::time::timeout(AUTH_TIMEOUT, async {
@@ -349,9 +421,12 @@ impl RelayConnection {
                     ClientEvent::Closed(None) => {
                         return Err(RelayError::AuthenticationFailed.into())
                     }
-                    ClientEvent::Closed(Some(_)) | ClientEvent::Overloaded(_) => {
-                        return Err(RelayError::UnexpectedFrame.into())
+                    ClientEvent::Closed(Some(code)) => return Err(RelayError::Closed(code).into()),
+                    // The relay refused us for a limit: say which, not "unexpected frame".
+                    ClientEvent::Overloaded(OverloadReason::TooManyFromSource) => {
+                        return Err(RelayError::TooManyFromSource.into())
                     }
+                    ClientEvent::Overloaded(_) => return Err(RelayError::TooManyClients.into()),
                     _ => {}
                 }
             }
@@ -364,6 +439,8 @@ impl RelayConnection {
             metrics: RelayClientMetrics::default(),
             rate: AtomicU64::new(DEFAULT_SEND_RATE),
             burst: AtomicU64::new(DEFAULT_SEND_BURST),
+            allow_changed: tokio::sync::Notify::new(),
+            relay_filters,
         });
         let (out, out_rx) = mpsc::channel::<ClientToRelay>(STREAM_QUEUE);
         let writer = tokio::spawn(writer_task(wr, out_rx, shared.clone()));
@@ -399,6 +476,57 @@ impl RelayConnection {
     pub fn set_send_rate(&self, rate: u64, burst: u64) {
         self.shared.rate.store(rate, Ordering::Relaxed);
         self.shared.burst.store(burst, Ordering::Relaxed);
+    }
+
+    /// Switches to allow-list mode: from now on only peers this connection opened a stream
+    /// to, or allowed with [`Self::allow_peer`], can reach it. The relay is told (it drops
+    /// everyone else's packets and answers them `PeerGone`), and packets from others that
+    /// still arrive are dropped here. At most [`MAX_ALLOW_PEERS`] peers are listed; beyond
+    /// that the oldest without an open stream is forgotten.
+    pub fn restrict_senders(&self) {
+        if let Ok(mut r) = self.shared.routes.lock() {
+            if r.allow.is_none() {
+                let mut list: VecDeque<PeerAddr> = VecDeque::new();
+                for p in r.streams.keys() {
+                    if list.len() < MAX_ALLOW_PEERS {
+                        list.push_back(p.clone());
+                    }
+                }
+                // Packets already waiting from peers we never named are strangers'.
+                r.pending.clear();
+                r.allow = Some(list);
+                r.allow_dirty = true;
+            }
+        }
+        self.shared.allow_changed.notify_one();
+    }
+
+    /// Lets `peer` reach this connection in allow-list mode (a no-op otherwise). Call it
+    /// before the peer may send, e.g. before answering its session proposal: its packets
+    /// are then kept until a stream to it opens.
+    pub fn allow_peer(&self, peer: &PeerAddr) {
+        let changed = self
+            .shared
+            .routes
+            .lock()
+            .map(|mut r| r.allow(peer))
+            .unwrap_or(false);
+        if changed {
+            self.shared.allow_changed.notify_one();
+        }
+    }
+
+    /// Whether the relay itself drops packets from senders outside our allow-list
+    /// (negotiated over WebSocket); otherwise only this client drops them, after they used
+    /// the relay's queue and our link.
+    pub fn relay_filters(&self) -> bool {
+        self.shared.relay_filters
+    }
+
+    /// The allow-list (`None`: everyone may send).
+    pub fn allowed_peers(&self) -> Option<Vec<PeerAddr>> {
+        let r = self.shared.routes.lock().ok()?;
+        r.allow.as_ref().map(|l| l.iter().cloned().collect())
     }
 
     /// Whether the connection is still up.
@@ -440,6 +568,9 @@ impl RelayConnection {
                 let _ = tx.try_send(f);
             }
         }
+        if routes.allow(&peer) {
+            self.shared.allow_changed.notify_one();
+        }
         routes.next_id += 1;
         let id = routes.next_id;
         let failed = Arc::new(Mutex::new(None));
@@ -474,12 +605,34 @@ async fn writer_task(
     // Pacing: `credit_at` is when the bytes sent so far are "paid for".
     let mut credit_at = tokio::time::Instant::now();
     let why = loop {
-        let first = match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
-            Ok(Some(f)) => f,
-            Ok(None) => break "relay connection dropped",
-            Err(_) => ClientToRelay::Ping(now_unix().to_be_bytes()),
+        let first = tokio::select! {
+            r = tokio::time::timeout(KEEPALIVE, rx.recv()) => match r {
+                Ok(Some(f)) => Some(f),
+                Ok(None) => break "relay connection dropped",
+                Err(_) => Some(ClientToRelay::Ping(now_unix().to_be_bytes())),
+            },
+            () = shared.allow_changed.notified() => None,
         };
-        batch.push(first);
+        // A changed allow-list goes first: it must reach the relay before packets that
+        // invite answers from a newly allowed peer.
+        let allow = shared.routes.lock().ok().and_then(|mut r| {
+            if !r.allow_dirty || !shared.relay_filters {
+                return None;
+            }
+            r.allow_dirty = false;
+            r.allow
+                .as_ref()
+                .map(|l| l.iter().cloned().collect::<Vec<_>>())
+        });
+        if let Some(list) = allow {
+            batch.push(ClientToRelay::AllowPeers(Some(list)));
+        }
+        if let Some(f) = first {
+            batch.push(f);
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let mut bytes = 0usize;
         while batch.len() < 64 && bytes < 256 << 10 {
             match rx.try_recv() {
@@ -563,6 +716,10 @@ async fn reader_task(
                 }
             }
             ClientEvent::Closed(_) => break "relay closed the connection",
+            ClientEvent::Stray(what) => {
+                shared.metrics.stray_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("relay sent {what}; ignored");
+            }
             ClientEvent::Ready | ClientEvent::Nothing => {}
         }
     };
@@ -577,6 +734,15 @@ async fn deliver(shared: &Shared, src_key: [u8; 32], src_did: String, payload: V
         let Ok(mut routes) = shared.routes.lock() else {
             return;
         };
+        if !routes.allows(&src_key, &src_did) {
+            // A stranger (or a peer we stopped listening to): never buffered.
+            shared
+                .metrics
+                .dropped_not_allowed
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(from = %src_did, "relay packet from a sender not allowed; dropped");
+            return;
+        }
         let found = routes
             .streams
             .get(&PeerAddr::Key(src_key))

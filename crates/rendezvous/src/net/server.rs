@@ -1,9 +1,10 @@
 //! STUN Binding server on UDP and TCP (RFC 8489 §6.2.1, §6.2.2), with an
 //! optional alternate address for RFC 5780 mapping tests.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,6 +29,9 @@ pub struct StunServerConfig {
     pub tcp: bool,
     /// Most simultaneous TCP connections.
     pub max_tcp_connections: usize,
+    /// Most simultaneous TCP connections from one IPv4 address or IPv6 /64, so that one
+    /// client cannot hold every slot (a Binding needs one short connection).
+    pub max_tcp_per_source: usize,
     /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout: Duration,
 }
@@ -40,6 +44,7 @@ impl StunServerConfig {
             alternate: None,
             tcp: true,
             max_tcp_connections: 256,
+            max_tcp_per_source: 8,
             tcp_idle_timeout: Duration::from_secs(30),
         }
     }
@@ -56,8 +61,64 @@ pub struct StunMetrics {
     pub ignored: AtomicU64,
     /// TCP connections accepted.
     pub tcp_accepted: AtomicU64,
-    /// TCP connections refused at the limit.
+    /// TCP connections refused at the limit (global or per source).
     pub tcp_refused: AtomicU64,
+    /// Of those, refused at the per-source limit.
+    pub tcp_refused_per_source: AtomicU64,
+}
+
+/// Open TCP connections per source (IPv4 address or IPv6 /64).
+#[derive(Debug, Default)]
+struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+
+/// One counted connection; uncounted when dropped.
+struct SourceSlot {
+    table: Arc<PerSource>,
+    key: IpAddr,
+}
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let key = source_key(ip);
+        let mut t = self.0.lock().ok()?;
+        let n = t.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            table: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Ok(mut t) = self.table.0.lock() {
+            if let Some(n) = t.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    t.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+/// An IPv4 address, or the /64 of an IPv6 address (v4-mapped addresses count as IPv4).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::V6(o.into())
+            }
+        },
+    }
 }
 
 /// A running STUN server; stops when dropped.
@@ -248,6 +309,7 @@ async fn tcp_accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = Arc::new(Semaphore::new(cfg.max_tcp_connections));
+    let per_source = Arc::new(PerSource::default());
     let mut conns = JoinSet::new();
     loop {
         let (stream, src) = tokio::select! {
@@ -262,6 +324,15 @@ async fn tcp_accept_loop(
                 }
             },
         };
+        // Per source first: a client at its own limit must not use up global slots.
+        let Some(slot) = per_source.take(src.ip(), cfg.max_tcp_per_source) else {
+            metrics.tcp_refused.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .tcp_refused_per_source
+                .fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             metrics.tcp_refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
@@ -272,6 +343,7 @@ async fn tcp_accept_loop(
         let idle = cfg.tcp_idle_timeout;
         conns.spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             let _ = tcp_conn(stream, src, idle, metrics).await;
         });
     }

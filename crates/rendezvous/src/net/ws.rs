@@ -31,6 +31,20 @@ pub type WsStream = WebSocketStream<Box<dyn WsIo>>;
 /// root that is not a certificate, a TLS failure (unknown issuer, wrong name) or a refused
 /// upgrade; [`NetError::Io`] when the TCP connection fails.
 pub async fn connect(request: Request, extra_roots: &[Vec<u8>]) -> Result<WsStream, NetError> {
+    connect_negotiated(request, extra_roots)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// As [`connect`], also returning the subprotocol the server chose
+/// (`Sec-WebSocket-Protocol` of its answer), if any.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn connect_negotiated(
+    request: Request,
+    extra_roots: &[Vec<u8>],
+) -> Result<(WsStream, Option<String>), NetError> {
     let uri = request.uri().clone();
     let tls = match uri.scheme_str() {
         Some("ws") => false,
@@ -55,10 +69,15 @@ pub async fn connect(request: Request, extra_roots: &[Vec<u8>]) -> Result<WsStre
     } else {
         Box::new(tcp)
     };
-    let (ws, _) = tokio_tungstenite::client_async(request, io)
+    let (ws, response) = tokio_tungstenite::client_async(request, io)
         .await
         .map_err(|e| NetError::WebSocket(e.to_string()))?;
-    Ok(ws)
+    let protocol = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    Ok((ws, protocol))
 }
 
 async fn tls_connect(
