@@ -32,26 +32,31 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The real mediator binary next to ours; built on demand (cargo builds only the binaries
-/// of the package under test).
+/// The real mediator binary next to ours, built (once per test process) from this tree:
+/// cargo builds only the binaries of the package under test, and a binary left from an
+/// older tree would test old code silently.
 fn mediator_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_mpc-did")).with_file_name("mpc-did-mediator");
-    if !bin.exists() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let st = Command::new(cargo)
-            .args([
-                "build",
-                "-p",
-                "mpc-did-mediator",
-                "--bin",
-                "mpc-did-mediator",
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success(), "building mpc-did-mediator failed");
-    }
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let bin =
+                PathBuf::from(env!("CARGO_BIN_EXE_mpc-did")).with_file_name("mpc-did-mediator");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let st = Command::new(cargo)
+                .args([
+                    "build",
+                    "-p",
+                    "mpc-did-mediator",
+                    "--bin",
+                    "mpc-did-mediator",
+                ])
+                .status()
+                .unwrap();
+            assert!(st.success(), "building mpc-did-mediator failed");
+            assert!(bin.exists(), "{} missing", bin.display());
+            bin
+        })
+        .clone()
 }
 
 struct MediatorProc {
