@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 
 use mpc_did_connect::Binding;
 use mpc_did_didcomm::Message;
+use mpc_did_driver::path;
 use mpc_did_rendezvous::candidate::{
     gather, validate_candidates, Candidate, CandidateKind, Transport,
 };
@@ -24,8 +25,11 @@ use mpc_did_session::messages::{
     AcceptBody, CandidatesBody, CloseBody, HandshakeBody, ProposeBody, ACCEPT_TYPE,
     CANDIDATES_TYPE, CLOSE_TYPE, HANDSHAKE_TYPE, MAX_CANDIDATES, PROPOSE_TYPE, PROTOCOL_URI,
 };
-use mpc_did_session::{Acceptor, Proposer, SessionConfig, StaticKeypair, NOISE_PARAMS};
+use mpc_did_session::{
+    Acceptor, Proposer, SessionBinding, SessionConfig, StaticKeypair, NOISE_PARAMS,
+};
 use serde_json::Value;
+use sha2::Digest;
 
 const DOC: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -250,16 +254,30 @@ fn examples() -> BTreeMap<&'static str, Message> {
     out
 }
 
-/// The document's examples: `(name, json text)` in document order.
+/// The document's JSON examples: `(name, text)` in document order.
 fn doc_examples(doc: &str) -> Vec<(String, String)> {
+    doc_blocks(doc, JSON_MARKER, "```json")
+}
+
+/// The document's byte strings (hex in a ```text block after `<!-- bytes: NAME -->`).
+fn doc_bytes(doc: &str) -> Vec<(String, String)> {
+    doc_blocks(doc, BYTES_MARKER, "```text")
+}
+
+const JSON_MARKER: &str = "<!-- example: ";
+const BYTES_MARKER: &str = "<!-- bytes: ";
+
+fn doc_blocks(doc: &str, prefix: &str, fence: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut lines = doc.lines();
     while let Some(line) = lines.next() {
-        let Some(name) = marker(line) else { continue };
+        let Some(name) = marker(line, prefix) else {
+            continue;
+        };
         assert_eq!(
             lines.next().map(str::trim_end),
-            Some("```json"),
-            "example {name}: a ```json block must follow its marker"
+            Some(fence),
+            "{name}: a {fence} block must follow its marker"
         );
         let mut text = String::new();
         for l in lines.by_ref() {
@@ -274,27 +292,41 @@ fn doc_examples(doc: &str) -> Vec<(String, String)> {
     out
 }
 
-fn marker(line: &str) -> Option<&str> {
+fn marker<'a>(line: &'a str, prefix: &str) -> Option<&'a str> {
     line.trim()
-        .strip_prefix("<!-- example: ")?
+        .strip_prefix(prefix)?
         .strip_suffix(" -->")
         .map(str::trim)
 }
 
 /// The document with every example block replaced by the built value.
-fn regenerate(doc: &str, built: &BTreeMap<&str, Message>) -> String {
+fn regenerate(
+    doc: &str,
+    built: &BTreeMap<&str, Message>,
+    bytes: &BTreeMap<&str, Vec<u8>>,
+) -> String {
     let mut out = String::new();
     let mut lines = doc.lines();
     while let Some(line) = lines.next() {
         out.push_str(line);
         out.push('\n');
-        let Some(name) = marker(line) else { continue };
-        let value = built
-            .get(name)
-            .unwrap_or_else(|| panic!("no such example: {name}"));
-        out.push_str("```json\n");
-        out.push_str(&serde_json::to_string_pretty(value).unwrap());
-        out.push_str("\n```\n");
+        let block = if let Some(name) = marker(line, JSON_MARKER) {
+            let value = built
+                .get(name)
+                .unwrap_or_else(|| panic!("no such example: {name}"));
+            format!(
+                "```json\n{}\n```\n",
+                serde_json::to_string_pretty(value).unwrap()
+            )
+        } else if let Some(name) = marker(line, BYTES_MARKER) {
+            let value = bytes
+                .get(name)
+                .unwrap_or_else(|| panic!("no such byte string: {name}"));
+            format!("```text\n{}\n```\n", hex::encode(value))
+        } else {
+            continue;
+        };
+        out.push_str(&block);
         let _fence = lines.next();
         for l in lines.by_ref() {
             if l.trim_end() == "```" {
@@ -305,6 +337,98 @@ fn regenerate(doc: &str, built: &BTreeMap<&str, Message>) -> String {
     out
 }
 
+fn vectors_handshake_hash() -> String {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(SESSION_VECTORS).unwrap()).unwrap();
+    v["handshake_hash"].as_str().unwrap().to_owned()
+}
+
+/// The byte strings the document spells out, built with the real code.
+fn byte_strings() -> BTreeMap<&'static str, Vec<u8>> {
+    let (proposer, propose) = Proposer::with_keypair(
+        StaticKeypair::from_secret(PROPOSER_STATIC),
+        SESSION_ID,
+        MPC,
+        roster_hash(),
+        PROPOSER_DID,
+        ACCEPTOR_DID,
+    );
+    let (_, accept) = Acceptor::on_propose_with(
+        StaticKeypair::from_secret(ACCEPTOR_STATIC),
+        Some(&ACCEPTOR_EPH),
+        &propose,
+        MPC,
+        roster_hash(),
+        ACCEPTOR_DID,
+        PROPOSER_DID,
+    )
+    .unwrap();
+    let (session, _) = proposer
+        .on_accept_with(Some(&PROPOSER_EPH), &accept, SessionConfig::default(), 0)
+        .unwrap();
+    let binding = SessionBinding {
+        session_id: SESSION_ID,
+        mpc_session_id: MPC.to_owned(),
+        initiator_did: ACCEPTOR_DID.to_owned(),
+        responder_did: PROPOSER_DID.to_owned(),
+        roster_hash: roster_hash(),
+        initiator_static: StaticKeypair::from_secret(ACCEPTOR_STATIC).public(),
+        responder_static: StaticKeypair::from_secret(PROPOSER_STATIC).public(),
+    };
+    let (x, y) = if ACCEPTOR_DID < PROPOSER_DID {
+        (ACCEPTOR_DID, PROPOSER_DID)
+    } else {
+        (PROPOSER_DID, ACCEPTOR_DID)
+    };
+    let mut adhoc = b"mpc-did/adhoc/1".to_vec();
+    for d in [x, y] {
+        adhoc.extend_from_slice(&u32::try_from(d.len()).unwrap().to_be_bytes());
+        adhoc.extend_from_slice(d.as_bytes());
+    }
+    let mut out = BTreeMap::new();
+    out.insert("adhoc-hash-input", adhoc);
+    out.insert("prologue", binding.prologue().unwrap());
+    out.insert(
+        "path-hello",
+        path::encode_hello(&path::path_id(session.handshake_hash())).to_vec(),
+    );
+    out
+}
+
+#[test]
+fn byte_strings_are_what_the_code_computes() {
+    let built = byte_strings();
+    let doc = read_doc();
+    let found = doc_bytes(&doc);
+    for name in built.keys() {
+        assert_eq!(
+            found.iter().filter(|(n, _)| n == name).count(),
+            1,
+            "byte string {name} must appear exactly once in the document"
+        );
+    }
+    for (name, text) in &found {
+        let expected = built.get(name.as_str()).unwrap_or_else(|| {
+            panic!("the document has a byte string {name} the test does not build")
+        });
+        assert_eq!(text.trim(), hex::encode(expected), "{name}");
+    }
+    // The path hello, recomputed from its definition.
+    let hash = hex::decode(vectors_handshake_hash()).unwrap();
+    let id = sha2::Sha256::digest([b"mpc-did/path/1".as_slice(), &hash].concat());
+    assert_eq!(
+        built["path-hello"],
+        [b"MDP1".as_slice(), &[0; 4], &id[..16]].concat()
+    );
+    // The prologue is the published one.
+    let vectors: Value =
+        serde_json::from_str(&std::fs::read_to_string(SESSION_VECTORS).unwrap()).unwrap();
+    assert_eq!(
+        hex::encode(&built["prologue"]),
+        vectors["prologue"].as_str().unwrap()
+    );
+}
+
 fn read_doc() -> String {
     std::fs::read_to_string(DOC).unwrap()
 }
@@ -313,7 +437,7 @@ fn read_doc() -> String {
 fn examples_are_what_the_code_builds() {
     let built = examples();
     if std::env::var_os("MPC_DID_REGENERATE_VECTORS").is_some() {
-        std::fs::write(DOC, regenerate(&read_doc(), &built)).unwrap();
+        std::fs::write(DOC, regenerate(&read_doc(), &built, &byte_strings())).unwrap();
     }
     let doc = read_doc();
     let found = doc_examples(&doc);
@@ -561,7 +685,7 @@ fn tampered_examples_fail_the_handshake() {
 /// the label and the length-prefixed DIDs, smaller first), computed here independently.
 #[test]
 fn adhoc_example_uses_the_documented_binding() {
-    use sha2::{Digest, Sha256};
+    use sha2::Sha256;
     let doc = read_doc();
     let p: ProposeBody = body(&example(&doc, "propose-adhoc"));
     let (x, y) = if ACCEPTOR_DID < PROPOSER_DID {
