@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use mpc_did_connect::Binding;
+use mpc_did_connect::{Binding, ConnectorConfig};
 use mpc_did_didcomm::Message;
 use mpc_did_driver::path;
 use mpc_did_rendezvous::candidate::{
@@ -26,7 +26,8 @@ use mpc_did_session::messages::{
     CANDIDATES_TYPE, CLOSE_TYPE, HANDSHAKE_TYPE, MAX_CANDIDATES, PROPOSE_TYPE, PROTOCOL_URI,
 };
 use mpc_did_session::{
-    Acceptor, Proposer, SessionBinding, SessionConfig, StaticKeypair, NOISE_PARAMS,
+    Acceptor, Proposer, SessionBinding, SessionConfig, StaticKeypair, HANDSHAKE_MSG_LEN,
+    MAX_ID_LEN, NOISE_PARAMS, PROLOGUE_LABEL,
 };
 use serde_json::Value;
 use sha2::Digest;
@@ -730,6 +731,28 @@ fn document_names_the_code_constants() {
         );
     }
     assert!(doc.contains(&format!("`{NOISE_PARAMS}`")));
+    // Sizes and limits the message reference states.
+    let label = std::str::from_utf8(PROLOGUE_LABEL).unwrap();
+    assert!(doc.contains(&format!("\"{label}\" || 0x00 || lp(session_id)")));
+    assert!(doc.contains(&format!(
+        "| {} hex ({HANDSHAKE_MSG_LEN} bytes) | Noise message 1",
+        2 * HANDSHAKE_MSG_LEN
+    )));
+    assert!(doc.contains(&format!(
+        "| {} hex ({HANDSHAKE_MSG_LEN} bytes) | Noise message 2",
+        2 * HANDSHAKE_MSG_LEN
+    )));
+    assert_eq!(MAX_ID_LEN, 2048);
+    assert!(doc.contains("| string (≤ 2,048 bytes) |") && doc.contains("at most\n2,048 bytes"));
+    assert!(doc.contains(&format!(
+        "at most {MAX_CANDIDATES} (per message, and in all)"
+    )));
+    let timeout = ConnectorConfig::default().handshake_timeout.as_secs();
+    assert!(doc.contains(&format!("| {timeout} s without `accept` |")));
+    assert!(doc.contains(&format!("| {timeout} s without `handshake` |")));
+    assert!(doc.contains(&format!(
+        "A proposer without `accept` {timeout} s after `propose`"
+    )));
     for (name, text) in doc_examples(&doc) {
         let v: Value = serde_json::from_str(&text).unwrap();
         for key in v["body"].as_object().unwrap().keys() {
