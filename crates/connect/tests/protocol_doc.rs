@@ -115,6 +115,16 @@ fn acceptor_candidates() -> Vec<Candidate> {
     out
 }
 
+/// `(proposer, acceptor)` of an ad-hoc session between the two example DIDs: the bytewise
+/// smaller DID proposes (`Connector::establish(peer, .., agent.did() < peer)`).
+fn adhoc_roles() -> (&'static str, &'static str) {
+    if ACCEPTOR_DID.as_bytes() < PROPOSER_DID.as_bytes() {
+        (ACCEPTOR_DID, PROPOSER_DID)
+    } else {
+        (PROPOSER_DID, ACCEPTOR_DID)
+    }
+}
+
 /// Every example of the document, built with the real code.
 fn examples() -> BTreeMap<&'static str, Message> {
     let sid = hex::encode(SESSION_ID);
@@ -156,22 +166,43 @@ fn examples() -> BTreeMap<&'static str, Message> {
         code: 0,
         reason: "done".into(),
     };
+    // A proposal for another MPC session, declined as `Connector::accept` does: code 1, the
+    // error's text as the reason.
+    let other_sid: [u8; 16] = *b"sess-other-mpc-0";
+    let (_, other_propose) = Proposer::with_keypair(
+        StaticKeypair::from_secret(PROPOSER_STATIC),
+        other_sid,
+        "9e1d7c3a5b2f48e6a0c4d8b1f3e5a7c9",
+        roster_hash(),
+        PROPOSER_DID,
+        ACCEPTOR_DID,
+    );
+    let refusal = Acceptor::on_propose(
+        &other_propose,
+        MPC,
+        roster_hash(),
+        ACCEPTOR_DID,
+        PROPOSER_DID,
+    )
+    .unwrap_err();
     let decline = CloseBody {
-        session_id: "0c5b8e2f9a7d41e3b6c08f1d2e3a4b5c".into(),
+        session_id: other_propose.session_id.clone(),
         code: 1,
-        reason: "proposal for another MPC session or roster".into(),
+        reason: refusal.to_string().chars().take(200).collect(),
     };
 
-    // An ad-hoc session (no roster): `mpc-did session connect` / `pipe`.
-    let adhoc = Binding::adhoc(ACCEPTOR_DID, PROPOSER_DID);
+    // An ad-hoc session (no roster): `mpc-did session connect` / `pipe`. The smaller DID
+    // proposes, so here the roles are the other way round.
+    let (small, large) = adhoc_roles();
+    let adhoc = Binding::adhoc(small, large);
     let adhoc_sid: [u8; 16] = *b"adhoc-0123456789";
     let (_, adhoc_propose) = Proposer::with_keypair(
         StaticKeypair::from_secret(PROPOSER_STATIC),
         adhoc_sid,
         &adhoc.mpc_session_id,
         adhoc.roster_hash,
-        PROPOSER_DID,
-        ACCEPTOR_DID,
+        small,
+        large,
     );
 
     let mut out = BTreeMap::new();
@@ -248,8 +279,8 @@ fn examples() -> BTreeMap<&'static str, Message> {
             PROPOSE_TYPE,
             &adhoc_propose,
             None,
-            PROPOSER_DID,
-            ACCEPTOR_DID,
+            small,
+            large,
         ),
     );
     out
@@ -699,6 +730,12 @@ fn adhoc_example_uses_the_documented_binding() {
         input.extend_from_slice(&u32::try_from(d.len()).unwrap().to_be_bytes());
         input.extend_from_slice(d.as_bytes());
     }
+    let m = example(&doc, "propose-adhoc");
+    let to = m.to.clone().unwrap();
+    assert!(
+        m.from.as_deref().unwrap().as_bytes() < to[0].as_bytes(),
+        "without a roster the smaller DID proposes"
+    );
     assert_eq!(p.mpc_session_id, "adhoc");
     assert_eq!(p.roster_hash, hex::encode(Sha256::digest(&input)));
     // The document quotes the hash input.
