@@ -4,7 +4,8 @@
 //! candidates, `mpc-did-connect`'s ad-hoc binding) and must be equal to it, must parse and
 //! round-trip, and the handshake examples must run: the document's `propose` → `accept` →
 //! `handshake` complete a real Noise handshake whose hash is the one published in
-//! `crates/session/tests/vectors/session.json`.
+//! `crates/session/tests/vectors/session.json`. And what a real `Connector` sends through a
+//! real mediator has the examples' shape (headers, body members, thread, signature): `live`.
 //!
 //! An example is a fenced `json` block right after a line `<!-- example: NAME -->`.
 //! Rewrite the blocks (only when the protocol changes):
@@ -798,5 +799,260 @@ fn document_names_the_code_constants() {
                 "{name}: `{key}` undocumented"
             );
         }
+    }
+}
+
+// ---- what the real connector sends has the documented shape ------------------------------
+
+mod live {
+    //! A real `Connector` talks to a party played by hand (a bare `Agent` running the
+    //! protocol steps of `mpc-did-session`) through a real mediator on loopback. Every
+    //! message the connector sends is captured as the peer receives it and compared with the
+    //! document's example of its kind: the same headers, the same body members, the thread
+    //! rules, and signed exactly when the document says so.
+    use std::time::Duration;
+
+    use mpc_did_agent::{Agent, Inbound};
+    use mpc_did_connect::{Binding, Connector, ConnectorConfig};
+    use mpc_did_didcomm::message::PLAIN_TYP;
+    use mpc_did_didcomm::Message;
+    use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
+    use mpc_did_mediator::{Config, Mediator, MediatorHandle};
+    use mpc_did_resolver::UniversalResolver;
+    use mpc_did_session::messages::{
+        AcceptBody, HandshakeBody, ProposeBody, ACCEPT_TYPE, HANDSHAKE_TYPE, PROPOSE_TYPE,
+        PROTOCOL_URI,
+    };
+    use mpc_did_session::{Acceptor, Proposer, SessionConfig};
+    use serde_json::Value;
+
+    use super::{example, read_doc};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    async fn mediator(dir: &std::path::Path) -> MediatorHandle {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data: dir.to_path_buf(),
+            ..Config::default()
+        };
+        Mediator::builder(config).start().await.unwrap()
+    }
+
+    async fn agent(m: &MediatorHandle) -> Agent {
+        let mut seed = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+        let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let mut secrets = mpc_did_didcomm::SecretStore::new();
+        let did = secrets.insert_did_key(&signing);
+        let info = MediatorInfo::discover(&m.public_url).await.unwrap();
+        let client =
+            MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
+        client.register().await.unwrap();
+        Agent::start(client).await.unwrap()
+    }
+
+    async fn introduce(a: &Agent, b: &Agent) {
+        a.learn_service(b.did(), b.own_service()).await.unwrap();
+        b.learn_service(a.did(), a.own_service()).await.unwrap();
+    }
+
+    /// The next message of kind `kind` (others are kept in `seen`).
+    async fn next_of(
+        rx: &mut tokio::sync::mpsc::Receiver<Inbound>,
+        seen: &mut Vec<Inbound>,
+        kind: &str,
+    ) -> Inbound {
+        let want = format!("{PROTOCOL_URI}/{kind}");
+        if let Some(i) = seen.iter().position(|m| m.message.type_ == want) {
+            return seen.remove(i);
+        }
+        loop {
+            let m = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no {kind} within {WAIT:?}"))
+                .unwrap();
+            if m.message.type_ == want {
+                return m;
+            }
+            seen.push(m);
+        }
+    }
+
+    fn keys(v: &Value) -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    }
+
+    /// Whether the document's message reference for `kind` says it is signed.
+    fn documented_signed(doc: &str, kind: &str) -> bool {
+        let head = format!("Message Type URI: `{PROTOCOL_URI}/{kind}`");
+        let start = doc
+            .find(&head)
+            .unwrap_or_else(|| panic!("no reference for {kind}"));
+        let section = &doc[start..];
+        let section = &section[..section.find("\n### ").unwrap_or(section.len())];
+        section.contains("**signed**")
+    }
+
+    /// `got` (sent by the connector as `from` to `to`) has the shape of the document's
+    /// example `name`, and is signed exactly when the document's reference says so (and
+    /// `signed`, the test's own expectation, agrees).
+    fn same_shape(doc: &str, name: &str, got: &Inbound, from: &str, to: &str, signed: bool) {
+        let kind = got.message.type_.rsplit('/').next().unwrap();
+        assert_eq!(
+            documented_signed(doc, kind),
+            signed,
+            "{name}: document vs test"
+        );
+        let want = serde_json::to_value(example(doc, name)).unwrap();
+        let got_v = serde_json::to_value(&got.message).unwrap();
+        assert_eq!(keys(&got_v), keys(&want), "{name}: headers");
+        assert_eq!(
+            keys(&got_v["body"]),
+            keys(&want["body"]),
+            "{name}: body members"
+        );
+        assert_eq!(got.message.type_, want["type"].as_str().unwrap(), "{name}");
+        assert_eq!(got.message.typ.as_deref(), Some(PLAIN_TYP), "{name}");
+        assert_eq!(got.message.from.as_deref(), Some(from), "{name}: from");
+        assert_eq!(got.message.to, Some(vec![to.to_owned()]), "{name}: to");
+        assert!(
+            got.meta.authenticated && got.meta.encrypted,
+            "{name}: authcrypt"
+        );
+        assert_eq!(got.sender.as_deref(), Some(from), "{name}: sender");
+        assert_eq!(
+            got.meta.sign_from.as_deref().map(|k| k.split('#').next()),
+            signed.then_some(Some(from)),
+            "{name}: signed by the sender exactly when the document says so"
+        );
+        let sid = got.message.body["session_id"].as_str().unwrap();
+        if name.starts_with("propose") {
+            assert_eq!(
+                got.message.id, sid,
+                "{name}: the proposal's id is the session id"
+            );
+            assert_eq!(got.message.thid, None, "{name}");
+        } else {
+            assert_eq!(got.message.thid.as_deref(), Some(sid), "{name}: thid");
+        }
+        if name == "candidates" {
+            let documented: Vec<Vec<String>> = want["body"]["candidates"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(keys)
+                .collect();
+            for c in got.message.body["candidates"].as_array().unwrap() {
+                assert!(documented.contains(&keys(c)), "{name}: candidate {c}");
+            }
+        }
+    }
+
+    fn config() -> ConnectorConfig {
+        ConnectorConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            handshake_timeout: WAIT,
+            ..ConnectorConfig::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_connector_sends_the_documented_messages() {
+        let doc = read_doc();
+        let dir = tempfile::tempdir().unwrap();
+        let m = mediator(dir.path()).await;
+        let alice_agent = agent(&m).await;
+        let bob = agent(&m).await;
+        introduce(&alice_agent, &bob).await;
+        let mut rx = bob.subscribe(PROTOCOL_URI);
+        let alice = Connector::start(alice_agent.clone(), config())
+            .await
+            .unwrap();
+        let (a, b) = (alice_agent.did().to_owned(), bob.did().to_owned());
+        let binding = Binding::adhoc(&a, &b);
+        let mut seen = Vec::new();
+
+        // Alice proposes; Bob accepts by hand: propose, candidates, handshake.
+        let proposing = {
+            let (alice, b, binding) = (alice.clone(), b.clone(), binding.clone());
+            tokio::spawn(async move { alice.propose(&b, &binding).await })
+        };
+        let propose = next_of(&mut rx, &mut seen, "propose").await;
+        same_shape(&doc, "propose", &propose, &a, &b, true);
+        let cands = next_of(&mut rx, &mut seen, "candidates").await;
+        same_shape(&doc, "candidates", &cands, &a, &b, false);
+        let body: ProposeBody = serde_json::from_value(propose.message.body.clone()).unwrap();
+        let (acceptor, accept) =
+            Acceptor::on_propose(&body, &binding.mpc_session_id, binding.roster_hash, &b, &a)
+                .unwrap();
+        let reply = Message::new(
+            "6a1c0e5f3b2d4978a0c1d2e3f4051627",
+            ACCEPT_TYPE,
+            serde_json::to_value(&accept).unwrap(),
+        )
+        .thid(&propose.message.id);
+        bob.send_signed(&a, reply).await.unwrap();
+        let handshake = next_of(&mut rx, &mut seen, "handshake").await;
+        same_shape(&doc, "handshake", &handshake, &a, &b, false);
+        let hs: HandshakeBody = serde_json::from_value(handshake.message.body.clone()).unwrap();
+        acceptor
+            .on_handshake(&hs, SessionConfig::default(), 0)
+            .unwrap();
+        proposing.abort();
+
+        // Bob proposes by hand for another roster: Alice declines with close code 1.
+        let (_, bad) = Proposer::new([7; 16], &binding.mpc_session_id, [9; 32], &b, &a);
+        let send_propose = |body: &ProposeBody| {
+            Message::new(
+                body.session_id.clone(),
+                PROPOSE_TYPE,
+                serde_json::to_value(body).unwrap(),
+            )
+        };
+        let accepting = {
+            let (alice, b, binding) = (alice.clone(), b.clone(), binding.clone());
+            tokio::spawn(async move { alice.accept(&b, &binding).await })
+        };
+        bob.send_signed(&a, send_propose(&bad)).await.unwrap();
+        let close = next_of(&mut rx, &mut seen, "close").await;
+        same_shape(&doc, "close-declined", &close, &a, &b, false);
+        assert_eq!(close.message.body["code"], 1);
+        assert!(accepting.await.unwrap().is_err());
+
+        // Bob proposes properly: Alice accepts (signed) and sends her candidates.
+        let (proposer, good) = Proposer::new(
+            [8; 16],
+            &binding.mpc_session_id,
+            binding.roster_hash,
+            &b,
+            &a,
+        );
+        let accepting = {
+            let (alice, b, binding) = (alice.clone(), b.clone(), binding.clone());
+            tokio::spawn(async move { alice.accept(&b, &binding).await })
+        };
+        bob.send_signed(&a, send_propose(&good)).await.unwrap();
+        let accept = next_of(&mut rx, &mut seen, "accept").await;
+        same_shape(&doc, "accept", &accept, &a, &b, true);
+        let cands = next_of(&mut rx, &mut seen, "candidates").await;
+        same_shape(&doc, "candidates", &cands, &a, &b, false);
+        let body: AcceptBody = serde_json::from_value(accept.message.body.clone()).unwrap();
+        let (_session, hs) = proposer
+            .on_accept(&body, SessionConfig::default(), 0)
+            .unwrap();
+        let reply = Message::new(
+            "7b2d1f604c3e5a89b1d2e3f405162738",
+            HANDSHAKE_TYPE,
+            serde_json::to_value(&hs).unwrap(),
+        )
+        .thid(&good.session_id);
+        bob.send(&a, reply).await.unwrap();
+        accepting.abort();
+        alice_agent.stop();
+        bob.stop();
+        m.shutdown().await;
     }
 }
