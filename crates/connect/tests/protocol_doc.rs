@@ -1020,6 +1020,7 @@ mod live {
         let close = next_of(&mut rx, &mut seen, "close").await;
         same_shape(&doc, "close-declined", &close, &a, &b, false);
         assert_eq!(close.message.body["code"], 1);
+        assert_eq!(close.message.body["session_id"], bad.session_id.as_str());
         assert!(accepting.await.unwrap().is_err());
 
         // Bob proposes properly: Alice accepts (signed) and sends her candidates.
@@ -1037,6 +1038,10 @@ mod live {
         bob.send_signed(&a, send_propose(&good)).await.unwrap();
         let accept = next_of(&mut rx, &mut seen, "accept").await;
         same_shape(&doc, "accept", &accept, &a, &b, true);
+        assert_eq!(
+            accept.message.thid.as_deref(),
+            Some(good.session_id.as_str())
+        );
         let cands = next_of(&mut rx, &mut seen, "candidates").await;
         same_shape(&doc, "candidates", &cands, &a, &b, false);
         let body: AcceptBody = serde_json::from_value(accept.message.body.clone()).unwrap();
