@@ -31,8 +31,8 @@ use mpc_did_session::messages::{
     HANDSHAKE_TYPE, PROPOSE_TYPE,
 };
 use mpc_did_session::{
-    Acceptor, Event, Frame, Proposer, RecordDecoder, Session, SessionBinding, SessionConfig,
-    SessionError, StaticKeypair, EPOCH_BITS, NOISE_PARAMS,
+    Acceptor, Event, Frame, Proposer, Session, SessionBinding, SessionConfig, SessionError,
+    StaticKeypair, EPOCH_BITS, NOISE_PARAMS,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -895,6 +895,13 @@ fn relay_records() -> Value {
     let st = p.init.open_stream().unwrap();
     p.init.send(c.now, st, b"relayed bytes").unwrap();
     c.take(1, INITIATOR, &mut p.init, &mut p.resp, true);
+    // A second path on the same relay streams (the proposer reconnected, or switched
+    // back): its hello arrives at a record boundary of the byte stream already in use.
+    c.now = 40;
+    c.open_path(2, &mut p);
+    let sr = p.resp.open_stream().unwrap();
+    p.resp.send(c.now, sr, b"after the second hello").unwrap();
+    c.take(2, RESPONDER, &mut p.resp, &mut p.init, true);
     let field = |i: &Value, k: &str| hex::decode(i[k].as_str().unwrap()).unwrap();
     // (sender is the proposer, payload): the byte stream of each direction, cut into
     // packets; the acceptor's DATA record is cut in two to show that packet boundaries
@@ -974,27 +981,41 @@ fn check_relay(v: &Value) {
         streams[usize::from(f["from"] == "proposer")].extend_from_slice(&a);
     }
     let mut p = pair(4);
+    let hello = encode_hello(&path_id(p.init.handshake_hash()));
     let (to_acceptor, to_proposer) = (&streams[1], &streams[0]);
-    assert_eq!(
-        decode_hello(to_acceptor[..HELLO_LEN].try_into().unwrap()).unwrap(),
-        path_id(p.init.handshake_hash())
-    );
-    p.init.resume(0).unwrap();
+    assert!(to_acceptor.starts_with(&hello));
+    // The proposer dialled: it resumed before writing its first hello.
     p.resp.resume(0).unwrap();
-    for (bytes, s) in [
-        (&to_acceptor[HELLO_LEN..], &mut p.init),
-        (&to_proposer[..], &mut p.resp),
-    ] {
-        let mut d = RecordDecoder::new();
-        d.push(bytes);
-        while let Some(r) = d.next_record().unwrap() {
-            s.handle_record(0, &r).unwrap();
+    // What each application wrote (the peer's RESUMEs acknowledge it).
+    let si = p.init.open_stream().unwrap();
+    p.init.send(0, si, b"relayed bytes").unwrap();
+    let sr = p.resp.open_stream().unwrap();
+    p.resp.send(0, sr, b"after the second hello").unwrap();
+    let mut hellos = 0;
+    for (bytes, s) in [(to_acceptor, &mut p.init), (to_proposer, &mut p.resp)] {
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            // At a record boundary: a path hello (a new path on this stream), or a record.
+            if let Some(after) = rest.strip_prefix(&hello[..]) {
+                hellos += 1;
+                s.resume(0).unwrap();
+                rest = after;
+                continue;
+            }
+            let length = u16::from_be_bytes([rest[0], rest[1]]);
+            let n = usize::from(length & 0x7fff) + if length & 0x8000 != 0 { 10 } else { 2 };
+            s.handle_record(0, &rest[..n]).unwrap();
+            rest = &rest[n..];
         }
-        assert_eq!(d.buffered(), 0);
     }
+    assert_eq!(hellos, 2);
     assert_eq!(
         delivered(&mut p.resp),
         json!({"0": {"data": "relayed bytes", "fin": false}})
+    );
+    assert_eq!(
+        delivered(&mut p.init),
+        json!({"1": {"data": "after the second hello", "fin": false}})
     );
 }
 
