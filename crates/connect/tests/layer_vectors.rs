@@ -540,10 +540,20 @@ fn outcome(r: &Result<(), SessionError>, ignored_before: u64, s: &Session) -> Va
 }
 
 /// Feeds a case to a fresh responder: (outcome of `record`, outcome of `then`).
-fn replay(n: u8, awaiting: bool, before: &[Vec<u8>], record: &[u8], then: Option<&[u8]>) -> Value {
+fn replay(
+    n: u8,
+    awaiting: bool,
+    sends: Option<bool>,
+    before: &[Vec<u8>],
+    record: &[u8],
+    then: Option<&[u8]>,
+) -> Value {
     let mut p = pair(n);
     if awaiting {
         p.resp.resume(0).unwrap();
+    }
+    if let Some(fin) = sends {
+        receiver_sends(&mut p.resp, fin);
     }
     for r in before {
         p.resp.handle_record(0, r).unwrap();
@@ -557,6 +567,18 @@ fn replay(n: u8, awaiting: bool, before: &[Vec<u8>], record: &[u8], then: Option
         out["then"] = outcome(&r2, ignored, &p.resp);
     }
     out
+}
+
+/// What the responder wrote before the case, for the ACK cases: `hello` on its stream 1,
+/// and its FIN if `fin`.
+fn receiver_sends(s: &mut Session, fin: bool) {
+    let st = s.open_stream().unwrap();
+    assert_eq!(st, 1);
+    s.send(0, st, b"hello").unwrap();
+    if fin {
+        s.finish(0, st).unwrap();
+    }
+    while s.poll_transmit().is_some() {}
 }
 
 /// The initiator's records for the rejection cases: RESUME (counter 0) on a fresh path,
@@ -867,15 +889,105 @@ fn rejected_records() -> Value {
             fail(err),
         ));
     }
+    let mut cases: Vec<(Option<bool>, Case<'_>)> = cases.into_iter().map(|c| (None, c)).collect();
+    // ACK validity (§6.3) and FIN (§6.2): the responder wrote `hello` (5 bytes) on its
+    // stream 1 (and its FIN where stated); the initiator's ACKs name that stream.
+    let ack = |entries: &[(u32, u64, u8)]| {
+        let mut f = vec![0x03];
+        f.extend_from_slice(&u16::try_from(entries.len()).unwrap().to_be_bytes());
+        for (stream, offset, fin) in entries {
+            f.extend_from_slice(&stream.to_be_bytes());
+            f.extend_from_slice(&offset.to_be_bytes());
+            f.push(*fin);
+        }
+        f
+    };
+    let fin_0_0 = [&[0x02, 0, 0, 0, 0][..], &0u64.to_be_bytes()].concat();
+    let ok = || json!({"result": "accepted"});
+    let acks: Vec<(&str, &str, bool, Vec<Vec<u8>>, Value)> = vec![
+        ("empty ACK (n = 0)", "§6.3", false, vec![ack(&[])], ok()),
+        (
+            "ACK below an offset already acknowledged (no effect)",
+            "§6.3",
+            false,
+            vec![ack(&[(1, 5, 0)]), ack(&[(1, 3, 0)])],
+            ok(),
+        ),
+        (
+            "ACK listing a stream twice",
+            "§6.3",
+            false,
+            vec![ack(&[(1, 2, 0), (1, 5, 0)])],
+            ok(),
+        ),
+        (
+            "ACK with offset 0, fin 0 for a stream the receiver never opened (no effect)",
+            "§6.3",
+            false,
+            vec![ack(&[(3, 0, 0)])],
+            ok(),
+        ),
+        (
+            "ACK with fin = 1 when no FIN was sent",
+            "§6.3",
+            false,
+            vec![ack(&[(1, 5, 1)])],
+            fail("protocol"),
+        ),
+        (
+            "ACK with fin = 1 at an offset below the FIN",
+            "§6.3",
+            true,
+            vec![ack(&[(1, 4, 1)])],
+            fail("protocol"),
+        ),
+        (
+            "ACK with fin = 0 after the FIN was acknowledged (no effect)",
+            "§6.3, §7.1 step 3",
+            true,
+            vec![ack(&[(1, 5, 1)]), ack(&[(1, 5, 0)])],
+            ok(),
+        ),
+        (
+            "a stream whose only frame is a zero-byte FIN",
+            "§6.2",
+            false,
+            vec![fin_0_0],
+            ok(),
+        ),
+    ];
+    for (name, rule, fin, frames, expected) in acks {
+        let recs = sender_records(n, |s| {
+            for f in &frames {
+                raw(s, f);
+            }
+        });
+        let (last, before) = recs.split_last().unwrap();
+        let then = (expected["result"] == "failed").then(|| data_y.clone());
+        let name: &str = name;
+        cases.push((
+            Some(fin),
+            (
+                name,
+                rule,
+                false,
+                before.to_vec(),
+                last.clone(),
+                then,
+                expected,
+            ),
+        ));
+    }
     let mut out = Vec::new();
-    for (name, rule, awaiting, before, record, then, expected) in cases {
-        let got = replay(n, awaiting, &before, &record, then.as_deref());
+    for (sends, (name, rule, awaiting, before, record, then, expected)) in cases {
+        let got = replay(n, awaiting, sends, &before, &record, then.as_deref());
         assert_eq!(got, expected, "{name}");
         out.push(json!({
             "name": name,
             "rule": rule,
             "receiver": "responder",
             "receiver_awaiting_resume": awaiting,
+            "receiver_sent": sends.map(|fin| json!({"stream": 1, "data": "hello", "fin": fin})),
             "accepted_before": before.iter().map(hex::encode).collect::<Vec<_>>(),
             "record": hex::encode(&record),
             "then": then.map(hex::encode),
