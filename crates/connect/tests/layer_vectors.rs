@@ -904,7 +904,9 @@ fn rejected_records() -> Value {
     };
     let fin_0_0 = [&[0x02, 0, 0, 0, 0][..], &0u64.to_be_bytes()].concat();
     let ok = || json!({"result": "accepted"});
-    let acks: Vec<(&str, &str, bool, Vec<Vec<u8>>, Value)> = vec![
+    // (name, spec rule, the responder also sent its FIN, the initiator's frames, expected)
+    type AckCase<'a> = (&'a str, &'a str, bool, Vec<Vec<u8>>, Value);
+    let acks: Vec<AckCase<'_>> = vec![
         ("empty ACK (n = 0)", "§6.3", false, vec![ack(&[])], ok()),
         (
             "ACK below an offset already acknowledged (no effect)",
