@@ -829,6 +829,12 @@ fn rejected_records() -> Value {
             "malformed",
         ),
         (
+            "DATA with stream id 2^32 (an 8-byte varint)",
+            "§5.4",
+            vec![&[0x01, 0xc0, 0, 0, 1, 0, 0, 0, 0, b'x']],
+            "malformed",
+        ),
+        (
             "PING with a trailing byte",
             "§5.4",
             vec![&[0x04, 0, 0, 0, 0, 0, 0, 0, 1, 0]],
