@@ -307,6 +307,48 @@ pub fn encrypt_with(
     enc: ContentAlg,
     cache: Option<&StaticEcdhCache>,
 ) -> Result<String> {
+    encrypt_inner(plaintext, recipients, sender, enc, cache, None)
+}
+
+/// The random inputs of one JWE, fixed: test vectors only (the session protocol's
+/// `crates/session/tests/vectors/layers.json`, `didcomm_envelopes`), so that an envelope
+/// can be reproduced byte for byte. Never use fixed randomness to send anything.
+#[doc(hidden)]
+pub struct FixedJweRandomness<'a> {
+    /// The ephemeral X25519 secret (`epk`).
+    pub epk_secret: [u8; 32],
+    /// The content encryption key (64 bytes for A256CBC-HS512).
+    pub cek: &'a [u8],
+    /// The IV (16 bytes for A256CBC-HS512).
+    pub iv: &'a [u8],
+}
+
+/// [`encrypt`] with fixed randomness (see [`FixedJweRandomness`]); test vectors only.
+///
+/// # Errors
+/// As [`encrypt`]; [`Error::Malformed`] if the CEK or IV length does not fit `enc`.
+#[doc(hidden)]
+pub fn encrypt_with_fixed_randomness_for_testing(
+    plaintext: &[u8],
+    recipients: &[RecipientKey<'_>],
+    sender: Option<&SenderKey<'_>>,
+    enc: ContentAlg,
+    fixed: &FixedJweRandomness<'_>,
+) -> Result<String> {
+    if fixed.cek.len() != enc.key_len() || fixed.iv.len() != enc.iv_len() {
+        return Err(Error::malformed("fixed CEK or IV of the wrong length"));
+    }
+    encrypt_inner(plaintext, recipients, sender, enc, None, Some(fixed))
+}
+
+fn encrypt_inner(
+    plaintext: &[u8],
+    recipients: &[RecipientKey<'_>],
+    sender: Option<&SenderKey<'_>>,
+    enc: ContentAlg,
+    cache: Option<&StaticEcdhCache>,
+    fixed: Option<&FixedJweRandomness<'_>>,
+) -> Result<String> {
     if recipients.is_empty() {
         return Err(Error::NoKey("no recipient keys".into()));
     }
@@ -326,7 +368,10 @@ pub fn encrypt_with(
     } else {
         KeyAlg::EcdhEsA256kw
     };
-    let epk_secret = StaticSecret::random_from_rng(OsRng);
+    let epk_secret = match fixed {
+        Some(f) => StaticSecret::from(f.epk_secret),
+        None => StaticSecret::random_from_rng(OsRng),
+    };
     let epk = XPublic::from(&epk_secret);
     let apv = apv_for(&kids);
     let apu = sender.map(|s| s.kid.as_bytes().to_vec());
@@ -344,9 +389,17 @@ pub fn encrypt_with(
     let protected = b64(header.to_string().as_bytes());
 
     let mut cek = Zeroizing::new(vec![0u8; enc.key_len()]);
-    OsRng.fill_bytes(&mut cek);
     let mut iv = vec![0u8; enc.iv_len()];
-    OsRng.fill_bytes(&mut iv);
+    match fixed {
+        Some(f) => {
+            cek.copy_from_slice(f.cek);
+            iv.copy_from_slice(f.iv);
+        }
+        None => {
+            OsRng.fill_bytes(&mut cek);
+            OsRng.fill_bytes(&mut iv);
+        }
+    }
     let (ct, tag) = enc.seal(&cek, &iv, protected.as_bytes(), plaintext)?;
 
     let apu_bytes = apu.unwrap_or_default();
