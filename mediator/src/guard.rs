@@ -2,49 +2,21 @@
 //! recipient's queue (spec/mediator.md §6.1). No I/O and no clock of its own: callers pass
 //! `now`, so the rules are tested directly.
 //!
-//! - [`SourceAddr`]: what counts as one source (an IPv4 address, an IPv6 /64).
+//! - [`SourceAddr`]: what counts as one source (an IPv4 address, an IPv6 /64; defined
+//!   in `mpc_did_rendezvous::source`, shared with the relay and the path listener).
 //! - [`ReplayCache`]: `(sender DID, message id)` pairs seen in the replay window, kept as
 //!   16-byte hashes in arrival order, a bounded number of them ([`REPLAY_CACHE_MAX`]).
 //! - [`SourceQuotas`]: how many messages each source has waiting, unacknowledged, in each
 //!   recipient's queue.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
-/// One source of connections and forwards: an IPv4 address, or the /64 prefix of an IPv6
-/// address (one subscriber usually holds a whole /64, so per-address limits would not bind
-/// there). IPv4-mapped IPv6 addresses count as their IPv4 address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SourceAddr(IpAddr);
-
-impl SourceAddr {
-    /// The source `ip` belongs to.
-    #[must_use]
-    pub fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => Self(ip),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self(IpAddr::V4(v4)),
-                None => {
-                    let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                    Self(IpAddr::V6(prefix.into()))
-                }
-            },
-        }
-    }
-}
-
-impl std::fmt::Display for SourceAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            IpAddr::V4(a) => write!(f, "{a}"),
-            IpAddr::V6(a) => write!(f, "{a}/64"),
-        }
-    }
-}
+/// One source of connections and forwards (an IPv4 address, an IPv6 /64): the same rule
+/// as the relay's and the path listener's.
+pub use mpc_did_rendezvous::source::SourceAddr;
 
 /// Most `(sender, id)` pairs remembered at once by the mediator. Each costs a 16-byte hash
 /// twice and an `Instant` (≈ 50 bytes with the set's overhead), so ≈ 50 MiB at most,
@@ -282,23 +254,6 @@ fn id_key(id: &str) -> Option<[u8; 16]> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_sources_are_grouped_by_64() {
-        let a = SourceAddr::of("2001:db8:1:2:aaaa::1".parse().unwrap());
-        let b = SourceAddr::of("2001:db8:1:2:bbbb::2".parse().unwrap());
-        let c = SourceAddr::of("2001:db8:1:3::1".parse().unwrap());
-        assert_eq!(a, b);
-        assert_ne!(a, c);
-        assert_eq!(
-            SourceAddr::of("::ffff:10.0.0.1".parse().unwrap()),
-            SourceAddr::of("10.0.0.1".parse().unwrap())
-        );
-        assert_ne!(
-            SourceAddr::of("127.0.0.1".parse().unwrap()),
-            SourceAddr::of("127.0.0.2".parse().unwrap())
-        );
-    }
 
     #[test]
     fn replay_cache_window_and_bound() {

@@ -4,7 +4,7 @@
 //! unauthenticated socket has a deadline that pings do not extend). Limits:
 //! spec/mediator.md §6, §6.1.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +31,7 @@ use crate::live::{LiveHub, LiveSub};
 use crate::messages::codes;
 use crate::metrics::Rejection;
 use crate::store::Store as _;
+use mpc_did_rendezvous::source::SourceCounts;
 
 /// Media types of DIDComm v2 envelopes.
 pub const ENCRYPTED_MEDIA_TYPE: &str = "application/didcomm-encrypted+json";
@@ -79,24 +80,19 @@ pub struct ConnInfo {
 }
 
 /// Open connections per source address.
-type SourceCounts = Arc<Mutex<HashMap<SourceAddr, u64>>>;
+type PerSource = Arc<Mutex<SourceCounts>>;
 
 /// One connection's place in its source's count; given back on drop.
 struct SourceSlot {
-    counts: SourceCounts,
+    counts: PerSource,
     source: SourceAddr,
 }
 
 impl SourceSlot {
     /// Takes a place for `source`, unless it has `max` connections open already.
-    fn take(counts: &SourceCounts, source: SourceAddr, max: u64) -> Option<Self> {
-        let mut c = counts.lock().ok()?;
-        let n = c.entry(source).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(Self {
+    fn take(counts: &PerSource, source: SourceAddr, max: u64) -> Option<Self> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        counts.lock().ok()?.try_add(source, max).then(|| Self {
             counts: counts.clone(),
             source,
         })
@@ -106,12 +102,7 @@ impl SourceSlot {
 impl Drop for SourceSlot {
     fn drop(&mut self) {
         if let Ok(mut c) = self.counts.lock() {
-            if let Some(n) = c.get_mut(&self.source) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    c.remove(&self.source);
-                }
-            }
+            c.remove(self.source);
         }
     }
 }
@@ -171,7 +162,7 @@ pub async fn serve(listener: TcpListener, state: AppState, app: Router) {
             .min(Semaphore::MAX_PERMITS),
     ));
     let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
-    let per_source: SourceCounts = Arc::default();
+    let per_source: PerSource = Arc::default();
     loop {
         let accepted = tokio::select! {
             () = state.cancel.cancelled() => break,

@@ -15,7 +15,7 @@
 //! are never exhausted by connections that say nothing, and an honest opener (who sends
 //! its hello at once) finds room because the oldest silent connection makes way for it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use mpc_did_driver::path::HELLO_LEN;
 use mpc_did_driver::{PathInfo, PathRouter};
+use mpc_did_rendezvous::source::{SourceAddr, SourceCounts};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -72,7 +73,7 @@ pub struct ListenerStats {
 }
 
 struct Slot {
-    source: IpAddr,
+    source: SourceAddr,
     hello_seen: bool,
     /// Dropping it tells the connection's task to close.
     _cancel: oneshot::Sender<()>,
@@ -82,7 +83,7 @@ struct Slot {
 struct Table {
     next: u64,
     slots: BTreeMap<u64, Slot>,
-    per_source: HashMap<IpAddr, usize>,
+    per_source: SourceCounts,
     stats: ListenerStats,
 }
 
@@ -91,12 +92,7 @@ impl Table {
         let Some(slot) = self.slots.remove(&id) else {
             return false;
         };
-        if let Some(n) = self.per_source.get_mut(&slot.source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_source.remove(&slot.source);
-            }
-        }
+        self.per_source.remove(slot.source);
         self.stats.pending = self.slots.len() as u64;
         true
     }
@@ -108,8 +104,8 @@ impl Table {
         ip: IpAddr,
         limits: &ListenerLimits,
     ) -> Option<(u64, oneshot::Receiver<()>)> {
-        let source = source_key(ip);
-        if self.per_source.get(&source).copied().unwrap_or(0) >= limits.max_per_source {
+        let source = SourceAddr::of(ip);
+        if self.per_source.count(source) >= limits.max_per_source {
             self.stats.refused_per_source += 1;
             return None;
         }
@@ -141,25 +137,10 @@ impl Table {
                 _cancel: tx,
             },
         );
-        *self.per_source.entry(source).or_insert(0) += 1;
+        self.per_source.add(source);
         self.stats.accepted += 1;
         self.stats.pending = self.slots.len() as u64;
         Some((id, rx))
-    }
-}
-
-/// An IPv4 address, or the /64 of an IPv6 address (v4-mapped addresses count as IPv4).
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::V6(o.into())
-            }
-        },
     }
 }
 

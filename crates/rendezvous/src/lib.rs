@@ -66,6 +66,7 @@ pub mod net;
 pub mod relay;
 pub mod relay_client;
 pub mod relay_server;
+pub mod source;
 pub mod stun;
 
 pub use error::{CandidateError, RelayError, StunError};

@@ -32,6 +32,7 @@ use crate::relay::{
     verify_client_auth, ClientAuth, ClientToRelay, ErrorCode, OverloadReason, PeerAddr,
     RelayToClient,
 };
+use crate::source::{SourceAddr, SourceCounts};
 use crate::RelayError;
 
 /// Limits and identity of a relay.
@@ -314,27 +315,11 @@ impl FairQueue {
     }
 }
 
-/// Connections are counted per source: an IPv4 address, or an IPv6 /64 (one host or
-/// site usually holds a whole /64).
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::V6(o.into())
-            }
-        },
-    }
-}
-
 #[derive(Debug)]
 struct Client {
     auth: AuthState,
     queue: FairQueue,
-    source: Option<IpAddr>,
+    source: Option<SourceAddr>,
     /// `Some`: only these senders may reach this client (ClientToRelay::AllowPeers).
     allow: Option<Vec<PeerAddr>>,
     bucket: TokenBucket,
@@ -352,7 +337,7 @@ pub struct RelayServer {
     clients: HashMap<ConnId, Client>,
     by_key: HashMap<[u8; 32], ConnId>,
     by_did: HashMap<String, ConnId>,
-    per_source: HashMap<IpAddr, usize>,
+    per_source: SourceCounts,
     events: VecDeque<ServerEvent>,
     next_id: u64,
     metrics: RelayMetrics,
@@ -370,7 +355,7 @@ impl RelayServer {
             clients: HashMap::new(),
             by_key: HashMap::new(),
             by_did: HashMap::new(),
-            per_source: HashMap::new(),
+            per_source: SourceCounts::default(),
             events: VecDeque::new(),
             next_id: 1,
             metrics: RelayMetrics::default(),
@@ -427,13 +412,13 @@ impl RelayServer {
         source: IpAddr,
         now: Instant,
     ) -> Result<ConnId, RelayError> {
-        self.open_inner(nonce, Some(source_key(source)), now)
+        self.open_inner(nonce, Some(SourceAddr::of(source)), now)
     }
 
     fn open_inner(
         &mut self,
         nonce: [u8; 32],
-        source: Option<IpAddr>,
+        source: Option<SourceAddr>,
         now: Instant,
     ) -> Result<ConnId, RelayError> {
         if self.clients.len() >= self.cfg.max_clients {
@@ -441,12 +426,13 @@ impl RelayServer {
             return Err(RelayError::TooManyClients);
         }
         if let Some(src) = source {
-            let n = self.per_source.entry(src).or_insert(0);
-            if *n >= self.cfg.max_clients_per_source {
+            if !self
+                .per_source
+                .try_add(src, self.cfg.max_clients_per_source)
+            {
                 self.metrics.rejected_per_source += 1;
                 return Err(RelayError::TooManyFromSource);
             }
-            *n += 1;
         }
         let id = ConnId(self.next_id);
         self.next_id += 1;
@@ -649,12 +635,7 @@ impl RelayServer {
             return;
         };
         if let Some(src) = c.source {
-            if let Some(n) = self.per_source.get_mut(&src) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.per_source.remove(&src);
-                }
-            }
+            self.per_source.remove(src);
         }
         if let AuthState::Authenticated { key, did } = c.auth {
             self.metrics.authenticated = self.metrics.authenticated.saturating_sub(1);

@@ -1,7 +1,6 @@
 //! STUN Binding server on UDP and TCP (RFC 8489 §6.2.1, §6.2.2), with an
 //! optional alternate address for RFC 5780 mapping tests.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +12,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::binding::answer;
+use crate::source::{SourceAddr, SourceCounts};
 use crate::stun::{self, MAX_MESSAGE_LEN};
 
 /// Where to listen.
@@ -69,24 +69,18 @@ pub struct StunMetrics {
 
 /// Open TCP connections per source (IPv4 address or IPv6 /64).
 #[derive(Debug, Default)]
-struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+struct PerSource(Mutex<SourceCounts>);
 
 /// One counted connection; uncounted when dropped.
 struct SourceSlot {
     table: Arc<PerSource>,
-    key: IpAddr,
+    key: SourceAddr,
 }
 
 impl PerSource {
     fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
-        let key = source_key(ip);
-        let mut t = self.0.lock().ok()?;
-        let n = t.entry(key).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(SourceSlot {
+        let key = SourceAddr::of(ip);
+        self.0.lock().ok()?.try_add(key, max).then(|| SourceSlot {
             table: self.clone(),
             key,
         })
@@ -96,28 +90,8 @@ impl PerSource {
 impl Drop for SourceSlot {
     fn drop(&mut self) {
         if let Ok(mut t) = self.table.0.lock() {
-            if let Some(n) = t.get_mut(&self.key) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    t.remove(&self.key);
-                }
-            }
+            t.remove(self.key);
         }
-    }
-}
-
-/// An IPv4 address, or the /64 of an IPv6 address (v4-mapped addresses count as IPv4).
-fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                IpAddr::V6(o.into())
-            }
-        },
     }
 }
 
