@@ -92,8 +92,8 @@ impl WebResolverConfig {
 pub struct WebResolver {
     client: reqwest::Client,
     config: Arc<WebResolverConfig>,
-    cache: Arc<Mutex<HashMap<String, (Instant, DidDocument)>>>,
-    failures: Arc<Mutex<HashMap<String, (Instant, String)>>>,
+    cache: Arc<TtlCache<DidDocument>>,
+    failures: Arc<TtlCache<String>>,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
@@ -414,91 +414,26 @@ impl WebResolver {
     }
 
     fn cached(&self, did: &str) -> Option<DidDocument> {
-        if self.config.cache_ttl.is_zero() {
-            return None;
-        }
-        let cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache
-            .get(did)
-            .filter(|(at, _)| at.elapsed() < self.config.cache_ttl)
-            .map(|(_, d)| d.clone())
+        self.cache.get(did, self.config.cache_ttl)
     }
 
     fn store(&self, did: &str, doc: &DidDocument) {
-        if self.config.cache_ttl.is_zero() {
-            return;
-        }
-        let ttl = self.config.cache_ttl;
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= MAX_CACHE_ENTRIES {
-            cache.retain(|_, (at, _)| at.elapsed() < ttl);
-        }
-        if cache.len() >= MAX_CACHE_ENTRIES {
-            if let Some(oldest) = cache
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(k, _)| k.clone())
-            {
-                cache.remove(&oldest);
-            }
-        }
-        cache.insert(did.to_owned(), (Instant::now(), doc.clone()));
+        self.cache.insert(did, doc.clone(), self.config.cache_ttl);
     }
 
     fn recent_failure(&self, did: &str) -> Option<String> {
-        if self.config.failure_ttl.is_zero() {
-            return None;
-        }
-        let failures = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        failures
-            .get(did)
-            .filter(|(at, _)| at.elapsed() < self.config.failure_ttl)
-            .map(|(_, reason)| reason.clone())
+        self.failures.get(did, self.config.failure_ttl)
     }
 
     fn remember_failure(&self, did: &str, e: &ResolveError) {
-        if self.config.failure_ttl.is_zero() {
-            return;
-        }
-        let ttl = self.config.failure_ttl;
-        let mut failures = self
-            .failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if failures.len() >= MAX_CACHE_ENTRIES {
-            failures.retain(|_, (at, _)| at.elapsed() < ttl);
-        }
-        if failures.len() >= MAX_CACHE_ENTRIES {
-            if let Some(oldest) = failures
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(k, _)| k.clone())
-            {
-                failures.remove(&oldest);
-            }
-        }
-        failures.insert(did.to_owned(), (Instant::now(), e.to_string()));
+        self.failures
+            .insert(did, e.to_string(), self.config.failure_ttl);
     }
 
     /// Drops every cached document and every remembered failure.
     pub fn clear_cache(&self) {
-        self.cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
-        self.failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        self.cache.map().clear();
+        self.failures.map().clear();
     }
 }
 
@@ -688,5 +623,54 @@ mod tests {
         );
         assert!(did_from_domain("exa mple.com").is_err());
         assert!(did_from_domain("example.com//x").is_err());
+    }
+}
+
+/// Entries by DID that expire after a TTL, at most [`MAX_CACHE_ENTRIES`] of them (expired
+/// ones are dropped first, then the oldest); a zero TTL disables it.
+#[derive(Debug)]
+struct TtlCache<V>(Mutex<HashMap<String, (Instant, V)>>);
+
+impl<V> Default for TtlCache<V> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<V: Clone> TtlCache<V> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, V)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, did: &str, ttl: Duration) -> Option<V> {
+        if ttl.is_zero() {
+            return None;
+        }
+        self.map()
+            .get(did)
+            .filter(|(at, _)| at.elapsed() < ttl)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn insert(&self, did: &str, value: V, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let mut map = self.map();
+        if map.len() >= MAX_CACHE_ENTRIES {
+            map.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        if map.len() >= MAX_CACHE_ENTRIES {
+            if let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(did.to_owned(), (Instant::now(), value));
     }
 }
