@@ -9,7 +9,11 @@ use sha2::{Digest, Sha256};
 /// The spec text, written out: SHA-256("mpc-did/adhoc/1" || u32be len || smaller DID ||
 /// u32be len || larger DID), smaller = bytewise on the UTF-8 strings.
 fn by_the_spec(a: &str, b: &str) -> [u8; 32] {
-    let (x, y) = if a.as_bytes() <= b.as_bytes() { (a, b) } else { (b, a) };
+    let (x, y) = if a.as_bytes() <= b.as_bytes() {
+        (a, b)
+    } else {
+        (b, a)
+    };
     let mut h = Sha256::new();
     h.update(b"mpc-did/adhoc/1");
     for d in [x, y] {

@@ -1,5 +1,5 @@
 //! Conformance tests for the rules spec/session.md states to close issue 16's gaps 4, 6–10,
-//! 12 and 13 (the checklist, spec/session.md §12, points here). Each test pins one decision
+//! 12 and 13 (the checklist, spec/session.md §13, points here). Each test pins one decision
 //! a second implementation could otherwise make differently.
 #![allow(clippy::unwrap_used)]
 
@@ -68,7 +68,11 @@ fn a_resume_sent_on_an_existing_path_carries_an_explicit_counter() {
     assert_eq!(a_resume[0][0] & E_BIT, E_BIT, "A's RESUME is explicit");
     p.deliver_to_b(&a_resume);
     let b_out = p.take_b();
-    assert_eq!(b_out[0][0] & E_BIT, E_BIT, "B's answering RESUME is explicit");
+    assert_eq!(
+        b_out[0][0] & E_BIT,
+        E_BIT,
+        "B's answering RESUME is explicit"
+    );
     p.deliver_to_a(&b_out);
     assert!(p.a_events.contains(&Event::Resumed));
 }
@@ -161,7 +165,11 @@ fn a_record_ignored_while_waiting_changes_no_state_and_a_forged_one_is_rejected(
         assert_eq!(p.b.handle_record(0, &r[0]), Ok(()));
     }
     assert_eq!(p.b.stats().ignored_records, 2);
-    assert_eq!(p.b.stats().recv_epoch, 0, "epoch not moved by an ignored record");
+    assert_eq!(
+        p.b.stats().recv_epoch,
+        0,
+        "epoch not moved by an ignored record"
+    );
     let mut bad = r[0].clone();
     *bad.last_mut().unwrap() ^= 1;
     assert_eq!(p.b.handle_record(0, &bad), Err(SessionError::Decrypt));

@@ -573,7 +573,7 @@ mod tests {
         assert!(!b.ended().await.is_error());
     }
 
-    // spec/session.md §13 (issue 16 gap 2): `pipe`'s protocol as a peer written from the
+    // spec/session.md §12 (issue 16 gap 2): `pipe`'s protocol as a peer written from the
     // spec sees it: each side sends on the stream it opened (proposer 1, acceptor 0), the
     // first 8 bytes are `mdpipe/1`, a FIN ends its input, and the side that has the peer's
     // FIN and an acknowledgement of all its bytes closes with code 0.
@@ -582,7 +582,11 @@ mod tests {
         let (a, b) = pair().await; // a: proposer (did:example:a < did:example:b)
         let peer = async {
             let mut ours = b.open_stream().await.unwrap();
-            assert_eq!(ours.id(), 0, "the acceptor (Noise initiator) sends on stream 0");
+            assert_eq!(
+                ours.id(),
+                0,
+                "the acceptor (Noise initiator) sends on stream 0"
+            );
             ours.write_all(b"mdpipe/1from b").await.unwrap();
             ours.shutdown().await.unwrap();
             let mut theirs = b.accept_stream().await.unwrap();
