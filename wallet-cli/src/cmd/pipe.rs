@@ -613,6 +613,27 @@ mod tests {
         assert_eq!((report.sent, report.received), (11, 6));
     }
 
+    // spec/session.md §12: a peer whose preamble names another command is refused with a
+    // message that names it (the CLI then sends CLOSE code 1 with that reason).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipe_refuses_a_peer_running_session_connect() {
+        let (a, b) = pair().await;
+        let mut ours = b.open_stream().await.unwrap();
+        ours.write_all(TAG_PING).await.unwrap();
+        let err = pipe(
+            &a,
+            reader_chunks(tokio::io::empty()),
+            Vec::new(),
+            PipeOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`mpc-did session connect`"),
+            "{err:#}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pipe_output_is_the_peer_input() {
         let (a, b) = pair().await;
