@@ -149,6 +149,7 @@ impl SessionHandle {
             reader: None,
             writer: None,
             decoder: RecordDecoder::new(),
+            hello: crate::path::encode_hello(&path_id),
             out: VecDeque::new(),
             out_off: 0,
             streams: HashMap::new(),
@@ -389,6 +390,8 @@ struct Driver {
     reader: Option<ReadHalf<BoxPath>>,
     writer: Option<WriteHalf<BoxPath>>,
     decoder: RecordDecoder,
+    /// Our session's path hello, looked for at record boundaries (spec §7.3).
+    hello: [u8; crate::path::HELLO_LEN],
     /// Records waiting for the path; `out_off` bytes of the front one are written.
     out: VecDeque<Vec<u8>>,
     out_off: usize,
@@ -612,13 +615,55 @@ impl Driver {
         let _ = self.state_tx.send(SessionState::NoPath);
     }
 
+    /// Handles one record; `Ok(false)` when the session ignored it (a stale record while
+    /// waiting for the peer's RESUME, spec §5.3), `Ok(true)` when it was accepted.
+    fn handle_record_counted(&mut self, record: &[u8]) -> Result<bool, SessionError> {
+        let ignored = self.session.stats().ignored_records;
+        self.session.handle_record(self.now_ms(), record)?;
+        Ok(self.session.stats().ignored_records == ignored)
+    }
+
+    /// The peer wrote a new path hello on the current byte stream: resume as on a newly
+    /// attached path, keeping the stream. A record we started writing is finished first
+    /// (cutting it would desynchronise the peer's decoder); the rest of the queue is
+    /// replaced by our RESUME.
+    fn restart_on_same_stream(&mut self) -> Option<Stop> {
+        tracing::debug!("the peer opened a new path on the current stream");
+        if self.out_off > 0 {
+            self.out.truncate(1);
+        } else {
+            self.out.clear();
+        }
+        self.no_path_since.get_or_insert_with(Instant::now);
+        if let Err(e) = self.session.resume(self.now_ms()) {
+            return Some(Stop::Failed(e.to_string()));
+        }
+        let _ = self.state_tx.send(SessionState::Connecting);
+        None
+    }
+
     /// Decode and handle every complete record read so far.
     fn feed_records(&mut self) -> Option<Stop> {
         loop {
+            // Our session's path hello at a record boundary: the peer opened a new path on
+            // the byte stream we already read (a relay stream, where every path to this
+            // peer arrives on one connection): resume on it as on a new path (spec §7.3).
+            match self.decoder.take_prefix(&self.hello) {
+                None => return None,
+                Some(true) => {
+                    if let Some(stop) = self.restart_on_same_stream() {
+                        return Some(stop);
+                    }
+                    continue;
+                }
+                Some(false) => {}
+            }
             match self.decoder.next_record() {
-                Ok(Some(record)) => match self.session.handle_record(self.now_ms(), &record) {
-                    Ok(()) => {
-                        // The first authenticated record proves the path reaches the peer.
+                Ok(Some(record)) => match self.handle_record_counted(&record) {
+                    // Ignored: a stale record of the peer's old path, no proof of this one.
+                    Ok(false) => {}
+                    Ok(true) => {
+                        // The first accepted record proves the path reaches the peer.
                         self.no_path_since = None;
                         self.state_tx.send_if_modified(|s| {
                             let connecting = *s == SessionState::Connecting;

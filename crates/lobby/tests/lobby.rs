@@ -3,6 +3,7 @@
 
 use mpc_did_lobby::{Coordinator, Join, JoinOutcome, LobbyError, Offer, Program, Roster};
 use proptest::prelude::*;
+use sha2::{Digest as _, Sha256};
 
 const A: &str = "did:key:z6MkAlice";
 const B: &str = "did:key:z6MkBob";
@@ -217,4 +218,34 @@ proptest! {
         let mut s = base.clone(); s.mpyc_args = vec![arg.clone(), String::new()];
         prop_assert_ne!(h, s.compute_hash().unwrap());
     }
+}
+
+/// spec/lobby.md §3 (issue 16 gap 3): the roster hash's input byte string, written out
+/// byte by byte from the spec text, for the inputs of `roster_hash_vector`. Program hash,
+/// expiry and arguments come once, after the per-party loop.
+#[test]
+fn roster_hash_input_is_the_documented_byte_string() {
+    let mut input = Vec::new();
+    input.extend_from_slice(b"mpc-did/lobby/1.0/roster");
+    input.extend_from_slice(&(0u8..16).collect::<Vec<_>>()); // sid 000102…0f
+    input.extend_from_slice(&2u16.to_be_bytes()); // N
+    for (id, did) in [(0u16, "did:key:a"), (1, "did:key:b")] {
+        input.extend_from_slice(&id.to_be_bytes());
+        input.extend_from_slice(&(did.len() as u32).to_be_bytes());
+        input.extend_from_slice(did.as_bytes());
+    }
+    input.extend_from_slice(&[0xab; 32]); // program_sha256, raw
+    input.extend_from_slice(&1u64.to_be_bytes()); // expires_time
+    input.extend_from_slice(&1u16.to_be_bytes()); // one argument
+    input.extend_from_slice(&3u32.to_be_bytes());
+    input.extend_from_slice(b"--x");
+    assert_eq!(
+        hex::encode(&input),
+        "6d70632d6469642f6c6f6262792f312e302f726f737465720001020304050607\
+         08090a0b0c0d0e0f00020000000000096469643a6b65793a6100010000000964\
+         69643a6b65793a62abababababababababababababababababababababababab\
+         abababababababab00000000000000010001000000032d2d78"
+    );
+    let expected = include_str!("vectors/roster_hash.txt").trim();
+    assert_eq!(hex::encode(Sha256::digest(&input)), expected);
 }

@@ -266,3 +266,34 @@ fn out_of_place_frames_after_auth_are_stray_not_fatal() {
         Ok(ClientEvent::Overloaded(OverloadReason::TooManyFromSource))
     );
 }
+
+/// spec/session.md §7.5 "Relay addressing" (issue 16 gap 11): a client answers the relay's
+/// Ping with a Pong carrying the same 8 bytes, before and after authentication.
+#[test]
+fn client_answers_a_relay_ping_with_the_same_bytes() {
+    let key = SigningKey::from_bytes(&[1; 32]);
+    let mut c = RelayClient::new(key, "did:key:a", "did:key:a#k", None);
+    let ping = [9, 8, 7, 6, 5, 4, 3, 2];
+    assert!(matches!(
+        c.on_frame(
+            RelayToClient::ServerChallenge {
+                relay_id: RELAY.into(),
+                nonce: [0; 32],
+            },
+            UNIX,
+        ),
+        Ok(ClientEvent::Send(ClientToRelay::ClientAuth(_)))
+    ));
+    assert_eq!(
+        c.on_frame(RelayToClient::Ping(ping), UNIX),
+        Ok(ClientEvent::Send(ClientToRelay::Pong(ping)))
+    );
+    assert_eq!(
+        c.on_frame(RelayToClient::AuthOk, UNIX),
+        Ok(ClientEvent::Ready)
+    );
+    assert_eq!(
+        c.on_frame(RelayToClient::Ping(ping), UNIX),
+        Ok(ClientEvent::Send(ClientToRelay::Pong(ping)))
+    );
+}

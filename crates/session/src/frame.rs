@@ -468,6 +468,31 @@ impl RecordDecoder {
         self.buf.len() - self.pos
     }
 
+    /// Consumes `prefix` if the buffered bytes start with it (at a record boundary):
+    /// `Some(true)` consumed, `Some(false)` they do not start with it, `None` the buffered
+    /// bytes are a strict prefix of it (read more before deciding). The driver uses it to
+    /// find a path hello on a byte stream that already carries records (spec §7.3: a relay
+    /// stream on which the peer opened a new path).
+    pub fn take_prefix(&mut self, prefix: &[u8]) -> Option<bool> {
+        let avail = self.buf.get(self.pos..).unwrap_or_default();
+        if avail.len() < prefix.len() {
+            return if prefix.starts_with(avail) && !avail.is_empty() {
+                None
+            } else {
+                Some(false)
+            };
+        }
+        if !avail.starts_with(prefix) {
+            return Some(false);
+        }
+        self.pos += prefix.len();
+        if self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        }
+        Some(true)
+    }
+
     /// The next complete record (length field included), or `None` if more bytes are needed.
     ///
     /// # Errors

@@ -874,6 +874,11 @@ impl Session {
                         if st.offset < s.acked {
                             return Err(SessionError::Protocol("RESUME below acknowledged offset"));
                         }
+                        // The peer had acknowledged our FIN: it cannot have lost it (spec
+                        // §7.1 step 3, like an offset below the acknowledged one).
+                        if s.fin_acked && !st.fin {
+                            return Err(SessionError::Protocol("RESUME below acknowledged FIN"));
+                        }
                     }
                     self.apply_ack(st)?;
                 }

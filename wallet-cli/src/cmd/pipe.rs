@@ -573,6 +573,67 @@ mod tests {
         assert!(!b.ended().await.is_error());
     }
 
+    // spec/session.md §12 (issue 16 gap 2): `pipe`'s protocol as a peer written from the
+    // spec sees it: each side sends on the stream it opened (proposer 1, acceptor 0), the
+    // first 8 bytes are `mdpipe/1`, a FIN ends its input, and the side that has the peer's
+    // FIN and an acknowledgement of all its bytes closes with code 0.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipe_protocol_as_a_spec_peer_sees_it() {
+        let (a, b) = pair().await; // a: proposer (did:example:a < did:example:b)
+        let peer = async {
+            let mut ours = b.open_stream().await.unwrap();
+            assert_eq!(
+                ours.id(),
+                0,
+                "the acceptor (Noise initiator) sends on stream 0"
+            );
+            ours.write_all(b"mdpipe/1from b").await.unwrap();
+            ours.shutdown().await.unwrap();
+            let mut theirs = b.accept_stream().await.unwrap();
+            assert_eq!(theirs.id(), 1, "the proposer sends on stream 1");
+            let mut got = Vec::new();
+            theirs.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"mdpipe/1hello world");
+            // The pipe side closes once it has our FIN and we acknowledged its bytes.
+            match b.ended().await {
+                SessionState::Closed {
+                    code: 0, by_peer, ..
+                } => assert!(by_peer),
+                other => panic!("unexpected end: {other:?}"),
+            }
+        };
+        let ours = pipe(
+            &a,
+            reader_chunks(io::Cursor::new(b"hello world".to_vec())),
+            Vec::new(),
+            PipeOptions::default(),
+        );
+        let (report, ()) = tokio::join!(ours, peer);
+        let report = report.unwrap();
+        assert_eq!((report.sent, report.received), (11, 6));
+    }
+
+    // spec/session.md §12: a peer whose preamble names another command is refused with a
+    // message that names it (the CLI then sends CLOSE code 1 with that reason).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipe_refuses_a_peer_running_session_connect() {
+        let (a, b) = pair().await;
+        let mut ours = b.open_stream().await.unwrap();
+        ours.write_all(TAG_PING).await.unwrap();
+        let err = pipe(
+            &a,
+            reader_chunks(tokio::io::empty()),
+            Vec::new(),
+            PipeOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`mpc-did session connect`"),
+            "{err:#}"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn pipe_output_is_the_peer_input() {
         let (a, b) = pair().await;
