@@ -1,0 +1,1087 @@
+//! The other side of the mediator protocols: register with a mediator, send through one,
+//! pick up (batch over HTTP, live over WebSocket) and acknowledge.
+//!
+//! Used by [`crate::Agent`], by the `mpc-did` CLI (`mediator register`, `send`, `inbox`),
+//! by the tests and by the benchmark. Every request to the mediator is authcrypt from the
+//! client's DID, as the mediator requires (spec/mediator.md §3). The messages are those of
+//! `mpc_did_didcomm::protocols` (`coordinate_mediation`, `pickup`, `ack`), the same
+//! definitions the mediator answers with; this module adds only the I/O (HTTP POST,
+//! WebSocket live mode) and lives with the party, so a party never builds server code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use mpc_did_didcomm::{
+    pack_encrypted, pack_encrypted_with, unpack_with, Message, PackOptions, SecretStore,
+    StaticEcdhCache, UnpackMetadata, UnpackOptions,
+};
+use mpc_did_resolver::{DidCommService, DidDocument, UniversalResolver};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use mpc_did_didcomm::message::{message, ENCRYPTED_TYP};
+use mpc_did_didcomm::protocols::ack::acked_ids;
+use mpc_did_didcomm::protocols::pickup::{
+    self, attachment_bytes, decode_raw_push, RawPushError, RAW_LIVE_FIELD,
+};
+use mpc_did_didcomm::protocols::coordinate_mediation;
+use mpc_did_didcomm::protocols::report_problem::PROBLEM_REPORT_TYPE;
+
+/// What can go wrong talking to a mediator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Network or HTTP failure.
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// WebSocket failure.
+    #[error("websocket: {0}")]
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+    /// Packing or unpacking failed.
+    #[error("didcomm: {0}")]
+    DidComm(#[from] mpc_did_didcomm::Error),
+    /// The mediator refused with a problem report.
+    #[error("mediator refused ({code}): {comment}")]
+    Problem {
+        /// Report Problem 2.0 code.
+        code: String,
+        /// Its comment.
+        comment: String,
+    },
+    /// The mediator denied mediation.
+    #[error("mediation denied")]
+    Denied,
+    /// An answer of the wrong shape or status.
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+    /// The URL is not a mediator invitation or endpoint.
+    #[error("bad mediator URL: {0}")]
+    Url(String),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+    /// A raw live push frame that cannot be read (spec/mediator.md §3.1).
+    #[error("bad raw push frame: {0}")]
+    RawPush(#[from] RawPushError),
+    /// The mediator did not acknowledge raw live mode (it is not an mpc-did mediator, or
+    /// an older one): use [`MediatorClient::live`].
+    #[error("the mediator does not offer raw live delivery")]
+    RawUnsupported,
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        Self::WebSocket(Box::new(e))
+    }
+}
+
+/// A mediator as published at `GET /oob`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MediatorInfo {
+    /// The mediator's DID.
+    pub did: String,
+    /// Key id that forwards are encrypted to.
+    pub routing_key: String,
+    /// `POST` endpoint.
+    pub http: String,
+    /// WebSocket endpoint.
+    pub ws: String,
+    /// Its Out-of-Band invitation URL.
+    pub invitation_url: String,
+    /// The port of its STUN service on the mediator's host, if it runs one (`/oob`
+    /// `services.stun.port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stun_port: Option<u16>,
+}
+
+impl MediatorInfo {
+    /// Learns a mediator from its invitation URL (`…/oob?_oob=…`) or its base URL: fetches
+    /// `{origin}/oob` and, for an invitation, checks that the DIDs agree.
+    ///
+    /// # Errors
+    /// Bad URL, network failure, or an invitation naming another DID.
+    pub async fn discover(url: &str) -> Result<Self, ClientError> {
+        let parsed = url::Url::parse(url).map_err(|e| ClientError::Url(e.to_string()))?;
+        let invited = if url.contains("_oob=") {
+            let inv = mpc_did_didcomm::protocols::oob::Invitation::decode(url)?;
+            Some(inv.from)
+        } else {
+            None
+        };
+        let mut base = parsed.clone();
+        base.set_query(None);
+        base.set_fragment(None);
+        let path = base.path().trim_end_matches('/').to_owned();
+        let path = path
+            .strip_suffix("/oob")
+            .or_else(|| path.strip_suffix("/didcomm"))
+            .unwrap_or(&path)
+            .to_owned();
+        base.set_path(&format!("{path}/oob"));
+        let v: Value = http_client()?
+            .get(base.as_str())
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let s = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| ClientError::Unexpected(format!("/oob without {p}")))
+        };
+        let info = Self {
+            did: s("/did")?,
+            routing_key: s("/routing_key")?,
+            http: s("/endpoints/http")?,
+            ws: s("/endpoints/ws")?,
+            invitation_url: s("/invitation_url")?,
+            stun_port: v
+                .pointer("/services/stun/port")
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|&p| p != 0),
+        };
+        if invited.is_some_and(|d| d != info.did) {
+            return Err(ClientError::Url(
+                "the invitation names another DID than the mediator at this address".into(),
+            ));
+        }
+        Ok(info)
+    }
+
+    /// The mediator's DID document as a client needs it (did:key document plus the
+    /// endpoint), for a resolver overlay.
+    ///
+    /// # Errors
+    /// The DID is not a did:key.
+    pub fn document(&self) -> Result<DidDocument, ClientError> {
+        let mut doc = mpc_did_resolver::key::resolve(&self.did)
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        doc.service.push(
+            DidCommService {
+                id: format!("{}#didcomm-1", self.did),
+                uri: self.http.clone(),
+                accept: vec!["didcomm/v2".into()],
+                routing_keys: Vec::new(),
+            }
+            .to_service(),
+        );
+        Ok(doc)
+    }
+
+    /// The `DIDCommMessaging` service a DID mediated here publishes: send to this
+    /// mediator's endpoint, wrapped in a forward for its routing key.
+    #[must_use]
+    pub fn service_for(&self, did: &str) -> DidCommService {
+        DidCommService {
+            id: format!("{did}#didcomm-1"),
+            uri: self.http.clone(),
+            accept: vec!["didcomm/v2".into()],
+            routing_keys: vec![self.routing_key.clone()],
+        }
+    }
+}
+
+fn http_client() -> Result<reqwest::Client, ClientError> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build()?)
+}
+
+/// A message taken from the queue: its queue id (for `messages-received`) and the
+/// packed DIDComm message as the sender sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Queue id.
+    pub id: String,
+    /// The packed message.
+    pub bytes: Vec<u8>,
+}
+
+/// A DID's connection to its mediator.
+#[derive(Clone)]
+pub struct MediatorClient {
+    /// The mediator.
+    pub info: MediatorInfo,
+    /// Our DID.
+    pub did: String,
+    secrets: SecretStore,
+    resolver: UniversalResolver,
+    http: reqwest::Client,
+    /// Static-static ECDH-1PU shares with the mediator (and other senders of what we
+    /// unpack): every request and every delivery reuses the same one.
+    ecdh: Arc<StaticEcdhCache>,
+}
+
+/// Peers whose ECDH-1PU static share a client remembers.
+const CLIENT_ECDH_CACHE_MAX: usize = 256;
+
+impl MediatorClient {
+    /// A client for `did` (whose private keys are in `secrets`). The mediator's document
+    /// is added to `resolver`'s overlay.
+    ///
+    /// # Errors
+    /// The HTTP client cannot be built or the mediator DID is not a did:key.
+    pub fn new(
+        info: MediatorInfo,
+        did: &str,
+        secrets: SecretStore,
+        resolver: UniversalResolver,
+    ) -> Result<Self, ClientError> {
+        resolver.insert(info.document()?);
+        Ok(Self {
+            info,
+            did: did.to_owned(),
+            secrets,
+            resolver,
+            http: http_client()?,
+            ecdh: Arc::new(StaticEcdhCache::new(CLIENT_ECDH_CACHE_MAX)),
+        })
+    }
+
+    /// Our secrets.
+    #[must_use]
+    pub fn secrets(&self) -> &SecretStore {
+        &self.secrets
+    }
+
+    /// The same identity talking to another mediator.
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn with_mediator(&self, info: MediatorInfo) -> Result<Self, ClientError> {
+        Self::new(info, &self.did, self.secrets.clone(), self.resolver.clone())
+    }
+
+    /// The resolver (with the mediator's document in its overlay).
+    #[must_use]
+    pub fn resolver(&self) -> &UniversalResolver {
+        &self.resolver
+    }
+
+    /// Authcrypt `msg` from us to the mediator (what [`Self::request`] sends).
+    ///
+    /// # Errors
+    /// Packing failure.
+    pub async fn pack_for_mediator(&self, msg: Message) -> Result<String, ClientError> {
+        self.pack_request(msg).await
+    }
+
+    async fn pack_request(&self, mut msg: Message) -> Result<String, ClientError> {
+        msg.from = Some(self.did.clone());
+        msg.to = Some(vec![self.info.did.clone()]);
+        let opts = PackOptions {
+            forward: false,
+            ..PackOptions::default()
+        };
+        let p = pack_encrypted_with(
+            &msg,
+            &self.info.did,
+            Some(&self.did),
+            None,
+            &self.resolver,
+            &self.secrets,
+            &opts,
+            Some(&self.ecdh),
+        )
+        .await?;
+        Ok(p.message)
+    }
+
+    /// Unpacks a message addressed to us.
+    ///
+    /// # Errors
+    /// Any unpack failure.
+    pub async fn unpack(&self, bytes: &[u8]) -> Result<(Message, UnpackMetadata), ClientError> {
+        Ok(unpack_with(
+            bytes,
+            &self.resolver,
+            &self.secrets,
+            &UnpackOptions::default(),
+            Some(&self.ecdh),
+        )
+        .await?)
+    }
+
+    /// Sends one request over HTTP and returns the mediator's reply (if any), turning a
+    /// problem report into [`ClientError::Problem`].
+    ///
+    /// # Errors
+    /// Network failure, a problem report, or an undecryptable answer.
+    pub async fn request(&self, msg: Message) -> Result<Option<Message>, ClientError> {
+        let packed = self.pack_request(msg).await?;
+        let resp = self
+            .http
+            .post(&self.info.http)
+            .header("content-type", ENCRYPTED_TYP)
+            .body(packed)
+            .send()
+            .await?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        if body.is_empty() {
+            if status.is_success() {
+                return Ok(None);
+            }
+            return Err(ClientError::Unexpected(format!("HTTP {status}")));
+        }
+        let reply = self.read_reply(&body).await?;
+        Ok(Some(reply))
+    }
+
+    /// Unpacks a mediator reply; problem reports become errors.
+    async fn read_reply(&self, body: &[u8]) -> Result<Message, ClientError> {
+        // Refusals to unauthenticated senders come back as plaintext.
+        let msg = match self.unpack(body).await {
+            Ok((m, _)) => m,
+            Err(e) => return Err(e),
+        };
+        if msg.type_ == PROBLEM_REPORT_TYPE {
+            return Err(problem(&msg));
+        }
+        Ok(msg)
+    }
+
+    /// Coordinate Mediation 2.0: `mediate-request`, then `recipient-update` adding our DID
+    /// (so forwards to it, or to any of its key ids, are queued for us).
+    ///
+    /// # Errors
+    /// [`ClientError::Denied`], a problem report, or network failure.
+    pub async fn register(&self) -> Result<(), ClientError> {
+        let reply = self
+            .request(message(coordinate_mediation::MEDIATE_REQUEST_TYPE, json!({})))
+            .await?
+            .ok_or_else(|| ClientError::Unexpected("no answer to mediate-request".into()))?;
+        match reply.type_.as_str() {
+            coordinate_mediation::MEDIATE_GRANT_TYPE => {}
+            coordinate_mediation::MEDIATE_DENY_TYPE => return Err(ClientError::Denied),
+            other => return Err(ClientError::Unexpected(other.to_owned())),
+        }
+        self.update_keys(&[(self.did.as_str(), "add")]).await?;
+        Ok(())
+    }
+
+    /// Coordinate Mediation 2.0 `recipient-update`; returns the `updated` list.
+    ///
+    /// # Errors
+    /// A problem report or network failure.
+    pub async fn update_keys(&self, updates: &[(&str, &str)]) -> Result<Vec<Value>, ClientError> {
+        let ups: Vec<Value> = updates
+            .iter()
+            .map(|(k, a)| json!({ "recipient_did": k, "action": a }))
+            .collect();
+        let reply = self
+            .request(message(coordinate_mediation::RECIPIENT_UPDATE_TYPE, json!({ "updates": ups })))
+            .await?
+            .ok_or_else(|| ClientError::Unexpected("no answer to recipient-update".into()))?;
+        Ok(reply
+            .body
+            .get("updated")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// Coordinate Mediation 2.0 `recipient-query`: our registered keys.
+    ///
+    /// # Errors
+    /// A problem report or network failure.
+    pub async fn keys(&self) -> Result<Vec<String>, ClientError> {
+        let reply = self
+            .request(message(coordinate_mediation::RECIPIENT_QUERY_TYPE, json!({})))
+            .await?
+            .ok_or_else(|| ClientError::Unexpected("no answer to recipient-query".into()))?;
+        Ok(reply
+            .body
+            .get("dids")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.get("recipient_did").and_then(Value::as_str))
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Pickup 3.0 `status-request`: the status body.
+    ///
+    /// # Errors
+    /// A problem report or network failure.
+    pub async fn status(&self) -> Result<Value, ClientError> {
+        let reply = self
+            .request(message(pickup::STATUS_REQUEST_TYPE, json!({})))
+            .await?
+            .ok_or_else(|| ClientError::Unexpected("no answer to status-request".into()))?;
+        Ok(reply.body)
+    }
+
+    /// Pickup 3.0 `delivery-request` for up to `limit` messages (empty if none).
+    ///
+    /// # Errors
+    /// A problem report or network failure.
+    pub async fn fetch(&self, limit: u64) -> Result<Vec<Delivered>, ClientError> {
+        let reply = self
+            .request(message(pickup::DELIVERY_REQUEST_TYPE, json!({ "limit": limit })))
+            .await?
+            .ok_or_else(|| ClientError::Unexpected("no answer to delivery-request".into()))?;
+        Ok(delivered(&reply))
+    }
+
+    /// Pickup 3.0 `messages-received`: the mediator may now delete these.
+    ///
+    /// # Errors
+    /// A problem report or network failure.
+    pub async fn ack(&self, ids: &[String]) -> Result<(), ClientError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.request(message(
+            pickup::MESSAGES_RECEIVED_TYPE,
+            json!({ "message_id_list": ids }),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Packs `msg` for `to` (authcrypt from us) and sends it along `to`'s DIDComm service
+    /// (from `resolver`: add `to`'s document with its service to the overlay first),
+    /// wrapped in forwards for its routing keys. Returns the recipient's service URI.
+    ///
+    /// # Errors
+    /// `to` has no usable service or key, packing fails, or the mediator refuses.
+    pub async fn send(&self, to: &str, msg: Message) -> Result<String, ClientError> {
+        send_message(
+            &self.http,
+            &self.did,
+            &self.secrets,
+            &self.resolver,
+            to,
+            msg,
+        )
+        .await
+    }
+
+    /// Opens a WebSocket and switches live delivery on.
+    ///
+    /// # Errors
+    /// Connection failure or a refusal.
+    pub async fn live(&self) -> Result<LiveConnection, ClientError> {
+        self.live_with_roots(&[]).await
+    }
+
+    /// As [`Self::live`], trusting `extra_roots` (DER certificates) besides the Mozilla
+    /// roots for a `wss://` endpoint (a private CA, a test certificate).
+    ///
+    /// # Errors
+    /// As [`Self::live`].
+    pub async fn live_with_roots(
+        &self,
+        extra_roots: &[Vec<u8>],
+    ) -> Result<LiveConnection, ClientError> {
+        let ws = connect_ws(&self.info.ws, extra_roots).await?;
+        let mut conn = LiveConnection {
+            client: self.clone(),
+            ws,
+            pending: Vec::new(),
+            raw: false,
+            deferred: None,
+        };
+        conn.send(message(
+            pickup::LIVE_DELIVERY_CHANGE_TYPE,
+            json!({ "live_delivery": true }),
+        ))
+        .await?;
+        Ok(conn)
+    }
+
+    /// Opens a WebSocket in raw live mode (an mpc-did extension of Pickup 3.0,
+    /// spec/mediator.md §3.1): the mediator pushes each queued message as one binary
+    /// frame instead of an authcrypt `delivery`, which saves an authcrypt on each side per
+    /// push. Waits (at most `timeout`) for the mediator's `status` acknowledging raw mode.
+    /// [`LiveConnection::next_batch`] returns the same [`Delivered`] items as in
+    /// [`Self::live`]; acknowledgements stay authcrypt `messages-received`.
+    ///
+    /// # Errors
+    /// Connection failure, a refusal, [`ClientError::Timeout`], or
+    /// [`ClientError::RawUnsupported`] when the mediator answers without acknowledging raw
+    /// mode (the socket is then closed).
+    pub async fn live_raw(&self, timeout: Duration) -> Result<LiveConnection, ClientError> {
+        self.live_raw_with_roots(&[], timeout).await
+    }
+
+    /// As [`Self::live_raw`], trusting `extra_roots` as [`Self::live_with_roots`] does.
+    ///
+    /// # Errors
+    /// As [`Self::live_raw`].
+    pub async fn live_raw_with_roots(
+        &self,
+        extra_roots: &[Vec<u8>],
+        timeout: Duration,
+    ) -> Result<LiveConnection, ClientError> {
+        let ws = connect_ws(&self.info.ws, extra_roots).await?;
+        let mut conn = LiveConnection {
+            client: self.clone(),
+            ws,
+            pending: Vec::new(),
+            raw: false,
+            deferred: None,
+        };
+        let change = message(
+            pickup::LIVE_DELIVERY_CHANGE_TYPE,
+            json!({ "live_delivery": true, RAW_LIVE_FIELD: true }),
+        );
+        let thid = change.id.clone();
+        conn.send(change).await?;
+        // The mediator answers live-delivery-change with a status before it pushes
+        // anything; only that status (in our thread, authcrypt) switches raw mode on here.
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let m = conn.next_message(left).await?;
+            if m.type_ != pickup::STATUS_TYPE || m.thid.as_deref() != Some(thid.as_str()) {
+                // A wrapped push (a mediator without raw mode): keep its messages.
+                conn.pending.extend(delivered(&m));
+                continue;
+            }
+            if m.body.get(RAW_LIVE_FIELD).and_then(Value::as_bool) == Some(true) {
+                conn.raw = true;
+                return Ok(conn);
+            }
+            conn.close().await;
+            return Err(ClientError::RawUnsupported);
+        }
+    }
+}
+
+/// Packs `msg` from `from` to `to` (authcrypt), wraps it in forwards for the routing keys
+/// of `to`'s first DIDComm service (found through `resolver`) and POSTs it to that
+/// service's URI. Returns the URI. Needs no mediator of the sender's own.
+///
+/// # Errors
+/// `to` has no usable service or key, packing fails, or the endpoint refuses.
+pub async fn send_message(
+    http: &reqwest::Client,
+    from: &str,
+    secrets: &SecretStore,
+    resolver: &UniversalResolver,
+    to: &str,
+    mut msg: Message,
+) -> Result<String, ClientError> {
+    msg.from = Some(from.to_owned());
+    msg.to = Some(vec![to.to_owned()]);
+    let p = pack_encrypted(
+        &msg,
+        to,
+        Some(from),
+        None,
+        resolver,
+        secrets,
+        &PackOptions::default(),
+    )
+    .await?;
+    let svc = p
+        .service
+        .ok_or_else(|| ClientError::Url(format!("{to} has no DIDCommMessaging service")))?;
+    if !(svc.uri.starts_with("http://") || svc.uri.starts_with("https://")) {
+        return Err(ClientError::Url(format!(
+            "{to}'s service endpoint {} is not an http(s) URL",
+            svc.uri
+        )));
+    }
+    post_packed(http, &svc.uri, p.message.into_bytes()).await?;
+    Ok(svc.uri)
+}
+
+/// An HTTP client with the timeouts the mediator client uses.
+///
+/// # Errors
+/// The TLS backend cannot be initialised.
+pub fn new_http_client() -> Result<reqwest::Client, ClientError> {
+    http_client()
+}
+
+/// POSTs a packed message to a DIDComm HTTP endpoint; `Ok` on 2xx.
+///
+/// # Errors
+/// Network failure, or a non-2xx status ([`ClientError::Problem`] when the body is a
+/// plaintext problem report).
+pub async fn post_packed(
+    http: &reqwest::Client,
+    uri: &str,
+    body: Vec<u8>,
+) -> Result<(), ClientError> {
+    let resp = http
+        .post(uri)
+        .header("content-type", ENCRYPTED_TYP)
+        .body(body)
+        .send()
+        .await?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = resp.bytes().await.unwrap_or_default();
+    match Message::from_json(&body) {
+        Ok(m) if m.type_ == PROBLEM_REPORT_TYPE => Err(problem(&m)),
+        _ => Err(ClientError::Unexpected(format!("HTTP {status}"))),
+    }
+}
+
+fn problem(m: &Message) -> ClientError {
+    let s = |k: &str| {
+        m.body
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    ClientError::Problem {
+        code: s("code"),
+        comment: s("comment"),
+    }
+}
+
+/// The messages a Pickup 3.0 `delivery` carries (none for a `status`).
+#[must_use]
+pub fn delivered(m: &Message) -> Vec<Delivered> {
+    if m.type_ != pickup::DELIVERY_TYPE {
+        return Vec::new();
+    }
+    m.attachments
+        .iter()
+        .flatten()
+        .filter_map(|a| {
+            Some(Delivered {
+                id: a.id.clone()?,
+                bytes: attachment_bytes(a)?,
+            })
+        })
+        .collect()
+}
+
+pub use mpc_did_rendezvous::net::ws::{WsIo as Io, WsStream as Ws};
+
+/// Opens a WebSocket to `url` (`ws://` or `wss://`). For `wss://` the server certificate is
+/// checked against the Mozilla roots (webpki-roots) plus `extra_roots` (DER), with rustls
+/// and its ring provider — the dialer the relay client uses too
+/// ([`mpc_did_rendezvous::net::ws::connect`]).
+///
+/// # Errors
+/// Bad URL, TCP/TLS failure, or a refused upgrade.
+pub async fn connect_ws(url: &str, extra_roots: &[Vec<u8>]) -> Result<Ws, ClientError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let request = url.into_client_request()?;
+    mpc_did_rendezvous::net::ws::connect(request, extra_roots)
+        .await
+        .map_err(|e| ClientError::Unexpected(format!("WebSocket to {url}: {e}")))
+}
+
+/// A WebSocket for sending through a mediator with durable acknowledgements: each forward
+/// carries DIDComm v2 `please_ack`, and [`Self::send`] returns once the mediator answered
+/// with the `ack` naming it — sent only after the message is stored, so it survives a
+/// crash as an HTTP `202` does (spec/mediator.md §2). One message at a time; the socket
+/// stays open for the next.
+pub struct WsSender {
+    ws: Ws,
+    timeout: Duration,
+}
+
+impl WsSender {
+    /// Opens the mediator's WebSocket endpoint (`MediatorInfo::ws`); `extra_roots` as
+    /// [`connect_ws`]. `send` waits at most `timeout` for each acknowledgement.
+    ///
+    /// # Errors
+    /// As [`connect_ws`].
+    pub async fn connect(
+        ws_url: &str,
+        extra_roots: &[Vec<u8>],
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            ws: connect_ws(ws_url, extra_roots).await?,
+            timeout,
+        })
+    }
+
+    /// Packs `msg` from `from` to `to` (authcrypt), wraps it in forwards for the routing
+    /// keys of `to`'s DIDComm service — the first of which must be this socket's
+    /// mediator — asking that mediator for an `ack`, sends it and waits for the `ack`.
+    ///
+    /// # Errors
+    /// `to` has no service behind a mediator, packing fails, the mediator refuses (its
+    /// problem report), the socket fails, or no `ack` within the timeout
+    /// ([`ClientError::Timeout`]; the message may or may not be stored: send it again, the
+    /// mediator stores a forward once, spec/mediator.md §3).
+    pub async fn send(
+        &mut self,
+        from: &str,
+        secrets: &SecretStore,
+        resolver: &UniversalResolver,
+        to: &str,
+        mut msg: Message,
+    ) -> Result<(), ClientError> {
+        msg.from = Some(from.to_owned());
+        msg.to = Some(vec![to.to_owned()]);
+        let opts = PackOptions {
+            forward: false,
+            ..PackOptions::default()
+        };
+        let p = pack_encrypted(&msg, to, Some(from), None, resolver, secrets, &opts).await?;
+        let routing = p
+            .service
+            .map(|s| s.routing_keys)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| {
+                ClientError::Url(format!("{to} has no DIDComm service behind a mediator"))
+            })?;
+        let fwd = mpc_did_didcomm::wrap_in_forward_with(
+            &p.message,
+            to,
+            &routing,
+            resolver,
+            opts.anon_enc,
+            true,
+        )
+        .await?;
+        self.send_forward(&fwd.message, &fwd.id).await
+    }
+
+    /// Sends an already wrapped forward whose plaintext asks for an `ack` (as
+    /// [`mpc_did_didcomm::wrap_in_forward_with`] makes it) and waits for the `ack` naming
+    /// `forward_id`.
+    ///
+    /// # Errors
+    /// As [`Self::send`].
+    pub async fn send_forward(
+        &mut self,
+        forward: &str,
+        forward_id: &str,
+    ) -> Result<(), ClientError> {
+        self.ws.send(WsMessage::text(forward)).await?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = tokio::time::timeout(left, self.ws.next())
+                .await
+                .map_err(|_| ClientError::Timeout)?
+                .ok_or_else(|| ClientError::Unexpected("socket closed".into()))??;
+            let bytes = match frame {
+                WsMessage::Text(t) => t.as_bytes().to_vec(),
+                WsMessage::Binary(b) => b.to_vec(),
+                WsMessage::Close(_) => return Err(ClientError::Unexpected("socket closed".into())),
+                _ => continue,
+            };
+            // The sender is anonymous to the mediator: acks and refusals come as plaintext.
+            let m = Message::from_json(&bytes)?;
+            if m.type_ == PROBLEM_REPORT_TYPE {
+                return Err(problem(&m));
+            }
+            if acked_ids(&m)
+                .iter()
+                .any(|id| id == forward_id)
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Closes the socket.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// A live-mode WebSocket: the mediator pushes `delivery` messages as they arrive.
+pub struct LiveConnection {
+    client: MediatorClient,
+    ws: Ws,
+    pending: Vec<Delivered>,
+    /// Raw mode acknowledged: binary frames are raw pushes (spec/mediator.md §3.1).
+    raw: bool,
+    /// An error met while draining ready frames into a batch, returned by the next call.
+    deferred: Option<ClientError>,
+}
+
+/// Most raw pushes [`LiveConnection::next_batch`] gathers into one batch.
+const RAW_BATCH_MAX: usize = 1000;
+
+impl LiveConnection {
+    /// Sends one request on the socket (authcrypt to the mediator).
+    ///
+    /// # Errors
+    /// Packing or socket failure.
+    pub async fn send(&mut self, msg: Message) -> Result<(), ClientError> {
+        let packed = self.client.pack_request(msg).await?;
+        self.ws.send(WsMessage::text(packed)).await?;
+        Ok(())
+    }
+
+    /// The next mediator message on the socket (unpacked), waiting at most `timeout`.
+    /// Pings are answered by the library.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`], a closed socket, or an unpack failure.
+    /// In raw mode, raw pushes met meanwhile are kept for [`Self::next_batch`].
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`], a closed socket, an unpack failure, or (raw mode) a
+    /// malformed raw push ([`ClientError::RawPush`]).
+    pub async fn next_message(&mut self, timeout: Duration) -> Result<Message, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = tokio::time::timeout(left, self.ws.next())
+                .await
+                .map_err(|_| ClientError::Timeout)?;
+            match self.read_frame(frame).await? {
+                Frame::Message(m) => return Ok(*m),
+                Frame::Raw(d) => self.pending.push(d),
+                Frame::Other => {}
+            }
+        }
+    }
+
+    /// Classifies one frame from the socket (`None`: the stream ended).
+    async fn read_frame(
+        &mut self,
+        frame: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<Frame, ClientError> {
+        let frame = frame.ok_or_else(|| ClientError::Unexpected("socket closed".into()))??;
+        let bytes = match frame {
+            WsMessage::Text(t) => t.as_bytes().to_vec(),
+            WsMessage::Binary(b) if self.raw => {
+                let (id, bytes) = decode_raw_push(&b)?;
+                return Ok(Frame::Raw(Delivered {
+                    id,
+                    bytes: bytes.to_vec(),
+                }));
+            }
+            WsMessage::Binary(b) => b.to_vec(),
+            WsMessage::Close(_) => return Err(ClientError::Unexpected("socket closed".into())),
+            _ => return Ok(Frame::Other),
+        };
+        Ok(Frame::Message(Box::new(
+            self.client.read_reply(&bytes).await?,
+        )))
+    }
+
+    /// The next batch of pushed messages (skipping `status` messages), waiting at most
+    /// `timeout` for it.
+    ///
+    /// # Errors
+    /// As [`Self::next_message`].
+    pub async fn next_batch(&mut self, timeout: Duration) -> Result<Vec<Delivered>, ClientError> {
+        if let Some(e) = self.deferred.take() {
+            return Err(e);
+        }
+        if !self.pending.is_empty() {
+            return Ok(std::mem::take(&mut self.pending));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = tokio::time::timeout(left, self.ws.next())
+                .await
+                .map_err(|_| ClientError::Timeout)?;
+            match self.read_frame(frame).await? {
+                Frame::Message(m) => {
+                    let d = delivered(&m);
+                    if !d.is_empty() {
+                        return Ok(d);
+                    }
+                }
+                Frame::Raw(d) => {
+                    // Raw pushes come one per frame: gather those already received so
+                    // that the caller acknowledges them together.
+                    let mut batch = vec![d];
+                    self.drain_ready(&mut batch).await;
+                    return Ok(batch);
+                }
+                Frame::Other => {}
+            }
+        }
+    }
+
+    /// Appends the messages of frames that are already readable (without waiting) to
+    /// `batch`; an error is kept for the next call so the gathered messages are not lost.
+    async fn drain_ready(&mut self, batch: &mut Vec<Delivered>) {
+        use futures_util::FutureExt as _;
+        while batch.len() < RAW_BATCH_MAX {
+            let Some(frame) = self.ws.next().now_or_never() else {
+                return;
+            };
+            match self.read_frame(frame).await {
+                Ok(Frame::Raw(d)) => batch.push(d),
+                Ok(Frame::Message(m)) => batch.extend(delivered(&m)),
+                Ok(Frame::Other) => {}
+                Err(e) => {
+                    self.deferred = Some(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Acknowledges messages (`messages-received`).
+    ///
+    /// # Errors
+    /// Packing or socket failure.
+    pub async fn ack(&mut self, ids: &[String]) -> Result<(), ClientError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.send(message(
+            pickup::MESSAGES_RECEIVED_TYPE,
+            json!({ "message_id_list": ids }),
+        ))
+        .await
+    }
+
+    /// The client this connection belongs to.
+    #[must_use]
+    pub fn client(&self) -> &MediatorClient {
+        &self.client
+    }
+
+    /// Closes the socket.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+/// One frame of a live socket, as [`LiveConnection`] reads it.
+enum Frame {
+    /// A DIDComm message from the mediator (unpacked; boxed, it is large).
+    Message(Box<Message>),
+    /// A raw live push.
+    Raw(Delivered),
+    /// Ping, pong or another control frame.
+    Other,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use mpc_did_didcomm::message::reply;
+    use mpc_did_didcomm::protocols::pickup::encode_raw_push;
+    use tokio::net::TcpListener;
+
+    /// A mediator stand-in on loopback that acknowledges raw mode (authcrypt status, as
+    /// the real one does) and then sends `frames` as binary frames.
+    async fn fake_mediator(
+        frames: Vec<Vec<u8>>,
+        acknowledge: bool,
+    ) -> (MediatorClient, tokio::task::JoinHandle<()>) {
+        let (mdid, msecrets) = mpc_did_mediator::testkit::ephemeral_identity();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let info = MediatorInfo {
+            did: mdid.clone(),
+            routing_key: format!("{mdid}#key"),
+            http: format!("http://127.0.0.1:{port}/didcomm"),
+            ws: format!("ws://127.0.0.1:{port}/ws"),
+            invitation_url: String::new(),
+            stun_port: None,
+        };
+        let (did, secrets) = mpc_did_mediator::testkit::ephemeral_identity();
+        let client =
+            MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let resolver = UniversalResolver::new().unwrap();
+            let Some(Ok(WsMessage::Text(req))) = ws.next().await else {
+                panic!("expected the live-delivery-change");
+            };
+            let (req, meta) = mpc_did_didcomm::unpack(
+                req.as_bytes(),
+                &resolver,
+                &msecrets,
+                &UnpackOptions::default(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(req.type_, pickup::LIVE_DELIVERY_CHANGE_TYPE);
+            assert_eq!(req.body[RAW_LIVE_FIELD], true);
+            let from = did_of(meta.encrypted_from_kid.as_deref().unwrap());
+            let mut body = json!({ "live_delivery": true, "message_count": 0 });
+            if acknowledge {
+                body[RAW_LIVE_FIELD] = json!(true);
+            }
+            let mut status = reply(pickup::STATUS_TYPE, body, &req);
+            status.from = Some(mdid.clone());
+            status.to = Some(vec![from.to_owned()]);
+            let opts = PackOptions {
+                forward: false,
+                ..PackOptions::default()
+            };
+            let packed = pack_encrypted(
+                &status,
+                from,
+                Some(&mdid),
+                None,
+                &resolver,
+                &msecrets,
+                &opts,
+            )
+            .await
+            .unwrap();
+            ws.send(WsMessage::text(packed.message)).await.unwrap();
+            for f in frames {
+                ws.send(WsMessage::binary(f)).await.unwrap();
+            }
+            // Hold the socket open until the client is done.
+            while let Some(Ok(_)) = ws.next().await {}
+        });
+        (client, task)
+    }
+
+    fn did_of(kid: &str) -> &str {
+        mpc_did_didcomm::did_of(kid)
+    }
+
+    // spec/mediator.md §3.1: a malformed raw push is a typed error, after the good pushes
+    // that came with it.
+    #[tokio::test]
+    async fn bad_raw_frame_is_a_typed_error() {
+        let good = encode_raw_push("aa11", b"{\"ciphertext\":\"x\"}").unwrap();
+        let (client, task) = fake_mediator(vec![good, b"\x09abc".to_vec()], true).await;
+        let mut live = client.live_raw(Duration::from_secs(10)).await.unwrap();
+        let mut got = Vec::new();
+        let err = loop {
+            match live.next_batch(Duration::from_secs(10)).await {
+                Ok(b) => got.extend(b),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, "aa11");
+        assert_eq!(got[0].bytes, b"{\"ciphertext\":\"x\"}");
+        assert!(
+            matches!(err, ClientError::RawPush(RawPushError::Truncated)),
+            "{err:?}"
+        );
+        live.close().await;
+        task.await.unwrap();
+    }
+
+    // spec/mediator.md §3.1: without the acknowledgement the client does not assume raw
+    // mode.
+    #[tokio::test]
+    async fn unacknowledged_raw_mode_is_refused() {
+        let (client, task) = fake_mediator(Vec::new(), false).await;
+        let err = client
+            .live_raw(Duration::from_secs(10))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ClientError::RawUnsupported), "{err:?}");
+        task.await.unwrap();
+    }
+}
