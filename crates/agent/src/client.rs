@@ -22,10 +22,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use mpc_did_didcomm::message::{message, ENCRYPTED_TYP};
 use mpc_did_didcomm::protocols::ack::acked_ids;
+use mpc_did_didcomm::protocols::coordinate_mediation;
 use mpc_did_didcomm::protocols::pickup::{
     self, attachment_bytes, decode_raw_push, RawPushError, RAW_LIVE_FIELD,
 };
-use mpc_did_didcomm::protocols::coordinate_mediation;
 use mpc_did_didcomm::protocols::report_problem::PROBLEM_REPORT_TYPE;
 
 /// What can go wrong talking to a mediator.
@@ -353,7 +353,10 @@ impl MediatorClient {
     /// [`ClientError::Denied`], a problem report, or network failure.
     pub async fn register(&self) -> Result<(), ClientError> {
         let reply = self
-            .request(message(coordinate_mediation::MEDIATE_REQUEST_TYPE, json!({})))
+            .request(message(
+                coordinate_mediation::MEDIATE_REQUEST_TYPE,
+                json!({}),
+            ))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to mediate-request".into()))?;
         match reply.type_.as_str() {
@@ -375,7 +378,10 @@ impl MediatorClient {
             .map(|(k, a)| json!({ "recipient_did": k, "action": a }))
             .collect();
         let reply = self
-            .request(message(coordinate_mediation::RECIPIENT_UPDATE_TYPE, json!({ "updates": ups })))
+            .request(message(
+                coordinate_mediation::RECIPIENT_UPDATE_TYPE,
+                json!({ "updates": ups }),
+            ))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to recipient-update".into()))?;
         Ok(reply
@@ -392,7 +398,10 @@ impl MediatorClient {
     /// A problem report or network failure.
     pub async fn keys(&self) -> Result<Vec<String>, ClientError> {
         let reply = self
-            .request(message(coordinate_mediation::RECIPIENT_QUERY_TYPE, json!({})))
+            .request(message(
+                coordinate_mediation::RECIPIENT_QUERY_TYPE,
+                json!({}),
+            ))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to recipient-query".into()))?;
         Ok(reply
@@ -426,7 +435,10 @@ impl MediatorClient {
     /// A problem report or network failure.
     pub async fn fetch(&self, limit: u64) -> Result<Vec<Delivered>, ClientError> {
         let reply = self
-            .request(message(pickup::DELIVERY_REQUEST_TYPE, json!({ "limit": limit })))
+            .request(message(
+                pickup::DELIVERY_REQUEST_TYPE,
+                json!({ "limit": limit }),
+            ))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to delivery-request".into()))?;
         Ok(delivered(&reply))
@@ -781,10 +793,7 @@ impl WsSender {
             if m.type_ == PROBLEM_REPORT_TYPE {
                 return Err(problem(&m));
             }
-            if acked_ids(&m)
-                .iter()
-                .any(|id| id == forward_id)
-            {
+            if acked_ids(&m).iter().any(|id| id == forward_id) {
                 return Ok(());
             }
         }
