@@ -12,14 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use mpc_did_didcomm::{
-    pack_encrypted, pack_encrypted_with, unpack_with, Message, PackOptions, SecretStore,
-    StaticEcdhCache, UnpackMetadata, UnpackOptions,
-};
-use mpc_did_resolver::{DidCommService, DidDocument, UniversalResolver};
-use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-
 use mpc_did_didcomm::message::{message, ENCRYPTED_TYP};
 use mpc_did_didcomm::protocols::ack::acked_ids;
 use mpc_did_didcomm::protocols::coordinate_mediation;
@@ -27,6 +19,13 @@ use mpc_did_didcomm::protocols::pickup::{
     self, attachment_bytes, decode_raw_push, RawPushError, RAW_LIVE_FIELD,
 };
 use mpc_did_didcomm::protocols::report_problem::PROBLEM_REPORT_TYPE;
+use mpc_did_didcomm::{
+    pack_encrypted, pack_encrypted_with, unpack_with, Message, PackOptions, SecretStore,
+    StaticEcdhCache, UnpackMetadata, UnpackOptions,
+};
+use mpc_did_resolver::{DidCommService, DidDocument, UniversalResolver};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// What can go wrong talking to a mediator.
 #[derive(Debug, thiserror::Error)]

@@ -13,9 +13,9 @@
 //! **Does not**: define DIDComm messages (`mpc-did-didcomm`'s `protocols`, shared with the
 //! mediator), run a mediator (`mpc-did-mediator`; this crate never depends on it, so a
 //! party builds no server code), interpret protocols (the session and lobby code
-//! subscribe), or store
-//! anything: a message is acknowledged to the mediator only once a subscriber took it, or
-//! once we decided to drop it, so what we hold is delivered again after a restart.
+//! subscribe), or store anything: a message is acknowledged to the mediator only once a
+//! subscriber took it, or once we decided to drop it, so what we hold is delivered again
+//! after a restart.
 //!
 //! ## What is kept, what is dropped (spec/lobby.md §7)
 //! Anyone who knows our DID can send us messages, so nothing a stranger sends may pile up
@@ -57,17 +57,18 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod client;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mpc_did_didcomm::{Message, UnpackMetadata};
-pub mod client;
-
-use crate::client::{ClientError, Delivered, LiveConnection, MediatorClient};
 use mpc_did_resolver::{DidCommService, DidResolver as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::client::{ClientError, Delivered, LiveConnection, MediatorClient};
 
 /// The HTTP client type the mediator client uses (re-exported through its constructor).
 mod reqwest_client {
