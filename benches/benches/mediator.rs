@@ -39,9 +39,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
+use mpc_did_didcomm::message::message;
 use mpc_did_didcomm::{pack_encrypted, wrap_in_forward, PackOptions};
-use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
-use mpc_did_mediator::messages::message;
 use mpc_did_mediator::store::message_id;
 use mpc_did_mediator::testkit::ephemeral_identity;
 use mpc_did_mediator::{Config, Limits, Mediator};
@@ -351,7 +351,7 @@ async fn level(
                 };
                 let batch = match live.next_batch(wait).await {
                     Ok(b) => b,
-                    Err(mpc_did_mediator::client::ClientError::Timeout) if !unacked.is_empty() => {
+                    Err(mpc_did_agent::client::ClientError::Timeout) if !unacked.is_empty() => {
                         live.ack(&std::mem::take(&mut unacked)).await.unwrap();
                         continue;
                     }

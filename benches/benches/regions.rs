@@ -45,13 +45,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::latency;
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_agent::Agent;
 use mpc_did_connect::{
     mediator_stun, Binding, Connector, ConnectorConfig, QuicSetup, RelayIdentity, RelaySetup,
 };
 use mpc_did_driver::{local, DriverConfig, SessionHandle};
 use mpc_did_e3::{check_available, NatKind, Topology};
-use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::testkit::serve_public_mediator;
 use mpc_did_proxy::PartyId;
 use mpc_did_resolver::{DidCommService, UniversalResolver};

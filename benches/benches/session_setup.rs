@@ -14,9 +14,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_agent::Agent;
 use mpc_did_connect::{Binding, Connector, ConnectorConfig, Established};
-use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::{testkit, Config, Mediator, MediatorHandle};
 use mpc_did_resolver::UniversalResolver;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};

@@ -7,9 +7,11 @@
 //! [`UniversalResolver`].
 //!
 //! **Does not:** hold private keys (the wallet does), sign or encrypt (DIDComm does), or
-//! implement DID registration/update. did:key resolution does no I/O; only [`web`] touches
-//! the network, and only public addresses unless told otherwise: a did:web is often named
-//! by a stranger (spec/identity.md §3.3).
+//! implement DID registration/update. did:key resolution does no I/O; only the did:web
+//! fetch (`web::WebResolver`, default feature `web`: reqwest and tokio) touches the
+//! network, and only public addresses unless told otherwise: a did:web is often named by a
+//! stranger (spec/identity.md §3.3). Without `web` the crate does no I/O at all, which is
+//! how `mpc-did-didcomm` uses it.
 //!
 //! ```text
 //!   "did:…" ──Did::parse──▶ Did ──method?──┬─ key ──▶ key::resolve (pure) ─────────┐
@@ -58,4 +60,6 @@ pub use document::{
 pub use error::{DidError, DocumentError, KeyError, ResolveError};
 pub use public_key::{PublicKey, MULTICODEC_ED25519_PUB, MULTICODEC_X25519_PUB};
 pub use resolver::{DidResolver, StaticResolver, UniversalResolver};
-pub use web::{WebResolver, WebResolverConfig};
+#[cfg(feature = "web")]
+pub use web::WebResolver;
+pub use web::WebResolverConfig;

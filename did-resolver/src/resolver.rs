@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use crate::did::Did;
 use crate::document::DidDocument;
 use crate::error::ResolveError;
+#[cfg(feature = "web")]
 use crate::web::{WebResolver, WebResolverConfig};
 
 /// Resolves a DID to its document. Later crates take `impl DidResolver` so that they work
@@ -88,10 +89,12 @@ impl DidResolver for StaticResolver {
 }
 
 /// Resolves any supported method: first the [`StaticResolver`] overlay, then `did:key`
-/// locally, then `did:web` over HTTPS.
+/// locally, then `did:web` over HTTPS (feature `web`; without it a did:web not in the
+/// overlay is [`ResolveError::UnsupportedMethod`]).
 #[derive(Clone, Debug)]
 pub struct UniversalResolver {
     overlay: StaticResolver,
+    #[cfg(feature = "web")]
     web: WebResolver,
 }
 
@@ -102,13 +105,18 @@ impl UniversalResolver {
     /// # Errors
     /// [`ResolveError::Config`] if the HTTPS client cannot be built.
     pub fn new() -> Result<Self, ResolveError> {
-        Self::with_config(WebResolverConfig::default())
+        Ok(Self {
+            overlay: StaticResolver::new(),
+            #[cfg(feature = "web")]
+            web: WebResolver::new(WebResolverConfig::default())?,
+        })
     }
 
     /// A resolver with this did:web configuration.
     ///
     /// # Errors
     /// [`ResolveError::Config`] if the HTTPS client cannot be built (e.g. a bad extra root).
+    #[cfg(feature = "web")]
     pub fn with_config(config: WebResolverConfig) -> Result<Self, ResolveError> {
         Ok(Self {
             overlay: StaticResolver::new(),
@@ -133,6 +141,7 @@ impl UniversalResolver {
     }
 
     /// The did:web resolver used.
+    #[cfg(feature = "web")]
     pub fn web(&self) -> &WebResolver {
         &self.web
     }
@@ -149,6 +158,7 @@ impl DidResolver for UniversalResolver {
             let parsed = Did::parse(&did)?;
             match parsed.method() {
                 "key" => crate::key::resolve(&did),
+                #[cfg(feature = "web")]
                 "web" => self.web.resolve_did(&parsed).await,
                 other => Err(ResolveError::UnsupportedMethod(other.to_owned())),
             }

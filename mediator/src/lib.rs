@@ -5,11 +5,13 @@
 //! Mediation 2.0, Routing 2.0 `forward`, Message Pickup 3.0 with live delivery, Trust Ping
 //! 2.0, Discover Features 2.0, Report Problem 2.0), the durable queue [`store`] (sled or
 //! Redis), limits and metrics — including what bounds strangers who know a DID
-//! ([`guard`]: per-source quotas, the replay cache) — and a [`client`] for the other side
-//! of those protocols.
+//! ([`guard`]: per-source quotas, the replay cache).
 //!
-//! **Does not:** implement DIDComm envelopes (crate `mpc-did-didcomm`), resolve DIDs
-//! (crate `mpc-did-resolver`), or hold user wallets. STUN and relay services plug in beside
+//! **Does not:** implement DIDComm envelopes or define the protocol messages (crate
+//! `mpc-did-didcomm`, whose `protocols` both sides share; [`messages`] only adds the
+//! mediator's problem codes and disclosures), resolve DIDs (crate `mpc-did-resolver`),
+//! hold user wallets, or talk to a mediator as a party does (the client is
+//! `mpc_did_agent::client`, so parties never depend on this crate). STUN and relay services plug in beside
 //! the mediator through [`Service`] (issue 5).
 //!
 //! ```text
@@ -35,7 +37,6 @@
 //! Protocol and deployment details: `spec/mediator.md`.
 #![forbid(unsafe_code)]
 
-pub mod client;
 pub mod config;
 mod core;
 pub mod guard;

@@ -33,12 +33,11 @@ use crate::metrics::Rejection;
 use crate::store::Store as _;
 use mpc_did_rendezvous::source::SourceCounts;
 
-/// Media types of DIDComm v2 envelopes.
-pub const ENCRYPTED_MEDIA_TYPE: &str = "application/didcomm-encrypted+json";
-/// Signed envelope media type.
-pub const SIGNED_MEDIA_TYPE: &str = "application/didcomm-signed+json";
-/// Plaintext media type.
-pub const PLAIN_MEDIA_TYPE: &str = "application/didcomm-plain+json";
+/// Media types of DIDComm v2 envelopes (defined in `mpc_did_didcomm::message`).
+pub use mpc_did_didcomm::message::{
+    ENCRYPTED_TYP as ENCRYPTED_MEDIA_TYPE, PLAIN_TYP as PLAIN_MEDIA_TYPE,
+    SIGNED_TYP as SIGNED_MEDIA_TYPE,
+};
 
 /// State shared by every route.
 #[derive(Clone)]

@@ -37,7 +37,7 @@ async fn binary_serves_stun_and_relay() {
     let mediator_did = v["did"].as_str().unwrap().to_owned();
 
     // Clients learn the STUN port from /oob (spec/mediator.md §2, §9).
-    let info = mpc_did_mediator::client::MediatorInfo::discover(
+    let info = mpc_did_agent::client::MediatorInfo::discover(
         v["addr"]
             .as_str()
             .map_or_else(|| panic!("no addr in {line}"), |a| format!("http://{a}"))

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{client, introduce, MediatorProc};
-use mpc_did_mediator::client::ClientError;
+use mpc_did_agent::client::ClientError;
 use mpc_did_mediator::messages::{codes, message, types};
 use serde_json::{json, Value};
 

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::{client, introduce, registered_pair, tls_front, MediatorProc};
-use mpc_did_mediator::client::WsSender;
+use mpc_did_agent::client::WsSender;
 use mpc_did_mediator::messages::message;
 use serde_json::json;
 
@@ -107,8 +107,8 @@ async fn kill9_between_ack_and_pickup_loses_nothing() {
     m.kill9();
     let m2 = MediatorProc::start(dir.path(), &[]);
     assert_eq!(m2.did, did, "the mediator keeps its DID across restarts");
-    let a2 = mpc_did_mediator::client::MediatorClient::new(
-        mpc_did_mediator::client::MediatorInfo::discover(&m2.url())
+    let a2 = mpc_did_agent::client::MediatorClient::new(
+        mpc_did_agent::client::MediatorInfo::discover(&m2.url())
             .await
             .unwrap(),
         &a.did,
@@ -129,7 +129,7 @@ async fn kill9_between_ack_and_pickup_loses_nothing() {
     assert_eq!(ns, (0..20).collect());
 }
 
-fn a_secrets(c: &mpc_did_mediator::client::MediatorClient) -> mpc_did_didcomm::SecretStore {
+fn a_secrets(c: &mpc_did_agent::client::MediatorClient) -> mpc_did_didcomm::SecretStore {
     c.secrets().clone()
 }
 
@@ -226,7 +226,7 @@ async fn forward_acks_and_refusals() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, mpc_did_mediator::client::ClientError::Problem { code, .. }
+        matches!(&err, mpc_did_agent::client::ClientError::Problem { code, .. }
             if code == "e.p.xfer.unknown-recipient"),
         "{err}"
     );

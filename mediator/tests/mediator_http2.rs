@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{metric, registered_pair, MediatorProc};
-use mpc_did_mediator::client::send_message;
+use mpc_did_agent::client::send_message;
 use mpc_did_mediator::messages::message;
 use serde_json::json;
 

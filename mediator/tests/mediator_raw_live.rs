@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use common::{client, introduce, registered_pair, MediatorProc};
-use mpc_did_mediator::client::{Delivered, LiveConnection, MediatorClient, MediatorInfo};
+use mpc_did_agent::client::{Delivered, LiveConnection, MediatorClient, MediatorInfo};
 use mpc_did_mediator::messages::message;
 use mpc_did_mediator::testkit::RedisServer;
 use serde_json::json;

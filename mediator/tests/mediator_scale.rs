@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::{client, introduce, registered_pair, MediatorProc};
-use mpc_did_mediator::client::MediatorInfo;
+use mpc_did_agent::client::MediatorInfo;
 use mpc_did_mediator::messages::message;
 use mpc_did_mediator::testkit::RedisServer;
 use serde_json::json;

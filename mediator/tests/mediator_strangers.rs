@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{client, introduce, registered_pair, MediatorProc};
 use futures_util::{SinkExt as _, StreamExt as _};
-use mpc_did_mediator::client::{send_message, ClientError};
+use mpc_did_agent::client::{send_message, ClientError};
 use mpc_did_mediator::messages::{codes, message, types};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -314,10 +314,10 @@ async fn squatted_key_is_taken_back_by_its_owner() {
     );
     let dir = tempfile::tempdir().unwrap();
     let m = MediatorProc::start(dir.path(), &["--store", &redis.url]);
-    let info = mpc_did_mediator::client::MediatorInfo::discover(&m.url())
+    let info = mpc_did_agent::client::MediatorInfo::discover(&m.url())
         .await
         .unwrap();
-    let alice = mpc_did_mediator::client::MediatorClient::new(
+    let alice = mpc_did_agent::client::MediatorClient::new(
         info,
         &alice_did,
         alice_secrets,

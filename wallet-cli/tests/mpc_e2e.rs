@@ -1213,15 +1213,11 @@ fn a_thousand_junk_messages_before_mpc_host_do_not_stop_the_lobby() {
                 let uri = packed.service.unwrap().uri;
                 // The mediator takes at most 500 unacknowledged messages per source and
                 // recipient (spec/mediator.md §6.1); the rest are refused, typed.
-                match mpc_did_mediator::client::post_packed(
-                    &http,
-                    &uri,
-                    packed.message.into_bytes(),
-                )
-                .await
+                match mpc_did_agent::client::post_packed(&http, &uri, packed.message.into_bytes())
+                    .await
                 {
                     Ok(_) => true,
-                    Err(mpc_did_mediator::client::ClientError::Problem { code, .. })
+                    Err(mpc_did_agent::client::ClientError::Problem { code, .. })
                         if code == "e.p.req.source-quota" =>
                     {
                         false

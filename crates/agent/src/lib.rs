@@ -1,15 +1,21 @@
 //! A party's control plane: its DIDComm v2 messages, sent through mediators and received
 //! from its own mediator over one live WebSocket.
 //!
-//! **Owns**: the inbox task (Message Pickup 3.0 live mode, reconnecting with backoff),
+//! **Owns**: the party side of the mediator protocols ([`client`]: discover a mediator
+//! from its invitation, register (Coordinate Mediation 2.0), send through it (Routing 2.0),
+//! pick up in batches or live over a WebSocket (Message Pickup 3.0, raw live pushes)), the
+//! inbox task (Message Pickup 3.0 live mode, reconnecting with backoff),
 //! de-duplication by message id (delivery is at-least-once), dispatch of unpacked messages
 //! to subscribers by message-type prefix (`https://mpc-did.org/session/1.0/`,
 //! `…/lobby/1.0/`), holding the early messages of protocols we speak until their
 //! subscriber comes, and endpoints learnt for DIDs whose documents name none (did:key).
 //!
-//! **Does not**: interpret protocols (the session and lobby code subscribe), or store
-//! anything: a message is acknowledged to the mediator only once a subscriber took it, or
-//! once we decided to drop it, so what we hold is delivered again after a restart.
+//! **Does not**: define DIDComm messages (`mpc-did-didcomm`'s `protocols`, shared with the
+//! mediator), run a mediator (`mpc-did-mediator`; this crate never depends on it, so a
+//! party builds no server code), interpret protocols (the session and lobby code
+//! subscribe), or store anything: a message is acknowledged to the mediator only once a
+//! subscriber took it, or once we decided to drop it, so what we hold is delivered again
+//! after a restart.
 //!
 //! ## What is kept, what is dropped (spec/lobby.md §7)
 //! Anyone who knows our DID can send us messages, so nothing a stranger sends may pile up
@@ -36,7 +42,7 @@
 //! ```
 //!
 //! ```no_run
-//! # async fn demo(client: mpc_did_mediator::client::MediatorClient) -> Result<(), mpc_did_agent::AgentError> {
+//! # async fn demo(client: mpc_did_agent::client::MediatorClient) -> Result<(), mpc_did_agent::AgentError> {
 //! use mpc_did_agent::{Agent, AgentConfig, Hold};
 //! // Hold early session messages, but only from the two parties of our roster.
 //! let config = AgentConfig {
@@ -51,15 +57,18 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod client;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mpc_did_didcomm::{Message, UnpackMetadata};
-use mpc_did_mediator::client::{ClientError, Delivered, LiveConnection, MediatorClient};
 use mpc_did_resolver::{DidCommService, DidResolver as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::client::{ClientError, Delivered, LiveConnection, MediatorClient};
 
 /// The HTTP client type the mediator client uses (re-exported through its constructor).
 mod reqwest_client {
@@ -319,15 +328,8 @@ impl Agent {
     /// `to` has no known endpoint, or its mediator refused.
     pub async fn send(&self, to: &str, msg: Message) -> Result<(), AgentError> {
         let c = &self.inner.client;
-        mpc_did_mediator::client::send_message(
-            &self.inner.http,
-            &c.did,
-            c.secrets(),
-            c.resolver(),
-            to,
-            msg,
-        )
-        .await?;
+        crate::client::send_message(&self.inner.http, &c.did, c.secrets(), c.resolver(), to, msg)
+            .await?;
         Ok(())
     }
 
@@ -365,12 +367,7 @@ impl Agent {
                 "{to} has no DIDCommMessaging service"
             )))
         })?;
-        mpc_did_mediator::client::post_packed(
-            &self.inner.http,
-            &svc.uri,
-            packed.message.into_bytes(),
-        )
-        .await?;
+        crate::client::post_packed(&self.inner.http, &svc.uri, packed.message.into_bytes()).await?;
         Ok(())
     }
 

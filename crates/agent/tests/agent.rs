@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_agent::{expect, Agent, AgentConfig, Hold};
 use mpc_did_didcomm::Message;
-use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::{testkit, Config, Mediator, MediatorHandle};
 use mpc_did_resolver::UniversalResolver;
 
@@ -136,7 +136,7 @@ async fn flood(stranger: &Agent, to: &Agent, n: usize, type_: &str, authcrypt: b
             .await
             .unwrap();
             let uri = packed.service.unwrap().uri;
-            mpc_did_mediator::client::post_packed(&http, &uri, packed.message.into_bytes())
+            mpc_did_agent::client::post_packed(&http, &uri, packed.message.into_bytes())
                 .await
                 .unwrap();
         });

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_agent::Agent;
 use mpc_did_connect::{
     Binding, ConnectError, Connector, ConnectorConfig, Established, PathInfo, QuicSetup,
     RelayIdentity, RelaySetup, UpgradeConfig,
 };
 use mpc_did_driver::SessionState;
-use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
 use mpc_did_mediator::{Config, Mediator, MediatorHandle};
 use mpc_did_rendezvous::candidate::{Candidate, CandidateKind, Transport};

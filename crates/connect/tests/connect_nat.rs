@@ -20,13 +20,13 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_agent::Agent;
 use mpc_did_connect::{
     mediator_stun, Binding, Connector, ConnectorConfig, PathInfo, QuicSetup, RelayIdentity,
     RelaySetup, UpgradeConfig,
 };
 use mpc_did_e3::{NatKind, Topology};
-use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::testkit::serve_public_mediator;
 use mpc_did_rendezvous::candidate::CandidateKind;
 use mpc_did_rendezvous::nat::NatMapping;

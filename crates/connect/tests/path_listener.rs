@@ -8,9 +8,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_agent::Agent;
 use mpc_did_connect::{Binding, Connector, ConnectorConfig, ListenerLimits, PathInfo};
-use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::{Config, Mediator, MediatorHandle};
 use mpc_did_resolver::UniversalResolver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -812,11 +812,11 @@ mod live {
     //! rules, and signed exactly when the document says so.
     use std::time::Duration;
 
+    use mpc_did_agent::client::{MediatorClient, MediatorInfo};
     use mpc_did_agent::{Agent, Inbound};
     use mpc_did_connect::{Binding, Connector, ConnectorConfig};
     use mpc_did_didcomm::message::PLAIN_TYP;
     use mpc_did_didcomm::Message;
-    use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
     use mpc_did_mediator::{Config, Mediator, MediatorHandle};
     use mpc_did_resolver::UniversalResolver;
     use mpc_did_session::messages::{

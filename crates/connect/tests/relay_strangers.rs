@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_agent::Agent;
 use mpc_did_connect::{
     Binding, Connector, ConnectorConfig, PathInfo, RelayIdentity, RelaySetup, UpgradeConfig,
 };
-use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig, RelayServiceHandle};
 use mpc_did_mediator::{Config, Mediator, MediatorHandle};
 use mpc_did_rendezvous::net::RelayConnection;

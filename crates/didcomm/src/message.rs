@@ -245,6 +245,18 @@ pub fn new_id() -> String {
     )
 }
 
+/// A new message of type `typ` with `body`, a fresh id and `created_time` now.
+#[must_use]
+pub fn message(typ: &str, body: Value) -> Message {
+    Message::new(new_id(), typ, body).created_time(now())
+}
+
+/// A new message of type `typ` with `body` in the thread of `to_msg`.
+#[must_use]
+pub fn reply(typ: &str, body: Value, to_msg: &Message) -> Message {
+    message(typ, body).thid(to_msg.thread_id())
+}
+
 /// Seconds since the UNIX epoch (0 if the clock is before 1970).
 pub fn now() -> u64 {
     std::time::SystemTime::now()

@@ -6,8 +6,8 @@ use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_didcomm::{Secret, SecretStore};
-use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_resolver::{key, UniversalResolver};
 
 /// A running mediator process (killed with SIGKILL on drop).

@@ -8,9 +8,9 @@
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
+use mpc_did_agent::client::MediatorInfo;
 use mpc_did_agent::Agent;
 use mpc_did_connect::{mediator_stun, Connector, ConnectorConfig, QuicSetup};
-use mpc_did_mediator::client::MediatorInfo;
 use mpc_did_resolver::DidResolver as _;
 use mpc_did_wallet::Wallet;
 

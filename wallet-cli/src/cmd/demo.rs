@@ -16,7 +16,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_mediator::{Config, Mediator};
 use mpc_did_proxy::launch::{self, Output};
 use mpc_did_resolver::UniversalResolver;

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::io::Write as _;
 use std::time::Duration;
 
-use mpc_did_mediator::client::{ClientError, Delivered, MediatorClient};
+use mpc_did_agent::client::{ClientError, Delivered, MediatorClient};
 
 use crate::cmd::mediator::registered_client;
 use crate::ctx::Ctx;

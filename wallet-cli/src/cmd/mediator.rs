@@ -6,8 +6,8 @@
 //! wallet route messages through it; `inbox` picks them up.
 
 use anyhow::Context as _;
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_didcomm::{Secret, SecretStore};
-use mpc_did_mediator::client::{MediatorClient, MediatorInfo};
 use mpc_did_resolver::UniversalResolver;
 use mpc_did_wallet::{Identity, Wallet};
 

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use mpc_did_agent::client::MediatorInfo;
 use mpc_did_agent::{Agent, Inbound};
 use mpc_did_didcomm::protocols::report_problem::{ProblemReport, PROBLEM_REPORT_TYPE};
 use mpc_did_didcomm::{Attachment, Invitation, Message};
@@ -26,7 +27,6 @@ use mpc_did_lobby::{
     Coordinator, Join, JoinOutcome, Offer, Program, Roster, GOAL_CODE, JOIN_TYPE,
     OFFER_ATTACHMENT_ID, ROSTER_TYPE,
 };
-use mpc_did_mediator::client::MediatorInfo;
 use mpc_did_resolver::DidCommService;
 use mpc_did_wallet::Wallet;
 use serde::{Deserialize, Serialize};

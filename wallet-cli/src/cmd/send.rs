@@ -6,8 +6,8 @@
 //! document (did:web documents carry services; did:key documents cannot).
 
 use anyhow::Context as _;
-use mpc_did_mediator::client::{new_http_client, send_message, MediatorInfo};
-use mpc_did_mediator::messages::message;
+use mpc_did_agent::client::{new_http_client, send_message, MediatorInfo};
+use mpc_did_didcomm::message::message;
 use mpc_did_resolver::{DidResolver as _, UniversalResolver};
 use mpc_did_wallet::Wallet;
 

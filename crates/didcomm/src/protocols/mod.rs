@@ -2,8 +2,11 @@
 //! generic [`crate::Message`]; parsing checks `type` and the body shape and returns
 //! [`crate::Error::Protocol`] on anything else.
 
+pub mod ack;
+pub mod coordinate_mediation;
 pub mod discover_features;
 pub mod oob;
+pub mod pickup;
 #[cfg(feature = "qr")]
 pub mod qr;
 pub mod report_problem;

@@ -1,14 +1,24 @@
 //! The other side of the mediator protocols: register with a mediator, send through one,
 //! pick up (batch over HTTP, live over WebSocket) and acknowledge.
 //!
-//! Used by the `mpc-did` CLI (`mediator register`, `send`, `inbox`), by the tests and by
-//! the benchmark. Every request to the mediator is authcrypt from the client's DID, as the
-//! mediator requires (spec/mediator.md §3).
+//! Used by [`crate::Agent`], by the `mpc-did` CLI (`mediator register`, `send`, `inbox`),
+//! by the tests and by the benchmark. Every request to the mediator is authcrypt from the
+//! client's DID, as the mediator requires (spec/mediator.md §3). The messages are those of
+//! `mpc_did_didcomm::protocols` (`coordinate_mediation`, `pickup`, `ack`), the same
+//! definitions the mediator answers with; this module adds only the I/O (HTTP POST,
+//! WebSocket live mode) and lives with the party, so a party never builds server code.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use mpc_did_didcomm::message::{message, ENCRYPTED_TYP};
+use mpc_did_didcomm::protocols::ack::acked_ids;
+use mpc_did_didcomm::protocols::coordinate_mediation;
+use mpc_did_didcomm::protocols::pickup::{
+    self, attachment_bytes, decode_raw_push, RawPushError, RAW_LIVE_FIELD,
+};
+use mpc_did_didcomm::protocols::report_problem::PROBLEM_REPORT_TYPE;
 use mpc_did_didcomm::{
     pack_encrypted, pack_encrypted_with, unpack_with, Message, PackOptions, SecretStore,
     StaticEcdhCache, UnpackMetadata, UnpackOptions,
@@ -16,8 +26,6 @@ use mpc_did_didcomm::{
 use mpc_did_resolver::{DidCommService, DidDocument, UniversalResolver};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-use crate::messages::{attachment_bytes, decode_raw_push, message, types, RAW_LIVE_FIELD};
 
 /// What can go wrong talking to a mediator.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +62,7 @@ pub enum ClientError {
     Timeout,
     /// A raw live push frame that cannot be read (spec/mediator.md §3.1).
     #[error("bad raw push frame: {0}")]
-    RawPush(#[from] crate::messages::RawPushError),
+    RawPush(#[from] RawPushError),
     /// The mediator did not acknowledge raw live mode (it is not an mpc-did mediator, or
     /// an older one): use [`MediatorClient::live`].
     #[error("the mediator does not offer raw live delivery")]
@@ -308,7 +316,7 @@ impl MediatorClient {
         let resp = self
             .http
             .post(&self.info.http)
-            .header("content-type", crate::ENCRYPTED_MEDIA_TYPE)
+            .header("content-type", ENCRYPTED_TYP)
             .body(packed)
             .send()
             .await?;
@@ -331,7 +339,7 @@ impl MediatorClient {
             Ok((m, _)) => m,
             Err(e) => return Err(e),
         };
-        if msg.type_ == types::PROBLEM_REPORT {
+        if msg.type_ == PROBLEM_REPORT_TYPE {
             return Err(problem(&msg));
         }
         Ok(msg)
@@ -344,12 +352,15 @@ impl MediatorClient {
     /// [`ClientError::Denied`], a problem report, or network failure.
     pub async fn register(&self) -> Result<(), ClientError> {
         let reply = self
-            .request(message(types::MEDIATE_REQUEST, json!({})))
+            .request(message(
+                coordinate_mediation::MEDIATE_REQUEST_TYPE,
+                json!({}),
+            ))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to mediate-request".into()))?;
         match reply.type_.as_str() {
-            types::MEDIATE_GRANT => {}
-            types::MEDIATE_DENY => return Err(ClientError::Denied),
+            coordinate_mediation::MEDIATE_GRANT_TYPE => {}
+            coordinate_mediation::MEDIATE_DENY_TYPE => return Err(ClientError::Denied),
             other => return Err(ClientError::Unexpected(other.to_owned())),
         }
         self.update_keys(&[(self.did.as_str(), "add")]).await?;
@@ -366,7 +377,10 @@ impl MediatorClient {
             .map(|(k, a)| json!({ "recipient_did": k, "action": a }))
             .collect();
         let reply = self
-            .request(message(types::RECIPIENT_UPDATE, json!({ "updates": ups })))
+            .request(message(
+                coordinate_mediation::RECIPIENT_UPDATE_TYPE,
+                json!({ "updates": ups }),
+            ))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to recipient-update".into()))?;
         Ok(reply
@@ -383,7 +397,10 @@ impl MediatorClient {
     /// A problem report or network failure.
     pub async fn keys(&self) -> Result<Vec<String>, ClientError> {
         let reply = self
-            .request(message(types::RECIPIENT_QUERY, json!({})))
+            .request(message(
+                coordinate_mediation::RECIPIENT_QUERY_TYPE,
+                json!({}),
+            ))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to recipient-query".into()))?;
         Ok(reply
@@ -405,7 +422,7 @@ impl MediatorClient {
     /// A problem report or network failure.
     pub async fn status(&self) -> Result<Value, ClientError> {
         let reply = self
-            .request(message(types::STATUS_REQUEST, json!({})))
+            .request(message(pickup::STATUS_REQUEST_TYPE, json!({})))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to status-request".into()))?;
         Ok(reply.body)
@@ -417,7 +434,10 @@ impl MediatorClient {
     /// A problem report or network failure.
     pub async fn fetch(&self, limit: u64) -> Result<Vec<Delivered>, ClientError> {
         let reply = self
-            .request(message(types::DELIVERY_REQUEST, json!({ "limit": limit })))
+            .request(message(
+                pickup::DELIVERY_REQUEST_TYPE,
+                json!({ "limit": limit }),
+            ))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to delivery-request".into()))?;
         Ok(delivered(&reply))
@@ -432,7 +452,7 @@ impl MediatorClient {
             return Ok(());
         }
         self.request(message(
-            types::MESSAGES_RECEIVED,
+            pickup::MESSAGES_RECEIVED_TYPE,
             json!({ "message_id_list": ids }),
         ))
         .await?;
@@ -483,7 +503,7 @@ impl MediatorClient {
             deferred: None,
         };
         conn.send(message(
-            types::LIVE_DELIVERY_CHANGE,
+            pickup::LIVE_DELIVERY_CHANGE_TYPE,
             json!({ "live_delivery": true }),
         ))
         .await?;
@@ -523,7 +543,7 @@ impl MediatorClient {
             deferred: None,
         };
         let change = message(
-            types::LIVE_DELIVERY_CHANGE,
+            pickup::LIVE_DELIVERY_CHANGE_TYPE,
             json!({ "live_delivery": true, RAW_LIVE_FIELD: true }),
         );
         let thid = change.id.clone();
@@ -534,7 +554,7 @@ impl MediatorClient {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let m = conn.next_message(left).await?;
-            if m.type_ != types::STATUS || m.thid.as_deref() != Some(thid.as_str()) {
+            if m.type_ != pickup::STATUS_TYPE || m.thid.as_deref() != Some(thid.as_str()) {
                 // A wrapped push (a mediator without raw mode): keep its messages.
                 conn.pending.extend(delivered(&m));
                 continue;
@@ -608,7 +628,7 @@ pub async fn post_packed(
 ) -> Result<(), ClientError> {
     let resp = http
         .post(uri)
-        .header("content-type", crate::ENCRYPTED_MEDIA_TYPE)
+        .header("content-type", ENCRYPTED_TYP)
         .body(body)
         .send()
         .await?;
@@ -618,7 +638,7 @@ pub async fn post_packed(
     }
     let body = resp.bytes().await.unwrap_or_default();
     match Message::from_json(&body) {
-        Ok(m) if m.type_ == types::PROBLEM_REPORT => Err(problem(&m)),
+        Ok(m) if m.type_ == PROBLEM_REPORT_TYPE => Err(problem(&m)),
         _ => Err(ClientError::Unexpected(format!("HTTP {status}"))),
     }
 }
@@ -640,7 +660,7 @@ fn problem(m: &Message) -> ClientError {
 /// The messages a Pickup 3.0 `delivery` carries (none for a `status`).
 #[must_use]
 pub fn delivered(m: &Message) -> Vec<Delivered> {
-    if m.type_ != types::DELIVERY {
+    if m.type_ != pickup::DELIVERY_TYPE {
         return Vec::new();
     }
     m.attachments
@@ -769,13 +789,10 @@ impl WsSender {
             };
             // The sender is anonymous to the mediator: acks and refusals come as plaintext.
             let m = Message::from_json(&bytes)?;
-            if m.type_ == types::PROBLEM_REPORT {
+            if m.type_ == PROBLEM_REPORT_TYPE {
                 return Err(problem(&m));
             }
-            if crate::messages::acked_ids(&m)
-                .iter()
-                .any(|id| id == forward_id)
-            {
+            if acked_ids(&m).iter().any(|id| id == forward_id) {
                 return Ok(());
             }
         }
@@ -927,7 +944,7 @@ impl LiveConnection {
             return Ok(());
         }
         self.send(message(
-            types::MESSAGES_RECEIVED,
+            pickup::MESSAGES_RECEIVED_TYPE,
             json!({ "message_id_list": ids }),
         ))
         .await
@@ -959,7 +976,8 @@ enum Frame {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::messages::{encode_raw_push, reply, RawPushError};
+    use mpc_did_didcomm::message::reply;
+    use mpc_did_didcomm::protocols::pickup::encode_raw_push;
     use tokio::net::TcpListener;
 
     /// A mediator stand-in on loopback that acknowledges raw mode (authcrypt status, as
@@ -968,7 +986,7 @@ mod tests {
         frames: Vec<Vec<u8>>,
         acknowledge: bool,
     ) -> (MediatorClient, tokio::task::JoinHandle<()>) {
-        let (mdid, msecrets) = crate::testkit::ephemeral_identity();
+        let (mdid, msecrets) = mpc_did_mediator::testkit::ephemeral_identity();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let info = MediatorInfo {
@@ -979,7 +997,7 @@ mod tests {
             invitation_url: String::new(),
             stun_port: None,
         };
-        let (did, secrets) = crate::testkit::ephemeral_identity();
+        let (did, secrets) = mpc_did_mediator::testkit::ephemeral_identity();
         let client =
             MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
         let task = tokio::spawn(async move {
@@ -997,14 +1015,14 @@ mod tests {
             )
             .await
             .unwrap();
-            assert_eq!(req.type_, types::LIVE_DELIVERY_CHANGE);
+            assert_eq!(req.type_, pickup::LIVE_DELIVERY_CHANGE_TYPE);
             assert_eq!(req.body[RAW_LIVE_FIELD], true);
             let from = did_of(meta.encrypted_from_kid.as_deref().unwrap());
             let mut body = json!({ "live_delivery": true, "message_count": 0 });
             if acknowledge {
                 body[RAW_LIVE_FIELD] = json!(true);
             }
-            let mut status = reply(types::STATUS, body, &req);
+            let mut status = reply(pickup::STATUS_TYPE, body, &req);
             status.from = Some(mdid.clone());
             status.to = Some(vec![from.to_owned()]);
             let opts = PackOptions {
