@@ -403,10 +403,11 @@ impl LinkDir {
     /// (a stranger's directory or symlink), and checks the result is ours and private.
     fn create(parent: &Path) -> io::Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        sweep_stale(parent);
         for _ in 0..16 {
             let mut name = [0u8; 8];
             getrandom_name(&mut name)?;
-            let path = parent.join(format!("mpc-did-{}", hex8(&name)));
+            let path = parent.join(format!("mpc-did-{}-{}", std::process::id(), hex8(&name)));
             if path.as_os_str().len() + "/party-65535.sock".len() > MAX_SOCKET_PATH {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -465,8 +466,40 @@ impl LinkDir {
 
 impl Drop for LinkDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.path) {
-            tracing::warn!(dir = %self.path.display(), "cannot remove the link directory: {e}");
+        // A program still starting may write its hook marker while the directory is being
+        // removed (then it is not empty): one more pass gets it.
+        if std::fs::remove_dir_all(&self.path).is_err() {
+            if let Err(e) = std::fs::remove_dir_all(&self.path) {
+                tracing::warn!(dir = %self.path.display(), "cannot remove the link directory: {e}");
+            }
+        }
+    }
+}
+
+/// Remove link directories in `parent` that a process of ours made and could not remove
+/// because it was killed (`mpc-did-<pid>-<random>`, owned by us, `<pid>` no longer runs).
+fn sweep_stale(parent: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("mpc-did-"))
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(pid, rest)| (rest.len() == 16).then_some(pid))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let ours = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.uid() == me);
+        if ours && !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::debug!(dir = %path.display(), "removing a link directory left by a killed run");
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
 }

@@ -403,3 +403,32 @@ async fn a_program_without_the_link_hook_is_stopped_not_exposed() {
         Err(e) => assert!(matches!(e, LaunchError::HookNotLoaded { .. }), "{e}"),
     }
 }
+
+/// A link directory left by a run that was killed (SIGKILL runs no destructor) is removed
+/// by the next proxy that starts in the same place; a live run's directory is not.
+#[tokio::test]
+async fn a_killed_runs_link_directory_is_swept_by_the_next_run() {
+    let parent = tempfile::tempdir().unwrap();
+    let cfg = |me| ProxyConfig {
+        link_dir_parent: Some(parent.path().to_owned()),
+        ..ProxyConfig::new(2, me)
+    };
+    let live = Proxy::bind(cfg(0)).await.unwrap();
+    // What a killed run leaves: its directory, named after a pid that no longer runs.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let stale = parent
+        .path()
+        .join(format!("mpc-did-{dead_pid}-0123456789abcdef"));
+    std::fs::create_dir_all(stale.join("py")).unwrap();
+    std::fs::write(stale.join("loaded-1"), b"").unwrap();
+    let other = Proxy::bind(cfg(1)).await.unwrap();
+    assert!(!stale.exists(), "the killed run's directory is still there");
+    assert!(
+        live.link_dir().exists(),
+        "a live run's directory was removed"
+    );
+    drop((live, other));
+    assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
+}
