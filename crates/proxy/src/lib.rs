@@ -399,7 +399,7 @@ struct LinkDir {
 }
 
 impl LinkDir {
-    /// `mkdir(parent/mpc-did-<random>, 0700)`: fails rather than reuse anything that exists
+    /// `mkdir(parent/mpc-did-<pid>-<random>, 0700)`: fails rather than reuse anything that exists
     /// (a stranger's directory or symlink), and checks the result is ours and private.
     fn create(parent: &Path) -> io::Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
