@@ -28,6 +28,10 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v iptables >/dev/null || missing+=(iptables)
 command -v conntrack >/dev/null || missing+=(conntrack)
+# The local-stranger test runs its attacker as uid 65534 with the system Python (a
+# pyenv/venv interpreter under /root is not readable by that user) and util-linux setpriv.
+[ -x /usr/bin/python3 ] || missing+=(python3)
+command -v setpriv >/dev/null || missing+=(util-linux)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
