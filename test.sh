@@ -2,7 +2,7 @@
 # The whole mpc-did test suite, on a fresh Debian/Ubuntu machine with Rust (rustup).
 #
 # Installs what the tests need and is missing (Debian packages: redis-server, iproute2,
-# iptables, conntrack; a Python venv with the interop peers of python-requirements.txt;
+# iptables, conntrack, python3, util-linux; a Python venv with the interop peers of python-requirements.txt;
 # cargo-fuzz), then runs: rustfmt check, clippy (-D warnings), every test of the workspace
 # (unit, property, interop, end-to-end with the real binaries on loopback), the docs build,
 # and every cargo-fuzz target for a bounded time.
