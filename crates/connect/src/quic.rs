@@ -24,7 +24,7 @@ use mpc_did_rendezvous::net::connect::gather_quic;
 use mpc_did_rendezvous::net::quic::{QuicEndpoint, QuicPath};
 use tokio::net::UdpSocket;
 
-use crate::RemoteCandidates;
+use crate::keep::RemoteCandidates;
 
 /// How to set up the NAT-traversed (QUIC) path.
 #[derive(Debug, Clone)]
