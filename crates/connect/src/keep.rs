@@ -70,7 +70,7 @@ impl Connector {
         if !est.proposer {
             return Err(ConnectError::NoPath {
                 peer: est.peer.clone(),
-                reason: "only the proposer opens paths".into(),
+                reason: PathError::NotProposer,
             });
         }
         let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;

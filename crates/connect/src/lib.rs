@@ -20,7 +20,7 @@
 //! Modules by job: `negotiate` (the DIDComm messages above), `open` (direct checks and the
 //! relay, ranked by `select`), `keep` (re-connecting, upgrading from the relay, serving
 //! relay paths), `listen` and `quic` (the incoming ends); this file keeps [`Connector`], its
-//! configs and [`ConnectError`].
+//! configs and the errors ([`ConnectError`], with [`PathError`] saying why no path opened).
 //!
 //! ```text
 //!  proposer                     DIDComm via mediators                  acceptor
@@ -231,10 +231,100 @@ pub enum ConnectError {
     Handshake { peer: String, reason: String },
     /// No candidate of the peer could be reached.
     #[error("no path to {peer}: {reason}")]
-    NoPath { peer: String, reason: String },
+    NoPath { peer: String, reason: PathError },
     /// A local socket failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Why no path could be opened to a peer (spec/session.md §7.5), as
+/// [`ConnectError::NoPath`] reports it: one variant per step that can fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// The peer announced no candidate we can use.
+    #[error("the peer announced no candidate we can use")]
+    NoCandidate,
+    /// The peer announced no direct candidate we can use.
+    #[error("the peer announced no direct candidate we can use")]
+    NoDirectCandidate,
+    /// Direct checks went on until the deadline without a path.
+    #[error("direct paths: no answer in time")]
+    DirectTimedOut,
+    /// A TCP connection to a host candidate did not complete in time.
+    #[error("TCP {addr}: connect timed out")]
+    TcpTimedOut { addr: SocketAddr },
+    /// A TCP connection to a host candidate failed.
+    #[error("TCP {addr}: {source}")]
+    Tcp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// No QUIC handshake with a candidate in time.
+    #[error("QUIC {addr}: no handshake within {after:?}")]
+    QuicTimedOut { addr: SocketAddr, after: Duration },
+    /// The QUIC connection or its stream failed.
+    #[error("QUIC {addr}: {source}")]
+    Quic {
+        addr: SocketAddr,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A candidate of a transport we cannot check.
+    #[error("{addr}: no way to check a {transport:?} candidate")]
+    Unsupported {
+        addr: SocketAddr,
+        transport: Transport,
+    },
+    /// The path opened but the session did not connect on it.
+    #[error("{info}: no answer on the path")]
+    NoAnswer { info: PathInfo },
+    /// The path opened but its hello could not be sent.
+    #[error("{info}: {source}")]
+    Hello {
+        info: PathInfo,
+        source: std::io::Error,
+    },
+    /// The session refused the path (it has ended).
+    #[error("{0}")]
+    Attach(std::io::Error),
+    /// A path through the relay at `url` failed.
+    #[error("relay {url}: {source}")]
+    Relay { url: String, source: Box<PathError> },
+    /// The relay stream was attached but the peer did not answer through it.
+    #[error("no answer through the relay (state {state:?})")]
+    RelayNoAnswer { state: SessionState },
+    /// Relay paths need a relay identity ([`ConnectorConfig::relay`]).
+    #[error("no relay identity configured (ConnectorConfig::relay)")]
+    NoRelayIdentity,
+    /// The relay connection or stream failed.
+    #[error("{0}")]
+    RelayIo(std::io::Error),
+    /// Connecting to the relay failed.
+    #[error("{0}")]
+    RelayConnect(mpc_did_rendezvous::net::NetError),
+    /// The peer's DID document could not be resolved (to name it to the relay).
+    #[error("{0}")]
+    Resolve(mpc_did_resolver::ResolveError),
+    /// The peer's DID document has no key the relay can name it by.
+    #[error("{peer} has no Ed25519 authentication key")]
+    NoRelayKey { peer: String },
+    /// Our own relay ([`ConnectorConfig::relay`]) could not be reached at start.
+    #[error("cannot connect to our relay: {0}")]
+    OwnRelay(mpc_did_rendezvous::net::NetError),
+    /// Only the proposer opens paths ([`Connector::reconnect`] on the acceptor).
+    #[error("only the proposer opens paths")]
+    NotProposer,
+    /// Several attempts failed, in the order they were made.
+    #[error("{}", join(.0))]
+    All(Vec<PathError>),
+}
+
+fn join(errors: &[PathError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A secure session that is up.
@@ -362,7 +452,7 @@ impl Connector {
                 .await
                 .map_err(|e| ConnectError::NoPath {
                     peer: setup.url.clone(),
-                    reason: format!("cannot connect to our relay: {e}"),
+                    reason: PathError::OwnRelay(e),
                 })?;
                 // Only peers we negotiate with may send to us through it (spec/rendezvous.md
                 // §4.4): a stranger who knows our DID cannot flood our relay link.

@@ -40,7 +40,10 @@ impl Connector {
                 match self.relay_path(handle, peer, url).await {
                     Ok(()) => return Ok(PathInfo::Relayed { relay: url.clone() }),
                     Err(e) => {
-                        why.push(format!("relay {url}: {e}"));
+                        why.push(PathError::Relay {
+                            url: url.clone(),
+                            source: Box::new(e),
+                        });
                         if tokio::time::Instant::now() >= deadline {
                             break;
                         }
@@ -50,11 +53,11 @@ impl Connector {
             }
         }
         if why.is_empty() {
-            why.push("the peer announced no candidate we can use".into());
+            why.push(PathError::NoCandidate);
         }
         Err(ConnectError::NoPath {
             peer: peer.to_owned(),
-            reason: why.join("; "),
+            reason: PathError::All(why),
         })
     }
 
@@ -67,7 +70,7 @@ impl Connector {
         handle: &SessionHandle,
         remote: &[Candidate],
         deadline: tokio::time::Instant,
-    ) -> Result<PathInfo, String> {
+    ) -> Result<PathInfo, PathError> {
         let quic = self.inner.quic.as_ref().map(|q| q.endpoint.clone());
         let own = quic.as_ref().map(QuicEndpoint::local_addr);
         let targets: Vec<(u8, Candidate)> = remote
@@ -84,7 +87,7 @@ impl Connector {
             .take(MAX_DIRECT_CHECKS)
             .collect();
         if targets.is_empty() {
-            return Err("the peer announced no direct candidate we can use".into());
+            return Err(PathError::NoDirectCandidate);
         }
         let settle = self.inner.config.upgrade.settle;
         let rounds = async {
@@ -108,7 +111,7 @@ impl Connector {
         };
         tokio::time::timeout_at(deadline, rounds)
             .await
-            .unwrap_or_else(|_| Err("direct paths: no answer in time".into()))
+            .unwrap_or_else(|_| Err(PathError::DirectTimedOut))
     }
 
     /// Open a path to `peer` through the relay at `url` (ours, or the peer's).
@@ -117,25 +120,25 @@ impl Connector {
         handle: &SessionHandle,
         peer: &str,
         url: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), PathError> {
         let conn = self.relay_connection(url).await?;
         let mut stream = conn
             .open_stream(self.relay_peer(peer).await?)
-            .map_err(|e| e.to_string())?;
+            .map_err(PathError::RelayIo)?;
         // The peer answers only after our hello, so whatever this stream already holds are
         // records of an earlier relay path (kept by the relay client while no stream was
         // open); they would fail to authenticate here and cost the new path.
         drain_stale(&mut stream).await;
         path::send_hello(&mut stream, &handle.path_id())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(PathError::RelayIo)?;
         let info = PathInfo::Relayed {
             relay: url.to_owned(),
         };
         handle
             .attach_path_as(Box::new(stream), Some(info))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(PathError::Attach)?;
         let mut st = handle.watch_state();
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
@@ -145,17 +148,16 @@ impl Connector {
         if handle.state() == SessionState::Connected {
             Ok(())
         } else {
-            Err(format!(
-                "no answer through the relay (state {:?})",
-                handle.state()
-            ))
+            Err(PathError::RelayNoAnswer {
+                state: handle.state(),
+            })
         }
     }
 
     /// How the relay names `peer`: the Ed25519 key it authenticates with (the first
     /// authentication key of its DID document), which is also how the relay labels the
     /// packets it sends.
-    pub(crate) async fn relay_peer(&self, peer: &str) -> Result<PeerAddr, String> {
+    pub(crate) async fn relay_peer(&self, peer: &str) -> Result<PeerAddr, PathError> {
         use mpc_did_resolver::DidResolver as _;
         let doc = self
             .inner
@@ -164,19 +166,24 @@ impl Connector {
             .resolver()
             .resolve(peer)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(PathError::Resolve)?;
         doc.authentication_methods()
             .iter()
             .find_map(|m| match m.key {
                 mpc_did_resolver::PublicKey::Ed25519(k) => Some(PeerAddr::Key(k)),
                 _ => None,
             })
-            .ok_or_else(|| format!("{peer} has no Ed25519 authentication key"))
+            .ok_or_else(|| PathError::NoRelayKey {
+                peer: peer.to_owned(),
+            })
     }
 
-    pub(crate) async fn relay_connection(&self, url: &str) -> Result<Arc<RelayConnection>, String> {
+    pub(crate) async fn relay_connection(
+        &self,
+        url: &str,
+    ) -> Result<Arc<RelayConnection>, PathError> {
         let Some((setup, _, home)) = &self.inner.relay else {
-            return Err("no relay identity configured (ConnectorConfig::relay)".into());
+            return Err(PathError::NoRelayIdentity);
         };
         if setup.url == url && home.is_open() {
             return Ok(Arc::clone(home));
@@ -187,7 +194,7 @@ impl Connector {
         }
         let conn = RelayConnection::connect_ws(url, setup.identity.clone(), None)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(PathError::RelayConnect)?;
         // Streams we open name the peers allowed to answer.
         conn.restrict_senders();
         let conn = Arc::new(conn);
@@ -215,7 +222,7 @@ pub(crate) async fn one_round(
     targets: &[(u8, Candidate)],
     quic: Option<&QuicEndpoint>,
     settle: Duration,
-) -> Result<PathInfo, (String, bool)> {
+) -> Result<PathInfo, (PathError, bool)> {
     let mut checks = tokio::task::JoinSet::new();
     for (i, (_, c)) in targets.iter().enumerate() {
         let (c, q) = (c.clone(), quic.cloned());
@@ -227,7 +234,7 @@ pub(crate) async fn one_round(
     let order = loop {
         let done = match sel.decide(Instant::now()) {
             Decision::Take(order) => break order,
-            Decision::NothingWorked => return Err((why.join("; "), false)),
+            Decision::NothingWorked => return Err((PathError::All(why), false)),
             Decision::Wait(Some(t)) => tokio::select! {
                 d = checks.join_next() => d,
                 () = tokio::time::sleep_until(t.into()) => continue,
@@ -245,7 +252,7 @@ pub(crate) async fn one_round(
                 }
             }
             // Checks do not panic; a set that ran dry without a decision has nothing.
-            Some(Err(_)) | None => return Err((why.join("; "), false)),
+            Some(Err(_)) | None => return Err((PathError::All(why), false)),
         }
     };
     // Checks still running cannot win any more.
@@ -260,16 +267,16 @@ pub(crate) async fn one_round(
                 handle
                     .attach_path_as(p, Some(info.clone()))
                     .await
-                    .map_err(|e| (e.to_string(), false))?;
+                    .map_err(|e| (PathError::Attach(e), false))?;
                 if connected_soon(handle).await {
                     return Ok(info);
                 }
-                why.push(format!("{info}: no answer on the path"));
+                why.push(PathError::NoAnswer { info });
             }
-            Err(e) => why.push(format!("{info}: {e}")),
+            Err(source) => why.push(PathError::Hello { info, source }),
         }
     }
-    Err((why.join("; "), true))
+    Err((PathError::All(why), true))
 }
 
 /// Connected only once the peer's first record authenticates on the new path (spec §7.3);
@@ -289,35 +296,41 @@ pub(crate) async fn connected_soon(handle: &SessionHandle) -> bool {
 pub(crate) async fn open_direct(
     c: &Candidate,
     quic: Option<&QuicEndpoint>,
-) -> Result<(path::BoxPath, PathInfo), String> {
+) -> Result<(path::BoxPath, PathInfo), PathError> {
     let addr = c.addr;
     match (c.transport, quic) {
         (Transport::Tcp, _) => {
             let tcp = tokio::time::timeout(CHECK_TIMEOUT, TcpStream::connect(addr))
                 .await
-                .map_err(|_| format!("TCP {addr}: connect timed out"))?
-                .map_err(|e| format!("TCP {addr}: {e}"))?;
+                .map_err(|_| PathError::TcpTimedOut { addr })?
+                .map_err(|source| PathError::Tcp { addr, source })?;
             tcp.set_nodelay(true)
-                .map_err(|e| format!("TCP {addr}: {e}"))?;
+                .map_err(|source| PathError::Tcp { addr, source })?;
             Ok((Box::new(tcp), PathInfo::Direct { remote: Some(addr) }))
         }
         (Transport::Quic, Some(q)) => {
             let _ = q.punch(addr).await;
             let conn = tokio::time::timeout(CHECK_TIMEOUT, q.connect(addr))
                 .await
-                .map_err(|_| format!("QUIC {addr}: no handshake within {CHECK_TIMEOUT:?}"))?
-                .map_err(|e| format!("QUIC {addr}: {e}"))?;
-            let (send, recv) = conn
-                .open_bi()
-                .await
-                .map_err(|e| format!("QUIC {addr}: {e}"))?;
+                .map_err(|_| PathError::QuicTimedOut {
+                    addr,
+                    after: CHECK_TIMEOUT,
+                })?
+                .map_err(|e| PathError::Quic {
+                    addr,
+                    source: Box::new(e),
+                })?;
+            let (send, recv) = conn.open_bi().await.map_err(|e| PathError::Quic {
+                addr,
+                source: Box::new(e),
+            })?;
             let p = QuicPath::new(conn, send, recv);
             Ok((Box::new(p), PathInfo::Quic { remote: addr }))
         }
-        _ => Err(format!(
-            "{addr}: no way to check a {:?} candidate",
-            c.transport
-        )),
+        _ => Err(PathError::Unsupported {
+            addr,
+            transport: c.transport,
+        }),
     }
 }
 
