@@ -18,9 +18,10 @@
 //! STUN, relay and QUIC mechanics are `mpc-did-rendezvous`'s.
 //!
 //! Modules by job: `negotiate` (the DIDComm messages above), `open` (direct checks and the
-//! relay, ranked by `select`), `keep` (re-connecting, upgrading from the relay, serving
-//! relay paths), `listen` and `quic` (the incoming ends); this file keeps [`Connector`], its
-//! configs and the errors ([`ConnectError`], with [`PathError`] saying why no path opened).
+//! relay, ranked by `select`, the only path selector), `keep` (re-connecting, upgrading from
+//! the relay, serving relay paths), `listen` and `quic` (the incoming ends); this file keeps
+//! [`Connector`], its configs and the errors ([`ConnectError`]; [`PathError`] says why no
+//! path opened).
 //!
 //! ```text
 //!  proposer                     DIDComm via mediators                  acceptor
