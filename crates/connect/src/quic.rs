@@ -20,11 +20,11 @@ use mpc_did_driver::{PathInfo, PathRouter, SessionHandle};
 use mpc_did_rendezvous::binding::RetransmitSchedule;
 use mpc_did_rendezvous::candidate::{gather, Candidate, CandidateKind, Transport};
 use mpc_did_rendezvous::nat::NatMapping;
-use mpc_did_rendezvous::net::connect::gather_quic;
+use mpc_did_rendezvous::net::gather::gather_quic;
 use mpc_did_rendezvous::net::quic::{QuicEndpoint, QuicPath};
 use tokio::net::UdpSocket;
 
-use crate::RemoteCandidates;
+use crate::keep::RemoteCandidates;
 
 /// How to set up the NAT-traversed (QUIC) path.
 #[derive(Debug, Clone)]

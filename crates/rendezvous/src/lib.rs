@@ -14,15 +14,15 @@
 //!   bounded queues shared fairly between senders, receivers' allow-lists, rate
 //!   limits, timeouts and metrics as a state machine; [`relay_client`]: the
 //!   client's side (challenge answer, events).
-//! - [`candidate`]: candidates, the JSON candidate exchange format and the
-//!   connectivity-check planner.
+//! - [`candidate`]: candidates and the JSON candidate exchange format (which
+//!   one carries a session is `mpc-did-connect`'s choice, spec/session.md §7.5).
 //! - `net` (feature `tokio`, off by default): a UDP+TCP STUN server task (TCP
 //!   slots capped in all and per source), a
 //!   STUN client (server-reflexive discovery, NAT classification) and the
 //!   relay client with per-peer byte streams (`net::relay`); with feature
-//!   `quic` also QUIC hole punching on quinn (`net::quic`) and the
-//!   connectivity checks returning the chosen path (`net::connect`) — thin
-//!   shells over the cores above.
+//!   `quic` also QUIC hole punching on quinn (`net::quic`) and candidate
+//!   gathering on the QUIC socket (`net::gather`) — thin shells over the
+//!   cores above.
 //!
 //! **Does not** (outside `net`): open sockets, spawn tasks, read clocks (time is a
 //! parameter), resolve DIDs (the caller passes the key), or see session
@@ -33,7 +33,7 @@
 //!  party A                       mediator (STUN + relay)                 party B
 //!  BindingTransaction ──STUN──▶ binding::answer ──▶ srflx address
 //!  CandidateSet ═══════════ DIDComm (session protocol) ══════════════▶ CandidateSet
-//!  CheckPlanner ── checks on pairs (QUIC punch / TCP / relay ping) ──▶ PathChoice
+//!  (the party checks the candidates and picks the path: mpc-did-connect)
 //!  ClientToRelay::SendPacket ──▶ RelayServer ──▶ RelayToClient::RecvPacket ──▶ B
 //! ```
 //!

@@ -11,7 +11,7 @@
 
 mod client;
 #[cfg(feature = "quic")]
-pub mod connect;
+pub mod gather;
 #[cfg(feature = "quic")]
 pub mod quic;
 pub mod relay;

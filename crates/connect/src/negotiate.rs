@@ -1,0 +1,555 @@
+//! Negotiation (spec/session.md §2): `propose`/`accept`/`handshake`, trickled
+//! `candidates` and `close` on a DIDComm thread per session, routed by [`dispatch`].
+
+use super::*;
+
+impl Connector {
+    /// Propose a secure session to `peer` and connect its path (we dial).
+    ///
+    /// # Errors
+    /// The peer declines, does not answer in time, the handshake fails, or none of its
+    /// candidates can be reached.
+    pub async fn propose(
+        &self,
+        peer: &str,
+        binding: &Binding,
+    ) -> Result<Established, ConnectError> {
+        let start = Instant::now();
+        let me = self.inner.agent.did().to_owned();
+        let mut sid = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut sid);
+        let sid_hex = hex::encode(sid);
+        let (proposer, body) =
+            Proposer::new(sid, &binding.mpc_session_id, binding.roster_hash, &me, peer);
+        let mut rx = self.open_thread(&sid_hex);
+        let result = async {
+            let propose = message(&sid_hex, PROPOSE_TYPE, &body, None)?;
+            self.inner.agent.send_signed(peer, propose).await?;
+            self.send_candidates(peer, &sid_hex).await?;
+
+            let mut remote = Vec::new();
+            let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;
+            let accept: AcceptBody = loop {
+                let m = self
+                    .next(&mut rx, deadline, peer, "accept the proposal")
+                    .await?;
+                match kind(&m) {
+                    Some("accept") if signed_by(&m, peer) => break body_of(&m, peer)?,
+                    Some("candidates") => remote.extend(candidates_of(&m)),
+                    Some("close") => return Err(closed(&m, peer)),
+                    _ => tracing::debug!("ignored {} from {:?}", m.message.type_, m.sender),
+                }
+            };
+            let (session, hs) = proposer
+                .on_accept(&accept, SessionConfig::default(), 0)
+                .map_err(|e| self.handshake_failed(peer, &sid_hex, &e.to_string()))?;
+            let handshake = message(&new_id(), HANDSHAKE_TYPE, &hs, Some(&sid_hex))?;
+            self.inner.agent.send(peer, handshake).await?;
+            let handle = SessionHandle::spawn(session, self.inner.config.driver.clone());
+            // The acceptor's candidates may still be on their way.
+            while remote.is_empty() {
+                let m = self
+                    .next(&mut rx, deadline, peer, "send its candidates")
+                    .await?;
+                if kind(&m) == Some("candidates") {
+                    remote.extend(candidates_of(&m));
+                }
+            }
+            remote.sort_by_key(|c: &Candidate| std::cmp::Reverse(c.priority));
+            let shared = RemoteCandidates::new(remote.clone());
+            let (_, closed_rx) = mpsc::channel(1);
+            let thread = std::mem::replace(&mut rx, closed_rx);
+            self.follow(&sid_hex, peer, &handle, &shared, thread);
+            let path = self
+                .connect_path(
+                    &handle,
+                    peer,
+                    &remote,
+                    self.inner.config.force_relay,
+                    deadline,
+                )
+                .await?;
+            tokio::spawn(keep_path(
+                self.clone(),
+                handle.clone(),
+                peer.to_owned(),
+                shared,
+            ));
+            Ok(Established {
+                handle,
+                peer: peer.to_owned(),
+                session_id: sid_hex.clone(),
+                path,
+                setup: start.elapsed(),
+                remote,
+                proposer: true,
+            })
+        }
+        .await;
+        if result.is_err() {
+            self.forget(&sid_hex);
+        }
+        self.record(result)
+    }
+
+    /// Wait for `peer`'s proposal for `binding`, accept it, and wait until the peer has
+    /// connected the path.
+    ///
+    /// # Errors
+    /// No proposal in time, a proposal for another binding (declined with `close` code 1),
+    /// or a failed handshake.
+    pub async fn accept(&self, peer: &str, binding: &Binding) -> Result<Established, ConnectError> {
+        let me = self.inner.agent.did().to_owned();
+        let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;
+        let proposal = self.wait_proposal(peer, binding, deadline).await?;
+        let start = Instant::now();
+        let body: ProposeBody = body_of(&proposal, peer)?;
+        let sid_hex = body.session_id.clone();
+        let mut rx = self.open_thread(&sid_hex);
+        let result = async {
+            let (acceptor, accept) = match Acceptor::on_propose(
+                &body,
+                &binding.mpc_session_id,
+                binding.roster_hash,
+                &me,
+                peer,
+            ) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.send_close(peer, &sid_hex, 1, &e.to_string()).await;
+                    return Err(ConnectError::Handshake {
+                        peer: peer.to_owned(),
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            // The proposer may reach us through our relay as soon as it has our accept: let
+            // it through (our relay connection accepts only peers we named).
+            if let Some((_, _, conn)) = &self.inner.relay {
+                match self.relay_peer(peer).await {
+                    Ok(addr) => conn.allow_peer(&addr),
+                    Err(e) => tracing::debug!("cannot name {peer} to our relay: {e}"),
+                }
+            }
+            let accept = message(&new_id(), ACCEPT_TYPE, &accept, Some(&proposal.message.id))?;
+            self.inner.agent.send_signed(peer, accept).await?;
+            self.send_candidates(peer, &sid_hex).await?;
+            let mut remote = Vec::new();
+            let hs: HandshakeBody = loop {
+                let m = self
+                    .next(&mut rx, deadline, peer, "complete the handshake")
+                    .await?;
+                match kind(&m) {
+                    Some("handshake") => break body_of(&m, peer)?,
+                    Some("candidates") => remote.extend(candidates_of(&m)),
+                    Some("close") => return Err(closed(&m, peer)),
+                    _ => {}
+                }
+            };
+            let session = acceptor
+                .on_handshake(&hs, SessionConfig::default(), 0)
+                .map_err(|e| ConnectError::Handshake {
+                    peer: peer.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            let handle = SessionHandle::spawn(session, self.inner.config.driver.clone());
+            self.inner.router.register(&handle);
+            let shared = RemoteCandidates::new(remote.clone());
+            let (_, closed_rx) = mpsc::channel(1);
+            let thread = std::mem::replace(&mut rx, closed_rx);
+            self.follow(&sid_hex, peer, &handle, &shared, thread);
+            if let Some(q) = &self.inner.quic {
+                tokio::spawn(quic::punch_while_relayed(
+                    q.endpoint.clone(),
+                    handle.clone(),
+                    Arc::clone(&shared),
+                    q.setup.punch_interval,
+                ));
+            }
+            if let Some((setup, _, conn)) = &self.inner.relay {
+                match self.relay_peer(peer).await {
+                    Ok(addr) => {
+                        tokio::spawn(serve_relay_paths(
+                            Arc::clone(conn),
+                            handle.clone(),
+                            addr,
+                            setup.url.clone(),
+                        ));
+                    }
+                    Err(e) => tracing::warn!("no relay path possible with {peer}: {e}"),
+                }
+            }
+            let mut state = handle.watch_state();
+            let connected = tokio::time::timeout_at(
+                deadline,
+                state.wait_for(|s| *s == SessionState::Connected),
+            )
+            .await;
+            if !matches!(connected, Ok(Ok(_))) {
+                return Err(ConnectError::Timeout {
+                    peer: peer.to_owned(),
+                    what: "connect the data path".into(),
+                    secs: self.inner.config.handshake_timeout.as_secs(),
+                });
+            }
+            let path = handle
+                .path()
+                .current
+                .unwrap_or(PathInfo::Direct { remote: None });
+            Ok(Established {
+                handle,
+                peer: peer.to_owned(),
+                session_id: sid_hex.clone(),
+                path,
+                setup: start.elapsed(),
+                remote,
+                proposer: false,
+            })
+        }
+        .await;
+        if result.is_err() {
+            self.forget(&sid_hex);
+        }
+        self.record(result)
+    }
+
+    /// After establishment, keep the negotiation thread open for the session's life:
+    /// trickled `candidates` from `peer` add to `shared` (and wake the upgrade, §7.5).
+    pub(crate) fn follow(
+        &self,
+        sid: &str,
+        peer: &str,
+        handle: &SessionHandle,
+        shared: &Arc<RemoteCandidates>,
+        mut rx: mpsc::Receiver<Inbound>,
+    ) {
+        if let Ok(mut r) = self.inner.remotes.lock() {
+            r.insert(sid.to_owned(), Arc::clone(shared));
+        }
+        let (this, sid, peer, handle, shared) = (
+            Arc::downgrade(&self.inner),
+            sid.to_owned(),
+            peer.to_owned(),
+            handle.clone(),
+            Arc::clone(shared),
+        );
+        tokio::spawn(async move {
+            let ended = handle.ended();
+            tokio::pin!(ended);
+            loop {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) if m.sender.as_deref() == Some(peer.as_str())
+                            && m.meta.authenticated
+                            && kind(&m) == Some("candidates") =>
+                        {
+                            if shared.add(candidates_of(&m)) {
+                                tracing::info!("secure session {sid}: {peer} announced new candidates");
+                            }
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = &mut ended => break,
+                }
+            }
+            if let Some(inner) = this.upgrade() {
+                if let Ok(mut t) = inner.threads.lock() {
+                    t.remove(&sid);
+                }
+                if let Ok(mut r) = inner.remotes.lock() {
+                    r.remove(&sid);
+                }
+            }
+        });
+    }
+
+    pub(crate) fn forget(&self, sid: &str) {
+        self.close_thread(sid);
+        if let Ok(mut r) = self.inner.remotes.lock() {
+            r.remove(sid);
+        }
+    }
+
+    pub(crate) fn record(
+        &self,
+        r: Result<Established, ConnectError>,
+    ) -> Result<Established, ConnectError> {
+        if let (Ok(e), Ok(mut list)) = (&r, self.inner.sessions.lock()) {
+            list.push(e.clone());
+        }
+        r
+    }
+
+    pub(crate) fn open_thread(&self, sid: &str) -> mpsc::Receiver<Inbound> {
+        let (tx, rx) = mpsc::channel(32);
+        if let Ok(mut t) = self.inner.threads.lock() {
+            // Messages that came before the thread existed (the proposer's `candidates`
+            // overtake our acceptance of its `propose`) are delivered first.
+            if let Ok(mut o) = self.inner.orphans.lock() {
+                let (mine, rest): (Vec<Inbound>, Vec<Inbound>) = o
+                    .drain(..)
+                    .partition(|m| session_of(m).as_deref() == Some(sid));
+                *o = rest;
+                for m in mine {
+                    let _ = tx.try_send(m);
+                }
+            }
+            t.insert(sid.to_owned(), tx);
+        }
+        rx
+    }
+
+    pub(crate) fn close_thread(&self, sid: &str) {
+        if let Ok(mut t) = self.inner.threads.lock() {
+            t.remove(sid);
+        }
+    }
+
+    /// The next negotiation message from `peer` (others are dropped: spec §2, the
+    /// authenticated sender must be the expected peer).
+    pub(crate) async fn next(
+        &self,
+        rx: &mut mpsc::Receiver<Inbound>,
+        deadline: tokio::time::Instant,
+        peer: &str,
+        what: &str,
+    ) -> Result<Inbound, ConnectError> {
+        loop {
+            let m = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .map_err(|_| ConnectError::Timeout {
+                    peer: peer.to_owned(),
+                    what: what.to_owned(),
+                    secs: self.inner.config.handshake_timeout.as_secs(),
+                })?
+                .ok_or(ConnectError::Agent(AgentError::Stopped))?;
+            if m.sender.as_deref() == Some(peer) && m.meta.authenticated {
+                return Ok(m);
+            }
+            tracing::warn!(sender = ?m.sender, "dropped a negotiation message not from {peer}");
+        }
+    }
+
+    pub(crate) async fn wait_proposal(
+        &self,
+        peer: &str,
+        binding: &Binding,
+        deadline: tokio::time::Instant,
+    ) -> Result<Inbound, ConnectError> {
+        loop {
+            let notified = self.inner.new_proposal.notified();
+            if let Some(p) = self.take_proposal(peer, binding) {
+                return Ok(p);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(ConnectError::Timeout {
+                    peer: peer.to_owned(),
+                    what: "propose a session".into(),
+                    secs: self.inner.config.handshake_timeout.as_secs(),
+                });
+            }
+        }
+    }
+
+    pub(crate) fn take_proposal(&self, peer: &str, binding: &Binding) -> Option<Inbound> {
+        let mut list = self.inner.proposals.lock().ok()?;
+        let i = list.iter().position(|m| {
+            m.sender.as_deref() == Some(peer)
+                && signed_by(m, peer)
+                && m.message
+                    .body
+                    .get("mpc_session_id")
+                    .and_then(|v| v.as_str())
+                    == Some(binding.mpc_session_id.as_str())
+        })?;
+        Some(list.remove(i))
+    }
+
+    pub(crate) async fn send_candidates(&self, peer: &str, sid: &str) -> Result<(), ConnectError> {
+        let cands: Vec<serde_json::Value> = self
+            .inner
+            .candidates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                let c = Candidate::new(
+                    CandidateKind::Host,
+                    Transport::Tcp,
+                    *a,
+                    u16::try_from(i).unwrap_or(u16::MAX),
+                    None,
+                );
+                serde_json::to_value(c).ok()
+            })
+            .collect();
+        let mut cands = cands;
+        if let Some(q) = &self.inner.quic {
+            cands.extend(
+                q.candidates
+                    .iter()
+                    .filter_map(|c| serde_json::to_value(c).ok()),
+            );
+        }
+        if let Some((setup, addr, _)) = &self.inner.relay {
+            if let Ok(v) = serde_json::to_value(Candidate::relay(Transport::Tcp, *addr, &setup.url))
+            {
+                cands.push(v);
+            }
+        }
+        let body = CandidatesBody {
+            session_id: sid.to_owned(),
+            candidates: cands,
+            end_of_candidates: true,
+        };
+        let m = message(&new_id(), CANDIDATES_TYPE, &body, Some(sid))?;
+        self.inner.agent.send(peer, m).await?;
+        Ok(())
+    }
+
+    pub(crate) async fn send_close(&self, peer: &str, sid: &str, code: u16, reason: &str) {
+        let body = CloseBody {
+            session_id: sid.to_owned(),
+            code,
+            reason: reason.chars().take(200).collect(),
+        };
+        if let Ok(m) = message(&new_id(), CLOSE_TYPE, &body, Some(sid)) {
+            if let Err(e) = self.inner.agent.send(peer, m).await {
+                tracing::debug!("could not send close to {peer}: {e}");
+            }
+        }
+    }
+
+    pub(crate) fn handshake_failed(&self, peer: &str, sid: &str, reason: &str) -> ConnectError {
+        let (this, peer_s, sid_s, reason_s) = (
+            self.clone(),
+            peer.to_owned(),
+            sid.to_owned(),
+            reason.to_owned(),
+        );
+        tokio::spawn(async move { this.send_close(&peer_s, &sid_s, 2, &reason_s).await });
+        ConnectError::Handshake {
+            peer: peer.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// Route negotiation messages: proposals wait for `accept`, the rest go to their thread.
+pub(crate) async fn dispatch(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Inbound>) {
+    while let Some(m) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else { break };
+        if kind(&m) == Some("propose") {
+            if let Ok(mut p) = inner.proposals.lock() {
+                p.push(m);
+                // Unclaimed proposals from peers nobody waits for are bounded.
+                if p.len() > 256 {
+                    p.remove(0);
+                }
+            }
+            inner.new_proposal.notify_waiters();
+            continue;
+        }
+        let Some(sid) = session_of(&m) else {
+            continue;
+        };
+        let Ok(threads) = inner.threads.lock() else {
+            break;
+        };
+        match threads.get(&sid) {
+            Some(tx) => {
+                let _ = tx.try_send(m);
+            }
+            // Perhaps for a session we are about to accept: kept for a while (bounded).
+            None => {
+                if let Ok(mut o) = inner.orphans.lock() {
+                    o.push(m);
+                    if o.len() > MAX_ORPHANS {
+                        o.remove(0);
+                        tracing::debug!("negotiation message for an unknown session dropped");
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn new_id() -> String {
+    let mut b = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    hex::encode(b)
+}
+
+pub(crate) fn message<T: serde::Serialize>(
+    id: &str,
+    type_: &str,
+    body: &T,
+    thid: Option<&str>,
+) -> Result<Message, ConnectError> {
+    let body = serde_json::to_value(body)
+        .map_err(|e| ConnectError::Io(std::io::Error::other(e.to_string())))?;
+    let mut m = Message::new(id, type_, body);
+    m.thid = thid.map(str::to_owned);
+    Ok(m)
+}
+
+/// Negotiation messages for sessions not (yet) known, kept at most.
+pub(crate) const MAX_ORPHANS: usize = 64;
+
+pub(crate) fn session_of(m: &Inbound) -> Option<String> {
+    m.message
+        .body
+        .get("session_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+}
+
+pub(crate) fn kind(m: &Inbound) -> Option<&str> {
+    m.message
+        .type_
+        .strip_prefix(PROTOCOL_URI)
+        .and_then(|s| s.strip_prefix('/'))
+}
+
+pub(crate) fn signed_by(m: &Inbound, did: &str) -> bool {
+    m.meta
+        .sign_from
+        .as_deref()
+        .is_some_and(|kid| kid.split('#').next() == Some(did))
+}
+
+pub(crate) fn body_of<T: serde::de::DeserializeOwned>(
+    m: &Inbound,
+    peer: &str,
+) -> Result<T, ConnectError> {
+    serde_json::from_value(m.message.body.clone()).map_err(|e| ConnectError::Handshake {
+        peer: peer.to_owned(),
+        reason: format!("malformed {}: {e}", m.message.type_),
+    })
+}
+
+pub(crate) fn candidates_of(m: &Inbound) -> Vec<Candidate> {
+    let Ok(body) = serde_json::from_value::<CandidatesBody>(m.message.body.clone()) else {
+        return Vec::new();
+    };
+    if body.check().is_err() {
+        return Vec::new();
+    }
+    body.candidates
+        .into_iter()
+        .filter_map(|c| serde_json::from_value(c).ok())
+        .collect()
+}
+
+pub(crate) fn closed(m: &Inbound, peer: &str) -> ConnectError {
+    let body: CloseBody = serde_json::from_value(m.message.body.clone()).unwrap_or(CloseBody {
+        session_id: String::new(),
+        code: 4,
+        reason: "malformed close".into(),
+    });
+    ConnectError::Closed {
+        peer: peer.to_owned(),
+        code: body.code,
+        reason: body.reason,
+    }
+}
