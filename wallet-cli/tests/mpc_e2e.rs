@@ -7,12 +7,15 @@
 //! `MPC_DID_REQUIRE_INTEROP=1` (CI, test.sh), where they fail.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{cmd, ok, wait_bounded, wait_until, MediatorProc, NETNS};
 use mpc_did_proxy::launch::find_python;
 use mpc_did_wallet::{Method, Wallet};
 
@@ -30,122 +33,6 @@ fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
         .join(name)
-}
-
-/// The real mediator binary next to ours, built (once per test process) from this tree:
-/// cargo builds only the binaries of the package under test, and a binary left from an
-/// older tree would test old code silently.
-fn mediator_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let bin =
-                PathBuf::from(env!("CARGO_BIN_EXE_mpc-did")).with_file_name("mpc-did-mediator");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let st = Command::new(cargo)
-                .args([
-                    "build",
-                    "-p",
-                    "mpc-did-mediator",
-                    "--bin",
-                    "mpc-did-mediator",
-                ])
-                .status()
-                .unwrap();
-            assert!(st.success(), "building mpc-did-mediator failed");
-            assert!(bin.exists(), "{} missing", bin.display());
-            bin
-        })
-        .clone()
-}
-
-struct MediatorProc {
-    child: Child,
-    invitation_url: String,
-}
-
-impl MediatorProc {
-    fn start(data: &Path) -> Self {
-        let mut child = command(mediator_bin())
-            .args(["--listen", "127.0.0.1:0", "--log", "warn", "--data"])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        Self {
-            child,
-            invitation_url: v["invitation_url"].as_str().unwrap().to_owned(),
-        }
-    }
-}
-
-impl Drop for MediatorProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-thread_local! {
-    /// The network namespace this test thread runs its processes in (`None`: ours).
-    static NETNS: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
-/// `program` as a command, inside this thread's [`NETNS`] if one is set.
-fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    match NETNS.with(|n| n.borrow().clone()) {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &ns]).arg(program);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
-fn cmd(home: &Path, args: &[&str]) -> Command {
-    let mut c = command(env!("CARGO_BIN_EXE_mpc-did"));
-    c.arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("MPC_DID_HOME")
-        .stdin(Stdio::null());
-    c
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = cmd(home, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Wait for a child at most `limit`; kill it (and fail) if it does not exit.
-fn wait_bounded(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "process did not exit within {limit:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 struct Lobby {
@@ -536,15 +423,11 @@ fn interrupting_one_party_stops_the_others() {
             }
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !seen.lock().unwrap().contains("starting secretsanta.py") {
-        assert!(
-            Instant::now() < deadline,
-            "party 2 never started: {}",
-            seen.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let started = wait_until(
+        || seen.lock().unwrap().contains("starting secretsanta.py"),
+        Instant::now() + Duration::from_secs(90),
+    );
+    assert!(started, "party 2 never started: {}", seen.lock().unwrap());
     std::thread::sleep(Duration::from_millis(1500));
     let pid = runs[2].id().to_string();
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
@@ -593,15 +476,15 @@ impl StderrWatch {
     }
 
     fn wait_for(&self, text: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.seen.lock().unwrap().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "{text:?} never appeared: {}",
-                self.seen.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let appeared = wait_until(
+            || self.seen.lock().unwrap().contains(text),
+            Instant::now() + limit,
+        );
+        assert!(
+            appeared,
+            "{text:?} never appeared: {}",
+            self.seen.lock().unwrap()
+        );
     }
 }
 
@@ -655,12 +538,9 @@ fn killing_one_party_makes_the_others_fail() {
     // bounded wait instead of orphaned.
     let deadline = Instant::now() + Duration::from_secs(10);
     for pid in &orphans {
-        while alive(pid) {
-            if Instant::now() > deadline {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
-                panic!("MPyC process {pid} outlived its SIGKILLed `mpc-did run`");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !wait_until(|| !alive(pid), deadline) {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+            panic!("MPyC process {pid} outlived its SIGKILLed `mpc-did run`");
         }
     }
     watch.reader.join().unwrap();
@@ -1022,14 +902,13 @@ impl Listener {
     fn connections_before_ours(&self) -> usize {
         let ours = std::net::TcpStream::connect(self.addr).unwrap();
         let me = ours.local_addr().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = self.accepted.lock().unwrap().iter().position(|p| *p == me) {
-                return i;
-            }
-            assert!(Instant::now() < deadline, "listener never accepted");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let position = || self.accepted.lock().unwrap().iter().position(|p| *p == me);
+        let accepted = wait_until(
+            || position().is_some(),
+            Instant::now() + Duration::from_secs(10),
+        );
+        assert!(accepted, "listener never accepted");
+        position().unwrap()
     }
 }
 
@@ -1103,11 +982,11 @@ fn bogus_joins_make_the_host_contact_nobody_and_do_not_hold_it() {
     // An invitation holder with another program: refused, through an endpoint that
     // redirects; the redirect is not followed.
     join(&sid, &"00".repeat(32), redirector.addr);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while redirector.count() == 0 {
-        assert!(Instant::now() < deadline, "the refusal never went out");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let refused = wait_until(
+        || redirector.count() > 0,
+        Instant::now() + Duration::from_secs(15),
+    );
+    assert!(refused, "the refusal never went out");
     // The real party joins, and the MPC session forms within the host's timeout.
     let joined = ok(
         h2,
