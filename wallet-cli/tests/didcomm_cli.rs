@@ -9,13 +9,11 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mpc-did");
+mod common;
 
+/// `mpc-did --home HOME ARGS…` fed `stdin` (or nothing), run to the end.
 fn run(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--home")
-        .arg(home)
-        .args(args)
+    let mut child = common::cmd(home, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -5,32 +5,15 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use mpc_did_mediator::{Config, Mediator};
+mod common;
+
+use common::{bin, loopback_config, mpc_did, ok};
+use mpc_did_mediator::Mediator;
 use mpc_did_wallet::{Method, Wallet};
 use serde_json::Value;
-
-fn mpc_did(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mpc-did"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("MPC_DID_HOME")
-        .output()
-        .unwrap()
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = mpc_did(home, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn new_identity(home: &Path, name: &str) -> String {
     let w = Wallet::open(home).unwrap();
@@ -40,12 +23,10 @@ fn new_identity(home: &Path, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_send_inbox_and_watch() {
     let data = tempfile::tempdir().unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: data.path().to_path_buf(),
-        ..Config::default()
-    };
-    let m = Mediator::builder(config).start().await.unwrap();
+    let m = Mediator::builder(loopback_config(data.path()))
+        .start()
+        .await
+        .unwrap();
 
     let alice_home = tempfile::tempdir().unwrap();
     let bob_home = tempfile::tempdir().unwrap();
@@ -124,7 +105,7 @@ async fn register_send_inbox_and_watch() {
         .await
         .unwrap();
     }
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_mpc-did"))
+    let mut watch = bin()
         .arg("--home")
         .arg(&ah)
         .args(["--json", "inbox", "--watch", "--max", "2"])

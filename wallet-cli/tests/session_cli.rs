@@ -5,37 +5,20 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::thread::JoinHandle;
 
+mod common;
+
+use common::{bin, loopback_config, mpc_did, ok};
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
-use mpc_did_mediator::{Config, Mediator, MediatorHandle};
+use mpc_did_mediator::{Mediator, MediatorHandle};
 use mpc_did_wallet::{Contact, Method, Wallet};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 const MIB: u64 = 1 << 20;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mpc-did"));
-    c.env_remove("MPC_DID_HOME");
-    c
-}
-
-fn run(home: &Path, args: &[&str]) -> Output {
-    bin().arg("--home").arg(home).args(args).output().unwrap()
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = run(home, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 struct Party {
     home: tempfile::TempDir,
@@ -59,11 +42,7 @@ struct Setup {
 /// `mpc-did mediator register`.
 async fn setup() -> Setup {
     let data = tempfile::tempdir().unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: data.path().to_path_buf(),
-        ..Config::default()
-    };
+    let config = loopback_config(data.path());
     // The relay's per-client rate limit (8 MiB/s by default) would only slow the 100 MiB
     // test down; its enforcement is tested in mediator/tests/rendezvous_relay.rs.
     let relay = RelayService::bind(RelayServiceConfig {
@@ -380,7 +359,7 @@ async fn pipe_survives_a_forced_path_switch_in_the_middle() {
 async fn clear_errors_for_unknown_peer_endpoint_and_mismatched_commands() {
     let s = setup().await;
     // A did:key peer names no endpoint: say how to give one.
-    let out = run(
+    let out = mpc_did(
         &s.a.home(),
         &["session", "connect", &s.b.did, "--timeout", "2"],
     );
@@ -415,14 +394,10 @@ async fn clear_errors_for_unknown_peer_endpoint_and_mismatched_commands() {
     );
 
     // --relay-only against a mediator without a relay: a clear error, no silent fallback.
-    let plain = Mediator::builder(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: s._data.path().join("plain"),
-        ..Config::default()
-    })
-    .start()
-    .await
-    .unwrap();
+    let plain = Mediator::builder(loopback_config(&s._data.path().join("plain")))
+        .start()
+        .await
+        .unwrap();
     let home = tempfile::tempdir().unwrap();
     Wallet::open(home.path())
         .unwrap()
@@ -432,7 +407,7 @@ async fn clear_errors_for_unknown_peer_endpoint_and_mismatched_commands() {
     tokio::task::spawn_blocking(move || ok(&h, &["mediator", "register", &inv]))
         .await
         .unwrap();
-    let out = run(
+    let out = mpc_did(
         home.path(),
         &[
             "session",
