@@ -6,11 +6,13 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{bin, loopback_config, mpc_did, ok};
+use common::{bin, loopback_config, mpc_did, ok, wait_until};
 use mpc_did_mediator::Mediator;
 use mpc_did_wallet::{Method, Wallet};
 use serde_json::Value;
@@ -113,17 +115,33 @@ async fn register_send_inbox_and_watch() {
         .spawn()
         .unwrap();
     let stdout = watch.stdout.take().unwrap();
-    let reader = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<Value>(&l.unwrap()).unwrap()["body"]["n"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect::<Vec<_>>()
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let printed = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let printed = Arc::clone(&printed);
+        tokio::task::spawn_blocking(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map(|l| {
+                    let n = serde_json::from_str::<Value>(&l.unwrap()).unwrap()["body"]["n"]
+                        .as_u64()
+                        .unwrap();
+                    printed.fetch_add(1, Ordering::SeqCst);
+                    n
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    // The watch opens its live WebSocket before it prints what was queued: once the first
+    // message is out, the second is sent while it runs.
+    let watching = tokio::task::spawn_blocking(move || {
+        wait_until(
+            || printed.load(Ordering::SeqCst) > 0,
+            Instant::now() + Duration::from_secs(30),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(watching, "the watch never printed the queued message");
     {
         let (bh, alice, url) = (bh.clone(), alice.clone(), url.clone());
         run(Box::new(move || {
