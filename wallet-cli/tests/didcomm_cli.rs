@@ -181,7 +181,7 @@ fn invite_prints_url_json_qr_and_decodes() {
         .ok()
         .filter(|p| !p.is_empty())
     else {
-        eprintln!("SKIPPED: QR decoding (set MPC_DID_PYTHON to a python with zxing-cpp)");
+        common::skipped("QR decoding (set MPC_DID_PYTHON to a python with zxing-cpp)");
         return;
     };
     let has_zxing = Command::new(&py)
@@ -193,7 +193,7 @@ fn invite_prints_url_json_qr_and_decodes() {
             std::env::var("MPC_DID_REQUIRE_QR_DECODE").as_deref() != Ok("1"),
             "MPC_DID_REQUIRE_QR_DECODE=1 but {py} has no zxingcpp"
         );
-        eprintln!("SKIPPED: QR decoding ({py} has no zxing-cpp)");
+        common::skipped(&format!("QR decoding ({py} has no zxing-cpp)"));
         return;
     }
     let script = concat!(

@@ -24,7 +24,7 @@ fn python() -> Option<PathBuf> {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     let found = find_python(&[venv], &["numpy"]).unwrap();
     if found.is_none() {
-        eprintln!("SKIPPED: set MPC_DID_PYTHON to a Python with mpyc (./test.sh does)");
+        common::skipped("set MPC_DID_PYTHON to a Python with mpyc (./test.sh does)");
     }
     found
 }
@@ -744,7 +744,7 @@ impl StrangerNets {
                 !required,
                 "MPC_DID_REQUIRE_NETNS=1 but root={root}, ip/setpriv/python3 found={tools}"
             );
-            eprintln!("SKIPPED: needs root, iproute2, setpriv and /usr/bin/python3");
+            common::skipped("needs root, iproute2, setpriv and /usr/bin/python3");
             return None;
         }
         let id = std::process::id();

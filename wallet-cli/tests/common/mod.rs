@@ -160,3 +160,13 @@ pub fn loopback_config(data: &Path) -> mpc_did_mediator::Config {
         ..mpc_did_mediator::Config::default()
     }
 }
+
+/// Says on stderr that (part of) the running test is skipped and why, as
+/// `SKIPPED: <test>: <why>`. Written to the process's stderr, not through `eprintln!`,
+/// which the test harness captures and hides for a passing test.
+pub fn skipped(why: &str) {
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
+}
