@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{cmd, ok, wait_bounded, wait_until, MediatorProc, NETNS};
+use common::{cmd, ok, registered_wallets, wait_bounded, wait_until, MediatorProc, NETNS};
 use mpc_did_proxy::launch::find_python;
-use mpc_did_wallet::{Method, Wallet};
+use mpc_did_wallet::Wallet;
 
 /// `$MPC_DID_PYTHON`, else the repository's `.venv` (test.sh makes it); `None`: skip.
 fn python() -> Option<PathBuf> {
@@ -36,7 +36,6 @@ fn example(name: &str) -> PathBuf {
 }
 
 struct Lobby {
-    _med_data: tempfile::TempDir,
     _med: MediatorProc,
     homes: Vec<tempfile::TempDir>,
     sid: String,
@@ -51,18 +50,8 @@ impl Lobby {
 /// Three wallets registered at a real mediator; party 0 creates the MPC session, the
 /// others join from its invitation URL; party 0 hosts until the roster is out.
 fn lobby(program: &Path, args: &[&str]) -> Lobby {
-    let med_data = tempfile::tempdir().unwrap();
-    let med = MediatorProc::start(med_data.path());
-    let mut homes = Vec::new();
-    for i in 0..3 {
-        let h = tempfile::tempdir().unwrap();
-        Wallet::open(h.path())
-            .unwrap()
-            .create_identity(&format!("p{i}"), Method::Key)
-            .unwrap();
-        ok(h.path(), &["mediator", "register", &med.invitation_url]);
-        homes.push(h);
-    }
+    let med = MediatorProc::temporary();
+    let homes = registered_wallets(&med, &["p0", "p1", "p2"]);
     let prog = program.to_str().unwrap();
     let mut new_args = vec!["mpc", "new", "--parties", "3", "--program", prog, "--"];
     new_args.extend_from_slice(args);
@@ -120,7 +109,6 @@ fn lobby(program: &Path, args: &[&str]) -> Lobby {
     ids.sort_unstable();
     assert_eq!(ids, [0, 1, 2], "party ids are 0..N-1");
     Lobby {
-        _med_data: med_data,
         _med: med,
         homes,
         sid,
@@ -324,16 +312,9 @@ fn wrong_program_hash_is_refused() {
 /// because `mpc join` never sends one.
 #[test]
 fn coordinator_refuses_a_join_with_another_program() {
-    let med_data = tempfile::tempdir().unwrap();
-    let med = MediatorProc::start(med_data.path());
-    let (h0, h1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    for (h, n) in [(&h0, "coord"), (&h1, "mallory")] {
-        Wallet::open(h.path())
-            .unwrap()
-            .create_identity(n, Method::Key)
-            .unwrap();
-        ok(h.path(), &["mediator", "register", &med.invitation_url]);
-    }
+    let med = MediatorProc::temporary();
+    let homes = registered_wallets(&med, &["coord", "mallory"]);
+    let (h0, h1) = (&homes[0], &homes[1]);
     let prog = example("secretsanta.py");
     let sid = ok(
         h0.path(),
@@ -407,27 +388,8 @@ fn interrupting_one_party_stops_the_others() {
     let l = lobby(&prog, &args);
     let mut runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, &python, &prog)).collect();
     // Wait until party 2's program runs (its progress line), then interrupt it.
-    let mut err2 = runs[2].stderr.take().unwrap();
-    let seen = Arc::new(Mutex::new(String::new()));
-    let reader = {
-        let seen = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err2.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                seen.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
-    let started = wait_until(
-        || seen.lock().unwrap().contains("starting secretsanta.py"),
-        Instant::now() + Duration::from_secs(90),
-    );
-    assert!(started, "party 2 never started: {}", seen.lock().unwrap());
+    let watch = StderrWatch::new(&mut runs[2]);
+    watch.wait_for("starting secretsanta.py", Duration::from_secs(90));
     std::thread::sleep(Duration::from_millis(1500));
     let pid = runs[2].id().to_string();
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
@@ -437,7 +399,7 @@ fn interrupting_one_party_stops_the_others() {
         !v.status.success(),
         "the interrupted party must not report success"
     );
-    reader.join().unwrap();
+    watch.reader.join().unwrap();
     for c in runs {
         let o = wait_bounded(c, Duration::from_secs(60));
         assert!(
@@ -920,16 +882,8 @@ impl Listener {
 /// session forms in time.
 #[test]
 fn bogus_joins_make_the_host_contact_nobody_and_do_not_hold_it() {
-    let med_data = tempfile::tempdir().unwrap();
-    let med = MediatorProc::start(med_data.path());
-    let homes: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    for (h, n) in homes.iter().zip(["coord", "mallory", "alice"]) {
-        Wallet::open(h.path())
-            .unwrap()
-            .create_identity(n, Method::Key)
-            .unwrap();
-        ok(h.path(), &["mediator", "register", &med.invitation_url]);
-    }
+    let med = MediatorProc::temporary();
+    let homes = registered_wallets(&med, &["coord", "mallory", "alice"]);
     let (h0, h1, h2) = (homes[0].path(), homes[1].path(), homes[2].path());
     let prog = example("secretsanta.py");
     let prog = prog.to_str().unwrap();
@@ -1024,16 +978,9 @@ fn bogus_joins_make_the_host_contact_nobody_and_do_not_hold_it() {
 /// with "only 0 of 2 parties joined" (also after a restart). Now the MPC session forms.
 #[test]
 fn a_thousand_junk_messages_before_mpc_host_do_not_stop_the_lobby() {
-    let med_data = tempfile::tempdir().unwrap();
-    let med = MediatorProc::start(med_data.path());
-    let (h0, h1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    for (h, n) in [(&h0, "coord"), (&h1, "alice")] {
-        Wallet::open(h.path())
-            .unwrap()
-            .create_identity(n, Method::Key)
-            .unwrap();
-        ok(h.path(), &["mediator", "register", &med.invitation_url]);
-    }
+    let med = MediatorProc::temporary();
+    let homes = registered_wallets(&med, &["coord", "alice"]);
+    let (h0, h1) = (&homes[0], &homes[1]);
     let prog = example("secretsanta.py");
     let prog = prog.to_str().unwrap();
     let sid = ok(

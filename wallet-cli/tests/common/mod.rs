@@ -122,10 +122,21 @@ pub fn mediator_bin() -> PathBuf {
 pub struct MediatorProc {
     child: Child,
     pub invitation_url: String,
+    /// The store of [`MediatorProc::temporary`], removed after the process is killed.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl MediatorProc {
-    pub fn start(data: &Path) -> Self {
+    /// One storing in a temporary directory of its own.
+    pub fn temporary() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut m = Self::start_in(data.path());
+        m._data = Some(data);
+        m
+    }
+
+    /// One storing in `data`.
+    pub fn start_in(data: &Path) -> Self {
         let mut child = command(mediator_bin())
             .args(["--listen", "127.0.0.1:0", "--log", "warn", "--data"])
             .arg(data)
@@ -141,6 +152,7 @@ impl MediatorProc {
         Self {
             child,
             invitation_url: v["invitation_url"].as_str().unwrap().to_owned(),
+            _data: None,
         }
     }
 }
@@ -150,6 +162,23 @@ impl Drop for MediatorProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One wallet in a temporary home per name, each holding a did:key identity of that name
+/// registered at `med` with `mpc-did mediator register`.
+pub fn registered_wallets(med: &MediatorProc, names: &[&str]) -> Vec<tempfile::TempDir> {
+    names
+        .iter()
+        .map(|name| {
+            let h = tempfile::tempdir().unwrap();
+            mpc_did_wallet::Wallet::open(h.path())
+                .unwrap()
+                .create_identity(name, mpc_did_wallet::Method::Key)
+                .unwrap();
+            ok(h.path(), &["mediator", "register", &med.invitation_url]);
+            h
+        })
+        .collect()
 }
 
 /// A config for a mediator started in-process on loopback, storing in `data`.
