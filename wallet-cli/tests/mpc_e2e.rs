@@ -376,21 +376,28 @@ fn coordinator_refuses_a_join_with_another_program() {
     assert!(inbox.contains("e.p.req.program-mismatch"), "{inbox}");
 }
 
-/// Killing one party (Ctrl-C / SIGINT to its `mpc-did run`) makes the others exit with an
-/// error within a bounded time instead of hanging.
-#[test]
-fn interrupting_one_party_stops_the_others() {
-    let Some(python) = python() else { return };
+/// Three `mpc-did run` of a long Secret Santa (37 groups), returned once party 2's
+/// program has started (its progress line, watched on its stderr) and had 1.5 s to get
+/// into the computation, which prints nothing the test could wait for instead.
+fn long_secret_santa_under_way(python: &Path) -> (Lobby, Vec<Child>, StderrWatch) {
     let prog = example("secretsanta.py");
     let people: Vec<String> = (3..40).map(|n| n.to_string()).collect();
     let mut args = vec!["--people"];
     args.extend(people.iter().map(String::as_str));
     let l = lobby(&prog, &args);
-    let mut runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, &python, &prog)).collect();
-    // Wait until party 2's program runs (its progress line), then interrupt it.
+    let mut runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, python, &prog)).collect();
     let watch = StderrWatch::new(&mut runs[2]);
     watch.wait_for("starting secretsanta.py", Duration::from_secs(90));
     std::thread::sleep(Duration::from_millis(1500));
+    (l, runs, watch)
+}
+
+/// Killing one party (Ctrl-C / SIGINT to its `mpc-did run`) makes the others exit with an
+/// error within a bounded time instead of hanging.
+#[test]
+fn interrupting_one_party_stops_the_others() {
+    let Some(python) = python() else { return };
+    let (_lobby, mut runs, watch) = long_secret_santa_under_way(&python);
     let pid = runs[2].id().to_string();
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
     let victim = runs.pop().unwrap();
@@ -481,15 +488,7 @@ fn alive(pid: &str) -> bool {
 #[test]
 fn killing_one_party_makes_the_others_fail() {
     let Some(python) = python() else { return };
-    let prog = example("secretsanta.py");
-    let people: Vec<String> = (3..40).map(|n| n.to_string()).collect();
-    let mut args = vec!["--people"];
-    args.extend(people.iter().map(String::as_str));
-    let l = lobby(&prog, &args);
-    let mut runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, &python, &prog)).collect();
-    let watch = StderrWatch::new(&mut runs[2]);
-    watch.wait_for("starting secretsanta.py", Duration::from_secs(90));
-    std::thread::sleep(Duration::from_millis(1500));
+    let (l, mut runs, watch) = long_secret_santa_under_way(&python);
     let mut victim = runs.pop().unwrap();
     let orphans = children_of(victim.id());
     assert!(!orphans.is_empty(), "party 2's MPyC is not running");
