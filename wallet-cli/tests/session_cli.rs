@@ -6,7 +6,7 @@
 
 use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::thread::JoinHandle;
 
 mod common;
@@ -211,6 +211,15 @@ async fn pipe_both_ways(
     (ea, eb)
 }
 
+/// Both children run to the end (off the runtime's threads); their outputs.
+async fn both_outputs(a: Child, b: Child) -> (Output, Output) {
+    tokio::task::spawn_blocking(move || {
+        (a.wait_with_output().unwrap(), b.wait_with_output().unwrap())
+    })
+    .await
+    .unwrap()
+}
+
 fn session_log(p: &Party) -> Vec<Value> {
     let out = ok(&p.home(), &["--json", "session", "list"]);
     serde_json::from_str::<Vec<Value>>(&out).unwrap()
@@ -224,14 +233,7 @@ async fn connect_reports_path_setup_and_rtt_on_both_sides() {
     let rounds = ["--rounds", "7"];
     let ca = spawn(&s.a, &s.b, &url, &["--json", "session", "connect"], &rounds);
     let cb = spawn(&s.b, &s.a, &url, &["--json", "session", "connect"], &rounds);
-    let (oa, ob) = tokio::task::spawn_blocking(move || {
-        (
-            ca.wait_with_output().unwrap(),
-            cb.wait_with_output().unwrap(),
-        )
-    })
-    .await
-    .unwrap();
+    let (oa, ob) = both_outputs(ca, cb).await;
     for o in [&oa, &ob] {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
@@ -372,14 +374,7 @@ async fn clear_errors_for_unknown_peer_endpoint_and_mismatched_commands() {
     let mut ca = spawn(&s.a, &s.b, &url, &["pipe"], &[]);
     drop(ca.stdin.take());
     let cb = spawn(&s.b, &s.a, &url, &["session", "connect"], &[]);
-    let (oa, ob) = tokio::task::spawn_blocking(move || {
-        (
-            ca.wait_with_output().unwrap(),
-            cb.wait_with_output().unwrap(),
-        )
-    })
-    .await
-    .unwrap();
+    let (oa, ob) = both_outputs(ca, cb).await;
     assert!(!oa.status.success() && !ob.status.success());
     let (ea, eb) = (
         String::from_utf8_lossy(&oa.stderr),
@@ -458,14 +453,7 @@ async fn connect_finds_the_peer_mediator_in_the_wallet_contacts() {
         .spawn()
         .unwrap();
     let cb = spawn(&s.b, &s.a, &url, &["--json", "session", "connect"], &[]);
-    let (oa, ob) = tokio::task::spawn_blocking(move || {
-        (
-            ca.wait_with_output().unwrap(),
-            cb.wait_with_output().unwrap(),
-        )
-    })
-    .await
-    .unwrap();
+    let (oa, ob) = both_outputs(ca, cb).await;
     for o in [&oa, &ob] {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
