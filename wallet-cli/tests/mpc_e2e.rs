@@ -7,7 +7,7 @@
 //! `MPC_DID_REQUIRE_INTEROP=1` (CI, test.sh), where they fail.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Read as _;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
@@ -377,19 +377,20 @@ fn coordinator_refuses_a_join_with_another_program() {
 }
 
 /// Three `mpc-did run` of a long Secret Santa (37 groups), returned once party 2's
-/// program has started (its progress line, watched on its stderr) and had 1.5 s to get
-/// into the computation, which prints nothing the test could wait for instead.
-fn long_secret_santa_under_way(python: &Path) -> (Lobby, Vec<Child>, StderrWatch) {
+/// program has started (its progress line on stderr) and is in the middle of the
+/// computation (the first group's result on stdout). Join both watches at the end.
+fn long_secret_santa_under_way(python: &Path) -> (Lobby, Vec<Child>, [Watch; 2]) {
     let prog = example("secretsanta.py");
     let people: Vec<String> = (3..40).map(|n| n.to_string()).collect();
     let mut args = vec!["--people"];
     args.extend(people.iter().map(String::as_str));
     let l = lobby(&prog, &args);
     let mut runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, python, &prog)).collect();
-    let watch = StderrWatch::new(&mut runs[2]);
-    watch.wait_for("starting secretsanta.py", Duration::from_secs(90));
-    std::thread::sleep(Duration::from_millis(1500));
-    (l, runs, watch)
+    let err = Watch::new(runs[2].stderr.take().unwrap());
+    err.wait_for("starting secretsanta.py", Duration::from_secs(90));
+    let out = Watch::new(runs[2].stdout.take().unwrap());
+    out.wait_for("people=3 ", Duration::from_secs(90));
+    (l, runs, [err, out])
 }
 
 /// Killing one party (Ctrl-C / SIGINT to its `mpc-did run`) makes the others exit with an
@@ -397,7 +398,7 @@ fn long_secret_santa_under_way(python: &Path) -> (Lobby, Vec<Child>, StderrWatch
 #[test]
 fn interrupting_one_party_stops_the_others() {
     let Some(python) = python() else { return };
-    let (_lobby, mut runs, watch) = long_secret_santa_under_way(&python);
+    let (_lobby, mut runs, watches) = long_secret_santa_under_way(&python);
     let pid = runs[2].id().to_string();
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
     let victim = runs.pop().unwrap();
@@ -406,7 +407,9 @@ fn interrupting_one_party_stops_the_others() {
         !v.status.success(),
         "the interrupted party must not report success"
     );
-    watch.reader.join().unwrap();
+    for w in watches {
+        w.reader.join().unwrap();
+    }
     for c in runs {
         let o = wait_bounded(c, Duration::from_secs(60));
         assert!(
@@ -419,20 +422,20 @@ fn interrupting_one_party_stops_the_others() {
     }
 }
 
-/// Collects a child's stderr in the background; `wait_for` blocks until a text appears.
-struct StderrWatch {
+/// Collects a child's stderr or stdout in the background; `wait_for` blocks until a text
+/// appears.
+struct Watch {
     seen: Arc<Mutex<String>>,
     reader: std::thread::JoinHandle<()>,
 }
 
-impl StderrWatch {
-    fn new(child: &mut Child) -> Self {
-        let mut err = child.stderr.take().unwrap();
+impl Watch {
+    fn new(mut stream: impl Read + Send + 'static) -> Self {
         let seen = Arc::new(Mutex::new(String::new()));
         let s = Arc::clone(&seen);
         let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
+            while let Ok(n) = stream.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
@@ -488,7 +491,7 @@ fn alive(pid: &str) -> bool {
 #[test]
 fn killing_one_party_makes_the_others_fail() {
     let Some(python) = python() else { return };
-    let (l, mut runs, watch) = long_secret_santa_under_way(&python);
+    let (l, mut runs, watches) = long_secret_santa_under_way(&python);
     let mut victim = runs.pop().unwrap();
     let orphans = children_of(victim.id());
     assert!(!orphans.is_empty(), "party 2's MPyC is not running");
@@ -504,7 +507,9 @@ fn killing_one_party_makes_the_others_fail() {
             panic!("MPyC process {pid} outlived its SIGKILLed `mpc-did run`");
         }
     }
-    watch.reader.join().unwrap();
+    for w in watches {
+        w.reader.join().unwrap();
+    }
     let victim_id = {
         let rec = std::fs::read_to_string(l.home(2).join(format!("mpc/{}.json", l.sid))).unwrap();
         serde_json::from_str::<serde_json::Value>(&rec).unwrap()["party"]
