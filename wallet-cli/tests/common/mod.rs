@@ -1,6 +1,7 @@
-//! What the CLI tests share: the `mpc-did` binary runner, the mediator spawners (the real
-//! `mpc-did-mediator` binary as its own process, or a config for one in-process on
-//! loopback) and [`wait_until`], the poll that replaces sleep-then-assert.
+//! What the CLI tests share: the `mpc-did` binary runner ([`cmd`], [`mpc_did`], [`ok`]),
+//! the mediator spawners (the real `mpc-did-mediator` binary as its own process,
+//! [`MediatorProc`], or a config for one in-process on loopback), wallets registered at a
+//! mediator, [`wait_until`] (the poll that replaces sleep-then-assert) and [`skipped`].
 //!
 //! Each test file is its own crate and uses part of this module.
 #![allow(dead_code, clippy::unwrap_used)]
