@@ -9,13 +9,11 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_mpc-did");
+mod common;
 
+/// `mpc-did --home HOME ARGS…` fed `stdin` (or nothing), run to the end.
 fn run(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--home")
-        .arg(home)
-        .args(args)
+    let mut child = common::cmd(home, args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -183,7 +181,7 @@ fn invite_prints_url_json_qr_and_decodes() {
         .ok()
         .filter(|p| !p.is_empty())
     else {
-        eprintln!("SKIPPED: QR decoding (set MPC_DID_PYTHON to a python with zxing-cpp)");
+        common::skipped("QR decoding (set MPC_DID_PYTHON to a python with zxing-cpp)");
         return;
     };
     let has_zxing = Command::new(&py)
@@ -195,7 +193,7 @@ fn invite_prints_url_json_qr_and_decodes() {
             std::env::var("MPC_DID_REQUIRE_QR_DECODE").as_deref() != Ok("1"),
             "MPC_DID_REQUIRE_QR_DECODE=1 but {py} has no zxingcpp"
         );
-        eprintln!("SKIPPED: QR decoding ({py} has no zxing-cpp)");
+        common::skipped(&format!("QR decoding ({py} has no zxing-cpp)"));
         return;
     }
     let script = concat!(

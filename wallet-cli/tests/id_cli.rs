@@ -4,20 +4,12 @@
 
 use std::io::{Read as _, Write as _};
 use std::path::Path;
-use std::process::{Command, Output};
 
+mod common;
+
+use common::mpc_did;
 use mpc_did_resolver::{DidDocument, PublicKey};
 use serde_json::Value;
-
-fn mpc_did(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mpc-did"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("MPC_DID_HOME")
-        .output()
-        .unwrap()
-}
 
 fn ok_json(home: &Path, args: &[&str]) -> Value {
     let out = mpc_did(home, args);

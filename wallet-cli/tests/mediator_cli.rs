@@ -5,32 +5,17 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use mpc_did_mediator::{Config, Mediator};
+mod common;
+
+use common::{bin, loopback_config, mpc_did, ok, wait_until};
+use mpc_did_mediator::Mediator;
 use mpc_did_wallet::{Method, Wallet};
 use serde_json::Value;
-
-fn mpc_did(home: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mpc-did"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("MPC_DID_HOME")
-        .output()
-        .unwrap()
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = mpc_did(home, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn new_identity(home: &Path, name: &str) -> String {
     let w = Wallet::open(home).unwrap();
@@ -40,12 +25,10 @@ fn new_identity(home: &Path, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn register_send_inbox_and_watch() {
     let data = tempfile::tempdir().unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: data.path().to_path_buf(),
-        ..Config::default()
-    };
-    let m = Mediator::builder(config).start().await.unwrap();
+    let m = Mediator::builder(loopback_config(data.path()))
+        .start()
+        .await
+        .unwrap();
 
     let alice_home = tempfile::tempdir().unwrap();
     let bob_home = tempfile::tempdir().unwrap();
@@ -124,7 +107,7 @@ async fn register_send_inbox_and_watch() {
         .await
         .unwrap();
     }
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_mpc-did"))
+    let mut watch = bin()
         .arg("--home")
         .arg(&ah)
         .args(["--json", "inbox", "--watch", "--max", "2"])
@@ -132,17 +115,33 @@ async fn register_send_inbox_and_watch() {
         .spawn()
         .unwrap();
     let stdout = watch.stdout.take().unwrap();
-    let reader = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<Value>(&l.unwrap()).unwrap()["body"]["n"]
-                    .as_u64()
-                    .unwrap()
-            })
-            .collect::<Vec<_>>()
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let printed = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let printed = Arc::clone(&printed);
+        tokio::task::spawn_blocking(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map(|l| {
+                    let n = serde_json::from_str::<Value>(&l.unwrap()).unwrap()["body"]["n"]
+                        .as_u64()
+                        .unwrap();
+                    printed.fetch_add(1, Ordering::SeqCst);
+                    n
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    // The watch opens its live WebSocket before it prints what was queued: once the first
+    // message is out, the second is sent while it runs.
+    let watching = tokio::task::spawn_blocking(move || {
+        wait_until(
+            || printed.load(Ordering::SeqCst) > 0,
+            Instant::now() + Duration::from_secs(30),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(watching, "the watch never printed the queued message");
     {
         let (bh, alice, url) = (bh.clone(), alice.clone(), url.clone());
         run(Box::new(move || {

@@ -7,21 +7,24 @@
 //! `MPC_DID_REQUIRE_INTEROP=1` (CI, test.sh), where they fail.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader, Read as _};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{cmd, ok, registered_wallets, wait_bounded, wait_until, MediatorProc, NETNS};
 use mpc_did_proxy::launch::find_python;
-use mpc_did_wallet::{Method, Wallet};
+use mpc_did_wallet::Wallet;
 
 /// `$MPC_DID_PYTHON`, else the repository's `.venv` (test.sh makes it); `None`: skip.
 fn python() -> Option<PathBuf> {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     let found = find_python(&[venv], &["numpy"]).unwrap();
     if found.is_none() {
-        eprintln!("SKIPPED: set MPC_DID_PYTHON to a Python with mpyc (./test.sh does)");
+        common::skipped("set MPC_DID_PYTHON to a Python with mpyc (./test.sh does)");
     }
     found
 }
@@ -32,124 +35,7 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// The real mediator binary next to ours, built (once per test process) from this tree:
-/// cargo builds only the binaries of the package under test, and a binary left from an
-/// older tree would test old code silently.
-fn mediator_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let bin =
-                PathBuf::from(env!("CARGO_BIN_EXE_mpc-did")).with_file_name("mpc-did-mediator");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let st = Command::new(cargo)
-                .args([
-                    "build",
-                    "-p",
-                    "mpc-did-mediator",
-                    "--bin",
-                    "mpc-did-mediator",
-                ])
-                .status()
-                .unwrap();
-            assert!(st.success(), "building mpc-did-mediator failed");
-            assert!(bin.exists(), "{} missing", bin.display());
-            bin
-        })
-        .clone()
-}
-
-struct MediatorProc {
-    child: Child,
-    invitation_url: String,
-}
-
-impl MediatorProc {
-    fn start(data: &Path) -> Self {
-        let mut child = command(mediator_bin())
-            .args(["--listen", "127.0.0.1:0", "--log", "warn", "--data"])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        Self {
-            child,
-            invitation_url: v["invitation_url"].as_str().unwrap().to_owned(),
-        }
-    }
-}
-
-impl Drop for MediatorProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-thread_local! {
-    /// The network namespace this test thread runs its processes in (`None`: ours).
-    static NETNS: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
-/// `program` as a command, inside this thread's [`NETNS`] if one is set.
-fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    match NETNS.with(|n| n.borrow().clone()) {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &ns]).arg(program);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
-fn cmd(home: &Path, args: &[&str]) -> Command {
-    let mut c = command(env!("CARGO_BIN_EXE_mpc-did"));
-    c.arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("MPC_DID_HOME")
-        .stdin(Stdio::null());
-    c
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = cmd(home, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Wait for a child at most `limit`; kill it (and fail) if it does not exit.
-fn wait_bounded(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "process did not exit within {limit:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 struct Lobby {
-    _med_data: tempfile::TempDir,
     _med: MediatorProc,
     homes: Vec<tempfile::TempDir>,
     sid: String,
@@ -164,18 +50,8 @@ impl Lobby {
 /// Three wallets registered at a real mediator; party 0 creates the MPC session, the
 /// others join from its invitation URL; party 0 hosts until the roster is out.
 fn lobby(program: &Path, args: &[&str]) -> Lobby {
-    let med_data = tempfile::tempdir().unwrap();
-    let med = MediatorProc::start(med_data.path());
-    let mut homes = Vec::new();
-    for i in 0..3 {
-        let h = tempfile::tempdir().unwrap();
-        Wallet::open(h.path())
-            .unwrap()
-            .create_identity(&format!("p{i}"), Method::Key)
-            .unwrap();
-        ok(h.path(), &["mediator", "register", &med.invitation_url]);
-        homes.push(h);
-    }
+    let med = MediatorProc::temporary();
+    let homes = registered_wallets(&med, &["p0", "p1", "p2"]);
     let prog = program.to_str().unwrap();
     let mut new_args = vec!["mpc", "new", "--parties", "3", "--program", prog, "--"];
     new_args.extend_from_slice(args);
@@ -233,7 +109,6 @@ fn lobby(program: &Path, args: &[&str]) -> Lobby {
     ids.sort_unstable();
     assert_eq!(ids, [0, 1, 2], "party ids are 0..N-1");
     Lobby {
-        _med_data: med_data,
         _med: med,
         homes,
         sid,
@@ -437,16 +312,9 @@ fn wrong_program_hash_is_refused() {
 /// because `mpc join` never sends one.
 #[test]
 fn coordinator_refuses_a_join_with_another_program() {
-    let med_data = tempfile::tempdir().unwrap();
-    let med = MediatorProc::start(med_data.path());
-    let (h0, h1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    for (h, n) in [(&h0, "coord"), (&h1, "mallory")] {
-        Wallet::open(h.path())
-            .unwrap()
-            .create_identity(n, Method::Key)
-            .unwrap();
-        ok(h.path(), &["mediator", "register", &med.invitation_url]);
-    }
+    let med = MediatorProc::temporary();
+    let homes = registered_wallets(&med, &["coord", "mallory"]);
+    let (h0, h1) = (&homes[0], &homes[1]);
     let prog = example("secretsanta.py");
     let sid = ok(
         h0.path(),
@@ -508,44 +376,29 @@ fn coordinator_refuses_a_join_with_another_program() {
     assert!(inbox.contains("e.p.req.program-mismatch"), "{inbox}");
 }
 
-/// Killing one party (Ctrl-C / SIGINT to its `mpc-did run`) makes the others exit with an
-/// error within a bounded time instead of hanging.
-#[test]
-fn interrupting_one_party_stops_the_others() {
-    let Some(python) = python() else { return };
+/// Three `mpc-did run` of a long Secret Santa (37 groups), returned once party 2's
+/// program has started (its progress line on stderr) and is in the middle of the
+/// computation (the first group's result on stdout). Join both watches at the end.
+fn long_secret_santa_under_way(python: &Path) -> (Lobby, Vec<Child>, [Watch; 2]) {
     let prog = example("secretsanta.py");
     let people: Vec<String> = (3..40).map(|n| n.to_string()).collect();
     let mut args = vec!["--people"];
     args.extend(people.iter().map(String::as_str));
     let l = lobby(&prog, &args);
-    let mut runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, &python, &prog)).collect();
-    // Wait until party 2's program runs (its progress line), then interrupt it.
-    let mut err2 = runs[2].stderr.take().unwrap();
-    let seen = Arc::new(Mutex::new(String::new()));
-    let reader = {
-        let seen = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err2.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                seen.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !seen.lock().unwrap().contains("starting secretsanta.py") {
-        assert!(
-            Instant::now() < deadline,
-            "party 2 never started: {}",
-            seen.lock().unwrap()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, python, &prog)).collect();
+    let err = Watch::new(runs[2].stderr.take().unwrap());
+    err.wait_for("starting secretsanta.py", Duration::from_secs(90));
+    let out = Watch::new(runs[2].stdout.take().unwrap());
+    out.wait_for("people=3 ", Duration::from_secs(90));
+    (l, runs, [err, out])
+}
+
+/// Killing one party (Ctrl-C / SIGINT to its `mpc-did run`) makes the others exit with an
+/// error within a bounded time instead of hanging.
+#[test]
+fn interrupting_one_party_stops_the_others() {
+    let Some(python) = python() else { return };
+    let (_lobby, mut runs, watches) = long_secret_santa_under_way(&python);
     let pid = runs[2].id().to_string();
     Command::new("kill").args(["-INT", &pid]).status().unwrap();
     let victim = runs.pop().unwrap();
@@ -554,7 +407,9 @@ fn interrupting_one_party_stops_the_others() {
         !v.status.success(),
         "the interrupted party must not report success"
     );
-    reader.join().unwrap();
+    for w in watches {
+        w.reader.join().unwrap();
+    }
     for c in runs {
         let o = wait_bounded(c, Duration::from_secs(60));
         assert!(
@@ -567,20 +422,20 @@ fn interrupting_one_party_stops_the_others() {
     }
 }
 
-/// Collects a child's stderr in the background; `wait_for` blocks until a text appears.
-struct StderrWatch {
+/// Collects a child's stderr or stdout in the background; `wait_for` blocks until a text
+/// appears.
+struct Watch {
     seen: Arc<Mutex<String>>,
     reader: std::thread::JoinHandle<()>,
 }
 
-impl StderrWatch {
-    fn new(child: &mut Child) -> Self {
-        let mut err = child.stderr.take().unwrap();
+impl Watch {
+    fn new(mut stream: impl Read + Send + 'static) -> Self {
         let seen = Arc::new(Mutex::new(String::new()));
         let s = Arc::clone(&seen);
         let reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
+            while let Ok(n) = stream.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
@@ -593,15 +448,15 @@ impl StderrWatch {
     }
 
     fn wait_for(&self, text: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.seen.lock().unwrap().contains(text) {
-            assert!(
-                Instant::now() < deadline,
-                "{text:?} never appeared: {}",
-                self.seen.lock().unwrap()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let appeared = wait_until(
+            || self.seen.lock().unwrap().contains(text),
+            Instant::now() + limit,
+        );
+        assert!(
+            appeared,
+            "{text:?} never appeared: {}",
+            self.seen.lock().unwrap()
+        );
     }
 }
 
@@ -636,15 +491,7 @@ fn alive(pid: &str) -> bool {
 #[test]
 fn killing_one_party_makes_the_others_fail() {
     let Some(python) = python() else { return };
-    let prog = example("secretsanta.py");
-    let people: Vec<String> = (3..40).map(|n| n.to_string()).collect();
-    let mut args = vec!["--people"];
-    args.extend(people.iter().map(String::as_str));
-    let l = lobby(&prog, &args);
-    let mut runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, &python, &prog)).collect();
-    let watch = StderrWatch::new(&mut runs[2]);
-    watch.wait_for("starting secretsanta.py", Duration::from_secs(90));
-    std::thread::sleep(Duration::from_millis(1500));
+    let (l, mut runs, watches) = long_secret_santa_under_way(&python);
     let mut victim = runs.pop().unwrap();
     let orphans = children_of(victim.id());
     assert!(!orphans.is_empty(), "party 2's MPyC is not running");
@@ -655,15 +502,14 @@ fn killing_one_party_makes_the_others_fail() {
     // bounded wait instead of orphaned.
     let deadline = Instant::now() + Duration::from_secs(10);
     for pid in &orphans {
-        while alive(pid) {
-            if Instant::now() > deadline {
-                let _ = Command::new("kill").args(["-KILL", pid]).status();
-                panic!("MPyC process {pid} outlived its SIGKILLed `mpc-did run`");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !wait_until(|| !alive(pid), deadline) {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+            panic!("MPyC process {pid} outlived its SIGKILLed `mpc-did run`");
         }
     }
-    watch.reader.join().unwrap();
+    for w in watches {
+        w.reader.join().unwrap();
+    }
     let victim_id = {
         let rec = std::fs::read_to_string(l.home(2).join(format!("mpc/{}.json", l.sid))).unwrap();
         serde_json::from_str::<serde_json::Value>(&rec).unwrap()["party"]
@@ -864,7 +710,7 @@ impl StrangerNets {
                 !required,
                 "MPC_DID_REQUIRE_NETNS=1 but root={root}, ip/setpriv/python3 found={tools}"
             );
-            eprintln!("SKIPPED: needs root, iproute2, setpriv and /usr/bin/python3");
+            common::skipped("needs root, iproute2, setpriv and /usr/bin/python3");
             return None;
         }
         let id = std::process::id();
@@ -1022,14 +868,13 @@ impl Listener {
     fn connections_before_ours(&self) -> usize {
         let ours = std::net::TcpStream::connect(self.addr).unwrap();
         let me = ours.local_addr().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = self.accepted.lock().unwrap().iter().position(|p| *p == me) {
-                return i;
-            }
-            assert!(Instant::now() < deadline, "listener never accepted");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let position = || self.accepted.lock().unwrap().iter().position(|p| *p == me);
+        let accepted = wait_until(
+            || position().is_some(),
+            Instant::now() + Duration::from_secs(10),
+        );
+        assert!(accepted, "listener never accepted");
+        position().unwrap()
     }
 }
 
@@ -1041,16 +886,8 @@ impl Listener {
 /// session forms in time.
 #[test]
 fn bogus_joins_make_the_host_contact_nobody_and_do_not_hold_it() {
-    let med_data = tempfile::tempdir().unwrap();
-    let med = MediatorProc::start(med_data.path());
-    let homes: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    for (h, n) in homes.iter().zip(["coord", "mallory", "alice"]) {
-        Wallet::open(h.path())
-            .unwrap()
-            .create_identity(n, Method::Key)
-            .unwrap();
-        ok(h.path(), &["mediator", "register", &med.invitation_url]);
-    }
+    let med = MediatorProc::temporary();
+    let homes = registered_wallets(&med, &["coord", "mallory", "alice"]);
     let (h0, h1, h2) = (homes[0].path(), homes[1].path(), homes[2].path());
     let prog = example("secretsanta.py");
     let prog = prog.to_str().unwrap();
@@ -1103,11 +940,11 @@ fn bogus_joins_make_the_host_contact_nobody_and_do_not_hold_it() {
     // An invitation holder with another program: refused, through an endpoint that
     // redirects; the redirect is not followed.
     join(&sid, &"00".repeat(32), redirector.addr);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while redirector.count() == 0 {
-        assert!(Instant::now() < deadline, "the refusal never went out");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let refused = wait_until(
+        || redirector.count() > 0,
+        Instant::now() + Duration::from_secs(15),
+    );
+    assert!(refused, "the refusal never went out");
     // The real party joins, and the MPC session forms within the host's timeout.
     let joined = ok(
         h2,
@@ -1145,16 +982,9 @@ fn bogus_joins_make_the_host_contact_nobody_and_do_not_hold_it() {
 /// with "only 0 of 2 parties joined" (also after a restart). Now the MPC session forms.
 #[test]
 fn a_thousand_junk_messages_before_mpc_host_do_not_stop_the_lobby() {
-    let med_data = tempfile::tempdir().unwrap();
-    let med = MediatorProc::start(med_data.path());
-    let (h0, h1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    for (h, n) in [(&h0, "coord"), (&h1, "alice")] {
-        Wallet::open(h.path())
-            .unwrap()
-            .create_identity(n, Method::Key)
-            .unwrap();
-        ok(h.path(), &["mediator", "register", &med.invitation_url]);
-    }
+    let med = MediatorProc::temporary();
+    let homes = registered_wallets(&med, &["coord", "alice"]);
+    let (h0, h1) = (&homes[0], &homes[1]);
     let prog = example("secretsanta.py");
     let prog = prog.to_str().unwrap();
     let sid = ok(

@@ -5,37 +5,20 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Output, Stdio};
 use std::thread::JoinHandle;
 
+mod common;
+
+use common::{bin, loopback_config, mpc_did, ok};
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
-use mpc_did_mediator::{Config, Mediator, MediatorHandle};
+use mpc_did_mediator::{Mediator, MediatorHandle};
 use mpc_did_wallet::{Contact, Method, Wallet};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 const MIB: u64 = 1 << 20;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mpc-did"));
-    c.env_remove("MPC_DID_HOME");
-    c
-}
-
-fn run(home: &Path, args: &[&str]) -> Output {
-    bin().arg("--home").arg(home).args(args).output().unwrap()
-}
-
-fn ok(home: &Path, args: &[&str]) -> String {
-    let out = run(home, args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 struct Party {
     home: tempfile::TempDir,
@@ -59,11 +42,7 @@ struct Setup {
 /// `mpc-did mediator register`.
 async fn setup() -> Setup {
     let data = tempfile::tempdir().unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: data.path().to_path_buf(),
-        ..Config::default()
-    };
+    let config = loopback_config(data.path());
     // The relay's per-client rate limit (8 MiB/s by default) would only slow the 100 MiB
     // test down; its enforcement is tested in mediator/tests/rendezvous_relay.rs.
     let relay = RelayService::bind(RelayServiceConfig {
@@ -232,6 +211,15 @@ async fn pipe_both_ways(
     (ea, eb)
 }
 
+/// Both children run to the end (off the runtime's threads); their outputs.
+async fn both_outputs(a: Child, b: Child) -> (Output, Output) {
+    tokio::task::spawn_blocking(move || {
+        (a.wait_with_output().unwrap(), b.wait_with_output().unwrap())
+    })
+    .await
+    .unwrap()
+}
+
 fn session_log(p: &Party) -> Vec<Value> {
     let out = ok(&p.home(), &["--json", "session", "list"]);
     serde_json::from_str::<Vec<Value>>(&out).unwrap()
@@ -245,14 +233,7 @@ async fn connect_reports_path_setup_and_rtt_on_both_sides() {
     let rounds = ["--rounds", "7"];
     let ca = spawn(&s.a, &s.b, &url, &["--json", "session", "connect"], &rounds);
     let cb = spawn(&s.b, &s.a, &url, &["--json", "session", "connect"], &rounds);
-    let (oa, ob) = tokio::task::spawn_blocking(move || {
-        (
-            ca.wait_with_output().unwrap(),
-            cb.wait_with_output().unwrap(),
-        )
-    })
-    .await
-    .unwrap();
+    let (oa, ob) = both_outputs(ca, cb).await;
     for o in [&oa, &ob] {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
@@ -380,7 +361,7 @@ async fn pipe_survives_a_forced_path_switch_in_the_middle() {
 async fn clear_errors_for_unknown_peer_endpoint_and_mismatched_commands() {
     let s = setup().await;
     // A did:key peer names no endpoint: say how to give one.
-    let out = run(
+    let out = mpc_did(
         &s.a.home(),
         &["session", "connect", &s.b.did, "--timeout", "2"],
     );
@@ -393,14 +374,7 @@ async fn clear_errors_for_unknown_peer_endpoint_and_mismatched_commands() {
     let mut ca = spawn(&s.a, &s.b, &url, &["pipe"], &[]);
     drop(ca.stdin.take());
     let cb = spawn(&s.b, &s.a, &url, &["session", "connect"], &[]);
-    let (oa, ob) = tokio::task::spawn_blocking(move || {
-        (
-            ca.wait_with_output().unwrap(),
-            cb.wait_with_output().unwrap(),
-        )
-    })
-    .await
-    .unwrap();
+    let (oa, ob) = both_outputs(ca, cb).await;
     assert!(!oa.status.success() && !ob.status.success());
     let (ea, eb) = (
         String::from_utf8_lossy(&oa.stderr),
@@ -415,14 +389,10 @@ async fn clear_errors_for_unknown_peer_endpoint_and_mismatched_commands() {
     );
 
     // --relay-only against a mediator without a relay: a clear error, no silent fallback.
-    let plain = Mediator::builder(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: s._data.path().join("plain"),
-        ..Config::default()
-    })
-    .start()
-    .await
-    .unwrap();
+    let plain = Mediator::builder(loopback_config(&s._data.path().join("plain")))
+        .start()
+        .await
+        .unwrap();
     let home = tempfile::tempdir().unwrap();
     Wallet::open(home.path())
         .unwrap()
@@ -432,7 +402,7 @@ async fn clear_errors_for_unknown_peer_endpoint_and_mismatched_commands() {
     tokio::task::spawn_blocking(move || ok(&h, &["mediator", "register", &inv]))
         .await
         .unwrap();
-    let out = run(
+    let out = mpc_did(
         home.path(),
         &[
             "session",
@@ -483,14 +453,7 @@ async fn connect_finds_the_peer_mediator_in_the_wallet_contacts() {
         .spawn()
         .unwrap();
     let cb = spawn(&s.b, &s.a, &url, &["--json", "session", "connect"], &[]);
-    let (oa, ob) = tokio::task::spawn_blocking(move || {
-        (
-            ca.wait_with_output().unwrap(),
-            cb.wait_with_output().unwrap(),
-        )
-    })
-    .await
-    .unwrap();
+    let (oa, ob) = both_outputs(ca, cb).await;
     for o in [&oa, &ob] {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }

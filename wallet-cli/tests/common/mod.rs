@@ -1,0 +1,202 @@
+//! What the CLI tests share: the `mpc-did` binary runner ([`cmd`], [`mpc_did`], [`ok`]),
+//! the mediator spawners (the real `mpc-did-mediator` binary as its own process,
+//! [`MediatorProc`], or a config for one in-process on loopback), wallets registered at a
+//! mediator, [`wait_until`] (the poll that replaces sleep-then-assert) and [`skipped`].
+//!
+//! Each test file is its own crate and uses part of this module.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `mpc-did` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_mpc-did");
+
+thread_local! {
+    /// The network namespace this test thread runs its processes in (`None`: ours).
+    pub static NETNS: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `program` as a command, inside this thread's [`NETNS`] if one is set.
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match NETNS.with(|n| n.borrow().clone()) {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// `mpc-did` with no `MPC_DID_HOME` from the environment.
+pub fn bin() -> Command {
+    let mut c = command(BIN);
+    c.env_remove("MPC_DID_HOME");
+    c
+}
+
+/// `mpc-did --home HOME ARGS…` with stdin closed.
+pub fn cmd(home: &Path, args: &[&str]) -> Command {
+    let mut c = bin();
+    c.arg("--home").arg(home).args(args).stdin(Stdio::null());
+    c
+}
+
+/// Runs `mpc-did --home HOME ARGS…` to the end.
+pub fn mpc_did(home: &Path, args: &[&str]) -> Output {
+    cmd(home, args).output().unwrap()
+}
+
+/// Runs `mpc-did --home HOME ARGS…`, which must succeed; its stdout.
+pub fn ok(home: &Path, args: &[&str]) -> String {
+    let out = mpc_did(home, args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `cond` until it holds (`true`) or `deadline` passes (`false`, after one last
+/// try). Tests assert on the result with their own message.
+pub fn wait_until(mut cond: impl FnMut() -> bool, deadline: Instant) -> bool {
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return cond();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Wait for a child at most `limit`; kill it (and fail) if it does not exit.
+pub fn wait_bounded(mut child: Child, limit: Duration) -> Output {
+    let exited = wait_until(
+        || child.try_wait().unwrap().is_some(),
+        Instant::now() + limit,
+    );
+    if exited {
+        return child.wait_with_output().unwrap();
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "process did not exit within {limit:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The real mediator binary next to ours, built (once per test process) from this tree:
+/// cargo builds only the binaries of the package under test, and a binary left from an
+/// older tree would test old code silently.
+pub fn mediator_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let bin = PathBuf::from(BIN).with_file_name("mpc-did-mediator");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let st = Command::new(cargo)
+                .args([
+                    "build",
+                    "-p",
+                    "mpc-did-mediator",
+                    "--bin",
+                    "mpc-did-mediator",
+                ])
+                .status()
+                .unwrap();
+            assert!(st.success(), "building mpc-did-mediator failed");
+            assert!(bin.exists(), "{} missing", bin.display());
+            bin
+        })
+        .clone()
+}
+
+/// The real `mpc-did-mediator` binary on loopback (in this thread's [`NETNS`] if one is
+/// set), killed on drop.
+pub struct MediatorProc {
+    child: Child,
+    pub invitation_url: String,
+    /// The store of [`MediatorProc::temporary`], removed after the process is killed.
+    _data: Option<tempfile::TempDir>,
+}
+
+impl MediatorProc {
+    /// One storing in a temporary directory of its own.
+    pub fn temporary() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let mut m = Self::start_in(data.path());
+        m._data = Some(data);
+        m
+    }
+
+    /// One storing in `data`.
+    pub fn start_in(data: &Path) -> Self {
+        let mut child = command(mediator_bin())
+            .args(["--listen", "127.0.0.1:0", "--log", "warn", "--data"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        Self {
+            child,
+            invitation_url: v["invitation_url"].as_str().unwrap().to_owned(),
+            _data: None,
+        }
+    }
+}
+
+impl Drop for MediatorProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One wallet in a temporary home per name, each holding a did:key identity of that name
+/// registered at `med` with `mpc-did mediator register`.
+pub fn registered_wallets(med: &MediatorProc, names: &[&str]) -> Vec<tempfile::TempDir> {
+    names
+        .iter()
+        .map(|name| {
+            let h = tempfile::tempdir().unwrap();
+            mpc_did_wallet::Wallet::open(h.path())
+                .unwrap()
+                .create_identity(name, mpc_did_wallet::Method::Key)
+                .unwrap();
+            ok(h.path(), &["mediator", "register", &med.invitation_url]);
+            h
+        })
+        .collect()
+}
+
+/// A config for a mediator started in-process on loopback, storing in `data`.
+pub fn loopback_config(data: &Path) -> mpc_did_mediator::Config {
+    mpc_did_mediator::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data: data.to_path_buf(),
+        ..mpc_did_mediator::Config::default()
+    }
+}
+
+/// Says on stderr that (part of) the running test is skipped and why, as
+/// `SKIPPED: <test>: <why>`. Written to the process's stderr, not through `eprintln!`,
+/// which the test harness captures and hides for a passing test.
+pub fn skipped(why: &str) {
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
+}
