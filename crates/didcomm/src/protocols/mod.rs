@@ -4,9 +4,11 @@
 
 pub mod ack;
 pub mod coordinate_mediation;
+pub mod coordinate_mediation_v3;
 pub mod discover_features;
 pub mod oob;
 pub mod pickup;
+pub mod pickup_v4;
 #[cfg(feature = "qr")]
 pub mod qr;
 pub mod report_problem;

@@ -26,6 +26,77 @@ pub const MESSAGES_RECEIVED_TYPE: &str = "https://didcomm.org/messagepickup/3.0/
 pub const LIVE_DELIVERY_CHANGE_TYPE: &str =
     "https://didcomm.org/messagepickup/3.0/live-delivery-change";
 
+/// The message types of one Message Pickup version (3.0 or 4.0), so that both sides can
+/// speak whichever version is in use without matching on strings twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PickupTypes {
+    /// Protocol identifier (PIURI).
+    pub piuri: &'static str,
+    /// `status-request`.
+    pub status_request: &'static str,
+    /// `status`.
+    pub status: &'static str,
+    /// `delivery-request`.
+    pub delivery_request: &'static str,
+    /// `delivery`.
+    pub delivery: &'static str,
+    /// `messages-received`.
+    pub messages_received: &'static str,
+    /// `live-delivery-change`.
+    pub live_delivery_change: &'static str,
+}
+
+/// Message Pickup 3.0's message types.
+pub const TYPES: PickupTypes = PickupTypes {
+    piuri: PIURI,
+    status_request: STATUS_REQUEST_TYPE,
+    status: STATUS_TYPE,
+    delivery_request: DELIVERY_REQUEST_TYPE,
+    delivery: DELIVERY_TYPE,
+    messages_received: MESSAGES_RECEIVED_TYPE,
+    live_delivery_change: LIVE_DELIVERY_CHANGE_TYPE,
+};
+
+/// A Message Pickup version we speak (spec/mediator.md §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+pub enum PickupVersion {
+    /// Message Pickup 3.0 (what every mpc-did mediator speaks).
+    #[default]
+    V3,
+    /// Message Pickup 4.0.
+    V4,
+}
+
+impl PickupVersion {
+    /// Every version we speak, oldest first.
+    pub const ALL: [Self; 2] = [Self::V3, Self::V4];
+
+    /// This version's message types.
+    #[must_use]
+    pub fn types(self) -> &'static PickupTypes {
+        match self {
+            Self::V3 => &TYPES,
+            Self::V4 => &super::pickup_v4::TYPES,
+        }
+    }
+
+    /// The version a message type belongs to, and the message's name (`status-request`,
+    /// …); `None` for another protocol.
+    #[must_use]
+    pub fn of_type(type_: &str) -> Option<(Self, &str)> {
+        Self::ALL.into_iter().find_map(|v| {
+            let name = type_.strip_prefix(v.types().piuri)?.strip_prefix('/')?;
+            Some((v, name))
+        })
+    }
+
+    /// Whether `type_` is the `delivery` of any version we speak.
+    #[must_use]
+    pub fn is_delivery(type_: &str) -> bool {
+        Self::ALL.into_iter().any(|v| v.types().delivery == type_)
+    }
+}
+
 /// Body field of `live-delivery-change` (request) and of the `status` answering it
 /// (acknowledgement) for raw live mode, an mpc-did extension of Pickup 3.0
 /// (spec/mediator.md §3.1). Other mediators ignore the unknown field and answer without
@@ -35,7 +106,7 @@ pub const RAW_LIVE_FIELD: &str = "mpc_did_raw";
 /// Largest queue id a raw push frame can carry (its length is one byte).
 pub const RAW_PUSH_MAX_ID: usize = u8::MAX as usize;
 
-/// An attachment carrying a queued DIDComm message (Pickup 3.0 `delivery`): inline JSON
+/// An attachment carrying a queued DIDComm message (Pickup 3.0 and 4.0 `delivery`): inline JSON
 /// when the bytes are a JSON object (every encrypted DIDComm message is), else base64url.
 #[must_use]
 pub fn message_attachment(id: &str, bytes: &[u8]) -> Attachment {
