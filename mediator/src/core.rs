@@ -22,6 +22,11 @@ use crate::messages::{
 };
 use crate::metrics::{Metrics, Rejection};
 use crate::store::{AnyStore, KeyUpdate, QueueLimits, Store, StoreError, StoredMessage};
+use crate::versions::{state_changing, Mediation};
+use mpc_did_didcomm::protocols::coordinate_mediation::CoordinateMediationVersion as CmVersion;
+use mpc_did_didcomm::protocols::coordinate_mediation_v3 as cm3;
+use mpc_did_didcomm::protocols::pickup::PickupVersion;
+use mpc_did_didcomm::protocols::pickup_v4::LIVE_BACKLOG_FIELD;
 
 /// How long request ids are remembered against replay, and how far `created_time` may be
 /// from now (spec/mediator.md §3).
@@ -34,12 +39,7 @@ pub const MAX_ID_LEN: usize = 256;
 /// Requests anyone may send (no grant) whose replay changes nothing and answers nothing
 /// secret: not remembered against replay, so they cannot fill the cache (finding 9).
 const REPLAY_HARMLESS: &[&str] = &[types::PING, types::QUERIES, types::PROBLEM_REPORT];
-const STATE_CHANGING: &[&str] = &[
-    types::MEDIATE_REQUEST,
-    types::RECIPIENT_UPDATE,
-    types::MESSAGES_RECEIVED,
-    types::LIVE_DELIVERY_CHANGE,
-];
+// Which requests change state, in every protocol version: `versions::state_changing`.
 /// Peers whose static-static ECDH-1PU share is remembered (spec/didcomm.md §4): about
 /// 150 bytes each, so at most a few MiB.
 const ECDH_CACHE_MAX: usize = 16_384;
@@ -72,6 +72,12 @@ pub struct Handled {
     pub authenticated: bool,
     /// A forward was accepted and stored (what keeps an anonymous sender's WebSocket open).
     pub stored: bool,
+    /// With `live` on: the Message Pickup version the live pushes speak (that of the
+    /// `live-delivery-change`).
+    pub live_pickup: PickupVersion,
+    /// With `live` on: queued ids this socket must not push (Pickup 4.0: "Messages
+    /// already in the queue are not affected by Live Mode", spec/mediator.md §3.2).
+    pub live_skip: Vec<String>,
 }
 
 /// Shared state of one mediator instance.
@@ -240,7 +246,7 @@ impl Core {
                     )
                     .await;
             }
-            if msg.created_time.is_none() && STATE_CHANGING.contains(&msg.type_.as_str()) {
+            if msg.created_time.is_none() && state_changing(&msg.type_) {
                 return self
                     .refuse(
                         msg,
@@ -329,9 +335,7 @@ impl Core {
                 tracing::info!(from = ?sender.did, body = %msg.body, "problem report received");
                 Handled::default()
             }
-            t if t.starts_with("https://didcomm.org/coordinate-mediation/2.0/")
-                || t.starts_with("https://didcomm.org/messagepickup/3.0/") =>
-            {
+            t if Mediation::of(t).is_some() => {
                 let Some(did) = sender.did.clone() else {
                     return self
                         .refuse(
@@ -343,8 +347,18 @@ impl Core {
                         )
                         .await;
                 };
-                if t == types::MEDIATE_REQUEST {
-                    return self.mediate_request(msg, sender, &did).await;
+                let route = Mediation::of(t);
+                if let Some(Mediation::Cm(cm, name)) = route {
+                    // Coordinate Mediation 3.0 bodies are read strictly (spec/mediator.md
+                    // §3.2): a field the protocol does not define is refused, named.
+                    if cm == CmVersion::V3 {
+                        if let Err(e) = cm3_body_ok(msg, name) {
+                            return self.bad_request(msg, sender, &e.to_string()).await;
+                        }
+                    }
+                    if name == "mediate-request" {
+                        return self.mediate_request(msg, sender, &did, cm).await;
+                    }
                 }
                 match self.store.has_grant(&did).await {
                     Ok(true) => {}
@@ -361,14 +375,25 @@ impl Core {
                     }
                     Err(e) => return self.storage_failed(msg, sender, &e).await,
                 }
-                let res = match t {
-                    types::RECIPIENT_UPDATE => self.recipient_update(msg, sender, &did).await,
-                    types::RECIPIENT_QUERY => self.recipient_query(msg, sender, &did).await,
-                    types::STATUS_REQUEST => self.status(msg, sender, &did, false, false).await,
-                    types::DELIVERY_REQUEST => self.delivery_request(msg, sender, &did).await,
-                    types::MESSAGES_RECEIVED => self.messages_received(msg, sender, &did).await,
-                    types::LIVE_DELIVERY_CHANGE => {
-                        self.live_change(msg, sender, &did, transport).await
+                let res = match route {
+                    Some(Mediation::Cm(cm, "recipient-update")) => {
+                        self.recipient_update(msg, sender, &did, cm).await
+                    }
+                    Some(Mediation::Cm(cm, "recipient-query")) => {
+                        self.recipient_query(msg, sender, &did, cm).await
+                    }
+                    Some(Mediation::Pickup(p, "status-request")) => {
+                        self.status(msg, sender, &did, false, Extensions::default(), p)
+                            .await
+                    }
+                    Some(Mediation::Pickup(p, "delivery-request")) => {
+                        self.delivery_request(msg, sender, &did, p).await
+                    }
+                    Some(Mediation::Pickup(_, "messages-received")) => {
+                        self.messages_received(msg, sender, &did).await
+                    }
+                    Some(Mediation::Pickup(p, "live-delivery-change")) => {
+                        self.live_change(msg, sender, &did, transport, p).await
                     }
                     _ => Ok(self
                         .refuse(
@@ -513,7 +538,13 @@ impl Core {
         Ok(None)
     }
 
-    async fn mediate_request(&self, msg: &Message, sender: &Sender, did: &str) -> Handled {
+    async fn mediate_request(
+        &self,
+        msg: &Message,
+        sender: &Sender,
+        did: &str,
+        cm: CmVersion,
+    ) -> Handled {
         let policy = &self.config.mediation;
         let allowed = !policy.deny.iter().any(|d| d == did)
             && (policy.allow.is_empty() || policy.allow.iter().any(|d| d == did));
@@ -521,7 +552,7 @@ impl Core {
             self.metrics.reject(Rejection::Unauthorized);
             return Handled {
                 replies: vec![
-                    self.pack(reply(types::MEDIATE_DENY, json!({}), msg), sender)
+                    self.pack(reply(cm.types().mediate_deny, json!({}), msg), sender)
                         .await,
                 ],
                 rejection: Some(Rejection::Unauthorized),
@@ -534,7 +565,7 @@ impl Core {
         self.metrics.grants.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%did, "mediation granted");
         let grant = reply(
-            types::MEDIATE_GRANT,
+            cm.types().mediate_grant,
             json!({ "routing_did": [self.identity.did] }),
             msg,
         );
@@ -546,6 +577,7 @@ impl Core {
         msg: &Message,
         sender: &Sender,
         did: &str,
+        cm: CmVersion,
     ) -> Result<Handled, StoreError> {
         let Some(updates) = msg.body.get("updates").and_then(Value::as_array) else {
             return Ok(self
@@ -601,7 +633,7 @@ impl Core {
             updated.push(json!({ "recipient_did": key, "action": action, "result": result }));
         }
         let r = reply(
-            types::RECIPIENT_UPDATE_RESPONSE,
+            cm.types().recipient_update_response,
             json!({ "updated": updated }),
             msg,
         );
@@ -629,26 +661,45 @@ impl Core {
         msg: &Message,
         sender: &Sender,
         did: &str,
+        cm: CmVersion,
     ) -> Result<Handled, StoreError> {
-        let dids: Vec<Value> = self
-            .store
-            .keys(did)
-            .await?
-            .into_iter()
+        let keys = self.store.keys(did).await?;
+        // Coordinate Mediation 3.0 `paginate` (checked by `cm3_body_ok`): one page, and
+        // `pagination` describing it.
+        let paginate = match cm {
+            CmVersion::V3 => cm3::parse_body::<cm3::RecipientQueryBody>(msg)
+                .ok()
+                .and_then(|b| b.paginate),
+            CmVersion::V2 => None,
+        };
+        let (page, pagination) = match paginate {
+            Some(p) => {
+                let (page, pagination) = p.page(&keys);
+                (page, Some(pagination))
+            }
+            None => (&keys[..], None),
+        };
+        let dids: Vec<Value> = page
+            .iter()
             .map(|k| json!({ "recipient_did": k }))
             .collect();
-        let r = reply(types::RECIPIENT, json!({ "dids": dids }), msg);
+        let mut body = json!({ "dids": dids });
+        if let Some(p) = pagination {
+            body["pagination"] = json!(p);
+        }
+        let r = reply(cm.types().recipient, body, msg);
         Ok(self.answer(r, sender).await)
     }
 
-    /// Pickup 3.0 `status` for `did` (optionally filtered by `body.recipient_did`).
+    /// Pickup 3.0/4.0 `status` for `did` (optionally filtered by `body.recipient_did`).
     async fn status(
         &self,
         msg: &Message,
         sender: &Sender,
         did: &str,
         live: bool,
-        raw: bool,
+        ext: Extensions,
+        p: PickupVersion,
     ) -> Result<Handled, StoreError> {
         let filter = msg.body.get("recipient_did").and_then(Value::as_str);
         let st = self.store.status(did, filter).await?;
@@ -661,9 +712,13 @@ impl Core {
         if let Some(f) = filter {
             body["recipient_did"] = json!(f);
         }
-        if raw {
+        if ext.raw {
             // The acknowledgement a raw-mode client waits for (spec/mediator.md §3.1).
             body[crate::messages::RAW_LIVE_FIELD] = json!(true);
+        }
+        if ext.backlog {
+            // Pickup 4.0 backlog pushes honoured (spec/mediator.md §3.2).
+            body[LIVE_BACKLOG_FIELD] = json!(true);
         }
         if let Some(o) = st.oldest_ms {
             body["oldest_received_time"] = json!(o / 1000);
@@ -672,7 +727,7 @@ impl Core {
         if let Some(n) = st.newest_ms {
             body["newest_received_time"] = json!(n / 1000);
         }
-        let r = reply(types::STATUS, body, msg);
+        let r = reply(p.types().status, body, msg);
         Ok(self.answer(r, sender).await)
     }
 
@@ -681,6 +736,7 @@ impl Core {
         msg: &Message,
         sender: &Sender,
         did: &str,
+        p: PickupVersion,
     ) -> Result<Handled, StoreError> {
         let Some(limit) = msg.body.get("limit").and_then(Value::as_u64) else {
             return Ok(self
@@ -693,17 +749,22 @@ impl Core {
             .store
             .fetch(did, filter, usize::try_from(limit).unwrap_or(usize::MAX))
             .await?;
-        if batch.is_empty() {
-            // Pickup 3.0: with nothing queued, answer with a status message.
-            return self.status(msg, sender, did, false, false).await;
+        if batch.is_empty() && p == PickupVersion::V3 {
+            // Pickup 3.0: with nothing queued, answer with a status message. (4.0: "If no
+            // messages are available to be sent, a delivery message with an empty
+            // attachments array MUST be sent immediately.")
+            return self
+                .status(msg, sender, did, false, Extensions::default(), p)
+                .await;
         }
-        let d = self.delivery(&batch, Some(msg), filter);
+        let d = self.delivery_in(p, &batch, Some(msg), filter);
         Ok(self.answer(d, sender).await)
     }
 
-    /// A Pickup 3.0 `delivery` carrying `batch` (counted as delivered).
-    pub fn delivery(
+    /// A `delivery` of Pickup version `p` carrying `batch` (counted as delivered).
+    pub fn delivery_in(
         &self,
+        p: PickupVersion,
         batch: &[StoredMessage],
         request: Option<&Message>,
         filter: Option<&str>,
@@ -712,9 +773,10 @@ impl Core {
         if let Some(f) = filter {
             body["recipient_did"] = json!(f);
         }
+        let delivery = p.types().delivery;
         let mut m = match request {
-            Some(r) => reply(types::DELIVERY, body, r),
-            None => crate::messages::message(types::DELIVERY, body),
+            Some(r) => reply(delivery, body, r),
+            None => crate::messages::message(delivery, body),
         };
         m.attachments = Some(
             batch
@@ -762,6 +824,7 @@ impl Core {
         sender: &Sender,
         did: &str,
         transport: Transport,
+        p: PickupVersion,
     ) -> Result<Handled, StoreError> {
         let Some(on) = msg.body.get("live_delivery").and_then(Value::as_bool) else {
             return Ok(self
@@ -786,9 +849,34 @@ impl Core {
                 .get(crate::messages::RAW_LIVE_FIELD)
                 .and_then(Value::as_bool)
                 .unwrap_or(false);
-        let mut h = self.status(msg, sender, did, on, raw).await?;
+        // Pickup 4.0: "Messages already in the queue are not affected by Live Mode; they
+        // MUST still be requested with delivery-request messages" — unless the client asks
+        // for them (an mpc-did extension, spec/mediator.md §3.2). Pickup 3.0 live mode
+        // pushes them, as it always did here.
+        let backlog = on
+            && p == PickupVersion::V4
+            && msg
+                .body
+                .get(LIVE_BACKLOG_FIELD)
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+        let skip = if on && p == PickupVersion::V4 && !backlog {
+            let max = usize::try_from(self.config.limits.max_queue_messages).unwrap_or(usize::MAX);
+            self.store
+                .fetch(did, None, max)
+                .await?
+                .into_iter()
+                .map(|m| m.id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let ext = Extensions { raw, backlog };
+        let mut h = self.status(msg, sender, did, on, ext, p).await?;
         h.live = Some((did.to_owned(), on));
         h.live_raw = raw;
+        h.live_pickup = p;
+        h.live_skip = skip;
         Ok(h)
     }
 
@@ -884,6 +972,26 @@ impl Core {
                 ))
             }
         }
+    }
+}
+
+/// mpc-did extensions a `status` acknowledges (spec/mediator.md §3.1, §3.2).
+#[derive(Debug, Clone, Copy, Default)]
+struct Extensions {
+    /// Raw live pushes.
+    raw: bool,
+    /// Pickup 4.0 live mode pushes the backlog too.
+    backlog: bool,
+}
+
+/// Reads a Coordinate Mediation 3.0 request body strictly (the shapes of
+/// `mpc_did_didcomm::protocols::coordinate_mediation_v3`); other messages pass.
+fn cm3_body_ok(msg: &Message, name: &str) -> Result<(), mpc_did_didcomm::Error> {
+    match name {
+        "mediate-request" => cm3::parse_body::<cm3::MediateRequest>(msg).map(drop),
+        "recipient-update" => cm3::parse_body::<cm3::RecipientUpdateBody>(msg).map(drop),
+        "recipient-query" => cm3::parse_body::<cm3::RecipientQueryBody>(msg).map(drop),
+        _ => Ok(()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! for parties that are offline or behind NAT.
 //!
 //! **Owns:** the mediator's HTTP/WebSocket server, its protocol handling (Coordinate
-//! Mediation 2.0, Routing 2.0 `forward`, Message Pickup 3.0 with live delivery, Trust Ping
+//! Mediation 2.0 and 3.0, Routing 2.0 `forward`, Message Pickup 3.0 and 4.0 with live delivery, Trust Ping
 //! 2.0, Discover Features 2.0, Report Problem 2.0), the durable queue [`store`] (sled or
 //! Redis), limits and metrics — including what bounds strangers who know a DID
 //! ([`guard`]: per-source quotas, the replay cache).
@@ -48,6 +48,7 @@ mod server;
 pub mod services;
 pub mod store;
 pub mod testkit;
+mod versions;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@
 //! raw live push codec) are defined once in `mpc_did_didcomm::protocols` and shared with
 //! the party side (`mpc-did-agent`'s mediator client); they are re-exported here.
 
-use mpc_did_didcomm::protocols::{coordinate_mediation, pickup};
+use mpc_did_didcomm::protocols::{coordinate_mediation, coordinate_mediation_v3, pickup, pickup_v4};
 use serde_json::json;
 
 /// Protocol message type URIs (PIURI + message name), under the names the mediator code
@@ -42,11 +42,14 @@ pub use mpc_did_didcomm::protocols::pickup::{
     RAW_LIVE_FIELD, RAW_PUSH_MAX_ID,
 };
 
-/// Protocols disclosed by Discover Features 2.0, with the role the mediator plays.
+/// Protocols disclosed by Discover Features 2.0, with the role the mediator plays: both
+/// versions of Coordinate Mediation (2.0, 3.0) and of Message Pickup (3.0, 4.0).
 pub const PROTOCOLS: &[(&str, &str)] = &[
     (coordinate_mediation::PIURI, "mediator"),
+    (coordinate_mediation_v3::PIURI, "mediator"),
     ("https://didcomm.org/routing/2.0", "mediator"),
     (pickup::PIURI, "mediator"),
+    (pickup_v4::PIURI, "mediator"),
     ("https://didcomm.org/trust-ping/2.0", "receiver"),
     ("https://didcomm.org/discover-features/2.0", "responder"),
     ("https://didcomm.org/report-problem/2.0", "notifier"),

@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::core::{Core, Transport};
 use crate::guard::SourceAddr;
 use crate::live::{LiveHub, LiveSub};
+use mpc_did_didcomm::protocols::pickup::PickupVersion;
 use crate::messages::codes;
 use crate::metrics::Rejection;
 use crate::store::Store as _;
@@ -558,6 +559,10 @@ struct Session {
     raw: bool,
     /// Ids pushed on this socket and not yet acknowledged.
     inflight: HashSet<String>,
+    /// Pickup version of the live pushes, and queued ids they skip (Pickup 4.0 leaves
+    /// the backlog to `delivery-request`, spec/mediator.md §3.2).
+    pickup: PickupVersion,
+    skip: HashSet<String>,
 }
 
 async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
@@ -573,6 +578,8 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
         live: None,
         raw: false,
         inflight: HashSet::new(),
+        pickup: PickupVersion::V3,
+        skip: HashSet::new(),
     };
     tracing::debug!(peer = %conn.peer, "websocket open");
     loop {
@@ -675,6 +682,8 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
             s.live = None;
             s.raw = h.live_raw;
             s.inflight.clear();
+            s.pickup = h.live_pickup;
+            s.skip = h.live_skip.into_iter().collect();
             if on {
                 // Registering leaves a permit: the next loop turn pushes everything queued
                 // before live mode was switched on.
@@ -712,7 +721,7 @@ async fn push_pending(
         if s.inflight.len() >= window {
             return Ok(());
         }
-        let want = s.inflight.len() + batch_max;
+        let want = s.inflight.len() + s.skip.len() + batch_max;
         let queued = match core.store.fetch(&did, None, want).await {
             Ok(q) => q,
             Err(e) => {
@@ -725,19 +734,20 @@ async fn push_pending(
             // the same DID), so they do not hold the window.
             let present: HashSet<&str> = queued.iter().map(|m| m.id.as_str()).collect();
             s.inflight.retain(|id| present.contains(id.as_str()));
+            s.skip.retain(|id| present.contains(id.as_str()));
         }
         let fresh: Vec<_> = queued
             .into_iter()
-            .filter(|m| !s.inflight.contains(&m.id))
+            .filter(|m| !s.inflight.contains(&m.id) && !s.skip.contains(&m.id))
             .take(batch_max.min(window - s.inflight.len()))
             .collect();
         if fresh.is_empty() {
             return Ok(());
         }
         if s.raw {
-            push_raw(core, socket, &did, &fresh).await?;
+            push_raw(core, socket, &did, &fresh, s.pickup).await?;
         } else {
-            let mut msg = core.delivery(&fresh, None, None);
+            let mut msg = core.delivery_in(s.pickup, &fresh, None, None);
             let packed = core.pack_for(&mut msg, &did).await;
             core.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
             send(socket, packed).await?;
@@ -759,6 +769,7 @@ async fn push_raw(
     socket: &mut WebSocket,
     did: &str,
     batch: &[crate::store::StoredMessage],
+    pickup: PickupVersion,
 ) -> Result<(), axum::Error> {
     use futures_util::SinkExt as _;
     let mut wrapped = Vec::new();
@@ -776,7 +787,7 @@ async fn push_raw(
         }
     }
     if !wrapped.is_empty() {
-        let mut msg = core.delivery(&wrapped, None, None);
+        let mut msg = core.delivery_in(pickup, &wrapped, None, None);
         let packed = core.pack_for(&mut msg, did).await;
         core.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
         let text = String::from_utf8(packed).unwrap_or_default();
