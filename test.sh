@@ -2,8 +2,8 @@
 # The whole mpc-did test suite, on a fresh Debian/Ubuntu machine with Rust (rustup).
 #
 # Installs what the tests need and is missing (Debian packages: redis-server, iproute2,
-# iptables, conntrack, python3, util-linux; a Python venv with the interop peers of python-requirements.txt;
-# cargo-fuzz), then runs: rustfmt check, clippy (-D warnings), every test of the workspace
+# iptables, conntrack, python3, util-linux, nodejs + npm; a Python venv with the interop peers of
+# python-requirements.txt; the npm project of the Veramo interop peer; cargo-fuzz), then runs: rustfmt check, clippy (-D warnings), every test of the workspace
 # (unit, property, interop, end-to-end with the real binaries on loopback), the docs build,
 # and every cargo-fuzz target for a bounded time.
 #
@@ -49,6 +49,13 @@ if [ ! -f "$stamp" ]; then
 fi
 "$VENV/bin/python" -c 'import mpyc, didcomm, zxingcpp; print("mpyc", mpyc.__version__)'
 export MPC_DID_PYTHON="$VENV/bin/python"
+
+step "Veramo interop peer (npm ci in interop/veramo; versions pinned by its package-lock.json)"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+node --version
+(cd interop/veramo && npm ci --no-audit --no-fund --loglevel=error) || fail "npm ci in interop/veramo"
 # Interop and MPyC tests must fail, not skip, when their peer is missing.
 export MPC_DID_REQUIRE_INTEROP=1
 export MPC_DID_REQUIRE_QR_DECODE=1

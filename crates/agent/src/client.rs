@@ -3,7 +3,9 @@
 //!
 //! Used by [`crate::Agent`], by the `mpc-did` CLI (`mediator register`, `send`, `inbox`),
 //! by the tests and by the benchmark. Every request to the mediator is authcrypt from the
-//! client's DID, as the mediator requires (spec/mediator.md §3). The messages are those of
+//! client's DID, as the mediator requires (spec/mediator.md §3). The newest Coordinate
+//! Mediation and Message Pickup versions the mediator discloses are used
+//! ([`pick_versions`], spec/mediator.md §3.2). The messages are those of
 //! `mpc_did_didcomm::protocols` (`coordinate_mediation`, `pickup`, `ack`), the same
 //! definitions the mediator answers with; this module adds only the I/O (HTTP POST,
 //! WebSocket live mode) and lives with the party, so a party never builds server code.
@@ -14,10 +16,12 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use mpc_did_didcomm::message::{message, ENCRYPTED_TYP};
 use mpc_did_didcomm::protocols::ack::acked_ids;
-use mpc_did_didcomm::protocols::coordinate_mediation;
+use mpc_did_didcomm::protocols::coordinate_mediation::CoordinateMediationVersion;
+use mpc_did_didcomm::protocols::discover_features::{self, Disclosure, Query};
 use mpc_did_didcomm::protocols::pickup::{
-    self, attachment_bytes, decode_raw_push, RawPushError, RAW_LIVE_FIELD,
+    attachment_bytes, decode_raw_push, PickupVersion, RawPushError, RAW_LIVE_FIELD,
 };
+use mpc_did_didcomm::protocols::pickup_v4::LIVE_BACKLOG_FIELD;
 use mpc_did_didcomm::protocols::report_problem::PROBLEM_REPORT_TYPE;
 use mpc_did_didcomm::{
     pack_encrypted, pack_encrypted_with, unpack_with, Message, PackOptions, SecretStore,
@@ -214,6 +218,8 @@ pub struct MediatorClient {
     /// Static-static ECDH-1PU shares with the mediator (and other senders of what we
     /// unpack): every request and every delivery reuses the same one.
     ecdh: Arc<StaticEcdhCache>,
+    /// The protocol versions spoken with this mediator, learnt once ([`Self::versions`]).
+    versions: Arc<tokio::sync::OnceCell<Versions>>,
 }
 
 /// Peers whose ECDH-1PU static share a client remembers.
@@ -239,6 +245,7 @@ impl MediatorClient {
             resolver,
             http: http_client()?,
             ecdh: Arc::new(StaticEcdhCache::new(CLIENT_ECDH_CACHE_MAX)),
+            versions: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
@@ -351,16 +358,14 @@ impl MediatorClient {
     /// # Errors
     /// [`ClientError::Denied`], a problem report, or network failure.
     pub async fn register(&self) -> Result<(), ClientError> {
+        let cm = self.versions().await.cm.types();
         let reply = self
-            .request(message(
-                coordinate_mediation::MEDIATE_REQUEST_TYPE,
-                json!({}),
-            ))
+            .request(message(cm.mediate_request, json!({})))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to mediate-request".into()))?;
         match reply.type_.as_str() {
-            coordinate_mediation::MEDIATE_GRANT_TYPE => {}
-            coordinate_mediation::MEDIATE_DENY_TYPE => return Err(ClientError::Denied),
+            t if t == cm.mediate_grant => {}
+            t if t == cm.mediate_deny => return Err(ClientError::Denied),
             other => return Err(ClientError::Unexpected(other.to_owned())),
         }
         self.update_keys(&[(self.did.as_str(), "add")]).await?;
@@ -376,11 +381,9 @@ impl MediatorClient {
             .iter()
             .map(|(k, a)| json!({ "recipient_did": k, "action": a }))
             .collect();
+        let cm = self.versions().await.cm.types();
         let reply = self
-            .request(message(
-                coordinate_mediation::RECIPIENT_UPDATE_TYPE,
-                json!({ "updates": ups }),
-            ))
+            .request(message(cm.recipient_update, json!({ "updates": ups })))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to recipient-update".into()))?;
         Ok(reply
@@ -396,11 +399,9 @@ impl MediatorClient {
     /// # Errors
     /// A problem report or network failure.
     pub async fn keys(&self) -> Result<Vec<String>, ClientError> {
+        let cm = self.versions().await.cm.types();
         let reply = self
-            .request(message(
-                coordinate_mediation::RECIPIENT_QUERY_TYPE,
-                json!({}),
-            ))
+            .request(message(cm.recipient_query, json!({})))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to recipient-query".into()))?;
         Ok(reply
@@ -421,8 +422,9 @@ impl MediatorClient {
     /// # Errors
     /// A problem report or network failure.
     pub async fn status(&self) -> Result<Value, ClientError> {
+        let p = self.versions().await.pickup.types();
         let reply = self
-            .request(message(pickup::STATUS_REQUEST_TYPE, json!({})))
+            .request(message(p.status_request, json!({})))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to status-request".into()))?;
         Ok(reply.body)
@@ -433,11 +435,9 @@ impl MediatorClient {
     /// # Errors
     /// A problem report or network failure.
     pub async fn fetch(&self, limit: u64) -> Result<Vec<Delivered>, ClientError> {
+        let p = self.versions().await.pickup.types();
         let reply = self
-            .request(message(
-                pickup::DELIVERY_REQUEST_TYPE,
-                json!({ "limit": limit }),
-            ))
+            .request(message(p.delivery_request, json!({ "limit": limit })))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to delivery-request".into()))?;
         Ok(delivered(&reply))
@@ -451,8 +451,9 @@ impl MediatorClient {
         if ids.is_empty() {
             return Ok(());
         }
+        let p = self.versions().await.pickup.types();
         self.request(message(
-            pickup::MESSAGES_RECEIVED_TYPE,
+            p.messages_received,
             json!({ "message_id_list": ids }),
         ))
         .await?;
@@ -502,11 +503,8 @@ impl MediatorClient {
             raw: false,
             deferred: None,
         };
-        conn.send(message(
-            pickup::LIVE_DELIVERY_CHANGE_TYPE,
-            json!({ "live_delivery": true }),
-        ))
-        .await?;
+        let change = live_change(self.versions().await.pickup, false);
+        conn.send(change).await?;
         Ok(conn)
     }
 
@@ -542,10 +540,8 @@ impl MediatorClient {
             raw: false,
             deferred: None,
         };
-        let change = message(
-            pickup::LIVE_DELIVERY_CHANGE_TYPE,
-            json!({ "live_delivery": true, RAW_LIVE_FIELD: true }),
-        );
+        let pickup = self.versions().await.pickup;
+        let change = live_change(pickup, true);
         let thid = change.id.clone();
         conn.send(change).await?;
         // The mediator answers live-delivery-change with a status before it pushes
@@ -554,7 +550,7 @@ impl MediatorClient {
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let m = conn.next_message(left).await?;
-            if m.type_ != pickup::STATUS_TYPE || m.thid.as_deref() != Some(thid.as_str()) {
+            if m.type_ != pickup.types().status || m.thid.as_deref() != Some(thid.as_str()) {
                 // A wrapped push (a mediator without raw mode): keep its messages.
                 conn.pending.extend(delivered(&m));
                 continue;
@@ -567,6 +563,97 @@ impl MediatorClient {
             return Err(ClientError::RawUnsupported);
         }
     }
+}
+
+// ---- Protocol versions: which Coordinate Mediation / Message Pickup the mediator gets ----
+
+/// The versions of the mediation protocols a client speaks with one mediator
+/// (spec/mediator.md §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Versions {
+    /// Coordinate Mediation 2.0 or 3.0.
+    pub cm: CoordinateMediationVersion,
+    /// Message Pickup 3.0 or 4.0.
+    pub pickup: PickupVersion,
+}
+
+/// The newest version of each mediation protocol among those a mediator discloses
+/// (Discover Features 2.0) with the `mediator` role; 2.0 / 3.0 (what every mpc-did
+/// mediator speaks) for a protocol it does not disclose.
+#[must_use]
+pub fn pick_versions(disclosed: &[Disclosure]) -> Versions {
+    let offered = |piuri: &str| {
+        disclosed.iter().any(|d| {
+            d.feature_type == "protocol"
+                && d.id == piuri
+                && (d.roles.is_empty() || d.roles.iter().any(|r| r == "mediator"))
+        })
+    };
+    let cm = CoordinateMediationVersion::ALL
+        .into_iter()
+        .rev()
+        .find(|v| offered(v.types().piuri))
+        .unwrap_or_default();
+    let pickup = PickupVersion::ALL
+        .into_iter()
+        .rev()
+        .find(|v| offered(v.types().piuri))
+        .unwrap_or_default();
+    Versions { cm, pickup }
+}
+
+impl MediatorClient {
+    /// The mediation protocol versions spoken with this mediator: asked once with a
+    /// Discover Features query, then remembered by this client and its clones. A mediator
+    /// that does not answer gets Coordinate Mediation 2.0 and Message Pickup 3.0.
+    pub async fn versions(&self) -> Versions {
+        *self
+            .versions
+            .get_or_init(|| async {
+                let query = discover_features::queries(
+                    [
+                        "https://didcomm.org/coordinate-mediation/*",
+                        "https://didcomm.org/messagepickup/*",
+                        "https://didcomm.org/message-pickup/*",
+                    ]
+                    .into_iter()
+                    .map(|m| Query {
+                        feature_type: "protocol".into(),
+                        match_: m.into(),
+                    })
+                    .collect(),
+                );
+                match self.request(query).await {
+                    Ok(Some(d)) => match discover_features::parse_disclose(&d) {
+                        Ok(disclosed) => pick_versions(&disclosed),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "bad disclose: using CM 2.0 / Pickup 3.0");
+                            Versions::default()
+                        }
+                    },
+                    Ok(None) => Versions::default(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "discover features failed: using CM 2.0 / Pickup 3.0");
+                        Versions::default()
+                    }
+                }
+            })
+            .await
+    }
+}
+
+/// A `live-delivery-change` switching live mode on in Pickup version `p` (with raw pushes
+/// if `raw`). In 4.0 it asks for the backlog too ([`LIVE_BACKLOG_FIELD`]), so that live
+/// mode delivers what was queued before, as in 3.0.
+fn live_change(p: PickupVersion, raw: bool) -> Message {
+    let mut body = json!({ "live_delivery": true });
+    if raw {
+        body[RAW_LIVE_FIELD] = json!(true);
+    }
+    if p == PickupVersion::V4 {
+        body[LIVE_BACKLOG_FIELD] = json!(true);
+    }
+    message(p.types().live_delivery_change, body)
 }
 
 /// Packs `msg` from `from` to `to` (authcrypt), wraps it in forwards for the routing keys
@@ -657,10 +744,10 @@ fn problem(m: &Message) -> ClientError {
     }
 }
 
-/// The messages a Pickup 3.0 `delivery` carries (none for a `status`).
+/// The messages a Pickup 3.0 or 4.0 `delivery` carries (none for a `status`).
 #[must_use]
 pub fn delivered(m: &Message) -> Vec<Delivered> {
-    if m.type_ != pickup::DELIVERY_TYPE {
+    if !PickupVersion::is_delivery(&m.type_) {
         return Vec::new();
     }
     m.attachments
@@ -943,8 +1030,9 @@ impl LiveConnection {
         if ids.is_empty() {
             return Ok(());
         }
+        let p = self.client.versions().await.pickup.types();
         self.send(message(
-            pickup::MESSAGES_RECEIVED_TYPE,
+            p.messages_received,
             json!({ "message_id_list": ids }),
         ))
         .await
@@ -977,7 +1065,7 @@ enum Frame {
 mod tests {
     use super::*;
     use mpc_did_didcomm::message::reply;
-    use mpc_did_didcomm::protocols::pickup::encode_raw_push;
+    use mpc_did_didcomm::protocols::pickup::{self, encode_raw_push};
     use tokio::net::TcpListener;
 
     /// A mediator stand-in on loopback that acknowledges raw mode (authcrypt status, as
@@ -1000,6 +1088,8 @@ mod tests {
         let (did, secrets) = mpc_did_mediator::testkit::ephemeral_identity();
         let client =
             MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
+        // The stand-in serves one WebSocket, no Discover Features: fix the versions.
+        client.versions.set(Versions::default()).unwrap();
         let task = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
@@ -1048,6 +1138,31 @@ mod tests {
             while let Some(Ok(_)) = ws.next().await {}
         });
         (client, task)
+    }
+
+    // spec/mediator.md §3.2: the newest version of each protocol the mediator discloses
+    // with the mediator role; 2.0 / 3.0 for one it does not disclose.
+    #[test]
+    fn picks_the_newest_offered_version() {
+        let d = |id: &str, role: &str| Disclosure {
+            feature_type: "protocol".into(),
+            id: id.into(),
+            roles: vec![role.into()],
+        };
+        let all = [
+            d("https://didcomm.org/coordinate-mediation/2.0", "mediator"),
+            d("https://didcomm.org/coordinate-mediation/3.0", "mediator"),
+            d("https://didcomm.org/messagepickup/3.0", "mediator"),
+            d("https://didcomm.org/message-pickup/4.0", "mediator"),
+        ];
+        let v = pick_versions(&all);
+        assert_eq!(v.cm, CoordinateMediationVersion::V3);
+        assert_eq!(v.pickup, PickupVersion::V4);
+        assert_eq!(pick_versions(&all[..1]), Versions::default());
+        // 4.0 offered in another role does not count.
+        let v = pick_versions(&[d("https://didcomm.org/message-pickup/4.0", "recipient")]);
+        assert_eq!(v.pickup, PickupVersion::V3);
+        assert_eq!(pick_versions(&[]), Versions::default());
     }
 
     fn did_of(kid: &str) -> &str {

@@ -1,0 +1,215 @@
+//! Coordinate Mediation 3.0 and Message Pickup 4.0 beside 2.0 / 3.0, against the real
+//! mediator binary (spec/mediator.md §3.2; didcomm.org coordinate-mediation/3.0 and
+//! message-pickup/4.0).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, introduce, MediatorProc};
+use futures_util::{SinkExt as _, StreamExt as _};
+use mpc_did_agent::client::{connect_ws, ClientError, MediatorClient, Versions, Ws};
+use mpc_did_didcomm::Message;
+use mpc_did_didcomm::message::message;
+use mpc_did_didcomm::protocols::coordinate_mediation::CoordinateMediationVersion;
+use mpc_did_didcomm::protocols::pickup::PickupVersion;
+use mpc_did_didcomm::protocols::{coordinate_mediation_v3 as cm3, pickup_v4};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Discover Features lists all four; the client picks CM 3.0 and Pickup 4.0 and registers,
+/// updates, queries (paginated) and picks up with them.
+#[tokio::test]
+async fn client_speaks_the_newest_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &[]);
+    let a = client(&m.url()).await;
+    let d = a
+        .request(message(
+            "https://didcomm.org/discover-features/2.0/queries",
+            json!({"queries": [{"feature-type": "protocol", "match": "https://didcomm.org/*"}]}),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<&str> = d.body["disclosures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    for p in [
+        "https://didcomm.org/coordinate-mediation/2.0",
+        "https://didcomm.org/coordinate-mediation/3.0",
+        "https://didcomm.org/messagepickup/3.0",
+        "https://didcomm.org/message-pickup/4.0",
+    ] {
+        assert!(ids.contains(&p), "{p} not disclosed: {ids:?}");
+    }
+    assert_eq!(
+        a.versions().await,
+        Versions {
+            cm: CoordinateMediationVersion::V3,
+            pickup: PickupVersion::V4
+        }
+    );
+    a.register().await.unwrap();
+    let extra = format!("{}#extra", a.did);
+    a.update_keys(&[(extra.as_str(), "add")]).await.unwrap();
+    assert_eq!(a.keys().await.unwrap().len(), 2);
+    // CM 3.0 recipient-query with `paginate`: one DID, and `pagination` saying one remains.
+    let page = a
+        .request(message(
+            cm3::RECIPIENT_QUERY_TYPE,
+            json!({"paginate": {"limit": 1, "offset": 0}}),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.type_, cm3::RECIPIENT_TYPE);
+    assert_eq!(page.body["dids"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        page.body["pagination"],
+        json!({"count": 1, "offset": 0, "remaining": 1})
+    );
+    // Pickup 4.0: "If no messages are available to be sent, a delivery message with an
+    // empty attachments array MUST be sent immediately."
+    let empty = a
+        .request(message(pickup_v4::DELIVERY_REQUEST_TYPE, json!({"limit": 10})))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(empty.type_, pickup_v4::DELIVERY_TYPE);
+    assert_eq!(empty.attachments.as_deref().map(<[_]>::len), Some(0));
+    // A message through the mediator, fetched and acknowledged in 4.0.
+    let b = client(&m.url()).await;
+    introduce(&b, &a);
+    b.send(&a.did, message("https://example.org/t/1.0/n", json!({"n": 1})))
+        .await
+        .unwrap();
+    let got = a.fetch(10).await.unwrap();
+    assert_eq!(got.len(), 1);
+    a.ack(&[got[0].id.clone()]).await.unwrap();
+    assert!(a.fetch(10).await.unwrap().is_empty());
+    // Live mode through the client (4.0 with the backlog extension) still delivers what
+    // was queued before it was switched on.
+    b.send(&a.did, message("https://example.org/t/1.0/n", json!({"n": 2})))
+        .await
+        .unwrap();
+    let mut live = a.live().await.unwrap();
+    let batch = live.next_batch(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(batch.len(), 1);
+    live.ack(&[batch[0].id.clone()]).await.unwrap();
+    live.close().await;
+}
+
+/// didcomm.org message-pickup/4.0 "Live Mode": queued messages are not pushed ("they MUST
+/// still be requested with delivery-request messages"); new ones come in a `delivery`;
+/// one not acknowledged "MUST be added to the queue for later pickup".
+#[tokio::test]
+async fn pickup4_live_mode_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &[]);
+    let a = client(&m.url()).await;
+    a.register().await.unwrap();
+    let b = client(&m.url()).await;
+    introduce(&b, &a);
+    let note = |n: u64| message("https://example.org/t/1.0/n", json!({ "n": n }));
+    b.send(&a.did, note(1)).await.unwrap();
+
+    let mut ws = connect_ws(&a.info.ws, &[]).await.unwrap();
+    let change = message(
+        pickup_v4::LIVE_DELIVERY_CHANGE_TYPE,
+        json!({"live_delivery": true}),
+    );
+    let thid = change.id.clone();
+    ws.send(WsMessage::text(a.pack_for_mediator(change).await.unwrap()))
+        .await
+        .unwrap();
+    let status = next(&mut ws, &a).await;
+    assert_eq!(status.type_, pickup_v4::STATUS_TYPE);
+    assert_eq!(status.thid.as_deref(), Some(thid.as_str()));
+    assert_eq!(status.body["live_delivery"], true);
+    assert_eq!(status.body["message_count"], 1);
+    assert!(status.body.get(pickup_v4::LIVE_BACKLOG_FIELD).is_none());
+
+    b.send(&a.did, note(2)).await.unwrap();
+    let pushed = next(&mut ws, &a).await;
+    assert_eq!(pushed.type_, pickup_v4::DELIVERY_TYPE);
+    let items = mpc_did_agent::client::delivered(&pushed);
+    assert_eq!(items.len(), 1, "only the new message is pushed");
+    let (inner, _) = a.unpack(&items[0].bytes).await.unwrap();
+    assert_eq!(inner.body["n"], 2);
+    drop(ws); // no messages-received
+
+    // Both are still queued: the backlog and the unacknowledged live push.
+    let mut ns = Vec::new();
+    for d in a.fetch(10).await.unwrap() {
+        ns.push(a.unpack(&d.bytes).await.unwrap().0.body["n"].as_u64().unwrap());
+    }
+    ns.sort_unstable();
+    assert_eq!(ns, [1, 2]);
+}
+
+/// The next message on a live socket, unpacked.
+async fn next(ws: &mut Ws, a: &MediatorClient) -> Message {
+    let f = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    a.unpack(f.into_text().unwrap().as_bytes()).await.unwrap().0
+}
+
+/// A foreign Coordinate Mediation 3.0 request with fields the protocol does not define is
+/// answered with a problem report naming the field; the mediator keeps serving.
+#[tokio::test]
+async fn cm3_unknown_fields_get_a_problem_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &[]);
+    let a = client(&m.url()).await;
+    let mut req = message(cm3::MEDIATE_REQUEST_TYPE, json!({"terms": {"accept": true}}));
+    req.created_time = Some(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    match a.request(req).await {
+        Err(ClientError::Problem { code, comment }) => {
+            assert_eq!(code, "e.p.msg.bad-request");
+            assert!(comment.contains("terms"), "{comment}");
+        }
+        other => panic!("expected a problem report, got {other:?}"),
+    }
+    a.request(message(cm3::MEDIATE_REQUEST_TYPE, json!({})))
+        .await
+        .unwrap();
+    for body in [
+        json!({"updates": [{"recipient_did": a.did, "action": "add", "proof": "x"}]}),
+        json!({"updates": "all"}),
+        json!({"updates": [], "extra": 1}),
+    ] {
+        match a.request(message(cm3::RECIPIENT_UPDATE_TYPE, body.clone())).await {
+            Err(ClientError::Problem { code, .. }) => assert_eq!(code, "e.p.msg.bad-request"),
+            other => panic!("{body}: expected a problem report, got {other:?}"),
+        }
+    }
+    match a
+        .request(message(
+            cm3::RECIPIENT_QUERY_TYPE,
+            json!({"paginate": {"limit": 1}}),
+        ))
+        .await
+    {
+        Err(ClientError::Problem { code, .. }) => assert_eq!(code, "e.p.msg.bad-request"),
+        other => panic!("expected a problem report, got {other:?}"),
+    }
+    let pong = a
+        .request(message("https://didcomm.org/trust-ping/2.0/ping", json!({})))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pong.type_, "https://didcomm.org/trust-ping/2.0/ping-response");
+}
