@@ -679,10 +679,7 @@ impl Core {
             }
             None => (&keys[..], None),
         };
-        let dids: Vec<Value> = page
-            .iter()
-            .map(|k| json!({ "recipient_did": k }))
-            .collect();
+        let dids: Vec<Value> = page.iter().map(|k| json!({ "recipient_did": k })).collect();
         let mut body = json!({ "dids": dids });
         if let Some(p) = pagination {
             body["pagination"] = json!(p);

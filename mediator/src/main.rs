@@ -16,8 +16,8 @@ use mpc_did_mediator::services::stun::StunService;
 use mpc_did_mediator::{Config, Mediator};
 use mpc_did_rendezvous::net::StunServerConfig;
 
-/// DIDComm v2 mediator: Coordinate Mediation 2.0, Routing 2.0, Pickup 3.0 (live over
-/// WebSocket), Trust Ping, Discover Features, Report Problem.
+/// DIDComm v2 mediator: Coordinate Mediation 2.0/3.0, Routing 2.0, Pickup 3.0/4.0 (live
+/// over WebSocket), Trust Ping, Discover Features, Report Problem.
 ///
 /// Examples:
 ///   mpc-did-mediator --listen 127.0.0.1:8080 --data ./mediator-data

@@ -5,7 +5,9 @@
 //! raw live push codec) are defined once in `mpc_did_didcomm::protocols` and shared with
 //! the party side (`mpc-did-agent`'s mediator client); they are re-exported here.
 
-use mpc_did_didcomm::protocols::{coordinate_mediation, coordinate_mediation_v3, pickup, pickup_v4};
+use mpc_did_didcomm::protocols::{
+    coordinate_mediation, coordinate_mediation_v3, pickup, pickup_v4,
+};
 use serde_json::json;
 
 /// Protocol message type URIs (PIURI + message name), under the names the mediator code

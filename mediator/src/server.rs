@@ -28,10 +28,10 @@ use tokio_util::task::TaskTracker;
 use crate::core::{Core, Transport};
 use crate::guard::SourceAddr;
 use crate::live::{LiveHub, LiveSub};
-use mpc_did_didcomm::protocols::pickup::PickupVersion;
 use crate::messages::codes;
 use crate::metrics::Rejection;
 use crate::store::Store as _;
+use mpc_did_didcomm::protocols::pickup::PickupVersion;
 use mpc_did_rendezvous::source::SourceCounts;
 
 /// Media types of DIDComm v2 envelopes (defined in `mpc_did_didcomm::message`).

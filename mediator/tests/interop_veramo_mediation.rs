@@ -117,7 +117,10 @@ async fn veramo_mediation_client_against_our_mediator() {
         );
         for s in steps {
             let err = s["error"].as_str().unwrap_or_else(|| {
-                panic!("Veramo's {} now succeeds: move its README row to ✓ ({s})", s["name"])
+                panic!(
+                    "Veramo's {} now succeeds: move its README row to ✓ ({s})",
+                    s["name"]
+                )
             });
             // The mediator's refusal of what it cannot unpack: HTTP 400.
             assert!(err.contains("Bad Request"), "{}: {err}", s["name"]);

@@ -10,11 +10,11 @@ use std::time::Duration;
 use common::{client, introduce, MediatorProc};
 use futures_util::{SinkExt as _, StreamExt as _};
 use mpc_did_agent::client::{connect_ws, ClientError, MediatorClient, Versions, Ws};
-use mpc_did_didcomm::Message;
 use mpc_did_didcomm::message::message;
 use mpc_did_didcomm::protocols::coordinate_mediation::CoordinateMediationVersion;
 use mpc_did_didcomm::protocols::pickup::PickupVersion;
 use mpc_did_didcomm::protocols::{coordinate_mediation_v3 as cm3, pickup_v4};
+use mpc_did_didcomm::Message;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -76,7 +76,10 @@ async fn client_speaks_the_newest_versions() {
     // Pickup 4.0: "If no messages are available to be sent, a delivery message with an
     // empty attachments array MUST be sent immediately."
     let empty = a
-        .request(message(pickup_v4::DELIVERY_REQUEST_TYPE, json!({"limit": 10})))
+        .request(message(
+            pickup_v4::DELIVERY_REQUEST_TYPE,
+            json!({"limit": 10}),
+        ))
         .await
         .unwrap()
         .unwrap();
@@ -85,18 +88,24 @@ async fn client_speaks_the_newest_versions() {
     // A message through the mediator, fetched and acknowledged in 4.0.
     let b = client(&m.url()).await;
     introduce(&b, &a);
-    b.send(&a.did, message("https://example.org/t/1.0/n", json!({"n": 1})))
-        .await
-        .unwrap();
+    b.send(
+        &a.did,
+        message("https://example.org/t/1.0/n", json!({"n": 1})),
+    )
+    .await
+    .unwrap();
     let got = a.fetch(10).await.unwrap();
     assert_eq!(got.len(), 1);
     a.ack(&[got[0].id.clone()]).await.unwrap();
     assert!(a.fetch(10).await.unwrap().is_empty());
     // Live mode through the client (4.0 with the backlog extension) still delivers what
     // was queued before it was switched on.
-    b.send(&a.did, message("https://example.org/t/1.0/n", json!({"n": 2})))
-        .await
-        .unwrap();
+    b.send(
+        &a.did,
+        message("https://example.org/t/1.0/n", json!({"n": 2})),
+    )
+    .await
+    .unwrap();
     let mut live = a.live().await.unwrap();
     let batch = live.next_batch(Duration::from_secs(10)).await.unwrap();
     assert_eq!(batch.len(), 1);
@@ -146,7 +155,11 @@ async fn pickup4_live_mode_rules() {
     // Both are still queued: the backlog and the unacknowledged live push.
     let mut ns = Vec::new();
     for d in a.fetch(10).await.unwrap() {
-        ns.push(a.unpack(&d.bytes).await.unwrap().0.body["n"].as_u64().unwrap());
+        ns.push(
+            a.unpack(&d.bytes).await.unwrap().0.body["n"]
+                .as_u64()
+                .unwrap(),
+        );
     }
     ns.sort_unstable();
     assert_eq!(ns, [1, 2]);
@@ -169,7 +182,10 @@ async fn cm3_unknown_fields_get_a_problem_report() {
     let dir = tempfile::tempdir().unwrap();
     let m = MediatorProc::start(dir.path(), &[]);
     let a = client(&m.url()).await;
-    let mut req = message(cm3::MEDIATE_REQUEST_TYPE, json!({"terms": {"accept": true}}));
+    let mut req = message(
+        cm3::MEDIATE_REQUEST_TYPE,
+        json!({"terms": {"accept": true}}),
+    );
     req.created_time = Some(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -191,7 +207,10 @@ async fn cm3_unknown_fields_get_a_problem_report() {
         json!({"updates": "all"}),
         json!({"updates": [], "extra": 1}),
     ] {
-        match a.request(message(cm3::RECIPIENT_UPDATE_TYPE, body.clone())).await {
+        match a
+            .request(message(cm3::RECIPIENT_UPDATE_TYPE, body.clone()))
+            .await
+        {
             Err(ClientError::Problem { code, .. }) => assert_eq!(code, "e.p.msg.bad-request"),
             other => panic!("{body}: expected a problem report, got {other:?}"),
         }
@@ -207,9 +226,15 @@ async fn cm3_unknown_fields_get_a_problem_report() {
         other => panic!("expected a problem report, got {other:?}"),
     }
     let pong = a
-        .request(message("https://didcomm.org/trust-ping/2.0/ping", json!({})))
+        .request(message(
+            "https://didcomm.org/trust-ping/2.0/ping",
+            json!({}),
+        ))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(pong.type_, "https://didcomm.org/trust-ping/2.0/ping-response");
+    assert_eq!(
+        pong.type_,
+        "https://didcomm.org/trust-ping/2.0/ping-response"
+    );
 }

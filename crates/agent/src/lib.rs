@@ -2,8 +2,9 @@
 //! from its own mediator over one live WebSocket.
 //!
 //! **Owns**: the party side of the mediator protocols ([`client`]: discover a mediator
-//! from its invitation, register (Coordinate Mediation 2.0), send through it (Routing 2.0),
-//! pick up in batches or live over a WebSocket (Message Pickup 3.0, raw live pushes)), the
+//! from its invitation, register (Coordinate Mediation 3.0 or 2.0, the newest the mediator
+//! offers), send through it (Routing 2.0), pick up in batches or live over a WebSocket
+//! (Message Pickup 4.0 or 3.0, raw live pushes)), the
 //! inbox task (Message Pickup 3.0 live mode, reconnecting with backoff),
 //! de-duplication by message id (delivery is at-least-once), dispatch of unpacked messages
 //! to subscribers by message-type prefix (`https://mpc-did.org/session/1.0/`,

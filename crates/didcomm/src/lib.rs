@@ -5,8 +5,8 @@
 //! ECDH-1PU+A256KW over X25519 with A256CBC-HS512 / A256GCM / XC20P, JWS EdDSA), the
 //! plaintext [`Message`], the layer rules and sender checks of packing and unpacking
 //! ([`envelope`]), and every DIDComm protocol we speak, defined once for both sides
-//! ([`protocols`]: Out-of-Band 2.0, Coordinate Mediation 2.0, Routing 2.0 `forward`,
-//! Message Pickup 3.0 with the raw live push codec, Trust Ping 2.0, Discover Features 2.0,
+//! ([`protocols`]: Out-of-Band 2.0, Coordinate Mediation 2.0 and 3.0, Routing 2.0 `forward`,
+//! Message Pickup 3.0 and 4.0 with the raw live push codec, Trust Ping 2.0, Discover Features 2.0,
 //! Report Problem 2.0, ACKs; invitation QR codes behind the feature `qr`, off by default).
 //!
 //! **Does not:** touch the network or disk, resolve DIDs itself (it asks a

@@ -107,7 +107,9 @@ impl Paginate {
     /// The page of `all` this asks for, and the `pagination` that describes it.
     #[must_use]
     pub fn page<'a, T>(&self, all: &'a [T]) -> (&'a [T], Pagination) {
-        let start = usize::try_from(self.offset).unwrap_or(usize::MAX).min(all.len());
+        let start = usize::try_from(self.offset)
+            .unwrap_or(usize::MAX)
+            .min(all.len());
         let len = usize::try_from(self.limit)
             .unwrap_or(usize::MAX)
             .min(all.len() - start);
@@ -163,8 +165,18 @@ mod tests {
             json!({"paginate": {"limit": 30, "offset": 0}}),
         );
         let b: RecipientQueryBody = parse_body(&q).unwrap();
-        assert_eq!(b.paginate, Some(Paginate { limit: 30, offset: 0 }));
-        let q = Message::new("1", RECIPIENT_QUERY_TYPE, json!({"paginate": {"limit": 30}}));
+        assert_eq!(
+            b.paginate,
+            Some(Paginate {
+                limit: 30,
+                offset: 0
+            })
+        );
+        let q = Message::new(
+            "1",
+            RECIPIENT_QUERY_TYPE,
+            json!({"paginate": {"limit": 30}}),
+        );
         assert!(parse_body::<RecipientQueryBody>(&q).is_err());
         let r = Message::new("1", MEDIATE_REQUEST_TYPE, serde_json::Value::Null);
         parse_body::<MediateRequest>(&r).unwrap();
@@ -181,20 +193,34 @@ mod tests {
             RECIPIENT_UPDATE_TYPE,
             json!({"updates": [{"recipient_did": "did:ex:a", "action": "add", "proof": 1}]}),
         );
-        let e = parse_body::<RecipientUpdateBody>(&m).unwrap_err().to_string();
+        let e = parse_body::<RecipientUpdateBody>(&m)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("proof"), "{e}");
     }
 
     #[test]
     fn pages() {
         let all = [1, 2, 3, 4, 5];
-        let (p, g) = Paginate { limit: 2, offset: 1 }.page(&all);
+        let (p, g) = Paginate {
+            limit: 2,
+            offset: 1,
+        }
+        .page(&all);
         assert_eq!(p, &[2, 3]);
         assert_eq!((g.count, g.offset, g.remaining), (2, 1, 2));
-        let (p, g) = Paginate { limit: 9, offset: 9 }.page(&all);
+        let (p, g) = Paginate {
+            limit: 9,
+            offset: 9,
+        }
+        .page(&all);
         assert!(p.is_empty());
         assert_eq!((g.count, g.offset, g.remaining), (0, 5, 0));
-        let (p, _) = Paginate { limit: u64::MAX, offset: 0 }.page(&all);
+        let (p, _) = Paginate {
+            limit: u64::MAX,
+            offset: 0,
+        }
+        .page(&all);
         assert_eq!(p.len(), 5);
     }
 

@@ -25,8 +25,7 @@ pub const DELIVERY_REQUEST_TYPE: &str = "https://didcomm.org/message-pickup/4.0/
 /// Mediator → party: queued messages as attachments (possibly none).
 pub const DELIVERY_TYPE: &str = "https://didcomm.org/message-pickup/4.0/delivery";
 /// Party → mediator: these ids were taken; the mediator may now delete them.
-pub const MESSAGES_RECEIVED_TYPE: &str =
-    "https://didcomm.org/message-pickup/4.0/messages-received";
+pub const MESSAGES_RECEIVED_TYPE: &str = "https://didcomm.org/message-pickup/4.0/messages-received";
 /// Party → mediator: switch live delivery on or off.
 pub const LIVE_DELIVERY_CHANGE_TYPE: &str =
     "https://didcomm.org/message-pickup/4.0/live-delivery-change";
