@@ -151,6 +151,7 @@ async fn veramo_sends_to_a_wallet_through_our_mediator() {
     }]);
     let msg = json!({"id": "veramo-1", "type": "https://didcomm.org/trust-ping/2.0/ping",
                      "to": [wallet.did], "body": {"response_requested": false}});
+    let malformed_before = metric(&m.url(), MALFORMED).await;
     let out = peer(
         &node,
         &json!({"op": "send", "seed": "12".repeat(32), "message": msg,
@@ -160,6 +161,8 @@ async fn veramo_sends_to_a_wallet_through_our_mediator() {
         panic!("Veramo's forward is now accepted: check the wallet got it, move the row to ✓")
     });
     assert!(err.contains("Could not send"), "{err}");
+    // It reached the mediator, which could not unpack the forward.
+    assert_eq!(metric(&m.url(), MALFORMED).await - malformed_before, 1);
     assert!(wallet.fetch(10).await.unwrap().is_empty());
 
     // The same route from an mpc-did sender (control: the mediator and wallet work).
