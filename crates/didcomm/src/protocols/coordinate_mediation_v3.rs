@@ -199,6 +199,54 @@ mod tests {
         assert!(e.contains("proof"), "{e}");
     }
 
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<i64>().prop_map(|n| json!(n)),
+            "[a-z:#]{0,12}".prop_map(|s| json!(s)),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            let key = prop_oneof![
+                Just("updates".to_owned()),
+                Just("recipient_did".to_owned()),
+                Just("action".to_owned()),
+                Just("paginate".to_owned()),
+                Just("limit".to_owned()),
+                Just("offset".to_owned()),
+                "[a-z_]{1,8}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                proptest::collection::btree_map(key, inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        // spec/mediator.md §3.2: any body of a foreign CM 3.0 request is read or refused
+        // with a typed error, never a panic; what is read round-trips.
+        #[test]
+        fn any_body_is_read_or_refused(body in json_value()) {
+            for t in [MEDIATE_REQUEST_TYPE, RECIPIENT_UPDATE_TYPE, RECIPIENT_QUERY_TYPE] {
+                let m = Message::new("p", t, body.clone());
+                let _ = parse_body::<MediateRequest>(&m);
+                if let Ok(b) = parse_body::<RecipientUpdateBody>(&m) {
+                    proptest::prop_assert_eq!(serde_json::to_value(&b).unwrap(), body.clone());
+                }
+                if let Ok(b) = parse_body::<RecipientQueryBody>(&m) {
+                    if let Some(p) = b.paginate {
+                        let all: Vec<u64> = (0..50).collect();
+                        let (page, g) = p.page(&all);
+                        proptest::prop_assert_eq!(g.count + g.offset + g.remaining, 50);
+                        proptest::prop_assert_eq!(page.len() as u64, g.count);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn pages() {
         let all = [1, 2, 3, 4, 5];
