@@ -13,6 +13,8 @@
 //   unpack    {seed, packed}                                               -> {message, metadata}
 //   mediate   {seed, mediator, services, spec_created_time}                -> {steps: [...]}
 //   send      {seed, message, packing, services}                           -> {sent}
+//   build     {seed, mediator}        -> {messages}: Veramo's mediate-request, recipient-update, delivery-request
+//   handle    {seed, raw, services}   -> {type, data, threadId, from}: a plaintext through Veramo's handlers
 import { createAgent } from '@veramo/core'
 import { KeyManager, MemoryKeyStore, MemoryPrivateKeyStore } from '@veramo/key-manager'
 import { KeyManagementSystem } from '@veramo/kms-local'
@@ -164,6 +166,24 @@ async function main() {
         sendToMediator(agent, createV3DeliveryRequestMessage(did, req.mediator), req.spec_created_time),
       )
       return { did, steps }
+    }
+    case 'build': {
+      // Veramo's own CM 3.0 / Pickup 3.0 client messages, as plaintext (the test packs
+      // them with a conformant authcrypt: the bridged mediation test).
+      return {
+        did,
+        messages: [
+          createV3MediateRequestMessage(did, req.mediator),
+          createV3RecipientUpdateMessage(did, req.mediator, [{ recipient_did: did, action: 'add' }]),
+          createV3DeliveryRequestMessage(did, req.mediator),
+        ],
+      }
+    }
+    case 'handle': {
+      // A plaintext message through Veramo's message handlers (the CM 3.0 recipient and
+      // Pickup recipient handlers among them), as if it had arrived.
+      const m = await agent.handleMessage({ raw: req.raw, save: false })
+      return { type: m.type, data: m.data, threadId: m.threadId ?? null, from: m.from ?? null }
     }
     case 'send': {
       // Veramo as a sender: pack for `to` and send along its DIDCommMessaging service,
