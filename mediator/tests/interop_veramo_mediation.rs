@@ -10,7 +10,9 @@
 //! deviation) to epoch seconds. Veramo's anoncrypt forward to a wallet is refused for the
 //! missing `apv`. These are the ✗ rows of README's interop table; the test fails when any
 //! outcome changes (a Veramo release that follows the spec turns a row into ✓ here first).
-//! Our checks are not weakened for Veramo.
+//! Our checks are not weakened for Veramo. With the envelope bridged by the test (a
+//! conformant authcrypt around Veramo's own plaintext requests), Veramo's Coordinate
+//! Mediation 3.0 and Pickup messages do work against the mediator: the last test.
 //!
 //! Without `node` or `npm ci` in interop/veramo the test prints why it is skipped, unless
 //! `MPC_DID_REQUIRE_INTEROP=1` (CI), where it fails.
