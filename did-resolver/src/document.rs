@@ -468,10 +468,12 @@ impl DidDocument {
             .to_owned();
         let controller = match obj.get("controller") {
             None => self.id.clone(),
-            // DID Core §5.2: "The value of the controller property MUST be a string that
-            // conforms to the rules in 3.1 DID Syntax" (DIDComm v2.1 relies on it).
+            // DID Core §5.1.2: the controller value "MUST be a string that conforms to the
+            // rules in 3.1 DID Syntax"; DIDComm v2.1's examples follow it. The DIDComm v2.0
+            // appendix documents name a key id (a DID URL) instead, so a DID URL is
+            // tolerated; anything else is refused.
             Some(Value::String(c)) => {
-                Did::parse(c).map_err(|e| {
+                DidUrl::parse(c).map_err(|e| {
                     DocumentError::Invalid(format!(
                         "verification method {id:?}: controller {c:?} is not a DID ({e})"
                     ))
@@ -780,8 +782,8 @@ mod tests {
             DidDocument::from_json_value(&bad_key),
             Err(DocumentError::InvalidKey { .. })
         ));
-        // DID Core §5.2: a verification method's controller "MUST be a string that
-        // conforms to the rules in 3.1 DID Syntax".
+        // DID Core §5.1.2: a verification method's controller "MUST be a string that
+        // conforms to the rules in 3.1 DID Syntax" (a DID URL is tolerated, see the parser).
         let bad_controller = json!({"id": ALICE, "verificationMethod": [
             {"id":"#k","type":"Multikey","controller":"https://not.a.did/",
              "publicKeyMultibase": PublicKey::Ed25519([1;32]).to_multibase()}
