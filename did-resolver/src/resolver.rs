@@ -96,8 +96,11 @@ const MAX_PEER_LONG_FORMS: usize = 4096;
 /// half is forgotten.
 #[derive(Clone, Debug, Default)]
 struct PeerLongForms {
-    map: Arc<RwLock<(HashMap<String, String>, std::collections::VecDeque<String>)>>,
+    map: Arc<RwLock<LongFormTable>>,
 }
+
+/// Short form → long form, and the short forms in insertion order (for eviction).
+type LongFormTable = (HashMap<String, String>, std::collections::VecDeque<String>);
 
 impl PeerLongForms {
     fn remember(&self, short: &str, long: &str) {

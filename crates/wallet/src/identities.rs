@@ -312,13 +312,16 @@ fn parse_key_file(text: &str) -> Result<Parsed, WalletError> {
     })
 }
 
+/// A 32-byte private key, wiped on drop.
+type Secret32 = Zeroizing<[u8; 32]>;
+
 enum Curve {
     Ed25519,
     X25519,
 }
 
 /// The curve of one key entry and its private key, if it has one.
-fn secret_of(ko: &Map<String, Value>) -> Result<(Curve, Option<Zeroizing<[u8; 32]>>), WalletError> {
+fn secret_of(ko: &Map<String, Value>) -> Result<(Curve, Option<Secret32>), WalletError> {
     let to32 = |raw: &[u8]| -> Result<Zeroizing<[u8; 32]>, WalletError> {
         let mut out = Zeroizing::new([0u8; 32]);
         if raw.len() != 32 {
