@@ -356,3 +356,17 @@ async fn body_is_optional_and_attachments_keep_media_type() {
     let back = bob_unpacks(&f, &packed.message).await.unwrap();
     assert_eq!(back.attachments, m.attachments);
 }
+
+#[test]
+fn oob_invitation_attachments_use_media_type() {
+    // out_of_band.md, the v2.1 invitation example (its attachment's "json" is a string
+    // placeholder there; any JSON value is carried): attachments name their type with
+    // `media_type`.
+    let text = r#"{"type":"https://didcomm.org/out-of-band/2.0/invitation","id":"69212a3a-d068-4f9d-a2dd-4741bca89af3","from":"did:example:alice","body":{"goal_code":"","goal":""},"attachments":[{"id":"request-0","media_type":"application/json","data":{"json":"<json of protocol message>"}}]}"#;
+    let inv = mpc_did_didcomm::Invitation::decode(text).unwrap();
+    assert_eq!(inv.attachments.len(), 1);
+    assert_eq!(inv.attachments[0].media_type.as_deref(), Some("application/json"));
+    let back: Value = serde_json::from_str(&inv.to_json().unwrap()).unwrap();
+    assert_eq!(back["attachments"][0]["media_type"], "application/json");
+    assert_eq!(back["attachments"][0]["id"], "request-0");
+}
