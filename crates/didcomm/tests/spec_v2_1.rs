@@ -365,7 +365,10 @@ fn oob_invitation_attachments_use_media_type() {
     let text = r#"{"type":"https://didcomm.org/out-of-band/2.0/invitation","id":"69212a3a-d068-4f9d-a2dd-4741bca89af3","from":"did:example:alice","body":{"goal_code":"","goal":""},"attachments":[{"id":"request-0","media_type":"application/json","data":{"json":"<json of protocol message>"}}]}"#;
     let inv = mpc_did_didcomm::Invitation::decode(text).unwrap();
     assert_eq!(inv.attachments.len(), 1);
-    assert_eq!(inv.attachments[0].media_type.as_deref(), Some("application/json"));
+    assert_eq!(
+        inv.attachments[0].media_type.as_deref(),
+        Some("application/json")
+    );
     let back: Value = serde_json::from_str(&inv.to_json().unwrap()).unwrap();
     assert_eq!(back["attachments"][0]["media_type"], "application/json");
     assert_eq!(back["attachments"][0]["id"], "request-0");
