@@ -468,7 +468,18 @@ impl DidDocument {
             .to_owned();
         let controller = match obj.get("controller") {
             None => self.id.clone(),
-            Some(Value::String(c)) => c.clone(),
+            // DID Core §5.1.2: the controller value "MUST be a string that conforms to the
+            // rules in 3.1 DID Syntax"; DIDComm v2.1's examples follow it. The DIDComm v2.0
+            // appendix documents name a key id (a DID URL) instead, so a DID URL is
+            // tolerated; anything else is refused.
+            Some(Value::String(c)) => {
+                DidUrl::parse(c).map_err(|e| {
+                    DocumentError::Invalid(format!(
+                        "verification method {id:?}: controller {c:?} is not a DID ({e})"
+                    ))
+                })?;
+                c.clone()
+            }
             Some(_) => {
                 return Err(DocumentError::Invalid(format!(
                     "verification method {id:?}: controller is not a string"
@@ -771,6 +782,22 @@ mod tests {
             DidDocument::from_json_value(&bad_key),
             Err(DocumentError::InvalidKey { .. })
         ));
+        // DID Core §5.1.2: a verification method's controller "MUST be a string that
+        // conforms to the rules in 3.1 DID Syntax" (a DID URL is tolerated, see the parser).
+        let bad_controller = json!({"id": ALICE, "verificationMethod": [
+            {"id":"#k","type":"Multikey","controller":"https://not.a.did/",
+             "publicKeyMultibase": PublicKey::Ed25519([1;32]).to_multibase()}
+        ]});
+        assert!(matches!(
+            DidDocument::from_json_value(&bad_controller),
+            Err(DocumentError::Invalid(m)) if m.contains("controller")
+        ));
+        let other_controller = json!({"id": ALICE, "verificationMethod": [
+            {"id":"#k","type":"Multikey","controller":"did:example:bob",
+             "publicKeyMultibase": PublicKey::Ed25519([1;32]).to_multibase()}
+        ]});
+        let d = DidDocument::from_json_value(&other_controller).unwrap();
+        assert_eq!(d.verification_method[0].controller, "did:example:bob");
         // Other DIDs' keys may be referenced.
         let foreign = json!({"id": ALICE, "authentication": ["did:example:bob#k"]});
         assert!(DidDocument::from_json_value(&foreign).is_ok());

@@ -129,6 +129,86 @@ pub enum DocumentError {
     },
 }
 
+/// A `did:peer` could not be resolved (DIF Peer DID Method Specification).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// Nothing after `did:peer:`.
+    #[error("did:peer has no numalgo digit")]
+    Empty,
+    /// A numalgo other than 0, 2 or 4.
+    #[error("did:peer numalgo {0:?} is not supported (supported: 0, 2, 4)")]
+    UnsupportedNumalgo(char),
+    /// A did:peer:2 element with nothing after its `.`.
+    #[error("did:peer:2 element {index} is empty")]
+    EmptyElement {
+        /// Position of the element (0-based).
+        index: usize,
+    },
+    /// A did:peer:2 element whose purpose code is not one of `A E V I D S`.
+    #[error(
+        "did:peer:2 element {index} has unknown purpose code {code:?} (known: A, E, V, I, D, S)"
+    )]
+    UnknownPurpose {
+        /// Position of the element (0-based).
+        index: usize,
+        /// The code found.
+        code: char,
+    },
+    /// A did:peer:2 key element whose multibase key does not decode.
+    #[error("did:peer:2 element {index}: {error}")]
+    Key {
+        /// Position of the element (0-based).
+        index: usize,
+        /// Why the key does not decode.
+        error: KeyError,
+    },
+    /// A did:peer:2 service element that is not base64url.
+    #[error("did:peer:2 service element {index} is not base64url")]
+    ServiceNotBase64 {
+        /// Position of the element (0-based).
+        index: usize,
+    },
+    /// A did:peer:2 service element that is not JSON.
+    #[error("did:peer:2 service element {index} is not JSON: {reason}")]
+    ServiceNotJson {
+        /// Position of the element (0-based).
+        index: usize,
+        /// The JSON parser's complaint.
+        reason: String,
+    },
+    /// A did:peer:2 service element whose JSON is not an object.
+    #[error("did:peer:2 service element {index} is not a JSON object")]
+    ServiceNotObject {
+        /// Position of the element (0-based).
+        index: usize,
+    },
+    /// More elements than we accept.
+    #[error("did:peer:2 has more than {0} elements")]
+    TooManyElements(usize),
+    /// A did:peer:4 whose hash is not the hash of its encoded document.
+    #[error("did:peer:4 hash does not match its long-form document")]
+    HashMismatch,
+    /// A did:peer:4 encoded document that is not JSON.
+    #[error("did:peer:4 document is not JSON: {0}")]
+    DocumentNotJson(String),
+    /// A did:peer:4 encoded document that is not a JSON object.
+    #[error("did:peer:4 document is not a JSON object")]
+    DocumentNotObject,
+    /// A short-form did:peer:4 whose long form has not been seen.
+    #[error("{0} is a short-form did:peer:4 whose long form has not been seen; resolve the long form first")]
+    ShortFormUnknown(String),
+    /// A long form given for a short-form did:peer:4 that does not belong to it.
+    #[error("the long form given is not the long form of {0}")]
+    LongFormMismatch(String),
+    /// Other malformation (bad multibase, hash format, layout).
+    #[error("malformed did:peer: {0}")]
+    Malformed(String),
+    /// The document the DID encodes is not a valid DID document.
+    #[error("did:peer document: {0}")]
+    Document(DocumentError),
+}
+
 /// Resolution of a DID to its document failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -138,7 +218,7 @@ pub enum ResolveError {
     #[error("invalid DID: {0}")]
     InvalidDid(DidError),
     /// The DID method is not one we resolve.
-    #[error("unsupported DID method {0:?} (supported: key, web)")]
+    #[error("unsupported DID method {0:?} (supported: key, peer, web)")]
     UnsupportedMethod(String),
     /// The did:key/did:web method-specific id is invalid for that method.
     #[error("invalid {method} DID: {reason}")]
@@ -151,6 +231,9 @@ pub enum ResolveError {
     /// did:key: the key could not be decoded or is of an unsupported type.
     #[error("did:key: {0}")]
     Key(KeyError),
+    /// did:peer: the DID does not decode to a document.
+    #[error("{0}")]
+    Peer(PeerError),
     /// No document for this DID in a [`crate::StaticResolver`].
     #[error("DID not found: {0}")]
     NotFound(String),
@@ -247,6 +330,12 @@ pub enum ResolveError {
 impl From<DidError> for ResolveError {
     fn from(e: DidError) -> Self {
         Self::InvalidDid(e)
+    }
+}
+
+impl From<PeerError> for ResolveError {
+    fn from(e: PeerError) -> Self {
+        Self::Peer(e)
     }
 }
 

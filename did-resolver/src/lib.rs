@@ -1,13 +1,14 @@
-//! Resolve `did:key` and `did:web` identifiers to typed DID documents.
+//! Resolve `did:key`, `did:peer` and `did:web` identifiers to typed DID documents.
 //!
 //! **Owns:** DID syntax ([`Did`], [`DidUrl`]), public-key encodings ([`PublicKey`]:
 //! multibase/multicodec, OKP JWK), the typed [`DidDocument`] (verification methods,
-//! relationships, `DIDCommMessaging` services), `did:key` ([`key`]), `did:web` ([`web`]) and
+//! relationships, `DIDCommMessaging` services), `did:key` ([`key`]), `did:peer` numalgo
+//! 0/2/4 ([`peer`]), `did:web` ([`web`]) and
 //! the method-independent [`DidResolver`] trait with [`StaticResolver`] and
 //! [`UniversalResolver`].
 //!
 //! **Does not:** hold private keys (the wallet does), sign or encrypt (DIDComm does), or
-//! implement DID registration/update. did:key resolution does no I/O; only the did:web
+//! implement DID registration/update. did:key and did:peer resolution do no I/O; only the did:web
 //! fetch (`web::WebResolver`, default feature `web`: reqwest and tokio) touches the
 //! network, and only public addresses unless told otherwise: a did:web is often named by a
 //! stranger (spec/identity.md §3.3). Without `web` the crate does no I/O at all, which is
@@ -15,6 +16,7 @@
 //!
 //! ```text
 //!   "did:…" ──Did::parse──▶ Did ──method?──┬─ key ──▶ key::resolve (pure) ─────────┐
+//!                                          ├─ peer ─▶ peer::resolve (pure; 0, 2, 4) ┤
 //!                                          ├─ web ──▶ web::did_web_url ─▶ HTTPS GET │
 //!                                          │          (public addresses only, 5 s,  │
 //!                                          │           64 KiB, same-host redirects, │
@@ -48,6 +50,7 @@ mod did;
 mod document;
 mod error;
 pub mod key;
+pub mod peer;
 mod public_key;
 mod resolver;
 pub mod web;
@@ -57,7 +60,7 @@ pub use document::{
     DidCommService, DidDocument, KeyFormat, Service, VerificationMethod, DIDCOMM_SERVICE_TYPE,
     DID_CONTEXT_V1, JWS2020_CONTEXT_V1, MAX_DOCUMENT_BYTES, MULTIKEY_CONTEXT_V1,
 };
-pub use error::{DidError, DocumentError, KeyError, ResolveError};
+pub use error::{DidError, DocumentError, KeyError, PeerError, ResolveError};
 pub use public_key::{PublicKey, MULTICODEC_ED25519_PUB, MULTICODEC_X25519_PUB};
 pub use resolver::{DidResolver, StaticResolver, UniversalResolver};
 #[cfg(feature = "web")]

@@ -88,12 +88,59 @@ impl DidResolver for StaticResolver {
     }
 }
 
-/// Resolves any supported method: first the [`StaticResolver`] overlay, then `did:key`
-/// locally, then `did:web` over HTTPS (feature `web`; without it a did:web not in the
-/// overlay is [`ResolveError::UnsupportedMethod`]).
+/// Most did:peer:4 long forms a [`UniversalResolver`] remembers for their short forms.
+const MAX_PEER_LONG_FORMS: usize = 4096;
+
+/// Long forms of did:peer:4 DIDs seen, by short form: a short form resolves only after its
+/// long form (did:peer spec, numalgo 4 "Short form"). Bounded; when full, the oldest
+/// half is forgotten.
+#[derive(Clone, Debug, Default)]
+struct PeerLongForms {
+    map: Arc<RwLock<LongFormTable>>,
+}
+
+/// Short form → long form, and the short forms in insertion order (for eviction).
+type LongFormTable = (HashMap<String, String>, std::collections::VecDeque<String>);
+
+impl PeerLongForms {
+    fn remember(&self, short: &str, long: &str) {
+        let mut guard = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (map, order) = &mut *guard;
+        if map.contains_key(short) {
+            return;
+        }
+        if map.len() >= MAX_PEER_LONG_FORMS {
+            for _ in 0..MAX_PEER_LONG_FORMS / 2 {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+        map.insert(short.to_owned(), long.to_owned());
+        order.push_back(short.to_owned());
+    }
+
+    fn long_form(&self, short: &str) -> Option<String> {
+        self.map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .get(short)
+            .cloned()
+    }
+}
+
+/// Resolves any supported method: first the [`StaticResolver`] overlay, then `did:key` and
+/// `did:peer` (numalgo 0, 2, 4) locally, then `did:web` over HTTPS (feature `web`; without
+/// it a did:web not in the overlay is [`ResolveError::UnsupportedMethod`]). A short-form
+/// did:peer:4 resolves once this resolver (or a clone) has resolved its long form.
 #[derive(Clone, Debug)]
 pub struct UniversalResolver {
     overlay: StaticResolver,
+    peer_long_forms: PeerLongForms,
     #[cfg(feature = "web")]
     web: WebResolver,
 }
@@ -107,6 +154,7 @@ impl UniversalResolver {
     pub fn new() -> Result<Self, ResolveError> {
         Ok(Self {
             overlay: StaticResolver::new(),
+            peer_long_forms: PeerLongForms::default(),
             #[cfg(feature = "web")]
             web: WebResolver::new(WebResolverConfig::default())?,
         })
@@ -120,6 +168,7 @@ impl UniversalResolver {
     pub fn with_config(config: WebResolverConfig) -> Result<Self, ResolveError> {
         Ok(Self {
             overlay: StaticResolver::new(),
+            peer_long_forms: PeerLongForms::default(),
             web: WebResolver::new(config)?,
         })
     }
@@ -147,6 +196,23 @@ impl UniversalResolver {
     }
 }
 
+impl UniversalResolver {
+    fn resolve_peer(&self, did: &str) -> Result<DidDocument, ResolveError> {
+        if let Some(short) = crate::peer::short_form(did) {
+            let doc = crate::peer::resolve(did)?;
+            self.peer_long_forms.remember(short, did);
+            return Ok(doc);
+        }
+        if did.starts_with("did:peer:4") {
+            return match self.peer_long_forms.long_form(did) {
+                Some(long) => crate::peer::resolve_short(did, &long),
+                None => Err(crate::PeerError::ShortFormUnknown(did.to_owned()).into()),
+            };
+        }
+        crate::peer::resolve(did)
+    }
+}
+
 impl DidResolver for UniversalResolver {
     #[allow(clippy::manual_async_fn)]
     fn resolve(&self, did: &str) -> impl Future<Output = Result<DidDocument, ResolveError>> + Send {
@@ -158,6 +224,7 @@ impl DidResolver for UniversalResolver {
             let parsed = Did::parse(&did)?;
             match parsed.method() {
                 "key" => crate::key::resolve(&did),
+                "peer" => self.resolve_peer(&did),
                 #[cfg(feature = "web")]
                 "web" => self.web.resolve_did(&parsed).await,
                 other => Err(ResolveError::UnsupportedMethod(other.to_owned())),

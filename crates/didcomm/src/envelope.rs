@@ -57,7 +57,18 @@ impl Envelope {
     /// [`Error::Malformed`] for non-JSON or an unknown shape, plus the errors of
     /// [`Jwe::parse`] / [`Jws::parse`] / [`Message::from_json`].
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let v: Value = serde_json::from_slice(bytes).map_err(Error::malformed)?;
+        let v: Value = match serde_json::from_slice(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                if let Some(kind) = compact_kind(bytes) {
+                    return Err(Error::CompactSerialization(kind));
+                }
+                return Err(Error::malformed(e));
+            }
+        };
+        if let Some(kind) = v.as_str().and_then(|s| compact_kind(s.as_bytes())) {
+            return Err(Error::CompactSerialization(kind));
+        }
         Self::from_value(&v, bytes)
     }
 
@@ -67,10 +78,13 @@ impl Envelope {
             .ok_or_else(|| Error::malformed("message is not a JSON object"))?;
         if obj.contains_key("ciphertext") {
             Ok(Self::Encrypted(Box::new(Jwe::parse(v)?)))
-        } else if obj.contains_key("signatures") {
+        } else if obj.contains_key("signatures")
+            || (obj.contains_key("payload") && obj.contains_key("signature"))
+        {
+            // General or flattened JSON serialisation (RFC 7515 §7.2.1, §7.2.2).
             Ok(Self::Signed(Jws::parse(v)?))
         } else if obj.contains_key("payload") {
-            Err(Error::Unsupported("flattened or compact JWS".into()))
+            Err(Error::malformed("JWS without signatures"))
         } else if obj.contains_key("id") && obj.contains_key("type") {
             Ok(Self::Plain(Box::new(Message::from_json(bytes)?)))
         } else {
@@ -78,6 +92,21 @@ impl Envelope {
                 "neither a JWE, a JWS nor a plaintext message",
             ))
         }
+    }
+}
+
+/// `JWS` or `JWE` if `bytes` look like a compact serialisation: base64url segments
+/// joined by `.`, three for a JWS (RFC 7515 §7.1), five for a JWE (RFC 7516 §7.1).
+fn compact_kind(bytes: &[u8]) -> Option<&'static str> {
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    let b64url = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    if text.is_empty() || !text.chars().all(|c| b64url(c) || c == '.') {
+        return None;
+    }
+    match text.split('.').count() {
+        3 => Some("JWS"),
+        5 => Some("JWE"),
+        _ => None,
     }
 }
 
@@ -231,31 +260,41 @@ pub async fn unpack_with(
 }
 
 /// The consistency checks between the plaintext and the layers around it.
+///
+/// DIDComm Messaging v2.1 §"Plaintext Message Structure": `from` is "OPTIONAL when the
+/// message is to be encrypted via anoncrypt; REQUIRED when the message is encrypted via
+/// authcrypt", and "The `from` attribute in the plaintext message MUST match the signer's
+/// `kid` in a signed message". So an authcrypt or signed message without `from` is
+/// refused ([`Error::MissingFrom`]); a plaintext or anoncrypt one is accepted.
 fn check_plain(msg: &Message, meta: &UnpackMetadata) -> Result<()> {
     let from = msg.from.as_deref();
-    if let Some(skid) = &meta.encrypted_from_kid {
-        if from != Some(did_of(skid)) {
-            return Err(Error::SenderMismatch(format!(
-                "authcrypt sender {} but from {:?}",
-                did_of(skid),
-                from
-            )));
-        }
-    }
-    if let Some(signer) = &meta.sign_from {
-        if from != Some(did_of(signer)) {
-            return Err(Error::SenderMismatch(format!(
-                "signed by {} but from {:?}",
-                did_of(signer),
-                from
-            )));
+    for (how, kid) in [
+        ("authcrypted", &meta.encrypted_from_kid),
+        ("signed", &meta.sign_from),
+    ] {
+        let Some(kid) = kid else { continue };
+        let sender = did_of(kid);
+        match from {
+            None => {
+                return Err(Error::MissingFrom {
+                    how,
+                    sender: sender.to_owned(),
+                })
+            }
+            Some(f) if f != sender => {
+                return Err(Error::SenderMismatch(format!(
+                    "the message was {how} by {sender} but its \"from\" is {f}"
+                )))
+            }
+            Some(_) => {}
         }
     }
     if let (Some(to), Some(kid)) = (&msg.to, &meta.decrypted_with_kid) {
         if !to.iter().any(|d| d == did_of(kid)) {
             return Err(Error::SenderMismatch(format!(
-                "encrypted to {} but the message is addressed to {to:?}",
-                did_of(kid)
+                "encrypted to {} but the message is addressed to {}",
+                did_of(kid),
+                to.join(", ")
             )));
         }
     }

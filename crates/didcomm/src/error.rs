@@ -20,6 +20,13 @@ pub enum Error {
     /// The input is not JSON, or not the JSON shape of any DIDComm envelope.
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// The input is a JWS or JWE in the compact serialisation (`xxx.yyy.zzz`), which
+    /// DIDComm does not use.
+    #[error(
+        "compact {0} serialisation is not a DIDComm message: DIDComm uses the JSON \
+         serialisation (general or flattened)"
+    )]
+    CompactSerialization(&'static str),
     /// Envelopes nested deeper than the spec allows (anoncrypt(authcrypt(signed(plain)))).
     #[error("envelopes nested too deeply")]
     TooDeep,
@@ -60,6 +67,19 @@ pub enum Error {
     /// The message's `from` is not the DID that authenticated or signed it.
     #[error("sender mismatch: {0}")]
     SenderMismatch(String),
+    /// An authcrypt or signed message whose plaintext has no `from`. DIDComm v2.1 makes
+    /// `from` REQUIRED for authcrypt and requires it to match the signer of a signed
+    /// message, so such a message is refused (spec/didcomm.md §3).
+    #[error(
+        "the message was {how} by {sender} but does not say who sent it (no \"from\"): \
+         DIDComm requires \"from\" in authenticated messages; ask the sender to set it"
+    )]
+    MissingFrom {
+        /// `authcrypted` or `signed`.
+        how: &'static str,
+        /// The DID that authenticated or signed it.
+        sender: String,
+    },
 
     // --- cryptography ---
     /// Decryption or authentication failed (deliberately opaque).

@@ -24,7 +24,7 @@ use zeroize::Zeroizing;
 use crate::ecdh_cache::x25519_checked;
 pub use crate::ecdh_cache::StaticEcdhCache;
 use crate::error::{Error, Result};
-use crate::message::{ENCRYPTED_TYP, SIGNED_TYP};
+use crate::message::{media_type_matches, ENCRYPTED_TYP, SIGNED_TYP};
 
 /// Most recipients one envelope may carry; more is treated as malformed (a cheap DoS guard:
 /// each recipient may cost an ECDH on unpack).
@@ -307,7 +307,7 @@ pub fn encrypt_with(
     enc: ContentAlg,
     cache: Option<&StaticEcdhCache>,
 ) -> Result<String> {
-    encrypt_inner(plaintext, recipients, sender, enc, cache, None)
+    encrypt_inner(plaintext, recipients, sender, enc, cache, None, None)
 }
 
 /// The random inputs of one JWE, fixed: test vectors only (the session protocol's
@@ -338,7 +338,41 @@ pub fn encrypt_with_fixed_randomness_for_testing(
     if fixed.cek.len() != enc.key_len() || fixed.iv.len() != enc.iv_len() {
         return Err(Error::malformed("fixed CEK or IV of the wrong length"));
     }
-    encrypt_inner(plaintext, recipients, sender, enc, None, Some(fixed))
+    encrypt_inner(plaintext, recipients, sender, enc, None, Some(fixed), None)
+}
+
+/// Header variations other implementations send and the DIDComm spec allows, for tests
+/// of the receiving side only (never used to send).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HeaderVariantsForTesting<'a> {
+    /// Leave `skid` out of an authcrypt header (the sender is then only in `apu`).
+    pub omit_skid: bool,
+    /// Use this `typ` instead of `application/didcomm-encrypted+json`.
+    pub typ: Option<&'a str>,
+}
+
+/// [`encrypt`] with header variations (see [`HeaderVariantsForTesting`]); tests only.
+///
+/// # Errors
+/// As [`encrypt`].
+#[doc(hidden)]
+pub fn encrypt_with_header_variants_for_testing(
+    plaintext: &[u8],
+    recipients: &[RecipientKey<'_>],
+    sender: Option<&SenderKey<'_>>,
+    enc: ContentAlg,
+    variants: HeaderVariantsForTesting<'_>,
+) -> Result<String> {
+    encrypt_inner(
+        plaintext,
+        recipients,
+        sender,
+        enc,
+        None,
+        None,
+        Some(variants),
+    )
 }
 
 fn encrypt_inner(
@@ -348,7 +382,9 @@ fn encrypt_inner(
     enc: ContentAlg,
     cache: Option<&StaticEcdhCache>,
     fixed: Option<&FixedJweRandomness<'_>>,
+    variants: Option<HeaderVariantsForTesting<'_>>,
 ) -> Result<String> {
+    let variants = variants.unwrap_or_default();
     if recipients.is_empty() {
         return Err(Error::NoKey("no recipient keys".into()));
     }
@@ -376,14 +412,16 @@ fn encrypt_inner(
     let apv = apv_for(&kids);
     let apu = sender.map(|s| s.kid.as_bytes().to_vec());
     let mut header = json!({
-        "typ": ENCRYPTED_TYP,
+        "typ": variants.typ.unwrap_or(ENCRYPTED_TYP),
         "alg": alg.name(),
         "enc": enc.name(),
         "epk": {"kty": "OKP", "crv": "X25519", "x": b64(epk.as_bytes())},
         "apv": b64(&apv),
     });
     if let (Some(s), Some(apu), Some(obj)) = (sender, &apu, header.as_object_mut()) {
-        obj.insert("skid".into(), Value::String(s.kid.to_owned()));
+        if !variants.omit_skid {
+            obj.insert("skid".into(), Value::String(s.kid.to_owned()));
+        }
         obj.insert("apu".into(), Value::String(b64(apu)));
     }
     let protected = b64(header.to_string().as_bytes());
@@ -453,6 +491,16 @@ struct RawJwe {
 }
 
 #[derive(Deserialize)]
+struct RawFlatJwe {
+    protected: String,
+    header: RawRecipientHeader,
+    encrypted_key: String,
+    iv: String,
+    ciphertext: String,
+    tag: String,
+}
+
+#[derive(Deserialize)]
 struct RawRecipient {
     header: RawRecipientHeader,
     encrypted_key: String,
@@ -497,18 +545,38 @@ pub struct Jwe {
 }
 
 impl Jwe {
-    /// Parse and check a JWE's structure and headers (no key is used yet).
+    /// Parse and check a JWE's structure and headers (no key is used yet); General or
+    /// flattened JSON serialisation (RFC 7516 §7.2). For authcrypt without `skid`, the
+    /// sender kid is read from `apu`.
     ///
     /// # Errors
     /// [`Error::Malformed`], [`Error::Unsupported`] (alg, enc, epk curve),
     /// [`Error::DuplicateRecipient`], [`Error::HeaderMismatch`] (skid/apu, apv),
     /// [`Error::Crypto`] for a tag or IV of the wrong length.
     pub fn parse(value: &Value) -> Result<Self> {
-        let raw: RawJwe = serde_json::from_value(value.clone()).map_err(Error::malformed)?;
+        let raw: RawJwe =
+            if value.get("recipients").is_none() && value.get("encrypted_key").is_some() {
+                // RFC 7516 §7.2.2: the flattened JWE JSON serialisation carries the one
+                // recipient's "header" and "encrypted_key" at the top level.
+                let flat: RawFlatJwe =
+                    serde_json::from_value(value.clone()).map_err(Error::malformed)?;
+                RawJwe {
+                    protected: flat.protected,
+                    recipients: vec![RawRecipient {
+                        header: flat.header,
+                        encrypted_key: flat.encrypted_key,
+                    }],
+                    iv: flat.iv,
+                    ciphertext: flat.ciphertext,
+                    tag: flat.tag,
+                }
+            } else {
+                serde_json::from_value(value.clone()).map_err(Error::malformed)?
+            };
         let header_bytes = unb64(&raw.protected, "protected")?;
         let h: RawProtected = serde_json::from_slice(&header_bytes).map_err(Error::malformed)?;
         if let Some(typ) = &h.typ {
-            if typ != ENCRYPTED_TYP && typ != "application/didcomm-encrypted" {
+            if !media_type_matches(typ, ENCRYPTED_TYP) {
                 return Err(Error::malformed(format!("JWE typ {typ:?}")));
             }
         }
@@ -537,11 +605,19 @@ impl Jwe {
             Some(a) => unb64(a, "apu")?,
             None => Vec::new(),
         };
-        if alg == KeyAlg::Ecdh1puA256kw {
-            let skid = h
-                .skid
-                .as_deref()
-                .ok_or(Error::HeaderMismatch("authcrypt without skid"))?;
+        let skid = if alg == KeyAlg::Ecdh1puA256kw {
+            // DIDComm Messaging v2.1 §"ECDH-1PU key wrapping and common protected headers":
+            // "authcrypt implementations MUST be able to resolve the sender kid from the
+            // `apu` header if `skid` is not set."
+            let skid = match h.skid {
+                Some(skid) => skid,
+                None => String::from_utf8(apu.clone())
+                    .ok()
+                    .filter(|k| !k.is_empty())
+                    .ok_or(Error::HeaderMismatch(
+                        "authcrypt names its sender neither in skid nor in apu",
+                    ))?,
+            };
             if apu != skid.as_bytes() {
                 return Err(Error::HeaderMismatch("apu is not the skid"));
             }
@@ -551,7 +627,10 @@ impl Jwe {
                     enc.name()
                 )));
             }
-        }
+            Some(skid)
+        } else {
+            None
+        };
         let iv = unb64(&raw.iv, "iv")?;
         let tag = unb64(&raw.tag, "tag")?;
         if iv.len() != enc.iv_len() {
@@ -567,11 +646,7 @@ impl Jwe {
             epk,
             apu,
             apv,
-            skid: if alg == KeyAlg::Ecdh1puA256kw {
-                h.skid
-            } else {
-                None
-            },
+            skid,
             recipients,
             iv,
             ciphertext: unb64(&raw.ciphertext, "ciphertext")?,
@@ -679,10 +754,13 @@ pub fn parse_okp(jwk: &Value, crv: &str) -> Result<[u8; 32]> {
     unb64_32(x, "JWK x")
 }
 
-/// Sign `payload` with EdDSA; returns the JWS General JSON serialisation, `kid` in the
-/// unprotected header as DIDComm does.
+/// Sign `payload` with EdDSA; returns the JWS General JSON serialisation. The signer's
+/// `kid` is in the protected header, where the signature covers it (and where Veramo looks
+/// for it), and also in the unprotected header, as the DIDComm spec's examples put it
+/// (and where SICPA's implementations look). RFC 7515 §7.2.1 wants the two header sets
+/// disjoint; spec/didcomm.md §3 explains why we repeat this one identical value anyway.
 pub fn sign(payload: &[u8], kid: &str, key: &SigningKey) -> String {
-    let protected = b64(json!({"typ": SIGNED_TYP, "alg": "EdDSA"})
+    let protected = b64(json!({"typ": SIGNED_TYP, "alg": "EdDSA", "kid": kid})
         .to_string()
         .as_bytes());
     let payload_b64 = b64(payload);
@@ -702,6 +780,15 @@ pub fn sign(payload: &[u8], kid: &str, key: &SigningKey) -> String {
 struct RawJws {
     payload: String,
     signatures: Vec<RawSignature>,
+}
+
+#[derive(Deserialize)]
+struct RawFlatJws {
+    payload: String,
+    protected: String,
+    signature: String,
+    #[serde(default)]
+    header: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -737,13 +824,30 @@ struct JwsSignature {
 }
 
 impl Jws {
-    /// Parse a JWS in General JSON serialisation. Only EdDSA signatures are accepted.
+    /// Parse a JWS in the General or the flattened JSON serialisation (RFC 7515 §7.2).
+    /// Only EdDSA signatures are accepted.
     ///
     /// # Errors
     /// [`Error::Malformed`], [`Error::Unsupported`] for another `alg`, [`Error::Crypto`] for
     /// a signature of the wrong length.
     pub fn parse(value: &Value) -> Result<Self> {
-        let raw: RawJws = serde_json::from_value(value.clone()).map_err(Error::malformed)?;
+        let raw: RawJws = if value.get("signatures").is_none() && value.get("signature").is_some() {
+            // RFC 7515 §7.2.2: "The flattened JWS JSON Serialization syntax is based upon
+            // the general syntax but flattens it, optimizing it for the single digital
+            // signature/MAC case": the one signature's members sit at the top level.
+            let flat: RawFlatJws =
+                serde_json::from_value(value.clone()).map_err(Error::malformed)?;
+            RawJws {
+                payload: flat.payload,
+                signatures: vec![RawSignature {
+                    protected: flat.protected,
+                    signature: flat.signature,
+                    header: flat.header,
+                }],
+            }
+        } else {
+            serde_json::from_value(value.clone()).map_err(Error::malformed)?
+        };
         if raw.signatures.is_empty() || raw.signatures.len() > MAX_RECIPIENTS {
             return Err(Error::malformed("signature count out of range"));
         }
@@ -755,19 +859,27 @@ impl Jws {
                 return Err(Error::Unsupported(format!("JWS alg {:?}", h.alg)));
             }
             if let Some(typ) = &h.typ {
-                if typ != SIGNED_TYP && typ != "application/didcomm-signed" {
+                if !media_type_matches(typ, SIGNED_TYP) {
                     return Err(Error::malformed(format!("JWS typ {typ:?}")));
                 }
             }
-            let kid = match h.kid {
-                Some(k) => k,
-                None => s
-                    .header
-                    .as_ref()
-                    .and_then(|hd| hd.get("kid"))
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| Error::malformed("JWS signature without kid"))?
-                    .to_owned(),
+            let unprotected_kid = s
+                .header
+                .as_ref()
+                .and_then(|hd| hd.get("kid"))
+                .and_then(Value::as_str);
+            let kid = match (h.kid, unprotected_kid) {
+                (Some(k), None) => k,
+                (None, Some(k)) => k.to_owned(),
+                // Both: accepted only when identical (spec/didcomm.md §3), so that the
+                // key the signature commits to is the key we look up.
+                (Some(k), Some(u)) if k == u => k,
+                (Some(_), Some(_)) => {
+                    return Err(Error::HeaderMismatch(
+                        "JWS kid differs between the protected and unprotected header",
+                    ))
+                }
+                (None, None) => return Err(Error::malformed("JWS signature without kid")),
             };
             let signature: [u8; 64] = unb64(&s.signature, "signature")?
                 .try_into()

@@ -14,6 +14,22 @@ pub const SIGNED_TYP: &str = "application/didcomm-signed+json";
 /// Media type of an encrypted message (JWE `typ`).
 pub const ENCRYPTED_TYP: &str = "application/didcomm-encrypted+json";
 
+/// Whether the `typ` header `typ` names the media type `expected` (an
+/// `application/…` constant above). DIDComm Messaging v2.1 §"IANA Media Types": "IANA
+/// types for DIDComm messages MAY omit the `application/` prefix; the recipient MUST
+/// treat media types not containing `/` as having the `application/` prefix present."
+/// The `+json`-less spellings of v2.0 drafts are accepted as well.
+pub fn media_type_matches(typ: &str, expected: &str) -> bool {
+    let full;
+    let typ = if typ.contains('/') {
+        typ
+    } else {
+        full = format!("application/{typ}");
+        &full
+    };
+    typ == expected || expected.strip_suffix("+json") == Some(typ)
+}
+
 /// A DIDComm v2 plaintext message.
 ///
 /// Headers the spec names are fields; anything else lands in [`Message::extra`] and is
@@ -138,7 +154,7 @@ impl Message {
             return Err(Error::malformed("body is not a JSON object"));
         }
         if let Some(typ) = &m.typ {
-            if typ != PLAIN_TYP && typ != "application/didcomm-plain" {
+            if !media_type_matches(typ, PLAIN_TYP) {
                 return Err(Error::malformed(format!("plaintext with typ {typ:?}")));
             }
         }

@@ -18,6 +18,9 @@
 //!        └─ did:key:z6Mk…  ─▶ document = mpc_did_resolver::key::resolve(did)
 //!  create_identity(name, Method::Web{domain}) ─▶ Ed25519 seed + independent X25519 secret
 //!        └─ did:web:domain…  ─▶ document built here (JsonWebKey2020 + DIDCommMessaging)
+//!  create_identity(name, Method::Peer{services}) ─▶ Ed25519 seed + independent X25519
+//!        └─ did:peer:2.V….E….S…  ─▶ document = mpc_did_resolver::peer::resolve(did)
+//!  export_identity / import_identity (identities.rs) ─▶ JWK set or seed files, 0600
 //! ```
 //!
 //! Storage decision (spec/identity.md §4): private keys are stored unencrypted inside the
@@ -42,6 +45,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod identities;
+pub use identities::{write_private_file, ExportFormat, MAX_KEY_FILE_BYTES};
+
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -49,7 +55,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
 use mpc_did_resolver::{
-    key, web, DidCommService, DidDocument, PublicKey, ResolveError, VerificationMethod,
+    key, peer, web, DidCommService, DidDocument, PublicKey, ResolveError, VerificationMethod,
     DID_CONTEXT_V1, JWS2020_CONTEXT_V1,
 };
 use serde::{Deserialize, Serialize};
@@ -110,6 +116,9 @@ pub enum WalletError {
     /// The did:web domain is invalid.
     #[error("invalid did:web domain: {0}")]
     InvalidDomain(ResolveError),
+    /// A key file given to [`Wallet::import_identity`] cannot be imported.
+    #[error("cannot import the key file: {0}")]
+    InvalidKeyFile(String),
     /// The operation needs a did:web identity.
     #[error("identity {0:?} is not a did:web identity")]
     NotWeb(String),
@@ -132,6 +141,12 @@ pub enum Method {
         /// e.g. `example.com`, `localhost:8443`, `example.com/users/alice`.
         domain: String,
     },
+    /// `did:peer:2` (did:peer spec, numalgo 2): an Ed25519 `V` key, an X25519 `E` key and
+    /// these DIDComm services (typically the mediator), all encoded in the DID itself.
+    Peer {
+        /// Services written into the DID (ids are made relative, `#didcomm-N`).
+        services: Vec<DidCommService>,
+    },
 }
 
 /// An identity with its private keys. `Debug` redacts the secrets.
@@ -152,14 +167,15 @@ pub struct Identity {
     /// Absolute id of the keyAgreement method.
     pub agreement_kid: String,
     /// DIDComm services (mediators). For did:web also in `document`; a did:key document
-    /// cannot carry services, so for did:key they live only here.
+    /// cannot carry services, so for did:key they live only here; a did:peer:2 carries
+    /// the services it was created with in the DID (these start as a copy of them).
     pub services: Vec<DidCommService>,
     /// Creation time, seconds since the Unix epoch.
     pub created_at: u64,
 }
 
 impl Identity {
-    /// `key` or `web`.
+    /// `key`, `peer` or `web`.
     pub fn method(&self) -> &str {
         self.did
             .strip_prefix("did:")
@@ -356,6 +372,23 @@ impl Wallet {
                 // signing key (key separation).
                 (did.to_string(), Zeroizing::new(clamp(*web_x25519)))
             }
+            Method::Peer { services } => {
+                // Like did:web, a did:peer:2 lists both keys: independent X25519 key.
+                let x = Zeroizing::new(clamp(*web_x25519));
+                let x_pub = x25519_dalek::PublicKey::from(&StaticSecret::from(*x)).to_bytes();
+                let did = identities::did_peer_2(
+                    &signing_key.verifying_key().to_bytes(),
+                    &x_pub,
+                    services,
+                )?;
+                (did, x)
+            }
+        };
+        let services = match &method {
+            Method::Peer { .. } => peer::resolve(&did)
+                .map_err(|e| WalletError::Corrupt(format!("new did:peer: {e}")))?
+                .didcomm_services(),
+            _ => Vec::new(),
         };
         let record = IdentityRecord {
             v: RECORD_VERSION,
@@ -367,7 +400,7 @@ impl Wallet {
                 .map_or(0, |d| d.as_secs()),
             ed25519_seed: hex::encode(seed),
             x25519_secret: hex::encode(x_secret.as_ref()),
-            services: Vec::new(),
+            services,
         };
         let bytes = Zeroizing::new(
             serde_json::to_vec(&record).map_err(|e| WalletError::Storage(e.to_string()))?,
@@ -599,6 +632,14 @@ fn identity_from_record(rec: &IdentityRecord) -> Result<Identity, WalletError> {
             return Err(corrupt());
         }
         key::resolve(&rec.did).map_err(|_| corrupt())?
+    } else if rec.did.starts_with("did:peer:") {
+        let doc = peer::resolve(&rec.did).map_err(|_| corrupt())?;
+        // The stored seed must be the DID's authentication key.
+        let auth = doc.authentication_methods();
+        if auth.first().map(|vm| vm.key) != Some(PublicKey::Ed25519(ed_pub)) {
+            return Err(corrupt());
+        }
+        doc
     } else {
         web_document(&rec.did, &ed_pub, &x_pub, &rec.services)
     };

@@ -216,6 +216,19 @@ async fn pack(ctx: &Ctx, a: PackArgs) -> anyhow::Result<()> {
         msg.created_time = Some(message::now());
     }
     let anonymous = a.mode == Mode::Anoncrypt && !a.sign;
+    if let Some(name) = a.from.as_deref() {
+        if anonymous || a.mode == Mode::Plain {
+            eprintln!(
+                "warning: --from {name} is ignored: a {} message without --sign names no \
+                 sender; use --mode authcrypt, --mode signed or --sign to send as {name}",
+                if a.mode == Mode::Plain {
+                    "plain"
+                } else {
+                    "anoncrypt"
+                }
+            );
+        }
+    }
     if msg.from.is_none() && !anonymous && a.mode != Mode::Plain {
         msg.from = Some(me.did.clone());
     }
@@ -275,6 +288,23 @@ async fn pack(ctx: &Ctx, a: PackArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One line saying how the message was protected, from the layers `unpack` found
+/// (authcrypt is told by its ECDH-1PU layer, not by "encrypted and authenticated", which a
+/// signed anoncrypt message is too).
+fn protection_label(meta: &mpc_did_didcomm::UnpackMetadata) -> &'static str {
+    let authcrypt = meta.enc_alg_auth.is_some();
+    match (meta.encrypted, authcrypt, meta.non_repudiation) {
+        (true, true, true) => "signed and authcrypt (encrypted, sender authenticated)",
+        (true, true, false) => "authcrypt (encrypted, sender authenticated)",
+        (true, false, true) => {
+            "signed and anoncrypt (encrypted, sender authenticated by the signature)"
+        }
+        (true, false, false) => "anoncrypt (encrypted, sender NOT authenticated)",
+        (false, _, true) => "signed (not encrypted)",
+        (false, _, false) => "plaintext (neither encrypted nor authenticated)",
+    }
+}
+
 async fn unpack_cmd(ctx: &Ctx, a: UnpackArgs) -> anyhow::Result<()> {
     let keys = wallet_keys(ctx)?;
     let bytes = read_input(&a.input)?;
@@ -302,14 +332,7 @@ async fn unpack_cmd(ctx: &Ctx, a: UnpackArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     writeln!(out, "{}", serde_json::to_string_pretty(&msg)?)?;
-    let protection = match (meta.encrypted, meta.authenticated, meta.non_repudiation) {
-        (true, true, true) => "signed and authcrypt (encrypted, sender authenticated)",
-        (true, true, false) => "authcrypt (encrypted, sender authenticated)",
-        (true, false, _) => "anoncrypt (encrypted, sender NOT authenticated)",
-        (false, _, true) => "signed (not encrypted)",
-        (false, _, false) => "plaintext (neither encrypted nor authenticated)",
-    };
-    writeln!(out, "-- {protection}")?;
+    writeln!(out, "-- {}", protection_label(&meta))?;
     if let Some(k) = &meta.encrypted_from_kid {
         writeln!(out, "-- authenticated sender key: {k}")?;
     }

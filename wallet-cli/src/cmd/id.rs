@@ -1,25 +1,31 @@
-//! `mpc-did id ...`: create, list, show and export identities (spec/identity.md).
+//! `mpc-did id ...`: create, list, show, export and import identities (spec/identity.md).
 //!
-//! Private keys are never printed: `show` and `list` print DIDs, key ids and public keys.
+//! Private keys are never printed by `show` and `list` (DIDs, key ids and public keys
+//! only); `export --private` writes them, with a warning on stderr, and only then.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use mpc_did_resolver::{web, Did, PublicKey};
-use mpc_did_wallet::{Identity, Method, Wallet, WalletError};
+use mpc_did_agent::client::MediatorInfo;
+use mpc_did_resolver::{web, Did, DidCommService, PublicKey};
+use mpc_did_wallet::{ExportFormat, Identity, Method, Wallet, WalletError};
 use serde_json::{json, Value};
 
 use crate::ctx::Ctx;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum IdCommand {
-    /// Create a new identity (did:key by default, or did:web for a domain you control).
+    /// Create a new identity (did:key by default, did:peer:2, or did:web for a domain you
+    /// control).
     #[command(after_help = "\
 Examples:
   mpc-did id create --name alice
+  mpc-did id create --name carol --method peer --mediator https://mediator.example.org
   mpc-did id create --name shop --method web --domain example.com
   mpc-did id create --name bob --method web --domain example.com:8443/users/bob
 
+A did:peer:2 carries its keys and its DIDComm service (the mediator's endpoint and
+routing key, asked from the mediator at --mediator) in the DID itself: nothing to publish.
 A did:web identity needs its document published at its did:web URL:
 see `mpc-did id export-web`.")]
     Create(CreateArgs),
@@ -43,6 +49,23 @@ https://example.com/.well-known/did.json).")]
     /// Make an identity the default one.
     #[command(after_help = "Example:\n  mpc-did id default bob")]
     Default(DefaultArgs),
+    /// Export an identity's keys: public keys by default, private keys only with
+    /// --private (to move the identity or use it with another tool).
+    #[command(after_help = "\
+Examples:
+  mpc-did id export alice --format jwk
+  mpc-did id export alice --private --format multibase --out alice-keys.json
+
+Files are written readable by you only (mode 0600). Anyone with a --private export can
+act as the identity: keep it like an SSH private key.")]
+    Export(ExportArgs),
+    /// Import an identity from a key file: an `id export --private` file, a JWK Set with
+    /// an Ed25519 private key, or a 64-hex-digit Ed25519 seed (a did:key).
+    #[command(after_help = "\
+Examples:
+  mpc-did id import alice-keys.json
+  mpc-did id import seed.hex --name restored")]
+    Import(ImportArgs),
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +74,40 @@ pub enum MethodArg {
     Key,
     /// did:web: a document you publish on your web server.
     Web,
+    /// did:peer:2: Ed25519 + X25519 keys and the mediator service in the DID itself.
+    Peer,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FormatArg {
+    /// A JWK Set (RFC 7517) of OKP keys; private keys as `d`.
+    Jwk,
+    /// `publicKeyMultibase` / `secretKeyMultibase` (multicodec, base58btc).
+    Multibase,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Identity name.
+    name: String,
+    /// Include the private keys (a warning is printed on stderr).
+    #[arg(long)]
+    private: bool,
+    /// Key encoding.
+    #[arg(long, value_enum, default_value_t = FormatArg::Jwk)]
+    format: FormatArg,
+    /// Write to this file (mode 0600) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// The key file (`-` for standard input).
+    file: PathBuf,
+    /// Local name [default: the name in the file, else "imported"].
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -64,6 +121,10 @@ pub struct CreateArgs {
     /// For --method web: the domain, optional port and path, e.g. example.com:8443/users/bob.
     #[arg(long, value_name = "D[:PORT][/PATH]", required_if_eq("method", "web"))]
     domain: Option<String>,
+    /// For --method peer: the mediator (its base URL or invitation URL) whose endpoint and
+    /// routing key go into the DID's DIDCommMessaging service.
+    #[arg(long, value_name = "URL")]
+    mediator: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -90,7 +151,9 @@ pub struct DefaultArgs {
 pub async fn run(ctx: &Ctx, cmd: IdCommand) -> anyhow::Result<()> {
     let wallet = open_wallet(ctx)?;
     match cmd {
-        IdCommand::Create(a) => create(ctx, &wallet, a),
+        IdCommand::Create(a) => create(ctx, &wallet, a).await,
+        IdCommand::Export(a) => export(ctx, &wallet, a),
+        IdCommand::Import(a) => import(ctx, &wallet, a),
         IdCommand::List => list(ctx, &wallet),
         IdCommand::Show(a) => show(ctx, &wallet, a),
         IdCommand::ExportWeb(a) => export_web(ctx, &wallet, a),
@@ -123,6 +186,9 @@ pub fn explain(e: WalletError) -> anyhow::Error {
         WalletError::IdentityExists(n) => anyhow::anyhow!(
             "an identity named '{n}' already exists: choose another with --name (see `mpc-did id list`)"
         ),
+        WalletError::InvalidKeyFile(reason) => anyhow::anyhow!(
+            "cannot import the key file: {reason} (see `mpc-did id import --help` for the formats)"
+        ),
         WalletError::NotWeb(n) => anyhow::anyhow!(
             "identity '{n}' is not a did:web identity, so there is nothing to publish; \
              create one with `mpc-did id create --method web --domain D`"
@@ -131,15 +197,41 @@ pub fn explain(e: WalletError) -> anyhow::Error {
     }
 }
 
-fn create(ctx: &Ctx, wallet: &Wallet, a: CreateArgs) -> anyhow::Result<()> {
+async fn create(ctx: &Ctx, wallet: &Wallet, a: CreateArgs) -> anyhow::Result<()> {
+    if a.mediator.is_some() && a.method != MethodArg::Peer {
+        anyhow::bail!(
+            "--mediator is only for did:peer (its service is in the DID): add `--method peer`, \
+             or register a did:key/did:web identity with `mpc-did mediator register URL`"
+        );
+    }
     let method = match (a.method, a.domain) {
         (MethodArg::Key, None) => Method::Key,
-        (MethodArg::Key, Some(_)) => {
+        (MethodArg::Key | MethodArg::Peer, Some(_)) => {
             anyhow::bail!("--domain is only for did:web: add `--method web` or drop --domain")
         }
         (MethodArg::Web, Some(domain)) => Method::Web { domain },
         (MethodArg::Web, None) => {
             anyhow::bail!("--method web needs --domain D[:PORT][/PATH]")
+        }
+        (MethodArg::Peer, None) => {
+            let services = match &a.mediator {
+                None => Vec::new(),
+                Some(url) => {
+                    let info = MediatorInfo::discover(url).await.with_context(|| {
+                        format!(
+                            "cannot reach the mediator at {url} to learn its endpoint and \
+                             routing key; check the URL, or create the did:peer without --mediator"
+                        )
+                    })?;
+                    vec![DidCommService {
+                        id: String::new(),
+                        uri: info.http,
+                        accept: vec!["didcomm/v2".into()],
+                        routing_keys: vec![info.routing_key],
+                    }]
+                }
+            };
+            Method::Peer { services }
         }
     };
     let id = wallet.create_identity(&a.name, method).map_err(explain)?;
@@ -152,6 +244,21 @@ fn create(ctx: &Ctx, wallet: &Wallet, a: CreateArgs) -> anyhow::Result<()> {
     println!("  DID:            {}", id.did);
     println!("  authentication: {}", id.auth_kid);
     println!("  keyAgreement:   {}", id.agreement_kid);
+    for svc in &id.services {
+        println!(
+            "  service:        {} (routing keys: {})",
+            svc.uri,
+            svc.routing_keys.join(", ")
+        );
+    }
+    if id.method() == "peer" && !id.services.is_empty() {
+        println!();
+        println!(
+            "Register it with the mediator so that it accepts messages for it:\n  mpc-did mediator register {} --id {}",
+            a.mediator.as_deref().unwrap_or("URL"),
+            id.name
+        );
+    }
     if id.method() == "web" {
         let url = publish_url(&id.did)?;
         println!();
@@ -260,6 +367,85 @@ fn export_web(ctx: &Ctx, wallet: &Wallet, a: ExportWebArgs) -> anyhow::Result<()
         } else {
             println!("Wrote {}. {msg}", a.out.display());
         }
+    }
+    Ok(())
+}
+
+fn export(ctx: &Ctx, wallet: &Wallet, a: ExportArgs) -> anyhow::Result<()> {
+    let format = match a.format {
+        FormatArg::Jwk => ExportFormat::Jwk,
+        FormatArg::Multibase => ExportFormat::Multibase,
+    };
+    let text = wallet
+        .export_identity(&a.name, format, a.private)
+        .map_err(explain)?;
+    if a.private {
+        eprintln!(
+            "warning: this export contains the PRIVATE keys of '{}': anyone who reads it can \
+             act as this identity. Keep it like an SSH private key.",
+            a.name
+        );
+    }
+    match &a.out {
+        None => print!("{}", text.as_str()),
+        Some(path) => {
+            mpc_did_wallet::write_private_file(path, text.as_bytes()).map_err(explain)?;
+            if ctx.json {
+                println!(
+                    "{}",
+                    json!({"name": a.name, "out": path, "private": a.private})
+                );
+            } else {
+                println!(
+                    "Wrote the {} keys of '{}' to {} (mode 0600).",
+                    if a.private {
+                        "private and public"
+                    } else {
+                        "public"
+                    },
+                    a.name,
+                    path.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn import(ctx: &Ctx, wallet: &Wallet, a: ImportArgs) -> anyhow::Result<()> {
+    let max = mpc_did_wallet::MAX_KEY_FILE_BYTES;
+    let text = if a.file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(std::io::stdin(), max as u64 + 1),
+            &mut s,
+        )
+        .context("cannot read the key file from standard input")?;
+        s
+    } else {
+        let meta = std::fs::metadata(&a.file)
+            .with_context(|| format!("cannot read {}", a.file.display()))?;
+        if meta.len() > max as u64 {
+            anyhow::bail!(
+                "{} is {} bytes: a key file is at most {max} bytes",
+                a.file.display(),
+                meta.len()
+            );
+        }
+        std::fs::read_to_string(&a.file)
+            .with_context(|| format!("cannot read {}", a.file.display()))?
+    };
+    let id = wallet
+        .import_identity(a.name.as_deref(), &text)
+        .map_err(explain)?;
+    let is_default = is_default(wallet, &id.name);
+    if ctx.json {
+        println!("{}", summary(&id, is_default, false));
+    } else {
+        println!("Imported identity '{}'", id.name);
+        println!("  DID:            {}", id.did);
+        println!("  authentication: {}", id.auth_kid);
+        println!("  keyAgreement:   {}", id.agreement_kid);
     }
     Ok(())
 }
