@@ -25,16 +25,13 @@ use serde_json::{json, Value};
 const PEER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../interop/veramo");
 
 /// Whether Veramo reads our JWS (plain `signed`, and signed inside anoncrypt/authcrypt).
-/// ✗ until didcomm-eco's fix lands (issue 14 item 1): we put the signer's `kid` only in
-/// the JWS unprotected header, as the spec's examples do, and Veramo 7 looks for it in the
-/// protected header (`sender is not a DID or does not match the kid`). Flip to `true`
-/// with that fix.
-const VERAMO_READS_OUR_JWS: bool = false;
+/// ✓ since the signer's `kid` is also in the JWS protected header (spec/didcomm.md §3):
+/// Veramo 7 looks for it there (`sender is not a DID or does not match the kid`).
+const VERAMO_READS_OUR_JWS: bool = true;
 
-/// Whether we read Veramo's JWS. ✗ until didcomm-eco's fix lands (issue 14 item 1): Veramo
-/// sends the flattened JSON serialization (RFC 7515 §7.2.2), which we still refuse
-/// (`unsupported algorithm: flattened or compact JWS`). Flip to `true` with that fix.
-const WE_READ_VERAMO_JWS: bool = false;
+/// Whether we read Veramo's JWS. ✓ since we accept the flattened JSON serialization
+/// (RFC 7515 §7.2.2) that Veramo sends (spec/didcomm.md §3).
+const WE_READ_VERAMO_JWS: bool = true;
 
 /// `node` and the installed peer, or `None` (skip) / panic (`MPC_DID_REQUIRE_INTEROP=1`).
 pub fn veramo() -> Option<String> {
