@@ -136,9 +136,24 @@ async fn flood(stranger: &Agent, to: &Agent, n: usize, type_: &str, authcrypt: b
             .await
             .unwrap();
             let uri = packed.service.unwrap().uri;
-            mpc_did_agent::client::post_packed(&http, &uri, packed.message.into_bytes())
-                .await
-                .unwrap();
+            let body = packed.message.into_bytes();
+            // A stranger past the mediator's per-source quota (500 unacknowledged
+            // messages, spec/security.md §11) is refused with `source-quota` until the
+            // recipient acknowledges; under load the flood can outrun Bob's acks, so the
+            // flooder retries like a real sender would instead of failing the test.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match mpc_did_agent::client::post_packed(&http, &uri, body.clone()).await {
+                    Ok(()) => break,
+                    Err(mpc_did_agent::client::ClientError::Problem { code, .. })
+                        if code.ends_with("source-quota")
+                            && tokio::time::Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await; // back-off before the retry
+                    }
+                    Err(e) => panic!("flood message {i}: {e}"),
+                }
+            }
         });
     }
     while let Some(t) = tasks.join_next().await {
