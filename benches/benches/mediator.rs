@@ -43,7 +43,7 @@ use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_didcomm::message::message;
 use mpc_did_didcomm::{pack_encrypted, wrap_in_forward, PackOptions};
 use mpc_did_mediator::store::message_id;
-use mpc_did_mediator::testkit::ephemeral_identity;
+use mpc_did_testkit::mediator::ephemeral_identity;
 use mpc_did_mediator::{Config, Limits, Mediator};
 use mpc_did_resolver::UniversalResolver;
 

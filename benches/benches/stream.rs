@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use common::{latency, tcp_pair};
 
-use mpc_did_driver::{local, DriverConfig, SessionHandle, SessionStream};
+use mpc_did_driver::{DriverConfig, SessionHandle, SessionStream};
+use mpc_did_testkit::local;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 

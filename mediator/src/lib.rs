@@ -47,7 +47,6 @@ pub mod metrics;
 mod server;
 pub mod services;
 pub mod store;
-pub mod testkit;
 
 use std::future::Future;
 use std::net::SocketAddr;

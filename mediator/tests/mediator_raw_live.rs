@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{client, introduce, registered_pair, MediatorProc};
 use mpc_did_agent::client::{Delivered, LiveConnection, MediatorClient, MediatorInfo};
 use mpc_did_mediator::messages::message;
-use mpc_did_mediator::testkit::RedisServer;
+use mpc_did_testkit::mediator::RedisServer;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);

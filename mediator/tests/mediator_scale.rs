@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{client, introduce, registered_pair, MediatorProc};
 use mpc_did_agent::client::MediatorInfo;
 use mpc_did_mediator::messages::message;
-use mpc_did_mediator::testkit::RedisServer;
+use mpc_did_testkit::mediator::RedisServer;
 use serde_json::json;
 
 /// Two mediator instances on one Redis are one mediator: same DID, each delivers what

@@ -27,7 +27,7 @@ use mpc_did_connect::{
     RelaySetup, UpgradeConfig,
 };
 use mpc_did_e3::{NatKind, Topology};
-use mpc_did_mediator::testkit::serve_public_mediator;
+use mpc_did_testkit::mediator::serve_public_mediator;
 use mpc_did_rendezvous::candidate::CandidateKind;
 use mpc_did_rendezvous::nat::NatMapping;
 use mpc_did_resolver::{DidCommService, UniversalResolver};

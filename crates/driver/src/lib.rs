@@ -41,7 +41,6 @@
 #![forbid(unsafe_code)]
 
 mod driver;
-pub mod local;
 pub mod path;
 mod transport;
 

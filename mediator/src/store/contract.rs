@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::testkit::RedisServer;
+use mpc_did_testkit::mediator::RedisServer;
 
 const LIMITS: QueueLimits = QueueLimits {
     max_messages: 3,

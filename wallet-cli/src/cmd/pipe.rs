@@ -527,7 +527,8 @@ pub fn short_reason(e: &anyhow::Error) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use mpc_did_driver::{local::session_pair_with, DriverConfig};
+    use mpc_did_driver::DriverConfig;
+    use mpc_did_testkit::local::session_pair_with;
     use sha2::{Digest as _, Sha256};
 
     fn data(seed: u8, len: usize) -> Vec<u8> {
