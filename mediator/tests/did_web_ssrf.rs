@@ -40,17 +40,12 @@ impl Canary {
     async fn connections_before_ours(&self) -> usize {
         let ours = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let me = ours.local_addr().unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = self.accepted.lock().unwrap().iter().position(|p| *p == me) {
-                return i;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "canary never accepted"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let position = || self.accepted.lock().unwrap().iter().position(|p| *p == me);
+        assert!(
+            mpc_did_testkit::wait_until(|| position().is_some(), Duration::from_secs(10)).await,
+            "canary never accepted"
+        );
+        position().unwrap()
     }
 }
 

@@ -68,12 +68,12 @@ async fn start(cfg: RelayServiceConfig) -> Relay {
     Relay { m, h, _dir: dir }
 }
 
-async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The test kit's poll, failing the test with `what` if `cond` never holds.
+async fn wait_until(what: &str, deadline: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        mpc_did_testkit::wait_until(cond, deadline).await,
+        "timed out waiting for {what}"
+    );
 }
 
 async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RelayToClient> {

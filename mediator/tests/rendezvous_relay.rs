@@ -336,6 +336,7 @@ async fn flood_is_throttled_and_other_clients_are_unaffected() {
     let w = tokio::spawn(async move {
         for c in d2.chunks(16 << 10) {
             sa.write_all(c).await.unwrap();
+            // Paces A's writes well below the rate limit (not a wait for a condition).
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         sa

@@ -243,6 +243,8 @@ async fn router_waits_for_a_late_registration_and_labels_the_path() {
     a.attach_path_as(Box::new(tcp), Some(info.clone()))
         .await
         .unwrap();
+    // Simulates the late registration (not a wait for a condition): the router has read
+    // the hello long before `register`, and must hold the path meanwhile.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(b.path().attached, 0, "routed before registration");
     router.register(&b);
