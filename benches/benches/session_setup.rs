@@ -18,8 +18,8 @@ use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_agent::Agent;
 use mpc_did_connect::{Binding, Connector, ConnectorConfig, Established};
 use mpc_did_mediator::{Config, Mediator, MediatorHandle};
-use mpc_did_testkit::mediator as testkit;
 use mpc_did_resolver::UniversalResolver;
+use mpc_did_testkit::mediator as testkit;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::runtime::Runtime;
 

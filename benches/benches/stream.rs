@@ -1,4 +1,4 @@
-//! Stream benchmark (issue 6 "Speed"): bulk throughput and small-message round trips of one
+//! Stream benchmark (spec/session.md §6; README "Benchmarks"): bulk throughput and small-message round trips of one
 //! session stream on the direct loopback TCP path, against plain loopback TCP measured in the
 //! same run. Target: session direct ≥ 0.5× plain TCP throughput.
 //!

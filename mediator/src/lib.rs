@@ -12,7 +12,7 @@
 //! mediator's problem codes and disclosures), resolve DIDs (crate `mpc-did-resolver`),
 //! hold user wallets, or talk to a mediator as a party does (the client is
 //! `mpc_did_agent::client`, so parties never depend on this crate). STUN and relay services plug in beside
-//! the mediator through [`Service`] (issue 5).
+//! the mediator through [`Service`] (spec/mediator.md §9).
 //!
 //! ```text
 //!  sender ── POST /didcomm (anoncrypt forward) ──▶ core::handle ──▶ Store::enqueue (durable)

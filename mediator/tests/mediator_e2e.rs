@@ -81,7 +81,10 @@ async fn offline_then_live() {
     assert_eq!(seen, (0..6).collect());
     live.close().await;
     // Acknowledged over the socket: nothing left.
-    assert!(wait_queued(&a, 0).await, "acknowledged messages were not deleted");
+    assert!(
+        wait_queued(&a, 0).await,
+        "acknowledged messages were not deleted"
+    );
 }
 
 /// spec/mediator.md §2, §5: a message acknowledged with HTTP 202, or over WebSocket with

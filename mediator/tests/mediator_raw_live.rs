@@ -9,9 +9,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::{
-    client, introduce, registered_pair, wait_live_sessions, wait_queued, MediatorProc,
-};
+use common::{client, introduce, registered_pair, wait_live_sessions, wait_queued, MediatorProc};
 use mpc_did_agent::client::{Delivered, LiveConnection, MediatorClient, MediatorInfo};
 use mpc_did_mediator::messages::message;
 use mpc_did_testkit::mediator::RedisServer;
@@ -148,7 +146,10 @@ async fn raw_live_across_two_instances() {
     introduce(&b, &a1);
     b.send(&a1.did, note(0)).await.unwrap();
     let mut live = a2.live_raw(WAIT).await.unwrap();
-    assert!(wait_live_sessions(&m2.url(), 1).await, "raw live on instance 2");
+    assert!(
+        wait_live_sessions(&m2.url(), 1).await,
+        "raw live on instance 2"
+    );
     b.send(&a1.did, note(1)).await.unwrap();
     let got = take(&a2, &mut live, 2).await;
     assert_eq!(
@@ -156,6 +157,9 @@ async fn raw_live_across_two_instances() {
         (0..2).collect()
     );
     live.ack(&ids(&got, 0..2)).await.unwrap();
-    assert!(wait_queued(&a1, 0).await, "the acknowledgement deletes for both instances");
+    assert!(
+        wait_queued(&a1, 0).await,
+        "the acknowledgement deletes for both instances"
+    );
     live.close().await;
 }

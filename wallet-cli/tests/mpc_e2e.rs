@@ -1,4 +1,4 @@
-//! Issue 7 end to end, as users would run it: a real `mpc-did-mediator` binary on loopback
+//! The MPC session (spec/lobby.md) end to end, as users would run it: a real `mpc-did-mediator` binary on loopback
 //! (its own process), three wallets in temporary homes, `mpc-did mpc new / invite / join /
 //! host` (spec/lobby.md §1), then three concurrent `mpc-did run` processes, each running
 //! real MPyC (from PyPI, `MPC_DID_PYTHON`) over secure sessions through its own proxy.

@@ -146,7 +146,7 @@ async fn a_proposal_for_another_mpc_session_is_declined() {
     m.shutdown().await;
 }
 
-/// issue 6: a forced-relay session carries data, and survives forced switches
+/// spec/session.md §7.5: a forced-relay session carries data, and survives forced switches
 /// relay → direct → relay in the middle of a transfer without losing a byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_path_and_switches_between_relay_and_direct() {

@@ -1,5 +1,5 @@
 //! Secure sessions through `Connector::establish` between two real agents behind NATs in
-//! Linux network namespaces this test creates (issue 6; spec/session.md §7.5,
+//! Linux network namespaces this test creates (spec/session.md §7.5,
 //! spec/rendezvous.md §6): a real mediator (DIDComm + STUN with an alternate address +
 //! relay) in the "public" namespace, each party in a "home" namespace behind its own NAT
 //! namespace (e3: real iptables NATs). Negotiation goes through the mediator (DIDComm), the

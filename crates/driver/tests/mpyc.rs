@@ -1,4 +1,4 @@
-//! Real MPyC through the proxy over Noise sessions (the data plane of issue 7, without the
+//! Real MPyC through the proxy over Noise sessions (the data plane of spec/lobby.md §1, without the
 //! DIDComm lobby): three processes, each talking only to its own proxy on loopback.
 #![allow(clippy::unwrap_used)]
 

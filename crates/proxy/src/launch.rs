@@ -293,7 +293,9 @@ pub const PYTHON_ENV: &str = "MPC_DID_PYTHON";
 #[non_exhaustive]
 pub enum PythonError {
     /// `$MPC_DID_PYTHON` is set but cannot import the modules.
-    #[error("{PYTHON_ENV}={path:?} cannot `import {modules}`: point it at a Python with them installed")]
+    #[error(
+        "{PYTHON_ENV}={path:?} cannot `import {modules}`: point it at a Python with them installed"
+    )]
     Unusable {
         /// The Python `$MPC_DID_PYTHON` names.
         path: PathBuf,

@@ -274,7 +274,7 @@ async fn real_mpyc_large_messages_through_proxies() {
     }
 }
 
-/// Issue 7: killing one party makes the others exit with an error instead of hanging.
+/// The crate docs ("an error on either side closes both"): killing one party makes the others exit with an error instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_party_stops_the_others_with_an_error() {
     let people: Vec<String> = (3..60).map(|n| n.to_string()).collect();
