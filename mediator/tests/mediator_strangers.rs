@@ -304,7 +304,7 @@ async fn keylist_squatting_is_refused() {
 async fn squatted_key_is_taken_back_by_its_owner() {
     use mpc_did_mediator::store::{KeyUpdate, RedisStore, Store as _};
     let redis = mpc_did_testkit::mediator::RedisServer::start().unwrap();
-    let (alice_did, alice_secrets) = common::identity();
+    let (alice_did, alice_secrets) = mpc_did_testkit::mediator::ephemeral_identity();
     let mallory = "did:key:z6MkfakeMallory";
     let store = RedisStore::connect(&redis.url, "mpcdid:").await.unwrap();
     store.grant(mallory).await.unwrap();

@@ -77,9 +77,6 @@ impl Drop for MediatorProc {
     }
 }
 
-/// A fresh did:key identity: DID and its secrets.
-pub use mpc_did_testkit::mediator::ephemeral_identity as identity;
-
 /// A client for a fresh identity at the mediator `url` (not registered).
 pub async fn client(url: &str) -> MediatorClient {
     mpc_did_testkit::mediator::client(url, Identity::generate()).await

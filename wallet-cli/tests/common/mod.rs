@@ -63,6 +63,7 @@ pub fn ok(home: &Path, args: &[&str]) -> String {
 
 /// Polls `cond` until it holds (`true`) or `deadline` passes (`false`, after one last
 /// try): the test kit's poll, for these tests' threads.
+#[allow(unused_imports)] // each test file is its own crate and uses part of this module
 pub use mpc_did_testkit::wait_until_blocking as wait_until;
 
 /// Wait for a child at most `limit`; kill it (and fail) if it does not exit.
@@ -181,4 +182,6 @@ pub fn loopback_config(data: &Path) -> mpc_did_mediator::Config {
     }
 }
 
+/// Says on stderr that (part of) the running test is skipped and why (`SKIPPED: …`).
+#[allow(unused_imports)] // each test file is its own crate and uses part of this module
 pub use mpc_did_testkit::skipped;
