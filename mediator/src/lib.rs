@@ -36,6 +36,7 @@
 //! ```
 //! Protocol and deployment details: `spec/mediator.md`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
 mod core;

@@ -46,7 +46,9 @@ pub enum Output {
 /// proxy's `-M/-I/-P` arguments are appended after them.
 #[derive(Debug, Clone)]
 pub struct Program {
+    /// The command line: interpreter or program first, then its arguments.
     pub argv: Vec<OsString>,
+    /// Where the program's stdout and stderr go.
     pub output: Output,
     /// How long the program may take to stop after SIGINT/SIGTERM before SIGKILL.
     pub grace: Duration,
@@ -74,16 +76,23 @@ pub struct RunOutcome {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LaunchError {
+    /// [`Program::argv`] is empty.
     #[error("no program given: pass e.g. `-- python prog.py`")]
     NoProgram,
+    /// The program could not be started (not found, not executable).
     #[error("cannot start {program:?}: {source}")]
     Spawn {
+        /// `argv[0]`.
         program: OsString,
+        /// The operating system's reason.
         #[source]
         source: std::io::Error,
     },
+    /// Waiting for the program's exit failed.
     #[error("waiting for the program failed: {0}")]
     Wait(#[source] std::io::Error),
+    /// The run was stopped (the `stop` future resolved, e.g. on Ctrl-C) before the
+    /// program exited; the program was stopped too.
     #[error("interrupted")]
     Interrupted,
     /// The program's private links could not be set up.
@@ -96,7 +105,10 @@ pub enum LaunchError {
         "the program did not load mpc-did's MPyC link hook within {secs} s and was stopped: \
          run MPyC programs with a plain `python prog.py` (not `python -I`, `-E` or `-S`)"
     )]
-    HookNotLoaded { secs: u64 },
+    HookNotLoaded {
+        /// How long the program had, in seconds.
+        secs: u64,
+    },
 }
 
 /// How long a started program may take to load the link hook (Python runs it before the
