@@ -158,7 +158,12 @@ impl Core {
     }
 
     /// Handles one packed DIDComm message that arrived from `source`.
-    pub(crate) async fn handle(&self, raw: &[u8], transport: Transport, source: SourceAddr) -> Handled {
+    pub(crate) async fn handle(
+        &self,
+        raw: &[u8],
+        transport: Transport,
+        source: SourceAddr,
+    ) -> Handled {
         self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
         let max = usize::try_from(self.config.limits.max_message_bytes).unwrap_or(usize::MAX);
         if raw.len() > max {
