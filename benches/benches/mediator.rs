@@ -26,8 +26,8 @@
 //! `MEDIATOR_BENCH_CLIENTS=1,100` runs only those levels and skips the idle-socket part
 //! (for profiling one level); `MEDIATOR_BENCH_COALESCE_MS` sets the mediator's
 //! `live_coalesce_ms` (default: the mediator's default). The recipients' client caches the
-//! ECDH-1PU static share with the mediator, as every `MediatorClient` now does. Since
-//! issue #4 the default live mode is raw (see above), and `MEDIATOR_BENCH_ACK_MS` sets how
+//! ECDH-1PU static share with the mediator, as every `MediatorClient` now does. The
+//! default live mode is raw (spec/mediator.md §3.1, see above), and `MEDIATOR_BENCH_ACK_MS` sets how
 //! long a recipient waits for more pushes before acknowledging (default 50 ms since the
 //! README reports that setting; it was 5 ms).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -43,9 +43,9 @@ use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_didcomm::message::message;
 use mpc_did_didcomm::{pack_encrypted, wrap_in_forward, PackOptions};
 use mpc_did_mediator::store::message_id;
-use mpc_did_mediator::testkit::ephemeral_identity;
 use mpc_did_mediator::{Config, Limits, Mediator};
 use mpc_did_resolver::UniversalResolver;
+use mpc_did_testkit::mediator::ephemeral_identity;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();

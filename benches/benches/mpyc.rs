@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use mpc_did_driver::local;
+use mpc_did_testkit::local;
 use mpyc_common::{median, parse_stop, python, run_parties, script};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};

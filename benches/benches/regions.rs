@@ -50,11 +50,12 @@ use mpc_did_agent::Agent;
 use mpc_did_connect::{
     mediator_stun, Binding, Connector, ConnectorConfig, QuicSetup, RelayIdentity, RelaySetup,
 };
-use mpc_did_driver::{local, DriverConfig, SessionHandle};
+use mpc_did_driver::{DriverConfig, SessionHandle};
 use mpc_did_e3::{check_available, NatKind, Topology};
-use mpc_did_mediator::testkit::serve_public_mediator;
 use mpc_did_proxy::PartyId;
 use mpc_did_resolver::{DidCommService, UniversalResolver};
+use mpc_did_testkit::local;
+use mpc_did_testkit::mediator::serve_public_mediator;
 use mpyc_common::{median, python, run_parties, run_party, script, timing, Timing};
 
 const PARTIES: usize = 3;

@@ -1,4 +1,4 @@
-//! Relay benchmark (issue 5 "Speed"): throughput and added latency of the
+//! Relay benchmark (spec/rendezvous.md §7.4): throughput and added latency of the
 //! mediator's relay (plain TCP and WebSocket transports) against a direct
 //! loopback TCP stream, measured in the same run. Target: relayed
 //! throughput ≥ 0.3× direct.

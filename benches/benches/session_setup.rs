@@ -14,32 +14,16 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion};
-use mpc_did_agent::client::{MediatorClient, MediatorInfo};
-use mpc_did_agent::Agent;
 use mpc_did_connect::{Binding, Connector, ConnectorConfig, Established};
-use mpc_did_mediator::{testkit, Config, Mediator, MediatorHandle};
-use mpc_did_resolver::UniversalResolver;
+use mpc_did_mediator::MediatorHandle;
+use mpc_did_testkit::mediator::{self as testkit, loopback_mediator as mediator};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::runtime::Runtime;
 
 static TABLE: Mutex<Vec<(String, Vec<Duration>)>> = Mutex::new(Vec::new());
 
-async fn mediator(dir: &std::path::Path) -> MediatorHandle {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.to_path_buf(),
-        ..Config::default()
-    };
-    Mediator::builder(config).start().await.unwrap()
-}
-
 async fn party(m: &MediatorHandle) -> Connector {
-    let (did, secrets) = testkit::ephemeral_identity();
-    let info = MediatorInfo::discover(&m.public_url).await.unwrap();
-    let client =
-        MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
-    client.register().await.unwrap();
-    let agent = Agent::start(client).await.unwrap();
+    let (agent, _) = testkit::registered_agent(&m.public_url).await;
     let config = ConnectorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         ..ConnectorConfig::default()

@@ -1,4 +1,4 @@
-//! Stream benchmark (issue 6 "Speed"): bulk throughput and small-message round trips of one
+//! Stream benchmark (spec/session.md §6; README "Benchmarks"): bulk throughput and small-message round trips of one
 //! session stream on the direct loopback TCP path, against plain loopback TCP measured in the
 //! same run. Target: session direct ≥ 0.5× plain TCP throughput.
 //!
@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use common::{latency, tcp_pair};
 
-use mpc_did_driver::{local, DriverConfig, SessionHandle, SessionStream};
+use mpc_did_driver::{DriverConfig, SessionHandle, SessionStream};
+use mpc_did_testkit::local;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 

@@ -44,7 +44,7 @@
 //! # Ok::<(), mpc_did_resolver::ResolveError>(())
 //! ```
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod did;
 mod document;

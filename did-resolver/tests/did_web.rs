@@ -470,17 +470,12 @@ impl Canary {
     async fn connections_before_ours(&self) -> usize {
         let ours = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let me = ours.local_addr().unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = self.accepted.lock().unwrap().iter().position(|p| *p == me) {
-                return i;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "canary never accepted"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let position = || self.accepted.lock().unwrap().iter().position(|p| *p == me);
+        assert!(
+            mpc_did_testkit::wait_until(|| position().is_some(), Duration::from_secs(10)).await,
+            "canary never accepted"
+        );
+        position().unwrap()
     }
 }
 
@@ -599,14 +594,10 @@ async fn concurrent_fetches_are_bounded() {
         let did = did_for(c.addr, path);
         pending.push(tokio::spawn(async move { r.resolve(&did).await }));
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while c.count() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "fetches never connected"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(
+        mpc_did_testkit::wait_until(|| c.count() >= 2, Duration::from_secs(10)).await,
+        "fetches never connected"
+    );
     let started = std::time::Instant::now();
     let err = resolver.resolve(&did_for(c.addr, ":c")).await.unwrap_err();
     assert!(matches!(err, ResolveError::Busy { limit: 2 }), "{err}");

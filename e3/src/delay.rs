@@ -12,7 +12,7 @@
 //! fail-open (kernel queue full → packets pass).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -62,6 +62,7 @@ pub struct DelayLine {
     ns: Netns,
     one_way: Duration,
     stop: Arc<AtomicBool>,
+    held: Arc<AtomicUsize>,
     thread: Option<JoinHandle<Result<Result<Stats, E3Error>, E3Error>>>,
 }
 
@@ -79,6 +80,12 @@ impl DelayLine {
     #[must_use]
     pub fn one_way(&self) -> Duration {
         self.one_way
+    }
+
+    /// How many packets the line holds right now (tests wait on it instead of sleeping).
+    #[must_use]
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// Stop the line (as drop does) and report what it did.
@@ -127,6 +134,8 @@ impl Netns {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let flag = Arc::clone(&stop);
+        let held = Arc::new(AtomicUsize::new(0));
+        let held_count = Arc::clone(&held);
         let thread = self.spawn(move || {
             let queue = match open_queue() {
                 Ok(q) => {
@@ -138,7 +147,7 @@ impl Netns {
                     return Ok(Stats::default());
                 }
             };
-            run(queue, one_way, &flag)
+            run(queue, one_way, &flag, &held_count)
         })?;
         let opened = ready_rx.recv().unwrap_or_else(|_| {
             Err(std::io::Error::other(
@@ -149,6 +158,7 @@ impl Netns {
             ns: self.clone(),
             one_way,
             stop,
+            held,
             thread: Some(thread),
         };
         if let Err(e) = opened {
@@ -188,7 +198,12 @@ fn accept(queue: &mut nfq::Queue, mut msg: nfq::Message) -> Result<(), E3Error> 
 }
 
 /// The line itself: take packets as they come, release each once its time is due, in order.
-fn run(mut queue: nfq::Queue, one_way: Duration, stop: &AtomicBool) -> Result<Stats, E3Error> {
+fn run(
+    mut queue: nfq::Queue,
+    one_way: Duration,
+    stop: &AtomicBool,
+    held_count: &AtomicUsize,
+) -> Result<Stats, E3Error> {
     let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
     let mut stats = Stats::default();
     let result = loop {
@@ -218,6 +233,7 @@ fn run(mut queue: nfq::Queue, one_way: Duration, stop: &AtomicBool) -> Result<St
                 stats.packets += 1;
             }
         }
+        held_count.store(held.len(), Ordering::Relaxed);
         let wait = held.front().map_or(TICK, |(due, _)| {
             due.saturating_duration_since(now).min(TICK)
         });

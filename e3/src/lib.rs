@@ -32,6 +32,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -52,7 +53,12 @@ pub enum E3Error {
     Unavailable(String),
     /// A setup command failed.
     #[error("`{cmd}` failed: {stderr}")]
-    Command { cmd: String, stderr: String },
+    Command {
+        /// The command line that failed.
+        cmd: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
     /// A topology the address plan cannot hold (names, counts).
     #[error("bad topology: {0}")]
     Topology(String),
@@ -168,9 +174,11 @@ pub struct Host {
 /// A NAT in front of a host.
 #[derive(Debug, Clone)]
 pub struct Nat {
+    /// The namespace the NAT's iptables rules live in.
     pub ns: Netns,
     /// The NAT's public address.
     pub wan: Ipv4Addr,
+    /// Its mapping and filtering behaviour.
     pub kind: NatKind,
 }
 

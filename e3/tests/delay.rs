@@ -111,9 +111,15 @@ fn stopping_releases_what_it_holds() {
         .delay(Duration::from_secs(30))
         .unwrap();
     sock.send_to(b"held", to).unwrap();
-    // Let the datagram reach the queue, then stop the line long before its 30 s are up:
-    // it must be released, not dropped.
-    std::thread::sleep(Duration::from_millis(200));
+    // Once the datagram is in the queue, stop the line long before its 30 s are up: it
+    // must be released, not dropped.
+    assert!(
+        mpc_did_testkit::wait_until_blocking(
+            || line.held() == 1,
+            std::time::Instant::now() + Duration::from_secs(10)
+        ),
+        "the datagram never reached the delay line"
+    );
     let stats = line.finish().unwrap();
     assert_eq!(stats.packets, 1, "{stats:?}");
     let mut buf = [0u8; 64];

@@ -30,10 +30,10 @@ use mpc_did_didcomm::protocols::pickup_v4::LIVE_BACKLOG_FIELD;
 
 /// How long request ids are remembered against replay, and how far `created_time` may be
 /// from now (spec/mediator.md §3).
-pub const REPLAY_WINDOW: Duration = Duration::from_secs(300);
+pub(crate) const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 /// Longest message `id`, `thid` or `pthid` accepted (UUIDs are 36 characters). Ids are
 /// echoed in replies and remembered against replay, so they must not be megabytes.
-pub const MAX_ID_LEN: usize = 256;
+pub(crate) const MAX_ID_LEN: usize = 256;
 /// Requests that change state (a grant, keys, a queue, a socket's live mode) must carry
 /// `created_time`: a captured one cannot be replayed after the replay window.
 /// Requests anyone may send (no grant) whose replay changes nothing and answers nothing
@@ -55,7 +55,7 @@ pub enum Transport {
 
 /// The result of handling one inbound message.
 #[derive(Debug, Default)]
-pub struct Handled {
+pub(crate) struct Handled {
     /// Packed replies, in order.
     pub replies: Vec<Vec<u8>>,
     /// Set when the message was refused; the reply (if any) is the problem report.
@@ -81,7 +81,7 @@ pub struct Handled {
 }
 
 /// Shared state of one mediator instance.
-pub struct Core {
+pub(crate) struct Core {
     /// The mediator's identity.
     pub identity: MediatorIdentity,
     /// Configuration in force.
@@ -114,7 +114,7 @@ fn now_secs() -> u64 {
 
 impl Core {
     /// Builds the core.
-    pub fn new(
+    pub(crate) fn new(
         identity: MediatorIdentity,
         config: Config,
         store: AnyStore,
@@ -154,7 +154,7 @@ impl Core {
 
     /// A refusal before the message could be unpacked (size, rate): a plaintext problem
     /// report.
-    pub fn refuse_raw(&self, why: Rejection, code: &str, comment: &str) -> Handled {
+    pub(crate) fn refuse_raw(&self, why: Rejection, code: &str, comment: &str) -> Handled {
         self.metrics.reject(why);
         Handled {
             replies: vec![plain(&problem_report(code, comment, None))],
@@ -164,7 +164,12 @@ impl Core {
     }
 
     /// Handles one packed DIDComm message that arrived from `source`.
-    pub async fn handle(&self, raw: &[u8], transport: Transport, source: SourceAddr) -> Handled {
+    pub(crate) async fn handle(
+        &self,
+        raw: &[u8],
+        transport: Transport,
+        source: SourceAddr,
+    ) -> Handled {
         self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
         let max = usize::try_from(self.config.limits.max_message_bytes).unwrap_or(usize::MAX);
         if raw.len() > max {
@@ -759,7 +764,7 @@ impl Core {
     }
 
     /// A `delivery` of Pickup version `p` carrying `batch` (counted as delivered).
-    pub fn delivery_in(
+    pub(crate) fn delivery_in(
         &self,
         p: PickupVersion,
         batch: &[StoredMessage],
@@ -940,7 +945,7 @@ impl Core {
 
     /// Authcrypt `m` from the mediator to `to` (a DID). Falls back to plaintext only if
     /// `to` cannot be resolved (then the reply carries nothing but a problem code).
-    pub async fn pack_for(&self, m: &mut Message, to: &str) -> Vec<u8> {
+    pub(crate) async fn pack_for(&self, m: &mut Message, to: &str) -> Vec<u8> {
         m.from = Some(self.identity.did.clone());
         m.to = Some(vec![to.to_owned()]);
         let opts = PackOptions {

@@ -12,7 +12,7 @@
 //! mediator's problem codes and disclosures), resolve DIDs (crate `mpc-did-resolver`),
 //! hold user wallets, or talk to a mediator as a party does (the client is
 //! `mpc_did_agent::client`, so parties never depend on this crate). STUN and relay services plug in beside
-//! the mediator through [`Service`] (issue 5).
+//! the mediator through [`Service`] (spec/mediator.md §9).
 //!
 //! ```text
 //!  sender ── POST /didcomm (anoncrypt forward) ──▶ core::handle ──▶ Store::enqueue (durable)
@@ -36,6 +36,7 @@
 //! ```
 //! Protocol and deployment details: `spec/mediator.md`.
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod config;
 mod core;
@@ -47,7 +48,6 @@ pub mod metrics;
 mod server;
 pub mod services;
 pub mod store;
-pub mod testkit;
 mod versions;
 
 use std::future::Future;

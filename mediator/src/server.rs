@@ -42,7 +42,7 @@ pub use mpc_did_didcomm::message::{
 
 /// State shared by every route.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// Protocol core.
     pub core: Arc<Core>,
     /// Live sessions.
@@ -64,7 +64,7 @@ struct Bucket {
 }
 
 /// Per-connection facts, inserted into each request's extensions.
-pub struct ConnInfo {
+pub(crate) struct ConnInfo {
     /// Remote address.
     pub peer: SocketAddr,
     /// The source it counts against (per-source limits, spec/mediator.md §6.1).
@@ -136,7 +136,7 @@ impl Drop for ConnInfo {
 }
 
 /// The HTTP routes of the DIDComm mediator; `extra` (services such as the relay) is merged.
-pub fn router(state: AppState, extra: Vec<Router>) -> Router {
+pub(crate) fn router(state: AppState, extra: Vec<Router>) -> Router {
     let mut r = Router::new()
         .route("/didcomm", post(post_didcomm))
         .route("/", post(post_didcomm))
@@ -154,7 +154,7 @@ pub fn router(state: AppState, extra: Vec<Router>) -> Router {
 }
 
 /// Accepts connections until `state.cancel`, each served on its own tracked task.
-pub async fn serve(listener: TcpListener, state: AppState, app: Router) {
+pub(crate) async fn serve(listener: TcpListener, state: AppState, app: Router) {
     let limits = &state.core.config.limits;
     let sem = Arc::new(Semaphore::new(
         usize::try_from(limits.max_connections)

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mpc_did_didcomm::{pack_encrypted, Message, PackOptions, Secret, SecretStore};
-use mpc_did_mediator::{Config, Mediator};
 use mpc_did_resolver::{DidDocument, PublicKey, UniversalResolver, VerificationMethod};
 use tokio::net::TcpListener;
 
@@ -40,17 +39,12 @@ impl Canary {
     async fn connections_before_ours(&self) -> usize {
         let ours = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let me = ours.local_addr().unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = self.accepted.lock().unwrap().iter().position(|p| *p == me) {
-                return i;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "canary never accepted"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let position = || self.accepted.lock().unwrap().iter().position(|p| *p == me);
+        assert!(
+            mpc_did_testkit::wait_until(|| position().is_some(), Duration::from_secs(10)).await,
+            "canary never accepted"
+        );
+        position().unwrap()
     }
 }
 
@@ -76,14 +70,7 @@ fn web_identity(did: &str) -> (DidDocument, SecretStore) {
 async fn a_did_web_skid_on_loopback_is_not_fetched() {
     let canary = Canary::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let m = Mediator::builder(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.path().to_path_buf(),
-        ..Config::default()
-    })
-    .start()
-    .await
-    .unwrap();
+    let m = mpc_did_testkit::mediator::loopback_mediator(dir.path()).await;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -310,15 +310,13 @@ async fn connection_limit_refuses_with_503() {
     let third = reqwest::get(format!("{}/healthz", m.url())).await.unwrap();
     assert_eq!(third.status().as_u16(), 503);
     drop((a, b));
-    let mut ok = false;
-    for _ in 0..50 {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        if let Ok(r) = reqwest::get(format!("{}/healthz", m.url())).await {
-            if r.status().is_success() {
-                ok = true;
-                break;
-            }
-        }
-    }
-    assert!(ok, "slots are released when connections close");
+    let healthy = || async {
+        reqwest::get(format!("{}/healthz", m.url()))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    assert!(
+        mpc_did_testkit::wait_until_async(healthy, std::time::Duration::from_secs(3)).await,
+        "slots are released when connections close"
+    );
 }

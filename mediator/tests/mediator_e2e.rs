@@ -7,7 +7,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{client, introduce, registered_pair, tls_front, MediatorProc};
+use common::{client, introduce, registered_pair, tls_front, wait_queued, MediatorProc};
 use mpc_did_agent::client::WsSender;
 use mpc_did_mediator::messages::message;
 use serde_json::json;
@@ -81,8 +81,10 @@ async fn offline_then_live() {
     assert_eq!(seen, (0..6).collect());
     live.close().await;
     // Acknowledged over the socket: nothing left.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(a.status().await.unwrap()["message_count"], 0);
+    assert!(
+        wait_queued(&a, 0).await,
+        "acknowledged messages were not deleted"
+    );
 }
 
 /// spec/mediator.md §2, §5: a message acknowledged with HTTP 202, or over WebSocket with

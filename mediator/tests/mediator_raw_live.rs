@@ -9,10 +9,10 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::{client, introduce, registered_pair, MediatorProc};
+use common::{client, introduce, registered_pair, wait_live_sessions, wait_queued, MediatorProc};
 use mpc_did_agent::client::{Delivered, LiveConnection, MediatorClient, MediatorInfo};
 use mpc_did_mediator::messages::message;
-use mpc_did_mediator::testkit::RedisServer;
+use mpc_did_testkit::mediator::RedisServer;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -81,16 +81,14 @@ async fn raw_live_delivers_acks_and_redelivers() {
     );
     // Acknowledge 3 and 4 only; 5 stays queued.
     live.ack(&ids(&got, 3..5)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(a.status().await.unwrap()["message_count"], 1);
+    assert!(wait_queued(&a, 1).await, "3 and 4 were not deleted");
     live.close().await;
 
     let mut again = a.live_raw(WAIT).await.unwrap();
     let got = take(&a, &mut again, 1).await;
     assert_eq!(got.keys().copied().collect::<Vec<_>>(), vec![5]);
     again.ack(&ids(&got, [5])).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(a.status().await.unwrap()["message_count"], 0);
+    assert!(wait_queued(&a, 0).await, "5 was not deleted");
     again.close().await;
 
     // The wrapped mode is unchanged beside it.
@@ -148,7 +146,10 @@ async fn raw_live_across_two_instances() {
     introduce(&b, &a1);
     b.send(&a1.did, note(0)).await.unwrap();
     let mut live = a2.live_raw(WAIT).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        wait_live_sessions(&m2.url(), 1).await,
+        "raw live on instance 2"
+    );
     b.send(&a1.did, note(1)).await.unwrap();
     let got = take(&a2, &mut live, 2).await;
     assert_eq!(
@@ -156,7 +157,9 @@ async fn raw_live_across_two_instances() {
         (0..2).collect()
     );
     live.ack(&ids(&got, 0..2)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(a1.status().await.unwrap()["message_count"], 0);
+    assert!(
+        wait_queued(&a1, 0).await,
+        "the acknowledgement deletes for both instances"
+    );
     live.close().await;
 }

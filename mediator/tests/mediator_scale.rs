@@ -7,10 +7,10 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{client, introduce, registered_pair, MediatorProc};
+use common::{client, introduce, registered_pair, wait_live_sessions, wait_queued, MediatorProc};
 use mpc_did_agent::client::MediatorInfo;
 use mpc_did_mediator::messages::message;
-use mpc_did_mediator::testkit::RedisServer;
+use mpc_did_testkit::mediator::RedisServer;
 use serde_json::json;
 
 /// Two mediator instances on one Redis are one mediator: same DID, each delivers what
@@ -46,7 +46,10 @@ async fn two_instances_share_one_redis() {
 
     // Live on 2, sent through 1: pushed across instances.
     let mut live = a2.live().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        wait_live_sessions(&m2.url(), 1).await,
+        "live mode on instance 2"
+    );
     b.send(
         &a1.did,
         message("https://example.org/t/1.0/n", json!({"n": 1})),
@@ -69,7 +72,10 @@ async fn duplicate_websockets_lose_nothing() {
     let (a, b) = registered_pair(&m.url()).await;
     let mut w1 = a.live().await.unwrap();
     let mut w2 = a.live().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        wait_live_sessions(&m.url(), 2).await,
+        "both sockets in live mode"
+    );
     b.send(
         &a.did,
         message("https://example.org/t/1.0/n", json!({"n": 5})),
@@ -83,8 +89,10 @@ async fn duplicate_websockets_lose_nothing() {
     w1.close().await;
     assert_eq!(a.status().await.unwrap()["message_count"], 1);
     w2.ack(&[g2[0].id.clone()]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(a.status().await.unwrap()["message_count"], 0);
+    assert!(
+        wait_queued(&a, 0).await,
+        "the acknowledged message was not deleted"
+    );
     w2.close().await;
 }
 

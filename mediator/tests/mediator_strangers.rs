@@ -52,7 +52,8 @@ async fn slow_body_is_cut_off() {
         .unwrap();
     let (mut rd, mut wr) = tcp.into_split();
     let trickle = tokio::spawn(async move {
-        // One byte every 200 ms: never idle, never done.
+        // One byte every 200 ms: never idle, never done (the slow peer this test is
+        // about; the sleep paces it).
         while wr.write_all(b" ").await.is_ok() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -107,15 +108,14 @@ async fn connections_are_limited_per_source_address() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 200, "another address is served");
     drop(held.pop());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let healthy = || async {
         let r = reqwest::get(format!("{}/healthz", m.url())).await.unwrap();
-        if r.status().is_success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "slot not given back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        r.status().is_success()
+    };
+    assert!(
+        mpc_did_testkit::wait_until_async(healthy, Duration::from_secs(10)).await,
+        "slot not given back"
+    );
 }
 
 /// Finding 8: a WebSocket that never authenticates is closed after `ws_auth_timeout_secs`
@@ -303,8 +303,8 @@ async fn keylist_squatting_is_refused() {
 #[tokio::test]
 async fn squatted_key_is_taken_back_by_its_owner() {
     use mpc_did_mediator::store::{KeyUpdate, RedisStore, Store as _};
-    let redis = mpc_did_mediator::testkit::RedisServer::start().unwrap();
-    let (alice_did, alice_secrets) = common::identity();
+    let redis = mpc_did_testkit::mediator::RedisServer::start().unwrap();
+    let (alice_did, alice_secrets) = mpc_did_testkit::mediator::ephemeral_identity();
     let mallory = "did:key:z6MkfakeMallory";
     let store = RedisStore::connect(&redis.url, "mpcdid:").await.unwrap();
     store.grant(mallory).await.unwrap();

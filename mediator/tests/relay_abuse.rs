@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig, RelayServiceHandle};
-use mpc_did_mediator::{Config, Mediator, MediatorHandle};
+use mpc_did_mediator::{Mediator, MediatorHandle};
 use mpc_did_rendezvous::net::{NetError, RelayConnection, RelayIdentity};
 use mpc_did_rendezvous::relay::{
     sign_client_auth, ClientToRelay, PeerAddr, RelayToClient, SigningKey,
@@ -48,11 +48,7 @@ impl Relay {
 
 async fn start(cfg: RelayServiceConfig) -> Relay {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.path().join("data"),
-        ..Config::default()
-    };
+    let config = mpc_did_testkit::mediator::loopback_config(&dir.path().join("data"));
     let relay = RelayService::bind(RelayServiceConfig {
         tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..cfg
@@ -68,12 +64,12 @@ async fn start(cfg: RelayServiceConfig) -> Relay {
     Relay { m, h, _dir: dir }
 }
 
-async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    while !cond() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The test kit's poll, failing the test with `what` if `cond` never holds.
+async fn wait_until(what: &str, deadline: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        mpc_did_testkit::wait_until(cond, deadline).await,
+        "timed out waiting for {what}"
+    );
 }
 
 async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RelayToClient> {

@@ -9,7 +9,7 @@ mod common;
 
 use common::tls_front;
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
-use mpc_did_mediator::{Config, Mediator};
+use mpc_did_mediator::Mediator;
 use mpc_did_rendezvous::net::{NetError, RelayConnection, RelayIdentity};
 use mpc_did_rendezvous::relay::{PeerAddr, SigningKey};
 use rand_core::{OsRng, RngCore};
@@ -28,11 +28,9 @@ async fn relay_over_wss_behind_a_tls_proxy() {
     let relay = RelayService::bind(RelayServiceConfig::default())
         .await
         .unwrap();
-    let m = Mediator::builder(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.path().join("data"),
-        ..Config::default()
-    })
+    let m = Mediator::builder(mpc_did_testkit::mediator::loopback_config(
+        &dir.path().join("data"),
+    ))
     .service(relay)
     .start()
     .await

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig, RelayServiceHandle};
-use mpc_did_mediator::{Config, Mediator, MediatorHandle};
+use mpc_did_mediator::{Mediator, MediatorHandle};
 use mpc_did_rendezvous::net::{NetError, RelayConnection, RelayIdentity};
 use mpc_did_rendezvous::relay::{
     ClientToRelay, ErrorCode, PeerAddr, RelayToClient, SigningKey, MAX_FRAME_LEN,
@@ -46,11 +46,7 @@ impl Relay {
 
 async fn start(cfg: RelayServiceConfig) -> Relay {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.path().join("data"),
-        ..Config::default()
-    };
+    let config = mpc_did_testkit::mediator::loopback_config(&dir.path().join("data"));
     let relay = RelayService::bind(RelayServiceConfig {
         tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..cfg
@@ -336,6 +332,7 @@ async fn flood_is_throttled_and_other_clients_are_unaffected() {
     let w = tokio::spawn(async move {
         for c in d2.chunks(16 << 10) {
             sa.write_all(c).await.unwrap();
+            // Paces A's writes well below the rate limit (not a wait for a condition).
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         sa

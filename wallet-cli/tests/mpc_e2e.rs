@@ -1,4 +1,4 @@
-//! Issue 7 end to end, as users would run it: a real `mpc-did-mediator` binary on loopback
+//! The MPC session (spec/lobby.md) end to end, as users would run it: a real `mpc-did-mediator` binary on loopback
 //! (its own process), three wallets in temporary homes, `mpc-did mpc new / invite / join /
 //! host` (spec/lobby.md §1), then three concurrent `mpc-did run` processes, each running
 //! real MPyC (from PyPI, `MPC_DID_PYTHON`) over secure sessions through its own proxy.
@@ -16,17 +16,12 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{cmd, ok, registered_wallets, wait_bounded, wait_until, MediatorProc, NETNS};
-use mpc_did_proxy::launch::find_python;
 use mpc_did_wallet::Wallet;
 
-/// `$MPC_DID_PYTHON`, else the repository's `.venv` (test.sh makes it); `None`: skip.
+/// MPyC's Python (with numpy); `None`: skip (the test kit's policy, which fails instead
+/// under `MPC_DID_REQUIRE_INTEROP=1`).
 fn python() -> Option<PathBuf> {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    let found = find_python(&[venv], &["numpy"]).unwrap();
-    if found.is_none() {
-        common::skipped("set MPC_DID_PYTHON to a Python with mpyc (./test.sh does)");
-    }
-    found
+    mpc_did_testkit::python(&["numpy"])
 }
 
 fn example(name: &str) -> PathBuf {

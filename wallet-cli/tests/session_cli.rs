@@ -301,7 +301,7 @@ async fn pipe_moves_100_mib_with_matching_sha256_over_a_direct_path() {
     s.m.shutdown().await;
 }
 
-/// issue 6 (b): 100 MiB through the mediator's relay, SHA-256 checked on both sides.
+/// spec/rendezvous.md §6.3 (relay fallback): 100 MiB through the mediator's relay, SHA-256 checked on both sides.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipe_moves_100_mib_with_matching_sha256_over_a_forced_relay_path() {
     let s = setup().await;

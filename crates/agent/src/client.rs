@@ -1074,7 +1074,7 @@ mod tests {
         frames: Vec<Vec<u8>>,
         acknowledge: bool,
     ) -> (MediatorClient, tokio::task::JoinHandle<()>) {
-        let (mdid, msecrets) = mpc_did_mediator::testkit::ephemeral_identity();
+        let (mdid, msecrets) = mpc_did_testkit::mediator::ephemeral_identity();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let info = MediatorInfo {
@@ -1085,7 +1085,7 @@ mod tests {
             invitation_url: String::new(),
             stun_port: None,
         };
-        let (did, secrets) = mpc_did_mediator::testkit::ephemeral_identity();
+        let (did, secrets) = mpc_did_testkit::mediator::ephemeral_identity();
         let client =
             MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
         // The stand-in serves one WebSocket, no Discover Features: fix the versions.

@@ -57,6 +57,7 @@
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod client;
 
@@ -73,7 +74,7 @@ use crate::client::{ClientError, Delivered, LiveConnection, MediatorClient};
 
 /// The HTTP client type the mediator client uses (re-exported through its constructor).
 mod reqwest_client {
-    pub type Client = reqwest::Client;
+    pub(crate) type Client = reqwest::Client;
 }
 
 /// Type prefix of the secure-session protocol (spec/session.md).
@@ -160,7 +161,12 @@ pub enum AgentError {
     Client(#[from] ClientError),
     /// A DID could not be resolved.
     #[error("cannot resolve {did}: {reason}")]
-    Resolve { did: String, reason: String },
+    Resolve {
+        /// The DID that failed to resolve.
+        did: String,
+        /// The resolver's reason.
+        reason: String,
+    },
     /// No message of the expected kind arrived in time.
     #[error("timed out waiting for {0}")]
     Timeout(String),

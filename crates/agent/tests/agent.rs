@@ -4,28 +4,17 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_agent::{expect, Agent, AgentConfig, Hold};
 use mpc_did_didcomm::Message;
-use mpc_did_mediator::{testkit, Config, Mediator, MediatorHandle};
-use mpc_did_resolver::UniversalResolver;
+use mpc_did_mediator::MediatorHandle;
+use mpc_did_testkit::mediator::{loopback_mediator as mediator, registered_client, Identity};
+use mpc_did_testkit::wait_until;
 
-async fn mediator(dir: &std::path::Path) -> MediatorHandle {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.to_path_buf(),
-        ..Config::default()
-    };
-    Mediator::builder(config).start().await.unwrap()
-}
-
+/// A fresh party registered at `m`, its agent started.
 async fn party(m: &MediatorHandle) -> Agent {
-    let (did, secrets) = testkit::ephemeral_identity();
-    let info = MediatorInfo::discover(&m.public_url).await.unwrap();
-    let client =
-        MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
-    client.register().await.unwrap();
-    Agent::start(client).await.unwrap()
+    mpc_did_testkit::mediator::registered_agent(&m.public_url)
+        .await
+        .0
 }
 
 const LOBBY: &str = "https://mpc-did.org/lobby/1.0/";
@@ -73,7 +62,11 @@ async fn early_messages_wait_for_their_subscriber() {
         );
         alice.send(bob.did(), msg).await.unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The agent holds lobby messages nobody subscribed to yet (AgentConfig's default).
+    assert!(
+        wait_until(|| bob.held() == 3, Duration::from_secs(10)).await,
+        "the 3 early messages were not held"
+    );
     let mut inbox = bob.subscribe(LOBBY);
     let mut ids = Vec::new();
     for _ in 0..3 {
@@ -91,18 +84,6 @@ async fn early_messages_wait_for_their_subscriber() {
 }
 
 const SESSION: &str = mpc_did_agent::SESSION_PREFIX;
-
-/// Wait until `cond` holds, polling, at most `limit`.
-async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// `n` messages of type `type_` from `stranger` to `to`, anoncrypt (no sender) unless
 /// `authcrypt`, posted to `to`'s mediator 16 at a time.
@@ -196,12 +177,14 @@ async fn a_thousand_junk_messages_do_not_block_the_inbox() {
     .unwrap();
     assert_eq!(got, "real-join");
     // The junk was acknowledged: the mediator does not keep 1,000 unacknowledged pushes.
-    wait_until(
-        Duration::from_secs(10),
-        "the junk to be acknowledged",
-        || m.metrics().messages_acked.load(Ordering::Relaxed) >= acked_before + 1000,
-    )
-    .await;
+    assert!(
+        wait_until(
+            || m.metrics().messages_acked.load(Ordering::Relaxed) >= acked_before + 1000,
+            Duration::from_secs(10),
+        )
+        .await,
+        "the junk was not acknowledged"
+    );
     assert_eq!(bob.held(), 0);
     m.shutdown().await;
 }
@@ -215,11 +198,7 @@ async fn junk_does_not_evict_a_late_subscribers_session_messages() {
     let dir = tempfile::tempdir().unwrap();
     let m = mediator(dir.path()).await;
     let (alice, stranger) = (party(&m).await, party(&m).await);
-    let (did, secrets) = testkit::ephemeral_identity();
-    let info = MediatorInfo::discover(&m.public_url).await.unwrap();
-    let client =
-        MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
-    client.register().await.unwrap();
+    let client = registered_client(&m.public_url, Identity::generate()).await;
     let config = AgentConfig {
         hold: vec![Hold::from_senders(SESSION, [alice.did()])],
     };
@@ -236,10 +215,10 @@ async fn junk_does_not_evict_a_late_subscribers_session_messages() {
         );
         alice.send(bob.did(), msg).await.unwrap();
     }
-    wait_until(Duration::from_secs(10), "3 held proposals", || {
-        bob.held() == 3
-    })
-    .await;
+    assert!(
+        wait_until(|| bob.held() == 3, Duration::from_secs(10)).await,
+        "3 proposals were not held"
+    );
     flood(&stranger, &bob, 150, &format!("{SESSION}propose"), true).await;
     flood(
         &stranger,
@@ -256,10 +235,10 @@ async fn junk_does_not_evict_a_late_subscribers_session_messages() {
         serde_json::json!({}),
     );
     alice.send(bob.did(), msg).await.unwrap();
-    wait_until(Duration::from_secs(15), "the 4th held proposal", || {
-        bob.held() == 4
-    })
-    .await;
+    assert!(
+        wait_until(|| bob.held() == 4, Duration::from_secs(15)).await,
+        "the 4th proposal was not held"
+    );
     let mut inbox = bob.subscribe(SESSION);
     let mut ids = Vec::new();
     for _ in 0..4 {

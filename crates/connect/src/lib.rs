@@ -43,6 +43,7 @@
 //! # drop(stream); Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -216,23 +217,39 @@ pub enum ConnectError {
         "{peer} did not {what} within {secs} s (is it running and registered at its mediator?)"
     )]
     Timeout {
+        /// The peer's DID.
         peer: String,
+        /// The step that did not happen (e.g. "connect the data path").
         what: String,
+        /// How long we waited, in seconds.
         secs: u64,
     },
     /// The peer declined or aborted (DIDComm `close`).
     #[error("{peer} closed the negotiation (code {code}): {reason}")]
     Closed {
+        /// The peer's DID.
         peer: String,
+        /// The `close` message's code.
         code: u16,
+        /// The `close` message's reason.
         reason: String,
     },
     /// The handshake failed (bad key, wrong binding, forged message).
     #[error("handshake with {peer} failed: {reason}")]
-    Handshake { peer: String, reason: String },
+    Handshake {
+        /// The peer's DID.
+        peer: String,
+        /// What was wrong (the session layer's error).
+        reason: String,
+    },
     /// No candidate of the peer could be reached.
     #[error("no path to {peer}: {reason}")]
-    NoPath { peer: String, reason: PathError },
+    NoPath {
+        /// The peer's DID.
+        peer: String,
+        /// Why each attempt failed.
+        reason: PathError,
+    },
     /// A local socket failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -254,35 +271,54 @@ pub enum PathError {
     DirectTimedOut,
     /// A TCP connection to a host candidate did not complete in time.
     #[error("TCP {addr}: connect timed out")]
-    TcpTimedOut { addr: SocketAddr },
+    TcpTimedOut {
+        /// The candidate's address.
+        addr: SocketAddr,
+    },
     /// A TCP connection to a host candidate failed.
     #[error("TCP {addr}: {source}")]
     Tcp {
+        /// The candidate's address.
         addr: SocketAddr,
+        /// The connect error.
         source: std::io::Error,
     },
     /// No QUIC handshake with a candidate in time.
     #[error("QUIC {addr}: no handshake within {after:?}")]
-    QuicTimedOut { addr: SocketAddr, after: Duration },
+    QuicTimedOut {
+        /// The candidate's address.
+        addr: SocketAddr,
+        /// How long we tried.
+        after: Duration,
+    },
     /// The QUIC connection or its stream failed.
     #[error("QUIC {addr}: {source}")]
     Quic {
+        /// The candidate's address.
         addr: SocketAddr,
+        /// quinn's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A candidate of a transport we cannot check.
     #[error("{addr}: no way to check a {transport:?} candidate")]
     Unsupported {
+        /// The candidate's address.
         addr: SocketAddr,
+        /// Its transport.
         transport: Transport,
     },
     /// The path opened but the session did not connect on it.
     #[error("{info}: no answer on the path")]
-    NoAnswer { info: PathInfo },
+    NoAnswer {
+        /// The path that opened.
+        info: PathInfo,
+    },
     /// The path opened but its hello could not be sent.
     #[error("{info}: {source}")]
     Hello {
+        /// The path that opened.
         info: PathInfo,
+        /// The write error.
         source: std::io::Error,
     },
     /// The session refused the path (it has ended).
@@ -290,10 +326,18 @@ pub enum PathError {
     Attach(std::io::Error),
     /// A path through the relay at `url` failed.
     #[error("relay {url}: {source}")]
-    Relay { url: String, source: Box<PathError> },
+    Relay {
+        /// The relay's URL.
+        url: String,
+        /// What failed on the way through it.
+        source: Box<PathError>,
+    },
     /// The relay stream was attached but the peer did not answer through it.
     #[error("no answer through the relay (state {state:?})")]
-    RelayNoAnswer { state: SessionState },
+    RelayNoAnswer {
+        /// The session's state when we gave up.
+        state: SessionState,
+    },
     /// Relay paths need a relay identity ([`ConnectorConfig::relay`]).
     #[error("no relay identity configured (ConnectorConfig::relay)")]
     NoRelayIdentity,
@@ -308,7 +352,10 @@ pub enum PathError {
     Resolve(mpc_did_resolver::ResolveError),
     /// The peer's DID document has no key the relay can name it by.
     #[error("{peer} has no Ed25519 authentication key")]
-    NoRelayKey { peer: String },
+    NoRelayKey {
+        /// The peer's DID.
+        peer: String,
+    },
     /// Our own relay ([`ConnectorConfig::relay`]) could not be reached at start.
     #[error("cannot connect to our relay: {0}")]
     OwnRelay(mpc_did_rendezvous::net::NetError),
@@ -331,7 +378,9 @@ fn join(errors: &[PathError]) -> String {
 /// A secure session that is up.
 #[derive(Debug, Clone)]
 pub struct Established {
+    /// The running session: streams, path, state.
     pub handle: SessionHandle,
+    /// The peer's DID.
     pub peer: String,
     /// The secure session id (hex).
     pub session_id: String,
@@ -348,13 +397,17 @@ pub struct Established {
 /// One established session, for listings.
 #[derive(Debug, Clone)]
 pub struct SessionSummary {
+    /// The peer's DID.
     pub peer: String,
+    /// The secure session id (hex).
     pub session_id: String,
     /// The current path (or the last one, when it is broken).
     pub path: PathInfo,
     /// Paths attached so far (more than 1: reconnections or a relay → direct upgrade).
     pub paths_attached: u64,
+    /// The session's state now.
     pub state: SessionState,
+    /// From the first negotiation message to a connected path.
     pub setup: Duration,
 }
 

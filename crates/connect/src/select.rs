@@ -13,7 +13,7 @@ use mpc_did_rendezvous::candidate::{Candidate, CandidateKind, Transport};
 /// Order (spec/rendezvous.md §5.4, §6): direct TCP to a host address, QUIC to a host
 /// address, QUIC to a server-reflexive address (hole punched).
 #[must_use]
-pub fn rank(c: &Candidate) -> Option<u8> {
+pub(crate) fn rank(c: &Candidate) -> Option<u8> {
     match (c.kind, c.transport) {
         (CandidateKind::Host, Transport::Tcp) => Some(0),
         (CandidateKind::Host, Transport::Quic) => Some(1),
@@ -31,7 +31,7 @@ enum Check {
 
 /// What to do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Wait for a result, or until the instant given (the settle time), then ask again.
     Wait(Option<Instant>),
     /// Try these checks' paths (indices into the ranks given to [`Selection::new`]), best
@@ -43,7 +43,7 @@ pub enum Decision {
 
 /// The selection state over a fixed list of checks.
 #[derive(Debug)]
-pub struct Selection {
+pub(crate) struct Selection {
     ranks: Vec<u8>,
     state: Vec<Check>,
     settle: Duration,
@@ -53,7 +53,7 @@ pub struct Selection {
 impl Selection {
     /// One check per entry of `ranks` (all started at once by the shell).
     #[must_use]
-    pub fn new(ranks: Vec<u8>, settle: Duration) -> Self {
+    pub(crate) fn new(ranks: Vec<u8>, settle: Duration) -> Self {
         let state = vec![Check::Pending; ranks.len()];
         Self {
             ranks,
@@ -64,7 +64,7 @@ impl Selection {
     }
 
     /// Record the outcome of check `i` (repeats and unknown indices are ignored).
-    pub fn on_result(&mut self, i: usize, ok: bool, now: Instant) {
+    pub(crate) fn on_result(&mut self, i: usize, ok: bool, now: Instant) {
         let Some(s) = self.state.get_mut(i) else {
             return;
         };
@@ -81,7 +81,7 @@ impl Selection {
 
     /// Decide at `now`.
     #[must_use]
-    pub fn decide(&self, now: Instant) -> Decision {
+    pub(crate) fn decide(&self, now: Instant) -> Decision {
         let mut ok: Vec<usize> = (0..self.ranks.len())
             .filter(|&i| self.state.get(i) == Some(&Check::Succeeded))
             .collect();

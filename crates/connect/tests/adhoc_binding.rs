@@ -1,4 +1,4 @@
-//! spec/session.md §2.1 (issue 16 gap 1): what an ad-hoc secure session (`mpc-did pipe`,
+//! spec/session.md §2.1: what an ad-hoc secure session (`mpc-did pipe`,
 //! `mpc-did session connect`: no lobby, no roster) binds in its prologue. The expected
 //! hashes were computed independently (Python `hashlib` + `struct.pack('>I', len)`).
 #![allow(clippy::unwrap_used)]

@@ -4,26 +4,20 @@
 
 use std::time::Duration;
 
-use mpc_did_agent::client::{MediatorClient, MediatorInfo};
-use mpc_did_agent::Agent;
 use mpc_did_connect::{
     Binding, ConnectError, Connector, ConnectorConfig, Established, PathInfo, QuicSetup,
     RelayIdentity, RelaySetup, UpgradeConfig,
 };
 use mpc_did_driver::SessionState;
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
-use mpc_did_mediator::{Config, Mediator, MediatorHandle};
+use mpc_did_mediator::{Mediator, MediatorHandle};
 use mpc_did_rendezvous::candidate::{Candidate, CandidateKind, Transport};
-use mpc_did_resolver::UniversalResolver;
+use mpc_did_testkit::mediator::{loopback_config, registered_agent};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn mediator(dir: &std::path::Path) -> MediatorHandle {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.to_path_buf(),
-        ..Config::default()
-    };
+    let config = loopback_config(dir);
     // This test is about path switches, not the relay's rate limits (tested in
     // mediator/tests/rendezvous_relay.rs): keep them out of the way.
     let relay = RelayService::bind(RelayServiceConfig {
@@ -52,16 +46,7 @@ async fn party_with(m: &MediatorHandle, force_relay: bool) -> Connector {
 
 /// A party with a did:key whose Ed25519 key also answers its mediator relay's challenge.
 async fn party_cfg(m: &MediatorHandle, tweak: impl FnOnce(&mut ConnectorConfig)) -> Connector {
-    let mut seed = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
-    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let mut secrets = mpc_did_didcomm::SecretStore::new();
-    let did = secrets.insert_did_key(&signing);
-    let info = MediatorInfo::discover(&m.public_url).await.unwrap();
-    let client =
-        MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
-    client.register().await.unwrap();
-    let agent = Agent::start(client).await.unwrap();
+    let (agent, signing) = registered_agent(&m.public_url).await;
     let relay = RelaySetup {
         url: format!("{}/relay", m.public_url.replacen("http://", "ws://", 1)),
         identity: RelayIdentity::did_key(signing),
@@ -161,7 +146,7 @@ async fn a_proposal_for_another_mpc_session_is_declined() {
     m.shutdown().await;
 }
 
-/// issue 6: a forced-relay session carries data, and survives forced switches
+/// spec/session.md §7.5: a forced-relay session carries data, and survives forced switches
 /// relay → direct → relay in the middle of a transfer without losing a byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_path_and_switches_between_relay_and_direct() {
@@ -278,6 +263,8 @@ async fn stream_across_upgrade(
                 break;
             }
             assert!(sent < 256 << 20, "never left the relay");
+            // Paces the writer (not a wait for a condition): the path switch must happen
+            // mid-stream, with bytes in flight on both paths.
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         s.shutdown().await.unwrap();

@@ -1,5 +1,5 @@
 //! Secure sessions through `Connector::establish` between two real agents behind NATs in
-//! Linux network namespaces this test creates (issue 6; spec/session.md §7.5,
+//! Linux network namespaces this test creates (spec/session.md §7.5,
 //! spec/rendezvous.md §6): a real mediator (DIDComm + STUN with an alternate address +
 //! relay) in the "public" namespace, each party in a "home" namespace behind its own NAT
 //! namespace (e3: real iptables NATs). Negotiation goes through the mediator (DIDComm), the
@@ -20,17 +20,16 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_agent::Agent;
 use mpc_did_connect::{
     mediator_stun, Binding, Connector, ConnectorConfig, PathInfo, QuicSetup, RelayIdentity,
     RelaySetup, UpgradeConfig,
 };
 use mpc_did_e3::{NatKind, Topology};
-use mpc_did_mediator::testkit::serve_public_mediator;
 use mpc_did_rendezvous::candidate::CandidateKind;
 use mpc_did_rendezvous::nat::NatMapping;
-use mpc_did_resolver::{DidCommService, UniversalResolver};
+use mpc_did_resolver::DidCommService;
+use mpc_did_testkit::mediator::{registered_client, serve_public_mediator, Identity};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -56,19 +55,15 @@ struct Outcome {
 type Unblock = Box<dyn FnOnce() + Send>;
 
 async fn agent(seed: [u8; 32]) -> (Agent, RelaySetup) {
-    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let mut secrets = mpc_did_didcomm::SecretStore::new();
-    let did = secrets.insert_did_key(&signing);
+    let id = Identity::from_seed(seed);
+    let signing = id.signing.clone();
     let url = format!("http://{}:8080", Topology::PUBLIC_ADDR);
-    let info = MediatorInfo::discover(&url).await.unwrap();
+    let client = registered_client(&url, id).await;
     let relay = RelaySetup {
         url: format!("ws://{}:8080/relay", Topology::PUBLIC_ADDR),
         identity: RelayIdentity::did_key(signing),
-        expected_relay: Some(info.did.clone()),
+        expected_relay: Some(client.info.did.clone()),
     };
-    let client =
-        MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
-    client.register().await.unwrap();
     (Agent::start(client).await.unwrap(), relay)
 }
 
@@ -199,7 +194,8 @@ async fn party(
             }
             s.write_all(&h.finalize()).await?;
             s.flush().await?;
-            // Let the digest leave before the session is dropped.
+            // Let the digest leave before the session is dropped (a grace before the
+            // drop, not a wait before an assertion: A checks the digest it reads).
             tokio::time::sleep(Duration::from_millis(500)).await;
             Ok((got, true))
         }

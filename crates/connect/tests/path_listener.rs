@@ -8,35 +8,16 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mpc_did_agent::client::{MediatorClient, MediatorInfo};
-use mpc_did_agent::Agent;
 use mpc_did_connect::{Binding, Connector, ConnectorConfig, ListenerLimits, PathInfo};
-use mpc_did_mediator::{Config, Mediator, MediatorHandle};
-use mpc_did_resolver::UniversalResolver;
+use mpc_did_mediator::MediatorHandle;
+use mpc_did_testkit::mediator::{loopback_mediator as mediator, registered_agent};
+use mpc_did_testkit::wait_until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-async fn mediator(dir: &std::path::Path) -> MediatorHandle {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.to_path_buf(),
-        ..Config::default()
-    };
-    Mediator::builder(config).start().await.unwrap()
-}
-
 /// A registered party with direct paths only (no relay: this is about the listener).
 async fn party(m: &MediatorHandle) -> Connector {
-    let mut seed = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
-    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let mut secrets = mpc_did_didcomm::SecretStore::new();
-    let did = secrets.insert_did_key(&signing);
-    let info = MediatorInfo::discover(&m.public_url).await.unwrap();
-    let client =
-        MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
-    client.register().await.unwrap();
-    let agent = Agent::start(client).await.unwrap();
+    let (agent, _) = registered_agent(&m.public_url).await;
     let config = ConnectorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         handshake_timeout: Duration::from_secs(20),
@@ -99,28 +80,24 @@ async fn idle_connections_do_not_exhaust_the_path_listener() {
     }
     // The party holds at most `max_pending` of them: our own `held` ends plus that.
     let bound = baseline + held.len() + limits.max_pending + 64;
-    let end = Instant::now() + Duration::from_secs(3);
-    while open_fds() > bound {
-        assert!(
-            Instant::now() < end,
-            "{} descriptors open for {} idle connections (bound {bound}): {:?}",
-            open_fds(),
-            held.len(),
-            bob.listener_stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        wait_until(|| open_fds() <= bound, Duration::from_secs(3)).await,
+        "{} descriptors open for {} idle connections (bound {bound}): {:?}",
+        open_fds(),
+        held.len(),
+        bob.listener_stats()
+    );
     let seen =
         |s: &mpc_did_connect::ListenerStats| s.accepted + s.refused_per_source + s.refused_full;
-    let end = Instant::now() + Duration::from_secs(10);
-    while seen(&bob.listener_stats()) < held.len() as u64 {
-        assert!(
-            Instant::now() < end,
-            "listener saw {:?}",
-            bob.listener_stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        wait_until(
+            || seen(&bob.listener_stats()) >= held.len() as u64,
+            Duration::from_secs(10)
+        )
+        .await,
+        "listener saw {:?}",
+        bob.listener_stats()
+    );
     let st = bob.listener_stats();
     assert!(st.pending <= limits.max_pending as u64, "{st:?}");
     assert!(

@@ -812,13 +812,11 @@ mod live {
     //! rules, and signed exactly when the document says so.
     use std::time::Duration;
 
-    use mpc_did_agent::client::{MediatorClient, MediatorInfo};
     use mpc_did_agent::{Agent, Inbound};
     use mpc_did_connect::{Binding, Connector, ConnectorConfig};
     use mpc_did_didcomm::message::PLAIN_TYP;
     use mpc_did_didcomm::Message;
-    use mpc_did_mediator::{Config, Mediator, MediatorHandle};
-    use mpc_did_resolver::UniversalResolver;
+    use mpc_did_mediator::MediatorHandle;
     use mpc_did_session::messages::{
         AcceptBody, HandshakeBody, ProposeBody, ACCEPT_TYPE, HANDSHAKE_TYPE, PROPOSE_TYPE,
         PROTOCOL_URI,
@@ -830,26 +828,12 @@ mod live {
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    async fn mediator(dir: &std::path::Path) -> MediatorHandle {
-        let config = Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            data: dir.to_path_buf(),
-            ..Config::default()
-        };
-        Mediator::builder(config).start().await.unwrap()
-    }
+    use mpc_did_testkit::mediator::loopback_mediator as mediator;
 
     async fn agent(m: &MediatorHandle) -> Agent {
-        let mut seed = [0u8; 32];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
-        let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let mut secrets = mpc_did_didcomm::SecretStore::new();
-        let did = secrets.insert_did_key(&signing);
-        let info = MediatorInfo::discover(&m.public_url).await.unwrap();
-        let client =
-            MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
-        client.register().await.unwrap();
-        Agent::start(client).await.unwrap()
+        mpc_did_testkit::mediator::registered_agent(&m.public_url)
+            .await
+            .0
     }
 
     async fn introduce(a: &Agent, b: &Agent) {

@@ -10,26 +10,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpc_did_agent::client::{MediatorClient, MediatorInfo};
-use mpc_did_agent::Agent;
 use mpc_did_connect::{
     Binding, Connector, ConnectorConfig, PathInfo, RelayIdentity, RelaySetup, UpgradeConfig,
 };
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig, RelayServiceHandle};
-use mpc_did_mediator::{Config, Mediator, MediatorHandle};
+use mpc_did_mediator::{Mediator, MediatorHandle};
 use mpc_did_rendezvous::net::RelayConnection;
 use mpc_did_rendezvous::relay::{PeerAddr, SigningKey};
-use mpc_did_resolver::UniversalResolver;
+use mpc_did_testkit::mediator::{loopback_config, registered_agent};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
 async fn mediator(dir: &std::path::Path) -> (MediatorHandle, RelayServiceHandle) {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data: dir.to_path_buf(),
-        ..Config::default()
-    };
+    let config = loopback_config(dir);
     // The relay's default limits: the flood stays under its per-client rate limit.
     let relay = RelayService::bind(RelayServiceConfig::default())
         .await
@@ -51,14 +45,7 @@ fn seed() -> [u8; 32] {
 
 /// A party on the relay only, reaching it at `relay_url`.
 async fn party(m: &MediatorHandle, relay_url: String) -> Connector {
-    let signing = ed25519_dalek::SigningKey::from_bytes(&seed());
-    let mut secrets = mpc_did_didcomm::SecretStore::new();
-    let did = secrets.insert_did_key(&signing);
-    let info = MediatorInfo::discover(&m.public_url).await.unwrap();
-    let client =
-        MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
-    client.register().await.unwrap();
-    let agent = Agent::start(client).await.unwrap();
+    let (agent, signing) = registered_agent(&m.public_url).await;
     let config = ConnectorConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         handshake_timeout: Duration::from_secs(20),
@@ -158,7 +145,8 @@ async fn stranger_flooding_a_partys_did_does_not_stall_its_relayed_session() {
                     break;
                 };
                 while !stop.load(Ordering::Relaxed) && s.write_all(&chunk).await.is_ok() {}
-                // Refused (PeerGone) or dropped: try again, as a flooder would.
+                // Refused (PeerGone) or dropped: try again, as a flooder would (this
+                // paces the flood; it waits for no condition).
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             stranger

@@ -65,7 +65,7 @@
 //! Spec write-up (algorithms, reasons, test vectors, what is not supported):
 //! `spec/didcomm.md`.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod ecdh_cache;
 pub mod envelope;

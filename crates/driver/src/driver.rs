@@ -49,8 +49,11 @@ pub enum SessionState {
     NoPath,
     /// Closed by us or the peer; `code` 0 is a normal end.
     Closed {
+        /// The CLOSE record's code (spec/session.md §9): 0 for a normal end.
         code: u16,
+        /// The CLOSE record's reason text.
         reason: String,
+        /// Whether the peer sent the CLOSE (else we did).
         by_peer: bool,
     },
     /// The session failed (protocol violation, no path for too long).

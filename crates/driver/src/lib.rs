@@ -39,9 +39,9 @@
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 mod driver;
-pub mod local;
 pub mod path;
 mod transport;
 

@@ -27,12 +27,21 @@ use crate::SessionHandle;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathInfo {
     /// A direct TCP connection; `remote` is known to the side that dialed.
-    Direct { remote: Option<SocketAddr> },
+    Direct {
+        /// The peer's address, known to the side that dialed (`None` on the listener).
+        remote: Option<SocketAddr>,
+    },
     /// A QUIC stream over UDP, straight to a host candidate or through NATs opened by hole
     /// punching (spec/rendezvous.md §6.1); `remote` is the peer's address on it.
-    Quic { remote: SocketAddr },
+    Quic {
+        /// The peer's address on the QUIC connection.
+        remote: SocketAddr,
+    },
     /// Through a mediator relay.
-    Relayed { relay: String },
+    Relayed {
+        /// The relay's URL.
+        relay: String,
+    },
 }
 
 impl PathInfo {
@@ -88,12 +97,16 @@ pub type BoxPath = Box<dyn PathStream>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PathError {
+    /// The path hello's magic or reserved bytes are wrong (spec/session.md §7.3).
     #[error("not an mpc-did path (bad magic or reserved bytes)")]
     BadHello,
+    /// The hello names no session registered with the router (in time).
     #[error("no session with this path id")]
     UnknownSession,
+    /// No complete path hello arrived within the given time.
     #[error("no path hello within {0:?}")]
     Timeout(Duration),
+    /// Reading the hello or attaching the path failed.
     #[error("{0}")]
     Io(#[from] io::Error),
 }

@@ -1,4 +1,4 @@
-//! Real MPyC through the proxy over Noise sessions (the data plane of issue 7, without the
+//! Real MPyC through the proxy over Noise sessions (the data plane of spec/lobby.md §1, without the
 //! DIDComm lobby): three processes, each talking only to its own proxy on loopback.
 #![allow(clippy::unwrap_used)]
 
@@ -9,18 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mpc_did_driver::{PartyTransport, CLOSE_DONE};
-use mpc_did_proxy::launch::{find_python, run_program, Output, Program};
+use mpc_did_proxy::launch::{run_program, Output, Program};
 use mpc_did_proxy::{Proxy, ProxyConfig};
 
-/// MPyC's Python (with numpy for the inner product), or `None` to skip; a failure when
-/// `MPC_DID_REQUIRE_INTEROP=1` (./test.sh) and there is none.
+/// MPyC's Python (with numpy); `None`: skip (the test kit's policy, which fails instead
+/// under `MPC_DID_REQUIRE_INTEROP=1`).
 fn python() -> Option<PathBuf> {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    let found = find_python(&[venv], &["numpy"]).unwrap();
-    if found.is_none() {
-        eprintln!("skipped: no Python with mpyc and numpy (set MPC_DID_PYTHON; ./test.sh does)");
-    }
-    found
+    mpc_did_testkit::python(&["numpy"])
 }
 
 async fn run(program: &str, args: &[&str]) -> Vec<String> {

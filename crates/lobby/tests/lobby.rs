@@ -220,7 +220,7 @@ proptest! {
     }
 }
 
-/// spec/lobby.md §3 (issue 16 gap 3): the roster hash's input byte string, written out
+/// spec/lobby.md §3: the roster hash's input byte string, written out
 /// byte by byte from the spec text, for the inputs of `roster_hash_vector`. Program hash,
 /// expiry and arguments come once, after the per-party loop.
 #[test]

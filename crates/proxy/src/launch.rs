@@ -14,7 +14,9 @@
 //! `setpriv` sets the same flag and then `exec`s the program, which keeps its pid.
 //!
 //! [`find_python`] is the one place that decides which Python runs MPyC (the CLI, tests and
-//! benches all use it).
+//! benches all use it). What a test does when there is none (skip, or fail under
+//! `MPC_DID_REQUIRE_INTEROP=1`) is the test kit's policy (`mpc-did-testkit`), not this
+//! crate's.
 
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
@@ -44,7 +46,9 @@ pub enum Output {
 /// proxy's `-M/-I/-P` arguments are appended after them.
 #[derive(Debug, Clone)]
 pub struct Program {
+    /// The command line: interpreter or program first, then its arguments.
     pub argv: Vec<OsString>,
+    /// Where the program's stdout and stderr go.
     pub output: Output,
     /// How long the program may take to stop after SIGINT/SIGTERM before SIGKILL.
     pub grace: Duration,
@@ -72,16 +76,23 @@ pub struct RunOutcome {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LaunchError {
+    /// [`Program::argv`] is empty.
     #[error("no program given: pass e.g. `-- python prog.py`")]
     NoProgram,
+    /// The program could not be started (not found, not executable).
     #[error("cannot start {program:?}: {source}")]
     Spawn {
+        /// `argv[0]`.
         program: OsString,
+        /// The operating system's reason.
         #[source]
         source: std::io::Error,
     },
+    /// Waiting for the program's exit failed.
     #[error("waiting for the program failed: {0}")]
     Wait(#[source] std::io::Error),
+    /// The run was stopped (the `stop` future resolved, e.g. on Ctrl-C) before the
+    /// program exited; the program was stopped too.
     #[error("interrupted")]
     Interrupted,
     /// The program's private links could not be set up.
@@ -94,7 +105,10 @@ pub enum LaunchError {
         "the program did not load mpc-did's MPyC link hook within {secs} s and was stopped: \
          run MPyC programs with a plain `python prog.py` (not `python -I`, `-E` or `-S`)"
     )]
-    HookNotLoaded { secs: u64 },
+    HookNotLoaded {
+        /// How long the program had, in seconds.
+        secs: u64,
+    },
 }
 
 /// How long a started program may take to load the link hook (Python runs it before the
@@ -285,21 +299,20 @@ fn resolve_program(program: &OsStr) -> Option<PathBuf> {
 
 /// The environment variable naming the Python that runs MPyC.
 pub const PYTHON_ENV: &str = "MPC_DID_PYTHON";
-/// Set to `1` (CI does) to make a missing Python an error instead of a skipped test.
-pub const REQUIRE_ENV: &str = "MPC_DID_REQUIRE_INTEROP";
 
-/// No usable Python although one was required.
+/// `$MPC_DID_PYTHON` names a Python that cannot run MPyC.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PythonError {
     /// `$MPC_DID_PYTHON` is set but cannot import the modules.
-    #[error("{PYTHON_ENV}={path:?} cannot `import {modules}`")]
-    Unusable { path: PathBuf, modules: String },
-    /// Nothing found and `MPC_DID_REQUIRE_INTEROP=1`.
-    #[error("no Python with `import {modules}` ({PYTHON_ENV} unset, tried {tried:?}) but {REQUIRE_ENV}=1: run ./test.sh or set {PYTHON_ENV}")]
-    Required {
+    #[error(
+        "{PYTHON_ENV}={path:?} cannot `import {modules}`: point it at a Python with them installed"
+    )]
+    Unusable {
+        /// The Python `$MPC_DID_PYTHON` names.
+        path: PathBuf,
+        /// The modules it had to import (comma-separated).
         modules: String,
-        tried: Vec<PathBuf>,
     },
 }
 
@@ -307,12 +320,11 @@ pub enum PythonError {
 /// `modules`), else the first of `candidates` that can `import mpyc` and `modules`
 /// (for example the repository's `.venv/bin/python`, then `python3`).
 ///
-/// Returns `Ok(None)` when nothing fits and nothing was required: the caller skips (tests,
-/// benches) or sets one up (`mpc-did demo`).
+/// Returns `Ok(None)` when nothing fits: the caller sets one up (`mpc-did demo`) or skips
+/// (tests, benches).
 ///
 /// # Errors
-/// [`PythonError::Unusable`] if `$MPC_DID_PYTHON` is set but cannot import the modules;
-/// [`PythonError::Required`] if nothing fits and `$MPC_DID_REQUIRE_INTEROP` is `1`.
+/// [`PythonError::Unusable`] if `$MPC_DID_PYTHON` is set but cannot import the modules.
 pub fn find_python(
     candidates: &[PathBuf],
     modules: &[&str],
@@ -342,12 +354,6 @@ pub fn find_python(
     }
     if let Some(p) = candidates.iter().find(|p| imports(p)) {
         return Ok(Some(p.clone()));
-    }
-    if std::env::var(REQUIRE_ENV).as_deref() == Ok("1") {
-        return Err(PythonError::Required {
-            modules: wanted,
-            tried: candidates.to_vec(),
-        });
     }
     Ok(None)
 }

@@ -30,9 +30,13 @@
 //!   of hanging. Buffers are bounded (one fixed buffer per direction); what one read
 //!   returns is written to the stream in one write, so the session layer can put it in one
 //!   frame.
+//! - [`launch`] starts an unmodified MPyC program against a bound proxy and supervises
+//!   both (own process group, Ctrl-C forwarded, killed with mpc-did); its
+//!   [`launch::find_python`] is the one place that picks the Python that runs MPyC.
 //!
-//! It does not do: authentication or encryption (the transport's job), choosing paths.
-//! It opens no TCP or UDP socket.
+//! It does not do: authentication or encryption (the transport's job), choosing paths,
+//! the MPC session's lobby (crates/lobby), or test policy (what a test does without
+//! Python is `mpc-did-testkit`'s). It opens no TCP or UDP socket.
 //!
 //! ```no_run
 //! # async fn demo<T: mpc_did_proxy::Transport>(transport: T) -> Result<(), mpc_did_proxy::ProxyError> {
@@ -46,6 +50,7 @@
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
 
 pub mod launch;
 mod link;
@@ -97,7 +102,9 @@ pub trait Transport: Send + Sync + 'static {
 /// A peer's program failed or its session was lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerFailure {
+    /// The party whose link failed.
     pub peer: PartyId,
+    /// What happened, as the transport or the link reported it.
     pub reason: String,
 }
 
@@ -143,11 +150,18 @@ impl ProxyConfig {
 pub enum ProxyError {
     /// `me` is not below `parties`, or there are more parties than MPyC supports here.
     #[error("bad party layout: party id {me} with {parties} parties")]
-    Config { me: PartyId, parties: u16 },
+    Config {
+        /// Our party id as configured.
+        me: PartyId,
+        /// The number of parties as configured.
+        parties: u16,
+    },
     /// The run's private link directory could not be made (or its hook written).
     #[error("cannot create a private link directory in {}: {source}", parent.display())]
     LinkDir {
+        /// Where the directory was to be created.
         parent: PathBuf,
+        /// Why it could not be.
         #[source]
         source: io::Error,
     },
@@ -157,25 +171,44 @@ pub enum ProxyError {
     /// A peer stream announced another party id than the one its session is bound to.
     #[error("party id spoofed: the session with party {authenticated} announced party id {announced}; link dropped")]
     PartyIdMismatch {
+        /// The party the stream's session is bound to.
         authenticated: PartyId,
+        /// The party id the stream's first two bytes claimed.
         announced: PartyId,
     },
     /// Our own MPyC announced an id other than ours (wrong `-I` or another program).
     #[error("the local MPyC program announced party id {announced}, but this proxy is party {me}")]
-    LocalIdMismatch { me: PartyId, announced: PartyId },
+    LocalIdMismatch {
+        /// Our party id.
+        me: PartyId,
+        /// The id our MPyC announced.
+        announced: PartyId,
+    },
     /// A peer stream came from a party that should not dial us (not lower than us, or twice).
     #[error("unexpected stream from party {0}")]
     UnexpectedPeer(PartyId),
     /// MPyC did not start listening in time.
     #[error("MPyC did not accept on {} within {secs} s: is the program running?", socket.display())]
-    MpycUnreachable { socket: PathBuf, secs: u64 },
+    MpycUnreachable {
+        /// The Unix socket MPyC should have listened on.
+        socket: PathBuf,
+        /// How long we tried, in seconds.
+        secs: u64,
+    },
     /// A peer did not show up in time.
     #[error("timed out after {secs} s waiting for {what}")]
-    Timeout { what: String, secs: u64 },
+    Timeout {
+        /// What we waited for (e.g. "a stream from party 2").
+        what: String,
+        /// How long we waited, in seconds.
+        secs: u64,
+    },
     /// A link failed while carrying data.
     #[error("link with party {peer}: {source}")]
     Link {
+        /// The peer of the failed link.
         peer: PartyId,
+        /// The I/O error on either side of the link.
         #[source]
         source: io::Error,
     },

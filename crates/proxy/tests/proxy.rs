@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mpc_did_proxy::launch::{find_python, run_program, LaunchError, Output, Program};
+use mpc_did_proxy::launch::{run_program, LaunchError, Output, Program};
 use mpc_did_proxy::{PartyId, PeerFailure, Proxy, ProxyConfig, ProxyError, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
@@ -174,14 +174,10 @@ async fn spoofed_party_id_is_refused() {
     );
 }
 
-/// `$MPC_DID_PYTHON`, else the repository's `.venv` (test.sh makes it); `None`: skip.
+/// MPyC's Python (with numpy); `None`: skip (the test kit's policy, which fails instead
+/// under `MPC_DID_REQUIRE_INTEROP=1`).
 fn python() -> Option<PathBuf> {
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    let found = find_python(&[venv], &["numpy"]).unwrap();
-    if found.is_none() {
-        eprintln!("skipped: set MPC_DID_PYTHON to a Python with mpyc (./test.sh does)");
-    }
-    found
+    mpc_did_testkit::python(&["numpy"])
 }
 
 fn example(name: &str) -> PathBuf {
@@ -220,6 +216,7 @@ async fn run_three(
         runs.push(tokio::spawn(async move {
             let stop = async move {
                 match stop_after {
+                    // The user's Ctrl-C, `d` into the run (a scheduled event, not a wait).
                     Some(d) => tokio::time::sleep(d).await,
                     None => std::future::pending().await,
                 }
@@ -277,7 +274,7 @@ async fn real_mpyc_large_messages_through_proxies() {
     }
 }
 
-/// Issue 7: killing one party makes the others exit with an error instead of hanging.
+/// The crate docs ("an error on either side closes both"): killing one party makes the others exit with an error instead of hanging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_party_stops_the_others_with_an_error() {
     let people: Vec<String> = (3..60).map(|n| n.to_string()).collect();

@@ -267,7 +267,7 @@ fn out_of_place_frames_after_auth_are_stray_not_fatal() {
     );
 }
 
-/// spec/session.md §7.5 "Relay addressing" (issue 16 gap 11): a client answers the relay's
+/// spec/session.md §7.5 "Relay addressing": a client answers the relay's
 /// Ping with a Pong carrying the same 8 bytes, before and after authentication.
 #[test]
 fn client_answers_a_relay_ping_with_the_same_bytes() {

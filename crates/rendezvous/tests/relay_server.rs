@@ -1,5 +1,5 @@
 //! Relay server core (spec/rendezvous.md §4.4-4.5): authentication, opaque
-//! forwarding, and every bad-input case of issue 5 (unauthenticated and
+//! forwarding, and every bad-input case of §4.5 and §8 (unauthenticated and
 //! spoofed clients, unknown peers, oversize frames, floods), each rejected
 //! with a typed error and counted, with other clients unaffected.
 #![allow(clippy::unwrap_used)]

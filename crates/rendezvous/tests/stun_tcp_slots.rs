@@ -5,10 +5,11 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mpc_did_rendezvous::binding::RetransmitSchedule;
 use mpc_did_rendezvous::net::{binding_tcp, StunServer, StunServerConfig};
+use mpc_did_testkit::wait_until;
 use tokio::net::{TcpSocket, TcpStream};
 
 async fn idle_from(src: &str, server: SocketAddr) -> Option<TcpStream> {
@@ -31,16 +32,14 @@ async fn one_client_cannot_hold_every_tcp_slot() {
         }
     }
     let m = server.metrics();
-    let end = Instant::now() + Duration::from_secs(10);
-    while m.tcp_accepted.load(Ordering::Relaxed) + m.tcp_refused.load(Ordering::Relaxed)
-        < held.len() as u64
-    {
-        assert!(
-            Instant::now() < end,
-            "the server did not see every connection"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let seen = || {
+        m.tcp_accepted.load(Ordering::Relaxed) + m.tcp_refused.load(Ordering::Relaxed)
+            >= held.len() as u64
+    };
+    assert!(
+        wait_until(seen, Duration::from_secs(10)).await,
+        "the server did not see every connection"
+    );
     // Another client is answered at once.
     let quick = RetransmitSchedule {
         rto: Duration::from_millis(200),

@@ -14,9 +14,9 @@ use zeroize::Zeroizing;
 use crate::error::{Result, SessionError};
 
 /// AES-256-GCM key length.
-pub const KEY_LEN: usize = 32;
+pub(crate) const KEY_LEN: usize = 32;
 /// AES-GCM tag length.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 /// Records per key epoch: the epoch of counter `c` is `c >> EPOCH_BITS` (spec §5.5).
 pub const EPOCH_BITS: u32 = 20;
 /// How many epochs a receiver derives forward at most for one record (spec §5.5). Records

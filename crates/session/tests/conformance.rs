@@ -1,5 +1,5 @@
-//! Conformance tests for the rules spec/session.md states to close issue 16's gaps 4, 6–10,
-//! 12 and 13 (the checklist, spec/session.md §13, points here). Each test pins one decision
+//! Conformance tests for the rules spec/session.md states where a second implementation
+//! could otherwise differ (the checklist, spec/session.md §13, points here). Each test pins one decision
 //! a second implementation could otherwise make differently.
 #![allow(clippy::unwrap_used)]
 

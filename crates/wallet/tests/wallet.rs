@@ -226,6 +226,7 @@ fn open_waits_a_bounded_time_for_the_holder() {
     let (tx, rx) = std::sync::mpsc::channel();
     let holder = std::thread::spawn(move || {
         tx.send(()).unwrap();
+        // A holder that is slow to let go (simulated): the opener below must wait.
         std::thread::sleep(Duration::from_millis(300));
         drop(first);
     });

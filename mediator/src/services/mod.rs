@@ -1,5 +1,5 @@
-//! Rendezvous services that run beside the mediator (issue 5,
-//! spec/rendezvous.md): [`stun::StunService`] (STUN Binding over UDP and TCP,
+//! Rendezvous services that run beside the mediator (spec/mediator.md §9,
+//! spec/rendezvous.md §7): [`stun::StunService`] (STUN Binding over UDP and TCP,
 //! default port 3478, optional RFC 5780 alternate address) and
 //! [`relay::RelayService`] (the relay over WebSocket `GET /relay` on the
 //! mediator's HTTP port and over plain TCP). Both plug in through

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::testkit::RedisServer;
+use mpc_did_testkit::mediator::RedisServer;
 
 const LIMITS: QueueLimits = QueueLimits {
     max_messages: 3,
@@ -253,7 +253,7 @@ async fn redis_contract() {
     assert_eq!(s2.fetch("did:ex:z", None, 10).await.unwrap()[0].data, b"hi");
 }
 
-// Issue #4: after a Redis restart the mediator reconnects instead of failing forever.
+// spec/mediator.md §5: after a Redis restart the mediator reconnects instead of failing forever.
 // The server is killed and started again mid-test on the same port and data; what was
 // acknowledged before survives (appendfsync always), and the same store works again.
 #[tokio::test]

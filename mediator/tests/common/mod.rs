@@ -1,14 +1,18 @@
-//! Shared helpers: run the real `mpc-did-mediator` binary, make did:key identities, put a
-//! TLS proxy in front of a mediator.
+//! Shared helpers: run the real `mpc-did-mediator` binary, put a TLS proxy in front of a
+//! mediator, wait for what the mediator reports (queue length, live sessions). Identities
+//! and clients come from the workspace test kit (`mpc-did-testkit`).
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use mpc_did_agent::client::{MediatorClient, MediatorInfo};
-use mpc_did_didcomm::{Secret, SecretStore};
-use mpc_did_resolver::{key, UniversalResolver};
+use std::time::Duration;
+
+use mpc_did_agent::client::MediatorClient;
+use mpc_did_resolver::key;
+use mpc_did_testkit::mediator::Identity;
+use mpc_did_testkit::wait_until_async;
 
 /// A running mediator process (killed with SIGKILL on drop).
 pub struct MediatorProc {
@@ -73,32 +77,33 @@ impl Drop for MediatorProc {
     }
 }
 
-/// A fresh did:key identity: DID and its secrets.
-pub fn identity() -> (String, SecretStore) {
-    let mut seed = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
-    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let did = key::did_from_ed25519(&signing.verifying_key().to_bytes());
-    let doc = key::resolve(&did).unwrap();
-    let mut secrets = SecretStore::new();
-    secrets.insert(
-        doc.key_agreement_methods()[0].id.clone(),
-        Secret::X25519(x25519_dalek::StaticSecret::from(
-            key::x25519_secret_from_ed25519_seed(&seed),
-        )),
-    );
-    secrets.insert(
-        doc.authentication_methods()[0].id.clone(),
-        Secret::Ed25519(signing),
-    );
-    (did, secrets)
+/// A client for a fresh identity at the mediator `url` (not registered).
+pub async fn client(url: &str) -> MediatorClient {
+    mpc_did_testkit::mediator::client(url, Identity::generate()).await
 }
 
-/// A client for a fresh identity at the mediator `url`.
-pub async fn client(url: &str) -> MediatorClient {
-    let info = MediatorInfo::discover(url).await.unwrap();
-    let (did, secrets) = identity();
-    MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap()
+/// How long the waits below poll before they give up.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// Waits (at most [`SETTLE`]) until `c`'s mediator reports `n` messages queued for it
+/// (spec/mediator.md §5: an acknowledgement deletes); `false` if it never does.
+pub async fn wait_queued(c: &MediatorClient, n: u64) -> bool {
+    wait_until_async(
+        || async { c.status().await.unwrap()["message_count"] == n },
+        SETTLE,
+    )
+    .await
+}
+
+/// Waits (at most [`SETTLE`]) until the mediator at `url` has at least `n` WebSocket
+/// sessions in live-delivery mode (its `/metrics`): from then on a message sent to their
+/// DID is pushed, not only queued; `false` if it never does.
+pub async fn wait_live_sessions(url: &str, n: u64) -> bool {
+    wait_until_async(
+        || async { metric(url, "mpcdid_mediator_live_sessions").await >= n },
+        SETTLE,
+    )
+    .await
 }
 
 /// A registered recipient A and a sender B who knows A's DID document and mediator, both

@@ -527,7 +527,8 @@ pub fn short_reason(e: &anyhow::Error) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use mpc_did_driver::{local::session_pair_with, DriverConfig};
+    use mpc_did_driver::DriverConfig;
+    use mpc_did_testkit::local::session_pair_with;
     use sha2::{Digest as _, Sha256};
 
     fn data(seed: u8, len: usize) -> Vec<u8> {
@@ -573,7 +574,7 @@ mod tests {
         assert!(!b.ended().await.is_error());
     }
 
-    // spec/session.md §12 (issue 16 gap 2): `pipe`'s protocol as a peer written from the
+    // spec/session.md §12: `pipe`'s protocol as a peer written from the
     // spec sees it: each side sends on the stream it opened (proposer 1, acceptor 0), the
     // first 8 bytes are `mdpipe/1`, a FIN ends its input, and the side that has the peer's
     // FIN and an acknowledgement of all its bytes closes with code 0.

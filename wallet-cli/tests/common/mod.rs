@@ -62,18 +62,9 @@ pub fn ok(home: &Path, args: &[&str]) -> String {
 }
 
 /// Polls `cond` until it holds (`true`) or `deadline` passes (`false`, after one last
-/// try). Tests assert on the result with their own message.
-pub fn wait_until(mut cond: impl FnMut() -> bool, deadline: Instant) -> bool {
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return cond();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+/// try): the test kit's poll, for these tests' threads.
+#[allow(unused_imports)] // each test file is its own crate and uses part of this module
+pub use mpc_did_testkit::wait_until_blocking as wait_until;
 
 /// Wait for a child at most `limit`; kill it (and fail) if it does not exit.
 pub fn wait_bounded(mut child: Child, limit: Duration) -> Output {
@@ -191,12 +182,6 @@ pub fn loopback_config(data: &Path) -> mpc_did_mediator::Config {
     }
 }
 
-/// Says on stderr that (part of) the running test is skipped and why, as
-/// `SKIPPED: <test>: <why>`. Written to the process's stderr, not through `eprintln!`,
-/// which the test harness captures and hides for a passing test.
-pub fn skipped(why: &str) {
-    use std::io::Write as _;
-    let thread = std::thread::current();
-    let test = thread.name().unwrap_or("?");
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {test}: {why}");
-}
+/// Says on stderr that (part of) the running test is skipped and why (`SKIPPED: …`).
+#[allow(unused_imports)] // each test file is its own crate and uses part of this module
+pub use mpc_did_testkit::skipped;

@@ -50,7 +50,7 @@ pub async fn connect(a: &SessionHandle, b: &SessionHandle) {
 
 /// Three parties, three pairwise sessions over loopback TCP: the map the proxy needs.
 pub async fn three_party_sessions() -> Vec<BTreeMap<u16, SessionHandle>> {
-    mpc_did_driver::local::local_mesh(3, |t| Box::new(t))
+    mpc_did_testkit::local::local_mesh(3, |t| Box::new(t))
         .await
         .unwrap()
 }

@@ -1,6 +1,6 @@
 //! Sessions between parties in one process, over loopback TCP: the real handshake and the
 //! real driver, without the DIDComm round trips. For benchmarks of the data plane and for
-//! tests; networked parties use the DIDComm negotiation instead.
+//! tests; networked parties use the DIDComm negotiation instead (`mpc-did-connect`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -11,7 +11,7 @@ use mpc_did_proxy::PartyId;
 use mpc_did_session::{Acceptor, Proposer, SessionConfig};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{path, DriverConfig, SessionHandle};
+use mpc_did_driver::{path, DriverConfig, SessionHandle};
 
 fn setup_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("session setup: {e}"))

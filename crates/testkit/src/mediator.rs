@@ -1,13 +1,28 @@
-//! Helpers for tests and benchmarks: a real `redis-server` on a free loopback port, and the
-//! mediator with STUN and relay as the network-namespace NAT tests run it.
+//! A real mediator on loopback and the parties registered at it; fresh did:key identities;
+//! a real `redis-server` on a free loopback port; the mediator with STUN and relay as the
+//! network-namespace NAT tests run it.
 //!
-//! Used by this crate's tests, by `wallet-cli/tests/mediator_*.rs` and by the benchmark;
-//! not meant for production code.
+//! ```no_run
+//! # async fn demo() {
+//! let dir = tempfile::tempdir().unwrap();
+//! let m = mpc_did_testkit::mediator::loopback_mediator(dir.path()).await;
+//! let (alice, _) = mpc_did_testkit::mediator::registered_agent(&m.public_url).await;
+//! let (bob, _) = mpc_did_testkit::mediator::registered_agent(&m.public_url).await;
+//! alice.learn_service(bob.did(), bob.own_service()).await.unwrap();
+//! # }
+//! ```
 
-use std::net::TcpListener;
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use mpc_did_agent::client::{MediatorClient, MediatorInfo};
+use mpc_did_agent::Agent;
+use mpc_did_didcomm::SecretStore;
+use mpc_did_mediator::{Config, Mediator, MediatorHandle};
+use mpc_did_resolver::UniversalResolver;
 
 /// A `redis-server` child with AOF persistence and `appendfsync always` (the durability
 /// setting spec/mediator.md §5 requires), killed on drop.
@@ -38,7 +53,9 @@ impl RedisServer {
         let dir = std::env::temp_dir().join(format!(
             "mpc-did-redis-{}-{port}-{}",
             std::process::id(),
-            super::store::now_ms()
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
         ));
         std::fs::create_dir_all(&dir)?;
         let dir = TempDir(dir);
@@ -105,34 +122,111 @@ impl Drop for RedisServer {
     }
 }
 
+/// A fresh did:key party without a wallet: its DID, its secrets (the Ed25519 key under
+/// the authentication kid, the derived X25519 key under the keyAgreement kid), and the
+/// Ed25519 key itself (a relay identity answers the relay's challenge with it).
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The `did:key:z6Mk…` DID.
+    pub did: String,
+    /// The DID's secrets, as a [`MediatorClient`] takes them.
+    pub secrets: SecretStore,
+    /// The Ed25519 key the DID is made of.
+    pub signing: SigningKey,
+}
+
+impl Identity {
+    /// A new random did:key identity.
+    #[must_use]
+    pub fn generate() -> Self {
+        let mut seed = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+        Self::from_seed(seed)
+    }
+
+    /// The did:key identity of the Ed25519 `seed` (deterministic: vectors, repeatable
+    /// tests).
+    #[must_use]
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        let signing = SigningKey::from_bytes(&seed);
+        let mut secrets = SecretStore::new();
+        let did = secrets.insert_did_key(&signing);
+        Self {
+            did,
+            secrets,
+            signing,
+        }
+    }
+}
+
 /// A fresh did:key identity (Ed25519, X25519 derived) and its secrets, for tests and
 /// benchmarks that need parties without a wallet.
+#[must_use]
+pub fn ephemeral_identity() -> (String, SecretStore) {
+    let id = Identity::generate();
+    (id.did, id.secrets)
+}
+
+/// The configuration of a mediator on `127.0.0.1`, port chosen by the OS, storing in `data`
+/// (sled); callers add services (`Mediator::builder(loopback_config(dir)).service(relay)`).
+#[must_use]
+pub fn loopback_config(data: &Path) -> Config {
+    Config {
+        listen: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+        data: data.to_path_buf(),
+        ..Config::default()
+    }
+}
+
+/// A mediator on loopback with the default configuration and no extra service (no STUN,
+/// no relay), storing in `data`.
 ///
 /// # Panics
-/// Never in practice: a did:key made here always resolves.
-#[must_use]
+/// The mediator does not start (a test set-up failure).
 #[allow(clippy::expect_used)]
-pub fn ephemeral_identity() -> (String, mpc_did_didcomm::SecretStore) {
-    use mpc_did_didcomm::{Secret, SecretStore};
-    use mpc_did_resolver::key;
-    let mut seed = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
-    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let did = key::did_from_ed25519(&signing.verifying_key().to_bytes());
-    let doc = key::resolve(&did).expect("a fresh did:key resolves");
-    let mut secrets = SecretStore::new();
-    if let Some(ka) = doc.key_agreement_methods().first() {
-        secrets.insert(
-            ka.id.clone(),
-            Secret::X25519(x25519_dalek::StaticSecret::from(
-                key::x25519_secret_from_ed25519_seed(&seed),
-            )),
-        );
-    }
-    if let Some(auth) = doc.authentication_methods().first() {
-        secrets.insert(auth.id.clone(), Secret::Ed25519(signing));
-    }
-    (did, secrets)
+pub async fn loopback_mediator(data: &Path) -> MediatorHandle {
+    Mediator::builder(loopback_config(data))
+        .start()
+        .await
+        .expect("loopback mediator starts")
+}
+
+/// A [`MediatorClient`] for `id` at the mediator whose base URL is `url`, not registered
+/// (resolves did:key and did:web with the real resolver).
+///
+/// # Panics
+/// The mediator's invitation cannot be fetched or the client cannot be made.
+#[allow(clippy::expect_used)]
+pub async fn client(url: &str, id: Identity) -> MediatorClient {
+    let info = MediatorInfo::discover(url)
+        .await
+        .expect("mediator invitation");
+    let resolver = UniversalResolver::new().expect("resolver");
+    MediatorClient::new(info, &id.did, id.secrets, resolver).expect("mediator client")
+}
+
+/// As [`client`], registered at the mediator (Coordinate Mediation 2.0, spec/mediator.md).
+///
+/// # Panics
+/// As [`client`], or the mediator refuses the registration.
+#[allow(clippy::expect_used)]
+pub async fn registered_client(url: &str, id: Identity) -> MediatorClient {
+    let c = client(url, id).await;
+    c.register().await.expect("mediation granted");
+    c
+}
+
+/// A fresh party registered at the mediator `url`, its [`Agent`] started (live delivery
+/// running), and its Ed25519 key (for a relay identity).
+///
+/// # Panics
+/// As [`registered_client`], or the agent does not start.
+#[allow(clippy::expect_used)]
+pub async fn registered_agent(url: &str) -> (Agent, SigningKey) {
+    let id = Identity::generate();
+    let signing = id.signing.clone();
+    let c = registered_client(url, id).await;
+    (Agent::start(c).await.expect("agent starts"), signing)
 }
 
 /// A mediator as the NAT tests run it in an emulated public network (`e3`'s public
@@ -148,13 +242,13 @@ pub async fn start_public_mediator(
     alt: std::net::Ipv4Addr,
     data: PathBuf,
 ) -> (
-    crate::MediatorHandle,
-    crate::services::relay::RelayServiceHandle,
+    mpc_did_mediator::MediatorHandle,
+    mpc_did_mediator::services::relay::RelayServiceHandle,
 ) {
     use std::net::{SocketAddr, SocketAddrV4};
 
-    use crate::services::relay::{RelayService, RelayServiceConfig};
-    use crate::services::stun::{StunServerConfig, StunService};
+    use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
+    use mpc_did_mediator::services::stun::{StunServerConfig, StunService};
 
     let mut cfg = StunServerConfig::new(SocketAddr::V4(SocketAddrV4::new(addr, 3478)));
     cfg.alternate = Some(SocketAddr::V4(SocketAddrV4::new(alt, 3479)));
@@ -163,12 +257,12 @@ pub async fn start_public_mediator(
         .await
         .expect("relay");
     let relay_h = relay.handle();
-    let config = crate::Config {
+    let config = mpc_did_mediator::Config {
         listen: SocketAddr::V4(SocketAddrV4::new(addr, 8080)),
         data,
-        ..crate::Config::default()
+        ..mpc_did_mediator::Config::default()
     };
-    let m = crate::Mediator::builder(config)
+    let m = mpc_did_mediator::Mediator::builder(config)
         .service(stun)
         .service(relay)
         .start()
