@@ -168,7 +168,7 @@ async fn veramo_sends_to_a_wallet_through_our_mediator() {
     assert!(wallet.fetch(10).await.unwrap().is_empty());
 
     // The same route from an mpc-did sender (control: the mediator and wallet work).
-    let (did, secrets) = common::identity();
+    let (did, secrets) = mpc_did_testkit::mediator::ephemeral_identity();
     let sender = MediatorClient::new(
         wallet.info.clone(),
         &did,
