@@ -50,6 +50,7 @@ mod error;
 pub mod key;
 mod public_key;
 mod resolver;
+pub mod trust;
 pub mod web;
 
 pub use did::{Did, DidUrl, MAX_DID_LEN};
