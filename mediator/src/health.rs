@@ -1,5 +1,6 @@
 //! Liveness and readiness (spec/mediator.md §7.1): a background probe writes to the store
-//! every [`PROBE_INTERVAL`] (sled: a write and a flush to disk; Redis: a `SET`), and each
+//! every [`PROBE_INTERVAL`] (sled: a write and a flush to disk, and a fresh file in the data
+//! directory with fsync; Redis: a `SET`), and each
 //! service (relay, STUN) is watched while it runs. `/readyz` reports both; a store that
 //! stays unwritable for `storage_fatal_secs` makes the process exit with status
 //! [`EXIT_STORAGE`] so its supervisor (systemd `Restart=on-failure`) starts it afresh —
@@ -123,7 +124,7 @@ impl Health {
         fatal: CancellationToken,
     ) {
         loop {
-            let r = tokio::time::timeout(PROBE_INTERVAL * 5, probe(&store.store)).await;
+            let r = tokio::time::timeout(PROBE_INTERVAL * 5, probe(&store)).await;
             let r = r.unwrap_or_else(|_| Err("probe timed out".to_owned()));
             self.record(r, fatal_after);
             if self.is_fatal() {
@@ -141,8 +142,28 @@ impl Health {
     }
 }
 
-async fn probe(store: &AnyStore) -> Result<(), String> {
-    store.probe().await.map_err(|e| e.to_string())
+async fn probe(core: &crate::core::Core) -> Result<(), String> {
+    core.store.probe().await.map_err(|e| e.to_string())?;
+    if matches!(core.store, AnyStore::Sled(_)) {
+        // sled may still have room in the pages it already holds; a new file page shows a
+        // full disk (or a read-only remount) at once.
+        let path = core.config.data.join(".readiness-probe");
+        let stamp = crate::store::now_ms().to_be_bytes();
+        let dir = core.config.data.clone();
+        tokio::task::spawn_blocking(move || {
+            // A new file while the previous one still holds its page, then renamed over
+            // it: each probe needs one free page.
+            let fresh = path.with_extension("new");
+            let mut f = std::fs::File::create(&fresh)?;
+            std::io::Write::write_all(&mut f, &stamp)?;
+            f.sync_all()?;
+            std::fs::rename(&fresh, &path)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("data directory {}: {e}", dir.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
