@@ -359,3 +359,39 @@ async fn admin_list_purge_revoke() {
         .await;
     assert!(refused.is_err(), "a revoked DID still receives");
 }
+
+/// The shipped systemd unit is hardened: `systemd-analyze security` exposure ≤ 2.5 (README
+/// says the score). Skipped where systemd-analyze is missing.
+#[test]
+fn shipped_unit_is_hardened() {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/mpc-did-mediator.service");
+    let Ok(out) = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", unit])
+        .output()
+    else {
+        eprintln!("SKIPPED: shipped_unit_is_hardened: systemd-analyze is not installed");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for ")
+                .nth(1)?
+                .split(": ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no score in: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(score <= 2.5, "exposure {score} > 2.5:\n{text}");
+    let body = std::fs::read_to_string(unit).unwrap();
+    // Documentation= names files the install steps in the unit's header put there.
+    for doc in body.lines().filter_map(|l| l.strip_prefix("Documentation=")) {
+        for d in doc.split(' ').filter_map(|d| d.strip_prefix("file://")) {
+            assert!(body.contains(&format!(" {d}\n")), "{d} is not installed by the header's steps");
+        }
+    }
+}
