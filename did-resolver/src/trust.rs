@@ -67,7 +67,9 @@ pub fn extra_roots() -> Vec<Vec<u8>> {
 pub fn parse_certificates(name: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>, TrustError> {
     const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
     const END: &str = "-----END CERTIFICATE-----";
-    let text = std::str::from_utf8(bytes).ok().filter(|t| t.contains("-----BEGIN"));
+    let text = std::str::from_utf8(bytes)
+        .ok()
+        .filter(|t| t.contains("-----BEGIN"));
     let Some(text) = text else {
         // DER: a SEQUENCE (0x30) with a long length; anything else is not a certificate.
         if bytes.len() > 4 && bytes.first() == Some(&0x30) {
@@ -146,7 +148,9 @@ mod tests {
         let certs = parse_certificates("x", pem.as_bytes()).unwrap();
         assert_eq!(certs, vec![vec![0x30, 0x82, 1, 2, 3, 4]; 2]);
         assert_eq!(
-            parse_certificates("x", &[0x30, 0x82, 1, 2, 3]).unwrap().len(),
+            parse_certificates("x", &[0x30, 0x82, 1, 2, 3])
+                .unwrap()
+                .len(),
             1
         );
         assert!(matches!(
@@ -158,7 +162,10 @@ mod tests {
             Err(TrustError::Empty { .. })
         ));
         assert!(matches!(
-            parse_certificates("x", b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----"),
+            parse_certificates(
+                "x",
+                b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----"
+            ),
             Err(TrustError::BadPem { index: 1, .. })
         ));
     }

@@ -90,11 +90,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
         u8::from(ready)
     );
     process_metrics(&mut text);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// The standard `process_*` series, from `/proc/self` (Linux; nothing elsewhere).
@@ -144,11 +140,13 @@ fn process_metrics(out: &mut String) {
             fds.count()
         );
     }
-    let max_fds = std::fs::read_to_string("/proc/self/limits").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
-    });
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+        });
     if let Some(m) = max_fds {
         let _ = writeln!(
             out,
@@ -228,7 +226,9 @@ pub struct GrantEntry {
 ///
 /// # Errors
 /// Store failure.
-pub async fn list(store: &crate::store::AnyStore) -> Result<Vec<GrantEntry>, crate::store::StoreError> {
+pub async fn list(
+    store: &crate::store::AnyStore,
+) -> Result<Vec<GrantEntry>, crate::store::StoreError> {
     let mut out = Vec::new();
     for (did, granted_ms) in store.grant_list().await? {
         let keys = store.keys(&did).await?.len();

@@ -333,7 +333,10 @@ mod tests {
         assert_eq!(c.limits.max_message_bytes, 1024 * 1024);
         assert_eq!(c.store_config().unwrap(), StoreConfig::Sled);
         c.validate().unwrap();
-        assert_eq!(c.stun_addr().unwrap(), Some("0.0.0.0:3478".parse().unwrap()));
+        assert_eq!(
+            c.stun_addr().unwrap(),
+            Some("0.0.0.0:3478".parse().unwrap())
+        );
         assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
     }
 

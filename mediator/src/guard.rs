@@ -294,10 +294,7 @@ impl<K: std::hash::Hash + Eq + Clone> KeyedRate<K> {
                 return false;
             }
         }
-        let (tokens, last) = self
-            .buckets
-            .entry(key.clone())
-            .or_insert((self.burst, now));
+        let (tokens, last) = self.buckets.entry(key.clone()).or_insert((self.burst, now));
         let elapsed = now.saturating_duration_since(*last).as_secs_f64();
         *last = now;
         *tokens = (*tokens + elapsed * self.rate).min(self.burst);
@@ -364,9 +361,7 @@ pub fn client_address(
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as the IPv4 address.
 fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
     match ip {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(ip, std::net::IpAddr::V4),
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
         v4 => v4,
     }
 }
@@ -396,7 +391,10 @@ mod tests {
             ip("198.51.100.7")
         );
         // Missing or garbage header: the proxy itself.
-        assert_eq!(client_address(ip("10.0.0.1"), &[], &proxies), ip("10.0.0.1"));
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &[], &proxies),
+            ip("10.0.0.1")
+        );
         assert_eq!(
             client_address(ip("10.0.0.1"), &["unknown"], &proxies),
             ip("10.0.0.1")

@@ -194,12 +194,11 @@ impl MediatorBuilder {
                 addr: config.listen,
                 source,
             })?;
-        let admin_listener = bind_listener(config.admin_listen, 64).map_err(|source| {
-            MediatorError::Bind {
+        let admin_listener =
+            bind_listener(config.admin_listen, 64).map_err(|source| MediatorError::Bind {
                 addr: config.admin_listen,
                 source,
-            }
-        })?;
+            })?;
         let admin_addr = admin_listener
             .local_addr()
             .map_err(|source| MediatorError::Bind {
@@ -250,8 +249,8 @@ impl MediatorBuilder {
         };
         let arrivals = store.arrivals();
         let rate_per_ip = config.limits.rate_per_ip;
-        let fatal_after = (config.storage_fatal_secs > 0)
-            .then(|| Duration::from_secs(config.storage_fatal_secs));
+        let fatal_after =
+            (config.storage_fatal_secs > 0).then(|| Duration::from_secs(config.storage_fatal_secs));
         let core = Arc::new(core::Core::new(identity.clone(), config, store, resolver));
         let cancel = CancellationToken::new();
         let fatal = CancellationToken::new();
@@ -413,11 +412,19 @@ impl Drop for MediatorHandle {
 /// unwritable one is reported once, by path, with what to do.
 fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
     let hint = "give the mediator's user write access to it (systemd: StateDirectory=), or set `data` / --data to another directory";
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("data directory {} cannot be created ({e}): {hint}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "data directory {} cannot be created ({e}): {hint}",
+            dir.display()
+        )
+    })?;
     let probe = dir.join(".write-test");
-    std::fs::write(&probe, b"")
-        .map_err(|e| format!("data directory {} is not writable ({e}): {hint}", dir.display()))?;
+    std::fs::write(&probe, b"").map_err(|e| {
+        format!(
+            "data directory {} is not writable ({e}): {hint}",
+            dir.display()
+        )
+    })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }

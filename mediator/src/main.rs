@@ -305,9 +305,9 @@ async fn run(args: Args, config: Config) -> anyhow::Result<Exit> {
         if let Some(n) = args.stun_tcp_max_per_ip {
             cfg.max_tcp_per_source = n;
         }
-        let stun = StunService::bind(cfg)
-            .await
-            .with_context(|| format!("cannot serve STUN on {primary} (set stun = \"\" or --no-stun to run without)"))?;
+        let stun = StunService::bind(cfg).await.with_context(|| {
+            format!("cannot serve STUN on {primary} (set stun = \"\" or --no-stun to run without)")
+        })?;
         stun_addr = stun.handle().primary;
         builder = builder.service(stun);
     }

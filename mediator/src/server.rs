@@ -227,9 +227,9 @@ pub async fn serve(
         let source = SourceAddr::of(peer.ip());
         let via_proxy = {
             let ip = match peer.ip() {
-                std::net::IpAddr::V6(v6) => v6
-                    .to_ipv4_mapped()
-                    .map_or(peer.ip(), std::net::IpAddr::V4),
+                std::net::IpAddr::V6(v6) => {
+                    v6.to_ipv4_mapped().map_or(peer.ip(), std::net::IpAddr::V4)
+                }
                 v4 => v4,
             };
             state.core.config.trusted_proxies.contains(&ip)
@@ -636,12 +636,7 @@ struct Session {
     inflight: HashSet<String>,
 }
 
-async fn ws_session(
-    st: AppState,
-    mut socket: WebSocket,
-    conn: Arc<ConnInfo>,
-    source: SourceAddr,
-) {
+async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, source: SourceAddr) {
     let core = st.core.clone();
     let m = &core.metrics;
     m.websockets_open.fetch_add(1, Ordering::Relaxed);

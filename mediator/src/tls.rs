@@ -65,7 +65,9 @@ impl TlsFiles {
             return;
         }
         match self.reload() {
-            Ok(()) => tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded (files changed)"),
+            Ok(()) => {
+                tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded (files changed)")
+            }
             Err(e) => {
                 // Remember the stamp so a half-written file is not retried in a loop; the
                 // next change (or SIGHUP) tries again.
@@ -128,8 +130,8 @@ fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Stamp), Stri
             cert.display()
         ));
     }
-    let der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("tls_key {}: {e}", key.display()))?;
+    let der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls_key {}: {e}", key.display()))?;
     let provider = rustls::crypto::ring::default_provider();
     let signing = provider
         .key_provider

@@ -41,7 +41,11 @@ async fn forwards_multiplexed_on_one_http2_connection() {
     // The 40 requests opened no connection besides the one /healthz used (the /metrics
     // reads go to the operator listener, which the public counters do not see).
     let after = metric(&m.admin_url(), "mpcdid_mediator_connections_total").await;
-    assert_eq!(after - before, 0, "the 40 sends reused the one HTTP/2 connection");
+    assert_eq!(
+        after - before,
+        0,
+        "the 40 sends reused the one HTTP/2 connection"
+    );
 
     let got = a.fetch(100).await.unwrap();
     let mut ns: Vec<u64> = Vec::new();

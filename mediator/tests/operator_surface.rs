@@ -2,6 +2,7 @@
 //! §6.1, §7, §7.1): readiness on a full disk (a small tmpfs, root only), config errors,
 //! trusted-proxy `X-Forwarded-For` with per-IP and per-DID rates, JSON and access logs, and
 //! `admin list|revoke|purge`.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -49,8 +50,7 @@ fn run_binary(args: &[&str]) -> (Option<i32>, String) {
         .unwrap();
     (
         out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned()
-            + &String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
     )
 }
 
@@ -61,7 +61,10 @@ fn config_errors_name_the_setting_and_the_path_once() {
     let cfg = config_file(dir.path(), "public_url = \"ftp://x y\"\n");
     let (code, err) = run_binary(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("public_url") && err.contains("ftp://x y"), "{err}");
+    assert!(
+        err.contains("public_url") && err.contains("ftp://x y"),
+        "{err}"
+    );
     assert!(!err.contains("Some(") && !err.contains("panicked"), "{err}");
 
     // A data directory that cannot be created (a file is in the way): the path once.
@@ -71,7 +74,11 @@ fn config_errors_name_the_setting_and_the_path_once() {
     let data_s = data.to_str().unwrap();
     let (code, err) = run_binary(&["--listen", "127.0.0.1:0", "--data", data_s]);
     assert_eq!(code, Some(1), "{err}");
-    assert_eq!(err.matches(data_s).count(), 1, "path not named exactly once: {err}");
+    assert_eq!(
+        err.matches(data_s).count(),
+        1,
+        "path not named exactly once: {err}"
+    );
     assert!(err.contains("data directory"), "{err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
 }
@@ -96,7 +103,10 @@ async fn readyz_red_on_a_full_disk_and_green_after_recovery() {
             .status()
             .is_ok_and(|s| s.success());
     if !mounted {
-        assert!(!required, "mounting a tmpfs needs root (MPC_DID_REQUIRE_NETNS=1)");
+        assert!(
+            !required,
+            "mounting a tmpfs needs root (MPC_DID_REQUIRE_NETNS=1)"
+        );
         eprintln!("SKIPPED: readyz_red_on_a_full_disk_and_green_after_recovery: mounting a tmpfs needs root");
         return;
     }
@@ -139,10 +149,17 @@ async fn readyz_red_on_a_full_disk_and_green_after_recovery() {
         Duration::from_secs(15),
     )
     .await;
-    assert!(red, "/readyz did not turn red on a full disk: {:?}", status_of(&ready).await);
+    assert!(
+        red,
+        "/readyz did not turn red on a full disk: {:?}",
+        status_of(&ready).await
+    );
     // (A send now may fail or not: sled may still have room in pages it holds.)
     let _ = b
-        .send(&a.did, message("https://example.org/t/1.0/n", json!({"n": 1})))
+        .send(
+            &a.did,
+            message("https://example.org/t/1.0/n", json!({"n": 1})),
+        )
         .await;
 
     // Free the space: the mediator recovers, or exits 75 for its supervisor.
@@ -186,9 +203,12 @@ async fn readyz_red_on_a_full_disk_and_green_after_recovery() {
     a.register().await.unwrap();
     let b = common::client(&m.url()).await;
     introduce(&b, &a);
-    b.send(&a.did, message("https://example.org/t/1.0/n", json!({"n": 2})))
-        .await
-        .unwrap();
+    b.send(
+        &a.did,
+        message("https://example.org/t/1.0/n", json!({"n": 2})),
+    )
+    .await
+    .unwrap();
     assert_eq!(a.fetch(10).await.unwrap().len(), 1);
 }
 
@@ -217,7 +237,11 @@ async fn per_ip_rate_reads_forwarded_for_only_from_trusted_proxies() {
     let url = m.url();
     assert_eq!(post(&url, "198.51.100.1").await, 400);
     assert_eq!(post(&url, "198.51.100.1").await, 400);
-    assert_eq!(post(&url, "198.51.100.1").await, 429, "client 1 over its rate");
+    assert_eq!(
+        post(&url, "198.51.100.1").await,
+        429,
+        "client 1 over its rate"
+    );
     // Another client behind the same proxy is not affected; a forged left part does not
     // make a new client.
     assert_eq!(post(&url, "198.51.100.2").await, 400);
@@ -231,7 +255,11 @@ async fn per_ip_rate_reads_forwarded_for_only_from_trusted_proxies() {
     let url = m.url();
     assert_eq!(post(&url, "198.51.100.1").await, 400);
     assert_eq!(post(&url, "198.51.100.2").await, 400);
-    assert_eq!(post(&url, "198.51.100.3").await, 429, "the header was believed");
+    assert_eq!(
+        post(&url, "198.51.100.3").await,
+        429,
+        "the header was believed"
+    );
 }
 
 /// One DID has its own rate over all connections (spec/mediator.md §6.1 `rate_per_did`).
@@ -260,7 +288,13 @@ async fn per_did_rate_spans_connections() {
     let err = refused.expect("six requests at once from one DID all passed a rate of 1/s");
     assert!(err.contains("rate-limited") && err.contains("DID"), "{err}");
     // Another DID has its own bucket (refilled from its registration within a second or two).
-    assert!(wait_for(async || other.status().await.is_ok(), Duration::from_secs(5)).await);
+    assert!(
+        wait_for(
+            async || other.status().await.is_ok(),
+            Duration::from_secs(5)
+        )
+        .await
+    );
 }
 
 /// `--log-format json`: every stderr line is a JSON object; requests write an access line
@@ -288,7 +322,12 @@ async fn json_logs_with_an_access_line_per_request() {
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(child.wait().unwrap().success());
     let lines: Vec<serde_json::Value> = err
         .lines()
@@ -298,9 +337,9 @@ async fn json_logs_with_an_access_line_per_request() {
     assert!(access.len() >= 3, "{err}");
     let hash = mpc_did_mediator::admin::did_hash(&a.did);
     assert!(
-        access
-            .iter()
-            .any(|l| l["did"] == hash.as_str() && l["kind"] == "messagepickup/3.0/status-request" && l["status"] == 200),
+        access.iter().any(|l| l["did"] == hash.as_str()
+            && l["kind"] == "messagepickup/3.0/status-request"
+            && l["status"] == 200),
         "{err}"
     );
     assert!(
@@ -319,9 +358,12 @@ async fn admin_list_purge_revoke() {
     let m = MediatorProc::start(&data, &[]);
     let (a, b) = registered_pair(&m.url()).await;
     for n in 0..3 {
-        b.send(&a.did, message("https://example.org/t/1.0/n", json!({ "n": n })))
-            .await
-            .unwrap();
+        b.send(
+            &a.did,
+            message("https://example.org/t/1.0/n", json!({ "n": n })),
+        )
+        .await
+        .unwrap();
     }
     assert!(m.terminate().success());
     let admin = |args: &[&str]| {
@@ -352,10 +394,19 @@ async fn admin_list_purge_revoke() {
     assert!(!admin(&["list", "--json"]).contains(&a.did));
 
     let m = MediatorProc::start(&data, &[]);
-    let b = b.with_mediator(mpc_did_agent::client::MediatorInfo::discover(&m.url()).await.unwrap()).unwrap();
+    let b = b
+        .with_mediator(
+            mpc_did_agent::client::MediatorInfo::discover(&m.url())
+                .await
+                .unwrap(),
+        )
+        .unwrap();
     introduce(&b, &a);
     let refused = b
-        .send(&a.did, message("https://example.org/t/1.0/n", json!({ "n": 9 })))
+        .send(
+            &a.did,
+            message("https://example.org/t/1.0/n", json!({ "n": 9 })),
+        )
         .await;
     assert!(refused.is_err(), "a revoked DID still receives");
 }
@@ -364,7 +415,10 @@ async fn admin_list_purge_revoke() {
 /// says the score). Skipped where systemd-analyze is missing.
 #[test]
 fn shipped_unit_is_hardened() {
-    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/mpc-did-mediator.service");
+    let unit = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/mpc-did-mediator.service"
+    );
     let Ok(out) = Command::new("systemd-analyze")
         .args(["security", "--offline=true", unit])
         .output()
@@ -385,13 +439,24 @@ fn shipped_unit_is_hardened() {
                 .parse()
                 .ok()
         })
-        .unwrap_or_else(|| panic!("no score in: {text} {}", String::from_utf8_lossy(&out.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "no score in: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     assert!(score <= 2.5, "exposure {score} > 2.5:\n{text}");
     let body = std::fs::read_to_string(unit).unwrap();
     // Documentation= names files the install steps in the unit's header put there.
-    for doc in body.lines().filter_map(|l| l.strip_prefix("Documentation=")) {
+    for doc in body
+        .lines()
+        .filter_map(|l| l.strip_prefix("Documentation="))
+    {
         for d in doc.split(' ').filter_map(|d| d.strip_prefix("file://")) {
-            assert!(body.contains(&format!(" {d}\n")), "{d} is not installed by the header's steps");
+            assert!(
+                body.contains(&format!(" {d}\n")),
+                "{d} is not installed by the header's steps"
+            );
         }
     }
 }

@@ -31,8 +31,8 @@ impl Ctx {
     /// `ca-certs.pem` — to every TLS client this process builds (Mozilla roots stay).
     pub fn install_trust(&self, files: &[PathBuf]) -> anyhow::Result<()> {
         for path in files {
-            let certs = mpc_did_resolver::trust::load_file(path)
-                .context("--ca-cert / MPC_DID_CA_CERT")?;
+            let certs =
+                mpc_did_resolver::trust::load_file(path).context("--ca-cert / MPC_DID_CA_CERT")?;
             mpc_did_resolver::trust::add_roots(certs);
         }
         let wallet_roots = self.home.join(WALLET_CA_CERTS);

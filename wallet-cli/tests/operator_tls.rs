@@ -7,8 +7,10 @@
 //!    commands), including a SIGHUP certificate reload;
 //! 2. the shipped `deploy/Caddyfile` with `tls internal` (Caddy's own private CA);
 //! 3. the shipped `deploy/nginx.conf` (both `/ws` and `/relay` upgraded).
+//!
 //! Needs `openssl`, `caddy` and `nginx` (test.sh installs them): missing ones fail under
 //! `MPC_DID_REQUIRE_NETNS=1` / `MPC_DID_REQUIRE_INTEROP=1` and are SKIPPED otherwise.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -28,7 +30,14 @@ struct Med {
 impl Med {
     fn start(data: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(mediator_bin())
-            .args(["--log", "warn", "--admin-listen", "127.0.0.1:0", "--no-stun", "--data"])
+            .args([
+                "--log",
+                "warn",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--no-stun",
+                "--data",
+            ])
             .arg(data)
             .args(args)
             .stdout(Stdio::piped())
@@ -161,7 +170,10 @@ fn party_cli_works_only_with_the_ca(invitation: &str, ca: &Path) {
 
     // Without the CA: a clear error naming the flag.
     let out = common::mpc_did(a.path(), &["mediator", "register", invitation]);
-    assert!(!out.status.success(), "register without --ca-cert succeeded");
+    assert!(
+        !out.status.success(),
+        "register without --ca-cert succeeded"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("--ca-cert") && err.contains("MPC_DID_CA_CERT"),
@@ -170,7 +182,10 @@ fn party_cli_works_only_with_the_ca(invitation: &str, ca: &Path) {
     assert!(!err.contains("panicked"), "{err}");
 
     // With it: the global flag, and the environment variable.
-    ok(a.path(), &["--ca-cert", ca, "mediator", "register", invitation]);
+    ok(
+        a.path(),
+        &["--ca-cert", ca, "mediator", "register", invitation],
+    );
     let out = common::cmd(b.path(), &["mediator", "register", invitation])
         .env("MPC_DID_CA_CERT", ca)
         .output()
@@ -184,7 +199,16 @@ fn party_cli_works_only_with_the_ca(invitation: &str, ca: &Path) {
     // send + inbox (HTTPS).
     ok(
         a.path(),
-        &["--ca-cert", ca, "send", &b_did, "--body", r#"{"n":1}"#, "--via", invitation],
+        &[
+            "--ca-cert",
+            ca,
+            "send",
+            &b_did,
+            "--body",
+            r#"{"n":1}"#,
+            "--via",
+            invitation,
+        ],
     );
     let inbox = ok(b.path(), &["--ca-cert", ca, "--json", "inbox"]);
     assert!(inbox.contains("\"n\":1"), "inbox: {inbox}");
@@ -200,7 +224,16 @@ fn party_cli_works_only_with_the_ca(invitation: &str, ca: &Path) {
     .unwrap();
     ok(
         a.path(),
-        &["--ca-cert", ca, "send", &b_did, "--body", r#"{"n":2}"#, "--via", invitation],
+        &[
+            "--ca-cert",
+            ca,
+            "send",
+            &b_did,
+            "--body",
+            r#"{"n":2}"#,
+            "--via",
+            invitation,
+        ],
     );
     let out = wait_bounded(watch, Duration::from_secs(30));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -239,8 +272,14 @@ fn party_cli_works_only_with_the_ca(invitation: &str, ca: &Path) {
         String::from_utf8_lossy(&oa.stderr),
         String::from_utf8_lossy(&ob.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&ob.stdout), "from alice through the relay\n");
-    assert_eq!(String::from_utf8_lossy(&oa.stdout), "from bob through the relay\n");
+    assert_eq!(
+        String::from_utf8_lossy(&ob.stdout),
+        "from alice through the relay\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&oa.stdout),
+        "from bob through the relay\n"
+    );
 }
 
 /// The serial number of the certificate `addr` presents.
@@ -292,6 +331,40 @@ fn builtin_tls_with_a_private_ca() {
     assert!(m.get("invitation_url").starts_with("https://127.0.0.1:"));
     party_cli_works_only_with_the_ca(&m.get("invitation_url"), &dir.path().join("ca.pem"));
 
+    // The wallet's own trust setting: ca-certs.pem in the wallet directory.
+    let (c, _) = wallet("carol");
+    std::fs::copy(dir.path().join("ca.pem"), c.path().join("ca-certs.pem")).unwrap();
+    ok(
+        c.path(),
+        &["mediator", "register", &m.get("invitation_url")],
+    );
+
+    // did:web over the same TLS: the mediator serves its own (did:key) document at
+    // /.well-known/did.json, so with the CA the fetch succeeds and the id check refuses it;
+    // without the CA it fails at TLS, naming the flag.
+    let port = addr.rsplit(':').next().unwrap();
+    let did_web = format!("did:web:localhost%3A{port}");
+    let ca = dir.path().join("ca.pem");
+    let with = common::mpc_did(
+        c.path(),
+        &[
+            "--ca-cert",
+            ca.to_str().unwrap(),
+            "resolve",
+            &did_web,
+            "--allow-private-hosts",
+        ],
+    );
+    let err = String::from_utf8_lossy(&with.stderr);
+    assert!(err.contains("does not match the resolved DID"), "{err}");
+    let (d, _) = wallet("dave");
+    let without = common::mpc_did(d.path(), &["resolve", &did_web, "--allow-private-hosts"]);
+    let err = String::from_utf8_lossy(&without.stderr);
+    assert!(
+        !without.status.success() && err.contains("--ca-cert"),
+        "{err}"
+    );
+
     // Renewal: new files in place, SIGHUP, the next handshake presents the new one.
     assert_eq!(served_serial(&addr, dir.path()), file_serial(&cert));
     make_leaf(dir.path(), "renewed");
@@ -299,7 +372,11 @@ fn builtin_tls_with_a_private_ca() {
     std::fs::copy(dir.path().join("renewed.key"), &key).unwrap();
     let want = file_serial(&cert);
     let pid = m.child.id().to_string();
-    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
     assert!(
         wait_until(
             || served_serial(&addr, dir.path()) == want,
@@ -308,7 +385,10 @@ fn builtin_tls_with_a_private_ca() {
         "the renewed certificate is not served after SIGHUP"
     );
     let mut m = m;
-    assert!(m.child.try_wait().unwrap().is_none(), "SIGHUP ended the mediator");
+    assert!(
+        m.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the mediator"
+    );
 }
 
 /// The shipped Caddyfile with `tls internal`: Caddy's own private CA.
@@ -330,7 +410,10 @@ fn behind_caddy_with_its_internal_ca() {
         "{{\n\tadmin off\n\tskip_install_trust\n\thttp_port {}\n\thttps_port {port}\n}}\n{}",
         free_port(),
         shipped
-            .replace("mediator.example.org {", &format!("localhost:{port} {{\n\ttls internal"))
+            .replace(
+                "mediator.example.org {",
+                &format!("localhost:{port} {{\n\ttls internal")
+            )
             .replace("127.0.0.1:8080", &upstream)
     );
     std::fs::write(dir.path().join("Caddyfile"), caddyfile).unwrap();
@@ -398,7 +481,14 @@ fn behind_nginx_as_shipped() {
     std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
     let nginx = Guard(
         Command::new("nginx")
-            .args(["-p", &p, "-c", &format!("{p}/nginx.conf"), "-g", "daemon off;"])
+            .args([
+                "-p",
+                &p,
+                "-c",
+                &format!("{p}/nginx.conf"),
+                "-g",
+                "daemon off;",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -410,7 +500,8 @@ fn behind_nginx_as_shipped() {
     );
     if !up {
         let mut e = String::new();
-        let _ = std::fs::File::open(dir.path().join("error.log")).map(|mut f| f.read_to_string(&mut e));
+        let _ =
+            std::fs::File::open(dir.path().join("error.log")).map(|mut f| f.read_to_string(&mut e));
         panic!("nginx did not start: {e}");
     }
     let ca = dir.path().join("ca.pem");
@@ -442,7 +533,11 @@ fn assert_no_public_metrics(public: &str, ca: &Path) {
             let r = client.get(format!("{public}{path}")).send().await.unwrap();
             assert_eq!(r.status().as_u16(), 404, "{path} is public");
         }
-        let r = client.get(format!("{public}/healthz")).send().await.unwrap();
+        let r = client
+            .get(format!("{public}/healthz"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), 200);
     });
 }

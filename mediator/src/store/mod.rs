@@ -397,31 +397,6 @@ impl Store for AnyStore {
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn record_round_trip() {
-        let raw = encode_record(42, "did:key:z6Mk#k", b"{\"x\":1}");
-        assert_eq!(record_data_len(&raw), 7);
-        let m = decode_record("id".into(), &raw).unwrap();
-        assert_eq!(m.received_ms, 42);
-        assert_eq!(m.recipient_key, "did:key:z6Mk#k");
-        assert_eq!(m.data, b"{\"x\":1}");
-        assert!(decode_record("id".into(), &raw[..9]).is_err());
-        assert!(decode_record("id".into(), &[0, 0, 0, 0, 0, 0, 0, 0, 0, 9]).is_err());
-    }
-
-    #[test]
-    fn ids_are_content_derived() {
-        assert_eq!(message_id(b"a"), message_id(b"a"));
-        assert_ne!(message_id(b"a"), message_id(b"b"));
-        assert_eq!(message_id(b"a").len(), 32);
-    }
-}
-
 impl AnyStore {
     /// Readiness probe: a durable write (sled: insert + flush; Redis: `SET`).
     ///
@@ -445,5 +420,30 @@ impl AnyStore {
     /// Backend failure.
     pub async fn revoke_grant(&self, did: &str) -> Result<bool, StoreError> {
         dispatch!(self, s => s.revoke_grant(did).await)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trip() {
+        let raw = encode_record(42, "did:key:z6Mk#k", b"{\"x\":1}");
+        assert_eq!(record_data_len(&raw), 7);
+        let m = decode_record("id".into(), &raw).unwrap();
+        assert_eq!(m.received_ms, 42);
+        assert_eq!(m.recipient_key, "did:key:z6Mk#k");
+        assert_eq!(m.data, b"{\"x\":1}");
+        assert!(decode_record("id".into(), &raw[..9]).is_err());
+        assert!(decode_record("id".into(), &[0, 0, 0, 0, 0, 0, 0, 0, 0, 9]).is_err());
+    }
+
+    #[test]
+    fn ids_are_content_derived() {
+        assert_eq!(message_id(b"a"), message_id(b"a"));
+        assert_ne!(message_id(b"a"), message_id(b"b"));
+        assert_eq!(message_id(b"a").len(), 32);
     }
 }
