@@ -368,8 +368,20 @@ fn builtin_tls_with_a_private_ca() {
     // Renewal: new files in place, SIGHUP, the next handshake presents the new one.
     assert_eq!(served_serial(&addr, dir.path()), file_serial(&cert));
     make_leaf(dir.path(), "renewed");
-    std::fs::copy(dir.path().join("renewed.pem"), &cert).unwrap();
-    std::fs::copy(dir.path().join("renewed.key"), &key).unwrap();
+    // The old modification times are kept, so the file watcher sees no change: only the
+    // signal can make the mediator read the new files.
+    sh(
+        "cp -p server.pem orig.pem; cp -p server.key orig.key
+         cp renewed.pem server.pem; cp renewed.key server.key
+         touch -r orig.pem server.pem; touch -r orig.key server.key",
+        dir.path(),
+    );
+    std::thread::sleep(Duration::from_secs(6)); // one watcher period: it must not reload
+    assert_ne!(
+        served_serial(&addr, dir.path()),
+        file_serial(&cert),
+        "reloaded without a signal although the modification times did not change"
+    );
     let want = file_serial(&cert);
     let pid = m.child.id().to_string();
     assert!(Command::new("kill")
@@ -388,6 +400,19 @@ fn builtin_tls_with_a_private_ca() {
     assert!(
         m.child.try_wait().unwrap().is_none(),
         "SIGHUP ended the mediator"
+    );
+
+    // And without a signal: a changed file is picked up by the watcher (every 5 s).
+    make_leaf(dir.path(), "third");
+    std::fs::copy(dir.path().join("third.key"), &key).unwrap();
+    std::fs::copy(dir.path().join("third.pem"), &cert).unwrap();
+    let want = file_serial(&cert);
+    assert!(
+        wait_until(
+            || served_serial(&addr, dir.path()) == want,
+            Instant::now() + Duration::from_secs(20)
+        ),
+        "a changed certificate file was not picked up"
     );
 }
 
