@@ -460,3 +460,66 @@ fn shipped_unit_is_hardened() {
         }
     }
 }
+
+/// With Redis, `/readyz` follows whether Redis takes writes: red while it refuses them (out
+/// of memory under `noeviction`), green again once it accepts them (spec/mediator.md §7.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_redis() {
+    let redis = match mpc_did_mediator::testkit::RedisServer::start() {
+        Ok(r) => r,
+        Err(e) => {
+            assert!(
+                !std::env::var("MPC_DID_REQUIRE_INTEROP").is_ok_and(|v| v == "1"),
+                "redis-server is required: {e}"
+            );
+            eprintln!("SKIPPED: readyz_follows_redis: {e}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(&dir.path().join("d"), &["--store", &redis.url]);
+    let ready = format!("{}/readyz", m.admin_url());
+    let is = async |code: u16, needle: &str| {
+        status_of(&ready)
+            .await
+            .is_some_and(|(s, body)| s == code && body.contains(needle))
+    };
+    assert!(
+        wait_for(
+            async || is(200, "\"storage\":\"ok\"").await,
+            Duration::from_secs(10)
+        )
+        .await
+    );
+    let mut con = redis::Client::open(redis.url.as_str())
+        .unwrap()
+        .get_multiplexed_tokio_connection()
+        .await
+        .unwrap();
+    let set = async |con: &mut redis::aio::MultiplexedConnection, k: &str, v: &str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query_async::<()>(con)
+            .await
+            .unwrap();
+    };
+    set(&mut con, "maxmemory-policy", "noeviction").await;
+    set(&mut con, "maxmemory", "1").await;
+    assert!(
+        wait_for(async || is(503, "redis").await, Duration::from_secs(10)).await,
+        "{:?}",
+        status_of(&ready).await
+    );
+    set(&mut con, "maxmemory", "0").await;
+    assert!(
+        wait_for(
+            async || is(200, "\"storage\":\"ok\"").await,
+            Duration::from_secs(10)
+        )
+        .await,
+        "{:?}",
+        status_of(&ready).await
+    );
+}
