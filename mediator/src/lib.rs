@@ -5,7 +5,10 @@
 //! Mediation 2.0, Routing 2.0 `forward`, Message Pickup 3.0 with live delivery, Trust Ping
 //! 2.0, Discover Features 2.0, Report Problem 2.0), the durable queue [`store`] (sled or
 //! Redis), limits and metrics — including what bounds strangers who know a DID
-//! ([`guard`]: per-source quotas, the replay cache).
+//! ([`guard`]: per-source quotas, the replay cache, per-IP and per-DID rates, the
+//! trusted-proxy `X-Forwarded-For` rule) — and the operator's surface: built-in TLS with
+//! certificate reload ([`tls`]), the operator listener with `/metrics`, `/readyz` and the
+//! access log ([`admin`], [`health`]), JSON logs ([`logging`]), config validation.
 //!
 //! **Does not:** implement DIDComm envelopes or define the protocol messages (crate
 //! `mpc-did-didcomm`, whose `protocols` both sides share; [`messages`] only adds the
