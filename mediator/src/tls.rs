@@ -147,3 +147,49 @@ fn load_pair(cert: &Path, key: &Path) -> Result<(Arc<CertifiedKey>, Stamp), Stri
     })?;
     Ok((Arc::new(certified), stamp))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, ck.cert.pem()).unwrap();
+        std::fs::write(&k, ck.signing_key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    #[test]
+    fn load_reload_and_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (c1, k1) = pair(dir.path(), "one");
+        let (c2, k2) = pair(dir.path(), "two");
+        let t = TlsFiles::load(&c1, &k1).unwrap();
+        t.server_config().unwrap();
+        let first = t.current.read().unwrap().key.cert[0].clone();
+        // A key that does not belong to the certificate.
+        let err = TlsFiles::load(&c1, &k2).unwrap_err();
+        assert!(
+            err.contains("does not belong") && err.contains("two.key"),
+            "{err}"
+        );
+        // Missing files and files without PEM.
+        let err = TlsFiles::load(&dir.path().join("nope.pem"), &k1).unwrap_err();
+        assert!(err.contains("nope.pem"), "{err}");
+        std::fs::write(dir.path().join("empty.pem"), "hello").unwrap();
+        let err = TlsFiles::load(&dir.path().join("empty.pem"), &k1).unwrap_err();
+        assert!(err.contains("empty.pem"), "{err}");
+        // A failed reload keeps the certificate in force; a good one replaces it.
+        std::fs::copy(&k2, &k1).unwrap();
+        assert!(t.reload().is_err());
+        assert_eq!(t.current.read().unwrap().key.cert[0], first);
+        std::fs::copy(&c2, &c1).unwrap();
+        t.reload().unwrap();
+        assert_ne!(t.current.read().unwrap().key.cert[0], first);
+    }
+}
