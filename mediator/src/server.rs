@@ -116,7 +116,7 @@ impl Drop for SourceSlot {
 impl ConnInfo {
     /// The source a request on this connection counts against: the peer, or behind a
     /// trusted proxy the client its `X-Forwarded-For` names (spec/mediator.md §6.1).
-    fn client_source(&self, headers: &axum::http::HeaderMap) -> SourceAddr {
+    pub(crate) fn client_source(&self, headers: &axum::http::HeaderMap) -> SourceAddr {
         if !self.via_proxy {
             return self.source;
         }
