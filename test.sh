@@ -2,8 +2,9 @@
 # The whole mpc-did test suite, on a fresh Debian/Ubuntu machine with Rust (rustup).
 #
 # Installs what the tests need and is missing (Debian packages: redis-server, iproute2,
-# iptables, conntrack, python3, util-linux, nodejs + npm; a Python venv with the interop peers of
-# python-requirements.txt; the npm project of the Veramo interop peer; cargo-fuzz), then runs: rustfmt check, clippy (-D warnings), every test of the workspace
+# iptables, conntrack, python3, util-linux, openssl, caddy, nginx-light, nodejs + npm; a Python
+# venv with the interop peers of python-requirements.txt; the npm project of the Veramo interop
+# peer; cargo-fuzz), then runs: rustfmt check, clippy (-D warnings), every test of the workspace
 # (unit, property, interop, end-to-end with the real binaries on loopback), the docs build,
 # and every cargo-fuzz target for a bounded time.
 #
@@ -32,6 +33,10 @@ command -v conntrack >/dev/null || missing+=(conntrack)
 # pyenv/venv interpreter under /root is not readable by that user) and util-linux setpriv.
 [ -x /usr/bin/python3 ] || missing+=(python3)
 command -v setpriv >/dev/null || missing+=(util-linux)
+# The operator tests: a private CA, the shipped Caddyfile and nginx.conf (issue 18).
+command -v openssl >/dev/null || missing+=(openssl)
+command -v caddy >/dev/null || missing+=(caddy)
+command -v nginx >/dev/null || missing+=(nginx-light)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -79,6 +79,8 @@ async fn child(dir: &str) {
             // per-source limits here (spec/mediator.md §6.1).
             max_connections_per_ip: 0,
             max_queued_per_source: 0,
+            rate_per_ip: 0,
+            rate_per_did: 0,
             // MEDIATOR_BENCH_COALESCE_MS overrides the live push coalescing window.
             live_coalesce_ms: std::env::var("MEDIATOR_BENCH_COALESCE_MS")
                 .ok()

@@ -53,6 +53,7 @@ pub mod key;
 pub mod peer;
 mod public_key;
 mod resolver;
+pub mod trust;
 pub mod web;
 
 pub use did::{Did, DidUrl, MAX_DID_LEN};

@@ -60,6 +60,7 @@ pub struct WebResolverConfig {
     /// us reach services on our host or network.
     pub allow_private_hosts: bool,
     /// Extra trusted root certificates (DER, or PEM text), added to the webpki roots.
+    /// Default: the process's [`crate::trust::extra_roots`].
     pub extra_roots: Vec<Vec<u8>>,
 }
 
@@ -73,7 +74,8 @@ impl Default for WebResolverConfig {
             max_concurrent: 16,
             allow_http: false,
             allow_private_hosts: false,
-            extra_roots: Vec::new(),
+            // The process's extra roots (`mpc-did --ca-cert`): one trust setting everywhere.
+            extra_roots: crate::trust::extra_roots(),
         }
     }
 }

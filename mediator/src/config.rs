@@ -53,6 +53,28 @@ pub struct Config {
     /// Off by default: a sender names its did:web, so resolving it must not probe our
     /// network (spec/identity.md §3.3). For local tests only.
     pub allow_private_did_web: bool,
+    /// Built-in TLS: PEM certificate chain (leaf first). With `tls_key`, the public port
+    /// speaks HTTPS/WSS itself, no proxy needed; both files are reloaded on SIGHUP and when
+    /// they change on disk (spec/mediator.md §10).
+    pub tls_cert: Option<PathBuf>,
+    /// Built-in TLS: PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Operator listener: `/metrics` (and `/metrics/relay`, `/metrics/stun`), `/healthz`,
+    /// `/readyz`. Never on the public port. Default `127.0.0.1:0` (loopback, a free port
+    /// printed at start); the shipped config uses `127.0.0.1:9090`.
+    pub admin_listen: SocketAddr,
+    /// Addresses of reverse proxies whose `X-Forwarded-For` is believed (the client is the
+    /// right-most address not itself a trusted proxy). Connections from anywhere else are
+    /// counted by their own address, and their `X-Forwarded-For` is ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Log format on stderr: `text` (key=value) or `json` (one object per line).
+    pub log_format: String,
+    /// STUN Binding service (UDP and TCP) on this address, e.g. `0.0.0.0:3478`; empty: off.
+    /// The shipped config turns it on (clients learn their public address from it).
+    pub stun: String,
+    /// Seconds the store may stay unwritable (disk full, sled or Redis errors) before the
+    /// process exits with status 75 for its supervisor to restart it; 0: never exit.
+    pub storage_fatal_secs: u64,
 }
 
 /// Resource limits, all enforced and exported as `mpcdid_mediator_limit{name=...}`.
@@ -110,6 +132,13 @@ pub struct Limits {
     /// Seconds after which this instance forgets what a source queued (acknowledgements
     /// made through another instance are not seen here).
     pub source_quota_secs: u64,
+    /// Sustained DIDComm messages per second from one client address (an IPv4 address or
+    /// an IPv6 /64; behind a trusted proxy, the `X-Forwarded-For` client), over all its
+    /// connections; 0: no per-address rate (spec/mediator.md §6.1).
+    pub rate_per_ip: u64,
+    /// Sustained authenticated requests per second from one DID, over all its connections
+    /// and addresses; 0: no per-DID rate.
+    pub rate_per_did: u64,
 }
 
 /// Mediation grant policy.
@@ -147,6 +176,8 @@ impl Default for Limits {
             max_updates_per_request: 100,
             max_queued_per_source: 500,
             source_quota_secs: 600,
+            rate_per_ip: 2_000,
+            rate_per_did: 500,
         }
     }
 }
@@ -162,6 +193,13 @@ impl Default for Config {
             limits: Limits::default(),
             mediation: MediationPolicy::default(),
             allow_private_did_web: false,
+            tls_cert: None,
+            tls_key: None,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            trusted_proxies: Vec::new(),
+            log_format: "text".into(),
+            stun: String::new(),
+            storage_fatal_secs: 60,
         }
     }
 }
@@ -211,7 +249,75 @@ impl Config {
             ("max_updates_per_request", l.max_updates_per_request),
             ("max_queued_per_source", l.max_queued_per_source),
             ("source_quota_secs", l.source_quota_secs),
+            ("rate_per_ip", l.rate_per_ip),
+            ("rate_per_did", l.rate_per_did),
         ]
+    }
+
+    /// Checks what TOML types cannot: URLs, paths, pairs of settings. Each error names the
+    /// setting and what to write instead.
+    ///
+    /// # Errors
+    /// The first invalid setting, as a sentence for the operator.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(u) = &self.public_url {
+            let parsed = url::Url::parse(u).map_err(|e| {
+                format!("public_url {u:?} is not a URL ({e}): write e.g. \"https://mediator.example.org\"")
+            })?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(format!(
+                    "public_url {u:?} must start with https:// (or http:// for local tests)"
+                ));
+            }
+            if parsed.host_str().is_none_or(str::is_empty)
+                || parsed.query().is_some()
+                || parsed.fragment().is_some()
+                || u.chars().any(char::is_whitespace)
+            {
+                return Err(format!(
+                    "public_url {u:?} must be a plain base URL (scheme, host, optional port and \
+                     path; no spaces, query or fragment)"
+                ));
+            }
+        }
+        self.store_config()?;
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err("tls_cert and tls_key go together: set both or neither".into())
+            }
+            _ => {}
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(format!(
+                "log_format {:?}: use \"text\" or \"json\"",
+                self.log_format
+            ));
+        }
+        self.stun_addr()?;
+        if self.admin_listen.port() != 0 && self.admin_listen == self.listen {
+            return Err(format!(
+                "admin_listen {} is the public listen address: give the operator listener its \
+                 own address (e.g. 127.0.0.1:9090)",
+                self.admin_listen
+            ));
+        }
+        Ok(())
+    }
+
+    /// The parsed `stun` setting (`None`: off).
+    ///
+    /// # Errors
+    /// Not empty and not a socket address.
+    pub fn stun_addr(&self) -> Result<Option<SocketAddr>, String> {
+        if self.stun.trim().is_empty() {
+            return Ok(None);
+        }
+        self.stun.trim().parse().map(Some).map_err(|_| {
+            format!(
+                "stun {:?} is not an address: write e.g. \"0.0.0.0:3478\", or \"\" for no STUN",
+                self.stun
+            )
+        })
     }
 }
 
@@ -226,6 +332,29 @@ mod tests {
         let c = Config::from_toml(text).unwrap();
         assert_eq!(c.limits.max_message_bytes, 1024 * 1024);
         assert_eq!(c.store_config().unwrap(), StoreConfig::Sled);
+        c.validate().unwrap();
+        assert_eq!(
+            c.stun_addr().unwrap(),
+            Some("0.0.0.0:3478".parse().unwrap())
+        );
+        assert_eq!(c.admin_listen, "127.0.0.1:9090".parse().unwrap());
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        for (toml, needle) in [
+            ("public_url = \"ftp://x y\"", "public_url"),
+            ("public_url = \"ftp://x\"", "https://"),
+            ("public_url = \"https://x/?a=1\"", "plain base URL"),
+            ("tls_cert = \"/c.pem\"", "tls_key"),
+            ("log_format = \"xml\"", "log_format"),
+            ("stun = \"everywhere\"", "stun"),
+            ("store = \"mysql://x\"", "unknown store"),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err();
+            assert!(err.contains(needle), "{toml}: {err}");
+        }
+        Config::default().validate().unwrap();
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub(crate) struct Handled {
     /// With `live` on: queued ids this socket must not push (Pickup 4.0: "Messages
     /// already in the queue are not affected by Live Mode", spec/mediator.md §3.2).
     pub live_skip: Vec<String>,
+    /// The authenticated sender's DID, if any (access log: logged as a hash).
+    pub did: Option<String>,
+    /// The message type, if the message unpacked (access log).
+    pub kind: Option<String>,
 }
 
 /// Shared state of one mediator instance.
@@ -97,6 +101,8 @@ pub(crate) struct Core {
     /// `X25519(mediator key, client key)` per client: every delivery to a DID and every
     /// authcrypt request from it share this half of ECDH-1PU.
     ecdh: StaticEcdhCache,
+    /// `limits.rate_per_did` (spec/mediator.md §6.1).
+    did_rate: Mutex<crate::guard::KeyedRate<String>>,
 }
 
 /// Who sent an unpacked message, as far as the envelope proves; replies are packed for it.
@@ -128,6 +134,7 @@ impl Core {
                 roles: vec![(*role).to_owned()],
             })
             .collect();
+        let config_rate_per_did = config.limits.rate_per_did;
         let quotas = SourceQuotas::new(
             config.limits.max_queued_per_source,
             Duration::from_secs(config.limits.source_quota_secs),
@@ -142,6 +149,11 @@ impl Core {
             replay: Mutex::new(ReplayCache::new(REPLAY_WINDOW, REPLAY_CACHE_MAX)),
             disclosures,
             ecdh: StaticEcdhCache::new(ECDH_CACHE_MAX),
+            did_rate: Mutex::new(crate::guard::KeyedRate::new(
+                config_rate_per_did,
+                config_rate_per_did.saturating_mul(2),
+                crate::guard::RATE_KEYS_MAX,
+            )),
         }
     }
 
@@ -225,12 +237,35 @@ impl Core {
                 ..Handled::default()
             };
         }
+        if let Some(did) = &sender.did {
+            let allowed = self
+                .did_rate
+                .lock()
+                .is_ok_and(|mut r| r.allow(did, Instant::now()));
+            if !allowed {
+                self.metrics.reject(Rejection::RateLimited);
+                let pr = problem_report(
+                    codes::RATE_LIMITED,
+                    "too many requests from this DID: slow down",
+                    Some(&msg),
+                );
+                return Handled {
+                    replies: vec![self.pack(pr, &sender).await],
+                    rejection: Some(Rejection::RateLimited),
+                    did: Some(did.clone()),
+                    kind: Some(msg.type_.clone()),
+                    ..Handled::default()
+                };
+            }
+        }
         let mut out = self.dispatch(&msg, &sender, transport).await;
         if out.rejection.is_some() {
             tracing::debug!(typ = %msg.type_, rejection = ?out.rejection, "refused");
         } else {
             out.authenticated = sender.did.is_some();
         }
+        out.did.clone_from(&sender.did);
+        out.kind = Some(msg.type_.clone());
         out
     }
 

@@ -8,6 +8,10 @@
 //!   16-byte hashes in arrival order, a bounded number of them ([`REPLAY_CACHE_MAX`]).
 //! - [`SourceQuotas`]: how many messages each source has waiting, unacknowledged, in each
 //!   recipient's queue.
+//! - [`KeyedRate`]: token buckets per client address and per DID (`limits.rate_per_ip`,
+//!   `limits.rate_per_did`), bounded in number.
+//! - [`client_address`]: who a request comes from behind trusted reverse proxies
+//!   (`X-Forwarded-For`, only from `trusted_proxies`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -250,10 +254,174 @@ fn id_key(id: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// Most keys a [`KeyedRate`] tracks; past it the idle ones are dropped first, and if all
+/// are busy a new key is refused (its caller answers "rate limited") rather than growing.
+pub const RATE_KEYS_MAX: usize = 200_000;
+
+/// Token buckets, one per key (a client address, a DID): `rate` tokens per second, at most
+/// `burst` saved. A key unseen for long enough to refill is forgotten.
+pub struct KeyedRate<K> {
+    rate: f64,
+    burst: f64,
+    max_keys: usize,
+    buckets: HashMap<K, (f64, Instant)>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedRate<K> {
+    /// `rate` per second (0: unlimited) with a burst of `burst` (at least 1).
+    #[must_use]
+    pub fn new(rate: u64, burst: u64, max_keys: usize) -> Self {
+        Self {
+            rate: rate as f64,
+            burst: burst.max(1) as f64,
+            max_keys,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one token for `key`; `false` when it has none left.
+    pub fn allow(&mut self, key: &K, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
+            // Forget buckets that are full again: they carry no state.
+            let (rate, burst) = (self.rate, self.burst);
+            self.buckets.retain(|_, (tokens, last)| {
+                *tokens + now.saturating_duration_since(*last).as_secs_f64() * rate < burst
+            });
+            if self.buckets.len() >= self.max_keys {
+                return false;
+            }
+        }
+        let (tokens, last) = self.buckets.entry(key.clone()).or_insert((self.burst, now));
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *last = now;
+        *tokens = (*tokens + elapsed * self.rate).min(self.burst);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Keys tracked now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether no key is tracked.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// The address a request comes from: `peer` itself, unless `peer` is one of
+/// `trusted_proxies`; then the right-most `X-Forwarded-For` entry that is not itself a
+/// trusted proxy (entries left of it were written by the client and prove nothing). A
+/// missing or unparsable header from a trusted proxy counts as the proxy.
+#[must_use]
+pub fn client_address(
+    peer: std::net::IpAddr,
+    forwarded_for: &[&str],
+    trusted_proxies: &[std::net::IpAddr],
+) -> std::net::IpAddr {
+    let trusted = |ip: &std::net::IpAddr| trusted_proxies.contains(&canonical(*ip));
+    if !trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    // Several headers are one list in order; walk it from the right.
+    for entry in forwarded_for
+        .iter()
+        .flat_map(|h| h.split(','))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        let e = entry.trim();
+        let parsed = e
+            .parse::<std::net::IpAddr>()
+            .ok()
+            .or_else(|| e.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()));
+        let Some(ip) = parsed else {
+            return client;
+        };
+        client = canonical(ip);
+        if !trusted(&client) {
+            return client;
+        }
+    }
+    client
+}
+
+/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`) as the IPv4 address.
+fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let proxies = [ip("10.0.0.1"), ip("10.0.0.2")];
+        // Not a proxy: its header is ignored.
+        assert_eq!(
+            client_address(ip("192.0.2.9"), &["198.51.100.7"], &proxies),
+            ip("192.0.2.9")
+        );
+        // A proxy: the right-most untrusted entry; a forged left part changes nothing.
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &["1.2.3.4, 198.51.100.7"], &proxies),
+            ip("198.51.100.7")
+        );
+        // Proxy chain: skip trusted hops.
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &["198.51.100.7", "10.0.0.2"], &proxies),
+            ip("198.51.100.7")
+        );
+        // Missing or garbage header: the proxy itself.
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &[], &proxies),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            client_address(ip("10.0.0.1"), &["unknown"], &proxies),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            client_address(ip("::ffff:10.0.0.1"), &["[2001:db8::1]:443"], &proxies),
+            ip("2001:db8::1")
+        );
+    }
+
+    #[test]
+    fn keyed_rate_per_key_and_bounded() {
+        let t0 = Instant::now();
+        let mut r = KeyedRate::new(1, 2, 2);
+        assert!(r.allow(&"a", t0));
+        assert!(r.allow(&"a", t0));
+        assert!(!r.allow(&"a", t0), "burst spent");
+        assert!(r.allow(&"b", t0), "another key has its own bucket");
+        assert!(!r.allow(&"c", t0), "table full of busy keys");
+        let later = t0 + Duration::from_secs(5);
+        assert!(r.allow(&"c", later), "refilled buckets are forgotten");
+        assert!(r.allow(&"a", later));
+        let mut off = KeyedRate::new(0, 0, 1);
+        for _ in 0..10 {
+            assert!(off.allow(&"x", t0));
+        }
+    }
 
     #[test]
     fn replay_cache_window_and_bound() {

@@ -5,7 +5,10 @@
 //! Mediation 2.0 and 3.0, Routing 2.0 `forward`, Message Pickup 3.0 and 4.0 with live delivery, Trust Ping
 //! 2.0, Discover Features 2.0, Report Problem 2.0), the durable queue [`store`] (sled or
 //! Redis), limits and metrics — including what bounds strangers who know a DID
-//! ([`guard`]: per-source quotas, the replay cache).
+//! ([`guard`]: per-source quotas, the replay cache, per-IP and per-DID rates, the
+//! trusted-proxy `X-Forwarded-For` rule) — and the operator's surface: built-in TLS with
+//! certificate reload ([`tls`]), the operator listener with `/metrics`, `/readyz` and the
+//! access log ([`admin`], [`health`]), JSON logs ([`logging`]), config validation.
 //!
 //! **Does not:** implement DIDComm envelopes or define the protocol messages (crate
 //! `mpc-did-didcomm`, whose `protocols` both sides share; [`messages`] only adds the
@@ -38,16 +41,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
 pub mod config;
 mod core;
 pub mod guard;
+pub mod health;
 pub mod identity;
 pub mod live;
+pub mod logging;
 pub mod messages;
 pub mod metrics;
 mod server;
 pub mod services;
 pub mod store;
+pub mod tls;
 mod versions;
 
 use std::future::Future;
@@ -78,7 +85,7 @@ pub enum MediatorError {
     /// The store could not be opened.
     #[error("store: {0}")]
     Store(#[from] StoreError),
-    /// The listening socket could not be bound.
+    /// A listening socket (public or operator) could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// The address.
@@ -163,8 +170,16 @@ impl MediatorBuilder {
     /// Invalid configuration, store failure, or the address cannot be bound.
     pub async fn start(self) -> Result<MediatorHandle, MediatorError> {
         let config = self.config;
+        config.validate().map_err(MediatorError::Config)?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(c), Some(k)) => Some(tls::TlsFiles::load(c, k).map_err(MediatorError::Config)?),
+            _ => None,
+        };
         let store = match config.store_config().map_err(MediatorError::Config)? {
-            StoreConfig::Sled => AnyStore::Sled(SledStore::open(&config.data)?),
+            StoreConfig::Sled => {
+                check_data_dir(&config.data).map_err(MediatorError::Config)?;
+                AnyStore::Sled(SledStore::open(&config.data)?)
+            }
             StoreConfig::Redis(url) => {
                 AnyStore::Redis(RedisStore::connect(&url, &config.redis_prefix).await?)
             }
@@ -183,10 +198,22 @@ impl MediatorBuilder {
                 addr: config.listen,
                 source,
             })?;
+        let admin_listener =
+            bind_listener(config.admin_listen, 64).map_err(|source| MediatorError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| MediatorError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = config
             .public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"))
+            .unwrap_or_else(|| format!("{scheme}://{addr}"))
             .trim_end_matches('/')
             .to_owned();
         let endpoint = format!("{public_url}/didcomm");
@@ -225,11 +252,22 @@ impl MediatorBuilder {
             .map_err(|e| MediatorError::Config(e.to_string()))?,
         };
         let arrivals = store.arrivals();
+        let rate_per_ip = config.limits.rate_per_ip;
+        let fatal_after =
+            (config.storage_fatal_secs > 0).then(|| Duration::from_secs(config.storage_fatal_secs));
         let core = Arc::new(core::Core::new(identity.clone(), config, store, resolver));
         let cancel = CancellationToken::new();
+        let fatal = CancellationToken::new();
         let tracker = TaskTracker::new();
         let hub = Arc::new(live::LiveHub::default());
         tokio::spawn(hub.clone().dispatch(arrivals, cancel.clone()));
+        let health = Arc::new(health::Health::default());
+        tokio::spawn(health.clone().probe_loop(
+            core.clone(),
+            fatal_after,
+            cancel.clone(),
+            fatal.clone(),
+        ));
         let state = server::AppState {
             core: core.clone(),
             hub,
@@ -237,6 +275,12 @@ impl MediatorBuilder {
             tracker: tracker.clone(),
             oob: Arc::new(oob),
             did_doc: Arc::new(did_doc.to_json()),
+            ip_rate: Arc::new(std::sync::Mutex::new(guard::KeyedRate::new(
+                rate_per_ip,
+                rate_per_ip.saturating_mul(2),
+                guard::RATE_KEYS_MAX,
+            ))),
+            health: health.clone(),
         };
         let ctx = ServiceContext {
             shutdown: cancel.clone(),
@@ -249,12 +293,42 @@ impl MediatorBuilder {
                 extra.push(r);
             }
             tracing::info!(service = s.name(), "starting service");
-            tracker.spawn(s.run(ctx.clone()));
+            let name = s.name();
+            let up = health.service(name);
+            let run = s.run(ctx.clone());
+            let stopping = cancel.clone();
+            tracker.spawn(async move {
+                run.await;
+                up.store(false, std::sync::atomic::Ordering::Relaxed);
+                if !stopping.is_cancelled() {
+                    tracing::error!(service = name, "service stopped: /readyz reports not ready");
+                }
+            });
         }
+        let admin_app = admin::router(state.clone(), extra.clone());
         let app = server::router(state.clone(), extra);
-        tracker.spawn(server::serve(listener, state, app));
-        tracing::info!(did = %identity.did, %addr, backend = core.store.backend(), "mediator listening");
+        let tls_config = match &tls {
+            Some(t) => Some(t.server_config().map_err(MediatorError::Config)?),
+            None => None,
+        };
+        if let Some(t) = &tls {
+            tokio::spawn(t.clone().watch(cancel.clone()));
+        }
+        tracker.spawn(server::serve(listener, state, app, tls_config));
+        let admin_stop = cancel.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(admin_listener, admin_app)
+                .with_graceful_shutdown(async move { admin_stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "operator listener failed");
+            }
+        });
+        tracing::info!(did = %identity.did, %addr, admin = %admin_addr, tls = tls.is_some(), backend = core.store.backend(), "mediator listening");
         Ok(MediatorHandle {
+            admin_addr,
+            tls,
+            fatal,
             addr,
             did: identity.did.clone(),
             routing_key: identity.agreement_kid.clone(),
@@ -272,6 +346,10 @@ impl MediatorBuilder {
 pub struct MediatorHandle {
     /// The bound HTTP address.
     pub addr: SocketAddr,
+    /// The operator listener (`/metrics`, `/readyz`; config `admin_listen`).
+    pub admin_addr: SocketAddr,
+    tls: Option<tls::TlsFiles>,
+    fatal: CancellationToken,
     /// The mediator's DID.
     pub did: String,
     /// The key id senders wrap forwards for.
@@ -290,6 +368,23 @@ impl MediatorHandle {
     #[must_use]
     pub fn metrics(&self) -> &Metrics {
         &self.core.metrics
+    }
+
+    /// Reads the built-in TLS certificate and key again (SIGHUP); `Ok` without TLS.
+    ///
+    /// # Errors
+    /// The files do not load; the previous certificate stays in force.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.tls {
+            Some(t) => t.reload(),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes when the store has stayed unwritable for `storage_fatal_secs`: the binary
+    /// then exits with [`health::EXIT_STORAGE`] for its supervisor to restart it.
+    pub async fn storage_failed(&self) {
+        self.fatal.cancelled().await;
     }
 
     /// Stops accepting, lets open requests finish and WebSocket sessions close (at most
@@ -315,6 +410,27 @@ impl Drop for MediatorHandle {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+/// Creates the data directory if needed and checks that it takes a file, so an
+/// unwritable one is reported once, by path, with what to do.
+fn check_data_dir(dir: &std::path::Path) -> Result<(), String> {
+    let hint = "give the mediator's user write access to it (systemd: StateDirectory=), or set `data` / --data to another directory";
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "data directory {} cannot be created ({e}): {hint}",
+            dir.display()
+        )
+    })?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"").map_err(|e| {
+        format!(
+            "data directory {} is not writable ({e}): {hint}",
+            dir.display()
+        )
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Binds the HTTP/WebSocket listener with `backlog` (tokio's `TcpListener::bind` always asks

@@ -1,8 +1,12 @@
 //! `mpc-did-mediator`: the DIDComm v2 mediator binary. A thin wrapper around
-//! [`mpc_did_mediator::Mediator`]: read the config file, apply flags (flags win), start,
-//! wait for ctrl-c or SIGTERM, drain.
+//! [`mpc_did_mediator::Mediator`]: read the config file, apply flags (flags win), validate,
+//! start, wait for ctrl-c or SIGTERM, drain. SIGHUP reloads the built-in TLS certificate
+//! (the rest of the configuration needs a restart). `admin list|revoke|purge` work on the
+//! store directly (sled: with the mediator stopped; Redis: any time).
 //!
-//! Exit status: 0 after a clean shutdown, 1 if the mediator cannot start.
+//! Exit status: 0 after a clean shutdown, 1 if the mediator cannot start (or an admin
+//! command fails), 75 when the store stayed unwritable for `storage_fatal_secs` (for the
+//! supervisor to restart it).
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
@@ -10,7 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
 use mpc_did_mediator::services::stun::StunService;
 use mpc_did_mediator::{Config, Mediator};
@@ -23,9 +27,13 @@ use mpc_did_rendezvous::net::StunServerConfig;
 ///   mpc-did-mediator --listen 127.0.0.1:8080 --data ./mediator-data
 ///   mpc-did-mediator --config /etc/mpc-did-mediator.toml
 ///   mpc-did-mediator --store redis://127.0.0.1:6379 --public-url https://mediator.example.org
+///   mpc-did-mediator --listen 0.0.0.0:443 --tls-cert fullchain.pem --tls-key privkey.pem
+///   mpc-did-mediator --config /etc/mpc-did-mediator.toml admin list
 #[derive(Parser, Debug)]
 #[command(name = "mpc-did-mediator", version, verbatim_doc_comment)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML configuration file (see mediator/deploy/mediator.toml).
     #[arg(long, short = 'c', env = "MPC_DID_MEDIATOR_CONFIG")]
     config: Option<PathBuf>,
@@ -42,8 +50,26 @@ struct Args {
     #[arg(long)]
     public_url: Option<String>,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `mpc_did_mediator=debug`.
+    /// The access log is target `access` (`info,access=warn` silences it).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
+    /// Log format: `text` or `json` (one object per line) [default: config `log_format`].
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Built-in TLS: PEM certificate chain (needs --tls-key; reloaded on SIGHUP and when the
+    /// file changes).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Built-in TLS: PEM private key.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Operator listener (/metrics, /readyz) [default: config `admin_listen`, else
+    /// 127.0.0.1 with a free port].
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Do not serve STUN even if the config file's `stun` names an address.
+    #[arg(long, conflicts_with = "stun")]
+    no_stun: bool,
     /// Do not serve the relay (by default it is served over WebSocket at `/relay` on the
     /// HTTP port, so it works wherever the mediator works).
     #[arg(long)]
@@ -51,33 +77,61 @@ struct Args {
     /// Also serve the relay over plain TCP on this address (e.g. 0.0.0.0:3479).
     #[arg(long, value_name = "ADDR")]
     relay_tcp: Option<SocketAddr>,
-    /// Serve STUN Binding over UDP and TCP on this address [default when given without a
-    /// value: 0.0.0.0:3478].
+    /// Serve STUN Binding over UDP and TCP on this address [default: config `stun`; when
+    /// given without a value: 0.0.0.0:3478].
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "0.0.0.0:3478")]
     stun: Option<SocketAddr>,
     /// A second STUN address (another IP) announced as OTHER-ADDRESS, so clients can
     /// classify their NAT mapping (RFC 5780).
-    #[arg(long, value_name = "ADDR", requires = "stun")]
+    #[arg(long, value_name = "ADDR")]
     stun_alternate: Option<SocketAddr>,
     /// Most relay connections from one IPv4 address or IPv6 /64 (behind a reverse proxy
     /// every WebSocket client has the proxy's address: raise it there) [default: 32].
     #[arg(long, value_name = "N")]
     relay_max_per_ip: Option<usize>,
     /// Most STUN/TCP connections from one IPv4 address or IPv6 /64 [default: 8].
-    #[arg(long, value_name = "N", requires = "stun")]
+    #[arg(long, value_name = "N")]
     stun_tcp_max_per_ip: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Operator commands on the store (uses --config / --data / --store like the server).
+    /// With sled, stop the mediator first (the database is single-process).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// List mediated DIDs: grant time, keys, waiting messages and bytes.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Withdraw a DID's mediation: remove its keys and grant, delete its waiting messages.
+    Revoke {
+        /// The DID.
+        did: String,
+    },
+    /// Delete every message waiting for a DID (its grant and keys stay).
+    Purge {
+        /// The DID.
+        did: String,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // key=value fields on stderr; colours only on a terminal (journald gets plain text).
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mpc-did-mediator: error: {}", chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&args.log, &config.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -88,17 +142,67 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match args.command {
+        Some(Command::Admin(ref op)) => rt.block_on(admin(config, op)).map(|()| Exit::Clean),
+        None => rt.block_on(run(args, config)),
+    };
+    match result {
+        Ok(Exit::Clean) => ExitCode::SUCCESS,
+        Ok(Exit::Storage) => ExitCode::from(75),
         Err(e) => {
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("mpc-did-mediator: error: {}", chain.join(": "));
+            eprintln!("mpc-did-mediator: error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+/// How the server stopped.
+enum Exit {
+    /// Signal, drain, done.
+    Clean,
+    /// The store stayed unwritable (exit 75).
+    Storage,
+}
+
+/// The error and its causes, each cause shown once (a cause whose text the message
+/// already contains is not repeated).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for c in e.chain() {
+        let t = c.to_string();
+        if out.contains(&t) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&t);
+    }
+    out
+}
+
+fn init_logging(filter: &str, format: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if format == "json" {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(mpc_did_mediator::logging::JsonLines)
+            .init();
+    } else {
+        // key=value fields on stderr; colours only on a terminal (journald gets plain text).
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+/// The config file, then flags (flags win), validated.
+fn load_config(args: &Args) -> anyhow::Result<Config> {
     let mut config = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -110,26 +214,100 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(l) = args.listen {
         config.listen = l;
     }
-    if let Some(d) = args.data {
-        config.data = d;
+    if let Some(d) = &args.data {
+        config.data.clone_from(d);
     }
-    if let Some(s) = args.store {
-        config.store = s;
+    if let Some(s) = &args.store {
+        config.store.clone_from(s);
     }
-    if let Some(u) = args.public_url {
-        config.public_url = Some(u);
+    if let Some(u) = &args.public_url {
+        config.public_url = Some(u.clone());
     }
-    let mut builder = Mediator::builder(config);
+    if let Some(f) = &args.log_format {
+        config.log_format.clone_from(f);
+    }
+    if let (Some(c), Some(k)) = (&args.tls_cert, &args.tls_key) {
+        config.tls_cert = Some(c.clone());
+        config.tls_key = Some(k.clone());
+    }
+    if let Some(a) = args.admin_listen {
+        config.admin_listen = a;
+    }
+    if let Some(s) = args.stun {
+        config.stun = s.to_string();
+    }
+    if args.no_stun {
+        config.stun.clear();
+    }
+    let name = args
+        .config
+        .as_ref()
+        .map_or_else(|| "configuration".to_owned(), |p| p.display().to_string());
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid {name}: {e}"))?;
+    Ok(config)
+}
+
+async fn admin(config: Config, op: &AdminCommand) -> anyhow::Result<()> {
+    use mpc_did_mediator::store::{AnyStore, RedisStore, SledStore, Store as _};
+    use mpc_did_mediator::StoreConfig;
+    let store = match config.store_config().map_err(anyhow::Error::msg)? {
+        StoreConfig::Sled => AnyStore::Sled(SledStore::open(&config.data).with_context(|| {
+            format!(
+                "cannot open the store in {} (a running mediator holds it: stop it first)",
+                config.data.display()
+            )
+        })?),
+        StoreConfig::Redis(url) => {
+            AnyStore::Redis(RedisStore::connect(&url, &config.redis_prefix).await?)
+        }
+    };
+    match op {
+        AdminCommand::List { json } => {
+            let entries = mpc_did_mediator::admin::list(&store).await?;
+            for e in &entries {
+                if *json {
+                    println!("{}", serde_json::to_string(e)?);
+                } else {
+                    println!(
+                        "{}  keys={} queued={} bytes={} granted_ms={}",
+                        e.did, e.keys, e.queued_messages, e.queued_bytes, e.granted_ms
+                    );
+                }
+            }
+            if !*json {
+                eprintln!("{} mediated DID(s)", entries.len());
+            }
+        }
+        AdminCommand::Revoke { did } => {
+            let (had, purged) = mpc_did_mediator::admin::revoke(&store, did).await?;
+            if !had {
+                anyhow::bail!("{did} has no mediation grant here (nothing revoked; {purged} message(s) deleted)");
+            }
+            println!("revoked {did}: keys and grant removed, {purged} waiting message(s) deleted");
+        }
+        AdminCommand::Purge { did } => {
+            let n = mpc_did_mediator::admin::purge(&store, did).await?;
+            store.flush().await?;
+            println!("deleted {n} waiting message(s) of {did}");
+        }
+    }
+    Ok(())
+}
+
+async fn run(args: Args, config: Config) -> anyhow::Result<Exit> {
+    let mut builder = Mediator::builder(config.clone());
     let mut stun_addr = None;
-    if let Some(primary) = args.stun {
+    if let Some(primary) = config.stun_addr().map_err(anyhow::Error::msg)? {
         let mut cfg = StunServerConfig::new(primary);
         cfg.alternate = args.stun_alternate;
         if let Some(n) = args.stun_tcp_max_per_ip {
             cfg.max_tcp_per_source = n;
         }
-        let stun = StunService::bind(cfg)
-            .await
-            .with_context(|| format!("cannot serve STUN on {primary}"))?;
+        let stun = StunService::bind(cfg).await.with_context(|| {
+            format!("cannot serve STUN on {primary} (set stun = \"\" or --no-stun to run without)")
+        })?;
         stun_addr = stun.handle().primary;
         builder = builder.service(stun);
     }
@@ -163,17 +341,58 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "addr": handle.addr.to_string(),
+            "admin": handle.admin_addr.to_string(),
             "did": handle.did,
             "invitation_url": handle.invitation_url,
+            "public_url": handle.public_url,
             "relay_url": relay_url,
             "relay_tcp": relay_tcp.map(|a| a.to_string()),
             "stun": stun_addr.map(|a| a.to_string()),
         })
     );
-    shutdown_signal().await;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let exit = loop {
+        tokio::select! {
+            () = &mut shutdown => break Exit::Clean,
+            () = reload_signal() => match handle.reload_tls() {
+                Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded (other settings need a restart)"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the previous one stays in force"),
+            },
+            () = handle.storage_failed() => break Exit::Storage,
+        }
+    };
     tracing::info!("shutting down: draining connections");
     handle.shutdown().await;
-    Ok(())
+    Ok(exit)
+}
+
+/// Completes on SIGHUP (never elsewhere).
+async fn reload_signal() {
+    #[cfg(unix)]
+    {
+        use std::sync::OnceLock;
+        // One handler for the process: select! recreates this future on every loop turn.
+        static HUP: OnceLock<tokio::sync::Notify> = OnceLock::new();
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        let notify = HUP.get_or_init(tokio::sync::Notify::new);
+        INSTALLED.call_once(|| {
+            if let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if let Some(n) = HUP.get() {
+                            n.notify_one();
+                        }
+                    }
+                });
+            }
+        });
+        notify.notified().await;
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
 }
 
 async fn shutdown_signal() {

@@ -55,6 +55,10 @@ pub(crate) struct AppState {
     pub oob: Arc<serde_json::Value>,
     /// `GET /did.json` document.
     pub did_doc: Arc<serde_json::Value>,
+    /// `limits.rate_per_ip`: messages per client address over all its connections.
+    pub ip_rate: Arc<Mutex<crate::guard::KeyedRate<SourceAddr>>>,
+    /// What `/readyz` reports.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Token bucket for the per-connection message rate.
@@ -69,6 +73,9 @@ pub(crate) struct ConnInfo {
     pub peer: SocketAddr,
     /// The source it counts against (per-source limits, spec/mediator.md §6.1).
     source: SourceAddr,
+    /// The peer is one of `trusted_proxies`: each request's client is read from its
+    /// `X-Forwarded-For`.
+    via_proxy: bool,
     bucket: Mutex<Bucket>,
     rate: f64,
     burst: f64,
@@ -108,6 +115,24 @@ impl Drop for SourceSlot {
 }
 
 impl ConnInfo {
+    /// The source a request on this connection counts against: the peer, or behind a
+    /// trusted proxy the client its `X-Forwarded-For` names (spec/mediator.md §6.1).
+    pub(crate) fn client_source(&self, headers: &axum::http::HeaderMap) -> SourceAddr {
+        if !self.via_proxy {
+            return self.source;
+        }
+        let values: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        SourceAddr::of(crate::guard::client_address(
+            self.peer.ip(),
+            &values,
+            &self.core.config.trusted_proxies,
+        ))
+    }
+
     /// Takes one token; `false` if the connection is over its rate.
     fn allow(&self) -> bool {
         let Ok(mut b) = self.bucket.lock() else {
@@ -135,14 +160,15 @@ impl Drop for ConnInfo {
     }
 }
 
-/// The HTTP routes of the DIDComm mediator; `extra` (services such as the relay) is merged.
+/// The HTTP routes of the DIDComm mediator on the public port; `extra` (services such as
+/// the relay) is merged. Metrics are not served here: `/metrics*` answers 404 (they are
+/// on the operator listener, [`crate::admin`]).
 pub(crate) fn router(state: AppState, extra: Vec<Router>) -> Router {
     let mut r = Router::new()
         .route("/didcomm", post(post_didcomm))
         .route("/", post(post_didcomm))
         .route("/ws", get(ws_upgrade))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/healthz", get(crate::admin::healthz))
         .route("/oob", get(oob))
         .route("/did.json", get(did_json))
         .route("/.well-known/did.json", get(did_json))
@@ -150,11 +176,32 @@ pub(crate) fn router(state: AppState, extra: Vec<Router>) -> Router {
     for e in extra {
         r = r.merge(e);
     }
-    r
+    r.layer(axum::middleware::from_fn(hide_operator_paths))
 }
 
-/// Accepts connections until `state.cancel`, each served on its own tracked task.
-pub(crate) async fn serve(listener: TcpListener, state: AppState, app: Router) {
+/// Keeps the services' metrics (`/metrics/relay`, `/metrics/stun`) off the public port.
+async fn hide_operator_paths(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if crate::admin::is_operator_path(req.uri().path()) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    next.run(req).await
+}
+
+/// Seconds a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `state.cancel`, each served on its own tracked task; with
+/// `tls`, each speaks TLS first (built-in TLS, spec/mediator.md §10).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    app: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let limits = &state.core.config.limits;
     let sem = Arc::new(Semaphore::new(
         usize::try_from(limits.max_connections)
@@ -179,7 +226,19 @@ pub(crate) async fn serve(listener: TcpListener, state: AppState, app: Router) {
         };
         let metrics = &state.core.metrics;
         let source = SourceAddr::of(peer.ip());
+        let via_proxy = {
+            let ip = match peer.ip() {
+                std::net::IpAddr::V6(v6) => {
+                    v6.to_ipv4_mapped().map_or(peer.ip(), std::net::IpAddr::V4)
+                }
+                v4 => v4,
+            };
+            state.core.config.trusted_proxies.contains(&ip)
+        };
+        // A trusted proxy carries many clients: its connections are not counted as one
+        // source's (each request's client is, by X-Forwarded-For).
         let slot = match limits.max_connections_per_ip {
+            _ if via_proxy => Some(None),
             0 => Some(None),
             max => SourceSlot::take(&per_source, source, max).map(Some),
         };
@@ -207,6 +266,7 @@ pub(crate) async fn serve(listener: TcpListener, state: AppState, app: Router) {
         let conn = Arc::new(ConnInfo {
             peer,
             source,
+            via_proxy,
             body_bytes: Arc::default(),
             _slot: slot,
             bucket: Mutex::new(Bucket {
@@ -220,19 +280,38 @@ pub(crate) async fn serve(listener: TcpListener, state: AppState, app: Router) {
         });
         let app = app.clone();
         let cancel = state.cancel.clone();
-        state
-            .tracker
-            .spawn(serve_connection(stream, conn, app, cancel, idle));
+        match &acceptor {
+            None => {
+                state
+                    .tracker
+                    .spawn(serve_connection(stream, conn, app, cancel, idle));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                state.tracker.spawn(async move {
+                    let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    match tls.await {
+                        Ok(Ok(s)) => serve_connection(s, conn, app, cancel, idle).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(peer = %conn.peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     conn: Arc<ConnInfo>,
     app: Router,
     cancel: CancellationToken,
     idle: Duration,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let streams = u32::try_from(conn.core.config.limits.max_streams_per_connection)
         .unwrap_or(u32::MAX)
         .max(1);
@@ -328,22 +407,6 @@ impl Activity {
     fn is_idle(&self, idle: Duration) -> bool {
         self.active.load(Ordering::Relaxed) == 0 && self.last().elapsed() >= idle
     }
-}
-
-async fn healthz(State(st): State<AppState>) -> Response {
-    match st.core.store.totals().await {
-        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response(),
-    }
-}
-
-async fn metrics(State(st): State<AppState>) -> Response {
-    let totals = st.core.store.totals().await.ok();
-    let text = st
-        .core
-        .metrics
-        .render(totals, &st.core.config.limit_gauges());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn oob(State(st): State<AppState>) -> Response {
@@ -471,10 +534,12 @@ async fn post_didcomm(
     State(st): State<AppState>,
     Extension(conn): Extension<Arc<ConnInfo>>,
     version: axum::http::Version,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Response {
     let core = &st.core;
-    if !conn.allow() {
+    let source = conn.client_source(&headers);
+    if !conn.allow() || !ip_allows(&st, source) {
         let h = core.refuse_raw(
             Rejection::RateLimited,
             codes::RATE_LIMITED,
@@ -527,20 +592,31 @@ async fn post_didcomm(
             return resp;
         }
     };
-    let h = core.handle(&bytes, Transport::Http, conn.source).await;
+    let h = core.handle(&bytes, Transport::Http, source).await;
     let status = match h.rejection {
         Some(r) => status_for(r),
         None if h.replies.is_empty() => StatusCode::ACCEPTED,
         None => StatusCode::OK,
     };
+    let bytes_out = h.replies.first().map_or(0, Vec::len);
+    crate::admin::access_log("http", &h, status.as_u16(), bytes.len(), bytes_out);
     didcomm_response(status, h.replies.into_iter().next())
+}
+
+/// One token of `limits.rate_per_ip` for `source`.
+fn ip_allows(st: &AppState, source: SourceAddr) -> bool {
+    st.ip_rate
+        .lock()
+        .is_ok_and(|mut r| r.allow(&source, Instant::now()))
 }
 
 async fn ws_upgrade(
     State(st): State<AppState>,
     Extension(conn): Extension<Arc<ConnInfo>>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let source = conn.client_source(&headers);
     let max = usize::try_from(st.core.config.limits.max_message_bytes).unwrap_or(usize::MAX);
     let tracker = st.tracker.clone();
     // Small buffers: an idle session should cost a few KiB, not the 128 KiB default.
@@ -548,7 +624,7 @@ async fn ws_upgrade(
         .max_frame_size(max)
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| tracker.track_future(ws_session(st, socket, conn)))
+        .on_upgrade(move |socket| tracker.track_future(ws_session(st, socket, conn, source)))
 }
 
 /// What a WebSocket session remembers between frames.
@@ -565,7 +641,7 @@ struct Session {
     skip: HashSet<String>,
 }
 
-async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
+async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, source: SourceAddr) {
     let core = st.core.clone();
     let m = &core.metrics;
     m.websockets_open.fetch_add(1, Ordering::Relaxed);
@@ -640,8 +716,8 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
                 _ => continue,
             },
         };
-        let h = if conn.allow() {
-            core.handle(&bytes, Transport::WebSocket, conn.source).await
+        let h = if conn.allow() && ip_allows(&st, source) {
+            core.handle(&bytes, Transport::WebSocket, source).await
         } else {
             core.refuse_raw(
                 Rejection::RateLimited,
@@ -649,6 +725,13 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>) {
                 "too many messages on this connection",
             )
         };
+        crate::admin::access_log(
+            "ws",
+            &h,
+            h.rejection.map_or(200, |r| status_for(r).as_u16()),
+            bytes.len(),
+            h.replies.iter().map(Vec::len).sum(),
+        );
         if h.authenticated {
             anonymous_until = None;
         } else if h.stored && anonymous_until.is_some() {

@@ -177,7 +177,8 @@ async fn bad_requests_are_refused_and_the_mediator_stays_up() {
     assert_eq!(health.status(), 200);
 
     // Every refusal is counted in /metrics.
-    let metrics = reqwest::get(format!("{url}/metrics"))
+    // Metrics live on the operator listener, not the public port (spec/mediator.md §7).
+    let metrics = reqwest::get(format!("{}/metrics", m.admin_url()))
         .await
         .unwrap()
         .text()
@@ -281,7 +282,8 @@ async fn connection_limits_are_enforced() {
         .await;
         assert!(end.is_ok(), "idle socket not closed");
     }
-    let metrics = reqwest::get(format!("{url}/metrics"))
+    // Metrics live on the operator listener, not the public port (spec/mediator.md §7).
+    let metrics = reqwest::get(format!("{}/metrics", m.admin_url()))
         .await
         .unwrap()
         .text()

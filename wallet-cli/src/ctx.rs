@@ -26,4 +26,25 @@ impl Ctx {
         };
         Ok(Self { home, json })
     }
+
+    /// Adds the extra TLS roots — `--ca-cert` / `MPC_DID_CA_CERT` files and the wallet's
+    /// `ca-certs.pem` — to every TLS client this process builds (Mozilla roots stay).
+    pub fn install_trust(&self, files: &[PathBuf]) -> anyhow::Result<()> {
+        for path in files {
+            let certs =
+                mpc_did_resolver::trust::load_file(path).context("--ca-cert / MPC_DID_CA_CERT")?;
+            mpc_did_resolver::trust::add_roots(certs);
+        }
+        let wallet_roots = self.home.join(WALLET_CA_CERTS);
+        if wallet_roots.exists() {
+            let certs = mpc_did_resolver::trust::load_file(&wallet_roots)
+                .context("the wallet's trusted CA certificates")?;
+            mpc_did_resolver::trust::add_roots(certs);
+        }
+        Ok(())
+    }
 }
+
+/// The wallet's trust setting: PEM root certificates in this file of the wallet directory
+/// are trusted as `--ca-cert` ones are.
+pub const WALLET_CA_CERTS: &str = "ca-certs.pem";

@@ -30,6 +30,19 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
+    /// Also trust this root CA certificate (PEM bundle or DER) wherever a TLS connection is
+    /// made: mediator (register, send, inbox, live WebSocket), relay wss://, did:web.
+    /// Repeatable; added to the Mozilla roots. Also read: $MPC_DID_CA_CERT (paths separated
+    /// by ':') and the wallet's own $MPC_DID_HOME/ca-certs.pem.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "MPC_DID_CA_CERT",
+        value_delimiter = ':'
+    )]
+    ca_cert: Vec<std::path::PathBuf>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -89,6 +102,13 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("mpc-did: error: {}", chain(&err));
+            if is_unknown_issuer(&err) {
+                eprintln!(
+                    "mpc-did: hint: the server's TLS certificate is not signed by a CA this \
+                     machine trusts; if it comes from a private CA, pass --ca-cert FILE \
+                     (or set MPC_DID_CA_CERT=FILE)"
+                );
+            }
             ExitCode::FAILURE
         }
     }
@@ -96,6 +116,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = ctx::Ctx::new(cli.home, cli.json)?;
+    ctx.install_trust(&cli.ca_cert)?;
     match cli.command {
         Command::Id(c) => cmd::id::run(&ctx, c).await,
         Command::Resolve(a) => cmd::resolve::run(&ctx, a).await,
@@ -119,6 +140,12 @@ fn chain(err: &anyhow::Error) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+/// A TLS failure because the server's chain ends in a CA we do not trust.
+fn is_unknown_issuer(err: &anyhow::Error) -> bool {
+    let text = format!("{err:?}");
+    text.contains("UnknownIssuer") || text.contains("unknown issuer")
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -189,10 +189,11 @@ impl MediatorInfo {
 }
 
 fn http_client() -> Result<reqwest::Client, ClientError> {
-    Ok(reqwest::Client::builder()
+    // Mozilla roots plus the process's extra roots (`mpc-did --ca-cert`).
+    let builder = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(64)
-        .build()?)
+        .pool_max_idle_per_host(64);
+    Ok(mpc_did_resolver::trust::with_extra_roots(builder)?.build()?)
 }
 
 /// A message taken from the queue: its queue id (for `messages-received`) and the

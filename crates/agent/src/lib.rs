@@ -262,13 +262,15 @@ impl Agent {
         let stop = CancellationToken::new();
         // Peers' endpoints are URLs the peers chose: no redirects (a 307 would carry our
         // POST elsewhere) and a short timeout.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(SEND_TIMEOUT)
-            .connect_timeout(SEND_CONNECT_TIMEOUT)
-            .pool_max_idle_per_host(64)
-            .build()
-            .map_err(ClientError::from)?;
+        let http = mpc_did_resolver::trust::with_extra_roots(
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(SEND_TIMEOUT)
+                .connect_timeout(SEND_CONNECT_TIMEOUT)
+                .pool_max_idle_per_host(64),
+        )
+        .and_then(reqwest::ClientBuilder::build)
+        .map_err(ClientError::from)?;
         let inner = Arc::new(Inner {
             client,
             http,

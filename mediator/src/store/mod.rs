@@ -397,6 +397,32 @@ impl Store for AnyStore {
     }
 }
 
+impl AnyStore {
+    /// Readiness probe: a durable write (sled: insert + flush; Redis: `SET`).
+    ///
+    /// # Errors
+    /// The backend cannot write.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.probe().await)
+    }
+
+    /// DIDs holding a grant, with its time (ms since the epoch).
+    ///
+    /// # Errors
+    /// Backend failure.
+    pub async fn grant_list(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        dispatch!(self, s => s.grant_list().await)
+    }
+
+    /// Withdraws a grant; whether there was one.
+    ///
+    /// # Errors
+    /// Backend failure.
+    pub async fn revoke_grant(&self, did: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.revoke_grant(did).await)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

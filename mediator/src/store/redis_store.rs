@@ -398,3 +398,68 @@ impl Store for RedisStore {
         Ok(())
     }
 }
+
+impl RedisStore {
+    /// Readiness probe (`/readyz`, crate `health`): one `SET` of the probe key.
+    ///
+    /// # Errors
+    /// Redis unreachable or refusing writes (e.g. `MISCONF`, out of memory).
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        redis::cmd("SET")
+            .arg(format!("{}readiness-probe", self.prefix))
+            .arg(super::now_ms())
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    /// DIDs holding a mediation grant under this prefix, with the grant time; for
+    /// `mpc-did-mediator admin list` (a `SCAN`, fine for an operator's command).
+    ///
+    /// # Errors
+    /// Redis failure.
+    pub async fn grant_list(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut con = self.con.clone();
+        let pattern = format!("{}grant:*", self.prefix);
+        let head = format!("{}grant:", self.prefix);
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let ms: Option<u64> = redis::cmd("GET").arg(&k).query_async(&mut con).await?;
+            if let Some(did) = k.strip_prefix(&head) {
+                out.push((did.to_owned(), ms.unwrap_or(0)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Withdraws `did`'s grant; whether it had one.
+    ///
+    /// # Errors
+    /// Redis failure.
+    pub async fn revoke_grant(&self, did: &str) -> Result<bool, StoreError> {
+        let mut con = self.con.clone();
+        let n: u64 = redis::cmd("DEL")
+            .arg(self.k("grant", did))
+            .query_async(&mut con)
+            .await?;
+        Ok(n > 0)
+    }
+}

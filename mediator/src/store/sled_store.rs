@@ -563,6 +563,46 @@ impl Store for SledStore {
     }
 }
 
+impl SledStore {
+    /// Readiness probe (`/readyz`, crate `health`): a write to the database and a flush to
+    /// disk, so a full disk or a failed sled shows here before a sender meets it.
+    ///
+    /// # Errors
+    /// The write or the flush failed.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.meta
+            .insert(b"readiness-probe", &now_ms().to_be_bytes())?;
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// DIDs holding a mediation grant, with the grant time (ms since the epoch); for
+    /// `mpc-did-mediator admin list`.
+    ///
+    /// # Errors
+    /// Backend failure.
+    pub async fn grant_list(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.grants.iter() {
+            let (k, v) = item?;
+            let did = String::from_utf8(k.to_vec()).map_err(|_| StoreError::Corrupt("grant"))?;
+            let ms = <[u8; 8]>::try_from(v.as_ref()).map_or(0, u64::from_be_bytes);
+            out.push((did, ms));
+        }
+        Ok(out)
+    }
+
+    /// Withdraws `did`'s grant (its keys are removed by the caller first); whether it had one.
+    ///
+    /// # Errors
+    /// Backend failure.
+    pub async fn revoke_grant(&self, did: &str) -> Result<bool, StoreError> {
+        let had = self.grants.remove(did)?.is_some();
+        self.durable().await?;
+        Ok(had)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -18,6 +18,8 @@ use mpc_did_testkit::wait_until_async;
 pub struct MediatorProc {
     pub child: Child,
     pub addr: String,
+    /// The operator listener (`/metrics`, `/readyz`).
+    pub admin: String,
     pub did: String,
     pub invitation_url: String,
 }
@@ -47,6 +49,7 @@ impl MediatorProc {
         Self {
             child,
             addr: v["addr"].as_str().unwrap().to_owned(),
+            admin: v["admin"].as_str().unwrap().to_owned(),
             did: v["did"].as_str().unwrap().to_owned(),
             invitation_url: v["invitation_url"].as_str().unwrap().to_owned(),
         }
@@ -54,6 +57,11 @@ impl MediatorProc {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Base URL of the operator listener (metrics are not on the public port).
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
     }
 
     /// SIGKILL, no drain.

@@ -1,7 +1,6 @@
 //! `mpc-did resolve DID`: resolve a did:key or did:web and print its DID document
 //! (spec/identity.md §2–3).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,9 +23,6 @@ private or link-local ones unless --allow-private-hosts).")]
 pub struct ResolveArgs {
     /// The DID to resolve (did:key:… or did:web:…).
     did: String,
-    /// Also trust this root CA certificate (PEM or DER) for did:web, e.g. a local test CA.
-    #[arg(long, value_name = "FILE")]
-    ca_cert: Vec<PathBuf>,
     /// Fetch did:web over plain HTTP instead of HTTPS. Local testing only.
     #[arg(long)]
     allow_http: bool,
@@ -40,13 +36,6 @@ pub struct ResolveArgs {
 }
 
 pub async fn run(ctx: &Ctx, a: ResolveArgs) -> anyhow::Result<()> {
-    let mut extra_roots = Vec::new();
-    for path in &a.ca_cert {
-        extra_roots.push(
-            std::fs::read(path)
-                .with_context(|| format!("cannot read CA certificate {}", path.display()))?,
-        );
-    }
     if !(a.timeout.is_finite() && a.timeout > 0.0 && a.timeout <= 600.0) {
         anyhow::bail!("--timeout must be between 0 and 600 seconds");
     }
@@ -54,7 +43,7 @@ pub async fn run(ctx: &Ctx, a: ResolveArgs) -> anyhow::Result<()> {
         timeout: Duration::from_secs_f64(a.timeout),
         allow_http: a.allow_http,
         allow_private_hosts: a.allow_private_hosts,
-        extra_roots,
+        // Extra roots: the global --ca-cert (WebResolverConfig::default reads them).
         ..WebResolverConfig::default()
     };
     let resolver = UniversalResolver::with_config(config)?;

@@ -3,7 +3,8 @@
 //!
 //! TLS is rustls with its ring provider (the provider the rest of the tree already uses);
 //! server certificates are checked against the Mozilla roots (webpki-roots) plus any extra
-//! roots the caller passes (a private CA, a test certificate). Relay payloads are Noise
+//! roots the caller passes (a private CA, a test certificate) and the process's
+//! (`mpc_did_resolver::trust`, set by `mpc-did --ca-cert`). Relay payloads are Noise
 //! records either way; TLS hides the relay's own framing and lets the relay sit behind the
 //! same TLS reverse proxy as the mediator.
 
@@ -87,7 +88,11 @@ async fn tls_connect(
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, NetError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for der in extra_roots {
+    // The process's extra roots (`mpc-did --ca-cert`) as well as the caller's.
+    for der in mpc_did_resolver::trust::extra_roots()
+        .iter()
+        .chain(extra_roots)
+    {
         roots
             .add(rustls::pki_types::CertificateDer::from(der.clone()))
             .map_err(|e| NetError::WebSocket(format!("extra TLS root: {e}")))?;
