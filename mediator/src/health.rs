@@ -116,7 +116,7 @@ impl Health {
 
     /// Probes `store` until `stop`; when the storage has failed for `fatal_after`, cancels
     /// `fatal` (the binary then exits with [`EXIT_STORAGE`]).
-    pub async fn probe_loop(
+    pub(crate) async fn probe_loop(
         self: Arc<Self>,
         store: Arc<crate::core::Core>,
         fatal_after: Option<Duration>,

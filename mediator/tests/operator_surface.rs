@@ -465,7 +465,7 @@ fn shipped_unit_is_hardened() {
 /// of memory under `noeviction`), green again once it accepts them (spec/mediator.md §7.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_redis() {
-    let redis = match mpc_did_mediator::testkit::RedisServer::start() {
+    let redis = match mpc_did_testkit::mediator::RedisServer::start() {
         Ok(r) => r,
         Err(e) => {
             assert!(
