@@ -102,7 +102,7 @@ async fn veramo_mediation_client_against_our_mediator() {
     let dir = tempfile::tempdir().unwrap();
     let m = MediatorProc::start(dir.path(), &[]);
     let info = MediatorInfo::discover(&m.url()).await.unwrap();
-    let malformed_before = metric(&m.url(), MALFORMED).await;
+    let malformed_before = metric(&m.admin_url(), MALFORMED).await;
     let mut refused = 0;
     for spec_created_time in [false, true] {
         let out = peer(
@@ -130,7 +130,7 @@ async fn veramo_mediation_client_against_our_mediator() {
         }
     }
     // Each refusal was the mediator's (counted as malformed), not a transport failure.
-    let malformed = metric(&m.url(), MALFORMED).await;
+    let malformed = metric(&m.admin_url(), MALFORMED).await;
     assert_eq!(malformed - malformed_before, refused);
 }
 
@@ -153,7 +153,7 @@ async fn veramo_sends_to_a_wallet_through_our_mediator() {
     }]);
     let msg = json!({"id": "veramo-1", "type": "https://didcomm.org/trust-ping/2.0/ping",
                      "to": [wallet.did], "body": {"response_requested": false}});
-    let malformed_before = metric(&m.url(), MALFORMED).await;
+    let malformed_before = metric(&m.admin_url(), MALFORMED).await;
     let out = peer(
         &node,
         &json!({"op": "send", "seed": "12".repeat(32), "message": msg,
@@ -164,7 +164,7 @@ async fn veramo_sends_to_a_wallet_through_our_mediator() {
     });
     assert!(err.contains("Could not send"), "{err}");
     // It reached the mediator, which could not unpack the forward.
-    assert_eq!(metric(&m.url(), MALFORMED).await - malformed_before, 1);
+    assert_eq!(metric(&m.admin_url(), MALFORMED).await - malformed_before, 1);
     assert!(wallet.fetch(10).await.unwrap().is_empty());
 
     // The same route from an mpc-did sender (control: the mediator and wallet work).

@@ -124,7 +124,7 @@ pub async fn registered_pair(url: &str) -> (MediatorClient, MediatorClient) {
     (a, b)
 }
 
-/// A sample (`name value`, no labels) from the mediator's `/metrics`.
+/// A sample (`name value`, no labels) from `/metrics` of the operator listener at `url`.
 pub async fn metric(url: &str, name: &str) -> u64 {
     let text = reqwest::get(format!("{url}/metrics"))
         .await
