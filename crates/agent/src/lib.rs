@@ -571,7 +571,8 @@ async fn inbox(
     mut ack_rx: mpsc::UnboundedReceiver<String>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    // Failed re-connects in a row (spec: exponential backoff with jitter, client.rs).
+    let mut failures = 0u32;
     loop {
         let batch = tokio::select! {
             () = stop.cancelled() => break,
@@ -588,7 +589,7 @@ async fn inbox(
         let Some(agent) = inner.upgrade() else { break };
         match batch {
             Ok(items) => {
-                backoff = Duration::from_millis(200);
+                failures = 0;
                 let mut acks = Vec::new();
                 for Delivered { id, bytes } in items {
                     match agent.client.unpack(&bytes).await {
@@ -620,15 +621,24 @@ async fn inbox(
             }
             Err(ClientError::Timeout) => {}
             Err(e) => {
-                tracing::warn!("live connection lost ({e}); reconnecting in {backoff:?}");
+                let pause = crate::client::reconnect_delay(failures);
+                tracing::warn!("live connection lost ({e}); reconnecting in {pause:?}");
+                // Do not keep the agent alive while we wait.
+                drop(agent);
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let Some(agent) = inner.upgrade() else { break };
                 match agent.client.live().await {
-                    Ok(l) => live = l,
-                    Err(e) => tracing::warn!("reconnect failed: {e}"),
+                    Ok(l) => {
+                        tracing::info!("live connection to the mediator is back");
+                        live = l;
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        tracing::warn!("reconnect failed: {e}");
+                    }
                 }
             }
         }

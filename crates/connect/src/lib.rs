@@ -58,7 +58,7 @@ use mpc_did_rendezvous::candidate::{Candidate, CandidateKind, Transport};
 use mpc_did_rendezvous::nat::NatMapping;
 use mpc_did_rendezvous::net::quic::{QuicEndpoint, QuicPath};
 pub use mpc_did_rendezvous::net::RelayIdentity;
-use mpc_did_rendezvous::net::{RelayConnection, RelayStream};
+use mpc_did_rendezvous::net::{Backoff, RelayDial, RelayLink, RelayStream};
 use mpc_did_rendezvous::relay::PeerAddr;
 use mpc_did_session::messages::{
     AcceptBody, CandidatesBody, CloseBody, HandshakeBody, ProposeBody, ACCEPT_TYPE,
@@ -69,6 +69,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 
+mod events;
 mod keep;
 mod listen;
 mod negotiate;
@@ -77,6 +78,7 @@ mod quic;
 mod select;
 
 use keep::{drain_stale, keep_path, serve_relay_paths, RemoteCandidates};
+pub use events::PathEvent;
 pub use listen::{ListenerLimits, ListenerStats};
 use negotiate::{dispatch, message, new_id};
 use open::{host_candidates, relay_addr, DIRECT_BUDGET};
@@ -303,6 +305,10 @@ pub enum PathError {
     /// Connecting to the relay failed.
     #[error("{0}")]
     RelayConnect(mpc_did_rendezvous::net::NetError),
+    /// The relay connection is lost and did not come back in time (it is re-dialled in the
+    /// background with backoff).
+    #[error("relay {url} is unreachable (re-connecting)")]
+    RelayDown { url: String },
     /// The peer's DID document could not be resolved (to name it to the relay).
     #[error("{0}")]
     Resolve(mpc_did_resolver::ResolveError),
@@ -371,10 +377,13 @@ struct Inner {
     orphans: Mutex<Vec<Inbound>>,
     new_proposal: Notify,
     sessions: Mutex<Vec<Established>>,
-    /// Our home relay connection, if configured.
-    relay: Option<(RelaySetup, SocketAddr, Arc<RelayConnection>)>,
-    /// Connections to other parties' relays, by URL.
-    foreign_relays: tokio::sync::Mutex<HashMap<String, Arc<RelayConnection>>>,
+    /// Our home relay, if configured: a link that re-dials after a loss (spec/rendezvous.md
+    /// §7.3).
+    relay: Option<(RelaySetup, SocketAddr, Arc<RelayLink>)>,
+    /// Links to other parties' relays, by URL (re-dialling too).
+    foreign_relays: tokio::sync::Mutex<HashMap<String, Arc<RelayLink>>>,
+    /// Path and relay transitions ([`Connector::path_events`]).
+    events: tokio::sync::broadcast::Sender<PathEvent>,
     /// The NAT-traversed path's endpoint, if configured.
     quic: Option<quic::QuicState>,
     /// The direct-path TCP listener's address.
@@ -445,25 +454,31 @@ impl Connector {
         };
         let relay = match &config.relay {
             Some(setup) => {
-                let conn = RelayConnection::connect_ws(
-                    &setup.url,
-                    setup.identity.clone(),
-                    setup.expected_relay.clone(),
-                )
-                .await
-                .map_err(|e| ConnectError::NoPath {
-                    peer: setup.url.clone(),
-                    reason: PathError::OwnRelay(e),
-                })?;
                 // Only peers we negotiate with may send to us through it (spec/rendezvous.md
-                // §4.4): a stranger who knows our DID cannot flood our relay link.
-                conn.restrict_senders();
+                // §4.4): a stranger who knows our DID cannot flood our relay link. The link
+                // re-dials with backoff when the relay restarts (§7.3).
+                let dial = RelayDial {
+                    url: setup.url.clone(),
+                    identity: setup.identity.clone(),
+                    expected_relay: setup.expected_relay.clone(),
+                    extra_roots: Vec::new(),
+                };
+                let link = RelayLink::connect(dial, true, Backoff::default())
+                    .await
+                    .map_err(|e| ConnectError::NoPath {
+                        peer: setup.url.clone(),
+                        reason: PathError::OwnRelay(e),
+                    })?;
                 let addr = relay_addr(&setup.url).unwrap_or(local);
-                Some((setup.clone(), addr, Arc::new(conn)))
+                Some((setup.clone(), addr, Arc::new(link)))
             }
             None => None,
         };
         let rx = agent.subscribe(&format!("{PROTOCOL_URI}/"));
+        let (events, _) = tokio::sync::broadcast::channel(64);
+        if let Some((_, _, link)) = &relay {
+            tokio::spawn(events::forward_relay_events(link.subscribe(), events.clone()));
+        }
         let inner = Arc::new(Inner {
             agent,
             router,
@@ -476,6 +491,7 @@ impl Connector {
             sessions: Mutex::new(Vec::new()),
             relay,
             foreign_relays: tokio::sync::Mutex::new(HashMap::new()),
+            events,
             quic,
             listen: local,
             path_listener,
@@ -493,6 +509,14 @@ impl Connector {
         }
         tokio::spawn(dispatch(Arc::downgrade(&inner), rx));
         Ok(Self { inner })
+    }
+
+    /// Transitions of this connector's sessions and relays, each sent once: a session's
+    /// path went down or came back, a relay connection was lost or is back
+    /// (spec/session.md §7.4). The CLI prints them; nothing else depends on them.
+    #[must_use]
+    pub fn path_events(&self) -> tokio::sync::broadcast::Receiver<PathEvent> {
+        self.inner.events.subscribe()
     }
 
     /// Counters of the direct-path listener (refused, evicted and timed-out connections).
