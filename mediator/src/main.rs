@@ -1,6 +1,8 @@
 //! `mpc-did-mediator`: the DIDComm v2 mediator binary. A thin wrapper around
 //! [`mpc_did_mediator::Mediator`]: read the config file, apply flags (flags win), start,
-//! wait for ctrl-c or SIGTERM, drain.
+//! wait for ctrl-c or SIGTERM, drain (stop accepting, close live WebSockets and relay
+//! connections, flush the store). SIGHUP is logged and ignored: the configuration is read
+//! at start only.
 //!
 //! Exit status: 0 after a clean shutdown, 1 if the mediator cannot start.
 #![forbid(unsafe_code)]
@@ -176,20 +178,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for ctrl-c or SIGTERM (then the caller drains: stop accepting, close live sockets
+/// with a close frame, flush the store). SIGHUP does not stop the mediator: the config is
+/// read only at start, so SIGHUP is logged and ignored (restart to apply a new config).
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        // Installing a handler replaces the default action (terminate) for SIGHUP.
+        let mut hup = signal(SignalKind::hangup()).ok();
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::info!("SIGHUP ignored: the configuration is read at start only; restart (SIGTERM drains) to apply changes");
                 }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
