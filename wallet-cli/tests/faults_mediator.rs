@@ -399,7 +399,11 @@ fn alive(pid: &str) -> bool {
 
 /// Three wallets at `med`, an MPC session of `program` hosted by party 0, both others
 /// joined; returns the homes and the MPC session id (spec/lobby.md §1).
-fn lobby(med: &RestartableMediator, program: &Path, args: &[&str]) -> (Vec<tempfile::TempDir>, String) {
+fn lobby(
+    med: &RestartableMediator,
+    program: &Path,
+    args: &[&str],
+) -> (Vec<tempfile::TempDir>, String) {
     let homes: Vec<tempfile::TempDir> = med
         .wallets(&["p0", "p1", "p2"])
         .into_iter()
@@ -431,7 +435,15 @@ fn lobby(med: &RestartableMediator, program: &Path, args: &[&str]) -> (Vec<tempf
         .collect();
     ok(
         homes[0].path(),
-        &["--json", "mpc", "host", "--session", &sid, "--timeout", "60"],
+        &[
+            "--json",
+            "mpc",
+            "host",
+            "--session",
+            &sid,
+            "--timeout",
+            "60",
+        ],
     );
     for j in joiners {
         let o = wait_bounded(j, Duration::from_secs(60));

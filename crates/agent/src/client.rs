@@ -527,9 +527,7 @@ impl MediatorClient {
             attempt = attempt.saturating_add(1);
             match self.live().await {
                 Ok(l) => return Ok(l),
-                Err(e) if until.is_some_and(|u| tokio::time::Instant::now() >= u) => {
-                    return Err(e)
-                }
+                Err(e) if until.is_some_and(|u| tokio::time::Instant::now() >= u) => return Err(e),
                 Err(e) => tracing::debug!(attempt, "live re-connect failed: {e}"),
             }
         }

@@ -46,7 +46,10 @@ pub enum PathEvent {
 impl std::fmt::Display for PathEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::PathDown { peer, last: Some(p) } => {
+            Self::PathDown {
+                peer,
+                last: Some(p),
+            } => {
                 write!(f, "path to {peer} is down ({p}); re-connecting")
             }
             Self::PathDown { peer, last: None } => {
@@ -65,7 +68,11 @@ impl std::fmt::Display for PathEvent {
                 peer,
                 path: None,
                 after,
-            } => write!(f, "path to {peer} is back after {:.1} s", after.as_secs_f64()),
+            } => write!(
+                f,
+                "path to {peer} is back after {:.1} s",
+                after.as_secs_f64()
+            ),
             Self::RelayDown { url, why } => {
                 write!(f, "relay {url} is unreachable ({why}); re-connecting")
             }

@@ -77,8 +77,8 @@ mod open;
 mod quic;
 mod select;
 
-use keep::{drain_stale, keep_path, serve_relay_paths, RemoteCandidates};
 pub use events::PathEvent;
+use keep::{drain_stale, keep_path, serve_relay_paths, RemoteCandidates};
 pub use listen::{ListenerLimits, ListenerStats};
 use negotiate::{dispatch, message, new_id};
 use open::{host_candidates, relay_addr, DIRECT_BUDGET};
@@ -477,7 +477,10 @@ impl Connector {
         let rx = agent.subscribe(&format!("{PROTOCOL_URI}/"));
         let (events, _) = tokio::sync::broadcast::channel(64);
         if let Some((_, _, link)) = &relay {
-            tokio::spawn(events::forward_relay_events(link.subscribe(), events.clone()));
+            tokio::spawn(events::forward_relay_events(
+                link.subscribe(),
+                events.clone(),
+            ));
         }
         let inner = Arc::new(Inner {
             agent,

@@ -219,7 +219,10 @@ impl RelayLink {
     }
 }
 
-async fn dial_once(dial: &RelayDial, allow: Option<Vec<PeerAddr>>) -> Result<RelayConnection, NetError> {
+async fn dial_once(
+    dial: &RelayDial,
+    allow: Option<Vec<PeerAddr>>,
+) -> Result<RelayConnection, NetError> {
     RelayConnection::connect_ws_allowing(
         &dial.url,
         dial.identity.clone(),
@@ -293,7 +296,10 @@ mod tests {
         for n in 0..40 {
             let base = Duration::from_millis(100 * (1u64 << n.min(10))).min(Duration::from_secs(1));
             let d = b.delay(n);
-            assert!(d >= base / 2 && d < base * 3 / 2, "attempt {n}: {d:?} vs {base:?}");
+            assert!(
+                d >= base / 2 && d < base * 3 / 2,
+                "attempt {n}: {d:?} vs {base:?}"
+            );
         }
         // Jitter: not every client waits the same.
         let spread: std::collections::HashSet<_> = (0..20).map(|_| b.delay(3)).collect();
