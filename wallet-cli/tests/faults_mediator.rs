@@ -365,6 +365,72 @@ fn relay_only_pipe_survives_kill9_and_restart() {
     }
 }
 
+/// Issue 18 item 3: a `pipe` sender whose peer did not acknowledge all its data never
+/// exits 0. The receiver is stopped (SIGSTOP) after the session is up, the sender's input
+/// ends, the mediator is killed and restarted: the stopped receiver cannot re-attach, the
+/// sender's session fails after `--resume-timeout` and it exits non-zero without `done`
+/// (spec/session.md §12). Before, a failed session had no counters left to check and
+/// `pipe` exited 0.
+#[test]
+fn pipe_sender_exits_nonzero_when_the_peer_did_not_acknowledge() {
+    let mut med = RestartableMediator::new();
+    let w = med.wallets(&["alice", "bob"]);
+    let spawn = |me: usize, peer: usize, extra: &[&str]| {
+        cmd(
+            w[me].0.path(),
+            &[
+                "pipe",
+                &w[peer].1,
+                "--peer-mediator",
+                &med.url(),
+                "--listen",
+                "127.0.0.1:0",
+                "--relay-only",
+                "--resume-timeout",
+                "5",
+                "--progress",
+            ],
+        )
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let mut sender = spawn(0, 1, &[]);
+    let mut receiver = spawn(1, 0, &["--no-stdin"]);
+    let send_err = Watch::new(sender.stderr.take().unwrap());
+    let recv_err = Watch::new(receiver.stderr.take().unwrap());
+    let _recv_out = Watch::new(receiver.stdout.take().unwrap());
+    let _send_out = Watch::new(sender.stdout.take().unwrap());
+    send_err.wait_for("relayed via", Duration::from_secs(60));
+    recv_err.wait_for("relayed via", Duration::from_secs(60));
+    let rpid = receiver.id().to_string();
+    Command::new("kill")
+        .args(["-STOP", &rpid])
+        .status()
+        .unwrap();
+    let mut stdin = sender.stdin.take().unwrap();
+    stdin.write_all(&vec![7u8; 256 << 10]).unwrap();
+    drop(stdin);
+    med.kill9();
+    med.start();
+    let s = wait_bounded(sender, Duration::from_secs(90));
+    let _ = receiver.kill();
+    Command::new("kill")
+        .args(["-CONT", &rpid])
+        .status()
+        .unwrap();
+    let _ = receiver.wait();
+    let err = send_err.finish();
+    assert!(
+        !s.status.success(),
+        "the sender exited 0 although the peer did not acknowledge: {err}"
+    );
+    assert!(!err.contains("done:"), "printed done after a loss: {err}");
+}
+
 /// `$MPC_DID_PYTHON`, else the repository's `.venv`; `None`: skip (fails with
 /// `MPC_DID_REQUIRE_INTEROP=1`, inside `find_python`).
 fn python() -> Option<PathBuf> {
