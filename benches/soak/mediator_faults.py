@@ -4,8 +4,9 @@
 Not run in CI. Runs real binaries: `mpc-did-mediator` on a fixed loopback port with one data
 directory, three wallets registered there, and for each attempt a fresh MPC session (mpc new,
 invite, two joins, host) and three concurrent `mpc-did run` processes of a Secret Santa
-program, with one random fault from: none, mediator kill -9 then restart after 3 s,
-mediator SIGTERM then restart after 3 s — injected 1–6 s into the run.
+program (3..30 people: about 15 s per run in a debug build), with one random fault from:
+none, mediator kill -9 then restart after 3 s, mediator SIGTERM then restart after 3 s —
+injected 1–5 s into the run.
 
 Prints per attempt and at the end: attempts, successes, named failures (the first
 `error:` line of each failing party), hangs (a run past --bound; must be 0), and the
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -117,7 +119,7 @@ def main():
     ap.add_argument("--minutes", type=float, default=60)
     ap.add_argument("--bin", default=str(ROOT / "target/release"))
     ap.add_argument("--bound", type=float, default=300, help="seconds before a run counts as a hang")
-    ap.add_argument("--people", type=int, default=12, help="Secret Santa for 3..N people")
+    ap.add_argument("--people", type=int, default=30, help="Secret Santa for 3..N people")
     ap.add_argument("--relay-only", action="store_true", default=True)
     ap.add_argument("--seed", type=int, default=None)
     a = ap.parse_args()
@@ -162,7 +164,7 @@ def main():
                                  stdin=subprocess.DEVNULL, text=True) for h in homes]
         t0 = time.monotonic()
         if fault != "none":
-            time.sleep(rng.uniform(1, 6))
+            time.sleep(rng.uniform(1, 5))
             if fault == "kill9":
                 med.kill9()
             else:
@@ -210,6 +212,7 @@ def main():
     print(f"mediator at start: RSS {start_stats[0]} KiB, {start_stats[1]} fds; "
           f"at end (since its last restart): RSS {end_stats[0]} KiB, {end_stats[1]} fds; "
           f"peak RSS {med.peak_rss} KiB, peak fds {med.peak_fds}")
+    shutil.rmtree(work, ignore_errors=True)
     return 0 if hangs == 0 else 1
 
 
