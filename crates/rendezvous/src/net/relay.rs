@@ -43,7 +43,7 @@ use tokio_util::sync::PollSender;
 
 use super::NetError;
 use crate::relay::{
-    ClientToRelay, OverloadReason, PeerAddr, RelayToClient, SigningKey, MAX_ALLOW_PEERS,
+    ClientToRelay, ErrorCode, OverloadReason, PeerAddr, RelayToClient, SigningKey, MAX_ALLOW_PEERS,
     MAX_PAYLOAD,
 };
 use crate::relay_client::{ClientEvent, RelayClient};
@@ -56,6 +56,10 @@ pub const RELAY_SUBPROTOCOL: &str = "mpc-did-relay.1";
 /// `.1` picks `.1`, and the client then filters on its own side only (a `.1` relay closes
 /// the connection on an unknown frame type).
 pub const RELAY_SUBPROTOCOL_V2: &str = "mpc-did-relay.2";
+
+/// Why a connection closed when the relay gave its slot to a newer connection with our
+/// identity (`Error(Replaced)`, spec/rendezvous.md §4.4).
+pub const REPLACED: &str = "replaced by a newer connection with our identity";
 
 /// Frames buffered per stream before the reader task waits for the stream's reader.
 const STREAM_QUEUE: usize = 256;
@@ -766,6 +770,7 @@ async fn reader_task(
                     r.fail_all("relay overloaded: a packet was dropped");
                 }
             }
+            ClientEvent::Closed(Some(ErrorCode::Replaced)) => break REPLACED,
             ClientEvent::Closed(_) => break "relay closed the connection",
             ClientEvent::Stray(what) => {
                 shared.metrics.stray_frames.fetch_add(1, Ordering::Relaxed);

@@ -17,6 +17,7 @@ use std::time::Duration;
 use rand_core::RngCore as _;
 use tokio::sync::{broadcast, watch};
 
+use super::relay::REPLACED;
 use super::{NetError, RelayConnection, RelayIdentity};
 use crate::relay::{PeerAddr, MAX_ALLOW_PEERS};
 
@@ -102,6 +103,9 @@ struct LinkShared {
     current: watch::Sender<Option<Arc<RelayConnection>>>,
     events: broadcast::Sender<RelayLinkEvent>,
     backoff: Backoff,
+    /// Bumped by every [`RelayLink::connection`] call that finds the link down: a link
+    /// whose connection was replaced re-dials only when asked (see `supervise`).
+    wanted: watch::Sender<u64>,
 }
 
 /// A relay connection that re-dials after a loss (see the module docs). Dropping it stops
@@ -148,6 +152,7 @@ impl RelayLink {
             current,
             events,
             backoff,
+            wanted: watch::channel(0).0,
         });
         let task = tokio::spawn(supervise(Arc::clone(&shared)));
         Ok(Self { shared, task })
@@ -179,6 +184,9 @@ impl RelayLink {
     /// The open connection, waiting up to `wait` for the link to come back.
     pub async fn connection(&self, wait: Duration) -> Option<Arc<RelayConnection>> {
         let mut rx = self.shared.current.subscribe();
+        if rx.borrow().as_ref().is_none_or(|c| !c.is_open()) {
+            self.shared.wanted.send_modify(|n| *n = n.wrapping_add(1));
+        }
         let found = tokio::time::timeout(wait, async {
             loop {
                 if let Some(c) = rx.borrow_and_update().as_ref().filter(|c| c.is_open()) {
@@ -244,13 +252,29 @@ async fn supervise(shared: Arc<LinkShared>) {
         // What this connection let through goes over to the next one.
         let mut allow = conn.allowed_peers().unwrap_or_default();
         drop(conn);
+        let mut wanted = shared.wanted.subscribe();
+        wanted.borrow_and_update();
         shared.current.send_replace(None);
+        if why == REPLACED {
+            // Another connection with our identity took our slot at this relay (the same
+            // relay reached under two URLs: our home and a peer's). Re-dialling at once
+            // would take the slot back and break that connection's streams, and both links
+            // would keep replacing each other: come back only when someone needs us.
+            tracing::info!(url = %shared.dial.url, "relay connection replaced by another of ours; re-connecting when needed");
+            if wanted.changed().await.is_err() {
+                return;
+            }
+        }
         let down_at = tokio::time::Instant::now();
-        tracing::warn!(url = %shared.dial.url, "relay connection lost ({why}); re-connecting");
-        let _ = shared.events.send(RelayLinkEvent::Down {
-            url: shared.dial.url.clone(),
-            why: why.to_owned(),
-        });
+        // A replaced connection is no outage: no Down, and no Up for the re-dial.
+        let announce = why != REPLACED;
+        if announce {
+            tracing::warn!(url = %shared.dial.url, "relay connection lost ({why}); re-connecting");
+            let _ = shared.events.send(RelayLinkEvent::Down {
+                url: shared.dial.url.clone(),
+                why: why.to_owned(),
+            });
+        }
         let mut attempts = 0u32;
         let next = loop {
             tokio::time::sleep(shared.backoff.delay(attempts)).await;
@@ -275,11 +299,13 @@ async fn supervise(shared: Arc<LinkShared>) {
         let after = down_at.elapsed();
         tracing::info!(url = %shared.dial.url, "relay connection back after {:.1} s ({attempts} attempts)", after.as_secs_f64());
         shared.current.send_replace(Some(Arc::new(next)));
-        let _ = shared.events.send(RelayLinkEvent::Up {
-            url: shared.dial.url.clone(),
-            after,
-            attempts,
-        });
+        if announce {
+            let _ = shared.events.send(RelayLinkEvent::Up {
+                url: shared.dial.url.clone(),
+                after,
+                attempts,
+            });
+        }
     }
 }
 
