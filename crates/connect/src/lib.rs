@@ -11,7 +11,9 @@
 //! and finally the relay, re-connects when the path breaks (the session resumes, §7), and
 //! while on the relay keeps retrying direct paths with backoff and moves the session when
 //! one works. Its relay connections run in allow-list mode: only peers it negotiates with
-//! can send to it through the relay (spec/rendezvous.md §4.4).
+//! can send to it through the relay (spec/rendezvous.md §4.4), and are relay links that
+//! re-dial a restarted relay with backoff and jitter (§7.3); each path or relay transition
+//! is reported once ([`Connector::path_events`], printed by the CLI).
 //!
 //! **Does not**: decide who talks to whom (the lobby's roster, or the CLI for ad-hoc
 //! sessions), carry MPyC (the proxy), or do cryptography itself (session + didcomm crates);
@@ -19,7 +21,7 @@
 //!
 //! Modules by job: `negotiate` (the DIDComm messages above), `open` (direct checks and the
 //! relay, ranked by `select`, the only path selector), `keep` (re-connecting, upgrading from
-//! the relay, serving relay paths), `listen` and `quic` (the incoming ends); this file keeps
+//! the relay, serving relay paths), `events` (path transitions), `listen` and `quic` (the incoming ends); this file keeps
 //! [`Connector`], its configs and the errors ([`ConnectError`]; [`PathError`] says why no
 //! path opened).
 //!
