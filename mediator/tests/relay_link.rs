@@ -43,9 +43,7 @@ async fn start(data: &std::path::Path, listen: SocketAddr) -> MediatorHandle {
         .unwrap()
 }
 
-async fn next_event(
-    rx: &mut tokio::sync::broadcast::Receiver<RelayLinkEvent>,
-) -> RelayLinkEvent {
+async fn next_event(rx: &mut tokio::sync::broadcast::Receiver<RelayLinkEvent>) -> RelayLinkEvent {
     tokio::time::timeout(Duration::from_secs(20), rx.recv())
         .await
         .expect("no link event within 20 s")
