@@ -602,6 +602,18 @@ fn relay_only_mpc_survives_mediator_kill9_mid_computation() {
         assert_eq!(digest(&outs[i]), digest(&outs[0]), "parties disagree");
         assert!(errs[i].contains("is down"), "party {i} silent: {}", errs[i]);
         assert!(errs[i].contains("is back"), "party {i} silent: {}", errs[i]);
+        // The control plane (DIDComm live delivery) says so too, once each way.
+        assert_eq!(
+            errs[i].matches("connection to our mediator lost").count(),
+            1,
+            "party {i}: {}",
+            errs[i]
+        );
+        assert!(
+            errs[i].contains("connected to our mediator again"),
+            "party {i}: {}",
+            errs[i]
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for pid in &programs {

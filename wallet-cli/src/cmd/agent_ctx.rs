@@ -153,10 +153,20 @@ pub fn relay_setup(
     })
 }
 
-/// Prints each path transition of `connector`'s sessions and relays to stderr, once per
-/// change (a path down, back; the relay lost, back): a party is never silent while it waits
-/// for a path (spec/session.md §7.4).
+/// Prints each path transition of `connector`'s sessions and relays, and of its agent's live
+/// connection to the mediator, to stderr, once per change (down, back): a party is never
+/// silent while it waits for a path (spec/session.md §7.4).
 pub fn report_path_events(connector: &Connector) {
+    let mut live = connector.agent().live_events();
+    tokio::spawn(async move {
+        loop {
+            match live.recv().await {
+                Ok(ev) => eprintln!("mpc-did: {ev}"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
     let mut rx = connector.path_events();
     tokio::spawn(async move {
         loop {
