@@ -1,8 +1,10 @@
 //! `mpc-did-mediator`: the DIDComm v2 mediator binary. A thin wrapper around
 //! [`mpc_did_mediator::Mediator`]: read the config file, apply flags (flags win), validate,
-//! start, wait for ctrl-c or SIGTERM, drain. SIGHUP reloads the built-in TLS certificate
-//! (the rest of the configuration needs a restart). `admin list|revoke|purge` work on the
-//! store directly (sled: with the mediator stopped; Redis: any time).
+//! start, wait for ctrl-c or SIGTERM, drain (stop accepting, close live WebSockets and relay
+//! connections, flush the store). SIGHUP reloads the built-in TLS certificate (the rest of
+//! the configuration needs a restart) and never stops the process. `admin
+//! list|revoke|purge` work on the store directly (sled: with the mediator stopped; Redis:
+//! any time).
 //!
 //! Exit status: 0 after a clean shutdown, 1 if the mediator cannot start (or an admin
 //! command fails), 75 when the store stayed unwritable for `storage_fatal_secs` (for the
@@ -395,17 +397,20 @@ async fn reload_signal() {
     std::future::pending::<()>().await;
 }
 
+/// Waits for ctrl-c or SIGTERM (then the caller drains: stop accepting, close live sockets
+/// with a close frame, flush the store). SIGHUP does not stop the mediator: [`reload_signal`]
+/// handles it (reloads the built-in TLS certificate; the rest of the config is read at start).
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

@@ -509,6 +509,29 @@ impl MediatorClient {
         Ok(conn)
     }
 
+    /// Re-opens live delivery after the WebSocket dropped (a mediator restart, a network
+    /// change): waits [`reconnect_delay`] before each attempt (exponential backoff with
+    /// jitter) and tries until it works or `give_up` has passed. Messages queued meanwhile
+    /// are delivered on the new connection (the mediator sends its queue when live mode is
+    /// switched on), and unacknowledged ones again, so the caller catches up by reading it.
+    ///
+    /// # Errors
+    /// The last attempt's error once `give_up` has passed.
+    pub async fn live_again(&self, give_up: Duration) -> Result<LiveConnection, ClientError> {
+        // `Duration::MAX`: never give up.
+        let until = tokio::time::Instant::now().checked_add(give_up);
+        let mut attempt = 0u32;
+        loop {
+            tokio::time::sleep(reconnect_delay(attempt)).await;
+            attempt = attempt.saturating_add(1);
+            match self.live().await {
+                Ok(l) => return Ok(l),
+                Err(e) if until.is_some_and(|u| tokio::time::Instant::now() >= u) => return Err(e),
+                Err(e) => tracing::debug!(attempt, "live re-connect failed: {e}"),
+            }
+        }
+    }
+
     /// Opens a WebSocket in raw live mode (an mpc-did extension of Pickup 3.0,
     /// spec/mediator.md §3.1): the mediator pushes each queued message as one binary
     /// frame instead of an authcrypt `delivery`, which saves an authcrypt on each side per
@@ -655,6 +678,18 @@ fn live_change(p: PickupVersion, raw: bool) -> Message {
         body[LIVE_BACKLOG_FIELD] = json!(true);
     }
     message(p.types().live_delivery_change, body)
+}
+
+/// The wait before re-connect attempt `attempt` (0-based) of a live WebSocket: 250 ms
+/// doubling up to 8 s, scaled by a random factor in [0.5, 1.5) so that the clients of a
+/// restarted mediator do not all come back in the same instant.
+#[must_use]
+pub fn reconnect_delay(attempt: u32) -> Duration {
+    mpc_did_rendezvous::net::Backoff {
+        first: Duration::from_millis(250),
+        max: Duration::from_secs(8),
+    }
+    .delay(attempt)
 }
 
 /// Packs `msg` from `from` to `to` (authcrypt), wraps it in forwards for the routing keys

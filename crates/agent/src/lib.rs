@@ -222,6 +222,40 @@ struct Inner {
     /// Queue ids claimed by a subscriber, to acknowledge to the mediator.
     acks: mpsc::UnboundedSender<String>,
     stop: CancellationToken,
+    /// Transitions of the live connection ([`Agent::live_events`]).
+    live_events: tokio::sync::broadcast::Sender<LiveEvent>,
+}
+
+/// A transition of the agent's live connection to its mediator, sent once per change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LiveEvent {
+    /// The live WebSocket dropped (a mediator restart, a network change); re-connecting
+    /// with backoff and jitter. Messages wait in the mediator's queue meanwhile.
+    Lost {
+        /// Why it dropped.
+        why: String,
+    },
+    /// Live again after `after`; what was queued meanwhile is being delivered.
+    Back {
+        /// How long it was down.
+        after: Duration,
+    },
+}
+
+impl std::fmt::Display for LiveEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Lost { why } => {
+                write!(f, "connection to our mediator lost ({why}); re-connecting")
+            }
+            Self::Back { after } => write!(
+                f,
+                "connected to our mediator again after {:.1} s",
+                after.as_secs_f64()
+            ),
+        }
+    }
 }
 
 /// A party's control plane; cheap to clone. Stops when the last clone is dropped.
@@ -280,12 +314,19 @@ impl Agent {
             }),
             acks,
             stop: stop.clone(),
+            live_events: tokio::sync::broadcast::channel(16).0,
         });
         tokio::spawn(inbox(Arc::downgrade(&inner), live, ack_rx, stop.clone()));
         Ok(Self {
             inner,
             _guard: Arc::new(stop.drop_guard()),
         })
+    }
+
+    /// Transitions of the live connection from now on: lost, back (each once).
+    #[must_use]
+    pub fn live_events(&self) -> tokio::sync::broadcast::Receiver<LiveEvent> {
+        self.inner.live_events.subscribe()
     }
 
     /// Our DID.
@@ -580,7 +621,10 @@ async fn inbox(
     mut ack_rx: mpsc::UnboundedReceiver<String>,
     stop: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    // Failed re-connects in a row (spec: exponential backoff with jitter, client.rs).
+    let mut failures = 0u32;
+    // Since when the live connection is down (reported once when it drops, once when back).
+    let mut down_since: Option<tokio::time::Instant> = None;
     loop {
         let batch = tokio::select! {
             () = stop.cancelled() => break,
@@ -597,7 +641,7 @@ async fn inbox(
         let Some(agent) = inner.upgrade() else { break };
         match batch {
             Ok(items) => {
-                backoff = Duration::from_millis(200);
+                failures = 0;
                 let mut acks = Vec::new();
                 for Delivered { id, bytes } in items {
                     match agent.client.unpack(&bytes).await {
@@ -629,15 +673,35 @@ async fn inbox(
             }
             Err(ClientError::Timeout) => {}
             Err(e) => {
-                tracing::warn!("live connection lost ({e}); reconnecting in {backoff:?}");
+                let pause = crate::client::reconnect_delay(failures);
+                tracing::warn!("live connection lost ({e}); reconnecting in {pause:?}");
+                if down_since.is_none() {
+                    down_since = Some(tokio::time::Instant::now());
+                    let _ = agent
+                        .live_events
+                        .send(LiveEvent::Lost { why: e.to_string() });
+                }
+                // Do not keep the agent alive while we wait.
+                drop(agent);
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(pause) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                let Some(agent) = inner.upgrade() else { break };
                 match agent.client.live().await {
-                    Ok(l) => live = l,
-                    Err(e) => tracing::warn!("reconnect failed: {e}"),
+                    Ok(l) => {
+                        tracing::info!("live connection to the mediator is back");
+                        if let Some(t) = down_since.take() {
+                            let _ = agent
+                                .live_events
+                                .send(LiveEvent::Back { after: t.elapsed() });
+                        }
+                        live = l;
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        tracing::warn!("reconnect failed: {e}");
+                    }
                 }
             }
         }

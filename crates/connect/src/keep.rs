@@ -102,6 +102,13 @@ pub(crate) async fn keep_path(
     let mut next_try = tokio::time::Instant::now() + backoff;
     // Set when restoring through the relay alone failed: the next attempt tries everything.
     let mut relay_restore_failed = false;
+    // Failed restores in a row: the pause before the next grows (with jitter), so that the
+    // parties of a restarted relay do not hammer it in step (spec/rendezvous.md §7.3).
+    let mut failures = 0u32;
+    let restore_backoff = mpc_did_rendezvous::net::Backoff {
+        first: Duration::from_millis(200),
+        max: Duration::from_secs(3),
+    };
     loop {
         if handle.state().is_over() {
             return;
@@ -132,16 +139,23 @@ pub(crate) async fn keep_path(
                 {
                     Ok(p) => {
                         relay_restore_failed = false;
+                        failures = 0;
                         tracing::info!("secure session path restored: {p}");
                     }
                     Err(e) => {
                         relay_restore_failed = relay_only;
+                        failures = failures.saturating_add(1);
                         tracing::warn!("cannot restore the path ({e}); retrying");
                     }
                 }
                 backoff = cfg.first;
                 next_try = tokio::time::Instant::now() + backoff;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let pause = if failures == 0 {
+                    Duration::from_millis(100)
+                } else {
+                    restore_backoff.delay(failures - 1)
+                };
+                tokio::time::sleep(pause).await;
             }
             () = tokio::time::sleep_until(next_try), if upgrade => {
                 let deadline = tokio::time::Instant::now() + DIRECT_BUDGET;
@@ -167,30 +181,39 @@ pub(crate) async fn keep_path(
 }
 
 /// The acceptor's side of relay paths: keep a relay stream to the peer open and hand it to
-/// the session when the proposer's hello arrives on it; again after each path change.
+/// the session when the proposer's hello arrives on it; again after each path change, and
+/// on the link's next connection after the relay was lost (spec/rendezvous.md §7.3).
 pub(crate) async fn serve_relay_paths(
-    conn: Arc<RelayConnection>,
+    link: Arc<RelayLink>,
     handle: SessionHandle,
     peer: PeerAddr,
     url: String,
 ) {
+    let ended = handle.ended();
+    tokio::pin!(ended);
     loop {
-        if handle.state().is_over() || !conn.is_open() {
+        if handle.state().is_over() {
             return;
         }
+        // Waits while the link re-dials a restarted relay.
+        let conn = tokio::select! {
+            c = link.connection(Duration::from_secs(3600)) => c,
+            _ = &mut ended => return,
+        };
+        let Some(conn) = conn else { continue };
         let mut stream = match conn.open_stream(peer.clone()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!("relay stream to {peer:?}: {e}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
-        let ended = handle.ended();
+        drop(conn);
         let expected = path::encode_hello(&handle.path_id());
         let found = tokio::select! {
             f = find_hello(&mut stream, &expected) => f,
-            _ = ended => return,
+            _ = &mut ended => return,
         };
         match found {
             Ok(rest) => {

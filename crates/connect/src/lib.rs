@@ -11,7 +11,9 @@
 //! and finally the relay, re-connects when the path breaks (the session resumes, §7), and
 //! while on the relay keeps retrying direct paths with backoff and moves the session when
 //! one works. Its relay connections run in allow-list mode: only peers it negotiates with
-//! can send to it through the relay (spec/rendezvous.md §4.4).
+//! can send to it through the relay (spec/rendezvous.md §4.4), and are relay links that
+//! re-dial a restarted relay with backoff and jitter (§7.3); each path or relay transition
+//! is reported once ([`Connector::path_events`], printed by the CLI).
 //!
 //! **Does not**: decide who talks to whom (the lobby's roster, or the CLI for ad-hoc
 //! sessions), carry MPyC (the proxy), or do cryptography itself (session + didcomm crates);
@@ -19,7 +21,7 @@
 //!
 //! Modules by job: `negotiate` (the DIDComm messages above), `open` (direct checks and the
 //! relay, ranked by `select`, the only path selector), `keep` (re-connecting, upgrading from
-//! the relay, serving relay paths), `listen` and `quic` (the incoming ends); this file keeps
+//! the relay, serving relay paths), `events` (path transitions), `listen` and `quic` (the incoming ends); this file keeps
 //! [`Connector`], its configs and the errors ([`ConnectError`]; [`PathError`] says why no
 //! path opened).
 //!
@@ -59,7 +61,7 @@ use mpc_did_rendezvous::candidate::{Candidate, CandidateKind, Transport};
 use mpc_did_rendezvous::nat::NatMapping;
 use mpc_did_rendezvous::net::quic::{QuicEndpoint, QuicPath};
 pub use mpc_did_rendezvous::net::RelayIdentity;
-use mpc_did_rendezvous::net::{RelayConnection, RelayStream};
+use mpc_did_rendezvous::net::{Backoff, RelayDial, RelayLink, RelayStream};
 use mpc_did_rendezvous::relay::PeerAddr;
 use mpc_did_session::messages::{
     AcceptBody, CandidatesBody, CloseBody, HandshakeBody, ProposeBody, ACCEPT_TYPE,
@@ -70,6 +72,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Notify};
 
+mod events;
 mod keep;
 mod listen;
 mod negotiate;
@@ -77,6 +80,7 @@ mod open;
 mod quic;
 mod select;
 
+pub use events::PathEvent;
 use keep::{drain_stale, keep_path, serve_relay_paths, RemoteCandidates};
 pub use listen::{ListenerLimits, ListenerStats};
 use negotiate::{dispatch, message, new_id};
@@ -347,6 +351,10 @@ pub enum PathError {
     /// Connecting to the relay failed.
     #[error("{0}")]
     RelayConnect(mpc_did_rendezvous::net::NetError),
+    /// The relay connection is lost and did not come back in time (it is re-dialled in the
+    /// background with backoff).
+    #[error("relay {url} is unreachable (re-connecting)")]
+    RelayDown { url: String },
     /// The peer's DID document could not be resolved (to name it to the relay).
     #[error("{0}")]
     Resolve(mpc_did_resolver::ResolveError),
@@ -424,10 +432,13 @@ struct Inner {
     orphans: Mutex<Vec<Inbound>>,
     new_proposal: Notify,
     sessions: Mutex<Vec<Established>>,
-    /// Our home relay connection, if configured.
-    relay: Option<(RelaySetup, SocketAddr, Arc<RelayConnection>)>,
-    /// Connections to other parties' relays, by URL.
-    foreign_relays: tokio::sync::Mutex<HashMap<String, Arc<RelayConnection>>>,
+    /// Our home relay, if configured: a link that re-dials after a loss (spec/rendezvous.md
+    /// §7.3).
+    relay: Option<(RelaySetup, SocketAddr, Arc<RelayLink>)>,
+    /// Links to other parties' relays, by URL (re-dialling too).
+    foreign_relays: tokio::sync::Mutex<HashMap<String, Arc<RelayLink>>>,
+    /// Path and relay transitions ([`Connector::path_events`]).
+    events: tokio::sync::broadcast::Sender<PathEvent>,
     /// The NAT-traversed path's endpoint, if configured.
     quic: Option<quic::QuicState>,
     /// The direct-path TCP listener's address.
@@ -498,25 +509,34 @@ impl Connector {
         };
         let relay = match &config.relay {
             Some(setup) => {
-                let conn = RelayConnection::connect_ws(
-                    &setup.url,
-                    setup.identity.clone(),
-                    setup.expected_relay.clone(),
-                )
-                .await
-                .map_err(|e| ConnectError::NoPath {
-                    peer: setup.url.clone(),
-                    reason: PathError::OwnRelay(e),
-                })?;
                 // Only peers we negotiate with may send to us through it (spec/rendezvous.md
-                // §4.4): a stranger who knows our DID cannot flood our relay link.
-                conn.restrict_senders();
+                // §4.4): a stranger who knows our DID cannot flood our relay link. The link
+                // re-dials with backoff when the relay restarts (§7.3).
+                let dial = RelayDial {
+                    url: setup.url.clone(),
+                    identity: setup.identity.clone(),
+                    expected_relay: setup.expected_relay.clone(),
+                    extra_roots: Vec::new(),
+                };
+                let link = RelayLink::connect(dial, true, Backoff::default())
+                    .await
+                    .map_err(|e| ConnectError::NoPath {
+                        peer: setup.url.clone(),
+                        reason: PathError::OwnRelay(e),
+                    })?;
                 let addr = relay_addr(&setup.url).unwrap_or(local);
-                Some((setup.clone(), addr, Arc::new(conn)))
+                Some((setup.clone(), addr, Arc::new(link)))
             }
             None => None,
         };
         let rx = agent.subscribe(&format!("{PROTOCOL_URI}/"));
+        let (events, _) = tokio::sync::broadcast::channel(64);
+        if let Some((_, _, link)) = &relay {
+            tokio::spawn(events::forward_relay_events(
+                link.subscribe(),
+                events.clone(),
+            ));
+        }
         let inner = Arc::new(Inner {
             agent,
             router,
@@ -529,6 +549,7 @@ impl Connector {
             sessions: Mutex::new(Vec::new()),
             relay,
             foreign_relays: tokio::sync::Mutex::new(HashMap::new()),
+            events,
             quic,
             listen: local,
             path_listener,
@@ -546,6 +567,14 @@ impl Connector {
         }
         tokio::spawn(dispatch(Arc::downgrade(&inner), rx));
         Ok(Self { inner })
+    }
+
+    /// Transitions of this connector's sessions and relays, each sent once: a session's
+    /// path went down or came back, a relay connection was lost or is back
+    /// (spec/session.md §7.4). The CLI prints them; nothing else depends on them.
+    #[must_use]
+    pub fn path_events(&self) -> tokio::sync::broadcast::Receiver<PathEvent> {
+        self.inner.events.subscribe()
     }
 
     /// Counters of the direct-path listener (refused, evicted and timed-out connections).

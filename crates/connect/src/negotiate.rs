@@ -125,9 +125,9 @@ impl Connector {
             };
             // The proposer may reach us through our relay as soon as it has our accept: let
             // it through (our relay connection accepts only peers we named).
-            if let Some((_, _, conn)) = &self.inner.relay {
+            if let Some((_, _, link)) = &self.inner.relay {
                 match self.relay_peer(peer).await {
-                    Ok(addr) => conn.allow_peer(&addr),
+                    Ok(addr) => link.allow_peer(&addr),
                     Err(e) => tracing::debug!("cannot name {peer} to our relay: {e}"),
                 }
             }
@@ -166,11 +166,11 @@ impl Connector {
                     q.setup.punch_interval,
                 ));
             }
-            if let Some((setup, _, conn)) = &self.inner.relay {
+            if let Some((setup, _, link)) = &self.inner.relay {
                 match self.relay_peer(peer).await {
                     Ok(addr) => {
                         tokio::spawn(serve_relay_paths(
-                            Arc::clone(conn),
+                            Arc::clone(link),
                             handle.clone(),
                             addr,
                             setup.url.clone(),
@@ -277,6 +277,13 @@ impl Connector {
     ) -> Result<Established, ConnectError> {
         if let (Ok(e), Ok(mut list)) = (&r, self.inner.sessions.lock()) {
             list.push(e.clone());
+        }
+        if let Ok(e) = &r {
+            tokio::spawn(crate::events::watch_session(
+                e.handle.clone(),
+                e.peer.clone(),
+                self.inner.events.clone(),
+            ));
         }
         r
     }

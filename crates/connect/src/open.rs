@@ -181,27 +181,50 @@ impl Connector {
     pub(crate) async fn relay_connection(
         &self,
         url: &str,
-    ) -> Result<Arc<RelayConnection>, PathError> {
+    ) -> Result<Arc<mpc_did_rendezvous::net::RelayConnection>, PathError> {
         let Some((setup, _, home)) = &self.inner.relay else {
             return Err(PathError::NoRelayIdentity);
         };
-        if setup.url == url && home.is_open() {
-            return Ok(Arc::clone(home));
-        }
-        let mut foreign = self.inner.foreign_relays.lock().await;
-        if let Some(c) = foreign.get(url).filter(|c| c.is_open()) {
-            return Ok(Arc::clone(c));
-        }
-        let conn = RelayConnection::connect_ws(url, setup.identity.clone(), None)
+        let link = if setup.url == url {
+            Arc::clone(home)
+        } else {
+            let mut foreign = self.inner.foreign_relays.lock().await;
+            match foreign.get(url) {
+                Some(l) => Arc::clone(l),
+                None => {
+                    let dial = RelayDial {
+                        url: url.to_owned(),
+                        identity: setup.identity.clone(),
+                        expected_relay: None,
+                        extra_roots: Vec::new(),
+                    };
+                    // Streams we open name the peers allowed to answer.
+                    let link = Arc::new(
+                        RelayLink::connect(dial, true, Backoff::default())
+                            .await
+                            .map_err(PathError::RelayConnect)?,
+                    );
+                    tokio::spawn(events::forward_relay_events(
+                        link.subscribe(),
+                        self.inner.events.clone(),
+                    ));
+                    foreign.insert(url.to_owned(), Arc::clone(&link));
+                    link
+                }
+            }
+        };
+        // A relay that restarted comes back within seconds: wait for the link's re-dial
+        // rather than failing the path at once (spec/rendezvous.md §7.3).
+        link.connection(RELAY_WAIT)
             .await
-            .map_err(PathError::RelayConnect)?;
-        // Streams we open name the peers allowed to answer.
-        conn.restrict_senders();
-        let conn = Arc::new(conn);
-        foreign.insert(url.to_owned(), Arc::clone(&conn));
-        Ok(conn)
+            .ok_or_else(|| PathError::RelayDown {
+                url: url.to_owned(),
+            })
     }
 }
+
+/// How long opening a relay path waits for a relay link that is re-dialling.
+pub(crate) const RELAY_WAIT: Duration = Duration::from_secs(5);
 
 /// Most direct-path checks in one round.
 pub(crate) const MAX_DIRECT_CHECKS: usize = 16;

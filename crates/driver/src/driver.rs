@@ -112,6 +112,10 @@ struct Inner {
     state: watch::Receiver<SessionState>,
     path: watch::Receiver<PathStatus>,
     path_id: PathId,
+    /// The session's counters when the driver stopped, so that [`SessionHandle::stats`]
+    /// still answers afterwards (whether the peer acknowledged everything decides whether
+    /// a sender may report success).
+    last_stats: Arc<std::sync::Mutex<Option<SessionStats>>>,
 }
 
 /// A handle to a running session; cheap to clone.
@@ -146,7 +150,9 @@ impl SessionHandle {
         let (path_tx, path_rx) = watch::channel(PathStatus::default());
         let (write_tx, write_rx) = mpsc::channel(config.write_queue_chunks.max(1));
         let path_id = path_id(session.handshake_hash());
+        let last_stats = Arc::new(std::sync::Mutex::new(None));
         let driver = Driver {
+            last_stats: Arc::clone(&last_stats),
             session,
             start: Instant::now(),
             reader: None,
@@ -175,6 +181,7 @@ impl SessionHandle {
                 state: state_rx,
                 path: path_rx,
                 path_id,
+                last_stats,
             }),
         }
     }
@@ -276,11 +283,15 @@ impl SessionHandle {
         result.unwrap_or_else(|_| SessionState::Failed("driver stopped".into()))
     }
 
-    /// The session's counters.
+    /// The session's counters; after the session ended, those it had when it ended.
     pub async fn stats(&self) -> Option<SessionStats> {
         let (tx, rx) = oneshot::channel();
-        self.inner.cmd.send(Command::Stats(tx)).await.ok()?;
-        rx.await.ok()
+        if self.inner.cmd.send(Command::Stats(tx)).await.is_ok() {
+            if let Ok(s) = rx.await {
+                return Some(s);
+            }
+        }
+        self.inner.last_stats.lock().ok().and_then(|s| s.clone())
     }
 }
 
@@ -412,6 +423,7 @@ struct Driver {
     path_tx: watch::Sender<PathStatus>,
     no_path_since: Option<Instant>,
     config: DriverConfig,
+    last_stats: Arc<std::sync::Mutex<Option<SessionStats>>>,
 }
 
 /// What ended the driver loop.
@@ -446,6 +458,9 @@ impl Driver {
                 SessionState::Failed(why)
             }
         };
+        if let Ok(mut s) = self.last_stats.lock() {
+            *s = Some(self.session.stats());
+        }
         // Dropping the stream senders without a FIN makes readers see an error, unless
         // they had already been finished.
         self.streams.clear();

@@ -153,6 +153,34 @@ pub fn relay_setup(
     })
 }
 
+/// Prints each path transition of `connector`'s sessions and relays, and of its agent's live
+/// connection to the mediator, to stderr, once per change (down, back): a party is never
+/// silent while it waits for a path (spec/session.md §7.4).
+pub fn report_path_events(connector: &Connector) {
+    let mut live = connector.agent().live_events();
+    tokio::spawn(async move {
+        loop {
+            match live.recv().await {
+                Ok(ev) => eprintln!("mpc-did: {ev}"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let mut rx = connector.path_events();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => eprintln!("mpc-did: {ev}"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("mpc-did: ({n} path notices skipped)");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
 /// Which paths a secure session may use (spec/session.md §7.5); shared by `session connect`,
 /// `pipe` and `run`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -196,7 +224,10 @@ pub async fn start_connector(
         ..base
     };
     match Connector::start(agent.clone(), config.clone()).await {
-        Ok(c) => Ok(c),
+        Ok(c) => {
+            report_path_events(&c);
+            Ok(c)
+        }
         Err(e) if !paths.relay_only => {
             eprintln!("mpc-did: note: no relay at our mediator ({e}); direct paths only");
             Connector::start(

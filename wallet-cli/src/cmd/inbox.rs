@@ -1,7 +1,9 @@
 //! `mpc-did inbox [--watch]`: pick up messages queued at the identity's mediator
 //! (Message Pickup 3.0), print them, then acknowledge them (`messages-received`) so the
 //! mediator deletes them. `--watch` keeps a WebSocket open in live mode and prints
-//! messages as they arrive, including those queued before it started.
+//! messages as they arrive, including those queued before it started; when the socket
+//! drops (a mediator restart) it says so on stderr, re-connects with backoff and jitter,
+//! says when it is back, and catches up from the queue.
 //!
 //! Messages are printed before they are acknowledged: a crash in between means the
 //! message is shown again next time (at-least-once), never lost. Duplicates within one
@@ -79,7 +81,13 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
         let batch = match batch {
             Ok(b) => b,
             Err(ClientError::Timeout) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                live = match reconnect(&client, &e).await? {
+                    Some(l) => l,
+                    None => return Ok(()),
+                };
+                continue;
+            }
         };
         let ids = show(ctx, &client, &batch, &mut seen, &mut printed, max).await?;
         if !a.keep {
@@ -88,7 +96,14 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
             all.extend(batch.iter().map(|d| d.id.clone()));
             all.sort();
             all.dedup();
-            live.ack(&all).await?;
+            if let Err(e) = live.ack(&all).await {
+                // Unacknowledged messages come again on the next connection; `seen` keeps
+                // them from being printed twice, and they are acknowledged then.
+                live = match reconnect(&client, &e).await? {
+                    Some(l) => l,
+                    None => return Ok(()),
+                };
+            }
         }
         if printed >= max {
             break;
@@ -96,6 +111,26 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
     }
     live.close().await;
     Ok(())
+}
+
+/// The live WebSocket dropped (a mediator restart, a network change): say so once, re-open
+/// it with backoff and jitter until it works (or ctrl-c: `None`), and say when it is back.
+/// The mediator delivers what was queued meanwhile on the new connection.
+async fn reconnect(
+    client: &MediatorClient,
+    why: &ClientError,
+) -> anyhow::Result<Option<mpc_did_agent::client::LiveConnection>> {
+    eprintln!("mpc-did: connection to the mediator lost ({why}); re-connecting");
+    let down = std::time::Instant::now();
+    let live = tokio::select! {
+        l = client.live_again(Duration::MAX) => l?,
+        _ = tokio::signal::ctrl_c() => return Ok(None),
+    };
+    eprintln!(
+        "mpc-did: connected to the mediator again after {:.1} s",
+        down.elapsed().as_secs_f64()
+    );
+    Ok(Some(live))
 }
 
 /// Prints the messages not seen before; returns the ids that may be acknowledged.

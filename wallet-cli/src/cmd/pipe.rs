@@ -429,23 +429,29 @@ pub async fn finish(handle: &SessionHandle) -> anyhow::Result<()> {
         if state.is_over() {
             // Everything we needed has arrived (both streams ended before we got here);
             // whether our last bytes were acknowledged is what decides.
+            // A peer that closed with code 0 read our FIN first, so it has everything.
+            // Otherwise only the session's final counters can say; without them we cannot
+            // claim the peer has our data (never exit 0 after a loss).
             return match state {
                 SessionState::Closed { code: 0, .. } => Ok(()),
                 other => match handle.stats().await {
-                    Some(s) if s.unacked_bytes > 0 => {
-                        anyhow::bail!(
-                            "session ended before the peer had all our data: {}",
-                            describe(&other)
-                        )
-                    }
-                    _ => Ok(()),
+                    Some(s) if s.unacked_bytes == 0 => Ok(()),
+                    Some(s) => anyhow::bail!(
+                        "session ended before the peer had all our data ({} bytes not acknowledged): {}",
+                        s.unacked_bytes,
+                        describe(&other)
+                    ),
+                    None => anyhow::bail!(
+                        "session ended before the peer acknowledged our data: {}",
+                        describe(&other)
+                    ),
                 },
             };
         }
         match handle.stats().await {
             Some(s) if s.unacked_bytes == 0 => break,
-            Some(_) => {}
-            None => break,
+            // The session is ending: the next turn reads its final state.
+            Some(_) | None => {}
         }
         anyhow::ensure!(
             Instant::now() < deadline,

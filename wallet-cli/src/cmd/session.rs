@@ -75,6 +75,10 @@ pub struct PeerArgs {
     /// Seconds to wait for the peer at each negotiation step.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
+    /// Seconds the session may be without a working path (a relay restart, a network
+    /// change) before it fails (spec/session.md §7.4).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub resume_timeout: u64,
     #[command(flatten)]
     pub paths: PathArgs,
 }
@@ -104,6 +108,10 @@ pub async fn open(ctx: &Ctx, args: &PeerArgs) -> anyhow::Result<Opened> {
         listen: args.listen,
         advertise: args.advertise.clone(),
         handshake_timeout: Duration::from_secs(args.timeout.max(1)),
+        driver: mpc_did_driver::DriverConfig {
+            resume_timeout: Duration::from_secs(args.resume_timeout.max(1)),
+            ..mpc_did_driver::DriverConfig::default()
+        },
         ..ConnectorConfig::default()
     };
     let connector =

@@ -15,11 +15,13 @@ pub mod gather;
 #[cfg(feature = "quic")]
 pub mod quic;
 pub mod relay;
+pub mod relay_link;
 mod server;
 pub mod ws;
 
 pub use client::{binding_tcp, binding_udp, classify_nat_udp};
 pub use relay::{RelayConnection, RelayIdentity, RelayStream};
+pub use relay_link::{Backoff, RelayDial, RelayLink, RelayLinkEvent};
 pub use server::{StunMetrics, StunServer, StunServerConfig};
 
 use crate::StunError;

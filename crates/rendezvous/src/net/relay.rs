@@ -43,7 +43,7 @@ use tokio_util::sync::PollSender;
 
 use super::NetError;
 use crate::relay::{
-    ClientToRelay, OverloadReason, PeerAddr, RelayToClient, SigningKey, MAX_ALLOW_PEERS,
+    ClientToRelay, ErrorCode, OverloadReason, PeerAddr, RelayToClient, SigningKey, MAX_ALLOW_PEERS,
     MAX_PAYLOAD,
 };
 use crate::relay_client::{ClientEvent, RelayClient};
@@ -56,6 +56,10 @@ pub const RELAY_SUBPROTOCOL: &str = "mpc-did-relay.1";
 /// `.1` picks `.1`, and the client then filters on its own side only (a `.1` relay closes
 /// the connection on an unknown frame type).
 pub const RELAY_SUBPROTOCOL_V2: &str = "mpc-did-relay.2";
+
+/// Why a connection closed when the relay gave its slot to a newer connection with our
+/// identity (`Error(Replaced)`, spec/rendezvous.md §4.4).
+pub const REPLACED: &str = "replaced by a newer connection with our identity";
 
 /// Frames buffered per stream before the reader task waits for the stream's reader.
 const STREAM_QUEUE: usize = 256;
@@ -202,6 +206,19 @@ struct Shared {
     allow_changed: tokio::sync::Notify,
     /// The relay understands `AllowPeers` (negotiated `mpc-did-relay.2`).
     relay_filters: bool,
+    /// Becomes `true` once the connection is closed (for [`RelayConnection::closed`]).
+    down: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Marks the connection closed (first reason wins) and fails every stream.
+    fn close(&self, why: &'static str) {
+        if let Ok(mut r) = self.routes.lock() {
+            r.closed.get_or_insert(why);
+            r.fail_all(why);
+        }
+        self.down.send_replace(true);
+    }
 }
 
 /// Default send pacing: below the relay's default per-client limit (8 MiB/s,
@@ -234,10 +251,7 @@ impl Drop for RelayConnection {
         for t in &self.tasks {
             t.abort();
         }
-        if let Ok(mut r) = self.shared.routes.lock() {
-            r.closed = Some("relay connection dropped");
-            r.fail_all("relay connection dropped");
-        }
+        self.shared.close("relay connection dropped");
     }
 }
 
@@ -343,6 +357,7 @@ impl RelayConnection {
             me,
             expected_relay,
             false,
+            None,
         )
         .await
     }
@@ -371,6 +386,24 @@ impl RelayConnection {
         expected_relay: Option<String>,
         extra_roots: &[Vec<u8>],
     ) -> Result<Self, NetError> {
+        Self::connect_ws_allowing(url, me, expected_relay, extra_roots, None).await
+    }
+
+    /// As [`Self::connect_ws_with_roots`], in allow-list mode from the first frame on when
+    /// `allow` is given (the list of [`Self::restrict_senders`] / [`Self::allow_peer`]):
+    /// packets the relay held or forwarded for us before we could name our peers are then
+    /// kept for those peers and dropped for anyone else. A re-dial after a lost connection
+    /// ([`super::RelayLink`]) uses it to carry the list over.
+    ///
+    /// # Errors
+    /// As [`Self::connect_ws`].
+    pub async fn connect_ws_allowing(
+        url: &str,
+        me: RelayIdentity,
+        expected_relay: Option<String>,
+        extra_roots: &[Vec<u8>],
+        allow: Option<Vec<PeerAddr>>,
+    ) -> Result<Self, NetError> {
         let mut req = url
             .into_client_request()
             .map_err(|e| NetError::WebSocket(e.to_string()))?;
@@ -393,6 +426,7 @@ impl RelayConnection {
             me,
             expected_relay,
             filters,
+            allow,
         )
         .await
     }
@@ -403,6 +437,7 @@ impl RelayConnection {
         me: RelayIdentity,
         expected_relay: Option<String>,
         relay_filters: bool,
+        allow: Option<Vec<PeerAddr>>,
     ) -> Result<Self, NetError> {
         let mut core = RelayClient::new(me.key, me.did.clone(), me.key_id, expected_relay);
         let relay_id = tokio::time::timeout(AUTH_TIMEOUT, async {
@@ -434,14 +469,26 @@ impl RelayConnection {
         .await
         .map_err(|_| NetError::TimedOut)??;
 
+        let mut routes = Routes::default();
+        if let Some(list) = allow {
+            let mut l: VecDeque<PeerAddr> = list.into_iter().collect();
+            while l.len() > MAX_ALLOW_PEERS {
+                l.pop_front();
+            }
+            routes.allow = Some(l);
+            routes.allow_dirty = true;
+        }
         let shared = Arc::new(Shared {
-            routes: Mutex::new(Routes::default()),
+            routes: Mutex::new(routes),
             metrics: RelayClientMetrics::default(),
             rate: AtomicU64::new(DEFAULT_SEND_RATE),
             burst: AtomicU64::new(DEFAULT_SEND_BURST),
             allow_changed: tokio::sync::Notify::new(),
             relay_filters,
+            down: tokio::sync::watch::channel(false).0,
         });
+        // A list given at connect goes out before any packet (the writer finds the permit).
+        shared.allow_changed.notify_one();
         let (out, out_rx) = mpsc::channel::<ClientToRelay>(STREAM_QUEUE);
         let writer = tokio::spawn(writer_task(wr, out_rx, shared.clone()));
         let reader = tokio::spawn(reader_task(rd, core, out.clone(), shared.clone()));
@@ -527,6 +574,17 @@ impl RelayConnection {
     pub fn allowed_peers(&self) -> Option<Vec<PeerAddr>> {
         let r = self.shared.routes.lock().ok()?;
         r.allow.as_ref().map(|l| l.iter().cloned().collect())
+    }
+
+    /// Resolves once the connection is closed (lost, refused by the relay, or dropped).
+    pub async fn closed(&self) {
+        let mut rx = self.shared.down.subscribe();
+        let _ = rx.wait_for(|down| *down).await;
+    }
+
+    /// Why the connection closed; `None` while it is open.
+    pub fn close_reason(&self) -> Option<&'static str> {
+        self.shared.routes.lock().ok().and_then(|r| r.closed)
     }
 
     /// Whether the connection is still up.
@@ -670,10 +728,7 @@ async fn writer_task(
             .fetch_add(packets, Ordering::Relaxed);
         batch.clear();
     };
-    if let Ok(mut r) = shared.routes.lock() {
-        r.closed.get_or_insert(why);
-        r.fail_all(why);
-    }
+    shared.close(why);
 }
 
 async fn reader_task(
@@ -715,6 +770,7 @@ async fn reader_task(
                     r.fail_all("relay overloaded: a packet was dropped");
                 }
             }
+            ClientEvent::Closed(Some(ErrorCode::Replaced)) => break REPLACED,
             ClientEvent::Closed(_) => break "relay closed the connection",
             ClientEvent::Stray(what) => {
                 shared.metrics.stray_frames.fetch_add(1, Ordering::Relaxed);
@@ -723,10 +779,7 @@ async fn reader_task(
             ClientEvent::Ready | ClientEvent::Nothing => {}
         }
     };
-    if let Ok(mut r) = shared.routes.lock() {
-        r.closed.get_or_insert(why);
-        r.fail_all(why);
-    }
+    shared.close(why);
 }
 
 async fn deliver(shared: &Shared, src_key: [u8; 32], src_did: String, payload: Vec<u8>) {
