@@ -45,7 +45,7 @@ enum Command {
     #[command(subcommand)]
     Didcomm(cmd::didcomm::DidcommCommand),
     /// Create or decode a DIDComm Out-of-Band 2.0 invitation (URL, JSON, QR code);
-    /// with --session ID, the invitation to an MPC session (= `mpc-did mpc invite`).
+    /// with --mpc ID, the invitation to an MPC session (= `mpc-did mpc invite`).
     Invite(cmd::invite::InviteArgs),
     /// Register with a DIDComm mediator and check its queue.
     #[command(subcommand)]
