@@ -26,6 +26,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod attempt;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

@@ -56,6 +56,21 @@ pub enum MpcError {
         /// Its hash.
         actual: String,
     },
+    /// `run` refuses a program file whose hash is not the roster's (spec/lobby.md §4).
+    #[error(
+        "refusing to run {path}: its sha256 is {actual}, but the roster pins {name} with \
+         sha256 {expected}"
+    )]
+    WrongProgram {
+        /// The program's name in the roster.
+        name: String,
+        /// The pinned hash.
+        expected: String,
+        /// Our file.
+        path: PathBuf,
+        /// Its hash.
+        actual: String,
+    },
     /// The MPC session has expired.
     #[error(
         "MPC session {id} expired at {at} (Unix time): create a new one with `mpc-did mpc new`"
@@ -117,6 +132,25 @@ pub enum MpcError {
     /// The local MPyC proxy or the program could not be started.
     #[error("{0}")]
     Launch(String),
+    /// The program's interpreter (the command's first word) cannot be found.
+    #[error(
+        "cannot start {0:?}: no such program (check the path, or install it); nothing was started"
+    )]
+    Interpreter(String),
+    /// Another party stopped the run (a signed `abort`, spec/lobby.md §8).
+    #[error("party {party} ({did}) aborted: {reason}; {next}")]
+    PeerAborted {
+        /// Its party id.
+        party: PartyId,
+        /// Its DID.
+        did: String,
+        /// Its reason code.
+        code: String,
+        /// Its reason.
+        reason: String,
+        /// What to do next.
+        next: String,
+    },
     /// Ctrl-C before the program started.
     #[error("interrupted before the program started")]
     Interrupted,

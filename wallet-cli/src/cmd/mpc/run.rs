@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mpc_did_mpc::run::{exit_code, run_party, RunSpec};
+use mpc_did_mpc::MpcError;
 use mpc_did_proxy::launch::Output;
 
 use crate::cmd::agent_ctx::PathArgs;
@@ -18,7 +19,17 @@ Example:
   mpc-did mpc run -- python secretsanta.py
 
 The roster's program arguments are appended after yours, then MPyC's -M/-I/-P.
-Exit status: the program's (1 if mpc-did itself failed or a peer failed).")]
+Every run is a fresh attempt: after any failure, every party simply runs again.
+
+Exit status:
+  0    the program succeeded here
+  1    mpc-did failed here (no roster, wrong program, missing interpreter, a peer
+       unreachable); the other parties are told
+  2    wrong usage
+  3    another party aborted or failed; this run was stopped (the message names the
+       party, the reason, and what to do next)
+  130  interrupted (Ctrl-C); the other parties are told
+  N    otherwise the program's own non-zero status (128 + signal if it was killed)")]
 pub struct RunArgs {
     /// MPC session id (or a unique prefix) [default: the newest one].
     #[arg(long = "mpc", alias = "session", value_name = "ID")]
@@ -44,6 +55,11 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
+/// Exit status when another party aborted or failed.
+const EXIT_PEER: i32 = 3;
+/// Exit status after Ctrl-C (128 + SIGINT, as shells report it).
+const EXIT_INTERRUPTED: i32 = 130;
+
 pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
     let quiet = ctx.json;
     let progress = move |s: String| {
@@ -52,7 +68,7 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         }
     };
     // Ctrl-C before the program starts aborts the setup; after that, it is forwarded to the
-    // program and told to the peers.
+    // program; either way the peers are told.
     let run = run_party(
         &ctx.home,
         RunSpec {
@@ -70,8 +86,22 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         },
         &progress,
     )
-    .await?;
-    if let Some(f) = &run.outcome.peer_failure {
+    .await;
+    let run = match run {
+        Ok(r) => r,
+        Err(e) => {
+            let code = match &e {
+                MpcError::PeerAborted { .. } => EXIT_PEER,
+                MpcError::Interrupted => EXIT_INTERRUPTED,
+                _ => 1,
+            };
+            eprintln!("mpc-did: error: {e}");
+            std::process::exit(code);
+        }
+    };
+    if let Some(a) = &run.aborted_by {
+        eprintln!("mpc-did: error: {a}");
+    } else if let Some(f) = &run.outcome.peer_failure {
         eprintln!(
             "mpc-did: error: party {} failed ({}); the program was stopped",
             f.peer, f.reason
@@ -81,8 +111,11 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         eprintln!("mpc-did: proxy: {e}");
     }
     let mut code = exit_code(run.outcome.status);
-    if code == 0 && run.outcome.peer_failure.is_some() {
-        code = 1;
+    if run.interrupted {
+        code = EXIT_INTERRUPTED;
+    } else if run.aborted_by.is_some() || run.outcome.peer_failure.is_some() {
+        // Stopped because of another party, whatever status the program had then.
+        code = EXIT_PEER;
     }
     if ctx.json {
         println!(
