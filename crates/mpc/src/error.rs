@@ -151,8 +151,8 @@ pub enum MpcError {
         /// What to do next.
         next: String,
     },
-    /// Ctrl-C before the program started.
-    #[error("interrupted before the program started")]
+    /// Ctrl-C (before or while the program ran).
+    #[error("interrupted (Ctrl-C)")]
     Interrupted,
 }
 

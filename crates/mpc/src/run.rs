@@ -527,27 +527,34 @@ where
     let flag = Arc::clone(&interrupted);
     let mut abort_watch = state.clone();
     let stop = async move {
+        let peer_aborted = async {
+            if abort_watch.wait_for(|s| s.aborted.is_some()).await.is_err() {
+                // The control task ended: no abort can come any more.
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             () = interrupt => flag.store(true, std::sync::atomic::Ordering::SeqCst),
-            _ = abort_watch.wait_for(|s| s.aborted.is_some()) => {}
+            () = peer_aborted => {}
         }
     };
-    let outcome = run_over_sessions(me, map, argv, spec.output, stop).await?;
+    let outcome = run_over_sessions(me, map, argv, spec.output, stop).await;
     let interrupted = interrupted.load(std::sync::atomic::Ordering::SeqCst);
-    if interrupted {
-        ctx.abort_all(
-            "interrupted",
-            "interrupted (Ctrl-C) while the program ran",
-            progress,
-        )
-        .await;
-    } else if let Some(f) = &outcome.peer_failure {
-        if f.reason.starts_with("session lost") {
-            let why = format!("lost party {}: {}", f.peer, f.reason);
+    let aborted_by = aborted(&state.borrow());
+    let outcome = match outcome {
+        Ok(o) => o,
+        // Stopped for our Ctrl-C or a peer's abort: that is the error to report (the
+        // caller tells the peers of ours).
+        Err(_) if interrupted => return Err(MpcError::Interrupted),
+        Err(e) => return Err(aborted_by.unwrap_or(e)),
+    };
+    if let Some(f) = &outcome.peer_failure {
+        if aborted_by.is_none() && f.reason.starts_with("session lost") {
+            // Worded so that who failed comes first at every party.
+            let why = format!("party {} failed ({})", f.peer, f.reason);
             ctx.abort_all("lost-peer", &why, progress).await;
         }
     }
-    let aborted_by = aborted(&state.borrow());
     Ok(PartyRun {
         me,
         sessions,
@@ -576,7 +583,7 @@ pub fn check_program(roster: &Roster, file: &Path) -> Result<(), MpcError> {
     let bytes = read_program(file)?;
     roster
         .check_program(&bytes)
-        .map_err(|_| MpcError::ProgramMismatch {
+        .map_err(|_| MpcError::WrongProgram {
             name: roster.program.name.clone(),
             expected: roster.program.sha256.clone(),
             path: file.to_path_buf(),

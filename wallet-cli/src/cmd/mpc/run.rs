@@ -68,7 +68,9 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         }
     };
     // Ctrl-C before the program starts aborts the setup; after that, it is forwarded to the
-    // program; either way the peers are told.
+    // program; either way the peers are told. Registered now, so that a Ctrl-C during the
+    // setup is never the default (killing) action.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let run = run_party(
         &ctx.home,
         RunSpec {
@@ -81,8 +83,8 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
             command: a.command,
             output: Output::Inherit,
         },
-        async {
-            let _ = tokio::signal::ctrl_c().await;
+        async move {
+            let _ = interrupt.recv().await;
         },
         &progress,
     )
