@@ -176,6 +176,16 @@ impl Mpc {
         assert!(left, "left behind: {:?}", processes_with(&needle));
     }
 
+    /// The party id of wallet `i` (ids follow the order of joins, spec/lobby.md §4).
+    fn party(&self, i: usize) -> u64 {
+        let rec =
+            std::fs::read_to_string(self.homes[i].path().join(format!("mpc/{}.json", self.sid)))
+                .unwrap();
+        serde_json::from_str::<serde_json::Value>(&rec).unwrap()["party"]
+            .as_u64()
+            .unwrap()
+    }
+
     fn did(&self, i: usize) -> String {
         mpc_did_wallet::Wallet::open(self.homes[i].path())
             .unwrap()
@@ -283,14 +293,14 @@ fn a_party_with_the_wrong_program_stops_everyone_then_a_rerun_succeeds() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("refusing to run"), "{err}");
     assert!(err.contains("told the other parties"), "{err}");
-    let did2 = mpc.did(2);
+    let (bad_id, bad_did) = (mpc.party(2), mpc.did(2));
     for (i, p) in honest.into_iter().enumerate() {
         let (out, err) = p.finish(ABORT_BOUND);
         // `run --help`: 3 = another party aborted.
         assert_eq!(out.status.code(), Some(3), "party {i}: {err}");
         assert!(
-            err.contains(&format!("party 2 ({did2}) aborted")),
-            "party {i} names party 2: {err}"
+            err.contains(&format!("party {bad_id} ({bad_did}) aborted")),
+            "wallet {i} names the bad party: {err}"
         );
         assert!(err.contains("refusing to run"), "party {i} says why: {err}");
         assert!(
@@ -328,9 +338,9 @@ fn ctrl_c_before_mpyc_starts_stops_everyone_then_a_rerun_succeeds() {
     assert!(err.contains("interrupted"), "{err}");
     let (out, err) = one.finish(ABORT_BOUND);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    let did2 = mpc.did(2);
+    let (id2, did2) = (mpc.party(2), mpc.did(2));
     assert!(
-        err.contains(&format!("party 2 ({did2}) aborted: interrupted")),
+        err.contains(&format!("party {id2} ({did2}) aborted: interrupted")),
         "{err}"
     );
     assert!(

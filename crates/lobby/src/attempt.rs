@@ -32,9 +32,6 @@ pub const RUN_PREFIX: &str = "https://mpc-did.org/mpc-run/1.0/";
 pub const READY_TYPE: &str = "https://mpc-did.org/mpc-run/1.0/ready";
 /// `abort`: I stop attempt X, because …
 pub const ABORT_TYPE: &str = "https://mpc-did.org/mpc-run/1.0/abort";
-/// How much older than our own start an `abort` of an attempt we do not know may be and
-/// still count (clocks of parties differ by about this much).
-pub const ABORT_CLOCK_SKEW_SECS: u64 = 2;
 
 /// The id of one attempt (one `mpc-did run`): 16 random bytes, 32 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -116,6 +113,14 @@ pub struct Abort {
     pub party: PartyId,
     /// The attempt that stops.
     pub attempt: AttemptId,
+    /// The current attempts of the recipients as the sender knew them: an abort naming the
+    /// recipient's attempt is about its run whatever the clocks say.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_attempts: Vec<AttemptId>,
+    /// When the sender stopped, Unix time in milliseconds (the DIDComm `created_time` has
+    /// seconds only, too coarse to tell a re-run from the run before it).
+    #[serde(default)]
+    pub created_ms: u64,
     /// Machine-readable reason (e.g. `program-mismatch`, `interrupted`).
     pub code: String,
     /// What went wrong, for people.
@@ -172,9 +177,9 @@ pub struct Attempts {
 }
 
 impl Attempts {
-    /// Party `me` of `roster` starts attempt `mine` at Unix time `now`.
+    /// Party `me` of `roster` starts attempt `mine` at `now_ms` (Unix milliseconds).
     #[must_use]
-    pub fn new(roster: &Roster, me: PartyId, mine: AttemptId, now: u64) -> Self {
+    pub fn new(roster: &Roster, me: PartyId, mine: AttemptId, now_ms: u64) -> Self {
         let peers = roster
             .parties
             .iter()
@@ -195,7 +200,7 @@ impl Attempts {
             mpc: roster.mpc_session_id,
             me,
             mine,
-            started: now,
+            started: now_ms,
             peers,
         }
     }
@@ -218,13 +223,21 @@ impl Attempts {
             .collect()
     }
 
-    /// The `abort` of our attempt.
+    /// The current attempts of the peers, as far as we know them.
     #[must_use]
-    pub fn abort(&self, code: &str, reason: &str) -> Abort {
+    pub fn known(&self) -> Vec<AttemptId> {
+        self.peers.values().filter_map(|p| p.current).collect()
+    }
+
+    /// The `abort` of our attempt, created at `now_ms` (Unix milliseconds).
+    #[must_use]
+    pub fn abort(&self, code: &str, reason: &str, now_ms: u64) -> Abort {
         Abort {
             mpc_session_id: self.mpc,
             party: self.me,
             attempt: self.mine,
+            peer_attempts: self.known(),
+            created_ms: now_ms,
             code: code.to_owned(),
             reason: reason.to_owned(),
         }
@@ -307,9 +320,8 @@ impl Attempts {
         out
     }
 
-    /// An `abort` whose signer is `signer` (`None`: it was not signed), created at Unix
-    /// time `created` (`None`: no `created_time`).
-    pub fn handle_abort(&mut self, signer: Option<&str>, a: &Abort, created: Option<u64>) -> Event {
+    /// An `abort` whose signer is `signer` (`None`: it was not signed).
+    pub fn handle_abort(&mut self, signer: Option<&str>, a: &Abort) -> Event {
         let Some(signer) = signer else {
             return Event::Ignored(format!(
                 "ignored an unsigned abort claiming party {}",
@@ -319,14 +331,15 @@ impl Attempts {
         if let Err(e) = self.member(signer, a.party, a.mpc_session_id) {
             return Event::Ignored(format!("ignored an abort: {e}"));
         }
-        // Only a message created after our start can be about this run (an abort still
-        // queued from an earlier run of the peer must not stop this one); of a peer that is
-        // up, only its current attempt can abort.
-        let fresh =
-            created.is_some_and(|t| t.saturating_add(ABORT_CLOCK_SKEW_SECS) >= self.started);
+        // An abort naming our attempt is about this run. Otherwise only one created after
+        // our start can be (an abort still queued from an earlier run of the peer must not
+        // stop this one; with clocks apart, a late abort is ignored, never a wrong one
+        // taken); of a peer that is up, only its current attempt can abort.
+        let names_us = a.peer_attempts.contains(&self.mine);
+        let fresh = a.created_ms >= self.started;
         let p = self.peers.get(&a.party);
         let other_attempt = p.is_some_and(|p| p.up && p.current != Some(a.attempt));
-        if fresh && !other_attempt {
+        if names_us || (fresh && !other_attempt) {
             Event::Aborted {
                 party: a.party,
                 code: a.code.clone(),

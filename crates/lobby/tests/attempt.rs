@@ -10,6 +10,8 @@ use mpc_did_lobby::{Coordinator, Join, Offer, PartyId, Program, Roster};
 
 const DIDS: [&str; 3] = ["did:key:z6MkA", "did:key:z6MkB", "did:key:z6MkC"];
 const T0: u64 = 1_900_000_000;
+/// Our start, Unix milliseconds.
+const T0_MS: u64 = T0 * 1000;
 
 fn roster() -> Roster {
     let program = Program::from_bytes("p.py", b"x");
@@ -58,7 +60,7 @@ fn run(parties: &mut [Attempts], wire: &mut Wire) -> Vec<Vec<Event>> {
 fn three_parties_agree_on_each_others_attempts() {
     let r = roster();
     let mut parties: Vec<Attempts> = (0..3)
-        .map(|i| Attempts::new(&r, i, AttemptId::random(), T0))
+        .map(|i| Attempts::new(&r, i, AttemptId::random(), T0_MS))
         .collect();
     let mut wire = Wire::new();
     for (i, p) in parties.iter().enumerate() {
@@ -88,10 +90,10 @@ fn three_parties_agree_on_each_others_attempts() {
 #[test]
 fn stale_readies_of_an_earlier_attempt_do_not_win() {
     let r = roster();
-    let old_b = Attempts::new(&r, 1, AttemptId::random(), T0 - 100);
+    let old_b = Attempts::new(&r, 1, AttemptId::random(), T0_MS - 100_000);
     let mut parties = [
-        Attempts::new(&r, 0, AttemptId::random(), T0),
-        Attempts::new(&r, 1, AttemptId::random(), T0),
+        Attempts::new(&r, 0, AttemptId::random(), T0_MS),
+        Attempts::new(&r, 1, AttemptId::random(), T0_MS),
     ];
     let mut wire = Wire::new();
     // B's earlier run said hello, and answered A's earlier attempt, before it failed.
@@ -137,48 +139,52 @@ fn old_stale(old: &Attempts) -> Ready {
     }
 }
 
-fn abort_from(a: &Attempts, reason: &str) -> Abort {
-    a.abort("program-mismatch", reason)
+/// An abort of `a`'s attempt created `at_ms`.
+fn abort_at(a: &Attempts, reason: &str, at_ms: u64) -> Abort {
+    a.abort("program-mismatch", reason, at_ms)
 }
 
 #[test]
 fn only_a_fresh_signed_abort_of_a_roster_member_stops_a_run() {
     let r = roster();
-    let mut a = Attempts::new(&r, 0, AttemptId::random(), T0);
-    let c = Attempts::new(&r, 2, AttemptId::random(), T0);
-    let abort = abort_from(&c, "wrong program hash");
+    let mut a = Attempts::new(&r, 0, AttemptId::random(), T0_MS);
+    let c = Attempts::new(&r, 2, AttemptId::random(), T0_MS);
+    let abort = abort_at(&c, "wrong program hash", T0_MS + 1);
     // Not signed, signed by a stranger, or by another roster member than it claims: ignored.
+    assert!(matches!(a.handle_abort(None, &abort), Event::Ignored(_)));
     assert!(matches!(
-        a.handle_abort(None, &abort, Some(T0)),
+        a.handle_abort(Some("did:key:z6MkMallory"), &abort),
         Event::Ignored(_)
     ));
     assert!(matches!(
-        a.handle_abort(Some("did:key:z6MkMallory"), &abort, Some(T0)),
-        Event::Ignored(_)
-    ));
-    assert!(matches!(
-        a.handle_abort(Some(DIDS[1]), &abort, Some(T0)),
+        a.handle_abort(Some(DIDS[1]), &abort),
         Event::Ignored(_)
     ));
     // For another MPC session: ignored.
     let mut other = abort.clone();
     other.mpc_session_id = "00".repeat(16).parse().unwrap();
     assert!(matches!(
-        a.handle_abort(Some(DIDS[2]), &other, Some(T0)),
+        a.handle_abort(Some(DIDS[2]), &other),
         Event::Ignored(_)
     ));
-    // Queued from before our start (an earlier run of party 2): ignored.
+    // Queued from before our start (an earlier run of party 2): ignored, even 1 ms before.
+    for before in [60_000, 1] {
+        let stale = abort_at(&c, "old", T0_MS - before);
+        assert!(matches!(
+            a.handle_abort(Some(DIDS[2]), &stale),
+            Event::Ignored(_)
+        ));
+    }
+    // ... unless it names our attempt: then party 2 knew this run, whatever the clocks say.
+    let mut knows_us = abort_at(&c, "old clock", T0_MS - 60_000);
+    knows_us.peer_attempts = vec![a.mine()];
     assert!(matches!(
-        a.handle_abort(Some(DIDS[2]), &abort, Some(T0 - 60)),
-        Event::Ignored(_)
-    ));
-    assert!(matches!(
-        a.handle_abort(Some(DIDS[2]), &abort, None),
-        Event::Ignored(_)
+        a.handle_abort(Some(DIDS[2]), &knows_us),
+        Event::Aborted { party: 2, .. }
     ));
     // Signed by party 2 itself, during our run: stops it, naming party and reason.
     assert_eq!(
-        a.handle_abort(Some(DIDS[2]), &abort, Some(T0 + 1)),
+        a.handle_abort(Some(DIDS[2]), &abort),
         Event::Aborted {
             party: 2,
             code: "program-mismatch".into(),
@@ -191,8 +197,8 @@ fn only_a_fresh_signed_abort_of_a_roster_member_stops_a_run() {
 fn an_abort_of_another_attempt_of_a_peer_that_is_up_is_ignored() {
     let r = roster();
     let mut parties = [
-        Attempts::new(&r, 0, AttemptId::random(), T0),
-        Attempts::new(&r, 1, AttemptId::random(), T0),
+        Attempts::new(&r, 0, AttemptId::random(), T0_MS),
+        Attempts::new(&r, 1, AttemptId::random(), T0_MS),
     ];
     let mut wire = Wire::new();
     let (h0, h1) = (parties[0].hello(), parties[1].hello());
@@ -203,15 +209,16 @@ fn an_abort_of_another_attempt_of_a_peer_that_is_up_is_ignored() {
         push(&mut wire, to, events);
     }
     assert!(parties[0].is_up(1));
-    let stranger_attempt = Attempts::new(&r, 1, AttemptId::random(), T0);
-    let stale = abort_from(&stranger_attempt, "old");
+    let stranger_attempt = Attempts::new(&r, 1, AttemptId::random(), T0_MS);
+    let mut stale = abort_at(&stranger_attempt, "old", T0_MS + 5);
+    stale.peer_attempts.clear();
     assert!(matches!(
-        parties[0].handle_abort(Some(DIDS[1]), &stale, Some(T0 + 5)),
+        parties[0].handle_abort(Some(DIDS[1]), &stale),
         Event::Ignored(_)
     ));
-    let current = abort_from(&parties[1], "interrupted");
+    let current = abort_at(&parties[1], "interrupted", T0_MS + 5);
     assert!(matches!(
-        parties[0].handle_abort(Some(DIDS[1]), &current, Some(T0 + 5)),
+        parties[0].handle_abort(Some(DIDS[1]), &current),
         Event::Aborted { party: 1, .. }
     ));
 }
@@ -219,8 +226,8 @@ fn an_abort_of_another_attempt_of_a_peer_that_is_up_is_ignored() {
 #[test]
 fn readies_from_strangers_or_for_other_sessions_are_ignored() {
     let r = roster();
-    let mut a = Attempts::new(&r, 0, AttemptId::random(), T0);
-    let b = Attempts::new(&r, 1, AttemptId::random(), T0);
+    let mut a = Attempts::new(&r, 0, AttemptId::random(), T0_MS);
+    let b = Attempts::new(&r, 1, AttemptId::random(), T0_MS);
     let ready = old_stale(&b);
     let ev = a.handle_ready("did:key:z6MkMallory", &ready);
     assert!(matches!(ev.as_slice(), [Event::Ignored(_)]), "{ev:?}");

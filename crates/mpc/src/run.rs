@@ -157,12 +157,13 @@ where
         .await
         .map_err(|e| MpcError::control("cannot connect to your mediator", e))?;
     let control = agent.subscribe(RUN_PREFIX);
-    let attempts = Attempts::new(&roster, me, AttemptId::random(), now());
+    let attempts = Attempts::new(&roster, me, AttemptId::random(), now_ms());
     let ctx = RunCtx {
         agent: agent.clone(),
         roster: roster.clone(),
         me,
         attempt: attempts.mine(),
+        known: Arc::default(),
     };
     let result = async {
         for p in roster.parties.iter().filter(|p| p.id != me) {
@@ -186,6 +187,13 @@ where
 
 fn now() -> u64 {
     mpc_did_didcomm::message::now()
+}
+
+/// Unix time in milliseconds (attempts are told apart to the millisecond, spec/lobby.md §8).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The `abort` code for one of our own failures (spec/lobby.md §8).
@@ -240,6 +248,8 @@ struct RunCtx {
     roster: Roster,
     me: PartyId,
     attempt: AttemptId,
+    /// The peers' current attempts as the control task learnt them (named in our `abort`).
+    known: Arc<std::sync::Mutex<Vec<AttemptId>>>,
 }
 
 impl RunCtx {
@@ -249,6 +259,8 @@ impl RunCtx {
             mpc_session_id: self.roster.mpc_session_id,
             party: self.me,
             attempt: self.attempt,
+            peer_attempts: self.known.lock().map(|k| k.clone()).unwrap_or_default(),
+            created_ms: now_ms(),
             code: code.to_owned(),
             reason: reason.chars().take(300).collect(),
         };
@@ -352,6 +364,9 @@ async fn control_loop(
             match serde_json::from_value::<Ready>(m.message.body.clone()) {
                 Ok(r) => {
                     let events = attempts.handle_ready(&sender, &r);
+                    if let Ok(mut k) = ctx.known.lock() {
+                        *k = attempts.known();
+                    }
                     send(&attempts, events);
                 }
                 Err(e) => tracing::info!("ignored a malformed ready from {sender}: {e}"),
@@ -365,7 +380,7 @@ async fn control_loop(
                 .filter(|s| m.meta.non_repudiation && *s == sender);
             match serde_json::from_value::<Abort>(m.message.body.clone()) {
                 Ok(a) => {
-                    let ev = attempts.handle_abort(signer, &a, m.message.created_time);
+                    let ev = attempts.handle_abort(signer, &a);
                     send(&attempts, vec![ev]);
                 }
                 Err(e) => tracing::info!("ignored a malformed abort from {sender}: {e}"),
