@@ -351,3 +351,96 @@ fn ctrl_c_before_mpyc_starts_stops_everyone_then_a_rerun_succeeds() {
     mpc.rerun_succeeds(&python);
     mpc.none_left();
 }
+
+/// spec/lobby.md §5: a join to an MPC session that is full and running is refused with a
+/// problem report the joiner prints (instead of it waiting out its `--timeout`), and a
+/// second `mpc host` of a lobby being hosted says so.
+#[test]
+fn late_joins_are_refused_and_a_second_host_says_so() {
+    let mpc = Mpc::new();
+    let late = registered_wallets(&mpc._med, &["late"]).pop().unwrap();
+    let url = {
+        let inv = ok(
+            mpc.homes[0].path(),
+            &["--json", "invite", "--mpc", &mpc.sid, "--no-qr"],
+        );
+        serde_json::from_str::<serde_json::Value>(&inv).unwrap()["url"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // The coordinator's `run` is what is running; it waits for the others meanwhile.
+    let python = PathBuf::from("python3");
+    let coordinator = mpc.run(0, &python, &mpc.program());
+    coordinator
+        .err
+        .wait_for("waiting for the other parties", Duration::from_secs(30));
+    let t0 = Instant::now();
+    let out = cmd(
+        late.path(),
+        &[
+            "join",
+            &url,
+            "--program",
+            mpc.program().to_str().unwrap(),
+            "--timeout",
+            "60",
+        ],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("refused the join: e.p.req.full"), "{err}");
+    assert!(err.contains("already has all its 3 parties"), "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "not refused promptly"
+    );
+    Command::new("kill")
+        .args(["-INT", &coordinator.child.id().to_string()])
+        .status()
+        .unwrap();
+    let (out, err) = coordinator.finish(ABORT_BOUND);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+
+    // A new lobby: the first `host` waits for joins, the second one is refused.
+    let sid = ok(
+        mpc.homes[0].path(),
+        &[
+            "mpc",
+            "new",
+            "--parties",
+            "2",
+            "--program",
+            mpc.program().to_str().unwrap(),
+        ],
+    )
+    .trim()
+    .to_owned();
+    let mut first = cmd(
+        mpc.homes[0].path(),
+        &["mpc", "host", "--mpc", &sid, "--timeout", "60"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let w = Watch::new(first.stderr.take().unwrap());
+    w.wait_for("waiting for 1 more party", Duration::from_secs(30));
+    let out = cmd(
+        mpc.homes[0].path(),
+        &["mpc", "host", "--mpc", &sid, "--timeout", "5"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("already being hosted"), "{err}");
+    Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .unwrap();
+    wait_bounded(first, ABORT_BOUND);
+    w.reader.join().unwrap();
+}

@@ -541,6 +541,12 @@ impl Coordinator {
         Ok(JoinOutcome::Accepted(id))
     }
 
+    /// How many parties are in so far, coordinator included.
+    #[must_use]
+    pub fn members(&self) -> usize {
+        self.members.len()
+    }
+
     /// Whether all N parties are in.
     #[must_use]
     pub fn is_full(&self) -> bool {

@@ -26,6 +26,13 @@ pub(crate) const LOBBY_PREFIX: &str = "https://mpc-did.org/lobby/1.0/";
 const PROBLEM_PREFIX: &str = "https://didcomm.org/report-problem/2.0/";
 /// Refusals being sent at once by `host`; beyond, refused joiners get no report.
 const MAX_PENDING_REFUSALS: usize = 8;
+/// How often waiting is reported.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// How many parties are in the lobby so far, coordinator included.
+fn members(lobby: &Coordinator) -> usize {
+    lobby.members()
+}
 
 fn now() -> u64 {
     mpc_did_didcomm::message::now()
@@ -277,10 +284,21 @@ async fn join_with(
     ));
     let deadline = tokio::time::Instant::now() + timeout;
     let stopped = || MpcError::control("the control plane stopped", "the agent ended");
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.tick().await;
     loop {
         let got: Inbound = tokio::select! {
             m = lobby.recv() => m.ok_or_else(stopped)?,
             m = problems.recv() => m.ok_or_else(stopped)?,
+            _ = ticker.tick() => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                progress(format!(
+                    "waiting for the roster from the coordinator ({}): {} s left",
+                    offer.coordinator,
+                    left.as_secs()
+                ));
+                continue;
+            }
             () = tokio::time::sleep_until(deadline) => return Err(MpcError::Timeout {
                 what: "waiting for the roster".into(),
                 secs: timeout.as_secs(),
@@ -365,7 +383,14 @@ pub async fn host(
     if !rec.coordinator {
         return Err(MpcError::NotCoordinator(rec.id()));
     }
+    // One lobby per MPC session: a second `host` says so instead of competing for joins.
+    let _lock = store.lock_host(&rec.id())?;
     if rec.roster.is_some() {
+        progress(format!(
+            "MPC session {} already has all its parties; its roster was sent (late joins are \
+             refused while `mpc-did run` runs here)",
+            rec.id()
+        ));
         return Ok(rec);
     }
     let (id, client) = registered_client(home, Some(&rec.identity))?;
@@ -399,13 +424,26 @@ async fn host_with(
     // Refusals go out in the background, a few at a time: a joiner's endpoint is a URL it
     // chose, and a slow one must not hold the lobby (spec/lobby.md §7).
     let mut refusals = tokio::task::JoinSet::new();
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.tick().await;
     while !lobby.is_full() {
         while refusals.try_join_next().is_some() {}
         let got = tokio::select! {
             m = inbox.recv() => m.ok_or_else(|| MpcError::control("the control plane stopped", "the agent ended"))?,
+            _ = ticker.tick() => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let joined = lobby.roster().map_or_else(|| members(&lobby), |r| r.parties.len());
+                progress(format!(
+                    "waiting for {} more part{}: {} s left",
+                    usize::from(offer.parties).saturating_sub(joined),
+                    if usize::from(offer.parties).saturating_sub(joined) == 1 { "y" } else { "ies" },
+                    left.as_secs()
+                ));
+                continue;
+            }
             () = tokio::time::sleep_until(deadline) => return Err(MpcError::Timeout {
                 what: format!("waiting for the parties: only {} of {} joined",
-                    lobby.roster().map_or(1, |r| r.parties.len()), offer.parties),
+                    members(&lobby), offer.parties),
                 secs: timeout.as_secs(),
             }),
         };
@@ -522,4 +560,51 @@ async fn refuse(agent: &Agent, to: &str, join_id: &str, reason: &str, comment: &
     msg.from = Some(agent.did().to_owned());
     msg.to = Some(vec![to.to_owned()]);
     let _ = agent.send(to, msg).await;
+}
+
+/// While the coordinator runs the MPC session: refuse every join to it (it is full and has
+/// started) with Report Problem `e.p.req.full` (spec/lobby.md §5), so a late joiner hears
+/// why instead of waiting out its timeout. Joins not naming this MPC session get nothing
+/// (spec/lobby.md §7). Runs until the agent stops.
+pub(crate) async fn refuse_late_joins(agent: Agent, roster: Roster, progress: impl Fn(String)) {
+    let mut inbox = agent.subscribe(LOBBY_PREFIX);
+    let mut refusals = tokio::task::JoinSet::new();
+    while let Some(got) = inbox.recv().await {
+        while refusals.try_join_next().is_some() {}
+        if got.message.type_ != JOIN_TYPE {
+            continue;
+        }
+        let Some(sender) = got.sender.clone() else {
+            continue;
+        };
+        if !got.meta.authenticated || got.message.from.as_deref() != Some(sender.as_str()) {
+            continue;
+        }
+        let join = match serde_json::from_value::<Join>(got.message.body.clone()) {
+            Ok(j) if j.mpc_session_id == roster.mpc_session_id => j,
+            _ => continue,
+        };
+        if roster.parties.iter().any(|p| p.did == sender) {
+            // A member's join again (at-least-once delivery): it has the roster.
+            continue;
+        }
+        if refusals.len() >= MAX_PENDING_REFUSALS {
+            continue;
+        }
+        progress(format!(
+            "refused a late join from {sender}: the MPC session is full and running"
+        ));
+        let (agent, join_id) = (agent.clone(), got.message.id.clone());
+        let comment = format!(
+            "MPC session {} already has all its {} parties and has started",
+            join.mpc_session_id,
+            roster.parties.len()
+        );
+        let services = join.services.clone();
+        refusals.spawn(async move {
+            if learn(&agent, &sender, &services).await.is_ok() {
+                refuse(&agent, &sender, &join_id, "full", &comment).await;
+            }
+        });
+    }
 }

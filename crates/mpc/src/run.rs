@@ -157,6 +157,14 @@ where
         .await
         .map_err(|e| MpcError::control("cannot connect to your mediator", e))?;
     let control = agent.subscribe(RUN_PREFIX);
+    if rec.coordinator {
+        // A late join is refused while we run (spec/lobby.md §5 `full`).
+        tokio::spawn(crate::lobby::refuse_late_joins(
+            agent.clone(),
+            roster.clone(),
+            |s| tracing::info!("{s}"),
+        ));
+    }
     let attempts = Attempts::new(&roster, me, AttemptId::random(), now_ms());
     let ctx = RunCtx {
         agent: agent.clone(),

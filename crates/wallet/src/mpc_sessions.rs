@@ -76,6 +76,9 @@ pub enum MpcSessionError {
     /// The prefix names more than one record.
     #[error("MPC session prefix {0:?} is ambiguous: give more of the id")]
     Ambiguous(String),
+    /// Another process hosts this MPC session's lobby.
+    #[error("MPC session {0} is already being hosted by another `mpc-did mpc host` of this wallet; wait for it, or stop it first")]
+    AlreadyHosted(MpcSessionId),
     /// A record file does not decode (or is too large to be one).
     #[error("{0} is corrupt: {1}")]
     Corrupt(PathBuf, String),
@@ -165,6 +168,33 @@ impl MpcSessions {
         read_record(&path)
     }
 
+    /// Exclusive right to host the lobby of `id` for the life of the returned guard (a
+    /// second `mpc host` of the same MPC session says so instead of competing for joins).
+    ///
+    /// # Errors
+    /// [`MpcSessionError::AlreadyHosted`] if another process holds it; file errors.
+    pub fn lock_host(&self, id: &MpcSessionId) -> Result<HostLock, MpcSessionError> {
+        let d = &self.dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .map_err(Self::io("creating", d))?;
+        let path = d.join(format!(".{id}.host.lock"));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(Self::io("opening", &path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(HostLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(MpcSessionError::AlreadyHosted(*id)),
+            Err(std::fs::TryLockError::Error(e)) => Err(Self::io("locking", &path)(e)),
+        }
+    }
+
     /// Every readable record, oldest first (corrupt files are skipped).
     #[must_use]
     pub fn list(&self) -> Vec<MpcSessionRecord> {
@@ -198,6 +228,13 @@ impl MpcSessions {
         }
         found
     }
+}
+
+/// Held while a process hosts an MPC session's lobby ([`MpcSessions::lock_host`]); the
+/// lock is released when it is dropped (or the process ends).
+#[derive(Debug)]
+pub struct HostLock {
+    _file: std::fs::File,
 }
 
 fn read_record(path: &Path) -> Result<MpcSessionRecord, MpcSessionError> {
@@ -330,6 +367,22 @@ mod tests {
             Err(MpcSessionError::Ambiguous(_))
         ));
         assert_eq!(store.list().len(), 2);
+    }
+
+    #[test]
+    fn only_one_host_per_mpc_session() {
+        let home = tempfile::tempdir().unwrap();
+        let store = MpcSessions::at(home.path());
+        let id = record().id();
+        let lock = store.lock_host(&id).unwrap();
+        assert!(matches!(
+            store.lock_host(&id),
+            Err(MpcSessionError::AlreadyHosted(_))
+        ));
+        // Another MPC session is not affected; the lock goes with its guard.
+        store.lock_host(&record().id()).unwrap();
+        drop(lock);
+        store.lock_host(&id).unwrap();
     }
 
     #[test]
