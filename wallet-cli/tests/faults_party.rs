@@ -310,8 +310,18 @@ fn a_party_with_the_wrong_program_stops_everyone_then_a_rerun_succeeds() {
     }
     assert!(t0.elapsed() < FAIL_BOUND + Duration::from_secs(30));
     mpc.none_left();
+    // `mpc status` shows the failed attempt and why.
+    let st = ok(mpc.homes[0].path(), &["mpc", "status", &mpc.sid]);
+    assert!(st.contains("lobby: complete; you are party 0"), "{st}");
+    assert!(
+        st.contains(&format!("outcome: party {bad_id} ({bad_did}) aborted")),
+        "{st}"
+    );
     mpc.rerun_succeeds(&python);
     mpc.none_left();
+    let st = ok(mpc.homes[0].path(), &["mpc", "status"]);
+    assert!(st.contains("outcome: the program succeeded"), "{st}");
+    assert!(st.contains("session with party 1: up on direct"), "{st}");
 }
 
 /// Ctrl-C of a party before MPyC starts (here: while party 0 has not started yet, so no

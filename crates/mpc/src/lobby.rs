@@ -129,6 +129,7 @@ pub fn new_session(
         coordinator: true,
         roster: None,
         party: None,
+        last_attempt: None,
     };
     MpcSessions::at(home).save(&rec)?;
     Ok(rec)
@@ -243,6 +244,7 @@ pub async fn join(
         coordinator: false,
         roster: Some(roster),
         party: Some(party),
+        last_attempt: None,
     };
     MpcSessions::at(home).save(&rec)?;
     Ok(rec)

@@ -166,6 +166,7 @@ where
         ));
     }
     let attempts = Attempts::new(&roster, me, AttemptId::random(), now_ms());
+    let started_at = now();
     let ctx = RunCtx {
         agent: agent.clone(),
         roster: roster.clone(),
@@ -190,6 +191,7 @@ where
         Err(e) => ctx.abort_all(code_of(e), &e.to_string(), progress).await,
     }
     agent.stop();
+    record_attempt(home, &ctx, started_at, &result);
     result
 }
 
@@ -202,6 +204,40 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What `mpc-did mpc status` shows of this attempt (best effort: a run does not fail
+/// because its record cannot be written).
+fn record_attempt(home: &Path, ctx: &RunCtx, started: u64, result: &Result<PartyRun, MpcError>) {
+    let store = MpcSessions::at(home);
+    let Ok(mut rec) = store.get(&ctx.roster.mpc_session_id) else {
+        return;
+    };
+    let (sessions, outcome) = match result {
+        Ok(r) => (
+            r.sessions
+                .iter()
+                .map(|s| (s.peer_id, s.path.to_string()))
+                .collect(),
+            if r.outcome.status.success() && r.outcome.peer_failure.is_none() {
+                "the program succeeded".to_owned()
+            } else if let Some(f) = &r.outcome.peer_failure {
+                format!("party {} failed ({})", f.peer, f.reason)
+            } else {
+                format!("the program exited with {}", r.outcome.status)
+            },
+        ),
+        Err(e) => (Vec::new(), e.to_string()),
+    };
+    rec.last_attempt = Some(mpc_did_wallet::AttemptRecord {
+        attempt: ctx.attempt.to_string(),
+        started,
+        sessions,
+        outcome: Some(outcome),
+    });
+    if let Err(e) = store.save(&rec) {
+        tracing::warn!("cannot record the attempt: {e}");
+    }
 }
 
 /// The `abort` code for one of our own failures (spec/lobby.md §8).

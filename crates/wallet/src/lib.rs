@@ -63,7 +63,7 @@ pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(2);
 pub const SETTING_DEFAULT_IDENTITY: &str = "default_identity";
 
 mod mpc_sessions;
-pub use mpc_sessions::{HostLock, MpcSessionError, MpcSessionRecord, MpcSessions};
+pub use mpc_sessions::{AttemptRecord, HostLock, MpcSessionError, MpcSessionRecord, MpcSessions};
 
 const LOCK_FILE: &str = "wallet.lock";
 const DB_DIR: &str = "db";

@@ -43,6 +43,24 @@ pub struct MpcSessionRecord {
     /// Our party id, once the roster is known.
     #[serde(default)]
     pub party: Option<PartyId>,
+    /// What the last `run` of this MPC session did (`mpc-did mpc status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt: Option<AttemptRecord>,
+}
+
+/// The last attempt (`run`) of an MPC session, as far as this party saw it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The attempt id (spec/lobby.md §8).
+    pub attempt: String,
+    /// Unix seconds when it started.
+    pub started: u64,
+    /// The secure sessions that came up: (peer party id, path).
+    #[serde(default)]
+    pub sessions: Vec<(PartyId, String)>,
+    /// How it ended; `None` while it runs (or if the process was killed).
+    #[serde(default)]
+    pub outcome: Option<String>,
 }
 
 impl MpcSessionRecord {
@@ -310,6 +328,7 @@ mod tests {
             coordinator: true,
             roster: None,
             party: None,
+            last_attempt: None,
         }
     }
 

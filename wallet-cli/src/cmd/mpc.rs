@@ -41,6 +41,15 @@ pub enum MpcCommand {
     Run(run::RunArgs),
     /// List the MPC sessions this wallet knows.
     List,
+    /// Show one MPC session: its lobby (who joined, as which party) and its last run
+    /// (attempt, sessions and paths, how it ended).
+    ///
+    /// Example: mpc-did mpc status 3f2a
+    Status {
+        /// MPC session id (or a unique prefix) [default: the newest one].
+        #[arg(value_name = "ID")]
+        mpc: Option<String>,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -153,7 +162,68 @@ pub async fn run(ctx: &Ctx, cmd: MpcCommand) -> anyhow::Result<()> {
         }
         MpcCommand::Run(a) => run::run_cli(ctx, a).await,
         MpcCommand::List => list(ctx),
+        MpcCommand::Status { mpc } => status(ctx, mpc.as_deref()),
     }
+}
+
+fn status(ctx: &Ctx, mpc: Option<&str>) -> anyhow::Result<()> {
+    let rec = MpcSessions::at(&ctx.home).load(mpc)?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+        return Ok(());
+    }
+    let o = &rec.offer;
+    println!(
+        "MPC session {}: {} parties, program {} (sha256 {})",
+        rec.id(),
+        o.parties,
+        o.program.name,
+        o.program.sha256
+    );
+    println!(
+        "  you: {} ({}), expires at {} (Unix time)",
+        rec.identity,
+        if rec.coordinator {
+            "coordinator"
+        } else {
+            "joined"
+        },
+        o.expires_time
+    );
+    match (&rec.roster, rec.party) {
+        (Some(r), Some(me)) => {
+            println!("  lobby: complete; you are party {me}");
+            for p in &r.parties {
+                println!("    party {}: {}", p.id, p.did);
+            }
+        }
+        _ if rec.coordinator => {
+            println!(
+                "  lobby: open; `mpc-did mpc host --mpc {}` admits joins",
+                rec.id()
+            )
+        }
+        _ => println!("  lobby: waiting for the roster (`mpc-did join` did not finish)"),
+    }
+    match &rec.last_attempt {
+        None => println!("  last run: none"),
+        Some(a) => {
+            println!(
+                "  last run: attempt {} started at {} (Unix time)",
+                a.attempt, a.started
+            );
+            for (party, path) in &a.sessions {
+                println!("    session with party {party}: up on {path}");
+            }
+            println!(
+                "    outcome: {}",
+                a.outcome
+                    .as_deref()
+                    .unwrap_or("unknown (still running, or killed)")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn print_roster(ctx: &Ctx, rec: &MpcSessionRecord) -> anyhow::Result<()> {
