@@ -454,3 +454,48 @@ fn late_joins_are_refused_and_a_second_host_says_so() {
     wait_bounded(first, ABORT_BOUND);
     w.reader.join().unwrap();
 }
+
+/// A missing interpreter is found before anything is opened (it used to show only after
+/// every session was up): that party exits 1 naming it, the others stop with exit 3 naming
+/// the party; `run --help` documents exactly these exit codes.
+#[test]
+fn a_missing_interpreter_is_found_first_and_exit_codes_are_documented() {
+    let help = ok(Path::new("/nonexistent-home"), &["run", "--help"]);
+    for line in [
+        "0    the program succeeded here",
+        "1    mpc-did failed here",
+        "3    another party aborted or failed",
+        "130  interrupted (Ctrl-C)",
+    ] {
+        assert!(help.contains(line), "run --help lacks {line:?}: {help}");
+    }
+    let mpc = Mpc::new();
+    let python = PathBuf::from("python3");
+    let honest: Vec<Party> = (0..2)
+        .map(|i| mpc.run(i, &python, &mpc.program()))
+        .collect();
+    for p in &honest {
+        p.err
+            .wait_for("waiting for the other parties", Duration::from_secs(30));
+    }
+    let missing = mpc.run(2, Path::new("/nonexistent/venv/bin/python"), &mpc.program());
+    let (out, err) = missing.finish(FAIL_BOUND);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("/nonexistent/venv/bin/python"), "{err}");
+    assert!(err.contains("no such program"), "{err}");
+    assert!(
+        !err.contains("secure session with"),
+        "a session was opened: {err}"
+    );
+    let (id, did) = (mpc.party(2), mpc.did(2));
+    for p in honest {
+        let (out, err) = p.finish(ABORT_BOUND);
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        assert!(
+            err.contains(&format!("party {id} ({did}) aborted")),
+            "{err}"
+        );
+        assert!(err.contains("install or name its Python"), "{err}");
+    }
+    mpc.none_left();
+}

@@ -5,9 +5,12 @@
 //! refusals — the run of a party ([`run::run_party`]: the program checked against the
 //! roster, a secure session with every other party via [`run::establish_all`], the local
 //! MPyC proxy and the program via [`run::run_over_sessions`]), and [`PartyTransport`], the
-//! proxy's stream source over a party's sessions. Results are stored as the wallet's
-//! MPC-session records ([`mpc_did_wallet::MpcSessions`]). Errors are one typed enum,
-//! [`MpcError`].
+//! proxy's stream source over a party's sessions. Every run is a fresh attempt
+//! (spec/lobby.md §8): the parties agree on each other's attempt (`ready`) before
+//! negotiating, each secure session is bound to both attempts, and a party that cannot go
+//! on sends every peer a signed `abort` (the rules are `mpc_did_lobby::attempt`, no I/O).
+//! Results are stored as the wallet's MPC-session records
+//! ([`mpc_did_wallet::MpcSessions`]). Errors are one typed enum, [`MpcError`].
 //!
 //! **Does not**: define the lobby's rules (party ids, roster hash, the checks themselves:
 //! `mpc-did-lobby`, no I/O), negotiate or carry secure sessions (`mpc-did-connect`,
@@ -21,7 +24,8 @@
 //!        ▼                              ▼
 //!   mpc ── lobby::{new_session, join, host} ── agent (DIDComm via the mediator)
 //!     │        └── mpc_did_lobby (rules, no I/O)
-//!     ├── run::run_party ── establish_all ── connect ── driver (secure sessions)
+//!     ├── run::run_party ── ready/abort (attempts) ── agent
+//!     │         ├── establish_all ── connect ── driver (secure sessions)
 //!     │         └── run_over_sessions ── PartyTransport ── proxy ── MPyC
 //!     └── records ── wallet (MpcSessions, registered mediator)
 //! ```
