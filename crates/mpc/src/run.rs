@@ -27,6 +27,7 @@ use mpc_did_lobby::{PartyId, Roster};
 use mpc_did_proxy::launch::{run_program, Output, Program, RunOutcome};
 use mpc_did_proxy::{Proxy, ProxyConfig};
 use mpc_did_resolver::Did;
+use mpc_did_session::SessionId;
 use mpc_did_wallet::Identity;
 use mpc_did_wallet::MpcSessions;
 
@@ -44,6 +45,8 @@ pub struct SessionUp {
     pub peer_id: PartyId,
     /// The peer's DID.
     pub peer: Did,
+    /// The secure session's id (not the MPC session's).
+    pub session_id: SessionId,
     /// The path it came up on.
     pub path: PathInfo,
     /// From the first negotiation message to a connected path.
@@ -564,9 +567,14 @@ where
     let mut map = BTreeMap::new();
     let mut sessions = Vec::new();
     for (peer_id, peer, e) in handles {
+        let session_id = e.session_id.parse().map_err(|err| MpcError::Session {
+            party: peer_id,
+            reason: format!("bad secure session id {:?}: {err}", e.session_id),
+        })?;
         sessions.push(SessionUp {
             peer_id,
             peer,
+            session_id,
             path: e.path.clone(),
             setup: e.setup,
         });

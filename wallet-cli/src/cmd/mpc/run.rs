@@ -129,6 +129,7 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
                 "wall_ms": run.wall.as_millis(),
                 "sessions": run.sessions.iter().map(|s| serde_json::json!({
                     "party": s.peer_id, "did": s.peer.as_str(), "path": s.path.to_string(),
+                    "session_id": s.session_id.to_string(),
                     "setup_ms": s.setup.as_millis(),
                 })).collect::<Vec<_>>(),
             })
