@@ -117,6 +117,11 @@ impl Mpc {
 
     /// `mpc-did run` of party `i` running `program`, stderr watched.
     fn run(&self, i: usize, python: &Path, program: &Path) -> Party {
+        self.run_env(i, python, program, &[])
+    }
+
+    /// As [`Mpc::run`], with environment variables.
+    fn run_env(&self, i: usize, python: &Path, program: &Path, env: &[(&str, &str)]) -> Party {
         let mut child = cmd(
             self.homes[i].path(),
             &[
@@ -133,6 +138,7 @@ impl Mpc {
                 program.to_str().unwrap(),
             ],
         )
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -496,6 +502,75 @@ fn a_missing_interpreter_is_found_first_and_exit_codes_are_documented() {
             "{err}"
         );
         assert!(err.contains("install or name its Python"), "{err}");
+    }
+    mpc.none_left();
+}
+
+/// spec/lobby.md §8: an `abort` must be signed by the roster member it names. A stranger's
+/// abort, and an unsigned one from a roster member, reach a running party and are ignored
+/// with a log line; the run then completes normally.
+#[test]
+fn forged_aborts_are_ignored_and_the_run_completes() {
+    let Some(python) = python() else { return };
+    let mpc = Mpc::new();
+    let stranger = registered_wallets(&mpc._med, &["mallory"]).pop().unwrap();
+    let zero = mpc.run_env(
+        0,
+        &python,
+        &mpc.program(),
+        &[("MPC_DID_LOG", "mpc_did_mpc=info")],
+    );
+    zero.err
+        .wait_for("waiting for the other parties", Duration::from_secs(30));
+    let did0 = mpc.did(0);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let body = format!(
+        r#"{{"session_id":"{}","party":{},"attempt":"{}","created_ms":{now_ms},"code":"forged","reason":"forged"}}"#,
+        mpc.sid,
+        mpc.party(2),
+        "ab".repeat(16)
+    );
+    let abort_type = "https://mpc-did.org/mpc-run/1.0/abort";
+    // From a stranger, and from the roster member itself but unsigned (plain authcrypt).
+    for home in [stranger.path(), mpc.homes[2].path()] {
+        ok(
+            home,
+            &[
+                "send",
+                &did0,
+                "--type",
+                abort_type,
+                "--body",
+                &body,
+                "--via",
+                &mpc._med.invitation_url,
+            ],
+        );
+    }
+    zero.err
+        .wait_for("ignored an unsigned abort", Duration::from_secs(30));
+    let seen = || {
+        zero.err
+            .seen
+            .lock()
+            .unwrap()
+            .matches("ignored an unsigned abort")
+            .count()
+    };
+    assert!(
+        wait_until(|| seen() >= 2, Instant::now() + Duration::from_secs(30)),
+        "both forged aborts are logged as ignored"
+    );
+    let others: Vec<Party> = (1..3)
+        .map(|i| mpc.run(i, &python, &mpc.program()))
+        .collect();
+    for (i, p) in std::iter::once(zero).chain(others).enumerate() {
+        let (out, err) = p.finish(Duration::from_secs(120));
+        assert!(out.status.success(), "party {i}: {err}");
     }
     mpc.none_left();
 }
