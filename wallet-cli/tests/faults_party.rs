@@ -345,6 +345,9 @@ fn ctrl_c_before_mpyc_starts_stops_everyone_then_a_rerun_succeeds() {
     two.err
         .wait_for("waiting for the other parties", Duration::from_secs(30));
     // Parties 1 and 2 may connect to each other; neither can start MPyC without party 0.
+    // `mpc status` shows the attempt under way.
+    let st = ok(mpc.homes[1].path(), &["mpc", "status", &mpc.sid]);
+    assert!(st.contains("still running"), "{st}");
     Command::new("kill")
         .args(["-INT", &two.child.id().to_string()])
         .status()

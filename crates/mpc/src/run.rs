@@ -177,6 +177,7 @@ where
         attempt: attempts.mine(),
         known: Arc::default(),
     };
+    record_attempt(home, &ctx, started_at, None);
     let result = async {
         for p in roster.parties.iter().filter(|p| p.id != me) {
             learn(&agent, &p.did, &p.services).await?;
@@ -194,7 +195,7 @@ where
         Err(e) => ctx.abort_all(code_of(e), &e.to_string(), progress).await,
     }
     agent.stop();
-    record_attempt(home, &ctx, started_at, &result);
+    record_attempt(home, &ctx, started_at, Some(&result));
     result
 }
 
@@ -211,32 +212,41 @@ fn now_ms() -> u64 {
 
 /// What `mpc-did mpc status` shows of this attempt (best effort: a run does not fail
 /// because its record cannot be written).
-fn record_attempt(home: &Path, ctx: &RunCtx, started: u64, result: &Result<PartyRun, MpcError>) {
+fn record_attempt(
+    home: &Path,
+    ctx: &RunCtx,
+    started: u64,
+    result: Option<&Result<PartyRun, MpcError>>,
+) {
     let store = MpcSessions::at(home);
     let Ok(mut rec) = store.get(&ctx.roster.mpc_session_id) else {
         return;
     };
     let (sessions, outcome) = match result {
-        Ok(r) => (
+        // Under way: `mpc status` shows it while it runs.
+        None => (Vec::new(), None),
+        Some(Ok(r)) => (
             r.sessions
                 .iter()
                 .map(|s| (s.peer_id, s.path.to_string()))
                 .collect(),
-            if r.outcome.status.success() && r.outcome.peer_failure.is_none() {
-                "the program succeeded".to_owned()
-            } else if let Some(f) = &r.outcome.peer_failure {
-                format!("party {} failed ({})", f.peer, f.reason)
-            } else {
-                format!("the program exited with {}", r.outcome.status)
-            },
+            Some(
+                if r.outcome.status.success() && r.outcome.peer_failure.is_none() {
+                    "the program succeeded".to_owned()
+                } else if let Some(f) = &r.outcome.peer_failure {
+                    format!("party {} failed ({})", f.peer, f.reason)
+                } else {
+                    format!("the program exited with {}", r.outcome.status)
+                },
+            ),
         ),
-        Err(e) => (Vec::new(), e.to_string()),
+        Some(Err(e)) => (Vec::new(), Some(e.to_string())),
     };
     rec.last_attempt = Some(mpc_did_wallet::AttemptRecord {
         attempt: ctx.attempt.to_string(),
         started,
         sessions,
-        outcome: Some(outcome),
+        outcome,
     });
     if let Err(e) = store.save(&rec) {
         tracing::warn!("cannot record the attempt: {e}");
