@@ -53,6 +53,7 @@ use mpc_did_connect::{
 use mpc_did_driver::{DriverConfig, SessionHandle};
 use mpc_did_e3::{check_available, NatKind, Topology};
 use mpc_did_proxy::PartyId;
+use mpc_did_resolver::Did;
 use mpc_did_resolver::{DidCommService, UniversalResolver};
 use mpc_did_testkit::local;
 use mpc_did_testkit::mediator::serve_public_mediator;
@@ -257,39 +258,38 @@ async fn nat_party(
             agent.learn_service(peer, service.clone()).await.unwrap();
         }
     }
-    let start = Instant::now();
-    let pending = all
+    // No lobby here: every party binds its sessions to the same list of DIDs, in party order.
+    let binding = Binding {
+        mpc_session_id: "regions-bench".into(),
+        roster_hash: <sha2::Sha256 as sha2::Digest>::digest(
+            all.iter()
+                .map(|(d, _)| d.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        )
+        .into(),
+    };
+    let peers: Vec<(PartyId, Did)> = all
         .iter()
         .enumerate()
         .filter(|(j, _)| *j != me)
-        .map(|(j, (peer, _))| {
-            let (connector, agent) = (&connector, &agent);
-            async move {
-                let binding = Binding::adhoc(agent.did(), peer);
-                let est = connector.establish(peer, &binding, me < j).await.unwrap();
-                (j, est)
-            }
-        });
-    let established = futures_util::future::join_all(pending).await;
+        .map(|(j, (peer, _))| (PartyId::try_from(j).unwrap(), Did::parse(peer).unwrap()))
+        .collect();
+    let me_id = PartyId::try_from(me).unwrap();
+    let start = Instant::now();
+    let established = mpc_did_mpc::run::establish_all(&connector, &binding, me_id, &peers, &|_| {})
+        .await
+        .unwrap();
     let setup = start.elapsed();
     let mut sessions = BTreeMap::new();
     let mut paths = Vec::new();
     let mut handles = Vec::new();
-    for (j, est) in established {
+    for (j, _, est) in established {
         paths.push(format!("{me}–{j} {}", est.path.kind()));
         handles.push((j, est.handle.clone()));
-        sessions.insert(PartyId::try_from(j).unwrap(), est.handle);
+        sessions.insert(j, est.handle);
     }
-    let parties = u16::try_from(PARTIES).unwrap();
-    let log = run_party(
-        PartyId::try_from(me).unwrap(),
-        parties,
-        sessions,
-        python,
-        prog,
-        args,
-    )
-    .await;
+    let log = run_party(me_id, sessions, python, prog, args).await;
     // A path attached more than once means the session lost its path and resumed.
     for (j, h) in handles {
         let attached = h.path().attached;

@@ -58,7 +58,7 @@ enum Command {
     #[command(subcommand)]
     Didcomm(cmd::didcomm::DidcommCommand),
     /// Create or decode a DIDComm Out-of-Band 2.0 invitation (URL, JSON, QR code);
-    /// with --session ID, the invitation to an MPC session (= `mpc-did mpc invite`).
+    /// with --mpc ID, the invitation to an MPC session (= `mpc-did mpc invite`).
     Invite(cmd::invite::InviteArgs),
     /// Register with a DIDComm mediator and check its queue.
     #[command(subcommand)]
@@ -85,6 +85,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Library log lines (e.g. a stale or forged control message ignored) on stderr when
+    // `MPC_DID_LOG` asks for them (`info`, `mpc_did_mpc=info`, …); none by default.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("MPC_DID_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,16 +1,16 @@
 //! What the MPyC end-to-end benches (`mpyc`, `regions`) share: finding Python and our
 //! programs, reading MPyC's own figures from its log, and running the parties of one
-//! computation in session mode through their proxies.
+//! computation in session mode through their proxies (`mpc_did_mpc::run`, as `mpc-did run`
+//! does).
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpc_did_driver::{PartyTransport, SessionHandle, CLOSE_DONE};
-use mpc_did_proxy::launch::{find_python, run_program, Output, Program};
-use mpc_did_proxy::{PartyId, Proxy, ProxyConfig};
+use mpc_did_driver::SessionHandle;
+use mpc_did_proxy::launch::{find_python, Output};
+use mpc_did_proxy::PartyId;
 
 /// A Python with mpyc (and numpy, which our programs use): `MPC_DID_PYTHON`, the repo's
 /// `.venv`, or one on `PATH`.
@@ -75,35 +75,27 @@ pub fn draws(log: &str) -> u64 {
         .sum()
 }
 
-/// Party `me` of `parties` in session mode: its MPyC process behind its own loopback proxy,
-/// whose streams go into `sessions` (peer id → session); closes them when MPyC is done and
+/// Party `me` in session mode: its MPyC process behind its own loopback proxy, whose streams
+/// go into `sessions` (peer id → session), through `mpc_did_mpc::run::run_over_sessions`;
 /// returns MPyC's stdout (panics, with its stderr, if it failed).
 pub async fn run_party(
     me: PartyId,
-    parties: u16,
     sessions: BTreeMap<PartyId, SessionHandle>,
     python: &Path,
     prog: &str,
     args: &[String],
 ) -> String {
-    let transport = Arc::new(PartyTransport::new(me, sessions));
-    let proxy = Proxy::bind(ProxyConfig::new(parties, me)).await.unwrap();
     let mut argv = vec![python.as_os_str().to_owned(), script(prog).into_os_string()];
     argv.extend(args.iter().map(Into::into));
-    let program = Program {
+    let out = mpc_did_mpc::run::run_over_sessions(
+        me,
+        sessions,
         argv,
-        output: Output::Capture,
-        grace: Duration::from_secs(3),
-    };
-    let out = run_program(
-        proxy,
-        Arc::clone(&transport),
-        program,
+        Output::Capture,
         std::future::pending(),
     )
     .await
     .unwrap();
-    transport.close_all(CLOSE_DONE, "done").await;
     assert!(out.status.success(), "party {me}: {}", out.stderr);
     out.stdout
 }
@@ -130,14 +122,13 @@ pub async fn run_parties(
     prog: &str,
     args: &[String],
 ) -> Timing {
-    let parties = u16::try_from(maps.len()).unwrap();
     let start = Instant::now();
     let mut runs = Vec::new();
     for (i, sessions) in maps.into_iter().enumerate() {
         let me = u16::try_from(i).unwrap();
         let (python, prog, args) = (python.to_owned(), prog.to_owned(), args.to_vec());
         runs.push(tokio::spawn(async move {
-            run_party(me, parties, sessions, &python, &prog, &args).await
+            run_party(me, sessions, &python, &prog, &args).await
         }));
     }
     let mut logs = Vec::new();

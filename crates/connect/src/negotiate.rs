@@ -361,6 +361,26 @@ impl Connector {
 
     pub(crate) fn take_proposal(&self, peer: &str, binding: &Binding) -> Option<Inbound> {
         let mut list = self.inner.proposals.lock().ok()?;
+        // An MPC run binds its sessions to `<MPC session>/<attempt>/<attempt>` (spec/lobby.md
+        // §8): a proposal of the same MPC session for other attempts is stale, never answered.
+        if let Some((mpc, _)) = binding.mpc_session_id.split_once('/') {
+            list.retain(|m| {
+                let id = m
+                    .message
+                    .body
+                    .get("mpc_session_id")
+                    .and_then(|v| v.as_str());
+                let stale = m.sender.as_deref() == Some(peer)
+                    && id.is_some_and(|id| {
+                        id != binding.mpc_session_id
+                            && id.split_once('/').is_some_and(|(m, _)| m == mpc)
+                    });
+                if stale {
+                    tracing::info!("discarded a proposal of another attempt from {peer}");
+                }
+                !stale
+            });
+        }
         let i = list.iter().position(|m| {
             m.sender.as_deref() == Some(peer)
                 && signed_by(m, peer)

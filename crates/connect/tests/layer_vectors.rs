@@ -1325,7 +1325,7 @@ fn roster_hash() -> Value {
         (
             "crates/lobby/tests/vectors/roster_hash.txt",
             Roster {
-                session_id: "000102030405060708090a0b0c0d0e0f".into(),
+                mpc_session_id: "000102030405060708090a0b0c0d0e0f".parse().unwrap(),
                 program: Program {
                     name: "p.py".into(),
                     sha256: "ab".repeat(32),
@@ -1350,7 +1350,7 @@ fn roster_hash() -> Value {
         (
             "three parties, two arguments",
             Roster {
-                session_id: "3f0c9a1be25d47f08c6e13a5b7d9f201".into(),
+                mpc_session_id: "3f0c9a1be25d47f08c6e13a5b7d9f201".parse().unwrap(),
                 program: Program::from_bytes("sum.py", b"from mpyc.runtime import mpc\n"),
                 mpyc_args: vec!["--no-log".into(), "-T 1".into()],
                 parties: [&prop, &acc, &third]
@@ -1376,7 +1376,7 @@ fn roster_hash() -> Value {
         // The preimage as spec/lobby.md §3 lists it: program hash, expiry and arguments
         // once, after the party loop.
         let mut pre = b"mpc-did/lobby/1.0/roster".to_vec();
-        pre.extend_from_slice(&hex::decode(&r.session_id).unwrap());
+        pre.extend_from_slice(r.mpc_session_id.as_bytes());
         pre.extend_from_slice(&u16::try_from(r.parties.len()).unwrap().to_be_bytes());
         for p in &r.parties {
             pre.extend_from_slice(&p.id.to_be_bytes());
@@ -1392,7 +1392,7 @@ fn roster_hash() -> Value {
         assert_eq!(r.compute_hash().unwrap(), hash, "{name}");
         cases.push(json!({
             "name": name,
-            "session_id": r.session_id,
+            "session_id": r.mpc_session_id,
             "parties": r.parties.iter().map(|p| json!({"id": p.id, "did": p.did})).collect::<Vec<_>>(),
             "program_sha256": r.program.sha256,
             "expires_time": r.expires_time,

@@ -5,12 +5,12 @@
 //! **Owns**: the session task ([`SessionHandle::spawn`]), [`SessionStream`]s
 //! (`AsyncRead + AsyncWrite`), the path hello and the [`PathRouter`] that hands incoming
 //! connections to their session ([`path`]), which kind of path each session is on
-//! ([`PathInfo`], [`PathStatus`]: direct / quic / relay, for listings and logs), and
-//! [`PartyTransport`], the proxy's [`mpc_did_proxy::Transport`] over a party's sessions.
+//! ([`PathInfo`], [`PathStatus`]: direct / quic / relay, for listings and logs), and the
+//! session close codes applications use ([`CLOSE_DONE`], [`CLOSE_PARTY_FAILED`]).
 //!
 //! **Does not**: handshake (the session crate, over DIDComm), find paths (rendezvous:
 //! direct TCP, NAT-traversed QUIC, mediator relay — any reliable byte stream is a path), or
-//! touch MPyC's sockets (the proxy).
+//! touch MPyC's sockets (the proxy; `mpc-did-mpc` joins the two).
 //!
 //! ```text
 //!  SessionStream ──write──▶ ┌───────────── session task ─────────────┐ ──records──▶ path (TCP | QUIC | relay)
@@ -43,8 +43,11 @@
 
 mod driver;
 pub mod path;
-mod transport;
 
 pub use driver::{DriverConfig, PathStatus, SessionHandle, SessionState, SessionStream};
 pub use path::{PathError, PathInfo, PathRouter};
-pub use transport::{PartyTransport, CLOSE_DONE, CLOSE_PARTY_FAILED};
+
+/// Session close code: normal end of the MPC run.
+pub const CLOSE_DONE: u16 = 0;
+/// Session close code: our program failed or was interrupted; the peer must stop too.
+pub const CLOSE_PARTY_FAILED: u16 = 1;

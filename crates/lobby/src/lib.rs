@@ -18,13 +18,15 @@
 //! let program = Program::from_bytes("santa.py", b"print('hi')");
 //! let offer = Offer::new("did:key:z6MkA".into(), 2, program.clone(), vec![], 2_000_000_000)?;
 //! let mut lobby = Coordinator::new(offer.clone());
-//! let join = Join { session_id: offer.session_id.clone(), program_sha256: program.sha256.clone(), services: vec![] };
+//! let join = Join { mpc_session_id: offer.mpc_session_id.clone(), program_sha256: program.sha256.clone(), services: vec![] };
 //! lobby.handle_join("did:key:z6MkB", &join, 1_900_000_000)?;
 //! let roster = lobby.roster().expect("two of two parties");
 //! assert_eq!(roster.accept(&offer, Some("did:key:z6MkA"), "did:key:z6MkB", 1_900_000_000)?, 1);
 //! # Ok::<(), mpc_did_lobby::LobbyError>(())
 //! ```
 #![forbid(unsafe_code)]
+
+pub mod attempt;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -55,7 +57,7 @@ const RESERVED_LONG: [&str; 4] = ["--config", "--index", "--base-port", "--ssl"]
 #[non_exhaustive]
 pub enum LobbyError {
     #[error("unknown MPC session {0}")]
-    UnknownSession(String),
+    UnknownSession(MpcSessionId),
     #[error("the MPC session expired at {0} (Unix time)")]
     Expired(u64),
     #[error("program hash mismatch: the session runs {expected}, this program is {actual}")]
@@ -119,8 +121,9 @@ impl Program {
 /// What an invitation offers (spec/lobby.md §2, "Offer").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Offer {
-    /// 16 random bytes, lowercase hex.
-    pub session_id: String,
+    /// The MPC session's id (wire name `session_id`, spec/lobby.md §2).
+    #[serde(rename = "session_id")]
+    pub mpc_session_id: MpcSessionId,
     /// Number of parties N, coordinator included.
     pub parties: u16,
     pub program: Program,
@@ -149,10 +152,8 @@ impl Offer {
         mpyc_args: Vec<String>,
         expires_time: u64,
     ) -> Result<Self, LobbyError> {
-        let mut id = [0u8; 16];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
         let offer = Self {
-            session_id: hex::encode(id),
+            mpc_session_id: MpcSessionId::random(),
             parties,
             program,
             mpyc_args,
@@ -169,7 +170,6 @@ impl Offer {
     /// # Errors
     /// [`LobbyError::Malformed`] naming the first bad field.
     pub fn validate(&self) -> Result<(), LobbyError> {
-        session_id_bytes(&self.session_id)?;
         self.program.raw_hash()?;
         if !(2..=MAX_PARTIES).contains(&self.parties) {
             return Err(LobbyError::Malformed(format!(
@@ -203,20 +203,82 @@ fn is_reserved(arg: &str) -> bool {
     }
 }
 
-fn session_id_bytes(id: &str) -> Result<[u8; 16], LobbyError> {
-    let mut out = [0u8; 16];
-    if id.len() != 32 || id.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(LobbyError::Malformed(format!("session id {id:?}")));
+/// The id of an MPC session (the lobby's, not a pairwise secure session's): 16 random
+/// bytes, written as 32 lowercase hex digits. Parsed at the edge ([`str::parse`], serde), so
+/// a value of this type is always well formed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MpcSessionId([u8; 16]);
+
+impl MpcSessionId {
+    /// A fresh random id.
+    #[must_use]
+    pub fn random() -> Self {
+        let mut id = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+        Self(id)
     }
-    hex::decode_to_slice(id, &mut out)
-        .map_err(|_| LobbyError::Malformed(format!("session id {id:?}")))?;
-    Ok(out)
+
+    /// The 16 bytes (hashed into the roster hash, spec/lobby.md §3).
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Whether the hex form starts with `prefix` (ids are chosen on the command line by a
+    /// unique prefix).
+    #[must_use]
+    pub fn starts_with(&self, prefix: &str) -> bool {
+        self.to_string().starts_with(prefix)
+    }
+}
+
+impl std::fmt::Display for MpcSessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for MpcSessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MpcSessionId({self})")
+    }
+}
+
+impl std::str::FromStr for MpcSessionId {
+    type Err = LobbyError;
+
+    fn from_str(id: &str) -> Result<Self, LobbyError> {
+        let mut out = [0u8; 16];
+        if id.len() != 32 || id.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(LobbyError::Malformed(format!("MPC session id {id:?}")));
+        }
+        hex::decode_to_slice(id, &mut out)
+            .map_err(|_| LobbyError::Malformed(format!("MPC session id {id:?}")))?;
+        Ok(Self(out))
+    }
+}
+
+impl TryFrom<String> for MpcSessionId {
+    type Error = LobbyError;
+
+    fn try_from(s: String) -> Result<Self, LobbyError> {
+        s.parse()
+    }
+}
+
+impl From<MpcSessionId> for String {
+    fn from(id: MpcSessionId) -> Self {
+        id.to_string()
+    }
 }
 
 /// A party's request to join (spec/lobby.md §2, `join`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Join {
-    pub session_id: String,
+    /// The MPC session joined (wire name `session_id`).
+    #[serde(rename = "session_id")]
+    pub mpc_session_id: MpcSessionId,
     /// SHA-256 (hex) of the program the joiner will run.
     pub program_sha256: String,
     /// The joiner's DIDComm v2 service endpoints (`{"uri":…,"routingKeys":[…]}`), so that
@@ -238,7 +300,9 @@ pub struct RosterEntry {
 /// Who is party what (spec/lobby.md §2, "Roster").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Roster {
-    pub session_id: String,
+    /// The MPC session (wire name `session_id`).
+    #[serde(rename = "session_id")]
+    pub mpc_session_id: MpcSessionId,
     pub program: Program,
     #[serde(default)]
     pub mpyc_args: Vec<String>,
@@ -251,7 +315,7 @@ pub struct Roster {
 impl Roster {
     fn build(offer: &Offer, parties: Vec<RosterEntry>) -> Result<Self, LobbyError> {
         let mut roster = Self {
-            session_id: offer.session_id.clone(),
+            mpc_session_id: offer.mpc_session_id,
             program: offer.program.clone(),
             mpyc_args: offer.mpyc_args.clone(),
             parties,
@@ -271,7 +335,7 @@ impl Roster {
         let too_long = |what: &str| LobbyError::Malformed(format!("{what} too long"));
         let mut h = Sha256::new();
         h.update(ROSTER_DOMAIN);
-        h.update(session_id_bytes(&self.session_id)?);
+        h.update(self.mpc_session_id.as_bytes());
         let n = u16::try_from(self.parties.len()).map_err(|_| too_long("party list"))?;
         h.update(n.to_be_bytes());
         for p in &self.parties {
@@ -312,8 +376,8 @@ impl Roster {
                 })
             }
         }
-        if self.session_id != joined.session_id {
-            return Err(LobbyError::UnknownSession(self.session_id.clone()));
+        if self.mpc_session_id != joined.mpc_session_id {
+            return Err(LobbyError::UnknownSession(self.mpc_session_id));
         }
         if now > self.expires_time {
             return Err(LobbyError::Expired(self.expires_time));
@@ -450,8 +514,8 @@ impl Coordinator {
         join: &Join,
         now: u64,
     ) -> Result<JoinOutcome, LobbyError> {
-        if join.session_id != self.offer.session_id {
-            return Err(LobbyError::UnknownSession(join.session_id.clone()));
+        if join.mpc_session_id != self.offer.mpc_session_id {
+            return Err(LobbyError::UnknownSession(join.mpc_session_id));
         }
         if now > self.offer.expires_time {
             return Err(LobbyError::Expired(self.offer.expires_time));
@@ -475,6 +539,12 @@ impl Coordinator {
             services: join.services.clone(),
         });
         Ok(JoinOutcome::Accepted(id))
+    }
+
+    /// How many parties are in so far, coordinator included.
+    #[must_use]
+    pub fn members(&self) -> usize {
+        self.members.len()
     }
 
     /// Whether all N parties are in.

@@ -27,7 +27,7 @@ fn offer(n: u16) -> Offer {
 
 fn join(o: &Offer) -> Join {
     Join {
-        session_id: o.session_id.clone(),
+        mpc_session_id: o.mpc_session_id,
         program_sha256: o.program.sha256.clone(),
         services: vec![serde_json::json!({"uri": "http://127.0.0.1:1/didcomm", "routingKeys": []})],
     }
@@ -68,7 +68,7 @@ fn coordinator_refusals_in_spec_order() {
     let o = offer(2);
     let mut lobby = Coordinator::new(o.clone());
     let mut j = join(&o);
-    j.session_id = "00".repeat(16);
+    j.mpc_session_id = "00".repeat(16).parse().unwrap();
     assert_eq!(
         lobby.handle_join(B, &j, NOW).unwrap_err().reason(),
         "unknown-session"
@@ -173,7 +173,7 @@ fn offers_that_touch_mpyc_networking_are_refused() {
 #[test]
 fn roster_hash_vector() {
     let roster = Roster {
-        session_id: "000102030405060708090a0b0c0d0e0f".into(),
+        mpc_session_id: "000102030405060708090a0b0c0d0e0f".parse().unwrap(),
         program: Program {
             name: "p.py".into(),
             sha256: "ab".repeat(32),
@@ -205,7 +205,7 @@ proptest! {
     fn roster_hash_binds_every_field(dids in proptest::collection::vec("[a-z]{1,12}", 2..6), arg in "[a-z-]{0,8}", exp in any::<u64>()) {
         let parties: Vec<_> = dids.iter().enumerate().map(|(i, d)| mpc_did_lobby::RosterEntry {
             id: u16::try_from(i).unwrap(), did: format!("did:key:{d}"), services: vec![] }).collect();
-        let base = Roster { session_id: "11".repeat(16), program: program(), mpyc_args: vec![arg.clone()],
+        let base = Roster { mpc_session_id: "11".repeat(16).parse().unwrap(), program: program(), mpyc_args: vec![arg.clone()],
             parties, expires_time: exp, roster_hash: String::new() };
         let h = base.compute_hash().unwrap();
         let mut e = base.clone(); e.expires_time = exp.wrapping_add(1);

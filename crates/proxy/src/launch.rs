@@ -281,8 +281,10 @@ fn pdeathsig_wrapper() -> Option<&'static Path> {
 }
 
 /// `program` as `execvp` would find it: a path if it contains a `/`, else the first
-/// executable file of that name in `$PATH`.
-fn resolve_program(program: &OsStr) -> Option<PathBuf> {
+/// executable file of that name in `$PATH`. Callers use it to find a missing interpreter
+/// before doing anything else.
+#[must_use]
+pub fn resolve_program(program: &OsStr) -> Option<PathBuf> {
     let is_exe = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
         p.metadata()

@@ -55,6 +55,7 @@ mod handshake;
 pub mod messages;
 mod resolver;
 mod session;
+mod session_id;
 
 pub use cipher::{epoch_of, EPOCH_BITS, MAX_EPOCH_SKIP};
 pub use error::{Result, SessionError};
@@ -67,3 +68,4 @@ pub use messages::{
     AcceptBody, Acceptor, CandidatesBody, CloseBody, HandshakeBody, ProposeBody, Proposer,
 };
 pub use session::{Event, Session, SessionConfig, SessionStats, MAX_STREAMS_LIMIT};
+pub use session_id::SessionId;

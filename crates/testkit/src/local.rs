@@ -7,7 +7,6 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use mpc_did_proxy::PartyId;
 use mpc_did_session::{Acceptor, Proposer, SessionConfig};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -86,11 +85,11 @@ where
 ///
 /// # Errors
 /// As [`session_pair_with`].
-pub async fn local_mesh<W>(n: u16, wrap: W) -> io::Result<Vec<BTreeMap<PartyId, SessionHandle>>>
+pub async fn local_mesh<W>(n: u16, wrap: W) -> io::Result<Vec<BTreeMap<u16, SessionHandle>>>
 where
     W: Fn(TcpStream) -> path::BoxPath,
 {
-    let mut maps: Vec<BTreeMap<PartyId, SessionHandle>> = (0..n).map(|_| BTreeMap::new()).collect();
+    let mut maps: Vec<BTreeMap<u16, SessionHandle>> = (0..n).map(|_| BTreeMap::new()).collect();
     for i in 0..n {
         for j in i + 1..n {
             let (hi, hj) = session_pair_with(

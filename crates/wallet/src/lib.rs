@@ -68,6 +68,9 @@ pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(2);
 /// Setting naming the default identity.
 pub const SETTING_DEFAULT_IDENTITY: &str = "default_identity";
 
+mod mpc_sessions;
+pub use mpc_sessions::{AttemptRecord, HostLock, MpcSessionError, MpcSessionRecord, MpcSessions};
+
 const LOCK_FILE: &str = "wallet.lock";
 const DB_DIR: &str = "db";
 const RECORD_VERSION: u32 = 1;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use mpc_did_agent::client::MediatorInfo;
 use mpc_did_agent::Agent;
-use mpc_did_connect::{mediator_stun, Connector, ConnectorConfig, QuicSetup};
+use mpc_did_connect::{Connector, ConnectorConfig};
 use mpc_did_resolver::DidResolver as _;
 use mpc_did_wallet::Wallet;
 
@@ -129,30 +129,6 @@ fn is_url(s: &str) -> bool {
     s.starts_with("https://") || s.starts_with("http://")
 }
 
-/// The relay of our mediator (`…/relay` beside its WebSocket endpoint), answered with the
-/// identity's own Ed25519 key, and pinned to the mediator's DID.
-///
-/// # Errors
-/// No such identity.
-pub fn relay_setup(
-    ctx: &Ctx,
-    identity: Option<&str>,
-    agent: &Agent,
-) -> anyhow::Result<mpc_did_connect::RelaySetup> {
-    let (id, _) = registered_client(ctx, identity)?;
-    let info = &agent.client().info;
-    let base = info.ws.strip_suffix("/ws").unwrap_or(&info.ws);
-    Ok(mpc_did_connect::RelaySetup {
-        url: format!("{base}/relay"),
-        identity: mpc_did_connect::RelayIdentity {
-            key: id.signing_key.clone(),
-            did: id.did.clone(),
-            key_id: id.auth_kid.clone(),
-        },
-        expected_relay: Some(info.did.clone()),
-    })
-}
-
 /// Prints each path transition of `connector`'s sessions and relays, and of its agent's live
 /// connection to the mediator, to stderr, once per change (down, back): a party is never
 /// silent while it waits for a path (spec/session.md §7.4).
@@ -198,13 +174,24 @@ pub struct PathArgs {
     pub no_quic: bool,
 }
 
-/// Starts the secure-session endpoint with the paths `paths` allows: direct TCP, QUIC on a
-/// UDP socket whose public address the STUN server tells (peers behind endpoint-independent
-/// NATs meet on it), and our mediator's relay. A mediator without a relay leaves direct paths
-/// only (said on stderr), unless `--relay-only` demanded it.
+impl PathArgs {
+    /// The library's form of these flags.
+    #[must_use]
+    pub fn policy(&self) -> mpc_did_mpc::PathPolicy {
+        mpc_did_mpc::PathPolicy {
+            relay_only: self.relay_only,
+            stun: self.stun,
+            no_quic: self.no_quic,
+        }
+    }
+}
+
+/// Starts the secure-session endpoint of `identity` with the paths `paths` allows
+/// (`mpc_did_mpc::party::start_connector`; a missing relay is noted on stderr).
 ///
 /// # Errors
-/// The listener cannot be bound; `--relay-only` and no relay at our mediator.
+/// No such identity; the listener cannot be bound; `--relay-only` and no relay at our
+/// mediator.
 pub async fn start_connector(
     ctx: &Ctx,
     identity: Option<&str>,
@@ -212,34 +199,10 @@ pub async fn start_connector(
     paths: &PathArgs,
     base: ConnectorConfig,
 ) -> anyhow::Result<Connector> {
-    let relay = relay_setup(ctx, identity, agent)?;
-    let quic = (!paths.no_quic && !paths.relay_only).then(|| QuicSetup {
-        stun: paths.stun.or_else(|| mediator_stun(agent)),
-        ..QuicSetup::default()
-    });
-    let config = ConnectorConfig {
-        relay: Some(relay),
-        force_relay: paths.relay_only,
-        quic,
-        ..base
-    };
-    match Connector::start(agent.clone(), config.clone()).await {
-        Ok(c) => {
-            report_path_events(&c);
-            Ok(c)
-        }
-        Err(e) if !paths.relay_only => {
-            eprintln!("mpc-did: note: no relay at our mediator ({e}); direct paths only");
-            Connector::start(
-                agent.clone(),
-                ConnectorConfig {
-                    relay: None,
-                    ..config
-                },
-            )
-            .await
-            .context("cannot start the secure-session endpoint")
-        }
-        Err(e) => Err(e).context("--relay-only: cannot use our mediator's relay"),
-    }
+    let (id, _) = registered_client(ctx, identity)?;
+    let note = |s: String| eprintln!("mpc-did: {s}");
+    let connector =
+        mpc_did_mpc::party::start_connector(&id, agent, &paths.policy(), base, &note).await?;
+    report_path_events(&connector);
+    Ok(connector)
 }

@@ -24,9 +24,11 @@ use mpc_did_wallet::{Method, Wallet};
 
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
 
-use crate::cmd::agent_ctx::PathArgs;
-use crate::cmd::mediator::{secrets, setting_key};
-use crate::cmd::mpc::{self, run::run_party, run::RunSpec};
+use mpc_did_mpc::party::secrets;
+use mpc_did_mpc::run::{run_party, RunSpec};
+use mpc_did_mpc::{lobby, PathPolicy};
+
+use crate::cmd::mpc::invitation_url;
 use crate::ctx::Ctx;
 
 /// The example programs, embedded so that the demo runs from any directory.
@@ -147,37 +149,46 @@ async fn demo(
 
     println!("-- lobby (DIDComm through the mediator)");
     let coordinator = ctxs.first().context("no parties")?.clone();
-    let rec = mpc::new_session(
-        &coordinator,
+    let rec = lobby::new_session(
+        &coordinator.home,
         None,
         n,
         &program,
         args,
         Duration::from_secs(600),
     )?;
-    let sid = rec.offer.session_id.clone();
-    let (_, url) = mpc::invitation_url(&coordinator, Some(&sid), None)?;
+    let sid = rec.id().to_string();
+    let (inv, url) = invitation_url(&coordinator, Some(&sid), None)?;
     println!(
         "   party0 created MPC session {sid}; invitation: {}…",
         url.get(..60).unwrap_or(&url)
     );
     let lobby_t = Instant::now();
-    let mut lobby = tokio::task::JoinSet::new();
+    let mut lobbies = tokio::task::JoinSet::new();
     {
         let ctx = coordinator.clone();
         let sid = sid.clone();
-        lobby.spawn(async move {
+        lobbies.spawn(async move {
             let p = |s: String| println!("   party0: {s}");
-            mpc::host(&ctx, Some(&sid), Duration::from_secs(120), &p)
+            lobby::host(&ctx.home, Some(&sid), Duration::from_secs(120), &p)
                 .await
                 .map(|_| ())
+                .map_err(anyhow::Error::from)
         });
     }
     for (i, ctx) in ctxs.iter().enumerate().skip(1) {
-        let (ctx, url, program) = (ctx.clone(), url.clone(), program.clone());
-        lobby.spawn(async move {
+        let (ctx, inv, program) = (ctx.clone(), inv.clone(), program.clone());
+        lobbies.spawn(async move {
             let p = move |s: String| println!("   party{i}: {s}");
-            let rec = mpc::join(&ctx, &url, &program, None, Duration::from_secs(120), &p).await?;
+            let rec = lobby::join(
+                &ctx.home,
+                &inv,
+                &program,
+                None,
+                Duration::from_secs(120),
+                &p,
+            )
+            .await?;
             println!(
                 "   party{i}: roster received and checked: I am party {}",
                 rec.party.unwrap_or_default()
@@ -185,7 +196,7 @@ async fn demo(
             Ok(())
         });
     }
-    while let Some(r) = lobby.join_next().await {
+    while let Some(r) = lobbies.join_next().await {
         r.context("a lobby task failed")??;
     }
     let lobby_time = lobby_t.elapsed();
@@ -199,22 +210,24 @@ async fn demo(
         runs.spawn(async move {
             let p = |s: String| println!("   {s}");
             run_party(
-                &ctx,
+                &ctx.home,
                 RunSpec {
-                    session: Some(sid),
+                    mpc: Some(sid),
                     program: Some(program),
                     listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
                     connect_timeout: Duration::from_secs(60),
                     resume_timeout: Duration::from_secs(30),
                     // All on loopback: the direct path always works, and the in-process
                     // mediator serves no STUN to learn a public address from.
-                    paths: PathArgs {
+                    paths: PathPolicy {
                         no_quic: true,
-                        ..PathArgs::default()
+                        ..PathPolicy::default()
                     },
                     command: argv,
                     output: Output::Capture,
                 },
+                // The demo's own Ctrl-C handler removes everything.
+                std::future::pending(),
                 &p,
             )
             .await
@@ -341,7 +354,7 @@ async fn create_party(ctx: &Ctx, name: &str, mediator_url: &str) -> anyhow::Resu
         .context("registering with the mediator")?;
     let wallet = Wallet::open(&ctx.home)?;
     wallet.set_identity_services(&id.name, vec![info.service_for(&id.did)])?;
-    wallet.set_setting(&setting_key(&id.name), &serde_json::to_string(&info)?)?;
+    wallet.set_mediator(&id.name, &info)?;
     if wallet.default_identity().is_err() {
         wallet.set_default_identity(&id.name)?;
     }

@@ -1,7 +1,7 @@
 //! `mpc-did invite`: make a DIDComm Out-of-Band 2.0 invitation (URL, JSON, QR code) and
 //! `mpc-did invite decode`: show what one contains (spec/didcomm.md §"Invitations").
-//! `mpc-did invite --session ID` is `mpc-did mpc invite --session ID`: the invitation to an
-//! MPC session (spec/lobby.md §1).
+//! `mpc-did invite --mpc ID` is `mpc-did mpc invite --mpc ID`: the invitation to an MPC
+//! session (spec/lobby.md §1).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ Examples:
   mpc-did invite --from alice --goal-code mpc-did.session.join --goal \"Secret Santa\"
   mpc-did invite --qr-png invite.png --no-qr
   mpc-did invite decode 'https://didcomm.invalid/oob?_oob=eyJ...'
-  mpc-did invite --session 3f2a            (same as `mpc-did mpc invite --session 3f2a`)
+  mpc-did invite --mpc 3f2a                (same as `mpc-did mpc invite --mpc 3f2a`)
 
 The link is <base>?_oob=<base64url(invitation JSON)>. <base> is --base-url, else the
 identity's HTTP(S) mediator endpoint, else https://didcomm.invalid/oob (a name that never
@@ -36,10 +36,10 @@ pub struct InviteArgs {
     #[command(subcommand)]
     decode: Option<InviteCommand>,
     /// Invite to this MPC session (id or unique prefix) instead: the same as
-    /// `mpc-did mpc invite --session ID` (the offer with the program's hash; joiners run
+    /// `mpc-did mpc invite --mpc ID` (the offer with the program's hash; joiners run
     /// `mpc-did join URL --program FILE`).
-    #[arg(long, value_name = "ID", conflicts_with_all = ["from", "goal_code", "goal", "light"])]
-    session: Option<String>,
+    #[arg(long = "mpc", alias = "session", value_name = "ID", conflicts_with_all = ["from", "goal_code", "goal", "light"])]
+    mpc: Option<String>,
     /// Inviting identity (wallet name) [default: the default identity].
     #[arg(long, value_name = "NAME")]
     from: Option<String>,
@@ -79,11 +79,11 @@ pub async fn run(ctx: &Ctx, args: InviteArgs) -> anyhow::Result<()> {
     if let Some(InviteCommand::Decode(d)) = args.decode {
         return decode(ctx, &d.input);
     }
-    if let Some(session) = args.session {
+    if let Some(mpc) = args.mpc {
         return crate::cmd::mpc::invite(
             ctx,
             &crate::cmd::mpc::InviteArgs {
-                session: Some(session),
+                mpc: Some(mpc),
                 base_url: args.base_url,
                 qr_png: args.qr_png,
                 no_qr: args.no_qr,

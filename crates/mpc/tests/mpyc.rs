@@ -1,16 +1,13 @@
-//! Real MPyC through the proxy over Noise sessions (the data plane of spec/lobby.md §1, without the
-//! DIDComm lobby): three processes, each talking only to its own proxy on loopback.
+//! Real MPyC through the proxy over Noise sessions, as `run::run_over_sessions` runs it
+//! (the data plane of a run, without the DIDComm lobby): three processes, each talking only
+//! to its own proxy on loopback.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use mpc_did_driver::{PartyTransport, CLOSE_DONE};
-use mpc_did_proxy::launch::{run_program, Output, Program};
-use mpc_did_proxy::{Proxy, ProxyConfig};
+use mpc_did_mpc::run::run_over_sessions;
+use mpc_did_proxy::launch::Output;
 
 /// MPyC's Python (with numpy); `None`: skip (the test kit's policy, which fails instead
 /// under `MPC_DID_REQUIRE_INTEROP=1`).
@@ -25,28 +22,21 @@ async fn run(program: &str, args: &[&str]) -> Vec<String> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples")
         .join(program);
-    let maps = common::three_party_sessions().await;
+    let maps = mpc_did_testkit::local::local_mesh(3, |t| Box::new(t))
+        .await
+        .unwrap();
     let mut runs = Vec::new();
     for (i, sessions) in maps.into_iter().enumerate() {
         let me = u16::try_from(i).unwrap();
-        let transport = Arc::new(PartyTransport::new(me, sessions));
-        let proxy = Proxy::bind(ProxyConfig::new(3, me)).await.unwrap();
         let mut argv = vec![
             python.clone().into_os_string(),
             script.clone().into_os_string(),
         ];
         argv.extend(args.iter().map(Into::into));
-        let prog = Program {
-            argv,
-            output: Output::Capture,
-            grace: Duration::from_secs(3),
-        };
         runs.push(tokio::spawn(async move {
-            let out = run_program(proxy, Arc::clone(&transport), prog, std::future::pending())
+            run_over_sessions(me, sessions, argv, Output::Capture, std::future::pending())
                 .await
-                .unwrap();
-            transport.close_all(CLOSE_DONE, "done").await;
-            out
+                .unwrap()
         }));
     }
     let mut outs = Vec::new();

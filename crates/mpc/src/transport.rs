@@ -1,17 +1,14 @@
 //! The proxy's [`Transport`] over a party's secure sessions, one per peer.
+//!
+//! It lives here, not in the driver or the proxy, because it is what joins them: the
+//! driver knows nothing of MPyC party ids, the proxy nothing of sessions.
 
 use std::collections::BTreeMap;
 use std::io;
 
+use mpc_did_driver::{SessionHandle, SessionState, SessionStream, CLOSE_PARTY_FAILED};
 use mpc_did_proxy::{PartyId, PeerFailure, Transport};
 use tokio::sync::{mpsc, Mutex};
-
-use crate::{SessionHandle, SessionState, SessionStream};
-
-/// Session close code: normal end of the MPC run.
-pub const CLOSE_DONE: u16 = 0;
-/// Session close code: our program failed or was interrupted; the peer must stop too.
-pub const CLOSE_PARTY_FAILED: u16 = 1;
 
 /// A party's sessions with all its peers, as the proxy's stream source.
 #[derive(Debug)]

@@ -1,0 +1,612 @@
+//! The lobby of an MPC session over DIDComm (spec/lobby.md): create an offer, make its
+//! invitation, join from an invitation, host until all parties are in. The rules themselves
+//! (party ids, roster hash, every check of §4) are `mpc_did_lobby`'s; this module moves its
+//! messages and stores the result in the wallet's MPC-session records.
+
+use std::path::Path;
+use std::time::Duration;
+
+use mpc_did_agent::client::MediatorInfo;
+use mpc_did_agent::{Agent, Inbound};
+use mpc_did_didcomm::protocols::report_problem::{ProblemReport, PROBLEM_REPORT_TYPE};
+use mpc_did_didcomm::{Attachment, Invitation, Message};
+use mpc_did_lobby::{
+    Coordinator, Join, JoinOutcome, Offer, PartyId, Program, Roster, GOAL_CODE, JOIN_TYPE,
+    OFFER_ATTACHMENT_ID, ROSTER_TYPE,
+};
+use mpc_did_resolver::DidCommService;
+use mpc_did_wallet::{MpcSessionRecord, MpcSessions, Wallet};
+use serde_json::json;
+
+use crate::party::{identity, registered_client};
+use crate::{read_program, MpcError, Progress};
+
+/// Message types of the lobby protocol share this prefix.
+pub(crate) const LOBBY_PREFIX: &str = "https://mpc-did.org/lobby/1.0/";
+const PROBLEM_PREFIX: &str = "https://didcomm.org/report-problem/2.0/";
+/// Refusals being sent at once by `host`; beyond, refused joiners get no report.
+const MAX_PENDING_REFUSALS: usize = 8;
+/// How often waiting is reported.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// How many parties are in the lobby so far, coordinator included.
+fn members(lobby: &Coordinator) -> usize {
+    lobby.members()
+}
+
+fn now() -> u64 {
+    mpc_did_didcomm::message::now()
+}
+
+fn program_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+fn service_json(s: &DidCommService) -> serde_json::Value {
+    json!({"uri": s.uri, "accept": s.accept, "routingKeys": s.routing_keys})
+}
+
+/// A lobby service object (`{"uri", "accept", "routingKeys"}`) as a [`DidCommService`].
+fn service_from_json(did: &str, v: &serde_json::Value) -> Option<DidCommService> {
+    let strings = |k: &str| -> Vec<String> {
+        v.get(k)
+            .and_then(serde_json::Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Some(DidCommService {
+        id: format!("{did}#didcomm-1"),
+        uri: v.get("uri")?.as_str()?.to_owned(),
+        accept: strings("accept"),
+        routing_keys: strings("routingKeys"),
+    })
+}
+
+/// Tell the agent where `did` receives DIDComm: the DIDComm service of its own DID
+/// document if it names one (did:web), else the first usable lobby service (did:key
+/// documents name none; the lobby message carrying it was authcrypt from `did`).
+///
+/// # Errors
+/// The DID cannot be resolved or its endpoint cannot be used.
+pub(crate) async fn learn(
+    agent: &Agent,
+    did: &str,
+    services: &[serde_json::Value],
+) -> Result<(), MpcError> {
+    let doc = mpc_did_resolver::DidResolver::resolve(agent.client().resolver(), did)
+        .await
+        .map_err(|e| MpcError::control(format!("cannot resolve {did}"), e))?;
+    if !doc.didcomm_services().is_empty() {
+        return Ok(());
+    }
+    if let Some(s) = services.iter().find_map(|v| service_from_json(did, v)) {
+        agent
+            .learn_service(did, s)
+            .await
+            .map_err(|e| MpcError::control(format!("cannot use the endpoint of {did}"), e))?;
+    }
+    Ok(())
+}
+
+/// Create an MPC session as its coordinator (party 0): the offer, stored in the wallet.
+///
+/// # Errors
+/// No identity or mediator, unreadable program, invalid parameters.
+pub fn new_session(
+    home: &Path,
+    identity_name: Option<&str>,
+    parties: u16,
+    program: &Path,
+    args: Vec<String>,
+    expires: Duration,
+) -> Result<MpcSessionRecord, MpcError> {
+    let bytes = read_program(program)?;
+    let wallet = Wallet::open(home)?;
+    let id = identity(&wallet, identity_name)?;
+    let info: MediatorInfo = wallet
+        .mediator(&id.name)?
+        .ok_or_else(|| MpcError::NoMediator(id.name.clone()))?;
+    drop(wallet);
+    let expires_time = now().saturating_add(expires.as_secs());
+    let mut offer = Offer::new(
+        id.did.clone(),
+        parties,
+        Program::from_bytes(&program_name(program), &bytes),
+        args,
+        expires_time,
+    )?;
+    offer.coordinator_services = vec![service_json(&info.service_for(&id.did))];
+    let rec = MpcSessionRecord {
+        offer,
+        identity: id.name,
+        coordinator: true,
+        roster: None,
+        party: None,
+        last_attempt: None,
+    };
+    MpcSessions::at(home).save(&rec)?;
+    Ok(rec)
+}
+
+/// The invitation to an offer (goal code `mpc-did.mpc.join`, offer attached).
+#[must_use]
+pub fn invitation(offer: &Offer) -> Invitation {
+    let mut inv = Invitation::new(offer.coordinator.clone());
+    inv.goal_code = Some(GOAL_CODE.to_owned());
+    inv.goal = Some(format!(
+        "Run {} with {} parties",
+        offer.program.name, offer.parties
+    ));
+    inv.created_time = Some(now());
+    inv.expires_time = Some(offer.expires_time);
+    inv.attachments.push(
+        Attachment::json(serde_json::to_value(offer).unwrap_or_default())
+            .with_id(OFFER_ATTACHMENT_ID)
+            .with_media_type("application/json"),
+    );
+    inv
+}
+
+/// The invitation to the stored MPC session `mpc` (an id or unique prefix; `None`: the
+/// newest).
+///
+/// # Errors
+/// No such MPC session, or we do not coordinate it.
+pub fn invitation_for(home: &Path, mpc: Option<&str>) -> Result<Invitation, MpcError> {
+    let rec = MpcSessions::at(home).load(mpc)?;
+    if !rec.coordinator {
+        return Err(MpcError::NotCoordinator(rec.id()));
+    }
+    Ok(invitation(&rec.offer))
+}
+
+/// The offer attached to an invitation, checked (spec/lobby.md §2).
+///
+/// # Errors
+/// Not an MPC invitation, or an invalid offer.
+pub fn offer_of(inv: &Invitation) -> Result<Offer, MpcError> {
+    let bad = |s: String| MpcError::BadInvitation(s);
+    if inv.goal_code.as_deref() != Some(GOAL_CODE) {
+        return Err(bad(format!(
+            "this invitation is not to an MPC session (goal code {}, expected {GOAL_CODE})",
+            inv.goal_code.as_deref().unwrap_or("none")
+        )));
+    }
+    let att = inv
+        .attachments
+        .iter()
+        .find(|a| a.id.as_deref() == Some(OFFER_ATTACHMENT_ID))
+        .ok_or_else(|| bad("the invitation carries no MPC offer".into()))?;
+    let v = att
+        .data
+        .json
+        .clone()
+        .ok_or_else(|| bad("the MPC offer is not inline JSON".into()))?;
+    let offer: Offer =
+        serde_json::from_value(v).map_err(|e| bad(format!("the MPC offer is malformed: {e}")))?;
+    offer.validate()?;
+    if offer.coordinator != mpc_did_didcomm::did_of(&inv.from) {
+        return Err(bad(format!(
+            "the offer's coordinator {} is not the invitation's sender {}",
+            offer.coordinator, inv.from
+        )));
+    }
+    Ok(offer)
+}
+
+/// `join`: check our program against the offer, send the join, wait for the roster (or a
+/// refusal), check it (spec/lobby.md §4, party side) and store it.
+///
+/// # Errors
+/// Program mismatch, refusal, a bad roster, timeout.
+pub async fn join(
+    home: &Path,
+    inv: &Invitation,
+    program: &Path,
+    identity_name: Option<&str>,
+    timeout: Duration,
+    progress: Progress<'_>,
+) -> Result<MpcSessionRecord, MpcError> {
+    let offer = offer_of(inv)?;
+    if now() > offer.expires_time {
+        return Err(MpcError::Expired {
+            id: offer.mpc_session_id,
+            at: offer.expires_time,
+        });
+    }
+    let bytes = read_program(program)?;
+    let mine = Program::from_bytes(&program_name(program), &bytes);
+    if mine.sha256 != offer.program.sha256 {
+        return Err(MpcError::ProgramMismatch {
+            name: offer.program.name.clone(),
+            expected: offer.program.sha256.clone(),
+            path: program.to_path_buf(),
+            actual: mine.sha256,
+        });
+    }
+    let (id, client) = registered_client(home, identity_name)?;
+    let agent = Agent::start(client)
+        .await
+        .map_err(|e| MpcError::control("cannot connect to your mediator", e))?;
+    let result = join_with(&agent, inv, &offer, &id.did, &mine, timeout, progress).await;
+    agent.stop();
+    let (roster, party) = result?;
+    let rec = MpcSessionRecord {
+        offer,
+        identity: id.name,
+        coordinator: false,
+        roster: Some(roster),
+        party: Some(party),
+        last_attempt: None,
+    };
+    MpcSessions::at(home).save(&rec)?;
+    Ok(rec)
+}
+
+async fn join_with(
+    agent: &Agent,
+    inv: &Invitation,
+    offer: &Offer,
+    my_did: &str,
+    mine: &Program,
+    timeout: Duration,
+    progress: Progress<'_>,
+) -> Result<(Roster, PartyId), MpcError> {
+    let mut lobby = agent.subscribe(LOBBY_PREFIX);
+    let mut problems = agent.subscribe(PROBLEM_PREFIX);
+    learn(agent, &offer.coordinator, &offer.coordinator_services).await?;
+    let body = Join {
+        mpc_session_id: offer.mpc_session_id,
+        program_sha256: mine.sha256.clone(),
+        services: vec![service_json(&agent.own_service())],
+    };
+    let body =
+        serde_json::to_value(&body).map_err(|e| MpcError::control("encoding the join", e))?;
+    let mut msg = Message::new(mpc_did_didcomm::message::new_id(), JOIN_TYPE, body)
+        .from(my_did.to_owned())
+        .to(offer.coordinator.clone());
+    msg.pthid = Some(inv.id.clone());
+    let join_id = msg.id.clone();
+    agent.send(&offer.coordinator, msg).await.map_err(|e| {
+        MpcError::control(
+            format!("cannot reach the coordinator {}", offer.coordinator),
+            e,
+        )
+    })?;
+    progress(format!(
+        "joined MPC session {} at {}; waiting for the other parties",
+        offer.mpc_session_id, offer.coordinator
+    ));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stopped = || MpcError::control("the control plane stopped", "the agent ended");
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.tick().await;
+    loop {
+        let got: Inbound = tokio::select! {
+            m = lobby.recv() => m.ok_or_else(stopped)?,
+            m = problems.recv() => m.ok_or_else(stopped)?,
+            _ = ticker.tick() => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                progress(format!(
+                    "waiting for the roster from the coordinator ({}): {} s left",
+                    offer.coordinator,
+                    left.as_secs()
+                ));
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline) => return Err(MpcError::Timeout {
+                what: "waiting for the roster".into(),
+                secs: timeout.as_secs(),
+            }),
+        };
+        // Not from the coordinator we joined: not ours to act on (spec/lobby.md §4, party 1).
+        if got.sender.as_deref() != Some(offer.coordinator.as_str()) {
+            continue;
+        }
+        if got.message.type_ == PROBLEM_REPORT_TYPE {
+            let about_us = got.message.thid.as_deref() == Some(join_id.as_str())
+                || got.message.pthid.as_deref() == Some(join_id.as_str());
+            if !about_us {
+                continue;
+            }
+            let report = ProblemReport::from_message(&got.message)
+                .map_err(|e| MpcError::control("a malformed refusal", e))?;
+            return Err(MpcError::Refused {
+                code: report.code,
+                comment: report.comment.unwrap_or_default(),
+            });
+        }
+        if got.message.type_ != ROSTER_TYPE {
+            continue;
+        }
+        match check_roster(agent, &got, offer, my_did).await {
+            Ok(r) => return Ok(r),
+            Err(e) => progress(format!("ignored a roster: {e}")),
+        }
+    }
+}
+
+/// The signed roster inside an authcrypt message: verify the JWS, then the lobby checks.
+async fn check_roster(
+    agent: &Agent,
+    got: &Inbound,
+    offer: &Offer,
+    my_did: &str,
+) -> Result<(Roster, PartyId), MpcError> {
+    let bad = |s: &str| MpcError::control("a roster", s);
+    if !(got.meta.encrypted && got.meta.authenticated) {
+        return Err(bad("not authcrypt"));
+    }
+    let signed = got
+        .message
+        .body
+        .get("signed")
+        .ok_or_else(|| bad("without a signed body (bad-signature)"))?;
+    let jws = serde_json::to_vec(signed).map_err(|e| bad(&e.to_string()))?;
+    let (inner, meta) = agent
+        .client()
+        .unpack(&jws)
+        .await
+        .map_err(|_| bad("whose signature does not verify (bad-signature)"))?;
+    if !meta.non_repudiation || meta.encrypted {
+        return Err(bad("that is not a signed message (bad-signature)"));
+    }
+    let signer = meta.sign_from.as_deref().map(mpc_did_didcomm::did_of);
+    if inner.type_ != ROSTER_TYPE {
+        return Err(bad("whose signed payload is not a roster"));
+    }
+    let roster: Roster =
+        serde_json::from_value(inner.body.clone()).map_err(|e| bad(&e.to_string()))?;
+    let party = roster.accept(offer, signer, my_did, now())?;
+    Ok((roster, party))
+}
+
+/// `host`: admit joins (spec/lobby.md §4, coordinator side), refusing with Report Problem;
+/// when all N are in, sign the roster and send it to everyone. A stored roster is returned
+/// as is.
+///
+/// # Errors
+/// Not the coordinator, timeout, mediator failures.
+pub async fn host(
+    home: &Path,
+    mpc: Option<&str>,
+    timeout: Duration,
+    progress: Progress<'_>,
+) -> Result<MpcSessionRecord, MpcError> {
+    let store = MpcSessions::at(home);
+    let mut rec = store.load(mpc)?;
+    if !rec.coordinator {
+        return Err(MpcError::NotCoordinator(rec.id()));
+    }
+    // One lobby per MPC session: a second `host` says so instead of competing for joins.
+    let _lock = store.lock_host(&rec.id())?;
+    if rec.roster.is_some() {
+        progress(format!(
+            "MPC session {} already has all its parties; its roster was sent (late joins are \
+             refused while `mpc-did run` runs here)",
+            rec.id()
+        ));
+        return Ok(rec);
+    }
+    let (id, client) = registered_client(home, Some(&rec.identity))?;
+    let agent = Agent::start(client)
+        .await
+        .map_err(|e| MpcError::control("cannot connect to your mediator", e))?;
+    let result = host_with(&agent, &rec.offer, &id.did, timeout, progress).await;
+    agent.stop();
+    rec.roster = Some(result?);
+    rec.party = Some(0);
+    store.save(&rec)?;
+    Ok(rec)
+}
+
+async fn host_with(
+    agent: &Agent,
+    offer: &Offer,
+    my_did: &str,
+    timeout: Duration,
+    progress: Progress<'_>,
+) -> Result<Roster, MpcError> {
+    let mut inbox = agent.subscribe(LOBBY_PREFIX);
+    let mut lobby = Coordinator::new(offer.clone());
+    progress(format!(
+        "MPC session {}: waiting for {} more part{}",
+        offer.mpc_session_id,
+        offer.parties - 1,
+        if offer.parties == 2 { "y" } else { "ies" }
+    ));
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Refusals go out in the background, a few at a time: a joiner's endpoint is a URL it
+    // chose, and a slow one must not hold the lobby (spec/lobby.md §7).
+    let mut refusals = tokio::task::JoinSet::new();
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.tick().await;
+    while !lobby.is_full() {
+        while refusals.try_join_next().is_some() {}
+        let got = tokio::select! {
+            m = inbox.recv() => m.ok_or_else(|| MpcError::control("the control plane stopped", "the agent ended"))?,
+            _ = ticker.tick() => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let joined = lobby.roster().map_or_else(|| members(&lobby), |r| r.parties.len());
+                progress(format!(
+                    "waiting for {} more part{}: {} s left",
+                    usize::from(offer.parties).saturating_sub(joined),
+                    if usize::from(offer.parties).saturating_sub(joined) == 1 { "y" } else { "ies" },
+                    left.as_secs()
+                ));
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline) => return Err(MpcError::Timeout {
+                what: format!("waiting for the parties: only {} of {} joined",
+                    members(&lobby), offer.parties),
+                secs: timeout.as_secs(),
+            }),
+        };
+        if got.message.type_ != JOIN_TYPE {
+            continue;
+        }
+        // spec/lobby.md §4 coordinator 1: authcrypt, and the authenticated sender is `from`.
+        let Some(sender) = got.sender.clone() else {
+            continue;
+        };
+        if !got.meta.authenticated
+            || !got.meta.encrypted
+            || got.message.from.as_deref() != Some(sender.as_str())
+        {
+            continue;
+        }
+        // Whoever does not name this MPC session does not hold its invitation: a stranger
+        // who knows our DID. Nothing is sent on its behalf (spec/lobby.md §7).
+        let join: Join = match serde_json::from_value::<Join>(got.message.body.clone()) {
+            Ok(j) if j.mpc_session_id == offer.mpc_session_id => j,
+            Ok(_) | Err(_) => {
+                progress(format!(
+                    "ignored a join from {sender} that does not name this MPC session"
+                ));
+                continue;
+            }
+        };
+        // Where the joiner receives DIDComm: recorded, not contacted.
+        if let Err(e) = learn(agent, &sender, &join.services).await {
+            progress(format!("cannot reach {sender}: {e}"));
+            continue;
+        }
+        match lobby.handle_join(&sender, &join, now()) {
+            Ok(JoinOutcome::Accepted(p)) => progress(format!("party {p} joined: {sender}")),
+            Ok(JoinOutcome::Repeated(_)) => {}
+            Err(e) => {
+                progress(format!("refused {sender}: {e}"));
+                if refusals.len() >= MAX_PENDING_REFUSALS {
+                    progress(format!("no refusal sent to {sender}: too many in flight"));
+                    continue;
+                }
+                let agent = agent.clone();
+                let join_id = got.message.id.clone();
+                refusals.spawn(async move {
+                    refuse(&agent, &sender, &join_id, e.reason(), &e.to_string()).await;
+                });
+            }
+        }
+    }
+    let roster = lobby
+        .roster()
+        .ok_or_else(|| MpcError::control("the lobby", "full but no roster"))?;
+    let signed = sign_roster(agent, my_did, &roster).await?;
+    // To every party at once: each send is bounded by the agent's send timeout.
+    let mut sends = tokio::task::JoinSet::new();
+    for p in roster.parties.iter().filter(|p| p.did != my_did) {
+        let msg = Message::new(
+            mpc_did_didcomm::message::new_id(),
+            ROSTER_TYPE,
+            json!({"session_id": roster.mpc_session_id, "signed": signed}),
+        )
+        .from(my_did.to_owned())
+        .to(p.did.clone());
+        let (agent, pid, did) = (agent.clone(), p.id, p.did.clone());
+        sends.spawn(async move {
+            agent.send(&did, msg).await.map_err(|e| {
+                MpcError::control(format!("sending the roster to party {pid} ({did})"), e)
+            })
+        });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent.map_err(|e| MpcError::control("roster send task", e))??;
+    }
+    progress(format!(
+        "all {} parties in; roster sent (hash {})",
+        roster.parties.len(),
+        roster.roster_hash
+    ));
+    // Refusals still in flight get a moment (bounded by the send timeout) to go out.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while refusals.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(roster)
+}
+
+/// The roster as a DIDComm signed message (JWS, EdDSA, our authentication key).
+async fn sign_roster(
+    agent: &Agent,
+    did: &str,
+    roster: &Roster,
+) -> Result<serde_json::Value, MpcError> {
+    let body =
+        serde_json::to_value(roster).map_err(|e| MpcError::control("signing the roster", e))?;
+    let msg =
+        Message::new(mpc_did_didcomm::message::new_id(), ROSTER_TYPE, body).from(did.to_owned());
+    let client = agent.client();
+    let (jws, _) = mpc_did_didcomm::pack_signed(&msg, did, client.resolver(), client.secrets())
+        .await
+        .map_err(|e| MpcError::control("signing the roster", e))?;
+    serde_json::from_str(&jws).map_err(|e| MpcError::control("signing the roster", e))
+}
+
+/// Report Problem 2.0 with code `e.p.req.<reason>` (spec/lobby.md §5); best effort.
+async fn refuse(agent: &Agent, to: &str, join_id: &str, reason: &str, comment: &str) {
+    let Ok(report) = ProblemReport::new(format!("e.p.req.{reason}"), Some(comment.to_owned()))
+    else {
+        return;
+    };
+    let Ok(mut msg) = report.to_message(join_id) else {
+        return;
+    };
+    msg.thid = Some(join_id.to_owned());
+    msg.from = Some(agent.did().to_owned());
+    msg.to = Some(vec![to.to_owned()]);
+    let _ = agent.send(to, msg).await;
+}
+
+/// While the coordinator runs the MPC session: refuse every join to it (it is full and has
+/// started) with Report Problem `e.p.req.full` (spec/lobby.md §5), so a late joiner hears
+/// why instead of waiting out its timeout. Joins not naming this MPC session get nothing
+/// (spec/lobby.md §7). Runs until the agent stops.
+pub(crate) async fn refuse_late_joins(agent: Agent, roster: Roster, progress: impl Fn(String)) {
+    let mut inbox = agent.subscribe(LOBBY_PREFIX);
+    let mut refusals = tokio::task::JoinSet::new();
+    while let Some(got) = inbox.recv().await {
+        while refusals.try_join_next().is_some() {}
+        if got.message.type_ != JOIN_TYPE {
+            continue;
+        }
+        let Some(sender) = got.sender.clone() else {
+            continue;
+        };
+        if !got.meta.authenticated || got.message.from.as_deref() != Some(sender.as_str()) {
+            continue;
+        }
+        let join = match serde_json::from_value::<Join>(got.message.body.clone()) {
+            Ok(j) if j.mpc_session_id == roster.mpc_session_id => j,
+            _ => continue,
+        };
+        if roster.parties.iter().any(|p| p.did == sender) {
+            // A member's join again (at-least-once delivery): it has the roster.
+            continue;
+        }
+        if refusals.len() >= MAX_PENDING_REFUSALS {
+            continue;
+        }
+        progress(format!(
+            "refused a late join from {sender}: the MPC session is full and running"
+        ));
+        let (agent, join_id) = (agent.clone(), got.message.id.clone());
+        let comment = format!(
+            "MPC session {} already has all its {} parties and has started",
+            join.mpc_session_id,
+            roster.parties.len()
+        );
+        let services = join.services.clone();
+        refusals.spawn(async move {
+            if learn(&agent, &sender, &services).await.is_ok() {
+                refuse(&agent, &sender, &join_id, "full", &comment).await;
+            }
+        });
+    }
+}

@@ -1,0 +1,794 @@
+//! Running a party of an MPC session: check the program against the roster, establish a
+//! secure session with every other party (the lower party id proposes, spec/lobby.md §1),
+//! bind the local MPyC proxy, and run the unmodified program with the proxy's `-M/-I/-P`
+//! arguments.
+//!
+//! Nothing outlives a run: the program runs in its own process group and is stopped with
+//! it (an interrupt is forwarded, then SIGKILL after a grace period; see
+//! `mpc_did_proxy::launch`); the proxy and the session listener are in-process sockets;
+//! nothing is written to disk.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mpc_did_agent::{Agent, AgentConfig, Hold, Inbound, SESSION_PREFIX};
+use mpc_did_connect::{Binding, Connector, ConnectorConfig, Established, PathInfo};
+use mpc_did_didcomm::Message;
+use mpc_did_driver::{SessionHandle, CLOSE_DONE, CLOSE_PARTY_FAILED};
+use mpc_did_lobby::attempt::{
+    Abort, AttemptId, Attempts, Event, Ready, ABORT_TYPE, READY_TYPE, RUN_PREFIX,
+};
+use mpc_did_lobby::{PartyId, Roster};
+use mpc_did_proxy::launch::{run_program, Output, Program, RunOutcome};
+use mpc_did_proxy::{Proxy, ProxyConfig};
+use mpc_did_resolver::Did;
+use mpc_did_session::SessionId;
+use mpc_did_wallet::Identity;
+use mpc_did_wallet::MpcSessions;
+
+use crate::lobby::learn;
+use crate::party::{registered_client, start_connector, PathPolicy};
+use crate::{read_program, MpcError, PartyTransport, Progress};
+
+/// How long the program gets after an interrupt before it is killed.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// One secure session as it came up.
+#[derive(Debug, Clone)]
+pub struct SessionUp {
+    /// The peer's party id.
+    pub peer_id: PartyId,
+    /// The peer's DID.
+    pub peer: Did,
+    /// The secure session's id (not the MPC session's).
+    pub session_id: SessionId,
+    /// The path it came up on.
+    pub path: PathInfo,
+    /// From the first negotiation message to a connected path.
+    pub setup: Duration,
+}
+
+/// What to run, and how (see [`run_party`]).
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// MPC session id or unique prefix; `None`: the newest.
+    pub mpc: Option<String>,
+    /// The program file to check against the roster; `None`: found in `command`.
+    pub program: Option<PathBuf>,
+    /// Direct-path listener address.
+    pub listen: SocketAddr,
+    /// Limit for each secure session to come up.
+    pub connect_timeout: Duration,
+    /// How long a session may be without a path before it (and the run) fails.
+    pub resume_timeout: Duration,
+    /// Which paths the secure sessions may use.
+    pub paths: PathPolicy,
+    /// `python prog.py [args]`; the roster's arguments and MPyC's are appended.
+    pub command: Vec<OsString>,
+    /// Where the program's output goes.
+    pub output: Output,
+}
+
+/// How a party's run went.
+#[derive(Debug)]
+pub struct PartyRun {
+    /// Our party id.
+    pub me: PartyId,
+    /// Our sessions, by peer id.
+    pub sessions: Vec<SessionUp>,
+    /// Time from starting the control plane to all sessions up.
+    pub sessions_setup: Duration,
+    /// How the program ended.
+    pub outcome: RunOutcome,
+    /// Wall time of the program.
+    pub wall: Duration,
+    /// A peer's `abort` that stopped the program (who, why, what next), if any.
+    pub aborted_by: Option<String>,
+    /// Whether our interrupt (Ctrl-C) stopped the program.
+    pub interrupted: bool,
+}
+
+/// The program file named in `argv` (the first existing `*.py` argument).
+fn find_program(argv: &[OsString]) -> Option<PathBuf> {
+    argv.iter()
+        .map(PathBuf::from)
+        .find(|p| p.extension().is_some_and(|e| e == "py") && p.is_file())
+}
+
+/// Everything `mpc-did run` does for the MPC session `spec.mpc` of the wallet at `home`;
+/// `progress` gets one line per step. `interrupt` resolving (Ctrl-C) stops the setup, or,
+/// once the program runs, is forwarded to it; either way the peers are told.
+///
+/// Each call is a fresh attempt (spec/lobby.md §8): the program and its interpreter are
+/// checked before anything is opened; the parties agree on each other's current attempt
+/// (`ready`), bind every secure session to the pair of attempts, and a party that cannot go
+/// on sends every peer a signed `abort`.
+///
+/// # Errors
+/// No roster yet, program mismatch (both hashes named), a missing interpreter, a peer
+/// unreachable or aborted ([`MpcError::PeerAborted`]), the program cannot be started,
+/// interrupted before the program started.
+pub async fn run_party<I>(
+    home: &Path,
+    spec: RunSpec,
+    interrupt: I,
+    progress: Progress<'_>,
+) -> Result<PartyRun, MpcError>
+where
+    I: Future<Output = ()> + Send + 'static,
+{
+    let rec = MpcSessions::at(home).load(spec.mpc.as_deref())?;
+    let roster = rec.roster.clone().ok_or(MpcError::NoRoster {
+        id: rec.id(),
+        hint: if rec.coordinator {
+            "run `mpc-did mpc host` first"
+        } else {
+            "`mpc-did mpc join` did not finish"
+        },
+    })?;
+    let me = rec.party.ok_or(MpcError::NoRoster {
+        id: rec.id(),
+        hint: "the stored roster has no party id: join again",
+    })?;
+    if now() > roster.expires_time {
+        return Err(MpcError::Expired {
+            id: roster.mpc_session_id,
+            at: roster.expires_time,
+        });
+    }
+    let peers = peers(&roster, me)?;
+    // Before any session is opened (issue: a missing interpreter used to be found only
+    // after every session was up).
+    let preflight = preflight(&roster, spec.program.as_deref(), &spec.command);
+
+    let (id, client) = registered_client(home, Some(&rec.identity))?;
+    // Session and run messages may arrive before we subscribe; hold only those from the
+    // roster (spec/lobby.md §7): a stranger's cannot crowd them out.
+    let senders = || peers.iter().map(|(_, did)| did.to_string());
+    let config = AgentConfig {
+        hold: vec![
+            Hold::from_senders(SESSION_PREFIX, senders()),
+            Hold::from_senders(RUN_PREFIX, senders()),
+        ],
+    };
+    let agent = Agent::start_with(client, config)
+        .await
+        .map_err(|e| MpcError::control("cannot connect to your mediator", e))?;
+    let control = agent.subscribe(RUN_PREFIX);
+    if rec.coordinator {
+        // A late join is refused while we run (spec/lobby.md §5 `full`).
+        tokio::spawn(crate::lobby::refuse_late_joins(
+            agent.clone(),
+            roster.clone(),
+            |s| tracing::info!("{s}"),
+        ));
+    }
+    let attempts = Attempts::new(&roster, me, AttemptId::random(), now_ms());
+    let started_at = now();
+    let ctx = RunCtx {
+        agent: agent.clone(),
+        roster: roster.clone(),
+        me,
+        attempt: attempts.mine(),
+        known: Arc::default(),
+    };
+    record_attempt(home, &ctx, started_at, None);
+    let result = async {
+        for p in roster.parties.iter().filter(|p| p.id != me) {
+            learn(&agent, &p.did, &p.services).await?;
+        }
+        preflight?;
+        run_attempt(
+            &ctx, &id, spec, attempts, control, &peers, interrupt, progress,
+        )
+        .await
+    }
+    .await;
+    match &result {
+        // A peer's abort is not ours to repeat; a run that ended is told by its sessions.
+        Ok(_) | Err(MpcError::PeerAborted { .. }) => {}
+        Err(e) => ctx.abort_all(code_of(e), &e.to_string(), progress).await,
+    }
+    agent.stop();
+    record_attempt(home, &ctx, started_at, Some(&result));
+    result
+}
+
+fn now() -> u64 {
+    mpc_did_didcomm::message::now()
+}
+
+/// Unix time in milliseconds (attempts are told apart to the millisecond, spec/lobby.md §8).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What `mpc-did mpc status` shows of this attempt (best effort: a run does not fail
+/// because its record cannot be written).
+fn record_attempt(
+    home: &Path,
+    ctx: &RunCtx,
+    started: u64,
+    result: Option<&Result<PartyRun, MpcError>>,
+) {
+    let store = MpcSessions::at(home);
+    let Ok(mut rec) = store.get(&ctx.roster.mpc_session_id) else {
+        return;
+    };
+    let (sessions, outcome) = match result {
+        // Under way: `mpc status` shows it while it runs.
+        None => (Vec::new(), None),
+        Some(Ok(r)) => (
+            r.sessions
+                .iter()
+                .map(|s| (s.peer_id, s.path.to_string()))
+                .collect(),
+            Some(
+                if r.outcome.status.success() && r.outcome.peer_failure.is_none() {
+                    "the program succeeded".to_owned()
+                } else if let Some(f) = &r.outcome.peer_failure {
+                    format!("party {} failed ({})", f.peer, f.reason)
+                } else {
+                    format!("the program exited with {}", r.outcome.status)
+                },
+            ),
+        ),
+        Some(Err(e)) => (Vec::new(), Some(e.to_string())),
+    };
+    rec.last_attempt = Some(mpc_did_wallet::AttemptRecord {
+        attempt: ctx.attempt.to_string(),
+        started,
+        sessions,
+        outcome,
+    });
+    if let Err(e) = store.save(&rec) {
+        tracing::warn!("cannot record the attempt: {e}");
+    }
+}
+
+/// The `abort` code for one of our own failures (spec/lobby.md §8).
+fn code_of(e: &MpcError) -> &'static str {
+    match e {
+        MpcError::ProgramMismatch { .. } | MpcError::WrongProgram { .. } => "program-mismatch",
+        MpcError::Interpreter(_) => "no-interpreter",
+        MpcError::Interrupted => "interrupted",
+        MpcError::Session { .. } => "no-session",
+        _ => "failed",
+    }
+}
+
+/// What to tell the user when party `party` aborted with `code`.
+fn next_step(party: PartyId, code: &str) -> String {
+    match code {
+        "program-mismatch" => format!(
+            "party {party} must run the roster's program; then every party runs `mpc-did run` again"
+        ),
+        "no-interpreter" => format!(
+            "party {party} must install or name its Python; then every party runs `mpc-did run` again"
+        ),
+        _ => "run `mpc-did run` again at every party when all are ready".to_owned(),
+    }
+}
+
+/// Check the program file against the roster and that the interpreter exists.
+fn preflight(
+    roster: &Roster,
+    program: Option<&Path>,
+    command: &[OsString],
+) -> Result<(), MpcError> {
+    // spec/lobby.md §4 party 5: never run a program whose hash differs from the roster's.
+    let file = match program {
+        Some(p) => p.to_path_buf(),
+        None => find_program(command).ok_or(MpcError::NoProgramFile)?,
+    };
+    check_program(roster, &file)?;
+    let first = command
+        .first()
+        .ok_or_else(|| MpcError::Launch("no command to run".into()))?;
+    if mpc_did_proxy::launch::resolve_program(first).is_none() {
+        return Err(MpcError::Interpreter(first.to_string_lossy().into_owned()));
+    }
+    Ok(())
+}
+
+/// What the pieces of one attempt share.
+#[derive(Clone)]
+struct RunCtx {
+    agent: Agent,
+    roster: Roster,
+    me: PartyId,
+    attempt: AttemptId,
+    /// The peers' current attempts as the control task learnt them (named in our `abort`).
+    known: Arc<std::sync::Mutex<Vec<AttemptId>>>,
+}
+
+impl RunCtx {
+    /// Tell every peer that our attempt stops (signed, best effort, bounded).
+    async fn abort_all(&self, code: &str, reason: &str, progress: Progress<'_>) {
+        let body = Abort {
+            mpc_session_id: self.roster.mpc_session_id,
+            party: self.me,
+            attempt: self.attempt,
+            peer_attempts: self.known.lock().map(|k| k.clone()).unwrap_or_default(),
+            created_ms: now_ms(),
+            code: code.to_owned(),
+            reason: reason.chars().take(300).collect(),
+        };
+        let Ok(body) = serde_json::to_value(&body) else {
+            return;
+        };
+        let mut sends = tokio::task::JoinSet::new();
+        for p in self.roster.parties.iter().filter(|p| p.id != self.me) {
+            let msg = self.message(ABORT_TYPE, body.clone());
+            let (agent, did) = (self.agent.clone(), p.did.clone());
+            sends.spawn(async move { agent.send_signed(&did, msg).await });
+        }
+        let all = async { while sends.join_next().await.is_some() {} };
+        if tokio::time::timeout(ABORT_SEND_LIMIT, all).await.is_err() {
+            progress("could not tell every party that this run stops".into());
+        } else {
+            progress(format!(
+                "told the other parties that this run stops ({code})"
+            ));
+        }
+    }
+
+    fn message(&self, type_: &str, body: serde_json::Value) -> Message {
+        let mut m = Message::new(mpc_did_didcomm::message::new_id(), type_, body);
+        m.created_time = Some(now());
+        // spec/lobby.md §8: nothing of a run outlives its roster.
+        m.expires_time = Some(self.roster.expires_time);
+        m
+    }
+}
+
+/// How long the `abort`s of a stopping party may take to go out.
+const ABORT_SEND_LIMIT: Duration = Duration::from_secs(5);
+/// How often waiting is reported.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// What the control task learnt: peers up (with the binding id of their session) and a
+/// peer's abort.
+#[derive(Debug, Clone, Default)]
+struct Control {
+    up: BTreeMap<PartyId, String>,
+    aborted: Option<(PartyId, String, String)>,
+}
+
+/// The run protocol (spec/lobby.md §8) for one attempt: answers `ready`s, reports peers up
+/// and aborts. Ends when `control` closes (the agent stopped).
+async fn control_loop(
+    ctx: RunCtx,
+    mut attempts: Attempts,
+    mut control: tokio::sync::mpsc::Receiver<Inbound>,
+    state: tokio::sync::watch::Sender<Control>,
+) {
+    let send = |attempts: &Attempts, events: Vec<Event>| {
+        for ev in events {
+            match ev {
+                Event::Send { to, ready } => {
+                    let Some(did) = ctx.roster.party(to).map(|p| p.did.clone()) else {
+                        continue;
+                    };
+                    let Ok(body) = serde_json::to_value(&ready) else {
+                        continue;
+                    };
+                    let msg = ctx.message(READY_TYPE, body);
+                    let agent = ctx.agent.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = agent.send(&did, msg).await {
+                            tracing::warn!("cannot send ready to {did}: {e}");
+                        }
+                    });
+                }
+                Event::PeerUp { party, attempt } => {
+                    tracing::info!(party, %attempt, "party is up");
+                    if let Some(id) = attempts.binding_id(party) {
+                        state.send_modify(|s| {
+                            s.up.insert(party, id);
+                        });
+                    }
+                }
+                Event::Aborted {
+                    party,
+                    code,
+                    reason,
+                } => state.send_modify(|s| {
+                    s.aborted.get_or_insert((party, code, reason));
+                }),
+                Event::Ignored(why) => tracing::info!("{why}"),
+            }
+        }
+    };
+    send(&attempts, attempts.hello());
+    while let Some(m) = control.recv().await {
+        if m.message.expires_time.is_some_and(|t| t < now()) {
+            tracing::info!("dropped an expired {} from {:?}", m.message.type_, m.sender);
+            continue;
+        }
+        let Some(sender) = m.sender.clone().filter(|_| m.meta.authenticated) else {
+            tracing::info!("dropped an unauthenticated {}", m.message.type_);
+            continue;
+        };
+        if m.message.type_ == READY_TYPE {
+            match serde_json::from_value::<Ready>(m.message.body.clone()) {
+                Ok(r) => {
+                    let events = attempts.handle_ready(&sender, &r);
+                    if let Ok(mut k) = ctx.known.lock() {
+                        *k = attempts.known();
+                    }
+                    send(&attempts, events);
+                }
+                Err(e) => tracing::info!("ignored a malformed ready from {sender}: {e}"),
+            }
+        } else if m.message.type_ == ABORT_TYPE {
+            let signer = m
+                .meta
+                .sign_from
+                .as_deref()
+                .map(mpc_did_didcomm::did_of)
+                .filter(|s| m.meta.non_repudiation && *s == sender);
+            match serde_json::from_value::<Abort>(m.message.body.clone()) {
+                Ok(a) => {
+                    let ev = attempts.handle_abort(signer, &a);
+                    send(&attempts, vec![ev]);
+                }
+                Err(e) => tracing::info!("ignored a malformed abort from {sender}: {e}"),
+            }
+        } else {
+            tracing::info!("ignored {} from {sender}", m.message.type_);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_attempt<I>(
+    ctx: &RunCtx,
+    id: &Identity,
+    spec: RunSpec,
+    attempts: Attempts,
+    control: tokio::sync::mpsc::Receiver<Inbound>,
+    peers: &[(PartyId, Did)],
+    interrupt: I,
+    progress: Progress<'_>,
+) -> Result<PartyRun, MpcError>
+where
+    I: Future<Output = ()> + Send + 'static,
+{
+    let started = Instant::now();
+    let me = ctx.me;
+    let roster = &ctx.roster;
+    let base = ConnectorConfig {
+        listen: spec.listen,
+        handshake_timeout: spec.connect_timeout,
+        driver: mpc_did_driver::DriverConfig {
+            resume_timeout: spec.resume_timeout,
+            ..mpc_did_driver::DriverConfig::default()
+        },
+        ..ConnectorConfig::default()
+    };
+    let connector = start_connector(id, &ctx.agent, &spec.paths, base, progress).await?;
+    let roster_hash = roster.compute_hash()?;
+    let (state_tx, state) = tokio::sync::watch::channel(Control::default());
+    progress(format!(
+        "party {me}: attempt {} of MPC session {}; waiting for the other parties",
+        ctx.attempt, roster.mpc_session_id
+    ));
+    let control_task = tokio::spawn(control_loop(ctx.clone(), attempts, control, state_tx));
+    let _stop_control = AbortOnDrop(control_task);
+
+    let aborted = |state: &Control| -> Option<MpcError> {
+        state
+            .aborted
+            .as_ref()
+            .map(|(party, code, reason)| MpcError::PeerAborted {
+                party: *party,
+                did: roster
+                    .party(*party)
+                    .map(|p| p.did.clone())
+                    .unwrap_or_default(),
+                code: code.clone(),
+                reason: reason.clone(),
+                next: next_step(*party, code),
+            })
+    };
+    // Each peer: wait until it is up in this attempt, then negotiate the session bound to
+    // both attempts.
+    let mut tasks = tokio::task::JoinSet::new();
+    let up_deadline = tokio::time::Instant::now() + spec.connect_timeout;
+    for (pid, did) in peers {
+        let (c, did, pid, mut st) = (connector.clone(), did.clone(), *pid, state.clone());
+        tasks.spawn(async move {
+            let binding_id: Option<String> = tokio::time::timeout_at(
+                up_deadline,
+                st.wait_for(|s| s.up.contains_key(&pid)),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|s| s.up.get(&pid).cloned()));
+            let binding_id = match binding_id {
+                Some(b) => b,
+                None => {
+                    return (
+                        pid,
+                        did.clone(),
+                        Err(format!(
+                            "{did} did not start its run within {} s (is `mpc-did run` running there, and registered at its mediator?)",
+                            spec.connect_timeout.as_secs()
+                        )),
+                    )
+                }
+            };
+            let binding = Binding {
+                mpc_session_id: binding_id,
+                roster_hash,
+            };
+            let r = c
+                .establish(did.as_str(), &binding, me < pid)
+                .await
+                .map_err(|e| e.to_string());
+            (pid, did, r)
+        });
+    }
+    let mut interrupt = Box::pin(interrupt);
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    ticker.tick().await;
+    let mut abort_watch = state.clone();
+    let mut handles = Vec::new();
+    while handles.len() < peers.len() {
+        tokio::select! {
+            joined = tasks.join_next() => {
+                let Some(joined) = joined else { break };
+                let (pid, did, r) = joined.map_err(|e| MpcError::control("a session task", e))?;
+                let e = r.map_err(|reason| MpcError::Session { party: pid, reason })?;
+                progress(format!(
+                    "party {me}: secure session with party {pid} up ({}, {:.0} ms)",
+                    e.path,
+                    e.setup.as_secs_f64() * 1000.0
+                ));
+                handles.push((pid, did, e));
+            }
+            () = &mut interrupt => return Err(MpcError::Interrupted),
+            _ = abort_watch.changed() => {
+                if let Some(e) = aborted(&abort_watch.borrow()) {
+                    return Err(e);
+                }
+            }
+            _ = ticker.tick() => {
+                let left = up_deadline.saturating_duration_since(tokio::time::Instant::now());
+                let done: Vec<PartyId> = handles.iter().map(|(p, _, _)| *p).collect();
+                let st = state.borrow().clone();
+                for (pid, did) in peers.iter().filter(|(p, _)| !done.contains(p)) {
+                    let what = if st.up.contains_key(pid) { "its secure session" } else { "its run to start" };
+                    progress(format!("waiting for party {pid} ({did}): {what}, {} s left", left.as_secs()));
+                }
+            }
+        }
+    }
+    handles.sort_by_key(|(pid, _, _)| *pid);
+    let sessions_setup = started.elapsed();
+    let mut map = BTreeMap::new();
+    let mut sessions = Vec::new();
+    for (peer_id, peer, e) in handles {
+        let session_id = e.session_id.parse().map_err(|err| MpcError::Session {
+            party: peer_id,
+            reason: format!("bad secure session id {:?}: {err}", e.session_id),
+        })?;
+        sessions.push(SessionUp {
+            peer_id,
+            peer,
+            session_id,
+            path: e.path.clone(),
+            setup: e.setup,
+        });
+        map.insert(peer_id, e.handle);
+    }
+    let mut argv = spec.command;
+    argv.extend(roster.mpyc_args.iter().map(OsString::from));
+    progress(format!(
+        "party {me}: all {} secure sessions up in {:.2} s; starting {}",
+        sessions.len(),
+        sessions_setup.as_secs_f64(),
+        roster.program.name
+    ));
+    let t0 = Instant::now();
+    // The program stops on Ctrl-C here or on a peer's abort.
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    let mut abort_watch = state.clone();
+    let stop = async move {
+        let peer_aborted = async {
+            if abort_watch.wait_for(|s| s.aborted.is_some()).await.is_err() {
+                // The control task ended: no abort can come any more.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = interrupt => flag.store(true, std::sync::atomic::Ordering::SeqCst),
+            () = peer_aborted => {}
+        }
+    };
+    let outcome = run_over_sessions(me, map, argv, spec.output, stop).await;
+    let interrupted = interrupted.load(std::sync::atomic::Ordering::SeqCst);
+    let aborted_by = aborted(&state.borrow());
+    let outcome = match outcome {
+        Ok(o) => o,
+        // Stopped for our Ctrl-C or a peer's abort: that is the error to report (the
+        // caller tells the peers of ours).
+        Err(_) if interrupted => return Err(MpcError::Interrupted),
+        Err(e) => return Err(aborted_by.unwrap_or(e)),
+    };
+    if let Some(f) = &outcome.peer_failure {
+        if aborted_by.is_none() && f.reason.starts_with("session lost") {
+            // Worded so that who failed comes first at every party.
+            let why = format!("party {} failed ({})", f.peer, f.reason);
+            ctx.abort_all("lost-peer", &why, progress).await;
+        }
+    }
+    Ok(PartyRun {
+        me,
+        sessions,
+        sessions_setup,
+        outcome,
+        wall: t0.elapsed(),
+        aborted_by: aborted_by.map(|e| e.to_string()),
+        interrupted,
+    })
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Refuse a program file whose hash differs from the roster's (spec/lobby.md §4, step 5).
+///
+/// # Errors
+/// The file cannot be read, or its hash differs (both hashes named).
+pub fn check_program(roster: &Roster, file: &Path) -> Result<(), MpcError> {
+    let bytes = read_program(file)?;
+    roster
+        .check_program(&bytes)
+        .map_err(|_| MpcError::WrongProgram {
+            name: roster.program.name.clone(),
+            expected: roster.program.sha256.clone(),
+            path: file.to_path_buf(),
+            actual: mpc_did_lobby::Program::from_bytes("", &bytes).sha256,
+        })
+}
+
+/// The other parties of the roster, with their DIDs parsed.
+///
+/// # Errors
+/// A roster entry whose DID does not parse.
+pub fn peers(roster: &Roster, me: PartyId) -> Result<Vec<(PartyId, Did)>, MpcError> {
+    roster
+        .parties
+        .iter()
+        .filter(|p| p.id != me)
+        .map(|p| {
+            Did::parse(&p.did)
+                .map(|d| (p.id, d))
+                .map_err(|e| MpcError::BadInvitation(format!("party {} in the roster: {e}", p.id)))
+        })
+        .collect()
+}
+
+/// What every secure session of this MPC session is bound to (spec/lobby.md §3).
+///
+/// # Errors
+/// The roster hash cannot be computed (a malformed roster).
+pub fn binding(roster: &Roster) -> Result<Binding, MpcError> {
+    Ok(Binding {
+        mpc_session_id: roster.mpc_session_id.to_string(),
+        roster_hash: roster.compute_hash()?,
+    })
+}
+
+/// One secure session per peer, all at once; the lower party id proposes. Sorted by peer.
+///
+/// # Errors
+/// The first session that cannot be established.
+pub async fn establish_all(
+    connector: &Connector,
+    binding: &Binding,
+    me: PartyId,
+    peers: &[(PartyId, Did)],
+    progress: Progress<'_>,
+) -> Result<Vec<(PartyId, Did, Established)>, MpcError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (id, did) in peers {
+        let (c, b, did, id) = (connector.clone(), binding.clone(), did.clone(), *id);
+        tasks.spawn(async move {
+            let r = c.establish(did.as_str(), &b, me < id).await;
+            (id, did, r)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (id, did, result) = joined.map_err(|e| MpcError::control("a session task", e))?;
+        let e = result.map_err(|e| MpcError::Session {
+            party: id,
+            reason: e.to_string(),
+        })?;
+        progress(format!(
+            "party {me}: secure session with party {id} up ({}, {:.0} ms)",
+            e.path,
+            e.setup.as_secs_f64() * 1000.0
+        ));
+        out.push((id, did, e));
+    }
+    out.sort_by_key(|(id, _, _)| *id);
+    Ok(out)
+}
+
+/// Party `me`'s program over its established `sessions` (peer id → session): binds the
+/// local MPyC proxy, runs `argv` with MPyC's `-M/-I/-P` appended, and closes the sessions
+/// when it is done (code 0 after success; a failure is told to the peers). `interrupt` is
+/// forwarded to the program.
+///
+/// # Errors
+/// The proxy cannot be bound, or the program cannot be started.
+pub async fn run_over_sessions<I>(
+    me: PartyId,
+    sessions: BTreeMap<PartyId, SessionHandle>,
+    argv: Vec<OsString>,
+    output: Output,
+    interrupt: I,
+) -> Result<RunOutcome, MpcError>
+where
+    I: Future<Output = ()> + Send,
+{
+    let parties = u16::try_from(sessions.len() + 1)
+        .map_err(|_| MpcError::Launch("too many parties".into()))?;
+    let transport = Arc::new(PartyTransport::new(me, sessions));
+    let proxy = Proxy::bind(ProxyConfig::new(parties, me))
+        .await
+        .map_err(|e| MpcError::Launch(format!("cannot bind the local MPyC proxy: {e}")))?;
+    let outcome = run_program(
+        proxy,
+        Arc::clone(&transport),
+        Program {
+            argv,
+            output,
+            grace: GRACE,
+        },
+        interrupt,
+    )
+    .await;
+    match outcome {
+        Ok(o) => {
+            if o.status.success() {
+                transport.close_all(CLOSE_DONE, "done").await;
+            }
+            Ok(o)
+        }
+        Err(e) => {
+            transport
+                .close_all(CLOSE_PARTY_FAILED, &e.to_string())
+                .await;
+            Err(MpcError::Launch(e.to_string()))
+        }
+    }
+}
+
+/// The program's exit code as ours (128 + signal when it was killed).
+#[must_use]
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1)
+}
