@@ -354,7 +354,10 @@ pub enum PathError {
     /// The relay connection is lost and did not come back in time (it is re-dialled in the
     /// background with backoff).
     #[error("relay {url} is unreachable (re-connecting)")]
-    RelayDown { url: String },
+    RelayDown {
+        /// The relay's URL.
+        url: String,
+    },
     /// The peer's DID document could not be resolved (to name it to the relay).
     #[error("{0}")]
     Resolve(mpc_did_resolver::ResolveError),
