@@ -164,7 +164,10 @@ async fn veramo_sends_to_a_wallet_through_our_mediator() {
     });
     assert!(err.contains("Could not send"), "{err}");
     // It reached the mediator, which could not unpack the forward.
-    assert_eq!(metric(&m.admin_url(), MALFORMED).await - malformed_before, 1);
+    assert_eq!(
+        metric(&m.admin_url(), MALFORMED).await - malformed_before,
+        1
+    );
     assert!(wallet.fetch(10).await.unwrap().is_empty());
 
     // The same route from an mpc-did sender (control: the mediator and wallet work).
