@@ -183,6 +183,18 @@ fn three_runs_with(program: &str, args: &[&str], extra: &[&str]) -> Option<Vec<S
         "{}",
         errs[0]
     );
+    // `session list` shows the secure sessions `run` opened (issue 13: progress), one per
+    // peer, closed after the successful run.
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(l.home(0), &["--json", "session", "list"])).unwrap();
+    let runs: Vec<&serde_json::Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["command"] == "run")
+        .collect();
+    assert_eq!(runs.len(), 2, "{list}");
+    assert!(runs.iter().all(|e| e["state"] == "closed"), "{list}");
     Some(errs)
 }
 

@@ -113,7 +113,7 @@ pub async fn start_connector(
         quic,
         ..base
     };
-    match Connector::start(agent.clone(), config.clone()).await {
+    let started = match Connector::start(agent.clone(), config.clone()).await {
         Ok(c) => Ok(c),
         Err(e) if !paths.relay_only => {
             note(format!(
@@ -133,5 +133,35 @@ pub async fn start_connector(
             "--relay-only: cannot use our mediator's relay",
             e,
         )),
-    }
+    }?;
+    report_path_events(&started);
+    Ok(started)
+}
+
+/// Prints each path transition of `connector`'s sessions and relays, and of its agent's live
+/// connection to the mediator, to stderr, once per change (down, back): a party is never
+/// silent while it waits for a path (spec/session.md §7.4).
+fn report_path_events(connector: &Connector) {
+    let mut live = connector.agent().live_events();
+    tokio::spawn(async move {
+        loop {
+            match live.recv().await {
+                Ok(ev) => eprintln!("mpc-did: {ev}"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    let mut rx = connector.path_events();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => eprintln!("mpc-did: {ev}"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("mpc-did: ({n} path notices skipped)");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }

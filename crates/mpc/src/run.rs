@@ -79,6 +79,8 @@ pub struct RunSpec {
 pub struct PartyRun {
     /// Our party id.
     pub me: PartyId,
+    /// Our DID (the identity the MPC session was joined with).
+    pub my_did: String,
     /// Our sessions, by peer id.
     pub sessions: Vec<SessionUp>,
     /// Time from starting the control plane to all sessions up.
@@ -634,6 +636,7 @@ where
     }
     Ok(PartyRun {
         me,
+        my_did: id.did.clone(),
         sessions,
         sessions_setup,
         outcome,

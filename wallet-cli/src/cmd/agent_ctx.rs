@@ -129,34 +129,6 @@ fn is_url(s: &str) -> bool {
     s.starts_with("https://") || s.starts_with("http://")
 }
 
-/// Prints each path transition of `connector`'s sessions and relays, and of its agent's live
-/// connection to the mediator, to stderr, once per change (down, back): a party is never
-/// silent while it waits for a path (spec/session.md §7.4).
-pub fn report_path_events(connector: &Connector) {
-    let mut live = connector.agent().live_events();
-    tokio::spawn(async move {
-        loop {
-            match live.recv().await {
-                Ok(ev) => eprintln!("mpc-did: {ev}"),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
-    let mut rx = connector.path_events();
-    tokio::spawn(async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => eprintln!("mpc-did: {ev}"),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    eprintln!("mpc-did: ({n} path notices skipped)");
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    });
-}
-
 /// Which paths a secure session may use (spec/session.md §7.5); shared by `session connect`,
 /// `pipe` and `run`.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -201,8 +173,5 @@ pub async fn start_connector(
 ) -> anyhow::Result<Connector> {
     let (id, _) = registered_client(ctx, identity)?;
     let note = |s: String| eprintln!("mpc-did: {s}");
-    let connector =
-        mpc_did_mpc::party::start_connector(&id, agent, &paths.policy(), base, &note).await?;
-    report_path_events(&connector);
-    Ok(connector)
+    Ok(mpc_did_mpc::party::start_connector(&id, agent, &paths.policy(), base, &note).await?)
 }

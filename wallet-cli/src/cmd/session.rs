@@ -177,9 +177,9 @@ pub struct LogEntry {
     pub session_id: String,
     pub me: String,
     pub peer: String,
-    /// `connect` or `pipe`.
+    /// `connect`, `pipe` or `run`.
     pub command: String,
-    /// `proposer` or `acceptor`.
+    /// `proposer` or `acceptor` (`party` for the sessions of `run`).
     pub role: String,
     pub path: String,
     pub setup_ms: f64,

@@ -11,6 +11,7 @@ use mpc_did_mpc::MpcError;
 use mpc_did_proxy::launch::Output;
 
 use crate::cmd::agent_ctx::PathArgs;
+use crate::cmd::session;
 use crate::ctx::Ctx;
 
 #[derive(clap::Args, Debug)]
@@ -119,6 +120,7 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         // Stopped because of another party, whatever status the program had then.
         code = EXIT_PEER;
     }
+    log_sessions(ctx, &run, code);
     if ctx.json {
         println!(
             "{}",
@@ -143,4 +145,31 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
         std::process::exit(code);
     }
     Ok(())
+}
+
+/// Records the run's secure sessions in the wallet's session log (`mpc-did session list`),
+/// each with the path it was on and how the run ended.
+fn log_sessions(ctx: &Ctx, run: &mpc_did_mpc::run::PartyRun, code: i32) {
+    let now = session::now();
+    let took = (run.sessions_setup + run.wall).as_secs();
+    for s in &run.sessions {
+        let entry = session::LogEntry {
+            session_id: s.session_id.to_string(),
+            me: run.my_did.clone(),
+            peer: s.peer.as_str().to_owned(),
+            command: "run".into(),
+            role: "party".into(),
+            path: session::path_text(&s.path),
+            setup_ms: session::ms(s.setup),
+            state: if code == 0 { "closed" } else { "failed" }.into(),
+            pid: std::process::id(),
+            started: now.saturating_sub(took),
+            ended: Some(now),
+            rtt_ms: None,
+            sent: None,
+            received: None,
+            handle: None,
+        };
+        session::log_session(ctx, &entry);
+    }
 }
