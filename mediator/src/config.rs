@@ -53,6 +53,8 @@ pub struct Config {
     /// Off by default: a sender names its did:web, so resolving it must not probe our
     /// network (spec/identity.md §3.3). For local tests only.
     pub allow_private_did_web: bool,
+    /// `[relay]`: the relay's limits, client verification and mesh (`mesh_config.rs`).
+    pub relay: crate::mesh_config::RelaySettings,
 }
 
 /// Resource limits, all enforced and exported as `mpcdid_mediator_limit{name=...}`.
@@ -162,6 +164,7 @@ impl Default for Config {
             limits: Limits::default(),
             mediation: MediationPolicy::default(),
             allow_private_did_web: false,
+            relay: crate::mesh_config::RelaySettings::default(),
         }
     }
 }
