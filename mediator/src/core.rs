@@ -441,6 +441,22 @@ impl Core {
             Err(e) => return self.storage_failed(msg, sender, &e).await,
         };
         let bytes = fwd.forwarded_bytes();
+        if !deliverable_alone(bytes.len(), &owner) {
+            // Accepting it would leave the recipient's queue stuck: no delivery carrying it
+            // fits what a party accepts (spec/mediator.md §3, "Delivery batches").
+            return self
+                .refuse(
+                    msg,
+                    sender,
+                    Rejection::TooLarge,
+                    codes::TOO_BIG,
+                    &format!(
+                        "the forwarded message ({} bytes) is too large to deliver: a delivery may be at most {MAX_DELIVERY_BYTES} bytes; send a smaller message",
+                        bytes.len()
+                    ),
+                )
+                .await;
+        }
         let src = sender.source;
         let admitted = self
             .quotas
@@ -697,12 +713,61 @@ impl Core {
             // Pickup 3.0: with nothing queued, answer with a status message.
             return self.status(msg, sender, did, false, false).await;
         }
-        let d = self.delivery(&batch, Some(msg), filter);
-        Ok(self.answer(d, sender).await)
+        let Some(to) = sender.did.as_deref() else {
+            let d = self.delivery(&batch, Some(msg), filter);
+            return Ok(self.answer(d, sender).await);
+        };
+        self.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+        let (packed, _) = self.pack_delivery(&batch, Some(msg), filter, to).await;
+        Ok(Handled {
+            replies: vec![packed],
+            ..Handled::default()
+        })
+    }
+
+    /// Packs for `to` a `delivery` of the longest prefix of `batch` (at least one message)
+    /// whose packed size stays within what a party accepts, [`MAX_DELIVERY_BYTES`]
+    /// (spec/mediator.md §3, "Delivery batches"); returns the packed bytes and how many
+    /// messages they carry. The prefix is first estimated from the stored sizes
+    /// ([`delivery_prefix`]) and halved if the packed result is still too large, so the
+    /// bound holds whatever the estimate missed.
+    pub async fn pack_delivery(
+        &self,
+        batch: &[StoredMessage],
+        request: Option<&Message>,
+        filter: Option<&str>,
+        to: &str,
+    ) -> (Vec<u8>, usize) {
+        let mut n = delivery_prefix(batch, to);
+        loop {
+            let mut m = self.delivery_message(&batch[..n], request, filter);
+            let packed = self.pack_for(&mut m, to).await;
+            if packed.len() <= MAX_DELIVERY_BYTES || n <= 1 {
+                self.metrics
+                    .messages_delivered
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                return (packed, n);
+            }
+            tracing::debug!(n, len = packed.len(), "delivery over the byte bound; halving");
+            n /= 2;
+        }
     }
 
     /// A Pickup 3.0 `delivery` carrying `batch` (counted as delivered).
     pub fn delivery(
+        &self,
+        batch: &[StoredMessage],
+        request: Option<&Message>,
+        filter: Option<&str>,
+    ) -> Message {
+        let m = self.delivery_message(batch, request, filter);
+        self.metrics
+            .messages_delivered
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        m
+    }
+
+    fn delivery_message(
         &self,
         batch: &[StoredMessage],
         request: Option<&Message>,
@@ -722,9 +787,6 @@ impl Core {
                 .map(|s| message_attachment(&s.id, &s.data))
                 .collect(),
         );
-        self.metrics
-            .messages_delivered
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         m
     }
 
@@ -897,4 +959,64 @@ fn owns_key(did: &str, key: &str) -> bool {
 /// Plaintext JSON of a message.
 fn plain(m: &Message) -> Vec<u8> {
     m.to_json().map(String::into_bytes).unwrap_or_default()
+}
+
+/// The largest packed message a party accepts (`mpc_did_didcomm::DEFAULT_MAX_MESSAGE_SIZE`,
+/// what `mpc_did_agent`'s client unpacks): every `delivery` stays within it.
+pub const MAX_DELIVERY_BYTES: usize = mpc_did_didcomm::DEFAULT_MAX_MESSAGE_SIZE;
+
+/// Bytes of a delivery's plaintext besides its attachments and DIDs (type, ids, thread,
+/// times, body) — generous.
+const DELIVERY_BASE: usize = 1024;
+/// Bytes one attachment adds besides its data (`{"id":"…","data":{"json":…}}`, commas).
+const ATTACHMENT_OVERHEAD: usize = 160;
+/// Bytes of an authcrypt JWE besides its base64url ciphertext (protected header with the
+/// ephemeral key, apu/apv, skid; recipients with wrapped keys; tag, iv) — generous.
+const PACK_OVERHEAD: usize = 8 * 1024;
+
+/// Upper bound of the plaintext bytes a stored message adds to a delivery.
+fn attachment_bound(m_len: usize, looks_json: bool) -> usize {
+    // A JSON object is inlined (serde_json re-serialization never grows a JWE, which holds
+    // only strings; 1/64 slack for anything else); other bytes are base64url.
+    let data = if looks_json {
+        m_len + m_len / 64
+    } else {
+        m_len.div_ceil(3) * 4
+    };
+    data + ATTACHMENT_OVERHEAD
+}
+
+/// Upper bound of the packed size of a delivery whose plaintext is `plain` bytes
+/// (A256CBC-HS512 pads to 16 bytes, base64url grows by 4/3).
+fn packed_bound(plain: usize) -> usize {
+    (plain + 16).div_ceil(3) * 4 + PACK_OVERHEAD
+}
+
+fn plain_base(to: &str) -> usize {
+    // `from` (the mediator's DID is short) and `to` appear in the plaintext and the header.
+    DELIVERY_BASE + 4 * to.len()
+}
+
+/// How many of `batch`'s first messages one delivery to `to` may carry (at least one):
+/// the longest prefix whose packed size is bounded by [`MAX_DELIVERY_BYTES`].
+pub(crate) fn delivery_prefix(batch: &[StoredMessage], to: &str) -> usize {
+    let mut plain = plain_base(to);
+    let mut n = 0;
+    for m in batch {
+        plain += attachment_bound(m.data.len(), m.data.first() == Some(&b'{'));
+        if n > 0 && packed_bound(plain) > MAX_DELIVERY_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n.max(1).min(batch.len().max(1))
+}
+
+/// Whether a message of `len` stored bytes fits in a delivery on its own (checked when it
+/// is forwarded, so that nothing is accepted that could never be delivered).
+pub(crate) fn deliverable_alone(len: usize, to: &str) -> bool {
+    // A forwarded message is a JWE (JSON); count it as the larger of the two encodings to
+    // stay on the safe side.
+    packed_bound(plain_base(to) + attachment_bound(len, false).max(attachment_bound(len, true)))
+        <= MAX_DELIVERY_BYTES
 }

@@ -726,7 +726,7 @@ async fn push_pending(
             let present: HashSet<&str> = queued.iter().map(|m| m.id.as_str()).collect();
             s.inflight.retain(|id| present.contains(id.as_str()));
         }
-        let fresh: Vec<_> = queued
+        let mut fresh: Vec<_> = queued
             .into_iter()
             .filter(|m| !s.inflight.contains(&m.id))
             .take(batch_max.min(window - s.inflight.len()))
@@ -734,15 +734,19 @@ async fn push_pending(
         if fresh.is_empty() {
             return Ok(());
         }
+        let mut full = fresh.len() == batch_max;
         if s.raw {
             push_raw(core, socket, &did, &fresh).await?;
         } else {
-            let mut msg = core.delivery(&fresh, None, None);
-            let packed = core.pack_for(&mut msg, &did).await;
+            // Bounded by bytes too (spec/mediator.md §3): what does not fit goes next round.
+            let (packed, n) = core.pack_delivery(&fresh, None, None, &did).await;
+            if n < fresh.len() {
+                fresh.truncate(n);
+                full = true;
+            }
             core.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
             send(socket, packed).await?;
         }
-        let full = fresh.len() == batch_max;
         s.inflight.extend(fresh.into_iter().map(|m| m.id));
         if !full {
             return Ok(());

@@ -301,6 +301,16 @@ pub fn prometheus_text(m: &RelayMetrics) -> String {
             "Connections replaced by a newer one with the same key.",
             m.replaced,
         ),
+        (
+            "mesh_out_packets_total",
+            "Packets handed to the mesh for peers on other instances.",
+            m.mesh_out_packets,
+        ),
+        (
+            "mesh_in_packets_total",
+            "Packets from other instances queued to clients here.",
+            m.mesh_in_packets,
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(
