@@ -76,10 +76,7 @@ fn key(n: u8) -> PeerAddr {
     PeerAddr::Key(SigningKey::from_bytes(&[n; 32]).verifying_key().to_bytes())
 }
 
-async fn instance(
-    redis: &str,
-    dir: &std::path::Path,
-) -> (MediatorHandle, RelayServiceHandle) {
+async fn instance(redis: &str, dir: &std::path::Path) -> (MediatorHandle, RelayServiceHandle) {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data: dir.to_path_buf(),
@@ -116,7 +113,9 @@ async fn instance(
 async fn present(redis: &str, n: u8) {
     let client = redis::Client::open(redis).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let PeerAddr::Key(k) = key(n) else { unreachable!() };
+    let PeerAddr::Key(k) = key(n) else {
+        unreachable!()
+    };
     let entry = format!("mpcdid:relay:k:{}", hex::encode(k));
     for _ in 0..500 {
         let v: Option<String> = redis::cmd("GET")
@@ -134,7 +133,11 @@ async fn present(redis: &str, n: u8) {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let (total, rounds) = if full { (256 << 20, 2000) } else { (8 << 20, 50) };
+    let (total, rounds) = if full {
+        (256 << 20, 2000)
+    } else {
+        (8 << 20, 50)
+    };
     let redis = match RedisServer::start() {
         Ok(r) => r,
         Err(e) => {
@@ -182,7 +185,10 @@ fn main() {
                 "the window flow control keeps the relay lossless"
             );
         }
-        assert!(h2.metrics().unwrap().mesh_in_packets > 0, "no packet crossed the mesh");
+        assert!(
+            h2.metrics().unwrap().mesh_in_packets > 0,
+            "no packet crossed the mesh"
+        );
         let base = rows[0].1;
         println!("\n{} MiB per run, {} round trips\n", total >> 20, rounds);
         println!("| relay path | throughput MiB/s | × one instance | RTT p50 µs | RTT p99 µs |");

@@ -748,7 +748,11 @@ impl Core {
                     .fetch_add(n as u64, Ordering::Relaxed);
                 return (packed, n);
             }
-            tracing::debug!(n, len = packed.len(), "delivery over the byte bound; halving");
+            tracing::debug!(
+                n,
+                len = packed.len(),
+                "delivery over the byte bound; halving"
+            );
             n /= 2;
         }
     }

@@ -507,10 +507,8 @@ async fn link_task(
     while let Ok(o) = rx.try_recv() {
         batch.push(o);
     }
-    let gone: Vec<([u8; 32], PeerAddr)> = batch
-        .into_iter()
-        .filter_map(|o| o.undeliverable)
-        .collect();
+    let gone: Vec<([u8; 32], PeerAddr)> =
+        batch.into_iter().filter_map(|o| o.undeliverable).collect();
     if !gone.is_empty() {
         access.with_server(&mut |s| {
             for (k, dst) in &gone {

@@ -157,21 +157,34 @@ mod tests {
     #[test]
     fn mesh_needs_redis_and_a_long_enough_key() {
         let mut r = RelaySettings::default();
-        assert!(r.service_config(&StoreConfig::Sled, "p:").unwrap().mesh.is_none());
+        assert!(r
+            .service_config(&StoreConfig::Sled, "p:")
+            .unwrap()
+            .mesh
+            .is_none());
         r.mesh.listen = Some("127.0.0.1:0".parse().unwrap());
         let e = r.service_config(&StoreConfig::Sled, "p:").unwrap_err();
         assert!(e.contains("store = \"redis://"), "{e}");
         let redis = StoreConfig::Redis("redis://127.0.0.1:1".into());
-        assert!(r.service_config(&redis, "p:").unwrap_err().contains("key_file"));
+        assert!(r
+            .service_config(&redis, "p:")
+            .unwrap_err()
+            .contains("key_file"));
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("mesh.key");
         std::fs::write(&key, "short\n").unwrap();
         r.mesh.key_file = Some(key.clone());
-        assert!(r.service_config(&redis, "p:").unwrap_err().contains("at least 32"));
+        assert!(r
+            .service_config(&redis, "p:")
+            .unwrap_err()
+            .contains("at least 32"));
         std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
         // 0.0.0.0 cannot be dialled by the others: an advertise address is needed.
         r.mesh.listen = Some("0.0.0.0:7001".parse().unwrap());
-        assert!(r.service_config(&redis, "p:").unwrap_err().contains("advertise"));
+        assert!(r
+            .service_config(&redis, "p:")
+            .unwrap_err()
+            .contains("advertise"));
         r.mesh.advertise = Some("127.0.0.1:7001".parse().unwrap());
         let c = r.service_config(&redis, "p:").unwrap();
         assert_eq!(c.mesh.unwrap().key.len(), 64);

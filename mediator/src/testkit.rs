@@ -279,8 +279,7 @@ fn copy_then_shutdown(mut from: std::net::TcpStream, mut to: std::net::TcpStream
 
 impl Drop for RoundRobinProxy {
     fn drop(&mut self) {
-        self.stop
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
         if let Ok(list) = self.conns.lock() {
             for c in list.iter() {
                 let _ = c.shutdown(std::net::Shutdown::Both);

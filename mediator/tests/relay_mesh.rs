@@ -78,7 +78,10 @@ fn two_instances(redis: RedisServer) -> Mesh {
         instances.push(m);
         dirs.push(d);
     }
-    assert_eq!(instances[0].did, instances[1].did, "one mediator, two instances");
+    assert_eq!(
+        instances[0].did, instances[1].did,
+        "one mediator, two instances"
+    );
     Mesh {
         _redis: redis,
         _dirs: dirs,
@@ -151,7 +154,10 @@ async fn wait_present(redis_url: &str, id: &RelayIdentity) {
         if v.is_some() {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "presence never written");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never written"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

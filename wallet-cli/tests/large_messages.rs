@@ -38,7 +38,11 @@ fn inbox_ns(home: &Path, extra: &[&str]) -> Vec<u64> {
     args.extend_from_slice(extra);
     ok(home, &args)
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["body"]["n"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["body"]["n"]
+                .as_u64()
+                .unwrap()
+        })
         .collect()
 }
 
@@ -104,12 +108,18 @@ async fn an_inbox_above_one_mib_is_receivable() {
     let reader = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
             .lines()
-            .map(|l| serde_json::from_str::<Value>(&l.unwrap()).unwrap()["body"]["n"].as_u64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<Value>(&l.unwrap()).unwrap()["body"]["n"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect::<Vec<_>>()
     });
     let got = tokio::time::timeout(Duration::from_secs(60), reader).await;
     let _ = watch.kill();
-    let got = got.expect("--watch did not print 14 messages in 60 s").unwrap();
+    let got = got
+        .expect("--watch did not print 14 messages in 60 s")
+        .unwrap();
     assert_eq!(got, (100..114).collect::<Vec<_>>());
     assert!(watch.wait().unwrap().success());
     m.shutdown().await;
@@ -145,17 +155,29 @@ async fn bodies_from_file_and_stdin_and_too_large_refused() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
             child.wait_with_output().unwrap()
         };
         let out = send_stdin(body(2, 400_000));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         // ~1 MB of body: over what one delivery may carry; refused now, not stuck later.
         let out = send_stdin(body(3, 1_000_000));
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("too large") || err.contains("larger than"), "{err}");
+        assert!(
+            err.contains("too large") || err.contains("larger than"),
+            "{err}"
+        );
         // Not JSON, from a file: the error names the file.
         std::fs::write(&f, "not json").unwrap();
         let at = format!("@{}", f.display());

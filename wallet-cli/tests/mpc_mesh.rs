@@ -69,7 +69,11 @@ fn instance(dir: &Path, port: u16, redis: &str, public: &str, key: &Path) -> Ins
         .arg("--data")
         .arg(dir.join("data"))
         .args(["--store", redis, "--public-url", public])
-        .args(["--relay-mesh-listen", "127.0.0.1:0", "--relay-mesh-key-file"])
+        .args([
+            "--relay-mesh-listen",
+            "127.0.0.1:0",
+            "--relay-mesh-key-file",
+        ])
         .arg(key)
         // Every relay client comes from the proxy's address.
         .args(["--relay-max-per-ip", "256"])
@@ -81,8 +85,8 @@ fn instance(dir: &Path, port: u16, redis: &str, public: &str, key: &Path) -> Ins
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("bad startup line {line:?}: {e}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad startup line {line:?}: {e}"));
     Instance {
         child,
         invitation_url: v["invitation_url"].as_str().unwrap().to_owned(),
@@ -145,7 +149,18 @@ fn relay_only_mpc_through_two_instances_behind_round_robin() {
     let p = prog.to_str().unwrap();
     let sid = ok(
         homes[0].path(),
-        &["mpc", "new", "--parties", "3", "--program", p, "--", "--people", "3", "4"],
+        &[
+            "mpc",
+            "new",
+            "--parties",
+            "3",
+            "--program",
+            p,
+            "--",
+            "--people",
+            "3",
+            "4",
+        ],
     )
     .trim()
     .to_owned();
@@ -171,7 +186,15 @@ fn relay_only_mpc_through_two_instances_behind_round_robin() {
         .collect();
     ok(
         homes[0].path(),
-        &["--json", "mpc", "host", "--session", &sid, "--timeout", "60"],
+        &[
+            "--json",
+            "mpc",
+            "host",
+            "--session",
+            &sid,
+            "--timeout",
+            "60",
+        ],
     );
     for j in joiners {
         let out = wait_bounded(j, Duration::from_secs(60));

@@ -801,8 +801,7 @@ impl RelayServer {
                 break false;
             };
             self.metrics.dropped_queue_full += 1;
-            if let (true, RelayToClient::RecvPacket { src_key, .. }) =
-                (is_remote(victim), &dropped)
+            if let (true, RelayToClient::RecvPacket { src_key, .. }) = (is_remote(victim), &dropped)
             {
                 // A sender on another instance: its instance tells it.
                 if let Some(out) = self.mesh.as_mut() {

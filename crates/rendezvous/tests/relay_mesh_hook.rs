@@ -100,7 +100,10 @@ fn without_the_hook_an_unknown_peer_is_peer_gone() {
     let a = party(1);
     let ca = login(&mut s, &a, t);
     send(&mut s, ca, PeerAddr::Key([9; 32]), b"x", t);
-    assert_eq!(drain(&mut s, ca), vec![RelayToClient::PeerGone(PeerAddr::Key([9; 32]))]);
+    assert_eq!(
+        drain(&mut s, ca),
+        vec![RelayToClient::PeerGone(PeerAddr::Key([9; 32]))]
+    );
     assert!(mesh(&mut s).is_empty());
 }
 
@@ -233,9 +236,21 @@ fn notices_for_unknown_keys_and_stray_frames_are_ignored() {
     s.mesh_notice(&[3; 32], RelayToClient::PeerGone(PeerAddr::Key([4; 32])), t);
     s.mesh_notice(&a.key(), RelayToClient::AuthOk, t);
     assert!(drain(&mut s, ca).is_empty());
-    s.deliver_from_mesh([5; 32], "did:key:x".into(), PeerAddr::Key([6; 32]), vec![1], t);
+    s.deliver_from_mesh(
+        [5; 32],
+        "did:key:x".into(),
+        PeerAddr::Key([6; 32]),
+        vec![1],
+        t,
+    );
     assert!(matches!(
         mesh(&mut s).as_slice(),
-        [MeshEvent::Joined { .. }, MeshEvent::Notice { to_key: [5, ..], frame: RelayToClient::PeerGone(_) }]
+        [
+            MeshEvent::Joined { .. },
+            MeshEvent::Notice {
+                to_key: [5, ..],
+                frame: RelayToClient::PeerGone(_)
+            }
+        ]
     ));
 }
