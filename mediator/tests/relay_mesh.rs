@@ -268,3 +268,53 @@ async fn a_mesh_link_without_the_key_is_refused() {
     .unwrap();
     assert!(got.is_empty(), "the listener answered a bad proof: {got:?}");
 }
+
+/// A did:key party from `seed`: its mediator client (to register) and its relay identity.
+fn party(seed: [u8; 32], info: mpc_did_agent::client::MediatorInfo) -> (mpc_did_agent::client::MediatorClient, RelayIdentity) {
+    use mpc_did_didcomm::{Secret, SecretStore};
+    use mpc_did_resolver::key;
+    let signing = SigningKey::from_bytes(&seed);
+    let did = key::did_from_ed25519(&signing.verifying_key().to_bytes());
+    let doc = key::resolve(&did).unwrap();
+    let mut secrets = SecretStore::new();
+    secrets.insert(
+        doc.key_agreement_methods()[0].id.clone(),
+        Secret::X25519(x25519_dalek::StaticSecret::from(
+            key::x25519_secret_from_ed25519_seed(&seed),
+        )),
+    );
+    secrets.insert(
+        doc.authentication_methods()[0].id.clone(),
+        Secret::Ed25519(signing.clone()),
+    );
+    let client = mpc_did_agent::client::MediatorClient::new(
+        info,
+        &did,
+        secrets,
+        mpc_did_resolver::UniversalResolver::new().unwrap(),
+    )
+    .unwrap();
+    (client, RelayIdentity::did_key(signing))
+}
+
+// spec/rendezvous.md §4.8 (`derper --verify-clients`): with `--relay-verify-clients` a DID
+// without a mediation grant is refused (opaque AuthFailed); once it registered, the same
+// key is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_clients_admits_only_granted_dids() {
+    let d = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(&d.path().join("data"), &["--relay-verify-clients"]);
+    let relay = format!("ws://{}/relay", m.addr);
+    let info = mpc_did_agent::client::MediatorInfo::discover(&m.url())
+        .await
+        .unwrap();
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    let (client, id) = party(seed, info);
+    let refused = RelayConnection::connect_ws(&relay, id.clone(), Some(m.did.clone())).await;
+    assert!(refused.is_err(), "an ungranted DID was admitted");
+    assert_eq!(metric(&m.addr, "auth_failed_total").await, 1);
+    client.register().await.unwrap();
+    let admitted = RelayConnection::connect_ws(&relay, id, Some(m.did.clone())).await;
+    assert!(admitted.is_ok(), "a granted DID was refused: {:?}", admitted.err());
+}
