@@ -21,6 +21,12 @@
 //! sender with the longest backlog there (longest-queue drop), and only that sender is told.
 //! A stranger flooding a party's DID therefore loses its own frames, not the honest
 //! sender's (spec/rendezvous.md §4.5).
+//!
+//! Several relays can act as one (a mesh of instances, §4.7): with
+//! [`RelayServer::enable_mesh`], a packet for a peer not connected here and every client
+//! joining or leaving become [`MeshEvent`]s for the shell, which carries them to the
+//! instance holding the peer; that instance feeds them to [`RelayServer::deliver_from_mesh`]
+//! and answers go back through [`RelayServer::mesh_notice`].
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
