@@ -441,7 +441,7 @@ impl Core {
             Err(e) => return self.storage_failed(msg, sender, &e).await,
         };
         let bytes = fwd.forwarded_bytes();
-        if !deliverable_alone(bytes.len(), &owner) {
+        if !deliverable_alone(&bytes, &owner) {
             // Accepting it would leave the recipient's queue stuck: no delivery carrying it
             // fits what a party accepts (spec/mediator.md §3, "Delivery batches").
             return self
@@ -1001,7 +1001,8 @@ fn plain_base(to: &str) -> usize {
     DELIVERY_BASE + 4 * to.len()
 }
 
-/// How many of `batch`'s first messages one delivery to `to` may carry (at least one):
+/// How many of `batch`'s first messages one delivery to `to` may carry (at least one of a
+/// non-empty batch):
 /// the longest prefix whose packed size is bounded by [`MAX_DELIVERY_BYTES`].
 pub(crate) fn delivery_prefix(batch: &[StoredMessage], to: &str) -> usize {
     let mut plain = plain_base(to);
@@ -1013,14 +1014,62 @@ pub(crate) fn delivery_prefix(batch: &[StoredMessage], to: &str) -> usize {
         }
         n += 1;
     }
-    n.max(1).min(batch.len().max(1))
+    n.max(1).min(batch.len())
 }
 
-/// Whether a message of `len` stored bytes fits in a delivery on its own (checked when it
-/// is forwarded, so that nothing is accepted that could never be delivered).
-pub(crate) fn deliverable_alone(len: usize, to: &str) -> bool {
-    // A forwarded message is a JWE (JSON); count it as the larger of the two encodings to
-    // stay on the safe side.
-    packed_bound(plain_base(to) + attachment_bound(len, false).max(attachment_bound(len, true)))
+/// Whether the forwarded message `data` fits in a delivery on its own, by the same bound
+/// [`delivery_prefix`] uses (checked when it is forwarded, so that nothing is accepted that
+/// could never be delivered).
+pub(crate) fn deliverable_alone(data: &[u8], to: &str) -> bool {
+    packed_bound(plain_base(to) + attachment_bound(data.len(), data.first() == Some(&b'{')))
         <= MAX_DELIVERY_BYTES
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn stored(len: usize) -> StoredMessage {
+        let mut data = vec![b'x'; len];
+        data[0] = b'{';
+        StoredMessage {
+            id: "0".repeat(64),
+            recipient_key: String::new(),
+            received_ms: 0,
+            data,
+        }
+    }
+
+    const TO: &str = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK";
+
+    // spec/mediator.md §3 "Delivery batches": 14 stored messages of 135 KB (a 100 KB body
+    // after two JWE layers) never share one delivery; the bound keeps every prefix within
+    // the client's limit and always takes at least one message.
+    #[test]
+    fn prefixes_stay_within_the_client_limit() {
+        let batch: Vec<_> = (0..14).map(|_| stored(135_000)).collect();
+        let n = delivery_prefix(&batch, TO);
+        assert!((1..14).contains(&n), "{n}");
+        let plain: usize = plain_base(TO)
+            + batch[..n]
+                .iter()
+                .map(|m| attachment_bound(m.data.len(), true))
+                .sum::<usize>();
+        assert!(packed_bound(plain) <= MAX_DELIVERY_BYTES);
+        // One more would not fit.
+        let more: usize = plain + attachment_bound(135_000, true);
+        assert!(packed_bound(more) > MAX_DELIVERY_BYTES);
+        assert_eq!(delivery_prefix(&[stored(2_000_000)], TO), 1);
+        assert_eq!(delivery_prefix(&[], TO), 0);
+    }
+
+    // A message that could only ever be delivered in an over-limit delivery is refused at
+    // forward time; one just under the bound is accepted.
+    #[test]
+    fn too_large_to_deliver_is_detected() {
+        assert!(deliverable_alone(&stored(700_000).data, TO));
+        assert!(!deliverable_alone(&stored(790_000).data, TO));
+        // Not JSON: base64url in the delivery, so the bound is lower.
+        assert!(!deliverable_alone(&vec![0u8; 700_000], TO));
+    }
 }

@@ -270,7 +270,10 @@ async fn a_mesh_link_without_the_key_is_refused() {
 }
 
 /// A did:key party from `seed`: its mediator client (to register) and its relay identity.
-fn party(seed: [u8; 32], info: mpc_did_agent::client::MediatorInfo) -> (mpc_did_agent::client::MediatorClient, RelayIdentity) {
+fn party(
+    seed: [u8; 32],
+    info: mpc_did_agent::client::MediatorInfo,
+) -> (mpc_did_agent::client::MediatorClient, RelayIdentity) {
     use mpc_did_didcomm::{Secret, SecretStore};
     use mpc_did_resolver::key;
     let signing = SigningKey::from_bytes(&seed);
@@ -316,5 +319,9 @@ async fn verify_clients_admits_only_granted_dids() {
     assert_eq!(metric(&m.addr, "auth_failed_total").await, 1);
     client.register().await.unwrap();
     let admitted = RelayConnection::connect_ws(&relay, id, Some(m.did.clone())).await;
-    assert!(admitted.is_ok(), "a granted DID was refused: {:?}", admitted.err());
+    assert!(
+        admitted.is_ok(),
+        "a granted DID was refused: {:?}",
+        admitted.err()
+    );
 }
