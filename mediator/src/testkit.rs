@@ -208,9 +208,12 @@ pub fn serve_public_mediator(
 }
 
 /// A round-robin TCP proxy on a free loopback port, as an operator's load balancer in front
-/// of several mediator instances: connection *n* goes to backend *n* mod the number of
-/// backends, bytes are copied both ways unchanged. Blocking threads, so it works from any
-/// test (with or without a runtime); stopped on drop.
+/// of several mediator instances: bytes are copied both ways unchanged, and connection *n*
+/// of each kind goes to backend *n* mod the number of backends. Two kinds, told apart by a
+/// peek at the first request line: relay upgrades (`GET /relay`) and everything else — so
+/// consecutive relay clients always land on different instances, whatever other requests
+/// came between (a test of the relay mesh must not pass by luck). Blocking threads, so it
+/// works from any test (with or without a runtime); stopped on drop.
 pub struct RoundRobinProxy {
     /// The address clients connect to.
     pub addr: std::net::SocketAddr,
@@ -233,7 +236,8 @@ impl RoundRobinProxy {
         let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
         let (stop2, conns2) = (stop.clone(), conns.clone());
         std::thread::spawn(move || {
-            let mut next = 0usize;
+            // Next backend for relay upgrades and for everything else.
+            let mut next = [0usize; 2];
             while !stop2.load(Ordering::Acquire) {
                 let client = match listener.accept() {
                     Ok((c, _)) => c,
@@ -243,8 +247,14 @@ impl RoundRobinProxy {
                     }
                     Err(_) => continue,
                 };
-                let backend = backends[next % backends.len()];
-                next += 1;
+                let _ = client.set_nonblocking(false);
+                let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut head = [0u8; 16];
+                let seen = client.peek(&mut head).unwrap_or(0);
+                let _ = client.set_read_timeout(None);
+                let kind = usize::from(head[..seen].starts_with(b"GET /relay"));
+                let backend = backends[next[kind] % backends.len()];
+                next[kind] += 1;
                 let Ok(server) = std::net::TcpStream::connect(backend) else {
                     continue;
                 };

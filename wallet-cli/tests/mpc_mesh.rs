@@ -257,7 +257,8 @@ fn relay_only_mpc_through_two_instances_behind_round_robin() {
         );
     }
     assert!(digests.iter().all(|d| *d == digests[0]), "parties disagree");
-    // Three relay clients on two instances: some session crossed the mesh.
+    // Three relay clients, alternating over two instances (the proxy spreads relay upgrades
+    // evenly): the sessions of one party with the others crossed the mesh.
     let crossed: u64 = ports
         .iter()
         .map(|p| relay_metric(*p, "mesh_in_packets_total"))
