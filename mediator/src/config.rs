@@ -75,6 +75,8 @@ pub struct Config {
     /// Seconds the store may stay unwritable (disk full, sled or Redis errors) before the
     /// process exits with status 75 for its supervisor to restart it; 0: never exit.
     pub storage_fatal_secs: u64,
+    /// `[relay]`: the relay's limits, client verification and mesh (`mesh_config.rs`).
+    pub relay: crate::mesh_config::RelaySettings,
 }
 
 /// Resource limits, all enforced and exported as `mpcdid_mediator_limit{name=...}`.
@@ -200,6 +202,7 @@ impl Default for Config {
             log_format: "text".into(),
             stun: String::new(),
             storage_fatal_secs: 60,
+            relay: crate::mesh_config::RelaySettings::default(),
         }
     }
 }

@@ -506,6 +506,22 @@ impl Core {
             Err(e) => return self.storage_failed(msg, sender, &e).await,
         };
         let bytes = fwd.forwarded_bytes();
+        if !deliverable_alone(&bytes, &owner) {
+            // Accepting it would leave the recipient's queue stuck: no delivery carrying it
+            // fits what a party accepts (spec/mediator.md §3, "Delivery batches").
+            return self
+                .refuse(
+                    msg,
+                    sender,
+                    Rejection::TooLarge,
+                    codes::TOO_BIG,
+                    &format!(
+                        "the forwarded message ({} bytes) is too large to deliver: a delivery may be at most {MAX_DELIVERY_BYTES} bytes; send a smaller message",
+                        bytes.len()
+                    ),
+                )
+                .await;
+        }
         let src = sender.source;
         let admitted = self
             .quotas
@@ -794,12 +810,67 @@ impl Core {
                 .status(msg, sender, did, false, Extensions::default(), p)
                 .await;
         }
-        let d = self.delivery_in(p, &batch, Some(msg), filter);
-        Ok(self.answer(d, sender).await)
+        let Some(to) = sender.did.as_deref() else {
+            let d = self.delivery_in(p, &batch, Some(msg), filter);
+            return Ok(self.answer(d, sender).await);
+        };
+        self.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+        let (packed, _) = self.pack_delivery(p, &batch, Some(msg), filter, to).await;
+        Ok(Handled {
+            replies: vec![packed],
+            ..Handled::default()
+        })
+    }
+
+    /// Packs for `to` a `delivery` of the longest prefix of `batch` (at least one message)
+    /// whose packed size stays within what a party accepts, [`MAX_DELIVERY_BYTES`]
+    /// (spec/mediator.md §3, "Delivery batches"); returns the packed bytes and how many
+    /// messages they carry. The prefix is first estimated from the stored sizes
+    /// ([`delivery_prefix`]) and halved if the packed result is still too large, so the
+    /// bound holds whatever the estimate missed.
+    pub(crate) async fn pack_delivery(
+        &self,
+        p: PickupVersion,
+        batch: &[StoredMessage],
+        request: Option<&Message>,
+        filter: Option<&str>,
+        to: &str,
+    ) -> (Vec<u8>, usize) {
+        let mut n = delivery_prefix(batch, to);
+        loop {
+            let mut m = self.delivery_message(p, &batch[..n], request, filter);
+            let packed = self.pack_for(&mut m, to).await;
+            if packed.len() <= MAX_DELIVERY_BYTES || n <= 1 {
+                self.metrics
+                    .messages_delivered
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                return (packed, n);
+            }
+            tracing::debug!(
+                n,
+                len = packed.len(),
+                "delivery over the byte bound; halving"
+            );
+            n /= 2;
+        }
     }
 
     /// A `delivery` of Pickup version `p` carrying `batch` (counted as delivered).
     pub(crate) fn delivery_in(
+        &self,
+        p: PickupVersion,
+        batch: &[StoredMessage],
+        request: Option<&Message>,
+        filter: Option<&str>,
+    ) -> Message {
+        let m = self.delivery_message(p, batch, request, filter);
+        self.metrics
+            .messages_delivered
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        m
+    }
+
+    fn delivery_message(
         &self,
         p: PickupVersion,
         batch: &[StoredMessage],
@@ -821,9 +892,6 @@ impl Core {
                 .map(|s| message_attachment(&s.id, &s.data))
                 .collect(),
         );
-        self.metrics
-            .messages_delivered
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         m
     }
 
@@ -1042,4 +1110,113 @@ fn owns_key(did: &str, key: &str) -> bool {
 /// Plaintext JSON of a message.
 fn plain(m: &Message) -> Vec<u8> {
     m.to_json().map(String::into_bytes).unwrap_or_default()
+}
+
+/// The largest packed message a party accepts (`mpc_did_didcomm::DEFAULT_MAX_MESSAGE_SIZE`,
+/// what `mpc_did_agent`'s client unpacks): every `delivery` stays within it.
+pub const MAX_DELIVERY_BYTES: usize = mpc_did_didcomm::DEFAULT_MAX_MESSAGE_SIZE;
+
+/// Bytes of a delivery's plaintext besides its attachments and DIDs (type, ids, thread,
+/// times, body) — generous.
+const DELIVERY_BASE: usize = 1024;
+/// Bytes one attachment adds besides its data (`{"id":"…","data":{"json":…}}`, commas).
+const ATTACHMENT_OVERHEAD: usize = 160;
+/// Bytes of an authcrypt JWE besides its base64url ciphertext (protected header with the
+/// ephemeral key, apu/apv, skid; recipients with wrapped keys; tag, iv) — generous.
+const PACK_OVERHEAD: usize = 8 * 1024;
+
+/// Upper bound of the plaintext bytes a stored message adds to a delivery.
+fn attachment_bound(m_len: usize, looks_json: bool) -> usize {
+    // A JSON object is inlined (serde_json re-serialization never grows a JWE, which holds
+    // only strings; 1/64 slack for anything else); other bytes are base64url.
+    let data = if looks_json {
+        m_len + m_len / 64
+    } else {
+        m_len.div_ceil(3) * 4
+    };
+    data + ATTACHMENT_OVERHEAD
+}
+
+/// Upper bound of the packed size of a delivery whose plaintext is `plain` bytes
+/// (A256CBC-HS512 pads to 16 bytes, base64url grows by 4/3).
+fn packed_bound(plain: usize) -> usize {
+    (plain + 16).div_ceil(3) * 4 + PACK_OVERHEAD
+}
+
+fn plain_base(to: &str) -> usize {
+    // `from` (the mediator's DID is short) and `to` appear in the plaintext and the header.
+    DELIVERY_BASE + 4 * to.len()
+}
+
+/// How many of `batch`'s first messages one delivery to `to` may carry (at least one of a
+/// non-empty batch):
+/// the longest prefix whose packed size is bounded by [`MAX_DELIVERY_BYTES`].
+pub(crate) fn delivery_prefix(batch: &[StoredMessage], to: &str) -> usize {
+    let mut plain = plain_base(to);
+    let mut n = 0;
+    for m in batch {
+        plain += attachment_bound(m.data.len(), m.data.first() == Some(&b'{'));
+        if n > 0 && packed_bound(plain) > MAX_DELIVERY_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n.max(1).min(batch.len())
+}
+
+/// Whether the forwarded message `data` fits in a delivery on its own, by the same bound
+/// [`delivery_prefix`] uses (checked when it is forwarded, so that nothing is accepted that
+/// could never be delivered).
+pub(crate) fn deliverable_alone(data: &[u8], to: &str) -> bool {
+    packed_bound(plain_base(to) + attachment_bound(data.len(), data.first() == Some(&b'{')))
+        <= MAX_DELIVERY_BYTES
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn stored(len: usize) -> StoredMessage {
+        let mut data = vec![b'x'; len];
+        data[0] = b'{';
+        StoredMessage {
+            id: "0".repeat(64),
+            recipient_key: String::new(),
+            received_ms: 0,
+            data,
+        }
+    }
+
+    const TO: &str = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK";
+
+    // spec/mediator.md §3 "Delivery batches": 14 stored messages of 135 KB (a 100 KB body
+    // after two JWE layers) never share one delivery; the bound keeps every prefix within
+    // the client's limit and always takes at least one message.
+    #[test]
+    fn prefixes_stay_within_the_client_limit() {
+        let batch: Vec<_> = (0..14).map(|_| stored(135_000)).collect();
+        let n = delivery_prefix(&batch, TO);
+        assert!((1..14).contains(&n), "{n}");
+        let plain: usize = plain_base(TO)
+            + batch[..n]
+                .iter()
+                .map(|m| attachment_bound(m.data.len(), true))
+                .sum::<usize>();
+        assert!(packed_bound(plain) <= MAX_DELIVERY_BYTES);
+        // One more would not fit.
+        let more: usize = plain + attachment_bound(135_000, true);
+        assert!(packed_bound(more) > MAX_DELIVERY_BYTES);
+        assert_eq!(delivery_prefix(&[stored(2_000_000)], TO), 1);
+        assert_eq!(delivery_prefix(&[], TO), 0);
+    }
+
+    // A message that could only ever be delivered in an over-limit delivery is refused at
+    // forward time; one just under the bound is accepted.
+    #[test]
+    fn too_large_to_deliver_is_detected() {
+        assert!(deliverable_alone(&stored(700_000).data, TO));
+        assert!(!deliverable_alone(&stored(790_000).data, TO));
+        // Not JSON: base64url in the delivery, so the bound is lower.
+        assert!(!deliverable_alone(&vec![0u8; 700_000], TO));
+    }
 }

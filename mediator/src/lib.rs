@@ -49,6 +49,9 @@ pub mod health;
 pub mod identity;
 pub mod live;
 pub mod logging;
+pub mod mesh;
+pub mod mesh_config;
+mod mesh_proto;
 pub mod messages;
 pub mod metrics;
 mod server;
@@ -104,6 +107,24 @@ pub struct ServiceContext {
     pub identity: MediatorIdentity,
     /// The HTTP listener's address.
     pub http_addr: SocketAddr,
+    /// Who holds a mediation grant (the relay's `verify_clients`).
+    pub grants: GrantCheck,
+}
+
+/// Answers "does this DID hold a mediation grant here?" from the mediator's store.
+#[derive(Clone)]
+pub struct GrantCheck {
+    core: Arc<core::Core>,
+}
+
+impl GrantCheck {
+    /// Whether `did` was granted mediation.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn has_grant(&self, did: &str) -> Result<bool, StoreError> {
+        self.core.store.has_grant(did).await
+    }
 }
 
 /// A service that runs beside the mediator in the same process: its HTTP routes are
@@ -286,6 +307,7 @@ impl MediatorBuilder {
             shutdown: cancel.clone(),
             identity: identity.clone(),
             http_addr: addr,
+            grants: GrantCheck { core: core.clone() },
         };
         let mut extra = Vec::new();
         for s in self.services {

@@ -91,6 +91,20 @@ struct Args {
     /// every WebSocket client has the proxy's address: raise it there) [default: 32].
     #[arg(long, value_name = "N")]
     relay_max_per_ip: Option<usize>,
+    /// Only DIDs with a mediation grant here may use the relay (config `relay.verify_clients`).
+    #[arg(long)]
+    relay_verify_clients: bool,
+    /// Join the relay mesh: accept links from the other instances on this private address
+    /// (config `relay.mesh.listen`; needs a Redis store and `--relay-mesh-key-file`).
+    #[arg(long, value_name = "ADDR")]
+    relay_mesh_listen: Option<SocketAddr>,
+    /// Address the other instances dial (config `relay.mesh.advertise`) [default: the
+    /// mesh listen address].
+    #[arg(long, value_name = "ADDR")]
+    relay_mesh_advertise: Option<SocketAddr>,
+    /// File with the shared mesh key, ≥ 32 bytes (config `relay.mesh.key_file`).
+    #[arg(long, value_name = "FILE")]
+    relay_mesh_key_file: Option<PathBuf>,
     /// Most STUN/TCP connections from one IPv4 address or IPv6 /64 [default: 8].
     #[arg(long, value_name = "N")]
     stun_tcp_max_per_ip: Option<usize>,
@@ -314,18 +328,36 @@ async fn run(args: Args, config: Config) -> anyhow::Result<Exit> {
         builder = builder.service(stun);
     }
     let mut relay_tcp = None;
+    let mut relay_mesh = None;
     if !args.no_relay {
-        let defaults = RelayServiceConfig::default();
-        let relay = RelayService::bind(RelayServiceConfig {
+        let r = &mut config.relay;
+        if let Some(n) = args.relay_max_per_ip {
+            r.max_clients_per_ip = n as u64;
+        }
+        r.verify_clients |= args.relay_verify_clients;
+        if args.relay_mesh_listen.is_some() {
+            r.mesh.listen = args.relay_mesh_listen;
+        }
+        if args.relay_mesh_advertise.is_some() {
+            r.mesh.advertise = args.relay_mesh_advertise;
+        }
+        if args.relay_mesh_key_file.is_some() {
+            r.mesh.key_file = args.relay_mesh_key_file.clone();
+        }
+        let store = config.store_config().map_err(anyhow::Error::msg)?;
+        let relay_cfg = RelayServiceConfig {
             tcp_listen: args.relay_tcp,
-            max_clients_per_source: args
-                .relay_max_per_ip
-                .unwrap_or(defaults.max_clients_per_source),
-            ..defaults
-        })
-        .await
-        .context("cannot bind the relay's TCP listener")?;
+            ..config
+                .relay
+                .service_config(&store, &config.redis_prefix)
+                .map_err(anyhow::Error::msg)
+                .context("invalid relay settings")?
+        };
+        let relay = RelayService::bind(relay_cfg)
+            .await
+            .context("cannot bind the relay's TCP or mesh listener")?;
         relay_tcp = relay.handle().tcp_addr();
+        relay_mesh = relay.handle().mesh_addr();
         builder = builder.service(relay);
     }
     let handle = builder.start().await?;
@@ -349,6 +381,7 @@ async fn run(args: Args, config: Config) -> anyhow::Result<Exit> {
             "public_url": handle.public_url,
             "relay_url": relay_url,
             "relay_tcp": relay_tcp.map(|a| a.to_string()),
+            "relay_mesh": relay_mesh.map(|a| a.to_string()),
             "stun": stun_addr.map(|a| a.to_string()),
         })
     );

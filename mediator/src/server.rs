@@ -819,7 +819,7 @@ async fn push_pending(
             s.inflight.retain(|id| present.contains(id.as_str()));
             s.skip.retain(|id| present.contains(id.as_str()));
         }
-        let fresh: Vec<_> = queued
+        let mut fresh: Vec<_> = queued
             .into_iter()
             .filter(|m| !s.inflight.contains(&m.id) && !s.skip.contains(&m.id))
             .take(batch_max.min(window - s.inflight.len()))
@@ -827,15 +827,19 @@ async fn push_pending(
         if fresh.is_empty() {
             return Ok(());
         }
+        let mut full = fresh.len() == batch_max;
         if s.raw {
             push_raw(core, socket, &did, &fresh, s.pickup).await?;
         } else {
-            let mut msg = core.delivery_in(s.pickup, &fresh, None, None);
-            let packed = core.pack_for(&mut msg, &did).await;
+            // Bounded by bytes too (spec/mediator.md §3): what does not fit goes next round.
+            let (packed, n) = core.pack_delivery(s.pickup, &fresh, None, None, &did).await;
+            if n < fresh.len() {
+                fresh.truncate(n);
+                full = true;
+            }
             core.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
             send(socket, packed).await?;
         }
-        let full = fresh.len() == batch_max;
         s.inflight.extend(fresh.into_iter().map(|m| m.id));
         if !full {
             return Ok(());

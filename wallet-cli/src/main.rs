@@ -6,7 +6,8 @@
 //! `run` function.
 //!
 //! Exit status: 0 on success, 1 on any error (one line naming the cause and, where there is
-//! one, what to do), 2 on a usage error (clap's own).
+//! one, what to do), 2 on a usage error (clap's own). A closed stdout (`mpc-did … | head
+//! -1`) is not an error: the command exits 0.
 #![forbid(unsafe_code)]
 // Doc comments in this binary are its --help text, where URLs must read as plain text.
 #![allow(rustdoc::bare_urls)]
@@ -84,6 +85,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    exit_quietly_on_broken_stdout();
     let cli = Cli::parse();
     // Library log lines (e.g. a stale or forged control message ignored) on stderr when
     // `MPC_DID_LOG` asks for them (`info`, `mpc_did_mpc=info`, …); none by default.
@@ -155,6 +157,26 @@ fn chain(err: &anyhow::Error) -> String {
 fn is_unknown_issuer(err: &anyhow::Error) -> bool {
     let text = format!("{err:?}");
     text.contains("UnknownIssuer") || text.contains("unknown issuer")
+}
+
+/// A reader that stops early (`mpc-did … | head -1`) is not an error: `println!` panics
+/// when stdout is a closed pipe (Rust ignores SIGPIPE), so a panic hook turns exactly that
+/// panic, in any thread, into exit status 0. Every other panic keeps the default report.
+/// Errors returned by explicit writes are handled by [`is_broken_pipe`].
+fn exit_quietly_on_broken_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -21,6 +21,12 @@
 //! sender with the longest backlog there (longest-queue drop), and only that sender is told.
 //! A stranger flooding a party's DID therefore loses its own frames, not the honest
 //! sender's (spec/rendezvous.md §4.5).
+//!
+//! Several relays can act as one (a mesh of instances, §4.7): with
+//! [`RelayServer::enable_mesh`], a packet for a peer not connected here and every client
+//! joining or leaving become [`MeshEvent`]s for the shell, which carries them to the
+//! instance holding the peer; that instance feeds them to [`RelayServer::deliver_from_mesh`]
+//! and answers go back through [`RelayServer::mesh_notice`].
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -150,6 +156,10 @@ pub struct RelayMetrics {
     pub timed_out: u64,
     /// Connections replaced by a newer one with the same key.
     pub replaced: u64,
+    /// Packets handed to the mesh for a peer not connected here ([`RelayServer::enable_mesh`]).
+    pub mesh_out_packets: u64,
+    /// Packets from other instances of the mesh queued to a client here.
+    pub mesh_in_packets: u64,
 }
 
 /// A token bucket counting bytes, refilled from explicit timestamps.
@@ -255,8 +265,8 @@ impl FairQueue {
         self.flows.get(&of).map_or(0, |f| f.bytes)
     }
 
-    /// Drops the newest frame of `of`'s flow; its size.
-    fn drop_tail(&mut self, of: ConnId) -> Option<usize> {
+    /// Drops the newest frame of `of`'s flow and returns it.
+    fn drop_tail(&mut self, of: ConnId) -> Option<RelayToClient> {
         let flow = self.flows.get_mut(&of)?;
         let f = flow.frames.pop_back()?;
         let len = f.encoded_len();
@@ -267,7 +277,7 @@ impl FairQueue {
             self.flows.remove(&of);
             self.active.retain(|c| *c != of);
         }
-        Some(len)
+        Some(f)
     }
 
     fn pop(&mut self) -> Option<RelayToClient> {
@@ -341,6 +351,8 @@ pub struct RelayServer {
     events: VecDeque<ServerEvent>,
     next_id: u64,
     metrics: RelayMetrics,
+    /// `Some` once [`RelayServer::enable_mesh`] was called: what the mesh shell must do.
+    mesh: Option<VecDeque<MeshEvent>>,
 }
 
 /// Overload notices to one client are sent at most this often, so a flood
@@ -359,6 +371,7 @@ impl RelayServer {
             events: VecDeque::new(),
             next_id: 1,
             metrics: RelayMetrics::default(),
+            mesh: None,
         }
     }
 
@@ -575,6 +588,12 @@ impl RelayServer {
         }
         self.metrics.auth_ok += 1;
         self.metrics.authenticated += 1;
+        if let Some(out) = self.mesh.as_mut() {
+            out.push_back(MeshEvent::Joined {
+                key: key_bytes,
+                did: auth.did.clone(),
+            });
+        }
         self.enqueue(conn, RelayToClient::AuthOk);
         Ok(())
     }
@@ -639,11 +658,18 @@ impl RelayServer {
         }
         if let AuthState::Authenticated { key, did } = c.auth {
             self.metrics.authenticated = self.metrics.authenticated.saturating_sub(1);
+            let mut gone = false;
             if self.by_key.get(&key) == Some(&conn) {
                 self.by_key.remove(&key);
+                gone = true;
             }
             if self.by_did.get(&did) == Some(&conn) {
                 self.by_did.remove(&did);
+                gone = true;
+            }
+            // Not replaced by a newer connection here: the mesh forgets it.
+            if let (true, Some(out)) = (gone, self.mesh.as_mut()) {
+                out.push_back(MeshEvent::Left { key, did });
             }
         }
         self.metrics.clients = self.clients.len() as u64;
@@ -692,6 +718,17 @@ impl RelayServer {
         .copied()
         .filter(|id| self.clients.get(id).is_some_and(|c| !c.closing));
         let Some(to) = to else {
+            // Mesh hook (spec/rendezvous.md §4.7): another instance may hold the peer.
+            if let Some(out) = self.mesh.as_mut() {
+                self.metrics.mesh_out_packets += 1;
+                out.push_back(MeshEvent::Forward {
+                    src_key,
+                    src_did,
+                    dst,
+                    payload,
+                });
+                return Ok(());
+            }
             self.metrics.unknown_peer += 1;
             self.enqueue_control(from, RelayToClient::PeerGone(dst));
             return Ok(());
@@ -748,6 +785,7 @@ impl RelayServer {
     /// backlog, and that sender is told (`Overloaded`).
     fn make_room(&mut self, to: ConnId, from: ConnId, len: usize, now: Instant) -> bool {
         let mut evicted: Vec<ConnId> = Vec::new();
+        let mut remote_told: Vec<[u8; 32]> = Vec::new();
         let ok = loop {
             let Some(c) = self.clients.get(&to) else {
                 break false;
@@ -765,11 +803,23 @@ impl RelayServer {
             let Some(c) = self.clients.get_mut(&to) else {
                 break false;
             };
-            if c.queue.drop_tail(victim).is_none() {
+            let Some(dropped) = c.queue.drop_tail(victim) else {
                 break false;
-            }
+            };
             self.metrics.dropped_queue_full += 1;
-            if !evicted.contains(&victim) {
+            if let (true, RelayToClient::RecvPacket { src_key, .. }) = (is_remote(victim), &dropped)
+            {
+                // A sender on another instance: its instance tells it.
+                if let Some(out) = self.mesh.as_mut() {
+                    if !remote_told.contains(src_key) {
+                        remote_told.push(*src_key);
+                        out.push_back(MeshEvent::Notice {
+                            to_key: *src_key,
+                            frame: RelayToClient::Overloaded(OverloadReason::PeerQueueFull),
+                        });
+                    }
+                }
+            } else if !evicted.contains(&victim) {
                 evicted.push(victim);
             }
         };
@@ -833,5 +883,191 @@ impl RelayServer {
             c.woken = true;
             self.events.push_back(ServerEvent::Wake(conn));
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Mesh hook (spec/rendezvous.md §4.7): relay instances that share clients' presence forward
+// packets for peers connected to another instance. The core only says what must cross
+// (`poll_mesh`) and takes in what arrived (`deliver_from_mesh`, `mesh_notice`); presence,
+// routes and the instance-to-instance links live in the shell (the mediator's `mesh`).
+// ---------------------------------------------------------------------------------------
+
+/// What the mesh shell must do, from [`RelayServer::poll_mesh`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MeshEvent {
+    /// A client authenticated here: announce that this instance holds `key` and `did`.
+    Joined {
+        /// Its Ed25519 key.
+        key: [u8; 32],
+        /// Its DID.
+        did: String,
+    },
+    /// A client left (and no newer connection here holds its key or DID): withdraw it.
+    Left {
+        /// Its Ed25519 key.
+        key: [u8; 32],
+        /// Its DID.
+        did: String,
+    },
+    /// A packet from a client here for a peer not connected here: find the instance that
+    /// holds `dst` and hand it over there with [`RelayServer::deliver_from_mesh`]; if no
+    /// instance does, call [`RelayServer::mesh_notice`] with `PeerGone(dst)` for `src_key`.
+    Forward {
+        /// The sender's authenticated key.
+        src_key: [u8; 32],
+        /// The sender's authenticated DID.
+        src_did: String,
+        /// The destination as the sender named it.
+        dst: PeerAddr,
+        /// The opaque payload.
+        payload: Vec<u8>,
+    },
+    /// A notice for a sender connected to another instance (its packet could not be
+    /// delivered here): hand it to the instance holding `to_key`, which calls
+    /// [`RelayServer::mesh_notice`].
+    Notice {
+        /// The sender's key.
+        to_key: [u8; 32],
+        /// `PeerGone` or `Overloaded`.
+        frame: RelayToClient,
+    },
+}
+
+/// Connection ids with the top bit set stand for senders on other instances in the fair
+/// queues (local ids count up from 1 and never get there).
+const REMOTE_BIT: u64 = 1 << 63;
+
+fn is_remote(c: ConnId) -> bool {
+    c.0 & REMOTE_BIT != 0
+}
+
+/// The fair-queue flow id of a sender on another instance: derived from its key, so one
+/// remote sender holds one flow in each receiver's queue, with no table to grow.
+fn remote_conn_id(key: &[u8; 32]) -> ConnId {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[..8]);
+    ConnId(u64::from_be_bytes(b) | REMOTE_BIT)
+}
+
+impl RelayServer {
+    /// Turns on the mesh hook: packets for peers not connected here, and clients joining
+    /// and leaving, become [`MeshEvent`]s instead of `PeerGone` answers.
+    pub fn enable_mesh(&mut self) {
+        if self.mesh.is_none() {
+            self.mesh = Some(VecDeque::new());
+        }
+    }
+
+    /// Next thing the mesh shell must do (always `None` without [`Self::enable_mesh`]).
+    pub fn poll_mesh(&mut self) -> Option<MeshEvent> {
+        self.mesh.as_mut()?.pop_front()
+    }
+
+    /// A packet that another instance forwarded for `dst`, from a sender connected there.
+    /// The receiver's allow-list, queue limit and fair queueing apply as for a local
+    /// sender; when the packet cannot be queued a [`MeshEvent::Notice`] for the sender is
+    /// emitted (`PeerGone` if `dst` is not here or does not accept the sender,
+    /// `Overloaded(PeerQueueFull)` on a full queue).
+    pub fn deliver_from_mesh(
+        &mut self,
+        src_key: [u8; 32],
+        src_did: String,
+        dst: PeerAddr,
+        payload: Vec<u8>,
+        now: Instant,
+    ) {
+        let to = match &dst {
+            PeerAddr::Key(k) => self.by_key.get(k),
+            PeerAddr::Did(d) => self.by_did.get(d),
+        }
+        .copied()
+        .filter(|id| self.clients.get(id).is_some_and(|c| !c.closing));
+        let allowed = to.is_some_and(|to| {
+            self.clients.get(&to).is_some_and(|c| {
+                c.allow.as_ref().is_none_or(|list| {
+                    list.iter().any(|p| match p {
+                        PeerAddr::Key(k) => *k == src_key,
+                        PeerAddr::Did(d) => *d == src_did,
+                    })
+                })
+            })
+        });
+        let notice = |s: &mut Self, frame: RelayToClient| {
+            if let Some(out) = s.mesh.as_mut() {
+                out.push_back(MeshEvent::Notice {
+                    to_key: src_key,
+                    frame,
+                });
+            }
+        };
+        let Some(to) = to.filter(|_| allowed) else {
+            if to.is_some() {
+                self.metrics.dropped_not_allowed += 1;
+            } else {
+                self.metrics.unknown_peer += 1;
+            }
+            notice(self, RelayToClient::PeerGone(dst));
+            return;
+        };
+        let from = remote_conn_id(&src_key);
+        let len = payload.len();
+        let frame = RelayToClient::RecvPacket {
+            src_key,
+            src_did,
+            payload,
+        };
+        if !self.make_room(to, from, frame.encoded_len(), now) {
+            self.metrics.dropped_queue_full += 1;
+            notice(
+                self,
+                RelayToClient::Overloaded(OverloadReason::PeerQueueFull),
+            );
+            return;
+        }
+        let Some(c) = self.clients.get_mut(&to) else {
+            return;
+        };
+        c.queue.push_flow(from, frame);
+        self.wake(to);
+        self.metrics.mesh_in_packets += 1;
+        self.metrics.forwarded_packets += 1;
+        self.metrics.forwarded_bytes += len as u64;
+    }
+
+    /// A notice from the mesh for the client here with `to_key`: `PeerGone` (no instance
+    /// holds the destination, counted as `unknown_peer`) or `Overloaded` (sent at most once
+    /// a second, as for local drops). Other frames, and keys not connected here, are
+    /// ignored: a notice is advice, never a reason to fail.
+    pub fn mesh_notice(&mut self, to_key: &[u8; 32], frame: RelayToClient, now: Instant) {
+        let Some(conn) = self
+            .by_key
+            .get(to_key)
+            .copied()
+            .filter(|id| self.clients.get(id).is_some_and(|c| !c.closing))
+        else {
+            return;
+        };
+        match frame {
+            RelayToClient::PeerGone(dst) => {
+                self.metrics.unknown_peer += 1;
+                self.enqueue_control(conn, RelayToClient::PeerGone(dst));
+            }
+            RelayToClient::Overloaded(reason) => self.notice_overload(conn, reason, now),
+            _ => {}
+        }
+    }
+
+    /// Keys and DIDs of the clients authenticated here (what the mesh shell refreshes in
+    /// the shared presence table).
+    pub fn authenticated_peers(&self) -> Vec<([u8; 32], String)> {
+        self.clients
+            .values()
+            .filter_map(|c| match &c.auth {
+                AuthState::Authenticated { key, did } if !c.closing => Some((*key, did.clone())),
+                _ => None,
+            })
+            .collect()
     }
 }

@@ -300,3 +300,94 @@ pub fn serve_public_mediator(
         metrics
     })
 }
+
+/// A round-robin TCP proxy on a free loopback port, as an operator's load balancer in front
+/// of several mediator instances: bytes are copied both ways unchanged, and connection *n*
+/// of each kind goes to backend *n* mod the number of backends. Two kinds, told apart by a
+/// peek at the first request line: relay upgrades (`GET /relay`) and everything else — so
+/// consecutive relay clients always land on different instances, whatever other requests
+/// came between (a test of the relay mesh must not pass by luck). Blocking threads, so it
+/// works from any test (with or without a runtime); stopped on drop.
+pub struct RoundRobinProxy {
+    /// The address clients connect to.
+    pub addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl RoundRobinProxy {
+    /// Starts the proxy in front of `backends`.
+    ///
+    /// # Errors
+    /// The listening socket cannot be bound.
+    pub fn start(backends: Vec<std::net::SocketAddr>) -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (stop2, conns2) = (stop.clone(), conns.clone());
+        std::thread::spawn(move || {
+            // Next backend for relay upgrades and for everything else.
+            let mut next = [0usize; 2];
+            while !stop2.load(Ordering::Acquire) {
+                let client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                    Err(_) => continue,
+                };
+                let _ = client.set_nonblocking(false);
+                let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+                let mut head = [0u8; 16];
+                let seen = client.peek(&mut head).unwrap_or(0);
+                let _ = client.set_read_timeout(None);
+                let kind = usize::from(head[..seen].starts_with(b"GET /relay"));
+                let backend = backends[next[kind] % backends.len()];
+                next[kind] += 1;
+                let Ok(server) = std::net::TcpStream::connect(backend) else {
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let pairs = (
+                    client.try_clone(),
+                    server.try_clone(),
+                    server.try_clone(),
+                    client.try_clone(),
+                );
+                let (Ok(c_rd), Ok(s_wr), Ok(s_rd), Ok(c_wr)) = pairs else {
+                    continue;
+                };
+                if let Ok(mut list) = conns2.lock() {
+                    list.push(client);
+                    list.push(server);
+                }
+                std::thread::spawn(move || copy_then_shutdown(c_rd, s_wr));
+                std::thread::spawn(move || copy_then_shutdown(s_rd, c_wr));
+            }
+        });
+        Ok(Self { addr, stop, conns })
+    }
+}
+
+fn copy_then_shutdown(mut from: std::net::TcpStream, mut to: std::net::TcpStream) {
+    let _ = std::io::copy(&mut from, &mut to);
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+impl Drop for RoundRobinProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Ok(list) = self.conns.lock() {
+            for c in list.iter() {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}

@@ -70,6 +70,11 @@ pub struct RelayServiceConfig {
     pub idle_timeout: Duration,
     /// Time allowed to resolve a client's DID document.
     pub resolve_timeout: Duration,
+    /// Only DIDs holding a mediation grant here may use the relay (`derper --verify-clients`;
+    /// spec/rendezvous.md §4.3).
+    pub verify_clients: bool,
+    /// Join a mesh of instances sharing a Redis (spec/rendezvous.md §4.7).
+    pub mesh: Option<crate::mesh::MeshConfig>,
 }
 
 impl Default for RelayServiceConfig {
@@ -85,6 +90,8 @@ impl Default for RelayServiceConfig {
             burst_bytes: core.burst_bytes,
             idle_timeout: core.idle_timeout,
             resolve_timeout: Duration::from_secs(10),
+            verify_clients: false,
+            mesh: None,
         }
     }
 }
@@ -97,11 +104,19 @@ struct Conn {
 struct Hub {
     server: RelayServer,
     conns: HashMap<ConnId, Conn>,
+    /// Where mesh events go (spec/rendezvous.md §4.7); `None` without a mesh.
+    mesh: Option<crate::mesh::MeshTx>,
 }
 
 impl Hub {
     /// Delivers the state machine's events to the connection tasks.
     fn pump(&mut self) {
+        // Mesh events first: dispatching one may queue a notice to a local client.
+        if let Some(mesh) = &self.mesh {
+            while let Some(ev) = self.server.poll_mesh() {
+                mesh.dispatch(ev, &mut self.server);
+            }
+        }
         while let Some(ev) = self.server.poll_event() {
             let (ServerEvent::Wake(c) | ServerEvent::Close(c)) = ev;
             if let Some(conn) = self.conns.get(&c) {
@@ -122,6 +137,16 @@ struct Inner {
     timer: Notify,
     /// The mediator's shutdown: every relay connection ends with it.
     stop: CancellationToken,
+    /// Set with `verify_clients`: only DIDs with a mediation grant authenticate.
+    grants: Option<crate::GrantCheck>,
+}
+
+impl crate::mesh::RelayAccess for Inner {
+    fn with_server(&self, f: &mut dyn FnMut(&mut RelayServer)) {
+        let mut hub = self.lock();
+        f(&mut hub.server);
+        hub.pump();
+    }
 }
 
 impl Inner {
@@ -139,6 +164,7 @@ impl Inner {
 pub struct RelayServiceHandle {
     inner: watch::Receiver<Option<Arc<Inner>>>,
     tcp_addr: Option<SocketAddr>,
+    mesh_addr: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for RelayServiceHandle {
@@ -154,6 +180,12 @@ impl RelayServiceHandle {
     #[must_use]
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+
+    /// The bound mesh listener's address, if this instance is in a mesh.
+    #[must_use]
+    pub fn mesh_addr(&self) -> Option<SocketAddr> {
+        self.mesh_addr
     }
 
     /// A snapshot of the relay's counters (`None` before the service started).
@@ -269,6 +301,16 @@ pub fn prometheus_text(m: &RelayMetrics) -> String {
             "Connections replaced by a newer one with the same key.",
             m.replaced,
         ),
+        (
+            "mesh_out_packets_total",
+            "Packets handed to the mesh for peers on other instances.",
+            m.mesh_out_packets,
+        ),
+        (
+            "mesh_in_packets_total",
+            "Packets from other instances queued to clients here.",
+            m.mesh_in_packets,
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(
@@ -285,6 +327,7 @@ pub fn prometheus_text(m: &RelayMetrics) -> String {
 pub struct RelayService {
     cfg: RelayServiceConfig,
     listener: Option<TcpListener>,
+    mesh_listener: Option<TcpListener>,
     resolver: Option<UniversalResolver>,
     tx: watch::Sender<Option<Arc<Inner>>>,
     handle: RelayServiceHandle,
@@ -301,15 +344,33 @@ impl RelayService {
             None => None,
         };
         let tcp_addr = listener.as_ref().map(TcpListener::local_addr).transpose()?;
+        let mut cfg = cfg;
+        let mesh_listener = match &mut cfg.mesh {
+            Some(m) => {
+                m.validate().map_err(std::io::Error::other)?;
+                let l = TcpListener::bind(m.listen).await?;
+                if m.advertise.is_none() {
+                    m.advertise = Some(l.local_addr()?);
+                }
+                Some(l)
+            }
+            None => None,
+        };
+        let mesh_addr = mesh_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
         let (tx, rx) = watch::channel(None);
         Ok(RelayService {
             cfg,
             listener,
+            mesh_listener,
             resolver: None,
             tx,
             handle: RelayServiceHandle {
                 inner: rx,
                 tcp_addr,
+                mesh_addr,
             },
         })
     }
@@ -374,19 +435,38 @@ impl Service for RelayService {
             core.rate_bytes_per_sec = self.cfg.rate_bytes_per_sec;
             core.burst_bytes = self.cfg.burst_bytes;
             core.idle_timeout = self.cfg.idle_timeout;
+            let mut server = RelayServer::new(core);
+            let mesh = match (self.cfg.mesh.clone(), self.mesh_listener) {
+                (Some(m), Some(l)) => {
+                    server.enable_mesh();
+                    let (tx, rx) = crate::mesh::channels();
+                    Some((tx, rx, m, l))
+                }
+                _ => None,
+            };
+            let (mesh_tx, mesh_run) = match mesh {
+                Some((tx, rx, m, l)) => (Some(tx), Some((rx, m, l))),
+                None => (None, None),
+            };
             let inner = Arc::new(Inner {
                 hub: Mutex::new(Hub {
-                    server: RelayServer::new(core),
+                    server,
                     conns: HashMap::new(),
+                    mesh: mesh_tx,
                 }),
                 resolver,
                 resolve_timeout: self.cfg.resolve_timeout,
                 timer: Notify::new(),
                 stop: ctx.shutdown.clone(),
+                grants: self.cfg.verify_clients.then(|| ctx.grants.clone()),
             });
             self.tx.send_replace(Some(inner.clone()));
             let stop = ctx.shutdown.clone();
             let timer = tokio::spawn(timer_task(inner.clone(), stop.clone()));
+            if let Some((rx, m, l)) = mesh_run {
+                let access: Arc<dyn crate::mesh::RelayAccess> = inner.clone();
+                tokio::spawn(crate::mesh::run(m, l, rx, access, stop.clone()));
+            }
             if let Some(listener) = self.listener {
                 tracing::info!(addr = ?listener.local_addr().ok(), "relay listening on TCP");
                 accept_loop(listener, inner, stop.clone()).await;
@@ -580,6 +660,17 @@ async fn resolve_key(inner: &Inner, auth: &ClientAuth) -> Option<VerifyingKey> {
             .ok()?
             .ok()?
     };
+    if let Some(grants) = &inner.grants {
+        // `--verify-clients`: strangers without a grant here cannot use the relay.
+        match grants.has_grant(&auth.did).await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay: cannot check the mediation grant");
+                return None;
+            }
+        }
+    }
     let vm = doc.authentication_methods().into_iter().find(|vm| {
         doc.verification_method(&auth.key_id)
             .is_some_and(|x| x.id == vm.id)

@@ -22,6 +22,8 @@ pub struct MediatorProc {
     pub admin: String,
     pub did: String,
     pub invitation_url: String,
+    /// The relay mesh listener, when the instance is in a mesh.
+    pub relay_mesh: Option<String>,
 }
 
 impl MediatorProc {
@@ -52,6 +54,7 @@ impl MediatorProc {
             admin: v["admin"].as_str().unwrap().to_owned(),
             did: v["did"].as_str().unwrap().to_owned(),
             invitation_url: v["invitation_url"].as_str().unwrap().to_owned(),
+            relay_mesh: v["relay_mesh"].as_str().map(str::to_owned),
         }
     }
 

@@ -16,13 +16,18 @@ use crate::ctx::Ctx;
 
 /// Send a DIDComm message to a DID.
 ///
-/// Example: mpc-did send did:key:z6Mk… --body '{"hello":"world"}'
+/// Examples:
+///   mpc-did send did:key:z6Mk… --body '{"hello":"world"}'
+///   mpc-did send did:key:z6Mk… --body @message.json
+///   generate-json | mpc-did send did:key:z6Mk… --body -
 #[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
 pub struct SendArgs {
     /// The recipient's DID.
     pub did: String,
-    /// Message body (a JSON object).
-    #[arg(long)]
+    /// Message body: a JSON object, `@FILE` to read it from FILE, or `-` to read it from
+    /// stdin (bodies larger than a command line allows, about 128 KB).
+    #[arg(long, value_name = "JSON|@FILE|-")]
     pub body: String,
     /// Message type URI.
     #[arg(
@@ -39,9 +44,10 @@ pub struct SendArgs {
 }
 
 pub async fn run(ctx: &Ctx, a: SendArgs) -> anyhow::Result<()> {
+    let (text, from) = read_body(&a.body)?;
     let body: serde_json::Value =
-        serde_json::from_str(&a.body).context("--body is not valid JSON")?;
-    anyhow::ensure!(body.is_object(), "--body must be a JSON object");
+        serde_json::from_str(&text).with_context(|| format!("{from} is not valid JSON"))?;
+    anyhow::ensure!(body.is_object(), "{from} must be a JSON object");
     let (id, contact) = {
         let wallet = Wallet::open(&ctx.home)?;
         (
@@ -96,4 +102,21 @@ pub async fn run(ctx: &Ctx, a: SendArgs) -> anyhow::Result<()> {
         println!("sent {msg_id} to {} via {uri}", a.did);
     }
     Ok(())
+}
+
+/// The body text named by `--body` and how to call its source in errors: the argument
+/// itself, `@FILE`, or `-` (stdin).
+fn read_body(arg: &str) -> anyhow::Result<(String, String)> {
+    if arg == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("cannot read the body from stdin")?;
+        return Ok((text, "the body read from stdin".into()));
+    }
+    if let Some(path) = arg.strip_prefix('@') {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the body from {path}"))?;
+        return Ok((text, format!("the body in {path}")));
+    }
+    Ok((arg.to_owned(), "--body".into()))
 }

@@ -1,0 +1,642 @@
+//! The relay mesh (spec/rendezvous.md §4.7): mediator instances that share a Redis
+//! forward relay packets to the instance that holds the destination, as the relays of a
+//! Tailscale DERP region do.
+//!
+//! ```text
+//!  client A ─▶ instance 1: RelayServer ── MeshEvent::Forward ─▶ router ─ GET presence ─▶ Redis
+//!                                                                 │ link (TCP, mesh key)
+//!  client B ◀─ instance 2: RelayServer ◀─ deliver_from_mesh ◀─ inbound ◀┘
+//!  presence: Joined/Left ─▶ SET {prefix}relay:k:<key hex> / relay:d:<did> = "host:port" EX ttl
+//! ```
+//!
+//! Three tasks besides one per link: the **presence** task writes who is connected here
+//! (refreshed every third of the TTL, withdrawn on leave only if still ours), the
+//! **router** looks each destination up (cached briefly) and hands the frame to that
+//! instance's link, and the **listener** accepts links from the other instances and feeds
+//! what arrives into the local relay core. Every link is authenticated both ways with the
+//! shared mesh key (`mesh_proto`). A packet that cannot be delivered is answered as a
+//! single relay answers it: `PeerGone` when no instance holds the peer (or its instance
+//! cannot be reached), `Overloaded(PeerQueueFull)` when a queue on the way is full. The
+//! relay core never waits for the mesh: every hand-over is a non-blocking `try_send` into a
+//! bounded queue.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mpc_did_rendezvous::relay::{OverloadReason, PeerAddr, RelayToClient};
+use mpc_did_rendezvous::relay_server::{MeshEvent, RelayServer};
+use rand_core::{OsRng, RngCore};
+use redis::aio::ConnectionManager;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use crate::mesh_proto::{check_proof, client_proof, server_proof, MeshFrame, MIN_KEY_LEN};
+
+/// How the relay service joins a mesh of instances.
+#[derive(Clone)]
+pub struct MeshConfig {
+    /// Where this instance accepts links from the other instances (a private address).
+    pub listen: SocketAddr,
+    /// The address the other instances dial (default: the bound `listen` address, which
+    /// then must name a concrete IP, not `0.0.0.0`).
+    pub advertise: Option<SocketAddr>,
+    /// The shared mesh key (at least 32 bytes), the same on every instance.
+    pub key: Zeroizing<Vec<u8>>,
+    /// The Redis holding the presence table (the mediator's store).
+    pub redis_url: String,
+    /// Key prefix in Redis (the store's `redis_prefix`).
+    pub prefix: String,
+    /// How long a presence entry lives unless refreshed.
+    pub presence_ttl: Duration,
+}
+
+impl std::fmt::Debug for MeshConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshConfig")
+            .field("listen", &self.listen)
+            .field("advertise", &self.advertise)
+            .field("redis_url", &self.redis_url)
+            .field("prefix", &self.prefix)
+            .field("presence_ttl", &self.presence_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeshConfig {
+    /// Checks the key length and that the advertised address can be dialled.
+    ///
+    /// # Errors
+    /// A message naming the setting to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.key.len() < MIN_KEY_LEN {
+            return Err(format!(
+                "relay.mesh.key_file: the mesh key must be at least {MIN_KEY_LEN} bytes (e.g. `openssl rand -hex 32 > mesh.key`)"
+            ));
+        }
+        // Without `advertise` the bound listen address is announced (port 0 is resolved).
+        let adv = self.advertise.unwrap_or(self.listen);
+        if adv.ip().is_unspecified() || (self.advertise.is_some() && adv.port() == 0) {
+            return Err(format!(
+                "relay.mesh.advertise: other instances cannot dial {adv}; set the address they reach this instance at"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Access to the local relay core: runs `f` under the relay's lock, then delivers the
+/// core's events (wakes writers, hands mesh events back to [`MeshTx::dispatch`]).
+pub(crate) trait RelayAccess: Send + Sync + 'static {
+    fn with_server(&self, f: &mut dyn FnMut(&mut RelayServer));
+}
+
+/// Frames queued per link (each ≤ one relay frame, ~64 KiB).
+const LINK_QUEUE: usize = 256;
+/// Events queued for the router.
+const ROUTER_QUEUE: usize = 1024;
+/// Links accepted from other instances at once.
+const MAX_INBOUND: usize = 64;
+/// How long a looked-up route is trusted.
+const ROUTE_TTL: Duration = Duration::from_secs(1);
+/// How long "no instance holds it" is trusted (short: a peer may be connecting now).
+const NO_ROUTE_TTL: Duration = Duration::from_millis(250);
+/// A link that failed is not dialled again for this long.
+const REDIAL_AFTER: Duration = Duration::from_secs(1);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The relay core's side of the mesh: where [`MeshEvent`]s go.
+pub(crate) struct MeshTx {
+    router: mpsc::Sender<MeshEvent>,
+    presence: mpsc::UnboundedSender<MeshEvent>,
+}
+
+/// The tasks' side, taken by [`run`].
+pub(crate) struct MeshRx {
+    router: mpsc::Receiver<MeshEvent>,
+    presence: mpsc::UnboundedReceiver<MeshEvent>,
+}
+
+/// The two queues between the relay core and the mesh tasks.
+pub(crate) fn channels() -> (MeshTx, MeshRx) {
+    let (rt, rr) = mpsc::channel(ROUTER_QUEUE);
+    let (pt, pr) = mpsc::unbounded_channel();
+    (
+        MeshTx {
+            router: rt,
+            presence: pt,
+        },
+        MeshRx {
+            router: rr,
+            presence: pr,
+        },
+    )
+}
+
+impl MeshTx {
+    /// Hands one event of the core to the mesh tasks without waiting. Presence changes are
+    /// never dropped (their queue grows only with connections); a packet that finds the
+    /// router's queue full is dropped and its sender told, as a full relay queue does.
+    pub(crate) fn dispatch(&self, ev: MeshEvent, server: &mut RelayServer) {
+        match ev {
+            MeshEvent::Joined { .. } | MeshEvent::Left { .. } => {
+                let _ = self.presence.send(ev);
+            }
+            MeshEvent::Forward { src_key, .. } => {
+                if self.router.try_send(ev).is_err() {
+                    server.mesh_notice(
+                        &src_key,
+                        RelayToClient::Overloaded(OverloadReason::PeerQueueFull),
+                        Instant::now(),
+                    );
+                }
+            }
+            // A notice that cannot be queued is lost: it is advice, and the sender's
+            // session notices the gap anyway (spec/session.md §7).
+            _ => {
+                let _ = self.router.try_send(ev);
+            }
+        }
+    }
+}
+
+/// Runs the mesh until `stop`: presence, router and the listener for other instances.
+pub(crate) async fn run(
+    cfg: MeshConfig,
+    listener: TcpListener,
+    rx: MeshRx,
+    access: Arc<dyn RelayAccess>,
+    stop: CancellationToken,
+) {
+    let me = cfg.advertise.unwrap_or(cfg.listen).to_string();
+    let key = Arc::new(cfg.key.clone());
+    let redis = loop {
+        match connect_redis(&cfg.redis_url).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay mesh: cannot reach Redis; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    tracing::info!(listen = %cfg.listen, advertise = %me, "relay mesh up");
+    let presence = Presence {
+        redis: redis.clone(),
+        prefix: cfg.prefix.clone(),
+        me: me.clone(),
+        ttl: cfg.presence_ttl,
+    };
+    let router = Router {
+        redis,
+        prefix: cfg.prefix,
+        me,
+        key: key.clone(),
+        access: access.clone(),
+        routes: HashMap::new(),
+        links: HashMap::new(),
+        stop: stop.clone(),
+    };
+    tokio::join!(
+        presence.run(rx.presence, access.clone(), stop.clone()),
+        router.run(rx.router),
+        accept_loop(listener, key, access, stop.clone()),
+    );
+}
+
+async fn connect_redis(url: &str) -> Result<ConnectionManager, redis::RedisError> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(Duration::from_secs(2));
+    ConnectionManager::new_with_config(client, config).await
+}
+
+fn key_entry(prefix: &str, key: &[u8; 32]) -> String {
+    format!("{prefix}relay:k:{}", hex::encode(key))
+}
+
+fn did_entry(prefix: &str, did: &str) -> String {
+    format!("{prefix}relay:d:{did}")
+}
+
+/// Deletes a presence entry only if it still names this instance (the client may have
+/// moved to another instance meanwhile).
+const DELETE_IF_MINE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+struct Presence {
+    redis: ConnectionManager,
+    prefix: String,
+    me: String,
+    ttl: Duration,
+}
+
+impl Presence {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<MeshEvent>,
+        access: Arc<dyn RelayAccess>,
+        stop: CancellationToken,
+    ) {
+        let mut refresh = tokio::time::interval((self.ttl / 3).max(Duration::from_secs(1)));
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let del = redis::Script::new(DELETE_IF_MINE);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                ev = rx.recv() => match ev {
+                    Some(MeshEvent::Joined { key, did }) => self.announce(&[(key, did)]).await,
+                    Some(MeshEvent::Left { key, did }) => {
+                        for entry in [key_entry(&self.prefix, &key), did_entry(&self.prefix, &did)] {
+                            let r: Result<i64, _> =
+                                del.key(entry).arg(&self.me).invoke_async(&mut self.redis).await;
+                            if let Err(e) = r {
+                                tracing::warn!(error = %e, "relay mesh: cannot withdraw presence");
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+                _ = refresh.tick() => {
+                    let mut peers = Vec::new();
+                    access.with_server(&mut |s| peers = s.authenticated_peers());
+                    self.announce(&peers).await;
+                }
+            }
+        }
+    }
+
+    async fn announce(&mut self, peers: &[([u8; 32], String)]) {
+        if peers.is_empty() {
+            return;
+        }
+        let secs = self.ttl.as_secs().max(1);
+        let mut pipe = redis::pipe();
+        for (key, did) in peers {
+            pipe.set_ex(key_entry(&self.prefix, key), &self.me, secs)
+                .ignore()
+                .set_ex(did_entry(&self.prefix, did), &self.me, secs)
+                .ignore();
+        }
+        let r: Result<(), _> = pipe.query_async(&mut self.redis).await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "relay mesh: cannot write presence");
+        }
+    }
+}
+
+/// One outgoing frame and, for a packet, whom to tell if it cannot be delivered.
+struct Outgoing {
+    bytes: Vec<u8>,
+    undeliverable: Option<([u8; 32], PeerAddr)>,
+}
+
+struct Link {
+    tx: mpsc::Sender<Outgoing>,
+    failed_at: Option<Instant>,
+}
+
+struct Router {
+    redis: ConnectionManager,
+    prefix: String,
+    me: String,
+    key: Arc<Zeroizing<Vec<u8>>>,
+    access: Arc<dyn RelayAccess>,
+    routes: HashMap<PeerAddr, (Option<String>, Instant)>,
+    links: HashMap<String, Link>,
+    stop: CancellationToken,
+}
+
+impl Router {
+    async fn run(mut self, mut rx: mpsc::Receiver<MeshEvent>) {
+        loop {
+            let ev = tokio::select! {
+                () = self.stop.cancelled() => return,
+                ev = rx.recv() => match ev { Some(ev) => ev, None => return },
+            };
+            match ev {
+                MeshEvent::Forward {
+                    src_key,
+                    src_did,
+                    dst,
+                    payload,
+                } => {
+                    let frame = MeshFrame::Forward {
+                        dst: dst.clone(),
+                        packet: RelayToClient::RecvPacket {
+                            src_key,
+                            src_did,
+                            payload,
+                        },
+                    };
+                    let sent = match self.route(&dst).await {
+                        Some(inst) => self.send(&inst, &frame, Some((src_key, dst.clone()))),
+                        None => Err(Undelivered::NoRoute),
+                    };
+                    if let Err(why) = sent {
+                        let notice = match why {
+                            Undelivered::NoRoute => RelayToClient::PeerGone(dst),
+                            Undelivered::Full => {
+                                RelayToClient::Overloaded(OverloadReason::PeerQueueFull)
+                            }
+                        };
+                        self.access.with_server(&mut |s| {
+                            s.mesh_notice(&src_key, notice.clone(), Instant::now());
+                        });
+                    }
+                }
+                MeshEvent::Notice { to_key, frame } => {
+                    if let Some(inst) = self.route(&PeerAddr::Key(to_key)).await {
+                        let _ = self.send(&inst, &MeshFrame::Notice { to_key, frame }, None);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The instance holding `dst` (never this one: a stale entry naming us means the peer
+    /// is gone).
+    async fn route(&mut self, dst: &PeerAddr) -> Option<String> {
+        let now = Instant::now();
+        if let Some((inst, at)) = self.routes.get(dst) {
+            let ttl = if inst.is_some() {
+                ROUTE_TTL
+            } else {
+                NO_ROUTE_TTL
+            };
+            if now.saturating_duration_since(*at) < ttl {
+                return inst.clone();
+            }
+        }
+        let entry = match dst {
+            PeerAddr::Key(k) => key_entry(&self.prefix, k),
+            PeerAddr::Did(d) => did_entry(&self.prefix, d),
+        };
+        let found: Option<String> = match redis::cmd("GET")
+            .arg(entry)
+            .query_async(&mut self.redis)
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay mesh: presence lookup failed");
+                None
+            }
+        };
+        let found = found.filter(|i| *i != self.me);
+        if self.routes.len() > 65_536 {
+            self.routes.clear();
+        }
+        self.routes.insert(dst.clone(), (found.clone(), now));
+        found
+    }
+
+    fn send(
+        &mut self,
+        inst: &str,
+        frame: &MeshFrame,
+        undeliverable: Option<([u8; 32], PeerAddr)>,
+    ) -> Result<(), Undelivered> {
+        let mut bytes = Vec::new();
+        if frame.write_to(&mut bytes).is_err() {
+            return Err(Undelivered::NoRoute);
+        }
+        let out = Outgoing {
+            bytes,
+            undeliverable,
+        };
+        let link = self.links.get_mut(inst);
+        let out = match link {
+            Some(l) if !l.tx.is_closed() => {
+                return match l.tx.try_send(out) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => Err(Undelivered::Full),
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(Undelivered::NoRoute),
+                };
+            }
+            Some(l) => {
+                // The link ended: dial again, but not in a tight loop.
+                let failed = *l.failed_at.get_or_insert_with(Instant::now);
+                if failed.elapsed() < REDIAL_AFTER {
+                    return Err(Undelivered::NoRoute);
+                }
+                out
+            }
+            None => out,
+        };
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        let _ = tx.try_send(out);
+        tokio::spawn(link_task(
+            inst.to_owned(),
+            self.key.clone(),
+            rx,
+            self.access.clone(),
+            self.stop.clone(),
+        ));
+        self.links.insert(
+            inst.to_owned(),
+            Link {
+                tx,
+                failed_at: None,
+            },
+        );
+        Ok(())
+    }
+}
+
+enum Undelivered {
+    NoRoute,
+    Full,
+}
+
+/// Dials `inst`, authenticates, then writes frames until the queue closes or a write
+/// fails. Frames that could not be written are answered with `PeerGone` to their senders.
+async fn link_task(
+    inst: String,
+    key: Arc<Zeroizing<Vec<u8>>>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    access: Arc<dyn RelayAccess>,
+    stop: CancellationToken,
+) {
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(64);
+    let dialled = tokio::time::timeout(HANDSHAKE_TIMEOUT, dial(&inst, &key)).await;
+    let mut tcp = match dialled {
+        Ok(Ok(t)) => Some(t),
+        Ok(Err(e)) => {
+            tracing::warn!(instance = %inst, error = %e, "relay mesh: cannot link to instance");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(instance = %inst, "relay mesh: link handshake timed out");
+            None
+        }
+    };
+    let mut buf = Vec::new();
+    while let Some(tcp_ref) = tcp.as_mut() {
+        let n = tokio::select! {
+            () = stop.cancelled() => return,
+            n = rx.recv_many(&mut batch, 64) => n,
+        };
+        if n == 0 {
+            return;
+        }
+        buf.clear();
+        for o in &batch {
+            buf.extend_from_slice(&o.bytes);
+        }
+        if let Err(e) = tcp_ref.write_all(&buf).await {
+            tracing::warn!(instance = %inst, error = %e, "relay mesh: link lost");
+            tcp = None;
+        } else {
+            batch.clear();
+        }
+    }
+    // Failed: tell the senders of everything still queued, then end (the router dials
+    // again later).
+    rx.close();
+    while let Ok(o) = rx.try_recv() {
+        batch.push(o);
+    }
+    let gone: Vec<([u8; 32], PeerAddr)> =
+        batch.into_iter().filter_map(|o| o.undeliverable).collect();
+    if !gone.is_empty() {
+        access.with_server(&mut |s| {
+            for (k, dst) in &gone {
+                s.mesh_notice(k, RelayToClient::PeerGone(dst.clone()), Instant::now());
+            }
+        });
+    }
+}
+
+async fn dial(inst: &str, key: &[u8]) -> std::io::Result<TcpStream> {
+    let mut tcp = TcpStream::connect(inst).await?;
+    tcp.set_nodelay(true)?;
+    let mut nonce_s = [0u8; 32];
+    tcp.read_exact(&mut nonce_s).await?;
+    let mut nonce_c = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce_c);
+    let proof = client_proof(key, &nonce_s, &nonce_c).map_err(std::io::Error::other)?;
+    let mut hello = Vec::with_capacity(64);
+    hello.extend_from_slice(&nonce_c);
+    hello.extend_from_slice(&proof);
+    tcp.write_all(&hello).await?;
+    let mut answer = [0u8; 32];
+    tcp.read_exact(&mut answer).await?;
+    check_proof(key, true, &nonce_s, &nonce_c, &answer).map_err(std::io::Error::other)?;
+    Ok(tcp)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    key: Arc<Zeroizing<Vec<u8>>>,
+    access: Arc<dyn RelayAccess>,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_INBOUND));
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (tcp, from) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay mesh: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%from, "relay mesh: too many links; refused");
+            continue;
+        };
+        let (key, access, stop) = (key.clone(), access.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let r = tokio::select! {
+                () = stop.cancelled() => Ok(()),
+                r = inbound(tcp, &key, access.as_ref()) => r,
+            };
+            if let Err(e) = r {
+                tracing::warn!(%from, error = %e, "relay mesh: link from instance ended");
+            }
+        });
+    }
+}
+
+/// Authenticates a link from another instance and feeds its frames to the relay core.
+async fn inbound(mut tcp: TcpStream, key: &[u8], access: &dyn RelayAccess) -> std::io::Result<()> {
+    tcp.set_nodelay(true)?;
+    let mut nonce_s = [0u8; 32];
+    OsRng.fill_bytes(&mut nonce_s);
+    let handshake = async {
+        tcp.write_all(&nonce_s).await?;
+        let mut hello = [0u8; 64];
+        tcp.read_exact(&mut hello).await?;
+        let mut nonce_c = [0u8; 32];
+        nonce_c.copy_from_slice(&hello[..32]);
+        let mut proof = [0u8; 32];
+        proof.copy_from_slice(&hello[32..]);
+        check_proof(key, false, &nonce_s, &nonce_c, &proof).map_err(std::io::Error::other)?;
+        let answer = server_proof(key, &nonce_s, &nonce_c).map_err(std::io::Error::other)?;
+        tcp.write_all(&answer).await
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| std::io::Error::other("mesh handshake timed out"))??;
+    let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
+    let mut frames = Vec::new();
+    loop {
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        let mut used = 0;
+        loop {
+            match MeshFrame::decode(&buf[used..]) {
+                Ok(Some((f, n))) => {
+                    used += n;
+                    frames.push(f);
+                }
+                Ok(None) => break,
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+        }
+        buf.drain(..used);
+        if frames.is_empty() {
+            continue;
+        }
+        // One lock for everything that arrived together.
+        let now = Instant::now();
+        let mut batch = std::mem::take(&mut frames);
+        access.with_server(&mut |s| {
+            for f in batch.drain(..) {
+                match f {
+                    MeshFrame::Forward {
+                        dst,
+                        packet:
+                            RelayToClient::RecvPacket {
+                                src_key,
+                                src_did,
+                                payload,
+                            },
+                    } => s.deliver_from_mesh(src_key, src_did, dst, payload, now),
+                    MeshFrame::Notice { to_key, frame } => s.mesh_notice(&to_key, frame, now),
+                    MeshFrame::Forward { .. } => {}
+                }
+            }
+        });
+        frames = batch;
+        // Let the destination writers drain before reading more (as the relay's readers do).
+        tokio::task::yield_now().await;
+    }
+}

@@ -1,0 +1,194 @@
+//! The `[relay]` section of the mediator's configuration: the relay's limits, client
+//! verification and the mesh of instances (spec/rendezvous.md §4.5, §4.7). Kept apart from
+//! `config.rs` so the relay's settings live in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::config::StoreConfig;
+use crate::mesh::MeshConfig;
+use crate::services::relay::RelayServiceConfig;
+
+/// `[relay]`: limits of the relay service (defaults = spec/rendezvous.md §4.5).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelaySettings {
+    /// Most simultaneous relay connections.
+    pub max_clients: u64,
+    /// Most relay connections from one IPv4 address or IPv6 /64 (behind a reverse proxy
+    /// every WebSocket client has the proxy's address: raise it there).
+    pub max_clients_per_ip: u64,
+    /// Per-client sustained send rate, wire bytes per second.
+    pub rate_bytes_per_sec: u64,
+    /// Per-client burst above the rate, bytes.
+    pub burst_bytes: u64,
+    /// Per-client outgoing queue, bytes (all senders together).
+    pub max_queue_bytes: u64,
+    /// Per-client outgoing queue, frames.
+    pub max_queue_frames: u64,
+    /// Only DIDs with a mediation grant here may use the relay (`derper --verify-clients`).
+    pub verify_clients: bool,
+    /// `[relay.mesh]`: forward to clients connected to other instances.
+    pub mesh: MeshSettings,
+}
+
+/// `[relay.mesh]`: instances sharing a Redis store forward relay packets to each other.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeshSettings {
+    /// Address this instance accepts links from the other instances on (a private
+    /// network address); unset: no mesh.
+    pub listen: Option<SocketAddr>,
+    /// Address the other instances dial (default: `listen`).
+    pub advertise: Option<SocketAddr>,
+    /// File holding the shared mesh key (≥ 32 bytes; surrounding whitespace is ignored),
+    /// the same on every instance, readable only by the mediator.
+    pub key_file: Option<PathBuf>,
+    /// Seconds a presence entry lives in Redis unless refreshed (every third of it).
+    pub presence_ttl_secs: u64,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        let d = RelayServiceConfig::default();
+        RelaySettings {
+            max_clients: d.max_clients as u64,
+            max_clients_per_ip: d.max_clients_per_source as u64,
+            rate_bytes_per_sec: d.rate_bytes_per_sec,
+            burst_bytes: d.burst_bytes,
+            max_queue_bytes: d.max_queue_bytes as u64,
+            max_queue_frames: d.max_queue_frames as u64,
+            verify_clients: false,
+            mesh: MeshSettings::default(),
+        }
+    }
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            listen: None,
+            advertise: None,
+            key_file: None,
+            presence_ttl_secs: 30,
+        }
+    }
+}
+
+fn size(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+impl RelaySettings {
+    /// The relay service's configuration; `store` and `redis_prefix` are the mediator's
+    /// (the mesh keeps its presence table in the same Redis).
+    ///
+    /// # Errors
+    /// A message naming the setting to fix: a mesh without a Redis store or without a key,
+    /// an unreadable or short key, an address other instances cannot dial, a zero limit.
+    pub fn service_config(
+        &self,
+        store: &StoreConfig,
+        redis_prefix: &str,
+    ) -> Result<RelayServiceConfig, String> {
+        for (name, v) in [
+            ("max_clients", self.max_clients),
+            ("max_clients_per_ip", self.max_clients_per_ip),
+            ("rate_bytes_per_sec", self.rate_bytes_per_sec),
+            ("burst_bytes", self.burst_bytes),
+            ("max_queue_bytes", self.max_queue_bytes),
+            ("max_queue_frames", self.max_queue_frames),
+        ] {
+            if v == 0 {
+                return Err(format!("relay.{name} must be at least 1"));
+            }
+        }
+        let mesh = match self.mesh.listen {
+            None => None,
+            Some(listen) => {
+                let StoreConfig::Redis(url) = store else {
+                    return Err(
+                        "relay.mesh needs the instances' shared Redis: set store = \"redis://host:port\""
+                            .into(),
+                    );
+                };
+                let Some(path) = &self.mesh.key_file else {
+                    return Err("relay.mesh.key_file is not set: every instance needs the same mesh key (e.g. `openssl rand -hex 32 > mesh.key`)".into());
+                };
+                let raw = std::fs::read(path).map_err(|e| {
+                    format!("relay.mesh.key_file: cannot read {}: {e}", path.display())
+                })?;
+                let key = Zeroizing::new(raw.trim_ascii().to_vec());
+                let m = MeshConfig {
+                    listen,
+                    advertise: self.mesh.advertise,
+                    key,
+                    redis_url: url.clone(),
+                    prefix: redis_prefix.to_owned(),
+                    presence_ttl: Duration::from_secs(self.mesh.presence_ttl_secs.max(3)),
+                };
+                m.validate()?;
+                Some(m)
+            }
+        };
+        Ok(RelayServiceConfig {
+            max_clients: size(self.max_clients),
+            max_clients_per_source: size(self.max_clients_per_ip),
+            rate_bytes_per_sec: self.rate_bytes_per_sec,
+            burst_bytes: self.burst_bytes,
+            max_queue_bytes: size(self.max_queue_bytes),
+            max_queue_frames: size(self.max_queue_frames),
+            verify_clients: self.verify_clients,
+            mesh,
+            ..RelayServiceConfig::default()
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_needs_redis_and_a_long_enough_key() {
+        let mut r = RelaySettings::default();
+        assert!(r
+            .service_config(&StoreConfig::Sled, "p:")
+            .unwrap()
+            .mesh
+            .is_none());
+        r.mesh.listen = Some("127.0.0.1:0".parse().unwrap());
+        let e = r.service_config(&StoreConfig::Sled, "p:").unwrap_err();
+        assert!(e.contains("store = \"redis://"), "{e}");
+        let redis = StoreConfig::Redis("redis://127.0.0.1:1".into());
+        assert!(r
+            .service_config(&redis, "p:")
+            .unwrap_err()
+            .contains("key_file"));
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("mesh.key");
+        std::fs::write(&key, "short\n").unwrap();
+        r.mesh.key_file = Some(key.clone());
+        assert!(r
+            .service_config(&redis, "p:")
+            .unwrap_err()
+            .contains("at least 32"));
+        std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+        // 0.0.0.0 cannot be dialled by the others: an advertise address is needed.
+        r.mesh.listen = Some("0.0.0.0:7001".parse().unwrap());
+        assert!(r
+            .service_config(&redis, "p:")
+            .unwrap_err()
+            .contains("advertise"));
+        r.mesh.advertise = Some("127.0.0.1:7001".parse().unwrap());
+        let c = r.service_config(&redis, "p:").unwrap();
+        assert_eq!(c.mesh.unwrap().key.len(), 64);
+        r.max_queue_frames = 0;
+        assert!(r.service_config(&redis, "p:").is_err());
+    }
+}

@@ -1,0 +1,327 @@
+//! The relay across instances (spec/rendezvous.md §4.7, issue 18 item 2): two real
+//! `mpc-did-mediator` processes share one real `redis-server` and form a relay mesh; relay
+//! clients connected to different instances — directly or through a round-robin TCP
+//! proxy, as behind one hostname — reach each other with data intact, a packet to a peer
+//! no instance holds is answered `PeerGone`, and a mesh link without the key is refused.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use common::MediatorProc;
+use mpc_did_mediator::testkit::{RedisServer, RoundRobinProxy};
+use mpc_did_rendezvous::net::{RelayConnection, RelayIdentity};
+use mpc_did_rendezvous::relay::{PeerAddr, SigningKey};
+use rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn identity() -> RelayIdentity {
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    RelayIdentity::did_key(SigningKey::from_bytes(&seed))
+}
+
+fn key_of(id: &RelayIdentity) -> PeerAddr {
+    PeerAddr::Key(id.key.verifying_key().to_bytes())
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// `redis-server`, or `None` (test skipped) when it is missing and interop is not required.
+fn redis() -> Option<RedisServer> {
+    match RedisServer::start() {
+        Ok(r) => Some(r),
+        Err(e) if std::env::var("MPC_DID_REQUIRE_INTEROP").as_deref() != Ok("1") => {
+            println!("SKIPPED: redis-server is not available ({e})");
+            None
+        }
+        Err(e) => panic!("redis-server is required (MPC_DID_REQUIRE_INTEROP=1): {e}"),
+    }
+}
+
+struct Mesh {
+    _redis: RedisServer,
+    _dirs: Vec<tempfile::TempDir>,
+    instances: Vec<MediatorProc>,
+    mesh_addrs: Vec<String>,
+}
+
+/// Two instances on one Redis, each in the mesh with `key` (a mesh listener on a free
+/// loopback port, announced in Redis).
+fn two_instances(redis: RedisServer) -> Mesh {
+    let mut dirs = Vec::new();
+    let mut instances = Vec::new();
+    let mut mesh_addrs = Vec::new();
+    for _ in 0..2 {
+        let d = tempfile::tempdir().unwrap();
+        let key = d.path().join("mesh.key");
+        std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+        let conf = d.path().join("mediator.toml");
+        std::fs::write(
+            &conf,
+            format!(
+                "store = \"{}\"\n[relay]\nmax_clients_per_ip = 64\n[relay.mesh]\nlisten = \"127.0.0.1:0\"\nkey_file = \"{}\"\npresence_ttl_secs = 6\n",
+                redis.url,
+                key.display()
+            ),
+        )
+        .unwrap();
+        let m = MediatorProc::start_with_config(&d.path().join("data"), &[], Some(&conf));
+        mesh_addrs.push(m.relay_mesh.clone().unwrap());
+        instances.push(m);
+        dirs.push(d);
+    }
+    assert_eq!(
+        instances[0].did, instances[1].did,
+        "one mediator, two instances"
+    );
+    Mesh {
+        _redis: redis,
+        _dirs: dirs,
+        instances,
+        mesh_addrs,
+    }
+}
+
+async fn connect(url: &str, id: &RelayIdentity, did: &str) -> RelayConnection {
+    RelayConnection::connect_ws(url, id.clone(), Some(did.to_owned()))
+        .await
+        .unwrap()
+}
+
+/// Both directions at once, `n` bytes each way; returns what each side read.
+async fn exchange(
+    a: &RelayConnection,
+    ia: &RelayIdentity,
+    b: &RelayConnection,
+    ib: &RelayIdentity,
+    n: usize,
+) {
+    let mut sa = a.open_stream(key_of(ib)).unwrap();
+    let mut sb = b.open_stream(key_of(ia)).unwrap();
+    let (up, down) = (pattern(n, 1), pattern(n, 2));
+    let (u2, d2) = (up.clone(), down.clone());
+    let run = async {
+        tokio::join!(
+            async move {
+                let (mut rd, mut wr) = tokio::io::split(&mut sa);
+                let mut got = vec![0u8; n];
+                let (w, r) = tokio::join!(wr.write_all(&u2), rd.read_exact(&mut got));
+                w.unwrap();
+                r.unwrap();
+                got
+            },
+            async move {
+                let (mut rd, mut wr) = tokio::io::split(&mut sb);
+                let mut got = vec![0u8; n];
+                let (w, r) = tokio::join!(wr.write_all(&d2), rd.read_exact(&mut got));
+                w.unwrap();
+                r.unwrap();
+                got
+            }
+        )
+    };
+    let (ra, rb) = tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("relay exchange across instances timed out");
+    assert_eq!(Sha256::digest(&rb), Sha256::digest(&up));
+    assert_eq!(Sha256::digest(&ra), Sha256::digest(&down));
+}
+
+/// A client connects, then waits until the other instance can see it in Redis (presence is
+/// written asynchronously after authentication; spec §4.7).
+async fn wait_present(redis_url: &str, id: &RelayIdentity) {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let entry = format!(
+        "mpcdid:relay:k:{}",
+        hex::encode(id.key.verifying_key().to_bytes())
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(&entry)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if v.is_some() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn metric(addr: &str, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{addr}/metrics/relay"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("mpcdid_relay_{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+// §4.7: a client on instance 1 and one on instance 2 exchange 1 MiB each way; the packets
+// crossed the mesh (counted on both instances), nothing was reported unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_on_different_instances_exchange_data() {
+    let Some(redis) = redis() else { return };
+    let url = redis.url.clone();
+    let mesh = two_instances(redis);
+    let [m1, m2] = [&mesh.instances[0], &mesh.instances[1]];
+    let (ia, ib) = (identity(), identity());
+    let a = connect(&format!("ws://{}/relay", m1.addr), &ia, &m1.did).await;
+    let b = connect(&format!("ws://{}/relay", m2.addr), &ib, &m2.did).await;
+    wait_present(&url, &ia).await;
+    wait_present(&url, &ib).await;
+    exchange(&a, &ia, &b, &ib, 1 << 20).await;
+    for m in [m1, m2] {
+        assert!(metric(&m.addr, "mesh_out_packets_total").await > 0);
+        assert!(metric(&m.addr, "mesh_in_packets_total").await > 0);
+        assert_eq!(metric(&m.addr, "unknown_peer_total").await, 0);
+    }
+}
+
+// §4.7 behind one hostname: three clients through a round-robin proxy land on alternating
+// instances; every pair exchanges data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_clients_behind_a_round_robin_proxy() {
+    let Some(redis) = redis() else { return };
+    let url = redis.url.clone();
+    let mesh = two_instances(redis);
+    let backends = mesh
+        .instances
+        .iter()
+        .map(|m| m.addr.parse().unwrap())
+        .collect();
+    let proxy = RoundRobinProxy::start(backends).unwrap();
+    let did = mesh.instances[0].did.clone();
+    let relay = format!("ws://{}/relay", proxy.addr);
+    let ids = [identity(), identity(), identity()];
+    let mut conns = Vec::new();
+    for id in &ids {
+        conns.push(connect(&relay, id, &did).await);
+        wait_present(&url, id).await;
+    }
+    for (i, j) in [(0, 1), (1, 2), (0, 2)] {
+        exchange(&conns[i], &ids[i], &conns[j], &ids[j], 256 << 10).await;
+    }
+    // Connections 0 and 2 landed on instance 1, connection 1 on instance 2: both carried.
+    for m in &mesh.instances {
+        assert!(metric(&m.addr, "mesh_in_packets_total").await > 0);
+    }
+}
+
+// §4.7: a packet for a peer that no instance holds fails the sender's stream, as on one
+// relay (`PeerGone`), and is counted as unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_peer_anywhere_is_peer_gone() {
+    let Some(redis) = redis() else { return };
+    let mesh = two_instances(redis);
+    let m1 = &mesh.instances[0];
+    let ia = identity();
+    let a = connect(&format!("ws://{}/relay", m1.addr), &ia, &m1.did).await;
+    let nobody = identity();
+    let mut s = a.open_stream(key_of(&nobody)).unwrap();
+    s.write_all(b"hello?").await.unwrap();
+    let mut buf = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("no PeerGone within 10 s");
+    assert!(r.is_err(), "stream to an unknown peer must fail, got {r:?}");
+    assert!(metric(&m1.addr, "unknown_peer_total").await >= 1);
+}
+
+// §4.7 link authentication: a dialer that does not know the mesh key gets no server proof;
+// the listener closes the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_link_without_the_key_is_refused() {
+    let Some(redis) = redis() else { return };
+    let mesh = two_instances(redis);
+    let addr = mesh.mesh_addrs[0].clone();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut nonce = [0u8; 32];
+        tcp.read_exact(&mut nonce).unwrap();
+        // A nonce and a proof made with the wrong key.
+        tcp.write_all(&[7u8; 64]).unwrap();
+        let mut rest = Vec::new();
+        let _ = tcp.read_to_end(&mut rest);
+        rest
+    })
+    .await
+    .unwrap();
+    assert!(got.is_empty(), "the listener answered a bad proof: {got:?}");
+}
+
+/// A did:key party from `seed`: its mediator client (to register) and its relay identity.
+fn party(
+    seed: [u8; 32],
+    info: mpc_did_agent::client::MediatorInfo,
+) -> (mpc_did_agent::client::MediatorClient, RelayIdentity) {
+    use mpc_did_didcomm::{Secret, SecretStore};
+    use mpc_did_resolver::key;
+    let signing = SigningKey::from_bytes(&seed);
+    let did = key::did_from_ed25519(&signing.verifying_key().to_bytes());
+    let doc = key::resolve(&did).unwrap();
+    let mut secrets = SecretStore::new();
+    secrets.insert(
+        doc.key_agreement_methods()[0].id.clone(),
+        Secret::X25519(x25519_dalek::StaticSecret::from(
+            key::x25519_secret_from_ed25519_seed(&seed),
+        )),
+    );
+    secrets.insert(
+        doc.authentication_methods()[0].id.clone(),
+        Secret::Ed25519(signing.clone()),
+    );
+    let client = mpc_did_agent::client::MediatorClient::new(
+        info,
+        &did,
+        secrets,
+        mpc_did_resolver::UniversalResolver::new().unwrap(),
+    )
+    .unwrap();
+    (client, RelayIdentity::did_key(signing))
+}
+
+// spec/rendezvous.md §4.8 (`derper --verify-clients`): with `--relay-verify-clients` a DID
+// without a mediation grant is refused (opaque AuthFailed); once it registered, the same
+// key is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_clients_admits_only_granted_dids() {
+    let d = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(&d.path().join("data"), &["--relay-verify-clients"]);
+    let relay = format!("ws://{}/relay", m.addr);
+    let info = mpc_did_agent::client::MediatorInfo::discover(&m.url())
+        .await
+        .unwrap();
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    let (client, id) = party(seed, info);
+    let refused = RelayConnection::connect_ws(&relay, id.clone(), Some(m.did.clone())).await;
+    assert!(refused.is_err(), "an ungranted DID was admitted");
+    assert_eq!(metric(&m.addr, "auth_failed_total").await, 1);
+    client.register().await.unwrap();
+    let admitted = RelayConnection::connect_ws(&relay, id, Some(m.did.clone())).await;
+    assert!(
+        admitted.is_ok(),
+        "a granted DID was refused: {:?}",
+        admitted.err()
+    );
+}
