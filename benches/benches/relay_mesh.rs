@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use common::latency;
 use mpc_did_mediator::mesh::MeshConfig;
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig, RelayServiceHandle};
-use mpc_did_mediator::testkit::RedisServer;
 use mpc_did_mediator::{Config, Mediator, MediatorHandle};
 use mpc_did_rendezvous::net::{RelayConnection, RelayIdentity};
 use mpc_did_rendezvous::relay::{PeerAddr, SigningKey};
+use mpc_did_testkit::mediator::RedisServer;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const WINDOW: usize = 1 << 20;

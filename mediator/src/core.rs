@@ -1114,7 +1114,7 @@ fn plain(m: &Message) -> Vec<u8> {
 
 /// The largest packed message a party accepts (`mpc_did_didcomm::DEFAULT_MAX_MESSAGE_SIZE`,
 /// what `mpc_did_agent`'s client unpacks): every `delivery` stays within it.
-pub const MAX_DELIVERY_BYTES: usize = mpc_did_didcomm::DEFAULT_MAX_MESSAGE_SIZE;
+pub(crate) const MAX_DELIVERY_BYTES: usize = mpc_did_didcomm::DEFAULT_MAX_MESSAGE_SIZE;
 
 /// Bytes of a delivery's plaintext besides its attachments and DIDs (type, ids, thread,
 /// times, body) — generous.

@@ -312,7 +312,7 @@ async fn admin(config: Config, op: &AdminCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: Args, config: Config) -> anyhow::Result<Exit> {
+async fn run(args: Args, mut config: Config) -> anyhow::Result<Exit> {
     let mut builder = Mediator::builder(config.clone());
     let mut stun_addr = None;
     if let Some(primary) = config.stun_addr().map_err(anyhow::Error::msg)? {

@@ -11,9 +11,9 @@ use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
 use common::MediatorProc;
-use mpc_did_mediator::testkit::{RedisServer, RoundRobinProxy};
 use mpc_did_rendezvous::net::{RelayConnection, RelayIdentity};
 use mpc_did_rendezvous::relay::{PeerAddr, SigningKey};
+use mpc_did_testkit::mediator::{RedisServer, RoundRobinProxy};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -18,8 +18,8 @@ use std::time::Duration;
 mod common;
 
 use common::{cmd, command, mediator_bin, ok, wait_bounded};
-use mpc_did_mediator::testkit::{RedisServer, RoundRobinProxy};
 use mpc_did_proxy::launch::find_python;
+use mpc_did_testkit::mediator::{RedisServer, RoundRobinProxy};
 
 fn python() -> Option<PathBuf> {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
