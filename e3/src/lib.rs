@@ -41,6 +41,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 mod delay;
+pub mod workload;
 pub use delay::{DelayLine, Stats as DelayStats};
 
 /// What can go wrong building or using a topology.
