@@ -47,7 +47,7 @@ numpy, scikit-learn and matplotlib (MPC_DID_PYTHON, else the repository's .venv)
 
 #[derive(clap::Args, Debug)]
 struct MatrixArgs {
-    /// A few minutes: low sizes, 2 and 3 parties, the two near scenarios, every mode, once.
+    /// A few minutes: low sizes, 3 and 4 parties, the two near scenarios, every mode, once.
     #[arg(long, conflicts_with = "full")]
     quick: bool,
     /// Everything: both workloads × 3 sizes × 2/3/5/10 parties × 4 scenarios × every mode.

@@ -92,7 +92,7 @@ impl Plan {
             if full {
                 ("full", &Size::ALL, &[2, 3, 5, 10], &SCENARIOS, reps.unwrap_or(3))
             } else {
-                ("quick", &[Size::Low], &[2, 3], &SCENARIOS[..2], reps.unwrap_or(1))
+                ("quick", &[Size::Low], &[3, 4], &SCENARIOS[..2], reps.unwrap_or(1))
             };
         let modes: Vec<Mode> = Mode::ALL
             .into_iter()
