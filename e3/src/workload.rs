@@ -149,6 +149,7 @@ pub fn examples_dir() -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -159,7 +160,11 @@ mod tests {
         }
         let santa = Workload::new(Program::SecretSanta, Size::High).args();
         assert!(santa.ends_with(&["--draws".to_owned(), "16".to_owned()]));
-        let batch = |s| Workload::new(Program::Cnn, s).args()[1].parse::<u32>().unwrap();
+        let batch = |s| {
+            Workload::new(Program::Cnn, s).args()[1]
+                .parse::<u32>()
+                .unwrap()
+        };
         assert!(batch(Size::Low) < batch(Size::Medium) && batch(Size::Medium) < batch(Size::High));
     }
 }

@@ -75,9 +75,15 @@ fn refuses_to_start_without_its_tools() {
             "{stderr}"
         );
     } else {
-        assert!(stderr.contains("needs root") || stderr.contains("not found"), "{stderr}");
+        assert!(
+            stderr.contains("needs root") || stderr.contains("not found"),
+            "{stderr}"
+        );
     }
-    assert!(!dir.path().join("out").exists(), "created output before checking its tools");
+    assert!(
+        !dir.path().join("out").exists(),
+        "created output before checking its tools"
+    );
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
@@ -175,8 +181,16 @@ fn ctrl_c_removes_namespaces_tunnels_and_processes() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(exited, "the matrix did not stop within 60 s of SIGINT");
     assert_eq!(status.code(), Some(130), "{stderr}");
-    assert!(namespaces_of(pid).is_empty(), "namespaces left: {:?}", namespaces_of(pid));
-    assert!(wg_sockets_of(pid).is_empty(), "tunnels left: {:?}", wg_sockets_of(pid));
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "namespaces left: {:?}",
+        namespaces_of(pid)
+    );
+    assert!(
+        wg_sockets_of(pid).is_empty(),
+        "tunnels left: {:?}",
+        wg_sockets_of(pid)
+    );
     let gone = wait_until(Duration::from_secs(5), || processes_of(pid).is_empty());
     assert!(gone, "processes left: {:?}", processes_of(pid));
 }
@@ -223,7 +237,10 @@ fn check_report(dir: &Path) {
         let (wall, mpyc) = (f("wall_s"), f("mpyc_s"));
         assert!(mpyc > 0.0 && wall >= mpyc, "{r:?}");
         // The wire carries at least MPyC's payload (plus headers and encryption).
-        assert!(f("wire_bytes") >= f("mpyc_bytes") && f("mpyc_bytes") > 0.0, "{r:?}");
+        assert!(
+            f("wire_bytes") >= f("mpyc_bytes") && f("mpyc_bytes") > 0.0,
+            "{r:?}"
+        );
         assert!(modes.contains(&r[col("mode")]), "{r:?}");
         assert!(!r[col("path_kinds")].is_empty(), "{r:?}");
         if matches!(r[col("mode")], "wireguard" | "session-direct") {
@@ -237,15 +254,26 @@ fn check_report(dir: &Path) {
             for mode in modes {
                 let row = format!("| {program} | low | 3 | {scenario} |");
                 assert!(
-                    md.lines().any(|l| l.starts_with(&row) && l.contains(&format!("| {mode} |"))),
+                    md.lines()
+                        .any(|l| l.starts_with(&row) && l.contains(&format!("| {mode} |"))),
                     "report lacks {row} {mode}"
                 );
             }
         }
     }
-    for png in ["time_vs_parties.png", "bytes_per_mode.png", "setup_per_mode.png"] {
+    for png in [
+        "time_vs_parties.png",
+        "bytes_per_mode.png",
+        "setup_per_mode.png",
+    ] {
         let bytes = std::fs::read(dir.join(png)).unwrap();
-        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{png}");
-        assert!(md.contains(&format!("({png})")), "report does not show {png}");
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+            "{png}"
+        );
+        assert!(
+            md.contains(&format!("({png})")),
+            "report does not show {png}"
+        );
     }
 }

@@ -28,7 +28,11 @@ fn bench(args: &[&str]) -> std::process::Output {
 #[test]
 fn json_report_has_every_size_and_mode_with_consistent_columns() {
     let out = bench(&["--json", "bench", "local", "--budget-ms", "20"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 3 * MODES.len());
@@ -43,7 +47,11 @@ fn json_report_has_every_size_and_mode_with_consistent_columns() {
             assert!(ns > 0.0 && ns.is_finite(), "{r}");
             // messages/s is the inverse of the time per message.
             assert!((per_s * ns / 1e9 - 1.0).abs() < 1e-6, "{r}");
-            let op = if mode == "session record" { "seal+open" } else { "pack+unpack" };
+            let op = if mode == "session record" {
+                "seal+open"
+            } else {
+                "pack+unpack"
+            };
             assert_eq!(r["operation"], op);
         }
         let session = rows
@@ -66,12 +74,17 @@ fn json_report_has_every_size_and_mode_with_consistent_columns() {
 #[test]
 fn table_names_every_case() {
     let out = bench(&["bench", "local", "--budget-ms", "20"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     for size in ["64 B", "1 KiB", "64 KiB"] {
         for mode in MODES {
             assert!(
-                text.lines().any(|l| l.starts_with(&format!("| {size} | {mode} |"))),
+                text.lines()
+                    .any(|l| l.starts_with(&format!("| {size} | {mode} |"))),
                 "no line for {mode} at {size}:\n{text}"
             );
         }
@@ -85,5 +98,8 @@ fn refuses_a_budget_out_of_range() {
     let out = bench(&["bench", "local", "--budget-ms", "5"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--budget-ms must be between 20 and 60000"), "{err}");
+    assert!(
+        err.contains("--budget-ms must be between 20 and 60000"),
+        "{err}"
+    );
 }

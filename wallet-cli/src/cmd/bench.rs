@@ -148,9 +148,7 @@ fn print_table(r: &Report) {
         r.budget_ms
     );
     println!();
-    println!(
-        "| payload | mode | operation | time per message | messages/s | × session |"
-    );
+    println!("| payload | mode | operation | time per message | messages/s | × session |");
     println!("|---:|---|---|---:|---:|---:|");
     for row in &r.rows {
         println!(
@@ -174,7 +172,7 @@ fn print_table(r: &Report) {
 }
 
 fn bytes(n: usize) -> String {
-    if n >= 1024 && n % 1024 == 0 {
+    if n >= 1024 && n.is_multiple_of(1024) {
         format!("{} KiB", n / 1024)
     } else {
         format!("{n} B")
@@ -253,11 +251,19 @@ fn handshake() -> anyhow::Result<(Session, Session)> {
 
 /// One message A → B through the session: seal into records, open them, deliver the bytes;
 /// the ACKs flow back so the send window stays open.
-fn session_message(a: &mut Session, b: &mut Session, stream: u32, msg: &[u8]) -> anyhow::Result<()> {
+fn session_message(
+    a: &mut Session,
+    b: &mut Session,
+    stream: u32,
+    msg: &[u8],
+) -> anyhow::Result<()> {
     let sent = a
         .send(0, stream, msg)
         .map_err(|e| anyhow::anyhow!("session send failed: {e}"))?;
-    anyhow::ensure!(sent == msg.len(), "session send window full: ACKs are not flowing");
+    anyhow::ensure!(
+        sent == msg.len(),
+        "session send window full: ACKs are not flowing"
+    );
     while let Some(rec) = a.poll_transmit() {
         b.handle_record(0, &rec)
             .map_err(|e| anyhow::anyhow!("session open failed: {e}"))?;
@@ -268,7 +274,11 @@ fn session_message(a: &mut Session, b: &mut Session, stream: u32, msg: &[u8]) ->
             got += data.len();
         }
     }
-    anyhow::ensure!(got == msg.len(), "session delivered {got} of {} bytes", msg.len());
+    anyhow::ensure!(
+        got == msg.len(),
+        "session delivered {got} of {} bytes",
+        msg.len()
+    );
     while let Some(ack) = b.poll_transmit() {
         a.handle_record(0, &ack)
             .map_err(|e| anyhow::anyhow!("session ACK failed: {e}"))?;
@@ -312,15 +322,27 @@ fn local(budget: Duration) -> anyhow::Result<Report> {
                     .open_stream()
                     .map_err(|e| anyhow::anyhow!("cannot open a session stream: {e}"))?;
                 let payload = vec![0x5a; size];
-                measure(budget, || session_message(&mut a, &mut b, stream, black_box(&payload)))?
+                measure(budget, || {
+                    session_message(&mut a, &mut b, stream, black_box(&payload))
+                })?
             } else {
                 measure(budget, || {
                     let packed = match mode {
                         Mode::Plain => pack_plaintext(&msg)?,
-                        Mode::Signed => ready(pack_signed(&msg, &alice, &resolver, &alice_keys))??.0,
+                        Mode::Signed => {
+                            ready(pack_signed(&msg, &alice, &resolver, &alice_keys))??.0
+                        }
                         Mode::Anoncrypt => {
-                            ready(pack_encrypted(&anon, &bob, None, None, &resolver, &alice_keys, &opts))??
-                                .message
+                            ready(pack_encrypted(
+                                &anon,
+                                &bob,
+                                None,
+                                None,
+                                &resolver,
+                                &alice_keys,
+                                &opts,
+                            ))??
+                            .message
                         }
                         Mode::Authcrypt => {
                             ready(pack_encrypted(
@@ -347,7 +369,12 @@ fn local(budget: Duration) -> anyhow::Result<Report> {
                             .message
                         }
                     };
-                    let (m, _) = ready(unpack(black_box(packed.as_bytes()), &resolver, &bob_keys, &uopts))??;
+                    let (m, _) = ready(unpack(
+                        black_box(packed.as_bytes()),
+                        &resolver,
+                        &bob_keys,
+                        &uopts,
+                    ))??;
                     black_box(m);
                     Ok(())
                 })?

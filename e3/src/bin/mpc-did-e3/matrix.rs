@@ -90,9 +90,21 @@ impl Plan {
     pub(crate) fn new(full: bool, reps: Option<u32>, only: &[String], timeout_s: u64) -> Self {
         let (kind, sizes, parties, scenarios, reps): (_, &[Size], &[usize], &[Scenario], u32) =
             if full {
-                ("full", &Size::ALL, &[2, 3, 5, 10], &SCENARIOS, reps.unwrap_or(3))
+                (
+                    "full",
+                    &Size::ALL,
+                    &[2, 3, 5, 10],
+                    &SCENARIOS,
+                    reps.unwrap_or(3),
+                )
             } else {
-                ("quick", &[Size::Low], &[3, 4], &SCENARIOS[..2], reps.unwrap_or(1))
+                (
+                    "quick",
+                    &[Size::Low],
+                    &[3, 4],
+                    &SCENARIOS[..2],
+                    reps.unwrap_or(1),
+                )
             };
         let modes: Vec<Mode> = Mode::ALL
             .into_iter()
@@ -136,7 +148,8 @@ pub(crate) struct Row {
     pub(crate) outcome: Outcome,
 }
 
-pub(crate) const CSV_HEADER: &str = "workload,size,parties,scenario,rtt_max_ms,nat,mode,repetition,\
+pub(crate) const CSV_HEADER: &str =
+    "workload,size,parties,scenario,rtt_max_ms,nat,mode,repetition,\
 status,wall_s,mpyc_s,wire_bytes,mpyc_bytes,setup_s,path_kinds,error";
 
 impl Row {
@@ -317,12 +330,17 @@ pub(crate) fn run(plan: &Plan, out: &Path) -> Result<(), MatrixError> {
         if interrupted() {
             return Err(MatrixError::Interrupted);
         }
-        let same = matches!(&net, Some((n, s, _)) if *n == spec.parties && *s == spec.scenario.name);
+        let same =
+            matches!(&net, Some((n, s, _)) if *n == spec.parties && *s == spec.scenario.name);
         if !same {
             if let Some((_, _, old)) = net.take() {
                 finish_net(old);
             }
-            net = Some((spec.parties, spec.scenario.name, build_net(spec.parties, &spec.scenario)?));
+            net = Some((
+                spec.parties,
+                spec.scenario.name,
+                build_net(spec.parties, &spec.scenario)?,
+            ));
         }
         let Some((_, _, current)) = &net else {
             return Err(MatrixError::Unavailable("no topology".into()));
@@ -398,4 +416,3 @@ pub(crate) fn hms(d: Duration) -> String {
         format!("{}m{:02}s", s / 60, s % 60)
     }
 }
-

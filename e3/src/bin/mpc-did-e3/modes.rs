@@ -40,7 +40,8 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    pub(crate) const ALL: [Mode; 4] = [Mode::Plain, Mode::Ssl, Mode::WireGuard, Mode::SessionDirect];
+    pub(crate) const ALL: [Mode; 4] =
+        [Mode::Plain, Mode::Ssl, Mode::WireGuard, Mode::SessionDirect];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -82,8 +83,14 @@ pub(crate) fn run(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Durat
         Mode::Ssl => mpyc_processes(spec, topo, python, timeout, None, true),
         Mode::WireGuard => match WgMesh::up(topo, spec.parties) {
             Ok(mesh) => {
-                let mut o =
-                    mpyc_processes(spec, topo, python, timeout, Some(&mesh.tunnel_addrs()), false);
+                let mut o = mpyc_processes(
+                    spec,
+                    topo,
+                    python,
+                    timeout,
+                    Some(&mesh.tunnel_addrs()),
+                    false,
+                );
                 o.setup = Some(mesh.setup);
                 drop(mesh);
                 o
@@ -131,7 +138,11 @@ fn wire_bytes(topo: &Topology, n: usize) -> Result<u64, String> {
 
 fn host_addrs(topo: &Topology, n: usize) -> Result<Vec<Ipv4Addr>, String> {
     (0..n)
-        .map(|i| topo.host(&host_name(i)).map(|h| h.addr).ok_or_else(|| "no host".to_owned()))
+        .map(|i| {
+            topo.host(&host_name(i))
+                .map(|h| h.addr)
+                .ok_or_else(|| "no host".to_owned())
+        })
         .collect()
 }
 
@@ -226,11 +237,18 @@ fn wait_all(mut parties: Vec<Party>, deadline: Instant) -> Result<Vec<String>, S
         Some(f) => {
             let tail: String = logs
                 .iter()
-                .flat_map(|l| l.lines().filter(|x| x.contains("Error") || x.contains("error")))
+                .flat_map(|l| {
+                    l.lines()
+                        .filter(|x| x.contains("Error") || x.contains("error"))
+                })
                 .take(2)
                 .collect::<Vec<_>>()
                 .join(" / ");
-            Err(if tail.is_empty() { f } else { format!("{f}: {tail}") })
+            Err(if tail.is_empty() {
+                f
+            } else {
+                format!("{f}: {tail}")
+            })
         }
         None => Ok(logs),
     }
@@ -493,7 +511,8 @@ fn run_out(cmd: &mut Command, stdin: Option<&str>) -> Result<String, String> {
         .spawn()
         .map_err(|e| format!("{cmd:?}: {e}"))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).map_err(|e| e.to_string())?;
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| e.to_string())?;
     }
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if !out.status.success() {
@@ -536,7 +555,10 @@ fn tokio_stream(s: TcpStream) -> Result<tokio::net::TcpStream, String> {
 /// loopback, as for a user (spec/e3.md §4).
 fn session_direct(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Duration) -> Outcome {
     let mut out = Outcome::default();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             out.error = Some(format!("runtime: {e}"));
@@ -576,7 +598,10 @@ fn session_direct(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Durat
         let mut runs = Vec::new();
         for (i, sessions) in maps.into_iter().enumerate() {
             let me = PartyId::try_from(i).map_err(|e| e.to_string())?;
-            let mut argv = vec![python.as_os_str().to_owned(), script.clone().into_os_string()];
+            let mut argv = vec![
+                python.as_os_str().to_owned(),
+                script.clone().into_os_string(),
+            ];
             argv.extend(args.iter().map(Into::into));
             runs.push(tokio::spawn(async move {
                 let transport = Arc::new(PartyTransport::new(me, sessions));
@@ -619,7 +644,11 @@ fn session_direct(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Durat
             }
         }
         if let Some(e) = first_err {
-            return Err(if interrupted() { "interrupted".into() } else { e });
+            return Err(if interrupted() {
+                "interrupted".into()
+            } else {
+                e
+            });
         }
         out.wall = Some(start.elapsed());
         fold_logs(&logs, &mut out);

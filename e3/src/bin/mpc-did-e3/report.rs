@@ -11,9 +11,18 @@ use crate::modes::Mode;
 
 /// The plots the report shows; `plots.py` writes exactly these.
 pub(crate) const PLOTS: [(&str, &str); 3] = [
-    ("time_vs_parties.png", "MPyC time vs parties, per scenario and workload, one line per mode"),
-    ("bytes_per_mode.png", "Bytes on the wire per mode (median over repetitions), per workload"),
-    ("setup_per_mode.png", "Set-up time per mode (WireGuard mesh, session handshakes)"),
+    (
+        "time_vs_parties.png",
+        "MPyC time vs parties, per scenario and workload, one line per mode",
+    ),
+    (
+        "bytes_per_mode.png",
+        "Bytes on the wire per mode (median over repetitions), per workload",
+    ),
+    (
+        "setup_per_mode.png",
+        "Set-up time per mode (WireGuard mesh, session handshakes)",
+    ),
 ];
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -24,7 +33,12 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(v[v.len() / 2])
 }
 
-pub(crate) fn write(plan: &Plan, rows: &[Row], out: &Path, python: &Path) -> Result<(), MatrixError> {
+pub(crate) fn write(
+    plan: &Plan,
+    rows: &[Row],
+    out: &Path,
+    python: &Path,
+) -> Result<(), MatrixError> {
     let mut md = String::new();
     let failed = rows.iter().filter(|r| r.outcome.error.is_some()).count();
     let _ = writeln!(md, "# e3 evaluation matrix (--{})\n", plan.kind);
@@ -67,10 +81,18 @@ pub(crate) fn write(plan: &Plan, rows: &[Row], out: &Path, python: &Path) -> Res
         md,
         "| workload | size | parties | scenario | max RTT | mode | ok/runs | wall | MPyC | × plain (MPyC) | wire bytes | × plain (bytes) | set-up | paths |"
     );
-    let _ = writeln!(md, "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        md,
+        "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
     for ((w, size, n, scen), modes) in &groups {
         let stat = |rows: &[&Row], f: &dyn Fn(&Row) -> Option<f64>| {
-            median(rows.iter().filter(|r| r.outcome.error.is_none()).filter_map(|r| f(r)).collect())
+            median(
+                rows.iter()
+                    .filter(|r| r.outcome.error.is_none())
+                    .filter_map(|r| f(r))
+                    .collect(),
+            )
         };
         let plain_mpyc = modes
             .get(Mode::Plain.name())
@@ -87,7 +109,9 @@ pub(crate) fn write(plan: &Plan, rows: &[Row], out: &Path, python: &Path) -> Res
             let mpyc = stat(rs, &|r| r.outcome.mpyc.map(|d| d.as_secs_f64()));
             let bytes = stat(rs, &|r| r.outcome.wire_bytes.map(|b| b as f64));
             let setup = stat(rs, &|r| r.outcome.setup.map(|d| d.as_secs_f64()));
-            let f = |v: Option<f64>, unit: &str| v.map_or("–".to_owned(), |v| format!("{v:.2} {unit}"));
+            let f = |v: Option<f64>, unit: &str| {
+                v.map_or("–".to_owned(), |v| format!("{v:.2} {unit}"))
+            };
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
                 (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
                 _ => "–".to_owned(),
@@ -145,7 +169,10 @@ pub(crate) fn write(plan: &Plan, rows: &[Row], out: &Path, python: &Path) -> Res
         let _ = writeln!(
             md,
             "Plotting failed: {}",
-            String::from_utf8_lossy(&plot.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&plot.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         );
     }
     let _ = writeln!(
