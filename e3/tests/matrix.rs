@@ -228,9 +228,9 @@ fn check_report(dir: &Path) {
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    // 2 programs × 1 size × parties {3, 4} × 2 scenarios × 4 modes × 1 repetition.
-    assert_eq!(rows.len(), 2 * 2 * 2 * 4, "{csv}");
-    let modes = ["plain", "ssl", "wireguard", "session-direct"];
+    // 2 programs × 1 size × parties {3, 4} × 2 scenarios × 5 modes × 1 repetition.
+    assert_eq!(rows.len(), 2 * 2 * 2 * 5, "{csv}");
+    let modes = ["plain", "ssl", "wireguard", "session-direct", "didcomm-direct"];
     for r in &rows {
         assert_eq!(r[col("status")], "ok", "failed run: {r:?}");
         let f = |c: &str| r[col(c)].parse::<f64>().unwrap();
@@ -243,7 +243,7 @@ fn check_report(dir: &Path) {
         );
         assert!(modes.contains(&r[col("mode")]), "{r:?}");
         assert!(!r[col("path_kinds")].is_empty(), "{r:?}");
-        if matches!(r[col("mode")], "wireguard" | "session-direct") {
+        if matches!(r[col("mode")], "wireguard" | "session-direct" | "didcomm-direct") {
             assert!(f("setup_s") > 0.0, "{r:?}");
         }
     }

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod didcomm_transport;
 mod matrix;
 mod modes;
 mod report;

@@ -9,6 +9,8 @@
 //! - `session-direct`: mpc-did's data plane: per pair one TCP connection between the two
 //!   hosts' namespaces carrying a Noise session (the DIDComm negotiation is left out: it
 //!   runs in the connect tests and the `regions` bench); each MPyC behind its proxy.
+//! - `didcomm-direct`: per-message DIDComm on the same paths: every MPyC message one
+//!   authcrypt DIDComm message (`didcomm_transport`), the design sessions replace.
 //!
 //! Every mode's wire bytes are the same measure: the bytes the hosts' `eth0` sent during the
 //! run (IP and transport headers included), read from the namespaces' interface counters.
@@ -26,7 +28,9 @@ use mpc_did_driver::{local, DriverConfig, PartyTransport, SessionHandle, CLOSE_D
 use mpc_did_e3::workload::examples_dir;
 use mpc_did_e3::Topology;
 use mpc_did_proxy::launch::{run_program, Output, Program};
-use mpc_did_proxy::{PartyId, Proxy, ProxyConfig};
+use mpc_did_proxy::{PartyId, Proxy, ProxyConfig, Transport};
+
+use crate::didcomm_transport;
 
 use crate::matrix::{host_name, interrupted, RunSpec};
 
@@ -37,11 +41,17 @@ pub(crate) enum Mode {
     Ssl,
     WireGuard,
     SessionDirect,
+    DidcommDirect,
 }
 
 impl Mode {
-    pub(crate) const ALL: [Mode; 4] =
-        [Mode::Plain, Mode::Ssl, Mode::WireGuard, Mode::SessionDirect];
+    pub(crate) const ALL: [Mode; 5] = [
+        Mode::Plain,
+        Mode::Ssl,
+        Mode::WireGuard,
+        Mode::SessionDirect,
+        Mode::DidcommDirect,
+    ];
 
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -49,6 +59,7 @@ impl Mode {
             Mode::Ssl => "ssl",
             Mode::WireGuard => "wireguard",
             Mode::SessionDirect => "session-direct",
+            Mode::DidcommDirect => "didcomm-direct",
         }
     }
 
@@ -101,6 +112,7 @@ pub(crate) fn run(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Durat
             },
         },
         Mode::SessionDirect => session_direct(spec, topo, python, timeout),
+        Mode::DidcommDirect => didcomm_direct(spec, topo, python, timeout),
     };
     if out.paths.is_empty() && out.error.is_none() {
         out.paths = vec![match spec.mode {
@@ -108,6 +120,7 @@ pub(crate) fn run(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Durat
             Mode::Ssl => "tls",
             Mode::WireGuard => "wireguard-udp",
             Mode::SessionDirect => "direct-tcp",
+            Mode::DidcommDirect => "didcomm-authcrypt-direct-tcp",
         }
         .to_owned()];
     }
@@ -550,6 +563,107 @@ fn tokio_stream(s: TcpStream) -> Result<tokio::net::TcpStream, String> {
     tokio::net::TcpStream::from_std(s).map_err(|e| e.to_string())
 }
 
+/// Every party's MPyC behind its own loopback proxy on `transports[i]`; their outputs.
+async fn run_parties<T: Transport>(
+    transports: &[Arc<T>],
+    python: &Path,
+    script: &Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<Vec<String>, String> {
+    let parties = u16::try_from(transports.len()).map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut runs = Vec::new();
+    for (i, transport) in transports.iter().enumerate() {
+        let me = PartyId::try_from(i).map_err(|e| e.to_string())?;
+        let mut argv = vec![python.as_os_str().to_owned(), script.as_os_str().to_owned()];
+        argv.extend(args.iter().map(Into::into));
+        let transport = Arc::clone(transport);
+        runs.push(tokio::spawn(async move {
+            let proxy = Proxy::bind(ProxyConfig::new(parties, me))
+                .await
+                .map_err(|e| format!("party {i} proxy: {e}"))?;
+            let program = Program {
+                argv,
+                output: Output::Capture,
+                grace: Duration::from_secs(3),
+            };
+            let stop = async move {
+                loop {
+                    if interrupted() || tokio::time::Instant::now() > deadline {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            let r = run_program(proxy, transport, program, stop)
+                .await
+                .map_err(|e| format!("party {i}: {e}"))?;
+            if !r.status.success() {
+                return Err(format!("party {i} exited with {}", r.status));
+            }
+            Ok::<String, String>(format!("{}{}", r.stdout, r.stderr))
+        }));
+    }
+    let mut logs = Vec::new();
+    let mut first_err = None;
+    for r in runs {
+        match r.await {
+            Ok(Ok(log)) => logs.push(log),
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(format!("party task: {e}"));
+            }
+        }
+    }
+    match first_err {
+        Some(_) if interrupted() => Err("interrupted".into()),
+        Some(e) => Err(e),
+        None => Ok(logs),
+    }
+}
+
+/// Per-message DIDComm between the namespaces: the same direct TCP path per pair as
+/// `session-direct`, every MPyC message authcrypt-packed (`didcomm_transport`).
+fn didcomm_direct(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Duration) -> Outcome {
+    let mut out = Outcome::default();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error = Some(format!("runtime: {e}"));
+            return out;
+        }
+    };
+    let n = spec.parties;
+    let script = spec.workload.script_in(&examples_dir());
+    let args = spec.workload.args();
+    let result: Result<(), String> = rt.block_on(async {
+        let setup_start = Instant::now();
+        let ids = didcomm_transport::identities(n)?;
+        let mut links = Vec::new();
+        for i in 0..n {
+            for j in i + 1..n {
+                let (x, y) = cross_pair(topo, i, j)?;
+                links.push(((i, j), (tokio_stream(x)?, tokio_stream(y)?)));
+            }
+        }
+        let transports = didcomm_transport::mesh(&ids, links)?;
+        out.setup = Some(setup_start.elapsed());
+        let start = Instant::now();
+        let logs = run_parties(&transports, python, &script, &args, timeout).await?;
+        out.wall = Some(start.elapsed());
+        fold_logs(&logs, &mut out);
+        Ok(())
+    });
+    if let Err(e) = result {
+        out.error = Some(e);
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    out
+}
+
 /// mpc-did's data plane between the namespaces: a Noise session per pair over one TCP
 /// connection from host i to host j; each party's MPyC and proxy on this machine's
 /// loopback, as for a user (spec/e3.md §4).
@@ -592,64 +706,20 @@ fn session_direct(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Durat
             }
         }
         out.setup = Some(setup_start.elapsed());
-        let parties = u16::try_from(n).map_err(|e| e.to_string())?;
+        let transports: Vec<Arc<PartyTransport>> = maps
+            .into_iter()
+            .enumerate()
+            .map(|(i, sessions)| {
+                PartyId::try_from(i).map(|me| Arc::new(PartyTransport::new(me, sessions)))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
         let start = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut runs = Vec::new();
-        for (i, sessions) in maps.into_iter().enumerate() {
-            let me = PartyId::try_from(i).map_err(|e| e.to_string())?;
-            let mut argv = vec![
-                python.as_os_str().to_owned(),
-                script.clone().into_os_string(),
-            ];
-            argv.extend(args.iter().map(Into::into));
-            runs.push(tokio::spawn(async move {
-                let transport = Arc::new(PartyTransport::new(me, sessions));
-                let proxy = Proxy::bind(ProxyConfig::new(parties, me))
-                    .await
-                    .map_err(|e| format!("party {i} proxy: {e}"))?;
-                let program = Program {
-                    argv,
-                    output: Output::Capture,
-                    grace: Duration::from_secs(3),
-                };
-                let stop = async move {
-                    loop {
-                        if interrupted() || tokio::time::Instant::now() > deadline {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                };
-                let r = run_program(proxy, Arc::clone(&transport), program, stop).await;
-                transport.close_all(CLOSE_DONE, "done").await;
-                let r = r.map_err(|e| format!("party {i}: {e}"))?;
-                if !r.status.success() {
-                    return Err(format!("party {i} exited with {}", r.status));
-                }
-                Ok::<String, String>(format!("{}{}", r.stdout, r.stderr))
-            }));
+        let logs = run_parties(&transports, python, &script, &args, timeout).await;
+        for t in &transports {
+            t.close_all(CLOSE_DONE, "done").await;
         }
-        let mut logs = Vec::new();
-        let mut first_err = None;
-        for r in runs {
-            match r.await {
-                Ok(Ok(log)) => logs.push(log),
-                Ok(Err(e)) => {
-                    first_err.get_or_insert(e);
-                }
-                Err(e) => {
-                    first_err.get_or_insert(format!("party task: {e}"));
-                }
-            }
-        }
-        if let Some(e) = first_err {
-            return Err(if interrupted() {
-                "interrupted".into()
-            } else {
-                e
-            });
-        }
+        let logs = logs?;
         out.wall = Some(start.elapsed());
         fold_logs(&logs, &mut out);
         Ok(())
