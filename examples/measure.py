@@ -3,9 +3,9 @@
 Runs M parties of an example program on 127.0.0.1 (MPyC's own networking) and reports per
 run the wall time (launch to the last party's exit), MPyC's own elapsed time (slowest
 party), the payload bytes every party sent (MPyC's `bytes sent`, summed and per party) and
-the number of MPyC messages party 0 sent to party 1, which counts the communication rounds
-between that pair (MPyC sends at most one message per pair per round; the last party,
-which inputs the CNN's images, sends a few more). The count comes from a thin wrapper that
+the number of MPyC messages party 0 sent to party 1, an upper bound on the communication
+rounds between that pair (MPyC sends one message per operation; independent operations of
+one round travel as separate messages). The count comes from a thin wrapper that
 counts calls of `mpyc.asyncoro.MessageExchanger.send` per peer inside the party process;
 nothing of the program is changed.
 

@@ -230,7 +230,13 @@ fn check_report(dir: &Path) {
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     // 2 programs × 1 size × parties {3, 4} × 2 scenarios × 5 modes × 1 repetition.
     assert_eq!(rows.len(), 2 * 2 * 2 * 5, "{csv}");
-    let modes = ["plain", "ssl", "wireguard", "session-direct", "didcomm-direct"];
+    let modes = [
+        "plain",
+        "ssl",
+        "wireguard",
+        "session-direct",
+        "didcomm-direct",
+    ];
     for r in &rows {
         assert_eq!(r[col("status")], "ok", "failed run: {r:?}");
         let f = |c: &str| r[col(c)].parse::<f64>().unwrap();
@@ -243,7 +249,10 @@ fn check_report(dir: &Path) {
         );
         assert!(modes.contains(&r[col("mode")]), "{r:?}");
         assert!(!r[col("path_kinds")].is_empty(), "{r:?}");
-        if matches!(r[col("mode")], "wireguard" | "session-direct" | "didcomm-direct") {
+        if matches!(
+            r[col("mode")],
+            "wireguard" | "session-direct" | "didcomm-direct"
+        ) {
             assert!(f("setup_s") > 0.0, "{r:?}");
         }
     }

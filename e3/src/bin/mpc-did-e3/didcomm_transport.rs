@@ -20,7 +20,9 @@ use std::io;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use mpc_did_didcomm::{pack_encrypted, unpack, ContentAlg, Message, PackOptions, SecretStore, UnpackOptions};
+use mpc_did_didcomm::{
+    pack_encrypted, unpack, ContentAlg, Message, PackOptions, SecretStore, UnpackOptions,
+};
 use mpc_did_proxy::{PartyId, Transport};
 use mpc_did_resolver::{key, StaticResolver};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -123,7 +125,12 @@ pub(crate) fn mesh(
 
 /// Copy MPyC's bytes (from `far`) to the link as DIDComm messages, and the link's DIDComm
 /// messages back to `far`.
-fn pump(me: Identity, peer: String, link: TcpStream, far: DuplexStream) -> [tokio::task::JoinHandle<()>; 2] {
+fn pump(
+    me: Identity,
+    peer: String,
+    link: TcpStream,
+    far: DuplexStream,
+) -> [tokio::task::JoinHandle<()>; 2] {
     let (mut link_r, mut link_w) = link.into_split();
     let (mut far_r, mut far_w) = tokio::io::split(far);
     let out_id = me.clone();
@@ -205,12 +212,11 @@ fn pump(me: Identity, peer: String, link: TcpStream, far: DuplexStream) -> [toki
                 eprintln!("didcomm transport: a message not authenticated as {peer} ignored");
                 continue;
             }
-            let Some(data) = msg
-                .body
-                .get("d")
-                .and_then(|d| d.as_str())
-                .and_then(|d| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(d).ok())
-            else {
+            let Some(data) = msg.body.get("d").and_then(|d| d.as_str()).and_then(|d| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(d)
+                    .ok()
+            }) else {
                 eprintln!("didcomm transport: a message without data from {peer} ignored");
                 continue;
             };
@@ -227,11 +233,9 @@ impl Transport for DidcommTransport {
     type Stream = DuplexStream;
 
     async fn open(&self, peer: PartyId) -> io::Result<Self::Stream> {
-        self.opens
-            .lock()
-            .await
-            .remove(&peer)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no link to party {peer}")))
+        self.opens.lock().await.remove(&peer).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no link to party {peer}"))
+        })
     }
 
     async fn accept(&self) -> io::Result<(PartyId, Self::Stream)> {

@@ -629,7 +629,10 @@ async fn run_parties<T: Transport>(
 /// `session-direct`, every MPyC message authcrypt-packed (`didcomm_transport`).
 fn didcomm_direct(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Duration) -> Outcome {
     let mut out = Outcome::default();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             out.error = Some(format!("runtime: {e}"));
