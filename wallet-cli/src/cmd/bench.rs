@@ -162,12 +162,19 @@ fn print_table(r: &Report) {
         );
     }
     println!();
+    let n = r.break_even_messages_64b.ceil().max(1.0);
+    let after = if n.is_finite() {
+        format!(
+            "it pays for itself against authcrypt after {n:.0} message{} of 64 B",
+            if n > 1.0 { "s" } else { "" }
+        )
+    } else {
+        "authcrypt was not slower than a session record in this run".to_owned()
+    };
     println!(
-        "Session handshake (Noise, both sides, fresh keys): {} ({} per second); it pays for \
-         itself against authcrypt after {:.0} messages of 64 B.",
+        "Session handshake (Noise, both sides, fresh keys): {} ({} per second); {after}.",
         duration(r.handshake_ns),
         count(r.handshakes_per_second),
-        r.break_even_messages_64b
     );
 }
 

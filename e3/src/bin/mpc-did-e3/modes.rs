@@ -405,6 +405,8 @@ fn write_tls_config(dir: &Path, parties: usize) -> Result<(), String> {
 pub(crate) struct WgMesh {
     procs: Vec<Child>,
     ifaces: Vec<String>,
+    /// The namespace and interface of each delay-line exemption, removed on drop.
+    exempt: Vec<(mpc_did_e3::Netns, String)>,
     n: usize,
     setup: Duration,
 }
@@ -428,6 +430,7 @@ impl WgMesh {
         let mut mesh = Self {
             procs: Vec::new(),
             ifaces: Vec::new(),
+            exempt: Vec::new(),
             n,
             setup: Duration::ZERO,
         };
@@ -497,6 +500,7 @@ impl WgMesh {
                     .exec(&["iptables", "-I", chain, dir, &iface, "-j", "ACCEPT"])
                     .map_err(|e| e.to_string())?;
             }
+            mesh.exempt.push((host.ns.clone(), iface.clone()));
         }
         mesh.setup = start.elapsed();
         Ok(mesh)
@@ -511,6 +515,11 @@ impl Drop for WgMesh {
         }
         for iface in &self.ifaces {
             let _ = std::fs::remove_file(format!("/var/run/wireguard/{iface}.sock"));
+        }
+        for (ns, iface) in &self.exempt {
+            for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
+                let _ = ns.exec(&["iptables", "-D", chain, dir, iface, "-j", "ACCEPT"]);
+            }
         }
     }
 }
