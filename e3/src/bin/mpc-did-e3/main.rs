@@ -60,8 +60,9 @@ struct MatrixArgs {
     /// Only modes whose name contains one of these (e.g. --mode plain --mode wireguard).
     #[arg(long = "mode", value_name = "NAME")]
     modes: Vec<String>,
-    /// Give up on a run after this many seconds (marked failed: timeout).
-    #[arg(long, default_value_t = 900)]
+    /// Give up on a run after this many seconds (marked failed: timeout). The CNN's high
+    /// size with 10 parties is CPU-bound for many minutes on a small machine.
+    #[arg(long, default_value_t = 1800)]
     run_timeout: u64,
     /// Output directory (created).
     #[arg(long, value_name = "DIR")]
