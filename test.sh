@@ -2,9 +2,10 @@
 # The whole mpc-did test suite, on a fresh Debian/Ubuntu machine with Rust (rustup).
 #
 # Installs what the tests need and is missing (Debian packages: redis-server, iproute2,
-# iptables, conntrack, python3, util-linux, openssl, caddy, nginx-light, nodejs + npm; a Python
-# venv with the interop peers of python-requirements.txt; the npm project of the Veramo interop
-# peer; cargo-fuzz), then runs: rustfmt check, clippy (-D warnings), every test of the workspace
+# iptables, conntrack, python3, util-linux, openssl, caddy, nginx-light, nodejs + npm,
+# wireguard-go, wireguard-tools; a Python venv with the interop peers of python-requirements.txt;
+# the npm project of the Veramo interop peer; cargo-fuzz), then runs: rustfmt check, clippy
+# (-D warnings), every test of the workspace
 # (unit, property, interop, end-to-end with the real binaries on loopback), the docs build,
 # and every cargo-fuzz target for a bounded time.
 #
@@ -37,6 +38,9 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v caddy >/dev/null || missing+=(caddy)
 command -v nginx >/dev/null || missing+=(nginx-light)
+# The e3 evaluation matrix's WireGuard mode (spec/e3.md §4; userspace, no kernel module).
+command -v wireguard-go >/dev/null || missing+=(wireguard-go)
+command -v wg >/dev/null || missing+=(wireguard-tools)
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -65,7 +69,8 @@ node --version
 export MPC_DID_REQUIRE_INTEROP=1
 export MPC_DID_REQUIRE_QR_DECODE=1
 # Network-namespace tests (NAT traversal, e3) need root; as root they must run, not skip.
-if [ "$(id -u)" = 0 ]; then export MPC_DID_REQUIRE_NETNS=1; fi
+# As root, the e3 matrix's --quick run (about 3 minutes) is part of the tests too.
+if [ "$(id -u)" = 0 ]; then export MPC_DID_REQUIRE_NETNS=1 MPC_DID_E3_MATRIX=1; fi
 
 step "cargo fmt --check"
 cargo fmt --all --check || fail "formatting: run cargo fmt --all"

@@ -21,6 +21,12 @@
 //! on a thread that entered it ([`Netns::run`]): sockets created there stay in that
 //! namespace, so a test can bind them inside and use them from its async runtime.
 //!
+//! It also owns the evaluation's workloads ([`workload`]: our MPyC programs under `examples/`
+//! at fixed sizes, shared with the benches) and the `mpc-did-e3` binary that runs the
+//! evaluation matrix over these topologies (spec/e3.md §4; plain MPyC, `--ssl`, WireGuard,
+//! sessions, per-message DIDComm). It does not implement any of the protocols it measures:
+//! the binary drives the project's own crates and the real tools.
+//!
 //! Needs root, `ip` (iproute2) and `iptables`; [`check_available`] says what is missing.
 //! This kernel has no `netem`: [`Netns::delay`] adds latency in user space instead (a
 //! [`DelayLine`] holding each packet in an NFQUEUE).
@@ -42,6 +48,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 mod delay;
+pub mod workload;
 pub use delay::{DelayLine, Stats as DelayStats};
 
 /// What can go wrong building or using a topology.

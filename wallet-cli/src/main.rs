@@ -82,6 +82,9 @@ enum Command {
     Run(cmd::mpc::run::RunArgs),
     /// Everything on one machine: mediator, N wallets, lobby, sessions, a real MPyC run.
     Demo(cmd::demo::DemoArgs),
+    /// Measure per-message DIDComm against session records (local: on this machine).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -142,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Join(a) => cmd::mpc::run(&ctx, cmd::mpc::MpcCommand::Join(a)).await,
         Command::Run(a) => cmd::mpc::run::run_cli(&ctx, a).await,
         Command::Demo(a) => cmd::demo::run(&ctx, a).await,
+        Command::Bench(c) => cmd::bench::run(&ctx, c).await,
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per command group; each owns its clap arguments and its `run`.
 
 pub mod agent_ctx;
+pub mod bench;
 pub mod demo;
 pub mod didcomm;
 pub mod id;

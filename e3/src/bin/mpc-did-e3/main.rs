@@ -1,0 +1,94 @@
+//! `mpc-did-e3`: the evaluation matrix over e3's emulated Internet (spec/e3.md §4).
+//!
+//! `mpc-did-e3 matrix --quick|--full --out DIR` runs every combination of workload × size ×
+//! parties × scenario × mode × repetition, each party in its own network namespace behind a
+//! user-space delay line, writes one CSV row per run (`DIR/results.csv`; a failed run is a
+//! row marked `failed`, never dropped) and a report with tables and PNG plots
+//! (`DIR/report.md`, `DIR/*.png`, drawn by matplotlib from the project's Python).
+//!
+//! Owns only what it creates: namespaces (via `mpc_did_e3::Topology`), wireguard-go
+//! processes and their UAPI sockets, MPyC processes. All of them are removed when a run
+//! fails, when the matrix ends, and on Ctrl-C (SIGINT/SIGTERM: the exit status is then 130).
+//!
+//! Exit status: 0 when the matrix ran (even with failed runs, which the CSV marks), 1 when
+//! it could not start or was cut short, 130 after an interrupt.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod didcomm_transport;
+mod matrix;
+mod modes;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The mpc-did evaluation environment.
+#[derive(Parser, Debug)]
+#[command(name = "mpc-did-e3", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the evaluation matrix (as root) and write results.csv and report.md into --out.
+    #[command(after_help = "\
+Examples:
+  sudo cargo run --release -p mpc-did-e3 -- matrix --quick --out /tmp/e3-quick
+  sudo cargo run --release -p mpc-did-e3 -- matrix --full --out eval-full --reps 3
+
+Needs root, iproute2, iptables, wireguard-go + wireguard-tools, and a Python with mpyc,
+numpy, scikit-learn and matplotlib (MPC_DID_PYTHON, else the repository's .venv).")]
+    Matrix(MatrixArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MatrixArgs {
+    /// A few minutes: low sizes, 3 and 4 parties, the two near scenarios, every mode, once.
+    #[arg(long, conflicts_with = "full")]
+    quick: bool,
+    /// Everything: both workloads × 3 sizes × 2/3/5/10 parties × 4 scenarios × every mode.
+    #[arg(long)]
+    full: bool,
+    /// Repetitions per combination (default: 1 with --quick, 3 with --full).
+    #[arg(long)]
+    reps: Option<u32>,
+    /// Only modes whose name contains one of these (e.g. --mode plain --mode wireguard).
+    #[arg(long = "mode", value_name = "NAME")]
+    modes: Vec<String>,
+    /// Give up on a run after this many seconds (marked failed: timeout). The CNN's high
+    /// size with 10 parties is CPU-bound for many minutes on a small machine.
+    #[arg(long, default_value_t = 1800)]
+    run_timeout: u64,
+    /// Output directory (created).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Matrix(a) => {
+            if !a.quick && !a.full {
+                eprintln!("mpc-did-e3: error: pick --quick or --full");
+                return ExitCode::from(2);
+            }
+            let plan = matrix::Plan::new(a.full, a.reps, &a.modes, a.run_timeout);
+            match matrix::run(&plan, &a.out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(matrix::MatrixError::Interrupted) => {
+                    eprintln!("mpc-did-e3: interrupted; namespaces, tunnels and processes removed");
+                    ExitCode::from(130)
+                }
+                Err(e) => {
+                    eprintln!("mpc-did-e3: error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
