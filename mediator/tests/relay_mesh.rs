@@ -162,6 +162,7 @@ async fn wait_present(redis_url: &str, id: &RelayIdentity) {
     }
 }
 
+/// One counter of `/metrics/relay` on the operator listener `addr` (spec/mediator.md §7).
 async fn metric(addr: &str, name: &str) -> u64 {
     let text = reqwest::get(format!("http://{addr}/metrics/relay"))
         .await
@@ -190,9 +191,9 @@ async fn clients_on_different_instances_exchange_data() {
     wait_present(&url, &ib).await;
     exchange(&a, &ia, &b, &ib, 1 << 20).await;
     for m in [m1, m2] {
-        assert!(metric(&m.addr, "mesh_out_packets_total").await > 0);
-        assert!(metric(&m.addr, "mesh_in_packets_total").await > 0);
-        assert_eq!(metric(&m.addr, "unknown_peer_total").await, 0);
+        assert!(metric(&m.admin, "mesh_out_packets_total").await > 0);
+        assert!(metric(&m.admin, "mesh_in_packets_total").await > 0);
+        assert_eq!(metric(&m.admin, "unknown_peer_total").await, 0);
     }
 }
 
@@ -222,7 +223,7 @@ async fn three_clients_behind_a_round_robin_proxy() {
     }
     // Connections 0 and 2 landed on instance 1, connection 1 on instance 2: both carried.
     for m in &mesh.instances {
-        assert!(metric(&m.addr, "mesh_in_packets_total").await > 0);
+        assert!(metric(&m.admin, "mesh_in_packets_total").await > 0);
     }
 }
 
@@ -243,7 +244,7 @@ async fn unknown_peer_anywhere_is_peer_gone() {
         .await
         .expect("no PeerGone within 10 s");
     assert!(r.is_err(), "stream to an unknown peer must fail, got {r:?}");
-    assert!(metric(&m1.addr, "unknown_peer_total").await >= 1);
+    assert!(metric(&m1.admin, "unknown_peer_total").await >= 1);
 }
 
 // §4.7 link authentication: a dialer that does not know the mesh key gets no server proof;
@@ -316,7 +317,7 @@ async fn verify_clients_admits_only_granted_dids() {
     let (client, id) = party(seed, info);
     let refused = RelayConnection::connect_ws(&relay, id.clone(), Some(m.did.clone())).await;
     assert!(refused.is_err(), "an ungranted DID was admitted");
-    assert_eq!(metric(&m.addr, "auth_failed_total").await, 1);
+    assert_eq!(metric(&m.admin, "auth_failed_total").await, 1);
     client.register().await.unwrap();
     let admitted = RelayConnection::connect_ws(&relay, id, Some(m.did.clone())).await;
     assert!(

@@ -54,6 +54,8 @@ struct Instance {
     child: Child,
     invitation_url: String,
     relay_mesh: String,
+    /// The operator listener (`/metrics/relay`; not on the public port).
+    admin: String,
 }
 
 impl Drop for Instance {
@@ -91,6 +93,7 @@ fn instance(dir: &Path, port: u16, redis: &str, public: &str, key: &Path) -> Ins
         child,
         invitation_url: v["invitation_url"].as_str().unwrap().to_owned(),
         relay_mesh: v["relay_mesh"].as_str().unwrap().to_owned(),
+        admin: v["admin"].as_str().unwrap().to_owned(),
     }
 }
 
@@ -259,18 +262,18 @@ fn relay_only_mpc_through_two_instances_behind_round_robin() {
     assert!(digests.iter().all(|d| *d == digests[0]), "parties disagree");
     // Three relay clients, alternating over two instances (the proxy spreads relay upgrades
     // evenly): the sessions of one party with the others crossed the mesh.
-    let crossed: u64 = ports
+    let crossed: u64 = instances
         .iter()
-        .map(|p| relay_metric(*p, "mesh_in_packets_total"))
+        .map(|i| relay_metric(&i.admin, "mesh_in_packets_total"))
         .sum();
     assert!(crossed > 0, "no packet crossed the mesh");
     drop(instances);
 }
 
-/// One counter of an instance's `/metrics/relay` (asked directly, not through the proxy).
-fn relay_metric(port: u16, name: &str) -> u64 {
+/// One counter of an instance's `/metrics/relay` on its operator listener `admin`.
+fn relay_metric(admin: &str, name: &str) -> u64 {
     use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
     s.write_all(b"GET /metrics/relay HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut text = String::new();
