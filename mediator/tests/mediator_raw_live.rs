@@ -147,7 +147,7 @@ async fn raw_live_across_two_instances() {
     b.send(&a1.did, note(0)).await.unwrap();
     let mut live = a2.live_raw(WAIT).await.unwrap();
     assert!(
-        wait_live_sessions(&m2.url(), 1).await,
+        wait_live_sessions(&m2.admin_url(), 1).await,
         "raw live on instance 2"
     );
     b.send(&a1.did, note(1)).await.unwrap();

@@ -47,7 +47,7 @@ async fn two_instances_share_one_redis() {
     // Live on 2, sent through 1: pushed across instances.
     let mut live = a2.live().await.unwrap();
     assert!(
-        wait_live_sessions(&m2.url(), 1).await,
+        wait_live_sessions(&m2.admin_url(), 1).await,
         "live mode on instance 2"
     );
     b.send(
@@ -73,7 +73,7 @@ async fn duplicate_websockets_lose_nothing() {
     let mut w1 = a.live().await.unwrap();
     let mut w2 = a.live().await.unwrap();
     assert!(
-        wait_live_sessions(&m.url(), 2).await,
+        wait_live_sessions(&m.admin_url(), 2).await,
         "both sockets in live mode"
     );
     b.send(

@@ -106,7 +106,7 @@ pub async fn wait_queued(c: &MediatorClient, n: u64) -> bool {
     .await
 }
 
-/// Waits (at most [`SETTLE`]) until the mediator at `url` has at least `n` WebSocket
+/// Waits (at most [`SETTLE`]) until the mediator whose operator listener is `url` has at least `n` WebSocket
 /// sessions in live-delivery mode (its `/metrics`): from then on a message sent to their
 /// DID is pushed, not only queued; `false` if it never does.
 pub async fn wait_live_sessions(url: &str, n: u64) -> bool {

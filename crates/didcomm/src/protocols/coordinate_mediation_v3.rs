@@ -130,10 +130,17 @@ impl Paginate {
 /// # Errors
 /// [`Error::Protocol`] as above.
 pub fn parse_body<T: serde::de::DeserializeOwned>(msg: &Message) -> Result<T> {
-    let body = if msg.body.is_null() {
-        serde_json::Value::Object(serde_json::Map::new())
-    } else {
-        msg.body.clone()
+    let body = match &msg.body {
+        serde_json::Value::Null => serde_json::Value::Object(serde_json::Map::new()),
+        b @ serde_json::Value::Object(_) => b.clone(),
+        // serde would read a struct from a JSON array (its fields in order); a DIDComm body
+        // is an object (DIDComm v2.1 "Message Headers": `body` "MUST be a JSON object").
+        _ => {
+            return Err(Error::Protocol {
+                protocol: PROTOCOL,
+                reason: format!("{}: the body is not a JSON object", msg.type_),
+            })
+        }
     };
     serde_json::from_value(body).map_err(|e| Error::Protocol {
         protocol: PROTOCOL,
