@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{bin, cmd, mediator_bin, ok, wait_bounded, wait_until};
+use common::{
+    alive, bin, children_of, cmd, form_lobby, mediator_bin, ok, wait_bounded, wait_until,
+};
 use sha2::{Digest, Sha256};
 
 /// The real mediator on a fixed port with a data directory that outlives its process, so
@@ -441,28 +443,6 @@ fn python() -> Option<PathBuf> {
     }
     found
 }
-
-/// The processes `pid` started (Linux /proc).
-fn children_of(pid: u32) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(c.split_whitespace().map(str::to_owned));
-            }
-        }
-    }
-    out
-}
-
-fn alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
-}
-
 /// Three wallets at `med`, an MPC session of `program` hosted by party 0, both others
 /// joined; returns the homes and the MPC session id (spec/lobby.md §1).
 fn lobby(
@@ -475,50 +455,8 @@ fn lobby(
         .into_iter()
         .map(|(h, _)| h)
         .collect();
-    let prog = program.to_str().unwrap();
-    let mut new_args = vec!["mpc", "new", "--parties", "3", "--program", prog, "--"];
-    new_args.extend_from_slice(args);
-    let sid = ok(homes[0].path(), &new_args).trim().to_owned();
-    let inv = ok(
-        homes[0].path(),
-        &["--json", "invite", "--session", &sid, "--no-qr"],
-    );
-    let url = serde_json::from_str::<serde_json::Value>(&inv).unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let joiners: Vec<Child> = (1..3)
-        .map(|i| {
-            cmd(
-                homes[i].path(),
-                &["--json", "join", &url, "--program", prog, "--timeout", "60"],
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    ok(
-        homes[0].path(),
-        &[
-            "--json",
-            "mpc",
-            "host",
-            "--session",
-            &sid,
-            "--timeout",
-            "60",
-        ],
-    );
-    for j in joiners {
-        let o = wait_bounded(j, Duration::from_secs(60));
-        assert!(
-            o.status.success(),
-            "join failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    }
+    let paths: Vec<&Path> = homes.iter().map(tempfile::TempDir::path).collect();
+    let sid = form_lobby(&paths, program, args).sid;
     (homes, sid)
 }
 

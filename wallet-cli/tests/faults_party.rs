@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{cmd, ok, registered_wallets, wait_bounded, wait_until, MediatorProc};
+use common::{cmd, form_lobby, ok, registered_wallets, wait_bounded, wait_until, MediatorProc};
 use mpc_did_proxy::launch::find_python;
 
 /// Every party of a failed attempt must have exited within this (the bound).
@@ -57,56 +57,8 @@ impl Mpc {
             &prog,
         )
         .unwrap();
-        let p = prog.to_str().unwrap();
-        let sid = ok(
-            homes[0].path(),
-            &[
-                "mpc",
-                "new",
-                "--parties",
-                "3",
-                "--program",
-                p,
-                "--",
-                "--people",
-                "3",
-                "4",
-            ],
-        )
-        .trim()
-        .to_owned();
-        let inv = ok(
-            homes[0].path(),
-            &["--json", "invite", "--mpc", &sid, "--no-qr"],
-        );
-        let url = serde_json::from_str::<serde_json::Value>(&inv).unwrap()["url"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let joiners: Vec<Child> = (1..3)
-            .map(|i| {
-                cmd(
-                    homes[i].path(),
-                    &["join", &url, "--program", p, "--timeout", "60"],
-                )
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-            })
-            .collect();
-        ok(
-            homes[0].path(),
-            &["mpc", "host", "--mpc", &sid, "--timeout", "60"],
-        );
-        for j in joiners {
-            let out = wait_bounded(j, Duration::from_secs(60));
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        let paths: Vec<&Path> = homes.iter().map(tempfile::TempDir::path).collect();
+        let sid = form_lobby(&paths, &prog, &["--people", "3", "4"]).sid;
         Self {
             _med: med,
             homes,

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{cmd, ok, registered_wallets, wait_bounded, wait_until, MediatorProc, NETNS};
+use common::{
+    alive, children_of, cmd, form_lobby, ok, registered_wallets, wait_bounded, wait_until,
+    MediatorProc, NETNS,
+};
 use mpc_did_wallet::Wallet;
 
 /// MPyC's Python (with numpy); `None`: skip (the test kit's policy, which fails instead
@@ -47,56 +50,13 @@ impl Lobby {
 fn lobby(program: &Path, args: &[&str]) -> Lobby {
     let med = MediatorProc::temporary();
     let homes = registered_wallets(&med, &["p0", "p1", "p2"]);
-    let prog = program.to_str().unwrap();
-    let mut new_args = vec!["mpc", "new", "--parties", "3", "--program", prog, "--"];
-    new_args.extend_from_slice(args);
-    let sid = ok(homes[0].path(), &new_args).trim().to_owned();
-    assert_eq!(sid.len(), 32, "{sid}");
-    // The spellings: `mpc-did invite --session ID` and `mpc-did join URL` (the
-    // wrong-program test below uses `mpc-did mpc invite` / `mpc join`).
-    let inv = ok(
-        homes[0].path(),
-        &["--json", "invite", "--session", &sid, "--no-qr"],
-    );
-    let url = serde_json::from_str::<serde_json::Value>(&inv).unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let joiners: Vec<Child> = (1..3)
-        .map(|i| {
-            cmd(
-                homes[i].path(),
-                &["--json", "join", &url, "--program", prog, "--timeout", "60"],
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    let hosted = ok(
-        homes[0].path(),
-        &[
-            "--json",
-            "mpc",
-            "host",
-            "--session",
-            &sid,
-            "--timeout",
-            "60",
-        ],
-    );
-    let hosted: serde_json::Value = serde_json::from_str(&hosted).unwrap();
+    let paths: Vec<&Path> = homes.iter().map(tempfile::TempDir::path).collect();
+    let formed = form_lobby(&paths, program, args);
+    assert_eq!(formed.sid.len(), 32, "{}", formed.sid);
+    let hosted = &formed.answers[0];
     assert_eq!(hosted["party"], 0);
     let mut ids = vec![0];
-    for j in joiners {
-        let out = wait_bounded(j, Duration::from_secs(60));
-        assert!(
-            out.status.success(),
-            "join failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for v in &formed.answers[1..] {
         // spec/lobby.md §4: every party holds the same roster (same hash).
         assert_eq!(v["roster"]["roster_hash"], hosted["roster"]["roster_hash"]);
         ids.push(v["party"].as_u64().unwrap());
@@ -106,7 +66,7 @@ fn lobby(program: &Path, args: &[&str]) -> Lobby {
     Lobby {
         _med: med,
         homes,
-        sid,
+        sid: formed.sid,
     }
 }
 
@@ -465,30 +425,6 @@ impl Watch {
             self.seen.lock().unwrap()
         );
     }
-}
-
-/// The processes `pid` started (Linux /proc), to clean up after a SIGKILL.
-fn children_of(pid: u32) -> Vec<String> {
-    let mut out = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
-            out.extend(c.split_whitespace().map(str::to_owned));
-        }
-    }
-    out
-}
-
-/// Whether process `pid` still runs (a zombie waiting for its reaper has already died).
-fn alive(pid: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // "pid (comm) S ...": the state follows the last ')'.
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
 }
 
 /// SIGKILL of one party's `mpc-did run` (no chance to tell anyone): its MPyC program dies

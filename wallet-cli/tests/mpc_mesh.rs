@@ -17,7 +17,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{cmd, command, mediator_bin, ok, wait_bounded};
+use common::{cmd, command, form_lobby, mediator_bin, ok, wait_bounded};
 use mpc_did_proxy::launch::find_python;
 use mpc_did_testkit::mediator::{RedisServer, RoundRobinProxy};
 
@@ -150,63 +150,8 @@ fn relay_only_mpc_through_two_instances_behind_round_robin() {
 
     let prog = example("secretsanta.py");
     let p = prog.to_str().unwrap();
-    let sid = ok(
-        homes[0].path(),
-        &[
-            "mpc",
-            "new",
-            "--parties",
-            "3",
-            "--program",
-            p,
-            "--",
-            "--people",
-            "3",
-            "4",
-        ],
-    )
-    .trim()
-    .to_owned();
-    let inv = ok(
-        homes[0].path(),
-        &["--json", "invite", "--session", &sid, "--no-qr"],
-    );
-    let url = serde_json::from_str::<serde_json::Value>(&inv).unwrap()["url"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let joiners: Vec<Child> = (1..3)
-        .map(|i| {
-            cmd(
-                homes[i].path(),
-                &["--json", "join", &url, "--program", p, "--timeout", "60"],
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    ok(
-        homes[0].path(),
-        &[
-            "--json",
-            "mpc",
-            "host",
-            "--session",
-            &sid,
-            "--timeout",
-            "60",
-        ],
-    );
-    for j in joiners {
-        let out = wait_bounded(j, Duration::from_secs(60));
-        assert!(
-            out.status.success(),
-            "join failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let paths: Vec<&Path> = homes.iter().map(tempfile::TempDir::path).collect();
+    let sid = form_lobby(&paths, &prog, &["--people", "3", "4"]).sid;
 
     let runs: Vec<Child> = (0..3)
         .map(|i| {

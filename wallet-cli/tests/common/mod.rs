@@ -185,3 +185,81 @@ pub fn loopback_config(data: &Path) -> mpc_did_mediator::Config {
 /// Says on stderr that (part of) the running test is skipped and why (`SKIPPED: …`).
 #[allow(unused_imports)] // each test file is its own crate and uses part of this module
 pub use mpc_did_testkit::skipped;
+
+/// An MPC session formed in the lobby (spec/lobby.md §1): its id and each party's JSON
+/// answer (`mpc host` for party 0, then `join` of parties 1, 2, …).
+pub struct Formed {
+    /// The MPC session id.
+    pub sid: String,
+    /// Party 0's `mpc host --json` answer, then each joiner's `join --json` answer.
+    pub answers: Vec<serde_json::Value>,
+}
+
+/// Forms the lobby of an MPC session of `program` (with `args` for it) among the wallets at
+/// `homes`: `homes[0]` creates and invites (`invite --mpc`; other tests use the hidden
+/// `--session` alias), the
+/// others `join` the invitation URL while `homes[0]` runs `mpc host`; panics unless every
+/// step succeeds within 60 s.
+pub fn form_lobby(homes: &[&Path], program: &Path, args: &[&str]) -> Formed {
+    let prog = program.to_str().unwrap();
+    let parties = homes.len().to_string();
+    let mut new_args = vec!["mpc", "new", "--parties", &parties, "--program", prog, "--"];
+    new_args.extend_from_slice(args);
+    let sid = ok(homes[0], &new_args).trim().to_owned();
+    let inv = ok(homes[0], &["--json", "invite", "--mpc", &sid, "--no-qr"]);
+    let url = serde_json::from_str::<serde_json::Value>(&inv).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let joiners: Vec<Child> = homes[1..]
+        .iter()
+        .map(|h| {
+            cmd(
+                h,
+                &["--json", "join", &url, "--program", prog, "--timeout", "60"],
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let hosted = ok(
+        homes[0],
+        &["--json", "mpc", "host", "--mpc", &sid, "--timeout", "60"],
+    );
+    let mut answers = vec![serde_json::from_str(&hosted).unwrap()];
+    for j in joiners {
+        let out = wait_bounded(j, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "join failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        answers.push(serde_json::from_slice(&out.stdout).unwrap());
+    }
+    Formed { sid, answers }
+}
+
+/// The child processes of `pid` (all its threads'), as pid strings; none once it is gone.
+pub fn children_of(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(c.split_whitespace().map(str::to_owned));
+            }
+        }
+    }
+    out
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn alive(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "pid (comm) S ...": the state follows the last ')'.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
