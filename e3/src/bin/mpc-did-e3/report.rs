@@ -53,10 +53,12 @@ pub(crate) fn write(
         failed
     );
     if plan.kind == "quick" {
+        let reps = rows.iter().map(|r| r.spec.rep + 1).max().unwrap_or(0);
         let _ = writeln!(
             md,
-            "**Quick run**: low sizes, one repetition, on whatever machine ran it — figures \
-             from a shared or busy machine are contended; use `--full` for the evaluation.\n"
+            "**Quick run**: low sizes, {reps} repetition(s) with the modes alternating, on \
+             whatever machine ran it — figures from a shared or busy machine are contended; use \
+             `--full` for the evaluation.\n"
         );
     }
     // (workload, size, parties, scenario) → mode → rows
