@@ -5,10 +5,14 @@ Not run in CI. Runs real binaries: `mpc-did-mediator` on a fixed loopback port w
 directory, three wallets registered there, and for each attempt a fresh MPC session (mpc new,
 invite, two joins, host) and three concurrent `mpc-did run` processes of a Secret Santa
 program (3..30 people: about 15 s per run in a debug build), with one random fault from:
-none, mediator kill -9 then restart after 3 s, mediator SIGTERM then restart after 3 s —
-injected 1–5 s into the run.
+none; mediator kill -9 then restart after 3 s; mediator SIGTERM then restart after 3 s
+(both injected 1–5 s into the run); a party's Ctrl-C (SIGINT) 0.2–1 s into the run (before
+MPyC starts) or 4–8 s in (during the computation); a party running a different program
+file (its hash does not match the lobby's). After every attempt that failed, the same MPC
+session is run again by all three parties with no fault: that re-run must succeed with no
+manual step (issue 13: "after every failed attempt a plain re-run succeeds").
 
-Prints per attempt and at the end: attempts, successes, named failures (the first
+Prints per attempt and at the end: attempts, successes, re-runs and their successes, named failures (the first
 `error:` line of each failing party), hangs (a run past --bound; must be 0), and the
 mediator's RSS and open file descriptors at start and end (of the process running then:
 a restart starts a new process, so the end figures cover the time since the last restart;
@@ -84,6 +88,9 @@ class Mediator:
             return "did not exit within 30 s of SIGTERM"
 
 
+FAULTS = ["none", "kill9", "sigterm", "ctrl-c-early", "ctrl-c-late", "wrong-program"]
+
+
 def mpc_did(cli, home, *args, timeout=120):
     r = subprocess.run([cli, "--home", home, *args], capture_output=True, text=True,
                        timeout=timeout, stdin=subprocess.DEVNULL)
@@ -102,16 +109,59 @@ def first_error(stderr):
 def lobby(cli, homes, program, people):
     sid = mpc_did(cli, homes[0], "mpc", "new", "--parties", "3", "--program", program,
                   "--", "--people", *people).strip()
-    url = json.loads(mpc_did(cli, homes[0], "--json", "invite", "--session", sid, "--no-qr"))["url"]
+    url = json.loads(mpc_did(cli, homes[0], "--json", "invite", "--mpc", sid, "--no-qr"))["url"]
     joins = [subprocess.Popen([cli, "--home", h, "--json", "join", url, "--program", program,
                                "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, text=True) for h in homes[1:]]
-    mpc_did(cli, homes[0], "--json", "mpc", "host", "--session", sid, "--timeout", "60")
+    mpc_did(cli, homes[0], "--json", "mpc", "host", "--mpc", sid, "--timeout", "60")
     for j in joins:
         out, err = j.communicate(timeout=90)
         if j.returncode != 0:
             raise RuntimeError(f"join failed: {err.strip()}")
     return sid
+
+
+def start_runs(cli, homes, sid, python, programs, relay_only):
+    extra = ["--relay-only"] if relay_only else []
+    return [subprocess.Popen([cli, "--home", h, "run", "--mpc", sid, "--listen", "127.0.0.1:0",
+                              "--connect-timeout", "60", "--resume-timeout", "30", *extra,
+                              "--", python, prog],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True)
+            for h, prog in zip(homes, programs)]
+
+
+def collect(runs, t0, bound):
+    """Wait for every run; returns (results, hung)."""
+    results, hung = [], False
+    for r in runs:
+        left = max(1, bound - (time.monotonic() - t0))
+        try:
+            out, err = r.communicate(timeout=left)
+            results.append((r.returncode, out, err))
+        except subprocess.TimeoutExpired:
+            hung = True
+            r.kill()
+            out, err = r.communicate()
+            results.append((None, out, err))
+    return results, hung
+
+
+def judge(results, hung, failures):
+    """'HANG', 'ok', or 'failed: …' (named failures counted). A failed attempt must fail at
+    every party with a named error: a party that exits 0 while another fails is a disagreement."""
+    digests = {next((l for l in out.splitlines() if l.startswith("result-digest: ")), None)
+               for _, out, _ in results}
+    if hung:
+        return "HANG"
+    if all(rc == 0 for rc, _, _ in results) and len(digests) == 1 and None not in digests:
+        return "ok"
+    names = sorted({first_error(err) for rc, _, err in results if rc != 0} or {"parties disagree"})
+    if any(rc == 0 for rc, _, _ in results):
+        names.append("a party exited 0 while another failed")
+    for n in names:
+        failures[n] += 1
+    return "failed: " + " | ".join(names)
 
 
 def main():
@@ -122,6 +172,8 @@ def main():
     ap.add_argument("--people", type=int, default=30, help="Secret Santa for 3..N people")
     ap.add_argument("--relay-only", action="store_true", default=True)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--faults", nargs="+", default=FAULTS, choices=FAULTS,
+                    help="faults to draw from (uniformly); default: all")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     python = os.environ.get("MPC_DID_PYTHON", str(ROOT / ".venv/bin/python"))
@@ -142,13 +194,15 @@ def main():
         homes.append(h)
     print(f"soak: mediator pid {med.proc.pid}, RSS {start_stats[0]} KiB, {start_stats[1]} fds; "
           f"{a.minutes} min; work dir {work}", flush=True)
-    attempts, successes, hangs = 0, 0, 0
-    failures = Counter()
+    attempts, successes, hangs, reruns, rerun_ok = 0, 0, 0, 0, 0
+    failures, rerun_failures = Counter(), Counter()
+    wrong = f"{work}/secretsanta_other.py"
+    Path(wrong).write_text(Path(program).read_text() + "\n# a different file: its hash differs\n")
     faults = Counter()
     until = time.monotonic() + a.minutes * 60
     while time.monotonic() < until:
         attempts += 1
-        fault = rng.choice(["none", "kill9", "sigterm"])
+        fault = rng.choice(a.faults)
         faults[fault] += 1
         try:
             sid = lobby(cli, homes, program, people)
@@ -156,14 +210,12 @@ def main():
             failures[f"lobby: {e}"[:160]] += 1
             print(f"attempt {attempts}: lobby failed: {e}", flush=True)
             continue
-        extra = ["--relay-only"] if a.relay_only else []
-        runs = [subprocess.Popen([cli, "--home", h, "run", "--session", sid, "--listen", "127.0.0.1:0",
-                                  "--connect-timeout", "60", "--resume-timeout", "30", *extra,
-                                  "--", python, program],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 stdin=subprocess.DEVNULL, text=True) for h in homes]
+        programs = [program] * 3
+        if fault == "wrong-program":
+            programs[rng.randrange(3)] = wrong
+        runs = start_runs(cli, homes, sid, python, programs, a.relay_only)
         t0 = time.monotonic()
-        if fault != "none":
+        if fault in ("kill9", "sigterm"):
             time.sleep(rng.uniform(1, 5))
             if fault == "kill9":
                 med.kill9()
@@ -173,47 +225,43 @@ def main():
                     failures[f"mediator SIGTERM exit: {st}"] += 1
             time.sleep(3)
             med.start()
-        results = []
-        hung = False
-        for r in runs:
-            left = max(1, a.bound - (time.monotonic() - t0))
-            try:
-                out, err = r.communicate(timeout=left)
-                results.append((r.returncode, out, err))
-            except subprocess.TimeoutExpired:
-                hung = True
-                r.kill()
-                out, err = r.communicate()
-                results.append((None, out, err))
+        elif fault.startswith("ctrl-c"):
+            time.sleep(rng.uniform(0.2, 1) if fault == "ctrl-c-early" else rng.uniform(4, 8))
+            victim = runs[rng.randrange(3)]
+            if victim.poll() is None:
+                victim.send_signal(signal.SIGINT)
+        results, hung = collect(runs, t0, a.bound)
         secs = time.monotonic() - t0
-        digests = {next((l for l in out.splitlines() if l.startswith("result-digest: ")), None)
-                   for _, out, _ in results}
-        if hung:
-            hangs += 1
-            verdict = "HANG"
-        elif all(rc == 0 for rc, _, _ in results) and len(digests) == 1 and None not in digests:
-            successes += 1
-            verdict = "ok"
-        else:
-            names = sorted({first_error(err) for rc, _, err in results if rc != 0} or {"parties disagree"})
-            for n in names:
-                failures[n] += 1
-            verdict = "failed: " + " | ".join(names)
+        verdict = judge(results, hung, failures)
+        hangs += verdict == "HANG"
+        successes += verdict == "ok"
         rss, fds = med.stats()
         print(f"attempt {attempts} ({fault}): {verdict} in {secs:.1f} s; mediator RSS {rss} KiB, {fds} fds",
               flush=True)
+        if verdict != "ok":
+            reruns += 1
+            t0 = time.monotonic()
+            results, hung = collect(start_runs(cli, homes, sid, python, [program] * 3, a.relay_only),
+                                    t0, a.bound)
+            rv = judge(results, hung, rerun_failures)
+            hangs += rv == "HANG"
+            rerun_ok += rv == "ok"
+            print(f"attempt {attempts} re-run: {rv} in {time.monotonic() - t0:.1f} s", flush=True)
     end_stats = med.stats()
     med.term()
     print("\n== soak summary ==")
-    print(f"attempts {attempts}, successes {successes}, hangs {hangs}, failures {sum(failures.values())}")
+    print(f"attempts {attempts}, successes {successes}, hangs {hangs}, failures {sum(failures.values())}; "
+          f"re-runs after a failure {reruns}, of which succeeded {rerun_ok}")
     print(f"faults: {dict(faults)}")
     for name, n in failures.most_common():
         print(f"  {n} × {name}")
+    for name, n in rerun_failures.most_common():
+        print(f"  re-run: {n} × {name}")
     print(f"mediator at start: RSS {start_stats[0]} KiB, {start_stats[1]} fds; "
           f"at end (since its last restart): RSS {end_stats[0]} KiB, {end_stats[1]} fds; "
           f"peak RSS {med.peak_rss} KiB, peak fds {med.peak_fds}")
     shutil.rmtree(work, ignore_errors=True)
-    return 0 if hangs == 0 else 1
+    return 0 if hangs == 0 and rerun_ok == reruns else 1
 
 
 if __name__ == "__main__":

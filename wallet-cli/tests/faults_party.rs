@@ -282,6 +282,48 @@ fn a_party_with_the_wrong_program_stops_everyone_then_a_rerun_succeeds() {
     assert!(st.contains("session with party 1: up on direct"), "{st}");
 }
 
+/// spec/lobby.md §8 "Telling late starters": the party with the wrong program starts
+/// *first* and is refused before the others start theirs. Its first `abort` is older than
+/// their runs (ignored by the stale-abort rule), so it waits and answers each late
+/// starter's `ready` with an `abort` naming that attempt: every party still exits 3 within
+/// the abort bound, naming party 2 and the reason (before this, the late starters waited
+/// for party 2 until --connect-timeout and blamed the wrong thing).
+#[test]
+fn the_wrong_program_started_first_still_stops_the_parties_that_start_later() {
+    let Some(python) = python() else { return };
+    let mpc = Mpc::new();
+    let wrong = mpc.dir.path().join("wrong.py");
+    let mut src = std::fs::read_to_string(mpc.program()).unwrap();
+    src.push_str("\n# changed\n");
+    std::fs::write(&wrong, src).unwrap();
+    let bad = mpc.run(2, &python, &wrong);
+    bad.err.wait_for(
+        "that this run stops when it starts",
+        Duration::from_secs(30),
+    );
+    let t0 = Instant::now();
+    let honest: Vec<Party> = (0..2)
+        .map(|i| mpc.run(i, &python, &mpc.program()))
+        .collect();
+    let (out, err) = bad.finish(FAIL_BOUND);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("told every party"), "{err}");
+    let (bad_id, bad_did) = (mpc.party(2), mpc.did(2));
+    for (i, p) in honest.into_iter().enumerate() {
+        let (out, err) = p.finish(ABORT_BOUND);
+        assert_eq!(out.status.code(), Some(3), "party {i}: {err}");
+        assert!(
+            err.contains(&format!("party {bad_id} ({bad_did}) aborted")),
+            "wallet {i} names the bad party: {err}"
+        );
+        assert!(err.contains("refusing to run"), "party {i} says why: {err}");
+    }
+    assert!(t0.elapsed() < ABORT_BOUND + Duration::from_secs(10));
+    mpc.none_left();
+    mpc.rerun_succeeds(&python);
+    mpc.none_left();
+}
+
 /// Ctrl-C of a party before MPyC starts (here: while party 0 has not started yet, so no
 /// session with it can come up) stops the other running party within the abort bound,
 /// naming party 2; a plain re-run by all three then succeeds although the interrupted

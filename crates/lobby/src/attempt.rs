@@ -153,6 +153,15 @@ pub enum Event {
         /// Its reason.
         reason: String,
     },
+    /// We are stopping ([`Attempts::stop`]) and `to` announced an attempt we had not told
+    /// yet: send it this (signed) `abort` naming that attempt (spec/lobby.md §8 "Telling
+    /// late starters").
+    SendAbort {
+        /// The recipient.
+        to: PartyId,
+        /// The body.
+        abort: Abort,
+    },
     /// A message was not acted on (stale, forged, another MPC session); log it.
     Ignored(String),
 }
@@ -164,6 +173,8 @@ struct Peer {
     /// The last attempt of the peer our `ready` named.
     answered: Option<AttemptId>,
     up: bool,
+    /// The peer's attempts our `abort`s named (once we stop).
+    told: Vec<AttemptId>,
 }
 
 /// One party's view of the attempts of an MPC run.
@@ -174,6 +185,8 @@ pub struct Attempts {
     mine: AttemptId,
     started: u64,
     peers: BTreeMap<PartyId, Peer>,
+    /// Our own abort's code, reason and time (Unix ms), once we stop.
+    stopping: Option<(String, String, u64)>,
 }
 
 impl Attempts {
@@ -192,6 +205,7 @@ impl Attempts {
                         current: None,
                         answered: None,
                         up: false,
+                        told: Vec::new(),
                     },
                 )
             })
@@ -202,6 +216,7 @@ impl Attempts {
             mine,
             started: now_ms,
             peers,
+            stopping: None,
         }
     }
 
@@ -243,6 +258,38 @@ impl Attempts {
         }
     }
 
+    /// We stop this attempt: the `abort` to send every peer now (naming the attempts we
+    /// know). From now on a `ready` of an attempt not named yet is answered with an `abort`
+    /// naming it ([`Event::SendAbort`]) instead of a `ready`, so a party that starts after
+    /// we stopped is told too, not left waiting (spec/lobby.md §8).
+    pub fn stop(&mut self, code: &str, reason: &str, now_ms: u64) -> Abort {
+        let abort = self.abort(code, reason, now_ms);
+        for p in self.peers.values_mut() {
+            if let Some(a) = p.current {
+                p.told.push(a);
+            }
+        }
+        self.stopping = Some((code.to_owned(), reason.to_owned(), now_ms));
+        abort
+    }
+
+    /// Whether every peer's announced attempt has been named in one of our `abort`s
+    /// (after [`Attempts::stop`]; a peer never heard of counts as not told).
+    #[must_use]
+    pub fn all_told(&self) -> bool {
+        self.peers.values().all(|p| !p.told.is_empty())
+    }
+
+    /// The peers not told of our abort yet (see [`Attempts::all_told`]).
+    #[must_use]
+    pub fn untold(&self) -> Vec<PartyId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.told.is_empty())
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
     fn ready(&self, peer_attempt: Option<AttemptId>) -> Ready {
         Ready {
             mpc_session_id: self.mpc,
@@ -279,6 +326,22 @@ impl Attempts {
     pub fn handle_ready(&mut self, sender: &str, r: &Ready) -> Vec<Event> {
         if let Err(e) = self.member(sender, r.party, r.mpc_session_id) {
             return vec![Event::Ignored(format!("ignored {e}"))];
+        }
+        if let Some((code, reason, stopped_ms)) = self.stopping.clone() {
+            let mut abort = self.abort(&code, &reason, stopped_ms);
+            let Some(p) = self.peers.get_mut(&r.party) else {
+                return Vec::new();
+            };
+            if p.told.contains(&r.attempt) {
+                return vec![Event::Ignored(format!(
+                    "ignored a ready of attempt {} from party {}: already told it we stopped",
+                    r.attempt, r.party
+                ))];
+            }
+            p.current = Some(r.attempt);
+            p.told.push(r.attempt);
+            abort.peer_attempts = vec![r.attempt];
+            return vec![Event::SendAbort { to: r.party, abort }];
         }
         let mine = self.mine;
         let reply = self.ready(Some(r.attempt));

@@ -258,3 +258,99 @@ fn ids_parse_at_the_edge() {
     assert!(serde_json::from_str::<mpc_did_lobby::MpcSessionId>(mpc).is_ok());
     assert!(serde_json::from_str::<mpc_did_lobby::MpcSessionId>(r#""zz""#).is_err());
 }
+
+/// spec/lobby.md §8 "Telling late starters": party 2 stops (wrong program) before party 0
+/// even started; party 0's plain `abort` rule would ignore an abort created before its
+/// start, so party 2 answers party 0's first `ready` with an `abort` naming party 0's
+/// attempt, which party 0 acts on. Without this, party 0 waited until --connect-timeout.
+#[test]
+fn a_party_that_stopped_tells_a_peer_that_starts_later() {
+    let r = roster();
+    let mut c = Attempts::new(&r, 2, AttemptId::random(), T0_MS);
+    let first = c.stop("program-mismatch", "wrong program hash", T0_MS + 1);
+    assert!(
+        first.peer_attempts.is_empty(),
+        "nobody announced an attempt yet"
+    );
+    assert!(!c.all_told());
+    assert_eq!(c.untold(), vec![0, 1]);
+    // Party 0 starts after the abort was created: the first abort alone does not stop it.
+    let mut a = Attempts::new(&r, 0, AttemptId::random(), T0_MS + 500);
+    assert!(matches!(
+        a.handle_abort(Some(DIDS[2]), &first),
+        Event::Ignored(_)
+    ));
+    // Its hello reaches party 2, which is stopping: answered with an abort naming it.
+    let hello = a
+        .hello()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Send { to: 2, ready } => Some(ready),
+            _ => None,
+        })
+        .unwrap();
+    let events = c.handle_ready(DIDS[0], &hello);
+    let [Event::SendAbort { to: 0, abort }] = events.as_slice() else {
+        panic!("expected an abort for party 0, got {events:?}");
+    };
+    assert_eq!(abort.peer_attempts, vec![a.mine()]);
+    assert_eq!(abort.code, "program-mismatch");
+    assert_eq!(c.untold(), vec![1]);
+    assert_eq!(
+        a.handle_abort(Some(DIDS[2]), abort),
+        Event::Aborted {
+            party: 2,
+            code: "program-mismatch".into(),
+            reason: "wrong program hash".into()
+        }
+    );
+    // The same ready again is not answered twice; a stranger's ready changes nothing.
+    assert!(matches!(
+        c.handle_ready(DIDS[0], &hello).as_slice(),
+        [Event::Ignored(_)]
+    ));
+    assert!(matches!(
+        c.handle_ready("did:key:z6MkMallory", &hello).as_slice(),
+        [Event::Ignored(_)]
+    ));
+    // Party 1 announces itself: now everyone is told; no ready is ever sent while stopping.
+    let b = Attempts::new(&r, 1, AttemptId::random(), T0_MS + 900);
+    let hello_b = b
+        .hello()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Send { to: 2, ready } => Some(ready),
+            _ => None,
+        })
+        .unwrap();
+    let events = c.handle_ready(DIDS[1], &hello_b);
+    assert!(matches!(
+        events.as_slice(),
+        [Event::SendAbort { to: 1, .. }]
+    ));
+    assert!(c.all_told());
+}
+
+/// A peer whose attempt we knew when we stopped is named in the first abort: told.
+#[test]
+fn peers_known_at_the_stop_are_told_by_the_first_abort() {
+    let r = roster();
+    let mut a = Attempts::new(&r, 0, AttemptId::random(), T0_MS);
+    let b = Attempts::new(&r, 1, AttemptId::random(), T0_MS);
+    let ready = b
+        .hello()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::Send { to: 0, ready } => Some(ready),
+            _ => None,
+        })
+        .unwrap();
+    a.handle_ready(DIDS[1], &ready);
+    let abort = a.stop("interrupted", "Ctrl-C", T0_MS + 10);
+    assert_eq!(abort.peer_attempts, vec![b.mine()]);
+    assert_eq!(a.untold(), vec![2]);
+    assert!(matches!(
+        a.handle_ready(DIDS[1], &ready).as_slice(),
+        [Event::Ignored(_)]
+    ));
+}

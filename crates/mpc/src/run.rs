@@ -172,29 +172,51 @@ where
     }
     let attempts = Attempts::new(&roster, me, AttemptId::random(), now_ms());
     let started_at = now();
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(4);
+    let (state_tx, state) = tokio::sync::watch::channel(Control::default());
     let ctx = RunCtx {
         agent: agent.clone(),
         roster: roster.clone(),
         me,
         attempt: attempts.mine(),
-        known: Arc::default(),
+        commands: cmd_tx,
     };
-    record_attempt(home, &ctx, started_at, None);
-    let result = async {
+    // How to reach each peer, before anything is answered (a `ready` answered before its
+    // sender's mediator is known would be lost).
+    let learnt = async {
         for p in roster.parties.iter().filter(|p| p.id != me) {
             learn(&agent, &p.did, &p.services).await?;
         }
+        Ok::<(), MpcError>(())
+    }
+    .await;
+    // The control task lives as long as the run, the telling of late starters included.
+    let _stop_control = AbortOnDrop(tokio::spawn(control_loop(
+        ctx.clone(),
+        attempts,
+        control,
+        cmd_rx,
+        state_tx,
+    )));
+    record_attempt(home, &ctx, started_at, None);
+    let result = async {
+        learnt?;
         preflight?;
-        run_attempt(
-            &ctx, &id, spec, attempts, control, &peers, interrupt, progress,
-        )
-        .await
+        run_attempt(&ctx, &id, spec, state.clone(), &peers, interrupt, progress).await
     }
     .await;
     match &result {
         // A peer's abort is not ours to repeat; a run that ended is told by its sessions.
         Ok(_) | Err(MpcError::PeerAborted { .. }) => {}
-        Err(e) => ctx.abort_all(code_of(e), &e.to_string(), progress).await,
+        Err(e) => {
+            ctx.abort_all(code_of(e), &e.to_string(), progress).await;
+            let limit = if matches!(e, MpcError::Interrupted) {
+                LATE_STARTERS_AFTER_INTERRUPT
+            } else {
+                LATE_STARTERS
+            };
+            tell_late_starters(&ctx, state, limit, progress).await;
+        }
     }
     agent.stop();
     record_attempt(home, &ctx, started_at, Some(&result));
@@ -307,38 +329,61 @@ struct RunCtx {
     roster: Roster,
     me: PartyId,
     attempt: AttemptId,
-    /// The peers' current attempts as the control task learnt them (named in our `abort`).
-    known: Arc<std::sync::Mutex<Vec<AttemptId>>>,
+    /// To the control task (which owns the attempts' state and sends the `abort`s).
+    commands: tokio::sync::mpsc::Sender<Command>,
+}
+
+/// What the run asks of its control task.
+enum Command {
+    /// Send every peer our first `ready` (once the connector listens).
+    Hello,
+    /// We stop: send every peer a signed `abort`; `done` says whether all went out.
+    Stop {
+        code: String,
+        reason: String,
+        done: tokio::sync::oneshot::Sender<bool>,
+    },
 }
 
 impl RunCtx {
     /// Tell every peer that our attempt stops (signed, best effort, bounded).
     async fn abort_all(&self, code: &str, reason: &str, progress: Progress<'_>) {
-        let body = Abort {
-            mpc_session_id: self.roster.mpc_session_id,
-            party: self.me,
-            attempt: self.attempt,
-            peer_attempts: self.known.lock().map(|k| k.clone()).unwrap_or_default(),
-            created_ms: now_ms(),
+        let (done, sent) = tokio::sync::oneshot::channel();
+        let cmd = Command::Stop {
             code: code.to_owned(),
             reason: reason.chars().take(300).collect(),
+            done,
         };
-        let Ok(body) = serde_json::to_value(&body) else {
+        if self.commands.send(cmd).await.is_err() {
             return;
-        };
-        let mut sends = tokio::task::JoinSet::new();
-        for p in self.roster.parties.iter().filter(|p| p.id != self.me) {
-            let msg = self.message(ABORT_TYPE, body.clone());
-            let (agent, did) = (self.agent.clone(), p.did.clone());
-            sends.spawn(async move { agent.send_signed(&did, msg).await });
         }
-        let all = async { while sends.join_next().await.is_some() {} };
-        if tokio::time::timeout(ABORT_SEND_LIMIT, all).await.is_err() {
-            progress("could not tell every party that this run stops".into());
-        } else {
-            progress(format!(
+        match tokio::time::timeout(ABORT_SEND_LIMIT + Duration::from_secs(1), sent).await {
+            Ok(Ok(true)) => progress(format!(
                 "told the other parties that this run stops ({code})"
-            ));
+            )),
+            _ => progress("could not tell every party that this run stops".into()),
+        }
+    }
+
+    /// Send a signed `abort` to `to`, bounded by [`ABORT_SEND_LIMIT`].
+    async fn send_abort(&self, to: PartyId, abort: &Abort) -> bool {
+        let (Some(did), Ok(body)) = (
+            self.roster.party(to).map(|p| p.did.clone()),
+            serde_json::to_value(abort),
+        ) else {
+            return false;
+        };
+        let msg = self.message(ABORT_TYPE, body);
+        match tokio::time::timeout(ABORT_SEND_LIMIT, self.agent.send_signed(&did, msg)).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot send abort to {did}: {e}");
+                false
+            }
+            Err(_) => {
+                tracing::warn!("cannot send abort to {did}: no answer within 5 s");
+                false
+            }
         }
     }
 
@@ -353,6 +398,52 @@ impl RunCtx {
 
 /// How long the `abort`s of a stopping party may take to go out.
 const ABORT_SEND_LIMIT: Duration = Duration::from_secs(5);
+/// How long a party that stopped before every peer announced its attempt waits to tell
+/// the late starters (spec/lobby.md §8 "Telling late starters").
+const LATE_STARTERS: Duration = Duration::from_secs(10);
+/// The same after Ctrl-C: the person wants out.
+const LATE_STARTERS_AFTER_INTERRUPT: Duration = Duration::from_secs(3);
+
+/// After our `abort`: wait (bounded) until every peer's attempt was named in one, so a
+/// party that starts its run just after we stopped is told instead of waiting for us
+/// until its `--connect-timeout`.
+async fn tell_late_starters(
+    ctx: &RunCtx,
+    mut state: tokio::sync::watch::Receiver<Control>,
+    limit: Duration,
+    progress: Progress<'_>,
+) {
+    let untold = state.borrow().untold.clone();
+    if untold.is_empty() {
+        return;
+    }
+    let names: Vec<String> = untold
+        .iter()
+        .map(|p| {
+            let did = ctx.roster.party(*p).map(|x| x.did.as_str()).unwrap_or("?");
+            format!("party {p} ({did})")
+        })
+        .collect();
+    progress(format!(
+        "waiting up to {} s to tell {} that this run stops when it starts",
+        limit.as_secs(),
+        names.join(", ")
+    ));
+    let all = state.wait_for(|s| s.untold.is_empty());
+    if tokio::time::timeout(limit, all).await.is_ok() {
+        progress("told every party".into());
+    } else {
+        let left = state.borrow().untold.clone();
+        progress(format!(
+            "{} did not start within {} s; it will wait for us until its --connect-timeout",
+            left.iter()
+                .map(|p| format!("party {p}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            limit.as_secs()
+        ));
+    }
+}
 /// How often waiting is reported.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
@@ -362,55 +453,49 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 struct Control {
     up: BTreeMap<PartyId, String>,
     aborted: Option<(PartyId, String, String)>,
+    /// Once we stop: the peers whose attempt no `abort` of ours named yet.
+    untold: Vec<PartyId>,
 }
 
 /// The run protocol (spec/lobby.md §8) for one attempt: answers `ready`s, reports peers up
-/// and aborts. Ends when `control` closes (the agent stopped).
+/// and aborts, sends our `abort`s. Ends when `control` closes (the agent stopped).
 async fn control_loop(
     ctx: RunCtx,
     mut attempts: Attempts,
     mut control: tokio::sync::mpsc::Receiver<Inbound>,
+    mut commands: tokio::sync::mpsc::Receiver<Command>,
     state: tokio::sync::watch::Sender<Control>,
 ) {
-    let send = |attempts: &Attempts, events: Vec<Event>| {
-        for ev in events {
-            match ev {
-                Event::Send { to, ready } => {
-                    let Some(did) = ctx.roster.party(to).map(|p| p.did.clone()) else {
-                        continue;
-                    };
-                    let Ok(body) = serde_json::to_value(&ready) else {
-                        continue;
-                    };
-                    let msg = ctx.message(READY_TYPE, body);
-                    let agent = ctx.agent.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = agent.send(&did, msg).await {
-                            tracing::warn!("cannot send ready to {did}: {e}");
+    loop {
+        let m = tokio::select! {
+            m = control.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            cmd = commands.recv() => {
+                match cmd {
+                    Some(Command::Hello) => dispatch(&ctx, &attempts, &state, attempts.hello()).await,
+                    Some(Command::Stop { code, reason, done }) => {
+                        let abort = attempts.stop(&code, &reason, now_ms());
+                        state.send_modify(|s| s.untold = attempts.untold());
+                        let mut sends = tokio::task::JoinSet::new();
+                        for p in ctx.roster.parties.iter().filter(|p| p.id != ctx.me) {
+                            let (ctx, abort, to) = (ctx.clone(), abort.clone(), p.id);
+                            sends.spawn(async move { ctx.send_abort(to, &abort).await });
                         }
-                    });
-                }
-                Event::PeerUp { party, attempt } => {
-                    tracing::info!(party, %attempt, "party is up");
-                    if let Some(id) = attempts.binding_id(party) {
-                        state.send_modify(|s| {
-                            s.up.insert(party, id);
+                        tokio::spawn(async move {
+                            let mut all = true;
+                            while let Some(r) = sends.join_next().await {
+                                all &= r.unwrap_or(false);
+                            }
+                            let _ = done.send(all);
                         });
                     }
+                    None => {}
                 }
-                Event::Aborted {
-                    party,
-                    code,
-                    reason,
-                } => state.send_modify(|s| {
-                    s.aborted.get_or_insert((party, code, reason));
-                }),
-                Event::Ignored(why) => tracing::info!("{why}"),
+                continue;
             }
-        }
-    };
-    send(&attempts, attempts.hello());
-    while let Some(m) = control.recv().await {
+        };
         if m.message.expires_time.is_some_and(|t| t < now()) {
             tracing::info!("dropped an expired {} from {:?}", m.message.type_, m.sender);
             continue;
@@ -423,10 +508,7 @@ async fn control_loop(
             match serde_json::from_value::<Ready>(m.message.body.clone()) {
                 Ok(r) => {
                     let events = attempts.handle_ready(&sender, &r);
-                    if let Ok(mut k) = ctx.known.lock() {
-                        *k = attempts.known();
-                    }
-                    send(&attempts, events);
+                    dispatch(&ctx, &attempts, &state, events).await;
                 }
                 Err(e) => tracing::info!("ignored a malformed ready from {sender}: {e}"),
             }
@@ -440,7 +522,7 @@ async fn control_loop(
             match serde_json::from_value::<Abort>(m.message.body.clone()) {
                 Ok(a) => {
                     let ev = attempts.handle_abort(signer, &a);
-                    send(&attempts, vec![ev]);
+                    dispatch(&ctx, &attempts, &state, vec![ev]).await;
                 }
                 Err(e) => tracing::info!("ignored a malformed abort from {sender}: {e}"),
             }
@@ -450,13 +532,62 @@ async fn control_loop(
     }
 }
 
+/// Carry out what [`Attempts`] asked for.
+async fn dispatch(
+    ctx: &RunCtx,
+    attempts: &Attempts,
+    state: &tokio::sync::watch::Sender<Control>,
+    events: Vec<Event>,
+) {
+    for ev in events {
+        match ev {
+            Event::Send { to, ready } => {
+                let Some(did) = ctx.roster.party(to).map(|p| p.did.clone()) else {
+                    continue;
+                };
+                let Ok(body) = serde_json::to_value(&ready) else {
+                    continue;
+                };
+                let msg = ctx.message(READY_TYPE, body);
+                let agent = ctx.agent.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = agent.send(&did, msg).await {
+                        tracing::warn!("cannot send ready to {did}: {e}");
+                    }
+                });
+            }
+            Event::SendAbort { to, abort } => {
+                tracing::info!(party = to, "told a party that started after we stopped");
+                // Awaited: the run waits for this before it exits.
+                ctx.send_abort(to, &abort).await;
+                state.send_modify(|s| s.untold = attempts.untold());
+            }
+            Event::PeerUp { party, attempt } => {
+                tracing::info!(party, %attempt, "party is up");
+                if let Some(id) = attempts.binding_id(party) {
+                    state.send_modify(|s| {
+                        s.up.insert(party, id);
+                    });
+                }
+            }
+            Event::Aborted {
+                party,
+                code,
+                reason,
+            } => state.send_modify(|s| {
+                s.aborted.get_or_insert((party, code, reason));
+            }),
+            Event::Ignored(why) => tracing::info!("{why}"),
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_attempt<I>(
     ctx: &RunCtx,
     id: &Identity,
     spec: RunSpec,
-    attempts: Attempts,
-    control: tokio::sync::mpsc::Receiver<Inbound>,
+    state: tokio::sync::watch::Receiver<Control>,
     peers: &[(PartyId, Did)],
     interrupt: I,
     progress: Progress<'_>,
@@ -478,13 +609,15 @@ where
     };
     let connector = start_connector(id, &ctx.agent, &spec.paths, base, progress).await?;
     let roster_hash = roster.compute_hash()?;
-    let (state_tx, state) = tokio::sync::watch::channel(Control::default());
     progress(format!(
         "party {me}: attempt {} of MPC session {}; waiting for the other parties",
         ctx.attempt, roster.mpc_session_id
     ));
-    let control_task = tokio::spawn(control_loop(ctx.clone(), attempts, control, state_tx));
-    let _stop_control = AbortOnDrop(control_task);
+    // The connector listens: now the peers may learn our attempt and propose.
+    ctx.commands
+        .send(Command::Hello)
+        .await
+        .map_err(|e| MpcError::control("the run's control task", e))?;
 
     let aborted = |state: &Control| -> Option<MpcError> {
         state
