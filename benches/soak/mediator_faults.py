@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -121,13 +122,33 @@ def lobby(cli, homes, program, people):
     return sid
 
 
+class Run:
+    """One `mpc-did run` process; its stderr is read as it comes (to time late faults)."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     stdin=subprocess.DEVNULL, text=True)
+        self.err_lines, self.out_lines = [], []
+        self.readers = [threading.Thread(target=self._read, args=(f, lines), daemon=True)
+                        for f, lines in [(self.proc.stderr, self.err_lines),
+                                         (self.proc.stdout, self.out_lines)]]
+        for t in self.readers:
+            t.start()
+
+    @staticmethod
+    def _read(stream, lines):
+        for line in stream:
+            lines.append(line)
+
+    def saw(self, text):
+        return any(text in l for l in list(self.err_lines))
+
+
 def start_runs(cli, homes, sid, python, programs, relay_only):
     extra = ["--relay-only"] if relay_only else []
-    return [subprocess.Popen([cli, "--home", h, "run", "--mpc", sid, "--listen", "127.0.0.1:0",
-                              "--connect-timeout", "60", "--resume-timeout", "30", *extra,
-                              "--", python, prog],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             stdin=subprocess.DEVNULL, text=True)
+    return [Run([cli, "--home", h, "run", "--mpc", sid, "--listen", "127.0.0.1:0",
+                 "--connect-timeout", "60", "--resume-timeout", "30", *extra,
+                 "--", python, prog])
             for h, prog in zip(homes, programs)]
 
 
@@ -136,14 +157,17 @@ def collect(runs, t0, bound):
     results, hung = [], False
     for r in runs:
         left = max(1, bound - (time.monotonic() - t0))
+        this_hung = False
         try:
-            out, err = r.communicate(timeout=left)
-            results.append((r.returncode, out, err))
+            r.proc.wait(timeout=left)
         except subprocess.TimeoutExpired:
-            hung = True
-            r.kill()
-            out, err = r.communicate()
-            results.append((None, out, err))
+            hung = this_hung = True
+            r.proc.kill()
+            r.proc.wait()
+        for t in r.readers:
+            t.join(timeout=5)
+        results.append((None if this_hung else r.proc.returncode, "".join(r.out_lines),
+                        "".join(r.err_lines)))
     return results, hung
 
 
@@ -225,11 +249,21 @@ def main():
                     failures[f"mediator SIGTERM exit: {st}"] += 1
             time.sleep(3)
             med.start()
-        elif fault.startswith("ctrl-c"):
-            time.sleep(rng.uniform(0.2, 1) if fault == "ctrl-c-early" else rng.uniform(4, 8))
+        elif fault == "ctrl-c-early":
+            time.sleep(rng.uniform(0.2, 1))
             victim = runs[rng.randrange(3)]
-            if victim.poll() is None:
-                victim.send_signal(signal.SIGINT)
+            if victim.proc.poll() is None:
+                victim.proc.send_signal(signal.SIGINT)
+        elif fault == "ctrl-c-late":
+            # During the computation: once the victim started MPyC.
+            victim = runs[rng.randrange(3)]
+            deadline = time.monotonic() + 90
+            while not victim.saw("; starting ") and victim.proc.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.2, 1.5))
+            if victim.proc.poll() is None:
+                victim.proc.send_signal(signal.SIGINT)
         results, hung = collect(runs, t0, a.bound)
         secs = time.monotonic() - t0
         verdict = judge(results, hung, failures)
