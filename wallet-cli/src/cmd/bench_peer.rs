@@ -490,12 +490,14 @@ fn print_table(r: &Report) {
         );
     }
     println!();
-    println!("| throughput over the session (path {kind}) | bytes | seconds | MiB/s |");
+    println!("| throughput over the session (path {kind}) | moved | seconds | MiB/s |");
     println!("|---|---:|---:|---:|");
     for (name, t) in [("us → peer", &r.send), ("peer → us", &r.receive)] {
+        #[allow(clippy::cast_precision_loss)]
+        let mib = t.bytes as f64 / f64::from(1u32 << 20);
         println!(
-            "| {name} | {} | {:.2} | {:.1} |",
-            t.bytes, t.seconds, t.mib_per_s
+            "| {name} | {mib:.1} MiB | {:.3} | {:.1} |",
+            t.seconds, t.mib_per_s
         );
     }
     println!();
@@ -559,7 +561,14 @@ async fn lead(
     progress.line(&format!(
         "session round trips: 1 warm-up + {rounds} of {RTT_BYTES} B"
     ));
-    send(&mut s, &Control::Rtt { rounds, size: RTT_BYTES }).await?;
+    send(
+        &mut s,
+        &Control::Rtt {
+            rounds,
+            size: RTT_BYTES,
+        },
+    )
+    .await?;
     let mut session = Vec::new();
     let mut back = [0u8; RTT_BYTES];
     for seq in 0..=rounds {
@@ -569,7 +578,9 @@ async fn lead(
         s.write_all(&ping).await?;
         read_exact(&mut s, &mut back, limit, "a session echo").await?;
         if back != ping {
-            return Err(BenchError::Protocol("the session echo differs from our ping".into()).into());
+            return Err(
+                BenchError::Protocol("the session echo differs from our ping".into()).into(),
+            );
         }
         if seq > 0 {
             session.push(t.elapsed());
@@ -601,7 +612,6 @@ async fn lead(
         }
         other => return Err(unexpected(&other, "timed").into()),
     };
-    progress.line(&format!("{what}: {:.1} MiB/s", down.mib_per_s));
 
     let measured = Measured {
         didcomm_rtt_ms: Stats::of(didcomm),
@@ -686,10 +696,7 @@ async fn follow(
             secs: limit.as_secs(),
         })?
         .ok_or_else(|| {
-            anyhow::anyhow!(
-                "the session ended ({})",
-                describe(&o.est.handle.state())
-            )
+            anyhow::anyhow!("the session ended ({})", describe(&o.est.handle.state()))
         })?;
     let mut tag = [0u8; 8];
     read_exact(&mut s, &mut tag, limit, "the stream preamble").await?;
@@ -851,7 +858,9 @@ fn unexpected(got: &Control, wanted: &str) -> BenchError {
         .ok()
         .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_owned))
         .unwrap_or_else(|| "?".into());
-    BenchError::Protocol(format!("expected `{wanted}`, got `{name}` (or other values)"))
+    BenchError::Protocol(format!(
+        "expected `{wanted}`, got `{name}` (or other values)"
+    ))
 }
 
 async fn send(s: &mut SessionStream, c: &Control) -> anyhow::Result<()> {
@@ -943,6 +952,11 @@ async fn recv_bulk(
         got += n as u64;
         progress.bytes(what, got, bytes, start);
     }
+    let t = Transfer::new(bytes, start.elapsed().as_secs_f64());
+    progress.line(&format!(
+        "{what}: {:.1} MiB/s as received ({bytes} bytes in {:.2} s)",
+        t.mib_per_s, t.seconds
+    ));
     Ok(())
 }
 
