@@ -438,6 +438,39 @@ fn silent_and_invalid_peers_fail_clearly() {
         );
         assert!(!err.contains("Some(") && !err.contains("None"), "{err}");
     }
+    // A DID nobody registered at the mediator: refused at once when we lead (the
+    // mediator does not know it), no proposal within the timeout when we follow.
+    let (_hx, stranger) = wallet("x");
+    let t = Instant::now();
+    let out = wait_bounded(
+        mpc_did(
+            None,
+            mid_home.path(),
+            &[
+                "bench",
+                "peer",
+                &stranger,
+                "--peer-mediator",
+                &url,
+                "--timeout",
+                "3",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(13), "{err}");
+    let want = if mid.as_str() < stranger.as_str() {
+        format!("error: {stranger} is not registered at the mediator")
+    } else {
+        format!("error: {stranger} did not answer")
+    };
+    assert!(err.contains(&want), "{err}");
     for bad in ["bob", "did:key:zNotAKey"] {
         let t = Instant::now();
         let out = mpc_did(None, mid_home.path(), &["bench", "peer", bad])

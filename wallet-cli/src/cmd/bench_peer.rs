@@ -27,6 +27,7 @@
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
+use mpc_did_agent::client::ClientError;
 use mpc_did_agent::{Agent, AgentError, Inbound};
 use mpc_did_connect::ConnectError;
 use mpc_did_didcomm::message::message;
@@ -104,6 +105,15 @@ pub enum BenchError {
         what: String,
         /// How long we waited.
         secs: u64,
+    },
+    /// The peer's mediator does not know the peer (it refused our message to it).
+    #[error(
+        "{peer} is not registered at the mediator we reached for it: check the DID, and that \
+         --peer-mediator names the mediator where the peer ran `mpc-did mediator register`"
+    )]
+    NotRegistered {
+        /// The peer's DID.
+        peer: String,
     },
     /// The peer sent something the bench protocol does not allow at this point.
     #[error("the peer broke the bench protocol: {0}")]
@@ -350,6 +360,13 @@ pub async fn run(ctx: &Ctx, a: PeerBenchArgs) -> anyhow::Result<()> {
             tracing::info!("bench: no session with {}: {e:#}", a.peer.did);
             return Err(no_answer("the secure-session setup").into());
         }
+        Ok(Err(e)) if is_unknown_recipient(&e) => {
+            tracing::info!("bench: no session with {}: {e:#}", a.peer.did);
+            return Err(BenchError::NotRegistered {
+                peer: a.peer.did.clone(),
+            }
+            .into());
+        }
         Ok(Err(e)) => return Err(e),
         Ok(Ok(o)) => o,
     };
@@ -410,6 +427,17 @@ fn is_timeout(e: &anyhow::Error) -> bool {
         matches!(
             c.downcast_ref::<ConnectError>(),
             Some(ConnectError::Timeout { .. } | ConnectError::Agent(AgentError::Timeout(_)))
+        )
+    })
+}
+
+/// Whether the peer's mediator refused a message to the peer as an unknown recipient.
+fn is_unknown_recipient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<ConnectError>(),
+            Some(ConnectError::Agent(AgentError::Client(ClientError::Problem { code, .. })))
+                if code.ends_with("unknown-recipient")
         )
     })
 }
