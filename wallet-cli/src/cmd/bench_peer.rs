@@ -31,7 +31,7 @@ use mpc_did_agent::client::ClientError;
 use mpc_did_agent::{Agent, AgentError, Inbound};
 use mpc_did_connect::ConnectError;
 use mpc_did_didcomm::message::message;
-use mpc_did_driver::{SessionStream, CLOSE_PARTY_FAILED};
+use mpc_did_driver::{SessionHandle, SessionStream, CLOSE_PARTY_FAILED};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -545,24 +545,52 @@ fn msec(v: f64) -> String {
     }
 }
 
-/// The leader's side (spec/bench.md §4).
+/// The leader's side (spec/bench.md §4): the bench stream, and the DIDComm round trips
+/// between `ready` and `rtt`.
 async fn lead(
     o: &Opened,
-    mut inbox: mpsc::Receiver<Inbound>,
+    inbox: mpsc::Receiver<Inbound>,
     a: &PeerBenchArgs,
     limit: Duration,
     progress: &Progress,
 ) -> anyhow::Result<(Measured, u32)> {
     let run = o.est.session_id.clone();
-    let peer = o.est.peer.clone();
     let (rounds, bytes) = (a.rounds, a.bytes);
-    let mut s = o.est.handle.open_stream().await?;
+    let s = o.est.handle.open_stream().await?;
+    let (agent, peer, me) = (o.connector.agent(), o.est.peer.as_str(), o.me.did.as_str());
+    let didcomm = async {
+        let mut inbox = inbox;
+        let mut rtts = Vec::new();
+        for seq in 0..=rounds {
+            let t = Instant::now();
+            didcomm_ping(agent, peer, &run, seq, &mut inbox, limit, me).await?;
+            if seq > 0 {
+                rtts.push(t.elapsed());
+            }
+        }
+        Ok(rtts)
+    };
+    let measured = lead_on(s, &run, rounds, bytes, limit, progress, didcomm).await?;
+    Ok((measured, rounds))
+}
+
+/// The leader's protocol on the bench stream `s` (spec/bench.md §4); `didcomm` times the
+/// DIDComm round trips once the follower is ready.
+async fn lead_on(
+    mut s: SessionStream,
+    run: &str,
+    rounds: u32,
+    bytes: u64,
+    limit: Duration,
+    progress: &Progress,
+    didcomm: impl std::future::Future<Output = anyhow::Result<Vec<Duration>>>,
+) -> anyhow::Result<Measured> {
     s.write_all(TAG_BENCH).await?;
     send(
         &mut s,
         &Control::Params {
             version: VERSION,
-            run: run.clone(),
+            run: run.to_owned(),
             rounds,
             bytes,
         },
@@ -576,15 +604,7 @@ async fn lead(
     progress.line(&format!(
         "DIDComm round trips: 1 warm-up + {rounds} through both mediators"
     ));
-    let agent = o.connector.agent();
-    let mut didcomm = Vec::new();
-    for seq in 0..=rounds {
-        let t = Instant::now();
-        didcomm_ping(agent, &peer, &run, seq, &mut inbox, limit, &o.me.did).await?;
-        if seq > 0 {
-            didcomm.push(t.elapsed());
-        }
-    }
+    let didcomm = didcomm.await?;
 
     progress.line(&format!(
         "session round trips: 1 warm-up + {rounds} of {RTT_BYTES} B"
@@ -659,7 +679,7 @@ async fn lead(
         other => return Err(unexpected(&other, "done").into()),
     }
     s.shutdown().await?;
-    Ok((measured, rounds))
+    Ok(measured)
 }
 
 /// One timed DIDComm round trip: ping `seq` to `peer`, wait for its pong (others are
@@ -705,7 +725,8 @@ async fn didcomm_ping(
     }
 }
 
-/// The follower's side (spec/bench.md §4).
+/// The follower's side (spec/bench.md §4): the bench stream, and pongs for the leader's
+/// DIDComm pings from `ready` on.
 async fn follow(
     o: &Opened,
     inbox: mpsc::Receiver<Inbound>,
@@ -713,19 +734,57 @@ async fn follow(
     limit: Duration,
     progress: &Progress,
 ) -> anyhow::Result<(Measured, u32)> {
-    let run = o.est.session_id.clone();
-    let peer = o.est.peer.clone();
-    let mut s = tokio::time::timeout(limit, o.est.handle.accept_stream())
+    let (agent, peer, run) = (
+        o.connector.agent().clone(),
+        o.est.peer.clone(),
+        o.est.session_id.clone(),
+    );
+    let pongs =
+        move |rounds| AbortOnDrop(tokio::spawn(answer_pings(agent, inbox, peer, run, rounds)));
+    let who = Who {
+        run: &o.est.session_id,
+        peer: &o.est.peer,
+        me: &o.me.did,
+    };
+    follow_on(
+        &o.est.handle,
+        &who,
+        (a.rounds, a.bytes),
+        limit,
+        progress,
+        pongs,
+    )
+    .await
+}
+
+/// The run and the two parties, for [`follow_on`].
+struct Who<'a> {
+    run: &'a str,
+    peer: &'a str,
+    me: &'a str,
+}
+
+/// The follower's protocol on the leader's bench stream (spec/bench.md §4);
+/// `start_pongs(rounds)` starts answering DIDComm pings (until the guard drops). `ours`:
+/// our own `--rounds`, `--bytes` (the leader's win).
+async fn follow_on(
+    handle: &SessionHandle,
+    who: &Who<'_>,
+    ours: (u32, u64),
+    limit: Duration,
+    progress: &Progress,
+    start_pongs: impl FnOnce(u32) -> AbortOnDrop,
+) -> anyhow::Result<(Measured, u32)> {
+    let (run, peer) = (who.run.to_owned(), who.peer.to_owned());
+    let mut s = tokio::time::timeout(limit, handle.accept_stream())
         .await
         .map_err(|_| BenchError::NoAnswer {
             peer: peer.clone(),
-            me: o.me.did.clone(),
+            me: who.me.to_owned(),
             what: "with its bench stream".into(),
             secs: limit.as_secs(),
         })?
-        .ok_or_else(|| {
-            anyhow::anyhow!("the session ended ({})", describe(&o.est.handle.state()))
-        })?;
+        .ok_or_else(|| anyhow::anyhow!("the session ended ({})", describe(&handle.state())))?;
     let mut tag = [0u8; 8];
     read_exact(&mut s, &mut tag, limit, "the stream preamble").await?;
     if &tag != TAG_BENCH {
@@ -765,19 +824,12 @@ async fn follow(
         }
         other => return Err(unexpected(&other, "params").into()),
     };
-    if (rounds, bytes) != (a.rounds, a.bytes) {
+    if (rounds, bytes) != ours {
         progress.line(&format!(
             "using the leader's settings: --rounds {rounds} --bytes {bytes}"
         ));
     }
-    let ponger = tokio::spawn(answer_pings(
-        o.connector.agent().clone(),
-        inbox,
-        peer.clone(),
-        run.clone(),
-        rounds,
-    ));
-    let _stop = AbortOnDrop(ponger);
+    let _pongs = start_pongs(rounds);
     send(&mut s, &Control::Ready).await?;
     progress.line("answering the leader's DIDComm pings");
 
@@ -992,6 +1044,169 @@ async fn recv_bulk(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use mpc_did_driver::DriverConfig;
+    use mpc_did_testkit::local::session_pair_with;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    /// A proposer (did:example:a, the leader) and an acceptor over loopback TCP.
+    async fn pair() -> (SessionHandle, SessionHandle) {
+        session_pair_with(
+            "did:example:a",
+            "did:example:b",
+            DriverConfig::default(),
+            |t| Box::new(t),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn progress() -> Progress {
+        Progress {
+            tty: false,
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    const WHO: Who<'static> = Who {
+        run: "run-1",
+        peer: "did:example:a",
+        me: "did:example:b",
+    };
+
+    fn no_pongs(_: u32) -> AbortOnDrop {
+        AbortOnDrop(tokio::spawn(async {}))
+    }
+
+    /// A control message as spec/bench.md §4 frames it.
+    fn frame(json: &str) -> Vec<u8> {
+        let mut v = u32::try_from(json.len()).unwrap().to_be_bytes().to_vec();
+        v.extend_from_slice(json.as_bytes());
+        v
+    }
+
+    // spec/bench.md §4: every phase between the real leader and the real follower over a
+    // real session; the follower uses the leader's settings, starts its pongs with them, and
+    // ends with the leader's measurements.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leader_and_follower_run_every_phase() {
+        let (a, b) = pair().await;
+        let p = progress();
+        let started = Arc::new(AtomicU32::new(0));
+        let st = started.clone();
+        let s = a.open_stream().await.unwrap();
+        // The DIDComm phase needs mediators (tests/bench_peer.rs); here it reports 3 samples.
+        let didcomm = async { Ok(vec![Duration::from_millis(7); 3]) };
+        let (l, f) = tokio::join!(
+            lead_on(s, "run-1", 3, 300_000, LIMIT, &p, didcomm),
+            follow_on(&b, &WHO, (20, 64 << 20), LIMIT, &p, |r| {
+                st.store(r, Ordering::SeqCst);
+                no_pongs(r)
+            })
+        );
+        let l = l.unwrap();
+        let (f, rounds) = f.unwrap();
+        assert_eq!(rounds, 3);
+        assert_eq!(started.load(Ordering::SeqCst), 3);
+        assert_eq!(l.session_rtt_ms.samples, 3);
+        assert!(l.session_rtt_ms.min > 0.0);
+        assert!((l.didcomm_rtt_ms.median - 7.0).abs() < 1e-9);
+        for t in [&l.leader_to_follower, &l.follower_to_leader] {
+            assert_eq!(t.bytes, 300_000);
+            assert!(t.seconds > 0.0 && t.mib_per_s > 0.0);
+        }
+        assert_eq!(
+            serde_json::to_value(&f).unwrap(),
+            serde_json::to_value(&l).unwrap(),
+            "the follower reports what the leader measured"
+        );
+    }
+
+    // spec/bench.md §3, §4: `params` of another run (a stale stream) is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follower_refuses_another_run() {
+        let (a, b) = pair().await;
+        let mut s = a.open_stream().await.unwrap();
+        s.write_all(TAG_BENCH).await.unwrap();
+        s.write_all(&frame(
+            r#"{"type":"params","version":1,"run":"run-0","rounds":3,"bytes":10}"#,
+        ))
+        .await
+        .unwrap();
+        let err = follow_on(&b, &WHO, (3, 10), LIMIT, &progress(), no_pongs)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.downcast_ref(), Some(BenchError::Protocol(m)) if m.contains("run id")),
+            "{err:#}"
+        );
+    }
+
+    // spec/bench.md §4: an oversized or malformed control message is a protocol error at
+    // once, not a hang or an allocation of its claimed size.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_control_messages_are_protocol_errors() {
+        for bad in [
+            u32::MAX.to_be_bytes().to_vec(),
+            frame(r#"{"type":"params","version":1}"#),
+            frame(r#"{"type":"launch-missiles"}"#),
+            frame(r#"{"type":"done"}"#),
+        ] {
+            let (a, b) = pair().await;
+            let mut s = a.open_stream().await.unwrap();
+            s.write_all(TAG_BENCH).await.unwrap();
+            s.write_all(&bad).await.unwrap();
+            let err = follow_on(&b, &WHO, (3, 10), LIMIT, &progress(), no_pongs)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err.downcast_ref(), Some(BenchError::Protocol(_))),
+                "{err:#}"
+            );
+        }
+    }
+
+    // spec/bench.md §4: a peer running another command is named.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follower_names_a_peer_running_session_connect() {
+        let (a, b) = pair().await;
+        let mut s = a.open_stream().await.unwrap();
+        s.write_all(crate::cmd::pipe::TAG_PING).await.unwrap();
+        let err = follow_on(&b, &WHO, (3, 10), LIMIT, &progress(), no_pongs)
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`mpc-did session connect`"),
+            "{err:#}"
+        );
+    }
+
+    // spec/bench.md §5: a follower that never answers `params` ends the leader's wait
+    // after the limit, with what it waited for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leader_gives_up_on_a_silent_follower() {
+        let (a, _b) = pair().await;
+        let s = a.open_stream().await.unwrap();
+        let t = Instant::now();
+        let err = lead_on(
+            s,
+            "run-1",
+            3,
+            10,
+            Duration::from_secs(1),
+            &progress(),
+            async { Ok(Vec::new()) },
+        )
+        .await
+        .unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(5));
+        assert!(
+            format!("{err:#}").contains("sent nothing for 1 s"),
+            "{err:#}"
+        );
+    }
 
     #[test]
     fn sizes_parse() {
