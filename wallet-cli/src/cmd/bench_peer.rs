@@ -391,16 +391,19 @@ pub async fn run(ctx: &Ctx, a: PeerBenchArgs) -> anyhow::Result<()> {
     let (measured, rounds) = match result {
         Ok(m) => m,
         Err(e) => {
-            // Tell the peer at once instead of leaving it to time out.
+            // Why the session ended, if it did (the peer's CLOSE reason); then tell the
+            // peer at once instead of leaving it to time out.
+            let state = o.est.handle.state();
             o.est
                 .handle
                 .close(CLOSE_PARTY_FAILED, &short_reason(&e))
                 .await;
-            return Err(e.context(format!(
-                "bench with {} failed (session {})",
-                o.est.peer,
-                describe(&o.est.handle.state())
-            )));
+            let ended = if state.is_over() {
+                format!(" (the session was {})", describe(&state))
+            } else {
+                String::new()
+            };
+            return Err(e.context(format!("bench with {} failed{ended}", o.est.peer)));
         }
     };
     finish(&o.est.handle).await?;
