@@ -82,7 +82,8 @@ enum Command {
     Run(cmd::mpc::run::RunArgs),
     /// Everything on one machine: mediator, N wallets, lobby, sessions, a real MPyC run.
     Demo(cmd::demo::DemoArgs),
-    /// Measure per-message DIDComm against session records (local: on this machine).
+    /// Measure per-message DIDComm against sessions (local: on this machine; peer: between
+    /// two machines).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
 }

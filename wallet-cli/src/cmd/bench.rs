@@ -1,4 +1,5 @@
-//! `mpc-did bench local`: per-message DIDComm against session records, on this machine.
+//! `mpc-did bench local`: per-message DIDComm against session records, on this machine
+//! (`mpc-did bench peer`, between two machines, is `bench_peer`).
 //!
 //! The design's point in numbers a user can reproduce (issue 15, item 6): every DIDComm
 //! message pays public-key operations (ECDH, signatures) on pack and unpack, while a secure
@@ -42,6 +43,19 @@ Examples:
 
 Figures depend on the machine and its load; compare ratios taken in one run.")]
     Local(LocalArgs),
+    /// Against a peer on another machine (run it on both sides, naming each other): the
+    /// DIDComm round trip through both mediators vs the round trip and throughput over the
+    /// secure session's path (direct TCP, QUIC or relay), a table and the ratio (--json for
+    /// scripts). spec/bench.md.
+    #[command(after_help = "\
+Examples:
+  alice$ mpc-did bench peer did:key:z6MkBob… --peer-mediator https://m.example.org
+  bob$   mpc-did bench peer did:key:z6MkAlice… --peer-mediator https://m.example.org
+  mpc-did bench peer did:key:z6MkBob… --rounds 50 --bytes 256MiB --json
+
+The smaller DID leads and its --rounds/--bytes are used. A peer that does not answer
+within --timeout seconds (default 60) ends the command with an error naming it.")]
+    Peer(crate::cmd::bench_peer::PeerBenchArgs),
 }
 
 /// Options of `mpc-did bench local`.
@@ -123,6 +137,7 @@ struct Report {
 
 pub async fn run(ctx: &Ctx, c: BenchCommand) -> anyhow::Result<()> {
     match c {
+        BenchCommand::Peer(a) => crate::cmd::bench_peer::run(ctx, a).await,
         BenchCommand::Local(a) => {
             if !(20..=60_000).contains(&a.budget_ms) {
                 anyhow::bail!("--budget-ms must be between 20 and 60000");

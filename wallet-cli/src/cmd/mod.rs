@@ -2,6 +2,7 @@
 
 pub mod agent_ctx;
 pub mod bench;
+pub mod bench_peer;
 pub mod demo;
 pub mod didcomm;
 pub mod id;

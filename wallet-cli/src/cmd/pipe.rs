@@ -247,6 +247,7 @@ pub async fn accept_tagged(handle: &SessionHandle, tag: &[u8; 8]) -> anyhow::Res
         let theirs = match &got {
             t if t == TAG_PIPE => "`mpc-did pipe`",
             t if t == TAG_PING => "`mpc-did session connect`",
+            t if t == crate::cmd::bench_peer::TAG_BENCH => "`mpc-did bench peer`",
             _ => "an unknown program",
         };
         anyhow::bail!("the peer runs {theirs}; both sides must run the same command");
