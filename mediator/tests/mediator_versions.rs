@@ -238,3 +238,24 @@ async fn cm3_unknown_fields_get_a_problem_report() {
         "https://didcomm.org/trust-ping/2.0/ping-response"
     );
 }
+
+/// A mediator that cannot be reached when the client first asks gets CM 2.0 / Pickup 3.0
+/// for that call only: once it is back, the client asks again and speaks CM 3.0 / Pickup
+/// 4.0 (before, the first failure was remembered for the client's whole life).
+#[tokio::test]
+async fn versions_are_asked_again_after_the_mediator_was_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &[]);
+    let addr = m.addr.clone();
+    let a = client(&m.url()).await;
+    m.kill9();
+    assert_eq!(a.versions().await, Versions::default());
+    let _m = MediatorProc::start_at(&addr, dir.path(), &[], None);
+    assert_eq!(
+        a.versions().await,
+        Versions {
+            cm: CoordinateMediationVersion::V3,
+            pickup: PickupVersion::V4
+        }
+    );
+}

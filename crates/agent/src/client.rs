@@ -627,13 +627,15 @@ pub fn pick_versions(disclosed: &[Disclosure]) -> Versions {
 }
 
 impl MediatorClient {
-    /// The mediation protocol versions spoken with this mediator: asked once with a
-    /// Discover Features query, then remembered by this client and its clones. A mediator
-    /// that does not answer gets Coordinate Mediation 2.0 and Message Pickup 3.0.
+    /// The mediation protocol versions spoken with this mediator: asked with a Discover
+    /// Features query, and the answer remembered by this client and its clones. A mediator
+    /// that answers without a usable disclose gets Coordinate Mediation 2.0 and Message
+    /// Pickup 3.0 (remembered too); one that cannot be reached gets them for this call
+    /// only, and is asked again next time (a mediator down at the first call must not be
+    /// spoken to in the old versions for the client's whole life).
     pub async fn versions(&self) -> Versions {
-        *self
-            .versions
-            .get_or_init(|| async {
+        self.versions
+            .get_or_try_init(|| async {
                 let query = discover_features::queries(
                     [
                         "https://didcomm.org/coordinate-mediation/*",
@@ -648,21 +650,23 @@ impl MediatorClient {
                     .collect(),
                 );
                 match self.request(query).await {
-                    Ok(Some(d)) => match discover_features::parse_disclose(&d) {
+                    Ok(Some(d)) => Ok(match discover_features::parse_disclose(&d) {
                         Ok(disclosed) => pick_versions(&disclosed),
                         Err(e) => {
                             tracing::debug!(error = %e, "bad disclose: using CM 2.0 / Pickup 3.0");
                             Versions::default()
                         }
-                    },
-                    Ok(None) => Versions::default(),
+                    }),
+                    Ok(None) => Ok(Versions::default()),
                     Err(e) => {
-                        tracing::debug!(error = %e, "discover features failed: using CM 2.0 / Pickup 3.0");
-                        Versions::default()
+                        tracing::debug!(error = %e, "discover features failed: CM 2.0 / Pickup 3.0 for now, asking again next time");
+                        Err(())
                     }
                 }
             })
             .await
+            .copied()
+            .unwrap_or_default()
     }
 }
 

@@ -32,8 +32,13 @@ impl MediatorProc {
     }
 
     pub fn start_with_config(data: &Path, extra: &[&str], config: Option<&Path>) -> Self {
+        Self::start_at("127.0.0.1:0", data, extra, config)
+    }
+
+    /// On a given public address (e.g. the one of an instance that was stopped).
+    pub fn start_at(listen: &str, data: &Path, extra: &[&str], config: Option<&Path>) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mpc-did-mediator"));
-        cmd.args(["--listen", "127.0.0.1:0", "--log", "warn", "--data"])
+        cmd.args(["--listen", listen, "--log", "warn", "--data"])
             .arg(data)
             .args(extra)
             .stdout(Stdio::piped())
