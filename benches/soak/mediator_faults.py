@@ -101,6 +101,11 @@ def mpc_did(cli, home, *args, timeout=120):
 
 
 def first_error(stderr):
+    # Our own verdict first (the program's stderr may hold errors of its own, e.g. Python
+    # interrupted while it starts).
+    for l in stderr.splitlines():
+        if l.startswith("mpc-did: error:"):
+            return l.split("error:", 1)[1].strip()[:160]
     for l in stderr.splitlines():
         if "error:" in l:
             return l.split("error:", 1)[1].strip()[:160]
