@@ -20,10 +20,6 @@
 
 mod common;
 
-use std::io::Write as _;
-use std::path::Path;
-use std::process::{Command, Stdio};
-
 use common::{client, introduce, metric, MediatorProc};
 use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_resolver::UniversalResolver;
@@ -34,54 +30,15 @@ const MALFORMED: &str = "mpcdid_mediator_rejections_total{reason=\"malformed\"}"
 
 const PEER_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../interop/veramo");
 
+#[path = "../../interop/veramo/runner.rs"]
+mod runner;
+
 fn veramo() -> Option<String> {
-    let node = std::env::var("MPC_DID_NODE").unwrap_or_else(|_| "node".into());
-    let has_node = Command::new(&node)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let installed = Path::new(PEER_DIR)
-        .join("node_modules/@veramo/did-comm")
-        .is_dir();
-    if has_node && installed {
-        return Some(node);
-    }
-    let why = if has_node {
-        format!("run `npm ci` in {PEER_DIR}")
-    } else {
-        "no `node` on PATH (set MPC_DID_NODE)".into()
-    };
-    assert!(
-        std::env::var("MPC_DID_REQUIRE_INTEROP").as_deref() != Ok("1"),
-        "MPC_DID_REQUIRE_INTEROP=1 but the Veramo peer is missing: {why}"
-    );
-    eprintln!("SKIPPED: Veramo mediation interop ({why})");
-    None
+    runner::veramo(PEER_DIR, "Veramo mediation interop")
 }
 
 fn peer(node: &str, req: &Value) -> Value {
-    let mut child = Command::new(node)
-        .arg("peer.mjs")
-        .current_dir(PEER_DIR)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "veramo peer: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    runner::peer(node, PEER_DIR, req)
 }
 
 /// The mediator's DIDCommMessaging service, for Veramo's resolver ("Using a DID as an

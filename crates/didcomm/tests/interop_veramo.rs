@@ -10,10 +10,6 @@
 //! skipped — unless `MPC_DID_REQUIRE_INTEROP=1` (CI), where it fails.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write as _;
-use std::path::Path;
-use std::process::{Command, Stdio};
-
 use ed25519_dalek::SigningKey;
 use mpc_did_didcomm::{
     pack_encrypted, pack_plaintext, pack_signed, unpack, ContentAlg, Message, PackOptions,
@@ -33,55 +29,15 @@ const VERAMO_READS_OUR_JWS: bool = true;
 /// (RFC 7515 §7.2.2) that Veramo sends (spec/didcomm.md §3).
 const WE_READ_VERAMO_JWS: bool = true;
 
-/// `node` and the installed peer, or `None` (skip) / panic (`MPC_DID_REQUIRE_INTEROP=1`).
-pub fn veramo() -> Option<String> {
-    let node = std::env::var("MPC_DID_NODE").unwrap_or_else(|_| "node".into());
-    let has_node = Command::new(&node)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let installed = Path::new(PEER_DIR)
-        .join("node_modules/@veramo/did-comm")
-        .is_dir();
-    if has_node && installed {
-        return Some(node);
-    }
-    let why = if has_node {
-        format!("run `npm ci` in {PEER_DIR}")
-    } else {
-        "no `node` on PATH (set MPC_DID_NODE)".into()
-    };
-    assert!(
-        std::env::var("MPC_DID_REQUIRE_INTEROP").as_deref() != Ok("1"),
-        "MPC_DID_REQUIRE_INTEROP=1 but the Veramo peer is missing: {why}"
-    );
-    eprintln!("SKIPPED: Veramo interop ({why})");
-    None
+#[path = "../../../interop/veramo/runner.rs"]
+mod runner;
+
+fn veramo() -> Option<String> {
+    runner::veramo(PEER_DIR, "Veramo interop")
 }
 
 fn peer(node: &str, req: &Value) -> Value {
-    let mut child = Command::new(node)
-        .arg("peer.mjs")
-        .current_dir(PEER_DIR)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "veramo peer: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    runner::peer(node, PEER_DIR, req)
 }
 
 struct Party {
