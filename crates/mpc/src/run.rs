@@ -35,6 +35,9 @@ use crate::lobby::learn;
 use crate::party::{registered_client, start_connector, PathPolicy};
 use crate::{read_program, MpcError, PartyTransport, Progress};
 
+mod didcomm;
+pub use didcomm::RunTransport;
+
 /// How long the program gets after an interrupt before it is killed.
 const GRACE: Duration = Duration::from_secs(3);
 
@@ -72,6 +75,8 @@ pub struct RunSpec {
     pub command: Vec<OsString>,
     /// Where the program's output goes.
     pub output: Output,
+    /// Sessions (default) or per-message DIDComm through the mediators.
+    pub transport: RunTransport,
 }
 
 /// How a party's run went.
@@ -483,8 +488,13 @@ where
         "party {me}: attempt {} of MPC session {}; waiting for the other parties",
         ctx.attempt, roster.mpc_session_id
     ));
+    let data = didcomm::subscribe(ctx, &spec);
     let control_task = tokio::spawn(control_loop(ctx.clone(), attempts, control, state_tx));
     let _stop_control = AbortOnDrop(control_task);
+    if let Some(data) = data {
+        let (st, i) = (state.clone(), interrupt);
+        return didcomm::run_attempt(ctx, id, spec, st, data, peers, i, progress).await;
+    }
 
     let aborted = |state: &Control| -> Option<MpcError> {
         state
