@@ -15,8 +15,8 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod didcomm_transport;
 mod matrix;
+mod mediated;
 mod modes;
 mod report;
 
