@@ -42,11 +42,33 @@ fn can_run(what: &str) -> Option<()> {
         (Err(e), _, _) => format!("{e}"),
         (_, false, _) => "wireguard-go/wireguard-tools not installed".to_owned(),
         (_, _, false) => "no Python with mpyc, numpy, scikit-learn, matplotlib".to_owned(),
-        _ => return Some(()),
+        _ => match mediator() {
+            Ok(()) => return Some(()),
+            Err(e) => e,
+        },
     };
     assert!(!mpc_did_e3::required(), "MPC_DID_REQUIRE_NETNS=1 but {why}");
     eprintln!("SKIPPED: {what}: {why}");
     None
+}
+
+/// The mediator modes run the real `mpc-did-mediator`, which the matrix finds next to its
+/// own binary: build it there (same profile) when `cargo test -p mpc-did-e3` did not.
+fn mediator() -> Result<(), String> {
+    let dir = Path::new(BIN).parent().unwrap();
+    if dir.join("mpc-did-mediator").is_file() {
+        return Ok(());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "mpc-did-mediator"]);
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    match cmd.status() {
+        Ok(s) if s.success() && dir.join("mpc-did-mediator").is_file() => Ok(()),
+        other => Err(format!("cannot build mpc-did-mediator: {other:?}")),
+    }
 }
 
 /// spec/e3.md §4.4: a missing tool is named with its package before anything is created.
@@ -195,6 +217,46 @@ fn ctrl_c_removes_namespaces_tunnels_and_processes() {
     assert!(gone, "processes left: {:?}", processes_of(pid));
 }
 
+/// spec/e3.md §4.4: a mediator mode whose mediator cannot start is a CSV row marked
+/// failed with the reason, not a dropped run, and the matrix still ends normally and leaves
+/// no namespace behind.
+#[test]
+fn a_mediator_that_fails_gives_a_failed_row() {
+    if can_run("matrix mediator failure").is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .args(["matrix", "--quick", "--mode", "session-relay", "--out"])
+        .arg(out.path())
+        .env("MPC_DID_PYTHON", python())
+        // A "mediator" that exits at once.
+        .env("MPC_DID_MEDIATOR", which("false").unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let run = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let csv = std::fs::read_to_string(out.path().join("results.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{csv}");
+    assert!(
+        rows[0].contains(",session-relay,") && rows[0].contains(",failed,"),
+        "{csv}"
+    );
+    assert!(rows[0].contains("mediator exited at start"), "{csv}");
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("## Failed runs"), "{md}");
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "namespaces left: {:?}",
+        namespaces_of(pid)
+    );
+}
+
 /// spec/e3.md §4.3: `--quick` writes one row per planned run, every run succeeds, the
 /// figures are sane, the report has every group and mode, and the plots are PNGs.
 #[test]
@@ -228,14 +290,18 @@ fn check_report(dir: &Path) {
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    // 2 programs × 1 size × parties {3, 4} × 2 scenarios × 5 modes × 1 repetition.
-    assert_eq!(rows.len(), 2 * 2 * 2 * 5, "{csv}");
+    // 2 programs × 1 size × parties {3, 4} × 2 scenarios × 5 modes × 1 repetition, plus
+    // the 3 mediator modes for Secret Santa, 3 parties, one region (§4.1).
+    assert_eq!(rows.len(), 2 * 2 * 2 * 5 + 3, "{csv}");
     let modes = [
         "plain",
         "ssl",
         "wireguard",
         "session-direct",
         "didcomm-direct",
+        "session-punched",
+        "session-relay",
+        "didcomm-mediated",
     ];
     for r in &rows {
         assert_eq!(r[col("status")], "ok", "failed run: {r:?}");
@@ -251,16 +317,40 @@ fn check_report(dir: &Path) {
         assert!(!r[col("path_kinds")].is_empty(), "{r:?}");
         if matches!(
             r[col("mode")],
-            "wireguard" | "session-direct" | "didcomm-direct"
+            "wireguard" | "session-direct" | "didcomm-direct" | "session-punched" | "session-relay"
         ) {
             assert!(f("setup_s") > 0.0, "{r:?}");
+        }
+        // The NAT modes ran behind their NATs on the path kind they are named after, one
+        // entry per pair of the 3 parties (§4.2).
+        let (nat, paths) = (r[col("nat")], r[col("path_kinds")]);
+        match r[col("mode")] {
+            "session-punched" => {
+                assert_eq!(nat, "eim", "{r:?}");
+                assert_eq!(paths, "0-1:quic 0-2:quic 1-2:quic", "{r:?}");
+            }
+            "session-relay" => {
+                assert_eq!(nat, "symmetric", "{r:?}");
+                assert_eq!(paths, "0-1:relay 0-2:relay 1-2:relay", "{r:?}");
+            }
+            "didcomm-mediated" => assert_eq!(paths, "didcomm-authcrypt-mediated", "{r:?}"),
+            _ => assert_eq!(nat, "none", "{r:?}"),
         }
     }
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(!md.contains("Plotting failed"), "{md}");
+    for mode in &modes[5..] {
+        let row = "| secretsanta | low | 3 | one-region |";
+        assert!(
+            md.lines()
+                .any(|l| l.starts_with(row) && l.contains(&format!("| {mode} |"))),
+            "report lacks {row} {mode}"
+        );
+    }
+    assert!(md.contains("Tailscale"), "report lacks the on-paper Tailscale row");
     for scenario in ["one-region", "two-near"] {
         for program in ["secretsanta", "cnn"] {
-            for mode in modes {
+            for mode in &modes[..5] {
                 let row = format!("| {program} | low | 3 | {scenario} |");
                 assert!(
                     md.lines()
