@@ -347,7 +347,10 @@ fn check_report(dir: &Path) {
             "report lacks {row} {mode}"
         );
     }
-    assert!(md.contains("Tailscale"), "report lacks the on-paper Tailscale row");
+    assert!(
+        md.contains("Tailscale"),
+        "report lacks the on-paper Tailscale row"
+    );
     for scenario in ["one-region", "two-near"] {
         for program in ["secretsanta", "cnn"] {
             for mode in &modes[..5] {

@@ -2,8 +2,9 @@
 //! kept as a user-selectable transport (`mpc-did run --transport didcomm`) and as the
 //! evaluation's baseline (spec/e3.md §4, modes `didcomm-direct` and `didcomm-mediated`).
 //!
-//! Every chunk a party's MPyC writes to a peer (read in pieces of up to [`CHUNK`] bytes, so
-//! normally one MPyC message, sometimes two coalesced) becomes one DIDComm v2 message of
+//! Every chunk a party's MPyC writes to a peer (read in pieces of up to [`CHUNK`] bytes —
+//! [`MEDIATED_CHUNK`] through a mediator — so normally one MPyC message, sometimes two
+//! coalesced, and a large one split) becomes one DIDComm v2 message of
 //! type [`DATA_TYPE`], authcrypt-packed (ECDH-1PU+A256KW, A256CBC-HS512) from the sender's
 //! DID to the receiver's. No handshake and no symmetric state: every message pays the
 //! public-key operations. Two carriers:
@@ -43,6 +44,10 @@ use tokio::sync::{mpsc, Mutex};
 
 /// Largest piece of MPyC output packed into one DIDComm message.
 pub const CHUNK: usize = 1 << 20;
+/// Largest piece of MPyC output per mediated message: base64 in the body, the authcrypt
+/// JWE and the `forward` around it grow it about 2.5×, and a mediator accepts 1 MiB by
+/// default (`limits.max_message_bytes`).
+pub const MEDIATED_CHUNK: usize = 256 << 10;
 /// Largest DIDComm message accepted from a peer on a direct link (a [`CHUNK`] grows by
 /// base64 and the JWE).
 const MAX_MESSAGE: usize = 4 << 20;
@@ -123,9 +128,11 @@ fn encode(bytes: &[u8]) -> String {
 }
 
 fn decode(body: &serde_json::Value) -> Option<Vec<u8>> {
-    body.get("d")
-        .and_then(|d| d.as_str())
-        .and_then(|d| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(d).ok())
+    body.get("d").and_then(|d| d.as_str()).and_then(|d| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(d)
+            .ok()
+    })
 }
 
 impl DidcommTransport {
@@ -314,13 +321,11 @@ async fn direct_in(
 
 /// MPyC's bytes → one message per chunk through the mediators; `eof` when MPyC closes.
 async fn mediated_out(agent: Agent, run: String, peer: String, mut far_r: ReadHalf<DuplexStream>) {
-    let mut buf = vec![0u8; CHUNK];
+    let mut buf = vec![0u8; MEDIATED_CHUNK];
     let mut seq = 0u64;
     loop {
-        let n = match far_r.read(&mut buf).await {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        // A read error ends the link like an EOF.
+        let n = far_r.read(&mut buf).await.unwrap_or_default();
         let body = if n == 0 {
             serde_json::json!({ "run": run, "seq": seq, "eof": true })
         } else {
@@ -339,7 +344,10 @@ async fn mediated_out(agent: Agent, run: String, peer: String, mut far_r: ReadHa
 }
 
 /// Bytes for one peer's MPyC, in order; `None` ends the stream.
-async fn mediated_writer(mut rx: mpsc::Receiver<Option<Vec<u8>>>, mut far_w: WriteHalf<DuplexStream>) {
+async fn mediated_writer(
+    mut rx: mpsc::Receiver<Option<Vec<u8>>>,
+    mut far_w: WriteHalf<DuplexStream>,
+) {
     while let Some(Some(data)) = rx.recv().await {
         if far_w.write_all(&data).await.is_err() {
             break;
@@ -348,10 +356,13 @@ async fn mediated_writer(mut rx: mpsc::Receiver<Option<Vec<u8>>>, mut far_w: Wri
     let _ = far_w.shutdown().await;
 }
 
+/// A peer's party id, the pair's run id, and where its bytes go (`None`: end of stream).
+type Writer = (PartyId, String, mpsc::Sender<Option<Vec<u8>>>);
+
 /// The subscription → per peer, checked and in sequence order → its writer.
 async fn mediated_in(
     mut inbound: mpsc::Receiver<Inbound>,
-    writers: BTreeMap<String, (PartyId, String, mpsc::Sender<Option<Vec<u8>>>)>,
+    writers: BTreeMap<String, Writer>,
     failures: mpsc::Sender<PeerFailure>,
 ) {
     struct Peer {
@@ -377,13 +388,16 @@ async fn mediated_in(
             tracing::info!("didcomm transport: an unauthenticated data message ignored");
             continue;
         };
-        let (Some((pid, run, tx)), Some(peer)) = (writers.get(&sender), state.get_mut(&sender)) else {
+        let (Some((pid, run, tx)), Some(peer)) = (writers.get(&sender), state.get_mut(&sender))
+        else {
             tracing::info!("didcomm transport: a data message from {sender}, not a peer, ignored");
             continue;
         };
         let body = &m.message.body;
         if body.get("run").and_then(|r| r.as_str()) != Some(run.as_str()) {
-            tracing::info!("didcomm transport: a data message of another run from {sender} ignored");
+            tracing::info!(
+                "didcomm transport: a data message of another run from {sender} ignored"
+            );
             continue;
         }
         if let Some(reason) = body.get("fail").and_then(|r| r.as_str()) {
@@ -394,7 +408,9 @@ async fn mediated_in(
             continue;
         }
         let Some(seq) = body.get("seq").and_then(serde_json::Value::as_u64) else {
-            tracing::info!("didcomm transport: a data message without sequence from {sender} ignored");
+            tracing::info!(
+                "didcomm transport: a data message without sequence from {sender} ignored"
+            );
             continue;
         };
         let item = if body.get("eof").and_then(serde_json::Value::as_bool) == Some(true) {
@@ -406,7 +422,9 @@ async fn mediated_in(
             continue;
         };
         if peer.done || seq < peer.next {
-            tracing::info!("didcomm transport: a repeated data message {seq} from {sender} ignored");
+            tracing::info!(
+                "didcomm transport: a repeated data message {seq} from {sender} ignored"
+            );
             continue;
         }
         if peer.waiting.len() >= MAX_REORDER {

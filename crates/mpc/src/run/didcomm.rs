@@ -7,9 +7,8 @@
 //! for a session proposal that never comes and fails at `--connect-timeout`.
 
 use super::{
-    next_step, run_program, Arc, Control, Did, Future, Identity, Inbound, MpcError,
-    OsString, Output, PartyId, PartyRun, Program, Progress, Proxy, ProxyConfig, RunCtx,
-    RunSpec, GRACE,
+    next_step, run_program, Arc, Control, Did, Future, Identity, Inbound, MpcError, OsString,
+    Output, PartyId, PartyRun, Program, Progress, Proxy, ProxyConfig, RunCtx, RunSpec, GRACE,
 };
 use crate::didcomm_transport::{DidcommTransport, DATA_PREFIX};
 use std::time::Instant;
@@ -27,7 +26,10 @@ pub enum RunTransport {
 
 /// For the DIDComm transport, the data subscription, taken before any peer learns that we
 /// are up (so no data message can arrive unsubscribed).
-pub(super) fn subscribe(ctx: &RunCtx, spec: &RunSpec) -> Option<tokio::sync::mpsc::Receiver<Inbound>> {
+pub(super) fn subscribe(
+    ctx: &RunCtx,
+    spec: &RunSpec,
+) -> Option<tokio::sync::mpsc::Receiver<Inbound>> {
     (spec.transport == RunTransport::Didcomm).then(|| ctx.agent.subscribe(DATA_PREFIX))
 }
 
@@ -68,9 +70,8 @@ where
     let me = ctx.me;
     let mut interrupt = Box::pin(interrupt);
     let deadline = tokio::time::Instant::now() + spec.connect_timeout;
-    let all_up = |s: &Control| {
-        s.aborted.is_some() || peers.iter().all(|(p, _)| s.up.contains_key(p))
-    };
+    let all_up =
+        |s: &Control| s.aborted.is_some() || peers.iter().all(|(p, _)| s.up.contains_key(p));
     let timed_out = tokio::select! {
         r = tokio::time::timeout_at(deadline, state.wait_for(all_up)) => r.is_err(),
         () = &mut interrupt => return Err(MpcError::Interrupted),
@@ -96,7 +97,13 @@ where
     }
     let links = peers
         .iter()
-        .map(|(p, did)| (*p, did.to_string(), st.up.get(p).cloned().unwrap_or_default()))
+        .map(|(p, did)| {
+            (
+                *p,
+                did.to_string(),
+                st.up.get(p).cloned().unwrap_or_default(),
+            )
+        })
         .collect();
     let transport = Arc::new(DidcommTransport::mediated(
         me,
@@ -112,8 +119,8 @@ where
         peers.len() + 1,
         ctx.roster.program.name
     ));
-    let parties = u16::try_from(peers.len() + 1)
-        .map_err(|_| MpcError::Launch("too many parties".into()))?;
+    let parties =
+        u16::try_from(peers.len() + 1).map_err(|_| MpcError::Launch("too many parties".into()))?;
     let proxy = Proxy::bind(ProxyConfig::new(parties, me))
         .await
         .map_err(|e| MpcError::Launch(format!("cannot bind the local MPyC proxy: {e}")))?;

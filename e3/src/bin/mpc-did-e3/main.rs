@@ -7,7 +7,8 @@
 //! (`DIR/report.md`, `DIR/*.png`, drawn by matplotlib from the project's Python).
 //!
 //! Owns only what it creates: namespaces (via `mpc_did_e3::Topology`), wireguard-go
-//! processes and their UAPI sockets, MPyC processes. All of them are removed when a run
+//! processes and their UAPI sockets, `mpc-did-mediator` processes and their data
+//! directories, MPyC processes. All of them are removed when a run
 //! fails, when the matrix ends, and on Ctrl-C (SIGINT/SIGTERM: the exit status is then 130).
 //!
 //! Exit status: 0 when the matrix ran (even with failed runs, which the CSV marks), 1 when
@@ -41,14 +42,21 @@ Examples:
   sudo cargo run --release -p mpc-did-e3 -- matrix --quick --out /tmp/e3-quick
   sudo cargo run --release -p mpc-did-e3 -- matrix --full --out eval-full --reps 3
 
-Needs root, iproute2, iptables, wireguard-go + wireguard-tools, and a Python with mpyc,
-numpy, scikit-learn and matplotlib (MPC_DID_PYTHON, else the repository's .venv).")]
+Modes: plain, ssl, wireguard, session-direct, didcomm-direct (public hosts), and, with the
+real mediator in the public namespace, session-punched (EIM NATs), session-relay
+(symmetric NATs) and didcomm-mediated.
+
+Needs root, iproute2, iptables, wireguard-go + wireguard-tools, a Python with mpyc,
+numpy, scikit-learn and matplotlib (MPC_DID_PYTHON, else the repository's .venv), and
+for the mediator modes the mpc-did-mediator binary (MPC_DID_MEDIATOR, else next to this
+binary: cargo build --release -p mpc-did-mediator).")]
     Matrix(MatrixArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct MatrixArgs {
-    /// A few minutes: low sizes, 3 and 4 parties, the two near scenarios, every mode, once.
+    /// A few minutes: low sizes, 3 and 4 parties, the two near scenarios, the modes between
+    /// public hosts, once; the mediator modes for Secret Santa, 3 parties, one region.
     #[arg(long, conflicts_with = "full")]
     quick: bool,
     /// Everything: both workloads × 3 sizes × 2/3/5/10 parties × 4 scenarios × every mode.

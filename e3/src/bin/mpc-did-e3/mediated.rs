@@ -318,7 +318,10 @@ async fn party(
         .map_err(|x| e("contacts")(&x))?
         .map_err(|_| format!("party {me}: no contacts (another party failed to register)"))?;
     if all.len() != n {
-        return Err(format!("party {me}: {} contacts for {n} parties", all.len()));
+        return Err(format!(
+            "party {me}: {} contacts for {n} parties",
+            all.len()
+        ));
     }
     let mut peers = Vec::new();
     for (j, (peer, service)) in all.iter().enumerate() {

@@ -28,15 +28,15 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mpc_did_didcomm::SecretStore;
 use mpc_did_driver::{DriverConfig, SessionHandle, CLOSE_DONE};
 use mpc_did_e3::workload::examples_dir;
 use mpc_did_e3::{NatKind, Topology};
-use mpc_did_didcomm::SecretStore;
 use mpc_did_mpc::didcomm_transport::DidcommTransport;
 use mpc_did_mpc::PartyTransport;
-use mpc_did_resolver::StaticResolver;
 use mpc_did_proxy::launch::{run_program, Output, Program};
 use mpc_did_proxy::{PartyId, Proxy, ProxyConfig, Transport};
+use mpc_did_resolver::StaticResolver;
 use mpc_did_testkit::local;
 
 use crate::mediated;
