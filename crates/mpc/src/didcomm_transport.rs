@@ -485,3 +485,138 @@ impl Transport for DidcommTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use mpc_did_didcomm::UnpackMetadata;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn data(from: &str, authenticated: bool, body: serde_json::Value) -> Inbound {
+        let mut meta = UnpackMetadata::default();
+        meta.authenticated = authenticated;
+        Inbound {
+            message: Message::new("id", DATA_TYPE, body),
+            meta,
+            sender: Some(from.to_owned()),
+        }
+    }
+
+    fn d(bytes: &[u8]) -> String {
+        encode(bytes)
+    }
+
+    /// spec/didcomm-transport.md §3: in `seq` order whatever the arrival order; another
+    /// run's, an unauthenticated, a stranger's and a repeated message are ignored; `eof`
+    /// ends the stream; `fail` is a peer failure.
+    #[tokio::test]
+    async fn mediated_receiver_orders_and_filters() {
+        let (in_tx, in_rx) = mpsc::channel(16);
+        let (w_tx, mut w_rx) = mpsc::channel(16);
+        let (f_tx, mut f_rx) = mpsc::channel(4);
+        let mut writers = BTreeMap::new();
+        writers.insert("did:peer".to_owned(), (1, "run-a".to_owned(), w_tx));
+        let task = tokio::spawn(mediated_in(in_rx, writers, f_tx));
+        let msgs = [
+            data(
+                "did:peer",
+                true,
+                serde_json::json!({"run": "run-a", "seq": 1, "d": d(b"world")}),
+            ),
+            data(
+                "did:peer",
+                true,
+                serde_json::json!({"run": "run-old", "seq": 0, "d": d(b"stale")}),
+            ),
+            data(
+                "did:peer",
+                false,
+                serde_json::json!({"run": "run-a", "seq": 0, "d": d(b"forged")}),
+            ),
+            data(
+                "did:stranger",
+                true,
+                serde_json::json!({"run": "run-a", "seq": 0, "d": d(b"strange")}),
+            ),
+            data(
+                "did:peer",
+                true,
+                serde_json::json!({"run": "run-a", "seq": 0, "d": d(b"hello ")}),
+            ),
+            data(
+                "did:peer",
+                true,
+                serde_json::json!({"run": "run-a", "seq": 0, "d": d(b"again")}),
+            ),
+            data(
+                "did:peer",
+                true,
+                serde_json::json!({"run": "run-a", "seq": 2, "eof": true}),
+            ),
+            data(
+                "did:peer",
+                true,
+                serde_json::json!({"run": "run-a", "fail": "it broke"}),
+            ),
+        ];
+        for m in msgs {
+            in_tx.send(m).await.unwrap();
+        }
+        let mut got = Vec::new();
+        while let Some(Some(chunk)) = w_rx.recv().await {
+            got.extend(chunk);
+        }
+        assert_eq!(got, b"hello world");
+        let f = tokio::time::timeout(Duration::from_secs(5), f_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((f.peer, f.reason.as_str()), (1, "it broke"));
+        drop(in_tx);
+        task.await.unwrap();
+    }
+
+    /// The direct carrier on loopback: real authcrypt both ways, the lower id opens, EOF
+    /// propagates.
+    #[tokio::test]
+    async fn direct_carrier_moves_bytes_both_ways() {
+        let resolver = StaticResolver::new();
+        let mut ids = Vec::new();
+        for i in 0..2u8 {
+            let mut secrets = SecretStore::new();
+            let did = secrets.insert_did_key(&ed25519_dalek::SigningKey::from_bytes(&[i + 7; 32]));
+            resolver.insert(mpc_did_resolver::key::resolve(&did).unwrap());
+            ids.push((did, secrets));
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (a, (b, _)) = (a.unwrap(), b.unwrap());
+        let (did0, s0) = ids.remove(0);
+        let (did1, s1) = ids.remove(0);
+        let t0 =
+            DidcommTransport::direct(0, &did0, s0, resolver.clone(), vec![(1, did1.clone(), a)]);
+        let t1 = DidcommTransport::direct(1, &did1, s1, resolver, vec![(0, did0, b)]);
+        let mut x = t0.open(1).await.unwrap();
+        let (peer, mut y) = t1.accept().await.unwrap();
+        assert_eq!(peer, 0);
+        x.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        y.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        y.write_all(b"pong").await.unwrap();
+        y.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), x.read_to_end(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, b"pong");
+        assert!(t0.open(1).await.is_err(), "one stream per peer");
+    }
+}
