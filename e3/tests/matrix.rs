@@ -2,7 +2,8 @@
 //!
 //! - it refuses to start without a tool it needs and names the package (§4.4);
 //! - Ctrl-C in the middle of a WireGuard run removes the namespaces, the tunnels and the
-//!   processes, and exits 130 (§4.4);
+//!   processes, and exits 130; in the middle of a mediator mode it stops the mediator
+//!   (§4.4); a mediator that fails to start gives a failed row, not a dropped run;
 //! - `--quick` writes a complete, sane report (§4.3): opt-in with `MPC_DID_E3_MATRIX=1`
 //!   (about three minutes), as `test.sh` does when it runs as root.
 //!
@@ -215,6 +216,73 @@ fn ctrl_c_removes_namespaces_tunnels_and_processes() {
     );
     let gone = wait_until(Duration::from_secs(5), || processes_of(pid).is_empty());
     assert!(gone, "processes left: {:?}", processes_of(pid));
+}
+
+/// `mpc-did-mediator` processes the matrix `pid` started (its children).
+fn mediators_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && String::from_utf8_lossy(&cmd).contains("mpc-did-mediator") {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// spec/e3.md §4.4: SIGINT while a mediator mode runs stops the mediator too.
+#[test]
+fn ctrl_c_stops_the_mediator() {
+    if can_run("matrix interrupt (mediator)").is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["matrix", "--quick", "--mode", "didcomm-mediated", "--out"])
+        .arg(out.path())
+        .env("MPC_DID_PYTHON", python())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let up = wait_until(Duration::from_secs(120), || !mediators_of(pid).is_empty());
+    assert!(up, "the matrix never started its mediator");
+    let mediators = mediators_of(pid);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let exited = wait_until(Duration::from_secs(60), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    assert!(exited, "the matrix did not stop within 60 s of SIGINT");
+    assert_eq!(status.code(), Some(130));
+    assert!(namespaces_of(pid).is_empty(), "{:?}", namespaces_of(pid));
+    // Killed and reaped by the matrix before it exited (a mediator left running would
+    // still exist, re-parented).
+    let gone = wait_until(Duration::from_secs(5), || {
+        mediators
+            .iter()
+            .all(|m| !Path::new(&format!("/proc/{m}")).exists())
+    });
+    assert!(gone, "mediators left: {mediators:?}");
 }
 
 /// spec/e3.md §4.4: a mediator mode whose mediator cannot start is a CSV row marked
