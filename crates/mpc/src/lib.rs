@@ -29,7 +29,8 @@
 //!     │        └── mpc_did_lobby (rules, no I/O)
 //!     ├── run::run_party ── ready/abort (attempts) ── agent
 //!     │         ├── establish_all ── connect ── driver (secure sessions)
-//!     │         └── run_over_sessions ── PartyTransport ── proxy ── MPyC
+//!     │         ├── run_over_sessions ── PartyTransport ── proxy ── MPyC
+//!     │         └── (--transport didcomm) didcomm_transport ── agent ── proxy ── MPyC
 //!     └── records ── wallet (MpcSessions, registered mediator)
 //! ```
 //!
