@@ -212,7 +212,7 @@ produced it.
 
 | solution | direct path (EIM NATs) | behind symmetric NATs | per-packet crypto | set-up | expected place in the table above |
 |---|---|---|---|---|---|
-| Tailscale / Headscale (on paper, not measured) | WireGuard over UDP after NAT traversal (STUN, disco pings) [1][2] | relayed by a DERP server: the WireGuard packets over TCP (HTTPS) [1][3] | WireGuard (userspace wireguard-go on Linux [4]) | a coordination server distributes keys and endpoints, control plane only [5]; Headscale is a self-hosted one [6] | direct: like `wireguard` (same data plane) plus NAT traversal set-up, comparable with `session-punched`; relayed: a TCP relay like `session-relay` |
+| Tailscale / Headscale (on paper, not measured) | WireGuard over UDP after NAT traversal (STUN, disco pings) [1][2] | relayed by a DERP server: the WireGuard packets over TCP (HTTP(S)) [1][2][3] | WireGuard (userspace wireguard-go on Linux [4]) | a coordination server distributes keys and endpoints, control plane only [5]; Headscale is a self-hosted one [6] | direct: like `wireguard` (same data plane) plus NAT traversal set-up, comparable with `session-punched`; relayed: a TCP relay like `session-relay` |
 
 [1] https://tailscale.com/kb/1232/derp-servers — [2] https://tailscale.com/blog/how-nat-traversal-works —
 [3] https://github.com/tailscale/tailscale/blob/main/derp/README.md — [4] https://tailscale.com/blog/throughput-improvements —
