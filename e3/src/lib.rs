@@ -24,8 +24,10 @@
 //! It also owns the evaluation's workloads ([`workload`]: our MPyC programs under `examples/`
 //! at fixed sizes, shared with the benches) and the `mpc-did-e3` binary that runs the
 //! evaluation matrix over these topologies (spec/e3.md §4; plain MPyC, `--ssl`, WireGuard,
-//! sessions, per-message DIDComm). It does not implement any of the protocols it measures:
-//! the binary drives the project's own crates and the real tools.
+//! sessions on each path kind — direct, punched behind EIM NATs, relayed behind symmetric
+//! ones — and per-message DIDComm, direct and through the mediator). It does not implement
+//! any of the protocols it measures: the binary drives the project's own crates and the
+//! real tools (WireGuard, the `mpc-did-mediator` binary).
 //!
 //! Needs root, `ip` (iproute2) and `iptables`; [`check_available`] says what is missing.
 //! This kernel has no `netem`: [`Netns::delay`] adds latency in user space instead (a

@@ -2,7 +2,8 @@
 //!
 //! - it refuses to start without a tool it needs and names the package (§4.4);
 //! - Ctrl-C in the middle of a WireGuard run removes the namespaces, the tunnels and the
-//!   processes, and exits 130 (§4.4);
+//!   processes, and exits 130; in the middle of a mediator mode it stops the mediator
+//!   (§4.4); a mediator that fails to start gives a failed row, not a dropped run;
 //! - `--quick` writes a complete, sane report (§4.3): opt-in with `MPC_DID_E3_MATRIX=1`
 //!   (about three minutes), as `test.sh` does when it runs as root.
 //!
@@ -42,11 +43,33 @@ fn can_run(what: &str) -> Option<()> {
         (Err(e), _, _) => format!("{e}"),
         (_, false, _) => "wireguard-go/wireguard-tools not installed".to_owned(),
         (_, _, false) => "no Python with mpyc, numpy, scikit-learn, matplotlib".to_owned(),
-        _ => return Some(()),
+        _ => match mediator() {
+            Ok(()) => return Some(()),
+            Err(e) => e,
+        },
     };
     assert!(!mpc_did_e3::required(), "MPC_DID_REQUIRE_NETNS=1 but {why}");
     eprintln!("SKIPPED: {what}: {why}");
     None
+}
+
+/// The mediator modes run the real `mpc-did-mediator`, which the matrix finds next to its
+/// own binary: build it there (same profile) when `cargo test -p mpc-did-e3` did not.
+fn mediator() -> Result<(), String> {
+    let dir = Path::new(BIN).parent().unwrap();
+    if dir.join("mpc-did-mediator").is_file() {
+        return Ok(());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "mpc-did-mediator"]);
+    if dir.ends_with("release") {
+        cmd.arg("--release");
+    }
+    match cmd.status() {
+        Ok(s) if s.success() && dir.join("mpc-did-mediator").is_file() => Ok(()),
+        other => Err(format!("cannot build mpc-did-mediator: {other:?}")),
+    }
 }
 
 /// spec/e3.md §4.4: a missing tool is named with its package before anything is created.
@@ -195,6 +218,113 @@ fn ctrl_c_removes_namespaces_tunnels_and_processes() {
     assert!(gone, "processes left: {:?}", processes_of(pid));
 }
 
+/// `mpc-did-mediator` processes the matrix `pid` started (its children).
+fn mediators_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if ppid == Some(pid) && String::from_utf8_lossy(&cmd).contains("mpc-did-mediator") {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// spec/e3.md §4.4: SIGINT while a mediator mode runs stops the mediator too.
+#[test]
+fn ctrl_c_stops_the_mediator() {
+    if can_run("matrix interrupt (mediator)").is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["matrix", "--quick", "--mode", "didcomm-mediated", "--out"])
+        .arg(out.path())
+        .env("MPC_DID_PYTHON", python())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let up = wait_until(Duration::from_secs(120), || !mediators_of(pid).is_empty());
+    assert!(up, "the matrix never started its mediator");
+    let mediators = mediators_of(pid);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let exited = wait_until(Duration::from_secs(60), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    assert!(exited, "the matrix did not stop within 60 s of SIGINT");
+    assert_eq!(status.code(), Some(130));
+    assert!(namespaces_of(pid).is_empty(), "{:?}", namespaces_of(pid));
+    // Killed and reaped by the matrix before it exited (a mediator left running would
+    // still exist, re-parented).
+    let gone = wait_until(Duration::from_secs(5), || {
+        mediators
+            .iter()
+            .all(|m| !Path::new(&format!("/proc/{m}")).exists())
+    });
+    assert!(gone, "mediators left: {mediators:?}");
+}
+
+/// spec/e3.md §4.4: a mediator mode whose mediator cannot start is a CSV row marked
+/// failed with the reason, not a dropped run, and the matrix still ends normally and leaves
+/// no namespace behind.
+#[test]
+fn a_mediator_that_fails_gives_a_failed_row() {
+    if can_run("matrix mediator failure").is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .args(["matrix", "--quick", "--mode", "session-relay", "--out"])
+        .arg(out.path())
+        .env("MPC_DID_PYTHON", python())
+        // A "mediator" that exits at once.
+        .env("MPC_DID_MEDIATOR", which("false").unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let run = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    let csv = std::fs::read_to_string(out.path().join("results.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{csv}");
+    assert!(
+        rows[0].contains(",session-relay,") && rows[0].contains(",failed,"),
+        "{csv}"
+    );
+    assert!(rows[0].contains("mediator exited at start"), "{csv}");
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(md.contains("## Failed runs"), "{md}");
+    assert!(
+        namespaces_of(pid).is_empty(),
+        "namespaces left: {:?}",
+        namespaces_of(pid)
+    );
+}
+
 /// spec/e3.md §4.3: `--quick` writes one row per planned run, every run succeeds, the
 /// figures are sane, the report has every group and mode, and the plots are PNGs.
 #[test]
@@ -228,14 +358,18 @@ fn check_report(dir: &Path) {
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    // 2 programs × 1 size × parties {3, 4} × 2 scenarios × 5 modes × 1 repetition.
-    assert_eq!(rows.len(), 2 * 2 * 2 * 5, "{csv}");
+    // 2 programs × 1 size × parties {3, 4} × 2 scenarios × 5 modes × 1 repetition, plus
+    // the 3 mediator modes for Secret Santa, 3 parties, one region (§4.1).
+    assert_eq!(rows.len(), 2 * 2 * 2 * 5 + 3, "{csv}");
     let modes = [
         "plain",
         "ssl",
         "wireguard",
         "session-direct",
         "didcomm-direct",
+        "session-punched",
+        "session-relay",
+        "didcomm-mediated",
     ];
     for r in &rows {
         assert_eq!(r[col("status")], "ok", "failed run: {r:?}");
@@ -251,16 +385,43 @@ fn check_report(dir: &Path) {
         assert!(!r[col("path_kinds")].is_empty(), "{r:?}");
         if matches!(
             r[col("mode")],
-            "wireguard" | "session-direct" | "didcomm-direct"
+            "wireguard" | "session-direct" | "didcomm-direct" | "session-punched" | "session-relay"
         ) {
             assert!(f("setup_s") > 0.0, "{r:?}");
+        }
+        // The NAT modes ran behind their NATs on the path kind they are named after, one
+        // entry per pair of the 3 parties (§4.2).
+        let (nat, paths) = (r[col("nat")], r[col("path_kinds")]);
+        match r[col("mode")] {
+            "session-punched" => {
+                assert_eq!(nat, "eim", "{r:?}");
+                assert_eq!(paths, "0-1:quic 0-2:quic 1-2:quic", "{r:?}");
+            }
+            "session-relay" => {
+                assert_eq!(nat, "symmetric", "{r:?}");
+                assert_eq!(paths, "0-1:relay 0-2:relay 1-2:relay", "{r:?}");
+            }
+            "didcomm-mediated" => assert_eq!(paths, "didcomm-authcrypt-mediated", "{r:?}"),
+            _ => assert_eq!(nat, "none", "{r:?}"),
         }
     }
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(!md.contains("Plotting failed"), "{md}");
+    for mode in &modes[5..] {
+        let row = "| secretsanta | low | 3 | one-region |";
+        assert!(
+            md.lines()
+                .any(|l| l.starts_with(row) && l.contains(&format!("| {mode} |"))),
+            "report lacks {row} {mode}"
+        );
+    }
+    assert!(
+        md.contains("Tailscale"),
+        "report lacks the on-paper Tailscale row"
+    );
     for scenario in ["one-region", "two-near"] {
         for program in ["secretsanta", "cnn"] {
-            for mode in modes {
+            for mode in &modes[..5] {
                 let row = format!("| {program} | low | 3 | {scenario} |");
                 assert!(
                     md.lines()

@@ -182,6 +182,34 @@ fn secret_santa_through_the_relay() {
     }
 }
 
+/// `run --transport didcomm` (spec/didcomm-transport.md §4): every MPyC message one
+/// authcrypt DIDComm message through the real mediator, no secure session opened; the
+/// three parties still agree on a valid result.
+#[test]
+fn secret_santa_over_per_message_didcomm() {
+    let Some(python) = python() else { return };
+    let prog = example("secretsanta.py");
+    let l = lobby(&prog, &["--people", "3", "4"]);
+    let runs: Vec<Child> = (0..3)
+        .map(|i| spawn_run_with(&l, i, &python, &prog, &["--transport", "didcomm"]))
+        .collect();
+    let outs: Vec<Output> = runs
+        .into_iter()
+        .map(|c| wait_bounded(c, Duration::from_secs(180)))
+        .collect();
+    let mut digests = Vec::new();
+    for o in &outs {
+        let out = String::from_utf8_lossy(&o.stdout);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "run failed: {out}\n{err}");
+        assert!(out.lines().any(|l| l == "valid: True"), "{out}");
+        assert!(err.contains("over per-message DIDComm"), "{err}");
+        assert!(!err.contains("secure session with party"), "{err}");
+        digests.push(digest(&out).to_owned());
+    }
+    assert!(digests.iter().all(|d| *d == digests[0]), "parties disagree");
+}
+
 /// Large messages (secure arrays of 100,000 elements).
 #[test]
 fn inner_product_three_wallets_three_processes() {

@@ -4,8 +4,11 @@
 //! [`lobby::join`] and [`lobby::host`] with the spec/lobby.md §4 checks and Report Problem
 //! refusals — the run of a party ([`run::run_party`]: the program checked against the
 //! roster, a secure session with every other party via [`run::establish_all`], the local
-//! MPyC proxy and the program via [`run::run_over_sessions`]), and [`PartyTransport`], the
-//! proxy's stream source over a party's sessions. Every run is a fresh attempt
+//! MPyC proxy and the program via [`run::run_over_sessions`]), and the proxy's stream
+//! sources: [`PartyTransport`] over a party's sessions, and
+//! [`didcomm_transport::DidcommTransport`], per-message DIDComm (each MPyC message one
+//! authcrypt message, directly or through the mediators: `run --transport didcomm`, the
+//! e3 matrix's `didcomm-*` modes). Every run is a fresh attempt
 //! (spec/lobby.md §8): the parties agree on each other's attempt (`ready`) before
 //! negotiating, each secure session is bound to both attempts, and a party that cannot go
 //! on sends every peer a signed `abort` (the rules are `mpc_did_lobby::attempt`, no I/O).
@@ -26,7 +29,8 @@
 //!     │        └── mpc_did_lobby (rules, no I/O)
 //!     ├── run::run_party ── ready/abort (attempts) ── agent
 //!     │         ├── establish_all ── connect ── driver (secure sessions)
-//!     │         └── run_over_sessions ── PartyTransport ── proxy ── MPyC
+//!     │         ├── run_over_sessions ── PartyTransport ── proxy ── MPyC
+//!     │         └── (--transport didcomm) didcomm_transport ── agent ── proxy ── MPyC
 //!     └── records ── wallet (MpcSessions, registered mediator)
 //! ```
 //!
@@ -41,6 +45,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod didcomm_transport;
 mod error;
 pub mod lobby;
 pub mod party;

@@ -35,6 +35,9 @@ use crate::lobby::learn;
 use crate::party::{registered_client, start_connector, PathPolicy};
 use crate::{read_program, MpcError, PartyTransport, Progress};
 
+mod didcomm;
+pub use didcomm::RunTransport;
+
 /// How long the program gets after an interrupt before it is killed.
 const GRACE: Duration = Duration::from_secs(3);
 
@@ -72,6 +75,8 @@ pub struct RunSpec {
     pub command: Vec<OsString>,
     /// Where the program's output goes.
     pub output: Output,
+    /// Sessions (default) or per-message DIDComm through the mediators.
+    pub transport: RunTransport,
 }
 
 /// How a party's run went.
@@ -613,11 +618,17 @@ where
         "party {me}: attempt {} of MPC session {}; waiting for the other parties",
         ctx.attempt, roster.mpc_session_id
     ));
+    // Per-message DIDComm: its data subscription before any peer learns we are up.
+    let data = didcomm::subscribe(ctx, &spec);
     // The connector listens: now the peers may learn our attempt and propose.
     ctx.commands
         .send(Command::Hello)
         .await
         .map_err(|e| MpcError::control("the run's control task", e))?;
+    if let Some(data) = data {
+        let (st, i) = (state.clone(), interrupt);
+        return didcomm::run_attempt(ctx, id, spec, st, data, peers, i, progress).await;
+    }
 
     let aborted = |state: &Control| -> Option<MpcError> {
         state

@@ -25,7 +25,7 @@ use mpc_did_wallet::{Method, Wallet};
 use mpc_did_mediator::services::relay::{RelayService, RelayServiceConfig};
 
 use mpc_did_mpc::party::secrets;
-use mpc_did_mpc::run::{run_party, RunSpec};
+use mpc_did_mpc::run::{run_party, RunSpec, RunTransport};
 use mpc_did_mpc::{lobby, PathPolicy};
 
 use crate::cmd::mpc::invitation_url;
@@ -225,6 +225,7 @@ async fn demo(
                     },
                     command: argv,
                     output: Output::Capture,
+                    transport: RunTransport::Session,
                 },
                 // The demo's own Ctrl-C handler removes everything.
                 std::future::pending(),

@@ -7,7 +7,8 @@
 //! (`DIR/report.md`, `DIR/*.png`, drawn by matplotlib from the project's Python).
 //!
 //! Owns only what it creates: namespaces (via `mpc_did_e3::Topology`), wireguard-go
-//! processes and their UAPI sockets, MPyC processes. All of them are removed when a run
+//! processes and their UAPI sockets, `mpc-did-mediator` processes and their data
+//! directories, MPyC processes. All of them are removed when a run
 //! fails, when the matrix ends, and on Ctrl-C (SIGINT/SIGTERM: the exit status is then 130).
 //!
 //! Exit status: 0 when the matrix ran (even with failed runs, which the CSV marks), 1 when
@@ -15,8 +16,8 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
-mod didcomm_transport;
 mod matrix;
+mod mediated;
 mod modes;
 mod report;
 
@@ -40,15 +41,23 @@ enum Command {
 Examples:
   sudo cargo run --release -p mpc-did-e3 -- matrix --quick --out /tmp/e3-quick
   sudo cargo run --release -p mpc-did-e3 -- matrix --full --out eval-full --reps 3
+  sudo target/release/mpc-did-e3 matrix --full --parties 3 --scenario two-near --out part1
 
-Needs root, iproute2, iptables, wireguard-go + wireguard-tools, and a Python with mpyc,
-numpy, scikit-learn and matplotlib (MPC_DID_PYTHON, else the repository's .venv).")]
+Modes: plain, ssl, wireguard, session-direct, didcomm-direct (public hosts), and, with the
+real mediator in the public namespace, session-punched (EIM NATs), session-relay
+(symmetric NATs) and didcomm-mediated.
+
+Needs root, iproute2, iptables, wireguard-go + wireguard-tools, a Python with mpyc,
+numpy, scikit-learn and matplotlib (MPC_DID_PYTHON, else the repository's .venv), and
+for the mediator modes the mpc-did-mediator binary (MPC_DID_MEDIATOR, else next to this
+binary: cargo build --release -p mpc-did-mediator).")]
     Matrix(MatrixArgs),
 }
 
 #[derive(clap::Args, Debug)]
 struct MatrixArgs {
-    /// A few minutes: low sizes, 3 and 4 parties, the two near scenarios, every mode, once.
+    /// A few minutes: low sizes, 3 and 4 parties, the two near scenarios, the modes between
+    /// public hosts, once; the mediator modes for Secret Santa, 3 parties, one region.
     #[arg(long, conflicts_with = "full")]
     quick: bool,
     /// Everything: both workloads × 3 sizes × 2/3/5/10 parties × 4 scenarios × every mode.
@@ -60,6 +69,18 @@ struct MatrixArgs {
     /// Only modes whose name contains one of these (e.g. --mode plain --mode wireguard).
     #[arg(long = "mode", value_name = "NAME")]
     modes: Vec<String>,
+    /// Only these party counts (e.g. --parties 2 --parties 3); to split a --full run.
+    #[arg(long = "parties", value_name = "N")]
+    parties: Vec<usize>,
+    /// Only these scenarios: one-region, two-near, two-distant, several-distant.
+    #[arg(long = "scenario", value_name = "NAME")]
+    scenarios: Vec<String>,
+    /// Only these workload sizes: low, medium, high.
+    #[arg(long = "size", value_name = "NAME")]
+    sizes: Vec<String>,
+    /// Only these workloads: secretsanta, cnn.
+    #[arg(long = "program", value_name = "NAME")]
+    programs: Vec<String>,
     /// Give up on a run after this many seconds (marked failed: timeout). The CNN's high
     /// size with 10 parties is CPU-bound for many minutes on a small machine.
     #[arg(long, default_value_t = 1800)]
@@ -77,7 +98,22 @@ fn main() -> ExitCode {
                 eprintln!("mpc-did-e3: error: pick --quick or --full");
                 return ExitCode::from(2);
             }
-            let plan = matrix::Plan::new(a.full, a.reps, &a.modes, a.run_timeout);
+            let mut plan = matrix::Plan::new(a.full, a.reps, &a.modes, a.run_timeout);
+            plan.runs.retain(|r| {
+                let any =
+                    |want: &[String], have: &str| want.is_empty() || want.iter().any(|w| w == have);
+                (a.parties.is_empty() || a.parties.contains(&r.parties))
+                    && any(&a.scenarios, r.scenario.name)
+                    && any(&a.sizes, r.workload.size.name())
+                    && any(&a.programs, r.workload.program.name())
+            });
+            if plan.runs.is_empty() {
+                eprintln!(
+                    "mpc-did-e3: error: no run matches --mode/--parties/--scenario/--size/--program \
+                     (see --help for the names)"
+                );
+                return ExitCode::from(2);
+            }
             match matrix::run(&plan, &a.out) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(matrix::MatrixError::Interrupted) => {

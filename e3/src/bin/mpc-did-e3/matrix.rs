@@ -1,5 +1,6 @@
 //! The plan (what runs), the loop (topologies, delay lines, runs, progress), the CSV.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use mpc_did_e3::workload::{Program, Size, Workload};
 use mpc_did_e3::{check_available, DelayLine, E3Error, NatKind, Topology};
 
+use crate::mediated::Mediator;
 use crate::modes::{self, Mode, Outcome};
 use crate::report;
 
@@ -106,9 +108,13 @@ impl Plan {
                     reps.unwrap_or(1),
                 )
             };
+        let wanted =
+            |m: &Mode| only.is_empty() || only.iter().any(|o| m.name().contains(o.as_str()));
+        // --quick runs the mediator modes only in the extra group below.
         let modes: Vec<Mode> = Mode::ALL
             .into_iter()
-            .filter(|m| only.is_empty() || only.iter().any(|o| m.name().contains(o.as_str())))
+            .filter(|m| full || !m.needs_mediator())
+            .filter(wanted)
             .collect();
         let mut runs = Vec::new();
         // Topology-major order: one topology (parties × scenario) serves all its runs; modes
@@ -130,6 +136,24 @@ impl Plan {
                             }
                         }
                     }
+                }
+            }
+        }
+        if !full {
+            // The NAT path kinds and DIDComm through the mediator in the smallest group
+            // that communicates: Secret Santa at its low size with 3 parties in one region
+            // (with 2, MPyC's threshold is 0 and Secret Santa sends no share traffic at
+            // all); plain MPyC of the same group above is the baseline (spec/e3.md §4.1).
+            let extra: Vec<Mode> = Mode::MEDIATED.into_iter().filter(wanted).collect();
+            for rep in 0..reps.max(1) {
+                for k in 0..extra.len() {
+                    runs.push(RunSpec {
+                        workload: Workload::new(Program::SecretSanta, Size::Low),
+                        parties: 3,
+                        scenario: SCENARIOS[0],
+                        mode: extra[(k + rep as usize) % extra.len()],
+                        rep,
+                    });
                 }
             }
         }
@@ -230,7 +254,7 @@ fn watch_signals() -> Result<(), MatrixError> {
 }
 
 /// What must be installed, each with the package that brings it.
-fn check_tools(python: &Path) -> Result<(), MatrixError> {
+fn check_tools(python: &Path, plan: &Plan) -> Result<(), MatrixError> {
     check_available().map_err(|e| MatrixError::Unavailable(format!("{e}")))?;
     for (tool, arg, package) in [
         ("wireguard-go", "--version", "wireguard-go"),
@@ -266,6 +290,9 @@ fn check_tools(python: &Path) -> Result<(), MatrixError> {
             python.display()
         )));
     }
+    if plan.runs.iter().any(|r| r.mode.needs_mediator()) {
+        crate::mediated::mediator_bin().map_err(MatrixError::Unavailable)?;
+    }
     Ok(())
 }
 
@@ -287,16 +314,19 @@ pub(crate) fn host_name(i: usize) -> String {
     format!("h{i}")
 }
 
-/// A topology of `n` public hosts with the scenario's delay lines.
+/// A topology of `n` hosts (public, or each behind its own NAT) with the scenario's delay
+/// lines on the hosts, and the mediator in the public namespace once a mode needs it.
+/// Fields drop in this order: the mediator, the delay lines, then the namespaces.
 struct Net {
-    topo: Topology,
+    mediator: Option<Mediator>,
     lines: Vec<DelayLine>,
+    topo: Topology,
 }
 
-fn build_net(n: usize, s: &Scenario) -> Result<Net, MatrixError> {
+fn build_net(n: usize, s: &Scenario, nat: Option<NatKind>) -> Result<Net, MatrixError> {
     let mut b = Topology::builder();
     for i in 0..n {
-        b = b.host(&host_name(i), NatKind::None);
+        b = b.host(&host_name(i), nat.unwrap_or(NatKind::None));
     }
     let topo = b.build()?;
     let mut lines = Vec::new();
@@ -306,12 +336,16 @@ fn build_net(n: usize, s: &Scenario) -> Result<Net, MatrixError> {
             .ok_or_else(|| MatrixError::Unavailable("topology lost a host".into()))?;
         lines.push(host.ns.delay(s.delay(i))?);
     }
-    Ok(Net { topo, lines })
+    Ok(Net {
+        mediator: None,
+        lines,
+        topo,
+    })
 }
 
 pub(crate) fn run(plan: &Plan, out: &Path) -> Result<(), MatrixError> {
     let python = python();
-    check_tools(&python)?;
+    check_tools(&python, plan)?;
     watch_signals()?;
     std::fs::create_dir_all(out)?;
     let csv_path = out.join("results.csv");
@@ -325,28 +359,44 @@ pub(crate) fn run(plan: &Plan, out: &Path) -> Result<(), MatrixError> {
     );
     let started = Instant::now();
     let mut rows = Vec::new();
-    let mut net: Option<(usize, &'static str, Net)> = None;
+    // The topologies of the current (parties, scenario), one per NAT kind ("none", "eim",
+    // "symmetric"), built when a mode first needs them.
+    let mut group: Option<(usize, &'static str)> = None;
+    let mut nets: BTreeMap<&'static str, Net> = BTreeMap::new();
     for (k, spec) in plan.runs.iter().enumerate() {
         if interrupted() {
+            finish_nets(&mut nets);
             return Err(MatrixError::Interrupted);
         }
-        let same =
-            matches!(&net, Some((n, s, _)) if *n == spec.parties && *s == spec.scenario.name);
-        if !same {
-            if let Some((_, _, old)) = net.take() {
-                finish_net(old);
-            }
-            net = Some((
-                spec.parties,
-                spec.scenario.name,
-                build_net(spec.parties, &spec.scenario)?,
-            ));
+        if group != Some((spec.parties, spec.scenario.name)) {
+            finish_nets(&mut nets);
+            group = Some((spec.parties, spec.scenario.name));
         }
-        let Some((_, _, current)) = &net else {
+        let key = spec.mode.nat();
+        if !nets.contains_key(key) {
+            // On an error the other topologies drop (mediator, lines, namespaces, in order).
+            let built = build_net(spec.parties, &spec.scenario, spec.mode.nat_kind())?;
+            nets.insert(key, built);
+        }
+        let Some(current) = nets.get_mut(key) else {
             return Err(MatrixError::Unavailable("no topology".into()));
         };
-        let outcome = modes::run(spec, &current.topo, &python, plan.run_timeout);
+        let mut mediator_error = None;
+        if spec.mode.needs_mediator() && current.mediator.is_none() {
+            match Mediator::start(&current.topo) {
+                Ok(m) => current.mediator = Some(m),
+                Err(e) => mediator_error = Some(format!("mediator: {e}")),
+            }
+        }
+        let outcome = match mediator_error {
+            Some(e) => Outcome {
+                error: Some(e),
+                ..Outcome::default()
+            },
+            None => modes::run(spec, &current.topo, &python, plan.run_timeout),
+        };
         if interrupted() {
+            finish_nets(&mut nets);
             return Err(MatrixError::Interrupted);
         }
         let row = Row {
@@ -384,9 +434,7 @@ pub(crate) fn run(plan: &Plan, out: &Path) -> Result<(), MatrixError> {
         println!("{line}");
         rows.push(row);
     }
-    if let Some((_, _, old)) = net.take() {
-        finish_net(old);
-    }
+    finish_nets(&mut nets);
     report::write(plan, &rows, out, &python)?;
     println!(
         "done in {}: {} ({} runs, {} failed), {}",
@@ -399,7 +447,16 @@ pub(crate) fn run(plan: &Plan, out: &Path) -> Result<(), MatrixError> {
     Ok(())
 }
 
+fn finish_nets(nets: &mut BTreeMap<&'static str, Net>) {
+    for (_, net) in std::mem::take(nets) {
+        finish_net(net);
+    }
+}
+
 fn finish_net(net: Net) {
+    // The mediator first (it runs in the topology's public namespace), then the delay
+    // lines, then the namespaces.
+    drop(net.mediator);
     for line in net.lines {
         if let Err(e) = line.finish() {
             eprintln!("mpc-did-e3: stopping a delay line: {e}");

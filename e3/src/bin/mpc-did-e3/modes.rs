@@ -10,7 +10,11 @@
 //!   hosts' namespaces carrying a Noise session (the DIDComm negotiation is left out: it
 //!   runs in the connect tests and the `regions` bench); each MPyC behind its proxy.
 //! - `didcomm-direct`: per-message DIDComm on the same paths: every MPyC message one
-//!   authcrypt DIDComm message (`didcomm_transport`), the design sessions replace.
+//!   authcrypt DIDComm message (`mpc_did_mpc::didcomm_transport`, direct carrier), the
+//!   design sessions replace.
+//! - `session-punched`, `session-relay`, `didcomm-mediated`: with the real mediator binary,
+//!   the parties behind NATs (endpoint-independent, symmetric) or, for `didcomm-mediated`,
+//!   public; see `mediated`.
 //!
 //! Every mode's wire bytes are the same measure: the bytes the hosts' `eth0` sent during the
 //! run (IP and transport headers included), read from the namespaces' interface counters.
@@ -24,15 +28,18 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mpc_did_didcomm::SecretStore;
 use mpc_did_driver::{DriverConfig, SessionHandle, CLOSE_DONE};
 use mpc_did_e3::workload::examples_dir;
-use mpc_did_e3::Topology;
+use mpc_did_e3::{NatKind, Topology};
+use mpc_did_mpc::didcomm_transport::DidcommTransport;
 use mpc_did_mpc::PartyTransport;
 use mpc_did_proxy::launch::{run_program, Output, Program};
 use mpc_did_proxy::{PartyId, Proxy, ProxyConfig, Transport};
+use mpc_did_resolver::StaticResolver;
 use mpc_did_testkit::local;
 
-use crate::didcomm_transport;
+use crate::mediated;
 
 use crate::matrix::{host_name, interrupted, RunSpec};
 
@@ -44,15 +51,28 @@ pub(crate) enum Mode {
     WireGuard,
     SessionDirect,
     DidcommDirect,
+    SessionPunched,
+    SessionRelay,
+    DidcommMediated,
 }
 
 impl Mode {
-    pub(crate) const ALL: [Mode; 5] = [
+    pub(crate) const ALL: [Mode; 8] = [
         Mode::Plain,
         Mode::Ssl,
         Mode::WireGuard,
         Mode::SessionDirect,
         Mode::DidcommDirect,
+        Mode::SessionPunched,
+        Mode::SessionRelay,
+        Mode::DidcommMediated,
+    ];
+
+    /// The modes that run the mediator (`mediated`).
+    pub(crate) const MEDIATED: [Mode; 3] = [
+        Mode::SessionPunched,
+        Mode::SessionRelay,
+        Mode::DidcommMediated,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -62,12 +82,32 @@ impl Mode {
             Mode::WireGuard => "wireguard",
             Mode::SessionDirect => "session-direct",
             Mode::DidcommDirect => "didcomm-direct",
+            Mode::SessionPunched => "session-punched",
+            Mode::SessionRelay => "session-relay",
+            Mode::DidcommMediated => "didcomm-mediated",
         }
     }
 
-    /// The NAT in front of the hosts (all modes measured here run between public hosts).
+    /// The NAT in front of each host (the CSV's `nat` column).
     pub(crate) fn nat(self) -> &'static str {
-        "none"
+        self.nat_kind().map_or("none", |k| match k {
+            NatKind::Symmetric => "symmetric",
+            _ => "eim",
+        })
+    }
+
+    /// The NAT the topology puts in front of each host, if any.
+    pub(crate) fn nat_kind(self) -> Option<NatKind> {
+        match self {
+            Mode::SessionPunched => Some(NatKind::EndpointIndependent),
+            Mode::SessionRelay => Some(NatKind::Symmetric),
+            _ => None,
+        }
+    }
+
+    /// Whether the run needs the mediator in the public namespace.
+    pub(crate) fn needs_mediator(self) -> bool {
+        Self::MEDIATED.contains(&self)
     }
 }
 
@@ -115,6 +155,9 @@ pub(crate) fn run(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Durat
         },
         Mode::SessionDirect => session_direct(spec, topo, python, timeout),
         Mode::DidcommDirect => didcomm_direct(spec, topo, python, timeout),
+        Mode::SessionPunched | Mode::SessionRelay | Mode::DidcommMediated => {
+            mediated::run(spec, topo, python, timeout)
+        }
     };
     if out.paths.is_empty() && out.error.is_none() {
         out.paths = vec![match spec.mode {
@@ -123,6 +166,9 @@ pub(crate) fn run(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Durat
             Mode::WireGuard => "wireguard-udp",
             Mode::SessionDirect => "direct-tcp",
             Mode::DidcommDirect => "didcomm-authcrypt-direct-tcp",
+            Mode::DidcommMediated => "didcomm-authcrypt-mediated",
+            // Recorded per pair by the run (`0-1:quic`); empty only when it failed.
+            Mode::SessionPunched | Mode::SessionRelay => "unknown",
         }
         .to_owned()];
     }
@@ -271,7 +317,7 @@ fn wait_all(mut parties: Vec<Party>, deadline: Instant) -> Result<Vec<String>, S
 
 /// Fold the parties' logs into MPyC time (slowest party) and MPyC payload bytes (summed);
 /// every party must have printed `valid: True`.
-fn fold_logs(logs: &[String], out: &mut Outcome) {
+pub(crate) fn fold_logs(logs: &[String], out: &mut Outcome) {
     let mut mpyc = Duration::ZERO;
     let mut bytes = 0;
     for (i, log) in logs.iter().enumerate() {
@@ -582,38 +628,13 @@ async fn run_parties<T: Transport>(
     args: &[String],
     timeout: Duration,
 ) -> Result<Vec<String>, String> {
-    let parties = u16::try_from(transports.len()).map_err(|e| e.to_string())?;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let n = transports.len();
     let mut runs = Vec::new();
     for (i, transport) in transports.iter().enumerate() {
-        let me = PartyId::try_from(i).map_err(|e| e.to_string())?;
-        let mut argv = vec![python.as_os_str().to_owned(), script.as_os_str().to_owned()];
-        argv.extend(args.iter().map(Into::into));
         let transport = Arc::clone(transport);
+        let (python, script, args) = (python.to_owned(), script.to_owned(), args.to_vec());
         runs.push(tokio::spawn(async move {
-            let proxy = Proxy::bind(ProxyConfig::new(parties, me))
-                .await
-                .map_err(|e| format!("party {i} proxy: {e}"))?;
-            let program = Program {
-                argv,
-                output: Output::Capture,
-                grace: Duration::from_secs(3),
-            };
-            let stop = async move {
-                loop {
-                    if interrupted() || tokio::time::Instant::now() > deadline {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            };
-            let r = run_program(proxy, transport, program, stop)
-                .await
-                .map_err(|e| format!("party {i}: {e}"))?;
-            if !r.status.success() {
-                return Err(format!("party {i} exited with {}", r.status));
-            }
-            Ok::<String, String>(format!("{}{}", r.stdout, r.stderr))
+            run_one(i, n, transport, &python, &script, &args, timeout).await
         }));
     }
     let mut logs = Vec::new();
@@ -636,6 +657,67 @@ async fn run_parties<T: Transport>(
     }
 }
 
+/// Party `i` of `n`: its MPyC behind its own loopback proxy on `transport`, stopped on an
+/// interrupt or after `timeout`; its output.
+pub(crate) async fn run_one<T: Transport>(
+    i: usize,
+    n: usize,
+    transport: Arc<T>,
+    python: &Path,
+    script: &Path,
+    args: &[String],
+    timeout: Duration,
+) -> Result<String, String> {
+    let parties = u16::try_from(n).map_err(|e| e.to_string())?;
+    let me = PartyId::try_from(i).map_err(|e| e.to_string())?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut argv = vec![python.as_os_str().to_owned(), script.as_os_str().to_owned()];
+    argv.extend(args.iter().map(Into::into));
+    let proxy = Proxy::bind(ProxyConfig::new(parties, me))
+        .await
+        .map_err(|e| format!("party {i} proxy: {e}"))?;
+    let program = Program {
+        argv,
+        output: Output::Capture,
+        grace: Duration::from_secs(3),
+    };
+    let stop = async move {
+        loop {
+            if interrupted() || tokio::time::Instant::now() > deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let r = run_program(proxy, transport, program, stop)
+        .await
+        .map_err(|e| format!("party {i}: {e}"))?;
+    if interrupted() {
+        return Err("interrupted".into());
+    }
+    if !r.status.success() {
+        return Err(format!("party {i} exited with {}", r.status));
+    }
+    Ok(format!("{}{}", r.stdout, r.stderr))
+}
+
+/// did:key identities for `n` parties — (DID, its keys, a resolver knowing all of them) —
+/// resolved in memory.
+fn identities(n: usize) -> Result<Vec<(String, SecretStore, StaticResolver)>, String> {
+    let resolver = StaticResolver::new();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut seed = [0u8; 32];
+        seed[0] = u8::try_from(i + 1).map_err(|e| e.to_string())?;
+        seed[1] = 0xe3;
+        let mut secrets = SecretStore::new();
+        let did = secrets.insert_did_key(&ed25519_dalek::SigningKey::from_bytes(&seed));
+        resolver.insert(mpc_did_resolver::key::resolve(&did).map_err(|e| e.to_string())?);
+        out.push((did, secrets, resolver.clone()));
+    }
+    Ok(out)
+}
+
 /// Per-message DIDComm between the namespaces: the same direct TCP path per pair as
 /// `session-direct`, every MPyC message authcrypt-packed (`didcomm_transport`).
 fn didcomm_direct(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Duration) -> Outcome {
@@ -655,15 +737,29 @@ fn didcomm_direct(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Durat
     let args = spec.workload.args();
     let result: Result<(), String> = rt.block_on(async {
         let setup_start = Instant::now();
-        let ids = didcomm_transport::identities(n)?;
-        let mut links = Vec::new();
+        let ids = identities(n)?;
+        let mut links: Vec<Vec<(PartyId, String, tokio::net::TcpStream)>> =
+            (0..n).map(|_| Vec::new()).collect();
         for i in 0..n {
             for j in i + 1..n {
                 let (x, y) = cross_pair(topo, i, j)?;
-                links.push(((i, j), (tokio_stream(x)?, tokio_stream(y)?)));
+                let pi = PartyId::try_from(i).map_err(|e| e.to_string())?;
+                let pj = PartyId::try_from(j).map_err(|e| e.to_string())?;
+                links[i].push((pj, ids[j].0.clone(), tokio_stream(x)?));
+                links[j].push((pi, ids[i].0.clone(), tokio_stream(y)?));
             }
         }
-        let transports = didcomm_transport::mesh(&ids, links)?;
+        let transports = links
+            .into_iter()
+            .zip(ids)
+            .enumerate()
+            .map(|(i, (l, (did, secrets, resolver)))| {
+                let me = PartyId::try_from(i).map_err(|e| e.to_string())?;
+                Ok(Arc::new(DidcommTransport::direct(
+                    me, &did, secrets, resolver, l,
+                )))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         out.setup = Some(setup_start.elapsed());
         let start = Instant::now();
         let logs = run_parties(&transports, python, &script, &args, timeout).await?;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mpc_did_mpc::run::{exit_code, run_party, RunSpec};
+use mpc_did_mpc::run::{exit_code, run_party, RunSpec, RunTransport};
 use mpc_did_mpc::MpcError;
 use mpc_did_proxy::launch::Output;
 
@@ -16,8 +16,16 @@ use crate::ctx::Ctx;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "\
-Example:
+Examples:
   mpc-did mpc run -- python secretsanta.py
+  mpc-did run --transport didcomm -- python secretsanta.py
+
+--transport session (the default) carries MPyC's bytes in a secure (Noise) session per
+pair of parties, on the best path (direct TCP, punched QUIC, or the mediator's relay).
+--transport didcomm sends every MPyC message as one authcrypt DIDComm message through
+the peer's mediator instead: no session, much slower (each message pays the public-key
+operations and a trip through the mediator); for comparison. All parties must use the
+same transport.
 
 The roster's program arguments are appended after yours, then MPyC's -M/-I/-P.
 Every run is a fresh attempt: after any failure, every party simply runs again.
@@ -51,9 +59,22 @@ pub struct RunArgs {
     pub resume_timeout: u64,
     #[command(flatten)]
     pub paths: PathArgs,
+    /// What carries MPyC's bytes: `session` (secure sessions) or `didcomm` (per-message
+    /// DIDComm through the mediators); every party must use the same.
+    #[arg(long, value_enum, default_value_t = TransportArg::Session)]
+    pub transport: TransportArg,
     /// The command to run: `python prog.py [args]` (after `--`).
     #[arg(last = true, required = true)]
     pub command: Vec<OsString>,
+}
+
+/// `--transport`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportArg {
+    /// A secure (Noise) session per pair of parties.
+    Session,
+    /// Every MPyC message one authcrypt DIDComm message through the peer's mediator.
+    Didcomm,
 }
 
 /// Exit status when another party aborted or failed.
@@ -83,6 +104,10 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
             paths: a.paths.policy(),
             command: a.command,
             output: Output::Inherit,
+            transport: match a.transport {
+                TransportArg::Session => RunTransport::Session,
+                TransportArg::Didcomm => RunTransport::Didcomm,
+            },
         },
         async move {
             let _ = interrupt.recv().await;
