@@ -497,6 +497,14 @@ fn mediator_kill9_mid_computation_on_punched_quic_paths() {
             "party {i} did not notice the mediator going: {}",
             e.err
         );
+        // The sessions never lost their QUIC paths — neither to the restart nor at the
+        // end, where each side's CLOSE must reach the other before its endpoint goes
+        // (spec/session.md §9), instead of looking like a lost path.
+        assert!(
+            !e.err.contains("is down ("),
+            "party {i} lost a secure session's path: {}",
+            e.err
+        );
     }
 }
 
