@@ -13,7 +13,10 @@
 //!   fault's end;
 //! - (b) the mediator is killed (kill -9) and started again 3 s later on the same address and
 //!   data: the QUIC paths do not depend on it, the control plane re-connects, and every
-//!   party prints the same valid result.
+//!   party prints the same valid result, no session having lost its path;
+//! - (c) one party is killed (kill -9) behind its NAT: its UDP paths go silent, and the other
+//!   two exit non-zero with a named error within [`BOUND`] (the 30 s idle timeout, then
+//!   `--resume-timeout`); a plain re-run then succeeds.
 //!
 //! Never a hang (every process is waited for with a bound), no process left behind (the
 //! MPyC processes are gone afterwards; a failing test kills what it started on drop, and the
@@ -140,12 +143,12 @@ fn in_ns<T>(ns: &Netns, f: impl FnOnce() -> T) -> T {
 impl Net {
     /// `None` (after saying `SKIPPED: …`) without namespaces or MPyC, unless required.
     fn setup() -> Option<Self> {
-        let python = mpc_did_testkit::python(&["numpy"])?;
         if let Err(e) = mpc_did_e3::check_available() {
             assert!(!mpc_did_e3::required(), "MPC_DID_REQUIRE_NETNS=1 but {e}");
             common::skipped(&e.to_string());
             return None;
         }
+        let python = mpc_did_testkit::python(&["numpy"])?;
         let topo = PARTIES
             .iter()
             .fold(Topology::builder(), |b, p| {
