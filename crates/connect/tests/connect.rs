@@ -409,6 +409,31 @@ async fn quic_path_is_preferred_to_the_relay() {
     r.read_to_end(&mut got).await.unwrap();
     w.await.unwrap();
     assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
+    // spec/session.md §9: the CLOSE reaches the peer although the closing side's QUIC
+    // endpoint goes right after it (a closed endpoint discards data in flight: the peer used
+    // to see a lost path instead, "is down; re-connecting" after every successful run).
+    let mut state = eb.handle.watch_state();
+    ea.handle.close(0, "done").await;
+    drop((ea, alice));
+    let end = tokio::time::timeout(
+        Duration::from_secs(10),
+        state.wait_for(|s| *s != SessionState::Connected),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .clone();
+    assert!(
+        matches!(
+            end,
+            SessionState::Closed {
+                code: 0,
+                by_peer: true,
+                ..
+            }
+        ),
+        "{end:?}"
+    );
     m.shutdown().await;
 }
 

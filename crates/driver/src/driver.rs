@@ -790,7 +790,8 @@ impl Driver {
         }
     }
 
-    /// Best effort: write what is queued (at close), for at most a second.
+    /// Best effort: write what is queued (at close) and shut the path down, for at most a
+    /// second.
     async fn flush_out(&mut self) {
         let Some(w) = self.writer.as_mut() else {
             return;
@@ -800,9 +801,12 @@ impl Driver {
             let skip = if i == 0 { self.out_off } else { 0 };
             all.extend_from_slice(r.get(skip..).unwrap_or_default());
         }
+        // Shutting the path down waits, on QUIC, until the peer acknowledged what was
+        // written: the CLOSE must not be lost when the endpoint goes right after (§9).
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             w.write_all(&all).await?;
-            w.flush().await
+            w.flush().await?;
+            w.shutdown().await
         })
         .await;
         self.out.clear();

@@ -15,6 +15,7 @@
 //! or the relay. QUIC brings retransmission and congestion control; we write
 //! neither.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -228,10 +229,17 @@ impl QuicEndpoint {
 
 /// A bidirectional QUIC stream as a session path. Holds its connection
 /// (and thereby the endpoint) open while it lives.
+///
+/// Shutting it down finishes the send stream and completes once the peer acknowledged every
+/// byte written (or stopped the stream, or the connection ended): closing the endpoint right
+/// after a plain `finish` would discard data still in flight — the session's CLOSE record —
+/// and the peer would see a lost path instead of the close (spec/session.md §9).
 pub struct QuicPath {
     recv: quinn::RecvStream,
     send: quinn::SendStream,
     conn: quinn::Connection,
+    /// Set by the first `poll_shutdown`: resolves when the peer acknowledged everything.
+    acked: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for QuicPath {
@@ -245,7 +253,12 @@ impl std::fmt::Debug for QuicPath {
 impl QuicPath {
     /// Wraps an open stream pair of `conn`.
     pub fn new(conn: quinn::Connection, send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
-        QuicPath { recv, send, conn }
+        QuicPath {
+            recv,
+            send,
+            conn,
+            acked: None,
+        }
     }
 
     /// The peer's address as seen on this connection.
@@ -285,6 +298,17 @@ impl AsyncWrite for QuicPath {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.send).poll_shutdown(cx)
+        if self.acked.is_none() {
+            // Already finished or reset: there is nothing more to deliver, `stopped` says so.
+            let _ = self.send.finish();
+            let stopped = self.send.stopped();
+            self.acked = Some(Box::pin(async move {
+                let _ = stopped.await;
+            }));
+        }
+        match self.acked.as_mut() {
+            Some(acked) => acked.as_mut().poll(cx).map(Ok),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
