@@ -69,7 +69,7 @@ use mpc_did_session::messages::{
 };
 use mpc_did_session::{Acceptor, Proposer, SessionConfig};
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 mod events;
@@ -79,12 +79,13 @@ mod negotiate;
 mod open;
 mod quic;
 mod select;
+mod tcp_punch;
 
 pub use events::PathEvent;
 use keep::{drain_stale, keep_path, serve_relay_paths, RemoteCandidates};
 pub use listen::{ListenerLimits, ListenerStats};
 use negotiate::{dispatch, message, new_id};
-use open::{host_candidates, relay_addr, DIRECT_BUDGET};
+use open::{host_candidates, relay_addr, DIRECT_BUDGET, RELAY_HEAD_START};
 pub use quic::QuicSetup;
 use select::{Decision, Selection};
 
@@ -165,7 +166,7 @@ impl Default for UpgradeConfig {
             enabled: true,
             first: Duration::from_secs(1),
             max: Duration::from_secs(30),
-            settle: Duration::from_millis(1500),
+            settle: Duration::from_millis(300),
         }
     }
 }
@@ -446,6 +447,10 @@ struct Inner {
     quic: Option<quic::QuicState>,
     /// The direct-path TCP listener's address.
     listen: SocketAddr,
+    /// TCP hole punching (spec/rendezvous.md §6.2): the listener's port, which punching
+    /// sockets share, and our TCP server-reflexive candidate (its public mapping). Both or
+    /// nothing: without a mapping to announce the peer cannot punch towards us.
+    tcp_punch: Option<(u16, Candidate)>,
     /// Its limits' state.
     path_listener: listen::PathListener,
     /// Each session's peer candidates, growing as `candidates` messages arrive.
@@ -482,7 +487,11 @@ impl Connector {
     /// # Errors
     /// The listener cannot be bound.
     pub async fn start(agent: Agent, config: ConnectorConfig) -> Result<Self, ConnectError> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let punch = config
+            .quic
+            .as_ref()
+            .is_some_and(|q| q.tcp_punch && q.stun.is_some());
+        let listener = tcp_punch::listener(config.listen, punch)?;
         let local = listener.local_addr()?;
         let candidates = if config.advertise.is_empty() {
             host_candidates(local, &agent)
@@ -496,9 +505,37 @@ impl Connector {
             router.clone(),
             config.path_listener.clone(),
         ));
-        let quic = match &config.quic {
-            Some(setup) => {
-                let q = quic::start(setup, |udp| host_candidates(udp, &agent)).await?;
+        // Both mappings are learnt at once (one STUN round trip in the set-up time, not two).
+        let tcp_gather = async {
+            match (&config.quic, punch) {
+                (Some(setup), true) => {
+                    let stun = setup.stun?;
+                    let c = tcp_punch::gather_tcp(
+                        stun,
+                        local.port(),
+                        &candidates,
+                        setup.stun_schedule,
+                    )
+                    .await?;
+                    Some((local.port(), c))
+                }
+                _ => None,
+            }
+        };
+        let quic_start = async {
+            match &config.quic {
+                Some(setup) => quic::start(setup, |udp| host_candidates(udp, &agent))
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let (quic_started, tcp_punch) = tokio::join!(quic_start, tcp_gather);
+        if let Some((_, c)) = &tcp_punch {
+            tracing::info!("TCP punching from port {} (mapped {})", local.port(), c.addr);
+        }
+        let quic = match quic_started? {
+            Some(q) => {
                 tracing::info!(
                     "QUIC path endpoint on {} (NAT mapping {:?}); candidates {:?}",
                     q.endpoint.local_addr(),
@@ -555,6 +592,7 @@ impl Connector {
             events,
             quic,
             listen: local,
+            tcp_punch,
             path_listener,
             remotes: Mutex::new(HashMap::new()),
         });
