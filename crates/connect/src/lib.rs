@@ -655,6 +655,14 @@ impl Connector {
             })
     }
 
+    /// Our TCP server-reflexive candidate: the public mapping of the listener's port, to
+    /// which peers punch (TCP simultaneous open, spec/rendezvous.md §6.2). `None` without
+    /// a STUN server, when STUN over TCP failed, or without a NAT.
+    #[must_use]
+    pub fn tcp_punch_candidate(&self) -> Option<Candidate> {
+        self.inner.tcp_punch.as_ref().map(|(_, c)| c.clone())
+    }
+
     /// Tell the peer of `est` about more candidates of ours (a trickled `candidates`
     /// message, spec/session.md §2), e.g. after a network change. A proposer whose session
     /// is on the relay tries them at once (§7.5).

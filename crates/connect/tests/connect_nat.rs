@@ -9,7 +9,10 @@
 //! - endpoint-independent × endpoint-independent → punched QUIC;
 //! - symmetric × symmetric → the relay;
 //! - EIM × EIM with the peers' UDP blocked at first → the relay, then, once the block is
-//!   lifted in the middle of a stream, the automatic upgrade to punched QUIC.
+//!   lifted in the middle of a stream, the automatic upgrade to punched QUIC;
+//! - EIM × EIM with all UDP dropped at both NATs → TCP hole punching (simultaneous open,
+//!   spec/rendezvous.md §6.2): a direct TCP path to the peer's NAT address;
+//! - symmetric × symmetric with all UDP dropped → the relay (TCP punching fails too).
 //!
 //! Every transfer is checked by SHA-256 (the receiver sends its digest back). Namespaces are
 //! deleted when the topology drops, also when an assertion fails. Skips (with a message)
@@ -40,6 +43,10 @@ const PAYLOAD: usize = 8 << 20;
 struct Outcome {
     nat: NatMapping,
     srflx: bool,
+    /// The TCP server-reflexive candidate (spec/rendezvous.md §6.2) and the listener's
+    /// port it maps.
+    tcp_srflx: Option<SocketAddr>,
+    listen_port: u16,
     /// The path when the session came up, and at the end.
     first: PathInfo,
     last: Option<PathInfo>,
@@ -103,11 +110,14 @@ async fn party(
     let srflx = cands
         .iter()
         .any(|c| c.kind == CandidateKind::ServerReflexive);
+    let tcp_srflx = connector.tcp_punch_candidate().map(|c| c.addr);
+    let listen_port = connector.listen_addr().port();
     eprintln!(
         "{}: NAT mapping {nat:?}, QUIC candidates {:?}",
         if proposer { "A" } else { "B" },
         cands.iter().map(|c| (c.kind, c.addr)).collect::<Vec<_>>()
     );
+    eprintln!("TCP server-reflexive {tcp_srflx:?} for listener port {listen_port}");
     to_peer
         .send((agent.did().to_owned(), agent.own_service()))
         .unwrap();
@@ -210,6 +220,8 @@ async fn party(
     Outcome {
         nat,
         srflx,
+        tcp_srflx,
+        listen_port,
         first,
         last: p.current.or(p.last),
         attached: p.attached,
@@ -220,9 +232,21 @@ async fn party(
     }
 }
 
-/// Build the topology, run the mediator and both parties; `block_udp` makes party A's NAT
-/// drop UDP towards B's NAT until A has streamed 1 MiB.
-fn run(kind: NatKind, block_udp: bool) -> Option<(Outcome, Outcome)> {
+/// What the NATs do to UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Udp {
+    /// Passed.
+    Open,
+    /// A's NAT drops UDP towards B's NAT until A has streamed 1 MiB.
+    BlockedAtFirst,
+    /// Both NATs drop every UDP packet they would forward (STUN/UDP and QUIC included): a
+    /// network that blocks UDP.
+    Dropped,
+}
+
+/// Build the topology, run the mediator and both parties.
+fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
+    let block_udp = udp == Udp::BlockedAtFirst;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
@@ -281,6 +305,16 @@ fn run(kind: NatKind, block_udp: bool) -> Option<(Outcome, Outcome)> {
     } else {
         None
     };
+    if udp == Udp::Dropped {
+        for h in [&ha, &hb] {
+            h.nat
+                .as_ref()
+                .unwrap()
+                .ns
+                .exec(&["iptables", "-I", "FORWARD", "-p", "udp", "-j", "DROP"])
+                .unwrap();
+        }
+    }
     let (a_tx, b_rx) = mpsc::channel();
     let (b_tx, a_rx) = mpsc::channel();
     let rt = || {
@@ -308,7 +342,7 @@ fn run(kind: NatKind, block_udp: bool) -> Option<(Outcome, Outcome)> {
 
 #[test]
 fn eim_by_eim_session_runs_on_punched_quic() {
-    let Some((a, b)) = run(NatKind::EndpointIndependent, false) else {
+    let Some((a, b)) = run(NatKind::EndpointIndependent, Udp::Open) else {
         return;
     };
     assert_eq!(a.nat, NatMapping::EndpointIndependent);
@@ -331,7 +365,7 @@ fn eim_by_eim_session_runs_on_punched_quic() {
 
 #[test]
 fn symmetric_by_symmetric_session_runs_on_the_relay() {
-    let Some((a, b)) = run(NatKind::Symmetric, false) else {
+    let Some((a, b)) = run(NatKind::Symmetric, Udp::Open) else {
         return;
     };
     assert!(
@@ -352,7 +386,7 @@ fn symmetric_by_symmetric_session_runs_on_the_relay() {
 
 #[test]
 fn relayed_session_upgrades_to_quic_when_udp_opens() {
-    let Some((a, b)) = run(NatKind::EndpointIndependent, true) else {
+    let Some((a, b)) = run(NatKind::EndpointIndependent, Udp::BlockedAtFirst) else {
         return;
     };
     assert_eq!(a.first.kind(), "relay", "{}", a.first);
@@ -373,4 +407,49 @@ fn relayed_session_upgrades_to_quic_when_udp_opens() {
         "{} bytes, upgrade {:?} after the unblock",
         a.bytes, a.upgrade_after
     );
+}
+
+// spec/rendezvous.md §6.2: with UDP dropped at both NATs there is no QUIC path at all, and
+// an endpoint-independent TCP mapping (MASQUERADE keeps the source port) lets the two
+// simultaneous connects meet: the session runs on a direct TCP connection between the NATs'
+// public addresses, not on the relay.
+#[test]
+fn udp_blocked_eim_session_runs_on_punched_tcp() {
+    let Some((a, b)) = run(NatKind::EndpointIndependent, Udp::Dropped) else {
+        return;
+    };
+    assert!(!a.srflx && !b.srflx, "no STUN over UDP: no QUIC srflx");
+    let (ta, tb) = (a.tcp_srflx.unwrap(), b.tcp_srflx.unwrap());
+    // Linux conntrack kept the listener's port through MASQUERADE (no --random): the
+    // mapping STUN saw is the one the punching connect gets.
+    assert_eq!(ta.port(), a.listen_port, "A's TCP mapping keeps its port");
+    assert_eq!(tb.port(), b.listen_port, "B's TCP mapping keeps its port");
+    match &a.first {
+        PathInfo::Direct {
+            remote: Some(remote),
+        } => assert_eq!(*remote, tb, "A dialled B's TCP mapping"),
+        other => panic!("A is on {other}, not punched TCP"),
+    }
+    assert_eq!(b.first.kind(), "direct", "{}", b.first);
+    assert_eq!(a.attached, 1, "no relay first, no reconnection");
+    assert_eq!(a.last.as_ref().map(PathInfo::kind), Some("direct"));
+    assert!(a.ok && b.ok, "8 MiB arrived intact (SHA-256)");
+    assert_eq!(b.bytes, PAYLOAD as u64);
+    eprintln!("setup: A {:?}, B {:?}", a.setup, b.setup);
+}
+
+// spec/rendezvous.md §6.2-6.3: a symmetric NAT gives every connection a new random port,
+// so the mapping announced is not the one the punching connect gets: TCP punching fails
+// like QUIC's, and the relay carries the session.
+#[test]
+fn udp_blocked_symmetric_session_runs_on_the_relay() {
+    let Some((a, b)) = run(NatKind::Symmetric, Udp::Dropped) else {
+        return;
+    };
+    assert!(a.tcp_srflx.is_some() && b.tcp_srflx.is_some());
+    assert_eq!(a.first.kind(), "relay", "{}", a.first);
+    assert_eq!(b.first.kind(), "relay", "{}", b.first);
+    assert_eq!(a.last.as_ref().map(PathInfo::kind), Some("relay"));
+    assert!(a.ok && b.ok, "8 MiB arrived intact (SHA-256)");
+    assert_eq!(b.bytes, PAYLOAD as u64);
 }
