@@ -8,8 +8,8 @@
 //!
 //! - endpoint-independent × endpoint-independent → punched QUIC;
 //! - symmetric × symmetric → the relay;
-//! - EIM × EIM with the peers' UDP blocked at first → the relay, then, once the block is
-//!   lifted in the middle of a stream, the automatic upgrade to punched QUIC;
+//! - EIM × EIM with the peers' UDP (and TCP) blocked at first → the relay, then, once the
+//!   UDP block is lifted in the middle of a stream, the automatic upgrade to punched QUIC;
 //! - EIM × EIM with all UDP dropped at both NATs → TCP hole punching (simultaneous open,
 //!   spec/rendezvous.md §6.2): a direct TCP path to the peer's NAT address;
 //! - symmetric × symmetric with all UDP dropped → the relay (TCP punching fails too).
@@ -237,7 +237,8 @@ async fn party(
 enum Udp {
     /// Passed.
     Open,
-    /// A's NAT drops UDP towards B's NAT until A has streamed 1 MiB.
+    /// A's NAT drops UDP towards B's NAT until A has streamed 1 MiB, and TCP towards it
+    /// throughout.
     BlockedAtFirst,
     /// Both NATs drop every UDP packet they would forward (STUN/UDP and QUIC included): a
     /// network that blocks UDP.
@@ -277,25 +278,29 @@ fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
     let unblock: Option<Unblock> = if block_udp {
         let nat_a = ha.nat.clone().unwrap();
         let wan_b = hb.nat.as_ref().unwrap().wan.to_string();
-        let rule = |op: &str| {
+        let rule = |op: &str, proto: &str| {
             vec![
                 "iptables".to_owned(),
                 op.to_owned(),
                 "FORWARD".into(),
                 "-p".into(),
-                "udp".into(),
+                proto.into(),
                 "-d".into(),
                 wan_b.clone(),
                 "-j".into(),
                 "DROP".into(),
             ]
         };
-        let add = rule("-I");
-        nat_a
-            .ns
-            .exec(&add.iter().map(String::as_str).collect::<Vec<_>>())
-            .unwrap();
-        let del = rule("-D");
+        // TCP stays blocked for the whole run: punched TCP (spec/rendezvous.md §6.2) would
+        // otherwise give a direct path at once and there would be nothing to upgrade.
+        for proto in ["udp", "tcp"] {
+            let add = rule("-I", proto);
+            nat_a
+                .ns
+                .exec(&add.iter().map(String::as_str).collect::<Vec<_>>())
+                .unwrap();
+        }
+        let del = rule("-D", "udp");
         Some(Box::new(move || {
             nat_a
                 .ns
