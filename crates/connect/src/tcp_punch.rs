@@ -57,6 +57,10 @@ pub(crate) fn listener(addr: SocketAddr, punch: bool) -> std::io::Result<TcpList
             TcpListener::from_std(l)
         });
     }
+    // SO_REUSEPORT would let a second listener (another connector configured with the same
+    // port) bind silently and take half of the connections: claim the port first without
+    // it, so that a port in use fails as it did before, then re-bind it shareable.
+    let port = std::net::TcpListener::bind(addr)?.local_addr()?.port();
     let sock = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -65,7 +69,7 @@ pub(crate) fn listener(addr: SocketAddr, punch: bool) -> std::io::Result<TcpList
     sock.set_reuseaddr(true)?;
     #[cfg(unix)]
     sock.set_reuseport(true)?;
-    sock.bind(addr)?;
+    sock.bind(SocketAddr::new(addr.ip(), port))?;
     sock.listen(1024)
 }
 
