@@ -197,3 +197,46 @@ pub(crate) async fn punch_while_relayed(
         tokio::time::sleep(interval).await;
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    // The punching port is the listener's: a punching socket can bind it, and a second
+    // listener on a port in use still fails (no silent sharing through SO_REUSEPORT).
+    #[tokio::test]
+    async fn listener_shares_its_port_with_punching_sockets_only() {
+        let l = listener("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(reusable(port, true).is_ok());
+        assert!(listener(SocketAddr::from(([127, 0, 0, 1], port)), true).is_err());
+        assert!(listener(SocketAddr::from(([127, 0, 0, 1], port)), false).is_err());
+    }
+
+    // The peer never connects: every SYN is refused, sent again, and the attempt gives up
+    // at its timeout rather than failing at the first refusal. (The simultaneous open
+    // itself needs NATs that drop rather than refuse early SYNs — on loopback each SYN meets
+    // an RST — and is tested behind real NATs in tests/connect_nat.rs.)
+    #[tokio::test]
+    async fn a_punch_the_peer_never_answers_times_out() {
+        let (port, dead) = (free_port(), free_port());
+        let t0 = std::time::Instant::now();
+        let r = punch(
+            port,
+            SocketAddr::from(([127, 0, 0, 1], dead)),
+            Duration::from_millis(300),
+        )
+        .await;
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+    }
+}

@@ -355,6 +355,8 @@ fn eim_by_eim_session_runs_on_punched_quic() {
         a.srflx && b.srflx,
         "STUN gave both a server-reflexive candidate"
     );
+    // Punched TCP was in the same round (spec/rendezvous.md §6.2): QUIC ranks above it.
+    assert!(a.tcp_srflx.is_some() && b.tcp_srflx.is_some());
     // The proposer dialled the acceptor's server-reflexive (NAT) address.
     let nat_b = SocketAddrV4::new(std::net::Ipv4Addr::new(198, 51, 100, 12), 0);
     match &a.first {
