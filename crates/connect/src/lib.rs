@@ -6,9 +6,11 @@
 //! session is up), `close` — through the party's [`Agent`]; the direct-path TCP listener
 //! (connections that have not named a session are capped in all and per source and must
 //! send their hello within seconds: [`ListenerLimits`]) and the QUIC endpoint on a STUN-gathered UDP socket (the NAT-traversed path), whose
-//! incoming paths a [`PathRouter`] hands to their session; choosing and keeping the path
-//! (spec/session.md §7.4, §7.5): the proposer checks direct TCP, QUIC (host, then punched)
-//! and finally the relay, re-connects when the path breaks (the session resumes, §7), and
+//! incoming paths a [`PathRouter`] hands to their session; TCP hole punching from the
+//! listener's port (simultaneous open, its mapping learnt over STUN/TCP; spec/rendezvous.md
+//! §6.2); choosing and keeping the path (spec/session.md §7.4, §7.5): the proposer checks
+//! direct TCP, QUIC (host, then punched) and punched TCP, raced against the relay after a
+//! short head start (spec/rendezvous.md §6.4), re-connects when the path breaks (the session resumes, §7), and
 //! while on the relay keeps retrying direct paths with backoff and moves the session when
 //! one works. Its relay connections run in allow-list mode: only peers it negotiates with
 //! can send to it through the relay (spec/rendezvous.md §4.4), and are relay links that
@@ -21,7 +23,8 @@
 //!
 //! Modules by job: `negotiate` (the DIDComm messages above), `open` (direct checks and the
 //! relay, ranked by `select`, the only path selector), `keep` (re-connecting, upgrading from
-//! the relay, serving relay paths), `events` (path transitions), `listen` and `quic` (the incoming ends); this file keeps
+//! the relay, serving relay paths), `events` (path transitions), `listen` and `quic` (the
+//! incoming ends), `tcp_punch` (simultaneous open); this file keeps
 //! [`Connector`], its configs and the errors ([`ConnectError`]; [`PathError`] says why no
 //! path opened).
 //!
@@ -29,9 +32,10 @@
 //!  proposer                     DIDComm via mediators                  acceptor
 //!  Proposer::new ── propose (signed) + candidates ─────────────▶ Acceptor::on_propose
 //!  on_accept    ◀── accept (signed, Noise msg 1) + candidates ── listener registered
+//!                                          (punching starts on the proposer's candidates)
 //!  handshake (Noise msg 2) ─────────────────────────────────────▶ on_handshake, punching
-//!  checks: TCP host │ QUIC host │ QUIC srflx (punched) ══ path hello + records ══▶ PathRouter
-//!          └─ none works: relay stream ═══ hello + records ═══▶ relay stream ─▶ session
+//!  checks: TCP host │ QUIC host │ QUIC srflx │ TCP srflx ══ path hello + records ══▶ PathRouter
+//!          └─ none opened within the head start: relay stream ═══ hello ═══▶ relay stream
 //!  on the relay: retry the checks (1 s, 2 s, … ≤ 30 s; at once on new candidates) ─▶ switch
 //! ```
 //!
