@@ -514,13 +514,9 @@ impl Connector {
             match (&config.quic, punch) {
                 (Some(setup), true) => {
                     let stun = setup.stun?;
-                    let c = tcp_punch::gather_tcp(
-                        stun,
-                        local.port(),
-                        &candidates,
-                        setup.stun_schedule,
-                    )
-                    .await?;
+                    let c =
+                        tcp_punch::gather_tcp(stun, local.port(), &candidates, setup.stun_schedule)
+                            .await?;
                     Some((local.port(), c))
                 }
                 _ => None,
@@ -536,7 +532,11 @@ impl Connector {
         };
         let (quic_started, tcp_punch) = tokio::join!(quic_start, tcp_gather);
         if let Some((_, c)) = &tcp_punch {
-            tracing::info!("TCP punching from port {} (mapped {})", local.port(), c.addr);
+            tracing::info!(
+                "TCP punching from port {} (mapped {})",
+                local.port(),
+                c.addr
+            );
         }
         let quic = match quic_started? {
             Some(q) => {

@@ -104,9 +104,14 @@ pub(crate) async fn gather_tcp(
         return None;
     }
     let server = stun.to_string();
-    gather(Transport::Tcp, &[], &[(base, r.mapped, server.as_str())], None)
-        .into_iter()
-        .find(|c| c.kind == CandidateKind::ServerReflexive)
+    gather(
+        Transport::Tcp,
+        &[],
+        &[(base, r.mapped, server.as_str())],
+        None,
+    )
+    .into_iter()
+    .find(|c| c.kind == CandidateKind::ServerReflexive)
 }
 
 /// One simultaneous-open attempt from `port` to `remote`, re-sending the SYN after a
