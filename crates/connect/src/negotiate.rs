@@ -24,8 +24,14 @@ impl Connector {
         let mut rx = self.open_thread(&sid_hex);
         let result = async {
             let propose = message(&sid_hex, PROPOSE_TYPE, &body, None)?;
-            self.inner.agent.send_signed(peer, propose).await?;
-            self.send_candidates(peer, &sid_hex).await?;
+            // Both at once (spec/rendezvous.md §6.4): the acceptor keeps candidates that
+            // arrive before the proposal (orphans), so their order does not matter.
+            let (sent, cands) = tokio::join!(
+                self.inner.agent.send_signed(peer, propose),
+                self.send_candidates(peer, &sid_hex)
+            );
+            sent?;
+            cands?;
 
             let mut remote = Vec::new();
             let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;
@@ -52,13 +58,23 @@ impl Connector {
                 .on_accept(&accept, SessionConfig::default(), 0)
                 .map_err(|e| self.handshake_failed(peer, &sid_hex, &e.to_string()))?;
             let handshake = message(&new_id(), HANDSHAKE_TYPE, &hs, Some(&sid_hex))?;
-            self.inner.agent.send(peer, handshake).await?;
+            // Sent while the checks start (spec/rendezvous.md §6.4): a path that opens before
+            // the acceptor has the handshake waits at its router until the session is
+            // registered (spec/session.md §7.5).
+            let hs_sent = self.inner.agent.send(peer, handshake);
+            tokio::pin!(hs_sent);
+            let mut hs_done = false;
             let handle = SessionHandle::spawn(session, self.inner.config.driver.clone());
             // The acceptor's candidates may still be on their way.
             while remote.is_empty() {
-                let m = self
-                    .next(&mut rx, deadline, peer, "send its candidates")
-                    .await?;
+                let m = tokio::select! {
+                    m = self.next(&mut rx, deadline, peer, "send its candidates") => m?,
+                    r = &mut hs_sent, if !hs_done => {
+                        r?;
+                        hs_done = true;
+                        continue;
+                    }
+                };
                 if kind(&m) == Some("candidates") {
                     remote.extend(candidates_of(&m));
                 }
@@ -68,18 +84,34 @@ impl Connector {
             let (_, closed_rx) = mpsc::channel(1);
             let thread = std::mem::replace(&mut rx, closed_rx);
             self.follow(&sid_hex, peer, &handle, &shared, thread);
-            let head_start = (RELAY_HEAD_START + round_trip).min(Duration::from_secs(2));
+            // Half the DIDComm round trip: it runs through the mediator and two agents, so it
+            // over-estimates the direct round trip the checks need.
+            let head_start = (RELAY_HEAD_START + round_trip / 2).min(Duration::from_millis(1500));
             let checks_from = Instant::now();
-            let path = self
-                .connect_path(
+            let path = {
+                let opening = self.connect_path(
                     &handle,
                     peer,
                     &remote,
                     self.inner.config.force_relay,
                     deadline,
                     head_start,
-                )
-                .await?;
+                );
+                tokio::pin!(opening);
+                loop {
+                    tokio::select! {
+                        p = &mut opening => break p,
+                        r = &mut hs_sent, if !hs_done => {
+                            r?;
+                            hs_done = true;
+                        }
+                    }
+                }
+            };
+            if !hs_done {
+                hs_sent.await?;
+            }
+            let path = path?;
             tracing::info!(
                 "secure session {sid_hex} with {peer} up on {path} after {} ms \
                  (negotiation {} ms, path {} ms)",
@@ -150,8 +182,12 @@ impl Connector {
                 }
             }
             let accept = message(&new_id(), ACCEPT_TYPE, &accept, Some(&proposal.message.id))?;
-            self.inner.agent.send_signed(peer, accept).await?;
-            self.send_candidates(peer, &sid_hex).await?;
+            let (sent, cands) = tokio::join!(
+                self.inner.agent.send_signed(peer, accept),
+                self.send_candidates(peer, &sid_hex)
+            );
+            sent?;
+            cands?;
             let mut remote = Vec::new();
             let hs: HandshakeBody = loop {
                 let m = self

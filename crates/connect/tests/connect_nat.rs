@@ -14,7 +14,8 @@
 //!   spec/rendezvous.md §6.2): a direct TCP path to the peer's NAT address;
 //! - symmetric × symmetric with all UDP dropped → the relay (TCP punching fails too).
 //!
-//! Every transfer is checked by SHA-256 (the receiver sends its digest back). Namespaces are
+//! Every transfer is checked by SHA-256 (the receiver sends its digest back).
+//! `MPC_DID_NAT_DELAYS_MS=a,b,m` (opt-in) adds one-way delays to A, B and the mediator. Namespaces are
 //! deleted when the topology drops, also when an assertion fails. Skips (with a message)
 //! without root / iproute2 / iptables, unless `MPC_DID_REQUIRE_NETNS=1`.
 #![allow(clippy::unwrap_used)]
@@ -275,6 +276,24 @@ fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
 
     let ha = topo.host("a").unwrap().clone();
     let hb = topo.host("b").unwrap().clone();
+    // Opt-in (slow): one-way delays for A, B and the mediator, as in the regions bench
+    // (e3 user-space delay lines), to see set-up times over Internet-like latency.
+    let _lines: Vec<mpc_did_e3::DelayLine> = match std::env::var("MPC_DID_NAT_DELAYS_MS") {
+        Ok(spec) => {
+            let ms: Vec<u64> = spec.split(',').map(|x| x.trim().parse().unwrap()).collect();
+            assert_eq!(ms.len(), 3, "MPC_DID_NAT_DELAYS_MS=a,b,mediator");
+            eprintln!(
+                "delay lines (one way): A {} ms, B {} ms, mediator {} ms",
+                ms[0], ms[1], ms[2]
+            );
+            [&ha.ns, &hb.ns, topo.public()]
+                .iter()
+                .zip(ms)
+                .map(|(ns, d)| ns.delay(Duration::from_millis(d)).unwrap())
+                .collect()
+        }
+        Err(_) => Vec::new(),
+    };
     let unblock: Option<Unblock> = if block_udp {
         let nat_a = ha.nat.clone().unwrap();
         let wan_b = hb.nat.as_ref().unwrap().wan.to_string();
@@ -341,6 +360,7 @@ fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
     let _ = stop_tx.send(());
     mediator.join().unwrap().unwrap();
     eprintln!("A: {ra:?}\nB: {rb:?}");
+    drop(_lines);
     drop(topo);
     Some((ra, rb))
 }
