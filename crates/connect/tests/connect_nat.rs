@@ -279,7 +279,7 @@ fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
     // Opt-in (slow): one-way delays for A, B and the mediator, as in the regions bench
     // (e3 user-space delay lines), to see set-up times over Internet-like latency.
     let _lines: Vec<mpc_did_e3::DelayLine> = match std::env::var("MPC_DID_NAT_DELAYS_MS") {
-        Ok(spec) => {
+        Ok(spec) if !spec.is_empty() => {
             let ms: Vec<u64> = spec.split(',').map(|x| x.trim().parse().unwrap()).collect();
             assert_eq!(ms.len(), 3, "MPC_DID_NAT_DELAYS_MS=a,b,mediator");
             eprintln!(
@@ -292,7 +292,7 @@ fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
                 .map(|(ns, d)| ns.delay(Duration::from_millis(d)).unwrap())
                 .collect()
         }
-        Err(_) => Vec::new(),
+        _ => Vec::new(),
     };
     let unblock: Option<Unblock> = if block_udp {
         let nat_a = ha.nat.clone().unwrap();
