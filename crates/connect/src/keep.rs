@@ -77,8 +77,15 @@ impl Connector {
         let remote = self
             .remote_of(&est.session_id)
             .map_or_else(|| est.remote.clone(), |r| r.snapshot());
-        self.connect_path(&est.handle, &est.peer, &remote, relay, deadline)
-            .await
+        self.connect_path(
+            &est.handle,
+            &est.peer,
+            &remote,
+            relay,
+            deadline,
+            RELAY_HEAD_START,
+        )
+        .await
     }
 
     pub(crate) fn remote_of(&self, sid: &str) -> Option<Arc<RemoteCandidates>> {
@@ -134,7 +141,7 @@ pub(crate) async fn keep_path(
                 let relay_only = connector.inner.config.force_relay
                     || (lost_relay && !relay_restore_failed);
                 match connector
-                    .connect_path(&handle, &peer, &cands, relay_only, deadline)
+                    .connect_path(&handle, &peer, &cands, relay_only, deadline, RELAY_HEAD_START)
                     .await
                 {
                     Ok(p) => {
@@ -159,7 +166,7 @@ pub(crate) async fn keep_path(
             }
             () = tokio::time::sleep_until(next_try), if upgrade => {
                 let deadline = tokio::time::Instant::now() + DIRECT_BUDGET;
-                match connector.direct_path(&handle, &remote.snapshot(), deadline).await {
+                match connector.direct_path(&handle, &remote.snapshot(), deadline, None).await {
                     Ok(p) => {
                         tracing::info!("secure session with {peer} upgraded from the relay to {p}");
                         backoff = cfg.first;

@@ -6,9 +6,11 @@
 //! session is up), `close` — through the party's [`Agent`]; the direct-path TCP listener
 //! (connections that have not named a session are capped in all and per source and must
 //! send their hello within seconds: [`ListenerLimits`]) and the QUIC endpoint on a STUN-gathered UDP socket (the NAT-traversed path), whose
-//! incoming paths a [`PathRouter`] hands to their session; choosing and keeping the path
-//! (spec/session.md §7.4, §7.5): the proposer checks direct TCP, QUIC (host, then punched)
-//! and finally the relay, re-connects when the path breaks (the session resumes, §7), and
+//! incoming paths a [`PathRouter`] hands to their session; TCP hole punching from the
+//! listener's port (simultaneous open, its mapping learnt over STUN/TCP; spec/rendezvous.md
+//! §6.2); choosing and keeping the path (spec/session.md §7.4, §7.5): the proposer checks
+//! direct TCP, QUIC (host, then punched) and punched TCP, raced against the relay after a
+//! short head start (spec/rendezvous.md §6.4), re-connects when the path breaks (the session resumes, §7), and
 //! while on the relay keeps retrying direct paths with backoff and moves the session when
 //! one works. Its relay connections run in allow-list mode: only peers it negotiates with
 //! can send to it through the relay (spec/rendezvous.md §4.4), and are relay links that
@@ -21,7 +23,8 @@
 //!
 //! Modules by job: `negotiate` (the DIDComm messages above), `open` (direct checks and the
 //! relay, ranked by `select`, the only path selector), `keep` (re-connecting, upgrading from
-//! the relay, serving relay paths), `events` (path transitions), `listen` and `quic` (the incoming ends); this file keeps
+//! the relay, serving relay paths), `events` (path transitions), `listen` and `quic` (the
+//! incoming ends), `tcp_punch` (simultaneous open); this file keeps
 //! [`Connector`], its configs and the errors ([`ConnectError`]; [`PathError`] says why no
 //! path opened).
 //!
@@ -29,9 +32,10 @@
 //!  proposer                     DIDComm via mediators                  acceptor
 //!  Proposer::new ── propose (signed) + candidates ─────────────▶ Acceptor::on_propose
 //!  on_accept    ◀── accept (signed, Noise msg 1) + candidates ── listener registered
+//!                                          (punching starts on the proposer's candidates)
 //!  handshake (Noise msg 2) ─────────────────────────────────────▶ on_handshake, punching
-//!  checks: TCP host │ QUIC host │ QUIC srflx (punched) ══ path hello + records ══▶ PathRouter
-//!          └─ none works: relay stream ═══ hello + records ═══▶ relay stream ─▶ session
+//!  checks: TCP host │ QUIC host │ QUIC srflx │ TCP srflx ══ path hello + records ══▶ PathRouter
+//!          └─ none opened within the head start: relay stream ═══ hello ═══▶ relay stream
 //!  on the relay: retry the checks (1 s, 2 s, … ≤ 30 s; at once on new candidates) ─▶ switch
 //! ```
 //!
@@ -69,7 +73,7 @@ use mpc_did_session::messages::{
 };
 use mpc_did_session::{Acceptor, Proposer, SessionConfig};
 use sha2::{Digest, Sha256};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 mod events;
@@ -79,12 +83,13 @@ mod negotiate;
 mod open;
 mod quic;
 mod select;
+mod tcp_punch;
 
 pub use events::PathEvent;
 use keep::{drain_stale, keep_path, serve_relay_paths, RemoteCandidates};
 pub use listen::{ListenerLimits, ListenerStats};
 use negotiate::{dispatch, message, new_id};
-use open::{host_candidates, relay_addr, DIRECT_BUDGET};
+use open::{host_candidates, relay_addr, DIRECT_BUDGET, RELAY_HEAD_START};
 pub use quic::QuicSetup;
 use select::{Decision, Selection};
 
@@ -165,7 +170,7 @@ impl Default for UpgradeConfig {
             enabled: true,
             first: Duration::from_secs(1),
             max: Duration::from_secs(30),
-            settle: Duration::from_millis(1500),
+            settle: Duration::from_millis(300),
         }
     }
 }
@@ -446,6 +451,10 @@ struct Inner {
     quic: Option<quic::QuicState>,
     /// The direct-path TCP listener's address.
     listen: SocketAddr,
+    /// TCP hole punching (spec/rendezvous.md §6.2): the listener's port, which punching
+    /// sockets share, and our TCP server-reflexive candidate (its public mapping). Both or
+    /// nothing: without a mapping to announce the peer cannot punch towards us.
+    tcp_punch: Option<(u16, Candidate)>,
     /// Its limits' state.
     path_listener: listen::PathListener,
     /// Each session's peer candidates, growing as `candidates` messages arrive.
@@ -482,7 +491,11 @@ impl Connector {
     /// # Errors
     /// The listener cannot be bound.
     pub async fn start(agent: Agent, config: ConnectorConfig) -> Result<Self, ConnectError> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let punch = config
+            .quic
+            .as_ref()
+            .is_some_and(|q| q.tcp_punch && q.stun.is_some());
+        let listener = tcp_punch::listener(config.listen, punch)?;
         let local = listener.local_addr()?;
         let candidates = if config.advertise.is_empty() {
             host_candidates(local, &agent)
@@ -496,9 +509,37 @@ impl Connector {
             router.clone(),
             config.path_listener.clone(),
         ));
-        let quic = match &config.quic {
-            Some(setup) => {
-                let q = quic::start(setup, |udp| host_candidates(udp, &agent)).await?;
+        // Both mappings are learnt at once (one STUN round trip in the set-up time, not two).
+        let tcp_gather = async {
+            match (&config.quic, punch) {
+                (Some(setup), true) => {
+                    let stun = setup.stun?;
+                    let c =
+                        tcp_punch::gather_tcp(stun, local.port(), &candidates, setup.stun_schedule)
+                            .await?;
+                    Some((local.port(), c))
+                }
+                _ => None,
+            }
+        };
+        let quic_start = async {
+            match &config.quic {
+                Some(setup) => quic::start(setup, |udp| host_candidates(udp, &agent))
+                    .await
+                    .map(Some),
+                None => Ok(None),
+            }
+        };
+        let (quic_started, tcp_punch) = tokio::join!(quic_start, tcp_gather);
+        if let Some((_, c)) = &tcp_punch {
+            tracing::info!(
+                "TCP punching from port {} (mapped {})",
+                local.port(),
+                c.addr
+            );
+        }
+        let quic = match quic_started? {
+            Some(q) => {
                 tracing::info!(
                     "QUIC path endpoint on {} (NAT mapping {:?}); candidates {:?}",
                     q.endpoint.local_addr(),
@@ -555,6 +596,7 @@ impl Connector {
             events,
             quic,
             listen: local,
+            tcp_punch,
             path_listener,
             remotes: Mutex::new(HashMap::new()),
         });
@@ -615,6 +657,14 @@ impl Connector {
             .map_or((Vec::new(), NatMapping::Unknown), |q| {
                 (q.candidates.clone(), q.nat_mapping)
             })
+    }
+
+    /// Our TCP server-reflexive candidate: the public mapping of the listener's port, to
+    /// which peers punch (TCP simultaneous open, spec/rendezvous.md §6.2). `None` without
+    /// a STUN server, when STUN over TCP failed, or without a NAT.
+    #[must_use]
+    pub fn tcp_punch_candidate(&self) -> Option<Candidate> {
+        self.inner.tcp_punch.as_ref().map(|(_, c)| c.clone())
     }
 
     /// Tell the peer of `est` about more candidates of ours (a trickled `candidates`

@@ -24,11 +24,18 @@ impl Connector {
         let mut rx = self.open_thread(&sid_hex);
         let result = async {
             let propose = message(&sid_hex, PROPOSE_TYPE, &body, None)?;
-            self.inner.agent.send_signed(peer, propose).await?;
-            self.send_candidates(peer, &sid_hex).await?;
+            // Both at once (spec/rendezvous.md §6.4): the acceptor keeps candidates that
+            // arrive before the proposal (orphans), so their order does not matter.
+            let (sent, cands) = tokio::join!(
+                self.inner.agent.send_signed(peer, propose),
+                self.send_candidates(peer, &sid_hex)
+            );
+            sent?;
+            cands?;
 
             let mut remote = Vec::new();
             let deadline = tokio::time::Instant::now() + self.inner.config.handshake_timeout;
+            let proposed = Instant::now();
             let accept: AcceptBody = loop {
                 let m = self
                     .next(&mut rx, deadline, peer, "accept the proposal")
@@ -40,17 +47,34 @@ impl Connector {
                     _ => tracing::debug!("ignored {} from {:?}", m.message.type_, m.sender),
                 }
             };
+            // One DIDComm round trip through the mediators: an upper bound for the direct
+            // round trip the checks need, added to their head start over the relay.
+            let round_trip = proposed.elapsed();
+            tracing::info!(
+                "secure session {sid_hex}: {peer} accepted after {} ms",
+                round_trip.as_millis()
+            );
             let (session, hs) = proposer
                 .on_accept(&accept, SessionConfig::default(), 0)
                 .map_err(|e| self.handshake_failed(peer, &sid_hex, &e.to_string()))?;
             let handshake = message(&new_id(), HANDSHAKE_TYPE, &hs, Some(&sid_hex))?;
-            self.inner.agent.send(peer, handshake).await?;
+            // Sent while the checks start (spec/rendezvous.md §6.4): a path that opens before
+            // the acceptor has the handshake waits at its router until the session is
+            // registered (spec/session.md §7.5).
+            let hs_sent = self.inner.agent.send(peer, handshake);
+            tokio::pin!(hs_sent);
+            let mut hs_done = false;
             let handle = SessionHandle::spawn(session, self.inner.config.driver.clone());
             // The acceptor's candidates may still be on their way.
             while remote.is_empty() {
-                let m = self
-                    .next(&mut rx, deadline, peer, "send its candidates")
-                    .await?;
+                let m = tokio::select! {
+                    m = self.next(&mut rx, deadline, peer, "send its candidates") => m?,
+                    r = &mut hs_sent, if !hs_done => {
+                        r?;
+                        hs_done = true;
+                        continue;
+                    }
+                };
                 if kind(&m) == Some("candidates") {
                     remote.extend(candidates_of(&m));
                 }
@@ -60,15 +84,41 @@ impl Connector {
             let (_, closed_rx) = mpsc::channel(1);
             let thread = std::mem::replace(&mut rx, closed_rx);
             self.follow(&sid_hex, peer, &handle, &shared, thread);
-            let path = self
-                .connect_path(
+            // Half the DIDComm round trip: it runs through the mediator and two agents, so it
+            // over-estimates the direct round trip the checks need.
+            let head_start = (RELAY_HEAD_START + round_trip / 2).min(Duration::from_millis(1500));
+            let checks_from = Instant::now();
+            let path = {
+                let opening = self.connect_path(
                     &handle,
                     peer,
                     &remote,
                     self.inner.config.force_relay,
                     deadline,
-                )
-                .await?;
+                    head_start,
+                );
+                tokio::pin!(opening);
+                loop {
+                    tokio::select! {
+                        p = &mut opening => break p,
+                        r = &mut hs_sent, if !hs_done => {
+                            r?;
+                            hs_done = true;
+                        }
+                    }
+                }
+            };
+            if !hs_done {
+                hs_sent.await?;
+            }
+            let path = path?;
+            tracing::info!(
+                "secure session {sid_hex} with {peer} up on {path} after {} ms \
+                 (negotiation {} ms, path {} ms)",
+                start.elapsed().as_millis(),
+                checks_from.duration_since(start).as_millis(),
+                checks_from.elapsed().as_millis()
+            );
             tokio::spawn(keep_path(
                 self.clone(),
                 handle.clone(),
@@ -132,8 +182,12 @@ impl Connector {
                 }
             }
             let accept = message(&new_id(), ACCEPT_TYPE, &accept, Some(&proposal.message.id))?;
-            self.inner.agent.send_signed(peer, accept).await?;
-            self.send_candidates(peer, &sid_hex).await?;
+            let (sent, cands) = tokio::join!(
+                self.inner.agent.send_signed(peer, accept),
+                self.send_candidates(peer, &sid_hex)
+            );
+            sent?;
+            cands?;
             let mut remote = Vec::new();
             let hs: HandshakeBody = loop {
                 let m = self
@@ -141,7 +195,14 @@ impl Connector {
                     .await?;
                 match kind(&m) {
                     Some("handshake") => break body_of(&m, peer)?,
-                    Some("candidates") => remote.extend(candidates_of(&m)),
+                    Some("candidates") => {
+                        let more = candidates_of(&m);
+                        // Punch now, before the handshake: the proposer starts its checks
+                        // as soon as it has our accept, and its first QUIC Initial / SYN
+                        // then finds our NAT open (spec/rendezvous.md §6.4).
+                        self.punch_early(&more);
+                        remote.extend(more);
+                    }
                     Some("close") => return Err(closed(&m, peer)),
                     _ => {}
                 }
@@ -165,6 +226,15 @@ impl Connector {
                     Arc::clone(&shared),
                     q.setup.punch_interval,
                 ));
+                if let Some((port, _)) = &self.inner.tcp_punch {
+                    tokio::spawn(tcp_punch::punch_while_relayed(
+                        self.inner.router.clone(),
+                        *port,
+                        handle.clone(),
+                        Arc::clone(&shared),
+                        q.setup.punch_interval,
+                    ));
+                }
             }
             if let Some((setup, _, link)) = &self.inner.relay {
                 match self.relay_peer(peer).await {
@@ -418,6 +488,9 @@ impl Connector {
                     .filter_map(|c| serde_json::to_value(c).ok()),
             );
         }
+        if let Some((_, c)) = &self.inner.tcp_punch {
+            cands.extend(serde_json::to_value(c).ok());
+        }
         if let Some((setup, addr, _)) = &self.inner.relay {
             if let Ok(v) = serde_json::to_value(Candidate::relay(Transport::Tcp, *addr, &setup.url))
             {
@@ -432,6 +505,46 @@ impl Connector {
         let m = message(&new_id(), CANDIDATES_TYPE, &body, Some(sid))?;
         self.inner.agent.send(peer, m).await?;
         Ok(())
+    }
+
+    /// The acceptor's first punches, as soon as it knows the proposer's candidates: QUIC
+    /// punch datagrams now and twice more 100 ms apart, and one TCP simultaneous-open
+    /// attempt per TCP server-reflexive candidate (its SYN opens our NAT; the proposer's
+    /// SYN, sent once it has our accept, then completes the connection).
+    pub(crate) fn punch_early(&self, remote: &[Candidate]) {
+        if let Some(q) = &self.inner.quic {
+            let own = q.endpoint.local_addr();
+            let targets: Vec<SocketAddr> = remote
+                .iter()
+                .filter(|c| quic::is_quic_target(c, own))
+                .map(|c| c.addr)
+                .take(16)
+                .collect();
+            if !targets.is_empty() {
+                let endpoint = q.endpoint.clone();
+                tokio::spawn(async move {
+                    for _ in 0..3 {
+                        for a in &targets {
+                            let _ = endpoint.punch(*a).await;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                });
+            }
+        }
+        if let Some((port, _)) = &self.inner.tcp_punch {
+            for c in remote
+                .iter()
+                .filter(|c| tcp_punch::is_tcp_punch_target(c))
+                .take(8)
+            {
+                tokio::spawn(tcp_punch::punch_and_route(
+                    *port,
+                    c.addr,
+                    self.inner.router.clone(),
+                ));
+            }
+        }
     }
 
     pub(crate) async fn send_close(&self, peer: &str, sid: &str, code: u16, reason: &str) {

@@ -1,11 +1,17 @@
 //! Opening paths (spec/session.md §7.5): direct checks in rounds (TCP host, QUIC host,
-//! QUIC punched) picked by [`crate::select`], then the relay.
+//! QUIC punched, TCP punched) picked by [`crate::select`], raced against the relay
+//! (spec/rendezvous.md §6.4): the relay is attached when no check has opened a path after a
+//! short head start, and the upgrade (`keep`) moves the session to a direct path later.
 
 use super::*;
 
 impl Connector {
-    /// Connect `handle` to the peer: direct TCP candidates first, then the peer's relay
-    /// candidates; with `relay_only`, the relay or nothing.
+    /// Connect `handle` to the peer: direct candidates first, then the peer's relay
+    /// candidates; with `relay_only`, the relay or nothing. When the peer has a relay
+    /// candidate, the direct checks get `head_start`: if none of them has opened a path by
+    /// then, they are dropped and the relay carries the session at once (happy eyeballs,
+    /// spec/rendezvous.md §6.4); the upgrade of [`keep_path`] tries them again a moment
+    /// later. A check that opened a path in time keeps its round going (settle, hello).
     pub(crate) async fn connect_path(
         &self,
         handle: &SessionHandle,
@@ -13,7 +19,9 @@ impl Connector {
         remote: &[Candidate],
         relay_only: bool,
         deadline: tokio::time::Instant,
+        head_start: Duration,
     ) -> Result<PathInfo, ConnectError> {
+        let started = Instant::now();
         let has_direct = remote.iter().any(|c| select::rank(c).is_some());
         let relays: Vec<String> = remote.iter().filter_map(|c| c.relay_url.clone()).collect();
         let mut why = Vec::new();
@@ -25,11 +33,54 @@ impl Connector {
             } else {
                 deadline.min(tokio::time::Instant::now() + DIRECT_BUDGET)
             };
-            match self.direct_path(handle, remote, direct_deadline).await {
-                Ok(p) => return Ok(p),
-                Err(e) => {
-                    tracing::info!("no direct path to {peer} ({e}); trying the relay");
+            let (opened_tx, opened) = tokio::sync::watch::channel(false);
+            let direct = self.direct_path(handle, remote, direct_deadline, Some(opened_tx));
+            tokio::pin!(direct);
+            // Meanwhile the relay connection is made ready (a foreign relay is dialled and
+            // authenticated now rather than after the checks).
+            let warm = async {
+                for url in &relays {
+                    let _ = self.relay_connection(url).await;
+                }
+                std::future::pending::<()>().await;
+            };
+            let head = async {
+                tokio::time::sleep(head_start).await;
+                if *opened.borrow() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            let raced = if relays.is_empty() || self.inner.relay.is_none() {
+                Some(direct.await)
+            } else {
+                tokio::select! {
+                    r = &mut direct => Some(r),
+                    () = head => None,
+                    () = warm => None,
+                }
+            };
+            match raced {
+                Some(Ok(p)) => {
+                    tracing::info!(
+                        "path to {peer}: {p} after {} ms of checks",
+                        started.elapsed().as_millis()
+                    );
+                    return Ok(p);
+                }
+                Some(Err(e)) => {
+                    tracing::info!(
+                        "no direct path to {peer} ({e}) after {} ms; trying the relay",
+                        started.elapsed().as_millis()
+                    );
                     why.push(e);
+                }
+                None => {
+                    tracing::info!(
+                        "no direct path to {peer} opened within {} ms; the relay now, direct \
+                         paths again in the background",
+                        head_start.as_millis()
+                    );
+                    why.push(PathError::DirectTimedOut);
                 }
             }
         }
@@ -38,7 +89,13 @@ impl Connector {
             // connection; a fresh stream a moment later usually works.
             for attempt in 0..3u64 {
                 match self.relay_path(handle, peer, url).await {
-                    Ok(()) => return Ok(PathInfo::Relayed { relay: url.clone() }),
+                    Ok(()) => {
+                        tracing::info!(
+                            "path to {peer}: relay {url} after {} ms",
+                            started.elapsed().as_millis()
+                        );
+                        return Ok(PathInfo::Relayed { relay: url.clone() });
+                    }
                     Err(e) => {
                         why.push(PathError::Relay {
                             url: url.clone(),
@@ -63,16 +120,18 @@ impl Connector {
 
     /// A direct path (spec/session.md §7.5): TCP to the peer's host candidates and QUIC to
     /// its host and server-reflexive QUIC candidates, checked all at once and in rounds until
-    /// `deadline`; the best that works (TCP host, QUIC host, QUIC punched) carries the
-    /// session.
+    /// `deadline`; the best that works (TCP host, QUIC host, QUIC punched, TCP punched)
+    /// carries the session. `opened` is set once any check has opened a path.
     pub(crate) async fn direct_path(
         &self,
         handle: &SessionHandle,
         remote: &[Candidate],
         deadline: tokio::time::Instant,
+        opened: Option<tokio::sync::watch::Sender<bool>>,
     ) -> Result<PathInfo, PathError> {
         let quic = self.inner.quic.as_ref().map(|q| q.endpoint.clone());
         let own = quic.as_ref().map(QuicEndpoint::local_addr);
+        let punch_port = self.inner.tcp_punch.as_ref().map(|(port, _)| *port);
         let targets: Vec<(u8, Candidate)> = remote
             .iter()
             .filter_map(|c| {
@@ -80,6 +139,10 @@ impl Connector {
                 if c.transport == Transport::Quic
                     && !own.is_some_and(|o| quic::is_quic_target(c, o))
                 {
+                    return None;
+                }
+                // Simultaneous open only works when we announced a mapping too.
+                if tcp_punch::is_tcp_punch_target(c) && punch_port.is_none() {
                     return None;
                 }
                 Some((r, c.clone()))
@@ -93,7 +156,16 @@ impl Connector {
         let rounds = async {
             let mut pause = Duration::from_millis(20);
             loop {
-                let last = match one_round(handle, &targets, quic.as_ref(), settle).await {
+                let last = match one_round(
+                    handle,
+                    &targets,
+                    quic.as_ref(),
+                    punch_port,
+                    settle,
+                    opened.as_ref(),
+                )
+                .await
+                {
                     Ok(p) => return Ok(p),
                     // No candidate answered at all: another round now would fail the same
                     // way (the relay, or the upgrade's backoff, takes over).
@@ -231,6 +303,10 @@ pub(crate) const MAX_DIRECT_CHECKS: usize = 16;
 /// How long the first connection tries direct paths before the relay when the peer has a
 /// relay candidate: one round of checks (3 s each, in parallel) plus an attach.
 pub(crate) const DIRECT_BUDGET: Duration = Duration::from_secs(6);
+/// The direct checks' head start over the relay when nothing better is known
+/// (spec/rendezvous.md §6.4): a QUIC Initial lost before the peer punched is re-sent after
+/// ~300 ms, a crossing TCP SYN pair gets through at once.
+pub(crate) const RELAY_HEAD_START: Duration = Duration::from_millis(500);
 /// A direct check (TCP connect, QUIC handshake) without an answer after this has failed
 /// (spec/rendezvous.md §5.3).
 pub(crate) const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -244,12 +320,15 @@ pub(crate) async fn one_round(
     handle: &SessionHandle,
     targets: &[(u8, Candidate)],
     quic: Option<&QuicEndpoint>,
+    punch_port: Option<u16>,
     settle: Duration,
+    opened_signal: Option<&tokio::sync::watch::Sender<bool>>,
 ) -> Result<PathInfo, (PathError, bool)> {
+    let started = Instant::now();
     let mut checks = tokio::task::JoinSet::new();
     for (i, (_, c)) in targets.iter().enumerate() {
         let (c, q) = (c.clone(), quic.cloned());
-        checks.spawn(async move { (i, open_direct(&c, q.as_ref()).await) });
+        checks.spawn(async move { (i, open_direct(&c, q.as_ref(), punch_port).await) });
     }
     let mut sel = Selection::new(targets.iter().map(|t| t.0).collect(), settle);
     let mut opened: HashMap<usize, (path::BoxPath, PathInfo)> = HashMap::new();
@@ -269,9 +348,23 @@ pub(crate) async fn one_round(
                 sel.on_result(i, r.is_ok(), Instant::now());
                 match r {
                     Ok(p) => {
+                        tracing::debug!(
+                            "check {} opened after {} ms",
+                            p.1,
+                            started.elapsed().as_millis()
+                        );
+                        if let Some(s) = opened_signal {
+                            s.send_replace(true);
+                        }
                         opened.insert(i, p);
                     }
-                    Err(e) => why.push(e),
+                    Err(e) => {
+                        tracing::debug!(
+                            "check failed after {} ms: {e}",
+                            started.elapsed().as_millis()
+                        );
+                        why.push(e);
+                    }
                 }
             }
             // Checks do not panic; a set that ran dry without a decision has nothing.
@@ -319,9 +412,23 @@ pub(crate) async fn connected_soon(handle: &SessionHandle) -> bool {
 pub(crate) async fn open_direct(
     c: &Candidate,
     quic: Option<&QuicEndpoint>,
+    punch_port: Option<u16>,
 ) -> Result<(path::BoxPath, PathInfo), PathError> {
     let addr = c.addr;
     match (c.transport, quic) {
+        (Transport::Tcp, _) if tcp_punch::is_tcp_punch_target(c) => {
+            let port = punch_port.ok_or(PathError::Unsupported {
+                addr,
+                transport: c.transport,
+            })?;
+            let tcp = tcp_punch::punch(port, addr, tcp_punch::PUNCH_TIMEOUT)
+                .await
+                .map_err(|source| match source.kind() {
+                    std::io::ErrorKind::TimedOut => PathError::TcpTimedOut { addr },
+                    _ => PathError::Tcp { addr, source },
+                })?;
+            Ok((Box::new(tcp), PathInfo::Direct { remote: Some(addr) }))
+        }
         (Transport::Tcp, _) => {
             let tcp = tokio::time::timeout(CHECK_TIMEOUT, TcpStream::connect(addr))
                 .await

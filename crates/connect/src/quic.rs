@@ -43,6 +43,11 @@ pub struct QuicSetup {
     /// How often a STUN request refreshes our NAT mapping (the srflx candidate) while no
     /// session uses it.
     pub mapping_keepalive: Duration,
+    /// Also punch TCP (spec/rendezvous.md §6.2): learn the public mapping of the direct-path
+    /// listener's port with STUN over TCP (same server, same port number) and try TCP
+    /// simultaneous open with peers that announce one too, in parallel with QUIC. For
+    /// networks that block UDP. The listener then sets SO_REUSEPORT.
+    pub tcp_punch: bool,
 }
 
 impl Default for QuicSetup {
@@ -57,6 +62,7 @@ impl Default for QuicSetup {
             },
             punch_interval: Duration::from_millis(500),
             mapping_keepalive: Duration::from_secs(15),
+            tcp_punch: true,
         }
     }
 }

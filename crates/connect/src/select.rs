@@ -18,6 +18,7 @@ pub(crate) fn rank(c: &Candidate) -> Option<u8> {
         (CandidateKind::Host, Transport::Tcp) => Some(0),
         (CandidateKind::Host, Transport::Quic) => Some(1),
         (CandidateKind::ServerReflexive, Transport::Quic) => Some(2),
+        (CandidateKind::ServerReflexive, Transport::Tcp) => Some(3),
         _ => None,
     }
 }
@@ -117,7 +118,8 @@ mod tests {
         Candidate::new(kind, t, "192.0.2.7:4000".parse().unwrap(), 0, None)
     }
 
-    // spec/session.md §7.5: direct TCP host > QUIC host > QUIC srflx; relay is not direct.
+    // spec/session.md §7.5, spec/rendezvous.md §6.2: direct TCP host > QUIC host > QUIC
+    // srflx > TCP srflx (simultaneous open); relay is not direct.
     #[test]
     fn ranks_follow_the_preference_order() {
         assert_eq!(rank(&cand(CandidateKind::Host, Transport::Tcp)), Some(0));
@@ -128,7 +130,7 @@ mod tests {
         );
         assert_eq!(
             rank(&cand(CandidateKind::ServerReflexive, Transport::Tcp)),
-            None
+            Some(3)
         );
         let relay = Candidate::relay(
             Transport::Tcp,
@@ -183,7 +185,7 @@ mod tests {
         /// the successes come best rank first (ties in candidate order) or nothing worked.
         #[test]
         fn decisions_respect_rank_order(
-            ranks in proptest::collection::vec(0u8..3, 0..12),
+            ranks in proptest::collection::vec(0u8..4, 0..12),
             outcomes in proptest::collection::vec(proptest::bool::ANY, 12),
             order in proptest::collection::vec(0usize..12, 0..24),
         ) {

@@ -206,7 +206,9 @@ async fn relay_path_and_switches_between_relay_and_direct() {
 
 /// A loopback TCP port nobody listens on (bound, then released).
 fn dead_port() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // On 127.0.0.2: the connectors listen on 127.0.0.1:0 and could be given this very port
+    // once it is free again (it happened: the "dead" candidate then reached the peer).
+    let l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
     l.local_addr().unwrap()
 }
 

@@ -8,10 +8,14 @@
 //!
 //! - endpoint-independent × endpoint-independent → punched QUIC;
 //! - symmetric × symmetric → the relay;
-//! - EIM × EIM with the peers' UDP blocked at first → the relay, then, once the block is
-//!   lifted in the middle of a stream, the automatic upgrade to punched QUIC.
+//! - EIM × EIM with the peers' UDP (and TCP) blocked at first → the relay, then, once the
+//!   UDP block is lifted in the middle of a stream, the automatic upgrade to punched QUIC;
+//! - EIM × EIM with all UDP dropped at both NATs → TCP hole punching (simultaneous open,
+//!   spec/rendezvous.md §6.2): a direct TCP path to the peer's NAT address;
+//! - symmetric × symmetric with all UDP dropped → the relay (TCP punching fails too).
 //!
-//! Every transfer is checked by SHA-256 (the receiver sends its digest back). Namespaces are
+//! Every transfer is checked by SHA-256 (the receiver sends its digest back).
+//! `MPC_DID_NAT_DELAYS_MS=a,b,m` (opt-in) adds one-way delays to A, B and the mediator. Namespaces are
 //! deleted when the topology drops, also when an assertion fails. Skips (with a message)
 //! without root / iproute2 / iptables, unless `MPC_DID_REQUIRE_NETNS=1`.
 #![allow(clippy::unwrap_used)]
@@ -40,6 +44,10 @@ const PAYLOAD: usize = 8 << 20;
 struct Outcome {
     nat: NatMapping,
     srflx: bool,
+    /// The TCP server-reflexive candidate (spec/rendezvous.md §6.2) and the listener's
+    /// port it maps.
+    tcp_srflx: Option<SocketAddr>,
+    listen_port: u16,
     /// The path when the session came up, and at the end.
     first: PathInfo,
     last: Option<PathInfo>,
@@ -103,11 +111,14 @@ async fn party(
     let srflx = cands
         .iter()
         .any(|c| c.kind == CandidateKind::ServerReflexive);
+    let tcp_srflx = connector.tcp_punch_candidate().map(|c| c.addr);
+    let listen_port = connector.listen_addr().port();
     eprintln!(
         "{}: NAT mapping {nat:?}, QUIC candidates {:?}",
         if proposer { "A" } else { "B" },
         cands.iter().map(|c| (c.kind, c.addr)).collect::<Vec<_>>()
     );
+    eprintln!("TCP server-reflexive {tcp_srflx:?} for listener port {listen_port}");
     to_peer
         .send((agent.did().to_owned(), agent.own_service()))
         .unwrap();
@@ -210,6 +221,8 @@ async fn party(
     Outcome {
         nat,
         srflx,
+        tcp_srflx,
+        listen_port,
         first,
         last: p.current.or(p.last),
         attached: p.attached,
@@ -220,9 +233,22 @@ async fn party(
     }
 }
 
-/// Build the topology, run the mediator and both parties; `block_udp` makes party A's NAT
-/// drop UDP towards B's NAT until A has streamed 1 MiB.
-fn run(kind: NatKind, block_udp: bool) -> Option<(Outcome, Outcome)> {
+/// What the NATs do to UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Udp {
+    /// Passed.
+    Open,
+    /// A's NAT drops UDP towards B's NAT until A has streamed 1 MiB, and TCP towards it
+    /// throughout.
+    BlockedAtFirst,
+    /// Both NATs drop every UDP packet they would forward (STUN/UDP and QUIC included): a
+    /// network that blocks UDP.
+    Dropped,
+}
+
+/// Build the topology, run the mediator and both parties.
+fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
+    let block_udp = udp == Udp::BlockedAtFirst;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
@@ -250,28 +276,50 @@ fn run(kind: NatKind, block_udp: bool) -> Option<(Outcome, Outcome)> {
 
     let ha = topo.host("a").unwrap().clone();
     let hb = topo.host("b").unwrap().clone();
+    // Opt-in (slow): one-way delays for A, B and the mediator, as in the regions bench
+    // (e3 user-space delay lines), to see set-up times over Internet-like latency.
+    let _lines: Vec<mpc_did_e3::DelayLine> = match std::env::var("MPC_DID_NAT_DELAYS_MS") {
+        Ok(spec) if !spec.is_empty() => {
+            let ms: Vec<u64> = spec.split(',').map(|x| x.trim().parse().unwrap()).collect();
+            assert_eq!(ms.len(), 3, "MPC_DID_NAT_DELAYS_MS=a,b,mediator");
+            eprintln!(
+                "delay lines (one way): A {} ms, B {} ms, mediator {} ms",
+                ms[0], ms[1], ms[2]
+            );
+            [&ha.ns, &hb.ns, topo.public()]
+                .iter()
+                .zip(ms)
+                .map(|(ns, d)| ns.delay(Duration::from_millis(d)).unwrap())
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     let unblock: Option<Unblock> = if block_udp {
         let nat_a = ha.nat.clone().unwrap();
         let wan_b = hb.nat.as_ref().unwrap().wan.to_string();
-        let rule = |op: &str| {
+        let rule = |op: &str, proto: &str| {
             vec![
                 "iptables".to_owned(),
                 op.to_owned(),
                 "FORWARD".into(),
                 "-p".into(),
-                "udp".into(),
+                proto.into(),
                 "-d".into(),
                 wan_b.clone(),
                 "-j".into(),
                 "DROP".into(),
             ]
         };
-        let add = rule("-I");
-        nat_a
-            .ns
-            .exec(&add.iter().map(String::as_str).collect::<Vec<_>>())
-            .unwrap();
-        let del = rule("-D");
+        // TCP stays blocked for the whole run: punched TCP (spec/rendezvous.md §6.2) would
+        // otherwise give a direct path at once and there would be nothing to upgrade.
+        for proto in ["udp", "tcp"] {
+            let add = rule("-I", proto);
+            nat_a
+                .ns
+                .exec(&add.iter().map(String::as_str).collect::<Vec<_>>())
+                .unwrap();
+        }
+        let del = rule("-D", "udp");
         Some(Box::new(move || {
             nat_a
                 .ns
@@ -281,6 +329,16 @@ fn run(kind: NatKind, block_udp: bool) -> Option<(Outcome, Outcome)> {
     } else {
         None
     };
+    if udp == Udp::Dropped {
+        for h in [&ha, &hb] {
+            h.nat
+                .as_ref()
+                .unwrap()
+                .ns
+                .exec(&["iptables", "-I", "FORWARD", "-p", "udp", "-j", "DROP"])
+                .unwrap();
+        }
+    }
     let (a_tx, b_rx) = mpsc::channel();
     let (b_tx, a_rx) = mpsc::channel();
     let rt = || {
@@ -302,13 +360,14 @@ fn run(kind: NatKind, block_udp: bool) -> Option<(Outcome, Outcome)> {
     let _ = stop_tx.send(());
     mediator.join().unwrap().unwrap();
     eprintln!("A: {ra:?}\nB: {rb:?}");
+    drop(_lines);
     drop(topo);
     Some((ra, rb))
 }
 
 #[test]
 fn eim_by_eim_session_runs_on_punched_quic() {
-    let Some((a, b)) = run(NatKind::EndpointIndependent, false) else {
+    let Some((a, b)) = run(NatKind::EndpointIndependent, Udp::Open) else {
         return;
     };
     assert_eq!(a.nat, NatMapping::EndpointIndependent);
@@ -316,6 +375,8 @@ fn eim_by_eim_session_runs_on_punched_quic() {
         a.srflx && b.srflx,
         "STUN gave both a server-reflexive candidate"
     );
+    // Punched TCP was in the same round (spec/rendezvous.md §6.2): QUIC ranks above it.
+    assert!(a.tcp_srflx.is_some() && b.tcp_srflx.is_some());
     // The proposer dialled the acceptor's server-reflexive (NAT) address.
     let nat_b = SocketAddrV4::new(std::net::Ipv4Addr::new(198, 51, 100, 12), 0);
     match &a.first {
@@ -331,7 +392,7 @@ fn eim_by_eim_session_runs_on_punched_quic() {
 
 #[test]
 fn symmetric_by_symmetric_session_runs_on_the_relay() {
-    let Some((a, b)) = run(NatKind::Symmetric, false) else {
+    let Some((a, b)) = run(NatKind::Symmetric, Udp::Open) else {
         return;
     };
     assert!(
@@ -352,7 +413,7 @@ fn symmetric_by_symmetric_session_runs_on_the_relay() {
 
 #[test]
 fn relayed_session_upgrades_to_quic_when_udp_opens() {
-    let Some((a, b)) = run(NatKind::EndpointIndependent, true) else {
+    let Some((a, b)) = run(NatKind::EndpointIndependent, Udp::BlockedAtFirst) else {
         return;
     };
     assert_eq!(a.first.kind(), "relay", "{}", a.first);
@@ -373,4 +434,49 @@ fn relayed_session_upgrades_to_quic_when_udp_opens() {
         "{} bytes, upgrade {:?} after the unblock",
         a.bytes, a.upgrade_after
     );
+}
+
+// spec/rendezvous.md §6.2: with UDP dropped at both NATs there is no QUIC path at all, and
+// an endpoint-independent TCP mapping (MASQUERADE keeps the source port) lets the two
+// simultaneous connects meet: the session runs on a direct TCP connection between the NATs'
+// public addresses, not on the relay.
+#[test]
+fn udp_blocked_eim_session_runs_on_punched_tcp() {
+    let Some((a, b)) = run(NatKind::EndpointIndependent, Udp::Dropped) else {
+        return;
+    };
+    assert!(!a.srflx && !b.srflx, "no STUN over UDP: no QUIC srflx");
+    let (ta, tb) = (a.tcp_srflx.unwrap(), b.tcp_srflx.unwrap());
+    // Linux conntrack kept the listener's port through MASQUERADE (no --random): the
+    // mapping STUN saw is the one the punching connect gets.
+    assert_eq!(ta.port(), a.listen_port, "A's TCP mapping keeps its port");
+    assert_eq!(tb.port(), b.listen_port, "B's TCP mapping keeps its port");
+    match &a.first {
+        PathInfo::Direct {
+            remote: Some(remote),
+        } => assert_eq!(*remote, tb, "A dialled B's TCP mapping"),
+        other => panic!("A is on {other}, not punched TCP"),
+    }
+    assert_eq!(b.first.kind(), "direct", "{}", b.first);
+    assert_eq!(a.attached, 1, "no relay first, no reconnection");
+    assert_eq!(a.last.as_ref().map(PathInfo::kind), Some("direct"));
+    assert!(a.ok && b.ok, "8 MiB arrived intact (SHA-256)");
+    assert_eq!(b.bytes, PAYLOAD as u64);
+    eprintln!("setup: A {:?}, B {:?}", a.setup, b.setup);
+}
+
+// spec/rendezvous.md §6.2-6.3: a symmetric NAT gives every connection a new random port,
+// so the mapping announced is not the one the punching connect gets: TCP punching fails
+// like QUIC's, and the relay carries the session.
+#[test]
+fn udp_blocked_symmetric_session_runs_on_the_relay() {
+    let Some((a, b)) = run(NatKind::Symmetric, Udp::Dropped) else {
+        return;
+    };
+    assert!(a.tcp_srflx.is_some() && b.tcp_srflx.is_some());
+    assert_eq!(a.first.kind(), "relay", "{}", a.first);
+    assert_eq!(b.first.kind(), "relay", "{}", b.first);
+    assert_eq!(a.last.as_ref().map(PathInfo::kind), Some("relay"));
+    assert!(a.ok && b.ok, "8 MiB arrived intact (SHA-256)");
+    assert_eq!(b.bytes, PAYLOAD as u64);
 }

@@ -84,6 +84,11 @@ pub async fn binding_tcp(
         };
         if let Some(l) = local {
             sock.set_reuseaddr(true)?;
+            // The port is usually held by our own listener too (the TCP simultaneous-open
+            // port, spec §6.2): Linux lets a second socket bind a listening port only when
+            // both set SO_REUSEPORT.
+            #[cfg(unix)]
+            sock.set_reuseport(true)?;
             sock.bind(l)?;
         }
         let mut stream = sock.connect(server).await?;
