@@ -156,6 +156,23 @@ impl Net {
             })
             .build()
             .unwrap();
+        // These cases are about punched *QUIC* paths: TCP between the parties' NATs is
+        // blocked, or punched TCP (spec/rendezvous.md §6.2) could win the race and dropping
+        // UDP would test nothing. The mediator stays reachable over TCP.
+        for (i, a) in PARTIES.iter().enumerate() {
+            for (j, b) in PARTIES.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let their_ip = topo.host(b).unwrap().public_ip();
+                let nat = &topo.host(a).unwrap().nat.as_ref().unwrap().ns;
+                let ip = their_ip.to_string();
+                nat.exec(&[
+                    "iptables", "-w", "-I", "FORWARD", "-p", "tcp", "-d", &ip, "-j", "DROP",
+                ])
+                .unwrap();
+            }
+        }
         let med = Mediator::start_in(topo.public());
         let program = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/secretsanta.py");
         // Each wallet registers from its own home (through its NAT); the lobby is formed
