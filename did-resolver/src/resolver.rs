@@ -147,7 +147,10 @@ struct KeyDocs {
 }
 
 /// DID → document, and the DIDs in insertion order (for eviction).
-type KeyDocTable = (HashMap<String, DidDocument>, std::collections::VecDeque<String>);
+type KeyDocTable = (
+    HashMap<String, DidDocument>,
+    std::collections::VecDeque<String>,
+);
 
 impl KeyDocs {
     fn resolve(&self, did: &str) -> Result<DidDocument, ResolveError> {
