@@ -308,7 +308,7 @@ async fn crypto_floor(resolver: &UniversalResolver) -> (f64, f64, f64) {
     let unwrap = cpu_us_per_call(7, 300, || {
         jwe.decrypt_with(&mkid, &msecret, None, None).unwrap();
     });
-    let epk = x25519_dalek::PublicKey::from(x25519_dalek::StaticSecret::random_from_rng(
+    let epk = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::random_from_rng(
         rand_core::OsRng,
     ));
     let x25519 = cpu_us_per_call(7, 300, || {
