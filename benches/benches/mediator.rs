@@ -301,9 +301,15 @@ async fn crypto_floor(resolver: &UniversalResolver) -> (f64, f64, f64) {
         .await
         .unwrap()
         .message;
-    let fwd = wrap_in_forward(&inner, &rdid, &[mkid.clone()], resolver, opts.anon_enc)
-        .await
-        .unwrap();
+    let fwd = wrap_in_forward(
+        &inner,
+        &rdid,
+        std::slice::from_ref(&mkid),
+        resolver,
+        opts.anon_enc,
+    )
+    .await
+    .unwrap();
     let jwe = Jwe::parse(&serde_json::from_str(&fwd).unwrap()).unwrap();
     let unwrap = cpu_us_per_call(7, 300, || {
         jwe.decrypt_with(&mkid, &msecret, None, None).unwrap();
