@@ -29,7 +29,9 @@
 //! ECDH-1PU static share with the mediator, as every `MediatorClient` now does. The
 //! default live mode is raw (spec/mediator.md §3.1, see above), and `MEDIATOR_BENCH_ACK_MS` sets how
 //! long a recipient waits for more pushes before acknowledging (default 50 ms since the
-//! README reports that setting; it was 5 ms).
+//! README reports that setting; it was 5 ms). It also prints the irreducible crypto of a
+//! message, timed in this process (thread CPU time): the forward's anoncrypt unwrap, X25519
+//! alone, one one-message authcrypt `delivery` (spec/mediator.md §11.2).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -155,13 +157,17 @@ async fn parent(full: bool) {
     let pid = child.id();
     let info = MediatorInfo::discover(&url).await.unwrap();
     eprintln!("mediator {} at {url} (pid {pid})", info.did);
+    let floor = {
+        let resolver = UniversalResolver::new().unwrap();
+        crypto_floor(&resolver).await
+    };
     let raw = raw_mode();
     println!(
         "live delivery mode: {}",
         if raw {
             "raw (binary frame per message, spec/mediator.md §3.1)"
         } else {
-            "wrapped (authcrypt Pickup 3.0 delivery)"
+            "wrapped (standard: an authcrypt Pickup `delivery` per push, in the version the client picks, 4.0 here)"
         }
     );
 
@@ -217,6 +223,10 @@ async fn parent(full: bool) {
             r.gen_cpu_us_per_msg
         );
     }
+    println!(
+        "\nirreducible crypto, CPU µs on this machine in this run: forward unwrap (X25519 + KDF + AES-KW + A256CBC-HS512) {:.0}, of which X25519 {:.0}; one-message authcrypt delivery {:.0}",
+        floor.0, floor.1, floor.2
+    );
     let per = (idle_rss_after.saturating_sub(idle_rss_before)) as f64 / idle_clients.max(1) as f64;
     println!(
         "\nidle WebSocket clients: {idle_clients}; mediator RSS {:.1} MiB before, {:.1} MiB with them open: {:.1} KiB per client",
@@ -226,6 +236,124 @@ async fn parent(full: bool) {
     );
     drop(child.stdin.take());
     let _ = child.wait();
+}
+
+/// CPU time this thread has run so far (ns), from `/proc/thread-self/schedstat`: time on a
+/// core only, so a measurement under contention is not inflated by waiting for one.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Median over `rounds` of the thread CPU time per call of `f` (`n` calls a round), in µs.
+fn cpu_us_per_call(rounds: usize, n: usize, mut f: impl FnMut()) -> f64 {
+    let mut per: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let t = thread_cpu_ns();
+            for _ in 0..n {
+                f();
+            }
+            (thread_cpu_ns() - t) as f64 / 1000.0 / n as f64
+        })
+        .collect();
+    per.sort_by(f64::total_cmp);
+    per[per.len() / 2]
+}
+
+/// The crypto a forwarded and pushed message cannot avoid, timed in this process at the
+/// benchmark's message size (spec/mediator.md §11.2): the forward's anoncrypt unwrap (one
+/// X25519 of the sender's fresh ephemeral key with the mediator's key, Concat KDF, AES-KW
+/// unwrap, A256CBC-HS512 decryption of the forward), X25519 alone, and one authcrypt
+/// `delivery` of that message to its recipient with the static share cached (ephemeral key,
+/// one X25519, KDF, wrap, encryption). Returns (unwrap, x25519, push) in µs of CPU.
+async fn crypto_floor(resolver: &UniversalResolver) -> (f64, f64, f64) {
+    use mpc_did_didcomm::jose::{self, Jwe, RecipientKey, SenderKey};
+    use mpc_did_didcomm::secrets::{Secret, SecretsResolver as _};
+    use mpc_did_resolver::{DidResolver as _, PublicKey};
+    let (mdid, msecrets) = ephemeral_identity();
+    let (rdid, _) = ephemeral_identity();
+    let (sdid, ssecrets) = ephemeral_identity();
+    let ka = |did: String| async move {
+        let doc = resolver.resolve(&did).await.unwrap();
+        let vm = doc.key_agreement_methods()[0].clone();
+        let PublicKey::X25519(k) = vm.key else {
+            panic!("X25519 keyAgreement")
+        };
+        (vm.id, k)
+    };
+    let (mkid, _) = ka(mdid.clone()).await;
+    let (rkid, rpub) = ka(rdid.clone()).await;
+    let Some(Secret::X25519(msecret)) = msecrets.secret(&mkid) else {
+        panic!("mediator secret")
+    };
+    // The same message as the benchmark's (level(), below).
+    let msg = message(
+        "https://example.org/bench/1.0/m",
+        serde_json::json!({ "i": 1 }),
+    )
+    .from(sdid.clone())
+    .to(rdid.clone());
+    let opts = PackOptions {
+        forward: false,
+        ..PackOptions::default()
+    };
+    let inner = pack_encrypted(&msg, &rdid, Some(&sdid), None, resolver, &ssecrets, &opts)
+        .await
+        .unwrap()
+        .message;
+    let fwd = wrap_in_forward(
+        &inner,
+        &rdid,
+        std::slice::from_ref(&mkid),
+        resolver,
+        opts.anon_enc,
+    )
+    .await
+    .unwrap();
+    let jwe = Jwe::parse(&serde_json::from_str(&fwd).unwrap()).unwrap();
+    let unwrap = cpu_us_per_call(7, 300, || {
+        jwe.decrypt_with(&mkid, &msecret, None, None).unwrap();
+    });
+    let epk = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::random_from_rng(
+        rand_core::OsRng,
+    ));
+    let x25519 = cpu_us_per_call(7, 300, || {
+        std::hint::black_box(msecret.diffie_hellman(&epk));
+    });
+    let delivery = serde_json::json!({
+        "id": "0b5b0d3c-3f0a-4a8e-9d0e-000000000001",
+        "type": "https://didcomm.org/message-pickup/4.0/delivery",
+        "from": mdid, "to": [rdid], "body": {},
+        "attachments": [{"id": "0123456789abcdef0123456789abcdef",
+                          "data": {"json": serde_json::from_str::<serde_json::Value>(&inner).unwrap()}}],
+    })
+    .to_string();
+    let cache = mpc_did_didcomm::StaticEcdhCache::new(16);
+    let rk = [RecipientKey {
+        kid: &rkid,
+        public: rpub,
+    }];
+    let sk = SenderKey {
+        kid: &mkid,
+        secret: &msecret,
+    };
+    let push = cpu_us_per_call(7, 300, || {
+        jose::encrypt_with(
+            delivery.as_bytes(),
+            &rk,
+            Some(&sk),
+            mpc_did_didcomm::ContentAlg::A256CbcHs512,
+            Some(&cache),
+        )
+        .unwrap();
+    });
+    eprintln!(
+        "irreducible crypto (CPU µs, this machine now; forward {} B): forward unwrap {unwrap:.1} (X25519 alone {x25519:.1}), one-message authcrypt delivery {push:.1}",
+        fwd.len()
+    );
+    (unwrap, x25519, push)
 }
 
 /// One prepared message: who sends, to which recipient, the packed forward, its queue id.

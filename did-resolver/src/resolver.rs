@@ -133,7 +133,59 @@ impl PeerLongForms {
     }
 }
 
-/// Resolves any supported method: first the [`StaticResolver`] overlay, then `did:key` and
+/// Most did:key documents a [`UniversalResolver`] (and its clones) remembers.
+const MAX_KEY_DOCS: usize = 4096;
+
+/// did:key documents already resolved, by DID. A did:key document is a pure function of
+/// its DID, so serving it again is exact; what is saved is the work of deriving it (a
+/// base58 decode and two encodes, the Edwards point decompression and the conversion to
+/// X25519 — ≈ 25 µs, once per pack or authcrypt unpack naming the DID, spec/mediator.md
+/// §11.2). Bounded; when full, the oldest half is forgotten. Errors are not remembered.
+#[derive(Clone, Debug, Default)]
+struct KeyDocs {
+    map: Arc<RwLock<KeyDocTable>>,
+}
+
+/// DID → document, and the DIDs in insertion order (for eviction).
+type KeyDocTable = (
+    HashMap<String, DidDocument>,
+    std::collections::VecDeque<String>,
+);
+
+impl KeyDocs {
+    fn resolve(&self, did: &str) -> Result<DidDocument, ResolveError> {
+        if let Some(doc) = self
+            .map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .get(did)
+        {
+            return Ok(doc.clone());
+        }
+        let doc = crate::key::resolve(did)?;
+        let mut guard = self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (map, order) = &mut *guard;
+        if !map.contains_key(did) {
+            if map.len() >= MAX_KEY_DOCS {
+                for _ in 0..MAX_KEY_DOCS / 2 {
+                    if let Some(old) = order.pop_front() {
+                        map.remove(&old);
+                    }
+                }
+            }
+            map.insert(did.to_owned(), doc.clone());
+            order.push_back(did.to_owned());
+        }
+        Ok(doc)
+    }
+}
+
+/// Resolves any supported method: first the [`StaticResolver`] overlay, then `did:key`
+/// (remembered: a did:key document never changes) and
 /// `did:peer` (numalgo 0, 2, 4) locally, then `did:web` over HTTPS (feature `web`; without
 /// it a did:web not in the overlay is [`ResolveError::UnsupportedMethod`]). A short-form
 /// did:peer:4 resolves once this resolver (or a clone) has resolved its long form.
@@ -141,6 +193,7 @@ impl PeerLongForms {
 pub struct UniversalResolver {
     overlay: StaticResolver,
     peer_long_forms: PeerLongForms,
+    key_docs: KeyDocs,
     #[cfg(feature = "web")]
     web: WebResolver,
 }
@@ -155,6 +208,7 @@ impl UniversalResolver {
         Ok(Self {
             overlay: StaticResolver::new(),
             peer_long_forms: PeerLongForms::default(),
+            key_docs: KeyDocs::default(),
             #[cfg(feature = "web")]
             web: WebResolver::new(WebResolverConfig::default())?,
         })
@@ -169,6 +223,7 @@ impl UniversalResolver {
         Ok(Self {
             overlay: StaticResolver::new(),
             peer_long_forms: PeerLongForms::default(),
+            key_docs: KeyDocs::default(),
             web: WebResolver::new(config)?,
         })
     }
@@ -223,7 +278,7 @@ impl DidResolver for UniversalResolver {
             }
             let parsed = Did::parse(&did)?;
             match parsed.method() {
-                "key" => crate::key::resolve(&did),
+                "key" => self.key_docs.resolve(&did),
                 "peer" => self.resolve_peer(&did),
                 #[cfg(feature = "web")]
                 "web" => self.web.resolve_did(&parsed).await,
@@ -276,5 +331,31 @@ mod tests {
             block_on(u.resolve("did:bad")),
             Err(ResolveError::InvalidDid(_))
         ));
+    }
+
+    /// The did:key memo serves the same document as a fresh resolution, is shared by
+    /// clones, does not remember errors, and stays bounded.
+    #[test]
+    fn key_documents_are_remembered_exactly_and_bounded() {
+        use curve25519_dalek::{constants::ED25519_BASEPOINT_POINT, Scalar};
+        let u = UniversalResolver::new().unwrap();
+        let did = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp";
+        let fresh = crate::key::resolve(did).unwrap();
+        assert_eq!(block_on(u.resolve(did)).unwrap(), fresh);
+        assert_eq!(block_on(u.clone().resolve(did)).unwrap(), fresh);
+        assert_eq!(u.key_docs.map.read().unwrap().0.len(), 1);
+        // Not a key: refused every time, not stored.
+        let bad = "did:key:z6MkiTBz1ymu";
+        assert!(block_on(u.resolve(bad)).is_err());
+        assert!(block_on(u.resolve(bad)).is_err());
+        assert_eq!(u.key_docs.map.read().unwrap().0.len(), 1);
+        for i in 1..=(MAX_KEY_DOCS as u64 + 10) {
+            let point = ED25519_BASEPOINT_POINT * Scalar::from(i);
+            let key = crate::PublicKey::Ed25519(point.compress().to_bytes());
+            let d = format!("did:key:{}", key.to_multibase());
+            assert_eq!(block_on(u.resolve(&d)).unwrap().id, d);
+        }
+        let (map, order) = &*u.key_docs.map.read().unwrap();
+        assert!(map.len() <= MAX_KEY_DOCS && map.len() == order.len());
     }
 }
