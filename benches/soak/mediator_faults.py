@@ -201,6 +201,10 @@ def main():
     ap.add_argument("--people", type=int, default=30, help="Secret Santa for 3..N people")
     ap.add_argument("--relay-only", action="store_true", default=True)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--max-rss-mib", type=float, default=32,
+                    help="bound on the mediator's peak RSS (the soak fails above it)")
+    ap.add_argument("--max-fds", type=int, default=32,
+                    help="bound on the mediator's peak open fds (the soak fails above it)")
     ap.add_argument("--faults", nargs="+", default=FAULTS, choices=FAULTS,
                     help="faults to draw from (uniformly); default: all")
     a = ap.parse_args()
@@ -300,7 +304,10 @@ def main():
           f"at end (since its last restart): RSS {end_stats[0]} KiB, {end_stats[1]} fds; "
           f"peak RSS {med.peak_rss} KiB, peak fds {med.peak_fds}")
     shutil.rmtree(work, ignore_errors=True)
-    return 0 if hangs == 0 and rerun_ok == reruns else 1
+    within = med.peak_rss <= a.max_rss_mib * 1024 and med.peak_fds <= a.max_fds
+    print(f"bounds: peak RSS ≤ {a.max_rss_mib} MiB and peak fds ≤ {a.max_fds}: "
+          f"{'held' if within else 'EXCEEDED'}")
+    return 0 if hangs == 0 and rerun_ok == reruns and within else 1
 
 
 if __name__ == "__main__":
