@@ -139,23 +139,29 @@ pub async fn run(ctx: &Ctx, cmd: MpcCommand) -> anyhow::Result<()> {
         MpcCommand::Invite(a) => invite(ctx, &a),
         MpcCommand::Join(a) => {
             let inv = read_invitation(&a.invitation)?;
-            let rec = lobby::join(
-                &ctx.home,
-                &inv,
-                &a.program,
-                a.identity.as_deref(),
-                Duration::from_secs(a.timeout),
-                &progress,
+            let rec = until_interrupted(
+                "run the same `mpc-did join` again to go on",
+                lobby::join(
+                    &ctx.home,
+                    &inv,
+                    &a.program,
+                    a.identity.as_deref(),
+                    Duration::from_secs(a.timeout),
+                    &progress,
+                ),
             )
             .await?;
             print_roster(ctx, &rec)
         }
         MpcCommand::Host(a) => {
-            let rec = lobby::host(
-                &ctx.home,
-                a.mpc.as_deref(),
-                Duration::from_secs(a.timeout),
-                &progress,
+            let rec = until_interrupted(
+                "run `mpc-did mpc host` again to go on waiting for the joins",
+                lobby::host(
+                    &ctx.home,
+                    a.mpc.as_deref(),
+                    Duration::from_secs(a.timeout),
+                    &progress,
+                ),
             )
             .await?;
             print_roster(ctx, &rec)
@@ -163,6 +169,27 @@ pub async fn run(ctx: &Ctx, cmd: MpcCommand) -> anyhow::Result<()> {
         MpcCommand::Run(a) => run::run_cli(ctx, a).await,
         MpcCommand::List => list(ctx),
         MpcCommand::Status { mpc } => status(ctx, mpc.as_deref()),
+    }
+}
+
+/// Runs a lobby step until it ends or Ctrl-C comes; on Ctrl-C says what to do next and
+/// exits 130 (the host lock is a file lock the kernel releases). The handler is installed
+/// explicitly, so Ctrl-C also stops a `host`/`join` started by a shell that ignores SIGINT
+/// for its background jobs.
+async fn until_interrupted<T, E>(
+    next: &str,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> anyhow::Result<T>
+where
+    anyhow::Error: From<E>,
+{
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    tokio::select! {
+        r = step => Ok(r?),
+        _ = interrupt.recv() => {
+            eprintln!("mpc-did: interrupted (Ctrl-C); {next}");
+            std::process::exit(run::EXIT_INTERRUPTED)
+        }
     }
 }
 

@@ -80,7 +80,7 @@ pub enum TransportArg {
 /// Exit status when another party aborted or failed.
 const EXIT_PEER: i32 = 3;
 /// Exit status after Ctrl-C (128 + SIGINT, as shells report it).
-const EXIT_INTERRUPTED: i32 = 130;
+pub(crate) const EXIT_INTERRUPTED: i32 = 130;
 
 pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
     let quiet = ctx.json;
