@@ -1,6 +1,6 @@
 //! The session task: one task owns one [`Session`] and its current path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -159,7 +159,7 @@ impl SessionHandle {
             writer: None,
             decoder: RecordDecoder::new(),
             hello: crate::path::encode_hello(&path_id),
-            out: Outbox::new(),
+            out: OutQueue::default(),
             streams: HashMap::new(),
             stalled: None,
             accept_tx,
@@ -402,6 +402,80 @@ const READ_CHUNK: usize = 256 << 10;
 /// Application writes taken per loop turn beyond the first, sealed before the next write.
 const WRITE_BATCH: usize = 16;
 
+/// Batches of records handed to one vectored write at most.
+const MAX_IOSLICES: usize = 64;
+
+/// Records waiting for the path: the session's outboxes as they were taken (moved, never
+/// copied), written front to back.
+#[derive(Default)]
+struct OutQueue {
+    chunks: VecDeque<Outbox>,
+    /// Emptied outboxes, reused so that their buffers are allocated once.
+    spare: Vec<Outbox>,
+}
+
+impl OutQueue {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Moves every record the session has sealed to the back of the queue.
+    fn take_from(&mut self, session: &mut Session) {
+        let mut o = self.spare.pop().unwrap_or_default();
+        session.transmit_into(&mut o);
+        if o.is_empty() {
+            self.spare.push(o);
+        } else {
+            self.chunks.push_back(o);
+        }
+    }
+
+    /// `n` bytes from the front were written.
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            let len = front.len();
+            front.consume(n);
+            if n < len {
+                return;
+            }
+            n -= len;
+            self.recycle_front();
+        }
+    }
+
+    fn recycle_front(&mut self) {
+        if let Some(mut o) = self.chunks.pop_front() {
+            o.clear();
+            if self.spare.len() < 4 {
+                self.spare.push(o);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        while !self.chunks.is_empty() {
+            self.recycle_front();
+        }
+    }
+
+    /// Keeps only the rest of a record already partly written.
+    fn keep_started_record(&mut self) {
+        let Some(mut front) = self.chunks.pop_front() else {
+            return;
+        };
+        front.keep_started_record();
+        self.clear();
+        if front.is_empty() {
+            self.spare.push(front);
+        } else {
+            self.chunks.push_back(front);
+        }
+    }
+}
+
 struct Driver {
     session: Session,
     start: Instant,
@@ -412,7 +486,7 @@ struct Driver {
     hello: [u8; crate::path::HELLO_LEN],
     /// Records waiting for the path, back to back: written with one call for as many as
     /// the path takes (spec/session.md §5.1 lets records share a write).
-    out: Outbox,
+    out: OutQueue,
     streams: HashMap<u32, mpsc::Sender<Chunk>>,
     /// A chunk for a stream whose reader is behind; no more events are processed (and the
     /// path is not read) until it is delivered.
@@ -784,7 +858,7 @@ impl Driver {
 
     fn collect_records(&mut self) {
         if self.writer.is_some() {
-            self.session.transmit_into(&mut self.out);
+            self.out.take_from(&mut self.session);
         } else {
             // Without a path, records are dropped: `resume` resends what was not
             // acknowledged on the next path.
@@ -799,7 +873,9 @@ impl Driver {
         };
         let out = &self.out;
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            w.write_all(out.bytes()).await?;
+            for o in &out.chunks {
+                w.write_all(o.bytes()).await?;
+            }
             w.flush().await
         })
         .await;
@@ -814,15 +890,22 @@ async fn read_some(reader: &mut Option<ReadHalf<BoxPath>>, buf: &mut [u8]) -> io
     }
 }
 
-async fn write_some(writer: &mut Option<WriteHalf<BoxPath>>, out: &Outbox) -> io::Result<usize> {
+async fn write_some(writer: &mut Option<WriteHalf<BoxPath>>, out: &OutQueue) -> io::Result<usize> {
     let Some(w) = writer.as_mut() else {
         return std::future::pending().await;
     };
     if out.is_empty() {
         return std::future::pending().await;
     }
-    // Every queued record in one call: TCP takes them with one system call.
-    let n = w.write(out.bytes()).await?;
+    // Every queued record in one call: TCP takes them with one (vectored) system call; a
+    // path without vectored writes takes the first batch of records.
+    let slices: Vec<io::IoSlice<'_>> = out
+        .chunks
+        .iter()
+        .take(MAX_IOSLICES)
+        .map(|o| io::IoSlice::new(o.bytes()))
+        .collect();
+    let n = w.write_vectored(&slices).await?;
     if n == 0 {
         return Err(io::ErrorKind::WriteZero.into());
     }
