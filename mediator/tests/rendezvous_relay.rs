@@ -347,17 +347,23 @@ async fn flood_is_slowed_to_the_rate_without_drops_and_other_clients_are_unaffec
 
     // Every flood byte arrives, in order, through a stream that never failed.
     let mut flood_got = vec![0u8; FLOOD];
-    tokio::time::timeout(Duration::from_secs(30), sink_stream.read_exact(&mut flood_got))
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        sink_stream.read_exact(&mut flood_got),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let elapsed = t0.elapsed();
     assert!(flood_got == flood_data, "the flood arrives intact");
     let _fs = flood.await.unwrap();
     // The relay passed at most BURST + RATE × t wire bytes (≥ the payload) by time t: a
     // lower bound that only the limiter can enforce (a slow machine only adds time).
     let floor = Duration::from_secs_f64((FLOOD - BURST) as f64 / RATE as f64);
-    assert!(elapsed >= floor, "{elapsed:?} < {floor:?}: the rate was not enforced");
+    assert!(
+        elapsed >= floor,
+        "{elapsed:?} < {floor:?}: the rate was not enforced"
+    );
     assert_eq!(
         flooder
             .metrics()

@@ -426,7 +426,10 @@ impl RelayServer {
     #[must_use]
     pub fn read_pause(&self, conn: ConnId, now: Instant) -> Option<Duration> {
         let c = self.clients.get(&conn)?;
-        let wait = c.bucket.wait_for(crate::relay::MAX_FRAME_LEN + crate::relay::FRAME_HEADER_LEN, now);
+        let wait = c.bucket.wait_for(
+            crate::relay::MAX_FRAME_LEN + crate::relay::FRAME_HEADER_LEN,
+            now,
+        );
         (!wait.is_zero()).then_some(wait)
     }
 

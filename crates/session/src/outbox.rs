@@ -163,7 +163,11 @@ mod tests {
         assert_eq!(o.pop_record().unwrap(), b"aaa");
         o.consume(1);
         assert_eq!(o.records(), 2);
-        assert_eq!(o.pop_record(), None, "a partly written record is not popped");
+        assert_eq!(
+            o.pop_record(),
+            None,
+            "a partly written record is not popped"
+        );
         o.keep_started_record();
         assert_eq!(o.bytes(), b"b", "only the rest of the started record");
         o.consume(1);

@@ -271,8 +271,8 @@ fn session_message(
         sent == msg.len(),
         "session send window full: ACKs are not flowing"
     );
-    while let Some(rec) = a.poll_transmit() {
-        b.handle_record(0, &rec)
+    while let Some(rec) = a.poll_transmit_ref() {
+        b.handle_record(0, rec)
             .map_err(|e| anyhow::anyhow!("session open failed: {e}"))?;
     }
     let mut got = 0;
@@ -286,8 +286,8 @@ fn session_message(
         "session delivered {got} of {} bytes",
         msg.len()
     );
-    while let Some(ack) = b.poll_transmit() {
-        a.handle_record(0, &ack)
+    while let Some(ack) = b.poll_transmit_ref() {
+        a.handle_record(0, ack)
             .map_err(|e| anyhow::anyhow!("session ACK failed: {e}"))?;
     }
     while a.poll_event().is_some() {}
