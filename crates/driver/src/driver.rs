@@ -666,14 +666,7 @@ impl Driver {
                 // Writes and FINs the application issued before closing travel on another
                 // channel than this command: seal them first, so the peer never sees CLOSE
                 // before a FIN that was sent earlier (it would report the stream as cut).
-                while self.pending_write.is_none() {
-                    let Ok(op) = self.write_rx.try_recv() else {
-                        break;
-                    };
-                    if self.apply_write(op).is_err() {
-                        break;
-                    }
-                }
+                self.drain_queued_writes();
                 let now = self.now_ms();
                 let _ = self.session.close(now, code, &reason);
                 self.collect_records();
@@ -686,10 +679,26 @@ impl Driver {
                 });
             }
             Command::Stats(reply) => {
+                // Writes the streams already accepted count as sent: apply them first, so
+                // that `unacked_bytes == 0` never reports a write still in the channel as
+                // acknowledged (a `pipe` sender could exit 0 without the peer having it).
+                self.drain_queued_writes();
                 let _ = reply.send(self.session.stats());
             }
         }
         None
+    }
+
+    /// Applies the writes queued by streams, as far as the send window allows.
+    fn drain_queued_writes(&mut self) {
+        while self.pending_write.is_none() {
+            let Ok(op) = self.write_rx.try_recv() else {
+                break;
+            };
+            if self.apply_write(op).is_err() {
+                break;
+            }
+        }
     }
 
     fn new_stream(&mut self, id: u32) -> SessionStream {
