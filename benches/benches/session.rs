@@ -38,8 +38,8 @@ fn handshake() -> (Session, Session) {
 fn one_message(a: &mut Session, b: &mut Session, stream: u32, msg: &[u8]) -> usize {
     let n = a.send(0, stream, msg).unwrap();
     assert_eq!(n, msg.len(), "send buffer full: ACKs are not flowing");
-    while let Some(rec) = a.poll_transmit() {
-        b.handle_record(0, &rec).unwrap();
+    while let Some(rec) = a.poll_transmit_ref() {
+        b.handle_record(0, rec).unwrap();
     }
     let mut got = 0;
     while let Some(ev) = b.poll_event() {
@@ -47,8 +47,8 @@ fn one_message(a: &mut Session, b: &mut Session, stream: u32, msg: &[u8]) -> usi
             got += data.len();
         }
     }
-    while let Some(ack) = b.poll_transmit() {
-        a.handle_record(0, &ack).unwrap();
+    while let Some(ack) = b.poll_transmit_ref() {
+        a.handle_record(0, ack).unwrap();
     }
     while a.poll_event().is_some() {}
     got

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use mpc_did_session::{Event, RecordDecoder, Session, SessionError, SessionStats};
+use mpc_did_session::{Event, Outbox, RecordDecoder, Session, SessionError, SessionStats};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::time::Instant;
@@ -159,8 +159,7 @@ impl SessionHandle {
             writer: None,
             decoder: RecordDecoder::new(),
             hello: crate::path::encode_hello(&path_id),
-            out: VecDeque::new(),
-            out_off: 0,
+            out: OutQueue::default(),
             streams: HashMap::new(),
             stalled: None,
             accept_tx,
@@ -398,6 +397,85 @@ impl AsyncWrite for SessionStream {
     }
 }
 
+/// Bytes read from the path per call.
+const READ_CHUNK: usize = 256 << 10;
+/// Application writes taken per loop turn beyond the first, sealed before the next write.
+const WRITE_BATCH: usize = 16;
+
+/// Batches of records handed to one vectored write at most.
+const MAX_IOSLICES: usize = 64;
+
+/// Records waiting for the path: the session's outboxes as they were taken (moved, never
+/// copied), written front to back.
+#[derive(Default)]
+struct OutQueue {
+    chunks: VecDeque<Outbox>,
+    /// Emptied outboxes, reused so that their buffers are allocated once.
+    spare: Vec<Outbox>,
+}
+
+impl OutQueue {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Moves every record the session has sealed to the back of the queue.
+    fn take_from(&mut self, session: &mut Session) {
+        let mut o = self.spare.pop().unwrap_or_default();
+        session.transmit_into(&mut o);
+        if o.is_empty() {
+            self.spare.push(o);
+        } else {
+            self.chunks.push_back(o);
+        }
+    }
+
+    /// `n` bytes from the front were written.
+    fn consume(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            let len = front.len();
+            front.consume(n);
+            if n < len {
+                return;
+            }
+            n -= len;
+            self.recycle_front();
+        }
+    }
+
+    fn recycle_front(&mut self) {
+        if let Some(mut o) = self.chunks.pop_front() {
+            o.clear();
+            if self.spare.len() < 4 {
+                self.spare.push(o);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        while !self.chunks.is_empty() {
+            self.recycle_front();
+        }
+    }
+
+    /// Keeps only the rest of a record already partly written.
+    fn keep_started_record(&mut self) {
+        let Some(mut front) = self.chunks.pop_front() else {
+            return;
+        };
+        front.keep_started_record();
+        self.clear();
+        if front.is_empty() {
+            self.spare.push(front);
+        } else {
+            self.chunks.push_back(front);
+        }
+    }
+}
+
 struct Driver {
     session: Session,
     start: Instant,
@@ -406,9 +484,9 @@ struct Driver {
     decoder: RecordDecoder,
     /// Our session's path hello, looked for at record boundaries (spec §7.3).
     hello: [u8; crate::path::HELLO_LEN],
-    /// Records waiting for the path; `out_off` bytes of the front one are written.
-    out: VecDeque<Vec<u8>>,
-    out_off: usize,
+    /// Records waiting for the path, back to back: written with one call for as many as
+    /// the path takes (spec/session.md §5.1 lets records share a write).
+    out: OutQueue,
     streams: HashMap<u32, mpsc::Sender<Chunk>>,
     /// A chunk for a stream whose reader is behind; no more events are processed (and the
     /// path is not read) until it is delivered.
@@ -469,7 +547,8 @@ impl Driver {
     }
 
     async fn run_loop(&mut self) -> Stop {
-        let mut buf = vec![0u8; 64 * 1024];
+        // Large reads: a bulk transfer takes several records per system call.
+        let mut buf = vec![0u8; READ_CHUNK];
         loop {
             if let Some(stop) = self.pump_events() {
                 return stop;
@@ -505,13 +584,21 @@ impl Driver {
                         if let Some(stop) = self.feed_records() { return stop; }
                     }
                 },
-                w = write_some(&mut self.writer, &self.out, self.out_off), if can_write => match w {
-                    Ok(n) => self.advance_out(n),
+                w = write_some(&mut self.writer, &self.out), if can_write => match w {
+                    Ok(n) => self.out.consume(n),
                     Err(_) => self.lose_path("path write failed"),
                 },
                 op = self.write_rx.recv(), if can_take_writes => {
                     // `write_tx` lives in self, so the channel never closes here.
                     if let Some(op) = op {
+                        if let Err(e) = self.apply_write(op) { return Stop::Failed(e.to_string()); }
+                    }
+                    // Take what else is queued now, so that its records share a write.
+                    for _ in 0..WRITE_BATCH {
+                        if self.pending_write.is_some() || self.session.send_capacity() == 0 {
+                            break;
+                        }
+                        let Ok(op) = self.write_rx.try_recv() else { break };
                         if let Err(e) = self.apply_write(op) { return Stop::Failed(e.to_string()); }
                     }
                 },
@@ -565,7 +652,6 @@ impl Driver {
                 self.writer = Some(w);
                 self.decoder = RecordDecoder::new();
                 self.out.clear();
-                self.out_off = 0;
                 // A path counts once it carries an authenticated record (below, in
                 // `feed_records`): a relay stream to a vanished peer attaches fine, and
                 // re-attaching such paths must not keep a dead session alive (spec §7.4).
@@ -580,14 +666,7 @@ impl Driver {
                 // Writes and FINs the application issued before closing travel on another
                 // channel than this command: seal them first, so the peer never sees CLOSE
                 // before a FIN that was sent earlier (it would report the stream as cut).
-                while self.pending_write.is_none() {
-                    let Ok(op) = self.write_rx.try_recv() else {
-                        break;
-                    };
-                    if self.apply_write(op).is_err() {
-                        break;
-                    }
-                }
+                self.drain_queued_writes();
                 let now = self.now_ms();
                 let _ = self.session.close(now, code, &reason);
                 self.collect_records();
@@ -600,10 +679,26 @@ impl Driver {
                 });
             }
             Command::Stats(reply) => {
+                // Writes the streams already accepted count as sent: apply them first, so
+                // that `unacked_bytes == 0` never reports a write still in the channel as
+                // acknowledged (a `pipe` sender could exit 0 without the peer having it).
+                self.drain_queued_writes();
                 let _ = reply.send(self.session.stats());
             }
         }
         None
+    }
+
+    /// Applies the writes queued by streams, as far as the send window allows.
+    fn drain_queued_writes(&mut self) {
+        while self.pending_write.is_none() {
+            let Ok(op) = self.write_rx.try_recv() else {
+                break;
+            };
+            if self.apply_write(op).is_err() {
+                break;
+            }
+        }
     }
 
     fn new_stream(&mut self, id: u32) -> SessionStream {
@@ -624,7 +719,6 @@ impl Driver {
         self.reader = None;
         self.writer = None;
         self.out.clear();
-        self.out_off = 0;
         if self.no_path_since.is_none() {
             self.no_path_since = Some(Instant::now());
         }
@@ -633,25 +727,13 @@ impl Driver {
         let _ = self.state_tx.send(SessionState::NoPath);
     }
 
-    /// Handles one record; `Ok(false)` when the session ignored it (a stale record while
-    /// waiting for the peer's RESUME, spec §5.3), `Ok(true)` when it was accepted.
-    fn handle_record_counted(&mut self, record: &[u8]) -> Result<bool, SessionError> {
-        let ignored = self.session.stats().ignored_records;
-        self.session.handle_record(self.now_ms(), record)?;
-        Ok(self.session.stats().ignored_records == ignored)
-    }
-
     /// The peer wrote a new path hello on the current byte stream: resume as on a newly
     /// attached path, keeping the stream. A record we started writing is finished first
     /// (cutting it would desynchronise the peer's decoder); the rest of the queue is
     /// replaced by our RESUME.
     fn restart_on_same_stream(&mut self) -> Option<Stop> {
         tracing::debug!("the peer opened a new path on the current stream");
-        if self.out_off > 0 {
-            self.out.truncate(1);
-        } else {
-            self.out.clear();
-        }
+        self.out.keep_started_record();
         self.no_path_since.get_or_insert_with(Instant::now);
         if let Err(e) = self.session.resume(self.now_ms()) {
             return Some(Stop::Failed(e.to_string()));
@@ -676,8 +758,22 @@ impl Driver {
                 }
                 Some(false) => {}
             }
-            match self.decoder.next_record() {
-                Ok(Some(record)) => match self.handle_record_counted(&record) {
+            let now = self.now_ms();
+            let handled = match self.decoder.next_record_ref() {
+                // Borrowed from the decoder: no copy per record.
+                Ok(Some(record)) => {
+                    let ignored = self.session.stats().ignored_records;
+                    Ok(Some(
+                        self.session
+                            .handle_record(now, record)
+                            .map(|()| self.session.stats().ignored_records == ignored),
+                    ))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            match handled {
+                Ok(Some(accepted)) => match accepted {
                     // Ignored: a stale record of the peer's old path, no proof of this one.
                     Ok(false) => {}
                     Ok(true) => {
@@ -770,23 +866,12 @@ impl Driver {
     }
 
     fn collect_records(&mut self) {
-        while let Some(r) = self.session.poll_transmit() {
+        if self.writer.is_some() {
+            self.out.take_from(&mut self.session);
+        } else {
             // Without a path, records are dropped: `resume` resends what was not
             // acknowledged on the next path.
-            if self.writer.is_some() {
-                self.out.push_back(r);
-            }
-        }
-    }
-
-    fn advance_out(&mut self, n: usize) {
-        self.out_off += n;
-        while let Some(front) = self.out.front() {
-            if self.out_off < front.len() {
-                break;
-            }
-            self.out_off -= front.len();
-            self.out.pop_front();
+            self.session.transmit_into(&mut Outbox::new());
         }
     }
 
@@ -796,21 +881,18 @@ impl Driver {
         let Some(w) = self.writer.as_mut() else {
             return;
         };
-        let mut all = Vec::new();
-        for (i, r) in self.out.iter().enumerate() {
-            let skip = if i == 0 { self.out_off } else { 0 };
-            all.extend_from_slice(r.get(skip..).unwrap_or_default());
-        }
+        let out = &self.out;
         // Shutting the path down waits, on QUIC, until the peer acknowledged what was
         // written: the CLOSE must not be lost when the endpoint goes right after (§9).
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            w.write_all(&all).await?;
+            for o in &out.chunks {
+                w.write_all(o.bytes()).await?;
+            }
             w.flush().await?;
             w.shutdown().await
         })
         .await;
         self.out.clear();
-        self.out_off = 0;
     }
 }
 
@@ -821,15 +903,22 @@ async fn read_some(reader: &mut Option<ReadHalf<BoxPath>>, buf: &mut [u8]) -> io
     }
 }
 
-async fn write_some(
-    writer: &mut Option<WriteHalf<BoxPath>>,
-    out: &VecDeque<Vec<u8>>,
-    off: usize,
-) -> io::Result<usize> {
-    let (Some(w), Some(front)) = (writer.as_mut(), out.front()) else {
+async fn write_some(writer: &mut Option<WriteHalf<BoxPath>>, out: &OutQueue) -> io::Result<usize> {
+    let Some(w) = writer.as_mut() else {
         return std::future::pending().await;
     };
-    let n = w.write(front.get(off..).unwrap_or_default()).await?;
+    if out.is_empty() {
+        return std::future::pending().await;
+    }
+    // Every queued record in one call: TCP takes them with one (vectored) system call; a
+    // path without vectored writes takes the first batch of records.
+    let slices: Vec<io::IoSlice<'_>> = out
+        .chunks
+        .iter()
+        .take(MAX_IOSLICES)
+        .map(|o| io::IoSlice::new(o.bytes()))
+        .collect();
+    let n = w.write_vectored(&slices).await?;
     if n == 0 {
         return Err(io::ErrorKind::WriteZero.into());
     }

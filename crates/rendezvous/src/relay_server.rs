@@ -184,6 +184,23 @@ impl TokenBucket {
         }
     }
 
+    /// How long until the bucket holds `n` bytes (at most its burst); zero if it does now.
+    /// Nothing is taken.
+    pub fn wait_for(&self, n: usize, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_nanos();
+        let tokens = self
+            .tokens
+            .saturating_add(elapsed.saturating_mul(self.rate))
+            .min(self.capacity);
+        let need = (n as u128).saturating_mul(1_000_000_000).min(self.capacity);
+        if tokens >= need || self.rate == 0 {
+            return Duration::ZERO;
+        }
+        // Tokens are byte-nanoseconds; `rate` of them arrive per nanosecond.
+        let nanos = (need - tokens).div_ceil(self.rate);
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
     /// Takes `n` bytes if available.
     pub fn try_take(&mut self, n: usize, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_nanos();
@@ -399,6 +416,21 @@ impl RelayServer {
             }
             _ => Self::refusal_frame(),
         }
+    }
+
+    /// How long the shell should wait before reading the next frame of `conn` (spec
+    /// rendezvous.md §4.5, "Rate limit by backpressure"): until the client's byte-rate
+    /// bucket holds a frame of the largest size, so that the frame read next is never
+    /// dropped for the rate. Meanwhile the client's socket fills and TCP slows its
+    /// sender down. `None`: read now (or no such connection).
+    #[must_use]
+    pub fn read_pause(&self, conn: ConnId, now: Instant) -> Option<Duration> {
+        let c = self.clients.get(&conn)?;
+        let wait = c.bucket.wait_for(
+            crate::relay::MAX_FRAME_LEN + crate::relay::FRAME_HEADER_LEN,
+            now,
+        );
+        (!wait.is_zero()).then_some(wait)
     }
 
     /// Registers a new connection whose source is unknown (not counted against

@@ -499,6 +499,15 @@ impl RecordDecoder {
     /// [`SessionError::Malformed`] if the ciphertext length is below the minimum (17); the
     /// path is then unusable (the stream cannot be resynchronised) and must be dropped.
     pub fn next_record(&mut self) -> Result<Option<Vec<u8>>> {
+        Ok(self.next_record_ref()?.map(<[u8]>::to_vec))
+    }
+
+    /// As [`RecordDecoder::next_record`], borrowing the record from the decoder's buffer
+    /// instead of allocating it (valid until the decoder is used again).
+    ///
+    /// # Errors
+    /// As [`RecordDecoder::next_record`].
+    pub fn next_record_ref(&mut self) -> Result<Option<&[u8]>> {
         let avail = self.buf.get(self.pos..).unwrap_or_default();
         // The E bit (spec §5.1) decides whether 8 counter bytes sit between length and
         // ciphertext.
@@ -506,15 +515,12 @@ impl RecordDecoder {
             return Ok(None);
         };
         let total = header.encoded_len() + header.ciphertext_len;
-        let Some(record) = avail.get(..total) else {
+        if avail.len() < total {
             return Ok(None);
-        };
-        let record = record.to_vec();
-        self.pos += total;
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
         }
-        Ok(Some(record))
+        let start = self.pos;
+        self.pos += total;
+        // The consumed bytes stay until the next `push` compacts the buffer.
+        Ok(self.buf.get(start..self.pos))
     }
 }

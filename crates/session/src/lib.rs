@@ -17,7 +17,8 @@
 //!        │                │                                   │
 //!    Proposer ───────── Acceptor ──▶ Session ◀── handle_record(now, record)
 //!                                      │  send(now, stream, bytes) / finish / close
-//!                                      │  poll_transmit() -> record   (write to the path)
+//!                                      │  poll_transmit() -> record   (write to the path;
+//!                                      │    transmit_into(&mut Outbox): all, to write at once)
 //!                                      │  poll_event()    -> Data | StreamFinished | ...
 //!                                      │  poll_timeout() / handle_timeout(now)
 //!                                      └─ resume(now) after a path switch
@@ -53,6 +54,7 @@ mod error;
 pub mod frame;
 mod handshake;
 pub mod messages;
+mod outbox;
 mod resolver;
 mod session;
 mod session_id;
@@ -67,5 +69,6 @@ pub use handshake::{
 pub use messages::{
     AcceptBody, Acceptor, CandidatesBody, CloseBody, HandshakeBody, ProposeBody, Proposer,
 };
+pub use outbox::Outbox;
 pub use session::{Event, Session, SessionConfig, SessionStats, MAX_STREAMS_LIMIT};
 pub use session_id::SessionId;

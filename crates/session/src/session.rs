@@ -10,6 +10,7 @@ use crate::frame::{
     MAX_REASON_LEN, STREAM_STATE_LEN,
 };
 use crate::handshake::{Role, Split};
+use crate::outbox::Outbox;
 
 /// Most streams each side may open (`max_streams` is clamped to it): the streams both sides
 /// opened fit in one RESUME frame (spec §6.1, §7).
@@ -186,7 +187,7 @@ pub struct Session {
     peer_streams: usize,
     unacked_total: usize,
     blocked: bool,
-    outbox: VecDeque<Vec<u8>>,
+    outbox: Outbox,
     events: VecDeque<Event>,
     scratch: Vec<u8>,
     open_buf: Vec<u8>,
@@ -244,7 +245,7 @@ impl Session {
             peer_streams: 0,
             unacked_total: 0,
             blocked: false,
-            outbox: VecDeque::new(),
+            outbox: Outbox::new(),
             events: VecDeque::new(),
             scratch: Vec::with_capacity(MAX_FRAME_LEN),
             open_buf: Vec::with_capacity(MAX_FRAME_LEN),
@@ -515,7 +516,19 @@ impl Session {
 
     /// The next record to write to the current path, in order.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
-        self.outbox.pop_front()
+        self.outbox.pop_record().map(<[u8]>::to_vec)
+    }
+
+    /// As [`Session::poll_transmit`], borrowing the record instead of allocating it (valid
+    /// until the session is used again).
+    pub fn poll_transmit_ref(&mut self) -> Option<&[u8]> {
+        self.outbox.pop_record()
+    }
+
+    /// Moves every queued record, in order, to the end of `out` (without copying when `out`
+    /// is empty): a driver writes them with as few system calls as the path allows.
+    pub fn transmit_into(&mut self, out: &mut Outbox) {
+        self.outbox.move_into(out);
     }
 
     /// The next event for the application.
@@ -707,19 +720,22 @@ impl Session {
         };
         let (hdr, hdr_len) = header.to_bytes()?;
         let ad = hdr.get(..hdr_len).unwrap_or_default();
-        let mut record = Vec::with_capacity(hdr_len + header.ciphertext_len);
+        // Sealed straight into the outbox: no allocation per record.
+        let record = self.outbox.begin_record();
         record.extend_from_slice(ad);
-        self.send_cipher
-            .seal(counter, ad, &self.scratch, &mut record)?;
+        if let Err(e) = self.send_cipher.seal(counter, ad, &self.scratch, record) {
+            self.outbox.abandon_record();
+            return Err(e);
+        }
+        self.outbox.end_record();
         if explicit {
             self.stats.explicit_counters_sent += 1;
         }
         self.prev_sent_counter = Some(counter);
         self.next_counter = counter + 1;
-        self.epoch_bytes += record.len() as u64;
+        self.epoch_bytes += (hdr_len + header.ciphertext_len) as u64;
         self.last_send_ms = now_ms;
         self.stats.records_sent += 1;
-        self.outbox.push_back(record);
         Ok(())
     }
 

@@ -756,11 +756,12 @@ async fn serve_conn(
         loop {
             match rd.next().await {
                 Read::Frame(frame, len) => {
-                    let handled = {
+                    let (handled, pause) = {
                         let mut hub = inner.lock();
-                        let r = hub.server.handle(id, frame, len, Instant::now());
+                        let now = Instant::now();
+                        let r = hub.server.handle(id, frame, len, now);
                         hub.pump();
-                        r
+                        (r, hub.server.read_pause(id, now))
                     };
                     match handled {
                         Ok(Handled::VerifyAuth(auth)) => {
@@ -779,6 +780,14 @@ async fn serve_conn(
                     // draining a full socket buffer must not fill a peer's
                     // queue faster than its writer can empty it (on a busy or
                     // single-threaded runtime that would turn into drops).
+                    // The byte-rate limit is enforced by reading this client no faster
+                    // than its rate: TCP then slows the sender down, and nothing is
+                    // dropped for the rate (spec/rendezvous.md §4.5).
+                    if let Some(pause) = pause {
+                        since_yield = 0;
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
                     since_yield += 1;
                     if since_yield >= 8 {
                         since_yield = 0;

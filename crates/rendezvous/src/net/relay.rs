@@ -221,10 +221,12 @@ impl Shared {
     }
 }
 
-/// Default send pacing: below the relay's default per-client limit (8 MiB/s,
-/// burst 1 MiB; spec §4.5) so that a well-behaved sender is never dropped.
-pub const DEFAULT_SEND_RATE: u64 = 6 << 20;
-/// Default pacing burst.
+/// Default send pacing: none (0). The relay enforces its per-client byte rate by reading
+/// a client no faster than the rate, so TCP's own flow control slows the sender and nothing
+/// is dropped for the rate (spec/rendezvous.md §4.5); a fixed client pace below the relay's
+/// limit only throttled MB-sized MPyC messages under what the path carries.
+pub const DEFAULT_SEND_RATE: u64 = 0;
+/// Default pacing burst (unused while [`DEFAULT_SEND_RATE`] is 0).
 pub const DEFAULT_SEND_BURST: u64 = 512 << 10;
 
 /// An authenticated relay connection. Dropping it closes the connection
@@ -517,9 +519,9 @@ impl RelayConnection {
     }
 
     /// Paces what this connection sends to `rate` bytes per second with
-    /// bursts of `burst` bytes (`rate` 0: unpaced). Keep it below the relay's
-    /// per-client limit: the relay drops (and reports) what exceeds it
-    /// rather than buffering (spec §4.5).
+    /// bursts of `burst` bytes (`rate` 0: unpaced, the default). Not needed for
+    /// the relay's rate limit, which this project's relay enforces by reading
+    /// slower (spec §4.5); useful to share a slow uplink or to emulate a link.
     pub fn set_send_rate(&self, rate: u64, burst: u64) {
         self.shared.rate.store(rate, Ordering::Relaxed);
         self.shared.burst.store(burst, Ordering::Relaxed);
