@@ -6,7 +6,8 @@
 # Builds the release binaries of this separate workspace (not part of the main CI) and runs
 # the comparison; the markdown tables go to stdout, progress to stderr. Needs root (network
 # namespaces), redis-server (Debian package redis-server), wireguard-go and wg (Debian
-# packages wireguard-go and wireguard-tools) and /dev/net/tun. PEERS_REPS sets the number of
+# packages wireguard-go and wireguard-tools), /dev/net/tun, and libdbus-1-dev + pkg-config
+# to build Affinidi's SDK. PEERS_REPS sets the number of
 # alternating repetitions (default 5). Child processes and namespaces are removed on exit.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -18,6 +19,8 @@ command -v wireguard-go >/dev/null || missing+=("wireguard-go (apt-get install w
 command -v wg >/dev/null || missing+=("wg (apt-get install wireguard-tools)")
 command -v ip >/dev/null || missing+=("ip (apt-get install iproute2)")
 command -v iptables >/dev/null || missing+=("iptables (apt-get install iptables)")
+# Affinidi's SDK (affinidi-tdk-common) links libdbus through its keyring dependency.
+pkg-config --exists dbus-1 2>/dev/null || missing+=("libdbus-1-dev and pkg-config (apt-get install libdbus-1-dev pkg-config; needed to build Affinidi's SDK)")
 [ -e /dev/net/tun ] || missing+=("/dev/net/tun (a TUN device for wireguard-go)")
 [ "$(id -u)" = 0 ] || missing+=("root (network namespaces)")
 if [ ${#missing[@]} -gt 0 ]; then

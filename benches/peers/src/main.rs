@@ -52,6 +52,10 @@ fn main() -> ExitCode {
             }
         };
     }
+    // rustls is built with both ring (ours, iroh) and aws-lc-rs (Affinidi's crates) here, so
+    // it has no default provider until one is installed; Affinidi's own helper picks one
+    // (and the JWT provider its SDK needs).
+    affinidi_messaging_test_mediator::install_default_crypto_provider();
     let reps = stats::reps();
     println!(
         "# Side by side with the peers ({}; {reps} alternating repetitions; machine: {} cores)\n",
