@@ -310,7 +310,9 @@ pub async fn run(reps: usize, quick: bool) -> anyhow::Result<()> {
             r99[mi].push(p99);
         }
     }
-    let metrics = h.metrics()?;
+    let metrics = h
+        .metrics()
+        .ok_or_else(|| anyhow!("our relay: no metrics"))?;
     if metrics.dropped_queue_full + metrics.dropped_rate_limited != 0 {
         return Err(anyhow!("our relay dropped frames: the run is not lossless"));
     }
