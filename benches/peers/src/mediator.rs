@@ -36,7 +36,6 @@ use affinidi_tdk::common::config::TDKConfig;
 use affinidi_tdk::common::TDKSharedState;
 use affinidi_tdk::dids::{KeyType, PeerKeyRole, DID};
 use anyhow::{anyhow, Context as _};
-use futures_util::StreamExt as _;
 use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_didcomm::message::message;
 use mpc_did_didcomm::{pack_encrypted, wrap_in_forward, PackOptions};

@@ -252,9 +252,12 @@ pub async fn run(reps: usize, quick: bool) -> anyhow::Result<()> {
     let iroh = iroh_relay::server::Server::spawn(iroh_cfg)
         .await
         .context("iroh relay server")?;
-    let iroh_url = iroh
-        .http_url()
-        .ok_or_else(|| anyhow!("iroh relay: no HTTP URL"))?;
+    let iroh_addr = iroh
+        .http_addr()
+        .ok_or_else(|| anyhow!("iroh relay: no HTTP address"))?;
+    let iroh_url: RelayUrl = format!("http://{iroh_addr}")
+        .parse()
+        .context("iroh relay URL")?;
 
     // tp[chunk][mode] and rtt50/rtt99[mode], one entry per repetition.
     let mut tp = vec![vec![Vec::new(); MODES.len()]; chunks.len()];
