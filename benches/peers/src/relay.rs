@@ -112,8 +112,11 @@ async fn iroh_next(c: &mut Client) -> anyhow::Result<usize> {
             .await
             .map_err(|_| anyhow!("iroh relay: nothing received within 20 s (datagram lost?)"))?
             .ok_or_else(|| anyhow!("iroh relay: connection closed"))??;
-        if let RelayToClientMsg::Datagrams { datagrams, .. } = m {
-            return Ok(datagrams.contents.len());
+        match m {
+            RelayToClientMsg::Datagrams { datagrams, .. } => return Ok(datagrams.contents.len()),
+            // The relay's keep-alive: answered as its client must.
+            RelayToClientMsg::Ping(p) => c.send(ClientToRelayMsg::Pong(p)).await?,
+            other => eprintln!("iroh relay: {other:?}"),
         }
     }
 }
