@@ -48,6 +48,11 @@ impl Mpc {
     }
 
     fn new() -> Self {
+        Self::with_args(&["--people", "3", "4"])
+    }
+
+    /// An MPC session whose program gets `args`.
+    fn with_args(args: &[&str]) -> Self {
         let med = MediatorProc::temporary();
         let homes = registered_wallets(&med, &["p0", "p1", "p2"]);
         let dir = tempfile::tempdir().unwrap();
@@ -58,7 +63,7 @@ impl Mpc {
         )
         .unwrap();
         let paths: Vec<&Path> = homes.iter().map(tempfile::TempDir::path).collect();
-        let sid = form_lobby(&paths, &prog, &["--people", "3", "4"]).sid;
+        let sid = form_lobby(&paths, &prog, args).sid;
         Self {
             _med: med,
             homes,
@@ -360,6 +365,50 @@ fn ctrl_c_before_mpyc_starts_stops_everyone_then_a_rerun_succeeds() {
         !err.contains("starting secretsanta.py"),
         "MPyC started: {err}"
     );
+    mpc.none_left();
+    mpc.rerun_succeeds(&python);
+    mpc.none_left();
+}
+
+/// Ctrl-C of a party *during* the computation (every party has started MPyC): the
+/// interrupted party exits 130 and tells the others (signed `abort`, spec/lobby.md §8), they
+/// stop their programs and exit 3 naming it, no MPyC process is left, and a plain re-run of
+/// the same MPC session by all three succeeds.
+#[test]
+fn ctrl_c_during_the_computation_stops_everyone_then_a_rerun_succeeds() {
+    let Some(python) = python() else { return };
+    let people: Vec<String> = (3..=24).map(|n| n.to_string()).collect();
+    let mut args = vec!["--people"];
+    args.extend(people.iter().map(String::as_str));
+    let mpc = Mpc::with_args(&args);
+    let parties: Vec<Party> = (0..3)
+        .map(|i| mpc.run(i, &python, &mpc.program()))
+        .collect();
+    for p in &parties {
+        p.err
+            .wait_for("starting secretsanta.py", Duration::from_secs(60));
+    }
+    let mut parties = parties.into_iter();
+    let (zero, one, two) = (
+        parties.next().unwrap(),
+        parties.next().unwrap(),
+        parties.next().unwrap(),
+    );
+    Command::new("kill")
+        .args(["-INT", &two.child.id().to_string()])
+        .status()
+        .unwrap();
+    let (out, err) = two.finish(FAIL_BOUND);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    let (id2, did2) = (mpc.party(2), mpc.did(2));
+    for (i, p) in [zero, one].into_iter().enumerate() {
+        let (out, err) = p.finish(FAIL_BOUND);
+        assert_eq!(out.status.code(), Some(3), "party {i}: {err}");
+        assert!(
+            err.contains(&format!("party {id2} ({did2})")),
+            "party {i} names party {id2}: {err}"
+        );
+    }
     mpc.none_left();
     mpc.rerun_succeeds(&python);
     mpc.none_left();
