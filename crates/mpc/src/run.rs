@@ -370,6 +370,24 @@ impl RunCtx {
         }
     }
 
+    /// The error a peer's `abort` (as the control task recorded it) stops this run with.
+    fn aborted(&self, state: &Control) -> Option<MpcError> {
+        state
+            .aborted
+            .as_ref()
+            .map(|(party, code, reason)| MpcError::PeerAborted {
+                party: *party,
+                did: self
+                    .roster
+                    .party(*party)
+                    .map(|p| p.did.clone())
+                    .unwrap_or_default(),
+                code: code.clone(),
+                reason: reason.clone(),
+                next: next_step(*party, code),
+            })
+    }
+
     /// Send a signed `abort` to `to`, bounded by [`ABORT_SEND_LIMIT`].
     async fn send_abort(&self, to: PartyId, abort: &Abort) -> bool {
         let (Some(did), Ok(body)) = (
@@ -630,21 +648,6 @@ where
         return didcomm::run_attempt(ctx, id, spec, st, data, peers, i, progress).await;
     }
 
-    let aborted = |state: &Control| -> Option<MpcError> {
-        state
-            .aborted
-            .as_ref()
-            .map(|(party, code, reason)| MpcError::PeerAborted {
-                party: *party,
-                did: roster
-                    .party(*party)
-                    .map(|p| p.did.clone())
-                    .unwrap_or_default(),
-                code: code.clone(),
-                reason: reason.clone(),
-                next: next_step(*party, code),
-            })
-    };
     // Each peer: wait until it is up in this attempt, then negotiate the session bound to
     // both attempts.
     let mut tasks = tokio::task::JoinSet::new();
@@ -703,7 +706,7 @@ where
             }
             () = &mut interrupt => return Err(MpcError::Interrupted),
             _ = abort_watch.changed() => {
-                if let Some(e) = aborted(&abort_watch.borrow()) {
+                if let Some(e) = ctx.aborted(&abort_watch.borrow()) {
                     return Err(e);
                 }
             }
@@ -763,7 +766,7 @@ where
     };
     let outcome = run_over_sessions(me, map, argv, spec.output, stop).await;
     let interrupted = interrupted.load(std::sync::atomic::Ordering::SeqCst);
-    let aborted_by = aborted(&state.borrow());
+    let aborted_by = ctx.aborted(&state.borrow());
     let outcome = match outcome {
         Ok(o) => o,
         // Stopped for our Ctrl-C or a peer's abort: that is the error to report (the

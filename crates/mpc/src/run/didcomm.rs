@@ -7,8 +7,8 @@
 //! for a session proposal that never comes and fails at `--connect-timeout`.
 
 use super::{
-    next_step, run_program, Arc, Control, Did, Future, Identity, Inbound, MpcError, OsString,
-    Output, PartyId, PartyRun, Program, Progress, Proxy, ProxyConfig, RunCtx, RunSpec, GRACE,
+    run_program, Arc, Control, Did, Future, Identity, Inbound, MpcError, OsString, Output, PartyId,
+    PartyRun, Program, Progress, Proxy, ProxyConfig, RunCtx, RunSpec, GRACE,
 };
 use crate::didcomm_transport::{DidcommTransport, DATA_PREFIX};
 use std::time::Instant;
@@ -31,23 +31,6 @@ pub(super) fn subscribe(
     spec: &RunSpec,
 ) -> Option<tokio::sync::mpsc::Receiver<Inbound>> {
     (spec.transport == RunTransport::Didcomm).then(|| ctx.agent.subscribe(DATA_PREFIX))
-}
-
-fn aborted(ctx: &RunCtx, state: &Control) -> Option<MpcError> {
-    state
-        .aborted
-        .as_ref()
-        .map(|(party, code, reason)| MpcError::PeerAborted {
-            party: *party,
-            did: ctx
-                .roster
-                .party(*party)
-                .map(|p| p.did.clone())
-                .unwrap_or_default(),
-            code: code.clone(),
-            reason: reason.clone(),
-            next: next_step(*party, code),
-        })
 }
 
 /// The rest of an attempt over per-message DIDComm: wait until every peer is up in this
@@ -92,7 +75,7 @@ where
         });
     }
     let st = state.borrow().clone();
-    if let Some(e) = aborted(ctx, &st) {
+    if let Some(e) = ctx.aborted(&st) {
         return Err(e);
     }
     let links = peers
@@ -152,7 +135,7 @@ where
     )
     .await;
     let interrupted = interrupted.load(std::sync::atomic::Ordering::SeqCst);
-    let aborted_by = aborted(ctx, &state.borrow());
+    let aborted_by = ctx.aborted(&state.borrow());
     let outcome = match outcome {
         Ok(o) => o,
         Err(_) if interrupted => return Err(MpcError::Interrupted),
