@@ -218,6 +218,61 @@ fn ctrl_c_removes_namespaces_tunnels_and_processes() {
     assert!(gone, "processes left: {:?}", processes_of(pid));
 }
 
+/// spec/e3.md §4.4 "Resuming": a second run into the same `--out` never truncates what is
+/// there; `--resume` skips the runs already there, appends new ones, and reports on all.
+#[test]
+fn resume_keeps_earlier_rows_and_appends_new_ones() {
+    if can_run("matrix --resume").is_none() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let matrix = |mode: &str, resume: bool| {
+        let mut c = Command::new(BIN);
+        c.args([
+            "matrix",
+            "--quick",
+            "--program",
+            "secretsanta",
+            "--parties",
+            "3",
+        ])
+        .args(["--scenario", "one-region", "--mode", mode, "--out"])
+        .arg(out.path())
+        .env("MPC_DID_PYTHON", python());
+        if resume {
+            c.arg("--resume");
+        }
+        c.output().unwrap()
+    };
+    let csv = || std::fs::read_to_string(out.path().join("results.csv")).unwrap();
+    let first = matrix("plain", false);
+    assert!(first.status.success(), "{first:?}");
+    let one = csv();
+    assert_eq!(one.lines().count(), 2, "{one}");
+    // Without --resume: refused with a sentence saying what to do, nothing changed.
+    let again = matrix("plain", false);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(err.contains("--resume"), "{err}");
+    assert_eq!(csv(), one);
+    // With --resume, a done run is not done again.
+    let same = matrix("plain", true);
+    let said = String::from_utf8_lossy(&same.stdout);
+    assert!(same.status.success(), "{same:?}");
+    assert!(said.contains("0 left"), "{said}");
+    assert_eq!(csv(), one);
+    // Another mode into the same directory: appended; the report covers both.
+    let more = matrix("ssl", true);
+    assert!(more.status.success(), "{more:?}");
+    let two = csv();
+    assert!(two.starts_with(&one), "{two}");
+    assert_eq!(two.lines().count(), 3, "{two}");
+    let md = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    for mode in ["| plain |", "| ssl |"] {
+        assert!(md.contains(mode), "report lacks {mode}: {md}");
+    }
+}
+
 /// `mpc-did-mediator` processes the matrix `pid` started (its children).
 fn mediators_of(pid: u32) -> Vec<u32> {
     let mut found = Vec::new();

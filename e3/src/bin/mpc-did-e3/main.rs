@@ -41,7 +41,8 @@ enum Command {
 Examples:
   sudo cargo run --release -p mpc-did-e3 -- matrix --quick --out /tmp/e3-quick
   sudo cargo run --release -p mpc-did-e3 -- matrix --full --out eval-full --reps 3
-  sudo target/release/mpc-did-e3 matrix --full --parties 3 --scenario two-near --out part1
+  sudo target/release/mpc-did-e3 matrix --full --parties 3 --scenario two-near --out eval-full
+  sudo target/release/mpc-did-e3 matrix --full --scenario one-region --out eval-full --resume
 
 Modes: plain, ssl, wireguard, session-direct, didcomm-direct (public hosts), and, with the
 real mediator in the public namespace, session-punched (EIM NATs), session-relay
@@ -85,9 +86,15 @@ struct MatrixArgs {
     /// size with 10 parties is CPU-bound for many minutes on a small machine.
     #[arg(long, default_value_t = 1800)]
     run_timeout: u64,
-    /// Output directory (created).
+    /// Output directory (created). A `results.csv` already there is never overwritten.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
+    /// Continue the run whose `results.csv` is in `--out`: runs already there with status
+    /// ok are skipped, failed ones are done again, new rows are appended, and the report
+    /// covers every row. Also how a `--full` run split by `--scenario`/`--parties`/… is put
+    /// together in one directory.
+    #[arg(long)]
+    resume: bool,
 }
 
 fn main() -> ExitCode {
@@ -114,11 +121,15 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            match matrix::run(&plan, &a.out) {
+            match matrix::run(&plan, &a.out, a.resume) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(matrix::MatrixError::Interrupted) => {
                     eprintln!("mpc-did-e3: interrupted; namespaces, tunnels and processes removed");
                     ExitCode::from(130)
+                }
+                Err(e @ matrix::MatrixError::Exists(_)) => {
+                    eprintln!("mpc-did-e3: error: {e}");
+                    ExitCode::from(2)
                 }
                 Err(e) => {
                     eprintln!("mpc-did-e3: error: {e}");

@@ -26,6 +26,9 @@ pub(crate) enum MatrixError {
     Io(#[from] std::io::Error),
     #[error("interrupted")]
     Interrupted,
+    /// `--out` already holds results and `--resume` was not given.
+    #[error("{0}")]
+    Exists(String),
 }
 
 /// A region layout: one-way access delay per host, assigned round-robin over its regions.
@@ -222,6 +225,234 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+/// A run's identity in `results.csv`: what `--resume` skips when it is there with status ok.
+pub(crate) type RunKey = (
+    &'static str,
+    &'static str,
+    usize,
+    &'static str,
+    &'static str,
+    u32,
+);
+
+impl RunSpec {
+    pub(crate) fn key(&self) -> RunKey {
+        (
+            self.workload.program.name(),
+            self.workload.size.name(),
+            self.parties,
+            self.scenario.name,
+            self.mode.name(),
+            self.rep,
+        )
+    }
+}
+
+/// Splits one CSV line as [`Row::csv`] writes it: fields with a comma or a quote are quoted,
+/// quotes doubled.
+fn split_csv(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut cur = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (false, ',') => fields.push(std::mem::take(&mut cur)),
+            (false, '"') if cur.is_empty() => quoted = true,
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cur.push('"');
+            }
+            (true, '"') => {
+                quoted = false;
+                if !matches!(chars.peek(), None | Some(',')) {
+                    return Err("text after a closing quote".into());
+                }
+            }
+            (_, c) => cur.push(c),
+        }
+    }
+    if quoted {
+        return Err("a quoted field does not end".into());
+    }
+    fields.push(cur);
+    Ok(fields)
+}
+
+impl Row {
+    /// Reads back a line of `results.csv` (the columns of [`CSV_HEADER`]).
+    pub(crate) fn parse(line: &str) -> Result<Row, String> {
+        let f = split_csv(line)?;
+        let n = CSV_HEADER.split(',').count();
+        if f.len() != n {
+            return Err(format!("{} fields, expected {n}", f.len()));
+        }
+        let pick = |what: &str, v: &str, names: &[&'static str]| {
+            names
+                .iter()
+                .position(|x| *x == v)
+                .ok_or_else(|| format!("unknown {what} `{v}`"))
+        };
+        let program = Program::ALL[pick("workload", &f[0], &Program::ALL.map(|p| p.name()))?];
+        let size = Size::ALL[pick("size", &f[1], &Size::ALL.map(|s| s.name()))?];
+        let parties: usize = f[2]
+            .parse()
+            .map_err(|_| format!("parties `{}` is not a number", f[2]))?;
+        let scenario = SCENARIOS[pick("scenario", &f[3], &SCENARIOS.map(|s| s.name))?];
+        let mode = Mode::ALL[pick("mode", &f[6], &Mode::ALL.map(|m| m.name()))?];
+        let rep: u32 = f[7]
+            .parse()
+            .map_err(|_| format!("repetition `{}` is not a number", f[7]))?;
+        let secs = |i: usize| -> Result<Option<Duration>, String> {
+            if f[i].is_empty() {
+                return Ok(None);
+            }
+            f[i].parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .map(|v| Some(Duration::from_secs_f64(v)))
+                .ok_or_else(|| format!("`{}` is not a time in seconds", f[i]))
+        };
+        let count = |i: usize| -> Result<Option<u64>, String> {
+            if f[i].is_empty() {
+                return Ok(None);
+            }
+            f[i].parse()
+                .map(Some)
+                .map_err(|_| format!("`{}` is not a byte count", f[i]))
+        };
+        let error = match f[8].as_str() {
+            "ok" => None,
+            "failed" if f[15].is_empty() => Some("failed".to_owned()),
+            "failed" => Some(f[15].clone()),
+            other => return Err(format!("status `{other}` is neither ok nor failed")),
+        };
+        Ok(Row {
+            spec: RunSpec {
+                workload: Workload::new(program, size),
+                parties,
+                scenario,
+                mode,
+                rep,
+            },
+            outcome: Outcome {
+                wall: secs(9)?,
+                mpyc: secs(10)?,
+                wire_bytes: count(11)?,
+                mpyc_bytes: count(12)?,
+                setup: secs(13)?,
+                paths: f[14].split_whitespace().map(str::to_owned).collect(),
+                error,
+            },
+        })
+    }
+}
+
+/// The rows already in `results.csv`. A last line without its newline is what a crash in
+/// the middle of a write leaves: it is dropped with a warning (that run is done again); any
+/// other unreadable line is an error naming it.
+fn read_rows(path: &Path) -> Result<Vec<Row>, MatrixError> {
+    let text = std::fs::read_to_string(path)?;
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    let complete_end = text.ends_with('\n');
+    if let Some(last) = lines.pop() {
+        if !complete_end && !last.is_empty() {
+            eprintln!(
+                "mpc-did-e3: {}: dropping an unfinished last line (a run interrupted while                  its row was written); that run is done again",
+                path.display()
+            );
+        }
+    }
+    let mut rows = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if i == 0 {
+            if *line != CSV_HEADER {
+                return Err(MatrixError::Exists(format!(
+                    "{}: the first line is not the header this version writes; pick another \
+                     --out (resuming needs the same columns)",
+                    path.display()
+                )));
+            }
+            continue;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        let row = Row::parse(line).map_err(|e| {
+            MatrixError::Exists(format!(
+                "{} line {}: {e}; fix or remove that line, then --resume again",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// For each run key, the last row (a failed run that `--resume` did again appears twice in
+/// `results.csv`; the report counts the newer attempt).
+fn latest_rows(rows: Vec<Row>) -> (Vec<Row>, usize) {
+    let mut at: BTreeMap<RunKey, usize> = BTreeMap::new();
+    let mut out: Vec<Option<Row>> = Vec::new();
+    let mut replaced = 0;
+    for r in rows {
+        if let Some(&i) = at.get(&r.spec.key()) {
+            out[i] = None;
+            replaced += 1;
+        }
+        at.insert(r.spec.key(), out.len());
+        out.push(Some(r));
+    }
+    (out.into_iter().flatten().collect(), replaced)
+}
+
+/// Time left: each remaining run is estimated from finished runs of the same workload, size
+/// and scenario (the same party count if there is one, else scaled by the party count), else
+/// from the mean of all finished runs. Run times differ by 100× across the matrix, so one
+/// overall mean would be far off.
+fn estimate_left(finished: &[Row], left: &[RunSpec]) -> Option<Duration> {
+    type Cell = (&'static str, &'static str, &'static str);
+    let mut same: BTreeMap<(Cell, usize), (f64, u32)> = BTreeMap::new();
+    let mut cell: BTreeMap<Cell, (f64, u32)> = BTreeMap::new();
+    let (mut all, mut n_all) = (0.0, 0u32);
+    for r in finished {
+        let Some(w) = r.outcome.wall else { continue };
+        let s = &r.spec;
+        let c = (
+            s.workload.program.name(),
+            s.workload.size.name(),
+            s.scenario.name,
+        );
+        let w = w.as_secs_f64();
+        let e = same.entry((c, s.parties)).or_default();
+        *e = (e.0 + w, e.1 + 1);
+        let e = cell.entry(c).or_default();
+        *e = (e.0 + w / s.parties as f64, e.1 + 1);
+        all += w;
+        n_all += 1;
+    }
+    if n_all == 0 {
+        return None;
+    }
+    let mut total = 0.0;
+    for s in left {
+        let c = (
+            s.workload.program.name(),
+            s.workload.size.name(),
+            s.scenario.name,
+        );
+        total += if let Some((w, n)) = same.get(&(c, s.parties)) {
+            w / f64::from(*n)
+        } else if let Some((w, n)) = cell.get(&c) {
+            w / f64::from(*n) * s.parties as f64
+        } else {
+            all / f64::from(n_all)
+        };
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
 /// Set by SIGINT/SIGTERM; every wait polls it.
 pub(crate) fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
@@ -343,27 +574,81 @@ fn build_net(n: usize, s: &Scenario, nat: Option<NatKind>) -> Result<Net, Matrix
     })
 }
 
-pub(crate) fn run(plan: &Plan, out: &Path) -> Result<(), MatrixError> {
+pub(crate) fn run(plan: &Plan, out: &Path, resume: bool) -> Result<(), MatrixError> {
     let python = python();
     check_tools(&python, plan)?;
-    watch_signals()?;
     std::fs::create_dir_all(out)?;
     let csv_path = out.join("results.csv");
-    let mut csv = std::fs::File::create(&csv_path)?;
-    writeln!(csv, "{CSV_HEADER}")?;
-    let total = plan.runs.len();
-    println!(
-        "mpc-did-e3 matrix --{}: {total} runs → {}",
-        plan.kind,
-        out.display()
-    );
+    // A --full run takes a day: never truncate what an earlier run measured.
+    let earlier = match std::fs::metadata(&csv_path) {
+        Ok(m) if m.len() > 0 => {
+            if !resume {
+                return Err(MatrixError::Exists(format!(
+                    "{} already holds results: add --resume to continue that run (runs \
+                     already there with status ok are skipped, failed ones are done again), \
+                     or pick another --out",
+                    csv_path.display()
+                )));
+            }
+            read_rows(&csv_path)?
+        }
+        _ => Vec::new(),
+    };
+    let done: std::collections::BTreeSet<RunKey> = earlier
+        .iter()
+        .filter(|r| r.outcome.error.is_none())
+        .map(|r| r.spec.key())
+        .collect();
+    let todo: Vec<&RunSpec> = plan
+        .runs
+        .iter()
+        .filter(|r| !done.contains(&r.key()))
+        .collect();
+    watch_signals()?;
+    let mut csv = if earlier.is_empty() {
+        let mut f = std::fs::File::create(&csv_path)?;
+        writeln!(f, "{CSV_HEADER}")?;
+        f
+    } else {
+        // Rewrite what was read (an unfinished last line is dropped), then append.
+        let mut text = String::new();
+        let _ = writeln!(text, "{CSV_HEADER}");
+        for r in &earlier {
+            let _ = writeln!(text, "{}", r.csv());
+        }
+        let tmp = out.join("results.csv.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &csv_path)?;
+        std::fs::OpenOptions::new().append(true).open(&csv_path)?
+    };
+    let total = todo.len();
+    if resume && !earlier.is_empty() {
+        println!(
+            "mpc-did-e3 matrix --{}: resuming {}: {} rows there ({} ok); {} of this plan's {} runs \
+             are done, {total} left",
+            plan.kind,
+            csv_path.display(),
+            earlier.len(),
+            earlier.iter().filter(|r| r.outcome.error.is_none()).count(),
+            plan.runs.len() - total,
+            plan.runs.len(),
+        );
+    } else {
+        println!(
+            "mpc-did-e3 matrix --{}: {total} runs → {}",
+            plan.kind,
+            out.display()
+        );
+    }
     let started = Instant::now();
-    let mut rows = Vec::new();
+    let mut rows = earlier;
     // The topologies of the current (parties, scenario), one per NAT kind ("none", "eim",
     // "symmetric"), built when a mode first needs them.
     let mut group: Option<(usize, &'static str)> = None;
     let mut nets: BTreeMap<&'static str, Net> = BTreeMap::new();
-    for (k, spec) in plan.runs.iter().enumerate() {
+    for (k, spec) in todo.iter().enumerate() {
+        let spec: &RunSpec = spec;
         if interrupted() {
             finish_nets(&mut nets);
             return Err(MatrixError::Interrupted);
@@ -407,7 +692,9 @@ pub(crate) fn run(plan: &Plan, out: &Path) -> Result<(), MatrixError> {
         csv.flush()?;
         let done = k + 1;
         let elapsed = started.elapsed();
-        let eta = elapsed.mul_f64((total - done) as f64 / done as f64);
+        rows.push(row.clone());
+        let left: Vec<RunSpec> = todo[done..].iter().map(|r| (*r).clone()).collect();
+        let eta = estimate_left(&rows, &left).unwrap_or_default();
         let mut line = format!(
             "[{done}/{total}] {} n={} {} {} rep {}: ",
             spec.workload,
@@ -432,9 +719,12 @@ pub(crate) fn run(plan: &Plan, out: &Path) -> Result<(), MatrixError> {
             hms(eta)
         );
         println!("{line}");
-        rows.push(row);
     }
     finish_nets(&mut nets);
+    let (rows, redone) = latest_rows(rows);
+    if redone > 0 {
+        println!("{redone} earlier failed attempts were done again; results.csv keeps both, the report the newer");
+    }
     report::write(plan, &rows, out, &python)?;
     println!(
         "done in {}: {} ({} runs, {} failed), {}",
@@ -471,5 +761,117 @@ pub(crate) fn hms(d: Duration) -> String {
         format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
     } else {
         format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn row(mode: Mode, rep: u32, error: Option<&str>, wall: f64) -> Row {
+        Row {
+            spec: RunSpec {
+                workload: Workload::new(Program::SecretSanta, Size::Medium),
+                parties: 5,
+                scenario: SCENARIOS[3],
+                mode,
+                rep,
+            },
+            outcome: Outcome {
+                wall: Some(Duration::from_secs_f64(wall)),
+                mpyc: Some(Duration::from_secs_f64(wall / 2.0)),
+                wire_bytes: Some(123_456),
+                mpyc_bytes: Some(100_000),
+                setup: None,
+                paths: vec!["0-1:quic".into(), "0-2:relay".into()],
+                error: error.map(str::to_owned),
+            },
+        }
+    }
+
+    /// spec/e3.md §4.4: `--resume` reads back exactly what the matrix wrote, errors with
+    /// commas and quotes included.
+    #[test]
+    fn rows_read_back_as_written() {
+        for r in [
+            row(Mode::SessionPunched, 2, None, 12.5),
+            row(Mode::Ssl, 0, Some("timeout, \"after\" 1800 s"), 1800.0),
+        ] {
+            let back = Row::parse(&r.csv()).unwrap();
+            assert_eq!(back.csv(), r.csv());
+            assert_eq!(back.spec.key(), r.spec.key());
+            assert_eq!(back.outcome.error, r.outcome.error);
+        }
+    }
+
+    #[test]
+    fn unreadable_rows_are_typed_errors_naming_the_field() {
+        let good = row(Mode::Plain, 0, None, 1.0).csv();
+        for (bad, says) in [
+            (
+                good.replacen("secretsanta", "bingo", 1),
+                "unknown workload `bingo`",
+            ),
+            (
+                good.replacen(",plain,", ",carrier-pigeon,", 1),
+                "unknown mode",
+            ),
+            (good.replacen(",ok,", ",maybe,", 1), "status `maybe`"),
+            (good.replacen(",5,", ",five,", 1), "parties `five`"),
+            (format!("{good},extra"), "17 fields"),
+            ("\"unterminated".to_owned(), "does not end"),
+            (String::new(), "1 fields"),
+        ] {
+            let e = Row::parse(&bad).err().unwrap();
+            assert!(e.contains(says), "{bad:?} → {e}");
+        }
+    }
+
+    /// A crash while a row is written leaves a last line without its newline: it is dropped
+    /// (that run is done again), the complete rows are kept.
+    #[test]
+    fn an_unfinished_last_line_is_dropped_and_complete_rows_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("results.csv");
+        let a = row(Mode::Plain, 0, None, 1.0).csv();
+        let b = row(Mode::Ssl, 0, None, 1.1).csv();
+        std::fs::write(&p, format!("{CSV_HEADER}\n{a}\n{}", &b[..b.len() / 2])).unwrap();
+        let rows = read_rows(&p).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].csv(), a);
+        // A broken line in the middle is not guessed at: the error names the line.
+        std::fs::write(&p, format!("{CSV_HEADER}\nnot,a,row\n{a}\n")).unwrap();
+        let e = read_rows(&p).err().unwrap().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        std::fs::write(&p, format!("other,header\n{a}\n")).unwrap();
+        assert!(read_rows(&p).is_err());
+    }
+
+    #[test]
+    fn the_report_counts_the_newer_attempt_of_a_run() {
+        let rows = vec![
+            row(Mode::Plain, 0, Some("timeout"), 9.0),
+            row(Mode::Ssl, 0, None, 1.0),
+            row(Mode::Plain, 0, None, 2.0),
+        ];
+        let (latest, redone) = latest_rows(rows);
+        assert_eq!(redone, 1);
+        assert_eq!(latest.len(), 2);
+        assert!(latest.iter().all(|r| r.outcome.error.is_none()));
+    }
+
+    /// The estimate uses runs of the same cell, scaled by parties when that count has not
+    /// run yet — not one overall mean over runs that differ by 100×.
+    #[test]
+    fn time_left_is_estimated_per_cell() {
+        let finished = vec![row(Mode::Plain, 0, None, 10.0)];
+        let mut same = finished[0].spec.clone();
+        same.mode = Mode::Ssl;
+        let mut bigger = same.clone();
+        bigger.parties = 10;
+        let left = estimate_left(&finished, &[same, bigger]).unwrap();
+        assert!((left.as_secs_f64() - 30.0).abs() < 1e-6, "{left:?}");
+        assert!(estimate_left(&[], &[]).is_none());
     }
 }
