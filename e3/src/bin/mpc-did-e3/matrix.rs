@@ -73,6 +73,9 @@ impl Scenario {
     }
 }
 
+/// The party counts of `--full`.
+pub(crate) const FULL_PARTIES: [usize; 4] = [2, 3, 5, 10];
+
 /// One run of the matrix.
 #[derive(Debug, Clone)]
 pub(crate) struct RunSpec {
@@ -98,7 +101,7 @@ impl Plan {
                 (
                     "full",
                     &Size::ALL,
-                    &[2, 3, 5, 10],
+                    &FULL_PARTIES,
                     &SCENARIOS,
                     reps.unwrap_or(3),
                 )

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
-use crate::matrix::{rtt_max, MatrixError, Plan, Row};
+use crate::matrix::{rtt_max, MatrixError, Plan, Row, FULL_PARTIES};
 use crate::modes::Mode;
 
 /// The plots the report shows; `plots.py` writes exactly these.
@@ -60,6 +60,9 @@ pub(crate) fn write(
              whatever machine ran it — figures from a shared or busy machine are contended; use \
              `--full` for the evaluation.\n"
         );
+    }
+    if plan.kind == "full" {
+        coverage(&mut md, rows);
     }
     // (workload, size, parties, scenario) → mode → rows
     type Key = (String, String, usize, String);
@@ -199,6 +202,71 @@ pub(crate) fn write(
         )));
     }
     Ok(())
+}
+
+/// How much of the `--full` plan the rows cover: a run done in pieces (`--resume`) says
+/// what is still missing instead of looking complete.
+fn coverage(md: &mut String, rows: &[Row]) {
+    use mpc_did_e3::workload::{Program, Size};
+    let mut ok: BTreeMap<(&str, &str, usize, &str, &str), u32> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.outcome.error.is_none()) {
+        let s = &r.spec;
+        *ok.entry((
+            s.workload.program.name(),
+            s.workload.size.name(),
+            s.parties,
+            s.scenario.name,
+            s.mode.name(),
+        ))
+        .or_default() += 1;
+    }
+    let cells = Program::ALL.len()
+        * Size::ALL.len()
+        * FULL_PARTIES.len()
+        * crate::matrix::SCENARIOS.len()
+        * Mode::ALL.len();
+    let covered = ok
+        .keys()
+        .filter(|(_, _, n, _, _)| FULL_PARTIES.contains(n))
+        .count();
+    let reps: Vec<u32> = ok.values().copied().collect();
+    let _ = writeln!(
+        md,
+        "## Coverage of the full plan
+
+{covered} of its {cells} cells (workload × size × parties × scenario × mode) have at least one successful run{}. Cells below: modes with a successful run, of {}.
+",
+        match (reps.iter().min(), reps.iter().max()) {
+            (Some(a), Some(b)) => format!("; successful repetitions per covered cell {a}–{b}"),
+            _ => String::new(),
+        },
+        Mode::ALL.len()
+    );
+    let mut head = "| scenario | parties |".to_owned();
+    let mut rule = "|---|---:|".to_owned();
+    for p in Program::ALL {
+        for z in Size::ALL {
+            let _ = write!(head, " {} {} |", p.name(), z.name());
+            rule.push_str("---:|");
+        }
+    }
+    let _ = writeln!(md, "{head}\n{rule}");
+    for s in crate::matrix::SCENARIOS {
+        for n in FULL_PARTIES {
+            let mut line = format!("| {} | {n} |", s.name);
+            for p in Program::ALL {
+                for z in Size::ALL {
+                    let done = Mode::ALL
+                        .iter()
+                        .filter(|m| ok.contains_key(&(p.name(), z.name(), n, s.name, m.name())))
+                        .count();
+                    let _ = write!(line, " {done} |");
+                }
+            }
+            let _ = writeln!(md, "{line}");
+        }
+    }
+    md.push('\n');
 }
 
 /// Tailscale/Headscale cannot be installed here (no account, no coordination server on
