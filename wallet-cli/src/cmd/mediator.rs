@@ -7,7 +7,6 @@
 
 use anyhow::Context as _;
 use mpc_did_agent::client::{MediatorClient, MediatorInfo};
-use mpc_did_didcomm::{Secret, SecretStore};
 use mpc_did_resolver::UniversalResolver;
 use mpc_did_wallet::{Identity, Wallet};
 
@@ -35,30 +34,12 @@ pub enum MediatorCommand {
     },
 }
 
-/// The wallet setting that remembers an identity's mediator.
-pub fn setting_key(name: &str) -> String {
-    format!("mediator.{name}")
-}
-
 /// The identity's private keys, as the DIDComm crate wants them.
-pub fn secrets(id: &Identity) -> SecretStore {
-    let mut s = SecretStore::new();
-    s.insert(
-        id.agreement_kid.clone(),
-        Secret::X25519(id.agreement_secret.clone()),
-    );
-    s.insert(id.auth_kid.clone(), Secret::Ed25519(id.signing_key.clone()));
-    s
-}
+pub use mpc_did_mpc::party::secrets;
 
 /// Loads the identity (named or default).
 pub fn load_identity(wallet: &Wallet, name: Option<&str>) -> anyhow::Result<Identity> {
-    Ok(match name {
-        Some(n) => wallet.identity(n)?,
-        None => wallet
-            .default_identity()
-            .context("no identity: run `mpc-did id create` first")?,
-    })
+    Ok(mpc_did_mpc::party::identity(wallet, name)?)
 }
 
 /// The identity and a client for its registered mediator. The wallet is closed again
@@ -67,19 +48,7 @@ pub fn registered_client(
     ctx: &Ctx,
     name: Option<&str>,
 ) -> anyhow::Result<(Identity, MediatorClient)> {
-    let wallet = Wallet::open(&ctx.home)?;
-    let id = load_identity(&wallet, name)?;
-    let info = wallet.setting(&setting_key(&id.name))?.with_context(|| {
-        format!(
-            "identity {:?} has no mediator: run `mpc-did mediator register URL` first",
-            id.name
-        )
-    })?;
-    drop(wallet);
-    let info: MediatorInfo =
-        serde_json::from_str(&info).context("stored mediator record is corrupt")?;
-    let client = MediatorClient::new(info, &id.did, secrets(&id), UniversalResolver::new()?)?;
-    Ok((id, client))
+    Ok(mpc_did_mpc::party::registered_client(&ctx.home, name)?)
 }
 
 pub async fn run(ctx: &Ctx, cmd: MediatorCommand) -> anyhow::Result<()> {
@@ -112,7 +81,7 @@ async fn register(ctx: &Ctx, url: &str, name: Option<&str>) -> anyhow::Result<()
     let service = info.service_for(&id.did);
     let wallet = Wallet::open(&ctx.home)?;
     wallet.set_identity_services(&id.name, vec![service.clone()])?;
-    wallet.set_setting(&setting_key(&id.name), &serde_json::to_string(&info)?)?;
+    wallet.set_mediator(&id.name, &info)?;
     if ctx.json {
         println!(
             "{}",
