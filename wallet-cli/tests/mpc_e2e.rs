@@ -210,6 +210,55 @@ fn secret_santa_over_per_message_didcomm() {
     assert!(digests.iter().all(|d| *d == digests[0]), "parties disagree");
 }
 
+/// spec/lobby.md §8 "Same transport": one party chose `--transport didcomm`, the others
+/// the default sessions. Each side learns it from the other's first `ready` and every party
+/// stops within seconds naming the transports, instead of waiting out `--connect-timeout`
+/// (60 s here) for sessions or data that never come.
+#[test]
+fn parties_on_different_transports_stop_at_once_saying_so() {
+    let Some(python) = python() else { return };
+    let prog = example("secretsanta.py");
+    let l = lobby(&prog, &["--people", "3", "4"]);
+    let started = std::time::Instant::now();
+    let runs: Vec<Child> = (0..3)
+        .map(|i| {
+            let extra: &[&str] = if i == 2 {
+                &["--transport", "didcomm"]
+            } else {
+                &[]
+            };
+            spawn_run_with(&l, i, &python, &prog, extra)
+        })
+        .collect();
+    let outs: Vec<Output> = runs
+        .into_iter()
+        .map(|c| wait_bounded(c, Duration::from_secs(120)))
+        .collect();
+    let waited = started.elapsed();
+    for (i, o) in outs.iter().enumerate() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "party {i} succeeded: {err}");
+        assert!(err.contains("--transport"), "party {i}: {err}");
+        assert!(
+            !err.contains("did not start its run"),
+            "party {i} waited: {err}"
+        );
+        assert!(
+            !err.contains("starting secretsanta"),
+            "party {i} started MPyC: {err}"
+        );
+    }
+    let didcomm = String::from_utf8_lossy(&outs[2].stderr);
+    assert!(
+        didcomm.contains("runs with --transport session, this party with --transport didcomm"),
+        "{didcomm}"
+    );
+    assert!(
+        waited < Duration::from_secs(45),
+        "the parties took {waited:?} to stop (connect timeout 60 s)"
+    );
+}
+
 /// Large messages (secure arrays of 100,000 elements).
 #[test]
 fn inner_product_three_wallets_three_processes() {

@@ -101,7 +101,22 @@ pub struct Ready {
     /// The recipient's attempt as the sender last heard of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_attempt: Option<AttemptId>,
+    /// What the sender's run carries MPyC's messages over: `session` or `didcomm`
+    /// (`mpc-did run --transport`). Absent: `session` (a peer from before the field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
+
+impl Ready {
+    /// The sender's transport (`session` when the field is absent).
+    #[must_use]
+    pub fn transport(&self) -> &str {
+        self.transport.as_deref().unwrap_or(DEFAULT_TRANSPORT)
+    }
+}
+
+/// The transport of a `ready` without the field (spec/lobby.md §8).
+pub const DEFAULT_TRANSPORT: &str = "session";
 
 /// Body of `abort` (spec/lobby.md §8). Sent signed: only a roster member can stop a run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +177,16 @@ pub enum Event {
         /// The body.
         abort: Abort,
     },
+    /// A peer's run carries MPyC over another transport than ours: the run cannot work;
+    /// stop it and tell the peers (spec/lobby.md §8 "Same transport").
+    TransportMismatch {
+        /// The peer.
+        party: PartyId,
+        /// Its transport.
+        theirs: String,
+        /// Ours.
+        ours: String,
+    },
     /// A message was not acted on (stale, forged, another MPC session); log it.
     Ignored(String),
 }
@@ -187,6 +212,8 @@ pub struct Attempts {
     peers: BTreeMap<PartyId, Peer>,
     /// Our own abort's code, reason and time (Unix ms), once we stop.
     stopping: Option<(String, String, u64)>,
+    /// What our run carries MPyC over (sent in every `ready`).
+    transport: String,
 }
 
 impl Attempts {
@@ -217,7 +244,16 @@ impl Attempts {
             started: now_ms,
             peers,
             stopping: None,
+            transport: DEFAULT_TRANSPORT.to_owned(),
         }
+    }
+
+    /// Our run carries MPyC over `transport` (`session`, the default, or `didcomm`): said in
+    /// every `ready`; a peer's `ready` naming another is [`Event::TransportMismatch`].
+    #[must_use]
+    pub fn with_transport(mut self, transport: &str) -> Self {
+        transport.clone_into(&mut self.transport);
+        self
     }
 
     /// Our attempt.
@@ -296,6 +332,7 @@ impl Attempts {
             party: self.me,
             attempt: self.mine,
             peer_attempt,
+            transport: Some(self.transport.clone()),
         }
     }
 
@@ -342,6 +379,13 @@ impl Attempts {
             p.told.push(r.attempt);
             abort.peer_attempts = vec![r.attempt];
             return vec![Event::SendAbort { to: r.party, abort }];
+        }
+        if r.transport() != self.transport {
+            return vec![Event::TransportMismatch {
+                party: r.party,
+                theirs: r.transport().to_owned(),
+                ours: self.transport.clone(),
+            }];
         }
         let mine = self.mine;
         let reply = self.ready(Some(r.attempt));

@@ -354,3 +354,55 @@ fn peers_known_at_the_stop_are_told_by_the_first_abort() {
         [Event::Ignored(_)]
     ));
 }
+
+/// spec/lobby.md §8 "Same transport": parties that chose different `--transport`s find out
+/// from each other's first `ready` (instead of each waiting for a session or a DIDComm data
+/// message the other never sends); a `ready` without the field is a `session` run's.
+#[test]
+fn a_peer_on_another_transport_is_a_mismatch_at_its_first_ready() {
+    let r = roster();
+    let mut parties = vec![
+        Attempts::new(&r, 0, AttemptId::random(), T0_MS).with_transport("didcomm"),
+        Attempts::new(&r, 1, AttemptId::random(), T0_MS),
+    ];
+    let mut wire = Wire::new();
+    let (h0, h1) = (parties[0].hello(), parties[1].hello());
+    push(&mut wire, 0, h0.into_iter().take(1).collect());
+    push(&mut wire, 1, h1.into_iter().take(1).collect());
+    let seen = run(&mut parties, &mut wire);
+    assert!(!parties[0].is_up(1) && !parties[1].is_up(0));
+    assert_eq!(
+        seen[0],
+        vec![Event::TransportMismatch {
+            party: 1,
+            theirs: "session".into(),
+            ours: "didcomm".into()
+        }]
+    );
+    assert_eq!(
+        seen[1],
+        vec![Event::TransportMismatch {
+            party: 0,
+            theirs: "didcomm".into(),
+            ours: "session".into()
+        }]
+    );
+    // A peer from before the field: its ready has no `transport`, i.e. `session`.
+    let mut old = parties[1].hello().into_iter().find_map(|e| match e {
+        Event::Send { to: 0, ready } => Some(ready),
+        _ => None,
+    });
+    let old = old.as_mut().unwrap();
+    old.transport = None;
+    let json = serde_json::to_value(&*old).unwrap();
+    assert!(json.get("transport").is_none(), "{json}");
+    let mut session = Attempts::new(&r, 0, AttemptId::random(), T0_MS);
+    assert!(session
+        .handle_ready(DIDS[1], old)
+        .iter()
+        .all(|e| !matches!(e, Event::TransportMismatch { .. })));
+    assert!(matches!(
+        parties[0].handle_ready(DIDS[1], old).as_slice(),
+        [Event::TransportMismatch { .. }]
+    ));
+}

@@ -151,6 +151,22 @@ pub enum MpcError {
         /// What to do next.
         next: String,
     },
+    /// A peer's run carries MPyC over another transport (spec/lobby.md §8 "Same transport").
+    #[error(
+        "party {party} ({did}) runs with --transport {theirs}, this party with --transport \
+         {ours}: every party must choose the same; run `mpc-did run --transport {theirs}` here, \
+         or have party {party} run again with --transport {ours}"
+    )]
+    TransportMismatch {
+        /// Its party id.
+        party: PartyId,
+        /// Its DID.
+        did: String,
+        /// Its transport.
+        theirs: String,
+        /// Ours.
+        ours: String,
+    },
     /// Ctrl-C (before or while the program ran).
     #[error("interrupted (Ctrl-C)")]
     Interrupted,

@@ -175,7 +175,8 @@ where
             |s| tracing::info!("{s}"),
         ));
     }
-    let attempts = Attempts::new(&roster, me, AttemptId::random(), now_ms());
+    let attempts = Attempts::new(&roster, me, AttemptId::random(), now_ms())
+        .with_transport(spec.transport.name());
     let started_at = now();
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(4);
     let (state_tx, state) = tokio::sync::watch::channel(Control::default());
@@ -288,6 +289,7 @@ fn code_of(e: &MpcError) -> &'static str {
         MpcError::ProgramMismatch { .. } | MpcError::WrongProgram { .. } => "program-mismatch",
         MpcError::Interpreter(_) => "no-interpreter",
         MpcError::Interrupted => "interrupted",
+        MpcError::TransportMismatch { .. } => "transport-mismatch",
         MpcError::Session { .. } => "no-session",
         _ => "failed",
     }
@@ -299,6 +301,9 @@ fn next_step(party: PartyId, code: &str) -> String {
         "program-mismatch" => format!(
             "party {party} must run the roster's program; then every party runs `mpc-did run` again"
         ),
+        "transport-mismatch" => {
+            "every party must choose the same `mpc-did run --transport`; then every party runs `mpc-did run` again".to_owned()
+        }
         "no-interpreter" => format!(
             "party {party} must install or name its Python; then every party runs `mpc-did run` again"
         ),
@@ -372,6 +377,18 @@ impl RunCtx {
 
     /// The error a peer's `abort` (as the control task recorded it) stops this run with.
     fn aborted(&self, state: &Control) -> Option<MpcError> {
+        if let Some((party, theirs, ours)) = &state.mismatch {
+            return Some(MpcError::TransportMismatch {
+                party: *party,
+                did: self
+                    .roster
+                    .party(*party)
+                    .map(|p| p.did.clone())
+                    .unwrap_or_default(),
+                theirs: theirs.clone(),
+                ours: ours.clone(),
+            });
+        }
         state
             .aborted
             .as_ref()
@@ -478,6 +495,15 @@ struct Control {
     aborted: Option<(PartyId, String, String)>,
     /// Once we stop: the peers whose attempt no `abort` of ours named yet.
     untold: Vec<PartyId>,
+    /// A peer on another `--transport`: (party, theirs, ours).
+    mismatch: Option<(PartyId, String, String)>,
+}
+
+impl Control {
+    /// Whether this attempt must stop: a peer aborted, or runs another transport.
+    fn stops(&self) -> bool {
+        self.aborted.is_some() || self.mismatch.is_some()
+    }
 }
 
 /// The run protocol (spec/lobby.md §8) for one attempt: answers `ready`s, reports peers up
@@ -600,6 +626,16 @@ async fn dispatch(
             } => state.send_modify(|s| {
                 s.aborted.get_or_insert((party, code, reason));
             }),
+            Event::TransportMismatch {
+                party,
+                theirs,
+                ours,
+            } => {
+                tracing::warn!(party, %theirs, %ours, "a party runs another transport");
+                state.send_modify(|s| {
+                    s.mismatch.get_or_insert((party, theirs, ours));
+                });
+            }
             Event::Ignored(why) => tracing::info!("{why}"),
         }
     }
@@ -754,7 +790,7 @@ where
     let mut abort_watch = state.clone();
     let stop = async move {
         let peer_aborted = async {
-            if abort_watch.wait_for(|s| s.aborted.is_some()).await.is_err() {
+            if abort_watch.wait_for(Control::stops).await.is_err() {
                 // The control task ended: no abort can come any more.
                 std::future::pending::<()>().await;
             }

@@ -24,6 +24,17 @@ pub enum RunTransport {
     Didcomm,
 }
 
+impl RunTransport {
+    /// The name in `--transport` and in the run's `ready` messages (spec/lobby.md §8).
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            RunTransport::Session => "session",
+            RunTransport::Didcomm => "didcomm",
+        }
+    }
+}
+
 /// For the DIDComm transport, the data subscription, taken before any peer learns that we
 /// are up (so no data message can arrive unsubscribed).
 pub(super) fn subscribe(
@@ -53,8 +64,7 @@ where
     let me = ctx.me;
     let mut interrupt = Box::pin(interrupt);
     let deadline = tokio::time::Instant::now() + spec.connect_timeout;
-    let all_up =
-        |s: &Control| s.aborted.is_some() || peers.iter().all(|(p, _)| s.up.contains_key(p));
+    let all_up = |s: &Control| s.stops() || peers.iter().all(|(p, _)| s.up.contains_key(p));
     let timed_out = tokio::select! {
         r = tokio::time::timeout_at(deadline, state.wait_for(all_up)) => r.is_err(),
         () = &mut interrupt => return Err(MpcError::Interrupted),
@@ -113,7 +123,7 @@ where
     let mut abort_watch = state.clone();
     let stop = async move {
         let peer_aborted = async {
-            if abort_watch.wait_for(|s| s.aborted.is_some()).await.is_err() {
+            if abort_watch.wait_for(Control::stops).await.is_err() {
                 std::future::pending::<()>().await;
             }
         };
