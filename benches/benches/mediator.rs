@@ -49,11 +49,6 @@ use mpc_did_mediator::{Config, Limits, Mediator};
 use mpc_did_resolver::UniversalResolver;
 use mpc_did_testkit::mediator::ephemeral_identity;
 
-/// The mediator binary's allocator, so that the child mediator costs what the shipped one
-/// does (spec/mediator.md §11.3); the load generator shares it.
-#[global_allocator]
-static GLOBAL: mpc_did_mediator::Allocator = mpc_did_mediator::Allocator;
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let rt = tokio::runtime::Builder::new_multi_thread()

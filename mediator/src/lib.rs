@@ -77,11 +77,6 @@ pub use crate::identity::MediatorIdentity;
 pub use crate::metrics::{Metrics, Rejection};
 pub use crate::server::{ENCRYPTED_MEDIA_TYPE, PLAIN_MEDIA_TYPE, SIGNED_MEDIA_TYPE};
 use crate::store::{AnyStore, RedisStore, SledStore, Store as _, StoreError};
-/// The global allocator of the `mpc-did-mediator` binary (mimalloc), for programs that run
-/// the mediator in-process and want the same allocation cost (the benchmark):
-/// `#[global_allocator] static A: Allocator = Allocator;`. glibc's malloc/free were 13 % of
-/// the mediator's CPU samples per forwarded message (spec/mediator.md §11.3).
-pub use mimalloc::MiMalloc as Allocator;
 
 /// Why a mediator could not start.
 #[derive(Debug, thiserror::Error)]

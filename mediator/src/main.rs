@@ -22,11 +22,6 @@ use mpc_did_mediator::services::stun::StunService;
 use mpc_did_mediator::{Config, Mediator};
 use mpc_did_rendezvous::net::StunServerConfig;
 
-/// mimalloc instead of the system allocator: per forwarded message the mediator allocates
-/// and frees many small buffers (JSON trees, JWE fields, sled nodes); spec/mediator.md §11.3.
-#[global_allocator]
-static GLOBAL: mpc_did_mediator::Allocator = mpc_did_mediator::Allocator;
-
 /// DIDComm v2 mediator: Coordinate Mediation 2.0/3.0, Routing 2.0, Pickup 3.0/4.0 (live
 /// over WebSocket), Trust Ping, Discover Features, Report Problem.
 ///

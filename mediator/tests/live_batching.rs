@@ -47,11 +47,19 @@ async fn queued_messages_go_out_in_one_delivery_and_are_all_acknowledged() {
         b.send(&a.did, note(i)).await.unwrap();
     }
     assert!(wait_queued(&a, 8).await);
-    assert_eq!(a.fetch(1).await.unwrap().len(), 1, "limit 1: one attachment");
+    assert_eq!(
+        a.fetch(1).await.unwrap().len(),
+        1,
+        "limit 1: one attachment"
+    );
 
     let mut live = a.live().await.unwrap();
     let batch = live.next_batch(Duration::from_secs(10)).await.unwrap();
-    assert_eq!(batch.len(), 8, "one delivery, one attachment per queued message");
+    assert_eq!(
+        batch.len(),
+        8,
+        "one delivery, one attachment per queued message"
+    );
     let got = numbers(&a, &batch).await;
     assert_eq!(
         got.values().copied().collect::<HashSet<_>>(),

@@ -197,7 +197,11 @@ async fn contract<S: Store>(s: &S) {
     assert_eq!(rest.still_queued, Some(sent.clone()));
     s.remove("did:ex:u", &ids[..1]).await.unwrap();
     let gone = s.fetch_unsent("did:ex:u", &sent, 9).await.unwrap();
-    assert_eq!(gone.still_queued, Some(HashSet::new()), "acknowledged elsewhere");
+    assert_eq!(
+        gone.still_queued,
+        Some(HashSet::new()),
+        "acknowledged elsewhere"
+    );
     assert_eq!(gone.messages, all[1..].to_vec());
     s.remove("did:ex:u", &ids[1..]).await.unwrap();
 

@@ -19,8 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     decode_record, encode_record, message_id, now_ms, record_data_len, Arrival, Enqueued,
-    KeyUpdate, QueueLimits, QueueStatus, Store, StoreError, StoreTotals, StoredMessage,
-    Unsent,
+    KeyUpdate, QueueLimits, QueueStatus, Store, StoreError, StoreTotals, StoredMessage, Unsent,
 };
 
 type FlushRequest = oneshot::Sender<Result<(), String>>;
@@ -538,7 +537,10 @@ impl Store for SledStore {
             let Some(raw) = self.msgs.get(join(owner, id.as_bytes()))? else {
                 continue;
             };
-            messages.push(decode_record(id.to_owned(), raw.get(8..).unwrap_or_default())?);
+            messages.push(decode_record(
+                id.to_owned(),
+                raw.get(8..).unwrap_or_default(),
+            )?);
         }
         Ok(Unsent {
             messages,
