@@ -366,8 +366,18 @@ impl Store for RedisStore {
         limit: usize,
     ) -> Result<Unsent, StoreError> {
         // The ids first (one ZRANGE), then only the bodies that will be sent (one HMGET).
+        // The oldest `except + limit` ids hold at least `limit` unsent ones if the queue
+        // has them; fewer ids than that means the whole queue was seen.
+        let want = except.len().saturating_add(limit);
+        if want == 0 {
+            return Ok(Unsent::default());
+        }
+        let stop = isize::try_from(want)
+            .unwrap_or(isize::MAX)
+            .saturating_sub(1);
         let mut con = self.con.clone();
-        let ids: Vec<String> = con.zrange(self.k("q", owner), 0, -1).await?;
+        let ids: Vec<String> = con.zrange(self.k("q", owner), 0, stop).await?;
+        let complete = ids.len() < want;
         let mut still = HashSet::new();
         let mut fresh = Vec::new();
         for id in ids {
@@ -377,10 +387,9 @@ impl Store for RedisStore {
                 fresh.push(id);
             }
         }
-        // Every id was seen, so `still` is complete even when `fresh` stopped at `limit`.
         Ok(Unsent {
             messages: self.records(owner, fresh).await?,
-            still_queued: Some(still),
+            still_queued: complete.then_some(still),
         })
     }
 
