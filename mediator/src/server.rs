@@ -804,26 +804,33 @@ async fn push_pending(
         if s.inflight.len() >= window {
             return Ok(());
         }
-        let want = s.inflight.len() + s.skip.len() + batch_max;
-        let queued = match core.store.fetch(&did, None, want).await {
+        let take = batch_max.min(window - s.inflight.len());
+        // Only the bodies this push sends are read; what is in flight or skipped is passed
+        // over by id (spec/mediator.md §11.2: reading every unacknowledged body again on
+        // each push cost O(in flight) copies per push).
+        let except: HashSet<String> = if s.skip.is_empty() {
+            std::mem::take(&mut s.inflight)
+        } else {
+            s.inflight.union(&s.skip).cloned().collect()
+        };
+        let fetched = core.store.fetch_unsent(&did, &except, take).await;
+        if s.skip.is_empty() {
+            s.inflight = except;
+        }
+        let unsent = match fetched {
             Ok(q) => q,
             Err(e) => {
                 tracing::error!(error = %e, "live delivery: store fetch failed");
                 return Ok(());
             }
         };
-        if queued.len() < want {
+        if let Some(present) = &unsent.still_queued {
             // We saw the whole queue: forget ids acknowledged elsewhere (another socket of
             // the same DID), so they do not hold the window.
-            let present: HashSet<&str> = queued.iter().map(|m| m.id.as_str()).collect();
-            s.inflight.retain(|id| present.contains(id.as_str()));
-            s.skip.retain(|id| present.contains(id.as_str()));
+            s.inflight.retain(|id| present.contains(id));
+            s.skip.retain(|id| present.contains(id));
         }
-        let mut fresh: Vec<_> = queued
-            .into_iter()
-            .filter(|m| !s.inflight.contains(&m.id) && !s.skip.contains(&m.id))
-            .take(batch_max.min(window - s.inflight.len()))
-            .collect();
+        let mut fresh = unsent.messages;
         if fresh.is_empty() {
             return Ok(());
         }

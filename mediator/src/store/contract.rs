@@ -180,6 +180,31 @@ async fn contract<S: Store>(s: &S) {
     .unwrap();
     assert_eq!(s.fetch("did:ex:a", None, 9).await.unwrap()[0].data, bin);
 
+    // Live pushes read only what was not sent yet (spec/mediator.md §11.2): what is in
+    // flight is skipped by id and reported as still queued once the whole queue was seen.
+    for i in 0..3u8 {
+        s.enqueue("did:ex:u", "did:ex:u", &[b'u', i], LIMITS)
+            .await
+            .unwrap();
+    }
+    let all = s.fetch("did:ex:u", None, 9).await.unwrap();
+    let ids: Vec<String> = all.iter().map(|m| m.id.clone()).collect();
+    let sent: HashSet<String> = [ids[0].clone()].into();
+    let one = s.fetch_unsent("did:ex:u", &sent, 1).await.unwrap();
+    assert_eq!(one.messages, vec![all[1].clone()], "oldest unsent first");
+    let rest = s.fetch_unsent("did:ex:u", &sent, 9).await.unwrap();
+    assert_eq!(rest.messages, all[1..].to_vec());
+    assert_eq!(rest.still_queued, Some(sent.clone()));
+    s.remove("did:ex:u", &ids[..1]).await.unwrap();
+    let gone = s.fetch_unsent("did:ex:u", &sent, 9).await.unwrap();
+    assert_eq!(
+        gone.still_queued,
+        Some(HashSet::new()),
+        "acknowledged elsewhere"
+    );
+    assert_eq!(gone.messages, all[1..].to_vec());
+    s.remove("did:ex:u", &ids[1..]).await.unwrap();
+
     // Metadata: first writer wins.
     assert_eq!(s.meta("identity").await.unwrap(), None);
     assert_eq!(s.meta_init("identity", b"x").await.unwrap(), b"x");

@@ -17,6 +17,7 @@ mod sled_store;
 #[cfg(test)]
 mod contract;
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use sha2::{Digest as _, Sha256};
@@ -66,6 +67,15 @@ pub struct StoredMessage {
     pub received_ms: u64,
     /// The forwarded message, exactly as received.
     pub data: Vec<u8>,
+}
+
+/// Outcome of [`Store::fetch_unsent`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unsent {
+    /// Messages not in the exclusion set, oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// Which excluded ids are still queued, when the whole queue was scanned.
+    pub still_queued: Option<HashSet<String>>,
 }
 
 /// Queue summary for Pickup 3.0 `status`.
@@ -221,6 +231,21 @@ pub trait Store: Send + Sync + 'static {
         recipient_key: Option<&str>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + Send;
+
+    /// Up to `limit` oldest messages of `owner` whose ids are not in `except` (the ids a
+    /// live session has already pushed and not yet seen acknowledged), oldest first; and
+    /// the ids of `except` still queued — `None` when the scan stopped at `limit` before
+    /// the end of the queue. A live push reads only the messages it will send, not the
+    /// bodies of everything in flight (spec/mediator.md §11.2).
+    ///
+    /// # Errors
+    /// Backend failure.
+    fn fetch_unsent(
+        &self,
+        owner: &str,
+        except: &HashSet<String>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Unsent, StoreError>> + Send;
 
     /// Removes the listed messages of `owner`; unknown ids are ignored (a replayed
     /// `messages-received` is harmless). Returns how many were removed.
@@ -382,6 +407,14 @@ impl Store for AnyStore {
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         dispatch!(self, s => s.fetch(owner, recipient_key, limit).await)
+    }
+    async fn fetch_unsent(
+        &self,
+        owner: &str,
+        except: &HashSet<String>,
+        limit: usize,
+    ) -> Result<Unsent, StoreError> {
+        dispatch!(self, s => s.fetch_unsent(owner, except, limit).await)
     }
     async fn remove(&self, owner: &str, ids: &[String]) -> Result<u64, StoreError> {
         dispatch!(self, s => s.remove(owner, ids).await)

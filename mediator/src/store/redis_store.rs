@@ -9,6 +9,7 @@
 //! Durability requirement (spec/mediator.md §5): Redis must run with `appendonly yes` and
 //! `appendfsync always`, so that a reply to a write means the write is on disk.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -19,7 +20,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::{
     decode_record, encode_record, message_id, now_ms, Arrival, Enqueued, KeyUpdate, QueueLimits,
-    QueueStatus, Store, StoreError, StoreTotals, StoredMessage, ARRIVAL_ALL,
+    QueueStatus, Store, StoreError, StoreTotals, StoredMessage, Unsent, ARRIVAL_ALL,
 };
 
 const ENQUEUE: &str = r"
@@ -356,6 +357,40 @@ impl Store for RedisStore {
         }
         recs.truncate(limit);
         Ok(recs)
+    }
+
+    async fn fetch_unsent(
+        &self,
+        owner: &str,
+        except: &HashSet<String>,
+        limit: usize,
+    ) -> Result<Unsent, StoreError> {
+        // The ids first (one ZRANGE), then only the bodies that will be sent (one HMGET).
+        // The oldest `except + limit` ids hold at least `limit` unsent ones if the queue
+        // has them; fewer ids than that means the whole queue was seen.
+        let want = except.len().saturating_add(limit);
+        if want == 0 {
+            return Ok(Unsent::default());
+        }
+        let stop = isize::try_from(want)
+            .unwrap_or(isize::MAX)
+            .saturating_sub(1);
+        let mut con = self.con.clone();
+        let ids: Vec<String> = con.zrange(self.k("q", owner), 0, stop).await?;
+        let complete = ids.len() < want;
+        let mut still = HashSet::new();
+        let mut fresh = Vec::new();
+        for id in ids {
+            if except.contains(&id) {
+                still.insert(id);
+            } else if fresh.len() < limit {
+                fresh.push(id);
+            }
+        }
+        Ok(Unsent {
+            messages: self.records(owner, fresh).await?,
+            still_queued: complete.then_some(still),
+        })
     }
 
     async fn remove(&self, owner: &str, ids: &[String]) -> Result<u64, StoreError> {

@@ -8,6 +8,7 @@
 //! Durability: `enqueue` waits for a group commit: one flusher task calls `flush` for
 //! every batch of waiting writers, so concurrent senders share one fsync.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::{
     decode_record, encode_record, message_id, now_ms, record_data_len, Arrival, Enqueued,
-    KeyUpdate, QueueLimits, QueueStatus, Store, StoreError, StoreTotals, StoredMessage,
+    KeyUpdate, QueueLimits, QueueStatus, Store, StoreError, StoreTotals, StoredMessage, Unsent,
 };
 
 type FlushRequest = oneshot::Sender<Result<(), String>>;
@@ -507,6 +508,44 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         self.scan(owner, recipient_key, limit)
+    }
+
+    async fn fetch_unsent(
+        &self,
+        owner: &str,
+        except: &HashSet<String>,
+        limit: usize,
+    ) -> Result<Unsent, StoreError> {
+        // The queue index holds only ids: skipping what was sent costs a key comparison,
+        // not a read and copy of the message body.
+        let mut messages = Vec::new();
+        let mut still = HashSet::new();
+        for item in self.queue.scan_prefix(prefix(owner)) {
+            let (_, id) = item?;
+            let id = std::str::from_utf8(&id)
+                .map_err(|_| StoreError::Corrupt("message id not UTF-8"))?;
+            if except.contains(id) {
+                still.insert(id.to_owned());
+                continue;
+            }
+            if messages.len() >= limit {
+                return Ok(Unsent {
+                    messages,
+                    still_queued: None,
+                });
+            }
+            let Some(raw) = self.msgs.get(join(owner, id.as_bytes()))? else {
+                continue;
+            };
+            messages.push(decode_record(
+                id.to_owned(),
+                raw.get(8..).unwrap_or_default(),
+            )?);
+        }
+        Ok(Unsent {
+            messages,
+            still_queued: Some(still),
+        })
     }
 
     async fn remove(&self, owner: &str, ids: &[String]) -> Result<u64, StoreError> {
