@@ -43,6 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 const PARTIES: u16 = 3;
 
+#[derive(Clone)]
 struct Run {
     wall: Duration,
     mpyc: Duration,
@@ -50,6 +51,26 @@ struct Run {
     bytes: u64,
     /// MPyC's own "bytes sent", summed over the parties.
     mpyc_bytes: u64,
+    /// CPU time of the MPyC processes (user + system, all parties).
+    cpu_mpyc: Duration,
+    /// CPU time of this process during the run: in session mode every party's proxy and
+    /// sessions run here; in the other modes it only waits.
+    cpu_ours: Duration,
+}
+
+/// `(this process, its waited-for children)` CPU time, user + system, from
+/// `/proc/self/stat` (clock ticks of 10 ms).
+fn cpu_times() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14–17, i.e. 11–14 after the name.
+    let tick = |i: usize| Duration::from_millis(f.get(i).copied().unwrap_or(0) * 10);
+    (tick(11) + tick(12), tick(13) + tick(14))
 }
 
 async fn free_port() -> u16 {
@@ -165,6 +186,7 @@ async fn run_mpyc(python: &Path, prog: &str, args: &[String], ssl: bool, count: 
     if ssl {
         write_tls_config(dir.path());
     }
+    let cpu0 = cpu_times();
     let start = Instant::now();
     let mut children = Vec::new();
     for i in 0..PARTIES {
@@ -210,11 +232,15 @@ async fn run_mpyc(python: &Path, prog: &str, args: &[String], ssl: bool, count: 
         mpyc = mpyc.max(e);
         mpyc_bytes += b;
     }
+    let wall = start.elapsed();
+    let cpu1 = cpu_times();
     Run {
-        wall: start.elapsed(),
+        wall,
         mpyc,
         bytes: relays.map_or(0, |r| r.bytes.load(Ordering::Relaxed)),
         mpyc_bytes,
+        cpu_mpyc: cpu1.1.saturating_sub(cpu0.1),
+        cpu_ours: cpu1.0.saturating_sub(cpu0.0),
     }
 }
 
@@ -266,12 +292,16 @@ async fn run_session(python: &std::path::Path, prog: &str, args: &[String]) -> R
     .await
     .unwrap();
     let after_setup = written.load(Ordering::Relaxed);
+    let cpu0 = cpu_times();
     let t = run_parties(maps, python, prog, args).await;
+    let cpu1 = cpu_times();
     Run {
         wall: t.wall,
         mpyc: t.mpyc,
         bytes: written.load(Ordering::Relaxed) - after_setup,
         mpyc_bytes: t.mpyc_bytes,
+        cpu_mpyc: cpu1.1.saturating_sub(cpu0.1),
+        cpu_ours: cpu1.0.saturating_sub(cpu0.0),
     }
 }
 
@@ -293,6 +323,24 @@ impl Mode {
     }
 }
 
+/// The length of innerproduct's vectors (the issue's "innerproduct 100k": two rounds of
+/// MB-sized messages).
+const INNERPRODUCT_LENGTH: u32 = 100_000;
+
+/// `min–max` of a set of durations, in seconds.
+fn range(v: &[Duration]) -> String {
+    let min = v.iter().min().copied().unwrap_or_default();
+    let max = v.iter().max().copied().unwrap_or_default();
+    format!("{:.3}–{:.3} s", min.as_secs_f64(), max.as_secs_f64())
+}
+
+/// `min–max` of ratios.
+fn ratio_range(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.3}–{max:.3}×")
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing: run only
     // when asked to benchmark.
@@ -310,20 +358,30 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(5)
         .max(1);
+    // `MPC_DID_BENCH_WORKLOADS=santa` or `=innerproduct` runs one workload only;
+    // `MPC_DID_BENCH_SSL=0` leaves out the `--ssl` mode (plain and session alternate).
+    let only = std::env::var("MPC_DID_BENCH_WORKLOADS").unwrap_or_default();
+    let with_ssl = std::env::var("MPC_DID_BENCH_SSL").map_or(true, |v| v != "0");
+    let modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| with_ssl || *m != Mode::Ssl)
+        .collect();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    // Fixed work per run (the evaluation's workloads, `mpc_did_e3::workload`), so wall-time
-    // ratios between modes compare equal work.
+    // Fixed work per run (the evaluation's workloads, `mpc_did_e3::workload`: Secret Santa
+    // with `--draws 16`), so wall-time ratios between modes compare equal work.
     let santa = Workload::new(Program::SecretSanta, Size::High);
-    let workloads: Vec<(&str, &str, Vec<String>)> = vec![
+    let workloads: Vec<(&str, &str, &str, Vec<String>)> = vec![
         (
+            "santa",
             "secretsanta high (many rounds, small messages)",
             santa.program.script(),
             santa.args(),
         ),
         (
-            "innerproduct (few rounds, MB messages)",
+            "innerproduct",
+            "innerproduct 100k (few rounds, MB messages)",
             "innerproduct.py",
-            vec!["--length".into(), "200000".into()],
+            vec!["--length".into(), INNERPRODUCT_LENGTH.to_string()],
         ),
     ];
     let run = |mode: Mode, prog: &str, args: &[String]| match mode {
@@ -332,77 +390,122 @@ fn main() {
         Mode::Ssl => rt.block_on(run_mpyc(&python, prog, args, true, false)),
     };
     println!(
-        "| workload | mode | wall (median of {reps}) | vs plain | MPyC elapsed | elapsed per \
-         100 kB of MPyC payload | vs plain | bytes on the wire | ÷ MPyC payload | vs plain |"
+        "| workload | mode | wall median of {reps} | wall range | median ÷ plain median | \
+         per-rep ÷ plain (range) | MPyC elapsed | elapsed per 100 kB of MPyC payload | vs plain \
+         | bytes on the wire | ÷ MPyC payload | vs plain | CPU: MPyC / proxies + sessions |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (label, prog, args) in workloads {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (key, label, prog, args) in workloads {
+        if !only.is_empty() && !only.split(',').any(|w| w.trim() == key) {
+            continue;
+        }
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(), Vec::new(), Vec::new()];
         for rep in 0..reps {
-            // Rotate the order so drift on a shared machine hits every mode alike.
-            for k in 0..3 {
-                let m = (rep + k) % 3;
-                runs[m].push(run(Mode::ALL[m], prog, &args));
+            // Alternate, rotating the order, so drift on a shared machine hits every mode
+            // alike.
+            for k in 0..modes.len() {
+                let mode = modes[(rep + k) % modes.len()];
+                let m = mode as usize;
+                let r = run(mode, prog, &args);
+                eprintln!(
+                    "{key} rep {rep} {}: wall {:.3} s, MPyC elapsed {:.3} s, MPyC bytes {}, \
+                     CPU: MPyC {:.2} s, this process (proxies + sessions) {:.2} s",
+                    mode.label(),
+                    r.wall.as_secs_f64(),
+                    r.mpyc.as_secs_f64(),
+                    r.mpyc_bytes,
+                    r.cpu_mpyc.as_secs_f64(),
+                    r.cpu_ours.as_secs_f64(),
+                );
+                runs[m].push(r);
             }
         }
         // Byte counts of the two modes without a session layer come from one counted run
         // each (see the module docs); session mode counts in its timed runs.
         let counted = [
             vec![rt.block_on(run_mpyc(&python, prog, &args, false, true))],
-            std::mem::take(&mut runs[1]),
-            vec![rt.block_on(run_mpyc(&python, prog, &args, true, true))],
+            runs[1].clone(),
+            if with_ssl {
+                vec![rt.block_on(run_mpyc(&python, prog, &args, true, true))]
+            } else {
+                Vec::new()
+            },
         ];
-        // Session runs were moved into `counted`; their times are still needed.
-        let times: Vec<&[Run]> = vec![&runs[0], &counted[1], &runs[2]];
         // Runs do equal work (fixed draws), so wall times compare directly; time per payload
         // byte and wire bytes per payload byte are kept as a cross-check within each run.
         let per_byte = |r: &Run| {
             Duration::from_secs_f64(r.mpyc.as_secs_f64() * 1e5 / (r.mpyc_bytes as f64).max(1.0))
         };
         let overhead = |r: &Run| r.bytes as f64 / (r.mpyc_bytes as f64).max(1.0);
-        let wall: Vec<Duration> = times
+        let walls: Vec<Vec<Duration>> = runs
             .iter()
-            .map(|rs| median(rs.iter().map(|r| r.wall).collect()))
+            .map(|rs| rs.iter().map(|r| r.wall).collect())
             .collect();
-        let elapsed: Vec<Duration> = times
+        let wall: Vec<Duration> = walls
             .iter()
-            .map(|rs| median(rs.iter().map(|r| r.mpyc).collect()))
+            .map(|w| {
+                if w.is_empty() {
+                    Duration::ZERO
+                } else {
+                    median(w.clone())
+                }
+            })
             .collect();
-        let norm: Vec<Duration> = times
-            .iter()
-            .map(|rs| median(rs.iter().map(per_byte).collect()))
-            .collect();
+        let med = |rs: &[Run], f: &dyn Fn(&Run) -> Duration| {
+            if rs.is_empty() {
+                Duration::ZERO
+            } else {
+                median(rs.iter().map(f).collect())
+            }
+        };
+        let elapsed: Vec<Duration> = runs.iter().map(|rs| med(rs, &|r| r.mpyc)).collect();
+        let norm: Vec<Duration> = runs.iter().map(|rs| med(rs, &per_byte)).collect();
+        let cpu_mpyc: Vec<Duration> = runs.iter().map(|rs| med(rs, &|r| r.cpu_mpyc)).collect();
+        let cpu_ours: Vec<Duration> = runs.iter().map(|rs| med(rs, &|r| r.cpu_ours)).collect();
         let over: Vec<f64> = counted
             .iter()
             .map(|rs| {
                 let mut v: Vec<f64> = rs.iter().map(overhead).collect();
                 v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
+                v.get(v.len() / 2).copied().unwrap_or_default()
             })
             .collect();
         let wire: Vec<u64> = counted
             .iter()
             .map(|rs| rs.last().map_or(0, |r| r.bytes))
             .collect();
-        for (m, mode) in Mode::ALL.iter().enumerate() {
+        for mode in &modes {
+            let m = *mode as usize;
+            // Each repetition ran every mode once, back to back: its own ratio.
+            let paired: Vec<f64> = walls[m]
+                .iter()
+                .zip(&walls[0])
+                .map(|(w, p)| w.as_secs_f64() / p.as_secs_f64().max(1e-9))
+                .collect();
             println!(
-                "| {label} | {} | {:.3} s | {:.3}× | {:.3} s | {:.2} ms | {:.3}× | {} | {:.3} | {:.3}× |",
+                "| {label} | {} | {:.3} s | {} | **{:.3}×** | {} | {:.3} s | {:.2} ms | {:.3}× | {} | {:.3} | {:.3}× | {:.2} / {:.2} s |",
                 mode.label(),
                 wall[m].as_secs_f64(),
+                range(&walls[m]),
                 wall[m].as_secs_f64() / wall[0].as_secs_f64().max(1e-9),
+                ratio_range(&paired),
                 elapsed[m].as_secs_f64(),
                 norm[m].as_secs_f64() * 1e3,
                 norm[m].as_secs_f64() / norm[0].as_secs_f64().max(1e-12),
                 wire[m],
                 over[m],
                 over[m] / over[0].max(1e-9),
+                cpu_mpyc[m].as_secs_f64(),
+                cpu_ours[m].as_secs_f64(),
             );
         }
-        println!(
-            "| {label} | session ÷ --ssl | | {:.3}× | | | {:.3}× | | | {:.3}× |",
-            wall[1].as_secs_f64() / wall[2].as_secs_f64().max(1e-9),
-            norm[1].as_secs_f64() / norm[2].as_secs_f64().max(1e-12),
-            over[1] / over[2].max(1e-9),
-        );
+        if with_ssl {
+            println!(
+                "| {label} | session ÷ --ssl | | | {:.3}× | | | | {:.3}× | | | {:.3}× | |",
+                wall[1].as_secs_f64() / wall[2].as_secs_f64().max(1e-9),
+                norm[1].as_secs_f64() / norm[2].as_secs_f64().max(1e-12),
+                over[1] / over[2].max(1e-9),
+            );
+        }
     }
 }
