@@ -366,7 +366,15 @@ fn main() {
         .into_iter()
         .filter(|m| with_ssl || *m != Mode::Ssl)
         .collect();
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    // `MPC_DID_BENCH_RUNTIME=current_thread` runs the proxies and sessions on one thread
+    // (to measure what cross-thread wake-ups cost; `mpc-did run` uses the multi-thread one).
+    let rt = match std::env::var("MPC_DID_BENCH_RUNTIME").as_deref() {
+        Ok("current_thread") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        _ => tokio::runtime::Runtime::new().unwrap(),
+    };
     // Fixed work per run (the evaluation's workloads, `mpc_did_e3::workload`: Secret Santa
     // with `--draws 16`), so wall-time ratios between modes compare equal work.
     let santa = Workload::new(Program::SecretSanta, Size::High);

@@ -3,10 +3,12 @@
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
@@ -145,6 +147,12 @@ async fn incoming<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Bytes both ways until both sides have closed; returns `(mpyc→peer, peer→mpyc)`.
+///
+/// Like `tokio::io::copy_bidirectional`, with one difference on the way to MPyC: every
+/// chunk the stream has ready is gathered into the buffer before one write to MPyC's
+/// socket (a session stream yields one chunk per record), so a burst of records costs one
+/// `write` here and one `data_received` in MPyC's Python instead of one each. The way from
+/// MPyC is one read, one stream write (one session record), as before.
 async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
     mpyc: &mut UnixStream,
     stream: &mut S,
@@ -153,7 +161,107 @@ async fn pipe<S: AsyncRead + AsyncWrite + Unpin>(
     // A Unix stream has no RST: after an error MPyC may see an orderly EOF and wait for
     // its peer forever, so the launcher stops the program whenever the proxy fails
     // (`launch::run_program`).
-    tokio::io::copy_bidirectional_with_sizes(mpyc, stream, buffer, buffer).await
+    let mut to_peer = Half::new(buffer, false);
+    let mut to_mpyc = Half::new(buffer, true);
+    let (mut up, mut down) = (None, None);
+    std::future::poll_fn(|cx| {
+        if up.is_none() {
+            if let Poll::Ready(r) = to_peer.poll_copy(cx, &mut *mpyc, &mut *stream) {
+                up = Some(r?);
+            }
+        }
+        if down.is_none() {
+            if let Poll::Ready(r) = to_mpyc.poll_copy(cx, &mut *stream, &mut *mpyc) {
+                down = Some(r?);
+            }
+        }
+        match (up, down) {
+            (Some(u), Some(d)) => Poll::Ready(Ok((u, d))),
+            _ => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// One direction of [`pipe`]: a fixed buffer, filled by reads and drained by writes.
+struct Half {
+    buf: Box<[u8]>,
+    /// `buf[start..end]` is read and not yet written.
+    start: usize,
+    end: usize,
+    /// Keep reading while the reader has more ready before writing (see [`pipe`]).
+    gather: bool,
+    /// The reader reported EOF.
+    eof: bool,
+    /// Bytes written so far.
+    copied: u64,
+}
+
+impl Half {
+    fn new(size: usize, gather: bool) -> Self {
+        Self {
+            buf: vec![0; size.max(1)].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            gather,
+            eof: false,
+            copied: 0,
+        }
+    }
+
+    /// Copy until the reader's EOF has been passed on as the writer's shutdown; returns the
+    /// bytes copied.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            if self.start == self.end && !self.eof {
+                self.start = 0;
+                self.end = 0;
+                // The first read waits; with `gather`, further reads take only what is
+                // ready now.
+                loop {
+                    let Some(free) = self.buf.get_mut(self.end..).filter(|f| !f.is_empty()) else {
+                        break;
+                    };
+                    let mut rb = ReadBuf::new(free);
+                    match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) if rb.filled().is_empty() => self.eof = true,
+                        Poll::Ready(Ok(())) => self.end += rb.filled().len(),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending if self.end == 0 => return Poll::Pending,
+                        Poll::Pending => break,
+                    }
+                    if self.eof || !self.gather {
+                        break;
+                    }
+                }
+            }
+            while self.start < self.end {
+                let chunk = self.buf.get(self.start..self.end).unwrap_or_default();
+                let n = ready!(Pin::new(&mut *writer).poll_write(cx, chunk))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "the link's other side accepts no more bytes",
+                    )));
+                }
+                self.start += n;
+                self.copied += n as u64;
+            }
+            if self.eof {
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
+                return Poll::Ready(Ok(self.copied));
+            }
+        }
+    }
 }
 
 /// Whether the process at the other end of `sock` runs as our user; refusals are logged.
