@@ -193,6 +193,8 @@ struct Half {
     gather: bool,
     /// The reader reported EOF.
     eof: bool,
+    /// Bytes were written since the writer's last flush.
+    unflushed: bool,
     /// Bytes written so far.
     copied: u64,
 }
@@ -205,6 +207,7 @@ impl Half {
             end: 0,
             gather,
             eof: false,
+            unflushed: false,
             copied: 0,
         }
     }
@@ -233,7 +236,15 @@ impl Half {
                         Poll::Ready(Ok(())) if rb.filled().is_empty() => self.eof = true,
                         Poll::Ready(Ok(())) => self.end += rb.filled().len(),
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending if self.end == 0 => return Poll::Pending,
+                        Poll::Pending if self.end == 0 => {
+                            // Nothing more to send for now: let a buffering writer send
+                            // what it holds (as `copy_bidirectional` does).
+                            if self.unflushed {
+                                ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                                self.unflushed = false;
+                            }
+                            return Poll::Pending;
+                        }
                         Poll::Pending => break,
                     }
                     if self.eof || !self.gather {
@@ -252,6 +263,7 @@ impl Half {
                 }
                 self.start += n;
                 self.copied += n as u64;
+                self.unflushed = true;
             }
             if self.eof {
                 ready!(Pin::new(&mut *writer).poll_shutdown(cx))?;
@@ -325,10 +337,11 @@ mod tests {
         }
     }
 
-    /// A writer that records every write call and whether it was shut down.
+    /// A writer that records every write call, flush and shutdown.
     #[derive(Default)]
     struct Writes {
         calls: Vec<Vec<u8>>,
+        flushes: usize,
         shut: bool,
     }
 
@@ -341,7 +354,8 @@ mod tests {
             self.calls.push(buf.to_vec());
             Poll::Ready(Ok(buf.len()))
         }
-        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
             Poll::Ready(Ok(()))
         }
         fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -386,5 +400,43 @@ mod tests {
         let (w, _) = copy(false, 1024, &[b"ab", b"cde"]);
         assert_eq!(w.calls, vec![b"ab".to_vec(), b"cde".to_vec()]);
         assert!(w.shut);
+    }
+
+    /// A reader that has one chunk ready and then nothing yet (not EOF).
+    struct OneThenWait(Option<Vec<u8>>);
+
+    impl AsyncRead for OneThenWait {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.0.take() {
+                Some(c) => {
+                    buf.put_slice(&c);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    /// When the reader has nothing more for now, what was written is flushed once, so a
+    /// transport whose stream buffers still sends it.
+    #[test]
+    fn written_bytes_are_flushed_when_the_reader_waits() {
+        let mut reader = OneThenWait(Some(b"abc".to_vec()));
+        let mut writer = Writes::default();
+        let mut half = Half::new(1024, true);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(half
+            .poll_copy(&mut cx, &mut reader, &mut writer)
+            .is_pending());
+        assert!(half
+            .poll_copy(&mut cx, &mut reader, &mut writer)
+            .is_pending());
+        assert_eq!(writer.calls, vec![b"abc".to_vec()]);
+        assert_eq!(writer.flushes, 1);
+        assert!(!writer.shut);
     }
 }
