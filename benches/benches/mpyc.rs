@@ -2,6 +2,13 @@
 //! (each party's MPyC → its proxy → Noise sessions over loopback TCP), and over MPyC's own
 //! TLS (`--ssl`), in the same run.
 //!
+//! Workloads do equal work in every run (the evaluation's: Secret Santa high with a fixed
+//! `--draws 16`, `mpc_did_e3::workload`; innerproduct of 100,000 elements). Modes alternate
+//! within each repetition (rotating order, ≥ 5 repetitions); per mode the bench prints the
+//! median wall time, its range (min–max), the ratio of medians to plain, the range of the
+//! per-repetition ratios, and the CPU of the MPyC processes beside that of this process (all
+//! proxies and sessions, in session mode); each repetition is also printed on stderr.
+//!
 //! Reports per workload and mode the median wall time from launch to the last party's exit,
 //! the median of MPyC's own "elapsed time" (connected → shutdown, the part the data plane
 //! can slow down; it leaves out connection set-up, so also the TLS handshakes of `--ssl`),
@@ -21,7 +28,10 @@
 //! certificate per party (ECDSA P-256, rcgen) in a temporary directory and runs MPyC there.
 //!
 //! `cargo bench -p mpc-did-benches --bench mpyc`; `MPC_DID_PYTHON` names a Python with
-//! mpyc (test.sh makes `.venv`), `MPC_DID_BENCH_REPS` the repetitions (default 5).
+//! mpyc (test.sh makes `.venv`), `MPC_DID_BENCH_REPS` the repetitions (default 5),
+//! `MPC_DID_BENCH_WORKLOADS` `santa` or `innerproduct` (default both), `MPC_DID_BENCH_SSL=0`
+//! leaves out `--ssl`, `MPC_DID_BENCH_RUNTIME=current_thread` runs the proxies and sessions on
+//! one thread (spec/proxy-performance.md).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod mpyc_common;
