@@ -371,7 +371,7 @@ fn main() {
     // `MPC_DID_BENCH_WORKLOADS=santa` or `=innerproduct` runs one workload only;
     // `MPC_DID_BENCH_SSL=0` leaves out the `--ssl` mode (plain and session alternate).
     let only = std::env::var("MPC_DID_BENCH_WORKLOADS").unwrap_or_default();
-    let with_ssl = std::env::var("MPC_DID_BENCH_SSL").map_or(true, |v| v != "0");
+    let with_ssl = std::env::var("MPC_DID_BENCH_SSL").as_deref() != Ok("0");
     let modes: Vec<Mode> = Mode::ALL
         .into_iter()
         .filter(|m| with_ssl || *m != Mode::Ssl)
