@@ -34,6 +34,7 @@
 //! one thread (spec/proxy-performance.md).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod common;
 mod mpyc_common;
 
 use std::net::Ipv4Addr;
@@ -49,7 +50,7 @@ use mpc_did_e3::workload::{Program, Size, Workload};
 use mpc_did_testkit::local;
 use mpyc_common::{median, parse_stop, python, run_parties, script};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 const PARTIES: u16 = 3;
 
@@ -333,6 +334,53 @@ impl Mode {
     }
 }
 
+/// 64-byte round trips, (median, p99): plain loopback TCP; a session stream; and MPyC's whole
+/// path in session mode — Unix socket → proxy → session → proxy → Unix socket — with the two
+/// "MPyC" ends played by tasks of this process (spec/proxy-performance.md).
+async fn hop_latency(rounds: usize) -> [(Duration, Duration); 3] {
+    use mpc_did_mpc::PartyTransport;
+    use mpc_did_proxy::{Proxy, ProxyConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (a, b) = common::tcp_pair().await;
+    let plain = common::latency(a, async move { b }, rounds).await;
+
+    let maps = local::local_mesh(2, |t| Box::new(t)).await.unwrap();
+    let (sa, sb) = (maps[0][&1].clone(), maps[1][&0].clone());
+    let stream = sa.open_stream().await.unwrap();
+    let session = common::latency(
+        stream,
+        async move { sb.accept_stream().await.unwrap() },
+        rounds,
+    )
+    .await;
+
+    let mut maps = local::local_mesh(2, |t| Box::new(t)).await.unwrap();
+    let (m1, m0) = (maps.pop().unwrap(), maps.pop().unwrap());
+    let p0 = Proxy::bind(ProxyConfig::new(2, 0)).await.unwrap();
+    let p1 = Proxy::bind(ProxyConfig::new(2, 1)).await.unwrap();
+    let dial = p0.link_path(1);
+    // Party 1's "MPyC" listens where its proxy delivers party 0's link.
+    let listener = UnixListener::bind(p1.mpyc_socket()).unwrap();
+    let runs = [
+        tokio::spawn(p0.run(Arc::new(PartyTransport::new(0, m0)))),
+        tokio::spawn(p1.run(Arc::new(PartyTransport::new(1, m1)))),
+    ];
+    let mut x = UnixStream::connect(dial).await.unwrap();
+    x.write_all(&0u16.to_le_bytes()).await.unwrap();
+    let echo = async move {
+        let (mut y, _) = listener.accept().await.unwrap();
+        let mut id = [0u8; 2];
+        y.read_exact(&mut id).await.unwrap();
+        y
+    };
+    let proxied = common::latency(x, echo, rounds).await;
+    for r in runs {
+        r.abort();
+    }
+    [plain, session, proxied]
+}
+
 /// The length of innerproduct's vectors (the issue's "innerproduct 100k": two rounds of
 /// MB-sized messages).
 const INNERPRODUCT_LENGTH: u32 = 100_000;
@@ -407,6 +455,19 @@ fn main() {
         Mode::Session => rt.block_on(run_session(&python, prog, args)),
         Mode::Ssl => rt.block_on(run_mpyc(&python, prog, args, true, false)),
     };
+    let rounds = 2000;
+    let [plain, session, proxied] = rt.block_on(hop_latency(rounds));
+    println!(
+        "64 B round trips ({rounds}, median / p99): plain TCP {:.1} / {:.1} µs; session stream \
+         {:.1} / {:.1} µs; MPyC's session-mode path (Unix → proxy → session → proxy → Unix) \
+         {:.1} / {:.1} µs\n",
+        plain.0.as_secs_f64() * 1e6,
+        plain.1.as_secs_f64() * 1e6,
+        session.0.as_secs_f64() * 1e6,
+        session.1.as_secs_f64() * 1e6,
+        proxied.0.as_secs_f64() * 1e6,
+        proxied.1.as_secs_f64() * 1e6,
+    );
     println!(
         "| workload | mode | wall median of {reps} | wall range | median ÷ plain median | \
          per-rep ÷ plain (range) | MPyC elapsed | elapsed per 100 kB of MPyC payload | vs plain \
