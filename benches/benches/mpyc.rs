@@ -2,6 +2,13 @@
 //! (each party's MPyC → its proxy → Noise sessions over loopback TCP), and over MPyC's own
 //! TLS (`--ssl`), in the same run.
 //!
+//! Workloads do equal work in every run (the evaluation's: Secret Santa high with a fixed
+//! `--draws 16`, `mpc_did_e3::workload`; innerproduct of 100,000 elements). Modes alternate
+//! within each repetition (rotating order, ≥ 5 repetitions); per mode the bench prints the
+//! median wall time, its range (min–max), the ratio of medians to plain, the range of the
+//! per-repetition ratios, and the CPU of the MPyC processes beside that of this process (all
+//! proxies and sessions, in session mode); each repetition is also printed on stderr.
+//!
 //! Reports per workload and mode the median wall time from launch to the last party's exit,
 //! the median of MPyC's own "elapsed time" (connected → shutdown, the part the data plane
 //! can slow down; it leaves out connection set-up, so also the TLS handshakes of `--ssl`),
@@ -21,9 +28,13 @@
 //! certificate per party (ECDSA P-256, rcgen) in a temporary directory and runs MPyC there.
 //!
 //! `cargo bench -p mpc-did-benches --bench mpyc`; `MPC_DID_PYTHON` names a Python with
-//! mpyc (test.sh makes `.venv`), `MPC_DID_BENCH_REPS` the repetitions (default 5).
+//! mpyc (test.sh makes `.venv`), `MPC_DID_BENCH_REPS` the repetitions (default 5),
+//! `MPC_DID_BENCH_WORKLOADS` `santa` or `innerproduct` (default both), `MPC_DID_BENCH_SSL=0`
+//! leaves out `--ssl`, `MPC_DID_BENCH_RUNTIME=current_thread` runs the proxies and sessions on
+//! one thread (spec/proxy-performance.md).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod common;
 mod mpyc_common;
 
 use std::net::Ipv4Addr;
@@ -39,10 +50,11 @@ use mpc_did_e3::workload::{Program, Size, Workload};
 use mpc_did_testkit::local;
 use mpyc_common::{median, parse_stop, python, run_parties, script};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 const PARTIES: u16 = 3;
 
+#[derive(Clone)]
 struct Run {
     wall: Duration,
     mpyc: Duration,
@@ -50,6 +62,26 @@ struct Run {
     bytes: u64,
     /// MPyC's own "bytes sent", summed over the parties.
     mpyc_bytes: u64,
+    /// CPU time of the MPyC processes (user + system, all parties).
+    cpu_mpyc: Duration,
+    /// CPU time of this process during the run: in session mode every party's proxy and
+    /// sessions run here; in the other modes it only waits.
+    cpu_ours: Duration,
+}
+
+/// `(this process, its waited-for children)` CPU time, user + system, from
+/// `/proc/self/stat` (clock ticks of 10 ms).
+fn cpu_times() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14–17, i.e. 11–14 after the name.
+    let tick = |i: usize| Duration::from_millis(f.get(i).copied().unwrap_or(0) * 10);
+    (tick(11) + tick(12), tick(13) + tick(14))
 }
 
 async fn free_port() -> u16 {
@@ -165,6 +197,7 @@ async fn run_mpyc(python: &Path, prog: &str, args: &[String], ssl: bool, count: 
     if ssl {
         write_tls_config(dir.path());
     }
+    let cpu0 = cpu_times();
     let start = Instant::now();
     let mut children = Vec::new();
     for i in 0..PARTIES {
@@ -210,11 +243,15 @@ async fn run_mpyc(python: &Path, prog: &str, args: &[String], ssl: bool, count: 
         mpyc = mpyc.max(e);
         mpyc_bytes += b;
     }
+    let wall = start.elapsed();
+    let cpu1 = cpu_times();
     Run {
-        wall: start.elapsed(),
+        wall,
         mpyc,
         bytes: relays.map_or(0, |r| r.bytes.load(Ordering::Relaxed)),
         mpyc_bytes,
+        cpu_mpyc: cpu1.1.saturating_sub(cpu0.1),
+        cpu_ours: cpu1.0.saturating_sub(cpu0.0),
     }
 }
 
@@ -266,12 +303,16 @@ async fn run_session(python: &std::path::Path, prog: &str, args: &[String]) -> R
     .await
     .unwrap();
     let after_setup = written.load(Ordering::Relaxed);
+    let cpu0 = cpu_times();
     let t = run_parties(maps, python, prog, args).await;
+    let cpu1 = cpu_times();
     Run {
         wall: t.wall,
         mpyc: t.mpyc,
         bytes: written.load(Ordering::Relaxed) - after_setup,
         mpyc_bytes: t.mpyc_bytes,
+        cpu_mpyc: cpu1.1.saturating_sub(cpu0.1),
+        cpu_ours: cpu1.0.saturating_sub(cpu0.0),
     }
 }
 
@@ -293,6 +334,71 @@ impl Mode {
     }
 }
 
+/// 64-byte round trips, (median, p99): plain loopback TCP; a session stream; and MPyC's whole
+/// path in session mode — Unix socket → proxy → session → proxy → Unix socket — with the two
+/// "MPyC" ends played by tasks of this process (spec/proxy-performance.md).
+async fn hop_latency(rounds: usize) -> [(Duration, Duration); 3] {
+    use mpc_did_mpc::PartyTransport;
+    use mpc_did_proxy::{Proxy, ProxyConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (a, b) = common::tcp_pair().await;
+    let plain = common::latency(a, async move { b }, rounds).await;
+
+    let maps = local::local_mesh(2, |t| Box::new(t)).await.unwrap();
+    let (sa, sb) = (maps[0][&1].clone(), maps[1][&0].clone());
+    let stream = sa.open_stream().await.unwrap();
+    let session = common::latency(
+        stream,
+        async move { sb.accept_stream().await.unwrap() },
+        rounds,
+    )
+    .await;
+
+    let mut maps = local::local_mesh(2, |t| Box::new(t)).await.unwrap();
+    let (m1, m0) = (maps.pop().unwrap(), maps.pop().unwrap());
+    let p0 = Proxy::bind(ProxyConfig::new(2, 0)).await.unwrap();
+    let p1 = Proxy::bind(ProxyConfig::new(2, 1)).await.unwrap();
+    let dial = p0.link_path(1);
+    // Party 1's "MPyC" listens where its proxy delivers party 0's link.
+    let listener = UnixListener::bind(p1.mpyc_socket()).unwrap();
+    let runs = [
+        tokio::spawn(p0.run(Arc::new(PartyTransport::new(0, m0)))),
+        tokio::spawn(p1.run(Arc::new(PartyTransport::new(1, m1)))),
+    ];
+    let mut x = UnixStream::connect(dial).await.unwrap();
+    x.write_all(&0u16.to_le_bytes()).await.unwrap();
+    let echo = async move {
+        let (mut y, _) = listener.accept().await.unwrap();
+        let mut id = [0u8; 2];
+        y.read_exact(&mut id).await.unwrap();
+        y
+    };
+    let proxied = common::latency(x, echo, rounds).await;
+    for r in runs {
+        r.abort();
+    }
+    [plain, session, proxied]
+}
+
+/// The length of innerproduct's vectors (the issue's "innerproduct 100k": two rounds of
+/// MB-sized messages).
+const INNERPRODUCT_LENGTH: u32 = 100_000;
+
+/// `min–max` of a set of durations, in seconds.
+fn range(v: &[Duration]) -> String {
+    let min = v.iter().min().copied().unwrap_or_default();
+    let max = v.iter().max().copied().unwrap_or_default();
+    format!("{:.3}–{:.3} s", min.as_secs_f64(), max.as_secs_f64())
+}
+
+/// `min–max` of ratios.
+fn ratio_range(v: &[f64]) -> String {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.3}–{max:.3}×")
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing: run only
     // when asked to benchmark.
@@ -310,20 +416,38 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(5)
         .max(1);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    // Fixed work per run (the evaluation's workloads, `mpc_did_e3::workload`), so wall-time
-    // ratios between modes compare equal work.
+    // `MPC_DID_BENCH_WORKLOADS=santa` or `=innerproduct` runs one workload only;
+    // `MPC_DID_BENCH_SSL=0` leaves out the `--ssl` mode (plain and session alternate).
+    let only = std::env::var("MPC_DID_BENCH_WORKLOADS").unwrap_or_default();
+    let with_ssl = std::env::var("MPC_DID_BENCH_SSL").as_deref() != Ok("0");
+    let modes: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| with_ssl || *m != Mode::Ssl)
+        .collect();
+    // `MPC_DID_BENCH_RUNTIME=current_thread` runs the proxies and sessions on one thread
+    // (to measure what cross-thread wake-ups cost; `mpc-did run` uses the multi-thread one).
+    let rt = match std::env::var("MPC_DID_BENCH_RUNTIME").as_deref() {
+        Ok("current_thread") => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+        _ => tokio::runtime::Runtime::new().unwrap(),
+    };
+    // Fixed work per run (the evaluation's workloads, `mpc_did_e3::workload`: Secret Santa
+    // with `--draws 16`), so wall-time ratios between modes compare equal work.
     let santa = Workload::new(Program::SecretSanta, Size::High);
-    let workloads: Vec<(&str, &str, Vec<String>)> = vec![
+    let workloads: Vec<(&str, &str, &str, Vec<String>)> = vec![
         (
+            "santa",
             "secretsanta high (many rounds, small messages)",
             santa.program.script(),
             santa.args(),
         ),
         (
-            "innerproduct (few rounds, MB messages)",
+            "innerproduct",
+            "innerproduct 100k (few rounds, MB messages)",
             "innerproduct.py",
-            vec!["--length".into(), "200000".into()],
+            vec!["--length".into(), INNERPRODUCT_LENGTH.to_string()],
         ),
     ];
     let run = |mode: Mode, prog: &str, args: &[String]| match mode {
@@ -331,78 +455,136 @@ fn main() {
         Mode::Session => rt.block_on(run_session(&python, prog, args)),
         Mode::Ssl => rt.block_on(run_mpyc(&python, prog, args, true, false)),
     };
+    let rounds = 2000;
+    let [plain, session, proxied] = rt.block_on(hop_latency(rounds));
     println!(
-        "| workload | mode | wall (median of {reps}) | vs plain | MPyC elapsed | elapsed per \
-         100 kB of MPyC payload | vs plain | bytes on the wire | ÷ MPyC payload | vs plain |"
+        "64 B round trips ({rounds}, median / p99): plain TCP {:.1} / {:.1} µs; session stream \
+         {:.1} / {:.1} µs; MPyC's session-mode path (Unix → proxy → session → proxy → Unix) \
+         {:.1} / {:.1} µs\n",
+        plain.0.as_secs_f64() * 1e6,
+        plain.1.as_secs_f64() * 1e6,
+        session.0.as_secs_f64() * 1e6,
+        session.1.as_secs_f64() * 1e6,
+        proxied.0.as_secs_f64() * 1e6,
+        proxied.1.as_secs_f64() * 1e6,
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for (label, prog, args) in workloads {
+    println!(
+        "| workload | mode | wall median of {reps} | wall range | median ÷ plain median | \
+         per-rep ÷ plain (range) | MPyC elapsed | elapsed per 100 kB of MPyC payload | vs plain \
+         | bytes on the wire | ÷ MPyC payload | vs plain | CPU: MPyC / proxies + sessions |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (key, label, prog, args) in workloads {
+        if !only.is_empty() && !only.split(',').any(|w| w.trim() == key) {
+            continue;
+        }
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(), Vec::new(), Vec::new()];
         for rep in 0..reps {
-            // Rotate the order so drift on a shared machine hits every mode alike.
-            for k in 0..3 {
-                let m = (rep + k) % 3;
-                runs[m].push(run(Mode::ALL[m], prog, &args));
+            // Alternate, rotating the order, so drift on a shared machine hits every mode
+            // alike.
+            for k in 0..modes.len() {
+                let mode = modes[(rep + k) % modes.len()];
+                let m = mode as usize;
+                let r = run(mode, prog, &args);
+                eprintln!(
+                    "{key} rep {rep} {}: wall {:.3} s, MPyC elapsed {:.3} s, MPyC bytes {}, \
+                     CPU: MPyC {:.2} s, this process (proxies + sessions) {:.2} s",
+                    mode.label(),
+                    r.wall.as_secs_f64(),
+                    r.mpyc.as_secs_f64(),
+                    r.mpyc_bytes,
+                    r.cpu_mpyc.as_secs_f64(),
+                    r.cpu_ours.as_secs_f64(),
+                );
+                runs[m].push(r);
             }
         }
         // Byte counts of the two modes without a session layer come from one counted run
         // each (see the module docs); session mode counts in its timed runs.
         let counted = [
             vec![rt.block_on(run_mpyc(&python, prog, &args, false, true))],
-            std::mem::take(&mut runs[1]),
-            vec![rt.block_on(run_mpyc(&python, prog, &args, true, true))],
+            runs[1].clone(),
+            if with_ssl {
+                vec![rt.block_on(run_mpyc(&python, prog, &args, true, true))]
+            } else {
+                Vec::new()
+            },
         ];
-        // Session runs were moved into `counted`; their times are still needed.
-        let times: Vec<&[Run]> = vec![&runs[0], &counted[1], &runs[2]];
         // Runs do equal work (fixed draws), so wall times compare directly; time per payload
         // byte and wire bytes per payload byte are kept as a cross-check within each run.
         let per_byte = |r: &Run| {
             Duration::from_secs_f64(r.mpyc.as_secs_f64() * 1e5 / (r.mpyc_bytes as f64).max(1.0))
         };
         let overhead = |r: &Run| r.bytes as f64 / (r.mpyc_bytes as f64).max(1.0);
-        let wall: Vec<Duration> = times
+        let walls: Vec<Vec<Duration>> = runs
             .iter()
-            .map(|rs| median(rs.iter().map(|r| r.wall).collect()))
+            .map(|rs| rs.iter().map(|r| r.wall).collect())
             .collect();
-        let elapsed: Vec<Duration> = times
+        let wall: Vec<Duration> = walls
             .iter()
-            .map(|rs| median(rs.iter().map(|r| r.mpyc).collect()))
+            .map(|w| {
+                if w.is_empty() {
+                    Duration::ZERO
+                } else {
+                    median(w.clone())
+                }
+            })
             .collect();
-        let norm: Vec<Duration> = times
-            .iter()
-            .map(|rs| median(rs.iter().map(per_byte).collect()))
-            .collect();
+        let med = |rs: &[Run], f: &dyn Fn(&Run) -> Duration| {
+            if rs.is_empty() {
+                Duration::ZERO
+            } else {
+                median(rs.iter().map(f).collect())
+            }
+        };
+        let elapsed: Vec<Duration> = runs.iter().map(|rs| med(rs, &|r| r.mpyc)).collect();
+        let norm: Vec<Duration> = runs.iter().map(|rs| med(rs, &per_byte)).collect();
+        let cpu_mpyc: Vec<Duration> = runs.iter().map(|rs| med(rs, &|r| r.cpu_mpyc)).collect();
+        let cpu_ours: Vec<Duration> = runs.iter().map(|rs| med(rs, &|r| r.cpu_ours)).collect();
         let over: Vec<f64> = counted
             .iter()
             .map(|rs| {
                 let mut v: Vec<f64> = rs.iter().map(overhead).collect();
                 v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
+                v.get(v.len() / 2).copied().unwrap_or_default()
             })
             .collect();
         let wire: Vec<u64> = counted
             .iter()
             .map(|rs| rs.last().map_or(0, |r| r.bytes))
             .collect();
-        for (m, mode) in Mode::ALL.iter().enumerate() {
+        for mode in &modes {
+            let m = *mode as usize;
+            // Each repetition ran every mode once, back to back: its own ratio.
+            let paired: Vec<f64> = walls[m]
+                .iter()
+                .zip(&walls[0])
+                .map(|(w, p)| w.as_secs_f64() / p.as_secs_f64().max(1e-9))
+                .collect();
             println!(
-                "| {label} | {} | {:.3} s | {:.3}× | {:.3} s | {:.2} ms | {:.3}× | {} | {:.3} | {:.3}× |",
+                "| {label} | {} | {:.3} s | {} | **{:.3}×** | {} | {:.3} s | {:.2} ms | {:.3}× | {} | {:.3} | {:.3}× | {:.2} / {:.2} s |",
                 mode.label(),
                 wall[m].as_secs_f64(),
+                range(&walls[m]),
                 wall[m].as_secs_f64() / wall[0].as_secs_f64().max(1e-9),
+                ratio_range(&paired),
                 elapsed[m].as_secs_f64(),
                 norm[m].as_secs_f64() * 1e3,
                 norm[m].as_secs_f64() / norm[0].as_secs_f64().max(1e-12),
                 wire[m],
                 over[m],
                 over[m] / over[0].max(1e-9),
+                cpu_mpyc[m].as_secs_f64(),
+                cpu_ours[m].as_secs_f64(),
             );
         }
-        println!(
-            "| {label} | session ÷ --ssl | | {:.3}× | | | {:.3}× | | | {:.3}× |",
-            wall[1].as_secs_f64() / wall[2].as_secs_f64().max(1e-9),
-            norm[1].as_secs_f64() / norm[2].as_secs_f64().max(1e-12),
-            over[1] / over[2].max(1e-9),
-        );
+        if with_ssl {
+            println!(
+                "| {label} | session ÷ --ssl | | | {:.3}× | | | | {:.3}× | | | {:.3}× | |",
+                wall[1].as_secs_f64() / wall[2].as_secs_f64().max(1e-9),
+                norm[1].as_secs_f64() / norm[2].as_secs_f64().max(1e-12),
+                over[1] / over[2].max(1e-9),
+            );
+        }
     }
 }

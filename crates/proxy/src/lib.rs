@@ -29,7 +29,8 @@
 //!   an error on either side closes both, and the launcher stops MPyC, so it exits instead
 //!   of hanging. Buffers are bounded (one fixed buffer per direction); what one read
 //!   returns is written to the stream in one write, so the session layer can put it in one
-//!   frame.
+//!   frame; towards MPyC every record the stream has ready is gathered into one write
+//!   (fewer syscalls and `data_received` calls; spec/proxy-performance.md).
 //! - [`launch`] starts an unmodified MPyC program against a bound proxy and supervises
 //!   both (own process group, Ctrl-C forwarded, killed with mpc-did); its
 //!   [`launch::find_python`] is the one place that picks the Python that runs MPyC.
