@@ -70,5 +70,5 @@ pub use messages::{
     AcceptBody, Acceptor, CandidatesBody, CloseBody, HandshakeBody, ProposeBody, Proposer,
 };
 pub use outbox::Outbox;
-pub use session::{Event, Session, SessionConfig, SessionStats, MAX_STREAMS_LIMIT};
+pub use session::{Event, EventRef, Session, SessionConfig, SessionStats, MAX_STREAMS_LIMIT};
 pub use session_id::SessionId;
