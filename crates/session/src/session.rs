@@ -588,6 +588,24 @@ impl Session {
         Some(e)
     }
 
+    /// If the next event is [`Event::Data`]: its stream, and the bytes of that stream in the
+    /// run of DATA events of the same stream at the front of the queue (what a driver may
+    /// gather into one chunk for the application).
+    #[must_use]
+    pub fn queued_data(&self) -> Option<(u32, usize)> {
+        let mut run = None;
+        for q in &self.events {
+            match (q, run) {
+                (Queued::Data { stream, start, end }, None) => run = Some((*stream, end - start)),
+                (Queued::Data { stream, start, end }, Some((s, n))) if *stream == s => {
+                    run = Some((s, n + (end - start)));
+                }
+                _ => break,
+            }
+        }
+        run
+    }
+
     /// As [`Session::poll_event`], borrowing stream bytes from the session (valid until the
     /// session is used again) instead of allocating them: no allocation per record.
     pub fn poll_event_ref(&mut self) -> Option<EventRef<'_>> {
