@@ -26,7 +26,7 @@ pub struct DriverConfig {
     pub resume_timeout: Duration,
     /// Chunks buffered per stream for a reader that is not reading (backpressure beyond it:
     /// the driver stops reading the path). A chunk gathers consecutive records of the
-    /// stream, up to 128 KiB plus one record.
+    /// stream, up to 64 KiB plus one record.
     pub stream_buffer_chunks: usize,
     /// Writes queued from all streams before writers wait.
     pub write_queue_chunks: usize,
@@ -407,8 +407,9 @@ const READ_CHUNK: usize = 256 << 10;
 const WRITE_BATCH: usize = 16;
 
 /// Most bytes gathered from consecutive records of one stream into one chunk for its reader
-/// (a chunk may exceed it by less than one record).
-const DELIVER_CHUNK: usize = 128 << 10;
+/// (a chunk may exceed it by less than one record). Kept under glibc's 128 KiB mmap
+/// threshold: larger chunks were mapped and faulted in afresh each time.
+const DELIVER_CHUNK: usize = 64 << 10;
 
 /// Batches of records handed to one vectored write at most.
 const MAX_IOSLICES: usize = 64;
