@@ -158,7 +158,11 @@ fn bench_format_floor(c: &mut Criterion) {
                 body[2 + size..].copy_from_slice(tag.as_ref());
                 rx.copy_from_slice(body);
                 let pt = key
-                    .open_in_place(Nonce::assume_unique_for_key(n), Aad::from(&hdr[..]), &mut rx)
+                    .open_in_place(
+                        Nonce::assume_unique_for_key(n),
+                        Aad::from(&hdr[..]),
+                        &mut rx,
+                    )
                     .unwrap();
                 black_box(pt.len())
             });
