@@ -92,6 +92,9 @@ pub enum Event {
     },
 }
 
+/// Receive-buffer capacity kept once every queued event has been polled.
+const RECV_DATA_KEEP: usize = 1 << 20;
+
 /// An [`Event`] as [`Session::poll_event_ref`] returns it: stream bytes are borrowed from
 /// the session's receive buffer instead of allocated.
 #[derive(Debug, PartialEq, Eq)]
@@ -492,6 +495,10 @@ impl Session {
         // Copied once, decrypted where it lies; DATA stays there until polled.
         if self.events.is_empty() {
             self.recv_data.clear();
+            // A burst polled late may have grown it: do not keep that much for good.
+            if self.recv_data.capacity() > RECV_DATA_KEEP {
+                self.recv_data.shrink_to(RECV_DATA_KEEP);
+            }
         }
         let mut buf = std::mem::take(&mut self.recv_data);
         let start = buf.len();
