@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use mpc_did_session::{Event, Outbox, RecordDecoder, Session, SessionError, SessionStats};
+use mpc_did_session::frame::MAX_FRAME_LEN;
+use mpc_did_session::{
+    Event, EventRef, Outbox, RecordDecoder, Session, SessionError, SessionStats,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::time::Instant;
@@ -22,7 +25,8 @@ pub struct DriverConfig {
     /// authenticated record from the peer) before it fails.
     pub resume_timeout: Duration,
     /// Chunks buffered per stream for a reader that is not reading (backpressure beyond it:
-    /// the driver stops reading the path).
+    /// the driver stops reading the path). A chunk gathers consecutive records of the
+    /// stream, up to 64 KiB plus one record.
     pub stream_buffer_chunks: usize,
     /// Writes queued from all streams before writers wait.
     pub write_queue_chunks: usize,
@@ -402,6 +406,11 @@ const READ_CHUNK: usize = 256 << 10;
 /// Application writes taken per loop turn beyond the first, sealed before the next write.
 const WRITE_BATCH: usize = 16;
 
+/// Most bytes gathered from consecutive records of one stream into one chunk for its reader
+/// (a chunk may exceed it by less than one record). Kept under glibc's 128 KiB mmap
+/// threshold: larger chunks were mapped and faulted in afresh each time.
+const DELIVER_CHUNK: usize = 64 << 10;
+
 /// Batches of records handed to one vectored write at most.
 const MAX_IOSLICES: usize = 64;
 
@@ -547,8 +556,6 @@ impl Driver {
     }
 
     async fn run_loop(&mut self) -> Stop {
-        // Large reads: a bulk transfer takes several records per system call.
-        let mut buf = vec![0u8; READ_CHUNK];
         loop {
             if let Some(stop) = self.pump_events() {
                 return stop;
@@ -577,10 +584,12 @@ impl Driver {
                         return Stop::Closed { code: 0, reason: "all handles dropped".into(), by_peer: false };
                     }
                 },
-                n = read_some(&mut self.reader, &mut buf), if can_read => match n {
+                // Large reads (a bulk transfer takes several records per system call),
+                // straight into the decoder's buffer: no copy between read and open.
+                n = read_some(&mut self.reader, self.decoder.spare(READ_CHUNK)), if can_read => match n {
                     Ok(0) | Err(_) => self.lose_path("path closed"),
                     Ok(n) => {
-                        self.decoder.push(buf.get(..n).unwrap_or_default());
+                        self.decoder.filled(n);
                         if let Some(stop) = self.feed_records() { return stop; }
                     }
                 },
@@ -807,6 +816,20 @@ impl Driver {
     /// Hand session events to streams until one stalls.
     fn pump_events(&mut self) -> Option<Stop> {
         while self.stalled.is_none() {
+            if let Some((stream, run)) = self.session.queued_data() {
+                // Consecutive records of one stream go to its reader as one chunk: one
+                // allocation and one channel hand-off per chunk, not per record.
+                let want = run.min(DELIVER_CHUNK);
+                let mut chunk = Vec::with_capacity(run.min(DELIVER_CHUNK + MAX_FRAME_LEN));
+                while chunk.len() < want {
+                    match self.session.poll_event_ref() {
+                        Some(EventRef::Data { data, .. }) => chunk.extend_from_slice(data),
+                        _ => break,
+                    }
+                }
+                self.deliver(stream, Chunk::Data(chunk));
+                continue;
+            }
             let event = self.session.poll_event()?;
             match event {
                 Event::Data { stream, data } => self.deliver(stream, Chunk::Data(data)),

@@ -1,14 +1,16 @@
 //! Directional AEAD with epoch keys (spec/session.md §5.2, §5.5).
 //!
-//! The two split keys of the handshake are used with snow's own ring AES-256-GCM cipher
-//! objects, which we own, so that the key of a later epoch can be derived into a *second*
-//! cipher object and tried without destroying the current one: a forged record that claims
-//! a later epoch fails to authenticate and leaves the receiver exactly as it was. Raw key
-//! bytes exist only transiently, in zeroizing buffers.
+//! The two split keys of the handshake are used with ring's AES-256-GCM (the implementation
+//! snow itself uses with `ring-accelerated`), held in key objects we own, so that the key of
+//! a later epoch can be derived into a *second* object and tried without destroying the
+//! current one: a forged record that claims a later epoch fails to authenticate and leaves
+//! the receiver exactly as it was. Records are sealed and opened **in place** (the frame is
+//! encoded straight into the outbox and encrypted there; a received record is copied once
+//! and decrypted where it lies): no scratch buffer, no zero-filling, no second copy
+//! (spec/session.md §11 "Performance note"). Raw key bytes exist only transiently, in
+//! zeroizing buffers.
 
-use snow::params::CipherChoice;
-use snow::resolvers::{CryptoResolver, RingResolver};
-use snow::types::Cipher;
+use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use zeroize::Zeroizing;
 
 use crate::error::{Result, SessionError};
@@ -31,20 +33,76 @@ pub fn epoch_of(counter: u64) -> u64 {
     counter >> EPOCH_BITS
 }
 
-/// One key, held only inside its cipher object.
+/// The Noise AESGCM nonce (Noise spec §12.4): 32 zero bits, then the counter big-endian.
+fn nonce(counter: u64) -> Nonce {
+    let mut n = [0u8; aead::NONCE_LEN];
+    n[4..].copy_from_slice(&counter.to_be_bytes());
+    Nonce::assume_unique_for_key(n)
+}
+
+/// An AEAD key object: the seam that lets the tests watch which keys are installed.
+pub(crate) trait AeadKey {
+    /// Replaces the key (and its schedule) in place.
+    fn set(&mut self, key: &[u8; KEY_LEN]);
+    /// Encrypts `in_out` in place; returns the tag.
+    fn seal_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8]) -> [u8; TAG_LEN];
+    /// Decrypts `in_out` (ciphertext and tag) in place; returns the plaintext length.
+    fn open_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8]) -> Option<usize>;
+}
+
+/// ring's AES-256-GCM.
+struct RingAesGcm(LessSafeKey);
+
+impl RingAesGcm {
+    fn new(key: &[u8; KEY_LEN]) -> Result<Self> {
+        let k = UnboundKey::new(&AES_256_GCM, key)
+            .map_err(|_| SessionError::Setup("AES-GCM cipher unavailable"))?;
+        Ok(Self(LessSafeKey::new(k)))
+    }
+}
+
+impl AeadKey for RingAesGcm {
+    fn set(&mut self, key: &[u8; KEY_LEN]) {
+        // A 32-byte key is always accepted by ring for AES-256-GCM.
+        if let Ok(k) = UnboundKey::new(&AES_256_GCM, key) {
+            self.0 = LessSafeKey::new(k);
+        }
+    }
+
+    fn seal_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8]) -> [u8; TAG_LEN] {
+        let mut tag = [0u8; TAG_LEN];
+        // ring fails only for inputs beyond GCM's 64 GiB limit; records are ≤ 32 KiB.
+        if let Ok(t) = self
+            .0
+            .seal_in_place_separate_tag(nonce(counter), Aad::from(ad), in_out)
+        {
+            tag.copy_from_slice(t.as_ref());
+        }
+        tag
+    }
+
+    fn open_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8]) -> Option<usize> {
+        self.0
+            .open_in_place(nonce(counter), Aad::from(ad), in_out)
+            .ok()
+            .map(|pt| pt.len())
+    }
+}
+
+/// One key, held only inside its key object.
 struct Keyed {
-    cipher: Box<dyn Cipher>,
+    cipher: Box<dyn AeadKey + Send + Sync>,
 }
 
 impl Keyed {
     fn new(key: Zeroizing<[u8; KEY_LEN]>) -> Result<Self> {
-        let cipher = RingResolver
-            .resolve_cipher(&CipherChoice::AESGCM)
-            .ok_or(SessionError::Setup("AES-GCM cipher unavailable"))?;
-        Ok(Self::with_cipher(cipher, &key))
+        Ok(Self {
+            cipher: Box::new(RingAesGcm::new(&key)?),
+        })
     }
 
-    fn with_cipher(mut cipher: Box<dyn Cipher>, key: &[u8; KEY_LEN]) -> Self {
+    #[cfg(test)]
+    fn with_cipher(mut cipher: Box<dyn AeadKey + Send + Sync>, key: &[u8; KEY_LEN]) -> Self {
         cipher.set(key);
         Self { cipher }
     }
@@ -52,20 +110,17 @@ impl Keyed {
     /// Noise REKEY (Noise spec §4.2): the first 32 bytes of
     /// `ENCRYPT(k, maxnonce, zerolen, zeros)`.
     fn next(&self) -> Result<Self> {
-        let mut out = Zeroizing::new([0u8; KEY_LEN + TAG_LEN]);
-        self.cipher
-            .encrypt(u64::MAX, &[], &[0u8; KEY_LEN], &mut out[..]);
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        key.copy_from_slice(&out[..KEY_LEN]);
+        let _tag = self.cipher.seal_in_place(u64::MAX, &[], &mut key[..]);
         Self::new(key)
     }
 }
 
-/// Neither snow nor ring zeroizes a cipher object on drop, and the key schedule inside is
-/// out of our reach (no `unsafe`). Setting an all-zero key overwrites that schedule in place
-/// (snow's `set` assigns a new ring key to the same field), so a dropped epoch key does not
-/// linger in freed memory. Best effort: the compiler could in principle elide the store
-/// before the free, but it cannot see through the `dyn Cipher` call to do so.
+/// ring does not zeroize a key object on drop, and the key schedule inside is out of our
+/// reach (no `unsafe`). Setting an all-zero key overwrites that schedule in place (`set`
+/// assigns a new ring key to the same field), so a dropped epoch key does not linger in
+/// freed memory. Best effort: the compiler could in principle elide the store before the
+/// free, but it cannot see through the `dyn AeadKey` call to do so.
 impl Drop for Keyed {
     fn drop(&mut self) {
         self.cipher.set(&[0u8; KEY_LEN]);
@@ -90,26 +145,26 @@ impl SendCipher {
         self.epoch
     }
 
-    /// Seals `plaintext` with nonce `counter` and associated data `ad`, appending the
-    /// ciphertext and tag to `out`. Counters must never decrease (the caller guarantees it).
-    pub(crate) fn seal(
+    /// Seals, in place, the plaintext that fills `record[pt_start..]` with nonce `counter`
+    /// and associated data `ad`, then appends the tag: `record[pt_start..]` becomes the
+    /// ciphertext. Counters must never decrease (the caller guarantees it).
+    pub(crate) fn seal_in_place(
         &mut self,
         counter: u64,
         ad: &[u8],
-        plaintext: &[u8],
-        out: &mut Vec<u8>,
+        record: &mut Vec<u8>,
+        pt_start: usize,
     ) -> Result<()> {
         // The old key is dropped (and zeroized) as soon as the next epoch starts.
         while self.epoch < epoch_of(counter) {
             self.current = self.current.next()?;
             self.epoch += 1;
         }
-        let start = out.len();
-        out.resize(start + plaintext.len() + TAG_LEN, 0);
-        let dst = out
-            .get_mut(start..)
+        let pt = record
+            .get_mut(pt_start..)
             .ok_or(SessionError::State("seal buffer"))?;
-        self.current.cipher.encrypt(counter, ad, plaintext, dst);
+        let tag = self.current.cipher.seal_in_place(counter, ad, pt);
+        record.extend_from_slice(&tag);
         Ok(())
     }
 }
@@ -146,39 +201,35 @@ impl RecvCipher {
         self.trial_keys_derived
     }
 
-    /// Opens `ciphertext` into `out` (cleared first) without changing any key state (only
-    /// the count of trial derivations). Returns the
-    /// later epoch's key if the record belongs to one; the caller installs it with
-    /// [`RecvCipher::commit`] once it has decided to accept the record.
+    /// Opens, in place, the ciphertext and tag in `in_out` without changing any key state
+    /// (only the count of trial derivations); returns the plaintext length (the plaintext
+    /// is then `in_out[..len]`) and the later epoch's key if the record belongs to one; the
+    /// caller installs it with [`RecvCipher::commit`] once it has decided to accept the
+    /// record.
     ///
     /// # Errors
     /// [`SessionError::Decrypt`] if the record does not authenticate under the key of its
     /// counter's epoch, or claims an epoch that is older or too far ahead.
-    pub(crate) fn open(
+    pub(crate) fn open_in_place(
         &mut self,
         counter: u64,
         ad: &[u8],
-        ciphertext: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<Option<PendingEpoch>> {
+        in_out: &mut [u8],
+    ) -> Result<(usize, Option<PendingEpoch>)> {
         let epoch = epoch_of(counter);
         if epoch < self.epoch || epoch - self.epoch > MAX_EPOCH_SKIP {
             return Err(SessionError::Decrypt);
         }
-        let pt_len = ciphertext
-            .len()
-            .checked_sub(TAG_LEN)
-            .ok_or(SessionError::Decrypt)?;
-        out.clear();
-        out.resize(ciphertext.len(), 0);
+        if in_out.len() < TAG_LEN {
+            return Err(SessionError::Decrypt);
+        }
         if epoch == self.epoch {
             let n = self
                 .current
                 .cipher
-                .decrypt(counter, ad, ciphertext, out)
-                .map_err(|_| SessionError::Decrypt)?;
-            out.truncate(n.min(pt_len));
-            return Ok(None);
+                .open_in_place(counter, ad, in_out)
+                .ok_or(SessionError::Decrypt)?;
+            return Ok((n, None));
         }
         // Derive forward without touching `self.current`.
         let mut candidate = self.current.next()?;
@@ -189,13 +240,15 @@ impl RecvCipher {
         }
         let n = candidate
             .cipher
-            .decrypt(counter, ad, ciphertext, out)
-            .map_err(|_| SessionError::Decrypt)?;
-        out.truncate(n.min(pt_len));
-        Ok(Some(PendingEpoch {
-            keyed: candidate,
-            epoch,
-        }))
+            .open_in_place(counter, ad, in_out)
+            .ok_or(SessionError::Decrypt)?;
+        Ok((
+            n,
+            Some(PendingEpoch {
+                keyed: candidate,
+                epoch,
+            }),
+        ))
     }
 
     /// Moves to a later epoch proven by an authenticated record; the old key is dropped.
@@ -211,34 +264,56 @@ mod tests {
 
     use std::sync::{Arc, Mutex};
 
-    use super::{Cipher, Keyed, KEY_LEN};
+    use super::{AeadKey, Keyed, KEY_LEN, TAG_LEN};
 
-    /// A cipher object that only records the keys installed in it.
+    /// A key object that only records the keys installed in it.
     struct Spy(Arc<Mutex<Vec<[u8; KEY_LEN]>>>);
 
-    impl Cipher for Spy {
-        fn name(&self) -> &'static str {
-            "spy"
-        }
+    impl AeadKey for Spy {
         fn set(&mut self, key: &[u8; KEY_LEN]) {
             self.0.lock().unwrap().push(*key);
         }
-        fn encrypt(&self, _: u64, _: &[u8], _: &[u8], _: &mut [u8]) -> usize {
-            0
+        fn seal_in_place(&self, _: u64, _: &[u8], _: &mut [u8]) -> [u8; TAG_LEN] {
+            [0; TAG_LEN]
         }
-        fn decrypt(&self, _: u64, _: &[u8], _: &[u8], _: &mut [u8]) -> Result<usize, snow::Error> {
-            Err(snow::Error::Decrypt)
+        fn open_in_place(&self, _: u64, _: &[u8], _: &mut [u8]) -> Option<usize> {
+            None
         }
     }
 
     #[test]
     fn a_dropped_epoch_key_is_overwritten_inside_its_cipher_object() {
         // spec/session.md §5.5 ("each side erases a key as soon as it has moved past its
-        // epoch"): neither snow nor ring zeroizes on drop, so `Keyed` overwrites the key.
+        // epoch"): ring does not zeroize on drop, so `Keyed` overwrites the key.
         let keys = Arc::new(Mutex::new(Vec::new()));
         let keyed = Keyed::with_cipher(Box::new(Spy(Arc::clone(&keys))), &[7; KEY_LEN]);
         assert_eq!(*keys.lock().unwrap(), [[7; KEY_LEN]]);
         drop(keyed);
         assert_eq!(*keys.lock().unwrap(), [[7; KEY_LEN], [0; KEY_LEN]]);
+    }
+
+    #[test]
+    fn in_place_seal_matches_snow_aes_gcm_and_opens() {
+        // The in-place path must produce exactly what snow's AESGCM cipher (Noise nonce
+        // encoding, spec §5.2) produces, so the wire is unchanged.
+        use snow::params::CipherChoice;
+        use snow::resolvers::{CryptoResolver, RingResolver};
+        let key = [9u8; KEY_LEN];
+        let mut snow_c = RingResolver.resolve_cipher(&CipherChoice::AESGCM).unwrap();
+        snow_c.set(&key);
+        let ours = Keyed::new(zeroize::Zeroizing::new(key)).unwrap();
+        let pt = b"\x01\x00hello record";
+        let mut expect = vec![0u8; pt.len() + TAG_LEN];
+        snow_c.encrypt(0x0102_0304_0506, b"ad", pt, &mut expect);
+        let mut buf = pt.to_vec();
+        let tag = ours.cipher.seal_in_place(0x0102_0304_0506, b"ad", &mut buf);
+        buf.extend_from_slice(&tag);
+        assert_eq!(buf, expect);
+        let n = ours
+            .cipher
+            .open_in_place(0x0102_0304_0506, b"ad", &mut buf)
+            .unwrap();
+        assert_eq!(&buf[..n], pt);
+        assert!(ours.cipher.open_in_place(7, b"ad", &mut expect).is_none());
     }
 }

@@ -436,13 +436,16 @@ impl RecordHeader {
 
 /// Splits a byte stream (TCP, a QUIC stream, concatenated relay payloads) into records.
 ///
-/// Feed bytes with [`RecordDecoder::push`]; take complete records with
-/// [`RecordDecoder::next_record`], which returns `Ok(None)` while a record is incomplete.
-/// Memory is bounded by one record plus the largest chunk pushed.
+/// Feed bytes with [`RecordDecoder::push`], or read them straight into the decoder's buffer
+/// with [`RecordDecoder::spare`] and [`RecordDecoder::filled`] (no copy); take complete
+/// records with [`RecordDecoder::next_record`], which returns `Ok(None)` while a record is
+/// incomplete. Memory is bounded by one record plus the largest chunk pushed or read.
 #[derive(Debug, Default)]
 pub struct RecordDecoder {
+    /// Initialised storage; bytes `pos..end` are buffered, `end..` is free space.
     buf: Vec<u8>,
     pos: usize,
+    end: usize,
 }
 
 impl RecordDecoder {
@@ -452,20 +455,49 @@ impl RecordDecoder {
         Self::default()
     }
 
-    /// Appends bytes read from the path.
-    pub fn push(&mut self, bytes: &[u8]) {
-        // Compact before growing so the buffer never holds consumed bytes for long.
-        if self.pos > 0 && (self.pos >= self.buf.len() / 2 || self.buf.len() > MAX_RECORD_LEN) {
-            self.buf.drain(..self.pos);
+    /// Moves the buffered bytes to the front when the consumed ones dominate, so the buffer
+    /// never holds consumed bytes for long.
+    fn compact(&mut self) {
+        if self.pos == self.end {
+            self.pos = 0;
+            self.end = 0;
+        } else if self.pos > 0 && (self.pos >= self.end / 2 || self.end > MAX_RECORD_LEN) {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.end -= self.pos;
             self.pos = 0;
         }
-        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Appends bytes read from the path.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.spare(bytes.len())
+            .get_mut(..bytes.len())
+            .unwrap_or_default()
+            .copy_from_slice(bytes);
+        self.filled(bytes.len());
+    }
+
+    /// Free space at the end of the buffer, at least `min` bytes, to read path bytes into
+    /// directly; then call [`RecordDecoder::filled`] with the number of bytes read.
+    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        self.compact();
+        let want = self.end.saturating_add(min);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        self.buf.get_mut(self.end..).unwrap_or_default()
+    }
+
+    /// The first `n` bytes of [`RecordDecoder::spare`] now hold bytes read from the path
+    /// (clamped to the free space).
+    pub fn filled(&mut self, n: usize) {
+        self.end = self.end.saturating_add(n).min(self.buf.len());
     }
 
     /// Bytes buffered but not yet returned as records.
     #[must_use]
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.pos
+        self.end - self.pos
     }
 
     /// Consumes `prefix` if the buffered bytes start with it (at a record boundary):
@@ -474,7 +506,7 @@ impl RecordDecoder {
     /// find a path hello on a byte stream that already carries records (spec §7.3: a relay
     /// stream on which the peer opened a new path).
     pub fn take_prefix(&mut self, prefix: &[u8]) -> Option<bool> {
-        let avail = self.buf.get(self.pos..).unwrap_or_default();
+        let avail = self.buf.get(self.pos..self.end).unwrap_or_default();
         if avail.len() < prefix.len() {
             return if prefix.starts_with(avail) && !avail.is_empty() {
                 None
@@ -486,9 +518,9 @@ impl RecordDecoder {
             return Some(false);
         }
         self.pos += prefix.len();
-        if self.pos == self.buf.len() {
-            self.buf.clear();
+        if self.pos == self.end {
             self.pos = 0;
+            self.end = 0;
         }
         Some(true)
     }
@@ -508,7 +540,7 @@ impl RecordDecoder {
     /// # Errors
     /// As [`RecordDecoder::next_record`].
     pub fn next_record_ref(&mut self) -> Result<Option<&[u8]>> {
-        let avail = self.buf.get(self.pos..).unwrap_or_default();
+        let avail = self.buf.get(self.pos..self.end).unwrap_or_default();
         // The E bit (spec §5.1) decides whether 8 counter bytes sit between length and
         // ciphertext.
         let Some(header) = RecordHeader::peek(avail)? else {
@@ -520,7 +552,7 @@ impl RecordDecoder {
         }
         let start = self.pos;
         self.pos += total;
-        // The consumed bytes stay until the next `push` compacts the buffer.
+        // The consumed bytes stay until the next `push` or `spare` compacts the buffer.
         Ok(self.buf.get(start..self.pos))
     }
 }

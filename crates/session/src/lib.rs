@@ -20,6 +20,7 @@
 //!                                      │  poll_transmit() -> record   (write to the path;
 //!                                      │    transmit_into(&mut Outbox): all, to write at once)
 //!                                      │  poll_event()    -> Data | StreamFinished | ...
+//!                                      │    (poll_event_ref(): the data borrowed, no alloc)
 //!                                      │  poll_timeout() / handle_timeout(now)
 //!                                      └─ resume(now) after a path switch
 //! ```
@@ -70,5 +71,5 @@ pub use messages::{
     AcceptBody, Acceptor, CandidatesBody, CloseBody, HandshakeBody, ProposeBody, Proposer,
 };
 pub use outbox::Outbox;
-pub use session::{Event, Session, SessionConfig, SessionStats, MAX_STREAMS_LIMIT};
+pub use session::{Event, EventRef, Session, SessionConfig, SessionStats, MAX_STREAMS_LIMIT};
 pub use session_id::SessionId;

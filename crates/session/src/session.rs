@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, VecDeque};
 use crate::cipher::{epoch_of, RecvCipher, SendCipher, EPOCH_BITS};
 use crate::error::{Result, SessionError};
 use crate::frame::{
-    data_capacity, encode_varint, Frame, FrameType, RecordHeader, StreamState, MAX_FRAME_LEN,
-    MAX_REASON_LEN, STREAM_STATE_LEN,
+    data_capacity, encode_varint, varint_len, Frame, FrameType, RecordHeader, StreamState,
+    MAX_FRAME_LEN, MAX_REASON_LEN, MAX_RECORD_LEN, STREAM_STATE_LEN,
 };
 use crate::handshake::{Role, Split};
 use crate::outbox::Outbox;
@@ -89,6 +89,36 @@ pub enum Event {
         code: u16,
         /// The peer's reason text.
         reason: String,
+    },
+}
+
+/// Receive-buffer capacity kept once every queued event has been polled.
+const RECV_DATA_KEEP: usize = 1 << 20;
+
+/// An [`Event`] as [`Session::poll_event_ref`] returns it: stream bytes are borrowed from
+/// the session's receive buffer instead of allocated.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EventRef<'a> {
+    /// New in-order bytes of a stream, as [`Event::Data`].
+    Data {
+        /// Stream id.
+        stream: u32,
+        /// The bytes, valid until the session is used again.
+        data: &'a [u8],
+    },
+    /// Any other event (never [`Event::Data`]).
+    Other(Event),
+}
+
+/// A queued event; stream bytes stay where their record was decrypted.
+#[derive(Debug)]
+enum Queued {
+    Event(Event),
+    /// `recv_data[start..end]` of `stream`.
+    Data {
+        stream: u32,
+        start: usize,
+        end: usize,
     },
 }
 
@@ -188,9 +218,10 @@ pub struct Session {
     unacked_total: usize,
     blocked: bool,
     outbox: Outbox,
-    events: VecDeque<Event>,
-    scratch: Vec<u8>,
-    open_buf: Vec<u8>,
+    events: VecDeque<Queued>,
+    /// Received records, decrypted in place, back to back; queued [`Queued::Data`] events
+    /// point into it. Emptied when no event is queued (spec §11 "Performance note").
+    recv_data: Vec<u8>,
     epoch_started_ms: u64,
     epoch_bytes: u64,
     rekey_pending: bool,
@@ -247,8 +278,7 @@ impl Session {
             blocked: false,
             outbox: Outbox::new(),
             events: VecDeque::new(),
-            scratch: Vec::with_capacity(MAX_FRAME_LEN),
-            open_buf: Vec::with_capacity(MAX_FRAME_LEN),
+            recv_data: Vec::with_capacity(MAX_RECORD_LEN),
             epoch_started_ms: now_ms,
             epoch_bytes: 0,
             rekey_pending: false,
@@ -462,9 +492,24 @@ impl Session {
             None => counter == 0,
         };
         let (ad, ct) = record.split_at(header.encoded_len());
-        let mut pt = std::mem::take(&mut self.open_buf);
-        let result = self.open_and_dispatch(now_ms, counter, in_order, ad, ct, &mut pt);
-        self.open_buf = pt;
+        // Copied once, decrypted where it lies; DATA stays there until polled.
+        if self.events.is_empty() {
+            self.recv_data.clear();
+            // A burst polled late may have grown it: do not keep that much for good.
+            if self.recv_data.capacity() > RECV_DATA_KEEP {
+                self.recv_data.shrink_to(RECV_DATA_KEEP);
+            }
+        }
+        let mut buf = std::mem::take(&mut self.recv_data);
+        let start = buf.len();
+        buf.extend_from_slice(ct);
+        let result = self.open_and_dispatch(now_ms, counter, in_order, ad, &mut buf, start);
+        // Keep the record only if a queued DATA event points into it.
+        let kept = matches!(self.events.back(), Some(Queued::Data { end, .. }) if *end > start);
+        if !kept {
+            buf.truncate(start);
+        }
+        self.recv_data = buf;
         result
     }
 
@@ -474,10 +519,14 @@ impl Session {
         counter: u64,
         in_order: bool,
         ad: &[u8],
-        ct: &[u8],
-        pt: &mut Vec<u8>,
+        buf: &mut Vec<u8>,
+        start: usize,
     ) -> Result<()> {
-        let pending = self.recv_cipher.open(counter, ad, ct, pt)?;
+        let in_out = buf.get_mut(start..).ok_or(SessionError::Decrypt)?;
+        let (n, pending) = self.recv_cipher.open_in_place(counter, ad, in_out)?;
+        let pt_end = start + n;
+        buf.truncate(pt_end);
+        let pt = buf.get(start..).unwrap_or_default();
         let is_resume = pt.first() == Some(&(FrameType::Resume as u8));
         if self.path == PathState::AwaitingResume && !is_resume {
             // The peer's records from before it learnt of the switch (e.g. we reconnected to
@@ -493,9 +542,9 @@ impl Session {
         // Accepted: commit.
         if let Some(p) = pending {
             self.recv_cipher.commit(p);
-            self.events.push_back(Event::Rekeyed {
+            self.events.push_back(Queued::Event(Event::Rekeyed {
                 epoch: self.recv_cipher.epoch(),
-            });
+            }));
         }
         self.last_recv_counter = Some(counter);
         self.last_recv_ms = now_ms;
@@ -506,7 +555,7 @@ impl Session {
                 // The peer switched paths and we did not notice (spec §7.1 step 5).
                 self.resume(now_ms)?;
             }
-            self.dispatch(now_ms, f)
+            self.dispatch(now_ms, f, pt_end)
         });
         if r.is_err() {
             self.lifecycle = Lifecycle::Failed;
@@ -533,7 +582,47 @@ impl Session {
 
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = match self.events.pop_front()? {
+            Queued::Event(e) => e,
+            Queued::Data { stream, start, end } => Event::Data {
+                stream,
+                data: self.recv_data.get(start..end).unwrap_or_default().to_vec(),
+            },
+        };
+        if self.events.is_empty() {
+            self.recv_data.clear();
+        }
+        Some(e)
+    }
+
+    /// If the next event is [`Event::Data`]: its stream, and the bytes of that stream in the
+    /// run of DATA events of the same stream at the front of the queue (what a driver may
+    /// gather into one chunk for the application).
+    #[must_use]
+    pub fn queued_data(&self) -> Option<(u32, usize)> {
+        let mut run = None;
+        for q in &self.events {
+            match (q, run) {
+                (Queued::Data { stream, start, end }, None) => run = Some((*stream, end - start)),
+                (Queued::Data { stream, start, end }, Some((s, n))) if *stream == s => {
+                    run = Some((s, n + (end - start)));
+                }
+                _ => break,
+            }
+        }
+        run
+    }
+
+    /// As [`Session::poll_event`], borrowing stream bytes from the session (valid until the
+    /// session is used again) instead of allocating them: no allocation per record.
+    pub fn poll_event_ref(&mut self) -> Option<EventRef<'_>> {
+        Some(match self.events.pop_front()? {
+            Queued::Event(e) => EventRef::Other(e),
+            Queued::Data { stream, start, end } => EventRef::Data {
+                stream,
+                data: self.recv_data.get(start..end).unwrap_or_default(),
+            },
+        })
     }
 
     /// The earliest time [`Session::handle_timeout`] has work to do, if any.
@@ -593,7 +682,7 @@ impl Session {
                     .saturating_add(self.config.idle_timeout_ms)
         {
             self.idle_reported = true;
-            self.events.push_back(Event::PathIdle);
+            self.events.push_back(Queued::Event(Event::PathIdle));
         }
         Ok(())
     }
@@ -696,34 +785,60 @@ impl Session {
             self.epoch_started_ms = now_ms;
             self.epoch_bytes = 0;
         }
-        self.scratch.clear();
-        match plaintext {
-            Plaintext::Frame(frame) => frame.encode(&mut self.scratch)?,
-            Plaintext::Raw(bytes) => self.scratch.extend_from_slice(bytes),
-            Plaintext::StreamData { stream, offset, n } => {
-                // The same encoding as `Frame::Data` (spec §5.4); the offset is implicit.
-                let s = self
-                    .send_streams
-                    .get(&stream)
-                    .ok_or(SessionError::State("unknown stream"))?;
-                self.scratch.push(FrameType::Data as u8);
-                encode_varint(u64::from(stream), &mut self.scratch)?;
-                copy_range(&s.buf, offset - s.acked, n, &mut self.scratch);
+        let pt_len = match &plaintext {
+            Plaintext::Frame(frame) => {
+                let len = frame.encoded_len();
+                if len > MAX_FRAME_LEN {
+                    return Err(SessionError::Limit("frame larger than a record"));
+                }
+                len
             }
-        }
+            Plaintext::Raw(bytes) => bytes.len(),
+            Plaintext::StreamData { stream, n, .. } => {
+                1 + varint_len(u64::from(*stream)).ok_or(SessionError::Limit("varint"))?
+                    + usize::try_from(*n).map_err(|_| SessionError::Limit("record"))?
+            }
+        };
         // The counter goes explicitly on the first record of a path and after a skip
         // (spec §5.1); otherwise the receiver knows it is the previous one + 1.
         let explicit = self.prev_sent_counter.and_then(|p| p.checked_add(1)) != Some(counter);
         let header = RecordHeader {
-            ciphertext_len: self.scratch.len() + crate::cipher::TAG_LEN,
+            ciphertext_len: pt_len + crate::cipher::TAG_LEN,
             counter: explicit.then_some(counter),
         };
         let (hdr, hdr_len) = header.to_bytes()?;
         let ad = hdr.get(..hdr_len).unwrap_or_default();
-        // Sealed straight into the outbox: no allocation per record.
+        // Encoded and sealed in place in the outbox: no scratch copy, no allocation.
         let record = self.outbox.begin_record();
         record.extend_from_slice(ad);
-        if let Err(e) = self.send_cipher.seal(counter, ad, &self.scratch, record) {
+        let pt_start = record.len();
+        let encoded = match plaintext {
+            Plaintext::Frame(frame) => frame.encode(record),
+            Plaintext::Raw(bytes) => {
+                record.extend_from_slice(bytes);
+                Ok(())
+            }
+            Plaintext::StreamData { stream, offset, n } => {
+                // The same encoding as `Frame::Data` (spec §5.4); the offset is implicit.
+                match self.send_streams.get(&stream) {
+                    Some(s) => {
+                        record.push(FrameType::Data as u8);
+                        encode_varint(u64::from(stream), record).map(|()| {
+                            copy_range(&s.buf, offset - s.acked, n, record);
+                        })
+                    }
+                    None => Err(SessionError::State("unknown stream")),
+                }
+            }
+        };
+        let sealed = encoded.and_then(|()| {
+            if record.len() - pt_start != pt_len {
+                return Err(SessionError::State("frame length"));
+            }
+            self.send_cipher
+                .seal_in_place(counter, ad, record, pt_start)
+        });
+        if let Err(e) = sealed {
             self.outbox.abandon_record();
             return Err(e);
         }
@@ -803,7 +918,7 @@ impl Session {
     fn maybe_writable(&mut self) {
         if self.blocked && self.unacked_total < self.config.max_unacked_bytes {
             self.blocked = false;
-            self.events.push_back(Event::Writable);
+            self.events.push_back(Queued::Event(Event::Writable));
         }
     }
 
@@ -829,7 +944,8 @@ impl Session {
         Ok(self.recv_streams.entry(stream).or_default())
     }
 
-    fn dispatch(&mut self, now_ms: u64, frame: Frame<'_>) -> Result<()> {
+    /// Applies one decoded frame; `pt_end` is where its plaintext ends in `recv_data`.
+    fn dispatch(&mut self, now_ms: u64, frame: Frame<'_>, pt_end: usize) -> Result<()> {
         match frame {
             Frame::Data { stream, data } => {
                 // The bytes are the next ones of the stream: §7 makes that exact (no DATA
@@ -847,9 +963,11 @@ impl Session {
                     .offset
                     .checked_add(n)
                     .ok_or(SessionError::Protocol("stream offset overflow"))?;
-                self.events.push_back(Event::Data {
+                // `data` is the tail of the plaintext that ends at `pt_end` in `recv_data`.
+                self.events.push_back(Queued::Data {
                     stream,
-                    data: data.to_vec(),
+                    start: pt_end - data.len(),
+                    end: pt_end,
                 });
                 self.schedule_ack(now_ms, n, false)
             }
@@ -865,7 +983,8 @@ impl Session {
                     return Err(SessionError::Protocol("FIN size does not match data"));
                 }
                 r.fin = true;
-                self.events.push_back(Event::StreamFinished { stream });
+                self.events
+                    .push_back(Queued::Event(Event::StreamFinished { stream }));
                 self.schedule_ack(now_ms, 0, false)
             }
             Frame::Ack(states) => {
@@ -916,16 +1035,16 @@ impl Session {
                         self.stats.retransmitted_bytes += pending;
                     }
                 }
-                self.events.push_back(Event::Resumed);
+                self.events.push_back(Queued::Event(Event::Resumed));
                 self.maybe_writable();
                 Ok(())
             }
             Frame::Close { code, reason } => {
                 self.lifecycle = Lifecycle::Closed;
-                self.events.push_back(Event::Closed {
+                self.events.push_back(Queued::Event(Event::Closed {
                     code,
                     reason: reason.to_owned(),
-                });
+                }));
                 Ok(())
             }
         }

@@ -24,7 +24,7 @@ use mpc_did_didcomm::{
     SecretStore, UnpackOptions,
 };
 use mpc_did_resolver::{key, StaticResolver};
-use mpc_did_session::{Acceptor, Event, Proposer, Session, SessionConfig};
+use mpc_did_session::{Acceptor, EventRef, Proposer, Session, SessionConfig};
 use serde_json::json;
 
 use crate::ctx::Ctx;
@@ -308,10 +308,11 @@ fn session_message(
         b.handle_record(0, rec)
             .map_err(|e| anyhow::anyhow!("session open failed: {e}"))?;
     }
+    // Borrowed, as the session driver takes them: no allocation per record.
     let mut got = 0;
-    while let Some(ev) = b.poll_event() {
-        if let Event::Data { data, .. } = ev {
-            got += data.len();
+    while let Some(ev) = b.poll_event_ref() {
+        if let EventRef::Data { data, .. } = ev {
+            got += black_box(data).len();
         }
     }
     anyhow::ensure!(
