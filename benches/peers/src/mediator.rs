@@ -888,14 +888,25 @@ pub async fn run(reps: usize, quick: bool) -> anyhow::Result<()> {
 
     // rows[level][side] per repetition
     let mut rows: Vec<[Vec<Level>; 2]> = levels.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    // A level Affinidi's side failed at: its error, reported in the table; not retried.
+    let mut aff_failed: Vec<Option<String>> = levels.iter().map(|_| None).collect();
     for rep in 0..reps {
         for (li, &(clients, messages)) in levels.iter().enumerate() {
             // Alternate which side goes first.
             for side in if rep % 2 == 0 { [0, 1] } else { [1, 0] } {
                 let l = if side == 0 {
                     ours_level(&ours, clients, messages).await?
+                } else if aff_failed[li].is_some() {
+                    continue;
                 } else {
-                    aff_level(&mut aff, clients, messages).await?
+                    match aff_level(&mut aff, clients, messages).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("mediator rep {rep}, {clients} clients, Affinidi: {e:#}");
+                            aff_failed[li] = Some(format!("{e:#}"));
+                            continue;
+                        }
+                    }
                 };
                 eprintln!(
                     "mediator rep {rep}, {clients} clients, {}: {:.0} msg/s, p50 {:.1} ms, p99 {:.1} ms, {:.0} µs CPU/msg",
@@ -923,6 +934,15 @@ pub async fn run(reps: usize, quick: bool) -> anyhow::Result<()> {
             summary(&rows[li][side].iter().map(f).collect::<Vec<_>>())
         };
         for side in 0..2 {
+            if side == 1 {
+                if let Some(e) = &aff_failed[li] {
+                    println!(
+                        "| {clients} | {messages} | Affinidi | not measured: {} | | | |",
+                        e.replace('|', "/")
+                    );
+                    continue;
+                }
+            }
             let tp = med(side, |l| l.per_sec);
             let ratio = |f: fn(&Level) -> f64| {
                 if side == 1 {

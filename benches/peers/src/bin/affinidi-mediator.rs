@@ -94,6 +94,11 @@ async fn run(redis_url: String, lua: String) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("JWT key: {e}"))?;
     security.use_ssl = false;
     security.global_acl_default = affinidi_messaging_test_mediator::acl::allow_all();
+    // The benchmark's messages are Routing 2.0 forwards, anoncrypt on the outside (as ours
+    // are); Affinidi's default refuses an anonymous outer envelope, and its own switch to
+    // accept one requires session-DID matching off.
+    security.block_anonymous_outer_envelope = false;
+    security.force_session_did_match = false;
 
     let mut limits = LimitsConfig::default();
     limits.rate_limit_per_ip = 0;
