@@ -230,7 +230,9 @@ fn start_redis(dir: &std::path::Path) -> anyhow::Result<(Proc, String, String)> 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let version = server_version(&bin).map_or_else(String::new, |(line, ..)| line);
+    let version = server_version(&bin)
+        .map(|(line, ..)| line)
+        .unwrap_or_default();
     let label = format!(
         "`{bin}` ({}; redis_version {})",
         version
