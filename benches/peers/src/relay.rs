@@ -438,9 +438,9 @@ pub async fn run(reps: usize, quick: bool) -> anyhow::Result<()> {
     let base50 = summary(&r50[0]).median;
     for (mi, mode) in MODES.iter().enumerate() {
         print!("| {mode} |");
-        for ci in 0..chunks.len() {
-            let s = summary(&tp[ci][mi]);
-            let b = summary(&tp[ci][0]).median;
+        for per_chunk in &tp {
+            let s = summary(&per_chunk[mi]);
+            let b = summary(&per_chunk[0]).median;
             print!(" {} | {:.2} |", fmt(s, 0), s.median / b);
         }
         let s50 = summary(&r50[mi]);

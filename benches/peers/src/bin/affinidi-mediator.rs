@@ -100,14 +100,16 @@ async fn run(redis_url: String, lua: String) -> anyhow::Result<()> {
     security.block_anonymous_outer_envelope = false;
     security.force_session_did_match = false;
 
-    let mut limits = LimitsConfig::default();
-    limits.rate_limit_per_ip = 0;
-    limits.queued_send_messages_per_peer = 10_000_000;
-    limits.queued_send_messages_soft = 10_000_000;
-    limits.queued_send_messages_hard = 10_000_000;
-    limits.queued_receive_messages_soft = 10_000_000;
-    limits.queued_receive_messages_hard = 10_000_000;
-    limits.max_websocket_connections = 30_000;
+    let limits = LimitsConfig {
+        rate_limit_per_ip: 0,
+        queued_send_messages_per_peer: 10_000_000,
+        queued_send_messages_soft: 10_000_000,
+        queued_send_messages_hard: 10_000_000,
+        queued_receive_messages_soft: 10_000_000,
+        queued_receive_messages_hard: 10_000_000,
+        max_websocket_connections: 30_000,
+        ..LimitsConfig::default()
+    };
 
     let database = DatabaseConfig {
         functions_file: Some(lua),
