@@ -5,16 +5,36 @@
 #
 # Builds the release binaries of this separate workspace (not part of the main CI) and runs
 # the comparison; the markdown tables go to stdout, progress to stderr. Needs root (network
-# namespaces), redis-server (Debian package redis-server), wireguard-go and wg (Debian
-# packages wireguard-go and wireguard-tools), /dev/net/tun, and libdbus-1-dev + pkg-config
-# to build Affinidi's SDK. PEERS_REPS sets the number of
-# alternating repetitions (default 5). Child processes and namespaces are removed on exit.
+# namespaces), wireguard-go and wg (Debian packages wireguard-go and wireguard-tools),
+# /dev/net/tun, libdbus-1-dev + pkg-config to build Affinidi's SDK, and for the mediator
+# comparison a Redis-compatible server Affinidi's mediator 0.49.0 accepts (Redis >= 7.1,
+# < 9.0): Debian 12's redis-server is 7.0.15, so valkey-server from bookworm-backports
+# (redis_version 7.2.4), or a redis-server 7.1-8.x first on PATH, or PEERS_REDIS_SERVER=PATH.
+# Our own mediator keeps its sled store. PEERS_REPS sets the number of alternating
+# repetitions (default 5). Child processes and namespaces are removed on exit.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 
 missing=()
-command -v redis-server >/dev/null || missing+=("redis-server (apt-get install redis-server)")
+# A redis-server 7.1-8.x, else valkey-server (the program picks the same way).
+redis_usable() {
+    [ -n "${PEERS_REDIS_SERVER:-}" ] && return 0
+    local v maj min
+    v="$(redis-server --version 2>/dev/null | sed -n 's/.* v=\([0-9]*\)\.\([0-9]*\)\..*/\1 \2/p')"
+    if [ -n "$v" ]; then
+        read -r maj min <<<"$v"
+        if [ "$maj" -lt 9 ] && { [ "$maj" -gt 7 ] || { [ "$maj" = 7 ] && [ "$min" -ge 1 ]; }; }; then
+            return 0
+        fi
+    fi
+    command -v valkey-server >/dev/null
+}
+case "${1:-all}" in
+all | mediator)
+    redis_usable || missing+=("valkey-server from Debian's bookworm-backports (Affinidi's mediator needs Redis >= 7.1, < 9.0; Debian 12's redis-server is 7.0.15): add /etc/apt/sources.list.d/backports.sources, a copy of the bookworm entry with 'Suites: bookworm-backports', then: apt-get update && apt-get install -t bookworm-backports valkey-server")
+    ;;
+esac
 command -v wireguard-go >/dev/null || missing+=("wireguard-go (apt-get install wireguard-go)")
 command -v wg >/dev/null || missing+=("wg (apt-get install wireguard-tools)")
 command -v ip >/dev/null || missing+=("ip (apt-get install iproute2)")

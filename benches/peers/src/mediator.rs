@@ -5,8 +5,9 @@
 //! Both mediators run in their own child process, started once and measured alternately:
 //! ours from this executable (`--child-ours`, the `mpc-did-mediator` library's
 //! `Mediator::builder`, sled store, system allocator — as its binary), Affinidi's from
-//! `affinidi-mediator` (its `MediatorBuilder`, Redis store in a `redis-server` this program
-//! starts, jemalloc — as its binary). Limits that would cap a benchmark from one loopback
+//! `affinidi-mediator` (its `MediatorBuilder`, Redis store in a Redis-compatible server
+//! this program starts — a `redis-server` 7.1–8.x or Debian 12's backported
+//! `valkey-server`, as Affinidi's mediator refuses Redis 7.0 — jemalloc, as its binary). Limits that would cap a benchmark from one loopback
 //! address are raised on both (rate limits per IP/connection, queue sizes).
 //!
 //! Equal work per level: `clients` senders, each on its own connection sending one message
@@ -34,6 +35,7 @@ use affinidi_messaging_sdk::ATM;
 use affinidi_secrets_resolver::SecretsResolver as _;
 use affinidi_tdk::common::config::TDKConfig;
 use affinidi_tdk::common::TDKSharedState;
+use affinidi_tdk::did_resolver::config::DIDCacheConfigBuilder;
 use affinidi_tdk::dids::{KeyType, PeerKeyRole, DID};
 use anyhow::{anyhow, Context as _};
 use mpc_did_agent::client::{MediatorClient, MediatorInfo};
@@ -126,12 +128,86 @@ fn first_line(child: &mut Child, name: &str) -> anyhow::Result<String> {
     Ok(line.trim().to_owned())
 }
 
-/// `redis-server` on a free loopback port with a scratch directory.
-fn start_redis(dir: &std::path::Path) -> anyhow::Result<(Proc, String)> {
+/// How to get a Redis-compatible server Affinidi's mediator accepts on Debian 12.
+const REDIS_HINT: &str = "Affinidi's mediator 0.49.0 needs Redis >= 7.1, < 9.0 and Debian 12's \
+redis-server is 7.0.15; install valkey-server (reports redis_version 7.2.4) from Debian's \
+bookworm-backports suite: add a deb822 entry like the bookworm one under \
+/etc/apt/sources.list.d/ with `Suites: bookworm-backports` (e.g. backports.sources), then \
+`apt-get update && apt-get install -t bookworm-backports valkey-server`; or set \
+PEERS_REDIS_SERVER to a redis-server 7.1-8.x";
+
+/// `NAME --version` as (whole line, major, minor), if `name` runs.
+fn server_version(name: &str) -> Option<(String, u32, u32)> {
+    let out = Command::new(name).arg("--version").output().ok()?;
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("v="))?
+        .to_owned();
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next()??, parts.next()??);
+    Some((line, major, minor))
+}
+
+/// The Redis-compatible server for Affinidi's mediator: `PEERS_REDIS_SERVER` if set, else
+/// a `redis-server` 7.1–8.x on `PATH`, else `valkey-server` (every Valkey reports a
+/// `redis_version` of at least 7.2.4), else an error saying what to install.
+fn redis_server() -> anyhow::Result<String> {
+    if let Ok(p) = std::env::var("PEERS_REDIS_SERVER") {
+        return match server_version(&p) {
+            Some(_) => Ok(p),
+            None => Err(anyhow!(
+                "PEERS_REDIS_SERVER={p} does not run (`{p} --version` failed)"
+            )),
+        };
+    }
+    let redis = server_version("redis-server");
+    if let Some((_, major, minor)) = redis {
+        if (7, 1) <= (major, minor) && major < 9 {
+            return Ok("redis-server".into());
+        }
+    }
+    if server_version("valkey-server").is_some() {
+        return Ok("valkey-server".into());
+    }
+    Err(match redis {
+        Some((line, ..)) => anyhow!("no usable Redis: found {line}. {REDIS_HINT}"),
+        None => anyhow!("no Redis-compatible server on PATH. {REDIS_HINT}"),
+    })
+}
+
+/// `redis_version` from a running server's `INFO server` (RESP over loopback TCP).
+fn redis_info_version(port: u16) -> anyhow::Result<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")?;
+    let mut r = BufReader::new(s);
+    let mut head = String::new();
+    r.read_line(&mut head)?;
+    let len: usize = head
+        .trim()
+        .strip_prefix('$')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("INFO server: unexpected reply {head:?}"))?;
+    let mut body = vec![0u8; len];
+    std::io::Read::read_exact(&mut r, &mut body)?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("redis_version:")
+                .map(|v| v.trim().to_owned())
+        })
+        .ok_or_else(|| anyhow!("INFO server: no redis_version"))
+}
+
+/// The Redis-compatible server on a free loopback port with a scratch directory, and a
+/// label naming it and the `redis_version` it reports.
+fn start_redis(dir: &std::path::Path) -> anyhow::Result<(Proc, String, String)> {
+    let bin = redis_server()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let child = Command::new("redis-server")
+    let child = Command::new(&bin)
         .arg("--port")
         .arg(port.to_string())
         .arg("--bind")
@@ -142,9 +218,7 @@ fn start_redis(dir: &std::path::Path) -> anyhow::Result<(Proc, String)> {
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| {
-            anyhow!("redis-server: {e} (install the Debian package redis-server: apt-get install redis-server)")
-        })?;
+        .with_context(|| format!("{bin}: {REDIS_HINT}"))?;
     let p = Proc {
         child,
         name: "redis-server",
@@ -152,11 +226,22 @@ fn start_redis(dir: &std::path::Path) -> anyhow::Result<(Proc, String)> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
-            return Err(anyhow!("redis-server did not listen within 10 s"));
+            return Err(anyhow!("{bin} did not listen within 10 s"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok((p, format!("redis://127.0.0.1:{port}/")))
+    let version = server_version(&bin)
+        .map(|(line, ..)| line)
+        .unwrap_or_default();
+    let label = format!(
+        "`{bin}` ({}; redis_version {})",
+        version
+            .split_whitespace()
+            .find(|w| w.starts_with("v="))
+            .unwrap_or("v=?"),
+        redis_info_version(port)?
+    );
+    Ok((p, format!("redis://127.0.0.1:{port}/"), label))
 }
 
 /// The Lua functions file Affinidi's mediator loads into Redis (`conf/atm-functions.lua` of
@@ -478,6 +563,8 @@ async fn ours_idle(o: &Ours, n: usize) -> anyhow::Result<f64> {
 struct Aff {
     _redis: Proc,
     redis_pid: u32,
+    /// Which Redis-compatible server, and the version it reports.
+    redis_label: String,
     _proc: Proc,
     pid: u32,
     did: String,
@@ -488,7 +575,8 @@ struct Aff {
 
 async fn aff_start(dir: &std::path::Path) -> anyhow::Result<Aff> {
     let lua = affinidi_lua()?;
-    let (redis, redis_url) = start_redis(dir)?;
+    let (redis, redis_url, redis_label) = start_redis(dir)?;
+    eprintln!("Redis for Affinidi's mediator: {redis_label}");
     let redis_pid = redis.pid();
     let exe = std::env::current_exe()?
         .parent()
@@ -514,9 +602,22 @@ async fn aff_start(dir: &std::path::Path) -> anyhow::Result<Aff> {
         .ok_or_else(|| anyhow!("Affinidi's mediator printed no DID"))?
         .to_owned();
     let tdk = Arc::new(
-        TDKSharedState::new(TDKConfig::headless().map_err(|e| anyhow!("TDK config: {e}"))?)
-            .await
-            .map_err(|e| anyhow!("TDK: {e}"))?,
+        TDKSharedState::new(
+            // Headless, with a DID cache that holds every DID of the run (its default of 100
+            // entries is smaller than the 100-client level's 200 users).
+            TDKConfig::builder()
+                .with_load_environment(false)
+                .with_use_atm(false)
+                .with_did_resolver_config(
+                    DIDCacheConfigBuilder::default()
+                        .with_cache_capacity(10_000)
+                        .build(),
+                )
+                .build()
+                .map_err(|e| anyhow!("TDK config: {e}"))?,
+        )
+        .await
+        .map_err(|e| anyhow!("TDK: {e}"))?,
     );
     let atm = ATM::new(
         ATMConfig::builder()
@@ -529,6 +630,7 @@ async fn aff_start(dir: &std::path::Path) -> anyhow::Result<Aff> {
     Ok(Aff {
         _redis: redis,
         redis_pid,
+        redis_label,
         _proc: proc,
         pid,
         did,
@@ -802,14 +904,25 @@ pub async fn run(reps: usize, quick: bool) -> anyhow::Result<()> {
 
     // rows[level][side] per repetition
     let mut rows: Vec<[Vec<Level>; 2]> = levels.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    // A level Affinidi's side failed at: its error, reported in the table; not retried.
+    let mut aff_failed: Vec<Option<String>> = levels.iter().map(|_| None).collect();
     for rep in 0..reps {
         for (li, &(clients, messages)) in levels.iter().enumerate() {
             // Alternate which side goes first.
             for side in if rep % 2 == 0 { [0, 1] } else { [1, 0] } {
                 let l = if side == 0 {
                     ours_level(&ours, clients, messages).await?
+                } else if aff_failed[li].is_some() {
+                    continue;
                 } else {
-                    aff_level(&mut aff, clients, messages).await?
+                    match aff_level(&mut aff, clients, messages).await {
+                        Ok(l) => l,
+                        Err(e) => {
+                            eprintln!("mediator rep {rep}, {clients} clients, Affinidi: {e:#}");
+                            aff_failed[li] = Some(format!("{e:#}"));
+                            continue;
+                        }
+                    }
                 };
                 eprintln!(
                     "mediator rep {rep}, {clients} clients, {}: {:.0} msg/s, p50 {:.1} ms, p99 {:.1} ms, {:.0} µs CPU/msg",
@@ -824,11 +937,17 @@ pub async fn run(reps: usize, quick: bool) -> anyhow::Result<()> {
         }
     }
     let ours_kib = ours_idle(&ours, idle_n).await?;
-    let (aff_kib, redis_kib) = aff_idle(&mut aff, idle_n).await?;
+    // Reported, not fatal: the tables above it are measured already.
+    let aff_rss = match aff_idle(&mut aff, idle_n).await {
+        Ok((aff_kib, redis_kib)) => {
+            format!("Affinidi's mediator {aff_kib:.1} KiB (+ its Redis server {redis_kib:.1} KiB)")
+        }
+        Err(e) => format!("Affinidi's mediator not measured: {e:#}"),
+    };
 
     println!(
-        "## Mediator: ours vs Affinidi's (affinidi-messaging-mediator 0.49.0 + Redis {}, SDK affinidi-messaging-sdk 0.44.0)\n\nForward + live pickup; each sender one HTTP connection, one message at a time; {reps} alternating repetitions, median (min–max); × = ratio of medians, Affinidi / ours. Mediator CPU per message: the mediator process (Affinidi: plus redis-server).\n",
-        redis_version()
+        "## Mediator: ours vs Affinidi's (affinidi-messaging-mediator 0.49.0 + {}, SDK affinidi-messaging-sdk 0.44.0)\n\nForward + live pickup; each sender one HTTP connection, one message at a time; {reps} alternating repetitions, median (min–max); × = ratio of medians, Affinidi / ours. Mediator CPU per message: the mediator process (Affinidi: plus its Redis server).\n",
+        aff.redis_label
     );
     println!("| clients | messages | mediator | messages/s | p50 latency ms | p99 latency ms | CPU µs/message |");
     println!("|---:|---:|---|---:|---:|---:|---:|");
@@ -837,6 +956,15 @@ pub async fn run(reps: usize, quick: bool) -> anyhow::Result<()> {
             summary(&rows[li][side].iter().map(f).collect::<Vec<_>>())
         };
         for side in 0..2 {
+            if side == 1 {
+                if let Some(e) = &aff_failed[li] {
+                    println!(
+                        "| {clients} | {messages} | Affinidi | not measured: {} | | | |",
+                        e.replace('|', "/")
+                    );
+                    continue;
+                }
+            }
             let tp = med(side, |l| l.per_sec);
             let ratio = |f: fn(&Level) -> f64| {
                 if side == 1 {
@@ -860,20 +988,7 @@ pub async fn run(reps: usize, quick: bool) -> anyhow::Result<()> {
         }
     }
     println!(
-        "\nRSS per idle live WebSocket ({idle_n} authenticated clients, measured once): ours {ours_kib:.1} KiB; Affinidi's mediator {aff_kib:.1} KiB (+ redis-server {redis_kib:.1} KiB).\n"
+        "\nRSS per idle live WebSocket ({idle_n} authenticated clients, measured once): ours {ours_kib:.1} KiB; {aff_rss}.\n"
     );
     Ok(())
-}
-
-fn redis_version() -> String {
-    Command::new("redis-server")
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("v=").map(str::to_owned))
-        })
-        .unwrap_or_else(|| "(unknown version)".into())
 }

@@ -158,7 +158,7 @@ fn cross_pair(
     let addr = listener.local_addr()?;
     let x = ha
         .ns
-        .run(move || TcpStream::connect_timeout(&addr.into(), Duration::from_secs(10)))
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)))
         .map_err(|e| anyhow!("{e}"))??;
     let (y, _) = listener.accept()?;
     let tok = |s: TcpStream| -> anyhow::Result<tokio::net::TcpStream> {

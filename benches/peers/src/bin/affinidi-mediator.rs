@@ -94,15 +94,22 @@ async fn run(redis_url: String, lua: String) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("JWT key: {e}"))?;
     security.use_ssl = false;
     security.global_acl_default = affinidi_messaging_test_mediator::acl::allow_all();
+    // The benchmark's messages are Routing 2.0 forwards, anoncrypt on the outside (as ours
+    // are); Affinidi's default refuses an anonymous outer envelope, and its own switch to
+    // accept one requires session-DID matching off.
+    security.block_anonymous_outer_envelope = false;
+    security.force_session_did_match = false;
 
-    let mut limits = LimitsConfig::default();
-    limits.rate_limit_per_ip = 0;
-    limits.queued_send_messages_per_peer = 10_000_000;
-    limits.queued_send_messages_soft = 10_000_000;
-    limits.queued_send_messages_hard = 10_000_000;
-    limits.queued_receive_messages_soft = 10_000_000;
-    limits.queued_receive_messages_hard = 10_000_000;
-    limits.max_websocket_connections = 30_000;
+    let limits = LimitsConfig {
+        rate_limit_per_ip: 0,
+        queued_send_messages_per_peer: 10_000_000,
+        queued_send_messages_soft: 10_000_000,
+        queued_send_messages_hard: 10_000_000,
+        queued_receive_messages_soft: 10_000_000,
+        queued_receive_messages_hard: 10_000_000,
+        max_websocket_connections: 30_000,
+        ..LimitsConfig::default()
+    };
 
     let database = DatabaseConfig {
         functions_file: Some(lua),
