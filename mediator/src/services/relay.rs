@@ -66,6 +66,9 @@ pub struct RelayServiceConfig {
     pub rate_bytes_per_sec: u64,
     /// Per-client burst above the rate.
     pub burst_bytes: u64,
+    /// Bytes of one sender's packets that may wait in receivers' queues before the relay
+    /// stops reading that sender for a while (spec/rendezvous.md §4.5).
+    pub max_backlog_bytes: usize,
     /// Idle connections are closed after this long.
     pub idle_timeout: Duration,
     /// Time allowed to resolve a client's DID document.
@@ -88,6 +91,7 @@ impl Default for RelayServiceConfig {
             max_queue_frames: core.max_queue_frames,
             rate_bytes_per_sec: core.rate_bytes_per_sec,
             burst_bytes: core.burst_bytes,
+            max_backlog_bytes: core.max_backlog_bytes,
             idle_timeout: core.idle_timeout,
             resolve_timeout: Duration::from_secs(10),
             verify_clients: false,
@@ -434,6 +438,7 @@ impl Service for RelayService {
             core.max_queue_frames = self.cfg.max_queue_frames;
             core.rate_bytes_per_sec = self.cfg.rate_bytes_per_sec;
             core.burst_bytes = self.cfg.burst_bytes;
+            core.max_backlog_bytes = self.cfg.max_backlog_bytes;
             core.idle_timeout = self.cfg.idle_timeout;
             let mut server = RelayServer::new(core);
             let mesh = match (self.cfg.mesh.clone(), self.mesh_listener) {
