@@ -580,6 +580,16 @@ pub fn coalesce_send_packets(frame: &mut Vec<u8>, next: &[u8]) -> bool {
     true
 }
 
+/// Bytes of the whole frame at the front of `buf` (header included) once it is all there;
+/// `Ok(None)` while more bytes are needed. Lets a stream reader cut a frame off its buffer
+/// before decoding it.
+///
+/// # Errors
+/// [`RelayError::FrameTooLarge`] as [`ClientToRelay::decode`].
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, RelayError> {
+    Ok(split_frame(buf)?.map(|(_, _, used)| used))
+}
+
 /// A `RecvPacket` frame read in place: the sender and where the payload lies in the frame's
 /// bytes, so a client can hand the payload on without copying it.
 #[derive(Clone, Debug, PartialEq, Eq)]

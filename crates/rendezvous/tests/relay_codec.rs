@@ -518,3 +518,14 @@ fn coalescing_stops_at_the_largest_payload_and_at_other_frames() {
     let two: Vec<u8> = r.iter().chain(&r).copied().collect();
     assert_eq!(relay::recv_packet_ref(&two), Err(RelayError::Malformed));
 }
+
+#[test]
+fn frame_len_is_the_whole_frame_once_complete() {
+    let f = RelayToClient::Pong([1; 8]).to_bytes().unwrap();
+    assert_eq!(relay::frame_len(&f[..4]), Ok(None));
+    assert_eq!(relay::frame_len(&f[..f.len() - 1]), Ok(None));
+    let two: Vec<u8> = f.iter().chain(&f).copied().collect();
+    assert_eq!(relay::frame_len(&two), Ok(Some(f.len())));
+    let huge = [0x44, 0xff, 0xff, 0xff, 0xff];
+    assert_eq!(relay::frame_len(&huge), Err(RelayError::FrameTooLarge));
+}

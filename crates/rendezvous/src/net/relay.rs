@@ -44,9 +44,9 @@ use tokio_util::sync::PollSender;
 
 use super::NetError;
 use crate::relay::{
-    coalesce_send_packets, encode_send_packet, recv_packet_ref, ClientToRelay, ErrorCode,
-    OverloadReason, PeerAddr, RelayToClient, SigningKey, FRAME_HEADER_LEN, MAX_ALLOW_PEERS,
-    MAX_PAYLOAD,
+    coalesce_send_packets, encode_send_packet, frame_len, recv_packet_ref, ClientToRelay,
+    ErrorCode, OverloadReason, PeerAddr, RelayToClient, SigningKey, FRAME_HEADER_LEN,
+    MAX_ALLOW_PEERS, MAX_PAYLOAD,
 };
 use crate::relay_client::{ClientEvent, RelayClient};
 use crate::RelayError;
@@ -319,7 +319,7 @@ impl FrameReader {
         match self {
             FrameReader::Tcp(rd, buf) => loop {
                 // Whole frames are cut off the buffer without moving the rest (no drain).
-                if let Some((_, used)) = RelayToClient::decode(buf)? {
+                if let Some(used) = frame_len(buf)? {
                     return incoming(buf.split_to(used).freeze()).map(Some);
                 }
                 if buf.capacity() - buf.len() < 16 << 10 {
