@@ -72,6 +72,11 @@ const PENDING_BYTES: usize = 4 << 20;
 const PENDING_PEERS: usize = 16;
 /// Keepalive: a Ping when nothing was written for this long (relay idle timeout is 60 s).
 const KEEPALIVE: Duration = Duration::from_secs(20);
+/// While a stream is open, a Ping after this much silence: the relay's Pong keeps the
+/// relay-to-us leg busy too, so neither TCP leg sits idle longer than its retransmission
+/// timeout (≥ 200 ms) and restarts slow start (`tcp_slow_start_after_idle`) before the next
+/// MB-sized MPyC message (spec/rendezvous.md §7.3). Two 13-byte frames per 100 ms.
+const WARM_KEEPALIVE: Duration = Duration::from_millis(100);
 /// Authentication must finish within this time.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Received payloads up to this size are copied out of the read buffer; larger ones are
@@ -733,8 +738,14 @@ async fn writer_task(mut wr: FrameWriter, mut rx: mpsc::Receiver<Vec<u8>>, share
     // Pacing: `credit_at` is when the bytes sent so far are "paid for".
     let mut credit_at = tokio::time::Instant::now();
     let why = loop {
+        let busy = shared
+            .routes
+            .lock()
+            .map(|r| !r.streams.is_empty())
+            .unwrap_or(false);
+        let idle = if busy { WARM_KEEPALIVE } else { KEEPALIVE };
         let first = tokio::select! {
-            r = tokio::time::timeout(KEEPALIVE, rx.recv()) => match r {
+            r = tokio::time::timeout(idle, rx.recv()) => match r {
                 Ok(Some(f)) => Some(f),
                 Ok(None) => break "relay connection dropped",
                 Err(_) => ClientToRelay::Ping(now_unix().to_be_bytes()).to_bytes().ok(),
