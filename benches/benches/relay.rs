@@ -4,13 +4,18 @@
 //! throughput ≥ 0.3× direct.
 //!
 //! Run: `cargo bench -p mpc-did-benches --bench relay` (prints a markdown
-//! table). Without `--bench` (as `cargo test --benches` runs it) it does a
+//! table; `MPC_DID_RELAY_BENCH_MIB=1024` moves 1 GiB per path instead of 256 MiB). Without `--bench` (as `cargo test --benches` runs it) it does a
 //! small smoke run.
 //!
 //! Setup: one process, a 2-worker tokio runtime; the mediator runs
-//! in-process with the relay service (rate limit raised to 64 GiB/s and
-//! queues to 8 MiB so the limits do not cap the measurement; client pacing
-//! off). Throughput: 1 MiB windows, at most 4 unacknowledged (the receiver
+//! in-process with the relay service (rate limit raised to 64 GiB/s, queues
+//! and the per-sender backlog to 8 MiB so the limits do not cap the
+//! measurement; client pacing off).
+//!
+//! Besides throughput it reports the process's CPU time (user + system, all
+//! threads: bench ends, relay clients and the mediator) per MiB moved on each
+//! path: unlike throughput, that figure hardly moves when other work shares
+//! the cores, so builds compared on a busy machine compare by it. Throughput: 1 MiB windows, at most 4 unacknowledged (the receiver
 //! acks each window with one byte) — the same flow control over the direct
 //! TCP stream and the relay streams, so the relay's bounded queues never
 //! overflow. Latency: 64-byte ping-pong round trips, median and p99.
@@ -31,6 +36,21 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const WINDOW: usize = 1 << 20;
 const IN_FLIGHT: usize = 4;
+
+/// CPU time of this process so far (user + system, all threads), from /proc/self/stat.
+fn cpu_time() -> std::time::Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the 14th field.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // Clock ticks of 10 ms (USER_HZ = 100 on Linux).
+    std::time::Duration::from_millis(f.iter().sum::<u64>() * 10)
+}
 
 async fn throughput<A, B>(mut tx: A, mut rx: B, total: usize) -> (f64, A, B)
 where
@@ -102,8 +122,15 @@ fn key(c: &RelayConnection, n: u8) -> PeerAddr {
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
+    // `MPC_DID_RELAY_BENCH_MIB`: MiB per path (default 256; more gives the 10 ms CPU
+    // clock more to count).
+    let mib: usize = std::env::var("MPC_DID_RELAY_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+        .max(4);
     let (total, rounds) = if full {
-        (256 << 20, 2000)
+        (mib << 20, 2000)
     } else {
         (8 << 20, 50)
     };
@@ -125,6 +152,7 @@ fn main() {
             burst_bytes: 16 << 20,
             max_queue_bytes: 8 << 20,
             max_queue_frames: 4096,
+            max_backlog_bytes: 8 << 20,
             ..RelayServiceConfig::default()
         })
         .await
@@ -139,10 +167,19 @@ fn main() {
         let tcp = h.tcp_addr();
 
         let mut rows = Vec::new();
+        let mib = (total >> 20) as f64;
         let (a, b) = tcp_pair().await;
+        let cpu0 = cpu_time();
         let (direct_tp, a, b) = throughput(a, b, total).await;
+        let direct_cpu = (cpu_time() - cpu0).as_secs_f64() * 1e6 / mib;
         let (direct_p50, direct_p99) = latency(a, std::future::ready(b), rounds).await;
-        rows.push(("direct TCP (loopback)", direct_tp, direct_p50, direct_p99));
+        rows.push((
+            "direct TCP (loopback)",
+            direct_tp,
+            direct_p50,
+            direct_p99,
+            direct_cpu,
+        ));
 
         for (name, via, n) in [
             ("relay, plain TCP", tcp, 10u8),
@@ -151,9 +188,11 @@ fn main() {
             let (ca, cb) = relay_pair(via, &ws, n).await;
             let sa = ca.open_stream(key(&ca, n + 1)).unwrap();
             let sb = cb.open_stream(key(&cb, n)).unwrap();
+            let cpu0 = cpu_time();
             let (tp, sa, sb) = throughput(sa, sb, total).await;
+            let cpu = (cpu_time() - cpu0).as_secs_f64() * 1e6 / mib;
             let (p50, p99) = latency(sa, std::future::ready(sb), rounds).await;
-            rows.push((name, tp, p50, p99));
+            rows.push((name, tp, p50, p99, cpu));
         }
         let metrics = h.metrics().unwrap();
         assert_eq!(
@@ -163,15 +202,18 @@ fn main() {
         );
 
         println!("\n{} MiB per run, {} round trips\n", total >> 20, rounds);
-        println!("| path | throughput MiB/s | × direct | RTT p50 µs | RTT p99 µs | added p50 µs |");
-        println!("|---|---:|---:|---:|---:|---:|");
-        for (name, tp, p50, p99) in &rows {
+        println!(
+            "| path | throughput MiB/s | × direct | RTT p50 µs | RTT p99 µs | added p50 µs | CPU µs per MiB | CPU × direct |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        for (name, tp, p50, p99, cpu) in &rows {
             println!(
-                "| {name} | {tp:.0} | {:.2} | {} | {} | {} |",
+                "| {name} | {tp:.0} | {:.2} | {} | {} | {} | {cpu:.0} | {:.2} |",
                 tp / direct_tp,
                 p50.as_micros(),
                 p99.as_micros(),
-                p50.as_micros() as i128 - direct_p50.as_micros() as i128
+                p50.as_micros() as i128 - direct_p50.as_micros() as i128,
+                cpu / direct_cpu.max(1.0),
             );
         }
         m.shutdown().await;

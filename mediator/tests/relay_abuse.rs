@@ -248,7 +248,14 @@ async fn slow_link(relay: SocketAddr, rate: u64) -> SocketAddr {
 // off, so its stream does not fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flood_at_a_partys_did_does_not_fail_an_honest_senders_stream() {
-    let r = start(RelayServiceConfig::default()).await;
+    // This exercises longest-queue drop (spec/rendezvous.md §4.5 "Fair queues"), so the
+    // per-sender backlog bound, which would hold the flooder before the queue fills, is
+    // lifted; `a_flooder_is_held_by_its_backlog_not_dropped` covers the default.
+    let r = start(RelayServiceConfig {
+        max_backlog_bytes: usize::MAX,
+        ..RelayServiceConfig::default()
+    })
+    .await;
     let (ia, ib, iflood) = (identity(), identity(), identity());
     let link = slow_link(r.tcp(), 2 << 20).await;
     let b = RelayConnection::connect_tcp(link, ib.clone(), None)
@@ -375,5 +382,66 @@ async fn party_in_allow_list_mode_never_hears_from_strangers() {
     let m = r.h.metrics().unwrap();
     assert!(m.dropped_not_allowed >= 1, "{m:?}");
     assert_eq!(b.metrics().dropped_unrouted.load(Ordering::Relaxed), 0);
+    r.m.shutdown().await;
+}
+
+// spec/rendezvous.md §4.5 "Backlog by backpressure": with the default bound the same flood
+// (7 MiB/s at a receiver behind a 2 MiB/s link) is held at the relay by not reading the
+// flooder — nothing is dropped, nobody is told to back off — while the honest sender's
+// 1.5 MiB still arrive intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooder_is_held_by_its_backlog_not_dropped() {
+    let r = start(RelayServiceConfig::default()).await;
+    let (ia, ib, iflood) = (identity(), identity(), identity());
+    let link = slow_link(r.tcp(), 2 << 20).await;
+    let b = RelayConnection::connect_tcp(link, ib.clone(), None)
+        .await
+        .unwrap();
+    let a = RelayConnection::connect_tcp(r.tcp(), ia.clone(), None)
+        .await
+        .unwrap();
+    let flooder = RelayConnection::connect_tcp(r.tcp(), iflood.clone(), None)
+        .await
+        .unwrap();
+    flooder.set_send_rate(7 << 20, 512 << 10);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        let dst = PeerAddr::Did(ib.did.clone());
+        tokio::spawn(async move {
+            let chunk = vec![0xAAu8; 60_000];
+            let mut s = flooder.open_stream(dst).unwrap();
+            while !stop.load(Ordering::Relaxed) && s.write_all(&chunk).await.is_ok() {}
+            flooder
+        })
+    };
+    // The flooder's backlog at B reaches the bound (2 MiB) and stays there.
+    let h = r.h.clone();
+    wait_until(
+        "the flood to build a backlog at the receiver",
+        Duration::from_secs(10),
+        || h.metrics().unwrap().forwarded_bytes >= 2 << 20,
+    )
+    .await;
+    let mut sb = b.open_stream(key_of(&ia)).unwrap();
+    let mut sa = a.open_stream(key_of(&ib)).unwrap();
+    let data: Vec<u8> = (0..(3usize << 19)).map(|i| (i * 5 % 251) as u8).collect();
+    let d2 = data.clone();
+    let writer = tokio::spawn(async move { sa.write_all(&d2).await });
+    let mut got = vec![0u8; data.len()];
+    let read = tokio::time::timeout(Duration::from_secs(20), sb.read_exact(&mut got)).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap().unwrap();
+    read.expect("the honest transfer did not finish within 20 s under the flood")
+        .expect("the honest stream failed under the flood");
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&data));
+    let m = r.h.metrics().unwrap();
+    assert_eq!(m.dropped_queue_full, 0, "held, not dropped: {m:?}");
+    assert_eq!(a.metrics().overloaded.load(Ordering::Relaxed), 0);
+    let flooder = tokio::time::timeout(Duration::from_secs(10), flood)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(flooder.metrics().overloaded.load(Ordering::Relaxed), 0);
     r.m.shutdown().await;
 }

@@ -515,6 +515,127 @@ impl RelayToClient {
     }
 }
 
+/// A `SendPacket` frame encoded straight from a borrowed payload (the same bytes as
+/// [`ClientToRelay::write_to`] of `SendPacket{dst, payload}`, without first copying the
+/// payload into a frame value). Clients build outgoing packets with it so each payload is
+/// copied once on its way to the socket.
+///
+/// # Errors
+/// [`RelayError::Encode`] for a payload over [`MAX_PAYLOAD`] or a DID over [`MAX_DID_LEN`].
+pub fn encode_send_packet(dst: &PeerAddr, payload: &[u8]) -> Result<Vec<u8>, RelayError> {
+    let body = peer_len(dst) + payload.len();
+    let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + body);
+    write_header(&mut buf, 0x02, body)?;
+    put_peer(&mut buf, dst)?;
+    put_payload(&mut buf, payload)?;
+    Ok(buf)
+}
+
+/// Bytes of the header and destination of an encoded `SendPacket` frame (where its payload
+/// starts); `None` if `frame` is not a whole `SendPacket` frame.
+fn send_packet_prefix(frame: &[u8]) -> Option<usize> {
+    if frame.first() != Some(&0x02) {
+        return None;
+    }
+    let (_, _, used) = split_frame(frame).ok()??;
+    if used != frame.len() {
+        return None;
+    }
+    let prefix = match frame.get(FRAME_HEADER_LEN)? {
+        0 => FRAME_HEADER_LEN + 1 + 32,
+        1 => {
+            let l = frame.get(FRAME_HEADER_LEN + 1..FRAME_HEADER_LEN + 3)?;
+            FRAME_HEADER_LEN + 3 + usize::from(u16::from_be_bytes([l[0], l[1]]))
+        }
+        _ => return None,
+    };
+    (prefix <= frame.len()).then_some(prefix)
+}
+
+/// Appends the payload of the encoded `SendPacket` frame `next` to the encoded `SendPacket`
+/// frame `frame` when both go to the same destination (same address bytes) and the joined
+/// payload still fits [`MAX_PAYLOAD`]; returns whether it did (then `next` is consumed
+/// into `frame`). Relay payloads are a byte stream (spec/rendezvous.md §4.4, "Coalescing"),
+/// so two packets to one peer may travel as one: fewer frames for the relay to handle.
+pub fn coalesce_send_packets(frame: &mut Vec<u8>, next: &[u8]) -> bool {
+    let (Some(p), Some(q)) = (send_packet_prefix(frame), send_packet_prefix(next)) else {
+        return false;
+    };
+    if p != q || frame.get(FRAME_HEADER_LEN..p) != next.get(FRAME_HEADER_LEN..q) {
+        return false;
+    }
+    let (Some(tail), payload_len) = (next.get(q..), frame.len() - p) else {
+        return false;
+    };
+    if payload_len + tail.len() > MAX_PAYLOAD {
+        return false;
+    }
+    let Ok(body) = u32::try_from(frame.len() - FRAME_HEADER_LEN + tail.len()) else {
+        return false;
+    };
+    frame.extend_from_slice(tail);
+    if let Some(len) = frame.get_mut(1..FRAME_HEADER_LEN) {
+        len.copy_from_slice(&body.to_be_bytes());
+    }
+    true
+}
+
+/// Bytes of the whole frame at the front of `buf` (header included) once it is all there;
+/// `Ok(None)` while more bytes are needed. Lets a stream reader cut a frame off its buffer
+/// before decoding it.
+///
+/// # Errors
+/// [`RelayError::FrameTooLarge`] as [`ClientToRelay::decode`].
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, RelayError> {
+    Ok(split_frame(buf)?.map(|(_, _, used)| used))
+}
+
+/// A `RecvPacket` frame read in place: the sender and where the payload lies in the frame's
+/// bytes, so a client can hand the payload on without copying it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecvPacketRef<'a> {
+    /// The sender's authenticated Ed25519 key.
+    pub src_key: [u8; 32],
+    /// The sender's DID.
+    pub src_did: &'a str,
+    /// The payload's byte range within the frame.
+    pub payload: std::ops::Range<usize>,
+}
+
+/// Reads `frame` — exactly one whole encoded frame — as a `RecvPacket` without copying;
+/// `Ok(None)` when it is another frame type (decode it with [`RelayToClient::decode`]).
+///
+/// # Errors
+/// As [`RelayToClient::decode`] for a malformed `RecvPacket`, and `Malformed` when
+/// `frame` holds more or less than one frame.
+pub fn recv_packet_ref(frame: &[u8]) -> Result<Option<RecvPacketRef<'_>>, RelayError> {
+    if frame.first() != Some(&0x44) {
+        return Ok(None);
+    }
+    let Some((_, body, used)) = split_frame(frame)? else {
+        return Err(RelayError::Malformed);
+    };
+    if used != frame.len() {
+        return Err(RelayError::Malformed);
+    }
+    let mut r = Reader(body);
+    let src_key = r.array()?;
+    let n = usize::from(u16::from_be_bytes(r.array()?));
+    if n > MAX_DID_LEN {
+        return Err(RelayError::Malformed);
+    }
+    let src_did = std::str::from_utf8(r.take(n)?).map_err(|_| RelayError::Malformed)?;
+    let start = frame.len() - r.0.len();
+    if r.0.len() > MAX_PAYLOAD {
+        return Err(RelayError::Malformed);
+    }
+    Ok(Some(RecvPacketRef {
+        src_key,
+        src_did,
+        payload: start..frame.len(),
+    }))
+}
+
 /// A frame cut from a buffer: type, body, bytes used.
 type RawFrame<'a> = (u8, &'a [u8], usize);
 

@@ -60,6 +60,11 @@ pub struct RelayConfig {
     pub rate_bytes_per_sec: u64,
     /// Burst a client may send above the rate.
     pub burst_bytes: u64,
+    /// Bytes of one sender's packets that may wait in receivers' queues (all together)
+    /// before the relay stops reading that sender until they drain (spec/rendezvous.md §4.5,
+    /// "Backlog by backpressure"); keeps a fast sender from overflowing a slow receiver's
+    /// queue, which would drop packets and cost the session a resume.
+    pub max_backlog_bytes: usize,
     /// A connection that sends nothing for this long is closed.
     pub idle_timeout: Duration,
     /// A connection must authenticate within this time.
@@ -82,8 +87,14 @@ impl RelayConfig {
             max_clients_per_source: 32,
             max_queue_bytes: 4 << 20,
             max_queue_frames: 4096,
-            rate_bytes_per_sec: 8 << 20,
-            burst_bytes: 1 << 20,
+            // The rate shares the relay's uplink among clients; it no longer protects the
+            // receivers' queues (the backlog bound below does), so it is set for a path of a
+            // few hundred Mbit/s rather than for the queue (was 8 MiB/s, burst 1 MiB: MB-sized
+            // MPyC messages waited for it).
+            rate_bytes_per_sec: 64 << 20,
+            burst_bytes: 8 << 20,
+            // Half a receiver's queue: two senders at their bound still fit one receiver.
+            max_backlog_bytes: 2 << 20,
             idle_timeout: Duration::from_secs(60),
             auth_timeout: Duration::from_secs(10),
             max_clock_skew_secs: 120,
@@ -297,17 +308,21 @@ impl FairQueue {
         Some(f)
     }
 
-    fn pop(&mut self) -> Option<RelayToClient> {
-        let f = match self.control.pop_front() {
-            Some(f) => f,
-            None => self.pop_flow()?,
+    /// The next frame and, for a packet, its sender.
+    fn pop(&mut self) -> Option<(Option<ConnId>, RelayToClient)> {
+        let (from, f) = match self.control.pop_front() {
+            Some(f) => (None, f),
+            None => {
+                let (id, f) = self.pop_flow()?;
+                (Some(id), f)
+            }
         };
         self.bytes -= f.encoded_len();
         self.frames -= 1;
-        Some(f)
+        Some((from, f))
     }
 
-    fn pop_flow(&mut self) -> Option<RelayToClient> {
+    fn pop_flow(&mut self) -> Option<(ConnId, RelayToClient)> {
         // Each pass either sends or gives the front flow a quantum (≥ any frame), so this
         // ends within two passes over the active flows.
         loop {
@@ -333,12 +348,15 @@ impl FairQueue {
                 self.flows.remove(&id);
                 self.active.pop_front();
             }
-            return f;
+            return f.map(|f| (id, f));
         }
     }
 
-    fn clear(&mut self) {
+    /// Empties the queue; the bytes each sender had in it.
+    fn clear(&mut self) -> Vec<(ConnId, usize)> {
+        let senders = self.flows.iter().map(|(id, f)| (*id, f.bytes)).collect();
         *self = FairQueue::default();
+        senders
     }
 }
 
@@ -355,6 +373,8 @@ struct Client {
     last_overload_notice: Option<Instant>,
     woken: bool,
     closing: bool,
+    /// Bytes of this client's packets waiting in receivers' queues here.
+    backlog: usize,
 }
 
 /// The relay's state. One per mediator; the shell wraps it in a mutex.
@@ -371,6 +391,10 @@ pub struct RelayServer {
     /// `Some` once [`RelayServer::enable_mesh`] was called: what the mesh shell must do.
     mesh: Option<VecDeque<MeshEvent>>,
 }
+
+/// How long a shell waits before asking again whether a sender over its backlog bound may be
+/// read (the receivers' writers drain meanwhile).
+const BACKLOG_RECHECK: Duration = Duration::from_millis(1);
 
 /// Overload notices to one client are sent at most this often, so a flood
 /// does not turn into a flood of notices.
@@ -426,6 +450,11 @@ impl RelayServer {
     #[must_use]
     pub fn read_pause(&self, conn: ConnId, now: Instant) -> Option<Duration> {
         let c = self.clients.get(&conn)?;
+        if c.backlog > self.cfg.max_backlog_bytes {
+            // Its packets wait at slow receivers: read it again once some have left. The
+            // shell asks again after this pause.
+            return Some(BACKLOG_RECHECK);
+        }
         let wait = c.bucket.wait_for(
             crate::relay::MAX_FRAME_LEN + crate::relay::FRAME_HEADER_LEN,
             now,
@@ -494,6 +523,7 @@ impl RelayServer {
                 last_overload_notice: None,
                 woken: false,
                 closing: false,
+                backlog: 0,
             },
         );
         self.metrics.accepted += 1;
@@ -644,11 +674,26 @@ impl RelayServer {
     /// Next frame to write to `conn`, if any.
     pub fn poll_transmit(&mut self, conn: ConnId) -> Option<RelayToClient> {
         let c = self.clients.get_mut(&conn)?;
-        let f = c.queue.pop();
-        if f.is_none() {
+        let Some((from, f)) = c.queue.pop() else {
             c.woken = false;
+            return None;
+        };
+        if let Some(from) = from {
+            self.unqueued(from, f.encoded_len());
         }
-        f
+        Some(f)
+    }
+
+    /// `len` bytes of `from`'s packets left a receiver's queue (sent or dropped).
+    fn unqueued(&mut self, from: ConnId, len: usize) {
+        if let Some(s) = self.clients.get_mut(&from) {
+            s.backlog = s.backlog.saturating_sub(len);
+        }
+    }
+
+    /// Bytes of `conn`'s packets waiting in receivers' queues here (for tests and metrics).
+    pub fn backlog_bytes(&self, conn: ConnId) -> Option<usize> {
+        self.clients.get(&conn).map(|c| c.backlog)
     }
 
     /// Next event for the shell.
@@ -682,9 +727,13 @@ impl RelayServer {
 
     /// Removes a connection (the shell calls this once the socket is gone).
     pub fn close(&mut self, conn: ConnId) {
-        let Some(c) = self.clients.remove(&conn) else {
+        let Some(mut c) = self.clients.remove(&conn) else {
             return;
         };
+        // Its senders' packets queued here are gone with it.
+        for (from, bytes) in c.queue.clear() {
+            self.unqueued(from, bytes);
+        }
         if let Some(src) = c.source {
             self.per_source.remove(src);
         }
@@ -794,7 +843,11 @@ impl RelayServer {
         let Some(c) = self.clients.get_mut(&to) else {
             return Ok(());
         };
+        let queued = frame.encoded_len();
         c.queue.push_flow(from, frame);
+        if let Some(s) = self.clients.get_mut(&from) {
+            s.backlog += queued;
+        }
         self.wake(to);
         self.metrics.forwarded_packets += 1;
         self.metrics.forwarded_bytes += len as u64;
@@ -838,6 +891,7 @@ impl RelayServer {
             let Some(dropped) = c.queue.drop_tail(victim) else {
                 break false;
             };
+            self.unqueued(victim, dropped.encoded_len());
             self.metrics.dropped_queue_full += 1;
             if let (true, RelayToClient::RecvPacket { src_key, .. }) = (is_remote(victim), &dropped)
             {
@@ -891,7 +945,10 @@ impl RelayServer {
             }
             c.closing = true;
             // Drop what was queued for it: the connection is going away.
-            c.queue.clear();
+            let senders = c.queue.clear();
+            for (from, bytes) in senders {
+                self.unqueued(from, bytes);
+            }
         }
         self.enqueue(conn, frame);
         self.events.push_back(ServerEvent::Close(conn));

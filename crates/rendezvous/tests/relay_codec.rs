@@ -437,3 +437,95 @@ proptest! {
         prop_assert!(verify_client_auth(&bad, "did:web:relay", &nonce, &vk, ts, 0).is_err());
     }
 }
+
+// Fast paths of the relay client (spec/rendezvous.md §4.4 "Coalescing", §7.3): they must
+// produce and read exactly the bytes of the general codec.
+proptest! {
+    #[test]
+    fn encode_send_packet_matches_write_to(dst in arb_peer(), payload in arb_payload()) {
+        let general = ClientToRelay::SendPacket { dst: dst.clone(), payload: payload.clone() }
+            .to_bytes()
+            .unwrap();
+        prop_assert_eq!(relay::encode_send_packet(&dst, &payload).unwrap(), general);
+    }
+
+    #[test]
+    fn coalesced_packets_carry_both_payloads_in_order(
+        dst in arb_peer(), other in arb_peer(), a in arb_payload(), b in arb_payload()
+    ) {
+        let mut frame = relay::encode_send_packet(&dst, &a).unwrap();
+        let next = relay::encode_send_packet(&dst, &b).unwrap();
+        prop_assert!(relay::coalesce_send_packets(&mut frame, &next));
+        let joined: Vec<u8> = a.iter().chain(&b).copied().collect();
+        prop_assert_eq!(
+            ClientToRelay::decode(&frame).unwrap(),
+            Some((ClientToRelay::SendPacket { dst: dst.clone(), payload: joined }, frame.len()))
+        );
+        // Another destination is never merged.
+        let mut frame = relay::encode_send_packet(&dst, &a).unwrap();
+        let before = frame.clone();
+        let to_other = relay::encode_send_packet(&other, &b).unwrap();
+        prop_assert_eq!(relay::coalesce_send_packets(&mut frame, &to_other), dst == other);
+        if dst != other {
+            prop_assert_eq!(frame, before);
+        }
+    }
+
+    #[test]
+    fn recv_packet_ref_matches_decode(m in arb_r2c()) {
+        let b = m.to_bytes().unwrap();
+        match (relay::recv_packet_ref(&b).unwrap(), &m) {
+            (Some(r), RelayToClient::RecvPacket { src_key, src_did, payload }) => {
+                prop_assert_eq!(&r.src_key, src_key);
+                prop_assert_eq!(r.src_did, src_did.as_str());
+                prop_assert_eq!(&b[r.payload], payload.as_slice());
+            }
+            (None, RelayToClient::RecvPacket { .. }) => prop_assert!(false, "packet not read"),
+            (Some(_), _) => prop_assert!(false, "another frame read as a packet"),
+            (None, _) => {}
+        }
+    }
+
+    #[test]
+    fn recv_packet_ref_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = relay::recv_packet_ref(&b);
+    }
+}
+
+#[test]
+fn coalescing_stops_at_the_largest_payload_and_at_other_frames() {
+    let dst = PeerAddr::Key([7; 32]);
+    let mut frame = relay::encode_send_packet(&dst, &vec![1; MAX_PAYLOAD - 10]).unwrap();
+    let small = relay::encode_send_packet(&dst, &[2; 10]).unwrap();
+    let one_more = relay::encode_send_packet(&dst, &[3; 1]).unwrap();
+    assert!(relay::coalesce_send_packets(&mut frame, &small));
+    assert!(!relay::coalesce_send_packets(&mut frame, &one_more));
+    let ping = ClientToRelay::Ping([0; 8]).to_bytes().unwrap();
+    let mut p = ping.clone();
+    assert!(!relay::coalesce_send_packets(&mut p, &small));
+    assert!(!relay::coalesce_send_packets(&mut small.clone(), &ping));
+    // A truncated frame is not a frame.
+    let mut cut = small[..small.len() - 1].to_vec();
+    assert!(!relay::coalesce_send_packets(&mut cut, &small));
+    // Two frames in one buffer are not one RecvPacket.
+    let r = RelayToClient::RecvPacket {
+        src_key: [1; 32],
+        src_did: "did:key:z".into(),
+        payload: vec![5; 3],
+    }
+    .to_bytes()
+    .unwrap();
+    let two: Vec<u8> = r.iter().chain(&r).copied().collect();
+    assert_eq!(relay::recv_packet_ref(&two), Err(RelayError::Malformed));
+}
+
+#[test]
+fn frame_len_is_the_whole_frame_once_complete() {
+    let f = RelayToClient::Pong([1; 8]).to_bytes().unwrap();
+    assert_eq!(relay::frame_len(&f[..4]), Ok(None));
+    assert_eq!(relay::frame_len(&f[..f.len() - 1]), Ok(None));
+    let two: Vec<u8> = f.iter().chain(&f).copied().collect();
+    assert_eq!(relay::frame_len(&two), Ok(Some(f.len())));
+    let huge = [0x44, 0xff, 0xff, 0xff, 0xff];
+    assert_eq!(relay::frame_len(&huge), Err(RelayError::FrameTooLarge));
+}

@@ -672,3 +672,81 @@ fn allow_list_drops_strangers_packets() {
     feed(&mut s, cs, to_b(b"now ok"), t).unwrap();
     assert_eq!(drain(&mut s, cb).len(), 1);
 }
+
+/// spec/rendezvous.md §4.5 "Backlog by backpressure": once a sender's packets waiting at
+/// receivers exceed `max_backlog_bytes`, `read_pause` holds its reads until they drain; the
+/// count follows every way a packet leaves a queue (sent, dropped, receiver closed).
+#[test]
+fn sender_backlog_pauses_its_reads_until_receivers_drain() {
+    let t = Instant::now();
+    let mut cfg = RelayConfig::new(RELAY);
+    cfg.max_backlog_bytes = 1000;
+    let mut s = RelayServer::new(cfg);
+    let (a, b, c) = (party(1), party(2), party(3));
+    let ca = login(&mut s, &a, t);
+    let cb = login(&mut s, &b, t);
+    let cc = login(&mut s, &c, t);
+    let send = |s: &mut RelayServer, to: &Party| {
+        feed(
+            s,
+            ca,
+            ClientToRelay::SendPacket {
+                dst: PeerAddr::Key(to.key()),
+                payload: vec![1; 300],
+            },
+            t,
+        )
+        .unwrap();
+    };
+    let one = RelayToClient::RecvPacket {
+        src_key: a.key(),
+        src_did: a.did.clone(),
+        payload: vec![1; 300],
+    }
+    .encoded_len();
+    for _ in 0..2 {
+        send(&mut s, &b);
+        send(&mut s, &c);
+    }
+    assert_eq!(s.backlog_bytes(ca), Some(4 * one));
+    assert!(4 * one > 1000);
+    assert!(s.read_pause(ca, t).is_some(), "over the bound: not read");
+    assert_eq!(s.read_pause(cb, t), None, "other clients are read");
+    // B reads its two packets: A is back under the bound.
+    assert_eq!(drain(&mut s, cb).len(), 2);
+    assert_eq!(s.backlog_bytes(ca), Some(2 * one));
+    assert_eq!(s.read_pause(ca, t), None);
+    // C goes away with A's packets still queued: they no longer count.
+    s.close(cc);
+    assert_eq!(s.backlog_bytes(ca), Some(0));
+    // Dropped packets leave the count too (a tiny queue at B).
+    let mut cfg = RelayConfig::new(RELAY);
+    cfg.max_queue_frames = 1;
+    let mut s = RelayServer::new(cfg);
+    let ca = login(&mut s, &a, t);
+    let cx = login(&mut s, &c, t);
+    let cb = login(&mut s, &b, t);
+    for from in [ca, cx] {
+        feed(
+            &mut s,
+            from,
+            ClientToRelay::SendPacket {
+                dst: PeerAddr::Key(b.key()),
+                payload: vec![1; 300],
+            },
+            t,
+        )
+        .unwrap();
+    }
+    let total = s.backlog_bytes(ca).unwrap() + s.backlog_bytes(cx).unwrap();
+    assert_eq!(
+        Some(total),
+        s.queued_bytes(cb),
+        "the backlog is what B's queue holds"
+    );
+    drain(&mut s, cb);
+    assert_eq!(
+        (s.backlog_bytes(ca), s.backlog_bytes(cx)),
+        (Some(0), Some(0))
+    );
+}

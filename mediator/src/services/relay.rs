@@ -66,6 +66,9 @@ pub struct RelayServiceConfig {
     pub rate_bytes_per_sec: u64,
     /// Per-client burst above the rate.
     pub burst_bytes: u64,
+    /// Bytes of one sender's packets that may wait in receivers' queues before the relay
+    /// stops reading that sender for a while (spec/rendezvous.md §4.5).
+    pub max_backlog_bytes: usize,
     /// Idle connections are closed after this long.
     pub idle_timeout: Duration,
     /// Time allowed to resolve a client's DID document.
@@ -88,6 +91,7 @@ impl Default for RelayServiceConfig {
             max_queue_frames: core.max_queue_frames,
             rate_bytes_per_sec: core.rate_bytes_per_sec,
             burst_bytes: core.burst_bytes,
+            max_backlog_bytes: core.max_backlog_bytes,
             idle_timeout: core.idle_timeout,
             resolve_timeout: Duration::from_secs(10),
             verify_clients: false,
@@ -434,6 +438,7 @@ impl Service for RelayService {
             core.max_queue_frames = self.cfg.max_queue_frames;
             core.rate_bytes_per_sec = self.cfg.rate_bytes_per_sec;
             core.burst_bytes = self.cfg.burst_bytes;
+            core.max_backlog_bytes = self.cfg.max_backlog_bytes;
             core.idle_timeout = self.cfg.idle_timeout;
             let mut server = RelayServer::new(core);
             let mesh = match (self.cfg.mesh.clone(), self.mesh_listener) {
@@ -507,8 +512,8 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: Cancellatio
                 let (rd, wr) = tcp.into_split();
                 tokio::spawn(serve_conn(
                     inner.clone(),
-                    Reader::Tcp(rd, Vec::with_capacity(8192)),
-                    Writer::Tcp(wr),
+                    Reader::Tcp(rd, bytes::BytesMut::with_capacity(128 << 10)),
+                    Writer::Tcp(wr, Vec::new()),
                     Some(from.ip()),
                     stop.clone(),
                 ));
@@ -552,12 +557,13 @@ async fn ws_upgrade(
 }
 
 enum Reader {
-    Tcp(tokio::net::tcp::OwnedReadHalf, Vec<u8>),
+    Tcp(tokio::net::tcp::OwnedReadHalf, bytes::BytesMut),
     Ws(futures_util::stream::SplitStream<WebSocket>),
 }
 
 enum Writer {
-    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    /// The socket and a buffer reused for every batch.
+    Tcp(tokio::net::tcp::OwnedWriteHalf, Vec<u8>),
     Ws(futures_util::stream::SplitSink<WebSocket, WsMessage>),
 }
 
@@ -573,11 +579,16 @@ impl Reader {
             Reader::Tcp(rd, buf) => loop {
                 match ClientToRelay::decode(buf) {
                     Ok(Some((f, used))) => {
-                        buf.drain(..used);
+                        // O(1): the rest of the buffer is not moved (a `Vec::drain` moved
+                        // it once per frame).
+                        bytes::Buf::advance(buf, used);
                         return Read::Frame(f, used);
                     }
                     Ok(None) => {}
                     Err(e) => return Read::Bad(e),
+                }
+                if buf.capacity() - buf.len() < 16 << 10 {
+                    buf.reserve(128 << 10);
                 }
                 match rd.read_buf(buf).await {
                     Ok(0) | Err(_) => return Read::End,
@@ -606,23 +617,36 @@ impl Reader {
 impl Writer {
     async fn send(&mut self, frames: &[RelayToClient]) -> bool {
         match self {
-            Writer::Tcp(w) => {
-                let mut buf = Vec::new();
+            Writer::Tcp(w, buf) => {
+                buf.clear();
                 for f in frames {
-                    if f.write_to(&mut buf).is_err() {
+                    if f.write_to(buf).is_err() {
                         return false;
                     }
                 }
-                w.write_all(&buf).await.is_ok() && w.flush().await.is_ok()
+                w.write_all(buf).await.is_ok() && w.flush().await.is_ok()
             }
             Writer::Ws(s) => {
+                // One allocation for the batch; each frame is a slice of it (one message
+                // per frame, spec/rendezvous.md §4.1).
+                let mut all = Vec::with_capacity(frames.iter().map(|f| f.encoded_len()).sum());
+                let mut ends = Vec::with_capacity(frames.len());
                 for f in frames {
-                    let Ok(bytes) = f.to_bytes() else {
-                        return false;
-                    };
-                    if s.feed(WsMessage::Binary(bytes.into())).await.is_err() {
+                    if f.write_to(&mut all).is_err() {
                         return false;
                     }
+                    ends.push(all.len());
+                }
+                let all = bytes::Bytes::from(all);
+                let mut start = 0;
+                for end in ends {
+                    if s.feed(WsMessage::Binary(all.slice(start..end)))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    start = end;
                 }
                 s.flush().await.is_ok()
             }
@@ -631,7 +655,7 @@ impl Writer {
 
     async fn close(&mut self) {
         match self {
-            Writer::Tcp(w) => {
+            Writer::Tcp(w, _) => {
                 let _ = w.shutdown().await;
             }
             Writer::Ws(s) => {
@@ -680,6 +704,9 @@ async fn resolve_key(inner: &Inner, auth: &ClientAuth) -> Option<VerifyingKey> {
         PublicKey::X25519(_) => None,
     }
 }
+
+/// Longest time a sender goes unread because its packets wait at slow receivers.
+const BACKLOG_PAUSE_MAX: Duration = Duration::from_millis(500);
 
 async fn serve_conn(
     inner: Arc<Inner>,
@@ -783,9 +810,28 @@ async fn serve_conn(
                     // The byte-rate limit is enforced by reading this client no faster
                     // than its rate: TCP then slows the sender down, and nothing is
                     // dropped for the rate (spec/rendezvous.md §4.5).
-                    if let Some(pause) = pause {
+                    // A sender whose packets pile up at slow receivers is not read either
+                    // until they drain (the core's backlog bound): asked again after each
+                    // pause.
+                    // Bounded: a receiver that stalls must not stall its senders for good
+                    // (after `BACKLOG_PAUSE_MAX` the sender is read again, and a full queue
+                    // drops as before).
+                    if let Some(mut pause) = pause {
                         since_yield = 0;
-                        tokio::time::sleep(pause).await;
+                        let paused = Instant::now();
+                        loop {
+                            tokio::time::sleep(pause).await;
+                            if paused.elapsed() >= BACKLOG_PAUSE_MAX {
+                                break;
+                            }
+                            if closing.load(Ordering::Acquire) {
+                                return true;
+                            }
+                            match inner.lock().server.read_pause(id, Instant::now()) {
+                                Some(p) => pause = p,
+                                None => break,
+                            }
+                        }
                         continue;
                     }
                     since_yield += 1;

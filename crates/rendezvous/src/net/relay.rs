@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -43,8 +44,9 @@ use tokio_util::sync::PollSender;
 
 use super::NetError;
 use crate::relay::{
-    ClientToRelay, ErrorCode, OverloadReason, PeerAddr, RelayToClient, SigningKey, MAX_ALLOW_PEERS,
-    MAX_PAYLOAD,
+    coalesce_send_packets, encode_send_packet, frame_len, recv_packet_ref, ClientToRelay,
+    ErrorCode, OverloadReason, PeerAddr, RelayToClient, SigningKey, FRAME_HEADER_LEN,
+    MAX_ALLOW_PEERS, MAX_PAYLOAD,
 };
 use crate::relay_client::{ClientEvent, RelayClient};
 use crate::RelayError;
@@ -70,8 +72,21 @@ const PENDING_BYTES: usize = 4 << 20;
 const PENDING_PEERS: usize = 16;
 /// Keepalive: a Ping when nothing was written for this long (relay idle timeout is 60 s).
 const KEEPALIVE: Duration = Duration::from_secs(20);
+/// While a stream is open, a Ping after this much silence: the relay's Pong keeps the
+/// relay-to-us leg busy too, so neither TCP leg sits idle longer than its retransmission
+/// timeout (≥ 200 ms) and restarts slow start (`tcp_slow_start_after_idle`) before the next
+/// MB-sized MPyC message (spec/rendezvous.md §7.3). Two 13-byte frames per 100 ms.
+const WARM_KEEPALIVE: Duration = Duration::from_millis(100);
 /// Authentication must finish within this time.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Received payloads up to this size are copied out of the read buffer; larger ones are
+/// handed on as a slice of it (no copy). A small payload must not pin a whole read buffer
+/// while it waits in a stream's queue.
+const COPY_BELOW: usize = 4096;
+/// Packets to one peer are joined into one frame while each is at most this size (relay
+/// payloads are a byte stream, spec/rendezvous.md §4.4): many small session records then
+/// cost the relay one frame, not one each; large packets are never copied for it.
+const COALESCE_BELOW: usize = 16 << 10;
 
 /// Who we authenticate as.
 #[derive(Clone, Debug)]
@@ -127,12 +142,12 @@ pub struct RelayClientMetrics {
 
 struct Route {
     id: u64,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Bytes>,
     failed: Arc<Mutex<Option<&'static str>>>,
 }
 
 /// Packets from a peer without a stream yet: its DID, the payloads, their bytes.
-type Pending = (String, VecDeque<Vec<u8>>, usize);
+type Pending = (String, VecDeque<Bytes>, usize);
 
 #[derive(Default)]
 struct Routes {
@@ -233,7 +248,8 @@ pub const DEFAULT_SEND_BURST: u64 = 512 << 10;
 /// (and fails its streams).
 pub struct RelayConnection {
     shared: Arc<Shared>,
-    out: mpsc::Sender<ClientToRelay>,
+    /// Encoded frames to the writer task.
+    out: mpsc::Sender<Vec<u8>>,
     relay_id: String,
     did: String,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -260,8 +276,41 @@ impl Drop for RelayConnection {
 type Ws = super::ws::WsStream;
 
 enum FrameReader {
-    Tcp(tokio::net::tcp::OwnedReadHalf, Vec<u8>),
+    Tcp(tokio::net::tcp::OwnedReadHalf, BytesMut),
     Ws(futures_util::stream::SplitStream<Ws>),
+}
+
+/// What the reader got: a packet read in place (its payload not copied), or any other frame.
+enum Incoming {
+    Packet {
+        src_key: [u8; 32],
+        src_did: Bytes,
+        payload: Bytes,
+    },
+    Frame(RelayToClient),
+}
+
+/// `frame` (exactly one encoded frame) as an [`Incoming`]: a `RecvPacket` keeps its payload
+/// as a slice of `frame` (copied only when small), anything else is decoded.
+fn incoming(frame: Bytes) -> Result<Incoming, NetError> {
+    if let Some(p) = recv_packet_ref(&frame)? {
+        let did = FRAME_HEADER_LEN + 32 + 2;
+        let src_did = frame.slice(did..did + p.src_did.len());
+        let payload = if p.payload.len() < COPY_BELOW {
+            Bytes::copy_from_slice(frame.get(p.payload).unwrap_or_default())
+        } else {
+            frame.slice(p.payload)
+        };
+        return Ok(Incoming::Packet {
+            src_key: p.src_key,
+            src_did,
+            payload,
+        });
+    }
+    match RelayToClient::decode(&frame)? {
+        Some((f, used)) if used == frame.len() => Ok(Incoming::Frame(f)),
+        _ => Err(RelayError::Malformed.into()),
+    }
 }
 
 enum FrameWriter {
@@ -271,12 +320,15 @@ enum FrameWriter {
 
 impl FrameReader {
     /// The next frame; `Ok(None)` at a clean end of the connection.
-    async fn next(&mut self) -> Result<Option<RelayToClient>, NetError> {
+    async fn next(&mut self) -> Result<Option<Incoming>, NetError> {
         match self {
             FrameReader::Tcp(rd, buf) => loop {
-                if let Some((frame, used)) = RelayToClient::decode(buf)? {
-                    buf.drain(..used);
-                    return Ok(Some(frame));
+                // Whole frames are cut off the buffer without moving the rest (no drain).
+                if let Some(used) = frame_len(buf)? {
+                    return incoming(buf.split_to(used).freeze()).map(Some);
+                }
+                if buf.capacity() - buf.len() < 16 << 10 {
+                    buf.reserve(128 << 10);
                 }
                 if rd.read_buf(buf).await? == 0 {
                     return Ok(None);
@@ -287,35 +339,56 @@ impl FrameReader {
                     return Ok(None);
                 };
                 match msg.map_err(|e| NetError::WebSocket(e.to_string()))? {
-                    Message::Binary(b) => {
-                        // One message = exactly one frame (spec §4.1).
-                        return match RelayToClient::decode(&b)? {
-                            Some((f, used)) if used == b.len() => Ok(Some(f)),
-                            _ => Err(RelayError::Malformed.into()),
-                        };
-                    }
+                    // One message = exactly one frame (spec §4.1).
+                    Message::Binary(b) => return incoming(b).map(Some),
                     Message::Close(_) => return Ok(None),
                     _ => {}
                 }
             },
         }
     }
+
+    /// The next frame during authentication (nothing is delivered before `AuthOk`).
+    async fn next_frame(&mut self) -> Result<Option<RelayToClient>, NetError> {
+        Ok(match self.next().await? {
+            None => None,
+            Some(Incoming::Frame(f)) => Some(f),
+            Some(Incoming::Packet {
+                src_key,
+                src_did,
+                payload,
+            }) => Some(RelayToClient::RecvPacket {
+                src_key,
+                src_did: String::from_utf8_lossy(&src_did).into_owned(),
+                payload: payload.to_vec(),
+            }),
+        })
+    }
 }
 
 impl FrameWriter {
-    async fn send(&mut self, frames: &[ClientToRelay]) -> Result<(), NetError> {
+    /// Writes encoded frames and flushes once: over TCP one gathering write (no copy into a
+    /// joint buffer), over WebSocket one binary message per frame (the frame's bytes move
+    /// into the message; the WebSocket layer copies them once while masking).
+    async fn send(&mut self, frames: &mut Vec<Vec<u8>>) -> Result<(), NetError> {
         match self {
             FrameWriter::Tcp(w) => {
-                let mut buf = Vec::new();
-                for f in frames {
-                    f.write_to(&mut buf)?;
+                let mut slices: Vec<io::IoSlice<'_>> =
+                    frames.iter().map(|f| io::IoSlice::new(f)).collect();
+                let mut rest = &mut slices[..];
+                while !rest.is_empty() {
+                    let n = w.write_vectored(rest).await?;
+                    if n == 0 {
+                        return Err(NetError::Io(io::ErrorKind::WriteZero.into()));
+                    }
+                    io::IoSlice::advance_slices(&mut rest, n);
                 }
-                w.write_all(&buf).await?;
                 w.flush().await?;
+                frames.clear();
             }
             FrameWriter::Ws(s) => {
-                for f in frames {
-                    s.feed(Message::binary(f.to_bytes()?))
+                for f in frames.drain(..) {
+                    s.feed(Message::binary(f))
                         .await
                         .map_err(|e| NetError::WebSocket(e.to_string()))?;
                 }
@@ -325,6 +398,11 @@ impl FrameWriter {
             }
         }
         Ok(())
+    }
+
+    /// Encodes and writes one frame (authentication).
+    async fn send_frame(&mut self, f: &ClientToRelay) -> Result<(), NetError> {
+        self.send(&mut vec![f.to_bytes()?]).await
     }
 }
 
@@ -354,7 +432,7 @@ impl RelayConnection {
         let (rd, wr) = tcp.into_split();
         // Plain TCP has no version negotiation: allow-lists are enforced on our side only.
         Self::start(
-            FrameReader::Tcp(rd, Vec::with_capacity(1 << 16)),
+            FrameReader::Tcp(rd, BytesMut::with_capacity(128 << 10)),
             FrameWriter::Tcp(wr),
             me,
             expected_relay,
@@ -446,14 +524,14 @@ impl RelayConnection {
             let mut relay_id = None;
             loop {
                 let frame = rd
-                    .next()
+                    .next_frame()
                     .await?
                     .ok_or(NetError::Io(io::ErrorKind::UnexpectedEof.into()))?;
                 if let RelayToClient::ServerChallenge { relay_id: r, .. } = &frame {
                     relay_id = Some(r.clone());
                 }
                 match core.on_frame(frame, now_unix())? {
-                    ClientEvent::Send(f) => wr.send(&[f]).await?,
+                    ClientEvent::Send(f) => wr.send_frame(&f).await?,
                     ClientEvent::Ready => return Ok::<_, NetError>(relay_id.unwrap_or_default()),
                     ClientEvent::Closed(None) => {
                         return Err(RelayError::AuthenticationFailed.into())
@@ -491,7 +569,7 @@ impl RelayConnection {
         });
         // A list given at connect goes out before any packet (the writer finds the permit).
         shared.allow_changed.notify_one();
-        let (out, out_rx) = mpsc::channel::<ClientToRelay>(STREAM_QUEUE);
+        let (out, out_rx) = mpsc::channel::<Vec<u8>>(STREAM_QUEUE);
         let writer = tokio::spawn(writer_task(wr, out_rx, shared.clone()));
         let reader = tokio::spawn(reader_task(rd, core, out.clone(), shared.clone()));
         Ok(RelayConnection {
@@ -647,8 +725,7 @@ impl RelayConnection {
             peer,
             id,
             rx,
-            buf: Vec::new(),
-            pos: 0,
+            buf: Bytes::new(),
             tx: PollSender::new(self.out.clone()),
             failed,
             shared: Arc::downgrade(&self.shared),
@@ -656,20 +733,22 @@ impl RelayConnection {
     }
 }
 
-async fn writer_task(
-    mut wr: FrameWriter,
-    mut rx: mpsc::Receiver<ClientToRelay>,
-    shared: Arc<Shared>,
-) {
-    let mut batch = Vec::with_capacity(64);
+async fn writer_task(mut wr: FrameWriter, mut rx: mpsc::Receiver<Vec<u8>>, shared: Arc<Shared>) {
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(64);
     // Pacing: `credit_at` is when the bytes sent so far are "paid for".
     let mut credit_at = tokio::time::Instant::now();
     let why = loop {
+        let busy = shared
+            .routes
+            .lock()
+            .map(|r| !r.streams.is_empty())
+            .unwrap_or(false);
+        let idle = if busy { WARM_KEEPALIVE } else { KEEPALIVE };
         let first = tokio::select! {
-            r = tokio::time::timeout(KEEPALIVE, rx.recv()) => match r {
+            r = tokio::time::timeout(idle, rx.recv()) => match r {
                 Ok(Some(f)) => Some(f),
                 Ok(None) => break "relay connection dropped",
-                Err(_) => Some(ClientToRelay::Ping(now_unix().to_be_bytes())),
+                Err(_) => ClientToRelay::Ping(now_unix().to_be_bytes()).to_bytes().ok(),
             },
             () = shared.allow_changed.notified() => None,
         };
@@ -685,7 +764,10 @@ async fn writer_task(
                 .map(|l| l.iter().cloned().collect::<Vec<_>>())
         });
         if let Some(list) = allow {
-            batch.push(ClientToRelay::AllowPeers(Some(list)));
+            match ClientToRelay::AllowPeers(Some(list)).to_bytes() {
+                Ok(f) => batch.push(f),
+                Err(_) => tracing::warn!("relay allow-list not encodable; not sent"),
+            }
         }
         if let Some(f) = first {
             batch.push(f);
@@ -694,22 +776,24 @@ async fn writer_task(
             continue;
         }
         let mut bytes = 0usize;
+        // Take whatever else is queued (up to 64 frames, 256 KiB): one flush for all, and
+        // small packets to the same peer joined into one frame.
         while batch.len() < 64 && bytes < 256 << 10 {
-            match rx.try_recv() {
-                Ok(f) => {
-                    bytes += f.encoded_len();
-                    batch.push(f);
-                }
-                Err(_) => break,
+            let Ok(f) = rx.try_recv() else { break };
+            bytes += f.len();
+            let joined = f.len() <= COALESCE_BELOW
+                && batch.last_mut().is_some_and(|last| {
+                    last.len() <= COALESCE_BELOW && coalesce_send_packets(last, &f)
+                });
+            if !joined {
+                batch.push(f);
             }
         }
-        let packets = batch
-            .iter()
-            .filter(|f| matches!(f, ClientToRelay::SendPacket { .. }))
-            .count() as u64;
+        // Packets as they go on the wire (joined ones count once).
+        let packets = batch.iter().filter(|f| f.first() == Some(&0x02)).count() as u64;
         let rate = shared.rate.load(Ordering::Relaxed);
         if rate > 0 {
-            let wire: usize = batch.iter().map(ClientToRelay::encoded_len).sum();
+            let wire: usize = batch.iter().map(Vec::len).sum();
             let burst =
                 Duration::from_secs_f64(shared.burst.load(Ordering::Relaxed) as f64 / rate as f64);
             let now = tokio::time::Instant::now();
@@ -721,7 +805,7 @@ async fn writer_task(
                 tokio::time::sleep_until(credit_at).await;
             }
         }
-        if wr.send(&batch).await.is_err() {
+        if wr.send(&mut batch).await.is_err() {
             break "relay connection lost";
         }
         shared
@@ -736,12 +820,32 @@ async fn writer_task(
 async fn reader_task(
     mut rd: FrameReader,
     mut core: RelayClient,
-    out: mpsc::Sender<ClientToRelay>,
+    out: mpsc::Sender<Vec<u8>>,
     shared: Arc<Shared>,
 ) {
     let why = loop {
         let frame = match rd.next().await {
-            Ok(Some(f)) => f,
+            // Packets skip the core's event (it would only hand them back): the reader runs
+            // after authentication, where the core accepts every RecvPacket.
+            Ok(Some(Incoming::Packet {
+                src_key,
+                src_did,
+                payload,
+            })) if core.is_ready() => {
+                let did = std::str::from_utf8(&src_did).unwrap_or_default();
+                deliver(&shared, src_key, did, payload).await;
+                continue;
+            }
+            Ok(Some(Incoming::Packet {
+                src_key,
+                src_did,
+                payload,
+            })) => RelayToClient::RecvPacket {
+                src_key,
+                src_did: String::from_utf8_lossy(&src_did).into_owned(),
+                payload: payload.to_vec(),
+            },
+            Ok(Some(Incoming::Frame(f))) => f,
             Ok(None) => break "relay closed the connection",
             Err(_) => break "relay connection lost",
         };
@@ -751,7 +855,10 @@ async fn reader_task(
         };
         match event {
             ClientEvent::Send(f) => {
-                if out.send(f).await.is_err() {
+                let Ok(bytes) = f.to_bytes() else {
+                    break "relay frame not encodable";
+                };
+                if out.send(bytes).await.is_err() {
                     break "relay connection dropped";
                 }
             }
@@ -759,7 +866,7 @@ async fn reader_task(
                 src_key,
                 src_did,
                 payload,
-            } => deliver(&shared, src_key, src_did, payload).await,
+            } => deliver(&shared, src_key, &src_did, payload.into()).await,
             ClientEvent::PeerGone(p) => {
                 shared.metrics.peer_gone.fetch_add(1, Ordering::Relaxed);
                 if let Ok(mut r) = shared.routes.lock() {
@@ -784,12 +891,12 @@ async fn reader_task(
     shared.close(why);
 }
 
-async fn deliver(shared: &Shared, src_key: [u8; 32], src_did: String, payload: Vec<u8>) {
+async fn deliver(shared: &Shared, src_key: [u8; 32], src_did: &str, payload: Bytes) {
     let target = {
         let Ok(mut routes) = shared.routes.lock() else {
             return;
         };
-        if !routes.allows(&src_key, &src_did) {
+        if !routes.allows(&src_key, src_did) {
             // A stranger (or a peer we stopped listening to): never buffered.
             shared
                 .metrics
@@ -803,7 +910,7 @@ async fn deliver(shared: &Shared, src_key: [u8; 32], src_did: String, payload: V
             .get(&PeerAddr::Key(src_key))
             .map(|r| (PeerAddr::Key(src_key), r.id, r.tx.clone()))
             .or_else(|| {
-                let d = PeerAddr::Did(src_did.clone());
+                let d = PeerAddr::Did(src_did.to_owned());
                 routes.streams.get(&d).map(|r| (d, r.id, r.tx.clone()))
             });
         if found.is_none() {
@@ -814,7 +921,7 @@ async fn deliver(shared: &Shared, src_key: [u8; 32], src_did: String, payload: V
             let entry = routes
                 .pending
                 .entry(src_key)
-                .or_insert_with(|| (src_did, VecDeque::new(), 0));
+                .or_insert_with(|| (src_did.to_owned(), VecDeque::new(), 0));
             if room && entry.1.len() < PENDING_FRAMES && entry.2 + payload.len() <= PENDING_BYTES {
                 entry.2 += payload.len();
                 entry.1.push_back(payload);
@@ -850,10 +957,9 @@ async fn deliver(shared: &Shared, src_key: [u8; 32], src_did: String, payload: V
 pub struct RelayStream {
     peer: PeerAddr,
     id: u64,
-    rx: mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    pos: usize,
-    tx: PollSender<ClientToRelay>,
+    rx: mpsc::Receiver<Bytes>,
+    buf: Bytes,
+    tx: PollSender<Vec<u8>>,
     failed: Arc<Mutex<Option<&'static str>>>,
     shared: std::sync::Weak<Shared>,
 }
@@ -897,19 +1003,13 @@ impl AsyncRead for RelayStream {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         loop {
-            if let Some(rest) = self.buf.get(self.pos..) {
-                if !rest.is_empty() {
-                    let n = rest.len().min(out.remaining());
-                    out.put_slice(rest.get(..n).unwrap_or_default());
-                    self.pos += n;
-                    return Poll::Ready(Ok(()));
-                }
+            if !self.buf.is_empty() {
+                let n = self.buf.len().min(out.remaining());
+                out.put_slice(self.buf.split_to(n).as_ref());
+                return Poll::Ready(Ok(()));
             }
             match ready!(self.rx.poll_recv(cx)) {
-                Some(p) => {
-                    self.buf = p;
-                    self.pos = 0;
-                }
+                Some(p) => self.buf = p,
                 // The route is gone: the stream failed (never a clean EOF:
                 // the relay has no end-of-stream, and a session must not
                 // mistake a failure for a close).
@@ -942,10 +1042,9 @@ impl AsyncWrite for RelayStream {
             )));
         }
         let n = buf.len().min(MAX_PAYLOAD);
-        let frame = ClientToRelay::SendPacket {
-            dst: self.peer.clone(),
-            payload: buf.get(..n).unwrap_or_default().to_vec(),
-        };
+        // Encoded here, once: the writer task passes these bytes on as they are.
+        let frame = encode_send_packet(&self.peer, buf.get(..n).unwrap_or_default())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         if self.tx.send_item(frame).is_err() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
