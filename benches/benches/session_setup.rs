@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, Criterion};
 use mpc_did_connect::{Binding, Connector, ConnectorConfig, Established};
 use mpc_did_mediator::MediatorHandle;
-use mpc_did_testkit::mediator::{self as testkit, loopback_mediator as mediator};
+use mpc_did_testkit::mediator as testkit;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::runtime::Runtime;
 
@@ -120,7 +120,19 @@ fn record(name: &str, d: Duration) {
 fn bench_setup(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let m = rt.block_on(mediator(dir.path()));
+    // All parties share 127.0.0.1, so the mediator's per-IP rate (a defence against one
+    // client address flooding it, sized for real addresses) would throttle the 10-party
+    // mesh repeated back to back: lifted here, as every party has its own address in use.
+    let mut config = testkit::loopback_config(dir.path());
+    config.limits.rate_per_ip = 1_000_000;
+    config.limits.rate_per_connection = 1_000_000;
+    config.limits.rate_burst = 1_000_000;
+    // Likewise the per-source quota of waiting messages (spec/mediator.md §6.1): every
+    // party here is the same source for every recipient.
+    config.limits.max_queued_per_source = 0;
+    let m = rt
+        .block_on(mpc_did_mediator::Mediator::builder(config).start())
+        .unwrap();
 
     let two = rt.block_on(parties(&m, 2));
     let mut g = c.benchmark_group("session_setup");
