@@ -375,16 +375,20 @@ impl RunCtx {
         }
     }
 
+    /// The roster DID of `party` (empty if it is not in the roster).
+    fn did_of(&self, party: PartyId) -> String {
+        self.roster
+            .party(party)
+            .map(|p| p.did.clone())
+            .unwrap_or_default()
+    }
+
     /// The error a peer's `abort` (as the control task recorded it) stops this run with.
     fn aborted(&self, state: &Control) -> Option<MpcError> {
         if let Some((party, theirs, ours)) = &state.mismatch {
             return Some(MpcError::TransportMismatch {
                 party: *party,
-                did: self
-                    .roster
-                    .party(*party)
-                    .map(|p| p.did.clone())
-                    .unwrap_or_default(),
+                did: self.did_of(*party),
                 theirs: theirs.clone(),
                 ours: ours.clone(),
             });
@@ -394,11 +398,7 @@ impl RunCtx {
             .as_ref()
             .map(|(party, code, reason)| MpcError::PeerAborted {
                 party: *party,
-                did: self
-                    .roster
-                    .party(*party)
-                    .map(|p| p.did.clone())
-                    .unwrap_or_default(),
+                did: self.did_of(*party),
                 code: code.clone(),
                 reason: reason.clone(),
                 next: next_step(*party, code),
