@@ -523,11 +523,15 @@ impl Core {
                 .await;
         }
         let src = sender.source;
-        let admitted = self
+        // The place is taken under the id the message will be stored with, so that an
+        // acknowledgement arriving before `settle` (a live recipient is fast) frees it.
+        let id = crate::store::message_id(&bytes);
+        let reserved = self
             .quotas
             .lock()
-            .is_ok_and(|mut q| q.reserve(&owner, src, Instant::now()));
-        if !admitted {
+            .ok()
+            .and_then(|mut q| q.reserve(&owner, src, &id, Instant::now()));
+        let Some(reservation) = reserved else {
             return self
                 .refuse(
                     msg,
@@ -540,17 +544,14 @@ impl Core {
                     ),
                 )
                 .await;
-        }
+        };
         let res = self
             .store
             .enqueue(&owner, &fwd.next, &bytes, self.limits())
             .await;
-        let stored = match &res {
-            Ok(e) if !e.duplicate => Some(e.id.as_str()),
-            _ => None,
-        };
+        let stored = matches!(&res, Ok(e) if !e.duplicate);
         if let Ok(mut q) = self.quotas.lock() {
-            q.settle(&owner, src, stored, Instant::now());
+            q.settle(&owner, reservation, stored);
         }
         match res {
             Ok(e) => {

@@ -120,16 +120,29 @@ struct Ledger {
 }
 
 /// Messages each source has waiting, unacknowledged, in each recipient's queue
-/// (`limits.max_queued_per_source`). A forward first [`reserves`](Self::reserve) a place
-/// (so concurrent forwards cannot overshoot), then [`settles`](Self::settle) it with the
-/// stored message's id, or gives it back. Acknowledgements on this instance
-/// ([`Self::acked`]) free places; what another instance acknowledged is forgotten after
-/// `window`.
+/// (`limits.max_queued_per_source`). A forward [`reserves`](Self::reserve) a place under
+/// the id its message will be stored with (`store::message_id`, known before it is
+/// stored), so that concurrent forwards cannot overshoot and an acknowledgement that
+/// overtakes the forward's own bookkeeping (the recipient is live, the message is pushed
+/// and acknowledged while the forward still waits for the store's group commit) frees the
+/// place; then it [`settles`](Self::settle) the reservation, giving the place back if
+/// nothing new was stored. Acknowledgements on this instance ([`Self::acked`]) free
+/// places; what another instance acknowledged is forgotten after `window`.
 pub struct SourceQuotas {
     max: u64,
     window: Duration,
     owners: HashMap<String, Ledger>,
     tracked: usize,
+}
+
+/// A place [`SourceQuotas::reserve`] took for one forward, to
+/// [`settle`](SourceQuotas::settle) once the store answered.
+#[derive(Debug)]
+#[must_use]
+pub struct Reservation {
+    /// The id this forward tracks, if it took a place (not with no quota, not for a
+    /// message already tracked, not past [`SOURCE_TRACKED_MAX`]).
+    key: Option<[u8; 16]>,
 }
 
 impl SourceQuotas {
@@ -145,50 +158,60 @@ impl SourceQuotas {
         }
     }
 
-    /// Takes a place for one message from `src` to `owner`'s queue; `false` if `src`
-    /// already has `max` messages waiting there.
-    pub fn reserve(&mut self, owner: &str, src: SourceAddr, now: Instant) -> bool {
-        if self.max == 0 {
-            return true;
-        }
+    /// Takes a place for the message `id` from `src` in `owner`'s queue; `None` if `src`
+    /// already has `max` messages waiting there. A message already tracked (the same
+    /// envelope again) takes no second place.
+    pub fn reserve(
+        &mut self,
+        owner: &str,
+        src: SourceAddr,
+        id: &str,
+        now: Instant,
+    ) -> Option<Reservation> {
+        let Some(key) = id_key(id).filter(|_| self.max > 0) else {
+            return Some(Reservation { key: None });
+        };
         let ledger = self.owners.entry(owner.to_owned()).or_default();
+        if ledger.ids.contains_key(&key) {
+            return Some(Reservation { key: None });
+        }
         let n = ledger.by_source.get(&src).copied().unwrap_or(0);
         if n >= self.max {
             self.tracked -= prune(ledger, self.window, now);
             let n = ledger.by_source.get(&src).copied().unwrap_or(0);
             if n >= self.max {
-                return false;
+                if ledger.by_source.is_empty() {
+                    self.owners.remove(owner);
+                }
+                return None;
             }
         }
+        if self.tracked >= SOURCE_TRACKED_MAX {
+            tracing::warn!(%src, "source quota: too many tracked messages");
+            return Some(Reservation { key: None });
+        }
         *ledger.by_source.entry(src).or_insert(0) += 1;
-        true
+        ledger.ids.insert(key, (src, now));
+        self.tracked += 1;
+        Some(Reservation { key: Some(key) })
     }
 
-    /// Settles a [`reserve`](Self::reserve)d place: `Some(id)` when a new message was
-    /// stored (it now holds the place until acknowledged), `None` when nothing new was
-    /// stored (refused, failed, or a duplicate of a message already waiting).
-    pub fn settle(&mut self, owner: &str, src: SourceAddr, stored: Option<&str>, now: Instant) {
-        if self.max == 0 {
+    /// Settles a [`reserve`](Self::reserve)d place: `stored` when a new message was stored
+    /// (it holds the place until acknowledged, unless an acknowledgement came first), else
+    /// (refused, failed, or a duplicate of a message already waiting) the place is given
+    /// back.
+    pub fn settle(&mut self, owner: &str, r: Reservation, stored: bool) {
+        let Some(key) = r.key else {
+            return;
+        };
+        if stored {
             return;
         }
         let Some(ledger) = self.owners.get_mut(owner) else {
             return;
         };
-        let key = stored.and_then(id_key);
-        let keep = match key {
-            Some(k) if !ledger.ids.contains_key(&k) => {
-                if self.tracked >= SOURCE_TRACKED_MAX {
-                    tracing::warn!(%src, "source quota: too many tracked messages");
-                    false
-                } else {
-                    ledger.ids.insert(k, (src, now));
-                    self.tracked += 1;
-                    true
-                }
-            }
-            _ => false,
-        };
-        if !keep {
+        if let Some((src, _)) = ledger.ids.remove(&key) {
+            self.tracked -= 1;
             release(ledger, src);
         }
         if ledger.by_source.is_empty() {
@@ -463,36 +486,67 @@ mod tests {
         let s2 = SourceAddr::of("192.0.2.2".parse().unwrap());
         let mut q = SourceQuotas::new(2, w);
         for n in 0..2 {
-            assert!(q.reserve("did:r", s1, t0));
-            q.settle("did:r", s1, Some(&id(n)), t0);
+            let r = q.reserve("did:r", s1, &id(n), t0).unwrap();
+            q.settle("did:r", r, true);
         }
-        assert!(!q.reserve("did:r", s1, t0), "third message from s1 refused");
-        assert!(q.reserve("did:r", s2, t0), "another source is not affected");
-        // A duplicate (already stored) does not take a second place.
-        q.settle("did:r", s2, Some(&id(0)), t0);
-        assert_eq!(q.waiting("did:r", s2), 0);
         assert!(
-            q.reserve("did:other", s1, t0),
-            "another recipient is not affected"
+            q.reserve("did:r", s1, &id(9), t0).is_none(),
+            "third message from s1 refused"
         );
-        q.settle("did:other", s1, None, t0);
+        // The same envelope again (already waiting) takes no second place.
+        let r = q.reserve("did:r", s2, &id(0), t0).unwrap();
+        assert_eq!(q.waiting("did:r", s2), 0);
+        q.settle("did:r", r, false);
+        assert_eq!(q.waiting("did:r", s1), 2, "the stored copy keeps its place");
+        // A new message from another source that turns out not stored gives its place back.
+        let r = q.reserve("did:r", s2, &id(5), t0).unwrap();
+        assert_eq!(q.waiting("did:r", s2), 1);
+        q.settle("did:r", r, false);
+        assert_eq!(q.waiting("did:r", s2), 0);
+        let r = q.reserve("did:other", s1, &id(0), t0);
+        assert!(r.is_some(), "another recipient is not affected");
+        q.settle("did:other", r.unwrap(), false);
         // Acknowledged: the place is free again.
         q.acked("did:r", &[id(0), "not-hex".into()]);
         assert_eq!(q.waiting("did:r", s1), 1);
-        assert!(q.reserve("did:r", s1, t0));
-        q.settle("did:r", s1, Some(&id(2)), t0);
-        assert!(!q.reserve("did:r", s1, t0));
+        let r = q.reserve("did:r", s1, &id(2), t0).unwrap();
+        q.settle("did:r", r, true);
+        assert!(q.reserve("did:r", s1, &id(3), t0).is_none());
         // Unacknowledged places are forgotten after the window.
-        assert!(q.reserve("did:r", s1, t0 + w));
-        q.settle("did:r", s1, None, t0 + w);
+        let r = q.reserve("did:r", s1, &id(3), t0 + w).unwrap();
+        q.settle("did:r", r, false);
         q.acked("did:r", &[id(1), id(2)]);
         assert!(q.owners.is_empty());
         assert_eq!(q.tracked, 0);
         // 0: no quota.
         let mut q = SourceQuotas::new(0, w);
         for n in 0..10 {
-            assert!(q.reserve("did:r", s1, t0));
-            q.settle("did:r", s1, Some(&id(n)), t0);
+            let r = q.reserve("did:r", s1, &id(n), t0).unwrap();
+            q.settle("did:r", r, true);
         }
+        assert!(q.owners.is_empty());
+    }
+
+    /// A live recipient can acknowledge a message before the forward that stored it
+    /// settles its place (the forward still waits for the store's group commit): the
+    /// acknowledgement frees the place all the same. Before places were taken under the
+    /// message id, such an acknowledgement found nothing to free and the settle then held
+    /// the place for the whole window: a busy sender filled its quota with messages long
+    /// delivered, and its forwards were refused for 10 minutes.
+    #[test]
+    fn an_acknowledgement_before_the_settle_frees_the_place() {
+        let t0 = Instant::now();
+        let s1 = SourceAddr::of("192.0.2.1".parse().unwrap());
+        let mut q = SourceQuotas::new(1, Duration::from_secs(600));
+        for n in 0..50 {
+            let r = q
+                .reserve("did:r", s1, &id(n), t0)
+                .unwrap_or_else(|| panic!("message {n} refused: a delivered one holds the place"));
+            q.acked("did:r", &[id(n)]);
+            q.settle("did:r", r, true);
+        }
+        assert_eq!(q.waiting("did:r", s1), 0);
+        assert!(q.owners.is_empty());
+        assert_eq!(q.tracked, 0);
     }
 }

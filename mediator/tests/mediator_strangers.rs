@@ -459,3 +459,76 @@ async fn one_stranger_cannot_block_a_recipients_inbox() {
     live.close().await;
     assert_eq!((stored, refused), (500, 500));
 }
+
+/// A busy sender to a live recipient keeps its quota: a recipient that acknowledges at once
+/// can acknowledge a message before the forward that stored it has settled its place (the
+/// forward still waits for the store's group commit). That place must be freed all the
+/// same; it used to stay taken for `source_quota_secs` (10 minutes), so a sender that talked
+/// steadily to one recipient was refused (`e.p.req.source-quota`) after a few hundred
+/// messages although nothing was waiting (spec/mediator.md §6.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_free_the_senders_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "max_queued_per_source = 8\n");
+    let (alice, bob) = registered_pair(&m.url()).await;
+    let mut live = alice.live_raw(Duration::from_secs(10)).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopped = stop.clone();
+    let reader = tokio::spawn(async move {
+        let mut got = 0usize;
+        loop {
+            let batch = tokio::select! {
+                () = stopped.cancelled() => break,
+                b = live.next_batch(Duration::from_secs(1)) => b,
+            };
+            match batch {
+                Ok(items) => {
+                    got += items.len();
+                    let ids: Vec<String> = items.into_iter().map(|d| d.id).collect();
+                    live.ack(&ids).await.unwrap();
+                }
+                Err(ClientError::Timeout) => {}
+                Err(e) => panic!("live delivery failed: {e:?}"),
+            }
+        }
+        live.close().await;
+        got
+    });
+    // Four senders at once from one address, as a party's concurrent sessions are.
+    let bob = std::sync::Arc::new(bob);
+    let mut senders = Vec::new();
+    for t in 0..4 {
+        let (bob, to) = (bob.clone(), alice.did.clone());
+        senders.push(tokio::spawn(async move {
+            for n in 0..250 {
+                // A refusal while the recipient catches up is fine; one that lasts is a
+                // place held by a message already delivered.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let msg = message("https://example.org/chat/1.0/note", json!({ "t": t, "n": n }));
+                    match bob.send(&to, msg).await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            assert_eq!(problem_code(e), codes::SOURCE_QUOTA);
+                            assert!(
+                                Instant::now() < deadline,
+                                "message {n} of sender {t} still refused after 5 s: the address's places are held by messages the recipient acknowledged"
+                            );
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while alice.status().await.unwrap()["message_count"] != 0 {
+        assert!(Instant::now() < deadline, "not all messages were delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    assert_eq!(reader.await.unwrap(), 1_000);
+}

@@ -127,6 +127,20 @@ impl SledStore {
         }
     }
 
+    /// Takes `messages` and `bytes` off the totals (saturating: a gauge, never a wrap).
+    fn untotal(&self, messages: u64, bytes: u64) {
+        let _ = self
+            .total_messages
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(messages))
+            });
+        let _ = self
+            .total_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+
     /// Next message sequence number (monotonic across restarts).
     fn msgs_db_id(&self) -> Result<u64, StoreError> {
         Ok(self.db.generate_id()?)
@@ -414,7 +428,16 @@ impl Store for SledStore {
             false
         } else {
             self.reserve_count(owner, size, limits)?;
-            let give_back = || self.add_counts(owner, -1, -i64::try_from(size).unwrap_or(i64::MAX));
+            // The totals count the message before anyone can see it: a live recipient may
+            // have it pushed and acknowledged (and `remove` subtract it) before this call
+            // returns, and a subtraction ahead of its addition would saturate at zero and
+            // leave the gauge one too high for good.
+            self.total_messages.fetch_add(1, Ordering::Relaxed);
+            self.total_bytes.fetch_add(size, Ordering::Relaxed);
+            let give_back = || {
+                self.untotal(1, size);
+                self.add_counts(owner, -1, -i64::try_from(size).unwrap_or(i64::MAX))
+            };
             let claimed = self.msgs_db_id().and_then(|seq| {
                 let seq = seq.to_be_bytes();
                 let mut value = Vec::with_capacity(8 + record.len());
@@ -450,8 +473,6 @@ impl Store for SledStore {
         };
         self.durable().await?;
         if inserted {
-            self.total_messages.fetch_add(1, Ordering::Relaxed);
-            self.total_bytes.fetch_add(size, Ordering::Relaxed);
             let _ = self.arrivals.send(owner.to_owned());
         }
         Ok(Enqueued {
@@ -571,16 +592,7 @@ impl Store for SledStore {
                 -i64::try_from(bytes).unwrap_or(i64::MAX),
             )?;
         }
-        let _ = self
-            .total_messages
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(removed))
-            });
-        let _ = self
-            .total_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(bytes))
-            });
+        self.untotal(removed, bytes);
         // Not flushed here: a removal lost in a crash only means redelivery, which
         // at-least-once delivery allows; sled flushes on its own every 500 ms.
         Ok(removed)
