@@ -30,6 +30,9 @@ pub struct RelaySettings {
     pub max_queue_bytes: u64,
     /// Per-client outgoing queue, frames.
     pub max_queue_frames: u64,
+    /// Bytes of one sender's packets that may wait in receivers' queues before the relay
+    /// stops reading that sender for a while (backpressure, spec/rendezvous.md §4.5).
+    pub max_backlog_bytes: u64,
     /// Only DIDs with a mediation grant here may use the relay (`derper --verify-clients`).
     pub verify_clients: bool,
     /// `[relay.mesh]`: forward to clients connected to other instances.
@@ -62,6 +65,7 @@ impl Default for RelaySettings {
             burst_bytes: d.burst_bytes,
             max_queue_bytes: d.max_queue_bytes as u64,
             max_queue_frames: d.max_queue_frames as u64,
+            max_backlog_bytes: d.max_backlog_bytes as u64,
             verify_clients: false,
             mesh: MeshSettings::default(),
         }
@@ -102,6 +106,7 @@ impl RelaySettings {
             ("burst_bytes", self.burst_bytes),
             ("max_queue_bytes", self.max_queue_bytes),
             ("max_queue_frames", self.max_queue_frames),
+            ("max_backlog_bytes", self.max_backlog_bytes),
         ] {
             if v == 0 {
                 return Err(format!("relay.{name} must be at least 1"));
@@ -142,6 +147,7 @@ impl RelaySettings {
             burst_bytes: self.burst_bytes,
             max_queue_bytes: size(self.max_queue_bytes),
             max_queue_frames: size(self.max_queue_frames),
+            max_backlog_bytes: size(self.max_backlog_bytes),
             verify_clients: self.verify_clients,
             mesh,
             ..RelayServiceConfig::default()
@@ -190,5 +196,27 @@ mod tests {
         assert_eq!(c.mesh.unwrap().key.len(), 64);
         r.max_queue_frames = 0;
         assert!(r.service_config(&redis, "p:").is_err());
+    }
+
+    /// Every limit of the relay service is a `[relay]` key of the config file, carried
+    /// into the service (spec/rendezvous.md §4.5); an unknown key is refused.
+    #[test]
+    fn relay_limits_come_from_the_config_file() {
+        let c = crate::config::Config::from_toml(
+            "[relay]\nmax_backlog_bytes = 12345\nmax_queue_frames = 77\nburst_bytes = 999\n",
+        )
+        .unwrap();
+        let s = c.relay.service_config(&StoreConfig::Sled, "").unwrap();
+        assert_eq!(
+            (s.max_backlog_bytes, s.max_queue_frames, s.burst_bytes),
+            (12345, 77, 999)
+        );
+        let zero = crate::config::Config::from_toml("[relay]\nmax_backlog_bytes = 0\n").unwrap();
+        assert!(zero
+            .relay
+            .service_config(&StoreConfig::Sled, "")
+            .unwrap_err()
+            .contains("relay.max_backlog_bytes"));
+        assert!(crate::config::Config::from_toml("[relay]\nmax_backlog = 1\n").is_err());
     }
 }
