@@ -46,13 +46,30 @@ pub async fn session_pair_on<W>(
     a_did: &str,
     b_did: &str,
     config: DriverConfig,
-    mut x: TcpStream,
-    mut y: TcpStream,
+    x: TcpStream,
+    y: TcpStream,
     wrap: W,
 ) -> io::Result<(SessionHandle, SessionHandle)>
 where
     W: Fn(TcpStream) -> path::BoxPath,
 {
+    x.set_nodelay(true)?;
+    y.set_nodelay(true)?;
+    session_pair_over(a_did, b_did, config, wrap(x), wrap(y)).await
+}
+
+/// As [`session_pair_on`], over any pair of connected byte streams (e.g. the two ends of a
+/// QUIC stream): `x` is `a_did`'s end, `y` is `b_did`'s.
+///
+/// # Errors
+/// Handshake or stream errors.
+pub async fn session_pair_over(
+    a_did: &str,
+    b_did: &str,
+    config: DriverConfig,
+    mut x: path::BoxPath,
+    mut y: path::BoxPath,
+) -> io::Result<(SessionHandle, SessionHandle)> {
     let roster = [0u8; 32];
     let mut sid = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut sid);
@@ -69,14 +86,12 @@ where
         SessionHandle::spawn(a, config.clone()),
         SessionHandle::spawn(b, config),
     );
-    x.set_nodelay(true)?;
-    y.set_nodelay(true)?;
     path::send_hello(&mut x, &ha.path_id()).await?;
     path::read_hello(&mut y, Duration::from_secs(5))
         .await
         .map_err(setup_err)?;
-    ha.attach_path(wrap(x)).await?;
-    hb.attach_path(wrap(y)).await?;
+    ha.attach_path(x).await?;
+    hb.attach_path(y).await?;
     Ok((ha, hb))
 }
 
