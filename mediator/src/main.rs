@@ -87,8 +87,8 @@ struct Args {
     /// classify their NAT mapping (RFC 5780).
     #[arg(long, value_name = "ADDR")]
     stun_alternate: Option<SocketAddr>,
-    /// Most relay connections from one IPv4 address or IPv6 /64 (behind a reverse proxy
-    /// every WebSocket client has the proxy's address: raise it there) [default: 32].
+    /// Most relay connections from one IPv4 address or IPv6 /64 (behind a reverse proxy in
+    /// `trusted_proxies`, the client `X-Forwarded-For` names) [default: 32].
     #[arg(long, value_name = "N")]
     relay_max_per_ip: Option<usize>,
     /// Only DIDs with a mediation grant here may use the relay (config `relay.verify_clients`).

@@ -19,8 +19,8 @@ use crate::services::relay::RelayServiceConfig;
 pub struct RelaySettings {
     /// Most simultaneous relay connections.
     pub max_clients: u64,
-    /// Most relay connections from one IPv4 address or IPv6 /64 (behind a reverse proxy
-    /// every WebSocket client has the proxy's address: raise it there).
+    /// Most relay connections from one IPv4 address or IPv6 /64 (behind a reverse proxy in
+    /// `trusted_proxies`, the client `X-Forwarded-For` names).
     pub max_clients_per_ip: u64,
     /// Per-client sustained send rate, wire bytes per second.
     pub rate_bytes_per_sec: u64,

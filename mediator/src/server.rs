@@ -121,16 +121,21 @@ impl ConnInfo {
         if !self.via_proxy {
             return self.source;
         }
+        SourceAddr::of(self.client_ip(headers))
+    }
+
+    /// The client's address: the peer, or behind a trusted proxy the client its
+    /// `X-Forwarded-For` names (also what the relay's per-address cap counts).
+    pub(crate) fn client_ip(&self, headers: &axum::http::HeaderMap) -> std::net::IpAddr {
+        if !self.via_proxy {
+            return self.peer.ip();
+        }
         let values: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        SourceAddr::of(crate::guard::client_address(
-            self.peer.ip(),
-            &values,
-            &self.core.config.trusted_proxies,
-        ))
+        crate::guard::client_address(self.peer.ip(), &values, &self.core.config.trusted_proxies)
     }
 
     /// Takes one token; `false` if the connection is over its rate.

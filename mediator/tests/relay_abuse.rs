@@ -47,8 +47,16 @@ impl Relay {
 }
 
 async fn start(cfg: RelayServiceConfig) -> Relay {
+    start_with(cfg, |_| {}).await
+}
+
+async fn start_with(
+    cfg: RelayServiceConfig,
+    tweak: impl FnOnce(&mut mpc_did_mediator::config::Config),
+) -> Relay {
     let dir = tempfile::tempdir().unwrap();
-    let config = mpc_did_testkit::mediator::loopback_config(&dir.path().join("data"));
+    let mut config = mpc_did_testkit::mediator::loopback_config(&dir.path().join("data"));
+    tweak(&mut config);
     let relay = RelayService::bind(RelayServiceConfig {
         tcp_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..cfg
@@ -443,5 +451,75 @@ async fn a_flooder_is_held_by_its_backlog_not_dropped() {
         .unwrap()
         .unwrap();
     assert_eq!(flooder.metrics().overloaded.load(Ordering::Relaxed), 0);
+    r.m.shutdown().await;
+}
+
+/// The first relay frame a WebSocket client gets when its HTTP request says `X-Forwarded-For:
+/// xff`, with the socket (kept open: it holds its place).
+async fn ws_first_frame(
+    url: &str,
+    xff: &str,
+) -> (
+    RelayToClient,
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+) {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-for", xff.parse().unwrap());
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        mpc_did_rendezvous::net::relay::RELAY_SUBPROTOCOL_V2
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("no relay frame within 5 s")
+            .expect("socket closed before a relay frame")
+            .unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Binary(b) = frame {
+            let (f, _) = RelayToClient::decode(&b)
+                .unwrap()
+                .expect("a whole relay frame");
+            return (f, ws);
+        }
+    }
+}
+
+/// Behind a trusted reverse proxy every WebSocket relay client arrives from the proxy's
+/// address; the per-address cap counts the client `X-Forwarded-For` names instead (as the
+/// mediator's own per-address limits do), so one proxy does not cap all its clients at
+/// `max_clients_per_ip`, while one client behind it is still capped. spec/rendezvous.md §4.5.
+#[tokio::test]
+async fn relay_cap_counts_the_forwarded_client_behind_a_trusted_proxy() {
+    let r = start_with(
+        RelayServiceConfig {
+            max_clients_per_source: 1,
+            ..RelayServiceConfig::default()
+        },
+        |c| c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()],
+    )
+    .await;
+    let url = r.ws();
+    let (first, _a) = ws_first_frame(&url, "198.51.100.1").await;
+    assert!(
+        matches!(first, RelayToClient::ServerChallenge { .. }),
+        "{first:?}"
+    );
+    let (other, _b) = ws_first_frame(&url, "198.51.100.2").await;
+    assert!(
+        matches!(other, RelayToClient::ServerChallenge { .. }),
+        "a second client behind the same proxy was refused: {other:?}"
+    );
+    let (again, _c) = ws_first_frame(&url, "198.51.100.1").await;
+    assert_eq!(
+        again,
+        RelayToClient::Overloaded(mpc_did_rendezvous::relay::OverloadReason::TooManyFromSource),
+        "the first client got a second place"
+    );
     r.m.shutdown().await;
 }

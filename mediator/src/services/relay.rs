@@ -9,9 +9,10 @@
 //!                 ClientAuth ─▶ resolve DID (did:key local, else UniversalResolver) ─▶ finish_auth
 //! ```
 //!
-//! Each connection is opened with its source address (the TCP peer, or the
-//! HTTP connection's peer for WebSocket) so the core can cap connections per
-//! address (`max_clients_per_source`).
+//! Each connection is opened with its source address (the TCP peer, or for
+//! WebSocket the HTTP connection's peer — behind a trusted proxy the client its
+//! `X-Forwarded-For` names) so the core can cap connections per address
+//! (`max_clients_per_source`).
 //!
 //! The state machine (bounded per-client queues, rate limits, timeouts,
 //! metrics) sits behind one `std::sync::Mutex`, never held across an await:
@@ -55,8 +56,8 @@ pub struct RelayServiceConfig {
     pub tcp_listen: Option<SocketAddr>,
     /// Most simultaneous relay connections.
     pub max_clients: usize,
-    /// Most simultaneous relay connections from one IPv4 address or IPv6 /64 (behind a
-    /// reverse proxy every WebSocket client shares the proxy's address: raise it there).
+    /// Most simultaneous relay connections from one IPv4 address or IPv6 /64 (for WebSocket
+    /// behind a reverse proxy in `trusted_proxies`, the client `X-Forwarded-For` names).
     pub max_clients_per_source: usize,
     /// Per-client outgoing queue limit in bytes.
     pub max_queue_bytes: usize,
@@ -529,10 +530,12 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: Cancellatio
 async fn ws_upgrade(
     State(rx): State<watch::Receiver<Option<Arc<Inner>>>>,
     conn: Option<Extension<Arc<crate::server::ConnInfo>>>,
+    headers: axum::http::HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    // The HTTP server records each connection's peer; the per-source limit counts it.
-    let source = conn.map(|Extension(c)| c.peer.ip());
+    // The per-source limit counts the HTTP connection's peer, or behind a trusted reverse
+    // proxy the client its `X-Forwarded-For` names (spec/rendezvous.md §4.5).
+    let source = conn.map(|Extension(c)| c.client_ip(&headers));
     let mut rx = rx;
     // The service task publishes the hub when the mediator starts; a request
     // that races it waits briefly.
