@@ -70,6 +70,9 @@ pub struct PathPolicy {
     pub stun: Option<SocketAddr>,
     /// No NAT-traversed QUIC path: direct TCP and the relay only.
     pub no_quic: bool,
+    /// No TCP hole punching (spec/rendezvous.md §6.2): behind NATs, punched QUIC or the
+    /// relay only.
+    pub no_tcp_punch: bool,
 }
 
 /// The relay of our mediator (`…/relay` beside its WebSocket endpoint), answered with the
@@ -105,6 +108,7 @@ pub async fn start_connector(
 ) -> Result<Connector, MpcError> {
     let quic = (!paths.no_quic && !paths.relay_only).then(|| QuicSetup {
         stun: paths.stun.or_else(|| mediator_stun(agent)),
+        tcp_punch: !paths.no_tcp_punch,
         ..QuicSetup::default()
     });
     let config = ConnectorConfig {

@@ -144,6 +144,10 @@ pub struct PathArgs {
     /// No NAT-traversed QUIC path: direct TCP and the relay only.
     #[arg(long, conflicts_with = "stun")]
     pub no_quic: bool,
+    /// No TCP hole punching behind NATs (it races punched QUIC; for measuring one path
+    /// kind, or if a NAT misbehaves with simultaneous open): punched QUIC or the relay.
+    #[arg(long)]
+    pub no_tcp_punch: bool,
 }
 
 impl PathArgs {
@@ -154,6 +158,7 @@ impl PathArgs {
             relay_only: self.relay_only,
             stun: self.stun,
             no_quic: self.no_quic,
+            no_tcp_punch: self.no_tcp_punch,
         }
     }
 }

@@ -300,6 +300,10 @@ async fn party(
             relay: Some(relay),
             quic: Some(QuicSetup {
                 stun: mediator_stun(&agent),
+                // session-punched measures punched QUIC, the path kind it names: TCP hole
+                // punching (which races it, spec/rendezvous.md §6.2) sometimes won a pair
+                // and the run was marked failed (`mpc-did run --no-tcp-punch`).
+                tcp_punch: mode != Mode::SessionPunched,
                 ..QuicSetup::default()
             }),
             ..ConnectorConfig::default()
