@@ -394,6 +394,7 @@ impl RecordHeader {
     /// # Errors
     /// [`SessionError::Limit`] for a ciphertext length outside 17..=32,767; nothing is
     /// appended then.
+    #[inline]
     pub fn write(&self, out: &mut Vec<u8>) -> Result<()> {
         if !(MIN_CIPHERTEXT_LEN..=MAX_CIPHERTEXT_LEN).contains(&self.ciphertext_len) {
             return Err(SessionError::Limit("record"));

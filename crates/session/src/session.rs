@@ -551,7 +551,7 @@ impl Session {
         self.last_recv_ms = now_ms;
         self.idle_reported = false;
         self.stats.records_received += 1;
-        let r = Frame::decode(pt).and_then(|f| {
+        let r = decode_frame(pt).and_then(|f| {
             if is_resume && self.path == PathState::Active {
                 // The peer switched paths and we did not notice (spec §7.1 step 5).
                 self.resume(now_ms)?;
@@ -1070,8 +1070,16 @@ fn transmit(sealer: &mut Sealer, now_ms: u64, stream: u32, s: &mut SendStream) -
             let from = offset - s.acked;
             // The same encoding as `Frame::Data` (spec §5.4); the offset is implicit.
             sealer.seal_with(now_ms, 1 + id_len + n_usize, |record| {
-                record.push(FrameType::Data as u8);
-                encode_varint(u64::from(stream), record)?;
+                match u8::try_from(stream) {
+                    // A stream id below 64 is one varint byte (nearly every stream).
+                    Ok(id) if id_len == 1 => {
+                        record.extend_from_slice(&[FrameType::Data as u8, id]);
+                    }
+                    _ => {
+                        record.push(FrameType::Data as u8);
+                        encode_varint(u64::from(stream), record)?;
+                    }
+                }
                 copy_range(buf, from, n, record);
                 Ok(())
             })?;
@@ -1091,6 +1099,19 @@ fn transmit(sealer: &mut Sealer, now_ms: u64, stream: u32, s: &mut SendStream) -
         s.fin_ever_sent = true;
     }
     Ok(())
+}
+
+/// [`Frame::decode`], with the DATA frame of a stream below 64 — nearly every record —
+/// decoded inline: type 0x01, a one-byte varint (always minimal), the data.
+#[inline]
+fn decode_frame(pt: &[u8]) -> Result<Frame<'_>> {
+    match pt {
+        [0x01, id, data @ ..] if *id < 0x40 => Ok(Frame::Data {
+            stream: u32::from(*id),
+            data,
+        }),
+        _ => Frame::decode(pt),
+    }
 }
 
 fn epoch_mask() -> u64 {
@@ -1114,5 +1135,33 @@ fn copy_range(buf: &VecDeque<u8>, start: u64, n: u64, out: &mut Vec<u8>) {
     if end > a_len {
         let bs = start.saturating_sub(a_len);
         out.extend_from_slice(b.get(bs..end - a_len).unwrap_or_default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::decode_frame;
+    use crate::frame::Frame;
+
+    #[test]
+    fn the_inline_data_decoder_agrees_with_the_frame_codec() {
+        // spec/session.md §5.4: the hot-path DATA decoding must accept and reject exactly
+        // what `Frame::decode` does, with the same result.
+        let cases: [&[u8]; 10] = [
+            b"\x01\x00",
+            b"\x01\x00hello",
+            b"\x01\x3fx",
+            b"\x01\x40\x40x",
+            b"\x01\x40\x05x",
+            b"\x01",
+            b"\x02\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x05",
+            b"\x04\x00\x00\x00\x00\x00\x00\x00\x07",
+            b"\x09\x00",
+            b"",
+        ];
+        for pt in cases {
+            assert_eq!(decode_frame(pt), Frame::decode(pt), "{pt:?}");
+        }
     }
 }
