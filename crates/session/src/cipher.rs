@@ -44,8 +44,10 @@ fn nonce(counter: u64) -> Nonce {
 pub(crate) trait AeadKey {
     /// Replaces the key (and its schedule) in place.
     fn set(&mut self, key: &[u8; KEY_LEN]);
-    /// Encrypts `in_out` in place; returns the tag.
-    fn seal_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8]) -> [u8; TAG_LEN];
+    /// Encrypts `in_out[..len - TAG_LEN]` in place and writes the tag into the last
+    /// [`TAG_LEN`] bytes (written there directly: no tag copy through the stack, spec §11).
+    /// `in_out` is at least [`TAG_LEN`] bytes.
+    fn seal_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8]);
     /// Decrypts `in_out` (ciphertext and tag) in place; returns the plaintext length.
     fn open_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8]) -> Option<usize>;
 }
@@ -69,16 +71,18 @@ impl AeadKey for RingAesGcm {
         }
     }
 
-    fn seal_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8]) -> [u8; TAG_LEN] {
-        let mut tag = [0u8; TAG_LEN];
+    fn seal_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8]) {
+        let Some(pt_len) = in_out.len().checked_sub(TAG_LEN) else {
+            return;
+        };
+        let (pt, tag_out) = in_out.split_at_mut(pt_len);
         // ring fails only for inputs beyond GCM's 64 GiB limit; records are ≤ 32 KiB.
         if let Ok(t) = self
             .0
-            .seal_in_place_separate_tag(nonce(counter), Aad::from(ad), in_out)
+            .seal_in_place_separate_tag(nonce(counter), Aad::from(ad), pt)
         {
-            tag.copy_from_slice(t.as_ref());
+            tag_out.copy_from_slice(t.as_ref());
         }
-        tag
     }
 
     fn open_in_place(&self, counter: u64, ad: &[u8], in_out: &mut [u8]) -> Option<usize> {
@@ -110,8 +114,11 @@ impl Keyed {
     /// Noise REKEY (Noise spec §4.2): the first 32 bytes of
     /// `ENCRYPT(k, maxnonce, zerolen, zeros)`.
     fn next(&self) -> Result<Self> {
+        // 32 zero bytes and room for the tag, which is discarded.
+        let mut buf = Zeroizing::new([0u8; KEY_LEN + TAG_LEN]);
+        self.cipher.seal_in_place(u64::MAX, &[], &mut buf[..]);
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
-        let _tag = self.cipher.seal_in_place(u64::MAX, &[], &mut key[..]);
+        key.copy_from_slice(buf.get(..KEY_LEN).unwrap_or_default());
         Self::new(key)
     }
 }
@@ -145,14 +152,16 @@ impl SendCipher {
         self.epoch
     }
 
-    /// Seals, in place, the plaintext that fills `record[pt_start..]` with nonce `counter`
-    /// and associated data `ad`, then appends the tag: `record[pt_start..]` becomes the
-    /// ciphertext. Counters must never decrease (the caller guarantees it).
+    /// Seals, in place, the record that fills `record[ad_start..]`: the header
+    /// `record[ad_start..pt_start]` is the associated data, the plaintext after it is
+    /// encrypted with nonce `counter`, and the tag is appended, so that
+    /// `record[pt_start..]` becomes the ciphertext. Counters must never decrease (the caller
+    /// guarantees it).
     pub(crate) fn seal_in_place(
         &mut self,
         counter: u64,
-        ad: &[u8],
         record: &mut Vec<u8>,
+        ad_start: usize,
         pt_start: usize,
     ) -> Result<()> {
         // The old key is dropped (and zeroized) as soon as the next epoch starts.
@@ -160,11 +169,12 @@ impl SendCipher {
             self.current = self.current.next()?;
             self.epoch += 1;
         }
-        let pt = record
-            .get_mut(pt_start..)
+        record.extend_from_slice(&[0; TAG_LEN]);
+        let (ad, in_out) = record
+            .get_mut(ad_start..)
+            .and_then(|r| r.split_at_mut_checked(pt_start.checked_sub(ad_start)?))
             .ok_or(SessionError::State("seal buffer"))?;
-        let tag = self.current.cipher.seal_in_place(counter, ad, pt);
-        record.extend_from_slice(&tag);
+        self.current.cipher.seal_in_place(counter, ad, in_out);
         Ok(())
     }
 }
@@ -273,9 +283,7 @@ mod tests {
         fn set(&mut self, key: &[u8; KEY_LEN]) {
             self.0.lock().unwrap().push(*key);
         }
-        fn seal_in_place(&self, _: u64, _: &[u8], _: &mut [u8]) -> [u8; TAG_LEN] {
-            [0; TAG_LEN]
-        }
+        fn seal_in_place(&self, _: u64, _: &[u8], _: &mut [u8]) {}
         fn open_in_place(&self, _: u64, _: &[u8], _: &mut [u8]) -> Option<usize> {
             None
         }
@@ -306,8 +314,8 @@ mod tests {
         let mut expect = vec![0u8; pt.len() + TAG_LEN];
         snow_c.encrypt(0x0102_0304_0506, b"ad", pt, &mut expect);
         let mut buf = pt.to_vec();
-        let tag = ours.cipher.seal_in_place(0x0102_0304_0506, b"ad", &mut buf);
-        buf.extend_from_slice(&tag);
+        buf.extend_from_slice(&[0; TAG_LEN]);
+        ours.cipher.seal_in_place(0x0102_0304_0506, b"ad", &mut buf);
         assert_eq!(buf, expect);
         let n = ours
             .cipher

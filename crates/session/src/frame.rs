@@ -389,6 +389,28 @@ impl RecordHeader {
         Ok((out, self.encoded_len()))
     }
 
+    /// Appends the header bytes (those of [`RecordHeader::to_bytes`]) to `out`.
+    ///
+    /// # Errors
+    /// [`SessionError::Limit`] for a ciphertext length outside 17..=32,767; nothing is
+    /// appended then.
+    #[inline]
+    pub fn write(&self, out: &mut Vec<u8>) -> Result<()> {
+        if !(MIN_CIPHERTEXT_LEN..=MAX_CIPHERTEXT_LEN).contains(&self.ciphertext_len) {
+            return Err(SessionError::Limit("record"));
+        }
+        let length =
+            u16::try_from(self.ciphertext_len).map_err(|_| SessionError::Limit("record"))?;
+        match self.counter {
+            Some(c) => {
+                out.extend_from_slice(&(length | EXPLICIT_COUNTER).to_be_bytes());
+                out.extend_from_slice(&c.to_be_bytes());
+            }
+            None => out.extend_from_slice(&length.to_be_bytes()),
+        }
+        Ok(())
+    }
+
     /// Parses the header at the front of `buf`, which may hold more than one record.
     /// Returns `Ok(None)` while the header itself is incomplete.
     ///

@@ -52,6 +52,7 @@
 
 mod cipher;
 mod error;
+mod fifo;
 pub mod frame;
 mod handshake;
 pub mod messages;

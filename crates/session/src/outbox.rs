@@ -6,7 +6,7 @@
 //! the same byte stream must finish the record it started writing and drop the rest
 //! ([`Outbox::keep_started_record`]).
 
-use std::collections::VecDeque;
+use crate::fifo::Fifo;
 
 /// Records queued for a path, in order. See the module docs.
 #[derive(Debug, Default)]
@@ -17,7 +17,7 @@ pub struct Outbox {
     /// Start offset in `buf` of the first record not completely taken.
     first_start: usize,
     /// End offset in `buf` of every record not completely taken, in order.
-    ends: VecDeque<usize>,
+    ends: Fifo<usize>,
 }
 
 impl Outbox {
@@ -116,9 +116,9 @@ impl Outbox {
         // Offsets of `self` shift to where its waiting bytes land in `other`.
         let base = other.buf.len();
         other.buf.extend_from_slice(self.bytes());
-        other
-            .ends
-            .extend(self.ends.iter().map(|e| e - self.pos + base));
+        for e in self.ends.iter() {
+            other.ends.push_back(e - self.pos + base);
+        }
         self.clear();
     }
 
