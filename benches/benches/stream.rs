@@ -19,64 +19,12 @@
 mod common;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{latency, tcp_pair};
+use common::{latency, median, pattern, tcp_pair, throughput};
 
 use mpc_did_driver::{DriverConfig, SessionHandle, SessionStream};
 use mpc_did_testkit::local;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-const CHUNK: usize = 64 << 10;
-
-/// Deterministic payload: chunk `k` is filled with bytes of `k`; returns its digest too.
-fn pattern(total: usize) -> (Vec<Vec<u8>>, [u8; 32]) {
-    let mut h = Sha256::new();
-    let chunks: Vec<Vec<u8>> = (0..total / CHUNK)
-        .map(|k| {
-            let c: Vec<u8> = (0..CHUNK).map(|i| (k * 31 + i) as u8).collect();
-            h.update(&c);
-            c
-        })
-        .collect();
-    (chunks, h.finalize().into())
-}
-
-/// MiB/s from the first write to the receiver's EOF; panics if the bytes differ.
-/// `rx` is a future because a session stream is announced to the peer by its first frame.
-async fn throughput<A, B, F>(mut tx: A, rx: F, chunks: &[Vec<u8>], digest: [u8; 32]) -> f64
-where
-    A: AsyncWrite + Unpin + Send + 'static,
-    B: AsyncRead + Unpin + Send + 'static,
-    F: Future<Output = B> + Send + 'static,
-{
-    let total: usize = chunks.iter().map(Vec::len).sum();
-    let t0 = Instant::now();
-    let recv = tokio::spawn(async move {
-        let mut rx = rx.await;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut n = 0usize;
-        loop {
-            let k = rx.read(&mut buf).await.unwrap();
-            if k == 0 {
-                break;
-            }
-            h.update(&buf[..k]);
-            n += k;
-        }
-        (n, <[u8; 32]>::from(h.finalize()), t0.elapsed())
-    });
-    for c in chunks {
-        tx.write_all(c).await.unwrap();
-    }
-    tx.shutdown().await.unwrap();
-    let (n, got, elapsed) = recv.await.unwrap();
-    assert_eq!(n, total, "every byte arrives");
-    assert_eq!(got, digest, "the bytes arrive intact and in order");
-    total as f64 / elapsed.as_secs_f64() / (1 << 20) as f64
-}
 
 /// One session pair on a fresh loopback path, a stream opened on one side and the future
 /// of its acceptance on the other.
@@ -98,11 +46,6 @@ async fn session_streams() -> (
     let b2 = b.clone();
     let sb = async move { b2.accept_stream().await.unwrap() };
     (sa, sb, a, b)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
