@@ -55,11 +55,7 @@ fn main() {
     } else {
         (4 << 20, 1, 200)
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     rt.block_on(async move {
         let (chunks, digest) = pattern(total);
         let (mut plain, mut session) = (Vec::new(), Vec::new());
