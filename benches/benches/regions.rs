@@ -467,7 +467,16 @@ fn delay_line(ns: &mpc_did_e3::Netns, d: Duration) -> mpc_did_e3::DelayLine {
     let line = ns.delay(d * 2).unwrap();
     // The e3 line's egress rule (e3/src/delay.rs `rules`), removed again.
     ns.exec(&[
-        "iptables", "-D", "OUTPUT", "!", "-o", "lo", "-j", "NFQUEUE", "--queue-num", "7",
+        "iptables",
+        "-D",
+        "OUTPUT",
+        "!",
+        "-o",
+        "lo",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        "7",
         "--queue-bypass",
     ])
     .unwrap();
@@ -478,17 +487,26 @@ fn delay_line(ns: &mpc_did_e3::Netns, d: Duration) -> mpc_did_e3::DelayLine {
 /// bench makes (a per-namespace sysctl; the machine's own setting is not touched). Unset:
 /// the namespaces inherit the machine's default. Returns the setting in use, for the report.
 fn set_cc(topo: &Topology) -> String {
-    let mut spaces: Vec<&mpc_did_e3::Netns> = names().iter().map(|n| &topo.host(n).unwrap().ns).collect();
+    let mut spaces: Vec<&mpc_did_e3::Netns> =
+        names().iter().map(|n| &topo.host(n).unwrap().ns).collect();
     spaces.push(topo.public());
     if let Ok(cc) = std::env::var("MPC_DID_REGIONS_CC") {
         for ns in &spaces {
-            ns.exec(&["sysctl", "-qw", &format!("net.ipv4.tcp_congestion_control={cc}")])
-                .unwrap();
+            ns.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.tcp_congestion_control={cc}"),
+            ])
+            .unwrap();
         }
     }
     let out = spaces[0]
         .command("sysctl")
-        .args(["-n", "net.ipv4.tcp_congestion_control", "net.ipv4.tcp_slow_start_after_idle"])
+        .args([
+            "-n",
+            "net.ipv4.tcp_congestion_control",
+            "net.ipv4.tcp_slow_start_after_idle",
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -522,9 +540,19 @@ fn probe(reps: usize) {
             let keep: Vec<&str> = line
                 .split_whitespace()
                 .filter(|w| {
-                    ["cwnd:", "rtt:", "ssthresh:", "retrans:", "reord", "dsack", "bytes_acked:", "send ", "delivery_rate"]
-                        .iter()
-                        .any(|k| w.starts_with(k.trim()))
+                    [
+                        "cwnd:",
+                        "rtt:",
+                        "ssthresh:",
+                        "retrans:",
+                        "reord",
+                        "dsack",
+                        "bytes_acked:",
+                        "send ",
+                        "delivery_rate",
+                    ]
+                    .iter()
+                    .any(|k| w.starts_with(k.trim()))
                         || w.ends_with("bps")
                         || *w == "bbr"
                         || *w == "cubic"
@@ -541,9 +569,16 @@ fn probe(reps: usize) {
             .filter_map(|l| {
                 let mut w = l.split_whitespace();
                 let (k, v) = (w.next()?, w.next()?);
-                let wanted = ["Reorder", "Retrans", "Lost", "DSACK", "SpuriousRTO", "Timeouts"]
-                    .iter()
-                    .any(|x| k.contains(x));
+                let wanted = [
+                    "Reorder",
+                    "Retrans",
+                    "Lost",
+                    "DSACK",
+                    "SpuriousRTO",
+                    "Timeouts",
+                ]
+                .iter()
+                .any(|x| k.contains(x));
                 (wanted && v != "0").then(|| format!("{}={v}", k.trim_start_matches("TcpExt")))
             })
             .collect();
@@ -584,7 +619,10 @@ fn probe(reps: usize) {
         (out, a, b)
     }
     let show = |label: &str, gap: Duration, v: Vec<Duration>| {
-        let all: Vec<String> = v.iter().map(|d| format!("{:.0}", d.as_secs_f64() * 1e3)).collect();
+        let all: Vec<String> = v
+            .iter()
+            .map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
+            .collect();
         let m = median(v).as_secs_f64() * 1e3;
         println!(
             "| {label} | {} ms | {m:.0} ms | {} |",

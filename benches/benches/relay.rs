@@ -181,10 +181,7 @@ struct PathRuns {
     faults: Vec<f64>,
 }
 
-type Pair = (
-    Box<dyn Duplex>,
-    Box<dyn Duplex>,
-);
+type Pair = (Box<dyn Duplex>, Box<dyn Duplex>);
 
 trait Duplex: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Duplex for T {}

@@ -553,7 +553,10 @@ fn write_head_to_refuses_oversize_and_leaves_the_buffer() {
         payload: vec![0; MAX_PAYLOAD + 1],
     };
     let mut buf = vec![9u8; 3];
-    assert!(matches!(m.write_head_to(&mut buf), Err(RelayError::Encode(_))));
+    assert!(matches!(
+        m.write_head_to(&mut buf),
+        Err(RelayError::Encode(_))
+    ));
     assert_eq!(buf, vec![9u8; 3]);
     let long_did = RelayToClient::RecvPacket {
         src_key: [1; 32],
