@@ -367,6 +367,7 @@ fn nat_part(
         builder = builder.host(&n, kind);
     }
     let topo = builder.build().unwrap();
+    set_cc(&topo);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("mediator");
     let (up_tx, up_rx) = std::sync::mpsc::channel();
@@ -780,6 +781,16 @@ fn main() {
         builder = builder.host(&n, NatKind::None);
     }
     let topo = builder.build().unwrap();
+    // The setting the figures were taken with (README "MPyC between emulated regions").
+    println!(
+        "TCP in the namespaces: {}; delay lines on {}",
+        set_cc(&topo),
+        if ingress_only() {
+            "ingress only (2 × the one-way delay)"
+        } else {
+            "egress and ingress"
+        }
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Fixed work per run (the evaluation's workloads, `mpc_did_e3::workload`).
     let santa = Workload::new(Program::SecretSanta, Size::Medium);
