@@ -31,7 +31,10 @@
 //!
 //! Needs root (network namespaces, iptables NFQUEUE). `cargo bench -p mpc-did-benches --bench
 //! regions [-- FILTER]`; `MPC_DID_PYTHON` names a Python with mpyc, `MPC_DID_BENCH_REPS` the
-//! repetitions (default 3).
+//! repetitions (default 3). `-- probe` times single MB-sized messages over plain TCP and the
+//! relay instead (see `probe`). `MPC_DID_REGIONS_CC` sets the namespaces' TCP congestion
+//! control (default: the machine's), `MPC_DID_REGIONS_INGRESS_ONLY=1` builds the same
+//! round-trip times from delays on ingress only (see `ingress_only`).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod common;
