@@ -660,6 +660,21 @@ fn probe(reps: usize) {
             }
             drop((x, y));
         }
+        // Two messages at once, to r1 and r0 (as MPyC sends to both peers): two TCP flows.
+        let (x1, y1) = cross_pair(&topo, 2, 1);
+        let (x0, y0) = cross_pair(&topo, 2, 0);
+        let v = rt.block_on(async {
+            let (r1, r0) = tokio::join!(
+                timed(x1, y1, size, Duration::ZERO, reps),
+                timed(x0, y0, size, Duration::ZERO, reps)
+            );
+            r1.0.iter().zip(&r0.0).map(|(a, b)| *a.max(b)).collect()
+        });
+        plain.push(show(
+            "plain TCP r2 → r1 and r2 → r0 at once",
+            Duration::ZERO,
+            v,
+        ));
     }
     let mut builder = Topology::builder();
     for n in names() {
@@ -691,7 +706,7 @@ fn probe(reps: usize) {
         .collect();
     lines.push(delay_line(topo.public(), mediator_delay()));
     let url = format!("ws://{}:8080/relay", Topology::PUBLIC_ADDR);
-    let keys: Vec<ed25519_dalek::SigningKey> = (0..2)
+    let keys: Vec<ed25519_dalek::SigningKey> = (0..3)
         .map(|_| {
             let mut seed = [0u8; 32];
             rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
@@ -736,6 +751,32 @@ fn probe(reps: usize) {
         }
         drop((a, b));
     }
+    {
+        // Two messages at once, to r1 and r0: both on r2's one connection to the relay.
+        let third = conn("r0", &keys[2]);
+        let a1 = sender.open_stream(pk(&keys[1])).unwrap();
+        let b1 = receiver.open_stream(pk(&keys[0])).unwrap();
+        let a0 = sender.open_stream(pk(&keys[2])).unwrap();
+        let b0 = third.open_stream(pk(&keys[0])).unwrap();
+        let v = rt.block_on(async {
+            let (r1, r0) = tokio::join!(
+                timed(a1, b1, size, Duration::ZERO, reps),
+                timed(a0, b0, size, Duration::ZERO, reps)
+            );
+            r1.0.iter().zip(&r0.0).map(|(a, b)| *a.max(b)).collect()
+        });
+        relay.push(show(
+            "relay r2 → r1 and r2 → r0 at once (one connection from r2)",
+            Duration::ZERO,
+            v,
+        ));
+        drop(third);
+    }
+    println!(
+        "\ntwo at once ÷ one: plain {:.2}×, relay {:.2}×",
+        plain[2] / plain[0],
+        relay[2] / relay[0]
+    );
     for (i, gap) in gaps.iter().enumerate() {
         println!(
             "\nidle {} ms: relay ÷ plain {:.2}× (RTT ratio 110 ÷ 70 = 1.57×)",
