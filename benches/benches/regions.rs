@@ -31,7 +31,10 @@
 //!
 //! Needs root (network namespaces, iptables NFQUEUE). `cargo bench -p mpc-did-benches --bench
 //! regions [-- FILTER]`; `MPC_DID_PYTHON` names a Python with mpyc, `MPC_DID_BENCH_REPS` the
-//! repetitions (default 3).
+//! repetitions (default 3). `-- probe` times single MB-sized messages over plain TCP and the
+//! relay instead (see `probe`). `MPC_DID_REGIONS_CC` sets the namespaces' TCP congestion
+//! control (default: the machine's), `MPC_DID_REGIONS_INGRESS_ONLY=1` builds the same
+//! round-trip times from delays on ingress only (see `ingress_only`).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod common;
@@ -367,6 +370,7 @@ fn nat_part(
         builder = builder.host(&n, kind);
     }
     let topo = builder.build().unwrap();
+    set_cc(&topo);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("mediator");
     let (up_tx, up_rx) = std::sync::mpsc::channel();
@@ -387,9 +391,9 @@ fn nat_part(
     let mut lines: Vec<_> = names()
         .iter()
         .zip(delays())
-        .map(|(n, d)| topo.host(n).unwrap().ns.delay(d).unwrap())
+        .map(|(n, d)| delay_line(&topo.host(n).unwrap().ns, d))
         .collect();
-    lines.push(topo.public().delay(mediator_delay()).unwrap());
+    lines.push(delay_line(topo.public(), mediator_delay()));
     for (label, prog, args) in workloads {
         let mut runs = Vec::new();
         for rep in 0..reps {
@@ -449,12 +453,359 @@ fn per_100k(t: &Timing) -> Duration {
     Duration::from_secs_f64(t.mpyc.as_secs_f64() * 1e5 / (t.mpyc_bytes as f64).max(1.0))
 }
 
+/// `MPC_DID_REGIONS_INGRESS_ONLY=1`: each delay line holds only what its namespace receives,
+/// for twice the one-way delay (the same round-trip times). A line on the sending side holds
+/// packets the sender's kernel still counts against the socket (TCP small queues), which caps
+/// every TCP flow at a few packets per one-way delay — an artefact of emulating latency at
+/// the sender, which a real path does not have (issue 17, README "MPyC between emulated
+/// regions").
+fn ingress_only() -> bool {
+    std::env::var("MPC_DID_REGIONS_INGRESS_ONLY").is_ok_and(|v| v == "1")
+}
+
+/// A delay line in `ns` of one-way delay `d` as [`ingress_only`] says.
+fn delay_line(ns: &mpc_did_e3::Netns, d: Duration) -> mpc_did_e3::DelayLine {
+    if !ingress_only() {
+        return ns.delay(d).unwrap();
+    }
+    let line = ns.delay(d * 2).unwrap();
+    // The e3 line's egress rule (e3/src/delay.rs `rules`), removed again.
+    ns.exec(&[
+        "iptables",
+        "-D",
+        "OUTPUT",
+        "!",
+        "-o",
+        "lo",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        "7",
+        "--queue-bypass",
+    ])
+    .unwrap();
+    line
+}
+
+/// `MPC_DID_REGIONS_CC=cubic|reno|bbr`: the TCP congestion control of every namespace the
+/// bench makes (a per-namespace sysctl; the machine's own setting is not touched). Unset:
+/// the namespaces inherit the machine's default. Returns the setting in use, for the report.
+fn set_cc(topo: &Topology) -> String {
+    let mut spaces: Vec<&mpc_did_e3::Netns> =
+        names().iter().map(|n| &topo.host(n).unwrap().ns).collect();
+    spaces.push(topo.public());
+    if let Ok(cc) = std::env::var("MPC_DID_REGIONS_CC") {
+        for ns in &spaces {
+            ns.exec(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv4.tcp_congestion_control={cc}"),
+            ])
+            .unwrap();
+        }
+    }
+    let out = spaces[0]
+        .command("sysctl")
+        .args([
+            "-n",
+            "net.ipv4.tcp_congestion_control",
+            "net.ipv4.tcp_slow_start_after_idle",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(", slow_start_after_idle=")
+}
+
+/// `cargo bench --bench regions -- probe`: what one MB-sized message costs over the relay
+/// against plain TCP at the same access delays (issue 17). Host r2 sends
+/// `MPC_DID_REGIONS_PROBE_KB` kB (default 1000) to r1, which answers one byte once it has it
+/// all; timed from the first byte written to the answer, back to back and after an idle gap
+/// longer than TCP's retransmission timeout (as between MPyC's rounds). Plain: r2 → r1
+/// between public hosts (RTT 70 ms with the default delays). Relay: r2 and r1 behind
+/// symmetric NATs, both attached to the mediator's WebSocket relay (RTT 110 ms). Prints the
+/// medians and `ss -ti` of the sockets of every namespace after the idle runs.
+fn probe(reps: usize) {
+    let kb: usize = std::env::var("MPC_DID_REGIONS_PROBE_KB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let size = kb * 1000;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_rt = rt.enter();
+    let gaps = [Duration::ZERO, Duration::from_millis(400)];
+    let delays = delays();
+    let ss = |ns: &mpc_did_e3::Netns, label: &str| {
+        let out = ns.command("ss").args(["-tin"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines().filter(|l| l.contains("cwnd")) {
+            let keep: Vec<&str> = line
+                .split_whitespace()
+                .filter(|w| {
+                    [
+                        "cwnd:",
+                        "rtt:",
+                        "ssthresh:",
+                        "retrans:",
+                        "reord",
+                        "dsack",
+                        "bytes_acked:",
+                        "send ",
+                        "delivery_rate",
+                    ]
+                    .iter()
+                    .any(|k| w.starts_with(k.trim()))
+                        || w.ends_with("bps")
+                        || *w == "bbr"
+                        || *w == "cubic"
+                        || *w == "reno"
+                })
+                .collect();
+            eprintln!("    ss {label}: {}", keep.join(" "));
+        }
+        // Reordering and retransmission counters of the namespace's TCP stack.
+        let out = ns.command("nstat").args(["-az"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let keep: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let (k, v) = (w.next()?, w.next()?);
+                let wanted = [
+                    "Reorder",
+                    "Retrans",
+                    "Lost",
+                    "DSACK",
+                    "SpuriousRTO",
+                    "Timeouts",
+                ]
+                .iter()
+                .any(|x| k.contains(x));
+                (wanted && v != "0").then(|| format!("{}={v}", k.trim_start_matches("TcpExt")))
+            })
+            .collect();
+        eprintln!("    nstat {label}: {}", keep.join(" "));
+    };
+    async fn timed<A, B>(
+        mut a: A,
+        mut b: B,
+        size: usize,
+        gap: Duration,
+        reps: usize,
+    ) -> (Vec<Duration>, A, B)
+    where
+        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let msg = vec![0x5au8; size];
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; size];
+        for _ in 0..reps {
+            tokio::time::sleep(gap).await;
+            let t = Instant::now();
+            let send = async {
+                a.write_all(&msg).await.unwrap();
+                a.flush().await.unwrap();
+                let mut ack = [0u8; 1];
+                a.read_exact(&mut ack).await.unwrap();
+            };
+            let recv = async {
+                b.read_exact(&mut buf).await.unwrap();
+                b.write_all(&[1]).await.unwrap();
+                b.flush().await.unwrap();
+            };
+            tokio::join!(send, recv);
+            out.push(t.elapsed());
+        }
+        (out, a, b)
+    }
+    let show = |label: &str, gap: Duration, v: Vec<Duration>| {
+        let all: Vec<String> = v
+            .iter()
+            .map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
+            .collect();
+        let m = median(v).as_secs_f64() * 1e3;
+        println!(
+            "| {label} | {} ms | {m:.0} ms | {} |",
+            gap.as_millis(),
+            all.join(", ")
+        );
+        m
+    };
+    println!("\n{kb} kB from r2 to r1, {reps} messages per row; answer of one byte\n");
+    println!("| path | idle before each | median to the answer | each (ms) |");
+    println!("|---|---:|---:|---|");
+    let mut plain = Vec::new();
+    {
+        let mut builder = Topology::builder();
+        for n in names() {
+            builder = builder.host(&n, NatKind::None);
+        }
+        let topo = builder.build().unwrap();
+        let _lines: Vec<_> = names()
+            .iter()
+            .zip(&delays)
+            .map(|(n, d)| delay_line(&topo.host(n).unwrap().ns, *d))
+            .collect();
+        eprintln!("  public hosts: TCP {}", set_cc(&topo));
+        for gap in gaps {
+            let (x, y) = cross_pair(&topo, 2, 1);
+            let (v, x, y) = rt.block_on(timed(x, y, size, gap, reps));
+            plain.push(show("plain TCP r2 → r1", gap, v));
+            if !gap.is_zero() {
+                ss(&topo.host("r2").unwrap().ns, "r2 plain");
+            }
+            drop((x, y));
+        }
+        // Two messages at once, to r1 and r0 (as MPyC sends to both peers): two TCP flows.
+        let (x1, y1) = cross_pair(&topo, 2, 1);
+        let (x0, y0) = cross_pair(&topo, 2, 0);
+        let v = rt.block_on(async {
+            let (r1, r0) = tokio::join!(
+                timed(x1, y1, size, Duration::ZERO, reps),
+                timed(x0, y0, size, Duration::ZERO, reps)
+            );
+            r1.0.iter().zip(&r0.0).map(|(a, b)| *a.max(b)).collect()
+        });
+        plain.push(show(
+            "plain TCP r2 → r1 and r2 → r0 at once",
+            Duration::ZERO,
+            v,
+        ));
+    }
+    let mut builder = Topology::builder();
+    for n in names() {
+        builder = builder.host(&n, NatKind::Symmetric);
+    }
+    let topo = builder.build().unwrap();
+    eprintln!("  behind NATs: TCP {}", set_cc(&topo));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mediator");
+    let (up_tx, up_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mediator = topo
+        .public()
+        .spawn(move || {
+            serve_public_mediator(
+                Topology::PUBLIC_ADDR,
+                Topology::PUBLIC_ADDR2,
+                data,
+                up_tx,
+                stop_rx,
+            )
+        })
+        .unwrap();
+    let relay_did = up_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let mut lines: Vec<_> = names()
+        .iter()
+        .zip(&delays)
+        .map(|(n, d)| delay_line(&topo.host(n).unwrap().ns, *d))
+        .collect();
+    lines.push(delay_line(topo.public(), mediator_delay()));
+    let url = format!("ws://{}:8080/relay", Topology::PUBLIC_ADDR);
+    let keys: Vec<ed25519_dalek::SigningKey> = (0..3)
+        .map(|_| {
+            let mut seed = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut seed);
+            ed25519_dalek::SigningKey::from_bytes(&seed)
+        })
+        .collect();
+    let handle = rt.handle().clone();
+    let conn = |host: &str, k: &ed25519_dalek::SigningKey| {
+        let (url, id, did, h) = (
+            url.clone(),
+            RelayIdentity::did_key(k.clone()),
+            relay_did.clone(),
+            handle.clone(),
+        );
+        topo.host(host)
+            .unwrap()
+            .ns
+            .run(move || {
+                h.block_on(mpc_did_rendezvous::net::RelayConnection::connect_ws(
+                    &url,
+                    id,
+                    Some(did),
+                ))
+            })
+            .unwrap()
+            .unwrap()
+    };
+    let sender = conn("r2", &keys[0]);
+    let receiver = conn("r1", &keys[1]);
+    let pk = |k: &ed25519_dalek::SigningKey| {
+        mpc_did_rendezvous::relay::PeerAddr::Key(k.verifying_key().to_bytes())
+    };
+    let mut relay = Vec::new();
+    for gap in gaps {
+        let a = sender.open_stream(pk(&keys[1])).unwrap();
+        let b = receiver.open_stream(pk(&keys[0])).unwrap();
+        let (v, a, b) = rt.block_on(timed(a, b, size, gap, reps));
+        relay.push(show("relay (WebSocket) r2 → mediator → r1", gap, v));
+        if !gap.is_zero() {
+            ss(&topo.host("r2").unwrap().ns, "r2 → mediator");
+            ss(topo.public(), "mediator");
+        }
+        drop((a, b));
+    }
+    {
+        // Two messages at once, to r1 and r0: both on r2's one connection to the relay.
+        let third = conn("r0", &keys[2]);
+        let a1 = sender.open_stream(pk(&keys[1])).unwrap();
+        let b1 = receiver.open_stream(pk(&keys[0])).unwrap();
+        let a0 = sender.open_stream(pk(&keys[2])).unwrap();
+        let b0 = third.open_stream(pk(&keys[0])).unwrap();
+        let v = rt.block_on(async {
+            let (r1, r0) = tokio::join!(
+                timed(a1, b1, size, Duration::ZERO, reps),
+                timed(a0, b0, size, Duration::ZERO, reps)
+            );
+            r1.0.iter().zip(&r0.0).map(|(a, b)| *a.max(b)).collect()
+        });
+        relay.push(show(
+            "relay r2 → r1 and r2 → r0 at once (one connection from r2)",
+            Duration::ZERO,
+            v,
+        ));
+        drop(third);
+    }
+    println!(
+        "\ntwo at once ÷ one: plain {:.2}×, relay {:.2}×",
+        plain[2] / plain[0],
+        relay[2] / relay[0]
+    );
+    for (i, gap) in gaps.iter().enumerate() {
+        println!(
+            "\nidle {} ms: relay ÷ plain {:.2}× (RTT ratio 110 ÷ 70 = 1.57×)",
+            gap.as_millis(),
+            relay[i] / plain[i]
+        );
+    }
+    drop((sender, receiver));
+    drop(lines);
+    let _ = stop_tx.send(());
+    if let Ok(Ok(Some(r))) = mediator.join() {
+        eprintln!("  relay {r:?}");
+    }
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
     if let Err(e) = check_available() {
         println!("regions bench skipped: {e}");
+        return;
+    }
+    if std::env::args().any(|a| a == "probe") {
+        let reps = std::env::var("MPC_DID_BENCH_REPS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(5);
+        probe(reps);
         return;
     }
     let Some(python) = python() else {
@@ -474,6 +825,16 @@ fn main() {
         builder = builder.host(&n, NatKind::None);
     }
     let topo = builder.build().unwrap();
+    // The setting the figures were taken with (README "MPyC between emulated regions").
+    println!(
+        "TCP in the namespaces: {}; delay lines on {}",
+        set_cc(&topo),
+        if ingress_only() {
+            "ingress only (2 × the one-way delay)"
+        } else {
+            "egress and ingress"
+        }
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Fixed work per run (the evaluation's workloads, `mpc_did_e3::workload`).
     let santa = Workload::new(Program::SecretSanta, Size::Medium);
@@ -519,7 +880,7 @@ fn main() {
                 names()
                     .iter()
                     .zip(&delays)
-                    .map(|(n, d)| topo.host(n).unwrap().ns.delay(*d).unwrap())
+                    .map(|(n, d)| delay_line(&topo.host(n).unwrap().ns, *d))
                     .collect()
             } else {
                 Vec::new()

@@ -482,6 +482,38 @@ impl RelayToClient {
         Ok(v)
     }
 
+    /// Appends the encoded frame to `buf` up to a `RecvPacket`'s payload and returns that
+    /// payload (an empty slice for every other frame, which is appended whole): the bytes
+    /// appended followed by the returned slice are exactly those of [`Self::write_to`]. A
+    /// writer passes the payload to a gathering write instead of copying it.
+    ///
+    /// # Errors
+    /// As [`Self::write_to`]; `buf` is left unchanged then.
+    pub fn write_head_to(&self, buf: &mut Vec<u8>) -> Result<&[u8], RelayError> {
+        let RelayToClient::RecvPacket {
+            src_key,
+            src_did,
+            payload,
+        } = self
+        else {
+            self.write_to(buf)?;
+            return Ok(&[]);
+        };
+        if payload.len() > MAX_PAYLOAD {
+            return Err(RelayError::Encode("payload too large"));
+        }
+        let start = buf.len();
+        let r = write_header(buf, self.frame_type(), self.body_len()).and_then(|()| {
+            buf.extend_from_slice(src_key);
+            put_str(buf, src_did, MAX_DID_LEN)
+        });
+        if let Err(e) = r {
+            buf.truncate(start);
+            return Err(e);
+        }
+        Ok(payload)
+    }
+
     /// Decodes one frame from the front of `buf` (see [`ClientToRelay::decode`]).
     ///
     /// # Errors

@@ -414,6 +414,21 @@ proptest! {
     }
 
     #[test]
+    fn r2c_head_then_payload_is_the_frame(m in arb_r2c(), prefix in proptest::collection::vec(any::<u8>(), 0..8)) {
+        // A gathering writer (the relay's TCP writer, spec/rendezvous.md §7.3) writes the
+        // head and then the payload it returns: the same bytes as the whole frame, appended
+        // after what the buffer held.
+        let mut buf = prefix.clone();
+        let payload = m.write_head_to(&mut buf).unwrap().to_vec();
+        if !matches!(m, RelayToClient::RecvPacket { .. }) {
+            prop_assert!(payload.is_empty());
+        }
+        prop_assert_eq!(&buf[..prefix.len()], &prefix[..]);
+        buf.extend_from_slice(&payload);
+        prop_assert_eq!(&buf[prefix.len()..], &m.to_bytes().unwrap()[..]);
+    }
+
+    #[test]
     fn r2c_roundtrip(m in arb_r2c()) {
         let b = m.to_bytes().unwrap();
         prop_assert_eq!(b.len(), m.encoded_len());
@@ -528,4 +543,26 @@ fn frame_len_is_the_whole_frame_once_complete() {
     assert_eq!(relay::frame_len(&two), Ok(Some(f.len())));
     let huge = [0x44, 0xff, 0xff, 0xff, 0xff];
     assert_eq!(relay::frame_len(&huge), Err(RelayError::FrameTooLarge));
+}
+
+#[test]
+fn write_head_to_refuses_oversize_and_leaves_the_buffer() {
+    let m = RelayToClient::RecvPacket {
+        src_key: [1; 32],
+        src_did: "did:key:z6Mk".into(),
+        payload: vec![0; MAX_PAYLOAD + 1],
+    };
+    let mut buf = vec![9u8; 3];
+    assert!(matches!(
+        m.write_head_to(&mut buf),
+        Err(RelayError::Encode(_))
+    ));
+    assert_eq!(buf, vec![9u8; 3]);
+    let long_did = RelayToClient::RecvPacket {
+        src_key: [1; 32],
+        src_did: "d".repeat(relay::MAX_DID_LEN + 1),
+        payload: vec![0; 10],
+    };
+    assert!(long_did.write_head_to(&mut buf).is_err());
+    assert_eq!(buf, vec![9u8; 3]);
 }

@@ -552,6 +552,10 @@ async fn ws_upgrade(
     ws.protocols([RELAY_SUBPROTOCOL_V2, RELAY_SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
+        // One socket write per batch of frames rather than one per 128 KiB: every write
+        // wakes the receiving client (spec/rendezvous.md §7.3).
+        .write_buffer_size(mpc_did_rendezvous::net::ws::WS_WRITE_BUFFER)
+        .read_buffer_size(mpc_did_rendezvous::net::ws::WS_READ_BUFFER)
         .on_upgrade(move |socket| {
             let (wr, rd) = socket.split();
             let stop = inner.stop.clone();
@@ -621,13 +625,37 @@ impl Writer {
     async fn send(&mut self, frames: &[RelayToClient]) -> bool {
         match self {
             Writer::Tcp(w, buf) => {
+                // One gathering write per batch: headers (and small frames) in `buf`, large
+                // payloads passed on where the core keeps them, not copied again.
                 buf.clear();
+                let mut parts: Vec<(usize, &[u8])> = Vec::with_capacity(frames.len());
                 for f in frames {
-                    if f.write_to(buf).is_err() {
+                    let Ok(payload) = f.write_head_to(buf) else {
                         return false;
+                    };
+                    if payload.len() < COPY_BELOW {
+                        buf.extend_from_slice(payload);
+                    } else {
+                        parts.push((buf.len(), payload));
                     }
                 }
-                w.write_all(buf).await.is_ok() && w.flush().await.is_ok()
+                let mut slices = Vec::with_capacity(2 * parts.len() + 1);
+                let mut at = 0;
+                for (end, payload) in parts {
+                    slices.push(std::io::IoSlice::new(buf.get(at..end).unwrap_or_default()));
+                    slices.push(std::io::IoSlice::new(payload));
+                    at = end;
+                }
+                slices.push(std::io::IoSlice::new(buf.get(at..).unwrap_or_default()));
+                slices.retain(|s| !s.is_empty());
+                let mut rest = &mut slices[..];
+                while !rest.is_empty() {
+                    match w.write_vectored(rest).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => std::io::IoSlice::advance_slices(&mut rest, n),
+                    }
+                }
+                w.flush().await.is_ok()
             }
             Writer::Ws(s) => {
                 // One allocation for the batch; each frame is a slice of it (one message
@@ -707,6 +735,10 @@ async fn resolve_key(inner: &Inner, auth: &ClientAuth) -> Option<VerifyingKey> {
         PublicKey::X25519(_) => None,
     }
 }
+
+/// Payloads below this size are copied next to their frame's header for the socket write;
+/// larger ones are written from where the relay queued them (a gathering write).
+const COPY_BELOW: usize = 4096;
 
 /// Longest time a sender goes unread because its packets wait at slow receivers.
 const BACKLOG_PAUSE_MAX: Duration = Duration::from_millis(500);

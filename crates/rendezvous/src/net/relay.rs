@@ -776,9 +776,10 @@ async fn writer_task(mut wr: FrameWriter, mut rx: mpsc::Receiver<Vec<u8>>, share
             continue;
         }
         let mut bytes = 0usize;
-        // Take whatever else is queued (up to 64 frames, 256 KiB): one flush for all, and
-        // small packets to the same peer joined into one frame.
-        while batch.len() < 64 && bytes < 256 << 10 {
+        // Take whatever else is queued (up to 256 frames, 1 MiB): one flush for all — one
+        // socket write, so one wake-up of the relay's reader — and small packets to the same
+        // peer joined into one frame.
+        while batch.len() < 256 && bytes < 1 << 20 {
             let Ok(f) = rx.try_recv() else { break };
             bytes += f.len();
             let joined = f.len() <= COALESCE_BELOW

@@ -21,6 +21,12 @@ use super::NetError;
 pub trait WsIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> WsIo for T {}
 
+/// Bytes of frames a relay WebSocket writer buffers before it writes them (a flush writes
+/// the rest); used by the relay client and the mediator's relay endpoint.
+pub const WS_WRITE_BUFFER: usize = 1 << 20;
+/// Most bytes one read of a relay WebSocket takes from its socket.
+pub const WS_READ_BUFFER: usize = 256 << 10;
+
 /// A client WebSocket over [`WsIo`].
 pub type WsStream = WebSocketStream<Box<dyn WsIo>>;
 
@@ -70,7 +76,13 @@ pub async fn connect_negotiated(
     } else {
         Box::new(tcp)
     };
-    let (ws, response) = tokio_tungstenite::client_async(request, io)
+    // Frames are buffered until a batch is flushed (one write per batch, not one per
+    // 128 KiB): each write on a socket wakes its reader, and wake-ups, not copies, are what
+    // a relayed byte costs most (spec/rendezvous.md §7.3).
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .write_buffer_size(WS_WRITE_BUFFER)
+        .read_buffer_size(WS_READ_BUFFER);
+    let (ws, response) = tokio_tungstenite::client_async_with_config(request, io, Some(config))
         .await
         .map_err(|e| NetError::WebSocket(e.to_string()))?;
     let protocol = response
