@@ -33,8 +33,8 @@
 //! regions [-- FILTER]`; `MPC_DID_PYTHON` names a Python with mpyc, `MPC_DID_BENCH_REPS` the
 //! repetitions (default 3). `-- probe` times single MB-sized messages over plain TCP and the
 //! relay instead (see `probe`). `MPC_DID_REGIONS_CC` sets the namespaces' TCP congestion
-//! control (default: the machine's), `MPC_DID_REGIONS_INGRESS_ONLY=1` builds the same
-//! round-trip times from delays on ingress only (see `ingress_only`).
+//! control (default: the machine's). The e3 delay lines hold what a namespace receives
+//! (e3/src/delay.rs: holding on the sending side capped every TCP flow).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod common;
@@ -453,38 +453,10 @@ fn per_100k(t: &Timing) -> Duration {
     Duration::from_secs_f64(t.mpyc.as_secs_f64() * 1e5 / (t.mpyc_bytes as f64).max(1.0))
 }
 
-/// `MPC_DID_REGIONS_INGRESS_ONLY=1`: each delay line holds only what its namespace receives,
-/// for twice the one-way delay (the same round-trip times). A line on the sending side holds
-/// packets the sender's kernel still counts against the socket (TCP small queues), which caps
-/// every TCP flow at a few packets per one-way delay — an artefact of emulating latency at
-/// the sender, which a real path does not have (issue 17, README "MPyC between emulated
-/// regions").
-fn ingress_only() -> bool {
-    std::env::var("MPC_DID_REGIONS_INGRESS_ONLY").is_ok_and(|v| v == "1")
-}
-
-/// A delay line in `ns` of one-way delay `d` as [`ingress_only`] says.
+/// A delay line in `ns` emulating an access link of one-way delay `d` (e3 holds received
+/// packets for `2·d`; holding them at the sender capped every TCP flow, e3/src/delay.rs).
 fn delay_line(ns: &mpc_did_e3::Netns, d: Duration) -> mpc_did_e3::DelayLine {
-    if !ingress_only() {
-        return ns.delay(d).unwrap();
-    }
-    let line = ns.delay(d * 2).unwrap();
-    // The e3 line's egress rule (e3/src/delay.rs `rules`), removed again.
-    ns.exec(&[
-        "iptables",
-        "-D",
-        "OUTPUT",
-        "!",
-        "-o",
-        "lo",
-        "-j",
-        "NFQUEUE",
-        "--queue-num",
-        "7",
-        "--queue-bypass",
-    ])
-    .unwrap();
-    line
+    ns.delay(d).unwrap()
 }
 
 /// `MPC_DID_REGIONS_CC=cubic|reno|bbr`: the TCP congestion control of every namespace the
@@ -827,13 +799,8 @@ fn main() {
     let topo = builder.build().unwrap();
     // The setting the figures were taken with (README "MPyC between emulated regions").
     println!(
-        "TCP in the namespaces: {}; delay lines on {}",
-        set_cc(&topo),
-        if ingress_only() {
-            "ingress only (2 × the one-way delay)"
-        } else {
-            "egress and ingress"
-        }
+        "TCP in the namespaces: {}; delay lines on ingress (2 × the one-way delay)",
+        set_cc(&topo)
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Fixed work per run (the evaluation's workloads, `mpc_did_e3::workload`).

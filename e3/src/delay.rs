@@ -1,16 +1,26 @@
 //! A user-space delay line: emulated propagation delay without `netem`.
 //!
 //! This kernel has no `sch_netem`, so latency is added the way a user-space WAN emulator
-//! does it: iptables sends every non-loopback packet a namespace sends or receives to an
-//! NFQUEUE, and a thread inside that namespace holds each packet for the configured time
-//! before it gives the kernel its ACCEPT verdict. Packets are released in arrival order, so
-//! the line delays but never reorders, drops or alters traffic; the kernel keeps the packet
-//! itself, only its metadata crosses netlink (copy range 0).
+//! does it: iptables sends every non-loopback packet a namespace receives to an NFQUEUE, and
+//! a thread inside that namespace holds each packet for the configured time before it gives
+//! the kernel its ACCEPT verdict. Packets are released in arrival order, so the line delays
+//! but never reorders, drops or alters traffic; the kernel keeps the packet itself, only its
+//! metadata crosses netlink (copy range 0), and a segmentation-offloaded packet is queued
+//! whole (`NFQA_CFG_F_GSO`), not cut into one queue entry per segment.
+//!
+//! **Ingress only.** A host's access link of one-way latency `d` is emulated by holding what
+//! the host *receives* for `2·d`: between hosts `a` and `b` the round-trip time is
+//! `2·(a + b)`, as with `d` each way on both links. Holding on the sending side instead
+//! (as this line did until December 2026) keeps packets the sender's kernel still counts
+//! against the socket: TCP small queues then allow only about a millisecond of the flow's
+//! pacing rate below the socket, and every TCP flow was capped near 200 kB/s at a 35 ms hold
+//! (issue 17, README "MPyC between emulated regions") — an artefact of the emulator that a
+//! real path does not have, and one that UDP (QUIC, WireGuard's tunnel) never hit. A received
+//! packet has left its sender's accounting when it crossed the veth pair.
 //!
 //! Failure modes are chosen so that a broken delay line shows up as *less* delay, never as
-//! lost packets: the rules use `--queue-bypass` (no listener → packets pass) and the queue is
+//! lost packets: the rule uses `--queue-bypass` (no listener → packets pass) and the queue is
 //! fail-open (kernel queue full → packets pass).
-
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -26,9 +36,9 @@ const KERNEL_QUEUE_LEN: u32 = 100_000;
 /// Longest sleep between polls of the queue: bounds how late a packet can be released.
 const TICK: Duration = Duration::from_micros(250);
 
-/// The iptables rules that divert a namespace's traffic to the queue: everything it sends
-/// (OUTPUT) and receives (INPUT) except loopback.
-fn rules() -> [[String; 8]; 2] {
+/// The iptables rule that diverts a namespace's traffic to the queue: everything it
+/// receives (INPUT) except loopback (see the module docs for why not what it sends).
+fn rules() -> [[String; 8]; 1] {
     let q = QUEUE.to_string();
     let rule = |chain: &str, dir: &str| {
         [
@@ -42,7 +52,7 @@ fn rules() -> [[String; 8]; 2] {
             q.clone(),
         ]
     };
-    [rule("OUTPUT", "-o"), rule("INPUT", "-i")]
+    [rule("INPUT", "-i")]
 }
 
 fn iptables(ns: &Netns, op: &str, rule: &[String]) -> Result<(), E3Error> {
@@ -52,9 +62,10 @@ fn iptables(ns: &Netns, op: &str, rule: &[String]) -> Result<(), E3Error> {
     ns.exec(&args)
 }
 
-/// Adds a fixed delay to every packet a namespace sends and to every packet it receives
-/// (loopback excluded). Between two hosts with delay lines `a` and `b` the round-trip time
-/// is therefore `2·(a + b)`, like two access links of one-way latency `a` and `b`.
+/// Emulates an access link of one-way latency `one_way` (loopback excluded): every packet
+/// the namespace receives is held for `2·one_way`. Between two hosts with delay lines `a` and
+/// `b` the round-trip time is therefore `2·(a + b)`, like two access links of one-way latency
+/// `a` and `b` (module docs: why on ingress only).
 ///
 /// Dropping it removes the rules, releases every held packet and stops the thread.
 #[derive(Debug)]
@@ -76,7 +87,7 @@ pub struct Stats {
 }
 
 impl DelayLine {
-    /// The delay each packet gets in each direction.
+    /// The emulated access link's one-way latency (received packets are held twice that).
     #[must_use]
     pub fn one_way(&self) -> Duration {
         self.one_way
@@ -123,8 +134,9 @@ impl Drop for DelayLine {
 }
 
 impl Netns {
-    /// Delay every packet this namespace sends or receives (except loopback) by `one_way`:
-    /// see [`DelayLine`]. One delay line per namespace.
+    /// Emulate an access link of one-way latency `one_way` for this namespace (what it
+    /// receives, except loopback, is held `2·one_way`): see [`DelayLine`]. One delay line per
+    /// namespace.
     ///
     /// # Errors
     /// [`E3Error::Io`] when the queue cannot be bound (no `nfnetlink_queue` in the kernel,
@@ -147,7 +159,7 @@ impl Netns {
                     return Ok(Stats::default());
                 }
             };
-            run(queue, one_way, &flag, &held_count)
+            run(queue, one_way * 2, &flag, &held_count)
         })?;
         let opened = ready_rx.recv().unwrap_or_else(|_| {
             Err(std::io::Error::other(
@@ -188,6 +200,9 @@ fn open_queue() -> std::io::Result<nfq::Queue> {
     q.set_copy_range(QUEUE, 0)?;
     q.set_queue_max_len(QUEUE, KERNEL_QUEUE_LEN)?;
     q.set_fail_open(QUEUE, true)?;
+    // GSO packets whole: one queue entry (and one netlink message) per 64 KiB burst rather
+    // than per segment, so a fast sender does not overflow the socket and fail open.
+    q.set_recv_gso(QUEUE, true)?;
     q.set_nonblocking(true);
     Ok(q)
 }
