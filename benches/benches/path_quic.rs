@@ -16,6 +16,11 @@
 //!
 //! Besides MiB/s it prints the process's CPU time per MiB moved (user + system, both ends),
 //! a figure that other work on the machine moves far less than wall-clock throughput.
+//!
+//! `-- delayed` (root): the QUIC stream alone against plain TCP between two e3 hosts whose
+//! delay lines make a 70 ms RTT (the regions bench's r1–r2), 8 MiB each, alternating, with
+//! quinn's statistics (lost packets, congestion events and window, MTU) after each QUIC run:
+//! what a punched path does with MB-sized messages across regions.
 //! Loopback has no loss and a 64 KiB MTU of which QUIC uses its own datagram size, so this
 //! measures the cost per byte of each path, not its behaviour on the Internet (the `regions`
 //! bench does that).
@@ -71,7 +76,119 @@ async fn measured<F: Future<Output = f64>>(mib: f64, f: F) -> (f64, f64) {
     (rate, (process_cpu() - cpu0).as_secs_f64() * 1e6 / mib)
 }
 
+/// `-- delayed`: QUIC alone vs TCP between two hosts 70 ms apart (see the module docs).
+fn delayed(rounds: usize) {
+    use mpc_did_e3::{NatKind, Topology};
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let topo = Topology::builder()
+        .host("a", NatKind::None)
+        .host("b", NatKind::None)
+        .build()
+        .unwrap();
+    let (a, b) = (topo.host("a").unwrap(), topo.host("b").unwrap());
+    let _la = a.ns.delay(Duration::from_millis(10)).unwrap();
+    let _lb = b.ns.delay(Duration::from_millis(25)).unwrap();
+    let total = 8usize << 20;
+    let rt = common::runtime();
+    let (aa, ba) = (a.addr, b.addr);
+    for r in 0..rounds {
+        // TCP: std sockets bound inside the namespaces, driven by the runtime.
+        let l =
+            b.ns.run(move || std::net::TcpListener::bind((ba, 0)))
+                .unwrap()
+                .unwrap();
+        let to = l.local_addr().unwrap();
+        let c =
+            a.ns.run(move || std::net::TcpStream::connect(to))
+                .unwrap()
+                .unwrap();
+        let (s, _) = l.accept().unwrap();
+        let tcp = rt.block_on(async {
+            c.set_nonblocking(true).unwrap();
+            s.set_nonblocking(true).unwrap();
+            let mut c = tokio::net::TcpStream::from_std(c).unwrap();
+            let mut s = tokio::net::TcpStream::from_std(s).unwrap();
+            let t = Instant::now();
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut n = 0;
+                while n < total {
+                    n += s.read(&mut buf).await.unwrap();
+                }
+                s.write_all(&[1]).await.unwrap();
+            });
+            c.write_all(&vec![7u8; total]).await.unwrap();
+            let mut one = [0u8; 1];
+            c.read_exact(&mut one).await.unwrap();
+            reader.await.unwrap();
+            t.elapsed()
+        });
+        // QUIC: endpoints on UDP sockets bound inside the namespaces.
+        let ua =
+            a.ns.run(move || std::net::UdpSocket::bind((aa, 0)))
+                .unwrap()
+                .unwrap();
+        let ub =
+            b.ns.run(move || std::net::UdpSocket::bind((ba, 0)))
+                .unwrap()
+                .unwrap();
+        let (quic, stats) = rt.block_on(async {
+            ua.set_nonblocking(true).unwrap();
+            ub.set_nonblocking(true).unwrap();
+            let ea = QuicEndpoint::new(tokio::net::UdpSocket::from_std(ua).unwrap()).unwrap();
+            let eb = QuicEndpoint::new(tokio::net::UdpSocket::from_std(ub).unwrap()).unwrap();
+            let (ca, cb) = tokio::join!(ea.connect(eb.local_addr()), eb.accept());
+            let (ca, cb) = (ca.unwrap(), cb.unwrap());
+            let (mut sa, ra) = ca.open_bi().await.unwrap();
+            sa.write_all(&[0]).await.unwrap();
+            let (sb, mut rb) = cb.accept_bi().await.unwrap();
+            let mut one = [0u8; 1];
+            rb.read_exact(&mut one).await.unwrap();
+            let (mut x, mut y) = (QuicPath::new(ca, sa, ra), QuicPath::new(cb, sb, rb));
+            let t = Instant::now();
+            let reader = tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut n = 0;
+                while n < total {
+                    n += y.read(&mut buf).await.unwrap();
+                }
+                y.write_all(&[1]).await.unwrap();
+                y.flush().await.unwrap();
+                y
+            });
+            x.write_all(&vec![7u8; total]).await.unwrap();
+            x.flush().await.unwrap();
+            let mut one = [0u8; 1];
+            x.read_exact(&mut one).await.unwrap();
+            let took = t.elapsed();
+            let y = reader.await.unwrap();
+            let st = (x.stats(), y.stats());
+            drop((x, y, ea, eb));
+            (took, st)
+        });
+        let p = &stats.0.path;
+        eprintln!(
+            "round {r}: 8 MiB at 70 ms RTT: TCP {:.0} ms, QUIC {:.0} ms ({:.2}×); QUIC sender: rtt {:?}, cwnd {}, congestion events {}, lost {} packets of {}, MTU {}; receiver lost {}",
+            tcp.as_secs_f64() * 1e3,
+            quic.as_secs_f64() * 1e3,
+            quic.as_secs_f64() / tcp.as_secs_f64(),
+            p.rtt,
+            p.cwnd,
+            p.congestion_events,
+            p.lost_packets,
+            p.sent_packets,
+            p.current_mtu,
+            stats.1.path.lost_packets,
+        );
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "delayed") {
+        delayed(3);
+        return;
+    }
     let full = std::env::args().any(|a| a == "--bench");
     let mib_env = std::env::var("MPC_DID_QUIC_BENCH_MIB")
         .ok()
