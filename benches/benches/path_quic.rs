@@ -39,11 +39,12 @@ use mpc_did_testkit::local;
 const A: &str = "did:example:bench-a";
 const B: &str = "did:example:bench-b";
 
-/// Two ends of one QUIC bidirectional stream between two fresh loopback endpoints (the
+/// Two ends of one QUIC bidirectional stream between endpoints on `ua` and `ub` (the
 /// endpoints are returned so they live as long as the paths).
-async fn quic_pair() -> (QuicPath, QuicPath, QuicEndpoint, QuicEndpoint) {
-    let ua = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let ub = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+async fn quic_pair_on(
+    ua: tokio::net::UdpSocket,
+    ub: tokio::net::UdpSocket,
+) -> (QuicPath, QuicPath, QuicEndpoint, QuicEndpoint) {
     let (ea, eb) = (
         QuicEndpoint::new(ua).unwrap(),
         QuicEndpoint::new(ub).unwrap(),
@@ -57,6 +58,13 @@ async fn quic_pair() -> (QuicPath, QuicPath, QuicEndpoint, QuicEndpoint) {
     let mut one = [0u8; 1];
     rb.read_exact(&mut one).await.unwrap();
     (QuicPath::new(ca, sa, ra), QuicPath::new(cb, sb, rb), ea, eb)
+}
+
+/// [`quic_pair_on`] two fresh loopback UDP sockets.
+async fn quic_pair() -> (QuicPath, QuicPath, QuicEndpoint, QuicEndpoint) {
+    let ua = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let ub = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    quic_pair_on(ua, ub).await
 }
 
 /// A session stream on `a`, and the future of its acceptance on `b`.
@@ -136,16 +144,11 @@ fn delayed(rounds: usize) {
         let (quic, stats) = rt.block_on(async {
             ua.set_nonblocking(true).unwrap();
             ub.set_nonblocking(true).unwrap();
-            let ea = QuicEndpoint::new(tokio::net::UdpSocket::from_std(ua).unwrap()).unwrap();
-            let eb = QuicEndpoint::new(tokio::net::UdpSocket::from_std(ub).unwrap()).unwrap();
-            let (ca, cb) = tokio::join!(ea.connect(eb.local_addr()), eb.accept());
-            let (ca, cb) = (ca.unwrap(), cb.unwrap());
-            let (mut sa, ra) = ca.open_bi().await.unwrap();
-            sa.write_all(&[0]).await.unwrap();
-            let (sb, mut rb) = cb.accept_bi().await.unwrap();
-            let mut one = [0u8; 1];
-            rb.read_exact(&mut one).await.unwrap();
-            let (mut x, mut y) = (QuicPath::new(ca, sa, ra), QuicPath::new(cb, sb, rb));
+            let (mut x, mut y, ea, eb) = quic_pair_on(
+                tokio::net::UdpSocket::from_std(ua).unwrap(),
+                tokio::net::UdpSocket::from_std(ub).unwrap(),
+            )
+            .await;
             let t = Instant::now();
             let reader = tokio::spawn(async move {
                 let mut buf = vec![0u8; 1 << 16];
