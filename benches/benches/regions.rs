@@ -371,23 +371,7 @@ fn nat_part(
     }
     let topo = builder.build().unwrap();
     set_cc(&topo);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("mediator");
-    let (up_tx, up_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mediator = topo
-        .public()
-        .spawn(move || {
-            serve_public_mediator(
-                Topology::PUBLIC_ADDR,
-                Topology::PUBLIC_ADDR2,
-                data,
-                up_tx,
-                stop_rx,
-            )
-        })
-        .unwrap();
-    up_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let (_dir, mediator, stop_tx, _) = public_mediator(&topo);
     let mut lines: Vec<_> = names()
         .iter()
         .zip(delays())
@@ -457,6 +441,41 @@ fn per_100k(t: &Timing) -> Duration {
 /// packets for `2·d`; holding them at the sender capped every TCP flow, e3/src/delay.rs).
 fn delay_line(ns: &mpc_did_e3::Netns, d: Duration) -> mpc_did_e3::DelayLine {
     ns.delay(d).unwrap()
+}
+
+/// The thread that runs the mediator; it returns the relay's final metrics.
+type MediatorThread = std::thread::JoinHandle<
+    Result<Option<mpc_did_rendezvous::relay_server::RelayMetrics>, mpc_did_e3::E3Error>,
+>;
+
+/// The real mediator (DIDComm, STUN, relay) on a thread in `topo`'s public namespace: its data
+/// directory, the thread, the sender that stops it, and its DID once it serves.
+fn public_mediator(
+    topo: &Topology,
+) -> (
+    tempfile::TempDir,
+    MediatorThread,
+    tokio::sync::oneshot::Sender<()>,
+    String,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("mediator");
+    let (up_tx, up_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mediator = topo
+        .public()
+        .spawn(move || {
+            serve_public_mediator(
+                Topology::PUBLIC_ADDR,
+                Topology::PUBLIC_ADDR2,
+                data,
+                up_tx,
+                stop_rx,
+            )
+        })
+        .unwrap();
+    let did = up_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    (dir, mediator, stop_tx, did)
 }
 
 /// `MPC_DID_REGIONS_CC=cubic|reno|bbr`: the TCP congestion control of every namespace the
@@ -654,23 +673,7 @@ fn probe(reps: usize) {
     }
     let topo = builder.build().unwrap();
     eprintln!("  behind NATs: TCP {}", set_cc(&topo));
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("mediator");
-    let (up_tx, up_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mediator = topo
-        .public()
-        .spawn(move || {
-            serve_public_mediator(
-                Topology::PUBLIC_ADDR,
-                Topology::PUBLIC_ADDR2,
-                data,
-                up_tx,
-                stop_rx,
-            )
-        })
-        .unwrap();
-    let relay_did = up_rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let (_dir, mediator, stop_tx, relay_did) = public_mediator(&topo);
     let mut lines: Vec<_> = names()
         .iter()
         .zip(&delays)
