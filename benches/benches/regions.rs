@@ -771,6 +771,13 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    // `RUST_LOG=mpc_did_rendezvous=debug`: e.g. what QUIC did on each punched path.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     if let Err(e) = check_available() {
         println!("regions bench skipped: {e}");
         return;

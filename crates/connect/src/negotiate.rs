@@ -182,17 +182,48 @@ impl Connector {
                 }
             }
             let accept = message(&new_id(), ACCEPT_TYPE, &accept, Some(&proposal.message.id))?;
-            let (sent, cands) = tokio::join!(
-                self.inner.agent.send_signed(peer, accept),
-                self.send_candidates(peer, &sid_hex)
-            );
-            sent?;
-            cands?;
             let mut remote = Vec::new();
+            // The proposer's candidates usually came with its proposal (they are sent at
+            // once): punch them before our accept leaves, so the proposer's first QUIC
+            // Initial, sent when the accept reaches it, finds our NAT open. A lost Initial
+            // costs a retransmission and, in quinn, reads as congestion (spec/rendezvous.md
+            // §6.4 item 3).
+            let mut early = Vec::new();
+            while let Ok(m) = rx.try_recv() {
+                if m.sender.as_deref() != Some(peer) || !m.meta.authenticated {
+                    tracing::warn!(sender = ?m.sender, "dropped a negotiation message not from {peer}");
+                } else if kind(&m) == Some("candidates") {
+                    let more = candidates_of(&m);
+                    self.punch_early(&more);
+                    remote.extend(more);
+                } else {
+                    early.push(m);
+                }
+            }
+            let mut early = early.into_iter();
+            // Candidates that arrive while our accept is on its way are punched at once too.
+            let sends = async {
+                let (sent, cands) = tokio::join!(
+                    self.inner.agent.send_signed(peer, accept),
+                    self.send_candidates(peer, &sid_hex)
+                );
+                sent?;
+                cands
+            };
+            tokio::pin!(sends);
+            let mut sends_done = false;
             let hs: HandshakeBody = loop {
-                let m = self
-                    .next(&mut rx, deadline, peer, "complete the handshake")
-                    .await?;
+                let m = match early.next() {
+                    Some(m) => m,
+                    None => tokio::select! {
+                        m = self.next(&mut rx, deadline, peer, "complete the handshake") => m?,
+                        r = &mut sends, if !sends_done => {
+                            r?;
+                            sends_done = true;
+                            continue;
+                        }
+                    },
+                };
                 match kind(&m) {
                     Some("handshake") => break body_of(&m, peer)?,
                     Some("candidates") => {
@@ -207,6 +238,9 @@ impl Connector {
                     _ => {}
                 }
             };
+            if !sends_done {
+                sends.await?;
+            }
             let session = acceptor
                 .on_handshake(&hs, SessionConfig::default(), 0)
                 .map_err(|e| ConnectError::Handshake {

@@ -12,7 +12,9 @@
 //!   UDP block is lifted in the middle of a stream, the automatic upgrade to punched QUIC;
 //! - EIM × EIM with all UDP dropped at both NATs → TCP hole punching (simultaneous open,
 //!   spec/rendezvous.md §6.2): a direct TCP path to the peer's NAT address;
-//! - symmetric × symmetric with all UDP dropped → the relay (TCP punching fails too).
+//! - symmetric × symmetric with all UDP dropped → the relay (TCP punching fails too);
+//! - EIM × EIM with the regions bench's delays: nothing the proposer sends is dropped at the
+//!   acceptor's NAT (it punched before its accept left).
 //!
 //! Every transfer is checked by SHA-256 (the receiver sends its digest back).
 //! `MPC_DID_NAT_DELAYS_MS=a,b,m` (opt-in) adds one-way delays to A, B and the mediator. Namespaces are
@@ -58,6 +60,8 @@ struct Outcome {
     ok: bool,
     /// From the unblock to the switch (upgrade scenario, proposer).
     upgrade_after: Option<Duration>,
+    /// UDP packets this party's NAT dropped as unsolicited (no mapping yet) during the run.
+    unsolicited_udp: u64,
 }
 
 type Unblock = Box<dyn FnOnce() + Send>;
@@ -230,7 +234,50 @@ async fn party(
         bytes,
         ok,
         upgrade_after,
+        unsolicited_udp: 0,
     }
+}
+
+/// Counts, at `host`'s NAT, the UDP packets that arrive from outside with no mapping (the
+/// NAT drops them): a rule without a target, ahead of the drop.
+fn count_unsolicited_udp(host: &mpc_did_e3::Host) {
+    host.nat
+        .as_ref()
+        .unwrap()
+        .ns
+        .exec(&[
+            "iptables",
+            "-I",
+            "INPUT",
+            "1",
+            "-i",
+            "wan",
+            "-p",
+            "udp",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+        ])
+        .unwrap();
+}
+
+/// The counter of [`count_unsolicited_udp`]'s rule.
+fn unsolicited_udp(host: &mpc_did_e3::Host) -> u64 {
+    let out = host
+        .nat
+        .as_ref()
+        .unwrap()
+        .ns
+        .command("iptables")
+        .args(["-L", "INPUT", "1", "-v", "-n", "-x"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {text:?}"))
 }
 
 /// What the NATs do to UDP.
@@ -248,6 +295,20 @@ enum Udp {
 
 /// Build the topology, run the mediator and both parties.
 fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
+    // Opt-in (slow): one-way delays for A, B and the mediator, as in the regions bench
+    // (e3 user-space delay lines), to see set-up times over Internet-like latency.
+    let delays = match std::env::var("MPC_DID_NAT_DELAYS_MS") {
+        Ok(spec) if !spec.is_empty() => {
+            let ms: Vec<u64> = spec.split(',').map(|x| x.trim().parse().unwrap()).collect();
+            Some(<[u64; 3]>::try_from(ms).expect("MPC_DID_NAT_DELAYS_MS=a,b,mediator"))
+        }
+        _ => None,
+    };
+    run_with(kind, udp, delays)
+}
+
+/// [`run`] with one-way delays (ms) at A, B and the mediator, if any.
+fn run_with(kind: NatKind, udp: Udp, delays: Option<[u64; 3]>) -> Option<(Outcome, Outcome)> {
     let block_udp = udp == Udp::BlockedAtFirst;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -276,12 +337,8 @@ fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
 
     let ha = topo.host("a").unwrap().clone();
     let hb = topo.host("b").unwrap().clone();
-    // Opt-in (slow): one-way delays for A, B and the mediator, as in the regions bench
-    // (e3 user-space delay lines), to see set-up times over Internet-like latency.
-    let _lines: Vec<mpc_did_e3::DelayLine> = match std::env::var("MPC_DID_NAT_DELAYS_MS") {
-        Ok(spec) if !spec.is_empty() => {
-            let ms: Vec<u64> = spec.split(',').map(|x| x.trim().parse().unwrap()).collect();
-            assert_eq!(ms.len(), 3, "MPC_DID_NAT_DELAYS_MS=a,b,mediator");
+    let _lines: Vec<mpc_did_e3::DelayLine> = match delays {
+        Some(ms) => {
             eprintln!(
                 "delay lines (one way): A {} ms, B {} ms, mediator {} ms",
                 ms[0], ms[1], ms[2]
@@ -292,7 +349,7 @@ fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
                 .map(|(ns, d)| ns.delay(Duration::from_millis(d)).unwrap())
                 .collect()
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     };
     let unblock: Option<Unblock> = if block_udp {
         let nat_a = ha.nat.clone().unwrap();
@@ -339,6 +396,9 @@ fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
                 .unwrap();
         }
     }
+    if kind == NatKind::EndpointIndependent {
+        count_unsolicited_udp(&hb);
+    }
     let (a_tx, b_rx) = mpsc::channel();
     let (b_tx, a_rx) = mpsc::channel();
     let rt = || {
@@ -356,7 +416,10 @@ fn run(kind: NatKind, udp: Udp) -> Option<(Outcome, Outcome)> {
         .spawn(move || rt().block_on(party([42; 32], false, b_tx, b_rx, None)))
         .unwrap();
     let ra = ta.join().unwrap().unwrap();
-    let rb = tb.join().unwrap().unwrap();
+    let mut rb = tb.join().unwrap().unwrap();
+    if kind == NatKind::EndpointIndependent {
+        rb.unsolicited_udp = unsolicited_udp(&hb);
+    }
     let _ = stop_tx.send(());
     mediator.join().unwrap().unwrap();
     eprintln!("A: {ra:?}\nB: {rb:?}");
@@ -388,6 +451,27 @@ fn eim_by_eim_session_runs_on_punched_quic() {
     assert!(a.ok && b.ok, "8 MiB arrived intact (SHA-256)");
     assert_eq!(b.bytes, PAYLOAD as u64);
     eprintln!("setup: A {:?}, B {:?}", a.setup, b.setup);
+}
+
+/// With Internet-like delays (the regions bench's farthest pair: RTT A–B 70 ms, the mediator
+/// 40 and 70 ms away), the acceptor punches before its accept leaves (spec/rendezvous.md §6.4
+/// item 3), so nothing the proposer sends — punch datagrams, its first QUIC Initial — finds
+/// B's NAT closed. Before, B punched only after its accept and candidates had been posted to
+/// the mediator, while the accept was already on its way to A: A's first Initial was dropped
+/// at B's NAT (2 unsolicited datagrams here), quinn re-sent it ~300 ms later and, reading the
+/// loss as congestion, kept the path's window small for seconds (README, regions bench: MPyC
+/// at 3.9× plain TCP's time).
+#[test]
+fn eim_acceptor_punches_before_the_proposers_first_initial() {
+    let Some((a, b)) = run_with(NatKind::EndpointIndependent, Udp::Open, Some([10, 25, 10])) else {
+        return;
+    };
+    assert_eq!(a.first.kind(), "quic");
+    assert!(a.ok && b.ok, "8 MiB arrived intact (SHA-256)");
+    assert_eq!(
+        b.unsolicited_udp, 0,
+        "the proposer's first datagrams reached B's NAT before B had punched"
+    );
 }
 
 #[test]
