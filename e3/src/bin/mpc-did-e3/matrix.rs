@@ -533,7 +533,15 @@ fn check_tools(python: &Path, plan: &Plan) -> Result<(), MatrixError> {
 /// `MPC_DID_PYTHON`, else the repository's `.venv`, else `python3`.
 pub(crate) fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("MPC_DID_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        // `.venv/bin/python` means relative to where the user ran us; the parties run in
+        // another directory (examples/), where it would name nothing.
+        if p.is_relative() && p.components().count() > 1 {
+            if let Ok(cwd) = std::env::current_dir() {
+                return cwd.join(p);
+            }
+        }
+        return p;
     }
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     if venv.exists() {

@@ -296,15 +296,23 @@ fn wait_all(mut parties: Vec<Party>, deadline: Instant) -> Result<Vec<String>, S
         .collect();
     match failed {
         Some(f) => {
-            let tail: String = logs
+            let mut lines: Vec<&str> = logs
                 .iter()
                 .flat_map(|l| {
                     l.lines()
                         .filter(|x| x.contains("Error") || x.contains("error"))
                 })
                 .take(2)
-                .collect::<Vec<_>>()
-                .join(" / ");
+                .collect();
+            // No error line (e.g. the interpreter could not be started): each log's last line.
+            if lines.is_empty() {
+                lines = logs
+                    .iter()
+                    .filter_map(|l| l.lines().rev().find(|x| !x.trim().is_empty()))
+                    .take(2)
+                    .collect();
+            }
+            let tail = lines.join(" / ");
             Err(if tail.is_empty() {
                 f
             } else {
