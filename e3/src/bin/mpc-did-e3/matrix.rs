@@ -411,13 +411,14 @@ fn latest_rows(rows: Vec<Row>) -> (Vec<Row>, usize) {
 }
 
 /// Time left: each remaining run is estimated from finished runs of the same workload, size
-/// and scenario (the same party count if there is one, else scaled by the party count), else
-/// from the mean of all finished runs. Run times differ by 100× across the matrix, so one
-/// overall mean would be far off.
+/// and scenario — the same party count if there is one; else a power law in the party count
+/// fitted to the cell's party counts that ran (CPU-bound runs grow faster than linearly: the
+/// CNN's 10-party runs take ≈ 4× its 5-party ones here), or linear scaling when only one
+/// count ran — else from the mean of all finished runs. Run times differ by 100× across the
+/// matrix, so one overall mean would be far off.
 fn estimate_left(finished: &[Row], left: &[RunSpec]) -> Option<Duration> {
     type Cell = (&'static str, &'static str, &'static str);
     let mut same: BTreeMap<(Cell, usize), (f64, u32)> = BTreeMap::new();
-    let mut cell: BTreeMap<Cell, (f64, u32)> = BTreeMap::new();
     let (mut all, mut n_all) = (0.0, 0u32);
     for r in finished {
         let Some(w) = r.outcome.wall else { continue };
@@ -430,13 +431,20 @@ fn estimate_left(finished: &[Row], left: &[RunSpec]) -> Option<Duration> {
         let w = w.as_secs_f64();
         let e = same.entry((c, s.parties)).or_default();
         *e = (e.0 + w, e.1 + 1);
-        let e = cell.entry(c).or_default();
-        *e = (e.0 + w / s.parties as f64, e.1 + 1);
         all += w;
         n_all += 1;
     }
     if n_all == 0 {
         return None;
+    }
+    // Per cell: (ln parties, ln mean wall) of each party count that ran.
+    let mut points: BTreeMap<Cell, Vec<(f64, f64)>> = BTreeMap::new();
+    for ((c, parties), (w, n)) in &same {
+        let mean = (w / f64::from(*n)).max(1e-3);
+        points
+            .entry(*c)
+            .or_default()
+            .push(((*parties as f64).ln(), mean.ln()));
     }
     let mut total = 0.0;
     for s in left {
@@ -447,13 +455,30 @@ fn estimate_left(finished: &[Row], left: &[RunSpec]) -> Option<Duration> {
         );
         total += if let Some((w, n)) = same.get(&(c, s.parties)) {
             w / f64::from(*n)
-        } else if let Some((w, n)) = cell.get(&c) {
-            w / f64::from(*n) * s.parties as f64
+        } else if let Some(p) = points.get(&c) {
+            power_law(p, s.parties as f64)
         } else {
             all / f64::from(n_all)
         };
     }
     Some(Duration::from_secs_f64(total))
+}
+
+/// Wall time at `parties` from `(ln parties, ln wall)` points: a least-squares line through
+/// them (exponent kept within 1–3), or proportional to the party count from a single point.
+fn power_law(points: &[(f64, f64)], parties: f64) -> f64 {
+    let n = points.len() as f64;
+    let (mx, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x / n, b + y / n));
+    let sxx: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    let sxy: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let slope = if sxx > 1e-9 {
+        (sxy / sxx).clamp(1.0, 3.0)
+    } else {
+        1.0
+    };
+    (my + slope * (parties.ln() - mx)).exp()
 }
 
 /// Set by SIGINT/SIGTERM; every wait polls it.
@@ -884,5 +909,19 @@ mod tests {
         let left = estimate_left(&finished, &[same, bigger]).unwrap();
         assert!((left.as_secs_f64() - 30.0).abs() < 1e-6, "{left:?}");
         assert!(estimate_left(&[], &[]).is_none());
+    }
+
+    /// With two party counts done, a count not yet run follows their power law: 1 s at 2
+    /// parties and 4 s at 4 make 16 s at 8 (linear scaling from the mean would say 8–10 s).
+    #[test]
+    fn time_left_follows_the_party_counts_that_ran() {
+        let mut two = row(Mode::Plain, 0, None, 1.0);
+        two.spec.parties = 2;
+        let mut four = row(Mode::Plain, 0, None, 4.0);
+        four.spec.parties = 4;
+        let mut eight = two.spec.clone();
+        eight.parties = 8;
+        let left = estimate_left(&[two, four], &[eight]).unwrap();
+        assert!((left.as_secs_f64() - 16.0).abs() < 1e-6, "{left:?}");
     }
 }
