@@ -73,6 +73,34 @@ pub enum ClientError {
     RawUnsupported,
 }
 
+impl ClientError {
+    /// Whether the same request may succeed later: the endpoint was unreachable or slow,
+    /// answered 429 or 5xx, or refused with a Report Problem code that says "not now"
+    /// (the receiver's queue or storage is full, the sender is over its rate or
+    /// per-source quota, the body was late: spec/mediator.md §4). Everything else (the
+    /// recipient is unknown, the message too big or malformed, not authorized) is not.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Http(e) => !e.is_builder(),
+            Self::Timeout => true,
+            Self::Unexpected(s) => s
+                .strip_prefix("HTTP ")
+                .is_some_and(|st| st.starts_with('5') || st.starts_with("429")),
+            Self::Problem { code, .. } => {
+                // `<sorter>.<scope>.<descriptors>` (Report Problem 2.0).
+                let descriptor = code.splitn(3, '.').nth(2).unwrap_or_default();
+                descriptor.starts_with("me.res")
+                    || matches!(
+                        descriptor,
+                        "req.source-quota" | "req.rate-limited" | "req.timeout" | "req.time"
+                    )
+            }
+            _ => false,
+        }
+    }
+}
+
 impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
     fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
         Self::WebSocket(Box::new(e))
@@ -1107,6 +1135,41 @@ mod tests {
     use mpc_did_didcomm::message::reply;
     use mpc_did_didcomm::protocols::pickup::{self, encode_raw_push};
     use tokio::net::TcpListener;
+
+    /// The refusals worth a retry are the "not now" codes of spec/mediator.md §4 and
+    /// HTTP 429/5xx; the permanent ones are not.
+    #[test]
+    fn transient_refusals() {
+        let p = |code: &str| ClientError::Problem {
+            code: code.to_owned(),
+            comment: String::new(),
+        };
+        for code in [
+            "e.p.req.source-quota",
+            "e.p.me.res.storage.queue-full",
+            "e.p.me.res.storage",
+            "e.p.req.rate-limited",
+            "e.p.req.timeout",
+        ] {
+            assert!(p(code).is_transient(), "{code}");
+        }
+        for code in [
+            "e.p.xfer.unknown-recipient",
+            "e.p.msg.too-big",
+            "e.p.msg.malformed",
+            "e.p.req.not-authorized",
+            "e.p.msg.replay",
+            "garbage",
+            "",
+        ] {
+            assert!(!p(code).is_transient(), "{code}");
+        }
+        assert!(ClientError::Unexpected("HTTP 503 Service Unavailable".into()).is_transient());
+        assert!(ClientError::Unexpected("HTTP 429 Too Many Requests".into()).is_transient());
+        assert!(!ClientError::Unexpected("HTTP 404 Not Found".into()).is_transient());
+        assert!(ClientError::Timeout.is_transient());
+        assert!(!ClientError::Denied.is_transient());
+    }
 
     /// A mediator stand-in on loopback that acknowledges raw mode (authcrypt status, as
     /// the real one does) and then sends `frames` as binary frames.

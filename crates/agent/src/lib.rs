@@ -34,6 +34,10 @@
 //! - **dropped and acknowledged** with a log line otherwise: unknown types, anoncrypt or
 //!   plaintext messages nobody subscribed to, senders outside a rule's roster, overflow.
 //!
+//! A subscriber taken with [`Agent::subscribe_lossless`] (a data stream) is never held for
+//! or dropped from: while it is behind, the inbox waits for it and the mediator keeps the
+//! rest. Held messages reach their subscriber in order per sender, as soon as it has room.
+//!
 //! ```text
 //!  mediator ══ WS live delivery ══▶ inbox task ─unpack─▶ dedup ─▶ subscriber(type prefix) ─▶ ack
 //!                                                          ├────▶ held[(prefix, sender)] (bounded; not acked)
@@ -175,6 +179,14 @@ pub enum AgentError {
     Stopped,
 }
 
+impl AgentError {
+    /// Whether sending again later may work ([`ClientError::is_transient`]).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Client(e) if e.is_transient())
+    }
+}
+
 /// A message received and unpacked.
 #[derive(Debug, Clone)]
 pub struct Inbound {
@@ -189,6 +201,8 @@ pub struct Inbound {
 struct Sub {
     prefix: String,
     tx: mpsc::Sender<Inbound>,
+    /// [`Agent::subscribe_lossless`]: when it is behind, the inbox waits for it.
+    lossless: bool,
 }
 
 /// A held message and its queue id (acknowledged once it is handed over).
@@ -213,6 +227,18 @@ enum Route {
     Held,
     /// Nobody wants it: acknowledge and forget.
     Dropped(&'static str),
+    /// Its lossless subscriber is behind: wait until it has room, then route it again.
+    Wait(Box<Inbound>, mpsc::Sender<Inbound>),
+}
+
+/// What the inbox does with one unpacked message.
+enum Dispatched {
+    /// Acknowledge it now (delivered or dropped).
+    Ack,
+    /// Do not acknowledge it yet (held).
+    Keep,
+    /// Wait until this subscriber has room, then dispatch the message again.
+    Wait(Box<Inbound>, mpsc::Sender<Inbound>),
 }
 
 struct Inner {
@@ -425,9 +451,26 @@ impl Agent {
     /// that arrived before this call). One subscriber per prefix: a new subscription
     /// replaces an older one. While the subscriber is behind (256 waiting), further
     /// messages of its prefix are held as for a [`Hold`] rule from any authenticated
-    /// sender, and handed over as it catches up.
+    /// sender (within the same bounds: beyond them they are dropped), and handed over as
+    /// it catches up.
     #[must_use]
     pub fn subscribe(&self, type_prefix: &str) -> mpsc::Receiver<Inbound> {
+        self.add_subscriber(type_prefix, false)
+    }
+
+    /// As [`Self::subscribe`], but nothing of this prefix is ever dropped for being
+    /// early or too many: while the subscriber is behind, the inbox stops taking messages
+    /// from the mediator until it has room (backpressure: the mediator keeps them, and
+    /// refuses senders once its queue or their quota is full — spec/lobby.md §7,
+    /// "Lossless subscribers"). For a consumer that reads all the time, such as the
+    /// per-message MPyC transport (spec/didcomm-transport.md §3); one that stops reading
+    /// stops every delivery to this agent.
+    #[must_use]
+    pub fn subscribe_lossless(&self, type_prefix: &str) -> mpsc::Receiver<Inbound> {
+        self.add_subscriber(type_prefix, true)
+    }
+
+    fn add_subscriber(&self, type_prefix: &str, lossless: bool) -> mpsc::Receiver<Inbound> {
         let (tx, rx) = mpsc::channel(256);
         let mut claimed = Vec::new();
         if let Ok(mut d) = self.inner.dispatch.lock() {
@@ -436,6 +479,7 @@ impl Agent {
             d.subs.push(Sub {
                 prefix: type_prefix.to_owned(),
                 tx,
+                lossless,
             });
             d.flush(&mut claimed);
         }
@@ -496,23 +540,51 @@ impl Dispatch {
             ..
         } = self;
         for bucket in held.values_mut() {
-            let mut keep = VecDeque::new();
+            // In order: the first that cannot go keeps those behind it (the subscriber
+            // reads meanwhile, so a later one could otherwise overtake it).
             while let Some((m, qid)) = bucket.pop_front() {
                 let Some(sub) = subs.iter().find(|s| m.message.type_.starts_with(&s.prefix)) else {
-                    keep.push_back((m, qid));
-                    continue;
+                    bucket.push_front((m, qid));
+                    break;
                 };
                 match sub.tx.try_send(m) {
                     Ok(()) => {
                         claimed.push(qid);
                         *held_total -= 1;
                     }
-                    Err(e) => keep.push_back((e.into_inner(), qid)),
+                    Err(e) => {
+                        bucket.push_front((e.into_inner(), qid));
+                        break;
+                    }
                 }
             }
-            *bucket = keep;
         }
         held.retain(|_, b| !b.is_empty());
+    }
+
+    /// Whether messages from `sender` are held that `sub` would take.
+    fn holds_for(&self, sub: &Sub, sender: Option<&str>) -> bool {
+        let Some(sender) = sender else { return false };
+        self.held_total > 0
+            && self.held.iter().any(|((_, from), bucket)| {
+                from == sender
+                    && bucket
+                        .iter()
+                        .any(|(m, _)| m.message.type_.starts_with(&sub.prefix))
+            })
+    }
+
+    /// A subscriber that is full while messages are held for it: once it has room, a
+    /// [`Self::flush`] hands them over (no new message may come to trigger one: the
+    /// sender may be waiting for our answer to what we hold).
+    fn blocked_subscriber(&self) -> Option<mpsc::Sender<Inbound>> {
+        self.held.values().find_map(|b| {
+            let (m, _) = b.front()?;
+            self.subs
+                .iter()
+                .find(|s| m.message.type_.starts_with(&s.prefix) && !s.tx.is_closed())
+                .map(|s| s.tx.clone())
+        })
     }
 
     /// Route one unpacked message.
@@ -537,10 +609,22 @@ impl Dispatch {
             .find(|r| r.admits(&inbound))
             .map(|r| r.prefix.clone());
         let (inbound, prefix) = match sub {
+            // Messages of this sender still held for the subscriber go first: the
+            // subscriber may have made room since the flush above.
+            Some(s) if self.holds_for(s, inbound.sender.as_deref()) => {
+                if s.lossless {
+                    return Route::Wait(Box::new(inbound), s.tx.clone());
+                }
+                let behind_prefix = s.prefix.clone();
+                (inbound, Some(held_prefix.unwrap_or(behind_prefix)))
+            }
             Some(s) => {
                 let behind_prefix = s.prefix.clone();
                 match s.tx.try_send(inbound) {
                     Ok(()) => return Route::Delivered,
+                    Err(mpsc::error::TrySendError::Full(m)) if s.lossless => {
+                        return Route::Wait(Box::new(m), s.tx.clone());
+                    }
                     // The subscriber is behind: hold under its prefix, if authenticated.
                     Err(e) => (e.into_inner(), Some(held_prefix.unwrap_or(behind_prefix))),
                 }
@@ -587,10 +671,10 @@ impl Dispatch {
 }
 
 impl Inner {
-    /// Route one unpacked message; returns whether it may be acknowledged now.
-    fn dispatch(&self, inbound: Inbound, qid: &str) -> bool {
+    /// Route one unpacked message: acknowledge it now, keep it, or wait for its subscriber.
+    fn dispatch(&self, inbound: Inbound, qid: &str) -> Dispatched {
         let Ok(mut d) = self.dispatch.lock() else {
-            return false;
+            return Dispatched::Keep;
         };
         let id = inbound.message.id.clone();
         let type_ = inbound.message.type_.clone();
@@ -605,13 +689,38 @@ impl Inner {
             let _ = self.acks.send(q);
         }
         match route {
-            Route::Delivered => true,
-            Route::Held => false,
+            Route::Delivered => Dispatched::Ack,
+            Route::Held => Dispatched::Keep,
+            Route::Wait(m, tx) => Dispatched::Wait(m, tx),
             Route::Dropped(why) => {
                 tracing::debug!(r#type = %type_, sender = ?sender, "dropped a message: {why}");
-                true
+                Dispatched::Ack
             }
         }
+    }
+
+    /// Hand held messages to subscribers that have room now and acknowledge them.
+    fn flush(&self) {
+        let mut claimed = Vec::new();
+        if let Ok(mut d) = self.dispatch.lock() {
+            d.flush(&mut claimed);
+        }
+        for q in claimed {
+            let _ = self.acks.send(q);
+        }
+    }
+
+    fn blocked_subscriber(&self) -> Option<mpsc::Sender<Inbound>> {
+        self.dispatch.lock().ok()?.blocked_subscriber()
+    }
+}
+
+/// Until `tx` (a subscriber that is behind) has room for one message, or is closed.
+async fn room(tx: Option<mpsc::Sender<Inbound>>) {
+    match tx {
+        // The permit is dropped at once: the room is taken by whoever routes next.
+        Some(tx) => drop(tx.reserve().await),
+        None => std::future::pending().await,
     }
 }
 
@@ -625,9 +734,16 @@ async fn inbox(
     let mut failures = 0u32;
     // Since when the live connection is down (reported once when it drops, once when back).
     let mut down_since: Option<tokio::time::Instant> = None;
-    loop {
+    'inbox: loop {
+        let blocked = inner.upgrade().and_then(|a| a.blocked_subscriber());
         let batch = tokio::select! {
             () = stop.cancelled() => break,
+            () = room(blocked) => {
+                if let Some(agent) = inner.upgrade() {
+                    agent.flush();
+                }
+                continue;
+            }
             Some(qid) = ack_rx.recv() => {
                 let mut ids = vec![qid];
                 while let Ok(more) = ack_rx.try_recv() { ids.push(more); }
@@ -656,8 +772,23 @@ async fn inbox(
                                 meta,
                                 sender,
                             };
-                            if agent.dispatch(inbound, &id) {
-                                acks.push(id);
+                            let mut next = inbound;
+                            loop {
+                                match agent.dispatch(next, &id) {
+                                    Dispatched::Ack => acks.push(id),
+                                    Dispatched::Keep => {}
+                                    Dispatched::Wait(m, tx) => {
+                                        // Backpressure (spec/lobby.md §7): take nothing
+                                        // more from the mediator until it has room.
+                                        tokio::select! {
+                                            () = stop.cancelled() => break 'inbox,
+                                            _ = tx.reserve() => {}
+                                        }
+                                        next = *m;
+                                        continue;
+                                    }
+                                }
+                                break;
                             }
                         }
                         Err(e) => {

@@ -260,3 +260,71 @@ async fn junk_does_not_evict_a_late_subscribers_session_messages() {
     assert_eq!(bob.held(), 0);
     m.shutdown().await;
 }
+
+/// `n` messages `seq-0`, `seq-1`, … of type `type_` from `from` to `to`, one after the
+/// other (each accepted by `to`'s mediator before the next).
+async fn send_numbered(from: &Agent, to: &Agent, n: usize, type_: &str) {
+    from.learn_service(to.did(), to.own_service())
+        .await
+        .unwrap();
+    for i in 0..n {
+        let msg = Message::new(format!("seq-{i}"), type_, serde_json::json!({ "i": i }));
+        from.send(to.did(), msg).await.unwrap();
+    }
+}
+
+/// Read `n` messages from `inbox` and check they are `seq-0` … `seq-{n-1}` in order.
+async fn expect_numbered(
+    inbox: &mut tokio::sync::mpsc::Receiver<mpc_did_agent::Inbound>,
+    n: usize,
+) {
+    for i in 0..n {
+        let got = tokio::time::timeout(Duration::from_secs(15), inbox.recv())
+            .await
+            .unwrap_or_else(|_| panic!("message {i} of {n} never came"))
+            .unwrap();
+        assert_eq!(got.message.id, format!("seq-{i}"));
+    }
+}
+
+/// spec/lobby.md §7: messages held because their subscriber was behind are handed over
+/// as soon as it has room — also when no further message comes to trigger it (the
+/// sender may be waiting for our answer to what we hold). Before the fix the last 40
+/// stayed held until some other message arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_reach_a_subscriber_that_catches_up_with_no_new_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let (alice, bob) = (party(&m).await, party(&m).await);
+    let mut inbox = bob.subscribe(LOBBY);
+    // 256 fill the subscriber's channel, 40 are held (within the 64 per sender).
+    send_numbered(&alice, &bob, 296, &format!("{LOBBY}data")).await;
+    assert!(
+        wait_until(|| bob.held() == 40, Duration::from_secs(15)).await,
+        "{} held, not 40",
+        bob.held()
+    );
+    expect_numbered(&mut inbox, 296).await;
+    assert!(wait_until(|| bob.held() == 0, Duration::from_secs(5)).await);
+    m.shutdown().await;
+}
+
+/// spec/lobby.md §7, "Lossless subscribers": a lossless subscriber that is behind by far
+/// more than the hold bounds (256 waiting + 64 held per sender) loses nothing and keeps
+/// the order: the inbox waits for it, and the mediator keeps the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lossless_subscriber_far_behind_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let (alice, bob) = (party(&m).await, party(&m).await);
+    let prefix = "https://mpc-did.example/test-data/1.0/";
+    let mut inbox = bob.subscribe_lossless(prefix);
+    send_numbered(&alice, &bob, 450, &format!("{prefix}data")).await;
+    assert_eq!(
+        bob.held(),
+        0,
+        "a lossless subscriber's messages are never held"
+    );
+    expect_numbered(&mut inbox, 450).await;
+    m.shutdown().await;
+}

@@ -30,9 +30,10 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
-use mpc_did_agent::{Agent, Inbound};
+use mpc_did_agent::{Agent, AgentError, Inbound};
 use mpc_did_didcomm::{
     pack_encrypted, unpack, ContentAlg, Message, PackOptions, SecretStore, UnpackOptions,
 };
@@ -59,6 +60,32 @@ pub const DATA_TYPE: &str = "https://mpc-did.example/mpyc-bytes/1.0/data";
 /// Messages a mediated receiver buffers out of order per peer before it gives up on the
 /// link (the mediator normally delivers in order; this bounds memory when it does not).
 const MAX_REORDER: usize = 4096;
+
+/// How a mediated sender treats refusals (spec/didcomm-transport.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MediatedOptions {
+    /// How long a message may keep being refused for a reason that passes ("not now":
+    /// the receiver's queue or our quota at its mediator is full, the mediator is
+    /// unreachable) before the link to that peer fails. Each accepted message starts the
+    /// clock again.
+    pub give_up: Duration,
+}
+
+impl Default for MediatedOptions {
+    fn default() -> Self {
+        Self {
+            give_up: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The pause before the `attempt`-th (0-based) re-send of a refused message: 50 ms,
+/// doubling, at most 2 s.
+fn resend_delay(attempt: u32) -> Duration {
+    Duration::from_millis(50)
+        .saturating_mul(1 << attempt.min(6))
+        .min(Duration::from_secs(2))
+}
 
 /// A party's per-message DIDComm links to its peers, as the proxy's [`Transport`].
 pub struct DidcommTransport {
@@ -183,13 +210,26 @@ impl DidcommTransport {
     /// send. `peers` names each peer's party id, DID and the run id of the pair (e.g. the
     /// pair of attempts, spec/lobby.md §8); the peer must use the same run id. Messages from
     /// DIDs that are not `peers`, unauthenticated ones and those of another run are ignored
-    /// with a log line.
+    /// with a log line. Take `inbound` with [`Agent::subscribe_lossless`]: with a plain
+    /// subscription the agent drops data once this transport is far enough behind.
     #[must_use]
     pub fn mediated(
         me: PartyId,
         agent: Agent,
         peers: Vec<(PartyId, String, String)>,
         inbound: mpsc::Receiver<Inbound>,
+    ) -> Self {
+        Self::mediated_with(me, agent, peers, inbound, MediatedOptions::default())
+    }
+
+    /// As [`Self::mediated`], with `options`.
+    #[must_use]
+    pub fn mediated_with(
+        me: PartyId,
+        agent: Agent,
+        peers: Vec<(PartyId, String, String)>,
+        inbound: mpsc::Receiver<Inbound>,
+        options: MediatedOptions,
     ) -> Self {
         let ids: Vec<PartyId> = peers.iter().map(|(p, _, _)| *p).collect();
         let e = ends(me, &ids);
@@ -201,9 +241,13 @@ impl DidcommTransport {
             let (tx, rx) = mpsc::channel(256);
             writers.insert(did.clone(), (*pid, run.clone(), tx));
             tasks.push(tokio::spawn(mediated_out(
-                agent.clone(),
-                run.clone(),
-                did.clone(),
+                Outgoing {
+                    agent: agent.clone(),
+                    run: run.clone(),
+                    peer: (*pid, did.clone()),
+                    failures: fail_tx.clone(),
+                    options,
+                },
                 far_r,
             )));
             tasks.push(tokio::spawn(mediated_writer(rx, far_w)));
@@ -319,21 +363,84 @@ async fn direct_in(
     let _ = far_w.shutdown().await;
 }
 
+/// One direction of a mediated link: to whom, in which run, and where its failure goes.
+struct Outgoing {
+    agent: Agent,
+    run: String,
+    peer: (PartyId, String),
+    failures: mpsc::Sender<PeerFailure>,
+    options: MediatedOptions,
+}
+
+impl Outgoing {
+    /// Send `msg`, again while it is refused for a reason that passes (spec/
+    /// didcomm-transport.md §2), for at most `options.give_up`.
+    async fn send(&self, msg: Message) -> Result<(), AgentError> {
+        let peer = &self.peer.1;
+        let start = tokio::time::Instant::now();
+        let mut attempt = 0u32;
+        let mut told = Duration::ZERO;
+        loop {
+            let e = match self.agent.send(peer, msg.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let waited = start.elapsed();
+            if !e.is_transient() || waited >= self.options.give_up {
+                return Err(e);
+            }
+            if waited >= told + Duration::from_secs(10) {
+                told = waited;
+                tracing::warn!(
+                    "didcomm transport: messages to {peer} refused for {} s ({e}); retrying for up to {} s",
+                    waited.as_secs(),
+                    self.options.give_up.as_secs()
+                );
+            } else {
+                tracing::debug!("didcomm transport: a message to {peer} refused ({e}); retrying");
+            }
+            tokio::time::sleep(resend_delay(attempt)).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// The link is lost: our run ends with a failure naming the peer, and the peer is told
+    /// (best effort: its mediator may refuse this too).
+    async fn fail(&self, e: &AgentError) {
+        let (pid, peer) = &self.peer;
+        let reason = format!(
+            "messages to it could not be sent through its mediator ({e}); a party that no longer receives cannot go on"
+        );
+        tracing::warn!("didcomm transport: sending to {peer} failed: {e}");
+        let _ = self.failures.try_send(PeerFailure { peer: *pid, reason });
+        let body = serde_json::json!({
+            "run": self.run,
+            "fail": format!("its messages to us could not be sent ({e})"),
+        });
+        let msg = Message::new(mpc_did_didcomm::message::new_id(), DATA_TYPE, body);
+        if let Err(e) = self.agent.send(peer, msg).await {
+            tracing::info!("didcomm transport: telling {peer} of the failure: {e}");
+        }
+    }
+}
+
 /// MPyC's bytes → one message per chunk through the mediators; `eof` when MPyC closes.
-async fn mediated_out(agent: Agent, run: String, peer: String, mut far_r: ReadHalf<DuplexStream>) {
+/// The next chunk is read once the mediator took the last, so a receiver that is behind
+/// slows MPyC down instead of losing data.
+async fn mediated_out(out: Outgoing, mut far_r: ReadHalf<DuplexStream>) {
     let mut buf = vec![0u8; MEDIATED_CHUNK];
     let mut seq = 0u64;
     loop {
         // A read error ends the link like an EOF.
         let n = far_r.read(&mut buf).await.unwrap_or_default();
         let body = if n == 0 {
-            serde_json::json!({ "run": run, "seq": seq, "eof": true })
+            serde_json::json!({ "run": out.run, "seq": seq, "eof": true })
         } else {
-            serde_json::json!({ "run": run, "seq": seq, "d": encode(&buf[..n]) })
+            serde_json::json!({ "run": out.run, "seq": seq, "d": encode(&buf[..n]) })
         };
         let msg = Message::new(mpc_did_didcomm::message::new_id(), DATA_TYPE, body);
-        if let Err(e) = agent.send(&peer, msg).await {
-            tracing::warn!("didcomm transport: sending to {peer} failed: {e}");
+        if let Err(e) = out.send(msg).await {
+            out.fail(&e).await;
             break;
         }
         if n == 0 {

@@ -21,7 +21,8 @@ use ed25519_dalek::SigningKey;
 use mpc_did_agent::client::{MediatorClient, MediatorInfo};
 use mpc_did_agent::Agent;
 use mpc_did_didcomm::SecretStore;
-use mpc_did_mediator::{Config, Mediator, MediatorHandle};
+pub use mpc_did_mediator::MediatorHandle;
+use mpc_did_mediator::{Config, Mediator};
 use mpc_did_resolver::UniversalResolver;
 
 /// A `redis-server` child with AOF persistence and `appendfsync always` (the durability
@@ -186,6 +187,24 @@ pub fn loopback_config(data: &Path) -> Config {
 #[allow(clippy::expect_used)]
 pub async fn loopback_mediator(data: &Path) -> MediatorHandle {
     Mediator::builder(loopback_config(data))
+        .start()
+        .await
+        .expect("loopback mediator starts")
+}
+
+/// As [`loopback_mediator`], with `configure` applied to the configuration first (a test's
+/// own limits).
+///
+/// # Panics
+/// The mediator does not start (a test set-up failure).
+#[allow(clippy::expect_used)]
+pub async fn loopback_mediator_with(
+    data: &Path,
+    configure: impl FnOnce(&mut Config),
+) -> MediatorHandle {
+    let mut config = loopback_config(data);
+    configure(&mut config);
+    Mediator::builder(config)
         .start()
         .await
         .expect("loopback mediator starts")

@@ -41,7 +41,7 @@ pub(super) fn subscribe(
     ctx: &RunCtx,
     spec: &RunSpec,
 ) -> Option<tokio::sync::mpsc::Receiver<Inbound>> {
-    (spec.transport == RunTransport::Didcomm).then(|| ctx.agent.subscribe(DATA_PREFIX))
+    (spec.transport == RunTransport::Didcomm).then(|| ctx.agent.subscribe_lossless(DATA_PREFIX))
 }
 
 /// The rest of an attempt over per-message DIDComm: wait until every peer is up in this

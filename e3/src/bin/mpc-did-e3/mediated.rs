@@ -291,7 +291,7 @@ async fn party(
     client.register().await.map_err(|x| e("registration")(&x))?;
     let agent = Agent::start(client).await.map_err(|x| e("agent")(&x))?;
     // Subscribed before anyone knows us: no data message can arrive unsubscribed.
-    let data = (mode == Mode::DidcommMediated).then(|| agent.subscribe(DATA_PREFIX));
+    let data = (mode == Mode::DidcommMediated).then(|| agent.subscribe_lossless(DATA_PREFIX));
     let connector = if mode == Mode::DidcommMediated {
         None
     } else {

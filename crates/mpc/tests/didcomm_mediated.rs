@@ -1,0 +1,105 @@
+//! The mediated per-message transport against a real (in-process) mediator whose
+//! per-source quota is tiny, so that its refusals happen on purpose
+//! (spec/didcomm-transport.md §2, "Refusals").
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use mpc_did_agent::{Agent, AgentConfig, Hold};
+use mpc_did_mpc::didcomm_transport::{DidcommTransport, MediatedOptions, DATA_PREFIX};
+use mpc_did_proxy::Transport as _;
+use mpc_did_testkit::mediator::MediatorHandle;
+use mpc_did_testkit::mediator::{
+    loopback_mediator_with, registered_agent, registered_client, Identity,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A mediator that refuses a sender address with `source-quota` once 2 of its messages
+/// wait unacknowledged for one recipient.
+async fn strict_mediator(dir: &std::path::Path) -> MediatorHandle {
+    loopback_mediator_with(dir, |c| c.limits.max_queued_per_source = 2).await
+}
+
+/// Sender `a` (started) and receiver `b`, whose agent holds — does not acknowledge —
+/// `a`'s data messages until its transport subscribes; each knows the other's endpoint.
+async fn pair(m: &MediatorHandle) -> (Agent, Agent) {
+    let (a, _) = registered_agent(&m.public_url).await;
+    let c = registered_client(&m.public_url, Identity::generate()).await;
+    let config = AgentConfig {
+        hold: vec![Hold::from_senders(DATA_PREFIX, [a.did()])],
+    };
+    let b = Agent::start_with(c, config).await.unwrap();
+    a.learn_service(b.did(), b.own_service()).await.unwrap();
+    b.learn_service(a.did(), a.own_service()).await.unwrap();
+    (a, b)
+}
+
+/// Six pieces, each its own message (the sender reads the next once the last was sent).
+async fn write_pieces(mut x: tokio::io::DuplexStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    for i in 0..6u8 {
+        let piece = vec![i; 1000];
+        x.write_all(&piece).await.unwrap();
+        all.extend(piece);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    x.shutdown().await.unwrap();
+    all
+}
+
+/// §2: a message the receiver's mediator refuses for a reason that passes
+/// (`source-quota`: the receiver has not acknowledged the last two) is sent again until
+/// it is taken; the receiver gets every byte and the end of the stream. Before the fix
+/// the sender stopped at the first refusal and the receiver waited for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_messages_are_sent_again_once_the_receiver_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = strict_mediator(dir.path()).await;
+    let (a, b) = pair(&m).await;
+    let (a_did, b_did) = (a.did().to_owned(), b.did().to_owned());
+    let data_a = a.subscribe_lossless(DATA_PREFIX);
+    let ta = DidcommTransport::mediated(0, a, vec![(1, b_did, "run-1".into())], data_a);
+    let writer = tokio::spawn(write_pieces(ta.open(1).await.unwrap()));
+    // The receiver comes late: by now its mediator has refused the sender at least once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(b.held() >= 2, "b holds {} messages", b.held());
+    let data_b = b.subscribe_lossless(DATA_PREFIX);
+    let tb = DidcommTransport::mediated(1, b, vec![(0, a_did, "run-1".into())], data_b);
+    let (peer, mut y) = tb.accept().await.unwrap();
+    assert_eq!(peer, 0);
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), y.read_to_end(&mut got))
+        .await
+        .expect("the stream did not end: a refused message was lost")
+        .unwrap();
+    assert_eq!(got, writer.await.unwrap());
+    m.shutdown().await;
+}
+
+/// §2: refused for longer than `give_up`, the link fails as a failure of that peer,
+/// with the mediator's reason — not a silent wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_catches_up_is_a_peer_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = strict_mediator(dir.path()).await;
+    let (a, b) = pair(&m).await;
+    let data_a = a.subscribe_lossless(DATA_PREFIX);
+    let options = MediatedOptions {
+        give_up: Duration::from_secs(1),
+    };
+    let ta = DidcommTransport::mediated_with(
+        0,
+        a,
+        vec![(1, b.did().to_owned(), "run-1".into())],
+        data_a,
+        options,
+    );
+    let _writer = tokio::spawn(write_pieces(ta.open(1).await.unwrap()));
+    let f = tokio::time::timeout(Duration::from_secs(20), ta.peer_failure())
+        .await
+        .expect("no failure reported: the sender waits silently");
+    assert_eq!(f.peer, 1);
+    assert!(f.reason.contains("source-quota"), "{}", f.reason);
+    drop(b);
+    m.shutdown().await;
+}
