@@ -99,6 +99,16 @@ struct MatrixArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The parties of the mediator modes run in this process: their warnings (a peer's
+    // mediator refusing messages, a lost live connection) go to stderr; `MPC_DID_LOG`
+    // (`info`, `mpc_did_mpc=debug`, …) asks for more.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MPC_DID_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
     match cli.command {
         Command::Matrix(a) => {
             if !a.quick && !a.full {
