@@ -89,5 +89,10 @@ async fn losing_the_first_initial_does_not_shrink_the_window() {
         "congestion window {} after 64 KiB: the lost Initial was read as congestion",
         s.path.cwnd
     );
+    assert_eq!(
+        mpc_did_rendezvous::net::quic::losses_ignored(&conn),
+        s.path.congestion_events,
+        "the one congestion event quinn counted is the ignored loss"
+    );
     drop(server_conn);
 }

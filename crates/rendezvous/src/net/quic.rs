@@ -143,6 +143,7 @@ impl quinn::congestion::ControllerFactory for PunchedPathCubic {
         Box::new(PunchedPathController {
             cubic,
             first_ack: None,
+            losses_ignored: 0,
         })
     }
 }
@@ -153,6 +154,8 @@ struct PunchedPathController {
     cubic: Box<dyn quinn::congestion::Controller>,
     /// When the path first delivered a packet (the first acknowledgement arrived).
     first_ack: Option<std::time::Instant>,
+    /// Congestion events not passed on to CUBIC (quinn's `congestion_events` counts them).
+    losses_ignored: u64,
 }
 
 impl quinn::congestion::Controller for PunchedPathController {
@@ -193,6 +196,7 @@ impl quinn::congestion::Controller for PunchedPathController {
         // Sent while the path was unproven: lost to NAT traversal, not to a full queue.
         if self.first_ack.is_none_or(|first| sent < first) {
             tracing::debug!(lost_bytes, "loss before the path opened: not congestion");
+            self.losses_ignored += 1;
             return;
         }
         self.cubic
@@ -215,6 +219,7 @@ impl quinn::congestion::Controller for PunchedPathController {
         Box::new(PunchedPathController {
             cubic: self.cubic.clone_box(),
             first_ack: self.first_ack,
+            losses_ignored: self.losses_ignored,
         })
     }
 
@@ -396,6 +401,21 @@ impl QuicPath {
     pub fn rtt(&self) -> Duration {
         self.conn.rtt()
     }
+
+    /// Of quinn's `congestion_events` ([`Self::stats`]), how many [`PunchedPathCubic`] did
+    /// not apply ([`losses_ignored`]).
+    pub fn losses_ignored(&self) -> u64 {
+        losses_ignored(&self.conn)
+    }
+}
+
+/// Of `conn`'s `congestion_events` (quinn counts every one), how many [`PunchedPathCubic`]
+/// did not apply: losses of what was sent before the path opened. 0 under another controller.
+pub fn losses_ignored(conn: &quinn::Connection) -> u64 {
+    conn.congestion_state()
+        .into_any()
+        .downcast::<PunchedPathController>()
+        .map_or(0, |c| c.losses_ignored)
 }
 
 /// One debug line per path when it goes: what QUIC's loss recovery and congestion control did
@@ -413,6 +433,7 @@ impl Drop for QuicPath {
             lost_packets = s.path.lost_packets,
             lost_bytes = s.path.lost_bytes,
             congestion_events = s.path.congestion_events,
+            of_which_ignored = self.losses_ignored(),
             sent_bytes = s.udp_tx.bytes,
             received_bytes = s.udp_rx.bytes,
             "QUIC path closed"
