@@ -91,15 +91,19 @@ enum Command {
 fn main() -> ExitCode {
     exit_quietly_on_broken_stdout();
     let cli = Cli::parse();
-    // Library log lines (e.g. a stale or forged control message ignored) on stderr when
-    // `MPC_DID_LOG` asks for them (`info`, `mpc_did_mpc=info`, …); none by default.
-    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("MPC_DID_LOG") {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_ansi(false)
-            .init();
-    }
+    // Library log lines on stderr: warnings by default (a peer's mediator refusing our
+    // messages for 10 s, a lost connection to our mediator: never a silent wait); more when
+    // `MPC_DID_LOG` asks (`info`: e.g. a stale or forged control message ignored;
+    // `mpc_did_mpc=debug`, …; `off` for none).
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MPC_DID_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -143,6 +143,7 @@ fn three_runs_with(program: &str, args: &[&str], extra: &[&str]) -> Option<Vec<S
         "{}",
         errs[0]
     );
+    no_warnings(&errs);
     // `session list` shows the secure sessions `run` opened (issue 13: progress), one per
     // peer, closed after the successful run.
     let list: serde_json::Value =
@@ -156,6 +157,17 @@ fn three_runs_with(program: &str, args: &[&str], extra: &[&str]) -> Option<Vec<S
     assert_eq!(runs.len(), 2, "{list}");
     assert!(runs.iter().all(|e| e["state"] == "closed"), "{list}");
     Some(errs)
+}
+
+/// A run that works prints no warning (they are on by default: a warning must mean
+/// something a user should look at).
+fn no_warnings(errs: &[String]) {
+    for e in errs {
+        assert!(
+            !e.lines().any(|l| l.trim_start().starts_with("WARN ")),
+            "a clean run printed a warning:\n{e}"
+        );
+    }
 }
 
 /// Many rounds of tiny messages: a valid derangement all three parties agree on.
@@ -205,6 +217,7 @@ fn secret_santa_over_per_message_didcomm() {
         assert!(out.lines().any(|l| l == "valid: True"), "{out}");
         assert!(err.contains("over per-message DIDComm"), "{err}");
         assert!(!err.contains("secure session with party"), "{err}");
+        no_warnings(&[err.into_owned()]);
         digests.push(digest(&out).to_owned());
     }
     assert!(digests.iter().all(|d| *d == digests[0]), "parties disagree");
