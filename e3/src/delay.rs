@@ -107,14 +107,15 @@ impl DelayLine {
         self.shutdown().unwrap_or(Ok(Stats::default()))
     }
 
+    /// Once: `finish` runs it and then drop would again (the rules are gone by then).
     fn shutdown(&mut self) -> Option<Result<Stats, E3Error>> {
+        let thread = self.thread.take()?;
         for rule in rules() {
             if let Err(e) = iptables(&self.ns, "-D", &rule) {
                 tracing::warn!("delay line in {}: removing rule: {e}", self.ns.name());
             }
         }
         self.stop.store(true, Ordering::Relaxed);
-        let thread = self.thread.take()?;
         Some(match thread.join() {
             Ok(Ok(run)) => run,
             Ok(Err(e)) => Err(e),
