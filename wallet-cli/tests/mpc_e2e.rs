@@ -437,12 +437,22 @@ fn coordinator_refuses_a_join_with_another_program() {
 /// program has started (its progress line on stderr) and is in the middle of the
 /// computation (the first group's result on stdout). Join both watches at the end.
 fn long_secret_santa_under_way(python: &Path) -> (Lobby, Vec<Child>, [Watch; 2]) {
+    long_secret_santa_under_way_with(python, &[])
+}
+
+/// As [`long_secret_santa_under_way`], with `extra` options for every `run`.
+fn long_secret_santa_under_way_with(
+    python: &Path,
+    extra: &[&str],
+) -> (Lobby, Vec<Child>, [Watch; 2]) {
     let prog = example("secretsanta.py");
     let people: Vec<String> = (3..40).map(|n| n.to_string()).collect();
     let mut args = vec!["--people"];
     args.extend(people.iter().map(String::as_str));
     let l = lobby(&prog, &args);
-    let mut runs: Vec<Child> = (0..3).map(|i| spawn_run(&l, i, python, &prog)).collect();
+    let mut runs: Vec<Child> = (0..3)
+        .map(|i| spawn_run_with(&l, i, python, &prog, extra))
+        .collect();
     let err = Watch::new(runs[2].stderr.take().unwrap());
     err.wait_for("starting secretsanta.py", Duration::from_secs(90));
     let out = Watch::new(runs[2].stdout.take().unwrap());
@@ -523,8 +533,21 @@ impl Watch {
 /// naming that party instead of hanging.
 #[test]
 fn killing_one_party_makes_the_others_fail() {
+    kill_one_party(&[]);
+}
+
+/// The same over per-message DIDComm (spec/didcomm-transport.md §3 "Silence"): the killed
+/// party sends no `eof`, `fail` or keep-alive any more, and the others fail once it has
+/// been silent for `--resume-timeout` (10 s here, at least 3 keep-alives: 15 s) instead of
+/// waiting for its data for ever.
+#[test]
+fn killing_one_party_over_per_message_didcomm_makes_the_others_fail() {
+    kill_one_party(&["--transport", "didcomm"]);
+}
+
+fn kill_one_party(extra: &[&str]) {
     let Some(python) = python() else { return };
-    let (l, mut runs, watches) = long_secret_santa_under_way(&python);
+    let (l, mut runs, watches) = long_secret_santa_under_way_with(&python, extra);
     let mut victim = runs.pop().unwrap();
     let orphans = children_of(victim.id());
     assert!(!orphans.is_empty(), "party 2's MPyC is not running");
@@ -561,6 +584,9 @@ fn killing_one_party_makes_the_others_fail() {
             err.contains(&format!("party {victim_id} failed")),
             "names the failed party: {err}"
         );
+        if extra.contains(&"didcomm") {
+            assert!(err.contains("no message from it for"), "says why: {err}");
+        }
     }
 }
 

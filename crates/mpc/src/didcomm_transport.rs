@@ -69,12 +69,21 @@ pub struct MediatedOptions {
     /// unreachable) before the link to that peer fails. Each accepted message starts the
     /// clock again.
     pub give_up: Duration,
+    /// A link with nothing to send for this long sends an `alive` message (§3, "Silence").
+    pub keepalive: Duration,
+    /// A peer from which nothing (data, `alive`, `eof`) came for this long while we were
+    /// waiting for messages has failed: its process or machine stopped without a word.
+    /// At least 3 × `keepalive`. Time in which we were busy (the transport behind, the
+    /// agent holding messages back) does not count.
+    pub silence: Duration,
 }
 
 impl Default for MediatedOptions {
     fn default() -> Self {
         Self {
             give_up: Duration::from_secs(120),
+            keepalive: Duration::from_secs(5),
+            silence: Duration::from_secs(30),
         }
     }
 }
@@ -252,7 +261,10 @@ impl DidcommTransport {
             )));
             tasks.push(tokio::spawn(mediated_writer(rx, far_w)));
         }
-        tasks.push(tokio::spawn(mediated_in(inbound, writers, fail_tx)));
+        let silence = options.silence.max(options.keepalive.saturating_mul(3));
+        tasks.push(tokio::spawn(mediated_in(
+            inbound, writers, fail_tx, silence,
+        )));
         Self {
             opens: Mutex::new(e.opens),
             accepts: Mutex::new(e.accepts),
@@ -431,8 +443,19 @@ async fn mediated_out(out: Outgoing, mut far_r: ReadHalf<DuplexStream>) {
     let mut buf = vec![0u8; MEDIATED_CHUNK];
     let mut seq = 0u64;
     loop {
-        // A read error ends the link like an EOF.
-        let n = far_r.read(&mut buf).await.unwrap_or_default();
+        // A read error ends the link like an EOF; nothing to send for `keepalive`: `alive`
+        // (reading is cancel-safe: no byte is lost when the timer wins).
+        let read = tokio::time::timeout(out.options.keepalive, far_r.read(&mut buf)).await;
+        let Ok(read) = read else {
+            let body = serde_json::json!({ "run": out.run, "alive": true });
+            let msg = Message::new(mpc_did_didcomm::message::new_id(), DATA_TYPE, body);
+            if let Err(e) = out.send(msg).await {
+                out.fail(&e).await;
+                break;
+            }
+            continue;
+        };
+        let n = read.unwrap_or_default();
         let body = if n == 0 {
             serde_json::json!({ "run": out.run, "seq": seq, "eof": true })
         } else {
@@ -471,11 +494,14 @@ async fn mediated_in(
     mut inbound: mpsc::Receiver<Inbound>,
     writers: BTreeMap<String, Writer>,
     failures: mpsc::Sender<PeerFailure>,
+    silence: Duration,
 ) {
     struct Peer {
         next: u64,
         waiting: BTreeMap<u64, Option<Vec<u8>>>,
         done: bool,
+        /// Time spent waiting for messages since this peer's last one.
+        silent: Duration,
     }
     let mut state: BTreeMap<String, Peer> = writers
         .keys()
@@ -486,11 +512,44 @@ async fn mediated_in(
                     next: 0,
                     waiting: BTreeMap::new(),
                     done: false,
+                    silent: Duration::ZERO,
                 },
             )
         })
         .collect();
-    while let Some(m) = inbound.recv().await {
+    // How often silence is checked while nothing arrives.
+    let tick = (silence / 4).max(Duration::from_millis(10));
+    loop {
+        let waiting = tokio::time::Instant::now();
+        let next = tokio::time::timeout(tick, inbound.recv()).await;
+        // Only time spent waiting counts as silence: while we work through a backlog (or
+        // the agent holds messages back for us) a live peer's `alive` may be queued.
+        let waited = waiting.elapsed();
+        for (did, peer) in &mut state {
+            if peer.done {
+                continue;
+            }
+            peer.silent += waited;
+            if peer.silent >= silence {
+                if let Some((pid, _, tx)) = writers.get(did) {
+                    let _ = failures.try_send(PeerFailure {
+                        peer: *pid,
+                        reason: format!(
+                            "no message from it for {} s (its program or machine stopped?)",
+                            silence.as_secs()
+                        ),
+                    });
+                    let _ = tx.send(None).await;
+                }
+                peer.done = true;
+                peer.waiting.clear();
+            }
+        }
+        let m = match next {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(_) => continue,
+        };
         let Some(sender) = m.sender.clone().filter(|_| m.meta.authenticated) else {
             tracing::info!("didcomm transport: an unauthenticated data message ignored");
             continue;
@@ -507,11 +566,17 @@ async fn mediated_in(
             );
             continue;
         }
+        peer.silent = Duration::ZERO;
+        if body.get("alive").and_then(serde_json::Value::as_bool) == Some(true) {
+            continue;
+        }
         if let Some(reason) = body.get("fail").and_then(|r| r.as_str()) {
             let _ = failures.try_send(PeerFailure {
                 peer: *pid,
                 reason: reason.to_owned(),
             });
+            // It stops sending: its silence from now on is no second failure.
+            peer.done = true;
             continue;
         }
         let Some(seq) = body.get("seq").and_then(serde_json::Value::as_u64) else {
@@ -628,7 +693,7 @@ mod tests {
         let (f_tx, mut f_rx) = mpsc::channel(4);
         let mut writers = BTreeMap::new();
         writers.insert("did:peer".to_owned(), (1, "run-a".to_owned(), w_tx));
-        let task = tokio::spawn(mediated_in(in_rx, writers, f_tx));
+        let task = tokio::spawn(mediated_in(in_rx, writers, f_tx, Duration::from_secs(3600)));
         let msgs = [
             data(
                 "did:peer",

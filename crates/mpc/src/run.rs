@@ -67,7 +67,8 @@ pub struct RunSpec {
     pub listen: SocketAddr,
     /// Limit for each secure session to come up.
     pub connect_timeout: Duration,
-    /// How long a session may be without a path before it (and the run) fails.
+    /// How long a session may be without a path before it (and the run) fails; with the
+    /// DIDComm transport, how long a peer may be silent (spec/didcomm-transport.md §3).
     pub resume_timeout: Duration,
     /// Which paths the secure sessions may use.
     pub paths: PathPolicy,

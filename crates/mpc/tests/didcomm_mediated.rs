@@ -86,6 +86,7 @@ async fn a_receiver_that_never_catches_up_is_a_peer_failure() {
     let data_a = a.subscribe_lossless(DATA_PREFIX);
     let options = MediatedOptions {
         give_up: Duration::from_secs(1),
+        ..MediatedOptions::default()
     };
     let ta = DidcommTransport::mediated_with(
         0,
@@ -150,5 +151,58 @@ async fn a_mediator_restart_mid_stream_loses_nothing() {
         .unwrap()
         .unwrap();
     assert_eq!(got, writer.await.unwrap());
+    m.shutdown().await;
+}
+
+/// §3 "Silence": an idle link stays up on keep-alives for longer than the silence limit;
+/// a peer that stops without a word (its tasks gone: no `eof`, no `fail`, no `alive`)
+/// is a peer failure once it has been silent for the limit. Before keep-alives such a
+/// run waited for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_goes_silent_is_a_peer_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = loopback_mediator_with(dir.path(), |_| {}).await;
+    let (a, _) = registered_agent(&m.public_url).await;
+    let (b, _) = registered_agent(&m.public_url).await;
+    a.learn_service(b.did(), b.own_service()).await.unwrap();
+    b.learn_service(a.did(), a.own_service()).await.unwrap();
+    let (a_did, b_did) = (a.did().to_owned(), b.did().to_owned());
+    let (data_a, data_b) = (
+        a.subscribe_lossless(DATA_PREFIX),
+        b.subscribe_lossless(DATA_PREFIX),
+    );
+    let options = MediatedOptions {
+        keepalive: Duration::from_millis(500),
+        silence: Duration::from_secs(2),
+        ..MediatedOptions::default()
+    };
+    let ta =
+        DidcommTransport::mediated_with(0, a, vec![(1, b_did, "run-1".into())], data_a, options);
+    let tb =
+        DidcommTransport::mediated_with(1, b, vec![(0, a_did, "run-1".into())], data_b, options);
+    let mut x = ta.open(1).await.unwrap();
+    let (_, mut y) = tb.accept().await.unwrap();
+    x.write_all(b"hello").await.unwrap();
+    let mut got = [0u8; 5];
+    y.read_exact(&mut got).await.unwrap();
+    // Idle for twice the silence limit: keep-alives, no failure on either side.
+    let early = tokio::time::timeout(Duration::from_secs(4), async {
+        tokio::select! {
+            f = ta.peer_failure() => f,
+            f = tb.peer_failure() => f,
+        }
+    })
+    .await;
+    assert!(
+        early.is_err(),
+        "an idle but live peer was declared failed: {early:?}"
+    );
+    // B stops without a word (as a killed process does).
+    drop((tb, y));
+    let f = tokio::time::timeout(Duration::from_secs(15), ta.peer_failure())
+        .await
+        .expect("a silent peer was waited for without end");
+    assert_eq!(f.peer, 1);
+    assert!(f.reason.contains("no message from it"), "{}", f.reason);
     m.shutdown().await;
 }

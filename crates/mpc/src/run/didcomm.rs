@@ -10,7 +10,7 @@ use super::{
     run_program, Arc, Control, Did, Future, Identity, Inbound, MpcError, OsString, Output, PartyId,
     PartyRun, Program, Progress, Proxy, ProxyConfig, RunCtx, RunSpec, GRACE,
 };
-use crate::didcomm_transport::{DidcommTransport, DATA_PREFIX};
+use crate::didcomm_transport::{DidcommTransport, MediatedOptions, DATA_PREFIX};
 use std::time::Instant;
 
 /// Which transport carries MPyC's bytes between the parties (`mpc-did run --transport`).
@@ -98,11 +98,18 @@ where
             )
         })
         .collect();
-    let transport = Arc::new(DidcommTransport::mediated(
+    // A peer that goes silent (killed, its machine gone) is waited for as long as a lost
+    // session is: `--resume-timeout`.
+    let options = MediatedOptions {
+        silence: spec.resume_timeout,
+        ..MediatedOptions::default()
+    };
+    let transport = Arc::new(DidcommTransport::mediated_with(
         me,
         ctx.agent.clone(),
         links,
         inbound,
+        options,
     ));
     let sessions_setup = started.elapsed();
     let mut argv: Vec<OsString> = spec.command;

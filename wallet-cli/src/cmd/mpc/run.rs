@@ -55,6 +55,8 @@ pub struct RunArgs {
     pub connect_timeout: u64,
     /// How long a secure session may be without a working path before the run fails (a
     /// killed or unplugged peer is noticed after this; shorter path breaks are survived).
+    /// With `--transport didcomm`: how long a peer may send nothing, not even its
+    /// keep-alive (every 5 s), while we wait.
     #[arg(long, default_value_t = 30)]
     pub resume_timeout: u64,
     #[command(flatten)]
