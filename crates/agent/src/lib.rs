@@ -574,17 +574,24 @@ impl Dispatch {
             })
     }
 
-    /// A subscriber that is full while messages are held for it: once it has room, a
-    /// [`Self::flush`] hands them over (no new message may come to trigger one: the
+    /// The subscribers that are full while messages are held for them: once one has room,
+    /// a [`Self::flush`] hands them over (no new message may come to trigger one: the
     /// sender may be waiting for our answer to what we hold).
-    fn blocked_subscriber(&self) -> Option<mpsc::Sender<Inbound>> {
-        self.held.values().find_map(|b| {
-            let (m, _) = b.front()?;
-            self.subs
+    fn blocked_subscribers(&self) -> Vec<mpsc::Sender<Inbound>> {
+        let mut out: Vec<mpsc::Sender<Inbound>> = Vec::new();
+        for b in self.held.values() {
+            let Some((m, _)) = b.front() else { continue };
+            let sub = self
+                .subs
                 .iter()
-                .find(|s| m.message.type_.starts_with(&s.prefix) && !s.tx.is_closed())
-                .map(|s| s.tx.clone())
-        })
+                .find(|s| m.message.type_.starts_with(&s.prefix) && !s.tx.is_closed());
+            if let Some(s) = sub {
+                if !out.iter().any(|t| t.same_channel(&s.tx)) {
+                    out.push(s.tx.clone());
+                }
+            }
+        }
+        out
     }
 
     /// Route one unpacked message.
@@ -710,18 +717,25 @@ impl Inner {
         }
     }
 
-    fn blocked_subscriber(&self) -> Option<mpsc::Sender<Inbound>> {
-        self.dispatch.lock().ok()?.blocked_subscriber()
+    fn blocked_subscribers(&self) -> Vec<mpsc::Sender<Inbound>> {
+        self.dispatch
+            .lock()
+            .map(|d| d.blocked_subscribers())
+            .unwrap_or_default()
     }
 }
 
-/// Until `tx` (a subscriber that is behind) has room for one message, or is closed.
-async fn room(tx: Option<mpsc::Sender<Inbound>>) {
-    match tx {
-        // The permit is dropped at once: the room is taken by whoever routes next.
-        Some(tx) => drop(tx.reserve().await),
-        None => std::future::pending().await,
+/// Until one of `subs` (subscribers that are behind) has room for one message, or is
+/// closed; never when there are none.
+async fn room(subs: Vec<mpsc::Sender<Inbound>>) {
+    if subs.is_empty() {
+        return std::future::pending().await;
     }
+    // Each permit is dropped at once: the room is taken by the flush that follows.
+    let waits = subs
+        .iter()
+        .map(|tx| Box::pin(async move { drop(tx.reserve().await) }));
+    futures_util::future::select_all(waits).await;
 }
 
 async fn inbox(
@@ -735,7 +749,10 @@ async fn inbox(
     // Since when the live connection is down (reported once when it drops, once when back).
     let mut down_since: Option<tokio::time::Instant> = None;
     'inbox: loop {
-        let blocked = inner.upgrade().and_then(|a| a.blocked_subscriber());
+        let blocked = inner
+            .upgrade()
+            .map(|a| a.blocked_subscribers())
+            .unwrap_or_default();
         let batch = tokio::select! {
             () = stop.cancelled() => break,
             () = room(blocked) => {
