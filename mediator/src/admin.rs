@@ -163,6 +163,76 @@ pub fn did_hash(did: &str) -> String {
     hex::encode(Sha256::digest(did.as_bytes()).get(..8).unwrap_or_default())
 }
 
+/// A WebSocket's access summary, written when it closes (spec/mediator.md §6, "Logs"):
+/// one info line, target `access`, instead of one per accepted frame.
+#[derive(Debug, Default)]
+pub(crate) struct WsAccess {
+    /// The DID hash of the last authenticated frame.
+    did: Option<String>,
+    frames: u64,
+    refused: u64,
+    bytes_in: usize,
+    bytes_out: usize,
+}
+
+impl WsAccess {
+    /// One frame: accepted ones at debug level, refused ones at info (as HTTP requests).
+    pub(crate) fn frame(
+        &mut self,
+        h: &crate::core::Handled,
+        status: u16,
+        bytes_in: usize,
+        bytes_out: usize,
+    ) {
+        self.frames += 1;
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
+        if let Some(d) = h.did.as_deref() {
+            self.did = Some(did_hash(d));
+        }
+        if status == 200 {
+            if tracing::enabled!(target: "access", tracing::Level::DEBUG) {
+                let (kind, did) = kind_and_did(h);
+                tracing::debug!(target: "access", transport = "ws", kind, did = did.as_deref().unwrap_or("-"), status, bytes_in, bytes_out, "request");
+            }
+        } else {
+            self.refused += 1;
+            access_log("ws", h, status, bytes_in, bytes_out);
+        }
+    }
+
+    /// Pushed deliveries count as bytes out.
+    pub(crate) fn pushed(&mut self, bytes: usize) {
+        self.bytes_out += bytes;
+    }
+
+    /// The summary line.
+    pub(crate) fn close(&self, secs: f64) {
+        tracing::info!(
+            target: "access",
+            transport = "ws",
+            did = self.did.as_deref().unwrap_or("-"),
+            frames = self.frames,
+            refused = self.refused,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            secs,
+            "websocket closed"
+        );
+    }
+}
+
+/// A request's message type without `https://didcomm.org/`, and its DID hash.
+fn kind_and_did(h: &crate::core::Handled) -> (&str, Option<String>) {
+    // `https://didcomm.org/messagepickup/3.0/status-request` → `messagepickup/3.0/status-request`
+    let kind = h
+        .kind
+        .as_deref()
+        .map(|k| k.strip_prefix("https://didcomm.org/").unwrap_or(k))
+        .unwrap_or("unreadable");
+    (kind, h.did.as_deref().map(did_hash))
+}
+
 /// One access-log line at info level, target `access`.
 pub(crate) fn access_log(
     transport: &str,
@@ -171,13 +241,7 @@ pub(crate) fn access_log(
     bytes_in: usize,
     bytes_out: usize,
 ) {
-    // `https://didcomm.org/messagepickup/3.0/status-request` → `messagepickup/3.0/status-request`
-    let kind = h
-        .kind
-        .as_deref()
-        .map(|k| k.strip_prefix("https://didcomm.org/").unwrap_or(k))
-        .unwrap_or("unreadable");
-    let did = h.did.as_deref().map(did_hash);
+    let (kind, did) = kind_and_did(h);
     tracing::info!(
         target: "access",
         transport,

@@ -644,6 +644,8 @@ struct Session {
     /// the backlog to `delivery-request`, spec/mediator.md §3.2).
     pickup: PickupVersion,
     skip: HashSet<String>,
+    /// Bytes pushed on this socket (the access summary's `bytes_out`, with the replies).
+    pushed: usize,
 }
 
 async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, source: SourceAddr) {
@@ -661,8 +663,11 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, so
         inflight: HashSet::new(),
         pickup: PickupVersion::V3,
         skip: HashSet::new(),
+        pushed: 0,
     };
     tracing::debug!(peer = %conn.peer, "websocket open");
+    let opened = tokio::time::Instant::now();
+    let mut access = crate::admin::WsAccess::default();
     loop {
         let wake = s.live.as_ref().map(|(_, sub)| sub.notify.clone());
         let woken = async move {
@@ -730,8 +735,7 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, so
                 "too many messages on this connection",
             )
         };
-        crate::admin::access_log(
-            "ws",
+        access.frame(
             &h,
             h.rejection.map_or(200, |r| status_for(r).as_u16()),
             bytes.len(),
@@ -784,6 +788,8 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, so
         m.live_sessions.fetch_sub(1, Ordering::Relaxed);
     }
     m.websockets_open.fetch_sub(1, Ordering::Relaxed);
+    access.pushed(s.pushed);
+    access.close(opened.elapsed().as_secs_f64());
     tracing::debug!(peer = %conn.peer, "websocket closed");
 }
 
@@ -841,7 +847,7 @@ async fn push_pending(
         }
         let mut full = fresh.len() == batch_max;
         if s.raw {
-            push_raw(core, socket, &did, &fresh, s.pickup).await?;
+            s.pushed += push_raw(core, socket, &did, &fresh, s.pickup).await?;
         } else {
             // Bounded by bytes too (spec/mediator.md §3): what does not fit goes next round.
             let (packed, n) = core.pack_delivery(s.pickup, &fresh, None, None, &did).await;
@@ -850,6 +856,7 @@ async fn push_pending(
                 full = true;
             }
             core.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+            s.pushed += packed.len();
             send(socket, packed).await?;
         }
         s.inflight.extend(fresh.into_iter().map(|m| m.id));
@@ -862,19 +869,22 @@ async fn push_pending(
 /// Raw live mode (spec/mediator.md §3.1): each message as one binary frame
 /// `id_len || id || stored bytes`, no authcrypt (the stored forwarded message is already
 /// encrypted for the recipient; the socket is bound to `did` by its authenticated
-/// `live-delivery-change`). Frames are queued and flushed once per batch.
+/// `live-delivery-change`). Frames are queued and flushed once per batch. Returns the bytes
+/// sent.
 async fn push_raw(
     core: &Core,
     socket: &mut WebSocket,
     did: &str,
     batch: &[crate::store::StoredMessage],
     pickup: PickupVersion,
-) -> Result<(), axum::Error> {
+) -> Result<usize, axum::Error> {
     use futures_util::SinkExt as _;
     let mut wrapped = Vec::new();
+    let mut bytes = 0;
     for m in batch {
         match crate::messages::encode_raw_push(&m.id, &m.data) {
             Some(frame) => {
+                bytes += frame.len();
                 socket.feed(WsMessage::Binary(frame.into())).await?;
                 core.metrics
                     .messages_delivered
@@ -889,8 +899,10 @@ async fn push_raw(
         let mut msg = core.delivery_in(pickup, &wrapped, None, None);
         let packed = core.pack_for(&mut msg, did).await;
         core.metrics.messages_out.fetch_add(1, Ordering::Relaxed);
+        bytes += packed.len();
         let text = String::from_utf8(packed).unwrap_or_default();
         socket.feed(WsMessage::text(text)).await?;
     }
-    socket.flush().await
+    socket.flush().await?;
+    Ok(bytes)
 }

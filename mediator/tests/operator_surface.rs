@@ -360,6 +360,69 @@ async fn json_logs_with_an_access_line_per_request() {
     assert!(lines.iter().any(|l| l["message"] == "mediator listening"));
 }
 
+/// spec/mediator.md §6 "Logs": a WebSocket writes one access line when it closes (frames,
+/// refused, bytes both ways, the DID hash), not one per frame — a live socket carries a frame
+/// per acknowledgement; a refused frame still writes its own line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_writes_one_access_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_mpc-did-mediator"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--log", "info", "--log-format", "json", "--data"])
+        .arg(dir.path().join("d"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let url = format!("http://{}", v["addr"].as_str().unwrap());
+    let a = common::client(&url).await;
+    a.register().await.unwrap();
+    let mut live = a.live().await.unwrap();
+    for i in 0..20 {
+        live.ack(&[format!("no-such-id-{i}")]).await.unwrap();
+    }
+    // Read what the mediator answers until it is quiet: every frame was handled.
+    while live.next_message(Duration::from_millis(300)).await.is_ok() {}
+    live.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let ws: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "access" && l["transport"] == "ws")
+        .collect();
+    assert_eq!(ws.len(), 1, "one line per socket: {err}");
+    let f = &ws[0];
+    assert_eq!(
+        f["frames"], 21,
+        "live-delivery-change and 20 acknowledgements: {f}"
+    );
+    assert_eq!(f["refused"], 0, "{f}");
+    assert_eq!(
+        f["did"],
+        mpc_did_mediator::admin::did_hash(&a.did).as_str(),
+        "{f}"
+    );
+    assert!(
+        f["bytes_in"].as_u64().unwrap() > 0 && f["bytes_out"].as_u64().unwrap() > 0,
+        "{f}"
+    );
+}
+
 /// `admin list|purge|revoke` on a stopped sled mediator; a revoked DID's forwards are
 /// refused after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
