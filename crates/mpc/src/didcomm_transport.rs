@@ -262,8 +262,9 @@ impl DidcommTransport {
             tasks.push(tokio::spawn(mediated_writer(rx, far_w)));
         }
         let silence = options.silence.max(options.keepalive.saturating_mul(3));
+        let live = agent.live_events();
         tasks.push(tokio::spawn(mediated_in(
-            inbound, writers, fail_tx, silence,
+            inbound, writers, fail_tx, silence, live,
         )));
         Self {
             opens: Mutex::new(e.opens),
@@ -495,6 +496,7 @@ async fn mediated_in(
     writers: BTreeMap<String, Writer>,
     failures: mpsc::Sender<PeerFailure>,
     silence: Duration,
+    mut live: tokio::sync::broadcast::Receiver<mpc_did_agent::LiveEvent>,
 ) {
     struct Peer {
         next: u64,
@@ -519,7 +521,20 @@ async fn mediated_in(
         .collect();
     // How often silence is checked while nothing arrives.
     let tick = (silence / 4).max(Duration::from_millis(10));
+    // Since when our own live connection to our mediator is down (then the silence is
+    // ours, and the failure says so).
+    let mut down_since: Option<(tokio::time::Instant, String)> = None;
     loop {
+        loop {
+            match live.try_recv() {
+                Ok(mpc_did_agent::LiveEvent::Lost { why }) => {
+                    down_since.get_or_insert((tokio::time::Instant::now(), why));
+                }
+                Ok(_) => down_since = None,
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => break,
+            }
+        }
         let waiting = tokio::time::Instant::now();
         let next = tokio::time::timeout(tick, inbound.recv()).await;
         // Only time spent waiting counts as silence: while we work through a backlog (or
@@ -532,13 +547,18 @@ async fn mediated_in(
             peer.silent += waited;
             if peer.silent >= silence {
                 if let Some((pid, _, tx)) = writers.get(did) {
-                    let _ = failures.try_send(PeerFailure {
-                        peer: *pid,
-                        reason: format!(
+                    let reason = match &down_since {
+                        Some((t, why)) => format!(
+                            "no message from it for {} s, while our own connection to our mediator has been down for {} s ({why})",
+                            silence.as_secs(),
+                            t.elapsed().as_secs()
+                        ),
+                        None => format!(
                             "no message from it for {} s (its program or machine stopped?)",
                             silence.as_secs()
                         ),
-                    });
+                    };
+                    let _ = failures.try_send(PeerFailure { peer: *pid, reason });
                     let _ = tx.send(None).await;
                 }
                 peer.done = true;
@@ -693,7 +713,14 @@ mod tests {
         let (f_tx, mut f_rx) = mpsc::channel(4);
         let mut writers = BTreeMap::new();
         writers.insert("did:peer".to_owned(), (1, "run-a".to_owned(), w_tx));
-        let task = tokio::spawn(mediated_in(in_rx, writers, f_tx, Duration::from_secs(3600)));
+        let (_live_tx, live_rx) = tokio::sync::broadcast::channel(4);
+        let task = tokio::spawn(mediated_in(
+            in_rx,
+            writers,
+            f_tx,
+            Duration::from_secs(3600),
+            live_rx,
+        ));
         let msgs = [
             data(
                 "did:peer",

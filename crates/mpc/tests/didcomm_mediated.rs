@@ -206,3 +206,39 @@ async fn a_peer_that_goes_silent_is_a_peer_failure() {
     assert!(f.reason.contains("no message from it"), "{}", f.reason);
     m.shutdown().await;
 }
+
+/// §3 "Silence": when the silence is ours — our mediator is gone — the failure says so
+/// instead of blaming the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silence_while_our_mediator_is_down_names_the_mediator() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = loopback_mediator_with(dir.path(), |_| {}).await;
+    let (a, _) = registered_agent(&m.public_url).await;
+    let (b, _) = registered_agent(&m.public_url).await;
+    a.learn_service(b.did(), b.own_service()).await.unwrap();
+    let data_a = a.subscribe_lossless(DATA_PREFIX);
+    let options = MediatedOptions {
+        keepalive: Duration::from_millis(500),
+        silence: Duration::from_secs(2),
+        ..MediatedOptions::default()
+    };
+    let ta = DidcommTransport::mediated_with(
+        0,
+        a,
+        vec![(1, b.did().to_owned(), "run-1".into())],
+        data_a,
+        options,
+    );
+    m.shutdown().await;
+    let f = tokio::time::timeout(Duration::from_secs(15), ta.peer_failure())
+        .await
+        .expect("no failure while our mediator is gone");
+    assert_eq!(f.peer, 1);
+    assert!(
+        f.reason
+            .contains("our own connection to our mediator has been down"),
+        "{}",
+        f.reason
+    );
+    drop(b);
+}
