@@ -271,6 +271,16 @@ fn resume_keeps_earlier_rows_and_appends_new_ones() {
     for mode in ["| plain |", "| ssl |"] {
         assert!(md.contains(mode), "report lacks {mode}: {md}");
     }
+    // The pivot: one row for the cell, plain's time, ssl's ratio, the other modes `–`.
+    assert!(md.contains("## At a glance"), "{md}");
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| secretsanta | low | one-region | 3 | "))
+        .unwrap_or_else(|| panic!("no pivot row: {md}"));
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert!(cells[5].ends_with(" s"), "plain's time: {row}");
+    assert!(cells[6].ends_with('×'), "ssl's ratio: {row}");
+    assert!(cells[7..cells.len() - 1].iter().all(|c| *c == "–"), "{row}");
 }
 
 /// `mpc-did-mediator` processes the matrix `pid` started (its children).

@@ -81,6 +81,7 @@ pub(crate) fn write(
             .or_default()
             .push(r);
     }
+    at_a_glance(&mut md, &groups);
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
@@ -206,6 +207,77 @@ pub(crate) fn write(
 
 /// How much of the `--full` plan the rows cover: a run done in pieces (`--resume`) says
 /// what is still missing instead of looking complete.
+/// The median MPyC time of the successful runs among `rows`, in seconds.
+fn mpyc_median(rows: &[&Row]) -> Option<f64> {
+    median(
+        rows.iter()
+            .filter(|r| r.outcome.error.is_none())
+            .filter_map(|r| r.outcome.mpyc.map(|d| d.as_secs_f64()))
+            .collect(),
+    )
+}
+
+/// One row per workload, size, scenario and party count; per mode its median MPyC time
+/// ÷ plain MPyC's: the results table's ratios side by side.
+fn at_a_glance(
+    md: &mut String,
+    groups: &BTreeMap<(String, String, usize, String), BTreeMap<&'static str, Vec<&Row>>>,
+) {
+    let others: Vec<Mode> = Mode::ALL
+        .into_iter()
+        .filter(|m| *m != Mode::Plain)
+        .collect();
+    let _ = writeln!(
+        md,
+        "## At a glance: MPyC time ÷ plain MPyC TCP\n\nMedian over repetitions, same scenario \
+         (same RTTs); `–`: no successful run. The rows are the results table's, pivoted.\n"
+    );
+    let mut head = "| workload | size | scenario | parties | plain MPyC |".to_owned();
+    let mut rule = "|---|---|---|---:|---:|".to_owned();
+    for m in &others {
+        let _ = write!(head, " {} |", m.name());
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(md, "{head}\n{rule}");
+    // Sorted by workload, size, scenario (in the plan's order), parties.
+    let order = |s: &str| {
+        crate::matrix::SCENARIOS
+            .iter()
+            .position(|sc| sc.name == s)
+            .unwrap_or(usize::MAX)
+    };
+    let mut keys: Vec<_> = groups.keys().collect();
+    keys.sort_by(|a, b| {
+        (&a.0, size_rank(&a.1), order(&a.3), a.2).cmp(&(&b.0, size_rank(&b.1), order(&b.3), b.2))
+    });
+    for key in keys {
+        let (w, size, n, scen) = key;
+        let modes = &groups[key];
+        let plain = modes.get(Mode::Plain.name()).and_then(|r| mpyc_median(r));
+        let mut line = format!(
+            "| {w} | {size} | {scen} | {n} | {} |",
+            plain.map_or("–".to_owned(), |p| format!("{p:.2} s"))
+        );
+        for m in &others {
+            let cell = match (modes.get(m.name()).and_then(|r| mpyc_median(r)), plain) {
+                (Some(v), Some(p)) if p > 0.0 => format!("{:.2}×", v / p),
+                _ => "–".to_owned(),
+            };
+            let _ = write!(line, " {cell} |");
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    let _ = writeln!(md);
+}
+
+/// low < medium < high.
+fn size_rank(s: &str) -> usize {
+    ["low", "medium", "high"]
+        .iter()
+        .position(|n| *n == s)
+        .unwrap_or(usize::MAX)
+}
+
 fn coverage(md: &mut String, rows: &[Row]) {
     use mpc_did_e3::workload::{Program, Size};
     let mut ok: BTreeMap<(&str, &str, usize, &str, &str), u32> = BTreeMap::new();
