@@ -25,6 +25,9 @@ pub(crate) const PLOTS: [(&str, &str); 3] = [
     ),
 ];
 
+/// (workload, size, parties, scenario) → mode → its runs.
+type Groups<'a> = BTreeMap<(String, String, usize, String), BTreeMap<&'static str, Vec<&'a Row>>>;
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -64,9 +67,7 @@ pub(crate) fn write(
     if plan.kind == "full" {
         coverage(&mut md, rows);
     }
-    // (workload, size, parties, scenario) → mode → rows
-    type Key = (String, String, usize, String);
-    let mut groups: BTreeMap<Key, BTreeMap<&'static str, Vec<&Row>>> = BTreeMap::new();
+    let mut groups: Groups = BTreeMap::new();
     for r in rows {
         let s = &r.spec;
         groups
@@ -219,10 +220,7 @@ fn mpyc_median(rows: &[&Row]) -> Option<f64> {
 
 /// One row per workload, size, scenario and party count; per mode its median MPyC time
 /// ÷ plain MPyC's: the results table's ratios side by side.
-fn at_a_glance(
-    md: &mut String,
-    groups: &BTreeMap<(String, String, usize, String), BTreeMap<&'static str, Vec<&Row>>>,
-) {
+fn at_a_glance(md: &mut String, groups: &Groups) {
     let others: Vec<Mode> = Mode::ALL
         .into_iter()
         .filter(|m| *m != Mode::Plain)
