@@ -306,15 +306,14 @@ async fn per_did_rate_spans_connections() {
     );
 }
 
-/// `--log-format json`: every stderr line is a JSON object; requests write an access line
-/// with a DID hash, never the DID.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_with_an_access_line_per_request() {
-    let dir = tempfile::tempdir().unwrap();
+/// The mediator binary logging JSON at info level (data in `dir`, `extra` arguments), and
+/// its base URL from the line it prints at start.
+fn json_logging_mediator(dir: &Path, extra: &[&str]) -> (Child, String) {
     let mut child: Child = Command::new(env!("CARGO_BIN_EXE_mpc-did-mediator"))
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
         .args(["--log", "info", "--log-format", "json", "--data"])
-        .arg(dir.path().join("d"))
+        .arg(dir.join("d"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -324,10 +323,11 @@ async fn json_logs_with_an_access_line_per_request() {
         .read_line(&mut line)
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let url = format!("http://{}", v["addr"].as_str().unwrap());
-    let a = common::client(&url).await;
-    a.register().await.unwrap();
-    a.status().await.unwrap();
+    (child, format!("http://{}", v["addr"].as_str().unwrap()))
+}
+
+/// SIGTERM, a clean exit, and everything it wrote on stderr.
+fn stop_for_stderr(mut child: Child) -> String {
     let pid = child.id().to_string();
     Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let mut err = String::new();
@@ -338,6 +338,19 @@ async fn json_logs_with_an_access_line_per_request() {
         .read_to_string(&mut err)
         .unwrap();
     assert!(child.wait().unwrap().success());
+    err
+}
+
+/// `--log-format json`: every stderr line is a JSON object; requests write an access line
+/// with a DID hash, never the DID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_with_an_access_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, url) = json_logging_mediator(dir.path(), &["--admin-listen", "127.0.0.1:0"]);
+    let a = common::client(&url).await;
+    a.register().await.unwrap();
+    a.status().await.unwrap();
+    let err = stop_for_stderr(child);
     let lines: Vec<serde_json::Value> = err
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
@@ -366,20 +379,7 @@ async fn json_logs_with_an_access_line_per_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_writes_one_access_line() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_mpc-did-mediator"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--log", "info", "--log-format", "json", "--data"])
-        .arg(dir.path().join("d"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let url = format!("http://{}", v["addr"].as_str().unwrap());
+    let (child, url) = json_logging_mediator(dir.path(), &[]);
     let a = common::client(&url).await;
     a.register().await.unwrap();
     let mut live = a.live().await.unwrap();
@@ -390,16 +390,7 @@ async fn a_websocket_writes_one_access_line() {
     while live.next_message(Duration::from_millis(300)).await.is_ok() {}
     live.close().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let err = stop_for_stderr(child);
     let ws: Vec<serde_json::Value> = err
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

@@ -10,7 +10,7 @@ use mpc_did_mpc::didcomm_transport::{DidcommTransport, MediatedOptions, DATA_PRE
 use mpc_did_proxy::Transport as _;
 use mpc_did_testkit::mediator::MediatorHandle;
 use mpc_did_testkit::mediator::{
-    loopback_mediator_with, registered_agent, registered_client, Identity,
+    loopback_mediator, loopback_mediator_with, registered_agent, registered_client, Identity,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -29,6 +29,15 @@ async fn pair(m: &MediatorHandle) -> (Agent, Agent) {
         hold: vec![Hold::from_senders(DATA_PREFIX, [a.did()])],
     };
     let b = Agent::start_with(c, config).await.unwrap();
+    a.learn_service(b.did(), b.own_service()).await.unwrap();
+    b.learn_service(a.did(), a.own_service()).await.unwrap();
+    (a, b)
+}
+
+/// Two started agents at `m`, each knowing the other's endpoint.
+async fn live_pair(m: &MediatorHandle) -> (Agent, Agent) {
+    let (a, _) = registered_agent(&m.public_url).await;
+    let (b, _) = registered_agent(&m.public_url).await;
     a.learn_service(b.did(), b.own_service()).await.unwrap();
     b.learn_service(a.did(), a.own_service()).await.unwrap();
     (a, b)
@@ -111,12 +120,9 @@ async fn a_receiver_that_never_catches_up_is_a_peer_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mediator_restart_mid_stream_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let m = loopback_mediator_with(dir.path(), |_| {}).await;
+    let m = loopback_mediator(dir.path()).await;
     let addr = m.addr;
-    let (a, _) = registered_agent(&m.public_url).await;
-    let (b, _) = registered_agent(&m.public_url).await;
-    a.learn_service(b.did(), b.own_service()).await.unwrap();
-    b.learn_service(a.did(), a.own_service()).await.unwrap();
+    let (a, b) = live_pair(&m).await;
     let (a_did, b_did) = (a.did().to_owned(), b.did().to_owned());
     let (data_a, data_b) = (
         a.subscribe_lossless(DATA_PREFIX),
@@ -161,11 +167,8 @@ async fn a_mediator_restart_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_goes_silent_is_a_peer_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let m = loopback_mediator_with(dir.path(), |_| {}).await;
-    let (a, _) = registered_agent(&m.public_url).await;
-    let (b, _) = registered_agent(&m.public_url).await;
-    a.learn_service(b.did(), b.own_service()).await.unwrap();
-    b.learn_service(a.did(), a.own_service()).await.unwrap();
+    let m = loopback_mediator(dir.path()).await;
+    let (a, b) = live_pair(&m).await;
     let (a_did, b_did) = (a.did().to_owned(), b.did().to_owned());
     let (data_a, data_b) = (
         a.subscribe_lossless(DATA_PREFIX),
@@ -212,10 +215,8 @@ async fn a_peer_that_goes_silent_is_a_peer_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silence_while_our_mediator_is_down_names_the_mediator() {
     let dir = tempfile::tempdir().unwrap();
-    let m = loopback_mediator_with(dir.path(), |_| {}).await;
-    let (a, _) = registered_agent(&m.public_url).await;
-    let (b, _) = registered_agent(&m.public_url).await;
-    a.learn_service(b.did(), b.own_service()).await.unwrap();
+    let m = loopback_mediator(dir.path()).await;
+    let (a, b) = live_pair(&m).await;
     let data_a = a.subscribe_lossless(DATA_PREFIX);
     let options = MediatedOptions {
         keepalive: Duration::from_millis(500),
