@@ -164,7 +164,10 @@ fn three_runs_with(program: &str, args: &[&str], extra: &[&str]) -> Option<Vec<S
 fn no_warnings(errs: &[String]) {
     for e in errs {
         assert!(
-            !e.lines().any(|l| l.trim_start().starts_with("WARN ")),
+            !e.lines().any(|l| {
+                let l = l.trim_start();
+                l.starts_with("WARN ") || l.starts_with("mpc-did: warning:")
+            }),
             "a clean run printed a warning:\n{e}"
         );
     }

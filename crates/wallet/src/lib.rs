@@ -266,6 +266,30 @@ impl fmt::Debug for Wallet {
     }
 }
 
+/// Opens the sled database, once we hold the wallet's own lock.
+///
+/// sled keeps a lock of its own on its files and lets go of it a moment after the last
+/// handle is dropped (its background threads finish first). With the wallet lock held nobody
+/// else can hold sled's, so a refusal means our own previous open in this process has not
+/// quite let go: wait for it (at least [`SLED_LOCK_GRACE`]) instead of failing.
+fn open_db(path: &Path, wait: Duration) -> Result<sled::Db, WalletError> {
+    let started = Instant::now();
+    loop {
+        match sled::Config::new().path(path).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < wait.max(SLED_LOCK_GRACE) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// How long [`open_db`] waits for sled's own lock at least (see there).
+const SLED_LOCK_GRACE: Duration = Duration::from_secs(5);
+
 impl Wallet {
     /// Opens (creating if needed) the wallet in `home`, waiting up to
     /// [`DEFAULT_LOCK_WAIT`] for another process to release it.
@@ -306,7 +330,7 @@ impl Wallet {
         }
         let db_path = home.join(DB_DIR);
         create_private_dir(&db_path)?;
-        let db = sled::Config::new().path(&db_path).open()?;
+        let db = open_db(&db_path, wait.saturating_sub(started.elapsed()))?;
         let wallet = Self {
             home: home.to_owned(),
             identities: db.open_tree("identities")?,

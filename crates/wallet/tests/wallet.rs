@@ -276,3 +276,16 @@ fn directory_0700_and_files_0600() {
         0o700
     );
 }
+
+#[test]
+fn reopening_at_once_in_the_same_process_always_works() {
+    // A process that records several things opens the wallet once per record (e.g. `run`
+    // logs each secure session as it closes). sled lets go of its own file lock a moment
+    // after the wallet is dropped; the next open must wait for that, not fail.
+    let home = tempfile::tempdir().unwrap();
+    for i in 0..300 {
+        let w = Wallet::open_with_wait(home.path(), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("open {i}: {e}"));
+        w.set_setting("k", &i.to_string()).unwrap();
+    }
+}

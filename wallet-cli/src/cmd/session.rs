@@ -271,23 +271,30 @@ pub fn track_path(ctx: &Ctx, entry: &LogEntry) -> Option<PathTracker> {
 /// Add or replace (same session id and pid) an entry in the wallet's session log. A log
 /// that cannot be written is reported on stderr, never fatal: the session matters more.
 pub fn log_session(ctx: &Ctx, entry: &LogEntry) {
-    if let Err(e) = try_log(ctx, entry) {
+    log_sessions(ctx, std::slice::from_ref(entry));
+}
+
+/// Records several sessions with one read and write of the log (one wallet open).
+pub fn log_sessions(ctx: &Ctx, entries: &[LogEntry]) {
+    if let Err(e) = try_log(ctx, entries) {
         eprintln!("mpc-did: warning: cannot record the session in the wallet: {e:#}");
     }
 }
 
-fn try_log(ctx: &Ctx, entry: &LogEntry) -> anyhow::Result<()> {
+fn try_log(ctx: &Ctx, entries: &[LogEntry]) -> anyhow::Result<()> {
     let wallet = Wallet::open_with_wait(&ctx.home, Duration::from_secs(10))?;
     let mut log = read_log(&wallet)?;
-    log.retain(|e| !(e.session_id == entry.session_id && e.pid == entry.pid));
-    let mut entry = entry.clone();
-    if let Some(h) = &entry.handle {
-        let p = h.path();
-        if let Some(p) = p.current.or(p.last) {
-            entry.path = path_text(&p);
+    for entry in entries {
+        log.retain(|e| !(e.session_id == entry.session_id && e.pid == entry.pid));
+        let mut entry = entry.clone();
+        if let Some(h) = &entry.handle {
+            let p = h.path();
+            if let Some(p) = p.current.or(p.last) {
+                entry.path = path_text(&p);
+            }
         }
+        log.push(entry);
     }
-    log.push(entry);
     let skip = log.len().saturating_sub(LOG_MAX);
     let log: Vec<_> = log.into_iter().skip(skip).collect();
     wallet.set_setting(LOG_KEY, &serde_json::to_string(&log)?)?;

@@ -179,8 +179,10 @@ pub async fn run_cli(ctx: &Ctx, a: RunArgs) -> anyhow::Result<()> {
 fn log_sessions(ctx: &Ctx, run: &mpc_did_mpc::run::PartyRun, code: i32) {
     let now = session::now();
     let took = (run.sessions_setup + run.wall).as_secs();
-    for s in &run.sessions {
-        let entry = session::LogEntry {
+    let entries: Vec<session::LogEntry> = run
+        .sessions
+        .iter()
+        .map(|s| session::LogEntry {
             session_id: s.session_id.to_string(),
             me: run.my_did.clone(),
             peer: s.peer.as_str().to_owned(),
@@ -196,7 +198,7 @@ fn log_sessions(ctx: &Ctx, run: &mpc_did_mpc::run::PartyRun, code: i32) {
             sent: None,
             received: None,
             handle: None,
-        };
-        session::log_session(ctx, &entry);
-    }
+        })
+        .collect();
+    session::log_sessions(ctx, &entries);
 }
