@@ -120,11 +120,17 @@ pub(crate) async fn start(
 
 /// Accept QUIC connections and route each of their streams by its path hello. Ends when
 /// the endpoint is closed (the connector is dropped).
+///
+/// Each handshake completes on its own task: a peer's check that aborts mid-handshake (it
+/// lost the race to another candidate and was closed) or goes silent fails that connection
+/// only. Awaiting handshakes here, one after the other, made the first aborted one end the
+/// loop — the party took no QUIC path from anyone any more, its upgrades from the relay
+/// included (10 parties in e3, spec/rendezvous.md §6.1).
 pub(crate) async fn serve(endpoint: QuicEndpoint, router: PathRouter) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
-        let conn = match endpoint.accept().await {
-            Ok(c) => c,
+        let incoming = match endpoint.incoming().await {
+            Ok(i) => i,
             Err(e) => {
                 tracing::debug!("QUIC endpoint stopped accepting: {e}");
                 break;
@@ -134,7 +140,14 @@ pub(crate) async fn serve(endpoint: QuicEndpoint, router: PathRouter) {
         while conns.try_join_next().is_some() {}
         let router = router.clone();
         conns.spawn(async move {
-            let remote = conn.remote_address();
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(%remote, "incoming QUIC handshake failed: {e}");
+                    return;
+                }
+            };
             // A peer opens one stream per path; a later stream on the same connection (a
             // re-dial after the listener dropped an early one) is routed the same way.
             while let Ok((send, recv)) = conn.accept_bi().await {

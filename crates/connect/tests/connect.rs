@@ -367,6 +367,59 @@ async fn new_candidates_from_the_peer_trigger_an_upgrade() {
     m.shutdown().await;
 }
 
+/// A QUIC handshake with a connector that fails (here: the client trusts no certificate and
+/// aborts, as a peer's check that lost the race to another candidate is closed mid-handshake)
+/// concerns that connection only: the connector still takes QUIC paths afterwards.
+/// Without that, the first aborted handshake ended its accept loop and, with 10 parties,
+/// whole parties took no QUIC path — nor any upgrade from the relay — for the rest of the
+/// run (spec/rendezvous.md §6.1, `crates/connect/src/quic.rs` `serve`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborted_quic_handshake_does_not_stop_quic_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let quic = QuicSetup {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..QuicSetup::default()
+    };
+    let q = quic.clone();
+    let alice = party_cfg(&m, |c| c.quic = Some(q)).await;
+    let bob = party_cfg(&m, |c| {
+        c.advertise = vec![dead_port()];
+        c.quic = Some(quic);
+    })
+    .await;
+    let (cands, _) = bob.quic_candidates();
+    // Two failing handshakes in a row (the second shows the first did not end the loop
+    // either way).
+    for _ in 0..2 {
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let config = quinn::ClientConfig::new(std::sync::Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+        ));
+        let client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let r = client
+            .connect_with(config, cands[0].addr, "mpc-did")
+            .unwrap()
+            .await;
+        assert!(r.is_err(), "a client that trusts no certificate connected");
+        client.wait_idle().await;
+    }
+    let (ea, eb) = connect_pair(&alice, &bob).await;
+    assert_eq!(
+        ea.path,
+        PathInfo::Quic {
+            remote: cands[0].addr
+        }
+    );
+    assert_eq!(eb.path.kind(), "quic");
+}
+
 /// The QUIC path (spec/rendezvous.md §6.1) through `Connector`: with no TCP candidate that
 /// answers, the session runs on QUIC to the acceptor's host QUIC candidate, not the relay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -333,17 +333,29 @@ impl QuicEndpoint {
             .map_err(quic_err)
     }
 
-    /// The next incoming QUIC connection (controlled side).
+    /// The next incoming QUIC connection (controlled side), handshake completed.
+    ///
+    /// One at a time: a server that takes connections from many peers uses
+    /// [`Self::incoming`] and completes each handshake on its own task instead, so that
+    /// one stalled or aborted handshake neither delays nor ends the others.
     ///
     /// # Errors
     /// [`NetError::Quic`] if the endpoint closed or the handshake failed.
     pub async fn accept(&self) -> Result<quinn::Connection, NetError> {
-        let incoming = self
-            .endpoint
+        self.incoming().await?.await.map_err(quic_err)
+    }
+
+    /// The next incoming connection attempt, before its handshake: await it for the
+    /// connection. Its failure (a peer that aborts or goes silent mid-handshake, e.g. a
+    /// check that lost the race to another candidate) concerns that attempt only.
+    ///
+    /// # Errors
+    /// [`NetError::Quic`] once the endpoint is closed.
+    pub async fn incoming(&self) -> Result<quinn::Incoming, NetError> {
+        self.endpoint
             .accept()
             .await
-            .ok_or_else(|| NetError::Quic("endpoint closed".into()))?;
-        incoming.await.map_err(quic_err)
+            .ok_or_else(|| NetError::Quic("endpoint closed".into()))
     }
 
     /// Closes every connection of the endpoint.
