@@ -88,6 +88,9 @@ enum Command {
     Bench(cmd::bench::BenchCommand),
 }
 
+/// How long background work may run on after the command is done (see `main`).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn main() -> ExitCode {
     exit_quietly_on_broken_stdout();
     let cli = Cli::parse();
@@ -114,7 +117,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Work still running in the background (a blocking task, e.g. a name lookup) must not
+    // keep the process from exiting once its command is done: give it a moment, then go.
+    let t = std::time::Instant::now();
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    if t.elapsed() >= SHUTDOWN_GRACE {
+        tracing::warn!(
+            "a background task was still running {} s after the command finished; exiting anyway",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             if is_broken_pipe(&err) {

@@ -228,6 +228,8 @@ impl Net {
                     .ns
                     .command(BIN)
                     .env_remove("MPC_DID_HOME")
+                    // What each party did, step by step, in the dump of a failure.
+                    .env("MPC_DID_LOG", "info")
                     .arg("--home")
                     .arg(self.homes[i].path())
                     .args(["run", "--mpc", &self.sid])
@@ -348,12 +350,55 @@ impl Attempt {
     }
 
     /// Waits (at most `limit`) for every run to exit, then for its MPyC processes to be gone.
+    /// For a hang: which `mpc-did run` is still there, whether its MPyC process still is,
+    /// and where each of its threads waits in the kernel.
+    fn hung(&mut self) -> String {
+        let mut out = String::new();
+        for (i, p) in self.parties.iter_mut().enumerate() {
+            let child = p.child.as_mut().unwrap();
+            if child.try_wait().unwrap().is_some() {
+                continue;
+            }
+            let pid = child.id();
+            let programs: Vec<String> = p
+                .programs
+                .iter()
+                .map(|c| format!("{c} {}", if alive(c) { "running" } else { "gone" }))
+                .collect();
+            let waits: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks
+                        .flatten()
+                        .map(|t| {
+                            let read = |f: &str| {
+                                std::fs::read_to_string(t.path().join(f)).unwrap_or_default()
+                            };
+                            // CPU ticks used: a thread spinning shows a growing count.
+                            let stat = read("stat");
+                            let utime = stat
+                                .rsplit_once(')')
+                                .and_then(|(_, rest)| rest.split_whitespace().nth(11))
+                                .unwrap_or("?")
+                                .to_owned();
+                            format!("{}:{}:{utime}", read("comm").trim(), read("wchan").trim())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out += &format!(
+                "party {i} (pid {pid}) still running; its MPyC process {programs:?}; threads {waits:?}\n"
+            );
+        }
+        out
+    }
+
     fn finish(mut self, limit: Duration) -> Vec<Ended> {
         let deadline = Instant::now() + limit;
         let all = wait_until(|| self.exited() == 3, deadline);
         assert!(
             all,
-            "a party hung (still running {limit:?} on):\n{}",
+            "a party hung (still running {limit:?} on):\n{}\n{}",
+            self.hung(),
             self.dump()
         );
         let mut ended = Vec::new();

@@ -957,7 +957,13 @@ where
     match outcome {
         Ok(o) => {
             if o.status.success() {
+                let t = Instant::now();
                 transport.close_all(CLOSE_DONE, "done").await;
+                tracing::info!(
+                    "{} secure sessions closed in {} ms",
+                    transport.sessions().len(),
+                    t.elapsed().as_millis()
+                );
             }
             Ok(o)
         }

@@ -10,6 +10,9 @@ use mpc_did_driver::{SessionHandle, SessionState, SessionStream, CLOSE_PARTY_FAI
 use mpc_did_proxy::{PartyId, PeerFailure, Transport};
 use tokio::sync::{mpsc, Mutex};
 
+/// How long closing one session may take (see [`PartyTransport::close_all`]).
+pub(crate) const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// A party's sessions with all its peers, as the proxy's stream source.
 #[derive(Debug)]
 pub struct PartyTransport {
@@ -41,11 +44,28 @@ impl PartyTransport {
         }
     }
 
-    /// Close every session (code 0 after a successful run).
+    /// Close every session (code 0 after a successful run), all at once. A session's close
+    /// normally takes at most the driver's 1 s flush (spec/session.md §9); one that takes
+    /// longer than [`CLOSE_TIMEOUT`] is left with a warning instead of holding up the run's end.
     pub async fn close_all(&self, code: u16, reason: &str) {
-        for s in self.sessions.values() {
-            s.close(code, reason).await;
+        let mut closes = tokio::task::JoinSet::new();
+        for (&peer, s) in &self.sessions {
+            let (s, reason) = (s.clone(), reason.to_owned());
+            closes.spawn(async move {
+                if tokio::time::timeout(CLOSE_TIMEOUT, s.close(code, &reason))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        party = peer,
+                        "the secure session did not close within {} s (state {:?}); leaving it",
+                        CLOSE_TIMEOUT.as_secs(),
+                        s.state()
+                    );
+                }
+            });
         }
+        while closes.join_next().await.is_some() {}
     }
 
     /// The sessions, by peer.

@@ -174,7 +174,11 @@ pub async fn run_program<T: Transport>(
     let mut peer_failure = None;
     let status = loop {
         tokio::select! {
-            status = child.wait() => break status.map_err(LaunchError::Wait)?,
+            status = child.wait() => {
+                let status = status.map_err(LaunchError::Wait)?;
+                tracing::info!("the program exited ({status})");
+                break status;
+            }
             failure = &mut peer_failed, if peer_failure.is_none() => {
                 tracing::error!("party {} failed ({}); stopping the program", failure.peer, failure.reason);
                 peer_failure = Some(failure);
