@@ -46,7 +46,7 @@ impl PartyTransport {
 
     /// Close every session (code 0 after a successful run), all at once. A session's close
     /// normally takes at most the driver's 1 s flush (spec/session.md §9); one that takes
-    /// longer than [`CLOSE_TIMEOUT`] is left with a warning instead of holding up the run's end.
+    /// longer than `CLOSE_TIMEOUT` (3 s) is left with a warning instead of holding up the run's end.
     pub async fn close_all(&self, code: u16, reason: &str) {
         let mut closes = tokio::task::JoinSet::new();
         for (&peer, s) in &self.sessions {
