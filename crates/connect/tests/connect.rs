@@ -367,6 +367,35 @@ async fn new_candidates_from_the_peer_trigger_an_upgrade() {
     m.shutdown().await;
 }
 
+/// Two parties with QUIC paths on loopback; the second (the acceptor) advertises only a
+/// TCP candidate that does not answer, so a direct path to it can only be QUIC.
+async fn quic_parties(m: &MediatorHandle) -> (Connector, Connector) {
+    let quic = QuicSetup {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..QuicSetup::default()
+    };
+    let q = quic.clone();
+    let alice = party_cfg(m, |c| c.quic = Some(q)).await;
+    let bob = party_cfg(m, |c| {
+        c.advertise = vec![dead_port()];
+        c.quic = Some(quic);
+    })
+    .await;
+    (alice, bob)
+}
+
+/// A session between the two, which must be on QUIC to the acceptor's `addr`.
+async fn connect_on_quic(
+    alice: &Connector,
+    bob: &Connector,
+    addr: std::net::SocketAddr,
+) -> (Established, Established) {
+    let (ea, eb) = connect_pair(alice, bob).await;
+    assert_eq!(ea.path, PathInfo::Quic { remote: addr });
+    assert_eq!(eb.path.kind(), "quic");
+    (ea, eb)
+}
+
 /// A QUIC handshake with a connector that fails (here: the client trusts no certificate and
 /// aborts, as a peer's check that lost the race to another candidate is closed mid-handshake)
 /// concerns that connection only: the connector still takes QUIC paths afterwards.
@@ -377,17 +406,7 @@ async fn new_candidates_from_the_peer_trigger_an_upgrade() {
 async fn an_aborted_quic_handshake_does_not_stop_quic_paths() {
     let dir = tempfile::tempdir().unwrap();
     let m = mediator(dir.path()).await;
-    let quic = QuicSetup {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..QuicSetup::default()
-    };
-    let q = quic.clone();
-    let alice = party_cfg(&m, |c| c.quic = Some(q)).await;
-    let bob = party_cfg(&m, |c| {
-        c.advertise = vec![dead_port()];
-        c.quic = Some(quic);
-    })
-    .await;
+    let (alice, bob) = quic_parties(&m).await;
     let (cands, _) = bob.quic_candidates();
     // Two failing handshakes in a row (the second shows the first did not end the loop
     // either way).
@@ -410,14 +429,7 @@ async fn an_aborted_quic_handshake_does_not_stop_quic_paths() {
         assert!(r.is_err(), "a client that trusts no certificate connected");
         client.wait_idle().await;
     }
-    let (ea, eb) = connect_pair(&alice, &bob).await;
-    assert_eq!(
-        ea.path,
-        PathInfo::Quic {
-            remote: cands[0].addr
-        }
-    );
-    assert_eq!(eb.path.kind(), "quic");
+    connect_on_quic(&alice, &bob, cands[0].addr).await;
 }
 
 /// The QUIC path (spec/rendezvous.md §6.1) through `Connector`: with no TCP candidate that
@@ -429,27 +441,10 @@ async fn quic_path_is_preferred_to_the_relay() {
         .try_init();
     let dir = tempfile::tempdir().unwrap();
     let m = mediator(dir.path()).await;
-    let quic = QuicSetup {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..QuicSetup::default()
-    };
-    let q = quic.clone();
-    let alice = party_cfg(&m, |c| c.quic = Some(q)).await;
-    let bob = party_cfg(&m, |c| {
-        c.advertise = vec![dead_port()];
-        c.quic = Some(quic);
-    })
-    .await;
+    let (alice, bob) = quic_parties(&m).await;
     let (cands, _) = bob.quic_candidates();
     assert_eq!(cands.len(), 1, "{cands:?}");
-    let (ea, eb) = connect_pair(&alice, &bob).await;
-    assert_eq!(
-        ea.path,
-        PathInfo::Quic {
-            remote: cands[0].addr
-        }
-    );
-    assert_eq!(eb.path.kind(), "quic");
+    let (ea, eb) = connect_on_quic(&alice, &bob, cands[0].addr).await;
     let data: Vec<u8> = (0..(2u32 << 20)).map(|i| (i % 253) as u8).collect();
     let mut s = ea.handle.open_stream().await.unwrap();
     let w = {
