@@ -384,6 +384,11 @@ async fn party(
                 // (spec/e3.md §3).
                 for (j, kind) in &mut paths {
                     if *kind == "relay" {
+                        tracing::warn!(
+                            "party {me}: the session with party {j} came up on the relay; \
+                             waiting up to {} s for its upgrade to punched QUIC",
+                            UPGRADE_WAIT.saturating_sub(setup_start.elapsed()).as_secs()
+                        );
                         let mut path = sessions[j].watch_path();
                         let upgraded = tokio::time::timeout(
                             UPGRADE_WAIT.saturating_sub(setup_start.elapsed()),
