@@ -774,12 +774,19 @@ impl Core {
             // Pickup 4.0 backlog pushes honoured (spec/mediator.md §3.2).
             body[LIVE_BACKLOG_FIELD] = json!(true);
         }
+        // Pickup 3.0 gives the times in epoch seconds and `longest_waited_seconds`; 4.0 in
+        // epoch milliseconds and drops `longest_waited_seconds` ("redundant in regards to
+        // oldest_received_time"), spec/mediator.md §3.2.
+        let v4 = p == PickupVersion::V4;
+        let time = |ms: u64| if v4 { ms } else { ms / 1000 };
         if let Some(o) = st.oldest_ms {
-            body["oldest_received_time"] = json!(o / 1000);
-            body["longest_waited_seconds"] = json!(now.saturating_sub(o) / 1000);
+            body["oldest_received_time"] = json!(time(o));
+            if !v4 {
+                body["longest_waited_seconds"] = json!(now.saturating_sub(o) / 1000);
+            }
         }
         if let Some(n) = st.newest_ms {
-            body["newest_received_time"] = json!(n / 1000);
+            body["newest_received_time"] = json!(time(n));
         }
         let r = reply(p.types().status, body, msg);
         Ok(self.answer(r, sender).await)
@@ -792,9 +799,13 @@ impl Core {
         did: &str,
         p: PickupVersion,
     ) -> Result<Handled, StoreError> {
-        let Some(limit) = msg.body.get("limit").and_then(Value::as_u64) else {
+        let Some(limit) = delivery_limit(&msg.body, p) else {
+            let field = match p {
+                PickupVersion::V3 => "limit",
+                PickupVersion::V4 => "message_count_limit",
+            };
             return Ok(self
-                .bad_request(msg, sender, "body.limit must be a number")
+                .bad_request(msg, sender, &format!("body.{field} must be a number"))
                 .await);
         };
         let limit = limit.min(self.config.limits.max_delivery_batch);
@@ -1104,6 +1115,23 @@ fn cm3_body_ok(msg: &Message, name: &str) -> Result<(), mpc_did_didcomm::Error> 
 /// Whether `key` (a `recipient_did`) is `did` itself or a DID URL under it (`did#frag`,
 /// `did?query`): only then may `did` register it. Whether the fragment names a real key
 /// matters to `did` alone: nothing under its DID can route anyone else's mail.
+/// How many messages a `delivery-request` asks for: Pickup 3.0's `limit`, 4.0's
+/// `message_count_limit` (renamed in 4.0 "for increased specificity"). A 4.0 request with
+/// only `limit` is still served: mpc-did clients before 2026-12-07 sent it (spec/mediator.md
+/// §3.2).
+fn delivery_limit(body: &Value, p: PickupVersion) -> Option<u64> {
+    let field = |name: &str| body.get(name).and_then(Value::as_u64);
+    match p {
+        PickupVersion::V3 => field("limit"),
+        PickupVersion::V4 => field("message_count_limit").or_else(|| {
+            body.get("message_count_limit")
+                .is_none()
+                .then(|| field("limit"))
+                .flatten()
+        }),
+    }
+}
+
 fn owns_key(did: &str, key: &str) -> bool {
     did_of(key) == did
 }
@@ -1189,6 +1217,37 @@ mod batch_tests {
     }
 
     const TO: &str = "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK";
+
+    // spec/mediator.md §3.2: 3.0 reads `limit`, 4.0 `message_count_limit` (and, only when
+    // that is absent, the `limit` of older mpc-did clients).
+    #[test]
+    fn delivery_limit_per_version() {
+        let v3 = PickupVersion::V3;
+        let v4 = PickupVersion::V4;
+        assert_eq!(delivery_limit(&json!({ "limit": 5 }), v3), Some(5));
+        assert_eq!(
+            delivery_limit(&json!({ "message_count_limit": 5 }), v3),
+            None
+        );
+        assert_eq!(
+            delivery_limit(&json!({ "message_count_limit": 7 }), v4),
+            Some(7)
+        );
+        assert_eq!(
+            delivery_limit(&json!({ "message_count_limit": 7, "limit": 1 }), v4),
+            Some(7)
+        );
+        assert_eq!(delivery_limit(&json!({ "limit": 3 }), v4), Some(3));
+        assert_eq!(
+            delivery_limit(&json!({ "message_count_limit": "7", "limit": 3 }), v4),
+            None
+        );
+        assert_eq!(delivery_limit(&json!({}), v4), None);
+        assert_eq!(
+            delivery_limit(&json!({ "message_count_limit": -1 }), v4),
+            None
+        );
+    }
 
     // spec/mediator.md §3 "Delivery batches": 14 stored messages of 135 KB (a 100 KB body
     // after two JWE layers) never share one delivery; the bound keeps every prefix within

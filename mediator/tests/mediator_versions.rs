@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use common::{client, introduce, MediatorProc};
 use futures_util::{SinkExt as _, StreamExt as _};
-use mpc_did_agent::client::{connect_ws, ClientError, MediatorClient, Versions, Ws};
+use mpc_did_agent::client::{connect_ws, ClientError, LiveOptions, MediatorClient, Versions, Ws};
 use mpc_did_didcomm::message::message;
 use mpc_did_didcomm::protocols::coordinate_mediation::CoordinateMediationVersion;
 use mpc_did_didcomm::protocols::pickup::PickupVersion;
-use mpc_did_didcomm::protocols::{coordinate_mediation_v3 as cm3, pickup_v4};
+use mpc_did_didcomm::protocols::{coordinate_mediation_v3 as cm3, pickup, pickup_v4};
 use mpc_did_didcomm::Message;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -78,7 +78,7 @@ async fn client_speaks_the_newest_versions() {
     let empty = a
         .request(message(
             pickup_v4::DELIVERY_REQUEST_TYPE,
-            json!({"limit": 10}),
+            json!({"message_count_limit": 10}),
         ))
         .await
         .unwrap()
@@ -163,6 +163,150 @@ async fn pickup4_live_mode_rules() {
     }
     ns.sort_unstable();
     assert_eq!(ns, [1, 2]);
+}
+
+/// didcomm.org message-pickup/4.0 "Version Change Log": `delivery-request` names its limit
+/// `message_count_limit`, and `status` gives its times in epoch milliseconds without
+/// `longest_waited_seconds`; 3.0 keeps `limit` and seconds (spec/mediator.md §3.2).
+#[tokio::test]
+async fn pickup4_fields_follow_the_4_0_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &[]);
+    let a = client(&m.url()).await;
+    a.register().await.unwrap();
+    let b = client(&m.url()).await;
+    introduce(&b, &a);
+    for n in 0..2u64 {
+        b.send(
+            &a.did,
+            message("https://example.org/t/1.0/n", json!({ "n": n })),
+        )
+        .await
+        .unwrap();
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let status = |type_: &'static str| {
+        let a = &a;
+        async move {
+            a.request(message(type_, json!({})))
+                .await
+                .unwrap()
+                .unwrap()
+                .body
+        }
+    };
+    let v4 = status(pickup_v4::STATUS_REQUEST_TYPE).await;
+    assert_eq!(v4["message_count"], 2);
+    for field in ["oldest_received_time", "newest_received_time"] {
+        let t = v4[field].as_u64().unwrap();
+        assert!(t.abs_diff(now_ms) < 60_000, "{field} {t} is not in ms");
+    }
+    assert!(v4.get("longest_waited_seconds").is_none(), "{v4}");
+    let v3 = status(pickup::STATUS_REQUEST_TYPE).await;
+    let t = v3["oldest_received_time"].as_u64().unwrap();
+    assert!(t.abs_diff(now_ms / 1000) < 60, "3.0 time {t} is not in s");
+    assert!(v3["longest_waited_seconds"].is_u64(), "{v3}");
+
+    let fetch = |body: serde_json::Value| {
+        let a = &a;
+        async move {
+            a.request(message(pickup_v4::DELIVERY_REQUEST_TYPE, body))
+                .await
+        }
+    };
+    for body in [
+        json!({"message_count_limit": 1}),
+        // what mpc-did clients sent before: still served
+        json!({"limit": 1}),
+        json!({"message_count_limit": 1, "limit": 5}),
+    ] {
+        let d = fetch(body.clone()).await.unwrap().unwrap();
+        assert_eq!(d.type_, pickup_v4::DELIVERY_TYPE, "{body}");
+        assert_eq!(d.attachments.as_deref().map(<[_]>::len), Some(1), "{body}");
+    }
+    for body in [json!({}), json!({"message_count_limit": "1", "limit": 1})] {
+        match fetch(body.clone()).await {
+            Err(ClientError::Problem { code, comment }) => {
+                assert_eq!(code, "e.p.msg.bad-request", "{body}");
+                assert!(comment.contains("message_count_limit"), "{comment}");
+            }
+            other => panic!("{body}: expected a problem report, got {other:?}"),
+        }
+    }
+    // The client's own fetch speaks 4.0 (`message_count_limit`).
+    assert_eq!(a.fetch(1).await.unwrap().len(), 1);
+}
+
+/// spec/mediator.md §3.2 "Client": a live connection that does not get the backlog pushed
+/// (plain 4.0, as a foreign mediator speaks it) fetches it with `delivery-request`s on the
+/// same socket, page after page, and still gets new arrivals pushed; nothing is lost and the
+/// queue ends empty. Without the fallback the 150 queued messages never arrive.
+#[tokio::test]
+async fn pickup4_backlog_is_fetched_when_the_mediator_does_not_push_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &[]);
+    let a = client(&m.url()).await;
+    a.register().await.unwrap();
+    let b = client(&m.url()).await;
+    introduce(&b, &a);
+    let note = |n: u64| message("https://example.org/t/1.0/n", json!({ "n": n }));
+    // More than one page (the client asks for 100 beyond the unacknowledged ones; the
+    // mediator's own cap is 100 per delivery).
+    const QUEUED: u64 = 150;
+    for n in 0..QUEUED {
+        b.send(&a.did, note(n)).await.unwrap();
+    }
+    let mut live = a
+        .live_with(
+            &[],
+            LiveOptions {
+                backlog_extension: false,
+            },
+        )
+        .await
+        .unwrap();
+    let mut got = std::collections::BTreeSet::new();
+    let mut sent_new = false;
+    while got.len() < (QUEUED + 1) as usize {
+        let batch = live
+            .next_batch(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("stuck after {} of {}: {e}", got.len(), QUEUED + 1));
+        let mut ids = Vec::new();
+        for d in batch {
+            let (inner, _) = a.unpack(&d.bytes).await.unwrap();
+            got.insert(inner.body["n"].as_u64().unwrap());
+            ids.push(d.id);
+        }
+        live.ack(&ids).await.unwrap();
+        if !sent_new {
+            // A new arrival while the backlog is being fetched is pushed live.
+            b.send(&a.did, note(QUEUED)).await.unwrap();
+            sent_new = true;
+        }
+    }
+    assert_eq!(got, (0..=QUEUED).collect());
+    live.close().await;
+    // Acknowledged on the socket: nothing stays queued.
+    let left = async {
+        loop {
+            let st = a
+                .request(message(pickup_v4::STATUS_REQUEST_TYPE, json!({})))
+                .await
+                .unwrap()
+                .unwrap();
+            if st.body["message_count"] == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), left)
+        .await
+        .expect("the queue is empty once everything is acknowledged");
 }
 
 /// The next message on a live socket, unpacked.

@@ -459,14 +459,14 @@ impl MediatorClient {
         Ok(reply.body)
     }
 
-    /// Pickup 3.0 `delivery-request` for up to `limit` messages (empty if none).
+    /// Pickup 3.0/4.0 `delivery-request` for up to `limit` messages (empty if none).
     ///
     /// # Errors
     /// A problem report or network failure.
     pub async fn fetch(&self, limit: u64) -> Result<Vec<Delivered>, ClientError> {
-        let p = self.versions().await.pickup.types();
+        let v = self.versions().await.pickup;
         let reply = self
-            .request(message(p.delivery_request, json!({ "limit": limit })))
+            .request(delivery_request(v, limit))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to delivery-request".into()))?;
         Ok(delivered(&reply))
@@ -524,16 +524,23 @@ impl MediatorClient {
         &self,
         extra_roots: &[Vec<u8>],
     ) -> Result<LiveConnection, ClientError> {
+        self.live_with(extra_roots, LiveOptions::default()).await
+    }
+
+    /// As [`Self::live_with_roots`], with `options`.
+    ///
+    /// # Errors
+    /// As [`Self::live`].
+    pub async fn live_with(
+        &self,
+        extra_roots: &[Vec<u8>],
+        options: LiveOptions,
+    ) -> Result<LiveConnection, ClientError> {
         let ws = connect_ws(&self.info.ws, extra_roots).await?;
-        let mut conn = LiveConnection {
-            client: self.clone(),
-            ws,
-            pending: Vec::new(),
-            raw: false,
-            deferred: None,
-        };
-        let change = live_change(self.versions().await.pickup, false);
-        conn.send(change).await?;
+        let mut conn = LiveConnection::new(self.clone(), ws);
+        let pickup = self.versions().await.pickup;
+        conn.switch_on(pickup, false, options.backlog_extension)
+            .await?;
         Ok(conn)
     }
 
@@ -585,17 +592,9 @@ impl MediatorClient {
         timeout: Duration,
     ) -> Result<LiveConnection, ClientError> {
         let ws = connect_ws(&self.info.ws, extra_roots).await?;
-        let mut conn = LiveConnection {
-            client: self.clone(),
-            ws,
-            pending: Vec::new(),
-            raw: false,
-            deferred: None,
-        };
+        let mut conn = LiveConnection::new(self.clone(), ws);
         let pickup = self.versions().await.pickup;
-        let change = live_change(pickup, true);
-        let thid = change.id.clone();
-        conn.send(change).await?;
+        let thid = conn.switch_on(pickup, true, true).await?;
         // The mediator answers live-delivery-change with a status before it pushes
         // anything; only that status (in our thread, authcrypt) switches raw mode on here.
         let deadline = tokio::time::Instant::now() + timeout;
@@ -609,6 +608,7 @@ impl MediatorClient {
             }
             if m.body.get(RAW_LIVE_FIELD).and_then(Value::as_bool) == Some(true) {
                 conn.raw = true;
+                conn.backlog.on_status(&m);
                 return Ok(conn);
             }
             conn.close().await;
@@ -699,17 +699,121 @@ impl MediatorClient {
 }
 
 /// A `live-delivery-change` switching live mode on in Pickup version `p` (with raw pushes
-/// if `raw`). In 4.0 it asks for the backlog too ([`LIVE_BACKLOG_FIELD`]), so that live
-/// mode delivers what was queued before, as in 3.0.
-fn live_change(p: PickupVersion, raw: bool) -> Message {
+/// if `raw`). In 4.0 with `backlog` it asks for the backlog too ([`LIVE_BACKLOG_FIELD`]),
+/// so that live mode delivers what was queued before, as in 3.0.
+fn live_change(p: PickupVersion, raw: bool, backlog: bool) -> Message {
     let mut body = json!({ "live_delivery": true });
     if raw {
         body[RAW_LIVE_FIELD] = json!(true);
     }
-    if p == PickupVersion::V4 {
+    if p == PickupVersion::V4 && backlog {
         body[LIVE_BACKLOG_FIELD] = json!(true);
     }
     message(p.types().live_delivery_change, body)
+}
+
+/// A `delivery-request` for up to `limit` messages: Pickup 3.0 calls the field `limit`,
+/// 4.0 `message_count_limit` (spec/mediator.md §3.2).
+fn delivery_request(p: PickupVersion, limit: u64) -> Message {
+    let field = match p {
+        PickupVersion::V3 => "limit",
+        PickupVersion::V4 => "message_count_limit",
+    };
+    let mut body = json!({});
+    body[field] = json!(limit);
+    message(p.types().delivery_request, body)
+}
+
+/// How a live connection is switched on ([`MediatorClient::live_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveOptions {
+    /// In Pickup 4.0, ask the mediator to push the messages queued before live mode too
+    /// (the mpc-did extension [`LIVE_BACKLOG_FIELD`]; default `true`). Either way the
+    /// backlog arrives: a mediator that does not honour the field (or a connection that
+    /// does not ask) gets `delivery-request`s for it (spec/mediator.md §3.2 "Client").
+    /// `false` speaks plain 4.0 from the start.
+    pub backlog_extension: bool,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        Self {
+            backlog_extension: true,
+        }
+    }
+}
+
+/// Most messages one backlog `delivery-request` asks for beyond those delivered on the
+/// socket and not yet acknowledged (which a 4.0 mediator hands out again first).
+const BACKLOG_PAGE: u64 = 100;
+
+/// A Pickup 4.0 live connection's backlog: the messages queued before live mode was
+/// switched on, which a 4.0 mediator does not push ("they MUST still be requested with
+/// `delivery-request` messages") unless it honours [`LIVE_BACKLOG_FIELD`]
+/// (spec/mediator.md §3.2 "Client").
+#[derive(Debug, Default)]
+struct Backlog {
+    /// The `live-delivery-change` whose `status` is awaited (4.0 only), and whether it
+    /// asked for the backlog.
+    change: Option<(String, bool)>,
+    /// A `delivery-request` goes out at the next [`LiveConnection::next_batch`] (after the
+    /// caller has acknowledged what the previous one brought).
+    due: bool,
+    /// The `delivery-request` whose `delivery` is awaited.
+    request: Option<String>,
+    /// Ids this socket delivered, by live push or backlog request, not yet acknowledged.
+    unacked: std::collections::HashSet<String>,
+    /// Ids the backlog requests brought (a page of none new ends the draining).
+    seen: std::collections::HashSet<String>,
+}
+
+impl Backlog {
+    /// The `status` answering our change: unless the mediator honours the backlog field,
+    /// start draining the queue with `delivery-request`s.
+    fn on_status(&mut self, m: &Message) {
+        let Some((id, _)) = &self.change else { return };
+        if m.thid.as_deref() != Some(id.as_str()) {
+            return;
+        }
+        self.change = None;
+        if m.body.get(LIVE_BACKLOG_FIELD).and_then(Value::as_bool) == Some(true) {
+            return;
+        }
+        // `message_count` is REQUIRED; a status without it is drained all the same.
+        let queued = m.body.get("message_count").and_then(Value::as_u64);
+        if queued == Some(0) {
+            return;
+        }
+        tracing::info!(
+            queued = ?queued,
+            "the mediator does not push what was queued before live mode (Pickup 4.0): \
+             asking for it with delivery-request"
+        );
+        self.due = true;
+    }
+
+    /// A `delivery` answering our backlog request: ask for the next page once the caller
+    /// is done with this one, unless it brought nothing new.
+    fn on_delivery(&mut self, m: &Message, items: &[Delivered]) {
+        if self.request.is_none() || m.thid != self.request {
+            return;
+        }
+        self.request = None;
+        let mut new = 0usize;
+        for d in items {
+            if self.seen.insert(d.id.clone()) {
+                new += 1;
+            }
+        }
+        if new > 0 {
+            self.due = true;
+        } else {
+            tracing::debug!(
+                seen = self.seen.len(),
+                "the backlog is drained (a delivery with nothing new)"
+            );
+        }
+    }
 }
 
 /// The wait before re-connect attempt `attempt` (0-based) of a live WebSocket: 250 ms
@@ -968,12 +1072,57 @@ pub struct LiveConnection {
     raw: bool,
     /// An error met while draining ready frames into a batch, returned by the next call.
     deferred: Option<ClientError>,
+    /// Pickup 4.0: what was queued before live mode, fetched with `delivery-request`.
+    backlog: Backlog,
 }
 
 /// Most raw pushes [`LiveConnection::next_batch`] gathers into one batch.
 const RAW_BATCH_MAX: usize = 1000;
+/// Most unacknowledged ids a live connection remembers for its backlog requests.
+const MAX_UNACKED_TRACKED: usize = 10_000;
 
 impl LiveConnection {
+    fn new(client: MediatorClient, ws: Ws) -> Self {
+        Self {
+            client,
+            ws,
+            pending: Vec::new(),
+            raw: false,
+            deferred: None,
+            backlog: Backlog::default(),
+        }
+    }
+
+    /// Sends the `live-delivery-change` switching live mode on; returns its id.
+    async fn switch_on(
+        &mut self,
+        pickup: PickupVersion,
+        raw: bool,
+        backlog: bool,
+    ) -> Result<String, ClientError> {
+        let change = live_change(pickup, raw, backlog);
+        let id = change.id.clone();
+        if pickup == PickupVersion::V4 {
+            self.backlog.change = Some((id.clone(), backlog));
+        }
+        self.send(change).await?;
+        Ok(id)
+    }
+
+    /// Sends the next backlog `delivery-request` if one is due.
+    async fn request_backlog(&mut self) -> Result<(), ClientError> {
+        if !self.backlog.due {
+            return Ok(());
+        }
+        let limit = BACKLOG_PAGE + self.backlog.unacked.len() as u64;
+        let req = delivery_request(PickupVersion::V4, limit);
+        let id = req.id.clone();
+        self.send(req).await?;
+        self.backlog.due = false;
+        self.backlog.request = Some(id);
+        Ok(())
+    }
+
     /// Sends one request on the socket (authcrypt to the mediator).
     ///
     /// # Errors
@@ -1004,6 +1153,7 @@ impl LiveConnection {
             match self.read_frame(frame).await? {
                 Frame::Message(m) => return Ok(*m),
                 Frame::Raw(d) => self.pending.push(d),
+                Frame::ChangeRefused(e) => return Err(e),
                 Frame::Other => {}
             }
         }
@@ -1028,9 +1178,18 @@ impl LiveConnection {
             WsMessage::Close(_) => return Err(ClientError::Unexpected("socket closed".into())),
             _ => return Ok(Frame::Other),
         };
-        Ok(Frame::Message(Box::new(
-            self.client.read_reply(&bytes).await?,
-        )))
+        let (m, _) = self.client.unpack(&bytes).await?;
+        if m.type_ == PROBLEM_REPORT_TYPE {
+            if let Some((id, true)) = &self.backlog.change {
+                let about = |t: &Option<String>| t.as_deref() == Some(id.as_str());
+                if about(&m.thid) || about(&m.pthid) {
+                    self.backlog.change = None;
+                    return Ok(Frame::ChangeRefused(problem(&m)));
+                }
+            }
+            return Err(problem(&m));
+        }
+        Ok(Frame::Message(Box::new(m)))
     }
 
     /// The next batch of pushed messages (skipping `status` messages), waiting at most
@@ -1043,8 +1202,10 @@ impl LiveConnection {
             return Err(e);
         }
         if !self.pending.is_empty() {
-            return Ok(std::mem::take(&mut self.pending));
+            let batch = std::mem::take(&mut self.pending);
+            return Ok(self.handed_out(batch));
         }
+        self.request_backlog().await?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -1053,21 +1214,43 @@ impl LiveConnection {
                 .map_err(|_| ClientError::Timeout)?;
             match self.read_frame(frame).await? {
                 Frame::Message(m) => {
+                    self.backlog.on_status(&m);
                     let d = delivered(&m);
+                    self.backlog.on_delivery(&m, &d);
                     if !d.is_empty() {
-                        return Ok(d);
+                        return Ok(self.handed_out(d));
                     }
+                    // A backlog page that brought nothing, or a status that starts one.
+                    self.request_backlog().await?;
+                }
+                Frame::ChangeRefused(e) => {
+                    // A strict 4.0 mediator refused the backlog field: switch live mode
+                    // on without it and fetch the backlog ourselves.
+                    tracing::info!(
+                        "the mediator refused the backlog extension ({e}); plain Pickup 4.0"
+                    );
+                    self.switch_on(PickupVersion::V4, false, false).await?;
                 }
                 Frame::Raw(d) => {
                     // Raw pushes come one per frame: gather those already received so
                     // that the caller acknowledges them together.
                     let mut batch = vec![d];
                     self.drain_ready(&mut batch).await;
-                    return Ok(batch);
+                    return Ok(self.handed_out(batch));
                 }
                 Frame::Other => {}
             }
         }
+    }
+
+    /// Notes the ids of a batch given to the caller as delivered and not acknowledged.
+    fn handed_out(&mut self, batch: Vec<Delivered>) -> Vec<Delivered> {
+        if self.backlog.unacked.len() < MAX_UNACKED_TRACKED {
+            self.backlog
+                .unacked
+                .extend(batch.iter().map(|d| d.id.clone()));
+        }
+        batch
     }
 
     /// Appends the messages of frames that are already readable (without waiting) to
@@ -1082,7 +1265,7 @@ impl LiveConnection {
                 Ok(Frame::Raw(d)) => batch.push(d),
                 Ok(Frame::Message(m)) => batch.extend(delivered(&m)),
                 Ok(Frame::Other) => {}
-                Err(e) => {
+                Ok(Frame::ChangeRefused(e)) | Err(e) => {
                     self.deferred = Some(e);
                     return;
                 }
@@ -1103,7 +1286,11 @@ impl LiveConnection {
             p.messages_received,
             json!({ "message_id_list": ids }),
         ))
-        .await
+        .await?;
+        for id in ids {
+            self.backlog.unacked.remove(id);
+        }
+        Ok(())
     }
 
     /// The client this connection belongs to.
@@ -1124,6 +1311,8 @@ enum Frame {
     Message(Box<Message>),
     /// A raw live push.
     Raw(Delivered),
+    /// A problem report refusing our `live-delivery-change` that asked for the backlog.
+    ChangeRefused(ClientError),
     /// Ping, pong or another control frame.
     Other,
 }
@@ -1171,12 +1360,68 @@ mod tests {
         assert!(!ClientError::Denied.is_transient());
     }
 
-    /// A mediator stand-in on loopback that acknowledges raw mode (authcrypt status, as
-    /// the real one does) and then sends `frames` as binary frames.
-    async fn fake_mediator(
-        frames: Vec<Vec<u8>>,
-        acknowledge: bool,
-    ) -> (MediatorClient, tokio::task::JoinHandle<()>) {
+    /// The mediator side of a scripted stand-in's one WebSocket: reads and answers
+    /// authcrypt requests as the mediator's DID.
+    struct StandIn {
+        ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+        did: String,
+        secrets: SecretStore,
+        resolver: UniversalResolver,
+        /// The client's DID (from the first request).
+        client: String,
+    }
+
+    impl StandIn {
+        /// The next request from the client, unpacked.
+        async fn request(&mut self) -> Message {
+            let Some(Ok(WsMessage::Text(req))) = self.ws.next().await else {
+                panic!("expected a request");
+            };
+            let (req, meta) = mpc_did_didcomm::unpack(
+                req.as_bytes(),
+                &self.resolver,
+                &self.secrets,
+                &UnpackOptions::default(),
+            )
+            .await
+            .unwrap();
+            self.client = did_of(meta.encrypted_from_kid.as_deref().unwrap()).to_owned();
+            req
+        }
+
+        /// Sends `m` to the client (authcrypt from the mediator).
+        async fn answer(&mut self, mut m: Message) {
+            m.from = Some(self.did.clone());
+            m.to = Some(vec![self.client.clone()]);
+            let opts = PackOptions {
+                forward: false,
+                ..PackOptions::default()
+            };
+            let packed = pack_encrypted(
+                &m,
+                &self.client,
+                Some(&self.did),
+                None,
+                &self.resolver,
+                &self.secrets,
+                &opts,
+            )
+            .await
+            .unwrap();
+            self.ws.send(WsMessage::text(packed.message)).await.unwrap();
+        }
+    }
+
+    /// A client of a mediator stand-in on loopback speaking Pickup `pickup`, and the
+    /// stand-in's task running `script` on the one WebSocket it accepts.
+    async fn stand_in<F, Fut>(
+        pickup: PickupVersion,
+        script: F,
+    ) -> (MediatorClient, tokio::task::JoinHandle<()>)
+    where
+        F: FnOnce(StandIn) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let (mdid, msecrets) = mpc_did_testkit::mediator::ephemeral_identity();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -1192,55 +1437,113 @@ mod tests {
         let client =
             MediatorClient::new(info, &did, secrets, UniversalResolver::new().unwrap()).unwrap();
         // The stand-in serves one WebSocket, no Discover Features: fix the versions.
-        client.versions.set(Versions::default()).unwrap();
+        client
+            .versions
+            .set(Versions {
+                pickup,
+                ..Versions::default()
+            })
+            .unwrap();
         let task = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            let resolver = UniversalResolver::new().unwrap();
-            let Some(Ok(WsMessage::Text(req))) = ws.next().await else {
-                panic!("expected the live-delivery-change");
-            };
-            let (req, meta) = mpc_did_didcomm::unpack(
-                req.as_bytes(),
-                &resolver,
-                &msecrets,
-                &UnpackOptions::default(),
-            )
-            .await
-            .unwrap();
+            let ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            script(StandIn {
+                ws,
+                did: mdid,
+                secrets: msecrets,
+                resolver: UniversalResolver::new().unwrap(),
+                client: String::new(),
+            })
+            .await;
+        });
+        (client, task)
+    }
+
+    /// A mediator stand-in on loopback that acknowledges raw mode (authcrypt status, as
+    /// the real one does) and then sends `frames` as binary frames.
+    async fn fake_mediator(
+        frames: Vec<Vec<u8>>,
+        acknowledge: bool,
+    ) -> (MediatorClient, tokio::task::JoinHandle<()>) {
+        stand_in(PickupVersion::V3, move |mut m| async move {
+            let req = m.request().await;
             assert_eq!(req.type_, pickup::LIVE_DELIVERY_CHANGE_TYPE);
             assert_eq!(req.body[RAW_LIVE_FIELD], true);
-            let from = did_of(meta.encrypted_from_kid.as_deref().unwrap());
             let mut body = json!({ "live_delivery": true, "message_count": 0 });
             if acknowledge {
                 body[RAW_LIVE_FIELD] = json!(true);
             }
-            let mut status = reply(pickup::STATUS_TYPE, body, &req);
-            status.from = Some(mdid.clone());
-            status.to = Some(vec![from.to_owned()]);
-            let opts = PackOptions {
-                forward: false,
-                ..PackOptions::default()
-            };
-            let packed = pack_encrypted(
-                &status,
-                from,
-                Some(&mdid),
-                None,
-                &resolver,
-                &msecrets,
-                &opts,
-            )
-            .await
-            .unwrap();
-            ws.send(WsMessage::text(packed.message)).await.unwrap();
+            m.answer(reply(pickup::STATUS_TYPE, body, &req)).await;
             for f in frames {
-                ws.send(WsMessage::binary(f)).await.unwrap();
+                m.ws.send(WsMessage::binary(f)).await.unwrap();
             }
             // Hold the socket open until the client is done.
-            while let Some(Ok(_)) = ws.next().await {}
-        });
-        (client, task)
+            while let Some(Ok(_)) = m.ws.next().await {}
+        })
+        .await
+    }
+
+    // spec/mediator.md §3.2 "Client": a strict Pickup 4.0 mediator that refuses the
+    // backlog field (as our own CM 3.0 refuses unknown fields) gets the change again
+    // without it, and the backlog is fetched with `delivery-request`
+    // (`message_count_limit`) until a page brings nothing new.
+    #[tokio::test]
+    async fn a_strict_4_0_mediator_gets_plain_4_0_and_the_backlog_is_requested() {
+        use mpc_did_didcomm::protocols::pickup_v4 as v4;
+        use mpc_did_didcomm::protocols::report_problem::PROBLEM_REPORT_TYPE;
+        let (client, task) = stand_in(PickupVersion::V4, |mut m| async move {
+            let first = m.request().await;
+            assert_eq!(first.type_, v4::LIVE_DELIVERY_CHANGE_TYPE);
+            assert_eq!(first.body[LIVE_BACKLOG_FIELD], true);
+            let mut refusal = message(
+                PROBLEM_REPORT_TYPE,
+                json!({ "code": "e.p.msg.bad-request", "comment": "unknown field `mpc_did_backlog`" }),
+            );
+            refusal.pthid = Some(first.id.clone());
+            m.answer(refusal).await;
+            let second = m.request().await;
+            assert_eq!(second.type_, v4::LIVE_DELIVERY_CHANGE_TYPE);
+            assert!(second.body.get(LIVE_BACKLOG_FIELD).is_none(), "{}", second.body);
+            m.answer(reply(
+                v4::STATUS_TYPE,
+                json!({ "live_delivery": true, "message_count": 1 }),
+                &second,
+            ))
+            .await;
+            let req = m.request().await;
+            assert_eq!(req.type_, v4::DELIVERY_REQUEST_TYPE);
+            assert_eq!(req.body["message_count_limit"], BACKLOG_PAGE);
+            let mut page = reply(v4::DELIVERY_TYPE, json!({}), &req);
+            page.attachments = Some(vec![pickup::message_attachment("q1", b"{\"x\":1}")]);
+            m.answer(page).await;
+            let ack = m.request().await;
+            assert_eq!(ack.type_, v4::MESSAGES_RECEIVED_TYPE);
+            assert_eq!(ack.body["message_id_list"], json!(["q1"]));
+            let req = m.request().await;
+            assert_eq!(req.type_, v4::DELIVERY_REQUEST_TYPE);
+            let mut empty = reply(v4::DELIVERY_TYPE, json!({}), &req);
+            empty.attachments = Some(Vec::new());
+            m.answer(empty).await;
+            // No further request after an empty page; hold the socket until the client
+            // closes it.
+            while let Some(Ok(f)) = m.ws.next().await {
+                assert!(!f.is_text(), "a request after the empty page");
+            }
+        })
+        .await;
+        let mut live = client.live().await.unwrap();
+        let batch = live.next_batch(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].id, "q1");
+        live.ack(&["q1".to_owned()]).await.unwrap();
+        let err = live
+            .next_batch(Duration::from_millis(500))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, ClientError::Timeout), "{err:?}");
+        live.close().await;
+        task.await.unwrap();
     }
 
     // spec/mediator.md §3.2: the newest version of each protocol the mediator discloses
