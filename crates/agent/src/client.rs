@@ -309,6 +309,7 @@ impl MediatorClient {
     async fn pack_request(&self, mut msg: Message) -> Result<String, ClientError> {
         msg.from = Some(self.did.clone());
         msg.to = Some(vec![self.info.did.clone()]);
+        ask_for_return_route(&mut msg);
         let opts = PackOptions {
             forward: false,
             ..PackOptions::default()
@@ -697,6 +698,24 @@ impl MediatorClient {
             .unwrap_or_default()
     }
 }
+
+/// Sets `return_route: "all"` on a request to the mediator: Coordinate Mediation 2.0/3.0
+/// and Message Pickup 3.0/4.0 require it ("must be set each time the communication channel
+/// is established: once per established websocket, and every message for an HTTP POST"),
+/// and a mediator that follows them answers nothing without it. Pickup 4.0 removed it from
+/// `messages-received` ("not required"), so that one goes without (spec/mediator.md §8).
+/// A header the caller set is kept.
+fn ask_for_return_route(msg: &mut Message) {
+    if msg.type_ == mpc_did_didcomm::protocols::pickup_v4::MESSAGES_RECEIVED_TYPE {
+        return;
+    }
+    msg.extra
+        .entry(RETURN_ROUTE.to_owned())
+        .or_insert_with(|| json!("all"));
+}
+
+/// The DIDComm `return_route` header.
+const RETURN_ROUTE: &str = "return_route";
 
 /// A `live-delivery-change` switching live mode on in Pickup version `p` (with raw pushes
 /// if `raw`). In 4.0 with `backlog` it asks for the backlog too ([`LIVE_BACKLOG_FIELD`]),
@@ -1469,6 +1488,7 @@ mod tests {
             let req = m.request().await;
             assert_eq!(req.type_, pickup::LIVE_DELIVERY_CHANGE_TYPE);
             assert_eq!(req.body[RAW_LIVE_FIELD], true);
+            assert_eq!(req.extra[RETURN_ROUTE], "all");
             let mut body = json!({ "live_delivery": true, "message_count": 0 });
             if acknowledge {
                 body[RAW_LIVE_FIELD] = json!(true);
@@ -1513,12 +1533,15 @@ mod tests {
             let req = m.request().await;
             assert_eq!(req.type_, v4::DELIVERY_REQUEST_TYPE);
             assert_eq!(req.body["message_count_limit"], BACKLOG_PAGE);
+            assert_eq!(req.extra[RETURN_ROUTE], "all");
             let mut page = reply(v4::DELIVERY_TYPE, json!({}), &req);
             page.attachments = Some(vec![pickup::message_attachment("q1", b"{\"x\":1}")]);
             m.answer(page).await;
             let ack = m.request().await;
             assert_eq!(ack.type_, v4::MESSAGES_RECEIVED_TYPE);
             assert_eq!(ack.body["message_id_list"], json!(["q1"]));
+            // 4.0 removed return_route from messages-received.
+            assert!(!ack.extra.contains_key(RETURN_ROUTE));
             let req = m.request().await;
             assert_eq!(req.type_, v4::DELIVERY_REQUEST_TYPE);
             let mut empty = reply(v4::DELIVERY_TYPE, json!({}), &req);
