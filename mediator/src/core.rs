@@ -23,7 +23,9 @@ use crate::messages::{
 use crate::metrics::{Metrics, Rejection};
 use crate::store::{AnyStore, KeyUpdate, QueueLimits, Store, StoreError, StoredMessage};
 use crate::versions::{state_changing, Mediation};
-use mpc_did_didcomm::protocols::coordinate_mediation::CoordinateMediationVersion as CmVersion;
+use mpc_did_didcomm::protocols::coordinate_mediation::{
+    CoordinateMediationTypes, CoordinateMediationVersion as CmVersion,
+};
 use mpc_did_didcomm::protocols::coordinate_mediation_v3 as cm3;
 use mpc_did_didcomm::protocols::pickup::PickupVersion;
 use mpc_did_didcomm::protocols::pickup_v4::LIVE_BACKLOG_FIELD;
@@ -623,7 +625,7 @@ impl Core {
         tracing::info!(%did, "mediation granted");
         let grant = reply(
             cm.types().mediate_grant,
-            json!({ "routing_did": [self.identity.did] }),
+            json!({ "routing_did": cm.routing_did(&self.identity.did) }),
             msg,
         );
         self.answer(grant, sender).await
@@ -690,7 +692,7 @@ impl Core {
             updated.push(json!({ "recipient_did": key, "action": action, "result": result }));
         }
         let r = reply(
-            cm.types().recipient_update_response,
+            cm_types(msg, cm).recipient_update_response,
             json!({ "updated": updated }),
             msg,
         );
@@ -737,11 +739,13 @@ impl Core {
             None => (&keys[..], None),
         };
         let dids: Vec<Value> = page.iter().map(|k| json!({ "recipient_did": k })).collect();
-        let mut body = json!({ "dids": dids });
+        let types = cm_types(msg, cm);
+        let mut body = json!({});
+        body[types.list_field] = json!(dids);
         if let Some(p) = pagination {
             body["pagination"] = json!(p);
         }
-        let r = reply(cm.types().recipient, body, msg);
+        let r = reply(types.recipient, body, msg);
         Ok(self.answer(r, sender).await)
     }
 
@@ -948,7 +952,10 @@ impl Core {
                 .bad_request(msg, sender, "body.live_delivery must be a boolean")
                 .await);
         };
-        if transport != Transport::WebSocket {
+        // Only switching it *on* needs a socket; `live_delivery: false` over HTTP is
+        // answered with a status like any other change ("Upon receiving the
+        // live_delivery_change message, the mediator MUST respond with a status message").
+        if on && transport != Transport::WebSocket {
             return Ok(self
                 .refuse(
                     msg,
@@ -1115,6 +1122,22 @@ fn cm3_body_ok(msg: &Message, name: &str) -> Result<(), mpc_did_didcomm::Error> 
 /// Whether `key` (a `recipient_did`) is `did` itself or a DID URL under it (`did#frag`,
 /// `did?query`): only then may `did` register it. Whether the fragment names a real key
 /// matters to `did` alone: nothing under its DID can route anyone else's mail.
+/// The Coordinate Mediation names to answer `msg` in: its version's, or, for a 2.0 request
+/// under the names mpc-did used before 2026-12-07 (`recipient-update`, `recipient-query`),
+/// those (spec/mediator.md §3).
+fn cm_types(msg: &Message, cm: CmVersion) -> &'static CoordinateMediationTypes {
+    use mpc_did_didcomm::protocols::coordinate_mediation as cm2;
+    let legacy = [
+        cm2::LEGACY_RECIPIENT_UPDATE_TYPE,
+        cm2::LEGACY_RECIPIENT_QUERY_TYPE,
+    ];
+    if cm == CmVersion::V2 && legacy.contains(&msg.type_.as_str()) {
+        &cm2::LEGACY_TYPES
+    } else {
+        cm.types()
+    }
+}
+
 /// How many messages a `delivery-request` asks for: Pickup 3.0's `limit`, 4.0's
 /// `message_count_limit` (renamed in 4.0 "for increased specificity"). A 4.0 request with
 /// only `limit` is still served: mpc-did clients before 2026-12-07 sent it (spec/mediator.md

@@ -165,6 +165,117 @@ async fn pickup4_live_mode_rules() {
     assert_eq!(ns, [1, 2]);
 }
 
+/// didcomm.org coordinate-mediation/2.0: the list messages are `keylist-update` →
+/// `keylist-update-response` and `keylist-query` → `keylist` (with `keys`), and the grant's
+/// `routing_did` is one DID (a string). A 2.0 client written to the spec registers and
+/// queries with them; the names mpc-did used under 2.0 before 2026-12-07 are still answered
+/// in kind (spec/mediator.md §3).
+#[tokio::test]
+async fn cm2_speaks_the_keylist_messages_of_its_spec() {
+    use mpc_did_didcomm::protocols::coordinate_mediation as cm2;
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &[]);
+    let a = client(&m.url()).await;
+    let ask = |type_: &str, body: serde_json::Value| {
+        let (a, msg) = (&a, message(type_, body));
+        async move { a.request(msg).await.unwrap().unwrap() }
+    };
+    let grant = ask(
+        "https://didcomm.org/coordinate-mediation/2.0/mediate-request",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        grant.type_,
+        "https://didcomm.org/coordinate-mediation/2.0/mediate-grant"
+    );
+    assert_eq!(
+        grant.body["routing_did"],
+        json!(a.info.did),
+        "{}",
+        grant.body
+    );
+    let updated = ask(
+        "https://didcomm.org/coordinate-mediation/2.0/keylist-update",
+        json!({"updates": [{"recipient_did": a.did, "action": "add"}]}),
+    )
+    .await;
+    assert_eq!(
+        updated.type_,
+        "https://didcomm.org/coordinate-mediation/2.0/keylist-update-response"
+    );
+    assert_eq!(
+        updated.body["updated"],
+        json!([{"recipient_did": a.did, "action": "add", "result": "success"}])
+    );
+    let list = ask(
+        "https://didcomm.org/coordinate-mediation/2.0/keylist-query",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        list.type_,
+        "https://didcomm.org/coordinate-mediation/2.0/keylist"
+    );
+    assert_eq!(list.body["keys"], json!([{"recipient_did": a.did}]));
+    // The old mpc-did names under 2.0, answered in kind.
+    let extra = format!("{}#old", a.did);
+    let old = ask(
+        cm2::LEGACY_RECIPIENT_UPDATE_TYPE,
+        json!({"updates": [{"recipient_did": extra, "action": "add"}]}),
+    )
+    .await;
+    assert_eq!(old.type_, cm2::LEGACY_RECIPIENT_UPDATE_RESPONSE_TYPE);
+    assert_eq!(old.body["updated"][0]["result"], "success");
+    let old = ask(cm2::LEGACY_RECIPIENT_QUERY_TYPE, json!({})).await;
+    assert_eq!(old.type_, cm2::LEGACY_RECIPIENT_TYPE);
+    assert_eq!(old.body["dids"].as_array().map(Vec::len), Some(2));
+    // And a forward to the DID registered with `keylist-update` is queued for it.
+    let b = client(&m.url()).await;
+    introduce(&b, &a);
+    b.send(
+        &a.did,
+        message("https://example.org/t/1.0/n", json!({"n": 1})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.fetch(10).await.unwrap().len(), 1);
+}
+
+/// didcomm.org messagepickup/3.0 and message-pickup/4.0 "Live Mode Change": "Upon
+/// receiving the live_delivery_change message, the mediator MUST respond with a status
+/// message"; only switching live mode *on* over a connection that cannot carry it gets the
+/// `e.m.live-mode-not-supported` problem report (spec/mediator.md §3).
+#[tokio::test]
+async fn live_mode_off_over_http_gets_a_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &[]);
+    let a = client(&m.url()).await;
+    a.register().await.unwrap();
+    for (change, status) in [
+        (pickup::LIVE_DELIVERY_CHANGE_TYPE, pickup::STATUS_TYPE),
+        (pickup_v4::LIVE_DELIVERY_CHANGE_TYPE, pickup_v4::STATUS_TYPE),
+    ] {
+        let off = a
+            .request(message(change, json!({"live_delivery": false})))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(off.type_, status);
+        assert_eq!(off.body["live_delivery"], false);
+        assert_eq!(off.body["message_count"], 0);
+        match a
+            .request(message(change, json!({"live_delivery": true})))
+            .await
+        {
+            Err(ClientError::Problem { code, .. }) => {
+                assert_eq!(code, "e.m.live-mode-not-supported");
+            }
+            other => panic!("{change}: expected a problem report, got {other:?}"),
+        }
+    }
+}
+
 /// didcomm.org message-pickup/4.0 "Version Change Log": `delivery-request` names its limit
 /// `message_count_limit`, and `status` gives its times in epoch milliseconds without
 /// `longest_waited_seconds`; 3.0 keeps `limit` and seconds (spec/mediator.md §3.2).

@@ -382,8 +382,9 @@ impl MediatorClient {
         Ok(msg)
     }
 
-    /// Coordinate Mediation 2.0: `mediate-request`, then `recipient-update` adding our DID
-    /// (so forwards to it, or to any of its key ids, are queued for us).
+    /// Coordinate Mediation 2.0/3.0: `mediate-request`, then `keylist-update` (2.0) /
+    /// `recipient-update` (3.0) adding our DID (so forwards to it, or to any of its key
+    /// ids, are queued for us).
     ///
     /// # Errors
     /// [`ClientError::Denied`], a problem report, or network failure.
@@ -402,7 +403,8 @@ impl MediatorClient {
         Ok(())
     }
 
-    /// Coordinate Mediation 2.0 `recipient-update`; returns the `updated` list.
+    /// Coordinate Mediation 2.0 `keylist-update` / 3.0 `recipient-update`; returns the
+    /// `updated` list.
     ///
     /// # Errors
     /// A problem report or network failure.
@@ -424,7 +426,8 @@ impl MediatorClient {
             .unwrap_or_default())
     }
 
-    /// Coordinate Mediation 2.0 `recipient-query`: our registered keys.
+    /// Coordinate Mediation 2.0 `keylist-query` / 3.0 `recipient-query`: our registered
+    /// DIDs and key ids.
     ///
     /// # Errors
     /// A problem report or network failure.
@@ -434,9 +437,14 @@ impl MediatorClient {
             .request(message(cm.recipient_query, json!({})))
             .await?
             .ok_or_else(|| ClientError::Unexpected("no answer to recipient-query".into()))?;
-        Ok(reply
+        // 2.0 `keylist` lists them under `keys`, 3.0 `recipient` under `dids`; a mediator
+        // that mixes them up is read all the same.
+        let list = reply
             .body
-            .get("dids")
+            .get(cm.list_field)
+            .or_else(|| reply.body.get("dids"))
+            .or_else(|| reply.body.get("keys"));
+        Ok(list
             .and_then(Value::as_array)
             .map(|a| {
                 a.iter()

@@ -44,6 +44,7 @@ pub const TYPES: CoordinateMediationTypes = CoordinateMediationTypes {
     recipient_update_response: RECIPIENT_UPDATE_RESPONSE_TYPE,
     recipient_query: RECIPIENT_QUERY_TYPE,
     recipient: RECIPIENT_TYPE,
+    list_field: "dids",
 };
 
 const PROTOCOL: &str = "coordinate mediation 3.0";
