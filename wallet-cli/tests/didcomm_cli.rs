@@ -226,3 +226,111 @@ fn invite_prints_url_json_qr_and_decodes() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), url);
 }
+
+/// A short-link server on a loopback port: answers each request by its path's first
+/// segment (`/redirect`, `/json`, `/loop`, `/missing`, `/page`), as a sender's web server
+/// would for `?_oobid=` links. Serves until the test ends.
+fn short_link_server(full_url: String, json: String) -> u16 {
+    use std::io::{BufRead as _, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut line = String::new();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            // Skip the headers.
+            let mut h = String::new();
+            while reader.read_line(&mut h).is_ok_and(|n| n > 2) {
+                h.clear();
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+            let (status, headers, body) = match path.split('?').next().unwrap_or("") {
+                // relative Location, as a sender may give
+                "/redirect" => (
+                    "302 Found",
+                    format!(
+                        "Location: {}\r\n",
+                        &full_url[full_url.find("/oob").unwrap()..]
+                    ),
+                    String::new(),
+                ),
+                "/json" => (
+                    "200 OK",
+                    "Content-Type: application/json\r\n".to_owned(),
+                    json.clone(),
+                ),
+                "/loop" => (
+                    "302 Found",
+                    "Location: /loop?_oobid=again\r\n".to_owned(),
+                    String::new(),
+                ),
+                "/page" => (
+                    "200 OK",
+                    "Content-Type: text/html\r\n".to_owned(),
+                    "<html>hello</html>".to_owned(),
+                ),
+                _ => ("404 Not Found", String::new(), String::new()),
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+/// DIDComm v2.1 "Short URL Message Retrieval": a `?_oobid=` link is fetched with an HTTP GET
+/// (a redirect to the full `_oob` URL, or the invitation's JSON as the answer) before it is
+/// decoded, by `invite decode` and `join` alike; a link that loops, is missing or answers a
+/// web page ends with an error that says so (spec/didcomm.md §7).
+#[test]
+fn short_links_are_fetched_before_decoding() {
+    let a = tempfile::tempdir().unwrap();
+    let alice = identity(a.path(), "alice");
+    let human = String::from_utf8(ok(
+        a.path(),
+        &["invite", "--goal-code", "mpc-did.test", "--no-qr"],
+        None,
+    ))
+    .unwrap();
+    let url = human
+        .lines()
+        .find(|l| l.contains("?_oob="))
+        .unwrap()
+        .to_owned();
+    let json =
+        String::from_utf8(ok(a.path(), &["--json", "invite", "decode", &url], None)).unwrap();
+    // The full URL's host is didcomm.invalid: serve it from loopback under the same path.
+    let port = short_link_server(url.clone(), json);
+    let base = format!("http://127.0.0.1:{port}");
+    for link in [
+        format!("{base}/redirect?_oobid=5f0e3ffb"),
+        format!("{base}/json?_oobid=5f0e3ffc"),
+    ] {
+        let out = run(a.path(), &["--json", "invite", "decode", &link], None);
+        assert!(
+            out.status.success(),
+            "{link}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["from"], alice.as_str(), "{link}");
+        assert_eq!(v["body"]["goal_code"], "mpc-did.test", "{link}");
+    }
+    for (link, says) in [
+        (format!("{base}/loop?_oobid=x"), "more than 5 redirects"),
+        (format!("{base}/missing?_oobid=x"), "404"),
+        (format!("{base}/page?_oobid=x"), "without an invitation"),
+    ] {
+        let out = run(a.path(), &["invite", "decode", &link], None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{link}: {err}");
+        assert!(err.contains(says), "{link}: {err}");
+    }
+}

@@ -725,6 +725,101 @@ fn ask_for_return_route(msg: &mut Message) {
 /// The DIDComm `return_route` header.
 const RETURN_ROUTE: &str = "return_route";
 
+/// Redirects an Out-of-Band short link may take before it names the invitation.
+const SHORT_LINK_HOPS: usize = 5;
+/// How long fetching a short link may take, all hops together.
+const SHORT_LINK_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Fetches what an Out-of-Band **short link** (`https://…?_oobid=…`) stands for (DIDComm
+/// v2.1 "Short URL Message Retrieval": "On receipt of this form of message, the agent must
+/// do an HTTP GET to retrieve the associated encoded message"): an HTTP GET without
+/// following redirects by itself; a redirect to a URL with `_oob` ends there, a redirect to
+/// another URL is followed (at most [`SHORT_LINK_HOPS`], http(s) only); a `200` answer is
+/// taken if its body is the invitation's JSON or a URL with `_oob`. Returns that URL or
+/// JSON, for [`mpc_did_didcomm::protocols::oob::Invitation::decode`] (spec/didcomm.md §7).
+///
+/// # Errors
+/// [`ClientError::Url`] for a link that is not http(s), a redirect loop or an answer that
+/// holds no invitation; network failure; [`ClientError::Unexpected`] for another HTTP
+/// status; [`ClientError::Timeout`] after [`SHORT_LINK_TIMEOUT`].
+pub async fn resolve_short_link(link: &str) -> Result<String, ClientError> {
+    tokio::time::timeout(SHORT_LINK_TIMEOUT, resolve_short_link_hops(link))
+        .await
+        .map_err(|_| ClientError::Timeout)?
+}
+
+async fn resolve_short_link_hops(link: &str) -> Result<String, ClientError> {
+    use mpc_did_didcomm::protocols::oob::MAX_INVITATION_SIZE;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(SHORT_LINK_TIMEOUT)
+        .build()?;
+    let mut url = url::Url::parse(link).map_err(|e| ClientError::Url(e.to_string()))?;
+    for _ in 0..=SHORT_LINK_HOPS {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ClientError::Url(format!(
+                "short link {url}: only http and https can be fetched"
+            )));
+        }
+        let resp = http
+            .get(url.clone())
+            .header(
+                "accept",
+                "application/didcomm-plain+json, application/json, text/plain",
+            )
+            .send()
+            .await?;
+        let status = resp.status();
+        if status.is_redirection() {
+            let to = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| ClientError::Url(format!("{url}: {status} without a Location")))?;
+            url = url
+                .join(to)
+                .map_err(|e| ClientError::Url(format!("{url}: bad Location {to:?}: {e}")))?;
+            if url.query_pairs().any(|(k, _)| k == "_oob") {
+                return Ok(url.into());
+            }
+            continue;
+        }
+        if !status.is_success() {
+            return Err(ClientError::Unexpected(format!(
+                "short link {url}: HTTP {status}"
+            )));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_INVITATION_SIZE as u64)
+        {
+            return Err(ClientError::Url(format!(
+                "short link {url}: answer larger than {MAX_INVITATION_SIZE} bytes"
+            )));
+        }
+        let mut body = Vec::new();
+        let mut resp = resp;
+        while let Some(chunk) = resp.chunk().await? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_INVITATION_SIZE {
+                return Err(ClientError::Url(format!(
+                    "short link {url}: answer larger than {MAX_INVITATION_SIZE} bytes"
+                )));
+            }
+        }
+        let text = String::from_utf8_lossy(&body).trim().to_owned();
+        if text.starts_with('{') || text.contains("_oob=") {
+            return Ok(text);
+        }
+        return Err(ClientError::Url(format!(
+            "short link {url} answered without an invitation (neither its JSON nor a URL with _oob)"
+        )));
+    }
+    Err(ClientError::Url(format!(
+        "short link {link}: more than {SHORT_LINK_HOPS} redirects"
+    )))
+}
+
 /// A `live-delivery-change` switching live mode on in Pickup version `p` (with raw pushes
 /// if `raw`). In 4.0 with `backlog` it asks for the backlog too ([`LIVE_BACKLOG_FIELD`]),
 /// so that live mode delivers what was queued before, as in 3.0.

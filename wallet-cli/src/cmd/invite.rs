@@ -11,7 +11,7 @@ use mpc_did_didcomm::protocols::qr::QrMatrix;
 use mpc_did_didcomm::Invitation;
 use serde_json::json;
 
-use crate::cmd::didcomm::{pick_identity, read_input, wallet_keys};
+use crate::cmd::didcomm::{pick_identity, wallet_keys};
 use crate::ctx::Ctx;
 
 /// Base of the link when the identity has no HTTP(S) mediator endpoint. `.invalid` can
@@ -71,13 +71,14 @@ pub enum InviteCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct DecodeArgs {
-    /// The invitation URL or JSON, a file containing it, or `-` for standard input.
+    /// The invitation URL (also a short link, `…?_oobid=…`, which is fetched) or JSON, a
+    /// file containing it, or `-` for standard input.
     input: String,
 }
 
 pub async fn run(ctx: &Ctx, args: InviteArgs) -> anyhow::Result<()> {
     if let Some(InviteCommand::Decode(d)) = args.decode {
-        return decode(ctx, &d.input);
+        return decode(ctx, &d.input).await;
     }
     if let Some(mpc) = args.mpc {
         return crate::cmd::mpc::invite(
@@ -136,16 +137,8 @@ pub async fn run(ctx: &Ctx, args: InviteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn decode(ctx: &Ctx, input: &str) -> anyhow::Result<()> {
-    let path = PathBuf::from(input);
-    let text = if input == "-"
-        || (!input.contains("_oob") && !input.trim_start().starts_with('{') && path.exists())
-    {
-        String::from_utf8(read_input(&path)?).context("the invitation is not UTF-8 text")?
-    } else {
-        input.to_owned()
-    };
-    let inv = Invitation::decode(&text).context("decoding the invitation")?;
+async fn decode(ctx: &Ctx, input: &str) -> anyhow::Result<()> {
+    let inv = crate::cmd::mpc::read_invitation(input).await?;
     let mut out = std::io::stdout().lock();
     if ctx.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&inv.to_message())?)?;

@@ -89,7 +89,8 @@ pub struct InviteArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct JoinArgs {
-    /// The invitation URL (or its JSON, or a file holding either).
+    /// The invitation URL (a short link `…?_oobid=…` is fetched), its JSON, or a file
+    /// holding either (`-`: standard input).
     pub invitation: String,
     /// The program you will run; refused before joining if its hash differs from the offer's.
     #[arg(long, value_name = "FILE")]
@@ -138,7 +139,7 @@ pub async fn run(ctx: &Ctx, cmd: MpcCommand) -> anyhow::Result<()> {
         }
         MpcCommand::Invite(a) => invite(ctx, &a),
         MpcCommand::Join(a) => {
-            let inv = read_invitation(&a.invitation)?;
+            let inv = read_invitation(&a.invitation).await?;
             let rec = until_interrupted(
                 "run the same `mpc-did join` again to go on",
                 lobby::join(
@@ -371,18 +372,25 @@ pub fn invite(ctx: &Ctx, a: &InviteArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An invitation given on the command line: its URL, its JSON, or a file holding either.
-fn read_invitation(input: &str) -> anyhow::Result<Invitation> {
+/// An invitation given on the command line: its URL, its JSON, a file holding either, or
+/// `-` for standard input. A short link (`…?_oobid=…`) is fetched first (DIDComm v2.1
+/// "Short URL Message Retrieval", spec/didcomm.md §7).
+pub(crate) async fn read_invitation(input: &str) -> anyhow::Result<Invitation> {
     let path = PathBuf::from(input);
-    let text = if !input.contains("_oob") && !input.trim_start().starts_with('{') && path.is_file()
+    let text = if input == "-"
+        || (!input.contains("_oob") && !input.trim_start().starts_with('{') && path.is_file())
     {
-        anyhow::ensure!(
-            std::fs::metadata(&path)?.len() <= 1 << 20,
-            "invitation file too large"
-        );
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
+        let bytes = crate::cmd::didcomm::read_input(&path)?;
+        String::from_utf8(bytes).context("the invitation is not UTF-8 text")?
     } else {
         input.to_owned()
     };
-    Invitation::decode(text.trim()).context("decoding the invitation")
+    let mut text = text.trim().to_owned();
+    if !text.starts_with('{') && text.contains("_oobid=") {
+        eprintln!("fetching the short link {text} …");
+        text = mpc_did_agent::client::resolve_short_link(&text)
+            .await
+            .with_context(|| format!("fetching the short link {text}"))?;
+    }
+    Invitation::decode(&text).context("decoding the invitation")
 }

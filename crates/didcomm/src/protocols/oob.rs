@@ -164,7 +164,8 @@ impl Invitation {
                 match pair.split_once('=') {
                     Some(("_oob", v)) => found = Some(v),
                     Some(("_oobid", _)) => {
-                        return Err(bad("_oobid short links need fetching; not supported"))
+                        // No I/O here: `mpc_did_agent::client::resolve_short_link` fetches it.
+                        return Err(bad("a short link (_oobid) must be fetched first"));
                     }
                     _ => {}
                 }
