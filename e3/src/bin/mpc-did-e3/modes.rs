@@ -804,24 +804,49 @@ fn session_direct(spec: &RunSpec, topo: &Topology, python: &Path, timeout: Durat
         let setup_start = Instant::now();
         let mut maps: Vec<BTreeMap<PartyId, SessionHandle>> =
             (0..n).map(|_| BTreeMap::new()).collect();
-        for i in 0..n {
-            for j in i + 1..n {
-                let (x, y) = cross_pair(topo, i, j)?;
-                let (hi, hj) = local::session_pair_on(
+        // Every pair at once, as the parties of a real run set up their sessions at once
+        // (spec/e3.md §3): the TCP connections (a blocking connect in a namespace each),
+        // then the Noise handshakes.
+        let pairs: Vec<(usize, usize)> = (0..n)
+            .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+            .collect();
+        let conns: Vec<Result<(TcpStream, TcpStream), String>> = std::thread::scope(|s| {
+            let threads: Vec<_> = pairs
+                .iter()
+                .map(|&(i, j)| s.spawn(move || cross_pair(topo, i, j)))
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap_or_else(|_| Err("connect thread panicked".into()))
+                })
+                .collect()
+        });
+        let mut handshakes = tokio::task::JoinSet::new();
+        for (&(i, j), conn) in pairs.iter().zip(conns) {
+            let (x, y) = conn?;
+            let (x, y) = (tokio_stream(x)?, tokio_stream(y)?);
+            handshakes.spawn(async move {
+                let r = local::session_pair_on(
                     &format!("did:example:e3-party{i}"),
                     &format!("did:example:e3-party{j}"),
                     DriverConfig::default(),
-                    tokio_stream(x)?,
-                    tokio_stream(y)?,
+                    x,
+                    y,
                     |t| Box::new(t),
                 )
-                .await
-                .map_err(|e| format!("session {i}–{j}: {e}"))?;
-                let pj = PartyId::try_from(j).map_err(|e| e.to_string())?;
-                let pi = PartyId::try_from(i).map_err(|e| e.to_string())?;
-                maps[i].insert(pj, hi);
-                maps[j].insert(pi, hj);
-            }
+                .await;
+                (i, j, r)
+            });
+        }
+        while let Some(done) = handshakes.join_next().await {
+            let (i, j, r) = done.map_err(|e| format!("session set-up task: {e}"))?;
+            let (hi, hj) = r.map_err(|e| format!("session {i}–{j}: {e}"))?;
+            let pj = PartyId::try_from(j).map_err(|e| e.to_string())?;
+            let pi = PartyId::try_from(i).map_err(|e| e.to_string())?;
+            maps[i].insert(pj, hi);
+            maps[j].insert(pi, hj);
         }
         out.setup = Some(setup_start.elapsed());
         let transports: Vec<Arc<PartyTransport>> = maps
