@@ -184,6 +184,18 @@ impl Core {
         transport: Transport,
         source: SourceAddr,
     ) -> Handled {
+        self.handle_on(raw, transport, source, None).await
+    }
+
+    /// As [`Self::handle`], on a WebSocket whose live mode is on for `live_did` (so a
+    /// `status` for that DID says `live_delivery: true`, as Pickup 3.0/4.0 ask).
+    pub(crate) async fn handle_on(
+        &self,
+        raw: &[u8],
+        transport: Transport,
+        source: SourceAddr,
+        live_did: Option<&str>,
+    ) -> Handled {
         self.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
         let max = usize::try_from(self.config.limits.max_message_bytes).unwrap_or(usize::MAX);
         if raw.len() > max {
@@ -260,7 +272,7 @@ impl Core {
                 };
             }
         }
-        let mut out = self.dispatch(&msg, &sender, transport).await;
+        let mut out = self.dispatch(&msg, &sender, transport, live_did).await;
         if out.rejection.is_some() {
             tracing::debug!(typ = %msg.type_, rejection = ?out.rejection, "refused");
         } else {
@@ -271,7 +283,13 @@ impl Core {
         out
     }
 
-    async fn dispatch(&self, msg: &Message, sender: &Sender, transport: Transport) -> Handled {
+    async fn dispatch(
+        &self,
+        msg: &Message,
+        sender: &Sender,
+        transport: Transport,
+        live_did: Option<&str>,
+    ) -> Handled {
         // Replay and freshness checks apply to authenticated requests; forwards are
         // idempotent by content (spec/mediator.md §3).
         if let Some(did) = &sender.did {
@@ -425,11 +443,13 @@ impl Core {
                         self.recipient_query(msg, sender, &did, cm).await
                     }
                     Some(Mediation::Pickup(p, "status-request")) => {
-                        self.status(msg, sender, &did, false, Extensions::default(), p)
+                        let live = live_did == Some(did.as_str());
+                        self.status(msg, sender, &did, live, Extensions::default(), p)
                             .await
                     }
                     Some(Mediation::Pickup(p, "delivery-request")) => {
-                        self.delivery_request(msg, sender, &did, p).await
+                        let live = live_did == Some(did.as_str());
+                        self.delivery_request(msg, sender, &did, p, live).await
                     }
                     Some(Mediation::Pickup(_, "messages-received")) => {
                         self.messages_received(msg, sender, &did).await
@@ -802,6 +822,7 @@ impl Core {
         sender: &Sender,
         did: &str,
         p: PickupVersion,
+        live: bool,
     ) -> Result<Handled, StoreError> {
         let Some(limit) = delivery_limit(&msg.body, p) else {
             let field = match p {
@@ -823,7 +844,7 @@ impl Core {
             // messages are available to be sent, a delivery message with an empty
             // attachments array MUST be sent immediately.")
             return self
-                .status(msg, sender, did, false, Extensions::default(), p)
+                .status(msg, sender, did, live, Extensions::default(), p)
                 .await;
         }
         let Some(to) = sender.did.as_deref() else {

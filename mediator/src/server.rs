@@ -727,7 +727,9 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, so
             },
         };
         let h = if conn.allow() && ip_allows(&st, source) {
-            core.handle(&bytes, Transport::WebSocket, source).await
+            let live_did = s.live.as_ref().map(|(d, _)| d.as_str());
+            core.handle_on(&bytes, Transport::WebSocket, source, live_did)
+                .await
         } else {
             core.refuse_raw(
                 Rejection::RateLimited,

@@ -142,6 +142,21 @@ async fn pickup4_live_mode_rules() {
     assert_eq!(status.body["live_delivery"], true);
     assert_eq!(status.body["message_count"], 1);
     assert!(status.body.get(pickup_v4::LIVE_BACKLOG_FIELD).is_none());
+    // "live_delivery state is also indicated in the status message": on this socket it is
+    // on; over HTTP (no live socket there) off.
+    let ask = message(pickup_v4::STATUS_REQUEST_TYPE, json!({}));
+    ws.send(WsMessage::text(a.pack_for_mediator(ask).await.unwrap()))
+        .await
+        .unwrap();
+    let on_socket = next(&mut ws, &a).await;
+    assert_eq!(on_socket.type_, pickup_v4::STATUS_TYPE);
+    assert_eq!(on_socket.body["live_delivery"], true, "{}", on_socket.body);
+    let over_http = a
+        .request(message(pickup_v4::STATUS_REQUEST_TYPE, json!({})))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(over_http.body["live_delivery"], false);
 
     b.send(&a.did, note(2)).await.unwrap();
     let pushed = next(&mut ws, &a).await;
