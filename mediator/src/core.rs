@@ -451,8 +451,9 @@ impl Core {
                         let live = live_did == Some(did.as_str());
                         self.delivery_request(msg, sender, &did, p, live).await
                     }
-                    Some(Mediation::Pickup(_, "messages-received")) => {
-                        self.messages_received(msg, sender, &did).await
+                    Some(Mediation::Pickup(p, "messages-received")) => {
+                        let live = live_did == Some(did.as_str());
+                        self.messages_received(msg, sender, &did, p, live).await
                     }
                     Some(Mediation::Pickup(p, "live-delivery-change")) => {
                         self.live_change(msg, sender, &did, transport, p).await
@@ -937,6 +938,8 @@ impl Core {
         msg: &Message,
         sender: &Sender,
         did: &str,
+        p: PickupVersion,
+        live: bool,
     ) -> Result<Handled, StoreError> {
         let Some(list) = msg.body.get("message_id_list").and_then(Value::as_array) else {
             return Ok(self
@@ -954,10 +957,18 @@ impl Core {
         if let Ok(mut q) = self.quotas.lock() {
             q.acked(did, &ids);
         }
-        Ok(Handled {
-            received: Some((did.to_owned(), ids)),
-            ..Handled::default()
-        })
+        // Pickup 3.0: "Message Received -> Status" — the mediator "SHOULD send an updated
+        // status message"; sent when the request asks for answers (`return_route: all`).
+        // 4.0 dropped both the answer and the header, so nothing goes back there.
+        let wants = msg.extra.get("return_route").and_then(Value::as_str) == Some("all");
+        let mut h = if p == PickupVersion::V3 && wants {
+            self.status(msg, sender, did, live, Extensions::default(), p)
+                .await?
+        } else {
+            Handled::default()
+        };
+        h.received = Some((did.to_owned(), ids));
+        Ok(h)
     }
 
     async fn live_change(

@@ -291,6 +291,58 @@ async fn live_mode_off_over_http_gets_a_status() {
     }
 }
 
+/// didcomm.org messagepickup/3.0 "Message Received -> Status": with `return_route: all` (our
+/// client sets it) the mediator answers a 3.0 `messages-received` with the updated status;
+/// 4.0 dropped that answer and the header, so a 4.0 one gets none (spec/mediator.md §3).
+#[tokio::test]
+async fn pickup3_messages_received_gets_the_updated_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = MediatorProc::start(dir.path(), &[]);
+    let a = client(&m.url()).await;
+    a.register().await.unwrap();
+    let b = client(&m.url()).await;
+    introduce(&b, &a);
+    for n in 0..3u64 {
+        b.send(
+            &a.did,
+            message("https://example.org/t/1.0/n", json!({ "n": n })),
+        )
+        .await
+        .unwrap();
+    }
+    let delivery = a
+        .request(message(pickup::DELIVERY_REQUEST_TYPE, json!({"limit": 2})))
+        .await
+        .unwrap()
+        .unwrap();
+    let ids: Vec<String> = mpc_did_agent::client::delivered(&delivery)
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let status = a
+        .request(message(
+            pickup::MESSAGES_RECEIVED_TYPE,
+            json!({"message_id_list": ids}),
+        ))
+        .await
+        .unwrap()
+        .expect("a 3.0 messages-received with return_route all is answered");
+    assert_eq!(status.type_, pickup::STATUS_TYPE);
+    assert_eq!(status.body["message_count"], 1);
+    let last = a.fetch(10).await.unwrap();
+    assert_eq!(last.len(), 1);
+    let answer = a
+        .request(message(
+            pickup_v4::MESSAGES_RECEIVED_TYPE,
+            json!({"message_id_list": [last[0].id]}),
+        ))
+        .await
+        .unwrap();
+    assert!(answer.is_none(), "4.0: no answer, got {answer:?}");
+    assert!(a.fetch(10).await.unwrap().is_empty());
+}
+
 /// didcomm.org message-pickup/4.0 "Version Change Log": `delivery-request` names its limit
 /// `message_count_limit`, and `status` gives its times in epoch milliseconds without
 /// `longest_waited_seconds`; 3.0 keeps `limit` and seconds (spec/mediator.md §3.2).
