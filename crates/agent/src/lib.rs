@@ -447,6 +447,24 @@ impl Agent {
         Ok(())
     }
 
+    /// As [`Self::send_signed`], trying again after a pause of `pause` while the failure
+    /// is transient ([`AgentError::is_transient`]: a busy or unreachable mediator) and
+    /// `limit` has not passed since the first try. The mediator stores a message id once
+    /// (spec/mediator.md §3), so a retry of one that did arrive is harmless. Returns the
+    /// number of tries with the outcome.
+    ///
+    /// # Errors
+    /// The last failure; [`AgentError::Timeout`] when `limit` passed during a try.
+    pub async fn send_signed_within(
+        &self,
+        to: &str,
+        msg: Message,
+        limit: Duration,
+        pause: Duration,
+    ) -> (u32, Result<(), AgentError>) {
+        within_limit(limit, pause, || self.send_signed(to, msg.clone())).await
+    }
+
     /// Receive every message whose type starts with `type_prefix` (including held ones
     /// that arrived before this call). One subscriber per prefix: a new subscription
     /// replaces an older one. While the subscriber is behind (256 waiting), further
@@ -855,4 +873,102 @@ async fn inbox(
         }
     }
     live.close().await;
+}
+
+/// Runs `attempt` until it succeeds, fails for good (not [`AgentError::is_transient`]), or
+/// `limit` has passed since the start (a try still running then ends as
+/// [`AgentError::Timeout`]); waits `pause` between tries. Returns the number of tries.
+async fn within_limit<F, Fut>(
+    limit: Duration,
+    pause: Duration,
+    mut attempt: F,
+) -> (u32, Result<(), AgentError>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), AgentError>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, attempt()).await {
+            Err(_) => {
+                return (
+                    tries,
+                    Err(AgentError::Timeout(format!("an answer within {limit:?}"))),
+                )
+            }
+            Ok(Err(e))
+                if e.is_transient()
+                    && deadline.saturating_duration_since(tokio::time::Instant::now()) > pause =>
+            {
+                tracing::debug!(tries, "send failed for now ({e}); trying again");
+                tokio::time::sleep(pause).await;
+            }
+            Ok(r) => return (tries, r),
+        }
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+
+    fn busy() -> AgentError {
+        AgentError::Client(ClientError::Unexpected(
+            "HTTP 503 Service Unavailable".into(),
+        ))
+    }
+
+    // A mediator that answers 503 twice, then takes the message: three tries, success.
+    #[tokio::test]
+    async fn transient_failures_are_tried_again_within_the_limit() {
+        let mut n = 0;
+        let (tries, r) = within_limit(Duration::from_secs(5), Duration::from_millis(20), || {
+            n += 1;
+            let r = if n <= 2 { Err(busy()) } else { Ok(()) };
+            async move { r }
+        })
+        .await;
+        assert_eq!(tries, 3);
+        assert!(r.is_ok(), "{r:?}");
+    }
+
+    // A permanent refusal is not tried again; a mediator busy for longer than the limit
+    // ends with its last error once no pause fits; one that never answers ends at the limit.
+    #[tokio::test]
+    async fn permanent_failures_and_the_limit_end_the_tries() {
+        let denied = || async { Err(AgentError::Client(ClientError::Denied)) };
+        let (tries, r) =
+            within_limit(Duration::from_secs(5), Duration::from_millis(250), denied).await;
+        assert_eq!(tries, 1);
+        assert!(
+            matches!(r, Err(AgentError::Client(ClientError::Denied))),
+            "{r:?}"
+        );
+
+        // 1 s with 250 ms pauses: 4 tries (0, 0.25, 0.5, 0.75 s), then no pause fits.
+        let (tries, r) = tokio::time::timeout(
+            Duration::from_secs(10),
+            within_limit(
+                Duration::from_secs(1),
+                Duration::from_millis(250),
+                || async { Err(busy()) },
+            ),
+        )
+        .await
+        .expect("the limit ends the tries");
+        assert!(r.as_ref().is_err_and(AgentError::is_transient), "{r:?}");
+        assert!((2..=4).contains(&tries), "{tries}");
+
+        let (tries, r) = within_limit(
+            Duration::from_millis(300),
+            Duration::from_millis(50),
+            std::future::pending::<Result<(), AgentError>>,
+        )
+        .await;
+        assert_eq!(tries, 1);
+        assert!(matches!(r, Err(AgentError::Timeout(_))), "{r:?}");
+    }
 }

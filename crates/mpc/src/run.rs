@@ -415,14 +415,16 @@ impl RunCtx {
             return false;
         };
         let msg = self.message(ABORT_TYPE, body);
-        match tokio::time::timeout(ABORT_SEND_LIMIT, self.agent.send_signed(&did, msg)).await {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => {
-                tracing::warn!("cannot send abort to {did}: {e}");
-                false
-            }
-            Err(_) => {
-                tracing::warn!("cannot send abort to {did}: no answer within 5 s");
+        // A refusal that says "not now" (a busy mediator: 429/5xx, a quota) or a network
+        // error is tried again within the limit (spec/lobby.md §8 "Abort").
+        let (tries, sent) = self
+            .agent
+            .send_signed_within(&did, msg, ABORT_SEND_LIMIT, ABORT_RETRY_PAUSE)
+            .await;
+        match sent {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!("cannot send abort to {did}: {e} (after {tries} tries)");
                 false
             }
         }
@@ -439,6 +441,8 @@ impl RunCtx {
 
 /// How long the `abort`s of a stopping party may take to go out.
 const ABORT_SEND_LIMIT: Duration = Duration::from_secs(5);
+/// The pause before an `abort` refused for now is sent again (within the limit).
+const ABORT_RETRY_PAUSE: Duration = Duration::from_millis(250);
 /// How long a party that stopped before every peer announced its attempt waits to tell
 /// the late starters (spec/lobby.md §8 "Telling late starters").
 const LATE_STARTERS: Duration = Duration::from_secs(10);
