@@ -119,12 +119,7 @@ async fn client_speaks_the_newest_versions() {
 #[tokio::test]
 async fn pickup4_live_mode_rules() {
     let dir = tempfile::tempdir().unwrap();
-    let m = MediatorProc::start(dir.path(), &[]);
-    let a = client(&m.url()).await;
-    a.register().await.unwrap();
-    let b = client(&m.url()).await;
-    introduce(&b, &a);
-    let note = |n: u64| message("https://example.org/t/1.0/n", json!({ "n": n }));
+    let (_m, a, b) = queued(dir.path(), 0).await;
     b.send(&a.did, note(1)).await.unwrap();
 
     let mut ws = connect_ws(&a.info.ws, &[]).await.unwrap();
@@ -297,19 +292,7 @@ async fn live_mode_off_over_http_gets_a_status() {
 #[tokio::test]
 async fn pickup3_messages_received_gets_the_updated_status() {
     let dir = tempfile::tempdir().unwrap();
-    let m = MediatorProc::start(dir.path(), &[]);
-    let a = client(&m.url()).await;
-    a.register().await.unwrap();
-    let b = client(&m.url()).await;
-    introduce(&b, &a);
-    for n in 0..3u64 {
-        b.send(
-            &a.did,
-            message("https://example.org/t/1.0/n", json!({ "n": n })),
-        )
-        .await
-        .unwrap();
-    }
+    let (_m, a, _b) = queued(dir.path(), 3).await;
     let delivery = a
         .request(message(pickup::DELIVERY_REQUEST_TYPE, json!({"limit": 2})))
         .await
@@ -349,19 +332,7 @@ async fn pickup3_messages_received_gets_the_updated_status() {
 #[tokio::test]
 async fn pickup4_fields_follow_the_4_0_spec() {
     let dir = tempfile::tempdir().unwrap();
-    let m = MediatorProc::start(dir.path(), &[]);
-    let a = client(&m.url()).await;
-    a.register().await.unwrap();
-    let b = client(&m.url()).await;
-    introduce(&b, &a);
-    for n in 0..2u64 {
-        b.send(
-            &a.did,
-            message("https://example.org/t/1.0/n", json!({ "n": n })),
-        )
-        .await
-        .unwrap();
-    }
+    let (_m, a, _b) = queued(dir.path(), 2).await;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -424,19 +395,11 @@ async fn pickup4_fields_follow_the_4_0_spec() {
 /// queue ends empty. Without the fallback the 150 queued messages never arrive.
 #[tokio::test]
 async fn pickup4_backlog_is_fetched_when_the_mediator_does_not_push_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = MediatorProc::start(dir.path(), &[]);
-    let a = client(&m.url()).await;
-    a.register().await.unwrap();
-    let b = client(&m.url()).await;
-    introduce(&b, &a);
-    let note = |n: u64| message("https://example.org/t/1.0/n", json!({ "n": n }));
     // More than one page (the client asks for 100 beyond the unacknowledged ones; the
     // mediator's own cap is 100 per delivery).
     const QUEUED: u64 = 150;
-    for n in 0..QUEUED {
-        b.send(&a.did, note(n)).await.unwrap();
-    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_m, a, b) = queued(dir.path(), QUEUED).await;
     let mut live = a
         .live_with(
             &[],
@@ -485,6 +448,25 @@ async fn pickup4_backlog_is_fetched_when_the_mediator_does_not_push_it() {
     tokio::time::timeout(Duration::from_secs(10), left)
         .await
         .expect("the queue is empty once everything is acknowledged");
+}
+
+/// A mediator, a registered recipient `a` and a sender `b` who has sent `a` `n` notes
+/// (`{"n": 0..n}`) through it.
+async fn queued(dir: &std::path::Path, n: u64) -> (MediatorProc, MediatorClient, MediatorClient) {
+    let m = MediatorProc::start(dir, &[]);
+    let a = client(&m.url()).await;
+    a.register().await.unwrap();
+    let b = client(&m.url()).await;
+    introduce(&b, &a);
+    for i in 0..n {
+        b.send(&a.did, note(i)).await.unwrap();
+    }
+    (m, a, b)
+}
+
+/// A test message numbered `n`.
+fn note(n: u64) -> Message {
+    message("https://example.org/t/1.0/n", json!({ "n": n }))
 }
 
 /// The next message on a live socket, unpacked.
