@@ -243,12 +243,7 @@ async fn cm2_speaks_the_keylist_messages_of_its_spec() {
     // And a forward to the DID registered with `keylist-update` is queued for it.
     let b = client(&m.url()).await;
     introduce(&b, &a);
-    b.send(
-        &a.did,
-        message("https://example.org/t/1.0/n", json!({"n": 1})),
-    )
-    .await
-    .unwrap();
+    b.send(&a.did, note(1)).await.unwrap();
     assert_eq!(a.fetch(10).await.unwrap().len(), 1);
 }
 
