@@ -734,14 +734,14 @@ const SHORT_LINK_TIMEOUT: Duration = Duration::from_secs(15);
 /// v2.1 "Short URL Message Retrieval": "On receipt of this form of message, the agent must
 /// do an HTTP GET to retrieve the associated encoded message"): an HTTP GET without
 /// following redirects by itself; a redirect to a URL with `_oob` ends there, a redirect to
-/// another URL is followed (at most [`SHORT_LINK_HOPS`], http(s) only); a `200` answer is
+/// another URL is followed (at most 5 times, http(s) only); a `200` answer is
 /// taken if its body is the invitation's JSON or a URL with `_oob`. Returns that URL or
 /// JSON, for [`mpc_did_didcomm::protocols::oob::Invitation::decode`] (spec/didcomm.md §7).
 ///
 /// # Errors
 /// [`ClientError::Url`] for a link that is not http(s), a redirect loop or an answer that
 /// holds no invitation; network failure; [`ClientError::Unexpected`] for another HTTP
-/// status; [`ClientError::Timeout`] after [`SHORT_LINK_TIMEOUT`].
+/// status; [`ClientError::Timeout`] after 15 s.
 pub async fn resolve_short_link(link: &str) -> Result<String, ClientError> {
     tokio::time::timeout(SHORT_LINK_TIMEOUT, resolve_short_link_hops(link))
         .await
