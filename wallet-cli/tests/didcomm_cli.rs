@@ -288,7 +288,7 @@ fn short_link_server(full_url: String, json: String) -> u16 {
 /// DIDComm v2.1 "Short URL Message Retrieval": a `?_oobid=` link is fetched with an HTTP GET
 /// (a redirect to the full `_oob` URL, or the invitation's JSON as the answer) before it is
 /// decoded, by `invite decode` and `join` alike; a link that loops, is missing or answers a
-/// web page ends with an error that says so (spec/didcomm.md §7).
+/// web page ends with an error that says so (spec/didcomm.md §5 "Invitations").
 #[test]
 fn short_links_are_fetched_before_decoding() {
     let a = tempfile::tempdir().unwrap();

@@ -736,7 +736,7 @@ const SHORT_LINK_TIMEOUT: Duration = Duration::from_secs(15);
 /// following redirects by itself; a redirect to a URL with `_oob` ends there, a redirect to
 /// another URL is followed (at most 5 times, http(s) only); a `200` answer is
 /// taken if its body is the invitation's JSON or a URL with `_oob`. Returns that URL or
-/// JSON, for [`mpc_did_didcomm::protocols::oob::Invitation::decode`] (spec/didcomm.md §7).
+/// JSON, for [`mpc_did_didcomm::protocols::oob::Invitation::decode`] (spec/didcomm.md §5 "Invitations").
 ///
 /// # Errors
 /// [`ClientError::Url`] for a link that is not http(s), a redirect loop or an answer that

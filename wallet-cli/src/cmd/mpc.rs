@@ -374,7 +374,7 @@ pub fn invite(ctx: &Ctx, a: &InviteArgs) -> anyhow::Result<()> {
 
 /// An invitation given on the command line: its URL, its JSON, a file holding either, or
 /// `-` for standard input. A short link (`…?_oobid=…`) is fetched first (DIDComm v2.1
-/// "Short URL Message Retrieval", spec/didcomm.md §7).
+/// "Short URL Message Retrieval", spec/didcomm.md §5 "Invitations").
 pub(crate) async fn read_invitation(input: &str) -> anyhow::Result<Invitation> {
     let path = PathBuf::from(input);
     let text = if input == "-"
