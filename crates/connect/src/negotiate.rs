@@ -75,8 +75,10 @@ impl Connector {
                         continue;
                     }
                 };
-                if kind(&m) == Some("candidates") {
-                    remote.extend(candidates_of(&m));
+                match kind(&m) {
+                    Some("candidates") => remote.extend(candidates_of(&m)),
+                    Some("close") => return Err(closed(&m, peer)),
+                    _ => tracing::debug!("ignored {} from {peer}", m.message.type_),
                 }
             }
             remote.sort_by_key(|c: &Candidate| std::cmp::Reverse(c.priority));
@@ -136,8 +138,8 @@ impl Connector {
             })
         }
         .await;
-        if result.is_err() {
-            self.forget(&sid_hex);
+        if let Err(e) = &result {
+            self.given_up(peer, &sid_hex, e).await;
         }
         self.record(result)
     }
@@ -166,7 +168,15 @@ impl Connector {
             ) {
                 Ok(a) => a,
                 Err(e) => {
-                    self.send_close(peer, &sid_hex, 1, &e.to_string()).await;
+                    // Another MPC session, roster or suite: declined (code 1); a
+                    // malformed proposal (not lowercase hex of the stated length, an
+                    // over-long field) is a handshake failure (code 2), spec §2.
+                    let code = if mpc_did_session::messages::is_decline(&e) {
+                        1
+                    } else {
+                        2
+                    };
+                    self.send_close(peer, &sid_hex, code, &e.to_string()).await;
                     return Err(ConnectError::Handshake {
                         peer: peer.to_owned(),
                         reason: e.to_string(),
@@ -243,10 +253,7 @@ impl Connector {
             }
             let session = acceptor
                 .on_handshake(&hs, SessionConfig::default(), 0)
-                .map_err(|e| ConnectError::Handshake {
-                    peer: peer.to_owned(),
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| self.handshake_failed(peer, &sid_hex, &e.to_string()))?;
             let handle = SessionHandle::spawn(session, self.inner.config.driver.clone());
             self.inner.router.register(&handle);
             let shared = RemoteCandidates::new(remote.clone());
@@ -311,10 +318,21 @@ impl Connector {
             })
         }
         .await;
-        if result.is_err() {
-            self.forget(&sid_hex);
+        if let Err(e) = &result {
+            self.given_up(peer, &sid_hex, e).await;
         }
         self.record(result)
+    }
+
+    /// A proposal or acceptance that failed: a timeout is told to the peer (`close` code
+    /// 3, spec §2 "Driver timers"; handshake failures and declines were told where they
+    /// happened), and the secure session is forgotten.
+    async fn given_up(&self, peer: &str, sid: &str, e: &ConnectError) {
+        if let ConnectError::Timeout { what, .. } = e {
+            self.send_close(peer, sid, 3, &format!("no answer in time: {what}"))
+                .await;
+        }
+        self.forget(sid);
     }
 
     /// After establishment, keep the negotiation thread open for the session's life:
@@ -351,10 +369,30 @@ impl Connector {
                                 tracing::info!("secure session {sid}: {peer} announced new candidates");
                             }
                         }
-                        Some(_) => {}
+                        // spec §2: "`close` ends the secure session (both its control
+                        // state and its transport)", also once it is up.
+                        Some(m) if m.sender.as_deref() == Some(peer.as_str())
+                            && m.meta.authenticated
+                            && kind(&m) == Some("close") =>
+                        {
+                            let ConnectError::Closed { code, reason, .. } = closed(&m, &peer) else {
+                                continue;
+                            };
+                            tracing::info!("secure session {sid}: {peer} closed it (code {code}: {reason})");
+                            handle.closed_by_peer(code, &reason).await;
+                            break;
+                        }
+                        Some(m) => tracing::debug!("secure session {sid}: ignored {} from {:?}", m.message.type_, m.sender),
                         None => break,
                     },
-                    _ = &mut ended => break,
+                    state = &mut ended => {
+                        // A session the driver failed (a protocol error, no path for too
+                        // long) is told to the peer: DIDComm `close` code 4 (spec §5.3).
+                        if let (SessionState::Failed(why), Some(inner)) = (state, this.upgrade()) {
+                            Connector { inner }.send_close(&peer, &sid, 4, &why).await;
+                        }
+                        break;
+                    }
                 }
             }
             if let Some(inner) = this.upgrade() {
@@ -585,7 +623,7 @@ impl Connector {
         let body = CloseBody {
             session_id: sid.to_owned(),
             code,
-            reason: reason.chars().take(200).collect(),
+            reason: truncate_utf8(reason, MAX_CLOSE_REASON).to_owned(),
         };
         if let Ok(m) = message(&new_id(), CLOSE_TYPE, &body, Some(sid)) {
             if let Err(e) = self.inner.agent.send(peer, m).await {
@@ -667,6 +705,21 @@ pub(crate) fn message<T: serde::Serialize>(
     Ok(m)
 }
 
+/// Longest `close` reason sent, in bytes (spec §2: "text ≤ 256 bytes").
+pub(crate) const MAX_CLOSE_REASON: usize = 256;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Negotiation messages for sessions not (yet) known, kept at most.
 pub(crate) const MAX_ORPHANS: usize = 64;
 
@@ -725,5 +778,23 @@ pub(crate) fn closed(m: &Inbound, peer: &str) -> ConnectError {
         peer: peer.to_owned(),
         code: body.code,
         reason: body.reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // spec §2: a `close` reason is "text ≤ 256 bytes"; cut on a character boundary.
+    #[test]
+    fn close_reasons_are_cut_to_256_bytes_on_a_character_boundary() {
+        assert_eq!(truncate_utf8("short", MAX_CLOSE_REASON), "short");
+        let long = "é".repeat(200); // 400 bytes
+        let cut = truncate_utf8(&long, MAX_CLOSE_REASON);
+        assert_eq!(cut.len(), 256);
+        assert!(cut.chars().all(|c| c == 'é'));
+        let odd = format!("a{}", "é".repeat(200)); // a boundary falls inside a character
+        let cut = truncate_utf8(&odd, MAX_CLOSE_REASON);
+        assert_eq!(cut.len(), 255);
     }
 }

@@ -653,3 +653,95 @@ async fn repeated_sessions_leave_no_messages_waiting_at_the_mediator() {
     }
     m.shutdown().await;
 }
+
+/// spec/session.md §2: "`close` ends the secure session (both its control state and its
+/// transport)" — also once it is up. A peer that ends a session with a DIDComm `close`
+/// (not a CLOSE record) is heard: the session ends at once as closed by the peer, with its
+/// code and reason, instead of staying up (before, the `close` was dropped after set-up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_didcomm_close_after_set_up_ends_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let (alice, bob) = (party(&m).await, party(&m).await);
+    let (ea, eb) = connect_pair(&alice, &bob).await;
+    let mut close = mpc_did_didcomm::Message::new(
+        "close-after-set-up",
+        mpc_did_session::messages::CLOSE_TYPE,
+        serde_json::json!({
+            "session_id": ea.session_id,
+            "code": 0,
+            "reason": "done, said over DIDComm",
+        }),
+    );
+    close.thid = Some(ea.session_id.clone());
+    alice.agent().send(bob.agent().did(), close).await.unwrap();
+    let mut state = eb.handle.watch_state();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(20),
+        state.wait_for(SessionState::is_over),
+    )
+    .await
+    .expect("the DIDComm close did not end the session")
+    .unwrap()
+    .clone();
+    assert_eq!(
+        ended,
+        SessionState::Closed {
+            code: 0,
+            reason: "done, said over DIDComm".into(),
+            by_peer: true,
+        }
+    );
+    drop(ea);
+    m.shutdown().await;
+}
+
+/// spec/session.md §2: a `propose` whose binary field is not lowercase hex of the stated
+/// length is malformed, "and its step fails as a handshake failure": the acceptor answers
+/// `close` code 2 (a mismatched MPC session or roster is code 1, tested above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_proposal_is_answered_with_close_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let bob = party(&m).await;
+    // The proposer speaks the protocol by hand: an agent without a connector.
+    let (alice, _) = registered_agent(&m.public_url).await;
+    alice
+        .learn_service(bob.agent().did(), bob.agent().own_service())
+        .await
+        .unwrap();
+    bob.agent()
+        .learn_service(alice.did(), alice.own_service())
+        .await
+        .unwrap();
+    let (a_did, b_did) = (alice.did().to_owned(), bob.agent().did().to_owned());
+    let binding = Binding::adhoc(&a_did, &b_did);
+    let sid = "0123456789abcdef0123456789abcdef";
+    let propose = mpc_did_didcomm::Message::new(
+        sid,
+        mpc_did_session::messages::PROPOSE_TYPE,
+        serde_json::json!({
+            "session_id": sid,
+            "mpc_session_id": binding.mpc_session_id,
+            "roster_hash": hex::encode(binding.roster_hash),
+            "suite": "Noise_KK_25519_AESGCM_SHA256",
+            // 31 bytes: not a key
+            "noise_static": "ab".repeat(31),
+        }),
+    );
+    let mut closes = alice.subscribe("https://mpc-did.org/session/1.0/close");
+    alice.send_signed(&b_did, propose).await.unwrap();
+    let accepted = bob.establish(&a_did, &binding, false).await;
+    assert!(
+        matches!(accepted, Err(ConnectError::Handshake { .. })),
+        "{accepted:?}"
+    );
+    let close = mpc_did_agent::expect(&mut closes, Duration::from_secs(20), "close", |m| {
+        Some(m.message.body.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(close["session_id"], sid);
+    assert_eq!(close["code"], 2, "{close}");
+    m.shutdown().await;
+}

@@ -95,6 +95,9 @@ enum Command {
     Close {
         code: u16,
         reason: String,
+        /// The peer ended the session out of band (a DIDComm `close`): stop without
+        /// sending a CLOSE record.
+        by_peer: bool,
         done: oneshot::Sender<()>,
     },
     Stats(oneshot::Sender<SessionStats>),
@@ -248,6 +251,24 @@ impl SessionHandle {
         let cmd = Command::Close {
             code,
             reason: reason.to_owned(),
+            by_peer: false,
+            done,
+        };
+        if self.inner.cmd.send(cmd).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// The peer ended the session out of band — a DIDComm `close` on its negotiation
+    /// thread (spec/session.md §2: "`close` ends the secure session (both its control state
+    /// and its transport)"): stop as if its CLOSE record had arrived ([`SessionState::Closed`]
+    /// with `by_peer`), sending nothing.
+    pub async fn closed_by_peer(&self, code: u16, reason: &str) {
+        let (done, wait) = oneshot::channel();
+        let cmd = Command::Close {
+            code,
+            reason: reason.to_owned(),
+            by_peer: true,
             done,
         };
         if self.inner.cmd.send(cmd).await.is_ok() {
@@ -671,7 +692,25 @@ impl Driver {
                 let _ = self.state_tx.send(SessionState::Connecting);
                 let _ = taken.send(());
             }
-            Command::Close { code, reason, done } => {
+            Command::Close {
+                code,
+                reason,
+                by_peer: true,
+                done,
+            } => {
+                let _ = done.send(());
+                return Some(Stop::Closed {
+                    code,
+                    reason,
+                    by_peer: true,
+                });
+            }
+            Command::Close {
+                code,
+                reason,
+                by_peer: false,
+                done,
+            } => {
                 // Writes and FINs the application issued before closing travel on another
                 // channel than this command: seal them first, so the peer never sees CLOSE
                 // before a FIN that was sent earlier (it would report the stream as cut).

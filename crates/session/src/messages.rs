@@ -128,11 +128,24 @@ pub fn decode_fixed<const N: usize>(field: &str, what: &'static str) -> Result<[
     Ok(out)
 }
 
+/// [`SessionError::Setup`] reason of a proposal in another suite.
+const UNSUPPORTED_SUITE: &str = "unsupported suite";
+/// [`SessionError::Setup`] reason of a proposal for another MPC session or roster.
+const OTHER_BINDING: &str = "proposal for another MPC session or roster";
+
+/// Whether `e`, from [`Acceptor::on_propose`], declines a well-formed proposal (another
+/// suite, MPC session or roster: `close` code 1, spec/session.md §2) rather than reports a
+/// malformed one (a handshake failure: code 2).
+#[must_use]
+pub fn is_decline(e: &SessionError) -> bool {
+    matches!(e, SessionError::Setup(r) if *r == UNSUPPORTED_SUITE || *r == OTHER_BINDING)
+}
+
 fn check_suite(suite: &str) -> Result<()> {
     if suite == NOISE_PARAMS {
         Ok(())
     } else {
-        Err(SessionError::Setup("unsupported suite"))
+        Err(SessionError::Setup(UNSUPPORTED_SUITE))
     }
 }
 
@@ -317,9 +330,7 @@ impl Acceptor {
         let proposer_static: [u8; 32] = decode_fixed(&propose.noise_static, "noise_static")?;
         if propose.mpc_session_id != expected_mpc_session_id || roster_hash != expected_roster_hash
         {
-            return Err(SessionError::Setup(
-                "proposal for another MPC session or roster",
-            ));
+            return Err(SessionError::Setup(OTHER_BINDING));
         }
         let binding = SessionBinding {
             session_id,
