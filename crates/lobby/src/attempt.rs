@@ -129,8 +129,10 @@ pub struct Abort {
     /// The attempt that stops.
     pub attempt: AttemptId,
     /// The current attempts of the recipients as the sender knew them: an abort naming the
-    /// recipient's attempt is about its run whatever the clocks say.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// recipient's attempt is about its run whatever the clocks say. Always sent, empty
+    /// when none is known (spec/lobby.md §8 lists it as a member that "may be empty"); read
+    /// as empty when missing.
+    #[serde(default)]
     pub peer_attempts: Vec<AttemptId>,
     /// When the sender stopped, Unix time in milliseconds (the DIDComm `created_time` has
     /// seconds only, too coarse to tell a re-run from the run before it).
