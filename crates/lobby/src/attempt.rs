@@ -383,6 +383,14 @@ impl Attempts {
             return vec![Event::SendAbort { to: r.party, abort }];
         }
         if r.transport() != self.transport {
+            // Its attempt is known: the abort this mismatch leads to names it, so the peer
+            // counts as told and the stopping party does not wait for it as for a late
+            // starter (spec/lobby.md §8: every party stops within a mediator round trip).
+            if let Some(p) = self.peers.get_mut(&r.party) {
+                if !p.up {
+                    p.current = Some(r.attempt);
+                }
+            }
             return vec![Event::TransportMismatch {
                 party: r.party,
                 theirs: r.transport().to_owned(),

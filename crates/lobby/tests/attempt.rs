@@ -387,6 +387,13 @@ fn a_peer_on_another_transport_is_a_mismatch_at_its_first_ready() {
             ours: "session".into()
         }]
     );
+    // The abort the mismatch leads to names the peer's attempt, so it is not left to tell
+    // (before, the stopping party waited 10 s for a "late starter" that had already spoken).
+    let mut stopping = parties[0].clone();
+    let abort = stopping.stop("transport-mismatch", "another transport", T0_MS + 1);
+    assert_eq!(abort.peer_attempts, vec![parties[1].mine()]);
+    // (party 2 of this 3-party roster never spoke: it stays to be told)
+    assert_eq!(stopping.untold(), vec![2]);
     // A peer from before the field: its ready has no `transport`, i.e. `session`.
     let mut old = parties[1].hello().into_iter().find_map(|e| match e {
         Event::Send { to: 0, ready } => Some(ready),
