@@ -579,7 +579,10 @@ pub(crate) async fn refuse_late_joins(agent: Agent, roster: Roster, progress: im
         let Some(sender) = got.sender.clone() else {
             continue;
         };
-        if !got.meta.authenticated || got.message.from.as_deref() != Some(sender.as_str()) {
+        // spec/lobby.md §4 check 1: authcrypt (a signed-only join is not answered).
+        if !(got.meta.encrypted && got.meta.authenticated)
+            || got.message.from.as_deref() != Some(sender.as_str())
+        {
             continue;
         }
         let join = match serde_json::from_value::<Join>(got.message.body.clone()) {
