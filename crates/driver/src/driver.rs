@@ -247,16 +247,7 @@ impl SessionHandle {
     /// Close the session with `code` (0: normal end) and wait until the CLOSE record has
     /// been handed to the path (or there is none).
     pub async fn close(&self, code: u16, reason: &str) {
-        let (done, wait) = oneshot::channel();
-        let cmd = Command::Close {
-            code,
-            reason: reason.to_owned(),
-            by_peer: false,
-            done,
-        };
-        if self.inner.cmd.send(cmd).await.is_ok() {
-            let _ = wait.await;
-        }
+        self.stop(code, reason, false).await;
     }
 
     /// The peer ended the session out of band — a DIDComm `close` on its negotiation
@@ -264,11 +255,16 @@ impl SessionHandle {
     /// and its transport)"): stop as if its CLOSE record had arrived ([`SessionState::Closed`]
     /// with `by_peer`), sending nothing.
     pub async fn closed_by_peer(&self, code: u16, reason: &str) {
+        self.stop(code, reason, true).await;
+    }
+
+    /// Sends the driver its `Close` command and waits until it is carried out.
+    async fn stop(&self, code: u16, reason: &str, by_peer: bool) {
         let (done, wait) = oneshot::channel();
         let cmd = Command::Close {
             code,
             reason: reason.to_owned(),
-            by_peer: true,
+            by_peer,
             done,
         };
         if self.inner.cmd.send(cmd).await.is_ok() {
