@@ -77,6 +77,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 mod events;
+mod held;
 mod keep;
 mod listen;
 mod negotiate;
@@ -427,6 +428,19 @@ pub struct SessionSummary {
     pub setup: Duration,
 }
 
+/// Counters of the negotiation messages a connector received (spec/session.md §2).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NegotiationStats {
+    /// Negotiation messages received (of any sender).
+    pub received: u64,
+    /// Dropped at once: no authenticated sender, or a `propose` not signed by its sender.
+    pub unauthenticated: u64,
+    /// Held messages dropped to make room (the sender's own oldest, or the largest
+    /// sender's when all were full), and new ones refused because all were full.
+    pub evicted: u64,
+}
+
 struct Inner {
     agent: Agent,
     router: PathRouter,
@@ -434,10 +448,13 @@ struct Inner {
     config: ConnectorConfig,
     /// Negotiation messages by secure-session id.
     threads: Mutex<HashMap<String, mpsc::Sender<Inbound>>>,
-    /// Proposals not yet taken by [`Connector::accept`].
-    proposals: Mutex<Vec<Inbound>>,
-    /// Other negotiation messages for sessions without a thread yet (lock after `threads`).
-    orphans: Mutex<Vec<Inbound>>,
+    /// Proposals not yet taken by [`Connector::accept`], per sender (`held`).
+    proposals: Mutex<held::HeldBySender<Inbound>>,
+    /// Other negotiation messages for sessions without a thread yet, per sender (lock
+    /// after `threads`).
+    orphans: Mutex<held::HeldBySender<Inbound>>,
+    /// What [`negotiate::dispatch`] did ([`Connector::negotiation_stats`]).
+    negotiation: Mutex<NegotiationStats>,
     new_proposal: Notify,
     sessions: Mutex<Vec<Established>>,
     /// Our home relay, if configured: a link that re-dials after a loss (spec/rendezvous.md
@@ -587,8 +604,15 @@ impl Connector {
             candidates,
             config,
             threads: Mutex::new(HashMap::new()),
-            proposals: Mutex::new(Vec::new()),
-            orphans: Mutex::new(Vec::new()),
+            proposals: Mutex::new(held::HeldBySender::new(
+                negotiate::MAX_PROPOSALS_PER_SENDER,
+                negotiate::MAX_PROPOSALS,
+            )),
+            orphans: Mutex::new(held::HeldBySender::new(
+                negotiate::MAX_ORPHANS_PER_SENDER,
+                negotiate::MAX_ORPHANS,
+            )),
+            negotiation: Mutex::new(NegotiationStats::default()),
             new_proposal: Notify::new(),
             sessions: Mutex::new(Vec::new()),
             relay,
@@ -626,6 +650,16 @@ impl Connector {
     #[must_use]
     pub fn listener_stats(&self) -> ListenerStats {
         self.inner.path_listener.stats()
+    }
+
+    /// Counters of the negotiation messages received (held, dropped, evicted).
+    #[must_use]
+    pub fn negotiation_stats(&self) -> NegotiationStats {
+        self.inner
+            .negotiation
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// The control plane.
