@@ -44,10 +44,7 @@ async fn a_strangers_proposals_do_not_evict_a_waiting_proposal() {
         .learn_service(bob.agent().did(), bob.agent().own_service())
         .await
         .unwrap();
-    let (a_did, b_did) = (
-        alice.agent().did().to_owned(),
-        bob.agent().did().to_owned(),
-    );
+    let (a_did, b_did) = (alice.agent().did().to_owned(), bob.agent().did().to_owned());
     let binding = Binding::adhoc(&a_did, &b_did);
 
     // Alice proposes (her `propose` and `candidates` reach bob before he accepts).
@@ -85,7 +82,7 @@ async fn a_strangers_proposals_do_not_evict_a_waiting_proposal() {
     for _ in 0..100 {
         let sid = random_hex();
         let cands = mpc_did_didcomm::Message::new(
-            &random_hex(),
+            random_hex(),
             CANDIDATES_TYPE,
             serde_json::json!({ "session_id": sid, "candidates": [], "end_of_candidates": true }),
         );
