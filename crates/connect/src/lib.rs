@@ -4,9 +4,10 @@
 //! **Owns**: the session negotiation as a party runs it — `propose`/`accept`/`handshake`
 //! (propose and accept signed inside authcrypt), `candidates` (also trickled after the
 //! session is up), `close` — through the party's [`Agent`]; the direct-path TCP listener
-//! (connections that have not named a session are capped in all and per source and must
-//! send their hello within seconds: [`ListenerLimits`]) and the QUIC endpoint on a STUN-gathered UDP socket (the NAT-traversed path), whose
-//! incoming paths a [`PathRouter`] hands to their session; TCP hole punching from the
+//! (connections that have not named a registered session are capped in all and per source,
+//! evictable, and must send their hello within seconds: [`ListenerLimits`]) and the QUIC
+//! endpoint on a STUN-gathered UDP socket (the NAT-traversed path; its incoming connections
+//! bounded the same way), whose incoming paths a [`PathRouter`] hands to their session; TCP hole punching from the
 //! listener's port (simultaneous open, its mapping learnt over STUN/TCP; spec/rendezvous.md
 //! §6.2); choosing and keeping the path (spec/session.md §7.4, §7.5): the proposer checks
 //! direct TCP, QUIC (host, then punched) and punched TCP, raced against the relay after a
@@ -21,7 +22,8 @@
 //! sessions), carry MPyC (the proxy), or do cryptography itself (session + didcomm crates);
 //! STUN, relay and QUIC mechanics are `mpc-did-rendezvous`'s.
 //!
-//! Modules by job: `negotiate` (the DIDComm messages above), `open` (direct checks and the
+//! Modules by job: `negotiate` (the DIDComm messages above; what it holds for later is
+//! held per sender by `held`), `open` (direct checks and the
 //! relay, ranked by `select`, the only path selector), `keep` (re-connecting, upgrading from
 //! the relay, serving relay paths), `events` (path transitions), `listen` and `quic` (the
 //! incoming ends), `tcp_punch` (simultaneous open); this file keeps
@@ -474,6 +476,8 @@ struct Inner {
     tcp_punch: Option<(u16, Candidate)>,
     /// Its limits' state.
     path_listener: listen::PathListener,
+    /// The QUIC endpoint's incoming connections, bounded as the listener's.
+    quic_listener: listen::PathListener,
     /// Each session's peer candidates, growing as `candidates` messages arrive.
     remotes: Mutex<HashMap<String, Arc<RemoteCandidates>>>,
 }
@@ -521,6 +525,7 @@ impl Connector {
         };
         let router = PathRouter::new();
         let path_listener = listen::PathListener::default();
+        let quic_listener = listen::PathListener::default();
         tokio::spawn(path_listener.clone().serve(
             listener,
             router.clone(),
@@ -563,7 +568,12 @@ impl Connector {
                     q.nat_mapping,
                     q.candidates.iter().map(|c| c.addr).collect::<Vec<_>>()
                 );
-                tokio::spawn(quic::serve(q.endpoint.clone(), router.clone()));
+                tokio::spawn(quic::serve(
+                    q.endpoint.clone(),
+                    router.clone(),
+                    quic_listener.clone(),
+                    config.path_listener.clone(),
+                ));
                 Some(q)
             }
             None => None,
@@ -622,6 +632,7 @@ impl Connector {
             listen: local,
             tcp_punch,
             path_listener,
+            quic_listener,
             remotes: Mutex::new(HashMap::new()),
         });
         if let Some(q) = &inner.quic {
@@ -650,6 +661,13 @@ impl Connector {
     #[must_use]
     pub fn listener_stats(&self) -> ListenerStats {
         self.inner.path_listener.stats()
+    }
+
+    /// Counters of the QUIC path endpoint's incoming connections, bounded with the same
+    /// [`ListenerLimits`] as the direct-path listener (spec/rendezvous.md §6.1).
+    #[must_use]
+    pub fn quic_listener_stats(&self) -> ListenerStats {
+        self.inner.quic_listener.stats()
     }
 
     /// Counters of the negotiation messages received (held, dropped, evicted).

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpc_did_connect::{Binding, Connector, ConnectorConfig, ListenerLimits, PathInfo};
+use mpc_did_connect::{Binding, Connector, ConnectorConfig, ListenerLimits, PathInfo, QuicSetup};
 use mpc_did_mediator::MediatorHandle;
+use mpc_did_rendezvous::net::quic::QuicEndpoint;
 use mpc_did_testkit::mediator::{loopback_mediator as mediator, registered_agent};
 use mpc_did_testkit::wait_until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -257,5 +258,106 @@ async fn well_formed_hellos_naming_no_session_do_not_lock_out_an_honest_path() {
     for a in attackers {
         a.abort();
     }
+    m.shutdown().await;
+}
+
+/// A party whose direct paths can only be QUIC (its TCP candidate does not answer).
+async fn quic_party(m: &MediatorHandle, dead_tcp: bool) -> Connector {
+    let (agent, _) = registered_agent(&m.public_url).await;
+    let mut config = ConnectorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        handshake_timeout: Duration::from_secs(20),
+        quic: Some(QuicSetup {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tcp_punch: false,
+            ..QuicSetup::default()
+        }),
+        ..ConnectorConfig::default()
+    };
+    if dead_tcp {
+        // A port nobody listens on.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        config.advertise = vec![l.local_addr().unwrap()];
+    }
+    Connector::start(agent, config).await.unwrap()
+}
+
+/// spec/rendezvous.md §6.1 "Accepting": the QUIC path endpoint bounds connections that have
+/// not named a session as the TCP listener does. Before, it took every QUIC connection (quinn
+/// queues 65,536 attempts) with up to 100 streams each: one source could hold any number.
+/// Now one source gets `max_per_source`, the rest are refused, and an honest QUIC path from
+/// another address still opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_connections_from_one_source_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let (alice, bob) = (quic_party(&m, false).await, quic_party(&m, true).await);
+    let limits = ListenerLimits::default();
+    let (cands, _) = bob.quic_candidates();
+    let addr = cands[0].addr;
+
+    let stranger =
+        QuicEndpoint::new(tokio::net::UdpSocket::bind("127.0.0.4:0").await.unwrap()).unwrap();
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for _ in 0..2 * limits.max_per_source {
+        match stranger.connect(addr).await {
+            Ok(conn) => {
+                // A stream with a well-formed hello naming no session.
+                if let Ok((mut send, recv)) = conn.open_bi().await {
+                    let _ = send.write_all(&bogus_hello()).await;
+                    held.push((conn, send, recv));
+                }
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    let st = bob.quic_listener_stats();
+    assert!(
+        refused >= 1 && st.refused_per_source >= 1,
+        "{refused} refused of {}; {st:?}",
+        2 * limits.max_per_source
+    );
+    assert!(st.pending <= limits.max_per_source as u64, "{st:?}");
+
+    // An honest QUIC path (from another address) opens meanwhile.
+    for (x, y) in [(&alice, &bob), (&bob, &alice)] {
+        x.agent()
+            .learn_service(y.agent().did(), y.agent().own_service())
+            .await
+            .unwrap();
+    }
+    let (a_did, b_did) = (alice.agent().did(), bob.agent().did());
+    let binding = Binding::adhoc(a_did, b_did);
+    let (ea, eb) = tokio::join!(
+        alice.establish(b_did, &binding, true),
+        bob.establish(a_did, &binding, false)
+    );
+    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    assert_eq!(ea.path, PathInfo::Quic { remote: addr });
+    let mut s = ea.handle.open_stream().await.unwrap();
+    s.write_all(b"quic past crowds").await.unwrap();
+    let mut r = eb.handle.accept_stream().await.unwrap();
+    let mut buf = [0u8; 16];
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"quic past crowds");
+    drop(held);
+    m.shutdown().await;
+}
+
+/// spec/rendezvous.md §6.1 "Accepting": a QUIC connection that opens no stream is closed at
+/// its hello deadline (before, it lived as long as the peer's keep-alives did).
+#[tokio::test]
+async fn silent_quic_connection_is_closed_at_the_hello_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let bob = quic_party(&m, true).await;
+    let (cands, _) = bob.quic_candidates();
+    let stranger =
+        QuicEndpoint::new(tokio::net::UdpSocket::bind("127.0.0.5:0").await.unwrap()).unwrap();
+    let conn = stranger.connect(cands[0].addr).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .expect("a silent QUIC connection still open after 20 s");
+    assert_eq!(bob.quic_listener_stats().hello_timeouts, 1);
     m.shutdown().await;
 }
