@@ -4,9 +4,10 @@
 //! **Owns**: the session negotiation as a party runs it — `propose`/`accept`/`handshake`
 //! (propose and accept signed inside authcrypt), `candidates` (also trickled after the
 //! session is up), `close` — through the party's [`Agent`]; the direct-path TCP listener
-//! (connections that have not named a session are capped in all and per source and must
-//! send their hello within seconds: [`ListenerLimits`]) and the QUIC endpoint on a STUN-gathered UDP socket (the NAT-traversed path), whose
-//! incoming paths a [`PathRouter`] hands to their session; TCP hole punching from the
+//! (connections that have not named a registered session are capped in all and per source,
+//! evictable, and must send their hello within seconds: [`ListenerLimits`]) and the QUIC
+//! endpoint on a STUN-gathered UDP socket (the NAT-traversed path; its incoming connections
+//! bounded the same way), whose incoming paths a [`PathRouter`] hands to their session; TCP hole punching from the
 //! listener's port (simultaneous open, its mapping learnt over STUN/TCP; spec/rendezvous.md
 //! §6.2); choosing and keeping the path (spec/session.md §7.4, §7.5): the proposer checks
 //! direct TCP, QUIC (host, then punched) and punched TCP, raced against the relay after a
@@ -21,7 +22,8 @@
 //! sessions), carry MPyC (the proxy), or do cryptography itself (session + didcomm crates);
 //! STUN, relay and QUIC mechanics are `mpc-did-rendezvous`'s.
 //!
-//! Modules by job: `negotiate` (the DIDComm messages above), `open` (direct checks and the
+//! Modules by job: `negotiate` (the DIDComm messages above; what it holds for later is
+//! held per sender by `held`), `open` (direct checks and the
 //! relay, ranked by `select`, the only path selector), `keep` (re-connecting, upgrading from
 //! the relay, serving relay paths), `events` (path transitions), `listen` and `quic` (the
 //! incoming ends), `tcp_punch` (simultaneous open); this file keeps
@@ -77,6 +79,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 
 mod events;
+mod held;
 mod keep;
 mod listen;
 mod negotiate;
@@ -427,6 +430,19 @@ pub struct SessionSummary {
     pub setup: Duration,
 }
 
+/// Counters of the negotiation messages a connector received (spec/session.md §2).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NegotiationStats {
+    /// Negotiation messages received (of any sender).
+    pub received: u64,
+    /// Dropped at once: no authenticated sender, or a `propose` not signed by its sender.
+    pub unauthenticated: u64,
+    /// Held messages dropped to make room (the sender's own oldest, or the largest
+    /// sender's when all were full), and new ones refused because all were full.
+    pub evicted: u64,
+}
+
 struct Inner {
     agent: Agent,
     router: PathRouter,
@@ -434,10 +450,13 @@ struct Inner {
     config: ConnectorConfig,
     /// Negotiation messages by secure-session id.
     threads: Mutex<HashMap<String, mpsc::Sender<Inbound>>>,
-    /// Proposals not yet taken by [`Connector::accept`].
-    proposals: Mutex<Vec<Inbound>>,
-    /// Other negotiation messages for sessions without a thread yet (lock after `threads`).
-    orphans: Mutex<Vec<Inbound>>,
+    /// Proposals not yet taken by [`Connector::accept`], per sender (`held`).
+    proposals: Mutex<held::HeldBySender<Inbound>>,
+    /// Other negotiation messages for sessions without a thread yet, per sender (lock
+    /// after `threads`).
+    orphans: Mutex<held::HeldBySender<Inbound>>,
+    /// What [`negotiate::dispatch`] did ([`Connector::negotiation_stats`]).
+    negotiation: Mutex<NegotiationStats>,
     new_proposal: Notify,
     sessions: Mutex<Vec<Established>>,
     /// Our home relay, if configured: a link that re-dials after a loss (spec/rendezvous.md
@@ -457,6 +476,8 @@ struct Inner {
     tcp_punch: Option<(u16, Candidate)>,
     /// Its limits' state.
     path_listener: listen::PathListener,
+    /// The QUIC endpoint's incoming connections, bounded as the listener's.
+    quic_listener: listen::PathListener,
     /// Each session's peer candidates, growing as `candidates` messages arrive.
     remotes: Mutex<HashMap<String, Arc<RemoteCandidates>>>,
 }
@@ -504,6 +525,7 @@ impl Connector {
         };
         let router = PathRouter::new();
         let path_listener = listen::PathListener::default();
+        let quic_listener = listen::PathListener::default();
         tokio::spawn(path_listener.clone().serve(
             listener,
             router.clone(),
@@ -546,7 +568,12 @@ impl Connector {
                     q.nat_mapping,
                     q.candidates.iter().map(|c| c.addr).collect::<Vec<_>>()
                 );
-                tokio::spawn(quic::serve(q.endpoint.clone(), router.clone()));
+                tokio::spawn(quic::serve(
+                    q.endpoint.clone(),
+                    router.clone(),
+                    quic_listener.clone(),
+                    config.path_listener.clone(),
+                ));
                 Some(q)
             }
             None => None,
@@ -587,8 +614,15 @@ impl Connector {
             candidates,
             config,
             threads: Mutex::new(HashMap::new()),
-            proposals: Mutex::new(Vec::new()),
-            orphans: Mutex::new(Vec::new()),
+            proposals: Mutex::new(held::HeldBySender::new(
+                negotiate::MAX_PROPOSALS_PER_SENDER,
+                negotiate::MAX_PROPOSALS,
+            )),
+            orphans: Mutex::new(held::HeldBySender::new(
+                negotiate::MAX_ORPHANS_PER_SENDER,
+                negotiate::MAX_ORPHANS,
+            )),
+            negotiation: Mutex::new(NegotiationStats::default()),
             new_proposal: Notify::new(),
             sessions: Mutex::new(Vec::new()),
             relay,
@@ -598,6 +632,7 @@ impl Connector {
             listen: local,
             tcp_punch,
             path_listener,
+            quic_listener,
             remotes: Mutex::new(HashMap::new()),
         });
         if let Some(q) = &inner.quic {
@@ -626,6 +661,23 @@ impl Connector {
     #[must_use]
     pub fn listener_stats(&self) -> ListenerStats {
         self.inner.path_listener.stats()
+    }
+
+    /// Counters of the QUIC path endpoint's incoming connections, bounded with the same
+    /// [`ListenerLimits`] as the direct-path listener (spec/rendezvous.md §6.1).
+    #[must_use]
+    pub fn quic_listener_stats(&self) -> ListenerStats {
+        self.inner.quic_listener.stats()
+    }
+
+    /// Counters of the negotiation messages received (held, dropped, evicted).
+    #[must_use]
+    pub fn negotiation_stats(&self) -> NegotiationStats {
+        self.inner
+            .negotiation
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// The control plane.

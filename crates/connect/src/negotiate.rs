@@ -436,11 +436,7 @@ impl Connector {
             // Messages that came before the thread existed (the proposer's `candidates`
             // overtake our acceptance of its `propose`) are delivered first.
             if let Ok(mut o) = self.inner.orphans.lock() {
-                let (mine, rest): (Vec<Inbound>, Vec<Inbound>) = o
-                    .drain(..)
-                    .partition(|m| session_of(m).as_deref() == Some(sid));
-                *o = rest;
-                for m in mine {
+                for m in o.take_all(|m| session_of(m).as_deref() == Some(sid)) {
                     let _ = tx.try_send(m);
                 }
             }
@@ -506,33 +502,30 @@ impl Connector {
         // An MPC run binds its sessions to `<MPC session>/<attempt>/<attempt>` (spec/lobby.md
         // §8): a proposal of the same MPC session for other attempts is stale, never answered.
         if let Some((mpc, _)) = binding.mpc_session_id.split_once('/') {
-            list.retain(|m| {
+            list.retain(peer, |m| {
                 let id = m
                     .message
                     .body
                     .get("mpc_session_id")
                     .and_then(|v| v.as_str());
-                let stale = m.sender.as_deref() == Some(peer)
-                    && id.is_some_and(|id| {
-                        id != binding.mpc_session_id
-                            && id.split_once('/').is_some_and(|(m, _)| m == mpc)
-                    });
+                let stale = id.is_some_and(|id| {
+                    id != binding.mpc_session_id
+                        && id.split_once('/').is_some_and(|(m, _)| m == mpc)
+                });
                 if stale {
                     tracing::info!("discarded a proposal of another attempt from {peer}");
                 }
                 !stale
             });
         }
-        let i = list.iter().position(|m| {
-            m.sender.as_deref() == Some(peer)
-                && signed_by(m, peer)
+        list.take_first(peer, |m| {
+            signed_by(m, peer)
                 && m.message
                     .body
                     .get("mpc_session_id")
                     .and_then(|v| v.as_str())
                     == Some(binding.mpc_session_id.as_str())
-        })?;
-        Some(list.remove(i))
+        })
     }
 
     pub(crate) async fn send_candidates(&self, peer: &str, sid: &str) -> Result<(), ConnectError> {
@@ -648,15 +641,49 @@ impl Connector {
 }
 
 /// Route negotiation messages: proposals wait for `accept`, the rest go to their thread.
+///
+/// Anyone who knows our DID can send these (spec/security.md §11), so a message without an
+/// authenticated sender (and a `propose` not signed by it, spec/session.md §2) is dropped
+/// here, and what is held for later — proposals nobody has asked for yet, messages for a
+/// session not yet known — is held per sender ([`crate::held`]): a stranger's flood evicts
+/// only its own, never a roster member's proposal waiting for `accept`.
 pub(crate) async fn dispatch(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Inbound>) {
     while let Some(m) = rx.recv().await {
         let Some(inner) = inner.upgrade() else { break };
+        let count = |f: &dyn Fn(&mut NegotiationStats)| {
+            if let Ok(mut s) = inner.negotiation.lock() {
+                f(&mut s);
+            }
+        };
+        count(&|s| s.received += 1);
+        let sender = match m.sender.clone() {
+            Some(s) if m.meta.authenticated => s,
+            _ => {
+                tracing::debug!(
+                    "dropped a negotiation message ({}) without an authenticated sender",
+                    m.message.type_
+                );
+                count(&|s| s.unauthenticated += 1);
+                continue;
+            }
+        };
         if kind(&m) == Some("propose") {
+            if !signed_by(&m, &sender) {
+                tracing::debug!("dropped a propose from {sender} not signed by it");
+                count(&|s| s.unauthenticated += 1);
+                continue;
+            }
             if let Ok(mut p) = inner.proposals.lock() {
-                p.push(m);
-                // Unclaimed proposals from peers nobody waits for are bounded.
-                if p.len() > 256 {
-                    p.remove(0);
+                match p.push(&sender, m) {
+                    held::Pushed::Kept => {}
+                    held::Pushed::KeptDropping(who) => {
+                        tracing::debug!("dropped the oldest unclaimed proposal from {who}");
+                        count(&|s| s.evicted += 1);
+                    }
+                    held::Pushed::Refused => {
+                        tracing::debug!("unclaimed proposals full: dropped one from {sender}");
+                        count(&|s| s.evicted += 1);
+                    }
                 }
             }
             inner.new_proposal.notify_waiters();
@@ -675,10 +702,11 @@ pub(crate) async fn dispatch(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiv
             // Perhaps for a session we are about to accept: kept for a while (bounded).
             None => {
                 if let Ok(mut o) = inner.orphans.lock() {
-                    o.push(m);
-                    if o.len() > MAX_ORPHANS {
-                        o.remove(0);
-                        tracing::debug!("negotiation message for an unknown session dropped");
+                    if o.push(&sender, m) != held::Pushed::Kept {
+                        tracing::debug!(
+                            "negotiation message for an unknown session dropped (from {sender} or the largest sender)"
+                        );
+                        count(&|s| s.evicted += 1);
                     }
                 }
             }
@@ -720,8 +748,16 @@ pub(crate) fn truncate_utf8(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Negotiation messages for sessions not (yet) known, kept at most.
+/// Negotiation messages for sessions not (yet) known, kept at most (spec/session.md §2).
 pub(crate) const MAX_ORPHANS: usize = 64;
+/// Of those, from one sender: a proposer sends one `candidates` with its `propose`, and
+/// may trickle a few more before the acceptor takes the proposal.
+pub(crate) const MAX_ORPHANS_PER_SENDER: usize = 8;
+/// Proposals nobody has taken yet, kept at most (spec/session.md §2).
+pub(crate) const MAX_PROPOSALS: usize = 256;
+/// Of those, from one sender: a peer proposes once per secure session; several MPC
+/// sessions (or attempts, of which stale ones are discarded) may wait at once.
+pub(crate) const MAX_PROPOSALS_PER_SENDER: usize = 8;
 
 pub(crate) fn session_of(m: &Inbound) -> Option<String> {
     m.message

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!  start:     UdpSocket ─STUN (tests I-III)─▶ host + srflx QUIC candidates ─▶ QuicEndpoint
-//!  acceptor:  QuicEndpoint::accept ─▶ accept_bi ─▶ PathRouter::route_as (hello) ─▶ session
+//!  acceptor:  QuicEndpoint::incoming ─▶ slot (per source, in all) ─▶ handshake ─▶ accept_bi
+//!             ─▶ hello naming a registered session ─▶ full windows ─▶ session
 //!             punch every punch_interval towards the proposer's QUIC candidates while the
 //!             session is not on a direct path (opens our NAT for its Initials)
 //!  proposer:  punch + QuicEndpoint::connect(candidate) ─▶ open_bi ─▶ hello ─▶ attach
@@ -16,15 +17,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use mpc_did_driver::path::HELLO_LEN;
 use mpc_did_driver::{PathInfo, PathRouter, SessionHandle};
 use mpc_did_rendezvous::binding::RetransmitSchedule;
 use mpc_did_rendezvous::candidate::{gather, Candidate, CandidateKind, Transport};
 use mpc_did_rendezvous::nat::NatMapping;
 use mpc_did_rendezvous::net::gather::gather_quic;
-use mpc_did_rendezvous::net::quic::{QuicEndpoint, QuicPath};
+use mpc_did_rendezvous::net::quic::{open_windows, QuicEndpoint, QuicPath};
 use tokio::net::UdpSocket;
 
 use crate::keep::RemoteCandidates;
+use crate::listen::{ListenerLimits, PathListener};
 
 /// How to set up the NAT-traversed (QUIC) path.
 #[derive(Debug, Clone)]
@@ -118,15 +121,30 @@ pub(crate) async fn start(
     })
 }
 
-/// Accept QUIC connections and route each of their streams by its path hello. Ends when
-/// the endpoint is closed (the connector is dropped).
+/// Accept QUIC connections and route each by the path hello on its first stream. Ends
+/// when the endpoint is closed (the connector is dropped).
 ///
 /// Each handshake completes on its own task: a peer's check that aborts mid-handshake (it
 /// lost the race to another candidate and was closed) or goes silent fails that connection
 /// only. Awaiting handshakes here, one after the other, made the first aborted one end the
 /// loop — the party took no QUIC path from anyone any more, its upgrades from the relay
 /// included (10 parties in e3, spec/rendezvous.md §6.1).
-pub(crate) async fn serve(endpoint: QuicEndpoint, router: PathRouter) {
+///
+/// Anyone who can send it a UDP datagram can connect, so connections are bounded as on the
+/// TCP listener (spec/rendezvous.md §6.1 "Accepting", `slots` with `limits`): until its
+/// hello names a registered session a connection holds a slot, at most `max_per_source`
+/// per source and `max_pending` in all (beyond that the attempt is refused, or the oldest
+/// connection without a live session closed); handshake, first stream and hello are due
+/// within [`crate::open::CHECK_TIMEOUT`] (the proposer's own bound for its handshake) plus
+/// `hello_timeout`. A proposer opens a new connection per path, so only the first stream of
+/// a connection is read; the peer may open two at a time (the endpoint's transport
+/// settings), and its flow-control window stays small until the hello named a session.
+pub(crate) async fn serve(
+    endpoint: QuicEndpoint,
+    router: PathRouter,
+    slots: PathListener,
+    limits: ListenerLimits,
+) {
     let mut conns = tokio::task::JoinSet::new();
     loop {
         let incoming = match endpoint.incoming().await {
@@ -138,27 +156,56 @@ pub(crate) async fn serve(endpoint: QuicEndpoint, router: PathRouter) {
         };
         // Reap finished connection tasks so the set stays bounded by live connections.
         while conns.try_join_next().is_some() {}
+        let remote = incoming.remote_address();
+        let Some(mut slot) = slots.admit(remote.ip(), &limits, "QUIC path endpoint") else {
+            tracing::debug!(%remote, "QUIC path endpoint: at its limit; connection refused");
+            incoming.refuse();
+            continue;
+        };
         let router = router.clone();
+        let due = crate::open::CHECK_TIMEOUT + limits.hello_timeout;
         conns.spawn(async move {
-            let remote = incoming.remote_address();
-            let conn = match incoming.await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(%remote, "incoming QUIC handshake failed: {e}");
+            let opened = async {
+                let conn = incoming
+                    .await
+                    .map_err(|e| format!("handshake failed: {e}"))?;
+                let (send, mut recv) = conn
+                    .accept_bi()
+                    .await
+                    .map_err(|e| format!("no stream: {e}"))?;
+                let mut hello = [0u8; HELLO_LEN];
+                recv.read_exact(&mut hello)
+                    .await
+                    .map_err(|e| format!("closed before its hello: {e}"))?;
+                Ok::<_, String>((conn, send, recv, hello))
+            };
+            let got = tokio::select! {
+                // Evicted: dropping the attempt closes it.
+                _ = &mut slot.cancel => return,
+                r = tokio::time::timeout(due, opened) => r,
+            };
+            let (conn, send, recv, hello) = match got {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, "incoming QUIC path: {e}");
+                    return;
+                }
+                Err(_) => {
+                    slot.count(|s| s.hello_timeouts += 1);
+                    tracing::debug!(%remote, "incoming QUIC path sent no hello in {due:?}; closed");
                     return;
                 }
             };
-            // A peer opens one stream per path; a later stream on the same connection (a
-            // re-dial after the listener dropped an early one) is routed the same way.
-            while let Ok((send, recv)) = conn.accept_bi().await {
-                let path = QuicPath::new(conn.clone(), send, recv);
-                let router = router.clone();
-                tokio::spawn(async move {
-                    let info = PathInfo::Quic { remote };
-                    if let Err(e) = router.route_as(Box::new(path), Some(info)).await {
-                        tracing::debug!(%remote, "incoming QUIC path refused: {e}");
-                    }
-                });
+            let Some(handle) = slot.session_of(&hello, &router, remote).await else {
+                conn.close(0u32.into(), b"no such session");
+                return;
+            };
+            // A path of a live session: the full windows of spec/rendezvous.md §6.1.
+            open_windows(&conn);
+            let path = QuicPath::new(conn, send, recv);
+            let info = PathInfo::Quic { remote };
+            if let Err(e) = handle.attach_path_as(Box::new(path), Some(info)).await {
+                tracing::debug!(%remote, "incoming QUIC path refused: {e}");
             }
         });
     }

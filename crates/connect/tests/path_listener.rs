@@ -6,10 +6,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpc_did_connect::{Binding, Connector, ConnectorConfig, ListenerLimits, PathInfo};
+use mpc_did_connect::{Binding, Connector, ConnectorConfig, ListenerLimits, PathInfo, QuicSetup};
 use mpc_did_mediator::MediatorHandle;
+use mpc_did_rendezvous::net::quic::QuicEndpoint;
 use mpc_did_testkit::mediator::{loopback_mediator as mediator, registered_agent};
 use mpc_did_testkit::wait_until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -165,5 +168,196 @@ async fn silent_connection_is_closed_at_the_hello_deadline() {
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(2), "closed after {took:?}");
     assert_eq!(bob.listener_stats().hello_timeouts, 1);
+    m.shutdown().await;
+}
+
+/// A well-formed path hello naming no session: `MDP1`, four zero bytes, 16 random ones.
+fn bogus_hello() -> [u8; 24] {
+    let mut id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut id);
+    mpc_did_driver::path::encode_hello(&id)
+}
+
+/// spec/session.md §7.3: a hello protects a connection from eviction only once it names a
+/// registered session. Before, any well-formed hello did, and a connection with one waited
+/// 5 s for its session: 8 sources × 32 such connections held all 256 slots, re-dialled as
+/// they closed, and an honest direct path was refused (`refused_full`). Now they stay
+/// evictable, and the honest opener's connection takes the oldest one's slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn well_formed_hellos_naming_no_session_do_not_lock_out_an_honest_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let (alice, bob) = (party(&m).await, party(&m).await);
+    let limits = ListenerLimits::default();
+    let target = bob.listen_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sources = limits.max_pending / limits.max_per_source;
+    let mut attackers = Vec::new();
+    for i in 0..limits.max_pending {
+        let src = format!("127.0.3.{}", 1 + i % sources);
+        let stop = stop.clone();
+        attackers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(mut s) = idle_from(&src, target).await {
+                    if s.write_all(&bogus_hello()).await.is_ok() {
+                        // Held until the listener closes it.
+                        let mut b = [0u8; 1];
+                        let _ = s.read(&mut b).await;
+                    }
+                }
+                // Pacing between re-dials, not synchronisation.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    assert!(
+        wait_until(
+            || bob.listener_stats().pending >= limits.max_pending as u64,
+            Duration::from_secs(10)
+        )
+        .await,
+        "{:?}",
+        bob.listener_stats()
+    );
+
+    alice
+        .agent()
+        .learn_service(bob.agent().did(), bob.agent().own_service())
+        .await
+        .unwrap();
+    bob.agent()
+        .learn_service(alice.agent().did(), alice.agent().own_service())
+        .await
+        .unwrap();
+    let (a_did, b_did) = (alice.agent().did(), bob.agent().did());
+    let binding = Binding::adhoc(a_did, b_did);
+    let (ea, eb) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(
+            alice.establish(b_did, &binding, true),
+            bob.establish(a_did, &binding, false)
+        )
+    })
+    .await
+    .expect("no session within 20 s under the attack");
+    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    assert!(
+        matches!(ea.path, PathInfo::Direct { remote: Some(_) }),
+        "{:?}",
+        ea.path
+    );
+    let st = bob.listener_stats();
+    assert_eq!(st.refused_full, 0, "the honest path was refused: {st:?}");
+    assert!(st.evicted >= 1, "{st:?}");
+    let mut s = ea.handle.open_stream().await.unwrap();
+    s.write_all(b"past bogus hellos").await.unwrap();
+    let mut r = eb.handle.accept_stream().await.unwrap();
+    let mut buf = [0u8; 17];
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"past bogus hellos");
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        a.abort();
+    }
+    m.shutdown().await;
+}
+
+/// A party whose direct paths can only be QUIC (its TCP candidate does not answer).
+async fn quic_party(m: &MediatorHandle, dead_tcp: bool) -> Connector {
+    let (agent, _) = registered_agent(&m.public_url).await;
+    let mut config = ConnectorConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        handshake_timeout: Duration::from_secs(20),
+        quic: Some(QuicSetup {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tcp_punch: false,
+            ..QuicSetup::default()
+        }),
+        ..ConnectorConfig::default()
+    };
+    if dead_tcp {
+        // A port nobody listens on.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        config.advertise = vec![l.local_addr().unwrap()];
+    }
+    Connector::start(agent, config).await.unwrap()
+}
+
+/// spec/rendezvous.md §6.1 "Accepting": the QUIC path endpoint bounds connections that have
+/// not named a session as the TCP listener does. Before, it took every QUIC connection (quinn
+/// queues 65,536 attempts) with up to 100 streams each: one source could hold any number.
+/// Now one source gets `max_per_source`, the rest are refused, and an honest QUIC path from
+/// another address still opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_connections_from_one_source_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let (alice, bob) = (quic_party(&m, false).await, quic_party(&m, true).await);
+    let limits = ListenerLimits::default();
+    let (cands, _) = bob.quic_candidates();
+    let addr = cands[0].addr;
+
+    let stranger =
+        QuicEndpoint::new(tokio::net::UdpSocket::bind("127.0.0.4:0").await.unwrap()).unwrap();
+    let (mut held, mut refused) = (Vec::new(), 0);
+    for _ in 0..2 * limits.max_per_source {
+        match stranger.connect(addr).await {
+            Ok(conn) => {
+                // A stream with a well-formed hello naming no session.
+                if let Ok((mut send, recv)) = conn.open_bi().await {
+                    let _ = send.write_all(&bogus_hello()).await;
+                    held.push((conn, send, recv));
+                }
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    let st = bob.quic_listener_stats();
+    assert!(
+        refused >= 1 && st.refused_per_source >= 1,
+        "{refused} refused of {}; {st:?}",
+        2 * limits.max_per_source
+    );
+    assert!(st.pending <= limits.max_per_source as u64, "{st:?}");
+
+    // An honest QUIC path (from another address) opens meanwhile.
+    for (x, y) in [(&alice, &bob), (&bob, &alice)] {
+        x.agent()
+            .learn_service(y.agent().did(), y.agent().own_service())
+            .await
+            .unwrap();
+    }
+    let (a_did, b_did) = (alice.agent().did(), bob.agent().did());
+    let binding = Binding::adhoc(a_did, b_did);
+    let (ea, eb) = tokio::join!(
+        alice.establish(b_did, &binding, true),
+        bob.establish(a_did, &binding, false)
+    );
+    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    assert_eq!(ea.path, PathInfo::Quic { remote: addr });
+    let mut s = ea.handle.open_stream().await.unwrap();
+    s.write_all(b"quic past crowds").await.unwrap();
+    let mut r = eb.handle.accept_stream().await.unwrap();
+    let mut buf = [0u8; 16];
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"quic past crowds");
+    drop(held);
+    m.shutdown().await;
+}
+
+/// spec/rendezvous.md §6.1 "Accepting": a QUIC connection that opens no stream is closed at
+/// its hello deadline (before, it lived as long as the peer's keep-alives did).
+#[tokio::test]
+async fn silent_quic_connection_is_closed_at_the_hello_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let bob = quic_party(&m, true).await;
+    let (cands, _) = bob.quic_candidates();
+    let stranger =
+        QuicEndpoint::new(tokio::net::UdpSocket::bind("127.0.0.5:0").await.unwrap()).unwrap();
+    let conn = stranger.connect(cands[0].addr).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .expect("a silent QUIC connection still open after 20 s");
+    assert_eq!(bob.quic_listener_stats().hello_timeouts, 1);
     m.shutdown().await;
 }

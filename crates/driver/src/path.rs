@@ -226,20 +226,41 @@ impl PathRouter {
         info: Option<PathInfo>,
     ) -> Result<(), PathError> {
         let id = read_hello(&mut path, Duration::from_secs(10)).await?;
-        let deadline = tokio::time::Instant::now() + REGISTER_WAIT;
-        let handle = loop {
-            let notified = self.registered.notified();
-            if let Some(h) = self.routes.lock().ok().and_then(|r| r.get(&id).cloned()) {
-                break h;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(PathError::UnknownSession);
-            }
-        };
+        let handle = self.wait_session(&id, REGISTER_WAIT).await?;
         handle
             .attach_path_as(path, info)
             .await
             .map_err(PathError::Io)
+    }
+
+    /// The session registered for `id` now, if any. A listener serving strangers uses it
+    /// to tell a path naming a live session (worth keeping) from one naming nothing yet
+    /// (spec/session.md §7.3).
+    #[must_use]
+    pub fn session(&self, id: &PathId) -> Option<SessionHandle> {
+        self.routes.lock().ok().and_then(|r| r.get(id).cloned())
+    }
+
+    /// The session for `id`, waiting up to `wait` for it to register (an opener may dial
+    /// before the other side has processed the last handshake message).
+    ///
+    /// # Errors
+    /// [`PathError::UnknownSession`] when none registers in time.
+    pub async fn wait_session(
+        &self,
+        id: &PathId,
+        wait: Duration,
+    ) -> Result<SessionHandle, PathError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.registered.notified();
+            if let Some(h) = self.session(id) {
+                return Ok(h);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(PathError::UnknownSession);
+            }
+        }
     }
 
     /// Accept TCP connections forever and route each (in its own task).

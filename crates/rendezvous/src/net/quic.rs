@@ -98,8 +98,31 @@ impl ServerCertVerifier for AcceptAnyCert {
 /// Bytes a peer may send on one stream ahead of our reads (one stream carries a session).
 const STREAM_WINDOW: u32 = 8 << 20;
 
-fn transport() -> Arc<quinn::TransportConfig> {
+/// Connection-level window of an incoming connection until [`open_windows`]: a stranger's
+/// connection that has not named a session may make us buffer this much, not 16 MiB.
+const PENDING_WINDOW: u32 = 64 << 10;
+
+/// Incoming connection attempts quinn queues for the application (its default: 65,536).
+const MAX_INCOMING: usize = 256;
+
+/// Streams a peer may have open at once on one connection: a path is one stream.
+const MAX_PEER_STREAMS: u32 = 2;
+
+/// Grant a connection the full windows of spec/rendezvous.md §6.1 (16 MiB per connection,
+/// 8 MiB per stream): for an incoming connection once it carries a live session's path;
+/// until then its window is 64 KiB (connections we dial have the full windows at once).
+pub fn open_windows(conn: &quinn::Connection) {
+    conn.set_receive_window(quinn::VarInt::from_u32(2 * STREAM_WINDOW));
+}
+
+/// `incoming`: the settings of connections peers open to us (small connection window until
+/// [`open_windows`]).
+fn transport(incoming: bool) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    // A path is one bidirectional stream (a peer's re-dial is a new connection): quinn's 100
+    // concurrent streams per connection, each waiting for its hello, only serve strangers.
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_PEER_STREAMS));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     // NAT bindings for UDP often expire after 30 s: keep them warm.
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
@@ -112,7 +135,11 @@ fn transport() -> Arc<quinn::TransportConfig> {
     // message at 70 ms RTT at 1.31× TCP's time; 8 MiB per stream, like Linux's default
     // receive-buffer ceiling for TCP (`tcp_rmem` max 6 MiB), brings it to TCP's.
     t.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
-    t.receive_window(quinn::VarInt::from_u32(2 * STREAM_WINDOW));
+    t.receive_window(quinn::VarInt::from_u32(if incoming {
+        PENDING_WINDOW
+    } else {
+        2 * STREAM_WINDOW
+    }));
     t.send_window(2 * u64::from(STREAM_WINDOW));
     t.congestion_controller_factory(Arc::new(PunchedPathCubic::default()));
     Arc::new(t)
@@ -247,7 +274,13 @@ fn configs() -> Result<(quinn::ServerConfig, quinn::ClientConfig), NetError> {
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(
         QuicServerConfig::try_from(server).map_err(quic_err)?,
     ));
-    server.transport_config(transport());
+    server.transport_config(transport(true));
+    // Attempts beyond these are refused by quinn before the application sees them; the
+    // application bounds the rest per source and in all (spec/rendezvous.md §6.1
+    // "Accepting"). No 0-RTT: an attempt buffers little before it is accepted.
+    server.max_incoming(MAX_INCOMING);
+    server.incoming_buffer_size(64 << 10);
+    server.incoming_buffer_size_total(4 << 20);
 
     let mut client = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -259,7 +292,7 @@ fn configs() -> Result<(quinn::ServerConfig, quinn::ClientConfig), NetError> {
     let mut client = quinn::ClientConfig::new(Arc::new(
         QuicClientConfig::try_from(client).map_err(quic_err)?,
     ));
-    client.transport_config(transport());
+    client.transport_config(transport(false));
     Ok((server, client))
 }
 
@@ -342,11 +375,14 @@ impl QuicEndpoint {
     /// # Errors
     /// [`NetError::Quic`] if the endpoint closed or the handshake failed.
     pub async fn accept(&self) -> Result<quinn::Connection, NetError> {
-        self.incoming().await?.await.map_err(quic_err)
+        let conn = self.incoming().await?.await.map_err(quic_err)?;
+        // One at a time is for peers the caller trusts (tests, benchmarks): full windows.
+        open_windows(&conn);
+        Ok(conn)
     }
 
     /// The next incoming connection attempt, before its handshake: await it for the
-    /// connection. Its failure (a peer that aborts or goes silent mid-handshake, e.g. a
+    /// connection (whose window stays small until [`open_windows`]), or refuse it. Its failure (a peer that aborts or goes silent mid-handshake, e.g. a
     /// check that lost the race to another candidate) concerns that attempt only.
     ///
     /// # Errors
