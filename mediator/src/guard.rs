@@ -5,7 +5,8 @@
 //! - [`SourceAddr`]: what counts as one source (an IPv4 address, an IPv6 /64; defined
 //!   in `mpc_did_rendezvous::source`, shared with the relay and the path listener).
 //! - [`ReplayCache`]: `(sender DID, message id)` pairs seen in the replay window, kept as
-//!   16-byte hashes in arrival order, a bounded number of them ([`REPLAY_CACHE_MAX`]).
+//!   16-byte hashes in arrival order, a bounded number of them ([`REPLAY_CACHE_MAX`]), each
+//!   charged to its source so that a few addresses cannot fill it for all ([`REPLAY_SHARES`]).
 //! - [`SourceQuotas`]: how many messages each source has waiting, unacknowledged, in each
 //!   recipient's queue.
 //! - [`KeyedRate`]: token buckets per client address and per DID (`limits.rate_per_ip`,
@@ -23,10 +24,15 @@ use sha2::{Digest as _, Sha256};
 pub use mpc_did_rendezvous::source::SourceAddr;
 
 /// Most `(sender, id)` pairs remembered at once by the mediator. Each costs a 16-byte hash
-/// twice and an `Instant` (≈ 50 bytes with the set's overhead), so ≈ 50 MiB at most,
-/// whatever the ids; it allows 3,333 recorded requests per second, sustained over the
+/// twice, an `Instant` and its source (≈ 80 bytes with the sets' overhead), so ≈ 80 MiB at
+/// most, whatever the ids; it allows 3,333 recorded requests per second, sustained over the
 /// 300 s window (each one an authcrypt unpack, which is the tighter bound on two cores).
 pub const REPLAY_CACHE_MAX: usize = 1_000_000;
+
+/// Out of how many equal shares of the cache one source may hold once the cache is half
+/// full: 40, so that filling the other half takes 20 more addresses (as the default
+/// connection slots do, spec/mediator.md §6.1).
+pub const REPLAY_SHARES: usize = 40;
 
 /// Outcome of [`ReplayCache::check_and_insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,19 +41,26 @@ pub enum Seen {
     Fresh,
     /// Seen in the window: a replay.
     Replay,
-    /// The cache holds its maximum of pairs younger than the window: the request cannot be
-    /// checked and is refused (retry later) rather than let through unchecked.
+    /// The cache holds its maximum of pairs younger than the window, or it is half full
+    /// and this request's source holds its share: the request cannot be checked and is
+    /// refused (retry later) rather than let through unchecked.
     Full,
 }
 
 /// Sliding window of `(sender DID, message id)` pairs already processed, stored as hashes
-/// so an attacker's long ids cost nothing here.
+/// so an attacker's long ids cost nothing here. Each pair is charged to the source address
+/// it came from: while the cache is less than half full anyone may add to it; past half,
+/// a source that holds `max / REPLAY_SHARES` pairs is refused, so a few busy addresses
+/// cannot fill it for everyone (spec/mediator.md §3 rule 5).
 pub struct ReplayCache {
     window: Duration,
     max: usize,
+    share: usize,
     seen: HashSet<[u8; 16]>,
-    /// Each hash in `seen` once, oldest first.
-    order: VecDeque<([u8; 16], Instant)>,
+    /// Each hash in `seen` once, oldest first, with the source it is charged to.
+    order: VecDeque<([u8; 16], Instant, SourceAddr)>,
+    /// Pairs held per source (sources holding none are absent).
+    by_source: HashMap<SourceAddr, usize>,
 }
 
 impl ReplayCache {
@@ -57,30 +70,46 @@ impl ReplayCache {
         Self {
             window,
             max,
+            share: (max / REPLAY_SHARES).max(1),
             seen: HashSet::new(),
             order: VecDeque::new(),
+            by_source: HashMap::new(),
         }
     }
 
-    /// Records the pair unless it was seen within the window.
-    pub fn check_and_insert(&mut self, sender: &str, id: &str, now: Instant) -> Seen {
+    /// Records the pair, charged to `src`, unless it was seen within the window.
+    pub fn check_and_insert(
+        &mut self,
+        sender: &str,
+        id: &str,
+        src: SourceAddr,
+        now: Instant,
+    ) -> Seen {
         // Forget what left the window, oldest first: O(1) per insert on average.
-        while let Some(&(h, t)) = self.order.front() {
+        while let Some(&(h, t, s)) = self.order.front() {
             if now.saturating_duration_since(t) < self.window {
                 break;
             }
             self.order.pop_front();
             self.seen.remove(&h);
+            if let Some(n) = self.by_source.get_mut(&s) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.by_source.remove(&s);
+                }
+            }
         }
         let key = pair_hash(sender, id);
         if self.seen.contains(&key) {
             return Seen::Replay;
         }
-        if self.seen.len() >= self.max {
+        let held = self.by_source.get(&src).copied().unwrap_or(0);
+        if self.seen.len() >= self.max || (self.seen.len() >= self.max / 2 && held >= self.share) {
             return Seen::Full;
         }
         self.seen.insert(key);
-        self.order.push_back((key, now));
+        self.order.push_back((key, now, src));
+        *self.by_source.entry(src).or_insert(0) += 1;
         Seen::Fresh
     }
 
@@ -450,28 +479,71 @@ mod tests {
     fn replay_cache_window_and_bound() {
         let t0 = Instant::now();
         let w = Duration::from_secs(300);
+        let s = SourceAddr::of("192.0.2.1".parse().unwrap());
         let mut c = ReplayCache::new(w, REPLAY_CACHE_MAX);
-        assert_eq!(c.check_and_insert("did:a", "1", t0), Seen::Fresh);
-        assert_eq!(c.check_and_insert("did:a", "1", t0), Seen::Replay);
-        assert_eq!(c.check_and_insert("did:b", "1", t0), Seen::Fresh);
+        assert_eq!(c.check_and_insert("did:a", "1", s, t0), Seen::Fresh);
+        assert_eq!(c.check_and_insert("did:a", "1", s, t0), Seen::Replay);
+        assert_eq!(c.check_and_insert("did:b", "1", s, t0), Seen::Fresh);
         // Length-prefixed sender: no ambiguity between ("did:a1", "") and ("did:a", "1").
-        assert_eq!(c.check_and_insert("did:a1", "", t0), Seen::Fresh);
+        assert_eq!(c.check_and_insert("did:a1", "", s, t0), Seen::Fresh);
         // A huge id costs one hash.
         let big = "x".repeat(600_000);
-        assert_eq!(c.check_and_insert("did:a", &big, t0), Seen::Fresh);
-        assert_eq!(c.check_and_insert("did:a", &big, t0), Seen::Replay);
+        assert_eq!(c.check_and_insert("did:a", &big, s, t0), Seen::Fresh);
+        assert_eq!(c.check_and_insert("did:a", &big, s, t0), Seen::Replay);
         // After the window the pair is forgotten.
         let later = t0 + w;
-        assert_eq!(c.check_and_insert("did:a", "1", later), Seen::Fresh);
+        assert_eq!(c.check_and_insert("did:a", "1", s, later), Seen::Fresh);
         assert_eq!(c.len(), 1);
-        // Bounded: full of fresh pairs, it refuses instead of growing.
+        assert_eq!(c.by_source.get(&s), Some(&1));
+        // Bounded: full of fresh pairs (from many sources), it refuses instead of growing.
         let mut c = ReplayCache::new(w, 1_000);
-        for i in 0..1_000 {
-            assert_eq!(c.check_and_insert("did:a", &i.to_string(), t0), Seen::Fresh);
+        for i in 0..1_000u32 {
+            let src = SourceAddr::of(std::net::Ipv4Addr::from(i).into());
+            assert_eq!(
+                c.check_and_insert("did:a", &i.to_string(), src, t0),
+                Seen::Fresh
+            );
         }
-        assert_eq!(c.check_and_insert("did:a", "new", t0), Seen::Full);
-        assert_eq!(c.check_and_insert("did:a", "new", later), Seen::Fresh);
+        assert_eq!(c.check_and_insert("did:a", "new", s, t0), Seen::Full);
+        assert_eq!(c.check_and_insert("did:a", "new", s, later), Seen::Fresh);
         assert_eq!(c.len(), 1);
+        assert_eq!(
+            c.by_source.len(),
+            1,
+            "sources holding nothing are forgotten"
+        );
+    }
+
+    /// spec/mediator.md §3 rule 5: one source fills half the cache on its own, then only
+    /// its share; the other half stays open to other sources. Before shares, two
+    /// addresses filled the whole cache and every authenticated request was refused.
+    #[test]
+    fn replay_cache_shares_past_half() {
+        let t0 = Instant::now();
+        let w = Duration::from_secs(300);
+        let flood = SourceAddr::of("192.0.2.66".parse().unwrap());
+        let other = SourceAddr::of("198.51.100.7".parse().unwrap());
+        let max = 40 * REPLAY_SHARES;
+        let mut c = ReplayCache::new(w, max);
+        let mut n = 0;
+        while c.check_and_insert("did:x", &n.to_string(), flood, t0) == Seen::Fresh {
+            n += 1;
+        }
+        assert_eq!(n, max / 2, "alone, a source fills half the cache");
+        for i in 0..40 {
+            assert_eq!(
+                c.check_and_insert("did:honest", &i.to_string(), other, t0),
+                Seen::Fresh,
+                "another source refused at {i}"
+            );
+        }
+        assert_eq!(
+            c.check_and_insert("did:honest", "41", other, t0),
+            Seen::Full,
+            "past half, a source holding its share is refused"
+        );
+        // Replays are still recognised when refused for space.
+        assert_eq!(c.check_and_insert("did:x", "0", flood, t0), Seen::Replay);
     }
 
     fn id(n: u8) -> String {
