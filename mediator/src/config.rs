@@ -131,8 +131,12 @@ pub struct Limits {
     /// Messages one source address may have waiting, unacknowledged, in one recipient's
     /// queue; 0: no per-source quota (spec/mediator.md §6.1).
     pub max_queued_per_source: u64,
-    /// Seconds after which this instance forgets what a source queued (acknowledgements
-    /// made through another instance are not seen here).
+    /// Bytes one source address may have waiting, unacknowledged, in one recipient's
+    /// queue (with `max_queued_per_source` 0 there is no per-source quota at all); 0: no
+    /// byte quota (spec/mediator.md §6.1).
+    pub max_queued_bytes_per_source: u64,
+    /// Seconds after which this instance asks the store whether what a source queued is
+    /// still waiting (acknowledgements made through another instance are not seen here).
     pub source_quota_secs: u64,
     /// Sustained DIDComm messages per second from one client address (an IPv4 address or
     /// an IPv6 /64; behind a trusted proxy, the `X-Forwarded-For` client), over all its
@@ -177,6 +181,7 @@ impl Default for Limits {
             ws_auth_timeout_secs: 30,
             max_updates_per_request: 100,
             max_queued_per_source: 500,
+            max_queued_bytes_per_source: 10 * 1024 * 1024,
             source_quota_secs: 600,
             rate_per_ip: 2_000,
             rate_per_did: 500,
@@ -251,6 +256,7 @@ impl Config {
             ("ws_auth_timeout_secs", l.ws_auth_timeout_secs),
             ("max_updates_per_request", l.max_updates_per_request),
             ("max_queued_per_source", l.max_queued_per_source),
+            ("max_queued_bytes_per_source", l.max_queued_bytes_per_source),
             ("source_quota_secs", l.source_quota_secs),
             ("rate_per_ip", l.rate_per_ip),
             ("rate_per_did", l.rate_per_did),

@@ -15,7 +15,9 @@ use mpc_did_resolver::UniversalResolver;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::guard::{ReplayCache, Seen, SourceAddr, SourceQuotas, REPLAY_CACHE_MAX};
+use crate::guard::{
+    Quota, ReplayCache, Reservation, Seen, SourceAddr, SourceQuotas, REPLAY_CACHE_MAX,
+};
 use crate::identity::MediatorIdentity;
 use crate::messages::{
     ack_of, codes, message_attachment, problem_report, reply, types, wants_ack, PROTOCOLS,
@@ -136,6 +138,7 @@ impl Core {
         let config_rate_per_did = config.limits.rate_per_did;
         let quotas = SourceQuotas::new(
             config.limits.max_queued_per_source,
+            config.limits.max_queued_bytes_per_source,
             Duration::from_secs(config.limits.source_quota_secs),
         );
         Self {
@@ -556,24 +559,24 @@ impl Core {
         // The place is taken under the id the message will be stored with, so that an
         // acknowledgement arriving before `settle` (a live recipient is fast) frees it.
         let id = crate::store::message_id(&bytes);
-        let reserved = self
-            .quotas
-            .lock()
-            .ok()
-            .and_then(|mut q| q.reserve(&owner, src, &id, Instant::now()));
-        let Some(reservation) = reserved else {
-            return self
-                .refuse(
-                    msg,
-                    sender,
-                    Rejection::SourceQuota,
-                    codes::SOURCE_QUOTA,
-                    &format!(
-                        "this address already has {} messages waiting for this recipient",
-                        self.config.limits.max_queued_per_source
-                    ),
-                )
-                .await;
+        let reservation = match self.reserve_place(&owner, src, &id, bytes.len()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                let l = &self.config.limits;
+                return self
+                    .refuse(
+                        msg,
+                        sender,
+                        Rejection::SourceQuota,
+                        codes::SOURCE_QUOTA,
+                        &format!(
+                            "this address already has {} messages or {} bytes waiting for this recipient",
+                            l.max_queued_per_source, l.max_queued_bytes_per_source
+                        ),
+                    )
+                    .await;
+            }
+            Err(e) => return self.storage_failed(msg, sender, &e).await,
         };
         let res = self
             .store
@@ -610,6 +613,37 @@ impl Core {
                 .await
             }
             Err(e) => self.storage_failed(msg, sender, &e).await,
+        }
+    }
+
+    /// Takes `src`'s place for the message `id` (`len` bytes) in `owner`'s queue; `None`
+    /// when `src` is at its quota (spec/mediator.md §6.1). Places held for
+    /// `source_quota_secs` are freed only once the store says their messages no longer
+    /// wait.
+    async fn reserve_place(
+        &self,
+        owner: &str,
+        src: SourceAddr,
+        id: &str,
+        len: usize,
+    ) -> Result<Option<Reservation>, StoreError> {
+        let len = u64::try_from(len).unwrap_or(u64::MAX);
+        let mut checked = false;
+        loop {
+            let quota = self.quotas.lock().map_or(Quota::Full, |mut q| {
+                q.reserve(owner, src, id, len, Instant::now())
+            });
+            match quota {
+                Quota::Granted(r) => return Ok(Some(r)),
+                Quota::Check(stale) if !checked => {
+                    checked = true;
+                    let still = self.store.still_queued(owner, &stale).await?;
+                    if let Ok(mut q) = self.quotas.lock() {
+                        q.confirm(owner, &stale, &still, Instant::now());
+                    }
+                }
+                Quota::Check(_) | Quota::Full => return Ok(None),
+            }
         }
     }
 

@@ -460,6 +460,68 @@ async fn one_stranger_cannot_block_a_recipients_inbox() {
     assert_eq!((stored, refused), (500, 500));
 }
 
+/// Finding 3, bytes (spec/mediator.md §6.1): large messages from one address fill at most
+/// its `max_queued_bytes_per_source` of the recipient's queue, not `max_queue_bytes`, so a
+/// large message from another address is still accepted. Counted in messages only, 10 of
+/// these ~400 kB forwards filled the 4 MiB queue and every other sender got
+/// `e.p.me.res.storage.queue-full` until the recipient drained it.
+#[tokio::test]
+async fn one_stranger_cannot_fill_a_recipients_queue_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(
+        &dir,
+        "max_queue_bytes = 4194304
+max_queued_bytes_per_source = 1048576
+",
+    );
+    let (alice, stranger) = registered_pair(&m.url()).await;
+    let big = |n: u32| {
+        message(
+            "https://example.org/unknown/1.0/junk",
+            json!({ "n": n, "pad": "x".repeat(300_000) }),
+        )
+    };
+    let mut stored = 0;
+    let mut refused = 0;
+    for n in 0..12 {
+        match stranger.send(&alice.did, big(n)).await {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                assert_eq!(problem_code(e), codes::SOURCE_QUOTA, "message {n}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        stored >= 1 && refused > 0,
+        "stored {stored}, refused {refused}"
+    );
+    let st = alice.status().await.unwrap();
+    assert!(
+        st["total_bytes"].as_u64().unwrap() <= 1_048_576,
+        "one address holds {} bytes",
+        st["total_bytes"]
+    );
+    // A friend on another address (127.0.0.2 is loopback too) sends a large one as well.
+    let friend = client(&m.url()).await;
+    introduce(&friend, &alice);
+    let http = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    send_message(
+        &http,
+        &friend.did,
+        friend.secrets(),
+        friend.resolver(),
+        &alice.did,
+        big(99),
+    )
+    .await
+    .unwrap();
+    assert_eq!(alice.status().await.unwrap()["message_count"], stored + 1);
+}
+
 /// A busy sender to a live recipient keeps its quota: a recipient that acknowledges at once
 /// can acknowledge a message before the forward that stored it has settled its place (the
 /// forward still waits for the store's group commit). That place must be freed all the
