@@ -123,6 +123,10 @@ pub struct Limits {
     /// Bytes of unfinished request bodies one connection may hold in the mediator's memory
     /// at once (HTTP/2 streams); at least `max_message_bytes` is always allowed.
     pub max_body_bytes_per_connection: u64,
+    /// Bytes of unfinished request bodies all connections of one source address may hold
+    /// at once (at least `max_body_bytes_per_connection`); counted only where
+    /// `max_connections_per_ip` is (not behind a trusted proxy, not with 0); 0: none.
+    pub max_body_bytes_per_source: u64,
     /// Seconds a WebSocket may stay open without an authenticated request (or, for an
     /// anonymous sender, without a stored forward); pings do not count.
     pub ws_auth_timeout_secs: u64,
@@ -178,6 +182,7 @@ impl Default for Limits {
             max_connections_per_ip: 1_000,
             body_timeout_secs: 10,
             max_body_bytes_per_connection: 4 * 1024 * 1024,
+            max_body_bytes_per_source: 64 * 1024 * 1024,
             ws_auth_timeout_secs: 30,
             max_updates_per_request: 100,
             max_queued_per_source: 500,
@@ -253,6 +258,7 @@ impl Config {
                 "max_body_bytes_per_connection",
                 l.max_body_bytes_per_connection,
             ),
+            ("max_body_bytes_per_source", l.max_body_bytes_per_source),
             ("ws_auth_timeout_secs", l.ws_auth_timeout_secs),
             ("max_updates_per_request", l.max_updates_per_request),
             ("max_queued_per_source", l.max_queued_per_source),

@@ -241,6 +241,80 @@ async fn unfinished_http2_bodies_are_bounded_per_connection() {
     assert_eq!(health.status(), 200);
 }
 
+/// Finding 9, over connections: the per-connection budget alone let one address with
+/// 1,000 connections pin 4 GiB of unfinished bodies. All connections of one source share
+/// `max_body_bytes_per_source` (spec/mediator.md §6.1): here 8 connections, each under its
+/// own 1 MiB budget, send 500 kB each and stop; past the source's 2 MiB the rest get `429`
+/// while their bodies are still unfinished, and another address is still served.
+#[tokio::test]
+async fn unfinished_bodies_are_bounded_per_source() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(
+        &dir,
+        "max_message_bytes = 1048576\nmax_body_bytes_per_connection = 1048576\nmax_body_bytes_per_source = 2097152\nbody_timeout_secs = 30\n",
+    );
+    let chunk = bytes::Bytes::from(vec![b' '; 500_000]);
+    let conns: u32 = 8;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut drivers = Vec::new();
+    for _ in 0..conns {
+        let tcp = tokio::net::TcpStream::connect(&m.addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        drivers.push(tokio::spawn(conn));
+        // 500 kB of body, then nothing more: never finished.
+        let first = futures_util::stream::once(std::future::ready(
+            Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())),
+        ));
+        let body = StreamBody::new(first.chain(futures_util::stream::pending()));
+        let req = hyper::Request::post(format!("{}/didcomm", m.url()))
+            .body(body)
+            .unwrap();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Ok(resp) = sender.send_request(req).await {
+                let _ = tx.send(resp.status().as_u16());
+            }
+        });
+    }
+    // 4 MB sent, 2 MiB allowed: at least 3 must be refused long before the body timeout.
+    let mut refused = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while refused < 3 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(429)) => refused += 1,
+            Ok(Some(s)) => panic!("unexpected status {s}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert!(
+        refused >= 3,
+        "only {refused} of {conns} unfinished bodies refused within 10 s"
+    );
+    // Another address is not charged for them.
+    let http = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let ping = serde_json::to_vec(&message(types::PING, json!({}))).unwrap();
+    let resp = http
+        .post(format!("{}/didcomm", m.url()))
+        .body(ping)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    for d in drivers {
+        d.abort();
+    }
+}
+
 /// Finding 9: a 600 kB message id (kept for 300 s by the replay cache and echoed in the
 /// reply) is refused; ids up to 256 bytes still work.
 #[tokio::test]
