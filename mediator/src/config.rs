@@ -123,6 +123,10 @@ pub struct Limits {
     /// Bytes of unfinished request bodies one connection may hold in the mediator's memory
     /// at once (HTTP/2 streams); at least `max_message_bytes` is always allowed.
     pub max_body_bytes_per_connection: u64,
+    /// Bytes of unfinished request bodies all connections of one source address may hold
+    /// at once (at least `max_body_bytes_per_connection`); counted only where
+    /// `max_connections_per_ip` is (not behind a trusted proxy, not with 0); 0: none.
+    pub max_body_bytes_per_source: u64,
     /// Seconds a WebSocket may stay open without an authenticated request (or, for an
     /// anonymous sender, without a stored forward); pings do not count.
     pub ws_auth_timeout_secs: u64,
@@ -131,8 +135,12 @@ pub struct Limits {
     /// Messages one source address may have waiting, unacknowledged, in one recipient's
     /// queue; 0: no per-source quota (spec/mediator.md §6.1).
     pub max_queued_per_source: u64,
-    /// Seconds after which this instance forgets what a source queued (acknowledgements
-    /// made through another instance are not seen here).
+    /// Bytes one source address may have waiting, unacknowledged, in one recipient's
+    /// queue (with `max_queued_per_source` 0 there is no per-source quota at all); 0: no
+    /// byte quota (spec/mediator.md §6.1).
+    pub max_queued_bytes_per_source: u64,
+    /// Seconds after which this instance asks the store whether what a source queued is
+    /// still waiting (acknowledgements made through another instance are not seen here).
     pub source_quota_secs: u64,
     /// Sustained DIDComm messages per second from one client address (an IPv4 address or
     /// an IPv6 /64; behind a trusted proxy, the `X-Forwarded-For` client), over all its
@@ -174,9 +182,11 @@ impl Default for Limits {
             max_connections_per_ip: 1_000,
             body_timeout_secs: 10,
             max_body_bytes_per_connection: 4 * 1024 * 1024,
+            max_body_bytes_per_source: 64 * 1024 * 1024,
             ws_auth_timeout_secs: 30,
             max_updates_per_request: 100,
             max_queued_per_source: 500,
+            max_queued_bytes_per_source: 10 * 1024 * 1024,
             source_quota_secs: 600,
             rate_per_ip: 2_000,
             rate_per_did: 500,
@@ -248,9 +258,11 @@ impl Config {
                 "max_body_bytes_per_connection",
                 l.max_body_bytes_per_connection,
             ),
+            ("max_body_bytes_per_source", l.max_body_bytes_per_source),
             ("ws_auth_timeout_secs", l.ws_auth_timeout_secs),
             ("max_updates_per_request", l.max_updates_per_request),
             ("max_queued_per_source", l.max_queued_per_source),
+            ("max_queued_bytes_per_source", l.max_queued_bytes_per_source),
             ("source_quota_secs", l.source_quota_secs),
             ("rate_per_ip", l.rate_per_ip),
             ("rate_per_did", l.rate_per_did),

@@ -15,7 +15,9 @@ use mpc_did_resolver::UniversalResolver;
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::guard::{ReplayCache, Seen, SourceAddr, SourceQuotas, REPLAY_CACHE_MAX};
+use crate::guard::{
+    Quota, ReplayCache, Reservation, Seen, SourceAddr, SourceQuotas, REPLAY_CACHE_MAX,
+};
 use crate::identity::MediatorIdentity;
 use crate::messages::{
     ack_of, codes, message_attachment, problem_report, reply, types, wants_ack, PROTOCOLS,
@@ -38,9 +40,6 @@ pub(crate) const REPLAY_WINDOW: Duration = Duration::from_secs(300);
 pub(crate) const MAX_ID_LEN: usize = 256;
 /// Requests that change state (a grant, keys, a queue, a socket's live mode) must carry
 /// `created_time`: a captured one cannot be replayed after the replay window.
-/// Requests anyone may send (no grant) whose replay changes nothing and answers nothing
-/// secret: not remembered against replay, so they cannot fill the cache (finding 9).
-const REPLAY_HARMLESS: &[&str] = &[types::PING, types::QUERIES, types::PROBLEM_REPORT];
 // Which requests change state, in every protocol version: `versions::state_changing`.
 /// Peers whose static-static ECDH-1PU share is remembered (spec/didcomm.md §4): about
 /// 150 bytes each, so at most a few MiB.
@@ -139,6 +138,7 @@ impl Core {
         let config_rate_per_did = config.limits.rate_per_did;
         let quotas = SourceQuotas::new(
             config.limits.max_queued_per_source,
+            config.limits.max_queued_bytes_per_source,
             Duration::from_secs(config.limits.source_quota_secs),
         );
         Self {
@@ -290,9 +290,10 @@ impl Core {
         transport: Transport,
         live_did: Option<&str>,
     ) -> Handled {
-        // Replay and freshness checks apply to authenticated requests; forwards are
-        // idempotent by content (spec/mediator.md §3).
-        if let Some(did) = &sender.did {
+        // Freshness checks apply to authenticated requests; forwards are idempotent by
+        // content (spec/mediator.md §3). The replay cache comes later, once the request is
+        // known to be one a grant allows (`remember`).
+        if sender.did.is_some() {
             let now = now_secs();
             let window = REPLAY_WINDOW.as_secs();
             if msg.expires_time.is_some_and(|e| e < now) {
@@ -328,35 +329,6 @@ impl Core {
                         Rejection::Replay,
                         codes::REPLAY,
                         "created_time outside the replay window",
-                    )
-                    .await;
-            }
-            let seen = if REPLAY_HARMLESS.contains(&msg.type_.as_str()) {
-                Seen::Fresh
-            } else {
-                self.replay.lock().map_or(Seen::Full, |mut c| {
-                    c.check_and_insert(did, &msg.id, Instant::now())
-                })
-            };
-            if seen == Seen::Full {
-                return self
-                    .refuse(
-                        msg,
-                        sender,
-                        Rejection::RateLimited,
-                        codes::RATE_LIMITED,
-                        "too many recent requests to check for replay; retry later",
-                    )
-                    .await;
-            }
-            if seen == Seen::Replay {
-                return self
-                    .refuse(
-                        msg,
-                        sender,
-                        Rejection::Replay,
-                        codes::REPLAY,
-                        "message id already processed",
                     )
                     .await;
             }
@@ -435,6 +407,9 @@ impl Core {
                     }
                     Err(e) => return self.storage_failed(msg, sender, &e).await,
                 }
+                if let Some(refused) = self.remember(msg, sender, &did).await {
+                    return refused;
+                }
                 let res = match route {
                     Some(Mediation::Cm(cm, "recipient-update")) => {
                         self.recipient_update(msg, sender, &did, cm).await
@@ -483,6 +458,41 @@ impl Core {
                 )
                 .await
             }
+        }
+    }
+
+    /// Records a granted DID's request in the replay cache (spec/mediator.md §3 rule 5);
+    /// the refusal if it is a replay or its source has used up its share of the cache.
+    /// Called only after the grant check: what a stranger sends without a grant, of a
+    /// type nobody handles, or that needs no grant (`mediate-request`, whose replay grants
+    /// nothing the DID could not ask for again, pings, queries, problem reports,
+    /// forwards) is never remembered, so it cannot fill the cache for others.
+    async fn remember(&self, msg: &Message, sender: &Sender, did: &str) -> Option<Handled> {
+        let seen = self.replay.lock().map_or(Seen::Full, |mut c| {
+            c.check_and_insert(did, &msg.id, sender.source, Instant::now())
+        });
+        match seen {
+            Seen::Fresh => None,
+            Seen::Full => Some(
+                self.refuse(
+                    msg,
+                    sender,
+                    Rejection::RateLimited,
+                    codes::RATE_LIMITED,
+                    "too many recent requests to check for replay; retry later",
+                )
+                .await,
+            ),
+            Seen::Replay => Some(
+                self.refuse(
+                    msg,
+                    sender,
+                    Rejection::Replay,
+                    codes::REPLAY,
+                    "message id already processed",
+                )
+                .await,
+            ),
         }
     }
 
@@ -549,24 +559,24 @@ impl Core {
         // The place is taken under the id the message will be stored with, so that an
         // acknowledgement arriving before `settle` (a live recipient is fast) frees it.
         let id = crate::store::message_id(&bytes);
-        let reserved = self
-            .quotas
-            .lock()
-            .ok()
-            .and_then(|mut q| q.reserve(&owner, src, &id, Instant::now()));
-        let Some(reservation) = reserved else {
-            return self
-                .refuse(
-                    msg,
-                    sender,
-                    Rejection::SourceQuota,
-                    codes::SOURCE_QUOTA,
-                    &format!(
-                        "this address already has {} messages waiting for this recipient",
-                        self.config.limits.max_queued_per_source
-                    ),
-                )
-                .await;
+        let reservation = match self.reserve_place(&owner, src, &id, bytes.len()).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                let l = &self.config.limits;
+                return self
+                    .refuse(
+                        msg,
+                        sender,
+                        Rejection::SourceQuota,
+                        codes::SOURCE_QUOTA,
+                        &format!(
+                            "this address already has {} messages or {} bytes waiting for this recipient",
+                            l.max_queued_per_source, l.max_queued_bytes_per_source
+                        ),
+                    )
+                    .await;
+            }
+            Err(e) => return self.storage_failed(msg, sender, &e).await,
         };
         let res = self
             .store
@@ -603,6 +613,37 @@ impl Core {
                 .await
             }
             Err(e) => self.storage_failed(msg, sender, &e).await,
+        }
+    }
+
+    /// Takes `src`'s place for the message `id` (`len` bytes) in `owner`'s queue; `None`
+    /// when `src` is at its quota (spec/mediator.md §6.1). Places held for
+    /// `source_quota_secs` are freed only once the store says their messages no longer
+    /// wait.
+    async fn reserve_place(
+        &self,
+        owner: &str,
+        src: SourceAddr,
+        id: &str,
+        len: usize,
+    ) -> Result<Option<Reservation>, StoreError> {
+        let len = u64::try_from(len).unwrap_or(u64::MAX);
+        let mut checked = false;
+        loop {
+            let quota = self.quotas.lock().map_or(Quota::Full, |mut q| {
+                q.reserve(owner, src, id, len, Instant::now())
+            });
+            match quota {
+                Quota::Granted(r) => return Ok(Some(r)),
+                Quota::Check(stale) if !checked => {
+                    checked = true;
+                    let still = self.store.still_queued(owner, &stale).await?;
+                    if let Ok(mut q) = self.quotas.lock() {
+                        q.confirm(owner, &stale, &still, Instant::now());
+                    }
+                }
+                Quota::Check(_) | Quota::Full => return Ok(None),
+            }
         }
     }
 
@@ -1333,5 +1374,166 @@ mod batch_tests {
         assert!(!deliverable_alone(&stored(790_000).data, TO));
         // Not JSON: base64url in the delivery, so the bound is lower.
         assert!(!deliverable_alone(&vec![0u8; 700_000], TO));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod replay_tests {
+    use super::*;
+    use crate::messages::message;
+    use crate::store::SledStore;
+    use mpc_did_didcomm::SecretStore;
+
+    struct Party {
+        did: String,
+        secrets: SecretStore,
+    }
+
+    impl Party {
+        fn new(seed: u8) -> Self {
+            let mut secrets = SecretStore::new();
+            let did = secrets.insert_did_key(&ed25519_dalek::SigningKey::from_bytes(&[seed; 32]));
+            Self { did, secrets }
+        }
+    }
+
+    async fn core_with_replay_cap(dir: &std::path::Path, cap: usize) -> Core {
+        let store = AnyStore::Sled(SledStore::open(dir).unwrap());
+        let identity = MediatorIdentity::load_or_create(&store).await.unwrap();
+        let config = Config {
+            data: dir.to_path_buf(),
+            ..Config::default()
+        };
+        let core = Core::new(identity, config, store, UniversalResolver::new().unwrap());
+        *core.replay.lock().unwrap() = ReplayCache::new(REPLAY_WINDOW, cap);
+        core
+    }
+
+    /// Authcrypt from `p` to the mediator, handled as arriving from `ip`.
+    async fn request(core: &Core, p: &Party, mut m: Message, ip: &str) -> Handled {
+        m.from = Some(p.did.clone());
+        m.to = Some(vec![core.identity.did.clone()]);
+        let opts = PackOptions {
+            forward: false,
+            ..PackOptions::default()
+        };
+        let packed = mpc_did_didcomm::pack_encrypted(
+            &m,
+            &core.identity.did,
+            Some(&p.did),
+            None,
+            &core.resolver,
+            &p.secrets,
+            &opts,
+        )
+        .await
+        .unwrap();
+        let src = SourceAddr::of(ip.parse().unwrap());
+        core.handle(packed.message.as_bytes(), Transport::Http, src)
+            .await
+    }
+
+    /// spec/mediator.md §3 rule 5: requests a grant does not cover — a DID without one,
+    /// a type nobody handles — are not remembered against replay, so a throw-away DID
+    /// cannot fill the cache; and a granted one from one address holds at most half of
+    /// it and then its share, so a registered DID on another address still has its
+    /// `messages-received` and `status-request` answered. Before, every authenticated
+    /// request was recorded before the grant check, and a full cache refused everyone.
+    #[tokio::test]
+    async fn strangers_cannot_fill_the_replay_cache_for_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 4 * crate::guard::REPLAY_SHARES;
+        let core = core_with_replay_cap(dir.path(), cap).await;
+        let honest = Party::new(1);
+        let h = request(
+            &core,
+            &honest,
+            message(types::MEDIATE_REQUEST, json!({})),
+            "192.0.2.1",
+        )
+        .await;
+        assert!(h.rejection.is_none(), "{:?}", h.rejection);
+        let stored = core
+            .store
+            .enqueue(&honest.did, &honest.did, b"{\"x\":1}", core.limits())
+            .await
+            .unwrap();
+        assert!(!stored.duplicate);
+        // A grant-less stranger: twice the cap of refused pickups and unknown types.
+        let stranger = Party::new(2);
+        for i in 0..cap {
+            let kind = if i % 2 == 0 {
+                types::STATUS_REQUEST
+            } else {
+                "https://example.org/unknown/1.0/x"
+            };
+            let h = request(&core, &stranger, message(kind, json!({})), "203.0.113.9").await;
+            assert!(
+                matches!(
+                    h.rejection,
+                    Some(Rejection::Unauthorized | Rejection::Unsupported)
+                ),
+                "{:?}",
+                h.rejection
+            );
+        }
+        // A granted stranger on one address, until the cache refuses it.
+        let granted = Party::new(3);
+        let h = request(
+            &core,
+            &granted,
+            message(types::MEDIATE_REQUEST, json!({})),
+            "203.0.113.9",
+        )
+        .await;
+        assert!(h.rejection.is_none(), "{:?}", h.rejection);
+        let mut refused = false;
+        for _ in 0..2 * cap {
+            let h = request(
+                &core,
+                &granted,
+                message(types::STATUS_REQUEST, json!({})),
+                "203.0.113.9",
+            )
+            .await;
+            if h.rejection == Some(Rejection::RateLimited) {
+                refused = true;
+                break;
+            }
+            assert!(h.rejection.is_none(), "{:?}", h.rejection);
+        }
+        assert!(refused, "the flooding address was never refused");
+        // The registered DID, from its own address, is still served.
+        let h = request(
+            &core,
+            &honest,
+            message(types::STATUS_REQUEST, json!({})),
+            "192.0.2.1",
+        )
+        .await;
+        assert!(h.rejection.is_none(), "status-request: {:?}", h.rejection);
+        let id = crate::store::message_id(b"{\"x\":1}");
+        let h = request(
+            &core,
+            &honest,
+            message(types::MESSAGES_RECEIVED, json!({ "message_id_list": [id] })),
+            "192.0.2.1",
+        )
+        .await;
+        assert!(
+            h.rejection.is_none(),
+            "messages-received: {:?}",
+            h.rejection
+        );
+        assert_eq!(h.received.map(|(_, ids)| ids.len()), Some(1));
+        assert_eq!(
+            core.store
+                .status(&honest.did, None)
+                .await
+                .unwrap()
+                .message_count,
+            0
+        );
     }
 }

@@ -81,6 +81,9 @@ pub(crate) struct ConnInfo {
     burst: f64,
     /// Bytes of request bodies being read on this connection now (HTTP/2 streams).
     body_bytes: Arc<AtomicU64>,
+    /// The same over all connections of its source, when the source is counted (not
+    /// behind a trusted proxy, `max_connections_per_ip` on).
+    source_body_bytes: Option<Arc<AtomicU64>>,
     core: Arc<Core>,
     _permit: OwnedSemaphorePermit,
     _slot: Option<SourceSlot>,
@@ -88,6 +91,31 @@ pub(crate) struct ConnInfo {
 
 /// Open connections per source address.
 type PerSource = Arc<Mutex<SourceCounts>>;
+
+/// Unfinished request-body bytes per source address, shared by its open connections
+/// (`max_body_bytes_per_source`); an entry lives while one of them does.
+#[derive(Default)]
+struct SourceBodies {
+    map: std::collections::HashMap<SourceAddr, std::sync::Weak<AtomicU64>>,
+    /// Size after the last sweep of dead entries.
+    swept: usize,
+}
+
+impl SourceBodies {
+    /// The counter `source`'s connections share.
+    fn counter(&mut self, source: SourceAddr) -> Arc<AtomicU64> {
+        if let Some(c) = self.map.get(&source).and_then(std::sync::Weak::upgrade) {
+            return c;
+        }
+        if self.map.len() >= 2 * self.swept.max(512) {
+            self.map.retain(|_, w| w.strong_count() > 0);
+            self.swept = self.map.len();
+        }
+        let c = Arc::new(AtomicU64::new(0));
+        self.map.insert(source, Arc::downgrade(&c));
+        c
+    }
+}
 
 /// One connection's place in its source's count; given back on drop.
 struct SourceSlot {
@@ -215,6 +243,7 @@ pub(crate) async fn serve(
     ));
     let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
     let per_source: PerSource = Arc::default();
+    let mut source_bodies = SourceBodies::default();
     loop {
         let accepted = tokio::select! {
             () = state.cancel.cancelled() => break,
@@ -268,11 +297,18 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        // Counted with the source's connections: the per-connection body budget alone let
+        // one address with 1,000 connections pin 4 GiB (spec/mediator.md §6.1).
+        let source_body_bytes = slot
+            .as_ref()
+            .filter(|_| limits.max_body_bytes_per_source > 0)
+            .map(|_| source_bodies.counter(source));
         let conn = Arc::new(ConnInfo {
             peer,
             source,
             via_proxy,
             body_bytes: Arc::default(),
+            source_body_bytes,
             _slot: slot,
             bucket: Mutex::new(Bucket {
                 tokens: limits.rate_burst as f64,
@@ -474,6 +510,8 @@ enum BodyError {
     Timeout,
     /// The connection's unfinished bodies would exceed `max_body_bytes_per_connection`.
     OverBudget,
+    /// Its source's unfinished bodies would exceed `max_body_bytes_per_source`.
+    SourceOverBudget,
     /// The client broke the body off (reset stream, bad chunking).
     Failed,
 }
@@ -482,12 +520,17 @@ enum BodyError {
 /// is answered; given back on drop.
 struct BodyCharge {
     total: Arc<AtomicU64>,
+    /// The source's total, when it is counted.
+    source: Option<Arc<AtomicU64>>,
     n: u64,
 }
 
 impl Drop for BodyCharge {
     fn drop(&mut self) {
         self.total.fetch_sub(self.n, Ordering::Relaxed);
+        if let Some(s) = &self.source {
+            s.fetch_sub(self.n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -507,8 +550,10 @@ async fn read_body(
         .max_body_bytes_per_connection
         .max(limits.max_message_bytes);
     let timeout = Duration::from_secs(limits.body_timeout_secs.max(1));
+    let source_budget = limits.max_body_bytes_per_source.max(budget);
     let mut charge = BodyCharge {
         total: conn.body_bytes.clone(),
+        source: conn.source_body_bytes.clone(),
         n: 0,
     };
     let read = async {
@@ -521,9 +566,16 @@ async fn read_body(
             }
             let len = chunk.len() as u64;
             let before = charge.total.fetch_add(len, Ordering::Relaxed);
+            let source_before = charge
+                .source
+                .as_ref()
+                .map_or(0, |s| s.fetch_add(len, Ordering::Relaxed));
             charge.n += len;
             if before.saturating_add(len) > budget {
                 return Err(BodyError::OverBudget);
+            }
+            if source_before.saturating_add(len) > source_budget {
+                return Err(BodyError::SourceOverBudget);
             }
             buf.extend_from_slice(&chunk);
         }
@@ -578,6 +630,12 @@ async fn post_didcomm(
                     StatusCode::TOO_MANY_REQUESTS,
                     codes::RATE_LIMITED,
                     "too many unfinished request bodies on this connection".to_owned(),
+                ),
+                BodyError::SourceOverBudget => (
+                    Rejection::RateLimited,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    codes::RATE_LIMITED,
+                    "too many unfinished request bodies from this address".to_owned(),
                 ),
                 BodyError::Failed => (
                     Rejection::Malformed,

@@ -20,7 +20,11 @@ struct Canary {
 
 impl Canary {
     async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    async fn start_on(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let log = accepted.clone();
@@ -125,4 +129,116 @@ async fn a_did_web_skid_on_loopback_is_not_fetched() {
     }
     assert_eq!(canary.connections_before_ours().await, 0);
     m.shutdown().await;
+}
+
+/// Strangers can name any did:web as their sender, and each fetch of a silent host holds a
+/// slot until the 5 s timeout: 16 such requests used to take every one of the resolver's
+/// 16 slots, and an honest did:web sender on another host was refused (`Busy`) without
+/// being fetched. Now one site (here the IP literal 127.0.0.1) holds at most 4 of them and
+/// a did:web on another site (127.0.0.2) is still fetched (spec/mediator.md §6.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_silent_did_web_host_cannot_take_every_fetch_slot() {
+    let silent = Canary::start().await;
+    let other = Canary::start_on("127.0.0.2:0").await;
+    let dir = tempfile::tempdir().unwrap();
+    let m = mpc_did_testkit::mediator::loopback_mediator_with(dir.path(), |c| {
+        c.allow_private_did_web = true;
+    })
+    .await;
+    let url = format!("{}/didcomm", m.public_url);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let post = |did: String| {
+        let (http, url, to) = (http.clone(), url.clone(), m.did.clone());
+        async move {
+            let packed = pinged_from(&did, &to).await;
+            http.post(url)
+                .header("content-type", "application/didcomm-encrypted+json")
+                .body(packed)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let port = silent.addr.port();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut flood = Vec::new();
+    for n in 0..16 {
+        let (req, answered) = (
+            post(format!("did:web:127.0.0.1%3A{port}:{n}")),
+            answered.clone(),
+        );
+        flood.push(tokio::spawn(async move {
+            let status = req.await;
+            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            status
+        }));
+    }
+    // Every flood request is either being fetched (held by the silent host) or answered.
+    assert!(
+        mpc_did_testkit::wait_until(
+            || {
+                silent.accepted.lock().unwrap().len()
+                    + answered.load(std::sync::atomic::Ordering::SeqCst)
+                    >= 16
+            },
+            Duration::from_secs(10),
+        )
+        .await,
+        "flood requests neither fetched nor answered"
+    );
+    assert!(silent.accepted.lock().unwrap().len() <= 4);
+    let honest = post(format!("did:web:127.0.0.2%3A{}:alice", other.addr.port()));
+    let honest = tokio::spawn(honest);
+    // Either its fetch reaches the other host, or it is answered without one.
+    assert!(
+        mpc_did_testkit::wait_until(
+            || !other.accepted.lock().unwrap().is_empty() || honest.is_finished(),
+            Duration::from_secs(10),
+        )
+        .await
+    );
+    assert_eq!(
+        other.accepted.lock().unwrap().len(),
+        1,
+        "the other host's did:web was not fetched while the silent one held the slots"
+    );
+    assert_eq!(honest.await.unwrap(), 400);
+    for f in flood {
+        assert_eq!(f.await.unwrap(), 400);
+    }
+    m.shutdown().await;
+}
+
+/// An authcrypt ping from the did:web `did` (its document only in our own resolver) to `to`.
+async fn pinged_from(did: &str, to: &str) -> String {
+    let (doc, secrets) = web_identity(did);
+    let resolver = UniversalResolver::new().unwrap();
+    resolver.insert(doc);
+    let mut ping = Message::new(
+        mpc_did_didcomm::message::new_id(),
+        "https://didcomm.org/trust-ping/2.0/ping",
+        serde_json::json!({"response_requested": true}),
+    );
+    ping.from = Some(did.to_owned());
+    ping.to = Some(vec![to.to_owned()]);
+    pack_encrypted(
+        &ping,
+        to,
+        Some(did),
+        None,
+        &resolver,
+        &secrets,
+        &PackOptions {
+            forward: false,
+            ..PackOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+    .message
 }

@@ -241,6 +241,80 @@ async fn unfinished_http2_bodies_are_bounded_per_connection() {
     assert_eq!(health.status(), 200);
 }
 
+/// Finding 9, over connections: the per-connection budget alone let one address with
+/// 1,000 connections pin 4 GiB of unfinished bodies. All connections of one source share
+/// `max_body_bytes_per_source` (spec/mediator.md §6.1): here 8 connections, each under its
+/// own 1 MiB budget, send 500 kB each and stop; past the source's 2 MiB the rest get `429`
+/// while their bodies are still unfinished, and another address is still served.
+#[tokio::test]
+async fn unfinished_bodies_are_bounded_per_source() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(
+        &dir,
+        "max_message_bytes = 1048576\nmax_body_bytes_per_connection = 1048576\nmax_body_bytes_per_source = 2097152\nbody_timeout_secs = 30\n",
+    );
+    let chunk = bytes::Bytes::from(vec![b' '; 500_000]);
+    let conns: u32 = 8;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut drivers = Vec::new();
+    for _ in 0..conns {
+        let tcp = tokio::net::TcpStream::connect(&m.addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        drivers.push(tokio::spawn(conn));
+        // 500 kB of body, then nothing more: never finished.
+        let first = futures_util::stream::once(std::future::ready(
+            Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())),
+        ));
+        let body = StreamBody::new(first.chain(futures_util::stream::pending()));
+        let req = hyper::Request::post(format!("{}/didcomm", m.url()))
+            .body(body)
+            .unwrap();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Ok(resp) = sender.send_request(req).await {
+                let _ = tx.send(resp.status().as_u16());
+            }
+        });
+    }
+    // 4 MB sent, 2 MiB allowed: at least 3 must be refused long before the body timeout.
+    let mut refused = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while refused < 3 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(429)) => refused += 1,
+            Ok(Some(s)) => panic!("unexpected status {s}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    assert!(
+        refused >= 3,
+        "only {refused} of {conns} unfinished bodies refused within 10 s"
+    );
+    // Another address is not charged for them.
+    let http = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let ping = serde_json::to_vec(&message(types::PING, json!({}))).unwrap();
+    let resp = http
+        .post(format!("{}/didcomm", m.url()))
+        .body(ping)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    for d in drivers {
+        d.abort();
+    }
+}
+
 /// Finding 9: a 600 kB message id (kept for 300 s by the replay cache and echoed in the
 /// reply) is refused; ids up to 256 bytes still work.
 #[tokio::test]
@@ -458,6 +532,68 @@ async fn one_stranger_cannot_block_a_recipients_inbox() {
     }
     live.close().await;
     assert_eq!((stored, refused), (500, 500));
+}
+
+/// Finding 3, bytes (spec/mediator.md §6.1): large messages from one address fill at most
+/// its `max_queued_bytes_per_source` of the recipient's queue, not `max_queue_bytes`, so a
+/// large message from another address is still accepted. Counted in messages only, 10 of
+/// these ~400 kB forwards filled the 4 MiB queue and every other sender got
+/// `e.p.me.res.storage.queue-full` until the recipient drained it.
+#[tokio::test]
+async fn one_stranger_cannot_fill_a_recipients_queue_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(
+        &dir,
+        "max_queue_bytes = 4194304
+max_queued_bytes_per_source = 1048576
+",
+    );
+    let (alice, stranger) = registered_pair(&m.url()).await;
+    let big = |n: u32| {
+        message(
+            "https://example.org/unknown/1.0/junk",
+            json!({ "n": n, "pad": "x".repeat(300_000) }),
+        )
+    };
+    let mut stored = 0;
+    let mut refused = 0;
+    for n in 0..12 {
+        match stranger.send(&alice.did, big(n)).await {
+            Ok(_) => stored += 1,
+            Err(e) => {
+                assert_eq!(problem_code(e), codes::SOURCE_QUOTA, "message {n}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        stored >= 1 && refused > 0,
+        "stored {stored}, refused {refused}"
+    );
+    let st = alice.status().await.unwrap();
+    assert!(
+        st["total_bytes"].as_u64().unwrap() <= 1_048_576,
+        "one address holds {} bytes",
+        st["total_bytes"]
+    );
+    // A friend on another address (127.0.0.2 is loopback too) sends a large one as well.
+    let friend = client(&m.url()).await;
+    introduce(&friend, &alice);
+    let http = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    send_message(
+        &http,
+        &friend.did,
+        friend.secrets(),
+        friend.resolver(),
+        &alice.did,
+        big(99),
+    )
+    .await
+    .unwrap();
+    assert_eq!(alice.status().await.unwrap()["message_count"], stored + 1);
 }
 
 /// A busy sender to a live recipient keeps its quota: a recipient that acknowledges at once

@@ -1,7 +1,7 @@
 //! The did:web fetch over HTTPS (feature `web`): the HTTP client with its public-only DNS
 //! step and same-origin redirect policy, the document and failure caches, the in-flight
-//! limit. Everything here is I/O; the URL mapping and address checks it applies are the
-//! pure parts in [`super`].
+//! limit and its per-site share. Everything here is I/O; the URL mapping and address
+//! checks it applies are the pure parts in [`super`].
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,6 +18,12 @@ use crate::error::ResolveError;
 const MAX_CACHE_ENTRIES: usize = 1024;
 /// Most redirects followed (all on the same host).
 const MAX_REDIRECTS: usize = 3;
+/// One site may use at most this fraction of `max_concurrent` (1/4: 4 of the default 16),
+/// and at least [`SITE_SHARE_MIN`]: the DIDs fetched are named by strangers, so one silent
+/// host must not hold every slot.
+const SITE_SHARE_DIVISOR: usize = 4;
+/// Fetches one site may always have in flight (within `max_concurrent`).
+const SITE_SHARE_MIN: usize = 2;
 
 /// Resolves `did:web` DIDs over HTTPS. Cloning shares the client and the caches.
 #[derive(Clone, Debug)]
@@ -27,6 +33,66 @@ pub struct WebResolver {
     cache: Arc<TtlCache<DidDocument>>,
     failures: Arc<TtlCache<String>>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    sites: Arc<SiteSlots>,
+}
+
+/// Fetches in flight per site ([`site_of`]), each at most `share`: a stranger who names
+/// `did:web:<silent-host>:<n>` DIDs (each held until the timeout) takes one site's share,
+/// not every slot, so did:web senders on other sites are still resolved.
+#[derive(Debug)]
+struct SiteSlots {
+    share: usize,
+    in_flight: Mutex<HashMap<String, usize>>,
+}
+
+/// One fetch's place in its site's share, given back on drop.
+struct SitePermit {
+    slots: Arc<SiteSlots>,
+    site: String,
+}
+
+impl SiteSlots {
+    fn acquire(self: &Arc<Self>, site: &str) -> Option<SitePermit> {
+        let mut map = self.in_flight.lock().ok()?;
+        let n = map.entry(site.to_owned()).or_insert(0);
+        if *n >= self.share {
+            return None;
+        }
+        *n += 1;
+        Some(SitePermit {
+            slots: self.clone(),
+            site: site.to_owned(),
+        })
+    }
+}
+
+impl Drop for SitePermit {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.slots.in_flight.lock() {
+            if let Some(n) = map.get_mut(&self.site) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.site);
+                }
+            }
+        }
+    }
+}
+
+/// What shares one site's fetch slots: an IP-literal host itself, else the last two labels
+/// of the host name (`a1.evil.example` and `a2.evil.example` are one site; under a public
+/// suffix such as `co.uk` this groups more than one owner, which matters only while that
+/// suffix has its share in flight at once). The port does not count.
+fn site_of(host: &str) -> String {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+        return host;
+    }
+    let mut labels = host.rsplitn(3, '.');
+    match (labels.next(), labels.next()) {
+        (Some(tld), Some(name)) => format!("{name}.{tld}"),
+        _ => host,
+    }
 }
 
 #[derive(Debug)]
@@ -127,6 +193,10 @@ impl WebResolver {
         Ok(Self {
             client,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent)),
+            sites: Arc::new(SiteSlots {
+                share: (config.max_concurrent / SITE_SHARE_DIVISOR).max(SITE_SHARE_MIN),
+                in_flight: Mutex::default(),
+            }),
             config: Arc::new(config),
             cache: Arc::default(),
             failures: Arc::default(),
@@ -165,7 +235,17 @@ impl WebResolver {
             });
         }
         // Fail fast when saturated: waiting would let a flood of stranger-named DIDs queue
-        // up behind each other (and behind our own resolutions).
+        // up behind each other (and behind our own resolutions). One site gets at most its
+        // share of the slots, so strangers naming one silent host cannot take them all.
+        let site = did_web_url(did)
+            .ok()
+            .and_then(|u| u.host_str().map(site_of))
+            .unwrap_or_default();
+        let Some(_site_permit) = self.sites.acquire(&site) else {
+            return Err(ResolveError::Busy {
+                limit: self.sites.share,
+            });
+        };
         let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
             return Err(ResolveError::Busy {
                 limit: self.config.max_concurrent,
@@ -374,5 +454,34 @@ impl<V: Clone> TtlCache<V> {
             }
         }
         map.insert(did.to_owned(), (Instant::now(), value));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod site_tests {
+    use super::*;
+
+    #[test]
+    fn sites_group_subdomains_not_ports() {
+        assert_eq!(site_of("a1.Evil.example."), "evil.example");
+        assert_eq!(site_of("evil.example"), "evil.example");
+        assert_eq!(site_of("localhost"), "localhost");
+        assert_eq!(site_of("127.0.0.2"), "127.0.0.2");
+        assert_eq!(site_of("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn a_site_holds_at_most_its_share() {
+        let slots = Arc::new(SiteSlots {
+            share: 2,
+            in_flight: Mutex::default(),
+        });
+        let a = slots.acquire("evil.example").unwrap();
+        let _b = slots.acquire("evil.example").unwrap();
+        assert!(slots.acquire("evil.example").is_none());
+        assert!(slots.acquire("good.example").is_some());
+        drop(a);
+        assert!(slots.acquire("evil.example").is_some());
     }
 }

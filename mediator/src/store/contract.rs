@@ -128,6 +128,18 @@ async fn contract<S: Store>(s: &S) {
         }
     );
 
+    // `still_queued` names what is waiting, for its owner only.
+    let still = s
+        .still_queued("did:ex:a", &[a.id.clone(), "nope".into()])
+        .await
+        .unwrap();
+    assert_eq!(still, std::iter::once(a.id.clone()).collect());
+    assert!(s
+        .still_queued("did:ex:other", std::slice::from_ref(&a.id))
+        .await
+        .unwrap()
+        .is_empty());
+
     // Removal: only listed ids, replays are harmless, other owners untouched.
     assert_eq!(
         s.remove("did:ex:other", std::slice::from_ref(&a.id))
@@ -147,6 +159,11 @@ async fn contract<S: Store>(s: &S) {
             .unwrap(),
         0
     );
+    assert!(s
+        .still_queued("did:ex:a", std::slice::from_ref(&a.id))
+        .await
+        .unwrap()
+        .is_empty());
     let left = s.fetch("did:ex:a", None, 10).await.unwrap();
     assert_eq!(left.len(), 2);
     assert_eq!(left[0].id, b.id);

@@ -258,6 +258,18 @@ pub trait Store: Send + Sync + 'static {
         ids: &[String],
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Which of `ids` are still queued for `owner` (not acknowledged, here or through
+    /// another instance): the per-source quotas ask before freeing a place they have held
+    /// for `source_quota_secs` (spec/mediator.md §6.1). Reads no message body.
+    ///
+    /// # Errors
+    /// Backend failure.
+    fn still_queued(
+        &self,
+        owner: &str,
+        ids: &[String],
+    ) -> impl Future<Output = Result<HashSet<String>, StoreError>> + Send;
+
     /// Store-wide totals.
     ///
     /// # Errors
@@ -418,6 +430,13 @@ impl Store for AnyStore {
     }
     async fn remove(&self, owner: &str, ids: &[String]) -> Result<u64, StoreError> {
         dispatch!(self, s => s.remove(owner, ids).await)
+    }
+    async fn still_queued(
+        &self,
+        owner: &str,
+        ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        dispatch!(self, s => s.still_queued(owner, ids).await)
     }
     async fn totals(&self) -> Result<StoreTotals, StoreError> {
         dispatch!(self, s => s.totals().await)

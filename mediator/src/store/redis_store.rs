@@ -410,6 +410,28 @@ impl Store for RedisStore {
         Ok(n)
     }
 
+    async fn still_queued(
+        &self,
+        owner: &str,
+        ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let mut con = self.con.clone();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HEXISTS").arg(self.k("m", owner)).arg(id);
+        }
+        let flags: Vec<bool> = pipe.query_async(&mut con).await?;
+        Ok(ids
+            .iter()
+            .zip(flags)
+            .filter(|(_, queued)| *queued)
+            .map(|(id, _)| id.clone())
+            .collect())
+    }
+
     async fn totals(&self) -> Result<StoreTotals, StoreError> {
         let mut con = self.con.clone();
         let (m, b): (Option<i64>, Option<i64>) = redis::cmd("HMGET")

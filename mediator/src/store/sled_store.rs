@@ -569,6 +569,20 @@ impl Store for SledStore {
         })
     }
 
+    async fn still_queued(
+        &self,
+        owner: &str,
+        ids: &[String],
+    ) -> Result<HashSet<String>, StoreError> {
+        let mut still = HashSet::new();
+        for id in ids {
+            if self.msgs.contains_key(join(owner, id.as_bytes()))? {
+                still.insert(id.clone());
+            }
+        }
+        Ok(still)
+    }
+
     async fn remove(&self, owner: &str, ids: &[String]) -> Result<u64, StoreError> {
         // Single-key removals (see `enqueue` for why no transaction): the message first,
         // so that of two concurrent acknowledgments only one counts it; then its queue
