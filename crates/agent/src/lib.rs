@@ -52,6 +52,7 @@
 //! // Hold early session messages, but only from the two parties of our roster.
 //! let config = AgentConfig {
 //!     hold: vec![Hold::from_senders(mpc_did_agent::SESSION_PREFIX, ["did:key:z6MkA…", "did:key:z6MkB…"])],
+//!     ..AgentConfig::default()
 //! };
 //! let agent = Agent::start_with(client, config).await?;
 //! let mut pings = agent.subscribe("https://didcomm.org/trust-ping/2.0/");
@@ -137,21 +138,37 @@ impl Hold {
     }
 }
 
-/// How an [`Agent`] treats messages nobody has subscribed to yet.
+/// How an [`Agent`] treats messages nobody has subscribed to yet, and how it keeps its
+/// live connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
     /// What to hold; everything else without a subscriber is acknowledged and dropped.
     pub hold: Vec<Hold>,
+    /// Keep-alive of the live connection (spec/mediator.md §8 "Keep-alive and opening"):
+    /// after this long without sending, or without hearing anything, the agent pings the
+    /// mediator; a ping with no answer for as long again means the connection is dead,
+    /// and it re-connects ([`LiveEvent::Lost`]). Default [`KEEPALIVE`].
+    pub keepalive: Duration,
+    /// How long opening the live WebSocket (TCP, TLS, upgrade) may take, at the start and
+    /// at each re-connect. Default [`client::CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
 }
 
+/// Default [`AgentConfig::keepalive`]: well inside the mediator's 300 s idle timeout and
+/// the 30 s after which NAT mappings of idle TCP connections commonly expire.
+pub const KEEPALIVE: Duration = Duration::from_secs(25);
+
 impl Default for AgentConfig {
-    /// Hold our own protocols' messages (session and lobby) from any authenticated sender.
+    /// Hold our own protocols' messages (session and lobby) from any authenticated sender;
+    /// [`KEEPALIVE`], [`client::CONNECT_TIMEOUT`].
     fn default() -> Self {
         Self {
             hold: vec![
                 Hold::any_sender(SESSION_PREFIX),
                 Hold::any_sender(LOBBY_PREFIX),
             ],
+            keepalive: KEEPALIVE,
+            connect_timeout: client::CONNECT_TIMEOUT,
         }
     }
 }
@@ -317,7 +334,7 @@ impl Agent {
         client: MediatorClient,
         config: AgentConfig,
     ) -> Result<Self, AgentError> {
-        let live = client.live().await?;
+        let live = client.live_within(config.connect_timeout).await?;
         let (acks, ack_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         // Peers' endpoints are URLs the peers chose: no redirects (a 307 would carry our
@@ -342,7 +359,17 @@ impl Agent {
             stop: stop.clone(),
             live_events: tokio::sync::broadcast::channel(16).0,
         });
-        tokio::spawn(inbox(Arc::downgrade(&inner), live, ack_rx, stop.clone()));
+        let timing = Timing {
+            keepalive: config.keepalive,
+            connect_timeout: config.connect_timeout,
+        };
+        tokio::spawn(inbox(
+            Arc::downgrade(&inner),
+            live,
+            ack_rx,
+            stop.clone(),
+            timing,
+        ));
         Ok(Self {
             inner,
             _guard: Arc::new(stop.drop_guard()),
@@ -756,11 +783,19 @@ async fn room(subs: Vec<mpsc::Sender<Inbound>>) {
     futures_util::future::select_all(waits).await;
 }
 
+/// The inbox's clocks ([`AgentConfig`]).
+#[derive(Clone, Copy)]
+struct Timing {
+    keepalive: Duration,
+    connect_timeout: Duration,
+}
+
 async fn inbox(
     inner: std::sync::Weak<Inner>,
     mut live: LiveConnection,
     mut ack_rx: mpsc::UnboundedReceiver<String>,
     stop: CancellationToken,
+    timing: Timing,
 ) {
     // Failed re-connects in a row (spec: exponential backoff with jitter, client.rs).
     let mut failures = 0u32;
@@ -787,7 +822,16 @@ async fn inbox(
                 }
                 continue;
             }
-            b = live.next_batch(Duration::from_secs(25)) => b,
+            // A connection that died without a close (NAT expiry, a hard reboot) sends
+            // nothing, and an idle one would be closed by the mediator: keep it alive and
+            // notice when it is not (spec/mediator.md §8 "Keep-alive and opening").
+            () = tokio::time::sleep_until(live.keep_alive_at(timing.keepalive)) => {
+                match live.keep_alive(timing.keepalive).await {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                }
+            }
+            b = live.next_batch(timing.keepalive) => b,
         };
         let Some(agent) = inner.upgrade() else { break };
         match batch {
@@ -854,7 +898,7 @@ async fn inbox(
                     () = tokio::time::sleep(pause) => {}
                 }
                 let Some(agent) = inner.upgrade() else { break };
-                match agent.client.live().await {
+                match agent.client.live_within(timing.connect_timeout).await {
                     Ok(l) => {
                         tracing::info!("live connection to the mediator is back");
                         if let Some(t) = down_since.take() {

@@ -163,6 +163,7 @@ where
             Hold::from_senders(SESSION_PREFIX, senders()),
             Hold::from_senders(RUN_PREFIX, senders()),
         ],
+        ..AgentConfig::default()
     };
     let agent = Agent::start_with(client, config)
         .await
