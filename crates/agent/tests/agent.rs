@@ -101,7 +101,9 @@ async fn flood(stranger: &Agent, to: &Agent, n: usize, type_: &str, authcrypt: b
             tasks.join_next().await.unwrap().unwrap();
         }
         let (stranger, to, http) = (stranger.clone(), to.did().to_owned(), http.clone());
-        let mut msg = Message::new(format!("junk-{i}"), type_, serde_json::json!({"i": i}));
+        // Ids unique across strangers (the agent drops a repeated id as a redelivery).
+        let id = format!("junk-{i}-{}", stranger.did());
+        let mut msg = Message::new(id, type_, serde_json::json!({"i": i}));
         msg.from = authcrypt.then(|| stranger.did().to_owned());
         msg.to = Some(vec![to.to_owned()]);
         tasks.spawn(async move {
@@ -523,5 +525,144 @@ async fn a_mediator_that_never_answers_fails_the_start_in_time() {
         "{e:?}"
     );
     assert!(e.to_string().contains(&addr.to_string()), "{e}");
+    m.shutdown().await;
+}
+
+/// spec/lobby.md §7: strangers cannot use up the room held for a roster. Twelve
+/// strangers flood a subscriber that does not read (its channel fills, the rest is held
+/// because it is behind); a roster member's message that follows is still held and
+/// reaches it. Before the fix the strangers' messages took all of MAX_HELD and the roster
+/// member's was dropped and acknowledged — lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_use_up_the_room_held_for_a_roster() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mpc_did_testkit::mediator::loopback_mediator_with(dir.path(), |c| {
+        // Every party here sends from 127.0.0.1: the per-source quota is not under test.
+        c.limits.max_queued_per_source = 100_000;
+    })
+    .await;
+    let alice = party(&m).await;
+    let client = registered_client(&m.public_url, Identity::generate()).await;
+    let config = AgentConfig {
+        hold: vec![Hold::from_senders(SESSION, [alice.did()])],
+        ..AgentConfig::default()
+    };
+    let bob = Agent::start_with(client, config).await.unwrap();
+    let mut inbox = bob.subscribe(SESSION);
+    // 256 fill the channel; the rest would be held for the subscriber that is behind.
+    let strangers = 12;
+    let per = mpc_did_agent::MAX_HELD_PER_SENDER;
+    assert!(256 + mpc_did_agent::MAX_HELD <= strangers * per);
+    for _ in 0..strangers {
+        let stranger = party(&m).await;
+        flood(&stranger, &bob, per, &format!("{SESSION}propose"), true).await;
+    }
+    alice
+        .learn_service(bob.did(), bob.own_service())
+        .await
+        .unwrap();
+    // The inbox handles messages in the order the mediator pushes them: a marker Bob
+    // reads shows that everything sent before it was routed.
+    let marker = "https://mpc-did.example/test-marker/1.0/";
+    let mut markers = bob.subscribe(marker);
+    let mark = |n: u32| {
+        let msg = Message::new(
+            format!("mark-{n}"),
+            format!("{marker}x"),
+            serde_json::json!({}),
+        );
+        alice.send(bob.did(), msg)
+    };
+    mark(0).await.unwrap();
+    expect(
+        &mut markers,
+        Duration::from_secs(30),
+        "the first marker",
+        |_| Some(()),
+    )
+    .await
+    .unwrap();
+    let msg = Message::new(
+        "from-the-roster",
+        format!("{SESSION}propose"),
+        serde_json::json!({}),
+    );
+    alice.send(bob.did(), msg).await.unwrap();
+    mark(1).await.unwrap();
+    expect(
+        &mut markers,
+        Duration::from_secs(30),
+        "the second marker",
+        |_| Some(()),
+    )
+    .await
+    .unwrap();
+    let from_alice = Some(alice.did().to_owned());
+    let got = expect(
+        &mut inbox,
+        Duration::from_secs(30),
+        "the roster member's message",
+        |m| (m.sender == from_alice).then(|| m.message.id.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, "from-the-roster");
+    m.shutdown().await;
+}
+
+/// spec/lobby.md §7: what a `subscribe_where` subscriber does not want is routed as if
+/// it had not subscribed: held (a Hold rule admits it) and not acknowledged, so the next
+/// program of the same identity gets it. Before the fix a `run`'s lobby subscriber took
+/// every lobby message and the joins for another MPC session were acknowledged and lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_subscriber_does_not_want_are_delivered_again_next_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let alice = party(&m).await;
+    let client = registered_client(&m.public_url, Identity::generate()).await;
+    // AgentConfig's default holds lobby messages from any authenticated sender.
+    let bob = Agent::start(client.clone()).await.unwrap();
+    alice
+        .learn_service(bob.did(), bob.own_service())
+        .await
+        .unwrap();
+    let mut ours = bob.subscribe_where(LOBBY, |m| m.message.body["session"] == "ours");
+    for (id, session) in [("theirs-1", "theirs"), ("ours-1", "ours")] {
+        let msg = Message::new(
+            id,
+            format!("{LOBBY}join"),
+            serde_json::json!({ "session": session }),
+        );
+        alice.send(bob.did(), msg).await.unwrap();
+    }
+    let got = expect(&mut ours, Duration::from_secs(10), "our join", |m| {
+        (m.message.body["session"] == "ours").then(|| m.message.id.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "ours-1");
+    assert!(
+        wait_until(|| bob.held() == 1, Duration::from_secs(10)).await,
+        "the other join is held, not taken"
+    );
+    // The next program of the same identity gets it from the mediator.
+    bob.stop();
+    drop((bob, ours));
+    assert!(
+        wait_until(
+            || m.metrics().live_sessions.load(Ordering::Relaxed) == 1,
+            Duration::from_secs(10)
+        )
+        .await,
+        "the first program's live connection closed"
+    );
+    let next = Agent::start(client).await.unwrap();
+    let mut lobby = next.subscribe(LOBBY);
+    let got = expect(&mut lobby, Duration::from_secs(10), "the other join", |m| {
+        Some(m.message.id.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "theirs-1");
     m.shutdown().await;
 }

@@ -566,10 +566,16 @@ async fn refuse(agent: &Agent, to: &str, join_id: &str, reason: &str, comment: &
 
 /// While the coordinator runs the MPC session: refuse every join to it (it is full and has
 /// started) with Report Problem `e.p.req.full` (spec/lobby.md §5), so a late joiner hears
-/// why instead of waiting out its timeout. Joins not naming this MPC session get nothing
+/// why instead of waiting out its timeout. Only joins naming this MPC session are taken:
+/// the rest stay unacknowledged for the `host` of another MPC session of the same identity
 /// (spec/lobby.md §7). Runs until the agent stops.
 pub(crate) async fn refuse_late_joins(agent: Agent, roster: Roster, progress: impl Fn(String)) {
-    let mut inbox = agent.subscribe(LOBBY_PREFIX);
+    let ours = roster.mpc_session_id;
+    let mut inbox = agent.subscribe_where(LOBBY_PREFIX, move |got| {
+        got.message.type_ == JOIN_TYPE
+            && serde_json::from_value::<Join>(got.message.body.clone())
+                .is_ok_and(|j| j.mpc_session_id == ours)
+    });
     let mut refusals = tokio::task::JoinSet::new();
     while let Some(got) = inbox.recv().await {
         while refusals.try_join_next().is_some() {}
