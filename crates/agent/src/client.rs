@@ -1052,11 +1052,27 @@ pub async fn post_packed(
     if status.is_success() {
         return Ok(());
     }
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = read_capped(resp, MAX_ERROR_BODY).await;
     match Message::from_json(&body) {
         Ok(m) if m.type_ == PROBLEM_REPORT_TYPE => Err(problem(&m)),
         _ => Err(ClientError::Unexpected(format!("HTTP {status}"))),
     }
+}
+
+/// Most bytes of an error answer's body read (a problem report is far smaller); the
+/// endpoint is a URL a peer chose, so its answer is bounded like everything else read.
+const MAX_ERROR_BODY: usize = 16 << 10;
+
+/// The body of `resp` if it fits in `max` bytes; empty otherwise (or on a failure).
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        if body.len() + chunk.len() > max {
+            return Vec::new();
+        }
+        body.extend_from_slice(&chunk);
+    }
+    body
 }
 
 fn problem(m: &Message) -> ClientError {
@@ -1553,6 +1569,58 @@ mod tests {
     use mpc_did_didcomm::message::reply;
     use mpc_did_didcomm::protocols::pickup::{self, encode_raw_push};
     use tokio::net::TcpListener;
+
+    /// An endpoint that answers every request with status 500 and `body`.
+    async fn answering_500(body: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let _ = s.read(&mut buf).await;
+                    let head = format!(
+                        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                });
+            }
+        });
+        url
+    }
+
+    /// A problem report whose comment is `len` bytes.
+    fn report(len: usize) -> Vec<u8> {
+        let m = Message::new(
+            "p-1",
+            PROBLEM_REPORT_TYPE,
+            json!({ "code": "e.p.me.res.storage", "comment": "x".repeat(len) }),
+        );
+        m.to_json().unwrap().into_bytes()
+    }
+
+    /// An error answer's body is read only up to 16 KiB (the endpoint is a URL a peer
+    /// chose): a small problem report is understood, a bigger body is not read whole.
+    /// Before the fix the whole body was read, however big.
+    #[tokio::test]
+    async fn error_bodies_are_read_only_up_to_a_bound() {
+        let http = new_http_client().unwrap();
+        let small = answering_500(report(100)).await;
+        let e = post_packed(&http, &small, b"{}".to_vec())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Problem { .. }), "{e:?}");
+        let big = answering_500(report(MAX_ERROR_BODY)).await;
+        let e = post_packed(&http, &big, b"{}".to_vec()).await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Unexpected(s) if s.starts_with("HTTP 500")),
+            "{e:?}"
+        );
+    }
 
     /// The refusals worth a retry are the "not now" codes of spec/mediator.md §4 and
     /// HTTP 429/5xx; the permanent ones are not.
