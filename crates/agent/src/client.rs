@@ -71,6 +71,24 @@ pub enum ClientError {
     /// an older one): use [`MediatorClient::live`].
     #[error("the mediator does not offer raw live delivery")]
     RawUnsupported,
+    /// Opening the WebSocket (TCP connect, TLS, upgrade) took longer than `after`.
+    #[error(
+        "no WebSocket connection to {url} within {after:?}: check the mediator's address \
+         and port, that it is running, and that no firewall drops the connection"
+    )]
+    ConnectTimeout {
+        /// The WebSocket URL.
+        url: String,
+        /// The limit that passed.
+        after: Duration,
+    },
+    /// A live connection on which nothing arrived, not even the answer to a ping, for
+    /// `silent` (a connection that died without a close: NAT expiry, a hard reboot).
+    #[error("nothing from the mediator for {silent:?}, not even a pong")]
+    Silent {
+        /// How long nothing arrived.
+        silent: Duration,
+    },
 }
 
 impl ClientError {
@@ -83,7 +101,7 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Http(e) => !e.is_builder(),
-            Self::Timeout => true,
+            Self::Timeout | Self::ConnectTimeout { .. } | Self::Silent { .. } => true,
             Self::Unexpected(s) => s
                 .strip_prefix("HTTP ")
                 .is_some_and(|st| st.starts_with('5') || st.starts_with("429")),
@@ -524,6 +542,19 @@ impl MediatorClient {
         self.live_with_roots(&[]).await
     }
 
+    /// As [`Self::live`], giving up on opening the WebSocket (TCP, TLS, upgrade) after
+    /// `connect_timeout` instead of [`CONNECT_TIMEOUT`].
+    ///
+    /// # Errors
+    /// As [`Self::live`]; [`ClientError::ConnectTimeout`].
+    pub async fn live_within(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<LiveConnection, ClientError> {
+        let ws = connect_ws_within(&self.info.ws, &[], connect_timeout).await?;
+        self.live_on(ws, LiveOptions::default()).await
+    }
+
     /// As [`Self::live`], trusting `extra_roots` (DER certificates) besides the Mozilla
     /// roots for a `wss://` endpoint (a private CA, a test certificate).
     ///
@@ -546,6 +577,10 @@ impl MediatorClient {
         options: LiveOptions,
     ) -> Result<LiveConnection, ClientError> {
         let ws = connect_ws(&self.info.ws, extra_roots).await?;
+        self.live_on(ws, options).await
+    }
+
+    async fn live_on(&self, ws: Ws, options: LiveOptions) -> Result<LiveConnection, ClientError> {
         let mut conn = LiveConnection::new(self.clone(), ws);
         let pickup = self.versions().await.pickup;
         conn.switch_on(pickup, false, options.backlog_extension)
@@ -1017,11 +1052,27 @@ pub async fn post_packed(
     if status.is_success() {
         return Ok(());
     }
-    let body = resp.bytes().await.unwrap_or_default();
+    let body = read_capped(resp, MAX_ERROR_BODY).await;
     match Message::from_json(&body) {
         Ok(m) if m.type_ == PROBLEM_REPORT_TYPE => Err(problem(&m)),
         _ => Err(ClientError::Unexpected(format!("HTTP {status}"))),
     }
+}
+
+/// Most bytes of an error answer's body read (a problem report is far smaller); the
+/// endpoint is a URL a peer chose, so its answer is bounded like everything else read.
+const MAX_ERROR_BODY: usize = 16 << 10;
+
+/// The body of `resp` if it fits in `max` bytes; empty otherwise (or on a failure).
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        if body.len() + chunk.len() > max {
+            return Vec::new();
+        }
+        body.extend_from_slice(&chunk);
+    }
+    body
 }
 
 fn problem(m: &Message) -> ClientError {
@@ -1058,19 +1109,40 @@ pub fn delivered(m: &Message) -> Vec<Delivered> {
 
 pub use mpc_did_rendezvous::net::ws::{WsIo as Io, WsStream as Ws};
 
-/// Opens a WebSocket to `url` (`ws://` or `wss://`). For `wss://` the server certificate is
-/// checked against the Mozilla roots (webpki-roots) plus `extra_roots` (DER), with rustls
-/// and its ring provider — the dialer the relay client uses too
-/// ([`mpc_did_rendezvous::net::ws::connect`]).
+/// How long opening a WebSocket to a mediator (TCP connect, TLS, upgrade) may take.
+pub const CONNECT_TIMEOUT: Duration = mpc_did_rendezvous::net::ws::CONNECT_TIMEOUT;
+
+/// Opens a WebSocket to `url` (`ws://` or `wss://`) within [`CONNECT_TIMEOUT`]. For
+/// `wss://` the server certificate is checked against the Mozilla roots (webpki-roots)
+/// plus `extra_roots` (DER), with rustls and its ring provider — the dialer the relay
+/// client uses too ([`mpc_did_rendezvous::net::ws::connect`]).
 ///
 /// # Errors
-/// Bad URL, TCP/TLS failure, or a refused upgrade.
+/// Bad URL, TCP/TLS failure, a refused upgrade, or [`ClientError::ConnectTimeout`].
 pub async fn connect_ws(url: &str, extra_roots: &[Vec<u8>]) -> Result<Ws, ClientError> {
+    connect_ws_within(url, extra_roots, CONNECT_TIMEOUT).await
+}
+
+/// As [`connect_ws`], giving up after `limit`.
+///
+/// # Errors
+/// As [`connect_ws`].
+pub async fn connect_ws_within(
+    url: &str,
+    extra_roots: &[Vec<u8>],
+    limit: Duration,
+) -> Result<Ws, ClientError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     let request = url.into_client_request()?;
-    mpc_did_rendezvous::net::ws::connect(request, extra_roots)
+    mpc_did_rendezvous::net::ws::connect_within(request, extra_roots, limit)
         .await
-        .map_err(|e| ClientError::Unexpected(format!("WebSocket to {url}: {e}")))
+        .map_err(|e| match e {
+            mpc_did_rendezvous::net::NetError::TimedOut => ClientError::ConnectTimeout {
+                url: url.to_owned(),
+                after: limit,
+            },
+            e => ClientError::Unexpected(format!("WebSocket to {url}: {e}")),
+        })
 }
 
 /// A WebSocket for sending through a mediator with durable acknowledgements: each forward
@@ -1196,6 +1268,12 @@ pub struct LiveConnection {
     deferred: Option<ClientError>,
     /// Pickup 4.0: what was queued before live mode, fetched with `delivery-request`.
     backlog: Backlog,
+    /// When a frame (any: a push, a status, a pong) last arrived, and when we last sent
+    /// one: the keep-alive schedule ([`Self::keep_alive`]).
+    last_heard: tokio::time::Instant,
+    last_sent: tokio::time::Instant,
+    /// A ping sent at this time and nothing heard since.
+    ping_sent: Option<tokio::time::Instant>,
 }
 
 /// Most raw pushes [`LiveConnection::next_batch`] gathers into one batch.
@@ -1212,7 +1290,49 @@ impl LiveConnection {
             raw: false,
             deferred: None,
             backlog: Backlog::default(),
+            last_heard: tokio::time::Instant::now(),
+            last_sent: tokio::time::Instant::now(),
+            ping_sent: None,
         }
+    }
+
+    /// When [`Self::keep_alive`] has something to do next, for keep-alive `interval`.
+    #[must_use]
+    pub fn keep_alive_at(&self, interval: Duration) -> tokio::time::Instant {
+        match self.ping_sent {
+            Some(p) => p + interval,
+            None => self.last_sent.min(self.last_heard) + interval,
+        }
+    }
+
+    /// Keeps the connection alive and checks it is (spec/mediator.md §8 "Keep-alive and
+    /// opening"): once nothing was sent, or nothing heard, for `interval`, sends a
+    /// WebSocket ping (the mediator counts it as activity against its idle timeout and
+    /// answers with a pong); once a ping has had no answer, nor anything else, for
+    /// `interval`, the connection is dead. Call it at [`Self::keep_alive_at`].
+    ///
+    /// # Errors
+    /// [`ClientError::Silent`] when the connection is dead; a socket failure sending the
+    /// ping.
+    pub async fn keep_alive(&mut self, interval: Duration) -> Result<(), ClientError> {
+        let now = tokio::time::Instant::now();
+        if self.ping_sent.is_some_and(|p| now >= p + interval) {
+            // Frames that arrived while the caller was busy elsewhere count.
+            let mut ready = std::mem::take(&mut self.pending);
+            self.drain_ready(&mut ready).await;
+            self.pending = ready;
+            if self.ping_sent.is_some() {
+                return Err(ClientError::Silent {
+                    silent: now - self.last_heard,
+                });
+            }
+        }
+        if self.ping_sent.is_none() && now >= self.keep_alive_at(interval) {
+            self.ws.send(WsMessage::Ping(Default::default())).await?;
+            self.last_sent = now;
+            self.ping_sent = Some(now);
+        }
+        Ok(())
     }
 
     /// Sends the `live-delivery-change` switching live mode on; returns its id.
@@ -1252,11 +1372,12 @@ impl LiveConnection {
     pub async fn send(&mut self, msg: Message) -> Result<(), ClientError> {
         let packed = self.client.pack_request(msg).await?;
         self.ws.send(WsMessage::text(packed)).await?;
+        self.last_sent = tokio::time::Instant::now();
         Ok(())
     }
 
     /// The next mediator message on the socket (unpacked), waiting at most `timeout`.
-    /// Pings are answered by the library.
+    /// Pings are answered by the library; [`Self::keep_alive`] sends ours.
     ///
     /// # Errors
     /// [`ClientError::Timeout`], a closed socket, or an unpack failure.
@@ -1287,6 +1408,8 @@ impl LiveConnection {
         frame: Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>,
     ) -> Result<Frame, ClientError> {
         let frame = frame.ok_or_else(|| ClientError::Unexpected("socket closed".into()))??;
+        self.last_heard = tokio::time::Instant::now();
+        self.ping_sent = None;
         let bytes = match frame {
             WsMessage::Text(t) => t.as_bytes().to_vec(),
             WsMessage::Binary(b) if self.raw => {
@@ -1446,6 +1569,58 @@ mod tests {
     use mpc_did_didcomm::message::reply;
     use mpc_did_didcomm::protocols::pickup::{self, encode_raw_push};
     use tokio::net::TcpListener;
+
+    /// An endpoint that answers every request with status 500 and `body`.
+    async fn answering_500(body: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 << 10];
+                    let _ = s.read(&mut buf).await;
+                    let head = format!(
+                        "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                });
+            }
+        });
+        url
+    }
+
+    /// A problem report whose comment is `len` bytes.
+    fn report(len: usize) -> Vec<u8> {
+        let m = Message::new(
+            "p-1",
+            PROBLEM_REPORT_TYPE,
+            json!({ "code": "e.p.me.res.storage", "comment": "x".repeat(len) }),
+        );
+        m.to_json().unwrap().into_bytes()
+    }
+
+    /// An error answer's body is read only up to 16 KiB (the endpoint is a URL a peer
+    /// chose): a small problem report is understood, a bigger body is not read whole.
+    /// Before the fix the whole body was read, however big.
+    #[tokio::test]
+    async fn error_bodies_are_read_only_up_to_a_bound() {
+        let http = new_http_client().unwrap();
+        let small = answering_500(report(100)).await;
+        let e = post_packed(&http, &small, b"{}".to_vec())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Problem { .. }), "{e:?}");
+        let big = answering_500(report(MAX_ERROR_BODY)).await;
+        let e = post_packed(&http, &big, b"{}".to_vec()).await.unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Unexpected(s) if s.starts_with("HTTP 500")),
+            "{e:?}"
+        );
+    }
 
     /// The refusals worth a retry are the "not now" codes of spec/mediator.md §4 and
     /// HTTP 429/5xx; the permanent ones are not.

@@ -28,11 +28,21 @@
 //!   subscribes): its type has the rule's prefix, its sender is authenticated (authcrypt
 //!   or signed) and, when the rule names senders (an MPC session's roster), one of them.
 //!   Held messages sit in one bucket per (prefix, sender), at most [`MAX_HELD_PER_SENDER`]
-//!   each and [`MAX_HELD`] in all (below the mediator's 1,000 unacknowledged pushes), so a
-//!   sender can only ever crowd out itself; a message over a bound is dropped, never an
-//!   older one;
+//!   each and [`MAX_HELD`] in all (below the mediator's 1,000 unacknowledged pushes), of
+//!   which at most [`MAX_HELD_OPEN`] from senders no rule names (an any-sender rule, or a
+//!   subscriber that is behind), so strangers cannot use up the room a roster needs; a
+//!   message over a bound is dropped, never an older one;
 //! - **dropped and acknowledged** with a log line otherwise: unknown types, anoncrypt or
 //!   plaintext messages nobody subscribed to, senders outside a rule's roster, overflow.
+//!
+//! A subscriber taken with [`Agent::subscribe_where`] takes only what its filter wants; the
+//! rest is routed as if it had not subscribed (held, so delivered again on our next
+//! connection — e.g. joins for another MPC session, kept for its `host` — or dropped).
+//!
+//! The live connection is kept alive: a WebSocket ping after [`AgentConfig::keepalive`]
+//! without traffic, a re-connect ([`LiveEvent::Lost`]) when a ping has no answer for as
+//! long again; opening it is bounded by [`AgentConfig::connect_timeout`]
+//! (spec/mediator.md §8 "Keep-alive and opening").
 //!
 //! A subscriber taken with [`Agent::subscribe_lossless`] (a data stream) is never held for
 //! or dropped from: while it is behind, the inbox waits for it and the mediator keeps the
@@ -52,6 +62,7 @@
 //! // Hold early session messages, but only from the two parties of our roster.
 //! let config = AgentConfig {
 //!     hold: vec![Hold::from_senders(mpc_did_agent::SESSION_PREFIX, ["did:key:z6MkA…", "did:key:z6MkB…"])],
+//!     ..AgentConfig::default()
 //! };
 //! let agent = Agent::start_with(client, config).await?;
 //! let mut pings = agent.subscribe("https://didcomm.org/trust-ping/2.0/");
@@ -90,6 +101,10 @@ pub const MAX_HELD_PER_SENDER: usize = 64;
 /// Held messages in all; well below the mediator's default of 1,000 unacknowledged live
 /// pushes, so holding never stalls live delivery.
 pub const MAX_HELD: usize = 512;
+/// Of [`MAX_HELD`], most held from senders no roster names (a [`Hold::any_sender`] rule,
+/// or a subscriber that is behind with no rule for the sender): strangers can never use
+/// up the room held for a roster's members (spec/lobby.md §7).
+pub const MAX_HELD_OPEN: usize = 256;
 /// Message ids remembered for de-duplication.
 const MAX_SEEN: usize = 4096;
 /// Sending to a peer's endpoint (a URL the peer chose): total and connect timeouts.
@@ -137,21 +152,37 @@ impl Hold {
     }
 }
 
-/// How an [`Agent`] treats messages nobody has subscribed to yet.
+/// How an [`Agent`] treats messages nobody has subscribed to yet, and how it keeps its
+/// live connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
     /// What to hold; everything else without a subscriber is acknowledged and dropped.
     pub hold: Vec<Hold>,
+    /// Keep-alive of the live connection (spec/mediator.md §8 "Keep-alive and opening"):
+    /// after this long without sending, or without hearing anything, the agent pings the
+    /// mediator; a ping with no answer for as long again means the connection is dead,
+    /// and it re-connects ([`LiveEvent::Lost`]). Default [`KEEPALIVE`].
+    pub keepalive: Duration,
+    /// How long opening the live WebSocket (TCP, TLS, upgrade) may take, at the start and
+    /// at each re-connect. Default [`client::CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
 }
 
+/// Default [`AgentConfig::keepalive`]: well inside the mediator's 300 s idle timeout and
+/// the 30 s after which NAT mappings of idle TCP connections commonly expire.
+pub const KEEPALIVE: Duration = Duration::from_secs(25);
+
 impl Default for AgentConfig {
-    /// Hold our own protocols' messages (session and lobby) from any authenticated sender.
+    /// Hold our own protocols' messages (session and lobby) from any authenticated sender;
+    /// [`KEEPALIVE`], [`client::CONNECT_TIMEOUT`].
     fn default() -> Self {
         Self {
             hold: vec![
                 Hold::any_sender(SESSION_PREFIX),
                 Hold::any_sender(LOBBY_PREFIX),
             ],
+            keepalive: KEEPALIVE,
+            connect_timeout: client::CONNECT_TIMEOUT,
         }
     }
 }
@@ -198,15 +229,27 @@ pub struct Inbound {
     pub sender: Option<String>,
 }
 
+/// Which messages of its prefix a subscriber takes ([`Agent::subscribe_where`]).
+type Filter = Arc<dyn Fn(&Inbound) -> bool + Send + Sync>;
+
 struct Sub {
     prefix: String,
     tx: mpsc::Sender<Inbound>,
     /// [`Agent::subscribe_lossless`]: when it is behind, the inbox waits for it.
     lossless: bool,
+    /// [`Agent::subscribe_where`]: what it does not take is routed as if it were not there.
+    filter: Option<Filter>,
 }
 
-/// A held message and its queue id (acknowledged once it is handed over).
-type Held = (Inbound, String);
+impl Sub {
+    fn wants(&self, m: &Inbound) -> bool {
+        m.message.type_.starts_with(&self.prefix) && self.filter.as_ref().is_none_or(|f| f(m))
+    }
+}
+
+/// A held message, its queue id (acknowledged once it is handed over), and whether it
+/// counts against [`MAX_HELD_OPEN`].
+type Held = (Inbound, String, bool);
 
 #[derive(Default)]
 struct Dispatch {
@@ -215,6 +258,8 @@ struct Dispatch {
     /// Held messages per (prefix, sender), each in arrival order.
     held: HashMap<(String, String), VecDeque<Held>>,
     held_total: usize,
+    /// Of `held_total`, those held for no roster ([`MAX_HELD_OPEN`]).
+    held_open: usize,
     seen: HashSet<String>,
     seen_order: VecDeque<String>,
 }
@@ -317,7 +362,7 @@ impl Agent {
         client: MediatorClient,
         config: AgentConfig,
     ) -> Result<Self, AgentError> {
-        let live = client.live().await?;
+        let live = client.live_within(config.connect_timeout).await?;
         let (acks, ack_rx) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         // Peers' endpoints are URLs the peers chose: no redirects (a 307 would carry our
@@ -342,7 +387,17 @@ impl Agent {
             stop: stop.clone(),
             live_events: tokio::sync::broadcast::channel(16).0,
         });
-        tokio::spawn(inbox(Arc::downgrade(&inner), live, ack_rx, stop.clone()));
+        let timing = Timing {
+            keepalive: config.keepalive,
+            connect_timeout: config.connect_timeout,
+        };
+        tokio::spawn(inbox(
+            Arc::downgrade(&inner),
+            live,
+            ack_rx,
+            stop.clone(),
+            timing,
+        ));
         Ok(Self {
             inner,
             _guard: Arc::new(stop.drop_guard()),
@@ -473,7 +528,22 @@ impl Agent {
     /// it catches up.
     #[must_use]
     pub fn subscribe(&self, type_prefix: &str) -> mpsc::Receiver<Inbound> {
-        self.add_subscriber(type_prefix, false)
+        self.add_subscriber(type_prefix, false, None)
+    }
+
+    /// As [`Self::subscribe`], taking only the messages of `type_prefix` for which
+    /// `wanted` is true. The others are routed as if nobody had subscribed: held if a
+    /// [`Hold`] rule admits them — not acknowledged, so the mediator delivers them again
+    /// on our next connection, e.g. to another program of the same identity — and
+    /// dropped otherwise (spec/lobby.md §7: a `run` keeps the joins for another MPC
+    /// session for the `host` of that session).
+    #[must_use]
+    pub fn subscribe_where(
+        &self,
+        type_prefix: &str,
+        wanted: impl Fn(&Inbound) -> bool + Send + Sync + 'static,
+    ) -> mpsc::Receiver<Inbound> {
+        self.add_subscriber(type_prefix, false, Some(Arc::new(wanted)))
     }
 
     /// As [`Self::subscribe`], but nothing of this prefix is ever dropped for being
@@ -485,10 +555,15 @@ impl Agent {
     /// stops every delivery to this agent.
     #[must_use]
     pub fn subscribe_lossless(&self, type_prefix: &str) -> mpsc::Receiver<Inbound> {
-        self.add_subscriber(type_prefix, true)
+        self.add_subscriber(type_prefix, true, None)
     }
 
-    fn add_subscriber(&self, type_prefix: &str, lossless: bool) -> mpsc::Receiver<Inbound> {
+    fn add_subscriber(
+        &self,
+        type_prefix: &str,
+        lossless: bool,
+        filter: Option<Filter>,
+    ) -> mpsc::Receiver<Inbound> {
         let (tx, rx) = mpsc::channel(256);
         let mut claimed = Vec::new();
         if let Ok(mut d) = self.inner.dispatch.lock() {
@@ -498,6 +573,7 @@ impl Agent {
                 prefix: type_prefix.to_owned(),
                 tx,
                 lossless,
+                filter,
             });
             d.flush(&mut claimed);
         }
@@ -555,23 +631,25 @@ impl Dispatch {
             subs,
             held,
             held_total,
+            held_open,
             ..
         } = self;
         for bucket in held.values_mut() {
             // In order: the first that cannot go keeps those behind it (the subscriber
             // reads meanwhile, so a later one could otherwise overtake it).
-            while let Some((m, qid)) = bucket.pop_front() {
-                let Some(sub) = subs.iter().find(|s| m.message.type_.starts_with(&s.prefix)) else {
-                    bucket.push_front((m, qid));
+            while let Some((m, qid, open)) = bucket.pop_front() {
+                let Some(sub) = subs.iter().find(|s| s.wants(&m)) else {
+                    bucket.push_front((m, qid, open));
                     break;
                 };
                 match sub.tx.try_send(m) {
                     Ok(()) => {
                         claimed.push(qid);
                         *held_total -= 1;
+                        *held_open -= usize::from(open);
                     }
                     Err(e) => {
-                        bucket.push_front((e.into_inner(), qid));
+                        bucket.push_front((e.into_inner(), qid, open));
                         break;
                     }
                 }
@@ -585,10 +663,7 @@ impl Dispatch {
         let Some(sender) = sender else { return false };
         self.held_total > 0
             && self.held.iter().any(|((_, from), bucket)| {
-                from == sender
-                    && bucket
-                        .iter()
-                        .any(|(m, _)| m.message.type_.starts_with(&sub.prefix))
+                from == sender && bucket.iter().any(|(m, _, _)| sub.wants(m))
             })
     }
 
@@ -598,11 +673,8 @@ impl Dispatch {
     fn blocked_subscribers(&self) -> Vec<mpsc::Sender<Inbound>> {
         let mut out: Vec<mpsc::Sender<Inbound>> = Vec::new();
         for b in self.held.values() {
-            let Some((m, _)) = b.front() else { continue };
-            let sub = self
-                .subs
-                .iter()
-                .find(|s| m.message.type_.starts_with(&s.prefix) && !s.tx.is_closed());
+            let Some((m, _, _)) = b.front() else { continue };
+            let sub = self.subs.iter().find(|s| s.wants(m) && !s.tx.is_closed());
             if let Some(s) = sub {
                 if !out.iter().any(|t| t.same_channel(&s.tx)) {
                     out.push(s.tx.clone());
@@ -621,18 +693,20 @@ impl Dispatch {
             let held = self
                 .held
                 .values()
-                .any(|b| b.iter().any(|(m, _)| &m.message.id == id));
+                .any(|b| b.iter().any(|(m, _, _)| &m.message.id == id));
             return if held { Route::Held } else { Route::Delivered };
         }
         // Earlier held messages go first, so one sender's messages keep their order.
         self.flush(claimed);
-        let type_ = &inbound.message.type_;
-        let sub = self.subs.iter().find(|s| type_.starts_with(&s.prefix));
-        let held_prefix = self
+        let sub = self.subs.iter().find(|s| s.wants(&inbound));
+        // A roster's rule first: what it admits is held within the room strangers cannot
+        // use up; what only an any-sender rule admits counts against MAX_HELD_OPEN.
+        let rule = self
             .rules
             .iter()
-            .find(|r| r.admits(&inbound))
-            .map(|r| r.prefix.clone());
+            .filter(|r| r.admits(&inbound))
+            .max_by_key(|r| r.senders.is_some());
+        let held_prefix = rule.map(|r| (r.prefix.clone(), r.senders.is_none()));
         let (inbound, prefix) = match sub {
             // Messages of this sender still held for the subscriber go first: the
             // subscriber may have made room since the flush above.
@@ -640,11 +714,11 @@ impl Dispatch {
                 if s.lossless {
                     return Route::Wait(Box::new(inbound), s.tx.clone());
                 }
-                let behind_prefix = s.prefix.clone();
+                let behind_prefix = (s.prefix.clone(), true);
                 (inbound, Some(held_prefix.unwrap_or(behind_prefix)))
             }
             Some(s) => {
-                let behind_prefix = s.prefix.clone();
+                let behind_prefix = (s.prefix.clone(), true);
                 match s.tx.try_send(inbound) {
                     Ok(()) => return Route::Delivered,
                     Err(mpsc::error::TrySendError::Full(m)) if s.lossless => {
@@ -656,7 +730,7 @@ impl Dispatch {
             }
             None => (inbound, held_prefix),
         };
-        let Some(prefix) = prefix else {
+        let Some((prefix, open)) = prefix else {
             return Route::Dropped(if inbound.sender.is_none() {
                 "unauthenticated, and nobody subscribed to its type"
             } else {
@@ -669,13 +743,17 @@ impl Dispatch {
         if self.held_total >= MAX_HELD {
             return Route::Dropped("too many messages held already");
         }
+        if open && self.held_open >= MAX_HELD_OPEN {
+            return Route::Dropped("too many messages held from senders no roster names");
+        }
         let id = inbound.message.id.clone();
         let bucket = self.held.entry((prefix, sender)).or_default();
         if bucket.len() >= MAX_HELD_PER_SENDER {
             return Route::Dropped("too many messages held from this sender already");
         }
-        bucket.push_back((inbound, qid.to_owned()));
+        bucket.push_back((inbound, qid.to_owned(), open));
         self.held_total += 1;
+        self.held_open += usize::from(open);
         self.remember_id(id);
         Route::Held
     }
@@ -756,11 +834,19 @@ async fn room(subs: Vec<mpsc::Sender<Inbound>>) {
     futures_util::future::select_all(waits).await;
 }
 
+/// The inbox's clocks ([`AgentConfig`]).
+#[derive(Clone, Copy)]
+struct Timing {
+    keepalive: Duration,
+    connect_timeout: Duration,
+}
+
 async fn inbox(
     inner: std::sync::Weak<Inner>,
     mut live: LiveConnection,
     mut ack_rx: mpsc::UnboundedReceiver<String>,
     stop: CancellationToken,
+    timing: Timing,
 ) {
     // Failed re-connects in a row (spec: exponential backoff with jitter, client.rs).
     let mut failures = 0u32;
@@ -787,7 +873,16 @@ async fn inbox(
                 }
                 continue;
             }
-            b = live.next_batch(Duration::from_secs(25)) => b,
+            // A connection that died without a close (NAT expiry, a hard reboot) sends
+            // nothing, and an idle one would be closed by the mediator: keep it alive and
+            // notice when it is not (spec/mediator.md §8 "Keep-alive and opening").
+            () = tokio::time::sleep_until(live.keep_alive_at(timing.keepalive)) => {
+                match live.keep_alive(timing.keepalive).await {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                }
+            }
+            b = live.next_batch(timing.keepalive) => b,
         };
         let Some(agent) = inner.upgrade() else { break };
         match batch {
@@ -854,7 +949,7 @@ async fn inbox(
                     () = tokio::time::sleep(pause) => {}
                 }
                 let Some(agent) = inner.upgrade() else { break };
-                match agent.client.live().await {
+                match agent.client.live_within(timing.connect_timeout).await {
                     Ok(l) => {
                         tracing::info!("live connection to the mediator is back");
                         if let Some(t) = down_since.take() {

@@ -2,9 +2,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use mpc_did_agent::{expect, Agent, AgentConfig, Hold};
+use mpc_did_agent::client::{ClientError, MediatorClient, MediatorInfo};
+use mpc_did_agent::{expect, Agent, AgentConfig, AgentError, Hold, LiveEvent};
 use mpc_did_didcomm::Message;
 use mpc_did_mediator::MediatorHandle;
 use mpc_did_testkit::mediator::{loopback_mediator as mediator, registered_client, Identity};
@@ -99,7 +101,9 @@ async fn flood(stranger: &Agent, to: &Agent, n: usize, type_: &str, authcrypt: b
             tasks.join_next().await.unwrap().unwrap();
         }
         let (stranger, to, http) = (stranger.clone(), to.did().to_owned(), http.clone());
-        let mut msg = Message::new(format!("junk-{i}"), type_, serde_json::json!({"i": i}));
+        // Ids unique across strangers (the agent drops a repeated id as a redelivery).
+        let id = format!("junk-{i}-{}", stranger.did());
+        let mut msg = Message::new(id, type_, serde_json::json!({"i": i}));
         msg.from = authcrypt.then(|| stranger.did().to_owned());
         msg.to = Some(vec![to.to_owned()]);
         tasks.spawn(async move {
@@ -201,6 +205,7 @@ async fn junk_does_not_evict_a_late_subscribers_session_messages() {
     let client = registered_client(&m.public_url, Identity::generate()).await;
     let config = AgentConfig {
         hold: vec![Hold::from_senders(SESSION, [alice.did()])],
+        ..AgentConfig::default()
     };
     let bob = Agent::start_with(client, config).await.unwrap();
     alice
@@ -326,5 +331,338 @@ async fn a_lossless_subscriber_far_behind_loses_nothing() {
         "a lossless subscriber's messages are never held"
     );
     expect_numbered(&mut inbox, 450).await;
+    m.shutdown().await;
+}
+
+/// A TCP proxy in front of the mediator's WebSocket whose open connections can be frozen:
+/// they stay open but nothing passes any more (a connection that died without a close, as
+/// after a NAT mapping expired or the mediator's host rebooted hard). Connections opened
+/// after a freeze pass again.
+struct FreezingProxy {
+    addr: std::net::SocketAddr,
+    current: Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
+}
+
+impl FreezingProxy {
+    async fn start(backend: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let current = Arc::new(std::sync::Mutex::new(
+            tokio_util::sync::CancellationToken::new(),
+        ));
+        let tokens = current.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let frozen = tokens.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect(backend).await.unwrap();
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = frozen.cancelled() => {
+                            // Keep both sockets open, pass nothing.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, current }
+    }
+
+    /// Freeze the connections open now.
+    fn freeze(&self) {
+        let mut t = self.current.lock().unwrap();
+        t.cancel();
+        *t = tokio_util::sync::CancellationToken::new();
+    }
+
+    /// `client` talking to its mediator's WebSocket through this proxy.
+    fn route(&self, client: &MediatorClient) -> MediatorClient {
+        let mut ws = url::Url::parse(&client.info.ws).unwrap();
+        ws.set_port(Some(self.addr.port())).unwrap();
+        client
+            .with_mediator(MediatorInfo {
+                ws: ws.to_string(),
+                ..client.info.clone()
+            })
+            .unwrap()
+    }
+}
+
+/// The address of `client`'s mediator WebSocket.
+fn ws_addr(client: &MediatorClient) -> std::net::SocketAddr {
+    let ws = url::Url::parse(&client.info.ws).unwrap();
+    let host: std::net::IpAddr = ws.host_str().unwrap().parse().unwrap();
+    (host, ws.port().unwrap()).into()
+}
+
+/// The next live event, failing the test if none comes in `limit`.
+async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<LiveEvent>,
+    limit: Duration,
+) -> LiveEvent {
+    tokio::time::timeout(limit, events.recv())
+        .await
+        .expect("a live event in time")
+        .unwrap()
+}
+
+/// spec/mediator.md §8 "Keep-alive and opening": a connection on which nothing arrives any
+/// more (not even the pong to a ping) is declared lost and opened again; before the fix
+/// the agent waited on it for ever and never heard of the messages queued meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_declared_lost_and_opened_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let alice = party(&m).await;
+    let direct = registered_client(&m.public_url, Identity::generate()).await;
+    let proxy = FreezingProxy::start(ws_addr(&direct)).await;
+    let config = AgentConfig {
+        keepalive: Duration::from_millis(200),
+        ..AgentConfig::default()
+    };
+    let bob = Agent::start_with(proxy.route(&direct), config)
+        .await
+        .unwrap();
+    let mut events = bob.live_events();
+    proxy.freeze();
+    let lost = next_event(&mut events, Duration::from_secs(20)).await;
+    assert!(matches!(lost, LiveEvent::Lost { .. }), "{lost:?}");
+    let back = next_event(&mut events, Duration::from_secs(20)).await;
+    assert!(matches!(back, LiveEvent::Back { .. }), "{back:?}");
+    // Messages flow on the new connection.
+    alice
+        .learn_service(bob.did(), bob.own_service())
+        .await
+        .unwrap();
+    let mut inbox = bob.subscribe(LOBBY);
+    let msg = Message::new("after", format!("{LOBBY}join"), serde_json::json!({}));
+    alice.send(bob.did(), msg).await.unwrap();
+    let got = expect(&mut inbox, Duration::from_secs(10), "the message", |m| {
+        Some(m.message.id.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "after");
+    m.shutdown().await;
+}
+
+/// spec/mediator.md §8 "Keep-alive and opening": an idle, healthy connection is pinged, so
+/// the mediator's idle timeout never closes it. Before the fix a mediator closed it after
+/// `idle_timeout_secs` of silence and the agent reported the connection lost. Here two
+/// other idle connections, opened after the agent's and one after the other, are closed
+/// by that timeout while the agent's stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_kept_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mpc_did_testkit::mediator::loopback_mediator_with(dir.path(), |c| {
+        c.limits.idle_timeout_secs = 1;
+    })
+    .await;
+    let client = registered_client(&m.public_url, Identity::generate()).await;
+    let config = AgentConfig {
+        keepalive: Duration::from_millis(200),
+        ..AgentConfig::default()
+    };
+    let bob = Agent::start_with(client, config).await.unwrap();
+    let mut events = bob.live_events();
+    let watcher = registered_client(&m.public_url, Identity::generate()).await;
+    for _ in 0..2 {
+        let mut idle = watcher.live().await.unwrap();
+        let closed = idle.next_batch(Duration::from_secs(20)).await;
+        assert!(
+            matches!(closed, Err(ClientError::Unexpected(_))),
+            "the idle watcher's connection was closed: {closed:?}"
+        );
+    }
+    assert!(
+        matches!(
+            events.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        ),
+        "the agent's connection stayed up"
+    );
+    m.shutdown().await;
+}
+
+/// spec/mediator.md §8 "Keep-alive and opening": opening the live connection is bounded.
+/// A mediator address that accepts TCP and then says nothing used to hang `Agent::start`
+/// for ever; now it fails with an error naming the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mediator_that_never_answers_fails_the_start_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let client = registered_client(&m.public_url, Identity::generate()).await;
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = mute.local_addr().unwrap();
+    // Accept and hold every connection; never answer.
+    let _held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            open.push(s);
+        }
+    });
+    let url = format!("ws://{addr}/ws");
+    let client = client
+        .with_mediator(MediatorInfo {
+            ws: url.clone(),
+            ..client.info.clone()
+        })
+        .unwrap();
+    let config = AgentConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..AgentConfig::default()
+    };
+    let started = tokio::time::timeout(Duration::from_secs(30), Agent::start_with(client, config))
+        .await
+        .expect("the start gave up by itself");
+    let e = started.unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            AgentError::Client(ClientError::ConnectTimeout { url: u, .. }) if *u == url
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+    m.shutdown().await;
+}
+
+/// spec/lobby.md §7: strangers cannot use up the room held for a roster. Twelve
+/// strangers flood a subscriber that does not read (its channel fills, the rest is held
+/// because it is behind); a roster member's message that follows is still held and
+/// reaches it. Before the fix the strangers' messages took all of MAX_HELD and the roster
+/// member's was dropped and acknowledged — lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_use_up_the_room_held_for_a_roster() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mpc_did_testkit::mediator::loopback_mediator_with(dir.path(), |c| {
+        // Every party here sends from 127.0.0.1: the per-source quota is not under test.
+        c.limits.max_queued_per_source = 100_000;
+    })
+    .await;
+    let alice = party(&m).await;
+    let client = registered_client(&m.public_url, Identity::generate()).await;
+    let config = AgentConfig {
+        hold: vec![Hold::from_senders(SESSION, [alice.did()])],
+        ..AgentConfig::default()
+    };
+    let bob = Agent::start_with(client, config).await.unwrap();
+    let mut inbox = bob.subscribe(SESSION);
+    // 256 fill the channel; the rest would be held for the subscriber that is behind.
+    let strangers = 12;
+    let per = mpc_did_agent::MAX_HELD_PER_SENDER;
+    assert!(256 + mpc_did_agent::MAX_HELD <= strangers * per);
+    for _ in 0..strangers {
+        let stranger = party(&m).await;
+        flood(&stranger, &bob, per, &format!("{SESSION}propose"), true).await;
+    }
+    alice
+        .learn_service(bob.did(), bob.own_service())
+        .await
+        .unwrap();
+    // The inbox handles messages in the order the mediator pushes them: a marker Bob
+    // reads shows that everything sent before it was routed.
+    let marker = "https://mpc-did.example/test-marker/1.0/";
+    let mut markers = bob.subscribe(marker);
+    let mark = |n: u32| {
+        let msg = Message::new(
+            format!("mark-{n}"),
+            format!("{marker}x"),
+            serde_json::json!({}),
+        );
+        alice.send(bob.did(), msg)
+    };
+    mark(0).await.unwrap();
+    expect(
+        &mut markers,
+        Duration::from_secs(30),
+        "the first marker",
+        |_| Some(()),
+    )
+    .await
+    .unwrap();
+    let msg = Message::new(
+        "from-the-roster",
+        format!("{SESSION}propose"),
+        serde_json::json!({}),
+    );
+    alice.send(bob.did(), msg).await.unwrap();
+    mark(1).await.unwrap();
+    expect(
+        &mut markers,
+        Duration::from_secs(30),
+        "the second marker",
+        |_| Some(()),
+    )
+    .await
+    .unwrap();
+    let from_alice = Some(alice.did().to_owned());
+    let got = expect(
+        &mut inbox,
+        Duration::from_secs(30),
+        "the roster member's message",
+        |m| (m.sender == from_alice).then(|| m.message.id.clone()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, "from-the-roster");
+    m.shutdown().await;
+}
+
+/// spec/lobby.md §7: what a `subscribe_where` subscriber does not want is routed as if
+/// it had not subscribed: held (a Hold rule admits it) and not acknowledged, so the next
+/// program of the same identity gets it. Before the fix a `run`'s lobby subscriber took
+/// every lobby message and the joins for another MPC session were acknowledged and lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_a_subscriber_does_not_want_are_delivered_again_next_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let alice = party(&m).await;
+    let client = registered_client(&m.public_url, Identity::generate()).await;
+    // AgentConfig's default holds lobby messages from any authenticated sender.
+    let bob = Agent::start(client.clone()).await.unwrap();
+    alice
+        .learn_service(bob.did(), bob.own_service())
+        .await
+        .unwrap();
+    let mut ours = bob.subscribe_where(LOBBY, |m| m.message.body["session"] == "ours");
+    for (id, session) in [("theirs-1", "theirs"), ("ours-1", "ours")] {
+        let msg = Message::new(
+            id,
+            format!("{LOBBY}join"),
+            serde_json::json!({ "session": session }),
+        );
+        alice.send(bob.did(), msg).await.unwrap();
+    }
+    let got = expect(&mut ours, Duration::from_secs(10), "our join", |m| {
+        (m.message.body["session"] == "ours").then(|| m.message.id.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "ours-1");
+    assert!(
+        wait_until(|| bob.held() == 1, Duration::from_secs(10)).await,
+        "the other join is held, not taken"
+    );
+    // The next program of the same identity gets it from the mediator.
+    bob.stop();
+    drop((bob, ours));
+    assert!(
+        wait_until(
+            || m.metrics().live_sessions.load(Ordering::Relaxed) == 1,
+            Duration::from_secs(10)
+        )
+        .await,
+        "the first program's live connection closed"
+    );
+    let next = Agent::start(client).await.unwrap();
+    let mut lobby = next.subscribe(LOBBY);
+    let got = expect(&mut lobby, Duration::from_secs(10), "the other join", |m| {
+        Some(m.message.id.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, "theirs-1");
     m.shutdown().await;
 }

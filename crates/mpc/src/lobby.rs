@@ -566,10 +566,16 @@ async fn refuse(agent: &Agent, to: &str, join_id: &str, reason: &str, comment: &
 
 /// While the coordinator runs the MPC session: refuse every join to it (it is full and has
 /// started) with Report Problem `e.p.req.full` (spec/lobby.md §5), so a late joiner hears
-/// why instead of waiting out its timeout. Joins not naming this MPC session get nothing
+/// why instead of waiting out its timeout. Only joins naming this MPC session are taken:
+/// the rest stay unacknowledged for the `host` of another MPC session of the same identity
 /// (spec/lobby.md §7). Runs until the agent stops.
 pub(crate) async fn refuse_late_joins(agent: Agent, roster: Roster, progress: impl Fn(String)) {
-    let mut inbox = agent.subscribe(LOBBY_PREFIX);
+    let ours = roster.mpc_session_id;
+    let mut inbox = agent.subscribe_where(LOBBY_PREFIX, move |got| {
+        got.message.type_ == JOIN_TYPE
+            && serde_json::from_value::<Join>(got.message.body.clone())
+                .is_ok_and(|j| j.mpc_session_id == ours)
+    });
     let mut refusals = tokio::task::JoinSet::new();
     while let Some(got) = inbox.recv().await {
         while refusals.try_join_next().is_some() {}
@@ -611,5 +617,93 @@ pub(crate) async fn refuse_late_joins(agent: Agent, roster: Roster, progress: im
                 refuse(&agent, &sender, &join_id, "full", &comment).await;
             }
         });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod late_join_tests {
+    use super::*;
+    use mpc_did_agent::{expect, AgentConfig, Hold};
+    use mpc_did_lobby::{MpcSessionId, RosterEntry};
+    use mpc_did_testkit::mediator::{
+        loopback_mediator, registered_agent, registered_client, Identity,
+    };
+
+    /// spec/lobby.md §7, "Messages a subscriber does not take": a running coordinator
+    /// refuses a late join to its own MPC session and keeps — holds, unacknowledged — a
+    /// join for another MPC session of the same identity, for that session's `host`.
+    /// Before the fix it took that join and dropped it (acknowledged: lost).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_running_coordinator_keeps_joins_for_another_mpc_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = loopback_mediator(dir.path()).await;
+        let (joiner, _) = registered_agent(&m.public_url).await;
+        let client = registered_client(&m.public_url, Identity::generate()).await;
+        // As `run` starts its agent (run.rs): lobby messages are held.
+        let config = AgentConfig {
+            hold: vec![Hold::any_sender(LOBBY_PREFIX)],
+            ..AgentConfig::default()
+        };
+        let coordinator = Agent::start_with(client, config).await.unwrap();
+        let roster = Roster {
+            mpc_session_id: MpcSessionId::random(),
+            program: Program {
+                name: "p.py".into(),
+                sha256: "00".repeat(32),
+            },
+            mpyc_args: Vec::new(),
+            parties: vec![RosterEntry {
+                id: 0,
+                did: coordinator.did().to_owned(),
+                services: Vec::new(),
+            }],
+            expires_time: u64::MAX,
+            roster_hash: String::new(),
+        };
+        tokio::spawn(refuse_late_joins(
+            coordinator.clone(),
+            roster.clone(),
+            |_| {},
+        ));
+        joiner
+            .learn_service(coordinator.did(), coordinator.own_service())
+            .await
+            .unwrap();
+        let mut problems = joiner.subscribe(PROBLEM_PREFIX);
+        let join = |mpc_session_id| {
+            let body = Join {
+                mpc_session_id,
+                program_sha256: "00".repeat(32),
+                services: vec![service_json(&joiner.own_service())],
+            };
+            Message::new(
+                mpc_did_didcomm::message::new_id(),
+                JOIN_TYPE,
+                serde_json::to_value(&body).unwrap(),
+            )
+            .from(joiner.did().to_owned())
+            .to(coordinator.did().to_owned())
+        };
+        let other = join(MpcSessionId::random());
+        joiner.send(coordinator.did(), other).await.unwrap();
+        let ours = join(roster.mpc_session_id);
+        joiner.send(coordinator.did(), ours).await.unwrap();
+        // The inbox routes in arrival order: once our join is refused, the other one was
+        // routed before it.
+        expect(
+            &mut problems,
+            Duration::from_secs(10),
+            "the refusal",
+            |_| Some(()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            coordinator.held(),
+            1,
+            "the other MPC session's join is held"
+        );
+        m.shutdown().await;
     }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpc_did_agent::{Agent, AgentConfig, Hold, Inbound, SESSION_PREFIX};
+use mpc_did_agent::{Agent, AgentConfig, Hold, Inbound, LOBBY_PREFIX, SESSION_PREFIX};
 use mpc_did_connect::{Binding, Connector, ConnectorConfig, Established, PathInfo};
 use mpc_did_didcomm::Message;
 use mpc_did_driver::{SessionHandle, CLOSE_DONE, CLOSE_PARTY_FAILED};
@@ -158,11 +158,16 @@ where
     // Session and run messages may arrive before we subscribe; hold only those from the
     // roster (spec/lobby.md §7): a stranger's cannot crowd them out.
     let senders = || peers.iter().map(|(_, did)| did.to_string());
+    // Lobby messages (joins for another MPC session of this identity) are held, not
+    // acknowledged, so that the `host` of that session gets them (spec/lobby.md §7);
+    // strangers send them, so they are bounded apart from the roster's.
     let config = AgentConfig {
         hold: vec![
             Hold::from_senders(SESSION_PREFIX, senders()),
             Hold::from_senders(RUN_PREFIX, senders()),
+            Hold::any_sender(LOBBY_PREFIX),
         ],
+        ..AgentConfig::default()
     };
     let agent = Agent::start_with(client, config)
         .await

@@ -27,6 +27,7 @@ async fn pair(m: &MediatorHandle) -> (Agent, Agent) {
     let c = registered_client(&m.public_url, Identity::generate()).await;
     let config = AgentConfig {
         hold: vec![Hold::from_senders(DATA_PREFIX, [a.did()])],
+        ..AgentConfig::default()
     };
     let b = Agent::start_with(c, config).await.unwrap();
     a.learn_service(b.did(), b.own_service()).await.unwrap();

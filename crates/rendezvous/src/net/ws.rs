@@ -9,6 +9,7 @@
 //! same TLS reverse proxy as the mediator.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -27,18 +28,43 @@ pub const WS_WRITE_BUFFER: usize = 1 << 20;
 /// Most bytes one read of a relay WebSocket takes from its socket.
 pub const WS_READ_BUFFER: usize = 256 << 10;
 
+/// How long opening a WebSocket (TCP connect, TLS, upgrade) may take in [`connect`] and
+/// [`connect_negotiated`]: an address that drops SYNs would otherwise take the OS's ~127 s,
+/// and one that accepts TCP and then says nothing would hang for ever.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive on the socket: first probe after this much silence, then one per
+/// [`TCP_KEEPALIVE_INTERVAL`], so that the kernel notices a peer that vanished (a NAT
+/// mapping expired, a host rebooted hard) even when the application sends nothing.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+/// See [`TCP_KEEPALIVE_IDLE`].
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
 /// A client WebSocket over [`WsIo`].
 pub type WsStream = WebSocketStream<Box<dyn WsIo>>;
 
 /// Opens the WebSocket `request` names (`ws://` or `wss://`, host, port, path; extra headers
-/// such as `Sec-WebSocket-Protocol` are sent as given), with `TCP_NODELAY` set.
+/// such as `Sec-WebSocket-Protocol` are sent as given), with `TCP_NODELAY` and TCP keepalive
+/// set, within [`CONNECT_TIMEOUT`].
 ///
 /// # Errors
 /// [`NetError::WebSocket`] for a URL that is not `ws://`/`wss://` or has no host, an extra
 /// root that is not a certificate, a TLS failure (unknown issuer, wrong name) or a refused
-/// upgrade; [`NetError::Io`] when the TCP connection fails.
+/// upgrade; [`NetError::Io`] when the TCP connection fails; [`NetError::TimedOut`] when
+/// the whole opening took longer than [`CONNECT_TIMEOUT`].
 pub async fn connect(request: Request, extra_roots: &[Vec<u8>]) -> Result<WsStream, NetError> {
-    connect_negotiated(request, extra_roots)
+    connect_within(request, extra_roots, CONNECT_TIMEOUT).await
+}
+
+/// As [`connect`], giving up after `limit` instead of [`CONNECT_TIMEOUT`].
+///
+/// # Errors
+/// As [`connect`]; [`NetError::TimedOut`] after `limit`.
+pub async fn connect_within(
+    request: Request,
+    extra_roots: &[Vec<u8>],
+    limit: Duration,
+) -> Result<WsStream, NetError> {
+    connect_negotiated_within(request, extra_roots, limit)
         .await
         .map(|(ws, _)| ws)
 }
@@ -49,6 +75,27 @@ pub async fn connect(request: Request, extra_roots: &[Vec<u8>]) -> Result<WsStre
 /// # Errors
 /// As [`connect`].
 pub async fn connect_negotiated(
+    request: Request,
+    extra_roots: &[Vec<u8>],
+) -> Result<(WsStream, Option<String>), NetError> {
+    connect_negotiated_within(request, extra_roots, CONNECT_TIMEOUT).await
+}
+
+/// As [`connect_negotiated`], giving up after `limit`.
+///
+/// # Errors
+/// As [`connect_within`].
+pub async fn connect_negotiated_within(
+    request: Request,
+    extra_roots: &[Vec<u8>],
+    limit: Duration,
+) -> Result<(WsStream, Option<String>), NetError> {
+    tokio::time::timeout(limit, open(request, extra_roots))
+        .await
+        .map_err(|_| NetError::TimedOut)?
+}
+
+async fn open(
     request: Request,
     extra_roots: &[Vec<u8>],
 ) -> Result<(WsStream, Option<String>), NetError> {
@@ -71,6 +118,10 @@ pub async fn connect_negotiated(
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let tcp = TcpStream::connect((host.as_str(), port)).await?;
     tcp.set_nodelay(true)?;
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL);
+    socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive)?;
     let io: Box<dyn WsIo> = if tls {
         Box::new(tls_connect(tcp, &host, extra_roots).await?)
     } else {
