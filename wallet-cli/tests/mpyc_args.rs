@@ -66,7 +66,15 @@ fn every_argument_argparse_reads_as_mpyc_networking_is_refused() {
         .unwrap();
     let verdicts: Vec<(String, bool)> = serde_json::from_str(json).unwrap();
     let program = Program::from_bytes("p.py", b"");
-    let offer = |arg: &str| Offer::new("did:key:z6MkA".into(), 3, program.clone(), vec![arg.into()], 2_000_000_000);
+    let offer = |arg: &str| {
+        Offer::new(
+            "did:key:z6MkA".into(),
+            3,
+            program.clone(),
+            vec![arg.into()],
+            2_000_000_000,
+        )
+    };
     let reaching: Vec<&str> = verdicts
         .iter()
         .filter(|(_, reaches)| *reaches)
@@ -74,7 +82,10 @@ fn every_argument_argparse_reads_as_mpyc_networking_is_refused() {
         .collect();
     // The generator covers the forms the filter once missed.
     for known in ["-hB7", "-h=B7", "-VB7", "--base=7", "--"] {
-        assert!(reaching.contains(&known), "{known} not generated or not reaching");
+        assert!(
+            reaching.contains(&known),
+            "{known} not generated or not reaching"
+        );
     }
     let let_through: Vec<&str> = reaching
         .iter()

@@ -199,14 +199,29 @@ fn offers_that_reach_mpyc_networking_through_argparse_are_refused() {
         "--",
         "--=1",
     ] {
-        let err = Offer::new(A.into(), 3, program(), vec!["--people".into(), bad.into()], NOW)
-            .unwrap_err();
+        let err = Offer::new(
+            A.into(),
+            3,
+            program(),
+            vec!["--people".into(), bad.into()],
+            NOW,
+        )
+        .unwrap_err();
         assert_eq!(err.reason(), "malformed", "{bad}");
         assert!(err.to_string().contains(bad), "{bad}: {err}");
     }
     // The rest of an argument after a value-taking option is its value, and what MPyC
     // does not know goes to the program.
-    for ok in ["-L64", "-fB7000", "-T1", "-5", "-", "--no-prss", "--no-p", "--bit-length=64"] {
+    for ok in [
+        "-L64",
+        "-fB7000",
+        "-T1",
+        "-5",
+        "-",
+        "--no-prss",
+        "--no-p",
+        "--bit-length=64",
+    ] {
         Offer::new(A.into(), 3, program(), vec![ok.into()], NOW).unwrap();
     }
 }
