@@ -346,8 +346,9 @@ struct RunCtx {
 
 /// What the run asks of its control task.
 enum Command {
-    /// Send every peer our first `ready` (once the connector listens).
-    Hello,
+    /// Send every peer our first `ready` (once the connector listens); `until` is the
+    /// run's connect deadline, which bounds the retries of every `ready`.
+    Hello { until: tokio::time::Instant },
     /// We stop: send every peer a signed `abort`; `done` says whether all went out.
     Stop {
         code: String,
@@ -443,6 +444,11 @@ impl RunCtx {
 const ABORT_SEND_LIMIT: Duration = Duration::from_secs(5);
 /// The pause before an `abort` refused for now is sent again (within the limit).
 const ABORT_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// The least time a `ready` is tried for (after the connect deadline too: a peer that
+/// restarts its run is answered).
+const READY_SEND_MIN: Duration = Duration::from_secs(5);
+/// The pause before a `ready` refused for now is sent again.
+const READY_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How long a party that stopped before every peer announced its attempt waits to tell
 /// the late starters (spec/lobby.md §8 "Telling late starters").
 const LATE_STARTERS: Duration = Duration::from_secs(10);
@@ -520,6 +526,8 @@ async fn control_loop(
     mut commands: tokio::sync::mpsc::Receiver<Command>,
     state: tokio::sync::watch::Sender<Control>,
 ) {
+    // Until our hello names the connect deadline.
+    let mut ready_until = tokio::time::Instant::now() + READY_SEND_MIN;
     loop {
         let m = tokio::select! {
             m = control.recv() => match m {
@@ -528,7 +536,10 @@ async fn control_loop(
             },
             cmd = commands.recv() => {
                 match cmd {
-                    Some(Command::Hello) => dispatch(&ctx, &attempts, &state, attempts.hello()).await,
+                    Some(Command::Hello { until }) => {
+                        ready_until = until;
+                        dispatch(&ctx, &attempts, &state, attempts.hello(), ready_until).await;
+                    }
                     Some(Command::Stop { code, reason, done }) => {
                         let abort = attempts.stop(&code, &reason, now_ms());
                         state.send_modify(|s| s.untold = attempts.untold());
@@ -562,7 +573,7 @@ async fn control_loop(
             match serde_json::from_value::<Ready>(m.message.body.clone()) {
                 Ok(r) => {
                     let events = attempts.handle_ready(&sender, &r);
-                    dispatch(&ctx, &attempts, &state, events).await;
+                    dispatch(&ctx, &attempts, &state, events, ready_until).await;
                 }
                 Err(e) => tracing::info!("ignored a malformed ready from {sender}: {e}"),
             }
@@ -576,7 +587,7 @@ async fn control_loop(
             match serde_json::from_value::<Abort>(m.message.body.clone()) {
                 Ok(a) => {
                     let ev = attempts.handle_abort(signer, &a);
-                    dispatch(&ctx, &attempts, &state, vec![ev]).await;
+                    dispatch(&ctx, &attempts, &state, vec![ev], ready_until).await;
                 }
                 Err(e) => tracing::info!("ignored a malformed abort from {sender}: {e}"),
             }
@@ -586,12 +597,14 @@ async fn control_loop(
     }
 }
 
-/// Carry out what [`Attempts`] asked for.
+/// Carry out what [`Attempts`] asked for; a `ready` is tried until `ready_until` (at least
+/// [`READY_SEND_MIN`]).
 async fn dispatch(
     ctx: &RunCtx,
     attempts: &Attempts,
     state: &tokio::sync::watch::Sender<Control>,
     events: Vec<Event>,
+    ready_until: tokio::time::Instant,
 ) {
     for ev in events {
         match ev {
@@ -604,11 +617,13 @@ async fn dispatch(
                 };
                 let msg = ctx.message(READY_TYPE, body);
                 let agent = ctx.agent.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = agent.send(&did, msg).await {
-                        tracing::warn!("cannot send ready to {did}: {e}");
-                    }
-                });
+                let limit = ready_until
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(READY_SEND_MIN);
+                // A lost `ready` is never answered: both parties would wait their whole
+                // --connect-timeout. So a failure for now (the peer's mediator busy or
+                // restarting, spec/lobby.md §8 "Ready") is tried again until the deadline.
+                tokio::spawn(send_ready(agent, did, msg, limit));
             }
             Event::SendAbort { to, abort } => {
                 tracing::info!(party = to, "told a party that started after we stopped");
@@ -646,6 +661,45 @@ async fn dispatch(
     }
 }
 
+/// Send one `ready`, trying again every [`READY_RETRY_PAUSE`] within `limit` while the
+/// failure is transient; every failed try is logged (the agent's `debug` line after the
+/// first), the outcome once.
+async fn send_ready(agent: Agent, did: String, msg: Message, limit: Duration) {
+    let started = tokio::time::Instant::now();
+    let first = match agent.send(&did, msg.clone()).await {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    if !first.is_transient() {
+        tracing::warn!("cannot send ready to {did}: {first}");
+        return;
+    }
+    let rest = limit.saturating_sub(started.elapsed());
+    tracing::warn!(
+        "cannot send ready to {did} yet: {first}; trying again every {} s for up to {} s",
+        READY_RETRY_PAUSE.as_secs(),
+        rest.as_secs()
+    );
+    tokio::time::sleep(READY_RETRY_PAUSE.min(rest)).await;
+    let (tries, sent) = agent
+        .send_within(
+            &did,
+            msg,
+            rest.saturating_sub(READY_RETRY_PAUSE),
+            READY_RETRY_PAUSE,
+        )
+        .await;
+    match sent {
+        Ok(()) => tracing::warn!("ready reached {did} after {} tries", tries + 1),
+        Err(e) => tracing::warn!(
+            "cannot send ready to {did}: {e} (after {} tries in {} s); it will not learn of \
+             this run until it starts again",
+            tries + 1,
+            started.elapsed().as_secs()
+        ),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_attempt<I>(
     ctx: &RunCtx,
@@ -680,8 +734,9 @@ where
     // Per-message DIDComm: its data subscription before any peer learns we are up.
     let data = didcomm::subscribe(ctx, &spec);
     // The connector listens: now the peers may learn our attempt and propose.
+    let deadline = tokio::time::Instant::now() + spec.connect_timeout;
     ctx.commands
-        .send(Command::Hello)
+        .send(Command::Hello { until: deadline })
         .await
         .map_err(|e| MpcError::control("the run's control task", e))?;
     if let Some(data) = data {
@@ -692,7 +747,7 @@ where
     // Each peer: wait until it is up in this attempt, then negotiate the session bound to
     // both attempts.
     let mut tasks = tokio::task::JoinSet::new();
-    let up_deadline = tokio::time::Instant::now() + spec.connect_timeout;
+    let up_deadline = deadline;
     for (pid, did) in peers {
         let (c, did, pid, mut st) = (connector.clone(), did.clone(), *pid, state.clone());
         tasks.spawn(async move {
