@@ -65,7 +65,8 @@ pub struct RunSpec {
     pub program: Option<PathBuf>,
     /// Direct-path listener address.
     pub listen: SocketAddr,
-    /// Limit for each secure session to come up.
+    /// Limit for the wait for every peer: its run to start and its secure session,
+    /// together (a negotiation under way then gets at most 10 s more).
     pub connect_timeout: Duration,
     /// How long a session may be without a path before it (and the run) fails; with the
     /// DIDComm transport, how long a peer may be silent (spec/didcomm-transport.md §3).
@@ -700,6 +701,47 @@ async fn send_ready(agent: Agent, did: String, msg: Message, limit: Duration) {
     }
 }
 
+/// How long a secure session negotiation under way at the connect deadline may still take
+/// (a DIDComm round trip or two and the path checks): the whole wait for a peer ends at
+/// `--connect-timeout`, or at most this much later for a peer that is up by then
+/// (spec/lobby.md §8 "One deadline").
+const NEGOTIATION_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the wait for one peer ended without a session.
+#[derive(Debug, PartialEq, Eq)]
+enum PeerWait {
+    /// It was not up (its run had not started, or we never heard of it) by the deadline.
+    NotStarted,
+    /// It was up, but the negotiation had not finished by the deadline (+ the grace).
+    NoSession,
+    /// The negotiation failed.
+    Failed(String),
+}
+
+/// The wait for one peer: until it is `up` (its binding id), then its secure session
+/// (`negotiate`). One deadline for both: `up` until `deadline`, the negotiation until
+/// `deadline` + [`NEGOTIATION_GRACE`] — not a fresh `--connect-timeout` after a late `up`.
+async fn wait_for_peer<T, U, N, F>(
+    up: U,
+    negotiate: N,
+    deadline: tokio::time::Instant,
+) -> Result<T, PeerWait>
+where
+    U: Future<Output = Option<String>>,
+    N: FnOnce(String) -> F,
+    F: Future<Output = Result<T, String>>,
+{
+    let binding_id = tokio::time::timeout_at(deadline, up)
+        .await
+        .ok()
+        .flatten()
+        .ok_or(PeerWait::NotStarted)?;
+    tokio::time::timeout_at(deadline + NEGOTIATION_GRACE, negotiate(binding_id))
+        .await
+        .map_err(|_| PeerWait::NoSession)?
+        .map_err(PeerWait::Failed)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_attempt<I>(
     ctx: &RunCtx,
@@ -747,38 +789,38 @@ where
     // Each peer: wait until it is up in this attempt, then negotiate the session bound to
     // both attempts.
     let mut tasks = tokio::task::JoinSet::new();
-    let up_deadline = deadline;
     for (pid, did) in peers {
         let (c, did, pid, mut st) = (connector.clone(), did.clone(), *pid, state.clone());
+        let connect_timeout = spec.connect_timeout.as_secs();
         tasks.spawn(async move {
-            let binding_id: Option<String> = tokio::time::timeout_at(
-                up_deadline,
-                st.wait_for(|s| s.up.contains_key(&pid)),
-            )
-            .await
-            .ok()
-            .and_then(|r| r.ok().and_then(|s| s.up.get(&pid).cloned()));
-            let binding_id = match binding_id {
-                Some(b) => b,
-                None => {
-                    return (
-                        pid,
-                        did.clone(),
-                        Err(format!(
-                            "{did} did not start its run within {} s (is `mpc-did run` running there, and registered at its mediator?)",
-                            spec.connect_timeout.as_secs()
-                        )),
-                    )
+            let up = async move {
+                st.wait_for(|s| s.up.contains_key(&pid))
+                    .await
+                    .ok()
+                    .and_then(|s| s.up.get(&pid).cloned())
+            };
+            let negotiate = |binding_id: String| {
+                let (c, did) = (c.clone(), did.clone());
+                async move {
+                    let binding = Binding {
+                        mpc_session_id: binding_id,
+                        roster_hash,
+                    };
+                    c.establish(did.as_str(), &binding, me < pid)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
             };
-            let binding = Binding {
-                mpc_session_id: binding_id,
-                roster_hash,
-            };
-            let r = c
-                .establish(did.as_str(), &binding, me < pid)
-                .await
-                .map_err(|e| e.to_string());
+            let r = wait_for_peer(up, negotiate, deadline).await.map_err(|e| match e {
+                PeerWait::NotStarted => format!(
+                    "{did} did not start its run within {connect_timeout} s (is `mpc-did run` running there, and registered at its mediator?)"
+                ),
+                PeerWait::NoSession => format!(
+                    "{did} started its run, but no secure session with it came up within {connect_timeout} s (+{} s for a negotiation under way)",
+                    NEGOTIATION_GRACE.as_secs()
+                ),
+                PeerWait::Failed(reason) => reason,
+            });
             (pid, did, r)
         });
     }
@@ -807,12 +849,18 @@ where
                 }
             }
             _ = ticker.tick() => {
-                let left = up_deadline.saturating_duration_since(tokio::time::Instant::now());
+                let now = tokio::time::Instant::now();
                 let done: Vec<PartyId> = handles.iter().map(|(p, _, _)| *p).collect();
                 let st = state.borrow().clone();
                 for (pid, did) in peers.iter().filter(|(p, _)| !done.contains(p)) {
-                    let what = if st.up.contains_key(pid) { "its secure session" } else { "its run to start" };
-                    progress(format!("waiting for party {pid} ({did}): {what}, {} s left", left.as_secs()));
+                    // The limits of `wait_for_peer`.
+                    let (what, until) = if st.up.contains_key(pid) {
+                        ("its secure session", deadline + NEGOTIATION_GRACE)
+                    } else {
+                        ("its run to start", deadline)
+                    };
+                    let left = until.saturating_duration_since(now).as_secs();
+                    progress(format!("waiting for party {pid} ({did}): {what}, {left} s left"));
                 }
             }
         }
@@ -1043,4 +1091,67 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// A negotiation as `mpc-did-connect` bounds it: its own `handshake_timeout` (here
+    /// `--connect-timeout`, as the run sets it) from its start, or never done.
+    async fn never_done(_binding: String) -> Result<(), String> {
+        tokio::time::sleep(CONNECT_TIMEOUT).await;
+        Err("timed out waiting for the peer to accept the proposal".into())
+    }
+
+    /// A peer that is up at `at`.
+    async fn up_at(at: tokio::time::Instant) -> Option<String> {
+        tokio::time::sleep_until(at).await;
+        Some("binding".into())
+    }
+
+    /// spec/lobby.md §8 "One deadline": a peer up just before the connect deadline whose
+    /// session never comes up ends the wait at the deadline plus the grace — not a whole
+    /// second `--connect-timeout` later, as when the negotiation had its own deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_up_late_gets_the_grace_not_a_second_timeout() {
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let up = up_at(deadline - Duration::from_secs(1));
+        let r = wait_for_peer(up, never_done, deadline).await;
+        assert_eq!(r, Err(PeerWait::NoSession));
+        assert_eq!(tokio::time::Instant::now(), deadline + NEGOTIATION_GRACE);
+    }
+
+    /// Not up by the deadline: the wait ends there; up in time and negotiated within the
+    /// grace: the session; a failed negotiation says why.
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_ends_at_the_deadline_and_keeps_what_finished() {
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let late = up_at(deadline + Duration::from_secs(1));
+        assert_eq!(
+            wait_for_peer(late, never_done, deadline).await,
+            Err(PeerWait::NotStarted)
+        );
+        assert_eq!(tokio::time::Instant::now(), deadline);
+
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let up = up_at(deadline - Duration::from_secs(1));
+        let quick = |b: String| async move {
+            tokio::time::sleep(NEGOTIATION_GRACE / 2).await;
+            Ok::<String, String>(b)
+        };
+        assert_eq!(
+            wait_for_peer(up, quick, deadline).await,
+            Ok("binding".to_owned())
+        );
+
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let refused = |_b: String| async { Err::<(), String>("declined".into()) };
+        assert_eq!(
+            wait_for_peer(up_at(deadline), refused, deadline + Duration::from_secs(1)).await,
+            Err(PeerWait::Failed("declined".into()))
+        );
+    }
 }

@@ -50,7 +50,8 @@ pub struct RunArgs {
     /// Local address of the direct-path listener for secure sessions.
     #[arg(long, default_value = "0.0.0.0:0")]
     pub listen: SocketAddr,
-    /// How long to wait for each peer's secure session (seconds).
+    /// How long to wait for each peer to start its run and set up its secure session,
+    /// together (seconds; a negotiation under way then gets at most 10 s more).
     #[arg(long, default_value_t = 120)]
     pub connect_timeout: u64,
     /// How long a secure session may be without a working path before the run fails (a
