@@ -5,7 +5,10 @@
 //! learn of party 1's attempt and both must finish the MPC; before, the lost `ready` was
 //! never sent again and both waited their whole `--connect-timeout`, then failed.
 //!
-//! Needs MPyC (`MPC_DID_PYTHON`, else the repository's `.venv`); skipped with a message
+//! The same harness shows the roster of `mpc host` reaching a party whose mediator restarts
+//! while it is sent (spec/lobby.md §1 "Roster delivery").
+//!
+//! The MPC test needs MPyC (`MPC_DID_PYTHON`, else the repository's `.venv`); skipped with a message
 //! without one, unless `MPC_DID_REQUIRE_INTEROP=1`.
 #![allow(clippy::unwrap_used)]
 
@@ -199,4 +202,95 @@ fn a_ready_reaches_a_peer_whose_mediator_restarts_while_we_start() {
         "party 1 does not say its ready got through: {}",
         errs[1]
     );
+}
+
+/// spec/lobby.md §1 "Roster delivery": `mpc host` sends the roster again while a party's
+/// mediator refuses for now, and stores it first. Party 1's mediator is killed after
+/// party 1 joined, the last party joins then, and the mediator comes back: the host and
+/// every joiner finish. Before, the one failed send ended `host` with an error before the
+/// roster was stored, while party 2, which got it, thought it was in.
+#[test]
+fn the_roster_reaches_a_party_whose_mediator_restarts_while_it_is_sent() {
+    let med0 = RestartableMediator::new();
+    let mut med1 = RestartableMediator::new();
+    let (home0, _) = med0.wallet("p0");
+    let (home1, did1) = med1.wallet("p1");
+    let (home2, _) = med0.wallet("p2");
+    let prog = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/secretsanta.py");
+    let prog_s = prog.to_str().unwrap();
+    let sid = ok(
+        home0.path(),
+        &["mpc", "new", "--parties", "3", "--program", prog_s],
+    )
+    .trim()
+    .to_owned();
+    let inv = ok(
+        home0.path(),
+        &["--json", "invite", "--mpc", &sid, "--no-qr"],
+    );
+    let url = serde_json::from_str::<serde_json::Value>(&inv).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let join = |home: &Path| {
+        cmd(
+            home,
+            &[
+                "--json",
+                "join",
+                &url,
+                "--program",
+                prog_s,
+                "--timeout",
+                "90",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let mut host = cmd(
+        home0.path(),
+        &["--json", "mpc", "host", "--mpc", &sid, "--timeout", "90"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let host_err = Watch::new(host.stderr.take().unwrap());
+    let join1 = join(home1.path());
+    host_err.wait_for("party 1 joined", Duration::from_secs(60));
+    med1.kill9();
+    let join2 = join(home2.path());
+    // The roster's first send to party 1 failed (or, before, `host` gave up).
+    let tried = wait_until(
+        || {
+            host_err
+                .text()
+                .contains("cannot send the roster to party 1")
+                || host.try_wait().unwrap().is_some()
+        },
+        Instant::now() + Duration::from_secs(60),
+    );
+    assert!(tried, "party 2 never joined: {}", host_err.text());
+    std::thread::sleep(Duration::from_secs(3));
+    med1.start();
+    let hosted = wait_bounded(host, Duration::from_secs(120));
+    assert!(hosted.status.success(), "host failed: {}", host_err.text());
+    assert!(
+        host_err
+            .text()
+            .contains(&format!("the roster reached party 1 ({did1})")),
+        "{}",
+        host_err.text()
+    );
+    for (i, j) in [(1, join1), (2, join2)] {
+        let out = wait_bounded(j, Duration::from_secs(120));
+        assert!(
+            out.status.success(),
+            "party {i}'s join failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
