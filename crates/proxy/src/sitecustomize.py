@@ -12,13 +12,13 @@
 # Fail closed, whatever MPyC's options say (a program argument such as `-B 7000` that the
 # offer check missed, a config file): no TCP listener at all, and no connection by MPyC to
 # anything but a link socket of this run. Either stops the program at once with a message
-# (exit status 3); raising would not do, MPyC retries a failed dial forever. Connections
-# the program itself makes (not MPyC's code) are left to asyncio.
+# (exit status 77, EX_NOPERM); raising would not do, MPyC retries a failed dial forever.
+# Connections the program itself makes (not MPyC's code) are left to asyncio.
 import os
 import sys
 
 _LINK_HOST = 'mpc-did-link.invalid'
-_REFUSED_STATUS = 3
+_REFUSED_STATUS = 77
 
 
 def _refuse(what):

@@ -1,7 +1,7 @@
 //! spec/security.md §10, "fail closed", for the start-up hook alone: whatever MPyC's
 //! options say, MPyC under the hook never listens on a TCP port and never dials anything
 //! but this run's link sockets; the program is stopped with a message instead (exit status
-//! 3). Real MPyC, started by hand with the proxy's arguments and environment after
+//! 77). Real MPyC, started by hand with the proxy's arguments and environment after
 //! crafted ones (what a program argument that slipped past the offer check would do).
 //! Needs Python with MPyC (`MPC_DID_PYTHON`); skipped with a message without it.
 #![allow(clippy::unwrap_used)]
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mpc_did_proxy::{Proxy, ProxyConfig};
 
 /// The exit status of a program the hook stopped (`_REFUSED_STATUS` in sitecustomize.py).
-const REFUSED: i32 = 3;
+const REFUSED: i32 = 77;
 
 /// Starts MPyC's runtime (and, with `OWN_TCP_PORT` set, first makes a TCP connection of
 /// the program's own there).

@@ -37,6 +37,8 @@ Exit status:
   2    wrong usage
   3    another party aborted or failed; this run was stopped (the message names the
        party, the reason, and what to do next)
+  77   the program was stopped before MPyC could listen on or dial a TCP port: its
+       networking options were changed (spec/security.md §10)
   130  interrupted (Ctrl-C); the other parties are told
   N    otherwise the program's own non-zero status (128 + signal if it was killed)")]
 pub struct RunArgs {
