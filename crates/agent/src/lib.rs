@@ -502,6 +502,24 @@ impl Agent {
         Ok(())
     }
 
+    /// As [`Self::send`], trying again after a pause of `pause` while the failure is
+    /// transient ([`AgentError::is_transient`]: a busy, restarting or unreachable mediator)
+    /// and `limit` has not passed since the first try. The mediator stores a message id
+    /// once (spec/mediator.md §3), so a retry of one that did arrive is harmless. Returns
+    /// the number of tries with the outcome.
+    ///
+    /// # Errors
+    /// The last failure; [`AgentError::Timeout`] when `limit` passed during a try.
+    pub async fn send_within(
+        &self,
+        to: &str,
+        msg: Message,
+        limit: Duration,
+        pause: Duration,
+    ) -> (u32, Result<(), AgentError>) {
+        within_limit(limit, pause, || self.send(to, msg.clone())).await
+    }
+
     /// As [`Self::send_signed`], trying again after a pause of `pause` while the failure
     /// is transient ([`AgentError::is_transient`]: a busy or unreachable mediator) and
     /// `limit` has not passed since the first try. The mediator stores a message id once

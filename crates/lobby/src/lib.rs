@@ -48,9 +48,13 @@ pub const MAX_PARTIES: u16 = 64;
 pub type PartyId = u16;
 
 const ROSTER_DOMAIN: &[u8] = b"mpc-did/lobby/1.0/roster";
-/// Arguments MPyC's own networking owns; a program argument may not set them.
-const RESERVED_ARGS: [&str; 5] = ["-M", "-I", "-P", "-C", "-B"];
+/// MPyC's (0.11, `mpyc._get_arg_parser`) networking options, which the run sets; a program
+/// argument may not set them (spec/lobby.md §2, spec/security.md §10).
+const RESERVED_SHORT: [char; 5] = ['M', 'I', 'P', 'C', 'B'];
 const RESERVED_LONG: [&str; 4] = ["--config", "--index", "--base-port", "--ssl"];
+/// MPyC's other short options that take a value: argparse reads the rest of an argument
+/// after one of them as that value (`-L64`), never as more options.
+const VALUE_SHORT: [char; 5] = ['T', 'W', 'L', 'K', 'f'];
 
 /// Why a lobby step was refused; [`LobbyError::reason`] is the wire name of spec §5.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -192,15 +196,33 @@ impl Offer {
     }
 }
 
-/// MPyC's networking options, short (`-P`, `-M3`) or long, including the abbreviations
-/// argparse accepts (`--ind` for `--index`).
+/// Whether MPyC's argparse parser could read `arg` as one of its networking options, or
+/// stop reading the launcher's own options after it. Conservative, in argparse's terms:
+/// - `--name[=value]` where `name` is a prefix of a reserved long option (`allow_abbrev`:
+///   `--base=7000` is `--base-port 7000`), and `--` itself, after which argparse reads the
+///   launcher's `-M`/`-I`/`-P` as plain words;
+/// - `-xyz…` whose option letters, read left to right up to the first letter of a
+///   value-taking option (`-L`, `-T`, …), hold a reserved one: argparse chains flags and
+///   takes `=` after a flag, so `-hB7000`, `-h=B7000`, `-VhI1` all set a reserved option.
+///   Letters MPyC does not know are treated as flags too (`-vB7000`): refused rather than
+///   depend on the version of argparse or MPyC.
 fn is_reserved(arg: &str) -> bool {
-    let name = arg.split('=').next().unwrap_or(arg);
-    if name.starts_with("--") {
-        name.len() > 2 && RESERVED_LONG.iter().any(|r| r.starts_with(name))
-    } else {
-        RESERVED_ARGS.iter().any(|r| arg.starts_with(r))
+    if arg.starts_with("--") {
+        let name = arg.split('=').next().unwrap_or(arg);
+        return RESERVED_LONG.iter().any(|r| r.starts_with(name));
     }
+    let Some(letters) = arg.strip_prefix('-') else {
+        return false;
+    };
+    for c in letters.chars() {
+        if RESERVED_SHORT.contains(&c) {
+            return true;
+        }
+        if VALUE_SHORT.contains(&c) {
+            return false;
+        }
+    }
+    false
 }
 
 /// The id of an MPC session (the lobby's, not a pairwise secure session's): 16 random

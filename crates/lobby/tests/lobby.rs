@@ -169,6 +169,63 @@ fn offers_that_touch_mpyc_networking_are_refused() {
     assert!(Offer::new("alice".into(), 3, program(), vec![], NOW).is_err());
 }
 
+/// spec/lobby.md §2 `mpyc_args`, spec/security.md §10: every way Python's argparse (MPyC
+/// 0.11's parser) reads an argument as a networking option is refused, not only the
+/// spelled-out option: flags chained in front (`-hB7000` is `-h -B 7000`, which made MPyC
+/// listen on TCP port 7000+i), `=` after a flag, abbreviated long options with a value,
+/// and `--`, after which MPyC would not read the launcher's `-M`/`-I`/`-P` at all.
+#[test]
+fn offers_that_reach_mpyc_networking_through_argparse_are_refused() {
+    for bad in [
+        "-hB7000",
+        "-HB7000",
+        "-VB7000",
+        "-vB7000",
+        "-hhB7000",
+        "-h=B7000",
+        "-h=hB7000",
+        "-B=7000",
+        "-B7000",
+        "-hI3",
+        "-hM9",
+        "-hPevil.example:1",
+        "-hCparties.ini",
+        "--base=7000",
+        "--base",
+        "--base-port=7000",
+        "--in=1",
+        "--conf=x.ini",
+        "--ss",
+        "--",
+        "--=1",
+    ] {
+        let err = Offer::new(
+            A.into(),
+            3,
+            program(),
+            vec!["--people".into(), bad.into()],
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), "malformed", "{bad}");
+        assert!(err.to_string().contains(bad), "{bad}: {err}");
+    }
+    // The rest of an argument after a value-taking option is its value, and what MPyC
+    // does not know goes to the program.
+    for ok in [
+        "-L64",
+        "-fB7000",
+        "-T1",
+        "-5",
+        "-",
+        "--no-prss",
+        "--no-p",
+        "--bit-length=64",
+    ] {
+        Offer::new(A.into(), 3, program(), vec![ok.into()], NOW).unwrap();
+    }
+}
+
 /// spec/lobby.md §3, pinned: an independent implementation must produce this hash.
 #[test]
 fn roster_hash_vector() {

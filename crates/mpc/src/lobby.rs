@@ -369,11 +369,13 @@ async fn check_roster(
 }
 
 /// `host`: admit joins (spec/lobby.md §4, coordinator side), refusing with Report Problem;
-/// when all N are in, sign the roster and send it to everyone. A stored roster is returned
-/// as is.
+/// when all N are in, store the roster, sign it and send it to everyone (a send that fails
+/// for now is tried again, spec/lobby.md §1 "Roster delivery"). With a stored roster: send
+/// it to everyone again.
 ///
 /// # Errors
-/// Not the coordinator, timeout, mediator failures.
+/// Not the coordinator, timeout, mediator failures; a party the roster did not reach
+/// (the roster is stored then, and the error says how to send it again).
 pub async fn host(
     home: &Path,
     mpc: Option<&str>,
@@ -387,30 +389,139 @@ pub async fn host(
     }
     // One lobby per MPC session: a second `host` says so instead of competing for joins.
     let _lock = store.lock_host(&rec.id())?;
-    if rec.roster.is_some() {
-        progress(format!(
-            "MPC session {} already has all its parties; its roster was sent (late joins are \
-             refused while `mpc-did run` runs here)",
-            rec.id()
-        ));
-        return Ok(rec);
-    }
     let (id, client) = registered_client(home, Some(&rec.identity))?;
     let agent = Agent::start(client)
         .await
         .map_err(|e| MpcError::control("cannot connect to your mediator", e))?;
-    let result = host_with(&agent, &rec.offer, &id.did, timeout, progress).await;
+    let missed = if let Some(roster) = rec.roster.clone() {
+        // spec/lobby.md §1 "Roster delivery": hosting again sends the stored roster again.
+        progress(format!(
+            "MPC session {} already has all its parties; sending its roster to them again \
+             (late joins are refused while `mpc-did run` runs here)",
+            rec.id()
+        ));
+        send_roster(&agent, &id.did, &roster, progress).await
+    } else {
+        match host_with(&agent, &rec.offer, timeout, progress).await {
+            Ok(roster) => {
+                // Stored before it is sent: a party that does not get it now can be sent
+                // it again (host again), and `run` works for those that did.
+                rec.roster = Some(roster.clone());
+                rec.party = Some(0);
+                store.save(&rec)?;
+                send_roster(&agent, &id.did, &roster, progress).await
+            }
+            Err(e) => Err(e),
+        }
+    };
     agent.stop();
-    rec.roster = Some(result?);
-    rec.party = Some(0);
-    store.save(&rec)?;
+    let missed = missed?;
+    if !missed.is_empty() {
+        return Err(MpcError::control(
+            format!(
+                "the roster is stored, but {} did not get it",
+                missed.join("; ")
+            ),
+            format!(
+                "run `mpc-did mpc host --mpc {}` again (it sends the stored roster to every \
+                 party) while they wait in `mpc-did join`",
+                rec.id()
+            ),
+        ));
+    }
     Ok(rec)
+}
+
+/// How long the roster is tried per party while its sending fails for now.
+const ROSTER_SEND_LIMIT: Duration = Duration::from_secs(30);
+/// The pause before a roster refused for now is sent again.
+const ROSTER_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Send the signed roster to every other party at once, each tried again every
+/// [`ROSTER_RETRY_PAUSE`] within [`ROSTER_SEND_LIMIT`] while the failure is transient (the
+/// party's mediator busy or restarting). Returns the parties it did not reach, with why.
+async fn send_roster(
+    agent: &Agent,
+    my_did: &str,
+    roster: &Roster,
+    progress: Progress<'_>,
+) -> Result<Vec<String>, MpcError> {
+    let signed = sign_roster(agent, my_did, roster).await?;
+    let (said, mut heard) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut sends = tokio::task::JoinSet::new();
+    for p in roster.parties.iter().filter(|p| p.did != my_did) {
+        let msg = Message::new(
+            mpc_did_didcomm::message::new_id(),
+            ROSTER_TYPE,
+            json!({"session_id": roster.mpc_session_id, "signed": signed}),
+        )
+        .from(my_did.to_owned())
+        .to(p.did.clone());
+        let (agent, pid, did, said) = (agent.clone(), p.id, p.did.clone(), said.clone());
+        sends.spawn(async move {
+            let first = match agent.send(&did, msg.clone()).await {
+                Ok(()) => return (pid, did, 1, Ok(())),
+                Err(e) if e.is_transient() => e,
+                Err(e) => return (pid, did, 1, Err(e)),
+            };
+            let _ = said.send(format!(
+                "cannot send the roster to party {pid} ({did}) yet: {first}; trying again every \
+                 {} s for up to {} s",
+                ROSTER_RETRY_PAUSE.as_secs(),
+                ROSTER_SEND_LIMIT.as_secs()
+            ));
+            tokio::time::sleep(ROSTER_RETRY_PAUSE).await;
+            let (tries, r) = agent
+                .send_within(
+                    &did,
+                    msg,
+                    ROSTER_SEND_LIMIT.saturating_sub(ROSTER_RETRY_PAUSE),
+                    ROSTER_RETRY_PAUSE,
+                )
+                .await;
+            (pid, did, tries + 1, r)
+        });
+    }
+    drop(said);
+    let mut missed = Vec::new();
+    loop {
+        tokio::select! {
+            Some(line) = heard.recv() => progress(line),
+            joined = sends.join_next() => {
+                let Some(joined) = joined else { break };
+                let (pid, did, tries, r) =
+                    joined.map_err(|e| MpcError::control("roster send task", e))?;
+                match r {
+                    Ok(()) if tries > 1 => progress(format!(
+                        "the roster reached party {pid} ({did}) after {tries} tries"
+                    )),
+                    Ok(()) => {}
+                    Err(e) => {
+                        progress(format!(
+                            "cannot send the roster to party {pid} ({did}): {e} (after {tries} tries)"
+                        ));
+                        missed.push(format!("party {pid} ({did})"));
+                    }
+                }
+            }
+        }
+    }
+    while let Ok(line) = heard.try_recv() {
+        progress(line);
+    }
+    if missed.is_empty() {
+        progress(format!(
+            "all {} parties in; roster sent (hash {})",
+            roster.parties.len(),
+            roster.roster_hash
+        ));
+    }
+    Ok(missed)
 }
 
 async fn host_with(
     agent: &Agent,
     offer: &Offer,
-    my_did: &str,
     timeout: Duration,
     progress: Progress<'_>,
 ) -> Result<Roster, MpcError> {
@@ -498,32 +609,6 @@ async fn host_with(
     let roster = lobby
         .roster()
         .ok_or_else(|| MpcError::control("the lobby", "full but no roster"))?;
-    let signed = sign_roster(agent, my_did, &roster).await?;
-    // To every party at once: each send is bounded by the agent's send timeout.
-    let mut sends = tokio::task::JoinSet::new();
-    for p in roster.parties.iter().filter(|p| p.did != my_did) {
-        let msg = Message::new(
-            mpc_did_didcomm::message::new_id(),
-            ROSTER_TYPE,
-            json!({"session_id": roster.mpc_session_id, "signed": signed}),
-        )
-        .from(my_did.to_owned())
-        .to(p.did.clone());
-        let (agent, pid, did) = (agent.clone(), p.id, p.did.clone());
-        sends.spawn(async move {
-            agent.send(&did, msg).await.map_err(|e| {
-                MpcError::control(format!("sending the roster to party {pid} ({did})"), e)
-            })
-        });
-    }
-    while let Some(sent) = sends.join_next().await {
-        sent.map_err(|e| MpcError::control("roster send task", e))??;
-    }
-    progress(format!(
-        "all {} parties in; roster sent (hash {})",
-        roster.parties.len(),
-        roster.roster_hash
-    ));
     // Refusals still in flight get a moment (bounded by the send timeout) to go out.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while refusals.join_next().await.is_some() {}

@@ -65,7 +65,8 @@ pub struct RunSpec {
     pub program: Option<PathBuf>,
     /// Direct-path listener address.
     pub listen: SocketAddr,
-    /// Limit for each secure session to come up.
+    /// Limit for the wait for every peer: its run to start and its secure session,
+    /// together (a negotiation under way then gets at most 10 s more).
     pub connect_timeout: Duration,
     /// How long a session may be without a path before it (and the run) fails; with the
     /// DIDComm transport, how long a peer may be silent (spec/didcomm-transport.md §3).
@@ -351,8 +352,9 @@ struct RunCtx {
 
 /// What the run asks of its control task.
 enum Command {
-    /// Send every peer our first `ready` (once the connector listens).
-    Hello,
+    /// Send every peer our first `ready` (once the connector listens); `until` is the
+    /// run's connect deadline, which bounds the retries of every `ready`.
+    Hello { until: tokio::time::Instant },
     /// We stop: send every peer a signed `abort`; `done` says whether all went out.
     Stop {
         code: String,
@@ -448,6 +450,11 @@ impl RunCtx {
 const ABORT_SEND_LIMIT: Duration = Duration::from_secs(5);
 /// The pause before an `abort` refused for now is sent again (within the limit).
 const ABORT_RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// The least time a `ready` is tried for (after the connect deadline too: a peer that
+/// restarts its run is answered).
+const READY_SEND_MIN: Duration = Duration::from_secs(5);
+/// The pause before a `ready` refused for now is sent again.
+const READY_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// How long a party that stopped before every peer announced its attempt waits to tell
 /// the late starters (spec/lobby.md §8 "Telling late starters").
 const LATE_STARTERS: Duration = Duration::from_secs(10);
@@ -525,6 +532,8 @@ async fn control_loop(
     mut commands: tokio::sync::mpsc::Receiver<Command>,
     state: tokio::sync::watch::Sender<Control>,
 ) {
+    // Until our hello names the connect deadline.
+    let mut ready_until = tokio::time::Instant::now() + READY_SEND_MIN;
     loop {
         let m = tokio::select! {
             m = control.recv() => match m {
@@ -533,7 +542,10 @@ async fn control_loop(
             },
             cmd = commands.recv() => {
                 match cmd {
-                    Some(Command::Hello) => dispatch(&ctx, &attempts, &state, attempts.hello()).await,
+                    Some(Command::Hello { until }) => {
+                        ready_until = until;
+                        dispatch(&ctx, &attempts, &state, attempts.hello(), ready_until).await;
+                    }
                     Some(Command::Stop { code, reason, done }) => {
                         let abort = attempts.stop(&code, &reason, now_ms());
                         state.send_modify(|s| s.untold = attempts.untold());
@@ -567,7 +579,7 @@ async fn control_loop(
             match serde_json::from_value::<Ready>(m.message.body.clone()) {
                 Ok(r) => {
                     let events = attempts.handle_ready(&sender, &r);
-                    dispatch(&ctx, &attempts, &state, events).await;
+                    dispatch(&ctx, &attempts, &state, events, ready_until).await;
                 }
                 Err(e) => tracing::info!("ignored a malformed ready from {sender}: {e}"),
             }
@@ -581,7 +593,7 @@ async fn control_loop(
             match serde_json::from_value::<Abort>(m.message.body.clone()) {
                 Ok(a) => {
                     let ev = attempts.handle_abort(signer, &a);
-                    dispatch(&ctx, &attempts, &state, vec![ev]).await;
+                    dispatch(&ctx, &attempts, &state, vec![ev], ready_until).await;
                 }
                 Err(e) => tracing::info!("ignored a malformed abort from {sender}: {e}"),
             }
@@ -591,12 +603,14 @@ async fn control_loop(
     }
 }
 
-/// Carry out what [`Attempts`] asked for.
+/// Carry out what [`Attempts`] asked for; a `ready` is tried until `ready_until` (at least
+/// [`READY_SEND_MIN`]).
 async fn dispatch(
     ctx: &RunCtx,
     attempts: &Attempts,
     state: &tokio::sync::watch::Sender<Control>,
     events: Vec<Event>,
+    ready_until: tokio::time::Instant,
 ) {
     for ev in events {
         match ev {
@@ -609,11 +623,13 @@ async fn dispatch(
                 };
                 let msg = ctx.message(READY_TYPE, body);
                 let agent = ctx.agent.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = agent.send(&did, msg).await {
-                        tracing::warn!("cannot send ready to {did}: {e}");
-                    }
-                });
+                let limit = ready_until
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(READY_SEND_MIN);
+                // A lost `ready` is never answered: both parties would wait their whole
+                // --connect-timeout. So a failure for now (the peer's mediator busy or
+                // restarting, spec/lobby.md §8 "Ready") is tried again until the deadline.
+                tokio::spawn(send_ready(agent, did, msg, limit));
             }
             Event::SendAbort { to, abort } => {
                 tracing::info!(party = to, "told a party that started after we stopped");
@@ -651,6 +667,86 @@ async fn dispatch(
     }
 }
 
+/// Send one `ready`, trying again every [`READY_RETRY_PAUSE`] within `limit` while the
+/// failure is transient; every failed try is logged (the agent's `debug` line after the
+/// first), the outcome once.
+async fn send_ready(agent: Agent, did: String, msg: Message, limit: Duration) {
+    let started = tokio::time::Instant::now();
+    let first = match agent.send(&did, msg.clone()).await {
+        Ok(()) => return,
+        Err(e) => e,
+    };
+    if !first.is_transient() {
+        tracing::warn!("cannot send ready to {did}: {first}");
+        return;
+    }
+    let rest = limit.saturating_sub(started.elapsed());
+    tracing::warn!(
+        "cannot send ready to {did} yet: {first}; trying again every {} s for up to {} s",
+        READY_RETRY_PAUSE.as_secs(),
+        rest.as_secs()
+    );
+    tokio::time::sleep(READY_RETRY_PAUSE.min(rest)).await;
+    let (tries, sent) = agent
+        .send_within(
+            &did,
+            msg,
+            rest.saturating_sub(READY_RETRY_PAUSE),
+            READY_RETRY_PAUSE,
+        )
+        .await;
+    match sent {
+        Ok(()) => tracing::warn!("ready reached {did} after {} tries", tries + 1),
+        Err(e) => tracing::warn!(
+            "cannot send ready to {did}: {e} (after {} tries in {} s); it will not learn of \
+             this run until it starts again",
+            tries + 1,
+            started.elapsed().as_secs()
+        ),
+    }
+}
+
+/// How long a secure session negotiation under way at the connect deadline may still take
+/// (a DIDComm round trip or two and the path checks): the whole wait for a peer ends at
+/// `--connect-timeout`, or at most this much later for a peer that is up by then
+/// (spec/lobby.md §8 "One deadline").
+const NEGOTIATION_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the wait for one peer ended without a session.
+#[derive(Debug, PartialEq, Eq)]
+enum PeerWait {
+    /// It was not up (its run had not started, or we never heard of it) by the deadline.
+    NotStarted,
+    /// It was up, but the negotiation had not finished by the deadline (+ the grace).
+    NoSession,
+    /// The negotiation failed.
+    Failed(String),
+}
+
+/// The wait for one peer: until it is `up` (its binding id), then its secure session
+/// (`negotiate`). One deadline for both: `up` until `deadline`, the negotiation until
+/// `deadline` + [`NEGOTIATION_GRACE`] — not a fresh `--connect-timeout` after a late `up`.
+async fn wait_for_peer<T, U, N, F>(
+    up: U,
+    negotiate: N,
+    deadline: tokio::time::Instant,
+) -> Result<T, PeerWait>
+where
+    U: Future<Output = Option<String>>,
+    N: FnOnce(String) -> F,
+    F: Future<Output = Result<T, String>>,
+{
+    let binding_id = tokio::time::timeout_at(deadline, up)
+        .await
+        .ok()
+        .flatten()
+        .ok_or(PeerWait::NotStarted)?;
+    tokio::time::timeout_at(deadline + NEGOTIATION_GRACE, negotiate(binding_id))
+        .await
+        .map_err(|_| PeerWait::NoSession)?
+        .map_err(PeerWait::Failed)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_attempt<I>(
     ctx: &RunCtx,
@@ -685,8 +781,9 @@ where
     // Per-message DIDComm: its data subscription before any peer learns we are up.
     let data = didcomm::subscribe(ctx, &spec);
     // The connector listens: now the peers may learn our attempt and propose.
+    let deadline = tokio::time::Instant::now() + spec.connect_timeout;
     ctx.commands
-        .send(Command::Hello)
+        .send(Command::Hello { until: deadline })
         .await
         .map_err(|e| MpcError::control("the run's control task", e))?;
     if let Some(data) = data {
@@ -697,38 +794,38 @@ where
     // Each peer: wait until it is up in this attempt, then negotiate the session bound to
     // both attempts.
     let mut tasks = tokio::task::JoinSet::new();
-    let up_deadline = tokio::time::Instant::now() + spec.connect_timeout;
     for (pid, did) in peers {
         let (c, did, pid, mut st) = (connector.clone(), did.clone(), *pid, state.clone());
+        let connect_timeout = spec.connect_timeout.as_secs();
         tasks.spawn(async move {
-            let binding_id: Option<String> = tokio::time::timeout_at(
-                up_deadline,
-                st.wait_for(|s| s.up.contains_key(&pid)),
-            )
-            .await
-            .ok()
-            .and_then(|r| r.ok().and_then(|s| s.up.get(&pid).cloned()));
-            let binding_id = match binding_id {
-                Some(b) => b,
-                None => {
-                    return (
-                        pid,
-                        did.clone(),
-                        Err(format!(
-                            "{did} did not start its run within {} s (is `mpc-did run` running there, and registered at its mediator?)",
-                            spec.connect_timeout.as_secs()
-                        )),
-                    )
+            let up = async move {
+                st.wait_for(|s| s.up.contains_key(&pid))
+                    .await
+                    .ok()
+                    .and_then(|s| s.up.get(&pid).cloned())
+            };
+            let negotiate = |binding_id: String| {
+                let (c, did) = (c.clone(), did.clone());
+                async move {
+                    let binding = Binding {
+                        mpc_session_id: binding_id,
+                        roster_hash,
+                    };
+                    c.establish(did.as_str(), &binding, me < pid)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
             };
-            let binding = Binding {
-                mpc_session_id: binding_id,
-                roster_hash,
-            };
-            let r = c
-                .establish(did.as_str(), &binding, me < pid)
-                .await
-                .map_err(|e| e.to_string());
+            let r = wait_for_peer(up, negotiate, deadline).await.map_err(|e| match e {
+                PeerWait::NotStarted => format!(
+                    "{did} did not start its run within {connect_timeout} s (is `mpc-did run` running there, and registered at its mediator?)"
+                ),
+                PeerWait::NoSession => format!(
+                    "{did} started its run, but no secure session with it came up within {connect_timeout} s (+{} s for a negotiation under way)",
+                    NEGOTIATION_GRACE.as_secs()
+                ),
+                PeerWait::Failed(reason) => reason,
+            });
             (pid, did, r)
         });
     }
@@ -757,12 +854,18 @@ where
                 }
             }
             _ = ticker.tick() => {
-                let left = up_deadline.saturating_duration_since(tokio::time::Instant::now());
+                let now = tokio::time::Instant::now();
                 let done: Vec<PartyId> = handles.iter().map(|(p, _, _)| *p).collect();
                 let st = state.borrow().clone();
                 for (pid, did) in peers.iter().filter(|(p, _)| !done.contains(p)) {
-                    let what = if st.up.contains_key(pid) { "its secure session" } else { "its run to start" };
-                    progress(format!("waiting for party {pid} ({did}): {what}, {} s left", left.as_secs()));
+                    // The limits of `wait_for_peer`.
+                    let (what, until) = if st.up.contains_key(pid) {
+                        ("its secure session", deadline + NEGOTIATION_GRACE)
+                    } else {
+                        ("its run to start", deadline)
+                    };
+                    let left = until.saturating_duration_since(now).as_secs();
+                    progress(format!("waiting for party {pid} ({did}): {what}, {left} s left"));
                 }
             }
         }
@@ -993,4 +1096,67 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(120);
+
+    /// A negotiation as `mpc-did-connect` bounds it: its own `handshake_timeout` (here
+    /// `--connect-timeout`, as the run sets it) from its start, or never done.
+    async fn never_done(_binding: String) -> Result<(), String> {
+        tokio::time::sleep(CONNECT_TIMEOUT).await;
+        Err("timed out waiting for the peer to accept the proposal".into())
+    }
+
+    /// A peer that is up at `at`.
+    async fn up_at(at: tokio::time::Instant) -> Option<String> {
+        tokio::time::sleep_until(at).await;
+        Some("binding".into())
+    }
+
+    /// spec/lobby.md §8 "One deadline": a peer up just before the connect deadline whose
+    /// session never comes up ends the wait at the deadline plus the grace — not a whole
+    /// second `--connect-timeout` later, as when the negotiation had its own deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_up_late_gets_the_grace_not_a_second_timeout() {
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let up = up_at(deadline - Duration::from_secs(1));
+        let r = wait_for_peer(up, never_done, deadline).await;
+        assert_eq!(r, Err(PeerWait::NoSession));
+        assert_eq!(tokio::time::Instant::now(), deadline + NEGOTIATION_GRACE);
+    }
+
+    /// Not up by the deadline: the wait ends there; up in time and negotiated within the
+    /// grace: the session; a failed negotiation says why.
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_ends_at_the_deadline_and_keeps_what_finished() {
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let late = up_at(deadline + Duration::from_secs(1));
+        assert_eq!(
+            wait_for_peer(late, never_done, deadline).await,
+            Err(PeerWait::NotStarted)
+        );
+        assert_eq!(tokio::time::Instant::now(), deadline);
+
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let up = up_at(deadline - Duration::from_secs(1));
+        let quick = |b: String| async move {
+            tokio::time::sleep(NEGOTIATION_GRACE / 2).await;
+            Ok::<String, String>(b)
+        };
+        assert_eq!(
+            wait_for_peer(up, quick, deadline).await,
+            Ok("binding".to_owned())
+        );
+
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let refused = |_b: String| async { Err::<(), String>("declined".into()) };
+        assert_eq!(
+            wait_for_peer(up_at(deadline), refused, deadline + Duration::from_secs(1)).await,
+            Err(PeerWait::Failed("declined".into()))
+        );
+    }
 }

@@ -37,6 +37,8 @@ Exit status:
   2    wrong usage
   3    another party aborted or failed; this run was stopped (the message names the
        party, the reason, and what to do next)
+  77   the program was stopped before MPyC could listen on or dial a TCP port: its
+       networking options were changed (spec/security.md §10)
   130  interrupted (Ctrl-C); the other parties are told
   N    otherwise the program's own non-zero status (128 + signal if it was killed)")]
 pub struct RunArgs {
@@ -50,7 +52,8 @@ pub struct RunArgs {
     /// Local address of the direct-path listener for secure sessions.
     #[arg(long, default_value = "0.0.0.0:0")]
     pub listen: SocketAddr,
-    /// How long to wait for each peer's secure session (seconds).
+    /// How long to wait for each peer to start its run and set up its secure session,
+    /// together (seconds; a negotiation under way then gets at most 10 s more).
     #[arg(long, default_value_t = 120)]
     pub connect_timeout: u64,
     /// How long a secure session may be without a working path before the run fails (a
