@@ -1274,6 +1274,10 @@ pub struct LiveConnection {
     last_sent: tokio::time::Instant,
     /// A ping sent at this time and nothing heard since.
     ping_sent: Option<tokio::time::Instant>,
+    /// A frame read from the socket whose processing has not finished: kept so that a
+    /// caller that drops [`Self::next_batch`] at an `.await` (the inbox's `select!` with
+    /// its keep-alive timer) loses nothing; the next call processes it first.
+    unread: Option<WsMessage>,
 }
 
 /// Most raw pushes [`LiveConnection::next_batch`] gathers into one batch.
@@ -1293,6 +1297,7 @@ impl LiveConnection {
             last_heard: tokio::time::Instant::now(),
             last_sent: tokio::time::Instant::now(),
             ping_sent: None,
+            unread: None,
         }
     }
 
@@ -1318,9 +1323,7 @@ impl LiveConnection {
         let now = tokio::time::Instant::now();
         if self.ping_sent.is_some_and(|p| now >= p + interval) {
             // Frames that arrived while the caller was busy elsewhere count.
-            let mut ready = std::mem::take(&mut self.pending);
-            self.drain_ready(&mut ready).await;
-            self.pending = ready;
+            self.drain_ready().await;
             if self.ping_sent.is_some() {
                 return Err(ClientError::Silent {
                     silent: now - self.last_heard,
@@ -1389,11 +1392,24 @@ impl LiveConnection {
     pub async fn next_message(&mut self, timeout: Duration) -> Result<Message, ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let frame = tokio::time::timeout(left, self.ws.next())
-                .await
-                .map_err(|_| ClientError::Timeout)?;
-            match self.read_frame(frame).await? {
+            // Cancel safety: a frame taken off the socket stays in `unread` until it has
+            // been processed, so dropping this future at an `.await` loses no message.
+            // (Today unpacking a push does not wait — the mediator's did:key document is
+            // in the resolver's overlay — so this guards the contract, not a seen loss.)
+            let msg = match self.unread.take() {
+                Some(m) => m,
+                None => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let frame = tokio::time::timeout(left, self.ws.next())
+                        .await
+                        .map_err(|_| ClientError::Timeout)?;
+                    frame.ok_or_else(|| ClientError::Unexpected("socket closed".into()))??
+                }
+            };
+            self.unread = Some(msg.clone());
+            let read = self.read_frame(Some(Ok(msg))).await;
+            self.unread = None;
+            match read? {
                 Frame::Message(m) => return Ok(*m),
                 Frame::Raw(d) => self.pending.push(d),
                 Frame::ChangeRefused(e) => return Err(e),
@@ -1479,8 +1495,11 @@ impl LiveConnection {
                 Frame::Raw(d) => {
                     // Raw pushes come one per frame: gather those already received so
                     // that the caller acknowledges them together.
-                    let mut batch = vec![d];
-                    self.drain_ready(&mut batch).await;
+                    // Gathered in `pending`, not a local: dropped mid-way, the next call
+                    // hands them out.
+                    self.pending.push(d);
+                    self.drain_ready().await;
+                    let batch = std::mem::take(&mut self.pending);
                     return Ok(self.handed_out(batch));
                 }
                 Frame::Other => {}
@@ -1499,16 +1518,31 @@ impl LiveConnection {
     }
 
     /// Appends the messages of frames that are already readable (without waiting) to
-    /// `batch`; an error is kept for the next call so the gathered messages are not lost.
-    async fn drain_ready(&mut self, batch: &mut Vec<Delivered>) {
+    /// `pending`; an error is kept for the next call so the gathered messages are not lost.
+    /// Cancel-safe as [`Self::next_batch`]: a frame being processed stays in `unread`.
+    async fn drain_ready(&mut self) {
         use futures_util::FutureExt as _;
-        while batch.len() < RAW_BATCH_MAX {
+        while self.pending.len() < RAW_BATCH_MAX {
             let Some(frame) = self.ws.next().now_or_never() else {
                 return;
             };
-            match self.read_frame(frame).await {
-                Ok(Frame::Raw(d)) => batch.push(d),
-                Ok(Frame::Message(m)) => batch.extend(delivered(&m)),
+            let msg = match frame {
+                Some(Ok(m)) => m,
+                None => {
+                    self.deferred = Some(ClientError::Unexpected("socket closed".into()));
+                    return;
+                }
+                Some(Err(e)) => {
+                    self.deferred = Some(e.into());
+                    return;
+                }
+            };
+            self.unread = Some(msg.clone());
+            let read = self.read_frame(Some(Ok(msg))).await;
+            self.unread = None;
+            match read {
+                Ok(Frame::Raw(d)) => self.pending.push(d),
+                Ok(Frame::Message(m)) => self.pending.extend(delivered(&m)),
                 Ok(Frame::Other) => {}
                 Ok(Frame::ChangeRefused(e)) | Err(e) => {
                     self.deferred = Some(e);
