@@ -704,14 +704,14 @@ impl Dispatch {
 
     /// Route one unpacked message.
     fn route(&mut self, inbound: Inbound, qid: &str, claimed: &mut Vec<String>) -> Route {
-        if !inbound.message.id.is_empty() && self.seen.contains(&inbound.message.id) {
+        if dedup_key(&inbound).is_some_and(|k| self.seen.contains(&k)) {
             // A redelivery (after a reconnect) of something handled or held: a held one
             // stays unacknowledged until its subscriber takes the copy we have.
             let id = &inbound.message.id;
-            let held = self
-                .held
-                .values()
-                .any(|b| b.iter().any(|(m, _, _)| &m.message.id == id));
+            let held = self.held.values().any(|b| {
+                b.iter()
+                    .any(|(m, _, _)| &m.message.id == id && m.sender == inbound.sender)
+            });
             return if held { Route::Held } else { Route::Delivered };
         }
         // Earlier held messages go first, so one sender's messages keep their order.
@@ -764,7 +764,7 @@ impl Dispatch {
         if open && self.held_open >= MAX_HELD_OPEN {
             return Route::Dropped("too many messages held from senders no roster names");
         }
-        let id = inbound.message.id.clone();
+        let id = dedup_key(&inbound);
         let bucket = self.held.entry((prefix, sender)).or_default();
         if bucket.len() >= MAX_HELD_PER_SENDER {
             return Route::Dropped("too many messages held from this sender already");
@@ -778,8 +778,11 @@ impl Dispatch {
 
     /// Remember the id of a message we delivered or hold (not of one we dropped: junk
     /// must not push the ids of real messages out of the de-duplication window).
-    fn remember_id(&mut self, id: String) {
-        if id.is_empty() || !self.seen.insert(id.clone()) {
+    fn remember_id(&mut self, key: Option<String>) {
+        let Some(id) = key else {
+            return;
+        };
+        if !self.seen.insert(id.clone()) {
             return;
         }
         self.seen_order.push_back(id);
@@ -791,13 +794,22 @@ impl Dispatch {
     }
 }
 
+/// What de-duplication remembers of a message: its id **with its authenticated sender**
+/// (none for an anonymous one), so that a stranger who sends a message under the id of
+/// one we are still to get from somebody else does not make us drop the real one as a
+/// redelivery. `None` for a message without an id (never de-duplicated).
+fn dedup_key(inbound: &Inbound) -> Option<String> {
+    let id = &inbound.message.id;
+    (!id.is_empty()).then(|| format!("{}\n{id}", inbound.sender.as_deref().unwrap_or("")))
+}
+
 impl Inner {
     /// Route one unpacked message: acknowledge it now, keep it, or wait for its subscriber.
     fn dispatch(&self, inbound: Inbound, qid: &str) -> Dispatched {
         let Ok(mut d) = self.dispatch.lock() else {
             return Dispatched::Keep;
         };
-        let id = inbound.message.id.clone();
+        let id = dedup_key(&inbound);
         let type_ = inbound.message.type_.clone();
         let sender = inbound.sender.clone();
         let mut claimed = Vec::new();

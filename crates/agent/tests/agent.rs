@@ -666,3 +666,39 @@ async fn messages_a_subscriber_does_not_want_are_delivered_again_next_time() {
     assert_eq!(got, "theirs-1");
     m.shutdown().await;
 }
+
+/// spec/lobby.md §7 (de-duplication): a message id is remembered with its authenticated
+/// sender. A stranger who sends first under the id of a message another party is still to
+/// send us (ids travel in threads, invitations and logs) does not make us drop the real
+/// one as a redelivery. Before, ids alone were remembered and the friend's message was
+/// acknowledged and lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_message_under_a_friends_id_does_not_drop_the_friends() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let (alice, bob, mallory) = (party(&m).await, party(&m).await, party(&m).await);
+    for from in [&alice, &mallory] {
+        from.learn_service(bob.did(), bob.own_service())
+            .await
+            .unwrap();
+    }
+    let mut inbox = bob.subscribe(LOBBY);
+    let type_ = format!("{LOBBY}join");
+    let msg = |n: u32| Message::new("shared-id", type_.clone(), serde_json::json!({ "n": n }));
+    mallory.send(bob.did(), msg(1)).await.unwrap();
+    let first = expect(&mut inbox, Duration::from_secs(10), "mallory's", |m| {
+        Some(m.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.sender.as_deref(), Some(mallory.did()));
+    alice.send(bob.did(), msg(2)).await.unwrap();
+    let second = expect(&mut inbox, Duration::from_secs(10), "alice's", |m| {
+        Some(m.clone())
+    })
+    .await
+    .unwrap();
+    assert_eq!(second.sender.as_deref(), Some(alice.did()));
+    assert_eq!(second.message.body["n"], 2);
+    m.shutdown().await;
+}
