@@ -74,8 +74,15 @@ pub async fn run(ctx: &Ctx, a: InboxArgs) -> anyhow::Result<()> {
     }
     let mut live = client.live().await?;
     loop {
+        // Keep-alive as the agent's (spec/mediator.md §8 "Keep-alive and opening"): a ping
+        // when idle, so the mediator's idle timeout does not close a quiet watch, and a
+        // connection that went silent is noticed and opened again.
+        let keepalive = mpc_did_agent::KEEPALIVE;
         let batch = tokio::select! {
-            b = live.next_batch(Duration::from_secs(3600)) => b,
+            () = tokio::time::sleep_until(live.keep_alive_at(keepalive)) => {
+                live.keep_alive(keepalive).await.map(|()| Vec::new())
+            }
+            b = live.next_batch(keepalive) => b,
             _ = tokio::signal::ctrl_c() => break,
         };
         let batch = match batch {
