@@ -10,10 +10,10 @@
 # and the `.invalid` host never resolves.
 #
 # Fail closed, whatever MPyC's options say (a program argument such as `-B 7000` that the
-# offer check missed, a config file): no TCP listener at all, and no connection by MPyC to
+# offer check missed, a config file): no TCP listener and no connection by MPyC to
 # anything but a link socket of this run. Either stops the program at once with a message
 # (exit status 77, EX_NOPERM); raising would not do, MPyC retries a failed dial forever.
-# Connections the program itself makes (not MPyC's code) are left to asyncio.
+# Listeners and connections the program itself makes (not MPyC's code) are left to asyncio.
 import os
 import sys
 
@@ -57,7 +57,7 @@ def _mpc_did_install():
     base = asyncio.base_events.BaseEventLoop
     if getattr(base, '_mpc_did_links', None) == link_dir:
         return
-    tcp_connection = base.create_connection
+    tcp_server, tcp_connection = base.create_server, base.create_connection
 
     async def create_server(self, protocol_factory, host=None, port=None, **kw):
         if host is None and port == -1 and kw.get('sock') is None:
@@ -67,8 +67,11 @@ def _mpc_did_install():
             kw.pop('flags', None)
             path = os.path.join(link_dir, 'mpyc.sock')
             return await self.create_unix_server(protocol_factory, path=path, **kw)
-        # MPyC's only listener is port -1 above; any other is a TCP port open to the network.
-        _refuse(f'listen on TCP {host or "every interface"}, port {port}')
+        # MPyC's only listener is port -1 above; any other of MPyC's is a TCP port open to
+        # the network. A listener the program itself opens is its own business.
+        if _called_by_mpyc():
+            _refuse(f'listen on TCP {host or "every interface"}, port {port}')
+        return await tcp_server(self, protocol_factory, host, port, **kw)
 
     async def create_connection(self, protocol_factory, host=None, port=None, **kw):
         if host == _LINK_HOST:

@@ -17,12 +17,15 @@ use mpc_did_proxy::{Proxy, ProxyConfig};
 /// The exit status of a program the hook stopped (`_REFUSED_STATUS` in sitecustomize.py).
 const REFUSED: i32 = 77;
 
-/// Starts MPyC's runtime (and, with `OWN_TCP_PORT` set, first makes a TCP connection of
-/// the program's own there).
+/// Starts MPyC's runtime (and, with `OWN_TCP_PORT` set, first opens a TCP listener of the
+/// program's own and makes a TCP connection of its own there).
 const PROGRAM: &str = r"
-import asyncio, os
+import asyncio, os, sys
 from mpyc.runtime import mpc
 async def own():
+    server = await asyncio.start_server(lambda r, w: w.close(), '127.0.0.1', 0)
+    server.close()
+    print('own listener made', file=sys.stderr, flush=True)
     _, w = await asyncio.open_connection('127.0.0.1', int(os.environ['OWN_TCP_PORT']))
     w.close()
     print('own connection made', flush=True)
@@ -136,7 +139,7 @@ async fn mpyc_told_to_use_tcp_ports_is_stopped_not_exposed() {
 
 /// A config file (`-C`, which MPyC prefers to every `-P`) makes MPyC dial a stranger over
 /// plain TCP and hand it its PRSS keys: stopped before it connects. The program's own
-/// connections are not MPyC's and still work.
+/// listeners and connections are not MPyC's and still work.
 #[tokio::test]
 async fn mpyc_told_to_dial_a_tcp_address_is_stopped_before_connecting() {
     let Some(python) = mpc_did_testkit::python(&[]) else {
@@ -166,6 +169,10 @@ async fn mpyc_told_to_dial_a_tcp_address_is_stopped_before_connecting() {
     assert!(
         own.accept().is_ok(),
         "the program's own connection was refused"
+    );
+    assert!(
+        stderr.contains("own listener made"),
+        "the program's own listener was refused: {stderr}"
     );
     assert_eq!(status, Some(REFUSED), "{stderr}");
     assert!(
