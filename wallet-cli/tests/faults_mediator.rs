@@ -9,7 +9,7 @@
 //! skipped with a message without one, unless `MPC_DID_REQUIRE_INTEROP=1`.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader, Read, Write as _};
+use std::io::{Read, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,120 +19,9 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{
-    alive, bin, children_of, cmd, form_lobby, mediator_bin, ok, wait_bounded, wait_until,
+    alive, bin, children_of, cmd, form_lobby, ok, wait_bounded, wait_until, RestartableMediator,
 };
 use sha2::{Digest, Sha256};
-
-/// The real mediator on a fixed port with a data directory that outlives its process, so
-/// that it comes back with the same DID, registrations and queues at the same URLs.
-struct RestartableMediator {
-    data: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-    invitation_url: String,
-}
-
-impl RestartableMediator {
-    fn new() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut m = Self {
-            data: tempfile::tempdir().unwrap(),
-            port,
-            child: None,
-            invitation_url: String::new(),
-        };
-        m.start();
-        m
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let mut child = Command::new(mediator_bin())
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--log", "warn", "--data"])
-            .arg(self.data.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("mediator did not start ({e}): {line:?}"));
-        self.invitation_url = v["invitation_url"].as_str().unwrap().to_owned();
-        self.child = Some(child);
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().unwrap().id().to_string();
-        assert!(Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success());
-    }
-
-    /// kill -9: no drain.
-    fn kill9(&mut self) {
-        let mut c = self.child.take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    /// SIGTERM: drains and exits (bounded).
-    fn terminate(&mut self) -> ExitStatus {
-        self.signal("-TERM");
-        let mut c = self.child.take().unwrap();
-        let exited = wait_until(
-            || c.try_wait().unwrap().is_some(),
-            Instant::now() + Duration::from_secs(20),
-        );
-        assert!(exited, "the mediator did not exit within 20 s of SIGTERM");
-        c.wait().unwrap()
-    }
-
-    fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().unwrap().is_none())
-    }
-
-    /// Wallets registered here, one per name, each with a did:key of that name.
-    fn wallets(&self, names: &[&str]) -> Vec<(tempfile::TempDir, String)> {
-        names
-            .iter()
-            .map(|name| {
-                let h = tempfile::tempdir().unwrap();
-                let did = mpc_did_wallet::Wallet::open(h.path())
-                    .unwrap()
-                    .create_identity(name, mpc_did_wallet::Method::Key)
-                    .unwrap()
-                    .did;
-                ok(h.path(), &["mediator", "register", &self.invitation_url]);
-                (h, did)
-            })
-            .collect()
-    }
-}
-
-impl Drop for RestartableMediator {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Collects a child's stream in the background; `wait_for` blocks until a text appears.
 struct Watch {

@@ -12,88 +12,15 @@
 //! without one, unless `MPC_DID_REQUIRE_INTEROP=1`.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead as _, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{cmd, form_lobby, mediator_bin, ok, wait_bounded, wait_until};
-
-/// The real mediator on a fixed loopback port with a data directory that outlives its
-/// process: it comes back with the same DID, registrations and queues at the same URL.
-struct RestartableMediator {
-    data: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
-    invitation_url: String,
-}
-
-impl RestartableMediator {
-    fn new() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut m = Self {
-            data: tempfile::tempdir().unwrap(),
-            port,
-            child: None,
-            invitation_url: String::new(),
-        };
-        m.start();
-        m
-    }
-
-    fn start(&mut self) {
-        let mut child = Command::new(mediator_bin())
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--log", "warn", "--data"])
-            .arg(self.data.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("mediator did not start ({e}): {line:?}"));
-        self.invitation_url = v["invitation_url"].as_str().unwrap().to_owned();
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        let mut c = self.child.take().unwrap();
-        c.kill().unwrap();
-        c.wait().unwrap();
-    }
-
-    /// A wallet registered here with a did:key named `name`: its home and DID.
-    fn wallet(&self, name: &str) -> (tempfile::TempDir, String) {
-        let h = tempfile::tempdir().unwrap();
-        let did = mpc_did_wallet::Wallet::open(h.path())
-            .unwrap()
-            .create_identity(name, mpc_did_wallet::Method::Key)
-            .unwrap()
-            .did;
-        ok(h.path(), &["mediator", "register", &self.invitation_url]);
-        (h, did)
-    }
-}
-
-impl Drop for RestartableMediator {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
+use common::{cmd, form_lobby, ok, wait_bounded, wait_until, RestartableMediator};
 
 /// A child's stderr, collected in the background.
 struct Watch(Arc<Mutex<String>>);
@@ -165,8 +92,8 @@ fn a_ready_reaches_a_peer_whose_mediator_restarts_while_we_start() {
     let Some(python) = python() else { return };
     let mut med0 = RestartableMediator::new();
     let med1 = RestartableMediator::new();
-    let (home0, did0) = med0.wallet("p0");
-    let (home1, _) = med1.wallet("p1");
+    let (home0, did0) = med0.wallets(&["p0"]).remove(0);
+    let (home1, _) = med1.wallets(&["p1"]).remove(0);
     let prog = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/secretsanta.py");
     let sid = form_lobby(&[home0.path(), home1.path()], &prog, &["--people", "3"]).sid;
 
@@ -213,9 +140,9 @@ fn a_ready_reaches_a_peer_whose_mediator_restarts_while_we_start() {
 fn the_roster_reaches_a_party_whose_mediator_restarts_while_it_is_sent() {
     let med0 = RestartableMediator::new();
     let mut med1 = RestartableMediator::new();
-    let (home0, _) = med0.wallet("p0");
-    let (home1, did1) = med1.wallet("p1");
-    let (home2, _) = med0.wallet("p2");
+    let (home0, _) = med0.wallets(&["p0"]).remove(0);
+    let (home1, did1) = med1.wallets(&["p1"]).remove(0);
+    let (home2, _) = med0.wallets(&["p2"]).remove(0);
     let prog = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/secretsanta.py");
     let prog_s = prog.to_str().unwrap();
     let sid = ok(

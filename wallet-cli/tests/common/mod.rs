@@ -1,14 +1,16 @@
 //! What the CLI tests share: the `mpc-did` binary runner ([`cmd`], [`mpc_did`], [`ok`]),
 //! the mediator spawners (the real `mpc-did-mediator` binary as its own process,
 //! [`MediatorProc`], or a config for one in-process on loopback), wallets registered at a
-//! mediator, [`wait_until`] (the poll that replaces sleep-then-assert) and [`skipped`].
+//! mediator, [`RestartableMediator`] (the real mediator stopped and started again on one
+//! address and data directory), [`wait_until`] (the poll that replaces sleep-then-assert)
+//! and [`skipped`].
 //!
 //! Each test file is its own crate and uses part of this module.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `mpc-did` binary cargo built for these tests.
@@ -262,4 +264,115 @@ pub fn alive(pid: &str) -> bool {
             .and_then(|(_, rest)| rest.split_whitespace().next())
             .is_some_and(|state| state != "Z" && state != "X")
     })
+}
+
+/// The real mediator on a fixed port with a data directory that outlives its process, so
+/// that it comes back with the same DID, registrations and queues at the same URLs.
+pub struct RestartableMediator {
+    pub data: tempfile::TempDir,
+    pub port: u16,
+    pub child: Option<Child>,
+    pub invitation_url: String,
+}
+
+impl RestartableMediator {
+    pub fn new() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut m = Self {
+            data: tempfile::tempdir().unwrap(),
+            port,
+            child: None,
+            invitation_url: String::new(),
+        };
+        m.start();
+        m
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut child = Command::new(mediator_bin())
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(["--log", "warn", "--data"])
+            .arg(self.data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("mediator did not start ({e}): {line:?}"));
+        self.invitation_url = v["invitation_url"].as_str().unwrap().to_owned();
+        self.child = Some(child);
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// kill -9: no drain.
+    pub fn kill9(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERM: drains and exits (bounded).
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("-TERM");
+        let mut c = self.child.take().unwrap();
+        let exited = wait_until(
+            || c.try_wait().unwrap().is_some(),
+            Instant::now() + Duration::from_secs(20),
+        );
+        assert!(exited, "the mediator did not exit within 20 s of SIGTERM");
+        c.wait().unwrap()
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// Wallets registered here, one per name, each with a did:key of that name.
+    pub fn wallets(&self, names: &[&str]) -> Vec<(tempfile::TempDir, String)> {
+        names
+            .iter()
+            .map(|name| {
+                let h = tempfile::tempdir().unwrap();
+                let did = mpc_did_wallet::Wallet::open(h.path())
+                    .unwrap()
+                    .create_identity(name, mpc_did_wallet::Method::Key)
+                    .unwrap()
+                    .did;
+                ok(h.path(), &["mediator", "register", &self.invitation_url]);
+                (h, did)
+            })
+            .collect()
+    }
+}
+
+impl Drop for RestartableMediator {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
