@@ -30,6 +30,24 @@ async fn party(m: &MediatorHandle) -> Connector {
 }
 
 /// Open descriptors of this process.
+/// Alice proposes, Bob accepts, an ad-hoc binding of the two; both sessions within 20 s.
+async fn establish_pair(
+    alice: &Connector,
+    bob: &Connector,
+) -> (mpc_did_connect::Established, mpc_did_connect::Established) {
+    let (a_did, b_did) = (alice.agent().did(), bob.agent().did());
+    let binding = Binding::adhoc(a_did, b_did);
+    let (ea, eb) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(
+            alice.establish(b_did, &binding, true),
+            bob.establish(a_did, &binding, false)
+        )
+    })
+    .await
+    .expect("no session within 20 s under the attack");
+    (ea.unwrap(), eb.unwrap())
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
 }
@@ -119,18 +137,8 @@ async fn idle_connections_do_not_exhaust_the_path_listener() {
         .learn_service(alice.agent().did(), alice.agent().own_service())
         .await
         .unwrap();
-    let (a_did, b_did) = (alice.agent().did(), bob.agent().did());
-    let binding = Binding::adhoc(a_did, b_did);
     let started = Instant::now();
-    let (ea, eb) = tokio::time::timeout(Duration::from_secs(20), async {
-        tokio::join!(
-            alice.establish(b_did, &binding, true),
-            bob.establish(a_did, &binding, false)
-        )
-    })
-    .await
-    .expect("no session within 20 s under the attack");
-    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    let (ea, eb) = establish_pair(&alice, &bob).await;
     assert!(
         matches!(ea.path, PathInfo::Direct { remote: Some(_) }),
         "{:?}",
@@ -229,17 +237,7 @@ async fn well_formed_hellos_naming_no_session_do_not_lock_out_an_honest_path() {
         .learn_service(alice.agent().did(), alice.agent().own_service())
         .await
         .unwrap();
-    let (a_did, b_did) = (alice.agent().did(), bob.agent().did());
-    let binding = Binding::adhoc(a_did, b_did);
-    let (ea, eb) = tokio::time::timeout(Duration::from_secs(20), async {
-        tokio::join!(
-            alice.establish(b_did, &binding, true),
-            bob.establish(a_did, &binding, false)
-        )
-    })
-    .await
-    .expect("no session within 20 s under the attack");
-    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    let (ea, eb) = establish_pair(&alice, &bob).await;
     assert!(
         matches!(ea.path, PathInfo::Direct { remote: Some(_) }),
         "{:?}",
@@ -326,13 +324,7 @@ async fn quic_connections_from_one_source_are_capped() {
             .await
             .unwrap();
     }
-    let (a_did, b_did) = (alice.agent().did(), bob.agent().did());
-    let binding = Binding::adhoc(a_did, b_did);
-    let (ea, eb) = tokio::join!(
-        alice.establish(b_did, &binding, true),
-        bob.establish(a_did, &binding, false)
-    );
-    let (ea, eb) = (ea.unwrap(), eb.unwrap());
+    let (ea, eb) = establish_pair(&alice, &bob).await;
     assert_eq!(ea.path, PathInfo::Quic { remote: addr });
     let mut s = ea.handle.open_stream().await.unwrap();
     s.write_all(b"quic past crowds").await.unwrap();
