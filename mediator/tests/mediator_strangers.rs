@@ -182,6 +182,21 @@ async fn unauthenticated_websocket_closed_despite_pings() {
     assert_eq!(pong.type_, types::PING_RESPONSE);
 }
 
+/// Counts the 429 answers on `rx` until `want` came or 10 s passed; any other status fails
+/// the test.
+async fn refusals(rx: &mut tokio::sync::mpsc::UnboundedReceiver<u16>, want: usize) -> usize {
+    let mut refused = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while refused < want {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(429)) => refused += 1,
+            Ok(Some(s)) => panic!("unexpected status {s}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    refused
+}
+
 /// Finding 9: unfinished HTTP/2 bodies on one connection cannot pin more than
 /// `max_body_bytes_per_connection`: streams past the budget are refused (`429`) at once,
 /// while their bodies are still unfinished.
@@ -223,15 +238,7 @@ async fn unfinished_http2_bodies_are_bounded_per_connection() {
         });
     }
     // 4 MB sent, 1 MiB allowed: most streams must be refused long before the body timeout.
-    let mut refused = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while refused < 25 {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(429)) => refused += 1,
-            Ok(Some(s)) => panic!("unexpected status {s}"),
-            Ok(None) | Err(_) => break,
-        }
-    }
+    let refused = refusals(&mut rx, 25).await;
     assert!(
         refused >= 25,
         "only {refused} of {streams} unfinished streams refused within 10 s"
@@ -284,15 +291,7 @@ async fn unfinished_bodies_are_bounded_per_source() {
         });
     }
     // 4 MB sent, 2 MiB allowed: at least 3 must be refused long before the body timeout.
-    let mut refused = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while refused < 3 {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(429)) => refused += 1,
-            Ok(Some(s)) => panic!("unexpected status {s}"),
-            Ok(None) | Err(_) => break,
-        }
-    }
+    let refused = refusals(&mut rx, 3).await;
     assert!(
         refused >= 3,
         "only {refused} of {conns} unfinished bodies refused within 10 s"
