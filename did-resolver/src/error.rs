@@ -307,6 +307,10 @@ pub enum ResolveError {
     /// The client could not be built (e.g. a bad extra root certificate).
     #[error("cannot configure HTTPS client: {0}")]
     Config(String),
+    /// Resolving this DID needs a fetch, and the caller asked for local answers only
+    /// ([`crate::UniversalResolver::resolves_without_fetch`]): nothing was sent.
+    #[error("{0} needs a did:web fetch (not done: local answers only)")]
+    NeedsFetch(String),
 
     // --- the document
     /// The fetched document is not a valid DID document.

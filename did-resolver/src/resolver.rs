@@ -249,6 +249,38 @@ impl UniversalResolver {
     pub fn web(&self) -> &WebResolver {
         &self.web
     }
+
+    /// Whether resolving `did` answers at once, without a network fetch: a document in the
+    /// overlay, did:key and did:peer (local), an invalid DID or an unsupported method (an
+    /// error at once), or a did:web whose document is cached or whose recent failure is
+    /// remembered. A receiver uses it to keep a sender whose did:web host is slow from
+    /// holding up everyone else's messages (spec/lobby.md §7 "Lanes").
+    #[must_use]
+    pub fn resolves_without_fetch(&self, did: &str) -> bool {
+        if self.overlay.get(did).is_some() {
+            return true;
+        }
+        let Ok(parsed) = Did::parse(did) else {
+            return true;
+        };
+        match parsed.method() {
+            #[cfg(feature = "web")]
+            "web" => self.web.is_settled(did),
+            _ => true,
+        }
+    }
+
+    /// As [`DidResolver::resolve`], but a DID that would need a fetch
+    /// ([`Self::resolves_without_fetch`] false) is [`ResolveError::NeedsFetch`] at once.
+    ///
+    /// # Errors
+    /// As [`DidResolver::resolve`], and [`ResolveError::NeedsFetch`].
+    pub async fn resolve_local(&self, did: &str) -> Result<DidDocument, ResolveError> {
+        if !self.resolves_without_fetch(did) {
+            return Err(ResolveError::NeedsFetch(did.to_owned()));
+        }
+        self.resolve(did).await
+    }
 }
 
 impl UniversalResolver {

@@ -269,6 +269,45 @@ pub struct MediatorClient {
     versions: Arc<tokio::sync::OnceCell<Versions>>,
 }
 
+/// What [`MediatorClient::unpack_local`] made of a message.
+#[derive(Debug)]
+pub enum LocalUnpack {
+    /// Unpacked (boxed: they are large).
+    Done(Box<Message>, Box<UnpackMetadata>),
+    /// Unpacking needs this DID's document, which needs a did:web fetch.
+    NeedsFetch(String),
+    /// It does not unpack (and no fetch would change that).
+    Failed(ClientError),
+}
+
+/// A resolver that answers only what needs no fetch and remembers the DID that would.
+struct LocalOnly<'a> {
+    inner: &'a UniversalResolver,
+    wanted: std::sync::Mutex<Option<String>>,
+}
+
+impl mpc_did_resolver::DidResolver for LocalOnly<'_> {
+    fn resolve(
+        &self,
+        did: &str,
+    ) -> impl std::future::Future<Output = Result<DidDocument, mpc_did_resolver::ResolveError>> + Send
+    {
+        let did = did.to_owned();
+        async move {
+            if !self.inner.resolves_without_fetch(&did) {
+                let mut wanted = self
+                    .wanted
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                wanted.get_or_insert_with(|| did.clone());
+                return Err(mpc_did_resolver::ResolveError::NeedsFetch(did));
+            }
+            // (Should the document expire in between, this fetches: a delay, never a loss.)
+            mpc_did_resolver::DidResolver::resolve(self.inner, &did).await
+        }
+    }
+}
+
 /// Peers whose ECDH-1PU static share a client remembers.
 const CLIENT_ECDH_CACHE_MAX: usize = 256;
 
@@ -359,6 +398,59 @@ impl MediatorClient {
             Some(&self.ecdh),
         )
         .await?)
+    }
+
+    /// [`Self::unpack`] without waiting for the network: a message whose unpacking needs a
+    /// sender's did:web document that is not cached yet comes back as
+    /// [`LocalUnpack::NeedsFetch`] naming that DID (fetch it with [`Self::fetch_document`],
+    /// then try again). The inbox uses it so that a sender on a slow host delays only its
+    /// own messages (spec/lobby.md §7 "Lanes").
+    pub async fn unpack_local(&self, bytes: &[u8]) -> LocalUnpack {
+        let local = LocalOnly {
+            inner: &self.resolver,
+            wanted: std::sync::Mutex::new(None),
+        };
+        let result = unpack_with(
+            bytes,
+            &local,
+            &self.secrets,
+            &UnpackOptions::default(),
+            Some(&self.ecdh),
+        )
+        .await;
+        let wanted = local
+            .wanted
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (result, wanted) {
+            (Ok((m, meta)), _) => LocalUnpack::Done(Box::new(m), Box::new(meta)),
+            (Err(_), Some(did)) => LocalUnpack::NeedsFetch(did),
+            (Err(e), None) => LocalUnpack::Failed(e.into()),
+        }
+    }
+
+    /// Resolves `did` with the network allowed, so that its document (or its failure) is
+    /// remembered for [`Self::unpack_local`]. A resolver that is busy (too many did:web
+    /// fetches in flight) is asked again every 200 ms for up to `patience`.
+    ///
+    /// # Errors
+    /// The resolution's error, the last one when busy past `patience`.
+    pub async fn fetch_document(
+        &self,
+        did: &str,
+        patience: Duration,
+    ) -> Result<(), mpc_did_resolver::ResolveError> {
+        use mpc_did_resolver::{DidResolver as _, ResolveError};
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            match self.resolver.resolve(did).await {
+                Ok(_) => return Ok(()),
+                Err(ResolveError::Busy { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Sends one request over HTTP and returns the mediator's reply (if any), turning a

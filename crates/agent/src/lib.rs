@@ -35,6 +35,10 @@
 //! - **dropped and acknowledged** with a log line otherwise: unknown types, anoncrypt or
 //!   plaintext messages nobody subscribed to, senders outside a rule's roster, overflow.
 //!
+//! Unpacking never waits for the network: a message whose sender's did:web document must
+//! first be fetched waits, unacknowledged, in that DID's lane while the fetch runs, and
+//! everything else goes on (spec/lobby.md §7 "Lanes"; the `lanes` module).
+//!
 //! A subscriber taken with [`Agent::subscribe_where`] takes only what its filter wants; the
 //! rest is routed as if it had not subscribed (held, so delivered again on our next
 //! connection — e.g. joins for another MPC session, kept for its `host` — or dropped).
@@ -75,6 +79,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod client;
+mod lanes;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -882,6 +887,9 @@ async fn inbox(
     let mut failures = 0u32;
     // Since when the live connection is down (reported once when it drops, once when back).
     let mut down_since: Option<tokio::time::Instant> = None;
+    // Messages waiting for their sender's did:web document, and the fetches' answers.
+    let mut lanes = lanes::Lanes::default();
+    let (fetched_tx, mut fetched_rx) = mpsc::unbounded_channel::<String>();
     'inbox: loop {
         let blocked = inner
             .upgrade()
@@ -912,6 +920,29 @@ async fn inbox(
                     Err(e) => Err(e),
                 }
             }
+            // A sender's did:web document was fetched (or failed): its lane goes on.
+            Some(did) = fetched_rx.recv() => {
+                let Some(agent) = inner.upgrade() else { break };
+                let mut acks = Vec::new();
+                for item in lanes.take(&did) {
+                    let going = match item {
+                        lanes::Waiting::Packed(d) => {
+                            take_packed(&agent, d, &mut lanes, &fetched_tx, Some(&did), &mut acks, &stop)
+                                .await
+                        }
+                        lanes::Waiting::Unpacked(id, inbound) => {
+                            deliver(&agent, *inbound, id, &mut acks, &stop).await
+                        }
+                    };
+                    if !going {
+                        break 'inbox;
+                    }
+                }
+                if let Err(e) = live.ack(&acks).await {
+                    tracing::debug!("ack failed ({e}); the mediator will deliver again");
+                }
+                continue;
+            }
             b = live.next_batch(timing.keepalive) => b,
         };
         let Some(agent) = inner.upgrade() else { break };
@@ -919,43 +950,11 @@ async fn inbox(
             Ok(items) => {
                 failures = 0;
                 let mut acks = Vec::new();
-                for Delivered { id, bytes } in items {
-                    match agent.client.unpack(&bytes).await {
-                        Ok((message, meta)) => {
-                            let sender = meta
-                                .encrypted_from_kid
-                                .as_deref()
-                                .or(meta.sign_from.as_deref())
-                                .map(|kid| kid.split('#').next().unwrap_or(kid).to_owned());
-                            let inbound = Inbound {
-                                message,
-                                meta,
-                                sender,
-                            };
-                            let mut next = inbound;
-                            loop {
-                                match agent.dispatch(next, &id) {
-                                    Dispatched::Ack => acks.push(id),
-                                    Dispatched::Keep => {}
-                                    Dispatched::Wait(m, tx) => {
-                                        // Backpressure (spec/lobby.md §7): take nothing
-                                        // more from the mediator until it has room.
-                                        tokio::select! {
-                                            () = stop.cancelled() => break 'inbox,
-                                            _ = tx.reserve() => {}
-                                        }
-                                        next = *m;
-                                        continue;
-                                    }
-                                }
-                                break;
-                            }
-                        }
-                        Err(e) => {
-                            // It can never be read: acknowledge so it is not redelivered forever.
-                            tracing::warn!("dropping a message that does not unpack: {e}");
-                            acks.push(id);
-                        }
+                for d in items {
+                    if !take_packed(&agent, d, &mut lanes, &fetched_tx, None, &mut acks, &stop)
+                        .await
+                    {
+                        break 'inbox;
                     }
                 }
                 if let Err(e) = live.ack(&acks).await {
@@ -998,6 +997,139 @@ async fn inbox(
         }
     }
     live.close().await;
+}
+
+/// How long a lane's fetch asks a busy resolver again (too many did:web fetches in flight)
+/// before its messages are given up.
+const FETCH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The authenticated sender of an unpacked message: the authcrypt sender's or the
+/// signer's DID.
+fn sender_of(meta: &UnpackMetadata) -> Option<String> {
+    meta.encrypted_from_kid
+        .as_deref()
+        .or(meta.sign_from.as_deref())
+        .map(|kid| kid.split('#').next().unwrap_or(kid).to_owned())
+}
+
+/// One delivered message: unpacked and routed, or parked in the lane of the DID whose
+/// document it needs (spec/lobby.md §7 "Lanes"; the fetch starts with the lane). `fetched`
+/// is the DID whose lane is being unpacked again: needing it once more means its document
+/// could not be had, and the message is dropped. Returns false if the agent stopped.
+async fn take_packed(
+    agent: &Inner,
+    d: Delivered,
+    lanes: &mut lanes::Lanes,
+    fetched_tx: &mpsc::UnboundedSender<String>,
+    fetched: Option<&str>,
+    acks: &mut Vec<String>,
+    stop: &CancellationToken,
+) -> bool {
+    use crate::client::LocalUnpack;
+    match agent.client.unpack_local(&d.bytes).await {
+        LocalUnpack::Done(message, meta) => {
+            let inbound = Inbound {
+                sender: sender_of(&meta),
+                message: *message,
+                meta: *meta,
+            };
+            route_unpacked(agent, d.id, inbound, lanes, acks, stop).await
+        }
+        LocalUnpack::NeedsFetch(did) if fetched != Some(did.as_str()) => {
+            if !lanes.has_room(&did) {
+                // Over a bound: the old way, waiting here (a delay, never a loss).
+                tracing::warn!(
+                    "{} messages wait for did:web documents; unpacking one from {did} in line",
+                    lanes::MAX_WAITING
+                );
+                return match agent.client.unpack(&d.bytes).await {
+                    Ok((message, meta)) => {
+                        let inbound = Inbound {
+                            sender: sender_of(&meta),
+                            message,
+                            meta,
+                        };
+                        deliver(agent, inbound, d.id, acks, stop).await
+                    }
+                    Err(e) => {
+                        tracing::warn!("dropping a message that does not unpack: {e}");
+                        acks.push(d.id);
+                        true
+                    }
+                };
+            }
+            if lanes.park(&did, lanes::Waiting::Packed(d)) {
+                tracing::debug!("fetching the DID document of {did}; its messages wait");
+                let (client, tx) = (agent.client.clone(), fetched_tx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = client.fetch_document(&did, FETCH_PATIENCE).await {
+                        tracing::info!("the DID document of {did} could not be fetched: {e}");
+                    }
+                    let _ = tx.send(did);
+                });
+            }
+            true
+        }
+        LocalUnpack::NeedsFetch(did) => {
+            tracing::warn!("dropping a message from {did}: its DID document could not be fetched");
+            acks.push(d.id);
+            true
+        }
+        LocalUnpack::Failed(e) => {
+            // It can never be read: acknowledge so it is not redelivered forever.
+            tracing::warn!("dropping a message that does not unpack: {e}");
+            acks.push(d.id);
+            true
+        }
+    }
+}
+
+/// An unpacked message: routed now, or queued behind its sender's earlier messages that
+/// still wait for a document. Returns false if the agent stopped.
+async fn route_unpacked(
+    agent: &Inner,
+    id: String,
+    inbound: Inbound,
+    lanes: &mut lanes::Lanes,
+    acks: &mut Vec<String>,
+    stop: &CancellationToken,
+) -> bool {
+    // (Over a bound it is delivered now, ahead of its sender's waiting ones.)
+    match inbound.sender.clone() {
+        Some(sender) if lanes.is_waiting(&sender) && lanes.has_room(&sender) => {
+            lanes.park(&sender, lanes::Waiting::Unpacked(id, Box::new(inbound)));
+            true
+        }
+        _ => deliver(agent, inbound, id, acks, stop).await,
+    }
+}
+
+/// Dispatches one unpacked message, waiting while its lossless subscriber is behind
+/// (spec/lobby.md §7: take nothing more from the mediator until it has room). Returns
+/// false if the agent stopped meanwhile.
+async fn deliver(
+    agent: &Inner,
+    inbound: Inbound,
+    id: String,
+    acks: &mut Vec<String>,
+    stop: &CancellationToken,
+) -> bool {
+    let mut next = inbound;
+    loop {
+        match agent.dispatch(next, &id) {
+            Dispatched::Ack => acks.push(id),
+            Dispatched::Keep => {}
+            Dispatched::Wait(m, tx) => {
+                tokio::select! {
+                    () = stop.cancelled() => return false,
+                    _ = tx.reserve() => {}
+                }
+                next = *m;
+                continue;
+            }
+        }
+        return true;
+    }
 }
 
 /// Runs `attempt` until it succeeds, fails for good (not [`AgentError::is_transient`]), or

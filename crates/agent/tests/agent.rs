@@ -702,3 +702,260 @@ async fn a_strangers_message_under_a_friends_id_does_not_drop_the_friends() {
     assert_eq!(second.message.body["n"], 2);
     m.shutdown().await;
 }
+
+/// Bob, registered at `m`, whose resolver fetches did:web documents over plain HTTP from
+/// loopback (what a did:web host on the Internet is to a real party) within `timeout`.
+async fn party_fetching_local_did_web(m: &MediatorHandle, timeout: Duration) -> Agent {
+    use mpc_did_resolver::{UniversalResolver, WebResolverConfig};
+    let id = Identity::generate();
+    let info = MediatorInfo::discover(&m.public_url).await.unwrap();
+    let config = WebResolverConfig {
+        allow_http: true,
+        timeout,
+        ..WebResolverConfig::default()
+    }
+    .allowing_private_hosts();
+    let resolver = UniversalResolver::with_config(config).unwrap();
+    let client = MediatorClient::new(info, &id.did, id.secrets, resolver).unwrap();
+    client.register().await.unwrap();
+    Agent::start(client).await.unwrap()
+}
+
+/// `did:web:127.0.0.1%3A<port>:<path>` and a document for it with one Ed25519
+/// authentication key; the key's secret in `secrets`.
+fn did_web_signer(
+    port: u16,
+    path: &str,
+    secrets: &mut mpc_did_didcomm::SecretStore,
+) -> (String, String, mpc_did_resolver::DidDocument) {
+    use mpc_did_resolver::{DidDocument, PublicKey, VerificationMethod};
+    let did = format!("did:web:127.0.0.1%3A{port}:{path}");
+    let kid = format!("{did}#key-1");
+    let signing = ed25519_dalek::SigningKey::from_bytes(&rand_seed());
+    let mut doc = DidDocument::new(&did);
+    doc.verification_method.push(VerificationMethod::multikey(
+        &kid,
+        &did,
+        PublicKey::Ed25519(signing.verifying_key().to_bytes()),
+    ));
+    doc.authentication.push(kid.clone());
+    secrets.insert(&kid, mpc_did_didcomm::Secret::Ed25519(signing));
+    (did, kid, doc)
+}
+
+fn rand_seed() -> [u8; 32] {
+    let id = Identity::generate();
+    id.signing.to_bytes()
+}
+
+/// Sends `to` (an agent at a loopback mediator) a lobby message numbered `n`, signed by
+/// `kid` (a did:web key whose document is only in `resolver`) and anoncrypted: unpacking
+/// it needs the signer's did:web document.
+async fn send_signed_by_did_web(
+    to: &Agent,
+    from: &str,
+    kid: &str,
+    n: usize,
+    resolver: &mpc_did_resolver::UniversalResolver,
+    secrets: &mpc_did_didcomm::SecretStore,
+) {
+    let mut msg = Message::new(
+        format!("web-{n}-{}", from.len() + n),
+        format!("{LOBBY}join"),
+        serde_json::json!({ "n": n }),
+    );
+    msg.from = Some(from.to_owned());
+    msg.to = Some(vec![to.did().to_owned()]);
+    let packed = mpc_did_didcomm::pack_encrypted(
+        &msg,
+        to.did(),
+        None,
+        Some(kid),
+        resolver,
+        secrets,
+        &mpc_did_didcomm::PackOptions::default(),
+    )
+    .await
+    .unwrap();
+    let uri = packed.service.unwrap().uri;
+    mpc_did_agent::client::post_packed(&reqwest::Client::new(), &uri, packed.message.into_bytes())
+        .await
+        .unwrap();
+}
+
+/// A resolver that knows `to`'s service and the documents in `docs` (the sender's side).
+async fn sender_resolver(
+    to: &Agent,
+    docs: Vec<mpc_did_resolver::DidDocument>,
+) -> mpc_did_resolver::UniversalResolver {
+    use mpc_did_resolver::DidResolver as _;
+    let resolver = mpc_did_resolver::UniversalResolver::new().unwrap();
+    let mut doc = resolver.resolve(to.did()).await.unwrap();
+    doc.service.push(to.own_service().to_service());
+    resolver.insert(doc);
+    for d in docs {
+        resolver.insert(d);
+    }
+    resolver
+}
+
+/// spec/lobby.md §7 "Lanes" (security audit of 2026-12-07, the gap it left): a stranger
+/// who names did:web senders on a host that accepts connections and never answers used
+/// to hold the whole inbox for the did:web timeout per message (messages were unpacked
+/// one at a time). Now such messages wait in their senders' lanes while the fetches run,
+/// and a friend's message that came after them is delivered at once; the stranger's are
+/// dropped (acknowledged) once the fetches fail, so nothing stays queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_did_web_host_delays_only_its_own_senders() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    // The silent host: accepts, reads nothing, answers nothing, closes nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let fetch_timeout = Duration::from_secs(3);
+    let bob = party_fetching_local_did_web(&m, fetch_timeout).await;
+    let alice = party(&m).await;
+    alice
+        .learn_service(bob.did(), bob.own_service())
+        .await
+        .unwrap();
+    let mut inbox = bob.subscribe(LOBBY);
+    let acked_before = m.metrics().messages_acked.load(Ordering::Relaxed);
+
+    // Six messages, each signed by another did:web DID on the silent host.
+    const STRANGERS: usize = 6;
+    let mut secrets = mpc_did_didcomm::SecretStore::new();
+    let signers: Vec<_> = (0..STRANGERS)
+        .map(|i| did_web_signer(port, &format!("u{i}"), &mut secrets))
+        .collect();
+    let resolver = sender_resolver(&bob, signers.iter().map(|s| s.2.clone()).collect()).await;
+    for (i, (did, kid, _)) in signers.iter().enumerate() {
+        send_signed_by_did_web(&bob, did, kid, i, &resolver, &secrets).await;
+    }
+    // Then a friend's message.
+    let started = tokio::time::Instant::now();
+    let msg = Message::new("friend-1", format!("{LOBBY}join"), serde_json::json!({}));
+    alice.send(bob.did(), msg).await.unwrap();
+    let got = expect(
+        &mut inbox,
+        Duration::from_secs(20),
+        "the friend's join",
+        |m| Some(m.clone()),
+    )
+    .await
+    .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(got.message.id, "friend-1");
+    assert_eq!(got.sender.as_deref(), Some(alice.did()));
+    // One fetch timeout would already be 3 s; six in a row 18 s.
+    assert!(
+        waited < Duration::from_secs(2),
+        "the friend's message waited {waited:?} behind the silent host's senders"
+    );
+    // The stranger's six are dropped and acknowledged once their fetches failed (four at
+    // once: a site's share of the fetch slots, then the other two), nothing delivered.
+    assert!(
+        wait_until(
+            || m.metrics().messages_acked.load(Ordering::Relaxed)
+                >= acked_before + 1 + STRANGERS as u64,
+            Duration::from_secs(30),
+        )
+        .await,
+        "the silent host's messages were not all acknowledged"
+    );
+    assert!(
+        inbox.try_recv().is_err(),
+        "a message of the silent host's senders was delivered"
+    );
+    m.shutdown().await;
+}
+
+/// A did:web DID's document served, but slowly: its messages wait for it while a friend's
+/// message that came later is delivered at once, and then they come, in the order sent
+/// (spec/lobby.md §7 "Lanes"). Messages unpacked one at a time delivered nothing until
+/// the document came, the friend's last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_did_web_senders_messages_wait_for_its_document_in_order() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let m = mediator(dir.path()).await;
+    let host = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = host.local_addr().unwrap().port();
+    let mut secrets = mpc_did_didcomm::SecretStore::new();
+    let (carol, kid, doc) = did_web_signer(port, "carol", &mut secrets);
+    let body = doc.to_json().to_string();
+    const SERVE_AFTER: Duration = Duration::from_secs(3);
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = fetches.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = host.accept().await {
+            let (body, counted) = (body.clone(), counted.clone());
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                assert!(
+                    req.starts_with(b"GET /carol/did.json "),
+                    "{}",
+                    String::from_utf8_lossy(&req)
+                );
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(SERVE_AFTER).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    let bob = party_fetching_local_did_web(&m, Duration::from_secs(10)).await;
+    let alice = party(&m).await;
+    alice
+        .learn_service(bob.did(), bob.own_service())
+        .await
+        .unwrap();
+    let mut inbox = bob.subscribe(LOBBY);
+    let resolver = sender_resolver(&bob, vec![doc]).await;
+    for n in 0..3 {
+        send_signed_by_did_web(&bob, &carol, &kid, n, &resolver, &secrets).await;
+    }
+    alice
+        .send(
+            bob.did(),
+            Message::new("friend-2", format!("{LOBBY}join"), serde_json::json!({})),
+        )
+        .await
+        .unwrap();
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let got = expect(&mut inbox, Duration::from_secs(30), "a join", |m| {
+            Some(m.clone())
+        })
+        .await
+        .unwrap();
+        order.push(match got.sender.as_deref() {
+            Some(s) if s == carol => format!("carol-{}", got.message.body["n"]),
+            _ => got.message.id.clone(),
+        });
+    }
+    assert_eq!(order, ["friend-2", "carol-0", "carol-1", "carol-2"]);
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        1,
+        "one fetch for the three messages"
+    );
+    m.shutdown().await;
+}

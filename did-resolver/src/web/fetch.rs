@@ -363,6 +363,13 @@ impl WebResolver {
         }
     }
 
+    /// Whether [`Self::resolve`] would answer `did` without a fetch: its document is
+    /// cached, or a recent failure is remembered (spec/lobby.md §7 "Lanes").
+    #[must_use]
+    pub fn is_settled(&self, did: &str) -> bool {
+        self.cached(did).is_some() || self.recent_failure(did).is_some()
+    }
+
     fn cached(&self, did: &str) -> Option<DidDocument> {
         self.cache.get(did, self.config.cache_ttl)
     }
