@@ -923,24 +923,17 @@ async fn inbox(
             // A sender's did:web document was fetched (or failed): its lane goes on.
             Some(did) = fetched_rx.recv() => {
                 let Some(agent) = inner.upgrade() else { break };
-                let mut acks = Vec::new();
-                for item in lanes.take(&did) {
+                let mut turn = Turn::new(&agent, &mut lanes, &fetched_tx, &stop, &mut live, timing.keepalive);
+                for item in turn.lanes.take(&did) {
                     let going = match item {
-                        lanes::Waiting::Packed(d) => {
-                            take_packed(&agent, d, &mut lanes, &fetched_tx, Some(&did), &mut acks, &stop)
-                                .await
-                        }
-                        lanes::Waiting::Unpacked(id, inbound) => {
-                            deliver(&agent, *inbound, id, &mut acks, &stop).await
-                        }
+                        lanes::Waiting::Packed(d) => turn.take_packed(d, Some(&did)).await,
+                        lanes::Waiting::Unpacked(id, inbound) => turn.deliver(*inbound, id).await,
                     };
                     if !going {
                         break 'inbox;
                     }
                 }
-                if let Err(e) = live.ack(&acks).await {
-                    tracing::debug!("ack failed ({e}); the mediator will deliver again");
-                }
+                turn.finish().await;
                 continue;
             }
             b = live.next_batch(timing.keepalive) => b,
@@ -949,17 +942,20 @@ async fn inbox(
         match batch {
             Ok(items) => {
                 failures = 0;
-                let mut acks = Vec::new();
+                let mut turn = Turn::new(
+                    &agent,
+                    &mut lanes,
+                    &fetched_tx,
+                    &stop,
+                    &mut live,
+                    timing.keepalive,
+                );
                 for d in items {
-                    if !take_packed(&agent, d, &mut lanes, &fetched_tx, None, &mut acks, &stop)
-                        .await
-                    {
+                    if !turn.take_packed(d, None).await {
                         break 'inbox;
                     }
                 }
-                if let Err(e) = live.ack(&acks).await {
-                    tracing::debug!("ack failed ({e}); the mediator will deliver again");
-                }
+                turn.finish().await;
             }
             Err(ClientError::Timeout) => {}
             Err(e) => {
@@ -1012,123 +1008,167 @@ fn sender_of(meta: &UnpackMetadata) -> Option<String> {
         .map(|kid| kid.split('#').next().unwrap_or(kid).to_owned())
 }
 
-/// One delivered message: unpacked and routed, or parked in the lane of the DID whose
-/// document it needs (spec/lobby.md §7 "Lanes"; the fetch starts with the lane). `fetched`
-/// is the DID whose lane is being unpacked again: needing it once more means its document
-/// could not be had, and the message is dropped. Returns false if the agent stopped.
-async fn take_packed(
-    agent: &Inner,
-    d: Delivered,
-    lanes: &mut lanes::Lanes,
-    fetched_tx: &mpsc::UnboundedSender<String>,
-    fetched: Option<&str>,
-    acks: &mut Vec<String>,
-    stop: &CancellationToken,
-) -> bool {
-    use crate::client::LocalUnpack;
-    match agent.client.unpack_local(&d.bytes).await {
-        LocalUnpack::Done(message, meta) => {
-            let inbound = Inbound {
-                sender: sender_of(&meta),
-                message: *message,
-                meta: *meta,
-            };
-            route_unpacked(agent, d.id, inbound, lanes, acks, stop).await
+/// One turn of the inbox over delivered messages: what handling them needs, and the
+/// acknowledgements they leave (sent by [`Turn::finish`]).
+struct Turn<'a> {
+    agent: &'a Inner,
+    lanes: &'a mut lanes::Lanes,
+    fetched_tx: &'a mpsc::UnboundedSender<String>,
+    stop: &'a CancellationToken,
+    live: &'a mut LiveConnection,
+    keepalive: Duration,
+    acks: Vec<String>,
+}
+
+impl<'a> Turn<'a> {
+    fn new(
+        agent: &'a Inner,
+        lanes: &'a mut lanes::Lanes,
+        fetched_tx: &'a mpsc::UnboundedSender<String>,
+        stop: &'a CancellationToken,
+        live: &'a mut LiveConnection,
+        keepalive: Duration,
+    ) -> Self {
+        Self {
+            agent,
+            lanes,
+            fetched_tx,
+            stop,
+            live,
+            keepalive,
+            acks: Vec::new(),
         }
-        LocalUnpack::NeedsFetch(did) if fetched != Some(did.as_str()) => {
-            if !lanes.has_room(&did) {
-                // Over a bound: the old way, waiting here (a delay, never a loss).
-                tracing::warn!(
-                    "{} messages wait for did:web documents; unpacking one from {did} in line",
-                    lanes::MAX_WAITING
-                );
-                return match agent.client.unpack(&d.bytes).await {
-                    Ok((message, meta)) => {
-                        let inbound = Inbound {
-                            sender: sender_of(&meta),
-                            message,
-                            meta,
-                        };
-                        deliver(agent, inbound, d.id, acks, stop).await
-                    }
-                    Err(e) => {
-                        tracing::warn!("dropping a message that does not unpack: {e}");
-                        acks.push(d.id);
-                        true
-                    }
+    }
+
+    /// Acknowledges what this turn delivered or dropped.
+    async fn finish(self) {
+        if let Err(e) = self.live.ack(&self.acks).await {
+            tracing::debug!("ack failed ({e}); the mediator will deliver again");
+        }
+    }
+
+    /// One delivered message: unpacked and routed, or parked in the lane of the DID whose
+    /// document it needs (spec/lobby.md §7 "Lanes"; the fetch starts with the lane).
+    /// `fetched` is the DID whose lane is being unpacked again: needing it once more means
+    /// its document could not be had, and the message is dropped. Returns false if the
+    /// agent stopped.
+    async fn take_packed(&mut self, d: Delivered, fetched: Option<&str>) -> bool {
+        use crate::client::LocalUnpack;
+        match self.agent.client.unpack_local(&d.bytes).await {
+            LocalUnpack::Done(message, meta) => {
+                let inbound = Inbound {
+                    sender: sender_of(&meta),
+                    message: *message,
+                    meta: *meta,
                 };
+                self.route_unpacked(d.id, inbound).await
             }
-            if lanes.park(&did, lanes::Waiting::Packed(d)) {
-                tracing::debug!("fetching the DID document of {did}; its messages wait");
-                let (client, tx) = (agent.client.clone(), fetched_tx.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = client.fetch_document(&did, FETCH_PATIENCE).await {
-                        tracing::info!("the DID document of {did} could not be fetched: {e}");
-                    }
-                    let _ = tx.send(did);
-                });
-            }
-            true
-        }
-        LocalUnpack::NeedsFetch(did) => {
-            tracing::warn!("dropping a message from {did}: its DID document could not be fetched");
-            acks.push(d.id);
-            true
-        }
-        LocalUnpack::Failed(e) => {
-            // It can never be read: acknowledge so it is not redelivered forever.
-            tracing::warn!("dropping a message that does not unpack: {e}");
-            acks.push(d.id);
-            true
-        }
-    }
-}
-
-/// An unpacked message: routed now, or queued behind its sender's earlier messages that
-/// still wait for a document. Returns false if the agent stopped.
-async fn route_unpacked(
-    agent: &Inner,
-    id: String,
-    inbound: Inbound,
-    lanes: &mut lanes::Lanes,
-    acks: &mut Vec<String>,
-    stop: &CancellationToken,
-) -> bool {
-    // (Over a bound it is delivered now, ahead of its sender's waiting ones.)
-    match inbound.sender.clone() {
-        Some(sender) if lanes.is_waiting(&sender) && lanes.has_room(&sender) => {
-            lanes.park(&sender, lanes::Waiting::Unpacked(id, Box::new(inbound)));
-            true
-        }
-        _ => deliver(agent, inbound, id, acks, stop).await,
-    }
-}
-
-/// Dispatches one unpacked message, waiting while its lossless subscriber is behind
-/// (spec/lobby.md §7: take nothing more from the mediator until it has room). Returns
-/// false if the agent stopped meanwhile.
-async fn deliver(
-    agent: &Inner,
-    inbound: Inbound,
-    id: String,
-    acks: &mut Vec<String>,
-    stop: &CancellationToken,
-) -> bool {
-    let mut next = inbound;
-    loop {
-        match agent.dispatch(next, &id) {
-            Dispatched::Ack => acks.push(id),
-            Dispatched::Keep => {}
-            Dispatched::Wait(m, tx) => {
-                tokio::select! {
-                    () = stop.cancelled() => return false,
-                    _ = tx.reserve() => {}
+            LocalUnpack::NeedsFetch(did) if fetched != Some(did.as_str()) => {
+                if !self.lanes.has_room(&did) {
+                    // Over a bound: the old way, waiting here (a delay, never a loss).
+                    tracing::warn!(
+                        "{} messages wait for did:web documents; unpacking one from {did} in line",
+                        lanes::MAX_WAITING
+                    );
+                    return match self.agent.client.unpack(&d.bytes).await {
+                        Ok((message, meta)) => {
+                            let inbound = Inbound {
+                                sender: sender_of(&meta),
+                                message,
+                                meta,
+                            };
+                            self.deliver(inbound, d.id).await
+                        }
+                        Err(e) => {
+                            tracing::warn!("dropping a message that does not unpack: {e}");
+                            self.acks.push(d.id);
+                            true
+                        }
+                    };
                 }
-                next = *m;
-                continue;
+                if self.lanes.park(&did, lanes::Waiting::Packed(d)) {
+                    tracing::debug!("fetching the DID document of {did}; its messages wait");
+                    let (client, tx) = (self.agent.client.clone(), self.fetched_tx.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = client.fetch_document(&did, FETCH_PATIENCE).await {
+                            tracing::info!("the DID document of {did} could not be fetched: {e}");
+                        }
+                        let _ = tx.send(did);
+                    });
+                }
+                true
+            }
+            LocalUnpack::NeedsFetch(did) => {
+                tracing::warn!(
+                    "dropping a message from {did}: its DID document could not be fetched"
+                );
+                self.acks.push(d.id);
+                true
+            }
+            LocalUnpack::Failed(e) => {
+                // It can never be read: acknowledge so it is not redelivered forever.
+                tracing::warn!("dropping a message that does not unpack: {e}");
+                self.acks.push(d.id);
+                true
             }
         }
-        return true;
+    }
+
+    /// An unpacked message: routed now, or queued behind its sender's earlier messages
+    /// that still wait for a document (over a bound it is delivered now, ahead of them).
+    /// Returns false if the agent stopped.
+    async fn route_unpacked(&mut self, id: String, inbound: Inbound) -> bool {
+        match inbound.sender.clone() {
+            Some(sender) if self.lanes.is_waiting(&sender) && self.lanes.has_room(&sender) => {
+                self.lanes
+                    .park(&sender, lanes::Waiting::Unpacked(id, Box::new(inbound)));
+                true
+            }
+            _ => self.deliver(inbound, id).await,
+        }
+    }
+
+    /// Dispatches one unpacked message, waiting while its lossless subscriber is behind
+    /// (spec/lobby.md §7: take nothing more from the mediator until it has room) and
+    /// keeping the live connection alive meanwhile (spec/mediator.md §8). Returns false if
+    /// the agent stopped meanwhile.
+    async fn deliver(&mut self, inbound: Inbound, id: String) -> bool {
+        let mut next = inbound;
+        loop {
+            match self.agent.dispatch(next, &id) {
+                Dispatched::Ack => self.acks.push(id),
+                Dispatched::Keep => {}
+                Dispatched::Wait(m, tx) => {
+                    if !self.wait_for_room(&tx).await {
+                        return false;
+                    }
+                    next = *m;
+                    continue;
+                }
+            }
+            return true;
+        }
+    }
+
+    /// Waits until `tx` has room, pinging the mediator as the keep-alive is due: a
+    /// subscriber may be behind for longer than the mediator's idle timeout or a NAT's
+    /// mapping lasts. Returns false if the agent stopped.
+    async fn wait_for_room(&mut self, tx: &mpsc::Sender<Inbound>) -> bool {
+        let mut pinging = true;
+        loop {
+            let ping_at = self.live.keep_alive_at(self.keepalive);
+            tokio::select! {
+                () = self.stop.cancelled() => return false,
+                _ = tx.reserve() => return true,
+                () = tokio::time::sleep_until(ping_at), if pinging => {
+                    if let Err(e) = self.live.keep_alive(self.keepalive).await {
+                        // The next read notices and re-connects; what we hold is delivered again.
+                        tracing::debug!("keep-alive while a subscriber is behind failed: {e}");
+                        pinging = false;
+                    }
+                }
+            }
+        }
     }
 }
 

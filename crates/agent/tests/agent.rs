@@ -334,6 +334,44 @@ async fn a_lossless_subscriber_far_behind_loses_nothing() {
     m.shutdown().await;
 }
 
+/// spec/mediator.md §8 "Keep-alive and opening", spec/lobby.md §7 "Lossless subscribers":
+/// while a lossless subscriber is behind, the inbox waits for it — and keeps pinging. Before,
+/// it sent nothing while it waited, so a subscriber behind for longer than the mediator's
+/// idle timeout (here 1 s) lost the live connection (`LiveEvent::Lost`, a re-connect and
+/// everything unacknowledged pushed again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_far_behind_does_not_stop_the_keep_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = mpc_did_testkit::mediator::loopback_mediator_with(dir.path(), |c| {
+        c.limits.idle_timeout_secs = 1;
+    })
+    .await;
+    let client = registered_client(&m.public_url, Identity::generate()).await;
+    let config = AgentConfig {
+        keepalive: Duration::from_millis(200),
+        ..AgentConfig::default()
+    };
+    let bob = Agent::start_with(client, config).await.unwrap();
+    let alice = party(&m).await;
+    let mut events = bob.live_events();
+    let prefix = "https://mpc-did.example/test-data/1.0/";
+    let mut inbox = bob.subscribe_lossless(prefix);
+    // 256 fill the subscriber's slots; the inbox waits with the 257th.
+    send_numbered(&alice, &bob, 300, &format!("{prefix}data")).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    expect_numbered(&mut inbox, 300).await;
+    // A connection closed meanwhile is noticed once the inbox reads again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        matches!(
+            events.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        ),
+        "the live connection was lost while the subscriber was behind"
+    );
+    m.shutdown().await;
+}
+
 /// A TCP proxy in front of the mediator's WebSocket whose open connections can be frozen:
 /// they stay open but nothing passes any more (a connection that died without a close, as
 /// after a NAT mapping expired or the mediator's host rebooted hard). Connections opened
