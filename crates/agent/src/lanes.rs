@@ -10,8 +10,8 @@
 //!
 //! Bounded: at most [`MAX_WAITING_PER_DID`] per DID and [`MAX_WAITING`] in all, which with
 //! the held messages ([`crate::MAX_HELD`]) stays below the mediator's 1,000
-//! unacknowledged live pushes. Over a bound a message is not dropped: it is unpacked the
-//! old way, waiting for its fetch (a delay, never a loss).
+//! unacknowledged live pushes. A message over a bound is dropped and acknowledged with a
+//! log line: waiting for its fetch in line would hold everyone else's messages again.
 
 use std::collections::{HashMap, VecDeque};
 

@@ -1065,26 +1065,16 @@ impl<'a> Turn<'a> {
             }
             LocalUnpack::NeedsFetch(did) if fetched != Some(did.as_str()) => {
                 if !self.lanes.has_room(&did) {
-                    // Over a bound: the old way, waiting here (a delay, never a loss).
+                    // Over a bound: waiting here would hold everyone's messages behind a
+                    // fetch, and leaving it unacknowledged would fill the mediator's live
+                    // window; so it is dropped (spec/lobby.md §7 "Lanes", bounds).
                     tracing::warn!(
-                        "{} messages wait for did:web documents; unpacking one from {did} in line",
+                        "dropping a message that needs the DID document of {did}: {} messages \
+                         already wait for did:web documents",
                         lanes::MAX_WAITING
                     );
-                    return match self.agent.client.unpack(&d.bytes).await {
-                        Ok((message, meta)) => {
-                            let inbound = Inbound {
-                                sender: sender_of(&meta),
-                                message,
-                                meta,
-                            };
-                            self.deliver(inbound, d.id).await
-                        }
-                        Err(e) => {
-                            tracing::warn!("dropping a message that does not unpack: {e}");
-                            self.acks.push(d.id);
-                            true
-                        }
-                    };
+                    self.acks.push(d.id);
+                    return true;
                 }
                 if self.lanes.park(&did, lanes::Waiting::Packed(d)) {
                     tracing::debug!("fetching the DID document of {did}; its messages wait");

@@ -302,27 +302,35 @@ fn check_plain(msg: &Message, meta: &UnpackMetadata) -> Result<()> {
 }
 
 async fn verify_signed(jws: &Jws, resolver: &impl DidResolver) -> Result<String> {
-    // One signature suffices; DIDComm messages carry one in practice. Try each signer we
-    // can resolve, accept the first that verifies.
-    let kids: Vec<String> = jws.signer_kids().map(str::to_owned).collect();
-    for kid in kids {
-        let did = did_of(&kid);
-        let doc = resolve(resolver, did).await?;
-        let key = doc
-            .authentication_methods()
-            .into_iter()
-            .find(|vm| vm.id == kid)
-            .map(|vm| vm.key)
-            .ok_or_else(|| Error::NoKey(format!("{kid} is not an authentication key")))?;
-        let PublicKey::Ed25519(pk) = key else {
-            return Err(Error::NoKey(format!("{kid} is not Ed25519")));
-        };
-        let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk).map_err(|_| Error::Crypto)?;
-        if jws.verify(&kid, &vk).is_ok() {
-            return Ok(kid);
-        }
-    }
-    Err(Error::Crypto)
+    // DIDComm Messaging v2.1: the plaintext's `from` MUST match the signer's `kid`, so the
+    // only signature that can be accepted is the one by `from`'s DID, and only one signer
+    // is resolved — never one per signature: a resolution may be a did:web fetch of up to
+    // 5 s, and a JWS may carry 64 signatures (spec/didcomm.md §3 "Signed messages").
+    // `from` is read before the signature is checked, only to choose which one to check
+    // (without a signature by it, the first); `check_plain` then compares the verified
+    // signer with `from` (`MissingFrom`, `SenderMismatch`).
+    let from = serde_json::from_slice::<Value>(jws.payload())
+        .ok()
+        .and_then(|v| v.get("from").and_then(Value::as_str).map(str::to_owned));
+    let kid = from
+        .as_deref()
+        .and_then(|f| jws.signer_kids().find(|k| did_of(k) == f))
+        .or_else(|| jws.signer_kids().next())
+        .ok_or(Error::Crypto)?
+        .to_owned();
+    let doc = resolve(resolver, did_of(&kid)).await?;
+    let key = doc
+        .authentication_methods()
+        .into_iter()
+        .find(|vm| vm.id == kid)
+        .map(|vm| vm.key)
+        .ok_or_else(|| Error::NoKey(format!("{kid} is not an authentication key")))?;
+    let PublicKey::Ed25519(pk) = key else {
+        return Err(Error::NoKey(format!("{kid} is not Ed25519")));
+    };
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk).map_err(|_| Error::Crypto)?;
+    jws.verify(&kid, &vk).map_err(|_| Error::Crypto)?;
+    Ok(kid)
 }
 
 async fn decrypt_jwe(

@@ -381,3 +381,96 @@ proptest! {
         prop_assert_eq!(Invitation::decode(&inv.to_json().unwrap()).unwrap(), inv);
     }
 }
+
+/// Counts resolutions (each one may be a did:web fetch of up to 5 s).
+struct Counting {
+    inner: StaticResolver,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl mpc_did_resolver::DidResolver for Counting {
+    fn resolve(
+        &self,
+        did: &str,
+    ) -> impl std::future::Future<
+        Output = Result<mpc_did_resolver::DidDocument, mpc_did_resolver::ResolveError>,
+    > + Send {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.resolve(did)
+    }
+}
+
+/// spec/didcomm.md §3 "Signed messages" (audit of 2026-12-07, H3): a JWS may carry up to
+/// 64 signatures, and unpacking used to resolve the signer of each one in turn until one
+/// verified — 64 resolutions, i.e. up to 64 did:web fetches of 5 s, for one message a
+/// stranger sent. Only the signature by the plaintext's `from` can be accepted (DIDComm
+/// v2.1), so only that signer is resolved: one resolution, whatever the count.
+#[tokio::test]
+async fn a_jws_with_many_signatures_costs_one_resolution() {
+    let f = fixture();
+    let payload = msg(&f).to_json().unwrap();
+    // 63 signers whose signatures do not verify (they signed another payload), then Alice.
+    let mut signatures = Vec::new();
+    let resolver = StaticResolver::new();
+    for i in 0..63u8 {
+        let sk = SigningKey::from_bytes(&[100 + i; 32]);
+        let mut keys = SecretStore::new();
+        let did = keys.insert_did_key(&sk);
+        resolver.insert(key::resolve(&did).unwrap());
+        let kid = format!(
+            "{did}#{}",
+            mpc_did_resolver::PublicKey::Ed25519(sk.verifying_key().to_bytes()).to_multibase()
+        );
+        let other: Value =
+            serde_json::from_str(&mpc_did_didcomm::jose::sign(b"{\"other\":1}", &kid, &sk))
+                .unwrap();
+        signatures.push(other["signatures"][0].clone());
+    }
+    let (alice_jws, _) = pack_signed(&msg(&f), &f.alice, &f.resolver, &f.alice_keys)
+        .await
+        .unwrap();
+    let alice_v: Value = serde_json::from_str(&alice_jws).unwrap();
+    signatures.push(alice_v["signatures"][0].clone());
+    for d in [&f.alice, &f.bob] {
+        resolver.insert(key::resolve(d).unwrap());
+    }
+    let jws = json!({ "payload": b64(payload.as_bytes()), "signatures": signatures });
+    assert_eq!(
+        alice_v["payload"], jws["payload"],
+        "same payload as Alice signed"
+    );
+    let counting = Counting {
+        inner: resolver,
+        calls: std::sync::atomic::AtomicUsize::new(0),
+    };
+    let bytes = jws.to_string();
+    let (m, meta) = unpack(
+        bytes.as_bytes(),
+        &counting,
+        &f.bob_keys,
+        &UnpackOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(m.from.as_deref(), Some(f.alice.as_str()));
+    assert!(meta.sign_from.unwrap().starts_with(&f.alice));
+    assert_eq!(
+        counting.calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one resolution for a 64-signature JWS"
+    );
+    // A JWS whose `from` signed nothing is refused after one resolution (the first
+    // signer's, whose signature does not verify: the opaque error).
+    let mut none = jws.clone();
+    none["signatures"].as_array_mut().unwrap().pop();
+    counting.calls.store(0, std::sync::atomic::Ordering::SeqCst);
+    let refused = unpack(
+        none.to_string().as_bytes(),
+        &counting,
+        &f.bob_keys,
+        &UnpackOptions::default(),
+    )
+    .await;
+    assert!(matches!(refused, Err(Error::Crypto)), "{refused:?}");
+    assert_eq!(counting.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
