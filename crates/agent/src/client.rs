@@ -89,6 +89,23 @@ pub enum ClientError {
         /// How long nothing arrived.
         silent: Duration,
     },
+    /// A write on a live connection did not finish within `after` ([`WRITE_TIMEOUT`]): the
+    /// mediator keeps the connection open but stopped reading it. The connection is then
+    /// unusable; every later call on it returns this error (spec/mediator.md §8).
+    #[error("the mediator took nothing we sent for {after:?}: it stopped reading")]
+    Stalled {
+        /// How long the write waited.
+        after: Duration,
+    },
+    /// An answer longer than the client reads (`what` it was, `max` bytes): more than any
+    /// mediator legitimately sends ([`MAX_MEDIATOR_MESSAGE`], [`MAX_OOB_SIZE`]).
+    #[error("{what}: answer larger than {max} bytes")]
+    TooLarge {
+        /// Which answer.
+        what: String,
+        /// The bound it passed.
+        max: usize,
+    },
 }
 
 impl ClientError {
@@ -101,7 +118,10 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Http(e) => !e.is_builder(),
-            Self::Timeout | Self::ConnectTimeout { .. } | Self::Silent { .. } => true,
+            Self::Timeout
+            | Self::ConnectTimeout { .. }
+            | Self::Silent { .. }
+            | Self::Stalled { .. } => true,
             Self::Unexpected(s) => s
                 .strip_prefix("HTTP ")
                 .is_some_and(|st| st.starts_with('5') || st.starts_with("429")),
@@ -168,13 +188,14 @@ impl MediatorInfo {
             .unwrap_or(&path)
             .to_owned();
         base.set_path(&format!("{path}/oob"));
-        let v: Value = http_client()?
+        let resp = http_client()?
             .get(base.as_str())
             .send()
             .await?
-            .error_for_status()?
-            .json()
-            .await?;
+            .error_for_status()?;
+        let body = read_capped(resp, MAX_OOB_SIZE, "GET /oob").await?;
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Unexpected(format!("/oob is not JSON: {e}")))?;
         let s = |p: &str| {
             v.pointer(p)
                 .and_then(Value::as_str)
@@ -233,6 +254,18 @@ impl MediatorInfo {
         }
     }
 }
+
+/// Most bytes of a mediator's `GET /oob` answer [`MediatorInfo::discover`] reads (a few
+/// hundred in practice).
+pub const MAX_OOB_SIZE: usize = 64 << 10;
+
+/// Most bytes of one answer from the mediator the client reads: an HTTP reply
+/// ([`MediatorClient::request`]) or one WebSocket message on a live connection. The
+/// mediator packs a `delivery` to at most 1 MiB (`DEFAULT_MAX_MESSAGE_SIZE`, the unpack
+/// limit; spec/mediator.md §3 "Delivery batches") and a raw push carries one message that
+/// fits such a delivery; four times that leaves a margin and still keeps what a malicious
+/// mediator can make the client buffer small.
+pub const MAX_MEDIATOR_MESSAGE: usize = 4 * mpc_did_didcomm::DEFAULT_MAX_MESSAGE_SIZE;
 
 fn http_client() -> Result<reqwest::Client, ClientError> {
     // Mozilla roots plus the process's extra roots (`mpc-did --ca-cert`).
@@ -468,7 +501,7 @@ impl MediatorClient {
             .send()
             .await?;
         let status = resp.status();
-        let body = resp.bytes().await?;
+        let body = read_capped(resp, MAX_MEDIATOR_MESSAGE, "the mediator's reply").await?;
         if body.is_empty() {
             if status.is_success() {
                 return Ok(None);
@@ -916,24 +949,14 @@ async fn resolve_short_link_hops(link: &str) -> Result<String, ClientError> {
                 "short link {url}: HTTP {status}"
             )));
         }
-        if resp
-            .content_length()
-            .is_some_and(|n| n > MAX_INVITATION_SIZE as u64)
-        {
-            return Err(ClientError::Url(format!(
-                "short link {url}: answer larger than {MAX_INVITATION_SIZE} bytes"
-            )));
-        }
-        let mut body = Vec::new();
-        let mut resp = resp;
-        while let Some(chunk) = resp.chunk().await? {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_INVITATION_SIZE {
-                return Err(ClientError::Url(format!(
+        let body = read_capped(resp, MAX_INVITATION_SIZE, "")
+            .await
+            .map_err(|e| match e {
+                ClientError::TooLarge { .. } => ClientError::Url(format!(
                     "short link {url}: answer larger than {MAX_INVITATION_SIZE} bytes"
-                )));
-            }
-        }
+                )),
+                e => e,
+            })?;
         let text = String::from_utf8_lossy(&body).trim().to_owned();
         if text.starts_with('{') || text.contains("_oob=") {
             return Ok(text);
@@ -1144,7 +1167,10 @@ pub async fn post_packed(
     if status.is_success() {
         return Ok(());
     }
-    let body = read_capped(resp, MAX_ERROR_BODY).await;
+    // Too long or broken: just the status.
+    let body = read_capped(resp, MAX_ERROR_BODY, "")
+        .await
+        .unwrap_or_default();
     match Message::from_json(&body) {
         Ok(m) if m.type_ == PROBLEM_REPORT_TYPE => Err(problem(&m)),
         _ => Err(ClientError::Unexpected(format!("HTTP {status}"))),
@@ -1155,16 +1181,34 @@ pub async fn post_packed(
 /// endpoint is a URL a peer chose, so its answer is bounded like everything else read.
 const MAX_ERROR_BODY: usize = 16 << 10;
 
-/// The body of `resp` if it fits in `max` bytes; empty otherwise (or on a failure).
-async fn read_capped(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
+/// The body of `resp` (`what` it is, for the error) if it fits in `max` bytes, read
+/// without buffering more than that: a declared longer length is refused before reading.
+///
+/// # Errors
+/// [`ClientError::TooLarge`] past `max` bytes; a network failure while reading.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    max: usize,
+    what: &str,
+) -> Result<Vec<u8>, ClientError> {
+    let too_large = || ClientError::TooLarge {
+        what: what.to_owned(),
+        max,
+    };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX))
+    {
+        return Err(too_large());
+    }
     let mut body = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
+    while let Some(chunk) = resp.chunk().await? {
         if body.len() + chunk.len() > max {
-            return Vec::new();
+            return Err(too_large());
         }
         body.extend_from_slice(&chunk);
     }
-    body
+    Ok(body)
 }
 
 fn problem(m: &Message) -> ClientError {
@@ -1207,7 +1251,8 @@ pub const CONNECT_TIMEOUT: Duration = mpc_did_rendezvous::net::ws::CONNECT_TIMEO
 /// Opens a WebSocket to `url` (`ws://` or `wss://`) within [`CONNECT_TIMEOUT`]. For
 /// `wss://` the server certificate is checked against the Mozilla roots (webpki-roots)
 /// plus `extra_roots` (DER), with rustls and its ring provider — the dialer the relay
-/// client uses too ([`mpc_did_rendezvous::net::ws::connect`]).
+/// client uses too ([`mpc_did_rendezvous::net::ws::connect`]). A message from the mediator
+/// longer than [`MAX_MEDIATOR_MESSAGE`] ends the stream with an error.
 ///
 /// # Errors
 /// Bad URL, TCP/TLS failure, a refused upgrade, or [`ClientError::ConnectTimeout`].
@@ -1226,7 +1271,7 @@ pub async fn connect_ws_within(
 ) -> Result<Ws, ClientError> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     let request = url.into_client_request()?;
-    mpc_did_rendezvous::net::ws::connect_within(request, extra_roots, limit)
+    mpc_did_rendezvous::net::ws::connect_within(request, extra_roots, MAX_MEDIATOR_MESSAGE, limit)
         .await
         .map_err(|e| match e {
             mpc_did_rendezvous::net::NetError::TimedOut => ClientError::ConnectTimeout {
@@ -1318,8 +1363,11 @@ impl WsSender {
         forward: &str,
         forward_id: &str,
     ) -> Result<(), ClientError> {
-        self.ws.send(WsMessage::text(forward)).await?;
         let deadline = tokio::time::Instant::now() + self.timeout;
+        // A mediator that stopped reading must not hold the write for ever either.
+        tokio::time::timeout(self.timeout, self.ws.send(WsMessage::text(forward)))
+            .await
+            .map_err(|_| ClientError::Timeout)??;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let frame = tokio::time::timeout(left, self.ws.next())
@@ -1370,7 +1418,18 @@ pub struct LiveConnection {
     /// caller that drops [`Self::next_batch`] at an `.await` (the inbox's `select!` with
     /// its keep-alive timer) loses nothing; the next call processes it first.
     unread: Option<WsMessage>,
+    /// A write that did not finish within [`WRITE_TIMEOUT`]: the connection is unusable
+    /// and every later call says so ([`ClientError::Stalled`]).
+    stalled: bool,
 }
+
+/// How long one write on a live connection (a request, an acknowledgement, a ping) may
+/// take before the connection counts as lost ([`ClientError::Stalled`]). Writes are small;
+/// one that waits this long is stuck behind a full socket buffer that a mediator which
+/// keeps the connection open has stopped reading (spec/mediator.md §8 "Keep-alive and
+/// opening"). Without a bound the inbox, which acknowledges between reads, would wait on
+/// it for ever: its keep-alive cannot fire meanwhile.
+pub const WRITE_TIMEOUT: Duration = CONNECT_TIMEOUT;
 
 /// Most raw pushes [`LiveConnection::next_batch`] gathers into one batch.
 const RAW_BATCH_MAX: usize = 1000;
@@ -1390,7 +1449,30 @@ impl LiveConnection {
             last_sent: tokio::time::Instant::now(),
             ping_sent: None,
             unread: None,
+            stalled: false,
         }
+    }
+
+    /// Writes `frame` within [`WRITE_TIMEOUT`]; past it the connection is marked stalled.
+    async fn write(&mut self, frame: WsMessage) -> Result<(), ClientError> {
+        self.check_stalled()?;
+        match tokio::time::timeout(WRITE_TIMEOUT, self.ws.send(frame)).await {
+            Ok(sent) => Ok(sent?),
+            Err(_) => {
+                self.stalled = true;
+                self.check_stalled()
+            }
+        }
+    }
+
+    /// [`ClientError::Stalled`] once a write timed out.
+    fn check_stalled(&self) -> Result<(), ClientError> {
+        if self.stalled {
+            return Err(ClientError::Stalled {
+                after: WRITE_TIMEOUT,
+            });
+        }
+        Ok(())
     }
 
     /// When [`Self::keep_alive`] has something to do next, for keep-alive `interval`.
@@ -1410,8 +1492,10 @@ impl LiveConnection {
     ///
     /// # Errors
     /// [`ClientError::Silent`] when the connection is dead; a socket failure sending the
-    /// ping.
+    /// ping; [`ClientError::Stalled`] when a write did not finish in time (this one or an
+    /// earlier one).
     pub async fn keep_alive(&mut self, interval: Duration) -> Result<(), ClientError> {
+        self.check_stalled()?;
         let now = tokio::time::Instant::now();
         if self.ping_sent.is_some_and(|p| now >= p + interval) {
             // Frames that arrived while the caller was busy elsewhere count.
@@ -1423,7 +1507,7 @@ impl LiveConnection {
             }
         }
         if self.ping_sent.is_none() && now >= self.keep_alive_at(interval) {
-            self.ws.send(WsMessage::Ping(Default::default())).await?;
+            self.write(WsMessage::Ping(Default::default())).await?;
             self.last_sent = now;
             self.ping_sent = Some(now);
         }
@@ -1463,10 +1547,12 @@ impl LiveConnection {
     /// Sends one request on the socket (authcrypt to the mediator).
     ///
     /// # Errors
-    /// Packing or socket failure.
+    /// Packing or socket failure; [`ClientError::Stalled`] when the write did not finish
+    /// within [`WRITE_TIMEOUT`] (or an earlier one did not).
     pub async fn send(&mut self, msg: Message) -> Result<(), ClientError> {
+        self.check_stalled()?;
         let packed = self.client.pack_request(msg).await?;
-        self.ws.send(WsMessage::text(packed)).await?;
+        self.write(WsMessage::text(packed)).await?;
         self.last_sent = tokio::time::Instant::now();
         Ok(())
     }
@@ -1482,6 +1568,7 @@ impl LiveConnection {
     /// [`ClientError::Timeout`], a closed socket, an unpack failure, or (raw mode) a
     /// malformed raw push ([`ClientError::RawPush`]).
     pub async fn next_message(&mut self, timeout: Duration) -> Result<Message, ClientError> {
+        self.check_stalled()?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Cancel safety: a frame taken off the socket stays in `unread` until it has
@@ -1549,8 +1636,11 @@ impl LiveConnection {
     /// `timeout` for it.
     ///
     /// # Errors
-    /// As [`Self::next_message`].
+    /// As [`Self::next_message`]; [`ClientError::Stalled`] once a write (an
+    /// acknowledgement, say) did not finish in time, so that a caller that only logs a
+    /// failed [`Self::ack`] re-connects at its next read.
     pub async fn next_batch(&mut self, timeout: Duration) -> Result<Vec<Delivered>, ClientError> {
+        self.check_stalled()?;
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
@@ -1647,7 +1737,7 @@ impl LiveConnection {
     /// Acknowledges messages (`messages-received`).
     ///
     /// # Errors
-    /// Packing or socket failure.
+    /// As [`Self::send`].
     pub async fn ack(&mut self, ids: &[String]) -> Result<(), ClientError> {
         if ids.is_empty() {
             return Ok(());
@@ -1670,9 +1760,12 @@ impl LiveConnection {
         &self.client
     }
 
-    /// Closes the socket.
+    /// Closes the socket (drops it when writes stalled or the close frame does not go out
+    /// within [`WRITE_TIMEOUT`]).
     pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+        if !self.stalled {
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, self.ws.close(None)).await;
+        }
     }
 }
 

@@ -79,6 +79,10 @@ const KEEPALIVE: Duration = Duration::from_secs(20);
 const WARM_KEEPALIVE: Duration = Duration::from_millis(100);
 /// Authentication must finish within this time.
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of one WebSocket message (and frame) the relay client accepts: one relay
+/// frame, header included (one message = one frame, spec/rendezvous.md §4.1), as the
+/// mediator's relay endpoint bounds what it reads.
+pub const MAX_WS_MESSAGE: usize = crate::relay::MAX_FRAME_LEN + crate::relay::FRAME_HEADER_LEN;
 /// Received payloads up to this size are copied out of the read buffer; larger ones are
 /// handed on as a slice of it (no copy). A small payload must not pin a whole read buffer
 /// while it waits in a stream's queue.
@@ -494,7 +498,7 @@ impl RelayConnection {
         );
         let (ws, protocol) = tokio::time::timeout(
             AUTH_TIMEOUT,
-            super::ws::connect_negotiated(req, extra_roots),
+            super::ws::connect_negotiated(req, extra_roots, MAX_WS_MESSAGE),
         )
         .await
         .map_err(|_| NetError::TimedOut)??;

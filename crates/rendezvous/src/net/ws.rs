@@ -44,15 +44,23 @@ pub type WsStream = WebSocketStream<Box<dyn WsIo>>;
 
 /// Opens the WebSocket `request` names (`ws://` or `wss://`, host, port, path; extra headers
 /// such as `Sec-WebSocket-Protocol` are sent as given), with `TCP_NODELAY` and TCP keepalive
-/// set, within [`CONNECT_TIMEOUT`].
+/// set, within [`CONNECT_TIMEOUT`]. The server's messages (and frames) may be at most
+/// `max_message` bytes: each use names what its server can legitimately send (the relay
+/// client one relay frame, the mediator client one delivery batch), so that a server
+/// cannot make the connection buffer tungstenite's default 64 MiB; a longer one ends the
+/// stream with a capacity error ("Message too long").
 ///
 /// # Errors
 /// [`NetError::WebSocket`] for a URL that is not `ws://`/`wss://` or has no host, an extra
 /// root that is not a certificate, a TLS failure (unknown issuer, wrong name) or a refused
 /// upgrade; [`NetError::Io`] when the TCP connection fails; [`NetError::TimedOut`] when
 /// the whole opening took longer than [`CONNECT_TIMEOUT`].
-pub async fn connect(request: Request, extra_roots: &[Vec<u8>]) -> Result<WsStream, NetError> {
-    connect_within(request, extra_roots, CONNECT_TIMEOUT).await
+pub async fn connect(
+    request: Request,
+    extra_roots: &[Vec<u8>],
+    max_message: usize,
+) -> Result<WsStream, NetError> {
+    connect_within(request, extra_roots, max_message, CONNECT_TIMEOUT).await
 }
 
 /// As [`connect`], giving up after `limit` instead of [`CONNECT_TIMEOUT`].
@@ -62,9 +70,10 @@ pub async fn connect(request: Request, extra_roots: &[Vec<u8>]) -> Result<WsStre
 pub async fn connect_within(
     request: Request,
     extra_roots: &[Vec<u8>],
+    max_message: usize,
     limit: Duration,
 ) -> Result<WsStream, NetError> {
-    connect_negotiated_within(request, extra_roots, limit)
+    connect_negotiated_within(request, extra_roots, max_message, limit)
         .await
         .map(|(ws, _)| ws)
 }
@@ -77,8 +86,9 @@ pub async fn connect_within(
 pub async fn connect_negotiated(
     request: Request,
     extra_roots: &[Vec<u8>],
+    max_message: usize,
 ) -> Result<(WsStream, Option<String>), NetError> {
-    connect_negotiated_within(request, extra_roots, CONNECT_TIMEOUT).await
+    connect_negotiated_within(request, extra_roots, max_message, CONNECT_TIMEOUT).await
 }
 
 /// As [`connect_negotiated`], giving up after `limit`.
@@ -88,9 +98,10 @@ pub async fn connect_negotiated(
 pub async fn connect_negotiated_within(
     request: Request,
     extra_roots: &[Vec<u8>],
+    max_message: usize,
     limit: Duration,
 ) -> Result<(WsStream, Option<String>), NetError> {
-    tokio::time::timeout(limit, open(request, extra_roots))
+    tokio::time::timeout(limit, open(request, extra_roots, max_message))
         .await
         .map_err(|_| NetError::TimedOut)?
 }
@@ -98,6 +109,7 @@ pub async fn connect_negotiated_within(
 async fn open(
     request: Request,
     extra_roots: &[Vec<u8>],
+    max_message: usize,
 ) -> Result<(WsStream, Option<String>), NetError> {
     let uri = request.uri().clone();
     let tls = match uri.scheme_str() {
@@ -132,7 +144,9 @@ async fn open(
     // a relayed byte costs most (spec/rendezvous.md §7.3).
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .write_buffer_size(WS_WRITE_BUFFER)
-        .read_buffer_size(WS_READ_BUFFER);
+        .read_buffer_size(WS_READ_BUFFER)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
     let (ws, response) = tokio_tungstenite::client_async_with_config(request, io, Some(config))
         .await
         .map_err(|e| NetError::WebSocket(e.to_string()))?;
