@@ -399,7 +399,12 @@ async fn serve_connection<S>(
         }
     }
     c.as_mut().graceful_shutdown();
-    let _ = c.await;
+    // Hyper finishes the response it is writing before it stops; a client that pipelines
+    // requests and never reads keeps that write blocked for ever. It gets `idle` more to
+    // read, then the connection is dropped (spec/mediator.md §6.1).
+    if tokio::time::timeout(idle, c).await.is_err() {
+        tracing::debug!("connection did not finish its responses in time: dropped");
+    }
 }
 
 /// When a connection last finished a request, and how many it is serving now.
@@ -743,13 +748,13 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, so
         };
         let frame = tokio::select! {
             () = st.cancel.cancelled() => {
-                let _ = socket.send(WsMessage::Close(None)).await;
+                close(&mut socket, idle).await;
                 break;
             }
             () = unauthenticated => {
                 tracing::debug!(peer = %conn.peer, "websocket not authenticated in time");
                 m.reject(Rejection::Timeout);
-                let _ = socket.send(WsMessage::Close(None)).await;
+                close(&mut socket, idle).await;
                 break;
             }
             () = woken => {
@@ -763,7 +768,8 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, so
                     // together) record their arrivals first: they then share this push.
                     tokio::task::yield_now().await;
                 }
-                if push_pending(&core, &mut s, &mut socket).await.is_err() {
+                let by = write_deadline(idle, anonymous_until);
+                if written(by, push_pending(&core, &mut s, &mut socket)).await.is_err() {
                     break;
                 }
                 continue;
@@ -773,7 +779,7 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, so
         let bytes = match frame {
             Err(_) => {
                 tracing::debug!(peer = %conn.peer, "websocket idle timeout");
-                let _ = socket.send(WsMessage::Close(None)).await;
+                close(&mut socket, idle).await;
                 break;
             }
             Ok(None | Some(Err(_))) => break,
@@ -806,14 +812,24 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, so
         } else if h.stored && anonymous_until.is_some() {
             anonymous_until = Some(tokio::time::Instant::now() + auth_wait);
         }
+        // Every write has a deadline, the idle timeout or the auth deadline if sooner: a
+        // client that sends and never reads would otherwise block this task in a write,
+        // where neither deadline can fire (spec/mediator.md §6.1).
+        let by = write_deadline(idle, anonymous_until);
         let mut failed = false;
         for r in h.replies {
-            if send(&mut socket, r).await.is_err() {
+            if written(by, send(&mut socket, r)).await.is_err() {
                 failed = true;
                 break;
             }
         }
         if failed {
+            if tokio::time::Instant::now() >= by {
+                tracing::debug!(peer = %conn.peer, "websocket does not read: closed");
+                if anonymous_until.is_some() {
+                    m.reject(Rejection::Timeout);
+                }
+            }
             break;
         }
         if let Some((did, ids)) = h.received {
@@ -822,7 +838,11 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, so
                     s.inflight.remove(id);
                 }
                 // Room in the window: push what is still waiting.
-                if push_pending(&core, &mut s, &mut socket).await.is_err() {
+                let by = write_deadline(idle, anonymous_until);
+                if written(by, push_pending(&core, &mut s, &mut socket))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -851,6 +871,32 @@ async fn ws_session(st: AppState, mut socket: WebSocket, conn: Arc<ConnInfo>, so
     access.pushed(s.pushed);
     access.close(opened.elapsed().as_secs_f64());
     tracing::debug!(peer = %conn.peer, "websocket closed");
+}
+
+/// When the writes of this loop turn must be done: `idle` from now, or the auth deadline
+/// of a socket not yet authenticated if that comes first.
+fn write_deadline(
+    idle: Duration,
+    anonymous_until: Option<tokio::time::Instant>,
+) -> tokio::time::Instant {
+    let by = tokio::time::Instant::now() + idle;
+    anonymous_until.map_or(by, |d| d.min(by))
+}
+
+/// `write` with a deadline: a socket whose client does not read fails it once `by` passes.
+async fn written<T>(
+    by: tokio::time::Instant,
+    write: impl std::future::Future<Output = Result<T, axum::Error>>,
+) -> Result<T, axum::Error> {
+    match tokio::time::timeout_at(by, write).await {
+        Ok(r) => r,
+        Err(e) => Err(axum::Error::new(e)),
+    }
+}
+
+/// Sends a close frame, unless the client has not read for `idle`.
+async fn close(socket: &mut WebSocket, idle: Duration) {
+    let _ = tokio::time::timeout(idle, socket.send(WsMessage::Close(None))).await;
 }
 
 async fn send(socket: &mut WebSocket, bytes: Vec<u8>) -> Result<(), axum::Error> {

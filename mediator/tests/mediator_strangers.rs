@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, introduce, registered_pair, MediatorProc};
+use common::{client, introduce, metric, registered_pair, MediatorProc};
 use futures_util::{SinkExt as _, StreamExt as _};
 use mpc_did_agent::client::{send_message, ClientError};
 use mpc_did_mediator::messages::{codes, message, types};
@@ -666,4 +666,86 @@ async fn acknowledged_messages_free_the_senders_quota() {
     }
     stop.cancel();
     assert_eq!(reader.await.unwrap(), 1_000);
+}
+
+/// A TCP connection to `addr` whose receive buffer is as small as the kernel allows: the
+/// client that sends requests and does not read their answers (audit H2).
+async fn slow_reader(addr: &str) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// Writes `chunk` until a write fails (the server closed, the kernel then resets) and says
+/// when that happened; pending for ever while the server keeps the connection open.
+async fn write_until_closed<W>(mut w: W, chunk: Vec<u8>) -> Instant
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    while w.write_all(&chunk).await.is_ok() {}
+    Instant::now()
+}
+
+/// Audit H2: a WebSocket client that sends junk frames and never reads their problem
+/// reports used to block its session in a write, where neither the auth deadline nor the
+/// idle timeout could fire: the socket stayed open for good (180 s seen). Every write now
+/// has a deadline: the connection is closed within seconds and its counts go back to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_that_does_not_read_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "ws_auth_timeout_secs = 1\nidle_timeout_secs = 1\n");
+    let tcp = slow_reader(&m.addr).await;
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", m.addr), tcp)
+        .await
+        .unwrap();
+    let (mut wr, _rd) = ws.split();
+    let started = Instant::now();
+    let junk = "x".repeat(200);
+    let flood = tokio::spawn(async move {
+        while wr.send(WsMessage::text(junk.clone())).await.is_ok() {}
+        Instant::now()
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(20), flood)
+        .await
+        .expect("the WebSocket of a client that does not read is still open after 20 s")
+        .unwrap();
+    assert!(ended - started < Duration::from_secs(15));
+    let closed = || async {
+        metric(&m.admin_url(), "mpcdid_mediator_websockets_open").await == 0
+            && metric(&m.admin_url(), "mpcdid_mediator_connections_open").await == 0
+    };
+    assert!(
+        mpc_did_testkit::wait_until_async(closed, Duration::from_secs(10)).await,
+        "the WebSocket is still counted open"
+    );
+}
+
+/// Audit H2: pipelined `GET /did.json` whose answers are never read. After the idle check
+/// shut the connection down gracefully, the server waited for hyper to finish a response
+/// write that could not progress: the connection stayed open for good. It now gets one more
+/// idle period, then it is dropped and its slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_that_are_not_read_do_not_pin_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = start(&dir, "idle_timeout_secs = 1\nmax_connections_per_ip = 1\n");
+    let tcp = slow_reader(&m.addr).await;
+    let (_rd, wr) = tcp.into_split();
+    let started = Instant::now();
+    let chunk = b"GET /did.json HTTP/1.1\r\nhost: x\r\n\r\n".repeat(100);
+    let flood = tokio::spawn(write_until_closed(wr, chunk));
+    let ended = tokio::time::timeout(Duration::from_secs(20), flood)
+        .await
+        .expect("the connection of a client that does not read is still open after 20 s")
+        .unwrap();
+    assert!(ended - started < Duration::from_secs(15));
+    // The address's only slot is free again.
+    let served = || async {
+        reqwest::get(format!("{}/healthz", m.url()))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    };
+    assert!(
+        mpc_did_testkit::wait_until_async(served, Duration::from_secs(10)).await,
+        "the slot of the closed connection was not given back"
+    );
 }

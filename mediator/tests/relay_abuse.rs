@@ -102,8 +102,21 @@ async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<RelayToClien
 /// address works on Linux loopback): what a stranger can make for free. `None` if the
 /// relay refused it.
 async fn throwaway_from(src: IpAddr, relay: SocketAddr) -> Option<TcpStream> {
+    throwaway_as(src, relay, &identity(), None).await
+}
+
+/// [`throwaway_from`] as `id`, with a receive buffer of `recv_buffer` bytes if given.
+async fn throwaway_as(
+    src: IpAddr,
+    relay: SocketAddr,
+    id: &RelayIdentity,
+    recv_buffer: Option<u32>,
+) -> Option<TcpStream> {
     let sock = TcpSocket::new_v4().ok()?;
     sock.bind(SocketAddr::new(src, 0)).ok()?;
+    if let Some(n) = recv_buffer {
+        sock.set_recv_buffer_size(n).ok()?;
+    }
     let mut s = sock.connect(relay).await.ok()?;
     let mut buf = Vec::new();
     let Some(RelayToClient::ServerChallenge { relay_id, nonce }) =
@@ -111,7 +124,6 @@ async fn throwaway_from(src: IpAddr, relay: SocketAddr) -> Option<TcpStream> {
     else {
         return None;
     };
-    let id = identity();
     let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
     let auth = sign_client_auth(&id.key, &id.did, &id.key_id, &relay_id, &nonce, now);
     s.write_all(&ClientToRelay::ClientAuth(auth).to_bytes().ok()?)
@@ -521,5 +533,66 @@ async fn relay_cap_counts_the_forwarded_client_behind_a_trusted_proxy() {
         RelayToClient::Overloaded(mpc_did_rendezvous::relay::OverloadReason::TooManyFromSource),
         "the first client got a second place"
     );
+    r.m.shutdown().await;
+}
+
+// Audit H2: a client B that authenticates and never reads, while A sends it 10 MB. B's
+// writer blocked in a socket write with no deadline; when the core timed B out it only
+// marked the connection closing, which the blocked writer never saw, so B's connection and
+// its slots (per source and global) stayed taken for good (90 s seen, idle 60 s). Every
+// write now has a deadline and the connection task also ends on the core's close: B is
+// closed within seconds and a new connection from its address is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_closed_and_its_slot_freed() {
+    let r = start(RelayServiceConfig {
+        idle_timeout: Duration::from_secs(1),
+        max_clients_per_source: 1,
+        ..RelayServiceConfig::default()
+    })
+    .await;
+    let b_src: IpAddr = "127.0.0.6".parse().unwrap();
+    let ib = identity();
+    let b = throwaway_as(b_src, r.tcp(), &ib, Some(4096)).await.unwrap();
+    let mut a = throwaway_from("127.0.0.5".parse().unwrap(), r.tcp())
+        .await
+        .unwrap();
+    let frame = ClientToRelay::SendPacket {
+        dst: key_of(&ib),
+        payload: vec![0x55; 50_000],
+    }
+    .to_bytes()
+    .unwrap();
+    let started = Instant::now();
+    // 10 MB at B; A's writes may block while the relay holds A back (B's backlog), so the
+    // send is bounded: what matters is what happens to B.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..200 {
+            if a.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    drop(a);
+    let again = || async {
+        throwaway_as(b_src, r.tcp(), &identity(), None)
+            .await
+            .is_some()
+    };
+    assert!(
+        mpc_did_testkit::wait_until_async(again, Duration::from_secs(15)).await,
+        "B's address is still at its limit: the connection of a client that does not read was not closed"
+    );
+    assert!(started.elapsed() < Duration::from_secs(25));
+    let m = r.h.metrics().unwrap();
+    assert!(m.timed_out >= 1, "{m:?}");
+    let h = r.h.clone();
+    wait_until(
+        "the relay to count no client",
+        Duration::from_secs(10),
+        || h.metrics().unwrap().clients == 0,
+    )
+    .await;
+    drop(b);
     r.m.shutdown().await;
 }

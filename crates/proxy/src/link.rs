@@ -123,7 +123,17 @@ async fn incoming<S: AsyncRead + AsyncWrite + Unpin>(
     let err = |source| ProxyError::Link { peer, source };
     // The spoofing check: the id MPyC's dialer announces must be the id the transport
     // authenticated, or a party could take another's place in the computation.
-    let announced = read_party_id(&mut stream).await.map_err(err)?;
+    // Bounded like the wait for the stream itself: a peer that opens its stream and never
+    // sends the id would otherwise keep `incoming_all` waiting for ever.
+    let announced = match timeout(cfg.peer_timeout, read_party_id(&mut stream)).await {
+        Ok(r) => r.map_err(err)?,
+        Err(_) => {
+            return Err(ProxyError::Timeout {
+                what: format!("party {peer} to announce its id"),
+                secs: cfg.peer_timeout.as_secs(),
+            })
+        }
+    };
     if announced != peer {
         return Err(ProxyError::PartyIdMismatch {
             authenticated: peer,
@@ -319,6 +329,22 @@ async fn read_party_id<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<PartyId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Audit L3: a peer whose stream is open but silent used to keep `incoming` waiting for
+    /// its 2-byte id for ever; it now fails with a typed timeout after `peer_timeout`.
+    #[tokio::test]
+    async fn a_silent_peer_times_out_with_a_typed_error() {
+        let mut cfg = ProxyConfig::new(2, 1);
+        cfg.peer_timeout = Duration::from_millis(200);
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let r = timeout(
+            Duration::from_secs(10),
+            incoming(ours, 0, &cfg, Path::new("/nonexistent/mpyc.sock")),
+        )
+        .await
+        .expect("incoming still waits for the id of a silent peer after 10 s");
+        assert!(matches!(r, Err(ProxyError::Timeout { .. })), "{r:?}");
+    }
 
     /// A reader with every chunk ready at once, one chunk per read (as a session stream
     /// yields one record per read), then EOF.

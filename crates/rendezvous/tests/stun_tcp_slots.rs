@@ -58,3 +58,55 @@ async fn one_client_cannot_hold_every_tcp_slot() {
     drop(held);
     server.shutdown().await;
 }
+
+/// Audit H2: a client that sends Binding requests and never reads the answers used to
+/// block its connection in a write with no deadline (the idle timeout wrapped only the
+/// read), so the connection and its per-source slot stayed taken for good. The write now
+/// has the idle deadline too: the connection is closed and the address is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_read_is_closed_and_its_slot_freed() {
+    use tokio::io::AsyncWriteExt as _;
+    let mut cfg = StunServerConfig::new("127.0.0.1:0".parse().unwrap());
+    cfg.tcp_idle_timeout = Duration::from_secs(1);
+    cfg.max_tcp_per_source = 1;
+    let server = StunServer::bind(cfg).await.unwrap();
+    let tcp = server.tcp_addr().unwrap();
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.7:0".parse().unwrap()).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let s = sock.connect(tcp).await.unwrap();
+    let (_rd, mut wr) = s.into_split();
+    // 20-byte Binding requests (RFC 8489 §5: type, length 0, magic cookie, transaction id).
+    let mut chunk = Vec::new();
+    for i in 0u32..1000 {
+        chunk.extend_from_slice(&[0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xA4, 0x42]);
+        chunk.extend_from_slice(&[0; 8]);
+        chunk.extend_from_slice(&i.to_be_bytes());
+    }
+    let started = std::time::Instant::now();
+    let flood = tokio::spawn(async move { while wr.write_all(&chunk).await.is_ok() {} });
+    tokio::time::timeout(Duration::from_secs(20), flood)
+        .await
+        .expect("the connection of a client that does not read is still open after 20 s")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15));
+    // The address's only slot is free: a Binding from it is answered.
+    let quick = RetransmitSchedule {
+        rto: Duration::from_millis(200),
+        rc: 3,
+        rm: 4,
+    };
+    let mut answered = false;
+    for _ in 0..20 {
+        if binding_tcp(tcp, Some("127.0.0.7:0".parse().unwrap()), quick)
+            .await
+            .is_ok()
+        {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(answered, "the address's slot was not given back");
+    server.shutdown().await;
+}

@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -103,7 +102,10 @@ impl Default for RelayServiceConfig {
 
 struct Conn {
     notify: Arc<Notify>,
-    closing: Arc<AtomicBool>,
+    /// Cancelled when the core closes the connection (timed out, refused, failed): the
+    /// connection task ends on it even while its writer is blocked on a client that does
+    /// not read (spec/rendezvous.md §4.5).
+    closing: CancellationToken,
 }
 
 struct Hub {
@@ -126,7 +128,7 @@ impl Hub {
             let (ServerEvent::Wake(c) | ServerEvent::Close(c)) = ev;
             if let Some(conn) = self.conns.get(&c) {
                 if matches!(ev, ServerEvent::Close(_)) {
-                    conn.closing.store(true, Ordering::Release);
+                    conn.closing.cancel();
                 }
                 conn.notify.notify_one();
             }
@@ -138,6 +140,9 @@ struct Inner {
     hub: Mutex<Hub>,
     resolver: UniversalResolver,
     resolve_timeout: Duration,
+    /// Longest a batch write to a client may take (the idle timeout): a client that does
+    /// not read for that long is closed and its slots freed.
+    write_timeout: Duration,
     /// Wakes the timer when a connection opens (its deadline may be the earliest).
     timer: Notify,
     /// The mediator's shutdown: every relay connection ends with it.
@@ -462,6 +467,7 @@ impl Service for RelayService {
                 }),
                 resolver,
                 resolve_timeout: self.cfg.resolve_timeout,
+                write_timeout: self.cfg.idle_timeout.max(Duration::from_secs(1)),
                 timer: Notify::new(),
                 stop: ctx.shutdown.clone(),
                 grants: self.cfg.verify_clients.then(|| ctx.grants.clone()),
@@ -740,6 +746,12 @@ async fn resolve_key(inner: &Inner, auth: &ClientAuth) -> Option<VerifyingKey> {
 /// larger ones are written from where the relay queued them (a gathering write).
 const COPY_BELOW: usize = 4096;
 
+/// Longest time the writer may take to send a closing connection's last frames.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest time a refused connection's refusal frame may take.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Longest time a sender goes unread because its packets wait at slow receivers.
 const BACKLOG_PAUSE_MAX: Duration = Duration::from_millis(500);
 
@@ -753,7 +765,7 @@ async fn serve_conn(
     let mut nonce = [0u8; 32];
     OsRng.fill_bytes(&mut nonce);
     let notify = Arc::new(Notify::new());
-    let closing = Arc::new(AtomicBool::new(false));
+    let closing = CancellationToken::new();
     let opened = {
         let mut hub = inner.lock();
         let r = match source {
@@ -776,8 +788,11 @@ async fn serve_conn(
         Ok(id) => id,
         Err(e) => {
             tracing::debug!(?source, "relay connection refused: {e}");
-            let _ = wr.send(&[RelayServer::refusal_frame_for(&e)]).await;
-            wr.close().await;
+            let refusal = async {
+                let _ = wr.send(&[RelayServer::refusal_frame_for(&e)]).await;
+                wr.close().await;
+            };
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refusal).await;
             return;
         }
     };
@@ -788,7 +803,7 @@ async fn serve_conn(
         loop {
             notify.notified().await;
             loop {
-                let done = closing.load(Ordering::Acquire);
+                let done = closing.is_cancelled();
                 {
                     let mut hub = inner.lock();
                     while batch.len() < 256 {
@@ -800,13 +815,21 @@ async fn serve_conn(
                 }
                 if batch.is_empty() {
                     if done {
-                        wr.close().await;
+                        let _ = tokio::time::timeout(inner.write_timeout, wr.close()).await;
                         return;
                     }
                     break;
                 }
-                if !wr.send(&batch).await {
-                    return;
+                // Every write has a deadline: a client that stops reading fills its socket
+                // buffer, and without one this task (and the client's slots) would wait
+                // for it for ever.
+                match tokio::time::timeout(inner.write_timeout, wr.send(&batch)).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(_) => {
+                        tracing::debug!(?source, "relay client does not read: closed");
+                        return;
+                    }
                 }
                 batch.clear();
             }
@@ -835,7 +858,7 @@ async fn serve_conn(
                         Ok(Handled::Done) => {}
                         Err(_) => return true,
                     }
-                    if closing.load(Ordering::Acquire) {
+                    if closing.is_cancelled() {
                         return true;
                     }
                     // Let destination writers run every few frames: a reader
@@ -859,7 +882,7 @@ async fn serve_conn(
                             if paused.elapsed() >= BACKLOG_PAUSE_MAX {
                                 break;
                             }
-                            if closing.load(Ordering::Acquire) {
+                            if closing.is_cancelled() {
                                 return true;
                             }
                             match inner.lock().server.read_pause(id, Instant::now()) {
@@ -893,8 +916,14 @@ async fn serve_conn(
             if flush {
                 // The relay queued a final frame (Error / AuthFailed): let the
                 // writer send it and close, but not forever.
-                let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+                let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut writer).await;
             }
+        }
+        // The core closed the connection (idle, unauthenticated, …) while the reader waits
+        // for a frame that may never come: the writer gets a bounded time to send what the
+        // core queued last, then the connection ends either way.
+        () = closing.cancelled() => {
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, &mut writer).await;
         }
         () = stop.cancelled() => {}
     }

@@ -349,7 +349,13 @@ async fn tcp_conn(
             let msg: Vec<u8> = buf.drain(..len).collect();
             match answer(&msg, src, local, None) {
                 Ok(Some(reply)) => {
-                    stream.write_all(&reply).await?;
+                    // A client that sends but does not read fills the socket buffer; the
+                    // write gets the idle deadline too, or the connection and its slots
+                    // would stay taken for ever.
+                    match tokio::time::timeout(idle, stream.write_all(&reply)).await {
+                        Ok(r) => r?,
+                        Err(_) => return Ok(()),
+                    }
                     metrics.answered.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(None) => {
