@@ -7,7 +7,9 @@
 //!
 //! Exit status: 0 on success, 1 on any error (one line naming the cause and, where there is
 //! one, what to do), 2 on a usage error (clap's own). A closed stdout (`mpc-did … | head
-//! -1`) is not an error: the command exits 0.
+//! -1`) is not an error: the command exits 0 (only our stdout, see `out.rs`: a network
+//! connection closed under us is an error; `pipe` still exits non-zero when the peer did not
+//! acknowledge all our data).
 #![forbid(unsafe_code)]
 // Doc comments in this binary are its --help text, where URLs must read as plain text.
 #![allow(rustdoc::bare_urls)]
