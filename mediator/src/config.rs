@@ -63,6 +63,10 @@ pub struct Config {
     /// `/readyz`. Never on the public port. Default `127.0.0.1:0` (loopback, a free port
     /// printed at start); the shipped config uses `127.0.0.1:9090`.
     pub admin_listen: SocketAddr,
+    /// Allow `admin_listen` on an address reachable from outside (neither loopback nor
+    /// private). Off: such an address is refused at start, because the operator listener
+    /// has no connection limit and `/metrics` shows queue totals (spec/mediator.md §7).
+    pub admin_public: bool,
     /// Addresses of reverse proxies whose `X-Forwarded-For` is believed (the client is the
     /// right-most address not itself a trusted proxy). Connections from anywhere else are
     /// counted by their own address, and their `X-Forwarded-For` is ignored.
@@ -162,6 +166,80 @@ pub struct MediationPolicy {
     pub deny: Vec<String>,
 }
 
+/// Smallest `max_message_bytes` accepted: below it not even a packed mediation request or
+/// a small forward fits.
+pub const MIN_MESSAGE_BYTES: u64 = 16 * 1024;
+
+impl Limits {
+    /// Limits whose value would refuse everything of its kind, or mean something other
+    /// than "off" where a reader would expect it to.
+    fn validate(&self) -> Result<(), String> {
+        let d = Self::default();
+        for (name, v, default) in [
+            ("max_connections", self.max_connections, d.max_connections),
+            (
+                "max_queue_messages",
+                self.max_queue_messages,
+                d.max_queue_messages,
+            ),
+            (
+                "max_keys_per_did",
+                self.max_keys_per_did,
+                d.max_keys_per_did,
+            ),
+            (
+                "max_updates_per_request",
+                self.max_updates_per_request,
+                d.max_updates_per_request,
+            ),
+            ("rate_burst", self.rate_burst, d.rate_burst),
+        ] {
+            if v == 0 {
+                return Err(format!(
+                    "limits.{name} = 0 would refuse every request of its kind (0 does not \
+                     mean \"no limit\" here): set at least 1 (default {default})"
+                ));
+            }
+        }
+        if self.rate_per_connection == 0 {
+            return Err(format!(
+                "limits.rate_per_connection = 0 refuses every request of a connection after \
+                 its first rate_burst (unlike rate_per_ip = 0, it does not turn the limit off): \
+                 set a rate, e.g. {} (the default), or a very large one for no practical limit",
+                d.rate_per_connection
+            ));
+        }
+        if self.max_message_bytes < MIN_MESSAGE_BYTES {
+            return Err(format!(
+                "limits.max_message_bytes = {} is below {MIN_MESSAGE_BYTES}: no real DIDComm \
+                 message would fit; set at least {MIN_MESSAGE_BYTES} (default {})",
+                self.max_message_bytes, d.max_message_bytes
+            ));
+        }
+        if self.max_queue_bytes < self.max_message_bytes {
+            return Err(format!(
+                "limits.max_queue_bytes = {} is below max_message_bytes = {}: a message of \
+                 the allowed size could never be queued; raise max_queue_bytes (default {})",
+                self.max_queue_bytes, self.max_message_bytes, d.max_queue_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Loopback, private (RFC 1918, IPv6 ULA) or link-local: not reachable from the Internet.
+/// An unspecified address (`0.0.0.0`, `::`) binds every interface, so it is not internal.
+fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback()
+                || (v6.segments()[0] & 0xfe00) == 0xfc00
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -208,6 +286,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_public: false,
             trusted_proxies: Vec::new(),
             log_format: "text".into(),
             stun: String::new(),
@@ -269,8 +348,9 @@ impl Config {
         ]
     }
 
-    /// Checks what TOML types cannot: URLs, paths, pairs of settings. Each error names the
-    /// setting and what to write instead.
+    /// Checks what TOML types cannot: URLs, paths, pairs of settings, addresses and limits
+    /// that would make no sense (spec/mediator.md §6 "Refused settings"). Each error names
+    /// the setting and what to write instead.
     ///
     /// # Errors
     /// The first invalid setting, as a sentence for the operator.
@@ -315,6 +395,39 @@ impl Config {
                  own address (e.g. 127.0.0.1:9090)",
                 self.admin_listen
             ));
+        }
+        self.validate_addresses()?;
+        self.limits.validate()
+    }
+
+    /// Listen addresses and trusted proxies.
+    fn validate_addresses(&self) -> Result<(), String> {
+        if !self.admin_public && !is_internal(self.admin_listen.ip()) {
+            return Err(format!(
+                "admin_listen {} is reachable from outside: the operator listener (/metrics, \
+                 /healthz, /readyz) has no connection limit and shows queue totals; bind it to \
+                 loopback or a private address (e.g. 127.0.0.1:9090), or set admin_public = \
+                 true if a firewall keeps strangers out",
+                self.admin_listen
+            ));
+        }
+        if self.listen.ip().is_unspecified() && self.public_url.is_none() {
+            return Err(format!(
+                "listen {} binds every interface, but public_url is not set: invitations \
+                 would name http://{}; set public_url to the URL clients use (e.g. \
+                 \"https://mediator.example.org\")",
+                self.listen, self.listen
+            ));
+        }
+        for ip in &self.trusted_proxies {
+            if let std::net::IpAddr::V6(v6) = ip {
+                if let Some(v4) = v6.to_ipv4_mapped() {
+                    return Err(format!(
+                        "trusted_proxies entry {ip} is an IPv4-mapped address, which never \
+                         matches (peers are compared in their IPv4 form): write \"{v4}\""
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -365,11 +478,55 @@ mod tests {
             ("log_format = \"xml\"", "log_format"),
             ("stun = \"everywhere\"", "stun"),
             ("store = \"mysql://x\"", "unknown store"),
+            // Audit #18 L2: settings that used to be accepted and made no sense.
+            ("admin_listen = \"0.0.0.0:9090\"", "admin_public"),
+            ("admin_listen = \"[::]:9090\"", "admin_listen"),
+            ("admin_listen = \"203.0.113.7:9090\"", "admin_listen"),
+            ("listen = \"0.0.0.0:8080\"", "public_url"),
+            ("listen = \"[::]:8080\"", "public_url"),
+            ("trusted_proxies = [\"::ffff:10.0.0.5\"]", "\"10.0.0.5\""),
+            (
+                "[limits]\nrate_per_connection = 0",
+                "limits.rate_per_connection",
+            ),
+            ("[limits]\nrate_burst = 0", "limits.rate_burst"),
+            ("[limits]\nmax_connections = 0", "limits.max_connections"),
+            (
+                "[limits]\nmax_message_bytes = 0",
+                "limits.max_message_bytes",
+            ),
+            (
+                "[limits]\nmax_message_bytes = 1000",
+                "limits.max_message_bytes",
+            ),
+            (
+                "[limits]\nmax_queue_messages = 0",
+                "limits.max_queue_messages",
+            ),
+            ("[limits]\nmax_queue_bytes = 0", "limits.max_queue_bytes"),
+            ("[limits]\nmax_keys_per_did = 0", "limits.max_keys_per_did"),
+            (
+                "[limits]\nmax_updates_per_request = 0",
+                "limits.max_updates_per_request",
+            ),
         ] {
             let err = Config::from_toml(toml).unwrap().validate().unwrap_err();
             assert!(err.contains(needle), "{toml}: {err}");
         }
         Config::default().validate().unwrap();
+        // What stays allowed: an internal operator address, a public one by explicit
+        // choice, every interface with a public_url, a plain IPv4 or IPv6 proxy.
+        for toml in [
+            "admin_listen = \"10.1.2.3:9090\"",
+            "admin_listen = \"[fd00::1]:9090\"",
+            "admin_listen = \"0.0.0.0:9090\"\nadmin_public = true",
+            "listen = \"0.0.0.0:443\"\npublic_url = \"https://m.example.org\"",
+            "trusted_proxies = [\"10.0.0.5\", \"fd00::5\"]",
+            "[limits]\nrate_per_ip = 0\nrate_per_did = 0\nmax_queued_per_source = 0",
+        ] {
+            let c = Config::from_toml(toml).unwrap();
+            c.validate().unwrap_or_else(|e| panic!("{toml}: {e}"));
+        }
     }
 
     #[test]

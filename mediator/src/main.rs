@@ -29,7 +29,8 @@ use mpc_did_rendezvous::net::StunServerConfig;
 ///   mpc-did-mediator --listen 127.0.0.1:8080 --data ./mediator-data
 ///   mpc-did-mediator --config /etc/mpc-did-mediator.toml
 ///   mpc-did-mediator --store redis://127.0.0.1:6379 --public-url https://mediator.example.org
-///   mpc-did-mediator --listen 0.0.0.0:443 --tls-cert fullchain.pem --tls-key privkey.pem
+///   mpc-did-mediator --listen 0.0.0.0:443 --public-url https://mediator.example.org \
+///       --tls-cert fullchain.pem --tls-key privkey.pem
 ///   mpc-did-mediator --config /etc/mpc-did-mediator.toml admin list
 #[derive(Parser, Debug)]
 #[command(name = "mpc-did-mediator", version, verbatim_doc_comment)]
@@ -140,14 +141,6 @@ enum AdminCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match load_config(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("mpc-did-mediator: error: {}", chain(&e));
-            return ExitCode::FAILURE;
-        }
-    };
-    init_logging(&args.log, &config.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -158,9 +151,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match args.command {
-        Some(Command::Admin(ref op)) => rt.block_on(admin(config, op)).map(|()| Exit::Clean),
-        None => rt.block_on(run(args, config)),
+    // The server takes SIGHUP over before any start-up work (config, store repair, Redis,
+    // binding): until then SIGHUP's default action kills the process, and `systemctl
+    // reload` during a (re)start would leave it dead (systemd does not restart a process
+    // killed by SIGHUP). A SIGHUP that arrives early is kept and handled once serving.
+    let reload = match args.command {
+        Some(Command::Admin(_)) => None,
+        None => match rt.block_on(async { ReloadSignal::install() }) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                eprintln!("mpc-did-mediator: error: cannot handle SIGHUP: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let config = match load_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mpc-did-mediator: error: {}", chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&args.log, &config.log_format);
+    let result = match (&args.command, reload) {
+        (Some(Command::Admin(op)), _) => rt.block_on(admin(config, op)).map(|()| Exit::Clean),
+        (None, Some(reload)) => rt.block_on(run(args, config, reload)),
+        (None, None) => Err(anyhow::anyhow!("SIGHUP handler missing")),
     };
     match result {
         Ok(Exit::Clean) => ExitCode::SUCCESS,
@@ -312,7 +328,7 @@ async fn admin(config: Config, op: &AdminCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(args: Args, mut config: Config) -> anyhow::Result<Exit> {
+async fn run(args: Args, mut config: Config, mut reload: ReloadSignal) -> anyhow::Result<Exit> {
     let mut builder = Mediator::builder(config.clone());
     let mut stun_addr = None;
     if let Some(primary) = config.stun_addr().map_err(anyhow::Error::msg)? {
@@ -390,7 +406,7 @@ async fn run(args: Args, mut config: Config) -> anyhow::Result<Exit> {
     let exit = loop {
         tokio::select! {
             () = &mut shutdown => break Exit::Clean,
-            () = reload_signal() => match handle.reload_tls() {
+            () = reload.recv() => match handle.reload_tls() {
                 Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded (other settings need a restart)"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the previous one stays in force"),
             },
@@ -402,36 +418,34 @@ async fn run(args: Args, mut config: Config) -> anyhow::Result<Exit> {
     Ok(exit)
 }
 
-/// Completes on SIGHUP (never elsewhere).
-async fn reload_signal() {
+/// SIGHUP, taken over from its default action (exit) when installed: one delivered
+/// before anyone waits is kept for the next [`ReloadSignal::recv`].
+struct ReloadSignal {
     #[cfg(unix)]
-    {
-        use std::sync::OnceLock;
-        // One handler for the process: select! recreates this future on every loop turn.
-        static HUP: OnceLock<tokio::sync::Notify> = OnceLock::new();
-        static INSTALLED: std::sync::Once = std::sync::Once::new();
-        let notify = HUP.get_or_init(tokio::sync::Notify::new);
-        INSTALLED.call_once(|| {
-            if let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        if let Some(n) = HUP.get() {
-                            n.notify_one();
-                        }
-                    }
-                });
-            }
-        });
-        notify.notified().await;
+    hup: tokio::signal::unix::Signal,
+}
+
+impl ReloadSignal {
+    /// Installs the handler (needs the runtime's context).
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            #[cfg(unix)]
+            hup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
+        })
     }
-    #[cfg(not(unix))]
-    std::future::pending::<()>().await;
+
+    /// Completes on SIGHUP (never elsewhere). Cancel-safe: select! polls it every turn.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if self.hup.recv().await.is_some() {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Waits for ctrl-c or SIGTERM (then the caller drains: stop accepting, close live sockets
-/// with a close frame, flush the store). SIGHUP does not stop the mediator: [`reload_signal`]
+/// with a close frame, flush the store). SIGHUP does not stop the mediator: [`ReloadSignal`]
 /// handles it (reloads the built-in TLS certificate; the rest of the config is read at start).
 async fn shutdown_signal() {
     #[cfg(unix)]

@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use mpc_did_rendezvous::relay::{FRAME_HEADER_LEN, MAX_FRAME_LEN};
+
 use crate::config::StoreConfig;
 use crate::mesh::MeshConfig;
 use crate::services::relay::RelayServiceConfig;
@@ -93,7 +95,8 @@ impl RelaySettings {
     ///
     /// # Errors
     /// A message naming the setting to fix: a mesh without a Redis store or without a key,
-    /// an unreadable or short key, an address other instances cannot dial, a zero limit.
+    /// an unreadable or short key, an address other instances cannot dial, a zero limit, a
+    /// burst or queue smaller than one relay frame.
     pub fn service_config(
         &self,
         store: &StoreConfig,
@@ -110,6 +113,25 @@ impl RelaySettings {
         ] {
             if v == 0 {
                 return Err(format!("relay.{name} must be at least 1"));
+            }
+        }
+        // A client's token bucket never holds more than the burst, and its queue never more
+        // than max_queue_bytes: below one full frame, larger packets are refused for ever.
+        let frame = (MAX_FRAME_LEN + FRAME_HEADER_LEN) as u64;
+        for (name, v) in [
+            ("burst_bytes", self.burst_bytes),
+            ("max_queue_bytes", self.max_queue_bytes),
+        ] {
+            if v < frame {
+                return Err(format!(
+                    "relay.{name} = {v} is below one relay frame ({frame} bytes): packets larger \
+                     than it would never pass; set at least {frame} (default {})",
+                    if name == "burst_bytes" {
+                        Self::default().burst_bytes
+                    } else {
+                        Self::default().max_queue_bytes
+                    }
+                ));
             }
         }
         let mesh = match self.mesh.listen {
@@ -196,6 +218,23 @@ mod tests {
         assert_eq!(c.mesh.unwrap().key.len(), 64);
         r.max_queue_frames = 0;
         assert!(r.service_config(&redis, "p:").is_err());
+        // Audit #18 L2: a burst (or queue) below one frame passed only small packets, for
+        // ever.
+        for (burst, queue, key) in [
+            (1000, 1 << 20, "relay.burst_bytes"),
+            (1 << 20, 1000, "relay.max_queue_bytes"),
+        ] {
+            let r = RelaySettings {
+                burst_bytes: burst,
+                max_queue_bytes: queue,
+                ..RelaySettings::default()
+            };
+            let e = r.service_config(&StoreConfig::Sled, "p:").unwrap_err();
+            assert!(e.contains(key) && e.contains("one relay frame"), "{e}");
+        }
+        RelaySettings::default()
+            .service_config(&StoreConfig::Sled, "p:")
+            .unwrap();
     }
 
     /// Every limit of the relay service is a `[relay]` key of the config file, carried
@@ -203,13 +242,13 @@ mod tests {
     #[test]
     fn relay_limits_come_from_the_config_file() {
         let c = crate::config::Config::from_toml(
-            "[relay]\nmax_backlog_bytes = 12345\nmax_queue_frames = 77\nburst_bytes = 999\n",
+            "[relay]\nmax_backlog_bytes = 12345\nmax_queue_frames = 77\nburst_bytes = 99999\n",
         )
         .unwrap();
         let s = c.relay.service_config(&StoreConfig::Sled, "").unwrap();
         assert_eq!(
             (s.max_backlog_bytes, s.max_queue_frames, s.burst_bytes),
-            (12345, 77, 999)
+            (12345, 77, 99999)
         );
         let zero = crate::config::Config::from_toml("[relay]\nmax_backlog_bytes = 0\n").unwrap();
         assert!(zero

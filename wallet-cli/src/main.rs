@@ -7,13 +7,16 @@
 //!
 //! Exit status: 0 on success, 1 on any error (one line naming the cause and, where there is
 //! one, what to do), 2 on a usage error (clap's own). A closed stdout (`mpc-did … | head
-//! -1`) is not an error: the command exits 0.
+//! -1`) is not an error: the command exits 0 (only our stdout, see `out.rs`: a network
+//! connection closed under us is an error; `pipe` still exits non-zero when the peer did not
+//! acknowledge all our data).
 #![forbid(unsafe_code)]
 // Doc comments in this binary are its --help text, where URLs must read as plain text.
 #![allow(rustdoc::bare_urls)]
 
 mod cmd;
 mod ctx;
+mod out;
 
 use std::process::ExitCode;
 
@@ -185,7 +188,8 @@ fn is_unknown_issuer(err: &anyhow::Error) -> bool {
 /// A reader that stops early (`mpc-did … | head -1`) is not an error: `println!` panics
 /// when stdout is a closed pipe (Rust ignores SIGPIPE), so a panic hook turns exactly that
 /// panic, in any thread, into exit status 0. Every other panic keeps the default report.
-/// Errors returned by explicit writes are handled by [`is_broken_pipe`].
+/// Errors returned by explicit writes (through [`out::stdout`]) are handled by
+/// [`is_broken_pipe`].
 fn exit_quietly_on_broken_stdout() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -202,9 +206,9 @@ fn exit_quietly_on_broken_stdout() {
     }));
 }
 
+/// Whether the command failed only because our stdout was closed. Only errors marked by
+/// [`out`] count: a network error of the same kind (`EPIPE` from a mediator that closed
+/// while we were sending) is a failure and exits non-zero.
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    out::is_stdout_closed(err)
 }

@@ -70,6 +70,111 @@ impl Watch {
     }
 }
 
+/// A child killed (and reaped) however the test ends, also when it is stopped (SIGSTOP).
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Audit #18 L1: a SIGHUP during start-up (`systemctl reload` from a certbot deploy hook
+/// while the mediator (re)starts) used to kill it with status 129, because the handler was
+/// installed only once serving; systemd does not restart a process killed by SIGHUP. Now
+/// the handler is in place before any start-up work (config, store, binding): from the
+/// moment the process handles SIGHUP (its `SigCgt`; nothing can catch a signal before
+/// `main` runs) we send SIGHUP again and again, and it must still start and serve.
+#[test]
+fn sighup_during_start_up_does_not_stop_it() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Reap(
+        Command::new(common::mediator_bin())
+            .args(["--listen", "127.0.0.1:0", "--log", "warn", "--data"])
+            .arg(data.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id().to_string();
+    let out = Watch::new(child.0.stdout.take().unwrap());
+    let err = Watch::new(child.0.stderr.take().unwrap());
+    let catches_hup = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|st| {
+                let mask = st.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            })
+            .is_some_and(|m| m & 1 != 0) // bit 0: signal 1, SIGHUP
+    };
+    let kill = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !catches_hup()
+        && !out.text().contains('\n')
+        && child.0.try_wait().unwrap().is_none()
+        && Instant::now() < deadline
+    {}
+    // Freeze it the moment it handles SIGHUP: it must not have printed its start line yet
+    // (before the fix the handler came only after it).
+    kill("-STOP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !out.text().contains('\n'),
+        "the mediator started serving before it handled SIGHUP: a SIGHUP during start-up \
+         would have killed it"
+    );
+    kill("-HUP");
+    kill("-CONT");
+    let mut sent = 1u32;
+    while !out.text().contains('\n')
+        && child.0.try_wait().unwrap().is_none()
+        && Instant::now() < deadline
+    {
+        kill("-HUP");
+        sent += 1;
+    }
+    for _ in 0..3 {
+        let _ = Command::new("kill").args(["-HUP", &pid]).status();
+    }
+    let gone = wait_until(
+        || child.0.try_wait().unwrap().is_some(),
+        Instant::now() + Duration::from_millis(500),
+    );
+    if gone {
+        panic!(
+            "SIGHUP ({sent} sent during start-up) stopped the mediator: {:?}; stderr: {}",
+            child.0.wait().unwrap(),
+            err.text()
+        );
+    }
+    let line = out.text();
+    let v: serde_json::Value = serde_json::from_str(line.lines().next().unwrap())
+        .unwrap_or_else(|e| panic!("no start line ({e}): {line:?}"));
+    // It serves: the operator listener answers /healthz.
+    let admin = v["admin"].as_str().unwrap();
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.") && answer.contains(" 200 "),
+        "{answer:?}"
+    );
+    assert!(child.0.try_wait().unwrap().is_none());
+}
+
 /// Issue 18 item 3: `inbox --watch` survives a SIGTERM (drain) and a restart of its
 /// mediator: it says the connection was lost and is back, and prints a message sent after
 /// the restart. SIGHUP neither stops the mediator nor its clients (spec/mediator.md §6).

@@ -202,13 +202,60 @@ async fn bodies_from_file_and_stdin_and_too_large_refused() {
     m.shutdown().await;
 }
 
+// Audit #18 H1: a body over the mediator's `max_message_bytes` is refused with `413` and
+// the connection closed while we are still uploading it; the upload then fails with EPIPE,
+// which `mpc-did` used to take for a closed stdout: exit 0, no output, nothing stored. Every
+// run must now exit non-zero and say why, and nothing may be stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_send_never_exits_0() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = loopback_config(data.path());
+    config.limits.max_message_bytes = 64 << 10;
+    let m = Mediator::builder(config).start().await.unwrap();
+    let (ah, bh) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let alice = new_identity(ah.path(), "alice");
+    new_identity(bh.path(), "bob");
+    let (ah, bh) = (ah.path().to_owned(), bh.path().to_owned());
+    let (url, inv) = (m.public_url.clone(), m.invitation_url.clone());
+    let files = tempfile::tempdir().unwrap();
+    tokio::task::spawn_blocking(move || {
+        ok(&ah, &["mediator", "register", &inv]);
+        let f = files.path().join("big.json");
+        std::fs::write(&f, body(1, 6 << 20)).unwrap();
+        let at = format!("@{}", f.display());
+        for run in 0..8 {
+            let out = mpc_did(&bh, &["send", &alice, "--body", &at, "--via", &url]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "run {run}: a refused send exited 0 (stdout {:?}, stderr {err:?})",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(
+                err.contains("mpc-did: error: sending to"),
+                "run {run}: {err}"
+            );
+        }
+        assert_eq!(ok(&ah, &["--json", "inbox"]), "", "nothing was stored");
+    })
+    .await
+    .unwrap();
+    m.shutdown().await;
+}
+
 // Issue 18 item 10: a reader that closed its end (`| head -1`) does not turn into a panic
 // or an error status.
 #[test]
 fn a_closed_stdout_exits_zero() {
     let home = tempfile::tempdir().unwrap();
     let did = new_identity(home.path(), "alice");
-    for args in [vec!["resolve", did.as_str()], vec!["id", "list"]] {
+    // `resolve`/`id list` print with println!, `invite` writes through the CLI's marked
+    // stdout (audit #18 H1: only a closed stdout exits 0).
+    for args in [
+        vec!["resolve", did.as_str()],
+        vec!["id", "list"],
+        vec!["invite", "--no-qr"],
+    ] {
         let mut child = cmd(home.path(), &args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

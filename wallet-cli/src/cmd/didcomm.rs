@@ -276,7 +276,7 @@ async fn pack(ctx: &Ctx, a: PackArgs) -> anyhow::Result<()> {
             (p.message, meta)
         }
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     if ctx.json {
         let packed_v: Value = serde_json::from_str(&packed)?;
         let mut v = meta;
@@ -316,7 +316,7 @@ async fn unpack_cmd(ctx: &Ctx, a: UnpackArgs) -> anyhow::Result<()> {
     )
     .await
     .context("unpacking")?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     if ctx.json {
         let mut m = serde_json::to_value(&meta)?;
         if let Some(o) = m.as_object_mut() {

@@ -150,7 +150,7 @@ async fn show(
     max: usize,
 ) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::new();
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     for d in batch {
         if *printed >= max {
             break;

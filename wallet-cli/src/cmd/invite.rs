@@ -114,7 +114,7 @@ pub async fn run(ctx: &Ctx, args: InviteArgs) -> anyhow::Result<()> {
         std::fs::write(path, qr.to_png(8)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     if ctx.json {
         let v = json!({
             "url": url,
@@ -139,7 +139,7 @@ pub async fn run(ctx: &Ctx, args: InviteArgs) -> anyhow::Result<()> {
 
 async fn decode(ctx: &Ctx, input: &str) -> anyhow::Result<()> {
     let inv = crate::cmd::mpc::read_invitation(input).await?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::out::stdout();
     if ctx.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&inv.to_message())?)?;
         return Ok(());

@@ -13,6 +13,12 @@
 //!  exit only after the peer acknowledged all our bytes (unacked = 0), then CLOSE(0)
 //! ```
 //!
+//! A closed stdout (`mpc-did pipe DID < file | head -c 10`) ends only the receiving
+//! direction: we stop reading the peer's stream (the session discards what still arrives
+//! on it), go on sending our input, wait for the peer's acknowledgement of every byte and
+//! then CLOSE with code 1 ("output closed"), never 0: a code 0 tells the peer we read its
+//! whole stream. Exit 0 only if the peer acknowledged all our bytes.
+//!
 //! Why the reader thread: tokio's stdin reads on the blocking pool, and the runtime waits
 //! for a blocked read at shutdown; a plain thread does not keep the process alive.
 
@@ -24,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use mpc_did_driver::{SessionHandle, SessionState, SessionStream, CLOSE_DONE};
+use mpc_did_driver::{SessionHandle, SessionState, SessionStream, CLOSE_DONE, CLOSE_PARTY_FAILED};
 #[cfg(test)]
 use tokio::io::AsyncRead;
 use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -275,6 +281,9 @@ pub struct PipeReport {
     pub seconds: f64,
     /// Whether the switch hook ran (and succeeded).
     pub switched: bool,
+    /// Whether our output was closed (`| head`) before the peer's stream ended: `received`
+    /// counts the bytes written before that, the rest was discarded.
+    pub output_closed: bool,
 }
 
 /// Options of [`pipe`].
@@ -287,10 +296,13 @@ pub struct PipeOptions {
 }
 
 /// Copy `input` to our stream and the peer's stream to `output` (see the module docs),
-/// then end the session cleanly with [`finish`].
+/// then end the session cleanly with [`finish`]. An `output` that fails with
+/// `BrokenPipe` (its reader has gone) stops only the receiving direction: sending goes on,
+/// and the session ends with code 1 once the peer acknowledged all our bytes.
 ///
 /// # Errors
-/// The session failed, or reading the input / writing the output failed.
+/// The session failed or the peer did not acknowledge all our bytes (also after our
+/// output was closed), or reading the input / writing the output failed.
 pub async fn pipe<W>(
     handle: &SessionHandle,
     mut input: Chunks,
@@ -353,23 +365,45 @@ where
                 break;
             }
             let data = buf.get(..n).unwrap_or_default();
-            output
-                .write_all(data)
-                .await
-                .context("writing the output failed")?;
+            match output.write_all(data).await {
+                Ok(()) => {}
+                // Our reader has gone (`| head`): stop receiving, which drops `inbound` (the
+                // session discards the rest of the peer's stream), but do not cancel the
+                // send half: the peer must still get, and acknowledge, all our input.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    return anyhow::Ok((received, true))
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("writing the output failed")),
+            }
             received += n as u64;
             recv_counters.received.store(received, Ordering::Relaxed);
         }
-        output.flush().await.context("writing the output failed")?;
-        anyhow::Ok(received)
+        match output.flush().await {
+            // The peer's stream has ended: nothing of it is lost by a reader gone now.
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                Err(anyhow::Error::new(e).context("writing the output failed"))
+            }
+            _ => anyhow::Ok((received, false)),
+        }
     };
-    let ((sent, switched), received) = tokio::try_join!(send, recv)?;
-    finish(handle).await?;
+    let ((sent, switched), (received, output_closed)) = tokio::try_join!(send, recv)?;
+    if output_closed {
+        // Code 0 would tell the peer we read its whole stream (see `finish`).
+        finish_with(
+            handle,
+            CLOSE_PARTY_FAILED,
+            "the receiver's output was closed",
+        )
+        .await?;
+    } else {
+        finish(handle).await?;
+    }
     Ok(PipeReport {
         sent,
         received,
         seconds: start.elapsed().as_secs_f64(),
         switched,
+        output_closed,
     })
 }
 
@@ -424,6 +458,14 @@ pub async fn ping_exchange(handle: &SessionHandle, rounds: u32) -> anyhow::Resul
 /// # Errors
 /// The session failed before our bytes were acknowledged.
 pub async fn finish(handle: &SessionHandle) -> anyhow::Result<()> {
+    finish_with(handle, CLOSE_DONE, "done").await
+}
+
+/// [`finish`], closing with `code` and `reason` once our bytes are acknowledged.
+///
+/// # Errors
+/// The session failed before our bytes were acknowledged.
+pub async fn finish_with(handle: &SessionHandle, code: u16, reason: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + DRAIN_TIMEOUT;
     loop {
         let state = handle.state();
@@ -461,7 +503,7 @@ pub async fn finish(handle: &SessionHandle) -> anyhow::Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    handle.close(CLOSE_DONE, "done").await;
+    handle.close(code, reason).await;
     Ok(())
 }
 
@@ -671,6 +713,105 @@ mod tests {
         rb.unwrap();
         let got = collect.await.unwrap();
         assert_eq!(Sha256::digest(&got), Sha256::digest(&da));
+    }
+
+    /// An output whose reader has gone (`| head`): every write fails with `BrokenPipe`.
+    struct ClosedOutput;
+    impl AsyncWrite for ClosedOutput {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    // Audit #18 H1: `pipe DID < big | head -c 10` used to drop the send half when stdout
+    // closed (and `main` then exited 0 with our data unacknowledged). Now the peer still
+    // gets all our input, and we succeed only once it acknowledged every byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_output_does_not_cut_off_our_sending() {
+        let (a, b) = pair().await;
+        let (da, db) = (data(5, 2 << 20), data(6, 300 << 10));
+        let (tx, rx) = tokio::io::duplex(1 << 16);
+        let collect = tokio::spawn(async move {
+            let mut rx = rx;
+            let mut v = Vec::new();
+            let _ = rx.read_to_end(&mut v).await;
+            v
+        });
+        let (ra, _rb) = tokio::join!(
+            pipe(
+                &a,
+                reader_chunks(io::Cursor::new(da.clone())),
+                ClosedOutput,
+                PipeOptions::default()
+            ),
+            pipe(
+                &b,
+                reader_chunks(io::Cursor::new(db)),
+                tx,
+                PipeOptions::default()
+            )
+        );
+        let ra = ra.unwrap();
+        assert!(ra.output_closed);
+        assert_eq!((ra.sent, ra.received), (da.len() as u64, 0));
+        assert_eq!(Sha256::digest(collect.await.unwrap()), Sha256::digest(&da));
+        // We close with code 1, never 0: the peer must not believe we read its whole
+        // stream. (The peer may close first, with 0, once it has our FIN and its bytes
+        // were acknowledged.)
+        match a.ended().await {
+            SessionState::Closed { code, by_peer, .. } => {
+                assert!(by_peer || code != CLOSE_DONE, "we closed with code {code}");
+            }
+            other => panic!("unexpected end: {other:?}"),
+        }
+    }
+
+    // Audit #18 H1: with our output closed and the peer gone before acknowledging our
+    // data, `pipe` fails with an error `main` reports with a non-zero exit (a closed
+    // stdout is no excuse).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_output_never_hides_unacknowledged_data() {
+        let (a, b) = pair().await; // a: proposer, sends on stream 1
+        let peer = async {
+            let mut ours = b.open_stream().await.unwrap();
+            ours.write_all(b"mdpipe/1some bytes for stdout")
+                .await
+                .unwrap();
+            let mut theirs = b.accept_stream().await.unwrap();
+            let mut first = [0u8; 1000];
+            theirs.read_exact(&mut first).await.unwrap();
+            // Gone without reading the rest.
+            drop(theirs);
+            b.close(CLOSE_PARTY_FAILED, "gone").await;
+        };
+        let ours = pipe(
+            &a,
+            reader_chunks(io::Cursor::new(data(7, 16 << 20))),
+            ClosedOutput,
+            PipeOptions::default(),
+        );
+        let (r, ()) =
+            tokio::time::timeout(Duration::from_secs(120), async { tokio::join!(ours, peer) })
+                .await
+                .unwrap();
+        let err = r.unwrap_err();
+        assert!(!crate::is_broken_pipe(&err), "{err:#}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
