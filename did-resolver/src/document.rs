@@ -28,6 +28,13 @@ type RelationshipField = fn(&mut DidDocument) -> &mut Vec<String>;
 /// The DIDComm v2 service type.
 pub const DIDCOMM_SERVICE_TYPE: &str = "DIDCommMessaging";
 
+/// Most `routingKeys` a DIDComm service may list; [`DidDocument::didcomm_services`] skips
+/// a service that lists more. Each routing key is one more anoncrypt `forward` layer, and
+/// each layer base64-encodes the one inside (about ×4/3), so the packed size grows
+/// exponentially with the count (audit H1: 64 keys would need about 10¹¹ bytes). Routing 2.0
+/// uses one or two mediators in practice; four is ample (spec/didcomm.md §"Routing").
+pub const MAX_ROUTING_KEYS: usize = 4;
+
 /// How a verification method expresses its key, kept so that a parsed document
 /// re-serialises in the form it came in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -384,7 +391,9 @@ impl DidDocument {
     /// The DIDComm v2 endpoints: every `DIDCommMessaging` service, in both the v2.1 object
     /// form (`serviceEndpoint: {uri, accept, routingKeys}` or an array of such objects) and
     /// the v2.0 form (`serviceEndpoint: "uri"` with `accept`/`routingKeys` beside it).
-    /// Entries without a usable `uri` are skipped.
+    /// Entries without a usable `uri` are skipped, and so are entries listing more than
+    /// [`MAX_ROUTING_KEYS`] routing keys (spec/identity.md: the document is still accepted,
+    /// that endpoint is not usable).
     pub fn didcomm_services(&self) -> Vec<DidCommService> {
         let mut out = Vec::new();
         for s in self.service.iter().filter(|s| s.is_didcomm()) {
@@ -401,14 +410,19 @@ impl DidDocument {
                         .map(|u| (u.to_owned(), o)),
                     _ => None,
                 };
-                if let Some((uri, fields)) = found {
-                    out.push(DidCommService {
-                        id: s.id.clone(),
-                        uri,
-                        accept: strings_lenient(fields.get("accept")),
-                        routing_keys: strings_lenient(fields.get("routingKeys")),
-                    });
+                let Some((uri, fields)) = found else {
+                    continue;
+                };
+                let routing = fields.get("routingKeys");
+                if routing.and_then(Value::as_array).map_or(0, Vec::len) > MAX_ROUTING_KEYS {
+                    continue;
                 }
+                out.push(DidCommService {
+                    id: s.id.clone(),
+                    uri,
+                    accept: strings_lenient(fields.get("accept")),
+                    routing_keys: strings_lenient(routing),
+                });
             }
         }
         out
@@ -837,5 +851,38 @@ mod tests {
         assert_eq!(d2.didcomm_services(), vec![s[0].clone()]);
         let back: DidDocument = serde_json::from_value(serde_json::to_value(&d2).unwrap()).unwrap();
         assert_eq!(back, d2);
+    }
+
+    /// Audit H1: a service listing more than [`MAX_ROUTING_KEYS`] routing keys is skipped
+    /// (each key is one more forward layer, ×4/3 in size); the document itself, its keys
+    /// and its other services are kept.
+    #[test]
+    fn service_with_too_many_routing_keys_is_skipped() {
+        let key = "did:key:z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp#z6LShs9GGnqk85isEBzzshkuVWrVKsRp24GnDuHk8QWkARMW";
+        let many = vec![key; 64];
+        let ok = vec![key; MAX_ROUTING_KEYS];
+        let doc = json!({
+            "id": ALICE,
+            "verificationMethod": [{
+                "id": "#key-1", "type": "Multikey", "controller": ALICE,
+                "publicKeyMultibase": PublicKey::X25519([2; 32]).to_multibase()
+            }],
+            "keyAgreement": ["#key-1"],
+            "service": [
+                {"id": "#many", "type": "DIDCommMessaging",
+                 "serviceEndpoint": {"uri": "https://many.example", "routingKeys": many}},
+                {"id": "#old-many", "type": "DIDCommMessaging",
+                 "serviceEndpoint": "https://old-many.example", "routingKeys": many},
+                {"id": "#ok", "type": "DIDCommMessaging",
+                 "serviceEndpoint": {"uri": "https://ok.example", "routingKeys": ok}}
+            ]
+        });
+        let d = DidDocument::from_json_value(&doc).unwrap();
+        assert_eq!(d.service.len(), 3, "the document is accepted whole");
+        assert_eq!(d.key_agreement_methods().len(), 1);
+        let s = d.didcomm_services();
+        assert_eq!(s.len(), 1, "{s:?}");
+        assert_eq!(s[0].uri, "https://ok.example");
+        assert_eq!(s[0].routing_keys.len(), MAX_ROUTING_KEYS);
     }
 }

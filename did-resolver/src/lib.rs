@@ -59,7 +59,7 @@ pub mod web;
 pub use did::{Did, DidUrl, MAX_DID_LEN};
 pub use document::{
     DidCommService, DidDocument, KeyFormat, Service, VerificationMethod, DIDCOMM_SERVICE_TYPE,
-    DID_CONTEXT_V1, JWS2020_CONTEXT_V1, MAX_DOCUMENT_BYTES, MULTIKEY_CONTEXT_V1,
+    DID_CONTEXT_V1, JWS2020_CONTEXT_V1, MAX_DOCUMENT_BYTES, MAX_ROUTING_KEYS, MULTIKEY_CONTEXT_V1,
 };
 pub use error::{DidError, DocumentError, KeyError, PeerError, ResolveError};
 pub use public_key::{PublicKey, MULTICODEC_ED25519_PUB, MULTICODEC_X25519_PUB};

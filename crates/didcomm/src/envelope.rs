@@ -7,7 +7,7 @@
 //! are the convenient async drivers that fetch those keys from a [`DidResolver`] and a
 //! [`SecretsResolver`].
 
-use mpc_did_resolver::{DidCommService, DidDocument, DidResolver, PublicKey};
+use mpc_did_resolver::{DidCommService, DidDocument, DidResolver, PublicKey, MAX_ROUTING_KEYS};
 use serde::Serialize;
 use serde_json::Value;
 use x25519_dalek::StaticSecret;
@@ -627,8 +627,16 @@ pub async fn pack_encrypted_with(
 /// routing key, innermost for the last key (Routing 2.0, §"Sender Process"): the result is
 /// anoncrypted to `routing_keys[0]`, the mediator the sender talks to.
 ///
+/// At most [`MAX_ROUTING_KEYS`] layers, and no layer wraps a message larger than
+/// [`DEFAULT_MAX_MESSAGE_SIZE`] (the next hop, a mediator or a party, refuses larger ones by
+/// default): each layer base64-encodes the one inside, about ×4/3, so without these bounds
+/// a service listing many keys would make the sender allocate without limit (audit H1).
+///
 /// # Errors
-/// [`Error::Malformed`] if `packed` is not JSON; key lookup errors as [`pack_encrypted`].
+/// [`Error::TooManyRoutingKeys`] for more than [`MAX_ROUTING_KEYS`] keys, checked before any
+/// work; [`Error::TooLarge`] if a layer would wrap more than [`DEFAULT_MAX_MESSAGE_SIZE`]
+/// bytes; [`Error::Malformed`] if `packed` is not JSON; key lookup errors as
+/// [`pack_encrypted`].
 pub async fn wrap_in_forward(
     packed: &str,
     next: &str,
@@ -667,10 +675,22 @@ pub async fn wrap_in_forward_with(
     enc: ContentAlg,
     please_ack: bool,
 ) -> Result<WrappedForward> {
+    if routing_keys.len() > MAX_ROUTING_KEYS {
+        return Err(Error::TooManyRoutingKeys {
+            count: routing_keys.len(),
+            limit: MAX_ROUTING_KEYS,
+        });
+    }
     let mut current = packed.to_owned();
     let mut next = next.to_owned();
     let mut id = String::new();
     for (i, key) in routing_keys.iter().enumerate().rev() {
+        if current.len() > DEFAULT_MAX_MESSAGE_SIZE {
+            return Err(Error::TooLarge {
+                size: current.len(),
+                limit: DEFAULT_MAX_MESSAGE_SIZE,
+            });
+        }
         let inner: Value = serde_json::from_str(&current).map_err(Error::malformed)?;
         let mut fwd = ForwardMessage::new(next.clone(), inner).to_message();
         if please_ack && i == 0 {

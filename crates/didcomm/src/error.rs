@@ -27,6 +27,16 @@ pub enum Error {
          serialisation (general or flattened)"
     )]
     CompactSerialization(&'static str),
+    /// A DIDComm service lists more routing keys than [`crate::MAX_ROUTING_KEYS`]: each is
+    /// one more `forward` layer, and the packed size grows by about 4/3 per layer
+    /// (spec/didcomm.md §5).
+    #[error("{count} routing keys: at most {limit} are allowed")]
+    TooManyRoutingKeys {
+        /// How many the service lists.
+        count: usize,
+        /// [`crate::MAX_ROUTING_KEYS`].
+        limit: usize,
+    },
     /// Envelopes nested deeper than the spec allows (anoncrypt(authcrypt(signed(plain)))).
     #[error("envelopes nested too deeply")]
     TooDeep,

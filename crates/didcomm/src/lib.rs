@@ -84,6 +84,7 @@ pub use envelope::{
 pub use error::{Error, Result};
 pub use jose::ContentAlg;
 pub use message::{Attachment, AttachmentData, Message};
+pub use mpc_did_resolver::MAX_ROUTING_KEYS;
 pub use protocols::oob::Invitation;
 pub use protocols::routing::ForwardMessage;
 pub use secrets::{Secret, SecretStore, SecretsResolver};

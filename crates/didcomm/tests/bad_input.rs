@@ -5,11 +5,13 @@ use ed25519_dalek::SigningKey;
 use mpc_did_didcomm::jose::{b64, unb64};
 use mpc_did_didcomm::protocols::oob::Invitation;
 use mpc_did_didcomm::{
-    pack_encrypted, pack_signed, unpack, Error, Message, PackOptions, SecretStore, UnpackOptions,
+    pack_encrypted, pack_signed, unpack, wrap_in_forward, ContentAlg, Error, Message, PackOptions,
+    SecretStore, UnpackOptions, DEFAULT_MAX_MESSAGE_SIZE, MAX_ROUTING_KEYS,
 };
-use mpc_did_resolver::{key, StaticResolver};
+use mpc_did_resolver::{key, DidCommService, StaticResolver};
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 struct Fixture {
     alice: String,
@@ -315,6 +317,152 @@ async fn anoncrypt_inside_authcrypt_is_rejected() {
     )
     .await;
     assert!(matches!(r, Err(Error::TooDeep)), "{r:?}");
+}
+
+/// Bob's did:key document with one DIDComm service listing `n` copies of Carol's
+/// X25519 key as routing keys (a valid key: each copy is one more forward layer).
+fn with_routing_keys(f: &Fixture, n: usize) -> Vec<String> {
+    let carol = key::resolve(&did_of_store(&f.carol_keys, f)).unwrap();
+    let carol_kid = carol.key_agreement[0].clone();
+    f.resolver.insert(carol);
+    let mut bob = key::resolve(&f.bob).unwrap();
+    let keys = vec![carol_kid; n];
+    bob.service.push(
+        DidCommService {
+            id: format!("{}#didcomm-1", f.bob),
+            uri: "https://mediator.example".into(),
+            accept: vec!["didcomm/v2".into()],
+            routing_keys: keys.clone(),
+        }
+        .to_service(),
+    );
+    f.resolver.insert(bob);
+    keys
+}
+
+/// Audit H1: every routing key is one anoncrypt forward layer around the previous JWE
+/// (about ×4/3 each), so 64 keys meant about 10¹¹ bytes. Packing to a DID whose service
+/// lists 64 is now quick: that service is not usable (`MAX_ROUTING_KEYS`), nothing is
+/// wrapped.
+#[tokio::test]
+async fn pack_to_a_service_with_64_routing_keys_is_quick() {
+    let f = fixture();
+    with_routing_keys(&f, 64);
+    let started = std::time::Instant::now();
+    let p = pack_encrypted(
+        &msg(&f),
+        &f.bob,
+        Some(&f.alice),
+        None,
+        &f.resolver,
+        &f.alice_keys,
+        &PackOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(p.service.is_none(), "{:?}", p.service);
+    assert!(p.message.len() < 8 * 1024, "{} bytes", p.message.len());
+    // Up to the cap, the service is used and the message forwarded.
+    with_routing_keys(&f, MAX_ROUTING_KEYS);
+    let p = pack_encrypted(
+        &msg(&f),
+        &f.bob,
+        Some(&f.alice),
+        None,
+        &f.resolver,
+        &f.alice_keys,
+        &PackOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.service.unwrap().routing_keys.len(), MAX_ROUTING_KEYS);
+}
+
+/// Audit H1, the defence in the packer itself: more than `MAX_ROUTING_KEYS` keys given to
+/// `wrap_in_forward` is a typed error before any work.
+#[tokio::test]
+async fn wrap_in_forward_refuses_64_routing_keys_quickly() {
+    let f = fixture();
+    let keys = with_routing_keys(&f, 64);
+    let inner = authcrypt(&f).await.to_string();
+    let started = std::time::Instant::now();
+    let r = wrap_in_forward(&inner, &f.bob, &keys, &f.resolver, ContentAlg::A256CbcHs512).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    match r {
+        Err(Error::TooManyRoutingKeys { count: 64, limit }) => {
+            assert_eq!(limit, MAX_ROUTING_KEYS);
+        }
+        other => panic!("{:?}", other.map(|m| m.len())),
+    }
+    let four = wrap_in_forward(
+        &inner,
+        &f.bob,
+        &keys[..MAX_ROUTING_KEYS],
+        &f.resolver,
+        ContentAlg::A256CbcHs512,
+    )
+    .await
+    .unwrap();
+    // Four layers of ×4/3 plus about 1 kB of headers each.
+    assert!(four.len() < 32 * 1024, "{} bytes", four.len());
+}
+
+/// Audit H1: no forward layer wraps more than `DEFAULT_MAX_MESSAGE_SIZE` (the next hop
+/// would refuse it): about 900 kB wrapped once is 1.2 MB, too large to wrap again.
+#[tokio::test]
+async fn wrap_in_forward_stops_past_the_message_size_limit() {
+    let f = fixture();
+    let keys = with_routing_keys(&f, 2);
+    let big = Message::new(
+        "1",
+        "https://example.org/t/1.0/x",
+        json!({"pad": "x".repeat(650_000)}),
+    )
+    .from(f.alice.clone())
+    .to(f.bob.clone());
+    let opts = PackOptions {
+        forward: false,
+        ..PackOptions::default()
+    };
+    let inner = pack_encrypted(
+        &big,
+        &f.bob,
+        Some(&f.alice),
+        None,
+        &f.resolver,
+        &f.alice_keys,
+        &opts,
+    )
+    .await
+    .unwrap()
+    .message;
+    assert!(inner.len() < DEFAULT_MAX_MESSAGE_SIZE, "{}", inner.len());
+    let once = wrap_in_forward(
+        &inner,
+        &f.bob,
+        &keys[..1],
+        &f.resolver,
+        ContentAlg::A256CbcHs512,
+    )
+    .await
+    .unwrap();
+    assert!(once.len() > DEFAULT_MAX_MESSAGE_SIZE, "{}", once.len());
+    match wrap_in_forward(&inner, &f.bob, &keys, &f.resolver, ContentAlg::A256CbcHs512).await {
+        Err(Error::TooLarge { size, limit }) => {
+            assert_eq!(limit, DEFAULT_MAX_MESSAGE_SIZE);
+            assert!(size > limit);
+        }
+        other => panic!("{:?}", other.map(|m| m.len())),
+    }
 }
 
 #[test]

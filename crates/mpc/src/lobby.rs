@@ -14,7 +14,7 @@ use mpc_did_lobby::{
     Coordinator, Join, JoinOutcome, Offer, PartyId, Program, Roster, GOAL_CODE, JOIN_TYPE,
     OFFER_ATTACHMENT_ID, ROSTER_TYPE,
 };
-use mpc_did_resolver::DidCommService;
+use mpc_did_resolver::{DidCommService, MAX_ROUTING_KEYS};
 use mpc_did_wallet::{MpcSessionRecord, MpcSessions, Wallet};
 use serde_json::json;
 
@@ -49,7 +49,30 @@ fn service_json(s: &DidCommService) -> serde_json::Value {
     json!({"uri": s.uri, "accept": s.accept, "routingKeys": s.routing_keys})
 }
 
-/// A lobby service object (`{"uri", "accept", "routingKeys"}`) as a [`DidCommService`].
+/// Services from a join, an invitation or a roster that list more routing keys than
+/// [`MAX_ROUTING_KEYS`] make the whole message malformed: each key is one more forward
+/// layer, about ×4/3 in size, so sending to such a service would exhaust our memory
+/// (audit H1, spec/lobby.md §7).
+///
+/// # Errors
+/// Says which count was too many.
+fn check_services(services: &[serde_json::Value]) -> Result<(), String> {
+    for v in services {
+        let n = v
+            .get("routingKeys")
+            .and_then(serde_json::Value::as_array)
+            .map_or(0, Vec::len);
+        if n > MAX_ROUTING_KEYS {
+            return Err(format!(
+                "a service lists {n} routing keys (at most {MAX_ROUTING_KEYS})"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A lobby service object (`{"uri", "accept", "routingKeys"}`) as a [`DidCommService`];
+/// `None` without a `uri` or with more than [`MAX_ROUTING_KEYS`] routing keys.
 fn service_from_json(did: &str, v: &serde_json::Value) -> Option<DidCommService> {
     let strings = |k: &str| -> Vec<String> {
         v.get(k)
@@ -61,6 +84,7 @@ fn service_from_json(did: &str, v: &serde_json::Value) -> Option<DidCommService>
             })
             .unwrap_or_default()
     };
+    check_services(std::slice::from_ref(v)).ok()?;
     Some(DidCommService {
         id: format!("{did}#didcomm-1"),
         uri: v.get("uri")?.as_str()?.to_owned(),
@@ -74,12 +98,15 @@ fn service_from_json(did: &str, v: &serde_json::Value) -> Option<DidCommService>
 /// documents name none; the lobby message carrying it was authcrypt from `did`).
 ///
 /// # Errors
-/// The DID cannot be resolved or its endpoint cannot be used.
+/// The DID cannot be resolved or its endpoint cannot be used, or `services` lists one with
+/// more than [`MAX_ROUTING_KEYS`] routing keys.
 pub(crate) async fn learn(
     agent: &Agent,
     did: &str,
     services: &[serde_json::Value],
 ) -> Result<(), MpcError> {
+    check_services(services)
+        .map_err(|e| MpcError::control(format!("cannot use the endpoint of {did}"), e))?;
     let doc = mpc_did_resolver::DidResolver::resolve(agent.client().resolver(), did)
         .await
         .map_err(|e| MpcError::control(format!("cannot resolve {did}"), e))?;
@@ -364,6 +391,9 @@ async fn check_roster(
     }
     let roster: Roster =
         serde_json::from_value(inner.body.clone()).map_err(|e| bad(&e.to_string()))?;
+    for p in &roster.parties {
+        check_services(&p.services).map_err(|e| bad(&format!("whose party {}: {e}", p.id)))?;
+    }
     let party = roster.accept(offer, signer, my_did, now())?;
     Ok((roster, party))
 }
@@ -584,6 +614,12 @@ async fn host_with(
                 continue;
             }
         };
+        // A service no message could be packed for (audit H1): malformed, so ignored, and
+        // nothing is sent on its behalf (spec/lobby.md §7).
+        if let Err(e) = check_services(&join.services) {
+            progress(format!("ignored a join from {sender}: {e}"));
+            continue;
+        }
         // Where the joiner receives DIDComm: recorded, not contacted.
         if let Err(e) = learn(agent, &sender, &join.services).await {
             progress(format!("cannot reach {sender}: {e}"));
@@ -682,6 +718,10 @@ pub(crate) async fn refuse_late_joins(agent: Agent, roster: Roster, progress: im
         };
         if roster.parties.iter().any(|p| p.did == sender) {
             // A member's join again (at-least-once delivery): it has the roster.
+            continue;
+        }
+        if let Err(e) = check_services(&join.services) {
+            progress(format!("ignored a late join from {sender}: {e}"));
             continue;
         }
         if refusals.len() >= MAX_PENDING_REFUSALS {
@@ -788,6 +828,123 @@ mod late_join_tests {
             coordinator.held(),
             1,
             "the other MPC session's join is held"
+        );
+        m.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod oversized_service_tests {
+    use super::*;
+    use mpc_did_testkit::mediator::{loopback_mediator, registered_agent};
+    use std::sync::{Arc, Mutex};
+
+    fn join(
+        from: &Agent,
+        offer: &Offer,
+        sha256: &str,
+        services: Vec<serde_json::Value>,
+    ) -> Message {
+        let body = Join {
+            mpc_session_id: offer.mpc_session_id,
+            program_sha256: sha256.to_owned(),
+            services,
+        };
+        let to = offer.coordinator.clone();
+        Message::new(
+            mpc_did_didcomm::message::new_id(),
+            JOIN_TYPE,
+            serde_json::to_value(&body).unwrap(),
+        )
+        .from(from.did().to_owned())
+        .to(to)
+    }
+
+    /// Audit H1 (spec/lobby.md §7): an invitation holder's join with a wrong program and a
+    /// service listing 64 routing keys (a valid key, 64 times). The host used to record
+    /// that service and pack its refusal through 64 forward layers (about 10¹¹ bytes). Now
+    /// the join is ignored with a progress line, nothing is sent to it, and a correct joiner
+    /// is still admitted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_with_64_routing_keys_is_ignored_and_the_lobby_still_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = loopback_mediator(dir.path()).await;
+        let (coordinator, _) = registered_agent(&m.public_url).await;
+        let (mallory, _) = registered_agent(&m.public_url).await;
+        let (alice, _) = registered_agent(&m.public_url).await;
+        let program = Program::from_bytes("p.py", b"print(1)");
+        let mut offer = Offer::new(
+            coordinator.did().to_owned(),
+            2,
+            program.clone(),
+            Vec::new(),
+            now() + 600,
+        )
+        .unwrap();
+        offer.coordinator_services = vec![service_json(&coordinator.own_service())];
+        for a in [&mallory, &alice] {
+            a.learn_service(coordinator.did(), coordinator.own_service())
+                .await
+                .unwrap();
+        }
+        let mut problems = mallory.subscribe(PROBLEM_PREFIX);
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let record = {
+            let lines = lines.clone();
+            move |l: String| lines.lock().unwrap().push(l)
+        };
+        let mut bad = service_json(&mallory.own_service());
+        bad["routingKeys"] = json!(vec![mallory.own_service().routing_keys[0].clone(); 64]);
+        let ignored = format!("ignored a join from {}", mallory.did());
+        let joins = async {
+            let msg = join(&mallory, &offer, &"00".repeat(32), vec![bad]);
+            mallory.send(coordinator.did(), msg).await.unwrap();
+            // Alice joins once Mallory's join was handled, so the lobby is not full before.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !lines
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|l| l.starts_with(&ignored))
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "Mallory's join was not ignored: {:?}",
+                    lines.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let msg = join(
+                &alice,
+                &offer,
+                &program.sha256,
+                vec![service_json(&alice.own_service())],
+            );
+            alice.send(coordinator.did(), msg).await.unwrap();
+        };
+        let (hosted, ()) = tokio::join!(
+            tokio::time::timeout(
+                Duration::from_secs(90),
+                host_with(&coordinator, &offer, Duration::from_secs(60), &record),
+            ),
+            joins
+        );
+        let roster = hosted.expect("the host stalled").unwrap();
+        assert_eq!(roster.parties.len(), 2);
+        assert_eq!(roster.parties[1].did, alice.did());
+        let seen = lines.lock().unwrap().clone();
+        assert!(
+            seen.iter()
+                .any(|l| l.starts_with(&ignored) && l.contains("64 routing keys")),
+            "{seen:?}"
+        );
+        // Nothing was sent on Mallory's behalf: no refusal reaches it.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(2), problems.recv())
+                .await
+                .is_err(),
+            "Mallory was sent a refusal"
         );
         m.shutdown().await;
     }
