@@ -6,11 +6,14 @@
 //!  client A ─▶ instance 1: RelayServer ── MeshEvent::Forward ─▶ router ─ GET presence ─▶ Redis
 //!                                                                 │ link (TCP, mesh key)
 //!  client B ◀─ instance 2: RelayServer ◀─ deliver_from_mesh ◀─ inbound ◀┘
-//!  presence: Joined/Left ─▶ SET {prefix}relay:k:<key hex> / relay:d:<did> = "host:port" EX ttl
+//!  presence: Joined/Left ─▶ {prefix}relay:k:<key hex> / relay:d:<did> = "host:port|auth_ms" EX ttl
 //! ```
 //!
 //! Three tasks besides one per link: the **presence** task writes who is connected here
-//! (refreshed every third of the TTL, withdrawn on leave only if still ours), the
+//! (the newest authentication takes the entry and tells the instance it displaced, which
+//! fails its stale connection as `Replaced`; a refresh every third of the TTL never takes
+//! an entry another instance holds, and finding one means the connection here is stale;
+//! withdrawn on leave and on shutdown only if still ours), the
 //! **router** looks each destination up (cached briefly) and hands the frame to that
 //! instance's link, and the **listener** accepts links from the other instances and feeds
 //! what arrives into the local relay core. Every link is authenticated both ways with the
@@ -36,6 +39,13 @@ use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
 use crate::mesh_proto::{check_proof, client_proof, server_proof, MeshFrame, MIN_KEY_LEN};
+
+/// What the router carries: the relay core's events, and `Moved` notes from the presence
+/// task for the instance a client moved away from.
+pub(crate) enum RouterMsg {
+    Core(MeshEvent),
+    Moved { to: String, frame: MeshFrame },
+}
 
 /// How the relay service joins a mesh of instances.
 #[derive(Clone)]
@@ -109,15 +119,19 @@ const NO_ROUTE_TTL: Duration = Duration::from_millis(250);
 const REDIAL_AFTER: Duration = Duration::from_secs(1);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `Moved` notes from other instances queued for the presence task.
+const MOVED_QUEUE: usize = 1024;
+
 /// The relay core's side of the mesh: where [`MeshEvent`]s go.
 pub(crate) struct MeshTx {
-    router: mpsc::Sender<MeshEvent>,
+    router: mpsc::Sender<RouterMsg>,
     presence: mpsc::UnboundedSender<MeshEvent>,
 }
 
 /// The tasks' side, taken by [`run`].
 pub(crate) struct MeshRx {
-    router: mpsc::Receiver<MeshEvent>,
+    router_tx: mpsc::Sender<RouterMsg>,
+    router: mpsc::Receiver<RouterMsg>,
     presence: mpsc::UnboundedReceiver<MeshEvent>,
 }
 
@@ -127,10 +141,11 @@ pub(crate) fn channels() -> (MeshTx, MeshRx) {
     let (pt, pr) = mpsc::unbounded_channel();
     (
         MeshTx {
-            router: rt,
+            router: rt.clone(),
             presence: pt,
         },
         MeshRx {
+            router_tx: rt.clone(),
             router: rr,
             presence: pr,
         },
@@ -147,7 +162,7 @@ impl MeshTx {
                 let _ = self.presence.send(ev);
             }
             MeshEvent::Forward { src_key, .. } => {
-                if self.router.try_send(ev).is_err() {
+                if self.router.try_send(RouterMsg::Core(ev)).is_err() {
                     server.mesh_notice(
                         &src_key,
                         RelayToClient::Overloaded(OverloadReason::PeerQueueFull),
@@ -158,7 +173,7 @@ impl MeshTx {
             // A notice that cannot be queued is lost: it is advice, and the sender's
             // session notices the gap anyway (spec/session.md §7).
             _ => {
-                let _ = self.router.try_send(ev);
+                let _ = self.router.try_send(RouterMsg::Core(ev));
             }
         }
     }
@@ -187,11 +202,15 @@ pub(crate) async fn run(
         }
     };
     tracing::info!(listen = %cfg.listen, advertise = %me, "relay mesh up");
+    let (moved_tx, moved_rx) = mpsc::channel(MOVED_QUEUE);
     let presence = Presence {
         redis: redis.clone(),
         prefix: cfg.prefix.clone(),
         me: me.clone(),
         ttl: cfg.presence_ttl,
+        router: rx.router_tx.clone(),
+        held: HashMap::new(),
+        last_stamp: 0,
     };
     let router = Router {
         redis,
@@ -204,9 +223,9 @@ pub(crate) async fn run(
         stop: stop.clone(),
     };
     tokio::join!(
-        presence.run(rx.presence, access.clone(), stop.clone()),
+        presence.run(rx.presence, moved_rx, access.clone(), stop.clone()),
         router.run(rx.router),
-        accept_loop(listener, key, access, stop.clone()),
+        accept_loop(listener, key, access, moved_tx, stop.clone()),
     );
 }
 
@@ -226,70 +245,246 @@ fn did_entry(prefix: &str, did: &str) -> String {
     format!("{prefix}relay:d:{did}")
 }
 
+/// The instance a presence value names, and the authentication time (Unix ms) it carries
+/// (`host:port|auth_ms`; an entry without the time, from an older instance, has none).
+fn split_entry(v: &str) -> (&str, Option<u64>) {
+    match v.split_once('|') {
+        Some((owner, at)) => (owner, at.parse().ok()),
+        None => (v, None),
+    }
+}
+
+/// A client authenticated here: the newest authentication takes its entries, whoever held
+/// them, and the script returns what each named before (`''` if nothing) so the displaced
+/// instance can be told. `ARGV`: value, TTL seconds.
+const CLAIM: &str = r"
+local prev = {}
+for i, k in ipairs(KEYS) do
+  prev[i] = redis.call('GET', k) or ''
+  redis.call('SET', k, ARGV[1], 'EX', ARGV[2])
+end
+return prev";
+
+/// The periodic refresh: renews an entry that is missing or names this instance, never
+/// one another instance holds (a newer authentication there); returns `''` for a renewed
+/// entry and the other holder's value otherwise. `ARGV`: this instance, TTL seconds, then
+/// one value per key.
+const REFRESH: &str = r"
+local out = {}
+for i, k in ipairs(KEYS) do
+  local cur = redis.call('GET', k)
+  if (not cur) or string.match(cur, '^[^|]*') == ARGV[1] then
+    redis.call('SET', k, ARGV[2 + i], 'EX', ARGV[2])
+    out[i] = ''
+  else
+    out[i] = cur
+  end
+end
+return out";
+
 /// Deletes a presence entry only if it still names this instance (the client may have
 /// moved to another instance meanwhile).
 const DELETE_IF_MINE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+local cur = redis.call('GET', KEYS[1])
+if cur and string.match(cur, '^[^|]*') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
+
+/// Entries refreshed by one script call (the script holds Redis while it runs).
+const REFRESH_CHUNK: usize = 256;
 
 struct Presence {
     redis: ConnectionManager,
     prefix: String,
     me: String,
     ttl: Duration,
+    /// Where `Moved` notes for other instances go.
+    router: mpsc::Sender<RouterMsg>,
+    /// The authentication time (Unix ms) of each key and DID held here: the generation
+    /// written with its entry, which a `Moved` note must name to fail the connection.
+    held: HashMap<PeerAddr, u64>,
+    last_stamp: u64,
 }
 
 impl Presence {
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<MeshEvent>,
+        mut moved: mpsc::Receiver<(PeerAddr, u64)>,
         access: Arc<dyn RelayAccess>,
         stop: CancellationToken,
     ) {
         let mut refresh = tokio::time::interval((self.ttl / 3).max(Duration::from_secs(1)));
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let del = redis::Script::new(DELETE_IF_MINE);
         loop {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    // Shutdown: the connections here are going; withdraw what is still ours
+                    // now rather than leave entries naming a stopped instance for the TTL.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), self.withdraw_all()).await;
+                    return;
+                }
                 ev = rx.recv() => match ev {
-                    Some(MeshEvent::Joined { key, did }) => self.announce(&[(key, did)]).await,
+                    Some(MeshEvent::Joined { key, did }) => self.joined(key, did).await,
                     Some(MeshEvent::Left { key, did }) => {
-                        for entry in [key_entry(&self.prefix, &key), did_entry(&self.prefix, &did)] {
-                            let r: Result<i64, _> =
-                                del.key(entry).arg(&self.me).invoke_async(&mut self.redis).await;
-                            if let Err(e) = r {
-                                tracing::warn!(error = %e, "relay mesh: cannot withdraw presence");
-                            }
+                        for who in [PeerAddr::Key(key), PeerAddr::Did(did)] {
+                            self.held.remove(&who);
+                            self.withdraw(&who).await;
                         }
                     }
                     Some(_) => {}
                     None => return,
                 },
-                _ = refresh.tick() => {
-                    let mut peers = Vec::new();
-                    access.with_server(&mut |s| peers = s.authenticated_peers());
-                    self.announce(&peers).await;
+                m = moved.recv() => {
+                    if let Some((who, auth_ms)) = m {
+                        self.moved(&who, auth_ms, access.as_ref());
+                    }
                 }
+                _ = refresh.tick() => self.refresh(access.as_ref()).await,
             }
         }
     }
 
-    async fn announce(&mut self, peers: &[([u8; 32], String)]) {
-        if peers.is_empty() {
+    /// This instance's authentication time for a new holder: Unix ms, strictly increasing
+    /// here (it also tells two authentications of one key here apart).
+    fn stamp(&mut self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.last_stamp = now.max(self.last_stamp.saturating_add(1));
+        self.last_stamp
+    }
+
+    fn entry(&self, who: &PeerAddr) -> String {
+        match who {
+            PeerAddr::Key(k) => key_entry(&self.prefix, k),
+            PeerAddr::Did(d) => did_entry(&self.prefix, d),
+        }
+    }
+
+    /// A client authenticated here: take its entries and tell each instance that held one
+    /// that its connection is displaced.
+    async fn joined(&mut self, key: [u8; 32], did: String) {
+        let at = self.stamp();
+        let who = [PeerAddr::Key(key), PeerAddr::Did(did)];
+        for w in &who {
+            self.held.insert(w.clone(), at);
+        }
+        let script = redis::Script::new(CLAIM);
+        let mut inv = script.prepare_invoke();
+        for w in &who {
+            inv.key(self.entry(w));
+        }
+        inv.arg(format!("{}|{at}", self.me))
+            .arg(self.ttl.as_secs().max(1));
+        let prev: Vec<String> = match inv.invoke_async(&mut self.redis).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay mesh: cannot write presence");
+                return;
+            }
+        };
+        for (w, p) in who.into_iter().zip(prev) {
+            let (owner, auth_ms) = split_entry(&p);
+            let Some(auth_ms) = auth_ms.filter(|_| !owner.is_empty() && owner != self.me) else {
+                continue;
+            };
+            tracing::info!(instance = %owner, "relay mesh: a client re-authenticated here; telling the instance it left");
+            let note = RouterMsg::Moved {
+                to: owner.to_owned(),
+                frame: MeshFrame::Moved { who: w, auth_ms },
+            };
+            // Lost only when the router is swamped; that instance's own refresh then
+            // finds the entry taken (within a third of the TTL).
+            if self.router.try_send(note).is_err() {
+                tracing::warn!(instance = %owner, "relay mesh: router queue full; the displaced instance learns at its next refresh");
+            }
+        }
+    }
+
+    /// Another instance says the client holding `who` authenticated there, displacing the
+    /// entry this instance wrote at `auth_ms`: fail the connection here if it is still
+    /// that one (a newer authentication here since, or a forged or replayed note, is
+    /// ignored with a log line).
+    fn moved(&mut self, who: &PeerAddr, auth_ms: u64, access: &dyn RelayAccess) {
+        if self.held.get(who) != Some(&auth_ms) {
+            tracing::info!(
+                "relay mesh: ignored a stale 'moved' note (not the connection held here)"
+            );
             return;
         }
-        let secs = self.ttl.as_secs().max(1);
-        let mut pipe = redis::pipe();
-        for (key, did) in peers {
-            pipe.set_ex(key_entry(&self.prefix, key), &self.me, secs)
-                .ignore()
-                .set_ex(did_entry(&self.prefix, did), &self.me, secs)
-                .ignore();
+        self.held.remove(who);
+        let mut failed = false;
+        access.with_server(&mut |s| failed = s.replaced_elsewhere(who));
+        if failed {
+            tracing::info!(
+                "relay mesh: a client moved to another instance; its connection here is replaced"
+            );
         }
-        let r: Result<(), _> = pipe.query_async(&mut self.redis).await;
+    }
+
+    /// Renews the entries of every client authenticated here; an entry another instance
+    /// holds means that client authenticated there since: its connection here is stale.
+    async fn refresh(&mut self, access: &dyn RelayAccess) {
+        let mut peers = Vec::new();
+        access.with_server(&mut |s| peers = s.authenticated_peers());
+        // Only what the presence task announced (a Joined still queued is written by it).
+        let items: Vec<(PeerAddr, u64)> = peers
+            .into_iter()
+            .flat_map(|(k, d)| [PeerAddr::Key(k), PeerAddr::Did(d)])
+            .filter_map(|w| self.held.get(&w).map(|at| (w, *at)))
+            .collect();
+        let script = redis::Script::new(REFRESH);
+        let mut stale = Vec::new();
+        for chunk in items.chunks(REFRESH_CHUNK) {
+            let mut inv = script.prepare_invoke();
+            inv.arg(&self.me).arg(self.ttl.as_secs().max(1));
+            for (w, at) in chunk {
+                inv.key(self.entry(w)).arg(format!("{}|{at}", self.me));
+            }
+            let out: Vec<String> = match inv.invoke_async(&mut self.redis).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay mesh: cannot refresh presence");
+                    return;
+                }
+            };
+            for ((w, _), o) in chunk.iter().zip(out) {
+                if !o.is_empty() {
+                    stale.push(w.clone());
+                }
+            }
+        }
+        if stale.is_empty() {
+            return;
+        }
+        for w in &stale {
+            self.held.remove(w);
+        }
+        let mut failed = 0usize;
+        access.with_server(&mut |s| {
+            failed = stale.iter().filter(|w| s.replaced_elsewhere(w)).count();
+        });
+        tracing::info!(
+            failed,
+            "relay mesh: clients authenticated at another instance since; their connections here are replaced"
+        );
+    }
+
+    async fn withdraw(&mut self, who: &PeerAddr) {
+        let r: Result<i64, _> = redis::Script::new(DELETE_IF_MINE)
+            .key(self.entry(who))
+            .arg(&self.me)
+            .invoke_async(&mut self.redis)
+            .await;
         if let Err(e) = r {
-            tracing::warn!(error = %e, "relay mesh: cannot write presence");
+            tracing::warn!(error = %e, "relay mesh: cannot withdraw presence");
+        }
+    }
+
+    async fn withdraw_all(&mut self) {
+        let held: Vec<PeerAddr> = self.held.drain().map(|(w, _)| w).collect();
+        for w in &held {
+            self.withdraw(w).await;
         }
     }
 }
@@ -317,11 +512,18 @@ struct Router {
 }
 
 impl Router {
-    async fn run(mut self, mut rx: mpsc::Receiver<MeshEvent>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<RouterMsg>) {
         loop {
-            let ev = tokio::select! {
+            let msg = tokio::select! {
                 () = self.stop.cancelled() => return,
                 ev = rx.recv() => match ev { Some(ev) => ev, None => return },
+            };
+            let ev = match msg {
+                RouterMsg::Core(ev) => ev,
+                RouterMsg::Moved { to, frame } => {
+                    let _ = self.send(&to, &frame, None);
+                    continue;
+                }
             };
             match ev {
                 MeshEvent::Forward {
@@ -393,7 +595,9 @@ impl Router {
                 None
             }
         };
-        let found = found.filter(|i| *i != self.me);
+        let found = found
+            .map(|v| split_entry(&v).0.to_owned())
+            .filter(|i| *i != self.me);
         if self.routes.len() > 65_536 {
             self.routes.clear();
         }
@@ -540,6 +744,7 @@ async fn accept_loop(
     listener: TcpListener,
     key: Arc<Zeroizing<Vec<u8>>>,
     access: Arc<dyn RelayAccess>,
+    moved: mpsc::Sender<(PeerAddr, u64)>,
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_INBOUND));
@@ -560,12 +765,12 @@ async fn accept_loop(
             tracing::warn!(%from, "relay mesh: too many links; refused");
             continue;
         };
-        let (key, access, stop) = (key.clone(), access.clone(), stop.clone());
+        let (key, access, stop, moved) = (key.clone(), access.clone(), stop.clone(), moved.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let r = tokio::select! {
                 () = stop.cancelled() => Ok(()),
-                r = inbound(tcp, &key, access.as_ref()) => r,
+                r = inbound(tcp, &key, access.as_ref(), &moved) => r,
             };
             if let Err(e) = r {
                 tracing::warn!(%from, error = %e, "relay mesh: link from instance ended");
@@ -575,7 +780,12 @@ async fn accept_loop(
 }
 
 /// Authenticates a link from another instance and feeds its frames to the relay core.
-async fn inbound(mut tcp: TcpStream, key: &[u8], access: &dyn RelayAccess) -> std::io::Result<()> {
+async fn inbound(
+    mut tcp: TcpStream,
+    key: &[u8],
+    access: &dyn RelayAccess,
+    moved: &mpsc::Sender<(PeerAddr, u64)>,
+) -> std::io::Result<()> {
     tcp.set_nodelay(true)?;
     let mut nonce_s = [0u8; 32];
     OsRng.fill_bytes(&mut nonce_s);
@@ -618,6 +828,7 @@ async fn inbound(mut tcp: TcpStream, key: &[u8], access: &dyn RelayAccess) -> st
         // One lock for everything that arrived together.
         let now = Instant::now();
         let mut batch = std::mem::take(&mut frames);
+        let mut notes = Vec::new();
         access.with_server(&mut |s| {
             for f in batch.drain(..) {
                 match f {
@@ -631,11 +842,17 @@ async fn inbound(mut tcp: TcpStream, key: &[u8], access: &dyn RelayAccess) -> st
                             },
                     } => s.deliver_from_mesh(src_key, src_did, dst, payload, now),
                     MeshFrame::Notice { to_key, frame } => s.mesh_notice(&to_key, frame, now),
+                    MeshFrame::Moved { who, auth_ms } => notes.push((who, auth_ms)),
                     MeshFrame::Forward { .. } => {}
                 }
             }
         });
         frames = batch;
+        for n in notes {
+            if moved.try_send(n).is_err() {
+                tracing::warn!("relay mesh: too many 'moved' notes queued; one dropped");
+            }
+        }
         // Let the destination writers drain before reading more (as the relay's readers do).
         tokio::task::yield_now().await;
     }

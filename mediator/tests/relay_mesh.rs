@@ -56,15 +56,33 @@ struct Mesh {
 /// Two instances on one Redis, each in the mesh with `key` (a mesh listener on a free
 /// loopback port, announced in Redis).
 fn two_instances(redis: RedisServer) -> Mesh {
-    let mut dirs = Vec::new();
-    let mut instances = Vec::new();
-    let mut mesh_addrs = Vec::new();
-    for _ in 0..2 {
-        let d = tempfile::tempdir().unwrap();
-        let key = d.path().join("mesh.key");
-        std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
-        let conf = d.path().join("mediator.toml");
-        std::fs::write(
+    instances(redis, 2)
+}
+
+/// `n` instances on one Redis, as [`two_instances`].
+fn instances(redis: RedisServer, n: usize) -> Mesh {
+    let mut mesh = Mesh {
+        _redis: redis,
+        _dirs: Vec::new(),
+        instances: Vec::new(),
+        mesh_addrs: Vec::new(),
+    };
+    for _ in 0..n {
+        mesh.start_instance();
+    }
+    mesh
+}
+
+impl Mesh {
+    /// Starts one more instance on the mesh's Redis.
+    fn start_instance(&mut self) {
+        let redis = &self._redis;
+        {
+            let d = tempfile::tempdir().unwrap();
+            let key = d.path().join("mesh.key");
+            std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+            let conf = d.path().join("mediator.toml");
+            std::fs::write(
             &conf,
             format!(
                 "store = \"{}\"\n[relay]\nmax_clients_per_ip = 64\n[relay.mesh]\nlisten = \"127.0.0.1:0\"\nkey_file = \"{}\"\npresence_ttl_secs = 6\n",
@@ -73,20 +91,14 @@ fn two_instances(redis: RedisServer) -> Mesh {
             ),
         )
         .unwrap();
-        let m = MediatorProc::start_with_config(&d.path().join("data"), &[], Some(&conf));
-        mesh_addrs.push(m.relay_mesh.clone().unwrap());
-        instances.push(m);
-        dirs.push(d);
-    }
-    assert_eq!(
-        instances[0].did, instances[1].did,
-        "one mediator, two instances"
-    );
-    Mesh {
-        _redis: redis,
-        _dirs: dirs,
-        instances,
-        mesh_addrs,
+            let m = MediatorProc::start_with_config(&d.path().join("data"), &[], Some(&conf));
+            if let Some(first) = self.instances.first() {
+                assert_eq!(first.did, m.did, "one mediator, several instances");
+            }
+            self.mesh_addrs.push(m.relay_mesh.clone().unwrap());
+            self.instances.push(m);
+            self._dirs.push(d);
+        }
     }
 }
 
@@ -324,5 +336,100 @@ async fn verify_clients_admits_only_granted_dids() {
         admitted.is_ok(),
         "a granted DID was refused: {:?}",
         admitted.err()
+    );
+}
+
+/// The instance (its mesh address) that the presence entry for `id`'s key names, if any.
+async fn owner(redis_url: &str, id: &RelayIdentity) -> Option<String> {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let entry = format!(
+        "mpcdid:relay:k:{}",
+        hex::encode(id.key.verifying_key().to_bytes())
+    );
+    let v: Option<String> = redis::cmd("GET")
+        .arg(&entry)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    v.map(|v| v.split('|').next().unwrap_or_default().to_owned())
+}
+
+/// Waits until the presence entry for `id` names `inst`.
+async fn wait_owner(redis_url: &str, id: &RelayIdentity, inst: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = owner(redis_url, id).await;
+        if o.as_deref() == Some(inst) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence names {o:?}, not {inst}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// §4.7 presence ownership (audit 18 H2): client X re-authenticates at instance B while its
+// first connection, at A, is still open (a silently dead path looks like this to A). A must
+// stop routing to the stale connection (it is failed with `Replaced`, as on one relay) and
+// must not take the presence entry back on its refresh: packets from senders on A and on a
+// third instance C reach X's new connection promptly, and Redis names B throughout. Before
+// the fix A kept queueing to the stale socket and overwrote B's entry every ttl/3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_moves_to_another_instance_is_reached_there() {
+    let Some(redis) = redis() else { return };
+    let url = redis.url.clone();
+    let mesh = instances(redis, 3);
+    let relay = |i: usize| format!("ws://{}/relay", mesh.instances[i].addr);
+    let did = mesh.instances[0].did.clone();
+    let (ix, isa, isc) = (identity(), identity(), identity());
+    let old = connect(&relay(0), &ix, &did).await;
+    wait_owner(&url, &ix, &mesh.mesh_addrs[0]).await;
+    let sa = connect(&relay(0), &isa, &did).await;
+    let sc = connect(&relay(2), &isc, &did).await;
+    // X again, at B; `old` stays open (and keeps answering pings).
+    let new = connect(&relay(1), &ix, &did).await;
+    wait_owner(&url, &ix, &mesh.mesh_addrs[1]).await;
+    // The stale connection at A is told at once, as a local re-authentication tells it.
+    tokio::time::timeout(Duration::from_secs(5), old.closed())
+        .await
+        .expect("the stale connection at A was not replaced");
+    assert_eq!(
+        old.close_reason(),
+        Some(mpc_did_rendezvous::net::relay::REPLACED)
+    );
+    let mut from_a = new.open_stream(key_of(&isa)).unwrap();
+    let mut from_c = new.open_stream(key_of(&isc)).unwrap();
+    let mut to_x_a = sa.open_stream(key_of(&ix)).unwrap();
+    let mut to_x_c = sc.open_stream(key_of(&ix)).unwrap();
+    // 20 packets from each sender over 5 s (longer than A's refresh interval, 2 s).
+    for i in 0..20u8 {
+        let (ma, mc) = ([b'a', i, 0xa5], [b'c', i, 0x5a]);
+        to_x_a.write_all(&ma).await.unwrap();
+        to_x_c.write_all(&mc).await.unwrap();
+        for (stream, want, from) in [(&mut from_a, ma, "A"), (&mut from_c, mc, "C")] {
+            let mut got = [0u8; 3];
+            tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut got))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("packet {i} from the sender on {from} did not reach X's new connection within 2 s")
+                })
+                .unwrap();
+            assert_eq!(got, want, "packet {i} from {from}: one was lost before it");
+        }
+        assert_eq!(
+            owner(&url, &ix).await.as_deref(),
+            Some(mesh.mesh_addrs[1].as_str()),
+            "presence taken back from B (packet {i})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Closing it withdrew nothing that B holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        owner(&url, &ix).await.as_deref(),
+        Some(mesh.mesh_addrs[1].as_str())
     );
 }
