@@ -63,6 +63,9 @@ pub struct MeshConfig {
     pub prefix: String,
     /// How long a presence entry lives unless refreshed.
     pub presence_ttl: Duration,
+    /// Accept a `listen` address that is neither loopback nor private (links are
+    /// authenticated, not encrypted, and frames after the handshake carry no MAC).
+    pub allow_public_listen: bool,
 }
 
 impl std::fmt::Debug for MeshConfig {
@@ -73,12 +76,14 @@ impl std::fmt::Debug for MeshConfig {
             .field("redis_url", &self.redis_url)
             .field("prefix", &self.prefix)
             .field("presence_ttl", &self.presence_ttl)
+            .field("allow_public_listen", &self.allow_public_listen)
             .finish_non_exhaustive()
     }
 }
 
 impl MeshConfig {
-    /// Checks the key length and that the advertised address can be dialled.
+    /// Checks the key length, that the advertised address can be dialled, and that the
+    /// listener is on a loopback or private address (unless `allow_public_listen`).
     ///
     /// # Errors
     /// A message naming the setting to fix.
@@ -86,6 +91,12 @@ impl MeshConfig {
         if self.key.len() < MIN_KEY_LEN {
             return Err(format!(
                 "relay.mesh.key_file: the mesh key must be at least {MIN_KEY_LEN} bytes (e.g. `openssl rand -hex 32 > mesh.key`)"
+            ));
+        }
+        if !self.allow_public_listen && !is_private(self.listen.ip()) {
+            return Err(format!(
+                "relay.mesh.listen: {} is not a loopback or private address; the mesh links are authenticated, not encrypted (frames after the handshake carry no MAC): bind the private network's address, or set relay.mesh.allow_public_listen = true behind a firewall or VPN",
+                self.listen
             ));
         }
         // Without `advertise` the bound listen address is announced (port 0 is resolved).
@@ -99,6 +110,28 @@ impl MeshConfig {
     }
 }
 
+/// Loopback, RFC 1918, shared (RFC 6598, e.g. Tailscale), link-local, or IPv6 unique-local
+/// / link-local: an address strangers on the Internet do not reach directly. `0.0.0.0` is
+/// not (it listens on every interface).
+fn is_private(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_private(std::net::IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback() || (first & 0xfe00) == 0xfc00 || (first & 0xffc0) == 0xfe80
+            }
+        },
+    }
+}
+
 /// Access to the local relay core: runs `f` under the relay's lock, then delivers the
 /// core's events (wakes writers, hands mesh events back to [`MeshTx::dispatch`]).
 pub(crate) trait RelayAccess: Send + Sync + 'static {
@@ -109,8 +142,19 @@ pub(crate) trait RelayAccess: Send + Sync + 'static {
 const LINK_QUEUE: usize = 256;
 /// Events queued for the router.
 const ROUTER_QUEUE: usize = 1024;
-/// Links accepted from other instances at once.
+/// Authenticated links from other instances at once.
 const MAX_INBOUND: usize = 64;
+/// Inbound handshakes in progress at once, from all sources together (a slot is held from
+/// accept until the peer proved the key, at most [`INBOUND_HANDSHAKE_TIMEOUT`]).
+const MAX_PENDING: usize = 64;
+/// Inbound handshakes in progress from one source (an IPv4 address or an IPv6 /64): a
+/// stranger reconnecting to the mesh port holds at most these, and the instances, at other
+/// addresses, still get in.
+const MAX_PENDING_PER_SOURCE: usize = 4;
+/// An inbound handshake is one round trip on a private network.
+const INBOUND_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Refused connections are logged at most once per this interval, with their count.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How long a looked-up route is trusted.
 const ROUTE_TTL: Duration = Duration::from_secs(1);
 /// How long "no instance holds it" is trusted (short: a peer may be connecting now).
@@ -740,6 +784,66 @@ async fn dial(inst: &str, key: &[u8]) -> std::io::Result<TcpStream> {
     Ok(tcp)
 }
 
+/// The source a pending-handshake budget is counted for: the IPv4 address, or the IPv6 /64.
+fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 @ std::net::IpAddr::V4(_) => v4,
+    }
+}
+
+/// Handshakes in progress per source.
+type PendingMap = Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>>;
+
+fn lock_pending(m: &PendingMap) -> std::sync::MutexGuard<'_, HashMap<std::net::IpAddr, usize>> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One source's pending handshake; released on drop.
+struct PendingSlot {
+    map: PendingMap,
+    source: std::net::IpAddr,
+    _global: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut m = lock_pending(&self.map);
+        if let Some(n) = m.get_mut(&self.source) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// Refusals, logged at most once per [`REFUSAL_LOG_EVERY`] with their count (a stranger
+/// reconnecting in a loop must not flood the log).
+#[derive(Default)]
+struct Refusals {
+    count: u64,
+    last_log: Option<Instant>,
+}
+
+impl Refusals {
+    fn note(m: &std::sync::Mutex<Refusals>, from: SocketAddr, why: &'static str) {
+        let mut r = m.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        r.count += 1;
+        let due = r.last_log.is_none_or(|t| t.elapsed() >= REFUSAL_LOG_EVERY);
+        if due {
+            tracing::warn!(%from, refused = r.count, reason = why, "relay mesh: connections refused (logged at most every 10 s)");
+            r.count = 0;
+            r.last_log = Some(Instant::now());
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     key: Arc<Zeroizing<Vec<u8>>>,
@@ -748,6 +852,9 @@ async fn accept_loop(
     stop: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_INBOUND));
+    let pending_all = Arc::new(Semaphore::new(MAX_PENDING));
+    let pending: PendingMap = Arc::default();
+    let refusals = Arc::new(std::sync::Mutex::new(Refusals::default()));
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -761,16 +868,57 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%from, "relay mesh: too many links; refused");
+        // A handshake slot: per source first, so one stranger cannot take them all.
+        let source = source_of(from.ip());
+        let slot = {
+            let mut m = lock_pending(&pending);
+            let n = m.get(&source).copied().unwrap_or(0);
+            match pending_all.clone().try_acquire_owned() {
+                Ok(global) if n < MAX_PENDING_PER_SOURCE => {
+                    m.insert(source, n + 1);
+                    Some(PendingSlot {
+                        map: pending.clone(),
+                        source,
+                        _global: global,
+                    })
+                }
+                _ => None,
+            }
+        };
+        let Some(slot) = slot else {
+            drop(tcp);
+            Refusals::note(&refusals, from, "too many handshakes in progress");
             continue;
         };
-        let (key, access, stop, moved) = (key.clone(), access.clone(), stop.clone(), moved.clone());
+        let (key, access, stop, moved, slots, refusals) = (
+            key.clone(),
+            access.clone(),
+            stop.clone(),
+            moved.clone(),
+            slots.clone(),
+            refusals.clone(),
+        );
         tokio::spawn(async move {
-            let _permit = permit;
+            let shaken = tokio::select! {
+                () = stop.cancelled() => return,
+                r = handshake(tcp, &key) => r,
+            };
+            drop(slot);
+            let tcp = match shaken {
+                Ok(t) => t,
+                Err(e) => {
+                    Refusals::note(&refusals, from, "handshake failed");
+                    tracing::debug!(%from, error = %e, "relay mesh: link handshake failed");
+                    return;
+                }
+            };
+            let Ok(_permit) = slots.try_acquire_owned() else {
+                Refusals::note(&refusals, from, "too many links");
+                return;
+            };
             let r = tokio::select! {
                 () = stop.cancelled() => Ok(()),
-                r = inbound(tcp, &key, access.as_ref(), &moved) => r,
+                r = inbound(tcp, access.as_ref(), &moved) => r,
             };
             if let Err(e) = r {
                 tracing::warn!(%from, error = %e, "relay mesh: link from instance ended");
@@ -779,17 +927,13 @@ async fn accept_loop(
     }
 }
 
-/// Authenticates a link from another instance and feeds its frames to the relay core.
-async fn inbound(
-    mut tcp: TcpStream,
-    key: &[u8],
-    access: &dyn RelayAccess,
-    moved: &mpsc::Sender<(PeerAddr, u64)>,
-) -> std::io::Result<()> {
+/// The listener's side of the handshake (both sides prove the mesh key), within
+/// [`INBOUND_HANDSHAKE_TIMEOUT`].
+async fn handshake(mut tcp: TcpStream, key: &[u8]) -> std::io::Result<TcpStream> {
     tcp.set_nodelay(true)?;
     let mut nonce_s = [0u8; 32];
     OsRng.fill_bytes(&mut nonce_s);
-    let handshake = async {
+    let shake = async {
         tcp.write_all(&nonce_s).await?;
         let mut hello = [0u8; 64];
         tcp.read_exact(&mut hello).await?;
@@ -801,9 +945,18 @@ async fn inbound(
         let answer = server_proof(key, &nonce_s, &nonce_c).map_err(std::io::Error::other)?;
         tcp.write_all(&answer).await
     };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+    tokio::time::timeout(INBOUND_HANDSHAKE_TIMEOUT, shake)
         .await
         .map_err(|_| std::io::Error::other("mesh handshake timed out"))??;
+    Ok(tcp)
+}
+
+/// Feeds the frames of an authenticated link from another instance to the relay core.
+async fn inbound(
+    mut tcp: TcpStream,
+    access: &dyn RelayAccess,
+    moved: &mpsc::Sender<(PeerAddr, u64)>,
+) -> std::io::Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(256 * 1024);
     let mut frames = Vec::new();
     loop {

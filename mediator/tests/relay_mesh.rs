@@ -433,3 +433,53 @@ async fn a_client_that_moves_to_another_instance_is_reached_there() {
         Some(mesh.mesh_addrs[1].as_str())
     );
 }
+
+// §4.7 listener limits (audit 18 M4): 80 strangers at another address keep reconnecting to
+// B's mesh port without the key and hold each connection until the listener gives up. An
+// instance started afterwards still links to B and delivers to a client there: a source
+// holds at most 4 handshakes in progress, so the strangers cannot take every slot. Before,
+// a slot was taken at accept and held 5 s: 64 strangers locked every instance out
+// (`PeerGone` for everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_on_the_mesh_port_do_not_lock_out_instances() {
+    let Some(redis) = redis() else { return };
+    let url = redis.url.clone();
+    let mut mesh = instances(redis, 1);
+    let b = &mesh.instances[0];
+    let did = b.did.clone();
+    let iy = identity();
+    let y = connect(&format!("ws://{}/relay", b.addr), &iy, &did).await;
+    let target: std::net::SocketAddr = mesh.mesh_addrs[0].parse().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut strangers = Vec::new();
+    for _ in 0..80 {
+        let stop = stop.clone();
+        strangers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Another host than the instances (which dial from 127.0.0.1).
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind("127.0.0.2:0".parse().unwrap())
+                    .expect("loopback source 127.0.0.2");
+                if let Ok(mut tcp) = sock.connect(target).await {
+                    // Read the nonce, then hold until the listener gives up.
+                    let mut sink = [0u8; 64];
+                    while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mesh.start_instance();
+    let c = &mesh.instances[1];
+    let iz = identity();
+    let z = connect(&format!("ws://{}/relay", c.addr), &iz, &did).await;
+    wait_present(&url, &iy).await;
+    wait_present(&url, &iz).await;
+    // Fails with PeerGone (the stream errors) when C's link to B is refused.
+    exchange(&z, &iz, &y, &iy, 16 << 10).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in strangers {
+        s.abort();
+    }
+}
