@@ -163,18 +163,37 @@ const NO_ROUTE_TTL: Duration = Duration::from_millis(250);
 const REDIAL_AFTER: Duration = Duration::from_secs(1);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most of the router's queue one sender's forwards may hold: one client sending to many
+/// peers cannot fill it for everyone (audit 18 M3); past it, its packets are answered
+/// `Overloaded(PeerQueueFull)` at once.
+const ROUTER_SHARE: usize = ROUTER_QUEUE / 4;
+/// Presence lookups (Redis `GET`s for destinations without a cached route) one sender may
+/// cause per second, and its burst; past them its packets to uncached destinations are
+/// answered `PeerGone` without a lookup.
+const LOOKUP_RATE: f64 = 100.0;
+const LOOKUP_BURST: f64 = 200.0;
+
+/// Forwards of each sender waiting in the router's queue.
+type Share = Arc<std::sync::Mutex<HashMap<[u8; 32], usize>>>;
+
+fn lock_share(s: &Share) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], usize>> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// `Moved` notes from other instances queued for the presence task.
 const MOVED_QUEUE: usize = 1024;
 
 /// The relay core's side of the mesh: where [`MeshEvent`]s go.
 pub(crate) struct MeshTx {
     router: mpsc::Sender<RouterMsg>,
+    share: Share,
     presence: mpsc::UnboundedSender<MeshEvent>,
 }
 
 /// The tasks' side, taken by [`run`].
 pub(crate) struct MeshRx {
     router_tx: mpsc::Sender<RouterMsg>,
+    share: Share,
     router: mpsc::Receiver<RouterMsg>,
     presence: mpsc::UnboundedReceiver<MeshEvent>,
 }
@@ -183,13 +202,16 @@ pub(crate) struct MeshRx {
 pub(crate) fn channels() -> (MeshTx, MeshRx) {
     let (rt, rr) = mpsc::channel(ROUTER_QUEUE);
     let (pt, pr) = mpsc::unbounded_channel();
+    let share = Share::default();
     (
         MeshTx {
             router: rt.clone(),
+            share: share.clone(),
             presence: pt,
         },
         MeshRx {
             router_tx: rt.clone(),
+            share,
             router: rr,
             presence: pr,
         },
@@ -206,7 +228,12 @@ impl MeshTx {
                 let _ = self.presence.send(ev);
             }
             MeshEvent::Forward { src_key, .. } => {
-                if self.router.try_send(RouterMsg::Core(ev)).is_err() {
+                let mut share = lock_share(&self.share);
+                let n = share.get(&src_key).copied().unwrap_or(0);
+                let queued = n < ROUTER_SHARE && self.router.try_send(RouterMsg::Core(ev)).is_ok();
+                if queued {
+                    share.insert(src_key, n + 1);
+                } else {
                     server.mesh_notice(
                         &src_key,
                         RelayToClient::Overloaded(OverloadReason::PeerQueueFull),
@@ -265,6 +292,8 @@ pub(crate) async fn run(
         routes: HashMap::new(),
         links: HashMap::new(),
         stop: stop.clone(),
+        share: rx.share,
+        lookups: HashMap::new(),
     };
     tokio::join!(
         presence.run(rx.presence, moved_rx, access.clone(), stop.clone()),
@@ -553,6 +582,9 @@ struct Router {
     routes: HashMap<PeerAddr, (Option<String>, Instant)>,
     links: HashMap<String, Link>,
     stop: CancellationToken,
+    share: Share,
+    /// Each sender's lookup budget: tokens and when they were counted.
+    lookups: HashMap<[u8; 32], (f64, Instant)>,
 }
 
 impl Router {
@@ -576,6 +608,26 @@ impl Router {
                     dst,
                     payload,
                 } => {
+                    {
+                        let mut share = lock_share(&self.share);
+                        if let Some(n) = share.get_mut(&src_key) {
+                            *n = n.saturating_sub(1);
+                            if *n == 0 {
+                                share.remove(&src_key);
+                            }
+                        }
+                    }
+                    if !self.cached(&dst) && !self.take_lookup(&src_key) {
+                        // Past its lookup budget: answered as for an unknown peer, no Redis.
+                        self.access.with_server(&mut |s| {
+                            s.mesh_notice(
+                                &src_key,
+                                RelayToClient::PeerGone(dst.clone()),
+                                Instant::now(),
+                            );
+                        });
+                        continue;
+                    }
                     let frame = MeshFrame::Forward {
                         dst: dst.clone(),
                         packet: RelayToClient::RecvPacket {
@@ -607,6 +659,38 @@ impl Router {
                 }
                 _ => {}
             }
+        }
+    }
+
+    /// Whether `dst` has a route (or "nobody") still trusted, so no lookup is needed.
+    fn cached(&self, dst: &PeerAddr) -> bool {
+        self.routes.get(dst).is_some_and(|(inst, at)| {
+            let ttl = if inst.is_some() {
+                ROUTE_TTL
+            } else {
+                NO_ROUTE_TTL
+            };
+            at.elapsed() < ttl
+        })
+    }
+
+    /// Takes one presence lookup from `sender`'s budget ([`LOOKUP_RATE`]/s).
+    fn take_lookup(&mut self, sender: &[u8; 32]) -> bool {
+        let now = Instant::now();
+        if self.lookups.len() > 65_536 {
+            self.lookups.retain(|_, (t, at)| {
+                *t + now.saturating_duration_since(*at).as_secs_f64() * LOOKUP_RATE < LOOKUP_BURST
+            });
+        }
+        let (tokens, at) = self.lookups.entry(*sender).or_insert((LOOKUP_BURST, now));
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * LOOKUP_RATE)
+            .min(LOOKUP_BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 

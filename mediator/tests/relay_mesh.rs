@@ -483,3 +483,71 @@ async fn strangers_on_the_mesh_port_do_not_lock_out_instances() {
         s.abort();
     }
 }
+
+// §4.7 router budget (audit 18 M3): client F on instance 1 sends packets to random keys as
+// fast as it can, which costs the router a Redis lookup each; meanwhile B (instance 1)
+// sends 100 packets at 20/s to C (instance 2): all arrive, in order. A sender holds at most
+// a quarter of the router's queue and 100 lookups/s; before, F filled the one queue and
+// most of B's packets were dropped (`Overloaded`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_probing_random_peers_does_not_starve_others() {
+    let Some(redis) = redis() else { return };
+    let url = redis.url.clone();
+    let mesh = two_instances(redis);
+    let [m1, m2] = [&mesh.instances[0], &mesh.instances[1]];
+    let (iff, ib, ic) = (identity(), identity(), identity());
+    let f = connect(&format!("ws://{}/relay", m1.addr), &iff, &m1.did).await;
+    let b = connect(&format!("ws://{}/relay", m1.addr), &ib, &m1.did).await;
+    let c = connect(&format!("ws://{}/relay", m2.addr), &ic, &m2.did).await;
+    wait_present(&url, &ic).await;
+    let mut to_c = b.open_stream(key_of(&ic)).unwrap();
+    let mut from_b = c.open_stream(key_of(&ib)).unwrap();
+    // Warm the route before the flood.
+    to_c.write_all(&[0xff, 0xff, 0xff]).await.unwrap();
+    let mut got = [0u8; 3];
+    tokio::time::timeout(Duration::from_secs(5), from_b.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut k = [0u8; 32];
+                OsRng.fill_bytes(&mut k);
+                if let Ok(mut s) = f.open_stream(PeerAddr::Key(k)) {
+                    let _ = s.write_all(b"probe").await;
+                    sent += 1;
+                }
+                if sent.is_multiple_of(64) {
+                    tokio::task::yield_now().await;
+                }
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..100u16 {
+        let [hi, lo] = i.to_be_bytes();
+        let want = [hi, lo, 0x3c];
+        tokio::time::timeout(Duration::from_secs(3), to_c.write_all(&want))
+            .await
+            .unwrap_or_else(|_| panic!("B could not send packet {i} within 3 s"))
+            .unwrap();
+        let mut got = [0u8; 3];
+        tokio::time::timeout(Duration::from_secs(3), from_b.read_exact(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("packet {i} from B did not reach C within 3 s"))
+            .unwrap();
+        assert_eq!(got, want, "packet {i}: one before it was dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.await.unwrap();
+    assert!(
+        sent > 1000,
+        "the flood was too weak to test anything: {sent}"
+    );
+}
