@@ -95,6 +95,7 @@ async fn instance(redis: &str, dir: &std::path::Path) -> (MediatorHandle, RelayS
             redis_url: redis.to_owned(),
             prefix: "mpcdid:".into(),
             presence_ttl: Duration::from_secs(30),
+            allow_public_listen: false,
         }),
         ..RelayServiceConfig::default()
     })

@@ -55,6 +55,9 @@ pub struct MeshSettings {
     pub key_file: Option<PathBuf>,
     /// Seconds a presence entry lives in Redis unless refreshed (every third of it).
     pub presence_ttl_secs: u64,
+    /// Accept a `listen` address that is neither loopback nor private (e.g. `0.0.0.0`):
+    /// only behind a firewall or VPN that keeps strangers off the mesh port.
+    pub allow_public_listen: bool,
 }
 
 impl Default for RelaySettings {
@@ -81,6 +84,7 @@ impl Default for MeshSettings {
             advertise: None,
             key_file: None,
             presence_ttl_secs: 30,
+            allow_public_listen: false,
         }
     }
 }
@@ -157,6 +161,7 @@ impl RelaySettings {
                     redis_url: url.clone(),
                     prefix: redis_prefix.to_owned(),
                     presence_ttl: Duration::from_secs(self.mesh.presence_ttl_secs.max(3)),
+                    allow_public_listen: self.mesh.allow_public_listen,
                 };
                 m.validate()?;
                 Some(m)
@@ -207,6 +212,24 @@ mod tests {
             .unwrap_err()
             .contains("at least 32"));
         std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+        // A public or wildcard listener needs the explicit opt-in (audit 18 M4).
+        for public in ["0.0.0.0:7001", "203.0.113.5:7001", "[2001:db8::1]:7001"] {
+            r.mesh.listen = Some(public.parse().unwrap());
+            r.mesh.advertise = Some("10.0.0.1:7001".parse().unwrap());
+            let e = r.service_config(&redis, "p:").unwrap_err();
+            assert!(e.contains("allow_public_listen"), "{e}");
+        }
+        for private in [
+            "10.1.2.3:7001",
+            "192.168.1.1:7001",
+            "100.64.0.9:7001",
+            "[fd00::1]:7001",
+        ] {
+            r.mesh.listen = Some(private.parse().unwrap());
+            assert!(r.service_config(&redis, "p:").is_ok(), "{private}");
+        }
+        r.mesh.advertise = None;
+        r.mesh.allow_public_listen = true;
         // 0.0.0.0 cannot be dialled by the others: an advertise address is needed.
         r.mesh.listen = Some("0.0.0.0:7001".parse().unwrap());
         assert!(r

@@ -8,6 +8,7 @@
 //!    │ ── nonce_c (32) ‖ HMAC(k, "client"…) ─▶│ check
 //!    │ ◀──────── HMAC(k, "server"…) ──────────│ check
 //!    │ ── Forward{dst, RecvPacket} / Notice ─▶│ deliver_from_mesh / mesh_notice
+//!    │ ── Moved{who, auth_ms} ───────────────▶│ replaced_elsewhere (if still that one)
 //! ```
 //!
 //! Frames are `type: u8 | body_len: u32 BE | body`, as relay frames are; the body of a
@@ -29,6 +30,7 @@ pub(crate) const MIN_KEY_LEN: usize = 32;
 
 const T_FORWARD: u8 = 0x01;
 const T_NOTICE: u8 = 0x02;
+const T_MOVED: u8 = 0x03;
 
 /// Why a mesh frame or handshake was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,6 +65,16 @@ pub(crate) enum MeshFrame {
         /// The notice.
         frame: RelayToClient,
     },
+    /// The client holding `who` authenticated again at the sending instance, which took
+    /// the presence entry naming the receiving instance and this `auth_ms`: the receiver
+    /// fails its own connection for `who` as `Replaced` if it is still the one that
+    /// authenticated at `auth_ms` (spec/rendezvous.md §4.7, presence ownership).
+    Moved {
+        /// The key or DID that moved.
+        who: PeerAddr,
+        /// The displaced entry's authentication time (Unix ms): its generation.
+        auth_ms: u64,
+    },
 }
 
 impl MeshFrame {
@@ -72,20 +84,28 @@ impl MeshFrame {
         let typ = match self {
             MeshFrame::Forward { .. } => T_FORWARD,
             MeshFrame::Notice { .. } => T_NOTICE,
+            MeshFrame::Moved { .. } => T_MOVED,
         };
         buf.push(typ);
         buf.extend_from_slice(&[0; 4]);
         let inner = match self {
             MeshFrame::Forward { dst, packet } => {
                 put_peer(buf, dst)?;
-                packet
+                Some(packet)
             }
             MeshFrame::Notice { to_key, frame } => {
                 buf.extend_from_slice(to_key);
-                frame
+                Some(frame)
+            }
+            MeshFrame::Moved { who, auth_ms } => {
+                put_peer(buf, who)?;
+                buf.extend_from_slice(&auth_ms.to_be_bytes());
+                None
             }
         };
-        inner.write_to(buf).map_err(|_| MeshProtoError::Malformed)?;
+        if let Some(inner) = inner {
+            inner.write_to(buf).map_err(|_| MeshProtoError::Malformed)?;
+        }
         let body = buf.len() - start - 5;
         if body > MAX_MESH_BODY {
             buf.truncate(start);
@@ -131,6 +151,16 @@ impl MeshFrame {
                     return Err(MeshProtoError::Malformed);
                 }
                 MeshFrame::Notice { to_key, frame }
+            }
+            T_MOVED => {
+                let (who, used) = get_peer(body)?;
+                let t: [u8; 8] = body[used..]
+                    .try_into()
+                    .map_err(|_| MeshProtoError::Malformed)?;
+                MeshFrame::Moved {
+                    who,
+                    auth_ms: u64::from_be_bytes(t),
+                }
             }
             _ => return Err(MeshProtoError::Malformed),
         };
@@ -283,6 +313,14 @@ mod tests {
             to_key: [2; 32],
             frame: RelayToClient::Overloaded(OverloadReason::PeerQueueFull),
         });
+        round_trip(&MeshFrame::Moved {
+            who: PeerAddr::Key([3; 32]),
+            auth_ms: 1_765_000_000_123,
+        });
+        round_trip(&MeshFrame::Moved {
+            who: PeerAddr::Did("did:web:example.org".into()),
+            auth_ms: u64::MAX,
+        });
     }
 
     #[test]
@@ -314,6 +352,13 @@ mod tests {
         buf.push(0);
         buf[4] += 1;
         assert_eq!(MeshFrame::decode(&buf), Err(MeshProtoError::Malformed));
+        // A Moved with a short or long generation.
+        for extra in [7usize, 9] {
+            let mut b = vec![T_MOVED, 0, 0, 0, (33 + extra) as u8, 0];
+            b.extend_from_slice(&[1; 32]);
+            b.extend(std::iter::repeat_n(0, extra));
+            assert_eq!(MeshFrame::decode(&b), Err(MeshProtoError::Malformed));
+        }
     }
 
     #[test]

@@ -56,15 +56,33 @@ struct Mesh {
 /// Two instances on one Redis, each in the mesh with `key` (a mesh listener on a free
 /// loopback port, announced in Redis).
 fn two_instances(redis: RedisServer) -> Mesh {
-    let mut dirs = Vec::new();
-    let mut instances = Vec::new();
-    let mut mesh_addrs = Vec::new();
-    for _ in 0..2 {
-        let d = tempfile::tempdir().unwrap();
-        let key = d.path().join("mesh.key");
-        std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
-        let conf = d.path().join("mediator.toml");
-        std::fs::write(
+    instances(redis, 2)
+}
+
+/// `n` instances on one Redis, as [`two_instances`].
+fn instances(redis: RedisServer, n: usize) -> Mesh {
+    let mut mesh = Mesh {
+        _redis: redis,
+        _dirs: Vec::new(),
+        instances: Vec::new(),
+        mesh_addrs: Vec::new(),
+    };
+    for _ in 0..n {
+        mesh.start_instance();
+    }
+    mesh
+}
+
+impl Mesh {
+    /// Starts one more instance on the mesh's Redis.
+    fn start_instance(&mut self) {
+        let redis = &self._redis;
+        {
+            let d = tempfile::tempdir().unwrap();
+            let key = d.path().join("mesh.key");
+            std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+            let conf = d.path().join("mediator.toml");
+            std::fs::write(
             &conf,
             format!(
                 "store = \"{}\"\n[relay]\nmax_clients_per_ip = 64\n[relay.mesh]\nlisten = \"127.0.0.1:0\"\nkey_file = \"{}\"\npresence_ttl_secs = 6\n",
@@ -73,20 +91,14 @@ fn two_instances(redis: RedisServer) -> Mesh {
             ),
         )
         .unwrap();
-        let m = MediatorProc::start_with_config(&d.path().join("data"), &[], Some(&conf));
-        mesh_addrs.push(m.relay_mesh.clone().unwrap());
-        instances.push(m);
-        dirs.push(d);
-    }
-    assert_eq!(
-        instances[0].did, instances[1].did,
-        "one mediator, two instances"
-    );
-    Mesh {
-        _redis: redis,
-        _dirs: dirs,
-        instances,
-        mesh_addrs,
+            let m = MediatorProc::start_with_config(&d.path().join("data"), &[], Some(&conf));
+            if let Some(first) = self.instances.first() {
+                assert_eq!(first.did, m.did, "one mediator, several instances");
+            }
+            self.mesh_addrs.push(m.relay_mesh.clone().unwrap());
+            self.instances.push(m);
+            self._dirs.push(d);
+        }
     }
 }
 
@@ -324,5 +336,218 @@ async fn verify_clients_admits_only_granted_dids() {
         admitted.is_ok(),
         "a granted DID was refused: {:?}",
         admitted.err()
+    );
+}
+
+/// The instance (its mesh address) that the presence entry for `id`'s key names, if any.
+async fn owner(redis_url: &str, id: &RelayIdentity) -> Option<String> {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let entry = format!(
+        "mpcdid:relay:k:{}",
+        hex::encode(id.key.verifying_key().to_bytes())
+    );
+    let v: Option<String> = redis::cmd("GET")
+        .arg(&entry)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    v.map(|v| v.split('|').next().unwrap_or_default().to_owned())
+}
+
+/// Waits until the presence entry for `id` names `inst`.
+async fn wait_owner(redis_url: &str, id: &RelayIdentity, inst: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = owner(redis_url, id).await;
+        if o.as_deref() == Some(inst) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence names {o:?}, not {inst}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// §4.7 presence ownership (audit 18 H2): client X re-authenticates at instance B while its
+// first connection, at A, is still open (a silently dead path looks like this to A). A must
+// stop routing to the stale connection (it is failed with `Replaced`, as on one relay) and
+// must not take the presence entry back on its refresh: packets from senders on A and on a
+// third instance C reach X's new connection promptly, and Redis names B throughout. Before
+// the fix A kept queueing to the stale socket and overwrote B's entry every ttl/3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_moves_to_another_instance_is_reached_there() {
+    let Some(redis) = redis() else { return };
+    let url = redis.url.clone();
+    let mesh = instances(redis, 3);
+    let relay = |i: usize| format!("ws://{}/relay", mesh.instances[i].addr);
+    let did = mesh.instances[0].did.clone();
+    let (ix, isa, isc) = (identity(), identity(), identity());
+    let old = connect(&relay(0), &ix, &did).await;
+    wait_owner(&url, &ix, &mesh.mesh_addrs[0]).await;
+    let sa = connect(&relay(0), &isa, &did).await;
+    let sc = connect(&relay(2), &isc, &did).await;
+    // X again, at B; `old` stays open (and keeps answering pings).
+    let new = connect(&relay(1), &ix, &did).await;
+    wait_owner(&url, &ix, &mesh.mesh_addrs[1]).await;
+    // The stale connection at A is told at once, as a local re-authentication tells it.
+    tokio::time::timeout(Duration::from_secs(5), old.closed())
+        .await
+        .expect("the stale connection at A was not replaced");
+    assert_eq!(
+        old.close_reason(),
+        Some(mpc_did_rendezvous::net::relay::REPLACED)
+    );
+    let mut from_a = new.open_stream(key_of(&isa)).unwrap();
+    let mut from_c = new.open_stream(key_of(&isc)).unwrap();
+    let mut to_x_a = sa.open_stream(key_of(&ix)).unwrap();
+    let mut to_x_c = sc.open_stream(key_of(&ix)).unwrap();
+    // 20 packets from each sender over 5 s (longer than A's refresh interval, 2 s).
+    for i in 0..20u8 {
+        let (ma, mc) = ([b'a', i, 0xa5], [b'c', i, 0x5a]);
+        to_x_a.write_all(&ma).await.unwrap();
+        to_x_c.write_all(&mc).await.unwrap();
+        for (stream, want, from) in [(&mut from_a, ma, "A"), (&mut from_c, mc, "C")] {
+            let mut got = [0u8; 3];
+            tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut got))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("packet {i} from the sender on {from} did not reach X's new connection within 2 s")
+                })
+                .unwrap();
+            assert_eq!(got, want, "packet {i} from {from}: one was lost before it");
+        }
+        assert_eq!(
+            owner(&url, &ix).await.as_deref(),
+            Some(mesh.mesh_addrs[1].as_str()),
+            "presence taken back from B (packet {i})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Closing it withdrew nothing that B holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        owner(&url, &ix).await.as_deref(),
+        Some(mesh.mesh_addrs[1].as_str())
+    );
+}
+
+// §4.7 listener limits (audit 18 M4): 80 strangers at another address keep reconnecting to
+// B's mesh port without the key and hold each connection until the listener gives up. An
+// instance started afterwards still links to B and delivers to a client there: a source
+// holds at most 4 handshakes in progress, so the strangers cannot take every slot. Before,
+// a slot was taken at accept and held 5 s: 64 strangers locked every instance out
+// (`PeerGone` for everything).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_on_the_mesh_port_do_not_lock_out_instances() {
+    let Some(redis) = redis() else { return };
+    let url = redis.url.clone();
+    let mut mesh = instances(redis, 1);
+    let b = &mesh.instances[0];
+    let did = b.did.clone();
+    let iy = identity();
+    let y = connect(&format!("ws://{}/relay", b.addr), &iy, &did).await;
+    let target: std::net::SocketAddr = mesh.mesh_addrs[0].parse().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut strangers = Vec::new();
+    for _ in 0..80 {
+        let stop = stop.clone();
+        strangers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Another host than the instances (which dial from 127.0.0.1).
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind("127.0.0.2:0".parse().unwrap())
+                    .expect("loopback source 127.0.0.2");
+                if let Ok(mut tcp) = sock.connect(target).await {
+                    // Read the nonce, then hold until the listener gives up.
+                    let mut sink = [0u8; 64];
+                    while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    mesh.start_instance();
+    let c = &mesh.instances[1];
+    let iz = identity();
+    let z = connect(&format!("ws://{}/relay", c.addr), &iz, &did).await;
+    wait_present(&url, &iy).await;
+    wait_present(&url, &iz).await;
+    // Fails with PeerGone (the stream errors) when C's link to B is refused.
+    exchange(&z, &iz, &y, &iy, 16 << 10).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in strangers {
+        s.abort();
+    }
+}
+
+// §4.7 router budget (audit 18 M3): client F on instance 1 sends packets to random keys as
+// fast as it can, which costs the router a Redis lookup each; meanwhile B (instance 1)
+// sends 100 packets at 20/s to C (instance 2): all arrive, in order. A sender holds at most
+// a quarter of the router's queue and 100 lookups/s; before, F filled the one queue and
+// most of B's packets were dropped (`Overloaded`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_probing_random_peers_does_not_starve_others() {
+    let Some(redis) = redis() else { return };
+    let url = redis.url.clone();
+    let mesh = two_instances(redis);
+    let [m1, m2] = [&mesh.instances[0], &mesh.instances[1]];
+    let (iff, ib, ic) = (identity(), identity(), identity());
+    let f = connect(&format!("ws://{}/relay", m1.addr), &iff, &m1.did).await;
+    let b = connect(&format!("ws://{}/relay", m1.addr), &ib, &m1.did).await;
+    let c = connect(&format!("ws://{}/relay", m2.addr), &ic, &m2.did).await;
+    wait_present(&url, &ic).await;
+    let mut to_c = b.open_stream(key_of(&ic)).unwrap();
+    let mut from_b = c.open_stream(key_of(&ib)).unwrap();
+    // Warm the route before the flood.
+    to_c.write_all(&[0xff, 0xff, 0xff]).await.unwrap();
+    let mut got = [0u8; 3];
+    tokio::time::timeout(Duration::from_secs(5), from_b.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut k = [0u8; 32];
+                OsRng.fill_bytes(&mut k);
+                if let Ok(mut s) = f.open_stream(PeerAddr::Key(k)) {
+                    let _ = s.write_all(b"probe").await;
+                    sent += 1;
+                }
+                if sent.is_multiple_of(64) {
+                    tokio::task::yield_now().await;
+                }
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..100u16 {
+        let [hi, lo] = i.to_be_bytes();
+        let want = [hi, lo, 0x3c];
+        tokio::time::timeout(Duration::from_secs(3), to_c.write_all(&want))
+            .await
+            .unwrap_or_else(|_| panic!("B could not send packet {i} within 3 s"))
+            .unwrap();
+        let mut got = [0u8; 3];
+        tokio::time::timeout(Duration::from_secs(3), from_b.read_exact(&mut got))
+            .await
+            .unwrap_or_else(|_| panic!("packet {i} from B did not reach C within 3 s"))
+            .unwrap();
+        assert_eq!(got, want, "packet {i}: one before it was dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.await.unwrap();
+    assert!(
+        sent > 1000,
+        "the flood was too weak to test anything: {sent}"
     );
 }

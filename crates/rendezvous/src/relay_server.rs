@@ -1148,6 +1148,28 @@ impl RelayServer {
         }
     }
 
+    /// The client holding `who` here authenticated again at another instance of the mesh
+    /// (the shell learnt it from the shared presence): its connection here is stale — a
+    /// silently dead path, typically — and is failed with `Error(Replaced)`, as a local
+    /// re-authentication fails it, so local senders' packets go to the mesh from now on
+    /// instead of into a socket nobody reads. Its `Left` still follows once the shell
+    /// closes it; the shell must not withdraw a presence entry it no longer owns.
+    /// Returns whether a connection was failed.
+    pub fn replaced_elsewhere(&mut self, who: &PeerAddr) -> bool {
+        let conn = match who {
+            PeerAddr::Key(k) => self.by_key.get(k),
+            PeerAddr::Did(d) => self.by_did.get(d),
+        }
+        .copied()
+        .filter(|id| self.clients.get(id).is_some_and(|c| !c.closing));
+        let Some(conn) = conn else {
+            return false;
+        };
+        self.metrics.replaced += 1;
+        self.fail(conn, RelayToClient::Error(ErrorCode::Replaced));
+        true
+    }
+
     /// Keys and DIDs of the clients authenticated here (what the mesh shell refreshes in
     /// the shared presence table).
     pub fn authenticated_peers(&self) -> Vec<([u8; 32], String)> {
