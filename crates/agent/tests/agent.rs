@@ -434,17 +434,6 @@ fn ws_addr(client: &MediatorClient) -> std::net::SocketAddr {
     (host, ws.port().unwrap()).into()
 }
 
-/// The next live event, failing the test if none comes in `limit`.
-async fn next_event(
-    events: &mut tokio::sync::broadcast::Receiver<LiveEvent>,
-    limit: Duration,
-) -> LiveEvent {
-    tokio::time::timeout(limit, events.recv())
-        .await
-        .expect("a live event in time")
-        .unwrap()
-}
-
 /// spec/mediator.md §8 "Keep-alive and opening": a connection on which nothing arrives any
 /// more (not even the pong to a ping) is declared lost and opened again; before the fix
 /// the agent waited on it for ever and never heard of the messages queued meanwhile.
@@ -464,9 +453,11 @@ async fn a_silent_connection_is_declared_lost_and_opened_again() {
         .unwrap();
     let mut events = bob.live_events();
     proxy.freeze();
-    let lost = next_event(&mut events, Duration::from_secs(20)).await;
+    let lost =
+        mpc_did_testkit::mediator::next_live_event(&mut events, Duration::from_secs(20)).await;
     assert!(matches!(lost, LiveEvent::Lost { .. }), "{lost:?}");
-    let back = next_event(&mut events, Duration::from_secs(20)).await;
+    let back =
+        mpc_did_testkit::mediator::next_live_event(&mut events, Duration::from_secs(20)).await;
     assert!(matches!(back, LiveEvent::Back { .. }), "{back:?}");
     // Messages flow on the new connection.
     alice

@@ -113,17 +113,6 @@ impl StallingMediator {
     }
 }
 
-/// The next live event, failing the test if none comes in `limit`.
-async fn next_event(
-    events: &mut tokio::sync::broadcast::Receiver<LiveEvent>,
-    limit: Duration,
-) -> LiveEvent {
-    tokio::time::timeout(limit, events.recv())
-        .await
-        .expect("a live event in time")
-        .unwrap()
-}
-
 /// Audit M1 (spec/mediator.md §8 "Keep-alive and opening"): a mediator that keeps the
 /// connection open, keeps pushing, and stops reading makes each acknowledgement wait for
 /// room in a full socket buffer. Before the fix the inbox waited on that write for ever
@@ -164,12 +153,14 @@ async fn a_mediator_that_stops_reading_is_declared_lost_and_opened_again() {
         "the mediator pushed the message"
     );
     mitm.stall();
-    let lost = next_event(&mut events, Duration::from_secs(120)).await;
+    let lost =
+        mpc_did_testkit::mediator::next_live_event(&mut events, Duration::from_secs(120)).await;
     match &lost {
         LiveEvent::Lost { why } => assert!(why.contains("stopped reading"), "{why}"),
         other => panic!("{other:?}"),
     }
-    let back = next_event(&mut events, Duration::from_secs(30)).await;
+    let back =
+        mpc_did_testkit::mediator::next_live_event(&mut events, Duration::from_secs(30)).await;
     assert!(matches!(back, LiveEvent::Back { .. }), "{back:?}");
     m.shutdown().await;
 }

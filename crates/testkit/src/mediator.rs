@@ -235,6 +235,21 @@ pub async fn registered_client(url: &str, id: Identity) -> MediatorClient {
     c
 }
 
+/// The next transition of an agent's live connection ([`Agent::live_events`]).
+///
+/// # Panics
+/// None comes within `limit`, or the agent is gone (a test failure).
+#[allow(clippy::expect_used)]
+pub async fn next_live_event(
+    events: &mut tokio::sync::broadcast::Receiver<mpc_did_agent::LiveEvent>,
+    limit: Duration,
+) -> mpc_did_agent::LiveEvent {
+    tokio::time::timeout(limit, events.recv())
+        .await
+        .expect("a live event in time")
+        .expect("the agent is running")
+}
+
 /// A fresh party registered at the mediator `url`, its [`Agent`] started (live delivery
 /// running), and its Ed25519 key (for a relay identity).
 ///
