@@ -10,7 +10,7 @@
 pub enum Error {
     // --- input shape ---
     /// The input is larger than the configured limit.
-    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    #[error("message too large: {size} bytes, over the limit of {limit} bytes")]
     TooLarge {
         /// Size of the input in bytes.
         size: usize,
