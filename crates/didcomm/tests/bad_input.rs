@@ -49,8 +49,9 @@ fn msg(f: &Fixture) -> Message {
         .to(f.bob.clone())
 }
 
-async fn authcrypt(f: &Fixture) -> Value {
-    let p = pack_encrypted(
+/// `msg` authcrypt from Alice to Bob (forwarded when Bob's service names routing keys).
+async fn pack_authcrypt(f: &Fixture) -> mpc_did_didcomm::PackedMessage {
+    pack_encrypted(
         &msg(f),
         &f.bob,
         Some(&f.alice),
@@ -60,8 +61,11 @@ async fn authcrypt(f: &Fixture) -> Value {
         &PackOptions::default(),
     )
     .await
-    .unwrap();
-    serde_json::from_str(&p.message).unwrap()
+    .unwrap()
+}
+
+async fn authcrypt(f: &Fixture) -> Value {
+    serde_json::from_str(&pack_authcrypt(f).await.message).unwrap()
 }
 
 async fn bob_unpacks(f: &Fixture, v: &Value) -> Result<Message, Error> {
@@ -349,17 +353,7 @@ async fn pack_to_a_service_with_64_routing_keys_is_quick() {
     let f = fixture();
     with_routing_keys(&f, 64);
     let started = std::time::Instant::now();
-    let p = pack_encrypted(
-        &msg(&f),
-        &f.bob,
-        Some(&f.alice),
-        None,
-        &f.resolver,
-        &f.alice_keys,
-        &PackOptions::default(),
-    )
-    .await
-    .unwrap();
+    let p = pack_authcrypt(&f).await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -369,17 +363,7 @@ async fn pack_to_a_service_with_64_routing_keys_is_quick() {
     assert!(p.message.len() < 8 * 1024, "{} bytes", p.message.len());
     // Up to the cap, the service is used and the message forwarded.
     with_routing_keys(&f, MAX_ROUTING_KEYS);
-    let p = pack_encrypted(
-        &msg(&f),
-        &f.bob,
-        Some(&f.alice),
-        None,
-        &f.resolver,
-        &f.alice_keys,
-        &PackOptions::default(),
-    )
-    .await
-    .unwrap();
+    let p = pack_authcrypt(&f).await;
     assert_eq!(p.service.unwrap().routing_keys.len(), MAX_ROUTING_KEYS);
 }
 

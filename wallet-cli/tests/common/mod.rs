@@ -138,11 +138,7 @@ impl MediatorProc {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let v = start_line(&mut child);
         Self {
             child,
             invitation_url: v["invitation_url"].as_str().unwrap().to_owned(),
@@ -306,12 +302,7 @@ impl RestartableMediator {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("mediator did not start ({e}): {line:?}"));
+        let v = start_line(&mut child);
         self.invitation_url = v["invitation_url"].as_str().unwrap().to_owned();
         self.child = Some(child);
     }
@@ -375,4 +366,13 @@ impl Drop for RestartableMediator {
             let _ = c.wait();
         }
     }
+}
+
+/// The JSON line a mediator child prints on stdout once it serves.
+fn start_line(child: &mut std::process::Child) -> serde_json::Value {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("mediator did not start ({e}): {line:?}"))
 }
