@@ -308,7 +308,7 @@ pub enum ResolveError {
     #[error("cannot configure HTTPS client: {0}")]
     Config(String),
     /// Resolving this DID needs a fetch, and the caller asked for local answers only
-    /// ([`crate::UniversalResolver::resolves_without_fetch`]): nothing was sent.
+    /// (see [`crate::UniversalResolver::resolves_without_fetch`]): nothing was sent.
     #[error("{0} needs a did:web fetch (not done: local answers only)")]
     NeedsFetch(String),
 

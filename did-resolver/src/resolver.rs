@@ -269,18 +269,6 @@ impl UniversalResolver {
             _ => true,
         }
     }
-
-    /// As [`DidResolver::resolve`], but a DID that would need a fetch
-    /// ([`Self::resolves_without_fetch`] false) is [`ResolveError::NeedsFetch`] at once.
-    ///
-    /// # Errors
-    /// As [`DidResolver::resolve`], and [`ResolveError::NeedsFetch`].
-    pub async fn resolve_local(&self, did: &str) -> Result<DidDocument, ResolveError> {
-        if !self.resolves_without_fetch(did) {
-            return Err(ResolveError::NeedsFetch(did.to_owned()));
-        }
-        self.resolve(did).await
-    }
 }
 
 impl UniversalResolver {
