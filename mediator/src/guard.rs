@@ -23,6 +23,10 @@ use sha2::{Digest as _, Sha256};
 /// as the relay's and the path listener's.
 pub use mpc_did_rendezvous::source::SourceAddr;
 
+/// Token buckets per key and their bound (defined beside [`SourceAddr`], shared with the
+/// STUN service's per-source answer budget).
+pub use mpc_did_rendezvous::source::{KeyedRate, RATE_KEYS_MAX};
+
 /// Most `(sender, id)` pairs remembered at once by the mediator. Each costs a 16-byte hash
 /// twice, an `Instant` and its source (≈ 80 bytes with the sets' overhead), so ≈ 80 MiB at
 /// most, whatever the ids; it allows 3,333 recorded requests per second, sustained over the
@@ -399,71 +403,6 @@ fn id_key(id: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
-/// Most keys a [`KeyedRate`] tracks; past it the idle ones are dropped first, and if all
-/// are busy a new key is refused (its caller answers "rate limited") rather than growing.
-pub const RATE_KEYS_MAX: usize = 200_000;
-
-/// Token buckets, one per key (a client address, a DID): `rate` tokens per second, at most
-/// `burst` saved. A key unseen for long enough to refill is forgotten.
-pub struct KeyedRate<K> {
-    rate: f64,
-    burst: f64,
-    max_keys: usize,
-    buckets: HashMap<K, (f64, Instant)>,
-}
-
-impl<K: std::hash::Hash + Eq + Clone> KeyedRate<K> {
-    /// `rate` per second (0: unlimited) with a burst of `burst` (at least 1).
-    #[must_use]
-    pub fn new(rate: u64, burst: u64, max_keys: usize) -> Self {
-        Self {
-            rate: rate as f64,
-            burst: burst.max(1) as f64,
-            max_keys,
-            buckets: HashMap::new(),
-        }
-    }
-
-    /// Takes one token for `key`; `false` when it has none left.
-    pub fn allow(&mut self, key: &K, now: Instant) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
-            // Forget buckets that are full again: they carry no state.
-            let (rate, burst) = (self.rate, self.burst);
-            self.buckets.retain(|_, (tokens, last)| {
-                *tokens + now.saturating_duration_since(*last).as_secs_f64() * rate < burst
-            });
-            if self.buckets.len() >= self.max_keys {
-                return false;
-            }
-        }
-        let (tokens, last) = self.buckets.entry(key.clone()).or_insert((self.burst, now));
-        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
-        *last = now;
-        *tokens = (*tokens + elapsed * self.rate).min(self.burst);
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Keys tracked now.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.buckets.len()
-    }
-
-    /// Whether no key is tracked.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
-    }
-}
-
 /// The address a request comes from: `peer` itself, unless `peer` is one of
 /// `trusted_proxies`; then the right-most `X-Forwarded-For` entry that is not itself a
 /// trusted proxy (entries left of it were written by the client and prove nothing). A
@@ -548,24 +487,6 @@ mod tests {
             client_address(ip("::ffff:10.0.0.1"), &["[2001:db8::1]:443"], &proxies),
             ip("2001:db8::1")
         );
-    }
-
-    #[test]
-    fn keyed_rate_per_key_and_bounded() {
-        let t0 = Instant::now();
-        let mut r = KeyedRate::new(1, 2, 2);
-        assert!(r.allow(&"a", t0));
-        assert!(r.allow(&"a", t0));
-        assert!(!r.allow(&"a", t0), "burst spent");
-        assert!(r.allow(&"b", t0), "another key has its own bucket");
-        assert!(!r.allow(&"c", t0), "table full of busy keys");
-        let later = t0 + Duration::from_secs(5);
-        assert!(r.allow(&"c", later), "refilled buckets are forgotten");
-        assert!(r.allow(&"a", later));
-        let mut off = KeyedRate::new(0, 0, 1);
-        for _ in 0..10 {
-            assert!(off.allow(&"x", t0));
-        }
     }
 
     #[test]

@@ -109,6 +109,14 @@ struct Args {
     /// Most STUN/TCP connections from one IPv4 address or IPv6 /64 [default: 8].
     #[arg(long, value_name = "N")]
     stun_tcp_max_per_ip: Option<usize>,
+    /// STUN/UDP answers per second to one IPv4 address or IPv6 /64, burst twice that (0:
+    /// unlimited; a UDP source is not proven, so this caps what a spoofed victim gets)
+    /// [default: 50].
+    #[arg(long, value_name = "N")]
+    stun_udp_rate_per_ip: Option<u64>,
+    /// STUN/UDP answers per second in all (0: unlimited) [default: 5000].
+    #[arg(long, value_name = "N")]
+    stun_udp_rate_total: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -336,6 +344,13 @@ async fn run(args: Args, mut config: Config, mut reload: ReloadSignal) -> anyhow
         cfg.alternate = args.stun_alternate;
         if let Some(n) = args.stun_tcp_max_per_ip {
             cfg.max_tcp_per_source = n;
+        }
+        if let Some(n) = args.stun_udp_rate_per_ip {
+            cfg.udp_answers_per_source = n;
+            cfg.udp_burst_per_source = n.saturating_mul(2);
+        }
+        if let Some(n) = args.stun_udp_rate_total {
+            cfg.udp_answers_total = n;
         }
         let stun = StunService::bind(cfg).await.with_context(|| {
             format!("cannot serve STUN on {primary} (set stun = \"\" or --no-stun to run without)")

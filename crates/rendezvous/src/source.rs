@@ -1,9 +1,11 @@
-//! What counts as one *source* of connections for per-source limits, and a counter of open
-//! connections per source (spec/rendezvous.md §4.1, spec/mediator.md §6.1). No I/O: the
+//! What counts as one *source* of connections for per-source limits, a counter of open
+//! connections per source and token buckets per key ([`KeyedRate`]) (spec/rendezvous.md §4.1,
+//! §7.1, spec/mediator.md §6.1). No I/O and no clock (callers pass `now`): the
 //! relay and STUN servers, the mediator and a party's path listener all count with these.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::time::Instant;
 
 /// One source: an IPv4 address, or the /64 prefix of an IPv6 address (one subscriber
 /// usually holds a whole /64, so per-address limits would not bind there). IPv4-mapped
@@ -91,6 +93,71 @@ impl SourceCounts {
     }
 }
 
+/// Most keys a [`KeyedRate`] tracks; past it the idle ones are dropped first, and if all
+/// are busy a new key is refused (its caller answers "rate limited") rather than growing.
+pub const RATE_KEYS_MAX: usize = 200_000;
+
+/// Token buckets, one per key (a client address, a DID): `rate` tokens per second, at most
+/// `burst` saved. A key unseen for long enough to refill is forgotten.
+pub struct KeyedRate<K> {
+    rate: f64,
+    burst: f64,
+    max_keys: usize,
+    buckets: HashMap<K, (f64, Instant)>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> KeyedRate<K> {
+    /// `rate` per second (0: unlimited) with a burst of `burst` (at least 1).
+    #[must_use]
+    pub fn new(rate: u64, burst: u64, max_keys: usize) -> Self {
+        Self {
+            rate: rate as f64,
+            burst: burst.max(1) as f64,
+            max_keys,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Takes one token for `key`; `false` when it has none left.
+    pub fn allow(&mut self, key: &K, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        if !self.buckets.contains_key(key) && self.buckets.len() >= self.max_keys {
+            // Forget buckets that are full again: they carry no state.
+            let (rate, burst) = (self.rate, self.burst);
+            self.buckets.retain(|_, (tokens, last)| {
+                *tokens + now.saturating_duration_since(*last).as_secs_f64() * rate < burst
+            });
+            if self.buckets.len() >= self.max_keys {
+                return false;
+            }
+        }
+        let (tokens, last) = self.buckets.entry(key.clone()).or_insert((self.burst, now));
+        let elapsed = now.saturating_duration_since(*last).as_secs_f64();
+        *last = now;
+        *tokens = (*tokens + elapsed * self.rate).min(self.burst);
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Keys tracked now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether no key is tracked.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -126,5 +193,23 @@ mod tests {
         }
         c.remove(y);
         assert_eq!((c.count(x), c.sources()), (0, 0));
+    }
+
+    #[test]
+    fn keyed_rate_per_key_and_bounded() {
+        let t0 = Instant::now();
+        let mut r = KeyedRate::new(1, 2, 2);
+        assert!(r.allow(&"a", t0));
+        assert!(r.allow(&"a", t0));
+        assert!(!r.allow(&"a", t0), "burst spent");
+        assert!(r.allow(&"b", t0), "another key has its own bucket");
+        assert!(!r.allow(&"c", t0), "table full of busy keys");
+        let later = t0 + std::time::Duration::from_secs(5);
+        assert!(r.allow(&"c", later), "refilled buckets are forgotten");
+        assert!(r.allow(&"a", later));
+        let mut off = KeyedRate::new(0, 0, 1);
+        for _ in 0..10 {
+            assert!(off.allow(&"x", t0));
+        }
     }
 }

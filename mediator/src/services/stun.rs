@@ -73,6 +73,11 @@ impl StunServiceHandle {
                 "STUN TCP connections refused at the per-address limit.",
                 &m.tcp_refused_per_source,
             ),
+            (
+                "udp_rate_limited_total",
+                "STUN UDP requests left unanswered at the answer rate (per address or in all).",
+                &m.udp_rate_limited,
+            ),
         ] {
             let _ = writeln!(
                 out,

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -12,7 +12,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::binding::answer;
-use crate::source::{SourceAddr, SourceCounts};
+use crate::source::{KeyedRate, SourceAddr, SourceCounts, RATE_KEYS_MAX};
 use crate::stun::{self, MAX_MESSAGE_LEN};
 
 /// Where to listen.
@@ -34,6 +34,16 @@ pub struct StunServerConfig {
     pub max_tcp_per_source: usize,
     /// A TCP connection idle this long is closed.
     pub tcp_idle_timeout: Duration,
+    /// UDP answers per second to one IPv4 address or IPv6 /64 (0: unlimited). A UDP
+    /// request's source address is not proven, so without this a stranger could make the
+    /// server send a spoofed victim 72-byte answers for 20-byte requests at any rate
+    /// (spec/rendezvous.md §8 "STUN reflection").
+    pub udp_answers_per_source: u64,
+    /// Answers one source may get at once before its rate applies.
+    pub udp_burst_per_source: u64,
+    /// UDP answers per second in all (0: unlimited): what the server sends when the
+    /// requests carry many spoofed sources.
+    pub udp_answers_total: u64,
 }
 
 impl StunServerConfig {
@@ -46,6 +56,9 @@ impl StunServerConfig {
             max_tcp_connections: 256,
             max_tcp_per_source: 8,
             tcp_idle_timeout: Duration::from_secs(30),
+            udp_answers_per_source: 50,
+            udp_burst_per_source: 100,
+            udp_answers_total: 5_000,
         }
     }
 }
@@ -65,6 +78,9 @@ pub struct StunMetrics {
     pub tcp_refused: AtomicU64,
     /// Of those, refused at the per-source limit.
     pub tcp_refused_per_source: AtomicU64,
+    /// UDP requests left unanswered because their source, or the server in all, was over
+    /// its answer rate.
+    pub udp_rate_limited: AtomicU64,
 }
 
 /// Open TCP connections per source (IPv4 address or IPv6 /64).
@@ -117,10 +133,19 @@ impl StunServer {
         let mut tasks = JoinSet::new();
 
         let (sockets, listener, other) = bind_all(&cfg).await?;
+        // One budget for every UDP socket: RFC 5780's tests use all three, and a source
+        // must not triple its rate by spreading its requests over them.
+        let budget = Arc::new(Mutex::new(AnswerBudget::new(&cfg)));
         let mut udp = Vec::new();
         for (sock, announce) in sockets {
             udp.push(sock.local_addr()?);
-            tasks.spawn(udp_loop(sock, announce, metrics.clone(), stop.subscribe()));
+            tasks.spawn(udp_loop(
+                sock,
+                announce,
+                budget.clone(),
+                metrics.clone(),
+                stop.subscribe(),
+            ));
         }
         let mut tcp = None;
         if let Some(listener) = listener {
@@ -236,9 +261,61 @@ async fn bind_once(cfg: &StunServerConfig) -> std::io::Result<Bound> {
     Ok((sockets, listener, other))
 }
 
+/// How often a server that keeps refusing answers says so in the log.
+const RATE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Who may get a UDP answer now: a token bucket per source and one for the whole server,
+/// plus what to log about refusals (at most one line per [`RATE_LOG_EVERY`]).
+struct AnswerBudget {
+    per_source: KeyedRate<SourceAddr>,
+    total: KeyedRate<()>,
+    refused_since_log: u64,
+    last_log: Option<Instant>,
+}
+
+impl AnswerBudget {
+    fn new(cfg: &StunServerConfig) -> Self {
+        AnswerBudget {
+            per_source: KeyedRate::new(
+                cfg.udp_answers_per_source,
+                cfg.udp_burst_per_source,
+                RATE_KEYS_MAX,
+            ),
+            total: KeyedRate::new(cfg.udp_answers_total, cfg.udp_answers_total, 1),
+            refused_since_log: 0,
+            last_log: None,
+        }
+    }
+
+    /// Takes one answer for `src`; `false` (and perhaps a log line) when over a budget.
+    /// The source's own bucket is checked first, so a flooding source does not spend the
+    /// server's total.
+    fn allow(&mut self, src: IpAddr, now: Instant) -> bool {
+        let source = SourceAddr::of(src);
+        if self.per_source.allow(&source, now) && self.total.allow(&(), now) {
+            return true;
+        }
+        self.refused_since_log += 1;
+        if self
+            .last_log
+            .is_none_or(|t| now.saturating_duration_since(t) >= RATE_LOG_EVERY)
+        {
+            tracing::warn!(
+                source = %source,
+                refused = self.refused_since_log,
+                "STUN: answer rate exceeded (per source or in all); requests left unanswered"
+            );
+            self.refused_since_log = 0;
+            self.last_log = Some(now);
+        }
+        false
+    }
+}
+
 async fn udp_loop(
     sock: UdpSocket,
     other: Option<SocketAddr>,
+    budget: Arc<Mutex<AnswerBudget>>,
     metrics: Arc<StunMetrics>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -262,6 +339,13 @@ async fn udp_loop(
         };
         match answer(datagram, src, local, other) {
             Ok(Some(reply)) => {
+                let allowed = budget
+                    .lock()
+                    .is_ok_and(|mut b| b.allow(src.ip(), Instant::now()));
+                if !allowed {
+                    metrics.udp_rate_limited.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 if sock.send_to(&reply, src).await.is_ok() {
                     metrics.answered.fetch_add(1, Ordering::Relaxed);
                 }
