@@ -109,6 +109,9 @@ pub struct ServiceContext {
     pub http_addr: SocketAddr,
     /// Who holds a mediation grant (the relay's `verify_clients`).
     pub grants: GrantCheck,
+    /// The mediator's own DID resolver: its did:web settings (`allow_private_did_web`),
+    /// cache and per-site fetch slots, for services that authenticate clients by DID.
+    pub resolver: UniversalResolver,
 }
 
 /// Answers "does this DID hold a mediation grant here?" from the mediator's store.
@@ -276,7 +279,12 @@ impl MediatorBuilder {
         let rate_per_ip = config.limits.rate_per_ip;
         let fatal_after =
             (config.storage_fatal_secs > 0).then(|| Duration::from_secs(config.storage_fatal_secs));
-        let core = Arc::new(core::Core::new(identity.clone(), config, store, resolver));
+        let core = Arc::new(core::Core::new(
+            identity.clone(),
+            config,
+            store,
+            resolver.clone(),
+        ));
         let cancel = CancellationToken::new();
         let fatal = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -308,6 +316,7 @@ impl MediatorBuilder {
             identity: identity.clone(),
             http_addr: addr,
             grants: GrantCheck { core: core.clone() },
+            resolver,
         };
         let mut extra = Vec::new();
         for s in self.services {

@@ -10,47 +10,7 @@ use std::time::Duration;
 
 use mpc_did_didcomm::{pack_encrypted, Message, PackOptions, Secret, SecretStore};
 use mpc_did_resolver::{DidDocument, PublicKey, UniversalResolver, VerificationMethod};
-use tokio::net::TcpListener;
-
-/// A TCP listener that records the peers it accepts and never answers.
-struct Canary {
-    addr: SocketAddr,
-    accepted: Arc<Mutex<Vec<SocketAddr>>>,
-}
-
-impl Canary {
-    async fn start() -> Self {
-        Self::start_on("127.0.0.1:0").await
-    }
-
-    async fn start_on(addr: &str) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(Mutex::new(Vec::new()));
-        let log = accepted.clone();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((s, peer)) = listener.accept().await {
-                log.lock().unwrap().push(peer);
-                held.push(s);
-            }
-        });
-        Self { addr, accepted }
-    }
-
-    /// Connects once ourselves and waits until that connection is accepted: accepts are
-    /// in order, so any earlier connection (the mediator's) was recorded before it.
-    async fn connections_before_ours(&self) -> usize {
-        let ours = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let me = ours.local_addr().unwrap();
-        let position = || self.accepted.lock().unwrap().iter().position(|p| *p == me);
-        assert!(
-            mpc_did_testkit::wait_until(|| position().is_some(), Duration::from_secs(10)).await,
-            "canary never accepted"
-        );
-        position().unwrap()
-    }
-}
+use mpc_did_testkit::SilentHost;
 
 /// A did:web identity whose document exists only in our own resolver (nobody serves it).
 fn web_identity(did: &str) -> (DidDocument, SecretStore) {
@@ -72,7 +32,7 @@ fn web_identity(did: &str) -> (DidDocument, SecretStore) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_did_web_skid_on_loopback_is_not_fetched() {
-    let canary = Canary::start().await;
+    let canary = SilentHost::start().await;
     let dir = tempfile::tempdir().unwrap();
     let m = mpc_did_testkit::mediator::loopback_mediator(dir.path()).await;
     let http = reqwest::Client::builder()
@@ -138,8 +98,8 @@ async fn a_did_web_skid_on_loopback_is_not_fetched() {
 /// a did:web on another site (127.0.0.2) is still fetched (spec/mediator.md §6.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_silent_did_web_host_cannot_take_every_fetch_slot() {
-    let silent = Canary::start().await;
-    let other = Canary::start_on("127.0.0.2:0").await;
+    let silent = SilentHost::start().await;
+    let other = SilentHost::start_on("127.0.0.2:0").await;
     let dir = tempfile::tempdir().unwrap();
     let m = mpc_did_testkit::mediator::loopback_mediator_with(dir.path(), |c| {
         c.allow_private_did_web = true;
@@ -181,29 +141,25 @@ async fn one_silent_did_web_host_cannot_take_every_fetch_slot() {
     // Every flood request is either being fetched (held by the silent host) or answered.
     assert!(
         mpc_did_testkit::wait_until(
-            || {
-                silent.accepted.lock().unwrap().len()
-                    + answered.load(std::sync::atomic::Ordering::SeqCst)
-                    >= 16
-            },
+            || { silent.accepted() + answered.load(std::sync::atomic::Ordering::SeqCst) >= 16 },
             Duration::from_secs(10),
         )
         .await,
         "flood requests neither fetched nor answered"
     );
-    assert!(silent.accepted.lock().unwrap().len() <= 4);
+    assert!(silent.accepted() <= 4);
     let honest = post(format!("did:web:127.0.0.2%3A{}:alice", other.addr.port()));
     let honest = tokio::spawn(honest);
     // Either its fetch reaches the other host, or it is answered without one.
     assert!(
         mpc_did_testkit::wait_until(
-            || !other.accepted.lock().unwrap().is_empty() || honest.is_finished(),
+            || other.accepted() > 0 || honest.is_finished(),
             Duration::from_secs(10),
         )
         .await
     );
     assert_eq!(
-        other.accepted.lock().unwrap().len(),
+        other.accepted(),
         1,
         "the other host's did:web was not fetched while the silent one held the slots"
     );

@@ -339,6 +339,44 @@ async fn verify_clients_admits_only_granted_dids() {
     );
 }
 
+// spec/rendezvous.md §7.2: with `--relay-verify-clients` the grant is checked before the
+// client's DID is resolved. A stranger naming a did:web on a host that hangs used to make
+// the relay fetch it (and wait for the fetch timeout) only to refuse it for having no grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_clients_refuses_an_ungranted_did_web_without_fetching_it() {
+    let d = tempfile::tempdir().unwrap();
+    let silent = mpc_did_testkit::SilentHost::start().await;
+    // Private did:web hosts allowed, so that only the grant check can keep the relay from
+    // fetching this one.
+    let conf = d.path().join("mediator.toml");
+    std::fs::write(&conf, "allow_private_did_web = true\n").unwrap();
+    let m = MediatorProc::start_with_config(
+        &d.path().join("data"),
+        &["--relay-verify-clients"],
+        Some(&conf),
+    );
+    let relay = format!("ws://{}/relay", m.addr);
+    let did = format!("did:web:127.0.0.1%3A{}", silent.addr.port());
+    let mut seed = [0u8; 32];
+    OsRng.fill_bytes(&mut seed);
+    let stranger = RelayIdentity {
+        key: SigningKey::from_bytes(&seed),
+        key_id: format!("{did}#key-1"),
+        did,
+    };
+    let started = std::time::Instant::now();
+    let refused = RelayConnection::connect_ws(&relay, stranger, Some(m.did.clone())).await;
+    let took = started.elapsed();
+    assert!(refused.is_err(), "an ungranted did:web was admitted");
+    assert_eq!(
+        silent.connections_before_ours().await,
+        0,
+        "the relay fetched an ungranted DID's document"
+    );
+    assert!(took < Duration::from_secs(3), "refused after {took:?}");
+    assert_eq!(metric(&m.admin, "auth_failed_total").await, 1);
+}
+
 /// The instance (its mesh address) that the presence entry for `id`'s key names, if any.
 async fn owner(redis_url: &str, id: &RelayIdentity) -> Option<String> {
     let client = redis::Client::open(redis_url).unwrap();

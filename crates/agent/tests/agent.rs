@@ -839,14 +839,8 @@ async fn a_silent_did_web_host_delays_only_its_own_senders() {
     let dir = tempfile::tempdir().unwrap();
     let m = mediator(dir.path()).await;
     // The silent host: accepts, reads nothing, answers nothing, closes nothing.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = silent.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = silent.accept().await {
-            held.push(s);
-        }
-    });
+    let silent = mpc_did_testkit::SilentHost::start().await;
+    let port = silent.addr.port();
     let fetch_timeout = Duration::from_secs(3);
     let bob = party_fetching_local_did_web(&m, fetch_timeout).await;
     let alice = party(&m).await;

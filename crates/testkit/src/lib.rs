@@ -4,6 +4,8 @@
 //! Owns what several crates' tests share, so that each set-up is written once:
 //! - [`wait_until`] / [`wait_until_async`] / [`wait_until_blocking`]: poll a condition
 //!   until a deadline — the replacement for sleep-then-assert;
+//! - [`SilentHost`]: a TCP listener that accepts, records who connected and never answers
+//!   (a did:web host that hangs, a port nobody should be made to connect to);
 //! - [`python`] and [`skipped`]: the test policy for tests that need MPyC's Python (skip
 //!   with `SKIPPED: …` on stderr, or fail when `MPC_DID_REQUIRE_INTEROP=1`), around the
 //!   product's [`mpc_did_proxy::launch::find_python`];
@@ -131,5 +133,80 @@ pub fn python(modules: &[&str]) -> Option<PathBuf> {
             None
         }
         Err(e) => panic!("{e}"),
+    }
+}
+
+/// A TCP listener that records the peers it accepts, keeps their connections open and never
+/// reads or answers: a host that hangs (a did:web host a stranger names), or a port a test
+/// wants to prove nobody connected to.
+#[derive(Debug)]
+pub struct SilentHost {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+}
+
+impl SilentHost {
+    /// Listens on `127.0.0.1`, on a free port.
+    ///
+    /// # Panics
+    /// If it cannot bind.
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// Listens on `addr` (e.g. `127.0.0.2:0`).
+    ///
+    /// # Panics
+    /// If it cannot bind.
+    #[allow(clippy::expect_used)]
+    pub async fn start_on(addr: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind the silent host");
+        let addr = listener.local_addr().expect("its address");
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, peer)) = listener.accept().await {
+                if let Ok(mut l) = log.lock() {
+                    l.push(peer);
+                }
+                held.push(s);
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    /// Connections accepted so far.
+    #[must_use]
+    pub fn accepted(&self) -> usize {
+        self.accepted.lock().map_or(0, |l| l.len())
+    }
+
+    /// Connects once itself and waits until that connection is accepted: accepts are in
+    /// order, so every earlier connection (the code under test's) was recorded before it.
+    /// Returns how many came before.
+    ///
+    /// # Panics
+    /// If its own connection is not accepted within 10 s.
+    #[allow(clippy::expect_used)]
+    pub async fn connections_before_ours(&self) -> usize {
+        let ours = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect to the silent host");
+        let me = ours.local_addr().expect("our address");
+        let position = || {
+            self.accepted
+                .lock()
+                .ok()
+                .and_then(|l| l.iter().position(|p| *p == me))
+        };
+        assert!(
+            wait_until(|| position().is_some(), Duration::from_secs(10)).await,
+            "the silent host never accepted"
+        );
+        position().unwrap_or(usize::MAX)
     }
 }

@@ -385,8 +385,8 @@ impl RelayService {
         })
     }
 
-    /// Resolves clients' DIDs with `resolver` (default: a new
-    /// [`UniversalResolver`]: did:key locally, did:web over HTTPS).
+    /// Resolves clients' DIDs with `resolver` (default: the mediator's own resolver, with
+    /// its did:web settings, cache and per-site fetch slots).
     #[must_use]
     pub fn with_resolver(mut self, resolver: UniversalResolver) -> Self {
         self.resolver = Some(resolver);
@@ -427,16 +427,9 @@ impl Service for RelayService {
         ctx: ServiceContext,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(async move {
-            let resolver = match self.resolver {
-                Some(r) => r,
-                None => match UniversalResolver::new() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "relay: no DID resolver; not starting");
-                        return;
-                    }
-                },
-            };
+            // The mediator's own resolver unless one was given: the same did:web settings
+            // (`allow_private_did_web`), cache and per-site fetch slots as its DIDComm side.
+            let resolver = self.resolver.unwrap_or_else(|| ctx.resolver.clone());
             let mut core = RelayConfig::new(ctx.identity.did.clone());
             core.max_clients = self.cfg.max_clients;
             core.max_clients_per_source = self.cfg.max_clients_per_source;
@@ -713,16 +706,10 @@ fn now_unix() -> u64 {
 /// the document's authentication methods. `None` for every failure (the
 /// relay answers one opaque AuthFailed).
 async fn resolve_key(inner: &Inner, auth: &ClientAuth) -> Option<VerifyingKey> {
-    let doc = if auth.did.starts_with("did:key:") {
-        mpc_did_resolver::key::resolve(&auth.did).ok()?
-    } else {
-        tokio::time::timeout(inner.resolve_timeout, inner.resolver.resolve(&auth.did))
-            .await
-            .ok()?
-            .ok()?
-    };
     if let Some(grants) = &inner.grants {
-        // `--verify-clients`: strangers without a grant here cannot use the relay.
+        // `--verify-clients`: strangers without a grant here cannot use the relay. Checked
+        // before the DID is resolved, so a stranger naming a did:web on a slow or hostile
+        // host costs a store lookup, not a fetch (spec/rendezvous.md §7.2).
         match grants.has_grant(&auth.did).await {
             Ok(true) => {}
             Ok(false) => return None,
@@ -732,6 +719,14 @@ async fn resolve_key(inner: &Inner, auth: &ClientAuth) -> Option<VerifyingKey> {
             }
         }
     }
+    let doc = if auth.did.starts_with("did:key:") {
+        mpc_did_resolver::key::resolve(&auth.did).ok()?
+    } else {
+        tokio::time::timeout(inner.resolve_timeout, inner.resolver.resolve(&auth.did))
+            .await
+            .ok()?
+            .ok()?
+    };
     let vm = doc.authentication_methods().into_iter().find(|vm| {
         doc.verification_method(&auth.key_id)
             .is_some_and(|x| x.id == vm.id)
