@@ -4,8 +4,7 @@
 //! spec/identity.md §3.3.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mpc_did_didcomm::{pack_encrypted, Message, PackOptions, Secret, SecretStore};
