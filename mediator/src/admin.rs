@@ -254,6 +254,37 @@ pub(crate) fn access_log(
     );
 }
 
+/// Early refusals (before the message could be read: rate limits, body limits) written
+/// since the last such line, and the second that line was written in.
+static EARLY_SUPPRESSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static EARLY_LAST_SEC: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The access line of a request refused before its message was read (no kind, no DID:
+/// `kind` is `unreadable`, `did` `-`). A flood of such refusals costs the flooder nothing,
+/// so at most one line per second is written; it counts the refusals left out since the
+/// previous one (`suppressed`). The refusal metrics count every one.
+pub(crate) fn access_log_early(transport: &str, status: u16, why: &str) {
+    use std::sync::atomic::Ordering;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if EARLY_LAST_SEC.swap(now, Ordering::Relaxed) == now {
+        EARLY_SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let suppressed = EARLY_SUPPRESSED.swap(0, Ordering::Relaxed);
+    tracing::info!(
+        target: "access",
+        transport,
+        kind = "unreadable",
+        did = "-",
+        status,
+        why,
+        suppressed,
+        "request"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -364,7 +364,14 @@ impl Core {
                 }
             },
             types::PROBLEM_REPORT => {
-                tracing::info!(from = ?sender.did, body = %msg.body, "problem report received");
+                // Anyone may send one, up to the message size limit: the log gets its code
+                // and the start of its comment, not a megabyte of stranger-chosen text.
+                tracing::info!(
+                    from = ?sender.did,
+                    code = %clip(msg.body.get("code").unwrap_or(&serde_json::Value::Null), 64),
+                    comment = %clip(msg.body.get("comment").unwrap_or(&serde_json::Value::Null), 200),
+                    "problem report received"
+                );
                 Handled::default()
             }
             t if Mediation::of(t).is_some() => {
@@ -1228,6 +1235,20 @@ fn delivery_limit(body: &Value, p: PickupVersion) -> Option<u64> {
     }
 }
 
+/// `v` as JSON text (control characters escaped), at most `max` bytes of it: longer text
+/// is cut at a character boundary and ends in `…`.
+fn clip(v: &Value, max: usize) -> String {
+    let text = v.to_string();
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", text.get(..end).unwrap_or_default())
+}
+
 fn owns_key(did: &str, key: &str) -> bool {
     did_of(key) == did
 }
@@ -1316,6 +1337,20 @@ mod batch_tests {
 
     // spec/mediator.md §3.2: 3.0 reads `limit`, 4.0 `message_count_limit` (and, only when
     // that is absent, the `limit` of older mpc-did clients).
+    #[test]
+    fn problem_report_text_is_clipped_for_the_log() {
+        assert_eq!(clip(&json!("short"), 64), "\"short\"");
+        let long = clip(&json!("é".repeat(1000)), 200);
+        assert!(long.len() <= 200 + "…".len(), "{}", long.len());
+        assert!(long.ends_with('…'));
+        assert_eq!(
+            clip(&json!("a\nb"), 64),
+            "\"a\\nb\"",
+            "control characters escaped"
+        );
+        assert_eq!(clip(&Value::Null, 64), "null");
+    }
+
     #[test]
     fn delivery_limit_per_version() {
         let v3 = PickupVersion::V3;

@@ -607,6 +607,7 @@ async fn post_didcomm(
             codes::RATE_LIMITED,
             "too many messages on this connection",
         );
+        crate::admin::access_log_early("http", 429, "too many messages on this connection");
         return didcomm_response(StatusCode::TOO_MANY_REQUESTS, h.replies.into_iter().next());
     }
     let (bytes, _charge) = match read_body(body, core, &conn).await {
@@ -650,6 +651,7 @@ async fn post_didcomm(
                 ),
             };
             let h = core.refuse_raw(why, code, &comment);
+            crate::admin::access_log_early("http", status.as_u16(), &comment);
             let mut resp = didcomm_response(status, h.replies.into_iter().next());
             if version <= axum::http::Version::HTTP_11 {
                 // The rest of the body is unread: this connection cannot carry another

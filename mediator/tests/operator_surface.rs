@@ -373,6 +373,70 @@ async fn json_logs_with_an_access_line_per_request() {
     assert!(lines.iter().any(|l| l["message"] == "mediator listening"));
 }
 
+/// spec/mediator.md §6 "Logs": anyone may send the mediator a problem report, up to the
+/// message size limit; the info line gives its code and the start of its comment, not the
+/// whole body (a 256 KiB comment used to be written into the log whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strangers_problem_report_is_logged_clipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, url) = json_logging_mediator(dir.path(), &[]);
+    let a = common::client(&url).await;
+    let comment = "x".repeat(256 << 10);
+    let report = mpc_did_didcomm::Message::new(
+        mpc_did_didcomm::message::new_id(),
+        "https://didcomm.org/report-problem/2.0/problem-report",
+        serde_json::json!({"code": "e.p.me.stranger", "comment": comment}),
+    );
+    // No reply is expected; whatever the answer, the report was handled.
+    let _ = a.request(report).await;
+    let err = stop_for_stderr(child);
+    let line = err
+        .lines()
+        .find(|l| l.contains("problem report received"))
+        .unwrap_or_else(|| panic!("no log line for the report: {}", err.len()));
+    assert!(line.len() < 2_000, "a {} byte log line", line.len());
+    assert!(line.contains("e.p.me.stranger"), "{line}");
+}
+
+/// spec/mediator.md §6 "Logs": a request refused before its message could be read (a
+/// body over the size limit) writes an access line too (it wrote none before); a flood of
+/// them writes at most one per second, counting the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_reading_writes_an_access_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mediator.toml");
+    std::fs::write(&conf, "[limits]\nmax_message_bytes = 65536\n").unwrap();
+    let (child, url) = json_logging_mediator(dir.path(), &["--config", conf.to_str().unwrap()]);
+    let http = reqwest::Client::new();
+    for _ in 0..20 {
+        let r = http
+            .post(format!("{url}/didcomm"))
+            .header("content-type", "application/didcomm-encrypted+json")
+            .body(vec![b'{'; 100_000])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 413);
+    }
+    let err = stop_for_stderr(child);
+    let early: Vec<serde_json::Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "access" && l["status"] == 413)
+        .collect();
+    assert!(
+        !early.is_empty(),
+        "no access line for a refused body: {err}"
+    );
+    assert!(early.len() <= 3, "one line per second at most: {err}");
+    let counted: u64 = early
+        .iter()
+        .map(|l| 1 + l["suppressed"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(counted >= 1, "{err}");
+    assert_eq!(early[0]["kind"], "unreadable", "{err}");
+}
+
 /// spec/mediator.md §6 "Logs": a WebSocket writes one access line when it closes (frames,
 /// refused, bytes both ways, the DID hash), not one per frame — a live socket carries a frame
 /// per acknowledgement; a refused frame still writes its own line.
