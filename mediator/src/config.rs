@@ -119,6 +119,7 @@ pub struct Limits {
     /// Seconds graceful shutdown waits for open connections.
     pub drain_timeout_secs: u64,
     /// Concurrent connections from one source address (an IPv4 address or an IPv6 /64);
+    /// behind a trusted proxy, concurrent WebSockets of one client (`X-Forwarded-For`);
     /// 0: no per-source limit (spec/mediator.md §6.1).
     pub max_connections_per_ip: u64,
     /// Seconds a request body may take to arrive once its headers are in; a slower client
@@ -128,8 +129,9 @@ pub struct Limits {
     /// at once (HTTP/2 streams); at least `max_message_bytes` is always allowed.
     pub max_body_bytes_per_connection: u64,
     /// Bytes of unfinished request bodies all connections of one source address may hold
-    /// at once (at least `max_body_bytes_per_connection`); counted only where
-    /// `max_connections_per_ip` is (not behind a trusted proxy, not with 0); 0: none.
+    /// at once (at least `max_body_bytes_per_connection`); for a direct peer counted only
+    /// where `max_connections_per_ip` is (not with 0), behind a trusted proxy per client
+    /// (`X-Forwarded-For`); 0: none.
     pub max_body_bytes_per_source: u64,
     /// Seconds a WebSocket may stay open without an authenticated request (or, for an
     /// anonymous sender, without a stored forward); pings do not count.

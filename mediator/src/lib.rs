@@ -310,6 +310,7 @@ impl MediatorBuilder {
                 guard::RATE_KEYS_MAX,
             ))),
             health: health.clone(),
+            clients: Arc::default(),
         };
         let ctx = ServiceContext {
             shutdown: cancel.clone(),

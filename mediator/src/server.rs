@@ -59,6 +59,27 @@ pub(crate) struct AppState {
     pub ip_rate: Arc<Mutex<crate::guard::KeyedRate<SourceAddr>>>,
     /// What `/readyz` reports.
     pub health: Arc<crate::health::Health>,
+    /// Per-source bookkeeping shared by all connections: body bytes per source, open
+    /// WebSockets per client behind a trusted proxy.
+    pub clients: Arc<ClientCounts>,
+}
+
+/// What each source holds over all connections (spec/mediator.md §6.1). A direct peer's
+/// connections are counted at accept; behind a trusted proxy, whose connections carry many
+/// clients, each request's client (by `X-Forwarded-For`) is counted here instead.
+#[derive(Default)]
+pub(crate) struct ClientCounts {
+    /// Unfinished request-body bytes per source (`max_body_bytes_per_source`).
+    bodies: Mutex<SourceBodies>,
+    /// Open WebSockets per client behind a trusted proxy (`max_connections_per_ip`).
+    websockets: PerSource,
+}
+
+impl ClientCounts {
+    /// The unfinished-body counter `source`'s requests share.
+    fn body_counter(&self, source: SourceAddr) -> Option<Arc<AtomicU64>> {
+        self.bodies.lock().ok().map(|mut b| b.counter(source))
+    }
 }
 
 /// Token bucket for the per-connection message rate.
@@ -243,7 +264,6 @@ pub(crate) async fn serve(
     ));
     let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
     let per_source: PerSource = Arc::default();
-    let mut source_bodies = SourceBodies::default();
     loop {
         let accepted = tokio::select! {
             () = state.cancel.cancelled() => break,
@@ -302,7 +322,7 @@ pub(crate) async fn serve(
         let source_body_bytes = slot
             .as_ref()
             .filter(|_| limits.max_body_bytes_per_source > 0)
-            .map(|_| source_bodies.counter(source));
+            .and_then(|_| state.clients.body_counter(source));
         let conn = Arc::new(ConnInfo {
             peer,
             source,
@@ -547,6 +567,7 @@ async fn read_body(
     body: Body,
     core: &Core,
     conn: &ConnInfo,
+    client_bodies: Option<Arc<AtomicU64>>,
 ) -> Result<(bytes::Bytes, BodyCharge), BodyError> {
     use futures_util::StreamExt as _;
     let limits = &core.config.limits;
@@ -558,7 +579,7 @@ async fn read_body(
     let source_budget = limits.max_body_bytes_per_source.max(budget);
     let mut charge = BodyCharge {
         total: conn.body_bytes.clone(),
-        source: conn.source_body_bytes.clone(),
+        source: client_bodies.or_else(|| conn.source_body_bytes.clone()),
         n: 0,
     };
     let read = async {
@@ -610,7 +631,14 @@ async fn post_didcomm(
         crate::admin::access_log_early("http", 429, "too many messages on this connection");
         return didcomm_response(StatusCode::TOO_MANY_REQUESTS, h.replies.into_iter().next());
     }
-    let (bytes, _charge) = match read_body(body, core, &conn).await {
+    // Behind a trusted proxy the client, not the proxy's connection, is the source whose
+    // unfinished bodies are counted (spec/mediator.md §6.1).
+    let client_bodies = if conn.via_proxy && core.config.limits.max_body_bytes_per_source > 0 {
+        st.clients.body_counter(source)
+    } else {
+        None
+    };
+    let (bytes, _charge) = match read_body(body, core, &conn, client_bodies).await {
         Ok(b) => b,
         Err(e) => {
             core.metrics.messages_in.fetch_add(1, Ordering::Relaxed);
@@ -687,6 +715,29 @@ async fn ws_upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let source = conn.client_source(&headers);
+    // A direct peer's connections were counted at accept; behind a trusted proxy each
+    // WebSocket is one client's, by `X-Forwarded-For` (spec/mediator.md §6.1).
+    let slot = match st.core.config.limits.max_connections_per_ip {
+        max if conn.via_proxy && max > 0 => {
+            match SourceSlot::take(&st.clients.websockets, source, max) {
+                Some(slot) => Some(slot),
+                None => {
+                    st.core.metrics.reject(Rejection::Connections);
+                    crate::admin::access_log_early(
+                        "ws",
+                        503,
+                        "too many connections from this address",
+                    );
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many connections from this address",
+                    )
+                        .into_response();
+                }
+            }
+        }
+        _ => None,
+    };
     let max = usize::try_from(st.core.config.limits.max_message_bytes).unwrap_or(usize::MAX);
     let tracker = st.tracker.clone();
     // Small buffers: an idle session should cost a few KiB, not the 128 KiB default.
@@ -694,7 +745,12 @@ async fn ws_upgrade(
         .max_frame_size(max)
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .on_upgrade(move |socket| tracker.track_future(ws_session(st, socket, conn, source)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                let _slot = slot;
+                ws_session(st, socket, conn, source).await;
+            })
+        })
 }
 
 /// What a WebSocket session remembers between frames.

@@ -255,41 +255,13 @@ async fn unfinished_http2_bodies_are_bounded_per_connection() {
 /// while their bodies are still unfinished, and another address is still served.
 #[tokio::test]
 async fn unfinished_bodies_are_bounded_per_source() {
-    use http_body_util::StreamBody;
-    use hyper::body::Frame;
     let dir = tempfile::tempdir().unwrap();
     let m = start(
         &dir,
         "max_message_bytes = 1048576\nmax_body_bytes_per_connection = 1048576\nmax_body_bytes_per_source = 2097152\nbody_timeout_secs = 30\n",
     );
-    let chunk = bytes::Bytes::from(vec![b' '; 500_000]);
     let conns: u32 = 8;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut drivers = Vec::new();
-    for _ in 0..conns {
-        let tcp = tokio::net::TcpStream::connect(&m.addr).await.unwrap();
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tcp),
-        )
-        .await
-        .unwrap();
-        drivers.push(tokio::spawn(conn));
-        // 500 kB of body, then nothing more: never finished.
-        let first = futures_util::stream::once(std::future::ready(
-            Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())),
-        ));
-        let body = StreamBody::new(first.chain(futures_util::stream::pending()));
-        let req = hyper::Request::post(format!("{}/didcomm", m.url()))
-            .body(body)
-            .unwrap();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            if let Ok(resp) = sender.send_request(req).await {
-                let _ = tx.send(resp.status().as_u16());
-            }
-        });
-    }
+    let (mut rx, drivers) = unfinished_bodies(&m, conns, None).await;
     // 4 MB sent, 2 MiB allowed: at least 3 must be refused long before the body timeout.
     let refused = refusals(&mut rx, 3).await;
     assert!(
@@ -309,6 +281,117 @@ async fn unfinished_bodies_are_bounded_per_source() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
+    for d in drivers {
+        d.abort();
+    }
+}
+
+/// `conns` HTTP/2 connections to `m`, each sending a request of 500 kB of body and then
+/// nothing more (never finished), with `X-Forwarded-For: xff` if given. The statuses that
+/// come back arrive on the receiver; the connection drivers are returned to be aborted.
+async fn unfinished_bodies(
+    m: &MediatorProc,
+    conns: u32,
+    xff: Option<&str>,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<u16>,
+    Vec<tokio::task::JoinHandle<Result<(), hyper::Error>>>,
+) {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let chunk = bytes::Bytes::from(vec![b' '; 500_000]);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut drivers = Vec::new();
+    for _ in 0..conns {
+        let tcp = tokio::net::TcpStream::connect(&m.addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+        drivers.push(tokio::spawn(conn));
+        let first = futures_util::stream::once(std::future::ready(
+            Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())),
+        ));
+        let body = StreamBody::new(first.chain(futures_util::stream::pending()));
+        let mut req = hyper::Request::post(format!("{}/didcomm", m.url()));
+        if let Some(x) = xff {
+            req = req.header("x-forwarded-for", x);
+        }
+        let req = req.body(body).unwrap();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Ok(resp) = sender.send_request(req).await {
+                let _ = tx.send(resp.status().as_u16());
+            }
+        });
+    }
+    (rx, drivers)
+}
+
+/// Behind a trusted proxy (audit of 2026-12-07): the proxy's connections carry many
+/// clients, so they were not counted per source at all, and one client could take every
+/// WebSocket slot and pin unfinished bodies up to the global limits. Now each client, by
+/// `X-Forwarded-For`, has `max_connections_per_ip` WebSockets and
+/// `max_body_bytes_per_source` of unfinished bodies (spec/mediator.md §6.1); another client
+/// behind the same proxy is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_client_has_its_own_budgets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        "trusted_proxies = [\"127.0.0.1\"]\n[limits]\nmax_connections_per_ip = 4\nmax_message_bytes = 1048576\nmax_body_bytes_per_connection = 1048576\nmax_body_bytes_per_source = 2097152\nbody_timeout_secs = 30\n",
+    )
+    .unwrap();
+    let m = MediatorProc::start_with_config(&dir.path().join("data"), &[], Some(&cfg));
+
+    // WebSockets: the fifth of one client is refused, another client's is accepted.
+    let ws = |xff: &'static str| {
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{}/ws", m.addr),
+            )
+            .unwrap();
+        req.headers_mut()
+            .insert("x-forwarded-for", xff.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let (s, _) = ws("198.51.100.7")
+            .await
+            .unwrap_or_else(|e| panic!("WebSocket {i} of the client refused: {e}"));
+        held.push(s);
+    }
+    let fifth = ws("198.51.100.7").await;
+    assert!(
+        fifth.is_err(),
+        "a fifth WebSocket of one client was accepted"
+    );
+    let (other, _) = ws("198.51.100.8")
+        .await
+        .expect("another client behind the proxy was refused");
+    drop(held);
+    drop(other);
+
+    // Unfinished bodies: 8 × 500 kB from one client, 2 MiB allowed.
+    let (mut rx, drivers) = unfinished_bodies(&m, 8, Some("198.51.100.7")).await;
+    let refused = refusals(&mut rx, 3).await;
+    assert!(
+        refused >= 3,
+        "only {refused} of 8 unfinished bodies of one client refused within 10 s"
+    );
+    let ping = serde_json::to_vec(&message(types::PING, json!({}))).unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/didcomm", m.url()))
+        .header("x-forwarded-for", "198.51.100.8")
+        .body(ping)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "another client was charged");
     for d in drivers {
         d.abort();
     }
