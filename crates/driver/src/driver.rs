@@ -420,6 +420,10 @@ impl AsyncWrite for SessionStream {
 
 /// Bytes read from the path per call.
 const READ_CHUNK: usize = 256 << 10;
+
+/// How long a read of what a failed path already received may wait (the bytes are in the
+/// socket's buffer already, or never come).
+const LEFT_OVER_WAIT: Duration = Duration::from_millis(50);
 /// Application writes taken per loop turn beyond the first, sealed before the next write.
 const WRITE_BATCH: usize = 16;
 
@@ -612,7 +616,17 @@ impl Driver {
                 },
                 w = write_some(&mut self.writer, &self.out), if can_write => match w {
                     Ok(n) => self.out.consume(n),
-                    Err(_) => self.lose_path("path write failed"),
+                    Err(_) => {
+                        // The peer may have closed the session and then its socket while we
+                        // were still sending: its CLOSE is in our receive buffer, and the
+                        // write failed on the reset that followed. Read what arrived before
+                        // giving the path up, or we would wait for a resume that never
+                        // comes (spec/session.md §9).
+                        if let Some(stop) = self.read_what_is_left().await {
+                            return stop;
+                        }
+                        self.lose_path("path write failed");
+                    }
                 },
                 op = self.write_rx.recv(), if can_take_writes => {
                     // `write_tx` lives in self, so the channel never closes here.
@@ -756,6 +770,25 @@ impl Driver {
             tx: PollSender::new(self.write_tx.clone()),
             finished: false,
         }
+    }
+
+    /// Reads and handles what the path already received (each read waits at most
+    /// [`LEFT_OVER_WAIT`]), until it ends, fails or is quiet; `Some` if a record in it ended
+    /// the session (the peer's CLOSE).
+    async fn read_what_is_left(&mut self) -> Option<Stop> {
+        while self.reader.is_some() {
+            let read = read_some(&mut self.reader, self.decoder.spare(READ_CHUNK));
+            match tokio::time::timeout(LEFT_OVER_WAIT, read).await {
+                Ok(Ok(n)) if n > 0 => {
+                    self.decoder.filled(n);
+                    if let Some(stop) = self.feed_records() {
+                        return Some(stop);
+                    }
+                }
+                _ => break,
+            }
+        }
+        None
     }
 
     fn lose_path(&mut self, why: &str) {

@@ -807,7 +807,7 @@ mod tests {
             PipeOptions::default(),
         );
         let (r, ()) =
-            tokio::time::timeout(Duration::from_secs(120), async { tokio::join!(ours, peer) })
+            tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(ours, peer) })
                 .await
                 .unwrap();
         let err = r.unwrap_err();
