@@ -1238,7 +1238,18 @@ fn delivery_limit(body: &Value, p: PickupVersion) -> Option<u64> {
 /// `v` as JSON text (control characters escaped), at most `max` bytes of it: longer text
 /// is cut at a character boundary and ends in `…`.
 fn clip(v: &Value, max: usize) -> String {
-    let text = v.to_string();
+    // Serialise at most `max` bytes of a long string (a comment may be a megabyte), then
+    // cut what the escaping made longer.
+    let text = match v.as_str() {
+        Some(t) if t.len() > max => {
+            let mut end = max;
+            while !t.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}…", Value::from(t.get(..end).unwrap_or_default()))
+        }
+        _ => v.to_string(),
+    };
     if text.len() <= max {
         return text;
     }

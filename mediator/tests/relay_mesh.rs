@@ -357,10 +357,8 @@ async fn verify_clients_refuses_an_ungranted_did_web_without_fetching_it() {
     );
     let relay = format!("ws://{}/relay", m.addr);
     let did = format!("did:web:127.0.0.1%3A{}", silent.addr.port());
-    let mut seed = [0u8; 32];
-    OsRng.fill_bytes(&mut seed);
     let stranger = RelayIdentity {
-        key: SigningKey::from_bytes(&seed),
+        key: identity().key,
         key_id: format!("{did}#key-1"),
         did,
     };
